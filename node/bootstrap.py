@@ -1,0 +1,47 @@
+"""The organizer's peer: a stable identity that holds the DHT together and the run manifest."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from node import manifest as manifests
+from node.addresses import parse_peer_addresses
+from node.config import NodeConfig, load_run_config
+from node.data import load_corpus
+from node.model import build_model
+from node.progress import Reporter
+from node.strategies import make_strategy
+from node.swarm import Swarm
+from protocol.records import run_id_of
+
+READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
+
+
+def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
+    run = load_run_config(run_path)
+    model = build_model(run.model, run.train.seed)  # refuse a run we could not train ourselves
+    make_strategy(run.strategy, [tuple(p.shape) for p in model.parameters()])
+    corpus = load_corpus(run.data.corpus)
+    manifest = manifests.build_manifest(run, corpus)
+    run_id = run_id_of(manifest)
+    swarm = Swarm.start(cfg, parse_peer_addresses(cfg.initial_peers))
+    try:
+        manifests.publish(swarm, manifest)
+        maddrs = _shareable(swarm.visible_maddrs())
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.data_dir) / READY_FILE).write_text(json.dumps({"run_id": run_id, "maddrs": maddrs,
+                                                                 "peer": swarm.peer_id}))
+        reporter.event("bootstrap_ready", run=run_id, peer=swarm.peer_id, maddrs=maddrs,
+                       params=sum(p.numel() for p in model.parameters()), corpus_sha256=corpus.sha256[:16])
+        reporter.say("volunteers join with:\n  swarmtrain join --initial-peers " + " ".join(maddrs[:2]))
+        while not stop.wait(manifests.MANIFEST_TTL / 4):
+            manifests.publish(swarm, manifest)  # DHT values expire; keep the manifest alive
+    finally:
+        swarm.shutdown()
+        reporter.event("left", peer=swarm.peer_id)
+
+
+def _shareable(maddrs: list[str]) -> list[str]:
+    """Addresses others can dial, non-loopback first; each ends in /p2p/<peer id>."""
+    return sorted(set(maddrs), key=lambda m: (m.startswith("/ip4/127.") or m.startswith("/ip6/::1"), m))

@@ -1,0 +1,146 @@
+"""The `swarmtrain` command: join, bootstrap, demo, config show.
+
+Node flags are generated from NodeConfig's fields and docstrings, so a setting is defined
+once and has the same name as a flag (--startup-timeout), an env var
+(SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import fields
+
+from node import __version__
+from node.config import (ENV_PREFIX, NodeConfig, describe, environ, field_docs, load_node_config,
+                         load_run_config, as_dict)
+from node.errors import SwarmtrainError
+from node.progress import Reporter
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_node_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="node settings file (TOML); flags and SWARMTRAIN_* env win")
+    docs = field_docs(NodeConfig)
+    for f in fields(NodeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} [env {ENV_PREFIX}{f.name.upper()}]"
+        if f.type == "bool":
+            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        elif f.type == "list[str]":
+            p.add_argument(flag, nargs="+", metavar="MADDR", default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, type=kind, default=None, metavar=f.type.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarmtrain", description="Train one model with a swarm of volunteer peers.")
+    parser.add_argument("--version", action="version", version=f"swarmtrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    join = sub.add_parser("join", help="join a swarm as a volunteer and train")
+    _add_node_flags(join)
+
+    boot = sub.add_parser("bootstrap", help="start a swarm: a stable peer that publishes the run manifest")
+    boot.add_argument("--run", metavar="RUN.TOML", help="the run's settings (default: the built-in demo run)")
+    _add_node_flags(boot)
+
+    demo = sub.add_parser("demo", help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers")
+    from node.demo import DemoOptions
+    ddocs = field_docs(DemoOptions)
+    for f in fields(DemoOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            demo.add_argument(flag, action="store_true", help=ddocs[f.name])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            demo.add_argument(flag, type=kind, default=f.default, help=f"{ddocs[f.name]} (default {f.default!r})")
+
+    config = sub.add_parser("config", help="inspect configuration")
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    show = csub.add_parser("show", help="print effective node settings and where each came from")
+    show.add_argument("--run", metavar="RUN.TOML", help="also print this run file's settings")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_node_flags(show)
+    return parser
+
+
+def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, dict[str, str]]:
+    flags = {f.name: getattr(args, f.name) for f in fields(NodeConfig)}
+    return load_node_config(args.config, environ(), flags)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """First Ctrl+C / SIGTERM: finish cleanly (leave, keep checkpoint). Second Ctrl+C: abort."""
+    def handler(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nstopping ({signal.Signals(signum).name}): leaving the swarm; Ctrl+C again to abort",
+              file=sys.stderr, flush=True)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _config_show(args) -> int:
+    cfg, sources = _node_config(args)
+    rows = [{"name": n, "value": v, "source": sources[n], "doc": d} for n, v, d in describe(cfg)]
+    if args.json:
+        out = {"node": rows}
+        if args.run:
+            out["run"] = as_dict(load_run_config(args.run))
+        print(json.dumps(out, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {json.dumps(r['value']):<28} {r['source']}")
+    if args.run:
+        print(f"\nrun settings from {args.run}:")
+        for section, values in as_dict(load_run_config(args.run)).items():
+            print(f"  {section} = {json.dumps(values)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    try:
+        if args.command == "config":
+            return _config_show(args)
+        _install_signal_handlers(stop)
+        if args.command == "demo":
+            from node.demo import DemoOptions, run_demo
+            opt = DemoOptions(**{f.name: getattr(args, f.name) for f in fields(DemoOptions)})
+            summary = run_demo(opt, stop, Reporter())
+            print(json.dumps({k: summary[k] for k in ("peers", "rounds_completed", "val_bpb", "wall_s")}))
+            if stop.is_set():
+                return EXIT_INTERRUPTED
+            ok = opt.rounds == 0 or (summary["rounds_completed"] >= opt.rounds
+                                     and len(set(summary["model_digests"].values())) == 1)
+            return 0 if ok else 1
+        cfg, _ = _node_config(args)
+        reporter = Reporter(cfg.log_format)
+        if args.command == "bootstrap":
+            from node.bootstrap import run_bootstrap
+            run_bootstrap(cfg, args.run, stop, reporter)
+        else:
+            from node.volunteer import run_volunteer
+            run_volunteer(cfg, stop, reporter)
+        return EXIT_INTERRUPTED if stop.is_set() and not cfg.max_rounds else 0
+    except SwarmtrainError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

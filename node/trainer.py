@@ -1,0 +1,53 @@
+"""The inner step: plain torch AdamW on a peer's own data. No network in here."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from node.config import TrainConfig
+from node.model import GPT, loss_fn
+
+
+class InnerTrainer:
+    def __init__(self, model: GPT, cfg: TrainConfig, device: torch.device):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, betas=(0.9, 0.95),
+                                     weight_decay=cfg.weight_decay)
+        self.steps = 0  # this peer's inner steps so far (drives warm-up)
+
+    def lr(self) -> float:
+        return self.cfg.inner_lr * min(1.0, (self.steps + 1) / max(1, self.cfg.warmup_steps))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        loss = loss_fn(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.steps += 1
+        return loss.item()  # note: a CPU-GPU sync point, once per step
+
+    @torch.no_grad()
+    def load_params(self, params: list[torch.Tensor]) -> None:
+        """Overwrite the model with the swarm's parameters (AdamW moments are kept)."""
+        for p, src in zip(self.model.parameters(), params):
+            p.copy_(src)
+
+
+@torch.no_grad()
+def evaluate_bpb(model: GPT, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 16) -> float:
+    """Held-out bits per byte: mean cross-entropy in nats / ln 2."""
+    model.eval()
+    total = 0.0
+    for i in range(0, x.shape[0], batch):
+        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        total += loss_fn(model(xb), yb).item() * xb.shape[0]
+    model.train()
+    return total / x.shape[0] / math.log(2)

@@ -1,0 +1,247 @@
+"""A volunteer node: join a run, train, exchange updates each round, leave cleanly.
+
+`train()` is the main loop and reads top to bottom; everything it calls is plain torch
+(trainer.py) or one step of the round protocol (rounds.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from node import checkpoint, data, manifest as manifests
+from node.addresses import parse_peer_addresses
+from node.config import NodeConfig
+from node.errors import SwarmtrainError
+from node.exchange import Exchange
+from node.model import build_model
+from node.progress import Reporter
+from node.rounds import RoundFailed, RoundProtocol
+from node.state import SwarmState
+from node.strategies import make_strategy
+from node.swarm import HeartbeatPublisher, Swarm, dht_time, read_peers
+from node.trainer import InnerTrainer, evaluate_bpb
+from protocol.errors import ProtocolError
+from protocol.messages import Request
+from protocol.records import Heartbeat
+
+log = logging.getLogger("swarmtrain.volunteer")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SwarmtrainError(f"device {name!r} asked for, but torch sees no CUDA GPU",
+                              "use --device cpu, or install a CUDA build of torch")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SwarmtrainError(f"unknown device {name!r}", "use auto, cpu or cuda[:N]") from None
+
+
+def node_name(peer_id: str) -> str:
+    """A short, stable, pronounceable name derived from the peer id."""
+    syll = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fi", "go", "hu", "ja", "pe", "zu"]
+    h = int.from_bytes(peer_id.encode()[-8:], "big")
+    return "-".join("".join(syll[(h >> (4 * (i * 2 + j))) & 15] for j in range(2)) for i in range(2))
+
+
+class Volunteer:
+    """Holds the pieces of a running node; `train()` is the loop."""
+
+    def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
+        peers = parse_peer_addresses(cfg.initial_peers)
+        if not peers and not cfg.new_swarm:
+            raise SwarmtrainError("no initial peers given",
+                                  "pass --initial-peers MADDR (printed by `swarmtrain bootstrap`), set "
+                                  "SWARMTRAIN_INITIAL_PEERS, or use --new-swarm to start a swarm of your own")
+        self.cfg, self.out = cfg, reporter
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.swarm = Swarm.start(cfg, peers)
+        stack.callback(self.swarm.shutdown)
+        self.me = self.swarm.peer_id
+        self.name = cfg.name or node_name(self.me)
+        self.run_id, self.manifest = manifests.fetch(self.swarm, cfg.run_id, cfg.startup_timeout)
+        self.run, corpus = manifests.accept(self.run_id, self.manifest)
+        model = build_model(self.run.model, self.run.train.seed)
+        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()])
+        self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
+        self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes)
+        stack.callback(self.exchange.close)
+        self.template = SwarmState.initial(model, self.strategy.outer_buffers)
+        self.trainer = InnerTrainer(model, self.run.train, self.device)
+        self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data))
+        self.val = data.val_set(corpus, self.run.data, self.run.model.ctx) if cfg.eval else None
+        self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
+        self.rounds = RoundProtocol(self.swarm, self.exchange, self.run_id, self.run.swarm,
+                                    self.strategy.check, self.max_bytes)
+        self.state = self.template
+        self.heartbeat: HeartbeatPublisher | None = None
+        self.stack = stack
+        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
+
+    # ----------------------------------------------------------------------------- main loop
+    def train(self, stop: threading.Event) -> None:
+        self.state, how = self.initial_state(stop)
+        self.joined_round = self.state.round
+        self.start_heartbeat()
+        self.out.event("joined", peer=self.me, name=self.name, run=self.run_id, round=self.state.round,
+                       state=how, device=str(self.device), digest=self.state.digest[:16])
+        while not stop.is_set() and not self.reached_max():
+            r = self.state.round + 1
+            self.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
+            t0 = time.monotonic()
+            loss = self.inner_steps(r, stop)                       # plain torch, H steps
+            if loss is None:
+                break                                              # stopped mid-round: keep the last round
+            update = self.strategy.make_update(self.state, list(self.trainer.model.parameters()))
+            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec_name, update))
+            t1 = time.monotonic()
+            roster = self.rounds.await_roster(r, stop)             # a leader decides who is in
+            if stop.is_set():
+                break
+            try:
+                if roster is None:
+                    raise RoundFailed(f"no roster for round {r} within {self.run.swarm.round_timeout:.0f} s")
+                self.strategy.apply(self.state, self.rounds.gather(roster))  # same bits on every peer
+            except RoundFailed as e:
+                self.history["failed"] += 1
+                self.out.event("round_failed", round=r, reason=str(e))
+                self.resync(stop)
+                continue
+            self.finish_round(roster, loss, t0, t1)
+        self.leave(stop)
+
+    # --------------------------------------------------------------------------- the pieces
+    def inner_steps(self, r: int, stop: threading.Event) -> float | None:
+        self.trainer.load_params(self.state.params)
+        gen = data.batch_generator(self.run.train.seed, self.me, r)
+        losses = []
+        for _ in range(self.strategy.inner_steps):
+            if stop.is_set():
+                return None
+            x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, gen)
+            losses.append(self.trainer.step(x, y))
+        return sum(losses) / len(losses)
+
+    def finish_round(self, roster, loss: float, t0: float, t1: float) -> None:
+        self.trainer.load_params(self.state.params)
+        self.exchange.set_state(self.state.to_bytes(self.run_id))
+        checkpoint.save(self.ckpt, self.state.to_bytes(self.run_id))
+        contributed = any(e.peer == self.me for e in roster.entries)
+        self.history["contributed"] += contributed
+        self.history["loss"].append(loss)
+        fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
+                      loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
+                      sent=self.exchange.sent["update"], received=self.exchange.received["update"],
+                      digest=self.state.digest[:16])
+        if self.val is not None:
+            bpb = evaluate_bpb(self.trainer.model, *self.val, self.device)
+            self.history["val_bpb"].append(bpb)
+            fields["val_bpb"] = bpb
+        self.out.event("round", **fields)
+
+    def reached_max(self) -> bool:
+        return bool(self.cfg.max_rounds) and self.state.round >= self.cfg.max_rounds
+
+    def start_heartbeat(self) -> None:
+        first = Heartbeat(peer=self.me, name=self.name[:64], round=self.state.round + 1,
+                          state_round=self.state.round, digest=self.state.digest, device=str(self.device),
+                          maddrs=tuple(self.swarm.visible_maddrs()[:16]), time=dht_time())
+        self.exchange.set_state(self.state.to_bytes(self.run_id))
+        self.heartbeat = HeartbeatPublisher(self.swarm, self.run_id, first, interval=self.run.swarm.heartbeat_interval,
+                                            ttl=self.run.swarm.heartbeat_ttl)
+        self.stack.callback(self.heartbeat.close)
+        manifests.publish(self.swarm, self.manifest)  # one more copy, in case the bootstrap peer goes
+
+    def initial_state(self, stop: threading.Event) -> tuple[SwarmState, str]:
+        """Our checkpoint, or the swarm's state if it is ahead, or round 0."""
+        local = checkpoint.load(self.ckpt, run_id=self.run_id, template=self.template)
+        ahead = max((hb.state_round for p, hb in read_peers(self.swarm, self.run_id).items() if p != self.me),
+                    default=0)
+        if ahead > (local.round if local else 0):
+            state = self.fetch_state(stop)
+            if state is not None:
+                return state, "from_peers"
+        return (local, "checkpoint") if local else (self.template, "initial")
+
+    def resync(self, stop: threading.Event) -> None:
+        state = self.fetch_state(stop)
+        if state is not None and state.round > self.state.round:
+            self.state = state
+            self.exchange.set_state(state.to_bytes(self.run_id))
+
+    def fetch_state(self, stop: threading.Event, attempts: int = 6) -> SwarmState | None:
+        """Download the state from a peer and accept it only if other peers vouch for its digest."""
+        for _ in range(attempts):
+            if stop.is_set():
+                return None
+            peers = {p: hb for p, hb in read_peers(self.swarm, self.run_id).items() if p != self.me}
+            if not peers:
+                return None
+            best = max(hb.state_round for hb in peers.values())
+            votes = Counter(hb.digest for hb in peers.values() if hb.state_round == best)
+            digest, _ = votes.most_common(1)[0]
+            for donor in [p for p, hb in sorted(peers.items()) if hb.digest == digest]:
+                try:
+                    blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
+                    state = SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
+                except (ProtocolError, OSError, TimeoutError, Exception) as e:  # any failure: try the next
+                    self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
+                    continue
+                now = read_peers(self.swarm, self.run_id)
+                vouchers = [p for p, hb in now.items() if p != self.me and hb.digest == state.digest]
+                holders = [p for p, hb in now.items() if p != self.me and hb.state_round == state.round]
+                if vouchers and len(vouchers) >= min(2, len(holders)):
+                    self.history["syncs"]["ok"] += 1
+                    self.out.event("state_synced", round=state.round, donor=donor[:16],
+                                   vouchers=len(vouchers), nbytes=len(blob))
+                    return state
+            self.history["syncs"]["unverified"] += 1
+            stop.wait(1.0)
+        return None
+
+    def leave(self, stop: threading.Event) -> None:
+        """Serve our updates until the peers of our last round are done with it, then go."""
+        if self.heartbeat is None:
+            return
+        self.heartbeat.update(active=False, state_round=self.state.round, digest=self.state.digest)
+        deadline = time.monotonic() + self.run.swarm.collect_timeout
+        while not stop.is_set() and time.monotonic() < deadline:
+            behind = [p for p, hb in read_peers(self.swarm, self.run_id).items()
+                      if p != self.me and hb.active and hb.state_round < self.state.round]
+            if not behind:
+                break
+            stop.wait(0.5)
+
+    def summary(self) -> dict:
+        return {"peer": self.me, "name": self.name, "run_id": self.run_id, "rounds_completed": self.state.round,
+                "joined_round": getattr(self, "joined_round", None), "digest": self.state.digest,
+                "bytes_sent": self.exchange.sent["update"], "bytes_received": self.exchange.received["update"],
+                "state_bytes_sent": self.exchange.sent["state"], "state_bytes_received": self.exchange.received["state"],
+                "update_bytes_per_peer": self.strategy.update_size(), "rounds_contributed": self.history["contributed"],
+                "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
+                "train_loss": self.history["loss"], "strategy": self.run.strategy.name}
+
+
+def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:
+    with ExitStack() as stack:
+        node = Volunteer(cfg, stack, reporter)
+        reporter.say(f"peer {node.me} ({node.name}) joined run {node.run_id}; training on {node.device}")
+        try:
+            node.train(stop)
+        finally:
+            result = node.summary()
+            if cfg.result_json:
+                Path(cfg.result_json).write_text(json.dumps(result, indent=2))
+        reporter.event("left", round=node.state.round, digest=node.state.digest[:16])
+    return result

@@ -1,0 +1,1 @@
+"""What crosses the wire: pure data and functions. No sockets, threads or DHT here."""

@@ -1,0 +1,119 @@
+"""RPC envelopes carried over libp2p streams, and their framing.
+
+A stream carries one request and one response, each framed as an 8-byte big-endian length
+followed by that many bytes of msgpack. The length is checked against a limit before a
+single byte of the body is read, so a peer cannot make us allocate what it likes.
+
+Requests (what a peer says):
+  {"op": "update", "run": R, "round": r, "peer": P}
+      "Send me the update peer P announced for round r of run R (yours or one you gathered)."
+  {"op": "state", "run": R}
+      "Send me your current training state of run R."
+Responses:
+  {"ok": true, "payload": <bytes>}                  "Here it is."
+  {"ok": false, "error": "<why>"}                   "I cannot; here is why."
+Update payloads are UpdateEnvelope bytes (below); state payloads are tensors.py containers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from protocol.errors import ProtocolError
+from protocol.records import PEER_ID_RE
+
+HEADER_LEN = 8
+MAX_REQUEST_BYTES = 4096
+OPS = ("update", "state")
+
+
+def frame(body: bytes) -> bytes:
+    """Length-prefix `body` for the stream."""
+    return len(body).to_bytes(HEADER_LEN, "big") + body
+
+
+def body_length(header: bytes, limit: int) -> int:
+    """Parse a frame header; refuse lengths above `limit` before anything is allocated."""
+    if len(header) != HEADER_LEN:
+        raise ProtocolError(f"frame header must be {HEADER_LEN} bytes, got {len(header)}")
+    n = int.from_bytes(header, "big")
+    if n > limit:
+        raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
+    return n
+
+
+def _unpack_map(data: bytes, where: str) -> dict:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data),
+                              max_str_len=4096, max_array_len=4096, max_map_len=64)
+    except Exception as e:  # msgpack raises several types; all mean the same to us
+        raise ProtocolError(f"{where}: not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{where}: expected a map")
+    return obj
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    op: str
+    run: str
+    round: int = 0
+    peer: str = ""
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"op": self.op, "run": self.run, "round": self.round, "peer": self.peer})
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Request":
+        d = _unpack_map(data, "request")
+        op, run, rnd, peer = d.get("op"), d.get("run"), d.get("round", 0), d.get("peer", "")
+        if op not in OPS:
+            raise ProtocolError(f"request: unknown op {op!r}; known: {', '.join(OPS)}")
+        if not isinstance(run, str) or not 0 < len(run) <= 128:
+            raise ProtocolError("request: 'run' must be a run id")
+        if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
+            raise ProtocolError("request: 'round' must be a non-negative integer")
+        if op == "update" and not (isinstance(peer, str) and PEER_ID_RE.match(peer)):
+            raise ProtocolError("request: 'peer' must be a base58 peer id")
+        return cls(op=op, run=run, round=rnd, peer=peer if isinstance(peer, str) else "")
+
+
+def encode_response(payload: bytes | None = None, error: str = "") -> bytes:
+    if payload is None:
+        return msgpack.packb({"ok": False, "error": error[:500]})
+    return msgpack.packb({"ok": True, "payload": payload}, use_bin_type=True)
+
+
+def decode_response(data: bytes) -> bytes:
+    """Return the payload, or raise ProtocolError carrying the peer's stated reason."""
+    d = _unpack_map(data, "response")
+    if d.get("ok") is True and isinstance(d.get("payload"), bytes):
+        return d["payload"]
+    if d.get("ok") is False:
+        raise ProtocolError(f"peer refused: {str(d.get('error', ''))[:500]}")
+    raise ProtocolError("response: expected {ok, payload} or {ok: false, error}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateEnvelope:
+    """One peer's encoded update for one round: 'this is what I contribute to round r'."""
+
+    run: str
+    round: int
+    peer: str
+    codec: str
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"run": self.run, "round": self.round, "peer": self.peer,
+                              "codec": self.codec, "payload": self.payload}, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "UpdateEnvelope":
+        d = _unpack_map(data, "update")
+        run, rnd, peer, codec, payload = (d.get(k) for k in ("run", "round", "peer", "codec", "payload"))
+        if not (isinstance(run, str) and isinstance(rnd, int) and isinstance(peer, str)
+                and isinstance(codec, str) and isinstance(payload, bytes)):
+            raise ProtocolError("update: fields run/round/peer/codec/payload missing or mistyped")
+        return cls(run=run, round=rnd, peer=peer, codec=codec, payload=payload)

@@ -1,0 +1,166 @@
+"""Schemas of the DHT records. Each record is a msgpack-able dict on the wire.
+
+Records from the DHT were written by other peers, so `from_wire` checks every field's type
+and range and raises ProtocolError; callers drop such records with a warning and go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from protocol.errors import ProtocolError
+
+PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_ROSTER = 4096  # more contributors than this in one round is not a real swarm
+MAX_TEXT = 256
+
+
+def _get(d: object, name: str, kind: type | tuple, *, where: str):
+    if not isinstance(d, dict):
+        raise ProtocolError(f"{where}: expected a map, got {type(d).__name__}")
+    if name not in d:
+        raise ProtocolError(f"{where}: missing field {name!r}")
+    value = d[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(f"{where}: field {name!r} has type {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise ProtocolError(f"{where}: field {name!r} is longer than {MAX_TEXT} characters")
+    return value
+
+
+def _peer_id(value: str, where: str) -> str:
+    if not PEER_ID_RE.match(value):
+        raise ProtocolError(f"{where}: {value[:40]!r} is not a base58 peer id")
+    return value
+
+
+def _sha256(value: str, where: str) -> str:
+    if not SHA256_RE.match(value):
+        raise ProtocolError(f"{where}: {value[:70]!r} is not a lowercase SHA-256 hex digest")
+    return value
+
+
+def _round(value: int, where: str) -> int:
+    if value < 0 or value > 2**40:
+        raise ProtocolError(f"{where}: round {value} out of range")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """'I am alive, I work on round `round`, and my state after `state_round` has `digest`.'"""
+
+    peer: str
+    name: str
+    round: int
+    state_round: int
+    digest: str
+    device: str
+    maddrs: tuple[str, ...]
+    time: float
+    active: bool = True
+    """False while leaving: leaders then stop waiting for this peer's updates."""
+
+    def to_wire(self) -> dict:
+        d = asdict(self)
+        d["maddrs"] = list(self.maddrs)
+        return d
+
+    @classmethod
+    def from_wire(cls, d: object) -> "Heartbeat":
+        w = "heartbeat"
+        maddrs = _get(d, "maddrs", list, where=w)
+        if len(maddrs) > 16 or not all(isinstance(m, str) and len(m) < MAX_TEXT for m in maddrs):
+            raise ProtocolError(f"{w}: maddrs must be at most 16 strings")
+        return cls(
+            peer=_peer_id(_get(d, "peer", str, where=w), w),
+            name=_get(d, "name", str, where=w),
+            round=_round(_get(d, "round", int, where=w), w),
+            state_round=_round(_get(d, "state_round", int, where=w), w),
+            digest=_sha256(_get(d, "digest", str, where=w), w),
+            device=_get(d, "device", str, where=w),
+            maddrs=tuple(maddrs),
+            time=_get(d, "time", float, where=w),
+            active=_get(d, "active", bool, where=w),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Announcement:
+    """'My update for round `round` is `nbytes` long with SHA-256 `sha256`; ask me for it.'"""
+
+    round: int
+    nbytes: int
+    sha256: str
+
+    def to_wire(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: object, *, max_bytes: int) -> "Announcement":
+        w = "announcement"
+        nbytes = _get(d, "nbytes", int, where=w)
+        if not 0 < nbytes <= max_bytes:
+            raise ProtocolError(f"{w}: update size {nbytes} outside (0, {max_bytes}]")
+        return cls(round=_round(_get(d, "round", int, where=w), w), nbytes=nbytes,
+                   sha256=_sha256(_get(d, "sha256", str, where=w), w))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RosterEntry:
+    peer: str
+    sha256: str
+    nbytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Roster:
+    """'Round `round` is made of exactly these updates, reduced in this order.' (written by the leader)"""
+
+    round: int
+    leader: str
+    entries: tuple[RosterEntry, ...]
+
+    def to_wire(self) -> dict:
+        return {"round": self.round, "leader": self.leader,
+                "entries": [[e.peer, e.sha256, e.nbytes] for e in self.entries]}
+
+    @classmethod
+    def from_wire(cls, d: object, *, max_bytes: int) -> "Roster":
+        w = "roster"
+        raw = _get(d, "entries", list, where=w)
+        if not 0 < len(raw) <= MAX_ROSTER:
+            raise ProtocolError(f"{w}: {len(raw)} entries, expected 1..{MAX_ROSTER}")
+        entries = []
+        for item in raw:
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], int)):
+                raise ProtocolError(f"{w}: entry must be [peer, sha256, nbytes]")
+            if not 0 < item[2] <= max_bytes:
+                raise ProtocolError(f"{w}: entry size {item[2]} outside (0, {max_bytes}]")
+            entries.append(RosterEntry(peer=_peer_id(item[0], w), sha256=_sha256(item[1], w), nbytes=item[2]))
+        peers = [e.peer for e in entries]
+        if peers != sorted(set(peers)):
+            raise ProtocolError(f"{w}: entries must be sorted by peer id without repeats")
+        return cls(round=_round(_get(d, "round", int, where=w), w),
+                   leader=_peer_id(_get(d, "leader", str, where=w), w), entries=tuple(entries))
+
+
+def canonical_json(obj: object) -> bytes:
+    """The bytes that get hashed: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def manifest_hash(manifest: dict) -> str:
+    """SHA-256 hex of a manifest's canonical JSON; the tail of the run id."""
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def run_id_of(manifest: dict) -> str:
+    """'<name>-<first 12 hex of the manifest hash>', e.g. 'demo-3f2a9c01b7de'."""
+    return f"{manifest['name']}-{manifest_hash(manifest)[:12]}"

@@ -1,0 +1,14 @@
+"""Protocol version and the compatibility rule.
+
+Peers exchange DHT records and RPC messages whose layout is fixed by PROTOCOL_VERSION.
+Rule: two peers can train together only if their PROTOCOL_VERSION is equal. The version is
+part of the run manifest, so a run's id changes when the protocol does; an old node then
+refuses the manifest with a message naming the version it needs.
+"""
+
+PROTOCOL_VERSION = 1
+
+
+def is_compatible(remote_version: object) -> bool:
+    """True if a peer speaking `remote_version` can join a run of ours."""
+    return isinstance(remote_version, int) and remote_version == PROTOCOL_VERSION

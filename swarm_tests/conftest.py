@@ -1,0 +1,150 @@
+"""Real node processes on 127.0.0.1 (port 0 only), each in its own session so that every
+process it starts (the DHT child, p2pd) is cleaned up with it, also when a test fails."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL_RUN = """\
+name = "test"
+[model]
+d_model = 64
+n_layer = 2
+n_head = 2
+ctx = 64
+[train]
+batch_size = 4
+warmup_steps = 2
+[strategy]
+inner_steps = 4
+[swarm]
+collect_timeout = 20.0
+round_timeout = 60.0
+heartbeat_interval = 1.0
+heartbeat_ttl = 5.0
+"""
+
+
+class Proc:
+    """A `swarmtrain ...` process whose output lines can be awaited."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        self.args = args
+        self.popen = subprocess.Popen([sys.executable, "-m", "node.cli", *args], cwd=cwd, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.popen.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<eof>")
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """Block until a line matches (an event, not a sleep); fail with the output so far."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if m := rx.search(line):
+                        return m
+                seen = len(self.lines)
+                if "<eof>" in self.lines[-1:] or time.monotonic() > deadline:
+                    raise AssertionError(f"no line matching {pattern!r}; output:\n{self.output[-4000:]}")
+                self._cond.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def descendants(self) -> list[int]:
+        """pids of all processes below this one (the DHT child, p2pd)."""
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        found, frontier = [], [self.popen.pid]
+        while frontier:
+            kids = [p for p, pp in parents.items() if pp in frontier]
+            found += kids
+            frontier = kids
+        return found
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def procs(tmp_path):
+    started: list[Proc] = []
+
+    def start(*args: str) -> Proc:
+        p = Proc(list(args), tmp_path)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.kill_all()
+
+
+@pytest.fixture
+def small_run(tmp_path) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(SMALL_RUN)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_bootstrap(procs, tmp_path: Path, run: Path) -> tuple[Proc, str]:
+    boot = procs("bootstrap", "--run", str(run), "--host", "127.0.0.1", "--new-swarm",
+                 "--data-dir", str(tmp_path / "boot"), "--startup-timeout", "60")
+    maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
+    return boot, maddr

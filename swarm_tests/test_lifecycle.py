@@ -1,0 +1,93 @@
+"""Leaving cleanly, and refusing bad input with a clear error instead of a traceback."""
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from node.config import load_run_config
+from node.model import build_model
+from node.state import SwarmState
+from swarm_tests.conftest import alive, free_port, start_bootstrap
+
+PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small_run, sig):
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    node = procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / "v"),
+                 "--threads", "1", "--result-json", str(tmp_path / "v.json"))
+    node.wait_for(r"event=round round=2 ", 120)
+    below = node.descendants()
+    names = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in below}
+    node.popen.send_signal(sig)
+    assert node.wait(60) == 130, node.output[-3000:]
+    assert "Traceback" not in node.output
+    assert "p2pd" in names.values(), names
+    # the DHT process and p2pd are gone when the node exits; torch's shm manager follows on its own
+    assert not [p for p in below if alive(p) and names[p] != "torch_shm_manag"], names
+    deadline = time.monotonic() + 15
+    while [p for p in below if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)  # note: not our child, so there is no exit event to await
+    assert not [p for p in below if alive(p)], names
+
+    result = json.loads((tmp_path / "v.json").read_text())
+    ckpt = tmp_path / "v" / "runs" / result["run_id"] / "checkpoint.swt"
+    model = build_model(load_run_config(small_run).model, 0)
+    template = SwarmState.initial(model, ["momentum"])
+    state = SwarmState.from_bytes(ckpt.read_bytes(), run_id=result["run_id"], template=template)
+    assert state.round >= 2 and state.digest == result["digest"]
+    assert not list(ckpt.parent.glob("*.tmp"))
+
+
+def test_restart_resumes_from_checkpoint(procs, tmp_path, small_run):
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    args = ("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / "v"),
+            "--threads", "1")
+    first = procs(*args, "--max-rounds", "2")
+    assert first.wait(120) == 0, first.output[-3000:]
+    second = procs(*args, "--max-rounds", "3")
+    second.wait_for(r"event=joined .*round=2 state=checkpoint", 60)
+    assert second.wait(120) == 0, second.output[-3000:]
+
+
+def _run_cli(procs, *args, timeout=60):
+    p = procs(*args)
+    code = p.wait(timeout)
+    p.wait_for("<eof>", 10)
+    return code, p.output
+
+
+def test_unreachable_initial_peer_is_named(procs):
+    port = free_port()  # nothing listens here now
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}"
+    code, out = _run_cli(procs, "join", "--initial-peers", addr, "--startup-timeout", "2")
+    assert code == 2
+    assert addr in out and "refused" in out.lower() and "help:" in out and "Traceback" not in out
+
+
+def test_port_in_use(procs, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out = _run_cli(procs, "join", "--new-swarm", "--host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(tmp_path / "v"))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in out and "--port 0" in out
+
+
+def test_malformed_multiaddr_and_empty_peer_list(procs):
+    code, out = _run_cli(procs, "join", "--initial-peers", "/ip4/300.1.1.1/tcp/1")
+    assert code == 2 and "not a valid multiaddr" in out and "Traceback" not in out
+    code, out = _run_cli(procs, "join")
+    assert code == 2 and "--new-swarm" in out
+
+
+def test_unknown_run_is_refused(procs, tmp_path, small_run):
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    code, out = _run_cli(procs, "join", "--initial-peers", maddr, "--host", "127.0.0.1", "--run-id", "other-123",
+                         "--data-dir", str(tmp_path / "v"), "--startup-timeout", "3")
+    assert code == 2 and "found no run 'other-123'" in out and "Traceback" not in out

@@ -1,0 +1,23 @@
+import pytest
+
+from node.addresses import parse_peer_address
+from node.errors import SwarmtrainError
+
+GOOD = "/ip4/127.0.0.1/tcp/4001/p2p/QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
+
+
+def test_parse_good():
+    a = parse_peer_address(GOOD)
+    assert (a.host, a.port, a.peer_id) == ("127.0.0.1", 4001, "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne")
+
+
+@pytest.mark.parametrize("bad,why", [("/ip4/1.2.3/tcp/1", "not a valid multiaddr"),
+                                     ("hello", "not a valid multiaddr"),
+                                     ("/ip4/127.0.0.1/tcp/99999", "not a valid multiaddr"),
+                                     ("/ip4/127.0.0.1/tcp/4001", "lacks /p2p/<peer id>"),
+                                     ("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne",
+                                      "lacks /tcp/<port>")])
+def test_parse_bad_names_the_fix(bad, why):
+    with pytest.raises(SwarmtrainError, match=why) as e:
+        parse_peer_address(bad)
+    assert "/p2p/" in e.value.help

@@ -1,0 +1,57 @@
+import pytest
+
+from node import manifest as manifests
+from node.config import ModelConfig, RunConfig
+from node.data import load_corpus
+from node.errors import SwarmtrainError
+from protocol.records import run_id_of
+
+
+@pytest.fixture(scope="module")
+def good():
+    m = manifests.build_manifest(RunConfig(), load_corpus("stdlib"))
+    return run_id_of(m), m
+
+
+def test_accept_good_manifest(good):
+    run_id, m = good
+    run, corpus = manifests.accept(run_id, m)
+    assert run == RunConfig() and corpus.sha256 == m["data"]["corpus_sha256"]
+
+
+def test_run_id_changes_with_any_setting(good):
+    run_id, _ = good
+    other = manifests.build_manifest(RunConfig(model=ModelConfig(d_model=64)), load_corpus("stdlib"))
+    assert run_id_of(other) != run_id
+
+
+def resealed(m, mutate):
+    m = {**m, "data": dict(m["data"]), "model": dict(m["model"])}
+    mutate(m)
+    return run_id_of(m), m
+
+
+def test_refuses_other_protocol(good):
+    with pytest.raises(SwarmtrainError, match="protocol"):
+        manifests.accept(*resealed(good[1], lambda m: m.update(protocol=99)))
+
+
+def test_refuses_other_corpus_bytes(good):
+    with pytest.raises(SwarmtrainError, match="corpus 'stdlib' differs") as e:
+        manifests.accept(*resealed(good[1], lambda m: m["data"].update(corpus_sha256="0" * 64)))
+    assert "same source of data" in e.value.help
+
+
+def test_refuses_settings_it_cannot_build(good):
+    with pytest.raises(SwarmtrainError, match="cannot build"):
+        manifests.accept(*resealed(good[1], lambda m: m["model"].update(n_experts=8)))
+    with pytest.raises(SwarmtrainError, match="divisible"):
+        manifests.accept(*resealed(good[1], lambda m: m["model"].update(n_head=5)))
+
+
+def test_refuses_manifest_that_does_not_hash_to_its_id(good):
+    run_id, m = good
+    with pytest.raises(SwarmtrainError, match="does not hash"):
+        manifests.accept(run_id, {**m, "name": "evil"})
+    with pytest.raises(SwarmtrainError, match="does not hash"):
+        manifests.accept(run_id, {"name": b"bytes"})

@@ -1,0 +1,149 @@
+import math
+
+import msgpack
+import pytest
+import torch
+
+from protocol import keys
+from protocol.codecs import DenseCodec, codec_by_name
+from protocol.errors import ProtocolError
+from protocol.messages import (Request, UpdateEnvelope, body_length, decode_response, encode_response, frame)
+from protocol.records import Announcement, Heartbeat, Roster, RosterEntry, manifest_hash, run_id_of
+from protocol.tensors import decode_tensors, encode_tensors
+
+PEER_A = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
+PEER_B = "QmdbQkxUUPfpSoioHP9jLsH4UuoTdckrgiLMr4BTCVo6Kv"
+SHA = "a" * 64
+
+
+def heartbeat(**over):
+    d = Heartbeat(peer=PEER_A, name="n", round=3, state_round=2, digest=SHA, device="cpu",
+                  maddrs=("/ip4/127.0.0.1/tcp/1",), time=1.0).to_wire()
+    d.update(over)
+    return d
+
+
+def test_keys_are_documented_shapes():
+    assert keys.roster_key("demo-abc", 7) == "swarmtrain:demo-abc:round:7:roster"
+    assert keys.updates_key("demo-abc", 7) == "swarmtrain:demo-abc:round:7:updates"
+    assert keys.peers_key("demo-abc") == "swarmtrain:demo-abc:peers"
+
+
+def test_heartbeat_roundtrip():
+    hb = Heartbeat.from_wire(heartbeat())
+    assert Heartbeat.from_wire(hb.to_wire()) == hb and hb.active
+
+
+@pytest.mark.parametrize("over", [{"peer": "not a peer id!"}, {"round": -1}, {"round": "3"}, {"digest": "xyz"},
+                                  {"maddrs": "one"}, {"maddrs": ["x"] * 17}, {"active": 1}, {"name": "n" * 300}])
+def test_heartbeat_rejects_malformed(over):
+    with pytest.raises(ProtocolError):
+        Heartbeat.from_wire(heartbeat(**over))
+
+
+def test_heartbeat_rejects_non_map():
+    with pytest.raises(ProtocolError):
+        Heartbeat.from_wire([1, 2])
+
+
+def test_announcement_size_limits():
+    ok = Announcement(round=1, nbytes=10, sha256=SHA).to_wire()
+    assert Announcement.from_wire(ok, max_bytes=10).nbytes == 10
+    with pytest.raises(ProtocolError, match="size"):
+        Announcement.from_wire(ok, max_bytes=9)
+
+
+def test_roster_must_be_sorted_and_unique():
+    r = Roster(round=2, leader=PEER_A, entries=(RosterEntry(peer=PEER_A, sha256=SHA, nbytes=5),
+                                                 RosterEntry(peer=PEER_B, sha256=SHA, nbytes=5)))
+    assert Roster.from_wire(r.to_wire(), max_bytes=100) == r
+    bad = r.to_wire()
+    bad["entries"].reverse()
+    with pytest.raises(ProtocolError, match="sorted"):
+        Roster.from_wire(bad, max_bytes=100)
+    bad["entries"] = []
+    with pytest.raises(ProtocolError):
+        Roster.from_wire(bad, max_bytes=100)
+
+
+def test_manifest_hash_is_canonical():
+    a = {"name": "x", "model": {"d": 1, "l": 2}}
+    b = {"model": {"l": 2, "d": 1}, "name": "x"}
+    assert manifest_hash(a) == manifest_hash(b)
+    assert run_id_of(a).startswith("x-") and len(run_id_of(a)) == 14
+    assert manifest_hash({**a, "name": "y"}) != manifest_hash(a)
+
+
+def test_framing_refuses_oversized_before_reading():
+    assert body_length(frame(b"abc")[:8], 3) == 3
+    with pytest.raises(ProtocolError, match="exceeds"):
+        body_length((10**12).to_bytes(8, "big"), 1000)
+
+
+def test_request_roundtrip_and_rejects():
+    r = Request(op="update", run="demo-1", round=3, peer=PEER_A)
+    assert Request.decode(r.encode()) == r
+    for bad in [b"\xc1", msgpack.packb([1]), msgpack.packb({"op": "rm -rf", "run": "x"}),
+                msgpack.packb({"op": "update", "run": "x", "round": 1, "peer": "../etc"}),
+                msgpack.packb({"op": "state", "run": ""})]:
+        with pytest.raises(ProtocolError):
+            Request.decode(bad)
+
+
+def test_response_carries_the_reason():
+    assert decode_response(encode_response(b"xyz")) == b"xyz"
+    with pytest.raises(ProtocolError, match="no state yet"):
+        decode_response(encode_response(None, "no state yet"))
+
+
+def test_update_envelope_roundtrip():
+    e = UpdateEnvelope(run="r", round=1, peer=PEER_A, codec="dense-float16", payload=b"\x00" * 8)
+    assert UpdateEnvelope.decode(e.encode()) == e
+    with pytest.raises(ProtocolError):
+        UpdateEnvelope.decode(msgpack.packb({"run": "r"}))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_dense_codec_roundtrip_and_size(dtype):
+    codec = DenseCodec(dtype)
+    ts = [torch.randn(3, 4), torch.randn(5)]
+    shapes = [tuple(t.shape) for t in ts]
+    blob = codec.encode(ts)
+    assert len(blob) == codec.encoded_size(shapes) == 17 * (2 if dtype == "float16" else 4)
+    out = codec.decode(blob, shapes)
+    tol = 1e-3 if dtype == "float16" else 0
+    assert all(torch.allclose(a, b, atol=tol, rtol=tol) for a, b in zip(ts, out))
+
+
+def test_dense_codec_rejects_wrong_size_and_nonfinite():
+    codec = DenseCodec("float32")
+    with pytest.raises(ProtocolError, match="bytes"):
+        codec.decode(b"\x00" * 7, [(2,)])
+    with pytest.raises(ProtocolError, match="NaN"):
+        codec.decode(torch.tensor([1.0, math.nan]).numpy().tobytes(), [(2,)])
+    with pytest.raises(ProtocolError, match="unknown codec"):
+        codec_by_name("zip")
+
+
+def test_fp16_encode_clamps_instead_of_inf():
+    blob = DenseCodec("float16").encode([torch.tensor([1e6, -1e6])])
+    assert torch.isfinite(DenseCodec("float16").decode(blob, [(2,)])[0]).all()
+
+
+def test_tensor_container_roundtrip_and_strictness():
+    ts = {"a": torch.randn(2, 3), "b": torch.arange(4)}
+    out, meta = decode_tensors(encode_tensors(ts, {"round": 3}))
+    assert meta == {"round": 3} and all(torch.equal(ts[k], out[k]) for k in ts)
+    good = msgpack.unpackb(encode_tensors(ts))
+    for mutate in [lambda d: d.update(format="pickle"),
+                   lambda d: d["tensors"][0].__setitem__(1, "object"),
+                   lambda d: d["tensors"][0].__setitem__(2, [2, 4]),
+                   lambda d: d["tensors"][0].__setitem__(3, b"short"),
+                   lambda d: d["tensors"].append(list(d["tensors"][0]))]:
+        d = msgpack.unpackb(encode_tensors(ts))
+        mutate(d)
+        with pytest.raises(ProtocolError):
+            decode_tensors(msgpack.packb(d, use_bin_type=True))
+    with pytest.raises(ProtocolError):
+        decode_tensors(b"garbage")
+    assert good["format"] == "swarmtrain-tensors"

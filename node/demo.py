@@ -55,8 +55,9 @@ class DemoOptions:
     """Start one more volunteer after round 2."""
     strategy: str = "diloco"
     """Outer strategy of the demo run."""
-    inner_steps: int = 20
-    """Inner steps per round."""
+    inner_steps: int = 50
+    """Inner steps per round (long enough that a late joiner, which needs ~15 s to start on a busy
+    2-core machine, still catches a round to contribute to)."""
     workdir: str = ""
     """Where peers keep identities, checkpoints and results; default a new temp directory."""
     summary_json: str = ""

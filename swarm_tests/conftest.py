@@ -97,11 +97,12 @@ class Proc:
         return found
 
     def kill_all(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            self.popen.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+        if self.popen.poll() is None:  # a clean leave first, as a user's Ctrl+C would
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:

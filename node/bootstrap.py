@@ -21,7 +21,7 @@ READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachabl
 def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
     run = load_run_config(run_path)
     model = build_model(run.model, run.train.seed)  # refuse a run we could not train ourselves
-    make_strategy(run.strategy, [tuple(p.shape) for p in model.parameters()])
+    make_strategy(run.strategy, [tuple(p.shape) for p in model.parameters()], run.train)
     corpus = load_corpus(run.data.corpus)
     manifest = manifests.build_manifest(run, corpus)
     run_id = run_id_of(manifest)

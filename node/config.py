@@ -80,15 +80,27 @@ class TrainConfig:
 @dataclass(kw_only=True, frozen=True)
 class StrategyConfig:
     name: str = "diloco"
-    """Outer strategy. Implemented: 'diloco'."""
+    """Outer strategy: 'diloco', 'sparseloco', 'decoupled-momentum' (DeMo) or 'ddp-adamw'."""
     inner_steps: int = 25
-    """H: inner AdamW steps between two exchanges."""
+    """H: local steps between two exchanges (diloco, sparseloco; the others exchange every step)."""
     outer_lr: float = 0.7
-    """Outer Nesterov SGD learning rate (DiLoCo paper: 0.7)."""
+    """Outer learning rate of diloco (Nesterov SGD; paper 0.7) and sparseloco (plain SGD)."""
     outer_momentum: float = 0.9
-    """Outer Nesterov momentum (DiLoCo paper: 0.9)."""
+    """Outer Nesterov momentum of diloco (paper 0.9)."""
     wire_dtype: str = "float16"
-    """Pseudo-gradient values on the wire: 'float16' or 'float32'."""
+    """diloco pseudo-gradient on the wire: 'float16', 'float32' or 'int8' (blockwise scales)."""
+    topk: int = 32
+    """sparseloco / decoupled-momentum: coefficients sent per chunk."""
+    chunk: int = 64
+    """sparseloco / decoupled-momentum: chunk side (2-D tensors are cut into chunk x chunk blocks)."""
+    values: str = "2bit"
+    """sparseloco / decoupled-momentum: value encoding, 'bf16', '2bit' or '1bit'."""
+    index_bits: int = 12
+    """sparseloco / decoupled-momentum: bits per packed index, 12 or 16."""
+    error_decay: float = 0.95
+    """sparseloco: error-feedback decay beta in e = beta * e + pseudo-gradient."""
+    momentum_decay: float = 0.999
+    """decoupled-momentum: momentum decay beta in m = beta * m + grad."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -9,28 +10,47 @@ from node.config import TrainConfig
 from node.model import GPT, loss_fn
 
 
+def warmup_constant(cfg: TrainConfig) -> Callable[[int], float]:
+    """The swarm's schedule: linear warm-up over warmup_steps, then constant (no known end)."""
+    return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def warmup_cosine(cfg: TrainConfig, total: int, floor: float = 0.1) -> Callable[[int], float]:
+    """Benchmarks' schedule: warm-up, then cosine decay to `floor` at step `total`."""
+    def scale(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    return scale
+
+
 class InnerTrainer:
-    def __init__(self, model: GPT, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model: GPT, cfg: TrainConfig, device: torch.device,
+                 schedule: Callable[[int], float] | None = None):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
+        self.schedule = schedule or warmup_constant(cfg)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, betas=(0.9, 0.95),
                                      weight_decay=cfg.weight_decay)
-        self.steps = 0  # this peer's inner steps so far (drives warm-up)
+        self.steps = 0  # this peer's local steps so far (drives the schedule)
 
     def lr(self) -> float:
-        return self.cfg.inner_lr * min(1.0, (self.steps + 1) / max(1, self.cfg.warmup_steps))
+        return self.cfg.inner_lr * self.schedule(self.steps)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr()
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, apply: bool = True) -> float:
+        """Forward, backward, clip; then an AdamW step if `apply` (else the gradient stays in .grad)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         loss = loss_fn(self.model(x), y)
-        self.opt.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        if apply:
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr()
+            self.opt.step()
         self.steps += 1
         return loss.item()  # note: a CPU-GPU sync point, once per step
 

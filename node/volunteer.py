@@ -73,7 +73,8 @@ class Volunteer:
         self.run_id, self.manifest = manifests.fetch(self.swarm, cfg.run_id, cfg.startup_timeout)
         self.run, corpus = manifests.accept(self.run_id, self.manifest)
         model = build_model(self.run.model, self.run.train.seed)
-        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()])
+        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()], self.run.train)
+        self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
         self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
         self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes)
         stack.callback(self.exchange.close)
@@ -103,8 +104,8 @@ class Volunteer:
             loss = self.inner_steps(r, stop)                       # plain torch, H steps
             if loss is None:
                 break                                              # stopped mid-round: keep the last round
-            update = self.strategy.make_update(self.state, list(self.trainer.model.parameters()))
-            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec_name, update))
+            update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
+            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update))
             t1 = time.monotonic()
             roster = self.rounds.await_roster(r, stop)             # a leader decides who is in
             if stop.is_set():
@@ -130,7 +131,7 @@ class Volunteer:
             if stop.is_set():
                 return None
             x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, gen)
-            losses.append(self.trainer.step(x, y))
+            losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
         return sum(losses) / len(losses)
 
     def finish_round(self, roster, loss: float, t0: float, t1: float) -> None:
@@ -228,7 +229,7 @@ class Volunteer:
                 "joined_round": getattr(self, "joined_round", None), "digest": self.state.digest,
                 "bytes_sent": self.exchange.sent["update"], "bytes_received": self.exchange.received["update"],
                 "state_bytes_sent": self.exchange.sent["state"], "state_bytes_received": self.exchange.received["state"],
-                "update_bytes_per_peer": self.strategy.update_size(), "rounds_contributed": self.history["contributed"],
+                "update_bytes_per_peer": self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
                 "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
                 "train_loss": self.history["loss"], "strategy": self.run.strategy.name}
 

@@ -1,22 +1,36 @@
 """Update codecs: a list of float tensors <-> bytes, with exact byte accounting.
 
-The shapes are known to both sides (they come from the run manifest's model), so the wire
-carries values only. Decoding checks the byte count and finiteness, and raises ProtocolError.
+Both sides know the tensor shapes (they come from the run manifest's model), so the wire
+carries values (and indices) only, and every codec's `encoded_size()` is exact and fixed.
+`decode` checks the byte count, index ranges, duplicate indices and finiteness, and raises
+ProtocolError for anything else: a peer's payload never reaches a tensor unchecked.
+
+Codecs (their `name` is what envelopes carry):
+  dense-float32 / dense-float16   every value, little-endian, tensors in model order
+  int8-b<B>                       per block of B values: one fp32 scale + B int8 values
+  topk-c<C>-k<K>[-dct]-<V>-i<I>   per chunk of <= C x C values (2-D tensors; <= C for 1-D):
+                                  the K largest-magnitude coefficients (after an orthonormal
+                                  2-D DCT-II with -dct), indices packed in I bits (12 or 16),
+                                  values V = bf16 | 2bit (4-level table per tensor) | 1bit (sign
+                                  times one fp32 scale per tensor)
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from protocol.errors import ProtocolError
 
+Shapes = list[tuple[int, ...]]
 
+
+# ------------------------------------------------------------------------------------ dense
 @dataclass(frozen=True)
 class DenseCodec:
-    """Every value, as fp32 or fp16, little-endian, tensors concatenated in model order."""
-
+    shapes: tuple[tuple[int, ...], ...]
     dtype: str = "float16"
 
     @property
@@ -24,39 +38,342 @@ class DenseCodec:
         return f"dense-{self.dtype}"
 
     @property
-    def _torch_dtype(self) -> torch.dtype:
+    def _dt(self) -> torch.dtype:
         return {"float16": torch.float16, "float32": torch.float32}[self.dtype]
 
-    def encoded_size(self, shapes: list[tuple[int, ...]]) -> int:
-        """Exact bytes of `encode` for tensors of these shapes."""
-        itemsize = torch.empty((), dtype=self._torch_dtype).element_size()
-        return sum(math.prod(s) for s in shapes) * itemsize
+    def encoded_size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes) * (2 if self.dtype == "float16" else 4)
 
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
-        flat = torch.cat([t.detach().reshape(-1).to("cpu", torch.float32) for t in tensors])
+        flat = _flat(tensors)
         if self.dtype == "float16":
-            # values beyond fp16's range would become inf; clamp so the update stays finite
-            flat = flat.clamp(-65504.0, 65504.0)
-        return flat.to(self._torch_dtype).numpy().tobytes()
+            flat = flat.clamp(-65504.0, 65504.0)  # beyond fp16's range would become inf
+        return flat.to(self._dt).numpy().tobytes()
 
-    def decode(self, data: bytes, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-        expected = self.encoded_size(shapes)
-        if len(data) != expected:
-            raise ProtocolError(f"{self.name}: payload is {len(data)} bytes, expected {expected}")
-        flat = torch.frombuffer(bytearray(data), dtype=self._torch_dtype).to(torch.float32)
-        if not torch.isfinite(flat).all():
-            raise ProtocolError(f"{self.name}: payload contains NaN or inf")
-        out, offset = [], 0
-        for s in shapes:
-            n = math.prod(s)
-            out.append(flat[offset:offset + n].reshape(s))
-            offset += n
+    def decode(self, data: bytes) -> list[torch.Tensor]:
+        _expect_size(self, data)
+        flat = torch.frombuffer(bytearray(data), dtype=self._dt).to(torch.float32)
+        _finite(flat, self.name)
+        return _split(flat, self.shapes)
+
+
+# ------------------------------------------------------------------------------------- int8
+@dataclass(frozen=True)
+class Int8Codec:
+    shapes: tuple[tuple[int, ...], ...]
+    block: int = 256
+
+    @property
+    def name(self) -> str:
+        return f"int8-b{self.block}"
+
+    def _blocks(self, n: int) -> int:
+        return -(-n // self.block)
+
+    def encoded_size(self) -> int:
+        return sum(self._blocks(math.prod(s)) * 4 + math.prod(s) for s in self.shapes)
+
+    def encode(self, tensors: list[torch.Tensor]) -> bytes:
+        out = []
+        for t in tensors:
+            flat = t.detach().reshape(-1).to("cpu", torch.float32)
+            nb = self._blocks(flat.numel())
+            padded = torch.zeros(nb * self.block)
+            padded[:flat.numel()] = flat
+            blocks = padded.view(nb, self.block)
+            scale = blocks.abs().amax(dim=1) / 127.0
+            q = torch.round(blocks / scale.clamp(min=1e-30)[:, None]).clamp(-127, 127).to(torch.int8)
+            out += [scale.numpy().tobytes(), q.reshape(-1)[:flat.numel()].numpy().tobytes()]
+        return b"".join(out)
+
+    def decode(self, data: bytes) -> list[torch.Tensor]:
+        _expect_size(self, data)
+        out, off = [], 0
+        for s in self.shapes:
+            n, nb = math.prod(s), self._blocks(math.prod(s))
+            scale = torch.frombuffer(bytearray(data[off:off + 4 * nb]), dtype=torch.float32)
+            off += 4 * nb
+            q = torch.frombuffer(bytearray(data[off:off + n]), dtype=torch.int8).to(torch.float32)
+            off += n
+            _finite(scale, self.name)
+            padded = torch.zeros(nb * self.block)
+            padded[:n] = q
+            out.append((padded.view(nb, self.block) * scale[:, None]).reshape(-1)[:n].reshape(s))
         return out
 
 
-def codec_by_name(name: str) -> DenseCodec:
-    """The codec a manifest or envelope names; raises ProtocolError for unknown names."""
-    codecs = {"dense-float16": DenseCodec("float16"), "dense-float32": DenseCodec("float32")}
-    if name not in codecs:
-        raise ProtocolError(f"unknown codec {name!r}; known: {', '.join(codecs)}")
-    return codecs[name]
+# -------------------------------------------------------------------------- chunked top-k
+def largest_divisor(n: int, target: int) -> int:
+    return max(c for c in range(1, min(n, target) + 1) if n % c == 0)
+
+
+_DCT: dict[int, torch.Tensor] = {}
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II (rows are frequencies), float64 so that peers round alike."""
+    if n not in _DCT:
+        k = torch.arange(n, dtype=torch.float64)[:, None]
+        i = torch.arange(n, dtype=torch.float64)[None, :]
+        m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+        m[0] /= math.sqrt(2.0)
+        _DCT[n] = m
+    return _DCT[n]
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How one tensor is cut into chunks: 2-D tensors into a x b blocks, others into runs of c."""
+
+    shape: tuple[int, ...]
+    target: int
+    dct: bool
+
+    @property
+    def block(self) -> tuple[int, ...]:
+        if len(self.shape) == 2:
+            return largest_divisor(self.shape[0], self.target), largest_divisor(self.shape[1], self.target)
+        return (largest_divisor(math.prod(self.shape), self.target),)
+
+    @property
+    def chunk_numel(self) -> int:
+        return math.prod(self.block)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.prod(self.shape) // self.chunk_numel
+
+    def to_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """(num_chunks, chunk_numel), in the DCT domain if enabled."""
+        if len(self.shape) == 2:
+            a, b = self.block
+            c = x.reshape(self.shape[0] // a, a, self.shape[1] // b, b).permute(0, 2, 1, 3)
+            if self.dct:
+                c = torch.einsum("ha,yxab,wb->yxhw", dct_matrix(a), c.double(), dct_matrix(b)).float()
+            return c.reshape(-1, a * b)
+        c = x.reshape(-1, self.block[0])
+        return (c.double() @ dct_matrix(self.block[0]).t()).float() if self.dct else c
+
+    def from_chunks(self, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of to_chunks; float64 input stays float64 (callers that need exact agreement)."""
+        dtype = c.dtype
+        if len(self.shape) == 2:
+            a, b = self.block
+            c = c.reshape(self.shape[0] // a, self.shape[1] // b, a, b)
+            if self.dct:
+                c = torch.einsum("ha,yxhw,wb->yxab", dct_matrix(a), c.double(), dct_matrix(b)).to(dtype)
+            return c.permute(0, 2, 1, 3).reshape(self.shape)
+        if self.dct:
+            c = (c.double() @ dct_matrix(self.block[0])).to(dtype)
+        return c.reshape(self.shape)
+
+
+@dataclass
+class Selection:
+    """The coefficients chosen from one tensor: indices within each chunk, and their values."""
+
+    idx: torch.Tensor  # (num_chunks, k) int64, unique per row
+    val: torch.Tensor  # (num_chunks, k) float32
+
+
+@dataclass(frozen=True)
+class TopKCodec:
+    shapes: tuple[tuple[int, ...], ...]
+    chunk: int = 64
+    k: int = 32
+    dct: bool = False
+    values: str = "bf16"  # bf16 | 2bit | 1bit
+    index_bits: int = 12
+
+    def __post_init__(self):
+        if self.values not in ("bf16", "2bit", "1bit") or self.index_bits not in (12, 16):
+            raise ValueError(f"top-k codec: values {self.values!r} / index bits {self.index_bits} not supported")
+        if self.index_bits == 12 and self.chunk > 64:
+            raise ValueError("12-bit indices address chunks of at most 64 x 64 values")
+
+    @property
+    def name(self) -> str:
+        return f"topk-c{self.chunk}-k{self.k}{'-dct' if self.dct else ''}-{self.values}-i{self.index_bits}"
+
+    def chunkings(self) -> list[Chunking]:
+        return [Chunking(tuple(s), self.chunk, self.dct) for s in self.shapes]
+
+    def _k(self, ch: Chunking) -> int:
+        return min(self.k, ch.chunk_numel)
+
+    def _sizes(self, ch: Chunking) -> tuple[int, int, int]:
+        """(header, index, value) bytes of one tensor."""
+        m = ch.num_chunks * self._k(ch)
+        header = {"bf16": 0, "2bit": 16, "1bit": 4}[self.values]
+        index = 2 * m if self.index_bits == 16 else 3 * -(-m // 2)  # 12-bit: two indices in 3 bytes
+        value = {"bf16": 2 * m, "2bit": -(-m // 4), "1bit": -(-m // 8)}[self.values]
+        return header, index, value
+
+    def encoded_size(self) -> int:
+        return sum(sum(self._sizes(ch)) for ch in self.chunkings())
+
+    # ---- the steps, exposed because error feedback needs what was selected and what is seen
+    def select(self, tensors: list[torch.Tensor]) -> list[Selection]:
+        out = []
+        for ch, t in zip(self.chunkings(), tensors):
+            c = ch.to_chunks(t.detach().to("cpu", torch.float32))
+            idx = c.abs().topk(self._k(ch), dim=1, sorted=False).indices
+            idx, _ = idx.sort(dim=1)  # canonical order: the wire never depends on topk's
+            out.append(Selection(idx=idx, val=c.gather(1, idx)))
+        return out
+
+    def quantize(self, sel: list[Selection]) -> list[Selection]:
+        """The values as receivers will decode them."""
+        return [Selection(s.idx, _dequant(*_quant(s.val, self.values), self.values, s.val.numel()).reshape(s.val.shape))
+                for s in sel]
+
+    def densify(self, sel: list[Selection]) -> list[torch.Tensor]:
+        out = []
+        for ch, s in zip(self.chunkings(), sel):
+            c = torch.zeros(ch.num_chunks, ch.chunk_numel).scatter_(1, s.idx, s.val)
+            out.append(ch.from_chunks(c))
+        return out
+
+    def mean_dense(self, sels: list[list[Selection]], dtype=torch.float32) -> list[torch.Tensor]:
+        """Mean of several peers' selections, summed in the given order in the chunk domain.
+
+        One inverse transform per tensor instead of one per peer; with dtype=float64 the result
+        of the (float64) inverse DCT is kept unrounded, so its signs agree across machines.
+        """
+        out = []
+        for i, ch in enumerate(self.chunkings()):
+            acc = torch.zeros(ch.num_chunks, ch.chunk_numel, dtype=dtype)
+            for sel in sels:
+                acc.scatter_add_(1, sel[i].idx, sel[i].val.to(dtype))
+            out.append(ch.from_chunks(acc / len(sels)))
+        return out
+
+    def pack(self, sel: list[Selection]) -> bytes:
+        parts = []
+        for s in sel:
+            header, codes = _quant(s.val, self.values)
+            parts += [header, _pack_indices(s.idx.reshape(-1), self.index_bits), codes]
+        return b"".join(parts)
+
+    def unpack(self, data: bytes) -> list[Selection]:
+        _expect_size(self, data)
+        out, off = [], 0
+        for ch in self.chunkings():
+            k = self._k(ch)
+            m = ch.num_chunks * k
+            nh, ni, nv = self._sizes(ch)
+            header, off = data[off:off + nh], off + nh
+            idx = _unpack_indices(data[off:off + ni], m, self.index_bits).reshape(ch.num_chunks, k)
+            off += ni
+            codes, off = data[off:off + nv], off + nv
+            if m and int(idx.max()) >= ch.chunk_numel:
+                raise ProtocolError(f"{self.name}: index out of range for chunks of {ch.chunk_numel}")
+            srt, _ = idx.sort(dim=1)
+            if k > 1 and bool((srt[:, 1:] == srt[:, :-1]).any()):
+                raise ProtocolError(f"{self.name}: repeated index within a chunk")
+            val = _dequant(header, codes, self.values, m).reshape(ch.num_chunks, k)
+            _finite(val, self.name)
+            out.append(Selection(idx=idx, val=val))
+        return out
+
+    def encode(self, tensors: list[torch.Tensor]) -> bytes:
+        return self.pack(self.select(tensors))
+
+    def decode(self, data: bytes) -> list[torch.Tensor]:
+        return self.densify(self.unpack(data))
+
+
+# ------------------------------------------------------------------- value quantisers
+def _quant(val: torch.Tensor, kind: str) -> tuple[bytes, bytes]:
+    """-> (per-tensor header, packed codes)."""
+    v = val.reshape(-1).float()
+    if kind == "bf16":
+        return b"", v.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    if kind == "1bit":
+        scale = v.abs().mean() if v.numel() else torch.tensor(0.0)
+        return np.float32(scale).tobytes(), np.packbits((v >= 0).numpy().astype(np.uint8)).tobytes()
+    # 2bit: 4 bins of 1.5 sigma around the mean; each bin decodes to the mean of its members
+    shift = v.mean() if v.numel() else torch.tensor(0.0)
+    c = v - shift
+    std = c.norm() / math.sqrt(max(1, c.numel() - 1))
+    scale = 6 * std / 4 if std > 0 else torch.tensor(1.0)
+    q = (c / scale + 2).round().clamp(0, 3).long()
+    sums = torch.zeros(4, dtype=torch.float64).scatter_add_(0, q, c.double())
+    cnt = torch.zeros(4, dtype=torch.float64).scatter_add_(0, q, torch.ones_like(c, dtype=torch.float64))
+    lut = (torch.where(cnt > 0, sums / cnt.clamp(min=1), 0.0) + shift.double()).float()
+    return lut.numpy().tobytes(), _pack_2bit(q)
+
+
+def _dequant(header: bytes, codes: bytes, kind: str, m: int) -> torch.Tensor:
+    if kind == "bf16":
+        raw = torch.frombuffer(bytearray(codes), dtype=torch.int16) if codes else torch.empty(0, dtype=torch.int16)
+        return raw.view(torch.bfloat16).float()
+    n = m
+    if kind == "1bit":
+        scale = float(np.frombuffer(header, dtype=np.float32)[0])
+        if not math.isfinite(scale):
+            raise ProtocolError("1-bit scale is not finite")
+        bits = np.unpackbits(np.frombuffer(codes, dtype=np.uint8))[:n]
+        return torch.from_numpy(bits.astype(np.float32) * 2 - 1) * scale
+    lut = torch.frombuffer(bytearray(header), dtype=torch.float32)
+    _finite(lut, "2-bit table")
+    return lut[_unpack_2bit(codes, n)]
+
+
+def _pack_2bit(q: torch.Tensor) -> bytes:
+    a = q.numpy().astype(np.uint8)
+    a = np.concatenate([a, np.zeros((-len(a)) % 4, np.uint8)]).reshape(-1, 4)
+    return (a[:, 0] | a[:, 1] << 2 | a[:, 2] << 4 | a[:, 3] << 6).astype(np.uint8).tobytes()
+
+
+def _unpack_2bit(codes: bytes, n: int) -> torch.Tensor:
+    b = np.frombuffer(codes, dtype=np.uint8)
+    a = np.stack([b & 3, (b >> 2) & 3, (b >> 4) & 3, b >> 6], axis=1).reshape(-1)[:n]
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def _pack_indices(idx: torch.Tensor, bits: int) -> bytes:
+    a = idx.numpy().astype(np.uint16)
+    if bits == 16:
+        return a.astype("<u2").tobytes()
+    if len(a) % 2:
+        a = np.append(a, np.uint16(0))
+    lo, hi = a[0::2], a[1::2]  # two 12-bit indices in three bytes
+    out = np.stack([lo & 0xFF, (lo >> 8) | ((hi & 0xF) << 4), hi >> 4], axis=1).astype(np.uint8)
+    return out.tobytes()
+
+
+def _unpack_indices(raw: bytes, m: int, bits: int) -> torch.Tensor:
+    if bits == 16:
+        return torch.from_numpy(np.frombuffer(raw, dtype="<u2").astype(np.int64)[:m])
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int64)
+    lo = b[:, 0] | ((b[:, 1] & 0xF) << 8)
+    hi = (b[:, 1] >> 4) | (b[:, 2] << 4)
+    return torch.from_numpy(np.stack([lo, hi], axis=1).reshape(-1)[:m].copy())
+
+
+# ------------------------------------------------------------------------------ helpers
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).to("cpu", torch.float32) for t in tensors])
+
+
+def _split(flat: torch.Tensor, shapes) -> list[torch.Tensor]:
+    out, off = [], 0
+    for s in shapes:
+        n = math.prod(s)
+        out.append(flat[off:off + n].reshape(s))
+        off += n
+    return out
+
+
+def _expect_size(codec, data: bytes) -> None:
+    if len(data) != codec.encoded_size():
+        raise ProtocolError(f"{codec.name}: payload is {len(data)} bytes, expected {codec.encoded_size()}")
+
+
+def _finite(t: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ProtocolError(f"{name}: payload contains NaN or inf")
+
+
+Codec = DenseCodec | Int8Codec | TopKCodec

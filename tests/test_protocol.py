@@ -1,11 +1,8 @@
-import math
-
 import msgpack
 import pytest
 import torch
 
 from protocol import keys
-from protocol.codecs import DenseCodec, codec_by_name
 from protocol.errors import ProtocolError
 from protocol.messages import (Request, UpdateEnvelope, body_length, decode_response, encode_response, frame)
 from protocol.records import Announcement, Heartbeat, Roster, RosterEntry, manifest_hash, run_id_of
@@ -101,33 +98,6 @@ def test_update_envelope_roundtrip():
     assert UpdateEnvelope.decode(e.encode()) == e
     with pytest.raises(ProtocolError):
         UpdateEnvelope.decode(msgpack.packb({"run": "r"}))
-
-
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_dense_codec_roundtrip_and_size(dtype):
-    codec = DenseCodec(dtype)
-    ts = [torch.randn(3, 4), torch.randn(5)]
-    shapes = [tuple(t.shape) for t in ts]
-    blob = codec.encode(ts)
-    assert len(blob) == codec.encoded_size(shapes) == 17 * (2 if dtype == "float16" else 4)
-    out = codec.decode(blob, shapes)
-    tol = 1e-3 if dtype == "float16" else 0
-    assert all(torch.allclose(a, b, atol=tol, rtol=tol) for a, b in zip(ts, out))
-
-
-def test_dense_codec_rejects_wrong_size_and_nonfinite():
-    codec = DenseCodec("float32")
-    with pytest.raises(ProtocolError, match="bytes"):
-        codec.decode(b"\x00" * 7, [(2,)])
-    with pytest.raises(ProtocolError, match="NaN"):
-        codec.decode(torch.tensor([1.0, math.nan]).numpy().tobytes(), [(2,)])
-    with pytest.raises(ProtocolError, match="unknown codec"):
-        codec_by_name("zip")
-
-
-def test_fp16_encode_clamps_instead_of_inf():
-    blob = DenseCodec("float16").encode([torch.tensor([1e6, -1e6])])
-    assert torch.isfinite(DenseCodec("float16").decode(blob, [(2,)])[0]).all()
 
 
 def test_tensor_container_roundtrip_and_strictness():

@@ -19,27 +19,56 @@ def setup(**strategy):
     return model, strat, SwarmState.initial(model, strat.outer_buffers)
 
 
+class Local(torch.nn.Module):
+    """Stands in for a peer's model after its inner steps: parameters and gradients."""
+
+    def __init__(self, state, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.ps = torch.nn.ParameterList(p - 0.01 * torch.randn(p.shape, generator=g) for p in state.params)
+        for p in self.ps:
+            p.grad = torch.randn(p.shape, generator=g)
+
+
 def local_params(state, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [p - 0.01 * torch.randn(p.shape, generator=g) for p in state.params]
+    return Local(state, seed)
 
 
-def test_diloco_apply_is_bit_identical_across_peers():
-    _, strat, s1 = setup()
-    _, _, s2 = setup()
+def update(strat, state, seed, worker=None):
+    return strat.make_update(state, strat.new_worker() if worker is None else worker, Local(state, seed))
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(wire_dtype="int8"), dict(name="sparseloco"),
+                                      dict(name="decoupled-momentum", values="1bit"),
+                                      dict(name="decoupled-momentum", values="bf16"), dict(name="ddp-adamw")])
+def test_apply_is_bit_identical_across_peers(strategy):
+    _, strat, s1 = setup(**strategy)
+    _, _, s2 = setup(**strategy)
     for r in range(3):
-        payloads = [strat.make_update(s1, local_params(s1, 10 * r + k)) for k in range(3)]
+        payloads = [update(strat, s1, 10 * r + k) for k in range(3)]
         strat.apply(s1, payloads)
         strat.apply(s2, list(payloads))
         assert s1.digest == s2.digest and s1.full_digest == s2.full_digest and s1.round == r + 1
+    assert s1.digest != setup(**strategy)[2].digest  # and it did move the parameters
+
+
+def test_error_feedback_keeps_what_was_not_sent():
+    _, strat, state = setup(name="sparseloco", topk=4, error_decay=1.0, values="bf16")
+    worker = strat.new_worker()
+    local = Local(state, 0)
+    payload = strat.make_update(state, worker, local)
+    sent = strat.codec.decode(payload)
+    pseudo = [g - l.detach() for g, l in zip(state.params, local.parameters())]
+    for e, s, d in zip(worker["error"], sent, pseudo):
+        assert torch.allclose(e + s, d, atol=1e-6)  # nothing lost: sent + kept = the pseudo-gradient
 
 
 def test_diloco_plain_averaging_when_lr1_no_momentum():
     _, strat, state = setup(outer_lr=1.0, outer_momentum=0.0, wire_dtype="float32")
-    locals_ = [local_params(state, k) for k in range(2)]
-    payloads = [strat.make_update(state, lp) for lp in locals_]
+    locals_ = [Local(state, k) for k in range(2)]
+    payloads = [strat.make_update(state, None, lp) for lp in locals_]
     strat.apply(state, payloads)
-    expected = [(a + b) / 2 for a, b in zip(*locals_)]
+    expected = [(a + b) / 2 for a, b in zip(*[list(lp.parameters()) for lp in locals_])]
     assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(state.params, expected))
 
 
@@ -50,7 +79,7 @@ def test_unknown_strategy_is_a_clear_error():
 
 def test_state_bytes_roundtrip_and_checks():
     _, strat, state = setup()
-    strat.apply(state, [strat.make_update(state, local_params(state, 1))])
+    strat.apply(state, [update(strat, state, 1)])
     blob = state.to_bytes("run-1")
     back = SwarmState.from_bytes(blob, run_id="run-1", template=state)
     assert back.full_digest == state.full_digest and back.round == 1

@@ -1,24 +1,38 @@
-"""Outer strategies: how a round's local progress becomes an update and how updates are applied.
+"""Outer strategies: how local progress becomes an update, and how a round's updates apply.
 
-Interface (one file per strategy):
-  inner_steps: int                       inner steps between two exchanges
-  codec_name: str                        codec of the payloads (protocol/codecs.py)
-  outer_buffers: list[str]               names of per-parameter buffers kept in SwarmState.outer
-  make_update(state, local) -> bytes     this peer's payload for the round
-  check(payload) -> None                 raise ProtocolError if a payload cannot be applied
-  apply(state, payloads) -> None         deterministic: same inputs, same bits, on every peer
+One file per strategy, one interface, used unchanged by the node and by `bench quality`:
+  name, inner_steps (H), local_optimizer (does the inner step take an AdamW step itself?)
+  outer_buffers: list[str]                per-parameter buffers kept in SwarmState.outer
+  codec                                   protocol/codecs.py object; codec.name goes on the wire
+  new_worker() -> object                  this peer's private buffers (error feedback, momentum)
+  make_update(state, worker, model) -> bytes
+  check(payload) -> None                  raise ProtocolError if a payload cannot be applied
+  apply(state, payloads) -> None          deterministic: same payloads, same order, same bits
+The inner step itself stays plain torch (trainer.py).
 """
 from __future__ import annotations
 
-from node.config import StrategyConfig
+from typing import Callable
+
+from node.config import StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
+from node.strategies.ddp import DdpAdamW
+from node.strategies.demo import DecoupledMomentum
 from node.strategies.diloco import DiLoCo
+from node.strategies.sparseloco import SparseLoCo
 
-STRATEGIES = {"diloco": DiLoCo}
+STRATEGIES = {"diloco": DiLoCo, "sparseloco": SparseLoCo, "decoupled-momentum": DecoupledMomentum,
+              "ddp-adamw": DdpAdamW}
 
 
-def make_strategy(cfg: StrategyConfig, shapes: list[tuple[int, ...]]):
+def make_strategy(cfg: StrategyConfig, shapes: list[tuple[int, ...]], train: TrainConfig | None = None,
+                  schedule: Callable[[int], float] | None = None):
+    """Build the strategy a run names; `schedule(step)` scales the learning rate of step-wise strategies."""
     if cfg.name not in STRATEGIES:
         raise SwarmtrainError(f"strategy {cfg.name!r} is not implemented by this version",
                               f"use one of: {', '.join(STRATEGIES)} (or upgrade swarmtrain)")
-    return STRATEGIES[cfg.name](cfg, shapes)
+    train = train or TrainConfig()
+    try:
+        return STRATEGIES[cfg.name](cfg, [tuple(s) for s in shapes], train, schedule or (lambda step: 1.0))
+    except ValueError as e:
+        raise SwarmtrainError(f"strategy {cfg.name}: {e}", "fix [strategy] in run.toml") from None

@@ -1,0 +1,147 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from protocol.codecs import DenseCodec, Int8Codec, TopKCodec, _pack_indices, _unpack_indices
+from protocol.errors import ProtocolError
+
+SHAPES = ((128, 192), (64,), (3, 5), (7,))
+
+
+def tensors(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+CODECS = [DenseCodec(SHAPES, "float32"), DenseCodec(SHAPES, "float16"), Int8Codec(SHAPES, 256),
+          TopKCodec(SHAPES, chunk=64, k=32, values="bf16"), TopKCodec(SHAPES, chunk=64, k=32, dct=True, values="bf16"),
+          TopKCodec(SHAPES, chunk=64, k=16, values="2bit"), TopKCodec(SHAPES, chunk=64, k=8, dct=True, values="1bit"),
+          TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16)]
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+def test_encoded_size_is_exact(codec):
+    assert len(codec.encode(tensors())) == codec.encoded_size()
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+def test_decode_shapes_and_finite(codec):
+    out = codec.decode(codec.encode(tensors()))
+    assert [tuple(t.shape) for t in out] == list(SHAPES) and all(torch.isfinite(t).all() for t in out)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+def test_wrong_length_is_refused(codec):
+    blob = codec.encode(tensors())
+    for bad in (blob[:-1], blob + b"\0", b""):
+        with pytest.raises(ProtocolError, match="bytes, expected"):
+            codec.decode(bad)
+
+
+def test_dense_accuracy():
+    ts = tensors()
+    assert all(torch.equal(a, b) for a, b in zip(ts, DenseCodec(SHAPES, "float32").decode(
+        DenseCodec(SHAPES, "float32").encode(ts))))
+    half = DenseCodec(SHAPES, "float16")
+    assert all(torch.allclose(a, b, atol=2e-3, rtol=1e-3) for a, b in zip(ts, half.decode(half.encode(ts))))
+    assert torch.isfinite(DenseCodec(((2,),), "float16").decode(
+        DenseCodec(((2,),), "float16").encode([torch.tensor([1e6, -1e6])]))[0]).all()
+
+
+def test_int8_error_bounded_by_half_a_step():
+    ts = tensors()
+    codec = Int8Codec(SHAPES, 64)
+    for a, b in zip(ts, codec.decode(codec.encode(ts))):
+        assert (a - b).abs().max() <= a.abs().max() / 127 * 0.5 + 1e-6
+
+
+def test_nonfinite_refused():
+    codec = DenseCodec(((2,),), "float32")
+    with pytest.raises(ProtocolError, match="NaN"):
+        codec.decode(torch.tensor([1.0, math.nan]).numpy().tobytes())
+    i8 = Int8Codec(((4,),), 4)
+    blob = bytearray(i8.encode([torch.ones(4)]))
+    blob[:4] = np.float32(np.inf).tobytes()
+    with pytest.raises(ProtocolError, match="NaN or inf"):
+        i8.decode(bytes(blob))
+
+
+def test_topk_keeps_the_largest_and_is_exact_with_bf16_when_k_is_all():
+    codec = TopKCodec(((64, 64),), chunk=64, k=4096, values="bf16")
+    t = [torch.randn(64, 64)]
+    assert torch.allclose(codec.decode(codec.encode(t))[0], t[0].bfloat16().float())
+    sparse = TopKCodec(((8, 8),), chunk=8, k=3, values="bf16")
+    x = torch.zeros(8, 8)
+    x[1, 2], x[5, 5], x[7, 0], x[0, 0] = 5.0, -4.0, 3.0, 0.5
+    out = sparse.decode(sparse.encode([x]))[0]
+    assert out[1, 2] == 5.0 and out[5, 5] == -4.0 and out[7, 0] == 3.0 and out[0, 0] == 0.0
+
+
+def test_dct_is_orthonormal_and_invertible():
+    codec = TopKCodec(((128, 64),), chunk=64, k=4096, dct=True, values="bf16")
+    ch = codec.chunkings()[0]
+    x = torch.randn(128, 64)
+    c = ch.to_chunks(x)
+    assert torch.allclose(c.norm(), x.norm(), rtol=1e-5)
+    assert torch.allclose(ch.from_chunks(c), x, atol=1e-5)
+
+
+def test_2bit_values_take_four_levels_and_1bit_two():
+    two = TopKCodec(((64, 64),), chunk=64, k=256, values="2bit")
+    out = two.decode(two.encode([torch.randn(64, 64)]))[0]
+    assert len(torch.unique(out[out != 0])) <= 4
+    one = TopKCodec(((64, 64),), chunk=64, k=256, values="1bit")
+    out = one.decode(one.encode([torch.randn(64, 64)]))[0]
+    assert len(torch.unique(out[out != 0])) == 2
+
+
+def test_quantize_matches_what_receivers_decode():
+    codec = TopKCodec(SHAPES, chunk=64, k=16, values="2bit")
+    sel = codec.select(tensors())
+    seen = codec.densify(codec.quantize(sel))
+    got = codec.decode(codec.pack(sel))
+    assert all(torch.equal(a, b) for a, b in zip(seen, got))
+
+
+@pytest.mark.parametrize("bits,maximum", [(12, 4095), (16, 65535)])
+def test_index_packing_roundtrip(bits, maximum):
+    for m in (1, 2, 7, 1000):
+        idx = torch.randint(0, maximum + 1, (m,))
+        raw = _pack_indices(idx, bits)
+        assert len(raw) == (2 * m if bits == 16 else 3 * -(-m // 2))
+        assert torch.equal(_unpack_indices(raw, m, bits), idx)
+
+
+def test_topk_rejects_out_of_range_and_repeated_indices():
+    codec = TopKCodec(((8, 8),), chunk=8, k=2, values="bf16", index_bits=16)
+    good = codec.encode([torch.randn(8, 8)])
+    n_idx = 2 * 2 * 1  # one chunk, k=2, 2 bytes each
+    out_of_range = bytearray(good)
+    out_of_range[0:2] = (64).to_bytes(2, "little")
+    with pytest.raises(ProtocolError, match="out of range"):
+        codec.decode(bytes(out_of_range))
+    repeated = bytearray(good)
+    repeated[2:4] = repeated[0:2]
+    with pytest.raises(ProtocolError, match="repeated"):
+        codec.decode(bytes(repeated))
+    assert len(good) == n_idx + 4
+
+
+def test_mean_dense_float64_signs_agree_with_float32_path():
+    codec = TopKCodec(SHAPES, chunk=64, k=32, dct=True, values="bf16")
+    sels = [codec.unpack(codec.encode(tensors(s))) for s in range(3)]
+    m64 = codec.mean_dense(sels, dtype=torch.float64)
+    m32 = [sum(codec.densify(s)[i] for s in sels) / 3 for i in range(len(SHAPES))]
+    for a, b in zip(m64, m32):
+        assert torch.allclose(a.float(), b, atol=1e-5)
+        big = b.abs() > 1e-4
+        assert torch.equal(torch.sign(a.float())[big], torch.sign(b)[big])
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        TopKCodec(SHAPES, values="3bit")
+    with pytest.raises(ValueError):
+        TopKCodec(SHAPES, chunk=128, index_bits=12)

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
             kind = {"int": int, "float": float, "str": str}[f.type]
             demo.add_argument(flag, type=kind, default=f.default, help=f"{ddocs[f.name]} (default {f.default!r})")
 
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    quality = bsub.add_parser("quality", help="every strategy against data-parallel AdamW at equal tokens")
+    quality.add_argument("--tier", default="smoke", help="smoke (~1 min), pilot (~5 min per strategy), full")
+    quality.add_argument("--json", required=True, metavar="PATH", help="write rows and curves here")
+    quality.add_argument("--plot", metavar="PATH.png", help="plot bpb against tokens and against bytes")
+    quality.add_argument("--strategies", nargs="+", metavar="PRESET", help="subset of presets (default: all)")
+    quality.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
+
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     show = csub.add_parser("show", help="print effective node settings and where each came from")
@@ -115,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _config_show(args)
         _install_signal_handlers(stop)
+        if args.command == "bench":
+            from node.benchmark import run_quality
+            rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))
+            for r in rows:
+                print(f"{r['strategy']:<24} val_bpb {r['val_bpb']:.4f}  gap {r['gap_vs_ddp']:+.2%}  "
+                      f"upload {r['upload_reduction']:,.1f}x less than the fp32 ring")
+            return 0
         if args.command == "demo":
             from node.demo import DemoOptions, run_demo
             opt = DemoOptions(**{f.name: getattr(args, f.name) for f in fields(DemoOptions)})

@@ -193,6 +193,8 @@ def _summarize(work: Path, volunteers: list[Child], late: Child | None, opt: Dem
         "model_digests": {p: r["digest"] for p, r in by_peer.items()},
         "bytes_sent": {p: r["bytes_sent"] for p, r in by_peer.items()},
         "bytes_received": {p: r["bytes_received"] for p, r in by_peer.items()},
+        "codec_bytes_sent": {p: r["codec_bytes_sent"] for p, r in by_peer.items()},
+        "codec_bytes_received": {p: r["codec_bytes_received"] for p, r in by_peer.items()},
         "strategy": opt.strategy,
         "late_joiner": results.get(late.label, {}).get("peer") if late else None,
         "names": {r["peer"]: lbl for lbl, r in results.items()},

@@ -88,7 +88,8 @@ class Volunteer:
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
-        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
+        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter(),
+                              "codec_sent": 0, "codec_received": 0}
 
     # ----------------------------------------------------------------------------- main loop
     def train(self, stop: threading.Event) -> None:
@@ -140,6 +141,9 @@ class Volunteer:
         checkpoint.save(self.ckpt, self.state.to_bytes(self.run_id))
         contributed = any(e.peer == self.me for e in roster.entries)
         self.history["contributed"] += contributed
+        others = len(roster.entries) - contributed  # updates this peer had to download
+        self.history["codec_sent"] += contributed * (len(roster.entries) - 1) * self.strategy.codec.encoded_size()
+        self.history["codec_received"] += others * self.strategy.codec.encoded_size()
         self.history["loss"].append(loss)
         fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
@@ -229,7 +233,8 @@ class Volunteer:
                 "joined_round": getattr(self, "joined_round", None), "digest": self.state.digest,
                 "bytes_sent": self.exchange.sent["update"], "bytes_received": self.exchange.received["update"],
                 "state_bytes_sent": self.exchange.sent["state"], "state_bytes_received": self.exchange.received["state"],
-                "update_bytes_per_peer": self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
+                "update_bytes_per_peer": self.strategy.codec.encoded_size(),
+                "codec_bytes_sent": self.history["codec_sent"], "codec_bytes_received": self.history["codec_received"], "rounds_contributed": self.history["contributed"],
                 "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
                 "train_loss": self.history["loss"], "strategy": self.run.strategy.name}
 

@@ -115,6 +115,9 @@ class SwarmConfig:
     """A peer whose last heartbeat is older than this is taken as gone."""
     max_update_mb: float = 256.0
     """Largest update or state (MiB) a peer accepts from another."""
+    min_peers: int = 1
+    """The leader writes a roster only once this many updates arrived (or, so that a shrunken
+    swarm never stalls, after 80% of round_timeout with fewer)."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -10,6 +10,9 @@
 3. Every peer reads the roster (the smallest leader id wins if there are two), fetches the
    updates it lacks from their owner or else the leader, checks size and SHA-256, and hands
    them to the strategy in roster order. Same inputs, same order: the same bits everywhere.
+4. A peer that cannot gather a roster gives the round up: it takes the state of a peer that
+   did (state sync), or, if no one did, redoes the round and ignores that roster, so that
+   the next leader writes a new one.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class RoundProtocol:
         self.me = swarm.peer_id
         self.validate = validate  # raises ProtocolError if an update payload cannot be applied
         self.max_bytes = max_bytes
+        self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
 
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
         return UpdateEnvelope(run=self.run_id, round=round_no, peer=self.me, codec=codec, payload=payload).encode()
@@ -64,7 +68,8 @@ class RoundProtocol:
             if min(expected) == self.me:
                 announced = self._announcements(round_no)
                 waited = time.monotonic() - started
-                if expected <= set(announced) or waited >= self.cfg.collect_timeout:
+                enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
+                if enough and (expected <= set(announced) or waited >= self.cfg.collect_timeout):
                     roster = self._lead(round_no, announced)
                     if roster is not None:
                         return roster
@@ -79,7 +84,7 @@ class RoundProtocol:
             except ProtocolError as e:
                 log.warning("ignoring a malformed roster from %s: %s", leader[:16], e)
                 continue
-            if roster.leader == leader and roster.round == round_no:
+            if roster.leader == leader and roster.round == round_no and (round_no, leader) not in self.failed:
                 rosters.append(roster)
         return min(rosters, key=lambda r: r.leader) if rosters else None
 
@@ -118,6 +123,9 @@ class RoundProtocol:
                                     sources=lambda e: [e.peer] if e.peer == roster.leader else [e.peer, roster.leader])
         failed = [(e.peer, b) for e, b in zip(roster.entries, blobs) if isinstance(b, Exception)]
         if failed:
+            # e.g. the leader died before serving its own update: if nobody could get it, the
+            # next leader writes a new roster for this round, and this one is ignored from now on
+            self.failed.add((roster.round, roster.leader))
             raise RoundFailed(f"round {roster.round}: could not get the update of {failed[0][0][:16]}: {failed[0][1]}")
         return [UpdateEnvelope.decode(b).payload for b in blobs]
 
@@ -133,9 +141,12 @@ class RoundProtocol:
             jobs = [(i, src) for i in todo for src in sources(entries[i])[attempt:attempt + 1] if src != self.me]
             if not jobs:
                 break
-            fetched = self.exchange.fetch_many(
-                [(src, Request(op="update", run=self.run_id, round=round_no, peer=entries[i].peer)) for i, src in jobs],
-                timeout=self.cfg.collect_timeout)
+            requests = [(src, Request(op="update", run=self.run_id, round=round_no, peer=entries[i].peer))
+                        for i, src in jobs]
+            try:
+                fetched = self.exchange.fetch_many(requests, timeout=self.cfg.collect_timeout)
+            except Exception as e:  # the whole batch timed out or the transport is gone
+                fetched = [e] * len(jobs)
             for (i, _), blob in zip(jobs, fetched):
                 if isinstance(blob, Exception):
                     results[i] = blob

@@ -27,7 +27,6 @@ from node.state import SwarmState
 from node.strategies import make_strategy
 from node.swarm import HeartbeatPublisher, Swarm, dht_time, read_peers
 from node.trainer import InnerTrainer, evaluate_bpb
-from protocol.errors import ProtocolError
 from protocol.messages import Request
 from protocol.records import Heartbeat
 
@@ -99,6 +98,8 @@ class Volunteer:
         self.out.event("joined", peer=self.me, name=self.name, run=self.run_id, round=self.state.round,
                        state=how, device=str(self.device), digest=self.state.digest[:16])
         while not stop.is_set() and not self.reached_max():
+            if self.outvoted():
+                self.resync(stop, force=True)                      # our state differs from the swarm's
             r = self.state.round + 1
             self.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
             t0 = time.monotonic()
@@ -179,9 +180,17 @@ class Volunteer:
                 return state, "from_peers"
         return (local, "checkpoint") if local else (self.template, "initial")
 
-    def resync(self, stop: threading.Event) -> None:
+    def outvoted(self) -> bool:
+        """True when more peers at our round hold another digest than hold ours (us included)."""
+        same_round = [hb for p, hb in read_peers(self.swarm, self.run_id).items()
+                      if p != self.me and hb.state_round == self.state.round]
+        agree = sum(hb.digest == self.state.digest for hb in same_round) + 1
+        return len(same_round) + 1 - agree > agree
+
+    def resync(self, stop: threading.Event, force: bool = False) -> None:
         state = self.fetch_state(stop)
-        if state is not None and state.round > self.state.round:
+        if state is not None and (state.round > self.state.round or (force and state.digest != self.state.digest)):
+            self.history["syncs"]["resync"] += 1
             self.state = state
             self.exchange.set_state(state.to_bytes(self.run_id))
 
@@ -200,7 +209,7 @@ class Volunteer:
                 try:
                     blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
                     state = SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
-                except (ProtocolError, OSError, TimeoutError, Exception) as e:  # any failure: try the next
+                except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
                     self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
                     continue
                 now = read_peers(self.swarm, self.run_id)

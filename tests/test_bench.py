@@ -1,0 +1,47 @@
+"""`swarmtrain bench quality --tier smoke`: one row per strategy with the documented keys."""
+import json
+
+from node.benchmark import PRESETS, TIERS, run_quality, summarize
+from node.cli import main
+
+KEYS = {"strategy", "params", "tokens", "upload_bytes_per_step", "download_bytes_per_step",
+        "dense_ring_bytes_per_step", "upload_reduction", "download_reduction", "val_bpb", "gap_vs_ddp"}
+
+
+def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
+    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    assert main(["bench", "quality", "--tier", "smoke", "--json", str(out), "--plot", str(png), "--jobs", "2"]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["strategy"]: r for r in doc["rows"]}
+    assert set(rows) == set(PRESETS)
+    assert {p[0].name for p in PRESETS.values()} >= {"ddp-adamw", "diloco", "sparseloco", "decoupled-momentum"}
+    for row in rows.values():
+        assert KEYS <= set(row), KEYS - set(row)
+        assert row["tokens"] == rows["ddp-adamw"]["tokens"]  # equal tokens by construction
+        assert 2.0 < row["val_bpb"] < 8.5
+    ddp = rows["ddp-adamw"]
+    p = ddp["params"]
+    assert ddp["dense_ring_bytes_per_step"] == 2 * 3 / 4 * 4 * p
+    assert ddp["upload_bytes_per_step"] == 3 * 4 * p and ddp["gap_vs_ddp"] == 0
+    assert rows["sparseloco"]["upload_reduction"] > 10 * rows["diloco"]["upload_reduction"] > 10
+    assert rows["decoupled-momentum-1bit"]["upload_bytes_per_step"] < rows["decoupled-momentum"]["upload_bytes_per_step"]
+    assert png.stat().st_size > 10_000
+
+
+def test_summary_math():
+    runs = [{"strategy": "ddp-adamw", "params": 10, "tokens": 5, "upload_bytes_per_step": 120.0,
+             "download_bytes_per_step": 120.0, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 40,
+             "val_bpb": 2.0, "seconds": 1},
+            {"strategy": "x", "params": 10, "tokens": 5, "upload_bytes_per_step": 0.6,
+             "download_bytes_per_step": 0.6, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 1,
+             "val_bpb": 2.2, "seconds": 1},
+            {"strategy": "x", "params": 10, "tokens": 5, "upload_bytes_per_step": 0.6,
+             "download_bytes_per_step": 0.6, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 1,
+             "val_bpb": 2.0, "seconds": 1}]
+    rows = {r["strategy"]: r for r in summarize(runs)}
+    assert rows["x"]["val_bpb"] == 2.1 and abs(rows["x"]["gap_vs_ddp"] - 0.05) < 1e-12
+    assert rows["x"]["upload_reduction"] == 100 and rows["ddp-adamw"]["upload_reduction"] == 0.5
+
+
+def test_tiers_are_as_documented():
+    assert TIERS["full"].steps == 3000 and len(TIERS["full"].seeds) == 2

@@ -182,6 +182,17 @@ def run_quality(tier: str, json_path: str, plot_path: str | None, strategies: li
     return rows
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as the table in docs/benchmarks.md."""
+    lines = ["| strategy | val bpb | gap vs DDP | upload B/step | download B/step | upload reduction | "
+             "download reduction |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {r['val_bpb']:.4f} | {r['gap_vs_ddp']:+.1%} | "
+                     f"{r['upload_bytes_per_step']:,.0f} | {r['download_bytes_per_step']:,.0f} | "
+                     f"{r['upload_reduction']:,.1f}x | {r['download_reduction']:,.1f}x |")
+    return "\n".join(lines)
+
+
 def _tier_dict(t: Tier) -> dict:
     d = dict(t.__dict__)
     d["model"] = t.model.__dict__

@@ -125,11 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             return _config_show(args)
         _install_signal_handlers(stop)
         if args.command == "bench":
-            from node.benchmark import run_quality
+            from node.benchmark import markdown_table, run_quality
             rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))
-            for r in rows:
-                print(f"{r['strategy']:<24} val_bpb {r['val_bpb']:.4f}  gap {r['gap_vs_ddp']:+.2%}  "
-                      f"upload {r['upload_reduction']:,.1f}x less than the fp32 ring")
+            print(markdown_table(rows))
             return 0
         if args.command == "demo":
             from node.demo import DemoOptions, run_demo

@@ -218,6 +218,10 @@ class NodeConfig:
     """Write a JSON summary of this node (digest, bytes, rounds) here on exit."""
     log_format: str = "text"
     """Progress lines as 'text' (key=value) or 'json' (one object per line)."""
+    status_host: str = "127.0.0.1"
+    """Address of the status page, /api/status and /metrics (0.0.0.0 lets Prometheus elsewhere scrape)."""
+    status_port: int = 0
+    """Port of the status page; 0 picks a free one (printed at start), -1 turns the page off."""
 
 
 def _parse_env(raw: str, kind: str, var: str) -> Any:
@@ -268,6 +272,8 @@ def _validate_node(cfg: NodeConfig) -> None:
         raise SwarmtrainError("startup_timeout must be at least 1 second")
     if cfg.log_format not in ("text", "json"):
         raise SwarmtrainError(f"log_format {cfg.log_format!r} is not known", "use 'text' or 'json'")
+    if not -1 <= cfg.status_port <= 65535:
+        raise SwarmtrainError(f"status_port {cfg.status_port} is out of range", "use 0 for a free port, -1 for none")
     if cfg.threads < 0:
         raise SwarmtrainError("threads must be >= 0 (0 keeps torch's default)")
 

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import Counter
 from concurrent.futures import Future
+from typing import Callable
 
 from protocol.errors import ProtocolError
 from protocol.messages import (HEADER_LEN, MAX_REQUEST_BYTES, Request, body_length, decode_response,
@@ -26,8 +27,10 @@ SERVE_TIMEOUT = 60.0
 
 
 class Exchange:
-    def __init__(self, dht, run_id: str, *, max_bytes: int):
+    def __init__(self, dht, run_id: str, *, max_bytes: int,
+                 on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None):
         self.run_id = run_id
+        self.on_bytes = on_bytes  # (direction "sent"/"received", kind, bytes): metrics
         self.max_bytes = max_bytes
         self.sent: Counter[str] = Counter()  # kind -> bytes written to peers
         self.received: Counter[str] = Counter()  # kind -> bytes read from peers
@@ -74,6 +77,10 @@ class Exchange:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
+    def _count(self, direction: str, kind: str, n: int) -> None:
+        (self.sent if direction == "sent" else self.received)[kind] += n
+        self.on_bytes(direction, kind, n)
+
     # ------------------------------------------------------------------ inside the event loop
     def _call(self, coro, *, timeout: float):
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -92,11 +99,11 @@ class Exchange:
                 reader.readexactly(body_length(header, MAX_REQUEST_BYTES)), SERVE_TIMEOUT)
             request = Request.decode(body)
             kind = request.op
-            self.received[kind] += len(header) + len(body)
+            self._count("received", kind, len(header) + len(body))
             response = encode_response(*self._answer(request))
             out = frame(response)
             writer.write(out)
-            self.sent[kind] += len(out)  # counted when handed to the stream: the peer may close first
+            self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
             await writer.drain()
         except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as e:
             log.info("dropped a request from a peer: %s", e)  # a peer's mistake never stops us
@@ -121,11 +128,11 @@ class Exchange:
         try:
             out = frame(request.encode())
             writer.write(out)
-            self.sent[request.op] += len(out)
+            self._count("sent", request.op, len(out))
             await writer.drain()
             header = await reader.readexactly(HEADER_LEN)
             body = await reader.readexactly(body_length(header, self.max_bytes + 4096))
-            self.received[request.op] += len(header) + len(body)
+            self._count("received", request.op, len(header) + len(body))
             return decode_response(body)
         finally:
             writer.close()

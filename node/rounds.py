@@ -77,27 +77,22 @@ class RoundProtocol:
         return None
 
     def read_roster(self, round_no: int) -> Roster | None:
-        rosters = []
-        for leader, raw in self.swarm.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
-            try:
-                roster = Roster.from_wire(raw, max_bytes=self.max_bytes)
-            except ProtocolError as e:
-                log.warning("ignoring a malformed roster from %s: %s", leader[:16], e)
-                continue
-            if roster.leader == leader and roster.round == round_no and (round_no, leader) not in self.failed:
-                rosters.append(roster)
+        rosters = [r for leader, r in self._records(keys.roster_key(self.run_id, round_no), Roster).items()
+                   if r.leader == leader and r.round == round_no and (round_no, leader) not in self.failed]
         return min(rosters, key=lambda r: r.leader) if rosters else None
 
     def _announcements(self, round_no: int) -> dict[str, Announcement]:
+        found = self._records(keys.updates_key(self.run_id, round_no), Announcement)
+        return {peer: a for peer, a in found.items() if a.round == round_no}
+
+    def _records(self, key: str, kind) -> dict:
+        """subkey -> parsed record; malformed ones are dropped with a warning (peers' mistakes)."""
         out = {}
-        for peer, raw in self.swarm.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
+        for subkey, raw in self.swarm.get_subkeys(key).items():
             try:
-                ann = Announcement.from_wire(raw, max_bytes=self.max_bytes)
+                out[subkey] = kind.from_wire(raw, max_bytes=self.max_bytes)
             except ProtocolError as e:
-                log.warning("ignoring a malformed announcement from %s: %s", peer[:16], e)
-                continue
-            if ann.round == round_no:
-                out[peer] = ann
+                log.warning("ignoring a malformed %s from %s: %s", kind.__name__, subkey[:16], e)
         return out
 
     def _lead(self, round_no: int, announced: dict[str, Announcement]) -> Roster | None:

@@ -15,15 +15,18 @@ from pathlib import Path
 
 import torch
 
-from node import checkpoint, data, manifest as manifests
+from node import __version__, checkpoint, data, manifest as manifests
 from node.addresses import parse_peer_addresses
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.exchange import Exchange
+from node.dashboard.server import NoStatusServer, StatusServer
+from node.metrics import NodeMetrics
 from node.model import build_model
 from node.progress import Reporter
 from node.rounds import RoundFailed, RoundProtocol
 from node.state import SwarmState
+from node.status import StatusBoard
 from node.strategies import make_strategy
 from node.swarm import HeartbeatPublisher, Swarm, dht_time, read_peers
 from node.trainer import InnerTrainer, evaluate_bpb
@@ -75,7 +78,8 @@ class Volunteer:
         self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()], self.run.train)
         self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
         self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
-        self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes)
+        self.metrics = NodeMetrics()
+        self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes, on_bytes=self.metrics.on_bytes)
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)
@@ -89,6 +93,14 @@ class Volunteer:
         self.stack = stack
         self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter(),
                               "codec_sent": 0, "codec_received": 0}
+        self.params = sum(p.numel() for p in model.parameters())
+        self.metrics.info.info({"peer_id": self.me, "name": self.name, "version": __version__, "device": str(self.device),
+                                "run_id": self.run_id, "strategy": self.run.strategy.name})
+        self.status = StatusBoard(peer=self.me, name=self.name, run_id=self.run_id, strategy=self.run.strategy.name,
+                                  device=str(self.device), version=__version__)
+        self.page = (StatusServer(cfg.status_host, cfg.status_port, self.status.snapshot, self.metrics.exposition)
+                     if cfg.status_port >= 0 else NoStatusServer())
+        stack.callback(self.page.close)
 
     # ----------------------------------------------------------------------------- main loop
     def train(self, stop: threading.Event) -> None:
@@ -96,35 +108,57 @@ class Volunteer:
         self.joined_round = self.state.round
         self.start_heartbeat()
         self.out.event("joined", peer=self.me, name=self.name, run=self.run_id, round=self.state.round,
-                       state=how, device=str(self.device), digest=self.state.digest[:16])
+                       state=how, device=str(self.device), digest=self.state.digest[:16], status_url=self.page.url)
         while not stop.is_set() and not self.reached_max():
             if self.outvoted():
                 self.resync(stop, force=True)                      # our state differs from the swarm's
             r = self.state.round + 1
             self.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
             t0 = time.monotonic()
-            loss = self.inner_steps(r, stop)                       # plain torch, H steps
+            with self.phase("compute"):
+                loss = self.inner_steps(r, stop)                   # plain torch, H steps
             if loss is None:
                 break                                              # stopped mid-round: keep the last round
-            update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
-            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update))
+            with self.phase("encode"):
+                update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
             t1 = time.monotonic()
-            roster = self.rounds.await_roster(r, stop)             # a leader decides who is in
+            with self.phase("communicate"):
+                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update))
+                roster = self.rounds.await_roster(r, stop)         # a leader decides who is in
+                payloads = self.gather_or_fail(r, roster, stop)
             if stop.is_set():
                 break
-            try:
-                if roster is None:
-                    raise RoundFailed(f"no roster for round {r} within {self.run.swarm.round_timeout:.0f} s")
-                self.strategy.apply(self.state, self.rounds.gather(roster))  # same bits on every peer
-            except RoundFailed as e:
-                self.history["failed"] += 1
-                self.out.event("round_failed", round=r, reason=str(e))
+            if payloads is None:
                 self.resync(stop)
                 continue
+            with self.phase("apply"):
+                self.strategy.apply(self.state, payloads)          # same bits on every peer
             self.finish_round(roster, loss, t0, t1)
         self.leave(stop)
 
     # --------------------------------------------------------------------------- the pieces
+    def phase(self, name: str):
+        return self.metrics.step_seconds.labels(name).time()
+
+    def gather_or_fail(self, r: int, roster, stop: threading.Event) -> list[bytes] | None:
+        """The round's payloads, or None (counted and reported) when this peer cannot have them."""
+        if stop.is_set():
+            return None
+        try:
+            if roster is None:
+                self.metrics.rounds.labels("timeout").inc()
+                raise RoundFailed(f"no roster for round {r} within {self.run.swarm.round_timeout:.0f} s")
+            return self.rounds.gather(roster)
+        except RoundFailed as e:
+            if roster is not None:
+                self.metrics.rounds.labels("failed").inc()
+            self.history["failed"] += 1
+            self.out.event("round_failed", round=r, reason=str(e))
+            self.status.round_done(round_no=r, result="failed", peers=len(roster.entries) if roster else 0,
+                                   seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=self.exchange.sent["update"],
+                                   received=self.exchange.received["update"], dense=0.0)
+            return None
+
     def inner_steps(self, r: int, stop: threading.Event) -> float | None:
         self.trainer.load_params(self.state.params)
         gen = data.batch_generator(self.run.train.seed, self.me, r)
@@ -146,6 +180,20 @@ class Volunteer:
         self.history["codec_sent"] += contributed * (len(roster.entries) - 1) * self.strategy.codec.encoded_size()
         self.history["codec_received"] += others * self.strategy.codec.encoded_size()
         self.history["loss"].append(loss)
+        steps = self.strategy.inner_steps
+        tokens = steps * self.run.train.batch_size * self.run.model.ctx
+        self.metrics.local_step.set(self.trainer.steps)
+        self.metrics.global_step.set(self.state.round)
+        self.metrics.train_loss.set(loss)
+        self.metrics.tokens.inc(tokens)
+        self.metrics.samples.inc(steps * self.run.train.batch_size)
+        self.metrics.rounds.labels("ok" if contributed else "skipped").inc()
+        self.metrics.round_peers.set(len(roster.entries))
+        dense = 2 * (len(roster.entries) - 1) / len(roster.entries) * 4 * self.params * steps
+        self.metrics.dense_equivalent(self.params, len(roster.entries), steps)
+        peers = read_peers(self.swarm, self.run_id)
+        self.metrics.peers_alive.set(len(peers | {self.me: None}))
+        self.status.peers_seen(peers, self.state.round)
         fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
                       sent=self.exchange.sent["update"], received=self.exchange.received["update"],
@@ -153,7 +201,12 @@ class Volunteer:
         if self.val is not None:
             bpb = evaluate_bpb(self.trainer.model, *self.val, self.device)
             self.history["val_bpb"].append(bpb)
+            self.metrics.val_bpb.set(bpb)
             fields["val_bpb"] = bpb
+        self.status.round_done(round_no=self.state.round, result="ok" if contributed else "skipped",
+                               peers=len(roster.entries), seconds=time.monotonic() - t0, loss=loss,
+                               val_bpb=fields.get("val_bpb"), tokens=tokens, sent=self.exchange.sent["update"],
+                               received=self.exchange.received["update"], dense=dense)
         self.out.event("round", **fields)
 
     def reached_max(self) -> bool:
@@ -210,6 +263,7 @@ class Volunteer:
                     blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
                     state = SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
                 except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
+                    self.metrics.state_syncs.labels("failed").inc()
                     self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
                     continue
                 now = read_peers(self.swarm, self.run_id)
@@ -217,10 +271,12 @@ class Volunteer:
                 holders = [p for p, hb in now.items() if p != self.me and hb.state_round == state.round]
                 if vouchers and len(vouchers) >= min(2, len(holders)):
                     self.history["syncs"]["ok"] += 1
+                    self.metrics.state_syncs.labels("ok").inc()
                     self.out.event("state_synced", round=state.round, donor=donor[:16],
                                    vouchers=len(vouchers), nbytes=len(blob))
                     return state
             self.history["syncs"]["unverified"] += 1
+            self.metrics.state_syncs.labels("unverified").inc()
             stop.wait(1.0)
         return None
 
@@ -251,7 +307,8 @@ class Volunteer:
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:
     with ExitStack() as stack:
         node = Volunteer(cfg, stack, reporter)
-        reporter.say(f"peer {node.me} ({node.name}) joined run {node.run_id}; training on {node.device}")
+        reporter.say(f"peer {node.me} ({node.name}) joined run {node.run_id}; training on {node.device}"
+                     + (f"; status page {node.page.url}" if node.page.url else ""))
         try:
             node.train(stop)
         finally:

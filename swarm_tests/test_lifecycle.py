@@ -3,6 +3,7 @@ import json
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small
     node = procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / "v"),
                  "--threads", "1", "--result-json", str(tmp_path / "v.json"))
     node.wait_for(r"event=round round=2 ", 120)
+    url = node.wait_for(r"status_url=(\S+)", 5).group(1)
+    status = json.loads(urllib.request.urlopen(url + "api/status", timeout=10).read())
+    assert status["round"] >= 2 and [p["name"] for p in status["peers"]] and status["alone"]
+    metrics = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+    assert "swarmtrain_global_step" in metrics and 'swarmtrain_rounds_total{result="ok"}' in metrics
     below = node.descendants()
     names = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in below}
     node.popen.send_signal(sig)

@@ -1,0 +1,1 @@
+"""The node's HTTP endpoint: `/` (live page), `/api/status` (JSON), `/metrics` (Prometheus)."""

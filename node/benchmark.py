@@ -66,6 +66,8 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
     "diloco-int8": (StrategyConfig(name="diloco", inner_steps=25, wire_dtype="int8"), BASE_TRAIN),
     "sparseloco": (StrategyConfig(name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0,
                                   error_decay=0.95), BASE_TRAIN),
+    "sparseloco-h25": (StrategyConfig(name="sparseloco", inner_steps=25, topk=64, values="2bit", outer_lr=2.0,
+                                      error_decay=0.95), BASE_TRAIN),  # equal H with diloco: the paper's ordering
     "sparseloco-h30": (StrategyConfig(name="sparseloco", inner_steps=30, topk=64, values="2bit", outer_lr=2.0,
                                       error_decay=0.95), BASE_TRAIN),
     "decoupled-momentum": (StrategyConfig(name="decoupled-momentum", topk=32, values="bf16",

@@ -44,8 +44,9 @@ class StatusBoard:
         with self._lock:
             now = time.time()
             for pid, hb in table.items():
+                done = my_round if pid == self.node["peer"] else hb.state_round  # ours is fresher than our heartbeat
                 self._peers[pid] = {"peer": pid, "short": pid[:8] + "…" + pid[-6:], "name": hb.name,
-                                    "device": hb.device, "round": hb.state_round, "lag": my_round - hb.state_round,
+                                    "device": hb.device, "round": done, "lag": my_round - done,
                                     "active": hb.active, "last_seen": now, "alive": True}
             for pid, p in self._peers.items():
                 p["alive"] = pid in table

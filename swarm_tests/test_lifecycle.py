@@ -55,8 +55,10 @@ def test_restart_resumes_from_checkpoint(procs, tmp_path, small_run):
             "--threads", "1")
     first = procs(*args, "--max-rounds", "2")
     assert first.wait(120) == 0, first.output[-3000:]
+    peer = first.wait_for(r"event=joined peer=(\S+)", 5).group(1)
     second = procs(*args, "--max-rounds", "3")
-    second.wait_for(r"event=joined .*round=2 state=checkpoint", 60)
+    again = second.wait_for(r"event=joined peer=(\S+) .*round=2 state=checkpoint", 60).group(1)
+    assert again == peer  # the identity file in --data-dir keeps the peer id
     assert second.wait(120) == 0, second.output[-3000:]
 
 

@@ -34,6 +34,8 @@ class Exchange:
         self.max_bytes = max_bytes
         self.sent: Counter[str] = Counter()  # kind -> bytes written to peers
         self.received: Counter[str] = Counter()  # kind -> bytes read from peers
+        self.served: Counter[str] = Counter()  # kind -> payloads given to peers (own or relayed)
+        self.fetched: Counter[str] = Counter()  # kind -> payloads received from peers
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
         self._lock = threading.Lock()
@@ -100,7 +102,9 @@ class Exchange:
             request = Request.decode(body)
             kind = request.op
             self._count("received", kind, len(header) + len(body))
-            response = encode_response(*self._answer(request))
+            payload, error = self._answer(request)
+            response = encode_response(payload, error)
+            self.served[kind] += payload is not None
             out = frame(response)
             writer.write(out)
             self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
@@ -133,6 +137,8 @@ class Exchange:
             header = await reader.readexactly(HEADER_LEN)
             body = await reader.readexactly(body_length(header, self.max_bytes + 4096))
             self._count("received", request.op, len(header) + len(body))
-            return decode_response(body)
+            payload = decode_response(body)
+            self.fetched[request.op] += 1
+            return payload
         finally:
             writer.close()

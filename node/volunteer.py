@@ -91,8 +91,7 @@ class Volunteer:
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
-        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter(),
-                              "codec_sent": 0, "codec_received": 0}
+        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
         self.params = sum(p.numel() for p in model.parameters())
         self.metrics.info.info({"peer_id": self.me, "name": self.name, "version": __version__, "device": str(self.device),
                                 "run_id": self.run_id, "strategy": self.run.strategy.name})
@@ -176,9 +175,6 @@ class Volunteer:
         checkpoint.save(self.ckpt, self.state.to_bytes(self.run_id))
         contributed = any(e.peer == self.me for e in roster.entries)
         self.history["contributed"] += contributed
-        others = len(roster.entries) - contributed  # updates this peer had to download
-        self.history["codec_sent"] += contributed * (len(roster.entries) - 1) * self.strategy.codec.encoded_size()
-        self.history["codec_received"] += others * self.strategy.codec.encoded_size()
         self.history["loss"].append(loss)
         steps = self.strategy.inner_steps
         tokens = steps * self.run.train.batch_size * self.run.model.ctx
@@ -299,7 +295,9 @@ class Volunteer:
                 "bytes_sent": self.exchange.sent["update"], "bytes_received": self.exchange.received["update"],
                 "state_bytes_sent": self.exchange.sent["state"], "state_bytes_received": self.exchange.received["state"],
                 "update_bytes_per_peer": self.strategy.codec.encoded_size(),
-                "codec_bytes_sent": self.history["codec_sent"], "codec_bytes_received": self.history["codec_received"], "rounds_contributed": self.history["contributed"],
+                # what the codec says those updates weigh: payloads served (own and relayed) / fetched x size
+                "codec_bytes_sent": self.exchange.served["update"] * self.strategy.codec.encoded_size(),
+                "codec_bytes_received": self.exchange.fetched["update"] * self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
                 "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
                 "train_loss": self.history["loss"], "strategy": self.run.strategy.name}
 

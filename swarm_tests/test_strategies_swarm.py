@@ -20,4 +20,8 @@ def test_demo_strategy_bit_identical_and_bytes_match_codec(tmp_path, strategy):
     for peer in s["model_digests"]:
         for kind in ("sent", "received"):
             wire, codec = s[f"bytes_{kind}"][peer], s[f"codec_bytes_{kind}"][peer]
-            assert codec > 0 and abs(wire - codec) / codec < 0.10, (kind, wire, codec)
+            if codec == 0:  # a straggler whose updates no roster took: only its requests went out
+                assert kind == "sent" and wire < 4096, (kind, wire)
+            else:
+                assert abs(wire - codec) / codec < 0.10, (kind, wire, codec)
+    assert sum(s["codec_bytes_sent"].values()) > 0

@@ -171,8 +171,9 @@ class Volunteer:
 
     def finish_round(self, roster, loss: float, t0: float, t1: float) -> None:
         self.trainer.load_params(self.state.params)
-        self.exchange.set_state(self.state.to_bytes(self.run_id))
-        checkpoint.save(self.ckpt, self.state.to_bytes(self.run_id))
+        blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
+        self.exchange.set_state(blob)
+        checkpoint.save(self.ckpt, blob)
         contributed = any(e.peer == self.me for e in roster.entries)
         self.history["contributed"] += contributed
         self.history["loss"].append(loss)

@@ -53,11 +53,12 @@ class NodeMetrics:
         """Called by the exchange for every frame it writes or reads."""
         self.wire_bytes.labels(direction, kind).inc(n)
 
-    def dense_equivalent(self, params: int, peers: int, steps: int) -> None:
-        """A ring all-reduce moves 2 (N-1)/N x 4 bytes x params each way per step."""
+    def dense_equivalent(self, params: int, peers: int, steps: int) -> float:
+        """Count (and return) what a ring all-reduce would move: 2 (N-1)/N x 4 bytes x params each way per step."""
         n = 2 * (peers - 1) / peers * 4 * params * steps if peers > 1 else 0
         self.dense_bytes.labels("sent").inc(n)
         self.dense_bytes.labels("received").inc(n)
+        return n
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

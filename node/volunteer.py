@@ -186,8 +186,7 @@ class Volunteer:
         self.metrics.samples.inc(steps * self.run.train.batch_size)
         self.metrics.rounds.labels("ok" if contributed else "skipped").inc()
         self.metrics.round_peers.set(len(roster.entries))
-        dense = 2 * (len(roster.entries) - 1) / len(roster.entries) * 4 * self.params * steps
-        self.metrics.dense_equivalent(self.params, len(roster.entries), steps)
+        dense = self.metrics.dense_equivalent(self.params, len(roster.entries), steps)
         peers = read_peers(self.swarm, self.run_id)
         self.metrics.peers_alive.set(len(peers | {self.me: None}))
         self.status.peers_seen(peers, self.state.round)

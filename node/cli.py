@@ -1,4 +1,4 @@
-"""The `swarmtrain` command: join, bootstrap, demo, config show.
+"""The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, bench, config show.
 
 Node flags are generated from NodeConfig's fields and docstrings, so a setting is defined
 once and has the same name as a flag (--startup-timeout), an env var
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("bootstrap", help="start a swarm: a stable peer that publishes the run manifest")
     boot.add_argument("--run", metavar="RUN.TOML", help="the run's settings (default: the built-in demo run)")
     _add_node_flags(boot)
+
+    mon = sub.add_parser("monitor", help="watch a whole swarm: a client-mode peer serving a live page")
+    _add_node_flags(mon)
 
     demo = sub.add_parser("demo", help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers")
     from node.demo import DemoOptions
@@ -141,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if ok else 1
         cfg, _ = _node_config(args)
         reporter = Reporter(cfg.log_format)
-        if args.command == "bootstrap":
+        if args.command == "monitor":
+            from node.monitor import run_monitor
+            run_monitor(cfg, stop, reporter)
+        elif args.command == "bootstrap":
             from node.bootstrap import run_bootstrap
             run_bootstrap(cfg, args.run, stop, reporter)
         else:

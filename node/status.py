@@ -1,6 +1,7 @@
 """What the status page and /api/status show: a small, thread-safe record of recent events.
 
-The main loop writes (`round_done`, `peers_seen`); the HTTP thread reads (`snapshot`).
+The main loop writes (`round_done`, `peers_seen`); the HTTP thread reads (`snapshot`); the
+same numbers go into this node's signed metrics record (`record`), which monitors read.
 """
 from __future__ import annotations
 
@@ -8,16 +9,36 @@ import threading
 import time
 from collections import deque
 
-from protocol.records import Heartbeat
+from protocol.records import MAX_METRICS_HISTORY, Heartbeat, MetricsRecord
 
 HISTORY = 500  # points kept for the loss curve
 RECENT_ROUNDS = 20
 
 
+def peer_rows(table: dict[str, Heartbeat], my_round: int, metrics: dict[str, MetricsRecord],
+              me: str = "", previous: dict[str, dict] | None = None) -> dict[str, dict]:
+    """The per-peer table: live peers from heartbeats, figures from verified metrics records.
+
+    Peers in `previous` but no longer in `table` stay, marked gone, so the page can say when.
+    """
+    now = time.time()
+    rows = {pid: dict(row, alive=False) for pid, row in (previous or {}).items()}
+    live_tokens = sum(m.tokens for pid, m in metrics.items() if pid in table)
+    for pid, hb in table.items():
+        m = metrics.get(pid)
+        done = my_round if pid == me else hb.state_round  # ours is fresher than our heartbeat
+        rows[pid] = {"peer": pid, "short": pid[:8] + "…" + pid[-6:], "name": hb.name, "device": hb.device,
+                     "round": done, "lag": my_round - done, "active": hb.active, "last_seen": now, "alive": True,
+                     "tokens_per_s": m.tokens_per_s if m else None,
+                     "share": m.tokens / live_tokens if m and live_tokens else None,
+                     "reachability": m.reachability if m else "unknown", "signed": m is not None}
+    return rows
+
+
 class StatusBoard:
     def __init__(self, *, peer: str, name: str, run_id: str, strategy: str, device: str, version: str):
         self.node = {"peer": peer, "name": name, "run_id": run_id, "strategy": strategy, "device": device,
-                     "version": version, "started": time.time()}
+                     "version": version, "started": time.time(), "mode": "node"}
         self._lock = threading.Lock()
         self._rounds: deque[dict] = deque(maxlen=RECENT_ROUNDS)
         self._loss: deque[dict] = deque(maxlen=HISTORY)
@@ -25,13 +46,17 @@ class StatusBoard:
         self._bandwidth = {"sent": 0, "received": 0, "dense_equivalent": 0}
         self._round = 0
         self._tokens = 0
+        self._results = {"ok": 0, "failed": 0}
 
     def round_done(self, *, round_no: int, result: str, peers: int, seconds: float, loss: float | None,
                    val_bpb: float | None, tokens: int, sent: int, received: int, dense: float) -> None:
         with self._lock:
             now = time.time()
-            self._round = round_no
+            failed = result in ("failed", "timeout")
+            if not failed:  # the state only moves on a completed round
+                self._round = round_no
             self._tokens += tokens
+            self._results["failed" if failed else "ok"] += 1
             self._rounds.appendleft({"round": round_no, "result": result, "peers": peers,
                                      "seconds": round(seconds, 2), "time": now})
             if loss is not None:
@@ -40,24 +65,37 @@ class StatusBoard:
             self._bandwidth = {"sent": sent, "received": received,
                                "dense_equivalent": self._bandwidth["dense_equivalent"] + dense}
 
-    def peers_seen(self, table: dict[str, Heartbeat], my_round: int) -> None:
+    def peers_seen(self, table: dict[str, Heartbeat], my_round: int,
+                   metrics: dict[str, MetricsRecord] | None = None) -> None:
         with self._lock:
-            now = time.time()
-            for pid, hb in table.items():
-                done = my_round if pid == self.node["peer"] else hb.state_round  # ours is fresher than our heartbeat
-                self._peers[pid] = {"peer": pid, "short": pid[:8] + "…" + pid[-6:], "name": hb.name,
-                                    "device": hb.device, "round": done, "lag": my_round - done,
-                                    "active": hb.active, "last_seen": now, "alive": True}
-            for pid, p in self._peers.items():
-                p["alive"] = pid in table
+            self._peers = peer_rows(table, my_round, metrics or {}, self.node["peer"], self._peers)
+
+    def record(self, *, local_step: int, reachability: str, now: float) -> MetricsRecord:
+        """This node's signed-record-to-be: the same figures the page shows."""
+        with self._lock:
+            last = self._loss[-1] if self._loss else {}
+            n = self.node
+            return MetricsRecord(
+                peer=n["peer"], name=n["name"][:64], device=n["device"][:64], version=n["version"][:32],
+                round=self._round, local_step=local_step, time=now, loss=last.get("loss"),
+                val_bpb=last.get("val_bpb"), tokens_per_s=last.get("tokens_per_s"), tokens=self._tokens,
+                sent=self._bandwidth["sent"], received=self._bandwidth["received"],
+                dense=int(self._bandwidth["dense_equivalent"]), rounds_ok=self._results["ok"],
+                rounds_failed=self._results["failed"], reachability=reachability,
+                history=tuple((p["round"], p["loss"], p["val_bpb"]) for p in list(self._loss)[-MAX_METRICS_HISTORY:]),
+                recent=tuple((r["round"], r["result"], r["peers"], r["seconds"])
+                             for r in list(self._rounds)[:MAX_METRICS_HISTORY]))
 
     def snapshot(self) -> dict:
         with self._lock:
             peers = sorted(self._peers.values(), key=lambda p: (not p["alive"], p["name"]))
             alive = sum(p["alive"] for p in peers)
             bw = dict(self._bandwidth)
-            dense = bw["dense_equivalent"]
-            bw["saved_fraction"] = 1 - bw["sent"] / dense if dense else None
             return {"node": self.node, "round": self._round, "tokens": self._tokens,
                     "peers": peers, "peers_alive": alive, "alone": alive <= 1,
-                    "rounds": list(self._rounds), "loss_history": list(self._loss), "bandwidth": bw}
+                    "rounds": list(self._rounds), "loss_history": list(self._loss), "bandwidth": with_saved(bw)}
+
+
+def with_saved(bw: dict) -> dict:
+    dense = bw["dense_equivalent"]
+    return {**bw, "saved_fraction": 1 - bw["sent"] / dense if dense else None}

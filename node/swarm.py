@@ -69,9 +69,10 @@ def wait_for_initial_peers(peers: list[Address], timeout: float) -> None:
 class Swarm:
     """This node's handle on the DHT."""
 
-    def __init__(self, dht, *, client_mode: bool):
+    def __init__(self, dht, *, client_mode: bool, identity_path: str = ""):
         self.dht = dht
         self.client_mode = client_mode
+        self.identity_path = identity_path  # the libp2p key behind peer_id; signs our metrics records
         self.peer_id: str = dht.peer_id.to_base58()
         self._lock = threading.Lock()
 
@@ -94,7 +95,7 @@ class Swarm:
             dht.run_in_background(await_ready=True, timeout=cfg.startup_timeout + 30)
         except Exception as e:
             raise _explain_start_failure(e, cfg) from None
-        return cls(dht, client_mode=client_mode)
+        return cls(dht, client_mode=client_mode, identity_path=identity)
 
     def visible_maddrs(self) -> list[str]:
         return [str(m) for m in self.dht.get_visible_maddrs()]

@@ -29,6 +29,7 @@ from node.state import SwarmState
 from node.status import StatusBoard
 from node.strategies import make_strategy
 from node.swarm import HeartbeatPublisher, Swarm, dht_time, read_peers
+from node.telemetry import MetricsPublisher, load_identity_key, read_metrics, reachability
 from node.trainer import InnerTrainer, evaluate_bpb
 from protocol.messages import Request
 from protocol.records import Heartbeat
@@ -90,6 +91,7 @@ class Volunteer:
                                     self.strategy.check, self.max_bytes)
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
+        self.reach = "unknown"
         self.stack = stack
         self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
         self.params = sum(p.numel() for p in model.parameters())
@@ -100,6 +102,8 @@ class Volunteer:
         self.page = (StatusServer(cfg.status_host, cfg.status_port, self.status.snapshot, self.metrics.exposition)
                      if cfg.status_port >= 0 else NoStatusServer())
         stack.callback(self.page.close)
+        self.publisher = MetricsPublisher(self.swarm, self.run_id, load_identity_key(self.swarm.identity_path))
+        stack.callback(self.publisher.close)
 
     # ----------------------------------------------------------------------------- main loop
     def train(self, stop: threading.Event) -> None:
@@ -156,6 +160,7 @@ class Volunteer:
             self.status.round_done(round_no=r, result="failed", peers=len(roster.entries) if roster else 0,
                                    seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=self.exchange.sent["update"],
                                    received=self.exchange.received["update"], dense=0.0)
+            self.publish_status()
             return None
 
     def inner_steps(self, r: int, stop: threading.Event) -> float | None:
@@ -189,7 +194,6 @@ class Volunteer:
         dense = self.metrics.dense_equivalent(self.params, len(roster.entries), steps)
         peers = read_peers(self.swarm, self.run_id)
         self.metrics.peers_alive.set(len(peers | {self.me: None}))
-        self.status.peers_seen(peers, self.state.round)
         fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
                       sent=self.exchange.sent["update"], received=self.exchange.received["update"],
@@ -203,15 +207,25 @@ class Volunteer:
                                peers=len(roster.entries), seconds=time.monotonic() - t0, loss=loss,
                                val_bpb=fields.get("val_bpb"), tokens=tokens, sent=self.exchange.sent["update"],
                                received=self.exchange.received["update"], dense=dense)
+        self.publish_status(peers)
         self.out.event("round", **fields)
+
+    def publish_status(self, peers: dict[str, Heartbeat] | None = None) -> None:
+        """Refresh the page's peer table and publish our signed metrics record for monitors."""
+        peers = read_peers(self.swarm, self.run_id) if peers is None else peers
+        self.status.peers_seen(peers, self.state.round, read_metrics(self.swarm, self.run_id))
+        self.publisher.publish(self.status.record(local_step=self.trainer.steps, now=dht_time(),
+                                                  reachability=self.reach))
 
     def reached_max(self) -> bool:
         return bool(self.cfg.max_rounds) and self.state.round >= self.cfg.max_rounds
 
     def start_heartbeat(self) -> None:
+        maddrs = self.swarm.visible_maddrs()
+        self.reach = reachability(maddrs)
         first = Heartbeat(peer=self.me, name=self.name[:64], round=self.state.round + 1,
                           state_round=self.state.round, digest=self.state.digest, device=str(self.device),
-                          maddrs=tuple(self.swarm.visible_maddrs()[:16]), time=dht_time())
+                          maddrs=tuple(maddrs[:16]), time=dht_time())
         self.exchange.set_state(self.state.to_bytes(self.run_id))
         self.heartbeat = HeartbeatPublisher(self.swarm, self.run_id, first, interval=self.run.swarm.heartbeat_interval,
                                             ttl=self.run.swarm.heartbeat_ttl)

@@ -3,6 +3,7 @@
 Key                                      subkey      value (see records.py)
 swarmtrain:runs                          run id      Manifest of that run
 swarmtrain:<run>:peers                   peer id     Heartbeat of that peer
+swarmtrain:<run>:metrics                 peer id     MetricsRecord of that peer, signed (signing.py)
 swarmtrain:<run>:round:<r>:updates       peer id     Announcement of its update for round r
 swarmtrain:<run>:round:<r>:roster        leader id   Roster: the contributions that make round r
 
@@ -21,6 +22,11 @@ def runs_key() -> str:
 def peers_key(run_id: str) -> str:
     """Membership of a run; subkey = peer id, value = heartbeat."""
     return f"{PREFIX}:{run_id}:peers"
+
+
+def metrics_key(run_id: str) -> str:
+    """Training metrics of a run, for monitors; subkey = peer id, value = signed MetricsRecord."""
+    return f"{PREFIX}:{run_id}:metrics"
 
 
 def updates_key(run_id: str, round_no: int) -> str:

@@ -1,0 +1,129 @@
+"""Signed metrics records in the DHT: each node publishes how its training goes; monitors read them.
+
+Records travel through peers we do not trust, so each is signed with the node's libp2p
+identity (protocol/signing.py) and a reader keeps only records whose signature matches the
+peer id they are filed under. The record is small (a few kB) and published once per round
+from a background thread, so a slow DHT never stalls training.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+import msgpack
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from node.errors import SwarmtrainError
+from node.swarm import Swarm
+from protocol import keys, signing
+from protocol.errors import ProtocolError
+from protocol.records import MAX_METRICS_BODY, MetricsRecord
+
+log = logging.getLogger("swarmtrain.telemetry")
+METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
+
+
+def load_identity_key(path: str) -> rsa.RSAPrivateKey:
+    """The RSA key inside hivemind's identity file (a libp2p PrivateKey protobuf)."""
+    from google.protobuf.message import DecodeError
+    from hivemind.proto import crypto_pb2
+    try:
+        with open(path, "rb") as f:
+            proto = crypto_pb2.PrivateKey.FromString(f.read())
+        key = serialization.load_der_private_key(proto.data, password=None)
+    except (OSError, ValueError, DecodeError) as e:
+        raise SwarmtrainError(f"cannot read the identity key {path}: {e}",
+                              "delete it to get a new peer id, or point --identity at a valid key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SwarmtrainError(f"identity key {path} is not an RSA key", "delete it to get a new peer id")
+    return key
+
+
+def reachability(maddrs: list[str]) -> str:
+    """'relay' when only reachable through a relay, 'public' with a global IP, else 'private'."""
+    kinds = set()
+    for m in maddrs:
+        parts = m.split("/")
+        if "p2p-circuit" in parts:
+            kinds.add("relay")
+        elif len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+            try:
+                kinds.add("public" if ipaddress.ip_address(parts[2]).is_global else "private")
+            except ValueError:
+                continue
+    for kind in ("public", "private", "relay"):
+        if kind in kinds:
+            return kind
+    return "unknown"
+
+
+def encode(key: rsa.RSAPrivateKey, record: MetricsRecord) -> dict:
+    return signing.sign(key, msgpack.packb(record.to_wire(), use_bin_type=True))
+
+
+def decode(envelope: object, signer: str) -> MetricsRecord:
+    """A verified record, or ProtocolError. The record must also name its signer as its peer."""
+    body = signing.verify(envelope, signer=signer, max_body=MAX_METRICS_BODY)
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several types for garbage
+        raise ProtocolError(f"metrics record: not msgpack ({type(e).__name__})") from None
+    record = MetricsRecord.from_wire(raw)
+    if record.peer != signer:
+        raise ProtocolError(f"metrics record: filed under {signer[:16]} but names {record.peer[:16]}")
+    return record
+
+
+def read_metrics(swarm: Swarm, run_id: str) -> dict[str, MetricsRecord]:
+    """Peer id -> its latest verified metrics record; forged or malformed ones are dropped (logged)."""
+    out = {}
+    for subkey, envelope in swarm.get_subkeys(keys.metrics_key(run_id)).items():
+        try:
+            out[subkey] = decode(envelope, subkey)
+        except ProtocolError as e:
+            log.info("ignoring a metrics record under %s: %s", subkey[:16], e)
+    return out
+
+
+class MetricsPublisher:
+    """Signs and stores the latest record from a daemon thread; `publish()` never blocks."""
+
+    def __init__(self, swarm: Swarm, run_id: str, key: rsa.RSAPrivateKey):
+        self.swarm, self.run_id, self.key = swarm, run_id, key
+        self._latest: MetricsRecord | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics-record", daemon=True)
+        self._thread.start()
+
+    def publish(self, record: MetricsRecord) -> None:
+        with self._lock:
+            self._latest = record
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                record, self._latest = self._latest, None
+            if record is not None:
+                self.swarm.store(keys.metrics_key(self.run_id), record.peer, encode(self.key, record), METRICS_TTL)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=35)
+
+
+class NoMetricsPublisher:
+    """Publishing turned off (a node that cannot sign): the same interface, doing nothing."""
+
+    def publish(self, record: MetricsRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

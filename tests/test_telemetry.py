@@ -1,0 +1,136 @@
+"""Signed metrics records: who may write them, what a reader accepts, how a monitor merges them."""
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from node.monitor import merge_history, merge_rounds
+from node.status import StatusBoard, peer_rows
+from node.telemetry import decode, encode, load_identity_key, reachability
+from node.errors import SwarmtrainError
+from protocol import signing
+from protocol.errors import ProtocolError
+from protocol.records import Heartbeat, MetricsRecord
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    """A real hivemind identity file, its key and the peer id hivemind derives from it."""
+    from hivemind.p2p import P2P
+    from hivemind.p2p.p2p_daemon_bindings.datastructures import PeerID
+    path = tmp_path_factory.mktemp("id") / "identity.key"
+    P2P.generate_identity(str(path))
+    return load_identity_key(str(path)), PeerID.from_identity(path.read_bytes()).to_base58()
+
+
+def record(peer, **kw):
+    base = dict(peer=peer, name="a", device="cpu", version="0.1.0", round=3, local_step=150, time=1.0e9,
+                loss=2.5, val_bpb=4.1, tokens_per_s=900.0, tokens=3000, sent=10, received=20, dense=1000,
+                rounds_ok=3, rounds_failed=1, reachability="private", history=((1, 3.0, None), (2, 2.7, 4.3)),
+                recent=((3, "ok", 2, 1.5), (2, "failed", 2, 0.0)))
+    return MetricsRecord(**{**base, **kw})
+
+
+def test_peer_id_of_matches_hivemind(identity):
+    key, peer = identity
+    assert signing.peer_id_of(signing.sign(key, b"x")["key"]) == peer
+
+
+def test_signed_record_round_trips(identity):
+    key, peer = identity
+    r = record(peer)
+    assert decode(encode(key, r), peer) == r
+
+
+def test_tampered_body_is_refused(identity):
+    key, peer = identity
+    env = encode(key, record(peer))
+    body = msgpack.unpackb(env["body"])
+    body["tokens"] = 10**9
+    with pytest.raises(ProtocolError, match="bad signature"):
+        decode({**env, "body": msgpack.packb(body)}, peer)
+
+
+def test_record_signed_by_another_key_is_refused(identity):
+    _, peer = identity
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(ProtocolError, match="not the key of peer"):
+        decode(encode(forger, record(peer)), peer)
+
+
+def test_record_naming_another_peer_is_refused(identity):
+    key, peer = identity
+    with pytest.raises(ProtocolError, match="names"):
+        decode(encode(key, record("QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n")), peer)
+
+
+@pytest.mark.parametrize("envelope", [None, [], {"body": b"x"}, {"body": "x", "key": b"", "sig": b""},
+                                      {"body": b"x" * 20000, "key": b"k", "sig": b"s"}])
+def test_malformed_envelopes_are_refused(identity, envelope):
+    with pytest.raises(ProtocolError):
+        decode(envelope, identity[1])
+
+
+def test_garbage_key_is_refused_not_crashing(identity):
+    _, peer = identity
+    with pytest.raises(ProtocolError):
+        decode({"body": b"x", "key": b"\x30\x03garbage", "sig": b"s"}, peer)
+
+
+@pytest.mark.parametrize("change", [{"loss": float("nan")}, {"reachability": "moon"}, {"tokens": -1},
+                                    {"history": [[1, 2.0]]}, {"recent": [[1, "great", 2, 1.0]]},
+                                    {"history": [[1, 2.0, None]] * 65}, {"peer": "not a peer id"}])
+def test_metrics_record_fields_are_checked(change):
+    wire = {**record("QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n").to_wire(), **change}
+    with pytest.raises(ProtocolError):
+        MetricsRecord.from_wire(wire)
+
+
+def test_unreadable_identity_file_names_the_fix(tmp_path):
+    bad = tmp_path / "identity.key"
+    bad.write_bytes(b"not a key")
+    with pytest.raises(SwarmtrainError, match="cannot read the identity key") as e:
+        load_identity_key(str(bad))
+    assert "delete it" in e.value.help
+
+
+@pytest.mark.parametrize("maddrs, kind", [
+    (["/ip4/127.0.0.1/tcp/1/p2p/Qm"], "private"),
+    (["/ip4/192.168.1.5/tcp/1", "/ip4/203.0.114.7/tcp/1"], "public"),
+    (["/ip4/10.0.0.2/tcp/1", "/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit"], "private"),
+    (["/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit/p2p/QmMe"], "relay"),
+    ([], "unknown")])
+def test_reachability(maddrs, kind):
+    assert reachability(maddrs) == kind
+
+
+def test_board_record_carries_what_the_page_shows():
+    b = StatusBoard(peer="QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", name="a", run_id="r-1",
+                    strategy="diloco", device="cpu", version="0")
+    b.round_done(round_no=1, result="ok", peers=2, seconds=2.0, loss=2.5, val_bpb=4.0, tokens=100, sent=10,
+                 received=20, dense=1000.0)
+    b.round_done(round_no=2, result="failed", peers=2, seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=10,
+                 received=20, dense=0.0)
+    r = b.record(local_step=50, reachability="private", now=5.0)
+    assert (r.round, r.loss, r.tokens_per_s, r.rounds_ok, r.rounds_failed, r.dense) == (1, 2.5, 50.0, 1, 1, 1000)
+    assert r.history == ((1, 2.5, 4.0),) and r.recent[0] == (2, "failed", 2, 0.0)
+    assert MetricsRecord.from_wire(r.to_wire()) == r
+
+
+def test_peer_rows_share_of_work_and_gone_peers():
+    a, b = "QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", "QmSQi2NhkkfJTzRRCCLB4EMh62JwMru97SbfDiMGWtLUS9"
+    hbs = {p: Heartbeat(peer=p, name=p[:4], round=4, state_round=3, digest="a" * 64, device="cpu", maddrs=(),
+                        time=0.0) for p in (a, b)}
+    rows = peer_rows(hbs, 3, {a: record(a, tokens=3000), b: record(b, tokens=1000)})
+    assert rows[a]["share"] == 0.75 and rows[b]["share"] == 0.25 and rows[a]["signed"]
+    rows = peer_rows({a: hbs[a]}, 4, {a: record(a)}, previous=rows)
+    assert rows[b]["alive"] is False and rows[a]["alive"] and rows[a]["lag"] == 1
+
+
+def test_monitor_merges_rounds_and_curves():
+    a, b = "QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", "QmSQi2NhkkfJTzRRCCLB4EMh62JwMru97SbfDiMGWtLUS9"
+    ra = record(a, recent=((3, "failed", 2, 0.0),), history=((1, 3.0, None), (2, 2.0, 4.0)))
+    rb = record(b, recent=((3, "ok", 3, 2.0),), history=((2, 4.0, 5.0),))
+    assert merge_rounds([ra, rb]) == [{"round": 3, "result": "ok", "peers": 3, "seconds": 2.0, "time": None}]
+    points = merge_history([ra, rb], throughput=1800.0)
+    assert [(p["round"], p["loss"], p["val_bpb"]) for p in points] == [(1, 3.0, None), (2, 3.0, 4.5)]
+    assert points[-1]["tokens_per_s"] == 1800.0

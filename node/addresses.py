@@ -1,7 +1,10 @@
 """Parsing user-given peer addresses (multiaddrs) with errors that name the fix."""
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
@@ -39,3 +42,33 @@ def parse_peer_address(text: str) -> Address:
 
 def parse_peer_addresses(texts: list[str]) -> list[Address]:
     return [parse_peer_address(t) for t in texts]
+
+
+def initial_peers(texts: list[str], from_file: str = "", timeout: float = 0.0) -> list[Address]:
+    """The peers given as flags plus those in a bootstrap peer's ready file (its `bootstrap.json`).
+
+    The file may not exist yet when a bootstrap peer starts beside us (docker compose): wait
+    up to `timeout` seconds for it.
+    """
+    peers = parse_peer_addresses(texts)
+    if from_file:
+        peers += parse_peer_addresses(_read_ready_file(Path(from_file), timeout))
+    return peers
+
+
+def _read_ready_file(path: Path, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)  # note: polling a file another process writes; no event to await
+    try:
+        maddrs = json.loads(path.read_text())["maddrs"]
+    except FileNotFoundError:
+        raise SwarmtrainError(f"initial peers file {path} does not exist (waited {timeout:.0f} s)",
+                              "start `swarmtrain bootstrap` first; it writes bootstrap.json into its --data-dir") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SwarmtrainError(f"initial peers file {path} is not a bootstrap.json ({type(e).__name__}: {e})",
+                              "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote") from None
+    if not isinstance(maddrs, list) or not all(isinstance(m, str) for m in maddrs):
+        raise SwarmtrainError(f"initial peers file {path}: 'maddrs' must be a list of multiaddrs",
+                              "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote")
+    return maddrs[:1]  # the first is the one others can dial (non-loopback first)

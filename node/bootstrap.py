@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from node import manifest as manifests
-from node.addresses import parse_peer_addresses
+from node.addresses import initial_peers
 from node.config import NodeConfig, load_run_config
 from node.data import load_corpus
 from node.model import build_model
@@ -25,19 +25,23 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     corpus = load_corpus(run.data.corpus)
     manifest = manifests.build_manifest(run, corpus)
     run_id = run_id_of(manifest)
-    swarm = Swarm.start(cfg, parse_peer_addresses(cfg.initial_peers))
+    ready = Path(cfg.data_dir) / READY_FILE
+    ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
+    swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
     try:
         manifests.publish(swarm, manifest)
         maddrs = _shareable(swarm.visible_maddrs())
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.data_dir) / READY_FILE).write_text(json.dumps({"run_id": run_id, "maddrs": maddrs,
-                                                                 "peer": swarm.peer_id}))
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
+        tmp.write_text(json.dumps({"run_id": run_id, "maddrs": maddrs, "peer": swarm.peer_id}))
+        tmp.replace(ready)
         reporter.event("bootstrap_ready", run=run_id, peer=swarm.peer_id, maddrs=maddrs,
                        params=sum(p.numel() for p in model.parameters()), corpus_sha256=corpus.sha256[:16])
         reporter.say("volunteers join with:\n  swarmtrain join --initial-peers " + " ".join(maddrs[:2]))
         while not stop.wait(manifests.MANIFEST_TTL / 4):
             manifests.publish(swarm, manifest)  # DHT values expire; keep the manifest alive
     finally:
+        ready.unlink(missing_ok=True)
         swarm.shutdown()
         reporter.event("left", peer=swarm.peer_id)
 

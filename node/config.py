@@ -190,6 +190,8 @@ def load_run_config(path: str | Path | None) -> RunConfig:
 class NodeConfig:
     initial_peers: list[str] = field(default_factory=list)
     """Multiaddrs of peers already in the swarm, e.g. /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW..."""
+    initial_peers_file: str = ""
+    """Also read initial peers from this bootstrap.json (written by `swarmtrain bootstrap` into its data dir)."""
     new_swarm: bool = False
     """Start a new swarm instead of joining one (no initial peers needed)."""
     host: str = "0.0.0.0"

@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from node import __version__, manifest as manifests
-from node.addresses import Address, parse_peer_addresses
+from node.addresses import Address, initial_peers
 from node.config import NodeConfig
 from node.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
@@ -135,7 +135,7 @@ class SwarmMonitor:
 
 
 def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> None:
-    bootstrap = parse_peer_addresses(cfg.initial_peers)
+    bootstrap = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
     if not bootstrap:
         raise SwarmtrainError("the monitor needs the swarm's address", "pass --initial-peers MADDR")
     if cfg.status_port < 0:

@@ -3,7 +3,7 @@
 1. Each peer finishes its inner steps, keeps its encoded update in its Exchange and
    announces (size, SHA-256) under the round's `updates` key.
 2. The leader of round r is the smallest peer id among live, active peers whose heartbeat
-   says they work on round r. It waits until all of them announced, or `collect_timeout`,
+   says they work on round r (or hold the state round r starts from). It waits until all of them announced, or `collect_timeout`,
    fetches and checks every announced update, and writes the roster: exactly these updates,
    sorted by peer id. It holds every update it lists, so each one has at least two sources.
    If the leader dies, its heartbeat expires and the next smallest id takes over.
@@ -46,6 +46,7 @@ class RoundProtocol:
         self.validate = validate  # raises ProtocolError if an update payload cannot be applied
         self.max_bytes = max_bytes
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
+        self.members: dict[int, set[str]] = {}  # round -> the peers of the roster this peer gathered
 
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
         return UpdateEnvelope(run=self.run_id, round=round_no, peer=self.me, codec=codec, payload=payload).encode()
@@ -64,10 +65,12 @@ class RoundProtocol:
             if roster is not None:
                 return roster
             peers = read_peers(self.swarm, self.run_id)
-            expected = {p for p, hb in peers.items() if hb.active and hb.round == round_no} | {self.me}
-            if min(expected) == self.me:
+            expected = self._expected(round_no, peers)
+            waited = time.monotonic() - started
+            # a peer table without our own heartbeat is a partial DHT read: leading on it would close
+            # the round with whoever happened to be visible (often just us)
+            if min(expected) == self.me and (self.me in peers or waited >= self.cfg.collect_timeout):
                 announced = self._announcements(round_no)
-                waited = time.monotonic() - started
                 enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
                 if enough and (expected <= set(announced) or waited >= self.cfg.collect_timeout):
                     roster = self._lead(round_no, announced)
@@ -75,6 +78,14 @@ class RoundProtocol:
                         return roster
             stop.wait(POLL)
         return None
+
+    def _expected(self, round_no: int, peers: dict) -> set[str]:
+        """Whose update the leader waits for: live, active peers on this round, and the members of
+        the last round still finishing it (their heartbeat says r-1 while they fetch its updates;
+        a leader that skipped them would close every round alone, always one step ahead)."""
+        last = self.members.get(round_no - 1, set())
+        return {p for p, hb in peers.items() if hb.active and (hb.round == round_no or hb.state_round == round_no - 1
+                                                               or (hb.round == round_no - 1 and p in last))} | {self.me}
 
     def read_roster(self, round_no: int) -> Roster | None:
         rosters = [r for leader, r in self._records(keys.roster_key(self.run_id, round_no), Roster).items()
@@ -122,6 +133,7 @@ class RoundProtocol:
             # next leader writes a new roster for this round, and this one is ignored from now on
             self.failed.add((roster.round, roster.leader))
             raise RoundFailed(f"round {roster.round}: could not get the update of {failed[0][0][:16]}: {failed[0][1]}")
+        self.members = {roster.round: {e.peer for e in roster.entries}}  # only the last round is needed
         return [UpdateEnvelope.decode(b).payload for b in blobs]
 
     def _fetch_entries(self, round_no: int, entries: list[RosterEntry],

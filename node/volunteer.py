@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from node import __version__, checkpoint, data, manifest as manifests
-from node.addresses import parse_peer_addresses
+from node.addresses import initial_peers
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.exchange import Exchange
@@ -60,7 +60,7 @@ class Volunteer:
     """Holds the pieces of a running node; `train()` is the loop."""
 
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
-        peers = parse_peer_addresses(cfg.initial_peers)
+        peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
         if not peers and not cfg.new_swarm:
             raise SwarmtrainError("no initial peers given",
                                   "pass --initial-peers MADDR (printed by `swarmtrain bootstrap`), set "

@@ -18,6 +18,7 @@ from node import __version__
 from node.config import (ENV_PREFIX, NodeConfig, describe, environ, field_docs, load_node_config,
                          load_run_config, as_dict)
 from node.errors import SwarmtrainError
+from node.panel import reporter_for
 from node.progress import Reporter
 
 EXIT_USAGE = 2
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("bootstrap", help="start a swarm: a stable peer that publishes the run manifest")
     boot.add_argument("--run", metavar="RUN.TOML", help="the run's settings (default: the built-in demo run)")
     _add_node_flags(boot)
+
+    doctor = sub.add_parser("doctor", help="preflight checks before joining, each failure with its fix")
+    doctor.add_argument("--run", metavar="RUN.TOML", help="size the memory check by this run when no swarm is given")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    _add_node_flags(doctor)
 
     mon = sub.add_parser("monitor", help="watch a whole swarm: a client-mode peer serving a live page")
     _add_node_flags(mon)
@@ -119,6 +125,14 @@ def _config_show(args) -> int:
     return 0
 
 
+def _doctor(cfg: NodeConfig, args) -> int:
+    from dataclasses import asdict
+    from node.doctor import FAIL, render, run_doctor
+    checks = run_doctor(cfg, args.run)
+    print(json.dumps([asdict(c) for c in checks], indent=2) if args.json else render(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -135,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from node.demo import DemoOptions, run_demo
             opt = DemoOptions(**{f.name: getattr(args, f.name) for f in fields(DemoOptions)})
-            summary = run_demo(opt, stop, Reporter())
+            with reporter_for("auto", f"swarmtrain {__version__} · demo ({opt.peers} peers)") as reporter:
+                summary = run_demo(opt, stop, reporter)
             print(json.dumps({k: summary[k] for k in ("peers", "rounds_completed", "val_bpb", "wall_s")}))
             if stop.is_set():
                 return EXIT_INTERRUPTED
@@ -143,16 +158,18 @@ def main(argv: list[str] | None = None) -> int:
                                      and len(set(summary["model_digests"].values())) == 1)
             return 0 if ok else 1
         cfg, _ = _node_config(args)
-        reporter = Reporter(cfg.log_format)
+        if args.command == "doctor":
+            return _doctor(cfg, args)
         if args.command == "monitor":
             from node.monitor import run_monitor
-            run_monitor(cfg, stop, reporter)
+            run_monitor(cfg, stop, Reporter(cfg.log_format))
         elif args.command == "bootstrap":
             from node.bootstrap import run_bootstrap
-            run_bootstrap(cfg, args.run, stop, reporter)
+            run_bootstrap(cfg, args.run, stop, Reporter(cfg.log_format))
         else:
             from node.volunteer import run_volunteer
-            run_volunteer(cfg, stop, reporter)
+            with reporter_for(cfg.log_format, f"swarmtrain {__version__} · join") as reporter:
+                run_volunteer(cfg, stop, reporter)
         return EXIT_INTERRUPTED if stop.is_set() and not cfg.max_rounds else 0
     except SwarmtrainError as e:
         print(e.render(), file=sys.stderr)

@@ -218,8 +218,8 @@ class NodeConfig:
     """Measure held-out bits per byte after every round (costs one forward pass over the val set)."""
     result_json: str = ""
     """Write a JSON summary of this node (digest, bytes, rounds) here on exit."""
-    log_format: str = "text"
-    """Progress lines as 'text' (key=value) or 'json' (one object per line)."""
+    log_format: str = "auto"
+    """'auto' (a live panel on a terminal, else key=value lines), 'text' (key=value lines) or 'json' (one object per line)."""
     status_host: str = "127.0.0.1"
     """Address of the status page, /api/status and /metrics (0.0.0.0 lets Prometheus elsewhere scrape)."""
     status_port: int = 0
@@ -272,8 +272,8 @@ def _validate_node(cfg: NodeConfig) -> None:
         raise SwarmtrainError(f"port {cfg.port} is out of range", "use 0..65535 (0 picks a free port)")
     if cfg.startup_timeout < 1:
         raise SwarmtrainError("startup_timeout must be at least 1 second")
-    if cfg.log_format not in ("text", "json"):
-        raise SwarmtrainError(f"log_format {cfg.log_format!r} is not known", "use 'text' or 'json'")
+    if cfg.log_format not in ("auto", "text", "json"):
+        raise SwarmtrainError(f"log_format {cfg.log_format!r} is not known", "use 'auto', 'text' or 'json'")
     if not -1 <= cfg.status_port <= 65535:
         raise SwarmtrainError(f"status_port {cfg.status_port} is out of range", "use 0 for a free port, -1 for none")
     if cfg.threads < 0:

@@ -67,8 +67,8 @@ class DemoOptions:
 
 
 class Child:
-    def __init__(self, label: str, argv: list[str], events: "queue.Queue[tuple[str, str]]"):
-        self.label = label
+    def __init__(self, label: str, argv: list[str], events: "queue.Queue[tuple[str, str]]", out: Reporter):
+        self.label, self.out = label, out
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.thread = threading.Thread(target=self._pump, args=(events,), daemon=True)
@@ -77,7 +77,7 @@ class Child:
     def _pump(self, events) -> None:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
-            print(f"[{self.label}] {line}", flush=True)
+            self.out.child(self.label, line)
             events.put((self.label, line))
         events.put((self.label, "<exit>"))
 
@@ -110,7 +110,7 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
     try:
         boot = Child("bootstrap", _cli("bootstrap", "--run", str(work / "run.toml"), "--host", "127.0.0.1",
                                        "--data-dir", str(work / "bootstrap"), "--new-swarm",
-                                       "--startup-timeout", str(opt.startup_timeout)), events)
+                                       "--startup-timeout", str(opt.startup_timeout)), events, out)
         children.append(boot)
         maddr = _await_bootstrap(work / "bootstrap" / READY_FILE, boot, opt.startup_timeout, stop)
 
@@ -121,7 +121,7 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
                         "--result-json", str(work / label / "result.json"),
                         "--startup-timeout", str(opt.startup_timeout), *(["--eval"] if i == 0 else []))
             (work / label).mkdir(exist_ok=True)
-            return Child(label, argv, events)
+            return Child(label, argv, events, out)
 
         volunteers = [volunteer(i) for i in range(opt.peers)]
         children += volunteers

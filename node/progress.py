@@ -19,6 +19,10 @@ class Reporter:
             line = " ".join([f"event={kind}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
         print(self.prefix + line, file=self.stream, flush=True)
 
+    def child(self, label: str, line: str) -> None:
+        """A line from a child process (the demo's peers), shown with its label."""
+        print(f"[{label}] {line}", file=self.stream, flush=True)
+
     def say(self, text: str) -> None:
         """A sentence for a person (suppressed in JSON mode, where every line must parse)."""
         if self.fmt == "json":

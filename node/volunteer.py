@@ -197,7 +197,8 @@ class Volunteer:
         fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
                       sent=self.exchange.sent["update"], received=self.exchange.received["update"],
-                      digest=self.state.digest[:16])
+                      digest=self.state.digest[:16], step=self.trainer.steps,
+                      tokens_per_s=round(tokens / max(1e-9, time.monotonic() - t0)))
         if self.val is not None:
             bpb = evaluate_bpb(self.trainer.model, *self.val, self.device)
             self.history["val_bpb"].append(bpb)

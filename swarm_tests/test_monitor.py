@@ -132,6 +132,20 @@ def test_monitor_page_in_headless_chromium(swarm):
         driver.quit()
 
 
+def test_doctor_checks_a_live_swarm(swarm, tmp_path):
+    doctor = Proc(["doctor", "--initial-peers", swarm["maddr"], "--host", "127.0.0.1", "--data-dir",
+                   str(tmp_path / "doc"), "--startup-timeout", "60"], tmp_path)
+    try:
+        code = doctor.wait(120)
+    finally:
+        doctor.kill_all()
+    out = doctor.output
+    assert code == 0, out
+    assert re.search(r"^ok +run +test-\w+: diloco.*our corpus .+ matches", out, re.M), out
+    assert re.search(r"^ok +clock +median heartbeat age", out, re.M), out
+    assert re.search(r"^ok +memory +the run \(the swarm's manifest\)", out, re.M), out
+
+
 def test_monitor_marks_a_killed_peer_gone(swarm):
     victim = swarm["peers"][2]
     victim.kill_all()

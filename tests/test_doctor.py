@@ -1,0 +1,66 @@
+"""`swarmtrain doctor`: each check fails when it should, and names the fix."""
+import socket
+
+import pytest
+
+from node.addresses import parse_peer_address
+from node.cli import main
+from node.config import ModelConfig, NodeConfig, RunConfig
+from node.doctor import FAIL, OK, WARN, disk_check, memory_check, peer_check, port_check, render, threads_check
+
+PEER = "QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
+
+
+def test_port_in_use_fails_with_the_fix():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        c = port_check("127.0.0.1", s.getsockname()[1], "listen")
+    assert c.status == FAIL and "another port" in c.fix
+    assert port_check("127.0.0.1", 0, "listen").status == OK
+
+
+def test_unreachable_peer_fails_and_says_why():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        c = peer_check(parse_peer_address(f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}"), timeout=2)
+    assert c.status == FAIL and "refused" in c.detail.lower() and "firewall" in c.fix
+
+
+def test_reachable_peer_is_ok():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        c = peer_check(parse_peer_address(f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}/p2p/{PEER}"))
+    assert c.status == OK and "ms" in c.detail
+
+
+def test_too_many_threads_warns():
+    assert threads_check(NodeConfig(threads=10_000)).status == WARN
+    assert threads_check(NodeConfig(threads=1)).status == OK
+
+
+def test_memory_and_disk_fail_for_a_model_too_big_for_this_machine(tmp_path):
+    huge = RunConfig(model=ModelConfig(d_model=65536, n_layer=64, n_head=64))
+    assert memory_check(huge, "test").status == FAIL
+    assert disk_check(str(tmp_path / "new" / "dir"), huge).status == FAIL
+    assert memory_check(RunConfig(), "test").status == OK
+    assert disk_check(str(tmp_path), RunConfig()).status == OK
+
+
+def test_render_counts_failures():
+    from node.doctor import Check
+    text = render([Check("a", OK, "fine"), Check("b", FAIL, "broken", "do this")])
+    assert "fix: do this" in text and "1 failed" in text
+
+
+def test_cli_exit_status_is_one_on_failure(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        code = main(["doctor", "--data-dir", str(tmp_path), "--status-port", "-1",
+                     "--initial-peers", f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}"])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAIL  initial peer" in out
+    assert main(["doctor", "--data-dir", str(tmp_path), "--status-port", "-1", "--new-swarm"]) == 0

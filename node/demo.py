@@ -64,11 +64,14 @@ class DemoOptions:
     """Write the demo summary here."""
     startup_timeout: float = 120.0
     """Seconds each peer may take to start."""
+    monitor_port: int = 0
+    """Port of the swarm monitor's page (`swarmtrain monitor`); 0 picks a free one, -1 starts no monitor."""
 
 
 class Child:
-    def __init__(self, label: str, argv: list[str], events: "queue.Queue[tuple[str, str]]", out: Reporter):
-        self.label, self.out = label, out
+    def __init__(self, label: str, argv: list[str], events: "queue.Queue[tuple[str, str]]", out: Reporter,
+                 hide: tuple[str, ...] = ()):
+        self.label, self.out, self.hide = label, out, hide
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.thread = threading.Thread(target=self._pump, args=(events,), daemon=True)
@@ -77,7 +80,8 @@ class Child:
     def _pump(self, events) -> None:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
-            self.out.child(self.label, line)
+            if not line.startswith(self.hide):  # (an empty tuple matches nothing)
+                self.out.child(self.label, line)
             events.put((self.label, line))
         events.put((self.label, "<exit>"))
 
@@ -125,6 +129,11 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
 
         volunteers = [volunteer(i) for i in range(opt.peers)]
         children += volunteers
+        if opt.monitor_port >= 0:  # the swarm's page; its per-refresh lines would only repeat the peers'
+            children.append(Child("monitor", _cli("monitor", "--initial-peers", maddr, "--host", "127.0.0.1",
+                                                  "--data-dir", str(work / "monitor"), "--status-port",
+                                                  str(opt.monitor_port), "--startup-timeout",
+                                                  str(opt.startup_timeout)), events, out, hide=("event=swarm",)))
         late = None
         running = {c.label for c in volunteers}
         while running and not stop.is_set():

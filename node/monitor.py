@@ -46,12 +46,13 @@ def merge_rounds(records: list[MetricsRecord]) -> list[dict]:
     """The swarm's recent rounds from every peer's view: ok if any peer completed it."""
     by_round: dict[int, dict] = {}
     for m in records:
-        for rnd, result, group, seconds in m.recent:
+        for rnd, result, group, seconds, end in m.recent:
             row = by_round.setdefault(rnd, {"round": rnd, "result": result, "peers": group, "seconds": seconds,
-                                            "time": None})  # records do not say when each round ended
+                                            "time": end})
             if result == "ok":
                 row["result"] = "ok"
             row["peers"], row["seconds"] = max(row["peers"], group), max(row["seconds"], seconds)
+            row["time"] = max(row["time"], end)
     return sorted(by_round.values(), key=lambda r: -r["round"])[:20]
 
 

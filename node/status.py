@@ -22,7 +22,9 @@ def peer_rows(table: dict[str, Heartbeat], my_round: int, metrics: dict[str, Met
     Peers in `previous` but no longer in `table` stay, marked gone, so the page can say when.
     """
     now = time.time()
-    rows = {pid: dict(row, alive=False) for pid, row in (previous or {}).items()}
+    # gone peers keep their last round and when they were seen; live figures no longer apply
+    rows = {pid: dict(row, alive=False, lag=my_round - row["round"], share=None, tokens_per_s=None)
+            for pid, row in (previous or {}).items()}
     live_tokens = sum(m.tokens for pid, m in metrics.items() if pid in table)
     for pid, hb in table.items():
         m = metrics.get(pid)
@@ -83,7 +85,7 @@ class StatusBoard:
                 dense=int(self._bandwidth["dense_equivalent"]), rounds_ok=self._results["ok"],
                 rounds_failed=self._results["failed"], reachability=reachability,
                 history=tuple((p["round"], p["loss"], p["val_bpb"]) for p in list(self._loss)[-MAX_METRICS_HISTORY:]),
-                recent=tuple((r["round"], r["result"], r["peers"], r["seconds"])
+                recent=tuple((r["round"], r["result"], r["peers"], r["seconds"], r["time"])
                              for r in list(self._rounds)[:MAX_METRICS_HISTORY]))
 
     def snapshot(self) -> dict:

@@ -197,7 +197,8 @@ class MetricsRecord:
     """'Here is how my training goes.' Signed by the peer (protocol/signing.py) and read by monitors.
 
     Counters are totals since the node started; `history` holds the last rounds' losses as
-    [round, train loss, val bits/byte or None], `recent` the last rounds as [round, result, group size, seconds].
+    [round, train loss, val bits/byte or None], `recent` the last rounds as
+    [round, result, group size, seconds, end time (unix seconds)].
     """
 
     peer: str
@@ -218,7 +219,7 @@ class MetricsRecord:
     rounds_failed: int
     reachability: str
     history: tuple[tuple[int, float, float | None], ...] = ()
-    recent: tuple[tuple[int, str, int, float], ...] = ()
+    recent: tuple[tuple[int, str, int, float, float], ...] = ()
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -255,8 +256,9 @@ def _history_entry(h: object, w: str) -> tuple[int, float, float | None]:
             None if h[2] is None else _finite(float(h[2]), "history", w))
 
 
-def _recent_entry(r: object, w: str) -> tuple[int, str, int, float]:
-    if not (isinstance(r, list) and len(r) == 4 and isinstance(r[0], int) and r[1] in ROUND_RESULTS
-            and isinstance(r[2], int) and 0 <= r[2] <= MAX_ROSTER and isinstance(r[3], (int, float))):
-        raise ProtocolError(f"{w}: recent entry must be [round, result, group size, seconds]")
-    return (_round(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w))
+def _recent_entry(r: object, w: str) -> tuple[int, str, int, float, float]:
+    if not (isinstance(r, list) and len(r) == 5 and isinstance(r[0], int) and r[1] in ROUND_RESULTS
+            and isinstance(r[2], int) and 0 <= r[2] <= MAX_ROSTER and isinstance(r[3], (int, float))
+            and isinstance(r[4], (int, float))):
+        raise ProtocolError(f"{w}: recent entry must be [round, result, group size, seconds, time]")
+    return (_round(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w), _finite(float(r[4]), "recent", w))

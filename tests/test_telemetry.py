@@ -26,7 +26,7 @@ def record(peer, **kw):
     base = dict(peer=peer, name="a", device="cpu", version="0.1.0", round=3, local_step=150, time=1.0e9,
                 loss=2.5, val_bpb=4.1, tokens_per_s=900.0, tokens=3000, sent=10, received=20, dense=1000,
                 rounds_ok=3, rounds_failed=1, reachability="private", history=((1, 3.0, None), (2, 2.7, 4.3)),
-                recent=((3, "ok", 2, 1.5), (2, "failed", 2, 0.0)))
+                recent=((3, "ok", 2, 1.5, 9.0), (2, "failed", 2, 0.0, 8.0)))
     return MetricsRecord(**{**base, **kw})
 
 
@@ -77,7 +77,7 @@ def test_garbage_key_is_refused_not_crashing(identity):
 
 
 @pytest.mark.parametrize("change", [{"loss": float("nan")}, {"reachability": "moon"}, {"tokens": -1},
-                                    {"history": [[1, 2.0]]}, {"recent": [[1, "great", 2, 1.0]]},
+                                    {"history": [[1, 2.0]]}, {"recent": [[1, "great", 2, 1.0, 1.0]]}, {"recent": [[1, "ok", 2, 1.0]]},
                                     {"history": [[1, 2.0, None]] * 65}, {"peer": "not a peer id"}])
 def test_metrics_record_fields_are_checked(change):
     wire = {**record("QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n").to_wire(), **change}
@@ -112,7 +112,7 @@ def test_board_record_carries_what_the_page_shows():
                  received=20, dense=0.0)
     r = b.record(local_step=50, reachability="private", now=5.0)
     assert (r.round, r.loss, r.tokens_per_s, r.rounds_ok, r.rounds_failed, r.dense) == (1, 2.5, 50.0, 1, 1, 1000)
-    assert r.history == ((1, 2.5, 4.0),) and r.recent[0] == (2, "failed", 2, 0.0)
+    assert r.history == ((1, 2.5, 4.0),) and r.recent[0][:4] == (2, "failed", 2, 0.0)
     assert MetricsRecord.from_wire(r.to_wire()) == r
 
 
@@ -124,13 +124,14 @@ def test_peer_rows_share_of_work_and_gone_peers():
     assert rows[a]["share"] == 0.75 and rows[b]["share"] == 0.25 and rows[a]["signed"]
     rows = peer_rows({a: hbs[a]}, 4, {a: record(a)}, previous=rows)
     assert rows[b]["alive"] is False and rows[a]["alive"] and rows[a]["lag"] == 1
+    assert rows[b]["share"] is None and rows[b]["lag"] == 1 and rows[a]["share"] == 1.0
 
 
 def test_monitor_merges_rounds_and_curves():
     a, b = "QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", "QmSQi2NhkkfJTzRRCCLB4EMh62JwMru97SbfDiMGWtLUS9"
-    ra = record(a, recent=((3, "failed", 2, 0.0),), history=((1, 3.0, None), (2, 2.0, 4.0)))
-    rb = record(b, recent=((3, "ok", 3, 2.0),), history=((2, 4.0, 5.0),))
-    assert merge_rounds([ra, rb]) == [{"round": 3, "result": "ok", "peers": 3, "seconds": 2.0, "time": None}]
+    ra = record(a, recent=((3, "failed", 2, 0.0, 7.0),), history=((1, 3.0, None), (2, 2.0, 4.0)))
+    rb = record(b, recent=((3, "ok", 3, 2.0, 9.0),), history=((2, 4.0, 5.0),))
+    assert merge_rounds([ra, rb]) == [{"round": 3, "result": "ok", "peers": 3, "seconds": 2.0, "time": 9.0}]
     points = merge_history([ra, rb], throughput=1800.0)
     assert [(p["round"], p["loss"], p["val_bpb"]) for p in points] == [(1, 3.0, None), (2, 3.0, 4.5)]
     assert points[-1]["tokens_per_s"] == 1800.0

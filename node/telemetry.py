@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from node.errors import SwarmtrainError
-from node.swarm import Swarm
+from node.swarm import Swarm, dht_time
 from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.records import MAX_METRICS_BODY, MetricsRecord
 
 log = logging.getLogger("swarmtrain.telemetry")
 METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
+EXPIRY_SLACK = 120.0  # seconds between a record's time and its store (signing, a busy DHT thread)
 
 
 def load_identity_key(path: str) -> rsa.RSAPrivateKey:
@@ -87,11 +88,58 @@ def read_metrics(swarm: Swarm, run_id: str) -> dict[str, MetricsRecord]:
     return out
 
 
+class MetricsRecordValidator:
+    """Honest DHT nodes refuse to store, and readers drop, a value under `swarmtrain:<run>:metrics`
+    unless it is a record signed by the peer id it is filed under, expiring no later than the
+    record's own time + METRICS_TTL. Without it anyone could overwrite a peer's record with
+    garbage, or replay an old one with a far expiration, to hide that peer from monitors.
+
+    It implements hivemind's RecordValidatorBase interface by duck typing, so that this module
+    does not import hivemind; it is pickled into the DHT process, hence a module-level class.
+    """
+
+    priority = 0
+
+    def __init__(self, run_id: str):
+        from hivemind.dht.routing import DHTID
+        self.key_bytes = DHTID.generate(source=keys.metrics_key(run_id)).to_bytes()  # keys arrive hashed
+
+    def validate(self, record) -> bool:
+        if record.key != self.key_bytes:
+            return True  # not ours to judge
+        return valid_stored_record(record.subkey, record.value, record.expiration_time)
+
+    def sign_value(self, record) -> bytes:
+        return record.value  # signed by the application already (protocol/signing.py)
+
+    def strip_value(self, record) -> bytes:
+        return record.value
+
+    def merge_with(self, other) -> bool:
+        return False
+
+
+def metrics_validator(run_id: str) -> MetricsRecordValidator:
+    return MetricsRecordValidator(run_id)
+
+
+def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: float) -> bool:
+    """Is this (serialised) DHT entry a signed record of its subkey's peer, with an honest expiration?"""
+    from hivemind.utils.serializer import MSGPackSerializer
+    try:
+        subkey = MSGPackSerializer.loads(subkey_bytes)
+        record = decode(MSGPackSerializer.loads(value_bytes), subkey)
+    except Exception:  # anything a peer can send: malformed msgpack, bad types, bad signature
+        return False
+    return expiration <= record.time + METRICS_TTL + EXPIRY_SLACK
+
+
 class MetricsPublisher:
     """Signs and stores the latest record from a daemon thread; `publish()` never blocks."""
 
     def __init__(self, swarm: Swarm, run_id: str, key: rsa.RSAPrivateKey):
         self.swarm, self.run_id, self.key = swarm, run_id, key
+        swarm.dht.add_validators([metrics_validator(run_id)])
         self._latest: MetricsRecord | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -110,8 +158,9 @@ class MetricsPublisher:
             self._wake.clear()
             with self._lock:
                 record, self._latest = self._latest, None
-            if record is not None:
-                self.swarm.store(keys.metrics_key(self.run_id), record.peer, encode(self.key, record), METRICS_TTL)
+            if record is not None:  # expiry counted from the record's own time, as validators demand
+                self.swarm.store(keys.metrics_key(self.run_id), record.peer, encode(self.key, record),
+                                 METRICS_TTL - max(0.0, dht_time() - record.time))
 
     def close(self) -> None:
         self._stop.set()

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -144,6 +146,25 @@ def test_doctor_checks_a_live_swarm(swarm, tmp_path):
     assert re.search(r"^ok +run +test-\w+: diloco.*our corpus .+ matches", out, re.M), out
     assert re.search(r"^ok +clock +median heartbeat age", out, re.M), out
     assert re.search(r"^ok +memory +the run \(the swarm's manifest\)", out, re.M), out
+
+
+def test_forged_and_replayed_records_cannot_hide_a_peer(swarm, tmp_path):
+    before = wait_status(swarm["url"], lambda s: any(p["name"] == "vol0" and p["signed"] for p in s["peers"]), 60)
+    victim = next(p for p in before["peers"] if p["name"] == "vol0")
+    forger = subprocess.Popen([sys.executable, "-m", "swarm_tests.forger", swarm["maddr"], before["node"]["run_id"],
+                               victim["peer"]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = forger.communicate(timeout=120)
+    finally:
+        forger.kill()
+    assert "event=forged" in out, out
+    # the victim's next records must still be the ones the monitor shows: signed, its own name, moving on
+    after = wait_status(swarm["url"], lambda s: any(p["name"] == "vol0" and p["signed"] and p["round"] >= victim["round"] + 3
+                                                    for p in s["peers"]), 120)
+    assert "forged" not in [p["name"] for p in after["peers"]]
+    assert after["tokens"] < 10**12
+    for p in (swarm["monitor"], *swarm["peers"]):
+        assert "Traceback" not in p.output, p.output[-3000:]
 
 
 def test_monitor_marks_a_killed_peer_gone(swarm):

@@ -135,3 +135,27 @@ def test_monitor_merges_rounds_and_curves():
     points = merge_history([ra, rb], throughput=1800.0)
     assert [(p["round"], p["loss"], p["val_bpb"]) for p in points] == [(1, 3.0, None), (2, 3.0, 4.5)]
     assert points[-1]["tokens_per_s"] == 1800.0
+
+
+def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils.serializer import MSGPackSerializer as S
+    from node.telemetry import METRICS_TTL, MetricsRecordValidator
+    from protocol import keys
+    key, peer = identity
+    v = MetricsRecordValidator("run-1")
+    where = DHTID.generate(source=keys.metrics_key("run-1")).to_bytes()
+    r = record(peer, time=1000.0)
+
+    def check(value, expiration=1000.0 + METRICS_TTL, subkey=peer, at=where):
+        return v.validate(DHTRecord(at, S.dumps(subkey), S.dumps(value), expiration))
+
+    assert check(encode(key, r))
+    assert not check(encode(key, r), expiration=1000.0 + 10 * METRICS_TTL)  # an old record replayed to outlive
+    assert not check(b"garbage") and not check({"body": b"x", "key": b"y", "sig": b"z"})
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert not check(encode(forger, r))
+    assert check(b"anything", at=DHTID.generate(source="another key").to_bytes())  # other keys: not ours
+    import pickle
+    assert pickle.loads(pickle.dumps(v)).key_bytes == where  # it travels into the DHT process

@@ -80,7 +80,7 @@ class Child:
     def _pump(self, events) -> None:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
-            if not line.startswith(self.hide):  # (an empty tuple matches nothing)
+            if line.strip() and not line.startswith(self.hide):  # (an empty tuple matches nothing)
                 self.out.child(self.label, line)
             events.put((self.label, line))
         events.put((self.label, "<exit>"))
@@ -190,7 +190,8 @@ def _summarize(work: Path, volunteers: list[Child], late: Child | None, opt: Dem
         path = work / c.label / "result.json"
         if path.is_file():
             results[c.label] = json.loads(path.read_text())
-    finished = {lbl: r for lbl, r in results.items() if codes.get(lbl) == 0}
+    # 0: reached --rounds; 130: left cleanly on Ctrl+C (the demo's own stop)
+    finished = {lbl: r for lbl, r in results.items() if codes.get(lbl) in (0, 130)}
     by_peer = {r["peer"]: r for r in finished.values()}
     rounds = min((r["rounds_completed"] for r in finished.values()), default=0)
     evaluator = results.get("peer0", {})

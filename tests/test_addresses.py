@@ -21,3 +21,18 @@ def test_parse_bad_names_the_fix(bad, why):
     with pytest.raises(SwarmtrainError, match=why) as e:
         parse_peer_address(bad)
     assert "/p2p/" in e.value.help
+
+
+def test_initial_peers_file_from_a_bootstrap_peer(tmp_path):
+    import json
+    from node.addresses import initial_peers
+    maddr = "/ip4/127.0.0.1/tcp/4001/p2p/QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
+    ready = tmp_path / "bootstrap.json"
+    ready.write_text(json.dumps({"run_id": "r", "maddrs": [maddr, "/ip4/10.0.0.1/tcp/1/p2p/Qm"], "peer": "Qm"}))
+    assert [a.port for a in initial_peers([], str(ready))] == [4001]  # the first: the dialable one
+    ready.write_text("{not json")
+    with pytest.raises(SwarmtrainError, match="is not a bootstrap.json"):
+        initial_peers([], str(ready))
+    with pytest.raises(SwarmtrainError, match="does not exist") as e:
+        initial_peers([], str(tmp_path / "missing.json"), timeout=0.1)
+    assert "swarmtrain bootstrap" in e.value.help

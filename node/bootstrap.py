@@ -13,7 +13,7 @@ from node.model import build_model
 from node.progress import Reporter
 from node.strategies import make_strategy
 from node.swarm import Swarm
-from node.telemetry import metrics_validator
+from node.telemetry import guard_metrics_key
 from protocol.records import run_id_of
 
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
@@ -30,7 +30,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
     try:
-        swarm.dht.add_validators([metrics_validator(run_id)])  # the bootstrap peer stores records too
+        guard_metrics_key(swarm, run_id)  # the bootstrap peer stores records too
         manifests.publish(swarm, manifest)
         maddrs = _shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from node.errors import SwarmtrainError
 from node.progress import Reporter
 from node.status import peer_rows, with_saved
 from node.swarm import Swarm, read_peers
-from node.telemetry import metrics_validator, read_metrics
+from node.telemetry import guard_metrics_key, read_metrics
 from protocol.records import Heartbeat, MetricsRecord
 
 REFRESH_S = 2.0
@@ -146,7 +146,7 @@ def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> N
     swarm = Swarm.start(cfg, bootstrap, client_mode=True)
     try:
         run_id, manifest = manifests.fetch(swarm, cfg.run_id, cfg.startup_timeout)
-        swarm.dht.add_validators([metrics_validator(run_id)])  # drop forged records on the way in
+        guard_metrics_key(swarm, run_id)  # drop forged records on the way in
         monitor = SwarmMonitor(swarm, run_id, manifest, bootstrap)
         monitor.refresh()
         server = StatusServer(cfg.status_host, cfg.status_port, monitor.snapshot, monitor.exposition)

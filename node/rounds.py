@@ -3,8 +3,9 @@
 1. Each peer finishes its inner steps, keeps its encoded update in its Exchange and
    announces (size, SHA-256) under the round's `updates` key.
 2. The leader of round r is the smallest peer id among live, active peers whose heartbeat
-   says they work on round r (or hold the state round r starts from). It waits until all of them announced, or `collect_timeout`,
-   fetches and checks every announced update, and writes the roster: exactly these updates,
+   says they work on round r. It waits until all of them announced (and the peers still
+   finishing round r-1 with it), or `collect_timeout`, fetches and checks every announced
+   update, and writes the roster: exactly these updates,
    sorted by peer id. It holds every update it lists, so each one has at least two sources.
    If the leader dies, its heartbeat expires and the next smallest id takes over.
 3. Every peer reads the roster (the smallest leader id wins if there are two), fetches the

@@ -119,8 +119,10 @@ class MetricsRecordValidator:
         return False
 
 
-def metrics_validator(run_id: str) -> MetricsRecordValidator:
-    return MetricsRecordValidator(run_id)
+def guard_metrics_key(swarm: Swarm, run_id: str) -> None:
+    """Install the validator in this node's DHT: it then refuses to store, and drops on reading,
+    forged metrics records. Every kind of node does this once it knows the run."""
+    swarm.dht.add_validators([MetricsRecordValidator(run_id)])
 
 
 def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: float) -> bool:
@@ -139,7 +141,7 @@ class MetricsPublisher:
 
     def __init__(self, swarm: Swarm, run_id: str, key: rsa.RSAPrivateKey):
         self.swarm, self.run_id, self.key = swarm, run_id, key
-        swarm.dht.add_validators([metrics_validator(run_id)])
+        guard_metrics_key(swarm, run_id)
         self._latest: MetricsRecord | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()

@@ -44,6 +44,11 @@ def parse_peer_addresses(texts: list[str]) -> list[Address]:
     return [parse_peer_address(t) for t in texts]
 
 
+def shareable(maddrs: list[str]) -> list[str]:
+    """Addresses others can dial, non-loopback first; each ends in /p2p/<peer id>."""
+    return sorted(set(maddrs), key=lambda m: (m.startswith("/ip4/127.") or m.startswith("/ip6/::1"), m))
+
+
 def initial_peers(texts: list[str], from_file: str = "", timeout: float = 0.0) -> list[Address]:
     """The peers given as flags plus those in a bootstrap peer's ready file (its `bootstrap.json`).
 

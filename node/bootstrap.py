@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from node import manifest as manifests
-from node.addresses import initial_peers
+from node.addresses import initial_peers, shareable
 from node.config import NodeConfig, load_run_config
 from node.data import load_corpus
 from node.model import build_model
@@ -32,7 +32,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     try:
         guard_metrics_key(swarm, run_id)  # the bootstrap peer stores records too
         manifests.publish(swarm, manifest)
-        maddrs = _shareable(swarm.visible_maddrs())
+        maddrs = shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)
         tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
         tmp.write_text(json.dumps({"run_id": run_id, "maddrs": maddrs, "peer": swarm.peer_id}))
@@ -46,8 +46,3 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
         ready.unlink(missing_ok=True)
         swarm.shutdown()
         reporter.event("left", peer=swarm.peer_id)
-
-
-def _shareable(maddrs: list[str]) -> list[str]:
-    """Addresses others can dial, non-loopback first; each ends in /p2p/<peer id>."""
-    return sorted(set(maddrs), key=lambda m: (m.startswith("/ip4/127.") or m.startswith("/ip6/::1"), m))

@@ -27,6 +27,20 @@ def publish(swarm: Swarm, manifest: dict) -> bool:
     return swarm.store(keys.runs_key(), run_id_of(manifest), manifest, ttl=MANIFEST_TTL)
 
 
+class ManifestKeeper:
+    """Keeps a run's manifest in the DHT from a volunteer: published now, then again whenever a
+    quarter of its TTL has passed (checked once per round), so the run outlives its bootstrap peer."""
+
+    def __init__(self, swarm: Swarm, manifest: dict, clock=time.monotonic):
+        self.swarm, self.manifest, self.clock = swarm, manifest, clock
+        self.due = clock()
+
+    def tick(self) -> None:
+        if self.clock() >= self.due:
+            publish(self.swarm, self.manifest)
+            self.due = self.clock() + MANIFEST_TTL / 4
+
+
 def fetch(swarm: Swarm, wanted: str, timeout: float) -> tuple[str, dict]:
     """Find the run to join in the DHT: `wanted`, or the only run there is."""
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from node import __version__, checkpoint, data, manifest as manifests
-from node.addresses import initial_peers
+from node.addresses import initial_peers, shareable
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.exchange import Exchange
@@ -111,7 +111,8 @@ class Volunteer:
         self.joined_round = self.state.round
         self.start_heartbeat()
         self.out.event("joined", peer=self.me, name=self.name, run=self.run_id, round=self.state.round,
-                       state=how, device=str(self.device), digest=self.state.digest[:16], status_url=self.page.url)
+                       state=how, device=str(self.device), digest=self.state.digest[:16], status_url=self.page.url,
+                       maddr=self.maddr)
         while not stop.is_set() and not self.reached_max():
             if self.outvoted():
                 self.resync(stop, force=True)                      # our state differs from the swarm's
@@ -215,6 +216,7 @@ class Volunteer:
         """Refresh the page's peer table and publish our signed metrics record for monitors."""
         peers = read_peers(self.swarm, self.run_id) if peers is None else peers
         self.status.peers_seen(peers, self.state.round, read_metrics(self.swarm, self.run_id))
+        self.manifest_keeper.tick()
         self.publisher.publish(self.status.record(local_step=self.trainer.steps, now=dht_time(),
                                                   reachability=self.reach))
 
@@ -222,8 +224,9 @@ class Volunteer:
         return bool(self.cfg.max_rounds) and self.state.round >= self.cfg.max_rounds
 
     def start_heartbeat(self) -> None:
-        maddrs = self.swarm.visible_maddrs()
+        maddrs = shareable(self.swarm.visible_maddrs())
         self.reach = reachability(maddrs)
+        self.maddr = maddrs[0] if maddrs else ""  # others may join through us
         first = Heartbeat(peer=self.me, name=self.name[:64], round=self.state.round + 1,
                           state_round=self.state.round, digest=self.state.digest, device=str(self.device),
                           maddrs=tuple(maddrs[:16]), time=dht_time())
@@ -231,7 +234,8 @@ class Volunteer:
         self.heartbeat = HeartbeatPublisher(self.swarm, self.run_id, first, interval=self.run.swarm.heartbeat_interval,
                                             ttl=self.run.swarm.heartbeat_ttl)
         self.stack.callback(self.heartbeat.close)
-        manifests.publish(self.swarm, self.manifest)  # one more copy, in case the bootstrap peer goes
+        self.manifest_keeper = manifests.ManifestKeeper(self.swarm, self.manifest)
+        self.manifest_keeper.tick()  # one more copy now, in case the bootstrap peer goes
 
     def initial_state(self, stop: threading.Event) -> tuple[SwarmState, str]:
         """Our checkpoint, or the swarm's state if it is ahead, or round 0."""

@@ -49,14 +49,15 @@ def swarm(tmp_path_factory):
         return started[-1]
 
     try:
-        _, maddr = start_bootstrap(procs, tmp, run)
+        boot, maddr = start_bootstrap(procs, tmp, run)
         peers = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp / f"v{i}"),
                        "--threads", "1", "--name", f"vol{i}", "--eval") for i in range(3)]
         monitor = procs("monitor", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp / "m"),
                         "--startup-timeout", "60")
         url = monitor.wait_for(r"event=monitor_ready .*status_url=(\S+)", 120).group(1)
         node_urls = [p.wait_for(r"event=joined .*status_url=(\S+)", 120).group(1) for p in peers]
-        yield {"url": url, "node_urls": node_urls, "monitor": monitor, "peers": peers, "maddr": maddr}
+        yield {"url": url, "node_urls": node_urls, "monitor": monitor, "peers": peers, "maddr": maddr, "boot": boot,
+               "procs": procs, "tmp": tmp}
     finally:
         for p in started:
             p.kill_all()
@@ -173,3 +174,16 @@ def test_monitor_marks_a_killed_peer_gone(swarm):
     status = wait_status(swarm["url"], lambda s: any(p["name"] == "vol2" and not p["alive"] for p in s["peers"]), 60)
     assert status["peers_alive"] == 2
     assert "Traceback" not in swarm["monitor"].output
+
+
+def test_bootstrap_down_is_shown_and_the_swarm_goes_on_without_it(swarm):
+    swarm["boot"].kill_all()
+    status = wait_status(swarm["url"], lambda s: s["bootstrap"][0]["up"] is False, 60)
+    assert status["bootstrap"][0]["error"], status["bootstrap"]
+    assert re.search(r'swarmtrain_monitor_bootstrap_up\{address="[^"]+"\} 0\.0', get(swarm["url"] + "metrics").decode())
+    # a newcomer joins through a volunteer's address: the manifest and the state live on in the swarm
+    via = swarm["peers"][0].wait_for(r"event=joined .*maddr=(\S+)", 5).group(1)
+    late = swarm["procs"]("join", "--initial-peers", via, "--host", "127.0.0.1", "--data-dir",
+                          str(swarm["tmp"] / "late"), "--threads", "1", "--name", "late")
+    late.wait_for(r"event=joined .*state=from_peers", 120)
+    late.wait_for(r"event=round round=\d+ peers=[2-9] contributed=1", 120)

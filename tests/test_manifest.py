@@ -55,3 +55,29 @@ def test_refuses_manifest_that_does_not_hash_to_its_id(good):
         manifests.accept(run_id, {**m, "name": "evil"})
     with pytest.raises(SwarmtrainError, match="does not hash"):
         manifests.accept(run_id, {"name": b"bytes"})
+
+
+def test_volunteers_keep_the_manifest_alive_past_its_ttl():
+    from node.manifest import MANIFEST_TTL, ManifestKeeper
+
+    class FakeSwarm:
+        def __init__(self):
+            self.stored_at = []
+
+        def store(self, key, subkey, value, ttl):
+            assert ttl == MANIFEST_TTL
+            self.stored_at.append(now[0])
+            return True
+
+    now = [0.0]
+    swarm = FakeSwarm()
+    keeper = ManifestKeeper(swarm, {"name": "x", "protocol": 1}, clock=lambda: now[0])
+    keeper.tick()
+    keeper.tick()  # the same moment: no second store
+    assert swarm.stored_at == [0.0]
+    while now[0] < 3 * MANIFEST_TTL:  # a round a minute for three TTLs
+        now[0] += 60
+        keeper.tick()
+    gaps = [b - a for a, b in zip(swarm.stored_at, swarm.stored_at[1:])]
+    assert max(gaps) <= MANIFEST_TTL / 4 + 60  # never close to expiring
+    assert len(swarm.stored_at) <= 3 * 4 + 2   # and not once per round

@@ -14,7 +14,7 @@ import json
 import math
 import multiprocessing as mp
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch

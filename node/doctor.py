@@ -11,13 +11,13 @@ import os
 import shutil
 import socket
 import statistics
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from node.addresses import Address, initial_peers
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.errors import SwarmtrainError
+from node.swarm import probe_peer
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -42,15 +42,12 @@ def port_check(host: str, port: int, what: str) -> Check:
 
 
 def peer_check(address: Address, timeout: float = 5.0) -> Check:
-    t0 = time.monotonic()
-    try:
-        with socket.create_connection((address.host, address.port), timeout=timeout):
-            pass
-    except OSError as e:
-        return Check("initial peer", FAIL, f"{address.text}: {e.strerror or type(e).__name__}",
+    answer = probe_peer(address, timeout)
+    if not answer["up"]:
+        return Check("initial peer", FAIL, f"{address.text}: {answer['error']}",
                      "check the address (copy it from `swarmtrain bootstrap`'s output), that the peer runs, "
                      "and that no firewall blocks the port")
-    return Check("initial peer", OK, f"{address.text}: answers in {1000 * (time.monotonic() - t0):.0f} ms")
+    return Check("initial peer", OK, f"{address.text}: answers in {answer['latency_ms']:.0f} ms")
 
 
 def param_count(model: ModelConfig) -> int:

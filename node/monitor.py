@@ -7,7 +7,6 @@ fed with the swarm's numbers instead of one node's.
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import replace
@@ -22,24 +21,12 @@ from node.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
 from node.progress import Reporter
 from node.status import peer_rows, with_saved
-from node.swarm import Swarm, read_peers
+from node.swarm import Swarm, probe_peer, read_peers
 from node.telemetry import guard_metrics_key, read_metrics
 from protocol.records import Heartbeat, MetricsRecord
 
 REFRESH_S = 2.0
 MAX_POINTS = 2000  # rounds kept on the loss curve
-
-
-def probe(address: Address, timeout: float = 3.0) -> dict:
-    """Is this bootstrap peer accepting connections? (TCP connect; with its latency or the error)."""
-    t0 = time.monotonic()
-    try:
-        with socket.create_connection((address.host, address.port), timeout=timeout):
-            pass
-        return {"address": address.text, "up": True, "latency_ms": round(1000 * (time.monotonic() - t0), 1),
-                "error": None}
-    except OSError as e:
-        return {"address": address.text, "up": False, "latency_ms": None, "error": e.strerror or type(e).__name__}
 
 
 def merge_rounds(records: list[MetricsRecord]) -> list[dict]:
@@ -95,7 +82,7 @@ class SwarmMonitor:
     def refresh(self) -> None:
         heartbeats: dict[str, Heartbeat] = read_peers(self.swarm, self.run_id)
         records = read_metrics(self.swarm, self.run_id)
-        probes = [probe(a) for a in self.bootstrap]
+        probes = [probe_peer(a, timeout=3.0) for a in self.bootstrap]
         top = max((hb.state_round for hb in heartbeats.values()), default=0)
         with self._lock:
             self._rows = peer_rows(heartbeats, top, records, previous=self._rows)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from node.progress import Reporter, _fmt
+from node.progress import Reporter, _fmt, text_line
 
 COLUMNS = (("round", "round"), ("step", "step"), ("loss", "loss"), ("val_bpb", "val bpb"),
            ("tokens_per_s", "tokens/s"), ("peers", "peers"), ("sent", "sent"), ("received", "received"),
@@ -62,7 +62,7 @@ class LivePanel:
         table = Table(title=self.title, title_justify="left", expand=False)
         table.add_column("peer")
         for _, header in COLUMNS:
-            table.add_column(header, justify="right" if header not in ("state",) else "left")
+            table.add_column(header, justify="left" if header == "state" else "right")
         for label, row in sorted(self.rows.items()):
             table.add_row(label, *[self._cell(key, row.get(key)) for key, _ in COLUMNS])
         return table
@@ -97,7 +97,7 @@ class PanelReporter(Reporter):
         if kind in self.PANEL_EVENTS:
             self.panel.update(self.label, kind, fields)
         if kind not in ("round",):  # rounds live in the panel; the rest is worth a line
-            self.panel.log(" ".join([f"event={kind}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()]))
+            self.panel.log(text_line(kind, fields))
 
     def say(self, text: str) -> None:
         self.panel.log(text)

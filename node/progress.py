@@ -16,7 +16,7 @@ class Reporter:
         if self.fmt == "json":
             line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields})
         else:
-            line = " ".join([f"event={kind}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
+            line = text_line(kind, fields)
         print(self.prefix + line, file=self.stream, flush=True)
 
     def child(self, label: str, line: str) -> None:
@@ -29,6 +29,11 @@ class Reporter:
             self.event("message", text=text)
         else:
             print(self.prefix + text, file=self.stream, flush=True)
+
+
+def text_line(kind: str, fields: dict) -> str:
+    """'event=round round=3 loss=2.1': the key=value form of an event."""
+    return " ".join([f"event={kind}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
 
 
 def _fmt(v) -> str:

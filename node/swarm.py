@@ -42,21 +42,31 @@ def check_port_free(host: str, port: int) -> None:
                                   f"pick another port (--port {port + 1}) or --port 0 for a free one") from None
 
 
+def probe_peer(address: Address, timeout: float) -> dict:
+    """Does this peer accept TCP connections? {address, up, latency_ms, error} (the OS error, if down)."""
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout):
+            pass
+        return {"address": address.text, "up": True, "latency_ms": round(1000 * (time.monotonic() - t0), 1),
+                "error": None}
+    except OSError as e:
+        return {"address": address.text, "up": False, "latency_ms": None, "error": e.strerror or type(e).__name__}
+
+
 def wait_for_initial_peers(peers: list[Address], timeout: float) -> None:
     """Wait until at least one initial peer accepts TCP; say which failed and why."""
     deadline = time.monotonic() + timeout
     errors: dict[str, str] = {}
     while True:
         for peer in peers:
-            try:
-                with socket.create_connection((peer.host, peer.port), timeout=min(5.0, timeout)):
-                    pass
+            answer = probe_peer(peer, timeout=min(5.0, timeout))
+            if answer["up"]:
                 for other, why in errors.items():
                     if other != peer.text:
                         log.warning("initial peer %s did not answer: %s", other, why)
                 return
-            except OSError as e:
-                errors[peer.text] = e.strerror or type(e).__name__
+            errors[peer.text] = answer["error"]
         if time.monotonic() >= deadline:
             lines = "\n".join(f"  {p}: {why}" for p, why in errors.items())
             raise SwarmtrainError(

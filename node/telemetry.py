@@ -169,12 +169,3 @@ class MetricsPublisher:
         self._wake.set()
         self._thread.join(timeout=35)
 
-
-class NoMetricsPublisher:
-    """Publishing turned off (a node that cannot sign): the same interface, doing nothing."""
-
-    def publish(self, record: MetricsRecord) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

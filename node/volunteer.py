@@ -91,7 +91,6 @@ class Volunteer:
                                     self.strategy.check, self.max_bytes)
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
-        self.reach = "unknown"
         self.stack = stack
         self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
         self.params = sum(p.numel() for p in model.parameters())
@@ -210,13 +209,13 @@ class Volunteer:
                                val_bpb=fields.get("val_bpb"), tokens=tokens, sent=self.exchange.sent["update"],
                                received=self.exchange.received["update"], dense=dense)
         self.publish_status(peers)
+        self.manifest_keeper.tick()
         self.out.event("round", **fields)
 
     def publish_status(self, peers: dict[str, Heartbeat] | None = None) -> None:
         """Refresh the page's peer table and publish our signed metrics record for monitors."""
         peers = read_peers(self.swarm, self.run_id) if peers is None else peers
         self.status.peers_seen(peers, self.state.round, read_metrics(self.swarm, self.run_id))
-        self.manifest_keeper.tick()
         self.publisher.publish(self.status.record(local_step=self.trainer.steps, now=dht_time(),
                                                   reachability=self.reach))
 

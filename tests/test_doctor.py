@@ -1,7 +1,6 @@
 """`swarmtrain doctor`: each check fails when it should, and names the fix."""
 import socket
 
-import pytest
 
 from node.addresses import parse_peer_address
 from node.cli import main

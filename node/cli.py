@@ -80,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--strategies", nargs="+", metavar="PRESET", help="subset of presets (default: all)")
     quality.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
 
+    byz = bsub.add_parser("byzantine", help="attacks against the aggregators, in one process (docs/security.md)")
+    byz.add_argument("--workers", type=int, default=16, help="simulated peers, attackers included")
+    byz.add_argument("--attackers", type=int, nargs="+", default=[3], help="how many of them lie (several: one row each)")
+    byz.add_argument("--attack", nargs="+", default=["all"], metavar="NAME", help="attacks to run, or 'all'")
+    byz.add_argument("--aggregator", nargs="+", default=["robust", "mean"], metavar="NAME", help="aggregators to compare")
+    byz.add_argument("--strategy", nargs="+", default=["diloco"], metavar="NAME", help="strategies to attack")
+    byz.add_argument("--rounds", type=int, default=60, help="outer rounds per run")
+    byz.add_argument("--scoring", action="store_true", help="score updates on a shared batch and ban bad scorers")
+    byz.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
+
+    audit = sub.add_parser("audit", help="verify the run's signed round ledger and print who contributed")
+    audit.add_argument("--json", action="store_true", help="print the verified ledger as JSON")
+    audit.add_argument("--ledger", metavar="FILE", help="a ledger file (default: <data-dir>/<run>/ledger.jsonl, "
+                                                        "or the live swarm with --initial-peers)")
+    _add_node_flags(audit)
+
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     show = csub.add_parser("show", help="print effective node settings and where each came from")
@@ -141,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _config_show(args)
         _install_signal_handlers(stop)
+        if args.command == "bench" and args.bench_command == "byzantine":
+            from node.byzantine import markdown_table, run_byzantine
+            rows = run_byzantine(workers=args.workers, attackers=args.attackers, attacks=args.attack,
+                                 aggregators=args.aggregator, strategies=args.strategy, rounds=args.rounds,
+                                 scoring=args.scoring, json_path=args.json)
+            print(markdown_table(rows))
+            return 0
         if args.command == "bench":
             from node.benchmark import markdown_table, run_quality
             rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))
@@ -160,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = _node_config(args)
         if args.command == "doctor":
             return _doctor(cfg, args)
+        if args.command == "audit":
+            from node.audit import run_audit
+            return run_audit(cfg, args.ledger, as_json=args.json)
         if args.command == "monitor":
             from node.monitor import run_monitor
             run_monitor(cfg, stop, Reporter(cfg.log_format))

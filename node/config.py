@@ -118,6 +118,34 @@ class SwarmConfig:
     min_peers: int = 1
     """The leader writes a roster only once this many updates arrived (or, so that a shrunken
     swarm never stalls, after 80% of round_timeout with fewer)."""
+    established_rounds: int = 2
+    """A peer may lead rounds and vouch for states once it appeared in this many rosters of the
+    run's ledger (until any peer is, every live signed peer may: the start of a run)."""
+    leader_backoff: float = 10.0
+    """Seconds after the first-ranked leader's turn before the next-ranked peer may lead instead."""
+    state_requests_per_minute: int = 6
+    """How often one peer may download our full state (joiners, resyncs); more is refused."""
+    max_streams_per_peer: int = 8
+    """Concurrent inbound requests served to one peer; more are refused."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class RobustConfig:
+    aggregator: str = "robust"
+    """'robust' (default: each update clipped to clip_multiple x the round's median norm, then a
+    coordinate-wise trimmed mean; sparse and sign strategies get their own vote rules) or
+    'mean' (the plain mean: no defence against a lying peer)."""
+    clip_multiple: float = 2.0
+    """Clip each update's L2 norm to this multiple of the round's median norm (0 disables)."""
+    trim_fraction: float = 0.25
+    """Fraction of the values trimmed at each end, per coordinate, in the trimmed mean."""
+    scoring: bool = False
+    """Score each update by the loss change it causes on a batch all peers share; ban bad scorers."""
+    score_window: int = 10
+    """Rounds of scores remembered per peer."""
+    ban_after: int = 3
+    """A peer whose update scored worse than the round's median by the margin this many times
+    within score_window rounds is left out of later rounds."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -134,6 +162,8 @@ class RunConfig:
     """[strategy] table."""
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     """[swarm] table."""
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    """[robust] table: how a round's updates are combined when some peers may lie."""
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str):
@@ -146,7 +176,8 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str):
                                   f"known settings here: {', '.join(known)}")
         kind = known[key].type
         sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
-               "StrategyConfig": StrategyConfig, "SwarmConfig": SwarmConfig}.get(kind)
+               "StrategyConfig": StrategyConfig, "SwarmConfig": SwarmConfig,
+               "RobustConfig": RobustConfig}.get(kind)
         if sub is not None:
             if not isinstance(value, Mapping):
                 raise SwarmtrainError(f"{where}: [{key}] must be a table")

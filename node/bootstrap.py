@@ -13,8 +13,8 @@ from node.model import build_model
 from node.progress import Reporter
 from node.strategies import make_strategy
 from node.swarm import Swarm
-from node.telemetry import guard_metrics_key
-from protocol.records import run_id_of
+from node.net.validators import guard_run
+from node.telemetry import load_identity_key
 
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
 
@@ -24,14 +24,14 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     model = build_model(run.model, run.train.seed)  # refuse a run we could not train ourselves
     make_strategy(run.strategy, [tuple(p.shape) for p in model.parameters()], run.train)
     corpus = load_corpus(run.data.corpus)
-    manifest = manifests.build_manifest(run, corpus)
-    run_id = run_id_of(manifest)
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
     try:
-        guard_metrics_key(swarm, run_id)  # the bootstrap peer stores records too
-        manifests.publish(swarm, manifest)
+        # the manifest names our peer id and is signed with its key: the run id commits to us
+        run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifests.build_manifest(run, corpus))
+        guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=max(2 * run.swarm.round_timeout, 600.0))
+        manifests.publish(swarm, envelope)
         maddrs = shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)
         tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
@@ -39,9 +39,9 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
         tmp.replace(ready)
         reporter.event("bootstrap_ready", run=run_id, peer=swarm.peer_id, maddrs=maddrs,
                        params=sum(p.numel() for p in model.parameters()), corpus_sha256=corpus.sha256[:16])
-        reporter.say("volunteers join with:\n  swarmtrain join --initial-peers " + " ".join(maddrs[:2]))
+        reporter.say(f"volunteers join with:\n  swarmtrain join --run-id {run_id} --initial-peers " + " ".join(maddrs[:2]))
         while not stop.wait(manifests.MANIFEST_TTL / 4):
-            manifests.publish(swarm, manifest)  # DHT values expire; keep the manifest alive
+            manifests.publish(swarm, envelope)  # DHT values expire; keep the manifest alive
     finally:
         ready.unlink(missing_ok=True)
         swarm.shutdown()

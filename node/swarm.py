@@ -17,8 +17,7 @@ from typing import Any, Callable
 from node.addresses import Address
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
-from protocol import keys
-from protocol.errors import ProtocolError
+from protocol import keys, signed
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.swarm")
@@ -161,8 +160,8 @@ class HeartbeatPublisher:
     `update(**fields)` changes what is published next; `close()` stops and withdraws it.
     """
 
-    def __init__(self, swarm: Swarm, run_id: str, first: Heartbeat, *, interval: float, ttl: float):
-        self.swarm, self.run_id, self.interval, self.ttl = swarm, run_id, interval, ttl
+    def __init__(self, swarm: Swarm, run_id: str, first: Heartbeat, *, interval: float, ttl: float, key):
+        self.swarm, self.run_id, self.interval, self.ttl, self.key = swarm, run_id, interval, ttl, key
         self._record = first
         self._record_lock = threading.Lock()
         self._wake = threading.Event()
@@ -178,8 +177,8 @@ class HeartbeatPublisher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             with self._record_lock:
-                record = replace(self._record, time=dht_time())
-            self.swarm.store(keys.peers_key(self.run_id), record.peer, record.to_wire(), self.ttl)
+                record = replace(self._record, time=dht_time(), run=self.run_id)
+            self.swarm.store(keys.peers_key(self.run_id), record.peer, signed.seal(self.key, record), self.ttl)
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -189,15 +188,8 @@ class HeartbeatPublisher:
         self._thread.join(timeout=10)
 
 
-def read_peers(swarm: Swarm, run_id: str, *, on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
-    """The live peer table: peer id -> latest valid heartbeat (expired ones are gone already)."""
-    table = {}
-    for subkey, raw in swarm.get_subkeys(keys.peers_key(run_id)).items():
-        try:
-            hb = Heartbeat.from_wire(raw)
-        except ProtocolError as e:
-            (on_bad or log.debug)(f"ignoring a malformed heartbeat under {subkey[:16]}: {e}")
-            continue
-        if hb.peer == subkey:  # a peer may only speak for itself
-            table[hb.peer] = hb
-    return table
+def read_peers(swarm: Swarm, run_id: str, *, ttl: float = 120.0,
+               on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
+    """The live peer table: peer id -> latest heartbeat signed by that peer (node/round/net.py)."""
+    from node.round.net import read_peers as read_signed
+    return read_signed(swarm.get_subkeys, run_id, dht_time(), ttl, on_bad)

@@ -120,9 +120,11 @@ class MetricsRecordValidator:
 
 
 def guard_metrics_key(swarm: Swarm, run_id: str) -> None:
-    """Install the validator in this node's DHT: it then refuses to store, and drops on reading,
-    forged metrics records. Every kind of node does this once it knows the run."""
-    swarm.dht.add_validators([MetricsRecordValidator(run_id)])
+    """Install the run's validator in this node's DHT (node/net/validators.py): it then refuses to
+    store, and drops on reading, forged records of every kind, metrics records included. Monitors
+    and bootstrap peers do this once they know the run; volunteers install it with their run's TTLs."""
+    from node.net.validators import guard_run
+    guard_run(swarm, run_id)
 
 
 def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: float) -> bool:
@@ -141,7 +143,6 @@ class MetricsPublisher:
 
     def __init__(self, swarm: Swarm, run_id: str, key: rsa.RSAPrivateKey):
         self.swarm, self.run_id, self.key = swarm, run_id, key
-        guard_metrics_key(swarm, run_id)
         self._latest: MetricsRecord | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()

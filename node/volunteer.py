@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -24,7 +25,11 @@ from node.dashboard.server import NoStatusServer, StatusServer
 from node.metrics import NodeMetrics
 from node.model import build_model
 from node.progress import Reporter
-from node.rounds import RoundFailed, RoundProtocol
+from node.net.real import RealNet
+from node.net.validators import guard_run
+from node.round import votes
+from node.round.ledger import Ledger
+from node.round.protocol import Accepted, Hooks, NonFinite, RoundFailed, RoundProtocol
 from node.state import SwarmState
 from node.status import StatusBoard
 from node.strategies import make_strategy
@@ -73,8 +78,12 @@ class Volunteer:
         stack.callback(self.swarm.shutdown)
         self.me = self.swarm.peer_id
         self.name = cfg.name or node_name(self.me)
-        self.run_id, self.manifest = manifests.fetch(self.swarm, cfg.run_id, cfg.startup_timeout)
+        self.run_id, self.manifest, self.manifest_envelope = manifests.fetch(self.swarm, cfg.run_id,
+                                                                             cfg.startup_timeout)
         self.run, corpus = manifests.accept(self.run_id, self.manifest)
+        self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
+        guard_run(self.swarm, self.run_id, heartbeat_ttl=self.run.swarm.heartbeat_ttl,
+                  round_ttl=max(2 * self.run.swarm.round_timeout, 600.0))
         model = build_model(self.run.model, self.run.train.seed)
         self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()], self.run.train)
         self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
@@ -87,8 +96,10 @@ class Volunteer:
         self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data))
         self.val = data.val_set(corpus, self.run.data, self.run.model.ctx) if cfg.eval else None
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
-        self.rounds = RoundProtocol(self.swarm, self.exchange, self.run_id, self.run.swarm,
-                                    self.strategy.check, self.max_bytes)
+        self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
+        self.rounds = RoundProtocol(RealNet(self.swarm, self.exchange), self.run_id, self.run.swarm, self.key,
+                                    self.ledger, self.round_hooks(), self.max_bytes)
+        self._preview: tuple[str, SwarmState] | None = None  # the leader's applied copy, reused
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
@@ -101,7 +112,7 @@ class Volunteer:
         self.page = (StatusServer(cfg.status_host, cfg.status_port, self.status.snapshot, self.metrics.exposition)
                      if cfg.status_port >= 0 else NoStatusServer())
         stack.callback(self.page.close)
-        self.publisher = MetricsPublisher(self.swarm, self.run_id, load_identity_key(self.swarm.identity_path))
+        self.publisher = MetricsPublisher(self.swarm, self.run_id, self.key)
         stack.callback(self.publisher.close)
 
     # ----------------------------------------------------------------------------- main loop
@@ -126,22 +137,58 @@ class Volunteer:
                 update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
             t1 = time.monotonic()
             with self.phase("communicate"):
-                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update))
-                roster = self.rounds.await_roster(r, stop)         # a leader decides who is in
+                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.round_tokens())
+                roster = self.rounds.await_roster(r, self.state.digest, self.state.round, stop)  # an elected leader
                 payloads = self.gather_or_fail(r, roster, stop)
             if stop.is_set():
                 break
-            if payloads is None:
+            with self.phase("apply"):
+                applied = payloads is not None and self.apply_round(roster, payloads)  # same bits on every peer
+            if not applied:
                 self.resync(stop)
                 continue
-            with self.phase("apply"):
-                self.strategy.apply(self.state, payloads)          # same bits on every peer
             self.finish_round(roster, loss, t0, t1)
         self.leave(stop)
 
     # --------------------------------------------------------------------------- the pieces
     def phase(self, name: str):
         return self.metrics.step_seconds.labels(name).time()
+
+    def round_hooks(self) -> Hooks:
+        return Hooks(validate=self.strategy.check, preview=self.preview)
+
+    def round_tokens(self) -> int:
+        return self.strategy.inner_steps * self.run.train.batch_size * self.run.model.ctx
+
+    def preview(self, payloads: list[bytes]) -> str:
+        """As leader: the digest after applying these payloads, on a copy (kept for our own apply)."""
+        state = copy.deepcopy(self.state)
+        self.strategy.apply(state, payloads)
+        if not all(torch.isfinite(p).all() for p in state.params):
+            raise NonFinite("the state is not finite after this round")
+        self._preview = (state.digest, state)
+        return state.digest
+
+    def apply_round(self, acc: Accepted, payloads: list[bytes]) -> bool:
+        """Apply the roster; refuse (keep our state) if the result is not finite or not the digest
+        the leader published: our state was not the swarm's, or someone lied."""
+        if self._preview is not None and self._preview[0] == acc.roster.result and acc.roster.leader == self.me:
+            state = self._preview[1]
+        else:
+            state = copy.deepcopy(self.state)
+            self.strategy.apply(state, payloads)
+        self._preview = None
+        if not all(torch.isfinite(p).all() for p in state.params) or state.digest != acc.roster.result:
+            self.metrics.rounds.labels("failed").inc()
+            self.out.event("round_refused", round=acc.roster.round, leader=acc.roster.leader[:16],
+                           reason="the result is not finite or differs from the roster's digest")
+            return False
+        self.state = state
+        try:
+            self.ledger.append(acc.envelope, acc.roster, list(acc.announcements))
+        except Exception as e:  # a chain gap after a sync; the ledger restarts there
+            log.warning("ledger: %s", e)
+        return True
 
     def gather_or_fail(self, r: int, roster, stop: threading.Event) -> list[bytes] | None:
         """The round's payloads, or None (counted and reported) when this peer cannot have them."""
@@ -157,7 +204,7 @@ class Volunteer:
                 self.metrics.rounds.labels("failed").inc()
             self.history["failed"] += 1
             self.out.event("round_failed", round=r, reason=str(e))
-            self.status.round_done(round_no=r, result="failed", peers=len(roster.entries) if roster else 0,
+            self.status.round_done(round_no=r, result="failed", peers=len(roster.announcements) if roster else 0,
                                    seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=self.exchange.sent["update"],
                                    received=self.exchange.received["update"], dense=0.0)
             self.publish_status()
@@ -174,12 +221,13 @@ class Volunteer:
             losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
         return sum(losses) / len(losses)
 
-    def finish_round(self, roster, loss: float, t0: float, t1: float) -> None:
+    def finish_round(self, acc: Accepted, loss: float, t0: float, t1: float) -> None:
+        roster = acc.roster
         self.trainer.load_params(self.state.params)
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)
-        contributed = any(e.peer == self.me for e in roster.entries)
+        contributed = any(a.peer == self.me for a in acc.announcements)
         self.history["contributed"] += contributed
         self.history["loss"].append(loss)
         steps = self.strategy.inner_steps
@@ -190,11 +238,11 @@ class Volunteer:
         self.metrics.tokens.inc(tokens)
         self.metrics.samples.inc(steps * self.run.train.batch_size)
         self.metrics.rounds.labels("ok" if contributed else "skipped").inc()
-        self.metrics.round_peers.set(len(roster.entries))
-        dense = self.metrics.dense_equivalent(self.params, len(roster.entries), steps)
+        self.metrics.round_peers.set(len(acc.announcements))
+        dense = self.metrics.dense_equivalent(self.params, len(acc.announcements), steps)
         peers = read_peers(self.swarm, self.run_id)
         self.metrics.peers_alive.set(len(peers | {self.me: None}))
-        fields = dict(round=self.state.round, peers=len(roster.entries), contributed=int(contributed),
+        fields = dict(round=self.state.round, peers=len(acc.announcements), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
                       sent=self.exchange.sent["update"], received=self.exchange.received["update"],
                       digest=self.state.digest[:16], step=self.trainer.steps,
@@ -205,7 +253,7 @@ class Volunteer:
             self.metrics.val_bpb.set(bpb)
             fields["val_bpb"] = bpb
         self.status.round_done(round_no=self.state.round, result="ok" if contributed else "skipped",
-                               peers=len(roster.entries), seconds=time.monotonic() - t0, loss=loss,
+                               peers=len(acc.announcements), seconds=time.monotonic() - t0, loss=loss,
                                val_bpb=fields.get("val_bpb"), tokens=tokens, sent=self.exchange.sent["update"],
                                received=self.exchange.received["update"], dense=dense)
         self.publish_status(peers)
@@ -226,14 +274,14 @@ class Volunteer:
         maddrs = shareable(self.swarm.visible_maddrs())
         self.reach = reachability(maddrs)
         self.maddr = maddrs[0] if maddrs else ""  # others may join through us
-        first = Heartbeat(peer=self.me, name=self.name[:64], round=self.state.round + 1,
+        first = Heartbeat(run=self.run_id, peer=self.me, name=self.name[:64], round=self.state.round + 1,
                           state_round=self.state.round, digest=self.state.digest, device=str(self.device),
                           maddrs=tuple(maddrs[:16]), time=dht_time())
         self.exchange.set_state(self.state.to_bytes(self.run_id))
         self.heartbeat = HeartbeatPublisher(self.swarm, self.run_id, first, interval=self.run.swarm.heartbeat_interval,
-                                            ttl=self.run.swarm.heartbeat_ttl)
+                                            ttl=self.run.swarm.heartbeat_ttl, key=self.key)
         self.stack.callback(self.heartbeat.close)
-        self.manifest_keeper = manifests.ManifestKeeper(self.swarm, self.manifest)
+        self.manifest_keeper = manifests.ManifestKeeper(self.swarm, self.manifest_envelope)
         self.manifest_keeper.tick()  # one more copy now, in case the bootstrap peer goes
 
     def initial_state(self, stop: threading.Event) -> tuple[SwarmState, str]:
@@ -247,52 +295,58 @@ class Volunteer:
                 return state, "from_peers"
         return (local, "checkpoint") if local else (self.template, "initial")
 
+    def voters(self) -> dict:
+        """Live signed peers that appear in the rosters we know: only they vouch for states.
+        Without a ledger of our own (a new joiner), the rosters still in the DHT name them."""
+        peers = read_peers(self.swarm, self.run_id, ttl=self.run.swarm.heartbeat_ttl)
+        members = self.ledger.members()
+        if not members:
+            rounds = {hb.state_round for p, hb in peers.items() if p != self.me}
+            members = self.rounds.members_in_dht(sorted(rounds)[-3:])
+        return votes.voters(peers, members, self.me)
+
     def outvoted(self) -> bool:
-        """True when more peers at our round hold another digest than hold ours (us included)."""
-        same_round = [hb for p, hb in read_peers(self.swarm, self.run_id).items()
-                      if p != self.me and hb.state_round == self.state.round]
-        agree = sum(hb.digest == self.state.digest for hb in same_round) + 1
-        return len(same_round) + 1 - agree > agree
+        """True when enough voters hold another state of our round, and more than hold ours."""
+        return votes.outvoted(self.voters(), self.state.round, self.state.digest)
 
     def resync(self, stop: threading.Event, force: bool = False) -> None:
-        state = self.fetch_state(stop)
+        state = self.fetch_state(stop, same_round=force)
         if state is not None and (state.round > self.state.round or (force and state.digest != self.state.digest)):
             self.history["syncs"]["resync"] += 1
             self.state = state
             self.exchange.set_state(state.to_bytes(self.run_id))
 
-    def fetch_state(self, stop: threading.Event, attempts: int = 6) -> SwarmState | None:
-        """Download the state from a peer and accept it only if other peers vouch for its digest."""
+    def fetch_state(self, stop: threading.Event, attempts: int = 6, same_round: bool = False) -> SwarmState | None:
+        """Download a state that a majority of voters vouch for, never older than ours."""
         for _ in range(attempts):
             if stop.is_set():
                 return None
-            peers = {p: hb for p, hb in read_peers(self.swarm, self.run_id).items() if p != self.me}
-            if not peers:
-                return None
-            best = max(hb.state_round for hb in peers.values())
-            votes = Counter(hb.digest for hb in peers.values() if hb.state_round == best)
-            digest, _ = votes.most_common(1)[0]
-            for donor in [p for p, hb in sorted(peers.items()) if hb.digest == digest]:
-                try:
-                    blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
-                    state = SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
-                except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
-                    self.metrics.state_syncs.labels("failed").inc()
-                    self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
-                    continue
-                now = read_peers(self.swarm, self.run_id)
-                vouchers = [p for p, hb in now.items() if p != self.me and hb.digest == state.digest]
-                holders = [p for p, hb in now.items() if p != self.me and hb.state_round == state.round]
-                if vouchers and len(vouchers) >= min(2, len(holders)):
-                    self.history["syncs"]["ok"] += 1
-                    self.metrics.state_syncs.labels("ok").inc()
-                    self.out.event("state_synced", round=state.round, donor=donor[:16],
-                                   vouchers=len(vouchers), nbytes=len(blob))
-                    return state
+            voters = self.voters()
+            wanted = [(r, d) for r, d, _ in votes.vouched_states(voters)
+                      if votes.acceptable(voters, r, d, self.state.round, same_round=same_round)
+                      and d != self.state.digest]
+            for rnd, digest in wanted[:1]:
+                for donor in sorted(p for p, hb in voters.items() if hb.digest == digest):
+                    state = self._download_state(donor)
+                    if state is not None and state.digest == digest and state.round == rnd:
+                        self.history["syncs"]["ok"] += 1
+                        self.metrics.state_syncs.labels("ok").inc()
+                        self.out.event("state_synced", round=state.round, donor=donor[:16],
+                                       vouchers=sum(hb.digest == digest for hb in voters.values()))
+                        return state
             self.history["syncs"]["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
             stop.wait(1.0)
         return None
+
+    def _download_state(self, donor: str) -> SwarmState | None:
+        try:
+            blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
+            return SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
+        except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
+            self.metrics.state_syncs.labels("failed").inc()
+            self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
+            return None
 
     def leave(self, stop: threading.Event) -> None:
         """Serve our updates until the peers of our last round are done with it, then go."""
@@ -317,7 +371,8 @@ class Volunteer:
                 "codec_bytes_sent": self.exchange.served["update"] * self.strategy.codec.encoded_size(),
                 "codec_bytes_received": self.exchange.fetched["update"] * self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
                 "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
-                "train_loss": self.history["loss"], "strategy": self.run.strategy.name}
+                "train_loss": self.history["loss"], "strategy": self.run.strategy.name,
+                "rounds_left_out": self.rounds.left_out, "ledger": str(self.ledger.path)}
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:

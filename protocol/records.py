@@ -51,9 +51,19 @@ def _round(value: int, where: str) -> int:
     return value
 
 
+def _run(value: str, where: str) -> str:
+    if not 0 < len(value) <= 128:
+        raise ProtocolError(f"{where}: bad run id")
+    return value
+
+
+GENESIS = "0" * 64  # `prev` of the first roster of a run
+
+
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat:
-    """'I am alive, I work on round `round`, and my state after `state_round` has `digest`.'"""
+    """'I am alive, I work on round `round`, and my state after `state_round` has `digest`.'
+    Stored signed (protocol/signed.py) under the run's peers key, subkey = `peer`."""
 
     peer: str
     name: str
@@ -65,6 +75,8 @@ class Heartbeat:
     time: float
     active: bool = True
     """False while leaving: leaders then stop waiting for this peer's updates."""
+    run: str = ""
+    """The run this heartbeat belongs to: the signed body names its own DHT key."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -85,18 +97,24 @@ class Heartbeat:
             digest=_sha256(_get(d, "digest", str, where=w), w),
             device=_get(d, "device", str, where=w),
             maddrs=tuple(maddrs),
-            time=_get(d, "time", float, where=w),
+            time=_finite(_get(d, "time", float, where=w), "time", w),
             active=_get(d, "active", bool, where=w),
+            run=_run(_get(d, "run", str, where=w), w),
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Announcement:
-    """'My update for round `round` is `nbytes` long with SHA-256 `sha256`; ask me for it.'"""
+    """'My update for round `round` of run `run` is `nbytes` long with SHA-256 `sha256`, made of
+    `tokens` training tokens; ask me (or anyone holding it) for it.' Signed by `peer`."""
 
+    run: str
     round: int
+    peer: str
     nbytes: int
     sha256: str
+    tokens: int
+    time: float
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -107,48 +125,54 @@ class Announcement:
         nbytes = _get(d, "nbytes", int, where=w)
         if not 0 < nbytes <= max_bytes:
             raise ProtocolError(f"{w}: update size {nbytes} outside (0, {max_bytes}]")
-        return cls(round=_round(_get(d, "round", int, where=w), w), nbytes=nbytes,
-                   sha256=_sha256(_get(d, "sha256", str, where=w), w))
-
-
-@dataclass(frozen=True, kw_only=True)
-class RosterEntry:
-    peer: str
-    sha256: str
-    nbytes: int
+        return cls(run=_run(_get(d, "run", str, where=w), w), round=_round(_get(d, "round", int, where=w), w),
+                   peer=_peer_id(_get(d, "peer", str, where=w), w), nbytes=nbytes,
+                   sha256=_sha256(_get(d, "sha256", str, where=w), w), tokens=_count(d, "tokens", w),
+                   time=_finite(_get(d, "time", float, where=w), "time", w))
 
 
 @dataclass(frozen=True, kw_only=True)
 class Roster:
-    """'Round `round` is made of exactly these updates, reduced in this order.' (written by the leader)"""
+    """'Round `round` is made of exactly these signed announcements, reduced in this order; it
+    starts from state `base`, ends at state `result`, and follows the roster whose body hashes
+    to `prev`.' Written and signed by the round's leader; rosters chain into the run's ledger.
 
+    `entries` are the announcements' signed envelopes as their authors signed them (checked by
+    protocol/signed.py: open_roster); `scores` are the leader's loss-change scores per peer
+    (empty unless the run scores updates)."""
+
+    run: str
     round: int
     leader: str
-    entries: tuple[RosterEntry, ...]
+    prev: str
+    base: str
+    result: str
+    time: float
+    entries: tuple[dict, ...]
+    scores: tuple[tuple[str, float], ...] = ()
 
     def to_wire(self) -> dict:
-        return {"round": self.round, "leader": self.leader,
-                "entries": [[e.peer, e.sha256, e.nbytes] for e in self.entries]}
+        return {"run": self.run, "round": self.round, "leader": self.leader, "prev": self.prev,
+                "base": self.base, "result": self.result, "time": self.time, "entries": list(self.entries),
+                "scores": [list(s) for s in self.scores]}
 
     @classmethod
-    def from_wire(cls, d: object, *, max_bytes: int) -> "Roster":
+    def from_wire(cls, d: object, *, max_bytes: int = 0) -> "Roster":
         w = "roster"
         raw = _get(d, "entries", list, where=w)
-        if not 0 < len(raw) <= MAX_ROSTER:
-            raise ProtocolError(f"{w}: {len(raw)} entries, expected 1..{MAX_ROSTER}")
-        entries = []
-        for item in raw:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], str) and isinstance(item[2], int)):
-                raise ProtocolError(f"{w}: entry must be [peer, sha256, nbytes]")
-            if not 0 < item[2] <= max_bytes:
-                raise ProtocolError(f"{w}: entry size {item[2]} outside (0, {max_bytes}]")
-            entries.append(RosterEntry(peer=_peer_id(item[0], w), sha256=_sha256(item[1], w), nbytes=item[2]))
-        peers = [e.peer for e in entries]
-        if peers != sorted(set(peers)):
-            raise ProtocolError(f"{w}: entries must be sorted by peer id without repeats")
-        return cls(round=_round(_get(d, "round", int, where=w), w),
-                   leader=_peer_id(_get(d, "leader", str, where=w), w), entries=tuple(entries))
+        if not 0 < len(raw) <= MAX_ROSTER or not all(isinstance(e, dict) for e in raw):
+            raise ProtocolError(f"{w}: entries must be 1..{MAX_ROSTER} signed announcements")
+        scores = _get(d, "scores", list, where=w)
+        if len(scores) > MAX_ROSTER or not all(
+                isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], (int, float))
+                and not isinstance(x[1], bool) for x in scores):
+            raise ProtocolError(f"{w}: scores must be [peer, number] pairs")
+        return cls(run=_run(_get(d, "run", str, where=w), w), round=_round(_get(d, "round", int, where=w), w),
+                   leader=_peer_id(_get(d, "leader", str, where=w), w),
+                   prev=_sha256(_get(d, "prev", str, where=w), w), base=_sha256(_get(d, "base", str, where=w), w),
+                   result=_sha256(_get(d, "result", str, where=w), w),
+                   time=_finite(_get(d, "time", float, where=w), "time", w), entries=tuple(raw),
+                   scores=tuple((_peer_id(p, w), _finite(float(v), "scores", w)) for p, v in scores))
 
 
 def canonical_json(obj: object) -> bytes:

@@ -6,8 +6,10 @@ libp2p identity (an RSA key in hivemind), not a second key, so a verified record
 tied to the peer id other peers see in heartbeats and rosters.
 
 Envelope on the wire (msgpack map):
-    {"body": bytes, "key": DER SubjectPublicKeyInfo of the RSA key, "sig": RSA-PSS-SHA256 signature}
-The signed bytes are DOMAIN + body, so a signature cannot be replayed as another kind of record.
+    {"body": bytes, "key": DER SubjectPublicKeyInfo of the RSA key, "sig": RSA-PSS-SHA256 signature,
+     "kind": record kind (absent for metrics records, the first signed kind)}
+The signed bytes are DOMAIN + kind + NUL + body (DOMAIN + body without a kind), so a signature
+cannot be replayed as another kind of record.
 """
 from __future__ import annotations
 
@@ -41,16 +43,30 @@ def peer_id_of(public_der: bytes) -> str:
     return b58encode(b"\x12\x20" + hashlib.sha256(proto).digest())
 
 
-def sign(private_key: rsa.RSAPrivateKey, body: bytes) -> dict:
-    public = private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"body": body, "key": public, "sig": private_key.sign(DOMAIN + body, _PSS, hashes.SHA256())}
+def _signed_bytes(kind: str, body: bytes) -> bytes:
+    return DOMAIN + (kind.encode() + b"\0" if kind else b"") + body
 
 
-def verify(envelope: object, *, signer: str, max_body: int) -> bytes:
-    """The body, if `envelope` is well formed and signed by the key behind peer id `signer`."""
+def public_der(private_key: rsa.RSAPrivateKey) -> bytes:
+    return private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def sign(private_key: rsa.RSAPrivateKey, body: bytes, kind: str = "") -> dict:
+    out = {"body": body, "key": public_der(private_key),
+           "sig": private_key.sign(_signed_bytes(kind, body), _PSS, hashes.SHA256())}
+    if kind:
+        out["kind"] = kind
+    return out
+
+
+def verify(envelope: object, *, signer: str, max_body: int, kind: str = "") -> bytes:
+    """The body, if `envelope` is well formed, of `kind`, and signed by the key behind peer id `signer`."""
     if not isinstance(envelope, dict):
         raise ProtocolError("signed record: expected a map")
+    if envelope.get("kind", "") != kind:
+        raise ProtocolError(f"signed record: a {str(envelope.get('kind', ''))[:20]!r} record where a "
+                            f"{kind or 'metrics'} record was expected")
     body, key, sig = envelope.get("body"), envelope.get("key"), envelope.get("sig")
     if not (isinstance(body, bytes) and isinstance(key, bytes) and isinstance(sig, bytes)):
         raise ProtocolError("signed record: body, key and sig must be bytes")
@@ -62,7 +78,7 @@ def verify(envelope: object, *, signer: str, max_body: int) -> bytes:
         public = serialization.load_der_public_key(key)
         if not isinstance(public, rsa.RSAPublicKey):
             raise ProtocolError("signed record: only RSA keys are accepted")
-        public.verify(sig, DOMAIN + body, _PSS, hashes.SHA256())
+        public.verify(sig, _signed_bytes(kind, body), _PSS, hashes.SHA256())
     except InvalidSignature:
         raise ProtocolError(f"signed record: bad signature for peer {signer[:16]}") from None
     except ValueError as e:

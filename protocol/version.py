@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: signed records, elected leaders, the roster ledger
 
 
 def is_compatible(remote_version: object) -> bool:

@@ -1,0 +1,1 @@
+"""The real side of the round protocol: DHT validators, the RoundNet over hivemind."""

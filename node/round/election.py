@@ -1,0 +1,28 @@
+"""Who may lead a round, in which order: no grindable roles.
+
+Candidates are live peers (valid signed heartbeat, active) that hold the round's base state
+and are established in the ledger. They are ranked by SHA-256(run | round | base digest | peer):
+the base digest is the state after the previous round, unknown until that round ends, so no
+peer id can be ground in advance to rank first.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from protocol.records import Heartbeat
+
+
+def rank_key(run: str, round_no: int, base: str, peer: str) -> bytes:
+    return hashlib.sha256(f"{run}|{round_no}|{base}|{peer}".encode()).digest()
+
+
+def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | None) -> set[str]:
+    """Live, active peers on state `base`, restricted to `established` (None: no restriction,
+    the start of a run, when no live peer is established yet)."""
+    live = {p for p, hb in peers.items() if hb.active and hb.digest == base}
+    return live if established is None else live & established
+
+
+def ranking(run: str, round_no: int, base: str, peers: set[str]) -> list[str]:
+    """Candidates in the order they may lead: rank 0 first."""
+    return sorted(peers, key=lambda p: rank_key(run, round_no, base, p))

@@ -1,0 +1,149 @@
+"""The run's signed ledger: the rosters this peer applied, chained by hash.
+
+Each roster names the SHA-256 of the previous roster's body (`prev`), the state digest it
+starts from (`base`) and the one it ends at (`result`), and carries its entries' signed
+announcements. Appending checks the chain; `verify` re-checks a whole ledger file, every
+signature included (`swarmtrain audit`). A line of the file is one roster:
+    {"round": r, "envelope": base64(msgpack(signed roster envelope))}
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from protocol import signed
+from protocol.errors import ProtocolError
+from protocol.records import GENESIS, Announcement, Roster
+
+log = logging.getLogger("swarmtrain.ledger")
+WINDOW = 64  # rosters kept in memory: enough for election, votes and ban windows
+
+
+@dataclass(frozen=True)
+class Entry:
+    envelope: dict
+    roster: Roster
+    announcements: tuple[Announcement, ...]
+
+    @property
+    def hash(self) -> str:
+        return signed.body_hash(self.envelope)
+
+    @property
+    def contributors(self) -> list[tuple[str, int]]:
+        return [(a.peer, a.tokens) for a in self.announcements]
+
+
+@dataclass
+class Ledger:
+    path: Path | None = None
+    """Append-only file of applied rosters (None keeps the ledger in memory only)."""
+    entries: dict[int, Entry] = field(default_factory=dict)
+    complete_from: int = 1
+    """First round this ledger holds without a gap up to its head (1: the whole run)."""
+
+    @classmethod
+    def load(cls, path: Path) -> "Ledger":
+        """Our ledger file's last WINDOW rosters (a restarted peer remembers who it trained with);
+        lines that do not verify are skipped with a warning: the file is ours, but disks fail."""
+        ledger = cls(path=None)
+        if path.is_file():
+            try:
+                lines = read_file(path)[-WINDOW:]
+            except ProtocolError as e:
+                log.warning("ledger %s: %s; starting a new chain", path, e)
+                lines = []
+            entries, problems = verify([env for _, env in lines])
+            for p in problems:
+                log.warning("ledger %s: %s", path, p)
+            ledger.entries = {e.roster.round: e for e in entries}
+            ledger.complete_from = min(ledger.entries, default=1)
+        ledger.path = path
+        return ledger
+
+    @property
+    def head(self) -> Entry | None:
+        return self.entries[max(self.entries)] if self.entries else None
+
+    def prev_hash(self, round_no: int) -> str:
+        """What roster `round_no` must name as `prev`: the hash of our roster round_no - 1."""
+        before = self.entries.get(round_no - 1)
+        return before.hash if before else (GENESIS if round_no == 1 else "")
+
+    def append(self, envelope: dict, roster: Roster, anns: list[Announcement]) -> None:
+        """Add the roster we applied; a gap (we synced state instead) restarts the chain there."""
+        expected = self.prev_hash(roster.round)
+        if expected and roster.prev != expected:
+            raise ProtocolError(f"roster {roster.round} names prev {roster.prev[:12]}, our ledger has {expected[:12]}")
+        if roster.round - 1 not in self.entries and roster.round != 1:
+            self.complete_from = roster.round
+        self.entries[roster.round] = Entry(envelope, roster, tuple(anns))
+        for old in [r for r in self.entries if r <= roster.round - WINDOW]:
+            del self.entries[old]
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"round": roster.round, "envelope": base64.b64encode(
+                    msgpack.packb(envelope, use_bin_type=True)).decode()}) + "\n")
+
+    def complete(self, state_round: int) -> bool:
+        """Do we hold every roster of the run up to `state_round` (so 'nobody established' means
+        the run is young, not that we just joined)?"""
+        return self.complete_from == 1 and all(r in self.entries for r in range(1, state_round + 1))
+
+    def appearances(self) -> Counter:
+        return Counter(a.peer for e in self.entries.values() for a in e.announcements)
+
+    def established(self, k: int) -> set[str]:
+        """Peers named in at least k rosters of the window: who may lead."""
+        return {p for p, n in self.appearances().items() if n >= k}
+
+    def members(self) -> set[str]:
+        """Peers named in any roster of the window: who may vote."""
+        return set(self.appearances())
+
+    def score_history(self) -> list[dict[str, float]]:
+        """Per round, oldest first, the leader's scores (for node/scoring.py's ban rule)."""
+        return [dict(self.entries[r].roster.scores) for r in sorted(self.entries)]
+
+
+def read_file(path: Path) -> list[tuple[int, dict]]:
+    """(round, envelope) per line; ProtocolError names the first unreadable line."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            d = json.loads(line)
+            out.append((int(d["round"]), msgpack.unpackb(base64.b64decode(d["envelope"]), raw=False)))
+        except Exception as e:  # a torn or edited line
+            raise ProtocolError(f"{path}:{n}: unreadable ledger line ({type(e).__name__})") from None
+    return out
+
+
+def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
+    """Check signatures and the hash chain of rosters given in round order.
+    Returns the entries that verified and one line per problem."""
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for env in envelopes:
+        try:
+            roster, anns = signed.open_roster(env)
+        except ProtocolError as e:
+            problems.append(f"a roster does not verify: {e}")
+            continue
+        before = entries[-1] if entries else None
+        if before is not None and before.roster.round == roster.round - 1 and roster.prev != before.hash:
+            problems.append(f"round {roster.round}: prev {roster.prev[:12]} is not the hash of round "
+                            f"{before.roster.round}'s roster ({before.hash[:12]})")
+        if before is not None and before.roster.round == roster.round - 1 and roster.base != before.roster.result:
+            problems.append(f"round {roster.round}: starts from {roster.base[:12]}, round "
+                            f"{before.roster.round} ended at {before.roster.result[:12]}")
+        if before is not None and roster.round <= before.roster.round:
+            problems.append(f"round {roster.round} follows round {before.roster.round}: out of order")
+        entries.append(Entry(env, roster, tuple(anns)))
+    return entries, problems

@@ -1,0 +1,56 @@
+"""The small interface the round protocol talks to the network through, and the peer table.
+
+`RoundNet` is all the round logic needs: DHT dictionary reads and writes, concurrent fetches of
+exact sizes, the update store this node serves from, and clocks. node/net/real.py implements
+it over hivemind; tests/fakes.py implements it in memory, so every attack is a unit test.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+from protocol import keys, signed
+from protocol.errors import ProtocolError
+from protocol.messages import Request
+from protocol.records import Heartbeat
+
+log = logging.getLogger("swarmtrain.round")
+MAX_SKEW = 30.0  # seconds a heartbeat's own time may lie in the future
+
+
+class RoundNet(Protocol):
+    me: str
+
+    def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool: ...
+
+    def get_subkeys(self, key: str) -> dict[str, Any]: ...
+
+    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float) -> list[bytes | Exception]: ...
+
+    def keep_update(self, round_no: int, peer: str, blob: bytes) -> None: ...
+
+    def held_update(self, round_no: int, peer: str) -> bytes | None: ...
+
+    def now(self) -> float:
+        """DHT (wall-clock) time: what record times and expirations are measured in."""
+
+    def monotonic(self) -> float: ...
+
+
+def read_peers(get_subkeys: Callable[[str], dict], run_id: str, now: float, ttl: float,
+               on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
+    """Peer id -> its latest heartbeat, signed by that peer, of this run, neither stale nor from
+    the future. Anything else (forged, replayed, another peer's subkey) is dropped."""
+    table = {}
+    for subkey, envelope in get_subkeys(keys.peers_key(run_id)).items():
+        try:
+            hb = signed.open_record(envelope, Heartbeat, signer=subkey)
+            if hb.run != run_id:
+                raise ProtocolError(f"heartbeat of run {hb.run[:40]!r}")
+            if not now - ttl - MAX_SKEW <= hb.time <= now + MAX_SKEW:
+                raise ProtocolError(f"heartbeat time {hb.time:.0f} is {hb.time - now:+.0f} s from now")
+        except ProtocolError as e:
+            (on_bad or log.debug)(f"ignoring a heartbeat under {str(subkey)[:16]}: {e}")
+            continue
+        table[hb.peer] = hb
+    return table

@@ -1,0 +1,305 @@
+"""The life of one round (protocol v2, docs/protocol.md), as pure logic over a RoundNet.
+
+1. Each peer keeps its encoded update, and announces it signed: (run, round, size, SHA-256, tokens).
+2. The candidates (live, on the round's base state, established in the ledger) are ranked by a
+   hash of (run, round, base digest, peer). Rank 0 waits for the expected announcements (or
+   collect_timeout), fetches and checks every update, applies them to a copy of the state
+   (`preview`) and publishes the signed roster: the signed announcements, prev, base, result
+   and, with scoring, the scores. Rank i may lead after i x leader_backoff more seconds.
+3. Every peer accepts only rosters that pass `check_roster`, picks the best-ranked one,
+   gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) from their
+   owner or the leader, and applies them in roster order: the same bits everywhere.
+4. A peer that cannot gather a roster gives the round up (RoundFailed): it takes the state of
+   peers that did, or redoes the round and ignores that roster.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from node.config import SwarmConfig
+from node.round import election
+from node.round.ledger import Ledger
+from node.round.net import RoundNet, read_peers
+from protocol import keys, signed
+from protocol.errors import ProtocolError
+from protocol.messages import Request, UpdateEnvelope
+from protocol.records import Announcement, Heartbeat, Roster
+
+log = logging.getLogger("swarmtrain.rounds")
+POLL = 0.25  # seconds between two looks at the DHT while waiting
+
+
+class RoundFailed(Exception):
+    """This peer cannot complete the round identically; it must resync its state."""
+
+
+class NonFinite(Exception):
+    """Applying these updates makes the state NaN or inf."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A roster that passed every check, with its verified announcements."""
+
+    envelope: dict
+    roster: Roster
+    announcements: tuple[Announcement, ...]
+
+
+@dataclass
+class Hooks:
+    """What the round needs from the strategy; each call is pure given its inputs."""
+
+    validate: Callable[[bytes], None]
+    """Raise ProtocolError if an update payload cannot be applied."""
+    preview: Callable[[list[bytes]], str]
+    """Digest of the state after applying these payloads (on a copy); raises NonFinite."""
+    score: Callable[[list[bytes]], list[float]] | None = None
+    """Loss-change score per payload on a shared batch (lower is better); None: no scoring."""
+    banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
+    """Peers the ledger's scores exclude."""
+
+
+class RoundProtocol:
+    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, key, ledger: Ledger, hooks: Hooks,
+                 max_bytes: int):
+        self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
+        self.me = net.me
+        self.max_bytes = max_bytes
+        self.ttl = max(2 * cfg.round_timeout, 600.0)
+        self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
+        self.members: dict[int, set[str]] = {}     # round -> peers of the roster this peer gathered
+        self.seen: dict[int, set[str]] = {}        # round -> peers seen live (signed) during it
+        self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
+        self.left_out = 0                           # rounds whose roster omitted our announced update
+
+    # ------------------------------------------------------------------------------- announce
+    def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
+        return UpdateEnvelope(run=self.run_id, round=round_no, peer=self.me, codec=codec, payload=payload).encode()
+
+    def announce(self, round_no: int, blob: bytes, tokens: int) -> None:
+        self.net.keep_update(round_no, self.me, blob)
+        ann = Announcement(run=self.run_id, round=round_no, peer=self.me, nbytes=len(blob),
+                           sha256=hashlib.sha256(blob).hexdigest(), tokens=tokens, time=self.net.now())
+        self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
+
+    # ------------------------------------------------------------------------- who may lead
+    def peers(self) -> dict[str, Heartbeat]:
+        return read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.cfg.heartbeat_ttl)
+
+    def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int) -> set[str] | None:
+        """Who may lead this round; None when our ledger cannot tell (we joined mid-run and the
+        chain is not known yet): then we accept any live leader and never lead ourselves."""
+        live_established = self.ledger.established(self.cfg.established_rounds) & set(peers)
+        if live_established:
+            return election.candidates(peers, base, live_established)
+        if self.ledger.complete(state_round):
+            return election.candidates(peers, base, None)  # a young run: nobody is established yet
+        return None
+
+    # ------------------------------------------------------------------------ await a roster
+    def await_roster(self, round_no: int, base: str, state_round: int, stop: threading.Event) -> Accepted | None:
+        """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
+        started = self.net.monotonic()
+        seen = self.seen.setdefault(round_no, set())
+        while not stop.is_set() and self.net.monotonic() - started < self.cfg.round_timeout:
+            peers = self.peers()
+            seen |= set(peers)
+            cands = self.candidates(peers, base, state_round)
+            found = self.read_roster(round_no, base, cands)
+            if found is not None:
+                self._note_left_out(round_no, found)
+                return found
+            waited = self.net.monotonic() - started
+            if cands is not None and self.me in cands and self._my_turn(round_no, base, cands, peers, waited):
+                led = self._lead(round_no, base)
+                if led is not None:
+                    return led
+            stop.wait(POLL)
+        return None
+
+    def _my_turn(self, round_no: int, base: str, cands: set[str], peers: dict, waited: float) -> bool:
+        rank = election.ranking(self.run_id, round_no, base, cands).index(self.me)
+        if rank > 0:  # a better-ranked peer that is alive but does not lead is passed over
+            return waited >= self.cfg.collect_timeout + rank * self.cfg.leader_backoff
+        if self.me not in peers and waited < self.cfg.collect_timeout:
+            return False  # a table without our own heartbeat is a partial DHT read
+        announced = self._announcements(round_no)
+        enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
+        return enough and (self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout)
+
+    def _expected(self, round_no: int, peers: dict[str, Heartbeat]) -> set[str]:
+        """Whose update the leader waits for: live, active peers on this round, and the members of
+        the last round still finishing it (their heartbeat says r-1 while they fetch its updates)."""
+        last = self.members.get(round_no - 1, set())
+        return {p for p, hb in peers.items() if hb.active and (hb.round == round_no or hb.state_round == round_no - 1
+                                                               or (hb.round == round_no - 1 and p in last))} | {self.me}
+
+    # ------------------------------------------------------------------------- roster checks
+    def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> Accepted | None:
+        """The best-ranked acceptable roster of this round, if any."""
+        good = []
+        for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
+            if (round_no, leader) in self.failed:
+                continue
+            try:
+                good.append(self.check_roster(env, str(leader), round_no, base, cands))
+            except ProtocolError as e:
+                if (round_no, leader) not in self.refused:
+                    self.refused.add((round_no, leader))
+                    log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
+        if not good:
+            return None
+        return min(good, key=lambda a: election.rank_key(self.run_id, round_no, base, a.roster.leader))
+
+    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None) -> Accepted:
+        """Accept a roster only when it is signed by a leader we could elect, starts from our state,
+        continues our ledger, and lists signed announcements of live, unbanned peers."""
+        roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
+        if roster.run != self.run_id or roster.round != round_no:
+            raise ProtocolError("names another run or round")
+        if roster.base != base:
+            raise ProtocolError(f"starts from state {roster.base[:12]}, ours is {base[:12]}")
+        expected_prev = self.ledger.prev_hash(round_no)
+        if expected_prev and roster.prev != expected_prev:
+            raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
+        seen = self.seen.get(round_no, set())
+        if cands is not None and leader not in cands and leader != self.me:
+            raise ProtocolError("its leader is not an established peer on this state")
+        if cands is None and leader not in seen:
+            raise ProtocolError("its leader has no live signed heartbeat")
+        strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
+        if strangers:
+            raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
+        banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
+        if banned:
+            raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
+        return Accepted(env, roster, tuple(anns))
+
+    def _note_left_out(self, round_no: int, acc: Accepted) -> None:
+        if self.net.held_update(round_no, self.me) is not None and all(a.peer != self.me for a in acc.announcements):
+            self.left_out += 1
+            log.warning("round %d: leader %s left our announced update out (%d rounds so far)",
+                        round_no, acc.roster.leader[:16], self.left_out)
+
+    def members_in_dht(self, rounds: list[int]) -> set[str]:
+        """Contributors of the signed rosters of these rounds still in the DHT (a new joiner's voters)."""
+        out: set[str] = set()
+        for r in rounds:
+            for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, r)).items():
+                try:
+                    _, anns = signed.open_roster(env, signer=str(leader), max_bytes=self.max_bytes)
+                except ProtocolError:
+                    continue
+                out |= {a.peer for a in anns}
+        return out
+
+    # ------------------------------------------------------------------------------- leading
+    def _announcements(self, round_no: int) -> dict[str, tuple[dict, Announcement]]:
+        out = {}
+        for peer, env in self.net.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
+            try:
+                ann = signed.open_record(env, Announcement, signer=str(peer), max_bytes=self.max_bytes)
+                if ann.run == self.run_id and ann.round == round_no:
+                    out[ann.peer] = (env, ann)
+            except ProtocolError as e:
+                log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
+        return out
+
+    def _lead(self, round_no: int, base: str) -> Accepted | None:
+        prev = self.ledger.prev_hash(round_no)
+        if not prev:
+            return None  # we synced state and do not know the chain: leave leading to others
+        seen, banned = self.seen.get(round_no, set()), self.hooks.banned(self.ledger)
+        picked = sorted((p, ea) for p, ea in self._announcements(round_no).items()
+                        if (p in seen or p == self.me) and p not in banned)
+        blobs = self._fetch([ea[1] for _, ea in picked], round_no, sources=lambda a: [a.peer])
+        good = [(ea, blob) for (_, ea), blob in zip(picked, blobs) if not isinstance(blob, Exception)]
+        for (p, _), blob in zip(picked, blobs):
+            if isinstance(blob, Exception):
+                log.warning("round %d: leaving out %s: %s", round_no, p[:16], blob)
+        good = self._drop_non_finite(round_no, good)
+        if not good:
+            return None
+        payloads = [UpdateEnvelope.decode(b).payload for _, b in good]
+        scores = self.hooks.score(payloads) if self.hooks.score else []
+        roster = Roster(run=self.run_id, round=round_no, leader=self.me, prev=prev, base=base,
+                        result=self.hooks.preview(payloads), time=self.net.now(),
+                        entries=tuple(ea[0] for ea, _ in good),
+                        scores=tuple((ea[1].peer, float(s)) for (ea, _), s in zip(good, scores)))
+        env = signed.seal(self.key, roster)
+        self.net.store(keys.roster_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
+        log.info("round %d: led, roster of %d", round_no, len(good))
+        return Accepted(env, roster, tuple(ea[1] for ea, _ in good))
+
+    def _drop_non_finite(self, round_no: int, good: list) -> list:
+        """Leave out the updates that, applied alone, make the state non-finite."""
+        try:
+            self.hooks.preview([UpdateEnvelope.decode(b).payload for _, b in good])
+            return good
+        except NonFinite:
+            pass
+        kept = []
+        for ea, blob in good:
+            try:
+                self.hooks.preview([UpdateEnvelope.decode(blob).payload])
+                kept.append((ea, blob))
+            except NonFinite:
+                log.warning("round %d: leaving out %s: its update makes the state non-finite", round_no,
+                            ea[1].peer[:16])
+        return kept
+
+    # -------------------------------------------------------------------------------- gather
+    def gather(self, acc: Accepted) -> list[bytes]:
+        """The payloads of the roster's updates, in roster order; raises RoundFailed."""
+        leader = acc.roster.leader
+        blobs = self._fetch(list(acc.announcements), acc.roster.round,
+                            sources=lambda a: [a.peer] if a.peer == leader else [a.peer, leader])
+        failed = [(a.peer, b) for a, b in zip(acc.announcements, blobs) if isinstance(b, Exception)]
+        if failed:
+            self.failed.add((acc.roster.round, leader))
+            raise RoundFailed(f"round {acc.roster.round}: could not get the update of {failed[0][0][:16]}: "
+                              f"{failed[0][1]}")
+        self.members = {acc.roster.round: {a.peer for a in acc.announcements}}
+        return [UpdateEnvelope.decode(b).payload for b in blobs]
+
+    def _fetch(self, anns: list[Announcement], round_no: int,
+               sources: Callable[[Announcement], list[str]]) -> list[bytes | Exception]:
+        """Each announced update's verified envelope bytes (held, else fetched from its sources in turn)."""
+        results: list[bytes | Exception] = []
+        for a in anns:
+            held = self.net.held_update(round_no, a.peer)
+            results.append(ProtocolError("not held") if held is None else (self._verify(a, held) or held))
+        for attempt in range(2):
+            todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+            jobs = [(i, src) for i in todo for src in sources(anns[i])[attempt:attempt + 1] if src != self.me]
+            if not jobs:
+                break
+            requests = [(src, Request(op="update", run=self.run_id, round=round_no, peer=anns[i].peer),
+                         anns[i].nbytes) for i, src in jobs]
+            try:
+                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout)
+            except Exception as e:  # the whole batch timed out or the transport is gone
+                fetched = [e] * len(jobs)
+            for (i, _), blob in zip(jobs, fetched):
+                problem = blob if isinstance(blob, Exception) else self._verify(anns[i], blob)
+                results[i] = problem or blob
+                if problem is None:
+                    self.net.keep_update(round_no, anns[i].peer, blob)
+        return results
+
+    def _verify(self, ann: Announcement, blob: bytes) -> Exception | None:
+        if len(blob) != ann.nbytes or hashlib.sha256(blob).hexdigest() != ann.sha256:
+            return ProtocolError("size or SHA-256 differs from the signed announcement")
+        try:
+            env = UpdateEnvelope.decode(blob)
+            if env.run != self.run_id or env.peer != ann.peer or env.round != ann.round:
+                return ProtocolError("envelope names another run, peer or round")
+            self.hooks.validate(env.payload)
+        except ProtocolError as e:
+            return e
+        return None

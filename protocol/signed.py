@@ -1,0 +1,130 @@
+"""Signed round records: seal a record with its author's key; open one and check who wrote it.
+
+Every record of round protocol v2 travels as a signing.py envelope whose `kind` names the
+record ("heartbeat", "announcement", "roster", "manifest"). Opening checks, in this order:
+the envelope's shape and size, the signature against the key behind the expected author's
+peer id, the body's fields (records.py), and that the body names that same author. What each
+record says, and under which DHT key it lives, is in docs/protocol.md.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import msgpack
+
+from protocol import keys, signing
+from protocol.errors import ProtocolError
+from protocol.records import MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
+
+MAX_BODY = {"heartbeat": 8 * 1024, "announcement": 2 * 1024, "roster": MAX_ROSTER * 2048 + 4096,
+            "manifest": 64 * 1024}
+KIND_OF = {Heartbeat: "heartbeat", Announcement: "announcement", Roster: "roster"}
+
+
+def _unpack(body: bytes, where: str) -> object:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=len(body),
+                               max_array_len=MAX_ROSTER + 16, max_map_len=64)
+    except Exception as e:  # msgpack raises several types for garbage
+        raise ProtocolError(f"{where}: body is not msgpack ({type(e).__name__})") from None
+
+
+def seal(private_key, record) -> dict:
+    """The signed envelope of a Heartbeat, Announcement or Roster written by this key's peer."""
+    kind = KIND_OF[type(record)]
+    return signing.sign(private_key, msgpack.packb(record.to_wire(), use_bin_type=True), kind)
+
+
+def author_of(record) -> str:
+    return record.leader if isinstance(record, Roster) else record.peer
+
+
+def open_record(envelope: object, cls, *, signer: str | None = None, max_bytes: int = 2**40):
+    """The record inside `envelope`, verified as written by `signer` (default: whoever the body
+    names as its author, e.g. an announcement embedded in a roster). Raises ProtocolError."""
+    kind = KIND_OF[cls]
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
+        raise ProtocolError(f"{kind}: expected a signed envelope")
+    if len(envelope["body"]) > MAX_BODY[kind]:
+        raise ProtocolError(f"{kind}: body of {len(envelope['body'])} bytes is too long")
+    raw = _unpack(envelope["body"], kind)
+    record = cls.from_wire(raw, max_bytes=max_bytes) if cls is not Heartbeat else cls.from_wire(raw)
+    author = author_of(record)
+    if signer is not None and author != signer:
+        raise ProtocolError(f"{kind}: filed under {signer[:16]} but written by {author[:16]}")
+    signing.verify(envelope, signer=author, max_body=MAX_BODY[kind], kind=kind)
+    return record
+
+
+def body_hash(envelope: dict) -> str:
+    """SHA-256 hex of a signed record's body: what the next roster's `prev` names."""
+    return hashlib.sha256(envelope["body"]).hexdigest()
+
+
+def open_roster(envelope: object, *, signer: str | None = None, max_bytes: int = 2**40
+                ) -> tuple[Roster, list[Announcement]]:
+    """A roster and its announcements, every signature checked; entries must be of the roster's
+    run and round, by distinct peers, sorted by peer id."""
+    roster = open_record(envelope, Roster, signer=signer, max_bytes=max_bytes)
+    anns = [open_record(e, Announcement, max_bytes=max_bytes) for e in roster.entries]
+    peers = [a.peer for a in anns]
+    if peers != sorted(set(peers)):
+        raise ProtocolError("roster: entries must be sorted by peer id without repeats")
+    if any(a.run != roster.run or a.round != roster.round for a in anns):
+        raise ProtocolError("roster: an entry names another run or round")
+    return roster, anns
+
+
+def seal_manifest(private_key, manifest: dict) -> dict:
+    """The organizer signs its manifest; the manifest names the organizer, and hashes to the run id."""
+    return signing.sign(private_key, msgpack.packb(manifest, use_bin_type=True), "manifest")
+
+
+def open_manifest(envelope: object, run_id: str) -> dict:
+    """The manifest of `run_id`, if it hashes to that id and is signed by the organizer it names."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
+        raise ProtocolError("manifest: expected a signed envelope")
+    if len(envelope["body"]) > MAX_BODY["manifest"]:
+        raise ProtocolError("manifest: too long")
+    manifest = _unpack(envelope["body"], "manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("organizer"), str) \
+            or not isinstance(manifest.get("name"), str):
+        raise ProtocolError("manifest: must be a map naming its organizer and name")
+    try:
+        hashes_to_id = run_id_of(manifest) == run_id
+    except (TypeError, ValueError):  # not JSON-able: bytes or odd keys
+        hashes_to_id = False
+    if not hashes_to_id:
+        raise ProtocolError(f"manifest: does not hash to run id {run_id[:80]!r}")
+    signing.verify(envelope, signer=manifest["organizer"], max_body=MAX_BODY["manifest"], kind="manifest")
+    return manifest
+
+
+def claimed_key(envelope: object) -> tuple[str, str] | None:
+    """(DHT key, subkey) a signed v2 envelope says it belongs under, read from its body without
+    verifying it (the caller verifies); None when it does not look like one. Validators compare
+    it with where the value was actually stored."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
+        return None
+    kind = envelope.get("kind")
+    if kind not in MAX_BODY or len(envelope["body"]) > MAX_BODY[kind]:
+        return None
+    try:
+        d = _unpack(envelope["body"], kind)
+    except ProtocolError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    run, rnd = d.get("run"), d.get("round")
+    if kind == "manifest":
+        try:
+            return keys.runs_key(), run_id_of(d)
+        except (TypeError, ValueError, KeyError):
+            return None
+    if not isinstance(run, str) or (kind != "heartbeat" and (not isinstance(rnd, int) or isinstance(rnd, bool))):
+        return None
+    if kind == "heartbeat":
+        return keys.peers_key(run), str(d.get("peer"))
+    if kind == "announcement":
+        return keys.updates_key(run, rnd), str(d.get("peer"))
+    return keys.roster_key(run, rnd), str(d.get("leader"))

@@ -1,0 +1,271 @@
+"""Round protocol v2 against an in-memory DHT and transport: honest rounds, and each attack of
+issue 8 as a fast unit test (tests/fakes.py; the real RunValidator guards the fake DHT)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from node.config import SwarmConfig
+from node.net.validators import RunValidator
+from node.round import election, votes
+from node.round.ledger import Ledger, verify
+from node.round.net import read_peers
+from node.round.protocol import Hooks, NonFinite, RoundProtocol
+from protocol import keys, signed
+from protocol.errors import ProtocolError
+from protocol.records import GENESIS, Announcement, Heartbeat, Roster
+from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
+
+RUN = "test-0123456789ab"
+CFG = SwarmConfig(collect_timeout=5.0, round_timeout=40.0, heartbeat_ttl=8.0, leader_backoff=5.0,
+                  established_rounds=2)
+BASE0 = "a" * 64
+
+
+class NoSleep(threading.Event):
+    def wait(self, timeout=None):  # the fake clock moves on by itself
+        return self.is_set()
+
+
+class Peer:
+    def __init__(self, dht: FakeDHT, registry: dict, key=None):
+        self.key, self.id = key or new_key()
+        self.net = FakeNet(self.id, dht, registry)
+        self.ledger = Ledger()
+        self.digest, self.round = BASE0, 0
+        self.proto = RoundProtocol(self.net, RUN, CFG, self.key, self.ledger,
+                                   Hooks(validate=lambda p: None, preview=self.preview), max_bytes=1 << 20)
+
+    def preview(self, payloads):
+        return digest_of(payloads, self.digest)
+
+    def heartbeat(self, *, round_no=None, digest=None, active=True, time=None):
+        hb = Heartbeat(run=RUN, peer=self.id, name="p", round=self.round + 1 if round_no is None else round_no,
+                       state_round=self.round, digest=digest or self.digest, device="cpu", maddrs=(),
+                       time=self.net.now() if time is None else time, active=active)
+        return self.net.store(keys.peers_key(RUN), self.id, signed.seal(self.key, hb), CFG.heartbeat_ttl)
+
+    def announce(self, payload: bytes):
+        r = self.round + 1
+        self.proto.announce(r, self.proto.envelope(r, "dense-float16", payload), tokens=100)
+
+    def finish(self, acc, payloads):
+        assert digest_of(payloads, self.digest) == acc.roster.result
+        self.digest, self.round = acc.roster.result, acc.roster.round
+        self.ledger.append(acc.envelope, acc.roster, list(acc.announcements))
+
+
+def swarm(n: int):
+    dht = FakeDHT()
+    dht.validator = RunValidator(RUN, heartbeat_ttl=CFG.heartbeat_ttl, round_ttl=600.0)
+    registry: dict = {}
+    return dht, registry, [Peer(dht, registry) for _ in range(n)]
+
+
+def play_round(peers: list[Peer], payloads: dict | None = None):
+    """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted rosters."""
+    peers[0].net.dht.clock.t += 2  # time moves on: new heartbeats expire later than the last ones
+    for p in peers:
+        p.heartbeat()
+    for i, p in enumerate(peers):
+        p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
+    r, base = peers[0].round + 1, peers[0].digest
+    order = election.ranking(RUN, r, base, {p.id for p in peers})
+    accepted = {}
+    for pid in order:
+        p = next(x for x in peers if x.id == pid)
+        acc = p.proto.await_roster(r, p.digest, p.round, NoSleep())
+        assert acc is not None, f"peer {pid[:8]} got no roster"
+        accepted[pid] = (acc, p.proto.gather(acc))
+    for p in peers:
+        p.finish(*accepted[p.id])
+    return accepted
+
+
+def test_honest_rounds_agree_and_chain_into_a_ledger():
+    _, _, peers = swarm(3)
+    for _ in range(3):
+        accepted = play_round(peers)
+        assert len({acc.roster.result for acc, _ in accepted.values()}) == 1
+        assert all(len(acc.announcements) == 3 for acc, _ in accepted.values())
+    assert len({p.digest for p in peers}) == 1
+    entries, problems = verify([peers[0].ledger.entries[r].envelope for r in (1, 2, 3)])
+    assert problems == [] and entries[0].roster.prev == GENESIS
+    assert peers[0].ledger.established(2) == {p.id for p in peers}
+
+
+def test_made_up_peers_cannot_outvote_or_hand_over_their_state():
+    dht, registry, peers = swarm(3)
+    for _ in range(2):
+        play_round(peers)
+    evil = "e" * 64
+    dht.clock.t += 2
+    for _ in range(4):  # made-up ids, each with a real key: signatures alone do not stop this
+        Peer(dht, registry).heartbeat(digest=evil, round_no=3)
+    for p in peers:
+        p.heartbeat()
+    me = peers[0]
+    table = read_peers(me.net.get_subkeys, RUN, me.net.now(), CFG.heartbeat_ttl)
+    assert len(table) == 7  # they are live and correctly signed...
+    for fake in set(table) - {p.id for p in peers}:  # (their heartbeats claim round 2's state too)
+        table[fake] = replace(table[fake], state_round=me.round)
+    voters = votes.voters(table, me.ledger.members(), me.id)
+    assert set(voters) == {p.id for p in peers[1:]}  # ...but never appeared in a roster: no vote
+    assert not votes.outvoted(voters, me.round, me.digest)
+    assert not any(d == evil for _, d, _ in votes.vouched_states(voters))
+    # counted the old way (every live heartbeat), the three fakes outvote the honest peers
+    everyone = {p: hb for p, hb in table.items() if p != me.id}
+    assert votes.outvoted(everyone, me.round, me.digest)
+
+
+def test_votes_need_a_majority_of_at_least_three_and_never_roll_back():
+    hb = lambda r, d: Heartbeat(run=RUN, peer="Qm" + "x" * 44, name="", round=r + 1, state_round=r, digest=d,
+                                device="cpu", maddrs=(), time=0.0)
+    a, b = "a" * 64, "b" * 64
+    v = {f"p{i}": hb(5, a) for i in range(3)} | {"q": hb(5, b)}
+    assert votes.needed(4) == 3 and votes.needed(2) == 2 and votes.needed(9) == 5
+    assert votes.vouched_states(v) == [(5, a, 3)]
+    assert votes.outvoted(v, 5, b) and not votes.outvoted(v, 5, a)
+    assert not votes.acceptable(v, 5, a, 6, same_round=True)  # older than ours: never
+    assert votes.acceptable(v, 5, a, 4, same_round=False)
+    two = {"p0": hb(5, a), "p1": hb(5, b)}  # fewer than 3 voters: all of them must agree
+    assert votes.vouched_states(two) == []
+
+
+def test_dht_refuses_overwrites_far_expiries_plain_values_and_garbage():
+    dht, _, (alice, mallory) = swarm(2)
+    assert alice.heartbeat()
+    now = dht.clock()
+    hb = Heartbeat(run=RUN, peer=alice.id, name="x", round=9, state_round=8, digest="f" * 64, device="cpu",
+                   maddrs=(), time=now)
+    key = keys.peers_key(RUN)
+    assert not dht.store(key, alice.id, signed.seal(mallory.key, hb), now + 5)  # another peer's subkey
+    assert not dht.store(key, mallory.id, signed.seal(mallory.key, hb), now + 5)  # body names alice
+    mine = replace(hb, peer=mallory.id)
+    assert not dht.store(key, mallory.id, signed.seal(mallory.key, mine), now + 10 * 365 * 86400)  # 10 years
+    assert not dht.store(key, mallory.id, signed.seal(mallory.key, replace(mine, time=now + 3600)), now + 3600)
+    assert dht.store(key, mallory.id, signed.seal(mallory.key, mine), now + CFG.heartbeat_ttl)  # its own: fine
+    from hivemind.dht.routing import DHTID
+    from hivemind.utils.serializer import MSGPackSerializer as S
+    plain = dht.validator.check(DHTID.generate(source=key).to_bytes(), S.dumps(None), S.dumps({"x": 1}), now, now)
+    assert not plain  # a plain value would hide the whole peer table
+    assert not dht.store(key, mallory.id, b"garbage", now + 5)
+    assert not dht.store(keys.roster_key(RUN, 1), mallory.id, {"kind": "roster", "body": b"\x80"}, now + 5)
+    # a replay of alice's own old heartbeat with a far expiry cannot outlive her fresh one
+    old = dht.data[key][alice.id][0]
+    dht.clock.t += 100
+    assert not dht.store(key, alice.id, old, dht.clock() + 3600)
+
+
+def test_forged_and_sybil_rosters_are_refused():
+    dht, registry, peers = swarm(3)
+    for _ in range(2):
+        play_round(peers)
+    sybil = Peer(dht, registry)
+    sybil.digest, sybil.round = peers[0].digest, peers[0].round
+    sybil.heartbeat()
+    dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+        p.announce(b"honest")
+    me = peers[0]
+    r, base = me.round + 1, me.digest
+    anns = [signed.open_record(e, Announcement) for e in dht.get(keys.updates_key(RUN, r)).values()]
+    entries = tuple(dht.get(keys.updates_key(RUN, r))[a.peer] for a in sorted(anns, key=lambda a: a.peer))
+    roster = Roster(run=RUN, round=r, leader=sybil.id, prev=me.ledger.prev_hash(r), base=base, result="e" * 64,
+                    time=dht.clock(), entries=entries)
+    env = signed.seal(sybil.key, roster)
+    # a made-up id that sorts first cannot even store a roster it did not sign...
+    assert not dht.store(keys.roster_key(RUN, r), "1" * 46, env, dht.clock() + 60)
+    # ...and a correctly signed roster of a peer that is not established is refused by readers
+    assert dht.store(keys.roster_key(RUN, r), sybil.id, env, dht.clock() + 60)
+    cands = me.proto.candidates(read_peers(dht.get, RUN, dht.clock(), 8.0), base, me.round)
+    assert sybil.id not in cands
+    with pytest.raises(ProtocolError, match="not an established peer"):
+        me.proto.check_roster(env, sybil.id, r, base, cands)
+    # a roster whose entry claims another peer's update, signed by someone else, does not open
+    leader = next(p for p in peers if p.id == election.ranking(RUN, r, base, cands)[0])
+    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, time=0.0)
+    forged = {**signed.seal(sybil.key, fake_ann)}
+    bad = replace(roster, leader=leader.id, entries=(forged,))
+    with pytest.raises(ProtocolError):
+        me.proto.check_roster(signed.seal(leader.key, bad), leader.id, r, base, cands)
+    # a roster from the right leader that does not continue our ledger, or starts elsewhere
+    for wrong in (replace(roster, leader=leader.id, prev="1" * 64), replace(roster, leader=leader.id, base="2" * 64)):
+        with pytest.raises(ProtocolError):
+            me.proto.check_roster(signed.seal(leader.key, wrong), leader.id, r, base, cands)
+    # the honest round still completes, with the sybil's roster ignored
+    order = election.ranking(RUN, r, base, cands)
+    results = set()
+    for pid in order:
+        p = next(x for x in peers if x.id == pid)
+        acc = p.proto.await_roster(r, p.digest, p.round, NoSleep())
+        results.add((acc.roster.leader, acc.roster.result))
+    assert len(results) == 1 and next(iter(results))[0] == order[0]
+
+
+def test_a_fake_first_ranked_peer_cannot_stall_a_young_run():
+    dht, registry, peers = swarm(3)
+    silent = Peer(dht, registry)  # live, signed, never leads
+    silent.heartbeat()
+    for p in peers:
+        p.heartbeat()
+        p.announce(b"u")
+    base, r = BASE0, 1
+    cands = {p.id for p in peers} | {silent.id}
+    order = election.ranking(RUN, r, base, cands)
+    waiting = [next(p for p in peers if p.id == pid) for pid in order if pid != silent.id]
+    acc = waiting[0].proto.await_roster(r, base, 0, NoSleep())  # leads after the backoff if it ranks behind
+    assert acc is not None and acc.roster.leader == waiting[0].id
+
+
+def test_leader_leaves_out_an_update_that_makes_the_state_non_finite():
+    _, _, peers = swarm(3)
+    poison = peers[2].id
+
+    def preview(payloads, base=BASE0):
+        if any(b"poison" in p for p in payloads):
+            raise NonFinite("inf")
+        return digest_of(payloads, base)
+    for p in peers:
+        p.proto.hooks.preview = preview
+    accepted = play_round(peers, payloads={poison: b"poison"})
+    for acc, _ in accepted.values():
+        assert poison not in {a.peer for a in acc.announcements} and len(acc.announcements) == 2
+    assert peers[2].proto.left_out == 1
+
+
+def test_a_peer_serving_other_bytes_than_announced_is_refused():
+    _, _, peers = swarm(3)
+    liar = peers[1]
+    for p in peers:
+        p.heartbeat()
+        p.announce(b"honest" + p.id.encode())
+    liar.net.serve_override[(1, liar.id)] = b"x" * 5000  # answers more bytes than it announced
+    order = election.ranking(RUN, 1, BASE0, {p.id for p in peers})
+    leader = next(p for p in peers if p.id == order[0])
+    acc = leader.proto.await_roster(1, BASE0, 0, NoSleep())
+    if leader is not liar:
+        assert liar.id not in {a.peer for a in acc.announcements}
+
+
+def test_manifest_is_signed_by_its_organizer_and_hashes_to_the_run_id():
+    from node import manifest as manifests
+    key, organizer = new_key()
+    other, _ = new_key()
+    run_id, env = manifests.sign(key, {"name": "demo", "protocol": 2, "model": {"d_model": 8}})
+    assert signed.open_manifest(env, run_id)["organizer"] == organizer
+    with pytest.raises(ProtocolError):
+        signed.open_manifest(env, "demo-000000000000")  # filed under another run id
+    m = signed.open_manifest(env, run_id)
+    forged = signed.seal_manifest(other, {**m, "model": {"d_model": 9999}})
+    with pytest.raises(ProtocolError):
+        signed.open_manifest(forged, run_id)  # another model: another hash
+    resigned = signed.seal_manifest(other, m)  # same content, another key: not the organizer's signature
+    with pytest.raises(ProtocolError):
+        signed.open_manifest(resigned, run_id)
+    dht = FakeDHT(validator=RunValidator(run_id))
+    assert dht.store(keys.runs_key(), run_id, env, dht.clock() + 3600)
+    assert not dht.store(keys.runs_key(), run_id, resigned, dht.clock() + 3601)

@@ -6,36 +6,181 @@ connection. It serves two things to any peer that asks (protocol/messages.py):
   * the latest training state snapshot (bytes prepared after each round).
 Other threads call `fetch(...)`, which blocks until the answer or the timeout.
 Every byte is counted where it leaves or enters this process, per kind ("update", "state").
+
+Every peer may be hostile, so all I/O is bounded:
+  * a response's length is checked against what the caller expects (`expect`: the announced
+    update size, the state template's size) before a byte of its body is read;
+  * each read (header, body) has its own timeout, and a fetch that times out is cancelled,
+    so neither its coroutine nor its buffers outlive it;
+  * per peer: at most `max_streams_per_peer` requests served at once, at most
+    `state_requests_per_minute` state downloads, at most `max_fetches_per_peer` fetches of ours
+    in flight. Refusals are answered with a reason, counted in `refused` and logged.
+The serving side (`serve_stream`) and the reading side (`read_response`) work on plain asyncio
+streams, so tests drive them in-process without a libp2p daemon.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
-from typing import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable, Sequence
 
+from node.config import SwarmConfig
 from protocol.errors import ProtocolError
-from protocol.messages import (HEADER_LEN, MAX_REQUEST_BYTES, Request, body_length, decode_response,
-                               encode_response, frame)
+from protocol.messages import (HEADER_LEN, MAX_REQUEST_BYTES, Request, body_length, check_response_length,
+                               decode_response, encode_response, frame)
 
 log = logging.getLogger("swarmtrain.exchange")
 HANDLER = "swarmtrain.v1"  # libp2p protocol name of our stream handler
 KEEP_ROUNDS = 4
-SERVE_TIMEOUT = 60.0
+SERVE_TIMEOUT = 60.0  # seconds for each read of a request (header, then body)
+SEND_TIMEOUT = 300.0  # seconds to hand one response to a peer: a 7 MB state at 1 Mbit/s takes ~1 min
+MAX_TRACKED_PEERS = 4096  # rate-limit entries kept before idle ones are forgotten
+
+Job = tuple[str, Request] | tuple[str, Request, int | None]  # (peer, request[, expected payload bytes])
 
 
+# ------------------------------------------------------------------------ per-peer limits
+class StreamCap:
+    """At most `limit` concurrent streams per peer. Excess is refused, never queued: a queue
+    would be memory and coroutines that the peer controls."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active: Counter[str] = Counter()
+
+    def try_enter(self, peer: str) -> bool:
+        if self.active[peer] >= self.limit:
+            return False
+        self.active[peer] += 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        self.active[peer] -= 1
+        if self.active[peer] <= 0:
+            del self.active[peer]  # the table stays as small as the set of peers being served
+
+
+class RateLimit:
+    """Token bucket per peer: `per_minute` requests a minute, bursts of up to `per_minute`.
+
+    `clock` (seconds, monotonic) is injectable so tests step time instead of sleeping.
+    `per_minute=0` refuses every request.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0  # tokens per second
+        self.burst = float(per_minute)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, time of last update)
+
+    def allow(self, peer: str) -> bool:
+        now = self.clock()
+        tokens, last = self._buckets.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_PEERS:
+            self._forget_idle(now)
+        return allowed
+
+    def retry_after(self, peer: str) -> float:
+        """Seconds until `peer` has a token again (for the refusal message)."""
+        tokens, last = self._buckets.get(peer, (self.burst, self.clock()))
+        return max(0.0, (1.0 - tokens) / self.rate) if self.rate else float("inf")
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop peers whose bucket has refilled: forgetting them changes nothing."""
+        for peer, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self.rate >= self.burst:
+                del self._buckets[peer]
+
+
+class FetchSlots:
+    """At most `limit` of our fetches in flight to one peer; more wait for a slot (their timeout
+    runs meanwhile). Keeps us under the other side's own per-peer stream cap."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: Counter[str] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, peer: str):
+        sem = self._slots.setdefault(peer, asyncio.Semaphore(self.limit))
+        self._users[peer] += 1
+        try:
+            async with sem:
+                yield
+        finally:
+            self._users[peer] -= 1
+            if not self._users[peer]:
+                del self._users[peer], self._slots[peer]
+
+
+# ---------------------------------------------------------------- bounded stream reading
+async def read_request(reader: asyncio.StreamReader, timeout: float) -> tuple[Request, int]:
+    """One framed request -> (request, wire bytes). Each read is bounded by `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        header = await reader.readexactly(HEADER_LEN)
+    n = body_length(header, MAX_REQUEST_BYTES)
+    async with asyncio.timeout(timeout):
+        body = await reader.readexactly(n)
+    return Request.decode(body), HEADER_LEN + n
+
+
+async def read_response(reader: asyncio.StreamReader, expect: int | None, max_bytes: int, timeout: float,
+                        on_bytes: Callable[[int], None] = lambda n: None) -> bytes:
+    """One framed response -> its payload, or ProtocolError / TimeoutError / IncompleteReadError.
+
+    The frame length is checked (messages.check_response_length) before the body is read: with
+    `expect`, only the exact ok-response for `expect` payload bytes or a short refusal is read;
+    without it, at most `max_bytes` of payload. Header and body reads each get `timeout` seconds.
+    `on_bytes(n)` is told of every byte taken from the stream (the header even when refused).
+    """
+    async with asyncio.timeout(timeout):
+        header = await reader.readexactly(HEADER_LEN)
+    on_bytes(HEADER_LEN)
+    n = int.from_bytes(header, "big")
+    check_response_length(n, expect=expect, max_bytes=max_bytes)
+    async with asyncio.timeout(timeout):
+        body = await reader.readexactly(n)
+    on_bytes(n)
+    payload = decode_response(body)
+    if expect is not None and len(payload) != expect:
+        raise ProtocolError(f"response carries {len(payload)} bytes, {expect} were announced")
+    return payload
+
+
+# ------------------------------------------------------------------------------ exchange
 class Exchange:
     def __init__(self, dht, run_id: str, *, max_bytes: int,
-                 on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None):
+                 on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None,
+                 max_streams_per_peer: int = SwarmConfig.max_streams_per_peer,
+                 state_requests_per_minute: int = SwarmConfig.state_requests_per_minute,
+                 max_fetches_per_peer: int = SwarmConfig.max_streams_per_peer,
+                 io_timeout: float = SERVE_TIMEOUT, clock: Callable[[], float] = time.monotonic):
+        """`dht` gives the libp2p connection (`await dht.replicate_p2p()`); `max_bytes` bounds a
+        payload fetched without `expect`; the per-peer limits default to SwarmConfig's;
+        `io_timeout` bounds each read of a request we serve; `clock` drives the state rate limit."""
         self.run_id = run_id
         self.on_bytes = on_bytes  # (direction "sent"/"received", kind, bytes): metrics
         self.max_bytes = max_bytes
+        self.io_timeout = io_timeout
         self.sent: Counter[str] = Counter()  # kind -> bytes written to peers
         self.received: Counter[str] = Counter()  # kind -> bytes read from peers
         self.served: Counter[str] = Counter()  # kind -> payloads given to peers (own or relayed)
         self.fetched: Counter[str] = Counter()  # kind -> payloads received from peers
+        self.refused: Counter[str] = Counter()  # reason ("streams", "state_rate") -> requests refused
+        self._inbound = StreamCap(max_streams_per_peer)
+        self._state_limit = RateLimit(state_requests_per_minute, clock)
+        self._outbound = FetchSlots(max_fetches_per_peer)
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
         self._lock = threading.Lock()
@@ -60,15 +205,24 @@ class Exchange:
         with self._lock:
             self._state = blob
 
-    def fetch(self, peer: str, request: Request, *, timeout: float) -> bytes:
-        """Ask `peer`; returns the payload or raises ProtocolError / TimeoutError / OSError."""
-        return self._call(self._fetch(peer, request), timeout=timeout + 5)
+    def fetch(self, peer: str, request: Request, *, timeout: float, expect: int | None = None) -> bytes:
+        """Ask `peer`; returns the payload or raises ProtocolError / TimeoutError / OSError.
 
-    def fetch_many(self, jobs: list[tuple[str, Request]], *, timeout: float) -> list[bytes | Exception]:
-        """Run several fetches concurrently; each result is the payload or the exception."""
+        `expect`: the exact payload size promised (announced update size, state template size);
+        any other answer but a short refusal is dropped unread. The fetch is cancelled at `timeout`.
+        """
+        return self._call(self._fetch_within(peer, request, expect, timeout), timeout=timeout + 5)
+
+    def fetch_many(self, jobs: Sequence[Job], *, timeout: float) -> list[bytes | Exception]:
+        """Run several fetches concurrently; each result is the payload or the exception.
+
+        A job is (peer, request) or (peer, request, expect). Each fetch is cancelled when
+        `timeout` passes (its result is then a TimeoutError); the others' results are kept.
+        """
         async def run_all():
-            return await asyncio.gather(*(self._fetch(p, r) for p, r in jobs), return_exceptions=True)
-        return self._call(asyncio.wait_for(run_all(), timeout), timeout=timeout + 5)
+            return await asyncio.gather(*(self._fetch_within(j[0], j[1], j[2] if len(j) > 2 else None, timeout)
+                                          for j in jobs), return_exceptions=True)
+        return self._call(run_all(), timeout=timeout + 5)
 
     def close(self) -> None:
         if self._loop.is_running():
@@ -86,59 +240,107 @@ class Exchange:
     # ------------------------------------------------------------------ inside the event loop
     def _call(self, coro, *, timeout: float):
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(timeout=timeout)
+        try:
+            return fut.result(timeout=timeout)
+        except FutureTimeout:  # (the same class as TimeoutError: the call may have raised it itself)
+            if fut.done():
+                raise
+            fut.cancel()  # the task in the loop is cancelled too: no coroutine or buffer outlives the call
+            raise TimeoutError(f"exchange call still running after {timeout:.0f} s; cancelled") from None
 
     async def _start(self, dht):
         p2p = await dht.replicate_p2p()
         await p2p.add_binary_stream_handler(HANDLER, self._serve)
         return p2p
 
-    async def _serve(self, _info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        kind = "update"
+    async def _serve(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """hivemind's stream handler: `info` is a StreamInfo naming the calling peer."""
+        await self.serve_stream(str(info.peer_id), reader, writer)
+
+    async def serve_stream(self, peer: str, reader: asyncio.StreamReader, writer) -> None:
+        """Answer one request from `peer` on one stream, then close it. Never raises: whatever the
+        peer sends is answered (with the payload or a reason) or dropped with a log line."""
+        entered = self._inbound.try_enter(peer)
         try:
-            header = await asyncio.wait_for(reader.readexactly(HEADER_LEN), SERVE_TIMEOUT)
-            body = await asyncio.wait_for(
-                reader.readexactly(body_length(header, MAX_REQUEST_BYTES)), SERVE_TIMEOUT)
-            request = Request.decode(body)
-            kind = request.op
-            self._count("received", kind, len(header) + len(body))
-            payload, error = self._answer(request)
-            response = encode_response(payload, error)
-            self.served[kind] += payload is not None
-            out = frame(response)
-            writer.write(out)
-            self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
-            await writer.drain()
-        except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as e:
-            log.info("dropped a request from a peer: %s", e)  # a peer's mistake never stops us
+            if entered:
+                kind, response = await self._respond(peer, reader)
+            else:
+                kind, response = "update", self._refuse(peer, "streams", f"too many concurrent requests from "
+                                                                         f"you (at most {self._inbound.limit})")
+            await self._send(writer, kind, response)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as e:
+            log.info("dropped a request from %s: %s", peer[:16], type(e).__name__)  # a peer's mistake never stops us
         except Exception:
-            log.exception("unexpected error while serving a peer")
+            log.exception("unexpected error while serving %s", peer[:16])
         finally:
+            if entered:
+                self._inbound.leave(peer)
             writer.close()
 
-    def _answer(self, request: Request) -> tuple[bytes | None, str]:
+    async def _respond(self, peer: str, reader: asyncio.StreamReader) -> tuple[str, bytes]:
+        """(kind, response body) for the request on `reader`."""
+        try:
+            request, n = await read_request(reader, self.io_timeout)
+        except ProtocolError as e:  # an honest peer on another protocol version learns why
+            return "update", encode_response(None, f"malformed request: {e}")
+        self._count("received", request.op, n)
+        payload, error = self._answer(request, peer)
+        self.served[request.op] += payload is not None
+        return request.op, encode_response(payload, error)
+
+    async def _send(self, writer, kind: str, response: bytes) -> None:
+        out = frame(response)
+        writer.write(out)
+        self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
+        async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
+            await writer.drain()
+
+    def _answer(self, request: Request, peer: str) -> tuple[bytes | None, str]:
         if request.run != self.run_id:
             return None, f"this node trains run {self.run_id}, not {request.run}"
         with self._lock:
-            if request.op == "state":
-                return (self._state, "") if self._state is not None else (None, "no state yet")
+            state = self._state
             blob = self._updates.get((request.round, request.peer))
+        if request.op == "state":
+            if state is None:
+                return None, "no state yet"
+            if not self._state_limit.allow(peer):  # a state is megabytes: nobody makes us upload it in a loop
+                return None, self._refuse_text(peer, "state_rate", f"state requests limited to "
+                                               f"{self._state_limit.per_minute} a minute; retry in "
+                                               f"{self._state_limit.retry_after(peer):.0f} s")
+            return state, ""
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
 
-    async def _fetch(self, peer: str, request: Request) -> bytes:
+    def _refuse(self, peer: str, reason: str, text: str) -> bytes:
+        return encode_response(None, self._refuse_text(peer, reason, text))
+
+    def _refuse_text(self, peer: str, reason: str, text: str) -> str:
+        self.refused[reason] += 1
+        n = self.refused[reason]
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the log as well
+            log.info("refused %s (%s; %d so far): %s", peer[:16], reason, n, text)
+        return text
+
+    async def _fetch_within(self, peer: str, request: Request, expect: int | None, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):  # the whole fetch, waiting for a slot included; cancelled on expiry
+                return await self._fetch(peer, request, expect, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no {request.op} from {peer[:16]} within {timeout:g} s") from None
+
+    async def _fetch(self, peer: str, request: Request, expect: int | None, timeout: float) -> bytes:
         from hivemind.p2p import PeerID
 
-        _, reader, writer = await self._p2p.call_binary_stream_handler(PeerID.from_base58(peer), HANDLER)
-        try:
-            out = frame(request.encode())
-            writer.write(out)
-            self._count("sent", request.op, len(out))
-            await writer.drain()
-            header = await reader.readexactly(HEADER_LEN)
-            body = await reader.readexactly(body_length(header, self.max_bytes + 4096))
-            self._count("received", request.op, len(header) + len(body))
-            payload = decode_response(body)
-            self.fetched[request.op] += 1
-            return payload
-        finally:
-            writer.close()
+        async with self._outbound.slot(peer):
+            _, reader, writer = await self._p2p.call_binary_stream_handler(PeerID.from_base58(peer), HANDLER)
+            try:
+                out = frame(request.encode())
+                writer.write(out)
+                self._count("sent", request.op, len(out))
+                await writer.drain()
+                payload = await read_response(reader, expect, self.max_bytes, timeout,
+                                              on_bytes=lambda n: self._count("received", request.op, n))
+                self.fetched[request.op] += 1
+                return payload
+            finally:
+                writer.close()

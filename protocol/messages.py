@@ -12,6 +12,8 @@ Requests (what a peer says):
 Responses:
   {"ok": true, "payload": <bytes>}                  "Here it is."
   {"ok": false, "error": "<why>"}                   "I cannot; here is why."
+A reader that knows the payload's size (an announced update, the state template) accepts only a
+frame of exactly `ok_response_length(size)` bytes, or a refusal of at most MAX_ERROR_RESPONSE.
 Update payloads are UpdateEnvelope bytes (below); state payloads are tensors.py containers.
 """
 from __future__ import annotations
@@ -26,6 +28,10 @@ from protocol.records import PEER_ID_RE
 HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096
 OPS = ("update", "state")
+MAX_ERROR_CHARS = 500
+# a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
+MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS
+RESPONSE_OVERHEAD = 32  # more than ok_response_length(n) - n for any n: the limit without an expected size
 
 
 def frame(body: bytes) -> bytes:
@@ -41,6 +47,32 @@ def body_length(header: bytes, limit: int) -> int:
     if n > limit:
         raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
     return n
+
+
+def ok_response_length(n: int) -> int:
+    """Exact byte length of encode_response(<n bytes>): the frame body an honest peer sends.
+
+    fixmap(1) + fixstr "ok"(3) + true(1) + fixstr "payload"(8) + bin header (2, 3 or 5 bytes) + n.
+    """
+    if not 0 <= n < 2**32:
+        raise ValueError(f"a payload of {n} bytes cannot be carried in one response (msgpack bin32)")
+    return 13 + (2 if n < 2**8 else 3 if n < 2**16 else 5) + n
+
+
+def check_response_length(n: int, *, expect: int | None, max_bytes: int) -> None:
+    """Refuse a response frame of `n` bytes before reading it.
+
+    With `expect` (the payload size the caller was promised), only the exact ok-response or a
+    short refusal fits: a peer that announced 1,000 B cannot make us read 256 MiB. Without it,
+    any response whose payload is at most `max_bytes` fits.
+    """
+    if expect is None:
+        if n > max_bytes + RESPONSE_OVERHEAD:
+            raise ProtocolError(f"response of {n} bytes exceeds the limit of {max_bytes + RESPONSE_OVERHEAD}")
+        return
+    if n != ok_response_length(expect) and n > MAX_ERROR_RESPONSE:
+        raise ProtocolError(f"response of {n} bytes, expected {ok_response_length(expect)} for a "
+                            f"{expect}-byte payload (or a refusal of at most {MAX_ERROR_RESPONSE})")
 
 
 def _unpack_map(data: bytes, where: str) -> dict:
@@ -81,7 +113,7 @@ class Request:
 
 def encode_response(payload: bytes | None = None, error: str = "") -> bytes:
     if payload is None:
-        return msgpack.packb({"ok": False, "error": error[:500]})
+        return msgpack.packb({"ok": False, "error": error[:MAX_ERROR_CHARS]})
     return msgpack.packb({"ok": True, "payload": payload}, use_bin_type=True)
 
 
@@ -91,7 +123,7 @@ def decode_response(data: bytes) -> bytes:
     if d.get("ok") is True and isinstance(d.get("payload"), bytes):
         return d["payload"]
     if d.get("ok") is False:
-        raise ProtocolError(f"peer refused: {str(d.get('error', ''))[:500]}")
+        raise ProtocolError(f"peer refused: {str(d.get('error', ''))[:MAX_ERROR_CHARS]}")
     raise ProtocolError("response: expected {ok, payload} or {ok: false, error}")
 
 
@@ -116,4 +148,6 @@ class UpdateEnvelope:
         if not (isinstance(run, str) and isinstance(rnd, int) and isinstance(peer, str)
                 and isinstance(codec, str) and isinstance(payload, bytes)):
             raise ProtocolError("update: fields run/round/peer/codec/payload missing or mistyped")
+        if isinstance(rnd, bool) or rnd < 0:  # True == 1 would otherwise pass as round 1
+            raise ProtocolError(f"update: round {rnd!r} is not a non-negative integer")
         return cls(run=run, round=rnd, peer=peer, codec=codec, payload=payload)

@@ -107,7 +107,7 @@ def claimed_key(envelope: object) -> tuple[str, str] | None:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
         return None
     kind = envelope.get("kind")
-    if kind not in MAX_BODY or len(envelope["body"]) > MAX_BODY[kind]:
+    if not isinstance(kind, str) or kind not in MAX_BODY or len(envelope["body"]) > MAX_BODY[kind]:
         return None
     try:
         d = _unpack(envelope["body"], kind)

@@ -49,7 +49,7 @@ def decode_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         name, dtype, shape, raw = item
         if not isinstance(name, str) or name in out:
             raise ProtocolError(f"tensor container: bad or repeated name {name!r}")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ProtocolError(f"tensor container: {name}: dtype {dtype!r} not allowed")
         if not (isinstance(shape, list) and len(shape) <= 8
                 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):

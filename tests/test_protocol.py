@@ -4,8 +4,9 @@ import torch
 
 from protocol import keys
 from protocol.errors import ProtocolError
-from protocol.messages import (Request, UpdateEnvelope, body_length, decode_response, encode_response, frame)
-from protocol.records import Announcement, Heartbeat, Roster, RosterEntry, manifest_hash, run_id_of
+from protocol.messages import (MAX_ERROR_RESPONSE, Request, UpdateEnvelope, body_length, check_response_length,
+                               decode_response, encode_response, frame, ok_response_length)
+from protocol.records import GENESIS, Announcement, Heartbeat, Roster, manifest_hash, run_id_of
 from protocol.tensors import decode_tensors, encode_tensors
 
 PEER_A = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
@@ -14,7 +15,7 @@ SHA = "a" * 64
 
 
 def heartbeat(**over):
-    d = Heartbeat(peer=PEER_A, name="n", round=3, state_round=2, digest=SHA, device="cpu",
+    d = Heartbeat(run="demo-1", peer=PEER_A, name="n", round=3, state_round=2, digest=SHA, device="cpu",
                   maddrs=("/ip4/127.0.0.1/tcp/1",), time=1.0).to_wire()
     d.update(over)
     return d
@@ -32,7 +33,8 @@ def test_heartbeat_roundtrip():
 
 
 @pytest.mark.parametrize("over", [{"peer": "not a peer id!"}, {"round": -1}, {"round": "3"}, {"digest": "xyz"},
-                                  {"maddrs": "one"}, {"maddrs": ["x"] * 17}, {"active": 1}, {"name": "n" * 300}])
+                                  {"maddrs": "one"}, {"maddrs": ["x"] * 17}, {"active": 1}, {"name": "n" * 300},
+                                  {"run": ""}, {"time": float("nan")}])
 def test_heartbeat_rejects_malformed(over):
     with pytest.raises(ProtocolError):
         Heartbeat.from_wire(heartbeat(**over))
@@ -44,23 +46,21 @@ def test_heartbeat_rejects_non_map():
 
 
 def test_announcement_size_limits():
-    ok = Announcement(round=1, nbytes=10, sha256=SHA).to_wire()
+    ok = Announcement(run="demo-1", round=1, peer=PEER_A, nbytes=10, sha256=SHA, tokens=5, time=1.0).to_wire()
     assert Announcement.from_wire(ok, max_bytes=10).nbytes == 10
     with pytest.raises(ProtocolError, match="size"):
         Announcement.from_wire(ok, max_bytes=9)
 
 
-def test_roster_must_be_sorted_and_unique():
-    r = Roster(round=2, leader=PEER_A, entries=(RosterEntry(peer=PEER_A, sha256=SHA, nbytes=5),
-                                                 RosterEntry(peer=PEER_B, sha256=SHA, nbytes=5)))
+def test_roster_fields_are_checked():
+    """Entries are signed announcements (their signatures and order: protocol/signed.py)."""
+    r = Roster(run="demo-1", round=2, leader=PEER_A, prev=GENESIS, base=SHA, result=SHA, time=1.0,
+               entries=({"body": b"x", "key": b"k", "sig": b"s"},), scores=((PEER_B, 0.5),))
     assert Roster.from_wire(r.to_wire(), max_bytes=100) == r
-    bad = r.to_wire()
-    bad["entries"].reverse()
-    with pytest.raises(ProtocolError, match="sorted"):
-        Roster.from_wire(bad, max_bytes=100)
-    bad["entries"] = []
-    with pytest.raises(ProtocolError):
-        Roster.from_wire(bad, max_bytes=100)
+    for over in [{"entries": []}, {"entries": [[1, 2]]}, {"scores": [[PEER_B]]}, {"scores": [[PEER_B, True]]},
+                 {"prev": "x"}, {"leader": "../etc"}, {"time": float("inf")}]:
+        with pytest.raises(ProtocolError):
+            Roster.from_wire({**r.to_wire(), **over}, max_bytes=100)
 
 
 def test_manifest_hash_is_canonical():
@@ -75,6 +75,21 @@ def test_framing_refuses_oversized_before_reading():
     assert body_length(frame(b"abc")[:8], 3) == 3
     with pytest.raises(ProtocolError, match="exceeds"):
         body_length((10**12).to_bytes(8, "big"), 1000)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 65535, 65536, 10**6])
+def test_ok_response_length_is_exact(n):
+    assert ok_response_length(n) == len(encode_response(b"x" * n))
+
+
+def test_response_length_is_checked_against_the_expected_size():
+    assert len(encode_response(None, "\U0001F600" * 10_000)) <= MAX_ERROR_RESPONSE  # refusals always fit
+    check_response_length(ok_response_length(10**5), expect=10**5, max_bytes=10)
+    check_response_length(40, expect=10**6, max_bytes=10)
+    with pytest.raises(ProtocolError, match="expected"):
+        check_response_length(ok_response_length(10**5 + 1), expect=10**5, max_bytes=10**9)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        check_response_length(10**7, expect=None, max_bytes=10**6)
 
 
 def test_request_roundtrip_and_rejects():
@@ -96,8 +111,10 @@ def test_response_carries_the_reason():
 def test_update_envelope_roundtrip():
     e = UpdateEnvelope(run="r", round=1, peer=PEER_A, codec="dense-float16", payload=b"\x00" * 8)
     assert UpdateEnvelope.decode(e.encode()) == e
-    with pytest.raises(ProtocolError):
-        UpdateEnvelope.decode(msgpack.packb({"run": "r"}))
+    for bad in [{"run": "r"}, {**msgpack.unpackb(e.encode()), "round": True},
+                {**msgpack.unpackb(e.encode()), "round": -1}]:
+        with pytest.raises(ProtocolError):
+            UpdateEnvelope.decode(msgpack.packb(bad, use_bin_type=True))
 
 
 def test_tensor_container_roundtrip_and_strictness():

@@ -269,3 +269,32 @@ def test_manifest_is_signed_by_its_organizer_and_hashes_to_the_run_id():
     dht = FakeDHT(validator=RunValidator(run_id))
     assert dht.store(keys.runs_key(), run_id, env, dht.clock() + 3600)
     assert not dht.store(keys.runs_key(), run_id, resigned, dht.clock() + 3601)
+
+
+def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
+    import base64
+    import json
+
+    import msgpack
+
+    from node.audit import run_audit
+    from node.config import NodeConfig
+    _, _, peers = swarm(3)
+    peers[0].ledger.path = tmp_path / RUN / "ledger.jsonl"
+    for _ in range(3):
+        play_round(peers)
+    cfg = NodeConfig(data_dir=str(tmp_path))
+    assert run_audit(cfg, None) == 0
+    out = capsys.readouterr().out
+    assert "3 rosters, chain and signatures verified" in out and "tokens       300" in out
+    reloaded = Ledger.load(peers[0].ledger.path)  # a restarted peer remembers who it trained with
+    assert reloaded.members() == {p.id for p in peers} and reloaded.complete(3)
+    lines = peers[0].ledger.path.read_text().splitlines()
+    env = msgpack.unpackb(base64.b64decode(json.loads(lines[1])["envelope"]), raw=False)
+    roster = signed.open_roster(env)[0]
+    other = signed.seal(peers[1].key, replace(roster, leader=peers[1].id, result="9" * 64))  # rewritten history
+    lines[1] = json.dumps({"round": 2, "envelope": base64.b64encode(msgpack.packb(other, use_bin_type=True)).decode()})
+    peers[0].ledger.path.write_text("\n".join(lines) + "\n")
+    assert run_audit(cfg, None, as_json=True) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["verified"] and any("round 3" in p for p in report["problems"])

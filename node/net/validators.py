@@ -60,9 +60,9 @@ class RunValidator:
         try:
             subkey = MSGPackSerializer.loads(subkey_bytes)
             envelope = MSGPackSerializer.loads(value_bytes)
-        except Exception:  # malformed msgpack from a peer
+            claimed = signed.claimed_key(envelope)
+        except Exception:  # malformed msgpack or odd types from a peer: a validator never raises
             return False
-        claimed = signed.claimed_key(envelope)
         if claimed is None or claimed[1] != subkey or DHTID.generate(source=claimed[0]).to_bytes() != key:
             return False
         try:

@@ -116,7 +116,11 @@ class Ledger:
 def read_file(path: Path) -> list[tuple[int, dict]]:
     """(round, envelope) per line; ProtocolError names the first unreadable line."""
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"{path}: unreadable ledger ({type(e).__name__})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         try:
             d = json.loads(line)
             out.append((int(d["round"]), msgpack.unpackb(base64.b64decode(d["envelope"]), raw=False)))

@@ -1,0 +1,41 @@
+"""A real hostile peer process against a real swarm: forged records, Sybil heartbeats vouching
+for another state, rosters it may not write, an overwritten manifest, and poisoned and oversized
+updates. The honest peers refuse all of it and keep training to equal digests."""
+import json
+import subprocess
+import sys
+
+from swarm_tests.conftest import ROOT, start_bootstrap
+
+ROUNDS = 14
+
+
+def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_run):
+    small_run.write_text(small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3"))
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    vols = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / f"v{i}"),
+                  "--threads", "1", "--max-rounds", str(ROUNDS), "--result-json", str(tmp_path / f"v{i}.json"))
+            for i in range(3)]
+    ids = [v.wait_for(r"event=joined peer=(\S+) .*run=(\S+)", 120) for v in vols]
+    run_id, victim = ids[0].group(2), ids[0].group(1)
+    vols[0].wait_for(r"event=round round=3 ", 180)  # established peers, a chain of rosters
+    hostile = subprocess.Popen([sys.executable, "-m", "swarm_tests.hostile", maddr, run_id, victim, "40"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = hostile.communicate(timeout=180)
+    finally:
+        hostile.kill()
+    assert "event=attacked" in out, out[-3000:]
+    attacked = dict(kv.split("=") for kv in out.split("event=attacked ")[1].splitlines()[0].split())
+    refused = {k: v for k, v in attacked.items() if not k.startswith("sybil")}
+    assert set(refused.values()) == {"False"}, attacked  # honest DHT nodes stored none of the forgeries
+    for v in vols:
+        assert v.wait(300) == 0, v.output[-4000:]
+    results = [json.loads((tmp_path / f"v{i}.json").read_text()) for i in range(3)]
+    assert {r["rounds_completed"] for r in results} == {ROUNDS}
+    assert len({r["digest"] for r in results}) == 1
+    assert results[0]["digest"] != "e" * 64
+    assert max(results[0]["train_loss"][-3:]) < 6.0  # the poisoned updates did not blow the model up
+    for v in vols:
+        assert "Traceback" not in v.output and "state_synced" not in v.output, v.output[-3000:]
+        assert "val_bpb" not in v.output or "nan" not in v.output

@@ -298,3 +298,15 @@ def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
     assert run_audit(cfg, None, as_json=True) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["verified"] and any("round 3" in p for p in report["problems"])
+
+
+def test_a_split_swarm_converges_without_rolling_back():
+    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                                   maddrs=(), time=0.0)
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    # three peers, three chains after a partition: each sees the other two, no quorum anywhere
+    view_of_a = {"pb": hb("pb", 9, b), "pc": hb("pc", 8, c)}
+    view_of_b = {"pa": hb("pa", 7, a), "pc": hb("pc", 8, c)}
+    assert votes.fork_target(view_of_a, 7, a) == (9, b)  # the newest chain, ahead of ours
+    assert votes.fork_target(view_of_b, 9, b) is None  # the newest never rolls back: the others come to it
+    assert votes.fork_target({"pb": hb("pb", 9, b), "pc": hb("pc", 9, a)}, 9, a) is None  # someone agrees with us

@@ -76,6 +76,7 @@ class RoundProtocol:
         self.seen: dict[int, set[str]] = {}        # round -> peers seen live (signed) during it
         self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
         self.left_out = 0                           # rounds whose roster omitted our announced update
+        self._recent: dict[str, tuple[float, Heartbeat]] = {}  # peer -> (when seen, its latest heartbeat)
 
     # ------------------------------------------------------------------------------- announce
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
@@ -89,7 +90,15 @@ class RoundProtocol:
 
     # ------------------------------------------------------------------------- who may lead
     def peers(self) -> dict[str, Heartbeat]:
-        return read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.cfg.heartbeat_ttl)
+        """Live peers: this DHT read merged with what earlier reads saw within 2 x heartbeat_ttl.
+        One DHT read may miss subkeys (a lookup that did not reach every replica), and a roster
+        should not be refused because its leader's heartbeat was missing from one read."""
+        now = self.net.monotonic()
+        for p, hb in read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.cfg.heartbeat_ttl).items():
+            self._recent[p] = (now, hb)
+        for p in [p for p, (t, _) in self._recent.items() if now - t > 2 * self.cfg.heartbeat_ttl]:
+            del self._recent[p]
+        return {p: hb for p, (_, hb) in self._recent.items()}
 
     def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int) -> set[str] | None:
         """Who may lead this round; None when our ledger cannot tell (we joined mid-run and the
@@ -118,6 +127,7 @@ class RoundProtocol:
             if cands is not None and self.me in cands and self._my_turn(round_no, base, cands, peers, waited):
                 led = self._lead(round_no, base)
                 if led is not None:
+                    self._note_left_out(round_no, led)
                     return led
             stop.wait(POLL)
         return None

@@ -42,3 +42,18 @@ def acceptable(votes: dict[str, Heartbeat], round_no: int, digest: str, my_round
     if round_no < my_round or (round_no == my_round and not same_round):
         return False
     return any(r == round_no and d == digest for r, d, _ in vouched_states(votes))
+
+
+def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> tuple[int, str] | None:
+    """Where a lone peer goes when the swarm has split and no state has a quorum (e.g. peers that
+    each led alone while the DHT was partitioned): the state held by the most voters, then the
+    newest, then the smallest digest. Only a peer that no other voter agrees with moves, and
+    never to an older round, so the peers converge without anyone rolling back."""
+    if vouched_states(votes) or any(hb.digest == my_digest for hb in votes.values()):
+        return None
+    counts = Counter((hb.state_round, hb.digest) for hb in votes.values())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], -kv[0][0], kv[0][1]))
+    for (r, d), _ in ranked[:1]:
+        if r >= my_round and d != my_digest:
+            return r, d
+    return None

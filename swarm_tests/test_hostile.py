@@ -11,7 +11,8 @@ ROUNDS = 14
 
 
 def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_run):
-    small_run.write_text(small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3"))
+    small_run.write_text(small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3")
+                         + "[robust]\nscoring = true\n")  # the leader scores every update on a shared batch
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
     vols = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / f"v{i}"),
                   "--threads", "1", "--max-rounds", str(ROUNDS), "--result-json", str(tmp_path / f"v{i}.json"))
@@ -36,6 +37,13 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
     assert len({r["digest"] for r in results}) == 1
     assert results[0]["digest"] != "e" * 64
     assert max(results[0]["train_loss"][-3:]) < 6.0  # the poisoned updates did not blow the model up
+    audit = subprocess.run([sys.executable, "-m", "node.cli", "audit", "--data-dir", str(tmp_path / "v0"), "--json"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
+    ledger = json.loads(audit.stdout)
+    assert ledger["verified"] and len(ledger["rounds"]) >= ROUNDS - 1  # signed, chained, who contributed
+    scored = [r["scores"] for r in ledger["rounds"] if len(r["scores"]) >= 3]
+    assert scored, "the leaders scored the updates"
     for v in vols:
         assert "Traceback" not in v.output and "state_synced" not in v.output, v.output[-3000:]
         assert "val_bpb" not in v.output or "nan" not in v.output

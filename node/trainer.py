@@ -7,7 +7,9 @@ from typing import Callable
 import torch
 
 from node.config import TrainConfig
-from node.model import GPT, loss_fn
+import torch.nn as nn
+
+from node.model import loss_fn, trainable
 
 
 def warmup_constant(cfg: TrainConfig) -> Callable[[int], float]:
@@ -26,13 +28,16 @@ def warmup_cosine(cfg: TrainConfig, total: int, floor: float = 0.1) -> Callable[
 
 
 class InnerTrainer:
-    def __init__(self, model: GPT, cfg: TrainConfig, device: torch.device,
+    """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device,
                  schedule: Callable[[int], float] | None = None):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
         self.schedule = schedule or warmup_constant(cfg)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, betas=(0.9, 0.95),
+        self.params = trainable(self.model)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.inner_lr, betas=(0.9, 0.95),
                                      weight_decay=cfg.weight_decay)
         self.steps = 0  # this peer's local steps so far (drives the schedule)
 
@@ -46,7 +51,7 @@ class InnerTrainer:
         self.model.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         if apply:
             for group in self.opt.param_groups:
                 group["lr"] = self.lr()
@@ -56,18 +61,27 @@ class InnerTrainer:
 
     @torch.no_grad()
     def load_params(self, params: list[torch.Tensor]) -> None:
-        """Overwrite the model with the swarm's parameters (AdamW moments are kept)."""
-        for p, src in zip(self.model.parameters(), params):
+        """Overwrite the trained tensors with the swarm's (AdamW moments are kept)."""
+        if len(params) != len(self.params):
+            raise ValueError(f"state holds {len(params)} tensors, the model trains {len(self.params)}")
+        for p, src in zip(self.params, params):
             p.copy_(src)
 
 
 @torch.no_grad()
-def evaluate_bpb(model: GPT, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 16) -> float:
-    """Held-out bits per byte: mean cross-entropy in nats / ln 2."""
+def evaluate_bpb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 16) -> float:
+    """Held-out bits per byte: summed cross-entropy in nats / ln 2 / the bytes behind the targets.
+
+    Byte-level models: one byte per token. Tokenized models carry `token_bytes` (bytes of text
+    behind each id), so runs with different tokenizers compare."""
     model.eval()
-    total = 0.0
+    token_bytes = getattr(model, "token_bytes", None)
+    nats, nbytes = 0.0, 0
     for i in range(0, x.shape[0], batch):
         xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
-        total += loss_fn(model(xb), yb).item() * xb.shape[0]
+        logits = model(xb)
+        nats += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                                  reduction="sum").item()
+        nbytes += int(token_bytes[yb].sum().item()) if token_bytes is not None else yb.numel()
     model.train()
-    return total / x.shape[0] / math.log(2)
+    return nats / max(1, nbytes) / math.log(2)

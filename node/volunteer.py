@@ -14,16 +14,18 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+import msgpack
 import torch
 
-from node import __version__, checkpoint, data, manifest as manifests
+from node import __version__, checkpoint, data, manifest as manifests, scoring
 from node.addresses import initial_peers, shareable
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.exchange import Exchange
 from node.dashboard.server import NoStatusServer, StatusServer
 from node.metrics import NodeMetrics
-from node.model import build_model
+from node.model import build_run_model, trainable
+from node.privacy import make_privacy
 from node.progress import Reporter
 from node.net.real import RealNet
 from node.net.validators import guard_run
@@ -40,6 +42,7 @@ from protocol.messages import Request
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.volunteer")
+SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
 
 
 def pick_device(name: str) -> torch.device:
@@ -80,21 +83,28 @@ class Volunteer:
         self.name = cfg.name or node_name(self.me)
         self.run_id, self.manifest, self.manifest_envelope = manifests.fetch(self.swarm, cfg.run_id,
                                                                              cfg.startup_timeout)
-        self.run, corpus = manifests.accept(self.run_id, self.manifest)
+        self.run, corpus = manifests.accept(self.run_id, self.manifest, cfg)  # cfg: where our copies of its files are
         self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
         guard_run(self.swarm, self.run_id, heartbeat_ttl=self.run.swarm.heartbeat_ttl,
                   round_ttl=max(2 * self.run.swarm.round_timeout, 600.0))
-        model = build_model(self.run.model, self.run.train.seed)
-        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in model.parameters()], self.run.train)
+        self.built = build_run_model(self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir,
+                                     expect=self.manifest["model"])  # refuses other weights, naming the fix
+        model = self.built.model  # the swarm trains trainable(model): all of it, or only LoRA adapters
+        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in trainable(model)], self.run.train)
         self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
         self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
         self.metrics = NodeMetrics()
-        self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes, on_bytes=self.metrics.on_bytes)
+        self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes, on_bytes=self.metrics.on_bytes,
+                                 max_streams_per_peer=self.run.swarm.max_streams_per_peer,
+                                 state_requests_per_minute=self.run.swarm.state_requests_per_minute)
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)
-        self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data))
-        self.val = data.val_set(corpus, self.run.data, self.run.model.ctx) if cfg.eval else None
+        tokenizer = self.built.tokenizer  # None: bytes
+        self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
+        self.val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if cfg.eval else None
+        self.score_tokens = (data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring
+                             else None)  # the batch all peers share for scoring updates
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
         self.rounds = RoundProtocol(RealNet(self.swarm, self.exchange), self.run_id, self.run.swarm, self.key,
@@ -104,11 +114,19 @@ class Volunteer:
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
         self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
-        self.params = sum(p.numel() for p in model.parameters())
+        self.params = self.built.trainable_params  # what is exchanged (the dense-equivalent reference)
         self.metrics.info.info({"peer_id": self.me, "name": self.name, "version": __version__, "device": str(self.device),
                                 "run_id": self.run_id, "strategy": self.run.strategy.name})
         self.status = StatusBoard(peer=self.me, name=self.name, run_id=self.run_id, strategy=self.run.strategy.name,
                                   device=str(self.device), version=__version__)
+        self.status.set_model(trainable=self.built.trainable_params, total=self.built.total_params)
+        self.metrics.params_trainable.set(self.built.trainable_params)
+        self.metrics.params_total.set(self.built.total_params)
+
+        def spent(eps: float) -> None:
+            self.metrics.privacy_epsilon.set(eps)
+            self.status.set_privacy(epsilon=eps, delta=self.run.privacy.delta)
+        self.privacy = make_privacy(self.run.privacy, local_optimizer=self.strategy.local_optimizer, on_epsilon=spent)
         self.page = (StatusServer(cfg.status_host, cfg.status_port, self.status.snapshot, self.metrics.exposition)
                      if cfg.status_port >= 0 else NoStatusServer())
         stack.callback(self.page.close)
@@ -134,6 +152,7 @@ class Volunteer:
             if loss is None:
                 break                                              # stopped mid-round: keep the last round
             with self.phase("encode"):
+                self.privacy.before_update(self.state, self.trainer.model)  # DP: clip + noise (off: does nothing)
                 update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
             t1 = time.monotonic()
             with self.phase("communicate"):
@@ -155,7 +174,21 @@ class Volunteer:
         return self.metrics.step_seconds.labels(name).time()
 
     def round_hooks(self) -> Hooks:
-        return Hooks(validate=self.strategy.check, preview=self.preview)
+        """The strategy's side of the round; with [robust] scoring, the leader scores every update
+        and every peer derives the same bans from the scores in the ledger's rosters."""
+        robust = self.run.robust
+        if not robust.scoring:
+            return Hooks(validate=self.strategy.check, preview=self.preview)
+        return Hooks(validate=self.strategy.check, preview=self.preview, score=self.score_round,
+                     banned=lambda ledger: scoring.banned(ledger.score_history(), robust))
+
+    def score_round(self, payloads: list[bytes]) -> list[float]:
+        """As leader: each update's loss change on a batch every peer can draw (held-out bytes,
+        seeded by the round), applied alone to the round's state."""
+        gen = data.batch_generator(self.run.train.seed, "shared-score-batch", self.state.round + 1)
+        x, y = data.windows(self.score_tokens, SCORE_BATCH, self.run.model.ctx, gen)
+        loss_of = scoring.shared_batch_loss(self.trainer.model, x.to(self.device), y.to(self.device))
+        return scoring.score_updates(self.strategy, self.state, payloads, loss_of)
 
     def round_tokens(self) -> int:
         return self.strategy.inner_steps * self.run.train.batch_size * self.run.model.ctx
@@ -307,7 +340,9 @@ class Volunteer:
 
     def outvoted(self) -> bool:
         """True when enough voters hold another state of our round, and more than hold ours."""
-        return votes.outvoted(self.voters(), self.state.round, self.state.digest)
+        voters = self.voters()
+        return (votes.outvoted(voters, self.state.round, self.state.digest)
+                or votes.fork_target(voters, self.state.round, self.state.digest) is not None)
 
     def resync(self, stop: threading.Event, force: bool = False) -> None:
         state = self.fetch_state(stop, same_round=force)
@@ -325,9 +360,11 @@ class Volunteer:
             wanted = [(r, d) for r, d, _ in votes.vouched_states(voters)
                       if votes.acceptable(voters, r, d, self.state.round, same_round=same_round)
                       and d != self.state.digest]
+            fork = votes.fork_target(voters, self.state.round, self.state.digest)
+            wanted += [fork] if fork and same_round else []  # a split swarm converging (see votes.py)
             for rnd, digest in wanted[:1]:
                 for donor in sorted(p for p, hb in voters.items() if hb.digest == digest):
-                    state = self._download_state(donor)
+                    state = self._download_state(donor, rnd)
                     if state is not None and state.digest == digest and state.round == rnd:
                         self.history["syncs"]["ok"] += 1
                         self.metrics.state_syncs.labels("ok").inc()
@@ -339,9 +376,13 @@ class Volunteer:
             stop.wait(1.0)
         return None
 
-    def _download_state(self, donor: str) -> SwarmState | None:
+    def _download_state(self, donor: str, round_no: int) -> SwarmState | None:
+        """The donor's state, read only if its length is exactly that of a state of round `round_no`."""
+        if not hasattr(self, "_state_len0"):  # the container's length depends on the round's msgpack width only
+            self._state_len0 = len(self.template.to_bytes(self.run_id)) - len(msgpack.packb(self.template.round))
         try:
-            blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60)
+            blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60,
+                                       expect=self._state_len0 + len(msgpack.packb(round_no)))
             return SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
         except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
             self.metrics.state_syncs.labels("failed").inc()
@@ -372,6 +413,8 @@ class Volunteer:
                 "codec_bytes_received": self.exchange.fetched["update"] * self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
                 "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
                 "train_loss": self.history["loss"], "strategy": self.run.strategy.name,
+                "params_trainable": self.built.trainable_params, "params_total": self.built.total_params,
+                "privacy": self.privacy.report(),
                 "rounds_left_out": self.rounds.left_out, "ledger": str(self.ledger.path)}
 
 

@@ -434,7 +434,7 @@ class _Errors(logging.Handler):
 @functools.cache
 def server() -> tuple[Exchange, asyncio.AbstractEventLoop, _Errors]:
     """A serving Exchange, holding one update and a state; closed by the module fixture below."""
-    ex = Exchange(_FakeDHT(), RUN, max_bytes=2**16, io_timeout=0.01)
+    ex = Exchange(_FakeDHT(), RUN, max_bytes=2**16, io_timeout=5.0)  # data is fed before EOF: no real wait
     ex.keep_update(3, PEER, ENVELOPE.encode())
     ex.set_state(STATE)
     errors = _Errors()

@@ -71,7 +71,9 @@ def test_volunteers_keep_the_manifest_alive_past_its_ttl():
 
     now = [0.0]
     swarm = FakeSwarm()
-    keeper = ManifestKeeper(swarm, {"name": "x", "protocol": 1}, clock=lambda: now[0])
+    from tests.fakes import new_key
+    _, envelope = manifests.sign(new_key()[0], {"name": "x", "protocol": 2})
+    keeper = ManifestKeeper(swarm, envelope, clock=lambda: now[0])
     keeper.tick()
     keeper.tick()  # the same moment: no second store
     assert swarm.stored_at == [0.0]

@@ -242,6 +242,9 @@ class RoundProtocol:
                         entries=tuple(ea[0] for ea, _ in good),
                         scores=tuple((ea[1].peer, float(s)) for (ea, _), s in zip(good, scores)))
         env = signed.seal(self.key, roster)
+        existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(roster)))
+        if existing is not None:  # another rank led while we fetched: follow it, do not fork the round
+            return existing
         self.net.store(keys.roster_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
         log.info("round %d: led, roster of %d", round_no, len(good))
         return Accepted(env, roster, tuple(ea[1] for ea, _ in good))
@@ -313,3 +316,7 @@ class RoundProtocol:
         except ProtocolError as e:
             return e
         return None
+
+
+def base_round(roster: Roster) -> int:
+    return roster.round - 1

@@ -453,7 +453,8 @@ def _close_server():
 
 
 def _reader(data: bytes) -> asyncio.StreamReader:
-    r = asyncio.StreamReader()
+    # bound to the fuzz loop: another test may have left the main thread without a current loop
+    r = asyncio.StreamReader(loop=server()[1])
     r.feed_data(data)
     r.feed_eof()
     return r

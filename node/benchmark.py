@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from node import data
-from node.config import DataConfig, ModelConfig, StrategyConfig, TrainConfig
+from node.config import DataConfig, ModelConfig, RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
 from node.model import build_model
 from node.state import SwarmState
@@ -93,7 +93,9 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
     schedule = warmup_cosine(train_cfg, tier.steps)
     model = build_model(tier.model, seed)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule)
+    # the plain mean: this benchmark compares compression methods (rows reproducible across versions);
+    # the robust aggregator's cost and defence are measured by `bench byzantine`
+    strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=RobustConfig(aggregator="mean"))
     state = SwarmState.initial(model, strategy.outer_buffers)
     workers = [Worker(InnerTrainer(build_model(tier.model, seed), train_cfg, torch.device("cpu"), schedule),
                       strategy.new_worker(), torch.Generator().manual_seed(1000 * seed + w),

@@ -22,7 +22,7 @@ READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachabl
 def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
     run = load_run_config(run_path)
     model = build_run_model(run).model  # refuse a run we could not train ourselves
-    make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train)
+    make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
     corpus = load_corpus(run.data)  # a built-in corpus, or the organizer's own files
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone

@@ -171,7 +171,7 @@ class RobustConfig:
     """Score each update by the loss change it causes on a batch all peers share; ban bad scorers."""
     score_window: int = 10
     """Rounds of scores remembered per peer."""
-    ban_after: int = 3
+    ban_after: int = 4
     """A peer whose update scored worse than the round's median by the margin this many times
     within score_window rounds is left out of later rounds."""
 

@@ -90,7 +90,8 @@ class Volunteer:
         self.built = build_run_model(self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir,
                                      expect=self.manifest["model"])  # refuses other weights, naming the fix
         model = self.built.model  # the swarm trains trainable(model): all of it, or only LoRA adapters
-        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in trainable(model)], self.run.train)
+        self.strategy = make_strategy(self.run.strategy, [tuple(p.shape) for p in trainable(model)], self.run.train,
+                                      robust=self.run.robust)
         self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
         self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
         self.metrics = NodeMetrics()

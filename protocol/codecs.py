@@ -2,7 +2,8 @@
 
 Both sides know the tensor shapes (they come from the run manifest's model), so the wire
 carries values (and indices) only, and every codec's `encoded_size()` is exact and fixed.
-`decode` checks the byte count, index ranges, duplicate indices and finiteness, and raises
+`decode` checks the byte count, index ranges, duplicate indices, and that every decoded value
+(after its scale or table is applied) is finite and within +-MAX_ABS_VALUE; it raises
 ProtocolError for anything else: a peer's payload never reaches a tensor unchecked.
 
 Codecs (their `name` is what envelopes carry):
@@ -26,6 +27,15 @@ from protocol.errors import ProtocolError
 
 Shapes = list[tuple[int, ...]]
 
+FP16_MAX = 65504.0
+"""Largest finite fp16 value: encoders clamp every value to +-FP16_MAX, whatever the codec."""
+MAX_ABS_VALUE = 65536.0
+"""Largest |value| a decoder accepts after scaling (2**16: FP16_MAX, and bf16's rounding of it).
+Honest pseudo-gradients and momenta are orders of magnitude smaller; the bound is what keeps an
+int8 scale, a 2-bit table or a 1-bit scale of 3e38 from turning parameters into inf, while a
+dense fp16 payload of 65504 everywhere stays valid bytes (the aggregator's norm clip handles it).
+Sums over any realistic number of peers stay far below fp32's 3.4e38."""
+
 
 # ------------------------------------------------------------------------------------ dense
 @dataclass(frozen=True)
@@ -45,15 +55,13 @@ class DenseCodec:
         return sum(math.prod(s) for s in self.shapes) * (2 if self.dtype == "float16" else 4)
 
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
-        flat = _flat(tensors)
-        if self.dtype == "float16":
-            flat = flat.clamp(-65504.0, 65504.0)  # beyond fp16's range would become inf
+        flat = _flat(tensors).clamp(-FP16_MAX, FP16_MAX)  # beyond fp16's range would become inf
         return flat.to(self._dt).numpy().tobytes()
 
     def decode(self, data: bytes) -> list[torch.Tensor]:
         _expect_size(self, data)
         flat = torch.frombuffer(bytearray(data), dtype=self._dt).to(torch.float32)
-        _finite(flat, self.name)
+        _check_values(flat, self.name)
         return _split(flat, self.shapes)
 
 
@@ -76,7 +84,7 @@ class Int8Codec:
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
         out = []
         for t in tensors:
-            flat = t.detach().reshape(-1).to("cpu", torch.float32)
+            flat = t.detach().reshape(-1).to("cpu", torch.float32).clamp(-FP16_MAX, FP16_MAX)
             nb = self._blocks(flat.numel())
             padded = torch.zeros(nb * self.block)
             padded[:flat.numel()] = flat
@@ -95,10 +103,12 @@ class Int8Codec:
             off += 4 * nb
             q = torch.frombuffer(bytearray(data[off:off + n]), dtype=torch.int8).to(torch.float32)
             off += n
-            _finite(scale, self.name)
+            _check_scale(scale, MAX_ABS_VALUE / 127, f"{self.name} block scale")
             padded = torch.zeros(nb * self.block)
             padded[:n] = q
-            out.append((padded.view(nb, self.block) * scale[:, None]).reshape(-1)[:n].reshape(s))
+            values = (padded.view(nb, self.block) * scale[:, None]).reshape(-1)[:n]
+            _check_values(values, self.name)  # after scaling: the scale check alone misses rounding
+            out.append(values.reshape(s))
         return out
 
 
@@ -272,7 +282,7 @@ class TopKCodec:
             if k > 1 and bool((srt[:, 1:] == srt[:, :-1]).any()):
                 raise ProtocolError(f"{self.name}: repeated index within a chunk")
             val = _dequant(header, codes, self.values, m).reshape(ch.num_chunks, k)
-            _finite(val, self.name)
+            _check_values(val, self.name)
             out.append(Selection(idx=idx, val=val))
         return out
 
@@ -286,7 +296,7 @@ class TopKCodec:
 # ------------------------------------------------------------------- value quantisers
 def _quant(val: torch.Tensor, kind: str) -> tuple[bytes, bytes]:
     """-> (per-tensor header, packed codes)."""
-    v = val.reshape(-1).float()
+    v = val.reshape(-1).float().clamp(-FP16_MAX, FP16_MAX)  # what every decoder accepts
     if kind == "bf16":
         return b"", v.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
     if kind == "1bit":
@@ -297,7 +307,7 @@ def _quant(val: torch.Tensor, kind: str) -> tuple[bytes, bytes]:
     c = v - shift
     std = c.norm() / math.sqrt(max(1, c.numel() - 1))
     scale = 6 * std / 4 if std > 0 else torch.tensor(1.0)
-    q = (c / scale + 2).round().clamp(0, 3).long()
+    q = (c / scale + 2).round().nan_to_num(2.0).clamp(0, 3).long()  # NaN in: a NaN table out (refused)
     sums = torch.zeros(4, dtype=torch.float64).scatter_add_(0, q, c.double())
     cnt = torch.zeros(4, dtype=torch.float64).scatter_add_(0, q, torch.ones_like(c, dtype=torch.float64))
     lut = (torch.where(cnt > 0, sums / cnt.clamp(min=1), 0.0) + shift.double()).float()
@@ -311,12 +321,11 @@ def _dequant(header: bytes, codes: bytes, kind: str, m: int) -> torch.Tensor:
     n = m
     if kind == "1bit":
         scale = float(np.frombuffer(header, dtype=np.float32)[0])
-        if not math.isfinite(scale):
-            raise ProtocolError("1-bit scale is not finite")
+        _check_scale(torch.tensor([scale]), MAX_ABS_VALUE, "1-bit scale")
         bits = np.unpackbits(np.frombuffer(codes, dtype=np.uint8))[:n]
         return torch.from_numpy(bits.astype(np.float32) * 2 - 1) * scale
     lut = torch.frombuffer(bytearray(header), dtype=torch.float32)
-    _finite(lut, "2-bit table")
+    _check_scale(lut, MAX_ABS_VALUE, "2-bit value table")
     return lut[_unpack_2bit(codes, n)]
 
 
@@ -374,6 +383,21 @@ def _expect_size(codec, data: bytes) -> None:
 def _finite(t: torch.Tensor, name: str) -> None:
     if not torch.isfinite(t).all():
         raise ProtocolError(f"{name}: payload contains NaN or inf")
+
+
+def _check_values(t: torch.Tensor, name: str) -> None:
+    """Decoded values: finite and within +-MAX_ABS_VALUE."""
+    _finite(t, name)
+    if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
+        raise ProtocolError(f"{name}: decoded value {float(t.abs().max()):.3g} is beyond the bound "
+                            f"+-{MAX_ABS_VALUE:g} (no honest update comes near it)")
+
+
+def _check_scale(t: torch.Tensor, bound: float, name: str) -> None:
+    """A scale or value table: finite and |x| <= bound, so that nothing it multiplies leaves the bound."""
+    _finite(t, name)
+    if t.numel() and float(t.abs().max()) > bound:
+        raise ProtocolError(f"{name} {float(t.abs().max()):.3g} is beyond the bound {bound:.6g}")
 
 
 Codec = DenseCodec | Int8Codec | TopKCodec

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.codecs import DenseCodec, Int8Codec, TopKCodec, _pack_indices, _unpack_indices
+from protocol.codecs import (FP16_MAX, MAX_ABS_VALUE, DenseCodec, Int8Codec, TopKCodec, _pack_indices,
+                             _unpack_indices)
 from protocol.errors import ProtocolError
 
 SHAPES = ((128, 192), (64,), (3, 5), (7,))
@@ -145,3 +146,60 @@ def test_bad_options():
         TopKCodec(SHAPES, values="3bit")
     with pytest.raises(ValueError):
         TopKCodec(SHAPES, chunk=128, index_bits=12)
+
+
+# ------------------------------------------------------------- hardening: bounded after scaling
+def test_huge_int8_scale_is_refused():
+    i8 = Int8Codec(((4,),), 4)
+    blob = bytearray(i8.encode([torch.tensor([1.0, -2.0, 3.0, 0.5])]))
+    blob[:4] = np.float32(3e38).tobytes()
+    with pytest.raises(ProtocolError, match="block scale .* beyond the bound"):
+        i8.decode(bytes(blob))
+    blob[:4] = np.float32(FP16_MAX / 127).tobytes()  # the largest an encoder writes: valid
+    assert float(i8.decode(bytes(blob))[0].abs().max()) <= MAX_ABS_VALUE
+
+
+@pytest.mark.parametrize("values,header", [("2bit", 16), ("1bit", 4)])
+def test_huge_value_table_or_scale_is_refused(values, header):
+    codec = TopKCodec(((8, 8),), chunk=8, k=4, values=values)
+    blob = bytearray(codec.encode([torch.randn(8, 8)]))
+    blob[:header] = np.full(header // 4, 3e38, np.float32).tobytes()
+    with pytest.raises(ProtocolError, match="beyond the bound"):
+        codec.decode(bytes(blob))
+    blob[:header] = np.full(header // 4, np.nan, np.float32).tobytes()
+    with pytest.raises(ProtocolError, match="NaN or inf"):
+        codec.decode(bytes(blob))
+
+
+def test_huge_bf16_and_fp32_values_are_refused_but_fp16_max_is_valid():
+    bf = TopKCodec(((8, 8),), chunk=8, k=2, values="bf16", index_bits=16)
+    blob = bytearray(bf.encode([torch.randn(8, 8)]))
+    blob[4:6] = torch.tensor([3e38]).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    with pytest.raises(ProtocolError, match="beyond the bound"):
+        bf.decode(bytes(blob))
+    with pytest.raises(ProtocolError, match="beyond the bound"):
+        DenseCodec(((2,),), "float32").decode(np.array([1.0, 1e30], np.float32).tobytes())
+    half = DenseCodec(((3,),), "float16")
+    assert half.decode(np.full(3, 65504, np.float16).tobytes())[0].tolist() == [65504.0] * 3
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+def test_encoders_clamp_to_what_decoders_accept(codec):
+    big = [t * 1e30 for t in tensors()]
+    blob = codec.encode(big)  # an honest peer's own bytes are never refused
+    # the bound is on wire values: top-k's (DCT) coefficients, before the inverse transform
+    out = [s.val for s in codec.unpack(blob)] if isinstance(codec, TopKCodec) else codec.decode(blob)
+    assert all(float(t.abs().max()) <= MAX_ABS_VALUE for t in out)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+def test_random_bytes_raise_only_protocol_error(codec):
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        size = codec.encoded_size() if trial % 4 else int(rng.integers(0, 2 * codec.encoded_size()))
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        try:
+            out = codec.decode(data)
+        except ProtocolError:
+            continue
+        assert all(torch.isfinite(t).all() for t in out)

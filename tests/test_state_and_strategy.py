@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from node import checkpoint
-from node.config import ModelConfig, StrategyConfig
+from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
 from node.model import build_model
 from node.state import SwarmState
@@ -12,10 +12,10 @@ from protocol.errors import ProtocolError
 SMALL = ModelConfig(d_model=32, n_layer=2, n_head=2, ctx=16)
 
 
-def setup(**strategy):
+def setup(robust=None, **strategy):
     model = build_model(SMALL, seed=0)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    strat = make_strategy(StrategyConfig(**strategy), shapes)
+    strat = make_strategy(StrategyConfig(**strategy), shapes, robust=robust)
     return model, strat, SwarmState.initial(model, strat.outer_buffers)
 
 
@@ -41,15 +41,43 @@ def update(strat, state, seed, worker=None):
 @pytest.mark.parametrize("strategy", [dict(), dict(wire_dtype="int8"), dict(name="sparseloco"),
                                       dict(name="decoupled-momentum", values="1bit"),
                                       dict(name="decoupled-momentum", values="bf16"), dict(name="ddp-adamw")])
-def test_apply_is_bit_identical_across_peers(strategy):
-    _, strat, s1 = setup(**strategy)
-    _, _, s2 = setup(**strategy)
+@pytest.mark.parametrize("aggregator", ["robust", "mean"])
+def test_apply_is_bit_identical_across_peers(strategy, aggregator):
+    robust = RobustConfig(aggregator=aggregator)
+    _, strat, s1 = setup(robust, **strategy)
+    _, _, s2 = setup(robust, **strategy)
     for r in range(3):
         payloads = [update(strat, s1, 10 * r + k) for k in range(3)]
         strat.apply(s1, payloads)
         strat.apply(s2, list(payloads))
         assert s1.digest == s2.digest and s1.full_digest == s2.full_digest and s1.round == r + 1
     assert s1.digest != setup(**strategy)[2].digest  # and it did move the parameters
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"),
+                                      dict(name="ddp-adamw")])
+def test_frozen_parameters_are_not_exchanged(strategy):
+    """Only parameters with requires_grad cross the wire (LoRA: the frozen base stays out)."""
+    _, full, state = setup(**strategy)
+    local = Local(state, 0)
+    local.ps[0].requires_grad_(False)
+    shapes = [tuple(p.shape) for p in local.ps[1:]]
+    strat = make_strategy(StrategyConfig(**strategy), shapes)
+    state.params, state.outer = state.params[1:], {k: v[1:] for k, v in state.outer.items()}
+    payload = strat.make_update(state, strat.new_worker(), local)
+    assert len(payload) == strat.codec.encoded_size() < full.codec.encoded_size()
+    strat.apply(state, [payload])
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"),
+                                      dict(name="ddp-adamw")])
+def test_preview_applies_one_payload_without_touching_the_state(strategy):
+    _, strat, state = setup(**strategy)
+    before = state.full_digest
+    after = strat.preview(state, update(strat, state, 1))
+    assert state.full_digest == before and state.round == 0
+    assert [p.shape for p in after] == [p.shape for p in state.params]
+    assert any(not torch.equal(a, p) for a, p in zip(after, state.params))
 
 
 def test_error_feedback_keeps_what_was_not_sent():

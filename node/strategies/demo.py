@@ -2,12 +2,15 @@
 
 Every step: m = beta * m + grad; the top-k of each 2-D DCT block of m are sent (bf16 or
 1-bit values) and subtracted from m, the rest stays as error feedback; all-gather; every peer
-applies theta -= lr * sign(idct(mean of received)) with decoupled weight decay.
+applies theta -= lr * signs(received) with decoupled weight decay, where signs is
+sign(idct(mean)) under the plain mean and a per-coordinate majority vote under the robust
+aggregator (node/aggregate.py): one peer alone decides no sign.
 """
 from __future__ import annotations
 
 import torch
 
+from node.aggregate import Aggregator, Mean
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import TopKCodec
@@ -19,8 +22,8 @@ class DecoupledMomentum:
     local_optimizer = False
     inner_steps = 1
 
-    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule):
-        self.cfg, self.train, self.schedule = cfg, train, schedule
+    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
+        self.cfg, self.train, self.schedule, self.agg = cfg, train, schedule, agg
         self.codec = TopKCodec(tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=True, values=cfg.values,
                                index_bits=cfg.index_bits)
 
@@ -29,7 +32,7 @@ class DecoupledMomentum:
 
     @torch.no_grad()
     def make_update(self, state: SwarmState, worker: dict, model: torch.nn.Module) -> bytes:
-        grads = [p.grad.detach().to("cpu", torch.float32) for p in model.parameters()]
+        grads = [p.grad.detach().to("cpu", torch.float32) for p in model.parameters() if p.requires_grad]
         momentum = worker.setdefault("momentum", [torch.zeros_like(g) for g in grads])
         for m, g in zip(momentum, grads):
             m.mul_(self.cfg.momentum_decay).add_(g)
@@ -43,11 +46,19 @@ class DecoupledMomentum:
 
     @torch.no_grad()
     def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
-        # mean in the DCT domain (exact scatter-adds in roster order), one float64 inverse DCT,
-        # sign taken before any rounding to fp32: peers agree on every sign
-        mean = self.codec.mean_dense([self.codec.unpack(p) for p in payloads], dtype=torch.float64)
-        lr = self.train.inner_lr * self.schedule(state.round)
-        for param, m in zip(state.params, mean):
-            param.mul_(1.0 - lr * self.train.weight_decay)
-            param.sub_(torch.sign(m).to(torch.float32) * lr)
+        signs = self.agg.signs(self.codec, [self.codec.unpack(p) for p in payloads])
+        self._step(state.params, signs, state.round)
         state.round += 1
+
+    @torch.no_grad()
+    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
+        """The sign step of this payload alone."""
+        params = [p.clone() for p in state.params]
+        self._step(params, Mean().signs(self.codec, [self.codec.unpack(payload)]), state.round)
+        return params
+
+    def _step(self, params: list[torch.Tensor], signs: list[torch.Tensor], round_no: int) -> None:
+        lr = self.train.inner_lr * self.schedule(round_no)
+        for param, s in zip(params, signs):
+            param.mul_(1.0 - lr * self.train.weight_decay)
+            param.sub_(s * lr)

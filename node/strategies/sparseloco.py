@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from node.aggregate import Aggregator, Mean
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import TopKCodec
@@ -14,10 +15,10 @@ class SparseLoCo:
     outer_buffers: list[str] = []
     local_optimizer = True
 
-    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule):
+    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
         if cfg.inner_steps < 1:
             raise ValueError("inner_steps must be at least 1")
-        self.cfg = cfg
+        self.cfg, self.agg = cfg, agg
         self.inner_steps = cfg.inner_steps
         self.codec = TopKCodec(tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=False, values=cfg.values,
                                index_bits=cfg.index_bits)
@@ -27,7 +28,7 @@ class SparseLoCo:
 
     @torch.no_grad()
     def make_update(self, state: SwarmState, worker: dict, model: torch.nn.Module) -> bytes:
-        local = [p.detach().to("cpu", torch.float32) for p in model.parameters()]
+        local = [p.detach().to("cpu", torch.float32) for p in model.parameters() if p.requires_grad]
         errors = worker.setdefault("error", [torch.zeros_like(p) for p in state.params])
         for e, g, l in zip(errors, state.params, local):
             e.mul_(self.cfg.error_decay).add_(g - l)          # e = beta * e + pseudo-gradient
@@ -42,8 +43,13 @@ class SparseLoCo:
 
     @torch.no_grad()
     def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
-        """theta -= outer_lr * mean(received), summed in roster order (no DCT: exact scatter-adds)."""
-        mean = self.codec.mean_dense([self.codec.unpack(p) for p in payloads])
-        for param, m in zip(state.params, mean):
+        """theta -= outer_lr * combine(received), in roster order (no DCT: exact scatter-adds)."""
+        combined = self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads])
+        for param, m in zip(state.params, combined):
             param.sub_(m * self.cfg.outer_lr)
         state.round += 1
+
+    @torch.no_grad()
+    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
+        """theta - outer_lr * this payload alone."""
+        return [p - g * self.cfg.outer_lr for p, g in zip(state.params, self.codec.decode(payload))]

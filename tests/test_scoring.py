@@ -1,0 +1,67 @@
+"""Update scores and bans (node/scoring.py): pure functions of the ledger's scores."""
+import torch
+
+from node.config import ModelConfig, RobustConfig, StrategyConfig
+from node.model import build_model
+from node.scoring import WORST, banned, flagged, payload_digest, replays, score_updates, shared_batch_loss
+from node.state import SwarmState
+from node.strategies import make_strategy
+
+CFG = RobustConfig(scoring=True, score_window=10, ban_after=3)
+HONEST = {f"h{i}": -0.05 + 0.002 * i for i in range(9)}
+
+
+def test_replays_are_the_later_copies():
+    a, b = b"update-a", b"update-b"
+    assert replays([a, b, a, a]) == [False, False, True, True]
+    assert replays([b, a], earlier=[payload_digest(a)]) == [False, True]  # stale: seen in an earlier round
+
+
+def test_flagged_is_relative_to_the_round():
+    assert flagged({**HONEST, "liar": 0.5}) == {"liar"}
+    assert flagged({**HONEST, "slightly-worse": -0.03}) == set()  # within the honest spread
+    assert flagged({"a": -1.0, "b": 5.0, "c": 0.0}) == set()  # too few peers to judge
+    assert flagged({**{f"h{i}": -0.01 for i in range(6)}, "zero": 0.0}) == {"zero"}  # spread floor, not 0
+
+
+def test_banned_after_enough_bad_rounds_within_the_window_and_for_good():
+    bad = {**HONEST, "liar": WORST}
+    ok = {**HONEST, "liar": -0.05}
+    assert banned([bad, ok, bad, ok, ok], CFG) == set()
+    assert banned([bad, ok, bad, ok, bad], CFG) == {"liar"}
+    # spread out over more than score_window rounds: never 3 in one window
+    assert banned([bad] + [ok] * 10 + [bad] + [ok] * 10 + [bad], CFG) == set()
+    # a banned peer is no longer scored, and stays banned
+    history = [bad, bad, bad] + [dict(HONEST)] * 20
+    assert banned(history, CFG) == {"liar"}
+    assert banned(list(history), CFG) == banned(history, CFG)  # pure: the same ledger, the same bans
+
+
+def test_seven_of_sixteen_are_all_banned_and_no_honest_peer():
+    liars = {f"x{i}": 0.2 + 0.01 * i for i in range(7)}
+    history = [{**HONEST, **liars}] * 3
+    assert banned(history, CFG) == set(liars)
+
+
+def test_scores_honest_below_poisoned_and_refused_worst():
+    model = build_model(ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8), 0)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    strat = make_strategy(StrategyConfig(wire_dtype="float32", outer_lr=1.0, outer_momentum=0.0), shapes)
+    state = SwarmState.initial(model, strat.outer_buffers)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 8), generator=g)
+    y = x.roll(-1, dims=1)
+    loss_of = shared_batch_loss(build_model(ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8), 0), x, y)
+    # an honest update: a few gradient steps on the shared batch itself, as a pseudo-gradient
+    local = build_model(ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8), 0)
+    opt = torch.optim.SGD(local.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(local(x).reshape(-1, 256), y.reshape(-1)).backward()
+        opt.step()
+    delta = [gp - lp.detach() for gp, lp in zip(state.params, local.parameters())]
+    honest = strat.codec.encode(delta)
+    noise = strat.codec.encode([torch.randn(d.shape, generator=g) for d in delta])
+    scores = score_updates(strat, state, [honest, noise, b"\0" * 3, honest], loss_of)
+    assert scores[0] < 0 < scores[1] < WORST
+    assert scores[2] == WORST and scores[3] == WORST  # refused bytes; a replay

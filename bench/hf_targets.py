@@ -72,7 +72,7 @@ def full_update_bytes(run: RunConfig, total_shapes: list[tuple[int, ...]]) -> in
 def target_lora(pretrain_steps: int = 600, rounds: int = 6) -> dict:
     if not (BASE_DIR / "model.safetensors").is_file():
         proc = cli("pretrain", "--run", "examples/hf-gpt2.toml", "--steps", str(pretrain_steps), "--out",
-                   str(BASE_DIR), "--eval-every", "200", "--json", str(ROOT / "bench" / "results" / "pretrain.json"))
+                   str(BASE_DIR.relative_to(ROOT)), "--eval-every", "200", "--json", "bench/results/pretrain.json")
         print(proc.stdout[-800:])
     run = load_run_config(ROOT / "examples" / "hf-lora.toml")
     run = replace(run, model=replace(run.model, pretrained=str(BASE_DIR)))

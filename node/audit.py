@@ -71,20 +71,17 @@ def _from_swarm(cfg: NodeConfig) -> list[dict]:
         chain: list[dict] = []
         want = None  # the hash the next roster names as prev
         for r in range(top, 0, -1):
-            found = {}
+            found = {}  # body hash -> (envelope, roster)
             for leader, env in swarm.get_subkeys(keys.roster_key(run_id, r)).items():
                 try:
-                    signed.open_roster(env, signer=str(leader))
-                    found[signed.body_hash(env)] = env
+                    found[signed.body_hash(env)] = (env, signed.open_roster(env, signer=str(leader))[0])
                 except ProtocolError:
                     continue
-            if not found:
+            picked = found.get(want) if want else next(iter(found.values()), None)
+            if picked is None:
                 break
-            env = found.get(want) if want else next(iter(found.values()))
-            if env is None:
-                break
-            chain.append(env)
-            want = signed.open_roster(env)[0].prev
+            chain.append(picked[0])
+            want = picked[1].prev
         return list(reversed(chain))
     finally:
         swarm.shutdown()

@@ -14,6 +14,7 @@ from node.progress import Reporter
 from node.strategies import make_strategy
 from node.swarm import Swarm
 from node.net.validators import guard_run
+from node.round.protocol import round_record_ttl
 from node.telemetry import load_identity_key
 
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
@@ -30,7 +31,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     try:
         # the manifest names our peer id and is signed with its key: the run id commits to us
         run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifests.build_manifest(run, corpus))
-        guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=max(2 * run.swarm.round_timeout, 600.0))
+        guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=round_record_ttl(run.swarm))
         manifests.publish(swarm, envelope)
         maddrs = shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import threading
@@ -31,7 +32,7 @@ from node.net.real import RealNet
 from node.net.validators import guard_run
 from node.round import votes
 from node.round.ledger import Ledger
-from node.round.protocol import Accepted, Hooks, NonFinite, RoundFailed, RoundProtocol
+from node.round.protocol import Accepted, Hooks, NonFinite, RoundFailed, RoundProtocol, round_record_ttl
 from node.state import SwarmState
 from node.status import StatusBoard
 from node.strategies import make_strategy
@@ -86,7 +87,7 @@ class Volunteer:
         self.run, corpus = manifests.accept(self.run_id, self.manifest, cfg)  # cfg: where our copies of its files are
         self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
         guard_run(self.swarm, self.run_id, heartbeat_ttl=self.run.swarm.heartbeat_ttl,
-                  round_ttl=max(2 * self.run.swarm.round_timeout, 600.0))
+                  round_ttl=round_record_ttl(self.run.swarm))
         self.built = build_run_model(self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir,
                                      expect=self.manifest["model"])  # refuses other weights, naming the fix
         model = self.built.model  # the swarm trains trainable(model): all of it, or only LoRA adapters
@@ -219,7 +220,7 @@ class Volunteer:
             return False
         self.state = state
         try:
-            self.ledger.append(acc.envelope, acc.roster, list(acc.announcements))
+            self.ledger.append(acc)
         except Exception as e:  # a chain gap after a sync; the ledger restarts there
             log.warning("ledger: %s", e)
         return True
@@ -377,13 +378,16 @@ class Volunteer:
             stop.wait(1.0)
         return None
 
+    @functools.cached_property
+    def state_len_without_round(self) -> int:
+        """A state container's length less its round number's msgpack bytes (nothing else varies)."""
+        return len(self.template.to_bytes(self.run_id)) - len(msgpack.packb(self.template.round))
+
     def _download_state(self, donor: str, round_no: int) -> SwarmState | None:
         """The donor's state, read only if its length is exactly that of a state of round `round_no`."""
-        if not hasattr(self, "_state_len0"):  # the container's length depends on the round's msgpack width only
-            self._state_len0 = len(self.template.to_bytes(self.run_id)) - len(msgpack.packb(self.template.round))
         try:
             blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60,
-                                       expect=self._state_len0 + len(msgpack.packb(round_no)))
+                                       expect=self.state_len_without_round + len(msgpack.packb(round_no)))
             return SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
         except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
             self.metrics.state_syncs.labels("failed").inc()

@@ -54,7 +54,7 @@ class Peer:
     def finish(self, acc, payloads):
         assert digest_of(payloads, self.digest) == acc.roster.result
         self.digest, self.round = acc.roster.result, acc.roster.round
-        self.ledger.append(acc.envelope, acc.roster, list(acc.announcements))
+        self.ledger.append(acc)
 
 
 def swarm(n: int):

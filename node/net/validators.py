@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.manifest import MANIFEST_TTL
+from node.round.net import MAX_SKEW
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Heartbeat, Roster
 
 SLACK = 60.0      # seconds between a record's time and its store (signing, a busy DHT thread)
-MAX_SKEW = 30.0   # how far in the future a record's own time may lie (clocks differ by ~3 s)
-MANIFEST_TTL = 3600.0
 CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster}
 
 
@@ -40,7 +40,6 @@ class RunValidator:
 
     def __post_init__(self):
         from hivemind.dht.routing import DHTID
-        from node.telemetry import METRICS_TTL  # noqa: F401  (metrics records keep their own rule)
         from protocol import keys
         self.metrics_key = DHTID.generate(source=keys.metrics_key(self.run_id)).to_bytes()
 

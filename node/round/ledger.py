@@ -67,30 +67,27 @@ class Ledger:
         ledger.path = path
         return ledger
 
-    @property
-    def head(self) -> Entry | None:
-        return self.entries[max(self.entries)] if self.entries else None
-
     def prev_hash(self, round_no: int) -> str:
         """What roster `round_no` must name as `prev`: the hash of our roster round_no - 1."""
         before = self.entries.get(round_no - 1)
         return before.hash if before else (GENESIS if round_no == 1 else "")
 
-    def append(self, envelope: dict, roster: Roster, anns: list[Announcement]) -> None:
+    def append(self, entry: Entry) -> None:
         """Add the roster we applied; a gap (we synced state instead) restarts the chain there."""
+        roster = entry.roster
         expected = self.prev_hash(roster.round)
         if expected and roster.prev != expected:
             raise ProtocolError(f"roster {roster.round} names prev {roster.prev[:12]}, our ledger has {expected[:12]}")
         if roster.round - 1 not in self.entries and roster.round != 1:
             self.complete_from = roster.round
-        self.entries[roster.round] = Entry(envelope, roster, tuple(anns))
+        self.entries[roster.round] = entry
         for old in [r for r in self.entries if r <= roster.round - WINDOW]:
             del self.entries[old]
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.write(json.dumps({"round": roster.round, "envelope": base64.b64encode(
-                    msgpack.packb(envelope, use_bin_type=True)).decode()}) + "\n")
+                    msgpack.packb(entry.envelope, use_bin_type=True)).decode()}) + "\n")
 
     def complete(self, state_round: int) -> bool:
         """Do we hold every roster of the run up to `state_round` (so 'nobody established' means

@@ -15,7 +15,7 @@ from protocol.messages import Request
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.round")
-MAX_SKEW = 30.0  # seconds a heartbeat's own time may lie in the future
+MAX_SKEW = 30.0  # seconds a record's own time may lie in the future (hivemind needs clocks within ~3 s)
 
 
 class RoundNet(Protocol):

@@ -22,7 +22,7 @@ from typing import Callable
 
 from node.config import SwarmConfig
 from node.round import election
-from node.round.ledger import Ledger
+from node.round.ledger import Entry, Ledger
 from node.round.net import RoundNet, read_peers
 from protocol import keys, signed
 from protocol.errors import ProtocolError
@@ -33,6 +33,11 @@ log = logging.getLogger("swarmtrain.rounds")
 POLL = 0.25  # seconds between two looks at the DHT while waiting
 
 
+def round_record_ttl(cfg: SwarmConfig) -> float:
+    """How long announcements and rosters live in the DHT (and the longest life validators allow)."""
+    return max(2 * cfg.round_timeout, 600.0)
+
+
 class RoundFailed(Exception):
     """This peer cannot complete the round identically; it must resync its state."""
 
@@ -41,13 +46,7 @@ class NonFinite(Exception):
     """Applying these updates makes the state NaN or inf."""
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """A roster that passed every check, with its verified announcements."""
-
-    envelope: dict
-    roster: Roster
-    announcements: tuple[Announcement, ...]
+Accepted = Entry  # a roster that passed every check is what the ledger keeps
 
 
 @dataclass
@@ -70,7 +69,7 @@ class RoundProtocol:
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
         self.me = net.me
         self.max_bytes = max_bytes
-        self.ttl = max(2 * cfg.round_timeout, 600.0)
+        self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}     # round -> peers of the roster this peer gathered
         self.seen: dict[int, set[str]] = {}        # round -> peers seen live (signed) during it

@@ -52,8 +52,7 @@ def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> t
     if vouched_states(votes) or any(hb.digest == my_digest for hb in votes.values()):
         return None
     counts = Counter((hb.state_round, hb.digest) for hb in votes.values())
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], -kv[0][0], kv[0][1]))
-    for (r, d), _ in ranked[:1]:
-        if r >= my_round and d != my_digest:
-            return r, d
-    return None
+    if not counts:
+        return None
+    (r, d), _ = min(counts.items(), key=lambda kv: (-kv[1], -kv[0][0], kv[0][1]))
+    return (r, d) if r >= my_round and d != my_digest else None

@@ -322,19 +322,28 @@ class Volunteer:
     def initial_state(self, stop: threading.Event) -> tuple[SwarmState, str]:
         """Our checkpoint, or the swarm's state if it is ahead, or round 0."""
         local = checkpoint.load(self.ckpt, run_id=self.run_id, template=self.template)
-        ahead = max((hb.state_round for p, hb in read_peers(self.swarm, self.run_id).items() if p != self.me),
-                    default=0)
+        ahead = max((hb.state_round for hb in self.others(stop).values()), default=0)
         if ahead > (local.round if local else 0):
             state = self.fetch_state(stop)
             if state is not None:
                 return state, "from_peers"
         return (local, "checkpoint") if local else (self.template, "initial")
 
+    def others(self, stop: threading.Event, reads: int = 3) -> dict:
+        """The other peers' heartbeats, read again (1 s apart) while none shows: a node that just
+        joined the DHT may not reach every replica on its first lookup."""
+        for _ in range(reads):
+            found = {p: hb for p, hb in read_peers(self.swarm, self.run_id).items() if p != self.me}
+            if found or stop.wait(1.0):
+                break
+        return found
+
     def voters(self) -> dict:
         """Live signed peers that appear in the rosters we know: only they vouch for states.
-        Without a ledger of our own (a new joiner), the rosters still in the DHT name them."""
+        Without other peers in our ledger (a new joiner, or a peer that went on alone), the rosters
+        still in the DHT name them: a ledger of our own rounds alone must not hide the swarm."""
         peers = read_peers(self.swarm, self.run_id, ttl=self.run.swarm.heartbeat_ttl)
-        members = self.ledger.members()
+        members = self.ledger.members() - {self.me}
         if not members:
             rounds = {hb.state_round for p, hb in peers.items() if p != self.me}
             members = self.rounds.members_in_dht(sorted(rounds)[-3:])

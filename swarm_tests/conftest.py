@@ -41,6 +41,7 @@ class Proc:
 
     def __init__(self, args: list[str], cwd: Path):
         self.args = args
+        self.cwd = cwd
         self.popen = subprocess.Popen([sys.executable, "-m", "node.cli", *args], cwd=cwd, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -106,6 +107,16 @@ class Proc:
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+        self.save_log()
+
+    def save_log(self) -> None:
+        """Keep the whole output beside the test's files (pytest keeps the last runs' tmp dirs)."""
+        name = next((a for a in self.args[self.args.index("--name") + 1:][:1]), None) if "--name" in self.args else None
+        path = self.cwd / f"{name or self.args[0]}-{self.popen.pid}.log"
+        try:
+            path.write_text(self.output)
+        except OSError:
             pass
 
 

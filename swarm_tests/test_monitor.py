@@ -183,6 +183,7 @@ def test_bootstrap_down_is_shown_and_the_swarm_goes_on_without_it(swarm):
     assert re.search(r'swarmtrain_monitor_bootstrap_up\{address="[^"]+"\} 0\.0', get(swarm["url"] + "metrics").decode())
     # a newcomer joins through a volunteer's address: the manifest and the state live on in the swarm
     via = swarm["peers"][0].wait_for(r"event=joined .*maddr=(\S+)", 5).group(1)
+    swarm["peers"][0].wait_for(r"event=round round=(?:[2-9]|\d{2,}) ", 120)  # there is a state to fetch
     late = swarm["procs"]("join", "--initial-peers", via, "--host", "127.0.0.1", "--data-dir",
                           str(swarm["tmp"] / "late"), "--threads", "1", "--name", "late")
     late.wait_for(r"event=joined .*state=from_peers", 120)

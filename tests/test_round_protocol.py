@@ -10,7 +10,7 @@ import pytest
 from node.config import SwarmConfig
 from node.net.validators import RunValidator
 from node.round import election, votes
-from node.round.ledger import Ledger, verify
+from node.round.ledger import Entry, Ledger, read_file, verify
 from node.round.net import read_peers
 from node.round.protocol import Hooks, NonFinite, RoundProtocol
 from protocol import keys, signed
@@ -310,3 +310,43 @@ def test_a_split_swarm_converges_without_rolling_back():
     assert votes.fork_target(view_of_a, 7, a) == (9, b)  # the newest chain, ahead of ours
     assert votes.fork_target(view_of_b, 9, b) is None  # the newest never rolls back: the others come to it
     assert votes.fork_target({"pb": hb("pb", 9, b), "pc": hb("pc", 9, a)}, 9, a) is None  # someone agrees with us
+
+
+
+def sibling_of(acc, peer: Peer, *, drop: int = 0) -> dict:
+    """The roster `peer` would have published had it led acc's round at the same time (stored)."""
+    r = acc.roster
+    env = signed.seal(peer.key, replace(r, leader=peer.id, time=r.time + 0.5, entries=r.entries[drop:]))
+    peer.net.store(keys.roster_key(RUN, r.round), peer.id, env, 600.0)
+    return env
+
+
+def test_peers_that_took_sibling_rosters_converge_on_one_chain(tmp_path):
+    """Two leaders led round 1 at once with the same updates: peers that took either roster must
+    keep accepting each other's next rosters (once, these peers refused each other for ever)."""
+    _, _, peers = swarm(3)
+    for i, p in enumerate(peers):
+        p.ledger.path = tmp_path / f"ledger{i}.jsonl"
+    first = play_round(peers)[peers[0].id][0]
+    other = next(p for p in peers if p.id != first.roster.leader)
+    twin = other.proto._sibling(1, signed.body_hash(sibling_of(first, other)))
+    assert twin is not None and twin.hash != first.hash
+    other.ledger.swap(twin)  # `other` took its own roster of round 1
+    play_round(peers)
+    play_round(peers)
+    assert len({p.ledger.entries[1].hash for p in peers}) == 1  # someone swapped: one chain again
+    assert len({p.digest for p in peers}) == 1
+    for p in peers:  # each file, swap lines included, verifies as one chain
+        entries, problems = verify([env for _, env in read_file(p.ledger.path)])
+        assert problems == [] and [e.roster.round for e in entries] == [1, 2, 3]
+
+
+def test_a_sibling_with_other_updates_is_not_swapped_in():
+    _, _, peers = swarm(3)
+    first = play_round(peers)[peers[0].id][0]
+    other = next(p for p in peers if p.id != first.roster.leader)
+    partial = sibling_of(first, other, drop=1)  # leaves one update out: another state in truth
+    assert peers[0].proto._sibling(1, signed.body_hash(partial)) is None
+    roster, anns = signed.open_roster(partial)
+    with pytest.raises(ProtocolError, match="not a sibling"):
+        peers[0].ledger.swap(Entry(partial, roster, tuple(anns)))

@@ -1,7 +1,8 @@
 """Who may lead a round, in which order: no grindable roles.
 
 Candidates are live peers (valid signed heartbeat, active) that hold the round's base state
-and are established in the ledger. They are ranked by SHA-256(run | round | base digest | peer):
+(or have already moved past the round: a fast leader that applied its roster is still the one
+who led it) and are established in the ledger. They are ranked by SHA-256(run | round | base digest | peer):
 the base digest is the state after the previous round, unknown until that round ends, so no
 peer id can be ground in advance to rank first.
 """
@@ -16,10 +17,11 @@ def rank_key(run: str, round_no: int, base: str, peer: str) -> bytes:
     return hashlib.sha256(f"{run}|{round_no}|{base}|{peer}".encode()).digest()
 
 
-def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | None) -> set[str]:
-    """Live, active peers on state `base`, restricted to `established` (None: no restriction,
-    the start of a run, when no live peer is established yet)."""
-    live = {p for p, hb in peers.items() if hb.active and hb.digest == base}
+def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | None, round_no: int) -> set[str]:
+    """Live, active peers on state `base` or past round `round_no`, restricted to `established`
+    (None: no restriction, the start of a run, when no live peer is established yet). A peer's
+    digest is its own claim either way; what makes a leader is the ledger and the signatures."""
+    live = {p for p, hb in peers.items() if hb.active and (hb.digest == base or hb.state_round >= round_no)}
     return live if established is None else live & established
 
 

@@ -83,11 +83,24 @@ class Ledger:
         self.entries[roster.round] = entry
         for old in [r for r in self.entries if r <= roster.round - WINDOW]:
             del self.entries[old]
+        self._write(entry)
+
+    def _write(self, entry: Entry) -> None:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write(json.dumps({"round": roster.round, "envelope": base64.b64encode(
+                f.write(json.dumps({"round": entry.roster.round, "envelope": base64.b64encode(
                     msgpack.packb(entry.envelope, use_bin_type=True)).decode()}) + "\n")
+
+    def swap(self, sibling: Entry) -> None:
+        """Replace our roster of sibling's round by a sibling (see `siblings`) that the swarm chains
+        on: two leaders led that round at once and the next roster names the other one. Our state
+        is unchanged; the file gets the sibling as a new line, which `verify` reads as a swap."""
+        mine = self.entries.get(sibling.roster.round)
+        if mine is None or not siblings(mine, sibling):
+            raise ProtocolError(f"round {sibling.roster.round}: not a sibling of our roster")
+        self.entries[sibling.roster.round] = sibling
+        self._write(sibling)
 
     def complete(self, state_round: int) -> bool:
         """Do we hold every roster of the run up to `state_round` (so 'nobody established' means
@@ -108,6 +121,14 @@ class Ledger:
     def score_history(self) -> list[dict[str, float]]:
         """Per round, oldest first, the leader's scores (for node/scoring.py's ban rule)."""
         return [dict(self.entries[r].roster.scores) for r in sorted(self.entries)]
+
+
+def siblings(a: Entry, b: Entry) -> bool:
+    """Two rosters of one round by different leaders with the same chain link, the same start and
+    end states and the same signed updates: either may stand in the ledger."""
+    ra, rb = a.roster, b.roster
+    return ((ra.run, ra.round, ra.prev, ra.base, ra.result) == (rb.run, rb.round, rb.prev, rb.base, rb.result)
+            and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements})
 
 
 def read_file(path: Path) -> list[tuple[int, dict]]:
@@ -138,6 +159,10 @@ def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
             problems.append(f"a roster does not verify: {e}")
             continue
         before = entries[-1] if entries else None
+        entry = Entry(env, roster, tuple(anns))
+        if before is not None and before.roster.round == roster.round and siblings(before, entry):
+            entries[-1] = entry  # a sibling swap (Ledger.swap)
+            continue
         if before is not None and before.roster.round == roster.round - 1 and roster.prev != before.hash:
             problems.append(f"round {roster.round}: prev {roster.prev[:12]} is not the hash of round "
                             f"{before.roster.round}'s roster ({before.hash[:12]})")
@@ -146,5 +171,5 @@ def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
                             f"{before.roster.round} ended at {before.roster.result[:12]}")
         if before is not None and roster.round <= before.roster.round:
             problems.append(f"round {roster.round} follows round {before.roster.round}: out of order")
-        entries.append(Entry(env, roster, tuple(anns)))
+        entries.append(entry)
     return entries, problems

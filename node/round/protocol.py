@@ -22,7 +22,7 @@ from typing import Callable
 
 from node.config import SwarmConfig
 from node.round import election
-from node.round.ledger import Entry, Ledger
+from node.round.ledger import Entry, Ledger, siblings
 from node.round.net import RoundNet, read_peers
 from protocol import keys, signed
 from protocol.errors import ProtocolError
@@ -104,9 +104,9 @@ class RoundProtocol:
         chain is not known yet): then we accept any live leader and never lead ourselves."""
         live_established = self.ledger.established(self.cfg.established_rounds) & set(peers)
         if live_established:
-            return election.candidates(peers, base, live_established)
+            return election.candidates(peers, base, live_established, state_round + 1)
         if self.ledger.complete(state_round):
-            return election.candidates(peers, base, None)  # a young run: nobody is established yet
+            return election.candidates(peers, base, None, state_round + 1)  # a young run: nobody is established yet
         return None
 
     # ------------------------------------------------------------------------ await a roster
@@ -151,7 +151,7 @@ class RoundProtocol:
     # ------------------------------------------------------------------------- roster checks
     def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> Accepted | None:
         """The best-ranked acceptable roster of this round, if any."""
-        good = []
+        good: list[tuple[Accepted, Entry | None]] = []
         for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
             if (round_no, leader) in self.failed:
                 continue
@@ -163,19 +163,28 @@ class RoundProtocol:
                     log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
         if not good:
             return None
-        return min(good, key=lambda a: election.rank_key(self.run_id, round_no, base, a.roster.leader))
+        acc, sibling = min(good, key=lambda g: election.rank_key(self.run_id, round_no, base, g[0].roster.leader))
+        if sibling is not None:
+            self.ledger.swap(sibling)
+            log.info("round %d: our ledger now holds %s's roster of round %d (same updates and state), "
+                     "which the swarm chains on", round_no, sibling.roster.leader[:16], round_no - 1)
+        return acc
 
-    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None) -> Accepted:
+    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None
+                     ) -> tuple[Accepted, Entry | None]:
         """Accept a roster only when it is signed by a leader we could elect, starts from our state,
-        continues our ledger, and lists signed announcements of live, unbanned peers."""
+        continues our ledger (or a sibling of our last roster, returned for a swap), and lists
+        signed announcements of live, unbanned peers."""
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
         if roster.run != self.run_id or roster.round != round_no:
             raise ProtocolError("names another run or round")
         if roster.base != base:
             raise ProtocolError(f"starts from state {roster.base[:12]}, ours is {base[:12]}")
-        expected_prev = self.ledger.prev_hash(round_no)
+        expected_prev, sibling = self.ledger.prev_hash(round_no), None
         if expected_prev and roster.prev != expected_prev:
-            raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
+            sibling = self._sibling(round_no - 1, roster.prev)
+            if sibling is None:
+                raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
         seen = self.seen.get(round_no, set())
         if cands is not None and leader not in cands and leader != self.me:
             raise ProtocolError("its leader is not an established peer on this state")
@@ -187,7 +196,26 @@ class RoundProtocol:
         banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
         if banned:
             raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
-        return Accepted(env, roster, tuple(anns))
+        return Accepted(env, roster, tuple(anns)), sibling
+
+    def _sibling(self, round_no: int, wanted: str) -> Entry | None:
+        """The DHT's roster of `round_no` whose hash is `wanted`, if it is a sibling of ours (two
+        leaders led that round at once, with the same updates and result; ledger.siblings) and
+        its leader contributed to that round. Without this, peers that took different siblings
+        would refuse each other's rosters for ever although their states are equal."""
+        mine = self.ledger.entries.get(round_no)
+        if mine is None:
+            return None
+        for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
+            try:
+                roster, anns = signed.open_roster(env, signer=str(leader), max_bytes=self.max_bytes)
+            except ProtocolError:
+                continue
+            entry = Entry(env, roster, tuple(anns))
+            if (entry.hash == wanted and siblings(mine, entry)
+                    and roster.leader in {a.peer for a in mine.announcements}):
+                return entry
+        return None
 
     def _note_left_out(self, round_no: int, acc: Accepted) -> None:
         if self.net.held_update(round_no, self.me) is not None and all(a.peer != self.me for a in acc.announcements):

@@ -43,6 +43,9 @@ from node.errors import SwarmtrainError
 from protocol.codecs import Selection, TopKCodec
 
 Update = list[torch.Tensor]  # one peer's decoded update, one tensor per parameter, model order
+Weights = list[float] | None  # one per update (token_weights); None: all equal, unweighted arithmetic
+MIN_WEIGHT = 1 / 64
+"""Least weight of a contribution: 1/64 of a full round's tokens."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -80,42 +83,80 @@ def trim_count(n: int, trim_fraction: float) -> int:
     return max(0, min(math.floor(trim_fraction * n), (n - 1) // 2))
 
 
-def trimmed_mean(stack: torch.Tensor, trim: int) -> torch.Tensor:
-    """Mean over dim 0 of `stack` without its `trim` largest and smallest values per coordinate.
+def trimmed_mean(stack: torch.Tensor, trim: int, weights: Weights = None) -> torch.Tensor:
+    """Mean over dim 0 of `stack` without its `trim` largest and smallest values per coordinate;
+    with `weights` (one per row), the kept values' weighted mean.
 
     The kept rows are added one by one in a fixed order (sorted; roster order when trim is 0,
     which is then exactly the plain mean's arithmetic), so the bits do not depend on threads.
     """
-    rows = stack if trim == 0 else torch.sort(stack, dim=0, stable=True).values[trim:stack.shape[0] - trim]
-    acc = torch.zeros_like(stack[0])
-    for row in rows:
-        acc.add_(row)
-    return acc.div_(float(rows.shape[0]))
+    if weights is None:
+        rows = stack if trim == 0 else torch.sort(stack, dim=0, stable=True).values[trim:stack.shape[0] - trim]
+        acc = torch.zeros_like(stack[0])
+        for row in rows:
+            acc.add_(row)
+        return acc.div_(float(rows.shape[0]))
+    w = torch.tensor(weights, dtype=stack.dtype).reshape(-1, *[1] * (stack.dim() - 1)).expand_as(stack)
+    order = torch.sort(stack, dim=0, stable=True)
+    keep = slice(trim, stack.shape[0] - trim)
+    rows, row_weights = order.values[keep], torch.gather(w, 0, order.indices)[keep]
+    acc, total = torch.zeros_like(stack[0]), torch.zeros_like(stack[0])
+    for row, rw in zip(rows, row_weights):
+        acc.add_(row * rw)
+        total.add_(rw)
+    return acc.div_(total)
 
 
-def majority_sum(stack: torch.Tensor) -> torch.Tensor:
+def majority_sum(stack: torch.Tensor, weights: Weights = None) -> torch.Tensor:
     """Per coordinate of `stack` (n, ...): the values whose sign agrees with the majority of the
-    non-zero ones, summed in roster order and divided by n; a tie moves nothing.
+    non-zero ones, summed in roster order and divided by n; a tie moves nothing. With `weights`,
+    each value counts times its weight and the sum is divided by the weights' total (the vote
+    itself stays one peer, one vote: a claimed token count buys no votes).
 
     The vote counts are sums of small integers in fp32, exact in any order.
     """
     signs = torch.sign(stack)
     majority = torch.sign(signs.sum(0))
     acc = torch.zeros_like(stack[0])
-    for value, sign in zip(stack, signs):
-        acc.add_(torch.where(sign == majority, value, 0.0))
-    return acc.div_(float(stack.shape[0]))
+    for i, (value, sign) in enumerate(zip(stack, signs)):
+        acc.add_(torch.where(sign == majority, value if weights is None else scaled(value, weights[i]), 0.0))
+    return acc.div_(float(stack.shape[0]) if weights is None else float(torch.tensor(weights, dtype=torch.float64).sum()))
 
 
-def plain_mean(updates: list[Update]) -> Update:
-    """The mean in roster order, the arithmetic the strategies always used (bit for bit)."""
+def plain_mean(updates: list[Update], weights: Weights = None) -> Update:
+    """The mean in roster order, the arithmetic the strategies always used (bit for bit); with
+    `weights`, the weighted mean (each update times its weight, summed, over the weights' sum)."""
+    total = float(len(updates)) if weights is None else float(torch.tensor(weights, dtype=torch.float64).sum())
     out = []
     for i in range(len(updates[0])):
         acc = torch.zeros_like(updates[0][i])
-        for u in updates:
-            acc.add_(u[i])
-        out.append(acc.div_(float(len(updates))))
+        for j, u in enumerate(updates):
+            acc.add_(u[i] if weights is None else scaled(u[i], weights[j]))
+        out.append(acc.div_(total))
     return out
+
+
+def token_weights(tokens: list[int], nominal: int, cap: float) -> Weights:
+    """Each contribution's weight, its signed token count over a full round's (`nominal`), capped
+    at `cap` x the round's median and floored at MIN_WEIGHT (a count is a claim; the cap keeps a
+    liar's weight to a few honest peers'). None when every weight is 1: the unweighted
+    arithmetic, bit for bit."""
+    raw = [max(MIN_WEIGHT, t / nominal) for t in tokens]
+    bound = cap * statistics.median(raw) if raw else 0.0
+    weights = [min(w, bound) for w in raw]
+    return None if all(w == 1.0 for w in weights) else weights
+
+
+def per_round(updates: list[Update], weights: Weights) -> list[Update]:
+    """Updates scaled to one full round's worth of work (update / weight), so that a slow peer's
+    few steps and a fast peer's many compare, clip and trim on one scale."""
+    if weights is None:
+        return updates
+    return [[scaled(t, 1.0 / w) for t in u] for u, w in zip(updates, weights)]
+
+
+def _rescaled(sels: list[list[Selection]], factors: list[float]) -> list[list[Selection]]:
+    return [[Selection(x.idx, scaled(x.val, f)) for x in sel] for sel, f in zip(sels, factors)]
 
 
 def _stack_chunks(codec: TopKCodec, sels: list[list[Selection]], i: int, dtype: torch.dtype) -> torch.Tensor:
@@ -134,11 +175,11 @@ class Mean:
 
     name = "mean"
 
-    def dense(self, updates: list[Update]) -> Update:
-        return plain_mean(updates)
+    def dense(self, updates: list[Update], weights: Weights = None) -> Update:
+        return plain_mean(per_round(updates, weights), weights)
 
-    def sparse(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
-        return codec.mean_dense(sels)
+    def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
+        return codec.mean_dense(sels if weights is None else _rescaled(sels, [len(sels) / sum(weights)] * len(sels)))
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
         # mean in the DCT domain (exact scatter-adds), one float64 inverse DCT, sign before any
@@ -177,24 +218,28 @@ class Robust:
         factors = clip_factors([l2_norm([s.val for s in sel]) for sel in sels], self.clip_multiple)
         return [[Selection(s.idx, scaled(s.val, f)) for s in sel] for sel, f in zip(sels, factors)]
 
-    def dense(self, updates: list[Update]) -> Update:
-        updates = self.clip(updates)
+    def dense(self, updates: list[Update], weights: Weights = None) -> Update:
+        updates = self.clip(per_round(updates, weights))
         trim = trim_count(len(updates), self.trim_fraction)
-        return [trimmed_mean(torch.stack([u[i] for u in updates]), trim) for i in range(len(updates[0]))]
+        return [trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights) for i in range(len(updates[0]))]
 
     def cap_values(self, sels: list[list[Selection]]) -> list[list[Selection]]:
         caps = [statistics.median(float(sel[i].val.abs().max()) if sel[i].val.numel() else 0.0 for sel in sels)
                 for i in range(len(sels[0]))]
         return [[Selection(s.idx, s.val.clamp(-c, c)) for s, c in zip(sel, caps)] for sel in sels]
 
-    def sparse(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
+    def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
+        if weights is not None:  # one full round's worth each (see per_round)
+            sels = _rescaled(sels, [1.0 / w for w in weights])
         sels = self.clip_selections(sels)
         if self.value_cap:
             sels = self.cap_values(sels)
         if self.sparse_rule == "clipped-mean":
-            return codec.mean_dense(sels)
+            return codec.mean_dense(sels if weights is None else
+                                    _rescaled(sels, [w * len(sels) / sum(weights) for w in weights]))
         trim = trim_count(len(sels), self.trim_fraction)
-        combine = (lambda st: trimmed_mean(st, trim)) if self.sparse_rule == "trimmed" else majority_sum
+        combine = ((lambda st: trimmed_mean(st, trim, weights)) if self.sparse_rule == "trimmed"
+                   else (lambda st: majority_sum(st, weights)))
         return [ch.from_chunks(combine(_stack_chunks(codec, sels, i, torch.float32)))
                 for i, ch in enumerate(codec.chunkings())]
 

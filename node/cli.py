@@ -104,6 +104,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     byz.add_argument("--scoring", action="store_true", help="score updates on a shared batch and ban bad scorers")
     byz.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
+    sw = bsub.add_parser("swarm", help="real node processes side by side: compute use, tokens/s, bytes (issue 9)")
+    sw.add_argument("--peers", type=int, default=3, help="peers at full speed")
+    sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategy presets")
+    sw.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
+    sw.add_argument("--round-seconds", type=float, nargs="+", default=[2.0],
+                    help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)")
+    sw.add_argument("--slow-peer", type=float, default=0.0, metavar="F",
+                    help="also run each case with one more peer F times slower (0: no slow peer)")
+    sw.add_argument("--link", default="", metavar="SPEC",
+                    help="every peer behind an emulated link, e.g. up=20mbit,down=100mbit,rtt=50ms,loss=1%% "
+                         "(root; docs/links.md)")
+    sw.add_argument("--workdir", default="bench-swarm", help="data dirs and logs of the peers")
+    sw.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
+
     audit = sub.add_parser("audit", help="verify the run's signed round ledger and print who contributed")
     audit.add_argument("--json", action="store_true", help="print the verified ledger as JSON")
     audit.add_argument("--ledger", metavar="FILE", help="a ledger file (default: <data-dir>/<run>/ledger.jsonl, "
@@ -194,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                                  scoring=args.scoring, json_path=args.json)
             print(markdown_table(rows))
             return 0
+        if args.command == "bench" and args.bench_command == "swarm":
+            from node.swarmbench import markdown_table as swarm_table, run_swarm_bench
+            rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],
+                                   seconds=args.seconds, round_seconds=args.round_seconds, slow_peer=args.slow_peer,
+                                   link=args.link, json_path=args.json, workdir=args.workdir, stop=stop)
+            print(swarm_table(rows))
+            return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "pretrain":
             from node.pretrain import run_pretrain
             result = run_pretrain(args.run, args.steps, args.out, stop, Reporter("text"), args.eval_every)

@@ -155,6 +155,13 @@ class SwarmConfig:
     """How often one peer may download our full state (joiners, resyncs); more is refused."""
     max_streams_per_peer: int = 8
     """Concurrent inbound requests served to one peer; more are refused."""
+    round_seconds: float = 0.0
+    """Compute window of a round (seconds): each peer runs as many inner steps as fit, at least
+    one and at most max_inner_steps, and its contribution weighs by the tokens it signs for; a
+    slow peer then adds fewer tokens instead of holding everyone up. 0: every peer runs exactly
+    [strategy] inner_steps (diloco and sparseloco; the others take one step a round)."""
+    max_inner_steps: int = 0
+    """Most inner steps in one compute window (0: 4 x [strategy] inner_steps)."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -171,9 +178,12 @@ class RobustConfig:
     """Score each update by the loss change it causes on a batch all peers share; ban bad scorers."""
     score_window: int = 10
     """Rounds of scores remembered per peer."""
-    ban_after: int = 4
+    ban_after: int = 5
     """A peer whose update scored worse than the round's median by the margin this many times
     within score_window rounds is left out of later rounds."""
+    weight_cap: float = 2.0
+    """A contribution weighs by its signed token count, capped at this multiple of the round's
+    median count: a token count is a claim, and no claim buys more than a few honest peers' say."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -318,6 +328,9 @@ class NodeConfig:
     """'auto' (CUDA when available, else CPU), 'cpu', or 'cuda[:N]'."""
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
+    slowdown: float = 1.0
+    """Run this many times slower than the machine can (sleeping after each inner step): for tests
+    and benchmarks that need a slow peer beside fast ones. 1: full speed."""
     startup_timeout: float = 60.0
     """Seconds to wait for the libp2p daemon to start and for initial peers to answer."""
     run_id: str = ""
@@ -394,6 +407,8 @@ def _validate_node(cfg: NodeConfig) -> None:
         raise SwarmtrainError(f"status_port {cfg.status_port} is out of range", "use 0 for a free port, -1 for none")
     if cfg.threads < 0:
         raise SwarmtrainError("threads must be >= 0 (0 keeps torch's default)")
+    if cfg.slowdown < 1:
+        raise SwarmtrainError(f"slowdown {cfg.slowdown} is below 1", "pass --slowdown 1 (full speed) or more")
 
 
 def describe(cfg: Any) -> list[tuple[str, Any, str]]:

@@ -19,6 +19,7 @@ import msgpack
 import torch
 
 from node import __version__, checkpoint, data, manifest as manifests, scoring
+from node.aggregate import Weights, token_weights
 from node.addresses import initial_peers, shareable
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
@@ -32,6 +33,7 @@ from node.net.real import RealNet
 from node.net.validators import guard_run
 from node.round import votes
 from node.round.ledger import Ledger
+from node.round.window import ComputeWindow
 from node.round.protocol import Accepted, Hooks, NonFinite, RoundFailed, RoundProtocol, round_record_ttl
 from node.state import SwarmState
 from node.status import StatusBoard
@@ -42,6 +44,9 @@ from node.trainer import InnerTrainer, evaluate_bpb
 from protocol.messages import Request
 from protocol.records import Heartbeat
 
+TIMELINE = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
+            "bytes_received"]
+"""One row per completed round in the result JSON (benchmarks cut a window out of it)."""
 log = logging.getLogger("swarmtrain.volunteer")
 SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
 
@@ -102,6 +107,7 @@ class Volunteer:
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)
+        ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=True)  # bad [swarm] timing: refused now
         tokenizer = self.built.tokenizer  # None: bytes
         self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
         self.val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if cfg.eval else None
@@ -115,7 +121,8 @@ class Volunteer:
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
-        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter()}
+        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter(),
+                              "tokens_trained": 0, "tokens_contributed": 0, "compute_s": 0.0, "timeline": []}
         self.params = self.built.trainable_params  # what is exchanged (the dense-equivalent reference)
         self.metrics.info.info({"peer_id": self.me, "name": self.name, "version": __version__, "device": str(self.device),
                                 "run_id": self.run_id, "strategy": self.run.strategy.name})
@@ -138,7 +145,7 @@ class Volunteer:
     # ----------------------------------------------------------------------------- main loop
     def train(self, stop: threading.Event) -> None:
         self.state, how = self.initial_state(stop)
-        self.joined_round = self.state.round
+        self.joined_round, self.joined_at = self.state.round, time.monotonic()
         self.start_heartbeat()
         self.out.event("joined", peer=self.me, name=self.name, run=self.run_id, round=self.state.round,
                        state=how, device=str(self.device), digest=self.state.digest[:16], status_url=self.page.url,
@@ -150,15 +157,16 @@ class Volunteer:
             self.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
             t0 = time.monotonic()
             with self.phase("compute"):
-                loss = self.inner_steps(r, stop)                   # plain torch, H steps
-            if loss is None:
+                trained = self.inner_steps(r, stop)                # plain torch: H steps, or a window's worth
+            if trained is None:
                 break                                              # stopped mid-round: keep the last round
+            loss, steps = trained
             with self.phase("encode"):
                 self.privacy.before_update(self.state, self.trainer.model)  # DP: clip + noise (off: does nothing)
                 update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
             t1 = time.monotonic()
             with self.phase("communicate"):
-                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.round_tokens())
+                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.tokens_of(steps))
                 roster = self.rounds.await_roster(r, self.state.digest, self.state.round, stop)  # an elected leader
                 payloads = self.gather_or_fail(r, roster, stop)
             if stop.is_set():
@@ -168,7 +176,7 @@ class Volunteer:
             if not applied:
                 self.resync(stop)
                 continue
-            self.finish_round(roster, loss, t0, t1)
+            self.finish_round(roster, loss, steps, t0, t1)
         self.leave(stop)
 
     # --------------------------------------------------------------------------- the pieces
@@ -184,21 +192,25 @@ class Volunteer:
         return Hooks(validate=self.strategy.check, preview=self.preview, score=self.score_round,
                      banned=lambda ledger: scoring.banned(ledger.score_history(), robust))
 
-    def score_round(self, payloads: list[bytes]) -> list[float]:
+    def score_round(self, payloads: list[bytes], tokens: list[int]) -> list[float]:
         """As leader: each update's loss change on a batch every peer can draw (held-out bytes,
         seeded by the round), applied alone to the round's state."""
         gen = data.batch_generator(self.run.train.seed, "shared-score-batch", self.state.round + 1)
         x, y = data.windows(self.score_tokens, SCORE_BATCH, self.run.model.ctx, gen)
         loss_of = scoring.shared_batch_loss(self.trainer.model, x.to(self.device), y.to(self.device))
-        return scoring.score_updates(self.strategy, self.state, payloads, loss_of)
+        return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
 
-    def round_tokens(self) -> int:
-        return self.strategy.inner_steps * self.run.train.batch_size * self.run.model.ctx
+    def tokens_of(self, steps: int) -> int:
+        return steps * self.run.train.batch_size * self.run.model.ctx
 
-    def preview(self, payloads: list[bytes]) -> str:
+    def weights(self, tokens: list[int]) -> Weights:
+        """Each contribution's weight in the aggregate: its signed tokens over a full H-step round's."""
+        return token_weights(tokens, self.tokens_of(self.strategy.inner_steps), self.run.robust.weight_cap)
+
+    def preview(self, payloads: list[bytes], tokens: list[int]) -> str:
         """As leader: the digest after applying these payloads, on a copy (kept for our own apply)."""
         state = copy.deepcopy(self.state)
-        self.strategy.apply(state, payloads)
+        self.strategy.apply(state, payloads, self.weights(tokens))
         if not all(torch.isfinite(p).all() for p in state.params):
             raise NonFinite("the state is not finite after this round")
         self._preview = (state.digest, state)
@@ -211,7 +223,7 @@ class Volunteer:
             state = self._preview[1]
         else:
             state = copy.deepcopy(self.state)
-            self.strategy.apply(state, payloads)
+            self.strategy.apply(state, payloads, self.weights([a.tokens for a in acc.announcements]))
         self._preview = None
         if not all(torch.isfinite(p).all() for p in state.params) or state.digest != acc.roster.result:
             self.metrics.rounds.labels("failed").inc()
@@ -245,18 +257,25 @@ class Volunteer:
             self.publish_status()
             return None
 
-    def inner_steps(self, r: int, stop: threading.Event) -> float | None:
+    def inner_steps(self, r: int, stop: threading.Event) -> tuple[float, int] | None:
+        """(mean loss, steps run) of this round's local training; None when stopped."""
         self.trainer.load_params(self.state.params)
         gen = data.batch_generator(self.run.train.seed, self.me, r)
-        losses = []
-        for _ in range(self.strategy.inner_steps):
+        window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
+        started, losses = time.monotonic(), []
+        while window.another(len(losses)):
             if stop.is_set():
                 return None
             x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, gen)
+            t = time.monotonic()
             losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
-        return sum(losses) / len(losses)
+            if self.cfg.slowdown > 1:  # stand in for a slower machine (tests, benchmarks)
+                stop.wait((self.cfg.slowdown - 1) * (time.monotonic() - t))
+        self.history["compute_s"] += time.monotonic() - started  # forward, backward, inner step
+        self.history["tokens_trained"] += self.tokens_of(len(losses))
+        return sum(losses) / len(losses), len(losses)
 
-    def finish_round(self, acc: Accepted, loss: float, t0: float, t1: float) -> None:
+    def finish_round(self, acc: Accepted, loss: float, steps: int, t0: float, t1: float) -> None:
         roster = acc.roster
         self.trainer.load_params(self.state.params)
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
@@ -264,9 +283,12 @@ class Volunteer:
         checkpoint.save(self.ckpt, blob)
         contributed = any(a.peer == self.me for a in acc.announcements)
         self.history["contributed"] += contributed
+        self.history["tokens_contributed"] += contributed * self.tokens_of(steps)
+        self.history["timeline"].append([round(time.time(), 3), self.state.round, self.history["tokens_trained"],
+                                         self.history["tokens_contributed"], round(self.history["compute_s"], 3),
+                                         self.exchange.sent["update"], self.exchange.received["update"]])
         self.history["loss"].append(loss)
-        steps = self.strategy.inner_steps
-        tokens = steps * self.run.train.batch_size * self.run.model.ctx
+        tokens = self.tokens_of(steps)
         self.metrics.local_step.set(self.trainer.steps)
         self.metrics.global_step.set(self.state.round)
         self.metrics.train_loss.set(loss)
@@ -280,7 +302,7 @@ class Volunteer:
         fields = dict(round=self.state.round, peers=len(acc.announcements), contributed=int(contributed),
                       loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
                       sent=self.exchange.sent["update"], received=self.exchange.received["update"],
-                      digest=self.state.digest[:16], step=self.trainer.steps,
+                      digest=self.state.digest[:16], step=self.trainer.steps, steps=steps,
                       tokens_per_s=round(tokens / max(1e-9, time.monotonic() - t0)))
         if self.val is not None:
             bpb = evaluate_bpb(self.trainer.model, *self.val, self.device)
@@ -429,7 +451,12 @@ class Volunteer:
                 "train_loss": self.history["loss"], "strategy": self.run.strategy.name,
                 "params_trainable": self.built.trainable_params, "params_total": self.built.total_params,
                 "privacy": self.privacy.report(),
-                "rounds_left_out": self.rounds.left_out, "ledger": str(self.ledger.path)}
+                "rounds_left_out": self.rounds.left_out, "ledger": str(self.ledger.path),
+                "tokens_trained": self.history["tokens_trained"],
+                "tokens_contributed": self.history["tokens_contributed"],
+                "compute_seconds": round(self.history["compute_s"], 3),
+                "wall_seconds": round(time.monotonic() - getattr(self, "joined_at", time.monotonic()), 3),
+                "timeline": self.history["timeline"], "timeline_fields": TIMELINE}
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:

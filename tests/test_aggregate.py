@@ -5,7 +5,8 @@ import statistics
 import pytest
 import torch
 
-from node.aggregate import Mean, Robust, clip_factors, l2_norm, make_aggregator, trim_count, trimmed_mean
+from node.aggregate import (MIN_WEIGHT, Mean, Robust, clip_factors, l2_norm, make_aggregator, per_round, token_weights,
+                            trim_count, trimmed_mean)
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
 from node.model import build_model
@@ -145,3 +146,28 @@ def test_make_aggregator_names_the_fix():
     assert "robust" in e.value.help
     with pytest.raises(SwarmtrainError, match="out of range"):
         make_aggregator(RobustConfig(trim_fraction=0.5))
+
+
+def test_token_weights_are_capped_claims_and_none_when_equal():
+    assert token_weights([4096] * 5, 4096, cap=2.0) is None  # the unweighted arithmetic, bit for bit
+    assert token_weights([1024, 4096, 4096], 4096, cap=2.0) == [0.25, 1.0, 1.0]
+    liar = token_weights([4096, 4096, 4096, 10**12], 4096, cap=2.0)
+    assert liar == [1.0, 1.0, 1.0, 2.0]  # a claimed count buys at most cap x the median
+    assert token_weights([0, 4096, 4096], 4096, cap=2.0)[0] == MIN_WEIGHT
+
+
+def test_weighted_aggregates_count_work_and_keep_the_bits():
+    us = updates(5, seed=3)
+    w = [0.25, 1.0, 1.0, 2.0, 1.0]
+    raw = [[t * wi for t in u] for u, wi in zip(us, w)]  # u: one full round's worth; raw: what each peer did
+    mean = Mean().dense(raw, w)
+    expect = [sum(r[i] for r in raw) / sum(w) for i in range(len(SHAPES))]  # sum of work / total weight
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mean, expect))
+    assert all(torch.equal(a, b) for a, b in zip(Mean().dense(us, None), Mean().dense(us)))
+    robust = _with_threads(1, lambda: Robust().dense(raw, w))
+    assert all(torch.equal(a, b) for a, b in zip(robust, _with_threads(2, lambda: Robust().dense(raw, w))))
+    assert all(torch.equal(a, b) for a, b in zip(per_round(us, None)[0], us[0]))
+    # a slow peer's quarter round counts a quarter as much as a full one in the weighted trimmed mean
+    stack = torch.tensor([[0.0], [4.0], [4.0], [4.0], [100.0]])
+    assert float(trimmed_mean(stack, 1, [1.0, 0.25, 1.0, 1.0, 1.0])[0]) == pytest.approx(4.0)
+    assert float(trimmed_mean(torch.tensor([[1.0], [2.0], [4.0]]), 0, [1.0, 1.0, 2.0])[0]) == pytest.approx(11 / 4)

@@ -38,7 +38,8 @@ class Peer:
         self.proto = RoundProtocol(self.net, RUN, CFG, self.key, self.ledger,
                                    Hooks(validate=lambda p: None, preview=self.preview), max_bytes=1 << 20)
 
-    def preview(self, payloads):
+    def preview(self, payloads, tokens):
+        assert len(tokens) == len(payloads)  # the signed token counts travel with the payloads
         return digest_of(payloads, self.digest)
 
     def heartbeat(self, *, round_no=None, digest=None, active=True, time=None):
@@ -225,7 +226,7 @@ def test_leader_leaves_out_an_update_that_makes_the_state_non_finite():
     _, _, peers = swarm(3)
     poison = peers[2].id
 
-    def preview(payloads, base=BASE0):
+    def preview(payloads, tokens, base=BASE0):
         if any(b"poison" in p for p in payloads):
             raise NonFinite("inf")
         return digest_of(payloads, base)

@@ -3,7 +3,8 @@ import torch
 
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.model import build_model
-from node.scoring import WORST, banned, flagged, payload_digest, replays, score_updates, shared_batch_loss
+from node.scoring import (ONE_SIDED_MAX, WORST, banned, crafted, directions, flagged, payload_digest, replays,
+                          score_updates, shared_batch_loss)
 from node.state import SwarmState
 from node.strategies import make_strategy
 
@@ -65,3 +66,19 @@ def test_scores_honest_below_poisoned_and_refused_worst():
     scores = score_updates(strat, state, [honest, noise, b"\0" * 3, honest], loss_of)
     assert scores[0] < 0 < scores[1] < WORST
     assert scores[2] == WORST and scores[3] == WORST  # refused bytes; a replay
+
+
+def test_crafted_finds_alie_and_inverted_updates_and_spares_honest_and_copied_ones():
+    g = torch.Generator().manual_seed(1)
+    mean = torch.randn(4096, generator=g)
+    honest = [mean + 0.3 * torch.randn(4096, generator=g) for _ in range(9)]
+    stack = torch.stack(honest)
+    alie = stack.mean(0) - 1.15 * stack.std(0)  # Baruch et al.: mean - z std, z for 7 of 16
+    lean = [side for side, _ in directions(honest + [alie.clone() for _ in range(7)])]
+    assert max(lean[:9]) < 0.2 < ONE_SIDED_MAX < min(lean[9:])  # the copies do not drag the median
+    assert crafted(honest + [alie]) == [False] * 9 + [True]
+    assert crafted(honest + [-0.1 * stack.mean(0)] * 7) == [False] * 9 + [True] * 7  # IPM points away
+    assert crafted(honest + [-4 * honest[0]]) == [False] * 9 + [True]  # a sign flip too
+    assert not any(crafted(honest + [honest[0].clone() for _ in range(7)]))  # a victim's copies: nothing
+    assert crafted([honest[0], alie, None]) == [False] * 3  # too few distinct updates to judge
+    assert crafted(honest + [None])[-1] is False  # refused or replayed: scored WORST elsewhere

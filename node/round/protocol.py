@@ -55,10 +55,12 @@ class Hooks:
 
     validate: Callable[[bytes], None]
     """Raise ProtocolError if an update payload cannot be applied."""
-    preview: Callable[[list[bytes]], str]
-    """Digest of the state after applying these payloads (on a copy); raises NonFinite."""
-    score: Callable[[list[bytes]], list[float]] | None = None
-    """Loss-change score per payload on a shared batch (lower is better); None: no scoring."""
+    preview: Callable[[list[bytes], list[int]], str]
+    """Digest of the state after applying these payloads, weighted by their signed token counts
+    (on a copy); raises NonFinite."""
+    score: Callable[[list[bytes], list[int]], list[float]] | None = None
+    """Loss-change score per payload (with its token count) on a shared batch (lower is better);
+    None: no scoring."""
     banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
     """Peers the ledger's scores exclude."""
 
@@ -263,9 +265,10 @@ class RoundProtocol:
         if not good:
             return None
         payloads = [UpdateEnvelope.decode(b).payload for _, b in good]
-        scores = self.hooks.score(payloads) if self.hooks.score else []
+        tokens = [ea[1].tokens for ea, _ in good]
+        scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
         roster = Roster(run=self.run_id, round=round_no, leader=self.me, prev=prev, base=base,
-                        result=self.hooks.preview(payloads), time=self.net.now(),
+                        result=self.hooks.preview(payloads, tokens), time=self.net.now(),
                         entries=tuple(ea[0] for ea, _ in good),
                         scores=tuple((ea[1].peer, float(s)) for (ea, _), s in zip(good, scores)))
         env = signed.seal(self.key, roster)
@@ -279,14 +282,14 @@ class RoundProtocol:
     def _drop_non_finite(self, round_no: int, good: list) -> list:
         """Leave out the updates that, applied alone, make the state non-finite."""
         try:
-            self.hooks.preview([UpdateEnvelope.decode(b).payload for _, b in good])
+            self.hooks.preview([UpdateEnvelope.decode(b).payload for _, b in good], [ea[1].tokens for ea, _ in good])
             return good
         except NonFinite:
             pass
         kept = []
         for ea, blob in good:
             try:
-                self.hooks.preview([UpdateEnvelope.decode(blob).payload])
+                self.hooks.preview([UpdateEnvelope.decode(blob).payload], [ea[1].tokens])
                 kept.append((ea, blob))
             except NonFinite:
                 log.warning("round %d: leaving out %s: its update makes the state non-finite", round_no,

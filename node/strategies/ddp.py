@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from node.aggregate import Aggregator, Mean
+from node.aggregate import Aggregator, Mean, Weights
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import DenseCodec
@@ -36,7 +36,7 @@ class DdpAdamW:
         self.codec.decode(payload)
 
     @torch.no_grad()
-    def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
         """AdamW on the combined gradient, written as elementwise ops only (no reductions), so the
         result does not depend on thread counts or vector widths."""
         combined = self.agg.dense([self.codec.decode(p) for p in payloads])
@@ -53,7 +53,7 @@ class DdpAdamW:
         state.round += 1
 
     @torch.no_grad()
-    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """AdamW's first step from zero moments, lr * sign(g) (weight decay left out: it is the same
         for every payload)."""
         lr = self.train.inner_lr * self.schedule(state.round)

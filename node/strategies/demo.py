@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from node.aggregate import Aggregator, Mean
+from node.aggregate import Aggregator, Mean, Weights
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import TopKCodec
@@ -45,13 +45,13 @@ class DecoupledMomentum:
         self.codec.unpack(payload)
 
     @torch.no_grad()
-    def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
         signs = self.agg.signs(self.codec, [self.codec.unpack(p) for p in payloads])
         self._step(state.params, signs, state.round)
         state.round += 1
 
     @torch.no_grad()
-    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """The sign step of this payload alone."""
         params = [p.clone() for p in state.params]
         self._step(params, Mean().signs(self.codec, [self.codec.unpack(payload)]), state.round)

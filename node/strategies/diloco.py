@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from node.aggregate import Aggregator, Mean
+from node.aggregate import Aggregator, Mean, Weights, per_round
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import DenseCodec, Int8Codec
@@ -37,13 +37,13 @@ class DiLoCo:
         self.codec.decode(payload)
 
     @torch.no_grad()
-    def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
         """Combine the payloads (in the given order) with the aggregator, then Nesterov SGD, in place.
 
         Separate multiply and add ops (no fused alpha/FMA forms), each exactly rounded in fp32
         on the CPU, so every peer computes the same bits from the same payloads.
         """
-        combined = self.agg.dense([self.codec.decode(p) for p in payloads])
+        combined = self.agg.dense([self.codec.decode(p) for p in payloads], weights)
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
         for param, mom, g in zip(state.params, state.outer["momentum"], combined):
             mom.mul_(mu).add_(g)                    # m = mu * m + g
@@ -52,7 +52,8 @@ class DiLoCo:
         state.round += 1
 
     @torch.no_grad()
-    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
-        """The outer step of this payload alone from zero momentum: theta - lr (1 + mu) g."""
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The outer step of this payload alone from zero momentum: theta - lr (1 + mu) g, with g
+        scaled to one full round's work (g / weight, as the aggregators do)."""
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
-        return [p - (g + g * mu) * lr for p, g in zip(state.params, self.codec.decode(payload))]
+        return [p - (g + g * mu) * lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from node.aggregate import Aggregator, Mean
+from node.aggregate import Aggregator, Mean, Weights, per_round
 from node.config import StrategyConfig, TrainConfig
 from node.state import SwarmState
 from protocol.codecs import TopKCodec
@@ -42,14 +42,14 @@ class SparseLoCo:
         self.codec.unpack(payload)
 
     @torch.no_grad()
-    def apply(self, state: SwarmState, payloads: list[bytes]) -> None:
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
         """theta -= outer_lr * combine(received), in roster order (no DCT: exact scatter-adds)."""
-        combined = self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads])
+        combined = self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads], weights)
         for param, m in zip(state.params, combined):
             param.sub_(m * self.cfg.outer_lr)
         state.round += 1
 
     @torch.no_grad()
-    def preview(self, state: SwarmState, payload: bytes) -> list[torch.Tensor]:
-        """theta - outer_lr * this payload alone."""
-        return [p - g * self.cfg.outer_lr for p, g in zip(state.params, self.codec.decode(payload))]
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """theta - outer_lr * this payload alone (scaled to one full round's work: / weight)."""
+        return [p - g * self.cfg.outer_lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]

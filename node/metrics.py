@@ -56,16 +56,30 @@ class NodeMetrics:
             for k in ("update", "state"):
                 self.wire_bytes.labels(d, k)
 
+    def round_done(self, report) -> None:
+        """A round's outcome (node/report.py: RoundReport), once."""
+        self.rounds.labels(report.result).inc()
+        if not report.completed:
+            return
+        self.local_step.set(report.local_step)
+        self.global_step.set(report.round)
+        self.train_loss.set(report.loss)
+        self.tokens.inc(report.tokens)
+        self.samples.inc(report.samples)
+        self.round_peers.set(report.peers)
+        self.dense_bytes.labels("sent").inc(report.dense)
+        self.dense_bytes.labels("received").inc(report.dense)
+        if report.val_bpb is not None:
+            self.val_bpb.set(report.val_bpb)
+
     def on_bytes(self, direction: str, kind: str, n: int) -> None:
         """Called by the exchange for every frame it writes or reads."""
         self.wire_bytes.labels(direction, kind).inc(n)
 
-    def dense_equivalent(self, params: int, peers: int, steps: int) -> float:
-        """Count (and return) what a ring all-reduce would move: 2 (N-1)/N x 4 bytes x params each way per step."""
-        n = 2 * (peers - 1) / peers * 4 * params * steps if peers > 1 else 0
-        self.dense_bytes.labels("sent").inc(n)
-        self.dense_bytes.labels("received").inc(n)
-        return n
+    @staticmethod
+    def dense_equivalent(params: int, peers: int, steps: int) -> float:
+        """What a ring all-reduce would move: 2 (N-1)/N x 4 bytes x params each way per step."""
+        return 2 * (peers - 1) / peers * 4 * params * steps if peers > 1 else 0
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,22 +60,21 @@ class StatusBoard:
         with self._lock:
             self.node["privacy"] = {"epsilon": epsilon if epsilon < float("inf") else "inf", "delta": delta}
 
-    def round_done(self, *, round_no: int, result: str, peers: int, seconds: float, loss: float | None,
-                   val_bpb: float | None, tokens: int, sent: int, received: int, dense: float) -> None:
+    def round_done(self, report) -> None:
+        """A round's outcome (node/report.py: RoundReport), once."""
         with self._lock:
-            now = time.time()
-            failed = result in ("failed", "timeout")
-            if not failed:  # the state only moves on a completed round
-                self._round = round_no
-            self._tokens += tokens
-            self._results["failed" if failed else "ok"] += 1
-            self._rounds.appendleft({"round": round_no, "result": result, "peers": peers,
-                                     "seconds": round(seconds, 2), "time": now})
-            if loss is not None:
-                self._loss.append({"time": now, "round": round_no, "loss": loss, "val_bpb": val_bpb,
-                                   "tokens_per_s": tokens / seconds if seconds > 0 else None})
-            self._bandwidth = {"sent": sent, "received": received,
-                               "dense_equivalent": self._bandwidth["dense_equivalent"] + dense}
+            now = report.unix_time
+            if report.completed:  # the state only moves on a completed round
+                self._round = report.round
+            self._tokens += report.tokens if report.completed else 0
+            self._results["ok" if report.completed else "failed"] += 1
+            self._rounds.appendleft({"round": report.round, "result": report.result, "peers": report.peers,
+                                     "seconds": round(report.seconds, 2), "time": now})
+            if report.loss is not None:
+                self._loss.append({"time": now, "round": report.round, "loss": report.loss, "val_bpb": report.val_bpb,
+                                   "tokens_per_s": report.tokens / report.seconds if report.seconds > 0 else None})
+            self._bandwidth = {"sent": report.sent, "received": report.received,
+                               "dense_equivalent": self._bandwidth["dense_equivalent"] + report.dense}
 
     def peers_seen(self, table: dict[str, Heartbeat], my_round: int,
                    metrics: dict[str, MetricsRecord] | None = None) -> None:

@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from node.metrics import NodeMetrics
 from node.model import build_run_model, trainable
 from node.privacy import make_privacy
 from node.progress import Reporter
+from node.report import TIMELINE, History, RoundReport
 from node.net.real import RealNet
 from node.net.validators import guard_run
 from node.round import votes
@@ -44,9 +44,6 @@ from node.trainer import InnerTrainer, evaluate_bpb
 from protocol.messages import Request
 from protocol.records import Heartbeat
 
-TIMELINE = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
-            "bytes_received"]
-"""One row per completed round in the result JSON (benchmarks cut a window out of it)."""
 log = logging.getLogger("swarmtrain.volunteer")
 SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
 
@@ -121,8 +118,7 @@ class Volunteer:
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
-        self.history: dict = {"val_bpb": [], "loss": [], "contributed": 0, "failed": 0, "syncs": Counter(),
-                              "tokens_trained": 0, "tokens_contributed": 0, "compute_s": 0.0, "timeline": []}
+        self.history = History()
         self.params = self.built.trainable_params  # what is exchanged (the dense-equivalent reference)
         self.metrics.info.info({"peer_id": self.me, "name": self.name, "version": __version__, "device": str(self.device),
                                 "run_id": self.run_id, "strategy": self.run.strategy.name})
@@ -243,18 +239,14 @@ class Volunteer:
             return None
         try:
             if roster is None:
-                self.metrics.rounds.labels("timeout").inc()
                 raise RoundFailed(f"no roster for round {r} within {self.run.swarm.round_timeout:.0f} s")
             return self.rounds.gather(roster)
         except RoundFailed as e:
-            if roster is not None:
-                self.metrics.rounds.labels("failed").inc()
-            self.history["failed"] += 1
             self.out.event("round_failed", round=r, reason=str(e))
-            self.status.round_done(round_no=r, result="failed", peers=len(roster.announcements) if roster else 0,
-                                   seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=self.exchange.sent["update"],
-                                   received=self.exchange.received["update"], dense=0.0)
-            self.publish_status()
+            self.publish_round(RoundReport(round=r, result="failed" if roster else "timeout",
+                                           peers=len(roster.announcements) if roster else 0,
+                                           sent=self.exchange.sent["update"], received=self.exchange.received["update"],
+                                           digest=self.state.digest, local_step=self.trainer.steps))
             return None
 
     def inner_steps(self, r: int, stop: threading.Event) -> tuple[float, int] | None:
@@ -271,51 +263,35 @@ class Volunteer:
             losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
             if self.cfg.slowdown > 1:  # stand in for a slower machine (tests, benchmarks)
                 stop.wait((self.cfg.slowdown - 1) * (time.monotonic() - t))
-        self.history["compute_s"] += time.monotonic() - started  # forward, backward, inner step
-        self.history["tokens_trained"] += self.tokens_of(len(losses))
+        self.history.trained(self.tokens_of(len(losses)), time.monotonic() - started)  # forward, backward, step
         return sum(losses) / len(losses), len(losses)
 
     def finish_round(self, acc: Accepted, loss: float, steps: int, t0: float, t1: float) -> None:
-        roster = acc.roster
         self.trainer.load_params(self.state.params)
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)
-        contributed = any(a.peer == self.me for a in acc.announcements)
-        self.history["contributed"] += contributed
-        self.history["tokens_contributed"] += contributed * self.tokens_of(steps)
-        self.history["timeline"].append([round(time.time(), 3), self.state.round, self.history["tokens_trained"],
-                                         self.history["tokens_contributed"], round(self.history["compute_s"], 3),
-                                         self.exchange.sent["update"], self.exchange.received["update"]])
-        self.history["loss"].append(loss)
-        tokens = self.tokens_of(steps)
-        self.metrics.local_step.set(self.trainer.steps)
-        self.metrics.global_step.set(self.state.round)
-        self.metrics.train_loss.set(loss)
-        self.metrics.tokens.inc(tokens)
-        self.metrics.samples.inc(steps * self.run.train.batch_size)
-        self.metrics.rounds.labels("ok" if contributed else "skipped").inc()
-        self.metrics.round_peers.set(len(acc.announcements))
-        dense = self.metrics.dense_equivalent(self.params, len(acc.announcements), steps)
+        peers = len(acc.announcements)
+        bpb = evaluate_bpb(self.trainer.model, *self.val, self.device) if self.val is not None else None
+        self.publish_round(RoundReport(
+            round=self.state.round, result="ok" if any(a.peer == self.me for a in acc.announcements) else "skipped",
+            peers=peers, steps=steps, tokens=self.tokens_of(steps), samples=steps * self.run.train.batch_size,
+            loss=loss, val_bpb=bpb, train_s=t1 - t0, exchange_s=time.monotonic() - t1,
+            sent=self.exchange.sent["update"], received=self.exchange.received["update"],
+            dense=self.metrics.dense_equivalent(self.params, peers, steps), digest=self.state.digest,
+            local_step=self.trainer.steps))
+        self.manifest_keeper.tick()
+
+    def publish_round(self, report: RoundReport) -> None:
+        """One round's outcome to every sink: metrics, page and signed record, summary, terminal."""
+        self.metrics.round_done(report)
+        self.status.round_done(report)
+        self.history.add(report)
         peers = read_peers(self.swarm, self.run_id)
         self.metrics.peers_alive.set(len(peers | {self.me: None}))
-        fields = dict(round=self.state.round, peers=len(acc.announcements), contributed=int(contributed),
-                      loss=loss, train_s=round(t1 - t0, 2), exchange_s=round(time.monotonic() - t1, 2),
-                      sent=self.exchange.sent["update"], received=self.exchange.received["update"],
-                      digest=self.state.digest[:16], step=self.trainer.steps, steps=steps,
-                      tokens_per_s=round(tokens / max(1e-9, time.monotonic() - t0)))
-        if self.val is not None:
-            bpb = evaluate_bpb(self.trainer.model, *self.val, self.device)
-            self.history["val_bpb"].append(bpb)
-            self.metrics.val_bpb.set(bpb)
-            fields["val_bpb"] = bpb
-        self.status.round_done(round_no=self.state.round, result="ok" if contributed else "skipped",
-                               peers=len(acc.announcements), seconds=time.monotonic() - t0, loss=loss,
-                               val_bpb=fields.get("val_bpb"), tokens=tokens, sent=self.exchange.sent["update"],
-                               received=self.exchange.received["update"], dense=dense)
         self.publish_status(peers)
-        self.manifest_keeper.tick()
-        self.out.event("round", **fields)
+        if report.completed:
+            self.out.event("round", **report.line())
 
     def publish_status(self, peers: dict[str, Heartbeat] | None = None) -> None:
         """Refresh the page's peer table and publish our signed metrics record for monitors."""
@@ -380,7 +356,7 @@ class Volunteer:
     def resync(self, stop: threading.Event, force: bool = False) -> None:
         state = self.fetch_state(stop, same_round=force)
         if state is not None and (state.round > self.state.round or (force and state.digest != self.state.digest)):
-            self.history["syncs"]["resync"] += 1
+            self.history.syncs["resync"] += 1
             self.state = state
             self.exchange.set_state(state.to_bytes(self.run_id))
 
@@ -399,12 +375,12 @@ class Volunteer:
                 for donor in sorted(p for p, hb in voters.items() if hb.digest == digest):
                     state = self._download_state(donor, rnd)
                     if state is not None and state.digest == digest and state.round == rnd:
-                        self.history["syncs"]["ok"] += 1
+                        self.history.syncs["ok"] += 1
                         self.metrics.state_syncs.labels("ok").inc()
                         self.out.event("state_synced", round=state.round, donor=donor[:16],
                                        vouchers=sum(hb.digest == digest for hb in voters.values()))
                         return state
-            self.history["syncs"]["unverified"] += 1
+            self.history.syncs["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
             stop.wait(1.0)
         return None
@@ -426,17 +402,20 @@ class Volunteer:
             return None
 
     def leave(self, stop: threading.Event) -> None:
-        """Serve our updates until the peers of our last round are done with it, then go."""
+        """Serve our updates until the other peers are past the last round we announced (or
+        applied), then go: a roster may already name our update. This runs after the first
+        Ctrl+C too (a second one aborts), for at most collect_timeout."""
         if self.heartbeat is None:
             return
         self.heartbeat.update(active=False, state_round=self.state.round, digest=self.state.digest)
+        last = max(self.state.round, self.rounds.last_announced)
         deadline = time.monotonic() + self.run.swarm.collect_timeout
-        while not stop.is_set() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             behind = [p for p, hb in read_peers(self.swarm, self.run_id).items()
-                      if p != self.me and hb.active and hb.state_round < self.state.round]
+                      if p != self.me and hb.active and hb.state_round < last]
             if not behind:
                 break
-            stop.wait(0.5)
+            time.sleep(0.5)  # not stop.wait: stop is already set when a user asked us to leave
 
     def summary(self) -> dict:
         return {"peer": self.me, "name": self.name, "run_id": self.run_id, "rounds_completed": self.state.round,
@@ -446,17 +425,17 @@ class Volunteer:
                 "update_bytes_per_peer": self.strategy.codec.encoded_size(),
                 # what the codec says those updates weigh: payloads served (own and relayed) / fetched x size
                 "codec_bytes_sent": self.exchange.served["update"] * self.strategy.codec.encoded_size(),
-                "codec_bytes_received": self.exchange.fetched["update"] * self.strategy.codec.encoded_size(), "rounds_contributed": self.history["contributed"],
-                "rounds_failed": self.history["failed"], "val_bpb": self.history["val_bpb"],
-                "train_loss": self.history["loss"], "strategy": self.run.strategy.name,
+                "codec_bytes_received": self.exchange.fetched["update"] * self.strategy.codec.encoded_size(), "rounds_contributed": self.history.contributed,
+                "rounds_failed": self.history.failed, "val_bpb": self.history.val_bpb,
+                "train_loss": self.history.loss, "strategy": self.run.strategy.name,
                 "params_trainable": self.built.trainable_params, "params_total": self.built.total_params,
                 "privacy": self.privacy.report(),
                 "rounds_left_out": self.rounds.left_out, "ledger": str(self.ledger.path),
-                "tokens_trained": self.history["tokens_trained"],
-                "tokens_contributed": self.history["tokens_contributed"],
-                "compute_seconds": round(self.history["compute_s"], 3),
+                "tokens_trained": self.history.tokens_trained,
+                "tokens_contributed": self.history.tokens_contributed,
+                "compute_seconds": round(self.history.compute_s, 3),
                 "wall_seconds": round(time.monotonic() - getattr(self, "joined_at", time.monotonic()), 3),
-                "timeline": self.history["timeline"], "timeline_fields": TIMELINE}
+                "timeline": self.history.timeline, "timeline_fields": TIMELINE}
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:

@@ -8,6 +8,7 @@ import pytest
 from node.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
 from node.metrics import NodeMetrics
+from node.report import RoundReport
 from node.status import StatusBoard
 from protocol.records import Heartbeat
 
@@ -31,7 +32,8 @@ def test_metrics_exposition_has_every_documented_metric():
     m = NodeMetrics()
     m.info.info({"peer_id": "QmA", "name": "a", "version": "0", "device": "cpu", "run_id": "r", "strategy": "diloco"})
     m.on_bytes("sent", "update", 100)
-    m.dense_equivalent(params=1000, peers=4, steps=2)
+    m.round_done(RoundReport(round=1, result="ok", peers=4, steps=2, tokens=128, samples=2, loss=2.0,
+                             dense=m.dense_equivalent(params=1000, peers=4, steps=2)))
     text = m.exposition().decode()
     for name in REQUIRED:
         assert name in text, name
@@ -42,8 +44,8 @@ def test_metrics_exposition_has_every_documented_metric():
 def test_status_board_alone_and_saved_fraction():
     b = board()
     b.peers_seen({"QmA": hb("QmA", 3)}, 3)
-    b.round_done(round_no=3, result="ok", peers=1, seconds=2.0, loss=2.5, val_bpb=None, tokens=100, sent=10,
-                 received=10, dense=1000.0)
+    b.round_done(RoundReport(round=3, result="ok", peers=1, train_s=2.0, loss=2.5, tokens=100, sent=10,
+                             received=10, dense=1000.0))
     s = b.snapshot()
     assert s["alone"] and s["peers_alive"] == 1 and s["bandwidth"]["saved_fraction"] == 0.99
     b.peers_seen({"QmA": hb("QmA", 3), "QmB": hb("QmB", 2)}, 3)

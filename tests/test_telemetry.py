@@ -4,6 +4,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from node.monitor import merge_history, merge_rounds
+from node.report import RoundReport
 from node.status import StatusBoard, peer_rows
 from node.telemetry import decode, encode, load_identity_key, reachability
 from node.errors import SwarmtrainError
@@ -106,10 +107,9 @@ def test_reachability(maddrs, kind):
 def test_board_record_carries_what_the_page_shows():
     b = StatusBoard(peer="QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", name="a", run_id="r-1",
                     strategy="diloco", device="cpu", version="0")
-    b.round_done(round_no=1, result="ok", peers=2, seconds=2.0, loss=2.5, val_bpb=4.0, tokens=100, sent=10,
-                 received=20, dense=1000.0)
-    b.round_done(round_no=2, result="failed", peers=2, seconds=0.0, loss=None, val_bpb=None, tokens=0, sent=10,
-                 received=20, dense=0.0)
+    b.round_done(RoundReport(round=1, result="ok", peers=2, train_s=2.0, loss=2.5, val_bpb=4.0, tokens=100, sent=10,
+                             received=20, dense=1000.0))
+    b.round_done(RoundReport(round=2, result="failed", peers=2, sent=10, received=20))
     r = b.record(local_step=50, reachability="private", now=5.0)
     assert (r.round, r.loss, r.tokens_per_s, r.rounds_ok, r.rounds_failed, r.dense) == (1, 2.5, 50.0, 1, 1, 1000)
     assert r.history == ((1, 2.5, 4.0),) and r.recent[0][:4] == (2, "failed", 2, 0.0)

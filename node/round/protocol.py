@@ -77,6 +77,7 @@ class RoundProtocol:
         self.seen: dict[int, set[str]] = {}        # round -> peers seen live (signed) during it
         self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
         self.left_out = 0                           # rounds whose roster omitted our announced update
+        self.last_announced = 0                     # the last round we announced an update for
         self._recent: dict[str, tuple[float, Heartbeat]] = {}  # peer -> (when seen, its latest heartbeat)
 
     # ------------------------------------------------------------------------------- announce
@@ -85,6 +86,7 @@ class RoundProtocol:
 
     def announce(self, round_no: int, blob: bytes, tokens: int) -> None:
         self.net.keep_update(round_no, self.me, blob)
+        self.last_announced = round_no
         ann = Announcement(run=self.run_id, round=round_no, peer=self.me, nbytes=len(blob),
                            sha256=hashlib.sha256(blob).hexdigest(), tokens=tokens, time=self.net.now())
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
@@ -126,7 +128,8 @@ class RoundProtocol:
                 return found
             waited = self.net.monotonic() - started
             if cands is not None and self.me in cands and self._my_turn(round_no, base, cands, peers, waited):
-                led = self._lead(round_no, base)
+                late = waited >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
+                led = self._lead(round_no, base, at_least=1 if late else self.cfg.min_peers)
                 if led is not None:
                     self._note_left_out(round_no, led)
                     return led
@@ -249,7 +252,7 @@ class RoundProtocol:
                 log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
         return out
 
-    def _lead(self, round_no: int, base: str) -> Accepted | None:
+    def _lead(self, round_no: int, base: str, at_least: int = 1) -> Accepted | None:
         prev = self.ledger.prev_hash(round_no)
         if not prev:
             return None  # we synced state and do not know the chain: leave leading to others
@@ -262,7 +265,7 @@ class RoundProtocol:
             if isinstance(blob, Exception):
                 log.warning("round %d: leaving out %s: %s", round_no, p[:16], blob)
         good = self._drop_non_finite(round_no, good)
-        if not good:
+        if len(good) < max(1, at_least):  # min_peers counts the updates we could fetch, not announcements
             return None
         payloads = [UpdateEnvelope.decode(b).payload for _, b in good]
         tokens = [ea[1].tokens for ea, _ in good]

@@ -1,0 +1,147 @@
+"""Faults a real swarm must ride out: a peer frozen for a long while (SIGSTOP of its whole process
+group, like a laptop lid closed or a VM paused) that comes back and catches up, and a state donor
+that dies while a late joiner downloads the swarm's state from it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+from swarm_tests.conftest import Proc, start_bootstrap
+
+ROUND = re.compile(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+)")
+FREEZE_S = 45.0
+
+
+def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
+    """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
+    return {int(m[1]): (int(m[2]), m[3]) for line in p.lines[since:] if (m := ROUND.search(line))}
+
+
+def wait_line(p: Proc, pattern: str, timeout: float, since: int = 0, accept=lambda m: True) -> re.Match:
+    """Like Proc.wait_for, but only lines printed from index `since` on count, and only matches
+    that `accept` takes."""
+    rx, deadline = re.compile(pattern), time.monotonic() + timeout
+    seen = since
+    with p._cond:
+        while True:
+            for line in p.lines[seen:]:
+                if (m := rx.search(line)) and accept(m):
+                    return m
+            seen = max(seen, len(p.lines))
+            if "<eof>" in p.lines[-1:] or time.monotonic() > deadline:
+                raise AssertionError(f"no line matching {pattern!r} after line {since}; output:\n{p.output[-4000:]}")
+            p._cond.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def signal_group(p: Proc, sig: int) -> None:
+    try:
+        os.killpg(p.popen.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def join(procs, tmp_path, maddr: str, name: str, *extra: str) -> Proc:
+    return procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / name),
+                 "--name", name, "--threads", "1", "--status-port", "-1", *extra)
+
+
+def test_a_peer_frozen_for_45s_catches_up_after_the_thaw(procs, tmp_path, small_run):
+    """One of three volunteers is stopped (SIGSTOP of its process group) once all three train
+    together; the two others must go on as two while it is frozen, and within a minute of SIGCONT
+    it must be back in a three-peer round that started after the thaw, on the others' digest."""
+    small_run.write_text(small_run.read_text().replace("inner_steps = 4", "inner_steps = 8") + "min_peers = 2\n")
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    peers = [join(procs, tmp_path, maddr, f"v{i}") for i in range(3)]
+    for p in peers:
+        p.wait_for(r"event=round round=\d+ peers=3 ", 120)  # all three are in the rounds together
+    frozen, others = peers[0], peers[1:]
+    mark = [len(p.lines) for p in others]
+    signal_group(frozen, signal.SIGSTOP)  # the node, its DHT child and its p2pd: all of it stops
+    frozen_at = time.monotonic()
+    try:
+        # the two others notice the silence and go on training as two, round after round
+        # (up to collect_timeout + leader_backoff = 30 s when the frozen peer was to lead the round)
+        for p, since in zip(others, mark):
+            wait_line(p, r"event=round round=\d+ peers=2 ", FREEZE_S - (time.monotonic() - frozen_at), since)
+        time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))  # the freeze itself, not a wait for output
+        during = [rounds_of(p, since) for p, since in zip(others, mark)]
+        assert all(sum(n == 2 for n, _ in d.values()) >= 3 for d in during), during  # they kept training
+        at_thaw = max(max(rounds_of(p)) for p in others)  # the swarm's round when the peer comes back
+        thaw_mark = len(frozen.lines)
+    finally:
+        signal_group(frozen, signal.SIGCONT)  # also on failure: a stopped process ignores SIGTERM until continued
+
+    # back in the rounds with the others, on a round that started after the thaw
+    back = wait_line(frozen, r"event=round round=(\d+) peers=3 ", 60, thaw_mark,
+                     accept=lambda m: int(m[1]) > at_thaw)  # not a round left over from before the freeze
+    r = int(back[1])
+    for p in others:
+        wait_line(p, rf"event=round round={r} ", 30)
+    mine = rounds_of(frozen, thaw_mark)
+    theirs = [rounds_of(p) for p in others]
+    assert mine[r][1] == theirs[0][r][1] == theirs[1][r][1], (r, mine[r], theirs[0][r], theirs[1][r])
+    for rr, (_, digest) in mine.items():  # every round it completed after the thaw is the swarm's round
+        for t in theirs:
+            if rr in t:
+                assert t[rr][1] == digest, (rr, digest, t[rr])
+
+
+def test_the_state_donor_dies_under_a_joiner_who_takes_the_state_from_the_next(procs, tmp_path, small_run):
+    """A joiner tries donors in peer-id order among the voters that vouch for the wanted state
+    (volunteer.fetch_state), so the first donor is the smallest peer id. That donor is frozen
+    first (it can no longer serve a byte, its last heartbeat still vouches for the state), then
+    killed the moment the joiner starts looking for the state: its download from that donor
+    fails, and it takes the same state from the next one.
+
+    Held still on purpose: min_peers = 3, so the two others cannot finish a round without the
+    frozen donor and every heartbeat names the same state while the joiner arrives; a compute
+    window of 4 s, so the donor is surely training (its heartbeat for the round it trains already
+    out, its update not yet) when it is frozen 2 s after its round line; heartbeat_ttl = 30, so
+    the frozen donor's last heartbeat outlives the joiner's start-up (~9 s here); collect_timeout
+    and leader_backoff short, so rounds the dead donor would have led (the others see it alive
+    for 2 x heartbeat_ttl) are taken over after 6 s."""
+    small_run.write_text(small_run.read_text()
+                         .replace("heartbeat_ttl = 5.0", "heartbeat_ttl = 30.0")
+                         .replace("collect_timeout = 20.0", "collect_timeout = 5.0")
+                         .replace("[swarm]\n", "[swarm]\nmin_peers = 3\nround_seconds = 4.0\nmax_inner_steps = 400\n"
+                                               "leader_backoff = 1.0\n"))
+    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    vols = [join(procs, tmp_path, maddr, f"v{i}", "--slowdown", "4") for i in range(3)]
+    ids = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): p for p in vols}
+    for p in vols:
+        p.wait_for(r"event=round round=\d+ peers=3 ", 120)
+    donor_id = min(ids)
+    donor = ids.pop(donor_id)
+    others = list(ids.values())
+    try:
+        mark = len(donor.lines)
+        held = int(wait_line(donor, r"event=round round=(\d+) peers=3 ", 30, mark)[1])  # its next round
+        time.sleep(2.0)  # into its 4 s compute window: no line marks its heartbeat going out
+        signal_group(donor, signal.SIGSTOP)
+        joiner = join(procs, tmp_path, maddr, "late")
+        joiner.wait_for(r"joined run", 60)  # printed just before it looks for the swarm's state
+        signal_group(donor, signal.SIGKILL)
+    finally:
+        signal_group(donor, signal.SIGKILL)
+    donor.wait(10)
+
+    joined = joiner.wait_for(r"event=joined peer=\S+ .*round=(\d+) state=(\S+)", 60)
+    assert joined[2] == "from_peers", joiner.output[-3000:]
+    assert int(joined[1]) == held, (held, joiner.output[-3000:])  # the state the swarm was held at
+    failed = joiner.wait_for(rf"event=state_fetch_failed donor={donor_id[:16]} ", 1)
+    synced = joiner.wait_for(r"event=state_synced round=(\d+) donor=(\S+)", 1)
+    assert synced[2] != donor_id[:16] and synced[2] in {p[:16] for p in ids}, synced[0]
+    lines = joiner.lines
+    assert lines.index(failed.string) < lines.index(synced.string), joiner.output[-3000:]
+
+    # and it trains with the two others, on their state
+    back = wait_line(joiner, r"event=round round=(\d+) peers=3 ", 60, accept=lambda m: int(m[1]) > held + 1)
+    r = int(back[1])
+    for p in others:
+        wait_line(p, rf"event=round round={r} ", 30)
+    mine, theirs = rounds_of(joiner), [rounds_of(p) for p in others]
+    assert mine[r][1] == theirs[0][r][1] == theirs[1][r][1], (r, mine[r], theirs[0][r], theirs[1][r])
+    for rr, (_, digest) in mine.items():
+        assert all(t[rr][1] == digest for t in theirs if rr in t), rr

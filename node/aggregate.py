@@ -147,6 +147,17 @@ def token_weights(tokens: list[int], nominal: int, cap: float) -> Weights:
     return None if all(w == 1.0 for w in weights) else weights
 
 
+def at_scale(update: Update, weights: Weights) -> Update:
+    """The combined per-round update scaled back to the work of the round's median peer: with a
+    compute window, a typical peer ran weight x H steps, and its progress must not be shrunk
+    to H steps' worth (per_round made the updates comparable, not smaller). The median, not
+    the mean, so that a claimed token count cannot stretch the step."""
+    if weights is None:
+        return update
+    factor = statistics.median(weights)
+    return [scaled(t, factor) for t in update]
+
+
 def per_round(updates: list[Update], weights: Weights) -> list[Update]:
     """Updates scaled to one full round's worth of work (update / weight), so that a slow peer's
     few steps and a fast peer's many compare, clip and trim on one scale."""
@@ -176,10 +187,12 @@ class Mean:
     name = "mean"
 
     def dense(self, updates: list[Update], weights: Weights = None) -> Update:
-        return plain_mean(per_round(updates, weights), weights)
+        return at_scale(plain_mean(per_round(updates, weights), weights), weights)
 
     def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
-        return codec.mean_dense(sels if weights is None else _rescaled(sels, [len(sels) / sum(weights)] * len(sels)))
+        if weights is None:
+            return codec.mean_dense(sels)
+        return at_scale(codec.mean_dense(_rescaled(sels, [len(sels) / sum(weights)] * len(sels))), weights)
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
         # mean in the DCT domain (exact scatter-adds), one float64 inverse DCT, sign before any
@@ -221,7 +234,8 @@ class Robust:
     def dense(self, updates: list[Update], weights: Weights = None) -> Update:
         updates = self.clip(per_round(updates, weights))
         trim = trim_count(len(updates), self.trim_fraction)
-        return [trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights) for i in range(len(updates[0]))]
+        return at_scale([trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights)
+                         for i in range(len(updates[0]))], weights)
 
     def cap_values(self, sels: list[list[Selection]]) -> list[list[Selection]]:
         caps = [statistics.median(float(sel[i].val.abs().max()) if sel[i].val.numel() else 0.0 for sel in sels)
@@ -235,13 +249,13 @@ class Robust:
         if self.value_cap:
             sels = self.cap_values(sels)
         if self.sparse_rule == "clipped-mean":
-            return codec.mean_dense(sels if weights is None else
-                                    _rescaled(sels, [w * len(sels) / sum(weights) for w in weights]))
+            return at_scale(codec.mean_dense(sels if weights is None else
+                                             _rescaled(sels, [w * len(sels) / sum(weights) for w in weights])), weights)
         trim = trim_count(len(sels), self.trim_fraction)
         combine = ((lambda st: trimmed_mean(st, trim, weights)) if self.sparse_rule == "trimmed"
                    else (lambda st: majority_sum(st, weights)))
-        return [ch.from_chunks(combine(_stack_chunks(codec, sels, i, torch.float32)))
-                for i, ch in enumerate(codec.chunkings())]
+        return at_scale([ch.from_chunks(combine(_stack_chunks(codec, sels, i, torch.float32)))
+                         for i, ch in enumerate(codec.chunkings())], weights)
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
         if self.sign_rule == "trimmed":

@@ -93,17 +93,23 @@ class Node:
                               "read the log named above")
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.popen, timeout)
         self.log.close()
+
+
+def stop_group(popen: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to the node (a clean leave, as a user's Ctrl+C), then after `timeout` SIGKILL of
+    its whole process group: the node's DHT child and p2pd go with it."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=print) -> dict | None:

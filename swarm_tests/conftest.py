@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from node.swarmbench import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL_RUN = """\
@@ -98,16 +100,7 @@ class Proc:
         return found
 
     def kill_all(self) -> None:
-        if self.popen.poll() is None:  # a clean leave first, as a user's Ctrl+C would
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.popen, 20)  # a clean leave first, as a user's Ctrl+C would; then the whole group
         self.save_log()
 
     def save_log(self) -> None:

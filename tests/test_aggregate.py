@@ -161,12 +161,16 @@ def test_weighted_aggregates_count_work_and_keep_the_bits():
     w = [0.25, 1.0, 1.0, 2.0, 1.0]
     raw = [[t * wi for t in u] for u, wi in zip(us, w)]  # u: one full round's worth; raw: what each peer did
     mean = Mean().dense(raw, w)
-    expect = [sum(r[i] for r in raw) / sum(w) for i in range(len(SHAPES))]  # sum of work / total weight
+    # the per-round mean (sum of work / total weight), at the median peer's work (weight 1 here)
+    expect = [sum(r[i] for r in raw) / sum(w) for i in range(len(SHAPES))]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mean, expect))
     assert all(torch.equal(a, b) for a, b in zip(Mean().dense(us, None), Mean().dense(us)))
     robust = _with_threads(1, lambda: Robust().dense(raw, w))
     assert all(torch.equal(a, b) for a, b in zip(robust, _with_threads(2, lambda: Robust().dense(raw, w))))
     assert all(torch.equal(a, b) for a, b in zip(per_round(us, None)[0], us[0]))
+    # every peer ran 4 rounds' worth in the window: the step is theirs, not shrunk to one round's
+    four = Mean().dense([[t * 4 for t in u] for u in us], [4.0] * 5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(four, [t * 4 for t in Mean().dense(us)]))
     # a slow peer's quarter round counts a quarter as much as a full one in the weighted trimmed mean
     stack = torch.tensor([[0.0], [4.0], [4.0], [4.0], [100.0]])
     assert float(trimmed_mean(stack, 1, [1.0, 0.25, 1.0, 1.0, 1.0])[0]) == pytest.approx(4.0)

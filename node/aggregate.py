@@ -161,9 +161,11 @@ def at_scale(update: Update, weights: Weights) -> Update:
 def per_round(updates: list[Update], weights: Weights) -> list[Update]:
     """Updates scaled to one full round's worth of work (update / weight), so that a slow peer's
     few steps and a fast peer's many compare, clip and trim on one scale."""
-    if weights is None:
-        return updates
-    return [[scaled(t, 1.0 / w) for t in u] for u, w in zip(updates, weights)]
+    return updates if weights is None else _scaled_each(updates, [1.0 / w for w in weights])
+
+
+def _scaled_each(updates: list[Update], factors: list[float]) -> list[Update]:
+    return [[scaled(t, f) for t in u] for u, f in zip(updates, factors)]
 
 
 def _rescaled(sels: list[list[Selection]], factors: list[float]) -> list[list[Selection]]:
@@ -223,13 +225,11 @@ class Robust:
     name = "robust"
 
     def clip(self, updates: list[Update]) -> list[Update]:
-        factors = clip_factors([l2_norm(u) for u in updates], self.clip_multiple)
-        return [[scaled(t, f) for t in u] for u, f in zip(updates, factors)]
+        return _scaled_each(updates, clip_factors([l2_norm(u) for u in updates], self.clip_multiple))
 
     def clip_selections(self, sels: list[list[Selection]]) -> list[list[Selection]]:
         # the norm of a top-k update is the norm of its values (orthonormal DCT included)
-        factors = clip_factors([l2_norm([s.val for s in sel]) for sel in sels], self.clip_multiple)
-        return [[Selection(s.idx, scaled(s.val, f)) for s in sel] for sel, f in zip(sels, factors)]
+        return _rescaled(sels, clip_factors([l2_norm([s.val for s in sel]) for sel in sels], self.clip_multiple))
 
     def dense(self, updates: list[Update], weights: Weights = None) -> Update:
         updates = self.clip(per_round(updates, weights))

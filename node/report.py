@@ -11,9 +11,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-RESULTS = ("ok", "skipped", "failed", "timeout")
-
-
 @dataclass(frozen=True, kw_only=True)
 class RoundReport:
     round: int

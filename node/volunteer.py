@@ -271,12 +271,12 @@ class Volunteer:
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)
-        peers = len(acc.announcements)
+        peers, exchange_s = len(acc.announcements), time.monotonic() - t1  # the evaluation is not exchange time
         bpb = evaluate_bpb(self.trainer.model, *self.val, self.device) if self.val is not None else None
         self.publish_round(RoundReport(
             round=self.state.round, result="ok" if any(a.peer == self.me for a in acc.announcements) else "skipped",
             peers=peers, steps=steps, tokens=self.tokens_of(steps), samples=steps * self.run.train.batch_size,
-            loss=loss, val_bpb=bpb, train_s=t1 - t0, exchange_s=time.monotonic() - t1,
+            loss=loss, val_bpb=bpb, train_s=t1 - t0, exchange_s=exchange_s,
             sent=self.exchange.sent["update"], received=self.exchange.received["update"],
             dense=self.metrics.dense_equivalent(self.params, peers, steps), digest=self.state.digest,
             local_step=self.trainer.steps))

@@ -324,6 +324,7 @@ class Volunteer:
         if ahead > (local.round if local else 0):
             state = self.fetch_state(stop)
             if state is not None:
+                self.ledger.restart(state.round, state.digest)
                 return state, "from_peers"
         return (local, "checkpoint") if local else (self.template, "initial")
 
@@ -357,8 +358,13 @@ class Volunteer:
         state = self.fetch_state(stop, same_round=force)
         if state is not None and (state.round > self.state.round or (force and state.digest != self.state.digest)):
             self.history.syncs["resync"] += 1
-            self.state = state
-            self.exchange.set_state(state.to_bytes(self.run_id))
+            self.adopt(state)
+
+    def adopt(self, state: SwarmState) -> None:
+        """Train on from a state taken from peers; our ledger's old rosters no longer lead to it."""
+        self.state = state
+        self.ledger.restart(state.round, state.digest)
+        self.exchange.set_state(state.to_bytes(self.run_id))
 
     def fetch_state(self, stop: threading.Event, attempts: int = 6, same_round: bool = False) -> SwarmState | None:
         """Download a state that a majority of voters vouch for, never older than ours."""

@@ -73,10 +73,12 @@ def play_round(peers: list[Peer], payloads: dict | None = None):
     for i, p in enumerate(peers):
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r, base = peers[0].round + 1, peers[0].digest
-    order = election.ranking(RUN, r, base, {p.id for p in peers})
+    rank = election.ranking(RUN, r, base, {p.id for p in peers})
+    # those that may lead first: in a real swarm the others wait for them concurrently
+    may_lead = lambda p: p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
     accepted = {}
-    for pid in order:
-        p = next(x for x in peers if x.id == pid)
+    for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
+        pid = p.id
         acc = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert acc is not None, f"peer {pid[:8]} got no roster"
         accepted[pid] = (acc, p.proto.gather(acc))
@@ -351,3 +353,34 @@ def test_a_sibling_with_other_updates_is_not_swapped_in():
     roster, anns = signed.open_roster(partial)
     with pytest.raises(ProtocolError, match="not a sibling"):
         peers[0].ledger.swap(Entry(partial, roster, tuple(anns)))
+
+
+def test_a_peer_that_synced_past_its_ledger_accepts_the_leaders_of_now():
+    """A peer frozen for many rounds syncs the swarm's state: the rosters in its ledger name the
+    peers of its old rounds, and must not decide who may lead now (this once refused every
+    leader that joined after the freeze, for ever)."""
+    _, _, (p0, p1, p2) = swarm(3)
+    play_round([p0, p1])
+    p2.digest, p2.round = p1.digest, p1.round  # p2 joins: it takes the swarm's state
+    p2.ledger.restart(p2.round, p2.digest)
+    play_round([p0, p1, p2])
+    for _ in range(3):  # p0 is frozen; p2, in only one of p0's rosters, is established by now
+        play_round([p1, p2])
+    p0.digest, p0.round = p1.digest, p1.round  # p0 takes the swarm's state (Volunteer.adopt)
+    p0.ledger.restart(p0.round, p0.digest)
+    for p in (p0, p1, p2):
+        p.heartbeat()
+    cands = p0.proto.candidates(p0.proto.peers(), p0.digest, p0.round)
+    assert cands is None or p2.id in cands  # None: the ledger cannot tell, any live signed leader goes
+    for _ in range(3):
+        play_round([p0, p1, p2])
+    assert len({p.digest for p in (p0, p1, p2)}) == 1
+    assert p0.ledger.established(2) == {p0.id, p1.id, p2.id}
+
+
+def test_restart_keeps_a_ledger_that_ends_at_the_synced_state():
+    _, _, peers = swarm(2)
+    play_round(peers)
+    head = peers[0].ledger.entries[1]
+    peers[0].ledger.restart(1, head.roster.result)
+    assert peers[0].ledger.entries == {1: head} and peers[0].ledger.complete(1)

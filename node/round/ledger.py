@@ -102,6 +102,20 @@ class Ledger:
         self.entries[sibling.roster.round] = sibling
         self._write(sibling)
 
+    def restart(self, state_round: int, digest: str) -> None:
+        """We took state `state_round` from peers instead of applying its roster: the rosters we
+        hold describe another stretch of the run, so forget them (the file keeps them). Otherwise
+        a peer frozen or offline for many rounds would count the peers of its old rounds as the
+        established ones and refuse every leader the swarm has now."""
+        held = self.entries.get(state_round)
+        if held is not None and held.roster.result == digest:
+            return  # the state our own ledger ends at: nothing to forget
+        if self.entries:
+            log.info("ledger: state synced to round %d; forgetting %d rosters of rounds %d-%d",
+                     state_round, len(self.entries), min(self.entries), max(self.entries))
+        self.entries.clear()
+        self.complete_from = state_round + 1
+
     def complete(self, state_round: int) -> bool:
         """Do we hold every roster of the run up to `state_round` (so 'nobody established' means
         the run is young, not that we just joined)?"""

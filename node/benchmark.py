@@ -70,6 +70,10 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
                                       error_decay=0.95), BASE_TRAIN),  # equal H with diloco: the paper's ordering
     "sparseloco-h30": (StrategyConfig(name="sparseloco", inner_steps=30, topk=64, values="2bit", outer_lr=2.0,
                                       error_decay=0.95), BASE_TRAIN),
+    "sparseloco-overlap": (StrategyConfig(name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0,
+                                          error_decay=0.95, overlap=True), BASE_TRAIN),  # what the delay costs
+    "diloco-overlap": (StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9, overlap=True),
+                       BASE_TRAIN),
     "decoupled-momentum": (StrategyConfig(name="decoupled-momentum", topk=32, values="bf16",
                                           momentum_decay=0.999), BASE_TRAIN),
     "decoupled-momentum-1bit": (StrategyConfig(name="decoupled-momentum", topk=32, values="1bit",
@@ -83,6 +87,8 @@ class Worker:
     buffers: object
     gen: torch.Generator
     tokens: torch.Tensor
+    start: list[torch.Tensor] | None = None
+    """Overlap: where this worker's current round started (its update is measured from there)."""
 
 
 def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
@@ -105,9 +111,14 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
     n, payload = tier.workers, strategy.codec.encoded_size()
     eval_at = {round(tier.steps * (i + 1) / tier.eval_points) for i in range(tier.eval_points)}
     curve, step, rounds, t0 = [], 0, 0, time.monotonic()
+    lagged = [p.clone() for p in state.params]  # overlap: the newest state a worker holds when a round starts
     while step < tier.steps:
         h = min(strategy.inner_steps, tier.steps - step)
-        payloads = [_local_round(w, state, strategy, h, tier) for w in workers]
+        if strat_cfg.overlap:
+            payloads = [_overlapped_round(w, lagged, state, strategy, h, tier) for w in workers]
+            lagged = [p.clone() for p in state.params]  # round r+1 starts before round r's result is known
+        else:
+            payloads = [_local_round(w, state, strategy, h, tier) for w in workers]
         strategy.apply(state, payloads)
         step, rounds = step + h, rounds + 1
         if any(step - h < s <= step for s in eval_at):
@@ -132,6 +143,27 @@ def _local_round(w: Worker, state: SwarmState, strategy, h: int, tier: Tier) -> 
         x, y = data.windows(w.tokens, tier.batch_size, tier.model.ctx, w.gen)
         w.trainer.step(x, y, apply=strategy.local_optimizer)
     return strategy.make_update(state, w.buffers, w.trainer.model)
+
+
+def _overlapped_round(w: Worker, lagged: list[torch.Tensor], state: SwarmState, strategy, h: int,
+                      tier: Tier) -> bytes:
+    """Overlap (StrategyConfig.overlap), as the node runs it: the round starts from the newest state
+    the worker holds (one round behind the swarm's) plus its own progress of the round still in
+    flight, and its update is this round's progress alone."""
+    w.start = _rebased(lagged, w.trainer.params, w.start)
+    w.trainer.load_params(w.start)
+    for _ in range(h):
+        x, y = data.windows(w.tokens, tier.batch_size, tier.model.ctx, w.gen)
+        w.trainer.step(x, y, apply=strategy.local_optimizer)
+    base = SwarmState(round=state.round, names=state.names, params=w.start, outer=state.outer)
+    return strategy.make_update(base, w.buffers, w.trainer.model)
+
+
+def _rebased(newest: list[torch.Tensor], local: list[torch.Tensor], start: list[torch.Tensor] | None):
+    """newest + (local - start): our progress since `start`, moved onto the newest state we hold."""
+    if start is None:
+        return [p.clone() for p in newest]
+    return [n + (l.detach().float().cpu() - s) for n, l, s in zip(newest, local, start)]
 
 
 def _job(args: tuple[str, str, int]) -> dict:

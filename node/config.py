@@ -129,6 +129,11 @@ class StrategyConfig:
     """sparseloco: error-feedback decay beta in e = beta * e + pseudo-gradient."""
     momentum_decay: float = 0.999
     """decoupled-momentum: momentum decay beta in m = beta * m + grad."""
+    overlap: bool = False
+    """diloco / sparseloco: a peer computes round r+1 while round r's updates travel (a
+    one-round-delayed outer step, as in Streaming DiLoCo): it starts from the newest state it
+    holds plus its own not-yet-applied progress, and sends only the new round's progress.
+    The swarm's state stays bit-identical; docs/protocol.md, "Overlap"."""
 
 
 @dataclass(kw_only=True, frozen=True)

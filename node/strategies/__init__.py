@@ -43,6 +43,10 @@ def make_strategy(cfg: StrategyConfig, shapes: list[tuple[int, ...]], train: Tra
     train = train or TrainConfig()
     agg = make_aggregator(robust)
     try:
-        return STRATEGIES[cfg.name](cfg, [tuple(s) for s in shapes], train, schedule or (lambda step: 1.0), agg)
+        strategy = STRATEGIES[cfg.name](cfg, [tuple(s) for s in shapes], train, schedule or (lambda step: 1.0), agg)
     except ValueError as e:
         raise SwarmtrainError(f"strategy {cfg.name}: {e}", "fix [strategy] in run.toml") from None
+    if cfg.overlap and not strategy.local_optimizer:
+        raise SwarmtrainError(f"strategy {cfg.name} exchanges every step: it has no round to overlap",
+                              "set overlap = false, or use diloco or sparseloco")
+    return strategy

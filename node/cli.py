@@ -94,6 +94,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     quality.add_argument("--strategies", nargs="+", metavar="PRESET", help="subset of presets (default: all)")
     quality.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
 
+    tune = bsub.add_parser("tune", help="equal-budget hyperparameter search of one preset (Optuna; node/tune.py)")
+    tune.add_argument("--strategy", required=True, metavar="PRESET", help="the preset to tune (bench quality's names)")
+    tune.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (a rerun continues)")
+    tune.add_argument("--tier", default="tune", help="tune (600 steps of the full tier's model), smoke, pilot, full")
+    tune.add_argument("--steps", type=int, help="inner steps per trial (default: the tier's)")
+    tune.add_argument("--study", metavar="PATH.db", help="SQLite file of the study (default: the JSON path with .db)")
+    tune.add_argument("--json", required=True, metavar="PATH", help="write best settings, every trial and the budget here")
+
     byz = bsub.add_parser("byzantine", help="attacks against the aggregators, in one process (docs/security.md)")
     byz.add_argument("--workers", type=int, default=16, help="simulated peers, attackers included")
     byz.add_argument("--attackers", type=int, nargs="+", default=[3], help="how many of them lie (several: one row each)")
@@ -106,7 +114,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     sw = bsub.add_parser("swarm", help="real node processes side by side: compute use, tokens/s, bytes (issue 9)")
     sw.add_argument("--peers", type=int, default=3, help="peers at full speed")
-    sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategy presets")
+    sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategies; NAME+overlap "
+                    "also overlaps each round's exchange with the next round's compute")
     sw.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
     sw.add_argument("--round-seconds", type=float, nargs="+", default=[2.0],
                     help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)")
@@ -208,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                                  scoring=args.scoring, json_path=args.json)
             print(markdown_table(rows))
             return 0
+        if args.command == "bench" and args.bench_command == "tune":
+            from node.tune import run_tune
+            run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, stop=stop)
+            return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "bench" and args.bench_command == "swarm":
             from node.swarmbench import markdown_table as swarm_table, run_swarm_bench
             rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],

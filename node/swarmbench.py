@@ -47,6 +47,7 @@ warmup_steps = 10
 [strategy]
 name = "{strategy}"
 inner_steps = 20
+overlap = {overlap}
 [swarm]
 collect_timeout = 20.0
 round_timeout = 90.0
@@ -60,7 +61,7 @@ min_peers = {min_peers}
 @dataclass(frozen=True, kw_only=True)
 class Case:
     strategy: str
-    """Strategy preset name ([strategy] name in the run file)."""
+    """Strategy ([strategy] name in the run file); 'NAME+overlap' also sets [strategy] overlap."""
     round_seconds: float
     """Compute window per round; 0: fixed inner_steps."""
     fast: int
@@ -69,6 +70,14 @@ class Case:
     """Slowdown of one more peer; 0: no slow peer."""
     link: str
     """Link spec of every peer ('' : loopback)."""
+
+
+def strategy_of(spec: str) -> tuple[str, bool]:
+    """'sparseloco' -> ('sparseloco', False); 'sparseloco+overlap' -> ('sparseloco', True)."""
+    name, plus, extra = spec.partition("+")
+    if plus and extra != "overlap":
+        raise SwarmtrainError(f"strategy {spec!r}: unknown option {extra!r}", "write NAME or NAME+overlap")
+    return name, bool(plus)
 
 
 class Node:
@@ -116,7 +125,9 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slow else 0)
     run = work / "run.toml"
-    run.write_text(RUN.format(strategy=case.strategy, round_seconds=case.round_seconds, min_peers=n))
+    name, overlap = strategy_of(case.strategy)
+    run.write_text(RUN.format(strategy=name, overlap=str(overlap).lower(), round_seconds=case.round_seconds,
+                              min_peers=n))
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None
         host = (lambda k: net.address(k)) if net else (lambda k: "127.0.0.1")
@@ -189,6 +200,8 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
     if peers < 1 or seconds <= 0 or slow_peer < 0 or (0 < slow_peer < 1):
         raise SwarmtrainError("bench swarm: --peers >= 1, --seconds > 0 and --slow-peer 0 (none) or >= 1",
                               "fix the flag named above")
+    for strategy in strategies:
+        strategy_of(strategy)  # a bad name fails before anything starts
     rows = []
     for strategy in strategies:
         for window in round_seconds:

@@ -5,13 +5,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -26,6 +29,7 @@ from node.exchange import Exchange
 from node.dashboard.server import NoStatusServer, StatusServer
 from node.metrics import NodeMetrics
 from node.model import build_run_model, trainable
+from node.overlap import make_overlap
 from node.privacy import make_privacy
 from node.progress import Reporter
 from node.report import TIMELINE, History, RoundReport
@@ -46,6 +50,24 @@ from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.volunteer")
 SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A round we announced an update for, whose roster and payloads are awaited."""
+    round: int
+    loss: float
+    steps: int
+    t0: float
+    t1: float
+    result: Future  # -> (roster or None, payloads or None)
+
+
+def _done(fn) -> Future:
+    """fn() run here, as a finished future (without overlap, rounds are awaited in place)."""
+    future: Future = Future()
+    future.set_result(fn())
+    return future
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,6 +137,11 @@ class Volunteer:
         self.rounds = RoundProtocol(RealNet(self.swarm, self.exchange), self.run_id, self.run.swarm, self.key,
                                     self.ledger, self.round_hooks(), self.max_bytes)
         self._preview: tuple[str, SwarmState] | None = None  # the leader's applied copy, reused
+        self.overlap = make_overlap(self.run.strategy.overlap)  # where each round's training starts
+        self.base: SwarmState | None = None  # ... this round's: what the update is measured from
+        self.inflight: InFlight | None = None  # the round announced and not yet applied
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
+        stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
         self.state = self.template
         self.heartbeat: HeartbeatPublisher | None = None
         self.stack = stack
@@ -148,31 +175,24 @@ class Volunteer:
                        maddr=self.maddr)
         while not stop.is_set() and not self.reached_max():
             if self.outvoted():
+                self.settle(stop)                                  # (overlap) the round in flight first
                 self.resync(stop, force=True)                      # our state differs from the swarm's
-            r = self.state.round + 1
+            r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
             self.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
             t0 = time.monotonic()
             with self.phase("compute"):
                 trained = self.inner_steps(r, stop)                # plain torch: H steps, or a window's worth
             if trained is None:
                 break                                              # stopped mid-round: keep the last round
-            loss, steps = trained
             with self.phase("encode"):
-                self.privacy.before_update(self.state, self.trainer.model)  # DP: clip + noise (off: does nothing)
-                update = self.strategy.make_update(self.state, self.worker, self.trainer.model)
+                self.privacy.before_update(self.base, self.trainer.model)  # DP: clip + noise (off: does nothing)
+                update = self.strategy.make_update(self.base, self.worker, self.trainer.model)  # since self.base
             t1 = time.monotonic()
-            with self.phase("communicate"):
-                self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.tokens_of(steps))
-                roster = self.rounds.await_roster(r, self.state.digest, self.state.round, stop)  # an elected leader
-                payloads = self.gather_or_fail(r, roster, stop)
-            if stop.is_set():
-                break
-            with self.phase("apply"):
-                applied = payloads is not None and self.apply_round(roster, payloads)  # same bits on every peer
-            if not applied:
-                self.resync(stop)
-                continue
-            self.finish_round(roster, loss, steps, t0, t1)
+            self.settle(stop)                                      # overlap: apply the round in flight now
+            self.send(update, *trained, t0, t1, stop)              # announce; the roster is awaited (overlap: behind)
+            if not self.overlap.enabled:
+                self.settle(stop)                                  # apply it: same bits on every peer
+        self.settle(stop)                                          # a last round in flight (max_rounds reached)
         self.leave(stop)
 
     # --------------------------------------------------------------------------- the pieces
@@ -193,7 +213,7 @@ class Volunteer:
         seeded by the round), applied alone to the round's state."""
         gen = data.batch_generator(self.run.train.seed, "shared-score-batch", self.state.round + 1)
         x, y = data.windows(self.score_tokens, SCORE_BATCH, self.run.model.ctx, gen)
-        loss_of = scoring.shared_batch_loss(self.trainer.model, x.to(self.device), y.to(self.device))
+        loss_of = scoring.shared_batch_loss(self.scratch, x.to(self.device), y.to(self.device))
         return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
 
     def tokens_of(self, steps: int) -> int:
@@ -249,9 +269,45 @@ class Volunteer:
                                            digest=self.state.digest, local_step=self.trainer.steps))
             return None
 
+    def send(self, update: bytes, loss: float, steps: int, t0: float, t1: float, stop: threading.Event) -> None:
+        """Announce our update for the round after our state, and await its roster and payloads:
+        here, or (overlap) in the background while the next round computes."""
+        r, base, state_round = self.state.round + 1, self.state.digest, self.state.round
+        if self.overlap.enabled:  # the round in flight was just settled: say where we are now
+            self.heartbeat.update(round=r, state_round=state_round, digest=base)
+        with self.phase("communicate"):
+            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.tokens_of(steps))
+            collect = functools.partial(self.collect, r, base, state_round, stop)
+            future = self.pool.submit(collect) if self.overlap.enabled else _done(collect)
+        self.inflight = InFlight(round=r, loss=loss, steps=steps, t0=t0, t1=t1, result=future)
+
+    def collect(self, r: int, base: str, state_round: int, stop: threading.Event):
+        roster = self.rounds.await_roster(r, base, state_round, stop)  # an elected leader's
+        return roster, self.gather_or_fail(r, roster, stop)
+
+    def settle(self, stop: threading.Event) -> None:
+        """Apply the round in flight, if any (or resync when it failed for us)."""
+        flight, self.inflight = self.inflight, None
+        if flight is None:
+            return
+        waited_from = time.monotonic() if self.overlap.enabled else flight.t1  # overlap: only the wait shows
+        with self.phase("communicate") if self.overlap.enabled else contextlib.nullcontext():
+            roster, payloads = flight.result.result()
+        if stop.is_set():
+            return
+        with self.phase("apply"):
+            applied = payloads is not None and self.apply_round(roster, payloads)  # same bits on every peer
+        if not applied:
+            self.resync(stop)
+            return
+        self.finish_round(roster, flight.loss, flight.steps, train_s=flight.t1 - flight.t0,
+                          exchange_s=time.monotonic() - waited_from)
+
     def inner_steps(self, r: int, stop: threading.Event) -> tuple[float, int] | None:
-        """(mean loss, steps run) of this round's local training; None when stopped."""
-        self.trainer.load_params(self.state.params)
+        """(mean loss, steps run) of this round's local training, from self.base (the swarm's
+        state, or with overlap that plus our progress in flight); None when stopped."""
+        self.base = self.overlap.start(self.state, self.trainer.params)
+        self.trainer.load_params(self.base.params)
         gen = data.batch_generator(self.run.train.seed, self.me, r)
         window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
         started, losses = time.monotonic(), []
@@ -266,21 +322,31 @@ class Volunteer:
         self.history.trained(self.tokens_of(len(losses)), time.monotonic() - started)  # forward, backward, step
         return sum(losses) / len(losses), len(losses)
 
-    def finish_round(self, acc: Accepted, loss: float, steps: int, t0: float, t1: float) -> None:
-        self.trainer.load_params(self.state.params)
+    def finish_round(self, acc: Accepted, loss: float, steps: int, *, train_s: float, exchange_s: float) -> None:
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)
-        peers, exchange_s = len(acc.announcements), time.monotonic() - t1  # the evaluation is not exchange time
-        bpb = evaluate_bpb(self.trainer.model, *self.val, self.device) if self.val is not None else None
+        peers = len(acc.announcements)
+        bpb = self.evaluate() if self.val is not None else None  # (after exchange_s: not exchange time)
         self.publish_round(RoundReport(
             round=self.state.round, result="ok" if any(a.peer == self.me for a in acc.announcements) else "skipped",
             peers=peers, steps=steps, tokens=self.tokens_of(steps), samples=steps * self.run.train.batch_size,
-            loss=loss, val_bpb=bpb, train_s=t1 - t0, exchange_s=exchange_s,
+            loss=loss, val_bpb=bpb, train_s=train_s, exchange_s=exchange_s,
             sent=self.exchange.sent["update"], received=self.exchange.received["update"],
             dense=self.metrics.dense_equivalent(self.params, peers, steps), digest=self.state.digest,
             local_step=self.trainer.steps))
         self.manifest_keeper.tick()
+
+    @functools.cached_property
+    def scratch(self) -> torch.nn.Module:
+        """A model to evaluate and score states on: the trainer's own (the next round reloads it),
+        or with overlap a copy, since the trainer's trains on meanwhile."""
+        return copy.deepcopy(self.trainer.model) if self.overlap.enabled else self.trainer.model
+
+    def evaluate(self) -> float:
+        for p, src in zip(trainable(self.scratch), self.state.params):
+            p.data.copy_(src)
+        return evaluate_bpb(self.scratch, *self.val, self.device)
 
     def publish_round(self, report: RoundReport) -> None:
         """One round's outcome to every sink: metrics, page and signed record, summary, terminal."""
@@ -301,7 +367,7 @@ class Volunteer:
                                                   reachability=self.reach))
 
     def reached_max(self) -> bool:
-        return bool(self.cfg.max_rounds) and self.state.round >= self.cfg.max_rounds
+        return bool(self.cfg.max_rounds) and self.state.round + (self.inflight is not None) >= self.cfg.max_rounds
 
     def start_heartbeat(self) -> None:
         maddrs = shareable(self.swarm.visible_maddrs())

@@ -25,3 +25,22 @@ def test_demo_strategy_bit_identical_and_bytes_match_codec(tmp_path, strategy):
             else:
                 assert abs(wire - codec) / codec < 0.10, (kind, wire, codec)
     assert sum(s["codec_bytes_sent"].values()) > 0
+
+
+def test_overlapped_rounds_stay_bit_identical(tmp_path):
+    """[strategy] overlap: each peer trains round r+1 while round r's updates travel, from its own
+    start (the state it holds plus its progress in flight); the swarm's state stays one."""
+    run = tmp_path / "run.toml"
+    run.write_text('name = "overlap"\n[model]\nd_model = 64\nn_layer = 2\nn_head = 4\nctx = 64\n'
+                   '[train]\nbatch_size = 8\nwarmup_steps = 5\n'
+                   '[strategy]\nname = "sparseloco"\ninner_steps = 10\noverlap = true\n'
+                   '[swarm]\ncollect_timeout = 20.0\nround_timeout = 90.0\nheartbeat_interval = 1.0\n'
+                   'heartbeat_ttl = 6.0\nmin_peers = 3\n')
+    summary = tmp_path / "s.json"
+    cmd = [sys.executable, "-m", "node.cli", "demo", "--run", str(run), "--peers", "3", "--rounds", "4",
+           "--summary-json", str(summary), "--workdir", str(tmp_path / "w"), "--monitor-port", "-1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    s = json.loads(summary.read_text())
+    assert s["rounds_completed"] == 4 and len(s["model_digests"]) == 3
+    assert len(set(s["model_digests"].values())) == 1, s["model_digests"]

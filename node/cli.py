@@ -112,6 +112,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     byz.add_argument("--scoring", action="store_true", help="score updates on a shared batch and ban bad scorers")
     byz.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
+    ex = bsub.add_parser("exchange", help="the update exchange on asyncio's loop against uvloop's (two local peers)")
+    ex.add_argument("--loops", default="asyncio,uvloop", help="comma-separated loop kinds, interleaved")
+    ex.add_argument("--sizes", type=int, nargs="+", default=[8192, 262144, 4194304], metavar="BYTES",
+                    help="update sizes to fetch")
+    ex.add_argument("--fetches", type=int, default=200, help="fetches per size, mode and repeat")
+    ex.add_argument("--parallel", type=int, default=8, help="fetches in flight at once in the parallel mode")
+    ex.add_argument("--repeats", type=int, default=3, help="repeats per loop kind (rows report the median)")
+    ex.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
+
     sw = bsub.add_parser("swarm", help="real node processes side by side: compute use, tokens/s, bytes (issue 9)")
     sw.add_argument("--peers", type=int, default=3, help="peers at full speed")
     sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategies; NAME+overlap "
@@ -221,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             from node.tune import run_tune
             run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, stop=stop)
             return EXIT_INTERRUPTED if stop.is_set() else 0
+        if args.command == "bench" and args.bench_command == "exchange":
+            from node.exchbench import markdown_table as exchange_table, run_exchange_bench
+            rows = run_exchange_bench(loops=[x for x in args.loops.split(",") if x], sizes=args.sizes,
+                                      fetches=args.fetches, parallel=args.parallel, repeats=args.repeats,
+                                      json_path=args.json)
+            print(exchange_table(rows))
+            return 0
         if args.command == "bench" and args.bench_command == "swarm":
             from node.swarmbench import markdown_table as swarm_table, run_swarm_bench
             rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],

@@ -122,7 +122,8 @@ class Volunteer:
         self.metrics = NodeMetrics()
         self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes, on_bytes=self.metrics.on_bytes,
                                  max_streams_per_peer=self.run.swarm.max_streams_per_peer,
-                                 state_requests_per_minute=self.run.swarm.state_requests_per_minute)
+                                 state_requests_per_minute=self.run.swarm.state_requests_per_minute,
+                                 event_loop=cfg.event_loop)
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)

@@ -346,3 +346,19 @@ def test_stream_cap_bookkeeping():
     assert cap.try_enter("p") and cap.try_enter("p") and not cap.try_enter("p") and cap.try_enter("q")
     cap.leave("p"), cap.leave("p"), cap.leave("q")
     assert not cap.active
+
+
+def test_the_exchange_loop_is_uvloops_unless_asked_otherwise(net):
+    import uvloop
+    from node.exchange import new_loop
+    for kind, is_uv in (("uvloop", True), ("asyncio", False)):
+        loop = new_loop(kind)
+        try:
+            assert isinstance(loop, uvloop.Loop) == is_uv
+        finally:
+            loop.close()
+    ex = Exchange(net.dht(A), RUN, max_bytes=2**20)
+    try:
+        assert isinstance(ex._loop, uvloop.Loop)  # the default: what the node runs
+    finally:
+        ex.close()

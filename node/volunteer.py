@@ -29,7 +29,7 @@ from node.exchange import Exchange
 from node.dashboard.server import NoStatusServer, StatusServer
 from node.metrics import NodeMetrics
 from node.model import build_run_model, trainable
-from node.overlap import make_overlap
+from node.overlap import Start, make_overlap
 from node.privacy import make_privacy
 from node.progress import Reporter
 from node.report import TIMELINE, History, RoundReport
@@ -61,6 +61,7 @@ class InFlight:
     t0: float
     t1: float
     result: Future  # -> (roster or None, payloads or None)
+    start: Start  # where its training started
 
 
 def _done(fn) -> Future:
@@ -138,8 +139,8 @@ class Volunteer:
         self.rounds = RoundProtocol(RealNet(self.swarm, self.exchange), self.run_id, self.run.swarm, self.key,
                                     self.ledger, self.round_hooks(), self.max_bytes)
         self._preview: tuple[str, SwarmState] | None = None  # the leader's applied copy, reused
-        self.overlap = make_overlap(self.run.strategy.overlap)  # where each round's training starts
-        self.base: SwarmState | None = None  # ... this round's: what the update is measured from
+        self.overlap = make_overlap(self.run.strategy.overlap, self.strategy.local_optimizer)  # where each round's training starts
+        self.start: Start | None = None  # ... this round's: what the update is measured from
         self.inflight: InFlight | None = None  # the round announced and not yet applied
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
         stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
@@ -185,11 +186,12 @@ class Volunteer:
                 trained = self.inner_steps(r, stop)                # plain torch: H steps, or a window's worth
             if trained is None:
                 break                                              # stopped mid-round: keep the last round
-            with self.phase("encode"):
-                self.privacy.before_update(self.base, self.trainer.model)  # DP: clip + noise (off: does nothing)
-                update = self.strategy.make_update(self.base, self.worker, self.trainer.model)  # since self.base
             t1 = time.monotonic()
-            self.settle(stop)                                      # overlap: apply the round in flight now
+            self.settle(stop)                                      # overlap: the round in flight, if still in flight
+            with self.phase("encode"):
+                self.privacy.before_update(self.start.base, self.trainer.model)  # DP: clip + noise (off: nothing)
+                self.worker_before = copy.deepcopy(self.worker)    # error feedback as it was, should we miss
+                update = self.strategy.make_update(self.start.base, self.worker, self.trainer.model)
             self.send(update, *trained, t0, t1, stop)              # announce; the roster is awaited (overlap: behind)
             if not self.overlap.enabled:
                 self.settle(stop)                                  # apply it: same bits on every peer
@@ -277,10 +279,11 @@ class Volunteer:
         if self.overlap.enabled:  # the round in flight was just settled: say where we are now
             self.heartbeat.update(round=r, state_round=state_round, digest=base)
         with self.phase("communicate"):
-            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), self.tokens_of(steps))
+            tokens = self.tokens_of(steps + self.start.carried_steps)  # a missed round's work counts once more
+            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), tokens)
             collect = functools.partial(self.collect, r, base, state_round, stop)
             future = self.pool.submit(collect) if self.overlap.enabled else _done(collect)
-        self.inflight = InFlight(round=r, loss=loss, steps=steps, t0=t0, t1=t1, result=future)
+        self.inflight = InFlight(round=r, loss=loss, steps=steps, t0=t0, t1=t1, result=future, start=self.start)
 
     def collect(self, r: int, base: str, state_round: int, stop: threading.Event):
         roster = self.rounds.await_roster(r, base, state_round, stop)  # an elected leader's
@@ -298,17 +301,29 @@ class Volunteer:
             return
         with self.phase("apply"):
             applied = payloads is not None and self.apply_round(roster, payloads)  # same bits on every peer
-        if not applied:
+        if not applied or all(a.peer != self.me for a in roster.announcements):
+            self.carry_over(flight)
+        if applied:
+            self.finish_round(roster, flight.loss, flight.steps, train_s=flight.t1 - flight.t0,
+                              exchange_s=time.monotonic() - waited_from)
+        else:
             self.resync(stop)
-            return
-        self.finish_round(roster, flight.loss, flight.steps, train_s=flight.t1 - flight.t0,
-                          exchange_s=time.monotonic() - waited_from)
+        if self.overlap.enabled and self.start is not None:  # the round we train now goes on from this state
+            self.start = self.overlap.rebase(self.start, self.state, self.trainer.params)
+            self.trainer.load_params(self.start.params)
+
+    def carry_over(self, flight: InFlight) -> None:
+        """Our update of this round was not applied: fold its work into the next round (with
+        the error feedback as it was before that update, so nothing counts twice)."""
+        if self.overlap.missed(flight.start, self.trainer.params, flight.steps):
+            self.worker = self.worker_before
+            self.out.event("carried_over", round=flight.round, steps=flight.steps)
 
     def inner_steps(self, r: int, stop: threading.Event) -> tuple[float, int] | None:
-        """(mean loss, steps run) of this round's local training, from self.base (the swarm's
+        """(mean loss, steps run) of this round's local training, from self.start (the swarm's
         state, or with overlap that plus our progress in flight); None when stopped."""
-        self.base = self.overlap.start(self.state, self.trainer.params)
-        self.trainer.load_params(self.base.params)
+        self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
+        self.trainer.load_params(self.start.params)
         gen = data.batch_generator(self.run.train.seed, self.me, r)
         window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
         started, losses = time.monotonic(), []
@@ -318,6 +333,8 @@ class Volunteer:
             x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, gen)
             t = time.monotonic()
             losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
+            if self.inflight is not None and self.inflight.result.done():
+                self.settle(stop)  # overlap: apply the round in flight now, and go on from its state
             if self.cfg.slowdown > 1:  # stand in for a slower machine (tests, benchmarks)
                 stop.wait((self.cfg.slowdown - 1) * (time.monotonic() - t))
         self.history.trained(self.tokens_of(len(losses)), time.monotonic() - started)  # forward, backward, step
@@ -340,9 +357,11 @@ class Volunteer:
 
     @functools.cached_property
     def scratch(self) -> torch.nn.Module:
-        """A model to evaluate and score states on: the trainer's own (the next round reloads it),
-        or with overlap a copy, since the trainer's trains on meanwhile."""
-        return copy.deepcopy(self.trainer.model) if self.overlap.enabled else self.trainer.model
+        """A model to evaluate and score states on: a copy when the trainer's own must keep its
+        trained weights meanwhile (overlap trains on; a missed round's progress is read from it
+        after the leader scored), else the trainer's own (the next round reloads it)."""
+        keep = self.overlap.enabled or self.run.robust.scoring
+        return copy.deepcopy(self.trainer.model) if keep else self.trainer.model
 
     def evaluate(self) -> float:
         for p, src in zip(trainable(self.scratch), self.state.params):

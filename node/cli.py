@@ -124,7 +124,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sw = bsub.add_parser("swarm", help="real node processes side by side: compute use, tokens/s, bytes (issue 9)")
     sw.add_argument("--peers", type=int, default=3, help="peers at full speed")
     sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategies; NAME+overlap "
-                    "also overlaps each round's exchange with the next round's compute")
+                    "also overlaps each round's exchange with the next round's compute; hivemind is "
+                    "hivemind.Optimizer itself on the same model and data (the baseline)")
     sw.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
     sw.add_argument("--round-seconds", type=float, nargs="+", default=[2.0],
                     help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)")
@@ -133,6 +134,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--link", default="", metavar="SPEC",
                     help="every peer behind an emulated link, e.g. up=20mbit,down=100mbit,rtt=50ms,loss=1%% "
                          "(root; docs/links.md)")
+    sw.add_argument("--target-bpb", type=float, metavar="BPB",
+                    help="also report seconds from join until the evaluating peer reaches this val bpb")
     sw.add_argument("--workdir", default="bench-swarm", help="data dirs and logs of the peers")
     sw.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
@@ -241,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             from node.swarmbench import markdown_table as swarm_table, run_swarm_bench
             rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],
                                    seconds=args.seconds, round_seconds=args.round_seconds, slow_peer=args.slow_peer,
-                                   link=args.link, json_path=args.json, workdir=args.workdir, stop=stop)
+                                   link=args.link, json_path=args.json, workdir=args.workdir, stop=stop,
+                                   target_bpb=args.target_bpb)
             print(swarm_table(rows))
             return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "pretrain":

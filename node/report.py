@@ -82,6 +82,7 @@ class History:
     tokens_contributed: int = 0
     compute_s: float = 0.0
     timeline: list[list] = field(default_factory=list)
+    bpb_timeline: list[list] = field(default_factory=list)  # [unix_time, round, val_bpb] per evaluated round
 
     def trained(self, tokens: int, seconds: float) -> None:
         """Local work, counted when it is done (also when its round fails later)."""
@@ -97,5 +98,6 @@ class History:
         self.loss.append(report.loss)
         if report.val_bpb is not None:
             self.val_bpb.append(report.val_bpb)
+            self.bpb_timeline.append([round(report.unix_time, 3), report.round, report.val_bpb])
         self.timeline.append([round(report.unix_time, 3), report.round, self.tokens_trained, self.tokens_contributed,
                               round(self.compute_s, 3), report.sent, report.received])

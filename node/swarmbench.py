@@ -12,7 +12,12 @@ Rows (JSON): strategy, round_seconds, peers, slow_peer, link, wall_seconds,
 compute_utilization (fast peers: seconds in forward, backward and the inner step over wall
 seconds), tokens (contributed to accepted rounds, all peers), fast_tokens_per_s (per fast peer),
 swarm_tokens_per_s, val_bpb (peer 0 evaluates), bytes_up_per_peer, bytes_down_per_peer
-(update bytes, per peer per round), rounds_ok, rounds_failed (median peer).
+(update bytes, per peer per round), rounds_ok, rounds_failed (median peer), target_bpb,
+seconds_to_target_bpb (from the moment every peer joined until the evaluating peer's val bpb
+first reached --target-bpb; None: not within the case).
+`--strategies hivemind` runs the baseline: hivemind.Optimizer on the same model, data and
+inner AdamW (node/hivemind_peer.py); its byte columns are all-reduce's own figure, since
+hivemind does not count bytes.
 """
 from __future__ import annotations
 
@@ -72,10 +77,14 @@ class Case:
     """Link spec of every peer ('' : loopback)."""
 
 
+HIVEMIND = "hivemind"
+"""The baseline: hivemind.Optimizer itself on the same model and data (node/hivemind_peer.py)."""
+
+
 def strategy_of(spec: str) -> tuple[str, bool]:
     """'sparseloco' -> ('sparseloco', False); 'sparseloco+overlap' -> ('sparseloco', True)."""
     name, plus, extra = spec.partition("+")
-    if plus and extra != "overlap":
+    if plus and (extra != "overlap" or name == HIVEMIND):
         raise SwarmtrainError(f"strategy {spec!r}: unknown option {extra!r}", "write NAME or NAME+overlap")
     return name, bool(plus)
 
@@ -83,9 +92,9 @@ def strategy_of(spec: str) -> tuple[str, bool]:
 class Node:
     """One `swarmtrain` process in its own session (so that its DHT child and p2pd go with it)."""
 
-    def __init__(self, args: list[str], prefix: list[str], log: Path):
+    def __init__(self, args: list[str], prefix: list[str], log: Path, module: str = "node.cli"):
         self.log = log.open("w")
-        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", "node.cli", *args], stdout=self.log,
+        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", module, *args], stdout=self.log,
                                       stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).parents[1],
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.path = log
@@ -121,7 +130,8 @@ def stop_group(popen: subprocess.Popen, timeout: float) -> None:
         pass
 
 
-def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=print) -> dict | None:
+def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=print,
+             target_bpb: float | None = None) -> dict | None:
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slow else 0)
     run = work / "run.toml"
@@ -134,16 +144,22 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
         prefix = (lambda k: net.exec_prefix(k)) if net else (lambda k: [])
         nodes: list[Node] = []
         stack.callback(lambda: [x.stop() for x in reversed(nodes)])
-        nodes.append(Node(["bootstrap", "--run", str(run), "--host", host(0), "--new-swarm", "--data-dir",
-                           str(work / "boot"), "--startup-timeout", "60"], prefix(0), work / "boot.log"))
+        baseline = name == HIVEMIND
+        module = "node.hivemind_peer" if baseline else "node.cli"
+        nodes.append(Node(["bootstrap", "--host", host(0)] if baseline else
+                          ["bootstrap", "--run", str(run), "--host", host(0), "--new-swarm", "--data-dir",
+                           str(work / "boot"), "--startup-timeout", "60"], prefix(0), work / "boot.log", module))
         maddr = nodes[0].wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 120).group(1).split(",")[0]
         for k in range(1, n + 1):
             slow = ["--slowdown", str(case.slow)] if case.slow and k == n else []
-            nodes.append(Node(["join", "--initial-peers", maddr, "--host", host(k), "--data-dir", str(work / f"p{k}"),
-                               "--threads", "1", "--result-json", str(work / f"p{k}.json"),
-                               *(["--eval"] if k == 1 else []), *slow], prefix(k), work / f"p{k}.log"))
+            own = (["--run", str(run), "--peers", str(n), "--index", str(k)] if baseline else
+                   ["--data-dir", str(work / f"p{k}")])
+            nodes.append(Node(["join", "--initial-peers", maddr, "--host", host(k), *own, "--threads", "1",
+                               "--result-json", str(work / f"p{k}.json"), *(["--eval"] if k == 1 else []), *slow],
+                              prefix(k), work / f"p{k}.log", module))
         for node in nodes[1:]:
             node.wait_for(r"event=joined ", 180)
+        joined = time.time()  # time to the target bpb counts from here
         say(f"  {case.strategy} window={case.round_seconds}s peers={case.fast}+{'1 slow' if case.slow else '0'}"
             f"{' link=' + case.link if case.link else ''}: training {seconds:.0f} s")
         for node in nodes[1:]:  # the first rounds with every peer in them are not measured
@@ -157,7 +173,7 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
         for node in reversed(nodes[1:]):
             node.stop()
         results = [json.loads((work / f"p{k}.json").read_text()) for k in range(1, n + 1)]
-    return row(case, [measured(r, start, end) for r in results], results)
+    return row(case, [measured(r, start, end) for r in results], results, joined, target_bpb)
 
 
 def measured(result: dict, start: float, end: float) -> dict:
@@ -172,7 +188,15 @@ def measured(result: dict, start: float, end: float) -> dict:
     return {k: b[k] - a[k] for k in rows[0]}
 
 
-def row(case: Case, deltas: list[dict], results: list[dict]) -> dict:
+def seconds_to(target: float | None, bpb_timeline: list[list], since: float) -> float | None:
+    """Seconds from `since` until the evaluating peer first measured val_bpb <= target (None: never)."""
+    if target is None:
+        return None
+    return next((round(t - since, 1) for t, _, bpb in bpb_timeline if bpb <= target), None)
+
+
+def row(case: Case, deltas: list[dict], results: list[dict], joined: float = 0.0,
+        target_bpb: float | None = None) -> dict:
     fast = deltas[:case.fast]
     per_s = lambda d, k: d[k] / d["unix_time"]  # noqa: E731
     bpb = results[0].get("val_bpb") or []
@@ -187,12 +211,14 @@ def row(case: Case, deltas: list[dict], results: list[dict]) -> dict:
             "bytes_up_per_peer": round(statistics.mean(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
             "bytes_down_per_peer": round(statistics.mean(d["bytes_received"] / max(1, d["round"]) for d in deltas)),
             "rounds_ok": statistics.median(d["round"] for d in deltas),
-            "rounds_failed": statistics.median(r["rounds_failed"] for r in results)}
+            "rounds_failed": statistics.median(r["rounds_failed"] for r in results),
+            "target_bpb": target_bpb,
+            "seconds_to_target_bpb": seconds_to(target_bpb, results[0].get("val_bpb_timeline", []), joined)}
 
 
 def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_seconds: list[float],
                     slow_peer: float, link: str, json_path: str, workdir: str, stop: threading.Event,
-                    say=print) -> list[dict]:
+                    say=print, target_bpb: float | None = None) -> list[dict]:
     if link:
         LinkSpec.parse(link)  # a bad spec fails before anything starts
         if why := missing_requirements():
@@ -204,11 +230,11 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
         strategy_of(strategy)  # a bad name fails before anything starts
     rows = []
     for strategy in strategies:
-        for window in round_seconds:
+        for window in (round_seconds[:1] if strategy == HIVEMIND else round_seconds):  # it has no window
             for slow in ([0.0, slow_peer] if slow_peer else [0.0]):
                 case = Case(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
                 name = f"{strategy}-w{window:g}-{'slow' if slow else 'even'}"
-                result = run_case(case, seconds, Path(workdir) / name, stop, say)
+                result = run_case(case, seconds, Path(workdir) / name, stop, say, target_bpb)
                 if result is None:
                     return rows
                 rows.append(result)
@@ -219,7 +245,8 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
 
 def markdown_table(rows: list[dict]) -> str:
     keys = ["strategy", "round_seconds", "peers", "slow_peer", "link", "compute_utilization", "fast_tokens_per_s",
-            "swarm_tokens_per_s", "val_bpb", "bytes_up_per_peer", "bytes_down_per_peer", "rounds_ok", "rounds_failed"]
+            "swarm_tokens_per_s", "val_bpb", "bytes_up_per_peer", "bytes_down_per_peer", "rounds_ok", "rounds_failed",
+            "seconds_to_target_bpb"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) and k == "val_bpb" else str(r[k])

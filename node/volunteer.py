@@ -527,7 +527,8 @@ class Volunteer:
                 "tokens_contributed": self.history.tokens_contributed,
                 "compute_seconds": round(self.history.compute_s, 3),
                 "wall_seconds": round(time.monotonic() - getattr(self, "joined_at", time.monotonic()), 3),
-                "timeline": self.history.timeline, "timeline_fields": TIMELINE}
+                "timeline": self.history.timeline, "timeline_fields": TIMELINE,
+                "val_bpb_timeline": self.history.bpb_timeline}
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:

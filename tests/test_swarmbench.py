@@ -34,3 +34,36 @@ def test_too_short_a_window_and_bad_flags_name_the_fix():
     with pytest.raises(SwarmtrainError):
         run_swarm_bench(peers=2, strategies=["diloco"], seconds=10, round_seconds=[1.0], slow_peer=0, link="up=fast",
                         json_path="/dev/null", workdir="/tmp", stop=None)
+
+
+def test_seconds_to_the_target_bpb_count_from_the_join():
+    from node.swarmbench import seconds_to
+    timeline = [[110.0, 1, 5.2], [114.0, 2, 4.9], [118.0, 3, 4.7]]
+    assert seconds_to(5.0, timeline, since=100.0) == 14.0
+    assert seconds_to(4.0, timeline, since=100.0) is None  # never reached within the case
+    assert seconds_to(None, timeline, since=100.0) is None
+
+
+def test_strategy_names_take_overlap_but_not_on_the_baseline():
+    from node.swarmbench import strategy_of
+    assert strategy_of("sparseloco") == ("sparseloco", False)
+    assert strategy_of("sparseloco+overlap") == ("sparseloco", True)
+    for bad in ("hivemind+overlap", "diloco+fast"):
+        with pytest.raises(SwarmtrainError, match="unknown option"):
+            strategy_of(bad)
+
+
+def test_the_hivemind_baselines_result_reads_like_a_volunteers():
+    """node/hivemind_peer.py writes the fields bench swarm cuts its window from."""
+    from node.hivemind_peer import Result
+    out = Result(started=0.0)
+    for epoch in (1, 2, 3):
+        out.tokens += 1024
+        out.compute_s += 1.0
+        out.sent += 500
+        out.row(epoch, 5.0 - epoch)
+    summary = out.summary(params=1000, per_avg=500)
+    assert summary["timeline_fields"] == FIELDS and len(summary["timeline"]) == 3
+    assert summary["val_bpb_timeline"][-1][1:] == [3, 2.0]
+    first, last = dict(zip(FIELDS, summary["timeline"][0])), dict(zip(FIELDS, summary["timeline"][-1]))
+    assert last["tokens_contributed"] - first["tokens_contributed"] == 2048 and last["bytes_sent"] == 1500

@@ -336,6 +336,9 @@ class NodeConfig:
     slowdown: float = 1.0
     """Run this many times slower than the machine can (sleeping after each inner step): for tests
     and benchmarks that need a slow peer beside fast ones. 1: full speed."""
+    upload_limit_mbit: float = 0.0
+    """Cap on what this node uploads (updates, states), in Mbit/s, for a volunteer who shares a
+    home link; 0: no cap."""
     event_loop: str = "uvloop"
     """The exchange's asyncio loop: 'uvloop' (faster; falls back to 'asyncio' where uvloop is
     missing) or 'asyncio'. `swarmtrain bench exchange` compares them."""
@@ -417,6 +420,8 @@ def _validate_node(cfg: NodeConfig) -> None:
         raise SwarmtrainError("threads must be >= 0 (0 keeps torch's default)")
     if cfg.slowdown < 1:
         raise SwarmtrainError(f"slowdown {cfg.slowdown} is below 1", "pass --slowdown 1 (full speed) or more")
+    if cfg.upload_limit_mbit < 0:
+        raise SwarmtrainError(f"upload_limit_mbit {cfg.upload_limit_mbit} is negative", "pass 0 (no cap) or more")
     if cfg.event_loop not in ("uvloop", "asyncio"):
         raise SwarmtrainError(f"event_loop {cfg.event_loop!r} is not known", "use 'uvloop' or 'asyncio'")
 

@@ -170,6 +170,24 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class UploadLimit:
+    """Paces everything this node sends to `bytes_per_s` across all streams (a volunteer's cap on
+    a shared home upload); None: unlimited. Runs in the exchange's loop only, so no lock."""
+
+    CHUNK = 64 * 1024  # bytes handed to a stream at a time under a limit
+
+    def __init__(self, bytes_per_s: float | None, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.clock = bytes_per_s, clock
+        self._free_at = 0.0  # when the line is free again
+
+    async def take(self, n: int) -> None:
+        now = self.clock()
+        start = max(now, self._free_at)
+        self._free_at = start + n / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 # ------------------------------------------------------------------------------ exchange
 class Exchange:
     def __init__(self, dht, run_id: str, *, max_bytes: int,
@@ -178,13 +196,17 @@ class Exchange:
                  state_requests_per_minute: int = SwarmConfig.state_requests_per_minute,
                  max_fetches_per_peer: int = SwarmConfig.max_streams_per_peer,
                  io_timeout: float = SERVE_TIMEOUT, clock: Callable[[], float] = time.monotonic,
-                 event_loop: str = "uvloop"):
+                 event_loop: str = "uvloop", upload_limit: float | None = None,
+                 on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None):
         """`dht` gives the libp2p connection (`await dht.replicate_p2p()`); `max_bytes` bounds a
         payload fetched without `expect`; the per-peer limits default to SwarmConfig's;
         `io_timeout` bounds each read of a request we serve; `clock` drives the state rate limit;
-        `event_loop` is 'uvloop' or 'asyncio' (new_loop)."""
+        `event_loop` is 'uvloop' or 'asyncio' (new_loop); `upload_limit` caps what we send, in
+        bytes per second (None: no cap); `on_state_served(peer, nbytes)` is told when we start
+        sending our state to a peer (a joiner or a resyncing peer)."""
         self.run_id = run_id
         self.on_bytes = on_bytes  # (direction "sent"/"received", kind, bytes): metrics
+        self.on_state_served = on_state_served
         self.max_bytes = max_bytes
         self.io_timeout = io_timeout
         self.sent: Counter[str] = Counter()  # kind -> bytes written to peers
@@ -195,6 +217,7 @@ class Exchange:
         self._inbound = StreamCap(max_streams_per_peer)
         self._state_limit = RateLimit(state_requests_per_minute, clock)
         self._outbound = FetchSlots(max_fetches_per_peer)
+        self._upload = UploadLimit(upload_limit) if upload_limit else None
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
         self._lock = threading.Lock()
@@ -300,14 +323,20 @@ class Exchange:
         self._count("received", request.op, n)
         payload, error = self._answer(request, peer)
         self.served[request.op] += payload is not None
+        if request.op == "state" and payload is not None:
+            self.on_state_served(peer, len(payload))
         return request.op, encode_response(payload, error)
 
     async def _send(self, writer, kind: str, response: bytes) -> None:
         out = frame(response)
-        writer.write(out)
         self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
-        async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
-            await writer.drain()
+        step = len(out) if self._upload is None else UploadLimit.CHUNK
+        for i in range(0, len(out), step):
+            if self._upload is not None:
+                await self._upload.take(min(step, len(out) - i))
+            writer.write(out[i:i + step])
+            async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
+                await writer.drain()
 
     def _answer(self, request: Request, peer: str) -> tuple[bytes | None, str]:
         if request.run != self.run_id:

@@ -124,7 +124,9 @@ class Volunteer:
         self.exchange = Exchange(self.swarm.dht, self.run_id, max_bytes=self.max_bytes, on_bytes=self.metrics.on_bytes,
                                  max_streams_per_peer=self.run.swarm.max_streams_per_peer,
                                  state_requests_per_minute=self.run.swarm.state_requests_per_minute,
-                                 event_loop=cfg.event_loop)
+                                 event_loop=cfg.event_loop, upload_limit=cfg.upload_limit_mbit * 1e6 / 8 or None,
+                                 on_state_served=lambda peer, n: reporter.event("state_serving", peer=peer[:16],
+                                                                                bytes=n))
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)
@@ -484,6 +486,7 @@ class Volunteer:
 
     def _download_state(self, donor: str, round_no: int) -> SwarmState | None:
         """The donor's state, read only if its length is exactly that of a state of round `round_no`."""
+        self.out.event("state_fetch", donor=donor[:16], round=round_no)
         try:
             blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60,
                                        expect=self.state_len_without_round + len(msgpack.packb(round_no)))

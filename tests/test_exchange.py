@@ -362,3 +362,27 @@ def test_the_exchange_loop_is_uvloops_unless_asked_otherwise(net):
         assert isinstance(ex._loop, uvloop.Loop)  # the default: what the node runs
     finally:
         ex.close()
+
+
+def test_the_upload_limit_paces_every_stream_together():
+    from node.exchange import UploadLimit
+    now = [0.0]
+    slept = []
+
+    async def run():
+        limit = UploadLimit(1000.0, clock=lambda: now[0])  # 1,000 bytes a second
+        orig = asyncio.sleep
+
+        async def fake_sleep(t):
+            slept.append(round(t, 3))
+            await orig(0)
+        asyncio.sleep = fake_sleep
+        try:
+            await limit.take(500)   # the line is free: at once
+            await limit.take(500)   # queued behind the first: 0.5 s
+            now[0] = 0.2
+            await limit.take(1000)  # another stream: behind both, 0.8 s from now
+        finally:
+            asyncio.sleep = orig
+    asyncio.run(run())
+    assert slept == [0.5, 0.8]

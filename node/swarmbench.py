@@ -9,8 +9,8 @@ show what a slow peer costs the others and adds to the swarm.
 Everything is measured over the same window of each case: from WARMUP seconds after every
 peer finished a round with all peers in it, to --seconds later, from the per-round timeline in each peer's result JSON.
 Rows (JSON): strategy, round_seconds, peers, slow_peer, link, wall_seconds,
-compute_utilization (fast peers: seconds in forward, backward and the inner step over wall
-seconds), tokens (contributed to accepted rounds, all peers), fast_tokens_per_s (per fast peer),
+compute_utilization (fast peers but the evaluating one, unless it is the only fast peer:
+seconds in forward, backward and the inner step over wall seconds), tokens (contributed to accepted rounds, all peers), fast_tokens_per_s (per fast peer),
 swarm_tokens_per_s, val_bpb (peer 0 evaluates), bytes_up_per_peer, bytes_down_per_peer
 (update bytes, per peer per round), rounds_ok, rounds_failed (median peer), target_bpb,
 seconds_to_target_bpb (from the moment every peer joined until the evaluating peer's val bpb
@@ -203,7 +203,8 @@ def row(case: Case, deltas: list[dict], results: list[dict], joined: float = 0.0
     return {"strategy": case.strategy, "round_seconds": case.round_seconds, "peers": len(deltas),
             "slow_peer": case.slow, "link": case.link or "loopback",
             "wall_seconds": round(statistics.mean(d["unix_time"] for d in deltas), 1),
-            "compute_utilization": round(statistics.mean(per_s(d, "compute_seconds") for d in fast), 3),
+            # the evaluating peer (the first) spends time on the benchmark's own measurement: left out
+            "compute_utilization": round(statistics.mean(per_s(d, "compute_seconds") for d in fast[1:] or fast), 3),
             "tokens": sum(d["tokens_contributed"] for d in deltas),
             "fast_tokens_per_s": round(statistics.mean(per_s(d, "tokens_trained") for d in fast)),
             "swarm_tokens_per_s": round(sum(per_s(d, "tokens_contributed") for d in deltas)),

@@ -282,7 +282,7 @@ class Volunteer:
             self.heartbeat.update(round=r, state_round=state_round, digest=base)
         with self.phase("communicate"):
             tokens = self.tokens_of(steps + self.start.carried_steps)  # a missed round's work counts once more
-            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), tokens)
+            self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), tokens, base)
             collect = functools.partial(self.collect, r, base, state_round, stop)
             future = self.pool.submit(collect) if self.overlap.enabled else _done(collect)
         self.inflight = InFlight(round=r, loss=loss, steps=steps, t0=t0, t1=t1, result=future, start=self.start)

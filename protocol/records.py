@@ -106,7 +106,9 @@ class Heartbeat:
 @dataclass(frozen=True, kw_only=True)
 class Announcement:
     """'My update for round `round` of run `run` is `nbytes` long with SHA-256 `sha256`, made of
-    `tokens` training tokens; ask me (or anyone holding it) for it.' Signed by `peer`."""
+    `tokens` training tokens, and applies to state `base`; ask me (or anyone holding it) for
+    it.' Signed by `peer`. `base` keeps an update trained on another state (the other half of a
+    split swarm, whose rounds carry the same numbers) out of a roster."""
 
     run: str
     round: int
@@ -114,6 +116,7 @@ class Announcement:
     nbytes: int
     sha256: str
     tokens: int
+    base: str
     time: float
 
     def to_wire(self) -> dict:
@@ -128,7 +131,7 @@ class Announcement:
         return cls(run=_run(_get(d, "run", str, where=w), w), round=_round(_get(d, "round", int, where=w), w),
                    peer=_peer_id(_get(d, "peer", str, where=w), w), nbytes=nbytes,
                    sha256=_sha256(_get(d, "sha256", str, where=w), w), tokens=_count(d, "tokens", w),
-                   time=_finite(_get(d, "time", float, where=w), "time", w))
+                   base=_sha256(_get(d, "base", str, where=w), w), time=_finite(_get(d, "time", float, where=w), "time", w))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,7 @@ def main(maddr: str, run_id: str, victim: str, seconds: str) -> None:
         stored["plain_value"] = dht.store(keys.peers_key(run_id), b"hide the table", far)
         stored["garbage_roster"] = dht.store(keys.roster_key(run_id, top + 1), b"x", far, subkey="1" * 46)
         k0, p0 = sybils[0]
-        ann = Announcement(run=run_id, round=top + 1, peer=p0, nbytes=10, sha256="0" * 64, tokens=1, time=now)
+        ann = Announcement(run=run_id, round=top + 1, peer=p0, nbytes=10, sha256="0" * 64, tokens=1, base=evil, time=now)
         roster = Roster(run=run_id, round=top + 1, leader=p0, prev="0" * 64, base=evil, result=evil, time=now,
                         entries=(signed.seal(k0, ann),))
         stored["unsigned_roster"] = dht.store(keys.roster_key(run_id, top + 1), signed.seal(me_key, roster), now + 60,
@@ -101,7 +101,7 @@ def poison_updates(dht, run_id, key, me, seconds, Exchange, UpdateEnvelope, Anno
             announced = blob if r % 2 else blob[:-1] + b"\0"  # odd rounds poison, even rounds oversize
             exchange.keep_update(r, me, blob if r % 2 else os.urandom(64 << 20))
             ann = Announcement(run=run_id, round=r, peer=me, nbytes=len(announced),
-                               sha256=hashlib.sha256(announced).hexdigest(), tokens=10**9, time=now)
+                               sha256=hashlib.sha256(announced).hexdigest(), tokens=10**9, base=base, time=now)
             dht.store(keys.updates_key(run_id, r), signed.seal(key, ann), now + 600, subkey=me)
             time.sleep(0.5)
     finally:

@@ -246,7 +246,7 @@ MESSAGES = [
 # -------------------------------------------------------------------------------- records
 HEARTBEAT = dict(peer=PEER, name="fuzz", round=3, state_round=2, digest=SHA, device="cpu",
                  maddrs=["/ip4/127.0.0.1/tcp/1"], time=1.0e9, active=True, run=RUN)
-ANNOUNCEMENT = dict(run=RUN, round=3, peer=PEER, nbytes=1000, sha256=SHA, tokens=4096, time=1.0e9)
+ANNOUNCEMENT = dict(run=RUN, round=3, peer=PEER, nbytes=1000, sha256=SHA, tokens=4096, base=SHA, time=1.0e9)
 METRICS = dict(peer=PEER, name="a", device="cpu", version="0.1.0", round=3, local_step=150, time=1.0e9,
                loss=2.5, val_bpb=4.1, tokens_per_s=900.0, tokens=3000, sent=10, received=20, dense=1000,
                rounds_ok=3, rounds_failed=1, reachability="private", history=[[1, 3.0, None], [2, 2.7, 4.3]],

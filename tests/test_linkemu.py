@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from node.errors import SwarmtrainError
-from node.net.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
+from node.net.linkemu import (EmulatedNetwork, Forwarder, LinkSpec, group_of, missing_requirements, parse_command,
+                              parse_partition)
 
 CONSUMER = "up=20mbit,down=100mbit,rtt=50ms,loss=0%"
 
@@ -59,6 +60,54 @@ def test_bad_specs_name_the_part_and_the_form(text, part, why):
         LinkSpec.parse(text)
     assert repr(part) in str(e.value) and why in str(e.value)
     assert "up=20mbit,down=100mbit,rtt=50ms" in e.value.help and "kbit" in e.value.help
+
+
+@pytest.mark.parametrize("line, parsed", [
+    ("stats", ("stats", None)),
+    ("heal\n", ("heal", None)),
+    ("partition 0,1,2|3,4", ("partition", ((0, 1, 2), (3, 4)))),
+    ("  partition  3, 4 | 0 ,1 ,2 ", ("partition", ((3, 4), (0, 1, 2)))),
+    ("partition 0|1|2|3|4", ("partition", ((0,), (1,), (2,), (3,), (4,)))),
+    ("partition 0,1", ("partition", ((0, 1),))),  # 2, 3, 4 are each cut off from everyone
+])
+def test_forwarder_commands_parse(line, parsed):
+    assert parse_command(line, 5) == parsed
+
+
+@pytest.mark.parametrize("line, why", [
+    ("partition 0,1|1,2", "peer 1 is in more than one group"),
+    ("partition 0,1,2|3,5", "there is no peer 5 (peers are 0-4)"),
+    ("partition 0,1|", "group '' is not a list of peer numbers"),
+    ("partition", "group '' is not a list of peer numbers"),
+    ("partition 0,,1", "is not a list of peer numbers"),
+    ("partition -1,0", "is not a list of peer numbers"),
+    ("partition a|b", "is not a list of peer numbers"),
+    ("heal now", "unknown link forwarder command 'heal now'"),
+    ("stat", "unknown link forwarder command"),
+])
+def test_bad_forwarder_commands_say_what_is_wrong(line, why):
+    with pytest.raises(SwarmtrainError) as e:
+        parse_command(line, 5)
+    assert why in str(e.value) and e.value.help
+
+
+def test_a_peer_in_no_group_is_alone():
+    groups = parse_partition("0,1|3", 5)
+    assert group_of(groups, 5) == [0, 0, -3, 1, -5]  # 2 and 4 share a group with nobody, not even each other
+
+
+def test_the_forwarder_drops_across_groups_only_and_counts_it():
+    fw = Forwarder(tuns=[100, 101, 102, 103, 104], specs=[LinkSpec()] * 5)  # file numbers only: nothing is opened
+    assert fw.command("partition 0,1,2|3,4") == {"partitioned": [[0, 1, 2], [3, 4]]}
+    assert [fw.cut(0, d) for d in range(1, 5)] == [False, False, True, True]
+    assert not fw.cut(4, 3) and fw.cut(3, 2)
+    stats = fw.command("stats")
+    assert [s["up"]["partitioned"] for s in stats] == [2, 0, 0, 1, 0]
+    assert all(s["down"]["partitioned"] == 0 for s in stats)
+    assert fw.command("heal") == {"healed": True}
+    assert not any(fw.cut(s, d) for s in range(5) for d in range(5))
+    assert "more than one group" in fw.command("partition 0|0")["error"]
+    assert fw.group is None  # a refused command changes nothing
 
 
 @pytest.fixture
@@ -145,6 +194,30 @@ def test_lossy_link_loses_packets_and_counts_them():
     print(f"\nloss=10%: {sent} sent, {arrived} arrived, {lost} counted lost; stats {stats}")
     assert lost > 0 and arrived == sent - lost
     assert 0.03 <= lost / sent <= 0.2  # mean 10%: this band is over 4 standard deviations wide
+
+
+@pytest.mark.usefixtures("namespaces")
+def test_a_partition_cuts_between_groups_until_healed():
+    sent = 50
+    with EmulatedNetwork([LinkSpec()] * 3) as net:
+        def burst(src, dst):
+            sink = _python(net, dst, UDP_SINK, net.address(dst))
+            assert sink.stdout.readline().strip() == "up"
+            _python(net, src, UDP_SEND, net.address(dst), sent, 64).wait(20)
+            return int(sink.communicate(timeout=20)[0])
+
+        net.partition([[0, 1], [2]])  # returns once the forwarder has taken it
+        inside, across = burst(0, 1), burst(0, 2)
+        partitioned = net.stats()[0]["up"]["partitioned"]
+        net.heal()
+        healed = burst(0, 2)
+        stats = net.stats()
+        with pytest.raises(SwarmtrainError, match="no peer 3"):
+            net.partition([[0], [3]])
+    print(f"\npartition 0,1|2: {inside}/{sent} arrived inside a group, {across}/{sent} across; "
+          f"after heal {healed}/{sent}; stats {stats}")
+    assert (inside, across, healed) == (sent, 0, sent)
+    assert partitioned == sent and stats[0]["up"]["partitioned"] == sent  # nothing more after the heal
 
 
 @pytest.mark.usefixtures("namespaces")

@@ -46,7 +46,7 @@ def test_heartbeat_rejects_non_map():
 
 
 def test_announcement_size_limits():
-    ok = Announcement(run="demo-1", round=1, peer=PEER_A, nbytes=10, sha256=SHA, tokens=5, time=1.0).to_wire()
+    ok = Announcement(run="demo-1", round=1, peer=PEER_A, nbytes=10, sha256=SHA, tokens=5, base=SHA, time=1.0).to_wire()
     assert Announcement.from_wire(ok, max_bytes=10).nbytes == 10
     with pytest.raises(ProtocolError, match="size"):
         Announcement.from_wire(ok, max_bytes=9)

@@ -50,7 +50,7 @@ class Peer:
 
     def announce(self, payload: bytes):
         r = self.round + 1
-        self.proto.announce(r, self.proto.envelope(r, "dense-float16", payload), tokens=100)
+        self.proto.announce(r, self.proto.envelope(r, "dense-float16", payload), tokens=100, base=self.digest)
 
     def finish(self, acc, payloads):
         assert digest_of(payloads, self.digest) == acc.roster.result
@@ -190,7 +190,7 @@ def test_forged_and_sybil_rosters_are_refused():
         me.proto.check_roster(env, sybil.id, r, base, cands)
     # a roster whose entry claims another peer's update, signed by someone else, does not open
     leader = next(p for p in peers if p.id == election.ranking(RUN, r, base, cands)[0])
-    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, time=0.0)
+    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base, time=0.0)
     forged = {**signed.seal(sybil.key, fake_ann)}
     bad = replace(roster, leader=leader.id, entries=(forged,))
     with pytest.raises(ProtocolError):
@@ -384,3 +384,26 @@ def test_restart_keeps_a_ledger_that_ends_at_the_synced_state():
     head = peers[0].ledger.entries[1]
     peers[0].ledger.restart(1, head.roster.result)
     assert peers[0].ledger.entries == {1: head} and peers[0].ledger.complete(1)
+
+
+def test_two_equal_halves_become_one_without_rolling_back():
+    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                                   maddrs=(), time=0.0)
+    a, b = "a" * 64, "b" * 64
+    # 2|2 after a heal: each peer sees its partner on its own state and the other pair on theirs
+    assert votes.fork_target({"p2": hb("p2", 20, a), "p3": hb("p3", 39, b), "p4": hb("p4", 39, b)}, 20, a) == (39, b)
+    assert votes.fork_target({"p1": hb("p1", 20, a), "p2": hb("p2", 20, a), "p4": hb("p4", 39, b)}, 39, b) is None
+    # at equal rounds the smaller digest's half stays, the other moves
+    assert votes.fork_target({"p2": hb("p2", 9, b), "p3": hb("p3", 9, a), "p4": hb("p4", 9, a)}, 9, b) == (9, a)
+    assert votes.fork_target({"p1": hb("p1", 9, b), "p2": hb("p2", 9, b), "p4": hb("p4", 9, a)}, 9, a) is None
+    # one round ahead is most likely our own successor: no move (we apply it ourselves)
+    assert votes.fork_target({"p2": hb("p2", 10, b), "p3": hb("p3", 10, b), "p4": hb("p4", 9, a)}, 9, a) is None
+
+
+def test_a_peer_stranded_on_a_fork_is_outvoted_by_a_quorum_ahead():
+    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                                   maddrs=(), time=0.0)
+    ahead = {p: hb(p, 30, "c" * 64) for p in ("p2", "p3", "p4")}
+    assert votes.outvoted(ahead, 12, "a" * 64)  # alone on round 12 while three vouch for round 30
+    assert not votes.outvoted({**ahead, "p5": hb("p5", 12, "a" * 64)}, 12, "a" * 64)  # a voter holds ours
+    assert not votes.outvoted({p: hb(p, 13, "c" * 64) for p in ahead}, 12, "a" * 64)  # one behind: we apply it

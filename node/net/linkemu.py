@@ -9,7 +9,10 @@ IPv4 destination, so no hub namespace or kernel forwarding is needed.
 A spec describes the path between two peers that have the same spec, so each stage adds half of
 each one-way figure: rtt/4 of delay, +-jitter/2, and a loss chance p with (1-p)^2 = 1-loss. Two
 peers with rtt=50ms see a 50 ms RTT; in general the RTT between a and b is (rtt_a + rtt_b) / 2.
-See docs/links.md.
+
+The forwarder can also cut the network into groups (`partition 0,1,2|3,4` on its stdin, undone
+by `heal`): packets between peers of different groups are dropped, also those already on the
+way. See docs/links.md.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from pathlib import Path
 
 from node.errors import SwarmtrainError
 
+PARTITION_FORM = ("give the groups of peer numbers, each group comma-separated and the groups separated by |, "
+                  "e.g. 0,1,2|3,4; every peer at most once, peers left out are cut off from everyone")
 FORM = ("write key=value pairs separated by commas, e.g. up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%,"
         "queue=200ms; rates in bit, kbit, mbit or gbit (kbps, mbps, gbps also mean bits), times in s, ms or us, "
         "loss in % or as a fraction; leave a key out for no limit")
@@ -143,6 +148,46 @@ def missing_requirements() -> str | None:
     return None
 
 
+def parse_partition(text: str, n_peers: int) -> tuple[tuple[int, ...], ...]:
+    """'0,1,2|3,4' -> ((0, 1, 2), (3, 4)): the groups of a partition of peers 0..n_peers-1."""
+    groups = []
+    seen: set[int] = set()
+    for part in text.split("|"):
+        members = [m.strip() for m in part.split(",")]
+        if not part.strip() or not all(m.isdigit() for m in members):
+            raise SwarmtrainError(f"bad partition {text!r}: group {part.strip()!r} is not a list of peer numbers",
+                                  PARTITION_FORM)
+        group = tuple(int(m) for m in members)
+        for k in group:
+            if k >= n_peers:
+                raise SwarmtrainError(f"bad partition {text!r}: there is no peer {k} (peers are 0-{n_peers - 1})",
+                                      PARTITION_FORM)
+            if k in seen:
+                raise SwarmtrainError(f"bad partition {text!r}: peer {k} is in more than one group",
+                                      PARTITION_FORM)
+            seen.add(k)
+        groups.append(group)
+    return tuple(groups)
+
+
+def group_of(groups: tuple[tuple[int, ...], ...], n_peers: int) -> list[int]:
+    """Each peer's group number; a peer left out of every group is alone (a group of its own that
+    no other peer shares): two peers talk only when their numbers are equal."""
+    found = {k: g for g, group in enumerate(groups) for k in group}
+    return [found.get(k, -1 - k) for k in range(n_peers)]
+
+
+def parse_command(line: str, n_peers: int) -> tuple[str, tuple[tuple[int, ...], ...] | None]:
+    """One line of the forwarder's stdin: ('stats', None), ('heal', None) or ('partition', groups)."""
+    word, _, rest = line.strip().partition(" ")
+    if word in ("stats", "heal") and not rest.strip():
+        return word, None
+    if word == "partition":
+        return word, parse_partition(rest, n_peers)
+    raise SwarmtrainError(f"unknown link forwarder command {line.strip()!r}",
+                          "send 'stats', 'partition 0,1|2,3' or 'heal', one a line")
+
+
 # ---- the forwarder: runs in its own process, `python -m node.net.linkemu forward NS=SPEC ...`
 
 TUN_NAME = "swl0"
@@ -159,7 +204,7 @@ class Stage:
         self.loss, self.queue_s = loss, queue_s
         self.line_free = 0.0  # when the line has sent everything queued on it
         self.last_exit = 0.0  # jitter delays packets but never reorders them, as on a real line
-        self.counts = {"forwarded": 0, "lost": 0, "queue_dropped": 0}
+        self.counts = {"forwarded": 0, "lost": 0, "queue_dropped": 0, "partitioned": 0}
 
     def admit(self, size: int, now: float) -> float | None:
         """The time the packet leaves this stage, or None when it is dropped."""
@@ -203,46 +248,96 @@ def open_tun(namespace: str) -> int:
         os.close(target)
 
 
+class Forwarder:
+    """The forwarder's state: the links, the packets on their way, and the partition if any."""
+
+    def __init__(self, tuns: list[int], specs: list[LinkSpec]):
+        self.tuns = tuns
+        self.links = [stages_of(spec) for spec in specs]
+        self.peer_of = {fd: k for k, fd in enumerate(tuns)}
+        self.index_of = {address_bytes(k): k for k in range(len(tuns))}
+        self.pending: list = []  # (due time, sequence, stage to enter next or None to deliver, src, dst, packet)
+        self.seq = itertools.count()
+        self.group: list[int] | None = None  # each peer's group while partitioned (group_of), else None
+        self.stdin = b""  # a command line not yet complete
+
+    def cut(self, src: int, dst: int) -> bool:
+        """Does the partition drop a packet from src to dst? (Counted at the sender's up stage.)"""
+        if self.group is None or self.group[src] == self.group[dst]:
+            return False
+        self.links[src][0].counts["partitioned"] += 1
+        return True
+
+    def receive(self, fd: int, now: float) -> None:
+        for packet in _drain(fd):
+            if len(packet) < 20:
+                continue  # not an IPv4 header (an empty read)
+            # only IPv4 to a known peer travels; the kernel's own IPv6 chatter on the TUN does not
+            dst = self.index_of.get(packet[16:20]) if packet[0] >> 4 == 4 else None
+            src = self.peer_of[fd]
+            if dst is None or self.cut(src, dst):
+                continue
+            due = self.links[src][0].admit(len(packet), now)
+            if due is not None:
+                heapq.heappush(self.pending, (due, next(self.seq), self.links[dst][1], src, dst, packet))
+
+    def deliver(self) -> None:
+        """Move every packet that is due into its next stage, or out into the receiver's TUN."""
+        while self.pending and self.pending[0][0] <= time.monotonic():
+            due, _, stage, src, dst, packet = heapq.heappop(self.pending)
+            if self.cut(src, dst):
+                continue  # cut while on its way: a partition drops what is in flight too
+            if stage is None:
+                try:
+                    os.write(self.tuns[dst], packet)
+                except OSError:
+                    pass  # the receiver's TUN is down: the packet is lost, as on a real line
+                continue
+            # the down stage starts at the due time, not at now: a late loop must not slow the line
+            due = stage.admit(len(packet), due)
+            if due is not None:
+                heapq.heappush(self.pending, (due, next(self.seq), None, src, dst, packet))
+
+    def answer_stdin(self) -> bool:
+        """Answer each complete command line with one JSON line; False when stdin closed (our owner is gone)."""
+        data = os.read(0, 4096)
+        self.stdin += data
+        *lines, self.stdin = self.stdin.split(b"\n")
+        for line in lines:
+            if line.strip():
+                print(json.dumps(self.command(line.decode(errors="replace"))), flush=True)
+        return bool(data)
+
+    def command(self, line: str):
+        try:
+            word, groups = parse_command(line, len(self.tuns))
+        except SwarmtrainError as e:
+            return {"error": str(e), "help": e.help}
+        if word == "stats":
+            return [{"up": up.counts, "down": down.counts} for up, down in self.links]
+        if word == "heal":
+            self.group = None
+            return {"healed": True}
+        self.group = group_of(groups, len(self.tuns))
+        return {"partitioned": [list(g) for g in groups]}
+
+
 def forward(namespaces: list[str], specs: list[LinkSpec]) -> None:
-    """Forward packets between the peers' TUNs until stdin closes; 'stats' on stdin prints the counts."""
-    tuns = [open_tun(ns) for ns in namespaces]
-    links = [stages_of(spec) for spec in specs]
-    peer_of = {fd: k for k, fd in enumerate(tuns)}
-    index_of = {address_bytes(k): k for k in range(len(tuns))}
-    pending: list = []  # (due time, sequence, stage to enter next or None to deliver, peer, packet)
-    seq = itertools.count()
+    """Forward packets between the peers' TUNs until stdin closes; stdin lines 'stats', 'partition
+    0,1|2,3' and 'heal' are each answered with one JSON line (the counts, or the acknowledgement)."""
+    fw = Forwarder([open_tun(ns) for ns in namespaces], specs)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("ready", flush=True)
     while True:
-        timeout = max(0.0, pending[0][0] - time.monotonic()) if pending else None
-        readable, _, _ = select.select([0, *tuns], [], [], timeout)
+        timeout = max(0.0, fw.pending[0][0] - time.monotonic()) if fw.pending else None
+        readable, _, _ = select.select([0, *fw.tuns], [], [], timeout)
         now = time.monotonic()
-        if 0 in readable and not _answer_stdin(links):
+        if 0 in readable and not fw.answer_stdin():
             return
         for fd in readable:
-            for packet in _drain(fd) if fd != 0 else ():
-                # only IPv4 to a known peer travels; the kernel's own IPv6 chatter on the TUN does not
-                dst = index_of.get(packet[16:20]) if packet[0] >> 4 == 4 else None
-                due = None if dst is None else links[peer_of[fd]][0].admit(len(packet), now)
-                if due is not None:
-                    heapq.heappush(pending, (due, next(seq), links[dst][1], dst, packet))
-        _deliver(pending, tuns, seq)
-
-
-def _deliver(pending: list, tuns: list[int], seq) -> None:
-    """Move every packet that is due into its next stage, or out into the receiver's TUN."""
-    while pending and pending[0][0] <= time.monotonic():
-        due, _, stage, dst, packet = heapq.heappop(pending)
-        if stage is None:
-            try:
-                os.write(tuns[dst], packet)
-            except OSError:
-                pass  # the receiver's TUN is down: the packet is lost, as on a real line
-            continue
-        # the down stage starts at the due time, not at now: a late loop must not slow the line
-        due = stage.admit(len(packet), due)
-        if due is not None:
-            heapq.heappush(pending, (due, next(seq), None, dst, packet))
+            if fd != 0:
+                fw.receive(fd, now)
+        fw.deliver()
 
 
 def _drain(fd: int) -> list[bytes]:
@@ -252,14 +347,6 @@ def _drain(fd: int) -> list[bytes]:
             packets.append(os.read(fd, 65535))
         except BlockingIOError:
             return packets
-
-
-def _answer_stdin(links: list[tuple[Stage, Stage]]) -> bool:
-    """Print the counts once per 'stats' line; False when stdin closed (our owner is gone)."""
-    data = os.read(0, 4096)
-    for _ in range(data.count(b"stats")):
-        print(json.dumps([{"up": up.counts, "down": down.counts} for up, down in links]), flush=True)
-    return bool(data)
 
 
 def address(k: int) -> str:
@@ -299,16 +386,37 @@ class EmulatedNetwork:
         return ["ip", "netns", "exec", self.namespaces[k]]
 
     def stats(self) -> list[dict[str, dict[str, int]]]:
-        """Per peer: {'up': {'forwarded', 'lost', 'queue_dropped'}, 'down': {...}} packet counts."""
+        """Per peer: {'up': {'forwarded', 'lost', 'queue_dropped', 'partitioned'}, 'down': {...}}
+        packet counts ('partitioned' counts at the sender's up stage)."""
+        return self._ask("stats")
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Cut the network: from now on (when this returns, the forwarder has taken it), packets
+        between peers of different groups are dropped, also those already on their way. A peer
+        in no group is cut off from everyone. Replaces any earlier partition."""
+        text = "|".join(",".join(str(k) for k in group) for group in groups)
+        parse_partition(text, len(self.specs))  # a bad one is refused here, before the forwarder sees it
+        self._ask(f"partition {text}")
+
+    def heal(self) -> None:
+        """Undo the partition: every peer reaches every other again (when this returns)."""
+        self._ask("heal")
+
+    def _ask(self, command: str):
+        """Send one command line to the forwarder and return its one JSON answer line."""
         try:
-            self.forwarder.stdin.write(b"stats\n")
+            self.forwarder.stdin.write(command.encode() + b"\n")
             self.forwarder.stdin.flush()
             line = self.forwarder.stdout.readline()
         except (BrokenPipeError, AttributeError, ValueError):  # never started, or already closed
             line = b""
         if not line:
-            raise SwarmtrainError("the link forwarder is not running", "call stats() inside the `with` block")
-        return json.loads(line)
+            raise SwarmtrainError("the link forwarder is not running",
+                                  f"call {command.split()[0]}() inside the `with` block")
+        answer = json.loads(line)
+        if isinstance(answer, dict) and "error" in answer:
+            raise SwarmtrainError(answer["error"], answer.get("help", ""))
+        return answer
 
     def __enter__(self) -> EmulatedNetwork:
         try:

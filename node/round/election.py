@@ -17,11 +17,17 @@ def rank_key(run: str, round_no: int, base: str, peer: str) -> bytes:
     return hashlib.sha256(f"{run}|{round_no}|{base}|{peer}".encode()).digest()
 
 
-def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | None, round_no: int) -> set[str]:
-    """Live, active peers on state `base` or past round `round_no`, restricted to `established`
-    (None: no restriction, the start of a run, when no live peer is established yet). A peer's
-    digest is its own claim either way; what makes a leader is the ledger and the signatures."""
-    live = {p for p, hb in peers.items() if hb.active and (hb.digest == base or hb.state_round >= round_no)}
+def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | None, round_no: int,
+               ahead: int | None = None) -> set[str]:
+    """Live, active peers on state `base` or past round `round_no` (a leader that applied its
+    roster first), restricted to `established` (None: no restriction, the start of a run, when
+    no live peer is established yet). `ahead` bounds how far past: whom we wait for to lead is
+    only a peer just past the round (ahead=1), not one far ahead, on the other side of a split
+    swarm; whose roster we accept is any (a peer catching up reads rosters led long ago). A
+    peer's digest is its own claim either way; what makes a leader is the ledger and the
+    signatures."""
+    top = float("inf") if ahead is None else round_no + ahead
+    live = {p for p, hb in peers.items() if hb.active and (hb.digest == base or round_no <= hb.state_round <= top)}
     return live if established is None else live & established
 
 

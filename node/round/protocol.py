@@ -84,11 +84,12 @@ class RoundProtocol:
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
         return UpdateEnvelope(run=self.run_id, round=round_no, peer=self.me, codec=codec, payload=payload).encode()
 
-    def announce(self, round_no: int, blob: bytes, tokens: int) -> None:
+    def announce(self, round_no: int, blob: bytes, tokens: int, base: str) -> None:
+        """Publish our update of `round_no`, which applies to state `base` (our state now)."""
         self.net.keep_update(round_no, self.me, blob)
         self.last_announced = round_no
         ann = Announcement(run=self.run_id, round=round_no, peer=self.me, nbytes=len(blob),
-                           sha256=hashlib.sha256(blob).hexdigest(), tokens=tokens, time=self.net.now())
+                           sha256=hashlib.sha256(blob).hexdigest(), tokens=tokens, base=base, time=self.net.now())
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
 
     # ------------------------------------------------------------------------- who may lead
@@ -103,14 +104,16 @@ class RoundProtocol:
             del self._recent[p]
         return {p: hb for p, (_, hb) in self._recent.items()}
 
-    def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int) -> set[str] | None:
-        """Who may lead this round; None when our ledger cannot tell (we joined mid-run and the
-        chain is not known yet): then we accept any live leader and never lead ourselves."""
+    def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int,
+                   ahead: int | None = None) -> set[str] | None:
+        """Who may lead this round (`ahead`: election.candidates); None when our ledger cannot tell
+        (we joined mid-run and the chain is not known yet): then we accept any live leader and
+        never lead ourselves."""
         live_established = self.ledger.established(self.cfg.established_rounds) & set(peers)
         if live_established:
-            return election.candidates(peers, base, live_established, state_round + 1)
-        if self.ledger.complete(state_round):
-            return election.candidates(peers, base, None, state_round + 1)  # a young run: nobody is established yet
+            return election.candidates(peers, base, live_established, state_round + 1, ahead)
+        if self.ledger.complete(state_round):  # a young run: nobody is established yet
+            return election.candidates(peers, base, None, state_round + 1, ahead)
         return None
 
     # ------------------------------------------------------------------------ await a roster
@@ -127,7 +130,8 @@ class RoundProtocol:
                 self._note_left_out(round_no, found)
                 return found
             waited = self.net.monotonic() - started
-            if cands is not None and self.me in cands and self._my_turn(round_no, base, cands, peers, waited):
+            turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
+            if turns is not None and self.me in turns and self._my_turn(round_no, base, turns, peers, waited):
                 late = waited >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
                 led = self._lead(round_no, base, at_least=1 if late else self.cfg.min_peers)
                 if led is not None:
@@ -142,7 +146,7 @@ class RoundProtocol:
             return waited >= self.cfg.collect_timeout + rank * self.cfg.leader_backoff
         if self.me not in peers and waited < self.cfg.collect_timeout:
             return False  # a table without our own heartbeat is a partial DHT read
-        announced = self._announcements(round_no)
+        announced = self._announcements(round_no, base)
         enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
         return enough and (self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout)
 
@@ -195,6 +199,8 @@ class RoundProtocol:
             raise ProtocolError("its leader is not an established peer on this state")
         if cands is None and leader not in seen:
             raise ProtocolError("its leader has no live signed heartbeat")
+        if any(a.base != roster.base for a in anns):
+            raise ProtocolError("lists an update made for another state")
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
         if strangers:
             raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
@@ -241,12 +247,14 @@ class RoundProtocol:
         return out
 
     # ------------------------------------------------------------------------------- leading
-    def _announcements(self, round_no: int) -> dict[str, tuple[dict, Announcement]]:
+    def _announcements(self, round_no: int, base: str) -> dict[str, tuple[dict, Announcement]]:
+        """The signed announcements of this round's updates that apply to state `base` (in a split
+        swarm the other half's rounds carry the same numbers, on another state)."""
         out = {}
         for peer, env in self.net.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
             try:
                 ann = signed.open_record(env, Announcement, signer=str(peer), max_bytes=self.max_bytes)
-                if ann.run == self.run_id and ann.round == round_no:
+                if ann.run == self.run_id and ann.round == round_no and ann.base == base:
                     out[ann.peer] = (env, ann)
             except ProtocolError as e:
                 log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
@@ -257,7 +265,7 @@ class RoundProtocol:
         if not prev:
             return None  # we synced state and do not know the chain: leave leading to others
         seen, banned = self.seen.get(round_no, set()), self.hooks.banned(self.ledger)
-        picked = sorted((p, ea) for p, ea in self._announcements(round_no).items()
+        picked = sorted((p, ea) for p, ea in self._announcements(round_no, base).items()
                         if (p in seen or p == self.me) and p not in banned)
         blobs = self._fetch([ea[1] for _, ea in picked], round_no, sources=lambda a: [a.peer])
         good = [(ea, blob) for (_, ea), blob in zip(picked, blobs) if not isinstance(blob, Exception)]

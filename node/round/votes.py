@@ -32,9 +32,15 @@ def vouched_states(votes: dict[str, Heartbeat]) -> list[tuple[int, str, int]]:
 
 def outvoted(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> bool:
     """True when another state of our round is vouched for by enough voters, and by more of them
-    than hold ours (us included): then ours is the odd one out."""
+    than hold ours (us included): then ours is the odd one out. Also when a vouched state is at
+    least two rounds ahead and no voter holds ours: we are stranded on a fork (left alone after
+    a split) and would otherwise lead rounds by ourselves for ever. One round behind is the
+    normal state of a peer still applying a round, or of one whose round is in flight."""
     mine = 1 + sum(hb.state_round == my_round and hb.digest == my_digest for hb in votes.values())
-    return any(r == my_round and d != my_digest and n > mine for r, d, n in vouched_states(votes))
+    vouched = vouched_states(votes)
+    if any(r == my_round and d != my_digest and n > mine for r, d, n in vouched):
+        return True
+    return mine == 1 and any(r >= my_round + 2 for r, _, _ in vouched)
 
 
 def acceptable(votes: dict[str, Heartbeat], round_no: int, digest: str, my_round: int, *, same_round: bool) -> bool:
@@ -45,14 +51,17 @@ def acceptable(votes: dict[str, Heartbeat], round_no: int, digest: str, my_round
 
 
 def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> tuple[int, str] | None:
-    """Where a lone peer goes when the swarm has split and no state has a quorum (e.g. peers that
-    each led alone while the DHT was partitioned): the state held by the most voters, then the
-    newest, then the smallest digest. Only a peer that no other voter agrees with moves, and
-    never to an older round, so the peers converge without anyone rolling back."""
-    if vouched_states(votes) or any(hb.digest == my_digest for hb in votes.values()):
+    """Where a peer goes when the swarm has split and no state has a quorum (e.g. two halves that
+    each trained on while the network was cut): the state held by the most peers, us counted,
+    then the newest, then the smallest digest. A peer moves only when that state is not its own
+    and not older than its own, so the peers converge without anyone rolling back: of two equal
+    halves, the one behind moves (at equal rounds, the larger digest's). A state exactly one
+    round ahead is left alone: it is most likely the successor of ours (we are still applying
+    that round, or it is in flight); a fork one round ahead is resolved a round later, when
+    the rounds are equal or two apart."""
+    if vouched_states(votes):
         return None
     counts = Counter((hb.state_round, hb.digest) for hb in votes.values())
-    if not counts:
-        return None
+    counts[(my_round, my_digest)] += 1
     (r, d), _ = min(counts.items(), key=lambda kv: (-kv[1], -kv[0][0], kv[0][1]))
-    return (r, d) if r >= my_round and d != my_digest else None
+    return (r, d) if (r, d) != (my_round, my_digest) and (r == my_round or r >= my_round + 2) else None

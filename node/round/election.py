@@ -23,11 +23,13 @@ def candidates(peers: dict[str, Heartbeat], base: str, established: set[str] | N
     roster first), restricted to `established` (None: no restriction, the start of a run, when
     no live peer is established yet). `ahead` bounds how far past: whom we wait for to lead is
     only a peer just past the round (ahead=1), not one far ahead, on the other side of a split
-    swarm; whose roster we accept is any (a peer catching up reads rosters led long ago). A
+    swarm; whose roster we accept is any (a peer catching up reads rosters led long ago), also
+    one whose heartbeat says it is leaving (it led, then left: max_rounds, Ctrl+C). A
     peer's digest is its own claim either way; what makes a leader is the ledger and the
     signatures."""
     top = float("inf") if ahead is None else round_no + ahead
-    live = {p for p, hb in peers.items() if hb.active and (hb.digest == base or round_no <= hb.state_round <= top)}
+    live = {p for p, hb in peers.items() if (hb.active or ahead is None)  # a leader may leave after leading
+            and (hb.digest == base or round_no <= hb.state_round <= top)}
     return live if established is None else live & established
 
 

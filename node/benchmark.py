@@ -16,6 +16,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -54,7 +55,15 @@ TIERS = {
     "pilot": Tier(steps=600, seeds=(0,), model=ModelConfig(d_model=128, n_layer=4, n_head=4, ctx=128),
                   warmup_steps=40),
     "full": Tier(steps=3000, seeds=(0, 1), model=SMALL, eval_points=15, warmup_steps=100),
+    # `bench tune`: the full tier's model and batches, a fifth of its steps (one seed)
+    "tune": Tier(steps=600, seeds=(0,), model=SMALL, eval_points=4, warmup_steps=30),
 }
+
+OVERLAP_DELAY = {"sparseloco-overlap": 2, "diloco-overlap": 2}
+"""Overlap presets: inner steps of a round taken before the last round's result arrives (the
+node moves onto it then). 2 is what the bench swarm model sees on loopback (exchange 0.02-0.3 s
+beside 1.2-2 s of compute for 20 steps); presets not named here wait a whole round (the worst
+case, a link whose exchange takes as long as a round's compute)."""
 
 # Each preset: (strategy settings, training settings). Learning rates were chosen on a
 # 600-step run of the full tier's model with the same budget for every method (two rounds of
@@ -74,6 +83,68 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
                                           error_decay=0.95, overlap=True), BASE_TRAIN),  # what the delay costs
     "diloco-overlap": (StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9, overlap=True),
                        BASE_TRAIN),
+    "sparseloco-overlap-late": (StrategyConfig(name="sparseloco", inner_steps=15, topk=64, values="2bit",
+                                               outer_lr=2.0, error_decay=0.95, overlap=True), BASE_TRAIN),
+    # issue 11: DDP-AdamW with the settings `bench tune` found (bench/results/tune-ddp-adamw.json)
+    "ddp-adamw-tuned": (StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, inner_lr=0.00608, weight_decay=0.109)),
+    # issue 11, the frontier: low-bit DiLoCo with error feedback, Nesterov SparseLoCo (SNOO), Muon inside.
+    # Operating points (H, bits, k) set the traffic band; the rest is what `bench tune` found on the
+    # tune tier with the same budget per method (bench/results/tune-<preset>.json).
+    "diloco-int2-h15": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.391,
+                                       outer_momentum=0.585, error_decay=0.923),
+                        replace(BASE_TRAIN, inner_lr=0.00343)),  # >= 100x
+    "diloco-int2-h15-muon": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428,
+                                            outer_momentum=0.601, error_decay=0.807),
+                             replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    # the 4-bit wire at the same band (H=30, 116x), with the same settings
+    "diloco-int4-h30-muon": (StrategyConfig(name="diloco", inner_steps=30, wire_dtype="int4", outer_lr=0.428,
+                                            outer_momentum=0.601, error_decay=0.807),
+                             replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    # ablations of diloco-int2-h15-muon: the same settings with fp16 (no 2-bit), without error feedback
+    # (error_decay 0: the rounding is dropped each round), with AdamW inside, with a SNOO outer step
+    "diloco-h15-muon": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="float16", outer_lr=0.428,
+                                       outer_momentum=0.601),
+                        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "diloco-int2-h15-muon-noef": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428,
+                                                 outer_momentum=0.601, error_decay=0.0),
+                                  replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "diloco-int2-h15-muon-adamw": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428,
+                                                  outer_momentum=0.601, error_decay=0.807),
+                                   replace(BASE_TRAIN, inner_lr=0.00863)),
+    "diloco-int2-h15-muon-snoo": (StrategyConfig(name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=1.4,
+                                                 outer_momentum=0.9, error_decay=0.807),
+                                  replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "diloco-int1-h72-muon": (StrategyConfig(name="diloco", inner_steps=72, wire_dtype="int1", wire_block=1024,
+                                            outer_lr=1.02, outer_momentum=0.697, error_decay=0.993),
+                             replace(BASE_TRAIN, inner_lr=0.00779, inner_optimizer="muon", muon_lr=0.00368)),  # >= 1,000x
+    # the same operating point with the settings tuned for diloco-int2-h15-muon (the int1-h72 study's median
+    # pruner stopped 6 of 8 trials after 3 rounds, those with a high Muon lr among them)
+    "diloco-int1-h72-muon-t15": (StrategyConfig(name="diloco", inner_steps=72, wire_dtype="int1", wire_block=1024,
+                                                outer_lr=0.428, outer_momentum=0.601, error_decay=0.807),
+                                 replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    # the dense family further out (the same settings): >= 3,000x with 14 rounds, >= 10,000x with 4
+    "diloco-int1-h216-muon-t15": (StrategyConfig(name="diloco", inner_steps=216, wire_dtype="int1", wire_block=1024,
+                                                 outer_lr=0.428, outer_momentum=0.601, error_decay=0.807),
+                                  replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "diloco-int1-h750-muon-t15": (StrategyConfig(name="diloco", inner_steps=750, wire_dtype="int1", wire_block=1024,
+                                                 outer_lr=0.428, outer_momentum=0.601, error_decay=0.807),
+                                  replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "sparseloco-k32-h32-nesterov-muon": (StrategyConfig(name="sparseloco", inner_steps=32, topk=32, values="2bit",
+                                                        outer_lr=0.599, error_decay=0.804, sparse_outer_momentum=0.806),
+                                         replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon",
+                                                 muon_lr=0.0193)),  # >= 3,000x
+    "sparseloco-k16-h60-nesterov-muon": (StrategyConfig(name="sparseloco", inner_steps=60, topk=16, values="2bit",
+                                                        outer_lr=0.599, error_decay=0.804, sparse_outer_momentum=0.806),
+                                         replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon",
+                                                 muon_lr=0.0193)),  # >= 10,000x (the 3,000x settings)
+    "sparseloco-k8-h38-nesterov-muon": (StrategyConfig(name="sparseloco", inner_steps=38, topk=8, values="2bit",
+                                                       outer_lr=0.599, error_decay=0.804, sparse_outer_momentum=0.806),
+                                        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon",
+                                                muon_lr=0.0193)),  # >= 10,000x: fewer values, more rounds
+    # ablation: the 3,000x preset with the paper's plain SGD outer step (outer lr 2.0 as tuned in issue 4)
+    "sparseloco-k32-h32-muon": (StrategyConfig(name="sparseloco", inner_steps=32, topk=32, values="2bit",
+                                               outer_lr=2.0, error_decay=0.804),
+                                replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193)),
     "decoupled-momentum": (StrategyConfig(name="decoupled-momentum", topk=32, values="bf16",
                                           momentum_decay=0.999), BASE_TRAIN),
     "decoupled-momentum-1bit": (StrategyConfig(name="decoupled-momentum", topk=32, values="1bit",
@@ -87,13 +158,16 @@ class Worker:
     buffers: object
     gen: torch.Generator
     tokens: torch.Tensor
-    start: list[torch.Tensor] | None = None
-    """Overlap: where this worker's current round started (its update is measured from there)."""
 
 
-def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
-    """One strategy, one seed: train, count bytes, measure held-out bits per byte."""
-    strat_cfg, train_cfg = PRESETS[preset]
+def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
+             configs: tuple[StrategyConfig, TrainConfig] | None = None,
+             on_eval: Callable[[int, float], None] | None = None) -> dict:
+    """One strategy, one seed: train, count bytes, measure held-out bits per byte.
+
+    `configs` replaces the preset's settings (`bench tune`'s trials; `preset` then only names the
+    row); `on_eval(step, val_bpb)` is called at each evaluation point (the tuner's pruner)."""
+    strat_cfg, train_cfg = configs or PRESETS[preset]
     train_cfg = replace(train_cfg, batch_size=tier.batch_size, warmup_steps=tier.warmup_steps, seed=seed)
     dcfg = DataConfig()
     schedule = warmup_cosine(train_cfg, tier.steps)
@@ -111,12 +185,11 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
     n, payload = tier.workers, strategy.codec.encoded_size()
     eval_at = {round(tier.steps * (i + 1) / tier.eval_points) for i in range(tier.eval_points)}
     curve, step, rounds, t0 = [], 0, 0, time.monotonic()
-    lagged = [p.clone() for p in state.params]  # overlap: the newest state a worker holds when a round starts
     while step < tier.steps:
         h = min(strategy.inner_steps, tier.steps - step)
         if strat_cfg.overlap:
-            payloads = [_overlapped_round(w, lagged, state, strategy, h, tier) for w in workers]
-            lagged = [p.clone() for p in state.params]  # round r+1 starts before round r's result is known
+            payloads = [_overlapped_round(w, state, strategy, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0)
+                        for w in workers]
         else:
             payloads = [_local_round(w, state, strategy, h, tier) for w in workers]
         strategy.apply(state, payloads)
@@ -126,6 +199,8 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus) -> dict:
             bpb = evaluate_bpb(workers[0].trainer.model, vx, vy, torch.device("cpu"))
             curve.append({"step": step, "tokens": step * n * tier.batch_size * tier.model.ctx,
                           "upload_bytes": rounds * (n - 1) * payload, "val_bpb": bpb})
+            if on_eval is not None:
+                on_eval(step, bpb)
     params = sum(math.prod(s) for s in shapes)
     return {"strategy": preset, "seed": seed, "params": params, "steps": tier.steps, "workers": n,
             "tokens": tier.steps * n * tier.batch_size * tier.model.ctx,
@@ -145,25 +220,22 @@ def _local_round(w: Worker, state: SwarmState, strategy, h: int, tier: Tier) -> 
     return strategy.make_update(state, w.buffers, w.trainer.model)
 
 
-def _overlapped_round(w: Worker, lagged: list[torch.Tensor], state: SwarmState, strategy, h: int,
-                      tier: Tier) -> bytes:
-    """Overlap (StrategyConfig.overlap), as the node runs it: the round starts from the newest state
-    the worker holds (one round behind the swarm's) plus its own progress of the round still in
-    flight, and its update is this round's progress alone."""
-    w.start = _rebased(lagged, w.trainer.params, w.start)
-    w.trainer.load_params(w.start)
-    for _ in range(h):
+def _overlapped_round(w: Worker, state: SwarmState, strategy, h: int, delay: int, tier: Tier, first: bool) -> bytes:
+    """Overlap (StrategyConfig.overlap) as the node runs it (node/overlap.py): the worker goes on
+    from its own weights for `delay` inner steps while the last round travels, then moves the
+    progress made since onto the swarm's state (`state`, the last round applied) and trains the
+    rest of the round; its update is measured from that state."""
+    if first:
+        w.trainer.load_params(state.params)
+    ended = [p.detach().float().clone() for p in w.trainer.params]  # where the last round ended
+    for i in range(h):
+        if i == min(delay, h):
+            w.trainer.load_params([n + (p.detach().float() - e) for n, p, e in zip(state.params, w.trainer.params, ended)])
         x, y = data.windows(w.tokens, tier.batch_size, tier.model.ctx, w.gen)
         w.trainer.step(x, y, apply=strategy.local_optimizer)
-    base = SwarmState(round=state.round, names=state.names, params=w.start, outer=state.outer)
-    return strategy.make_update(base, w.buffers, w.trainer.model)
-
-
-def _rebased(newest: list[torch.Tensor], local: list[torch.Tensor], start: list[torch.Tensor] | None):
-    """newest + (local - start): our progress since `start`, moved onto the newest state we hold."""
-    if start is None:
-        return [p.clone() for p in newest]
-    return [n + (l.detach().float().cpu() - s) for n, l, s in zip(newest, local, start)]
+    if delay >= h:  # the result came only when the round's compute was done
+        w.trainer.load_params([n + (p.detach().float() - e) for n, p, e in zip(state.params, w.trainer.params, ended)])
+    return strategy.make_update(state, w.buffers, w.trainer.model)
 
 
 def _job(args: tuple[str, str, int]) -> dict:
@@ -172,8 +244,9 @@ def _job(args: tuple[str, str, int]) -> dict:
     return simulate(preset, TIERS[tier_name], seed, data.load_corpus("stdlib"))
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """One row per strategy: means over seeds, ratios against the ring and DDP's bpb."""
+def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
+    """One row per strategy: means over seeds, ratios against the ring and the reference's bpb
+    (DDP-AdamW's preset; `reference` names another, e.g. a tuned DDP)."""
     rows = []
     for preset in dict.fromkeys(r["strategy"] for r in runs):
         rs = [r for r in runs if r["strategy"] == preset]
@@ -185,7 +258,7 @@ def summarize(runs: list[dict]) -> list[dict]:
         row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]
         row["seconds"] = sum(r["seconds"] for r in rs)
         rows.append(row)
-    ddp = next((r["val_bpb"] for r in rows if r["strategy"] == "ddp-adamw"), None)
+    ddp = next((r["val_bpb"] for r in rows if r["strategy"] == reference), None)
     for row in rows:
         row["gap_vs_ddp"] = (row["val_bpb"] - ddp) / ddp if ddp else None
     return rows
@@ -215,7 +288,94 @@ def run_quality(tier: str, json_path: str, plot_path: str | None, strategies: li
                                            "rows": rows, "runs": runs}, indent=2))
     if plot_path:
         plot(runs, plot_path, title=f"bench quality, tier {tier}")
+        plot_frontier(rows, frontier_path(plot_path), title=f"bench quality, tier {tier}")
     return rows
+
+
+def frontier_path(plot_path: str) -> str:
+    """Where --plot P.png puts the frontier: P-frontier.png beside it."""
+    p = Path(plot_path)
+    return str(p.with_name(f"{p.stem}-frontier{p.suffix or '.png'}"))
+
+
+def seed_gaps(row: dict, ddp: dict) -> list[float]:
+    # per seed, in seed order: both rows come from the same tier's seeds
+    """The row's gap to DDP per seed (each seed against DDP's run of the same seed)."""
+    return [(b - d) / d for b, d in zip(row["val_bpb_per_seed"], ddp["val_bpb_per_seed"])]
+
+
+BANDS = (100, 1000, 3000, 10000)
+"""The upload-reduction bands of issue 11's table (at least this many times less than the fp32 ring)."""
+
+
+def band_table(rows: list[dict], reference: str = "ddp-adamw") -> str:
+    """The best gap at >= each band's reduction (the row with the lowest mean gap there)."""
+    lines = [f"| band | best preset | gap vs {reference} (mean; per seed) | upload reduction |", "|---|---|---|---|"]
+    ddp = next(r for r in rows if r["strategy"] == reference)
+    for band in BANDS:
+        there = [r for r in rows if r["upload_reduction"] >= band and not r["strategy"].startswith("ddp-adamw")]
+        if not there:
+            lines.append(f"| >= {band:,}x | none | - | - |")
+            continue
+        best = min(there, key=lambda r: r["gap_vs_ddp"])
+        per = " / ".join(f"{g:+.1%}" for g in seed_gaps(best, ddp))
+        lines.append(f"| >= {band:,}x | {best['strategy']} | {best['gap_vs_ddp']:+.1%} ({per}) | "
+                     f"{best['upload_reduction']:,.0f}x |")
+    return "\n".join(lines)
+
+
+def plot_frontier(rows: list[dict], path: str, title: str, reference: str = "ddp-adamw") -> None:
+    """Gap to DDP against upload reduction (log x): one point per preset (the mean of its seeds'
+    gaps), bars from its best to its worst seed (each seed against DDP's run of the same seed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SwarmtrainError("--plot needs matplotlib", "pip install matplotlib (make bench installs it)") from None
+    ddp = next((r for r in rows if r["strategy"] == reference), None)
+    if ddp is None:
+        return
+    fig, ax = plt.subplots(figsize=(10, 6))
+    placed: list[tuple[float, float]] = []
+    for r in sorted(rows, key=lambda r: (r["upload_reduction"], -r["gap_vs_ddp"])):
+        if r["strategy"].startswith("ddp-adamw"):
+            if r["strategy"] != reference:  # another DDP (e.g. the untuned preset): a level, not a point
+                ax.axhline(100 * r["gap_vs_ddp"], color="grey", lw=0.8, ls="--")
+                ax.text(0.01, 100 * r["gap_vs_ddp"], f" {r['strategy']}", transform=ax.get_yaxis_transform(),
+                        fontsize=7, color="grey", va="bottom")
+            continue
+        gaps = [100 * g for g in seed_gaps(r, ddp)]
+        mean = sum(gaps) / len(gaps)  # the mean of the seeds' gaps (within 0.1 point of the row's gap)
+        x = r["upload_reduction"]
+        ax.errorbar([x], [mean], yerr=[[mean - min(gaps)], [max(gaps) - mean]], fmt="o", capsize=3)
+        near = sum(abs(math.log10(x / px)) < 0.1 and abs(mean - py) < 4 for px, py in placed)
+        placed.append((x, mean))
+        ax.annotate(r["strategy"], (x, mean), textcoords="offset points", xytext=(5, 4 - 11 * near), fontsize=7)
+    for band in BANDS:
+        ax.axvline(band, color="grey", lw=0.6, ls=":")
+    ax.plot([100, 1000], [2, 2], color="green", lw=1.5, label="target: <= 2% at >= 100x")
+    ax.plot([1000, 10000], [5, 5], color="orange", lw=1.5, label="target: <= 5% at >= 1,000x")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xscale="log", xlabel="upload reduction vs a dense fp32 ring all-reduce (log)",
+           ylabel=f"val bpb gap vs {reference} (%)", title=f"{title}: quality against traffic")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def merge_rows(paths: list[str], reference: str = "ddp-adamw") -> list[dict]:
+    """Rows of several `bench quality --json` files of the same tier, gaps recomputed against the
+    reference (deterministic: the same preset and seed give the same run in every file)."""
+    runs, seen = [], set()
+    for p in paths:
+        for r in json.loads(Path(p).read_text())["runs"]:
+            if (r["strategy"], r["seed"]) not in seen:
+                seen.add((r["strategy"], r["seed"]))
+                runs.append(r)
+    return summarize(runs, reference)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -271,3 +431,22 @@ def plot(runs: list[dict], path: str, title: str) -> None:
     b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":  # redraw the frontier from results files (several merge):
+    # python -m node.benchmark frontier OUT.png [--reference PRESET] RESULTS.json [MORE.json...]
+    import sys
+    args = sys.argv[1:]
+    ref = "ddp-adamw"
+    if "--reference" in args:
+        i = args.index("--reference")
+        ref = args[i + 1]
+        del args[i:i + 2]
+    if len(args) < 3 or args[0] != "frontier":
+        sys.exit("usage: python -m node.benchmark frontier OUT.png [--reference PRESET] RESULTS.json [MORE.json...]")
+    merged = merge_rows(args[2:], ref)
+    tier = json.loads(Path(args[2]).read_text())["tier"]
+    plot_frontier(merged, args[1], title=f"bench quality, tier {tier}", reference=ref)
+    print(markdown_table(merged))
+    print()
+    print(band_table(merged, ref))

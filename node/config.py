@@ -103,6 +103,12 @@ class TrainConfig:
     """Linear learning-rate warm-up, in a peer's own inner steps."""
     seed: int = 0
     """Seed of the initial weights; every peer builds the same round-0 model from it."""
+    inner_optimizer: str = "adamw"
+    """Inner optimizer of diloco / sparseloco: 'adamw', or 'muon' (torch.optim.Muon, Newton-Schulz
+    orthogonalised momentum, on the 2-D weights of the blocks; AdamW on embeddings, norms and biases)."""
+    muon_lr: float = 0.0
+    """Peak Muon learning rate, on the RMS-matched-to-AdamW scale (adjust_lr_fn='match_rms_adamw');
+    0: the same as inner_lr. Follows the same schedule."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -116,7 +122,11 @@ class StrategyConfig:
     outer_momentum: float = 0.9
     """Outer Nesterov momentum of diloco (paper 0.9)."""
     wire_dtype: str = "float16"
-    """diloco pseudo-gradient on the wire: 'float16', 'float32' or 'int8' (blockwise scales)."""
+    """diloco pseudo-gradient on the wire: 'float16', 'float32', 'int8' (blockwise scales), or
+    'int4' / 'int2' / 'int1' (blockwise steps, with an error-feedback buffer on each peer that keeps
+    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e))."""
+    wire_block: int = 256
+    """diloco int4 / int2 / int1: values per block that share one fp32 step."""
     topk: int = 32
     """sparseloco / decoupled-momentum: coefficients sent per chunk."""
     chunk: int = 64
@@ -126,7 +136,11 @@ class StrategyConfig:
     index_bits: int = 12
     """sparseloco / decoupled-momentum: bits per packed index, 12 or 16."""
     error_decay: float = 0.95
-    """sparseloco: error-feedback decay beta in e = beta * e + pseudo-gradient."""
+    """sparseloco, and diloco's int4 / int2 / int1 wire: error-feedback decay beta in
+    e = beta * e + pseudo-gradient."""
+    sparse_outer_momentum: float = 0.0
+    """sparseloco: Nesterov momentum of the outer step on the combined update (0: plain SGD, as
+    in the paper); with it, outer_lr above 1 is the SNOO form (arXiv 2510.15830)."""
     momentum_decay: float = 0.999
     """decoupled-momentum: momentum decay beta in m = beta * m + grad."""
     overlap: bool = False

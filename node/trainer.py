@@ -12,6 +12,12 @@ import torch.nn as nn
 from node.model import loss_fn, trainable
 
 
+def search_space(train: TrainConfig) -> dict[str, tuple]:
+    """What `bench tune` adds for the inner optimizer, whatever the strategy (see
+    node/strategies/diloco.search_space): Muon's own learning rate when Muon is on."""
+    return {"train.muon_lr": ("float", 1e-3, 3e-2, True)} if train.inner_optimizer == "muon" else {}
+
+
 def warmup_constant(cfg: TrainConfig) -> Callable[[int], float]:
     """The swarm's schedule: linear warm-up over warmup_steps, then constant (no known end)."""
     return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps))
@@ -27,8 +33,19 @@ def warmup_cosine(cfg: TrainConfig, total: int, floor: float = 0.1) -> Callable[
     return scale
 
 
+def muon_matrices(model: nn.Module) -> set[int]:
+    """ids of the parameters Muon trains: the 2-D weights of Linear layers, output heads left out
+    (embeddings, heads, norms and biases stay with AdamW, as in the Muon and MuLoCo papers)."""
+    out = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod.weight.requires_grad and "head" not in name.rsplit(".", 1)[-1]:
+            out.add(id(mod.weight))
+    return out
+
+
 class InnerTrainer:
-    """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen)."""
+    """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen);
+    with TrainConfig.inner_optimizer 'muon', Muon on the Linear weights and AdamW on the rest."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device,
                  schedule: Callable[[int], float] | None = None):
@@ -37,9 +54,25 @@ class InnerTrainer:
         self.device = device
         self.schedule = schedule or warmup_constant(cfg)
         self.params = trainable(self.model)
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.inner_lr, betas=(0.9, 0.95),
-                                     weight_decay=cfg.weight_decay)
+        self.opts = self._optimizers(cfg)
+        self.opt = self.opts[0]
         self.steps = 0  # this peer's local steps so far (drives the schedule)
+
+    def _optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        if cfg.inner_optimizer not in ("adamw", "muon"):
+            raise ValueError(f"inner_optimizer {cfg.inner_optimizer!r} is not one of adamw, muon")
+        mats = muon_matrices(self.model) if cfg.inner_optimizer == "muon" else set()
+        rest = [p for p in self.params if id(p) not in mats]
+        opts: list[torch.optim.Optimizer] = []
+        if rest or not mats:
+            opts.append(torch.optim.AdamW(rest, lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay))
+            opts[-1].param_groups[0]["base_lr"] = cfg.inner_lr
+        if mats:
+            mlr = cfg.muon_lr or cfg.inner_lr
+            opts.append(torch.optim.Muon([p for p in self.params if id(p) in mats], lr=mlr,
+                                         weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+            opts[-1].param_groups[0]["base_lr"] = mlr
+        return opts
 
     def lr(self) -> float:
         return self.cfg.inner_lr * self.schedule(self.steps)
@@ -53,9 +86,11 @@ class InnerTrainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         if apply:
-            for group in self.opt.param_groups:
-                group["lr"] = self.lr()
-            self.opt.step()
+            scale = self.schedule(self.steps)
+            for opt in self.opts:
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * scale
+                opt.step()
         self.steps += 1
         return loss.item()  # note: a CPU-GPU sync point, once per step
 

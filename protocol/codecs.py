@@ -9,6 +9,10 @@ ProtocolError for anything else: a peer's payload never reaches a tensor uncheck
 Codecs (their `name` is what envelopes carry):
   dense-float32 / dense-float16   every value, little-endian, tensors in model order
   int8-b<B>                       per block of B values: one fp32 scale + B int8 values
+  int4-b<B> / int2-b<B> / int1-b<B>  per block of B values: one fp32 step d + B codes of 4, 2
+                                  or 1 bits, packed; code c decodes to (c - offset) * d
+                                  (offset 8, 1.5, 0.5: a grid with zero at 4 bits, a symmetric
+                                  grid without zero at 2 and 1 bits)
   topk-c<C>-k<K>[-dct]-<V>-i<I>   per chunk of <= C x C values (2-D tensors; <= C for 1-D):
                                   the K largest-magnitude coefficients (after an orthonormal
                                   2-D DCT-II with -dct), indices packed in I bits (12 or 16),
@@ -110,6 +114,111 @@ class Int8Codec:
             _check_values(values, self.name)  # after scaling: the scale check alone misses rounding
             out.append(values.reshape(s))
         return out
+
+
+# ------------------------------------------------------------------------- int4/int2/int1
+QUANT_OFFSET = {4: 8.0, 2: 1.5, 1: 0.5}
+"""Code c of a `bits`-bit value decodes to (c - QUANT_OFFSET[bits]) * d."""
+
+
+@dataclass(frozen=True)
+class QuantCodec:
+    """Blockwise low-bit values (dense; meant to run under error feedback, which keeps what the
+    rounding dropped). The encoder's step d per block: absmax / 7 at 4 bits (codes 1..15 for
+    -7..7, zero exact), the block's RMS at 2 bits (levels +-d/2, +-3d/2: next to the optimal
+    4-level quantiser of a Gaussian), twice the mean |x| at 1 bit (levels +-mean|x|: sign x
+    the L2-best magnitude). The decoder does not care how d was chosen: it checks that every d
+    is finite and small enough that no level leaves +-MAX_ABS_VALUE."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    bits: int = 4
+    block: int = 256
+
+    def __post_init__(self):
+        if self.bits not in QUANT_OFFSET or self.block < 1:
+            raise ValueError(f"quantised codec: {self.bits} bits / block {self.block} not supported (4, 2 or 1 bits)")
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}-b{self.block}"
+
+    def _blocks(self, n: int) -> int:
+        return -(-n // self.block)
+
+    def _top(self) -> float:
+        """Largest |c - offset| over the codes: the step bound is MAX_ABS_VALUE / this."""
+        return max(QUANT_OFFSET[self.bits], 2 ** self.bits - 1 - QUANT_OFFSET[self.bits])
+
+    def _code_bytes(self, n: int) -> int:
+        return -(-n * self.bits // 8)
+
+    def encoded_size(self) -> int:
+        return sum(self._blocks(math.prod(s)) * 4 + self._code_bytes(math.prod(s)) for s in self.shapes)
+
+    def encode(self, tensors: list[torch.Tensor]) -> bytes:
+        out = []
+        for t in tensors:
+            flat = t.detach().reshape(-1).to("cpu", torch.float32).clamp(-FP16_MAX, FP16_MAX)
+            n, nb = flat.numel(), self._blocks(flat.numel())
+            padded = torch.zeros(nb * self.block)
+            padded[:n] = flat
+            blocks = padded.view(nb, self.block)
+            counts = torch.full((nb,), float(self.block))
+            counts[-1] = n - (nb - 1) * self.block  # the last block's padding does not dilute its scale
+            if self.bits == 4:
+                d = blocks.abs().amax(dim=1) / 7.0
+            elif self.bits == 2:
+                d = (blocks.square().sum(dim=1) / counts).sqrt()
+            else:
+                d = blocks.abs().sum(dim=1) / counts * 2.0
+            # what decoders accept (values beyond: clipped), less a margin for the rounding to fp32
+            d = d.clamp(max=MAX_ABS_VALUE / self._top() * (1 - 1e-6))
+            x = blocks / d.clamp(min=1e-30)[:, None]
+            if self.bits == 4:
+                c = x.round().clamp(-7, 7) + 8
+            elif self.bits == 2:
+                c = (x.floor() + 2).clamp(0, 3)
+            else:
+                c = (x >= 0).float()
+            c = c.nan_to_num(QUANT_OFFSET[self.bits]).to(torch.uint8).reshape(-1)[:n]
+            out += [d.numpy().astype("<f4").tobytes(), _pack_bits(c.numpy(), self.bits)]
+        return b"".join(out)
+
+    def decode(self, data: bytes) -> list[torch.Tensor]:
+        _expect_size(self, data)
+        out, off = [], 0
+        top = self._top()
+        for s in self.shapes:
+            n, nb = math.prod(s), self._blocks(math.prod(s))
+            d = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=nb, offset=off).astype(np.float32))
+            off += 4 * nb
+            nc = self._code_bytes(n)
+            codes = _unpack_bits(data[off:off + nc], n, self.bits)
+            off += nc
+            _check_scale(d, MAX_ABS_VALUE / top, f"{self.name} block step")
+            levels = torch.from_numpy(codes.astype(np.float32)) - QUANT_OFFSET[self.bits]
+            padded = torch.zeros(nb * self.block)
+            padded[:n] = levels
+            values = (padded.view(nb, self.block) * d[:, None]).reshape(-1)[:n]
+            _check_values(values, self.name)
+            out.append(values.reshape(s))
+        return out
+
+
+def _pack_bits(c: np.ndarray, bits: int) -> bytes:
+    """Codes (uint8, each < 2**bits) packed little-end first: the first code in the low bits."""
+    per = 8 // bits
+    a = np.concatenate([c.astype(np.uint8), np.zeros((-len(c)) % per, np.uint8)]).reshape(-1, per)
+    out = np.zeros(len(a), np.uint8)
+    for i in range(per):
+        out |= (a[:, i] << (i * bits)).astype(np.uint8)
+    return out.tobytes()
+
+
+def _unpack_bits(raw: bytes, n: int, bits: int) -> np.ndarray:
+    per, mask = 8 // bits, (1 << bits) - 1
+    b = np.frombuffer(raw, dtype=np.uint8)
+    return np.stack([(b >> (i * bits)) & mask for i in range(per)], axis=1).reshape(-1)[:n]
 
 
 # -------------------------------------------------------------------------- chunked top-k
@@ -400,4 +509,4 @@ def _check_scale(t: torch.Tensor, bound: float, name: str) -> None:
         raise ProtocolError(f"{name} {float(t.abs().max()):.3g} is beyond the bound {bound:.6g}")
 
 
-Codec = DenseCodec | Int8Codec | TopKCodec
+Codec = DenseCodec | Int8Codec | QuantCodec | TopKCodec

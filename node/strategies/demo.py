@@ -16,6 +16,11 @@ from node.state import SwarmState
 from protocol.codecs import TopKCodec
 
 
+def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
+    """What `bench tune` searches for a decoupled-momentum preset (see diloco.search_space)."""
+    return {"train.inner_lr": ("float", 1e-3, 1e-2, True), "momentum_decay": ("float", 0.9, 0.999, False)}
+
+
 class DecoupledMomentum:
     name = "decoupled-momentum"
     outer_buffers: list[str] = []

@@ -41,20 +41,25 @@ heartbeat_ttl = 5.0
 class Proc:
     """A `swarmtrain ...` process whose output lines can be awaited."""
 
-    def __init__(self, args: list[str], cwd: Path):
+    def __init__(self, args: list[str], cwd: Path, *, command: list[str] | None = None,
+                 prefix: list[str] = (), t0: float | None = None):
+        """`command` runs instead of `python -m node.cli`, after `prefix` (e.g. `ip netns exec NS`);
+        with `t0`, each line is stamped 't=SECONDS' since then."""
         self.args = args
         self.cwd = cwd
-        self.popen = subprocess.Popen([sys.executable, "-m", "node.cli", *args], cwd=cwd, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.t0 = t0
+        self.popen = subprocess.Popen([*prefix, *(command or [sys.executable, "-m", "node.cli"]), *args], cwd=cwd,
+                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         for line in self.popen.stdout:
+            stamp = "" if self.t0 is None else f"t={time.monotonic() - self.t0:.2f} "
             with self._cond:
-                self.lines.append(line.rstrip("\n"))
+                self.lines.append(stamp + line.rstrip("\n"))
                 self._cond.notify_all()
         with self._cond:
             self.lines.append("<eof>")

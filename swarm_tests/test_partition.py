@@ -9,11 +9,8 @@ the test started, and timeline.txt beside the logs says when the test cut and he
 Skipped with the reason where namespaces or TUN devices do not work."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,29 +56,6 @@ LAUNCH = ("import logging, sys; "
           "from node.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-class TimedProc(Proc):
-    """conftest's Proc, started inside a peer's namespace, each line stamped 't=SECONDS' (since t0)."""
-
-    def __init__(self, prefix: list[str], args: list[str], cwd, t0: float):
-        self.args, self.cwd, self.t0 = args, cwd, t0
-        # ip netns exec execs the command in place: the node is this pid, and leads its own session
-        self.popen = subprocess.Popen([*prefix, sys.executable, "-c", LAUNCH, *args], cwd=cwd, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.popen.stdout:
-            with self._cond:
-                self.lines.append(f"t={time.monotonic() - self.t0:.2f} {line.rstrip()}")
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append("<eof>")
-            self._cond.notify_all()
-
-
 def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
     """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
     return {int(m[1]): (int(m[2]), m[3]) for line in list(p.lines[since:]) if (m := ROUND.search(line))}
@@ -124,7 +98,7 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
     small_run.write_text(small_run.read_text().replace("[swarm]\n", "[swarm]\n" + RUN_SWARM)
                          .replace("collect_timeout = 20.0\n", "").replace("round_timeout = 60.0\n", ""))
     link = LinkSpec.parse(FAST)
-    started: list[TimedProc] = []
+    started: list[Proc] = []
     t_start = time.monotonic()
     timeline = tmp_path / "timeline.txt"  # what the test did when, in the logs' time
 
@@ -133,9 +107,10 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
             f.write(f"t={time.monotonic() - t_start:.2f} {what}\n")
 
     with EmulatedNetwork([link] * 5) as net:
-        def start(k: int, *args: str) -> TimedProc:
-            p = TimedProc(net.exec_prefix(k), [*args, "--host", net.address(k), "--data-dir",
-                                               str(tmp_path / f"peer{k}")], tmp_path, t_start)
+        def start(k: int, *args: str) -> Proc:
+            # ip netns exec execs the command in place: the node is this pid, and leads its own session
+            p = Proc([*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")], tmp_path,
+                     command=[sys.executable, "-c", LAUNCH], prefix=net.exec_prefix(k), t0=t_start)
             started.append(p)
             return p
 

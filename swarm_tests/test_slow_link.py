@@ -1,11 +1,7 @@
 """A swarm over consumer links: the bootstrap and two volunteers, each in its own network
 namespace behind up=20mbit,down=100mbit,rtt=50ms,loss=1% (node/net/linkemu.py), still train
 rounds to equal digests. Skipped with the reason where namespaces or TUN devices do not work."""
-import os
 import re
-import subprocess
-import sys
-import threading
 
 import pytest
 
@@ -16,30 +12,17 @@ LINK = "up=20mbit,down=100mbit,rtt=50ms,loss=1%"
 ROUNDS = 3
 
 
-class NamespacedProc(Proc):
-    """conftest's Proc, started inside a peer's namespace (`ip netns exec NS python -m node.cli ...`)."""
-
-    def __init__(self, prefix: list[str], args: list[str], cwd):
-        self.args, self.cwd = args, cwd
-        # ip netns exec execs the command in place: the node is this pid, and leads its own session
-        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", "node.cli", *args], cwd=cwd, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-
 def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
     if (why := missing_requirements()) is not None:
         pytest.skip(why)
     small_run.write_text(small_run.read_text() + "min_peers = 2\n")  # both volunteers train every round
     link = LinkSpec.parse(LINK)
-    started: list[NamespacedProc] = []
+    started: list[Proc] = []
     with EmulatedNetwork([link] * 3) as net:
-        def start(k: int, *args: str) -> NamespacedProc:
-            p = NamespacedProc(net.exec_prefix(k), [*args, "--host", net.address(k), "--data-dir",
-                                                    str(tmp_path / f"peer{k}")], tmp_path)
+        def start(k: int, *args: str) -> Proc:
+            # ip netns exec execs the command in place: the node is this pid, and leads its own session
+            p = Proc([*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")], tmp_path,
+                     prefix=net.exec_prefix(k))
             started.append(p)
             return p
 

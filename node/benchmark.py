@@ -24,6 +24,7 @@ from node import data
 from node.config import DataConfig, ModelConfig, RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
 from node.model import build_model
+from node.overlap import Overlap
 from node.state import SwarmState
 from node.strategies import make_strategy
 from node.trainer import InnerTrainer, evaluate_bpb, warmup_cosine
@@ -55,6 +56,8 @@ TIERS = {
     "pilot": Tier(steps=600, seeds=(0,), model=ModelConfig(d_model=128, n_layer=4, n_head=4, ctx=128),
                   warmup_steps=40),
     "full": Tier(steps=3000, seeds=(0, 1), model=SMALL, eval_points=15, warmup_steps=100),
+    # issue 11 part 4: does the frontier hold with twice the workers (the ring grows with N)?
+    "full-8": Tier(steps=3000, seeds=(0, 1), model=SMALL, workers=8, eval_points=15, warmup_steps=100),
     # `bench tune`: the full tier's model and batches, a fifth of its steps (one seed)
     "tune": Tier(steps=600, seeds=(0,), model=SMALL, eval_points=4, warmup_steps=30),
 }
@@ -227,14 +230,19 @@ def _overlapped_round(w: Worker, state: SwarmState, strategy, h: int, delay: int
     rest of the round; its update is measured from that state."""
     if first:
         w.trainer.load_params(state.params)
-    ended = [p.detach().float().clone() for p in w.trainer.params]  # where the last round ended
+    overlap = Overlap()
+    ended = overlap.start(state, w.trainer.params, in_flight=True)  # where the last round ended
+
+    def move_onto_state() -> None:
+        w.trainer.load_params(overlap.rebase(ended, state, w.trainer.params).params)
+
     for i in range(h):
         if i == min(delay, h):
-            w.trainer.load_params([n + (p.detach().float() - e) for n, p, e in zip(state.params, w.trainer.params, ended)])
+            move_onto_state()
         x, y = data.windows(w.tokens, tier.batch_size, tier.model.ctx, w.gen)
         w.trainer.step(x, y, apply=strategy.local_optimizer)
     if delay >= h:  # the result came only when the round's compute was done
-        w.trainer.load_params([n + (p.detach().float() - e) for n, p, e in zip(state.params, w.trainer.params, ended)])
+        move_onto_state()
     return strategy.make_update(state, w.buffers, w.trainer.model)
 
 

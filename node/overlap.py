@@ -48,7 +48,9 @@ class NoOverlap:
     enabled = False
 
     def __init__(self, carry: bool = True) -> None:
-        self.carry = carry  # False for step-wise strategies: their progress is a gradient, not weights
+        # False for step-wise strategies: their progress is a gradient, not weights. The volunteer
+        # keeps a copy of the error feedback to restore only where a round can be carried.
+        self.carries = carry
         self._carry: tuple[list[torch.Tensor], int] | None = None  # (progress, steps) of a missed round
 
     def start(self, newest: SwarmState, local: list[torch.Tensor], in_flight: bool = False) -> Start:
@@ -65,7 +67,7 @@ class NoOverlap:
     def missed(self, start: Start, local: list[torch.Tensor], steps: int) -> bool:
         """The round trained from `start` to `local` was not applied: carry it into the next
         round (True), unless it was itself carrying one (False: both are dropped)."""
-        if start.carried_steps or not self.carry:
+        if start.carried_steps or not self.carries:
             return False
         self._carry = ([l.detach().to("cpu", torch.float32) - s for l, s in zip(local, start.params)], steps)
         return True
@@ -75,6 +77,7 @@ class Overlap:
     """Train on while a round is in flight; move the progress onto the state once it is applied."""
 
     enabled = True
+    carries = False  # a missed round's progress is dropped at the rebase
 
     @torch.no_grad()
     def start(self, newest: SwarmState, local: list[torch.Tensor], in_flight: bool = False) -> Start:

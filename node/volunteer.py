@@ -192,7 +192,7 @@ class Volunteer:
             self.settle(stop)                                      # overlap: the round in flight, if still in flight
             with self.phase("encode"):
                 self.privacy.before_update(self.start.base, self.trainer.model)  # DP: clip + noise (off: nothing)
-                self.worker_before = copy.deepcopy(self.worker)    # error feedback as it was, should we miss
+                self.worker_before = copy.deepcopy(self.worker) if self.overlap.carries else None  # to restore if missed
                 update = self.strategy.make_update(self.start.base, self.worker, self.trainer.model)
             self.send(update, *trained, t0, t1, stop)              # announce; the roster is awaited (overlap: behind)
             if not self.overlap.enabled:

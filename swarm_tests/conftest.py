@@ -118,6 +118,14 @@ class Proc:
             pass
 
 
+ROUND = re.compile(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+)")
+
+
+def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
+    """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
+    return {int(m[1]): (int(m[2]), m[3]) for line in list(p.lines[since:]) if (m := ROUND.search(line))}
+
+
 @pytest.fixture
 def procs(tmp_path):
     started: list[Proc] = []

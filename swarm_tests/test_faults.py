@@ -8,15 +8,9 @@ import re
 import signal
 import time
 
-from swarm_tests.conftest import Proc, start_bootstrap
+from swarm_tests.conftest import ROUND, Proc, rounds_of, start_bootstrap
 
-ROUND = re.compile(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+)")
 FREEZE_S = 45.0
-
-
-def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
-    """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
-    return {int(m[1]): (int(m[2]), m[3]) for line in p.lines[since:] if (m := ROUND.search(line))}
 
 
 def wait_line(p: Proc, pattern: str, timeout: float, since: int = 0, accept=lambda m: True) -> re.Match:

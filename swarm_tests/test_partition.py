@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from node.net.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc
+from swarm_tests.conftest import Proc, rounds_of
 
 FAST = "up=1gbit,down=1gbit,rtt=1ms"
 GROUPS = [[0, 1, 2], [3, 4]]  # the bootstrap goes with volunteers 1 and 2
@@ -31,7 +31,6 @@ SPLIT_ROUNDS = 3  # rounds each half trains as two while cut off
 # MERGE_TIMEOUT), and the issue's 3 counted from the reconnection is reported, not asserted.
 MAX_ROUNDS_TO_MERGE = 10
 MERGE_TIMEOUT = 60.0  # seconds after the heal to wait for one model (the bound is ~4 rounds of ~4 s + reconnection)
-ROUND = re.compile(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+)")
 
 # Rounds of a 3 s compute window (--slowdown keeps the CPUs free while it lasts): a round then
 # lasts longer than the network's own reaction times (a TCP retransmission, a DHT lookup), as
@@ -56,11 +55,6 @@ LAUNCH = ("import logging, sys; "
           "logging.getLogger('swarmtrain.rounds').setLevel(logging.INFO); "
           "logging.getLogger('swarmtrain.ledger').setLevel(logging.INFO); "
           "from node.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
-    """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
-    return {int(m[1]): (int(m[2]), m[3]) for line in list(p.lines[since:]) if (m := ROUND.search(line))}
 
 
 def network_state(net: EmulatedNetwork) -> str:

@@ -3,8 +3,10 @@
 N workers are simulated in one process through the same strategy and codec code the node
 runs (node/strategies, protocol/codecs): the same payload bytes, the same apply. Worker w
 draws the same batches under every strategy (generator seeded by (seed, w)), so each row
-sees exactly the same token stream. Bytes are what our all-gather moves: each payload
-leaves its owner once per other peer (N-1 copies), and each peer downloads N-1 payloads.
+sees exactly the same token stream. Bytes are what our all-gather moves per peer: N-1
+payloads down, and N-1 up on average (with the relay tree the owner sends its own payload
+once, `own_upload_*`, and the other copies are relayed by other peers; without it the owner
+sends all N-1).
 The reference is a dense fp32 ring all-reduce of the same model every step:
 2 (N-1)/N x 4 bytes x params, up and down, per worker.
 """
@@ -148,6 +150,14 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
     "sparseloco-k32-h32-muon": (StrategyConfig(name="sparseloco", inner_steps=32, topk=32, values="2bit",
                                                outer_lr=2.0, error_decay=0.804),
                                 replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193)),
+    # ablations of SparseLoCo sized to a small model (issue 11): 1-D tensors (norm gains, biases) sent
+    # whole; chunks of 32 x 32 (a quarter of a 64 x 64 matrix) at the same density
+    "sparseloco-k32-h32-muon-kv64": (StrategyConfig(name="sparseloco", inner_steps=32, topk=32, topk_vector=64,
+                                                    values="2bit", outer_lr=2.0, error_decay=0.804),
+                                     replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193)),
+    "sparseloco-c32-k8-h32-muon": (StrategyConfig(name="sparseloco", inner_steps=32, chunk=32, topk=8, values="2bit",
+                                                  outer_lr=2.0, error_decay=0.804),
+                                   replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193)),
     "decoupled-momentum": (StrategyConfig(name="decoupled-momentum", topk=32, values="bf16",
                                           momentum_decay=0.999), BASE_TRAIN),
     "decoupled-momentum-1bit": (StrategyConfig(name="decoupled-momentum", topk=32, values="1bit",
@@ -209,6 +219,8 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
             "tokens": tier.steps * n * tier.batch_size * tier.model.ctx,
             "payload_bytes": payload, "rounds": rounds,
             "upload_bytes_per_step": rounds * (n - 1) * payload / tier.steps,
+            # upload once (the node's relay tree): what the owner itself sends, one copy per round
+            "own_upload_bytes_per_step": rounds * payload / tier.steps,
             "download_bytes_per_step": rounds * (n - 1) * payload / tier.steps,
             "dense_ring_bytes_per_step": 2 * (n - 1) / n * 4 * params,
             "val_bpb": curve[-1]["val_bpb"], "curve": curve, "seconds": round(time.monotonic() - t0, 1),
@@ -261,6 +273,8 @@ def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
         row = {k: rs[0][k] for k in ("strategy", "params", "tokens", "upload_bytes_per_step",
                                      "download_bytes_per_step", "dense_ring_bytes_per_step", "payload_bytes")}
         row["upload_reduction"] = row["dense_ring_bytes_per_step"] / row["upload_bytes_per_step"]
+        if "own_upload_bytes_per_step" in rs[0]:  # (runs recorded before upload once lack it)
+            row["own_upload_reduction"] = row["dense_ring_bytes_per_step"] / rs[0]["own_upload_bytes_per_step"]
         row["download_reduction"] = row["dense_ring_bytes_per_step"] / row["download_bytes_per_step"]
         row["val_bpb"] = sum(r["val_bpb"] for r in rs) / len(rs)
         row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]

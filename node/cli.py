@@ -121,10 +121,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ex.add_argument("--repeats", type=int, default=3, help="repeats per loop kind (rows report the median)")
     ex.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
+    up = bsub.add_parser("upload", help="one round's uploads per peer, copy by copy, for N up to thousands")
+    up.add_argument("--peers", type=int, nargs="+", default=[4, 8, 16, 64, 256, 1000], help="swarm sizes")
+    up.add_argument("--fanout", type=int, nargs="+", default=[2, 4], help="relay fanouts to compare (direct is 0)")
+    up.add_argument("--update-bytes", type=int, default=23_000,
+                    help="bytes of one update (default: sparseloco's in bench swarm's 4-peer run)")
+    up.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
+
     sw = bsub.add_parser("swarm", help="real node processes side by side: compute use, tokens/s, bytes (issue 9)")
     sw.add_argument("--peers", type=int, default=3, help="peers at full speed")
     sw.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategies; NAME+overlap "
-                    "also overlaps each round's exchange with the next round's compute; hivemind is "
+                    "also overlaps each round's exchange with the next round's compute, NAME+direct "
+                    "fetches every update from its owner (no relay tree); hivemind is "
                     "hivemind.Optimizer itself on the same model and data (the baseline)")
     sw.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
     sw.add_argument("--round-seconds", type=float, nargs="+", default=[2.0],
@@ -239,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                                       fetches=args.fetches, parallel=args.parallel, repeats=args.repeats,
                                       json_path=args.json)
             print(exchange_table(rows))
+            return 0
+        if args.command == "bench" and args.bench_command == "upload":
+            from node.uploadsim import run_upload_bench
+            if min(args.peers) < 2 or min(args.fanout) < 0:
+                raise SwarmtrainError("bench upload needs --peers of 2 or more and --fanout of 0 or more")
+            run_upload_bench(args.peers, args.fanout, args.update_bytes, args.json)
             return 0
         if args.command == "bench" and args.bench_command == "swarm":
             from node.swarmbench import markdown_table as swarm_table, run_swarm_bench

@@ -129,6 +129,9 @@ class StrategyConfig:
     """diloco int4 / int2 / int1: values per block that share one fp32 step."""
     topk: int = 32
     """sparseloco / decoupled-momentum: coefficients sent per chunk."""
+    topk_vector: int = 0
+    """sparseloco: coefficients sent per chunk of a 1-D tensor (norm gains, biases: few values
+    that matter much), e.g. chunk to send them whole; 0: topk, as for the matrices."""
     chunk: int = 64
     """sparseloco / decoupled-momentum: chunk side (2-D tensors are cut into chunk x chunk blocks)."""
     values: str = "2bit"
@@ -181,6 +184,14 @@ class SwarmConfig:
     [strategy] inner_steps (diloco and sparseloco; the others take one step a round)."""
     max_inner_steps: int = 0
     """Most inner steps in one compute window (0: 4 x [strategy] inner_steps)."""
+    relay_fanout: int = 2
+    """Upload once: each roster update reaches the members down a tree rooted at its owner, in
+    which every fetcher passes it to at most this many others (node/round/relay.py); the owner
+    sends it twice (to the leader and to the tree's first fetcher), whatever the swarm's size.
+    0: every member fetches it from its owner."""
+    relay_wait: float = 3.0
+    """Seconds a peer asked for an update of the current round that it does not hold yet waits
+    for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -321,7 +332,11 @@ def load_run_config(path: str | Path | None) -> RunConfig:
         return RunConfig()
     data = read_toml(path)
     data = {**data.pop("run", {}), **data}  # [run] name = ... is allowed as well as top-level name
-    return from_dict(RunConfig, data, str(path))
+    run = from_dict(RunConfig, data, str(path))
+    if run.swarm.relay_fanout < 0 or run.swarm.relay_wait < 0:
+        raise SwarmtrainError(f"{path}: [swarm] relay_fanout and relay_wait must be >= 0",
+                              "use relay_fanout = 0 to fetch every update from its owner")
+    return run
 
 
 # ----------------------------------------------------------------------------- node settings

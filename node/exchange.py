@@ -197,13 +197,16 @@ class Exchange:
                  max_fetches_per_peer: int = SwarmConfig.max_streams_per_peer,
                  io_timeout: float = SERVE_TIMEOUT, clock: Callable[[], float] = time.monotonic,
                  event_loop: str = "uvloop", upload_limit: float | None = None,
-                 on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None):
+                 on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None,
+                 me: str = "", relay_wait: float = 0.0):
         """`dht` gives the libp2p connection (`await dht.replicate_p2p()`); `max_bytes` bounds a
         payload fetched without `expect`; the per-peer limits default to SwarmConfig's;
         `io_timeout` bounds each read of a request we serve; `clock` drives the state rate limit;
         `event_loop` is 'uvloop' or 'asyncio' (new_loop); `upload_limit` caps what we send, in
         bytes per second (None: no cap); `on_state_served(peer, nbytes)` is told when we start
-        sending our state to a peer (a joiner or a resyncing peer)."""
+        sending our state to a peer (a joiner or a resyncing peer); `me` is our peer id (an update
+        of another peer that we serve counts as relayed); `relay_wait` is how long a request for
+        an update of the current round that we do not hold yet waits for it (0: not at all)."""
         self.run_id = run_id
         self.on_bytes = on_bytes  # (direction "sent"/"received", kind, bytes): metrics
         self.on_state_served = on_state_served
@@ -214,6 +217,10 @@ class Exchange:
         self.served: Counter[str] = Counter()  # kind -> payloads given to peers (own or relayed)
         self.fetched: Counter[str] = Counter()  # kind -> payloads received from peers
         self.refused: Counter[str] = Counter()  # reason ("streams", "state_rate") -> requests refused
+        self.relayed_bytes = 0  # of sent["update"]: other peers' updates we passed on (upload once)
+        self.me, self.relay_wait = me, relay_wait
+        # update key -> (event, its loop, waiters): requests waiting for an update we relay (under _lock)
+        self._arrivals: dict[tuple[int, str], tuple[asyncio.Event, asyncio.AbstractEventLoop, int]] = {}
         self._inbound = StreamCap(max_streams_per_peer)
         self._state_limit = RateLimit(state_requests_per_minute, clock)
         self._outbound = FetchSlots(max_fetches_per_peer)
@@ -233,6 +240,9 @@ class Exchange:
             self._updates[(round_no, peer)] = blob
             for key in [k for k in self._updates if k[0] <= round_no - KEEP_ROUNDS]:
                 del self._updates[key]
+            waiting = self._arrivals.get((round_no, peer))
+        if waiting is not None:  # wake the requests that wait to relay it
+            waiting[1].call_soon_threadsafe(waiting[0].set)
 
     def held_update(self, round_no: int, peer: str) -> bytes | None:
         with self._lock:
@@ -250,15 +260,26 @@ class Exchange:
         """
         return self._call(self._fetch_within(peer, request, expect, timeout), timeout=timeout + 5)
 
-    def fetch_many(self, jobs: Sequence[Job], *, timeout: float) -> list[bytes | Exception]:
+    def fetch_many(self, jobs: Sequence[Job], *, timeout: float,
+                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
         """Run several fetches concurrently; each result is the payload or the exception.
 
         A job is (peer, request) or (peer, request, expect). Each fetch is cancelled when
         `timeout` passes (its result is then a TimeoutError); the others' results are kept.
+        `on_each(index, payload)` is called (in the exchange's thread) as each fetch succeeds,
+        before the others end: a relay passes a copy on as soon as it holds it.
         """
+        async def one(i: int, j: Job) -> bytes:
+            blob = await self._fetch_within(j[0], j[1], j[2] if len(j) > 2 else None, timeout)
+            if on_each is not None:
+                try:
+                    on_each(i, blob)
+                except Exception:
+                    log.exception("on_each of a fetch failed")  # the fetch itself still counts
+            return blob
+
         async def run_all():
-            return await asyncio.gather(*(self._fetch_within(j[0], j[1], j[2] if len(j) > 2 else None, timeout)
-                                          for j in jobs), return_exceptions=True)
+            return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)), return_exceptions=True)
         return self._call(run_all(), timeout=timeout + 5)
 
     def close(self) -> None:
@@ -322,10 +343,16 @@ class Exchange:
             return "update", encode_response(None, f"malformed request: {e}")
         self._count("received", request.op, n)
         payload, error = self._answer(request, peer)
+        if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
+            payload = await self._await_update((request.round, request.peer))
+            error = "" if payload is not None else f"{error} (waited {self.relay_wait:g} s)"
         self.served[request.op] += payload is not None
         if request.op == "state" and payload is not None:
             self.on_state_served(peer, len(payload))
-        return request.op, encode_response(payload, error)
+        body = encode_response(payload, error)
+        if request.op == "update" and payload is not None and self.me and request.peer != self.me:
+            self.relayed_bytes += HEADER_LEN + len(body)  # what _send will count as sent
+        return request.op, body
 
     async def _send(self, writer, kind: str, response: bytes) -> None:
         out = frame(response)
@@ -353,6 +380,35 @@ class Exchange:
                                                f"{self._state_limit.retry_after(peer):.0f} s")
             return state, ""
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
+
+    def _may_arrive(self, request: Request) -> bool:
+        """An update request worth waiting for: of the round this node is gathering (next to the
+        newest round it holds updates of), so that relays pipeline down the tree without polls.
+        Anything else is answered at once; the per-peer stream cap bounds the waiting streams."""
+        if self.relay_wait <= 0 or request.op != "update" or request.run != self.run_id:
+            return False
+        with self._lock:
+            newest = max((r for r, _ in self._updates), default=None)
+        return newest is not None and newest - 1 <= request.round <= newest + 1
+
+    async def _await_update(self, key: tuple[int, str]) -> bytes | None:
+        with self._lock:
+            event, loop, waiters = self._arrivals.get(key, (asyncio.Event(), asyncio.get_running_loop(), 0))
+            self._arrivals[key] = (event, loop, waiters + 1)
+            held = self._updates.get(key)  # (looked up with the registration: keep_update may just have run)
+        try:
+            if held is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.relay_wait):
+                        await event.wait()
+            return self.held_update(*key)
+        finally:
+            with self._lock:
+                event, loop, waiters = self._arrivals[key]
+                if waiters > 1:
+                    self._arrivals[key] = (event, loop, waiters - 1)
+                else:
+                    del self._arrivals[key]
 
     def _refuse(self, peer: str, reason: str, text: str) -> bytes:
         return encode_response(None, self._refuse_text(peer, reason, text))

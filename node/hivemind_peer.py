@@ -116,7 +116,7 @@ class Result:
 
     def row(self, epoch: int, bpb: float | None) -> None:
         now = round(time.time(), 3)
-        self.timeline.append([now, epoch, self.tokens, self.tokens, round(self.compute_s, 3), self.sent, self.sent])
+        self.timeline.append([now, epoch, self.tokens, self.tokens, round(self.compute_s, 3), self.sent, self.sent, 0])
         if bpb is not None:
             self.bpb.append([now, epoch, bpb])
 

@@ -38,6 +38,8 @@ class RoundReport:
     """Update bytes this node has sent so far (cumulative)."""
     received: int = 0
     """Update bytes this node has received so far (cumulative)."""
+    relayed: int = 0
+    """Of `sent`: bytes of other peers' updates this node passed on (upload once; cumulative)."""
     dense: float = 0.0
     """Bytes a dense fp32 ring all-reduce would have moved each way for this round."""
     digest: str = ""
@@ -65,7 +67,7 @@ class RoundReport:
 
 
 TIMELINE = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
-            "bytes_received"]
+            "bytes_received", "bytes_relayed"]
 """One row per completed round in the result JSON (benchmarks cut a window out of it)."""
 
 
@@ -100,4 +102,4 @@ class History:
             self.val_bpb.append(report.val_bpb)
             self.bpb_timeline.append([round(report.unix_time, 3), report.round, report.val_bpb])
         self.timeline.append([round(report.unix_time, 3), report.round, self.tokens_trained, self.tokens_contributed,
-                              round(self.compute_s, 3), report.sent, report.received])
+                              round(self.compute_s, 3), report.sent, report.received, report.relayed])

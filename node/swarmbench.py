@@ -54,6 +54,7 @@ name = "{strategy}"
 inner_steps = 20
 overlap = {overlap}
 [swarm]
+relay_fanout = {relay_fanout}
 collect_timeout = 20.0
 round_timeout = 90.0
 heartbeat_interval = 1.0
@@ -66,7 +67,8 @@ min_peers = {min_peers}
 @dataclass(frozen=True, kw_only=True)
 class Case:
     strategy: str
-    """Strategy ([strategy] name in the run file); 'NAME+overlap' also sets [strategy] overlap."""
+    """Strategy ([strategy] name in the run file); '+overlap' also sets [strategy] overlap,
+    '+direct' [swarm] relay_fanout = 0 (every update fetched from its owner)."""
     round_seconds: float
     """Compute window per round; 0: fixed inner_steps."""
     fast: int
@@ -81,12 +83,18 @@ HIVEMIND = "hivemind"
 """The baseline: hivemind.Optimizer itself on the same model and data (node/hivemind_peer.py)."""
 
 
-def strategy_of(spec: str) -> tuple[str, bool]:
-    """'sparseloco' -> ('sparseloco', False); 'sparseloco+overlap' -> ('sparseloco', True)."""
-    name, plus, extra = spec.partition("+")
-    if plus and (extra != "overlap" or name == HIVEMIND):
-        raise SwarmtrainError(f"strategy {spec!r}: unknown option {extra!r}", "write NAME or NAME+overlap")
-    return name, bool(plus)
+OPTIONS = ("overlap", "direct")
+"""What a strategy name may add, each after a '+'."""
+
+
+def strategy_of(spec: str) -> tuple[str, set[str]]:
+    """'sparseloco' -> ('sparseloco', set()); 'sparseloco+overlap+direct' -> ('sparseloco', {'overlap', 'direct'})."""
+    name, *extra = spec.split("+")
+    unknown = [x for x in extra if x not in OPTIONS] or (extra if name == HIVEMIND else [])
+    if unknown:
+        raise SwarmtrainError(f"strategy {spec!r}: unknown option {unknown[0]!r}",
+                              f"write NAME, optionally followed by +{' +'.join(OPTIONS)}")
+    return name, set(extra)
 
 
 class Node:
@@ -135,8 +143,9 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slow else 0)
     run = work / "run.toml"
-    name, overlap = strategy_of(case.strategy)
-    run.write_text(RUN.format(strategy=name, overlap=str(overlap).lower(), round_seconds=case.round_seconds,
+    name, options = strategy_of(case.strategy)
+    run.write_text(RUN.format(strategy=name, overlap=str("overlap" in options).lower(),
+                              relay_fanout=0 if "direct" in options else 2, round_seconds=case.round_seconds,
                               min_peers=n))
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None
@@ -211,6 +220,10 @@ def row(case: Case, deltas: list[dict], results: list[dict], joined: float = 0.0
             "val_bpb": bpb[-1] if bpb else None,
             "bytes_up_per_peer": round(statistics.mean(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
             "bytes_down_per_peer": round(statistics.mean(d["bytes_received"] / max(1, d["round"]) for d in deltas)),
+            # upload once: of bytes_up, what a peer sent of its own update, and the most any peer sent
+            "own_update_bytes_up_per_peer": round(statistics.mean((d["bytes_sent"] - d.get("bytes_relayed", 0))
+                                                                  / max(1, d["round"]) for d in deltas)),
+            "max_bytes_up_per_peer": round(max(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
             "rounds_ok": statistics.median(d["round"] for d in deltas),
             "rounds_failed": statistics.median(r["rounds_failed"] for r in results),
             "target_bpb": target_bpb,

@@ -126,7 +126,8 @@ class Volunteer:
                                  state_requests_per_minute=self.run.swarm.state_requests_per_minute,
                                  event_loop=cfg.event_loop, upload_limit=cfg.upload_limit_mbit * 1e6 / 8 or None,
                                  on_state_served=lambda peer, n: reporter.event("state_serving", peer=peer[:16],
-                                                                                bytes=n))
+                                                                                bytes=n),
+                                 me=self.me, relay_wait=self.run.swarm.relay_wait)
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = InnerTrainer(model, self.run.train, self.device)
@@ -271,6 +272,7 @@ class Volunteer:
             self.publish_round(RoundReport(round=r, result="failed" if roster else "timeout",
                                            peers=len(roster.announcements) if roster else 0,
                                            sent=self.exchange.sent["update"], received=self.exchange.received["update"],
+                                           relayed=self.exchange.relayed_bytes,
                                            digest=self.state.digest, local_step=self.trainer.steps))
             return None
 
@@ -353,8 +355,8 @@ class Volunteer:
             peers=peers, steps=steps, tokens=self.tokens_of(steps), samples=steps * self.run.train.batch_size,
             loss=loss, val_bpb=bpb, train_s=train_s, exchange_s=exchange_s,
             sent=self.exchange.sent["update"], received=self.exchange.received["update"],
-            dense=self.metrics.dense_equivalent(self.params, peers, steps), digest=self.state.digest,
-            local_step=self.trainer.steps))
+            relayed=self.exchange.relayed_bytes, dense=self.metrics.dense_equivalent(self.params, peers, steps),
+            digest=self.state.digest, local_step=self.trainer.steps))
         self.manifest_keeper.tick()
 
     @functools.cached_property
@@ -516,6 +518,7 @@ class Volunteer:
         return {"peer": self.me, "name": self.name, "run_id": self.run_id, "rounds_completed": self.state.round,
                 "joined_round": getattr(self, "joined_round", None), "digest": self.state.digest,
                 "bytes_sent": self.exchange.sent["update"], "bytes_received": self.exchange.received["update"],
+                "relay_bytes_sent": self.exchange.relayed_bytes,  # of bytes_sent: others' updates passed on
                 "state_bytes_sent": self.exchange.sent["state"], "state_bytes_received": self.exchange.received["state"],
                 "update_bytes_per_peer": self.strategy.codec.encoded_size(),
                 # what the codec says those updates weigh: payloads served (own and relayed) / fetched x size

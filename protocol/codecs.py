@@ -303,6 +303,7 @@ class TopKCodec:
     dct: bool = False
     values: str = "bf16"  # bf16 | 2bit | 1bit
     index_bits: int = 12
+    k_vector: int = 0  # k per chunk of a 1-D tensor (norm gains, biases); 0: the same k as matrices
 
     def __post_init__(self):
         if self.values not in ("bf16", "2bit", "1bit") or self.index_bits not in (12, 16):
@@ -312,13 +313,15 @@ class TopKCodec:
 
     @property
     def name(self) -> str:
-        return f"topk-c{self.chunk}-k{self.k}{'-dct' if self.dct else ''}-{self.values}-i{self.index_bits}"
+        kv = f"-kv{self.k_vector}" if self.k_vector else ""
+        return f"topk-c{self.chunk}-k{self.k}{kv}{'-dct' if self.dct else ''}-{self.values}-i{self.index_bits}"
 
     def chunkings(self) -> list[Chunking]:
         return [Chunking(tuple(s), self.chunk, self.dct) for s in self.shapes]
 
     def _k(self, ch: Chunking) -> int:
-        return min(self.k, ch.chunk_numel)
+        k = self.k_vector if self.k_vector and len(ch.shape) != 2 else self.k
+        return min(k, ch.chunk_numel)
 
     def _sizes(self, ch: Chunking) -> tuple[int, int, int]:
         """(header, index, value) bytes of one tensor."""

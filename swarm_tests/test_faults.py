@@ -95,8 +95,8 @@ def test_the_state_donor_dies_mid_download_and_the_joiner_takes_the_state_from_t
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
     vols = [join(procs, tmp_path, maddr, f"v{i}", "--upload-limit-mbit", "1") for i in range(3)]
     ids = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): p for p in vols}
-    for p in vols:
-        p.wait_for(r"event=round round=\d+ peers=3 ", 120)
+    for p in vols:  # round 2: the heartbeats the joiner reads say state_round >= 1 (one says 0 for a while)
+        wait_line(p, r"event=round round=(\d+) peers=3 ", 120, accept=lambda m: int(m[1]) >= 2)
     joiner = join(procs, tmp_path, maddr, "late")
     me = joiner.wait_for(r"peer (\S+) \(late\) joined run", 90)[1]  # printed before it looks for the state
     fetch = joiner.wait_for(r"event=state_fetch donor=(\S+) round=(\d+)", 90)
@@ -109,7 +109,7 @@ def test_the_state_donor_dies_mid_download_and_the_joiner_takes_the_state_from_t
     others = list(ids.values())
 
     joined = joiner.wait_for(r"event=joined peer=\S+ .*round=(\d+) state=(\S+)", 120)
-    assert joined[2] == "from_peers", joiner.output[-3000:]
+    assert joined[2] == "from_peers", joiner.output[-3000:] + "\n=====\n".join(v.output[-6000:] for v in vols)
     held = int(joined[1])
     failed = joiner.wait_for(rf"event=state_fetch_failed donor={donor_id[:16]} reason=(.*)", 1)
     assert "dial" not in failed[1], failed[0]  # the stream was open: the donor died while serving it

@@ -63,6 +63,7 @@ class FakeNet:
         self.me, self.dht, self.registry = me, dht, registry
         self.updates: dict[tuple[int, str], bytes] = {}
         self.serve_override: dict[tuple[int, str], bytes] = {}  # what a lying peer answers instead
+        self.asked: list[tuple[int, str]] = []  # (round, owner) of each update request to this peer
         self.ticks = itertools.count()
         registry[me] = self
 
@@ -72,10 +73,12 @@ class FakeNet:
     def get_subkeys(self, key: str) -> dict[str, Any]:
         return self.dht.get(key)
 
-    def fetch_many(self, jobs, timeout: float) -> list:
+    def fetch_many(self, jobs, timeout: float, on_each=None) -> list:
         out = []
         for peer, request, expect in jobs:
             other = self.registry.get(peer)
+            if other is not None:
+                other.asked.append((request.round, request.peer))
             blob = None if other is None else other.serve(request.round, request.peer)
             if blob is None:
                 out.append(ProtocolError(f"peer refused: no update of {request.peer[:8]}"))
@@ -83,6 +86,8 @@ class FakeNet:
                 out.append(ProtocolError(f"response carries {len(blob)} bytes, {expect} were announced"))
             else:
                 out.append(blob)
+                if on_each is not None:
+                    on_each(len(out) - 1, blob)
         return out
 
     def serve(self, round_no: int, peer: str) -> bytes | None:

@@ -19,7 +19,8 @@ def tensors(seed=0):
 CODECS = [DenseCodec(SHAPES, "float32"), DenseCodec(SHAPES, "float16"), Int8Codec(SHAPES, 256),
           TopKCodec(SHAPES, chunk=64, k=32, values="bf16"), TopKCodec(SHAPES, chunk=64, k=32, dct=True, values="bf16"),
           TopKCodec(SHAPES, chunk=64, k=16, values="2bit"), TopKCodec(SHAPES, chunk=64, k=8, dct=True, values="1bit"),
-          TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16)]
+          TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16),
+          TopKCodec(SHAPES, chunk=64, k=8, values="2bit", k_vector=64)]
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
@@ -78,6 +79,18 @@ def test_topk_keeps_the_largest_and_is_exact_with_bf16_when_k_is_all():
     x[1, 2], x[5, 5], x[7, 0], x[0, 0] = 5.0, -4.0, 3.0, 0.5
     out = sparse.decode(sparse.encode([x]))[0]
     assert out[1, 2] == 5.0 and out[5, 5] == -4.0 and out[7, 0] == 3.0 and out[0, 0] == 0.0
+
+
+def test_topk_vector_sends_the_1d_tensors_denser_than_the_matrices():
+    """Density per tensor kind: k_vector for norm gains and biases, k for the matrices."""
+    plain, whole = TopKCodec(SHAPES, chunk=64, k=4, values="bf16"), TopKCodec(SHAPES, chunk=64, k=4, values="bf16",
+                                                                           k_vector=64)
+    t = tensors(3)
+    out = whole.decode(whole.encode(t))
+    assert torch.equal(out[1], t[1].bfloat16().float()) and torch.equal(out[3], t[3].bfloat16().float())
+    assert torch.equal(out[0], plain.decode(plain.encode(t))[0])  # the matrix is cut as before
+    assert (out[0] != 0).sum() == (128 // 64) * (192 // 64) * 4
+    assert whole.encoded_size() > plain.encoded_size() and "kv64" in whole.name
 
 
 def test_dct_is_orthonormal_and_invertible():

@@ -4,6 +4,7 @@ A FakeNet stands in for hivemind's P2P: `call_binary_stream_handler` joins two i
 stream pairs to the callee's handler, run as a task. Hostile peers are plain handlers.
 """
 import asyncio
+import threading
 import time
 import tracemalloc
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from protocol.messages import HEADER_LEN, Request, decode_response, encode_respo
 from protocol.signing import peer_id_of
 
 RUN = "demo-0123456789ab"
-A, B, EVIL, SLOW, BUSY = (peer_id_of(bytes([i]) * 40) for i in range(5))
+A, B, EVIL, SLOW, BUSY, D = (peer_id_of(bytes([i]) * 40) for i in range(6))
 BLOB = bytes(range(256)) * 4  # a 1,024-byte "update envelope"
 
 
@@ -90,8 +91,8 @@ def net():
 def node(net):
     made = []
 
-    def make(me, **kw):
-        ex = Exchange(net.dht(me), RUN, max_bytes=2**20, **kw)
+    def make(who, **kw):
+        ex = Exchange(net.dht(who), RUN, max_bytes=2**20, **kw)
         made.append(ex)
         return ex
     yield make
@@ -386,3 +387,26 @@ def test_the_upload_limit_paces_every_stream_together():
             asyncio.sleep = orig
     asyncio.run(run())
     assert slept == [0.5, 0.8]
+
+
+def test_a_relay_answers_once_its_own_copy_arrives(net, node):
+    """Upload once: B is asked for C's update of the round it is gathering before B holds it;
+    it waits for its copy (event-driven, no polling) and passes it on, counted as relayed."""
+    a, b = node(A), node(B, me=B, relay_wait=10.0)
+    b.keep_update(3, B, BLOB)  # B's own update: round 3 is the round B is on
+    C = SLOW
+    asked = threading.Timer(0.3, lambda: b.keep_update(3, C, BLOB[::-1]))
+    asked.start()
+    t0 = time.monotonic()
+    assert a.fetch(B, update_request(peer=C), timeout=5, expect=len(BLOB)) == BLOB[::-1]
+    assert 0.25 <= time.monotonic() - t0 < 5
+    assert b.relayed_bytes == len(frame(encode_response(BLOB))) and b.sent["update"] == b.relayed_bytes
+    assert a.fetch(B, update_request(peer=B), timeout=5) == BLOB and b.relayed_bytes < b.sent["update"]  # own
+    d = node(D, me=D, relay_wait=0.2)
+    d.keep_update(3, D, BLOB)
+    with pytest.raises(ProtocolError, match="no update.*waited"):  # never arrives: refused after the wait
+        a.fetch(D, update_request(peer=BUSY), timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(ProtocolError, match="no update"):  # a round far from ours is answered at once
+        a.fetch(B, update_request(peer=C, rnd=9), timeout=5)
+    assert time.monotonic() - t0 < 1 and not b._arrivals

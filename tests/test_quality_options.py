@@ -119,10 +119,11 @@ def moved(model, seed):
 OPTIONS = [StrategyConfig(name="diloco", inner_steps=5, wire_dtype=w, error_decay=d)
            for w, d in (("int4", 1.0), ("int2", 0.9), ("int1", 1.0))] + [
     StrategyConfig(name="diloco", inner_steps=5, wire_dtype="int1", wire_block=1024, outer_lr=1.4),
-    StrategyConfig(name="sparseloco", inner_steps=5, topk=16, sparse_outer_momentum=0.9, outer_lr=1.5)]
+    StrategyConfig(name="sparseloco", inner_steps=5, topk=16, sparse_outer_momentum=0.9, outer_lr=1.5),
+    StrategyConfig(name="sparseloco", inner_steps=5, topk=8, topk_vector=64)]
 
 
-@pytest.mark.parametrize("cfg", OPTIONS, ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}")
+@pytest.mark.parametrize("cfg", OPTIONS, ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}")
 def test_round_trip_and_bit_identical_apply(cfg):
     model, strat, state = setup(cfg)
     workers = [strat.new_worker() for _ in range(3)]
@@ -176,7 +177,8 @@ def test_defaults_leave_the_old_presets_alone():
 
 def test_bad_strategy_options():
     for cfg in (StrategyConfig(name="diloco", wire_dtype="int3"), StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
-                StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0)):
+                StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0),
+                StrategyConfig(name="sparseloco", topk_vector=-1)):
         with pytest.raises(SwarmtrainError):
             setup(cfg)
 

@@ -407,3 +407,18 @@ def test_a_peer_stranded_on_a_fork_is_outvoted_by_a_quorum_ahead():
     assert votes.outvoted(ahead, 12, "a" * 64)  # alone on round 12 while three vouch for round 30
     assert not votes.outvoted({**ahead, "p5": hb("p5", 12, "a" * 64)}, 12, "a" * 64)  # a voter holds ours
     assert not votes.outvoted({p: hb(p, 13, "c" * 64) for p in ahead}, 12, "a" * 64)  # one behind: we apply it
+
+
+def test_a_relay_that_passes_on_other_bytes_is_refused_and_the_owner_asked():
+    """Upload once: members fetch each update down a relay tree; a relay's copy must match the
+    owner's signed size and SHA-256, else the member asks the owner (then the leader)."""
+    _, _, peers = swarm(6)
+    liar = peers[3]
+    for p in peers:
+        if p is not liar:
+            liar.net.serve_override[(1, p.id)] = b"y" * 64  # passes on junk for every update but its own
+    accepted = play_round(peers)
+    assert any(owner != liar.id for _, owner in liar.net.asked)  # it was asked to relay
+    assert len({acc.roster.result for acc, _ in accepted.values()}) == 1
+    assert all(len(acc.announcements) == 6 for acc, _ in accepted.values())
+    assert len({p.digest for p in peers}) == 1

@@ -5,11 +5,11 @@ from node.errors import SwarmtrainError
 from node.swarmbench import Case, measured, row, run_swarm_bench
 
 FIELDS = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
-          "bytes_received"]
+          "bytes_received", "bytes_relayed"]
 
 
 def result(step_tokens: int, compute: float, rounds_failed: int = 0) -> dict:
-    timeline = [[100.0 + 2 * r, r, step_tokens * r, step_tokens * r, compute * r, 1000 * r, 2000 * r]
+    timeline = [[100.0 + 2 * r, r, step_tokens * r, step_tokens * r, compute * r, 1000 * r, 2000 * r, 400 * r]
                 for r in range(1, 21)]
     return {"timeline": timeline, "timeline_fields": FIELDS, "rounds_failed": rounds_failed, "val_bpb": [4.0, 3.5]}
 
@@ -22,6 +22,7 @@ def test_the_window_is_cut_from_the_timelines():
     r = row(case, [measured(x, 110.0, 130.0) for x in results], results)
     assert r["compute_utilization"] == 0.75 and r["fast_tokens_per_s"] == 2048
     assert r["swarm_tokens_per_s"] == 2048 + 2048 + 512 and r["bytes_up_per_peer"] == 1000
+    assert r["own_update_bytes_up_per_peer"] == 600 and r["max_bytes_up_per_peer"] == 1000  # 400 of 1000 relayed
     assert r["val_bpb"] == 3.5 and r["rounds_ok"] == 10 and r["link"] == "loopback"
 
 
@@ -46,8 +47,9 @@ def test_seconds_to_the_target_bpb_count_from_the_join():
 
 def test_strategy_names_take_overlap_but_not_on_the_baseline():
     from node.swarmbench import strategy_of
-    assert strategy_of("sparseloco") == ("sparseloco", False)
-    assert strategy_of("sparseloco+overlap") == ("sparseloco", True)
+    assert strategy_of("sparseloco") == ("sparseloco", set())
+    assert strategy_of("sparseloco+overlap") == ("sparseloco", {"overlap"})
+    assert strategy_of("diloco+direct+overlap") == ("diloco", {"overlap", "direct"})
     for bad in ("hivemind+overlap", "diloco+fast"):
         with pytest.raises(SwarmtrainError, match="unknown option"):
             strategy_of(bad)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from node.exchange import Exchange
 from node.swarm import Swarm, dht_time
@@ -20,8 +20,10 @@ class RealNet:
     def get_subkeys(self, key: str) -> dict[str, Any]:
         return self.swarm.get_subkeys(key)
 
-    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float) -> list[bytes | Exception]:
-        return self.exchange.fetch_many(jobs, timeout=timeout)  # each job's size is checked before its body is read
+    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
+                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+        # each job's size is checked before its body is read
+        return self.exchange.fetch_many(jobs, timeout=timeout, on_each=on_each)
 
     def keep_update(self, round_no: int, peer: str, blob: bytes) -> None:
         self.exchange.keep_update(round_no, peer, blob)

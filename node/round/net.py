@@ -25,7 +25,9 @@ class RoundNet(Protocol):
 
     def get_subkeys(self, key: str) -> dict[str, Any]: ...
 
-    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float) -> list[bytes | Exception]: ...
+    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
+                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+        """Results in job order; `on_each(index, payload)` as each one succeeds (node/exchange.py)."""
 
     def keep_update(self, round_no: int, peer: str, blob: bytes) -> None: ...
 

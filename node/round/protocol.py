@@ -7,8 +7,9 @@
    (`preview`) and publishes the signed roster: the signed announcements, prev, base, result
    and, with scoring, the scores. Rank i may lead after i x leader_backoff more seconds.
 3. Every peer accepts only rosters that pass `check_roster`, picks the best-ranked one,
-   gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) from their
-   owner or the leader, and applies them in roster order: the same bits everywhere.
+   gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) down a relay
+   tree rooted at the leader (node/round/relay.py: each owner uploads about once), else from
+   their owner or the leader, and applies them in roster order: the same bits everywhere.
 4. A peer that cannot gather a roster gives the round up (RoundFailed): it takes the state of
    peers that did, or redoes the round and ignores that roster.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from node.config import SwarmConfig
-from node.round import election
+from node.round import election, relay
 from node.round.ledger import Entry, Ledger, siblings
 from node.round.net import RoundNet, read_peers
 from protocol import keys, signed
@@ -310,9 +311,14 @@ class RoundProtocol:
     # -------------------------------------------------------------------------------- gather
     def gather(self, acc: Accepted) -> list[bytes]:
         """The payloads of the roster's updates, in roster order; raises RoundFailed."""
-        leader = acc.roster.leader
-        blobs = self._fetch(list(acc.announcements), acc.roster.round,
-                            sources=lambda a: [a.peer] if a.peer == leader else [a.peer, leader])
+        leader, members = acc.roster.leader, [a.peer for a in acc.announcements]
+        live = set(self.peers())  # a relay without a live heartbeat is skipped, not waited on
+
+        def from_whom(a: Announcement) -> list[str]:
+            order = relay.sources(self.run_id, acc.roster.round, a.peer, leader, members, self.me,
+                                  self.cfg.relay_fanout)
+            return [p for p in order if p in live or p in (a.peer, leader)]
+        blobs = self._fetch(list(acc.announcements), acc.roster.round, sources=from_whom)
         failed = [(a.peer, b) for a, b in zip(acc.announcements, blobs) if isinstance(b, Exception)]
         if failed:
             self.failed.add((acc.roster.round, leader))
@@ -328,23 +334,28 @@ class RoundProtocol:
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
             results.append(ProtocolError("not held") if held is None else (self._verify(a, held) or held))
-        for attempt in range(2):
+        for attempt in range(3):  # relay, owner, leader (relay.sources)
             todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
             jobs = [(i, src) for i in todo for src in sources(anns[i])[attempt:attempt + 1] if src != self.me]
             if not jobs:
                 break
             requests = [(src, Request(op="update", run=self.run_id, round=round_no, peer=anns[i].peer),
                          anns[i].nbytes) for i, src in jobs]
-            try:
-                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout)
+            try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
+                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout,
+                                              on_each=lambda k, b, jobs=jobs: self._keep(round_no, anns[jobs[k][0]], b))
             except Exception as e:  # the whole batch timed out or the transport is gone
                 fetched = [e] * len(jobs)
             for (i, _), blob in zip(jobs, fetched):
-                problem = blob if isinstance(blob, Exception) else self._verify(anns[i], blob)
-                results[i] = problem or blob
-                if problem is None:
-                    self.net.keep_update(round_no, anns[i].peer, blob)
+                results[i] = (blob if isinstance(blob, Exception) else self._verify(anns[i], blob)) or blob
         return results
+
+    def _keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
+        """Hold (and serve) a fetched copy that is the owner's bytes: those its signed
+        announcement pins. Run as each fetch ends: two relays waiting on each other's batches
+        would otherwise each wait for the other's whole batch."""
+        if len(blob) == ann.nbytes and hashlib.sha256(blob).hexdigest() == ann.sha256:
+            self.net.keep_update(round_no, ann.peer, blob)
 
     def _verify(self, ann: Announcement, blob: bytes) -> Exception | None:
         if len(blob) != ann.nbytes or hashlib.sha256(blob).hexdigest() != ann.sha256:

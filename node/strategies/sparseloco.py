@@ -35,8 +35,10 @@ class SparseLoCo:
         self.cfg, self.agg = cfg, agg
         self.inner_steps = cfg.inner_steps
         self.outer_buffers = ["momentum"] if cfg.sparse_outer_momentum > 0 else []
+        if cfg.topk_vector < 0:
+            raise ValueError("topk_vector must be >= 0")
         self.codec = TopKCodec(tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=False, values=cfg.values,
-                               index_bits=cfg.index_bits)
+                               index_bits=cfg.index_bits, k_vector=cfg.topk_vector)
 
     def new_worker(self) -> dict:
         return {}  # the error buffer is made on first use, shaped like the parameters

@@ -70,6 +70,12 @@ node moves onto it then). 2 is what the bench swarm model sees on loopback (exch
 beside 1.2-2 s of compute for 20 steps); presets not named here wait a whole round (the worst
 case, a link whose exchange takes as long as a round's compute)."""
 
+TOPK_WARMUP = {"sparseloco-c32-k8-h32-muon-warmup": 3}
+"""Bench only: Deep Gradient Compression's compression warm-up for sparseloco presets: round r
+< W sends 2^(W-r) times the preset's k per chunk, later rounds the preset's k. Measured here
+before it goes on the wire: every codec has one exact payload size, which validators check
+before reading a payload, so a warm-up there needs a codec per round."""
+
 # Each preset: (strategy settings, training settings). Learning rates were chosen on a
 # 600-step run of the full tier's model with the same budget for every method (two rounds of
 # 4-6 variants; docs/benchmarks.md lists them); AdamW and DiLoCo keep the literature's values.
@@ -158,6 +164,10 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
     "sparseloco-c32-k8-h32-muon": (StrategyConfig(name="sparseloco", inner_steps=32, chunk=32, topk=8, values="2bit",
                                                   outer_lr=2.0, error_decay=0.804),
                                    replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193)),
+    "sparseloco-c32-k8-h32-muon-warmup": (StrategyConfig(name="sparseloco", inner_steps=32, chunk=32, topk=8,
+                                                         values="2bit", outer_lr=2.0, error_decay=0.804),
+                                          replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon",
+                                                  muon_lr=0.0193)),  # TOPK_WARMUP: k 64, 32, 16, then 8
     "decoupled-momentum": (StrategyConfig(name="decoupled-momentum", topk=32, values="bf16",
                                           momentum_decay=0.999), BASE_TRAIN),
     "decoupled-momentum-1bit": (StrategyConfig(name="decoupled-momentum", topk=32, values="1bit",
@@ -196,32 +206,36 @@ def simulate(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
     vx, vy = data.windows(data.val_tokens(corpus, dcfg), tier.val_seqs, tier.model.ctx,
                           torch.Generator().manual_seed(12345))
     n, payload = tier.workers, strategy.codec.encoded_size()
+    warmup = [make_strategy(replace(strat_cfg, topk=strat_cfg.topk * 2 ** (TOPK_WARMUP[preset] - r)), shapes,
+                            train_cfg, schedule, robust=RobustConfig(aggregator="mean"))
+              for r in range(TOPK_WARMUP.get(preset, 0))]  # (the same error buffers: the same shapes)
     eval_at = {round(tier.steps * (i + 1) / tier.eval_points) for i in range(tier.eval_points)}
-    curve, step, rounds, t0 = [], 0, 0, time.monotonic()
+    curve, step, rounds, sent, t0 = [], 0, 0, 0, time.monotonic()
     while step < tier.steps:
-        h = min(strategy.inner_steps, tier.steps - step)
+        strat = warmup[rounds] if rounds < len(warmup) else strategy
+        h = min(strat.inner_steps, tier.steps - step)
         if strat_cfg.overlap:
-            payloads = [_overlapped_round(w, state, strategy, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0)
+            payloads = [_overlapped_round(w, state, strat, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0)
                         for w in workers]
         else:
-            payloads = [_local_round(w, state, strategy, h, tier) for w in workers]
-        strategy.apply(state, payloads)
-        step, rounds = step + h, rounds + 1
+            payloads = [_local_round(w, state, strat, h, tier) for w in workers]
+        strat.apply(state, payloads)
+        step, rounds, sent = step + h, rounds + 1, sent + strat.codec.encoded_size()
         if any(step - h < s <= step for s in eval_at):
             workers[0].trainer.load_params(state.params)
             bpb = evaluate_bpb(workers[0].trainer.model, vx, vy, torch.device("cpu"))
             curve.append({"step": step, "tokens": step * n * tier.batch_size * tier.model.ctx,
-                          "upload_bytes": rounds * (n - 1) * payload, "val_bpb": bpb})
+                          "upload_bytes": (n - 1) * sent, "val_bpb": bpb})
             if on_eval is not None:
                 on_eval(step, bpb)
     params = sum(math.prod(s) for s in shapes)
     return {"strategy": preset, "seed": seed, "params": params, "steps": tier.steps, "workers": n,
             "tokens": tier.steps * n * tier.batch_size * tier.model.ctx,
             "payload_bytes": payload, "rounds": rounds,
-            "upload_bytes_per_step": rounds * (n - 1) * payload / tier.steps,
+            "upload_bytes_per_step": (n - 1) * sent / tier.steps,
             # upload once (the node's relay tree): what the owner itself sends, one copy per round
-            "own_upload_bytes_per_step": rounds * payload / tier.steps,
-            "download_bytes_per_step": rounds * (n - 1) * payload / tier.steps,
+            "own_upload_bytes_per_step": sent / tier.steps,
+            "download_bytes_per_step": (n - 1) * sent / tier.steps,
             "dense_ring_bytes_per_step": 2 * (n - 1) / n * 4 * params,
             "val_bpb": curve[-1]["val_bpb"], "curve": curve, "seconds": round(time.monotonic() - t0, 1),
             "settings": {"strategy": strat_cfg.__dict__, "train": train_cfg.__dict__}}

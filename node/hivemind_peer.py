@@ -98,6 +98,8 @@ def train(args, dht, stop: threading.Event) -> None:
             out.sent += per_avg
             bpb = evaluate_bpb(model, *val, torch.device("cpu")) if val is not None else None
             out.row(epoch, bpb)
+            if args.result_json:  # after every round: a step stuck in averaging at SIGTERM loses nothing
+                Path(args.result_json).write_text(json.dumps(out.summary(params, per_avg), indent=2))
             peers = opt.tracker.global_progress.num_peers
             print(f"event=round round={epoch} peers={peers} loss={float(loss):.3f} "
                   + (f"val_bpb={bpb:.3f}" if bpb is not None else ""), flush=True)

@@ -181,6 +181,10 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
         end = time.time()
         for node in reversed(nodes[1:]):
             node.stop()
+        missing = [k for k in range(1, n + 1) if not (work / f"p{k}.json").exists()]
+        if missing:
+            raise SwarmtrainError(f"peer {missing[0]} of {case.strategy} wrote no result JSON",
+                                  f"read its log, {work / f'p{missing[0]}.log'}")
         results = [json.loads((work / f"p{k}.json").read_text()) for k in range(1, n + 1)]
     return row(case, [measured(r, start, end) for r in results], results, joined, target_bpb)
 
@@ -248,7 +252,11 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
             for slow in ([0.0, slow_peer] if slow_peer else [0.0]):
                 case = Case(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
                 name = f"{strategy}-w{window:g}-{'slow' if slow else 'even'}"
-                result = run_case(case, seconds, Path(workdir) / name, stop, say, target_bpb)
+                try:
+                    result = run_case(case, seconds, Path(workdir) / name, stop, say, target_bpb)
+                except SwarmtrainError as e:  # one case's trouble costs its row, not the others'
+                    say(f"    {name}: no row: {e.render()}")
+                    continue
                 if result is None:
                     return rows
                 rows.append(result)

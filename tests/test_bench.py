@@ -52,3 +52,18 @@ def test_summary_math():
 
 def test_tiers_are_as_documented():
     assert TIERS["full"].steps == 3000 and len(TIERS["full"].seeds) == 2
+
+
+def test_the_compression_warm_up_sends_denser_first_rounds():
+    """TOPK_WARMUP (bench only): the warm-up preset's first rounds carry 8x, 4x and 2x the values, then
+    the same payload as the preset without it; bytes are counted round by round."""
+    from node import data
+    from node.benchmark import TOPK_WARMUP, simulate
+    tier = TIERS["smoke"]
+    corpus = data.load_corpus("stdlib")
+    warm, plain = (simulate(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup",
+                                                          "sparseloco-c32-k8-h32-muon"))
+    assert TOPK_WARMUP["sparseloco-c32-k8-h32-muon-warmup"] == 3 and warm["rounds"] == plain["rounds"] == 4
+    assert warm["payload_bytes"] == plain["payload_bytes"]
+    assert plain["own_upload_bytes_per_step"] * tier.steps == 4 * plain["payload_bytes"]
+    assert 3 * plain["payload_bytes"] < warm["own_upload_bytes_per_step"] * tier.steps - plain["payload_bytes"]

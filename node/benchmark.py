@@ -133,6 +133,15 @@ PRESETS: dict[str, tuple[StrategyConfig, TrainConfig]] = {
     "diloco-int1-h72-muon-t15": (StrategyConfig(name="diloco", inner_steps=72, wire_dtype="int1", wire_block=1024,
                                                 outer_lr=0.428, outer_momentum=0.601, error_decay=0.807),
                                  replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    # the 1,000x preset with a larger outer step, for 8 workers (their mean is less noisy): issue 11 part 4
+    "diloco-int1-h72-muon-t15-olr0.7": (StrategyConfig(name="diloco", inner_steps=72, wire_dtype="int1",
+                                                       wire_block=1024, outer_lr=0.7, outer_momentum=0.601,
+                                                       error_decay=0.807),
+                                        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
+    "diloco-int1-h72-muon-t15-olr1.0": (StrategyConfig(name="diloco", inner_steps=72, wire_dtype="int1",
+                                                       wire_block=1024, outer_lr=1.0, outer_momentum=0.601,
+                                                       error_decay=0.807),
+                                        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249)),
     # the dense family further out (the same settings): >= 3,000x with 14 rounds, >= 10,000x with 4
     "diloco-int1-h216-muon-t15": (StrategyConfig(name="diloco", inner_steps=216, wire_dtype="int1", wire_block=1024,
                                                  outer_lr=0.428, outer_momentum=0.601, error_decay=0.807),

@@ -70,6 +70,23 @@ class DenseCodec:
 
 
 # ------------------------------------------------------------------------------------- int8
+def _to_blocks(t: torch.Tensor, block: int) -> tuple[int, torch.Tensor]:
+    """(values, the tensor as rows of `block` values, zero-padded), clamped to fp16's range."""
+    flat = t.detach().reshape(-1).to("cpu", torch.float32).clamp(-FP16_MAX, FP16_MAX)
+    n = flat.numel()
+    padded = torch.zeros(-(-n // block) * block)
+    padded[:n] = flat
+    return n, padded.view(-1, block)
+
+
+def _from_blocks(levels: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """The n levels times their block's scale (the inverse of _to_blocks' layout), flat."""
+    n = levels.numel()
+    padded = torch.zeros(scale.numel() * block)
+    padded[:n] = levels
+    return (padded.view(-1, block) * scale[:, None]).reshape(-1)[:n]
+
+
 @dataclass(frozen=True)
 class Int8Codec:
     shapes: tuple[tuple[int, ...], ...]
@@ -88,14 +105,10 @@ class Int8Codec:
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
         out = []
         for t in tensors:
-            flat = t.detach().reshape(-1).to("cpu", torch.float32).clamp(-FP16_MAX, FP16_MAX)
-            nb = self._blocks(flat.numel())
-            padded = torch.zeros(nb * self.block)
-            padded[:flat.numel()] = flat
-            blocks = padded.view(nb, self.block)
+            n, blocks = _to_blocks(t, self.block)
             scale = blocks.abs().amax(dim=1) / 127.0
             q = torch.round(blocks / scale.clamp(min=1e-30)[:, None]).clamp(-127, 127).to(torch.int8)
-            out += [scale.numpy().tobytes(), q.reshape(-1)[:flat.numel()].numpy().tobytes()]
+            out += [scale.numpy().tobytes(), q.reshape(-1)[:n].numpy().tobytes()]
         return b"".join(out)
 
     def decode(self, data: bytes) -> list[torch.Tensor]:
@@ -108,9 +121,7 @@ class Int8Codec:
             q = torch.frombuffer(bytearray(data[off:off + n]), dtype=torch.int8).to(torch.float32)
             off += n
             _check_scale(scale, MAX_ABS_VALUE / 127, f"{self.name} block scale")
-            padded = torch.zeros(nb * self.block)
-            padded[:n] = q
-            values = (padded.view(nb, self.block) * scale[:, None]).reshape(-1)[:n]
+            values = _from_blocks(q, scale, self.block)
             _check_values(values, self.name)  # after scaling: the scale check alone misses rounding
             out.append(values.reshape(s))
         return out
@@ -158,11 +169,8 @@ class QuantCodec:
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
         out = []
         for t in tensors:
-            flat = t.detach().reshape(-1).to("cpu", torch.float32).clamp(-FP16_MAX, FP16_MAX)
-            n, nb = flat.numel(), self._blocks(flat.numel())
-            padded = torch.zeros(nb * self.block)
-            padded[:n] = flat
-            blocks = padded.view(nb, self.block)
+            n, blocks = _to_blocks(t, self.block)
+            nb = blocks.shape[0]
             counts = torch.full((nb,), float(self.block))
             counts[-1] = n - (nb - 1) * self.block  # the last block's padding does not dilute its scale
             if self.bits == 4:
@@ -197,9 +205,7 @@ class QuantCodec:
             off += nc
             _check_scale(d, MAX_ABS_VALUE / top, f"{self.name} block step")
             levels = torch.from_numpy(codes.astype(np.float32)) - QUANT_OFFSET[self.bits]
-            padded = torch.zeros(nb * self.block)
-            padded[:n] = levels
-            values = (padded.view(nb, self.block) * d[:, None]).reshape(-1)[:n]
+            values = _from_blocks(levels, d, self.block)
             _check_values(values, self.name)
             out.append(values.reshape(s))
         return out

@@ -4,9 +4,9 @@ N workers are simulated in one process through the same strategy and codec code 
 runs (node/strategies, protocol/codecs): the same payload bytes, the same apply. Worker w
 draws the same batches under every strategy (generator seeded by (seed, w)), so each row
 sees exactly the same token stream. Bytes are what our all-gather moves per peer: N-1
-payloads down, and N-1 up on average (with the relay tree the owner sends its own payload
-once, `own_upload_*`, and the other copies are relayed by other peers; without it the owner
-sends all N-1).
+payloads down, and N-1 up on average. `own_upload_*` counts one copy of a peer's own payload
+per round: what upload once leaves on the owner's link (the node's owner sends two, to the
+leader and to its relay tree, node/round/relay.py; other peers relay the rest).
 The reference is a dense fp32 ring all-reduce of the same model every step:
 2 (N-1)/N x 4 bytes x params, up and down, per worker.
 """
@@ -58,7 +58,7 @@ TIERS = {
     "pilot": Tier(steps=600, seeds=(0,), model=ModelConfig(d_model=128, n_layer=4, n_head=4, ctx=128),
                   warmup_steps=40),
     "full": Tier(steps=3000, seeds=(0, 1), model=SMALL, eval_points=15, warmup_steps=100),
-    # issue 11 part 4: does the frontier hold with twice the workers (the ring grows with N)?
+    # issue 11 part 4: does the frontier hold with twice the workers (all-gather bytes grow with N)?
     "full-8": Tier(steps=3000, seeds=(0, 1), model=SMALL, workers=8, eval_points=15, warmup_steps=100),
     # `bench tune`: the full tier's model and batches, a fifth of its steps (one seed)
     "tune": Tier(steps=600, seeds=(0,), model=SMALL, eval_points=4, warmup_steps=30),

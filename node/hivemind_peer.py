@@ -78,6 +78,10 @@ def train(args, dht, stop: threading.Event) -> None:
     per_avg = int(2 * (args.peers - 1) / args.peers * 4 * params)
     gen = torch.Generator().manual_seed(1000 + args.index)
     out = Result(started=time.time())
+
+    def save() -> None:
+        if args.result_json:
+            Path(args.result_json).write_text(json.dumps(out.summary(params, per_avg), indent=2))
     epoch = opt.local_epoch
     while not stop.is_set():
         x, y = data.windows(tokens, batch, run.model.ctx, gen)
@@ -98,13 +102,11 @@ def train(args, dht, stop: threading.Event) -> None:
             out.sent += per_avg
             bpb = evaluate_bpb(model, *val, torch.device("cpu")) if val is not None else None
             out.row(epoch, bpb)
-            if args.result_json:  # after every round: a step stuck in averaging at SIGTERM loses nothing
-                Path(args.result_json).write_text(json.dumps(out.summary(params, per_avg), indent=2))
+            save()  # after every round: a step stuck in averaging at SIGTERM loses nothing
             peers = opt.tracker.global_progress.num_peers
             print(f"event=round round={epoch} peers={peers} loss={float(loss):.3f} "
                   + (f"val_bpb={bpb:.3f}" if bpb is not None else ""), flush=True)
-    if args.result_json:  # first: hivemind's shutdown can hang on peers that are gone
-        Path(args.result_json).write_text(json.dumps(out.summary(params, per_avg), indent=2))
+    save()  # first: hivemind's shutdown can hang on peers that are gone
     opt.shutdown()
 
 

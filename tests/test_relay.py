@@ -45,14 +45,15 @@ def test_every_member_takes_every_position_once_a_round(n):
 def test_sources_fall_back_to_the_owner_then_the_leader():
     peers = members(6)
     owner, leader = "p002", "p000"
-    order = relay.fetch_order(relay.ring(RUN, 3, leader, peers), owner)
+    the_ring = relay.ring(RUN, 3, leader, peers)
+    order = relay.fetch_order(the_ring, owner)
     first, second = order[0], order[1]
-    assert relay.sources(RUN, 3, owner, leader, peers, first, 2) == [owner, leader]
-    assert relay.sources(RUN, 3, owner, leader, peers, second, 2) == [first, owner, leader]
-    assert relay.sources(RUN, 3, owner, leader, peers, second, 0) == [owner, leader]  # relaying off
-    assert relay.sources(RUN, 3, owner, leader, peers, "stranger", 2) == [owner, leader]  # not in the roster
-    assert relay.sources(RUN, 3, owner, leader, peers, leader, 2) == [owner]  # (the leader holds them all)
-    assert relay.sources(RUN, 3, leader, leader, peers, second, 2) == [leader]  # the leader's own: direct
+    assert relay.sources(the_ring, owner, leader, first, 2) == [owner, leader]
+    assert relay.sources(the_ring, owner, leader, second, 2) == [first, owner, leader]
+    assert relay.sources(the_ring, owner, leader, second, 0) == [owner, leader]  # relaying off
+    assert relay.sources(the_ring, owner, leader, "stranger", 2) == [owner, leader]  # not in the roster
+    assert relay.sources(the_ring, owner, leader, leader, 2) == [owner]  # (the leader holds them all)
+    assert relay.sources(the_ring, leader, leader, second, 2) == [leader]  # the leader's own: direct
 
 
 def test_the_ring_changes_from_round_to_round():

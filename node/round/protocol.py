@@ -7,9 +7,10 @@
    (`preview`) and publishes the signed roster: the signed announcements, prev, base, result
    and, with scoring, the scores. Rank i may lead after i x leader_backoff more seconds.
 3. Every peer accepts only rosters that pass `check_roster`, picks the best-ranked one,
-   gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) down a relay
-   tree rooted at the leader (node/round/relay.py: each owner uploads about once), else from
-   their owner or the leader, and applies them in roster order: the same bits everywhere.
+   gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) down relay
+   trees rooted at their owners (node/round/relay.py: an owner sends its update twice,
+   whatever N), else from their owner or the leader, and applies them in roster order: the
+   same bits everywhere.
 4. A peer that cannot gather a roster gives the round up (RoundFailed): it takes the state of
    peers that did, or redoes the round and ignores that roster.
 """
@@ -311,12 +312,12 @@ class RoundProtocol:
     # -------------------------------------------------------------------------------- gather
     def gather(self, acc: Accepted) -> list[bytes]:
         """The payloads of the roster's updates, in roster order; raises RoundFailed."""
-        leader, members = acc.roster.leader, [a.peer for a in acc.announcements]
+        leader = acc.roster.leader
+        the_ring = relay.ring(self.run_id, acc.roster.round, leader, [a.peer for a in acc.announcements])
         live = set(self.peers())  # a relay without a live heartbeat is skipped, not waited on
 
         def from_whom(a: Announcement) -> list[str]:
-            order = relay.sources(self.run_id, acc.roster.round, a.peer, leader, members, self.me,
-                                  self.cfg.relay_fanout)
+            order = relay.sources(the_ring, a.peer, leader, self.me, self.cfg.relay_fanout)
             return [p for p in order if p in live or p in (a.peer, leader)]
         blobs = self._fetch(list(acc.announcements), acc.roster.round, sources=from_whom)
         failed = [(a.peer, b) for a, b in zip(acc.announcements, blobs) if isinstance(b, Exception)]
@@ -334,9 +335,10 @@ class RoundProtocol:
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
             results.append(ProtocolError("not held") if held is None else (self._verify(a, held) or held))
+        where = [sources(a) for a in anns]
         for attempt in range(3):  # relay, owner, leader (relay.sources)
             todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-            jobs = [(i, src) for i in todo for src in sources(anns[i])[attempt:attempt + 1] if src != self.me]
+            jobs = [(i, src) for i in todo for src in where[i][attempt:attempt + 1] if src != self.me]
             if not jobs:
                 break
             requests = [(src, Request(op="update", run=self.run_id, round=round_no, peer=anns[i].peer),
@@ -351,14 +353,13 @@ class RoundProtocol:
         return results
 
     def _keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
-        """Hold (and serve) a fetched copy that is the owner's bytes: those its signed
-        announcement pins. Run as each fetch ends: two relays waiting on each other's batches
-        would otherwise each wait for the other's whole batch."""
-        if len(blob) == ann.nbytes and hashlib.sha256(blob).hexdigest() == ann.sha256:
+        """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two
+        relays waiting on each other's batches would otherwise each wait for the other's whole batch."""
+        if pinned(ann, blob):
             self.net.keep_update(round_no, ann.peer, blob)
 
     def _verify(self, ann: Announcement, blob: bytes) -> Exception | None:
-        if len(blob) != ann.nbytes or hashlib.sha256(blob).hexdigest() != ann.sha256:
+        if not pinned(ann, blob):
             return ProtocolError("size or SHA-256 differs from the signed announcement")
         try:
             env = UpdateEnvelope.decode(blob)
@@ -368,6 +369,11 @@ class RoundProtocol:
         except ProtocolError as e:
             return e
         return None
+
+
+def pinned(ann: Announcement, blob: bytes) -> bool:
+    """`blob` is the owner's bytes: the size and SHA-256 its signed announcement pins."""
+    return len(blob) == ann.nbytes and hashlib.sha256(blob).hexdigest() == ann.sha256
 
 
 def base_round(roster: Roster) -> int:

@@ -50,13 +50,12 @@ def parent_at(order: list[str], position: int, owner: str, leader: str, fanout: 
     return order[(position - 2) // fanout]
 
 
-def sources(run_id: str, round_no: int, owner: str, leader: str, members: list[str] | set[str], me: str,
-            fanout: int) -> list[str]:
+def sources(the_ring: list[str], owner: str, leader: str, me: str, fanout: int) -> list[str]:
     """Where `me` asks for `owner`'s update, in turn: its parent in the tree (fanout > 0), then
     the owner, then the leader. A peer outside the roster (left out, or late) is a leaf nobody
-    waits on: it asks the owner, then the leader."""
+    waits on: it asks the owner, then the leader. `the_ring`: `ring(...)` of the round."""
     first = None
     if fanout > 0 and me != leader:
-        order = fetch_order(ring(run_id, round_no, leader, members), owner)
+        order = fetch_order(the_ring, owner)
         first = parent_at(order, order.index(me) + 1, owner, leader, fanout) if me in order else None
     return [p for p in dict.fromkeys([first, owner, leader]) if p is not None and p != me]

@@ -34,6 +34,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.config import SwarmConfig
 from node.errors import SwarmtrainError
 from node.net.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 
@@ -145,7 +146,8 @@ def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=
     run = work / "run.toml"
     name, options = strategy_of(case.strategy)
     run.write_text(RUN.format(strategy=name, overlap=str("overlap" in options).lower(),
-                              relay_fanout=0 if "direct" in options else 2, round_seconds=case.round_seconds,
+                              relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
+                              round_seconds=case.round_seconds,
                               min_peers=n))
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None

@@ -2,7 +2,7 @@
 and differential privacy on against off. Writes bench/results/hf-targets.json; the figures are
 quoted in docs/benchmarks.md. Every swarm here is a real `swarmtrain demo --run` (processes on
 loopback); the DP comparison simulates 4 peers in one process through the same code
-(node.privacy before strategy.make_update), at equal tokens.
+(node.train.privacy before strategy.make_update), at equal tokens.
 
     python bench/hf_targets.py all            # ~40 min on a busy 2-core machine
     python bench/hf_targets.py gpt2|llama|lora|dp
@@ -22,14 +22,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node import data  # noqa: E402
+from node.train import data  # noqa: E402
 from node.config import (DataConfig, ModelConfig, PrivacyConfig, RunConfig, StrategyConfig,  # noqa: E402
                          TrainConfig, load_run_config)
-from node.model import build_run_model, trainable  # noqa: E402
-from node.privacy import make_privacy  # noqa: E402
-from node.state import SwarmState  # noqa: E402
-from node.strategies import make_strategy  # noqa: E402
-from node.trainer import InnerTrainer, evaluate_bpb, warmup_constant  # noqa: E402
+from node.train.model import build_run_model, trainable  # noqa: E402
+from node.train.privacy import make_privacy  # noqa: E402
+from node.outer.state import SwarmState  # noqa: E402
+from node.outer.strategies import make_strategy  # noqa: E402
+from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_constant  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "hf-targets.json"
 BASE_DIR = ROOT / "models" / "stdlib-gpt2"

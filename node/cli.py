@@ -1,7 +1,7 @@
 """The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, ray-launch, pretrain, bench, audit,
 config show.
 
-Node flags are made by tyro from NodeConfig's fields and docstrings (node/flags.py), so a
+Node flags are made by tyro from NodeConfig's fields and docstrings (node/config/flags.py), so a
 setting is defined once and has the same name as a flag (--startup-timeout), an env var
 (SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout). The demo's and the Ray
 launcher's options are made the same way from DemoOptions and RayOptions.
@@ -20,8 +20,8 @@ from node import __version__
 from node.config import (NodeConfig, describe, environ, load_node_config,
                          load_run_config, as_dict)
 from node.errors import SwarmtrainError
-from node.panel import reporter_for
-from node.progress import Reporter
+from node.watch.panel import reporter_for
+from node.watch.progress import Reporter
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -34,10 +34,10 @@ class _Help:
 
 def _add_flags(p: argparse.ArgumentParser, cls: type, kind: str) -> None:
     """The flags of dataclass `cls` (NodeConfig, DemoOptions, RayOptions) are parsed by tyro from the
-    arguments argparse leaves over (node/flags.py); their help follows the subcommand's own."""
+    arguments argparse leaves over (node/config/flags.py); their help follows the subcommand's own."""
     p.set_defaults(**{f"flags_{kind}": cls})
     if _Help.wanted:
-        from node.flags import flags_help
+        from node.config.flags import flags_help
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         p.epilog = (p.epilog or "") + flags_help(cls, p.prog, env=cls is NodeConfig)
 
@@ -69,12 +69,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_node_flags(mon)
 
     demo = sub.add_parser("demo", help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers")
-    from node.demo import DemoOptions
+    from node.commands.demo import DemoOptions
     _add_flags(demo, DemoOptions, "main")
 
     ray = sub.add_parser("ray-launch", help="start N volunteers as Ray actors on a Ray cluster or a local one "
                                             "(pip install 'swarmtrain[ray]')")
-    from node.ray_launch import RayOptions
+    from node.commands.ray_launch import RayOptions
     _add_flags(ray, RayOptions, "main")
     _add_node_flags(ray)
 
@@ -94,7 +94,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     quality.add_argument("--strategies", nargs="+", metavar="PRESET", help="subset of presets (default: all)")
     quality.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
 
-    tune = bsub.add_parser("tune", help="equal-budget hyperparameter search of one preset (Optuna; node/tune.py)")
+    tune = bsub.add_parser("tune", help="equal-budget hyperparameter search of one preset (Optuna; bench/tune.py)")
     tune.add_argument("--strategy", required=True, metavar="PRESET", help="the preset to tune (bench quality's names)")
     tune.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (a rerun continues)")
     tune.add_argument("--tier", default="tune", help="tune (600 steps of the full tier's model), smoke, pilot, full")
@@ -170,7 +170,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     main_cls, node_cls = getattr(args, "flags_main", None), getattr(args, "flags_node", None)
     if rest and not (main_cls or node_cls):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from node.flags import parse_flags
+    from node.config.flags import parse_flags
     prog = "swarmtrain " + args.command
     if main_cls is not None:
         given, rest = parse_flags(main_cls, rest, prog, rest=node_cls is not None)
@@ -216,7 +216,7 @@ def _config_show(args) -> int:
 
 def _doctor(cfg: NodeConfig, args) -> int:
     from dataclasses import asdict
-    from node.doctor import FAIL, render, run_doctor
+    from node.commands.doctor import FAIL, render, run_doctor
     checks = run_doctor(cfg, args.run)
     print(json.dumps([asdict(c) for c in checks], indent=2) if args.json else render(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
@@ -231,31 +231,31 @@ def main(argv: list[str] | None = None) -> int:
             return _config_show(args)
         _install_signal_handlers(stop)
         if args.command == "bench" and args.bench_command == "byzantine":
-            from node.byzantine import markdown_table, run_byzantine
+            from bench.byzantine import markdown_table, run_byzantine
             rows = run_byzantine(workers=args.workers, attackers=args.attackers, attacks=args.attack,
                                  aggregators=args.aggregator, strategies=args.strategy, rounds=args.rounds,
                                  scoring=args.scoring, json_path=args.json)
             print(markdown_table(rows))
             return 0
         if args.command == "bench" and args.bench_command == "tune":
-            from node.tune import run_tune
+            from bench.tune import run_tune
             run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, stop=stop)
             return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "bench" and args.bench_command == "exchange":
-            from node.exchbench import markdown_table as exchange_table, run_exchange_bench
+            from bench.exchange import markdown_table as exchange_table, run_exchange_bench
             rows = run_exchange_bench(loops=[x for x in args.loops.split(",") if x], sizes=args.sizes,
                                       fetches=args.fetches, parallel=args.parallel, repeats=args.repeats,
                                       json_path=args.json)
             print(exchange_table(rows))
             return 0
         if args.command == "bench" and args.bench_command == "upload":
-            from node.uploadsim import run_upload_bench
+            from bench.upload import run_upload_bench
             if min(args.peers) < 2 or min(args.fanout) < 0:
                 raise SwarmtrainError("bench upload needs --peers of 2 or more and --fanout of 0 or more")
             run_upload_bench(args.peers, args.fanout, args.update_bytes, args.json)
             return 0
         if args.command == "bench" and args.bench_command == "swarm":
-            from node.swarmbench import markdown_table as swarm_table, run_swarm_bench
+            from bench.swarm import markdown_table as swarm_table, run_swarm_bench
             rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],
                                    seconds=args.seconds, round_seconds=args.round_seconds, slow_peer=args.slow_peer,
                                    link=args.link, json_path=args.json, workdir=args.workdir, stop=stop,
@@ -263,18 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             print(swarm_table(rows))
             return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "pretrain":
-            from node.pretrain import run_pretrain
+            from node.commands.pretrain import run_pretrain
             result = run_pretrain(args.run, args.steps, args.out, stop, Reporter("text"), args.eval_every)
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2))
             return EXIT_INTERRUPTED if stop.is_set() else 0
         if args.command == "bench":
-            from node.benchmark import markdown_table, run_quality
+            from bench.quality import markdown_table, run_quality
             rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))
             print(markdown_table(rows))
             return 0
         if args.command == "demo":
-            from node.demo import DemoOptions, run_demo
+            from node.commands.demo import DemoOptions, run_demo
             opt: DemoOptions = args.main
             with reporter_for("auto", f"swarmtrain {__version__} · demo ({opt.peers} peers)") as reporter:
                 summary = run_demo(opt, stop, reporter)
@@ -288,23 +288,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             return _doctor(cfg, args)
         if args.command == "audit":
-            from node.audit import run_audit
+            from node.commands.audit import run_audit
             return run_audit(cfg, args.ledger, as_json=args.json)
         if args.command == "ray-launch":
-            from node.ray_launch import RayOptions, run_ray_launch
+            from node.commands.ray_launch import RayOptions, run_ray_launch
             opt: RayOptions = args.main
             summary = run_ray_launch(cfg, opt, stop, Reporter("text" if cfg.log_format == "auto" else cfg.log_format))
             if stop.is_set():
                 return EXIT_INTERRUPTED
             return 0 if all(c in (0, 130) for c in summary["exit_codes"].values()) else 1
         if args.command == "monitor":
-            from node.monitor import run_monitor
+            from node.commands.monitor import run_monitor
             run_monitor(cfg, stop, Reporter(cfg.log_format))
         elif args.command == "bootstrap":
-            from node.bootstrap import run_bootstrap
+            from node.peer.bootstrap import run_bootstrap
             run_bootstrap(cfg, args.run, stop, Reporter(cfg.log_format))
         else:
-            from node.volunteer import run_volunteer
+            from node.peer.volunteer import run_volunteer
             with reporter_for(cfg.log_format, f"swarmtrain {__version__} · join") as reporter:
                 run_volunteer(cfg, stop, reporter)
         return EXIT_INTERRUPTED if stop.is_set() and not cfg.max_rounds else 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from node.swarmbench import stop_group
+from bench.swarm import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 

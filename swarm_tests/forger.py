@@ -19,7 +19,7 @@ def main(maddr: str, run_id: str, victim: str) -> None:
     import hivemind
     from hivemind.utils.timed_storage import get_dht_time
 
-    from node.telemetry import encode
+    from node.p2p.telemetry import encode
     from protocol import keys
     from protocol.records import MetricsRecord
 

@@ -21,7 +21,7 @@ def main(maddr: str, run_id: str, victim: str, seconds: str) -> None:
     import hivemind
     from hivemind.utils.timed_storage import get_dht_time
 
-    from node.exchange import Exchange
+    from node.p2p.exchange import Exchange
     from protocol import keys, signed
     from protocol.messages import UpdateEnvelope
     from protocol.records import Announcement, Heartbeat, Roster
@@ -76,7 +76,7 @@ def poison_updates(dht, run_id, key, me, seconds, Exchange, UpdateEnvelope, Anno
     from hivemind.utils.timed_storage import get_dht_time
 
     from node.config import ModelConfig
-    from node.model import build_model
+    from node.train.model import build_model
     m = manifest.get("model", {})
     model = build_model(ModelConfig(**{k: v for k, v in m.items() if k in ("d_model", "n_layer", "n_head", "ctx")}), 0)
     n = sum(p.numel() for p in model.parameters())

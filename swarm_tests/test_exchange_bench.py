@@ -1,5 +1,5 @@
 """`bench exchange` on two real local daemons: both loop kinds fetch every payload intact."""
-from node.exchbench import run_exchange_bench
+from bench.exchange import run_exchange_bench
 
 
 def test_bench_exchange_rows_for_both_loops(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from node.config import load_run_config
-from node.model import build_model
-from node.state import SwarmState
+from node.train.model import build_model
+from node.outer.state import SwarmState
 from swarm_tests.conftest import alive, free_port, start_bootstrap
 
 PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"

@@ -1,5 +1,5 @@
 """A network partition and its heal (issue 9, item 6): a bootstrap (peer 0) and four volunteers
-(peers 1-4), each in its own network namespace behind a fast link (node/net/linkemu.py), train
+(peers 1-4), each in its own network namespace behind a fast link (bench/linkemu.py), train
 together; then the network is cut into {0,1,2} | {3,4}. Each half must go on training as two for
 several rounds (two models now), and after the heal the four must be one model again: a
 four-peer round after every round seen before the heal, with one digest on all four, within
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from node.net.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
+from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 from swarm_tests.conftest import Proc, rounds_of
 
 FAST = "up=1gbit,down=1gbit,rtt=1ms"

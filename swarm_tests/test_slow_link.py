@@ -1,11 +1,11 @@
 """A swarm over consumer links: the bootstrap and two volunteers, each in its own network
-namespace behind up=20mbit,down=100mbit,rtt=50ms,loss=1% (node/net/linkemu.py), still train
+namespace behind up=20mbit,down=100mbit,rtt=50ms,loss=1% (bench/linkemu.py), still train
 rounds to equal digests. Skipped with the reason where namespaces or TUN devices do not work."""
 import re
 
 import pytest
 
-from node.net.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
+from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 from swarm_tests.conftest import Proc
 
 LINK = "up=20mbit,down=100mbit,rtt=50ms,loss=1%"

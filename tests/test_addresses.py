@@ -1,6 +1,6 @@
 import pytest
 
-from node.addresses import parse_peer_address
+from node.p2p.addresses import parse_peer_address
 from node.errors import SwarmtrainError
 
 GOOD = "/ip4/127.0.0.1/tcp/4001/p2p/QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
@@ -25,7 +25,7 @@ def test_parse_bad_names_the_fix(bad, why):
 
 def test_initial_peers_file_from_a_bootstrap_peer(tmp_path):
     import json
-    from node.addresses import initial_peers
+    from node.p2p.addresses import initial_peers
     maddr = "/ip4/127.0.0.1/tcp/4001/p2p/QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
     ready = tmp_path / "bootstrap.json"
     ready.write_text(json.dumps({"run_id": "r", "maddrs": [maddr, "/ip4/10.0.0.1/tcp/1/p2p/Qm"], "peer": "Qm"}))

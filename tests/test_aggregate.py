@@ -1,17 +1,17 @@
-"""Robust aggregation (node/aggregate.py): deterministic, clipped, trimmed, voting; 'mean' as before."""
+"""Robust aggregation (node/outer/aggregate.py): deterministic, clipped, trimmed, voting; 'mean' as before."""
 import math
 import statistics
 
 import pytest
 import torch
 
-from node.aggregate import (MIN_WEIGHT, Mean, Robust, clip_factors, l2_norm, make_aggregator, per_round, token_weights,
+from node.outer.aggregate import (MIN_WEIGHT, Mean, Robust, clip_factors, l2_norm, make_aggregator, per_round, token_weights,
                             trim_count, trimmed_mean)
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
-from node.model import build_model
-from node.state import SwarmState
-from node.strategies import make_strategy
+from node.train.model import build_model
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
 from protocol.codecs import TopKCodec
 
 SHAPES = [(16, 8), (8,)]

@@ -1,7 +1,7 @@
 """`swarmtrain bench quality --tier smoke`: one row per strategy with the documented keys."""
 import json
 
-from node.benchmark import PRESETS, TIERS, run_quality, summarize
+from bench.quality import PRESETS, TIERS, run_quality, summarize
 from node.cli import main
 
 KEYS = {"strategy", "params", "tokens", "upload_bytes_per_step", "download_bytes_per_step",
@@ -57,8 +57,8 @@ def test_tiers_are_as_documented():
 def test_the_compression_warm_up_sends_denser_first_rounds():
     """TOPK_WARMUP (bench only): the warm-up preset's first rounds carry 8x, 4x and 2x the values, then
     the same payload as the preset without it; bytes are counted round by round."""
-    from node import data
-    from node.benchmark import TOPK_WARMUP, simulate
+    from node.train import data
+    from bench.quality import TOPK_WARMUP, simulate
     tier = TIERS["smoke"]
     corpus = data.load_corpus("stdlib")
     warm, plain = (simulate(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup",

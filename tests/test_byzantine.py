@@ -1,11 +1,11 @@
-"""`swarmtrain bench byzantine` (node/byzantine.py): forged bytes, and a tiny run end to end."""
+"""`swarmtrain bench byzantine` (bench/byzantine.py): forged bytes, and a tiny run end to end."""
 import json
 import math
 
 import pytest
 import torch
 
-from node.byzantine import ATTACKS, FP16_MAX, HUGE, Setup, alie_z, forged_payload, markdown_table, run_byzantine
+from bench.byzantine import ATTACKS, FP16_MAX, HUGE, Setup, alie_z, forged_payload, markdown_table, run_byzantine
 from node.config import ModelConfig
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError

@@ -5,11 +5,11 @@ import urllib.request
 
 import pytest
 
-from node.dashboard.server import StatusServer
+from node.watch.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
-from node.metrics import NodeMetrics
-from node.report import RoundReport
-from node.status import StatusBoard
+from node.watch.metrics import NodeMetrics
+from node.watch.report import RoundReport
+from node.watch.status import StatusBoard
 from protocol.records import Heartbeat
 
 REQUIRED = ["swarmtrain_node_info", "swarmtrain_local_step", "swarmtrain_global_step", "swarmtrain_train_loss",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from node import data
+from node.train import data
 from node.config import DataConfig
 
 

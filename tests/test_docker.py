@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.metrics import NodeMetrics
+from node.watch.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

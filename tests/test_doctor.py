@@ -2,10 +2,10 @@
 import socket
 
 
-from node.addresses import parse_peer_address
+from node.p2p.addresses import parse_peer_address
 from node.cli import main
 from node.config import ModelConfig, NodeConfig, RunConfig
-from node.doctor import FAIL, OK, WARN, disk_check, memory_check, peer_check, port_check, render, threads_check
+from node.commands.doctor import FAIL, OK, WARN, disk_check, memory_check, peer_check, port_check, render, threads_check
 
 PEER = "QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
 
@@ -49,7 +49,7 @@ def test_memory_and_disk_fail_for_a_model_too_big_for_this_machine(tmp_path):
 
 
 def test_render_counts_failures():
-    from node.doctor import Check
+    from node.commands.doctor import Check
     text = render([Check("a", OK, "fine"), Check("b", FAIL, "broken", "do this")])
     assert "fix: do this" in text and "1 failed" in text
 

@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import telemetry
-from node.exchange import Exchange, read_response
+from node.p2p import telemetry
+from node.p2p.exchange import Exchange, read_response
 from node.round import ledger
-from node.state import SwarmState
+from node.outer.state import SwarmState
 from protocol import keys, signed, signing
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
@@ -559,7 +559,7 @@ def _signer(tape: Tape) -> str | None:
 
 @functools.cache
 def validator():
-    from node.net.validators import RunValidator
+    from node.p2p.validators import RunValidator
     return RunValidator(RUN)
 
 

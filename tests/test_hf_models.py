@@ -6,13 +6,15 @@ import torch
 
 pytest.importorskip("transformers", reason="the [hf] extra is not installed (pip install 'swarmtrain[hf]')")
 
-from node import data, manifest as manifests  # noqa: E402
+from node.train import data
+
+from node.peer import manifest as manifests  # noqa: E402
 from node.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from node.errors import SwarmtrainError  # noqa: E402
-from node.hf import save_pretrained  # noqa: E402
-from node.model import build_run_model, digest, trainable  # noqa: E402
-from node.tokenizer import Tokenizer, train_bpe  # noqa: E402
-from node.trainer import InnerTrainer, evaluate_bpb  # noqa: E402
+from node.train.hf import save_pretrained  # noqa: E402
+from node.train.model import build_run_model, digest, trainable  # noqa: E402
+from node.train.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from node.train.trainer import InnerTrainer, evaluate_bpb  # noqa: E402
 from protocol.records import run_id_of  # noqa: E402
 
 TINY = dict(kind="hf", d_model=32, n_layer=2, n_head=2, ctx=32)

@@ -1,4 +1,4 @@
-"""Consumer-link emulation (node/net/linkemu.py): the spec parser always; the links themselves
+"""Consumer-link emulation (bench/linkemu.py): the spec parser always; the links themselves
 where namespaces and TUN devices work (root), else skipped with the reason."""
 import json
 import statistics
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from node.errors import SwarmtrainError
-from node.net.linkemu import (EmulatedNetwork, Forwarder, LinkSpec, group_of, missing_requirements, parse_command,
+from bench.linkemu import (EmulatedNetwork, Forwarder, LinkSpec, group_of, missing_requirements, parse_command,
                               parse_partition)
 
 CONSUMER = "up=20mbit,down=100mbit,rtt=50ms,loss=0%"

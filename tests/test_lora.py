@@ -6,13 +6,13 @@ import torch
 
 pytest.importorskip("peft", reason="the [hf] extra is not installed (pip install 'swarmtrain[hf]')")
 
-from node import data  # noqa: E402
+from node.train import data  # noqa: E402
 from node.config import ModelConfig, PeftConfig, RunConfig, StrategyConfig, TrainConfig  # noqa: E402
 from node.errors import SwarmtrainError  # noqa: E402
-from node.model import build_run_model, trainable  # noqa: E402
-from node.state import SwarmState  # noqa: E402
-from node.strategies import STRATEGIES, make_strategy  # noqa: E402
-from node.trainer import InnerTrainer  # noqa: E402
+from node.train.model import build_run_model, trainable  # noqa: E402
+from node.outer.state import SwarmState  # noqa: E402
+from node.outer.strategies import STRATEGIES, make_strategy  # noqa: E402
+from node.train.trainer import InnerTrainer  # noqa: E402
 
 TINY = ModelConfig(kind="hf", arch="gpt2", d_model=64, n_layer=2, n_head=2, ctx=32)
 LORA = PeftConfig(method="lora", r=2, alpha=4.0)

@@ -1,8 +1,8 @@
 import pytest
 
-from node import manifest as manifests
+from node.peer import manifest as manifests
 from node.config import ModelConfig, RunConfig
-from node.data import load_corpus
+from node.train.data import load_corpus
 from node.errors import SwarmtrainError
 from protocol.records import run_id_of
 
@@ -58,7 +58,7 @@ def test_refuses_manifest_that_does_not_hash_to_its_id(good):
 
 
 def test_volunteers_keep_the_manifest_alive_past_its_ttl():
-    from node.manifest import MANIFEST_TTL, ManifestKeeper
+    from node.peer.manifest import MANIFEST_TTL, ManifestKeeper
 
     class FakeSwarm:
         def __init__(self):

@@ -3,8 +3,8 @@ import torch
 
 from node.config import ModelConfig, TrainConfig
 from node.errors import SwarmtrainError
-from node.model import build_model, digest, loss_fn
-from node.trainer import InnerTrainer, evaluate_bpb
+from node.train.model import build_model, digest, loss_fn
+from node.train.trainer import InnerTrainer, evaluate_bpb
 
 SMALL = ModelConfig(d_model=32, n_layer=2, n_head=2, ctx=16)
 

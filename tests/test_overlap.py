@@ -1,12 +1,12 @@
-"""node/overlap.py: where each round's local training starts (overlap, and carrying a missed round)."""
+"""node/outer/overlap.py: where each round's local training starts (overlap, and carrying a missed round)."""
 import pytest
 import torch
 
 from node.config import StrategyConfig
 from node.errors import SwarmtrainError
-from node.overlap import NoOverlap, Overlap
-from node.state import SwarmState
-from node.strategies import make_strategy
+from node.outer.overlap import NoOverlap, Overlap
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
 
 
 def state(round_no: int, *values: float) -> SwarmState:

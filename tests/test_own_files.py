@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from node import data, manifest as manifests
+from node.train import data
+
+from node.peer import manifest as manifests
 from node.config import DataConfig, RunConfig
 from node.errors import SwarmtrainError
 from protocol.records import run_id_of

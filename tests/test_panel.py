@@ -3,8 +3,8 @@ import io
 
 from rich.console import Console
 
-from node.panel import LivePanel, PanelReporter, parse_event_line, reporter_for, use_panel
-from node.progress import Reporter
+from node.watch.panel import LivePanel, PanelReporter, parse_event_line, reporter_for, use_panel
+from node.watch.progress import Reporter
 
 
 class FakeTTY(io.StringIO):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from node.config import ModelConfig, PrivacyConfig, StrategyConfig, TrainConfig
-from node.model import build_model, trainable
-from node.privacy import GaussianPrivacy, NoPrivacy, make_privacy
-from node.state import SwarmState
-from node.strategies import make_strategy
+from node.train.model import build_model, trainable
+from node.train.privacy import GaussianPrivacy, NoPrivacy, make_privacy
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
 
 SMALL = ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8)
 

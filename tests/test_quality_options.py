@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from node.benchmark import PRESETS, SMALL
+from bench.quality import PRESETS, SMALL
 from node.config import RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
-from node.model import build_model
-from node.state import SwarmState
-from node.strategies import make_strategy
-from node.trainer import InnerTrainer, muon_matrices
+from node.train.model import build_model
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
+from node.train.trainer import InnerTrainer, muon_matrices
 from protocol.codecs import MAX_ABS_VALUE, QUANT_OFFSET, QuantCodec
 from protocol.errors import ProtocolError
 
@@ -209,7 +209,7 @@ def test_adamw_trainer_is_unchanged():
     ref = build_model(SMALL, 0)
     opt = torch.optim.AdamW(ref.parameters(), lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     x = torch.randint(0, 256, (4, SMALL.ctx), generator=torch.Generator().manual_seed(0))
-    from node.model import loss_fn
+    from node.train.model import loss_fn
     for _ in range(3):
         tr.step(x, x)
         loss = loss_fn(ref(x), x)

@@ -2,7 +2,7 @@
 import sys
 
 from node.config import NodeConfig
-from node.ray_launch import RayOptions, VolunteerActor, volunteer_argv
+from node.commands.ray_launch import RayOptions, VolunteerActor, volunteer_argv
 
 
 def test_each_actor_is_a_peer_of_its_own():

@@ -1,11 +1,11 @@
-"""Upload once (node/round/relay.py, node/uploadsim.py): the relay tree, and one round's
+"""Upload once (node/round/relay.py, bench/upload.py): the relay tree, and one round's
 copies counted per peer."""
 from __future__ import annotations
 
 import pytest
 
 from node.round import relay
-from node.uploadsim import one_round, reduce_scatter, run_upload_bench
+from bench.upload import one_round, reduce_scatter, run_upload_bench
 
 RUN = "test-0123456789ab"
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from node.config import SwarmConfig
-from node.net.validators import RunValidator
+from node.p2p.validators import RunValidator
 from node.round import election, votes
 from node.round.ledger import Entry, Ledger, read_file, verify
 from node.round.net import read_peers
@@ -255,7 +255,7 @@ def test_a_peer_serving_other_bytes_than_announced_is_refused():
 
 
 def test_manifest_is_signed_by_its_organizer_and_hashes_to_the_run_id():
-    from node import manifest as manifests
+    from node.peer import manifest as manifests
     key, organizer = new_key()
     other, _ = new_key()
     run_id, env = manifests.sign(key, {"name": "demo", "protocol": 2, "model": {"d_model": 8}})
@@ -280,7 +280,7 @@ def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
 
     import msgpack
 
-    from node.audit import run_audit
+    from node.commands.audit import run_audit
     from node.config import NodeConfig
     _, _, peers = swarm(3)
     peers[0].ledger.path = tmp_path / RUN / "ledger.jsonl"

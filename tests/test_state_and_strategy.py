@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from node import checkpoint
+from node.peer import checkpoint
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
-from node.model import build_model
-from node.state import SwarmState
-from node.strategies import make_strategy
+from node.train.model import build_model
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
 from protocol.errors import ProtocolError
 
 SMALL = ModelConfig(d_model=32, n_layer=2, n_head=2, ctx=16)

@@ -1,8 +1,8 @@
-"""bench swarm's arithmetic (node/swarmbench.py): the measured window cut out of each peer's timeline."""
+"""bench swarm's arithmetic (bench/swarm.py): the measured window cut out of each peer's timeline."""
 import pytest
 
 from node.errors import SwarmtrainError
-from node.swarmbench import Case, measured, row, run_swarm_bench
+from bench.swarm import Case, measured, row, run_swarm_bench
 
 FIELDS = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
           "bytes_received", "bytes_relayed"]
@@ -38,7 +38,7 @@ def test_too_short_a_window_and_bad_flags_name_the_fix():
 
 
 def test_seconds_to_the_target_bpb_count_from_the_join():
-    from node.swarmbench import seconds_to
+    from bench.swarm import seconds_to
     timeline = [[110.0, 1, 5.2], [114.0, 2, 4.9], [118.0, 3, 4.7]]
     assert seconds_to(5.0, timeline, since=100.0) == 14.0
     assert seconds_to(4.0, timeline, since=100.0) is None  # never reached within the case
@@ -46,7 +46,7 @@ def test_seconds_to_the_target_bpb_count_from_the_join():
 
 
 def test_strategy_names_take_overlap_but_not_on_the_baseline():
-    from node.swarmbench import strategy_of
+    from bench.swarm import strategy_of
     assert strategy_of("sparseloco") == ("sparseloco", set())
     assert strategy_of("sparseloco+overlap") == ("sparseloco", {"overlap"})
     assert strategy_of("diloco+direct+overlap") == ("diloco", {"overlap", "direct"})
@@ -56,8 +56,8 @@ def test_strategy_names_take_overlap_but_not_on_the_baseline():
 
 
 def test_the_hivemind_baselines_result_reads_like_a_volunteers():
-    """node/hivemind_peer.py writes the fields bench swarm cuts its window from."""
-    from node.hivemind_peer import Result
+    """bench/hivemind_peer.py writes the fields bench swarm cuts its window from."""
+    from bench.hivemind_peer import Result
     out = Result(started=0.0)
     for epoch in (1, 2, 3):
         out.tokens += 1024

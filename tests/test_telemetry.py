@@ -3,10 +3,10 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from node.monitor import merge_history, merge_rounds
-from node.report import RoundReport
-from node.status import StatusBoard, peer_rows
-from node.telemetry import decode, encode, load_identity_key, reachability
+from node.commands.monitor import merge_history, merge_rounds
+from node.watch.report import RoundReport
+from node.watch.status import StatusBoard, peer_rows
+from node.p2p.telemetry import decode, encode, load_identity_key, reachability
 from node.errors import SwarmtrainError
 from protocol import signing
 from protocol.errors import ProtocolError
@@ -141,7 +141,7 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     from hivemind.dht.routing import DHTID
     from hivemind.dht.validation import DHTRecord
     from hivemind.utils.serializer import MSGPackSerializer as S
-    from node.telemetry import METRICS_TTL, MetricsRecordValidator
+    from node.p2p.telemetry import METRICS_TTL, MetricsRecordValidator
     from protocol import keys
     key, peer = identity
     v = MetricsRecordValidator("run-1")

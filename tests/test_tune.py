@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from node import data
-from node.benchmark import PRESETS, TIERS, simulate
+from node.train import data
+from bench.quality import PRESETS, TIERS, simulate
 from node.cli import main
 from node.config import StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
-from node.tune import SPACES, configs_for, run_tune, search_space
+from bench.tune import SPACES, configs_for, run_tune, search_space
 
 pytest.importorskip("optuna")
 
@@ -76,7 +76,7 @@ def test_cli_tune(tmp_path):
 
 def test_frontier_plot_band_table_and_merge(tmp_path):
     pytest.importorskip("matplotlib")
-    from node.benchmark import band_table, frontier_path, merge_rows, plot_frontier
+    from bench.quality import band_table, frontier_path, merge_rows, plot_frontier
 
     def run(name, seed, bpb, up):
         return {"strategy": name, "seed": seed, "params": 10, "tokens": 5, "upload_bytes_per_step": up,

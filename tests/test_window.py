@@ -1,9 +1,9 @@
-"""The compute window (node/round/window.py): how many inner steps a peer runs in a round."""
+"""The compute window (node/train/window.py): how many inner steps a peer runs in a round."""
 import pytest
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
-from node.round.window import ComputeWindow
+from node.train.window import ComputeWindow
 
 
 class Clock:

@@ -133,7 +133,7 @@ class Ledger:
         return set(self.appearances())
 
     def score_history(self) -> list[dict[str, float]]:
-        """Per round, oldest first, the leader's scores (for node/scoring.py's ban rule)."""
+        """Per round, oldest first, the leader's scores (for node/outer/scoring.py's ban rule)."""
         return [dict(self.entries[r].roster.scores) for r in sorted(self.entries)]
 
 

@@ -1,7 +1,7 @@
 """The small interface the round protocol talks to the network through, and the peer table.
 
 `RoundNet` is all the round logic needs: DHT dictionary reads and writes, concurrent fetches of
-exact sizes, the update store this node serves from, and clocks. node/net/real.py implements
+exact sizes, the update store this node serves from, and clocks. node/p2p/roundnet.py implements
 it over hivemind; tests/fakes.py implements it in memory, so every attack is a unit test.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ class RoundNet(Protocol):
 
     def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
                    on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
-        """Results in job order; `on_each(index, payload)` as each one succeeds (node/exchange.py)."""
+        """Results in job order; `on_each(index, payload)` as each one succeeds (node/p2p/exchange.py)."""
 
     def keep_update(self, round_no: int, peer: str, blob: bytes) -> None: ...
 

@@ -1,1 +1,0 @@
-"""The real side of the round protocol: DHT validators, the RoundNet over hivemind."""

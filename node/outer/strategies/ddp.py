@@ -1,0 +1,60 @@
+"""Data-parallel AdamW, the baseline: every step each peer sends its (clipped) fp32 gradient,
+and every peer applies AdamW to the combined gradient. Dense and every step: the traffic every
+other strategy is measured against."""
+from __future__ import annotations
+
+import torch
+
+from node.outer.aggregate import Aggregator, Mean, Weights
+from node.config import StrategyConfig, TrainConfig
+from node.outer.state import SwarmState
+from protocol.codecs import DenseCodec
+
+BETAS = (0.9, 0.95)
+EPS = 1e-8
+
+
+class DdpAdamW:
+    name = "ddp-adamw"
+    outer_buffers = ["exp_avg", "exp_avg_sq"]
+    local_optimizer = False
+    inner_steps = 1
+
+    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
+        self.train, self.schedule, self.agg = train, schedule, agg
+        self.codec = DenseCodec(tuple(shapes), "float32")
+
+    def new_worker(self) -> None:
+        return None
+
+    @torch.no_grad()
+    def make_update(self, state: SwarmState, worker, model: torch.nn.Module) -> bytes:
+        # clipped by the trainer
+        return self.codec.encode([p.grad for p in model.parameters() if p.requires_grad])
+
+    def check(self, payload: bytes) -> None:
+        self.codec.decode(payload)
+
+    @torch.no_grad()
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
+        """AdamW on the combined gradient, written as elementwise ops only (no reductions), so the
+        result does not depend on thread counts or vector widths."""
+        combined = self.agg.dense([self.codec.decode(p) for p in payloads])
+        t = state.round + 1
+        lr = self.train.inner_lr * self.schedule(state.round)
+        b1, b2 = BETAS
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        for p, m, v, g in zip(state.params, state.outer["exp_avg"], state.outer["exp_avg_sq"], combined):
+            m.mul_(b1).add_(g * (1 - b1))
+            v.mul_(b2).add_(g * g * (1 - b2))
+            p.mul_(1 - lr * self.train.weight_decay)
+            denom = (v / c2).sqrt_().add_(EPS)
+            p.sub_((m / c1) / denom * lr)
+        state.round += 1
+
+    @torch.no_grad()
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """AdamW's first step from zero moments, lr * sign(g) (weight decay left out: it is the same
+        for every payload)."""
+        lr = self.train.inner_lr * self.schedule(state.round)
+        return [p - torch.sign(g) * lr for p, g in zip(state.params, self.codec.decode(payload))]

@@ -1,0 +1,93 @@
+"""DiLoCo (arXiv 2311.08105): H inner AdamW steps, then an outer Nesterov step on the combined
+pseudo-gradient (global - local), sent dense as fp16, fp32 or int8 (as INTELLECT-1 did), or at 4, 2
+or 1 bits per value through an error-feedback buffer (as MuLoCo, arXiv 2505.23725): each peer adds
+its pseudo-gradient to what earlier rounds' rounding left out, sends the quantised sum, and keeps
+the difference."""
+from __future__ import annotations
+
+import torch
+
+from node.outer.aggregate import Aggregator, Mean, Weights, per_round
+from node.config import StrategyConfig, TrainConfig
+from node.outer.state import SwarmState
+from protocol.codecs import DenseCodec, Int8Codec, QuantCodec
+
+LOW_BIT = {"int4": 4, "int2": 2, "int1": 1}
+
+
+def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
+    """What `bench tune` searches for a diloco preset (bench/tune.py): name -> (kind, low, high, log);
+    'train.' names are TrainConfig fields. H and the wire format stay the preset's: they set the
+    traffic, the tuner only finds the best quality there. outer_lr reaches above 1 (SNOO)."""
+    space = {"outer_lr": ("float", 0.3, 2.0, True), "outer_momentum": ("float", 0.5, 0.95, False),
+             "train.inner_lr": ("float", 1e-3, 1e-2, True)}
+    if cfg.wire_dtype in LOW_BIT:
+        space["error_decay"] = ("float", 0.8, 1.0, False)
+    return space
+
+
+class DiLoCo:
+    name = "diloco"
+    outer_buffers = ["momentum"]
+    local_optimizer = True
+
+    def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
+        if cfg.wire_dtype not in ("float16", "float32", "int8", *LOW_BIT):
+            raise ValueError(f"wire_dtype {cfg.wire_dtype!r} is not one of float16, float32, int8, int4, int2, int1")
+        if cfg.inner_steps < 1:
+            raise ValueError("inner_steps must be at least 1")
+        self.cfg, self.agg = cfg, agg
+        self.inner_steps = cfg.inner_steps
+        self.error_feedback = cfg.wire_dtype in LOW_BIT
+        if self.error_feedback:
+            if cfg.wire_block < 1:
+                raise ValueError("wire_block must be at least 1")
+            self.codec = QuantCodec(tuple(shapes), bits=LOW_BIT[cfg.wire_dtype], block=cfg.wire_block)
+        elif cfg.wire_dtype == "int8":
+            self.codec = Int8Codec(tuple(shapes))
+        else:
+            self.codec = DenseCodec(tuple(shapes), cfg.wire_dtype)
+
+    def new_worker(self) -> dict | None:
+        return {} if self.error_feedback else None  # the error buffer is made on first use
+
+    @torch.no_grad()
+    def make_update(self, state: SwarmState, worker, model: torch.nn.Module) -> bytes:
+        """The pseudo-gradient theta_global - theta_local, encoded (through the error buffer at
+        4, 2 or 1 bits)."""
+        local = [p.detach().to("cpu", torch.float32) for p in model.parameters() if p.requires_grad]
+        pseudo = [g - l for g, l in zip(state.params, local)]
+        if not self.error_feedback:
+            return self.codec.encode(pseudo)
+        errors = worker.setdefault("error", [torch.zeros_like(p) for p in pseudo])
+        for e, g in zip(errors, pseudo):
+            e.mul_(self.cfg.error_decay).add_(g)              # e = beta * e + pseudo-gradient
+        payload = self.codec.encode(errors)
+        for e, s in zip(errors, self.codec.decode(payload)):
+            e.sub_(s)                                          # keep what was not sent (as received)
+        return payload
+
+    def check(self, payload: bytes) -> None:
+        self.codec.decode(payload)
+
+    @torch.no_grad()
+    def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
+        """Combine the payloads (in the given order) with the aggregator, then Nesterov SGD, in place.
+
+        Separate multiply and add ops (no fused alpha/FMA forms), each exactly rounded in fp32
+        on the CPU, so every peer computes the same bits from the same payloads.
+        """
+        combined = self.agg.dense([self.codec.decode(p) for p in payloads], weights)
+        lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
+        for param, mom, g in zip(state.params, state.outer["momentum"], combined):
+            mom.mul_(mu).add_(g)                    # m = mu * m + g
+            step = g + mom * mu                     # Nesterov: g + mu * m
+            param.sub_(step * lr)
+        state.round += 1
+
+    @torch.no_grad()
+    def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The outer step of this payload alone from zero momentum: theta - lr (1 + mu) g, with g
+        scaled to one full round's work (g / weight, as the aggregators do)."""
+        lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
+        return [p - (g + g * mu) * lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]

@@ -1,0 +1,195 @@
+"""DHT membership: start the DHT, read and write records, heartbeats and the peer table.
+
+hivemind's DHT runs in a forked child process (with the libp2p daemon `p2pd` under it), so
+it is created here, in the main thread, before any other thread starts. Its calls go over a
+pipe that is not safe to write from two threads at once: `_lock` guards each send.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from node.p2p.addresses import Address
+from node.config import NodeConfig
+from node.errors import SwarmtrainError
+from protocol import keys, signed
+from protocol.records import Heartbeat
+
+log = logging.getLogger("swarmtrain.swarm")
+
+
+def dht_time() -> float:
+    """hivemind's clock, which DHT expirations are measured in (wall clock, seconds)."""
+    from hivemind.utils.timed_storage import get_dht_time
+    return get_dht_time()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, with the fix, when the listen port is taken (p2pd's own error is cryptic)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SwarmtrainError(f"cannot listen on {host}:{port}: {e.strerror}",
+                                  f"pick another port (--port {port + 1}) or --port 0 for a free one") from None
+
+
+def probe_peer(address: Address, timeout: float) -> dict:
+    """Does this peer accept TCP connections? {address, up, latency_ms, error} (the OS error, if down)."""
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout):
+            pass
+        return {"address": address.text, "up": True, "latency_ms": round(1000 * (time.monotonic() - t0), 1),
+                "error": None}
+    except OSError as e:
+        return {"address": address.text, "up": False, "latency_ms": None, "error": e.strerror or type(e).__name__}
+
+
+def wait_for_initial_peers(peers: list[Address], timeout: float) -> None:
+    """Wait until at least one initial peer accepts TCP; say which failed and why."""
+    deadline = time.monotonic() + timeout
+    errors: dict[str, str] = {}
+    while True:
+        for peer in peers:
+            answer = probe_peer(peer, timeout=min(5.0, timeout))
+            if answer["up"]:
+                for other, why in errors.items():
+                    if other != peer.text:
+                        log.warning("initial peer %s did not answer: %s", other, why)
+                return
+            errors[peer.text] = answer["error"]
+        if time.monotonic() >= deadline:
+            lines = "\n".join(f"  {p}: {why}" for p, why in errors.items())
+            raise SwarmtrainError(
+                f"none of the initial peers answered within {timeout:.0f} s:\n{lines}",
+                "check that the bootstrap peer is running and the address is copied exactly;\n"
+                "wait longer with --startup-timeout SECONDS, or start a swarm with --new-swarm")
+        time.sleep(0.5)  # note: polling a TCP port; there is no event to await
+
+
+class Swarm:
+    """This node's handle on the DHT."""
+
+    def __init__(self, dht, *, client_mode: bool, identity_path: str = ""):
+        self.dht = dht
+        self.client_mode = client_mode
+        self.identity_path = identity_path  # the libp2p key behind peer_id; signs our metrics records
+        self.peer_id: str = dht.peer_id.to_base58()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, cfg: NodeConfig, initial_peers: list[Address], *, client_mode: bool = False) -> "Swarm":
+        os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
+        import hivemind
+
+        check_port_free(cfg.host, cfg.port)
+        if initial_peers:
+            wait_for_initial_peers(initial_peers, cfg.startup_timeout)
+        identity = cfg.identity or os.path.join(cfg.data_dir, "identity.key")
+        os.makedirs(os.path.dirname(os.path.abspath(identity)), exist_ok=True)
+        local = cfg.host.startswith("127.")
+        try:
+            dht = hivemind.DHT(
+                initial_peers=[p.text for p in initial_peers], host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
+                identity_path=identity, startup_timeout=cfg.startup_timeout, client_mode=client_mode,
+                nat_port_map=not local, auto_nat=not local, start=False)
+            dht.run_in_background(await_ready=True, timeout=cfg.startup_timeout + 30)
+        except Exception as e:
+            raise _explain_start_failure(e, cfg) from None
+        return cls(dht, client_mode=client_mode, identity_path=identity)
+
+    def visible_maddrs(self) -> list[str]:
+        return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
+        with self._lock:
+            fut = self.dht.store(key, value, expiration_time=dht_time() + ttl, subkey=subkey, return_future=True)
+        try:
+            return bool(fut.result(timeout=30))
+        except Exception as e:
+            log.warning("DHT store of %s failed: %s", key, e)
+            return False
+
+    def get_subkeys(self, key: str) -> dict[str, Any]:
+        """subkey -> value of a dictionary key; {} when missing or on failure (logged)."""
+        with self._lock:
+            fut = self.dht.get(key, latest=True, return_future=True)
+        try:
+            found = fut.result(timeout=30)
+        except Exception as e:
+            log.warning("DHT get of %s failed: %s", key, e)
+            return {}
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        return {str(sk): v.value for sk, v in found.value.items() if hasattr(v, "value")}
+
+    def shutdown(self) -> None:
+        """Leave the swarm: stops the DHT process and its p2pd."""
+        if self.dht.is_alive():
+            self.dht.shutdown()
+
+
+def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:
+    text = str(e)
+    if "already taken" in text:
+        return SwarmtrainError(f"another running peer uses this identity ({text})",
+                               "each node needs its own --data-dir or --identity file")
+    if "none of the initial_peers responded" in text:
+        return SwarmtrainError("the initial peers accept connections but none answered as a swarm peer",
+                               "check that the address ends with the right /p2p/<peer id> of a running node")
+    if "address already in use" in text.lower() or "bind" in text.lower():
+        return SwarmtrainError(f"cannot listen on {cfg.host}:{cfg.port}: {text}",
+                               "pick another port, or --port 0 for a free one")
+    if isinstance(e, TimeoutError) or "timeout" in text.lower() or "timed out" in text.lower():
+        return SwarmtrainError(f"the libp2p daemon did not start within {cfg.startup_timeout:.0f} s ({text})",
+                               "the machine may be busy: raise --startup-timeout")
+    return SwarmtrainError(f"could not start the DHT node: {type(e).__name__}: {text}")
+
+
+class HeartbeatPublisher:
+    """Publishes this peer's heartbeat every interval from a daemon thread.
+
+    `update(**fields)` changes what is published next; `close()` stops and withdraws it.
+    """
+
+    def __init__(self, swarm: Swarm, run_id: str, first: Heartbeat, *, interval: float, ttl: float, key):
+        self.swarm, self.run_id, self.interval, self.ttl, self.key = swarm, run_id, interval, ttl, key
+        self._record = first
+        self._record_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def update(self, **fields) -> None:
+        with self._record_lock:
+            self._record = replace(self._record, **fields)
+        self._wake.set()  # publish now: peers wait on these fields
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._record_lock:
+                record = replace(self._record, time=dht_time(), run=self.run_id)
+            self.swarm.store(keys.peers_key(self.run_id), record.peer, signed.seal(self.key, record), self.ttl)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+
+def read_peers(swarm: Swarm, run_id: str, *, ttl: float = 120.0,
+               on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
+    """The live peer table: peer id -> latest heartbeat signed by that peer (node/round/net.py)."""
+    from node.round.net import read_peers as read_signed
+    return read_signed(swarm.get_subkeys, run_id, dht_time(), ttl, on_bad)

@@ -1,0 +1,38 @@
+"""RoundNet over the real network: hivemind's DHT (node/p2p/dht.py) and libp2p streams (node/p2p/exchange.py)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from node.p2p.exchange import Exchange
+from node.p2p.dht import Swarm, dht_time
+from protocol.messages import Request
+
+
+class RealNet:
+    def __init__(self, swarm: Swarm, exchange: Exchange):
+        self.swarm, self.exchange = swarm, exchange
+        self.me = swarm.peer_id
+
+    def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
+        return self.swarm.store(key, subkey, value, ttl)
+
+    def get_subkeys(self, key: str) -> dict[str, Any]:
+        return self.swarm.get_subkeys(key)
+
+    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
+                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+        # each job's size is checked before its body is read
+        return self.exchange.fetch_many(jobs, timeout=timeout, on_each=on_each)
+
+    def keep_update(self, round_no: int, peer: str, blob: bytes) -> None:
+        self.exchange.keep_update(round_no, peer, blob)
+
+    def held_update(self, round_no: int, peer: str) -> bytes | None:
+        return self.exchange.held_update(round_no, peer)
+
+    def now(self) -> float:
+        return dht_time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -1,0 +1,172 @@
+"""Signed metrics records in the DHT: each node publishes how its training goes; monitors read them.
+
+Records travel through peers we do not trust, so each is signed with the node's libp2p
+identity (protocol/signing.py) and a reader keeps only records whose signature matches the
+peer id they are filed under. The record is small (a few kB) and published once per round
+from a background thread, so a slow DHT never stalls training.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+import msgpack
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from node.errors import SwarmtrainError
+from node.p2p.dht import Swarm, dht_time
+from protocol import keys, signing
+from protocol.errors import ProtocolError
+from protocol.records import MAX_METRICS_BODY, MetricsRecord
+
+log = logging.getLogger("swarmtrain.telemetry")
+METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
+EXPIRY_SLACK = 120.0  # seconds between a record's time and its store (signing, a busy DHT thread)
+
+
+def load_identity_key(path: str) -> rsa.RSAPrivateKey:
+    """The RSA key inside hivemind's identity file (a libp2p PrivateKey protobuf)."""
+    from google.protobuf.message import DecodeError
+    from hivemind.proto import crypto_pb2
+    try:
+        with open(path, "rb") as f:
+            proto = crypto_pb2.PrivateKey.FromString(f.read())
+        key = serialization.load_der_private_key(proto.data, password=None)
+    except (OSError, ValueError, DecodeError) as e:
+        raise SwarmtrainError(f"cannot read the identity key {path}: {e}",
+                              "delete it to get a new peer id, or point --identity at a valid key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SwarmtrainError(f"identity key {path} is not an RSA key", "delete it to get a new peer id")
+    return key
+
+
+def reachability(maddrs: list[str]) -> str:
+    """'relay' when only reachable through a relay, 'public' with a global IP, else 'private'."""
+    kinds = set()
+    for m in maddrs:
+        parts = m.split("/")
+        if "p2p-circuit" in parts:
+            kinds.add("relay")
+        elif len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+            try:
+                kinds.add("public" if ipaddress.ip_address(parts[2]).is_global else "private")
+            except ValueError:
+                continue
+    for kind in ("public", "private", "relay"):
+        if kind in kinds:
+            return kind
+    return "unknown"
+
+
+def encode(key: rsa.RSAPrivateKey, record: MetricsRecord) -> dict:
+    return signing.sign(key, msgpack.packb(record.to_wire(), use_bin_type=True))
+
+
+def decode(envelope: object, signer: str) -> MetricsRecord:
+    """A verified record, or ProtocolError. The record must also name its signer as its peer."""
+    body = signing.verify(envelope, signer=signer, max_body=MAX_METRICS_BODY)
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several types for garbage
+        raise ProtocolError(f"metrics record: not msgpack ({type(e).__name__})") from None
+    record = MetricsRecord.from_wire(raw)
+    if record.peer != signer:
+        raise ProtocolError(f"metrics record: filed under {signer[:16]} but names {record.peer[:16]}")
+    return record
+
+
+def read_metrics(swarm: Swarm, run_id: str) -> dict[str, MetricsRecord]:
+    """Peer id -> its latest verified metrics record; forged or malformed ones are dropped (logged)."""
+    out = {}
+    for subkey, envelope in swarm.get_subkeys(keys.metrics_key(run_id)).items():
+        try:
+            out[subkey] = decode(envelope, subkey)
+        except ProtocolError as e:
+            log.info("ignoring a metrics record under %s: %s", subkey[:16], e)
+    return out
+
+
+class MetricsRecordValidator:
+    """Honest DHT nodes refuse to store, and readers drop, a value under `swarmtrain:<run>:metrics`
+    unless it is a record signed by the peer id it is filed under, expiring no later than the
+    record's own time + METRICS_TTL. Without it anyone could overwrite a peer's record with
+    garbage, or replay an old one with a far expiration, to hide that peer from monitors.
+
+    It implements hivemind's RecordValidatorBase interface by duck typing, so that this module
+    does not import hivemind; it is pickled into the DHT process, hence a module-level class.
+    """
+
+    priority = 0
+
+    def __init__(self, run_id: str):
+        from hivemind.dht.routing import DHTID
+        self.key_bytes = DHTID.generate(source=keys.metrics_key(run_id)).to_bytes()  # keys arrive hashed
+
+    def validate(self, record) -> bool:
+        if record.key != self.key_bytes:
+            return True  # not ours to judge
+        return valid_stored_record(record.subkey, record.value, record.expiration_time)
+
+    def sign_value(self, record) -> bytes:
+        return record.value  # signed by the application already (protocol/signing.py)
+
+    def strip_value(self, record) -> bytes:
+        return record.value
+
+    def merge_with(self, other) -> bool:
+        return False
+
+
+def guard_metrics_key(swarm: Swarm, run_id: str) -> None:
+    """Install the run's validator in this node's DHT (node/p2p/validators.py): it then refuses to
+    store, and drops on reading, forged records of every kind, metrics records included. Monitors
+    and bootstrap peers do this once they know the run; volunteers install it with their run's TTLs."""
+    from node.p2p.validators import guard_run
+    guard_run(swarm, run_id)
+
+
+def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: float) -> bool:
+    """Is this (serialised) DHT entry a signed record of its subkey's peer, with an honest expiration?"""
+    from hivemind.utils.serializer import MSGPackSerializer
+    try:
+        subkey = MSGPackSerializer.loads(subkey_bytes)
+        record = decode(MSGPackSerializer.loads(value_bytes), subkey)
+    except Exception:  # anything a peer can send: malformed msgpack, bad types, bad signature
+        return False
+    return expiration <= record.time + METRICS_TTL + EXPIRY_SLACK
+
+
+class MetricsPublisher:
+    """Signs and stores the latest record from a daemon thread; `publish()` never blocks."""
+
+    def __init__(self, swarm: Swarm, run_id: str, key: rsa.RSAPrivateKey):
+        self.swarm, self.run_id, self.key = swarm, run_id, key
+        self._latest: MetricsRecord | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics-record", daemon=True)
+        self._thread.start()
+
+    def publish(self, record: MetricsRecord) -> None:
+        with self._lock:
+            self._latest = record
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                record, self._latest = self._latest, None
+            if record is not None:  # expiry counted from the record's own time, as validators demand
+                self.swarm.store(keys.metrics_key(self.run_id), record.peer, encode(self.key, record),
+                                 METRICS_TTL - max(0.0, dht_time() - record.time))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=35)
+

@@ -1,0 +1,49 @@
+"""The organizer's peer: a stable identity that holds the DHT together and the run manifest."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from node.peer import manifest as manifests
+from node.p2p.addresses import initial_peers, shareable
+from node.config import NodeConfig, load_run_config
+from node.train.data import load_corpus
+from node.train.model import build_run_model, trainable
+from node.watch.progress import Reporter
+from node.outer.strategies import make_strategy
+from node.p2p.dht import Swarm
+from node.p2p.validators import guard_run
+from node.round.protocol import round_record_ttl
+from node.p2p.telemetry import load_identity_key
+
+READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
+
+
+def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
+    run = load_run_config(run_path)
+    model = build_run_model(run).model  # refuse a run we could not train ourselves
+    make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
+    corpus = load_corpus(run.data)  # a built-in corpus, or the organizer's own files
+    ready = Path(cfg.data_dir) / READY_FILE
+    ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
+    swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
+    try:
+        # the manifest names our peer id and is signed with its key: the run id commits to us
+        run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifests.build_manifest(run, corpus))
+        guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=round_record_ttl(run.swarm))
+        manifests.publish(swarm, envelope)
+        maddrs = shareable(swarm.visible_maddrs())
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
+        tmp.write_text(json.dumps({"run_id": run_id, "maddrs": maddrs, "peer": swarm.peer_id}))
+        tmp.replace(ready)
+        reporter.event("bootstrap_ready", run=run_id, peer=swarm.peer_id, maddrs=maddrs,
+                       params=sum(p.numel() for p in model.parameters()), corpus_sha256=corpus.sha256[:16])
+        reporter.say(f"volunteers join with:\n  swarmtrain join --run-id {run_id} --initial-peers " + " ".join(maddrs[:2]))
+        while not stop.wait(manifests.MANIFEST_TTL / 4):
+            manifests.publish(swarm, envelope)  # DHT values expire; keep the manifest alive
+    finally:
+        ready.unlink(missing_ok=True)
+        swarm.shutdown()
+        reporter.event("left", peer=swarm.peer_id)

@@ -1,0 +1,44 @@
+"""The node's checkpoint on disk: written atomically, checked when read."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from node.errors import SwarmtrainError
+from node.outer.state import SwarmState
+from protocol.errors import ProtocolError
+
+FILENAME = "checkpoint.swt"
+
+
+def checkpoint_path(data_dir: str, run_id: str) -> Path:
+    """One checkpoint per run, so joining another run never overwrites this one's."""
+    return Path(data_dir) / "runs" / run_id / FILENAME
+
+
+def save(path: Path, blob: bytes) -> None:
+    """Write via a temp file, fsync, then rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, *, run_id: str, template: SwarmState) -> SwarmState | None:
+    """The checkpoint of this run, None if there is none yet."""
+    if not path.is_file():
+        return None
+    try:
+        return SwarmState.from_bytes(path.read_bytes(), run_id=run_id, template=template)
+    except ProtocolError as e:
+        raise SwarmtrainError(f"checkpoint {path} is unreadable: {e}",
+                              f"move it away (mv {path} {path}.bad) and start again: the node then "
+                              "takes the swarm's state from its peers") from None

@@ -1,0 +1,122 @@
+"""The inner step: plain torch AdamW on a peer's own data. No network in here."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from node.config import TrainConfig
+import torch.nn as nn
+
+from node.train.model import loss_fn, trainable
+
+
+def search_space(train: TrainConfig) -> dict[str, tuple]:
+    """What `bench tune` adds for the inner optimizer, whatever the strategy (see
+    node/outer/strategies/diloco.search_space): Muon's own learning rate when Muon is on."""
+    return {"train.muon_lr": ("float", 1e-3, 3e-2, True)} if train.inner_optimizer == "muon" else {}
+
+
+def warmup_constant(cfg: TrainConfig) -> Callable[[int], float]:
+    """The swarm's schedule: linear warm-up over warmup_steps, then constant (no known end)."""
+    return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def warmup_cosine(cfg: TrainConfig, total: int, floor: float = 0.1) -> Callable[[int], float]:
+    """Benchmarks' schedule: warm-up, then cosine decay to `floor` at step `total`."""
+    def scale(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    return scale
+
+
+def muon_matrices(model: nn.Module) -> set[int]:
+    """ids of the parameters Muon trains: the 2-D weights of Linear layers, output heads left out
+    (embeddings, heads, norms and biases stay with AdamW, as in the Muon and MuLoCo papers)."""
+    out = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod.weight.requires_grad and "head" not in name.rsplit(".", 1)[-1]:
+            out.add(id(mod.weight))
+    return out
+
+
+class InnerTrainer:
+    """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen);
+    with TrainConfig.inner_optimizer 'muon', Muon on the Linear weights and AdamW on the rest."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device,
+                 schedule: Callable[[int], float] | None = None):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        self.schedule = schedule or warmup_constant(cfg)
+        self.params = trainable(self.model)
+        self.opts = self._optimizers(cfg)
+        self.opt = self.opts[0]
+        self.steps = 0  # this peer's local steps so far (drives the schedule)
+
+    def _optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        if cfg.inner_optimizer not in ("adamw", "muon"):
+            raise ValueError(f"inner_optimizer {cfg.inner_optimizer!r} is not one of adamw, muon")
+        mats = muon_matrices(self.model) if cfg.inner_optimizer == "muon" else set()
+        rest = [p for p in self.params if id(p) not in mats]
+        opts: list[torch.optim.Optimizer] = []
+        if rest or not mats:
+            opts.append(torch.optim.AdamW(rest, lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay))
+            opts[-1].param_groups[0]["base_lr"] = cfg.inner_lr
+        if mats:
+            mlr = cfg.muon_lr or cfg.inner_lr
+            opts.append(torch.optim.Muon([p for p in self.params if id(p) in mats], lr=mlr,
+                                         weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+            opts[-1].param_groups[0]["base_lr"] = mlr
+        return opts
+
+    def lr(self) -> float:
+        return self.cfg.inner_lr * self.schedule(self.steps)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, apply: bool = True) -> float:
+        """Forward, backward, clip; then an AdamW step if `apply` (else the gradient stays in .grad)."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        loss = loss_fn(self.model(x), y)
+        self.model.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        if apply:
+            scale = self.schedule(self.steps)
+            for opt in self.opts:
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * scale
+                opt.step()
+        self.steps += 1
+        return loss.item()  # note: a CPU-GPU sync point, once per step
+
+    @torch.no_grad()
+    def load_params(self, params: list[torch.Tensor]) -> None:
+        """Overwrite the trained tensors with the swarm's (AdamW moments are kept)."""
+        if len(params) != len(self.params):
+            raise ValueError(f"state holds {len(params)} tensors, the model trains {len(self.params)}")
+        for p, src in zip(self.params, params):
+            p.copy_(src)
+
+
+@torch.no_grad()
+def evaluate_bpb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 16) -> float:
+    """Held-out bits per byte: summed cross-entropy in nats / ln 2 / the bytes behind the targets.
+
+    Byte-level models: one byte per token. Tokenized models carry `token_bytes` (bytes of text
+    behind each id), so runs with different tokenizers compare."""
+    model.eval()
+    token_bytes = getattr(model, "token_bytes", None)
+    nats, nbytes = 0.0, 0
+    for i in range(0, x.shape[0], batch):
+        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        logits = model(xb)
+        nats += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                                  reduction="sum").item()
+        nbytes += int(token_bytes[yb].sum().item()) if token_bytes is not None else yb.numel()
+    model.train()
+    return nats / max(1, nbytes) / math.log(2)

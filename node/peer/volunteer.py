@@ -556,5 +556,5 @@ def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) ->
             result = node.summary()
             if cfg.result_json:
                 Path(cfg.result_json).write_text(json.dumps(result, indent=2))
-        reporter.event("left", round=node.outer.state.round, digest=node.outer.state.digest[:16])
+        reporter.event("left", round=node.state.round, digest=node.state.digest[:16])
     return result

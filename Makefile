@@ -1,5 +1,5 @@
 # make demo: a local swarm (bootstrap + 3 volunteers) on 127.0.0.1; Ctrl+C stops it cleanly.
-# make test: the unit tests and the multi-process swarm tests.
+# make test: lint (ruff), then the unit tests and the multi-process swarm tests.
 # make bench [TIER=smoke|pilot|full]: every strategy against data-parallel AdamW (docs/benchmarks.md).
 # Both create .venv on first use. torch==2.13.0 is installed before the package on purpose:
 # here it is a CPU wheel on disk, while a bare `torch` requirement would pull a CUDA build.
@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean tools
+.PHONY: demo test lint format bench clean tools
 
 # The stamp also downloads docker-compose's wheel (never installed): tests/test_docker.py reads the
 # Compose file schema from it.
@@ -26,8 +26,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/swarmtrain demo --peers 3 --workdir demo-run
 
-test: $(STAMP) tools
+test: $(STAMP) tools lint
 	$(PY) -m pytest -q
+
+# ruff (configured in pyproject.toml): lint and format check; `make format` rewrites in place.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The browser test and the Prometheus config check need Debian's chromium, chromium-driver and
 # promtool. As root with apt-get, they are installed here once; elsewhere those tests skip and say why.

@@ -15,6 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.tables import markdown_table
 from node.errors import SwarmtrainError
 from node.p2p.exchange import Exchange
 from protocol.messages import Request
@@ -78,8 +79,9 @@ def _row(kind: str, size: int, mode: str, fetches: int, secs: list[float]) -> di
             "mb_per_s": round(size * fetches / med / 1e6, 2)}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| loop | payload | mode | ms per fetch | MB/s |", "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["payload_bytes"], r["mode"], r["loop"])):
-        lines.append(f"| {r['loop']} | {r['payload_bytes']:,} B | {r['mode']} | {r['ms_per_fetch']} | {r['mb_per_s']} |")
-    return "\n".join(lines)
+def exchange_table(rows: list[dict]) -> str:
+    """The rows as a markdown table, by payload size, then mode, then loop."""
+    ordered = sorted(rows, key=lambda r: (r["payload_bytes"], r["mode"], r["loop"]))
+    return markdown_table(["loop", "payload", "mode", "ms per fetch", "MB/s"],
+                          ([r["loop"], f"{r['payload_bytes']:,} B", r["mode"], str(r["ms_per_fetch"]),
+                            str(r["mb_per_s"])] for r in ordered))

@@ -22,13 +22,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.train import data  # noqa: E402
-from node.config import (DataConfig, ModelConfig, PrivacyConfig, RunConfig, StrategyConfig,  # noqa: E402
-                         TrainConfig, load_run_config)
-from node.train.model import build_run_model, trainable  # noqa: E402
-from node.train.privacy import make_privacy  # noqa: E402
+from node.config import (  # noqa: E402
+    DataConfig,
+    ModelConfig,
+    PrivacyConfig,
+    RunConfig,
+    StrategyConfig,
+    TrainConfig,
+    load_run_config,
+)
 from node.outer.state import SwarmState  # noqa: E402
 from node.outer.strategies import make_strategy  # noqa: E402
+from node.train import data  # noqa: E402
+from node.train.model import build_run_model, trainable  # noqa: E402
+from node.train.privacy import make_privacy  # noqa: E402
 from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_constant  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "hf-targets.json"

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args, dht, stop: threading.Event) -> None:
     import hivemind
-    from node.train import data
+
     from node.config import load_run_config
+    from node.train import data
     from node.train.model import build_model, loss_fn
     from node.train.trainer import evaluate_bpb
 

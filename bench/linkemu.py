@@ -436,7 +436,8 @@ class EmulatedNetwork:
         root = str(Path(__file__).resolve().parents[2])  # so that `-m node...` finds this very package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.forwarder = subprocess.Popen(
-            [sys.executable, "-m", "bench.linkemu", "forward", *[f"{ns}={s}" for ns, s in zip(self.namespaces, self.specs)]],
+            [sys.executable, "-m", "bench.linkemu", "forward",
+             *[f"{ns}={s}" for ns, s in zip(self.namespaces, self.specs)]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         if self.forwarder.stdout.readline() != b"ready\n":
             raise SwarmtrainError("the link forwarder did not start (its error is above)",

@@ -10,7 +10,8 @@ Everything is measured over the same window of each case: from WARMUP seconds af
 peer finished a round with all peers in it, to --seconds later, from the per-round timeline in each peer's result JSON.
 Rows (JSON): strategy, round_seconds, peers, slow_peer, link, wall_seconds,
 compute_utilization (fast peers but the evaluating one, unless it is the only fast peer:
-seconds in forward, backward and the inner step over wall seconds), tokens (contributed to accepted rounds, all peers), fast_tokens_per_s (per fast peer),
+seconds in forward, backward and the inner step over wall seconds), tokens (contributed to
+accepted rounds, all peers), fast_tokens_per_s (per fast peer),
 swarm_tokens_per_s, val_bpb (peer 0 evaluates), bytes_up_per_peer, bytes_down_per_peer
 (update bytes, per peer per round), rounds_ok, rounds_failed (median peer), target_bpb,
 seconds_to_target_bpb (from the moment every peer joined until the evaluating peer's val bpb
@@ -34,13 +35,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
+from bench.tables import markdown_table
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
-from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 
 WARMUP = 5.0
 """Seconds after every peer finished a round with all peers in it before the window opens."""
-RUN = """\
+RUN_TOML = """\
 name = "bench-swarm"
 [model]
 d_model = 128
@@ -63,10 +65,13 @@ heartbeat_ttl = 5.0
 round_seconds = {round_seconds}
 min_peers = {min_peers}
 """
+"""The run file of every case; the fields in braces come from the case."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class Case:
+class SwarmCase:
+    """One case of `bench swarm`: a swarm of real node processes, measured over one window."""
+
     strategy: str
     """Strategy ([strategy] name in the run file); '+overlap' also sets [strategy] overlap,
     '+direct' [swarm] relay_fanout = 0 (every update fetched from its owner)."""
@@ -139,13 +144,13 @@ def stop_group(popen: subprocess.Popen, timeout: float) -> None:
         pass
 
 
-def run_case(case: Case, seconds: float, work: Path, stop: threading.Event, say=print,
+def run_case(case: SwarmCase, seconds: float, work: Path, stop: threading.Event, say=print,
              target_bpb: float | None = None) -> dict | None:
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slow else 0)
     run = work / "run.toml"
     name, options = strategy_of(case.strategy)
-    run.write_text(RUN.format(strategy=name, overlap=str("overlap" in options).lower(),
+    run.write_text(RUN_TOML.format(strategy=name, overlap=str("overlap" in options).lower(),
                               relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
                               round_seconds=case.round_seconds,
                               min_peers=n))
@@ -210,7 +215,7 @@ def seconds_to(target: float | None, bpb_timeline: list[list], since: float) -> 
     return next((round(t - since, 1) for t, _, bpb in bpb_timeline if bpb <= target), None)
 
 
-def row(case: Case, deltas: list[dict], results: list[dict], joined: float = 0.0,
+def row(case: SwarmCase, deltas: list[dict], results: list[dict], joined: float = 0.0,
         target_bpb: float | None = None) -> dict:
     fast = deltas[:case.fast]
     per_s = lambda d, k: d[k] / d["unix_time"]  # noqa: E731
@@ -242,7 +247,8 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
     if link:
         LinkSpec.parse(link)  # a bad spec fails before anything starts
         if why := missing_requirements():
-            raise SwarmtrainError(f"--link needs network namespaces: {why}", "run as root on Linux, or leave --link out")
+            raise SwarmtrainError(f"--link needs network namespaces: {why}",
+                                  "run as root on Linux, or leave --link out")
     if peers < 1 or seconds <= 0 or slow_peer < 0 or (0 < slow_peer < 1):
         raise SwarmtrainError("bench swarm: --peers >= 1, --seconds > 0 and --slow-peer 0 (none) or >= 1",
                               "fix the flag named above")
@@ -252,7 +258,7 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
     for strategy in strategies:
         for window in (round_seconds[:1] if strategy == HIVEMIND else round_seconds):  # it has no window
             for slow in ([0.0, slow_peer] if slow_peer else [0.0]):
-                case = Case(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
+                case = SwarmCase(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
                 name = f"{strategy}-w{window:g}-{'slow' if slow else 'even'}"
                 try:
                     result = run_case(case, seconds, Path(workdir) / name, stop, say, target_bpb)
@@ -267,12 +273,14 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    keys = ["strategy", "round_seconds", "peers", "slow_peer", "link", "compute_utilization", "fast_tokens_per_s",
-            "swarm_tokens_per_s", "val_bpb", "bytes_up_per_peer", "bytes_down_per_peer", "rounds_ok", "rounds_failed",
-            "seconds_to_target_bpb"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) and k == "val_bpb" else str(r[k])
-                                       for k in keys) + " |")
-    return "\n".join(lines)
+TABLE_KEYS = ("strategy", "round_seconds", "peers", "slow_peer", "link", "compute_utilization", "fast_tokens_per_s",
+              "swarm_tokens_per_s", "val_bpb", "bytes_up_per_peer", "bytes_down_per_peer", "rounds_ok",
+              "rounds_failed", "seconds_to_target_bpb")
+"""The row keys `swarm_table` shows, in order (the JSON has more)."""
+
+
+def swarm_table(rows: list[dict]) -> str:
+    """The rows as a markdown table: one column per TABLE_KEYS, val bpb to 4 places."""
+    return markdown_table(list(TABLE_KEYS),
+                          ([f"{r[k]:.4f}" if isinstance(r[k], float) and k == "val_bpb" else str(r[k])
+                            for k in TABLE_KEYS] for r in rows))

@@ -1,7 +1,7 @@
 """`swarmtrain bench tune`: an equal-budget hyperparameter search for one preset (Optuna).
 
 Every method gets the same budget, DDP-AdamW included: `trials` runs of `steps` inner steps on
-the same tier (bench/quality.py TIERS, default `tune`: the full tier's model, 600 steps, one
+the same tier (bench/quality/presets.py TIERS, default `tune`: the full tier's model, 600 steps, one
 seed), so that no gap is flattering. The search space of each strategy is declared beside it
 (`search_space(cfg, train)` in node/outer/strategies/<name>.py; the inner optimizer's in
 node/train/trainer.py; DDP's below, node/outer/strategies/ddp.py being a reference kept free of tuning). It
@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-from node.train import data
-from bench.quality import PRESETS, TIERS, simulate
+from bench.extras import import_extra
+from bench.quality.presets import PRESETS, TIERS, Preset
+from bench.quality.simulator import simulate_preset
 from node.config import StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
-from node.outer.strategies import demo, diloco, sparseloco
+from node.outer.strategies import decoupled_momentum, diloco, sparseloco
+from node.train import data
 from node.train.trainer import search_space as train_space
 from protocol.errors import ProtocolError
 
@@ -36,7 +38,7 @@ DDP_SPACE = {"train.inner_lr": ("float", 1e-3, 2e-2, True), "train.weight_decay"
 """DDP-AdamW's space: its AdamW learning rate and weight decay (the same budget as the others)."""
 
 SPACES = {"diloco": diloco.search_space, "sparseloco": sparseloco.search_space,
-          "decoupled-momentum": demo.search_space, "ddp-adamw": lambda cfg, train: dict(DDP_SPACE)}
+          "decoupled-momentum": decoupled_momentum.search_space, "ddp-adamw": lambda cfg, train: dict(DDP_SPACE)}
 
 
 class _Stopped(Exception):
@@ -48,7 +50,7 @@ def search_space(preset: str) -> dict[str, tuple]:
     return {**SPACES[strat.name](strat, train), **train_space(train)}
 
 
-def configs_for(preset: str, params: dict) -> tuple[StrategyConfig, TrainConfig]:
+def configs_for(preset: str, params: dict) -> Preset:
     """The preset's settings with the sampled values put in ('train.x' -> TrainConfig.x)."""
     strat, train = PRESETS[preset]
     s = {k: v for k, v in params.items() if not k.startswith("train.")}
@@ -57,7 +59,7 @@ def configs_for(preset: str, params: dict) -> tuple[StrategyConfig, TrainConfig]
     unknown = [k for k in s if k not in names_s] + [f"train.{k}" for k in t if k not in names_t]
     if unknown:
         raise SwarmtrainError(f"search space names unknown settings {unknown}", "fix the strategy's search_space")
-    return replace(strat, **s), replace(train, **t)
+    return Preset(replace(strat, **s), replace(train, **t))
 
 
 def _suggest(trial, name: str, spec: tuple):
@@ -76,10 +78,7 @@ def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: st
              steps: int | None = None, seed: int = 0, stop: threading.Event | None = None,
              say=print) -> dict:
     """Run (or continue) the study until it holds `trials` finished trials; write the JSON record."""
-    try:
-        import optuna
-    except ImportError:
-        raise SwarmtrainError("bench tune needs optuna", "pip install optuna (a swarmtrain dependency)") from None
+    optuna = import_extra("optuna", "bench tune")
     if preset not in PRESETS:
         raise SwarmtrainError(f"unknown strategy preset {preset!r}", f"known: {', '.join(PRESETS)}")
     if tier not in TIERS:
@@ -119,7 +118,7 @@ def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: st
 
         t0 = time.monotonic()
         try:
-            run = simulate(preset, t, t.seeds[0], corpus, configs=configs_for(preset, params), on_eval=on_eval)
+            run = simulate_preset(preset, t, t.seeds[0], corpus, configs=configs_for(preset, params), on_eval=on_eval)
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         trial.set_user_attr("upload_bytes_per_step", run["upload_bytes_per_step"])

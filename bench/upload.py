@@ -41,7 +41,7 @@ def one_round(n: int, fanout: int) -> dict:
             up[owner] += 1
             own[owner] += 1  # to the leader, which builds the roster from it
         order = relay.fetch_order(the_ring, owner)
-        for i, me in enumerate(order, start=1):
+        for i, _ in enumerate(order, start=1):
             src = relay.parent_at(order, i, owner, leader, fanout) if fanout else owner
             up[src] += 1
             own[src] += src == owner

@@ -15,7 +15,8 @@ from protocol.errors import ProtocolError
 
 
 def new_key() -> tuple[rsa.RSAPrivateKey, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # small: tests only
+    # hivemind's key shape, the only one signed records accept (protocol/signing.py)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key, signing.peer_id_of(signing.public_der(key))
 
 
@@ -57,9 +58,9 @@ class FakeDHT:
 class FakeNet:
     """One peer's RoundNet: the shared FakeDHT, and fetches answered by other FakeNets' held updates."""
 
-    registry: dict[str, "FakeNet"]
+    registry: dict[str, FakeNet]
 
-    def __init__(self, me: str, dht: FakeDHT, registry: dict[str, "FakeNet"]):
+    def __init__(self, me: str, dht: FakeDHT, registry: dict[str, FakeNet]):
         self.me, self.dht, self.registry = me, dht, registry
         self.updates: dict[tuple[int, str], bytes] = {}
         self.serve_override: dict[tuple[int, str], bytes] = {}  # what a lying peer answers instead

@@ -5,13 +5,13 @@ import statistics
 import pytest
 import torch
 
-from node.outer.aggregate import (MIN_WEIGHT, Mean, Robust, clip_factors, l2_norm, make_aggregator, per_round, token_weights,
-                            trim_count, trimmed_mean)
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
-from node.train.model import build_model
+from node.outer.aggregate import (MIN_WEIGHT, Mean, NoUpdates, Robust, clip_factors, l2_norm, make_aggregator,
+                                  mean_dense, per_round, token_weights, trim_count, trimmed_mean)
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.train.model import build_model
 from protocol.codecs import TopKCodec
 
 SHAPES = [(16, 8), (8,)]
@@ -105,6 +105,29 @@ def test_mean_is_the_old_arithmetic_bit_for_bit():
 
 def _sels(codec, dense_updates):
     return [codec.select(u) for u in dense_updates]
+
+
+def test_mean_dense_float64_signs_agree_with_float32_path():
+    shapes = ((128, 192), (64,), (3, 5), (7,))
+    codec = TopKCodec(shapes, chunk=64, k=32, dct=True, values="bf16")
+    sels = [codec.unpack(codec.encode([torch.randn(sh, generator=torch.Generator().manual_seed(s)) for sh in shapes]))
+            for s in range(3)]
+    m64 = mean_dense(codec, sels, dtype=torch.float64)
+    m32 = [sum(codec.densify(s)[i] for s in sels) / 3 for i in range(len(shapes))]
+    for a, b in zip(m64, m32):
+        assert torch.allclose(a.float(), b, atol=1e-5)
+        big = b.abs() > 1e-4
+        assert torch.equal(torch.sign(a.float())[big], torch.sign(b)[big])
+
+
+@pytest.mark.parametrize("agg", [Mean(), Robust()], ids=lambda a: a.name)
+def test_zero_updates_raise_no_updates(agg):
+    """An empty round has no aggregate: a clear NoUpdates (the round fails), never an IndexError or NaN."""
+    codec = TopKCodec(tuple(SHAPES), chunk=8, k=4, values="bf16")
+    for call in (lambda: agg.dense([]), lambda: agg.dense([], None), lambda: agg.sparse(codec, []),
+                 lambda: agg.signs(codec, [])):
+        with pytest.raises(NoUpdates, match="no updates"):
+            call()
 
 
 def test_sparse_no_peer_sets_a_coordinate_only_it_picked():

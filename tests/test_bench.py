@@ -1,7 +1,14 @@
 """`swarmtrain bench quality --tier smoke`: one row per strategy with the documented keys."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from bench.quality import PRESETS, TIERS, run_quality, summarize
+import pytest
+
+from bench.cli import BENCHMARKS
+from bench.quality.presets import PRESETS, TIERS
+from bench.quality.summary import summarize
 from node.cli import main
 
 KEYS = {"strategy", "params", "tokens", "upload_bytes_per_step", "download_bytes_per_step",
@@ -31,7 +38,8 @@ def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
     assert ddp["dense_ring_bytes_per_step"] == 2 * 3 / 4 * 4 * p
     assert ddp["upload_bytes_per_step"] == 3 * 4 * p and ddp["gap_vs_ddp"] == 0
     assert rows["sparseloco"]["upload_reduction"] > 10 * rows["diloco"]["upload_reduction"] > 10
-    assert rows["decoupled-momentum-1bit"]["upload_bytes_per_step"] < rows["decoupled-momentum"]["upload_bytes_per_step"]
+    demo = rows["decoupled-momentum"]
+    assert rows["decoupled-momentum-1bit"]["upload_bytes_per_step"] < demo["upload_bytes_per_step"]
     assert png.stat().st_size > 10_000
 
 
@@ -57,13 +65,36 @@ def test_tiers_are_as_documented():
 def test_the_compression_warm_up_sends_denser_first_rounds():
     """TOPK_WARMUP (bench only): the warm-up preset's first rounds carry 8x, 4x and 2x the values, then
     the same payload as the preset without it; bytes are counted round by round."""
+    from bench.quality.presets import TOPK_WARMUP
+    from bench.quality.simulator import simulate_preset
     from node.train import data
-    from bench.quality import TOPK_WARMUP, simulate
     tier = TIERS["smoke"]
     corpus = data.load_corpus("stdlib")
-    warm, plain = (simulate(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup",
+    warm, plain = (simulate_preset(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup",
                                                           "sparseloco-c32-k8-h32-muon"))
     assert TOPK_WARMUP["sparseloco-c32-k8-h32-muon-warmup"] == 3 and warm["rounds"] == plain["rounds"] == 4
     assert warm["payload_bytes"] == plain["payload_bytes"]
     assert plain["own_upload_bytes_per_step"] * tier.steps == 4 * plain["payload_bytes"]
     assert 3 * plain["payload_bytes"] < warm["own_upload_bytes_per_step"] * tier.steps - plain["payload_bytes"]
+
+
+def test_only_bench_loads_the_benchmarks():
+    """Parsing any other command imports neither bench nor torch nor optuna (a fresh interpreter)."""
+    code = ("import sys; from node import cli\n"
+            "for argv in (['join'], ['bootstrap'], ['doctor'], ['monitor'], ['audit'], ['config', 'show'],\n"
+            "             ['ray-launch'], ['pretrain', '--run', 'r', '--out', 'o']):\n"
+            "    cli._parse(argv)\n"
+            "print(sorted(m for m in ('bench', 'torch', 'optuna', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
+
+
+def test_bench_help_lists_every_benchmark_with_its_duration(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per benchmark: argparse wraps to the terminal
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name, bench in BENCHMARKS.items():
+        assert f"{name} {bench.help}; {bench.duration}" in out
+    assert {"quality", "frontier", "tune", "byzantine", "exchange", "upload", "swarm"} == set(BENCHMARKS)

@@ -1,13 +1,15 @@
-"""`swarmtrain bench byzantine` (bench/byzantine.py): forged bytes, and a tiny run end to end."""
+"""`swarmtrain bench byzantine` (bench/byzantine/): forged bytes, and a tiny run end to end."""
 import json
 import math
 
 import pytest
 import torch
 
-from bench.byzantine import ATTACKS, FP16_MAX, HUGE, Setup, alie_z, forged_payload, markdown_table, run_byzantine
+from bench.byzantine.attacks import ATTACKS, HUGE, alie_z, forged_payload
+from bench.byzantine.command import attack_table, run_byzantine
+from bench.byzantine.simulation import Setup
 from node.config import ModelConfig
-from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
+from protocol.codecs import FP16_MAX, DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
 
 SHAPES = ((64, 64), (64,))
@@ -53,7 +55,7 @@ def test_tiny_run_writes_rows_and_robust_beats_mean_on_scaled_noise(tmp_path):
     noisy_mean = by[("mean", "scaled-noise")]["val_bpb"]
     assert noisy_mean is None or by[("robust", "scaled-noise")]["val_bpb"] < noisy_mean  # None: diverged
     assert abs(by[("robust", "scaled-noise")]["gap_vs_clean"]) < 0.05
-    assert "| diloco | scaled-noise | robust | 1/4 |" in markdown_table(rows)
+    assert "| diloco | scaled-noise | robust | 1/4 |" in attack_table(rows)
 
 
 def test_tiny_run_with_scoring_bans_the_liar(tmp_path):

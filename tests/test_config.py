@@ -2,13 +2,13 @@ from dataclasses import fields
 
 import pytest
 
-from node.config import (DataConfig, ModelConfig, NodeConfig, RunConfig, StrategyConfig, SwarmConfig,
-                         TrainConfig, field_docs, load_node_config, load_run_config)
+from node.config import (DataConfig, ModelConfig, NodeConfig, PeftConfig, PrivacyConfig, RobustConfig, RunConfig,
+                         StrategyConfig, SwarmConfig, TrainConfig, field_docs, load_node_config, load_run_config)
 from node.errors import SwarmtrainError
 
 
 @pytest.mark.parametrize("cls", [NodeConfig, RunConfig, ModelConfig, DataConfig, TrainConfig, StrategyConfig,
-                                 SwarmConfig])
+                                 SwarmConfig, RobustConfig, PeftConfig, PrivacyConfig])
 def test_every_field_has_a_docstring(cls):
     docs = field_docs(cls)
     assert [f.name for f in fields(cls) if not docs.get(f.name)] == []

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from node.p2p.exchange import Exchange, RateLimit, StreamCap, read_response
+from node.p2p.exchange import Exchange
+from node.p2p.limits import RateLimit, StreamCap
+from node.p2p.streams import read_response
 from protocol.errors import ProtocolError
 from protocol.messages import HEADER_LEN, Request, decode_response, encode_response, frame
 from protocol.signing import peer_id_of
@@ -332,7 +334,7 @@ def test_state_serving_is_rate_limited_per_peer(node):
 
 
 def test_rate_limit_forgets_idle_peers(monkeypatch):
-    monkeypatch.setattr("node.p2p.exchange.MAX_TRACKED_PEERS", 10)
+    monkeypatch.setattr("node.p2p.limits.MAX_TRACKED_PEERS", 10)
     now = [0.0]
     rl = RateLimit(6, clock=lambda: now[0])
     for i in range(10):
@@ -366,7 +368,7 @@ def test_the_exchange_loop_is_uvloops_unless_asked_otherwise(net):
 
 
 def test_the_upload_limit_paces_every_stream_together():
-    from node.p2p.exchange import UploadLimit
+    from node.p2p.limits import UploadLimit
     now = [0.0]
     slept = []
 

@@ -63,6 +63,6 @@ def test_new_tables_take_literal_optional_and_dict_fields(tmp_path):
     assert run.model.hf_options == {"rope_theta": 10000.0, "tie_word_embeddings": True}
     assert (run.peft.method, run.peft.r, run.privacy.clip) == ("lora", 4, 1.0)
     f.write_text('[peft]\nmethod = "qlora"\n')
-    with pytest.raises(SwarmtrainError, match="method must be of type 'none' | 'lora'"):
+    with pytest.raises(SwarmtrainError, match="method must be one of 'none' \\| 'lora', got 'qlora'"):
         load_run_config(f)
     assert RunConfig().peft.method == "none" and NodeConfig().pretrained_dir == ""

@@ -7,9 +7,16 @@ import sys
 
 import pytest
 
+from bench.linkemu import (
+    EmulatedNetwork,
+    Forwarder,
+    LinkSpec,
+    group_of,
+    missing_requirements,
+    parse_command,
+    parse_partition,
+)
 from node.errors import SwarmtrainError
-from bench.linkemu import (EmulatedNetwork, Forwarder, LinkSpec, group_of, missing_requirements, parse_command,
-                              parse_partition)
 
 CONSUMER = "up=20mbit,down=100mbit,rtt=50ms,loss=0%"
 
@@ -141,7 +148,8 @@ print(json.dumps(rtts))
 # peer 0: a burst of UDP datagrams at peer 1, who counts what arrives
 UDP_SINK = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9000)); s.settimeout(1.0); print("up", flush=True)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9000)); s.settimeout(1.0)
+print("up", flush=True)
 n = 0
 try:
     while True: s.recv(100); n += 1

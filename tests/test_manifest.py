@@ -58,7 +58,8 @@ def test_refuses_manifest_that_does_not_hash_to_its_id(good):
 
 
 def test_volunteers_keep_the_manifest_alive_past_its_ttl():
-    from node.peer.manifest import MANIFEST_TTL, ManifestKeeper
+    from node.p2p.validators import MANIFEST_TTL
+    from node.peer.manifest import ManifestKeeper
 
     class FakeSwarm:
         def __init__(self):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.quality import PRESETS, SMALL
+from bench.quality.presets import PRESETS, SMALL
 from node.config import RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
-from node.train.model import build_model
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.train.model import build_model
 from node.train.trainer import InnerTrainer, muon_matrices
 from protocol.codecs import MAX_ABS_VALUE, QUANT_OFFSET, QuantCodec
 from protocol.errors import ProtocolError
@@ -101,7 +101,10 @@ def test_quant_bad_options():
 
 
 # ------------------------------------------------------------------- strategies on top
-def setup(cfg: StrategyConfig, train: TrainConfig = TrainConfig(), seed: int = 0):
+DEFAULT_TRAIN = TrainConfig()
+
+
+def setup(cfg: StrategyConfig, train: TrainConfig = DEFAULT_TRAIN, seed: int = 0):
     model = build_model(SMALL, seed)
     strat = make_strategy(cfg, [tuple(p.shape) for p in model.parameters()], train,
                           robust=RobustConfig(aggregator="mean"))
@@ -123,7 +126,8 @@ OPTIONS = [StrategyConfig(name="diloco", inner_steps=5, wire_dtype=w, error_deca
     StrategyConfig(name="sparseloco", inner_steps=5, topk=8, topk_vector=64)]
 
 
-@pytest.mark.parametrize("cfg", OPTIONS, ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}")
+@pytest.mark.parametrize("cfg", OPTIONS,
+                         ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}")
 def test_round_trip_and_bit_identical_apply(cfg):
     model, strat, state = setup(cfg)
     workers = [strat.new_worker() for _ in range(3)]
@@ -176,7 +180,8 @@ def test_defaults_leave_the_old_presets_alone():
 
 
 def test_bad_strategy_options():
-    for cfg in (StrategyConfig(name="diloco", wire_dtype="int3"), StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
+    for cfg in (StrategyConfig(name="diloco", wire_dtype="int3"),
+                StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
                 StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0),
                 StrategyConfig(name="sparseloco", topk_vector=-1)):
         with pytest.raises(SwarmtrainError):
@@ -223,7 +228,7 @@ def test_adamw_trainer_is_unchanged():
 
 
 def test_new_presets_build():
-    for name, (strat_cfg, train) in PRESETS.items():
+    for strat_cfg, train in PRESETS.values():
         model = build_model(SMALL, 0)
         make_strategy(strat_cfg, [tuple(p.shape) for p in model.parameters()], train)
         InnerTrainer(model, train, torch.device("cpu"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.round import relay
 from bench.upload import one_round, reduce_scatter, run_upload_bench
+from node.round import relay
 
 RUN = "test-0123456789ab"
 

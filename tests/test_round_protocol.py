@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from typing import NamedTuple
 
 import pytest
 
 from node.config import SwarmConfig
 from node.p2p.validators import RunValidator
 from node.round import election, votes
-from node.round.ledger import Entry, Ledger, read_file, verify
+from node.round.hooks import Hooks, NonFinite
+from node.round.ledger import AcceptedRoster, Ledger, read_file, verify
 from node.round.net import read_peers
-from node.round.protocol import Hooks, NonFinite, RoundProtocol
+from node.round.protocol import RoundProtocol
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Heartbeat, Roster
@@ -36,9 +38,9 @@ class Peer:
         self.ledger = Ledger()
         self.digest, self.round = BASE0, 0
         self.proto = RoundProtocol(self.net, RUN, CFG, self.key, self.ledger,
-                                   Hooks(validate=lambda p: None, preview=self.preview), max_bytes=1 << 20)
+                                   Hooks(validate=lambda p: None, result=self.result), max_bytes=1 << 20)
 
-    def preview(self, payloads, tokens):
+    def result(self, payloads, tokens):
         assert len(tokens) == len(payloads)  # the signed token counts travel with the payloads
         return digest_of(payloads, self.digest)
 
@@ -52,10 +54,10 @@ class Peer:
         r = self.round + 1
         self.proto.announce(r, self.proto.envelope(r, "dense-float16", payload), tokens=100, base=self.digest)
 
-    def finish(self, acc, payloads):
-        assert digest_of(payloads, self.digest) == acc.roster.result
-        self.digest, self.round = acc.roster.result, acc.roster.round
-        self.ledger.append(acc)
+    def finish(self, accepted: AcceptedRoster, payloads: list[bytes]):
+        assert digest_of(payloads, self.digest) == accepted.roster.result
+        self.digest, self.round = accepted.roster.result, accepted.roster.round
+        self.ledger.append(accepted)
 
 
 def swarm(n: int):
@@ -65,37 +67,45 @@ def swarm(n: int):
     return dht, registry, [Peer(dht, registry) for _ in range(n)]
 
 
-def play_round(peers: list[Peer], payloads: dict | None = None):
+class Played(NamedTuple):
+    """What one peer did in a round."""
+
+    accepted: AcceptedRoster
+    payloads: list[bytes]
+
+
+def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Played]:
     """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted rosters."""
     peers[0].net.dht.clock.t += 2  # time moves on: new heartbeats expire later than the last ones
     for p in peers:
         p.heartbeat()
-    for i, p in enumerate(peers):
+    for p in peers:
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r, base = peers[0].round + 1, peers[0].digest
     rank = election.ranking(RUN, r, base, {p.id for p in peers})
     # those that may lead first: in a real swarm the others wait for them concurrently
-    may_lead = lambda p: p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
-    accepted = {}
+    def may_lead(p: Peer) -> bool:
+        return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
+    played = {}
     for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
         pid = p.id
-        acc = p.proto.await_roster(r, p.digest, p.round, NoSleep())
-        assert acc is not None, f"peer {pid[:8]} got no roster"
-        accepted[pid] = (acc, p.proto.gather(acc))
+        accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
+        assert accepted is not None, f"peer {pid[:8]} got no roster"
+        played[pid] = Played(accepted, p.proto.gather(accepted))
     for p in peers:
-        p.finish(*accepted[p.id])
-    return accepted
+        p.finish(*played[p.id])
+    return played
 
 
 def test_honest_rounds_agree_and_chain_into_a_ledger():
     _, _, peers = swarm(3)
     for _ in range(3):
-        accepted = play_round(peers)
-        assert len({acc.roster.result for acc, _ in accepted.values()}) == 1
-        assert all(len(acc.announcements) == 3 for acc, _ in accepted.values())
+        played = play_round(peers)
+        assert len({p.accepted.roster.result for p in played.values()}) == 1
+        assert all(len(p.accepted.announcements) == 3 for p in played.values())
     assert len({p.digest for p in peers}) == 1
-    entries, problems = verify([peers[0].ledger.entries[r].envelope for r in (1, 2, 3)])
-    assert problems == [] and entries[0].roster.prev == GENESIS
+    accepted, problems = verify([peers[0].ledger.rosters[r].envelope for r in (1, 2, 3)])
+    assert problems == [] and accepted[0].roster.prev == GENESIS
     assert peers[0].ledger.established(2) == {p.id for p in peers}
 
 
@@ -124,8 +134,9 @@ def test_made_up_peers_cannot_outvote_or_hand_over_their_state():
 
 
 def test_votes_need_a_majority_of_at_least_three_and_never_roll_back():
-    hb = lambda r, d: Heartbeat(run=RUN, peer="Qm" + "x" * 44, name="", round=r + 1, state_round=r, digest=d,
-                                device="cpu", maddrs=(), time=0.0)
+    def hb(r, d):
+        return Heartbeat(run=RUN, peer="Qm" + "x" * 44, name="", round=r + 1, state_round=r, digest=d,
+                         device="cpu", maddrs=(), time=0.0)
     a, b = "a" * 64, "b" * 64
     v = {f"p{i}": hb(5, a) for i in range(3)} | {"q": hb(5, b)}
     assert votes.needed(4) == 3 and votes.needed(2) == 2 and votes.needed(9) == 5
@@ -190,7 +201,8 @@ def test_forged_and_sybil_rosters_are_refused():
         me.proto.check_roster(env, sybil.id, r, base, cands)
     # a roster whose entry claims another peer's update, signed by someone else, does not open
     leader = next(p for p in peers if p.id == election.ranking(RUN, r, base, cands)[0])
-    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base, time=0.0)
+    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base,
+                            time=0.0)
     forged = {**signed.seal(sybil.key, fake_ann)}
     bad = replace(roster, leader=leader.id, entries=(forged,))
     with pytest.raises(ProtocolError):
@@ -204,9 +216,9 @@ def test_forged_and_sybil_rosters_are_refused():
     results = set()
     for pid in order:
         p = next(x for x in peers if x.id == pid)
-        acc = p.proto.await_roster(r, p.digest, p.round, NoSleep())
-        results.add((acc.roster.leader, acc.roster.result))
-    assert len(results) == 1 and next(iter(results))[0] == order[0]
+        accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
+        results.add((accepted.roster.leader, accepted.roster.result))
+    assert len(results) == 1 and {leader for leader, _ in results} == {order[0]}
 
 
 def test_a_fake_first_ranked_peer_cannot_stall_a_young_run():
@@ -220,23 +232,23 @@ def test_a_fake_first_ranked_peer_cannot_stall_a_young_run():
     cands = {p.id for p in peers} | {silent.id}
     order = election.ranking(RUN, r, base, cands)
     waiting = [next(p for p in peers if p.id == pid) for pid in order if pid != silent.id]
-    acc = waiting[0].proto.await_roster(r, base, 0, NoSleep())  # leads after the backoff if it ranks behind
-    assert acc is not None and acc.roster.leader == waiting[0].id
+    accepted = waiting[0].proto.await_roster(r, base, 0, NoSleep())  # leads after the backoff if it ranks behind
+    assert accepted is not None and accepted.roster.leader == waiting[0].id
 
 
 def test_leader_leaves_out_an_update_that_makes_the_state_non_finite():
     _, _, peers = swarm(3)
     poison = peers[2].id
 
-    def preview(payloads, tokens, base=BASE0):
+    def result(payloads, tokens, base=BASE0):
         if any(b"poison" in p for p in payloads):
             raise NonFinite("inf")
         return digest_of(payloads, base)
     for p in peers:
-        p.proto.hooks.preview = preview
-    accepted = play_round(peers, payloads={poison: b"poison"})
-    for acc, _ in accepted.values():
-        assert poison not in {a.peer for a in acc.announcements} and len(acc.announcements) == 2
+        p.proto.hooks.result = result
+    played = play_round(peers, payloads={poison: b"poison"})
+    for accepted, _ in played.values():
+        assert poison not in {a.peer for a in accepted.announcements} and len(accepted.announcements) == 2
     assert peers[2].proto.left_out == 1
 
 
@@ -249,9 +261,9 @@ def test_a_peer_serving_other_bytes_than_announced_is_refused():
     liar.net.serve_override[(1, liar.id)] = b"x" * 5000  # answers more bytes than it announced
     order = election.ranking(RUN, 1, BASE0, {p.id for p in peers})
     leader = next(p for p in peers if p.id == order[0])
-    acc = leader.proto.await_roster(1, BASE0, 0, NoSleep())
+    accepted = leader.proto.await_roster(1, BASE0, 0, NoSleep())
     if leader is not liar:
-        assert liar.id not in {a.peer for a in acc.announcements}
+        assert liar.id not in {a.peer for a in accepted.announcements}
 
 
 def test_manifest_is_signed_by_its_organizer_and_hashes_to_the_run_id():
@@ -304,8 +316,9 @@ def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
 
 
 def test_a_split_swarm_converges_without_rolling_back():
-    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                                   maddrs=(), time=0.0)
+    def hb(p, r, d):
+        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                         maddrs=(), time=0.0)
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     # three peers, three chains after a partition: each sees the other two, no quorum anywhere
     view_of_a = {"pb": hb("pb", 9, b), "pc": hb("pc", 8, c)}
@@ -316,9 +329,9 @@ def test_a_split_swarm_converges_without_rolling_back():
 
 
 
-def sibling_of(acc, peer: Peer, *, drop: int = 0) -> dict:
-    """The roster `peer` would have published had it led acc's round at the same time (stored)."""
-    r = acc.roster
+def sibling_of(accepted: AcceptedRoster, peer: Peer, *, drop: int = 0) -> dict:
+    """The roster `peer` would have published had it led that round at the same time (stored)."""
+    r = accepted.roster
     env = signed.seal(peer.key, replace(r, leader=peer.id, time=r.time + 0.5, entries=r.entries[drop:]))
     peer.net.store(keys.roster_key(RUN, r.round), peer.id, env, 600.0)
     return env
@@ -330,29 +343,29 @@ def test_peers_that_took_sibling_rosters_converge_on_one_chain(tmp_path):
     _, _, peers = swarm(3)
     for i, p in enumerate(peers):
         p.ledger.path = tmp_path / f"ledger{i}.jsonl"
-    first = play_round(peers)[peers[0].id][0]
+    first = play_round(peers)[peers[0].id].accepted
     other = next(p for p in peers if p.id != first.roster.leader)
-    twin = other.proto._sibling(1, signed.body_hash(sibling_of(first, other)))
+    twin = other.proto.find_sibling(1, signed.body_hash(sibling_of(first, other)))
     assert twin is not None and twin.hash != first.hash
     other.ledger.swap(twin)  # `other` took its own roster of round 1
     play_round(peers)
     play_round(peers)
-    assert len({p.ledger.entries[1].hash for p in peers}) == 1  # someone swapped: one chain again
+    assert len({p.ledger.rosters[1].hash for p in peers}) == 1  # someone swapped: one chain again
     assert len({p.digest for p in peers}) == 1
     for p in peers:  # each file, swap lines included, verifies as one chain
-        entries, problems = verify([env for _, env in read_file(p.ledger.path)])
-        assert problems == [] and [e.roster.round for e in entries] == [1, 2, 3]
+        accepted, problems = verify([line.envelope for line in read_file(p.ledger.path)])
+        assert problems == [] and [a.roster.round for a in accepted] == [1, 2, 3]
 
 
 def test_a_sibling_with_other_updates_is_not_swapped_in():
     _, _, peers = swarm(3)
-    first = play_round(peers)[peers[0].id][0]
+    first = play_round(peers)[peers[0].id].accepted
     other = next(p for p in peers if p.id != first.roster.leader)
     partial = sibling_of(first, other, drop=1)  # leaves one update out: another state in truth
-    assert peers[0].proto._sibling(1, signed.body_hash(partial)) is None
+    assert peers[0].proto.find_sibling(1, signed.body_hash(partial)) is None
     roster, anns = signed.open_roster(partial)
     with pytest.raises(ProtocolError, match="not a sibling"):
-        peers[0].ledger.swap(Entry(partial, roster, tuple(anns)))
+        peers[0].ledger.swap(AcceptedRoster(partial, roster, tuple(anns)))
 
 
 def test_a_peer_that_synced_past_its_ledger_accepts_the_leaders_of_now():
@@ -381,14 +394,15 @@ def test_a_peer_that_synced_past_its_ledger_accepts_the_leaders_of_now():
 def test_restart_keeps_a_ledger_that_ends_at_the_synced_state():
     _, _, peers = swarm(2)
     play_round(peers)
-    head = peers[0].ledger.entries[1]
+    head = peers[0].ledger.rosters[1]
     peers[0].ledger.restart(1, head.roster.result)
-    assert peers[0].ledger.entries == {1: head} and peers[0].ledger.complete(1)
+    assert peers[0].ledger.rosters == {1: head} and peers[0].ledger.complete(1)
 
 
 def test_two_equal_halves_become_one_without_rolling_back():
-    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                                   maddrs=(), time=0.0)
+    def hb(p, r, d):
+        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                         maddrs=(), time=0.0)
     a, b = "a" * 64, "b" * 64
     # 2|2 after a heal: each peer sees its partner on its own state and the other pair on theirs
     assert votes.fork_target({"p2": hb("p2", 20, a), "p3": hb("p3", 39, b), "p4": hb("p4", 39, b)}, 20, a) == (39, b)
@@ -401,8 +415,9 @@ def test_two_equal_halves_become_one_without_rolling_back():
 
 
 def test_a_peer_stranded_on_a_fork_is_outvoted_by_a_quorum_ahead():
-    hb = lambda p, r, d: Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                                   maddrs=(), time=0.0)
+    def hb(p, r, d):
+        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
+                         maddrs=(), time=0.0)
     ahead = {p: hb(p, 30, "c" * 64) for p in ("p2", "p3", "p4")}
     assert votes.outvoted(ahead, 12, "a" * 64)  # alone on round 12 while three vouch for round 30
     assert not votes.outvoted({**ahead, "p5": hb("p5", 12, "a" * 64)}, 12, "a" * 64)  # a voter holds ours
@@ -417,8 +432,8 @@ def test_a_relay_that_passes_on_other_bytes_is_refused_and_the_owner_asked():
     for p in peers:
         if p is not liar:
             liar.net.serve_override[(1, p.id)] = b"y" * 64  # passes on junk for every update but its own
-    accepted = play_round(peers)
+    played = play_round(peers)
     assert any(owner != liar.id for _, owner in liar.net.asked)  # it was asked to relay
-    assert len({acc.roster.result for acc, _ in accepted.values()}) == 1
-    assert all(len(acc.announcements) == 6 for acc, _ in accepted.values())
+    assert len({p.accepted.roster.result for p in played.values()}) == 1
+    assert all(len(p.accepted.announcements) == 6 for p in played.values())
     assert len({p.digest for p in peers}) == 1

@@ -1,8 +1,8 @@
 """bench swarm's arithmetic (bench/swarm.py): the measured window cut out of each peer's timeline."""
 import pytest
 
+from bench.swarm import SwarmCase, measured, row, run_swarm_bench
 from node.errors import SwarmtrainError
-from bench.swarm import Case, measured, row, run_swarm_bench
 
 FIELDS = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
           "bytes_received", "bytes_relayed"]
@@ -17,7 +17,7 @@ def result(step_tokens: int, compute: float, rounds_failed: int = 0) -> dict:
 def test_the_window_is_cut_from_the_timelines():
     d = measured(result(4096, 1.5), start=110.0, end=130.0)
     assert d["unix_time"] == 20.0 and d["round"] == 10 and d["tokens_trained"] == 40960
-    case = Case(strategy="sparseloco", round_seconds=2.0, fast=2, slow=4.0, link="")
+    case = SwarmCase(strategy="sparseloco", round_seconds=2.0, fast=2, slow=4.0, link="")
     results = [result(4096, 1.5), result(4096, 1.5), result(1024, 1.5)]
     r = row(case, [measured(x, 110.0, 130.0) for x in results], results)
     assert r["compute_utilization"] == 0.75 and r["fast_tokens_per_s"] == 2048

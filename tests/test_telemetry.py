@@ -6,7 +6,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from node.commands.monitor import merge_history, merge_rounds
 from node.watch.report import RoundReport
 from node.watch.status import StatusBoard, peer_rows
-from node.p2p.telemetry import decode, encode, load_identity_key, reachability
+from node.p2p.identity import load_identity_key
+from node.p2p.telemetry import decode, encode, reachability
 from node.errors import SwarmtrainError
 from protocol import signing
 from protocol.errors import ProtocolError
@@ -141,10 +142,11 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     from hivemind.dht.routing import DHTID
     from hivemind.dht.validation import DHTRecord
     from hivemind.utils.serializer import MSGPackSerializer as S
-    from node.p2p.telemetry import METRICS_TTL, MetricsRecordValidator
+    from node.p2p.telemetry import METRICS_TTL
+    from node.p2p.validators import RunValidator
     from protocol import keys
     key, peer = identity
-    v = MetricsRecordValidator("run-1")
+    v = RunValidator("run-1")
     where = DHTID.generate(source=keys.metrics_key("run-1")).to_bytes()
     r = record(peer, time=1000.0)
 
@@ -156,6 +158,6 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     assert not check(b"garbage") and not check({"body": b"x", "key": b"y", "sig": b"z"})
     forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert not check(encode(forger, r))
-    assert check(b"anything", at=DHTID.generate(source="another key").to_bytes())  # other keys: not ours
+    assert not check(encode(key, r), at=DHTID.generate(source="another key").to_bytes())  # only under its key
     import pickle
-    assert pickle.loads(pickle.dumps(v)).key_bytes == where  # it travels into the DHT process
+    assert pickle.loads(pickle.dumps(v)).metrics_key == where  # it travels into the DHT process

@@ -5,12 +5,13 @@ from dataclasses import replace
 
 import pytest
 
-from node.train import data
-from bench.quality import PRESETS, TIERS, simulate
+from bench.quality.presets import PRESETS, TIERS
+from bench.quality.simulator import simulate_preset
+from bench.tune import SPACES, configs_for, run_tune, search_space
 from node.cli import main
 from node.config import StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
-from bench.tune import SPACES, configs_for, run_tune, search_space
+from node.train import data
 
 pytest.importorskip("optuna")
 
@@ -33,7 +34,8 @@ def test_every_preset_has_a_search_space_of_real_settings():
 def test_simulate_reports_each_eval_point():
     seen = []
     tier = replace(TIERS["smoke"], steps=12, eval_points=3, val_seqs=8)
-    run = simulate("ddp-adamw", tier, 0, data.load_corpus("stdlib"), on_eval=lambda step, bpb: seen.append((step, bpb)))
+    run = simulate_preset("ddp-adamw", tier, 0, data.load_corpus("stdlib"),
+                          on_eval=lambda step, bpb: seen.append((step, bpb)))
     assert [s for s, _ in seen] == [c["step"] for c in run["curve"]] and len(seen) == 3
     assert seen[-1][1] == run["val_bpb"]
 
@@ -76,7 +78,8 @@ def test_cli_tune(tmp_path):
 
 def test_frontier_plot_band_table_and_merge(tmp_path):
     pytest.importorskip("matplotlib")
-    from bench.quality import band_table, frontier_path, merge_rows, plot_frontier
+    from bench.quality.plots import frontier_path, plot_frontier
+    from bench.quality.summary import band_table, merge_rows
 
     def run(name, seed, bpb, up):
         return {"strategy": name, "seed": seed, "params": 10, "tokens": 5, "upload_bytes_per_step": up,

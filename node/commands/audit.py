@@ -41,7 +41,7 @@ def _from_file(cfg: NodeConfig, ledger_path: str | None) -> list[dict]:
     if not path.is_file():
         raise SwarmtrainError(f"no ledger at {path}", "pass --ledger FILE, or --data-dir of a node that trained the run")
     try:
-        return [env for _, env in sorted(read_file(path), key=lambda x: x[0])]
+        return [line.envelope for line in sorted(read_file(path), key=lambda line: line.round)]
     except ProtocolError as e:
         raise SwarmtrainError(str(e), "the file is damaged; audit another node's ledger or the live swarm") from None
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.config import StrategyName
 from node.peer.bootstrap import READY_FILE
 from node.errors import SwarmtrainError
 from node.watch.progress import Reporter
@@ -56,7 +57,7 @@ class DemoOptions:
     """Stop after this many rounds; 0 runs until Ctrl+C."""
     late_joiner: bool = False
     """Start one more volunteer after round 2."""
-    strategy: str = "diloco"
+    strategy: StrategyName = "diloco"
     """Outer strategy of the demo run."""
     inner_steps: int = 50
     """Inner steps per round (long enough that a late joiner, which needs ~15 s to start on a busy

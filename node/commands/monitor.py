@@ -24,7 +24,8 @@ from node.errors import SwarmtrainError
 from node.watch.progress import Reporter
 from node.watch.status import peer_rows, with_saved
 from node.p2p.dht import Swarm, probe_peer, read_peers
-from node.p2p.telemetry import guard_metrics_key, read_metrics
+from node.p2p.telemetry import read_metrics
+from node.p2p.validators import guard_run
 from protocol.records import Heartbeat, MetricsRecord
 
 REFRESH_S = 2.0
@@ -135,7 +136,7 @@ def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> N
     swarm = Swarm.start(cfg, bootstrap, client_mode=True)
     try:
         run_id, manifest, _ = manifests.fetch(swarm, cfg.run_id, cfg.startup_timeout)
-        guard_metrics_key(swarm, run_id)  # drop forged records on the way in
+        guard_run(swarm, run_id)  # drop forged records on the way in
         monitor = SwarmMonitor(swarm, run_id, manifest, bootstrap)
         monitor.refresh()
         server = StatusServer(cfg.status_host, cfg.status_port, monitor.snapshot, monitor.exposition)

@@ -1,15 +1,15 @@
 """Command-line flags from the configuration dataclasses, through tyro (as torchtitan does).
 
-tyro reads the same keyword-only dataclasses with docstrings that config.py defines, and turns
-each field into a flag: `startup_timeout: float` is `--startup-timeout FLOAT`, `new_swarm: bool`
-is `--new-swarm` / `--no-new-swarm`, `initial_peers: list[str]` takes several values, a
-`Literal[...]` field takes one of its choices; the field's docstring is the flag's help.
+tyro reads the same keyword-only dataclasses with docstrings that node/config/settings.py defines,
+and turns each field into a flag: `startup_timeout: float` is `--startup-timeout FLOAT`,
+`new_swarm: bool` is `--new-swarm` / `--no-new-swarm`, `initial_peers: list[str]` takes several
+values, a `Literal[...]` field takes one of its choices; the field's docstring is the flag's help.
 
 The subcommands themselves (and their own few options, like `bootstrap --run`) stay argparse;
 argparse hands the flags it does not know to `parse_flags`, which parses them with tyro and
-returns only the values given on the command line, so that config.load_node_config can apply
-the precedence defaults < TOML file < SWARMTRAIN_* environment < flags and say where each
-value came from.
+returns only the values given on the command line, so that node.config.load.load_node_config
+can apply the precedence defaults < TOML file < SWARMTRAIN_* environment < flags and say where
+each value came from.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import io
 from dataclasses import fields
 from typing import Any
 
-from node.config import ENV_PREFIX, type_hints
+from node.config.load import ENV_PREFIX
+from node.config.schema import type_hints
 
 
 def _tyro():

@@ -29,6 +29,7 @@ Two aggregators, chosen by [robust] aggregator in the run manifest:
                 0 on a tie. One peer's vote decides nothing unless the others are tied, and
                 magnitudes (65504s included) do not count at all (signSGD with majority vote,
                 Bernstein et al., ICLR 2019).
+Zero updates have no aggregate: every aggregator raises NoUpdates, which the round treats as failed.
 """
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ Update = list[torch.Tensor]  # one peer's decoded update, one tensor per paramet
 Weights = list[float] | None  # one per update (token_weights); None: all equal, unweighted arithmetic
 MIN_WEIGHT = 1 / 64
 """Least weight of a contribution: 1/64 of a full round's tokens."""
+
+
+class NoUpdates(ValueError):
+    """A round with zero updates has no aggregate: the caller treats the round as failed."""
+
+
+def _require_updates(n: int) -> None:
+    """Refuse to aggregate zero updates (there is no mean of nothing, and no median to clip to)."""
+    if n == 0:
+        raise NoUpdates("no updates to aggregate: the round has none")
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -164,6 +175,21 @@ def per_round(updates: list[Update], weights: Weights) -> list[Update]:
     return updates if weights is None else _scaled_each(updates, [1.0 / w for w in weights])
 
 
+def mean_dense(codec: TopKCodec, sels: list[list[Selection]], dtype=torch.float32) -> Update:
+    """Mean of several peers' selections, summed in the given order in the chunk domain.
+
+    One inverse transform per tensor instead of one per peer; with dtype=float64 the result
+    of the (float64) inverse DCT is kept unrounded, so its signs agree across machines.
+    """
+    out = []
+    for i, ch in enumerate(codec.chunkings()):
+        acc = torch.zeros(ch.num_chunks, ch.chunk_numel, dtype=dtype)
+        for sel in sels:
+            acc.scatter_add_(1, sel[i].idx, sel[i].val.to(dtype))
+        out.append(ch.from_chunks(acc / len(sels)))
+    return out
+
+
 def _scaled_each(updates: list[Update], factors: list[float]) -> list[Update]:
     return [[scaled(t, f) for t in u] for u, f in zip(updates, factors)]
 
@@ -189,17 +215,20 @@ class Mean:
     name = "mean"
 
     def dense(self, updates: list[Update], weights: Weights = None) -> Update:
+        _require_updates(len(updates))
         return at_scale(plain_mean(per_round(updates, weights), weights), weights)
 
     def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
+        _require_updates(len(sels))
         if weights is None:
-            return codec.mean_dense(sels)
-        return at_scale(codec.mean_dense(_rescaled(sels, [len(sels) / sum(weights)] * len(sels))), weights)
+            return mean_dense(codec, sels)
+        return at_scale(mean_dense(codec, _rescaled(sels, [len(sels) / sum(weights)] * len(sels))), weights)
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
+        _require_updates(len(sels))
         # mean in the DCT domain (exact scatter-adds), one float64 inverse DCT, sign before any
         # rounding to fp32
-        return [torch.sign(m).to(torch.float32) for m in codec.mean_dense(sels, dtype=torch.float64)]
+        return [torch.sign(m).to(torch.float32) for m in mean_dense(codec, sels, dtype=torch.float64)]
 
 
 @dataclass(frozen=True)
@@ -232,6 +261,7 @@ class Robust:
         return _rescaled(sels, clip_factors([l2_norm([s.val for s in sel]) for sel in sels], self.clip_multiple))
 
     def dense(self, updates: list[Update], weights: Weights = None) -> Update:
+        _require_updates(len(updates))
         updates = self.clip(per_round(updates, weights))
         trim = trim_count(len(updates), self.trim_fraction)
         return at_scale([trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights)
@@ -243,14 +273,15 @@ class Robust:
         return [[Selection(s.idx, s.val.clamp(-c, c)) for s, c in zip(sel, caps)] for sel in sels]
 
     def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
+        _require_updates(len(sels))
         if weights is not None:  # one full round's worth each (see per_round)
             sels = _rescaled(sels, [1.0 / w for w in weights])
         sels = self.clip_selections(sels)
         if self.value_cap:
             sels = self.cap_values(sels)
         if self.sparse_rule == "clipped-mean":
-            return at_scale(codec.mean_dense(sels if weights is None else
-                                             _rescaled(sels, [w * len(sels) / sum(weights) for w in weights])), weights)
+            return at_scale(mean_dense(codec, sels if weights is None else
+                                       _rescaled(sels, [w * len(sels) / sum(weights) for w in weights])), weights)
         trim = trim_count(len(sels), self.trim_fraction)
         combine = ((lambda st: trimmed_mean(st, trim, weights)) if self.sparse_rule == "trimmed"
                    else (lambda st: majority_sum(st, weights)))
@@ -258,6 +289,7 @@ class Robust:
                          for i, ch in enumerate(codec.chunkings())], weights)
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
+        _require_updates(len(sels))
         if self.sign_rule == "trimmed":
             sels = self.clip_selections(sels)
             trim = trim_count(len(sels), self.trim_fraction)

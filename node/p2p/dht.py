@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from node.p2p.addresses import Address
+from node.p2p.identity import identity_path
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from protocol import keys, signed
@@ -93,8 +94,7 @@ class Swarm:
         check_port_free(cfg.host, cfg.port)
         if initial_peers:
             wait_for_initial_peers(initial_peers, cfg.startup_timeout)
-        identity = cfg.identity or os.path.join(cfg.data_dir, "identity.key")
-        os.makedirs(os.path.dirname(os.path.abspath(identity)), exist_ok=True)
+        identity = identity_path(cfg)
         local = cfg.host.startswith("127.")
         try:
             dht = hivemind.DHT(

@@ -14,9 +14,9 @@ Every peer may be hostile, so all I/O is bounded:
     so neither its coroutine nor its buffers outlive it;
   * per peer: at most `max_streams_per_peer` requests served at once, at most
     `state_requests_per_minute` state downloads, at most `max_fetches_per_peer` fetches of ours
-    in flight. Refusals are answered with a reason, counted in `refused` and logged.
-The serving side (`serve_stream`) and the reading side (`read_response`) work on plain asyncio
-streams, so tests drive them in-process without a libp2p daemon.
+    in flight (node/p2p/limits.py). Refusals are answered with a reason, counted in `refused` and logged.
+The serving side (`serve_stream`) and the reading side (node/p2p/streams.py: `read_response`) work
+on plain asyncio streams, so tests drive them in-process without a libp2p daemon.
 """
 from __future__ import annotations
 
@@ -31,131 +31,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Sequence
 
 from node.config import SwarmConfig
+from node.p2p.limits import FetchSlots, RateLimit, StreamCap, UploadLimit
+from node.p2p.streams import read_request, read_response
 from protocol.errors import ProtocolError
-from protocol.messages import (HEADER_LEN, MAX_REQUEST_BYTES, Request, body_length, check_response_length,
-                               decode_response, encode_response, frame)
+from protocol.messages import HEADER_LEN, Request, encode_response, frame
 
 log = logging.getLogger("swarmtrain.exchange")
 HANDLER = "swarmtrain.v1"  # libp2p protocol name of our stream handler
 KEEP_ROUNDS = 4
 SERVE_TIMEOUT = 60.0  # seconds for each read of a request (header, then body)
 SEND_TIMEOUT = 300.0  # seconds to hand one response to a peer: a 7 MB state at 1 Mbit/s takes ~1 min
-MAX_TRACKED_PEERS = 4096  # rate-limit entries kept before idle ones are forgotten
 
 Job = tuple[str, Request] | tuple[str, Request, int | None]  # (peer, request[, expected payload bytes])
-
-
-# ------------------------------------------------------------------------ per-peer limits
-class StreamCap:
-    """At most `limit` concurrent streams per peer. Excess is refused, never queued: a queue
-    would be memory and coroutines that the peer controls."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.active: Counter[str] = Counter()
-
-    def try_enter(self, peer: str) -> bool:
-        if self.active[peer] >= self.limit:
-            return False
-        self.active[peer] += 1
-        return True
-
-    def leave(self, peer: str) -> None:
-        self.active[peer] -= 1
-        if self.active[peer] <= 0:
-            del self.active[peer]  # the table stays as small as the set of peers being served
-
-
-class RateLimit:
-    """Token bucket per peer: `per_minute` requests a minute, bursts of up to `per_minute`.
-
-    `clock` (seconds, monotonic) is injectable so tests step time instead of sleeping.
-    `per_minute=0` refuses every request.
-    """
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
-        self.per_minute = per_minute
-        self.rate = per_minute / 60.0  # tokens per second
-        self.burst = float(per_minute)
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, time of last update)
-
-    def allow(self, peer: str) -> bool:
-        now = self.clock()
-        tokens, last = self._buckets.get(peer, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > MAX_TRACKED_PEERS:
-            self._forget_idle(now)
-        return allowed
-
-    def retry_after(self, peer: str) -> float:
-        """Seconds until `peer` has a token again (for the refusal message)."""
-        tokens, last = self._buckets.get(peer, (self.burst, self.clock()))
-        return max(0.0, (1.0 - tokens) / self.rate) if self.rate else float("inf")
-
-    def _forget_idle(self, now: float) -> None:
-        """Drop peers whose bucket has refilled: forgetting them changes nothing."""
-        for peer, (tokens, last) in list(self._buckets.items()):
-            if tokens + (now - last) * self.rate >= self.burst:
-                del self._buckets[peer]
-
-
-class FetchSlots:
-    """At most `limit` of our fetches in flight to one peer; more wait for a slot (their timeout
-    runs meanwhile). Keeps us under the other side's own per-peer stream cap."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._users: Counter[str] = Counter()
-
-    @contextlib.asynccontextmanager
-    async def slot(self, peer: str):
-        sem = self._slots.setdefault(peer, asyncio.Semaphore(self.limit))
-        self._users[peer] += 1
-        try:
-            async with sem:
-                yield
-        finally:
-            self._users[peer] -= 1
-            if not self._users[peer]:
-                del self._users[peer], self._slots[peer]
-
-
-# ---------------------------------------------------------------- bounded stream reading
-async def read_request(reader: asyncio.StreamReader, timeout: float) -> tuple[Request, int]:
-    """One framed request -> (request, wire bytes). Each read is bounded by `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        header = await reader.readexactly(HEADER_LEN)
-    n = body_length(header, MAX_REQUEST_BYTES)
-    async with asyncio.timeout(timeout):
-        body = await reader.readexactly(n)
-    return Request.decode(body), HEADER_LEN + n
-
-
-async def read_response(reader: asyncio.StreamReader, expect: int | None, max_bytes: int, timeout: float,
-                        on_bytes: Callable[[int], None] = lambda n: None) -> bytes:
-    """One framed response -> its payload, or ProtocolError / TimeoutError / IncompleteReadError.
-
-    The frame length is checked (messages.check_response_length) before the body is read: with
-    `expect`, only the exact ok-response for `expect` payload bytes or a short refusal is read;
-    without it, at most `max_bytes` of payload. Header and body reads each get `timeout` seconds.
-    `on_bytes(n)` is told of every byte taken from the stream (the header even when refused).
-    """
-    async with asyncio.timeout(timeout):
-        header = await reader.readexactly(HEADER_LEN)
-    on_bytes(HEADER_LEN)
-    n = int.from_bytes(header, "big")
-    check_response_length(n, expect=expect, max_bytes=max_bytes)
-    async with asyncio.timeout(timeout):
-        body = await reader.readexactly(n)
-    on_bytes(n)
-    payload = decode_response(body)
-    if expect is not None and len(payload) != expect:
-        raise ProtocolError(f"response carries {len(payload)} bytes, {expect} were announced")
-    return payload
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -170,25 +57,6 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class UploadLimit:
-    """Paces everything this node sends to `bytes_per_s` across all streams (a volunteer's cap on
-    a shared home upload); None: unlimited. Runs in the exchange's loop only, so no lock."""
-
-    CHUNK = 64 * 1024  # bytes handed to a stream at a time under a limit
-
-    def __init__(self, bytes_per_s: float | None, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.clock = bytes_per_s, clock
-        self._free_at = 0.0  # when the line is free again
-
-    async def take(self, n: int) -> None:
-        now = self.clock()
-        start = max(now, self._free_at)
-        self._free_at = start + n / self.rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
-# ------------------------------------------------------------------------------ exchange
 class Exchange:
     def __init__(self, dht, run_id: str, *, max_bytes: int,
                  on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None,

@@ -12,10 +12,8 @@ import logging
 import threading
 
 import msgpack
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from node.errors import SwarmtrainError
 from node.p2p.dht import Swarm, dht_time
 from protocol import keys, signing
 from protocol.errors import ProtocolError
@@ -24,22 +22,6 @@ from protocol.records import MAX_METRICS_BODY, MetricsRecord
 log = logging.getLogger("swarmtrain.telemetry")
 METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
 EXPIRY_SLACK = 120.0  # seconds between a record's time and its store (signing, a busy DHT thread)
-
-
-def load_identity_key(path: str) -> rsa.RSAPrivateKey:
-    """The RSA key inside hivemind's identity file (a libp2p PrivateKey protobuf)."""
-    from google.protobuf.message import DecodeError
-    from hivemind.proto import crypto_pb2
-    try:
-        with open(path, "rb") as f:
-            proto = crypto_pb2.PrivateKey.FromString(f.read())
-        key = serialization.load_der_private_key(proto.data, password=None)
-    except (OSError, ValueError, DecodeError) as e:
-        raise SwarmtrainError(f"cannot read the identity key {path}: {e}",
-                              "delete it to get a new peer id, or point --identity at a valid key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise SwarmtrainError(f"identity key {path} is not an RSA key", "delete it to get a new peer id")
-    return key
 
 
 def reachability(maddrs: list[str]) -> str:
@@ -88,47 +70,12 @@ def read_metrics(swarm: Swarm, run_id: str) -> dict[str, MetricsRecord]:
     return out
 
 
-class MetricsRecordValidator:
-    """Honest DHT nodes refuse to store, and readers drop, a value under `swarmtrain:<run>:metrics`
-    unless it is a record signed by the peer id it is filed under, expiring no later than the
-    record's own time + METRICS_TTL. Without it anyone could overwrite a peer's record with
-    garbage, or replay an old one with a far expiration, to hide that peer from monitors.
-
-    It implements hivemind's RecordValidatorBase interface by duck typing, so that this module
-    does not import hivemind; it is pickled into the DHT process, hence a module-level class.
-    """
-
-    priority = 0
-
-    def __init__(self, run_id: str):
-        from hivemind.dht.routing import DHTID
-        self.key_bytes = DHTID.generate(source=keys.metrics_key(run_id)).to_bytes()  # keys arrive hashed
-
-    def validate(self, record) -> bool:
-        if record.key != self.key_bytes:
-            return True  # not ours to judge
-        return valid_stored_record(record.subkey, record.value, record.expiration_time)
-
-    def sign_value(self, record) -> bytes:
-        return record.value  # signed by the application already (protocol/signing.py)
-
-    def strip_value(self, record) -> bytes:
-        return record.value
-
-    def merge_with(self, other) -> bool:
-        return False
-
-
-def guard_metrics_key(swarm: Swarm, run_id: str) -> None:
-    """Install the run's validator in this node's DHT (node/p2p/validators.py): it then refuses to
-    store, and drops on reading, forged records of every kind, metrics records included. Monitors
-    and bootstrap peers do this once they know the run; volunteers install it with their run's TTLs."""
-    from node.p2p.validators import guard_run
-    guard_run(swarm, run_id)
-
-
 def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: float) -> bool:
-    """Is this (serialised) DHT entry a signed record of its subkey's peer, with an honest expiration?"""
+    """Is this (serialised) DHT entry a signed record of its subkey's peer, with an honest expiration?
+
+    The run's DHT validator (node/p2p/validators.py) asks this of every value under the metrics
+    key: without it anyone could overwrite a peer's record with garbage, or replay an old one
+    with a far expiration, to hide that peer from monitors."""
     from hivemind.utils.serializer import MSGPackSerializer
     try:
         subkey = MSGPackSerializer.loads(subkey_bytes)

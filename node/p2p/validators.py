@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.peer.manifest import MANIFEST_TTL
+from node.p2p.telemetry import valid_stored_record
 from node.round.net import MAX_SKEW
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Heartbeat, Roster
 
 SLACK = 60.0      # seconds between a record's time and its store (signing, a busy DHT thread)
+MANIFEST_TTL = 3600.0  # seconds a stored manifest lives; its keepers re-publish it well before (node/peer/manifest.py)
 CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster}
 
 
@@ -54,7 +55,6 @@ class RunValidator:
         if subkey_bytes in DHTProtocol.RESERVED_SUBKEYS:
             return False  # every swarmtrain key is a dictionary: no plain value may hide one
         if key == self.metrics_key:
-            from node.p2p.telemetry import valid_stored_record
             return valid_stored_record(subkey_bytes, value_bytes, expiration)
         try:
             subkey = MSGPackSerializer.loads(subkey_bytes)
@@ -92,5 +92,7 @@ class RunValidator:
 
 
 def guard_run(swarm, run_id: str, *, heartbeat_ttl: float = 120.0, round_ttl: float = 3600.0) -> None:
-    """Install the run's validator in this node's DHT process (once per node, when it knows the run)."""
+    """Install the run's validator in this node's DHT process (once per node, when it knows the run):
+    it then refuses to store, and drops on reading, forged records of every kind, metrics records
+    included. Monitors install it with the default TTLs; volunteers and bootstrap peers with their run's."""
     swarm.dht.add_validators([RunValidator(run_id, heartbeat_ttl=heartbeat_ttl, round_ttl=round_ttl)])

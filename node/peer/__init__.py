@@ -1,2 +1,2 @@
-"""A peer's life: the volunteer (wiring, loop, state sync, round apply), bootstrap, the run
+"""A peer's life: the volunteer (wiring and loop; round apply, state sync, presence, reporting), bootstrap, the run
 manifest, and the checkpoint on disk."""

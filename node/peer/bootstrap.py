@@ -15,7 +15,7 @@ from node.outer.strategies import make_strategy
 from node.p2p.dht import Swarm
 from node.p2p.validators import guard_run
 from node.round.protocol import round_record_ttl
-from node.p2p.telemetry import load_identity_key
+from node.p2p.identity import load_identity_key
 
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
 

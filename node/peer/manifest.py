@@ -4,18 +4,18 @@ from __future__ import annotations
 import logging
 import time
 
-from node.config import RunConfig, as_dict, from_dict
+from node.config import RunConfig, as_dict, from_dict, validate_run
 from node.train.data import Corpus, load_corpus
 from node.errors import SwarmtrainError
 from node.train.model import FINGERPRINT_FIELDS, check_fingerprint, check_model_config, fingerprint
 from node.p2p.dht import Swarm
+from node.p2p.validators import MANIFEST_TTL
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.records import run_id_of
 from protocol.version import PROTOCOL_VERSION, is_compatible
 
 log = logging.getLogger("swarmtrain.manifest")
-MANIFEST_TTL = 3600.0  # seconds; every node re-publishes well before expiry
 CORPUS_FIELDS = ("corpus_sha256", "corpus_bytes", "corpus_origin")
 
 
@@ -117,6 +117,7 @@ def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus]:
     settings["model"] = model
     try:
         run = from_dict(RunConfig, settings, f"manifest of {run_id}")
+        validate_run(run, f"manifest of {run_id}")  # a manifest made by hand or by a peer, not our loader
     except SwarmtrainError as e:
         raise SwarmtrainError(f"{e} (the run needs settings this version cannot build)",
                               "upgrade swarmtrain to the organizer's version") from None

@@ -1,1 +1,2 @@
-"""Round protocol v2 as pure logic: election, roster checks, ledger, votes (docs/protocol.md)."""
+"""Round protocol v2 as pure logic over a RoundNet (docs/protocol.md): election, leading, roster
+checks, relayed fetches, the signed ledger and votes."""

@@ -1,8 +1,8 @@
 """The run's signed ledger: the rosters this peer applied, chained by hash.
 
 Each roster names the SHA-256 of the previous roster's body (`prev`), the state digest it
-starts from (`base`) and the one it ends at (`result`), and carries its entries' signed
-announcements. Appending checks the chain; `verify` re-checks a whole ledger file, every
+starts from (`base`) and the one it ends at (`result`), and carries the signed announcements
+of its updates. Appending checks the chain; `verify` re-checks a whole ledger file, every
 signature included (`swarmtrain audit`). A line of the file is one roster:
     {"round": r, "envelope": base64(msgpack(signed roster envelope))}
 """
@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -26,10 +27,16 @@ WINDOW = 64  # rosters kept in memory: enough for election, votes and ban window
 
 
 @dataclass(frozen=True)
-class Entry:
+class AcceptedRoster:
+    """A roster that passed every check (node/round/protocol.py): what a round applies and the
+    ledger keeps."""
+
     envelope: dict
+    """The leader's signed roster envelope, as stored in the DHT and the ledger file."""
     roster: Roster
+    """Its opened body."""
     announcements: tuple[Announcement, ...]
+    """The signed announcements it lists, opened, in roster order."""
 
     @property
     def hash(self) -> str:
@@ -44,12 +51,13 @@ class Entry:
 class Ledger:
     path: Path | None = None
     """Append-only file of applied rosters (None keeps the ledger in memory only)."""
-    entries: dict[int, Entry] = field(default_factory=dict)
+    rosters: dict[int, AcceptedRoster] = field(default_factory=dict)
+    """Round -> the roster we applied, for the last WINDOW rounds."""
     complete_from: int = 1
     """First round this ledger holds without a gap up to its head (1: the whole run)."""
 
     @classmethod
-    def load(cls, path: Path) -> "Ledger":
+    def load(cls, path: Path) -> Ledger:
         """Our ledger file's last WINDOW rosters (a restarted peer remembers who it trained with);
         lines that do not verify are skipped with a warning: the file is ours, but disks fail."""
         ledger = cls(path=None)
@@ -59,47 +67,47 @@ class Ledger:
             except ProtocolError as e:
                 log.warning("ledger %s: %s; starting a new chain", path, e)
                 lines = []
-            entries, problems = verify([env for _, env in lines])
+            accepted, problems = verify([line.envelope for line in lines])
             for p in problems:
                 log.warning("ledger %s: %s", path, p)
-            ledger.entries = {e.roster.round: e for e in entries}
-            ledger.complete_from = min(ledger.entries, default=1)
+            ledger.rosters = {a.roster.round: a for a in accepted}
+            ledger.complete_from = min(ledger.rosters, default=1)
         ledger.path = path
         return ledger
 
     def prev_hash(self, round_no: int) -> str:
         """What roster `round_no` must name as `prev`: the hash of our roster round_no - 1."""
-        before = self.entries.get(round_no - 1)
+        before = self.rosters.get(round_no - 1)
         return before.hash if before else (GENESIS if round_no == 1 else "")
 
-    def append(self, entry: Entry) -> None:
+    def append(self, accepted: AcceptedRoster) -> None:
         """Add the roster we applied; a gap (we synced state instead) restarts the chain there."""
-        roster = entry.roster
+        roster = accepted.roster
         expected = self.prev_hash(roster.round)
         if expected and roster.prev != expected:
             raise ProtocolError(f"roster {roster.round} names prev {roster.prev[:12]}, our ledger has {expected[:12]}")
-        if roster.round - 1 not in self.entries and roster.round != 1:
+        if roster.round - 1 not in self.rosters and roster.round != 1:
             self.complete_from = roster.round
-        self.entries[roster.round] = entry
-        for old in [r for r in self.entries if r <= roster.round - WINDOW]:
-            del self.entries[old]
-        self._write(entry)
+        self.rosters[roster.round] = accepted
+        for old in [r for r in self.rosters if r <= roster.round - WINDOW]:
+            del self.rosters[old]
+        self._write(accepted)
 
-    def _write(self, entry: Entry) -> None:
+    def _write(self, accepted: AcceptedRoster) -> None:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write(json.dumps({"round": entry.roster.round, "envelope": base64.b64encode(
-                    msgpack.packb(entry.envelope, use_bin_type=True)).decode()}) + "\n")
+                f.write(json.dumps({"round": accepted.roster.round, "envelope": base64.b64encode(
+                    msgpack.packb(accepted.envelope, use_bin_type=True)).decode()}) + "\n")
 
-    def swap(self, sibling: Entry) -> None:
+    def swap(self, sibling: AcceptedRoster) -> None:
         """Replace our roster of sibling's round by a sibling (see `siblings`) that the swarm chains
         on: two leaders led that round at once and the next roster names the other one. Our state
         is unchanged; the file gets the sibling as a new line, which `verify` reads as a swap."""
-        mine = self.entries.get(sibling.roster.round)
+        mine = self.rosters.get(sibling.roster.round)
         if mine is None or not siblings(mine, sibling):
             raise ProtocolError(f"round {sibling.roster.round}: not a sibling of our roster")
-        self.entries[sibling.roster.round] = sibling
+        self.rosters[sibling.roster.round] = sibling
         self._write(sibling)
 
     def restart(self, state_round: int, digest: str) -> None:
@@ -107,22 +115,22 @@ class Ledger:
         hold describe another stretch of the run, so forget them (the file keeps them). Otherwise
         a peer frozen or offline for many rounds would count the peers of its old rounds as the
         established ones and refuse every leader the swarm has now."""
-        held = self.entries.get(state_round)
+        held = self.rosters.get(state_round)
         if held is not None and held.roster.result == digest:
             return  # the state our own ledger ends at: nothing to forget
-        if self.entries:
+        if self.rosters:
             log.info("ledger: state synced to round %d; forgetting %d rosters of rounds %d-%d",
-                     state_round, len(self.entries), min(self.entries), max(self.entries))
-        self.entries.clear()
+                     state_round, len(self.rosters), min(self.rosters), max(self.rosters))
+        self.rosters.clear()
         self.complete_from = state_round + 1
 
     def complete(self, state_round: int) -> bool:
         """Do we hold every roster of the run up to `state_round` (so 'nobody established' means
         the run is young, not that we just joined)?"""
-        return self.complete_from == 1 and all(r in self.entries for r in range(1, state_round + 1))
+        return self.complete_from == 1 and all(r in self.rosters for r in range(1, state_round + 1))
 
     def appearances(self) -> Counter:
-        return Counter(a.peer for e in self.entries.values() for a in e.announcements)
+        return Counter(a.peer for accepted in self.rosters.values() for a in accepted.announcements)
 
     def established(self, k: int) -> set[str]:
         """Peers named in at least k rosters of the window: who may lead."""
@@ -134,10 +142,10 @@ class Ledger:
 
     def score_history(self) -> list[dict[str, float]]:
         """Per round, oldest first, the leader's scores (for node/outer/scoring.py's ban rule)."""
-        return [dict(self.entries[r].roster.scores) for r in sorted(self.entries)]
+        return [dict(self.rosters[r].roster.scores) for r in sorted(self.rosters)]
 
 
-def siblings(a: Entry, b: Entry) -> bool:
+def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:
     """Two rosters of one round by different leaders with the same chain link, the same start and
     end states and the same signed updates: either may stand in the ledger."""
     ra, rb = a.roster, b.roster
@@ -145,8 +153,16 @@ def siblings(a: Entry, b: Entry) -> bool:
             and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements})
 
 
-def read_file(path: Path) -> list[tuple[int, dict]]:
-    """(round, envelope) per line; ProtocolError names the first unreadable line."""
+class LedgerLine(NamedTuple):
+    """One line of a ledger file."""
+
+    round: int
+    envelope: dict
+    """The signed roster envelope."""
+
+
+def read_file(path: Path) -> list[LedgerLine]:
+    """The file's lines, in file order; ProtocolError names the first unreadable line."""
     out = []
     try:
         text = path.read_text()
@@ -155,16 +171,16 @@ def read_file(path: Path) -> list[tuple[int, dict]]:
     for n, line in enumerate(text.splitlines(), 1):
         try:
             d = json.loads(line)
-            out.append((int(d["round"]), msgpack.unpackb(base64.b64decode(d["envelope"]), raw=False)))
+            out.append(LedgerLine(int(d["round"]), msgpack.unpackb(base64.b64decode(d["envelope"]), raw=False)))
         except Exception as e:  # a torn or edited line
             raise ProtocolError(f"{path}:{n}: unreadable ledger line ({type(e).__name__})") from None
     return out
 
 
-def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
+def verify(envelopes: list[dict]) -> tuple[list[AcceptedRoster], list[str]]:
     """Check signatures and the hash chain of rosters given in round order.
-    Returns the entries that verified and one line per problem."""
-    entries: list[Entry] = []
+    Returns the rosters that verified and one line per problem."""
+    accepted: list[AcceptedRoster] = []
     problems: list[str] = []
     for env in envelopes:
         try:
@@ -172,10 +188,10 @@ def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
         except ProtocolError as e:
             problems.append(f"a roster does not verify: {e}")
             continue
-        before = entries[-1] if entries else None
-        entry = Entry(env, roster, tuple(anns))
-        if before is not None and before.roster.round == roster.round and siblings(before, entry):
-            entries[-1] = entry  # a sibling swap (Ledger.swap)
+        before = accepted[-1] if accepted else None
+        this = AcceptedRoster(env, roster, tuple(anns))
+        if before is not None and before.roster.round == roster.round and siblings(before, this):
+            accepted[-1] = this  # a sibling swap (Ledger.swap)
             continue
         if before is not None and before.roster.round == roster.round - 1 and roster.prev != before.hash:
             problems.append(f"round {roster.round}: prev {roster.prev[:12]} is not the hash of round "
@@ -185,5 +201,5 @@ def verify(envelopes: list[dict]) -> tuple[list[Entry], list[str]]:
                             f"{before.roster.round} ended at {before.roster.result[:12]}")
         if before is not None and roster.round <= before.roster.round:
             problems.append(f"round {roster.round} follows round {before.roster.round}: out of order")
-        entries.append(entry)
-    return entries, problems
+        accepted.append(this)
+    return accepted, problems

@@ -7,7 +7,8 @@ it over hivemind; tests/fakes.py implements it in memory, so every attack is a u
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from protocol import keys, signed
 from protocol.errors import ProtocolError

@@ -3,9 +3,10 @@
 1. Each peer keeps its encoded update, and announces it signed: (run, round, size, SHA-256, tokens).
 2. The candidates (live, on the round's base state, established in the ledger) are ranked by a
    hash of (run, round, base digest, peer). Rank 0 waits for the expected announcements (or
-   collect_timeout), fetches and checks every update, applies them to a copy of the state
-   (`preview`) and publishes the signed roster: the signed announcements, prev, base, result
-   and, with scoring, the scores. Rank i may lead after i x leader_backoff more seconds.
+   collect_timeout), fetches and checks every update (node/round/fetch.py), applies them to a
+   copy of the state (Hooks.result) and publishes the signed roster (node/round/lead.py): the
+   signed announcements, prev, base, result and, with scoring, the scores. Rank i may lead
+   after i x leader_backoff more seconds.
 3. Every peer accepts only rosters that pass `check_roster`, picks the best-ranked one,
    gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) down relay
    trees rooted at their owners (node/round/relay.py: an owner sends its update twice,
@@ -19,16 +20,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.round import election, relay
-from node.round.ledger import Entry, Ledger, siblings
+from node.round.fetch import UpdateFetcher
+from node.round.hooks import Hooks
+from node.round.lead import RosterBuilder
+from node.round.ledger import AcceptedRoster, Ledger, siblings
 from node.round.net import RoundNet, read_peers
 from protocol import keys, signed
 from protocol.errors import ProtocolError
-from protocol.messages import Request, UpdateEnvelope
+from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
 
 log = logging.getLogger("swarmtrain.rounds")
@@ -44,30 +47,24 @@ class RoundFailed(Exception):
     """This peer cannot complete the round identically; it must resync its state."""
 
 
-class NonFinite(Exception):
-    """Applying these updates makes the state NaN or inf."""
+class Sighting(NamedTuple):
+    """A peer's latest heartbeat, and when (monotonic seconds) a DHT read last showed it."""
+
+    at: float
+    heartbeat: Heartbeat
 
 
-Accepted = Entry  # a roster that passed every check is what the ledger keeps
+class RosterCheck(NamedTuple):
+    """A roster that passed check_roster."""
 
-
-@dataclass
-class Hooks:
-    """What the round needs from the strategy; each call is pure given its inputs."""
-
-    validate: Callable[[bytes], None]
-    """Raise ProtocolError if an update payload cannot be applied."""
-    preview: Callable[[list[bytes], list[int]], str]
-    """Digest of the state after applying these payloads, weighted by their signed token counts
-    (on a copy); raises NonFinite."""
-    score: Callable[[list[bytes], list[int]], list[float]] | None = None
-    """Loss-change score per payload (with its token count) on a shared batch (lower is better);
-    None: no scoring."""
-    banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
-    """Peers the ledger's scores exclude."""
+    accepted: AcceptedRoster
+    sibling: AcceptedRoster | None
+    """A sibling of our ledger's last roster that this one chains on, for Ledger.swap."""
 
 
 class RoundProtocol:
+    """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it."""
+
     def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, key, ledger: Ledger, hooks: Hooks,
                  max_bytes: int):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
@@ -80,7 +77,9 @@ class RoundProtocol:
         self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
         self.left_out = 0                           # rounds whose roster omitted our announced update
         self.last_announced = 0                     # the last round we announced an update for
-        self._recent: dict[str, tuple[float, Heartbeat]] = {}  # peer -> (when seen, its latest heartbeat)
+        self._recent: dict[str, Sighting] = {}      # peer -> its latest heartbeat and when we saw it
+        self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate)
+        self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
 
     # ------------------------------------------------------------------------------- announce
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
@@ -101,10 +100,10 @@ class RoundProtocol:
         should not be refused because its leader's heartbeat was missing from one read."""
         now = self.net.monotonic()
         for p, hb in read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.cfg.heartbeat_ttl).items():
-            self._recent[p] = (now, hb)
-        for p in [p for p, (t, _) in self._recent.items() if now - t > 2 * self.cfg.heartbeat_ttl]:
+            self._recent[p] = Sighting(now, hb)
+        for p in [p for p, sighting in self._recent.items() if now - sighting.at > 2 * self.cfg.heartbeat_ttl]:
             del self._recent[p]
-        return {p: hb for p, (_, hb) in self._recent.items()}
+        return {p: sighting.heartbeat for p, sighting in self._recent.items()}
 
     def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int,
                    ahead: int | None = None) -> set[str] | None:
@@ -119,7 +118,8 @@ class RoundProtocol:
         return None
 
     # ------------------------------------------------------------------------ await a roster
-    def await_roster(self, round_no: int, base: str, state_round: int, stop: threading.Event) -> Accepted | None:
+    def await_roster(self, round_no: int, base: str, state_round: int,
+                     stop: threading.Event) -> AcceptedRoster | None:
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         seen = self.seen.setdefault(round_no, set())
@@ -127,18 +127,18 @@ class RoundProtocol:
             peers = self.peers()
             seen |= set(peers)
             cands = self.candidates(peers, base, state_round)
-            found = self.read_roster(round_no, base, cands)
-            if found is not None:
-                self._note_left_out(round_no, found)
-                return found
+            accepted = self.read_roster(round_no, base, cands)
+            if accepted is not None:
+                self._note_left_out(round_no, accepted)
+                return accepted
             waited = self.net.monotonic() - started
             turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
             if turns is not None and self.me in turns and self._my_turn(round_no, base, turns, peers, waited):
                 late = waited >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
-                led = self._lead(round_no, base, at_least=1 if late else self.cfg.min_peers)
-                if led is not None:
-                    self._note_left_out(round_no, led)
-                    return led
+                accepted = self._lead(round_no, base, at_least=1 if late else self.cfg.min_peers)
+                if accepted is not None:
+                    self._note_left_out(round_no, accepted)
+                    return accepted
             stop.wait(POLL)
         return None
 
@@ -148,7 +148,7 @@ class RoundProtocol:
             return waited >= self.cfg.collect_timeout + rank * self.cfg.leader_backoff
         if self.me not in peers and waited < self.cfg.collect_timeout:
             return False  # a table without our own heartbeat is a partial DHT read
-        announced = self._announcements(round_no, base)
+        announced = self.builder.announcements(round_no, base)
         enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
         return enough and (self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout)
 
@@ -160,29 +160,29 @@ class RoundProtocol:
                                                                or (hb.round == round_no - 1 and p in last))} | {self.me}
 
     # ------------------------------------------------------------------------- roster checks
-    def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> Accepted | None:
+    def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> AcceptedRoster | None:
         """The best-ranked acceptable roster of this round, if any."""
-        good: list[tuple[Accepted, Entry | None]] = []
+        passed: list[RosterCheck] = []
         for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
             if (round_no, leader) in self.failed:
                 continue
             try:
-                good.append(self.check_roster(env, str(leader), round_no, base, cands))
+                passed.append(self.check_roster(env, str(leader), round_no, base, cands))
             except ProtocolError as e:
                 if (round_no, leader) not in self.refused:
                     self.refused.add((round_no, leader))
                     log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
-        if not good:
+        if not passed:
             return None
-        acc, sibling = min(good, key=lambda g: election.rank_key(self.run_id, round_no, base, g[0].roster.leader))
-        if sibling is not None:
-            self.ledger.swap(sibling)
+        best = min(passed, key=lambda c: election.rank_key(self.run_id, round_no, base, c.accepted.roster.leader))
+        if best.sibling is not None:
+            self.ledger.swap(best.sibling)
             log.info("round %d: our ledger now holds %s's roster of round %d (same updates and state), "
-                     "which the swarm chains on", round_no, sibling.roster.leader[:16], round_no - 1)
-        return acc
+                     "which the swarm chains on", round_no, best.sibling.roster.leader[:16], round_no - 1)
+        return best.accepted
 
     def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None
-                     ) -> tuple[Accepted, Entry | None]:
+                     ) -> RosterCheck:
         """Accept a roster only when it is signed by a leader we could elect, starts from our state,
         continues our ledger (or a sibling of our last roster, returned for a swap), and lists
         signed announcements of live, unbanned peers."""
@@ -193,7 +193,7 @@ class RoundProtocol:
             raise ProtocolError(f"starts from state {roster.base[:12]}, ours is {base[:12]}")
         expected_prev, sibling = self.ledger.prev_hash(round_no), None
         if expected_prev and roster.prev != expected_prev:
-            sibling = self._sibling(round_no - 1, roster.prev)
+            sibling = self.find_sibling(round_no - 1, roster.prev)
             if sibling is None:
                 raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
         seen = self.seen.get(round_no, set())
@@ -209,14 +209,14 @@ class RoundProtocol:
         banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
         if banned:
             raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
-        return Accepted(env, roster, tuple(anns)), sibling
+        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling)
 
-    def _sibling(self, round_no: int, wanted: str) -> Entry | None:
+    def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
         """The DHT's roster of `round_no` whose hash is `wanted`, if it is a sibling of ours (two
         leaders led that round at once, with the same updates and result; ledger.siblings) and
         its leader contributed to that round. Without this, peers that took different siblings
         would refuse each other's rosters for ever although their states are equal."""
-        mine = self.ledger.entries.get(round_no)
+        mine = self.ledger.rosters.get(round_no)
         if mine is None:
             return None
         for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
@@ -224,17 +224,18 @@ class RoundProtocol:
                 roster, anns = signed.open_roster(env, signer=str(leader), max_bytes=self.max_bytes)
             except ProtocolError:
                 continue
-            entry = Entry(env, roster, tuple(anns))
-            if (entry.hash == wanted and siblings(mine, entry)
+            theirs = AcceptedRoster(env, roster, tuple(anns))
+            if (theirs.hash == wanted and siblings(mine, theirs)
                     and roster.leader in {a.peer for a in mine.announcements}):
-                return entry
+                return theirs
         return None
 
-    def _note_left_out(self, round_no: int, acc: Accepted) -> None:
-        if self.net.held_update(round_no, self.me) is not None and all(a.peer != self.me for a in acc.announcements):
+    def _note_left_out(self, round_no: int, accepted: AcceptedRoster) -> None:
+        if (self.net.held_update(round_no, self.me) is not None
+                and all(a.peer != self.me for a in accepted.announcements)):
             self.left_out += 1
             log.warning("round %d: leader %s left our announced update out (%d rounds so far)",
-                        round_no, acc.roster.leader[:16], self.left_out)
+                        round_no, accepted.roster.leader[:16], self.left_out)
 
     def members_in_dht(self, rounds: list[int]) -> set[str]:
         """Contributors of the signed rosters of these rounds still in the DHT (a new joiner's voters)."""
@@ -249,131 +250,38 @@ class RoundProtocol:
         return out
 
     # ------------------------------------------------------------------------------- leading
-    def _announcements(self, round_no: int, base: str) -> dict[str, tuple[dict, Announcement]]:
-        """The signed announcements of this round's updates that apply to state `base` (in a split
-        swarm the other half's rounds carry the same numbers, on another state)."""
-        out = {}
-        for peer, env in self.net.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
-            try:
-                ann = signed.open_record(env, Announcement, signer=str(peer), max_bytes=self.max_bytes)
-                if ann.run == self.run_id and ann.round == round_no and ann.base == base:
-                    out[ann.peer] = (env, ann)
-            except ProtocolError as e:
-                log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
-        return out
-
-    def _lead(self, round_no: int, base: str, at_least: int = 1) -> Accepted | None:
+    def _lead(self, round_no: int, base: str, at_least: int = 1) -> AcceptedRoster | None:
         prev = self.ledger.prev_hash(round_no)
         if not prev:
             return None  # we synced state and do not know the chain: leave leading to others
-        seen, banned = self.seen.get(round_no, set()), self.hooks.banned(self.ledger)
-        picked = sorted((p, ea) for p, ea in self._announcements(round_no, base).items()
-                        if (p in seen or p == self.me) and p not in banned)
-        blobs = self._fetch([ea[1] for _, ea in picked], round_no, sources=lambda a: [a.peer])
-        good = [(ea, blob) for (_, ea), blob in zip(picked, blobs) if not isinstance(blob, Exception)]
-        for (p, _), blob in zip(picked, blobs):
-            if isinstance(blob, Exception):
-                log.warning("round %d: leaving out %s: %s", round_no, p[:16], blob)
-        good = self._drop_non_finite(round_no, good)
-        if len(good) < max(1, at_least):  # min_peers counts the updates we could fetch, not announcements
+        eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
+        accepted = self.builder.build(round_no, base, prev, eligible, at_least)
+        if accepted is None:
             return None
-        payloads = [UpdateEnvelope.decode(b).payload for _, b in good]
-        tokens = [ea[1].tokens for ea, _ in good]
-        scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
-        roster = Roster(run=self.run_id, round=round_no, leader=self.me, prev=prev, base=base,
-                        result=self.hooks.preview(payloads, tokens), time=self.net.now(),
-                        entries=tuple(ea[0] for ea, _ in good),
-                        scores=tuple((ea[1].peer, float(s)) for (ea, _), s in zip(good, scores)))
-        env = signed.seal(self.key, roster)
-        existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(roster)))
+        existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(accepted.roster)))
         if existing is not None:  # another rank led while we fetched: follow it, do not fork the round
             return existing
-        self.net.store(keys.roster_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
-        log.info("round %d: led, roster of %d", round_no, len(good))
-        return Accepted(env, roster, tuple(ea[1] for ea, _ in good))
-
-    def _drop_non_finite(self, round_no: int, good: list) -> list:
-        """Leave out the updates that, applied alone, make the state non-finite."""
-        try:
-            self.hooks.preview([UpdateEnvelope.decode(b).payload for _, b in good], [ea[1].tokens for ea, _ in good])
-            return good
-        except NonFinite:
-            pass
-        kept = []
-        for ea, blob in good:
-            try:
-                self.hooks.preview([UpdateEnvelope.decode(blob).payload], [ea[1].tokens])
-                kept.append((ea, blob))
-            except NonFinite:
-                log.warning("round %d: leaving out %s: its update makes the state non-finite", round_no,
-                            ea[1].peer[:16])
-        return kept
+        self.net.store(keys.roster_key(self.run_id, round_no), self.me, accepted.envelope, ttl=self.ttl)
+        log.info("round %d: led, roster of %d", round_no, len(accepted.announcements))
+        return accepted
 
     # -------------------------------------------------------------------------------- gather
-    def gather(self, acc: Accepted) -> list[bytes]:
+    def gather(self, accepted: AcceptedRoster) -> list[bytes]:
         """The payloads of the roster's updates, in roster order; raises RoundFailed."""
-        leader = acc.roster.leader
-        the_ring = relay.ring(self.run_id, acc.roster.round, leader, [a.peer for a in acc.announcements])
+        round_no, leader = accepted.roster.round, accepted.roster.leader
+        the_ring = relay.ring(self.run_id, round_no, leader, [a.peer for a in accepted.announcements])
         live = set(self.peers())  # a relay without a live heartbeat is skipped, not waited on
 
         def from_whom(a: Announcement) -> list[str]:
             order = relay.sources(the_ring, a.peer, leader, self.me, self.cfg.relay_fanout)
             return [p for p in order if p in live or p in (a.peer, leader)]
-        blobs = self._fetch(list(acc.announcements), acc.roster.round, sources=from_whom)
-        failed = [(a.peer, b) for a, b in zip(acc.announcements, blobs) if isinstance(b, Exception)]
-        if failed:
-            self.failed.add((acc.roster.round, leader))
-            raise RoundFailed(f"round {acc.roster.round}: could not get the update of {failed[0][0][:16]}: "
-                              f"{failed[0][1]}")
-        self.members = {acc.roster.round: {a.peer for a in acc.announcements}}
+        blobs = self.updates.fetch(list(accepted.announcements), round_no, sources=from_whom)
+        for a, blob in zip(accepted.announcements, blobs):
+            if isinstance(blob, Exception):
+                self.failed.add((round_no, leader))
+                raise RoundFailed(f"round {round_no}: could not get the update of {a.peer[:16]}: {blob}")
+        self.members = {round_no: {a.peer for a in accepted.announcements}}
         return [UpdateEnvelope.decode(b).payload for b in blobs]
-
-    def _fetch(self, anns: list[Announcement], round_no: int,
-               sources: Callable[[Announcement], list[str]]) -> list[bytes | Exception]:
-        """Each announced update's verified envelope bytes (held, else fetched from its sources in turn)."""
-        results: list[bytes | Exception] = []
-        for a in anns:
-            held = self.net.held_update(round_no, a.peer)
-            results.append(ProtocolError("not held") if held is None else (self._verify(a, held) or held))
-        where = [sources(a) for a in anns]
-        for attempt in range(3):  # relay, owner, leader (relay.sources)
-            todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-            jobs = [(i, src) for i in todo for src in where[i][attempt:attempt + 1] if src != self.me]
-            if not jobs:
-                break
-            requests = [(src, Request(op="update", run=self.run_id, round=round_no, peer=anns[i].peer),
-                         anns[i].nbytes) for i, src in jobs]
-            try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
-                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout,
-                                              on_each=lambda k, b, jobs=jobs: self._keep(round_no, anns[jobs[k][0]], b))
-            except Exception as e:  # the whole batch timed out or the transport is gone
-                fetched = [e] * len(jobs)
-            for (i, _), blob in zip(jobs, fetched):
-                results[i] = (blob if isinstance(blob, Exception) else self._verify(anns[i], blob)) or blob
-        return results
-
-    def _keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
-        """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two
-        relays waiting on each other's batches would otherwise each wait for the other's whole batch."""
-        if pinned(ann, blob):
-            self.net.keep_update(round_no, ann.peer, blob)
-
-    def _verify(self, ann: Announcement, blob: bytes) -> Exception | None:
-        if not pinned(ann, blob):
-            return ProtocolError("size or SHA-256 differs from the signed announcement")
-        try:
-            env = UpdateEnvelope.decode(blob)
-            if env.run != self.run_id or env.peer != ann.peer or env.round != ann.round:
-                return ProtocolError("envelope names another run, peer or round")
-            self.hooks.validate(env.payload)
-        except ProtocolError as e:
-            return e
-        return None
-
-
-def pinned(ann: Announcement, blob: bytes) -> bool:
-    """`blob` is the owner's bytes: the size and SHA-256 its signed announcement pins."""
-    return len(blob) == ann.nbytes and hashlib.sha256(blob).hexdigest() == ann.sha256
 
 
 def base_round(roster: Roster) -> int:

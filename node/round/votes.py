@@ -8,10 +8,26 @@ rosters of the ledger.
 from __future__ import annotations
 
 from collections import Counter
+from typing import NamedTuple
 
 from protocol.records import Heartbeat
 
 MIN_QUORUM = 3
+
+
+class StateId(NamedTuple):
+    """A state of the run, as heartbeats vouch for it."""
+
+    round: int
+    digest: str
+
+
+class Vouched(NamedTuple):
+    """A state that enough voters vouch for."""
+
+    round: int
+    digest: str
+    vouchers: int
 
 
 def voters(peers: dict[str, Heartbeat], established: set[str], me: str) -> dict[str, Heartbeat]:
@@ -23,11 +39,11 @@ def needed(n_voters: int) -> int:
     return n_voters if n_voters < MIN_QUORUM else max(MIN_QUORUM, n_voters // 2 + 1)
 
 
-def vouched_states(votes: dict[str, Heartbeat]) -> list[tuple[int, str, int]]:
-    """(round, digest, vouchers) of every state that enough voters vouch for, newest first."""
-    counts = Counter((hb.state_round, hb.digest) for hb in votes.values())
+def vouched_states(votes: dict[str, Heartbeat]) -> list[Vouched]:
+    """Every state that enough voters vouch for, newest first."""
+    counts = Counter(StateId(hb.state_round, hb.digest) for hb in votes.values())
     need = needed(len(votes))
-    return sorted(((r, d, n) for (r, d), n in counts.items() if n >= need and n > 0), reverse=True)
+    return sorted((Vouched(r, d, n) for (r, d), n in counts.items() if n >= need and n > 0), reverse=True)
 
 
 def outvoted(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> bool:
@@ -50,7 +66,7 @@ def acceptable(votes: dict[str, Heartbeat], round_no: int, digest: str, my_round
     return any(r == round_no and d == digest for r, d, _ in vouched_states(votes))
 
 
-def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> tuple[int, str] | None:
+def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> StateId | None:
     """Where a peer goes when the swarm has split and no state has a quorum (e.g. two halves that
     each trained on while the network was cut): the state held by the most peers, us counted,
     then the newest, then the smallest digest. A peer moves only when that state is not its own
@@ -61,7 +77,8 @@ def fork_target(votes: dict[str, Heartbeat], my_round: int, my_digest: str) -> t
     the rounds are equal or two apart."""
     if vouched_states(votes):
         return None
-    counts = Counter((hb.state_round, hb.digest) for hb in votes.values())
-    counts[(my_round, my_digest)] += 1
-    (r, d), _ = min(counts.items(), key=lambda kv: (-kv[1], -kv[0][0], kv[0][1]))
-    return (r, d) if (r, d) != (my_round, my_digest) and (r == my_round or r >= my_round + 2) else None
+    mine = StateId(my_round, my_digest)
+    counts = Counter(StateId(hb.state_round, hb.digest) for hb in votes.values())
+    counts[mine] += 1
+    target = min(counts, key=lambda state: (-counts[state], -state.round, state.digest))
+    return target if target != mine and (target.round == my_round or target.round >= my_round + 2) else None

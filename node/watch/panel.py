@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from node.watch.progress import Reporter, _fmt, text_line
+from node.watch.progress import Reporter, format_value, text_line
 
 COLUMNS = (("round", "round"), ("step", "step"), ("loss", "loss"), ("val_bpb", "val bpb"),
            ("tokens_per_s", "tokens/s"), ("peers", "peers"), ("sent", "sent"), ("received", "received"),
@@ -81,7 +81,7 @@ class LivePanel:
                 return f"{float(value):,.0f}"
             except ValueError:
                 return str(value)
-        return _fmt(value) if isinstance(value, float) else str(value)
+        return format_value(value) if isinstance(value, float) else str(value)
 
 
 class PanelReporter(Reporter):

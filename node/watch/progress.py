@@ -33,12 +33,12 @@ class Reporter:
 
 def text_line(kind: str, fields: dict) -> str:
     """'event=round round=3 loss=2.1': the key=value form of an event."""
-    return " ".join([f"event={kind}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
+    return " ".join([f"event={kind}"] + [f"{k}={format_value(v)}" for k, v in fields.items()])
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
-        return ",".join(_fmt(x) for x in v)
+        return ",".join(format_value(x) for x in v)
     return str(v)

@@ -3,7 +3,7 @@
 One file per strategy, one interface, used unchanged by the node and by `bench quality`:
   name, inner_steps (H), local_optimizer (does the inner step take an AdamW step itself?)
   outer_buffers: list[str]                per-parameter buffers kept in SwarmState.outer
-  codec                                   protocol/codecs.py object; codec.name goes on the wire
+  codec                                   protocol/codecs object; codec.name goes on the wire
   new_worker() -> object                  this peer's private buffers (error feedback, momentum)
   make_update(state, worker, model) -> bytes
   check(payload) -> None                  raise ProtocolError if a payload cannot be applied
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from node.outer.aggregate import make_aggregator
 from node.config import RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
+from node.outer.aggregate import make_aggregator
 from node.outer.strategies.ddp import DdpAdamW
-from node.outer.strategies.demo import DecoupledMomentum
+from node.outer.strategies.decoupled_momentum import DecoupledMomentum
 from node.outer.strategies.diloco import DiLoCo
 from node.outer.strategies.sparseloco import SparseLoCo
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from node.outer.aggregate import Aggregator, Mean, Weights, per_round
 from node.config import StrategyConfig, TrainConfig
+from node.outer.aggregate import Aggregator, Mean, Weights, per_round
 from node.outer.state import SwarmState
 from protocol.codecs import TopKCodec
 

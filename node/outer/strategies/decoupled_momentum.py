@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from node.outer.aggregate import Aggregator, Mean, Weights
 from node.config import StrategyConfig, TrainConfig
+from node.outer.aggregate import Aggregator, Mean, Weights
 from node.outer.state import SwarmState
 from protocol.codecs import TopKCodec
 

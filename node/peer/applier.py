@@ -1,0 +1,117 @@
+"""Applying a round to the state this peer holds: the leader's result digest and scores, every peer's apply.
+
+The round protocol's hooks (node/round/protocol.py Hooks) target this object, not the whole
+node: all they need is the state, the strategy, what weighs updates and a model to score them on.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from typing import NamedTuple
+
+import torch
+
+from node.config import RunConfig
+from node.outer import scoring
+from node.outer.aggregate import Weights, token_weights
+from node.outer.state import SwarmState
+from node.round.hooks import Hooks, NonFinite
+from node.round.ledger import AcceptedRoster, Ledger
+from node.train import data
+from node.train.model import trainable
+from node.train.trainer import evaluate_bpb
+from node.watch.metrics import NodeMetrics
+from node.watch.progress import Reporter
+
+log = logging.getLogger("swarmtrain.volunteer")
+SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
+
+
+class Preview(NamedTuple):
+    """The leader's applied copy of a round, kept so that its own apply need not redo it."""
+    digest: str
+    state: SwarmState
+
+
+class Applier:
+    """The state this peer holds, and how a round's updates change it."""
+
+    def __init__(self, state: SwarmState, *, run: RunConfig, strategy, ledger: Ledger, metrics: NodeMetrics,
+                 out: Reporter, me: str, device: torch.device, model: torch.nn.Module, overlap: bool,
+                 score_tokens: torch.Tensor | None):
+        self.state = state  # the swarm's state as this peer holds it: what the next round applies to
+        self.run, self.strategy, self.ledger, self.metrics, self.out, self.me = run, strategy, ledger, metrics, out, me
+        self.device = device
+        self.model = model  # the trainer's: scratch copies it, or borrows it (see scratch)
+        self.overlap = overlap  # the trainer's model keeps training while a round is applied
+        self.score_tokens = score_tokens  # the batch all peers share for scoring updates (None: no scoring)
+        self._preview: Preview | None = None  # the leader's applied copy, reused
+
+    def hooks(self) -> Hooks:
+        """The strategy's side of the round; with [robust] scoring, the leader scores every update
+        and every peer derives the same bans from the scores in the ledger's rosters."""
+        robust = self.run.robust
+        if not robust.scoring:
+            return Hooks(validate=self.strategy.check, result=self.roster_result)
+        return Hooks(validate=self.strategy.check, result=self.roster_result, score=self.score_round,
+                     banned=lambda ledger: scoring.banned(ledger.score_history(), robust))
+
+    def score_round(self, payloads: list[bytes], tokens: list[int]) -> list[float]:
+        """As leader: each update's loss change on a batch every peer can draw (held-out bytes,
+        seeded by the round), applied alone to the round's state."""
+        gen = data.batch_generator(self.run.train.seed, "shared-score-batch", self.state.round + 1)
+        x, y = data.windows(self.score_tokens, SCORE_BATCH, self.run.model.ctx, gen)
+        loss_of = scoring.shared_batch_loss(self.scratch, x.to(self.device), y.to(self.device))
+        return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
+
+    def tokens_of(self, steps: int) -> int:
+        return steps * self.run.train.batch_size * self.run.model.ctx
+
+    def weights(self, tokens: list[int]) -> Weights:
+        """Each contribution's weight in the aggregate: its signed tokens over a full H-step round's."""
+        return token_weights(tokens, self.tokens_of(self.strategy.inner_steps), self.run.robust.weight_cap)
+
+    def roster_result(self, payloads: list[bytes], tokens: list[int]) -> str:
+        """As leader: the digest after applying these payloads, on a copy (kept for our own apply)."""
+        state = copy.deepcopy(self.state)
+        self.strategy.apply(state, payloads, self.weights(tokens))
+        if not all(torch.isfinite(p).all() for p in state.params):
+            raise NonFinite("the state is not finite after this round")
+        self._preview = Preview(state.digest, state)
+        return state.digest
+
+    def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes]) -> bool:
+        """Apply the roster; refuse (keep our state) if the result is not finite or not the digest
+        the leader published: our state was not the swarm's, or someone lied."""
+        if self._preview is not None and self._preview.digest == accepted.roster.result and accepted.roster.leader == self.me:
+            state = self._preview.state
+        else:
+            state = copy.deepcopy(self.state)
+            self.strategy.apply(state, payloads, self.weights([a.tokens for a in accepted.announcements]))
+        self._preview = None
+        if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
+            self.metrics.rounds.labels("failed").inc()
+            self.out.event("round_refused", round=accepted.roster.round, leader=accepted.roster.leader[:16],
+                           reason="the result is not finite or differs from the roster's digest")
+            return False
+        self.state = state
+        try:
+            self.ledger.append(accepted)
+        except Exception as e:  # a chain gap after a sync; the ledger restarts there
+            log.warning("ledger: %s", e)
+        return True
+
+    @functools.cached_property
+    def scratch(self) -> torch.nn.Module:
+        """A model to evaluate and score states on: a copy when the trainer's own must keep its
+        trained weights meanwhile (overlap trains on; a missed round's progress is read from it
+        after the leader scored), else the trainer's own (the next round reloads it)."""
+        keep = self.overlap or self.run.robust.scoring
+        return copy.deepcopy(self.model) if keep else self.model
+
+    def evaluate(self, val: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Bits per byte of the state we hold on `val` (data.val_set's)."""
+        for p, src in zip(trainable(self.scratch), self.state.params):
+            p.data.copy_(src)
+        return evaluate_bpb(self.scratch, *val, self.device)

@@ -1,0 +1,88 @@
+"""Getting announced updates: each one's exact bytes, held here or fetched from its sources in turn.
+
+An update's size and SHA-256 are pinned by its owner's signed announcement, so a copy from
+anyone (a relay, the leader) is as good as the owner's: a copy that is not the owner's bytes is
+refused, and one that is is kept here (and so relayed on) as soon as it arrives. The leader
+fetches each update from its owner; the other peers from the sources relay.sources gives
+(docs/protocol.md, "Upload once").
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+from node.config import SwarmConfig
+from node.round.net import RoundNet
+from protocol.errors import ProtocolError
+from protocol.messages import Request, UpdateEnvelope
+from protocol.records import Announcement
+
+ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (relay.sources)
+
+
+class FetchJob(NamedTuple):
+    """One request of an attempt: which announced update, and whom it is asked from."""
+
+    index: int
+    """Position of the update in the announcements being fetched."""
+    source: str
+    """The peer asked for it."""
+
+
+def pinned(ann: Announcement, blob: bytes) -> bool:
+    """`blob` is the owner's bytes: the size and SHA-256 its signed announcement pins."""
+    return len(blob) == ann.nbytes and hashlib.sha256(blob).hexdigest() == ann.sha256
+
+
+class UpdateFetcher:
+    """This peer's side of moving updates: fetch, check, keep."""
+
+    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, validate: Callable[[bytes], None]):
+        self.net, self.run_id, self.cfg = net, run_id, cfg
+        self.validate = validate
+        """Raises ProtocolError if an update payload cannot be applied (Hooks.validate)."""
+
+    def fetch(self, anns: list[Announcement], round_no: int,
+              sources: Callable[[Announcement], list[str]]) -> list[bytes | Exception]:
+        """Each announced update's verified envelope bytes (held, else fetched from its sources in turn)."""
+        results: list[bytes | Exception] = []
+        for a in anns:
+            held = self.net.held_update(round_no, a.peer)
+            results.append(ProtocolError("not held") if held is None else (self.check(a, held) or held))
+        where = [sources(a) for a in anns]
+        for attempt in range(ATTEMPTS):
+            todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+            jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt:attempt + 1] if src != self.net.me]
+            if not jobs:
+                break
+            asked = [anns[job.index] for job in jobs]
+            requests = [(job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer), a.nbytes)
+                        for job, a in zip(jobs, asked)]
+            try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
+                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout,
+                                              on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b))
+            except Exception as e:  # the whole batch timed out or the transport is gone
+                fetched = [e] * len(jobs)
+            for job, a, blob in zip(jobs, asked, fetched):
+                results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
+        return results
+
+    def keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
+        """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two
+        relays waiting on each other's batches would otherwise each wait for the other's whole batch."""
+        if pinned(ann, blob):
+            self.net.keep_update(round_no, ann.peer, blob)
+
+    def check(self, ann: Announcement, blob: bytes) -> Exception | None:
+        """Why `blob` is not the announced update (None: it is, and its payload can be applied)."""
+        if not pinned(ann, blob):
+            return ProtocolError("size or SHA-256 differs from the signed announcement")
+        try:
+            env = UpdateEnvelope.decode(blob)
+            if env.run != self.run_id or env.peer != ann.peer or env.round != ann.round:
+                return ProtocolError("envelope names another run, peer or round")
+            self.validate(env.payload)
+        except ProtocolError as e:
+            return e
+        return None

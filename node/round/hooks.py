@@ -1,0 +1,31 @@
+"""What the round protocol needs from the strategy: checking, applying and scoring update payloads.
+
+The node implements these over its model and outer strategy (node/peer/applier.py); tests
+implement them over digests of bytes, so the protocol is tested without a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from node.round.ledger import Ledger
+
+
+class NonFinite(Exception):
+    """Applying these updates makes the state NaN or inf."""
+
+
+@dataclass
+class Hooks:
+    """What the round needs from the strategy; each call is pure given its inputs."""
+
+    validate: Callable[[bytes], None]
+    """Raise ProtocolError if an update payload cannot be applied."""
+    result: Callable[[list[bytes], list[int]], str]
+    """The roster's result: digest of the state after applying these payloads, weighted by their
+    signed token counts (on a copy); raises NonFinite."""
+    score: Callable[[list[bytes], list[int]], list[float]] | None = None
+    """Loss-change score per payload (with its token count) on a shared batch (lower is better);
+    None: no scoring."""
+    banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
+    """Peers the ledger's scores exclude."""

@@ -1,0 +1,104 @@
+"""Leading a round: collect the signed announcements, fetch and check their updates, sign the roster.
+
+When to lead (the election, the waits) is node/round/protocol.py's; this module builds the
+roster once it is our turn. The leader lists only updates it fetched whole and checked, and
+leaves out any that, applied alone, make the state non-finite; the roster's result is the
+state after applying the rest in roster order (Hooks.result), which every peer recomputes.
+"""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+from node.round.fetch import UpdateFetcher
+from node.round.hooks import Hooks, NonFinite
+from node.round.ledger import AcceptedRoster
+from node.round.net import RoundNet
+from protocol import keys, signed
+from protocol.errors import ProtocolError
+from protocol.messages import UpdateEnvelope
+from protocol.records import Announcement, Roster
+
+log = logging.getLogger("swarmtrain.rounds")
+
+
+class SignedAnnouncement(NamedTuple):
+    """An update's announcement as stored in the DHT, and opened."""
+
+    envelope: dict
+    announcement: Announcement
+
+
+class Contribution(NamedTuple):
+    """An update the leader fetched and may list in its roster."""
+
+    envelope: dict
+    """Its signed announcement, as the roster lists it."""
+    announcement: Announcement
+    blob: bytes
+    """The update's envelope bytes (what the announcement pins)."""
+
+
+class RosterBuilder:
+    """The leader's side of a round."""
+
+    def __init__(self, net: RoundNet, run_id: str, key, hooks: Hooks, updates: UpdateFetcher, max_bytes: int):
+        self.net, self.run_id, self.key, self.hooks, self.updates = net, run_id, key, hooks, updates
+        self.me = net.me
+        self.max_bytes = max_bytes
+
+    def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
+        """The signed announcements of this round's updates that apply to state `base` (in a split
+        swarm the other half's rounds carry the same numbers, on another state)."""
+        out = {}
+        for peer, env in self.net.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
+            try:
+                ann = signed.open_record(env, Announcement, signer=str(peer), max_bytes=self.max_bytes)
+                if ann.run == self.run_id and ann.round == round_no and ann.base == base:
+                    out[ann.peer] = SignedAnnouncement(env, ann)
+            except ProtocolError as e:
+                log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
+        return out
+
+    def build(self, round_no: int, base: str, prev: str, eligible: set[str], at_least: int) -> AcceptedRoster | None:
+        """Our signed roster of the announced updates of `eligible` peers that we could fetch and
+        check, chained on roster `prev`; None when fewer than `at_least` (and 1) are left."""
+        announced = self.announcements(round_no, base)
+        picked = [announced[p] for p in sorted(announced) if p in eligible]
+        blobs = self.updates.fetch([s.announcement for s in picked], round_no, sources=lambda a: [a.peer])
+        good = [Contribution(s.envelope, s.announcement, blob) for s, blob in zip(picked, blobs)
+                if not isinstance(blob, Exception)]
+        for s, blob in zip(picked, blobs):
+            if isinstance(blob, Exception):
+                log.warning("round %d: leaving out %s: %s", round_no, s.announcement.peer[:16], blob)
+        good = self._drop_non_finite(round_no, good)
+        if len(good) < max(1, at_least):  # min_peers counts the updates we could fetch, not announcements
+            return None
+        payloads = [UpdateEnvelope.decode(c.blob).payload for c in good]
+        tokens = [c.announcement.tokens for c in good]
+        scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
+        roster = Roster(run=self.run_id, round=round_no, leader=self.me, prev=prev, base=base,
+                        result=self.hooks.result(payloads, tokens), time=self.net.now(),
+                        entries=tuple(c.envelope for c in good),
+                        scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)))
+        return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
+
+    def _drop_non_finite(self, round_no: int, good: list[Contribution]) -> list[Contribution]:
+        """Leave out the updates that, applied alone, make the state non-finite."""
+        if not good:  # every fetch failed: no roster this attempt (the caller counts too few)
+            return good
+        try:
+            self.hooks.result([UpdateEnvelope.decode(c.blob).payload for c in good],
+                              [c.announcement.tokens for c in good])
+            return good
+        except NonFinite:
+            pass
+        kept = []
+        for c in good:
+            try:
+                self.hooks.result([UpdateEnvelope.decode(c.blob).payload], [c.announcement.tokens])
+                kept.append(c)
+            except NonFinite:
+                log.warning("round %d: leaving out %s: its update makes the state non-finite", round_no,
+                            c.announcement.peer[:16])
+        return kept

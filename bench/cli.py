@@ -31,11 +31,13 @@ class Benchmark:
     """Runs it from the parsed flags; True when a stop request (the first Ctrl+C) cut it short."""
 
 
-QUALITY_TIERS = ("smoke (100 steps, 1 seed: 5-20 s a preset, 3-6 min for all 32), "
-                 "pilot (0.84M-parameter model, 600 steps, 1 seed: ~6 min a preset), "
-                 "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~5 h for all 32), "
-                 "full-8 (full with 8 workers: ~12 min a preset), "
-                 "tune (600 steps of full's model, 1 seed: 25-60 s a preset)")
+QUALITY_TIERS = (
+    "smoke (100 steps, 1 seed: 5-20 s a preset, 3-6 min for all 32), "
+    "pilot (0.84M-parameter model, 600 steps, 1 seed: ~6 min a preset), "
+    "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~5 h for all 32), "
+    "full-8 (full with 8 workers: ~12 min a preset), "
+    "tune (600 steps of full's model, 1 seed: 25-60 s a preset)"
+)
 """`bench quality --tier`'s tiers and what each costs on one core (bench/quality/presets.py TIERS)."""
 
 
@@ -50,20 +52,30 @@ def _quality_flags(p: argparse.ArgumentParser) -> None:
 def _quality(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.quality.command import run_quality
     from bench.quality.summary import quality_table
+
     print(quality_table(run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))))
     return False
 
 
 def _frontier_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT.png", help="where to draw the frontier")
-    p.add_argument("results", nargs="+", metavar="RESULTS.json", help="`bench quality --json` files of one tier "
-                                                                      "(several merge; the first names the tier)")
-    p.add_argument("--reference", default="ddp-adamw", metavar="PRESET",
-                   help="the preset every gap is measured against (default ddp-adamw)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS.json",
+        help="`bench quality --json` files of one tier (several merge; the first names the tier)",
+    )
+    p.add_argument(
+        "--reference",
+        default="ddp-adamw",
+        metavar="PRESET",
+        help="the preset every gap is measured against (default ddp-adamw)",
+    )
 
 
 def _frontier(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.quality.command import run_frontier
+
     run_frontier(args.out, args.results, args.reference)
     return False
 
@@ -71,9 +83,13 @@ def _frontier(args: argparse.Namespace, stop: threading.Event) -> bool:
 def _tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", required=True, metavar="PRESET", help="the preset to tune (bench quality's names)")
     p.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (a rerun continues)")
-    p.add_argument("--tier", default="tune", help="tune (600 steps of the full tier's model: 25-60 s a trial), "
-                                                  "smoke (~5 s a trial), pilot (~6 min a trial), full (3,000 "
-                                                  "steps, one seed: 2-13 min a trial); a pruned trial stops early")
+    p.add_argument(
+        "--tier",
+        default="tune",
+        help="tune (600 steps of the full tier's model: 25-60 s a trial), "
+        "smoke (~5 s a trial), pilot (~6 min a trial), full (3,000 "
+        "steps, one seed: 2-13 min a trial); a pruned trial stops early",
+    )
     p.add_argument("--steps", type=int, help="inner steps per trial (default: the tier's)")
     p.add_argument("--study", metavar="PATH.db", help="SQLite file of the study (default: the JSON path with .db)")
     p.add_argument("--json", required=True, metavar="PATH", help="write best settings, every trial and the budget here")
@@ -81,6 +97,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
 
 def _tune(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.tune import run_tune
+
     run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, stop=stop)
     return stop.is_set()
 
@@ -98,17 +115,26 @@ def _byzantine_flags(p: argparse.ArgumentParser) -> None:
 
 def _byzantine(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.byzantine.command import attack_table, run_byzantine
-    rows = run_byzantine(workers=args.workers, attackers=args.attackers, attacks=args.attack,
-                         aggregators=args.aggregator, strategies=args.strategy, rounds=args.rounds,
-                         scoring=args.scoring, json_path=args.json)
+
+    rows = run_byzantine(
+        workers=args.workers,
+        attackers=args.attackers,
+        attacks=args.attack,
+        aggregators=args.aggregator,
+        strategies=args.strategy,
+        rounds=args.rounds,
+        scoring=args.scoring,
+        json_path=args.json,
+    )
     print(attack_table(rows))
     return False
 
 
 def _exchange_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loops", default="asyncio,uvloop", help="comma-separated loop kinds, interleaved")
-    p.add_argument("--sizes", type=int, nargs="+", default=[8192, 262144, 4194304], metavar="BYTES",
-                   help="update sizes to fetch")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[8192, 262144, 4194304], metavar="BYTES", help="update sizes to fetch"
+    )
     p.add_argument("--fetches", type=int, default=200, help="fetches per size, mode and repeat")
     p.add_argument("--parallel", type=int, default=8, help="fetches in flight at once in the parallel mode")
     p.add_argument("--repeats", type=int, default=3, help="repeats per loop kind (rows report the median)")
@@ -117,9 +143,15 @@ def _exchange_flags(p: argparse.ArgumentParser) -> None:
 
 def _exchange(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.exchange import exchange_table, run_exchange_bench
-    rows = run_exchange_bench(loops=[x for x in args.loops.split(",") if x], sizes=args.sizes,
-                              fetches=args.fetches, parallel=args.parallel, repeats=args.repeats,
-                              json_path=args.json)
+
+    rows = run_exchange_bench(
+        loops=[x for x in args.loops.split(",") if x],
+        sizes=args.sizes,
+        fetches=args.fetches,
+        parallel=args.parallel,
+        repeats=args.repeats,
+        json_path=args.json,
+    )
     print(exchange_table(rows))
     return False
 
@@ -127,13 +159,18 @@ def _exchange(args: argparse.Namespace, stop: threading.Event) -> bool:
 def _upload_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", type=int, nargs="+", default=[4, 8, 16, 64, 256, 1000], help="swarm sizes")
     p.add_argument("--fanout", type=int, nargs="+", default=[2, 4], help="relay fanouts to compare (direct is 0)")
-    p.add_argument("--update-bytes", type=int, default=23_000,
-                   help="bytes of one update (default: sparseloco's in bench swarm's 4-peer run)")
+    p.add_argument(
+        "--update-bytes",
+        type=int,
+        default=23_000,
+        help="bytes of one update (default: sparseloco's in bench swarm's 4-peer run)",
+    )
     p.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
 
 def _upload(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.upload import run_upload_bench
+
     if min(args.peers) < 2 or min(args.fanout) < 0:
         raise SwarmtrainError("bench upload needs --peers of 2 or more and --fanout of 0 or more")
     run_upload_bench(args.peers, args.fanout, args.update_bytes, args.json)
@@ -142,53 +179,107 @@ def _upload(args: argparse.Namespace, stop: threading.Event) -> bool:
 
 def _swarm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", type=int, default=3, help="peers at full speed")
-    p.add_argument("--strategies", default="sparseloco,diloco", help="comma-separated strategies; NAME+overlap "
-                   "also overlaps each round's exchange with the next round's compute, NAME+direct "
-                   "fetches every update from its owner (no relay tree); hivemind is "
-                   "hivemind.Optimizer itself on the same model and data (the baseline)")
+    p.add_argument(
+        "--strategies",
+        default="sparseloco,diloco",
+        help="comma-separated strategies; NAME+overlap "
+        "also overlaps each round's exchange with the next round's compute, NAME+direct "
+        "fetches every update from its owner (no relay tree); hivemind is "
+        "hivemind.Optimizer itself on the same model and data (the baseline)",
+    )
     p.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
-    p.add_argument("--round-seconds", type=float, nargs="+", default=[2.0],
-                   help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)")
-    p.add_argument("--slow-peer", type=float, default=0.0, metavar="F",
-                   help="also run each case with one more peer F times slower (0: no slow peer)")
-    p.add_argument("--link", default="", metavar="SPEC",
-                   help="every peer behind an emulated link, e.g. up=20mbit,down=100mbit,rtt=50ms,loss=1%% "
-                        "(root; docs/links.md)")
-    p.add_argument("--target-bpb", type=float, metavar="BPB",
-                   help="also report seconds from join until the evaluating peer reaches this val bpb")
+    p.add_argument(
+        "--round-seconds",
+        type=float,
+        nargs="+",
+        default=[2.0],
+        help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)",
+    )
+    p.add_argument(
+        "--slow-peer",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="also run each case with one more peer F times slower (0: no slow peer)",
+    )
+    p.add_argument(
+        "--link",
+        default="",
+        metavar="SPEC",
+        help="every peer behind an emulated link, e.g. up=20mbit,down=100mbit,rtt=50ms,loss=1%% (root; docs/links.md)",
+    )
+    p.add_argument(
+        "--target-bpb",
+        type=float,
+        metavar="BPB",
+        help="also report seconds from join until the evaluating peer reaches this val bpb",
+    )
     p.add_argument("--workdir", default="bench-swarm", help="data dirs and logs of the peers")
     p.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
 
 
 def _swarm(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.swarm import run_swarm_bench, swarm_table
-    rows = run_swarm_bench(peers=args.peers, strategies=[x for x in args.strategies.split(",") if x],
-                           seconds=args.seconds, round_seconds=args.round_seconds, slow_peer=args.slow_peer,
-                           link=args.link, json_path=args.json, workdir=args.workdir, stop=stop,
-                           target_bpb=args.target_bpb)
+
+    rows = run_swarm_bench(
+        peers=args.peers,
+        strategies=[x for x in args.strategies.split(",") if x],
+        seconds=args.seconds,
+        round_seconds=args.round_seconds,
+        slow_peer=args.slow_peer,
+        link=args.link,
+        json_path=args.json,
+        workdir=args.workdir,
+        stop=stop,
+        target_bpb=args.target_bpb,
+    )
     print(swarm_table(rows))
     return stop.is_set()
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "quality": Benchmark(help="every strategy against data-parallel AdamW at equal tokens",
-                         duration="smoke: 3-6 min for all presets; pilot: ~6 min a preset; full: ~10 min a preset",
-                         add_flags=_quality_flags, run=_quality),
-    "frontier": Benchmark(help="redraw bench quality's frontier plot and band table from its JSON files",
-                          duration="a few seconds", add_flags=_frontier_flags, run=_frontier),
-    "tune": Benchmark(help="equal-budget hyperparameter search of one preset (Optuna; bench/tune.py)",
-                      duration="10 trials on tune: ~3-9 min; on smoke: ~1 min",
-                      add_flags=_tune_flags, run=_tune),
-    "byzantine": Benchmark(help="attacks against the aggregators, in one process (docs/security.md)",
-                           duration="~15 min (20 runs of 16 peers x 60 rounds)",
-                           add_flags=_byzantine_flags, run=_byzantine),
-    "exchange": Benchmark(help="the update exchange on asyncio's loop against uvloop's (two local peers)",
-                          duration="~2 min", add_flags=_exchange_flags, run=_exchange),
-    "upload": Benchmark(help="one round's uploads per peer, copy by copy, for N up to thousands",
-                        duration="~20 s", add_flags=_upload_flags, run=_upload),
-    "swarm": Benchmark(help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",
-                       duration="~4 min (2 cases, each --seconds plus ~1 min of start-up)",
-                       add_flags=_swarm_flags, run=_swarm),
+    "quality": Benchmark(
+        help="every strategy against data-parallel AdamW at equal tokens",
+        duration="smoke: 3-6 min for all presets; pilot: ~6 min a preset; full: ~10 min a preset",
+        add_flags=_quality_flags,
+        run=_quality,
+    ),
+    "frontier": Benchmark(
+        help="redraw bench quality's frontier plot and band table from its JSON files",
+        duration="a few seconds",
+        add_flags=_frontier_flags,
+        run=_frontier,
+    ),
+    "tune": Benchmark(
+        help="equal-budget hyperparameter search of one preset (Optuna; bench/tune.py)",
+        duration="10 trials on tune: ~3-9 min; on smoke: ~1 min",
+        add_flags=_tune_flags,
+        run=_tune,
+    ),
+    "byzantine": Benchmark(
+        help="attacks against the aggregators, in one process (docs/security.md)",
+        duration="~15 min (20 runs of 16 peers x 60 rounds)",
+        add_flags=_byzantine_flags,
+        run=_byzantine,
+    ),
+    "exchange": Benchmark(
+        help="the update exchange on asyncio's loop against uvloop's (two local peers)",
+        duration="~2 min",
+        add_flags=_exchange_flags,
+        run=_exchange,
+    ),
+    "upload": Benchmark(
+        help="one round's uploads per peer, copy by copy, for N up to thousands",
+        duration="~20 s",
+        add_flags=_upload_flags,
+        run=_upload,
+    ),
+    "swarm": Benchmark(
+        help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",
+        duration="~4 min (2 cases, each --seconds plus ~1 min of start-up)",
+        add_flags=_swarm_flags,
+        run=_swarm,
+    ),
 }
 """Every `swarmtrain bench` subcommand, in the order of `swarmtrain bench --help`."""
 
@@ -196,8 +287,11 @@ BENCHMARKS: dict[str, Benchmark] = {
 def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     """One subparser per benchmark under `swarmtrain bench`; its help line says how long it takes."""
     for name, bench in BENCHMARKS.items():
-        p = subparsers.add_parser(name, help=f"{bench.help}; {bench.duration}",
-                                  description=f"{bench.help[0].upper()}{bench.help[1:]}. Duration: {bench.duration}.")
+        p = subparsers.add_parser(
+            name,
+            help=f"{bench.help}; {bench.duration}",
+            description=f"{bench.help[0].upper()}{bench.help[1:]}. Duration: {bench.duration}.",
+        )
         bench.add_flags(p)
 
 

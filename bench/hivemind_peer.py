@@ -15,6 +15,7 @@ Bytes: hivemind does not count them, so the result carries butterfly all-reduce'
 per averaging round, 2 (N-1)/N x 4 bytes x params up and as much down (hivemind's
 AllReduceRunner: each peer sends N-1 parts of its gradient and sends back its averaged part).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     import hivemind  # here, not at import: it changes torch's sharing strategy (DESIGN.md)
+
     maddrs = [f"/ip4/{args.host}/tcp/0"]
     if args.command == "bootstrap":
         dht = hivemind.DHT(start=True, host_maddrs=maddrs, startup_timeout=60)
@@ -68,12 +70,20 @@ def train(args, dht, stop: threading.Event) -> None:
     val = data.val_set(corpus, run.data, run.model.ctx) if args.eval else None
     batch, per_round = run.train.batch_size, run.strategy.inner_steps
     opt = hivemind.Optimizer(
-        dht=dht, run_id=RUN_ID, params=model.parameters(), batch_size_per_step=batch,
+        dht=dht,
+        run_id=RUN_ID,
+        params=model.parameters(),
+        batch_size_per_step=batch,
         target_batch_size=args.peers * batch * per_round,
-        optimizer=partial(torch.optim.AdamW, lr=run.train.inner_lr, betas=(0.9, 0.95),
-                          weight_decay=run.train.weight_decay),
-        matchmaking_time=3.0, averaging_timeout=60.0, tracker_opts=dict(max_refresh_period=1.0),
-        averager_opts=dict(request_timeout=1.0), verbose=False)
+        optimizer=partial(
+            torch.optim.AdamW, lr=run.train.inner_lr, betas=(0.9, 0.95), weight_decay=run.train.weight_decay
+        ),
+        matchmaking_time=3.0,
+        averaging_timeout=60.0,
+        tracker_opts=dict(max_refresh_period=1.0),
+        averager_opts=dict(request_timeout=1.0),
+        verbose=False,
+    )
     print(f"event=joined peer={dht.peer_id} strategy=hivemind", flush=True)
     params = sum(p.numel() for p in model.parameters())
     per_avg = int(2 * (args.peers - 1) / args.peers * 4 * params)
@@ -83,6 +93,7 @@ def train(args, dht, stop: threading.Event) -> None:
     def save() -> None:
         if args.result_json:
             Path(args.result_json).write_text(json.dumps(out.summary(params, per_avg), indent=2))
+
     epoch = opt.local_epoch
     while not stop.is_set():
         x, y = data.windows(tokens, batch, run.model.ctx, gen)
@@ -105,8 +116,11 @@ def train(args, dht, stop: threading.Event) -> None:
             out.row(epoch, bpb)
             save()  # after every round: a step stuck in averaging at SIGTERM loses nothing
             peers = opt.tracker.global_progress.num_peers
-            print(f"event=round round={epoch} peers={peers} loss={float(loss):.3f} "
-                  + (f"val_bpb={bpb:.3f}" if bpb is not None else ""), flush=True)
+            print(
+                f"event=round round={epoch} peers={peers} loss={float(loss):.3f} "
+                + (f"val_bpb={bpb:.3f}" if bpb is not None else ""),
+                flush=True,
+            )
     save()  # first: hivemind's shutdown can hang on peers that are gone
     opt.shutdown()
 
@@ -127,10 +141,20 @@ class Result:
 
     def summary(self, params: int, per_avg: int) -> dict:
         from node.watch.report import TIMELINE
-        return {"strategy": "hivemind", "rounds_completed": self.rounds, "rounds_failed": 0,
-                "timeline": self.timeline, "timeline_fields": TIMELINE, "val_bpb": [b for _, _, b in self.bpb],
-                "val_bpb_timeline": self.bpb, "params_trainable": params, "bytes_per_round_estimated": per_avg,
-                "tokens_trained": self.tokens, "compute_seconds": round(self.compute_s, 3)}
+
+        return {
+            "strategy": "hivemind",
+            "rounds_completed": self.rounds,
+            "rounds_failed": 0,
+            "timeline": self.timeline,
+            "timeline_fields": TIMELINE,
+            "val_bpb": [b for _, _, b in self.bpb],
+            "val_bpb_timeline": self.bpb,
+            "params_trainable": params,
+            "bytes_per_round_estimated": per_avg,
+            "tokens_trained": self.tokens,
+            "compute_seconds": round(self.compute_s, 3),
+        }
 
 
 def _parser() -> argparse.ArgumentParser:

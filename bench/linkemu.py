@@ -14,6 +14,7 @@ The forwarder can also cut the network into groups (`partition 0,1,2|3,4` on its
 by `heal`): packets between peers of different groups are dropped, also those already on the
 way. See docs/links.md.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,15 +39,27 @@ from pathlib import Path
 
 from node.errors import SwarmtrainError
 
-PARTITION_FORM = ("give the groups of peer numbers, each group comma-separated and the groups separated by |, "
-                  "e.g. 0,1,2|3,4; every peer at most once, peers left out are cut off from everyone")
-FORM = ("write key=value pairs separated by commas, e.g. up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%,"
-        "queue=200ms; rates in bit, kbit, mbit or gbit (kbps, mbps, gbps also mean bits), times in s, ms or us, "
-        "loss in % or as a fraction; leave a key out for no limit")
+PARTITION_FORM = (
+    "give the groups of peer numbers, each group comma-separated and the groups separated by |, "
+    "e.g. 0,1,2|3,4; every peer at most once, peers left out are cut off from everyone"
+)
+FORM = (
+    "write key=value pairs separated by commas, e.g. up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%,"
+    "queue=200ms; rates in bit, kbit, mbit or gbit (kbps, mbps, gbps also mean bits), times in s, ms or us, "
+    "loss in % or as a fraction; leave a key out for no limit"
+)
 
 # unit -> (multiply, divide): dividing keeps "50ms" exactly the float 0.05, as 50 / 1000 is
-RATE_UNITS = {"gbit": (10**9, 1), "mbit": (10**6, 1), "kbit": (1000, 1), "bit": (1, 1),
-              "gbps": (10**9, 1), "mbps": (10**6, 1), "kbps": (1000, 1), "bps": (1, 1)}
+RATE_UNITS = {
+    "gbit": (10**9, 1),
+    "mbit": (10**6, 1),
+    "kbit": (1000, 1),
+    "bit": (1, 1),
+    "gbps": (10**9, 1),
+    "mbps": (10**6, 1),
+    "kbps": (1000, 1),
+    "bps": (1, 1),
+}
 TIME_UNITS = {"s": (1, 1), "ms": (1, 1000), "us": (1, 10**6)}
 LOSS_UNITS = {"%": (1, 100), "": (1, 1)}
 NUMBER = re.compile(r"^((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([a-z%]*)$", re.IGNORECASE)
@@ -70,8 +83,14 @@ class LinkSpec:
     """Most seconds a packet waits behind others for a rate-limited line before it is dropped (a
     modem's buffer; 200 ms unless given)."""
 
-    KEYS = {"up": ("up_bps", RATE_UNITS), "down": ("down_bps", RATE_UNITS), "rtt": ("rtt_s", TIME_UNITS),
-            "jitter": ("jitter_s", TIME_UNITS), "loss": ("loss", LOSS_UNITS), "queue": ("queue_s", TIME_UNITS)}
+    KEYS = {
+        "up": ("up_bps", RATE_UNITS),
+        "down": ("down_bps", RATE_UNITS),
+        "rtt": ("rtt_s", TIME_UNITS),
+        "jitter": ("jitter_s", TIME_UNITS),
+        "loss": ("loss", LOSS_UNITS),
+        "queue": ("queue_s", TIME_UNITS),
+    }
 
     @classmethod
     def parse(cls, text: str) -> LinkSpec:
@@ -155,16 +174,17 @@ def parse_partition(text: str, n_peers: int) -> tuple[tuple[int, ...], ...]:
     for part in text.split("|"):
         members = [m.strip() for m in part.split(",")]
         if not part.strip() or not all(m.isdigit() for m in members):
-            raise SwarmtrainError(f"bad partition {text!r}: group {part.strip()!r} is not a list of peer numbers",
-                                  PARTITION_FORM)
+            raise SwarmtrainError(
+                f"bad partition {text!r}: group {part.strip()!r} is not a list of peer numbers", PARTITION_FORM
+            )
         group = tuple(int(m) for m in members)
         for k in group:
             if k >= n_peers:
-                raise SwarmtrainError(f"bad partition {text!r}: there is no peer {k} (peers are 0-{n_peers - 1})",
-                                      PARTITION_FORM)
+                raise SwarmtrainError(
+                    f"bad partition {text!r}: there is no peer {k} (peers are 0-{n_peers - 1})", PARTITION_FORM
+                )
             if k in seen:
-                raise SwarmtrainError(f"bad partition {text!r}: peer {k} is in more than one group",
-                                      PARTITION_FORM)
+                raise SwarmtrainError(f"bad partition {text!r}: peer {k} is in more than one group", PARTITION_FORM)
             seen.add(k)
         groups.append(group)
     return tuple(groups)
@@ -184,8 +204,9 @@ def parse_command(line: str, n_peers: int) -> tuple[str, tuple[tuple[int, ...], 
         return word, None
     if word == "partition":
         return word, parse_partition(rest, n_peers)
-    raise SwarmtrainError(f"unknown link forwarder command {line.strip()!r}",
-                          "send 'stats', 'partition 0,1|2,3' or 'heal', one a line")
+    raise SwarmtrainError(
+        f"unknown link forwarder command {line.strip()!r}", "send 'stats', 'partition 0,1|2,3' or 'heal', one a line"
+    )
 
 
 # ---- the forwarder: runs in its own process, `python -m bench.linkemu forward NS=SPEC ...`
@@ -369,8 +390,9 @@ class EmulatedNetwork:
 
     def __init__(self, specs: list[LinkSpec], prefix: str = "st"):
         if not 1 <= len(specs) <= self.MAX_PEERS:
-            raise SwarmtrainError(f"{len(specs)} peers cannot share one emulated network",
-                                  f"use 1 to {self.MAX_PEERS} link specs")
+            raise SwarmtrainError(
+                f"{len(specs)} peers cannot share one emulated network", f"use 1 to {self.MAX_PEERS} link specs"
+            )
         self.specs = list(specs)
         self.prefix = prefix
         # pid + serial: parallel users (other processes, other networks here) never collide
@@ -411,8 +433,9 @@ class EmulatedNetwork:
         except (BrokenPipeError, AttributeError, ValueError):  # never started, or already closed
             line = b""
         if not line:
-            raise SwarmtrainError("the link forwarder is not running",
-                                  f"call {command.split()[0]}() inside the `with` block")
+            raise SwarmtrainError(
+                "the link forwarder is not running", f"call {command.split()[0]}() inside the `with` block"
+            )
         answer = json.loads(line)
         if isinstance(answer, dict) and "error" in answer:
             raise SwarmtrainError(answer["error"], answer.get("help", ""))
@@ -436,12 +459,22 @@ class EmulatedNetwork:
         root = str(Path(__file__).resolve().parents[2])  # so that `-m node...` finds this very package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.forwarder = subprocess.Popen(
-            [sys.executable, "-m", "bench.linkemu", "forward",
-             *[f"{ns}={s}" for ns, s in zip(self.namespaces, self.specs)]],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            [
+                sys.executable,
+                "-m",
+                "bench.linkemu",
+                "forward",
+                *[f"{ns}={s}" for ns, s in zip(self.namespaces, self.specs)],
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         if self.forwarder.stdout.readline() != b"ready\n":
-            raise SwarmtrainError("the link forwarder did not start (its error is above)",
-                                  "check that this runs as root with /dev/net/tun")
+            raise SwarmtrainError(
+                "the link forwarder did not start (its error is above)",
+                "check that this runs as root with /dev/net/tun",
+            )
         for k, ns in enumerate(self.namespaces):
             commands = f"link set lo up\naddr add {address(k)}/24 dev {TUN_NAME}\nlink set {TUN_NAME} mtu 1500 up\n"
             _ip("-n", ns, "-batch", "-", stdin=commands)
@@ -485,8 +518,10 @@ def _kill_namespace_processes(ns: str) -> None:
 def _ip(*args: str, stdin: str | None = None) -> None:
     done = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
     if done.returncode:
-        raise SwarmtrainError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}",
-                              "link emulation needs root and working `ip netns` (see docs/links.md)")
+        raise SwarmtrainError(
+            f"`ip {' '.join(args)}` failed: {done.stderr.strip()}",
+            "link emulation needs root and working `ip netns` (see docs/links.md)",
+        )
 
 
 def main(argv: list[str]) -> None:

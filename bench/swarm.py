@@ -20,6 +20,7 @@ first reached --target-bpb; None: not within the case).
 inner AdamW (bench/hivemind_peer.py); its byte columns are all-reduce's own figure, since
 hivemind does not count bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,10 @@ def strategy_of(spec: str) -> tuple[str, set[str]]:
     name, *extra = spec.split("+")
     unknown = [x for x in extra if x not in OPTIONS] or (extra if name == HIVEMIND else [])
     if unknown:
-        raise SwarmtrainError(f"strategy {spec!r}: unknown option {unknown[0]!r}",
-                              f"write NAME, optionally followed by +{' +'.join(OPTIONS)}")
+        raise SwarmtrainError(
+            f"strategy {spec!r}: unknown option {unknown[0]!r}",
+            f"write NAME, optionally followed by +{' +'.join(OPTIONS)}",
+        )
     return name, set(extra)
 
 
@@ -108,9 +111,14 @@ class Node:
 
     def __init__(self, args: list[str], prefix: list[str], log: Path, module: str = "node.cli"):
         self.log = log.open("w")
-        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", module, *args], stdout=self.log,
-                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).parents[1],
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.popen = subprocess.Popen(
+            [*prefix, sys.executable, "-m", module, *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).parents[1],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.path = log
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match:
@@ -121,8 +129,10 @@ class Node:
             if self.popen.poll() is not None:
                 break
             time.sleep(0.2)  # a log file gives no event to await
-        raise SwarmtrainError(f"{' '.join(self.popen.args[-6:])}: no line matching {pattern!r}; see {self.path}",
-                              "read the log named above")
+        raise SwarmtrainError(
+            f"{' '.join(self.popen.args[-6:])}: no line matching {pattern!r}; see {self.path}",
+            "read the log named above",
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         stop_group(self.popen, timeout)
@@ -144,16 +154,22 @@ def stop_group(popen: subprocess.Popen, timeout: float) -> None:
         pass
 
 
-def run_case(case: SwarmCase, seconds: float, work: Path, stop: threading.Event, say=print,
-             target_bpb: float | None = None) -> dict | None:
+def run_case(
+    case: SwarmCase, seconds: float, work: Path, stop: threading.Event, say=print, target_bpb: float | None = None
+) -> dict | None:
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slow else 0)
     run = work / "run.toml"
     name, options = strategy_of(case.strategy)
-    run.write_text(RUN_TOML.format(strategy=name, overlap=str("overlap" in options).lower(),
-                              relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
-                              round_seconds=case.round_seconds,
-                              min_peers=n))
+    run.write_text(
+        RUN_TOML.format(
+            strategy=name,
+            overlap=str("overlap" in options).lower(),
+            relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
+            round_seconds=case.round_seconds,
+            min_peers=n,
+        )
+    )
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None
         host = (lambda k: net.address(k)) if net else (lambda k: "127.0.0.1")
@@ -162,22 +178,63 @@ def run_case(case: SwarmCase, seconds: float, work: Path, stop: threading.Event,
         stack.callback(lambda: [x.stop() for x in reversed(nodes)])
         baseline = name == HIVEMIND
         module = "bench.hivemind_peer" if baseline else "node.cli"
-        nodes.append(Node(["bootstrap", "--host", host(0)] if baseline else
-                          ["bootstrap", "--run", str(run), "--host", host(0), "--new-swarm", "--data-dir",
-                           str(work / "boot"), "--startup-timeout", "60"], prefix(0), work / "boot.log", module))
+        nodes.append(
+            Node(
+                ["bootstrap", "--host", host(0)]
+                if baseline
+                else [
+                    "bootstrap",
+                    "--run",
+                    str(run),
+                    "--host",
+                    host(0),
+                    "--new-swarm",
+                    "--data-dir",
+                    str(work / "boot"),
+                    "--startup-timeout",
+                    "60",
+                ],
+                prefix(0),
+                work / "boot.log",
+                module,
+            )
+        )
         maddr = nodes[0].wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 120).group(1).split(",")[0]
         for k in range(1, n + 1):
             slow = ["--slowdown", str(case.slow)] if case.slow and k == n else []
-            own = (["--run", str(run), "--peers", str(n), "--index", str(k)] if baseline else
-                   ["--data-dir", str(work / f"p{k}")])
-            nodes.append(Node(["join", "--initial-peers", maddr, "--host", host(k), *own, "--threads", "1",
-                               "--result-json", str(work / f"p{k}.json"), *(["--eval"] if k == 1 else []), *slow],
-                              prefix(k), work / f"p{k}.log", module))
+            own = (
+                ["--run", str(run), "--peers", str(n), "--index", str(k)]
+                if baseline
+                else ["--data-dir", str(work / f"p{k}")]
+            )
+            nodes.append(
+                Node(
+                    [
+                        "join",
+                        "--initial-peers",
+                        maddr,
+                        "--host",
+                        host(k),
+                        *own,
+                        "--threads",
+                        "1",
+                        "--result-json",
+                        str(work / f"p{k}.json"),
+                        *(["--eval"] if k == 1 else []),
+                        *slow,
+                    ],
+                    prefix(k),
+                    work / f"p{k}.log",
+                    module,
+                )
+            )
         for node in nodes[1:]:
             node.wait_for(r"event=joined ", 180)
         joined = time.time()  # time to the target bpb counts from here
-        say(f"  {case.strategy} window={case.round_seconds}s peers={case.fast}+{'1 slow' if case.slow else '0'}"
-            f"{' link=' + case.link if case.link else ''}: training {seconds:.0f} s")
+        say(
+            f"  {case.strategy} window={case.round_seconds}s peers={case.fast}+{'1 slow' if case.slow else '0'}"
+            f"{' link=' + case.link if case.link else ''}: training {seconds:.0f} s"
+        )
         for node in nodes[1:]:  # the first rounds with every peer in them are not measured
             node.wait_for(rf"event=round round=\d+ peers={n} ", 300)
         if stop.wait(WARMUP):
@@ -190,8 +247,10 @@ def run_case(case: SwarmCase, seconds: float, work: Path, stop: threading.Event,
             node.stop()
         missing = [k for k in range(1, n + 1) if not (work / f"p{k}.json").exists()]
         if missing:
-            raise SwarmtrainError(f"peer {missing[0]} of {case.strategy} wrote no result JSON",
-                                  f"read its log, {work / f'p{missing[0]}.log'}")
+            raise SwarmtrainError(
+                f"peer {missing[0]} of {case.strategy} wrote no result JSON",
+                f"read its log, {work / f'p{missing[0]}.log'}",
+            )
         results = [json.loads((work / f"p{k}.json").read_text()) for k in range(1, n + 1)]
     return row(case, [measured(r, start, end) for r in results], results, joined, target_bpb)
 
@@ -202,8 +261,10 @@ def measured(result: dict, start: float, end: float) -> dict:
     rows = [dict(zip(result["timeline_fields"], t)) for t in result["timeline"]]
     inside = [t for t in rows if start <= t["unix_time"] <= end]
     if len(inside) < 2:
-        raise SwarmtrainError(f"a peer finished {len(inside)} rounds in the measured window",
-                              "give the bench more --seconds, or a shorter --round-seconds")
+        raise SwarmtrainError(
+            f"a peer finished {len(inside)} rounds in the measured window",
+            "give the bench more --seconds, or a shorter --round-seconds",
+        )
     a, b = inside[0], inside[-1]
     return {k: b[k] - a[k] for k in rows[0]}
 
@@ -215,49 +276,69 @@ def seconds_to(target: float | None, bpb_timeline: list[list], since: float) -> 
     return next((round(t - since, 1) for t, _, bpb in bpb_timeline if bpb <= target), None)
 
 
-def row(case: SwarmCase, deltas: list[dict], results: list[dict], joined: float = 0.0,
-        target_bpb: float | None = None) -> dict:
-    fast = deltas[:case.fast]
+def row(
+    case: SwarmCase, deltas: list[dict], results: list[dict], joined: float = 0.0, target_bpb: float | None = None
+) -> dict:
+    fast = deltas[: case.fast]
     per_s = lambda d, k: d[k] / d["unix_time"]  # noqa: E731
     bpb = results[0].get("val_bpb") or []
-    return {"strategy": case.strategy, "round_seconds": case.round_seconds, "peers": len(deltas),
-            "slow_peer": case.slow, "link": case.link or "loopback",
-            "wall_seconds": round(statistics.mean(d["unix_time"] for d in deltas), 1),
-            # the evaluating peer (the first) spends time on the benchmark's own measurement: left out
-            "compute_utilization": round(statistics.mean(per_s(d, "compute_seconds") for d in fast[1:] or fast), 3),
-            "tokens": sum(d["tokens_contributed"] for d in deltas),
-            "fast_tokens_per_s": round(statistics.mean(per_s(d, "tokens_trained") for d in fast)),
-            "swarm_tokens_per_s": round(sum(per_s(d, "tokens_contributed") for d in deltas)),
-            "val_bpb": bpb[-1] if bpb else None,
-            "bytes_up_per_peer": round(statistics.mean(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
-            "bytes_down_per_peer": round(statistics.mean(d["bytes_received"] / max(1, d["round"]) for d in deltas)),
-            # upload once: of bytes_up, what a peer sent of its own update, and the most any peer sent
-            "own_update_bytes_up_per_peer": round(statistics.mean((d["bytes_sent"] - d.get("bytes_relayed", 0))
-                                                                  / max(1, d["round"]) for d in deltas)),
-            "max_bytes_up_per_peer": round(max(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
-            "rounds_ok": statistics.median(d["round"] for d in deltas),
-            "rounds_failed": statistics.median(r["rounds_failed"] for r in results),
-            "target_bpb": target_bpb,
-            "seconds_to_target_bpb": seconds_to(target_bpb, results[0].get("val_bpb_timeline", []), joined)}
+    return {
+        "strategy": case.strategy,
+        "round_seconds": case.round_seconds,
+        "peers": len(deltas),
+        "slow_peer": case.slow,
+        "link": case.link or "loopback",
+        "wall_seconds": round(statistics.mean(d["unix_time"] for d in deltas), 1),
+        # the evaluating peer (the first) spends time on the benchmark's own measurement: left out
+        "compute_utilization": round(statistics.mean(per_s(d, "compute_seconds") for d in fast[1:] or fast), 3),
+        "tokens": sum(d["tokens_contributed"] for d in deltas),
+        "fast_tokens_per_s": round(statistics.mean(per_s(d, "tokens_trained") for d in fast)),
+        "swarm_tokens_per_s": round(sum(per_s(d, "tokens_contributed") for d in deltas)),
+        "val_bpb": bpb[-1] if bpb else None,
+        "bytes_up_per_peer": round(statistics.mean(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
+        "bytes_down_per_peer": round(statistics.mean(d["bytes_received"] / max(1, d["round"]) for d in deltas)),
+        # upload once: of bytes_up, what a peer sent of its own update, and the most any peer sent
+        "own_update_bytes_up_per_peer": round(
+            statistics.mean((d["bytes_sent"] - d.get("bytes_relayed", 0)) / max(1, d["round"]) for d in deltas)
+        ),
+        "max_bytes_up_per_peer": round(max(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
+        "rounds_ok": statistics.median(d["round"] for d in deltas),
+        "rounds_failed": statistics.median(r["rounds_failed"] for r in results),
+        "target_bpb": target_bpb,
+        "seconds_to_target_bpb": seconds_to(target_bpb, results[0].get("val_bpb_timeline", []), joined),
+    }
 
 
-def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_seconds: list[float],
-                    slow_peer: float, link: str, json_path: str, workdir: str, stop: threading.Event,
-                    say=print, target_bpb: float | None = None) -> list[dict]:
+def run_swarm_bench(
+    *,
+    peers: int,
+    strategies: list[str],
+    seconds: float,
+    round_seconds: list[float],
+    slow_peer: float,
+    link: str,
+    json_path: str,
+    workdir: str,
+    stop: threading.Event,
+    say=print,
+    target_bpb: float | None = None,
+) -> list[dict]:
     if link:
         LinkSpec.parse(link)  # a bad spec fails before anything starts
         if why := missing_requirements():
-            raise SwarmtrainError(f"--link needs network namespaces: {why}",
-                                  "run as root on Linux, or leave --link out")
+            raise SwarmtrainError(
+                f"--link needs network namespaces: {why}", "run as root on Linux, or leave --link out"
+            )
     if peers < 1 or seconds <= 0 or slow_peer < 0 or (0 < slow_peer < 1):
-        raise SwarmtrainError("bench swarm: --peers >= 1, --seconds > 0 and --slow-peer 0 (none) or >= 1",
-                              "fix the flag named above")
+        raise SwarmtrainError(
+            "bench swarm: --peers >= 1, --seconds > 0 and --slow-peer 0 (none) or >= 1", "fix the flag named above"
+        )
     for strategy in strategies:
         strategy_of(strategy)  # a bad name fails before anything starts
     rows = []
     for strategy in strategies:
-        for window in (round_seconds[:1] if strategy == HIVEMIND else round_seconds):  # it has no window
-            for slow in ([0.0, slow_peer] if slow_peer else [0.0]):
+        for window in round_seconds[:1] if strategy == HIVEMIND else round_seconds:  # it has no window
+            for slow in [0.0, slow_peer] if slow_peer else [0.0]:
                 case = SwarmCase(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
                 name = f"{strategy}-w{window:g}-{'slow' if slow else 'even'}"
                 try:
@@ -273,14 +354,31 @@ def run_swarm_bench(*, peers: int, strategies: list[str], seconds: float, round_
     return rows
 
 
-TABLE_KEYS = ("strategy", "round_seconds", "peers", "slow_peer", "link", "compute_utilization", "fast_tokens_per_s",
-              "swarm_tokens_per_s", "val_bpb", "bytes_up_per_peer", "bytes_down_per_peer", "rounds_ok",
-              "rounds_failed", "seconds_to_target_bpb")
+TABLE_KEYS = (
+    "strategy",
+    "round_seconds",
+    "peers",
+    "slow_peer",
+    "link",
+    "compute_utilization",
+    "fast_tokens_per_s",
+    "swarm_tokens_per_s",
+    "val_bpb",
+    "bytes_up_per_peer",
+    "bytes_down_per_peer",
+    "rounds_ok",
+    "rounds_failed",
+    "seconds_to_target_bpb",
+)
 """The row keys `swarm_table` shows, in order (the JSON has more)."""
 
 
 def swarm_table(rows: list[dict]) -> str:
     """The rows as a markdown table: one column per TABLE_KEYS, val bpb to 4 places."""
-    return markdown_table(list(TABLE_KEYS),
-                          ([f"{r[k]:.4f}" if isinstance(r[k], float) and k == "val_bpb" else str(r[k])
-                            for k in TABLE_KEYS] for r in rows))
+    return markdown_table(
+        list(TABLE_KEYS),
+        (
+            [f"{r[k]:.4f}" if isinstance(r[k], float) and k == "val_bpb" else str(r[k]) for k in TABLE_KEYS]
+            for r in rows
+        ),
+    )

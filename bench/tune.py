@@ -14,6 +14,7 @@ in an SQLite file: a rerun of the same command (same preset, tier and steps) con
 `trials` finished trials; Ctrl+C leaves it intact (an unfinished trial counts as failed and is
 not in the budget).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ from protocol.errors import ProtocolError
 DDP_SPACE = {"train.inner_lr": ("float", 1e-3, 2e-2, True), "train.weight_decay": ("float", 0.0, 0.2, False)}
 """DDP-AdamW's space: its AdamW learning rate and weight decay (the same budget as the others)."""
 
-SPACES = {"diloco": diloco.search_space, "sparseloco": sparseloco.search_space,
-          "decoupled-momentum": decoupled_momentum.search_space, "ddp-adamw": lambda cfg, train: dict(DDP_SPACE)}
+SPACES = {
+    "diloco": diloco.search_space,
+    "sparseloco": sparseloco.search_space,
+    "decoupled-momentum": decoupled_momentum.search_space,
+    "ddp-adamw": lambda cfg, train: dict(DDP_SPACE),
+}
 
 
 class _Stopped(Exception):
@@ -54,7 +59,7 @@ def configs_for(preset: str, params: dict) -> Preset:
     """The preset's settings with the sampled values put in ('train.x' -> TrainConfig.x)."""
     strat, train = PRESETS[preset]
     s = {k: v for k, v in params.items() if not k.startswith("train.")}
-    t = {k[len("train."):]: v for k, v in params.items() if k.startswith("train.")}
+    t = {k[len("train.") :]: v for k, v in params.items() if k.startswith("train.")}
     names_s, names_t = {f.name for f in fields(StrategyConfig)}, {f.name for f in fields(TrainConfig)}
     unknown = [k for k in s if k not in names_s] + [f"train.{k}" for k in t if k not in names_t]
     if unknown:
@@ -74,9 +79,17 @@ def _suggest(trial, name: str, spec: tuple):
     raise SwarmtrainError(f"search space entry {name}: unknown kind {kind!r}", "use float, int or cat")
 
 
-def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: str | None = None,
-             steps: int | None = None, seed: int = 0, stop: threading.Event | None = None,
-             say=print) -> dict:
+def run_tune(
+    preset: str,
+    trials: int,
+    tier: str,
+    json_path: str,
+    study_path: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    stop: threading.Event | None = None,
+    say=print,
+) -> dict:
     """Run (or continue) the study until it holds `trials` finished trials; write the JSON record."""
     optuna = import_extra("optuna", "bench tune")
     if preset not in PRESETS:
@@ -93,16 +106,23 @@ def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: st
     name = f"{preset}-{tier}-{t.steps}steps-seed{t.seeds[0]}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=name, storage=f"sqlite:///{study_path}", load_if_exists=True, direction="minimize",
+        study_name=name,
+        storage=f"sqlite:///{study_path}",
+        load_if_exists=True,
+        direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, trials // 2))),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=t.steps // 4))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=t.steps // 4),
+    )
     corpus = data.load_corpus("stdlib")
     stop = stop or threading.Event()
     torch.set_num_threads(1)  # one core, as bench quality's jobs: studies of several methods run side by side
 
     def finished() -> list:
-        return [x for x in study.get_trials(deepcopy=False)
-                if x.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        return [
+            x
+            for x in study.get_trials(deepcopy=False)
+            if x.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        ]
 
     def objective(trial) -> float:
         params = {k: _suggest(trial, k, spec) for k, spec in space.items()}
@@ -130,19 +150,28 @@ def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: st
         value = f"val_bpb {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.PRUNED:
             value = f"pruned at step {trial.user_attrs.get('steps_run', 0)}"
-        best = f"best {study_.best_value:.4f}" if any(
-            x.state == optuna.trial.TrialState.COMPLETE for x in study_.get_trials(deepcopy=False)) else ""
+        best = (
+            f"best {study_.best_value:.4f}"
+            if any(x.state == optuna.trial.TrialState.COMPLETE for x in study_.get_trials(deepcopy=False))
+            else ""
+        )
         say(f"  trial {trial.number:>3}  {value:<26} {shown}  ({trial.user_attrs.get('seconds', 0):.0f} s)  {best}")
 
     done = len(finished())
-    say(f"bench tune: {preset} on tier {tier} ({t.steps} steps, seed {t.seeds[0]}), {trials} trials "
-        f"({done} already in {study_path}), space: {', '.join(space)}")
+    say(
+        f"bench tune: {preset} on tier {tier} ({t.steps} steps, seed {t.seeds[0]}), {trials} trials "
+        f"({done} already in {study_path}), space: {', '.join(space)}"
+    )
     interrupted = False
     t0 = time.monotonic()
     try:
         while len(finished()) < trials and not stop.is_set():
-            study.optimize(objective, n_trials=1, callbacks=[progress],
-                           catch=(ProtocolError, ValueError, RuntimeError, FloatingPointError))
+            study.optimize(
+                objective,
+                n_trials=1,
+                callbacks=[progress],
+                catch=(ProtocolError, ValueError, RuntimeError, FloatingPointError),
+            )
     except (_Stopped, KeyboardInterrupt):
         interrupted = True
     interrupted = interrupted or stop.is_set()
@@ -155,29 +184,48 @@ def run_tune(preset: str, trials: int, tier: str, json_path: str, study_path: st
     return record
 
 
-def _record(study, preset: str, tier: str, t, study_path: str, trials: int, seconds: float,
-            interrupted: bool) -> dict:
+def _record(study, preset: str, tier: str, t, study_path: str, trials: int, seconds: float, interrupted: bool) -> dict:
     import optuna
+
     all_trials = study.get_trials(deepcopy=False)
     counted = [x for x in all_trials if x.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     complete = [x for x in all_trials if x.state == optuna.trial.TrialState.COMPLETE]
     best = min(complete, key=lambda x: x.value) if complete else None
     strat, train = configs_for(preset, best.params) if best else PRESETS[preset]
     return {
-        "preset": preset, "strategy": strat.name, "tier": tier, "steps": t.steps, "seed": t.seeds[0],
-        "study": study.study_name, "study_path": study_path, "interrupted": interrupted,
+        "preset": preset,
+        "strategy": strat.name,
+        "tier": tier,
+        "steps": t.steps,
+        "seed": t.seeds[0],
+        "study": study.study_name,
+        "study_path": study_path,
+        "interrupted": interrupted,
         "search_space": {k: list(v) for k, v in search_space(preset).items()},
         "best_params": best.params if best else None,
         "best_value": best.value if best else None,
         "best_settings": {"strategy": strat.__dict__, "train": train.__dict__},
-        "budget": {"trials_asked": trials, "trials_finished": len(counted), "trials_complete": len(complete),
-                   "trials_pruned": len(counted) - len(complete),
-                   "steps_per_trial": t.steps, "budget_steps": trials * t.steps,
-                   "steps_run": sum(x.user_attrs.get("steps_run", 0) for x in counted),
-                   "seconds": round(sum(x.user_attrs.get("seconds", 0) for x in counted), 1),
-                   "seconds_this_call": round(seconds, 1)},
-        "trials": [{"number": x.number, "state": x.state.name, "params": x.params, "value": x.value,
-                    "intermediate": {str(k): v for k, v in sorted(x.intermediate_values.items())},
-                    "steps_run": x.user_attrs.get("steps_run"), "seconds": x.user_attrs.get("seconds")}
-                   for x in all_trials],
+        "budget": {
+            "trials_asked": trials,
+            "trials_finished": len(counted),
+            "trials_complete": len(complete),
+            "trials_pruned": len(counted) - len(complete),
+            "steps_per_trial": t.steps,
+            "budget_steps": trials * t.steps,
+            "steps_run": sum(x.user_attrs.get("steps_run", 0) for x in counted),
+            "seconds": round(sum(x.user_attrs.get("seconds", 0) for x in counted), 1),
+            "seconds_this_call": round(seconds, 1),
+        },
+        "trials": [
+            {
+                "number": x.number,
+                "state": x.state.name,
+                "params": x.params,
+                "value": x.value,
+                "intermediate": {str(k): v for k, v in sorted(x.intermediate_values.items())},
+                "steps_run": x.user_attrs.get("steps_run"),
+                "seconds": x.user_attrs.get("seconds"),
+            }
+            for x in all_trials
+        ],
     }

@@ -18,6 +18,7 @@ In `direct` and `relay` every member downloads the N-1 other updates, so the swa
 N(N-1) copies whoever relays them: relaying moves the copies off the owner's link (its own
 upload is two copies, whatever N), it cannot make the mean peer's upload flat.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,11 +48,17 @@ def one_round(n: int, fanout: int) -> dict:
             own[src] += src == owner
             depth = max(depth, 1 if owner == leader else _hops(i, fanout))
     ups = [up[m] for m in members]
-    return {"peers": n, "scheme": "relay" if fanout else "direct", "fanout": fanout,
-            # the owners but the leader (which sends its own to every member: it relays nothing)
-            "own_update_copies_up": max((own[m] for m in members if m != leader), default=0),
-            "mean_copies_up": statistics.mean(ups),
-            "max_copies_up": max(ups), "copies_down": n - 1, "hops_after_roster": depth}
+    return {
+        "peers": n,
+        "scheme": "relay" if fanout else "direct",
+        "fanout": fanout,
+        # the owners but the leader (which sends its own to every member: it relays nothing)
+        "own_update_copies_up": max((own[m] for m in members if m != leader), default=0),
+        "mean_copies_up": statistics.mean(ups),
+        "max_copies_up": max(ups),
+        "copies_down": n - 1,
+        "hops_after_roster": depth,
+    }
 
 
 def _hops(position: int, fanout: int) -> int:
@@ -67,8 +74,16 @@ def _hops(position: int, fanout: int) -> int:
 def reduce_scatter(n: int) -> dict:
     """The what-if: slices of 1/n to their owners, aggregate slices back (dense updates)."""
     per = 2 * (n - 1) / n
-    return {"peers": n, "scheme": "reduce-scatter", "fanout": None, "own_update_copies_up": (n - 1) / n,
-            "mean_copies_up": per, "max_copies_up": per, "copies_down": per, "hops_after_roster": 1}
+    return {
+        "peers": n,
+        "scheme": "reduce-scatter",
+        "fanout": None,
+        "own_update_copies_up": (n - 1) / n,
+        "mean_copies_up": per,
+        "max_copies_up": per,
+        "copies_down": per,
+        "hops_after_roster": 1,
+    }
 
 
 def run_upload_bench(peers: list[int], fanouts: list[int], update_bytes: int, json_path: str, say=print) -> list[dict]:
@@ -81,8 +96,10 @@ def run_upload_bench(peers: list[int], fanouts: list[int], update_bytes: int, js
             r["bytes_down"] = round(r["copies_down"] * update_bytes)
             rows.append(r)
             label = f"{r['scheme']} f={r['fanout']}" if r["scheme"] == "relay" else r["scheme"]
-            say(f"  N={n:<5} {label:<14} own update up {r['own_update_copies_up']:>6.2f} copies  "
+            say(
+                f"  N={n:<5} {label:<14} own update up {r['own_update_copies_up']:>6.2f} copies  "
                 f"mean up {r['mean_copies_up']:>8.2f}  max up {r['max_copies_up']:>7.2f}  "
-                f"down {r['copies_down']:>7.2f}  hops {r['hops_after_roster']}")
+                f"down {r['copies_down']:>7.2f}  hops {r['hops_after_roster']}"
+            )
     Path(json_path).write_text(json.dumps({"update_bytes": update_bytes, "rows": rows}, indent=2))
     return rows

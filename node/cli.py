@@ -34,6 +34,7 @@ EXIT_INTERRUPTED = 130
 
 class _Help:
     """Whether this invocation asks for help: only then is tyro's text for the flags built."""
+
     wanted = False
 
 
@@ -43,6 +44,7 @@ def _add_flags(p: argparse.ArgumentParser, cls: type, kind: str) -> None:
     p.set_defaults(**{f"flags_{kind}": cls})
     if _Help.wanted:
         from node.config.flags import flags_help
+
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         p.epilog = (p.epilog or "") + flags_help(cls, p.prog, env=cls is NodeConfig)
 
@@ -66,17 +68,19 @@ def _doctor_flags(p: argparse.ArgumentParser) -> None:
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     from node.commands.demo import DemoOptions
+
     _add_flags(p, DemoOptions, "main")
 
 
 def _ray_flags(p: argparse.ArgumentParser) -> None:
     from node.commands.ray_launch import RayOptions
+
     _add_flags(p, RayOptions, "main")
     _add_node_flags(p)
 
 
 def _pretrain_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", metavar="RUN.TOML", required=True, help="a run with [model] kind = \"hf\"")
+    p.add_argument("--run", metavar="RUN.TOML", required=True, help='a run with [model] kind = "hf"')
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument("--out", metavar="DIR", required=True, help="directory to write config.json + model.safetensors")
     p.add_argument("--eval-every", type=int, default=100, help="held-out bits per byte every this many steps")
@@ -85,13 +89,17 @@ def _pretrain_flags(p: argparse.ArgumentParser) -> None:
 
 def _bench_flags(p: argparse.ArgumentParser) -> None:
     from bench.cli import add_bench_commands
+
     add_bench_commands(p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK"))
 
 
 def _audit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the verified ledger as JSON")
-    p.add_argument("--ledger", metavar="FILE", help="a ledger file (default: <data-dir>/<run>/ledger.jsonl, "
-                                                    "or the live swarm with --initial-peers)")
+    p.add_argument(
+        "--ledger",
+        metavar="FILE",
+        help="a ledger file (default: <data-dir>/<run>/ledger.jsonl, or the live swarm with --initial-peers)",
+    )
     _add_node_flags(p)
 
 
@@ -116,6 +124,7 @@ def _peer_exit(cfg: NodeConfig, stop: threading.Event) -> int:
 def _join(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
     from node.peer.volunteer import run_volunteer
+
     with reporter_for(cfg.log_format, f"swarmtrain {__version__} · join") as reporter:
         run_volunteer(cfg, stop, reporter)
     return _peer_exit(cfg, stop)
@@ -124,6 +133,7 @@ def _join(args: argparse.Namespace, stop: threading.Event) -> int:
 def _bootstrap(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
     from node.peer.bootstrap import run_bootstrap
+
     run_bootstrap(cfg, args.run, stop, Reporter(cfg.log_format))
     return _peer_exit(cfg, stop)
 
@@ -131,6 +141,7 @@ def _bootstrap(args: argparse.Namespace, stop: threading.Event) -> int:
 def _monitor(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
     from node.commands.monitor import run_monitor
+
     run_monitor(cfg, stop, Reporter(cfg.log_format))
     return _peer_exit(cfg, stop)
 
@@ -140,6 +151,7 @@ def _doctor(args: argparse.Namespace, stop: threading.Event) -> int:
     from dataclasses import asdict
 
     from node.commands.doctor import FAIL, render, run_doctor
+
     checks = run_doctor(cfg, args.run)
     print(json.dumps([asdict(c) for c in checks], indent=2) if args.json else render(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
@@ -148,25 +160,29 @@ def _doctor(args: argparse.Namespace, stop: threading.Event) -> int:
 def _audit(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
     from node.commands.audit import run_audit
+
     return run_audit(cfg, args.ledger, as_json=args.json)
 
 
 def _demo(args: argparse.Namespace, stop: threading.Event) -> int:
     from node.commands.demo import DemoOptions, run_demo
+
     opt: DemoOptions = args.main
     with reporter_for("auto", f"swarmtrain {__version__} · demo ({opt.peers} peers)") as reporter:
         summary = run_demo(opt, stop, reporter)
     print(json.dumps({k: summary[k] for k in ("peers", "rounds_completed", "val_bpb", "wall_s")}))
     if stop.is_set():
         return EXIT_INTERRUPTED
-    ok = opt.rounds == 0 or (summary["rounds_completed"] >= opt.rounds
-                             and len(set(summary["model_digests"].values())) == 1)
+    ok = opt.rounds == 0 or (
+        summary["rounds_completed"] >= opt.rounds and len(set(summary["model_digests"].values())) == 1
+    )
     return 0 if ok else 1
 
 
 def _ray_launch(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
     from node.commands.ray_launch import RayOptions, run_ray_launch
+
     opt: RayOptions = args.main
     summary = run_ray_launch(cfg, opt, stop, Reporter("text" if cfg.log_format == "auto" else cfg.log_format))
     if stop.is_set():
@@ -176,6 +192,7 @@ def _ray_launch(args: argparse.Namespace, stop: threading.Event) -> int:
 
 def _pretrain(args: argparse.Namespace, stop: threading.Event) -> int:
     from node.commands.pretrain import run_pretrain
+
     result = run_pretrain(args.run, args.steps, args.out, stop, Reporter("text"), args.eval_every)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -184,6 +201,7 @@ def _pretrain(args: argparse.Namespace, stop: threading.Event) -> int:
 
 def _bench(args: argparse.Namespace, stop: threading.Event) -> int:
     from bench.cli import run_bench
+
     return EXIT_INTERRUPTED if run_bench(args, stop) else 0
 
 
@@ -224,22 +242,34 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "join": Command(help="join a swarm as a volunteer and train", add_flags=_add_node_flags, run=_join),
-    "bootstrap": Command(help="start a swarm: a stable peer that publishes the run manifest",
-                         add_flags=_bootstrap_flags, run=_bootstrap),
-    "doctor": Command(help="preflight checks before joining, each failure with its fix",
-                      add_flags=_doctor_flags, run=_doctor),
-    "monitor": Command(help="watch a whole swarm: a client-mode peer serving a live page",
-                       add_flags=_add_node_flags, run=_monitor),
-    "demo": Command(help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers",
-                    add_flags=_demo_flags, run=_demo),
-    "ray-launch": Command(help="start N volunteers as Ray actors on a Ray cluster or a local one "
-                               "(pip install 'swarmtrain[ray]')", add_flags=_ray_flags, run=_ray_launch),
-    "pretrain": Command(help="train a run's Hugging Face model alone and save it (save_pretrained)",
-                        add_flags=_pretrain_flags, run=_pretrain),
-    "bench": Command(help="benchmarks (swarmtrain bench --help: each one and how long it takes)",
-                     add_flags=_bench_flags, run=_bench),
-    "audit": Command(help="verify the run's signed round ledger and print who contributed",
-                     add_flags=_audit_flags, run=_audit),
+    "bootstrap": Command(
+        help="start a swarm: a stable peer that publishes the run manifest", add_flags=_bootstrap_flags, run=_bootstrap
+    ),
+    "doctor": Command(
+        help="preflight checks before joining, each failure with its fix", add_flags=_doctor_flags, run=_doctor
+    ),
+    "monitor": Command(
+        help="watch a whole swarm: a client-mode peer serving a live page", add_flags=_add_node_flags, run=_monitor
+    ),
+    "demo": Command(
+        help="a local swarm on 127.0.0.1: a bootstrap peer and N volunteers", add_flags=_demo_flags, run=_demo
+    ),
+    "ray-launch": Command(
+        help="start N volunteers as Ray actors on a Ray cluster or a local one (pip install 'swarmtrain[ray]')",
+        add_flags=_ray_flags,
+        run=_ray_launch,
+    ),
+    "pretrain": Command(
+        help="train a run's Hugging Face model alone and save it (save_pretrained)",
+        add_flags=_pretrain_flags,
+        run=_pretrain,
+    ),
+    "bench": Command(
+        help="benchmarks (swarmtrain bench --help: each one and how long it takes)", add_flags=_bench_flags, run=_bench
+    ),
+    "audit": Command(
+        help="verify the run's signed round ledger and print who contributed", add_flags=_audit_flags, run=_audit
+    ),
     "config": Command(help="inspect configuration", add_flags=_config_flags, run=_config_show, stoppable=False),
 }
 """Every command, in the order of `swarmtrain --help`."""
@@ -275,6 +305,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if rest and not (main_cls or node_cls):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from node.config.flags import parse_flags
+
     prog = "swarmtrain " + args.command
     if main_cls is not None:
         given, rest = parse_flags(main_cls, rest, prog, rest=node_cls is not None)
@@ -285,12 +316,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _install_signal_handlers(stop: threading.Event) -> None:
     """First Ctrl+C / SIGTERM: finish cleanly (leave, keep checkpoint). Second Ctrl+C: abort."""
+
     def handler(signum, _frame):
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set()
-        print(f"\nstopping ({signal.Signals(signum).name}): leaving the swarm; Ctrl+C again to abort",
-              file=sys.stderr, flush=True)
+        print(
+            f"\nstopping ({signal.Signals(signum).name}): leaving the swarm; Ctrl+C again to abort",
+            file=sys.stderr,
+            flush=True,
+        )
+
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 

@@ -16,6 +16,7 @@ A reader that knows the payload's size (an announced update, the state template)
 frame of exactly `ok_response_length(size)` bytes, or a refusal of at most MAX_ERROR_RESPONSE.
 Update payloads are UpdateEnvelope bytes (below); state payloads are tensors.py containers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,14 +72,23 @@ def check_response_length(n: int, *, expect: int | None, max_bytes: int) -> None
             raise ProtocolError(f"response of {n} bytes exceeds the limit of {max_bytes + RESPONSE_OVERHEAD}")
         return
     if n != ok_response_length(expect) and n > MAX_ERROR_RESPONSE:
-        raise ProtocolError(f"response of {n} bytes, expected {ok_response_length(expect)} for a "
-                            f"{expect}-byte payload (or a refusal of at most {MAX_ERROR_RESPONSE})")
+        raise ProtocolError(
+            f"response of {n} bytes, expected {ok_response_length(expect)} for a "
+            f"{expect}-byte payload (or a refusal of at most {MAX_ERROR_RESPONSE})"
+        )
 
 
 def _unpack_map(data: bytes, where: str) -> dict:
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data),
-                              max_str_len=4096, max_array_len=4096, max_map_len=64)
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=len(data),
+            max_str_len=4096,
+            max_array_len=4096,
+            max_map_len=64,
+        )
     except Exception as e:  # msgpack raises several types; all mean the same to us
         raise ProtocolError(f"{where}: not valid msgpack ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
@@ -97,7 +107,7 @@ class Request:
         return msgpack.packb({"op": self.op, "run": self.run, "round": self.round, "peer": self.peer})
 
     @classmethod
-    def decode(cls, data: bytes) -> "Request":
+    def decode(cls, data: bytes) -> Request:
         d = _unpack_map(data, "request")
         op, run, rnd, peer = d.get("op"), d.get("run"), d.get("round", 0), d.get("peer", "")
         if op not in OPS:
@@ -138,15 +148,22 @@ class UpdateEnvelope:
     payload: bytes
 
     def encode(self) -> bytes:
-        return msgpack.packb({"run": self.run, "round": self.round, "peer": self.peer,
-                              "codec": self.codec, "payload": self.payload}, use_bin_type=True)
+        return msgpack.packb(
+            {"run": self.run, "round": self.round, "peer": self.peer, "codec": self.codec, "payload": self.payload},
+            use_bin_type=True,
+        )
 
     @classmethod
-    def decode(cls, data: bytes) -> "UpdateEnvelope":
+    def decode(cls, data: bytes) -> UpdateEnvelope:
         d = _unpack_map(data, "update")
         run, rnd, peer, codec, payload = (d.get(k) for k in ("run", "round", "peer", "codec", "payload"))
-        if not (isinstance(run, str) and isinstance(rnd, int) and isinstance(peer, str)
-                and isinstance(codec, str) and isinstance(payload, bytes)):
+        if not (
+            isinstance(run, str)
+            and isinstance(rnd, int)
+            and isinstance(peer, str)
+            and isinstance(codec, str)
+            and isinstance(payload, bytes)
+        ):
             raise ProtocolError("update: fields run/round/peer/codec/payload missing or mistyped")
         if isinstance(rnd, bool) or rnd < 0:  # True == 1 would otherwise pass as round 1
             raise ProtocolError(f"update: round {rnd!r} is not a non-negative integer")

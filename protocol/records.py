@@ -3,6 +3,7 @@
 Records from the DHT were written by other peers, so `from_wire` checks every field's type
 and range and raises ProtocolError; callers drop such records with a warning and go on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,7 +85,7 @@ class Heartbeat:
         return d
 
     @classmethod
-    def from_wire(cls, d: object) -> "Heartbeat":
+    def from_wire(cls, d: object) -> Heartbeat:
         w = "heartbeat"
         maddrs = _get(d, "maddrs", list, where=w)
         if len(maddrs) > 16 or not all(isinstance(m, str) and len(m) < MAX_TEXT for m in maddrs):
@@ -123,15 +124,21 @@ class Announcement:
         return asdict(self)
 
     @classmethod
-    def from_wire(cls, d: object, *, max_bytes: int) -> "Announcement":
+    def from_wire(cls, d: object, *, max_bytes: int) -> Announcement:
         w = "announcement"
         nbytes = _get(d, "nbytes", int, where=w)
         if not 0 < nbytes <= max_bytes:
             raise ProtocolError(f"{w}: update size {nbytes} outside (0, {max_bytes}]")
-        return cls(run=_run(_get(d, "run", str, where=w), w), round=_round(_get(d, "round", int, where=w), w),
-                   peer=_peer_id(_get(d, "peer", str, where=w), w), nbytes=nbytes,
-                   sha256=_sha256(_get(d, "sha256", str, where=w), w), tokens=_count(d, "tokens", w),
-                   base=_sha256(_get(d, "base", str, where=w), w), time=_finite(_get(d, "time", float, where=w), "time", w))
+        return cls(
+            run=_run(_get(d, "run", str, where=w), w),
+            round=_round(_get(d, "round", int, where=w), w),
+            peer=_peer_id(_get(d, "peer", str, where=w), w),
+            nbytes=nbytes,
+            sha256=_sha256(_get(d, "sha256", str, where=w), w),
+            tokens=_count(d, "tokens", w),
+            base=_sha256(_get(d, "base", str, where=w), w),
+            time=_finite(_get(d, "time", float, where=w), "time", w),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,27 +162,45 @@ class Roster:
     scores: tuple[tuple[str, float], ...] = ()
 
     def to_wire(self) -> dict:
-        return {"run": self.run, "round": self.round, "leader": self.leader, "prev": self.prev,
-                "base": self.base, "result": self.result, "time": self.time, "entries": list(self.entries),
-                "scores": [list(s) for s in self.scores]}
+        return {
+            "run": self.run,
+            "round": self.round,
+            "leader": self.leader,
+            "prev": self.prev,
+            "base": self.base,
+            "result": self.result,
+            "time": self.time,
+            "entries": list(self.entries),
+            "scores": [list(s) for s in self.scores],
+        }
 
     @classmethod
-    def from_wire(cls, d: object, *, max_bytes: int = 0) -> "Roster":
+    def from_wire(cls, d: object, *, max_bytes: int = 0) -> Roster:
         w = "roster"
         raw = _get(d, "entries", list, where=w)
         if not 0 < len(raw) <= MAX_ROSTER or not all(isinstance(e, dict) for e in raw):
             raise ProtocolError(f"{w}: entries must be 1..{MAX_ROSTER} signed announcements")
         scores = _get(d, "scores", list, where=w)
         if len(scores) > MAX_ROSTER or not all(
-                isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], (int, float))
-                and not isinstance(x[1], bool) for x in scores):
+            isinstance(x, list)
+            and len(x) == 2
+            and isinstance(x[0], str)
+            and isinstance(x[1], (int, float))
+            and not isinstance(x[1], bool)
+            for x in scores
+        ):
             raise ProtocolError(f"{w}: scores must be [peer, number] pairs")
-        return cls(run=_run(_get(d, "run", str, where=w), w), round=_round(_get(d, "round", int, where=w), w),
-                   leader=_peer_id(_get(d, "leader", str, where=w), w),
-                   prev=_sha256(_get(d, "prev", str, where=w), w), base=_sha256(_get(d, "base", str, where=w), w),
-                   result=_sha256(_get(d, "result", str, where=w), w),
-                   time=_finite(_get(d, "time", float, where=w), "time", w), entries=tuple(raw),
-                   scores=tuple((_peer_id(p, w), _finite(float(v), "scores", w)) for p, v in scores))
+        return cls(
+            run=_run(_get(d, "run", str, where=w), w),
+            round=_round(_get(d, "round", int, where=w), w),
+            leader=_peer_id(_get(d, "leader", str, where=w), w),
+            prev=_sha256(_get(d, "prev", str, where=w), w),
+            base=_sha256(_get(d, "base", str, where=w), w),
+            result=_sha256(_get(d, "result", str, where=w), w),
+            time=_finite(_get(d, "time", float, where=w), "time", w),
+            entries=tuple(raw),
+            scores=tuple((_peer_id(p, w), _finite(float(v), "scores", w)) for p, v in scores),
+        )
 
 
 def canonical_json(obj: object) -> bytes:
@@ -255,7 +280,7 @@ class MetricsRecord:
         return d
 
     @classmethod
-    def from_wire(cls, d: object) -> "MetricsRecord":
+    def from_wire(cls, d: object) -> MetricsRecord:
         w = "metrics record"
         history, recent = _get(d, "history", list, where=w), _get(d, "recent", list, where=w)
         if len(history) > MAX_METRICS_HISTORY or len(recent) > MAX_METRICS_HISTORY:
@@ -264,28 +289,54 @@ class MetricsRecord:
         if reach not in REACHABILITY:
             raise ProtocolError(f"{w}: reachability {reach[:20]!r} is not one of {REACHABILITY}")
         return cls(
-            peer=_peer_id(_get(d, "peer", str, where=w), w), name=_get(d, "name", str, where=w),
-            device=_get(d, "device", str, where=w), version=_get(d, "version", str, where=w),
-            round=_round(_get(d, "round", int, where=w), w), local_step=_count(d, "local_step", w),
+            peer=_peer_id(_get(d, "peer", str, where=w), w),
+            name=_get(d, "name", str, where=w),
+            device=_get(d, "device", str, where=w),
+            version=_get(d, "version", str, where=w),
+            round=_round(_get(d, "round", int, where=w), w),
+            local_step=_count(d, "local_step", w),
             time=_finite(_get(d, "time", float, where=w), "time", w),
-            loss=_opt_float(d, "loss", w), val_bpb=_opt_float(d, "val_bpb", w),
-            tokens_per_s=_opt_float(d, "tokens_per_s", w), tokens=_count(d, "tokens", w),
-            sent=_count(d, "sent", w), received=_count(d, "received", w), dense=_count(d, "dense", w),
-            rounds_ok=_count(d, "rounds_ok", w), rounds_failed=_count(d, "rounds_failed", w), reachability=reach,
-            history=tuple(_history_entry(h, w) for h in history), recent=tuple(_recent_entry(r, w) for r in recent))
+            loss=_opt_float(d, "loss", w),
+            val_bpb=_opt_float(d, "val_bpb", w),
+            tokens_per_s=_opt_float(d, "tokens_per_s", w),
+            tokens=_count(d, "tokens", w),
+            sent=_count(d, "sent", w),
+            received=_count(d, "received", w),
+            dense=_count(d, "dense", w),
+            rounds_ok=_count(d, "rounds_ok", w),
+            rounds_failed=_count(d, "rounds_failed", w),
+            reachability=reach,
+            history=tuple(_history_entry(h, w) for h in history),
+            recent=tuple(_recent_entry(r, w) for r in recent),
+        )
 
 
 def _history_entry(h: object, w: str) -> tuple[int, float, float | None]:
-    if not (isinstance(h, list) and len(h) == 3 and isinstance(h[0], int) and isinstance(h[1], (int, float))
-            and (h[2] is None or isinstance(h[2], (int, float)))):
+    if not (
+        isinstance(h, list)
+        and len(h) == 3
+        and isinstance(h[0], int)
+        and isinstance(h[1], (int, float))
+        and (h[2] is None or isinstance(h[2], (int, float)))
+    ):
         raise ProtocolError(f"{w}: history entry must be [round, loss, val_bpb|None]")
-    return (_round(h[0], w), _finite(float(h[1]), "history", w),
-            None if h[2] is None else _finite(float(h[2]), "history", w))
+    return (
+        _round(h[0], w),
+        _finite(float(h[1]), "history", w),
+        None if h[2] is None else _finite(float(h[2]), "history", w),
+    )
 
 
 def _recent_entry(r: object, w: str) -> tuple[int, str, int, float, float]:
-    if not (isinstance(r, list) and len(r) == 5 and isinstance(r[0], int) and r[1] in ROUND_RESULTS
-            and isinstance(r[2], int) and 0 <= r[2] <= MAX_ROSTER and isinstance(r[3], (int, float))
-            and isinstance(r[4], (int, float))):
+    if not (
+        isinstance(r, list)
+        and len(r) == 5
+        and isinstance(r[0], int)
+        and r[1] in ROUND_RESULTS
+        and isinstance(r[2], int)
+        and 0 <= r[2] <= MAX_ROSTER
+        and isinstance(r[3], (int, float))
+        and isinstance(r[4], (int, float))
+    ):
         raise ProtocolError(f"{w}: recent entry must be [round, result, group size, seconds, time]")
     return (_round(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w), _finite(float(r[4]), "recent", w))

@@ -6,6 +6,7 @@ the envelope's shape and size, the signature against the key behind the expected
 peer id, the body's fields (records.py), and that the body names that same author. What each
 record says, and under which DHT key it lives, is in docs/protocol.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,15 +17,15 @@ from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.records import MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
 
-MAX_BODY = {"heartbeat": 8 * 1024, "announcement": 2 * 1024, "roster": MAX_ROSTER * 2048 + 4096,
-            "manifest": 64 * 1024}
+MAX_BODY = {"heartbeat": 8 * 1024, "announcement": 2 * 1024, "roster": MAX_ROSTER * 2048 + 4096, "manifest": 64 * 1024}
 KIND_OF = {Heartbeat: "heartbeat", Announcement: "announcement", Roster: "roster"}
 
 
 def _unpack(body: bytes, where: str) -> object:
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=len(body),
-                               max_array_len=MAX_ROSTER + 16, max_map_len=64)
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=True, max_bin_len=len(body), max_array_len=MAX_ROSTER + 16, max_map_len=64
+        )
     except Exception as e:  # msgpack raises several types for garbage
         raise ProtocolError(f"{where}: body is not msgpack ({type(e).__name__})") from None
 
@@ -61,8 +62,9 @@ def body_hash(envelope: dict) -> str:
     return hashlib.sha256(envelope["body"]).hexdigest()
 
 
-def open_roster(envelope: object, *, signer: str | None = None, max_bytes: int = 2**40
-                ) -> tuple[Roster, list[Announcement]]:
+def open_roster(
+    envelope: object, *, signer: str | None = None, max_bytes: int = 2**40
+) -> tuple[Roster, list[Announcement]]:
     """A roster and its announcements, every signature checked; entries must be of the roster's
     run and round, by distinct peers, sorted by peer id."""
     roster = open_record(envelope, Roster, signer=signer, max_bytes=max_bytes)
@@ -87,8 +89,11 @@ def open_manifest(envelope: object, run_id: str) -> dict:
     if len(envelope["body"]) > MAX_BODY["manifest"]:
         raise ProtocolError("manifest: too long")
     manifest = _unpack(envelope["body"], "manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("organizer"), str) \
-            or not isinstance(manifest.get("name"), str):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("organizer"), str)
+        or not isinstance(manifest.get("name"), str)
+    ):
         raise ProtocolError("manifest: must be a map naming its organizer and name")
     try:
         hashes_to_id = run_id_of(manifest) == run_id

@@ -16,6 +16,7 @@ peer table and each roster several times a second, and anyone may mint keys. So 
 shape hivemind gives every identity is accepted, the cheap checks run before the costly ones,
 and an envelope already verified is remembered (by hash) instead of being verified again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,8 @@ DOMAIN = b"swarmtrain-signed-record-v1\x00"
 # each check ~50 times dearer (~5 ms), so any other shape is refused before the signature is looked at.
 PUBLIC_EXPONENT = 65537
 MODULUS_BITS = 2048
-MAX_KEY = 294   # bytes: the DER SubjectPublicKeyInfo of a 2048-bit key with exponent 65537 is exactly this
-MAX_SIG = 256   # bytes: an RSA signature is as long as the modulus
+MAX_KEY = 294  # bytes: the DER SubjectPublicKeyInfo of a 2048-bit key with exponent 65537 is exactly this
+MAX_SIG = 256  # bytes: an RSA signature is as long as the modulus
 # Envelopes remembered as verified: the peer table plus the rosters and announcements of a few rounds
 # of a run with hundreds of peers, re-read on every poll. An entry is a 32-byte digest (~150 bytes
 # with the map's overhead), so a full cache is well under a megabyte.
@@ -130,8 +131,9 @@ def _signed_bytes(kind: str, body: bytes) -> bytes:
 
 
 def public_der(private_key: rsa.RSAPrivateKey) -> bytes:
-    return private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def check_public_key(public: object) -> None:
@@ -140,17 +142,24 @@ def check_public_key(public: object) -> None:
     if not isinstance(public, rsa.RSAPublicKey):
         raise ProtocolError("signed record: only RSA keys are accepted")
     if public.key_size != MODULUS_BITS:
-        raise ProtocolError(f"signed record: a {public.key_size}-bit RSA key; only {MODULUS_BITS}-bit keys "
-                            "(hivemind's identities) are accepted")
+        raise ProtocolError(
+            f"signed record: a {public.key_size}-bit RSA key; only {MODULUS_BITS}-bit keys "
+            "(hivemind's identities) are accepted"
+        )
     exponent = public.public_numbers().e
     if exponent != PUBLIC_EXPONENT:
-        raise ProtocolError(f"signed record: RSA public exponent {str(exponent)[:20]} "
-                            f"({exponent.bit_length()} bits); only {PUBLIC_EXPONENT} is accepted")
+        raise ProtocolError(
+            f"signed record: RSA public exponent {str(exponent)[:20]} "
+            f"({exponent.bit_length()} bits); only {PUBLIC_EXPONENT} is accepted"
+        )
 
 
 def sign(private_key: rsa.RSAPrivateKey, body: bytes, kind: str = "") -> dict:
-    out = {"body": body, "key": public_der(private_key),
-           "sig": private_key.sign(_signed_bytes(kind, body), _PSS, hashes.SHA256())}
+    out = {
+        "body": body,
+        "key": public_der(private_key),
+        "sig": private_key.sign(_signed_bytes(kind, body), _PSS, hashes.SHA256()),
+    }
     if kind:
         out["kind"] = kind
     return out
@@ -182,16 +191,20 @@ def _fields(envelope: object, kind: str, max_body: int) -> tuple[bytes, bytes, b
     if not isinstance(envelope, dict):
         raise ProtocolError("signed record: expected a map")
     if envelope.get("kind", "") != kind:
-        raise ProtocolError(f"signed record: a {str(envelope.get('kind', ''))[:20]!r} record where a "
-                            f"{kind or 'metrics'} record was expected")
+        raise ProtocolError(
+            f"signed record: a {str(envelope.get('kind', ''))[:20]!r} record where a "
+            f"{kind or 'metrics'} record was expected"
+        )
     body, key, sig = envelope.get("body"), envelope.get("key"), envelope.get("sig")
     if not (isinstance(body, bytes) and isinstance(key, bytes) and isinstance(sig, bytes)):
         raise ProtocolError("signed record: body, key and sig must be bytes")
     if len(body) > max_body:
         raise ProtocolError(f"signed record: body of {len(body)} bytes is longer than {max_body}")
     if len(key) > MAX_KEY or len(sig) > MAX_SIG:
-        raise ProtocolError(f"signed record: a key of {len(key)} bytes or signature of {len(sig)} is longer "
-                            f"than a {MODULUS_BITS}-bit RSA key's ({MAX_KEY}, {MAX_SIG})")
+        raise ProtocolError(
+            f"signed record: a key of {len(key)} bytes or signature of {len(sig)} is longer "
+            f"than a {MODULUS_BITS}-bit RSA key's ({MAX_KEY}, {MAX_SIG})"
+        )
     return body, key, sig
 
 

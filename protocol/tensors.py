@@ -5,6 +5,7 @@ Never pickle or torch.load: a container is msgpack of
      "tensors": [[name, dtype, [dims...], <raw little-endian bytes>], ...]}
 and decoding checks every dtype, shape and byte count before it builds a tensor.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,13 @@ import torch
 from protocol.errors import ProtocolError
 
 FORMAT = "swarmtrain-tensors"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "int64": torch.int64, "uint8": torch.uint8}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+}
 _NAMES = {v: k for k, v in DTYPES.items()}
 MAX_TENSORS = 10_000
 
@@ -25,10 +31,10 @@ def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict | None = None) -
     items = []
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        items.append([name, _NAMES[t.dtype], list(t.shape), t.view(torch.uint8).numpy().tobytes()
-                      if t.numel() else b""])
-    return msgpack.packb({"format": FORMAT, "version": 1, "meta": meta or {}, "tensors": items},
-                         use_bin_type=True)
+        items.append(
+            [name, _NAMES[t.dtype], list(t.shape), t.view(torch.uint8).numpy().tobytes() if t.numel() else b""]
+        )
+    return msgpack.packb({"format": FORMAT, "version": 1, "meta": meta or {}, "tensors": items}, use_bin_type=True)
 
 
 def decode_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
@@ -51,8 +57,11 @@ def decode_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
             raise ProtocolError(f"tensor container: bad or repeated name {name!r}")
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ProtocolError(f"tensor container: {name}: dtype {dtype!r} not allowed")
-        if not (isinstance(shape, list) and len(shape) <= 8
-                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= 8
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+        ):
             raise ProtocolError(f"tensor container: {name}: bad shape {shape!r}")
         itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
         if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * itemsize:

@@ -1,10 +1,10 @@
 """Real node processes on 127.0.0.1 (port 0 only), each in its own session so that every
 process it starts (the DHT child, p2pd) is cleaned up with it, also when a test fails."""
+
 from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -41,16 +41,29 @@ heartbeat_ttl = 5.0
 class Proc:
     """A `swarmtrain ...` process whose output lines can be awaited."""
 
-    def __init__(self, args: list[str], cwd: Path, *, command: list[str] | None = None,
-                 prefix: list[str] = (), t0: float | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        *,
+        command: list[str] | None = None,
+        prefix: list[str] = (),
+        t0: float | None = None,
+    ):
         """`command` runs instead of `python -m node.cli`, after `prefix` (e.g. `ip netns exec NS`);
         with `t0`, each line is stamped 't=SECONDS' since then."""
         self.args = args
         self.cwd = cwd
         self.t0 = t0
-        self.popen = subprocess.Popen([*prefix, *(command or [sys.executable, "-m", "node.cli"]), *args], cwd=cwd,
-                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.popen = subprocess.Popen(
+            [*prefix, *(command or [sys.executable, "-m", "node.cli"]), *args],
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -110,7 +123,9 @@ class Proc:
 
     def save_log(self) -> None:
         """Keep the whole output beside the test's files (pytest keeps the last runs' tmp dirs)."""
-        name = next((a for a in self.args[self.args.index("--name") + 1:][:1]), None) if "--name" in self.args else None
+        name = (
+            next((a for a in self.args[self.args.index("--name") + 1 :][:1]), None) if "--name" in self.args else None
+        )
         path = self.cwd / f"{name or self.args[0]}-{self.popen.pid}.log"
         try:
             path.write_text(self.output)
@@ -162,7 +177,17 @@ def alive(pid: int) -> bool:
 
 
 def start_bootstrap(procs, tmp_path: Path, run: Path) -> tuple[Proc, str]:
-    boot = procs("bootstrap", "--run", str(run), "--host", "127.0.0.1", "--new-swarm",
-                 "--data-dir", str(tmp_path / "boot"), "--startup-timeout", "60")
+    boot = procs(
+        "bootstrap",
+        "--run",
+        str(run),
+        "--host",
+        "127.0.0.1",
+        "--new-swarm",
+        "--data-dir",
+        str(tmp_path / "boot"),
+        "--startup-timeout",
+        "60",
+    )
     maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
     return boot, maddr

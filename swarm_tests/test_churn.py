@@ -1,6 +1,7 @@
 """A peer dies mid-run (kill -9 of its whole process group, like a machine losing power):
 the swarm notices through its expired heartbeat, a new leader takes over, and the survivors
 keep training to identical parameters."""
+
 import json
 import os
 import signal
@@ -9,12 +10,28 @@ from swarm_tests.conftest import start_bootstrap
 
 ROUNDS = 40  # rounds of the small run take well under a second
 
+
 def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, small_run):
     small_run.write_text(small_run.read_text() + "min_peers = 2\n")  # no one trains alone at the start
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    started = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / f"v{i}"),
-                     "--threads", "1", "--max-rounds", str(ROUNDS), "--result-json", str(tmp_path / f"v{i}.json"))
-               for i in range(3)]
+    started = [
+        procs(
+            "join",
+            "--initial-peers",
+            maddr,
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(tmp_path / f"v{i}"),
+            "--threads",
+            "1",
+            "--max-rounds",
+            str(ROUNDS),
+            "--result-json",
+            str(tmp_path / f"v{i}.json"),
+        )
+        for i in range(3)
+    ]
     nodes = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): (i, p) for i, p in enumerate(started)}
     for _, p in nodes.values():
         p.wait_for(r"event=round round=\d+ peers=3 ", 120)  # all three are in the rounds now
@@ -23,7 +40,7 @@ def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, sma
     os.killpg(victim.popen.pid, signal.SIGKILL)
     victim.wait(10)
 
-    for i, p in nodes.values():
+    for _, p in nodes.values():
         assert p.wait(240) == 0, p.output[-3000:]
     results = [json.loads((tmp_path / f"v{i}.json").read_text()) for i, _ in nodes.values()]
     assert [r["rounds_completed"] for r in results] == [ROUNDS, ROUNDS]

@@ -1,4 +1,5 @@
 """The issue's acceptance path: `swarmtrain demo` with a late joiner, end to end."""
+
 import json
 import subprocess
 import sys
@@ -6,10 +7,24 @@ import sys
 
 def test_demo_three_peers_and_a_late_joiner_end_bit_identical(tmp_path):
     summary_path = tmp_path / "summary.json"
-    cmd = [sys.executable, "-m", "node.cli", "demo", "--peers", "3", "--rounds", "5", "--late-joiner",
-           "--inner-steps", "40", "--summary-json", str(summary_path), "--workdir", str(tmp_path / "work")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "demo",
+        "--peers",
+        "3",
+        "--rounds",
+        "5",
+        "--late-joiner",
+        "--inner-steps",
+        "40",
+        "--summary-json",
+        str(summary_path),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=420)
     finally:

@@ -1,6 +1,7 @@
 """Faults a real swarm must ride out: a peer frozen for a long while (SIGSTOP of its whole process
 group, like a laptop lid closed or a VM paused) that comes back and catches up, and a state donor
 that dies while a late joiner downloads the swarm's state from it."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import re
 import signal
 import time
 
-from swarm_tests.conftest import ROUND, Proc, rounds_of, start_bootstrap
+from swarm_tests.conftest import Proc, rounds_of, start_bootstrap
 
 FREEZE_S = 45.0
 
@@ -37,8 +38,22 @@ def signal_group(p: Proc, sig: int) -> None:
 
 
 def join(procs, tmp_path, maddr: str, name: str, *extra: str) -> Proc:
-    return procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / name),
-                 "--name", name, "--threads", "1", "--status-port", "-1", *extra)
+    return procs(
+        "join",
+        "--initial-peers",
+        maddr,
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(tmp_path / name),
+        "--name",
+        name,
+        "--threads",
+        "1",
+        "--status-port",
+        "-1",
+        *extra,
+    )
 
 
 def test_a_peer_frozen_for_45s_catches_up_after_the_thaw(procs, tmp_path, small_run):
@@ -68,8 +83,9 @@ def test_a_peer_frozen_for_45s_catches_up_after_the_thaw(procs, tmp_path, small_
         signal_group(frozen, signal.SIGCONT)  # also on failure: a stopped process ignores SIGTERM until continued
 
     # back in the rounds with the others, on a round that started after the thaw
-    back = wait_line(frozen, r"event=round round=(\d+) peers=3 ", 60, thaw_mark,
-                     accept=lambda m: int(m[1]) > at_thaw)  # not a round left over from before the freeze
+    back = wait_line(
+        frozen, r"event=round round=(\d+) peers=3 ", 60, thaw_mark, accept=lambda m: int(m[1]) > at_thaw
+    )  # not a round left over from before the freeze
     r = int(back[1])
     for p in others:
         wait_line(p, rf"event=round round={r} ", 30)

@@ -1,5 +1,6 @@
 """A 4x slower peer beside two fast ones, with a compute window: nobody waits for it, it still
 contributes (fewer tokens, weighted as such), and every peer ends each round on the same state."""
+
 import re
 
 from swarm_tests.conftest import start_bootstrap
@@ -9,17 +10,36 @@ ROUNDS = 8
 
 def rounds_of(output: str) -> dict[int, tuple[str, int, int]]:
     """round -> (digest, peers in the roster, inner steps this peer ran)"""
-    return {int(m[1]): (m[3], int(m[2]), int(m[4])) for m in re.finditer(
-        r"event=round round=(\d+) peers=(\d+) .*digest=(\w+) .*steps=(\d+)", output)}
+    return {
+        int(m[1]): (m[3], int(m[2]), int(m[4]))
+        for m in re.finditer(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+) .*steps=(\d+)", output)
+    }
 
 
 def test_a_slow_peer_adds_fewer_tokens_and_nobody_waits_for_it(procs, tmp_path, small_run):
-    small_run.write_text(small_run.read_text().replace("inner_steps = 4", "inner_steps = 8")
-                         .replace("[swarm]\n", "[swarm]\nround_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n"))
+    small_run.write_text(
+        small_run.read_text()
+        .replace("inner_steps = 4", "inner_steps = 8")
+        .replace("[swarm]\n", "[swarm]\nround_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n")
+    )
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    peers = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / f"v{i}"),
-                   "--threads", "1", "--max-rounds", str(ROUNDS), *(["--slowdown", "4"] if i == 2 else []))
-             for i in range(3)]
+    peers = [
+        procs(
+            "join",
+            "--initial-peers",
+            maddr,
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(tmp_path / f"v{i}"),
+            "--threads",
+            "1",
+            "--max-rounds",
+            str(ROUNDS),
+            *(["--slowdown", "4"] if i == 2 else []),
+        )
+        for i in range(3)
+    ]
     for p in peers:
         assert p.wait(300) == 0, p.output[-3000:]
     fast, slow = [rounds_of(p.output) for p in peers[:2]], rounds_of(peers[2].output)

@@ -1,6 +1,7 @@
 """A real hostile peer process against a real swarm: forged records, Sybil heartbeats vouching
 for another state, rosters it may not write, an overwritten manifest, and poisoned and oversized
 updates. The honest peers refuse all of it and keep training to equal digests."""
+
 import json
 import subprocess
 import sys
@@ -11,17 +12,40 @@ ROUNDS = 14
 
 
 def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_run):
-    small_run.write_text(small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3")
-                         + "[robust]\nscoring = true\n")  # the leader scores every update on a shared batch
+    small_run.write_text(
+        small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3")
+        + "[robust]\nscoring = true\n"
+    )  # the leader scores every update on a shared batch
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    vols = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / f"v{i}"),
-                  "--threads", "1", "--max-rounds", str(ROUNDS), "--result-json", str(tmp_path / f"v{i}.json"))
-            for i in range(3)]
+    vols = [
+        procs(
+            "join",
+            "--initial-peers",
+            maddr,
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(tmp_path / f"v{i}"),
+            "--threads",
+            "1",
+            "--max-rounds",
+            str(ROUNDS),
+            "--result-json",
+            str(tmp_path / f"v{i}.json"),
+        )
+        for i in range(3)
+    ]
     ids = [v.wait_for(r"event=joined peer=(\S+) .*run=(\S+)", 120) for v in vols]
     run_id, victim = ids[0].group(2), ids[0].group(1)
     vols[0].wait_for(r"event=round round=3 ", 180)  # established peers, a chain of rosters
-    hostile = subprocess.Popen([sys.executable, "-m", "swarm_tests.hostile", maddr, run_id, victim, "40"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    hostile = subprocess.Popen(
+        [sys.executable, "-m", "swarm_tests.hostile", maddr, run_id, victim, "40"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = hostile.communicate(timeout=180)
     finally:
@@ -37,8 +61,13 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
     assert len({r["digest"] for r in results}) == 1
     assert results[0]["digest"] != "e" * 64
     assert max(results[0]["train_loss"][-3:]) < 6.0  # the poisoned updates did not blow the model up
-    audit = subprocess.run([sys.executable, "-m", "node.cli", "audit", "--data-dir", str(tmp_path / "v0"), "--json"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    audit = subprocess.run(
+        [sys.executable, "-m", "node.cli", "audit", "--data-dir", str(tmp_path / "v0"), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
     ledger = json.loads(audit.stdout)
     assert ledger["verified"] and len(ledger["rounds"]) >= ROUNDS - 1  # signed, chained, who contributed

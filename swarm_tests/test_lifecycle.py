@@ -1,4 +1,5 @@
 """Leaving cleanly, and refusing bad input with a clear error instead of a traceback."""
+
 import json
 import signal
 import socket
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.config import load_run_config
-from node.train.model import build_model
 from node.outer.state import SwarmState
+from node.train.model import build_model
 from swarm_tests.conftest import alive, free_port, start_bootstrap
 
 PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
@@ -19,8 +20,19 @@ PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small_run, sig):
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    node = procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / "v"),
-                 "--threads", "1", "--result-json", str(tmp_path / "v.json"))
+    node = procs(
+        "join",
+        "--initial-peers",
+        maddr,
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(tmp_path / "v"),
+        "--threads",
+        "1",
+        "--result-json",
+        str(tmp_path / "v.json"),
+    )
     node.wait_for(r"event=round round=2 ", 120)
     url = node.wait_for(r"status_url=(\S+)", 5).group(1)
     status = json.loads(urllib.request.urlopen(url + "api/status", timeout=10).read())
@@ -51,8 +63,17 @@ def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small
 
 def test_restart_resumes_from_checkpoint(procs, tmp_path, small_run):
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    args = ("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp_path / "v"),
-            "--threads", "1")
+    args = (
+        "join",
+        "--initial-peers",
+        maddr,
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(tmp_path / "v"),
+        "--threads",
+        "1",
+    )
     first = procs(*args, "--max-rounds", "2")
     assert first.wait(120) == 0, first.output[-3000:]
     peer = first.wait_for(r"event=joined peer=(\S+)", 5).group(1)
@@ -82,8 +103,9 @@ def test_port_in_use(procs, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code, out = _run_cli(procs, "join", "--new-swarm", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(tmp_path / "v"))
+        code, out = _run_cli(
+            procs, "join", "--new-swarm", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path / "v")
+        )
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in out and "--port 0" in out
 
 
@@ -96,6 +118,18 @@ def test_malformed_multiaddr_and_empty_peer_list(procs):
 
 def test_unknown_run_is_refused(procs, tmp_path, small_run):
     _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    code, out = _run_cli(procs, "join", "--initial-peers", maddr, "--host", "127.0.0.1", "--run-id", "other-123",
-                         "--data-dir", str(tmp_path / "v"), "--startup-timeout", "3")
+    code, out = _run_cli(
+        procs,
+        "join",
+        "--initial-peers",
+        maddr,
+        "--host",
+        "127.0.0.1",
+        "--run-id",
+        "other-123",
+        "--data-dir",
+        str(tmp_path / "v"),
+        "--startup-timeout",
+        "3",
+    )
     assert code == 2 and "found no run 'other-123'" in out and "Traceback" not in out

@@ -1,5 +1,6 @@
 """A 3-peer swarm and a monitor: the monitor's page in headless Chromium, its API, and the
 names the Grafana dashboard queries against a running node's /metrics."""
+
 from __future__ import annotations
 
 import json
@@ -50,14 +51,46 @@ def swarm(tmp_path_factory):
 
     try:
         boot, maddr = start_bootstrap(procs, tmp, run)
-        peers = [procs("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp / f"v{i}"),
-                       "--threads", "1", "--name", f"vol{i}", "--eval") for i in range(3)]
-        monitor = procs("monitor", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(tmp / "m"),
-                        "--startup-timeout", "60")
+        peers = [
+            procs(
+                "join",
+                "--initial-peers",
+                maddr,
+                "--host",
+                "127.0.0.1",
+                "--data-dir",
+                str(tmp / f"v{i}"),
+                "--threads",
+                "1",
+                "--name",
+                f"vol{i}",
+                "--eval",
+            )
+            for i in range(3)
+        ]
+        monitor = procs(
+            "monitor",
+            "--initial-peers",
+            maddr,
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(tmp / "m"),
+            "--startup-timeout",
+            "60",
+        )
         url = monitor.wait_for(r"event=monitor_ready .*status_url=(\S+)", 120).group(1)
         node_urls = [p.wait_for(r"event=joined .*status_url=(\S+)", 120).group(1) for p in peers]
-        yield {"url": url, "node_urls": node_urls, "monitor": monitor, "peers": peers, "maddr": maddr, "boot": boot,
-               "procs": procs, "tmp": tmp}
+        yield {
+            "url": url,
+            "node_urls": node_urls,
+            "monitor": monitor,
+            "peers": peers,
+            "maddr": maddr,
+            "boot": boot,
+            "procs": procs,
+            "tmp": tmp,
+        }
     finally:
         for p in started:
             p.kill_all()
@@ -66,14 +99,22 @@ def swarm(tmp_path_factory):
 def test_monitor_api_shows_every_peer_from_signed_records(swarm):
     # saved_fraction needs a round with two peers or more: rounds a peer trained alone at the
     # start (before the others joined) need no all-reduce, so they add nothing to compare with
-    status = wait_status(swarm["url"], lambda s: sum(p["alive"] and p["signed"] for p in s["peers"]) == 3
-                         and len(s["loss_history"]) >= 2 and s["bandwidth"]["saved_fraction"] is not None, 240)
+    status = wait_status(
+        swarm["url"],
+        lambda s: (
+            sum(p["alive"] and p["signed"] for p in s["peers"]) == 3
+            and len(s["loss_history"]) >= 2
+            and s["bandwidth"]["saved_fraction"] is not None
+        ),
+        240,
+    )
     assert sorted(p["name"] for p in status["peers"]) == ["vol0", "vol1", "vol2"]
     assert status["node"]["mode"] == "swarm" and not status["alone"]
     assert abs(sum(p["share"] for p in status["peers"]) - 1) < 1e-6
     assert all(p["tokens_per_s"] > 0 for p in status["peers"])
-    assert status["bootstrap"] == [{"address": swarm["maddr"], "up": True, "latency_ms": status["bootstrap"][0]["latency_ms"],
-                                    "error": None}]
+    assert status["bootstrap"] == [
+        {"address": swarm["maddr"], "up": True, "latency_ms": status["bootstrap"][0]["latency_ms"], "error": None}
+    ]
     assert status["bandwidth"]["saved_fraction"] > 0.5  # diloco, 8 inner steps, fp16: ~97 %
     assert any(p["val_bpb"] is not None for p in status["loss_history"])
     metrics = get(swarm["url"] + "metrics").decode()
@@ -98,17 +139,29 @@ def _chromium():
     """A WebDriver for Debian's Chromium, or a skip saying what is missing."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed (as root, `make test` installs Debian's chromium "
-                    "and chromium-driver; elsewhere: apt-get install chromium chromium-driver)")
+        pytest.skip(
+            f"{' and '.join(missing)} not installed (as root, `make test` installs Debian's chromium "
+            "and chromium-driver; elsewhere: apt-get install chromium chromium-driver)"
+        )
     selenium = pytest.importorskip("selenium", reason="selenium not installed: pip install -e '.[test]'")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a browser
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)  # no background networking: this machine's network is closed
     del selenium
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -120,6 +173,7 @@ def test_monitor_page_in_headless_chromium(swarm):
     try:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
+
         driver.get(swarm["url"])
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#peers tr.peer-row.alive")) == 3)
@@ -138,8 +192,20 @@ def test_monitor_page_in_headless_chromium(swarm):
 
 
 def test_doctor_checks_a_live_swarm(swarm, tmp_path):
-    doctor = Proc(["doctor", "--initial-peers", swarm["maddr"], "--host", "127.0.0.1", "--data-dir",
-                   str(tmp_path / "doc"), "--startup-timeout", "60"], tmp_path)
+    doctor = Proc(
+        [
+            "doctor",
+            "--initial-peers",
+            swarm["maddr"],
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "doc"),
+            "--startup-timeout",
+            "60",
+        ],
+        tmp_path,
+    )
     try:
         code = doctor.wait(120)
     finally:
@@ -154,16 +220,24 @@ def test_doctor_checks_a_live_swarm(swarm, tmp_path):
 def test_forged_and_replayed_records_cannot_hide_a_peer(swarm, tmp_path):
     before = wait_status(swarm["url"], lambda s: any(p["name"] == "vol0" and p["signed"] for p in s["peers"]), 60)
     victim = next(p for p in before["peers"] if p["name"] == "vol0")
-    forger = subprocess.Popen([sys.executable, "-m", "swarm_tests.forger", swarm["maddr"], before["node"]["run_id"],
-                               victim["peer"]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    forger = subprocess.Popen(
+        [sys.executable, "-m", "swarm_tests.forger", swarm["maddr"], before["node"]["run_id"], victim["peer"]],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         out, _ = forger.communicate(timeout=120)
     finally:
         forger.kill()
     assert "event=forged" in out, out
     # the victim's next records must still be the ones the monitor shows: signed, its own name, moving on
-    after = wait_status(swarm["url"], lambda s: any(p["name"] == "vol0" and p["signed"] and p["round"] >= victim["round"] + 3
-                                                    for p in s["peers"]), 120)
+    after = wait_status(
+        swarm["url"],
+        lambda s: any(p["name"] == "vol0" and p["signed"] and p["round"] >= victim["round"] + 3 for p in s["peers"]),
+        120,
+    )
     assert "forged" not in [p["name"] for p in after["peers"]]
     assert after["tokens"] < 10**12
     for p in (swarm["monitor"], *swarm["peers"]):
@@ -186,7 +260,18 @@ def test_bootstrap_down_is_shown_and_the_swarm_goes_on_without_it(swarm):
     # a newcomer joins through a volunteer's address: the manifest and the state live on in the swarm
     via = swarm["peers"][0].wait_for(r"event=joined .*maddr=(\S+)", 5).group(1)
     swarm["peers"][0].wait_for(r"event=round round=(?:[2-9]|\d{2,}) ", 120)  # there is a state to fetch
-    late = swarm["procs"]("join", "--initial-peers", via, "--host", "127.0.0.1", "--data-dir",
-                          str(swarm["tmp"] / "late"), "--threads", "1", "--name", "late")
+    late = swarm["procs"](
+        "join",
+        "--initial-peers",
+        via,
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(swarm["tmp"] / "late"),
+        "--threads",
+        "1",
+        "--name",
+        "late",
+    )
     late.wait_for(r"event=joined .*state=from_peers", 120)
     late.wait_for(r"event=round round=\d+ peers=[2-9] contributed=1", 120)

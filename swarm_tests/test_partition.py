@@ -7,9 +7,9 @@ MAX_ROUNDS_TO_MERGE rounds (node/round/votes.py: fork_target merges an even spli
 Each log line is stamped with the seconds since
 the test started, and timeline.txt beside the logs says when the test cut and healed.
 Skipped with the reason where namespaces or TUN devices do not work."""
+
 from __future__ import annotations
 
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +50,13 @@ SLOWDOWN = "10"
 # `python -m node.cli`, with the round protocol's INFO lines (who led, ledger swaps and restarts) in
 # the log too, and every log line stamped with the seconds since the test started: what a
 # diagnosis of a failed merge needs
-LAUNCH = ("import logging, sys; "
-          "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s'); "
-          "logging.getLogger('swarmtrain.rounds').setLevel(logging.INFO); "
-          "logging.getLogger('swarmtrain.ledger').setLevel(logging.INFO); "
-          "from node.cli import main; sys.exit(main(sys.argv[1:]))")
+LAUNCH = (
+    "import logging, sys; "
+    "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s'); "
+    "logging.getLogger('swarmtrain.rounds').setLevel(logging.INFO); "
+    "logging.getLogger('swarmtrain.ledger').setLevel(logging.INFO); "
+    "from node.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def network_state(net: EmulatedNetwork) -> str:
@@ -83,6 +85,7 @@ def wait_until(check, timeout: float, what: str, procs: list[Proc], net: Emulate
 
     def name(p: Proc) -> str:
         return p.args[p.args.index("--name") + 1] if "--name" in p.args else p.args[0]
+
     tails = "\n".join(f"--- {name(p)}:\n" + "\n".join(p.lines[-25:]) for p in procs)
     network = f"; {network_state(net)}" if net is not None else ""
     raise AssertionError(f"{what} (waited {timeout:.0f} s){network}; the logs end:\n{tails}")
@@ -91,8 +94,12 @@ def wait_until(check, timeout: float, what: str, procs: list[Proc], net: Emulate
 def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, small_run):
     if (why := missing_requirements()) is not None:
         pytest.skip(why)
-    small_run.write_text(small_run.read_text().replace("[swarm]\n", "[swarm]\n" + RUN_SWARM)
-                         .replace("collect_timeout = 20.0\n", "").replace("round_timeout = 60.0\n", ""))
+    small_run.write_text(
+        small_run.read_text()
+        .replace("[swarm]\n", "[swarm]\n" + RUN_SWARM)
+        .replace("collect_timeout = 20.0\n", "")
+        .replace("round_timeout = 60.0\n", "")
+    )
     link = LinkSpec.parse(FAST)
     started: list[Proc] = []
     t_start = time.monotonic()
@@ -103,23 +110,49 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
             f.write(f"t={time.monotonic() - t_start:.2f} {what}\n")
 
     with EmulatedNetwork([link] * 5) as net:
+
         def start(k: int, *args: str) -> Proc:
             # ip netns exec execs the command in place: the node is this pid, and leads its own session
-            p = Proc([*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")], tmp_path,
-                     command=[sys.executable, "-c", LAUNCH], prefix=net.exec_prefix(k), t0=t_start)
+            p = Proc(
+                [*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")],
+                tmp_path,
+                command=[sys.executable, "-c", LAUNCH],
+                prefix=net.exec_prefix(k),
+                t0=t_start,
+            )
             started.append(p)
             return p
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
             maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
-            vols = [start(k, "join", "--initial-peers", maddr, "--threads", "1", "--status-port", "-1",
-                          "--slowdown", SLOWDOWN, "--name", f"v{k}") for k in (1, 2, 3, 4)]
+            vols = [
+                start(
+                    k,
+                    "join",
+                    "--initial-peers",
+                    maddr,
+                    "--threads",
+                    "1",
+                    "--status-port",
+                    "-1",
+                    "--slowdown",
+                    SLOWDOWN,
+                    "--name",
+                    f"v{k}",
+                )
+                for k in (1, 2, 3, 4)
+            ]
 
             # 1. all four in the rounds together, for long enough that each is established in the
             #    others' ledgers (it may lead and vote: [swarm] established_rounds, 2)
-            wait_until(lambda: all(sum(n == 4 for n, _ in rounds_of(v).values()) >= TOGETHER_ROUNDS for v in vols),
-                       180, f"the four volunteers never trained {TOGETHER_ROUNDS} rounds together", started, net)
+            wait_until(
+                lambda: all(sum(n == 4 for n, _ in rounds_of(v).values()) >= TOGETHER_ROUNDS for v in vols),
+                180,
+                f"the four volunteers never trained {TOGETHER_ROUNDS} rounds together",
+                started,
+                net,
+            )
             t_together = time.monotonic()
 
             # 2. cut: each half must go on training as two, round after round
@@ -127,9 +160,15 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
             net.partition(GROUPS)
             t_cut = time.monotonic()
             mark(f"partition {GROUPS}")
-            wait_until(lambda: all(sum(n == 2 for n, _ in rounds_of(v, m).values()) >= SPLIT_ROUNDS
-                                   for v, m in zip(vols, marks)), 150,
-                       f"a half did not train {SPLIT_ROUNDS} rounds as two while cut off", started, net)
+            wait_until(
+                lambda: all(
+                    sum(n == 2 for n, _ in rounds_of(v, m).values()) >= SPLIT_ROUNDS for v, m in zip(vols, marks)
+                ),
+                150,
+                f"a half did not train {SPLIT_ROUNDS} rounds as two while cut off",
+                started,
+                net,
+            )
             split = [rounds_of(v, m) for v, m in zip(vols, marks)]
             at_heal = max(max(rounds_of(v)) for v in vols)  # the newest round anyone finished before the heal
             heal_marks = [len(v.lines) for v in vols]
@@ -147,9 +186,14 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
                 return None
 
             try:
-                r_merged, after = wait_until(merged, MERGE_TIMEOUT,
-                                             f"the four were not one model again within {MERGE_TIMEOUT:.0f} s of the "
-                                             f"heal (last round before it: {at_heal})", started, net)
+                r_merged, after = wait_until(
+                    merged,
+                    MERGE_TIMEOUT,
+                    f"the four were not one model again within {MERGE_TIMEOUT:.0f} s of the "
+                    f"heal (last round before it: {at_heal})",
+                    started,
+                    net,
+                )
             except AssertionError as e:
                 mark(f"not one model within {MERGE_TIMEOUT:.0f} s of the heal:\n{e}")
                 raise
@@ -170,12 +214,14 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
     assert sum(s["up"]["partitioned"] for s in stats) > 0
 
     rounds_to_merge = r_merged - at_heal
-    summary = (f"partition {GROUPS}: together after {t_together - t_start:.0f} s; split for {t_heal - t_cut:.0f} s "
-               f"(rounds as two: {[sorted(r for r, (n, _) in s.items() if n == 2) for s in split]}); "
-               f"last round before the heal {at_heal}; one model again at round {r_merged} = {rounds_to_merge} rounds "
-               f"and {t_merged - t_heal:.0f} s after the heal\n"
-               f"after the heal (round: peers, digest) {[{r: (n, d[:8]) for r, (n, d) in a.items()} for a in after]}\n"
-               f"partitioned packets per peer {[s['up']['partitioned'] for s in stats]}")
+    summary = (
+        f"partition {GROUPS}: together after {t_together - t_start:.0f} s; split for {t_heal - t_cut:.0f} s "
+        f"(rounds as two: {[sorted(r for r, (n, _) in s.items() if n == 2) for s in split]}); "
+        f"last round before the heal {at_heal}; one model again at round {r_merged} = {rounds_to_merge} rounds "
+        f"and {t_merged - t_heal:.0f} s after the heal\n"
+        f"after the heal (round: peers, digest) {[{r: (n, d[:8]) for r, (n, d) in a.items()} for a in after]}\n"
+        f"partitioned packets per peer {[s['up']['partitioned'] for s in stats]}"
+    )
     print("\n" + summary)
     with timeline.open("a") as f:
         f.write(summary + "\n")

@@ -1,6 +1,7 @@
 """`swarmtrain ray-launch` on a local Ray instance: two volunteers as Ray actors fine-tune a
 Hugging Face model with LoRA and end bit-identical (issue 10). Skips, saying why, where Ray or
 the [hf] extra is missing, or where a local Ray cannot start."""
+
 import json
 import signal
 
@@ -41,9 +42,23 @@ def test_ray_launch_two_lora_volunteers_end_identical(procs, tmp_path):
     run = tmp_path / "run.toml"
     run.write_text(LORA_RUN)
     _, maddr = start_bootstrap(procs, tmp_path, run)
-    launcher = procs("ray-launch", "--volunteers", "2", "--initial-peers", maddr, "--host", "127.0.0.1",
-                     "--data-dir", str(tmp_path / "ray"), "--max-rounds", "2", "--status-port", "-1",
-                     "--startup-timeout", "90")
+    launcher = procs(
+        "ray-launch",
+        "--volunteers",
+        "2",
+        "--initial-peers",
+        maddr,
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(tmp_path / "ray"),
+        "--max-rounds",
+        "2",
+        "--status-port",
+        "-1",
+        "--startup-timeout",
+        "90",
+    )
     try:
         code = launcher.wait(300)
     except Exception:

@@ -1,6 +1,7 @@
 """A swarm over consumer links: the bootstrap and two volunteers, each in its own network
 namespace behind up=20mbit,down=100mbit,rtt=50ms,loss=1% (bench/linkemu.py), still train
 rounds to equal digests. Skipped with the reason where namespaces or TUN devices do not work."""
+
 import re
 
 import pytest
@@ -19,10 +20,14 @@ def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
     link = LinkSpec.parse(LINK)
     started: list[Proc] = []
     with EmulatedNetwork([link] * 3) as net:
+
         def start(k: int, *args: str) -> Proc:
             # ip netns exec execs the command in place: the node is this pid, and leads its own session
-            p = Proc([*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")], tmp_path,
-                     prefix=net.exec_prefix(k))
+            p = Proc(
+                [*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")],
+                tmp_path,
+                prefix=net.exec_prefix(k),
+            )
             started.append(p)
             return p
 

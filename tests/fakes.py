@@ -1,6 +1,7 @@
 """An in-memory DHT and transport implementing RoundNet, for testing the round protocol and its
 attacks without processes. The DHT applies the real RunValidator to every store, and keeps per
 (key, subkey) the value with the latest expiration, as hivemind does."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,10 @@ class FakeDHT:
     def valid(self, key: str, subkey: Any, value: Any, expiration: float) -> bool:
         from hivemind.dht.routing import DHTID
         from hivemind.utils.serializer import MSGPackSerializer as S
-        return self.validator.check(DHTID.generate(source=key).to_bytes(), S.dumps(subkey), S.dumps(value),
-                                    expiration, self.clock())
+
+        return self.validator.check(
+            DHTID.generate(source=key).to_bytes(), S.dumps(subkey), S.dumps(value), expiration, self.clock()
+        )
 
     def get(self, key: str) -> dict[str, Any]:
         now = self.clock()

@@ -1,4 +1,5 @@
 """Robust aggregation (node/outer/aggregate.py): deterministic, clipped, trimmed, voting; 'mean' as before."""
+
 import math
 import statistics
 
@@ -7,8 +8,20 @@ import torch
 
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
-from node.outer.aggregate import (MIN_WEIGHT, Mean, NoUpdates, Robust, clip_factors, l2_norm, make_aggregator,
-                                  mean_dense, per_round, token_weights, trim_count, trimmed_mean)
+from node.outer.aggregate import (
+    MIN_WEIGHT,
+    Mean,
+    NoUpdates,
+    Robust,
+    clip_factors,
+    l2_norm,
+    make_aggregator,
+    mean_dense,
+    per_round,
+    token_weights,
+    trim_count,
+    trimmed_mean,
+)
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
 from node.train.model import build_model
@@ -110,8 +123,10 @@ def _sels(codec, dense_updates):
 def test_mean_dense_float64_signs_agree_with_float32_path():
     shapes = ((128, 192), (64,), (3, 5), (7,))
     codec = TopKCodec(shapes, chunk=64, k=32, dct=True, values="bf16")
-    sels = [codec.unpack(codec.encode([torch.randn(sh, generator=torch.Generator().manual_seed(s)) for sh in shapes]))
-            for s in range(3)]
+    sels = [
+        codec.unpack(codec.encode([torch.randn(sh, generator=torch.Generator().manual_seed(s)) for sh in shapes]))
+        for s in range(3)
+    ]
     m64 = mean_dense(codec, sels, dtype=torch.float64)
     m32 = [sum(codec.densify(s)[i] for s in sels) / 3 for i in range(len(shapes))]
     for a, b in zip(m64, m32):
@@ -124,8 +139,12 @@ def test_mean_dense_float64_signs_agree_with_float32_path():
 def test_zero_updates_raise_no_updates(agg):
     """An empty round has no aggregate: a clear NoUpdates (the round fails), never an IndexError or NaN."""
     codec = TopKCodec(tuple(SHAPES), chunk=8, k=4, values="bf16")
-    for call in (lambda: agg.dense([]), lambda: agg.dense([], None), lambda: agg.sparse(codec, []),
-                 lambda: agg.signs(codec, [])):
+    for call in (
+        lambda: agg.dense([]),
+        lambda: agg.dense([], None),
+        lambda: agg.sparse(codec, []),
+        lambda: agg.signs(codec, []),
+    ):
         with pytest.raises(NoUpdates, match="no updates"):
             call()
 
@@ -152,8 +171,9 @@ def test_sparse_no_peer_sets_a_coordinate_only_it_picked():
 
 def test_sign_vote_no_single_peer_decides():
     codec = TopKCodec(((8, 8),), chunk=8, k=64, dct=True, values="bf16")
-    honest = [[torch.ones(8, 8) + 0.1 * torch.randn(8, 8, generator=torch.Generator().manual_seed(k))]
-              for k in range(4)]
+    honest = [
+        [torch.ones(8, 8) + 0.1 * torch.randn(8, 8, generator=torch.Generator().manual_seed(k))] for k in range(4)
+    ]
     liar = [torch.full((8, 8), -65504.0)]
     sels = _sels(codec, honest + [liar])
     assert torch.equal(Robust().signs(codec, sels)[0], torch.ones(8, 8))

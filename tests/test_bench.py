@@ -1,4 +1,5 @@
 """`swarmtrain bench quality --tier smoke`: one row per strategy with the documented keys."""
+
 import json
 import subprocess
 import sys
@@ -11,20 +12,54 @@ from bench.quality.presets import PRESETS, TIERS
 from bench.quality.summary import summarize
 from node.cli import main
 
-KEYS = {"strategy", "params", "tokens", "upload_bytes_per_step", "download_bytes_per_step",
-        "dense_ring_bytes_per_step", "upload_reduction", "download_reduction", "val_bpb", "gap_vs_ddp"}
+KEYS = {
+    "strategy",
+    "params",
+    "tokens",
+    "upload_bytes_per_step",
+    "download_bytes_per_step",
+    "dense_ring_bytes_per_step",
+    "upload_reduction",
+    "download_reduction",
+    "val_bpb",
+    "gap_vs_ddp",
+}
 
 
 # one preset per family and option (all 27 take minutes on two cores; each option's own encode,
 # decode and apply round trip is in tests/test_quality_options.py)
-SMOKE = ["ddp-adamw", "diloco", "sparseloco", "decoupled-momentum", "decoupled-momentum-1bit",
-         "sparseloco-overlap", "diloco-int2-h15-muon"]
+SMOKE = [
+    "ddp-adamw",
+    "diloco",
+    "sparseloco",
+    "decoupled-momentum",
+    "decoupled-momentum-1bit",
+    "sparseloco-overlap",
+    "diloco-int2-h15-muon",
+]
 
 
 def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
     out, png = tmp_path / "q.json", tmp_path / "q.png"
-    assert main(["bench", "quality", "--tier", "smoke", "--json", str(out), "--plot", str(png), "--jobs", "2",
-                 "--strategies", *SMOKE]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                "--tier",
+                "smoke",
+                "--json",
+                str(out),
+                "--plot",
+                str(png),
+                "--jobs",
+                "2",
+                "--strategies",
+                *SMOKE,
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in doc["rows"]}
     assert set(rows) == set(SMOKE) and set(SMOKE) <= set(PRESETS)
@@ -44,15 +79,41 @@ def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
 
 
 def test_summary_math():
-    runs = [{"strategy": "ddp-adamw", "params": 10, "tokens": 5, "upload_bytes_per_step": 120.0,
-             "download_bytes_per_step": 120.0, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 40,
-             "val_bpb": 2.0, "seconds": 1},
-            {"strategy": "x", "params": 10, "tokens": 5, "upload_bytes_per_step": 0.6,
-             "download_bytes_per_step": 0.6, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 1,
-             "val_bpb": 2.2, "seconds": 1},
-            {"strategy": "x", "params": 10, "tokens": 5, "upload_bytes_per_step": 0.6,
-             "download_bytes_per_step": 0.6, "dense_ring_bytes_per_step": 60.0, "payload_bytes": 1,
-             "val_bpb": 2.0, "seconds": 1}]
+    runs = [
+        {
+            "strategy": "ddp-adamw",
+            "params": 10,
+            "tokens": 5,
+            "upload_bytes_per_step": 120.0,
+            "download_bytes_per_step": 120.0,
+            "dense_ring_bytes_per_step": 60.0,
+            "payload_bytes": 40,
+            "val_bpb": 2.0,
+            "seconds": 1,
+        },
+        {
+            "strategy": "x",
+            "params": 10,
+            "tokens": 5,
+            "upload_bytes_per_step": 0.6,
+            "download_bytes_per_step": 0.6,
+            "dense_ring_bytes_per_step": 60.0,
+            "payload_bytes": 1,
+            "val_bpb": 2.2,
+            "seconds": 1,
+        },
+        {
+            "strategy": "x",
+            "params": 10,
+            "tokens": 5,
+            "upload_bytes_per_step": 0.6,
+            "download_bytes_per_step": 0.6,
+            "dense_ring_bytes_per_step": 60.0,
+            "payload_bytes": 1,
+            "val_bpb": 2.0,
+            "seconds": 1,
+        },
+    ]
     rows = {r["strategy"]: r for r in summarize(runs)}
     assert rows["x"]["val_bpb"] == 2.1 and abs(rows["x"]["gap_vs_ddp"] - 0.05) < 1e-12
     assert rows["x"]["upload_reduction"] == 100 and rows["ddp-adamw"]["upload_reduction"] == 0.5
@@ -68,10 +129,12 @@ def test_the_compression_warm_up_sends_denser_first_rounds():
     from bench.quality.presets import TOPK_WARMUP
     from bench.quality.simulator import simulate_preset
     from node.train import data
+
     tier = TIERS["smoke"]
     corpus = data.load_corpus("stdlib")
-    warm, plain = (simulate_preset(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup",
-                                                          "sparseloco-c32-k8-h32-muon"))
+    warm, plain = (
+        simulate_preset(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup", "sparseloco-c32-k8-h32-muon")
+    )
     assert TOPK_WARMUP["sparseloco-c32-k8-h32-muon-warmup"] == 3 and warm["rounds"] == plain["rounds"] == 4
     assert warm["payload_bytes"] == plain["payload_bytes"]
     assert plain["own_upload_bytes_per_step"] * tier.steps == 4 * plain["payload_bytes"]
@@ -80,13 +143,20 @@ def test_the_compression_warm_up_sends_denser_first_rounds():
 
 def test_only_bench_loads_the_benchmarks():
     """Parsing any other command imports neither bench nor torch nor optuna (a fresh interpreter)."""
-    code = ("import sys; from node import cli\n"
-            "for argv in (['join'], ['bootstrap'], ['doctor'], ['monitor'], ['audit'], ['config', 'show'],\n"
-            "             ['ray-launch'], ['pretrain', '--run', 'r', '--out', 'o']):\n"
-            "    cli._parse(argv)\n"
-            "print(sorted(m for m in ('bench', 'torch', 'optuna', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
+    code = (
+        "import sys; from node import cli\n"
+        "for argv in (['join'], ['bootstrap'], ['doctor'], ['monitor'], ['audit'], ['config', 'show'],\n"
+        "             ['ray-launch'], ['pretrain', '--run', 'r', '--out', 'o']):\n"
+        "    cli._parse(argv)\n"
+        "print(sorted(m for m in ('bench', 'torch', 'optuna', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     assert out.strip() == "[]"
 
 

@@ -1,4 +1,5 @@
 """`swarmtrain bench byzantine` (bench/byzantine/): forged bytes, and a tiny run end to end."""
+
 import json
 import math
 
@@ -13,11 +14,17 @@ from protocol.codecs import FP16_MAX, DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
 
 SHAPES = ((64, 64), (64,))
-CODECS = [DenseCodec(SHAPES, "float16"), DenseCodec(SHAPES, "float32"), Int8Codec(SHAPES),
-          TopKCodec(SHAPES, k=16, values="2bit"), TopKCodec(SHAPES, k=16, values="1bit"),
-          TopKCodec(SHAPES, k=16, dct=True, values="bf16")]
-TINY = Setup(model=ModelConfig(d_model=32, n_layer=1, n_head=2, ctx=32), batch_size=4, warmup_steps=2,
-             val_seqs=16, score_seqs=4)
+CODECS = [
+    DenseCodec(SHAPES, "float16"),
+    DenseCodec(SHAPES, "float32"),
+    Int8Codec(SHAPES),
+    TopKCodec(SHAPES, k=16, values="2bit"),
+    TopKCodec(SHAPES, k=16, values="1bit"),
+    TopKCodec(SHAPES, k=16, dct=True, values="bf16"),
+]
+TINY = Setup(
+    model=ModelConfig(d_model=32, n_layer=1, n_head=2, ctx=32), batch_size=4, warmup_steps=2, val_seqs=16, score_seqs=4
+)
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
@@ -39,17 +46,41 @@ def test_alie_z_follows_the_paper():
 
 def test_tiny_run_writes_rows_and_robust_beats_mean_on_scaled_noise(tmp_path):
     out = tmp_path / "byz.json"
-    rows = run_byzantine(workers=4, attackers=[1], attacks=["scaled-noise", "nan-inf"], aggregators=["robust", "mean"],
-                         strategies=["diloco"], rounds=3, scoring=False, json_path=str(out), say=lambda _: None,
-                         setup=TINY)
+    rows = run_byzantine(
+        workers=4,
+        attackers=[1],
+        attacks=["scaled-noise", "nan-inf"],
+        aggregators=["robust", "mean"],
+        strategies=["diloco"],
+        rounds=3,
+        scoring=False,
+        json_path=str(out),
+        say=lambda _: None,
+        setup=TINY,
+    )
     assert [(r["aggregator"], r["attack"]) for r in rows] == [
-        ("robust", "none"), ("robust", "scaled-noise"), ("robust", "nan-inf"),
-        ("mean", "none"), ("mean", "scaled-noise"), ("mean", "nan-inf")]
+        ("robust", "none"),
+        ("robust", "scaled-noise"),
+        ("robust", "nan-inf"),
+        ("mean", "none"),
+        ("mean", "scaled-noise"),
+        ("mean", "nan-inf"),
+    ]
     doc = json.loads(out.read_text())
     assert doc["rows"] == rows and doc["settings"]["workers"] == 4
     for r in rows:
-        assert {"attack", "aggregator", "strategy", "attackers", "workers", "val_bpb", "gap_vs_clean",
-                "rounds_to_ban", "dropped_payloads", "seconds"} <= set(r)
+        assert {
+            "attack",
+            "aggregator",
+            "strategy",
+            "attackers",
+            "workers",
+            "val_bpb",
+            "gap_vs_clean",
+            "rounds_to_ban",
+            "dropped_payloads",
+            "seconds",
+        } <= set(r)
     by = {(r["aggregator"], r["attack"]): r for r in rows}
     assert by[("robust", "nan-inf")]["dropped_payloads"] == 3  # one forged payload a round, all refused
     noisy_mean = by[("mean", "scaled-noise")]["val_bpb"]
@@ -59,13 +90,31 @@ def test_tiny_run_writes_rows_and_robust_beats_mean_on_scaled_noise(tmp_path):
 
 
 def test_tiny_run_with_scoring_bans_the_liar(tmp_path):
-    rows = run_byzantine(workers=5, attackers=[1], attacks=["sign-flip"], aggregators=["robust"],
-                         strategies=["diloco"], rounds=6, scoring=True, json_path=str(tmp_path / "b.json"),
-                         say=lambda _: None, setup=TINY)
+    rows = run_byzantine(
+        workers=5,
+        attackers=[1],
+        attacks=["sign-flip"],
+        aggregators=["robust"],
+        strategies=["diloco"],
+        rounds=6,
+        scoring=True,
+        json_path=str(tmp_path / "b.json"),
+        say=lambda _: None,
+        setup=TINY,
+    )
     attacked = rows[1]
     assert attacked["rounds_to_ban"] in (5, 6, 7) and attacked["banned_honest"] == 0  # ban_after = 5
 
 
 def test_every_attack_has_a_name_in_the_issue():
-    assert set(ATTACKS) == {"sign-flip", "scaled-noise", "alie", "ipm", "nan-inf", "max-value", "sparse-index",
-                            "freeloader", "copycat"}
+    assert set(ATTACKS) == {
+        "sign-flip",
+        "scaled-noise",
+        "alie",
+        "ipm",
+        "nan-inf",
+        "max-value",
+        "sparse-index",
+        "freeloader",
+        "copycat",
+    }

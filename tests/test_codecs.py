@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.codecs import (FP16_MAX, MAX_ABS_VALUE, DenseCodec, Int8Codec, QuantCodec, TopKCodec, pack_indices,
-                             unpack_indices)
+from protocol.codecs import (
+    FP16_MAX,
+    MAX_ABS_VALUE,
+    DenseCodec,
+    Int8Codec,
+    QuantCodec,
+    TopKCodec,
+    pack_indices,
+    unpack_indices,
+)
 from protocol.errors import ProtocolError
 
 SHAPES = ((128, 192), (64,), (3, 5), (7,))
@@ -17,11 +25,17 @@ def tensors(seed=0):
     return [torch.randn(s, generator=g) for s in SHAPES]
 
 
-CODECS = [DenseCodec(SHAPES, "float32"), DenseCodec(SHAPES, "float16"), Int8Codec(SHAPES, 256),
-          TopKCodec(SHAPES, chunk=64, k=32, values="bf16"), TopKCodec(SHAPES, chunk=64, k=32, dct=True, values="bf16"),
-          TopKCodec(SHAPES, chunk=64, k=16, values="2bit"), TopKCodec(SHAPES, chunk=64, k=8, dct=True, values="1bit"),
-          TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16),
-          TopKCodec(SHAPES, chunk=64, k=8, values="2bit", k_vector=64)]
+CODECS = [
+    DenseCodec(SHAPES, "float32"),
+    DenseCodec(SHAPES, "float16"),
+    Int8Codec(SHAPES, 256),
+    TopKCodec(SHAPES, chunk=64, k=32, values="bf16"),
+    TopKCodec(SHAPES, chunk=64, k=32, dct=True, values="bf16"),
+    TopKCodec(SHAPES, chunk=64, k=16, values="2bit"),
+    TopKCodec(SHAPES, chunk=64, k=8, dct=True, values="1bit"),
+    TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16),
+    TopKCodec(SHAPES, chunk=64, k=8, values="2bit", k_vector=64),
+]
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
@@ -75,12 +89,15 @@ def test_wrong_length_is_refused(codec):
 
 def test_dense_accuracy():
     ts = tensors()
-    assert all(torch.equal(a, b) for a, b in zip(ts, DenseCodec(SHAPES, "float32").decode(
-        DenseCodec(SHAPES, "float32").encode(ts))))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(ts, DenseCodec(SHAPES, "float32").decode(DenseCodec(SHAPES, "float32").encode(ts)))
+    )
     half = DenseCodec(SHAPES, "float16")
     assert all(torch.allclose(a, b, atol=2e-3, rtol=1e-3) for a, b in zip(ts, half.decode(half.encode(ts))))
-    assert torch.isfinite(DenseCodec(((2,),), "float16").decode(
-        DenseCodec(((2,),), "float16").encode([torch.tensor([1e6, -1e6])]))[0]).all()
+    assert torch.isfinite(
+        DenseCodec(((2,),), "float16").decode(DenseCodec(((2,),), "float16").encode([torch.tensor([1e6, -1e6])]))[0]
+    ).all()
 
 
 def test_int8_error_bounded_by_half_a_step():
@@ -114,8 +131,10 @@ def test_topk_keeps_the_largest_and_is_exact_with_bf16_when_k_is_all():
 
 def test_topk_vector_sends_the_1d_tensors_denser_than_the_matrices():
     """Density per tensor kind: k_vector for norm gains and biases, k for the matrices."""
-    plain, whole = TopKCodec(SHAPES, chunk=64, k=4, values="bf16"), TopKCodec(SHAPES, chunk=64, k=4, values="bf16",
-                                                                           k_vector=64)
+    plain, whole = (
+        TopKCodec(SHAPES, chunk=64, k=4, values="bf16"),
+        TopKCodec(SHAPES, chunk=64, k=4, values="bf16", k_vector=64),
+    )
     t = tensors(3)
     out = whole.decode(whole.encode(t))
     assert torch.equal(out[1], t[1].bfloat16().float()) and torch.equal(out[3], t[3].bfloat16().float())

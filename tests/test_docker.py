@@ -1,4 +1,5 @@
 """docker/: what can be checked without a Docker engine (none runs on these machines)."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,12 @@ def test_promtool_accepts_the_prometheus_config():
     promtool = shutil.which("promtool")
     if not promtool:
         pytest.skip("promtool not installed (Debian package prometheus; `make test` installs it as root)")
-    out = subprocess.run([promtool, "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -96,8 +101,16 @@ def test_grafana_provisioning_points_at_the_dashboard():
 def test_dashboard_queries_only_documented_node_metrics():
     """Unit-level twin of swarm_tests/test_monitor.py, which checks against a running node's /metrics."""
     dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "swarmtrain.json").read_text())
-    queried = {name for p in dashboard["panels"] for t in p["targets"] for name in re.findall(r"\bswarmtrain_[a-z_]+", t["expr"])}
+    queried = {
+        name
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"\bswarmtrain_[a-z_]+", t["expr"])
+    }
     exported = set(re.findall(r"^# TYPE (swarmtrain_\S+)", NodeMetrics().exposition().decode(), re.M))
-    unknown = {q for q in queried if not q.startswith("swarmtrain_monitor_")
-               and not any(q == e or q.startswith(e + "_") for e in exported)}
+    unknown = {
+        q
+        for q in queried
+        if not q.startswith("swarmtrain_monitor_") and not any(q == e or q.startswith(e + "_") for e in exported)
+    }
     assert not unknown, unknown

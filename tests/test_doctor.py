@@ -1,11 +1,11 @@
 """`swarmtrain doctor`: each check fails when it should, and names the fix."""
+
 import socket
 
-
-from node.p2p.addresses import parse_peer_address
 from node.cli import main
-from node.config import ModelConfig, NodeConfig, RunConfig
 from node.commands.doctor import FAIL, OK, WARN, disk_check, memory_check, peer_check, port_check, render, threads_check
+from node.config import ModelConfig, NodeConfig, RunConfig
+from node.p2p.addresses import parse_peer_address
 
 PEER = "QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
 
@@ -50,6 +50,7 @@ def test_memory_and_disk_fail_for_a_model_too_big_for_this_machine(tmp_path):
 
 def test_render_counts_failures():
     from node.commands.doctor import Check
+
     text = render([Check("a", OK, "fine"), Check("b", FAIL, "broken", "do this")])
     assert "fix: do this" in text and "1 failed" in text
 
@@ -58,8 +59,17 @@ def test_cli_exit_status_is_one_on_failure(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        code = main(["doctor", "--data-dir", str(tmp_path), "--status-port", "-1",
-                     "--initial-peers", f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}"])
+        code = main(
+            [
+                "doctor",
+                "--data-dir",
+                str(tmp_path),
+                "--status-port",
+                "-1",
+                "--initial-peers",
+                f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 1 and "FAIL  initial peer" in out
     assert main(["doctor", "--data-dir", str(tmp_path), "--status-port", "-1", "--new-swarm"]) == 0

@@ -3,6 +3,7 @@
 A FakeNet stands in for hivemind's P2P: `call_binary_stream_handler` joins two in-memory
 stream pairs to the callee's handler, run as a task. Hostile peers are plain handlers.
 """
+
 import asyncio
 import threading
 import time
@@ -57,8 +58,9 @@ class FakeNet:
 
             async def call_binary_stream_handler(self, peer_id, name):
                 c_reader, s_reader = asyncio.StreamReader(), asyncio.StreamReader()
-                task = asyncio.create_task(net.handlers[str(peer_id)](SimpleNamespace(peer_id=me), s_reader,
-                                                                      FakeWriter(c_reader)))
+                task = asyncio.create_task(
+                    net.handlers[str(peer_id)](SimpleNamespace(peer_id=me), s_reader, FakeWriter(c_reader))
+                )
                 net.remote_tasks.add(task)  # the other peer's side: not ours to clean up
                 return None, c_reader, FakeWriter(s_reader)
 
@@ -68,6 +70,7 @@ class FakeNet:
         class DHT:
             async def replicate_p2p(self):
                 return P2P()
+
         return DHT()
 
 
@@ -97,6 +100,7 @@ def node(net):
         ex = Exchange(net.dht(who), RUN, max_bytes=2**20, **kw)
         made.append(ex)
         return ex
+
     yield make
     for ex in made:
         ex._call(_cancel(net.remote_tasks), timeout=5)  # hostile handlers run in the caller's loop
@@ -112,8 +116,10 @@ async def _cancel(tasks):
 
 def our_tasks(ex: Exchange, net: FakeNet) -> set:
     """Tasks alive in the exchange's loop, other than the fake remote peers' handlers."""
+
     async def probe():
         return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t not in net.remote_tasks}
+
     return ex._call(probe(), timeout=5)
 
 
@@ -132,6 +138,7 @@ def reader_with(data: bytes, eof=True) -> asyncio.StreamReader:
 
 def test_oversized_answer_is_refused_after_the_header_only():
     """A peer announced 1,000 B and answers 256 MiB: refused before the body is read or allocated."""
+
     async def scenario():
         junk = b"\0" * 2**16  # what the peer managed to push before we looked at the header
         reader = reader_with((256 * 2**20).to_bytes(HEADER_LEN, "big") + junk, eof=False)
@@ -145,6 +152,7 @@ def test_oversized_answer_is_refused_after_the_header_only():
             tracemalloc.stop()
         assert seen == [HEADER_LEN] and peak < 2**20  # only the header was consumed; nothing near 256 MiB
         assert await reader.read(len(junk) + 1) == junk  # the body was left in the stream, unread
+
     asyncio.run(scenario())
 
 
@@ -157,6 +165,7 @@ def test_expected_answer_and_refusals_are_read():
             await read_response(reader_with(frame(encode_response(b"xy"))), 3, 10, 1.0)
         with pytest.raises(ProtocolError, match="exceeds"):  # no expectation: the max_bytes limit
             await read_response(reader_with(frame(encode_response(BLOB))), None, 100, 1.0)
+
     asyncio.run(scenario())
 
 
@@ -167,6 +176,7 @@ def test_each_read_is_bounded_in_time():
             with pytest.raises(TimeoutError):
                 await read_response(reader_with(data, eof=False), len(BLOB), 10, 0.05)
             assert time.monotonic() - t0 < 1.0
+
     asyncio.run(scenario())
 
 
@@ -218,8 +228,15 @@ def test_fetch_many_keeps_the_good_and_cancels_the_rest(net, node):
     a, b = node(A), node(B)
     b.keep_update(3, B, BLOB)
     t0 = time.monotonic()
-    out = a.fetch_many([(B, update_request(), len(BLOB)), (SLOW, update_request()), (EVIL, update_request(), 1000),
-                        (B, update_request())], timeout=0.3)
+    out = a.fetch_many(
+        [
+            (B, update_request(), len(BLOB)),
+            (SLOW, update_request()),
+            (EVIL, update_request(), 1000),
+            (B, update_request()),
+        ],
+        timeout=0.3,
+    )
     assert time.monotonic() - t0 < 2
     assert out[0] == BLOB and out[3] == BLOB
     assert isinstance(out[1], TimeoutError) and isinstance(out[2], ProtocolError)
@@ -237,6 +254,7 @@ def test_outgoing_fetches_per_peer_are_capped(net, node):
         live["now"] -= 1
         writer.write(frame(encode_response(BLOB)))
         writer.close()
+
     net.handlers[BUSY] = busy
     a = node(A, max_fetches_per_peer=2)
     out = a.fetch_many([(BUSY, update_request())] * 6, timeout=5)
@@ -277,6 +295,7 @@ def test_serving_answers_and_refuses_with_reasons(node):
         with pytest.raises(ProtocolError, match="malformed request.*exceeds"):
             decode_response(await ask(b, A, (10**9).to_bytes(HEADER_LEN, "big")))
         assert await ask(b, A, frame(update_request().encode())[:12]) is None  # cut short: closed, no answer
+
     asyncio.run(scenario())
     assert b.served["update"] == 1 and not b._inbound.active
 
@@ -288,6 +307,7 @@ def test_slow_requester_is_dropped(node):
         t0 = time.monotonic()
         assert await ask(b, A, b"\0\0", eof=False) is None
         assert time.monotonic() - t0 < 1
+
     asyncio.run(scenario())
     assert not b._inbound.active
 
@@ -308,6 +328,7 @@ def test_inbound_streams_per_peer_are_capped(node):
             r.feed_eof()
         await asyncio.gather(*held)
         assert decode_response(await ask(b, A, frame(update_request().encode()))) == BLOB
+
     asyncio.run(scenario())
     assert b.refused["streams"] == 1 and not b._inbound.active
 
@@ -329,6 +350,7 @@ def test_state_serving_is_rate_limited_per_peer(node):
         with pytest.raises(ProtocolError, match="limited"):
             decode_response(await ask(b, A, state_request()))
         assert decode_response(await ask(b, A, frame(update_request().encode()))) == BLOB  # updates unaffected
+
     asyncio.run(scenario())
     assert b.refused["state_rate"] == 2 and b.served["state"] == 8
 
@@ -353,7 +375,9 @@ def test_stream_cap_bookkeeping():
 
 def test_the_exchange_loop_is_uvloops_unless_asked_otherwise(net):
     import uvloop
+
     from node.p2p.exchange import new_loop
+
     for kind, is_uv in (("uvloop", True), ("asyncio", False)):
         loop = new_loop(kind)
         try:
@@ -369,6 +393,7 @@ def test_the_exchange_loop_is_uvloops_unless_asked_otherwise(net):
 
 def test_the_upload_limit_paces_every_stream_together():
     from node.p2p.limits import UploadLimit
+
     now = [0.0]
     slept = []
 
@@ -379,14 +404,16 @@ def test_the_upload_limit_paces_every_stream_together():
         async def fake_sleep(t):
             slept.append(round(t, 3))
             await orig(0)
+
         asyncio.sleep = fake_sleep
         try:
-            await limit.take(500)   # the line is free: at once
-            await limit.take(500)   # queued behind the first: 0.5 s
+            await limit.take(500)  # the line is free: at once
+            await limit.take(500)  # queued behind the first: 0.5 s
             now[0] = 0.2
             await limit.take(1000)  # another stream: behind both, 0.8 s from now
         finally:
             asyncio.sleep = orig
+
     asyncio.run(run())
     assert slept == [0.5, 0.8]
 

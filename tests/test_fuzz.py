@@ -15,6 +15,7 @@ Inputs are mostly valid encodings that were edited (a byte flipped, a run insert
 repeated; a field swapped for a value of a random type; an honest signature over an edited
 body), because random bytes rarely get past the first check. Shapes and records are tiny.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,9 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -34,26 +36,39 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.outer.state import SwarmState
 from node.p2p import telemetry
 from node.p2p.exchange import Exchange, read_response
 from node.round import ledger
-from node.outer.state import SwarmState
 from protocol import keys, signed, signing
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
-from protocol.messages import (HEADER_LEN, Request, UpdateEnvelope, body_length, check_response_length,
-                               decode_response, encode_response, frame)
+from protocol.messages import (
+    HEADER_LEN,
+    Request,
+    UpdateEnvelope,
+    body_length,
+    check_response_length,
+    decode_response,
+    encode_response,
+    frame,
+)
 from protocol.records import Announcement, Heartbeat, MetricsRecord, Roster, run_id_of
 from protocol.tensors import decode_tensors, encode_tensors
 
 EXAMPLES = 2000  # per target, in CI as locally (issue 8: at least 2,000)
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,  # no .hypothesis/ in the tree
-                print_blob=True,  # a CI failure prints the @reproduce_failure line
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,  # no .hypothesis/ in the tree
+    print_blob=True,  # a CI failure prints the @reproduce_failure line
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
-KEY, KEY2 = (rsa.generate_private_key(public_exponent=65537, key_size=1024)  # small: a signature costs ~0.1 ms
-             for _ in range(2))
+KEY, KEY2 = (
+    rsa.generate_private_key(public_exponent=65537, key_size=1024)  # small: a signature costs ~0.1 ms
+    for _ in range(2)
+)
 PEER, PEER2 = (signing.peer_id_of(signing.sign(k, b"")["key"]) for k in (KEY, KEY2))
 OTHER = "QmdbQkxUUPfpSoioHP9jLsH4UuoTdckrgiLMr4BTCVo6Kv"
 RUN = "fuzz-0123456789ab"
@@ -64,7 +79,7 @@ SHA = "ab" * 32
 class Target:
     name: str
     call: Callable[[Any], object]
-    make: Callable[["Tape"], object]
+    make: Callable[[Tape], object]
     allowed: tuple[type[BaseException], ...] = (ProtocolError,)
     returns: Callable[[object], bool] | None = None
     known_bug: Callable[[BaseException], bool] | None = None
@@ -94,10 +109,57 @@ def raised_in(e: BaseException, function: str) -> bool:
 # tape (shorter tape: fewer, smaller edits), and a failure prints the input that was made.
 TAPE = st.binary(max_size=96)
 
-ODD = [None, True, False, 0, 1, -1, 255, 256, 2**31, 2**32, 2**40 + 1, 2**62, 2**63 - 1, -2**63, 2**64 - 1,
-       0.0, -0.0, 0.5, 1e308, 3e38, 65504.0, math.nan, math.inf, -math.inf, "", "x", "a" * 300, "\x00",
-       "\U0001F600", "float32", "int64", "object", "state", "update", RUN, PEER, OTHER, "ab" * 32, b"", b"\x00",
-       b"\xff" * 9, [], [0], [2, 3], [[1, 2, 3]], ["a", "float32", [2], b""], {}, {"a": 1}, {"ok": True}]
+ODD = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    255,
+    256,
+    2**31,
+    2**32,
+    2**40 + 1,
+    2**62,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    0.0,
+    -0.0,
+    0.5,
+    1e308,
+    3e38,
+    65504.0,
+    math.nan,
+    math.inf,
+    -math.inf,
+    "",
+    "x",
+    "a" * 300,
+    "\x00",
+    "\U0001f600",
+    "float32",
+    "int64",
+    "object",
+    "state",
+    "update",
+    RUN,
+    PEER,
+    OTHER,
+    "ab" * 32,
+    b"",
+    b"\x00",
+    b"\xff" * 9,
+    [],
+    [0],
+    [2, 3],
+    [[1, 2, 3]],
+    ["a", "float32", [2], b""],
+    {},
+    {"a": 1},
+    {"ok": True},
+]
 
 
 class Tape:
@@ -115,7 +177,7 @@ class Tape:
         return v % n if n else 0
 
     def take(self, n: int) -> bytes:
-        chunk = self.data[self.i:self.i + n]
+        chunk = self.data[self.i : self.i + n]
         self.i += n
         return chunk
 
@@ -150,11 +212,11 @@ def mutate_bytes(tape: Tape, data: bytes) -> bytes:
         elif op == 1:
             data[i:i] = tape.take(1 + tape.below(8)) or b"\xc1"
         elif op == 2:
-            del data[i:i + 1 + tape.below(16)]
+            del data[i : i + 1 + tape.below(16)]
         elif op == 3:
             del data[i:]
         else:
-            data[i:i] = data[i:i + 1 + tape.below(16)]
+            data[i:i] = data[i : i + 1 + tape.below(16)]
     return bytes(data)
 
 
@@ -196,9 +258,11 @@ def reshape(tape: Tape, obj: object) -> object:
 
 def objects(seeds: list) -> Callable[[Tape], object]:
     """Wire objects (what msgpack decoding hands a from_wire) near `seeds`, or of any shape."""
+
     def make(tape: Tape) -> object:
         seed = seeds[tape.below(len(seeds))]
         return tape.value() if tape.below(16) == 0 else reshape(tape, seed)
+
     return make
 
 
@@ -214,9 +278,8 @@ def wire_bytes(seed_objects: list) -> Callable[[Tape], bytes]:
         if mode <= 4:
             return mutate_bytes(tape, seeds[i])
         return msgpack.packb(reshape(tape, seed_objects[i]), use_bin_type=True)
+
     return make
-
-
 
 
 # ------------------------------------------------------------------------------- messages
@@ -227,30 +290,68 @@ LENGTHS = [0, 1, 7, 15, 2014, 2015, 4096, 2**20, 2**32 - 1, 2**32, 2**63, 2**64 
 
 
 def _length(tape: Tape) -> int:
-    return LENGTHS[tape.below(len(LENGTHS))] + tape.below(3) - 1 if tape.byte() % 2 else \
-        int.from_bytes(tape.take(8).ljust(8, b"\0"), "big")
+    return (
+        LENGTHS[tape.below(len(LENGTHS))] + tape.below(3) - 1
+        if tape.byte() % 2
+        else int.from_bytes(tape.take(8).ljust(8, b"\0"), "big")
+    )
 
 
 MESSAGES = [
-    Target("messages.body_length", lambda a: body_length(*a),
-           lambda t: (t.take(8).ljust(8, b"\0") if t.below(4) else t.take(t.below(13)), max(0, _length(t)))),
-    Target("messages.check_response_length", lambda a: check_response_length(a[0], expect=a[1], max_bytes=a[2]),
-           lambda t: (max(0, _length(t)), None if t.byte() % 2 else max(0, _length(t)) % 2**32,
-                            max(0, _length(t)))),
+    Target(
+        "messages.body_length",
+        lambda a: body_length(*a),
+        lambda t: (t.take(8).ljust(8, b"\0") if t.below(4) else t.take(t.below(13)), max(0, _length(t))),
+    ),
+    Target(
+        "messages.check_response_length",
+        lambda a: check_response_length(a[0], expect=a[1], max_bytes=a[2]),
+        lambda t: (max(0, _length(t)), None if t.byte() % 2 else max(0, _length(t)) % 2**32, max(0, _length(t))),
+    ),
     Target("messages.Request.decode", Request.decode, wire_bytes([msgpack.unpackb(r) for r in REQUESTS])),
     Target("messages.decode_response", decode_response, wire_bytes([msgpack.unpackb(r) for r in RESPONSES])),
-    Target("messages.UpdateEnvelope.decode", UpdateEnvelope.decode,
-           wire_bytes([msgpack.unpackb(ENVELOPE.encode(), raw=False)])),
+    Target(
+        "messages.UpdateEnvelope.decode",
+        UpdateEnvelope.decode,
+        wire_bytes([msgpack.unpackb(ENVELOPE.encode(), raw=False)]),
+    ),
 ]
 
 # -------------------------------------------------------------------------------- records
-HEARTBEAT = dict(peer=PEER, name="fuzz", round=3, state_round=2, digest=SHA, device="cpu",
-                 maddrs=["/ip4/127.0.0.1/tcp/1"], time=1.0e9, active=True, run=RUN)
+HEARTBEAT = dict(
+    peer=PEER,
+    name="fuzz",
+    round=3,
+    state_round=2,
+    digest=SHA,
+    device="cpu",
+    maddrs=["/ip4/127.0.0.1/tcp/1"],
+    time=1.0e9,
+    active=True,
+    run=RUN,
+)
 ANNOUNCEMENT = dict(run=RUN, round=3, peer=PEER, nbytes=1000, sha256=SHA, tokens=4096, base=SHA, time=1.0e9)
-METRICS = dict(peer=PEER, name="a", device="cpu", version="0.1.0", round=3, local_step=150, time=1.0e9,
-               loss=2.5, val_bpb=4.1, tokens_per_s=900.0, tokens=3000, sent=10, received=20, dense=1000,
-               rounds_ok=3, rounds_failed=1, reachability="private", history=[[1, 3.0, None], [2, 2.7, 4.3]],
-               recent=[[3, "ok", 2, 1.5, 9.0], [2, "failed", 2, 0.0, 8.0]])
+METRICS = dict(
+    peer=PEER,
+    name="a",
+    device="cpu",
+    version="0.1.0",
+    round=3,
+    local_step=150,
+    time=1.0e9,
+    loss=2.5,
+    val_bpb=4.1,
+    tokens_per_s=900.0,
+    tokens=3000,
+    sent=10,
+    received=20,
+    dense=1000,
+    rounds_ok=3,
+    rounds_failed=1,
+    reachability="private",
+    history=[[1, 3.0, None], [2, 2.7, 4.3]],
+    recent=[[3, "ok", 2, 1.5, 9.0], [2, "failed", 2, 0.0, 8.0]],
+)
 
 
 def _wire(cls, d: dict) -> dict:
@@ -260,16 +361,34 @@ def _wire(cls, d: dict) -> dict:
 
 
 def roster_wire(entries: list) -> dict:
-    return _wire(Roster, dict(run=RUN, round=3, leader=PEER, prev="0" * 64, base=SHA, result=SHA, time=1.0e9,
-                              entries=entries, scores=[[PEER, 0.5]]))
+    return _wire(
+        Roster,
+        dict(
+            run=RUN,
+            round=3,
+            leader=PEER,
+            prev="0" * 64,
+            base=SHA,
+            result=SHA,
+            time=1.0e9,
+            entries=entries,
+            scores=[[PEER, 0.5]],
+        ),
+    )
 
 
 RECORDS = [
     Target("records.Heartbeat.from_wire", Heartbeat.from_wire, objects([_wire(Heartbeat, HEARTBEAT)])),
-    Target("records.Announcement.from_wire", lambda d: Announcement.from_wire(d, max_bytes=2**20),
-           objects([_wire(Announcement, ANNOUNCEMENT)])),
-    Target("records.Roster.from_wire", lambda d: Roster.from_wire(d, max_bytes=2**20),
-           objects([roster_wire([{"body": b"x", "key": b"k", "sig": b"s", "kind": "announcement"}])])),
+    Target(
+        "records.Announcement.from_wire",
+        lambda d: Announcement.from_wire(d, max_bytes=2**20),
+        objects([_wire(Announcement, ANNOUNCEMENT)]),
+    ),
+    Target(
+        "records.Roster.from_wire",
+        lambda d: Roster.from_wire(d, max_bytes=2**20),
+        objects([roster_wire([{"body": b"x", "key": b"k", "sig": b"s", "kind": "announcement"}])]),
+    ),
     Target("records.MetricsRecord.from_wire", MetricsRecord.from_wire, objects([METRICS])),
 ]
 
@@ -284,8 +403,11 @@ def metrics_envelope(tape: Tape) -> object:
     mode = tape.below(3)
     if mode == 0:
         return reshape(tape, METRICS_ENVELOPE)
-    body = mutate_bytes(tape, METRICS_ENVELOPE["body"]) if mode == 1 else \
-        msgpack.packb(reshape(tape, METRICS), use_bin_type=True)
+    body = (
+        mutate_bytes(tape, METRICS_ENVELOPE["body"])
+        if mode == 1
+        else msgpack.packb(reshape(tape, METRICS), use_bin_type=True)
+    )
     return signing.sign(KEY, body)
 
 
@@ -296,6 +418,7 @@ EXPIRATIONS = [1.0e9 + 600, 1.0e9 + 1e6, 0.0, -1.0, math.nan, math.inf, -math.in
 def stored_metrics(tape: Tape) -> tuple[bytes, bytes, float]:
     """(subkey, value, expiration) as a DHT node stores them: serialised by hivemind."""
     from hivemind.utils.serializer import MSGPackSerializer
+
     value = MSGPackSerializer.dumps(metrics_envelope(tape))
     if tape.below(4) == 0:
         value = mutate_bytes(tape, value)
@@ -304,22 +427,47 @@ def stored_metrics(tape: Tape) -> tuple[bytes, bytes, float]:
 
 
 TELEMETRY = [
-    Target("telemetry.decode", lambda a: telemetry.decode(*a),
-           lambda t: (metrics_envelope(t), [PEER, OTHER][t.below(2)])),
-    Target("telemetry.valid_stored_record", lambda a: telemetry.valid_stored_record(*a), stored_metrics,
-           allowed=(), returns=lambda r: isinstance(r, bool)),
-    Target("signing.verify", lambda a: signing.verify(a[0], signer=a[1], max_body=2048, kind=a[2]),
-           lambda t: ([metrics_envelope, lambda t: v2_envelope(t, "heartbeat"), Tape.value][t.below(3)](t),
-                      [PEER, OTHER, ""][t.below(3)], ["", "heartbeat", "manifest"][t.below(3)]),
-           group="telemetry"),
+    Target(
+        "telemetry.decode", lambda a: telemetry.decode(*a), lambda t: (metrics_envelope(t), [PEER, OTHER][t.below(2)])
+    ),
+    Target(
+        "telemetry.valid_stored_record",
+        lambda a: telemetry.valid_stored_record(*a),
+        stored_metrics,
+        allowed=(),
+        returns=lambda r: isinstance(r, bool),
+    ),
+    Target(
+        "signing.verify",
+        lambda a: signing.verify(a[0], signer=a[1], max_body=2048, kind=a[2]),
+        lambda t: (
+            [metrics_envelope, lambda t: v2_envelope(t, "heartbeat"), Tape.value][t.below(3)](t),
+            [PEER, OTHER, ""][t.below(3)],
+            ["", "heartbeat", "manifest"][t.below(3)],
+        ),
+        group="telemetry",
+    ),
 ]
 
 # --------------------------------------------------------------------------------- codecs
 SHAPES = ((4, 6), (5,))  # a 2-D tensor cut into chunks, and a 1-D one
 # words that break decoders: fp16 inf/NaN/65504, bf16 inf/NaN/max, fp32 inf/NaN/3e38/denormal
-SPECIAL = [b"\x00\x7c", b"\x00\x7e", b"\xff\x7b", b"\x80\x7f", b"\xc0\x7f", b"\x7f\x7f", b"\xff\xff",
-           struct.pack("<f", math.inf), struct.pack("<f", math.nan), struct.pack("<f", 3e38),
-           struct.pack("<f", -3e38), struct.pack("<f", 1e-45), struct.pack("<f", 1.0), b"\x00\x00\x00\x00"]
+SPECIAL = [
+    b"\x00\x7c",
+    b"\x00\x7e",
+    b"\xff\x7b",
+    b"\x80\x7f",
+    b"\xc0\x7f",
+    b"\x7f\x7f",
+    b"\xff\xff",
+    struct.pack("<f", math.inf),
+    struct.pack("<f", math.nan),
+    struct.pack("<f", 3e38),
+    struct.pack("<f", -3e38),
+    struct.pack("<f", 1e-45),
+    struct.pack("<f", 1.0),
+    b"\x00\x00\x00\x00",
+]
 
 
 def codec_inputs(codec) -> Callable[[Tape], bytes]:
@@ -340,32 +488,39 @@ def codec_inputs(codec) -> Callable[[Tape], bytes]:
             return words[:n]
         if mode == 2:
             at, word = tape.below(n), SPECIAL[tape.below(len(SPECIAL))]
-            return (seed[:at] + word + seed[at + len(word):])[:n]
+            return (seed[:at] + word + seed[at + len(word) :])[:n]
         return mutate_bytes(tape, seed)
+
     return make
 
 
-CODECS = [DenseCodec(SHAPES, "float16"), DenseCodec(SHAPES, "float32"), Int8Codec(SHAPES, 4)] + [
-    TopKCodec(SHAPES, chunk=4, k=3, dct=dct, values=values, index_bits=12)
-    for values in ("bf16", "2bit", "1bit") for dct in (False, True)] + [
-    TopKCodec(SHAPES, chunk=4, k=5, values="bf16", index_bits=16)]
+CODECS = (
+    [DenseCodec(SHAPES, "float16"), DenseCodec(SHAPES, "float32"), Int8Codec(SHAPES, 4)]
+    + [
+        TopKCodec(SHAPES, chunk=4, k=3, dct=dct, values=values, index_bits=12)
+        for values in ("bf16", "2bit", "1bit")
+        for dct in (False, True)
+    ]
+    + [TopKCodec(SHAPES, chunk=4, k=5, values="bf16", index_bits=16)]
+)
 
 
 def decodes_finite(codec) -> Callable[[bytes], object]:
     """decode, and check what the codec promises: tensors of the model's shapes, all finite."""
+
     def call(data: bytes):
         out = codec.decode(data)
         assert [tuple(t.shape) for t in out] == [tuple(s) for s in SHAPES]
         assert all(bool(torch.isfinite(t).all()) for t in out), f"{codec.name} decoded a non-finite value"
         return out
+
     return call
 
 
 CODEC_TARGETS = [Target(f"codecs.{c.name}.decode", decodes_finite(c), codec_inputs(c)) for c in CODECS]
 
 # ------------------------------------------------------------------------ tensors, state
-TENSORS = encode_tensors({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.arange(3)},
-                         {"round": 1})
+TENSORS = encode_tensors({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.arange(3)}, {"round": 1})
 
 
 def _template() -> SwarmState:
@@ -374,8 +529,13 @@ def _template() -> SwarmState:
 
 
 TEMPLATE = _template()
-STATE = SwarmState(round=4, names=TEMPLATE.names, params=[p + 1 for p in TEMPLATE.params],
-                   outer={"m": [torch.full_like(p, 0.5) for p in TEMPLATE.params]}).to_bytes(RUN)
+STATE = SwarmState(
+    round=4,
+    names=TEMPLATE.names,
+    params=[p + 1 for p in TEMPLATE.params],
+    outer={"m": [torch.full_like(p, 0.5) for p in TEMPLATE.params]},
+).to_bytes(RUN)
+
 
 def _unhashable_dtype(e: BaseException) -> bool:
     """KNOWN BUG, reported to the lead (protocol/tensors.py is not this test's owner's file):
@@ -387,8 +547,12 @@ def _unhashable_dtype(e: BaseException) -> bool:
 
 STATE_TARGETS = [
     Target("tensors.decode_tensors", decode_tensors, wire_bytes([msgpack.unpackb(TENSORS)])),
-    Target("state.SwarmState.from_bytes", lambda b: SwarmState.from_bytes(b, run_id=RUN, template=TEMPLATE),
-           wire_bytes([msgpack.unpackb(STATE)]), group="tensors"),
+    Target(
+        "state.SwarmState.from_bytes",
+        lambda b: SwarmState.from_bytes(b, run_id=RUN, template=TEMPLATE),
+        wire_bytes([msgpack.unpackb(STATE)]),
+        group="tensors",
+    ),
 ]
 
 
@@ -403,6 +567,7 @@ class _FakeDHT:
 
             async def shutdown(self):
                 pass
+
         return P2P()
 
 
@@ -496,6 +661,7 @@ def stream(seeds: list[bytes]) -> Callable[[Tape], bytes]:
         if mode == 3:
             return frame(mutate_bytes(tape, seeds[i]))
         return (max(0, _length(tape)) % 2**64).to_bytes(HEADER_LEN, "big") + tape.take(tape.below(32))
+
     return make
 
 
@@ -503,9 +669,12 @@ _response_stream = stream(RESPONSES)
 EXCHANGE = [
     Target("exchange.serve_stream", serve, stream(REQUESTS), allowed=()),
     # a stream that ends early is a transport outcome (IncompleteReadError), not a decoding one
-    Target("exchange.read_response", read,
-           lambda t: (_response_stream(t), [None, 7, len(b"payload"), t.below(64)][t.below(4)]),
-           allowed=(ProtocolError, asyncio.IncompleteReadError)),
+    Target(
+        "exchange.read_response",
+        read,
+        lambda t: (_response_stream(t), [None, 7, len(b"payload"), t.below(64)][t.below(4)]),
+        allowed=(ProtocolError, asyncio.IncompleteReadError),
+    ),
 ]
 
 # ------------------------------------------------- signed v2 records, DHT validators (the lead's)
@@ -514,8 +683,12 @@ SEALED = {
     "heartbeat": signed.seal(KEY, Heartbeat.from_wire(HEARTBEAT)),
     "announcement": signed.seal(KEY, Announcement.from_wire(ANNOUNCEMENT, max_bytes=2**20)),
 }
-_entries = sorted([(PEER, signed.seal(KEY, Announcement.from_wire(ANNOUNCEMENT, max_bytes=2**20))),
-                   (PEER2, signed.seal(KEY2, Announcement.from_wire(ANN2, max_bytes=2**20)))])
+_entries = sorted(
+    [
+        (PEER, signed.seal(KEY, Announcement.from_wire(ANNOUNCEMENT, max_bytes=2**20))),
+        (PEER2, signed.seal(KEY2, Announcement.from_wire(ANN2, max_bytes=2**20))),
+    ]
+)
 ROSTER = roster_wire([e for _, e in _entries])
 SEALED["roster"] = signed.seal(KEY, Roster.from_wire(ROSTER, max_bytes=2**20))
 MANIFEST = {"name": "fuzz", "organizer": PEER, "model": {"d_model": 8, "layers": 1}, "lr": 0.5}
@@ -530,8 +703,13 @@ def v2_envelope(tape: Tape, kind: str) -> object:
     mode = tape.below(4)
     if mode == 0:
         return reshape(tape, SEALED[kind])
-    body = mutate_bytes(tape, SEALED[kind]["body"]) if mode == 1 else \
-        msgpack.packb(reshape(tape, BODIES[kind]), use_bin_type=True) if mode == 2 else SEALED[kind]["body"]
+    body = (
+        mutate_bytes(tape, SEALED[kind]["body"])
+        if mode == 1
+        else msgpack.packb(reshape(tape, BODIES[kind]), use_bin_type=True)
+        if mode == 2
+        else SEALED[kind]["body"]
+    )
     signer = KEY2 if tape.below(8) == 0 else KEY
     return signing.sign(signer, body, KINDS[tape.below(len(KINDS))] if tape.below(8) == 0 else kind)
 
@@ -560,6 +738,7 @@ def _signer(tape: Tape) -> str | None:
 @functools.cache
 def validator():
     from node.p2p.validators import RunValidator
+
     return RunValidator(RUN)
 
 
@@ -567,6 +746,7 @@ def stored_v2(tape: Tape) -> tuple:
     """(key, subkey, value, expiration, now) as a DHT node hands them to a validator."""
     from hivemind.dht.routing import DHTID
     from hivemind.utils.serializer import MSGPackSerializer
+
     kind = KINDS[tape.below(len(KINDS))]
     env = v2_envelope(tape, kind)
     try:
@@ -620,6 +800,7 @@ def _not_utf8(e: BaseException) -> bool:
 
 def _read_peers(table: dict):
     from node.round.net import read_peers
+
     return read_peers(lambda key: table, RUN, 1.0e9, 120.0, on_bad=lambda line: None)
 
 
@@ -633,22 +814,48 @@ def _unhashable_kind(e: BaseException) -> bool:
 
 V2 = [
     Target("signed.open_record.heartbeat", _opens(Heartbeat), lambda t: (v2_envelope(t, "heartbeat"), _signer(t))),
-    Target("signed.open_record.announcement", _opens(Announcement),
-           lambda t: (v2_envelope(t, "announcement"), _signer(t))),
+    Target(
+        "signed.open_record.announcement", _opens(Announcement), lambda t: (v2_envelope(t, "announcement"), _signer(t))
+    ),
     Target("signed.open_record.roster", _opens(Roster), lambda t: (v2_envelope(t, "roster"), _signer(t))),
-    Target("signed.open_roster", lambda a: signed.open_roster(a[0], signer=a[1], max_bytes=2**20),
-           lambda t: (v2_envelope(t, "roster"), _signer(t))),
+    Target(
+        "signed.open_roster",
+        lambda a: signed.open_roster(a[0], signer=a[1], max_bytes=2**20),
+        lambda t: (v2_envelope(t, "roster"), _signer(t)),
+    ),
     Target("signed.open_manifest", lambda a: signed.open_manifest(*a), _manifest_input),
-    Target("signed.claimed_key", signed.claimed_key, lambda t: v2_envelope(t, KINDS[t.below(len(KINDS))]),
-           allowed=(), returns=lambda r: r is None or (isinstance(r, tuple) and len(r) == 2)),
-    Target("validators.RunValidator.check", lambda a: validator().check(*a), stored_v2,
-           allowed=(), returns=lambda r: isinstance(r, bool), group="signed"),
-    Target("ledger.verify", ledger.verify, _ledger_input, allowed=(),
-           returns=lambda r: isinstance(r, tuple) and len(r) == 2, group="signed"),
+    Target(
+        "signed.claimed_key",
+        signed.claimed_key,
+        lambda t: v2_envelope(t, KINDS[t.below(len(KINDS))]),
+        allowed=(),
+        returns=lambda r: r is None or (isinstance(r, tuple) and len(r) == 2),
+    ),
+    Target(
+        "validators.RunValidator.check",
+        lambda a: validator().check(*a),
+        stored_v2,
+        allowed=(),
+        returns=lambda r: isinstance(r, bool),
+        group="signed",
+    ),
+    Target(
+        "ledger.verify",
+        ledger.verify,
+        _ledger_input,
+        allowed=(),
+        returns=lambda r: isinstance(r, tuple) and len(r) == 2,
+        group="signed",
+    ),
     Target("ledger.read_file", _read_ledger, _ledger_file, group="signed"),
-    Target("round.read_peers", _read_peers,
-           lambda t: {[PEER, PEER2, OTHER, ""][t.below(4)]: v2_envelope(t, "heartbeat") for _ in range(t.below(3))},
-           allowed=(), returns=lambda r: isinstance(r, dict), group="signed"),
+    Target(
+        "round.read_peers",
+        _read_peers,
+        lambda t: {[PEER, PEER2, OTHER, ""][t.below(4)]: v2_envelope(t, "heartbeat") for _ in range(t.below(3))},
+        allowed=(),
+        returns=lambda r: isinstance(r, dict),
+        group="signed",
+    ),
 ]
 
 TARGETS = MESSAGES + RECORDS + TELEMETRY + CODEC_TARGETS + STATE_TARGETS + EXCHANGE + V2
@@ -682,6 +889,7 @@ def test_only_protocol_errors_come_out(group: str):
         fed.append(data)
         for target in GROUPS[group]:
             _check(target, target.make(Tape(data)))
+
     run()
     assert len(fed) >= EXAMPLES, f"hypothesis stopped after {len(fed)} examples"
 
@@ -691,7 +899,15 @@ def test_registry_is_complete():
     names = {t.name for t in TARGETS}
     assert len(names) == len(TARGETS) and EXAMPLES >= 2000
     assert sum(n.startswith("codecs.topk") for n in names) >= 6
-    for needed in ["messages.Request.decode", "messages.decode_response", "messages.UpdateEnvelope.decode",
-                   "records.MetricsRecord.from_wire", "telemetry.valid_stored_record", "signing.verify",
-                   "tensors.decode_tensors", "state.SwarmState.from_bytes", "exchange.serve_stream"]:
+    for needed in [
+        "messages.Request.decode",
+        "messages.decode_response",
+        "messages.UpdateEnvelope.decode",
+        "records.MetricsRecord.from_wire",
+        "telemetry.valid_stored_record",
+        "signing.verify",
+        "tensors.decode_tensors",
+        "state.SwarmState.from_bytes",
+        "exchange.serve_stream",
+    ]:
         assert needed in names

@@ -1,4 +1,5 @@
 """Hugging Face models from config and from local weights, tokenizers, bits per byte (issue 10)."""
+
 import json
 
 import pytest
@@ -6,11 +7,10 @@ import torch
 
 pytest.importorskip("transformers", reason="the [hf] extra is not installed (pip install 'swarmtrain[hf]')")
 
-from node.train import data
-
-from node.peer import manifest as manifests  # noqa: E402
 from node.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from node.errors import SwarmtrainError  # noqa: E402
+from node.peer import manifest as manifests  # noqa: E402
+from node.train import data
 from node.train.hf import save_pretrained  # noqa: E402
 from node.train.model import build_run_model, digest, trainable  # noqa: E402
 from node.train.tokenizer import Tokenizer, train_bpe  # noqa: E402
@@ -21,8 +21,7 @@ TINY = dict(kind="hf", d_model=32, n_layer=2, n_head=2, ctx=32)
 TEXT = ("def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n") * 40
 
 
-@pytest.mark.parametrize("arch,extra", [("gpt2", {}), ("llama", {"n_kv_head": 1, "d_ff": 48}),
-                                        ("qwen2", {})])
+@pytest.mark.parametrize("arch,extra", [("gpt2", {}), ("llama", {"n_kv_head": 1, "d_ff": 48}), ("qwen2", {})])
 def test_from_config_is_the_same_on_every_peer_and_learns(arch, extra):
     run = RunConfig(model=ModelConfig(arch=arch, **TINY, **extra), train=TrainConfig(inner_lr=1e-2, warmup_steps=1))
     a, b = build_run_model(run), build_run_model(run)
@@ -76,8 +75,9 @@ def test_bits_per_byte_counts_bytes_not_tokens(tokenizer_dir):
     ids = built.tokenizer.encode([TEXT.encode()] * 2, data.SEPARATOR)
     x, y = data.windows(ids, 4, 32, torch.Generator().manual_seed(0))
     built.model.eval()
-    nats = torch.nn.functional.cross_entropy(built.model(x).reshape(-1, built.tokenizer.vocab_size), y.reshape(-1),
-                                             reduction="sum").item()
+    nats = torch.nn.functional.cross_entropy(
+        built.model(x).reshape(-1, built.tokenizer.vocab_size), y.reshape(-1), reduction="sum"
+    ).item()
     nbytes = int(built.tokenizer.token_bytes()[y].sum())
     assert nbytes > y.numel()  # more bytes than tokens
     expected = nats / nbytes / torch.log(torch.tensor(2.0)).item()
@@ -123,8 +123,10 @@ def test_manifest_of_an_hf_run_accepts_and_refuses_other_tokenizers(tmp_path, to
     docs.mkdir()
     for i in range(8):
         (docs / f"f{i}.py").write_text(TEXT + f"# {i}\n")
-    run = RunConfig(model=ModelConfig(arch="gpt2", tokenizer=str(tokenizer_dir), **TINY),
-                    data=DataConfig(files=str(docs / "*.py"), shards=1, val_percent=30))
+    run = RunConfig(
+        model=ModelConfig(arch="gpt2", tokenizer=str(tokenizer_dir), **TINY),
+        data=DataConfig(files=str(docs / "*.py"), shards=1, val_percent=30),
+    )
     m = manifests.build_manifest(run, data.load_corpus(run.data))
     run_id = run_id_of(m)
     got, corpus = manifests.accept(run_id, m)
@@ -133,6 +135,7 @@ def test_manifest_of_an_hf_run_accepts_and_refuses_other_tokenizers(tmp_path, to
 
     class Local:
         tokenizer_dir, pretrained_dir, data_files = str(other), "", ""
+
     with pytest.raises(SwarmtrainError, match="tokenizer differs") as e:
         manifests.accept(run_id, m, Local())
     assert "--tokenizer-dir" in e.value.help

@@ -27,10 +27,29 @@ ALLOWED: dict[str, set[str]] = {
     "node.round": {"node.config", "node.errors", "protocol"},
     "node.p2p": {"node.round", "node.config", "node.errors", "protocol", "node"},
     "node.watch": {"node.config", "node.errors", "protocol"},
-    "node.peer": {"node.train", "node.outer", "node.round", "node.p2p", "node.watch", "node.config",
-                  "node.errors", "protocol", "node"},
-    "node.commands": {"node.peer", "node.train", "node.outer", "node.round", "node.p2p", "node.watch",
-                      "node.config", "node.errors", "protocol", "node"},
+    "node.peer": {
+        "node.train",
+        "node.outer",
+        "node.round",
+        "node.p2p",
+        "node.watch",
+        "node.config",
+        "node.errors",
+        "protocol",
+        "node",
+    },
+    "node.commands": {
+        "node.peer",
+        "node.train",
+        "node.outer",
+        "node.round",
+        "node.p2p",
+        "node.watch",
+        "node.config",
+        "node.errors",
+        "protocol",
+        "node",
+    },
     "node.cli": {"node.commands", "node.peer", "node.watch", "node.config", "node.errors", "node"},
 }
 # The one place the runtime may reach the benchmarks: `swarmtrain bench ...` imports them inside
@@ -113,7 +132,9 @@ def test_every_import_follows_the_dependency_rule():
             if _room(target) == "bench" and room in LAZY_BENCH_IMPORTERS and not at_top:
                 continue
             if _room(target) not in allowed:
-                wrong.append(f"{module} imports {target} ({room} may import only {sorted(allowed) or 'nothing of ours'})")
+                wrong.append(
+                    f"{module} imports {target} ({room} may import only {sorted(allowed) or 'nothing of ours'})"
+                )
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 

@@ -1,5 +1,6 @@
 """Consumer-link emulation (bench/linkemu.py): the spec parser always; the links themselves
 where namespaces and TUN devices work (root), else skipped with the reason."""
+
 import json
 import statistics
 import subprocess
@@ -21,15 +22,20 @@ from node.errors import SwarmtrainError
 CONSUMER = "up=20mbit,down=100mbit,rtt=50ms,loss=0%"
 
 
-@pytest.mark.parametrize("text, spec", [
-    ("up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%",
-     LinkSpec(up_bps=20e6, down_bps=100e6, rtt_s=0.05, jitter_s=0.005, loss=0.01)),
-    (" up = 20 Mbps , rtt=0.05s ", LinkSpec(up_bps=20e6, rtt_s=0.05)),  # mbps means bits too
-    ("down=1.5gbit,queue=1s,loss=0.25", LinkSpec(down_bps=1.5e9, queue_s=1.0, loss=0.25)),
-    ("up=512kbit,jitter=250us", LinkSpec(up_bps=512e3, jitter_s=250e-6)),
-    ("", LinkSpec()),
-    ("unlimited", LinkSpec()),
-])
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        (
+            "up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%",
+            LinkSpec(up_bps=20e6, down_bps=100e6, rtt_s=0.05, jitter_s=0.005, loss=0.01),
+        ),
+        (" up = 20 Mbps , rtt=0.05s ", LinkSpec(up_bps=20e6, rtt_s=0.05)),  # mbps means bits too
+        ("down=1.5gbit,queue=1s,loss=0.25", LinkSpec(down_bps=1.5e9, queue_s=1.0, loss=0.25)),
+        ("up=512kbit,jitter=250us", LinkSpec(up_bps=512e3, jitter_s=250e-6)),
+        ("", LinkSpec()),
+        ("unlimited", LinkSpec()),
+    ],
+)
 def test_good_specs(text, spec):
     assert LinkSpec.parse(text) == spec
 
@@ -39,8 +45,16 @@ def test_omitted_fields_are_unlimited_or_zero():
     assert (spec.up_bps, spec.down_bps, spec.jitter_s, spec.loss) == (0, 0, 0, 0) and spec.queue_s == 0.2
 
 
-@pytest.mark.parametrize("text", ["up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%", "up=1.234567mbit,rtt=35ms",
-                                  "loss=0.013,queue=0s", "up=0.5bit,rtt=1.5ms,jitter=1us", "loss=100%"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "up=20mbit,down=100mbit,rtt=50ms,jitter=5ms,loss=1%",
+        "up=1.234567mbit,rtt=35ms",
+        "loss=0.013,queue=0s",
+        "up=0.5bit,rtt=1.5ms,jitter=1us",
+        "loss=100%",
+    ],
+)
 def test_str_round_trips(text):
     spec = LinkSpec.parse(text)
     assert LinkSpec.parse(str(spec)) == spec
@@ -48,20 +62,23 @@ def test_str_round_trips(text):
     assert str(LinkSpec()) == "unlimited"
 
 
-@pytest.mark.parametrize("text, part, why", [
-    ("upload=20mbit", "upload=20mbit", "expected one of up=, down="),
-    ("rtt", "rtt", "expected one of"),
-    ("up=20", "up=20", "with a unit: gbit, mbit"),
-    ("up=20mb", "up=20mb", "with a unit"),
-    ("rtt=50", "rtt=50", "with a unit: s, ms, us"),
-    ("rtt=-5ms", "rtt=-5ms", "a number >= 0"),
-    ("jitter=fast", "jitter=fast", "a number >= 0"),
-    ("loss=5x", "loss=5x", "%, a plain fraction"),
-    ("loss=150%", "loss=150%", "at most 100%"),
-    ("up=0mbit", "up=0mbit", "above 0"),
-    ("up=1mbit,up=2mbit", "up=2mbit", "given twice"),
-    ("rtt=1e999s", "rtt=1e999s", "too large"),
-])
+@pytest.mark.parametrize(
+    "text, part, why",
+    [
+        ("upload=20mbit", "upload=20mbit", "expected one of up=, down="),
+        ("rtt", "rtt", "expected one of"),
+        ("up=20", "up=20", "with a unit: gbit, mbit"),
+        ("up=20mb", "up=20mb", "with a unit"),
+        ("rtt=50", "rtt=50", "with a unit: s, ms, us"),
+        ("rtt=-5ms", "rtt=-5ms", "a number >= 0"),
+        ("jitter=fast", "jitter=fast", "a number >= 0"),
+        ("loss=5x", "loss=5x", "%, a plain fraction"),
+        ("loss=150%", "loss=150%", "at most 100%"),
+        ("up=0mbit", "up=0mbit", "above 0"),
+        ("up=1mbit,up=2mbit", "up=2mbit", "given twice"),
+        ("rtt=1e999s", "rtt=1e999s", "too large"),
+    ],
+)
 def test_bad_specs_name_the_part_and_the_form(text, part, why):
     with pytest.raises(SwarmtrainError) as e:
         LinkSpec.parse(text)
@@ -69,29 +86,35 @@ def test_bad_specs_name_the_part_and_the_form(text, part, why):
     assert "up=20mbit,down=100mbit,rtt=50ms" in e.value.help and "kbit" in e.value.help
 
 
-@pytest.mark.parametrize("line, parsed", [
-    ("stats", ("stats", None)),
-    ("heal\n", ("heal", None)),
-    ("partition 0,1,2|3,4", ("partition", ((0, 1, 2), (3, 4)))),
-    ("  partition  3, 4 | 0 ,1 ,2 ", ("partition", ((3, 4), (0, 1, 2)))),
-    ("partition 0|1|2|3|4", ("partition", ((0,), (1,), (2,), (3,), (4,)))),
-    ("partition 0,1", ("partition", ((0, 1),))),  # 2, 3, 4 are each cut off from everyone
-])
+@pytest.mark.parametrize(
+    "line, parsed",
+    [
+        ("stats", ("stats", None)),
+        ("heal\n", ("heal", None)),
+        ("partition 0,1,2|3,4", ("partition", ((0, 1, 2), (3, 4)))),
+        ("  partition  3, 4 | 0 ,1 ,2 ", ("partition", ((3, 4), (0, 1, 2)))),
+        ("partition 0|1|2|3|4", ("partition", ((0,), (1,), (2,), (3,), (4,)))),
+        ("partition 0,1", ("partition", ((0, 1),))),  # 2, 3, 4 are each cut off from everyone
+    ],
+)
 def test_forwarder_commands_parse(line, parsed):
     assert parse_command(line, 5) == parsed
 
 
-@pytest.mark.parametrize("line, why", [
-    ("partition 0,1|1,2", "peer 1 is in more than one group"),
-    ("partition 0,1,2|3,5", "there is no peer 5 (peers are 0-4)"),
-    ("partition 0,1|", "group '' is not a list of peer numbers"),
-    ("partition", "group '' is not a list of peer numbers"),
-    ("partition 0,,1", "is not a list of peer numbers"),
-    ("partition -1,0", "is not a list of peer numbers"),
-    ("partition a|b", "is not a list of peer numbers"),
-    ("heal now", "unknown link forwarder command 'heal now'"),
-    ("stat", "unknown link forwarder command"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("partition 0,1|1,2", "peer 1 is in more than one group"),
+        ("partition 0,1,2|3,5", "there is no peer 5 (peers are 0-4)"),
+        ("partition 0,1|", "group '' is not a list of peer numbers"),
+        ("partition", "group '' is not a list of peer numbers"),
+        ("partition 0,,1", "is not a list of peer numbers"),
+        ("partition -1,0", "is not a list of peer numbers"),
+        ("partition a|b", "is not a list of peer numbers"),
+        ("heal now", "unknown link forwarder command 'heal now'"),
+        ("stat", "unknown link forwarder command"),
+    ],
+)
 def test_bad_forwarder_commands_say_what_is_wrong(line, why):
     with pytest.raises(SwarmtrainError) as e:
         parse_command(line, 5)
@@ -163,8 +186,9 @@ for _ in range(int(sys.argv[2])): s.sendto(b"x" * int(sys.argv[3]), (sys.argv[1]
 
 
 def _python(net, k, script, *args, **kw):
-    return subprocess.Popen([*net.exec_prefix(k), sys.executable, "-c", script, *map(str, args)], text=True,
-                            stdout=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [*net.exec_prefix(k), sys.executable, "-c", script, *map(str, args)], text=True, stdout=subprocess.PIPE, **kw
+    )
 
 
 @pytest.mark.usefixtures("namespaces")
@@ -180,8 +204,10 @@ def test_rtt_and_upload_rate_between_two_consumer_links():
         stats = net.stats()
     rtt_ms = statistics.median(rtts) * 1000
     mbit_s = int(received) * 8 / float(seconds) / 1e6
-    print(f"\nlink {CONSUMER}: rtt median {rtt_ms:.1f} ms (min {min(rtts) * 1000:.1f}, max {max(rtts) * 1000:.1f}); "
-          f"upload {int(received) / 1e6:.1f} MB in {float(seconds):.2f} s = {mbit_s:.1f} Mbit/s; stats {stats}")
+    print(
+        f"\nlink {CONSUMER}: rtt median {rtt_ms:.1f} ms (min {min(rtts) * 1000:.1f}, max {max(rtts) * 1000:.1f}); "
+        f"upload {int(received) / 1e6:.1f} MB in {float(seconds):.2f} s = {mbit_s:.1f} Mbit/s; stats {stats}"
+    )
     assert int(received) == size
     assert 40 <= rtt_ms <= 80
     assert 14 <= mbit_s <= 24
@@ -208,6 +234,7 @@ def test_lossy_link_loses_packets_and_counts_them():
 def test_a_partition_cuts_between_groups_until_healed():
     sent = 50
     with EmulatedNetwork([LinkSpec()] * 3) as net:
+
         def burst(src, dst):
             sink = _python(net, dst, UDP_SINK, net.address(dst))
             assert sink.stdout.readline().strip() == "up"
@@ -222,8 +249,10 @@ def test_a_partition_cuts_between_groups_until_healed():
         stats = net.stats()
         with pytest.raises(SwarmtrainError, match="no peer 3"):
             net.partition([[0], [3]])
-    print(f"\npartition 0,1|2: {inside}/{sent} arrived inside a group, {across}/{sent} across; "
-          f"after heal {healed}/{sent}; stats {stats}")
+    print(
+        f"\npartition 0,1|2: {inside}/{sent} arrived inside a group, {across}/{sent} across; "
+        f"after heal {healed}/{sent}; stats {stats}"
+    )
     assert (inside, across, healed) == (sent, 0, sent)
     assert partitioned == sent and stats[0]["up"]["partitioned"] == sent  # nothing more after the heal
 

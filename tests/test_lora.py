@@ -1,4 +1,5 @@
 """LoRA: frozen base, only adapters trained, exchanged and aggregated, with every strategy (issue 10)."""
+
 import copy
 
 import pytest
@@ -6,18 +7,19 @@ import torch
 
 pytest.importorskip("peft", reason="the [hf] extra is not installed (pip install 'swarmtrain[hf]')")
 
-from node.train import data  # noqa: E402
 from node.config import ModelConfig, PeftConfig, RunConfig, StrategyConfig, TrainConfig  # noqa: E402
 from node.errors import SwarmtrainError  # noqa: E402
-from node.train.model import build_run_model, trainable  # noqa: E402
 from node.outer.state import SwarmState  # noqa: E402
 from node.outer.strategies import STRATEGIES, make_strategy  # noqa: E402
+from node.train import data  # noqa: E402
+from node.train.model import build_run_model, trainable  # noqa: E402
 from node.train.trainer import InnerTrainer  # noqa: E402
 
 TINY = ModelConfig(kind="hf", arch="gpt2", d_model=64, n_layer=2, n_head=2, ctx=32)
 LORA = PeftConfig(method="lora", r=2, alpha=4.0)
-TEXT = torch.frombuffer(bytearray(("the quick brown fox jumps over the lazy dog. " * 200).encode()),
-                        dtype=torch.uint8).long()
+TEXT = torch.frombuffer(
+    bytearray(("the quick brown fox jumps over the lazy dog. " * 200).encode()), dtype=torch.uint8
+).long()
 
 
 def test_only_adapters_train_and_the_base_stays_frozen():
@@ -61,8 +63,15 @@ def test_every_strategy_exchanges_only_adapters_and_peers_stay_identical(name):
     for w in range(3):
         built = build_run_model(run)
         strat = make_strategy(cfg, [tuple(p.shape) for p in trainable(built.model)], run.train)
-        peers.append((InnerTrainer(built.model, run.train, torch.device("cpu")), strat, strat.new_worker(),
-                      SwarmState.initial(built.model, strat.outer_buffers), torch.Generator().manual_seed(w)))
+        peers.append(
+            (
+                InnerTrainer(built.model, run.train, torch.device("cpu")),
+                strat,
+                strat.new_worker(),
+                SwarmState.initial(built.model, strat.outer_buffers),
+                torch.Generator().manual_seed(w),
+            )
+        )
     full = make_strategy(cfg, [tuple(p.shape) for p in build_run_model(RunConfig(model=TINY)).model.parameters()])
     for _ in range(2):
         payloads = []

@@ -1,9 +1,9 @@
 import pytest
 
-from node.peer import manifest as manifests
 from node.config import ModelConfig, RunConfig
-from node.train.data import load_corpus
 from node.errors import SwarmtrainError
+from node.peer import manifest as manifests
+from node.train.data import load_corpus
 from protocol.records import run_id_of
 
 
@@ -73,6 +73,7 @@ def test_volunteers_keep_the_manifest_alive_past_its_ttl():
     now = [0.0]
     swarm = FakeSwarm()
     from tests.fakes import new_key
+
     _, envelope = manifests.sign(new_key()[0], {"name": "x", "protocol": 2})
     keeper = ManifestKeeper(swarm, envelope, clock=lambda: now[0])
     keeper.tick()
@@ -83,4 +84,4 @@ def test_volunteers_keep_the_manifest_alive_past_its_ttl():
         keeper.tick()
     gaps = [b - a for a, b in zip(swarm.stored_at, swarm.stored_at[1:])]
     assert max(gaps) <= MANIFEST_TTL / 4 + 60  # never close to expiring
-    assert len(swarm.stored_at) <= 3 * 4 + 2   # and not once per round
+    assert len(swarm.stored_at) <= 3 * 4 + 2  # and not once per round

@@ -1,4 +1,5 @@
 """node/outer/overlap.py: where each round's local training starts (overlap, and carrying a missed round)."""
+
 import pytest
 import torch
 

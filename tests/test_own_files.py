@@ -1,13 +1,13 @@
 """Your own data: text, jsonl, parquet files and datasets directories, hashed and sharded (issue 10)."""
+
 import json
 
 import pytest
 
-from node.train import data
-
-from node.peer import manifest as manifests
 from node.config import DataConfig, RunConfig
 from node.errors import SwarmtrainError
+from node.peer import manifest as manifests
+from node.train import data
 from protocol.records import run_id_of
 
 
@@ -87,6 +87,7 @@ def test_a_volunteer_with_other_files_is_refused_and_its_own_copy_accepted(tmp_p
     class Local:
         pretrained_dir = tokenizer_dir = ""
         data_files = str(write_corpus(tmp_path / "volunteer") / "**" / "*.txt")
+
     assert manifests.accept(run_id, m, Local())[1].sha256 == m["data"]["corpus_sha256"]
     (tmp_path / "volunteer" / "doc3.txt").write_text("not the same")
     with pytest.raises(SwarmtrainError, match="corpus 'files' differs") as e:

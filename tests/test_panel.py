@@ -1,4 +1,5 @@
 """The terminal panel: what a person at a terminal sees, and plain lines everywhere else."""
+
 import io
 
 from rich.console import Console
@@ -24,6 +25,7 @@ def test_round_events_fill_the_panel_and_messages_scroll_above():
     def feed(r):
         r.say("peer Qm... joined run demo-1")
         r.event("round", round=3, peers=3, loss=2.5, sent=3_350_000, received=6_700_000, tokens_per_s=1234, step=150)
+
     text = panel_text(feed)
     assert "joined run demo-1" in text
     row = [line for line in text.splitlines() if "this node" in line][-1]
@@ -37,6 +39,7 @@ def test_demo_child_lines_become_rows_per_peer():
         r.child("peer0", "event=round round=2 peers=2 loss=3.1 sent=100 received=200")
         r.child("peer1", "event=round round=2 peers=2 loss=3.3 sent=100 received=200")
         r.child("peer1", "WARNING something a person should read")
+
     text = panel_text(feed)
     assert "[peer1] WARNING something" in text
     assert any("peer0" in line and "3.1" in line for line in text.splitlines())

@@ -1,14 +1,15 @@
 """Optional differential privacy: clip + Gaussian noise before encoding, accounted by opacus (issue 10)."""
+
 import math
 
 import pytest
 import torch
 
 from node.config import ModelConfig, PrivacyConfig, StrategyConfig, TrainConfig
-from node.train.model import build_model, trainable
-from node.train.privacy import GaussianPrivacy, NoPrivacy, make_privacy
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.train.model import build_model, trainable
+from node.train.privacy import GaussianPrivacy, NoPrivacy, make_privacy
 
 SMALL = ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8)
 
@@ -102,6 +103,7 @@ def test_privatized_updates_still_apply_identically_on_every_peer():
 def test_bad_settings_name_the_fix():
     pytest.importorskip("opacus", reason="the [privacy] extra is not installed")
     from node.errors import SwarmtrainError
+
     with pytest.raises(SwarmtrainError) as e:
         make_privacy(PrivacyConfig(clip=1.0, delta=2.0), local_optimizer=True)
     assert "clip = 0 turns privacy off" in e.value.help

@@ -4,8 +4,17 @@ import torch
 
 from protocol import keys
 from protocol.errors import ProtocolError
-from protocol.messages import (MAX_ERROR_RESPONSE, Request, UpdateEnvelope, body_length, check_response_length,
-                               decode_response, encode_response, frame, ok_response_length)
+from protocol.messages import (
+    MAX_ERROR_RESPONSE,
+    Request,
+    UpdateEnvelope,
+    body_length,
+    check_response_length,
+    decode_response,
+    encode_response,
+    frame,
+    ok_response_length,
+)
 from protocol.records import GENESIS, Announcement, Heartbeat, Roster, manifest_hash, run_id_of
 from protocol.tensors import decode_tensors, encode_tensors
 
@@ -15,8 +24,17 @@ SHA = "a" * 64
 
 
 def heartbeat(**over):
-    d = Heartbeat(run="demo-1", peer=PEER_A, name="n", round=3, state_round=2, digest=SHA, device="cpu",
-                  maddrs=("/ip4/127.0.0.1/tcp/1",), time=1.0).to_wire()
+    d = Heartbeat(
+        run="demo-1",
+        peer=PEER_A,
+        name="n",
+        round=3,
+        state_round=2,
+        digest=SHA,
+        device="cpu",
+        maddrs=("/ip4/127.0.0.1/tcp/1",),
+        time=1.0,
+    ).to_wire()
     d.update(over)
     return d
 
@@ -32,9 +50,21 @@ def test_heartbeat_roundtrip():
     assert Heartbeat.from_wire(hb.to_wire()) == hb and hb.active
 
 
-@pytest.mark.parametrize("over", [{"peer": "not a peer id!"}, {"round": -1}, {"round": "3"}, {"digest": "xyz"},
-                                  {"maddrs": "one"}, {"maddrs": ["x"] * 17}, {"active": 1}, {"name": "n" * 300},
-                                  {"run": ""}, {"time": float("nan")}])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"peer": "not a peer id!"},
+        {"round": -1},
+        {"round": "3"},
+        {"digest": "xyz"},
+        {"maddrs": "one"},
+        {"maddrs": ["x"] * 17},
+        {"active": 1},
+        {"name": "n" * 300},
+        {"run": ""},
+        {"time": float("nan")},
+    ],
+)
 def test_heartbeat_rejects_malformed(over):
     with pytest.raises(ProtocolError):
         Heartbeat.from_wire(heartbeat(**over))
@@ -54,11 +84,27 @@ def test_announcement_size_limits():
 
 def test_roster_fields_are_checked():
     """Entries are signed announcements (their signatures and order: protocol/signed.py)."""
-    r = Roster(run="demo-1", round=2, leader=PEER_A, prev=GENESIS, base=SHA, result=SHA, time=1.0,
-               entries=({"body": b"x", "key": b"k", "sig": b"s"},), scores=((PEER_B, 0.5),))
+    r = Roster(
+        run="demo-1",
+        round=2,
+        leader=PEER_A,
+        prev=GENESIS,
+        base=SHA,
+        result=SHA,
+        time=1.0,
+        entries=({"body": b"x", "key": b"k", "sig": b"s"},),
+        scores=((PEER_B, 0.5),),
+    )
     assert Roster.from_wire(r.to_wire(), max_bytes=100) == r
-    for over in [{"entries": []}, {"entries": [[1, 2]]}, {"scores": [[PEER_B]]}, {"scores": [[PEER_B, True]]},
-                 {"prev": "x"}, {"leader": "../etc"}, {"time": float("inf")}]:
+    for over in [
+        {"entries": []},
+        {"entries": [[1, 2]]},
+        {"scores": [[PEER_B]]},
+        {"scores": [[PEER_B, True]]},
+        {"prev": "x"},
+        {"leader": "../etc"},
+        {"time": float("inf")},
+    ]:
         with pytest.raises(ProtocolError):
             Roster.from_wire({**r.to_wire(), **over}, max_bytes=100)
 
@@ -83,7 +129,7 @@ def test_ok_response_length_is_exact(n):
 
 
 def test_response_length_is_checked_against_the_expected_size():
-    assert len(encode_response(None, "\U0001F600" * 10_000)) <= MAX_ERROR_RESPONSE  # refusals always fit
+    assert len(encode_response(None, "\U0001f600" * 10_000)) <= MAX_ERROR_RESPONSE  # refusals always fit
     check_response_length(ok_response_length(10**5), expect=10**5, max_bytes=10)
     check_response_length(40, expect=10**6, max_bytes=10)
     with pytest.raises(ProtocolError, match="expected"):
@@ -95,9 +141,13 @@ def test_response_length_is_checked_against_the_expected_size():
 def test_request_roundtrip_and_rejects():
     r = Request(op="update", run="demo-1", round=3, peer=PEER_A)
     assert Request.decode(r.encode()) == r
-    for bad in [b"\xc1", msgpack.packb([1]), msgpack.packb({"op": "rm -rf", "run": "x"}),
-                msgpack.packb({"op": "update", "run": "x", "round": 1, "peer": "../etc"}),
-                msgpack.packb({"op": "state", "run": ""})]:
+    for bad in [
+        b"\xc1",
+        msgpack.packb([1]),
+        msgpack.packb({"op": "rm -rf", "run": "x"}),
+        msgpack.packb({"op": "update", "run": "x", "round": 1, "peer": "../etc"}),
+        msgpack.packb({"op": "state", "run": ""}),
+    ]:
         with pytest.raises(ProtocolError):
             Request.decode(bad)
 
@@ -111,8 +161,11 @@ def test_response_carries_the_reason():
 def test_update_envelope_roundtrip():
     e = UpdateEnvelope(run="r", round=1, peer=PEER_A, codec="dense-float16", payload=b"\x00" * 8)
     assert UpdateEnvelope.decode(e.encode()) == e
-    for bad in [{"run": "r"}, {**msgpack.unpackb(e.encode()), "round": True},
-                {**msgpack.unpackb(e.encode()), "round": -1}]:
+    for bad in [
+        {"run": "r"},
+        {**msgpack.unpackb(e.encode()), "round": True},
+        {**msgpack.unpackb(e.encode()), "round": -1},
+    ]:
         with pytest.raises(ProtocolError):
             UpdateEnvelope.decode(msgpack.packb(bad, use_bin_type=True))
 
@@ -122,11 +175,13 @@ def test_tensor_container_roundtrip_and_strictness():
     out, meta = decode_tensors(encode_tensors(ts, {"round": 3}))
     assert meta == {"round": 3} and all(torch.equal(ts[k], out[k]) for k in ts)
     good = msgpack.unpackb(encode_tensors(ts))
-    for mutate in [lambda d: d.update(format="pickle"),
-                   lambda d: d["tensors"][0].__setitem__(1, "object"),
-                   lambda d: d["tensors"][0].__setitem__(2, [2, 4]),
-                   lambda d: d["tensors"][0].__setitem__(3, b"short"),
-                   lambda d: d["tensors"].append(list(d["tensors"][0]))]:
+    for mutate in [
+        lambda d: d.update(format="pickle"),
+        lambda d: d["tensors"][0].__setitem__(1, "object"),
+        lambda d: d["tensors"][0].__setitem__(2, [2, 4]),
+        lambda d: d["tensors"][0].__setitem__(3, b"short"),
+        lambda d: d["tensors"].append(list(d["tensors"][0])),
+    ]:
         d = msgpack.unpackb(encode_tensors(ts))
         mutate(d)
         with pytest.raises(ProtocolError):

@@ -1,6 +1,7 @@
 """Issue 11's strategy options: low-bit DiLoCo with error feedback (QuantCodec), Nesterov outer
 steps for SparseLoCo, Muon as the inner optimizer. Each: encode -> decode -> apply round trip,
 bit-identical apply, malformed payloads refused with ProtocolError."""
+
 import math
 from dataclasses import replace
 
@@ -34,8 +35,11 @@ def test_quant_round_trip_and_exact_size(codec):
     blob = codec.encode(x)
     assert len(blob) == codec.encoded_size()
     n = sum(math.prod(s) for s in SHAPES)
-    assert codec.encoded_size() == sum(-(-math.prod(s) // codec.block) * 4 + -(-math.prod(s) * codec.bits // 8)
-                                       for s in SHAPES) <= n * (codec.bits / 8 + 4 / codec.block) + 5 * len(SHAPES)
+    assert (
+        codec.encoded_size()
+        == sum(-(-math.prod(s) // codec.block) * 4 + -(-math.prod(s) * codec.bits // 8) for s in SHAPES)
+        <= n * (codec.bits / 8 + 4 / codec.block) + 5 * len(SHAPES)
+    )
     out = codec.decode(blob)
     assert [tuple(t.shape) for t in out] == list(SHAPES)
     big = torch.cat([t.reshape(-1) for t in x]), torch.cat([t.reshape(-1) for t in out])
@@ -62,7 +66,7 @@ def test_quant_malformed_payloads_are_refused(codec):
     for bad in (bytes(blob[:-1]), bytes(blob) + b"\0", b""):
         with pytest.raises(ProtocolError):
             codec.decode(bad)
-    top = max(QUANT_OFFSET[codec.bits], 2 ** codec.bits - 1 - QUANT_OFFSET[codec.bits])
+    top = max(QUANT_OFFSET[codec.bits], 2**codec.bits - 1 - QUANT_OFFSET[codec.bits])
     for scale in (float("nan"), float("inf"), -float("inf"), 3e38, MAX_ABS_VALUE / top * 1.01):
         b = bytearray(blob)
         b[0:4] = np.float32(scale).tobytes()  # the first block's step
@@ -106,8 +110,9 @@ DEFAULT_TRAIN = TrainConfig()
 
 def setup(cfg: StrategyConfig, train: TrainConfig = DEFAULT_TRAIN, seed: int = 0):
     model = build_model(SMALL, seed)
-    strat = make_strategy(cfg, [tuple(p.shape) for p in model.parameters()], train,
-                          robust=RobustConfig(aggregator="mean"))
+    strat = make_strategy(
+        cfg, [tuple(p.shape) for p in model.parameters()], train, robust=RobustConfig(aggregator="mean")
+    )
     return model, strat, SwarmState.initial(model, strat.outer_buffers)
 
 
@@ -119,15 +124,19 @@ def moved(model, seed):
     return model
 
 
-OPTIONS = [StrategyConfig(name="diloco", inner_steps=5, wire_dtype=w, error_decay=d)
-           for w, d in (("int4", 1.0), ("int2", 0.9), ("int1", 1.0))] + [
+OPTIONS = [
+    StrategyConfig(name="diloco", inner_steps=5, wire_dtype=w, error_decay=d)
+    for w, d in (("int4", 1.0), ("int2", 0.9), ("int1", 1.0))
+] + [
     StrategyConfig(name="diloco", inner_steps=5, wire_dtype="int1", wire_block=1024, outer_lr=1.4),
     StrategyConfig(name="sparseloco", inner_steps=5, topk=16, sparse_outer_momentum=0.9, outer_lr=1.5),
-    StrategyConfig(name="sparseloco", inner_steps=5, topk=8, topk_vector=64)]
+    StrategyConfig(name="sparseloco", inner_steps=5, topk=8, topk_vector=64),
+]
 
 
-@pytest.mark.parametrize("cfg", OPTIONS,
-                         ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}")
+@pytest.mark.parametrize(
+    "cfg", OPTIONS, ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}"
+)
 def test_round_trip_and_bit_identical_apply(cfg):
     model, strat, state = setup(cfg)
     workers = [strat.new_worker() for _ in range(3)]
@@ -157,13 +166,14 @@ def test_error_feedback_keeps_what_was_not_sent(wire):
     pseudo = [g - l.detach() for g, l in zip(state.params, local.parameters())]
     sent = strat.codec.decode(strat.make_update(state, worker, local))
     for e, p, s in zip(worker["error"], pseudo, sent):
-        assert torch.allclose(e + s, p, atol=1e-6)     # e = pseudo - sent
+        assert torch.allclose(e + s, p, atol=1e-6)  # e = pseudo - sent
     total = [s.clone() for s in sent]
     for _ in range(30):  # the same pseudo-gradient again and again: what is sent converges to it
         for t, s in zip(total, strat.codec.decode(strat.make_update(state, worker, local))):
             t.add_(s)
-    rel = float(sum((t / 31 - p).norm() ** 2 for t, p in zip(total, pseudo)).sqrt()
-                / sum(p.norm() ** 2 for p in pseudo).sqrt())
+    rel = float(
+        sum((t / 31 - p).norm() ** 2 for t, p in zip(total, pseudo)).sqrt() / sum(p.norm() ** 2 for p in pseudo).sqrt()
+    )
     assert rel < {"int4": 0.05, "int2": 0.1, "int1": 0.25}[wire]  # = |final error| / 31 |pseudo-gradient|
 
 
@@ -180,10 +190,12 @@ def test_defaults_leave_the_old_presets_alone():
 
 
 def test_bad_strategy_options():
-    for cfg in (StrategyConfig(name="diloco", wire_dtype="int3"),
-                StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
-                StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0),
-                StrategyConfig(name="sparseloco", topk_vector=-1)):
+    for cfg in (
+        StrategyConfig(name="diloco", wire_dtype="int3"),
+        StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
+        StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0),
+        StrategyConfig(name="sparseloco", topk_vector=-1),
+    ):
         with pytest.raises(SwarmtrainError):
             setup(cfg)
 
@@ -215,6 +227,7 @@ def test_adamw_trainer_is_unchanged():
     opt = torch.optim.AdamW(ref.parameters(), lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     x = torch.randint(0, 256, (4, SMALL.ctx), generator=torch.Generator().manual_seed(0))
     from node.train.model import loss_fn
+
     for _ in range(3):
         tr.step(x, x)
         loss = loss_fn(ref(x), x)

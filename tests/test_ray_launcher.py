@@ -1,8 +1,9 @@
 """The Ray launcher's pieces that need no Ray: per-actor command lines and a clean stop."""
+
 import sys
 
-from node.config import NodeConfig
 from node.commands.ray_launch import RayOptions, VolunteerActor, volunteer_argv
+from node.config import NodeConfig
 
 
 def test_each_actor_is_a_peer_of_its_own():
@@ -18,13 +19,16 @@ def test_each_actor_is_a_peer_of_its_own():
 
 
 def test_stop_asks_the_peer_to_leave_and_returns_its_code(tmp_path):
-    script = ("import signal, sys, time\n"
-              "signal.signal(signal.SIGTERM, lambda *a: (print('leaving', flush=True), sys.exit(130)))\n"
-              "print('ready', flush=True)\n"
-              "time.sleep(60)\n")
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('leaving', flush=True), sys.exit(130)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
     actor = VolunteerActor("ray-0", [sys.executable, "-c", script])
     actor.start()
     import time
+
     deadline = time.monotonic() + 20
     lines = []
     while "ready" not in lines and time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """Upload once (node/round/relay.py, bench/upload.py): the relay tree, and one round's
 copies counted per peer."""
+
 from __future__ import annotations
 
 import pytest
@@ -75,7 +76,8 @@ def test_the_owner_uploads_twice_whatever_n_but_the_mean_peer_still_n_minus_1(n)
 
 def test_the_upload_bench_writes_its_rows(tmp_path):
     rows = run_upload_bench([4, 8], [2], 1000, str(tmp_path / "u.json"), say=lambda s: None)
-    assert {(r["peers"], r["scheme"]) for r in rows} == {(n, s) for n in (4, 8)
-                                                         for s in ("direct", "relay", "reduce-scatter")}
+    assert {(r["peers"], r["scheme"]) for r in rows} == {
+        (n, s) for n in (4, 8) for s in ("direct", "relay", "reduce-scatter")
+    }
     assert next(r for r in rows if r["peers"] == 8 and r["scheme"] == "relay")["own_update_bytes_up"] == 2000
     assert (tmp_path / "u.json").exists()

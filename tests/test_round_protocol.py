@@ -1,5 +1,6 @@
 """Round protocol v2 against an in-memory DHT and transport: honest rounds, and each attack of
 issue 8 as a fast unit test (tests/fakes.py; the real RunValidator guards the fake DHT)."""
+
 from __future__ import annotations
 
 import threading
@@ -21,8 +22,7 @@ from protocol.records import GENESIS, Announcement, Heartbeat, Roster
 from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
 
 RUN = "test-0123456789ab"
-CFG = SwarmConfig(collect_timeout=5.0, round_timeout=40.0, heartbeat_ttl=8.0, leader_backoff=5.0,
-                  established_rounds=2)
+CFG = SwarmConfig(collect_timeout=5.0, round_timeout=40.0, heartbeat_ttl=8.0, leader_backoff=5.0, established_rounds=2)
 BASE0 = "a" * 64
 
 
@@ -37,17 +37,33 @@ class Peer:
         self.net = FakeNet(self.id, dht, registry)
         self.ledger = Ledger()
         self.digest, self.round = BASE0, 0
-        self.proto = RoundProtocol(self.net, RUN, CFG, self.key, self.ledger,
-                                   Hooks(validate=lambda p: None, result=self.result), max_bytes=1 << 20)
+        self.proto = RoundProtocol(
+            self.net,
+            RUN,
+            CFG,
+            self.key,
+            self.ledger,
+            Hooks(validate=lambda p: None, result=self.result),
+            max_bytes=1 << 20,
+        )
 
     def result(self, payloads, tokens):
         assert len(tokens) == len(payloads)  # the signed token counts travel with the payloads
         return digest_of(payloads, self.digest)
 
     def heartbeat(self, *, round_no=None, digest=None, active=True, time=None):
-        hb = Heartbeat(run=RUN, peer=self.id, name="p", round=self.round + 1 if round_no is None else round_no,
-                       state_round=self.round, digest=digest or self.digest, device="cpu", maddrs=(),
-                       time=self.net.now() if time is None else time, active=active)
+        hb = Heartbeat(
+            run=RUN,
+            peer=self.id,
+            name="p",
+            round=self.round + 1 if round_no is None else round_no,
+            state_round=self.round,
+            digest=digest or self.digest,
+            device="cpu",
+            maddrs=(),
+            time=self.net.now() if time is None else time,
+            active=active,
+        )
         return self.net.store(keys.peers_key(RUN), self.id, signed.seal(self.key, hb), CFG.heartbeat_ttl)
 
     def announce(self, payload: bytes):
@@ -83,9 +99,11 @@ def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Pla
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r, base = peers[0].round + 1, peers[0].digest
     rank = election.ranking(RUN, r, base, {p.id for p in peers})
+
     # those that may lead first: in a real swarm the others wait for them concurrently
     def may_lead(p: Peer) -> bool:
         return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
+
     played = {}
     for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
         pid = p.id
@@ -135,8 +153,18 @@ def test_made_up_peers_cannot_outvote_or_hand_over_their_state():
 
 def test_votes_need_a_majority_of_at_least_three_and_never_roll_back():
     def hb(r, d):
-        return Heartbeat(run=RUN, peer="Qm" + "x" * 44, name="", round=r + 1, state_round=r, digest=d,
-                         device="cpu", maddrs=(), time=0.0)
+        return Heartbeat(
+            run=RUN,
+            peer="Qm" + "x" * 44,
+            name="",
+            round=r + 1,
+            state_round=r,
+            digest=d,
+            device="cpu",
+            maddrs=(),
+            time=0.0,
+        )
+
     a, b = "a" * 64, "b" * 64
     v = {f"p{i}": hb(5, a) for i in range(3)} | {"q": hb(5, b)}
     assert votes.needed(4) == 3 and votes.needed(2) == 2 and votes.needed(9) == 5
@@ -152,8 +180,9 @@ def test_dht_refuses_overwrites_far_expiries_plain_values_and_garbage():
     dht, _, (alice, mallory) = swarm(2)
     assert alice.heartbeat()
     now = dht.clock()
-    hb = Heartbeat(run=RUN, peer=alice.id, name="x", round=9, state_round=8, digest="f" * 64, device="cpu",
-                   maddrs=(), time=now)
+    hb = Heartbeat(
+        run=RUN, peer=alice.id, name="x", round=9, state_round=8, digest="f" * 64, device="cpu", maddrs=(), time=now
+    )
     key = keys.peers_key(RUN)
     assert not dht.store(key, alice.id, signed.seal(mallory.key, hb), now + 5)  # another peer's subkey
     assert not dht.store(key, mallory.id, signed.seal(mallory.key, hb), now + 5)  # body names alice
@@ -163,6 +192,7 @@ def test_dht_refuses_overwrites_far_expiries_plain_values_and_garbage():
     assert dht.store(key, mallory.id, signed.seal(mallory.key, mine), now + CFG.heartbeat_ttl)  # its own: fine
     from hivemind.dht.routing import DHTID
     from hivemind.utils.serializer import MSGPackSerializer as S
+
     plain = dht.validator.check(DHTID.generate(source=key).to_bytes(), S.dumps(None), S.dumps({"x": 1}), now, now)
     assert not plain  # a plain value would hide the whole peer table
     assert not dht.store(key, mallory.id, b"garbage", now + 5)
@@ -188,8 +218,16 @@ def test_forged_and_sybil_rosters_are_refused():
     r, base = me.round + 1, me.digest
     anns = [signed.open_record(e, Announcement) for e in dht.get(keys.updates_key(RUN, r)).values()]
     entries = tuple(dht.get(keys.updates_key(RUN, r))[a.peer] for a in sorted(anns, key=lambda a: a.peer))
-    roster = Roster(run=RUN, round=r, leader=sybil.id, prev=me.ledger.prev_hash(r), base=base, result="e" * 64,
-                    time=dht.clock(), entries=entries)
+    roster = Roster(
+        run=RUN,
+        round=r,
+        leader=sybil.id,
+        prev=me.ledger.prev_hash(r),
+        base=base,
+        result="e" * 64,
+        time=dht.clock(),
+        entries=entries,
+    )
     env = signed.seal(sybil.key, roster)
     # a made-up id that sorts first cannot even store a roster it did not sign...
     assert not dht.store(keys.roster_key(RUN, r), "1" * 46, env, dht.clock() + 60)
@@ -201,8 +239,9 @@ def test_forged_and_sybil_rosters_are_refused():
         me.proto.check_roster(env, sybil.id, r, base, cands)
     # a roster whose entry claims another peer's update, signed by someone else, does not open
     leader = next(p for p in peers if p.id == election.ranking(RUN, r, base, cands)[0])
-    fake_ann = Announcement(run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base,
-                            time=0.0)
+    fake_ann = Announcement(
+        run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base, time=0.0
+    )
     forged = {**signed.seal(sybil.key, fake_ann)}
     bad = replace(roster, leader=leader.id, entries=(forged,))
     with pytest.raises(ProtocolError):
@@ -244,6 +283,7 @@ def test_leader_leaves_out_an_update_that_makes_the_state_non_finite():
         if any(b"poison" in p for p in payloads):
             raise NonFinite("inf")
         return digest_of(payloads, base)
+
     for p in peers:
         p.proto.hooks.result = result
     played = play_round(peers, payloads={poison: b"poison"})
@@ -268,6 +308,7 @@ def test_a_peer_serving_other_bytes_than_announced_is_refused():
 
 def test_manifest_is_signed_by_its_organizer_and_hashes_to_the_run_id():
     from node.peer import manifest as manifests
+
     key, organizer = new_key()
     other, _ = new_key()
     run_id, env = manifests.sign(key, {"name": "demo", "protocol": 2, "model": {"d_model": 8}})
@@ -294,6 +335,7 @@ def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
 
     from node.commands.audit import run_audit
     from node.config import NodeConfig
+
     _, _, peers = swarm(3)
     peers[0].ledger.path = tmp_path / RUN / "ledger.jsonl"
     for _ in range(3):
@@ -317,8 +359,10 @@ def test_audit_verifies_the_ledger_file_and_finds_tampering(tmp_path, capsys):
 
 def test_a_split_swarm_converges_without_rolling_back():
     def hb(p, r, d):
-        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                         maddrs=(), time=0.0)
+        return Heartbeat(
+            run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu", maddrs=(), time=0.0
+        )
+
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     # three peers, three chains after a partition: each sees the other two, no quorum anywhere
     view_of_a = {"pb": hb("pb", 9, b), "pc": hb("pc", 8, c)}
@@ -326,7 +370,6 @@ def test_a_split_swarm_converges_without_rolling_back():
     assert votes.fork_target(view_of_a, 7, a) == (9, b)  # the newest chain, ahead of ours
     assert votes.fork_target(view_of_b, 9, b) is None  # the newest never rolls back: the others come to it
     assert votes.fork_target({"pb": hb("pb", 9, b), "pc": hb("pc", 9, a)}, 9, a) is None  # someone agrees with us
-
 
 
 def sibling_of(accepted: AcceptedRoster, peer: Peer, *, drop: int = 0) -> dict:
@@ -401,8 +444,10 @@ def test_restart_keeps_a_ledger_that_ends_at_the_synced_state():
 
 def test_two_equal_halves_become_one_without_rolling_back():
     def hb(p, r, d):
-        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                         maddrs=(), time=0.0)
+        return Heartbeat(
+            run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu", maddrs=(), time=0.0
+        )
+
     a, b = "a" * 64, "b" * 64
     # 2|2 after a heal: each peer sees its partner on its own state and the other pair on theirs
     assert votes.fork_target({"p2": hb("p2", 20, a), "p3": hb("p3", 39, b), "p4": hb("p4", 39, b)}, 20, a) == (39, b)
@@ -416,8 +461,10 @@ def test_two_equal_halves_become_one_without_rolling_back():
 
 def test_a_peer_stranded_on_a_fork_is_outvoted_by_a_quorum_ahead():
     def hb(p, r, d):
-        return Heartbeat(run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu",
-                         maddrs=(), time=0.0)
+        return Heartbeat(
+            run=RUN, peer=p, name="", round=r + 1, state_round=r, digest=d, device="cpu", maddrs=(), time=0.0
+        )
+
     ahead = {p: hb(p, 30, "c" * 64) for p in ("p2", "p3", "p4")}
     assert votes.outvoted(ahead, 12, "a" * 64)  # alone on round 12 while three vouch for round 30
     assert not votes.outvoted({**ahead, "p5": hb("p5", 12, "a" * 64)}, 12, "a" * 64)  # a voter holds ours

@@ -1,12 +1,23 @@
 """Update scores and bans (node/outer/scoring.py): pure functions of the ledger's scores."""
+
 import torch
 
 from node.config import ModelConfig, RobustConfig, StrategyConfig
-from node.train.model import build_model
-from node.outer.scoring import (ONE_SIDED_MAX, WORST, banned, crafted, directions, flagged, payload_digest, replays,
-                          score_updates, shared_batch_loss)
+from node.outer.scoring import (
+    ONE_SIDED_MAX,
+    WORST,
+    banned,
+    crafted,
+    directions,
+    flagged,
+    payload_digest,
+    replays,
+    score_updates,
+    shared_batch_loss,
+)
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.train.model import build_model
 
 CFG = RobustConfig(scoring=True, score_window=10, ban_after=3)
 HONEST = {f"h{i}": -0.05 + 0.002 * i for i in range(9)}

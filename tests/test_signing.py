@@ -1,4 +1,5 @@
 """Checking a signed record costs little whoever made it: one key shape, cheap checks first, a cache."""
+
 import secrets
 import threading
 import time
@@ -52,8 +53,9 @@ def test_accepted_shape_fits_the_length_caps(key):
     """hivemind's identity shape (tests/test_telemetry.py verifies a real hivemind identity file's record)."""
     assert len(signing.public_der(key)) == signing.MAX_KEY
     assert len(signing.sign(key, b"x")["sig"]) == signing.MAX_SIG
-    assert signing.verify(signing.sign(key, b"x", "heartbeat"), signer=peer_of(key), max_body=8,
-                          kind="heartbeat") == b"x"
+    assert (
+        signing.verify(signing.sign(key, b"x", "heartbeat"), signer=peer_of(key), max_body=8, kind="heartbeat") == b"x"
+    )
 
 
 def test_small_exponent_is_refused_before_the_signature():
@@ -196,7 +198,9 @@ def test_cold_vs_warm_measurement(key):
         for e in envs:
             signing.verify(e, signer=peer, max_body=8, kind="announcement")
         timings.append(time.perf_counter() - t)
-    print(f"\nverify 1,000 distinct envelopes ({signing.MODULUS_BITS}-bit keys): "
-          f"cold {timings[0] * 1e3:.1f} ms, warm {timings[1] * 1e3:.1f} ms "
-          f"({timings[0] / timings[1]:.0f}x); {signing.cache_info()}")
+    print(
+        f"\nverify 1,000 distinct envelopes ({signing.MODULUS_BITS}-bit keys): "
+        f"cold {timings[0] * 1e3:.1f} ms, warm {timings[1] * 1e3:.1f} ms "
+        f"({timings[0] / timings[1]:.0f}x); {signing.cache_info()}"
+    )
     assert signing.cache_info().verifications == 1000

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from node.peer import checkpoint
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
-from node.train.model import build_model
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.peer import checkpoint
+from node.train.model import build_model
 from protocol.errors import ProtocolError
 
 SMALL = ModelConfig(d_model=32, n_layer=2, n_head=2, ctx=16)
@@ -38,9 +38,17 @@ def update(strat, state, seed, worker=None):
     return strat.make_update(state, strat.new_worker() if worker is None else worker, Local(state, seed))
 
 
-@pytest.mark.parametrize("strategy", [dict(), dict(wire_dtype="int8"), dict(name="sparseloco"),
-                                      dict(name="decoupled-momentum", values="1bit"),
-                                      dict(name="decoupled-momentum", values="bf16"), dict(name="ddp-adamw")])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        dict(),
+        dict(wire_dtype="int8"),
+        dict(name="sparseloco"),
+        dict(name="decoupled-momentum", values="1bit"),
+        dict(name="decoupled-momentum", values="bf16"),
+        dict(name="ddp-adamw"),
+    ],
+)
 @pytest.mark.parametrize("aggregator", ["robust", "mean"])
 def test_apply_is_bit_identical_across_peers(strategy, aggregator):
     robust = RobustConfig(aggregator=aggregator)
@@ -54,8 +62,9 @@ def test_apply_is_bit_identical_across_peers(strategy, aggregator):
     assert s1.digest != setup(**strategy)[2].digest  # and it did move the parameters
 
 
-@pytest.mark.parametrize("strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"),
-                                      dict(name="ddp-adamw")])
+@pytest.mark.parametrize(
+    "strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"), dict(name="ddp-adamw")]
+)
 def test_frozen_parameters_are_not_exchanged(strategy):
     """Only parameters with requires_grad cross the wire (LoRA: the frozen base stays out)."""
     _, full, state = setup(**strategy)
@@ -69,8 +78,9 @@ def test_frozen_parameters_are_not_exchanged(strategy):
     strat.apply(state, [payload])
 
 
-@pytest.mark.parametrize("strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"),
-                                      dict(name="ddp-adamw")])
+@pytest.mark.parametrize(
+    "strategy", [dict(), dict(name="sparseloco"), dict(name="decoupled-momentum"), dict(name="ddp-adamw")]
+)
 def test_preview_applies_one_payload_without_touching_the_state(strategy):
     _, strat, state = setup(**strategy)
     before = state.full_digest

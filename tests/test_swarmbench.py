@@ -1,16 +1,27 @@
 """bench swarm's arithmetic (bench/swarm.py): the measured window cut out of each peer's timeline."""
+
 import pytest
 
 from bench.swarm import SwarmCase, measured, row, run_swarm_bench
 from node.errors import SwarmtrainError
 
-FIELDS = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
-          "bytes_received", "bytes_relayed"]
+FIELDS = [
+    "unix_time",
+    "round",
+    "tokens_trained",
+    "tokens_contributed",
+    "compute_seconds",
+    "bytes_sent",
+    "bytes_received",
+    "bytes_relayed",
+]
 
 
 def result(step_tokens: int, compute: float, rounds_failed: int = 0) -> dict:
-    timeline = [[100.0 + 2 * r, r, step_tokens * r, step_tokens * r, compute * r, 1000 * r, 2000 * r, 400 * r]
-                for r in range(1, 21)]
+    timeline = [
+        [100.0 + 2 * r, r, step_tokens * r, step_tokens * r, compute * r, 1000 * r, 2000 * r, 400 * r]
+        for r in range(1, 21)
+    ]
     return {"timeline": timeline, "timeline_fields": FIELDS, "rounds_failed": rounds_failed, "val_bpb": [4.0, 3.5]}
 
 
@@ -30,15 +41,34 @@ def test_too_short_a_window_and_bad_flags_name_the_fix():
     with pytest.raises(SwarmtrainError, match="measured window"):
         measured(result(4096, 1.5), start=110.0, end=111.0)
     with pytest.raises(SwarmtrainError, match="--slow-peer"):
-        run_swarm_bench(peers=2, strategies=["diloco"], seconds=10, round_seconds=[1.0], slow_peer=0.5, link="",
-                        json_path="/dev/null", workdir="/tmp", stop=None)
+        run_swarm_bench(
+            peers=2,
+            strategies=["diloco"],
+            seconds=10,
+            round_seconds=[1.0],
+            slow_peer=0.5,
+            link="",
+            json_path="/dev/null",
+            workdir="/tmp",
+            stop=None,
+        )
     with pytest.raises(SwarmtrainError):
-        run_swarm_bench(peers=2, strategies=["diloco"], seconds=10, round_seconds=[1.0], slow_peer=0, link="up=fast",
-                        json_path="/dev/null", workdir="/tmp", stop=None)
+        run_swarm_bench(
+            peers=2,
+            strategies=["diloco"],
+            seconds=10,
+            round_seconds=[1.0],
+            slow_peer=0,
+            link="up=fast",
+            json_path="/dev/null",
+            workdir="/tmp",
+            stop=None,
+        )
 
 
 def test_seconds_to_the_target_bpb_count_from_the_join():
     from bench.swarm import seconds_to
+
     timeline = [[110.0, 1, 5.2], [114.0, 2, 4.9], [118.0, 3, 4.7]]
     assert seconds_to(5.0, timeline, since=100.0) == 14.0
     assert seconds_to(4.0, timeline, since=100.0) is None  # never reached within the case
@@ -47,6 +77,7 @@ def test_seconds_to_the_target_bpb_count_from_the_join():
 
 def test_strategy_names_take_overlap_but_not_on_the_baseline():
     from bench.swarm import strategy_of
+
     assert strategy_of("sparseloco") == ("sparseloco", set())
     assert strategy_of("sparseloco+overlap") == ("sparseloco", {"overlap"})
     assert strategy_of("diloco+direct+overlap") == ("diloco", {"overlap", "direct"})
@@ -58,6 +89,7 @@ def test_strategy_names_take_overlap_but_not_on_the_baseline():
 def test_the_hivemind_baselines_result_reads_like_a_volunteers():
     """bench/hivemind_peer.py writes the fields bench swarm cuts its window from."""
     from bench.hivemind_peer import Result
+
     out = Result(started=0.0)
     for epoch in (1, 2, 3):
         out.tokens += 1024

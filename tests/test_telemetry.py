@@ -1,14 +1,15 @@
 """Signed metrics records: who may write them, what a reader accepts, how a monitor merges them."""
+
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from node.commands.monitor import merge_history, merge_rounds
-from node.watch.report import RoundReport
-from node.watch.status import StatusBoard, peer_rows
+from node.errors import SwarmtrainError
 from node.p2p.identity import load_identity_key
 from node.p2p.telemetry import decode, encode, reachability
-from node.errors import SwarmtrainError
+from node.watch.report import RoundReport
+from node.watch.status import StatusBoard, peer_rows
 from protocol import signing
 from protocol.errors import ProtocolError
 from protocol.records import Heartbeat, MetricsRecord
@@ -19,16 +20,34 @@ def identity(tmp_path_factory):
     """A real hivemind identity file, its key and the peer id hivemind derives from it."""
     from hivemind.p2p import P2P
     from hivemind.p2p.p2p_daemon_bindings.datastructures import PeerID
+
     path = tmp_path_factory.mktemp("id") / "identity.key"
     P2P.generate_identity(str(path))
     return load_identity_key(str(path)), PeerID.from_identity(path.read_bytes()).to_base58()
 
 
 def record(peer, **kw):
-    base = dict(peer=peer, name="a", device="cpu", version="0.1.0", round=3, local_step=150, time=1.0e9,
-                loss=2.5, val_bpb=4.1, tokens_per_s=900.0, tokens=3000, sent=10, received=20, dense=1000,
-                rounds_ok=3, rounds_failed=1, reachability="private", history=((1, 3.0, None), (2, 2.7, 4.3)),
-                recent=((3, "ok", 2, 1.5, 9.0), (2, "failed", 2, 0.0, 8.0)))
+    base = dict(
+        peer=peer,
+        name="a",
+        device="cpu",
+        version="0.1.0",
+        round=3,
+        local_step=150,
+        time=1.0e9,
+        loss=2.5,
+        val_bpb=4.1,
+        tokens_per_s=900.0,
+        tokens=3000,
+        sent=10,
+        received=20,
+        dense=1000,
+        rounds_ok=3,
+        rounds_failed=1,
+        reachability="private",
+        history=((1, 3.0, None), (2, 2.7, 4.3)),
+        recent=((3, "ok", 2, 1.5, 9.0), (2, "failed", 2, 0.0, 8.0)),
+    )
     return MetricsRecord(**{**base, **kw})
 
 
@@ -65,8 +84,10 @@ def test_record_naming_another_peer_is_refused(identity):
         decode(encode(key, record("QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n")), peer)
 
 
-@pytest.mark.parametrize("envelope", [None, [], {"body": b"x"}, {"body": "x", "key": b"", "sig": b""},
-                                      {"body": b"x" * 20000, "key": b"k", "sig": b"s"}])
+@pytest.mark.parametrize(
+    "envelope",
+    [None, [], {"body": b"x"}, {"body": "x", "key": b"", "sig": b""}, {"body": b"x" * 20000, "key": b"k", "sig": b"s"}],
+)
 def test_malformed_envelopes_are_refused(identity, envelope):
     with pytest.raises(ProtocolError):
         decode(envelope, identity[1])
@@ -78,9 +99,19 @@ def test_garbage_key_is_refused_not_crashing(identity):
         decode({"body": b"x", "key": b"\x30\x03garbage", "sig": b"s"}, peer)
 
 
-@pytest.mark.parametrize("change", [{"loss": float("nan")}, {"reachability": "moon"}, {"tokens": -1},
-                                    {"history": [[1, 2.0]]}, {"recent": [[1, "great", 2, 1.0, 1.0]]}, {"recent": [[1, "ok", 2, 1.0]]},
-                                    {"history": [[1, 2.0, None]] * 65}, {"peer": "not a peer id"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"loss": float("nan")},
+        {"reachability": "moon"},
+        {"tokens": -1},
+        {"history": [[1, 2.0]]},
+        {"recent": [[1, "great", 2, 1.0, 1.0]]},
+        {"recent": [[1, "ok", 2, 1.0]]},
+        {"history": [[1, 2.0, None]] * 65},
+        {"peer": "not a peer id"},
+    ],
+)
 def test_metrics_record_fields_are_checked(change):
     wire = {**record("QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n").to_wire(), **change}
     with pytest.raises(ProtocolError):
@@ -95,21 +126,43 @@ def test_unreadable_identity_file_names_the_fix(tmp_path):
     assert "delete it" in e.value.help
 
 
-@pytest.mark.parametrize("maddrs, kind", [
-    (["/ip4/127.0.0.1/tcp/1/p2p/Qm"], "private"),
-    (["/ip4/192.168.1.5/tcp/1", "/ip4/203.0.114.7/tcp/1"], "public"),
-    (["/ip4/10.0.0.2/tcp/1", "/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit"], "private"),
-    (["/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit/p2p/QmMe"], "relay"),
-    ([], "unknown")])
+@pytest.mark.parametrize(
+    "maddrs, kind",
+    [
+        (["/ip4/127.0.0.1/tcp/1/p2p/Qm"], "private"),
+        (["/ip4/192.168.1.5/tcp/1", "/ip4/203.0.114.7/tcp/1"], "public"),
+        (["/ip4/10.0.0.2/tcp/1", "/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit"], "private"),
+        (["/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit/p2p/QmMe"], "relay"),
+        ([], "unknown"),
+    ],
+)
 def test_reachability(maddrs, kind):
     assert reachability(maddrs) == kind
 
 
 def test_board_record_carries_what_the_page_shows():
-    b = StatusBoard(peer="QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", name="a", run_id="r-1",
-                    strategy="diloco", device="cpu", version="0")
-    b.round_done(RoundReport(round=1, result="ok", peers=2, train_s=2.0, loss=2.5, val_bpb=4.0, tokens=100, sent=10,
-                             received=20, dense=1000.0))
+    b = StatusBoard(
+        peer="QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n",
+        name="a",
+        run_id="r-1",
+        strategy="diloco",
+        device="cpu",
+        version="0",
+    )
+    b.round_done(
+        RoundReport(
+            round=1,
+            result="ok",
+            peers=2,
+            train_s=2.0,
+            loss=2.5,
+            val_bpb=4.0,
+            tokens=100,
+            sent=10,
+            received=20,
+            dense=1000.0,
+        )
+    )
     b.round_done(RoundReport(round=2, result="failed", peers=2, sent=10, received=20))
     r = b.record(local_step=50, reachability="private", now=5.0)
     assert (r.round, r.loss, r.tokens_per_s, r.rounds_ok, r.rounds_failed, r.dense) == (1, 2.5, 50.0, 1, 1, 1000)
@@ -119,8 +172,10 @@ def test_board_record_carries_what_the_page_shows():
 
 def test_peer_rows_share_of_work_and_gone_peers():
     a, b = "QmZDQWu7EC9CodKfhov2S9e8GFLFtU4bNgMDwXzF2cS68n", "QmSQi2NhkkfJTzRRCCLB4EMh62JwMru97SbfDiMGWtLUS9"
-    hbs = {p: Heartbeat(peer=p, name=p[:4], round=4, state_round=3, digest="a" * 64, device="cpu", maddrs=(),
-                        time=0.0) for p in (a, b)}
+    hbs = {
+        p: Heartbeat(peer=p, name=p[:4], round=4, state_round=3, digest="a" * 64, device="cpu", maddrs=(), time=0.0)
+        for p in (a, b)
+    }
     rows = peer_rows(hbs, 3, {a: record(a, tokens=3000), b: record(b, tokens=1000)})
     assert rows[a]["share"] == 0.75 and rows[b]["share"] == 0.25 and rows[a]["signed"]
     rows = peer_rows({a: hbs[a]}, 4, {a: record(a)}, previous=rows)
@@ -142,9 +197,11 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     from hivemind.dht.routing import DHTID
     from hivemind.dht.validation import DHTRecord
     from hivemind.utils.serializer import MSGPackSerializer as S
+
     from node.p2p.telemetry import METRICS_TTL
     from node.p2p.validators import RunValidator
     from protocol import keys
+
     key, peer = identity
     v = RunValidator("run-1")
     where = DHTID.generate(source=keys.metrics_key("run-1")).to_bytes()
@@ -160,4 +217,5 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     assert not check(encode(forger, r))
     assert not check(encode(key, r), at=DHTID.generate(source="another key").to_bytes())  # only under its key
     import pickle
+
     assert pickle.loads(pickle.dumps(v)).metrics_key == where  # it travels into the DHT process

@@ -1,4 +1,5 @@
 """`swarmtrain bench tune`: a smoke-sized Optuna study (3 trials) that resumes from its SQLite file."""
+
 import json
 import threading
 from dataclasses import replace
@@ -34,8 +35,9 @@ def test_every_preset_has_a_search_space_of_real_settings():
 def test_simulate_reports_each_eval_point():
     seen = []
     tier = replace(TIERS["smoke"], steps=12, eval_points=3, val_seqs=8)
-    run = simulate_preset("ddp-adamw", tier, 0, data.load_corpus("stdlib"),
-                          on_eval=lambda step, bpb: seen.append((step, bpb)))
+    run = simulate_preset(
+        "ddp-adamw", tier, 0, data.load_corpus("stdlib"), on_eval=lambda step, bpb: seen.append((step, bpb))
+    )
     assert [s for s, _ in seen] == [c["step"] for c in run["curve"]] and len(seen) == 3
     assert seen[-1][1] == run["val_bpb"]
 
@@ -61,15 +63,40 @@ def test_smoke_study_of_three_trials_resumes(tmp_path):
 def test_a_stop_request_leaves_the_study_intact(tmp_path):
     stop = threading.Event()
     stop.set()
-    rec = run_tune("ddp-adamw", 2, "smoke", str(tmp_path / "s.json"), str(tmp_path / "s.db"), steps=4, stop=stop,
-                   say=lambda _: None)
+    rec = run_tune(
+        "ddp-adamw",
+        2,
+        "smoke",
+        str(tmp_path / "s.json"),
+        str(tmp_path / "s.db"),
+        steps=4,
+        stop=stop,
+        say=lambda _: None,
+    )
     assert rec["interrupted"] and rec["budget"]["trials_finished"] == 0 and (tmp_path / "s.db").exists()
 
 
 def test_cli_tune(tmp_path):
     out = tmp_path / "c.json"
-    assert main(["bench", "tune", "--strategy", "ddp-adamw", "--trials", "1", "--tier", "smoke", "--steps", "4",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "tune",
+                "--strategy",
+                "ddp-adamw",
+                "--trials",
+                "1",
+                "--tier",
+                "smoke",
+                "--steps",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["preset"] == "ddp-adamw" and doc["budget"]["trials_finished"] == 1
     assert (tmp_path / "c.db").exists()
@@ -82,13 +109,31 @@ def test_frontier_plot_band_table_and_merge(tmp_path):
     from bench.quality.summary import band_table, merge_rows
 
     def run(name, seed, bpb, up):
-        return {"strategy": name, "seed": seed, "params": 10, "tokens": 5, "upload_bytes_per_step": up,
-                "download_bytes_per_step": up, "dense_ring_bytes_per_step": 6000.0, "payload_bytes": 1,
-                "val_bpb": bpb, "seconds": 1}
-    a = [run("ddp-adamw", 0, 2.0, 12000.0), run("ddp-adamw", 1, 2.2, 12000.0),
-         run("x", 0, 2.02, 50.0), run("x", 1, 2.2, 50.0)]
-    b = [run("ddp-adamw", 0, 2.0, 12000.0), run("ddp-adamw", 1, 2.2, 12000.0),
-         run("y", 0, 3.0, 0.5), run("y", 1, 3.3, 0.5)]
+        return {
+            "strategy": name,
+            "seed": seed,
+            "params": 10,
+            "tokens": 5,
+            "upload_bytes_per_step": up,
+            "download_bytes_per_step": up,
+            "dense_ring_bytes_per_step": 6000.0,
+            "payload_bytes": 1,
+            "val_bpb": bpb,
+            "seconds": 1,
+        }
+
+    a = [
+        run("ddp-adamw", 0, 2.0, 12000.0),
+        run("ddp-adamw", 1, 2.2, 12000.0),
+        run("x", 0, 2.02, 50.0),
+        run("x", 1, 2.2, 50.0),
+    ]
+    b = [
+        run("ddp-adamw", 0, 2.0, 12000.0),
+        run("ddp-adamw", 1, 2.2, 12000.0),
+        run("y", 0, 3.0, 0.5),
+        run("y", 1, 3.3, 0.5),
+    ]
     for name, runs in (("a", a), ("b", b)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"tier": "full", "runs": runs}))
     rows = merge_rows([str(tmp_path / "a.json"), str(tmp_path / "b.json")])

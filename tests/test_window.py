@@ -1,4 +1,5 @@
 """The compute window (node/train/window.py): how many inner steps a peer runs in a round."""
+
 import pytest
 
 from node.config import SwarmConfig
@@ -30,10 +31,10 @@ def test_without_a_window_every_peer_runs_h_steps():
 
 def test_a_window_fits_the_steps_to_the_peer_speed():
     cfg = SwarmConfig(round_seconds=4.0)
-    assert steps_run(cfg, 0.5) == 8            # 8 x 0.5 s fills 4 s
-    assert steps_run(cfg, 2.0) == 2            # a 4x slower peer: a quarter of the steps, same wall time
-    assert steps_run(cfg, 30.0) == 1           # always at least one step
-    assert steps_run(cfg, 0.01) == 32          # at most 4 x H by default
+    assert steps_run(cfg, 0.5) == 8  # 8 x 0.5 s fills 4 s
+    assert steps_run(cfg, 2.0) == 2  # a 4x slower peer: a quarter of the steps, same wall time
+    assert steps_run(cfg, 30.0) == 1  # always at least one step
+    assert steps_run(cfg, 0.01) == 32  # at most 4 x H by default
     assert steps_run(SwarmConfig(round_seconds=4.0, max_inner_steps=10), 0.01) == 10
 
 

@@ -63,8 +63,9 @@ def _sign_flip(r: RoundView, a: int) -> bytes:
 
 def _scaled_noise(r: RoundView, a: int) -> bytes:
     ref = r.decoded[a % len(r.honest)]
-    return r.codec.encode([torch.randn(t.shape, generator=r.gen) * (NOISE_SCALE * float(t.square().mean().sqrt()))
-                           for t in ref])
+    return r.codec.encode(
+        [torch.randn(t.shape, generator=r.gen) * (NOISE_SCALE * float(t.square().mean().sqrt())) for t in ref]
+    )
 
 
 def alie_z(n: int, f: int) -> float:
@@ -128,9 +129,15 @@ def _copycat(r: RoundView, a: int) -> bytes:
 
 
 ATTACKS: dict[str, Callable[[RoundView, int], bytes]] = {
-    "sign-flip": _sign_flip, "scaled-noise": _scaled_noise, "alie": _alie, "ipm": _ipm, "nan-inf": _nan_inf,
-    "max-value": _max_value, "sparse-index": _sparse_index,
-    "freeloader": _freeloader, "copycat": _copycat,
+    "sign-flip": _sign_flip,
+    "scaled-noise": _scaled_noise,
+    "alie": _alie,
+    "ipm": _ipm,
+    "nan-inf": _nan_inf,
+    "max-value": _max_value,
+    "sparse-index": _sparse_index,
+    "freeloader": _freeloader,
+    "copycat": _copycat,
 }
 
 
@@ -142,8 +149,11 @@ def forged_payload(codec, value: float) -> bytes:
         with np.errstate(over="ignore"):
             out = np.full(n, value, dtype=np.float16 if codec.dtype == "float16" else np.float32).tobytes()
     elif isinstance(codec, Int8Codec):
-        out = b"".join(np.full(codec.blocks(math.prod(s)), value / 127, np.float32).tobytes()
-                       + np.full(math.prod(s), 127, np.int8).tobytes() for s in codec.shapes)
+        out = b"".join(
+            np.full(codec.blocks(math.prod(s)), value / 127, np.float32).tobytes()
+            + np.full(math.prod(s), 127, np.int8).tobytes()
+            for s in codec.shapes
+        )
     else:
         parts = []
         for ch in codec.chunkings():
@@ -161,4 +171,3 @@ def forged_payload(codec, value: float) -> bytes:
         out = b"".join(parts)
     assert len(out) == codec.encoded_size()
     return out
-

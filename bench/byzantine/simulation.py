@@ -35,8 +35,9 @@ DIVERGED = 1e4
 TARGET_STRATEGIES: dict[str, StrategyConfig] = {
     # H = 5 keeps the default suite within ~15 minutes on one core; the rest as in bench quality
     "diloco": StrategyConfig(name="diloco", inner_steps=5, outer_lr=0.7, outer_momentum=0.9),
-    "sparseloco": StrategyConfig(name="sparseloco", inner_steps=5, topk=64, values="2bit", outer_lr=2.0,
-                                 error_decay=0.95),
+    "sparseloco": StrategyConfig(
+        name="sparseloco", inner_steps=5, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95
+    ),
     "decoupled-momentum": StrategyConfig(name="decoupled-momentum", topk=32, values="bf16", momentum_decay=0.999),
     "ddp-adamw": StrategyConfig(name="ddp-adamw"),
 }
@@ -99,13 +100,20 @@ class SimulatedSwarm:
         if case.variant:
             self.strategy.agg = replace(self.strategy.agg, **case.variant)
         self.state = SwarmState.initial(self.model, self.strategy.outer_buffers)
-        self.tier = Tier(steps=case.rounds * self.h, seeds=(setup.seed,), model=setup.model,
-                         batch_size=setup.batch_size)
+        self.tier = Tier(
+            steps=case.rounds * self.h, seeds=(setup.seed,), model=setup.model, batch_size=setup.batch_size
+        )
         self.n_honest = case.workers - case.attackers
         self.peers = [f"peer-{i:02d}" for i in range(case.workers)]  # attackers last
-        self.workers = [Worker(InnerTrainer(build_model(setup.model, setup.seed), train, torch.device("cpu"), schedule),
-                               self.strategy.new_worker(), torch.Generator().manual_seed(1000 * setup.seed + w),
-                               shards[w % len(shards)]) for w in range(self.n_honest)]
+        self.workers = [
+            Worker(
+                InnerTrainer(build_model(setup.model, setup.seed), train, torch.device("cpu"), schedule),
+                self.strategy.new_worker(),
+                torch.Generator().manual_seed(1000 * setup.seed + w),
+                shards[w % len(shards)],
+            )
+            for w in range(self.n_honest)
+        ]
         self.scorer = build_model(setup.model, setup.seed)
         self.gen = torch.Generator().manual_seed(777 + setup.seed)
         self.banned: set[str] = set()
@@ -117,8 +125,11 @@ class SimulatedSwarm:
     def round_payloads(self) -> tuple[list[int], list[bytes]]:
         """(live peers, their payloads in roster order): honest peers train, then attackers craft."""
         live = [i for i in range(self.case.workers) if self.peers[i] not in self.banned]
-        honest = [local_round(self.workers[i], self.state, self.strategy, self.h, self.tier)
-                  for i in live if i < self.n_honest]
+        honest = [
+            local_round(self.workers[i], self.state, self.strategy, self.h, self.tier)
+            for i in live
+            if i < self.n_honest
+        ]
         liars = [i for i in live if i >= self.n_honest]
         ctx = RoundView(self.strategy.codec, honest, self.previous, self.gen, len(live), len(liars))
         self.previous = honest
@@ -144,11 +155,12 @@ class SimulatedSwarm:
         self.banned = banned(self.history, self.robust)
 
     def attackers_banned(self) -> bool:
-        return self.case.attackers > 0 and set(self.peers[self.n_honest:]) <= self.banned
+        return self.case.attackers > 0 and set(self.peers[self.n_honest :]) <= self.banned
 
 
-def simulate_case(case: AttackCase, setup: Setup, shards: list[torch.Tensor],
-                  val: tuple[torch.Tensor, torch.Tensor]) -> dict:
+def simulate_case(
+    case: AttackCase, setup: Setup, shards: list[torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
+) -> dict:
     """One run: `case.rounds` outer rounds with its attackers; the final val bpb and what happened."""
     t0 = time.monotonic()
     swarm = SimulatedSwarm(case, setup, shards)
@@ -164,22 +176,30 @@ def simulate_case(case: AttackCase, setup: Setup, shards: list[torch.Tensor],
             diverged_at = rnd + 1
             break
     bpb = None if diverged_at else _val_bpb(swarm.model, swarm.state, val)
-    attackers = swarm.peers[swarm.n_honest:]
-    return {"attack": case.attack, "aggregator": case.aggregator + _variant_suffix(case.variant),
-            "strategy": case.strategy, "attackers": case.attackers, "workers": case.workers,
-            "rounds": case.rounds, "scoring": case.scoring, "seed": setup.seed, "val_bpb": bpb,
-            "diverged_at_round": diverged_at,
-            "dropped_payloads": swarm.dropped, "rounds_to_ban": rounds_to_ban,
-            "banned_attackers": sum(p in swarm.banned for p in attackers),
-            "banned_honest": len(swarm.banned) - sum(p in swarm.banned for p in attackers),
-            "seconds": round(time.monotonic() - t0, 1)}
+    attackers = swarm.peers[swarm.n_honest :]
+    return {
+        "attack": case.attack,
+        "aggregator": case.aggregator + _variant_suffix(case.variant),
+        "strategy": case.strategy,
+        "attackers": case.attackers,
+        "workers": case.workers,
+        "rounds": case.rounds,
+        "scoring": case.scoring,
+        "seed": setup.seed,
+        "val_bpb": bpb,
+        "diverged_at_round": diverged_at,
+        "dropped_payloads": swarm.dropped,
+        "rounds_to_ban": rounds_to_ban,
+        "banned_attackers": sum(p in swarm.banned for p in attackers),
+        "banned_honest": len(swarm.banned) - sum(p in swarm.banned for p in attackers),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
 
 
 def _diverged(state: SwarmState) -> bool:
     """Non-finite, or weights beyond any trained model's (|w| > 1e4): the model is gone, the run ends.
     (The round protocol refuses a non-finite state; a huge finite one is what the plain mean lets in.)"""
-    return not all(bool(torch.isfinite(p).all()) and float(p.abs().max()) <= DIVERGED
-                   for p in state.params)
+    return not all(bool(torch.isfinite(p).all()) and float(p.abs().max()) <= DIVERGED for p in state.params)
 
 
 def _variant_suffix(variant: dict | None) -> str:
@@ -189,8 +209,9 @@ def _variant_suffix(variant: dict | None) -> str:
 def _shared_batch(shards: list[torch.Tensor], setup: Setup, rnd: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The round's shared scoring batch: one window from each shard in turn, seeded by the round."""
     g = torch.Generator().manual_seed(10_000 + rnd)
-    xs, ys = zip(*(data.windows(shards[(rnd + j) % len(shards)], 1, setup.model.ctx, g)
-                   for j in range(setup.score_seqs)))
+    xs, ys = zip(
+        *(data.windows(shards[(rnd + j) % len(shards)], 1, setup.model.ctx, g) for j in range(setup.score_seqs))
+    )
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -199,4 +220,3 @@ def _val_bpb(model: torch.nn.Module, state: SwarmState, val) -> float:
         for p, src in zip([p for p in model.parameters() if p.requires_grad], state.params):
             p.copy_(src)
     return evaluate_bpb(model, *val, torch.device("cpu"))
-

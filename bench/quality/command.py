@@ -18,8 +18,9 @@ from node.errors import SwarmtrainError
 from node.train import data
 
 
-def run_quality(tier: str, json_path: str, plot_path: str | None, strategies: list[str] | None,
-                jobs: int, say=print) -> list[dict]:
+def run_quality(
+    tier: str, json_path: str, plot_path: str | None, strategies: list[str] | None, jobs: int, say=print
+) -> list[dict]:
     if tier not in TIERS:
         raise SwarmtrainError(f"unknown tier {tier!r}", f"use one of: {', '.join(TIERS)}")
     names = strategies or list(PRESETS)
@@ -36,12 +37,15 @@ def run_quality(tier: str, json_path: str, plot_path: str | None, strategies: li
     with mp.get_context("spawn").Pool(jobs) if jobs > 1 else InlinePool() as pool:
         for r in pool.imap_unordered(run_job, todo):
             runs.append(r)
-            say(f"  {r['strategy']:<24} seed {r['seed']}  val_bpb {r['val_bpb']:.4f}  "
-                f"upload {r['upload_bytes_per_step']:.0f} B/step  ({r['seconds']:.0f} s)")
+            say(
+                f"  {r['strategy']:<24} seed {r['seed']}  val_bpb {r['val_bpb']:.4f}  "
+                f"upload {r['upload_bytes_per_step']:.0f} B/step  ({r['seconds']:.0f} s)"
+            )
     runs.sort(key=lambda r: (names.index(r["strategy"]), r["seed"]))
     rows = summarize(runs)
-    Path(json_path).write_text(json.dumps({"tier": tier, "tier_settings": tier_dict(TIERS[tier]),
-                                           "rows": rows, "runs": runs}, indent=2))
+    Path(json_path).write_text(
+        json.dumps({"tier": tier, "tier_settings": tier_dict(TIERS[tier]), "rows": rows, "runs": runs}, indent=2)
+    )
     if plot_path:
         plot_curves(runs, plot_path, title=f"bench quality, tier {tier}")
         plot_frontier(rows, frontier_path(plot_path), title=f"bench quality, tier {tier}")

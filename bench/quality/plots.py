@@ -28,8 +28,15 @@ def plot_frontier(rows: list[dict], path: str, title: str, reference: str = "ddp
         if r["strategy"].startswith("ddp-adamw"):
             if r["strategy"] != reference:  # another DDP (e.g. the untuned preset): a level, not a point
                 ax.axhline(100 * r["gap_vs_ddp"], color="grey", lw=0.8, ls="--")
-                ax.text(0.01, 100 * r["gap_vs_ddp"], f" {r['strategy']}", transform=ax.get_yaxis_transform(),
-                        fontsize=7, color="grey", va="bottom")
+                ax.text(
+                    0.01,
+                    100 * r["gap_vs_ddp"],
+                    f" {r['strategy']}",
+                    transform=ax.get_yaxis_transform(),
+                    fontsize=7,
+                    color="grey",
+                    va="bottom",
+                )
             continue
         gaps = [100 * g for g in seed_gaps(r, ddp)]
         mean = sum(gaps) / len(gaps)  # the mean of the seeds' gaps (within 0.1 point of the row's gap)
@@ -43,8 +50,12 @@ def plot_frontier(rows: list[dict], path: str, title: str, reference: str = "ddp
     ax.plot([100, 1000], [2, 2], color="green", lw=1.5, label="target: <= 2% at >= 100x")
     ax.plot([1000, 10000], [5, 5], color="orange", lw=1.5, label="target: <= 5% at >= 1,000x")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xscale="log", xlabel="upload reduction vs a dense fp32 ring all-reduce (log)",
-           ylabel=f"val bpb gap vs {reference} (%)", title=f"{title}: quality against traffic")
+    ax.set(
+        xscale="log",
+        xlabel="upload reduction vs a dense fp32 ring all-reduce (log)",
+        ylabel=f"val bpb gap vs {reference} (%)",
+        title=f"{title}: quality against traffic",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -64,8 +75,12 @@ def plot_curves(runs: list[dict], path: str, title: str) -> None:
         a.plot(tok, bpb, marker=".", label=preset)
         b.plot(up, bpb, marker=".", label=preset)
     a.set(xlabel="tokens (all workers)", ylabel="held-out bits per byte", title=title)
-    b.set(xlabel="bytes uploaded per worker (log)", ylabel="held-out bits per byte", xscale="log",
-          title="quality against traffic")
+    b.set(
+        xlabel="bytes uploaded per worker (log)",
+        ylabel="held-out bits per byte",
+        xscale="log",
+        title="quality against traffic",
+    )
     a.legend(fontsize=8)
     a.grid(alpha=0.3)
     b.grid(alpha=0.3)

@@ -44,9 +44,15 @@ class Worker:
     """The peer's data shard."""
 
 
-def simulate_preset(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
-                    configs: Preset | None = None,
-                    on_eval: Callable[[int, float], None] | None = None) -> dict:
+def simulate_preset(
+    preset: str,
+    tier: Tier,
+    seed: int,
+    corpus: data.Corpus,
+    *,
+    configs: Preset | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> dict:
     """One strategy, one seed: train, count bytes, measure held-out bits per byte.
 
     `configs` replaces the preset's settings (`bench tune`'s trials; `preset` then only names the
@@ -61,23 +67,38 @@ def simulate_preset(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
     # the robust aggregator's cost and defence are measured by `bench byzantine`
     strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=RobustConfig(aggregator="mean"))
     state = SwarmState.initial(model, strategy.outer_buffers)
-    workers = [Worker(InnerTrainer(build_model(tier.model, seed), train_cfg, torch.device("cpu"), schedule),
-                      strategy.new_worker(), torch.Generator().manual_seed(1000 * seed + w),
-                      data.train_tokens(corpus, dcfg, w % dcfg.shards)) for w in range(tier.workers)]
-    vx, vy = data.windows(data.val_tokens(corpus, dcfg), tier.val_seqs, tier.model.ctx,
-                          torch.Generator().manual_seed(12345))
+    workers = [
+        Worker(
+            InnerTrainer(build_model(tier.model, seed), train_cfg, torch.device("cpu"), schedule),
+            strategy.new_worker(),
+            torch.Generator().manual_seed(1000 * seed + w),
+            data.train_tokens(corpus, dcfg, w % dcfg.shards),
+        )
+        for w in range(tier.workers)
+    ]
+    vx, vy = data.windows(
+        data.val_tokens(corpus, dcfg), tier.val_seqs, tier.model.ctx, torch.Generator().manual_seed(12345)
+    )
     n, payload = tier.workers, strategy.codec.encoded_size()
-    warmup = [make_strategy(replace(strat_cfg, topk=strat_cfg.topk * 2 ** (TOPK_WARMUP[preset] - r)), shapes,
-                            train_cfg, schedule, robust=RobustConfig(aggregator="mean"))
-              for r in range(TOPK_WARMUP.get(preset, 0))]  # (the same error buffers: the same shapes)
+    warmup = [
+        make_strategy(
+            replace(strat_cfg, topk=strat_cfg.topk * 2 ** (TOPK_WARMUP[preset] - r)),
+            shapes,
+            train_cfg,
+            schedule,
+            robust=RobustConfig(aggregator="mean"),
+        )
+        for r in range(TOPK_WARMUP.get(preset, 0))
+    ]  # (the same error buffers: the same shapes)
     eval_at = {round(tier.steps * (i + 1) / tier.eval_points) for i in range(tier.eval_points)}
     curve, step, rounds, sent, t0 = [], 0, 0, 0, time.monotonic()
     while step < tier.steps:
         strat = warmup[rounds] if rounds < len(warmup) else strategy
         h = min(strat.inner_steps, tier.steps - step)
         if strat_cfg.overlap:
-            payloads = [overlapped_round(w, state, strat, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0)
-                        for w in workers]
+            payloads = [
+                overlapped_round(w, state, strat, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0) for w in workers
+            ]
         else:
             payloads = [local_round(w, state, strat, h, tier) for w in workers]
         strat.apply(state, payloads)
@@ -85,21 +106,36 @@ def simulate_preset(preset: str, tier: Tier, seed: int, corpus: data.Corpus, *,
         if any(step - h < s <= step for s in eval_at):
             workers[0].trainer.load_params(state.params)
             bpb = evaluate_bpb(workers[0].trainer.model, vx, vy, torch.device("cpu"))
-            curve.append({"step": step, "tokens": step * n * tier.batch_size * tier.model.ctx,
-                          "upload_bytes": (n - 1) * sent, "val_bpb": bpb})
+            curve.append(
+                {
+                    "step": step,
+                    "tokens": step * n * tier.batch_size * tier.model.ctx,
+                    "upload_bytes": (n - 1) * sent,
+                    "val_bpb": bpb,
+                }
+            )
             if on_eval is not None:
                 on_eval(step, bpb)
     params = sum(math.prod(s) for s in shapes)
-    return {"strategy": preset, "seed": seed, "params": params, "steps": tier.steps, "workers": n,
-            "tokens": tier.steps * n * tier.batch_size * tier.model.ctx,
-            "payload_bytes": payload, "rounds": rounds,
-            "upload_bytes_per_step": (n - 1) * sent / tier.steps,
-            # upload once (the node's relay tree): what the owner itself sends, one copy per round
-            "own_upload_bytes_per_step": sent / tier.steps,
-            "download_bytes_per_step": (n - 1) * sent / tier.steps,
-            "dense_ring_bytes_per_step": 2 * (n - 1) / n * 4 * params,
-            "val_bpb": curve[-1]["val_bpb"], "curve": curve, "seconds": round(time.monotonic() - t0, 1),
-            "settings": {"strategy": strat_cfg.__dict__, "train": train_cfg.__dict__}}
+    return {
+        "strategy": preset,
+        "seed": seed,
+        "params": params,
+        "steps": tier.steps,
+        "workers": n,
+        "tokens": tier.steps * n * tier.batch_size * tier.model.ctx,
+        "payload_bytes": payload,
+        "rounds": rounds,
+        "upload_bytes_per_step": (n - 1) * sent / tier.steps,
+        # upload once (the node's relay tree): what the owner itself sends, one copy per round
+        "own_upload_bytes_per_step": sent / tier.steps,
+        "download_bytes_per_step": (n - 1) * sent / tier.steps,
+        "dense_ring_bytes_per_step": 2 * (n - 1) / n * 4 * params,
+        "val_bpb": curve[-1]["val_bpb"],
+        "curve": curve,
+        "seconds": round(time.monotonic() - t0, 1),
+        "settings": {"strategy": strat_cfg.__dict__, "train": train_cfg.__dict__},
+    }
 
 
 def local_round(w: Worker, state: SwarmState, strategy, h: int, tier: Tier) -> bytes:

@@ -15,8 +15,18 @@ def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
     rows = []
     for preset in dict.fromkeys(r["strategy"] for r in runs):
         rs = [r for r in runs if r["strategy"] == preset]
-        row = {k: rs[0][k] for k in ("strategy", "params", "tokens", "upload_bytes_per_step",
-                                     "download_bytes_per_step", "dense_ring_bytes_per_step", "payload_bytes")}
+        row = {
+            k: rs[0][k]
+            for k in (
+                "strategy",
+                "params",
+                "tokens",
+                "upload_bytes_per_step",
+                "download_bytes_per_step",
+                "dense_ring_bytes_per_step",
+                "payload_bytes",
+            )
+        }
         row["upload_reduction"] = row["dense_ring_bytes_per_step"] / row["upload_bytes_per_step"]
         if "own_upload_bytes_per_step" in rs[0]:  # (runs recorded before upload once lack it)
             row["own_upload_reduction"] = row["dense_ring_bytes_per_step"] / rs[0]["own_upload_bytes_per_step"]
@@ -64,16 +74,39 @@ def band_table(rows: list[dict], reference: str = "ddp-adamw") -> str:
             continue
         best = min(there, key=lambda r: r["gap_vs_ddp"])
         per = " / ".join(f"{g:+.1%}" for g in seed_gaps(best, ddp))
-        lines.append([f">= {band:,}x", best["strategy"], f"{best['gap_vs_ddp']:+.1%} ({per})",
-                      f"{best['upload_reduction']:,.0f}x"])
+        lines.append(
+            [
+                f">= {band:,}x",
+                best["strategy"],
+                f"{best['gap_vs_ddp']:+.1%} ({per})",
+                f"{best['upload_reduction']:,.0f}x",
+            ]
+        )
     return markdown_table(["band", "best preset", f"gap vs {reference} (mean; per seed)", "upload reduction"], lines)
 
 
 def quality_table(rows: list[dict]) -> str:
     """The rows as the table in docs/benchmarks.md."""
     return markdown_table(
-        ["strategy", "val bpb", "gap vs DDP", "upload B/step", "download B/step", "upload reduction",
-         "download reduction"],
-        ([r["strategy"], f"{r['val_bpb']:.4f}", f"{r['gap_vs_ddp']:+.1%}", f"{r['upload_bytes_per_step']:,.0f}",
-          f"{r['download_bytes_per_step']:,.0f}", f"{r['upload_reduction']:,.1f}x", f"{r['download_reduction']:,.1f}x"]
-         for r in rows))
+        [
+            "strategy",
+            "val bpb",
+            "gap vs DDP",
+            "upload B/step",
+            "download B/step",
+            "upload reduction",
+            "download reduction",
+        ],
+        (
+            [
+                r["strategy"],
+                f"{r['val_bpb']:.4f}",
+                f"{r['gap_vs_ddp']:+.1%}",
+                f"{r['upload_bytes_per_step']:,.0f}",
+                f"{r['download_bytes_per_step']:,.0f}",
+                f"{r['upload_reduction']:,.1f}x",
+                f"{r['download_reduction']:,.1f}x",
+            ]
+            for r in rows
+        ),
+    )

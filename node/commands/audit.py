@@ -5,6 +5,7 @@ the rosters still in a live swarm's DHT. Every roster's and announcement's signa
 and the chain: each roster names the hash of the one before it, and starts from the state the
 one before it ended at. Exit status 1 when anything does not verify.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,26 +21,40 @@ from protocol.errors import ProtocolError
 def run_audit(cfg: NodeConfig, ledger_path: str | None, *, as_json: bool = False) -> int:
     envelopes = _from_file(cfg, ledger_path) if ledger_path or not cfg.initial_peers else _from_swarm(cfg)
     entries, problems = verify(envelopes)
-    rows = [{"round": e.roster.round, "leader": e.roster.leader, "result": e.roster.result,
-             "contributors": [{"peer": p, "tokens": t} for p, t in e.contributors],
-             "tokens": sum(t for _, t in e.contributors), "scores": dict(e.roster.scores)} for e in entries]
+    rows = [
+        {
+            "round": e.roster.round,
+            "leader": e.roster.leader,
+            "result": e.roster.result,
+            "contributors": [{"peer": p, "tokens": t} for p, t in e.contributors],
+            "tokens": sum(t for _, t in e.contributors),
+            "scores": dict(e.roster.scores),
+        }
+        for e in entries
+    ]
     if as_json:
         print(json.dumps({"rounds": rows, "problems": problems, "verified": not problems}, indent=2))
     else:
         for row in rows:
             who = ", ".join(f"{c['peer'][:12]}:{c['tokens']}" for c in row["contributors"])
-            print(f"round {row['round']:>6}  leader {row['leader'][:12]}  state {row['result'][:12]}  "
-                  f"tokens {row['tokens']:>9,}  {who}")
+            print(
+                f"round {row['round']:>6}  leader {row['leader'][:12]}  state {row['result'][:12]}  "
+                f"tokens {row['tokens']:>9,}  {who}"
+            )
         for p in problems:
             print(f"PROBLEM: {p}")
-        print(f"{len(rows)} rosters, {'chain and signatures verified' if not problems else f'{len(problems)} problems'}")
+        print(
+            f"{len(rows)} rosters, {'chain and signatures verified' if not problems else f'{len(problems)} problems'}"
+        )
     return 1 if problems or not rows else 0
 
 
 def _from_file(cfg: NodeConfig, ledger_path: str | None) -> list[dict]:
     path = Path(ledger_path) if ledger_path else _default_ledger(cfg)
     if not path.is_file():
-        raise SwarmtrainError(f"no ledger at {path}", "pass --ledger FILE, or --data-dir of a node that trained the run")
+        raise SwarmtrainError(
+            f"no ledger at {path}", "pass --ledger FILE, or --data-dir of a node that trained the run"
+        )
     try:
         return [line.envelope for line in sorted(read_file(path), key=lambda line: line.round)]
     except ProtocolError as e:
@@ -58,13 +73,15 @@ def _from_swarm(cfg: NodeConfig) -> list[dict]:
     several, the one the next round's roster chains to."""
     from dataclasses import replace
 
-    from node.peer import manifest as manifests
     from node.p2p.addresses import initial_peers
     from node.p2p.dht import Swarm, read_peers
+    from node.peer import manifest as manifests
     from protocol import signed
+
     peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
-    swarm = Swarm.start(replace(cfg, identity=cfg.identity or str(Path(cfg.data_dir) / "audit.key")), peers,
-                        client_mode=True)
+    swarm = Swarm.start(
+        replace(cfg, identity=cfg.identity or str(Path(cfg.data_dir) / "audit.key")), peers, client_mode=True
+    )
     try:
         run_id, _, _ = manifests.fetch(swarm, cfg.run_id, cfg.startup_timeout)
         top = max((hb.state_round for hb in read_peers(swarm, run_id).values()), default=0)

@@ -4,6 +4,7 @@ The demo is only an orchestrator: every peer is a real `swarmtrain join` process
 over libp2p on loopback. Their output is shown with a [name] prefix; each volunteer writes a
 result JSON on exit, which the demo merges into the summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import StrategyName
-from node.peer.bootstrap import READY_FILE
 from node.errors import SwarmtrainError
+from node.peer.bootstrap import READY_FILE
 from node.watch.progress import Reporter
 
 DEMO_RUN_TOML = """\
@@ -73,8 +74,14 @@ class DemoOptions:
 
 
 class Child:
-    def __init__(self, label: str, argv: list[str], events: "queue.Queue[tuple[str, str]]", out: Reporter,
-                 hide: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        label: str,
+        argv: list[str],
+        events: queue.Queue[tuple[str, str]],
+        out: Reporter,
+        hide: tuple[str, ...] = (),
+    ):
         self.label, self.out, self.hide = label, out, hide
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -122,28 +129,75 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
     events: queue.Queue = queue.Queue()
     children: list[Child] = []
     try:
-        boot = Child("bootstrap", _cli("bootstrap", "--run", str(run_file), "--host", "127.0.0.1",
-                                       "--data-dir", str(work / "bootstrap"), "--new-swarm",
-                                       "--startup-timeout", str(opt.startup_timeout)), events, out)
+        boot = Child(
+            "bootstrap",
+            _cli(
+                "bootstrap",
+                "--run",
+                str(run_file),
+                "--host",
+                "127.0.0.1",
+                "--data-dir",
+                str(work / "bootstrap"),
+                "--new-swarm",
+                "--startup-timeout",
+                str(opt.startup_timeout),
+            ),
+            events,
+            out,
+        )
         children.append(boot)
         maddr = _await_bootstrap(work / "bootstrap" / READY_FILE, boot, opt.startup_timeout, stop)
 
         def volunteer(i: int) -> Child:
             label = f"peer{i}"
-            argv = _cli("join", "--initial-peers", maddr, "--host", "127.0.0.1", "--data-dir", str(work / label),
-                        "--max-rounds", str(opt.rounds), "--threads", "1", "--name", label,
-                        "--result-json", str(work / label / "result.json"),
-                        "--startup-timeout", str(opt.startup_timeout), *(["--eval"] if i == 0 else []))
+            argv = _cli(
+                "join",
+                "--initial-peers",
+                maddr,
+                "--host",
+                "127.0.0.1",
+                "--data-dir",
+                str(work / label),
+                "--max-rounds",
+                str(opt.rounds),
+                "--threads",
+                "1",
+                "--name",
+                label,
+                "--result-json",
+                str(work / label / "result.json"),
+                "--startup-timeout",
+                str(opt.startup_timeout),
+                *(["--eval"] if i == 0 else []),
+            )
             (work / label).mkdir(exist_ok=True)
             return Child(label, argv, events, out)
 
         volunteers = [volunteer(i) for i in range(opt.peers)]
         children += volunteers
         if opt.monitor_port >= 0:  # the swarm's page; its per-refresh lines would only repeat the peers'
-            children.append(Child("monitor", _cli("monitor", "--initial-peers", maddr, "--host", "127.0.0.1",
-                                                  "--data-dir", str(work / "monitor"), "--status-port",
-                                                  str(opt.monitor_port), "--startup-timeout",
-                                                  str(opt.startup_timeout)), events, out, hide=("event=swarm",)))
+            children.append(
+                Child(
+                    "monitor",
+                    _cli(
+                        "monitor",
+                        "--initial-peers",
+                        maddr,
+                        "--host",
+                        "127.0.0.1",
+                        "--data-dir",
+                        str(work / "monitor"),
+                        "--status-port",
+                        str(opt.monitor_port),
+                        "--startup-timeout",
+                        str(opt.startup_timeout),
+                    ),
+                    events,
+                    out,
+                    hide=("event=swarm",),
+                )
+            )
         late = None
         running = {c.label for c in volunteers}
         while running and not stop.is_set():
@@ -189,12 +243,15 @@ def _await_bootstrap(ready: Path, boot: Child, timeout: float, stop: threading.E
         if boot.proc.poll() is not None:
             raise SwarmtrainError("the demo's bootstrap peer exited before it was ready (see its output above)")
         stop.wait(0.2)  # note: waiting for a file another process writes
-    raise SwarmtrainError(f"the demo's bootstrap peer was not ready within {timeout:.0f} s",
-                          "the machine may be busy: retry, or raise --startup-timeout")
+    raise SwarmtrainError(
+        f"the demo's bootstrap peer was not ready within {timeout:.0f} s",
+        "the machine may be busy: retry, or raise --startup-timeout",
+    )
 
 
-def _summarize(work: Path, volunteers: list[Child], late: Child | None, opt: DemoOptions,
-               wall: float, codes: dict[str, int]) -> dict:
+def _summarize(
+    work: Path, volunteers: list[Child], late: Child | None, opt: DemoOptions, wall: float, codes: dict[str, int]
+) -> dict:
     results = {}
     for c in volunteers:
         path = work / c.label / "result.json"

@@ -5,6 +5,7 @@ TCP reachability of each, and, through a short client-mode DHT visit, the run's 
 (for the memory check) and clock skew against the peers' heartbeats. Exit status 1 when any
 check fails, so scripts can gate `join` on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from node.p2p.addresses import Address, initial_peers
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.errors import SwarmtrainError
+from node.p2p.addresses import Address, initial_peers
 from node.p2p.dht import probe_peer
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -36,23 +37,31 @@ def port_check(host: str, port: int, what: str) -> Check:
             s.bind((host, port))
             got = s.getsockname()[1]
         except OSError as e:
-            return Check(f"{what} port", FAIL, f"cannot bind {host}:{port}: {e.strerror}",
-                         "pick another port, or 0 for a free one; is another node already running?")
+            return Check(
+                f"{what} port",
+                FAIL,
+                f"cannot bind {host}:{port}: {e.strerror}",
+                "pick another port, or 0 for a free one; is another node already running?",
+            )
     return Check(f"{what} port", OK, f"{host}:{port} is free" if port else f"{host}: a free port is available ({got})")
 
 
 def peer_check(address: Address, timeout: float = 5.0) -> Check:
     answer = probe_peer(address, timeout)
     if not answer["up"]:
-        return Check("initial peer", FAIL, f"{address.text}: {answer['error']}",
-                     "check the address (copy it from `swarmtrain bootstrap`'s output), that the peer runs, "
-                     "and that no firewall blocks the port")
+        return Check(
+            "initial peer",
+            FAIL,
+            f"{address.text}: {answer['error']}",
+            "check the address (copy it from `swarmtrain bootstrap`'s output), that the peer runs, "
+            "and that no firewall blocks the port",
+        )
     return Check("initial peer", OK, f"{address.text}: answers in {answer['latency_ms']:.0f} ms")
 
 
 def param_count(model: ModelConfig) -> int:
     """About the parameters of node/train/model.py's GPT: 12 d^2 per block plus the embeddings."""
-    return 12 * model.n_layer * model.d_model ** 2 + 256 * model.d_model + model.ctx * model.d_model
+    return 12 * model.n_layer * model.d_model**2 + 256 * model.d_model + model.ctx * model.d_model
 
 
 def training_bytes(model: ModelConfig, batch_size: int) -> int:
@@ -60,7 +69,7 @@ def training_bytes(model: ModelConfig, batch_size: int) -> int:
     swarm state and its outer buffers (~8 copies of the parameters), plus activations."""
     params = param_count(model)
     activations = batch_size * model.ctx * model.d_model * model.n_layer * 20 * 4
-    attention = batch_size * model.n_head * model.ctx ** 2 * model.n_layer * 3 * 4
+    attention = batch_size * model.n_head * model.ctx**2 * model.n_layer * 3 * 4
     return 8 * 4 * params + activations + attention + 400 * 2**20  # + torch and the interpreter
 
 
@@ -82,8 +91,12 @@ def memory_check(run: RunConfig, where: str) -> Check:
     if have is None:
         return Check("memory", WARN, f"the run needs about {need / 2**30:.2f} GiB; free memory unknown here")
     status = OK if have >= need else FAIL
-    return Check("memory", status, f"the run ({where}) needs about {need / 2**30:.2f} GiB; {have / 2**30:.1f} GiB free",
-                 "" if status == OK else "close other programs, or join a run with a smaller model")
+    return Check(
+        "memory",
+        status,
+        f"the run ({where}) needs about {need / 2**30:.2f} GiB; {have / 2**30:.1f} GiB free",
+        "" if status == OK else "close other programs, or join a run with a smaller model",
+    )
 
 
 def disk_check(data_dir: str, run: RunConfig) -> Check:
@@ -95,37 +108,57 @@ def disk_check(data_dir: str, run: RunConfig) -> Check:
     if not os.access(path, os.W_OK):
         return Check("disk", FAIL, f"{path} is not writable", "use --data-dir on a writable disk")
     status = OK if free >= need else FAIL
-    return Check("disk", status, f"{free / 2**30:.1f} GiB free at {path}, about {need / 2**20:.0f} MiB needed",
-                 "" if status == OK else "free some space or use --data-dir on another disk")
+    return Check(
+        "disk",
+        status,
+        f"{free / 2**30:.1f} GiB free at {path}, about {need / 2**20:.0f} MiB needed",
+        "" if status == OK else "free some space or use --data-dir on another disk",
+    )
 
 
 def threads_check(cfg: NodeConfig) -> Check:
     import torch
+
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = cfg.threads or torch.get_num_threads()
     if threads > cpus:
-        return Check("threads", WARN, f"torch would use {threads} threads on {cpus} usable cores",
-                     f"use --threads {cpus} (more threads than cores slows training down)")
-    return Check("threads", OK, f"torch uses {threads} of {cpus} usable cores"
-                 + ("" if cfg.threads else " (set --threads to leave cores to other work)"))
+        return Check(
+            "threads",
+            WARN,
+            f"torch would use {threads} threads on {cpus} usable cores",
+            f"use --threads {cpus} (more threads than cores slows training down)",
+        )
+    return Check(
+        "threads",
+        OK,
+        f"torch uses {threads} of {cpus} usable cores"
+        + ("" if cfg.threads else " (set --threads to leave cores to other work)"),
+    )
 
 
 def device_check(cfg: NodeConfig) -> Check:
     import torch
+
     cuda = torch.cuda.is_available()
     if cfg.device.startswith("cuda") and not cuda:
-        return Check("device", FAIL, f"--device {cfg.device}, but torch {torch.__version__} sees no CUDA GPU",
-                     "use --device cpu, or install a CUDA build of torch")
+        return Check(
+            "device",
+            FAIL,
+            f"--device {cfg.device}, but torch {torch.__version__} sees no CUDA GPU",
+            "use --device cpu, or install a CUDA build of torch",
+        )
     gpu = f"CUDA: {torch.cuda.get_device_name(0)}" if cuda else "no CUDA GPU: training on the CPU"
     return Check("device", OK, f"torch {torch.__version__}; {gpu}")
 
 
 def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], RunConfig | None]:
     """Visit the swarm in client mode: the run manifest, and clock skew from the peers' heartbeats."""
-    from node.peer import manifest as manifests
     from node.p2p.dht import Swarm, dht_time, read_peers
-    probe_cfg = replace(cfg, port=0, identity=str(Path(cfg.data_dir) / "doctor.key"),
-                        startup_timeout=min(cfg.startup_timeout, 30.0))
+    from node.peer import manifest as manifests
+
+    probe_cfg = replace(
+        cfg, port=0, identity=str(Path(cfg.data_dir) / "doctor.key"), startup_timeout=min(cfg.startup_timeout, 30.0)
+    )
     try:
         swarm = Swarm.start(probe_cfg, peers, client_mode=True)
     except SwarmtrainError as e:
@@ -133,8 +166,14 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
     try:
         run_id, manifest, _ = manifests.fetch(swarm, cfg.run_id, probe_cfg.startup_timeout)
         run, corpus = manifests.accept(run_id, manifest)  # protocol version, settings, our copy of the data
-        checks = [Check("run", OK, f"{run_id}: {run.strategy.name}, model d={run.model.d_model} "
-                                   f"L={run.model.n_layer}; our corpus {corpus.origin} matches")]
+        checks = [
+            Check(
+                "run",
+                OK,
+                f"{run_id}: {run.strategy.name}, model d={run.model.d_model} "
+                f"L={run.model.n_layer}; our corpus {corpus.origin} matches",
+            )
+        ]
         beats = read_peers(swarm, run_id)
         now = dht_time()
         if not beats:
@@ -145,11 +184,15 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
             age, interval = statistics.median(ages), run.swarm.heartbeat_interval
             off = age - interval / 2
             bad = abs(off) > interval / 2 + 3.0  # hivemind peers need clocks within about 3 s
-            checks.append(Check("clock", WARN if bad else OK,
-                                f"median heartbeat age {age:+.1f} s by our clock over {len(ages)} peers "
-                                f"(expected 0..{interval:.0f} s): skew about {off:+.1f} s",
-                                "sync the clock (timedatectl set-ntp true): DHT records expire by wall clock"
-                                if bad else ""))
+            checks.append(
+                Check(
+                    "clock",
+                    WARN if bad else OK,
+                    f"median heartbeat age {age:+.1f} s by our clock over {len(ages)} peers "
+                    f"(expected 0..{interval:.0f} s): skew about {off:+.1f} s",
+                    "sync the clock (timedatectl set-ntp true): DHT records expire by wall clock" if bad else "",
+                )
+            )
         return checks, run
     except SwarmtrainError as e:
         return [Check("swarm", FAIL, str(e), e.help)], None
@@ -159,6 +202,7 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
 
 def run_doctor(cfg: NodeConfig, run_path: str | None) -> list[Check]:
     from node.config import load_run_config
+
     checks = [device_check(cfg), port_check(cfg.host, cfg.port, "listen")]
     if cfg.status_port >= 0:
         checks.append(port_check(cfg.status_host, cfg.status_port, "status page"))
@@ -168,8 +212,14 @@ def run_doctor(cfg: NodeConfig, run_path: str | None) -> list[Check]:
     except SwarmtrainError as e:
         peers, checks = [], checks + [Check("initial peer", FAIL, str(e), e.help)]
     if not peers and not cfg.new_swarm:
-        checks.append(Check("initial peer", WARN, "no initial peers given: only local checks ran",
-                            "pass --initial-peers MADDR to check the swarm too"))
+        checks.append(
+            Check(
+                "initial peer",
+                WARN,
+                "no initial peers given: only local checks ran",
+                "pass --initial-peers MADDR to check the swarm too",
+            )
+        )
     reachable = []
     for p in peers:
         checks.append(peer_check(p))
@@ -194,6 +244,9 @@ def render(checks: list[Check]) -> str:
             lines.append(f"{'':<4}  {'':<{width}}  fix: {c.fix}")
     fails = sum(c.status == FAIL for c in checks)
     warns = sum(c.status == WARN for c in checks)
-    lines.append(f"\n{len(checks)} checks: {fails} failed, {warns} warnings" if fails or warns
-                 else f"\nall {len(checks)} checks passed")
+    lines.append(
+        f"\n{len(checks)} checks: {fails} failed, {warns} warnings"
+        if fails or warns
+        else f"\nall {len(checks)} checks passed"
+    )
     return "\n".join(lines)

@@ -5,6 +5,7 @@ every node publishes, so it also shows peers behind NAT that no Prometheus could
 it probes the bootstrap peers it was given. The page is the node page (`node/watch/dashboard`),
 fed with the swarm's numbers instead of one node's.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,17 +16,16 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from node import __version__
-
-from node.peer import manifest as manifests
-from node.p2p.addresses import Address, initial_peers
 from node.config import NodeConfig
-from node.watch.dashboard.server import StatusServer
 from node.errors import SwarmtrainError
-from node.watch.progress import Reporter
-from node.watch.status import peer_rows, with_saved
+from node.p2p.addresses import Address, initial_peers
 from node.p2p.dht import Swarm, probe_peer, read_peers
 from node.p2p.telemetry import read_metrics
 from node.p2p.validators import guard_run
+from node.peer import manifest as manifests
+from node.watch.dashboard.server import StatusServer
+from node.watch.progress import Reporter
+from node.watch.status import peer_rows, with_saved
 from protocol.records import Heartbeat, MetricsRecord
 
 REFRESH_S = 2.0
@@ -37,8 +37,9 @@ def merge_rounds(records: list[MetricsRecord]) -> list[dict]:
     by_round: dict[int, dict] = {}
     for m in records:
         for rnd, result, group, seconds, end in m.recent:
-            row = by_round.setdefault(rnd, {"round": rnd, "result": result, "peers": group, "seconds": seconds,
-                                            "time": end})
+            row = by_round.setdefault(
+                rnd, {"round": rnd, "result": result, "peers": group, "seconds": seconds, "time": end}
+            )
             if result == "ok":
                 row["result"] = "ok"
             row["peers"], row["seconds"] = max(row["peers"], group), max(row["seconds"], seconds)
@@ -57,8 +58,10 @@ def merge_history(records: list[MetricsRecord], throughput: float | None = None)
             if bpb is not None:
                 s[2] += bpb
                 s[3] += 1
-    points = [{"round": r, "loss": s[0] / s[1], "val_bpb": s[2] / s[3] if s[3] else None, "time": None,
-               "tokens_per_s": None} for r, s in sorted(sums.items())]
+    points = [
+        {"round": r, "loss": s[0] / s[1], "val_bpb": s[2] / s[3] if s[3] else None, "time": None, "tokens_per_s": None}
+        for r, s in sorted(sums.items())
+    ]
     if points:
         points[-1]["tokens_per_s"] = throughput
     return points
@@ -67,9 +70,16 @@ def merge_history(records: list[MetricsRecord], throughput: float | None = None)
 class SwarmMonitor:
     def __init__(self, swarm: Swarm, run_id: str, manifest: dict, bootstrap: list[Address]):
         self.swarm, self.run_id, self.bootstrap = swarm, run_id, bootstrap
-        self.node = {"peer": swarm.peer_id, "name": "swarm monitor", "run_id": run_id,
-                     "strategy": manifest.get("strategy", {}).get("name", "?"), "device": "monitor",
-                     "version": __version__, "started": time.time(), "mode": "swarm"}
+        self.node = {
+            "peer": swarm.peer_id,
+            "name": "swarm monitor",
+            "run_id": run_id,
+            "strategy": manifest.get("strategy", {}).get("name", "?"),
+            "device": "monitor",
+            "version": __version__,
+            "started": time.time(),
+            "mode": "swarm",
+        }
         self._lock = threading.Lock()
         self._rows: dict[str, dict] = {}
         self._records: dict[str, MetricsRecord] = {}
@@ -77,10 +87,15 @@ class SwarmMonitor:
         self._curve: dict[int, dict] = {}  # round -> merged point; grows past the records' own window
         self.registry = CollectorRegistry()
         self.g_alive = Gauge("swarmtrain_monitor_peers_alive", "Peers with a live heartbeat", registry=self.registry)
-        self.g_round = Gauge("swarmtrain_monitor_round", "Highest round any live peer completed",
-                             registry=self.registry)
-        self.g_boot = Gauge("swarmtrain_monitor_bootstrap_up", "1 when the bootstrap peer accepts connections",
-                            ["address"], registry=self.registry)
+        self.g_round = Gauge(
+            "swarmtrain_monitor_round", "Highest round any live peer completed", registry=self.registry
+        )
+        self.g_boot = Gauge(
+            "swarmtrain_monitor_bootstrap_up",
+            "1 when the bootstrap peer accepts connections",
+            ["address"],
+            registry=self.registry,
+        )
 
     def refresh(self) -> None:
         heartbeats: dict[str, Heartbeat] = read_peers(self.swarm, self.run_id)
@@ -107,12 +122,25 @@ class SwarmMonitor:
             probes = list(self._probes)
         alive = sum(p["alive"] for p in peers)
         throughput = sum(m.tokens_per_s or 0 for m in live) if live else None
-        bw = with_saved({"sent": sum(m.sent for m in every), "received": sum(m.received for m in every),
-                         "dense_equivalent": sum(m.dense for m in every)})
-        return {"node": self.node, "round": max((p["round"] for p in peers if p["alive"]), default=0),
-                "tokens": sum(m.tokens for m in every), "peers": peers, "peers_alive": alive, "alone": alive <= 1,
-                "rounds": merge_rounds(every), "loss_history": self._points(throughput),
-                "bandwidth": bw, "bootstrap": probes}
+        bw = with_saved(
+            {
+                "sent": sum(m.sent for m in every),
+                "received": sum(m.received for m in every),
+                "dense_equivalent": sum(m.dense for m in every),
+            }
+        )
+        return {
+            "node": self.node,
+            "round": max((p["round"] for p in peers if p["alive"]), default=0),
+            "tokens": sum(m.tokens for m in every),
+            "peers": peers,
+            "peers_alive": alive,
+            "alone": alive <= 1,
+            "rounds": merge_rounds(every),
+            "loss_history": self._points(throughput),
+            "bandwidth": bw,
+            "bootstrap": probes,
+        }
 
     def _points(self, throughput: float | None) -> list[dict]:
         with self._lock:
@@ -147,8 +175,12 @@ def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> N
             while not stop.wait(REFRESH_S):
                 monitor.refresh()
                 s = monitor.snapshot()
-                now = dict(round=s["round"], peers_alive=s["peers_alive"],
-                           bootstrap_up=sum(p["up"] for p in s["bootstrap"]), bootstrap=len(s["bootstrap"]))
+                now = dict(
+                    round=s["round"],
+                    peers_alive=s["peers_alive"],
+                    bootstrap_up=sum(p["up"] for p in s["bootstrap"]),
+                    bootstrap=len(s["bootstrap"]),
+                )
                 if now != said:  # a line when something changed, not every refresh
                     reporter.event("swarm", **now)
                     said = now

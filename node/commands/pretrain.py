@@ -4,6 +4,7 @@ The first half of a fine-tuning recipe: pretrain a small model on one corpus, sa
 save_pretrained (config.json + model.safetensors, and the tokenizer.json if the run has one),
 then point a LoRA run's `[model] pretrained` at that directory.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,22 +14,25 @@ from pathlib import Path
 
 import torch
 
-from node.train import data
 from node.config import load_run_config
 from node.errors import SwarmtrainError
+from node.train import data
 from node.train.hf import save_pretrained
 from node.train.model import build_run_model
-from node.watch.progress import Reporter
 from node.train.tokenizer import TOKENIZER_FILE
 from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_cosine
+from node.watch.progress import Reporter
 
 
-def run_pretrain(run_path: str, steps: int, out_dir: str, stop: threading.Event, out: Reporter,
-                 eval_every: int = 100) -> dict:
+def run_pretrain(
+    run_path: str, steps: int, out_dir: str, stop: threading.Event, out: Reporter, eval_every: int = 100
+) -> dict:
     run = load_run_config(run_path)
     if run.model.kind != "hf" or run.peft.method != "none":
-        raise SwarmtrainError("pretrain trains and saves Hugging Face models without adapters",
-                              'use a run with [model] kind = "hf" and no [peft] table')
+        raise SwarmtrainError(
+            "pretrain trains and saves Hugging Face models without adapters",
+            'use a run with [model] kind = "hf" and no [peft] table',
+        )
     built = build_run_model(run)
     corpus = data.load_corpus(run.data)
     tokens = data.train_tokens(corpus, run.data, None, built.tokenizer)

@@ -12,6 +12,7 @@ for them, then shuts the actors down. Should an actor die without that (a killed
 node), its peer receives SIGTERM from the kernel (PR_SET_PDEATHSIG) and leaves the same way.
 Needs the optional extra: pip install 'swarmtrain[ray]'.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -49,8 +50,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise SwarmtrainError("ray-launch needs Ray, which is not installed",
-                              "pip install 'swarmtrain[ray]'") from None
+        raise SwarmtrainError("ray-launch needs Ray, which is not installed", "pip install 'swarmtrain[ray]'") from None
     return ray
 
 
@@ -71,8 +71,14 @@ class VolunteerActor:
 
     def start(self) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
         threading.Thread(target=self._pump, daemon=True).start()
         return self.proc.pid
 
@@ -137,13 +143,19 @@ def run_ray_launch(cfg: NodeConfig, opt: RayOptions, stop: threading.Event, out:
     started_here = not opt.address
     try:
         if started_here:
-            ray.init(num_cpus=max(os.cpu_count() or 1, int(opt.volunteers * opt.cpus_per_volunteer + 0.999)),
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, int(opt.volunteers * opt.cpus_per_volunteer + 0.999)),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         else:
             ray.init(address=opt.address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # Ray raises many types (ConnectionError, RuntimeError, ...)
-        raise SwarmtrainError(f"Ray could not start: {type(e).__name__}: {e}",
-                              "check `ray status` (for --address), or free memory and /tmp space for a local Ray") from None
+        raise SwarmtrainError(
+            f"Ray could not start: {type(e).__name__}: {e}",
+            "check `ray status` (for --address), or free memory and /tmp space for a local Ray",
+        ) from None
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         per_gpu = opt.gpus_per_volunteer if opt.gpus_per_volunteer >= 0 else (1.0 if gpus >= 1 else 0.0)
@@ -152,11 +164,18 @@ def run_ray_launch(cfg: NodeConfig, opt: RayOptions, stop: threading.Event, out:
         actors = {}
         for i in range(opt.volunteers):
             label = f"ray-{i}"
-            actors[label] = remote.options(num_cpus=opt.cpus_per_volunteer, num_gpus=per_gpu,
-                                           name=None).remote(label, volunteer_argv(cfg, i, opt, device))
+            actors[label] = remote.options(num_cpus=opt.cpus_per_volunteer, num_gpus=per_gpu, name=None).remote(
+                label, volunteer_argv(cfg, i, opt, device)
+            )
         pids = ray.get([a.start.remote() for a in actors.values()])
-        out.event("ray_launched", volunteers=opt.volunteers, device=device, gpus_in_cluster=gpus,
-                  local=started_here, pids=" ".join(map(str, pids)))
+        out.event(
+            "ray_launched",
+            volunteers=opt.volunteers,
+            device=device,
+            gpus_in_cluster=gpus,
+            local=started_here,
+            pids=" ".join(map(str, pids)),
+        )
         codes: dict[str, int] = {}
         while len(codes) < len(actors) and not stop.is_set():
             for label, (lines, code) in zip(actors, ray.get([a.drain.remote() for a in actors.values()])):
@@ -183,4 +202,3 @@ def run_ray_launch(cfg: NodeConfig, opt: RayOptions, stop: threading.Event, out:
         if path.is_file():
             results[f"ray-{i}"] = json.loads(path.read_text())
     return {"exit_codes": codes, "results": results, "device": device}
-

@@ -11,6 +11,7 @@ returns only the values given on the command line, so that node.config.load.load
 can apply the precedence defaults < TOML file < SWARMTRAIN_* environment < flags and say where
 each value came from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +25,7 @@ from node.config.schema import type_hints
 
 def _tyro():
     import tyro
+
     return tyro
 
 
@@ -62,7 +64,9 @@ def flags_help(cls: type, prog: str, env: bool = False) -> str:
         _tyro().cli(cls, args=["--help"], prog=prog, default=cls())
     text = buf.getvalue()
     if env:
-        text += (f"\nEvery flag is also an environment variable and a key of the --config file: --startup-timeout 90 "
-                 f"is {ENV_PREFIX}STARTUP_TIMEOUT=90 and startup_timeout = 90.\n"
-                 "Precedence: defaults < --config file < environment < flags (`swarmtrain config show` says which won).\n")
+        text += (
+            f"\nEvery flag is also an environment variable and a key of the --config file: --startup-timeout 90 "
+            f"is {ENV_PREFIX}STARTUP_TIMEOUT=90 and startup_timeout = 90.\n"
+            "Precedence: defaults < --config file < environment < flags (`swarmtrain config show` says which won).\n"
+        )
     return text

@@ -5,14 +5,16 @@ environment < command-line flags; `swarmtrain config show` prints each effective
 where it came from. Both loaders end in node/config/validate.py, so that a bad value is
 refused here, when it is read, not later in a volunteer's training.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from node.config.schema import check_value, field_docs, parse_env, type_hints
 from node.config.settings import NodeConfig, RunConfig
@@ -30,8 +32,7 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise SwarmtrainError(f"{where}: unknown setting {key!r}",
-                                  f"known settings here: {', '.join(known)}")
+            raise SwarmtrainError(f"{where}: unknown setting {key!r}", f"known settings here: {', '.join(known)}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
@@ -63,8 +64,9 @@ def load_run_config(path: str | Path | None) -> RunConfig:
     return run
 
 
-def load_node_config(config_file: str | None, env: Mapping[str, str],
-                     flags: Mapping[str, Any]) -> tuple[NodeConfig, dict[str, str]]:
+def load_node_config(
+    config_file: str | None, env: Mapping[str, str], flags: Mapping[str, Any]
+) -> tuple[NodeConfig, dict[str, str]]:
     """Merge defaults < file < env < flags. Returns the config and each field's source."""
     values: dict[str, Any] = {}
     sources = {f.name: "default" for f in fields(NodeConfig)}

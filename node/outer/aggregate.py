@@ -31,6 +31,7 @@ Two aggregators, chosen by [robust] aggregator in the run manifest:
                 Bernstein et al., ICLR 2019).
 Zero updates have no aggregate: every aggregator raises NoUpdates, which the round treats as failed.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,7 +103,7 @@ def trimmed_mean(stack: torch.Tensor, trim: int, weights: Weights = None) -> tor
     which is then exactly the plain mean's arithmetic), so the bits do not depend on threads.
     """
     if weights is None:
-        rows = stack if trim == 0 else torch.sort(stack, dim=0, stable=True).values[trim:stack.shape[0] - trim]
+        rows = stack if trim == 0 else torch.sort(stack, dim=0, stable=True).values[trim : stack.shape[0] - trim]
         acc = torch.zeros_like(stack[0])
         for row in rows:
             acc.add_(row)
@@ -131,7 +132,9 @@ def majority_sum(stack: torch.Tensor, weights: Weights = None) -> torch.Tensor:
     acc = torch.zeros_like(stack[0])
     for i, (value, sign) in enumerate(zip(stack, signs)):
         acc.add_(torch.where(sign == majority, value if weights is None else scaled(value, weights[i]), 0.0))
-    return acc.div_(float(stack.shape[0]) if weights is None else float(torch.tensor(weights, dtype=torch.float64).sum()))
+    return acc.div_(
+        float(stack.shape[0]) if weights is None else float(torch.tensor(weights, dtype=torch.float64).sum())
+    )
 
 
 def plain_mean(updates: list[Update], weights: Weights = None) -> Update:
@@ -264,12 +267,15 @@ class Robust:
         _require_updates(len(updates))
         updates = self.clip(per_round(updates, weights))
         trim = trim_count(len(updates), self.trim_fraction)
-        return at_scale([trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights)
-                         for i in range(len(updates[0]))], weights)
+        return at_scale(
+            [trimmed_mean(torch.stack([u[i] for u in updates]), trim, weights) for i in range(len(updates[0]))], weights
+        )
 
     def cap_values(self, sels: list[list[Selection]]) -> list[list[Selection]]:
-        caps = [statistics.median(float(sel[i].val.abs().max()) if sel[i].val.numel() else 0.0 for sel in sels)
-                for i in range(len(sels[0]))]
+        caps = [
+            statistics.median(float(sel[i].val.abs().max()) if sel[i].val.numel() else 0.0 for sel in sels)
+            for i in range(len(sels[0]))
+        ]
         return [[Selection(s.idx, s.val.clamp(-c, c)) for s, c in zip(sel, caps)] for sel in sels]
 
     def sparse(self, codec: TopKCodec, sels: list[list[Selection]], weights: Weights = None) -> Update:
@@ -280,21 +286,37 @@ class Robust:
         if self.value_cap:
             sels = self.cap_values(sels)
         if self.sparse_rule == "clipped-mean":
-            return at_scale(mean_dense(codec, sels if weights is None else
-                                       _rescaled(sels, [w * len(sels) / sum(weights) for w in weights])), weights)
+            return at_scale(
+                mean_dense(
+                    codec, sels if weights is None else _rescaled(sels, [w * len(sels) / sum(weights) for w in weights])
+                ),
+                weights,
+            )
         trim = trim_count(len(sels), self.trim_fraction)
-        combine = ((lambda st: trimmed_mean(st, trim, weights)) if self.sparse_rule == "trimmed"
-                   else (lambda st: majority_sum(st, weights)))
-        return at_scale([ch.from_chunks(combine(_stack_chunks(codec, sels, i, torch.float32)))
-                         for i, ch in enumerate(codec.chunkings())], weights)
+        combine = (
+            (lambda st: trimmed_mean(st, trim, weights))
+            if self.sparse_rule == "trimmed"
+            else (lambda st: majority_sum(st, weights))
+        )
+        return at_scale(
+            [
+                ch.from_chunks(combine(_stack_chunks(codec, sels, i, torch.float32)))
+                for i, ch in enumerate(codec.chunkings())
+            ],
+            weights,
+        )
 
     def signs(self, codec: TopKCodec, sels: list[list[Selection]]) -> Update:
         _require_updates(len(sels))
         if self.sign_rule == "trimmed":
             sels = self.clip_selections(sels)
             trim = trim_count(len(sels), self.trim_fraction)
-            return [torch.sign(ch.from_chunks(trimmed_mean(_stack_chunks(codec, sels, i, torch.float64), trim)))
-                    .to(torch.float32) for i, ch in enumerate(codec.chunkings())]
+            return [
+                torch.sign(ch.from_chunks(trimmed_mean(_stack_chunks(codec, sels, i, torch.float64), trim))).to(
+                    torch.float32
+                )
+                for i, ch in enumerate(codec.chunkings())
+            ]
         out = []
         for i, ch in enumerate(codec.chunkings()):
             votes = torch.zeros(ch.shape, dtype=torch.int32)  # integer sums: exact in any order
@@ -316,8 +338,9 @@ def make_aggregator(cfg: RobustConfig | None = None) -> Aggregator:
         return Mean()
     if cfg.aggregator == "robust":
         if cfg.clip_multiple < 0 or not 0 <= cfg.trim_fraction < 0.5:
-            raise SwarmtrainError(f"[robust] clip_multiple={cfg.clip_multiple}, trim_fraction={cfg.trim_fraction} "
-                                  "are out of range",
-                                  "use clip_multiple >= 0 (0 disables) and 0 <= trim_fraction < 0.5 in run.toml")
+            raise SwarmtrainError(
+                f"[robust] clip_multiple={cfg.clip_multiple}, trim_fraction={cfg.trim_fraction} are out of range",
+                "use clip_multiple >= 0 (0 disables) and 0 <= trim_fraction < 0.5 in run.toml",
+            )
         return Robust(clip_multiple=cfg.clip_multiple, trim_fraction=cfg.trim_fraction)
     raise SwarmtrainError(f"[robust] aggregator {cfg.aggregator!r} is not known", "use 'robust' or 'mean' in run.toml")

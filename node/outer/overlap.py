@@ -23,6 +23,7 @@ state is still what the rosters' updates make of it, bit-identical on every peer
 fails for us, its progress is dropped at the rebase (it never reached the swarm).
 `bench quality`'s `*-overlap` presets measure what the delay costs at equal tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

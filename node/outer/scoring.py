@@ -13,13 +13,14 @@ The scores travel as plain floats in the signed round roster, keyed by peer id, 
 pure function of that ledger: every peer derives the same ban set from the same rosters,
 whatever its own arithmetic (`banned`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import statistics
 from collections import Counter
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -92,25 +93,35 @@ def shared_batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
         for p, src in zip(trainable, params):
             p.copy_(src)
         return float(loss_fn(model(x), y))
+
     return loss_of
 
 
-def score_updates(strategy, state, payloads: list[bytes], loss_of: LossOf,
-                  earlier: Iterable[str] = (), weights: list[float] | None = None) -> list[float]:
+def score_updates(
+    strategy,
+    state,
+    payloads: list[bytes],
+    loss_of: LossOf,
+    earlier: Iterable[str] = (),
+    weights: list[float] | None = None,
+) -> list[float]:
     """Loss change (nats; lower is better) each payload causes applied alone (scaled to a full
     round's work by its weight, as the aggregate does); WORST for refused, replayed or one-sided
     updates."""
     before = loss_of(state.params)
     stride = max(1, sum(p.numel() for p in state.params) // SAMPLE)
     weights = weights or [1.0] * len(payloads)
-    scored = [(WORST, None) if replayed else _score_one(strategy, state, payload, w, loss_of, before, stride)
-              for payload, w, replayed in zip(payloads, weights, replays(payloads, earlier))]
+    scored = [
+        (WORST, None) if replayed else _score_one(strategy, state, payload, w, loss_of, before, stride)
+        for payload, w, replayed in zip(payloads, weights, replays(payloads, earlier))
+    ]
     bad = crafted([delta for _, delta in scored])
     return [WORST if b else score for (score, _), b in zip(scored, bad)]
 
 
-def _score_one(strategy, state, payload: bytes, weight: float, loss_of: LossOf, before: float,
-               stride: int) -> tuple[float, torch.Tensor | None]:
+def _score_one(
+    strategy, state, payload: bytes, weight: float, loss_of: LossOf, before: float, stride: int
+) -> tuple[float, torch.Tensor | None]:
     """(loss change, sampled parameter change) of one payload applied alone."""
     try:
         after = strategy.preview(state, payload, weight)
@@ -185,6 +196,6 @@ def banned(score_history: list[dict[str, float]], cfg: RobustConfig) -> set[str]
     flags = [flagged(scores) for scores in score_history]
     out: set[str] = set()
     for end in range(len(flags)):
-        window = flags[max(0, end - cfg.score_window + 1):end + 1]
+        window = flags[max(0, end - cfg.score_window + 1) : end + 1]
         out |= {p for p, n in Counter(p for f in window for p in f).items() if n >= cfg.ban_after}
     return out

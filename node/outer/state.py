@@ -1,4 +1,5 @@
 """The swarm's training state: what every peer holds identically after each round."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,11 +27,15 @@ class SwarmState:
     outer: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def initial(cls, model: torch.nn.Module, outer_buffers: list[str]) -> "SwarmState":
+    def initial(cls, model: torch.nn.Module, outer_buffers: list[str]) -> SwarmState:
         named = [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in trainable_named(model)]
         params = [p for _, p in named]
-        return cls(round=0, names=[n for n, _ in named], params=params,
-                   outer={b: [torch.zeros_like(p) for p in params] for b in outer_buffers})
+        return cls(
+            round=0,
+            names=[n for n, _ in named],
+            params=params,
+            outer={b: [torch.zeros_like(p) for p in params] for b in outer_buffers},
+        )
 
     @property
     def digest(self) -> str:
@@ -46,11 +51,12 @@ class SwarmState:
         tensors = {f"param/{n}": p for n, p in zip(self.names, self.params)}
         for b in sorted(self.outer):
             tensors.update({f"outer/{b}/{n}": t for n, t in zip(self.names, self.outer[b])})
-        return encode_tensors(tensors, {"run": run_id, "round": self.round, "digest": self.digest,
-                                        "full_digest": self.full_digest})
+        return encode_tensors(
+            tensors, {"run": run_id, "round": self.round, "digest": self.digest, "full_digest": self.full_digest}
+        )
 
     @classmethod
-    def from_bytes(cls, blob: bytes, *, run_id: str, template: "SwarmState") -> "SwarmState":
+    def from_bytes(cls, blob: bytes, *, run_id: str, template: SwarmState) -> SwarmState:
         """Decode and check against the expected layout (`template`); raises ProtocolError."""
         tensors, meta = decode_tensors(blob)
         if meta.get("run") != run_id:
@@ -70,8 +76,12 @@ class SwarmState:
                 out.append(t)
             return out
 
-        state = cls(round=rnd, names=list(template.names), params=take("param"),
-                    outer={b: take(f"outer/{b}") for b in sorted(template.outer)})
+        state = cls(
+            round=rnd,
+            names=list(template.names),
+            params=take("param"),
+            outer={b: take(f"outer/{b}") for b in sorted(template.outer)},
+        )
         if tensors:
             raise ProtocolError(f"state: unexpected tensors {sorted(tensors)[:3]}")
         if meta.get("full_digest") != state.full_digest:

@@ -1,4 +1,5 @@
 """Parsing user-given peer addresses (multiaddrs) with errors that name the fix."""
+
 from __future__ import annotations
 
 import json
@@ -27,17 +28,31 @@ def parse_peer_address(text: str) -> Address:
     try:
         m = multiaddr.Multiaddr(text.strip())
     except (MultiaddrError, ValueError, TypeError) as e:
-        raise SwarmtrainError(f"initial peer {text!r} is not a valid multiaddr: {e}",
-                              f"an initial peer looks like {EXAMPLE}") from None
+        raise SwarmtrainError(
+            f"initial peer {text!r} is not a valid multiaddr: {e}", f"an initial peer looks like {EXAMPLE}"
+        ) from None
     names = [p.name for p in m.protocols()]
     host_proto = next((n for n in names if n in ("ip4", "ip6", "dns", "dns4", "dns6")), None)
-    missing = [part for part, ok in (("an IP or DNS host", host_proto), ("/tcp/<port>", "tcp" in names),
-                                     ("/p2p/<peer id>", "p2p" in names)) if not ok]
+    missing = [
+        part
+        for part, ok in (
+            ("an IP or DNS host", host_proto),
+            ("/tcp/<port>", "tcp" in names),
+            ("/p2p/<peer id>", "p2p" in names),
+        )
+        if not ok
+    ]
     if missing:
-        raise SwarmtrainError(f"initial peer {text!r} lacks {', '.join(missing)}",
-                              f"copy the full address the bootstrap peer printed, like {EXAMPLE}")
-    return Address(text=str(m), host=m.value_for_protocol(host_proto), port=int(m.value_for_protocol("tcp")),
-                   peer_id=m.value_for_protocol("p2p"))
+        raise SwarmtrainError(
+            f"initial peer {text!r} lacks {', '.join(missing)}",
+            f"copy the full address the bootstrap peer printed, like {EXAMPLE}",
+        )
+    return Address(
+        text=str(m),
+        host=m.value_for_protocol(host_proto),
+        port=int(m.value_for_protocol("tcp")),
+        peer_id=m.value_for_protocol("p2p"),
+    )
 
 
 def parse_peer_addresses(texts: list[str]) -> list[Address]:
@@ -68,12 +83,18 @@ def _read_ready_file(path: Path, timeout: float) -> list[str]:
     try:
         maddrs = json.loads(path.read_text())["maddrs"]
     except FileNotFoundError:
-        raise SwarmtrainError(f"initial peers file {path} does not exist (waited {timeout:.0f} s)",
-                              "start `swarmtrain bootstrap` first; it writes bootstrap.json into its --data-dir") from None
+        raise SwarmtrainError(
+            f"initial peers file {path} does not exist (waited {timeout:.0f} s)",
+            "start `swarmtrain bootstrap` first; it writes bootstrap.json into its --data-dir",
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SwarmtrainError(f"initial peers file {path} is not a bootstrap.json ({type(e).__name__}: {e})",
-                              "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote") from None
+        raise SwarmtrainError(
+            f"initial peers file {path} is not a bootstrap.json ({type(e).__name__}: {e})",
+            "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote",
+        ) from None
     if not isinstance(maddrs, list) or not all(isinstance(m, str) for m in maddrs):
-        raise SwarmtrainError(f"initial peers file {path}: 'maddrs' must be a list of multiaddrs",
-                              "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote")
+        raise SwarmtrainError(
+            f"initial peers file {path}: 'maddrs' must be a list of multiaddrs",
+            "point --initial-peers-file at the bootstrap.json a bootstrap peer wrote",
+        )
     return maddrs[:1]  # the first is the one others can dial (non-loopback first)

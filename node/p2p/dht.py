@@ -4,6 +4,7 @@ hivemind's DHT runs in a forked child process (with the libp2p daemon `p2pd` und
 it is created here, in the main thread, before any other thread starts. Its calls go over a
 pipe that is not safe to write from two threads at once: `_lock` guards each send.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,13 +12,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
-from node.p2p.addresses import Address
-from node.p2p.identity import identity_path
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
+from node.p2p.addresses import Address
+from node.p2p.identity import identity_path
 from protocol import keys, signed
 from protocol.records import Heartbeat
 
@@ -27,6 +29,7 @@ log = logging.getLogger("swarmtrain.swarm")
 def dht_time() -> float:
     """hivemind's clock, which DHT expirations are measured in (wall clock, seconds)."""
     from hivemind.utils.timed_storage import get_dht_time
+
     return get_dht_time()
 
 
@@ -38,8 +41,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise SwarmtrainError(f"cannot listen on {host}:{port}: {e.strerror}",
-                                  f"pick another port (--port {port + 1}) or --port 0 for a free one") from None
+            raise SwarmtrainError(
+                f"cannot listen on {host}:{port}: {e.strerror}",
+                f"pick another port (--port {port + 1}) or --port 0 for a free one",
+            ) from None
 
 
 def probe_peer(address: Address, timeout: float) -> dict:
@@ -48,8 +53,12 @@ def probe_peer(address: Address, timeout: float) -> dict:
     try:
         with socket.create_connection((address.host, address.port), timeout=timeout):
             pass
-        return {"address": address.text, "up": True, "latency_ms": round(1000 * (time.monotonic() - t0), 1),
-                "error": None}
+        return {
+            "address": address.text,
+            "up": True,
+            "latency_ms": round(1000 * (time.monotonic() - t0), 1),
+            "error": None,
+        }
     except OSError as e:
         return {"address": address.text, "up": False, "latency_ms": None, "error": e.strerror or type(e).__name__}
 
@@ -72,7 +81,8 @@ def wait_for_initial_peers(peers: list[Address], timeout: float) -> None:
             raise SwarmtrainError(
                 f"none of the initial peers answered within {timeout:.0f} s:\n{lines}",
                 "check that the bootstrap peer is running and the address is copied exactly;\n"
-                "wait longer with --startup-timeout SECONDS, or start a swarm with --new-swarm")
+                "wait longer with --startup-timeout SECONDS, or start a swarm with --new-swarm",
+            )
         time.sleep(0.5)  # note: polling a TCP port; there is no event to await
 
 
@@ -87,7 +97,7 @@ class Swarm:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, cfg: NodeConfig, initial_peers: list[Address], *, client_mode: bool = False) -> "Swarm":
+    def start(cls, cfg: NodeConfig, initial_peers: list[Address], *, client_mode: bool = False) -> Swarm:
         os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
         import hivemind
 
@@ -98,9 +108,15 @@ class Swarm:
         local = cfg.host.startswith("127.")
         try:
             dht = hivemind.DHT(
-                initial_peers=[p.text for p in initial_peers], host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
-                identity_path=identity, startup_timeout=cfg.startup_timeout, client_mode=client_mode,
-                nat_port_map=not local, auto_nat=not local, start=False)
+                initial_peers=[p.text for p in initial_peers],
+                host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
+                identity_path=identity,
+                startup_timeout=cfg.startup_timeout,
+                client_mode=client_mode,
+                nat_port_map=not local,
+                auto_nat=not local,
+                start=False,
+            )
             dht.run_in_background(await_ready=True, timeout=cfg.startup_timeout + 30)
         except Exception as e:
             raise _explain_start_failure(e, cfg) from None
@@ -140,17 +156,23 @@ class Swarm:
 def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:
     text = str(e)
     if "already taken" in text:
-        return SwarmtrainError(f"another running peer uses this identity ({text})",
-                               "each node needs its own --data-dir or --identity file")
+        return SwarmtrainError(
+            f"another running peer uses this identity ({text})", "each node needs its own --data-dir or --identity file"
+        )
     if "none of the initial_peers responded" in text:
-        return SwarmtrainError("the initial peers accept connections but none answered as a swarm peer",
-                               "check that the address ends with the right /p2p/<peer id> of a running node")
+        return SwarmtrainError(
+            "the initial peers accept connections but none answered as a swarm peer",
+            "check that the address ends with the right /p2p/<peer id> of a running node",
+        )
     if "address already in use" in text.lower() or "bind" in text.lower():
-        return SwarmtrainError(f"cannot listen on {cfg.host}:{cfg.port}: {text}",
-                               "pick another port, or --port 0 for a free one")
+        return SwarmtrainError(
+            f"cannot listen on {cfg.host}:{cfg.port}: {text}", "pick another port, or --port 0 for a free one"
+        )
     if isinstance(e, TimeoutError) or "timeout" in text.lower() or "timed out" in text.lower():
-        return SwarmtrainError(f"the libp2p daemon did not start within {cfg.startup_timeout:.0f} s ({text})",
-                               "the machine may be busy: raise --startup-timeout")
+        return SwarmtrainError(
+            f"the libp2p daemon did not start within {cfg.startup_timeout:.0f} s ({text})",
+            "the machine may be busy: raise --startup-timeout",
+        )
     return SwarmtrainError(f"could not start the DHT node: {type(e).__name__}: {text}")
 
 
@@ -188,8 +210,10 @@ class HeartbeatPublisher:
         self._thread.join(timeout=10)
 
 
-def read_peers(swarm: Swarm, run_id: str, *, ttl: float = 120.0,
-               on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
+def read_peers(
+    swarm: Swarm, run_id: str, *, ttl: float = 120.0, on_bad: Callable[[str], None] | None = None
+) -> dict[str, Heartbeat]:
     """The live peer table: peer id -> latest heartbeat signed by that peer (node/round/net.py)."""
     from node.round.net import read_peers as read_signed
+
     return read_signed(swarm.get_subkeys, run_id, dht_time(), ttl, on_bad)

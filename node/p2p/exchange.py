@@ -18,6 +18,7 @@ Every peer may be hostile, so all I/O is bounded:
 The serving side (`serve_stream`) and the reading side (node/p2p/streams.py: `read_response`) work
 on plain asyncio streams, so tests drive them in-process without a libp2p daemon.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,9 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable, Sequence
 
 from node.config import SwarmConfig
 from node.p2p.limits import FetchSlots, RateLimit, StreamCap, UploadLimit
@@ -51,6 +52,7 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind == "uvloop":
         try:
             import uvloop
+
             return uvloop.new_event_loop()
         except ImportError:
             log.info("uvloop is not installed; the exchange runs on asyncio's loop")
@@ -58,15 +60,24 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 
 class Exchange:
-    def __init__(self, dht, run_id: str, *, max_bytes: int,
-                 on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None,
-                 max_streams_per_peer: int = SwarmConfig.max_streams_per_peer,
-                 state_requests_per_minute: int = SwarmConfig.state_requests_per_minute,
-                 max_fetches_per_peer: int = SwarmConfig.max_streams_per_peer,
-                 io_timeout: float = SERVE_TIMEOUT, clock: Callable[[], float] = time.monotonic,
-                 event_loop: str = "uvloop", upload_limit: float | None = None,
-                 on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None,
-                 me: str = "", relay_wait: float = 0.0):
+    def __init__(
+        self,
+        dht,
+        run_id: str,
+        *,
+        max_bytes: int,
+        on_bytes: Callable[[str, str, int], None] = lambda direction, kind, n: None,
+        max_streams_per_peer: int = SwarmConfig.max_streams_per_peer,
+        state_requests_per_minute: int = SwarmConfig.state_requests_per_minute,
+        max_fetches_per_peer: int = SwarmConfig.max_streams_per_peer,
+        io_timeout: float = SERVE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        event_loop: str = "uvloop",
+        upload_limit: float | None = None,
+        on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None,
+        me: str = "",
+        relay_wait: float = 0.0,
+    ):
         """`dht` gives the libp2p connection (`await dht.replicate_p2p()`); `max_bytes` bounds a
         payload fetched without `expect`; the per-peer limits default to SwarmConfig's;
         `io_timeout` bounds each read of a request we serve; `clock` drives the state rate limit;
@@ -128,8 +139,9 @@ class Exchange:
         """
         return self._call(self._fetch_within(peer, request, expect, timeout), timeout=timeout + 5)
 
-    def fetch_many(self, jobs: Sequence[Job], *, timeout: float,
-                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+    def fetch_many(
+        self, jobs: Sequence[Job], *, timeout: float, on_each: Callable[[int, bytes], None] | None = None
+    ) -> list[bytes | Exception]:
         """Run several fetches concurrently; each result is the payload or the exception.
 
         A job is (peer, request) or (peer, request, expect). Each fetch is cancelled when
@@ -137,6 +149,7 @@ class Exchange:
         `on_each(index, payload)` is called (in the exchange's thread) as each fetch succeeds,
         before the others end: a relay passes a copy on as soon as it holds it.
         """
+
         async def one(i: int, j: Job) -> bytes:
             blob = await self._fetch_within(j[0], j[1], j[2] if len(j) > 2 else None, timeout)
             if on_each is not None:
@@ -148,6 +161,7 @@ class Exchange:
 
         async def run_all():
             return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)), return_exceptions=True)
+
         return self._call(run_all(), timeout=timeout + 5)
 
     def close(self) -> None:
@@ -191,8 +205,12 @@ class Exchange:
             if entered:
                 kind, response = await self._respond(peer, reader)
             else:
-                kind, response = "update", self._refuse(peer, "streams", f"too many concurrent requests from "
-                                                                         f"you (at most {self._inbound.limit})")
+                kind, response = (
+                    "update",
+                    self._refuse(
+                        peer, "streams", f"too many concurrent requests from you (at most {self._inbound.limit})"
+                    ),
+                )
             await self._send(writer, kind, response)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as e:
             log.info("dropped a request from %s: %s", peer[:16], type(e).__name__)  # a peer's mistake never stops us
@@ -229,7 +247,7 @@ class Exchange:
         for i in range(0, len(out), step):
             if self._upload is not None:
                 await self._upload.take(min(step, len(out) - i))
-            writer.write(out[i:i + step])
+            writer.write(out[i : i + step])
             async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
                 await writer.drain()
 
@@ -243,9 +261,13 @@ class Exchange:
             if state is None:
                 return None, "no state yet"
             if not self._state_limit.allow(peer):  # a state is megabytes: nobody makes us upload it in a loop
-                return None, self._refuse_text(peer, "state_rate", f"state requests limited to "
-                                               f"{self._state_limit.per_minute} a minute; retry in "
-                                               f"{self._state_limit.retry_after(peer):.0f} s")
+                return None, self._refuse_text(
+                    peer,
+                    "state_rate",
+                    f"state requests limited to "
+                    f"{self._state_limit.per_minute} a minute; retry in "
+                    f"{self._state_limit.retry_after(peer):.0f} s",
+                )
             return state, ""
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
 
@@ -305,8 +327,9 @@ class Exchange:
                 writer.write(out)
                 self._count("sent", request.op, len(out))
                 await writer.drain()
-                payload = await read_response(reader, expect, self.max_bytes, timeout,
-                                              on_bytes=lambda n: self._count("received", request.op, n))
+                payload = await read_response(
+                    reader, expect, self.max_bytes, timeout, on_bytes=lambda n: self._count("received", request.op, n)
+                )
                 self.fetched[request.op] += 1
                 return payload
             finally:

@@ -4,6 +4,7 @@ hivemind creates the file on first start (a libp2p PrivateKey protobuf around an
 same key signs heartbeats, announcements, rosters, manifests and metrics records
 (protocol/signing.py), so a verified record is one from the peer id it is filed under.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,18 +30,24 @@ def load_identity_key(path: str) -> rsa.RSAPrivateKey:
     """The RSA key inside hivemind's identity file (a libp2p PrivateKey protobuf)."""
     from google.protobuf.message import DecodeError
     from hivemind.proto import crypto_pb2
+
     try:
         with open(path, "rb") as f:
             proto = crypto_pb2.PrivateKey.FromString(f.read())
         key = serialization.load_der_private_key(proto.data, password=None)
     except (OSError, ValueError, DecodeError) as e:
-        raise SwarmtrainError(f"cannot read the identity key {path}: {e}",
-                              "delete it to get a new peer id, or point --identity at a valid key") from None
+        raise SwarmtrainError(
+            f"cannot read the identity key {path}: {e}",
+            "delete it to get a new peer id, or point --identity at a valid key",
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SwarmtrainError(f"identity key {path} is not an RSA key", "delete it to get a new peer id")
     try:  # other peers refuse every record signed by a key of another shape: say so now, not never
         signing.check_public_key(key.public_key())
     except ProtocolError as e:
-        raise SwarmtrainError(f"identity key {path}: {e}", "delete it to get a new peer id (hivemind makes one "
-                              f"of {signing.MODULUS_BITS} bits, exponent {signing.PUBLIC_EXPONENT})") from None
+        raise SwarmtrainError(
+            f"identity key {path}: {e}",
+            "delete it to get a new peer id (hivemind makes one "
+            f"of {signing.MODULUS_BITS} bits, exponent {signing.PUBLIC_EXPONENT})",
+        ) from None
     return key

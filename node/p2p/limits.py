@@ -7,13 +7,14 @@ do, and what this node may ask of one peer, so that no peer can pin our memory, 
   * UploadLimit: everything we send paced to a volunteer's upload cap.
 Each runs in the exchange's event loop only, so none takes a lock.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 MAX_TRACKED_PEERS = 4096  # rate-limit entries kept before idle ones are forgotten
 
@@ -112,4 +113,3 @@ class UploadLimit:
         self._free_at = start + n / self.rate
         if start > now:
             await asyncio.sleep(start - now)
-

@@ -1,11 +1,13 @@
 """RoundNet over the real network: hivemind's DHT (node/p2p/dht.py) and libp2p streams (node/p2p/exchange.py)."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from node.p2p.exchange import Exchange
 from node.p2p.dht import Swarm, dht_time
+from node.p2p.exchange import Exchange
 from protocol.messages import Request
 
 
@@ -20,8 +22,9 @@ class RealNet:
     def get_subkeys(self, key: str) -> dict[str, Any]:
         return self.swarm.get_subkeys(key)
 
-    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
-                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+    def fetch_many(
+        self, jobs: list[tuple[str, Request, int]], timeout: float, on_each: Callable[[int, bytes], None] | None = None
+    ) -> list[bytes | Exception]:
         # each job's size is checked before its body is read
         return self.exchange.fetch_many(jobs, timeout=timeout, on_each=on_each)
 

@@ -4,14 +4,21 @@ Every peer may be hostile: a frame's length is checked before a byte of its body
 each read (header, body) has its own timeout. Both work on plain asyncio streams, so tests
 drive them in-process without a libp2p daemon.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from protocol.errors import ProtocolError
-from protocol.messages import (HEADER_LEN, MAX_REQUEST_BYTES, Request, body_length, check_response_length,
-                               decode_response)
+from protocol.messages import (
+    HEADER_LEN,
+    MAX_REQUEST_BYTES,
+    Request,
+    body_length,
+    check_response_length,
+    decode_response,
+)
 
 
 async def read_request(reader: asyncio.StreamReader, timeout: float) -> tuple[Request, int]:
@@ -24,8 +31,13 @@ async def read_request(reader: asyncio.StreamReader, timeout: float) -> tuple[Re
     return Request.decode(body), HEADER_LEN + n
 
 
-async def read_response(reader: asyncio.StreamReader, expect: int | None, max_bytes: int, timeout: float,
-                        on_bytes: Callable[[int], None] = lambda n: None) -> bytes:
+async def read_response(
+    reader: asyncio.StreamReader,
+    expect: int | None,
+    max_bytes: int,
+    timeout: float,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> bytes:
     """One framed response -> its payload, or ProtocolError / TimeoutError / IncompleteReadError.
 
     The frame length is checked (messages.check_response_length) before the body is read: with

@@ -5,6 +5,7 @@ identity (protocol/signing.py) and a reader keeps only records whose signature m
 peer id they are filed under. The record is small (a few kB) and published once per round
 from a background thread, so a slow DHT never stalls training.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -77,6 +78,7 @@ def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: flo
     key: without it anyone could overwrite a peer's record with garbage, or replay an old one
     with a far expiration, to hide that peer from monitors."""
     from hivemind.utils.serializer import MSGPackSerializer
+
     try:
         subkey = MSGPackSerializer.loads(subkey_bytes)
         record = decode(MSGPackSerializer.loads(value_bytes), subkey)
@@ -109,11 +111,14 @@ class MetricsPublisher:
             with self._lock:
                 record, self._latest = self._latest, None
             if record is not None:  # expiry counted from the record's own time, as validators demand
-                self.swarm.store(keys.metrics_key(self.run_id), record.peer, encode(self.key, record),
-                                 METRICS_TTL - max(0.0, dht_time() - record.time))
+                self.swarm.store(
+                    keys.metrics_key(self.run_id),
+                    record.peer,
+                    encode(self.key, record),
+                    METRICS_TTL - max(0.0, dht_time() - record.time),
+                )
 
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=35)
-

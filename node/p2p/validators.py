@@ -13,6 +13,7 @@ hide a whole peer table behind a plain value, or forge a roster. The rules, for 
   * it is a dictionary entry: a plain value under a key is refused.
 The validator is pickled into the DHT process, so it is a module-level class of plain fields.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Heartbeat, Roster
 
-SLACK = 60.0      # seconds between a record's time and its store (signing, a busy DHT thread)
+SLACK = 60.0  # seconds between a record's time and its store (signing, a busy DHT thread)
 MANIFEST_TTL = 3600.0  # seconds a stored manifest lives; its keepers re-publish it well before (node/peer/manifest.py)
 CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster}
 
@@ -41,17 +42,21 @@ class RunValidator:
 
     def __post_init__(self):
         from hivemind.dht.routing import DHTID
+
         from protocol import keys
+
         self.metrics_key = DHTID.generate(source=keys.metrics_key(self.run_id)).to_bytes()
 
     def validate(self, record) -> bool:
         from hivemind.utils.timed_storage import get_dht_time
+
         return self.check(record.key, record.subkey, record.value, record.expiration_time, get_dht_time())
 
     def check(self, key: bytes, subkey_bytes: bytes, value_bytes: bytes, expiration: float, now: float) -> bool:
         from hivemind.dht.protocol import DHTProtocol
         from hivemind.dht.routing import DHTID
         from hivemind.utils.serializer import MSGPackSerializer
+
         if subkey_bytes in DHTProtocol.RESERVED_SUBKEYS:
             return False  # every swarmtrain key is a dictionary: no plain value may hide one
         if key == self.metrics_key:

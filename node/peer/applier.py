@@ -3,6 +3,7 @@
 The round protocol's hooks (node/round/protocol.py Hooks) target this object, not the whole
 node: all they need is the state, the strategy, what weighs updates and a model to score them on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,6 +31,7 @@ SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per upd
 
 class Preview(NamedTuple):
     """The leader's applied copy of a round, kept so that its own apply need not redo it."""
+
     digest: str
     state: SwarmState
 
@@ -37,9 +39,21 @@ class Preview(NamedTuple):
 class Applier:
     """The state this peer holds, and how a round's updates change it."""
 
-    def __init__(self, state: SwarmState, *, run: RunConfig, strategy, ledger: Ledger, metrics: NodeMetrics,
-                 out: Reporter, me: str, device: torch.device, model: torch.nn.Module, overlap: bool,
-                 score_tokens: torch.Tensor | None):
+    def __init__(
+        self,
+        state: SwarmState,
+        *,
+        run: RunConfig,
+        strategy,
+        ledger: Ledger,
+        metrics: NodeMetrics,
+        out: Reporter,
+        me: str,
+        device: torch.device,
+        model: torch.nn.Module,
+        overlap: bool,
+        score_tokens: torch.Tensor | None,
+    ):
         self.state = state  # the swarm's state as this peer holds it: what the next round applies to
         self.run, self.strategy, self.ledger, self.metrics, self.out, self.me = run, strategy, ledger, metrics, out, me
         self.device = device
@@ -54,8 +68,12 @@ class Applier:
         robust = self.run.robust
         if not robust.scoring:
             return Hooks(validate=self.strategy.check, result=self.roster_result)
-        return Hooks(validate=self.strategy.check, result=self.roster_result, score=self.score_round,
-                     banned=lambda ledger: scoring.banned(ledger.score_history(), robust))
+        return Hooks(
+            validate=self.strategy.check,
+            result=self.roster_result,
+            score=self.score_round,
+            banned=lambda ledger: scoring.banned(ledger.score_history(), robust),
+        )
 
     def score_round(self, payloads: list[bytes], tokens: list[int]) -> list[float]:
         """As leader: each update's loss change on a batch every peer can draw (held-out bytes,
@@ -84,7 +102,11 @@ class Applier:
     def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes]) -> bool:
         """Apply the roster; refuse (keep our state) if the result is not finite or not the digest
         the leader published: our state was not the swarm's, or someone lied."""
-        if self._preview is not None and self._preview.digest == accepted.roster.result and accepted.roster.leader == self.me:
+        if (
+            self._preview is not None
+            and self._preview.digest == accepted.roster.result
+            and accepted.roster.leader == self.me
+        ):
             state = self._preview.state
         else:
             state = copy.deepcopy(self.state)
@@ -92,8 +114,12 @@ class Applier:
         self._preview = None
         if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
             self.metrics.rounds.labels("failed").inc()
-            self.out.event("round_refused", round=accepted.roster.round, leader=accepted.roster.leader[:16],
-                           reason="the result is not finite or differs from the roster's digest")
+            self.out.event(
+                "round_refused",
+                round=accepted.roster.round,
+                leader=accepted.roster.leader[:16],
+                reason="the result is not finite or differs from the roster's digest",
+            )
             return False
         self.state = state
         try:

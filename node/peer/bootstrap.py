@@ -1,21 +1,22 @@
 """The organizer's peer: a stable identity that holds the DHT together and the run manifest."""
+
 from __future__ import annotations
 
 import json
 import threading
 from pathlib import Path
 
-from node.peer import manifest as manifests
-from node.p2p.addresses import initial_peers, shareable
 from node.config import NodeConfig, load_run_config
+from node.outer.strategies import make_strategy
+from node.p2p.addresses import initial_peers, shareable
+from node.p2p.dht import Swarm
+from node.p2p.identity import load_identity_key
+from node.p2p.validators import guard_run
+from node.peer import manifest as manifests
+from node.round.protocol import round_record_ttl
 from node.train.data import load_corpus
 from node.train.model import build_run_model, trainable
 from node.watch.progress import Reporter
-from node.outer.strategies import make_strategy
-from node.p2p.dht import Swarm
-from node.p2p.validators import guard_run
-from node.round.protocol import round_record_ttl
-from node.p2p.identity import load_identity_key
 
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
 
@@ -38,9 +39,17 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
         tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
         tmp.write_text(json.dumps({"run_id": run_id, "maddrs": maddrs, "peer": swarm.peer_id}))
         tmp.replace(ready)
-        reporter.event("bootstrap_ready", run=run_id, peer=swarm.peer_id, maddrs=maddrs,
-                       params=sum(p.numel() for p in model.parameters()), corpus_sha256=corpus.sha256[:16])
-        reporter.say(f"volunteers join with:\n  swarmtrain join --run-id {run_id} --initial-peers " + " ".join(maddrs[:2]))
+        reporter.event(
+            "bootstrap_ready",
+            run=run_id,
+            peer=swarm.peer_id,
+            maddrs=maddrs,
+            params=sum(p.numel() for p in model.parameters()),
+            corpus_sha256=corpus.sha256[:16],
+        )
+        reporter.say(
+            f"volunteers join with:\n  swarmtrain join --run-id {run_id} --initial-peers " + " ".join(maddrs[:2])
+        )
         while not stop.wait(manifests.MANIFEST_TTL / 4):
             manifests.publish(swarm, envelope)  # DHT values expire; keep the manifest alive
     finally:

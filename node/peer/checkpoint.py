@@ -1,4 +1,5 @@
 """The node's checkpoint on disk: written atomically, checked when read."""
+
 from __future__ import annotations
 
 import os
@@ -39,6 +40,8 @@ def load(path: Path, *, run_id: str, template: SwarmState) -> SwarmState | None:
     try:
         return SwarmState.from_bytes(path.read_bytes(), run_id=run_id, template=template)
     except ProtocolError as e:
-        raise SwarmtrainError(f"checkpoint {path} is unreadable: {e}",
-                              f"move it away (mv {path} {path}.bad) and start again: the node then "
-                              "takes the swarm's state from its peers") from None
+        raise SwarmtrainError(
+            f"checkpoint {path} is unreadable: {e}",
+            f"move it away (mv {path} {path}.bad) and start again: the node then "
+            "takes the swarm's state from its peers",
+        ) from None

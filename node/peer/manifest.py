@@ -1,15 +1,16 @@
 """The run manifest: everything peers must agree on, hashed into the run id, kept in the DHT."""
+
 from __future__ import annotations
 
 import logging
 import time
 
 from node.config import RunConfig, as_dict, from_dict, validate_run
-from node.train.data import Corpus, load_corpus
 from node.errors import SwarmtrainError
-from node.train.model import FINGERPRINT_FIELDS, check_fingerprint, check_model_config, fingerprint
 from node.p2p.dht import Swarm
 from node.p2p.validators import MANIFEST_TTL
+from node.train.data import Corpus, load_corpus
+from node.train.model import FINGERPRINT_FIELDS, check_fingerprint, check_model_config, fingerprint
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.records import run_id_of
@@ -28,6 +29,7 @@ def build_manifest(run: RunConfig, corpus: Corpus, built=None) -> dict:
     manifest["data"].update(corpus_sha256=corpus.sha256, corpus_bytes=corpus.nbytes, corpus_origin=corpus.origin)
     if run.model.kind != "byte-gpt" or run.peft.method != "none":
         from node.train.model import build_run_model
+
         manifest["model"].update((built or build_run_model(run)).fingerprint)
     return manifest
 
@@ -82,13 +84,17 @@ def fetch(swarm: Swarm, wanted: str, timeout: float) -> tuple[str, dict, dict]:
             run_id, (manifest, envelope) = next(iter(runs.items()))
             return run_id, manifest, envelope
         if not wanted and len(runs) > 1:
-            raise SwarmtrainError(f"this swarm hosts {len(runs)} runs: {', '.join(sorted(runs))}",
-                                  "choose one with --run-id RUN_ID (the organizer's join line names it)")
+            raise SwarmtrainError(
+                f"this swarm hosts {len(runs)} runs: {', '.join(sorted(runs))}",
+                "choose one with --run-id RUN_ID (the organizer's join line names it)",
+            )
         if time.monotonic() >= deadline:
             what = f"run {wanted!r}" if wanted else "any run manifest"
-            raise SwarmtrainError(f"found no {what} in the swarm within {timeout:.0f} s",
-                                  "check that the bootstrap peer was started with --run run.toml "
-                                  "(it publishes the manifest), or raise --startup-timeout")
+            raise SwarmtrainError(
+                f"found no {what} in the swarm within {timeout:.0f} s",
+                "check that the bootstrap peer was started with --run run.toml "
+                "(it publishes the manifest), or raise --startup-timeout",
+            )
         time.sleep(0.5)  # note: DHT polling; a record has no arrival event to await
 
 
@@ -102,12 +108,15 @@ def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus]:
     except (TypeError, ValueError):  # not JSON-able: bytes or odd keys from a peer
         hashes_to_id = False
     if not hashes_to_id:
-        raise SwarmtrainError(f"the manifest stored under {run_id} does not hash to that id (corrupt or forged)",
-                              "ask the organizer for the right run id, or join through another peer")
+        raise SwarmtrainError(
+            f"the manifest stored under {run_id} does not hash to that id (corrupt or forged)",
+            "ask the organizer for the right run id, or join through another peer",
+        )
     if not is_compatible(manifest.get("protocol")):
         raise SwarmtrainError(
             f"run {run_id} speaks protocol {manifest.get('protocol')!r}; this swarmtrain speaks {PROTOCOL_VERSION}",
-            "install the swarmtrain version the organizer names for this run")
+            "install the swarmtrain version the organizer names for this run",
+        )
     settings = {k: v for k, v in manifest.items() if k not in ("protocol", "organizer")}
     data = dict(settings.get("data", {}))
     wanted = {k: data.pop(k, None) for k in CORPUS_FIELDS}
@@ -119,8 +128,9 @@ def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus]:
         run = from_dict(RunConfig, settings, f"manifest of {run_id}")
         validate_run(run, f"manifest of {run_id}")  # a manifest made by hand or by a peer, not our loader
     except SwarmtrainError as e:
-        raise SwarmtrainError(f"{e} (the run needs settings this version cannot build)",
-                              "upgrade swarmtrain to the organizer's version") from None
+        raise SwarmtrainError(
+            f"{e} (the run needs settings this version cannot build)", "upgrade swarmtrain to the organizer's version"
+        ) from None
     check_model_config(run.model)
     corpus = load_corpus(run.data, files=getattr(local, "data_files", ""))
     if corpus.sha256 != wanted["corpus_sha256"]:
@@ -129,9 +139,16 @@ def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus]:
             f"corpus {corpus.name!r} differs: the run has SHA-256 {str(wanted['corpus_sha256'])[:16]}... "
             f"from {wanted['corpus_origin']}, this machine has {corpus.sha256[:16]}... from {corpus.origin}",
             "bring the same files as the organizer (names relative to the glob's directory, same bytes) and "
-            "point --data-files at them" if own else f"run the node with the same source of data ({wanted['corpus_origin']})")
+            "point --data-files at them"
+            if own
+            else f"run the node with the same source of data ({wanted['corpus_origin']})",
+        )
     if prints or run.model.kind != "byte-gpt":
         pretrained, tokenizer = getattr(local, "pretrained_dir", ""), getattr(local, "tokenizer_dir", "")
-        check_fingerprint(fingerprint(run, pretrained_dir=pretrained, tokenizer_dir=tokenizer), prints,
-                          pretrained=pretrained or run.model.pretrained, tokenizer=tokenizer or run.model.tokenizer)
+        check_fingerprint(
+            fingerprint(run, pretrained_dir=pretrained, tokenizer_dir=tokenizer),
+            prints,
+            pretrained=pretrained or run.model.pretrained,
+            tokenizer=tokenizer or run.model.tokenizer,
+        )
     return run, corpus

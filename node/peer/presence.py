@@ -1,5 +1,6 @@
 """This peer's presence in the swarm: its heartbeat in the peer table, the run's manifest kept
 alive from here, and leaving only once the other peers no longer need its updates."""
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,19 @@ from protocol.records import Heartbeat
 class Presence:
     """Our heartbeat (None until we joined) and the manifest copy we keep."""
 
-    def __init__(self, swarm: Swarm, stack: ExitStack, *, run_id: str, me: str, name: str, device: torch.device,
-                 cfg: SwarmConfig, key, manifest_envelope: dict):
+    def __init__(
+        self,
+        swarm: Swarm,
+        stack: ExitStack,
+        *,
+        run_id: str,
+        me: str,
+        name: str,
+        device: torch.device,
+        cfg: SwarmConfig,
+        key,
+        manifest_envelope: dict,
+    ):
         self.swarm, self.stack, self.run_id, self.me, self.name, self.device = swarm, stack, run_id, me, name, device
         self.cfg, self.key, self.manifest_envelope = cfg, key, manifest_envelope
         self.heartbeat: HeartbeatPublisher | None = None
@@ -28,11 +40,25 @@ class Presence:
     def start(self, state: SwarmState) -> list[str]:
         """Publish our first heartbeat and the manifest; returns the addresses others may reach us at."""
         maddrs = shareable(self.swarm.visible_maddrs())
-        first = Heartbeat(run=self.run_id, peer=self.me, name=self.name[:64], round=state.round + 1,
-                          state_round=state.round, digest=state.digest, device=str(self.device),
-                          maddrs=tuple(maddrs[:16]), time=dht_time())
-        self.heartbeat = HeartbeatPublisher(self.swarm, self.run_id, first, interval=self.cfg.heartbeat_interval,
-                                            ttl=self.cfg.heartbeat_ttl, key=self.key)
+        first = Heartbeat(
+            run=self.run_id,
+            peer=self.me,
+            name=self.name[:64],
+            round=state.round + 1,
+            state_round=state.round,
+            digest=state.digest,
+            device=str(self.device),
+            maddrs=tuple(maddrs[:16]),
+            time=dht_time(),
+        )
+        self.heartbeat = HeartbeatPublisher(
+            self.swarm,
+            self.run_id,
+            first,
+            interval=self.cfg.heartbeat_interval,
+            ttl=self.cfg.heartbeat_ttl,
+            key=self.key,
+        )
         self.stack.callback(self.heartbeat.close)
         self.manifest_keeper = manifests.ManifestKeeper(self.swarm, self.manifest_envelope)
         self.manifest_keeper.tick()  # one more copy now, in case the bootstrap peer goes
@@ -47,8 +73,11 @@ class Presence:
         self.heartbeat.update(active=False, state_round=state.round, digest=state.digest)
         deadline = time.monotonic() + self.cfg.collect_timeout
         while time.monotonic() < deadline:
-            behind = [p for p, hb in read_peers(self.swarm, self.run_id).items()
-                      if p != self.me and hb.active and hb.state_round < last]
+            behind = [
+                p
+                for p, hb in read_peers(self.swarm, self.run_id).items()
+                if p != self.me and hb.active and hb.state_round < last
+            ]
             if not behind:
                 break
             time.sleep(0.5)  # not stop.wait: stop is already set when a user asked us to leave

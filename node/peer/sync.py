@@ -3,6 +3,7 @@
 A peer starts from its checkpoint or from the swarm's state if that is ahead, and later
 resyncs when it missed a round or when the voters hold another state of its round.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,9 +30,23 @@ from protocol.messages import Request
 class StateSync:
     """Reads the swarm's votes and replaces the applier's state with one a majority vouches for."""
 
-    def __init__(self, applier: Applier, *, swarm: Swarm, run_id: str, me: str, cfg: SwarmConfig, ledger: Ledger,
-                 rounds: RoundProtocol, exchange: Exchange, template: SwarmState, ckpt: Path, metrics: NodeMetrics,
-                 history: History, out: Reporter):
+    def __init__(
+        self,
+        applier: Applier,
+        *,
+        swarm: Swarm,
+        run_id: str,
+        me: str,
+        cfg: SwarmConfig,
+        ledger: Ledger,
+        rounds: RoundProtocol,
+        exchange: Exchange,
+        template: SwarmState,
+        ckpt: Path,
+        metrics: NodeMetrics,
+        history: History,
+        out: Reporter,
+    ):
         self.applier = applier  # holds our state: read here, replaced by adopt
         self.swarm, self.run_id, self.me, self.cfg = swarm, run_id, me, cfg
         self.ledger, self.rounds, self.exchange = ledger, rounds, exchange
@@ -76,8 +91,10 @@ class StateSync:
     def outvoted(self) -> bool:
         """True when enough voters hold another state of our round, and more than hold ours."""
         voters = self.voters()
-        return (votes.outvoted(voters, self.state.round, self.state.digest)
-                or votes.fork_target(voters, self.state.round, self.state.digest) is not None)
+        return (
+            votes.outvoted(voters, self.state.round, self.state.digest)
+            or votes.fork_target(voters, self.state.round, self.state.digest) is not None
+        )
 
     def resync(self, stop: threading.Event, force: bool = False) -> None:
         state = self.fetch_state(stop, same_round=force)
@@ -97,9 +114,11 @@ class StateSync:
             if stop.is_set():
                 return None
             voters = self.voters()
-            wanted = [(r, d) for r, d, _ in votes.vouched_states(voters)
-                      if votes.acceptable(voters, r, d, self.state.round, same_round=same_round)
-                      and d != self.state.digest]
+            wanted = [
+                (r, d)
+                for r, d, _ in votes.vouched_states(voters)
+                if votes.acceptable(voters, r, d, self.state.round, same_round=same_round) and d != self.state.digest
+            ]
             fork = votes.fork_target(voters, self.state.round, self.state.digest)
             wanted += [fork] if fork and same_round else []  # a split swarm converging (see votes.py)
             for rnd, digest in wanted[:1]:
@@ -108,8 +127,12 @@ class StateSync:
                     if state is not None and state.digest == digest and state.round == rnd:
                         self.history.syncs["ok"] += 1
                         self.metrics.state_syncs.labels("ok").inc()
-                        self.out.event("state_synced", round=state.round, donor=donor[:16],
-                                       vouchers=sum(hb.digest == digest for hb in voters.values()))
+                        self.out.event(
+                            "state_synced",
+                            round=state.round,
+                            donor=donor[:16],
+                            vouchers=sum(hb.digest == digest for hb in voters.values()),
+                        )
                         return state
             self.history.syncs["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
@@ -125,8 +148,12 @@ class StateSync:
         """The donor's state, read only if its length is exactly that of a state of round `round_no`."""
         self.out.event("state_fetch", donor=donor[:16], round=round_no)
         try:
-            blob = self.exchange.fetch(donor, Request(op="state", run=self.run_id), timeout=60,
-                                       expect=self.state_len_without_round + len(msgpack.packb(round_no)))
+            blob = self.exchange.fetch(
+                donor,
+                Request(op="state", run=self.run_id),
+                timeout=60,
+                expect=self.state_len_without_round + len(msgpack.packb(round_no)),
+            )
             return SwarmState.from_bytes(blob, run_id=self.run_id, template=self.template)
         except Exception as e:  # refused, unreachable, timed out or malformed: try the next donor
             self.metrics.state_syncs.labels("failed").inc()

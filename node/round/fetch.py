@@ -6,6 +6,7 @@ refused, and one that is is kept here (and so relayed on) as soon as it arrives.
 fetches each update from its owner; the other peers from the sources relay.sources gives
 (docs/protocol.md, "Upload once").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,9 @@ class UpdateFetcher:
         self.validate = validate
         """Raises ProtocolError if an update payload cannot be applied (Hooks.validate)."""
 
-    def fetch(self, anns: list[Announcement], round_no: int,
-              sources: Callable[[Announcement], list[str]]) -> list[bytes | Exception]:
+    def fetch(
+        self, anns: list[Announcement], round_no: int, sources: Callable[[Announcement], list[str]]
+    ) -> list[bytes | Exception]:
         """Each announced update's verified envelope bytes (held, else fetched from its sources in turn)."""
         results: list[bytes | Exception] = []
         for a in anns:
@@ -53,15 +55,20 @@ class UpdateFetcher:
         where = [sources(a) for a in anns]
         for attempt in range(ATTEMPTS):
             todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-            jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt:attempt + 1] if src != self.net.me]
+            jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt : attempt + 1] if src != self.net.me]
             if not jobs:
                 break
             asked = [anns[job.index] for job in jobs]
-            requests = [(job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer), a.nbytes)
-                        for job, a in zip(jobs, asked)]
+            requests = [
+                (job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer), a.nbytes)
+                for job, a in zip(jobs, asked)
+            ]
             try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
-                fetched = self.net.fetch_many(requests, timeout=self.cfg.collect_timeout,
-                                              on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b))
+                fetched = self.net.fetch_many(
+                    requests,
+                    timeout=self.cfg.collect_timeout,
+                    on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b),
+                )
             except Exception as e:  # the whole batch timed out or the transport is gone
                 fetched = [e] * len(jobs)
             for job, a, blob in zip(jobs, asked, fetched):

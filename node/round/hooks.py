@@ -3,6 +3,7 @@
 The node implements these over its model and outer strategy (node/peer/applier.py); tests
 implement them over digests of bytes, so the protocol is tested without a model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

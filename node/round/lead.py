@@ -5,6 +5,7 @@ roster once it is our turn. The leader lists only updates it fetched whole and c
 leaves out any that, applied alone, make the state non-finite; the roster's result is the
 state after applying the rest in roster order (Hooks.result), which every peer recomputes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,11 @@ class RosterBuilder:
         announced = self.announcements(round_no, base)
         picked = [announced[p] for p in sorted(announced) if p in eligible]
         blobs = self.updates.fetch([s.announcement for s in picked], round_no, sources=lambda a: [a.peer])
-        good = [Contribution(s.envelope, s.announcement, blob) for s, blob in zip(picked, blobs)
-                if not isinstance(blob, Exception)]
+        good = [
+            Contribution(s.envelope, s.announcement, blob)
+            for s, blob in zip(picked, blobs)
+            if not isinstance(blob, Exception)
+        ]
         for s, blob in zip(picked, blobs):
             if isinstance(blob, Exception):
                 log.warning("round %d: leaving out %s: %s", round_no, s.announcement.peer[:16], blob)
@@ -77,10 +81,17 @@ class RosterBuilder:
         payloads = [UpdateEnvelope.decode(c.blob).payload for c in good]
         tokens = [c.announcement.tokens for c in good]
         scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
-        roster = Roster(run=self.run_id, round=round_no, leader=self.me, prev=prev, base=base,
-                        result=self.hooks.result(payloads, tokens), time=self.net.now(),
-                        entries=tuple(c.envelope for c in good),
-                        scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)))
+        roster = Roster(
+            run=self.run_id,
+            round=round_no,
+            leader=self.me,
+            prev=prev,
+            base=base,
+            result=self.hooks.result(payloads, tokens),
+            time=self.net.now(),
+            entries=tuple(c.envelope for c in good),
+            scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)),
+        )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 
     def _drop_non_finite(self, round_no: int, good: list[Contribution]) -> list[Contribution]:
@@ -88,8 +99,9 @@ class RosterBuilder:
         if not good:  # every fetch failed: no roster this attempt (the caller counts too few)
             return good
         try:
-            self.hooks.result([UpdateEnvelope.decode(c.blob).payload for c in good],
-                              [c.announcement.tokens for c in good])
+            self.hooks.result(
+                [UpdateEnvelope.decode(c.blob).payload for c in good], [c.announcement.tokens for c in good]
+            )
             return good
         except NonFinite:
             pass
@@ -99,6 +111,9 @@ class RosterBuilder:
                 self.hooks.result([UpdateEnvelope.decode(c.blob).payload], [c.announcement.tokens])
                 kept.append(c)
             except NonFinite:
-                log.warning("round %d: leaving out %s: its update makes the state non-finite", round_no,
-                            c.announcement.peer[:16])
+                log.warning(
+                    "round %d: leaving out %s: its update makes the state non-finite",
+                    round_no,
+                    c.announcement.peer[:16],
+                )
         return kept

@@ -6,6 +6,7 @@ of its updates. Appending checks the chain; `verify` re-checks a whole ledger fi
 signature included (`swarmtrain audit`). A line of the file is one roster:
     {"round": r, "envelope": base64(msgpack(signed roster envelope))}
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,8 +98,15 @@ class Ledger:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write(json.dumps({"round": accepted.roster.round, "envelope": base64.b64encode(
-                    msgpack.packb(accepted.envelope, use_bin_type=True)).decode()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "round": accepted.roster.round,
+                            "envelope": base64.b64encode(msgpack.packb(accepted.envelope, use_bin_type=True)).decode(),
+                        }
+                    )
+                    + "\n"
+                )
 
     def swap(self, sibling: AcceptedRoster) -> None:
         """Replace our roster of sibling's round by a sibling (see `siblings`) that the swarm chains
@@ -119,8 +127,13 @@ class Ledger:
         if held is not None and held.roster.result == digest:
             return  # the state our own ledger ends at: nothing to forget
         if self.rosters:
-            log.info("ledger: state synced to round %d; forgetting %d rosters of rounds %d-%d",
-                     state_round, len(self.rosters), min(self.rosters), max(self.rosters))
+            log.info(
+                "ledger: state synced to round %d; forgetting %d rosters of rounds %d-%d",
+                state_round,
+                len(self.rosters),
+                min(self.rosters),
+                max(self.rosters),
+            )
         self.rosters.clear()
         self.complete_from = state_round + 1
 
@@ -149,8 +162,9 @@ def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:
     """Two rosters of one round by different leaders with the same chain link, the same start and
     end states and the same signed updates: either may stand in the ledger."""
     ra, rb = a.roster, b.roster
-    return ((ra.run, ra.round, ra.prev, ra.base, ra.result) == (rb.run, rb.round, rb.prev, rb.base, rb.result)
-            and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements})
+    return (ra.run, ra.round, ra.prev, ra.base, ra.result) == (rb.run, rb.round, rb.prev, rb.base, rb.result) and {
+        (x.peer, x.sha256) for x in a.announcements
+    } == {(x.peer, x.sha256) for x in b.announcements}
 
 
 class LedgerLine(NamedTuple):
@@ -194,11 +208,15 @@ def verify(envelopes: list[dict]) -> tuple[list[AcceptedRoster], list[str]]:
             accepted[-1] = this  # a sibling swap (Ledger.swap)
             continue
         if before is not None and before.roster.round == roster.round - 1 and roster.prev != before.hash:
-            problems.append(f"round {roster.round}: prev {roster.prev[:12]} is not the hash of round "
-                            f"{before.roster.round}'s roster ({before.hash[:12]})")
+            problems.append(
+                f"round {roster.round}: prev {roster.prev[:12]} is not the hash of round "
+                f"{before.roster.round}'s roster ({before.hash[:12]})"
+            )
         if before is not None and before.roster.round == roster.round - 1 and roster.base != before.roster.result:
-            problems.append(f"round {roster.round}: starts from {roster.base[:12]}, round "
-                            f"{before.roster.round} ended at {before.roster.result[:12]}")
+            problems.append(
+                f"round {roster.round}: starts from {roster.base[:12]}, round "
+                f"{before.roster.round} ended at {before.roster.result[:12]}"
+            )
         if before is not None and roster.round <= before.roster.round:
             problems.append(f"round {roster.round} follows round {before.roster.round}: out of order")
         accepted.append(this)

@@ -4,6 +4,7 @@
 exact sizes, the update store this node serves from, and clocks. node/p2p/roundnet.py implements
 it over hivemind; tests/fakes.py implements it in memory, so every attack is a unit test.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ class RoundNet(Protocol):
 
     def get_subkeys(self, key: str) -> dict[str, Any]: ...
 
-    def fetch_many(self, jobs: list[tuple[str, Request, int]], timeout: float,
-                   on_each: Callable[[int, bytes], None] | None = None) -> list[bytes | Exception]:
+    def fetch_many(
+        self, jobs: list[tuple[str, Request, int]], timeout: float, on_each: Callable[[int, bytes], None] | None = None
+    ) -> list[bytes | Exception]:
         """Results in job order; `on_each(index, payload)` as each one succeeds (node/p2p/exchange.py)."""
 
     def keep_update(self, round_no: int, peer: str, blob: bytes) -> None: ...
@@ -40,8 +42,9 @@ class RoundNet(Protocol):
     def monotonic(self) -> float: ...
 
 
-def read_peers(get_subkeys: Callable[[str], dict], run_id: str, now: float, ttl: float,
-               on_bad: Callable[[str], None] | None = None) -> dict[str, Heartbeat]:
+def read_peers(
+    get_subkeys: Callable[[str], dict], run_id: str, now: float, ttl: float, on_bad: Callable[[str], None] | None = None
+) -> dict[str, Heartbeat]:
     """Peer id -> its latest heartbeat, signed by that peer, of this run, neither stale nor from
     the future. Anything else (forged, replayed, another peer's subkey) is dropped."""
     table = {}

@@ -15,6 +15,7 @@
 4. A peer that cannot gather a roster gives the round up (RoundFailed): it takes the state of
    peers that did, or redoes the round and ignores that roster.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,19 +66,18 @@ class RosterCheck(NamedTuple):
 class RoundProtocol:
     """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it."""
 
-    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, key, ledger: Ledger, hooks: Hooks,
-                 max_bytes: int):
+    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, key, ledger: Ledger, hooks: Hooks, max_bytes: int):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
         self.me = net.me
         self.max_bytes = max_bytes
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
-        self.members: dict[int, set[str]] = {}     # round -> peers of the roster this peer gathered
-        self.seen: dict[int, set[str]] = {}        # round -> peers seen live (signed) during it
+        self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
+        self.seen: dict[int, set[str]] = {}  # round -> peers seen live (signed) during it
         self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
-        self.left_out = 0                           # rounds whose roster omitted our announced update
-        self.last_announced = 0                     # the last round we announced an update for
-        self._recent: dict[str, Sighting] = {}      # peer -> its latest heartbeat and when we saw it
+        self.left_out = 0  # rounds whose roster omitted our announced update
+        self.last_announced = 0  # the last round we announced an update for
+        self._recent: dict[str, Sighting] = {}  # peer -> its latest heartbeat and when we saw it
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
 
@@ -89,8 +89,16 @@ class RoundProtocol:
         """Publish our update of `round_no`, which applies to state `base` (our state now)."""
         self.net.keep_update(round_no, self.me, blob)
         self.last_announced = round_no
-        ann = Announcement(run=self.run_id, round=round_no, peer=self.me, nbytes=len(blob),
-                           sha256=hashlib.sha256(blob).hexdigest(), tokens=tokens, base=base, time=self.net.now())
+        ann = Announcement(
+            run=self.run_id,
+            round=round_no,
+            peer=self.me,
+            nbytes=len(blob),
+            sha256=hashlib.sha256(blob).hexdigest(),
+            tokens=tokens,
+            base=base,
+            time=self.net.now(),
+        )
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
 
     # ------------------------------------------------------------------------- who may lead
@@ -105,8 +113,9 @@ class RoundProtocol:
             del self._recent[p]
         return {p: sighting.heartbeat for p, sighting in self._recent.items()}
 
-    def candidates(self, peers: dict[str, Heartbeat], base: str, state_round: int,
-                   ahead: int | None = None) -> set[str] | None:
+    def candidates(
+        self, peers: dict[str, Heartbeat], base: str, state_round: int, ahead: int | None = None
+    ) -> set[str] | None:
         """Who may lead this round (`ahead`: election.candidates); None when our ledger cannot tell
         (we joined mid-run and the chain is not known yet): then we accept any live leader and
         never lead ourselves."""
@@ -118,8 +127,7 @@ class RoundProtocol:
         return None
 
     # ------------------------------------------------------------------------ await a roster
-    def await_roster(self, round_no: int, base: str, state_round: int,
-                     stop: threading.Event) -> AcceptedRoster | None:
+    def await_roster(self, round_no: int, base: str, state_round: int, stop: threading.Event) -> AcceptedRoster | None:
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         seen = self.seen.setdefault(round_no, set())
@@ -156,8 +164,12 @@ class RoundProtocol:
         """Whose update the leader waits for: live, active peers on this round, and the members of
         the last round still finishing it (their heartbeat says r-1 while they fetch its updates)."""
         last = self.members.get(round_no - 1, set())
-        return {p for p, hb in peers.items() if hb.active and (hb.round == round_no or hb.state_round == round_no - 1
-                                                               or (hb.round == round_no - 1 and p in last))} | {self.me}
+        return {
+            p
+            for p, hb in peers.items()
+            if hb.active
+            and (hb.round == round_no or hb.state_round == round_no - 1 or (hb.round == round_no - 1 and p in last))
+        } | {self.me}
 
     # ------------------------------------------------------------------------- roster checks
     def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> AcceptedRoster | None:
@@ -177,12 +189,16 @@ class RoundProtocol:
         best = min(passed, key=lambda c: election.rank_key(self.run_id, round_no, base, c.accepted.roster.leader))
         if best.sibling is not None:
             self.ledger.swap(best.sibling)
-            log.info("round %d: our ledger now holds %s's roster of round %d (same updates and state), "
-                     "which the swarm chains on", round_no, best.sibling.roster.leader[:16], round_no - 1)
+            log.info(
+                "round %d: our ledger now holds %s's roster of round %d (same updates and state), "
+                "which the swarm chains on",
+                round_no,
+                best.sibling.roster.leader[:16],
+                round_no - 1,
+            )
         return best.accepted
 
-    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None
-                     ) -> RosterCheck:
+    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None) -> RosterCheck:
         """Accept a roster only when it is signed by a leader we could elect, starts from our state,
         continues our ledger (or a sibling of our last roster, returned for a swap), and lists
         signed announcements of live, unbanned peers."""
@@ -225,17 +241,25 @@ class RoundProtocol:
             except ProtocolError:
                 continue
             theirs = AcceptedRoster(env, roster, tuple(anns))
-            if (theirs.hash == wanted and siblings(mine, theirs)
-                    and roster.leader in {a.peer for a in mine.announcements}):
+            if (
+                theirs.hash == wanted
+                and siblings(mine, theirs)
+                and roster.leader in {a.peer for a in mine.announcements}
+            ):
                 return theirs
         return None
 
     def _note_left_out(self, round_no: int, accepted: AcceptedRoster) -> None:
-        if (self.net.held_update(round_no, self.me) is not None
-                and all(a.peer != self.me for a in accepted.announcements)):
+        if self.net.held_update(round_no, self.me) is not None and all(
+            a.peer != self.me for a in accepted.announcements
+        ):
             self.left_out += 1
-            log.warning("round %d: leader %s left our announced update out (%d rounds so far)",
-                        round_no, accepted.roster.leader[:16], self.left_out)
+            log.warning(
+                "round %d: leader %s left our announced update out (%d rounds so far)",
+                round_no,
+                accepted.roster.leader[:16],
+                self.left_out,
+            )
 
     def members_in_dht(self, rounds: list[int]) -> set[str]:
         """Contributors of the signed rosters of these rounds still in the DHT (a new joiner's voters)."""
@@ -275,6 +299,7 @@ class RoundProtocol:
         def from_whom(a: Announcement) -> list[str]:
             order = relay.sources(the_ring, a.peer, leader, self.me, self.cfg.relay_fanout)
             return [p for p in order if p in live or p in (a.peer, leader)]
+
         blobs = self.updates.fetch(list(accepted.announcements), round_no, sources=from_whom)
         for a, blob in zip(accepted.announcements, blobs):
             if isinstance(blob, Exception):

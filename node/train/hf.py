@@ -6,6 +6,7 @@ Two sources, both without a hub download:
   * `pretrained = "DIR"`: local weights in save_pretrained form (config.json + safetensors).
 Their fingerprints (config and weights SHA-256, transformers version) go into the manifest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,17 +20,27 @@ from node.config import ModelConfig
 from node.errors import SwarmtrainError
 
 # config keys that say nothing about the model's function
-VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures",
-                        "_attn_implementation_autoset", "output_attentions", "output_hidden_states",
-                        "use_cache", "return_dict")
+VOLATILE_CONFIG_KEYS = (
+    "transformers_version",
+    "_name_or_path",
+    "torch_dtype",
+    "dtype",
+    "architectures",
+    "_attn_implementation_autoset",
+    "output_attentions",
+    "output_hidden_states",
+    "use_cache",
+    "return_dict",
+)
 
 
 def transformers_module():
     try:
         import transformers
     except ImportError:
-        raise SwarmtrainError("this run trains a Hugging Face model, but 'transformers' is not installed",
-                              "pip install 'swarmtrain[hf]'") from None
+        raise SwarmtrainError(
+            "this run trains a Hugging Face model, but 'transformers' is not installed", "pip install 'swarmtrain[hf]'"
+        ) from None
     transformers.logging.set_verbosity_error()  # no warnings about unused generation keys
     transformers.logging.disable_progress_bar()  # no "Loading weights" bars in key=value output
     return transformers
@@ -53,15 +64,23 @@ class CausalLM(nn.Module):
 def hf_config(cfg: ModelConfig, vocab_size: int):
     """The transformers config a run's [model] table describes (random-init models)."""
     tf = transformers_module()
-    kwargs = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                  max_position_embeddings=cfg.ctx, vocab_size=vocab_size, bos_token_id=None,
-                  eos_token_id=None, pad_token_id=None)
+    kwargs = dict(
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        max_position_embeddings=cfg.ctx,
+        vocab_size=vocab_size,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     try:
         probe = tf.AutoConfig.for_model(cfg.arch)
     except ValueError:
-        raise SwarmtrainError(f"transformers {tf.__version__} knows no model type {cfg.arch!r}",
-                              "use a model type transformers can build, e.g. 'gpt2', 'llama', 'qwen2', 'mistral'") \
-            from None
+        raise SwarmtrainError(
+            f"transformers {tf.__version__} knows no model type {cfg.arch!r}",
+            "use a model type transformers can build, e.g. 'gpt2', 'llama', 'qwen2', 'mistral'",
+        ) from None
     d_ff = cfg.d_ff or 4 * cfg.d_model
     if hasattr(probe, "intermediate_size"):
         kwargs["intermediate_size"] = d_ff
@@ -104,9 +123,11 @@ def pretrained_config(path: str | Path):
 def check_pretrained_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
-        raise SwarmtrainError(f"{p} holds no pretrained model (config.json and *.safetensors)",
-                              "point [model] pretrained (or --pretrained-dir) at a directory written by "
-                              "model.save_pretrained(DIR); nothing is downloaded from a hub")
+        raise SwarmtrainError(
+            f"{p} holds no pretrained model (config.json and *.safetensors)",
+            "point [model] pretrained (or --pretrained-dir) at a directory written by "
+            "model.save_pretrained(DIR); nothing is downloaded from a hub",
+        )
     return p
 
 
@@ -118,15 +139,21 @@ def build_hf(cfg: ModelConfig, seed: int, vocab_size: int, pretrained_dir: str =
         try:
             model = tf.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         except (OSError, ValueError) as e:
-            raise SwarmtrainError(f"could not load the pretrained model in {path}: {e}",
-                                  "re-save it with model.save_pretrained(DIR) (safetensors)") from None
+            raise SwarmtrainError(
+                f"could not load the pretrained model in {path}: {e}",
+                "re-save it with model.save_pretrained(DIR) (safetensors)",
+            ) from None
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions is not None and cfg.ctx > positions:
-            raise SwarmtrainError(f"[model] ctx={cfg.ctx} is longer than the pretrained model's {positions} positions",
-                                  f"set ctx <= {positions} in run.toml [model]")
+            raise SwarmtrainError(
+                f"[model] ctx={cfg.ctx} is longer than the pretrained model's {positions} positions",
+                f"set ctx <= {positions} in run.toml [model]",
+            )
         if model.config.vocab_size < vocab_size:
-            raise SwarmtrainError(f"the tokenizer has {vocab_size} ids but the pretrained model only "
-                                  f"{model.config.vocab_size}", "use the tokenizer the model was trained with")
+            raise SwarmtrainError(
+                f"the tokenizer has {vocab_size} ids but the pretrained model only {model.config.vocab_size}",
+                "use the tokenizer the model was trained with",
+            )
     else:
         config = hf_config(cfg, vocab_size)
         with torch.random.fork_rng(devices=[]):

@@ -4,6 +4,7 @@
 Whatever the kind, a model maps (batch, time) token ids to (batch, time, vocab) logits, and the
 swarm trains, exchanges and checkpoints `trainable(model)`: every parameter, or only the adapters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,16 +62,22 @@ def check_model_config(cfg: ModelConfig) -> None:
         if getattr(cfg, name) <= 0:
             raise SwarmtrainError(f"model {name} must be positive, got {getattr(cfg, name)}")
     if cfg.d_model % cfg.n_head and not cfg.pretrained:
-        raise SwarmtrainError(f"model d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}",
-                              "choose n_head dividing d_model in run.toml [model]")
+        raise SwarmtrainError(
+            f"model d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}",
+            "choose n_head dividing d_model in run.toml [model]",
+        )
     if cfg.kind == "byte-gpt":
         extra = [k for k in ("pretrained", "tokenizer", "hf_options", "n_kv_head", "d_ff") if getattr(cfg, k)]
         if extra:
-            raise SwarmtrainError(f"[model] {', '.join(extra)} apply to Hugging Face models only",
-                                  'set kind = "hf" in run.toml [model], or remove them')
+            raise SwarmtrainError(
+                f"[model] {', '.join(extra)} apply to Hugging Face models only",
+                'set kind = "hf" in run.toml [model], or remove them',
+            )
     elif cfg.n_kv_head and cfg.n_head % cfg.n_kv_head:
-        raise SwarmtrainError(f"model n_head={cfg.n_head} is not divisible by n_kv_head={cfg.n_kv_head}",
-                              "choose n_kv_head dividing n_head in run.toml [model]")
+        raise SwarmtrainError(
+            f"model n_head={cfg.n_head} is not divisible by n_kv_head={cfg.n_kv_head}",
+            "choose n_kv_head dividing n_head in run.toml [model]",
+        )
 
 
 def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
@@ -90,6 +97,7 @@ def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
 
 def _seeded(seed: int):
     from node.config import TrainConfig
+
     return TrainConfig(seed=seed)
 
 
@@ -133,45 +141,62 @@ def fingerprint(run: RunConfig, *, pretrained_dir: str = "", tokenizer_dir: str 
         return {}
     from node.train import hf
     from node.train.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(tokenizer_dir or cfg.tokenizer)
     pretrained = pretrained_dir or cfg.pretrained
-    config = hf.pretrained_config(pretrained) if pretrained else hf.hf_config(
-        cfg, tokenizer.vocab_size if tokenizer else VOCAB)
-    return {"config_sha256": hf.config_sha256(config),
-            "weights_sha256": hf.pretrained_sha256(pretrained) if pretrained else "",
-            "tokenizer_sha256": tokenizer.sha256 if tokenizer else "",
-            "transformers_version": hf.transformers_module().__version__}
+    config = (
+        hf.pretrained_config(pretrained)
+        if pretrained
+        else hf.hf_config(cfg, tokenizer.vocab_size if tokenizer else VOCAB)
+    )
+    return {
+        "config_sha256": hf.config_sha256(config),
+        "weights_sha256": hf.pretrained_sha256(pretrained) if pretrained else "",
+        "tokenizer_sha256": tokenizer.sha256 if tokenizer else "",
+        "transformers_version": hf.transformers_module().__version__,
+    }
 
 
 def check_fingerprint(found: dict, wanted: dict, *, pretrained: str = "", tokenizer: str = "") -> None:
     """Raise, naming the fix, where this node's model files or libraries differ from the run's."""
+
     def short(h) -> str:
         return (str(h)[:16] + "...") if h else "none"
+
     version = wanted.get("transformers_version", "?")
     if found.get("tokenizer_sha256", "") != wanted.get("tokenizer_sha256", ""):
-        raise SwarmtrainError(f"the tokenizer differs from the run's: SHA-256 {short(found.get('tokenizer_sha256'))} "
-                              f"here ({tokenizer or 'none'}), {short(wanted.get('tokenizer_sha256'))} in the run",
-                              "copy the organizer's tokenizer.json and point --tokenizer-dir at its directory")
+        raise SwarmtrainError(
+            f"the tokenizer differs from the run's: SHA-256 {short(found.get('tokenizer_sha256'))} "
+            f"here ({tokenizer or 'none'}), {short(wanted.get('tokenizer_sha256'))} in the run",
+            "copy the organizer's tokenizer.json and point --tokenizer-dir at its directory",
+        )
     if found.get("weights_sha256", "") != wanted.get("weights_sha256", ""):
-        raise SwarmtrainError(f"the pretrained weights differ from the run's: SHA-256 "
-                              f"{short(found.get('weights_sha256'))} here ({pretrained or 'none'}), "
-                              f"{short(wanted.get('weights_sha256'))} in the run",
-                              "copy the organizer's save_pretrained directory (config.json + *.safetensors) "
-                              "and point --pretrained-dir at it")
+        raise SwarmtrainError(
+            f"the pretrained weights differ from the run's: SHA-256 "
+            f"{short(found.get('weights_sha256'))} here ({pretrained or 'none'}), "
+            f"{short(wanted.get('weights_sha256'))} in the run",
+            "copy the organizer's save_pretrained directory (config.json + *.safetensors) "
+            "and point --pretrained-dir at it",
+        )
     if found.get("config_sha256", "") != wanted.get("config_sha256", ""):
-        raise SwarmtrainError(f"the model's transformers config differs from the run's "
-                              f"({short(found.get('config_sha256'))} here, {short(wanted.get('config_sha256'))} "
-                              f"in the run; transformers {found.get('transformers_version')} here, {version} there)",
-                              f"install transformers=={version}, and use the organizer's model files")
+        raise SwarmtrainError(
+            f"the model's transformers config differs from the run's "
+            f"({short(found.get('config_sha256'))} here, {short(wanted.get('config_sha256'))} "
+            f"in the run; transformers {found.get('transformers_version')} here, {version} there)",
+            f"install transformers=={version}, and use the organizer's model files",
+        )
     if "init_sha256" in found and found["init_sha256"] != wanted.get("init_sha256"):
-        raise SwarmtrainError("this node builds other round-0 weights than the run's "
-                              f"({short(found['init_sha256'])} here, {short(wanted.get('init_sha256'))} in the run)",
-                              f"install the organizer's library versions (transformers=={version}, and its peft "
-                              "and torch) so the model and adapters initialise to the same bits")
+        raise SwarmtrainError(
+            "this node builds other round-0 weights than the run's "
+            f"({short(found['init_sha256'])} here, {short(wanted.get('init_sha256'))} in the run)",
+            f"install the organizer's library versions (transformers=={version}, and its peft "
+            "and torch) so the model and adapters initialise to the same bits",
+        )
 
 
-def build_run_model(run: RunConfig, *, pretrained_dir: str = "", tokenizer_dir: str = "",
-                    expect: dict | None = None) -> BuiltModel:
+def build_run_model(
+    run: RunConfig, *, pretrained_dir: str = "", tokenizer_dir: str = "", expect: dict | None = None
+) -> BuiltModel:
     """The whole recipe: base model (byte GPT or transformers), tokenizer, LoRA adapters.
     `pretrained_dir` / `tokenizer_dir` override where this node keeps the run's files; `expect`
     (a manifest's [model] section) makes a differing fingerprint an error."""
@@ -180,20 +205,24 @@ def build_run_model(run: RunConfig, *, pretrained_dir: str = "", tokenizer_dir: 
     tokenizer, model_type = None, None
     prints = fingerprint(run, pretrained_dir=pretrained_dir, tokenizer_dir=tokenizer_dir)
     if expect is not None:
-        check_fingerprint(prints, expect, pretrained=pretrained_dir or cfg.pretrained,
-                          tokenizer=tokenizer_dir or cfg.tokenizer)
+        check_fingerprint(
+            prints, expect, pretrained=pretrained_dir or cfg.pretrained, tokenizer=tokenizer_dir or cfg.tokenizer
+        )
     if cfg.kind == "hf":
         from node.train import hf
         from node.train.tokenizer import load_tokenizer
+
         tokenizer = load_tokenizer(tokenizer_dir or cfg.tokenizer)
-        base = hf.build_hf(cfg, run.train.seed, tokenizer.vocab_size if tokenizer else VOCAB,
-                           pretrained_dir or cfg.pretrained)
+        base = hf.build_hf(
+            cfg, run.train.seed, tokenizer.vocab_size if tokenizer else VOCAB, pretrained_dir or cfg.pretrained
+        )
         model_type = base.config.model_type
         model = hf.CausalLM(base, tokenizer.token_bytes() if tokenizer else None)
     else:
         model = build_model(cfg, run.train.seed)
     if run.peft.method == "lora":
         from node.train.lora import apply_lora
+
         apply_lora(model, run.peft, run.train.seed, model_type)
     if prints or run.peft.method != "none":
         prints["init_sha256"] = digest(trainable(model))  # the adapters' (or the model's) round-0 bits

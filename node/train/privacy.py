@@ -18,11 +18,12 @@ from the run's seed: noise that others could regenerate would protect nothing.
 
 With privacy off, `make_privacy` returns `NoPrivacy`, an object that does nothing.
 """
+
 from __future__ import annotations
 
 import math
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,8 +51,10 @@ def _accountant():
     try:
         from opacus.accountants import RDPAccountant
     except ImportError:
-        raise SwarmtrainError("this run asks for differential privacy, but opacus (its accountant) is not installed",
-                              "pip install 'swarmtrain[privacy]'") from None
+        raise SwarmtrainError(
+            "this run asks for differential privacy, but opacus (its accountant) is not installed",
+            "pip install 'swarmtrain[privacy]'",
+        ) from None
     return RDPAccountant()
 
 
@@ -61,12 +64,20 @@ class GaussianPrivacy:
 
     enabled = True
 
-    def __init__(self, cfg: PrivacyConfig, *, pseudo_gradient: bool,
-                 on_epsilon: Callable[[float], None] | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        cfg: PrivacyConfig,
+        *,
+        pseudo_gradient: bool,
+        on_epsilon: Callable[[float], None] | None = None,
+        generator: torch.Generator | None = None,
+    ):
         if cfg.clip <= 0 or cfg.noise_multiplier < 0 or not 0 < cfg.delta < 1:
-            raise SwarmtrainError(f"[privacy] needs clip > 0, noise_multiplier >= 0 and 0 < delta < 1; got "
-                                  f"clip={cfg.clip}, noise_multiplier={cfg.noise_multiplier}, delta={cfg.delta}",
-                                  "fix run.toml [privacy] (clip = 0 turns privacy off)")
+            raise SwarmtrainError(
+                f"[privacy] needs clip > 0, noise_multiplier >= 0 and 0 < delta < 1; got "
+                f"clip={cfg.clip}, noise_multiplier={cfg.noise_multiplier}, delta={cfg.delta}",
+                "fix run.toml [privacy] (clip = 0 turns privacy off)",
+            )
         self.cfg = cfg
         self.pseudo_gradient = pseudo_gradient
         self.accountant = _accountant()
@@ -101,8 +112,9 @@ class GaussianPrivacy:
             for p, g, d in zip(params, state.params, noisy):
                 p.copy_((g - d).to(p.device, p.dtype))
         else:
-            grads = [p.grad.detach().to("cpu", torch.float32) if p.grad is not None else torch.zeros(p.shape)
-                     for p in params]
+            grads = [
+                p.grad.detach().to("cpu", torch.float32) if p.grad is not None else torch.zeros(p.shape) for p in params
+            ]
             noisy = self.privatize(grads)
             for p, d in zip(params, noisy):
                 if p.grad is None:
@@ -123,12 +135,18 @@ class GaussianPrivacy:
 
     def report(self) -> dict:
         eps = self.epsilon
-        return {"epsilon": eps if eps is None or math.isfinite(eps) else "inf", "delta": self.cfg.delta,
-                "releases": self.releases, "clip": self.cfg.clip, "noise_multiplier": self.cfg.noise_multiplier}
+        return {
+            "epsilon": eps if eps is None or math.isfinite(eps) else "inf",
+            "delta": self.cfg.delta,
+            "releases": self.releases,
+            "clip": self.cfg.clip,
+            "noise_multiplier": self.cfg.noise_multiplier,
+        }
 
 
-def make_privacy(cfg: PrivacyConfig, *, local_optimizer: bool,
-                 on_epsilon: Callable[[float], None] | None = None) -> NoPrivacy | GaussianPrivacy:
+def make_privacy(
+    cfg: PrivacyConfig, *, local_optimizer: bool, on_epsilon: Callable[[float], None] | None = None
+) -> NoPrivacy | GaussianPrivacy:
     """The run's privacy object. `local_optimizer` is the strategy's: True when its update is a
     pseudo-gradient (diloco, sparseloco), False when it is made from p.grad (ddp-adamw, DeMo)."""
     if cfg.clip <= 0:

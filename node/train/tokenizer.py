@@ -8,12 +8,13 @@ tokenizers (or none) compare.
 
 Nothing is downloaded: tokenizers are read from files, or trained here (`train_bpe`).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -26,8 +27,9 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise SwarmtrainError("this run names a tokenizer, but the 'tokenizers' library is not installed",
-                              "pip install 'swarmtrain[hf]'") from None
+        raise SwarmtrainError(
+            "this run names a tokenizer, but the 'tokenizers' library is not installed", "pip install 'swarmtrain[hf]'"
+        ) from None
     return tokenizers
 
 
@@ -35,9 +37,11 @@ def tokenizer_file(path: str | Path) -> Path:
     p = Path(path).expanduser()
     f = p / TOKENIZER_FILE if p.is_dir() else p
     if not f.is_file():
-        raise SwarmtrainError(f"no tokenizer at {p} (looked for {f})",
-                              "point [model] tokenizer (or --tokenizer-dir) at a directory holding tokenizer.json, "
-                              "e.g. one written by tokenizer.save_pretrained(DIR) or node.train.tokenizer.train_bpe")
+        raise SwarmtrainError(
+            f"no tokenizer at {p} (looked for {f})",
+            "point [model] tokenizer (or --tokenizer-dir) at a directory holding tokenizer.json, "
+            "e.g. one written by tokenizer.save_pretrained(DIR) or node.train.tokenizer.train_bpe",
+        )
     return f
 
 
@@ -74,7 +78,8 @@ class Tokenizer:
         of the decoded token."""
         t = _tokenizers()
         byte_level = isinstance(self.tok.decoder, t.decoders.ByteLevel) or isinstance(
-            self.tok.pre_tokenizer, t.pre_tokenizers.ByteLevel)
+            self.tok.pre_tokenizer, t.pre_tokenizers.ByteLevel
+        )
         special = {a.content for a in self.tok.get_added_tokens_decoder().values() if a.special}
         out = torch.zeros(self.vocab_size, dtype=torch.long)
         for i in range(self.vocab_size):
@@ -96,8 +101,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Pat
     tok = t.Tokenizer(t.models.BPE())
     tok.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = t.decoders.ByteLevel()
-    trainer = t.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                    initial_alphabet=t.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = t.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=t.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

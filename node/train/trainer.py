@@ -1,14 +1,14 @@
 """The inner step: plain torch AdamW on a peer's own data. No network in here."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
-from node.config import TrainConfig
 import torch.nn as nn
 
+from node.config import TrainConfig
 from node.train.model import loss_fn, trainable
 
 
@@ -25,11 +25,13 @@ def warmup_constant(cfg: TrainConfig) -> Callable[[int], float]:
 
 def warmup_cosine(cfg: TrainConfig, total: int, floor: float = 0.1) -> Callable[[int], float]:
     """Benchmarks' schedule: warm-up, then cosine decay to `floor` at step `total`."""
+
     def scale(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
     return scale
 
 
@@ -47,8 +49,9 @@ class InnerTrainer:
     """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen);
     with TrainConfig.inner_optimizer 'muon', Muon on the Linear weights and AdamW on the rest."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device,
-                 schedule: Callable[[int], float] | None = None):
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, device: torch.device, schedule: Callable[[int], float] | None = None
+    ):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
@@ -69,8 +72,14 @@ class InnerTrainer:
             opts[-1].param_groups[0]["base_lr"] = cfg.inner_lr
         if mats:
             mlr = cfg.muon_lr or cfg.inner_lr
-            opts.append(torch.optim.Muon([p for p in self.params if id(p) in mats], lr=mlr,
-                                         weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+            opts.append(
+                torch.optim.Muon(
+                    [p for p in self.params if id(p) in mats],
+                    lr=mlr,
+                    weight_decay=cfg.weight_decay,
+                    adjust_lr_fn="match_rms_adamw",
+                )
+            )
             opts[-1].param_groups[0]["base_lr"] = mlr
         return opts
 
@@ -113,10 +122,11 @@ def evaluate_bpb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: tor
     token_bytes = getattr(model, "token_bytes", None)
     nats, nbytes = 0.0, 0
     for i in range(0, x.shape[0], batch):
-        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
         logits = model(xb)
-        nats += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
-                                                  reduction="sum").item()
+        nats += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum"
+        ).item()
         nbytes += int(token_bytes[yb].sum().item()) if token_bytes is not None else yb.numel()
     model.train()
     return nats / max(1, nbytes) / math.log(2)

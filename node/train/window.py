@@ -7,11 +7,12 @@ aggregate weighs each contribution by them (node/outer/aggregate.py: token_weigh
 two desktops then adds a quarter of their tokens in the same wall time, instead of making them
 wait for its H steps.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
@@ -31,9 +32,11 @@ class ComputeWindow:
 
     def __post_init__(self) -> None:
         if self.cfg.round_seconds < 0 or self.cfg.max_inner_steps < 0:
-            raise SwarmtrainError(f"[swarm] round_seconds={self.cfg.round_seconds}, max_inner_steps="
-                                  f"{self.cfg.max_inner_steps} are negative",
-                                  "use round_seconds >= 0 (0: fixed inner_steps) and max_inner_steps >= 0")
+            raise SwarmtrainError(
+                f"[swarm] round_seconds={self.cfg.round_seconds}, max_inner_steps="
+                f"{self.cfg.max_inner_steps} are negative",
+                "use round_seconds >= 0 (0: fixed inner_steps) and max_inner_steps >= 0",
+            )
         self.started = self.clock()
 
     @property

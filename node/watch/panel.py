@@ -3,11 +3,12 @@
 Only used on a terminal; with output to a pipe or file the same events are plain lines
 (progress.Reporter), so logs stay greppable. Other messages scroll above the panel.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -15,9 +16,17 @@ from rich.table import Table
 
 from node.watch.progress import Reporter, format_value, text_line
 
-COLUMNS = (("round", "round"), ("step", "step"), ("loss", "loss"), ("val_bpb", "val bpb"),
-           ("tokens_per_s", "tokens/s"), ("peers", "peers"), ("sent", "sent"), ("received", "received"),
-           ("state", "state"))
+COLUMNS = (
+    ("round", "round"),
+    ("step", "step"),
+    ("loss", "loss"),
+    ("val_bpb", "val bpb"),
+    ("tokens_per_s", "tokens/s"),
+    ("peers", "peers"),
+    ("sent", "sent"),
+    ("received", "received"),
+    ("state", "state"),
+)
 
 
 def human_bytes(n: float) -> str:
@@ -38,7 +47,7 @@ class LivePanel:
         self._lock = threading.Lock()
         self._live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
 
-    def __enter__(self) -> "LivePanel":
+    def __enter__(self) -> LivePanel:
         self._live.start()
         return self
 
@@ -51,8 +60,9 @@ class LivePanel:
                 return  # a bootstrap peer leaving: not a trainer, no row
             row = self.rows.setdefault(label, {})
             row.update(fields)
-            row["state"] = {"joined": "training", "round": "training", "round_failed": "resyncing",
-                            "left": "left"}.get(kind, row.get("state", ""))
+            row["state"] = {"joined": "training", "round": "training", "round_failed": "resyncing", "left": "left"}.get(
+                kind, row.get("state", "")
+            )
             self._live.update(self.render())
 
     def log(self, text: str) -> None:
@@ -134,5 +144,6 @@ def use_panel(fmt: str, stream=None) -> bool:
     """The panel is for people at a terminal: 'auto' on a TTY (not TERM=dumb)."""
     import os
     import sys
+
     stream = stream or sys.stdout
     return fmt == "auto" and stream.isatty() and os.environ.get("TERM", "") != "dumb"

@@ -1,4 +1,5 @@
 """Progress output: key=value lines (or JSON lines) on stdout, one per event."""
+
 from __future__ import annotations
 
 import json

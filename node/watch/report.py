@@ -5,11 +5,13 @@ it: Prometheus (`NodeMetrics.round_done`), the status page and through it the si
 record (`StatusBoard.round_done`), the summary's history (`History.add`) and the terminal line
 (`RoundReport.line`). Each sink takes the fields it needs; none recomputes or renames them.
 """
+
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
 
 @dataclass(frozen=True, kw_only=True)
 class RoundReport:
@@ -59,15 +61,33 @@ class RoundReport:
 
     def line(self) -> dict:
         """The terminal event's fields (`event=round ...`)."""
-        out = dict(round=self.round, peers=self.peers, contributed=int(self.result == "ok"), loss=self.loss,
-                   train_s=round(self.train_s, 2), exchange_s=round(self.exchange_s, 2), sent=self.sent,
-                   received=self.received, digest=self.digest[:16], step=self.local_step, steps=self.steps,
-                   tokens_per_s=round(self.tokens / max(1e-9, self.seconds)))
+        out = dict(
+            round=self.round,
+            peers=self.peers,
+            contributed=int(self.result == "ok"),
+            loss=self.loss,
+            train_s=round(self.train_s, 2),
+            exchange_s=round(self.exchange_s, 2),
+            sent=self.sent,
+            received=self.received,
+            digest=self.digest[:16],
+            step=self.local_step,
+            steps=self.steps,
+            tokens_per_s=round(self.tokens / max(1e-9, self.seconds)),
+        )
         return out if self.val_bpb is None else {**out, "val_bpb": self.val_bpb}
 
 
-TIMELINE = ["unix_time", "round", "tokens_trained", "tokens_contributed", "compute_seconds", "bytes_sent",
-            "bytes_received", "bytes_relayed"]
+TIMELINE = [
+    "unix_time",
+    "round",
+    "tokens_trained",
+    "tokens_contributed",
+    "compute_seconds",
+    "bytes_sent",
+    "bytes_received",
+    "bytes_relayed",
+]
 """One row per completed round in the result JSON (benchmarks cut a window out of it)."""
 
 
@@ -101,5 +121,15 @@ class History:
         if report.val_bpb is not None:
             self.val_bpb.append(report.val_bpb)
             self.bpb_timeline.append([round(report.unix_time, 3), report.round, report.val_bpb])
-        self.timeline.append([round(report.unix_time, 3), report.round, self.tokens_trained, self.tokens_contributed,
-                              round(self.compute_s, 3), report.sent, report.received, report.relayed])
+        self.timeline.append(
+            [
+                round(report.unix_time, 3),
+                report.round,
+                self.tokens_trained,
+                self.tokens_contributed,
+                round(self.compute_s, 3),
+                report.sent,
+                report.received,
+                report.relayed,
+            ]
+        )

@@ -15,6 +15,7 @@ One module per family (their `name` is what envelopes carry):
   bitpack.py    the bit layouts the low-bit codecs share
   bounds.py     what encoders clamp to and decoders accept
 """
+
 from __future__ import annotations
 
 from protocol.codecs.bitpack import pack_indices, unpack_indices
@@ -25,5 +26,19 @@ from protocol.codecs.topk import Chunking, Selection, TopKCodec, dct_matrix, lar
 
 Codec = DenseCodec | Int8Codec | QuantCodec | TopKCodec
 
-__all__ = ["FP16_MAX", "MAX_ABS_VALUE", "QUANT_OFFSET", "Chunking", "Codec", "DenseCodec", "Int8Codec", "QuantCodec",
-           "Selection", "TopKCodec", "dct_matrix", "largest_divisor", "pack_indices", "unpack_indices"]
+__all__ = [
+    "FP16_MAX",
+    "MAX_ABS_VALUE",
+    "QUANT_OFFSET",
+    "Chunking",
+    "Codec",
+    "DenseCodec",
+    "Int8Codec",
+    "QuantCodec",
+    "Selection",
+    "TopKCodec",
+    "dct_matrix",
+    "largest_divisor",
+    "pack_indices",
+    "unpack_indices",
+]

@@ -3,6 +3,7 @@
 Pure layout (numpy in, bytes out and back); no bounds are checked here: the codecs check
 indices and decoded values after unpacking.
 """
+
 from __future__ import annotations
 
 import numpy as np

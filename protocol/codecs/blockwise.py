@@ -1,10 +1,11 @@
 """Blockwise quantised codecs: per block of B values, one fp32 scale (or step) and B low-bit codes.
 
-  int8-b<B>                          one fp32 scale + B int8 values
-  int4-b<B> / int2-b<B> / int1-b<B>  one fp32 step d + B codes of 4, 2 or 1 bits, packed; code c
-                                     decodes to (c - offset) * d (offset 8, 1.5, 0.5: a grid with
-                                     zero at 4 bits, a symmetric grid without zero at 2 and 1 bits)
+int8-b<B>                          one fp32 scale + B int8 values
+int4-b<B> / int2-b<B> / int1-b<B>  one fp32 step d + B codes of 4, 2 or 1 bits, packed; code c
+                                   decodes to (c - offset) * d (offset 8, 1.5, 0.5: a grid with
+                                   zero at 4 bits, a symmetric grid without zero at 2 and 1 bits)
 """
+
 from __future__ import annotations
 
 import math
@@ -64,9 +65,9 @@ class Int8Codec:
         out, off = [], 0
         for s in self.shapes:
             n, nb = math.prod(s), self.blocks(math.prod(s))
-            scale = torch.frombuffer(bytearray(data[off:off + 4 * nb]), dtype=torch.float32)
+            scale = torch.frombuffer(bytearray(data[off : off + 4 * nb]), dtype=torch.float32)
             off += 4 * nb
-            q = torch.frombuffer(bytearray(data[off:off + n]), dtype=torch.int8).to(torch.float32)
+            q = torch.frombuffer(bytearray(data[off : off + n]), dtype=torch.int8).to(torch.float32)
             off += n
             check_scale(scale, MAX_ABS_VALUE / 127, f"{self.name} block scale")
             values = _from_blocks(q, scale, self.block)
@@ -106,7 +107,7 @@ class QuantCodec:
 
     def _top(self) -> float:
         """Largest |c - offset| over the codes: the step bound is MAX_ABS_VALUE / this."""
-        return max(QUANT_OFFSET[self.bits], 2 ** self.bits - 1 - QUANT_OFFSET[self.bits])
+        return max(QUANT_OFFSET[self.bits], 2**self.bits - 1 - QUANT_OFFSET[self.bits])
 
     def _code_bytes(self, n: int) -> int:
         return -(-n * self.bits // 8)
@@ -149,7 +150,7 @@ class QuantCodec:
             d = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=nb, offset=off).astype(np.float32))
             off += 4 * nb
             nc = self._code_bytes(n)
-            codes = unpack_bits(data[off:off + nc], n, self.bits)
+            codes = unpack_bits(data[off : off + nc], n, self.bits)
             off += nc
             check_scale(d, MAX_ABS_VALUE / top, f"{self.name} block step")
             levels = torch.from_numpy(codes.astype(np.float32)) - QUANT_OFFSET[self.bits]

@@ -3,6 +3,7 @@
 A peer's payload never reaches a tensor unchecked: decoders call these on every size, scale,
 table and decoded value, and raise ProtocolError for anything outside the bounds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,10 @@ def check_values(t: torch.Tensor, name: str) -> None:
     """Decoded values: finite and within +-MAX_ABS_VALUE."""
     check_finite(t, name)
     if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
-        raise ProtocolError(f"{name}: decoded value {float(t.abs().max()):.3g} is beyond the bound "
-                            f"+-{MAX_ABS_VALUE:g} (no honest update comes near it)")
+        raise ProtocolError(
+            f"{name}: decoded value {float(t.abs().max()):.3g} is beyond the bound "
+            f"+-{MAX_ABS_VALUE:g} (no honest update comes near it)"
+        )
 
 
 def check_scale(t: torch.Tensor, bound: float, name: str) -> None:

@@ -1,4 +1,5 @@
 """dense-float32 / dense-float16: every value, little-endian, tensors in model order."""
+
 from __future__ import annotations
 
 import math
@@ -44,6 +45,6 @@ def _split(flat: torch.Tensor, shapes) -> list[torch.Tensor]:
     out, off = [], 0
     for s in shapes:
         n = math.prod(s)
-        out.append(flat[off:off + n].reshape(s))
+        out.append(flat[off : off + n].reshape(s))
         off += n
     return out

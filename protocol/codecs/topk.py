@@ -7,6 +7,7 @@ The steps (select, quantize, densify, pack, unpack) are exposed because error fe
 what was selected and what receivers see; combining several peers' selections is the
 aggregator's job (node/outer/aggregate.py), not the wire's.
 """
+
 from __future__ import annotations
 
 import math
@@ -144,8 +145,10 @@ class TopKCodec:
 
     def quantize(self, sel: list[Selection]) -> list[Selection]:
         """The values as receivers will decode them."""
-        return [Selection(s.idx, _dequant(*_quant(s.val, self.values), self.values, s.val.numel()).reshape(s.val.shape))
-                for s in sel]
+        return [
+            Selection(s.idx, _dequant(*_quant(s.val, self.values), self.values, s.val.numel()).reshape(s.val.shape))
+            for s in sel
+        ]
 
     def densify(self, sel: list[Selection]) -> list[torch.Tensor]:
         out = []
@@ -168,10 +171,10 @@ class TopKCodec:
             k = self._k(ch)
             m = ch.num_chunks * k
             nh, ni, nv = self.sizes(ch)
-            header, off = data[off:off + nh], off + nh
-            idx = unpack_indices(data[off:off + ni], m, self.index_bits).reshape(ch.num_chunks, k)
+            header, off = data[off : off + nh], off + nh
+            idx = unpack_indices(data[off : off + ni], m, self.index_bits).reshape(ch.num_chunks, k)
             off += ni
-            codes, off = data[off:off + nv], off + nv
+            codes, off = data[off : off + nv], off + nv
             if m and int(idx.max()) >= ch.chunk_numel:
                 raise ProtocolError(f"{self.name}: index out of range for chunks of {ch.chunk_numel}")
             srt, _ = idx.sort(dim=1)

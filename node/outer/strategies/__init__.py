@@ -16,9 +16,10 @@ p.requires_grad]): frozen ones (a LoRA base model) are the same on every peer an
 the wire.
 The inner step itself stays plain torch (trainer.py).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from node.config import RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
@@ -28,18 +29,29 @@ from node.outer.strategies.decoupled_momentum import DecoupledMomentum
 from node.outer.strategies.diloco import DiLoCo
 from node.outer.strategies.sparseloco import SparseLoCo
 
-STRATEGIES = {"diloco": DiLoCo, "sparseloco": SparseLoCo, "decoupled-momentum": DecoupledMomentum,
-              "ddp-adamw": DdpAdamW}
+STRATEGIES = {
+    "diloco": DiLoCo,
+    "sparseloco": SparseLoCo,
+    "decoupled-momentum": DecoupledMomentum,
+    "ddp-adamw": DdpAdamW,
+}
 
 
-def make_strategy(cfg: StrategyConfig, shapes: list[tuple[int, ...]], train: TrainConfig | None = None,
-                  schedule: Callable[[int], float] | None = None, robust: RobustConfig | None = None):
+def make_strategy(
+    cfg: StrategyConfig,
+    shapes: list[tuple[int, ...]],
+    train: TrainConfig | None = None,
+    schedule: Callable[[int], float] | None = None,
+    robust: RobustConfig | None = None,
+):
     """Build the strategy a run names; `schedule(step)` scales the learning rate of step-wise strategies;
     `robust` chooses how a round's updates combine (default RobustConfig(): the robust aggregator).
     `shapes` are those of the trainable parameters only."""
     if cfg.name not in STRATEGIES:
-        raise SwarmtrainError(f"strategy {cfg.name!r} is not implemented by this version",
-                              f"use one of: {', '.join(STRATEGIES)} (or upgrade swarmtrain)")
+        raise SwarmtrainError(
+            f"strategy {cfg.name!r} is not implemented by this version",
+            f"use one of: {', '.join(STRATEGIES)} (or upgrade swarmtrain)",
+        )
     train = train or TrainConfig()
     agg = make_aggregator(robust)
     try:
@@ -47,6 +59,8 @@ def make_strategy(cfg: StrategyConfig, shapes: list[tuple[int, ...]], train: Tra
     except ValueError as e:
         raise SwarmtrainError(f"strategy {cfg.name}: {e}", "fix [strategy] in run.toml") from None
     if cfg.overlap and not strategy.local_optimizer:
-        raise SwarmtrainError(f"strategy {cfg.name} exchanges every step: it has no round to overlap",
-                              "set overlap = false, or use diloco or sparseloco")
+        raise SwarmtrainError(
+            f"strategy {cfg.name} exchanges every step: it has no round to overlap",
+            "set overlap = false, or use diloco or sparseloco",
+        )
     return strategy

@@ -1,6 +1,7 @@
 """Data-parallel AdamW, the baseline: every step each peer sends its (clipped) fp32 gradient,
 and every peer applies AdamW to the combined gradient. Dense and every step: the traffic every
 other strategy is measured against."""
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,7 @@ class DdpAdamW:
         t = state.round + 1
         lr = self.train.inner_lr * self.schedule(state.round)
         b1, b2 = BETAS
-        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        c1, c2 = 1 - b1**t, 1 - b2**t
         for p, m, v, g in zip(state.params, state.outer["exp_avg"], state.outer["exp_avg_sq"], combined):
             m.mul_(b1).add_(g * (1 - b1))
             v.mul_(b2).add_(g * g * (1 - b2))

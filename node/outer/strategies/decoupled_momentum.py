@@ -6,6 +6,7 @@ applies theta -= lr * signs(received) with decoupled weight decay, where signs i
 sign(idct(mean)) under the plain mean and a per-coordinate majority vote under the robust
 aggregator (node/outer/aggregate.py): one peer alone decides no sign.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ class DecoupledMomentum:
 
     def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
         self.cfg, self.train, self.schedule, self.agg = cfg, train, schedule, agg
-        self.codec = TopKCodec(tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=True, values=cfg.values,
-                               index_bits=cfg.index_bits)
+        self.codec = TopKCodec(
+            tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=True, values=cfg.values, index_bits=cfg.index_bits
+        )
 
     def new_worker(self) -> dict:
         return {}
@@ -43,7 +45,7 @@ class DecoupledMomentum:
             m.mul_(self.cfg.momentum_decay).add_(g)
         selected = self.codec.select(momentum)
         for m, s in zip(momentum, self.codec.densify(selected)):
-            m.sub_(s)                     # the full selected components leave the momentum
+            m.sub_(s)  # the full selected components leave the momentum
         return self.codec.pack(selected)  # values quantised only on the wire
 
     def check(self, payload: bytes) -> None:

@@ -3,6 +3,7 @@ pseudo-gradient (global - local), sent dense as fp16, fp32 or int8 (as INTELLECT
 or 1 bits per value through an error-feedback buffer (as MuLoCo, arXiv 2505.23725): each peer adds
 its pseudo-gradient to what earlier rounds' rounding left out, sends the quantised sum, and keeps
 the difference."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,11 @@ def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
     """What `bench tune` searches for a diloco preset (bench/tune.py): name -> (kind, low, high, log);
     'train.' names are TrainConfig fields. H and the wire format stay the preset's: they set the
     traffic, the tuner only finds the best quality there. outer_lr reaches above 1 (SNOO)."""
-    space = {"outer_lr": ("float", 0.3, 2.0, True), "outer_momentum": ("float", 0.5, 0.95, False),
-             "train.inner_lr": ("float", 1e-3, 1e-2, True)}
+    space = {
+        "outer_lr": ("float", 0.3, 2.0, True),
+        "outer_momentum": ("float", 0.5, 0.95, False),
+        "train.inner_lr": ("float", 1e-3, 1e-2, True),
+    }
     if cfg.wire_dtype in LOW_BIT:
         space["error_decay"] = ("float", 0.8, 1.0, False)
     return space
@@ -61,10 +65,10 @@ class DiLoCo:
             return self.codec.encode(pseudo)
         errors = worker.setdefault("error", [torch.zeros_like(p) for p in pseudo])
         for e, g in zip(errors, pseudo):
-            e.mul_(self.cfg.error_decay).add_(g)              # e = beta * e + pseudo-gradient
+            e.mul_(self.cfg.error_decay).add_(g)  # e = beta * e + pseudo-gradient
         payload = self.codec.encode(errors)
         for e, s in zip(errors, self.codec.decode(payload)):
-            e.sub_(s)                                          # keep what was not sent (as received)
+            e.sub_(s)  # keep what was not sent (as received)
         return payload
 
     def check(self, payload: bytes) -> None:
@@ -80,8 +84,8 @@ class DiLoCo:
         combined = self.agg.dense([self.codec.decode(p) for p in payloads], weights)
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
         for param, mom, g in zip(state.params, state.outer["momentum"], combined):
-            mom.mul_(mu).add_(g)                    # m = mu * m + g
-            step = g + mom * mu                     # Nesterov: g + mu * m
+            mom.mul_(mu).add_(g)  # m = mu * m + g
+            step = g + mom * mu  # Nesterov: g + mu * m
             param.sub_(step * lr)
         state.round += 1
 
@@ -90,4 +94,6 @@ class DiLoCo:
         """The outer step of this payload alone from zero momentum: theta - lr (1 + mu) g, with g
         scaled to one full round's work (g / weight, as the aggregators do)."""
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
-        return [p - (g + g * mu) * lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]
+        return [
+            p - (g + g * mu) * lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])
+        ]

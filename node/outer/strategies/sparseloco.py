@@ -2,6 +2,7 @@
 buffer, is sparsified to the top-k of each chunk, and is sent with 2-bit values; all-gather.
 The outer step is plain SGD (the paper), or Nesterov SGD with sparse_outer_momentum > 0 (SNOO,
 arXiv 2510.15830, with outer_lr above 1)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,11 @@ from protocol.codecs import TopKCodec
 def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
     """What `bench tune` searches for a sparseloco preset (see diloco.search_space); H, k, chunk and
     value bits stay the preset's (they set the traffic)."""
-    space = {"outer_lr": ("float", 0.5, 4.0, True), "error_decay": ("float", 0.8, 0.999, False),
-             "train.inner_lr": ("float", 1e-3, 1e-2, True)}
+    space = {
+        "outer_lr": ("float", 0.5, 4.0, True),
+        "error_decay": ("float", 0.8, 0.999, False),
+        "train.inner_lr": ("float", 1e-3, 1e-2, True),
+    }
     if cfg.sparse_outer_momentum > 0:
         space["sparse_outer_momentum"] = ("float", 0.3, 0.95, False)
     return space
@@ -37,8 +41,15 @@ class SparseLoCo:
         self.outer_buffers = ["momentum"] if cfg.sparse_outer_momentum > 0 else []
         if cfg.topk_vector < 0:
             raise ValueError("topk_vector must be >= 0")
-        self.codec = TopKCodec(tuple(shapes), chunk=cfg.chunk, k=cfg.topk, dct=False, values=cfg.values,
-                               index_bits=cfg.index_bits, k_vector=cfg.topk_vector)
+        self.codec = TopKCodec(
+            tuple(shapes),
+            chunk=cfg.chunk,
+            k=cfg.topk,
+            dct=False,
+            values=cfg.values,
+            index_bits=cfg.index_bits,
+            k_vector=cfg.topk_vector,
+        )
 
     def new_worker(self) -> dict:
         return {}  # the error buffer is made on first use, shaped like the parameters
@@ -48,11 +59,11 @@ class SparseLoCo:
         local = [p.detach().to("cpu", torch.float32) for p in model.parameters() if p.requires_grad]
         errors = worker.setdefault("error", [torch.zeros_like(p) for p in state.params])
         for e, g, l in zip(errors, state.params, local):
-            e.mul_(self.cfg.error_decay).add_(g - l)          # e = beta * e + pseudo-gradient
+            e.mul_(self.cfg.error_decay).add_(g - l)  # e = beta * e + pseudo-gradient
         selected = self.codec.select(errors)
         sent = self.codec.densify(self.codec.quantize(selected))
         for e, s in zip(errors, sent):
-            e.sub_(s)                                          # keep what was not sent (as received)
+            e.sub_(s)  # keep what was not sent (as received)
         return self.codec.pack(selected)
 
     def check(self, payload: bytes) -> None:
@@ -80,6 +91,11 @@ class SparseLoCo:
         zero momentum: (1 + mu) times that with Nesterov."""
         mu = self.cfg.sparse_outer_momentum
         if mu > 0:
-            return [p - (g + g * mu) * self.cfg.outer_lr
-                    for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]
-        return [p - g * self.cfg.outer_lr for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])]
+            return [
+                p - (g + g * mu) * self.cfg.outer_lr
+                for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])
+            ]
+        return [
+            p - g * self.cfg.outer_lr
+            for p, g in zip(state.params, per_round([self.codec.decode(payload)], [weight])[0])
+        ]

@@ -1,11 +1,12 @@
 """A small threaded HTTP server for the status page; no framework, no CDN."""
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
-from typing import Callable
 
 from node.errors import SwarmtrainError
 
@@ -16,9 +17,11 @@ class StatusServer:
     """Serves until `close()`. `status()` and `metrics()` are called per request, in its thread."""
 
     def __init__(self, host: str, port: int, status: Callable[[], dict], metrics: Callable[[], bytes]):
-        routes = {"/": ("text/html; charset=utf-8", PAGE),
-                  "/api/status": ("application/json", lambda: json.dumps(status()).encode()),
-                  "/metrics": ("text/plain; version=0.0.4; charset=utf-8", metrics)}
+        routes = {
+            "/": ("text/html; charset=utf-8", PAGE),
+            "/api/status": ("application/json", lambda: json.dumps(status()).encode()),
+            "/metrics": ("text/plain; version=0.0.4; charset=utf-8", metrics),
+        }
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
@@ -40,8 +43,10 @@ class StatusServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as e:
-            raise SwarmtrainError(f"cannot serve the status page on {host}:{port}: {e.strerror}",
-                                  "pick another --status-port, 0 for a free one, or -1 to turn the page off") from None
+            raise SwarmtrainError(
+                f"cannot serve the status page on {host}:{port}: {e.strerror}",
+                "pick another --status-port, 0 for a free one, or -1 to turn the page off",
+            ) from None
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="status-http", daemon=True)

@@ -1,0 +1,183 @@
+"""A node's parts, built and connected once: the DHT and identity, the run and its model, the
+exchange, the trainer and data, the round protocol and what it applies, presence, state sync and
+reporting. The volunteer's loop (volunteer.py) runs over them.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from node.config import NodeConfig
+from node.errors import SwarmtrainError
+from node.outer.overlap import make_overlap
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
+from node.p2p.addresses import initial_peers
+from node.p2p.dht import Swarm
+from node.p2p.exchange import Exchange
+from node.p2p.identity import load_identity_key
+from node.p2p.roundnet import RealNet
+from node.p2p.validators import guard_run
+from node.peer import checkpoint
+from node.peer import manifest as manifests
+from node.peer.applier import Applier
+from node.peer.presence import Presence
+from node.peer.reporting import Reports, node_name
+from node.peer.sync import StateSync
+from node.round.ledger import Ledger
+from node.round.protocol import RoundProtocol, round_record_ttl
+from node.train import data
+from node.train.device import pick_device
+from node.train.model import build_run_model, trainable
+from node.train.privacy import make_privacy
+from node.train.trainer import InnerTrainer
+from node.train.window import ComputeWindow
+from node.watch.metrics import NodeMetrics
+from node.watch.progress import Reporter
+from node.watch.report import History
+
+
+class NodeParts:
+    """The pieces of a running node; the loop is Volunteer's."""
+
+    def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
+        peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
+        if not peers and not cfg.new_swarm:
+            raise SwarmtrainError(
+                "no initial peers given",
+                "pass --initial-peers MADDR (printed by `swarmtrain bootstrap`), set "
+                "SWARMTRAIN_INITIAL_PEERS, or use --new-swarm to start a swarm of your own",
+            )
+        self.cfg, self.out = cfg, reporter
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.swarm = Swarm.start(cfg, peers)
+        stack.callback(self.swarm.shutdown)
+        self.me = self.swarm.peer_id
+        self.name = cfg.name or node_name(self.me)
+        self.run_id, self.manifest, self.manifest_envelope = manifests.fetch(
+            self.swarm, cfg.run_id, cfg.startup_timeout
+        )
+        self.run, corpus = manifests.accept(self.run_id, self.manifest, cfg)  # cfg: where our copies of its files are
+        self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
+        guard_run(
+            self.swarm,
+            self.run_id,
+            heartbeat_ttl=self.run.swarm.heartbeat_ttl,
+            round_ttl=round_record_ttl(self.run.swarm),
+        )
+        self.built = build_run_model(
+            self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir, expect=self.manifest["model"]
+        )  # refuses other weights, naming the fix
+        model = self.built.model  # the swarm trains trainable(model): all of it, or only LoRA adapters
+        self.strategy = make_strategy(
+            self.run.strategy, [tuple(p.shape) for p in trainable(model)], self.run.train, robust=self.run.robust
+        )
+        self.worker = self.strategy.new_worker()  # this peer's private buffers (error feedback)
+        self.max_bytes = int(self.run.swarm.max_update_mb * 2**20)
+        self.metrics = NodeMetrics()
+        self.exchange = Exchange(
+            self.swarm.dht,
+            self.run_id,
+            max_bytes=self.max_bytes,
+            on_bytes=self.metrics.on_bytes,
+            max_streams_per_peer=self.run.swarm.max_streams_per_peer,
+            state_requests_per_minute=self.run.swarm.state_requests_per_minute,
+            event_loop=cfg.event_loop,
+            upload_limit=cfg.upload_limit_mbit * 1e6 / 8 or None,
+            on_state_served=lambda peer, n: reporter.event("state_serving", peer=peer[:16], bytes=n),
+            me=self.me,
+            relay_wait=self.run.swarm.relay_wait,
+        )
+        stack.callback(self.exchange.close)
+        self.template = SwarmState.initial(model, self.strategy.outer_buffers)
+        self.trainer = InnerTrainer(model, self.run.train, self.device)
+        ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=True)  # bad [swarm] timing: refused now
+        tokenizer = self.built.tokenizer  # None: bytes
+        self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
+        self.val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if cfg.eval else None
+        score_tokens = (
+            data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring else None
+        )  # the batch all peers share for scoring updates
+        self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
+        self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
+        # where each round's training starts: the swarm's state, or (overlap) that plus our progress in flight
+        self.overlap = make_overlap(self.run.strategy.overlap, self.strategy.local_optimizer)
+        self.applier = Applier(
+            self.template,
+            run=self.run,
+            strategy=self.strategy,
+            ledger=self.ledger,
+            metrics=self.metrics,
+            out=reporter,
+            me=self.me,
+            device=self.device,
+            model=model,
+            overlap=self.overlap.enabled,
+            score_tokens=score_tokens,
+        )
+        self.rounds = RoundProtocol(
+            RealNet(self.swarm, self.exchange),
+            self.run_id,
+            self.run.swarm,
+            self.key,
+            self.ledger,
+            self.applier.hooks(),
+            self.max_bytes,
+        )
+        self.history = History()
+        self.presence = Presence(
+            self.swarm,
+            stack,
+            run_id=self.run_id,
+            me=self.me,
+            name=self.name,
+            device=self.device,
+            cfg=self.run.swarm,
+            key=self.key,
+            manifest_envelope=self.manifest_envelope,
+        )
+        self.sync = StateSync(
+            self.applier,
+            swarm=self.swarm,
+            run_id=self.run_id,
+            me=self.me,
+            cfg=self.run.swarm,
+            ledger=self.ledger,
+            rounds=self.rounds,
+            exchange=self.exchange,
+            template=self.template,
+            ckpt=self.ckpt,
+            metrics=self.metrics,
+            history=self.history,
+            out=reporter,
+        )
+        self.reports = Reports(
+            cfg,
+            stack,
+            swarm=self.swarm,
+            run_id=self.run_id,
+            key=self.key,
+            me=self.me,
+            name=self.name,
+            device=self.device,
+            run=self.run,
+            built=self.built,
+            metrics=self.metrics,
+            history=self.history,
+            applier=self.applier,
+            trainer=self.trainer,
+            out=reporter,
+        )
+        self.privacy = make_privacy(
+            self.run.privacy, local_optimizer=self.strategy.local_optimizer, on_epsilon=self.reports.spent
+        )
+
+    @property
+    def state(self) -> SwarmState:
+        """The swarm's state as we hold it (the applier's: rounds and syncs replace it)."""
+        return self.applier.state

@@ -199,13 +199,14 @@ def run_case(
                 module,
             )
         )
-        maddr = nodes[0].wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 120).group(1).split(",")[0]
+        ready = nodes[0].wait_for(r"event=bootstrap_ready (?:run=(\S+) )?.*maddrs=(\S+)", 120)
+        maddr = ready.group(2).split(",")[0]
         for k in range(1, n + 1):
             slow = ["--slowdown", str(case.slow)] if case.slow and k == n else []
             own = (
                 ["--run", str(run), "--peers", str(n), "--index", str(k)]
                 if baseline
-                else ["--data-dir", str(work / f"p{k}")]
+                else ["--data-dir", str(work / f"p{k}"), "--run-id", ready.group(1)]
             )
             nodes.append(
                 Node(

@@ -12,11 +12,13 @@ import re
 from dataclasses import asdict, dataclass
 
 from protocol.errors import ProtocolError
+from protocol.signing import MAX_SIG
 
 PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_ROSTER = 4096  # more contributors than this in one round is not a real swarm
 MAX_TEXT = 256
+MAX_ATTEMPT = 2**16  # leader attempts of one round: at a minute each, more than a round ever waits
 
 
 def _get(d: object, name: str, kind: type | tuple, *, where: str):
@@ -32,6 +34,11 @@ def _get(d: object, name: str, kind: type | tuple, *, where: str):
     if isinstance(value, str) and len(value) > MAX_TEXT:
         raise ProtocolError(f"{where}: field {name!r} is longer than {MAX_TEXT} characters")
     return value
+
+
+def _optional(d: object, name: str, kind: type, default: object, *, where: str):
+    """A field a map may lack (a roster of an older peer): then `default`."""
+    return _get(d, name, kind, where=where) if isinstance(d, dict) and name in d else default
 
 
 def _peer_id(value: str, where: str) -> str:
@@ -148,8 +155,12 @@ class Roster:
     to `prev`.' Written and signed by the round's leader; rosters chain into the run's ledger.
 
     `entries` are the announcements' signed envelopes as their authors signed them (checked by
-    protocol/signed.py: open_roster); `scores` are the leader's loss-change scores per peer
-    (empty unless the run scores updates)."""
+    protocol/signed.py: open_roster); `scores` are the leader's loss-change scores, one per entry
+    in entry order (empty unless the run scores updates).
+
+    `reveal` (the leader's sign_unique of the round), `beacon` (hex: what the round was ranked
+    under) and `attempt` place it in the election (node/round/election.py). They are additive:
+    from_wire reads named keys only, and reads their defaults, which no election accepts."""
 
     run: str
     round: int
@@ -160,19 +171,12 @@ class Roster:
     time: float
     entries: tuple[dict, ...]
     scores: tuple[tuple[str, float], ...] = ()
+    reveal: bytes = b""
+    beacon: str = ""
+    attempt: int = 0
 
     def to_wire(self) -> dict:
-        return {
-            "run": self.run,
-            "round": self.round,
-            "leader": self.leader,
-            "prev": self.prev,
-            "base": self.base,
-            "result": self.result,
-            "time": self.time,
-            "entries": list(self.entries),
-            "scores": [list(s) for s in self.scores],
-        }
+        return {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> Roster:
@@ -190,6 +194,10 @@ class Roster:
             for x in scores
         ):
             raise ProtocolError(f"{w}: scores must be [peer, number] pairs")
+        reveal, beacon = _optional(d, "reveal", bytes, b"", where=w), _optional(d, "beacon", str, "", where=w)
+        attempt = _optional(d, "attempt", int, 0, where=w)
+        if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
+            raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
         return cls(
             run=_run(_get(d, "run", str, where=w), w),
             round=_round(_get(d, "round", int, where=w), w),
@@ -200,6 +208,9 @@ class Roster:
             time=_finite(_get(d, "time", float, where=w), "time", w),
             entries=tuple(raw),
             scores=tuple((_peer_id(p, w), _finite(float(v), "scores", w)) for p, v in scores),
+            reveal=reveal,
+            beacon=beacon and _sha256(beacon, w),
+            attempt=attempt,
         )
 
 

@@ -66,12 +66,19 @@ def open_roster(
     envelope: object, *, signer: str | None = None, max_bytes: int = 2**40
 ) -> tuple[Roster, list[Announcement]]:
     """A roster and its announcements, every signature checked; entries must be of the roster's
-    run and round, by distinct peers, sorted by peer id."""
+    run and round, by distinct peers, sorted by peer id; scores, if any, name exactly the
+    entries' peers in entry order, so a leader cannot score (and get flagged, then banned) a
+    peer whose update it left out."""
     roster = open_record(envelope, Roster, signer=signer, max_bytes=max_bytes)
     anns = [open_record(e, Announcement, max_bytes=max_bytes) for e in roster.entries]
     peers = [a.peer for a in anns]
     if peers != sorted(set(peers)):
         raise ProtocolError("roster: entries must be sorted by peer id without repeats")
+    if roster.scores and [p for p, _ in roster.scores] != peers:
+        stranger = next((p for p, _ in roster.scores if p not in set(peers)), None)
+        if stranger is not None:
+            raise ProtocolError(f"roster: scores name {stranger[:16]}, not an entry")
+        raise ProtocolError(f"roster: {len(roster.scores)} scores for {len(peers)} entries, or not in entry order")
     if any(a.run != roster.run or a.round != roster.round for a in anns):
         raise ProtocolError("roster: an entry names another run or round")
     return roster, anns

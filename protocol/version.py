@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 2  # 2: signed records, elected leaders, the roster ledger
+PROTOCOL_VERSION = 3  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes
 
 
 def is_compatible(remote_version: object) -> bool:

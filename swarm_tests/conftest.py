@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -176,7 +177,21 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_bootstrap(procs, tmp_path: Path, run: Path) -> tuple[Proc, str]:
+class Bootstrap(NamedTuple):
+    """A started bootstrap peer: its process, the address volunteers dial and the run they join
+    (`join` needs --run-id: the DHT's run list is anyone's to write)."""
+
+    proc: Proc
+    maddr: str
+    run_id: str
+
+
+def bootstrap_ready(boot: Proc) -> Bootstrap:
+    found = boot.wait_for(r"event=bootstrap_ready run=(\S+) .*maddrs=(\S+)", 90)
+    return Bootstrap(boot, found.group(2).split(",")[0], found.group(1))
+
+
+def start_bootstrap(procs, tmp_path: Path, run: Path) -> Bootstrap:
     boot = procs(
         "bootstrap",
         "--run",
@@ -189,5 +204,4 @@ def start_bootstrap(procs, tmp_path: Path, run: Path) -> tuple[Proc, str]:
         "--startup-timeout",
         "60",
     )
-    maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
-    return boot, maddr
+    return bootstrap_ready(boot)

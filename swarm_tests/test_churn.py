@@ -13,10 +13,12 @@ ROUNDS = 40  # rounds of the small run take well under a second
 
 def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, small_run):
     small_run.write_text(small_run.read_text() + "min_peers = 2\n")  # no one trains alone at the start
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
     started = [
         procs(
             "join",
+            "--run-id",
+            run_id,
             "--initial-peers",
             maddr,
             "--host",

@@ -9,7 +9,7 @@ import re
 import signal
 import time
 
-from swarm_tests.conftest import Proc, rounds_of, start_bootstrap
+from swarm_tests.conftest import Bootstrap, Proc, rounds_of, start_bootstrap
 
 FREEZE_S = 45.0
 
@@ -37,11 +37,13 @@ def signal_group(p: Proc, sig: int) -> None:
         pass
 
 
-def join(procs, tmp_path, maddr: str, name: str, *extra: str) -> Proc:
+def join(procs, tmp_path, boot: Bootstrap, name: str, *extra: str) -> Proc:
     return procs(
         "join",
+        "--run-id",
+        boot.run_id,
         "--initial-peers",
-        maddr,
+        boot.maddr,
         "--host",
         "127.0.0.1",
         "--data-dir",
@@ -61,8 +63,8 @@ def test_a_peer_frozen_for_45s_catches_up_after_the_thaw(procs, tmp_path, small_
     together; the two others must go on as two while it is frozen, and within a minute of SIGCONT
     it must be back in a three-peer round that started after the thaw, on the others' digest."""
     small_run.write_text(small_run.read_text().replace("inner_steps = 4", "inner_steps = 8") + "min_peers = 2\n")
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    peers = [join(procs, tmp_path, maddr, f"v{i}") for i in range(3)]
+    boot = start_bootstrap(procs, tmp_path, small_run)
+    peers = [join(procs, tmp_path, boot, f"v{i}") for i in range(3)]
     for p in peers:
         p.wait_for(r"event=round round=\d+ peers=3 ", 120)  # all three are in the rounds together
     frozen, others = peers[0], peers[1:]
@@ -108,12 +110,12 @@ def test_the_state_donor_dies_mid_download_and_the_joiner_takes_the_state_from_t
     others hold the swarm's state still while the joiner arrives (they cannot finish a round
     without a third peer until 80% of round_timeout)."""
     small_run.write_text(small_run.read_text().replace("[swarm]\n", "[swarm]\nmin_peers = 3\n"))
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
-    vols = [join(procs, tmp_path, maddr, f"v{i}", "--upload-limit-mbit", "1") for i in range(3)]
+    boot = start_bootstrap(procs, tmp_path, small_run)
+    vols = [join(procs, tmp_path, boot, f"v{i}", "--upload-limit-mbit", "1") for i in range(3)]
     ids = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): p for p in vols}
     for p in vols:  # round 2: the heartbeats the joiner reads say state_round >= 1 (one says 0 for a while)
         wait_line(p, r"event=round round=(\d+) peers=3 ", 120, accept=lambda m: int(m[1]) >= 2)
-    joiner = join(procs, tmp_path, maddr, "late")
+    joiner = join(procs, tmp_path, boot, "late")
     me = joiner.wait_for(r"peer (\S+) \(late\) joined run", 90)[1]  # printed before it looks for the state
     fetch = joiner.wait_for(r"event=state_fetch donor=(\S+) round=(\d+)", 90)
     donor_id = next(pid for pid in ids if pid.startswith(fetch[1]))

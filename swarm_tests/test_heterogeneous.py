@@ -22,10 +22,12 @@ def test_a_slow_peer_adds_fewer_tokens_and_nobody_waits_for_it(procs, tmp_path, 
         .replace("inner_steps = 4", "inner_steps = 8")
         .replace("[swarm]\n", "[swarm]\nround_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n")
     )
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
     peers = [
         procs(
             "join",
+            "--run-id",
+            run_id,
             "--initial-peers",
             maddr,
             "--host",

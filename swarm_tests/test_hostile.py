@@ -16,10 +16,12 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
         small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3")
         + "[robust]\nscoring = true\n"
     )  # the leader scores every update on a shared batch
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
     vols = [
         procs(
             "join",
+            "--run-id",
+            run_id,
             "--initial-peers",
             maddr,
             "--host",
@@ -62,7 +64,23 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
     assert results[0]["digest"] != "e" * 64
     assert max(results[0]["train_loss"][-3:]) < 6.0  # the poisoned updates did not blow the model up
     audit = subprocess.run(
-        [sys.executable, "-m", "node.cli", "audit", "--data-dir", str(tmp_path / "v0"), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "audit",
+            "--data-dir",
+            str(tmp_path / "v0"),
+            "--run-id",
+            run_id,
+            "--ledger",
+            str(tmp_path / "v0" / run_id / "ledger.jsonl"),
+            "--initial-peers",
+            maddr,
+            "--host",
+            "127.0.0.1",
+            "--json",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

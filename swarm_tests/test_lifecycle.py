@@ -19,9 +19,11 @@ PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small_run, sig):
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
     node = procs(
         "join",
+        "--run-id",
+        run_id,
         "--initial-peers",
         maddr,
         "--host",
@@ -62,9 +64,11 @@ def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small
 
 
 def test_restart_resumes_from_checkpoint(procs, tmp_path, small_run):
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
     args = (
         "join",
+        "--run-id",
+        run_id,
         "--initial-peers",
         maddr,
         "--host",
@@ -117,7 +121,7 @@ def test_malformed_multiaddr_and_empty_peer_list(procs):
 
 
 def test_unknown_run_is_refused(procs, tmp_path, small_run):
-    _, maddr = start_bootstrap(procs, tmp_path, small_run)
+    maddr = start_bootstrap(procs, tmp_path, small_run).maddr
     code, out = _run_cli(
         procs,
         "join",

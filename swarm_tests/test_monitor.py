@@ -50,10 +50,12 @@ def swarm(tmp_path_factory):
         return started[-1]
 
     try:
-        boot, maddr = start_bootstrap(procs, tmp, run)
+        boot, maddr, run_id = start_bootstrap(procs, tmp, run)
         peers = [
             procs(
                 "join",
+                "--run-id",
+                run_id,
                 "--initial-peers",
                 maddr,
                 "--host",
@@ -70,6 +72,8 @@ def swarm(tmp_path_factory):
         ]
         monitor = procs(
             "monitor",
+            "--run-id",
+            run_id,
             "--initial-peers",
             maddr,
             "--host",
@@ -87,6 +91,7 @@ def swarm(tmp_path_factory):
             "monitor": monitor,
             "peers": peers,
             "maddr": maddr,
+            "run_id": run_id,
             "boot": boot,
             "procs": procs,
             "tmp": tmp,
@@ -195,6 +200,8 @@ def test_doctor_checks_a_live_swarm(swarm, tmp_path):
     doctor = Proc(
         [
             "doctor",
+            "--run-id",
+            swarm["run_id"],
             "--initial-peers",
             swarm["maddr"],
             "--host",
@@ -262,6 +269,8 @@ def test_bootstrap_down_is_shown_and_the_swarm_goes_on_without_it(swarm):
     swarm["peers"][0].wait_for(r"event=round round=(?:[2-9]|\d{2,}) ", 120)  # there is a state to fetch
     late = swarm["procs"](
         "join",
+        "--run-id",
+        swarm["run_id"],
         "--initial-peers",
         via,
         "--host",

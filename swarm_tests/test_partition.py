@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc, rounds_of
+from swarm_tests.conftest import Proc, bootstrap_ready, rounds_of
 
 FAST = "up=1gbit,down=1gbit,rtt=1ms"
 GROUPS = [[0, 1, 2], [3, 4]]  # the bootstrap goes with volunteers 1 and 2
@@ -125,11 +125,13 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
-            maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
+            _, maddr, run_id = bootstrap_ready(boot)
             vols = [
                 start(
                     k,
                     "join",
+                    "--run-id",
+                    run_id,
                     "--initial-peers",
                     maddr,
                     "--threads",

@@ -41,9 +41,11 @@ heartbeat_ttl = 5.0
 def test_ray_launch_two_lora_volunteers_end_identical(procs, tmp_path):
     run = tmp_path / "run.toml"
     run.write_text(LORA_RUN)
-    _, maddr = start_bootstrap(procs, tmp_path, run)
+    _, maddr, run_id = start_bootstrap(procs, tmp_path, run)
     launcher = procs(
         "ray-launch",
+        "--run-id",
+        run_id,
         "--volunteers",
         "2",
         "--initial-peers",

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc
+from swarm_tests.conftest import Proc, bootstrap_ready
 
 LINK = "up=20mbit,down=100mbit,rtt=50ms,loss=1%"
 ROUNDS = 3
@@ -33,9 +33,11 @@ def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
-            maddr = boot.wait_for(r"event=bootstrap_ready .*maddrs=(\S+)", 90).group(1).split(",")[0]
+            _, maddr, run_id = bootstrap_ready(boot)
             assert f"/ip4/{net.address(0)}/" in maddr, maddr  # announced on its namespace address
-            volunteers = [start(k, "join", "--initial-peers", maddr, "--threads", "1") for k in (1, 2)]
+            volunteers = [
+                start(k, "join", "--run-id", run_id, "--initial-peers", maddr, "--threads", "1") for k in (1, 2)
+            ]
             rounds = [_rounds(v, ROUNDS) for v in volunteers]
             stats = net.stats()
         finally:

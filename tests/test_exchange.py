@@ -297,7 +297,7 @@ def test_serving_answers_and_refuses_with_reasons(node):
         assert await ask(b, A, frame(update_request().encode())[:12]) is None  # cut short: closed, no answer
 
     asyncio.run(scenario())
-    assert b.served["update"] == 1 and not b._inbound.active
+    assert b.served["update"] == 1 and not b._gate.per_peer.active
 
 
 def test_slow_requester_is_dropped(node):
@@ -309,7 +309,7 @@ def test_slow_requester_is_dropped(node):
         assert time.monotonic() - t0 < 1
 
     asyncio.run(scenario())
-    assert not b._inbound.active
+    assert not b._gate.per_peer.active
 
 
 def test_inbound_streams_per_peer_are_capped(node):
@@ -330,7 +330,7 @@ def test_inbound_streams_per_peer_are_capped(node):
         assert decode_response(await ask(b, A, frame(update_request().encode()))) == BLOB
 
     asyncio.run(scenario())
-    assert b.refused["streams"] == 1 and not b._inbound.active
+    assert b.refused["streams"] == 1 and not b._gate.per_peer.active
 
 
 def test_state_serving_is_rate_limited_per_peer(node):

@@ -690,6 +690,7 @@ _entries = sorted(
     ]
 )
 ROSTER = roster_wire([e for _, e in _entries])
+ROSTER.update(scores=[[p, 0.5] for p, _ in _entries], reveal=b"\x01" * 256, beacon=SHA, attempt=0)  # opens: a deep seed
 SEALED["roster"] = signed.seal(KEY, Roster.from_wire(ROSTER, max_bytes=2**20))
 MANIFEST = {"name": "fuzz", "organizer": PEER, "model": {"d_model": 8, "layers": 1}, "lr": 0.5}
 SEALED["manifest"] = signed.seal_manifest(KEY, MANIFEST)

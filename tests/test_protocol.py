@@ -104,9 +104,35 @@ def test_roster_fields_are_checked():
         {"prev": "x"},
         {"leader": "../etc"},
         {"time": float("inf")},
+        {"reveal": "text"},
+        {"reveal": b"r" * 257},
+        {"beacon": "B" * 64},
+        {"attempt": -1},
+        {"attempt": True},
     ]:
         with pytest.raises(ProtocolError):
             Roster.from_wire({**r.to_wire(), **over}, max_bytes=100)
+
+
+def test_roster_election_fields_are_additive():
+    """reveal, beacon and attempt (node/round/election.py) round-trip; a roster without them (an
+    older peer's) reads the defaults, and older readers ignore keys they do not know."""
+    r = Roster(
+        run="demo-1",
+        round=2,
+        leader=PEER_A,
+        prev=GENESIS,
+        base=SHA,
+        result=SHA,
+        time=1.0,
+        entries=({"body": b"x", "key": b"k", "sig": b"s"},),
+        reveal=b"\x01" * 256,
+        beacon="b" * 64,
+        attempt=3,
+    )
+    assert Roster.from_wire(r.to_wire(), max_bytes=100) == r
+    older = {k: v for k, v in r.to_wire().items() if k not in ("reveal", "beacon", "attempt")}
+    assert Roster.from_wire(older, max_bytes=100) == Roster(**{**r.__dict__, "reveal": b"", "beacon": "", "attempt": 0})
 
 
 def test_manifest_hash_is_canonical():

@@ -1,4 +1,5 @@
-"""Update scores and bans (node/outer/scoring.py): pure functions of the ledger's scores."""
+"""Update scores and bans (node/outer/scoring.py): pure functions of the ledger's scores.
+Copies and leaders that frame: tests/test_framing.py."""
 
 import torch
 
@@ -11,48 +12,57 @@ from node.outer.scoring import (
     directions,
     flagged,
     payload_digest,
-    replays,
     score_updates,
     shared_batch_loss,
+    stale,
 )
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.round.ledger import ScoredRound
 from node.train.model import build_model
 
 CFG = RobustConfig(scoring=True, score_window=10, ban_after=3)
 HONEST = {f"h{i}": -0.05 + 0.002 * i for i in range(9)}
 
 
-def test_replays_are_the_later_copies():
+def led(*rounds: dict[str, float]) -> list[ScoredRound]:
+    """A score history of rounds 1, 2, ... led in turn by three leaders."""
+    return [ScoredRound(r, f"leader{r % 3}", scores) for r, scores in enumerate(rounds, 1)]
+
+
+def test_stale_is_an_earlier_rounds_bytes_never_a_copy_in_the_same_round():
     a, b = b"update-a", b"update-b"
-    assert replays([a, b, a, a]) == [False, False, True, True]
-    assert replays([b, a], earlier=[payload_digest(a)]) == [False, True]  # stale: seen in an earlier round
+    assert stale([a, b, a, a]) == [False] * 4  # same-round copies: credited's question, not a flag
+    assert stale([b, a], earlier=[payload_digest(a)]) == [False, True]  # seen in an earlier round
 
 
 def test_flagged_is_relative_to_the_round():
     assert flagged({**HONEST, "liar": 0.5}) == {"liar"}
     assert flagged({**HONEST, "slightly-worse": -0.03}) == set()  # within the honest spread
     assert flagged({"a": -1.0, "b": 5.0, "c": 0.0}) == set()  # too few peers to judge
-    assert flagged({**{f"h{i}": -0.01 for i in range(6)}, "zero": 0.0}) == {"zero"}  # spread floor, not 0
+    assert flagged({**{f"h{i}": -0.01 - 1e-6 * i for i in range(6)}, "zero": 0.0}) == {"zero"}  # spread floor
+    # equal scores (one update's copies) count once: 10 copies do not shrink the spread to nothing
+    copies = {f"c{i}": HONEST["h4"] for i in range(10)}
+    assert flagged({**HONEST, **copies}) == set()
+    assert flagged({f"c{i}": -0.01 for i in range(6)} | {"zero": 0.0}) == set()  # 2 distinct scores: too few
 
 
 def test_banned_after_enough_bad_rounds_within_the_window_and_for_good():
     bad = {**HONEST, "liar": WORST}
     ok = {**HONEST, "liar": -0.05}
-    assert banned([bad, ok, bad, ok, ok], CFG) == set()
-    assert banned([bad, ok, bad, ok, bad], CFG) == {"liar"}
+    assert banned(led(bad, ok, bad, ok, ok), CFG) == set()
+    assert banned(led(bad, ok, bad, ok, bad), CFG) == {"liar"}
     # spread out over more than score_window rounds: never 3 in one window
-    assert banned([bad] + [ok] * 10 + [bad] + [ok] * 10 + [bad], CFG) == set()
+    assert banned(led(bad, *[ok] * 10, bad, *[ok] * 10, bad), CFG) == set()
     # a banned peer is no longer scored, and stays banned
-    history = [bad, bad, bad] + [dict(HONEST)] * 20
+    history = led(bad, bad, bad, *[dict(HONEST)] * 20)
     assert banned(history, CFG) == {"liar"}
-    assert banned(list(history), CFG) == banned(history, CFG)  # pure: the same ledger, the same bans
+    assert banned(list(reversed(history)), CFG) == banned(history, CFG)  # pure: the same ledger, the same bans
 
 
 def test_seven_of_sixteen_are_all_banned_and_no_honest_peer():
     liars = {f"x{i}": 0.2 + 0.01 * i for i in range(7)}
-    history = [{**HONEST, **liars}] * 3
-    assert banned(history, CFG) == set(liars)
+    assert banned(led(*[{**HONEST, **liars}] * 3), CFG) == set(liars)
 
 
 def test_scores_honest_below_poisoned_and_refused_worst():
@@ -76,7 +86,14 @@ def test_scores_honest_below_poisoned_and_refused_worst():
     noise = strat.codec.encode([torch.randn(d.shape, generator=g) for d in delta])
     scores = score_updates(strat, state, [honest, noise, b"\0" * 3, honest], loss_of)
     assert scores[0] < 0 < scores[1] < WORST
-    assert scores[2] == WORST and scores[3] == WORST  # refused bytes; a replay
+    assert scores[2] == WORST  # refused bytes
+    assert scores[3] == scores[0]  # a copy in the same round scores what its bytes score, and never frames
+    scores = score_updates(strat, state, [honest, noise], loss_of, earlier=[payload_digest(noise)])
+    assert scores[0] < 0 and scores[1] == WORST  # a replay of an earlier round's bytes
+    # a copy claiming another token count (so another weight) cannot worsen its victim's score
+    for claim in (0.25, 4.0):
+        weighted = score_updates(strat, state, [honest, noise, honest], loss_of, weights=[1.0, 1.0, claim])
+        assert weighted[0] == weighted[2] <= scores[0]
 
 
 def test_crafted_finds_alie_and_inverted_updates_and_spares_honest_and_copied_ones():

@@ -198,6 +198,7 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
     from hivemind.dht.validation import DHTRecord
     from hivemind.utils.serializer import MSGPackSerializer as S
 
+    from node.p2p.dht import latest_expiration
     from node.p2p.telemetry import METRICS_TTL
     from node.p2p.validators import RunValidator
     from protocol import keys
@@ -211,6 +212,7 @@ def test_dht_validator_keeps_signed_records_and_refuses_forgeries(identity):
         return v.validate(DHTRecord(at, S.dumps(subkey), S.dumps(value), expiration))
 
     assert check(encode(key, r))
+    assert check(encode(key, r), expiration=latest_expiration(1000.0, METRICS_TTL))  # what our publisher stores
     assert not check(encode(key, r), expiration=1000.0 + 10 * METRICS_TTL)  # an old record replayed to outlive
     assert not check(b"garbage") and not check({"body": b"x", "key": b"y", "sig": b"z"})
     forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)

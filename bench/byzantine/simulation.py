@@ -24,6 +24,7 @@ from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.outer.scoring import banned, payload_digest, score_updates, shared_batch_loss
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.round.ledger import ScoredRound
 from node.train import data
 from node.train.model import build_model
 from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_cosine
@@ -117,7 +118,7 @@ class SimulatedSwarm:
         self.scorer = build_model(setup.model, setup.seed)
         self.gen = torch.Generator().manual_seed(777 + setup.seed)
         self.banned: set[str] = set()
-        self.history: list[dict[str, float]] = []  # the ledger's scores, one {peer: score} per round
+        self.history: list[ScoredRound] = []  # the ledger's scores, one roster per round
         self.seen: set[str] = set()  # digests of every payload so far (stale replays)
         self.previous: list[bytes] = []
         self.dropped = 0
@@ -150,7 +151,8 @@ class SimulatedSwarm:
         """Score this round's updates into the ledger and update the bans (they apply from the next round)."""
         loss_of = shared_batch_loss(self.scorer, *_shared_batch(self.shards, self.setup, rnd))
         scores = score_updates(self.strategy, self.state, payloads, loss_of, earlier=self.seen)
-        self.history.append({self.peers[i]: s for i, s in zip(live, scores)})
+        leader = self.peers[rnd % self.n_honest]  # honest peers lead in turn: bans need several leaders
+        self.history.append(ScoredRound(rnd + 1, leader, {self.peers[i]: s for i, s in zip(live, scores)}))
         self.seen |= {payload_digest(p) for p in payloads}
         self.banned = banned(self.history, self.robust)
 

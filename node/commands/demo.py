@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from node.config import StrategyName
 from node.errors import SwarmtrainError
@@ -147,14 +148,16 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
             out,
         )
         children.append(boot)
-        maddr = _await_bootstrap(work / "bootstrap" / READY_FILE, boot, opt.startup_timeout, stop)
+        ready = _await_bootstrap(work / "bootstrap" / READY_FILE, boot, opt.startup_timeout, stop)
 
         def volunteer(i: int) -> Child:
             label = f"peer{i}"
             argv = _cli(
                 "join",
+                "--run-id",
+                ready.run_id,
                 "--initial-peers",
-                maddr,
+                ready.maddr,
                 "--host",
                 "127.0.0.1",
                 "--data-dir",
@@ -182,8 +185,10 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
                     "monitor",
                     _cli(
                         "monitor",
+                        "--run-id",
+                        ready.run_id,
                         "--initial-peers",
-                        maddr,
+                        ready.maddr,
                         "--host",
                         "127.0.0.1",
                         "--data-dir",
@@ -235,11 +240,19 @@ def _round_of(line: str) -> int:
     return -1
 
 
-def _await_bootstrap(ready: Path, boot: Child, timeout: float, stop: threading.Event) -> str:
+class Ready(NamedTuple):
+    """What the demo's bootstrap peer wrote once reachable: where to join, and which run."""
+
+    maddr: str
+    run_id: str
+
+
+def _await_bootstrap(ready: Path, boot: Child, timeout: float, stop: threading.Event) -> Ready:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         if ready.is_file():
-            return json.loads(ready.read_text())["maddrs"][0]
+            written = json.loads(ready.read_text())
+            return Ready(written["maddrs"][0], written["run_id"])
         if boot.proc.poll() is not None:
             raise SwarmtrainError("the demo's bootstrap peer exited before it was ready (see its output above)")
         stop.wait(0.2)  # note: waiting for a file another process writes

@@ -164,7 +164,7 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
     except SwarmtrainError as e:
         return [Check("swarm", FAIL, str(e), e.help)], None
     try:
-        run_id, manifest, _ = manifests.fetch(swarm, cfg.run_id, probe_cfg.startup_timeout)
+        run_id, manifest, _ = manifests.fetch(swarm, manifests.wanted_run(cfg), probe_cfg.startup_timeout)
         run, corpus = manifests.accept(run_id, manifest)  # protocol version, settings, our copy of the data
         checks = [
             Check(

@@ -163,7 +163,7 @@ def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> N
         cfg = replace(cfg, identity=str(Path(cfg.data_dir) / "monitor.key"))
     swarm = Swarm.start(cfg, bootstrap, client_mode=True)
     try:
-        run_id, manifest, _ = manifests.fetch(swarm, cfg.run_id, cfg.startup_timeout)
+        run_id, manifest, _ = manifests.fetch(swarm, manifests.wanted_run(cfg), cfg.startup_timeout)
         guard_run(swarm, run_id)  # drop forged records on the way in
         monitor = SwarmMonitor(swarm, run_id, manifest, bootstrap)
         monitor.refresh()

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from node.config import NodeConfig
@@ -139,6 +139,13 @@ def run_ray_launch(cfg: NodeConfig, opt: RayOptions, stop: threading.Event, out:
     """Start the actors, relay their output, and stop them all when `stop` is set or all have exited."""
     if opt.volunteers < 1:
         raise SwarmtrainError("--volunteers must be at least 1")
+    from node.peer.manifest import wanted_run
+
+    cfg = replace(cfg, run_id=wanted_run(cfg))  # each peer joins the run asked for, never "the only one"
+    if not cfg.run_id and not cfg.new_swarm:
+        raise SwarmtrainError(
+            "ray-launch needs the run to join", "pass --run-id RUN (the organizer's join line names it)"
+        )
     ray = _ray()
     started_here = not opt.address
     try:

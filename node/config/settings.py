@@ -200,6 +200,10 @@ class RobustConfig:
     ban_after: int = 5
     """A peer whose update scored worse than the round's median by the margin this many times
     within score_window rounds is left out of later rounds."""
+    distinct_leaders: int = 3
+    """Least number of different leaders whose rosters must flag a peer within score_window for a
+    ban: one or two leaders that keep writing bad scores for a peer (ground or Sybil leaders) never
+    ban it on their own word."""
     weight_cap: float = 2.0
     """A contribution weighs by its signed token count, capped at this multiple of the round's
     median count: a token count is a claim, and no claim buys more than a few honest peers' say."""
@@ -283,13 +287,23 @@ class NodeConfig:
     upload_limit_mbit: float = 0.0
     """Cap on what this node uploads (updates, states), in Mbit/s, for a volunteer who shares a
     home link; 0: no cap."""
+    max_inbound_streams: int = 64
+    """Requests this node serves at once, from all peers together, whatever the number of their
+    identities (a quarter of them kept for the round's members)."""
+    max_state_uploads: int = 2
+    """States this node sends at once, to anyone: each holds about two copies of the state until sent."""
+    max_fetch_mb_in_flight: float = 512.0
+    """MiB of answers this node reads from peers at once, before they are checked (one larger answer
+    is read alone)."""
     event_loop: EventLoop = "uvloop"
     """The exchange's asyncio loop: 'uvloop' (faster; falls back to 'asyncio' where uvloop is
     missing) or 'asyncio'. `swarmtrain bench exchange` compares them."""
     startup_timeout: float = 60.0
     """Seconds to wait for the libp2p daemon to start and for initial peers to answer."""
     run_id: str = ""
-    """Which run to join when the swarm hosts several; empty joins the only one."""
+    """The run to join, as the organizer's join line names it. Required: anyone may store a run in
+    the DHT. It may be left empty only with --new-swarm, or when the --initial-peers-file
+    bootstrap.json names the run."""
     max_rounds: int = 0
     """Leave after the swarm's state reaches this round; 0 trains until stopped."""
     eval: bool = False

@@ -103,6 +103,7 @@ RUN_RANGES: dict[str, Range] = {
     "robust.trim_fraction": Range(0, 0.5, high_open=True),
     "robust.score_window": AT_LEAST_ONE,
     "robust.ban_after": AT_LEAST_ONE,
+    "robust.distinct_leaders": AT_LEAST_ONE,
     "robust.weight_cap": POSITIVE,
     "peft.r": AT_LEAST_ONE,
     "peft.alpha": POSITIVE,
@@ -119,6 +120,9 @@ NODE_RANGES: dict[str, Range] = {
     "threads": NOT_NEGATIVE,
     "slowdown": AT_LEAST_ONE,
     "upload_limit_mbit": NOT_NEGATIVE,
+    "max_inbound_streams": AT_LEAST_ONE,
+    "max_state_uploads": AT_LEAST_ONE,
+    "max_fetch_mb_in_flight": POSITIVE,
     "startup_timeout": AT_LEAST_ONE,
     "max_rounds": NOT_NEGATIVE,
 }

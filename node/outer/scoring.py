@@ -4,14 +4,21 @@ Each round, every update in the roster is scored by the loss change it causes al
 batch that all peers share (Templar-style): the strategy's `preview` applies that one payload to
 the round's parameters from fresh outer buffers, and the score is loss(after) - loss(before) in
 nats per byte. Lower is better: honest updates lower the loss, poisoned ones raise it.
-An update that cannot be applied (the codec refuses it), that replays bytes already seen
-(earlier in this round's roster, or in an earlier round), or that is `crafted` (it sits on one
-side of the round's coordinate-wise median almost everywhere, as ALIE's mean minus z standard
-deviations does, or points away from the median, as sign flips and IPM do) scores WORST.
+An update that cannot be applied (the codec refuses it), that replays the bytes of an
+earlier round, or that is `crafted` (it sits on one side of the round's coordinate-wise median
+almost everywhere, as ALIE's mean minus z standard deviations does, or points away from the
+median, as sign flips and IPM do) scores WORST.
+
+Copies within one round are scored for what they are, never for being copies: who holds the
+bytes first cannot be told from the roster (peer ids are free to choose, and a copy of a
+victim's update must not get the victim flagged). The credit for such bytes goes to the
+earliest signed announcement, and to nobody on a tie (`credited`); scores and flags depend on
+neither times nor ids.
 
 The scores travel as plain floats in the signed round roster, keyed by peer id, so bans are a
 pure function of that ledger: every peer derives the same ban set from the same rosters,
-whatever its own arithmetic (`banned`).
+whatever its own arithmetic (`banned`). A ban needs flags from several leaders, so that a run
+of hostile leaders cannot ban honest peers by writing bad scores for them.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import torch
 
@@ -29,8 +37,8 @@ from node.train.model import loss_fn
 from protocol.errors import ProtocolError
 
 WORST = 1e9
-"""Score (nats) of an update that cannot be applied or that replays another: far beyond any
-real loss change, and finite so that ledgers stay plain JSON."""
+"""Score (nats) of an update that cannot be applied or that replays an earlier round's: far
+beyond any real loss change, and finite so that ledgers stay plain JSON."""
 MARGIN = 6.0
 """A score is bad when it exceeds the round's median by MARGIN robust standard deviations.
 Honest scores are heavy-tailed (each peer trains on its own shard): in `bench byzantine`,
@@ -41,7 +49,7 @@ MAD_TO_SIGMA = 1.4826
 MIN_SPREAD = 1e-4
 """Floor (nats) of the spread: when honest scores agree to the 4th decimal, noise is no signal."""
 MIN_PEERS = 4
-"""Rounds with fewer scored peers flag no one: a median of 3 is not a majority's opinion."""
+"""Rounds with fewer distinct scores flag no one: a median of 3 is not a majority's opinion."""
 ONE_SIDED_MAX = 0.5
 """Most an update's deviation from the round's median may lean to one side: |mean sign| over
 the coordinates where it differs. Honest updates split about evenly (each peer's noise has
@@ -57,8 +65,12 @@ loss, so theirs point the same way (bench byzantine, 16 peers, clean: at least 0
 thinnest margin); a flipped or inverted update points away (sign flip <= -0.83, IPM <= -0.95)."""
 DUPLICATE_COS = 0.999
 """Updates this close (cosine of their parameter changes) count once in the median, so that
-colluders sending one update cannot move it."""
-
+colluders sending one update cannot move it; within one round, one credit for all of them
+(`credited`)."""
+TIE_SECONDS = 1.0
+"""Least lead (seconds of signed announcement time) that makes one holder of some bytes their
+author: announcements closer than this are a tie and nobody is credited (clocks and the DHT's
+own delays blur the order below it)."""
 LossOf = Callable[[list[torch.Tensor]], float]
 
 
@@ -66,18 +78,64 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def replays(payloads: list[bytes], earlier: Iterable[str] = ()) -> list[bool]:
-    """Per payload (roster order): does it repeat bytes seen before it, in this round or earlier?
+def stale(payloads: list[bytes], earlier: Iterable[str] = ()) -> list[bool]:
+    """Per payload (roster order): does it repeat the bytes of an earlier round (`earlier`: their
+    digests)? The chain proves those came first, so the later holder replays them. Copies within
+    this round are not stale: which came first is `credited`'s question, not a flag."""
+    seen = set(earlier)
+    return [payload_digest(p) in seen for p in payloads]
 
-    The roster lists updates in announcement order, and a copy can only be announced after its
-    original, so the first holder of some bytes keeps them and every later one is the replay.
+
+def credited(
+    payloads: list[bytes],
+    times: list[float],
+    earlier: Iterable[str] = (),
+    deltas: list[torch.Tensor | None] | None = None,
+) -> list[bool]:
+    """Per payload (roster order): does it earn this round's credit for its bytes?
+
+    Entries with the same bytes (and, given their sampled parameter changes `deltas`, the
+    near-duplicates: cosine > DUPLICATE_COS, linked transitively) form one group. A group of one
+    is credited; in a larger one only the member whose signed announcement `time` precedes every
+    other member's by TIE_SECONDS, and on a tie nobody. Never the smaller peer id: ids are free,
+    and a copy must not take its victim's credit by its name. Bytes of an earlier round
+    (`earlier`) earn nothing, nor does their group.
     """
-    seen, out = set(earlier), []
-    for p in payloads:
-        d = payload_digest(p)
-        out.append(d in seen)
-        seen.add(d)
+    parent = list(range(len(payloads)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of: dict[str, int] = {}
+    for i, p in enumerate(payloads):
+        parent[root(i)] = root(first_of.setdefault(payload_digest(p), i))
+    for i, j in _near_pairs(deltas or []):
+        parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(payloads)):
+        groups[root(i)].append(i)
+    old = stale(payloads, earlier)
+    out = [False] * len(payloads)
+    for members in groups.values():
+        if any(old[i] for i in members):
+            continue
+        first, *rest = sorted(members, key=lambda i: times[i])
+        if not rest or times[rest[0]] - times[first] >= TIE_SECONDS:
+            out[first] = True
     return out
+
+
+def _near_pairs(deltas: list[torch.Tensor | None]) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of non-zero deltas with cosine above DUPLICATE_COS."""
+    idx = [i for i, d in enumerate(deltas) if d is not None and bool(d.any())]
+    if len(idx) < 2:
+        return []
+    unit = torch.stack([deltas[i].float() / deltas[i].float().norm() for i in idx])
+    close = torch.triu(unit @ unit.T > DUPLICATE_COS, diagonal=1).nonzero().tolist()
+    return [(idx[a], idx[b]) for a, b in close]
 
 
 def shared_batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossOf:
@@ -106,17 +164,30 @@ def score_updates(
     weights: list[float] | None = None,
 ) -> list[float]:
     """Loss change (nats; lower is better) each payload causes applied alone (scaled to a full
-    round's work by its weight, as the aggregate does); WORST for refused, replayed or one-sided
-    updates."""
+    round's work by its weight, as the aggregate does); WORST for refused, one-sided updates and
+    replays of an earlier round (`earlier`: their digests).
+
+    Copies within the round are not flagged for copying: every holder of some bytes gets one
+    score, the best that any holder's weight gives them, so a copy can neither make its victim
+    WORST nor worsen its score by claiming another token count, and the round's statistics
+    count the bytes once (`flagged`)."""
     before = loss_of(state.params)
     stride = max(1, sum(p.numel() for p in state.params) // SAMPLE)
     weights = weights or [1.0] * len(payloads)
-    scored = [
-        (WORST, None) if replayed else _score_one(strategy, state, payload, w, loss_of, before, stride)
-        for payload, w, replayed in zip(payloads, weights, replays(payloads, earlier))
-    ]
-    bad = crafted([delta for _, delta in scored])
-    return [WORST if b else score for (score, _), b in zip(scored, bad)]
+    digests = [payload_digest(p) for p in payloads]
+    known: dict[tuple[str, float], tuple[float, torch.Tensor | None]] = {}  # each bytes and weight once
+    scored = []
+    for payload, digest, w, replayed in zip(payloads, digests, weights, stale(payloads, earlier)):
+        if replayed:
+            scored.append((WORST, None))
+            continue
+        if (digest, w) not in known:
+            known[digest, w] = _score_one(strategy, state, payload, w, loss_of, before, stride)
+        scored.append(known[digest, w])
+    best: dict[str, float] = {}
+    for digest, (score, _), bad in zip(digests, scored, crafted([delta for _, delta in scored])):
+        best[digest] = min(best.get(digest, WORST), WORST if bad else score)
+    return [best[d] for d in digests]
 
 
 def _score_one(
@@ -176,26 +247,49 @@ def crafted(deltas: list[torch.Tensor | None]) -> list[bool]:
     return [lean > ONE_SIDED_MAX or cos < MIN_COSINE for lean, cos in directions(deltas)]
 
 
-def flagged(scores: dict[str, float]) -> set[str]:
-    """Peers whose score is worse than the round's median by MARGIN robust standard deviations."""
-    if len(scores) < MIN_PEERS:
+def flagged(scores: Mapping[str, float]) -> set[str]:
+    """Peers whose score is worse than the round's median by MARGIN robust standard deviations.
+
+    The median and the spread count each distinct score once: copies of one update share one
+    score (`score_updates`), and ten copies of a victim's update must not shrink the spread
+    until every other honest peer sits beyond it."""
+    values = sorted(set(scores.values()))
+    if len(values) < MIN_PEERS:
         return set()
-    values = list(scores.values())
     med = statistics.median(values)
     spread = max(MAD_TO_SIGMA * statistics.median(abs(v - med) for v in values), MIN_SPREAD)
     return {peer for peer, s in scores.items() if s > med + MARGIN * spread}
 
 
-def banned(score_history: list[dict[str, float]], cfg: RobustConfig) -> set[str]:
-    """Peers flagged in at least ban_after of some score_window consecutive rounds, for good.
+class ScoredRound(Protocol):
+    """One applied roster's scores, as node/round/ledger.py's ScoredRound carries them (outer
+    does not import round)."""
 
-    score_history: one {peer id: score} per round, oldest first (what the ledger's rosters
-    carry). A ban is permanent: a banned peer is no longer scored, so its window would
-    otherwise empty and let it back in to do the same again.
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def leader(self) -> str: ...
+
+    @property
+    def scores(self) -> Mapping[str, float]: ...
+
+
+def banned(history: Iterable[ScoredRound], cfg: RobustConfig) -> set[str]:
+    """Peers flagged at least ban_after times within some score_window consecutive rounds, by the
+    rosters of at least cfg.distinct_leaders different leaders; for good.
+
+    history: the ledger's rosters (`Ledger.score_history`), in any order; the window counts round
+    numbers, so a gap in the ledger shortens it. A ban is permanent: a banned peer is no longer
+    scored, so its window would otherwise empty and let it back in to do the same again.
     """
-    flags = [flagged(scores) for scores in score_history]
+    flags = [(r.round, r.leader, flagged(r.scores)) for r in history]
     out: set[str] = set()
-    for end in range(len(flags)):
-        window = flags[max(0, end - cfg.score_window + 1) : end + 1]
-        out |= {p for p, n in Counter(p for f in window for p in f).items() if n >= cfg.ban_after}
+    for end, _, _ in flags:
+        leaders: dict[str, list[str]] = defaultdict(list)  # peer -> the leader of each roster that flagged it
+        for rnd, leader, peers in flags:
+            if end - cfg.score_window < rnd <= end:
+                for p in peers:
+                    leaders[p].append(leader)
+        out |= {p for p, by in leaders.items() if len(by) >= cfg.ban_after and len(set(by)) >= cfg.distinct_leaders}
     return out

@@ -3,6 +3,12 @@
 hivemind's DHT runs in a forked child process (with the libp2p daemon `p2pd` under it), so
 it is created here, in the main thread, before any other thread starts. Its calls go over a
 pipe that is not safe to write from two threads at once: `_lock` guards each send.
+
+hivemind keeps, per (key, subkey), the value with the latest expiration (the stored one on a
+tie). So our own signed records are stored until `latest_expiration`: the latest any validator
+(node/p2p/validators.py) accepts for the record's own time. A replay of an older copy, however it
+picks its expiration, then never outlives a newer copy, and our next store always wins. Nor can
+a replay expiring sooner erase the held value: see patch_timed_storage.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import msgpack
+
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.p2p.addresses import Address
@@ -24,6 +32,58 @@ from protocol import keys, signed
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.swarm")
+# Seconds a signed record may live past its own time + its kind's TTL. Our stores compute their
+# expiration from the record's time, so no store delay needs covering; it was 60 s, and a replayed
+# copy outlived its successor that long (docs/security.md, replays).
+SLACK = 10.0
+# Longest signed heartbeat body validators accept. Ours are ~400 B (two addresses); the 8 KiB that
+# protocol/signed.py allows let ~470 padded heartbeats fill hivemind's 4 MiB reply to a peer-table
+# read (~8.8 KB each once stored); at 1 KiB it takes ~2,500 (1,673 B each). Measured in tests/test_budgets.py.
+MAX_HEARTBEAT_BODY = 1024
+TIME_STEP = 1e-3  # seconds our consecutive heartbeats' times differ by at least (see HeartbeatPublisher)
+
+
+def latest_expiration(record_time: float, ttl: float) -> float:
+    """The latest expiration validators accept for a signed record of `record_time` whose kind lives
+    `ttl`: what our own stores use, so that no replayed older copy can expire after our newer one."""
+    return record_time + ttl + SLACK
+
+
+def heartbeat_body_size(record: Heartbeat) -> int:
+    """Bytes of the body protocol/signed.py: seal signs for this heartbeat."""
+    return len(msgpack.packb(record.to_wire(), use_bin_type=True))
+
+
+def fit_heartbeat(record: Heartbeat) -> Heartbeat:
+    """`record` with as many of its addresses (best first) as fit MAX_HEARTBEAT_BODY: a peer with many
+    interfaces would otherwise publish a heartbeat every validator refuses, and vanish."""
+    while record.maddrs and heartbeat_body_size(record) > MAX_HEARTBEAT_BODY:
+        record = replace(record, maddrs=record.maddrs[:-1])
+    return record
+
+
+def patch_timed_storage() -> None:
+    """Make hivemind's TimedStorage.store leave its expiry heap alone when it refuses a value.
+
+    It refuses a value whose expiration is not later than the held one's, but files the refused
+    expiration in its heap first, and so drops the held value at that earlier time: re-storing a
+    copy of anyone's record (any record one has read passes the validators) expiring a second from
+    now erased it from that DHT node. Swarm.start applies it before forking the DHT process, which
+    inherits it. Remove once hivemind compares before filing (hivemind/utils/timed_storage.py)."""
+    from hivemind.utils.timed_storage import TimedStorage
+
+    store = TimedStorage.store
+    if getattr(store, "keeps_refusals_out", False):
+        return
+
+    def checked_store(self, key, value, expiration_time) -> bool:
+        held = self.data.get(key)
+        if held is not None and held.expiration_time >= expiration_time:
+            return False  # what hivemind answers, without filing expiration_time
+        return store(self, key, value, expiration_time)
+
+    checked_store.keeps_refusals_out = True
+    TimedStorage.store = checked_store
 
 
 def dht_time() -> float:
@@ -102,6 +162,7 @@ class Swarm:
         import hivemind
 
         check_port_free(cfg.host, cfg.port)
+        patch_timed_storage()  # before the DHT process is forked from this one
         if initial_peers:
             wait_for_initial_peers(initial_peers, cfg.startup_timeout)
         identity = identity_path(cfg)
@@ -126,8 +187,13 @@ class Swarm:
         return [str(m) for m in self.dht.get_visible_maddrs()]
 
     def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
+        """Store for `ttl` seconds from now (a manifest: it has no time of its own)."""
+        return self.store_until(key, subkey, value, dht_time() + ttl)
+
+    def store_until(self, key: str, subkey: str, value: Any, expiration: float) -> bool:
+        """Store until `expiration` (DHT time); signed records use latest_expiration(record time, ttl)."""
         with self._lock:
-            fut = self.dht.store(key, value, expiration_time=dht_time() + ttl, subkey=subkey, return_future=True)
+            fut = self.dht.store(key, value, expiration_time=expiration, subkey=subkey, return_future=True)
         try:
             return bool(fut.result(timeout=30))
         except Exception as e:
@@ -197,10 +263,16 @@ class HeartbeatPublisher:
         self._wake.set()  # publish now: peers wait on these fields
 
     def _loop(self) -> None:
+        last = float("-inf")
         while not self._stop.is_set():
             with self._record_lock:
-                record = replace(self._record, time=dht_time(), run=self.run_id)
-            self.swarm.store(keys.peers_key(self.run_id), record.peer, signed.seal(self.key, record), self.ttl)
+                # Each time strictly after the last, even if the clock stood still or stepped back: the
+                # expiration then beats the stored one's, which hivemind would otherwise keep.
+                record = fit_heartbeat(replace(self._record, time=max(dht_time(), last + TIME_STEP), run=self.run_id))
+            last = record.time
+            envelope = signed.seal(self.key, record)
+            expiration = latest_expiration(record.time, self.ttl)
+            self.swarm.store_until(keys.peers_key(self.run_id), record.peer, envelope, expiration)
             self._wake.wait(self.interval)
             self._wake.clear()
 

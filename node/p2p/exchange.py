@@ -14,7 +14,11 @@ Every peer may be hostile, so all I/O is bounded:
     so neither its coroutine nor its buffers outlive it;
   * per peer: at most `max_streams_per_peer` requests served at once, at most
     `state_requests_per_minute` state downloads, at most `max_fetches_per_peer` fetches of ours
-    in flight (node/p2p/limits.py). Refusals are answered with a reason, counted in `refused` and logged.
+    in flight (node/p2p/limits.py);
+  * all peers together, since identities are free (limits.Budgets): requests served at once (some
+    kept for the peers named by `set_known`), states sent at once, and bytes of answers being read
+    before anyone could check them.
+Refusals are answered with a reason, counted in `refused` and logged.
 The serving side (`serve_stream`) and the reading side (node/p2p/streams.py: `read_response`) work
 on plain asyncio streams, so tests drive them in-process without a libp2p daemon.
 """
@@ -32,7 +36,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from node.config import SwarmConfig
-from node.p2p.limits import FetchSlots, RateLimit, StreamCap, UploadLimit
+from node.p2p.limits import DEFAULT_BUDGETS, Budgets, ByteBudget, FetchSlots, Refusal, ServeGate, UploadLimit
 from node.p2p.streams import read_request, read_response
 from protocol.errors import ProtocolError
 from protocol.messages import HEADER_LEN, Request, encode_response, frame
@@ -77,6 +81,7 @@ class Exchange:
         on_state_served: Callable[[str, int], None] = lambda peer, nbytes: None,
         me: str = "",
         relay_wait: float = 0.0,
+        budgets: Budgets = DEFAULT_BUDGETS,
     ):
         """`dht` gives the libp2p connection (`await dht.replicate_p2p()`); `max_bytes` bounds a
         payload fetched without `expect`; the per-peer limits default to SwarmConfig's;
@@ -85,7 +90,8 @@ class Exchange:
         bytes per second (None: no cap); `on_state_served(peer, nbytes)` is told when we start
         sending our state to a peer (a joiner or a resyncing peer); `me` is our peer id (an update
         of another peer that we serve counts as relayed); `relay_wait` is how long a request for
-        an update of the current round that we do not hold yet waits for it (0: not at all)."""
+        an update of the current round that we do not hold yet waits for it (0: not at all);
+        `budgets` bounds what all peers together may make us do."""
         self.run_id = run_id
         self.on_bytes = on_bytes  # (direction "sent"/"received", kind, bytes): metrics
         self.on_state_served = on_state_served
@@ -95,14 +101,19 @@ class Exchange:
         self.received: Counter[str] = Counter()  # kind -> bytes read from peers
         self.served: Counter[str] = Counter()  # kind -> payloads given to peers (own or relayed)
         self.fetched: Counter[str] = Counter()  # kind -> payloads received from peers
-        self.refused: Counter[str] = Counter()  # reason ("streams", "state_rate") -> requests refused
+        self.refused: Counter[str] = Counter()  # Refusal.reason -> requests refused
         self.relayed_bytes = 0  # of sent["update"]: other peers' updates we passed on (upload once)
         self.me, self.relay_wait = me, relay_wait
         # update key -> (event, its loop, waiters): requests waiting for an update we relay (under _lock)
         self._arrivals: dict[tuple[int, str], tuple[asyncio.Event, asyncio.AbstractEventLoop, int]] = {}
-        self._inbound = StreamCap(max_streams_per_peer)
-        self._state_limit = RateLimit(state_requests_per_minute, clock)
+        self._gate = ServeGate(
+            streams_per_peer=max_streams_per_peer,
+            state_per_minute=state_requests_per_minute,
+            budgets=budgets,
+            clock=clock,
+        )
         self._outbound = FetchSlots(max_fetches_per_peer)
+        self._held = ByteBudget(budgets.held_bytes)
         self._upload = UploadLimit(upload_limit) if upload_limit else None
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
@@ -126,6 +137,11 @@ class Exchange:
     def held_update(self, round_no: int, peer: str) -> bytes | None:
         with self._lock:
             return self._updates.get((round_no, peer))
+
+    def set_known(self, peers) -> None:
+        """The peers the round protocol knows (the current roster's members, the eligible): they may
+        take the inbound streams that any number of strangers together may not (Budgets.known_streams)."""
+        self._gate.known = frozenset(peers)
 
     def set_state(self, blob: bytes) -> None:
         with self._lock:
@@ -200,35 +216,29 @@ class Exchange:
     async def serve_stream(self, peer: str, reader: asyncio.StreamReader, writer) -> None:
         """Answer one request from `peer` on one stream, then close it. Never raises: whatever the
         peer sends is answered (with the payload or a reason) or dropped with a log line."""
-        entered = self._inbound.try_enter(peer)
         try:
-            if entered:
-                kind, response = await self._respond(peer, reader)
-            else:
-                kind, response = (
-                    "update",
-                    self._refuse(
-                        peer, "streams", f"too many concurrent requests from you (at most {self._inbound.limit})"
-                    ),
-                )
-            await self._send(writer, kind, response)
+            with contextlib.ExitStack() as held:  # each place this stream takes is given back when it ends
+                refusal = self._gate.enter_stream(peer, held)
+                if refusal is not None:
+                    kind, response = "update", encode_response(None, self._refused(peer, refusal))
+                else:
+                    kind, response = await self._respond(peer, reader, held)
+                await self._send(writer, kind, response)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as e:
             log.info("dropped a request from %s: %s", peer[:16], type(e).__name__)  # a peer's mistake never stops us
         except Exception:
             log.exception("unexpected error while serving %s", peer[:16])
         finally:
-            if entered:
-                self._inbound.leave(peer)
             writer.close()
 
-    async def _respond(self, peer: str, reader: asyncio.StreamReader) -> tuple[str, bytes]:
+    async def _respond(self, peer: str, reader: asyncio.StreamReader, held: contextlib.ExitStack) -> tuple[str, bytes]:
         """(kind, response body) for the request on `reader`."""
         try:
             request, n = await read_request(reader, self.io_timeout)
         except ProtocolError as e:  # an honest peer on another protocol version learns why
             return "update", encode_response(None, f"malformed request: {e}")
         self._count("received", request.op, n)
-        payload, error = self._answer(request, peer)
+        payload, error = self._answer(request, peer, held)
         if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
             payload = await self._await_update((request.round, request.peer))
             error = "" if payload is not None else f"{error} (waited {self.relay_wait:g} s)"
@@ -251,7 +261,7 @@ class Exchange:
             async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
                 await writer.drain()
 
-    def _answer(self, request: Request, peer: str) -> tuple[bytes | None, str]:
+    def _answer(self, request: Request, peer: str, held: contextlib.ExitStack) -> tuple[bytes | None, str]:
         if request.run != self.run_id:
             return None, f"this node trains run {self.run_id}, not {request.run}"
         with self._lock:
@@ -260,15 +270,8 @@ class Exchange:
         if request.op == "state":
             if state is None:
                 return None, "no state yet"
-            if not self._state_limit.allow(peer):  # a state is megabytes: nobody makes us upload it in a loop
-                return None, self._refuse_text(
-                    peer,
-                    "state_rate",
-                    f"state requests limited to "
-                    f"{self._state_limit.per_minute} a minute; retry in "
-                    f"{self._state_limit.retry_after(peer):.0f} s",
-                )
-            return state, ""
+            refusal = self._gate.enter_upload(peer, held)
+            return (state, "") if refusal is None else (None, self._refused(peer, refusal))
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
 
     def _may_arrive(self, request: Request) -> bool:
@@ -300,15 +303,13 @@ class Exchange:
                 else:
                     del self._arrivals[key]
 
-    def _refuse(self, peer: str, reason: str, text: str) -> bytes:
-        return encode_response(None, self._refuse_text(peer, reason, text))
-
-    def _refuse_text(self, peer: str, reason: str, text: str) -> str:
-        self.refused[reason] += 1
-        n = self.refused[reason]
+    def _refused(self, peer: str, refusal: Refusal) -> str:
+        """Count and log `refusal`; the text `peer` is told."""
+        self.refused[refusal.reason] += 1
+        n = self.refused[refusal.reason]
         if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the log as well
-            log.info("refused %s (%s; %d so far): %s", peer[:16], reason, n, text)
-        return text
+            log.info("refused %s (%s; %d so far): %s", peer[:16], refusal.reason, n, refusal.text)
+        return refusal.text
 
     async def _fetch_within(self, peer: str, request: Request, expect: int | None, timeout: float) -> bytes:
         try:
@@ -328,7 +329,12 @@ class Exchange:
                 self._count("sent", request.op, len(out))
                 await writer.drain()
                 payload = await read_response(
-                    reader, expect, self.max_bytes, timeout, on_bytes=lambda n: self._count("received", request.op, n)
+                    reader,
+                    expect,
+                    self.max_bytes,
+                    timeout,
+                    on_bytes=lambda n: self._count("received", request.op, n),
+                    hold=self._held.hold,
                 )
                 self.fetched[request.op] += 1
                 return payload

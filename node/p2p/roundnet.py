@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from node.p2p.dht import Swarm, dht_time
+import msgpack
+
+from node.p2p.dht import Swarm, dht_time, latest_expiration
 from node.p2p.exchange import Exchange
 from protocol.messages import Request
 
@@ -17,7 +19,10 @@ class RealNet:
         self.me = swarm.peer_id
 
     def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
-        return self.swarm.store(key, subkey, value, ttl)
+        """`value` is one of our signed records (an announcement, a roster): it lives until the latest
+        expiration validators allow for its own time, so that no replayed copy outlives it."""
+        record_time = msgpack.unpackb(value["body"], raw=False)["time"]
+        return self.swarm.store_until(key, subkey, value, latest_expiration(record_time, ttl))
 
     def get_subkeys(self, key: str) -> dict[str, Any]:
         return self.swarm.get_subkeys(key)

@@ -8,6 +8,7 @@ drive them in-process without a libp2p daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from protocol.errors import ProtocolError
@@ -37,6 +38,7 @@ async def read_response(
     max_bytes: int,
     timeout: float,
     on_bytes: Callable[[int], None] = lambda n: None,
+    hold: Callable[[int], contextlib.AbstractAsyncContextManager] | None = None,
 ) -> bytes:
     """One framed response -> its payload, or ProtocolError / TimeoutError / IncompleteReadError.
 
@@ -44,16 +46,19 @@ async def read_response(
     `expect`, only the exact ok-response for `expect` payload bytes or a short refusal is read;
     without it, at most `max_bytes` of payload. Header and body reads each get `timeout` seconds.
     `on_bytes(n)` is told of every byte taken from the stream (the header even when refused).
+    `hold(n)` (limits.ByteBudget.hold) is entered with the body's length before it is read and left
+    once it is decoded (the payload is then the caller's): the bytes a peer made us hold before anyone could check them.
     """
     async with asyncio.timeout(timeout):
         header = await reader.readexactly(HEADER_LEN)
     on_bytes(HEADER_LEN)
     n = int.from_bytes(header, "big")
     check_response_length(n, expect=expect, max_bytes=max_bytes)
-    async with asyncio.timeout(timeout):
-        body = await reader.readexactly(n)
-    on_bytes(n)
-    payload = decode_response(body)
+    async with hold(n) if hold is not None else contextlib.nullcontext():
+        async with asyncio.timeout(timeout):
+            body = await reader.readexactly(n)
+        on_bytes(n)
+        payload = decode_response(body)
     if expect is not None and len(payload) != expect:
         raise ProtocolError(f"response carries {len(payload)} bytes, {expect} were announced")
     return payload

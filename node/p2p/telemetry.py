@@ -15,14 +15,13 @@ import threading
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from node.p2p.dht import Swarm, dht_time
+from node.p2p.dht import Swarm, latest_expiration
 from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.records import MAX_METRICS_BODY, MetricsRecord
 
 log = logging.getLogger("swarmtrain.telemetry")
 METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
-EXPIRY_SLACK = 120.0  # seconds between a record's time and its store (signing, a busy DHT thread)
 
 
 def reachability(maddrs: list[str]) -> str:
@@ -76,7 +75,8 @@ def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: flo
 
     The run's DHT validator (node/p2p/validators.py) asks this of every value under the metrics
     key: without it anyone could overwrite a peer's record with garbage, or replay an old one
-    with a far expiration, to hide that peer from monitors."""
+    with a far expiration, to hide that peer from monitors. Our publisher stores at the latest
+    expiration allowed, so no replayed older record outlives a newer one."""
     from hivemind.utils.serializer import MSGPackSerializer
 
     try:
@@ -84,7 +84,7 @@ def valid_stored_record(subkey_bytes: bytes, value_bytes: bytes, expiration: flo
         record = decode(MSGPackSerializer.loads(value_bytes), subkey)
     except Exception:  # anything a peer can send: malformed msgpack, bad types, bad signature
         return False
-    return expiration <= record.time + METRICS_TTL + EXPIRY_SLACK
+    return expiration <= latest_expiration(record.time, METRICS_TTL)
 
 
 class MetricsPublisher:
@@ -111,12 +111,8 @@ class MetricsPublisher:
             with self._lock:
                 record, self._latest = self._latest, None
             if record is not None:  # expiry counted from the record's own time, as validators demand
-                self.swarm.store(
-                    keys.metrics_key(self.run_id),
-                    record.peer,
-                    encode(self.key, record),
-                    METRICS_TTL - max(0.0, dht_time() - record.time),
-                )
+                expiration = latest_expiration(record.time, METRICS_TTL)
+                self.swarm.store_until(keys.metrics_key(self.run_id), record.peer, encode(self.key, record), expiration)
 
     def close(self) -> None:
         self._stop.set()

@@ -10,7 +10,11 @@ hide a whole peer table behind a plain value, or forge a roster. The rules, for 
     signature is by that subkey's peer (by the organizer named in a manifest);
   * its `time` is at most MAX_SKEW in the future, and it expires at most its kind's TTL + SLACK
     after that time (a manifest: after now, since it is immutable and re-published by others);
+  * a heartbeat's signed body is at most MAX_HEARTBEAT_BODY (1 KiB): padded ones would fill the
+    reply to a peer-table read, checked before any signature;
   * it is a dictionary entry: a plain value under a key is refused.
+Our own stores use the latest expiration allowed (node/p2p/dht.py: latest_expiration), so a
+replayed older copy never outlives a newer one.
 The validator is pickled into the DHT process, so it is a module-level class of plain fields.
 """
 
@@ -18,13 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.p2p.dht import MAX_HEARTBEAT_BODY, SLACK, latest_expiration
 from node.p2p.telemetry import valid_stored_record
 from node.round.net import MAX_SKEW
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Heartbeat, Roster
 
-SLACK = 60.0  # seconds between a record's time and its store (signing, a busy DHT thread)
 MANIFEST_TTL = 3600.0  # seconds a stored manifest lives; its keepers re-publish it well before (node/peer/manifest.py)
 CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster}
 
@@ -64,6 +68,8 @@ class RunValidator:
         try:
             subkey = MSGPackSerializer.loads(subkey_bytes)
             envelope = MSGPackSerializer.loads(value_bytes)
+            if padded_heartbeat(envelope):
+                return False
             claimed = signed.claimed_key(envelope)
         except Exception:  # malformed msgpack or odd types from a peer: a validator never raises
             return False
@@ -84,7 +90,7 @@ class RunValidator:
         else:
             record = signed.open_record(envelope, CLASSES[kind], signer=subkey)
         ttl = self.heartbeat_ttl if kind == "heartbeat" else self.round_ttl
-        return record.time <= now + MAX_SKEW and expiration <= record.time + ttl + SLACK
+        return record.time <= now + MAX_SKEW and expiration <= latest_expiration(record.time, ttl)
 
     def sign_value(self, record) -> bytes:
         return record.value  # signed by the application already
@@ -94,6 +100,16 @@ class RunValidator:
 
     def merge_with(self, other) -> bool:
         return False
+
+
+def padded_heartbeat(envelope: object) -> bool:
+    """A heartbeat envelope whose body is over MAX_HEARTBEAT_BODY (no decoding, no signature check)."""
+    return (
+        isinstance(envelope, dict)
+        and envelope.get("kind") == "heartbeat"
+        and isinstance(envelope.get("body"), bytes)
+        and len(envelope["body"]) > MAX_HEARTBEAT_BODY
+    )
 
 
 def guard_run(swarm, run_id: str, *, heartbeat_ttl: float = 120.0, round_ttl: float = 3600.0) -> None:

@@ -196,6 +196,7 @@ class Volunteer(NodeParts):
     def finish_round(
         self, accepted: AcceptedRoster, loss: float, steps: int, *, train_s: float, exchange_s: float
     ) -> None:
+        self.exchange.set_known({a.peer for a in accepted.announcements})  # served first, whatever the crowd
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)

@@ -19,6 +19,7 @@ from node.p2p.addresses import initial_peers
 from node.p2p.dht import Swarm
 from node.p2p.exchange import Exchange
 from node.p2p.identity import load_identity_key
+from node.p2p.limits import Budgets
 from node.p2p.roundnet import RealNet
 from node.p2p.validators import guard_run
 from node.peer import checkpoint
@@ -27,6 +28,7 @@ from node.peer.applier import Applier
 from node.peer.presence import Presence
 from node.peer.reporting import Reports, node_name
 from node.peer.sync import StateSync
+from node.round.fetch import UpdateShape
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol, round_record_ttl
 from node.train import data
@@ -60,9 +62,10 @@ class NodeParts:
         self.me = self.swarm.peer_id
         self.name = cfg.name or node_name(self.me)
         self.run_id, self.manifest, self.manifest_envelope = manifests.fetch(
-            self.swarm, cfg.run_id, cfg.startup_timeout
+            self.swarm, manifests.wanted_run(cfg), cfg.startup_timeout, sole_run=cfg.new_swarm
         )
         self.run, corpus = manifests.accept(self.run_id, self.manifest, cfg)  # cfg: where our copies of its files are
+        manifests.keep_copy(Path(cfg.data_dir) / self.run_id, self.manifest_envelope)  # `swarmtrain audit`'s anchor
         self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
         guard_run(
             self.swarm,
@@ -92,6 +95,12 @@ class NodeParts:
             on_state_served=lambda peer, n: reporter.event("state_serving", peer=peer[:16], bytes=n),
             me=self.me,
             relay_wait=self.run.swarm.relay_wait,
+            budgets=Budgets(
+                inbound_streams=cfg.max_inbound_streams,
+                known_streams=cfg.max_inbound_streams // 4,
+                state_uploads=cfg.max_state_uploads,
+                held_bytes=int(cfg.max_fetch_mb_in_flight * 2**20),
+            ),
         )
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
@@ -128,6 +137,7 @@ class NodeParts:
             self.ledger,
             self.applier.hooks(),
             self.max_bytes,
+            update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
         )
         self.history = History()
         self.presence = Presence(

@@ -1,21 +1,187 @@
-"""Who may lead a round, in which order: no grindable roles.
+"""Who may lead a round, in which order: ranks nobody can grind, reshuffled per attempt.
 
 Candidates are live peers (valid signed heartbeat, active) that hold the round's base state
 (or have already moved past the round: a fast leader that applied its roster is still the one
-who led it) and are established in the ledger. They are ranked by SHA-256(run | round | base digest | peer):
-the base digest is the state after the previous round, unknown until that round ends, so no
-peer id can be ground in advance to rank first.
+who led it) and are established in the ledger.
+
+They are ranked under the round's beacon. beacon(1) = SHA-256(run id); the leader of round r
+puts in its roster `reveal`, its unique signature of (run, r) (protocol/signing.py:
+sign_unique: PKCS#1 v1.5, one valid signature per key and message), and
+beacon(r + 1) = SHA-256("beacon" | beacon(r) | reveal(r)). So the next round's ranks follow
+from who led this one, never from what it put in its roster (which updates, its own bytes):
+a leader that could once preview its successor per variant of its roster now has no choice
+but to publish or withhold. (The old key hashed the base state, which the previous leader
+chooses: one attacker led 8 rounds of 8.)
+
+A round runs in attempts of ATTEMPT_RANKS leader turns. In attempt a the candidates are
+sorted by SHA-256(beacon | a | peer); only ranks 0..ATTEMPT_RANKS-1 may lead, rank i from
+`turn(Slot(a, i))` seconds after the round opened. When no acceptable roster came within
+attempt_seconds, attempt a + 1 reshuffles every rank: silent peers that drew the first ranks
+hold the round for one attempt, not for ever.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
-from protocol.records import Heartbeat
+from node.config import SwarmConfig
+from node.round.ledger import AcceptedRoster, siblings
+from protocol import signed, signing
+from protocol.errors import ProtocolError
+from protocol.records import MAX_ATTEMPT, Heartbeat, Roster
+
+ATTEMPT_RANKS = 3  # ranks that may lead in one attempt (design: [trust] attempt_ranks)
+REVEAL_DOMAIN = b"swarmtrain-reveal-v1\x00"
 
 
-def rank_key(run: str, round_no: int, base: str, peer: str) -> bytes:
-    return hashlib.sha256(f"{run}|{round_no}|{base}|{peer}".encode()).digest()
+class Slot(NamedTuple):
+    """Where a leader stands in a round's election: smaller is preferred, attempt first."""
+
+    attempt: int
+    rank: int
+
+
+class RosterCheck(NamedTuple):
+    """A roster that passed RoundProtocol.check_roster, and its place in the election."""
+
+    accepted: AcceptedRoster
+    sibling: AcceptedRoster | None
+    """A sibling of our ledger's last roster that this one chains on, for Ledger.swap."""
+    slot: Slot
+    """Its leader's (attempt, rank): readers take the smallest."""
+
+    def preference(self) -> tuple:
+        """Smallest first: (attempt, rank), then a roster on our own chain before one that needs a
+        swap (a sibling's beacon is its leader's), then the leader id: every reader picks alike."""
+        return (*self.slot, self.sibling is not None, self.accepted.roster.leader)
+
+
+def reveal_message(run: str, round_no: int) -> bytes:
+    """What the leader of `round_no` signs with sign_unique: its reveal for that round."""
+    return REVEAL_DOMAIN + run.encode() + b"\x00" + str(int(round_no)).encode()
+
+
+def first_beacon(run: str) -> str:
+    """beacon(1): nobody led before round 1, so the run id (the manifest's hash) seeds the chain."""
+    return hashlib.sha256(run.encode()).hexdigest()
+
+
+def next_beacon(beacon: str, reveal: bytes) -> str:
+    """beacon(r + 1) from beacon(r) and the reveal of round r's leader (hex in, hex out)."""
+    return hashlib.sha256(b"beacon" + bytes.fromhex(beacon) + reveal).hexdigest()
+
+
+def rank_key(beacon: str, attempt: int, peer: str) -> bytes:
+    """Fixed-width fields, so no (attempt, peer) pair hashes like another."""
+    return hashlib.sha256(bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big") + peer.encode()).digest()
+
+
+def ranking(beacon: str, attempt: int, peers: set[str]) -> list[str]:
+    """Candidates in the order they may lead in this attempt: rank 0 first."""
+    return sorted(peers, key=lambda p: rank_key(beacon, attempt, p))
+
+
+def slot_of(beacon: str, attempt: int, peers: set[str], leader: str) -> Slot:
+    """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not)."""
+    mine = rank_key(beacon, attempt, leader)
+    return Slot(attempt, sum(rank_key(beacon, attempt, p) < mine for p in peers - {leader}))
+
+
+def attempt_seconds(cfg: SwarmConfig) -> float:
+    """One attempt: rank 0's collect, then a backoff for each rank."""
+    return cfg.collect_timeout + ATTEMPT_RANKS * cfg.leader_backoff
+
+
+def attempt_at(elapsed: float, cfg: SwarmConfig) -> int:
+    """The attempt running `elapsed` seconds after the round opened."""
+    return max(0, int(elapsed // attempt_seconds(cfg)))
+
+
+def turn(slot: Slot, cfg: SwarmConfig) -> float:
+    """Seconds after the round opened from which `slot` may lead: its attempt's start, and for
+    ranks after the first, collect_timeout + rank x leader_backoff more (as the single attempt
+    of protocol v2 had it). Rank 0 of attempt 0 also waits for the announcements; later
+    attempts' rank 0 finds them in and leads at once."""
+    start = slot.attempt * attempt_seconds(cfg)
+    return start if slot.rank == 0 else start + cfg.collect_timeout + slot.rank * cfg.leader_backoff
+
+
+def may_lead(slot: Slot, elapsed: float, cfg: SwarmConfig) -> bool:
+    return slot.rank < ATTEMPT_RANKS and elapsed >= turn(slot, cfg)
+
+
+def check_turn(slot: Slot, elapsed: float, cfg: SwarmConfig) -> None:
+    """Raises ProtocolError unless `slot` may lead `elapsed` seconds after the round opened (on
+    the reader's own clock: a roster's signed time is its leader's claim). A roster refused
+    because its turn has not come is read again on the next poll."""
+    if slot.rank >= ATTEMPT_RANKS:
+        raise ProtocolError(f"its leader ranks {slot.rank} in attempt {slot.attempt}; ranks 0-{ATTEMPT_RANKS - 1} lead")
+    if elapsed < turn(slot, cfg):
+        raise ProtocolError(
+            f"its leader is rank {slot.rank} of attempt {slot.attempt}, whose turn comes "
+            f"{turn(slot, cfg) - elapsed:.0f} s from now"
+        )
+
+
+def sibling_slot(accepted: AcceptedRoster, among: set[str]) -> Slot:
+    """A roster's slot ranked among `among` (its round's contributors that may lead): the same for
+    every sibling (they list the same updates) and for every reader, so readers order siblings
+    alike; a rank that may not lead sorts after every one that may."""
+    roster = accepted.roster
+    slot = slot_of(roster.beacon, roster.attempt, among, roster.leader)
+    return slot if slot.rank < ATTEMPT_RANKS else Slot(MAX_ATTEMPT + 1, slot.rank)
+
+
+def check_reveal(roster: Roster, leader_key: bytes) -> None:
+    """Raises ProtocolError unless the roster's reveal is its leader's unique signature of its
+    round (`leader_key`: the DER key its envelope was verified with)."""
+    signing.verify_unique(roster.reveal, reveal_message(roster.run, roster.round), leader_key)
+
+
+def better_siblings(
+    mine: AcceptedRoster, stored: dict, max_bytes: int, leaders: set[str] | None
+) -> list[AcceptedRoster]:
+    """Of `stored` (the DHT's rosters of mine's round, leader -> envelope), those that may replace
+    `mine`, best first: siblings (two leaders led the round at once, with the same updates and
+    result; ledger.siblings) by a contributor of the round among `leaders` (established peers;
+    None: anyone, a young run), with mine's beacon, their leader's unique reveal and a better
+    sibling_slot. Swaps only ever go to a better slot, so peers converge on the best sibling;
+    were any sibling good enough, each contributor (newcomers included) could offer its own
+    reveal and so pick among as many next beacons as it has identities."""
+    among = {a.peer for a in mine.announcements}
+    among = among if leaders is None else among & leaders
+
+    def slot(accepted: AcceptedRoster) -> Slot:
+        return sibling_slot(accepted, among)
+
+    better = []
+    for leader, env in stored.items():
+        try:
+            roster, anns = signed.open_roster(env, signer=str(leader), max_bytes=max_bytes)
+            theirs = AcceptedRoster(env, roster, tuple(anns))
+            if (
+                siblings(mine, theirs)
+                and roster.leader in among
+                and roster.beacon == mine.roster.beacon
+                and slot(theirs) < slot(mine)
+            ):
+                check_reveal(roster, env["key"])
+                better.append(theirs)
+        except ProtocolError:
+            continue
+    return sorted(better, key=slot)
+
+
+def moved_on(peers: dict[str, Heartbeat], cands: set[str], me: str, round_no: int) -> bool:
+    """Most other candidates hold a state past `round_no`: the swarm took a roster of it while
+    we were still training. Every slot's turn came long ago, then: the waiting peer treats the
+    round as opened round_timeout before, so it takes the roster the swarm took (say rank 1's,
+    led while we were late) instead of refusing it until its own clock reaches that turn and
+    leading the round again as rank 0, alone. Heartbeats are their signers' word, so a majority
+    of lying candidates could make a late peer take a roster early; it cannot stop a leader."""
+    others = [peers[p] for p in cands - {me} if p in peers]
+    return 2 * sum(hb.state_round >= round_no for hb in others) > len(others) > 0
 
 
 def candidates(
@@ -37,8 +203,3 @@ def candidates(
         and (hb.digest == base or round_no <= hb.state_round <= top)
     }
     return live if established is None else live & established
-
-
-def ranking(run: str, round_no: int, base: str, peers: set[str]) -> list[str]:
-    """Candidates in the order they may lead: rank 0 first."""
-    return sorted(peers, key=lambda p: rank_key(run, round_no, base, p))

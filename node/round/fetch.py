@@ -5,6 +5,10 @@ anyone (a relay, the leader) is as good as the owner's: a copy that is not the o
 refused, and one that is is kept here (and so relayed on) as soon as it arrives. The leader
 fetches each update from its owner; the other peers from the sources relay.sources gives
 (docs/protocol.md, "Upload once").
+
+Every update of a run has one exact size (its codec's payload is fixed, and so is the
+envelope around it: UpdateShape), so an announcement of any other size is refused before a
+byte is asked for: a peer cannot make the leader and every member read up to max_update_mb.
 """
 
 from __future__ import annotations
@@ -20,6 +24,25 @@ from protocol.messages import Request, UpdateEnvelope
 from protocol.records import Announcement
 
 ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (relay.sources)
+
+
+class UpdateShape(NamedTuple):
+    """What every update of the run is on the wire: UpdateEnvelope(run, round, peer, codec, payload)."""
+
+    codec: str
+    """The codec's name, as the envelope carries it."""
+    payload_bytes: int
+    """The codec's exact encoded size (codec.encoded_size())."""
+
+
+def envelope_bytes(run: str, round_no: int, peer: str, shape: UpdateShape) -> int:
+    """The exact length of UpdateEnvelope(...).encode() for a payload of shape.payload_bytes:
+    the map with an empty payload (a 2-byte bin header), less that header, plus the payload's
+    own msgpack bin header (2, 3 or 5 bytes) and its bytes. tests/test_beacon.py pins it
+    against real encodings."""
+    empty = UpdateEnvelope(run=run, round=round_no, peer=peer, codec=shape.codec, payload=b"").encode()
+    n = shape.payload_bytes
+    return len(empty) - 2 + (2 if n < 2**8 else 3 if n < 2**16 else 5) + n
 
 
 class FetchJob(NamedTuple):
@@ -39,10 +62,28 @@ def pinned(ann: Announcement, blob: bytes) -> bool:
 class UpdateFetcher:
     """This peer's side of moving updates: fetch, check, keep."""
 
-    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, validate: Callable[[bytes], None]):
+    def __init__(
+        self,
+        net: RoundNet,
+        run_id: str,
+        cfg: SwarmConfig,
+        validate: Callable[[bytes], None],
+        shape: UpdateShape | None = None,
+    ):
         self.net, self.run_id, self.cfg = net, run_id, cfg
         self.validate = validate
         """Raises ProtocolError if an update payload cannot be applied (Hooks.validate)."""
+        self.shape = shape
+        """The run's update shape; None (tests of other rules) checks sizes against max_bytes only."""
+
+    def wrong_size(self, ann: Announcement) -> ProtocolError | None:
+        """Why `ann` cannot be an update of this run (None: its size is the exact one)."""
+        if self.shape is None:
+            return None
+        want = envelope_bytes(self.run_id, ann.round, ann.peer, self.shape)
+        if ann.nbytes == want:
+            return None
+        return ProtocolError(f"announces {ann.nbytes} bytes; every update of this run is {want}")
 
     def fetch(
         self, anns: list[Announcement], round_no: int, sources: Callable[[Announcement], list[str]]
@@ -52,9 +93,12 @@ class UpdateFetcher:
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
             results.append(ProtocolError("not held") if held is None else (self.check(a, held) or held))
+        refused = {i for i, a in enumerate(anns) if self.wrong_size(a) is not None}  # never asked for
+        for i in refused:
+            results[i] = self.wrong_size(anns[i])
         where = [sources(a) for a in anns]
         for attempt in range(ATTEMPTS):
-            todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+            todo = [i for i, r in enumerate(results) if isinstance(r, Exception) and i not in refused]
             jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt : attempt + 1] if src != self.net.me]
             if not jobs:
                 break
@@ -85,6 +129,9 @@ class UpdateFetcher:
         """Why `blob` is not the announced update (None: it is, and its payload can be applied)."""
         if not pinned(ann, blob):
             return ProtocolError("size or SHA-256 differs from the signed announcement")
+        wrong = self.wrong_size(ann)
+        if wrong is not None:
+            return wrong
         try:
             env = UpdateEnvelope.decode(blob)
             if env.run != self.run_id or env.peer != ann.peer or env.round != ann.round:

@@ -4,6 +4,8 @@ When to lead (the election, the waits) is node/round/protocol.py's; this module 
 roster once it is our turn. The leader lists only updates it fetched whole and checked, and
 leaves out any that, applied alone, make the state non-finite; the roster's result is the
 state after applying the rest in roster order (Hooks.result), which every peer recomputes.
+The roster also carries the leader's place in the election (node/round/election.py): its
+unique reveal of the round, the beacon the round was ranked under and the attempt it leads in.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+from node.round import election
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
 from node.round.ledger import AcceptedRoster
 from node.round.net import RoundNet
-from protocol import keys, signed
+from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Roster
@@ -50,20 +53,27 @@ class RosterBuilder:
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
         """The signed announcements of this round's updates that apply to state `base` (in a split
-        swarm the other half's rounds carry the same numbers, on another state)."""
+        swarm the other half's rounds carry the same numbers, on another state) and have the
+        run's exact update size (UpdateFetcher.wrong_size: refused before any fetch)."""
         out = {}
         for peer, env in self.net.get_subkeys(keys.updates_key(self.run_id, round_no)).items():
             try:
                 ann = signed.open_record(env, Announcement, signer=str(peer), max_bytes=self.max_bytes)
+                wrong = self.updates.wrong_size(ann)
+                if wrong is not None:
+                    raise wrong
                 if ann.run == self.run_id and ann.round == round_no and ann.base == base:
                     out[ann.peer] = SignedAnnouncement(env, ann)
             except ProtocolError as e:
                 log.info("ignoring an announcement under %s: %s", str(peer)[:16], e)
         return out
 
-    def build(self, round_no: int, base: str, prev: str, eligible: set[str], at_least: int) -> AcceptedRoster | None:
+    def build(
+        self, round_no: int, base: str, prev: str, eligible: set[str], at_least: int, *, beacon: str, attempt: int
+    ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
-        check, chained on roster `prev`; None when fewer than `at_least` (and 1) are left."""
+        check, chained on roster `prev`, led in `attempt` of the election under `beacon`; None
+        when fewer than `at_least` (and 1) are left."""
         announced = self.announcements(round_no, base)
         picked = [announced[p] for p in sorted(announced) if p in eligible]
         blobs = self.updates.fetch([s.announcement for s in picked], round_no, sources=lambda a: [a.peer])
@@ -91,6 +101,9 @@ class RosterBuilder:
             time=self.net.now(),
             entries=tuple(c.envelope for c in good),
             scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)),
+            reveal=signing.sign_unique(self.key, election.reveal_message(self.run_id, round_no)),
+            beacon=beacon,
+            attempt=attempt,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 

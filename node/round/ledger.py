@@ -48,6 +48,16 @@ class AcceptedRoster:
         return [(a.peer, a.tokens) for a in self.announcements]
 
 
+class ScoredRound(NamedTuple):
+    """One applied roster's scores: what a ban is made of."""
+
+    round: int
+    leader: str
+    """The peer that signed the roster, and so wrote the scores."""
+    scores: dict[str, float]
+    """Peer id -> its update's loss-change score (lower is better)."""
+
+
 @dataclass
 class Ledger:
     path: Path | None = None
@@ -153,9 +163,13 @@ class Ledger:
         """Peers named in any roster of the window: who may vote."""
         return set(self.appearances())
 
-    def score_history(self) -> list[dict[str, float]]:
-        """Per round, oldest first, the leader's scores (for node/outer/scoring.py's ban rule)."""
-        return [dict(self.rosters[r].roster.scores) for r in sorted(self.rosters)]
+    def score_history(self) -> list[ScoredRound]:
+        """Per round, oldest first, who led it and the scores it wrote (for node/outer/scoring.py's
+        ban rule, which counts the leaders behind a peer's flags)."""
+        return [
+            ScoredRound(r, self.rosters[r].roster.leader, dict(self.rosters[r].roster.scores))
+            for r in sorted(self.rosters)
+        ]
 
 
 def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from protocol import keys, signed
 from protocol.errors import ProtocolError
@@ -60,3 +60,28 @@ def read_peers(
             continue
         table[hb.peer] = hb
     return table
+
+
+class Sighting(NamedTuple):
+    """A peer's latest heartbeat, and when (monotonic seconds) a DHT read last showed it."""
+
+    at: float
+    heartbeat: Heartbeat
+
+
+class PeerTable:
+    """Live peers: each DHT read merged with what earlier reads saw within 2 x heartbeat_ttl.
+    One DHT read may miss subkeys (a lookup that did not reach every replica), and a roster
+    should not be refused because its leader's heartbeat was missing from one read."""
+
+    def __init__(self, net: RoundNet, run_id: str, heartbeat_ttl: float):
+        self.net, self.run_id, self.ttl = net, run_id, heartbeat_ttl
+        self.recent: dict[str, Sighting] = {}  # peer -> its latest heartbeat and when we saw it
+
+    def read(self) -> dict[str, Heartbeat]:
+        now = self.net.monotonic()
+        for p, hb in read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.ttl).items():
+            self.recent[p] = Sighting(now, hb)
+        for p in [p for p, sighting in self.recent.items() if now - sighting.at > 2 * self.ttl]:
+            del self.recent[p]
+        return {p: sighting.heartbeat for p, sighting in self.recent.items()}

@@ -1,13 +1,12 @@
 """The life of one round (protocol v2, docs/protocol.md), as pure logic over a RoundNet.
 
 1. Each peer keeps its encoded update, and announces it signed: (run, round, size, SHA-256, tokens).
-2. The candidates (live, on the round's base state, established in the ledger) are ranked by a
-   hash of (run, round, base digest, peer). Rank 0 waits for the expected announcements (or
-   collect_timeout), fetches and checks every update (node/round/fetch.py), applies them to a
-   copy of the state (Hooks.result) and publishes the signed roster (node/round/lead.py): the
-   signed announcements, prev, base, result and, with scoring, the scores. Rank i may lead
-   after i x leader_backoff more seconds.
-3. Every peer accepts only rosters that pass `check_roster`, picks the best-ranked one,
+2. The candidates (live, on the round's base state, established in the ledger) are ranked under
+   the round's beacon, afresh in each attempt (node/round/election.py). Rank 0 waits for the
+   expected announcements (or collect_timeout), fetches and checks every update (fetch.py),
+   applies them to a copy of the state (Hooks.result) and publishes the signed roster
+   (lead.py). Ranks 1 and 2 may lead after collect_timeout + rank x leader_backoff.
+3. Every peer accepts only rosters that pass `check_roster`, picks the smallest (attempt, rank),
    gathers its updates (exact sizes, SHA-256 pinned by the signed announcements) down relay
    trees rooted at their owners (node/round/relay.py: an owner sends its update twice,
    whatever N), else from their owner or the leader, and applies them in roster order: the
@@ -21,15 +20,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.round import election, relay
-from node.round.fetch import UpdateFetcher
+from node.round.election import RosterCheck, Slot
+from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
 from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
-from node.round.ledger import AcceptedRoster, Ledger, siblings
-from node.round.net import RoundNet, read_peers
+from node.round.ledger import AcceptedRoster, Ledger
+from node.round.net import PeerTable, RoundNet
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
@@ -48,28 +47,24 @@ class RoundFailed(Exception):
     """This peer cannot complete the round identically; it must resync its state."""
 
 
-class Sighting(NamedTuple):
-    """A peer's latest heartbeat, and when (monotonic seconds) a DHT read last showed it."""
-
-    at: float
-    heartbeat: Heartbeat
-
-
-class RosterCheck(NamedTuple):
-    """A roster that passed check_roster."""
-
-    accepted: AcceptedRoster
-    sibling: AcceptedRoster | None
-    """A sibling of our ledger's last roster that this one chains on, for Ledger.swap."""
-
-
 class RoundProtocol:
     """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it."""
 
-    def __init__(self, net: RoundNet, run_id: str, cfg: SwarmConfig, key, ledger: Ledger, hooks: Hooks, max_bytes: int):
+    def __init__(
+        self,
+        net: RoundNet,
+        run_id: str,
+        cfg: SwarmConfig,
+        key,
+        ledger: Ledger,
+        hooks: Hooks,
+        max_bytes: int,
+        update_shape: UpdateShape | None = None,
+    ):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
         self.me = net.me
         self.max_bytes = max_bytes
+        self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
@@ -77,8 +72,8 @@ class RoundProtocol:
         self.refused: set[tuple[int, str]] = set()  # rosters already logged as refused
         self.left_out = 0  # rounds whose roster omitted our announced update
         self.last_announced = 0  # the last round we announced an update for
-        self._recent: dict[str, Sighting] = {}  # peer -> its latest heartbeat and when we saw it
-        self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate)
+        self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
+        self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
 
     # ------------------------------------------------------------------------------- announce
@@ -87,6 +82,9 @@ class RoundProtocol:
 
     def announce(self, round_no: int, blob: bytes, tokens: int, base: str) -> None:
         """Publish our update of `round_no`, which applies to state `base` (our state now)."""
+        shape = self.updates.shape
+        if shape is not None and len(blob) != envelope_bytes(self.run_id, round_no, self.me, shape):
+            raise ValueError(f"our update is {len(blob)} bytes, not the run's {shape}: every peer would refuse it")
         self.net.keep_update(round_no, self.me, blob)
         self.last_announced = round_no
         ann = Announcement(
@@ -103,15 +101,8 @@ class RoundProtocol:
 
     # ------------------------------------------------------------------------- who may lead
     def peers(self) -> dict[str, Heartbeat]:
-        """Live peers: this DHT read merged with what earlier reads saw within 2 x heartbeat_ttl.
-        One DHT read may miss subkeys (a lookup that did not reach every replica), and a roster
-        should not be refused because its leader's heartbeat was missing from one read."""
-        now = self.net.monotonic()
-        for p, hb in read_peers(self.net.get_subkeys, self.run_id, self.net.now(), self.cfg.heartbeat_ttl).items():
-            self._recent[p] = Sighting(now, hb)
-        for p in [p for p, sighting in self._recent.items() if now - sighting.at > 2 * self.cfg.heartbeat_ttl]:
-            del self._recent[p]
-        return {p: sighting.heartbeat for p, sighting in self._recent.items()}
+        """Live peers (net.PeerTable: merged over reads, so one partial read does not drop one)."""
+        return self.table.read()
 
     def candidates(
         self, peers: dict[str, Heartbeat], base: str, state_round: int, ahead: int | None = None
@@ -130,35 +121,60 @@ class RoundProtocol:
     def await_roster(self, round_no: int, base: str, state_round: int, stop: threading.Event) -> AcceptedRoster | None:
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
+        self.opened = {r: t for r, t in self.opened.items() if r >= round_no - 2}
+        opened = self.opened.setdefault(round_no, started)  # a retry of the round goes on with its attempts
+        self.converge(round_no - 1)
         seen = self.seen.setdefault(round_no, set())
         while not stop.is_set() and self.net.monotonic() - started < self.cfg.round_timeout:
             peers = self.peers()
             seen |= set(peers)
             cands = self.candidates(peers, base, state_round)
-            accepted = self.read_roster(round_no, base, cands)
+            turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
+            if cands and election.moved_on(peers, cands, self.me, round_no):  # we come late to the round
+                opened = self.opened[round_no] = min(opened, self.net.monotonic() - self.cfg.round_timeout)
+            accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
                 self._note_left_out(round_no, accepted)
                 return accepted
-            waited = self.net.monotonic() - started
-            turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
-            if turns is not None and self.me in turns and self._my_turn(round_no, base, turns, peers, waited):
-                late = waited >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
-                accepted = self._lead(round_no, base, at_least=1 if late else self.cfg.min_peers)
+            now = self.net.monotonic()
+            slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
+            if slot is not None:
+                late = now - started >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
+                accepted = self._lead(round_no, base, slot, at_least=1 if late else self.cfg.min_peers)
                 if accepted is not None:
                     self._note_left_out(round_no, accepted)
                     return accepted
             stop.wait(POLL)
         return None
 
-    def _my_turn(self, round_no: int, base: str, cands: set[str], peers: dict, waited: float) -> bool:
-        rank = election.ranking(self.run_id, round_no, base, cands).index(self.me)
-        if rank > 0:  # a better-ranked peer that is alive but does not lead is passed over
-            return waited >= self.cfg.collect_timeout + rank * self.cfg.leader_backoff
+    def beacon(self, round_no: int, parent: AcceptedRoster | None = None) -> str | None:
+        """The beacon round `round_no` is ranked under: beacon(1) from the run id, else from the
+        roster of the round before (`parent`, default our ledger's): its beacon and its leader's
+        reveal. None when we do not hold that roster (we joined or resynced)."""
+        if round_no == 1:
+            return election.first_beacon(self.run_id)
+        parent = parent or self.ledger.rosters.get(round_no - 1)
+        return None if parent is None else election.next_beacon(parent.roster.beacon, parent.roster.reveal)
+
+    def _my_turn(
+        self, round_no: int, base: str, turns: set[str], peers: dict, waited: float, elapsed: float
+    ) -> Slot | None:
+        """Our slot when we may lead now: we rank below ATTEMPT_RANKS in the running attempt and
+        its turn came (a better-ranked peer that is alive but does not lead is passed over)."""
+        beacon = self.beacon(round_no)
+        if beacon is None or self.me not in turns:
+            return None  # we do not know the chain: leave leading to others (as _lead does)
+        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me)
+        if not election.may_lead(slot, elapsed, self.cfg):
+            return None
+        if slot != (0, 0):  # later ranks, and rank 0 of a later attempt, find the announcements in
+            return slot
         if self.me not in peers and waited < self.cfg.collect_timeout:
-            return False  # a table without our own heartbeat is a partial DHT read
+            return None  # a table without our own heartbeat is a partial DHT read
         announced = self.builder.announcements(round_no, base)
         enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
-        return enough and (self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout)
+        done = self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout
+        return slot if enough and done else None
 
     def _expected(self, round_no: int, peers: dict[str, Heartbeat]) -> set[str]:
         """Whose update the leader waits for: live, active peers on this round, and the members of
@@ -172,36 +188,40 @@ class RoundProtocol:
         } | {self.me}
 
     # ------------------------------------------------------------------------- roster checks
-    def read_roster(self, round_no: int, base: str, cands: set[str] | None) -> AcceptedRoster | None:
-        """The best-ranked acceptable roster of this round, if any."""
+    def read_roster(
+        self, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
+    ) -> AcceptedRoster | None:
+        """The acceptable roster of this round with the smallest (attempt, rank), if any."""
         passed: list[RosterCheck] = []
         for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
             if (round_no, leader) in self.failed:
                 continue
             try:
-                passed.append(self.check_roster(env, str(leader), round_no, base, cands))
+                passed.append(self.check_roster(env, str(leader), round_no, base, cands, ranked))
             except ProtocolError as e:
                 if (round_no, leader) not in self.refused:
                     self.refused.add((round_no, leader))
                     log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
         if not passed:
             return None
-        best = min(passed, key=lambda c: election.rank_key(self.run_id, round_no, base, c.accepted.roster.leader))
+        best = min(passed, key=RosterCheck.preference)
         if best.sibling is not None:
-            self.ledger.swap(best.sibling)
-            log.info(
-                "round %d: our ledger now holds %s's roster of round %d (same updates and state), "
-                "which the swarm chains on",
-                round_no,
-                best.sibling.roster.leader[:16],
-                round_no - 1,
-            )
+            self._swap(best.sibling)
         return best.accepted
 
-    def check_roster(self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None) -> RosterCheck:
-        """Accept a roster only when it is signed by a leader we could elect, starts from our state,
-        continues our ledger (or a sibling of our last roster, returned for a swap), and lists
-        signed announcements of live, unbanned peers."""
+    def elapsed(self, round_no: int) -> float:
+        """Seconds since we first awaited `round_no` (0 before: only the first slot's turn has come)."""
+        opened = self.opened.get(round_no)
+        return 0.0 if opened is None else self.net.monotonic() - opened
+
+    def check_roster(
+        self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
+    ) -> RosterCheck:
+        """Accept a roster only when it is signed by a leader we could elect, in a slot (attempt,
+        rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
+        starts from our state, continues our ledger (or a better sibling of our last roster,
+        returned for a swap) with the beacon that follows from it and its leader's unique
+        reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
         if roster.run != self.run_id or roster.round != round_no:
             raise ProtocolError("names another run or round")
@@ -217,6 +237,16 @@ class RoundProtocol:
             raise ProtocolError("its leader is not an established peer on this state")
         if cands is None and leader not in seen:
             raise ProtocolError("its leader has no live signed heartbeat")
+        # Without the roster before (a joiner) we take the claimed beacon as is: a later step
+        # verifies the chain of beacons from genesis. Ranks are judged only where our ledger
+        # tells who may lead (cands); a joiner accepts any live leader, as before.
+        expected = self.beacon(round_no, sibling)
+        if expected is not None and roster.beacon != expected:
+            raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {expected[:12]}")
+        slot = election.slot_of(roster.beacon, roster.attempt, (cands if ranked is None else ranked) or set(), leader)
+        if cands is not None and leader != self.me:
+            election.check_turn(slot, self.elapsed(round_no), self.cfg)
+        election.check_reveal(roster, env["key"])
         if any(a.base != roster.base for a in anns):
             raise ProtocolError("lists an update made for another state")
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
@@ -225,29 +255,39 @@ class RoundProtocol:
         banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
         if banned:
             raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
-        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling)
+        wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
+        if wrong is not None:
+            raise ProtocolError(f"lists an update that {wrong}")
+        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
 
     def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
-        """The DHT's roster of `round_no` whose hash is `wanted`, if it is a sibling of ours (two
-        leaders led that round at once, with the same updates and result; ledger.siblings) and
-        its leader contributed to that round. Without this, peers that took different siblings
-        would refuse each other's rosters for ever although their states are equal."""
+        """The DHT's roster of `round_no` whose hash is `wanted`, if it is a better sibling of ours
+        (election.better_siblings). Without this, peers that took different siblings would
+        refuse each other's rosters for ever although their states are equal."""
+        return next((s for s in self._better_siblings(round_no) if s.hash == wanted), None)
+
+    def converge(self, round_no: int) -> None:
+        """Take the best sibling of our roster of `round_no` in the DHT, if better than ours, before
+        the next round is ranked from it (its beacon is its leader's) and before we chain on it."""
+        better = self._better_siblings(round_no)
+        if better:
+            self._swap(better[0])
+
+    def _better_siblings(self, round_no: int) -> list[AcceptedRoster]:
         mine = self.ledger.rosters.get(round_no)
         if mine is None:
-            return None
-        for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
-            try:
-                roster, anns = signed.open_roster(env, signer=str(leader), max_bytes=self.max_bytes)
-            except ProtocolError:
-                continue
-            theirs = AcceptedRoster(env, roster, tuple(anns))
-            if (
-                theirs.hash == wanted
-                and siblings(mine, theirs)
-                and roster.leader in {a.peer for a in mine.announcements}
-            ):
-                return theirs
-        return None
+            return []
+        stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
+        leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
+        return election.better_siblings(mine, stored, self.max_bytes, leaders)
+
+    def _swap(self, sibling: AcceptedRoster) -> None:
+        self.ledger.swap(sibling)
+        log.info(
+            "round %d: our ledger now holds %s's roster (same updates and state), a better-ranked sibling",
+            sibling.roster.round,
+            sibling.roster.leader[:16],
+        )
 
     def _note_left_out(self, round_no: int, accepted: AcceptedRoster) -> None:
         if self.net.held_update(round_no, self.me) is not None and all(
@@ -274,19 +314,19 @@ class RoundProtocol:
         return out
 
     # ------------------------------------------------------------------------------- leading
-    def _lead(self, round_no: int, base: str, at_least: int = 1) -> AcceptedRoster | None:
-        prev = self.ledger.prev_hash(round_no)
-        if not prev:
+    def _lead(self, round_no: int, base: str, slot: Slot, at_least: int = 1) -> AcceptedRoster | None:
+        prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
+        if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
-        accepted = self.builder.build(round_no, base, prev, eligible, at_least)
+        accepted = self.builder.build(round_no, base, prev, eligible, at_least, beacon=beacon, attempt=slot.attempt)
         if accepted is None:
             return None
         existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(accepted.roster)))
         if existing is not None:  # another rank led while we fetched: follow it, do not fork the round
             return existing
         self.net.store(keys.roster_key(self.run_id, round_no), self.me, accepted.envelope, ttl=self.ttl)
-        log.info("round %d: led, roster of %d", round_no, len(accepted.announcements))
+        log.info("round %d: led (attempt %d, rank %d), roster of %d", round_no, *slot, len(accepted.announcements))
         return accepted
 
     # -------------------------------------------------------------------------------- gather

@@ -186,6 +186,12 @@ class Bootstrap(NamedTuple):
     run_id: str
 
 
+def join_args(boot: Bootstrap, data_dir: Path, *more: str) -> list[str]:
+    """`join` of a volunteer on loopback into `boot`'s run, with its own data dir and one thread."""
+    return ["join", "--run-id", boot.run_id, "--initial-peers", boot.maddr, "--host", "127.0.0.1",
+            "--data-dir", str(data_dir), "--threads", "1", *more]  # fmt: skip
+
+
 def bootstrap_ready(boot: Proc) -> Bootstrap:
     found = boot.wait_for(r"event=bootstrap_ready run=(\S+) .*maddrs=(\S+)", 90)
     return Bootstrap(boot, found.group(2).split(",")[0], found.group(1))

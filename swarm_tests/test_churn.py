@@ -6,31 +6,24 @@ import json
 import os
 import signal
 
-from swarm_tests.conftest import start_bootstrap
+from swarm_tests.conftest import join_args, start_bootstrap
 
 ROUNDS = 40  # rounds of the small run take well under a second
 
 
 def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, small_run):
     small_run.write_text(small_run.read_text() + "min_peers = 2\n")  # no one trains alone at the start
-    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
+    boot = start_bootstrap(procs, tmp_path, small_run)
     started = [
         procs(
-            "join",
-            "--run-id",
-            run_id,
-            "--initial-peers",
-            maddr,
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            str(tmp_path / f"v{i}"),
-            "--threads",
-            "1",
-            "--max-rounds",
-            str(ROUNDS),
-            "--result-json",
-            str(tmp_path / f"v{i}.json"),
+            *join_args(
+                boot,
+                str(tmp_path / f"v{i}"),
+                "--max-rounds",
+                str(ROUNDS),
+                "--result-json",
+                str(tmp_path / f"v{i}.json"),
+            )
         )
         for i in range(3)
     ]

@@ -3,7 +3,7 @@ contributes (fewer tokens, weighted as such), and every peer ends each round on 
 
 import re
 
-from swarm_tests.conftest import start_bootstrap
+from swarm_tests.conftest import join_args, start_bootstrap
 
 ROUNDS = 8
 
@@ -22,23 +22,12 @@ def test_a_slow_peer_adds_fewer_tokens_and_nobody_waits_for_it(procs, tmp_path, 
         .replace("inner_steps = 4", "inner_steps = 8")
         .replace("[swarm]\n", "[swarm]\nround_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n")
     )
-    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
+    boot = start_bootstrap(procs, tmp_path, small_run)
     peers = [
         procs(
-            "join",
-            "--run-id",
-            run_id,
-            "--initial-peers",
-            maddr,
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            str(tmp_path / f"v{i}"),
-            "--threads",
-            "1",
-            "--max-rounds",
-            str(ROUNDS),
-            *(["--slowdown", "4"] if i == 2 else []),
+            *join_args(
+                boot, str(tmp_path / f"v{i}"), "--max-rounds", str(ROUNDS), *(["--slowdown", "4"] if i == 2 else [])
+            )
         )
         for i in range(3)
     ]

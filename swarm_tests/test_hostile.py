@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from swarm_tests.conftest import ROOT, start_bootstrap
+from swarm_tests.conftest import ROOT, join_args, start_bootstrap
 
 ROUNDS = 14
 
@@ -16,24 +16,18 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
         small_run.read_text().replace("round_timeout = 60.0", "round_timeout = 60.0\nmin_peers = 3")
         + "[robust]\nscoring = true\n"
     )  # the leader scores every update on a shared batch
-    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
+    boot = start_bootstrap(procs, tmp_path, small_run)
+    maddr, run_id = boot.maddr, boot.run_id
     vols = [
         procs(
-            "join",
-            "--run-id",
-            run_id,
-            "--initial-peers",
-            maddr,
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            str(tmp_path / f"v{i}"),
-            "--threads",
-            "1",
-            "--max-rounds",
-            str(ROUNDS),
-            "--result-json",
-            str(tmp_path / f"v{i}.json"),
+            *join_args(
+                boot,
+                str(tmp_path / f"v{i}"),
+                "--max-rounds",
+                str(ROUNDS),
+                "--result-json",
+                str(tmp_path / f"v{i}.json"),
+            )
         )
         for i in range(3)
     ]

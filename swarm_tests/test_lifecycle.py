@@ -12,29 +12,15 @@ import pytest
 from node.config import load_run_config
 from node.outer.state import SwarmState
 from node.train.model import build_model
-from swarm_tests.conftest import alive, free_port, start_bootstrap
+from swarm_tests.conftest import alive, free_port, join_args, start_bootstrap
 
 PEER = "QmNgri3sqZDwwFzgKdnak1ZWaSAe9yYu2XZL5zD1ca43ne"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_leaves_swarm_keeps_checkpoint_and_no_p2pd(procs, tmp_path, small_run, sig):
-    _, maddr, run_id = start_bootstrap(procs, tmp_path, small_run)
-    node = procs(
-        "join",
-        "--run-id",
-        run_id,
-        "--initial-peers",
-        maddr,
-        "--host",
-        "127.0.0.1",
-        "--data-dir",
-        str(tmp_path / "v"),
-        "--threads",
-        "1",
-        "--result-json",
-        str(tmp_path / "v.json"),
-    )
+    boot = start_bootstrap(procs, tmp_path, small_run)
+    node = procs(*join_args(boot, str(tmp_path / "v"), "--result-json", str(tmp_path / "v.json")))
     node.wait_for(r"event=round round=2 ", 120)
     url = node.wait_for(r"status_url=(\S+)", 5).group(1)
     status = json.loads(urllib.request.urlopen(url + "api/status", timeout=10).read())

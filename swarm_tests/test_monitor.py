@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm_tests.conftest import ROOT, SMALL_RUN, Proc, start_bootstrap
+from swarm_tests.conftest import ROOT, SMALL_RUN, Proc, join_args, start_bootstrap
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("SWARMTRAIN_ARTIFACTS", ROOT / "test-artifacts"))
@@ -50,26 +50,9 @@ def swarm(tmp_path_factory):
         return started[-1]
 
     try:
-        boot, maddr, run_id = start_bootstrap(procs, tmp, run)
-        peers = [
-            procs(
-                "join",
-                "--run-id",
-                run_id,
-                "--initial-peers",
-                maddr,
-                "--host",
-                "127.0.0.1",
-                "--data-dir",
-                str(tmp / f"v{i}"),
-                "--threads",
-                "1",
-                "--name",
-                f"vol{i}",
-                "--eval",
-            )
-            for i in range(3)
-        ]
+        boot = start_bootstrap(procs, tmp, run)
+        maddr, run_id = boot.maddr, boot.run_id
+        peers = [procs(*join_args(boot, str(tmp / f"v{i}"), "--name", f"vol{i}", "--eval")) for i in range(3)]
         monitor = procs(
             "monitor",
             "--run-id",

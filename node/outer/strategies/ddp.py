@@ -8,6 +8,7 @@ import torch
 
 from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights
+from node.outer.copies import distinct
 from node.outer.state import SwarmState
 from protocol.codecs import DenseCodec
 
@@ -40,6 +41,7 @@ class DdpAdamW:
     def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
         """AdamW on the combined gradient, written as elementwise ops only (no reductions), so the
         result does not depend on thread counts or vector widths."""
+        payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
         combined = self.agg.dense([self.codec.decode(p) for p in payloads])
         t = state.round + 1
         lr = self.train.inner_lr * self.schedule(state.round)

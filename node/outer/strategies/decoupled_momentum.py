@@ -13,6 +13,7 @@ import torch
 
 from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights
+from node.outer.copies import distinct
 from node.outer.state import SwarmState
 from protocol.codecs import TopKCodec
 
@@ -53,6 +54,7 @@ class DecoupledMomentum:
 
     @torch.no_grad()
     def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
+        payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
         signs = self.agg.signs(self.codec, [self.codec.unpack(p) for p in payloads])
         self._step(state.params, signs, state.round)
         state.round += 1

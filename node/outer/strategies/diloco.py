@@ -10,6 +10,7 @@ import torch
 
 from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights, per_round
+from node.outer.copies import distinct
 from node.outer.state import SwarmState
 from protocol.codecs import DenseCodec, Int8Codec, QuantCodec
 
@@ -81,6 +82,7 @@ class DiLoCo:
         Separate multiply and add ops (no fused alpha/FMA forms), each exactly rounded in fp32
         on the CPU, so every peer computes the same bits from the same payloads.
         """
+        payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
         combined = self.agg.dense([self.codec.decode(p) for p in payloads], weights)
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
         for param, mom, g in zip(state.params, state.outer["momentum"], combined):

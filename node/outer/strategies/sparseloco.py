@@ -9,6 +9,7 @@ import torch
 
 from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights, per_round
+from node.outer.copies import distinct
 from node.outer.state import SwarmState
 from protocol.codecs import TopKCodec
 
@@ -74,6 +75,7 @@ class SparseLoCo:
         """theta -= outer_lr * combine(received), in roster order (no DCT: exact scatter-adds); with
         sparse_outer_momentum mu: Nesterov, m = mu * m + g, theta -= outer_lr * (g + mu * m), in
         separate multiply and add ops (each exactly rounded in fp32: the same bits on every peer)."""
+        payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
         combined = self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads], weights)
         mu = self.cfg.sparse_outer_momentum
         if mu > 0:

@@ -75,7 +75,7 @@ def swarm(tmp_path_factory):
             "peers": peers,
             "maddr": maddr,
             "run_id": run_id,
-            "boot": boot,
+            "boot": boot.proc,
             "procs": procs,
             "tmp": tmp,
         }

@@ -17,39 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # Which rooms each room may import (its own modules always). A room is a package under node/
 # (node.config, node.train, ...), a top-level module of node (node.errors, node.cli), or one of
 # the top-level packages protocol and bench.
+WIRE = {"node.config", "node.errors", "protocol"}  # what every room but protocol and config may use
+PEER = WIRE | {"node.train", "node.outer", "node.round", "node.p2p", "node.watch", "node"}
 ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "node": set(),  # node/__init__.py: the version only
     "node.errors": set(),
     "node.config": {"node.errors"},
-    "node.train": {"node.config", "node.errors", "protocol"},
-    "node.outer": {"node.train", "node.config", "node.errors", "protocol"},
-    "node.round": {"node.config", "node.errors", "protocol"},
-    "node.p2p": {"node.round", "node.config", "node.errors", "protocol", "node"},
-    "node.watch": {"node.config", "node.errors", "protocol"},
-    "node.peer": {
-        "node.train",
-        "node.outer",
-        "node.round",
-        "node.p2p",
-        "node.watch",
-        "node.config",
-        "node.errors",
-        "protocol",
-        "node",
-    },
-    "node.commands": {
-        "node.peer",
-        "node.train",
-        "node.outer",
-        "node.round",
-        "node.p2p",
-        "node.watch",
-        "node.config",
-        "node.errors",
-        "protocol",
-        "node",
-    },
+    "node.train": WIRE,
+    "node.outer": WIRE | {"node.train"},
+    "node.round": WIRE,
+    "node.p2p": WIRE | {"node.round", "node"},
+    "node.watch": WIRE,
+    "node.peer": PEER,
+    "node.commands": PEER | {"node.peer"},
     "node.cli": {"node.commands", "node.peer", "node.watch", "node.config", "node.errors", "node"},
 }
 # The one place the runtime may reach the benchmarks: `swarmtrain bench ...` imports them inside

@@ -36,10 +36,7 @@ log = logging.getLogger("swarmtrain.swarm")
 # expiration from the record's time, so no store delay needs covering; it was 60 s, and a replayed
 # copy outlived its successor that long (docs/security.md, replays).
 SLACK = 10.0
-# Longest signed heartbeat body validators accept. Ours are ~400 B (two addresses); the 8 KiB that
-# protocol/signed.py allows let ~470 padded heartbeats fill hivemind's 4 MiB reply to a peer-table
-# read (~8.8 KB each once stored); at 1 KiB it takes ~2,500 (1,673 B each). Measured in tests/test_budgets.py.
-MAX_HEARTBEAT_BODY = 1024
+MAX_HEARTBEAT_BODY = signed.MAX_BODY["heartbeat"]  # what peers accept: our heartbeats are trimmed to fit
 TIME_STEP = 1e-3  # seconds our consecutive heartbeats' times differ by at least (see HeartbeatPublisher)
 
 

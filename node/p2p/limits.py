@@ -38,9 +38,6 @@ class Budgets:
     inbound_streams: int = 64
     """Requests served at once: eight peers at the per-peer cap (8). Each holds a coroutine, a request
     of at most 4 KiB and, while answering, the update or state it sends."""
-    known_streams: int = 16
-    """Of `inbound_streams`, the places only peers the round protocol knows may take (Exchange.set_known):
-    any number of fresh ids shares the other 48, and the round's members are still served."""
     state_uploads: int = 2
     """States sent at once: each holds about two copies of the state until it is sent. A joiner refused
     as busy asks another peer."""
@@ -48,6 +45,12 @@ class Budgets:
     """Bytes of answers being read from peers at once, all our fetches together: an announcement says how
     long its update is (up to max_update_mb), and nothing is checked until the bytes are in. Two updates
     of the default largest size (256 MiB); a larger single answer is read alone."""
+
+    @property
+    def known_streams(self) -> int:
+        """Of `inbound_streams`, the places only peers the round protocol knows may take (Exchange.set_known):
+        a quarter, so any number of fresh ids shares the rest and the round's members are still served."""
+        return self.inbound_streams // 4
 
 
 DEFAULT_BUDGETS = Budgets()

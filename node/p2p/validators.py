@@ -10,8 +10,8 @@ hide a whole peer table behind a plain value, or forge a roster. The rules, for 
     signature is by that subkey's peer (by the organizer named in a manifest);
   * its `time` is at most MAX_SKEW in the future, and it expires at most its kind's TTL + SLACK
     after that time (a manifest: after now, since it is immutable and re-published by others);
-  * a heartbeat's signed body is at most MAX_HEARTBEAT_BODY (1 KiB): padded ones would fill the
-    reply to a peer-table read, checked before any signature;
+  * a heartbeat's signed body is at most protocol/signed.py's MAX_BODY (1 KiB), checked before
+    decoding or any signature: padded ones would fill the reply to a peer-table read;
   * it is a dictionary entry: a plain value under a key is refused.
 Our own stores use the latest expiration allowed (node/p2p/dht.py: latest_expiration), so a
 replayed older copy never outlives a newer one.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.p2p.dht import MAX_HEARTBEAT_BODY, SLACK, latest_expiration
+from node.p2p.dht import SLACK, latest_expiration
 from node.p2p.telemetry import valid_stored_record
 from node.round.net import MAX_SKEW
 from protocol import signed
@@ -68,8 +68,6 @@ class RunValidator:
         try:
             subkey = MSGPackSerializer.loads(subkey_bytes)
             envelope = MSGPackSerializer.loads(value_bytes)
-            if padded_heartbeat(envelope):
-                return False
             claimed = signed.claimed_key(envelope)
         except Exception:  # malformed msgpack or odd types from a peer: a validator never raises
             return False
@@ -100,16 +98,6 @@ class RunValidator:
 
     def merge_with(self, other) -> bool:
         return False
-
-
-def padded_heartbeat(envelope: object) -> bool:
-    """A heartbeat envelope whose body is over MAX_HEARTBEAT_BODY (no decoding, no signature check)."""
-    return (
-        isinstance(envelope, dict)
-        and envelope.get("kind") == "heartbeat"
-        and isinstance(envelope.get("body"), bytes)
-        and len(envelope["body"]) > MAX_HEARTBEAT_BODY
-    )
 
 
 def guard_run(swarm, run_id: str, *, heartbeat_ttl: float = 120.0, round_ttl: float = 3600.0) -> None:

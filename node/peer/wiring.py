@@ -97,7 +97,6 @@ class NodeParts:
             relay_wait=self.run.swarm.relay_wait,
             budgets=Budgets(
                 inbound_streams=cfg.max_inbound_streams,
-                known_streams=cfg.max_inbound_streams // 4,
                 state_uploads=cfg.max_state_uploads,
                 held_bytes=int(cfg.max_fetch_mb_in_flight * 2**20),
             ),

@@ -9,6 +9,10 @@ Requests (what a peer says):
       "Send me the update peer P announced for round r of run R (yours or one you gathered)."
   {"op": "state", "run": R}
       "Send me your current training state of run R."
+  {"op": "ledger", "run": R, "round": r}
+      "Send me your chain's signed rosters of run R from round r on (as many as fit in about
+      4 MiB)." The payload is a msgpack list of roster envelopes; the reader verifies them from
+      its own anchor (node/round/chain.py), so a lying peer can only withhold.
 Responses:
   {"ok": true, "payload": <bytes>}                  "Here it is."
   {"ok": false, "error": "<why>"}                   "I cannot; here is why."
@@ -28,7 +32,7 @@ from protocol.records import PEER_ID_RE
 
 HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096
-OPS = ("update", "state")
+OPS = ("update", "state", "ledger")
 MAX_ERROR_CHARS = 500
 # a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
 MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS

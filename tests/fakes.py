@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from protocol import signing
@@ -68,6 +69,9 @@ class FakeNet:
         self.updates: dict[tuple[int, str], bytes] = {}
         self.serve_override: dict[tuple[int, str], bytes] = {}  # what a lying peer answers instead
         self.asked: list[tuple[int, str]] = []  # (round, owner) of each update request to this peer
+        self.requests: list[tuple[str, int]] = []  # (op, round) of every request to this peer
+        self.ledger = None  # a Ledger whose rosters `ledger` requests are answered from
+        self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
         self.ticks = itertools.count()
         registry[me] = self
 
@@ -82,8 +86,10 @@ class FakeNet:
         for peer, request, expect in jobs:
             other = self.registry.get(peer)
             if other is not None:
-                other.asked.append((request.round, request.peer))
-            blob = None if other is None else other.serve(request.round, request.peer)
+                other.requests.append((request.op, request.round))
+                if request.op == "update":
+                    other.asked.append((request.round, request.peer))
+            blob = None if other is None else other.answer(request)
             if blob is None:
                 out.append(ProtocolError(f"peer refused: no update of {request.peer[:8]}"))
             elif expect is not None and len(blob) != expect:
@@ -93,6 +99,14 @@ class FakeNet:
                 if on_each is not None:
                     on_each(len(out) - 1, blob)
         return out
+
+    def answer(self, request) -> bytes | None:
+        if request.op == "ledger":
+            rosters = self.ledger_override
+            if rosters is None and self.ledger is not None:
+                rosters = self.ledger.envelopes_from(request.round)
+            return msgpack.packb(rosters, use_bin_type=True) if rosters else None
+        return self.serve(request.round, request.peer)
 
     def serve(self, round_no: int, peer: str) -> bytes | None:
         return self.serve_override.get((round_no, peer), self.updates.get((round_no, peer)))

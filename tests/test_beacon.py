@@ -341,8 +341,8 @@ def test_a_newcomer_cannot_reseed_the_beacon_with_a_better_ranked_sibling(monkey
     for _ in range(2):
         play_round(peers)  # all three are established (established_rounds = 2)
     leader = election.ranking(peers[0].proto.beacon(3), 0, ids(peers))[0]
-    newcomer.digest, newcomer.round = peers[0].digest, peers[0].round
-    newcomer.ledger.restart(newcomer.round, newcomer.digest)
+    newcomer.digest, newcomer.round = peers[0].digest, peers[0].round  # it took the state and its chain
+    newcomer.ledger.extend(0, [peers[0].ledger.rosters[r] for r in (1, 2)])
     played = play_round([*peers, newcomer])
     canonical = played[peers[0].id].accepted
     assert canonical.roster.leader == leader and newcomer.id in {a.peer for a in canonical.announcements}

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import msgpack
+
 from node.config import SwarmConfig
 from node.p2p.limits import DEFAULT_BUDGETS, Budgets, ByteBudget, FetchSlots, Refusal, ServeGate, UploadLimit
 from node.p2p.streams import read_request, read_response
@@ -117,6 +119,7 @@ class Exchange:
         self._upload = UploadLimit(upload_limit) if upload_limit else None
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
+        self._ledger: Callable[[int, int], list[dict]] = lambda first, most: []
         self._lock = threading.Lock()
         self._loop = new_loop(event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange", daemon=True)
@@ -146,6 +149,10 @@ class Exchange:
     def set_state(self, blob: bytes) -> None:
         with self._lock:
             self._state = blob
+
+    def set_ledger(self, rosters_from: Callable[[int, int], list[dict]]) -> None:
+        """Serve `ledger` requests: rosters_from(first round, most bytes) -> roster envelopes."""
+        self._ledger = rosters_from
 
     def fetch(self, peer: str, request: Request, *, timeout: float, expect: int | None = None) -> bytes:
         """Ask `peer`; returns the payload or raises ProtocolError / TimeoutError / OSError.
@@ -272,6 +279,9 @@ class Exchange:
                 return None, "no state yet"
             refusal = self._gate.enter_upload(peer, held)
             return (state, "") if refusal is None else (None, self._refused(peer, refusal))
+        if request.op == "ledger":
+            rosters = self._ledger(request.round, self.max_bytes // 2)
+            return (msgpack.packb(rosters, use_bin_type=True), "") if rosters else (None, "no rosters from that round")
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
 
     def _may_arrive(self, request: Request) -> bool:

@@ -1,7 +1,8 @@
-"""State sync: which state the swarm holds, by the votes of its live peers, and taking it from them.
+"""State sync: taking the state at a head of the verified chain from a peer that holds it.
 
-A peer starts from its checkpoint or from the swarm's state if that is ahead, and later
-resyncs when it missed a round or when the voters hold another state of its round.
+A peer starts from its checkpoint, or from the swarm's state if that is ahead, and later
+resyncs when it missed a round or when established peers hold another state of its round.
+Which head, and whether to move, is node/round/catchup.py's decision: heartbeats only point.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -18,7 +20,8 @@ from node.p2p.dht import Swarm, read_peers
 from node.p2p.exchange import Exchange
 from node.peer import checkpoint
 from node.peer.applier import Applier
-from node.round import votes
+from node.round import chain
+from node.round.catchup import Catchup, Head, Target
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol
 from node.watch.metrics import NodeMetrics
@@ -27,8 +30,15 @@ from node.watch.report import History
 from protocol.messages import Request
 
 
+class Synced(NamedTuple):
+    """A state taken from a donor, and the verified rosters that lead to it from our ledger."""
+
+    state: SwarmState
+    target: Target
+
+
 class StateSync:
-    """Reads the swarm's votes and replaces the applier's state with one a majority vouches for."""
+    """Moves the applier's state to a head of the verified chain (node/round/catchup.py)."""
 
     def __init__(
         self,
@@ -52,20 +62,26 @@ class StateSync:
         self.ledger, self.rounds, self.exchange = ledger, rounds, exchange
         self.template, self.ckpt = template, ckpt
         self.metrics, self.history, self.out = metrics, history, out
+        self.catchup = Catchup(rounds.net, ledger, rounds.rules, chain.genesis(run_id, template.digest))
 
     @property
     def state(self) -> SwarmState:
         return self.applier.state
 
+    @property
+    def head(self) -> Head:
+        return Head(self.state.round, self.state.digest)
+
     def initial_state(self, stop: threading.Event) -> tuple[SwarmState, str]:
         """Our checkpoint, or the swarm's state if it is ahead, or round 0."""
         local = checkpoint.load(self.ckpt, run_id=self.run_id, template=self.template)
+        self.applier.state = local or self.template
         ahead = max((hb.state_round for hb in self.others(stop).values()), default=0)
-        if ahead > (local.round if local else 0):
-            state = self.fetch_state(stop)
-            if state is not None:
-                self.ledger.restart(state.round, state.digest)
-                return state, "from_peers"
+        if ahead > self.state.round:
+            synced = self.fetch_state(stop)
+            if synced is not None:
+                self.adopt(synced)
+                return synced.state, "from_peers"
         return (local, "checkpoint") if local else (self.template, "initial")
 
     def others(self, stop: threading.Event, reads: int = 3) -> dict:
@@ -77,63 +93,46 @@ class StateSync:
                 break
         return found
 
-    def voters(self) -> dict:
-        """Live signed peers that appear in the rosters we know: only they vouch for states.
-        Without other peers in our ledger (a new joiner, or a peer that went on alone), the rosters
-        still in the DHT name them: a ledger of our own rounds alone must not hide the swarm."""
-        peers = read_peers(self.swarm, self.run_id, ttl=self.cfg.heartbeat_ttl)
-        members = self.ledger.members() - {self.me}
-        if not members:
-            rounds = {hb.state_round for p, hb in peers.items() if p != self.me}
-            members = self.rounds.members_in_dht(sorted(rounds)[-3:])
-        return votes.voters(peers, members, self.me)
+    def live(self) -> dict:
+        return read_peers(self.swarm, self.run_id, ttl=self.cfg.heartbeat_ttl)
 
     def outvoted(self) -> bool:
-        """True when enough voters hold another state of our round, and more than hold ours."""
-        voters = self.voters()
-        return (
-            votes.outvoted(voters, self.state.round, self.state.digest)
-            or votes.fork_target(voters, self.state.round, self.state.digest) is not None
-        )
+        """Worth a look for a better head (catchup.worth_a_look: an established peer off our chain)."""
+        return self.catchup.worth_a_look(self.live(), self.head)
 
     def resync(self, stop: threading.Event, force: bool = False) -> None:
-        state = self.fetch_state(stop, same_round=force)
-        if state is not None and (state.round > self.state.round or (force and state.digest != self.state.digest)):
+        """Move to a better verified head if there is one (`force`: one look, prompted by outvoted)."""
+        synced = self.fetch_state(stop, attempts=1 if force else 6)
+        if synced is not None:
             self.history.syncs["resync"] += 1
-            self.adopt(state)
+            self.adopt(synced)
 
-    def adopt(self, state: SwarmState) -> None:
-        """Train on from a state taken from peers; our ledger's old rosters no longer lead to it."""
-        self.applier.state = state
-        self.ledger.restart(state.round, state.digest)
-        self.exchange.set_state(state.to_bytes(self.run_id))
+    def adopt(self, synced: Synced) -> None:
+        """Train on from a state taken from peers; the ledger takes the rosters that prove it."""
+        self.applier.state = synced.state
+        self.ledger.extend(synced.target.ancestor, list(synced.target.rosters))
+        self.exchange.set_state(synced.state.to_bytes(self.run_id))
+        self.catchup.moved()
 
-    def fetch_state(self, stop: threading.Event, attempts: int = 6, same_round: bool = False) -> SwarmState | None:
-        """Download a state that a majority of voters vouch for, never older than ours."""
+    def fetch_state(self, stop: threading.Event, attempts: int = 6) -> Synced | None:
+        """A better head's state (catchup.plan), from a donor that holds exactly its digest."""
         for _ in range(attempts):
             if stop.is_set():
                 return None
-            voters = self.voters()
-            wanted = [
-                (r, d)
-                for r, d, _ in votes.vouched_states(voters)
-                if votes.acceptable(voters, r, d, self.state.round, same_round=same_round) and d != self.state.digest
-            ]
-            fork = votes.fork_target(voters, self.state.round, self.state.digest)
-            wanted += [fork] if fork and same_round else []  # a split swarm converging (see votes.py)
-            for rnd, digest in wanted[:1]:
-                for donor in sorted(p for p, hb in voters.items() if hb.digest == digest):
-                    state = self.download_state(donor, rnd)
-                    if state is not None and state.digest == digest and state.round == rnd:
-                        self.history.syncs["ok"] += 1
-                        self.metrics.state_syncs.labels("ok").inc()
-                        self.out.event(
-                            "state_synced",
-                            round=state.round,
-                            donor=donor[:16],
-                            vouchers=sum(hb.digest == digest for hb in voters.values()),
-                        )
-                        return state
+            target = self.catchup.plan(self.live(), self.head)
+            for donor in target.donors if target is not None else ():
+                state = self.download_state(donor, target.head.round)
+                if state is not None and (state.round, state.digest) == target.head:
+                    self.history.syncs["ok"] += 1
+                    self.metrics.state_syncs.labels("ok").inc()
+                    self.out.event(
+                        "state_synced",
+                        round=state.round,
+                        donor=donor[:16],
+                        rosters=len(target.rosters),
+                        fork=target.fork,
+                    )
+                    return Synced(state, target)
             self.history.syncs["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
             stop.wait(1.0)

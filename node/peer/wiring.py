@@ -113,6 +113,7 @@ class NodeParts:
         )  # the batch all peers share for scoring updates
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
+        self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
         # where each round's training starts: the swarm's state, or (overlap) that plus our progress in flight
         self.overlap = make_overlap(self.run.strategy.overlap, self.strategy.local_optimizer)
         self.applier = Applier(

@@ -25,6 +25,7 @@ from protocol.records import GENESIS, Announcement, Roster
 
 log = logging.getLogger("swarmtrain.ledger")
 WINDOW = 64  # rosters kept in memory: enough for election, votes and ban windows
+SERVE_BYTES = 4 * 2**20  # one `ledger` RPC answer holds rosters up to about this many bytes
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class Ledger:
     """Round -> the roster we applied, for the last WINDOW rounds."""
     complete_from: int = 1
     """First round this ledger holds without a gap up to its head (1: the whole run)."""
+    offsets: dict[int, int] = field(default_factory=dict)
+    """Round -> byte offset in the file of the line holding our chain's roster of that round."""
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -83,8 +86,19 @@ class Ledger:
                 log.warning("ledger %s: %s", path, p)
             ledger.rosters = {a.roster.round: a for a in accepted}
             ledger.complete_from = min(ledger.rosters, default=1)
+            ledger.index_file(path)
         ledger.path = path
         return ledger
+
+    def index_file(self, path: Path) -> None:
+        offset = 0
+        with path.open("rb") as f:
+            for raw in f:
+                try:
+                    self._index_line(int(json.loads(raw)["round"]), offset)
+                except Exception:  # a torn line is served as the end of our chain
+                    pass
+                offset += len(raw)
 
     def prev_hash(self, round_no: int) -> str:
         """What roster `round_no` must name as `prev`: the hash of our roster round_no - 1."""
@@ -105,18 +119,45 @@ class Ledger:
         self._write(accepted)
 
     def _write(self, accepted: AcceptedRoster) -> None:
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "round": accepted.roster.round,
-                            "envelope": base64.b64encode(msgpack.packb(accepted.envelope, use_bin_type=True)).decode(),
-                        }
-                    )
-                    + "\n"
-                )
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = {
+            "round": accepted.roster.round,
+            "envelope": base64.b64encode(msgpack.packb(accepted.envelope, use_bin_type=True)).decode(),
+        }
+        with self.path.open("ab") as f:
+            self._index_line(accepted.roster.round, f.tell())
+            f.write((json.dumps(line) + "\n").encode())
+
+    def _index_line(self, round_no: int, offset: int) -> None:
+        """A line for `round_no` at `offset` holds our chain's roster of that round from now on;
+        rounds after it belonged to a branch we left (Ledger.extend writes them again)."""
+        for later in [r for r in self.offsets if r > round_no]:
+            del self.offsets[later]
+        self.offsets[round_no] = offset
+
+    def envelopes_from(self, first: int, most_bytes: int = SERVE_BYTES) -> list[dict]:
+        """Our chain's roster envelopes from round `first` on, in order, up to about `most_bytes`
+        (the `ledger` RPC: a joiner verifies them from the genesis, a peer from its own ledger)."""
+        out, size = [], 0
+        if self.path is None:  # a ledger kept in memory (tests): its window
+            held = [r for r in sorted(self.rosters) if r >= first]
+            return [self.rosters[r].envelope for r in held] if first in self.rosters else []
+        if first not in self.offsets:
+            return out
+        with self.path.open("rb") as f:
+            for r in range(first, max(self.offsets) + 1):
+                if r not in self.offsets or (out and size >= most_bytes):
+                    break
+                f.seek(self.offsets[r])
+                raw = f.readline()
+                size += len(raw)
+                try:
+                    out.append(msgpack.unpackb(base64.b64decode(json.loads(raw)["envelope"]), raw=False))
+                except Exception:  # a torn line: serve what came before it
+                    break
+        return out
 
     def swap(self, sibling: AcceptedRoster) -> None:
         """Replace our roster of sibling's round by a sibling (see `siblings`) that the swarm chains
@@ -128,24 +169,26 @@ class Ledger:
         self.rosters[sibling.roster.round] = sibling
         self._write(sibling)
 
-    def restart(self, state_round: int, digest: str) -> None:
-        """We took state `state_round` from peers instead of applying its roster: the rosters we
-        hold describe another stretch of the run, so forget them (the file keeps them). Otherwise
-        a peer frozen or offline for many rounds would count the peers of its old rounds as the
-        established ones and refuse every leader the swarm has now."""
-        held = self.rosters.get(state_round)
-        if held is not None and held.roster.result == digest:
-            return  # the state our own ledger ends at: nothing to forget
-        if self.rosters:
-            log.info(
-                "ledger: state synced to round %d; forgetting %d rosters of rounds %d-%d",
-                state_round,
-                len(self.rosters),
-                min(self.rosters),
-                max(self.rosters),
-            )
-        self.rosters.clear()
-        self.complete_from = state_round + 1
+    def extend(self, ancestor: int, rosters: list[AcceptedRoster]) -> None:
+        """Take rosters verified from our roster `ancestor` (0: the genesis) by node/round/chain.py:
+        ours after the ancestor (a branch the swarm left) are dropped, theirs appended. The ledger
+        keeps what proves the state it now ends at; it never forgets its way there."""
+        if ancestor and ancestor not in self.rosters:
+            raise ProtocolError(f"extending from round {ancestor}, which this ledger does not hold")
+        left = sorted(r for r in self.rosters if r > ancestor)
+        if left:
+            log.info("ledger: leaving our rosters of rounds %d-%d for a branch the swarm prefers", left[0], left[-1])
+        for r in left:
+            del self.rosters[r]
+        if ancestor == 0:
+            self.rosters.clear()
+            self.complete_from = 1
+        for accepted in rosters:
+            self.rosters[accepted.roster.round] = accepted
+            self._write(accepted)
+        head = max(self.rosters, default=0)
+        for old in [r for r in self.rosters if r <= head - WINDOW]:
+            del self.rosters[old]
 
     def complete(self, state_round: int) -> bool:
         """Do we hold every roster of the run up to `state_round` (so 'nobody established' means
@@ -158,10 +201,6 @@ class Ledger:
     def established(self, k: int) -> set[str]:
         """Peers named in at least k rosters of the window: who may lead."""
         return {p for p, n in self.appearances().items() if n >= k}
-
-    def members(self) -> set[str]:
-        """Peers named in any roster of the window: who may vote."""
-        return set(self.appearances())
 
     def score_history(self) -> list[ScoredRound]:
         """Per round, oldest first, who led it and the scores it wrote (for node/outer/scoring.py's
@@ -205,6 +244,19 @@ def read_file(path: Path) -> list[LedgerLine]:
     return out
 
 
+def switches(accepted: list[AcceptedRoster], roster: Roster) -> bool:
+    """Does `roster`, read after `accepted`, continue an earlier roster of them (a branch switch,
+    Ledger.extend)? Then the rosters after that one are dropped and the walk goes on from it."""
+    if roster.round == 1 and roster.prev == GENESIS:
+        del accepted[:]
+        return True
+    back = next((i for i, a in enumerate(accepted) if a.roster.round == roster.round - 1), None)
+    if back is None or accepted[back].hash != roster.prev or accepted[back].roster.result != roster.base:
+        return False
+    del accepted[back + 1 :]
+    return True
+
+
 def verify(envelopes: list[dict]) -> tuple[list[AcceptedRoster], list[str]]:
     """Check signatures and the hash chain of rosters given in round order.
     Returns the rosters that verified and one line per problem."""
@@ -220,6 +272,9 @@ def verify(envelopes: list[dict]) -> tuple[list[AcceptedRoster], list[str]]:
         this = AcceptedRoster(env, roster, tuple(anns))
         if before is not None and before.roster.round == roster.round and siblings(before, this):
             accepted[-1] = this  # a sibling swap (Ledger.swap)
+            continue
+        if before is not None and roster.round <= before.roster.round and switches(accepted, roster):
+            accepted.append(this)
             continue
         if before is not None and before.roster.round == roster.round - 1 and roster.prev != before.hash:
             problems.append(

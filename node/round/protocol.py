@@ -23,6 +23,7 @@ import threading
 
 from node.config import SwarmConfig
 from node.round import election, relay
+from node.round.chain import ChainRules
 from node.round.election import RosterCheck, Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
 from node.round.hooks import Hooks
@@ -75,6 +76,16 @@ class RoundProtocol:
         self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
+
+    @property
+    def rules(self) -> ChainRules:
+        """What a roster read as part of a chain is checked by (node/round/chain.py)."""
+        return ChainRules(
+            run_id=self.run_id,
+            established_rounds=self.cfg.established_rounds,
+            max_bytes=self.max_bytes,
+            banned=self.hooks.banned,
+        )
 
     # ------------------------------------------------------------------------------- announce
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
@@ -177,13 +188,18 @@ class RoundProtocol:
         return slot if enough and done else None
 
     def _expected(self, round_no: int, peers: dict[str, Heartbeat]) -> set[str]:
-        """Whose update the leader waits for: live, active peers on this round, and the members of
-        the last round still finishing it (their heartbeat says r-1 while they fetch its updates)."""
+        """Whose update the leader waits for: live, active peers on this round that the chain
+        established or the last round included (a heartbeat alone buys no wait: a crowd of them
+        would cost every round its collect_timeout), and the members of the last round still
+        finishing it (their heartbeat says r-1 while they fetch its updates). In a young run,
+        with nobody established yet, every live peer."""
         last = self.members.get(round_no - 1, set())
+        known = self.ledger.established(self.cfg.established_rounds)
         return {
             p
             for p, hb in peers.items()
             if hb.active
+            and (not known or p in known or p in last)
             and (hb.round == round_no or hb.state_round == round_no - 1 or (hb.round == round_no - 1 and p in last))
         } | {self.me}
 
@@ -300,18 +316,6 @@ class RoundProtocol:
                 accepted.roster.leader[:16],
                 self.left_out,
             )
-
-    def members_in_dht(self, rounds: list[int]) -> set[str]:
-        """Contributors of the signed rosters of these rounds still in the DHT (a new joiner's voters)."""
-        out: set[str] = set()
-        for r in rounds:
-            for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, r)).items():
-                try:
-                    _, anns = signed.open_roster(env, signer=str(leader), max_bytes=self.max_bytes)
-                except ProtocolError:
-                    continue
-                out |= {a.peer for a in anns}
-        return out
 
     # ------------------------------------------------------------------------------- leading
     def _lead(self, round_no: int, base: str, slot: Slot, at_least: int = 1) -> AcceptedRoster | None:

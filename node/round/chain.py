@@ -1,0 +1,142 @@
+"""The verified chain: a state is taken from others only at the end of rosters checked link by
+link from a trusted anchor, and two branches are chosen between by the established peers.
+
+The anchor is the run's genesis (roster 1 names prev = GENESIS, starts from the round-0 state
+the manifest builds and is ranked under beacon(1) = SHA-256(run id)) or a roster this peer
+applied itself (its ledger). Each later roster must name the hash of the one before (`prev`),
+start from its result (`base`), carry the beacon that follows from its leader's reveal, be led
+by a peer established on the chain before it (named in >= established_rounds of the rosters of
+the window; anyone while nobody is: a young run) and list no peer the chain's scores ban. What a
+heartbeat says (its state_round and digest) only points at a chain head: a hint, never a vote.
+
+Fork choice: of two verified branches after a common ancestor k, the one whose attesters (the
+leaders and authors of its rosters, and the live peers holding its head) include more of the
+peers established at k; ties go to the smaller hash of the branch's first roster. Every honest
+peer computes the same answer, and identities the chain never established weigh nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from node.round import election
+from node.round.ledger import WINDOW, AcceptedRoster, Ledger
+from protocol import signed
+from protocol.errors import ProtocolError
+from protocol.records import GENESIS
+
+
+class Link(NamedTuple):
+    """What roster `round` must name to continue a chain."""
+
+    round: int
+    prev: str
+    """The hash of the roster before (GENESIS for round 1)."""
+    base: str
+    """The state it must start from: the result of the roster before (round 1: the round-0 state)."""
+    beacon: str
+    """The beacon it must be ranked under (node/round/election.py)."""
+
+
+def genesis(run_id: str, base: str) -> Link:
+    """Round 1's link: `base` is the digest of the round-0 state the run's manifest builds."""
+    return Link(1, GENESIS, base, election.first_beacon(run_id))
+
+
+def after(accepted: AcceptedRoster) -> Link:
+    """What the roster after `accepted` must name."""
+    r = accepted.roster
+    return Link(r.round + 1, accepted.hash, r.result, election.next_beacon(r.beacon, r.reveal))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainRules:
+    """The run's rules a roster is checked by when it is read as part of a chain."""
+
+    run_id: str
+    """Rosters of other runs are refused."""
+    established_rounds: int
+    """Rosters of the window a peer must be named in to lead ([swarm] established_rounds)."""
+    max_bytes: int
+    """The largest update an announcement may name."""
+    banned: Callable[[Ledger], set[str]] = field(default=lambda window: set())
+    """Peers the window's scores ban (Hooks.banned): a roster listing one is refused."""
+
+
+def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:
+    """`env` as the roster at `link`, given the rosters before it (`window`); raises ProtocolError."""
+    roster, anns = signed.open_roster(env, max_bytes=rules.max_bytes)
+    if roster.run != rules.run_id or roster.round != link.round:
+        raise ProtocolError(f"a roster of round {roster.round} of run {roster.run[:16]}, not round {link.round}")
+    if roster.prev != link.prev:
+        raise ProtocolError(f"names prev {roster.prev[:12]}, the chain has {link.prev[:12]}")
+    if roster.base != link.base:
+        raise ProtocolError(f"starts from state {roster.base[:12]}, the chain ended at {link.base[:12]}")
+    if roster.beacon != link.beacon:
+        raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
+    election.check_reveal(roster, env["key"])
+    leaders = window.established(rules.established_rounds)
+    if leaders and roster.leader not in leaders:
+        raise ProtocolError(f"its leader {roster.leader[:16]} was not established on the chain before it")
+    if any(a.base != roster.base for a in anns):
+        raise ProtocolError("lists an update made for another state")
+    banned = rules.banned(window) & {a.peer for a in anns}
+    if banned:
+        raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
+    return AcceptedRoster(env, roster, tuple(anns))
+
+
+class Verified(NamedTuple):
+    """Rosters that verified in a row from a link, and why the walk stopped early, if it did."""
+
+    rosters: list[AcceptedRoster]
+    problem: str
+    """Empty when every roster given verified."""
+
+
+def verify(envelopes: Iterable[object], start: Link, window: Ledger, rules: ChainRules) -> Verified:
+    """Check rosters in round order from `start` (`window`: the rosters before it)."""
+    work = Ledger(rosters=dict(window.rosters))
+    out: list[AcceptedRoster] = []
+    link = start
+    for env in envelopes:
+        try:
+            accepted = check(env, link, work, rules)
+        except (ProtocolError, KeyError, TypeError) as e:
+            return Verified(out, f"round {link.round}: {e}")
+        out.append(accepted)
+        work.rosters[link.round] = accepted
+        work.rosters.pop(link.round - WINDOW, None)
+        link = after(accepted)
+    return Verified(out, "")
+
+
+def eligible(window: Ledger, established_rounds: int) -> set[str]:
+    """Whose attestation counts after `window`: its established peers, or (a young run, nobody
+    established yet) every peer its rosters name."""
+    return window.established(established_rounds) or set(window.appearances())
+
+
+def attesters(branch: list[AcceptedRoster]) -> set[str]:
+    """Peers that built on a branch: its leaders and the authors of its updates."""
+    return {a.roster.leader for a in branch} | {x.peer for a in branch for x in a.announcements}
+
+
+def weight(branch: list[AcceptedRoster], holders: set[str], among: set[str]) -> int:
+    """How many of `among` attest `branch` (by a roster or update, or by holding its head)."""
+    return len((attesters(branch) | holders) & among)
+
+
+def prefer(
+    ours: list[AcceptedRoster], theirs: list[AcceptedRoster], among: set[str], holders: tuple[set[str], set[str]]
+) -> bool:
+    """Move from our branch to theirs (both after one common ancestor, `among` the peers eligible
+    there, `holders`: live peers holding each head)? More weight wins, then the smaller hash of
+    the first roster after the ancestor. Theirs must be non-empty; ours empty means we stand at
+    the ancestor, and any verified extension is preferred."""
+    if not ours:
+        return True
+    mine, other = weight(ours, holders[0], among), weight(theirs, holders[1], among)
+    return other > mine or (other == mine and theirs[0].hash < ours[0].hash)

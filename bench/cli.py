@@ -111,9 +111,25 @@ def _byzantine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=60, help="outer rounds per run")
     p.add_argument("--scoring", action="store_true", help="score updates on a shared batch and ban bad scorers")
     p.add_argument("--json", required=True, metavar="PATH", help="write the rows here")
+    p.add_argument(
+        "--sybil",
+        action="store_true",
+        help=f"instead, the Sybil rows (many identities: capture, grinding, stall, framing, flood) over the "
+        f"real round protocol on the in-memory network; {SYBIL_DURATION}",
+    )
+    p.add_argument("--sybil-tier", default="full", choices=("full", "tiny"), help="sizes of the Sybil rows")
+
+
+SYBIL_DURATION = "full: ~20 s, tiny: ~10 s"
+"""How long `bench byzantine --sybil` takes on one busy core here (bench/results/byzantine-sybil.json)."""
 
 
 def _byzantine(args: argparse.Namespace, stop: threading.Event) -> bool:
+    if args.sybil:
+        from bench.byzantine.sybil import run_sybil, sybil_table
+
+        print(sybil_table(run_sybil(args.json, args.sybil_tier)))
+        return False
     from bench.byzantine.command import attack_table, run_byzantine
 
     rows = run_byzantine(
@@ -258,7 +274,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "byzantine": Benchmark(
         help="attacks against the aggregators, in one process (docs/security.md)",
-        duration="~15 min (20 runs of 16 peers x 60 rounds)",
+        duration=f"~15 min (20 runs of 16 peers x 60 rounds); --sybil: {SYBIL_DURATION}",
         add_flags=_byzantine_flags,
         run=_byzantine,
     ),

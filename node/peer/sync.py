@@ -8,6 +8,7 @@ Which head, and whether to move, is node/round/catchup.py's decision: heartbeats
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +29,8 @@ from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
 from protocol.messages import Request
+
+log = logging.getLogger("swarmtrain.sync")
 
 
 class Synced(NamedTuple):
@@ -119,7 +122,11 @@ class StateSync:
         for _ in range(attempts):
             if stop.is_set():
                 return None
-            target = self.catchup.plan(self.live(), self.head)
+            try:
+                target = self.catchup.plan(self.live(), self.head)
+            except Exception as e:  # noqa: BLE001 -- a DHT hiccup or a bug must not end the node; try again
+                log.warning("looking for the swarm's head failed: %s: %s", type(e).__name__, e)
+                target = None
             for donor in target.donors if target is not None else ():
                 state = self.download_state(donor, target.head.round)
                 if state is not None and (state.round, state.digest) == target.head:

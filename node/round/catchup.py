@@ -14,6 +14,7 @@ lying hints costs a bounded number of requests; heads and donors that failed are
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import NamedTuple
 
 import msgpack
@@ -22,6 +23,7 @@ from node.round import chain, votes
 from node.round.chain import ChainRules, Link
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.net import RoundNet
+from protocol import keys
 from protocol.errors import ProtocolError
 from protocol.messages import Request
 from protocol.records import GENESIS, Heartbeat
@@ -29,6 +31,8 @@ from protocol.records import GENESIS, Heartbeat
 log = logging.getLogger("swarmtrain.sync")
 LEDGER_TIMEOUT = 10.0  # seconds for one `ledger` answer (up to 4 MiB of rosters)
 MOST_DONORS = 6  # donors asked in one look for a better head
+MOST_REQUESTS = 256  # `ledger` answers one catch-up reads from one donor
+MOST_ROUNDS = 8192  # rosters one catch-up fetches and verifies (a longer way needs checkpoints: design step 2)
 FORGET_FAILED = 256  # heads and donors remembered as failed or passed over
 
 
@@ -57,9 +61,9 @@ class Catchup:
 
     def __init__(self, net: RoundNet, ledger: Ledger, rules: ChainRules, start: Link):
         self.net, self.ledger, self.rules, self.start = net, ledger, rules, start
-        self.failed_heads: set[Head] = set()
-        self.failed_donors: set[str] = set()
-        self.passed: set[Head] = set()  # heads that verified and that we chose not to move to
+        self.failed_heads: OrderedDict[Head, None] = OrderedDict()
+        self.failed_donors: OrderedDict[str, None] = OrderedDict()
+        self.passed: OrderedDict[Head, None] = OrderedDict()  # heads that verified and that we chose not to take
 
     def eligible(self) -> set[str]:
         return chain.eligible(self.ledger, self.rules.established_rounds)
@@ -68,10 +72,10 @@ class Catchup:
         """Heads other live peers point at, except ours, heads on our own chain (a peer behind
         us), heads that failed and heads we verified and passed over."""
         out: dict[Head, list[str]] = {}
-        skip = self.failed_heads | self.passed | {mine}
         for p, hb in sorted(peers.items()):
             head = Head(hb.state_round, hb.digest)
-            if p != self.net.me and head not in skip and not self.behind(head):
+            skip = head == mine or head in self.failed_heads or head in self.passed
+            if p != self.net.me and not skip and not self.behind(head):
                 out.setdefault(head, []).append(p)
         return out
 
@@ -83,9 +87,9 @@ class Catchup:
         """Does a peer the chain established point at a head off our chain: another state of our
         round or an earlier one (a fork), or one two or more rounds ahead (one ahead is most
         likely the round in flight)? Then plan() has something to verify."""
-        known = self.eligible()
+        known = self.eligible()  # nobody yet (an empty ledger): anyone may point us to the chain
         return any(
-            p in known and (head.round != mine.round + 1)
+            (not known or p in known) and head.round != mine.round + 1
             for head, holders in self.hints(peers, mine).items()
             for p in holders
         )
@@ -104,61 +108,118 @@ class Catchup:
                 if target is not None and self.acceptable(target, peers, mine):
                     return target
                 if target is not None:
-                    self._remember(self.passed, head)
+                    log.info(
+                        "head %d %s: verified, not taken (%s)", head.round, head.digest[:12], target.fork and "fork"
+                    )
+                    if target.fork:  # the fork choice keeps our branch; a quorum may still come
+                        self._remember(self.passed, head)
                     return None
+                log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
                 self._remember(self.failed_donors, donor)
                 self._remember(self.failed_heads, head)
         return None
 
     @staticmethod
-    def _remember(found: set, item) -> None:
-        if len(found) >= FORGET_FAILED:  # a flood cannot grow it without bound
-            found.clear()
-        found.add(item)
+    def _remember(found: OrderedDict, item) -> None:
+        found[item] = None
+        found.move_to_end(item)
+        while len(found) > FORGET_FAILED:  # the oldest go first: a flood cannot grow it, nor wipe it at once
+            found.popitem(last=False)
 
     def moved(self) -> None:
         """We took a head: the heads we passed over are judged afresh from our new place."""
         self.passed.clear()
 
     def acceptable(self, target: Target, peers: dict[str, Heartbeat], mine: Head) -> bool:
+        """Extensions need a quorum of voters: live peers established on the chain we already
+        hold (a joiner, or a peer none of whose known peers is live, takes those established on
+        the rosters it verified, the only ones it has). Forks need chain.prefer among the peers
+        established at the common ancestor, and never move on an empty set (a fork from the
+        genesis, whose tie-break hash its author could grind)."""
         k = self.rules.established_rounds
         before = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r <= target.ancestor})
         holders = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == target.head}
-        if not target.fork:  # a quorum of the peers established on the extended chain holds the head
+        if not target.fork:
             ahead = Ledger(rosters={**before.rosters, **{a.roster.round: a for a in target.rosters[-WINDOW:]}})
-            voters = (set(peers) & chain.eligible(ahead, k)) - {self.net.me}
-            return 0 < len(holders & voters) >= votes.needed(len(voters))
+            voters = (set(peers) & chain.eligible(before, k)) - {self.net.me}
+            voters = voters or (set(peers) & chain.eligible(ahead, k)) - {self.net.me}
+            vouch = (holders | self.built_on(target.rosters[-1], ahead)) & voters
+            return 0 < len(vouch) >= votes.needed(len(voters))
+        among = chain.eligible(before, k)
         ours = [self.ledger.rosters[r] for r in sorted(self.ledger.rosters) if r > target.ancestor]
         mine_held = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == mine} | {self.net.me}
-        return chain.prefer(ours, list(target.rosters), chain.eligible(before, k), (mine_held, holders))
+        return bool(among) and chain.prefer(ours, list(target.rosters), among, (mine_held, holders))
+
+    def built_on(self, head: AcceptedRoster, window: Ledger) -> set[str]:
+        """Peers whose signed rosters or updates of the next round build on `head` (the DHT's
+        rosters that verify after it): they vouch for it although their heartbeat says later."""
+        out: set[str] = set()
+        link = chain.after(head)
+        for env in self.net.get_subkeys(keys.roster_key(self.rules.run_id, link.round)).values():
+            try:
+                out |= chain.attesters([chain.check(env, link, window, self.rules)])
+            except (ProtocolError, KeyError, TypeError):
+                continue
+        return out
 
     # ------------------------------------------------------------------------ rosters by RPC
     def branch_of(self, donor: str, head: Head, holders: list[str]) -> Target | None:
         """The donor's rosters from where they meet our ledger to `head`, verified; None when they
         do not verify, do not meet our chain, or do not end at the head."""
         ours = sorted(self.ledger.rosters)
-        for first in dict.fromkeys([max(ours[-1] - 2, ours[0]) if ours else 1, ours[0] if ours else 1]):
+        for first in dict.fromkeys([max(ours[-1] - 2, ours[0]), ours[0]] if ours else [1]):
             try:
-                envs = self.rosters(donor, first, head.round)
-            except (ProtocolError, OSError, TimeoutError) as e:
-                log.info("ledger from %s: %s", donor[:16], e)
+                rosters = self.walk(donor, first, head.round)
+            except Exception as e:  # noqa: BLE001 -- whatever a peer or its stream does, it is that donor's failure
+                log.warning("ledger from %s: %s", donor[:16], e)
                 return None
-            met = self.meet(envs, first)
-            if met is None:
+            if rosters is None:
+                log.info("ledger from %s from round %d meets none of our rosters", donor[:16], first)
                 continue
-            at, link = met
-            window = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r < link.round})
-            verified = chain.verify(envs[at:], link, window, self.rules)
-            if verified.problem:
-                log.info("ledger from %s does not verify: %s", donor[:16], verified.problem)
-                return None
-            end = verified.rosters[-1].roster if verified.rosters else None
+            end = rosters[-1].roster if rosters else None
             if end is None or (end.round, end.result) != head:
+                log.info("ledger from %s ends at round %s, not at the head", donor[:16], end and end.round)
                 return None
-            ancestor = link.round - 1
-            fork = bool(ours) and ancestor < ours[-1]
-            return Target(head, ancestor, tuple(verified.rosters), tuple(holders), fork)
+            ancestor = rosters[0].roster.round - 1
+            return Target(head, ancestor, tuple(rosters), tuple(holders), bool(ours) and ancestor < ours[-1])
         return None
+
+    def walk(self, donor: str, first: int, last: int) -> list[AcceptedRoster] | None:
+        """The donor's rosters of rounds first..last, verified batch by batch from where they
+        meet our ledger (None: they meet none of ours). Raises ProtocolError at the first roster
+        that does not verify, so junk is never held beyond one answer."""
+        if last - first >= MOST_ROUNDS:
+            raise ProtocolError(f"a head {last - first + 1} rounds past ours: more than a catch-up verifies")
+        ours = sorted(self.ledger.rosters)
+        meet_after = ours[-1] + 1 if ours else 1  # a branch leaves ours at the latest right after our head
+        pending: list[dict] = []
+        verified: list[AcceptedRoster] = []
+        link, window, nxt = None, Ledger(), first
+        for _ in range(MOST_REQUESTS):
+            batch = self.batch(donor, nxt)[: last - nxt + 1] if nxt <= last else []
+            nxt += len(batch)
+            pending += batch
+            if link is None and (nxt <= min(meet_after, last) and batch):
+                continue  # the branch may still meet ours further on: read up to our head first
+            if link is None:
+                met = self.meet(pending, first)
+                if met is None:
+                    return None
+                at, link = met
+                window = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r < link.round})
+                pending = pending[at:]
+            checked = chain.verify(pending, link, window, self.rules)
+            if checked.problem:
+                raise ProtocolError(f"does not verify: {checked.problem}")
+            for accepted in checked.rosters:
+                verified.append(accepted)
+                window.rosters[accepted.roster.round] = accepted
+                window.rosters.pop(accepted.roster.round - WINDOW, None)
+                link = chain.after(accepted)
+            pending = []
+            if not batch:
+                return verified
+        raise ProtocolError(f"more than {MOST_REQUESTS} answers for one catch-up")
 
     def meet(self, envs: list[dict], first: int) -> tuple[int, Link] | None:
         """(index into envs, its link) of the last roster that continues one of ours (or the genesis)."""
@@ -172,24 +233,17 @@ class Catchup:
                 return i, self.start
         return None
 
-    def rosters(self, donor: str, first: int, last: int) -> list[dict]:
-        """The donor's roster envelopes of rounds first..last (`ledger` RPC, as many calls as needed)."""
-        out: list[dict] = []
-        while first + len(out) <= last:
-            request = Request(op="ledger", run=self.rules.run_id, round=first + len(out))
-            (answer,) = self.net.fetch_many([(donor, request, None)], timeout=LEDGER_TIMEOUT)
-            if isinstance(answer, Exception):
-                raise answer
-            batch = decode_rosters(answer)
-            rounds = [_peek(env, "round") for env in batch]
-            if rounds != list(range(first + len(out), first + len(out) + len(batch))):
-                raise ProtocolError(
-                    f"ledger answer: rounds {rounds[:3]}... for a request from round {first + len(out)}"
-                )
-            if not batch:
-                break
-            out += batch
-        return out[: last - first + 1]
+    def batch(self, donor: str, first: int) -> list[dict]:
+        """One `ledger` answer: the donor's rosters from round `first`, in consecutive rounds."""
+        request = Request(op="ledger", run=self.rules.run_id, round=first)
+        (answer,) = self.net.fetch_many([(donor, request, None)], timeout=LEDGER_TIMEOUT)
+        if isinstance(answer, Exception):
+            raise answer
+        batch = decode_rosters(answer)
+        rounds = [_peek(env, "round") for env in batch]
+        if rounds != list(range(first, first + len(batch))):
+            raise ProtocolError(f"ledger answer: rounds {rounds[:3]}... for a request from round {first}")
+        return batch
 
 
 def decode_rosters(payload: bytes) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+from node.config import SwarmConfig
 from node.round import election
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
@@ -21,7 +22,7 @@ from node.round.net import RoundNet
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
-from protocol.records import Announcement, Roster
+from protocol.records import Announcement, Heartbeat, Roster
 
 log = logging.getLogger("swarmtrain.rounds")
 
@@ -130,3 +131,33 @@ class RosterBuilder:
                     c.announcement.peer[:16],
                 )
         return kept
+
+
+GRACE, GRACE_FLOOR = 0.25, 2.0  # the extra wait for peers the chain did not establish (collected)
+
+
+def expected(peers: dict[str, Heartbeat], round_no: int, last: set[str]) -> set[str]:
+    """Whose update a leader waits for: live, active peers on this round, and the members of
+    the last round still finishing it (their heartbeat says r-1 while they fetch its updates)."""
+    return {
+        p
+        for p, hb in peers.items()
+        if hb.active
+        and (hb.round == round_no or hb.state_round == round_no - 1 or (hb.round == round_no - 1 and p in last))
+    }
+
+
+def collected(
+    expected: set[str], core: set[str], announced: set[str], waited: float, core_in: list[float], cfg: SwarmConfig
+) -> bool:
+    """Has the leader waited long enough? For every expected peer, up to collect_timeout; but
+    once the `core` (last round's members, or the peers the chain established) has announced, others
+    get GRACE of the time spent so far (at least GRACE_FLOOR s): a crowd of silent heartbeats
+    costs a round a quarter, not its collect_timeout. `core_in` keeps when the core was in."""
+    if expected <= announced or waited >= cfg.collect_timeout:
+        return True
+    if core == expected or not core <= announced:
+        return False  # a young run (nobody established: everyone is core), or the core is not in
+    if not core_in:
+        core_in.append(waited)
+    return waited >= core_in[0] + max(GRACE_FLOOR, GRACE * core_in[0])

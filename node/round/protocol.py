@@ -22,7 +22,7 @@ import logging
 import threading
 
 from node.config import SwarmConfig
-from node.round import election, relay
+from node.round import election, lead, relay
 from node.round.chain import ChainRules
 from node.round.election import RosterCheck, Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
@@ -66,6 +66,7 @@ class RoundProtocol:
         self.me = net.me
         self.max_bytes = max_bytes
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
+        self.core_in: dict[int, list[float]] = {}  # round -> [seconds waited when the established were in]
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
@@ -133,6 +134,7 @@ class RoundProtocol:
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         self.opened = {r: t for r, t in self.opened.items() if r >= round_no - 2}
+        self.core_in = {r: t for r, t in self.core_in.items() if r >= round_no - 2}
         opened = self.opened.setdefault(round_no, started)  # a retry of the round goes on with its attempts
         self.converge(round_no - 1)
         seen = self.seen.setdefault(round_no, set())
@@ -182,26 +184,18 @@ class RoundProtocol:
             return slot
         if self.me not in peers and waited < self.cfg.collect_timeout:
             return None  # a table without our own heartbeat is a partial DHT read
-        announced = self.builder.announcements(round_no, base)
+        announced = set(self.builder.announcements(round_no, base))
         enough = len(announced) >= self.cfg.min_peers or waited >= 0.8 * self.cfg.round_timeout
-        done = self._expected(round_no, peers) <= set(announced) or waited >= self.cfg.collect_timeout
-        return slot if enough and done else None
+        return slot if enough and self._collected(round_no, peers, announced, waited) else None
 
-    def _expected(self, round_no: int, peers: dict[str, Heartbeat]) -> set[str]:
-        """Whose update the leader waits for: live, active peers on this round that the chain
-        established or the last round included (a heartbeat alone buys no wait: a crowd of them
-        would cost every round its collect_timeout), and the members of the last round still
-        finishing it (their heartbeat says r-1 while they fetch its updates). In a young run,
-        with nobody established yet, every live peer."""
+    def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
-        known = self.ledger.established(self.cfg.established_rounds)
-        return {
-            p
-            for p, hb in peers.items()
-            if hb.active
-            and (not known or p in known or p in last)
-            and (hb.round == round_no or hb.state_round == round_no - 1 or (hb.round == round_no - 1 and p in last))
-        } | {self.me}
+        expected = lead.expected(peers, round_no, last) | {self.me}
+        # the core: last round's members (an established peer silent since is no longer waited
+        # for), else after a sync the established; in a young run, everyone
+        core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
+        core = core if core - {self.me} else expected
+        return lead.collected(expected, core, announced, waited, self.core_in.setdefault(round_no, []), self.cfg)
 
     # ------------------------------------------------------------------------- roster checks
     def read_roster(

@@ -1,0 +1,176 @@
+"""`bench byzantine --sybil`'s leadership rows: silent Sybils that hold the first ranks (stall),
+and Sybil leaders that write WORST scores for an honest peer (framing by scores).
+
+Both follow who leads over many rounds with the node's own election (node/round/election.py):
+beacon(1) from the run id, each round's ranking per attempt, and beacon(r + 1) from the real
+unique reveal (PKCS#1 v1.5) of the peer that led r. In attempt a, ranks 0-2 may lead, each after
+the better ranks had their turn: the leader is the best-ranked of them that does lead. Playing
+every round through RoundProtocol gives the same leader (the worst-case round of the stall row
+is played so, as a check), at a hundred times the cost.
+
+Leadership is per identity among established peers today (weights from verified contribution,
+design step 4, are not built), so a row's outcome follows its attacker's share of identities.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import replace
+
+from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
+from node.config import RobustConfig, SwarmConfig
+from node.outer.scoring import WORST, banned
+from node.round import election
+from node.round.ledger import ScoredRound
+from protocol import signing
+
+SILENT = 10
+"""Silent Sybil candidates in the stall rows (design step 3's test: ranks 0-9)."""
+DEFAULTS = SwarmConfig()
+"""Timings of a default run: attempt length and round_timeout say when a peer gives a round up."""
+
+
+def worst_case_run(silent: set[str], everyone: set[str]) -> tuple[str, int]:
+    """(run id, p): a run id whose beacon(1) ranks p of the silent Sybils first in attempt 0, the
+    attacker's best luck, searched for as tests/test_beacon.py does. p is all of them (ranks 0-9)
+    where that takes under SEARCH ids on average (C(n, p) / C(10, p)), else as many as does."""
+    p = max(q for q in range(election.ATTEMPT_RANKS, len(silent) + 1) if _odds(len(everyone), len(silent), q) <= SEARCH)
+    for i in itertools.count():
+        run = f"sybil-stall-{i}"
+        if set(election.ranking(election.first_beacon(run), 0, everyone)[:p]) <= silent:
+            return run, p
+    raise AssertionError("unreachable")
+
+
+def _odds(n: int, k: int, p: int) -> float:
+    """Run ids tried, on average, until p of k given peers of n rank first."""
+    return math.comb(n, p) / math.comb(k, p)
+
+
+SEARCH = 20_000
+"""Run ids the worst-case search may try on average (a few seconds here)."""
+
+
+def elect(beacon: str, everyone: set[str], silent: set[str]) -> tuple[int, str]:
+    """(attempt, leader): the first attempt whose ranks 0..ATTEMPT_RANKS-1 hold a peer that leads."""
+    for attempt in itertools.count():
+        firsts = election.ranking(beacon, attempt, everyone)[: election.ATTEMPT_RANKS]
+        leader = next((p for p in firsts if p not in silent), None)
+        if leader is not None:
+            return attempt, leader
+    raise AssertionError("unreachable")
+
+
+def stall(pool, honest_n: int, rounds: int) -> dict:
+    """10 silent, established Sybils beside `honest_n` honest peers. Round 1 is ranked under a
+    beacon searched so that they hold ranks 0-9 of attempt 0 (or as many first ranks as a search
+    finds), and played through the real
+    RoundProtocol; then `rounds` rounds follow the beacon chain. Counted: attempts per round, the
+    longest run of failed attempts, rounds whose roster came after a default round_timeout."""
+    keys = pool.take(honest_n + SILENT)
+    by_id = {signing.peer_id_of(signing.public_der(k)): k for k, _ in keys}
+    honest_ids = {pid for _, pid in keys[:honest_n]}
+    silent = {pid for _, pid in keys[honest_n:]}
+    everyone = honest_ids | silent
+    run, ranked_first = worst_case_run(silent, everyone)
+    first = _played_first_round(run, keys, honest_n)
+    beacon, attempts = election.first_beacon(run), []
+    for r in range(1, rounds + 1):
+        attempt, leader = elect(beacon, everyone, silent)
+        attempts.append(attempt + 1)
+        beacon = election.next_beacon(beacon, signing.sign_unique(by_id[leader], election.reveal_message(run, r)))
+    longest = max(attempts) - 1  # a round's failed attempts in a row; its roster ends the run
+    fit = int(DEFAULTS.round_timeout // election.attempt_seconds(DEFAULTS))  # attempts within round_timeout
+    late = [a > fit for a in attempts]
+    late_run = max((len(list(g)) for k, g in itertools.groupby(late) if k), default=0)
+    return {
+        "row": "stall",
+        "case": f"{SILENT} silent Sybils, {honest_n} honest, {rounds} rounds",
+        "sybils": SILENT,
+        "honest": honest_n,
+        "identity_share": round(SILENT / len(everyone), 3),
+        "established_share": round(SILENT / len(everyone), 3),
+        "worst_round_sybil_first_ranks": ranked_first,
+        "worst_round_attempts": first["attempts"],
+        "worst_round_fake_seconds": first["seconds"],
+        "worst_round_same_roster": first["same_roster"],
+        "rounds": rounds,
+        "mean_attempts": round(sum(attempts) / rounds, 3),
+        "max_attempts": max(attempts),
+        "rounds_with_a_failed_attempt": sum(a > 1 for a in attempts),
+        "most_failed_attempts_in_a_row": longest,
+        "rounds_past_round_timeout": sum(late),
+        "most_rounds_past_round_timeout_in_a_row": late_run,
+        "target": "<= 3 failed attempts in a row",
+        "met": longest <= 3 and first["same_roster"],
+    }
+
+
+def _played_first_round(run: str, keys: list, honest_n: int) -> dict:
+    """The worst-case round through the real protocol: Sybils beat but never announce nor lead."""
+    cfg = replace(FAST, round_timeout=10 * election.attempt_seconds(FAST))  # measure attempts, do not give up
+    swarm = Swarm(run=run, cfg=cfg)
+    peers = [Peer(swarm, key) for key in keys]
+    honest, silent = peers[:honest_n], peers[honest_n:]
+    swarm.dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in honest:
+        p.announce(f"update {p.id}".encode())
+    _, leader = elect(election.first_beacon(run), {p.id for p in peers}, {p.id for p in silent})
+    order = sorted(honest, key=lambda p: p.id != leader)  # the leader first; the others then read its roster
+    start = swarm.dht.clock()
+    taken = [p.proto.await_roster(1, BASE0, 0, NoSleep()) for p in order]
+    ok = all(a is not None for a in taken) and len({a.hash for a in taken}) == 1
+    return {
+        "attempts": taken[0].roster.attempt + 1 if taken[0] is not None else None,
+        "seconds": round(order[0].net.monotonic() - start, 1),
+        "same_roster": ok and taken[0].roster.leader == leader,
+    }
+
+
+def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int = 0) -> dict:
+    """`sybils` established Sybils lead when the election picks them and then score one honest
+    victim WORST (scores must name exactly the roster's entries, so they list it); honest
+    leaders score everyone honestly (evenly spread scores that flag nobody: honest false flags,
+    which would only help the attacker, are left out). A ban needs ban_after flags within score_window rounds from
+    distinct_leaders different leaders (node/outer/scoring.py: banned). Counted: honest peers
+    ever banned, and the round of the first ban."""
+    keys = pool.take(honest_n + sybils)
+    by_id = {pid: k for k, pid in keys}
+    honest_ids = [pid for _, pid in keys[:honest_n]]
+    crowd = {pid for _, pid in keys[honest_n:]}
+    everyone, victim = set(by_id), honest_ids[0]
+    cfg, rng = RobustConfig(scoring=True), random.Random(seed)
+    run = f"sybil-framing-{sybils}-{honest_n}"
+    beacon, history, led, ever, first_ban = election.first_beacon(run), [], 0, set(), None
+    for r in range(1, rounds + 1):
+        _, leader = elect(beacon, everyone, set())
+        spread = rng.sample(range(len(everyone)), len(everyone))  # honest scores, evenly spread: nobody flagged
+        scores = {p: -0.05 + 0.002 * i for p, i in zip(sorted(everyone), spread)}
+        if leader in crowd:
+            led += 1
+            scores[victim] = WORST
+        history.append(ScoredRound(r, leader, scores))
+        now = banned(history[-cfg.score_window :], cfg) - crowd
+        if now and first_ban is None:
+            first_ban = r
+        ever |= now
+        beacon = election.next_beacon(beacon, signing.sign_unique(by_id[leader], election.reveal_message(run, r)))
+    return {
+        "row": "framing",
+        "case": f"{sybils} Sybil leaders score a victim WORST, {honest_n} honest",
+        "sybils": sybils,
+        "honest": honest_n,
+        "identity_share": round(sybils / len(everyone), 3),
+        "established_share": round(sybils / len(everyone), 3),
+        "rounds": rounds,
+        "rounds_led_by_sybils": led,
+        "honest_banned": len(ever),
+        "first_ban_round": first_ban,
+        "ban_rule": f"{cfg.ban_after} flags in {cfg.score_window} rounds from {cfg.distinct_leaders} leaders",
+        "target": "0 honest banned",
+        "met": not ever,
+    }

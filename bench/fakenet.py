@@ -1,0 +1,135 @@
+"""An in-memory DHT and transport implementing RoundNet, for testing the round protocol and its
+attacks without processes. The DHT applies the real RunValidator to every store, and keeps per
+(key, subkey) the value with the latest expiration, as hivemind does.
+
+It lives in bench/ so that `bench byzantine --sybil` runs on it too (bench may not import
+tests/); tests/fakes.py re-exports it for the tests."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from protocol import signing
+from protocol.errors import ProtocolError
+
+
+def new_key() -> tuple[rsa.RSAPrivateKey, str]:
+    # hivemind's key shape, the only one signed records accept (protocol/signing.py)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key, signing.peer_id_of(signing.public_der(key))
+
+
+@dataclass
+class FakeClock:
+    t: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class FakeDHT:
+    clock: FakeClock = field(default_factory=FakeClock)
+    validator: Any = None
+    """A RunValidator (or None: store anything, as a hostile storing node would)."""
+    data: dict[str, dict[str, tuple[Any, float]]] = field(default_factory=dict)
+
+    def store(self, key: str, subkey: Any, value: Any, expiration: float) -> bool:
+        if self.validator is not None and not self.valid(key, subkey, value, expiration):
+            return False
+        current = self.data.setdefault(key, {}).get(subkey)
+        if current is not None and current[1] >= expiration:
+            return False
+        self.data[key][subkey] = (value, expiration)
+        return True
+
+    def valid(self, key: str, subkey: Any, value: Any, expiration: float) -> bool:
+        from hivemind.dht.routing import DHTID
+        from hivemind.utils.serializer import MSGPackSerializer as S
+
+        return self.validator.check(
+            DHTID.generate(source=key).to_bytes(), S.dumps(subkey), S.dumps(value), expiration, self.clock()
+        )
+
+    def get(self, key: str) -> dict[str, Any]:
+        now = self.clock()
+        return {sk: v for sk, (v, exp) in self.data.get(key, {}).items() if exp >= now}
+
+
+class FakeNet:
+    """One peer's RoundNet: the shared FakeDHT, and fetches answered by other FakeNets' held updates."""
+
+    registry: dict[str, FakeNet]
+
+    def __init__(self, me: str, dht: FakeDHT, registry: dict[str, FakeNet]):
+        self.me, self.dht, self.registry = me, dht, registry
+        self.updates: dict[tuple[int, str], bytes] = {}
+        self.serve_override: dict[tuple[int, str], bytes] = {}  # what a lying peer answers instead
+        self.asked: list[tuple[int, str]] = []  # (round, owner) of each update request to this peer
+        self.requests: list[tuple[str, int]] = []  # (op, round) of every request to this peer
+        self.ledger = None  # a Ledger whose rosters `ledger` requests are answered from
+        self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
+        self.ticks = itertools.count()
+        registry[me] = self
+
+    def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
+        return self.dht.store(key, subkey, value, self.dht.clock() + ttl)
+
+    def get_subkeys(self, key: str) -> dict[str, Any]:
+        return self.dht.get(key)
+
+    def fetch_many(self, jobs, timeout: float, on_each=None) -> list:
+        out = []
+        for peer, request, expect in jobs:
+            other = self.registry.get(peer)
+            if other is not None:
+                other.requests.append((request.op, request.round))
+                if request.op == "update":
+                    other.asked.append((request.round, request.peer))
+            blob = None if other is None else other.answer(request)
+            if blob is None:
+                out.append(ProtocolError(f"peer refused: no update of {request.peer[:8]}"))
+            elif expect is not None and len(blob) != expect:
+                out.append(ProtocolError(f"response carries {len(blob)} bytes, {expect} were announced"))
+            else:
+                out.append(blob)
+                if on_each is not None:
+                    on_each(len(out) - 1, blob)
+        return out
+
+    def answer(self, request) -> bytes | None:
+        if request.op == "ledger":
+            rosters = self.ledger_override
+            if rosters is None and self.ledger is not None:
+                rosters = self.ledger.envelopes_from(request.round)
+            return msgpack.packb(rosters, use_bin_type=True) if rosters else None
+        return self.serve(request.round, request.peer)
+
+    def serve(self, round_no: int, peer: str) -> bytes | None:
+        return self.serve_override.get((round_no, peer), self.updates.get((round_no, peer)))
+
+    def keep_update(self, round_no: int, peer: str, blob: bytes) -> None:
+        self.updates[(round_no, peer)] = blob
+
+    def held_update(self, round_no: int, peer: str) -> bytes | None:
+        return self.updates.get((round_no, peer))
+
+    def now(self) -> float:
+        return self.dht.clock()
+
+    def monotonic(self) -> float:
+        return self.dht.clock() + next(self.ticks)  # each look at the clock moves one second on
+
+
+def digest_of(payloads: list[bytes], base: str) -> str:
+    """A stand-in state transition for tests: the next digest is a hash of the base and the payloads."""
+    h = hashlib.sha256(base.encode())
+    for p in payloads:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()

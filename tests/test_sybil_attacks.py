@@ -133,11 +133,10 @@ def test_open_a_sybil_chain_from_the_genesis_captures_a_joiner():
     verifies the Sybil chain from the genesis, counts the Sybils as the voters of their own
     chain and takes Z: chain.eligible(ahead) only knows the chain being judged.
     Cost: honest-live-peers + 1 keys, 2 rosters (~12 signatures), heartbeats; no GPU, no update.
-    Stops it: a trust anchor a joiner can check (trust-model step 2: organizer-led young run and
-    signed checkpoints; roster 1/2 led only by the organizer in chain.check); until then at
-    least ask every distinct head and prefer the one whose chain names the most *distinct
-    live holders of other heads* rather than holder count (Catchup.plan/acceptable).
-    Severity: high (any joiner, any time, starts from an attacker-chosen state)."""
+    Stopped while the organizer is online: its witness pins the chain a joiner may take (next
+    test). Open when the organizer is offline (no pin) and during a young run (the first crowd
+    is what the witness follows): trust-model step 2, organizer-led young rounds and signed
+    checkpoints. Severity: high (a joiner starts from an attacker-chosen state)."""
     dht, registry, honest = swarm(4)
     for _ in range(3):
         play_round(honest)
@@ -314,6 +313,30 @@ def test_open_a_crowd_of_fresh_heads_starves_a_joiner():
         assert look.plan(joiner.proto.peers(), Head(0, BASE0)) is None
     assert ledger_requests(honest) == 0  # the honest head was never asked about
     assert len(look.failed_donors) == 6 * MOST_DONORS
+
+
+def test_a_joiner_takes_only_a_chain_through_the_organizers_head():
+    """The same Sybil chain from the genesis, with the organizer online: its witness
+    (node/peer/witness.py) heartbeats the head of the chain it followed, and a joiner takes only
+    a chain through that head (Catchup.pinned), never asking the organizer for a state."""
+    dht, registry, honest = swarm(4)
+    for _ in range(3):
+        play_round(honest)
+    organizer = Peer(dht, registry)
+    crowd = [Peer(dht, registry) for _ in range(7)]  # more holders than the honest head
+    fake = grow(crowd[0], crowd, None, 2)
+    serve(crowd, fake)
+    hold(crowd, Head(2, Z))
+    beat(honest)
+    organizer.round, organizer.digest = head_of(honest[0])
+    organizer.heartbeat(active=False)  # what the witness publishes: inactive, the head it verified
+
+    joiner = Peer(dht, registry)
+    look = Catchup(joiner.net, joiner.ledger, joiner.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id)
+    target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+    assert target is not None and target.head == head_of(honest[0])
+    assert organizer.id not in target.donors and set(target.donors) <= {p.id for p in honest}
+    assert catchup_of(joiner).plan(joiner.proto.peers(), Head(0, BASE0)).head == Head(2, Z)  # without the pin
 
 
 @pytest.mark.parametrize("failure", ["dropped stream", "unreachable donor"])

@@ -59,8 +59,10 @@ class Target(NamedTuple):
 class Catchup:
     """Finds and verifies a better head for one peer (its ledger; RoundNet for DHT and RPC)."""
 
-    def __init__(self, net: RoundNet, ledger: Ledger, rules: ChainRules, start: Link):
-        self.net, self.ledger, self.rules, self.start = net, ledger, rules, start
+    def __init__(self, net: RoundNet, ledger: Ledger, rules: ChainRules, start: Link, organizer: str = ""):
+        """`organizer`: the peer id that signed the run's manifest; its heartbeat's head pins the
+        chain a joiner may take (node/peer/witness.py). Empty: no pin."""
+        self.net, self.ledger, self.rules, self.start, self.organizer = net, ledger, rules, start, organizer
         self.failed_heads: OrderedDict[Head, None] = OrderedDict()
         self.failed_donors: OrderedDict[str, None] = OrderedDict()
         self.passed: OrderedDict[Head, None] = OrderedDict()  # heads that verified and that we chose not to take
@@ -75,7 +77,8 @@ class Catchup:
         for p, hb in sorted(peers.items()):
             head = Head(hb.state_round, hb.digest)
             skip = head == mine or head in self.failed_heads or head in self.passed
-            if p != self.net.me and not skip and not self.behind(head):
+            witness = p == self.organizer and not hb.active  # the organizer's witness holds no state
+            if p != self.net.me and not witness and not skip and not self.behind(head):
                 out.setdefault(head, []).append(p)
         return out
 
@@ -87,7 +90,9 @@ class Catchup:
         """Does a peer the chain established point at a head off our chain: another state of our
         round or an earlier one (a fork), or one two or more rounds ahead (one ahead is most
         likely the round in flight)? Then plan() has something to verify."""
-        known = self.eligible()  # nobody yet (an empty ledger): anyone may point us to the chain
+        # a trigger, not a vote: any peer our window names (after a stretch alone the peers that
+        # trained with us are no longer 'established'); an empty ledger: anyone
+        known = self.eligible() | set(self.ledger.appearances())
         return any(
             (not known or p in known) and head.round != mine.round + 1
             for head, holders in self.hints(peers, mine).items()
@@ -107,13 +112,11 @@ class Catchup:
                 target = self.branch_of(donor, head, hints[head])
                 if target is not None and self.acceptable(target, peers, mine):
                     return target
-                if target is not None:
-                    log.info(
-                        "head %d %s: verified, not taken (%s)", head.round, head.digest[:12], target.fork and "fork"
-                    )
-                    if target.fork:  # the fork choice keeps our branch; a quorum may still come
+                if target is not None:  # verified, not taken: the next head may be (a quorum may still come)
+                    log.info("head %d %s: verified, not taken", head.round, head.digest[:12])
+                    if target.fork or not self.pinned(target, peers):
                         self._remember(self.passed, head)
-                    return None
+                    break
                 log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
                 self._remember(self.failed_donors, donor)
                 self._remember(self.failed_heads, head)
@@ -136,6 +139,8 @@ class Catchup:
         the rosters it verified, the only ones it has). Forks need chain.prefer among the peers
         established at the common ancestor, and never move on an empty set (a fork from the
         genesis, whose tie-break hash its author could grind)."""
+        if not self.pinned(target, peers):
+            return False
         k = self.rules.established_rounds
         before = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r <= target.ancestor})
         holders = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == target.head}
@@ -149,6 +154,15 @@ class Catchup:
         ours = [self.ledger.rosters[r] for r in sorted(self.ledger.rosters) if r > target.ancestor]
         mine_held = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == mine} | {self.net.me}
         return bool(among) and chain.prefer(ours, list(target.rosters), among, (mine_held, holders))
+
+    def pinned(self, target: Target, peers: dict[str, Heartbeat]) -> bool:
+        """A peer with an empty ledger (a joiner) takes only a head whose chain passes through
+        the organizer's head, while the organizer is live: it could not tell the swarm's chain
+        from one a crowd grew from the genesis. Members judge by their own ledger."""
+        hb = peers.get(self.organizer) if self.organizer else None
+        if self.ledger.rosters or hb is None or hb.state_round == 0:
+            return True
+        return any((a.roster.round, a.roster.result) == (hb.state_round, hb.digest) for a in target.rosters)
 
     def built_on(self, head: AcceptedRoster, window: Ledger) -> set[str]:
         """Peers whose signed rosters or updates of the next round build on `head` (the DHT's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -67,11 +68,12 @@ def read_state(path: Path, run_id: str) -> SwarmState:
 
 def write_safetensors(state: SwarmState, run_id: str, out: Path) -> Path:
     """The state's parameters (trained ones: the whole model, or the LoRA adapters) as
-    safetensors, named as in the model, with the run, round and digest in its metadata."""
+    safetensors, named as in the model, with the run, round, digest and the names in model order
+    (what the digest is taken in; safetensors itself keeps no order) in its metadata."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / EXPORT_FILE
-    meta = {"run": run_id, "round": str(state.round), "digest": state.digest}
+    meta = {"run": run_id, "round": str(state.round), "digest": state.digest, "names": json.dumps(state.names)}
     save_file({n: p.contiguous() for n, p in zip(state.names, state.params)}, str(path), metadata=meta)
     return path

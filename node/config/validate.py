@@ -18,7 +18,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, NamedTuple, get_args
 
 from node.config.schema import choices, field_docs, is_choice, type_hints
-from node.config.settings import NodeConfig, RunConfig
+from node.config.settings import NodeConfig, RunConfig, StrategyName, WireDtype
 from node.errors import SwarmtrainError
 
 
@@ -183,7 +183,27 @@ def _index_bits(run: RunConfig) -> Problem | None:
     return None
 
 
-RUN_RULES: tuple[Callable[[RunConfig], Problem | None], ...] = (_heartbeats, _index_bits)
+# Names registered from Python (node.outer.strategies.register_strategy / register_codec) that
+# [strategy] name / wire_dtype take besides the built-in Literal choices.
+REGISTERED: dict[str, set[str]] = {"name": set(), "wire_dtype": set()}
+
+
+def _registered(run: RunConfig) -> Problem | None:
+    for name, builtin in (("name", StrategyName), ("wire_dtype", WireDtype)):
+        value, known = getattr(run.strategy, name), [*get_args(builtin), *sorted(REGISTERED[name])]
+        if value not in known:
+            listed = ", ".join(repr(k) for k in known)
+            return Problem(
+                f"[strategy] {name} = {value!r} is not one of {listed}",
+                f"use one of {listed}, or register yours from Python first (swarmtrain.register_"
+                + ("strategy" if name == "name" else "codec")
+                + ")",
+                f"{name}: {field_docs(type(run.strategy)).get(name, '')}",
+            )
+    return None
+
+
+RUN_RULES: tuple[Callable[[RunConfig], Problem | None], ...] = (_heartbeats, _index_bits, _registered)
 """Rules that tie two settings of a run together."""
 
 

@@ -53,6 +53,8 @@ class Applier:
         model: torch.nn.Module,
         overlap: bool,
         score_tokens: torch.Tensor | None,
+        step_tokens: int = 0,
+        nominal_step_tokens: int = 0,
     ):
         self.state = state  # the swarm's state as this peer holds it: what the next round applies to
         self.run, self.strategy, self.ledger, self.metrics, self.out, self.me = run, strategy, ledger, metrics, out, me
@@ -61,6 +63,10 @@ class Applier:
         self.overlap = overlap  # the trainer's model keeps training while a round is applied
         self.score_tokens = score_tokens  # the batch all peers share for scoring updates (None: no scoring)
         self._preview: Preview | None = None  # the leader's applied copy, reused
+        # tokens one inner step of ours trains on, and of the run's reference peer (round weights);
+        # a model brought from Python declares both (swarmtrain API), the CLI's are batch x ctx
+        self.step_tokens = step_tokens or run.train.batch_size * run.model.ctx
+        self.nominal_step_tokens = nominal_step_tokens or run.train.batch_size * run.model.ctx
 
     def hooks(self) -> Hooks:
         """The strategy's side of the round; with [robust] scoring, the leader scores every update
@@ -84,11 +90,14 @@ class Applier:
         return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
 
     def tokens_of(self, steps: int) -> int:
-        return steps * self.run.train.batch_size * self.run.model.ctx
+        """The tokens `steps` of our inner steps trained on (what our announcements sign for)."""
+        return steps * self.step_tokens
 
     def weights(self, tokens: list[int]) -> Weights:
-        """Each contribution's weight in the aggregate: its signed tokens over a full H-step round's."""
-        return token_weights(tokens, self.tokens_of(self.strategy.inner_steps), self.run.robust.weight_cap)
+        """Each contribution's weight in the aggregate: its signed tokens over a full H-step round's
+        of the run's reference peer (the same number on every peer)."""
+        nominal = self.strategy.inner_steps * self.nominal_step_tokens
+        return token_weights(tokens, nominal, self.run.robust.weight_cap)
 
     def roster_result(self, payloads: list[bytes], tokens: list[int]) -> str:
         """As leader: the digest after applying these payloads, on a copy (kept for our own apply)."""

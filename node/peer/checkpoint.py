@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from node.errors import SwarmtrainError
 from node.outer.state import SwarmState
 from protocol.errors import ProtocolError
+from protocol.tensors import decode_tensors
 
 FILENAME = "checkpoint.swt"
 
@@ -45,3 +47,33 @@ def load(path: Path, *, run_id: str, template: SwarmState) -> SwarmState | None:
             f"move it away (mv {path} {path}.bad) and start again: the node then "
             "takes the swarm's state from its peers",
         ) from None
+
+
+# ---------------------------------------------------------------------------- the model out
+EXPORT_FILE = "swarm-state.safetensors"  # beside save_pretrained's model.safetensors, never over it
+
+
+def read_state(path: Path, run_id: str) -> SwarmState:
+    """A checkpoint read without the model that wrote it: its own tensor names are the layout,
+    and its self-digest is checked all the same."""
+    try:
+        tensors, _ = decode_tensors(path.read_bytes())
+        names = [k.removeprefix("param/") for k in tensors if k.startswith("param/")]
+        buffers = sorted({k.split("/")[1] for k in tensors if k.startswith("outer/")})
+        template = SwarmState(0, names, [tensors[f"param/{n}"] for n in names], {b: [] for b in buffers})
+        return SwarmState.from_bytes(path.read_bytes(), run_id=run_id, template=template)
+    except (OSError, ProtocolError) as e:
+        raise SwarmtrainError(f"checkpoint {path} is unreadable: {e}", "export another node's checkpoint") from None
+
+
+def write_safetensors(state: SwarmState, run_id: str, out: Path) -> Path:
+    """The state's parameters (trained ones: the whole model, or the LoRA adapters) as
+    safetensors, named as in the model, with the run, round, digest and the names in model order
+    (what the digest is taken in; safetensors itself keeps no order) in its metadata."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / EXPORT_FILE
+    meta = {"run": run_id, "round": str(state.round), "digest": state.digest, "names": json.dumps(state.names)}
+    save_file({n: p.contiguous() for n, p in zip(state.names, state.params)}, str(path), metadata=meta)
+    return path

@@ -23,6 +23,7 @@ from node.config import NodeConfig, RunConfig, as_dict, from_dict, validate_run
 from node.errors import SwarmtrainError
 from node.p2p.dht import Swarm
 from node.p2p.validators import MANIFEST_TTL
+from node.train import layout
 from node.train.data import Corpus, load_corpus
 from node.train.model import (
     FINGERPRINT_FIELDS,
@@ -55,12 +56,17 @@ class RunFound(NamedTuple):
     """The organizer-signed envelope, as stored."""
 
 
-def build_manifest(run: RunConfig, corpus: Corpus, built=None) -> dict:
+def build_manifest(run: RunConfig, corpus: Corpus | None, built=None, *, pinned: dict | None = None) -> dict:
     """The run's settings, the corpus digest and, for Hugging Face or LoRA runs, the model's
     fingerprint (config, weights, tokenizer and round-0 SHA-256: node.train.model.FINGERPRINT_FIELDS).
-    `built` (node.train.model.BuiltModel) saves building the model again."""
+    `built` (node.train.model.BuiltModel) saves building the model again. A 'user' run (a model
+    brought from Python) has no corpus of ours: `pinned` (node.train.layout.pin) fixes its model."""
     manifest = as_dict(run)
     manifest["protocol"] = PROTOCOL_VERSION
+    if run.model.kind == "user":
+        manifest["data"].update(corpus_sha256="", corpus_bytes=0, corpus_origin="each peer's own (swarmtrain API)")
+        manifest["model"].update(pinned or {})
+        return manifest
     manifest["data"].update(corpus_sha256=corpus.sha256, corpus_bytes=corpus.nbytes, corpus_origin=corpus.origin)
     if run.model.kind != "byte-gpt" or run.peft.method != "none":
         manifest["model"].update((built or build_run_model(run)).fingerprint)
@@ -245,7 +251,7 @@ def run_config_of(run_id: str, manifest: dict) -> RunConfig:
             "install the swarmtrain version the organizer names for this run",
         )
     settings = {k: v for k, v in manifest.items() if k not in ("protocol", "organizer")}
-    for section, extra in (("data", CORPUS_FIELDS), ("model", FINGERPRINT_FIELDS)):
+    for section, extra in (("data", CORPUS_FIELDS), ("model", FINGERPRINT_FIELDS + layout.LAYOUT_FIELDS)):
         table = settings.get(section, {})
         if not isinstance(table, dict):
             raise SwarmtrainError(f"manifest of {run_id}: [{section}] must be a table", "ask the organizer")
@@ -291,22 +297,28 @@ class Anchor:
 def anchor_of(found: RunFound) -> Anchor:
     run = run_config_of(found.run_id, found.manifest)
     steps = ComputeWindow(run.swarm, max(1, run.strategy.inner_steps), windowed=True).most
+    per_step = run.train.batch_size * run.model.ctx
+    if run.model.kind == "user":  # declared by the organizer's script (swarmtrain.join)
+        per_step = _table(found.manifest, "model").get("tokens_per_step") or per_step
     return Anchor(
         run_id=found.run_id,
         run=run,
         organizer=found.manifest["organizer"],
         base=round0_digest(run, found.manifest),
-        max_tokens=2 * steps * run.train.batch_size * run.model.ctx,
+        max_tokens=2 * steps * per_step,
         max_bytes=int(run.swarm.max_update_mb * 2**20),
     )
 
 
-def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus]:
+def accept(run_id: str, manifest: dict, local=None) -> tuple[RunConfig, Corpus | None]:
     """Check that this node can train `manifest`; return its RunConfig and our corpus copy.
     `local` (NodeConfig) names where this node keeps the run's files (--data-files,
     --pretrained-dir, --tokenizer-dir); the round-0 weights are checked when the model is built
-    (node.train.model.build_run_model(..., expect=manifest["model"]))."""
+    (node.train.model.build_run_model(..., expect=manifest["model"])). A 'user' run has no corpus
+    of ours (None): its model is checked against the manifest by node.train.layout.check."""
     run = run_config_of(run_id, manifest)
+    if run.model.kind == "user":
+        return run, None
     wanted = {k: _table(manifest, "data").get(k) for k in CORPUS_FIELDS}
     prints = {k: v for k, v in _table(manifest, "model").items() if k in FINGERPRINT_FIELDS}
     corpus = load_corpus(run.data, files=getattr(local, "data_files", ""))

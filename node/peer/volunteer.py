@@ -1,6 +1,8 @@
 """A volunteer node: join a run, train, exchange updates each round, leave cleanly.
 
-`train()` is the main loop and reads top to bottom; everything it calls is plain torch
+`Peer` holds the loop as three steps (`begin`, `stepped` after each inner step, `end`), so that
+the CLI's loop (`Volunteer.train`) and a user's own loop (driver.py, the swarmtrain API) run the
+same rounds; everything they call is plain torch
 (node/train/trainer.py), one step of the round protocol (node/round/protocol.py), applying a
 round (applier.py), state sync (sync.py), our heartbeat (presence.py) or publishing what
 happened (reporting.py).
@@ -16,7 +18,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.config import NodeConfig
@@ -37,7 +39,7 @@ class InFlight:
     """A round we announced an update for, whose roster and payloads are awaited."""
 
     round: int
-    loss: float
+    loss: float | None
     steps: int
     t0: float
     t1: float
@@ -52,18 +54,40 @@ def _done(fn) -> Future:
     return future
 
 
-class Volunteer(NodeParts):
-    """A running node: its parts (wiring.py) and `train()`, the loop."""
+@dataclass
+class Training:
+    """The round being trained: its number, when it began, its compute window, the steps so far."""
+
+    round: int
+    t0: float
+    window: ComputeWindow
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float | None:
+        """Mean loss of the steps that reported one (None: the trainer reports none)."""
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+
+class Peer(NodeParts):
+    """A running node's rounds, driven one inner step at a time: `begin`, then `stepped` after
+    each inner step (at the end of the compute window it sends the round's update and opens the
+    next round), then `end`. The CLI's loop (Volunteer.train, below) and the Python API
+    (driver.py, under a user's own loop) drive the same methods."""
 
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
         super().__init__(cfg, stack, reporter)
         self.start: Start | None = None  # where this round's training started: what the update is measured from
         self.inflight: InFlight | None = None  # the round announced and not yet applied
+        self.training: Training | None = None  # the round being trained
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
         stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
 
-    # ----------------------------------------------------------------------------- main loop
-    def train(self, stop: threading.Event) -> None:
+    # ----------------------------------------------------------------------------- the loop
+    def begin(self, stop: threading.Event) -> bool:
+        """Take the swarm's state (or our checkpoint), say we are here, open the first round.
+        False: nothing to train (stopped, or max_rounds already reached)."""
         self.applier.state, how = self.sync.initial_state(stop)
         self.joined_round, self.joined_at = self.state.round, time.monotonic()
         self.start_heartbeat()
@@ -79,33 +103,64 @@ class Volunteer(NodeParts):
             status_url=self.reports.page.url,
             maddr=self.maddr,
         )
-        while not stop.is_set() and not self.reached_max():
-            if self.sync.outvoted():
-                self.settle(stop)  # (overlap) the round in flight first
-                self.sync.resync(stop, force=True)  # our state differs from the swarm's
-            r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
-            self.presence.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
-            t0 = time.monotonic()
-            with self.phase("compute"):
-                trained = self.inner_steps(r, stop)  # plain torch: H steps, or a window's worth
-            if trained is None:
-                break  # stopped mid-round: keep the last round
-            t1 = time.monotonic()
-            self.settle(stop)  # overlap: the round in flight, if still in flight
-            with self.phase("encode"):
-                self.privacy.before_update(self.start.base, self.trainer.model)  # DP: clip + noise (off: nothing)
-                # the error feedback before this update, to restore if the round misses it
-                self.worker_before = copy.deepcopy(self.worker) if self.overlap.carries else None
-                update = self.strategy.make_update(self.start.base, self.worker, self.trainer.model)
-            self.send(update, *trained, t0, t1, stop)  # announce; the roster is awaited (overlap: behind)
-            if not self.overlap.enabled:
-                self.settle(stop)  # apply it: same bits on every peer
-        self.settle(stop)  # a last round in flight (max_rounds reached)
+        return self.open_round(stop)
+
+    def open_round(self, stop: threading.Event) -> bool:
+        """Load where the next round's training starts into the model. False: stop here."""
+        if stop.is_set() or self.reached_max():
+            return False
+        if self.sync.outvoted():
+            self.settle(stop)  # (overlap) the round in flight first
+            self.sync.resync(stop, force=True)  # our state differs from the swarm's
+        r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
+        self.presence.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
+        t0 = time.monotonic()
+        # the swarm's state, or with overlap that plus our progress in flight
+        self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
+        self.trainer.load_params(self.start.params)
+        window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
+        self.training = Training(round=r, t0=t0, window=window)
+        self.round_opened(r)
+        return True
+
+    def round_opened(self, r: int) -> None:
+        """Called as round r's training starts (the CLI draws its batches for round r)."""
+
+    def stepped(self, loss: float | None, stop: threading.Event) -> bool:
+        """After one inner step (H steps, or a compute window's worth, make a round): apply a
+        round in flight that came in (overlap); at the round's end encode and announce its update,
+        apply it (without overlap), and open the next round. False: stop here."""
+        tr = self.training
+        tr.steps += 1
+        if loss is not None:
+            tr.losses.append(loss)
+        if self.inflight is not None and self.inflight.result.done():
+            self.settle(stop)  # overlap: apply the round in flight now, and go on from its state
+        if tr.window.another(tr.steps):
+            return True
+        t1 = time.monotonic()
+        self.phase("compute").observe(t1 - tr.t0)  # plain torch: H steps, or a window's worth
+        self.history.trained(self.applier.tokens_of(tr.steps), t1 - tr.t0)  # forward, backward, step
+        self.settle(stop)  # overlap: the round in flight, if still in flight
+        with self.phase("encode").time():
+            self.privacy.before_update(self.start.base, self.trainer.model)  # DP: clip + noise (off: nothing)
+            # the error feedback before this update, to restore if the round misses it
+            self.worker_before = copy.deepcopy(self.worker) if self.overlap.carries else None
+            update = self.strategy.make_update(self.start.base, self.worker, self.trainer.model)
+        self.send(update, tr.loss, tr.steps, tr.t0, t1, stop)  # announce; the roster is awaited (overlap: behind)
+        if not self.overlap.enabled:
+            self.settle(stop)  # apply it: same bits on every peer
+        return self.open_round(stop)
+
+    def end(self, stop: threading.Event) -> None:
+        """Leave: a last round in flight is applied unless stopped (an unfinished round is dropped:
+        the checkpoint holds the last finished one), then the heartbeat is withdrawn."""
+        self.settle(stop)
         self.presence.leave(self.state, last=max(self.state.round, self.rounds.last_announced))
 
     # --------------------------------------------------------------------------- the pieces
     def phase(self, name: str):
-        return self.metrics.step_seconds.labels(name).time()
+        return self.metrics.step_seconds.labels(name)
 
     def gather_or_fail(self, r: int, roster, stop: threading.Event) -> list[bytes] | None:
         """The round's payloads, or None (counted and reported) when this peer cannot have them."""
@@ -120,13 +175,13 @@ class Volunteer(NodeParts):
             self.reports.round_failed(r, roster, self.exchange, self.state.digest)
             return None
 
-    def send(self, update: bytes, loss: float, steps: int, t0: float, t1: float, stop: threading.Event) -> None:
+    def send(self, update: bytes, loss: float | None, steps: int, t0: float, t1: float, stop: threading.Event) -> None:
         """Announce our update for the round after our state, and await its roster and payloads:
         here, or (overlap) in the background while the next round computes."""
         r, base, state_round = self.state.round + 1, self.state.digest, self.state.round
         if self.overlap.enabled:  # the round in flight was just settled: say where we are now
             self.presence.heartbeat.update(round=r, state_round=state_round, digest=base)
-        with self.phase("communicate"):
+        with self.phase("communicate").time():
             tokens = self.applier.tokens_of(steps + self.start.carried_steps)  # a missed round's work counts once more
             self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), tokens, base)
             collect = functools.partial(self.collect, r, base, state_round, stop)
@@ -143,11 +198,11 @@ class Volunteer(NodeParts):
         if flight is None:
             return
         waited_from = time.monotonic() if self.overlap.enabled else flight.t1  # overlap: only the wait shows
-        with self.phase("communicate") if self.overlap.enabled else contextlib.nullcontext():
+        with self.phase("communicate").time() if self.overlap.enabled else contextlib.nullcontext():
             roster, payloads = flight.result.result()
         if stop.is_set():
             return
-        with self.phase("apply"):
+        with self.phase("apply").time():
             applied = payloads is not None and self.applier.apply_round(roster, payloads)  # same bits on every peer
         if not applied or all(a.peer != self.me for a in roster.announcements):
             self.carry_over(flight)
@@ -172,35 +227,14 @@ class Volunteer(NodeParts):
             self.worker = self.worker_before
             self.out.event("carried_over", round=flight.round, steps=flight.steps)
 
-    def inner_steps(self, r: int, stop: threading.Event) -> tuple[float, int] | None:
-        """(mean loss, steps run) of this round's local training, from self.start (the swarm's
-        state, or with overlap that plus our progress in flight); None when stopped."""
-        self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
-        self.trainer.load_params(self.start.params)
-        gen = data.batch_generator(self.run.train.seed, self.me, r)
-        window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
-        started, losses = time.monotonic(), []
-        while window.another(len(losses)):
-            if stop.is_set():
-                return None
-            x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, gen)
-            t = time.monotonic()
-            losses.append(self.trainer.step(x, y, apply=self.strategy.local_optimizer))
-            if self.inflight is not None and self.inflight.result.done():
-                self.settle(stop)  # overlap: apply the round in flight now, and go on from its state
-            if self.cfg.slowdown > 1:  # stand in for a slower machine (tests, benchmarks)
-                stop.wait((self.cfg.slowdown - 1) * (time.monotonic() - t))
-        self.history.trained(self.applier.tokens_of(len(losses)), time.monotonic() - started)  # forward, backward, step
-        return sum(losses) / len(losses), len(losses)
-
     def finish_round(
-        self, accepted: AcceptedRoster, loss: float, steps: int, *, train_s: float, exchange_s: float
+        self, accepted: AcceptedRoster, loss: float | None, steps: int, *, train_s: float, exchange_s: float
     ) -> None:
         self.exchange.set_known({a.peer for a in accepted.announcements})  # served first, whatever the crowd
         blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
         self.exchange.set_state(blob)
         checkpoint.save(self.ckpt, blob)
-        bpb = self.applier.evaluate(self.val) if self.val is not None else None  # (after exchange_s: not exchange time)
+        bpb = self.evaluate()  # (after exchange_s: not exchange time)
         self.reports.round_done(
             accepted, self.exchange, steps=steps, loss=loss, val_bpb=bpb, train_s=train_s, exchange_s=exchange_s
         )
@@ -215,6 +249,24 @@ class Volunteer(NodeParts):
         maddrs = self.presence.start(self.state)
         self.reports.reach = reachability(maddrs)
         self.maddr = maddrs[0] if maddrs else ""  # others may join through us
+
+
+class Volunteer(Peer):
+    """The CLI's volunteer: the run's model and inner trainer on our shard of the run's corpus."""
+
+    def train(self, stop: threading.Event) -> None:
+        going = self.begin(stop)
+        while going and not stop.is_set():  # stopped mid-round: the round is dropped
+            x, y = data.windows(self.tokens, self.run.train.batch_size, self.run.model.ctx, self.batches)
+            t = time.monotonic()
+            loss = self.trainer.step(x, y, apply=self.strategy.local_optimizer)
+            if self.cfg.slowdown > 1:  # stand in for a slower machine (tests, benchmarks)
+                stop.wait((self.cfg.slowdown - 1) * (time.monotonic() - t))
+            going = self.stepped(loss, stop)
+        self.end(stop)
+
+    def round_opened(self, r: int) -> None:
+        self.batches = data.batch_generator(self.run.train.seed, self.me, r)  # drawn by (seed, peer, round)
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:

@@ -33,7 +33,7 @@ from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol, round_record_ttl
 from node.train import data
 from node.train.device import pick_device
-from node.train.model import build_run_model, trainable
+from node.train.model import BuiltModel, build_run_model, trainable
 from node.train.privacy import make_privacy
 from node.train.trainer import InnerTrainer
 from node.train.window import ComputeWindow
@@ -43,7 +43,7 @@ from node.watch.report import History
 
 
 class NodeParts:
-    """The pieces of a running node; the loop is Volunteer's."""
+    """The pieces of a running node; the loop is Peer's (volunteer.py)."""
 
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
         peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
@@ -61,9 +61,7 @@ class NodeParts:
         stack.callback(self.swarm.shutdown)
         self.me = self.swarm.peer_id
         self.name = cfg.name or node_name(self.me)
-        self.run_id, self.manifest, self.manifest_envelope = manifests.fetch(
-            self.swarm, manifests.wanted_run(cfg), cfg.startup_timeout, sole_run=cfg.new_swarm
-        )
+        self.run_id, self.manifest, self.manifest_envelope = self.find_run()
         self.run, corpus = manifests.accept(self.run_id, self.manifest, cfg)  # cfg: where our copies of its files are
         manifests.keep_copy(Path(cfg.data_dir) / self.run_id, self.manifest_envelope)  # `swarmtrain audit`'s anchor
         self.key = load_identity_key(self.swarm.identity_path)  # signs every record we write
@@ -73,9 +71,7 @@ class NodeParts:
             heartbeat_ttl=self.run.swarm.heartbeat_ttl,
             round_ttl=round_record_ttl(self.run.swarm),
         )
-        self.built = build_run_model(
-            self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir, expect=self.manifest["model"]
-        )  # refuses other weights, naming the fix
+        self.built = self.build_model()  # refuses other weights, naming the fix
         model = self.built.model  # the swarm trains trainable(model): all of it, or only LoRA adapters
         self.strategy = make_strategy(
             self.run.strategy, [tuple(p.shape) for p in trainable(model)], self.run.train, robust=self.run.robust
@@ -103,14 +99,9 @@ class NodeParts:
         )
         stack.callback(self.exchange.close)
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
-        self.trainer = InnerTrainer(model, self.run.train, self.device)
+        self.trainer = self.make_trainer(model)
         ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=True)  # bad [swarm] timing: refused now
-        tokenizer = self.built.tokenizer  # None: bytes
-        self.tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
-        self.val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if cfg.eval else None
-        score_tokens = (
-            data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring else None
-        )  # the batch all peers share for scoring updates
+        self.tokens, self.val, score_tokens = self.load_data(corpus)
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
         self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
@@ -128,6 +119,7 @@ class NodeParts:
             model=model,
             overlap=self.overlap.enabled,
             score_tokens=score_tokens,
+            **self.token_counts(),
         )
         self.rounds = RoundProtocol(
             RealNet(self.swarm, self.exchange),
@@ -186,6 +178,41 @@ class NodeParts:
         self.privacy = make_privacy(
             self.run.privacy, local_optimizer=self.strategy.local_optimizer, on_epsilon=self.reports.spent
         )
+
+    # ------------------------------------------------------------- what a peer brings: the CLI's
+    # A peer driven from Python (node/peer/driver.py) brings its own model, optimizer and data:
+    # it overrides these and shares everything else.
+    def find_run(self) -> manifests.RunFound:
+        """The run we were asked for, from the DHT."""
+        return manifests.fetch(
+            self.swarm, manifests.wanted_run(self.cfg), self.cfg.startup_timeout, sole_run=self.cfg.new_swarm
+        )
+
+    def build_model(self) -> BuiltModel:
+        """The run's round-0 model, built from its manifest."""
+        cfg = self.cfg
+        return build_run_model(
+            self.run, pretrained_dir=cfg.pretrained_dir, tokenizer_dir=cfg.tokenizer_dir, expect=self.manifest["model"]
+        )
+
+    def make_trainer(self, model: torch.nn.Module) -> InnerTrainer:
+        return InnerTrainer(model, self.run.train, self.device)
+
+    def load_data(self, corpus) -> tuple:
+        """(our shard's tokens, the held-out set or None, the batch all peers share for scoring or None)."""
+        tokenizer = self.built.tokenizer  # None: bytes
+        tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
+        val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if self.cfg.eval else None
+        score = data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring else None
+        return tokens, val, score
+
+    def token_counts(self) -> dict:
+        """Tokens per inner step, ours and the run's reference (Applier's; empty: batch_size x ctx)."""
+        return {}
+
+    def evaluate(self) -> float | None:
+        """The held-out metric of the state we hold, reported after each round (None: not measured)."""
+        return self.applier.evaluate(self.val) if self.val is not None else None
 
     @property
     def state(self) -> SwarmState:

@@ -9,6 +9,7 @@ Their fingerprints (config and weights SHA-256, transformers version) go into th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -170,3 +171,18 @@ def save_pretrained(model: nn.Module, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     hf.save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+def export_pretrained(model: nn.Module, out_dir: str | Path) -> list[Path]:
+    """A trained model for the transformers world: save_pretrained into `out_dir`. A peft model
+    (LoRA) saves its adapters in `out_dir`/adapter (reload: PeftModel.from_pretrained(base, it))
+    and the base with the adapters merged in `out_dir` (merging rounds: logits close to, not
+    equal to, the adapted model's). Returns the directories written."""
+    out = Path(out_dir)
+    hf = model.hf if isinstance(model, CausalLM) else model
+    if hasattr(hf, "merge_and_unload"):  # a peft model
+        hf.save_pretrained(str(out / "adapter"))
+        copy.deepcopy(hf).merge_and_unload().save_pretrained(str(out), safe_serialization=True)
+        return [out, out / "adapter"]
+    hf.save_pretrained(str(out), safe_serialization=True)
+    return [out]

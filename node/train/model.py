@@ -202,6 +202,11 @@ def build_run_model(
     (a manifest's [model] section) makes a differing fingerprint an error."""
     cfg = run.model
     check_model_config(cfg)
+    if cfg.kind == "user":
+        raise SwarmtrainError(
+            f"run {run.name!r} trains a model its peers bring from Python: the command line cannot build it",
+            "join it from a training script with swarmtrain.join(run_id=..., initial_peers=[...]) (docs/api.md)",
+        )
     tokenizer, model_type = None, None
     prints = fingerprint(run, pretrained_dir=pretrained_dir, tokenizer_dir=tokenizer_dir)
     if expect is not None:

@@ -82,7 +82,8 @@ class NodeMetrics:
             return
         self.local_step.set(report.local_step)
         self.global_step.set(report.round)
-        self.train_loss.set(report.loss)
+        if report.loss is not None:  # a training loop of one's own may report no loss (swarmtrain API)
+            self.train_loss.set(report.loss)
         self.tokens.inc(report.tokens)
         self.samples.inc(report.samples)
         self.round_peers.set(report.peers)

@@ -15,6 +15,9 @@ Strategies exchange only the parameters that train ([p for p in model.parameters
 p.requires_grad]): frozen ones (a LoRA base model) are the same on every peer and never cross
 the wire.
 The inner step itself stays plain torch (trainer.py).
+
+A strategy or codec of one's own is registered from Python (`register_strategy`, `register_codec`;
+swarmtrain re-exports both): every peer of the run must register it before joining.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from node.config import RobustConfig, StrategyConfig, TrainConfig
+from node.config.validate import REGISTERED
 from node.errors import SwarmtrainError
 from node.outer.aggregate import make_aggregator
 from node.outer.strategies.ddp import DdpAdamW
 from node.outer.strategies.decoupled_momentum import DecoupledMomentum
-from node.outer.strategies.diloco import DiLoCo
+from node.outer.strategies.diloco import WIRE_CODECS, DiLoCo
 from node.outer.strategies.sparseloco import SparseLoCo
 
 STRATEGIES = {
@@ -35,6 +39,31 @@ STRATEGIES = {
     "decoupled-momentum": DecoupledMomentum,
     "ddp-adamw": DdpAdamW,
 }
+BUILT_IN = frozenset(STRATEGIES)
+
+
+def register_strategy(name: str, factory: Callable, *, replace: bool = False) -> None:
+    """Make `[strategy] name = NAME` build `factory(cfg, shapes, train, schedule, aggregator)`: an
+    object with the interface above (DiLoCo is the model to copy). A built-in name cannot be taken;
+    registering a name twice needs `replace=True`."""
+    if name in BUILT_IN or (name in STRATEGIES and not replace):
+        raise SwarmtrainError(
+            f"strategy {name!r} is already {'built in' if name in BUILT_IN else 'registered'}",
+            "choose another name" + ("" if name in BUILT_IN else ", or pass replace=True"),
+        )
+    STRATEGIES[name] = factory
+    REGISTERED["name"].add(name)
+
+
+def register_codec(name: str, factory: Callable[[tuple], object], *, replace: bool = False) -> None:
+    """Make diloco's `[strategy] wire_dtype = NAME` send its pseudo-gradient with `factory(shapes)`:
+    an object with `name` (what envelopes carry; derive it from NAME), `encode(tensors) -> bytes`,
+    `decode(bytes) -> tensors` (strict: raise protocol.errors.ProtocolError on any bad input, it
+    is a peer's) and `encoded_size() -> int` (exact and fixed), as protocol/codecs' DenseCodec."""
+    if name in ("float16", "float32", "int8", "int4", "int2", "int1") or (name in WIRE_CODECS and not replace):
+        raise SwarmtrainError(f"codec {name!r} is already defined", "choose another name, or pass replace=True")
+    WIRE_CODECS[name] = factory
+    REGISTERED["wire_dtype"].add(name)
 
 
 def make_strategy(

@@ -6,6 +6,8 @@ the difference."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from node.config import StrategyConfig, TrainConfig
@@ -15,6 +17,8 @@ from node.outer.state import SwarmState
 from protocol.codecs import DenseCodec, Int8Codec, QuantCodec
 
 LOW_BIT = {"int4": 4, "int2": 2, "int1": 1}
+# Codecs registered from Python (node.outer.strategies.register_codec): wire_dtype name -> factory(shapes).
+WIRE_CODECS: dict[str, Callable[[tuple], object]] = {}
 
 
 def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
@@ -37,8 +41,12 @@ class DiLoCo:
     local_optimizer = True
 
     def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
-        if cfg.wire_dtype not in ("float16", "float32", "int8", *LOW_BIT):
-            raise ValueError(f"wire_dtype {cfg.wire_dtype!r} is not one of float16, float32, int8, int4, int2, int1")
+        if cfg.wire_dtype not in ("float16", "float32", "int8", *LOW_BIT, *WIRE_CODECS):
+            raise ValueError(
+                f"wire_dtype {cfg.wire_dtype!r} is not one of float16, float32, int8, int4, int2, int1"
+                + "".join(f", {name}" for name in WIRE_CODECS)
+                + " (a codec of your own must be registered first: swarmtrain.register_codec)"
+            )
         if cfg.inner_steps < 1:
             raise ValueError("inner_steps must be at least 1")
         self.cfg, self.agg = cfg, agg
@@ -48,6 +56,8 @@ class DiLoCo:
             if cfg.wire_block < 1:
                 raise ValueError("wire_block must be at least 1")
             self.codec = QuantCodec(tuple(shapes), bits=LOW_BIT[cfg.wire_dtype], block=cfg.wire_block)
+        elif cfg.wire_dtype in WIRE_CODECS:
+            self.codec = WIRE_CODECS[cfg.wire_dtype](tuple(shapes))
         elif cfg.wire_dtype == "int8":
             self.codec = Int8Codec(tuple(shapes))
         else:

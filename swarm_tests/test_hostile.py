@@ -88,3 +88,80 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
     for v in vols:
         assert "Traceback" not in v.output and "state_synced" not in v.output, v.output[-3000:]
         assert "val_bpb" not in v.output or "nan" not in v.output
+
+
+CROWD = 10  # attacker identities against three honest volunteers and a joiner
+
+
+def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
+    """Ten attacker identities in one process grow their own chain from the run's genesis (two
+    correctly linked rosters ending at an all-zero state), serve it, and all point their
+    heartbeats at it, outnumbering the three honest volunteers; plus a self-signed roster at an
+    invented round. A volunteer that joins now must take the honest chain (the organizer's
+    witness pins it) and train with the others to equal digests; its ledger then verifies from
+    the genesis."""
+    boot = start_bootstrap(procs, tmp_path, small_run)
+    vols = [
+        procs(
+            *join_args(
+                boot,
+                str(tmp_path / f"v{i}"),
+                "--max-rounds",
+                str(ROUNDS),
+                "--result-json",
+                str(tmp_path / f"v{i}.json"),
+            )
+        )
+        for i in range(3)
+    ]
+    honest = {v.wait_for(r"event=joined peer=(\S+)", 120).group(1) for v in vols}
+    vols[0].wait_for(r"event=round round=3 ", 180)
+    crowd = subprocess.Popen(
+        [sys.executable, "-m", "swarm_tests.sybil_crowd", boot.maddr, boot.run_id, str(CROWD), "120"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        ready = crowd.stdout.readline()
+        assert "event=crowd_ready" in ready, ready + crowd.stdout.read()[-3000:]
+        joiner = procs(
+            *join_args(
+                boot, str(tmp_path / "late"), "--max-rounds", str(ROUNDS), "--result-json", str(tmp_path / "late.json")
+            )
+        )
+        joined = joiner.wait_for(r"event=joined peer=\S+ .*round=(\d+) state=(\S+)", 120)
+        assert joined[2] == "from_peers", joiner.output[-3000:]
+        synced = joiner.wait_for(r"event=state_synced round=\d+ donor=(\S+)", 1)
+        assert synced[1] in {p[:16] for p in honest}, synced[0]
+        for v in [*vols, joiner]:
+            assert v.wait(300) == 0, v.output[-3000:]
+    finally:
+        crowd.kill()
+    results = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("v0", "v1", "v2", "late")]
+    assert len({r["digest"] for r in results}) == 1 and results[0]["digest"] != "0" * 64
+    assert {r["rounds_completed"] for r in results} == {ROUNDS}
+    assert results[3]["rounds_contributed"] >= 1
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "audit",
+            "--data-dir",
+            str(tmp_path / "late"),
+            "--run-id",
+            boot.run_id,
+            "--ledger",
+            str(tmp_path / "late" / boot.run_id / "ledger.jsonl"),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
+    assert json.loads(audit.stdout)["verified"]  # the joiner holds the chain from the genesis

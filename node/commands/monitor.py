@@ -19,7 +19,7 @@ from node import __version__
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.p2p.addresses import Address, initial_peers
-from node.p2p.dht import Swarm, probe_peer, read_peers
+from node.p2p.dht import Swarm, probe_peer, read_peers, trainers
 from node.p2p.telemetry import read_metrics
 from node.p2p.validators import guard_run
 from node.peer import manifest as manifests
@@ -84,6 +84,8 @@ class SwarmMonitor:
         self._rows: dict[str, dict] = {}
         self._records: dict[str, MetricsRecord] = {}
         self._probes: list[dict] = []
+        self.organizer = manifest.get("organizer", "")
+        self._witness: dict | None = None  # the organizer's witness: the head of the chain it verified
         self._curve: dict[int, dict] = {}  # round -> merged point; grows past the records' own window
         self.registry = CollectorRegistry()
         self.g_alive = Gauge("swarmtrain_monitor_peers_alive", "Peers with a live heartbeat", registry=self.registry)
@@ -98,7 +100,9 @@ class SwarmMonitor:
         )
 
     def refresh(self) -> None:
-        heartbeats: dict[str, Heartbeat] = read_peers(self.swarm, self.run_id)
+        every_beat: dict[str, Heartbeat] = read_peers(self.swarm, self.run_id)
+        heartbeats = trainers(every_beat)  # the organizer's witness is shown apart
+        witness = every_beat.get(self.organizer) if self.organizer not in heartbeats else None
         records = read_metrics(self.swarm, self.run_id)
         probes = [probe_peer(a, timeout=3.0) for a in self.bootstrap]
         top = max((hb.state_round for hb in heartbeats.values()), default=0)
@@ -106,6 +110,7 @@ class SwarmMonitor:
             self._rows = peer_rows(heartbeats, top, records, previous=self._rows)
             self._records.update(records)  # keep a gone peer's last figures for the totals
             self._probes = probes
+            self._witness = None if witness is None else {"round": witness.state_round, "digest": witness.digest}
             self._curve.update({p["round"]: p for p in merge_history(list(self._records.values()), None)})
             for old in sorted(self._curve)[:-MAX_POINTS]:
                 del self._curve[old]
@@ -120,6 +125,7 @@ class SwarmMonitor:
             live = [self._records[p["peer"]] for p in peers if p["alive"] and p["peer"] in self._records]
             every = list(self._records.values())
             probes = list(self._probes)
+            witness = self._witness
         alive = sum(p["alive"] for p in peers)
         throughput = sum(m.tokens_per_s or 0 for m in live) if live else None
         bw = with_saved(
@@ -140,6 +146,7 @@ class SwarmMonitor:
             "loss_history": self._points(throughput),
             "bandwidth": bw,
             "bootstrap": probes,
+            "witness": witness,
         }
 
     def _points(self, throughput: float | None) -> list[dict]:

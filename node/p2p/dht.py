@@ -279,6 +279,15 @@ class HeartbeatPublisher:
         self._thread.join(timeout=10)
 
 
+WITNESS_DEVICE = "witness"  # the device the organizer's witness heartbeats with (node/peer/witness.py)
+
+
+def trainers(peers: dict[str, Heartbeat]) -> dict[str, Heartbeat]:
+    """The peer table without the organizer's witness, which follows the chain but trains nothing:
+    what a person counts as the swarm's peers."""
+    return {p: hb for p, hb in peers.items() if hb.device != WITNESS_DEVICE}
+
+
 def read_peers(
     swarm: Swarm, run_id: str, *, ttl: float = 120.0, on_bad: Callable[[str], None] | None = None
 ) -> dict[str, Heartbeat]:

@@ -1,4 +1,5 @@
-"""The organizer's peer: a stable identity that holds the DHT together and the run manifest."""
+"""The organizer's peer: a stable identity that holds the DHT together, the run manifest, and the
+witness that follows the run's chain and pins what joiners may take (witness.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from node.p2p.dht import Swarm
 from node.p2p.identity import load_identity_key
 from node.p2p.validators import guard_run
 from node.peer import manifest as manifests
+from node.peer.witness import Witness
 from node.round.protocol import round_record_ttl
 from node.train.data import load_corpus
 from node.train.model import build_run_model, trainable
@@ -29,11 +31,22 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
+    witness = None
     try:
         # the manifest names our peer id and is signed with its key: the run id commits to us
-        run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifests.build_manifest(run, corpus))
+        manifest = manifests.build_manifest(run, corpus)
+        run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifest)
         guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=round_record_ttl(run.swarm))
         manifests.publish(swarm, envelope)
+        witness = Witness(
+            swarm,
+            run_id=run_id,
+            key=load_identity_key(swarm.identity_path),
+            cfg=run.swarm,
+            data_dir=Path(cfg.data_dir),
+            base=manifests.round0_digest(run, manifest),  # roster 1 starts from it
+        )
+        threading.Thread(target=witness.follow, args=(stop,), name="witness", daemon=True).start()
         maddrs = shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)
         tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
@@ -54,5 +67,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
             manifests.publish(swarm, envelope)  # DHT values expire; keep the manifest alive
     finally:
         ready.unlink(missing_ok=True)
+        if witness is not None:
+            witness.close()
         swarm.shutdown()
         reporter.event("left", peer=swarm.peer_id)

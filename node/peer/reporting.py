@@ -10,7 +10,7 @@ import torch
 
 from node import __version__
 from node.config import NodeConfig, RunConfig
-from node.p2p.dht import Swarm, dht_time, read_peers
+from node.p2p.dht import Swarm, dht_time, read_peers, trainers
 from node.p2p.telemetry import MetricsPublisher, read_metrics
 from node.peer.applier import Applier
 from node.round.ledger import AcceptedRoster
@@ -132,7 +132,7 @@ class Reports:
         self.metrics.round_done(report)
         self.status.round_done(report)
         self.history.add(report)
-        peers = read_peers(self.swarm, self.run_id)
+        peers = trainers(read_peers(self.swarm, self.run_id))
         self.metrics.peers_alive.set(len(peers | {self.me: None}))
         self.publish_status(peers)
         if report.completed:
@@ -140,7 +140,7 @@ class Reports:
 
     def publish_status(self, peers: dict[str, Heartbeat] | None = None) -> None:
         """Refresh the page's peer table and publish our signed metrics record for monitors."""
-        peers = read_peers(self.swarm, self.run_id) if peers is None else peers
+        peers = trainers(read_peers(self.swarm, self.run_id)) if peers is None else peers
         self.status.peers_seen(peers, self.applier.state.round, read_metrics(self.swarm, self.run_id))
         self.publisher.publish(
             self.status.record(local_step=self.trainer.steps, now=dht_time(), reachability=self.reach)

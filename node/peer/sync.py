@@ -59,13 +59,15 @@ class StateSync:
         metrics: NodeMetrics,
         history: History,
         out: Reporter,
+        organizer: str = "",
     ):
         self.applier = applier  # holds our state: read here, replaced by adopt
         self.swarm, self.run_id, self.me, self.cfg = swarm, run_id, me, cfg
         self.ledger, self.rounds, self.exchange = ledger, rounds, exchange
         self.template, self.ckpt = template, ckpt
         self.metrics, self.history, self.out = metrics, history, out
-        self.catchup = Catchup(rounds.net, ledger, rounds.rules, chain.genesis(run_id, template.digest))
+        start = chain.genesis(run_id, template.digest)
+        self.catchup = Catchup(rounds.net, ledger, rounds.rules, start, organizer=organizer)  # its witness pins joiners
 
     @property
     def state(self) -> SwarmState:

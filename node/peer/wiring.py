@@ -157,6 +157,7 @@ class NodeParts:
             metrics=self.metrics,
             history=self.history,
             out=reporter,
+            organizer=self.manifest["organizer"],
         )
         self.reports = Reports(
             cfg,

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from node.config import SwarmConfig
-from node.p2p.dht import HeartbeatPublisher, Swarm, dht_time, read_peers
+from node.p2p.dht import WITNESS_DEVICE, HeartbeatPublisher, Swarm, dht_time, read_peers
 from node.p2p.exchange import Exchange
 from node.p2p.roundnet import RealNet
 from node.round import chain
@@ -55,7 +55,7 @@ class Witness:
                 round=head.round + 1,
                 state_round=head.round,
                 digest=head.digest,
-                device="witness",
+                device=WITNESS_DEVICE,
                 maddrs=(),
                 time=dht_time(),
                 active=False,

@@ -10,6 +10,8 @@ record says, and under which DHT key it lives, is in docs/protocol.md.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 
 import msgpack
 
@@ -42,9 +44,54 @@ def author_of(record) -> str:
     return record.leader if isinstance(record, Roster) else record.peer
 
 
+OPENED_ENTRIES, REFUSED_ENTRIES = 8192, 2048  # envelopes remembered as opened, as refused (apart: junk evicts no good)
+_opened: OrderedDict[tuple, object] = OrderedDict()  # (cls, body, key, sig, signer, max_bytes) -> record
+_refused: OrderedDict[tuple, str] = OrderedDict()  # the same -> why it was refused
+_memo_lock = threading.Lock()
+
+
 def open_record(envelope: object, cls, *, signer: str | None = None, max_bytes: int = 2**40):
     """The record inside `envelope`, verified as written by `signer` (default: whoever the body
-    names as its author, e.g. an announcement embedded in a roster). Raises ProtocolError."""
+    names as its author, e.g. an announcement embedded in a roster). Raises ProtocolError.
+    An envelope opened before (the same bytes, asked the same way) is answered from memory: a
+    flood of records re-read on every poll costs a lookup each, not a decode and a check."""
+    fields = (envelope.get("body"), envelope.get("key"), envelope.get("sig")) if isinstance(envelope, dict) else ()
+    memo = (cls, *fields, signer, max_bytes) if fields and all(isinstance(f, bytes) for f in fields) else None
+    if memo is not None:
+        with _memo_lock:
+            for table in (_opened, _refused):
+                if memo in table:
+                    table.move_to_end(memo)
+                    found = table[memo]
+                    if table is _refused:
+                        raise ProtocolError(found)
+                    return found
+    try:
+        record = _open(envelope, cls, signer, max_bytes)
+    except ProtocolError as e:
+        _remember(_refused, REFUSED_ENTRIES, memo, str(e))
+        raise
+    _remember(_opened, OPENED_ENTRIES, memo, record)
+    return record
+
+
+def forget_opened() -> None:
+    """Forget every remembered envelope (tests that count signature checks start from here)."""
+    with _memo_lock:
+        _opened.clear()
+        _refused.clear()
+
+
+def _remember(table: OrderedDict, bound: int, memo: tuple | None, outcome: object) -> None:
+    if memo is None:
+        return
+    with _memo_lock:
+        table[memo] = outcome
+        while len(table) > bound:
+            table.popitem(last=False)
+
+
+def _open(envelope: object, cls, signer: str | None, max_bytes: int):
     kind = KIND_OF[cls]
     if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
         raise ProtocolError(f"{kind}: expected a signed envelope")

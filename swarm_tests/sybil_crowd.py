@@ -46,7 +46,13 @@ def main(maddr: str, run_id: str, identities: str, seconds: str) -> None:
     found = manifests.fetch(_SwarmView(dht), run_id, 60)
     base = manifests.round0_digest(manifests.run_config_of(run_id, found.manifest), found.manifest)
     # the first identity is the one libp2p reaches (the DHT's own key): it serves the crowd's chain
-    crowd = [(load_identity_key(identity), str(dht.peer_id))] + [new_key() for _ in range(int(identities) - 1)]
+    # (the others sort after it, so a joiner asking a head's first holders reaches it)
+    reachable = (load_identity_key(identity), str(dht.peer_id))
+    crowd = [reachable]
+    while len(crowd) < int(identities):
+        key, pid = new_key()
+        if pid > reachable[1]:
+            crowd.append((key, pid))
     now = get_dht_time()
 
     def roster(link: chain.Link, leader) -> dict:
@@ -93,6 +99,7 @@ def main(maddr: str, run_id: str, identities: str, seconds: str) -> None:
 
     def serve(first: int, most: int) -> list[dict]:
         asked.append(first)
+        print(f"event=crowd_asked first={first}", flush=True)  # someone is verifying the crowd's chain
         return rosters[first - 1 :] if 1 <= first <= len(rosters) else []
 
     exchange.set_ledger(serve)

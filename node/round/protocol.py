@@ -232,6 +232,8 @@ class RoundProtocol:
         starts from our state, continues our ledger (or a better sibling of our last roster,
         returned for a swap) with the beacon that follows from it and its leader's unique
         reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
+        if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
+            raise ProtocolError("its leader is not an established peer on this state")
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
         if roster.run != self.run_id or roster.round != round_no:
             raise ProtocolError("names another run or round")
@@ -243,8 +245,6 @@ class RoundProtocol:
             if sibling is None:
                 raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
         seen = self.seen.get(round_no, set())
-        if cands is not None and leader not in cands and leader != self.me:
-            raise ProtocolError("its leader is not an established peer on this state")
         if cands is None and leader not in seen:
             raise ProtocolError("its leader has no live signed heartbeat")
         # Without the roster before (a joiner) we take the claimed beacon as is: a later step

@@ -73,6 +73,7 @@ class FakeNet:
         self.serve_override: dict[tuple[int, str], bytes] = {}  # what a lying peer answers instead
         self.asked: list[tuple[int, str]] = []  # (round, owner) of each update request to this peer
         self.requests: list[tuple[str, int]] = []  # (op, round) of every request to this peer
+        self.timeouts: list[float] = []  # the timeout of each batch of fetches this peer made
         self.ledger = None  # a Ledger whose rosters `ledger` requests are answered from
         self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
         self.ticks = itertools.count()
@@ -85,6 +86,7 @@ class FakeNet:
         return self.dht.get(key)
 
     def fetch_many(self, jobs, timeout: float, on_each=None) -> list:
+        self.timeouts.append(timeout)
         out = []
         for peer, request, expect in jobs:
             other = self.registry.get(peer)

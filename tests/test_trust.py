@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import replace
 
 from node.round import chain
 from node.round.catchup import MOST_DONORS, Catchup, Head
@@ -14,7 +15,7 @@ from node.round.ledger import Ledger, read_file, verify
 from protocol import keys, signed, signing
 from protocol.records import Announcement, Roster
 from tests.fakes import FakeDHT
-from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
+from tests.test_round_protocol import BASE0, CFG, RUN, Peer, play_round, swarm
 
 Z = "0" * 64  # the all-zero model the attackers want adopted
 
@@ -242,3 +243,17 @@ def test_the_ledger_keeps_its_way_to_a_synced_state(tmp_path):
         assert [x.roster.round for x in accepted] == list(range(1, p.round + 1))
         again = Ledger.load(p.ledger.path)
         assert [e["body"] for e in again.envelopes_from(1)] == [x.envelope["body"] for x in accepted]
+
+
+def test_a_source_that_never_answers_costs_a_fetch_bound_not_the_collect():
+    """Every batch of update fetches is bounded by FETCH_FLOOR plus its largest update at a slow
+    home uplink's rate (fetch.py), not collect_timeout: an announcer that never serves, or a relay
+    that withholds, costs a round that bound."""
+    from node.round.fetch import FETCH_FLOOR, FETCH_RATE
+
+    cfg = replace(CFG, collect_timeout=40.0, round_timeout=120.0)
+    _, _, peers = swarm(4, cfg=cfg)
+    play_round(peers)
+    bound = FETCH_FLOOR + max(len(b) for p in peers for b in p.net.updates.values()) / FETCH_RATE
+    made = [t for p in peers for t in p.net.timeouts]
+    assert made and max(made) <= bound < cfg.collect_timeout  # seconds, where a batch once waited 40

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
 from node.config import RobustConfig, SwarmConfig
-from node.outer.scoring import WORST, banned
+from node.outer.scoring import banned
 from node.round import election
 from node.round.ledger import ScoredRound
 from protocol import signing
@@ -135,24 +135,26 @@ def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int =
     """`sybils` established Sybils lead when the election picks them and then score one honest
     victim WORST (scores must name exactly the roster's entries, so they list it); honest
     leaders score everyone honestly (evenly spread scores that flag nobody: honest false flags,
-    which would only help the attacker, are left out). A ban needs ban_after flags within score_window rounds from
-    distinct_leaders different leaders (node/outer/scoring.py: banned). Counted: honest peers
-    ever banned, and the round of the first ban."""
+    which would only help the attacker, are left out). Every honest peer recomputes the scores
+    of a roster it applies and refuses a lying one, so the round is led again by the next
+    attempt's first honest rank. A ban needs ban_after flags within score_window rounds from
+    distinct_leaders different leaders (node/outer/scoring.py: banned). Counted: lying rosters
+    refused, honest peers ever banned, and the round of the first ban."""
     keys = pool.take(honest_n + sybils)
     by_id = {pid: k for k, pid in keys}
-    honest_ids = [pid for _, pid in keys[:honest_n]]
-    crowd = {pid for _, pid in keys[honest_n:]}
-    everyone, victim = set(by_id), honest_ids[0]
+    crowd = {pid for _, pid in keys[honest_n:]}  # each of its rosters scores an honest victim WORST: refused
+    everyone = set(by_id)
     cfg, rng = RobustConfig(scoring=True), random.Random(seed)
     run = f"sybil-framing-{sybils}-{honest_n}"
-    beacon, history, led, ever, first_ban = election.first_beacon(run), [], 0, set(), None
+    beacon, history, led, lies, ever, first_ban = election.first_beacon(run), [], 0, 0, set(), None
     for r in range(1, rounds + 1):
         _, leader = elect(beacon, everyone, set())
         spread = rng.sample(range(len(everyone)), len(everyone))  # honest scores, evenly spread: nobody flagged
         scores = {p: -0.05 + 0.002 * i for p, i in zip(sorted(everyone), spread)}
-        if leader in crowd:
-            led += 1
-            scores[victim] = WORST
+        if leader in crowd:  # it scores the victim WORST; every honest peer recomputes the scores it
+            led += 1  # applies (node/peer/applier.py: wrong_score), refuses the roster and redoes the
+            lies += 1  # round, which the next attempt's first honest rank leads
+            leader = next(p for p in election.ranking(beacon, 1, everyone) if p not in crowd)
         history.append(ScoredRound(r, leader, scores))
         now = banned(history[-cfg.score_window :], cfg) - crowd
         if now and first_ban is None:
@@ -168,6 +170,7 @@ def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int =
         "established_share": round(sybils / len(everyone), 3),
         "rounds": rounds,
         "rounds_led_by_sybils": led,
+        "lying_rosters_refused": lies,
         "honest_banned": len(ever),
         "first_ban_round": first_ban,
         "ban_rule": f"{cfg.ban_after} flags in {cfg.score_window} rounds from {cfg.distinct_leaders} leaders",

@@ -26,7 +26,8 @@ from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 
 log = logging.getLogger("swarmtrain.volunteer")
-SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on the leader only
+SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on every peer
+SCORE_TOLERANCE = 1e-2  # nats, and the same share of the score: another machine's float rounding, not a lie
 
 
 class Preview(NamedTuple):
@@ -89,6 +90,25 @@ class Applier:
         loss_of = scoring.shared_batch_loss(self.scratch, x.to(self.device), y.to(self.device))
         return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
 
+    def refuse(self, accepted: AcceptedRoster, reason: str) -> bool:
+        self.metrics.rounds.labels("failed").inc()
+        self.out.event("round_refused", round=accepted.roster.round, leader=accepted.roster.leader[:16], reason=reason)
+        return False
+
+    def wrong_score(self, accepted: AcceptedRoster, payloads: list[bytes]) -> str | None:
+        """Why the roster's scores are not what we compute for its updates (None: they are, or the
+        run does not score, or we led it). Scores make flags and flags make bans, so a leader
+        that scores an honest update WORST must have its roster refused, not its word kept.
+        Costs every peer what it costs the leader: a preview and a forward per update."""
+        roster = accepted.roster
+        if not roster.scores or self.score_tokens is None or roster.leader == self.me:
+            return None
+        ours = self.score_round(payloads, [a.tokens for a in accepted.announcements])
+        for (peer, theirs), mine in zip(roster.scores, ours):
+            if abs(theirs - mine) > SCORE_TOLERANCE + SCORE_TOLERANCE * abs(mine):
+                return f"scores {peer[:16]} {theirs:.4g}, we compute {mine:.4g}"
+        return None
+
     def tokens_of(self, steps: int) -> int:
         """The tokens `steps` of our inner steps trained on (what our announcements sign for)."""
         return steps * self.step_tokens
@@ -122,14 +142,10 @@ class Applier:
             self.strategy.apply(state, payloads, self.weights([a.tokens for a in accepted.announcements]))
         self._preview = None
         if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
-            self.metrics.rounds.labels("failed").inc()
-            self.out.event(
-                "round_refused",
-                round=accepted.roster.round,
-                leader=accepted.roster.leader[:16],
-                reason="the result is not finite or differs from the roster's digest",
-            )
-            return False
+            return self.refuse(accepted, "the result is not finite or differs from the roster's digest")
+        wrong = self.wrong_score(accepted, payloads)
+        if wrong is not None:  # a leader's word is not a flag: every peer recomputes what it applies
+            return self.refuse(accepted, wrong)
         self.state = state
         try:
             self.ledger.append(accepted)

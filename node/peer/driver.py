@@ -22,6 +22,7 @@ from node.errors import SwarmtrainError
 from node.p2p.identity import load_identity_key
 from node.peer import manifest as manifests
 from node.peer.volunteer import Peer
+from node.peer.wiring import LoadedData
 from node.train import layout
 from node.train.model import BuiltModel, trainable
 from node.watch.progress import Reporter
@@ -96,14 +97,14 @@ class Driver(Peer):
     def make_trainer(self, model: torch.nn.Module) -> UserTrainer:
         return UserTrainer(model, self.brought.optimizer)
 
-    def load_data(self, corpus) -> tuple:
+    def load_data(self, corpus) -> LoadedData:
         if self.run.robust.scoring:
             raise SwarmtrainError(
                 "[robust] scoring needs a batch every peer can draw and a loss to score it with: runs of a "
                 "model brought from Python cannot score updates yet",
                 "set robust.scoring = false in the run (the robust aggregator still applies)",
             )
-        return None, None, None  # the user's data stays in the user's loop
+        return LoadedData(tokens=None, val=None, score=None)  # the user's data stays in the user's loop
 
     def token_counts(self) -> dict:
         nominal = self.manifest["model"].get("tokens_per_step")

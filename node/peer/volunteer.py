@@ -215,6 +215,8 @@ class Peer(NodeParts):
                 exchange_s=time.monotonic() - waited_from,
             )
         else:
+            if payloads is not None:  # gathered but refused (result or scores): retry the round without it
+                self.rounds.failed.add((roster.roster.round, roster.roster.leader))
             self.sync.resync(stop)
         if self.overlap.enabled and self.start is not None:  # the round we train now goes on from this state
             self.start = self.overlap.rebase(self.start, self.state, self.trainer.params)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -40,6 +41,17 @@ from node.train.window import ComputeWindow
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
+
+
+class LoadedData(NamedTuple):
+    """What a peer trains and evaluates on."""
+
+    tokens: object
+    """Our shard of the training tokens (None: the peer brings its own data)."""
+    val: object
+    """The held-out set, or None (not evaluated)."""
+    score: object
+    """The batch all peers share for scoring updates, or None (no scoring)."""
 
 
 class NodeParts:
@@ -101,7 +113,8 @@ class NodeParts:
         self.template = SwarmState.initial(model, self.strategy.outer_buffers)
         self.trainer = self.make_trainer(model)
         ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=True)  # bad [swarm] timing: refused now
-        self.tokens, self.val, score_tokens = self.load_data(corpus)
+        loaded = self.load_data(corpus)
+        self.tokens, self.val, score_tokens = loaded.tokens, loaded.val, loaded.score
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
         self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
@@ -199,13 +212,13 @@ class NodeParts:
     def make_trainer(self, model: torch.nn.Module) -> InnerTrainer:
         return InnerTrainer(model, self.run.train, self.device)
 
-    def load_data(self, corpus) -> tuple:
-        """(our shard's tokens, the held-out set or None, the batch all peers share for scoring or None)."""
+    def load_data(self, corpus) -> LoadedData:
+        """Our shard's tokens, the held-out set and the batch all peers share for scoring."""
         tokenizer = self.built.tokenizer  # None: bytes
         tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
         val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if self.cfg.eval else None
         score = data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring else None
-        return tokens, val, score
+        return LoadedData(tokens=tokens, val=val, score=score)
 
     def token_counts(self) -> dict:
         """Tokens per inner step, ours and the run's reference (Applier's; empty: batch_size x ctx)."""

@@ -24,6 +24,10 @@ from protocol.messages import Request, UpdateEnvelope
 from protocol.records import Announcement
 
 ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (relay.sources)
+# One batch of fetches may take FETCH_FLOOR s plus its largest update at FETCH_RATE bytes/s (1 Mbit/s,
+# a slow home uplink), never more than collect_timeout: a source that accepts and never answers
+# (an announcer that does not serve, a relay that withholds) costs that, not the whole collect.
+FETCH_FLOOR, FETCH_RATE = 5.0, 125_000.0
 
 
 class UpdateShape(NamedTuple):
@@ -107,10 +111,11 @@ class UpdateFetcher:
                 (job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer), a.nbytes)
                 for job, a in zip(jobs, asked)
             ]
+            most = max(a.nbytes for a in asked)
             try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
                 fetched = self.net.fetch_many(
                     requests,
-                    timeout=self.cfg.collect_timeout,
+                    timeout=min(self.cfg.collect_timeout, FETCH_FLOOR + most / FETCH_RATE),
                     on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b),
                 )
             except Exception as e:  # the whole batch timed out or the transport is gone

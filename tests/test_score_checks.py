@@ -1,0 +1,89 @@
+"""Scores make flags and flags make bans: every peer recomputes the scores of a roster it applies
+(node/peer/applier.py: Applier.wrong_score) and refuses a roster whose leader lied about one,
+so Sybil leaders cannot frame an honest peer by their word (bench byzantine --sybil's framing
+rows were missed before: 3 Sybil leaders got a victim banned at 20% of the identities)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import torch
+
+from node.config import ModelConfig, RobustConfig, RunConfig, StrategyConfig
+from node.outer.scoring import WORST
+from node.outer.state import SwarmState
+from node.outer.strategies import make_strategy
+from node.peer.applier import Applier
+from node.round.ledger import AcceptedRoster, Ledger
+from node.train.model import build_model, trainable
+from node.watch.metrics import NodeMetrics
+from node.watch.progress import Reporter
+from protocol.records import GENESIS, Announcement, Roster
+
+RUN = RunConfig(
+    model=ModelConfig(d_model=32, n_layer=1, n_head=2, ctx=16),
+    strategy=StrategyConfig(wire_dtype="float32"),
+    robust=RobustConfig(scoring=True),
+)
+
+
+def applier(me: str, out: io.StringIO) -> Applier:
+    model = build_model(RUN.model, RUN.train.seed)
+    strategy = make_strategy(RUN.strategy, [tuple(p.shape) for p in trainable(model)], RUN.train, robust=RUN.robust)
+    tokens = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1))  # 1-D long, as data.py
+    return Applier(
+        SwarmState.initial(model, strategy.outer_buffers),
+        run=RUN,
+        strategy=strategy,
+        ledger=Ledger(),
+        metrics=NodeMetrics(),
+        out=Reporter(stream=out),
+        me=me,
+        device=torch.device("cpu"),
+        model=model,
+        overlap=False,
+        score_tokens=tokens,
+    )
+
+
+def updates(state: SwarmState, strategy, n: int) -> list[bytes]:
+    gen = torch.Generator().manual_seed(2)
+    return [strategy.codec.encode([0.01 * torch.randn(p.shape, generator=gen) for p in state.params]) for _ in range(n)]
+
+
+def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> AcceptedRoster:
+    """What an honest leader publishes: the result and its scores (signatures play no part here)."""
+    tokens = [100] * len(payloads)
+    scores = leader.score_round(payloads, tokens)
+    result = leader.roster_result(payloads, tokens)
+    anns = tuple(
+        Announcement(run="r", round=1, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base="b", time=0.0) for p in peers
+    )
+    roster = Roster(
+        run="r",
+        round=1,
+        leader="leader",
+        prev=GENESIS,
+        base="b",
+        result=result,
+        time=0.0,
+        entries=(),
+        scores=tuple(zip(peers, scores)),
+    )
+    return AcceptedRoster({}, roster, anns)
+
+
+def test_a_roster_that_scores_an_honest_update_worst_is_refused():
+    said = io.StringIO()
+    leader, member = applier("leader", io.StringIO()), applier("member", said)
+    payloads = updates(member.state, member.strategy, 3)
+    peers = ["Qma", "Qmb", "Qmc"]
+    honest = roster_of(leader, payloads, peers)
+    framed = replace(honest.roster, scores=((peers[0], WORST), *honest.roster.scores[1:]))
+    lying = AcceptedRoster({}, framed, honest.announcements)
+    assert not member.apply_round(lying, payloads)  # refused: the member computes another score
+    assert "round_refused" in said.getvalue() and f"scores {peers[0]}" in said.getvalue()
+    assert member.state.round == 0
+    assert member.apply_round(honest, payloads)  # the honest scores agree within the tolerance
+    assert member.state.round == 1 and member.state.digest == honest.roster.result

@@ -121,7 +121,7 @@ class StateSync:
 
     def fetch_state(self, stop: threading.Event, attempts: int = 6) -> Synced | None:
         """A better head's state (catchup.plan), from a donor that holds exactly its digest."""
-        for _ in range(attempts):
+        for attempt in range(attempts):
             if stop.is_set():
                 return None
             try:
@@ -144,7 +144,8 @@ class StateSync:
                     return Synced(state, target)
             self.history.syncs["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
-            stop.wait(1.0)
+            if attempt + 1 < attempts:
+                stop.wait(1.0)
         return None
 
     @functools.cached_property

@@ -8,7 +8,7 @@ ledger (the genesis for a joiner), verifies them link by link, and moves only wh
   * they fork from its chain and chain.prefer chooses their branch.
 Heads that no established peer holds are asked last (a joiner knows nobody yet and asks every
 head, most holders first), and at most MOST_DONORS donors are asked per look, so a crowd of
-lying hints costs a bounded number of requests; heads and donors that failed are not asked again.
+lying hints costs a bounded number of requests; a donor that failed for a head is not asked for it again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LEDGER_TIMEOUT = 10.0  # seconds for one `ledger` answer (up to 4 MiB of rosters
 MOST_DONORS = 6  # donors asked in one look for a better head
 MOST_REQUESTS = 256  # `ledger` answers one catch-up reads from one donor
 MOST_ROUNDS = 8192  # rosters one catch-up fetches and verifies (a longer way needs checkpoints: design step 2)
-FORGET_FAILED = 256  # heads and donors remembered as failed or passed over
+FORGET_FAILED = 256  # (donor, head) failures and heads passed over that are remembered
 
 
 class Head(NamedTuple):
@@ -63,8 +63,9 @@ class Catchup:
         """`organizer`: the peer id that signed the run's manifest; its heartbeat's head pins the
         chain a joiner may take (node/peer/witness.py). Empty: no pin."""
         self.net, self.ledger, self.rules, self.start, self.organizer = net, ledger, rules, start, organizer
-        self.failed_heads: OrderedDict[Head, None] = OrderedDict()
-        self.failed_donors: OrderedDict[str, None] = OrderedDict()
+        # (donor, head) pairs that failed: that donor is not asked for that head again, but is for
+        # the next one (an honest peer may have been unable once: starting, or just frozen)
+        self.failed: OrderedDict[tuple[str, Head], None] = OrderedDict()
         self.passed: OrderedDict[Head, None] = OrderedDict()  # heads that verified and that we chose not to take
 
     def eligible(self) -> set[str]:
@@ -72,11 +73,12 @@ class Catchup:
 
     def hints(self, peers: dict[str, Heartbeat], mine: Head) -> dict[Head, list[str]]:
         """Heads other live peers point at, except ours, heads on our own chain (a peer behind
-        us), heads that failed and heads we verified and passed over."""
+        us) and heads we verified and passed over; a holder that failed us for a head is not
+        counted for it."""
         out: dict[Head, list[str]] = {}
         for p, hb in sorted(peers.items()):
             head = Head(hb.state_round, hb.digest)
-            skip = head == mine or head in self.failed_heads or head in self.passed
+            skip = head == mine or head in self.passed or (p, head) in self.failed  # it failed us for this head
             witness = p == self.organizer and not hb.active  # the organizer's witness holds no state
             if p != self.net.me and not witness and not skip and not self.behind(head):
                 out.setdefault(head, []).append(p)
@@ -105,7 +107,7 @@ class Catchup:
         order = sorted(hints, key=lambda h: (-len(set(hints[h]) & known), -len(hints[h]), -h.round, h.digest))
         asked = 0
         for head in order:
-            for donor in [d for d in hints[head] if d not in self.failed_donors][:2]:
+            for donor in [d for d in hints[head] if (d, head) not in self.failed][:2]:
                 if asked >= MOST_DONORS:
                     return None
                 asked += 1
@@ -118,8 +120,7 @@ class Catchup:
                         self._remember(self.passed, head)
                     break
                 log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
-                self._remember(self.failed_donors, donor)
-                self._remember(self.failed_heads, head)
+                self._remember(self.failed, (donor, head))
         return None
 
     @staticmethod

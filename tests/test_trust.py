@@ -258,3 +258,25 @@ def test_a_source_that_never_answers_costs_a_fetch_bound_not_the_collect():
     bound = FETCH_FLOOR + max(len(b) for p in peers for b in p.net.updates.values()) / FETCH_RATE
     made = [t for p in peers for t in p.net.timeouts]
     assert made and max(made) <= bound < cfg.collect_timeout  # seconds, where a batch once waited 40
+
+
+def test_a_fork_from_the_genesis_is_settled_by_the_organizers_head():
+    """Two halves that each led their own first rounds (a young run: nobody is established, so
+    fork choice has nobody to weigh by) merge on the branch the organizer's witness followed;
+    without a witness they would stay apart rather than move on a hash someone could grind."""
+    dht, registry, peers = swarm(4)
+    a, b = peers[:2], peers[2:]
+    split(peers, [a, b], [2, 2])
+    organizer = Peer(dht, registry)
+    organizer.round, organizer.digest = head_of(a[0])
+    organizer.heartbeat(active=False)  # the witness followed a's branch
+    pinned = {
+        p.id: Catchup(p.net, p.ledger, p.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id) for p in peers
+    }
+    for p in a:
+        assert pinned[p.id].plan(p.proto.peers(), head_of(p)) is None
+        assert catchup_of(p).plan(p.proto.peers(), head_of(p)) is None
+    for p in b:
+        assert catchup_of(p).plan(p.proto.peers(), head_of(p)) is None  # unpinned: nobody to weigh by
+        target = pinned[p.id].plan(p.proto.peers(), head_of(p))
+        assert target is not None and target.fork and target.ancestor == 0 and target.head == head_of(a[0])

@@ -154,15 +154,22 @@ class Catchup:
         among = chain.eligible(before, k)
         ours = [self.ledger.rosters[r] for r in sorted(self.ledger.rosters) if r > target.ancestor]
         mine_held = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == mine} | {self.net.me}
-        return bool(among) and chain.prefer(ours, list(target.rosters), among, (mine_held, holders))
+        if not among:  # a fork in the young prefix (from the genesis): only the organizer's head tells
+            return self.through_pin(target, peers) is True
+        return chain.prefer(ours, list(target.rosters), among, (mine_held, holders))
 
     def pinned(self, target: Target, peers: dict[str, Heartbeat]) -> bool:
         """A peer with an empty ledger (a joiner) takes only a head whose chain passes through
         the organizer's head, while the organizer is live: it could not tell the swarm's chain
         from one a crowd grew from the genesis. Members judge by their own ledger."""
+        return bool(self.ledger.rosters) or self.through_pin(target, peers) is not False
+
+    def through_pin(self, target: Target, peers: dict[str, Heartbeat]) -> bool | None:
+        """Do the target's rosters pass through the head the organizer's witness heartbeats?
+        None when there is no such head (no organizer, not live, or still at round 0)."""
         hb = peers.get(self.organizer) if self.organizer else None
-        if self.ledger.rosters or hb is None or hb.state_round == 0:
-            return True
+        if hb is None or hb.active or hb.state_round == 0:
+            return None
         return any((a.roster.round, a.roster.result) == (hb.state_round, hb.digest) for a in target.rosters)
 
     def built_on(self, head: AcceptedRoster, window: Ledger) -> set[str]:

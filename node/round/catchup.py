@@ -189,7 +189,10 @@ class Catchup:
         """The donor's rosters from where they meet our ledger to `head`, verified; None when they
         do not verify, do not meet our chain, or do not end at the head."""
         ours = sorted(self.ledger.rosters)
-        for first in dict.fromkeys([max(ours[-1] - 2, ours[0]), ours[0]] if ours else [1]):
+        # a head past ours most likely extends our last rosters: ask from there first; a head at or
+        # behind ours is a fork, which may leave our chain anywhere in the window: ask from its start
+        near = [max(ours[-1] - 2, ours[0])] if ours and head.round > ours[-1] else []
+        for first in dict.fromkeys([*near, ours[0]] if ours else [1]):
             try:
                 rosters = self.walk(donor, first, head.round)
             except Exception as e:  # noqa: BLE001 -- whatever a peer or its stream does, it is that donor's failure

@@ -31,6 +31,7 @@ def head_of(p: Peer) -> Head:
 def adopt(p: Peer, target) -> None:
     """What StateSync.adopt does to the ledger (the state's download is the exchange's)."""
     p.ledger.extend(target.ancestor, list(target.rosters))
+    p.proto.rewound(target.head.round)
     p.round, p.digest = target.head
 
 

@@ -116,6 +116,7 @@ class StateSync:
         """Train on from a state taken from peers; the ledger takes the rosters that prove it."""
         self.applier.state = synced.state
         self.ledger.extend(synced.target.ancestor, list(synced.target.rosters))
+        self.rounds.rewound(synced.state.round)
         self.exchange.set_state(synced.state.to_bytes(self.run_id))
         self.catchup.moved()
 

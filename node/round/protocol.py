@@ -78,6 +78,13 @@ class RoundProtocol:
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
 
+    def rewound(self, state_round: int) -> None:
+        """We took a state of `state_round` from peers: what we remember of later rounds (when we
+        opened them, who we saw) belongs to a branch we left, and would date our attempts wrong."""
+        for memory in (self.opened, self.seen, self.core_in):
+            for r in [r for r in memory if r > state_round]:
+                del memory[r]
+
     @property
     def rules(self) -> ChainRules:
         """What a roster read as part of a chain is checked by (node/round/chain.py)."""

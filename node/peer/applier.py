@@ -149,7 +149,7 @@ class Applier:
         self.state = state
         try:
             self.ledger.append(accepted)
-        except Exception as e:  # a chain gap after a sync; the ledger restarts there
+        except Exception as e:  # a roster our ledger cannot chain on (it is logged; the state is right)
             log.warning("ledger: %s", e)
         return True
 

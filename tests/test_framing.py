@@ -13,7 +13,8 @@ import hashlib
 import pytest
 import torch
 
-from node.config import ModelConfig, RobustConfig, StrategyConfig, SwarmConfig
+from bench.byzantine.sybil_framing import Scorer  # the shared state, honest updates and a leader's scores
+from node.config import RobustConfig, SwarmConfig
 from node.outer.scoring import (
     TIE_SECONDS,
     WORST,
@@ -22,15 +23,11 @@ from node.outer.scoring import (
     flagged,
     payload_digest,
     score_updates,
-    shared_batch_loss,
 )
-from node.outer.state import SwarmState
-from node.outer.strategies import make_strategy
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger, ScoredRound
-from node.train.model import build_model
 from protocol import keys, signed
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Roster
@@ -39,39 +36,7 @@ from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
 RUN = "test-0123456789ab"
 SWARM = SwarmConfig(collect_timeout=5.0, round_timeout=40.0)
 ROBUST = RobustConfig(scoring=True, score_window=10, ban_after=5)
-TINY = ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=8)
 BASE = "a" * 64
-
-
-class Scorer:
-    """One shared model state, an honest training direction on the shared batch, and the scores
-    a leader computes (node/peer/applier.py score_round, without the node)."""
-
-    def __init__(self):
-        model = build_model(TINY, 0)
-        shapes = [tuple(p.shape) for p in model.parameters()]
-        self.strat = make_strategy(StrategyConfig(wire_dtype="float32", outer_lr=1.0, outer_momentum=0.0), shapes)
-        self.state = SwarmState.initial(model, self.strat.outer_buffers)
-        self.gen = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (4, 8), generator=self.gen)
-        y = x.roll(-1, dims=1)
-        self.loss_of = shared_batch_loss(build_model(TINY, 0), x, y)
-        local = build_model(TINY, 0)
-        opt = torch.optim.SGD(local.parameters(), lr=0.5)
-        for _ in range(5):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(local(x).reshape(-1, 256), y.reshape(-1)).backward()
-            opt.step()
-        self.direction = [gp - lp.detach() for gp, lp in zip(self.state.params, local.parameters())]
-
-    def honest(self) -> bytes:
-        """An honest peer's update: the shared direction plus its own shard's noise."""
-        return self.strat.codec.encode(
-            [d + 0.1 * d.std() * torch.randn(d.shape, generator=self.gen) for d in self.direction]
-        )
-
-    def score(self, payloads: list[bytes], tokens: list[int]) -> list[float]:
-        return score_updates(self.strat, self.state, payloads, self.loss_of)
 
 
 class Member:

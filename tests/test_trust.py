@@ -6,14 +6,12 @@ Fake network (tests/fakes.py), real round protocol, ledger and validators."""
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import replace
 
+from bench.byzantine import sybilnet
 from node.round import chain
 from node.round.catchup import MOST_DONORS, Catchup, Head
 from node.round.ledger import Ledger, read_file, verify
-from protocol import keys, signed, signing
-from protocol.records import Announcement, Roster
 from tests.fakes import FakeDHT
 from tests.test_round_protocol import BASE0, CFG, RUN, Peer, play_round, swarm
 
@@ -47,33 +45,7 @@ def sybil_crowd(dht, registry, n: int, *, round_no: int = 99, digest: str = Z) -
 def invented_roster(crowd: list[Peer], round_no: int = 99, digest: str = Z) -> dict:
     """A correctly signed roster at an invented round: random prev, base Z, Sybil entries. Every
     Sybil stores it and answers `ledger` requests with it."""
-    leader, now = crowd[0], crowd[0].net.now()
-    entries = [
-        signed.seal(
-            s.key,
-            Announcement(
-                run=RUN, round=round_no, peer=s.id, nbytes=64, sha256="1" * 64, tokens=10**9, base=digest, time=now
-            ),
-        )
-        for s in sorted(crowd, key=lambda s: s.id)
-    ]
-    roster = Roster(
-        run=RUN,
-        round=round_no,
-        leader=leader.id,
-        prev=hashlib.sha256(b"nothing").hexdigest(),
-        base=digest,
-        result=digest,
-        time=now,
-        entries=tuple(entries),
-        reveal=signing.sign_unique(leader.key, chain.election.reveal_message(RUN, round_no)),
-        beacon="2" * 64,
-    )
-    env = signed.seal(leader.key, roster)
-    leader.net.store(keys.roster_key(RUN, round_no), leader.id, env, 600.0)
-    for s in crowd:
-        s.net.ledger_override = [env]
-    return env
+    return sybilnet.invented_roster(crowd, round_no, digest, run=RUN)
 
 
 def beat(peers: list[Peer]) -> None:

@@ -138,11 +138,11 @@ def claim_head(crowd: list[Peer], round_no: int, digest: str) -> None:
         s.heartbeat()
 
 
-def invented_roster(crowd: list[Peer], round_no: int, digest: str = ZERO) -> dict:
+def invented_roster(crowd: list, round_no: int, digest: str = ZERO, *, run: str | None = None) -> dict:
     """A correctly signed roster at an invented round (random prev, base and result `digest`,
     Sybil entries claiming 10^9 tokens each), stored by its leader; every Sybil answers `ledger`
-    requests with it."""
-    run, leader, now = crowd[0].swarm.run, crowd[0], crowd[0].net.now()
+    requests with it. `crowd`: peers with a key, an id and a FakeNet (`run`: default the swarm's)."""
+    run, leader, now = run or crowd[0].swarm.run, crowd[0], crowd[0].net.now()
     entries = tuple(
         signed.seal(
             s.key,

@@ -192,6 +192,13 @@ def join_args(boot: Bootstrap, data_dir: Path, *more: str) -> list[str]:
             "--data-dir", str(data_dir), "--threads", "1", *more]  # fmt: skip
 
 
+def volunteer(procs, boot: Bootstrap, tmp_path: Path, name: str, rounds: int) -> Proc:
+    """A volunteer named `name` that trains `rounds` rounds, keeps its data in tmp_path/name and
+    writes its summary to tmp_path/name.json."""
+    more = ("--max-rounds", str(rounds), "--result-json", str(tmp_path / f"{name}.json"))
+    return procs(*join_args(boot, str(tmp_path / name), *more))
+
+
 def bootstrap_ready(boot: Proc) -> Bootstrap:
     found = boot.wait_for(r"event=bootstrap_ready run=(\S+) .*maddrs=(\S+)", 90)
     return Bootstrap(boot, found.group(2).split(",")[0], found.group(1))

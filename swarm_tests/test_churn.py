@@ -6,7 +6,7 @@ import json
 import os
 import signal
 
-from swarm_tests.conftest import join_args, start_bootstrap
+from swarm_tests.conftest import start_bootstrap, volunteer
 
 ROUNDS = 40  # rounds of the small run take well under a second
 
@@ -14,19 +14,7 @@ ROUNDS = 40  # rounds of the small run take well under a second
 def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, small_run):
     small_run.write_text(small_run.read_text() + "min_peers = 2\n")  # no one trains alone at the start
     boot = start_bootstrap(procs, tmp_path, small_run)
-    started = [
-        procs(
-            *join_args(
-                boot,
-                str(tmp_path / f"v{i}"),
-                "--max-rounds",
-                str(ROUNDS),
-                "--result-json",
-                str(tmp_path / f"v{i}.json"),
-            )
-        )
-        for i in range(3)
-    ]
+    started = [volunteer(procs, boot, tmp_path, f"v{i}", ROUNDS) for i in range(3)]
     nodes = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): (i, p) for i, p in enumerate(started)}
     for _, p in nodes.values():
         p.wait_for(r"event=round round=\d+ peers=3 ", 120)  # all three are in the rounds now

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from swarm_tests.conftest import ROOT, join_args, start_bootstrap
+from swarm_tests.conftest import ROOT, start_bootstrap, volunteer
 
 ROUNDS = 14
 
@@ -20,19 +20,7 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
     )  # the leader scores every update on a shared batch
     boot = start_bootstrap(procs, tmp_path, small_run)
     maddr, run_id = boot.maddr, boot.run_id
-    vols = [
-        procs(
-            *join_args(
-                boot,
-                str(tmp_path / f"v{i}"),
-                "--max-rounds",
-                str(ROUNDS),
-                "--result-json",
-                str(tmp_path / f"v{i}.json"),
-            )
-        )
-        for i in range(3)
-    ]
+    vols = [volunteer(procs, boot, tmp_path, f"v{i}", ROUNDS) for i in range(3)]
     ids = [v.wait_for(r"event=joined peer=(\S+) .*run=(\S+)", 120) for v in vols]
     run_id, victim = ids[0].group(2), ids[0].group(1)
     vols[0].wait_for(r"event=round round=3 ", 180)  # established peers, a chain of rosters
@@ -104,19 +92,7 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     witness pins it) and train with the others to equal digests; its ledger then verifies from
     the genesis."""
     boot = start_bootstrap(procs, tmp_path, small_run)
-    vols = [
-        procs(
-            *join_args(
-                boot,
-                str(tmp_path / f"v{i}"),
-                "--max-rounds",
-                str(CROWD_ROUNDS),
-                "--result-json",
-                str(tmp_path / f"v{i}.json"),
-            )
-        )
-        for i in range(3)
-    ]
+    vols = [volunteer(procs, boot, tmp_path, f"v{i}", CROWD_ROUNDS) for i in range(3)]
     honest = {v.wait_for(r"event=joined peer=(\S+)", 120).group(1) for v in vols}
     for v in vols:
         v.wait_for(r"event=round round=\d+ ", 180)  # all three train together
@@ -131,8 +107,7 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     try:
         ready = crowd.stdout.readline()
         assert "event=crowd_ready" in ready, ready + crowd.stdout.read()[-3000:]
-        late = ("--max-rounds", str(CROWD_ROUNDS), "--result-json", str(tmp_path / "late.json"))
-        joiner = procs(*join_args(boot, str(tmp_path / "late"), *late))
+        joiner = volunteer(procs, boot, tmp_path, "late", CROWD_ROUNDS)
         joined = joiner.wait_for(r"event=joined peer=\S+ .*round=(\d+) state=(\S+)", 120)
         assert joined[2] == "from_peers", joiner.output[-3000:]
         synced = joiner.wait_for(r"event=state_synced round=\d+ donor=(\S+)", 1)

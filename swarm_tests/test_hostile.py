@@ -81,7 +81,7 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
 
 
 CROWD = 10  # attacker identities against three honest volunteers and a joiner
-CROWD_ROUNDS = 60  # rounds of well under a second: the run must outlast the crowd's start and the join
+CROWD_ROUNDS = 25  # the run must outlast the crowd's start and the join
 
 
 def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
@@ -91,6 +91,9 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     invented round. A volunteer that joins now must take the honest chain (the organizer's
     witness pins it) and train with the others to equal digests; its ledger then verifies from
     the genesis."""
+    # rounds of a few seconds, as in a real swarm: with rounds of well under a second the three
+    # hold one head too briefly for a joiner's quorum (a liveness limit noted in docs/security.md)
+    small_run.write_text(small_run.read_text().replace("inner_steps = 4", "inner_steps = 40"))
     boot = start_bootstrap(procs, tmp_path, small_run)
     vols = [volunteer(procs, boot, tmp_path, f"v{i}", CROWD_ROUNDS) for i in range(3)]
     honest = {v.wait_for(r"event=joined peer=(\S+)", 120).group(1) for v in vols}

@@ -271,6 +271,22 @@ def _api(args: argparse.Namespace, stop: threading.Event) -> bool:
     return False
 
 
+def _scale_flags(p: argparse.ArgumentParser) -> None:
+    from bench.scale.command import TIERS
+
+    p.add_argument("--tier", default="full", choices=sorted(TIERS), help="sizes and trials (see the duration above)")
+    p.add_argument(
+        "--json", metavar="PATH", help="write the rows here (bench/results/scale.json holds the last full run)"
+    )
+
+
+def _scale(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.scale.command import run_scale, scale_table
+
+    print(scale_table(run_scale(args.tier, args.json, stop)))
+    return stop.is_set()
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
@@ -313,6 +329,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="~1 min on one core (~20 s start-up, 2 x 6 blocks of 20 steps)",
         add_flags=_api_flags,
         run=_api,
+    ),
+    "scale": Benchmark(
+        help="round protocol v3 (reduce-scatter, audits) of 16 to 1,000 simulated peers, counted to 10,000",
+        duration="smoke: ~30 s; full: ~6 min (one round of 1,000 peers takes ~90 s of one core)",
+        add_flags=_scale_flags,
+        run=_scale,
     ),
     "swarm": Benchmark(
         help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",

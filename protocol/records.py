@@ -21,7 +21,7 @@ MAX_TEXT = 256
 MAX_ATTEMPT = 2**16  # leader attempts of one round: at a minute each, more than a round ever waits
 
 
-def _get(d: object, name: str, kind: type | tuple, *, where: str):
+def field(d: object, name: str, kind: type | tuple, *, where: str):
     if not isinstance(d, dict):
         raise ProtocolError(f"{where}: expected a map, got {type(d).__name__}")
     if name not in d:
@@ -38,28 +38,28 @@ def _get(d: object, name: str, kind: type | tuple, *, where: str):
 
 def _optional(d: object, name: str, kind: type, default: object, *, where: str):
     """A field a map may lack (a roster of an older peer): then `default`."""
-    return _get(d, name, kind, where=where) if isinstance(d, dict) and name in d else default
+    return field(d, name, kind, where=where) if isinstance(d, dict) and name in d else default
 
 
-def _peer_id(value: str, where: str) -> str:
+def peer_id_field(value: str, where: str) -> str:
     if not PEER_ID_RE.match(value):
         raise ProtocolError(f"{where}: {value[:40]!r} is not a base58 peer id")
     return value
 
 
-def _sha256(value: str, where: str) -> str:
+def sha256_field(value: str, where: str) -> str:
     if not SHA256_RE.match(value):
         raise ProtocolError(f"{where}: {value[:70]!r} is not a lowercase SHA-256 hex digest")
     return value
 
 
-def _round(value: int, where: str) -> int:
+def round_field(value: int, where: str) -> int:
     if value < 0 or value > 2**40:
         raise ProtocolError(f"{where}: round {value} out of range")
     return value
 
 
-def _run(value: str, where: str) -> str:
+def run_field(value: str, where: str) -> str:
     if not 0 < len(value) <= 128:
         raise ProtocolError(f"{where}: bad run id")
     return value
@@ -94,20 +94,20 @@ class Heartbeat:
     @classmethod
     def from_wire(cls, d: object) -> Heartbeat:
         w = "heartbeat"
-        maddrs = _get(d, "maddrs", list, where=w)
+        maddrs = field(d, "maddrs", list, where=w)
         if len(maddrs) > 16 or not all(isinstance(m, str) and len(m) < MAX_TEXT for m in maddrs):
             raise ProtocolError(f"{w}: maddrs must be at most 16 strings")
         return cls(
-            peer=_peer_id(_get(d, "peer", str, where=w), w),
-            name=_get(d, "name", str, where=w),
-            round=_round(_get(d, "round", int, where=w), w),
-            state_round=_round(_get(d, "state_round", int, where=w), w),
-            digest=_sha256(_get(d, "digest", str, where=w), w),
-            device=_get(d, "device", str, where=w),
+            peer=peer_id_field(field(d, "peer", str, where=w), w),
+            name=field(d, "name", str, where=w),
+            round=round_field(field(d, "round", int, where=w), w),
+            state_round=round_field(field(d, "state_round", int, where=w), w),
+            digest=sha256_field(field(d, "digest", str, where=w), w),
+            device=field(d, "device", str, where=w),
             maddrs=tuple(maddrs),
-            time=_finite(_get(d, "time", float, where=w), "time", w),
-            active=_get(d, "active", bool, where=w),
-            run=_run(_get(d, "run", str, where=w), w),
+            time=_finite(field(d, "time", float, where=w), "time", w),
+            active=field(d, "active", bool, where=w),
+            run=run_field(field(d, "run", str, where=w), w),
         )
 
 
@@ -133,18 +133,18 @@ class Announcement:
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int) -> Announcement:
         w = "announcement"
-        nbytes = _get(d, "nbytes", int, where=w)
+        nbytes = field(d, "nbytes", int, where=w)
         if not 0 < nbytes <= max_bytes:
             raise ProtocolError(f"{w}: update size {nbytes} outside (0, {max_bytes}]")
         return cls(
-            run=_run(_get(d, "run", str, where=w), w),
-            round=_round(_get(d, "round", int, where=w), w),
-            peer=_peer_id(_get(d, "peer", str, where=w), w),
+            run=run_field(field(d, "run", str, where=w), w),
+            round=round_field(field(d, "round", int, where=w), w),
+            peer=peer_id_field(field(d, "peer", str, where=w), w),
             nbytes=nbytes,
-            sha256=_sha256(_get(d, "sha256", str, where=w), w),
+            sha256=sha256_field(field(d, "sha256", str, where=w), w),
             tokens=_count(d, "tokens", w),
-            base=_sha256(_get(d, "base", str, where=w), w),
-            time=_finite(_get(d, "time", float, where=w), "time", w),
+            base=sha256_field(field(d, "base", str, where=w), w),
+            time=_finite(field(d, "time", float, where=w), "time", w),
         )
 
 
@@ -181,10 +181,10 @@ class Roster:
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> Roster:
         w = "roster"
-        raw = _get(d, "entries", list, where=w)
+        raw = field(d, "entries", list, where=w)
         if not 0 < len(raw) <= MAX_ROSTER or not all(isinstance(e, dict) for e in raw):
             raise ProtocolError(f"{w}: entries must be 1..{MAX_ROSTER} signed announcements")
-        scores = _get(d, "scores", list, where=w)
+        scores = field(d, "scores", list, where=w)
         if len(scores) > MAX_ROSTER or not all(
             isinstance(x, list)
             and len(x) == 2
@@ -199,17 +199,17 @@ class Roster:
         if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
             raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
         return cls(
-            run=_run(_get(d, "run", str, where=w), w),
-            round=_round(_get(d, "round", int, where=w), w),
-            leader=_peer_id(_get(d, "leader", str, where=w), w),
-            prev=_sha256(_get(d, "prev", str, where=w), w),
-            base=_sha256(_get(d, "base", str, where=w), w),
-            result=_sha256(_get(d, "result", str, where=w), w),
-            time=_finite(_get(d, "time", float, where=w), "time", w),
+            run=run_field(field(d, "run", str, where=w), w),
+            round=round_field(field(d, "round", int, where=w), w),
+            leader=peer_id_field(field(d, "leader", str, where=w), w),
+            prev=sha256_field(field(d, "prev", str, where=w), w),
+            base=sha256_field(field(d, "base", str, where=w), w),
+            result=sha256_field(field(d, "result", str, where=w), w),
+            time=_finite(field(d, "time", float, where=w), "time", w),
             entries=tuple(raw),
-            scores=tuple((_peer_id(p, w), _finite(float(v), "scores", w)) for p, v in scores),
+            scores=tuple((peer_id_field(p, w), _finite(float(v), "scores", w)) for p, v in scores),
             reveal=reveal,
-            beacon=beacon and _sha256(beacon, w),
+            beacon=beacon and sha256_field(beacon, w),
             attempt=attempt,
         )
 
@@ -239,7 +239,7 @@ def _opt_float(d: object, name: str, where: str) -> float | None:
     value = d.get(name) if isinstance(d, dict) else None
     if value is None:
         return None
-    return _finite(_get(d, name, float, where=where), name, where)
+    return _finite(field(d, name, float, where=where), name, where)
 
 
 def _finite(value: float, name: str, where: str) -> float:
@@ -249,7 +249,7 @@ def _finite(value: float, name: str, where: str) -> float:
 
 
 def _count(d: object, name: str, where: str) -> int:
-    value = _get(d, name, int, where=where)
+    value = field(d, name, int, where=where)
     if not 0 <= value < 2**62:
         raise ProtocolError(f"{where}: field {name!r} out of range")
     return value
@@ -293,20 +293,20 @@ class MetricsRecord:
     @classmethod
     def from_wire(cls, d: object) -> MetricsRecord:
         w = "metrics record"
-        history, recent = _get(d, "history", list, where=w), _get(d, "recent", list, where=w)
+        history, recent = field(d, "history", list, where=w), field(d, "recent", list, where=w)
         if len(history) > MAX_METRICS_HISTORY or len(recent) > MAX_METRICS_HISTORY:
             raise ProtocolError(f"{w}: more than {MAX_METRICS_HISTORY} history entries")
-        reach = _get(d, "reachability", str, where=w)
+        reach = field(d, "reachability", str, where=w)
         if reach not in REACHABILITY:
             raise ProtocolError(f"{w}: reachability {reach[:20]!r} is not one of {REACHABILITY}")
         return cls(
-            peer=_peer_id(_get(d, "peer", str, where=w), w),
-            name=_get(d, "name", str, where=w),
-            device=_get(d, "device", str, where=w),
-            version=_get(d, "version", str, where=w),
-            round=_round(_get(d, "round", int, where=w), w),
+            peer=peer_id_field(field(d, "peer", str, where=w), w),
+            name=field(d, "name", str, where=w),
+            device=field(d, "device", str, where=w),
+            version=field(d, "version", str, where=w),
+            round=round_field(field(d, "round", int, where=w), w),
             local_step=_count(d, "local_step", w),
-            time=_finite(_get(d, "time", float, where=w), "time", w),
+            time=_finite(field(d, "time", float, where=w), "time", w),
             loss=_opt_float(d, "loss", w),
             val_bpb=_opt_float(d, "val_bpb", w),
             tokens_per_s=_opt_float(d, "tokens_per_s", w),
@@ -332,7 +332,7 @@ def _history_entry(h: object, w: str) -> tuple[int, float, float | None]:
     ):
         raise ProtocolError(f"{w}: history entry must be [round, loss, val_bpb|None]")
     return (
-        _round(h[0], w),
+        round_field(h[0], w),
         _finite(float(h[1]), "history", w),
         None if h[2] is None else _finite(float(h[2]), "history", w),
     )
@@ -350,4 +350,4 @@ def _recent_entry(r: object, w: str) -> tuple[int, str, int, float, float]:
         and isinstance(r[4], (int, float))
     ):
         raise ProtocolError(f"{w}: recent entry must be [round, result, group size, seconds, time]")
-    return (_round(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w), _finite(float(r[4]), "recent", w))
+    return (round_field(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w), _finite(float(r[4]), "recent", w))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (node.config, node.train, ...), a top-level module of node (node.errors, node.cli), or one of
 # the top-level packages protocol and bench.
 WIRE = {"node.config", "node.errors", "protocol"}  # what every room but protocol and config may use
-PEER = WIRE | {"node.train", "node.outer", "node.round", "node.p2p", "node.watch", "node"}
+PEER = WIRE | {"node.train", "node.outer", "node.round", "node.scatter", "node.p2p", "node.watch", "node"}
 ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "node": set(),  # node/__init__.py: the version only
@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "node.train": WIRE,
     "node.outer": WIRE | {"node.train"},
     "node.round": WIRE,
+    "node.scatter": WIRE | {"node.outer"},  # v3's exchange reduces with the run's aggregator
     "node.p2p": WIRE | {"node.round", "node"},
     "node.watch": WIRE,
     "node.peer": PEER,

@@ -1,0 +1,174 @@
+"""Checking an owner: its signed inputs, its output recomputed bit-exactly, and fraud proofs.
+
+A task is (level, a, b) (protocol/scatter.py Receipt). Its inputs each come with the envelope
+that vouches for them: level 1, the sender's signed commitment (the chunk's SHA-256 is in it);
+level 2, the level-1 owner's signed receipt (the part's SHA-256 is in its outputs). So an owner
+can show what it reduced, and an auditor that recomputes a different output holds a fraud
+proof: the owner's receipt plus those inputs. Anyone checks it at the cost of one task (about
+one update's chunk): nothing in it depends on the auditor's word.
+
+Who owns a task now: the grid's owner, or its k-th backup after k owners were replaced in the
+round (`Round.replaced`: a withholding owner, or a liar whose proof everyone has seen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from node.outer.aggregate import Aggregator
+from node.scatter import chunks
+from node.scatter.grid import Grid
+from node.scatter.keys import Checker
+from node.scatter.reduce import reduce_pieces
+from protocol.errors import ProtocolError
+from protocol.scatter import Commitment, Receipt, draw_message, flags_of
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of a task as its owner received it."""
+
+    envelope: dict
+    """Level 1: the sender's signed commitment; level 2: the level-1 owner's signed receipt."""
+    data: bytes
+    """The piece (blockwise int8, node/scatter/chunks.py)."""
+
+
+@dataclass
+class Round:
+    """What every peer of a round knows alike: the grid and the run's rule, and who was replaced."""
+
+    run: str
+    round: int
+    attempt: int
+    grid: Grid
+    total: int
+    """Values in a flat update."""
+    agg: Aggregator
+    checker: Checker
+    replaced: dict[str, int] = field(default_factory=dict)
+    """task -> how many of its owners were replaced (the current owner is that backup)."""
+
+    def chunk(self, j: int) -> chunks.Span:
+        return chunks.spans(self.total, self.grid.chunks)[j]
+
+    def part(self, j: int, k: int) -> chunks.Span:
+        span = self.chunk(j)
+        return chunks.spans(span.size, self.grid.n_groups, span.start)[k]
+
+    def owner(self, level: int, a: int, b: int) -> str:
+        skip = self.replaced.get(f"{level}/{a}/{b}", 0)
+        return self.grid.owner_of(a, b, skip) if level == 1 else self.grid.part_owner(a, b, skip)
+
+    def senders(self, level: int, a: int, b: int) -> list[str]:
+        """Whose inputs the task takes, in order: group a's members, or chunk a's level-1 owners."""
+        if level == 1:
+            return list(self.grid.groups[a])
+        return [self.owner(1, g, a) for g in range(self.grid.n_groups)]
+
+    def span(self, level: int, a: int, b: int) -> chunks.Span:
+        return self.chunk(b) if level == 1 else self.part(a, b)
+
+
+def inputs_root(digests: list[str]) -> str:
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def open_receipt(rnd: Round, envelope: object, level: int, a: int, b: int) -> Receipt:
+    """The current owner's receipt for the task, checked (signature, fields, draw)."""
+    owner = rnd.owner(level, a, b)
+    receipt = rnd.checker.open(envelope, Receipt, owner)
+    if (receipt.run, receipt.round, receipt.attempt) != (rnd.run, rnd.round, rnd.attempt):
+        raise ProtocolError("receipt: for another round or attempt")
+    if (receipt.level, receipt.a, receipt.b) != (level, a, b):
+        raise ProtocolError(f"receipt: for task {receipt.task}, not {level}/{a}/{b}")
+    if not rnd.checker.unique_ok(
+        receipt.draw, draw_message(rnd.run, rnd.round, rnd.attempt, receipt.task), owner, envelope
+    ):
+        raise ProtocolError("receipt: its draw is not the owner's unique signature of the task")
+    return receipt
+
+
+def input_digest(rnd: Round, receipt: Receipt, sender: str, item: Input) -> str:
+    """The digest the sender vouched for this input (raises ProtocolError if it vouched for none)."""
+    if receipt.level == 1:
+        c = rnd.checker.open(item.envelope, Commitment, sender)
+        if (c.run, c.round, c.attempt) != (rnd.run, rnd.round, rnd.attempt) or len(c.chunks) != rnd.grid.chunks:
+            raise ProtocolError(f"commitment of {sender[:16]}: another round, or {len(c.chunks)} chunks")
+        return c.chunks[receipt.b]
+    g = rnd.senders(2, receipt.a, receipt.b).index(sender)
+    r1 = open_receipt(rnd, item.envelope, 1, g, receipt.a)
+    if len(r1.outputs) != rnd.grid.n_groups:
+        raise ProtocolError(f"level-1 receipt of {sender[:16]} has {len(r1.outputs)} parts")
+    return r1.outputs[receipt.b]
+
+
+def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> list[torch.Tensor]:
+    """The decoded inputs, each proven to be what its sender signed, matching the receipt's
+    inclusion map and inputs_root. Raises ProtocolError (then the inputs, not the owner's output,
+    are at fault)."""
+    senders = rnd.senders(receipt.level, receipt.a, receipt.b)
+    flags = flags_of(receipt.included, len(senders))
+    if len(inputs) != len(senders) or any(f != (i is not None) for f, i in zip(flags, inputs)):
+        raise ProtocolError("inputs do not match the receipt's inclusion map")
+    span, digests, pieces = rnd.span(receipt.level, receipt.a, receipt.b), [], []
+    for sender, item in zip(senders, inputs):
+        if item is None:
+            continue
+        digest = input_digest(rnd, receipt, sender, item)
+        if chunks.sha(item.data) != digest:
+            raise ProtocolError(f"input of {sender[:16]} is not the piece it signed")
+        digests.append(digest)
+        pieces.append(chunks.decode(item.data, span.size))
+    if not pieces or inputs_root(digests) != receipt.inputs_root:
+        raise ProtocolError("no inputs, or their digests do not hash to the receipt's inputs_root")
+    return pieces
+
+
+def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor]) -> list[bytes]:
+    """The task's output pieces as the wire carries them: level 1, one per part of the chunk."""
+    result = reduce_pieces(pieces, rnd.agg)
+    if level == 2:
+        return [chunks.encode(result)]
+    return [chunks.encode(result[p.start : p.end]) for p in chunks.spans(result.numel(), rnd.grid.n_groups)]
+
+
+@dataclass(frozen=True)
+class FraudProof:
+    """'This signed receipt's outputs are not what these signed inputs give.'"""
+
+    receipt: dict
+    level: int
+    a: int
+    b: int
+    inputs: tuple[Input | None, ...]
+
+
+def audit(rnd: Round, envelope: dict, level: int, a: int, b: int, inputs: list[Input | None]) -> FraudProof | None:
+    """Recompute the task; a fraud proof when the owner's outputs differ, else None. Raises
+    ProtocolError when the receipt or the inputs the owner served do not check (then the owner
+    withheld a proper answer: it is replaced, not banned, as nobody else can see what it sent)."""
+    receipt = open_receipt(rnd, envelope, level, a, b)
+    pieces = checked_inputs(rnd, receipt, inputs)
+    outputs = tuple(chunks.sha(d) for d in outputs_of(rnd, level, a, b, pieces))
+    return None if outputs == receipt.outputs else FraudProof(envelope, level, a, b, tuple(inputs))
+
+
+def is_fraud(rnd: Round, proof: FraudProof) -> bool:
+    """Whether `proof` shows its owner lied: checked from the signatures and recomputed, alone."""
+    try:
+        return audit(rnd, proof.receipt, proof.level, proof.a, proof.b, list(proof.inputs)) is not None
+    except ProtocolError:
+        return False
+
+
+def audit_seed(grid_seed: str, draws: list[bytes]) -> str:
+    """The seed auditors are drawn from: the round's seed and every owner's draw (a unique
+    signature, known only once its owner publishes its receipt, and not choosable by anyone)."""
+    h = hashlib.sha256(b"audit" + bytes.fromhex(grid_seed))
+    for d in sorted(draws):
+        h.update(d)
+    return h.hexdigest()

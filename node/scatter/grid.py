@@ -1,0 +1,134 @@
+"""Who does what in a v3 round: groups, chunk owners, their backups, and auditors.
+
+Every peer derives the same grid from the round's members, which of them are reachable, and the
+round's beacon (node/round/election.py: no participant can grind it), so no leader chooses it.
+
+  groups   about G = sqrt(N) (clamped to [GROUP_MIN, GROUP_MAX]) members each, dealt in the
+           beacon's order: reachable peers first, round-robin, so every group gets owners;
+           then the rest. A new beacon every round: colluders cannot camp in one group.
+  level 1  an update is cut into C chunks, C = the fewest reachable members of any group (about
+           G); in group g, chunk j goes to owners[g][j], one of the group's reachable members (a
+           member behind NAT never owns: nobody could dial it).
+  level 2  column j = the level-1 owners of chunk j, one per group; part k of chunk j (one of
+           n_groups parts) is reduced by column j's k-th owner across the groups' results.
+  backups  when an owner withholds, the task moves to the next reachable member in the same
+           beacon order (`owner_of(..., skip=k)`).
+  auditors dealt to tasks in the order of a seed known only after every receipt is signed
+           (node/scatter/audit.py: audit_seed), any member but the owner, about `count` audits
+           per member and level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+SCATTER_MIN_PEERS = 16
+"""Members from which a round uses the reduce-scatter; below, every peer fetches every update
+(verify-all, v2): at N = 16 verify-all moves 15 updates per peer, the reduce-scatter about 3.5."""
+GROUP_MIN, GROUP_MAX = 4, 128
+
+
+def uses_scatter(members: int, min_peers: int = SCATTER_MIN_PEERS) -> bool:
+    """Whether a round of `members` contributors runs the reduce-scatter: a function of the roster
+    alone, so every peer decides alike. min_peers 0 turns the reduce-scatter off."""
+    return min_peers > 0 and members >= min_peers
+
+
+def group_size(members: int) -> int:
+    return max(GROUP_MIN, min(GROUP_MAX, round(math.sqrt(members))))
+
+
+def draw_key(seed: str, tag: str, peer: str) -> bytes:
+    """A peer's place in one beacon-ordered list (`tag` names the list)."""
+    return hashlib.sha256(bytes.fromhex(seed) + tag.encode() + b"\0" + peer.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One round's placement (see the module docstring)."""
+
+    seed: str
+    """SHA-256 hex of (beacon, attempt): what every draw of this round hashes."""
+    groups: tuple[tuple[str, ...], ...]
+    """Members of each group, in the beacon's order."""
+    owners: tuple[tuple[str, ...], ...]
+    """owners[g]: group g's reachable members in the beacon's owner order (owners_of)."""
+    chunks: int
+    """C: chunks an update is cut into (level-1 tasks per group)."""
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def group_of(self, peer: str) -> int:
+        return next(g for g, members in enumerate(self.groups) if peer in members)
+
+    def owner_of(self, group: int, chunk: int, skip: int = 0) -> str:
+        """Level-1 owner of `chunk` in `group`; skip=k: the k-th backup (after k withheld)."""
+        reach = self.owners[group]
+        return reach[(chunk + skip) % len(reach)]
+
+    def column(self, chunk: int) -> tuple[str, ...]:
+        """Level-1 owners of `chunk`, one per group (group order)."""
+        return tuple(self.owner_of(g, chunk) for g in range(self.n_groups))
+
+    def part_owner(self, chunk: int, part: int, skip: int = 0) -> str:
+        """Level-2 owner of part `part` of `chunk`: a column member; skip=k: the k-th backup."""
+        column = self.column(chunk)
+        return column[(part + skip) % len(column)]
+
+    def owned_by(self, peer: str) -> list[tuple[int, int]]:
+        """Level-1 tasks (group, chunk) this peer owns."""
+        return [(g, j) for g in range(self.n_groups) for j in range(self.chunks) if self.owner_of(g, j) == peer]
+
+    def members(self) -> list[str]:
+        return [p for group in self.groups for p in group]
+
+
+def round_seed(beacon: str, attempt: int) -> str:
+    return hashlib.sha256(b"scatter" + bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big")).hexdigest()
+
+
+def place(members: list[str], reachable: set[str], beacon: str, attempt: int = 0) -> Grid:
+    """The grid of a round of `members` (any order: they are sorted by the draw) under `beacon`.
+    Raises ValueError when nobody is reachable: no one could own a chunk."""
+    peers = sorted(set(members))
+    reach = [p for p in peers if p in reachable]
+    if not reach:
+        raise ValueError("no member is reachable: nobody can own a chunk (the round needs verify-all)")
+    seed = round_seed(beacon, attempt)
+    g = group_size(len(peers))
+    n_groups = max(1, min(-(-len(peers) // g), len(reach)))
+    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    deal = sorted(reach, key=lambda p: draw_key(seed, "group", p))
+    deal += sorted((p for p in peers if p not in reachable), key=lambda p: draw_key(seed, "group", p))
+    for i, p in enumerate(deal):
+        groups[i % n_groups].append(p)
+    owners = tuple(
+        tuple(sorted((p for p in grp if p in reachable), key=lambda p, k=k: draw_key(seed, f"owner{k}", p)))
+        for k, grp in enumerate(groups)
+    )
+    # one chunk per owner of the group with the fewest: nobody owns two while others own none
+    return Grid(seed=seed, groups=tuple(tuple(grp) for grp in groups), owners=owners, chunks=min(map(len, owners)))
+
+
+def assign_auditors(audit_seed: str, tasks: dict[str, str], members: list[str], count: int) -> dict[str, list[str]]:
+    """`count` auditors for each task (name -> its owner), never its owner: tasks and members are
+    each put in the audit seed's order and dealt round-robin, so every member audits about
+    count x tasks / members of them (no peer drawn into many audits by chance); a member dealt
+    its own task swaps with the next task's auditor."""
+    order = sorted(members, key=lambda p: draw_key(audit_seed, "auditor", p))
+    names = sorted(tasks, key=lambda t: draw_key(audit_seed, "task", t))
+    count = min(count, len(order) - 1)
+    slots = [order[i % len(order)] for i in range(len(names) * count)]  # task i: slots[i*count:(i+1)*count]
+    for at in range(len(slots)):
+        if slots[at] != tasks[names[at // count]]:
+            continue
+        for other in (*range(at + 1, len(slots)), *range(at)):
+            owner_there = tasks[names[other // count]]
+            if slots[other] != tasks[names[at // count]] and slots[at] != owner_there:
+                slots[at], slots[other] = slots[other], slots[at]
+                break
+    return {t: list(dict.fromkeys(slots[i * count : (i + 1) * count])) for i, t in enumerate(names)}

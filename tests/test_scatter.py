@@ -162,3 +162,13 @@ def test_records_from_peers_are_checked_field_by_field():
             Receipt.from_wire({**receipt.to_wire(), **bad})
     with pytest.raises(ProtocolError):
         flags_of(b"\x01\x00", 3)
+
+
+def test_an_owner_that_leaves_out_most_inputs_is_replaced():
+    peers = peer_ids(16)
+    updates = make_updates(peers, TOTAL, 6)
+    _, rnd = one_round(peers, updates, TOTAL)
+    censor = rnd.grid.owner_of(1, 0)
+    out, rnd = one_round(peers, updates, TOTAL, behaviour={censor: Behaviour(censor=True)})
+    assert censor in out.withheld and censor not in out.caught
+    assert torch.equal(out.final, two_level(updates, rnd.grid, Robust()))

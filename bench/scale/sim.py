@@ -181,6 +181,7 @@ def colluders(n: int, total: int, rounds: int, fraction: float, auditors: int) -
         "rounds_corrupted": corrupted_rounds,
         "lies": lies,
         "lies_missed": missed,
+        "miss_rate": round(missed / max(1, lies), 3),
         "colluders_banned": len(banned & bad),
         "colluders": len(bad),
     }

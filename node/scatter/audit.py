@@ -77,8 +77,15 @@ def inputs_root(digests: list[str]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
+def quorum(senders: int) -> int:
+    """Inputs a receipt must include: a majority of the task's senders. An owner that leaves out
+    more (censoring honest inputs so that its colluders' chunks decide) is treated as withholding
+    and replaced; one that leaves out fewer is bounded by the robust rule."""
+    return senders // 2 + 1
+
+
 def open_receipt(rnd: Round, envelope: object, level: int, a: int, b: int) -> Receipt:
-    """The current owner's receipt for the task, checked (signature, fields, draw)."""
+    """The current owner's receipt for the task, checked (signature, fields, draw, quorum)."""
     owner = rnd.owner(level, a, b)
     receipt = rnd.checker.open(envelope, Receipt, owner)
     if (receipt.run, receipt.round, receipt.attempt) != (rnd.run, rnd.round, rnd.attempt):
@@ -89,6 +96,9 @@ def open_receipt(rnd: Round, envelope: object, level: int, a: int, b: int) -> Re
         receipt.draw, draw_message(rnd.run, rnd.round, rnd.attempt, receipt.task), owner, envelope
     ):
         raise ProtocolError("receipt: its draw is not the owner's unique signature of the task")
+    senders = len(rnd.senders(level, a, b))
+    if sum(flags_of(receipt.included, senders)) < quorum(senders):
+        raise ProtocolError(f"receipt: includes fewer than {quorum(senders)} of the task's {senders} inputs")
     return receipt
 
 

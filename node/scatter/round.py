@@ -26,7 +26,7 @@ import msgpack
 import torch
 
 from node.scatter import chunks
-from node.scatter.audit import FraudProof, Input, Round, audit, audit_seed, inputs_root, outputs_of
+from node.scatter.audit import FraudProof, Input, Round, audit, audit_seed, inputs_root, open_receipt, outputs_of
 from node.scatter.grid import assign_auditors
 from protocol.errors import ProtocolError
 from protocol.scatter import Commitment, Receipt, bitmap, draw_message
@@ -48,6 +48,8 @@ class Behaviour:
     """As a forwarder in the gather, alter the final parts it passes on."""
     garble: bool = False
     """As a sender, send chunks that are not the ones it committed to."""
+    censor: bool = False
+    """As an owner, leave out every input but its own and its fellow colluders'."""
 
 
 @dataclass
@@ -96,7 +98,8 @@ class ScatterRound:
         self.updates: dict[str, torch.Tensor] = updates
         self.behaviour: dict[str, Behaviour] = behaviour or {}
         self.traffic, self.phases = Traffic(), 0
-        self.inputs: dict[tuple, list[Input | None]] = {}
+        self.inputs: dict[tuple, list[Input | None]] = {}  # what each task's owner received
+        self.used: dict[tuple, list[Input | None]] = {}  # what it reduced (its receipt's inputs)
         self.receipts: dict[tuple, dict] = {}
         self.outputs: dict[tuple, list[bytes]] = {}
         self.caught: list[str] = []
@@ -178,17 +181,21 @@ class ScatterRound:
         self.phases += 1
 
     def answer(self, task: tuple) -> None:
-        """The task's current owner answers (backups take over from owners that withhold)."""
+        """The task's current owner answers; backups take over from owners that withhold or
+        whose receipt leaves out a majority of the inputs (refused by everyone: open_receipt)."""
         for _ in range(MOST_REPLACEMENTS):
             owner = self.rnd.owner(*task)
             if not self.act(owner).withhold:
-                break
+                try:
+                    self.compute(task)
+                    open_receipt(self.rnd, self.receipts[task], *task)
+                    return
+                except ProtocolError:
+                    pass
             self.withheld.append(owner)
             self.replace(task)
             self.resend(task)
-        else:
-            raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
-        self.compute(task)
+        raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
 
     def replace(self, task: tuple) -> None:
         name = "/".join(map(str, task))
@@ -205,8 +212,13 @@ class ScatterRound:
         level, a, b = task
         owner, rnd = self.rnd.owner(*task), self.rnd
         inputs = self.inputs[task]
+        if self.act(owner).censor:
+            kept = {p for p in rnd.senders(*task) if p == owner or self.act(p).collude or self.act(p).censor}
+            inputs = [i if p in kept else None for p, i in zip(rnd.senders(*task), inputs)]
         span = rnd.span(*task)
         pieces = [chunks.decode(i.data, span.size) for i in inputs if i is not None]
+        if not pieces:
+            raise ProtocolError(f"task {task}: its owner kept no inputs")
         outputs = outputs_of(rnd, level, a, b, pieces)
         if self.act(owner).lie:
             outputs = [chunks.encode(chunks.decode(o, n) * -10.0) for o, n in zip(outputs, self.output_sizes(task))]
@@ -226,6 +238,7 @@ class ScatterRound:
             draw=self.keys[owner].unique(draw_message(rnd.run, rnd.round, rnd.attempt, name)),
         )
         self.receipts[task], self.outputs[task] = self.keys[owner].seal(receipt), outputs
+        self.used[task] = inputs
 
     def output_sizes(self, task: tuple) -> list[int]:
         level, a, b = task
@@ -246,21 +259,20 @@ class ScatterRound:
 
     def audit_task(self, task: tuple, auditors: list[str]) -> None:
         for _ in range(MOST_REPLACEMENTS):
-            owner = self.rnd.owner(*task)
+            owner, lied = self.rnd.owner(*task), False
             for auditor in (a for a in auditors if a != owner):
-                for item in self.inputs[task]:
+                for item in self.used[task]:
                     if item is not None:
                         self.deliver(owner, auditor, len(item.data), size_of(item.envelope))
-                proof = audit(self.rnd, self.receipts[task], *task, self.inputs[task])
-                if proof is None:
-                    continue
-                if self.act(auditor).collude and self.act(owner).collude:
-                    self.missed.append("/".join(map(str, task)))
-                    continue
-                self.convict(task, owner, auditor, proof)
-                break
+                proof = audit(self.rnd, self.receipts[task], *task, self.used[task])
+                lied = lied or proof is not None
+                if proof is not None and not (self.act(auditor).collude and self.act(owner).collude):
+                    self.convict(task, owner, auditor, proof)
+                    break
             else:
-                return  # no auditor reported: the receipt stands
+                if lied:  # every auditor that saw the lie covered it: the wrong output goes on
+                    self.missed.append("/".join(map(str, task)))
+                return
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row lied")
 
     def convict(self, task: tuple, owner: str, auditor: str, proof: FraudProof) -> None:

@@ -39,16 +39,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 # The browser test and the Prometheus config check need Debian's chromium, chromium-driver and
-# promtool. As root with apt-get, they are installed here once; elsewhere those tests skip and say why.
-TOOLS := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/promtool
+# promtool, the NAT test nftables' nft. As root with apt-get, they are installed here once;
+# elsewhere those tests skip and say why.
+TOOLS := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/promtool /usr/sbin/nft
 tools:
 	@if ls $(TOOLS) >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian's chromium, chromium-driver and prometheus (for promtool), once"; \
+		echo "installing Debian's chromium, chromium-driver, prometheus (for promtool) and nftables, once"; \
 		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 		  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus ) >/dev/null \
 		|| echo "could not install them: the tests that need them will skip"; \
-	else echo "chromium or promtool missing and not root: the tests that need them will skip"; fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null \
+		|| echo "could not install nftables: the NAT test will skip"; \
+	else echo "chromium, promtool or nft missing and not root: the tests that need them will skip"; fi
 
 # The quality/bandwidth benchmark (TIER=smoke|pilot|full); JSON and a plot under bench/results/.
 TIER ?= smoke

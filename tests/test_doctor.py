@@ -3,7 +3,18 @@
 import socket
 
 from node.cli import main
-from node.commands.doctor import FAIL, OK, WARN, disk_check, memory_check, peer_check, port_check, render, threads_check
+from node.commands.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    disk_check,
+    memory_check,
+    peer_check,
+    port_check,
+    reach_check,
+    render,
+    threads_check,
+)
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.p2p.addresses import parse_peer_address
 
@@ -73,3 +84,22 @@ def test_cli_exit_status_is_one_on_failure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "FAIL  initial peer" in out
     assert main(["doctor", "--data-dir", str(tmp_path), "--status-port", "-1", "--new-swarm"]) == 0
+
+
+def test_reachability_behind_nat_warns_with_the_flags_and_never_fails():
+    home = NodeConfig(host="192.168.1.2", port=4001)
+    c = reach_check(home, [parse_peer_address(f"/ip4/11.77.0.10/tcp/31337/p2p/{PEER}")])
+    assert c.status == WARN and c.detail.startswith("not reachable from outside (behind NAT")
+    assert "192.168.1.2:4001" in c.detail and "still trains" in c.detail
+    assert "--port 4001 --announce /ip4/<router's public IP>/tcp/4001" in c.fix
+    forwarded = reach_check(NodeConfig(host="192.168.1.2", port=4001, announce=["/ip4/11.77.0.100/tcp/4001"]), [])
+    assert forwarded.status == OK and "11.77.0.100:4001" in forwarded.detail  # what --announce tells peers
+    bad = reach_check(NodeConfig(announce=["/ip4/11.77.0.100/tcp/0"]), [])
+    assert bad.status == FAIL and "--port" in bad.fix
+
+
+def test_reachability_on_loopback_is_fine_for_a_local_swarm_only():
+    local = NodeConfig(host="127.0.0.1")
+    assert reach_check(local, [parse_peer_address(f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}")]).status == OK
+    c = reach_check(local, [parse_peer_address(f"/ip4/11.77.0.10/tcp/4001/p2p/{PEER}")])
+    assert c.status == WARN and "only from this machine" in c.detail and "--host 0.0.0.0" in c.fix

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from node.commands.monitor import merge_history, merge_rounds
 from node.errors import SwarmtrainError
 from node.p2p.identity import load_identity_key
-from node.p2p.telemetry import decode, encode, reachability
+from node.p2p.telemetry import decode, encode
 from node.watch.report import RoundReport
 from node.watch.status import StatusBoard, peer_rows
 from protocol import signing
@@ -124,20 +124,6 @@ def test_unreadable_identity_file_names_the_fix(tmp_path):
     with pytest.raises(SwarmtrainError, match="cannot read the identity key") as e:
         load_identity_key(str(bad))
     assert "delete it" in e.value.help
-
-
-@pytest.mark.parametrize(
-    "maddrs, kind",
-    [
-        (["/ip4/127.0.0.1/tcp/1/p2p/Qm"], "private"),
-        (["/ip4/192.168.1.5/tcp/1", "/ip4/203.0.114.7/tcp/1"], "public"),
-        (["/ip4/10.0.0.2/tcp/1", "/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit"], "private"),
-        (["/ip4/1.2.3.4/tcp/4001/p2p/QmR/p2p-circuit/p2p/QmMe"], "relay"),
-        ([], "unknown"),
-    ],
-)
-def test_reachability(maddrs, kind):
-    assert reachability(maddrs) == kind
 
 
 def test_board_record_carries_what_the_page_shows():

@@ -2,8 +2,10 @@
 
 Cheap local checks first (ports, disk, memory, threads); then, if initial peers are given,
 TCP reachability of each, and, through a short client-mode DHT visit, the run's model size
-(for the memory check) and clock skew against the peers' heartbeats. Exit status 1 when any
-check fails, so scripts can gate `join` on it.
+(for the memory check) and clock skew against the peers' heartbeats. Whether peers elsewhere
+will be able to dial this node (behind NAT they cannot) is a warning, never a failure: such a
+node still trains (node/p2p/reach.py says what it misses). Exit status 1 when any check fails,
+so scripts can gate `join` on it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.errors import SwarmtrainError
-from node.p2p.addresses import Address, initial_peers
+from node.p2p.addresses import Address, initial_peers, parse_announce
 from node.p2p.dht import probe_peer
+from node.p2p.reach import judge, local_maddrs
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -57,6 +60,21 @@ def peer_check(address: Address, timeout: float = 5.0) -> Check:
             "and that no firewall blocks the port",
         )
     return Check("initial peer", OK, f"{address.text}: answers in {answer['latency_ms']:.0f} ms")
+
+
+def reach_check(cfg: NodeConfig, peers: list[Address]) -> Check:
+    """Will peers elsewhere be able to dial this node? Judged from what it would announce:
+    --announce, else its --host, or for 0.0.0.0 the address its route to the initial peers leaves
+    from. A warning, not a failure, when they cannot: the node still trains."""
+    try:
+        announced = parse_announce(cfg.announce)
+    except SwarmtrainError as e:
+        return Check("reachable", FAIL, str(e), e.help)
+    reach = judge(announced or local_maddrs(cfg.host, cfg.port, [p.host for p in peers]), port=cfg.port)
+    remote = any(not p.host.startswith("127.") and p.host not in ("localhost", "::1") for p in peers)
+    if reach.reachable or (reach.kind == "loopback" and not remote):  # a swarm on this machine: nothing to fix
+        return Check("reachable", OK, reach.summary)
+    return Check("reachable", WARN, f"{reach.summary}; {reach.meaning}".rstrip("; "), reach.fix)
 
 
 def param_count(model: ModelConfig) -> int:
@@ -157,7 +175,11 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
     from node.peer import manifest as manifests
 
     probe_cfg = replace(
-        cfg, port=0, identity=str(Path(cfg.data_dir) / "doctor.key"), startup_timeout=min(cfg.startup_timeout, 30.0)
+        cfg,
+        port=0,
+        announce=[],
+        identity=str(Path(cfg.data_dir) / "doctor.key"),
+        startup_timeout=min(cfg.startup_timeout, 30.0),
     )
     try:
         swarm = Swarm.start(probe_cfg, peers, client_mode=True)
@@ -225,6 +247,7 @@ def run_doctor(cfg: NodeConfig, run_path: str | None) -> list[Check]:
         checks.append(peer_check(p))
         if checks[-1].status == OK:
             reachable.append(p)
+    checks.append(reach_check(cfg, peers))
     run, where = load_run_config(run_path), run_path or "the built-in demo run"
     if reachable:
         found, swarm_run = swarm_checks(cfg, reachable)

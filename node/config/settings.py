@@ -278,6 +278,10 @@ class NodeConfig:
     """IP address to listen on (127.0.0.1 keeps the node on this machine)."""
     port: int = 0
     """TCP port to listen on; 0 picks a free one."""
+    announce: list[str] = field(default_factory=list)
+    """Addresses other peers dial this node at, instead of the ones it listens on, e.g.
+    /ip4/203.0.113.7/tcp/31337 behind a router that forwards TCP port 31337 to this machine's
+    --port 31337 (`swarmtrain doctor` says whether this node is reachable without it)."""
     data_dir: str = "swarmtrain-data"
     """Directory for this node's identity key, checkpoint and logs."""
     identity: str = ""

@@ -59,6 +59,30 @@ def parse_peer_addresses(texts: list[str]) -> list[Address]:
     return [parse_peer_address(t) for t in texts]
 
 
+ANNOUNCE_EXAMPLE = "/ip4/203.0.113.7/tcp/31337"
+
+
+def parse_announce(texts: list[str]) -> list[str]:
+    """--announce addresses, '/ip4|ip6|dns4|dns6/<host>/tcp/<port>' with a port other than 0 and
+    no /p2p part (libp2p adds ours), or SwarmtrainError naming the bad one."""
+    fix = (
+        f"announce the address peers can dial, like {ANNOUNCE_EXAMPLE}: the router's public IP and the TCP "
+        "port it forwards to this node's --port"
+    )
+    out = []
+    for text in texts:
+        try:
+            m = multiaddr.Multiaddr(text.strip())
+        except (MultiaddrError, ValueError, TypeError) as e:
+            raise SwarmtrainError(f"announce address {text!r} is not a valid multiaddr: {e}", fix) from None
+        names = [p.name for p in m.protocols()]
+        hosts = [n for n in names if n in ("ip4", "ip6", "dns", "dns4", "dns6")]
+        if len(hosts) != 1 or "tcp" not in names or m.value_for_protocol("tcp") == "0" or "p2p" in names:
+            raise SwarmtrainError(f"announce address {text!r} is not one host and a TCP port other than 0", fix)
+        out.append(str(m))
+    return out
+
+
 def shareable(maddrs: list[str]) -> list[str]:
     """Addresses others can dial, non-loopback first; each ends in /p2p/<peer id>."""
     return sorted(set(maddrs), key=lambda m: (m.startswith("/ip4/127.") or m.startswith("/ip6/::1"), m))

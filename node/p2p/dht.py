@@ -26,7 +26,7 @@ import msgpack
 
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
-from node.p2p.addresses import Address
+from node.p2p.addresses import Address, parse_announce
 from node.p2p.identity import identity_path
 from protocol import keys, signed
 from protocol.records import Heartbeat
@@ -159,6 +159,7 @@ class Swarm:
         import hivemind
 
         check_port_free(cfg.host, cfg.port)
+        announce = parse_announce(cfg.announce)  # a bad address fails here, before p2pd starts
         patch_timed_storage()  # before the DHT process is forked from this one
         if initial_peers:
             wait_for_initial_peers(initial_peers, cfg.startup_timeout)
@@ -168,6 +169,7 @@ class Swarm:
             dht = hivemind.DHT(
                 initial_peers=[p.text for p in initial_peers],
                 host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
+                announce_maddrs=announce or None,  # None: libp2p announces what it listens on
                 identity_path=identity,
                 startup_timeout=cfg.startup_timeout,
                 client_mode=client_mode,

@@ -11,6 +11,7 @@ import torch
 from node import __version__
 from node.config import NodeConfig, RunConfig
 from node.p2p.dht import Swarm, dht_time, read_peers, trainers
+from node.p2p.reach import Reachability
 from node.p2p.telemetry import MetricsPublisher, read_metrics
 from node.peer.applier import Applier
 from node.round.ledger import AcceptedRoster
@@ -56,7 +57,7 @@ class Reports:
         self.swarm, self.run_id, self.me, self.run = swarm, run_id, me, run
         self.metrics, self.history, self.out = metrics, history, out
         self.applier, self.trainer = applier, trainer  # our round and local step, as of each publish
-        self.reach = ""  # how others reach us: known once our addresses are (the heartbeat's start)
+        self.reach = "unknown"  # how others reach us (the record's kind): known once our addresses are (reachable)
         self.metrics.info.info(
             {
                 "peer_id": me,
@@ -82,6 +83,12 @@ class Reports:
         stack.callback(self.page.close)
         self.publisher = MetricsPublisher(swarm, run_id, key)
         stack.callback(self.publisher.close)
+
+    def reachable(self, reach: Reachability) -> None:
+        """Whether peers can dial us (node/p2p/reach.py), once our addresses are known: to the
+        page in words, and to our signed metrics record as its kind."""
+        self.reach = reach.wire
+        self.status.set_reachability(reach.as_dict())
 
     def spent(self, eps: float) -> None:
         """The privacy budget spent so far (epsilon), to the metrics and the page."""

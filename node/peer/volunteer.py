@@ -23,7 +23,7 @@ from pathlib import Path
 
 from node.config import NodeConfig
 from node.outer.overlap import Start
-from node.p2p.telemetry import reachability
+from node.p2p.reach import judge
 from node.peer import checkpoint
 from node.peer.reporting import summary
 from node.peer.wiring import NodeParts
@@ -80,6 +80,7 @@ class Peer(NodeParts):
         super().__init__(cfg, stack, reporter)
         self.start: Start | None = None  # where this round's training started: what the update is measured from
         self.inflight: InFlight | None = None  # the round announced and not yet applied
+        self.reach = judge([])  # whether peers can dial us: 'unknown' until our addresses are (start_heartbeat)
         self.training: Training | None = None  # the round being trained
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
         stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
@@ -102,7 +103,10 @@ class Peer(NodeParts):
             digest=self.state.digest[:16],
             status_url=self.reports.page.url,
             maddr=self.maddr,
+            reach=self.reach.kind,
         )
+        if self.reach.reachable is False and self.reach.kind != "loopback":  # a swarm on one machine needs no advice
+            self.out.say(f"{self.reach.summary}.\n  {self.reach.meaning}\n  To be reachable: {self.reach.fix}.")
         return self.open_round(stop)
 
     def open_round(self, stop: threading.Event) -> bool:
@@ -249,7 +253,9 @@ class Peer(NodeParts):
         """Serve our state, then tell the swarm we are here (heartbeat, and a copy of the manifest)."""
         self.exchange.set_state(self.state.to_bytes(self.run_id))
         maddrs = self.presence.start(self.state)
-        self.reports.reach = reachability(maddrs)
+        # whether peers can dial us at them: to the page, our metrics record and (begin) the terminal
+        self.reach = judge(maddrs, port=self.cfg.port)
+        self.reports.reachable(self.reach)
         self.maddr = maddrs[0] if maddrs else ""  # others may join through us
 
 

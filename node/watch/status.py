@@ -81,6 +81,12 @@ class StatusBoard:
         with self._lock:
             self.node.update(params_trainable=trainable, params_total=total)
 
+    def set_reachability(self, reach: dict) -> None:
+        """Whether peers elsewhere can dial this node, in words (node/p2p/reach.py: Reachability.as_dict):
+        kind, reachable, summary, meaning, fix."""
+        with self._lock:
+            self.node["reachability"] = dict(reach)
+
     def set_privacy(self, *, epsilon: float, delta: float) -> None:
         """The (epsilon, delta) differential privacy this node has spent so far (shown when privacy is on)."""
         with self._lock:

@@ -32,11 +32,12 @@ class Benchmark:
 
 
 QUALITY_TIERS = (
-    "smoke (100 steps, 1 seed: 5-20 s a preset, 3-6 min for all 32), "
+    "smoke (100 steps, 1 seed: 5-20 s a preset, 3-6 min for all 36), "
     "pilot (0.84M-parameter model, 600 steps, 1 seed: ~6 min a preset), "
-    "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~5 h for all 32), "
+    "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~5 h for all 36), "
     "full-8 (full with 8 workers: ~12 min a preset), "
-    "tune (600 steps of full's model, 1 seed: 25-60 s a preset)"
+    "tune (600 steps of full's model, 1 seed: 25-60 s a preset), "
+    "scatter-16 (16 workers, 800 steps of full's model, 2 seeds: ~4-5 min a preset; the v3 exchange rows)"
 )
 """`bench quality --tier`'s tiers and what each costs on one core (bench/quality/presets.py TIERS)."""
 
@@ -290,7 +291,8 @@ def _scale(args: argparse.Namespace, stop: threading.Event) -> bool:
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
-        duration="smoke: 3-6 min for all presets; pilot: ~6 min a preset; full: ~10 min a preset",
+        duration="smoke: 3-6 min for all presets; pilot: ~6 min a preset; full: ~10 min a preset; "
+        "scatter-16: ~5 min a preset",
         add_flags=_quality_flags,
         run=_quality,
     ),

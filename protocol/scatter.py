@@ -12,11 +12,11 @@ Messages, as the sentence a peer says (node/scatter/round.py sends them):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 from protocol.errors import ProtocolError
 from protocol.records import SHA256_RE, field, peer_id_field, round_field, run_field
-from protocol.signing import MAX_SIG
 
 MAX_CHUNKS = 1024  # chunks of one update; the grid uses at most GROUP_MAX (128)
 MAX_GROUP = 4096  # members of a group or groups in a column: at most the roster cap
@@ -76,9 +76,9 @@ class Receipt:
 
     Level 1: a = group, b = chunk; inputs are the group members' chunk b (grid order), the output
     one part per group. Level 2: a = chunk, b = part; inputs are part b of every group's level-1
-    result of chunk a (group order), the output one part. `draw` is the owner's unique signature
-    of the task (protocol/signing.py: sign_unique): it feeds the audit seed, and nobody could
-    have computed it before the owner published it."""
+    result of chunk a (group order), the output one part. One receipt per task and owner: the
+    leader fixes the set (`set_digest`), and two different receipts an owner signed for one task
+    are a proof of fraud on their own."""
 
     run: str
     round: int
@@ -90,7 +90,6 @@ class Receipt:
     included: bytes
     inputs_root: str
     outputs: tuple[str, ...]
-    draw: bytes
 
     @property
     def task(self) -> str:
@@ -106,9 +105,9 @@ class Receipt:
         attempt = field(d, "attempt", int, where=w)
         if level not in LEVELS or not 0 <= a < MAX_GROUP or not 0 <= b < MAX_GROUP or not 0 <= attempt <= 2**16:
             raise ProtocolError(f"{w}: task {level}/{a}/{b} or attempt {attempt} out of range")
-        included, draw = field(d, "included", bytes, where=w), field(d, "draw", bytes, where=w)
-        if not 0 < len(included) <= MAX_GROUP // 8 or len(draw) > MAX_SIG:
-            raise ProtocolError(f"{w}: inclusion map of {len(included)} bytes or draw of {len(draw)}")
+        included = field(d, "included", bytes, where=w)
+        if not 0 < len(included) <= MAX_GROUP // 8:
+            raise ProtocolError(f"{w}: inclusion map of {len(included)} bytes")
         root = field(d, "inputs_root", str, where=w)
         if not SHA256_RE.match(root):
             raise ProtocolError(f"{w}: inputs_root is not a SHA-256 digest")
@@ -123,7 +122,6 @@ class Receipt:
             included=included,
             inputs_root=root,
             outputs=_hashes(field(d, "outputs", list, where=w), MAX_GROUP, w),
-            draw=draw,
         )
 
 
@@ -142,6 +140,13 @@ def flags_of(data: bytes, n: int) -> list[bool]:
     return [bool(data[i // 8] >> (i % 8) & 1) for i in range(n)]
 
 
-def draw_message(run: str, round_no: int, attempt: int, task: str) -> bytes:
-    """What an owner's `draw` signs: one message per task, so one signature per key and task."""
-    return f"swarmtrain-scatter-draw|{run}|{round_no}|{attempt}|{task}".encode()
+def set_digest(receipts: dict[str, str]) -> str:
+    """The digest of a level's fixed receipts (task name -> SHA-256 of the receipt's body)."""
+    return hashlib.sha256("".join(f"{t}={h};" for t, h in sorted(receipts.items())).encode()).hexdigest()
+
+
+def draw_message(run: str, round_no: int, attempt: int, level: int, receipts: str) -> bytes:
+    """What the leader signs (sign_unique: one signature per key and message) once a level's
+    receipts are fixed (`receipts` = set_digest): the audit seed hashes it, so nobody knew the
+    auditors before every receipt was irrevocable, and the leader cannot try variants of it."""
+    return f"swarmtrain-scatter-audit|{run}|{round_no}|{attempt}|{level}|{receipts}".encode()

@@ -10,11 +10,11 @@ Asserted: each volunteer says whether it is reachable (the public one 'public', 
 'private', node/p2p/reach.py); all three apply every round and end on one digest; and each
 NAT'd peer's update is in at least 95% of the rounds of the ledger from its first one on.
 
-Every volunteer is waited for ([swarm] min_peers 3). A NAT'd peer that leads a round cannot
-fetch the other NAT'd peer's update (no connection between them, "routing: not found"), so it
-cannot write a roster; the reachable volunteer leads the round instead once its turn comes,
-collect_timeout + leader_backoff (3 s) later. With a lower min_peers the NAT'd leader would
-write its roster without the other NAT'd peer, which then misses that round (docs/links.md, "NAT").
+Every volunteer is waited for at the start ([swarm] min_peers 3): with the default of 1, a
+volunteer that starts first trains its 10 rounds alone before the others arrive. A NAT'd peer
+that led a round could not fetch the other NAT'd peer's update (no connection between them,
+"routing: not found"); peers that cannot be dialled no longer lead where an eligible one can
+(node/round/election.py: candidates), so every roster here is the reachable volunteer's.
 
 Skipped with the reason where namespaces or nft do not work.
 """

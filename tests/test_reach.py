@@ -43,7 +43,7 @@ def test_behind_nat_says_not_reachable_what_it_means_and_the_flags():
     assert r.reachable is False and r.kind == r.wire == "private"
     assert r.summary.startswith("not reachable from outside (behind NAT") and "192.168.1.2:40655" in r.summary
     assert "127.0.0.1" not in r.summary  # the loopback address says nothing about outside peers
-    assert "still trains" in r.meaning and "joiners" in r.meaning and "min_peers" in r.meaning
+    assert "still trains" in r.meaning and "joiners" in r.meaning and "does not lead" in r.meaning
     assert "--port 31337 --announce /ip4/<router's public IP>/tcp/31337" in r.fix
     assert "--port 0 picks a new one" in r.fix and "UPnP" in r.fix
     fixed = judge(HOME, port=4001).fix  # a node already on a fixed port is told to forward that one
@@ -117,3 +117,38 @@ def test_status_page_carries_the_words():
     b.set_reachability(judge(HOME).as_dict())
     shown = b.snapshot()["node"]["reachability"]
     assert shown["reachable"] is False and shown["summary"] == judge(HOME).summary and "--announce" in shown["fix"]
+
+
+def test_peers_behind_nat_do_not_lead_where_others_can_be_dialled():
+    """A leader behind NAT cannot fetch the updates of other peers behind NAT (no one dialled it):
+    swarm_tests/test_nat.py saw one starved; where any live peer can be dialled, only those lead."""
+    from node.round.election import candidates
+    from protocol.records import Heartbeat
+
+    def hb(peer: str, host: str) -> Heartbeat:
+        return Heartbeat(
+            peer=peer, name=peer, round=3, state_round=2, digest="d" * 64, device="cpu",
+            maddrs=(f"/ip4/{host}/tcp/4001",), time=0.0,
+        )  # fmt: skip
+
+    mixed = {"home1": hb("home1", "192.168.1.2"), "home2": hb("home2", "192.168.2.2"), "pub": hb("pub", "11.77.0.10")}
+    assert candidates(mixed, "d" * 64, None, 3) == {"pub"}
+    lan = {p: hb(p, f"192.168.1.{i}") for i, p in enumerate(("a", "b", "c"))}
+    assert candidates(lan, "d" * 64, None, 3) == {"a", "b", "c"}  # one LAN: everyone reaches everyone
+    local = {p: hb(p, "127.0.0.1") for p in ("a", "b")}
+    assert candidates(local, "d" * 64, None, 3) == {"a", "b"}
+
+
+def test_nat_peers_still_lead_when_no_established_peer_can_be_dialled():
+    from node.round.election import candidates
+    from protocol.records import Heartbeat
+
+    def hb(peer: str, host: str) -> Heartbeat:
+        return Heartbeat(
+            peer=peer, name=peer, round=3, state_round=2, digest="d" * 64, device="cpu",
+            maddrs=(f"/ip4/{host}/tcp/4001",), time=0.0,
+        )  # fmt: skip
+
+    peers = {"home1": hb("home1", "192.168.1.2"), "home2": hb("home2", "192.168.2.2"), "new": hb("new", "11.77.0.10")}
+    assert candidates(peers, "d" * 64, {"home1", "home2"}, 3) == {"home1", "home2"}  # the public one is not established
+    assert candidates(peers, "d" * 64, {"home1", "new"}, 3) == {"new"}

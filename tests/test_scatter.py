@@ -18,7 +18,8 @@ from node.scatter import chunks
 from node.scatter.audit import FraudProof, Input, audit, is_fraud
 from node.scatter.grid import assign_auditors, place, uses_scatter
 from node.scatter.reduce import TwoLevel, two_level
-from node.scatter.round import Behaviour, ScatterRound, seed_of
+from node.scatter.round import ScatterRound, seed_of
+from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
 from protocol.scatter import Commitment, Receipt, flags_of
 
@@ -80,7 +81,7 @@ def test_a_fraud_proof_convinces_anyone_and_an_honest_receipt_does_not():
     updates = make_updates(peers, TOTAL, 2)
     _, rnd = one_round(peers, updates, TOTAL)  # the round's grid and rule
     keys = {p: FastKeys(p) for p in peers}
-    rnd = dataclasses.replace(rnd, checker=FastChecker(keys), replaced={})
+    rnd = dataclasses.replace(rnd, checker=FastChecker(keys), replaced={}, fixed={}, caught=set(), committed=None)
     liar = rnd.grid.owner_of(0, 0)
     sr = ScatterRound(rnd, updates, keys, peers[0], behaviour={liar: Behaviour(lie=True)})
     sr.send_chunks()
@@ -154,10 +155,10 @@ def test_records_from_peers_are_checked_field_by_field():
             Commitment.from_wire({**good.to_wire(), **bad})
     receipt = Receipt(
         run="r", round=1, attempt=0, owner=peer_ids(1)[0], level=1, a=0, b=0,
-        included=b"\x01", inputs_root="b" * 64, outputs=("c" * 64,), draw=b"d",
+        included=b"\x01", inputs_root="b" * 64, outputs=("c" * 64,),
     )  # fmt: skip
     assert Receipt.from_wire(receipt.to_wire()) == receipt
-    for bad in ({"level": 3}, {"included": b""}, {"outputs": []}, {"draw": b"x" * 1000}, {"a": -1}):
+    for bad in ({"level": 3}, {"included": b""}, {"outputs": []}, {"included": "x"}, {"a": -1}):
         with pytest.raises(ProtocolError):
             Receipt.from_wire({**receipt.to_wire(), **bad})
     with pytest.raises(ProtocolError):

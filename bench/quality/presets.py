@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from node.config import ModelConfig, StrategyConfig, TrainConfig
+from node.config import ModelConfig, RobustConfig, StrategyConfig, TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,8 @@ TIERS = {
     "full-8": Tier(steps=3000, seeds=(0, 1), model=SMALL, workers=8, eval_points=15, warmup_steps=100),
     # `bench tune`: the full tier's model and batches, a fifth of its steps (one seed)
     "tune": Tier(steps=600, seeds=(0,), model=SMALL, eval_points=4, warmup_steps=30),
+    # v3's exchange (EXCHANGES) where it applies, 16 peers: about the full tier's tokens (6.6M) in 800 steps
+    "scatter-16": Tier(steps=800, seeds=(0, 1), model=SMALL, workers=16, eval_points=4, warmup_steps=40),
 }
 
 OVERLAP_DELAY = {"sparseloco-overlap": 2, "diloco-overlap": 2}
@@ -293,3 +295,29 @@ PRESETS: dict[str, Preset] = {
         StrategyConfig(name="decoupled-momentum", topk=32, values="1bit", momentum_decay=0.999), BASE_TRAIN
     ),
 }
+
+
+class Exchange(NamedTuple):
+    """How a preset's round combines the workers' updates."""
+
+    scatter: bool
+    """False: every worker gets every update (the all-gather, v2); True: v3's two-level
+    reduce-scatter of honest owners (node/scatter/reduce.py TwoLevel; dense strategies only)."""
+    robust: RobustConfig
+    """The aggregator ([robust]); with scatter, each owner's rule at both levels."""
+
+
+ALL_GATHER_MEAN = Exchange(scatter=False, robust=RobustConfig(aggregator="mean"))
+"""Every preset not in EXCHANGES: the plain mean, so rows stay comparable across versions (the
+robust aggregator's cost and defence are measured by `bench byzantine`)."""
+EXCHANGES: dict[str, Exchange] = {
+    "diloco-int8-robust": Exchange(scatter=False, robust=RobustConfig()),  # what a node does by default
+    "diloco-int8-scatter": Exchange(scatter=True, robust=RobustConfig(aggregator="mean")),
+    "diloco-int8-scatter-robust": Exchange(scatter=True, robust=RobustConfig()),
+    # the norm clip alone at both levels, no trimming
+    "diloco-int8-scatter-clip": Exchange(scatter=True, robust=RobustConfig(trim_fraction=0.0)),
+}
+"""Presets that combine otherwise than ALL_GATHER_MEAN (`bench quality` runs them through the same
+strategy code, the aggregator swapped). Each is diloco-int8, the strategy v3 was made the default
+for: at equal tokens, the v3 exchange should stay within 1% of the all-gather's bpb."""
+PRESETS.update(dict.fromkeys(EXCHANGES, PRESETS["diloco-int8"]))

@@ -4,9 +4,11 @@ N workers are simulated in one process through the same strategy and codec code 
 runs (node/outer/strategies, protocol/codecs): the same payload bytes, the same apply. Worker w
 draws the same batches under every strategy (generator seeded by (seed, w)), so each row
 sees exactly the same token stream. Bytes are what our all-gather moves per peer: N-1
-payloads down, and N-1 up on average. `own_upload_*` counts one copy of a peer's own payload
-per round: what upload once leaves on the owner's link (the node's owner sends two, to the
-leader and to its relay tree, node/round/relay.py; other peers relay the rest).
+payloads down, and N-1 up on average (the presets that combine through v3's reduce-scatter,
+presets.EXCHANGES, are counted alike: they measure its quality, not its traffic).
+`own_upload_*` counts one copy of a peer's own payload per round: what upload once leaves on
+the owner's link (the node's owner sends two, to the leader and to its relay tree,
+node/round/relay.py; other peers relay the rest).
 The reference is a dense fp32 ring all-reduce of the same model every step:
 2 (N-1)/N x 4 bytes x params, up and down, per worker.
 """
@@ -20,11 +22,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench.quality.presets import OVERLAP_DELAY, PRESETS, TOPK_WARMUP, Preset, Tier
+from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGES, OVERLAP_DELAY, PRESETS, TOPK_WARMUP, Preset, Tier
 from node.config import DataConfig, RobustConfig
+from node.errors import SwarmtrainError
 from node.outer.overlap import Overlap
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.scatter.reduce import TwoLevel
 from node.train import data
 from node.train.model import build_model
 from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_cosine
@@ -63,9 +67,16 @@ def simulate_preset(
     schedule = warmup_cosine(train_cfg, tier.steps)
     model = build_model(tier.model, seed)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    # the plain mean: this benchmark compares compression methods (rows reproducible across versions);
-    # the robust aggregator's cost and defence are measured by `bench byzantine`
-    strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=RobustConfig(aggregator="mean"))
+    # the plain mean unless the preset names another exchange (presets.EXCHANGES): this benchmark
+    # compares compression methods (rows reproducible across versions)
+    exchange = EXCHANGES.get(preset, ALL_GATHER_MEAN)
+    strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=exchange.robust)
+    if exchange.scatter:
+        if strat_cfg.name not in ("diloco", "ddp-adamw"):
+            raise SwarmtrainError(
+                f"preset {preset}: the reduce-scatter combines dense updates only", "use diloco or ddp-adamw"
+            )
+        strategy.agg = TwoLevel(strategy.agg, seed)  # each round on a new grid, as the node's rounds
     state = SwarmState.initial(model, strategy.outer_buffers)
     workers = [
         Worker(
@@ -134,7 +145,11 @@ def simulate_preset(
         "val_bpb": curve[-1]["val_bpb"],
         "curve": curve,
         "seconds": round(time.monotonic() - t0, 1),
-        "settings": {"strategy": strat_cfg.__dict__, "train": train_cfg.__dict__},
+        "settings": {
+            "strategy": strat_cfg.__dict__,
+            "train": train_cfg.__dict__,
+            "exchange": {"scatter": exchange.scatter, "robust": exchange.robust.__dict__},
+        },
     }
 
 

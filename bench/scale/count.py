@@ -8,7 +8,7 @@ from bench.scale.keys import FastKeys
 from node.scatter import chunks
 from node.scatter.audit import inputs_root
 from node.scatter.grid import Grid, assign_auditors
-from node.scatter.round import Traffic, size_of
+from node.scatter.traffic import Traffic, size_of
 from protocol.scatter import Commitment, Receipt, bitmap
 
 
@@ -31,7 +31,6 @@ def envelope_sizes(grid: Grid, peer: str) -> tuple[int, int, int]:
             included=bitmap([True] * inputs),
             inputs_root=inputs_root([]),
             outputs=(h,) * outputs,
-            draw=keys.unique(b"x"),
         )
         return size_of(keys.seal(r))
 
@@ -53,6 +52,9 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
             for p in group:
                 t.send(owner, p, 0, receipt1)
     names1 = {f"1/{g}/{j}": grid.owner_of(g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
+    fixed_list = 40 * len(names1) + 256  # the leader's fixed receipts and its unique signature, per level
+    for p in grid.members():
+        t.send(leader, p, 0, fixed_list)
     for task, chosen in assign_auditors(seed, names1, grid.members(), auditors).items():
         _, g, j = map(int, task.split("/"))
         for auditor in chosen:
@@ -62,11 +64,13 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
     for j in range(grid.chunks):  # parts to level 2, receipts, level-2 audits
         column = grid.column(j)
         for k, part in enumerate(parts[j]):
-            owner = names2[f"2/{j}/{k}"] = grid.part_owner(j, k)
+            owner = names2[f"2/{j}/{k}"] = grid.column(j)[k]
             for src in column:
                 t.send(src, owner, size[part], receipt1)
             for p in {*column, leader}:
                 t.send(owner, p, 0, receipt2)
+    for p in grid.members():
+        t.send(leader, p, 0, fixed_list)
     for task, chosen in assign_auditors(seed, names2, grid.members(), auditors).items():
         _, j, k = map(int, task.split("/"))
         for auditor in chosen:
@@ -78,7 +82,7 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
         for g, group in enumerate(grid.groups):
             forwarder = grid.owner_of(g, j)
             for k, part in enumerate(parts[j]):
-                t.send(grid.part_owner(j, k), forwarder, size[part])
+                t.send(grid.column(j)[k], forwarder, size[part])
             whole = sum(size[p] for p in parts[j])
             for p in group:
                 t.send(forwarder, p, whole)

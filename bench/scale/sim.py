@@ -22,7 +22,8 @@ from node.scatter import chunks
 from node.scatter.audit import Round
 from node.scatter.grid import place
 from node.scatter.reduce import two_level
-from node.scatter.round import Behaviour, Outcome, ScatterRound, Traffic, seed_of
+from node.scatter.round import ScatterRound, seed_of
+from node.scatter.traffic import Behaviour, Outcome, Traffic
 from protocol.signing import b58encode
 
 

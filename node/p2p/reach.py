@@ -13,9 +13,10 @@ not a dial-back test, so a public address whose port a firewall drops still read
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
+
+from protocol.maddrs import host_port, kind_of, scope
 
 EXAMPLE_PORT = 31337  # the port a fix suggests when the node picks a free one (--port 0)
 UNROUTED = "192.0.2.1"  # TEST-NET-1: a target for the kernel's route lookup; no packet is ever sent to it
@@ -49,35 +50,10 @@ class Reachability:
                 "meaning": self.meaning, "fix": self.fix}  # fmt: skip
 
 
-def _host_port(maddr: str) -> tuple[str, str] | None:
-    """('192.168.1.2', '4001') of '/ip4/192.168.1.2/tcp/4001/p2p/Qm...' (or a /dns4 name); None for other forms."""
-    parts = maddr.split("/")
-    if len(parts) > 4 and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6") and parts[3] == "tcp":
-        return parts[2], parts[4]
-    return None
-
-
-def _scope(host: str) -> str:
-    """'public', 'private' or 'loopback' for one IP address. A DNS name counts as public: only
-    --announce gives one, and whoever announces a name means peers elsewhere to resolve it."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return "public"
-    return "loopback" if ip.is_loopback else "public" if ip.is_global else "private"
-
-
-def kind_of(maddrs: list[str]) -> str:
-    """The best way in that `maddrs` offer: public > relay > private > loopback > unknown. A relay
-    beats a private address: peers outside can dial the node through the relay, not at the address."""
-    kinds = {"relay" if "p2p-circuit" in m.split("/") else _scope(hp[0]) for m in maddrs if (hp := _host_port(m))}
-    return next((k for k in ("public", "relay", "private", "loopback") if k in kinds), "unknown")
-
-
 def _shown(maddrs: list[str], kind: str) -> str:
     """'11.77.0.11:40655': the first two addresses of `kind` in `maddrs`, as host:port."""
     found = [
-        hp[0] + (f":{hp[1]}" if hp[1] != "0" else "") for m in maddrs if (hp := _host_port(m)) and _scope(hp[0]) == kind
+        hp[0] + (f":{hp[1]}" if hp[1] != "0" else "") for m in maddrs if (hp := host_port(m)) and scope(hp[0]) == kind
     ]
     return ", ".join(list(dict.fromkeys(found))[:2]) or "none"
 
@@ -123,9 +99,8 @@ def judge(maddrs: list[str], *, port: int = 0) -> Reachability:
             f"the private address {_shown(maddrs, 'private')}",
             meaning="it still trains: it dials the reachable peers itself, and they fetch its updates and "
             "send it theirs over those connections. Peers it never dialled cannot reach it (other peers "
-            "behind NAT, joiners): in a round it leads it cannot fetch their updates, so that round leaves "
-            "them out (or, when [swarm] min_peers counts them, waits until a reachable peer leads it), and "
-            "joiners take the state from reachable peers.",
+            "behind NAT, joiners), so it does not lead rounds while a reachable peer may (a round it led "
+            "could not fetch their updates), and joiners take the state from reachable peers.",
             fix=become_reachable(port),
         )
     if kind == "loopback":
@@ -151,7 +126,7 @@ def local_maddrs(host: str, port: int, towards: list[str]) -> list[str]:
     uses, which is the one that matters behind a NAT.)"""
     if host not in ("0.0.0.0", "::", ""):
         return [f"/ip4/{host}/tcp/{port}"]
-    outside = [t for t in towards if _scope(t) != "loopback"]  # a peer on this machine says nothing of outside
+    outside = [t for t in towards if scope(t) != "loopback"]  # a peer on this machine says nothing of outside
     for target in [*outside, UNROUTED]:
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

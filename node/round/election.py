@@ -29,6 +29,7 @@ from node.config import SwarmConfig
 from node.round.ledger import AcceptedRoster, siblings
 from protocol import signed, signing
 from protocol.errors import ProtocolError
+from protocol.maddrs import dialable
 from protocol.records import MAX_ATTEMPT, Heartbeat, Roster
 
 ATTEMPT_RANKS = 3  # ranks that may lead in one attempt (design: [trust] attempt_ranks)
@@ -194,7 +195,8 @@ def candidates(
     swarm; whose roster we accept is any (a peer catching up reads rosters led long ago), also
     one whose heartbeat says it is leaving (it led, then left: max_rounds, Ctrl+C). A
     peer's digest is its own claim either way; what makes a leader is the ledger and the
-    signatures."""
+    signatures. Where some of them can be dialled from anywhere (a public address or a relay:
+    protocol/maddrs.py), only those: a swarm on one LAN, or on this machine, is unchanged."""
     top = float("inf") if ahead is None else round_no + ahead
     live = {
         p
@@ -202,4 +204,11 @@ def candidates(
         if (hb.active or ahead is None)  # a leader may leave after leading
         and (hb.digest == base or round_no <= hb.state_round <= top)
     }
-    return live if established is None else live & established
+    eligible = live if established is None else live & established
+    if any(dialable(peers[p].maddrs) for p in eligible):
+        # a peer behind NAT cannot fetch the updates of other peers behind NAT (nobody dialled
+        # it): it would leave them out of its rosters; eligible peers that can be dialled lead
+        # instead (and where none can, NAT'd ones still do: a round led without some is better
+        # than no round)
+        eligible = {p for p in eligible if dialable(peers[p].maddrs)}
+    return eligible

@@ -24,7 +24,7 @@ from node.scatter.grid import Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_pieces
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, draw_message, flags_of
+from protocol.scatter import Commitment, Receipt, flags_of
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Input:
 
 @dataclass
 class Round:
-    """What every peer of a round knows alike: the grid and the run's rule, and who was replaced."""
+    """What every peer of a round knows alike: the grid, the run's rule, who committed, who was
+    replaced or caught, and which receipts stand."""
 
     run: str
     round: int
@@ -50,7 +51,14 @@ class Round:
     agg: Aggregator
     checker: Checker
     replaced: dict[str, int] = field(default_factory=dict)
-    """task -> how many of its owners were replaced (the current owner is that backup)."""
+    """task -> how many of its owners were passed over (the current owner is the next one)."""
+    caught: set[str] = field(default_factory=set)
+    """Owners proven to have lied: they own nothing more (this round, and banned after)."""
+    committed: set[str] | None = None
+    """Members whose signed commitment the leader listed (None: every member): a level-1
+    receipt must include a majority of its group's committed members."""
+    fixed: dict[str, str] = field(default_factory=dict)
+    """task -> SHA-256 of the one receipt body that stands for it (set by the leader per level)."""
 
     def chunk(self, j: int) -> chunks.Span:
         return chunks.spans(self.total, self.grid.chunks)[j]
@@ -59,15 +67,38 @@ class Round:
         span = self.chunk(j)
         return chunks.spans(span.size, self.grid.n_groups, span.start)[k]
 
+    def in_range(self, level: int, a: int, b: int) -> bool:
+        first, second = (self.grid.n_groups, self.grid.chunks) if level == 1 else (self.grid.chunks, self.grid.n_groups)
+        return level in (1, 2) and 0 <= a < first and 0 <= b < second
+
     def owner(self, level: int, a: int, b: int) -> str:
-        skip = self.replaced.get(f"{level}/{a}/{b}", 0)
-        return self.grid.owner_of(a, b, skip) if level == 1 else self.grid.part_owner(a, b, skip)
+        """The task's current owner: past the replaced ones, never one caught lying. Level 2:
+        chunk a's column as it stands now (a replaced level-1 owner's part passes to its backup)."""
+        skip, tried = self.replaced.get(f"{level}/{a}/{b}", 0), 0
+        while True:
+            if level == 1:
+                peer = self.grid.owner_of(a, b, skip + tried)
+            else:
+                column = [self.owner(1, g, a) for g in range(self.grid.n_groups)]
+                peer = column[(b + skip + tried) % len(column)]
+            if peer not in self.caught or tried > len(self.grid.members()):
+                return peer
+            tried += 1
 
     def senders(self, level: int, a: int, b: int) -> list[str]:
         """Whose inputs the task takes, in order: group a's members, or chunk a's level-1 owners."""
         if level == 1:
             return list(self.grid.groups[a])
         return [self.owner(1, g, a) for g in range(self.grid.n_groups)]
+
+    def quorum(self, level: int, a: int, b: int) -> int:
+        """Inputs a receipt must include: a majority of the task's committed senders. An owner
+        that leaves out more (so that its colluders' inputs decide) is replaced; one that leaves
+        out fewer is bounded by the robust rule (omission claims are not built)."""
+        senders = self.senders(level, a, b)
+        if level == 1 and self.committed is not None:
+            senders = [p for p in senders if p in self.committed]
+        return len(senders) // 2 + 1
 
     def span(self, level: int, a: int, b: int) -> chunks.Span:
         return self.chunk(b) if level == 1 else self.part(a, b)
@@ -77,43 +108,51 @@ def inputs_root(digests: list[str]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def quorum(senders: int) -> int:
-    """Inputs a receipt must include: a majority of the task's senders. An owner that leaves out
-    more (censoring honest inputs so that its colluders' chunks decide) is treated as withholding
-    and replaced; one that leaves out fewer is bounded by the robust rule."""
-    return senders // 2 + 1
-
-
 def open_receipt(rnd: Round, envelope: object, level: int, a: int, b: int) -> Receipt:
-    """The current owner's receipt for the task, checked (signature, fields, draw, quorum)."""
+    """The standing receipt of the task, checked: its current owner's signature, the task, the
+    quorum, and (once the leader fixed the level) that it is the fixed one."""
+    if not rnd.in_range(level, a, b):
+        raise ProtocolError(f"receipt: no task {level}/{a}/{b} in this round's grid")
     owner = rnd.owner(level, a, b)
     receipt = rnd.checker.open(envelope, Receipt, owner)
     if (receipt.run, receipt.round, receipt.attempt) != (rnd.run, rnd.round, rnd.attempt):
         raise ProtocolError("receipt: for another round or attempt")
     if (receipt.level, receipt.a, receipt.b) != (level, a, b):
         raise ProtocolError(f"receipt: for task {receipt.task}, not {level}/{a}/{b}")
-    if not rnd.checker.unique_ok(
-        receipt.draw, draw_message(rnd.run, rnd.round, rnd.attempt, receipt.task), owner, envelope
-    ):
-        raise ProtocolError("receipt: its draw is not the owner's unique signature of the task")
+    fixed = rnd.fixed.get(receipt.task)
+    if fixed is not None and chunks.sha(envelope["body"]) != fixed:
+        raise ProtocolError("receipt: not the one the leader fixed for the task")
     senders = len(rnd.senders(level, a, b))
-    if sum(flags_of(receipt.included, senders)) < quorum(senders):
-        raise ProtocolError(f"receipt: includes fewer than {quorum(senders)} of the task's {senders} inputs")
+    if sum(flags_of(receipt.included, senders)) < rnd.quorum(level, a, b):
+        raise ProtocolError(f"receipt: includes fewer than {rnd.quorum(level, a, b)} of the task's {senders} inputs")
     return receipt
 
 
 def input_digest(rnd: Round, receipt: Receipt, sender: str, item: Input) -> str:
     """The digest the sender vouched for this input (raises ProtocolError if it vouched for none)."""
     if receipt.level == 1:
-        c = rnd.checker.open(item.envelope, Commitment, sender)
-        if (c.run, c.round, c.attempt) != (rnd.run, rnd.round, rnd.attempt) or len(c.chunks) != rnd.grid.chunks:
-            raise ProtocolError(f"commitment of {sender[:16]}: another round, or {len(c.chunks)} chunks")
-        return c.chunks[receipt.b]
+        return committed_digest(rnd, sender, receipt.b, item.envelope)
     g = rnd.senders(2, receipt.a, receipt.b).index(sender)
     r1 = open_receipt(rnd, item.envelope, 1, g, receipt.a)
     if len(r1.outputs) != rnd.grid.n_groups:
         raise ProtocolError(f"level-1 receipt of {sender[:16]} has {len(r1.outputs)} parts")
     return r1.outputs[receipt.b]
+
+
+def committed_digest(rnd: Round, sender: str, j: int, envelope: object) -> str:
+    """The digest of chunk j in the sender's commitment to this round (checked field by field)."""
+    c = rnd.checker.open(envelope, Commitment, sender)
+    if (c.run, c.round, c.attempt) != (rnd.run, rnd.round, rnd.attempt) or len(c.chunks) != rnd.grid.chunks:
+        raise ProtocolError(f"commitment of {sender[:16]}: another round, or {len(c.chunks)} chunks")
+    return c.chunks[j]
+
+
+def check_chunk(rnd: Round, sender: str, j: int, item: Input) -> torch.Tensor:
+    """Chunk j as an owner accepts it: committed by its sender, and decodable. What an owner
+    keeps is then exactly what its auditor will accept (raises ProtocolError)."""
+    if chunks.sha(item.data) != committed_digest(rnd, sender, j, item.envelope):
+        raise ProtocolError(f"chunk {j} of {sender[:16]} is not the one it committed to")
+    return chunks.decode(item.data, rnd.chunk(j).size)
 
 
 def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> list[torch.Tensor]:
@@ -161,6 +200,8 @@ def audit(rnd: Round, envelope: dict, level: int, a: int, b: int, inputs: list[I
     """Recompute the task; a fraud proof when the owner's outputs differ, else None. Raises
     ProtocolError when the receipt or the inputs the owner served do not check (then the owner
     withheld a proper answer: it is replaced, not banned, as nobody else can see what it sent)."""
+    if not rnd.in_range(level, a, b) or not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
+        raise ProtocolError(f"no task {level}/{a}/{b}, or no receipt envelope")
     receipt = open_receipt(rnd, envelope, level, a, b)
     pieces = checked_inputs(rnd, receipt, inputs)
     outputs = tuple(chunks.sha(d) for d in outputs_of(rnd, level, a, b, pieces))
@@ -175,10 +216,23 @@ def is_fraud(rnd: Round, proof: FraudProof) -> bool:
         return False
 
 
-def audit_seed(grid_seed: str, draws: list[bytes]) -> str:
-    """The seed auditors are drawn from: the round's seed and every owner's draw (a unique
-    signature, known only once its owner publishes its receipt, and not choosable by anyone)."""
-    h = hashlib.sha256(b"audit" + bytes.fromhex(grid_seed))
-    for d in sorted(draws):
-        h.update(d)
-    return h.hexdigest()
+def is_equivocation(rnd: Round, first: object, second: object, level: int, a: int, b: int) -> bool:
+    """Whether two envelopes are different receipts the task's owner signed for the same task: a
+    fraud proof on their own (one receipt per task and owner), checked from the signatures."""
+    try:
+        owner = rnd.owner(level, a, b)
+        one, two = (rnd.checker.open(e, Receipt, owner) for e in (first, second))
+    except ProtocolError:
+        return False
+    same_task = all(
+        (r.run, r.round, r.attempt, r.level, r.a, r.b) == (rnd.run, rnd.round, rnd.attempt, level, a, b)
+        for r in (one, two)
+    )
+    return same_task and one != two
+
+
+def audit_seed(grid_seed: str, receipts: str, leader_draw: bytes) -> str:
+    """The seed auditors are dealt from: the round's seed, the fixed receipts' digest and the
+    leader's unique signature of it (protocol/scatter.py draw_message). Nobody knew it before
+    every receipt was fixed; the leader had one value to publish or withhold."""
+    return hashlib.sha256(b"audit" + bytes.fromhex(grid_seed) + bytes.fromhex(receipts) + leader_draw).hexdigest()

@@ -6,13 +6,14 @@ round's beacon (node/round/election.py: no participant can grind it), so no lead
   groups   about G = sqrt(N) (clamped to [GROUP_MIN, GROUP_MAX]) members each, dealt in the
            beacon's order: reachable peers first, round-robin, so every group gets owners;
            then the rest. A new beacon every round: colluders cannot camp in one group.
-  level 1  an update is cut into C chunks, C = the fewest reachable members of any group (about
-           G); in group g, chunk j goes to owners[g][j], one of the group's reachable members (a
-           member behind NAT never owns: nobody could dial it).
+  level 1  an update is cut into C chunks, C = the size of the smallest group (about G); in group
+           g, chunk j goes to owners[g][j mod R], one of the group's R reachable members (a member
+           behind NAT never owns: nobody could dial it; with few reachable, each owns several).
   level 2  column j = the level-1 owners of chunk j, one per group; part k of chunk j (one of
-           n_groups parts) is reduced by column j's k-th owner across the groups' results.
-  backups  when an owner withholds, the task moves to the next reachable member in the same
-           beacon order (`owner_of(..., skip=k)`).
+           n_groups parts) is reduced by column j's k-th owner across the groups' results (the
+           current one: node/scatter/audit.py Round.owner).
+  backups  when an owner withholds, the task moves to the next reachable member of its group in
+           the beacon order, then to other groups' (`owner_of(..., skip=k)`).
   auditors dealt to tasks in the order of a seed known only after every receipt is signed
            (node/scatter/audit.py: audit_seed), any member but the owner, about `count` audits
            per member and level.
@@ -66,18 +67,18 @@ class Grid:
         return next(g for g, members in enumerate(self.groups) if peer in members)
 
     def owner_of(self, group: int, chunk: int, skip: int = 0) -> str:
-        """Level-1 owner of `chunk` in `group`; skip=k: the k-th backup (after k withheld)."""
+        """Level-1 owner of `chunk` in `group`; skip=k: the k-th backup (after k were replaced):
+        the group's other reachable members first, then other groups' (so a group whose owners
+        all withhold cannot fail the round)."""
         reach = self.owners[group]
-        return reach[(chunk + skip) % len(reach)]
+        if skip < len(reach):
+            return reach[(chunk + skip) % len(reach)]
+        others = [p for g in range(self.n_groups) if g != group for p in self.owners[g]]
+        return others[(chunk + skip - len(reach)) % len(others)] if others else reach[chunk % len(reach)]
 
     def column(self, chunk: int) -> tuple[str, ...]:
         """Level-1 owners of `chunk`, one per group (group order)."""
         return tuple(self.owner_of(g, chunk) for g in range(self.n_groups))
-
-    def part_owner(self, chunk: int, part: int, skip: int = 0) -> str:
-        """Level-2 owner of part `part` of `chunk`: a column member; skip=k: the k-th backup."""
-        column = self.column(chunk)
-        return column[(part + skip) % len(column)]
 
     def owned_by(self, peer: str) -> list[tuple[int, int]]:
         """Level-1 tasks (group, chunk) this peer owns."""
@@ -110,8 +111,9 @@ def place(members: list[str], reachable: set[str], beacon: str, attempt: int = 0
         tuple(sorted((p for p in grp if p in reachable), key=lambda p, k=k: draw_key(seed, f"owner{k}", p)))
         for k, grp in enumerate(groups)
     )
-    # one chunk per owner of the group with the fewest: nobody owns two while others own none
-    return Grid(seed=seed, groups=tuple(tuple(grp) for grp in groups), owners=owners, chunks=min(map(len, owners)))
+    # as many chunks as the smallest group has members: a piece stays about 1/G of an update, and
+    # where NAT leaves a group few reachable members, each of them owns several chunks
+    return Grid(seed=seed, groups=tuple(tuple(grp) for grp in groups), owners=owners, chunks=min(map(len, groups)))
 
 
 def assign_auditors(audit_seed: str, tasks: dict[str, str], members: list[str], count: int) -> dict[str, list[str]]:

@@ -3,8 +3,9 @@
 Phases (each one round trip on the network; `Outcome.phases` counts them, replacements included):
   1 chunks   every member sends chunk j of its update, with its signed commitment, to owner j
              of its group; the owner checks both (a bad chunk is left out of its receipt)
-  2 level 1  owners reduce and publish signed receipts; auditors drawn from the receipts' draws
-             fetch each task's signed inputs from its owner and recompute it
+  2 level 1  owners reduce and publish signed receipts; the leader fixes them (one per task) and
+             signs the set's digest uniquely; auditors dealt from that fetch each task's signed
+             inputs from its owner and recompute it
   3 parts    level-1 owners send part k of their result, with their receipt, to part owner k
   4 level 2  as 2, over the groups' parts
   5 gather   part owners send final parts to chunk j's column, which sends them on to its
@@ -19,75 +20,27 @@ receipts, the round's final digests in the roster) are counted apart.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from dataclasses import dataclass, field
 
-import msgpack
 import torch
 
 from node.scatter import chunks
-from node.scatter.audit import FraudProof, Input, Round, audit, audit_seed, inputs_root, open_receipt, outputs_of
+from node.scatter.audit import (
+    FraudProof,
+    Input,
+    Round,
+    audit,
+    audit_seed,
+    check_chunk,
+    inputs_root,
+    open_receipt,
+    outputs_of,
+)
 from node.scatter.grid import assign_auditors
+from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, bitmap, draw_message
+from protocol.scatter import Commitment, Receipt, bitmap, draw_message, set_digest
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
-
-
-@dataclass(frozen=True, kw_only=True)
-class Behaviour:
-    """How a simulated peer deviates (the default: honest)."""
-
-    lie: bool = False
-    """As an owner, publish a wrong result (its true result negated and tenfold) with a receipt."""
-    withhold: bool = False
-    """As an owner, never answer (its senders time out and go to the backup)."""
-    collude: bool = False
-    """As an auditor, never report an owner that also colludes."""
-    forge: bool = False
-    """As a forwarder in the gather, alter the final parts it passes on."""
-    garble: bool = False
-    """As a sender, send chunks that are not the ones it committed to."""
-    censor: bool = False
-    """As an owner, leave out every input but its own and its fellow colluders'."""
-
-
-@dataclass
-class Traffic:
-    """Bytes per peer, data and records apart, up and down."""
-
-    data_up: Counter = field(default_factory=Counter)
-    data_down: Counter = field(default_factory=Counter)
-    records_up: Counter = field(default_factory=Counter)
-    records_down: Counter = field(default_factory=Counter)
-
-    def send(self, src: str, dst: str, data: int = 0, records: int = 0) -> None:
-        if src == dst:
-            return
-        self.data_up[src] += data
-        self.data_down[dst] += data
-        self.records_up[src] += records
-        self.records_down[dst] += records
-
-
-@dataclass
-class Outcome:
-    final: torch.Tensor
-    """The aggregate every honest member ends with (flat)."""
-    phases: int
-    caught: list[str]
-    """Owners an auditor caught lying (banned), in the order caught."""
-    withheld: list[str]
-    """Owners that did not answer (replaced, not banned)."""
-    missed: list[str]
-    """Tasks whose lying owner no auditor reported: their (wrong) output went on."""
-    traffic: Traffic
-    receipts: dict[tuple, dict]
-    """Every task's standing signed receipt, by (level, a, b)."""
-
-
-def size_of(envelope: dict) -> int:
-    return len(msgpack.packb(envelope, use_bin_type=True))
 
 
 class ScatterRound:
@@ -103,6 +56,7 @@ class ScatterRound:
         self.receipts: dict[tuple, dict] = {}
         self.outputs: dict[tuple, list[bytes]] = {}
         self.caught: list[str] = []
+        self.seeds: dict[int, str] = {}
         self.withheld: list[str] = []
         self.missed: list[str] = []
 
@@ -133,6 +87,8 @@ class ScatterRound:
                 chunks=tuple(chunks.sha(d) for d in data),
             )
             pieces[peer], commits[peer] = data, self.keys[peer].seal(commit)
+        if self.rnd.committed is None:
+            self.rnd.committed = set(pieces)  # the leader lists every commitment it received
         for p, b in self.garbled().items():
             pieces[p] = [b] * grid.chunks
         for g, group in enumerate(grid.groups):
@@ -147,14 +103,15 @@ class ScatterRound:
         return {p: b"garbage" for p in self.updates if self.act(p).garble}
 
     def accepted(self, sender: str, j: int, commit: dict | None, pieces: list[bytes] | None) -> Input | None:
-        """The owner keeps an input only if the sender signed it (else it is left out of the receipt)."""
+        """The owner keeps an input only as its auditor will accept it: committed to by its sender
+        for this round, and decodable (else it is left out of the receipt)."""
         if commit is None or pieces is None:
             return None
         try:
-            signed = self.rnd.checker.open(commit, Commitment, sender)
+            check_chunk(self.rnd, sender, j, Input(commit, pieces[j]))
         except ProtocolError:
             return None
-        return Input(commit, pieces[j]) if chunks.sha(pieces[j]) == signed.chunks[j] else None
+        return Input(commit, pieces[j])
 
     def deliver(self, src: str, dst: str, data: int, records: int) -> None:
         self.traffic.send(src, dst, data, records)
@@ -173,12 +130,32 @@ class ScatterRound:
         for task in tasks:
             self.answer(task)
         self.publish_receipts(level)
-        seed = audit_seed(self.rnd.grid.seed, [self.receipt_of(t).draw for t in tasks])
+        seed = self.fix(level)
         names = {"/".join(map(str, t)): self.rnd.owner(*t) for t in tasks}
         drawn = assign_auditors(seed, names, self.rnd.grid.members(), self.auditors)
         for task in tasks:
             self.audit_task(task, drawn["/".join(map(str, task))])
         self.phases += 1
+
+    def fix(self, level: int) -> str:
+        """The leader fixes the level's receipts (one per task: another one its owner signed is
+        refused everywhere) and signs the set's digest uniquely; the audit seed follows."""
+        tasks = self.tasks(level)
+        fixed = {"/".join(map(str, t)): chunks.sha(self.receipts[t]["body"]) for t in tasks}
+        self.rnd.fixed.update(fixed)
+        digest = set_digest(fixed)
+        draw = self.keys[self.leader].unique(
+            draw_message(self.rnd.run, self.rnd.round, self.rnd.attempt, level, digest)
+        )
+        for p in self.rnd.grid.members():
+            self.deliver(self.leader, p, 0, 40 * len(tasks) + len(draw))
+        self.seeds[level] = audit_seed(self.rnd.grid.seed, digest, draw)
+        return self.seeds[level]
+
+    def refix(self, task: tuple) -> None:
+        """A task that changed hands after the level was fixed: the new receipt stands for it
+        (the leader's roster says so, with the reason)."""
+        self.rnd.fixed["/".join(map(str, task))] = chunks.sha(self.receipts[task]["body"])
 
     def answer(self, task: tuple) -> None:
         """The task's current owner answers; backups take over from owners that withhold or
@@ -223,7 +200,6 @@ class ScatterRound:
         if self.act(owner).lie:
             outputs = [chunks.encode(chunks.decode(o, n) * -10.0) for o, n in zip(outputs, self.output_sizes(task))]
         digests = [chunks.sha(i.data) for i in inputs if i is not None]
-        name = "/".join(map(str, task))
         receipt = Receipt(
             run=rnd.run,
             round=rnd.round,
@@ -235,7 +211,6 @@ class ScatterRound:
             included=bitmap([i is not None for i in inputs]),
             inputs_root=inputs_root(digests),
             outputs=tuple(chunks.sha(o) for o in outputs),
-            draw=self.keys[owner].unique(draw_message(rnd.run, rnd.round, rnd.attempt, name)),
         )
         self.receipts[task], self.outputs[task] = self.keys[owner].seal(receipt), outputs
         self.used[task] = inputs
@@ -276,19 +251,23 @@ class ScatterRound:
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row lied")
 
     def convict(self, task: tuple, owner: str, auditor: str, proof: FraudProof) -> None:
-        """The proof goes to the backup (who recomputes from its inputs) and the leader (who puts
-        it in the roster: every peer can check it); the liar is banned."""
+        """The proof goes to the backup, who checks it and recomputes the task from its inputs;
+        the leader gets its digest and the backup's new receipt (the roster names both: any peer
+        may fetch the proof and check it). The liar owns nothing more and is banned."""
         self.caught.append(owner)
-        self.replace(task)
+        self.rnd.caught.add(owner)
+        backup = self.rnd.owner(*task)
         size = sum(len(i.data) for i in proof.inputs if i is not None)
         records = size_of(proof.receipt) + sum(size_of(i.envelope) for i in proof.inputs if i is not None)
-        for p in (self.rnd.owner(*task), self.leader):
-            self.deliver(auditor, p, size, records)
+        self.deliver(auditor, backup, size, records)
+        self.deliver(auditor, self.leader, 0, 64)
         self.compute(task)
+        self.refix(task)
 
     # ---------------------------------------------------------------- phase 3: parts to level 2
     def send_parts(self) -> None:
         rnd, grid = self.rnd, self.rnd.grid
+        self.pass_over_keepers()
         for j in range(grid.chunks):
             for k in range(grid.n_groups):
                 items = []
@@ -299,6 +278,21 @@ class ScatterRound:
                     self.deliver(src, rnd.owner(2, j, k), len(data), size_of(self.receipts[(1, g, j)]))
                 self.inputs[(2, j, k)] = items
         self.phases += 1
+
+    def pass_over_keepers(self) -> None:
+        """A level-1 owner that does not send its parts is passed over like a withholder: its
+        backup gets the inputs again, recomputes, is audited, and sends the parts (one phase)."""
+        keepers = [t for t in self.tasks(1) if self.act(self.rnd.owner(*t)).keep_parts]
+        for task in keepers:
+            self.withheld.append(self.rnd.owner(*task))
+            self.replace(task)
+            self.resend(task)
+            self.answer(task)
+            self.refix(task)
+            name = "/".join(map(str, task))
+            drawn = assign_auditors(self.seeds[1], {name + "/again": self.rnd.owner(*task)}, self.rnd.grid.members(), 1)
+            self.audit_task(task, drawn[name + "/again"])
+        self.phases += bool(keepers)
 
     # ---------------------------------------------------------------- phase 5: the gather
     def gather(self) -> torch.Tensor:

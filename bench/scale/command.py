@@ -39,7 +39,7 @@ TIERS = {
         attack_peers=64,
         attack_values=65536,
         trials=20,
-        collusion_rounds=20,
+        collusion_rounds=30,
     ),
 }
 COUNTED_VALUES = 125_000_000
@@ -64,8 +64,10 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
     steps = [
         lambda: sim.lying_owner(n, values, tier.trials),
         lambda: sim.withholding_owner(n, values, tier.trials),
+        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, escalate=0),
         lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1),
-        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2),
+        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, patient=True),
+        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2, patient=True),
         lambda: sim.poisoned(n, values, 0.2),
     ]
     for step in steps:

@@ -57,20 +57,23 @@ def leader_of(peers: list[str], round_no: int) -> str:
     return sorted(peers, key=lambda p: hashlib.sha256(f"{round_no}{p}".encode()).digest())[0]
 
 
-def one_round(peers, updates, total, *, behaviour=None, auditors=1, round_no=1, agg=None) -> tuple[Outcome, Round]:
+def round_of(peers, total, *, round_no=1, reachable=None, agg=None) -> tuple[dict, Round]:
+    """(keys, Round) of a simulated round: every peer reachable unless `reachable` says otherwise."""
     keys = {p: FastKeys(p, hashlib.sha256(p.encode()).digest()) for p in peers}
-    grid = place(peers, set(peers), seed_of(f"beacon{round_no}"))
-    rnd = Round(
-        run="bench-scale",
-        round=round_no,
-        attempt=0,
-        grid=grid,
-        total=total,
-        agg=agg or Robust(),
-        checker=FastChecker(keys),
+    grid = place(peers, set(peers) if reachable is None else reachable, seed_of(f"beacon{round_no}"))
+    checker = FastChecker(keys)
+    return keys, Round(
+        run="bench-scale", round=round_no, attempt=0, grid=grid, total=total, agg=agg or Robust(), checker=checker
     )
+
+
+def one_round(
+    peers, updates, total, *, behaviour=None, auditors=1, escalate=3, round_no=1, agg=None
+) -> tuple[Outcome, Round]:
+    keys, rnd = round_of(peers, total, round_no=round_no, agg=agg)
     leader = leader_of(peers, round_no)
-    return ScatterRound(rnd, updates, keys, leader, behaviour=behaviour, auditors=auditors).run(), rnd
+    sr = ScatterRound(rnd, updates, keys, leader, behaviour=behaviour, auditors=auditors, escalate=escalate)
+    return sr.run(), rnd
 
 
 def honest_row(n: int, total: int, auditors: int = 1, seed: int = 0) -> dict:
@@ -157,27 +160,31 @@ def withholding_owner(n: int, total: int, trials: int) -> dict:
     }
 
 
-def colluders(n: int, total: int, rounds: int, fraction: float, auditors: int) -> dict:
-    """A fraction of members lie as owners and cover for each other as auditors, every round
-    until caught; a caught liar is banned (out of later rounds; a new identity must be
-    established again first, issue 16's trust model)."""
-    peers = peer_ids(n)
-    bad = set(random.Random(3).sample(peers, round(fraction * n)))
+def colluders(n: int, total: int, rounds: int, fraction: float, auditors: int, *, escalate=3, patient=False) -> dict:
+    """A fraction of members cover for each other as auditors and lie as owners until caught; a
+    caught liar is banned (out of later rounds: a new identity must be established again first,
+    issue 16's trust model). All at once (every colluder lies whenever it owns a task), or
+    patient: one colluder lies per round, so a conviction never warns of the others."""
+    peers, rng = peer_ids(n), random.Random(3)
+    bad = set(rng.sample(peers, round(fraction * n)))
     banned: set[str] = set()
     corrupted_rounds, lies, missed = 0, 0, 0
     for r in range(rounds):
         members = [p for p in peers if p not in banned]
         updates = make_updates(members, total, 100 + r)
-        act = {p: Behaviour(lie=True, collude=True) for p in bad - banned}
-        out, rnd = one_round(members, updates, total, behaviour=act, auditors=auditors, round_no=r)
+        left = sorted(bad - banned)
+        liars = set(rng.sample(left, min(1, len(left)))) if patient else set(left)
+        act = {p: Behaviour(lie=p in liars, collude=True) for p in left}
+        out, rnd = one_round(members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r)
         lies += len(out.caught) + len(out.missed)
         missed += len(out.missed)
         corrupted_rounds += bool(out.missed)
         banned |= set(out.caught)
     return {
-        "attack": f"{fraction:.0%} colluding owners and auditors",
+        "attack": f"{fraction:.0%} colluding owners and auditors, {'one liar a round' if patient else 'all lying'}",
         "peers": n,
         "auditors": auditors,
+        "escalate": escalate,
         "rounds": rounds,
         "rounds_corrupted": corrupted_rounds,
         "lies": lies,

@@ -59,6 +59,13 @@ class Round:
     receipt must include a majority of its group's committed members."""
     fixed: dict[str, str] = field(default_factory=dict)
     """task -> SHA-256 of the one receipt body that stands for it (set by the leader per level)."""
+    signers: dict[str, str] = field(default_factory=dict)
+    """task -> who signed that receipt (a liar caught later still signed the tasks it did right)."""
+
+    def unfix(self, name: str) -> None:
+        """The task changes hands (its owner withheld or was caught on it): no receipt stands."""
+        self.fixed.pop(name, None)
+        self.signers.pop(name, None)
 
     def chunk(self, j: int) -> chunks.Span:
         return chunks.spans(self.total, self.grid.chunks)[j]
@@ -72,8 +79,12 @@ class Round:
         return level in (1, 2) and 0 <= a < first and 0 <= b < second
 
     def owner(self, level: int, a: int, b: int) -> str:
-        """The task's current owner: past the replaced ones, never one caught lying. Level 2:
-        chunk a's column as it stands now (a replaced level-1 owner's part passes to its backup)."""
+        """The task's current owner: the signer of its fixed receipt; before that, the grid's
+        owner past the replaced ones, never one caught lying. Level 2: chunk a's column as it
+        stands now (a replaced level-1 owner's part passes to its backup)."""
+        signer = self.signers.get(f"{level}/{a}/{b}")
+        if signer is not None:
+            return signer
         skip, tried = self.replaced.get(f"{level}/{a}/{b}", 0), 0
         while True:
             if level == 1:
@@ -128,11 +139,14 @@ def open_receipt(rnd: Round, envelope: object, level: int, a: int, b: int) -> Re
     return receipt
 
 
-def input_digest(rnd: Round, receipt: Receipt, sender: str, item: Input) -> str:
-    """The digest the sender vouched for this input (raises ProtocolError if it vouched for none)."""
+def input_digest(rnd: Round, receipt: Receipt, g: int, sender: str, item: Input) -> str:
+    """The digest the sender (the task's g-th) vouched for this input (raises ProtocolError if
+    it vouched for none). Level 2: the level-1 receipt of group g (one peer may stand in for
+    two groups' owners, so its place, not its name, says which)."""
+    if not isinstance(item, Input) or not isinstance(item.data, bytes) or not isinstance(item.envelope, dict):
+        raise ProtocolError("an input must be an envelope and bytes")
     if receipt.level == 1:
         return committed_digest(rnd, sender, receipt.b, item.envelope)
-    g = rnd.senders(2, receipt.a, receipt.b).index(sender)
     r1 = open_receipt(rnd, item.envelope, 1, g, receipt.a)
     if len(r1.outputs) != rnd.grid.n_groups:
         raise ProtocolError(f"level-1 receipt of {sender[:16]} has {len(r1.outputs)} parts")
@@ -164,10 +178,10 @@ def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> 
     if len(inputs) != len(senders) or any(f != (i is not None) for f, i in zip(flags, inputs)):
         raise ProtocolError("inputs do not match the receipt's inclusion map")
     span, digests, pieces = rnd.span(receipt.level, receipt.a, receipt.b), [], []
-    for sender, item in zip(senders, inputs):
+    for g, (sender, item) in enumerate(zip(senders, inputs)):
         if item is None:
             continue
-        digest = input_digest(rnd, receipt, sender, item)
+        digest = input_digest(rnd, receipt, g, sender, item)
         if chunks.sha(item.data) != digest:
             raise ProtocolError(f"input of {sender[:16]} is not the piece it signed")
         digests.append(digest)
@@ -216,19 +230,17 @@ def is_fraud(rnd: Round, proof: FraudProof) -> bool:
         return False
 
 
-def is_equivocation(rnd: Round, first: object, second: object, level: int, a: int, b: int) -> bool:
-    """Whether two envelopes are different receipts the task's owner signed for the same task: a
-    fraud proof on their own (one receipt per task and owner), checked from the signatures."""
+def is_equivocation(rnd: Round, signer: str, first: object, second: object, level: int, a: int, b: int) -> bool:
+    """Whether two envelopes are different receipts `signer` signed for the same task of this
+    round: a fraud proof on their own (one receipt per task and owner), from the signatures."""
+    if not rnd.in_range(level, a, b):
+        return False
     try:
-        owner = rnd.owner(level, a, b)
-        one, two = (rnd.checker.open(e, Receipt, owner) for e in (first, second))
+        one, two = (rnd.checker.open(e, Receipt, signer) for e in (first, second))
     except ProtocolError:
         return False
-    same_task = all(
-        (r.run, r.round, r.attempt, r.level, r.a, r.b) == (rnd.run, rnd.round, rnd.attempt, level, a, b)
-        for r in (one, two)
-    )
-    return same_task and one != two
+    task = (rnd.run, rnd.round, rnd.attempt, level, a, b)
+    return all((r.run, r.round, r.attempt, r.level, r.a, r.b) == task for r in (one, two)) and one != two
 
 
 def audit_seed(grid_seed: str, receipts: str, leader_draw: bytes) -> str:

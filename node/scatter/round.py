@@ -46,8 +46,9 @@ MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the ro
 class ScatterRound:
     """Runs one round for every member at once (the members' own code, the bus simulated)."""
 
-    def __init__(self, rnd: Round, updates: dict, keys: dict, leader: str, *, behaviour=None, auditors: int = 1):
-        self.rnd, self.keys, self.leader, self.auditors = rnd, keys, leader, auditors
+    def __init__(self, rnd: Round, updates: dict, keys: dict, leader: str, *, behaviour=None, auditors=1, escalate=3):
+        self.rnd, self.keys, self.leader = rnd, keys, leader
+        self.auditors, self.escalate = auditors, escalate  # auditors per task; more after a conviction
         self.updates: dict[str, torch.Tensor] = updates
         self.behaviour: dict[str, Behaviour] = behaviour or {}
         self.traffic, self.phases = Traffic(), 0
@@ -131,11 +132,20 @@ class ScatterRound:
             self.answer(task)
         self.publish_receipts(level)
         seed = self.fix(level)
-        names = {"/".join(map(str, t)): self.rnd.owner(*t) for t in tasks}
-        drawn = assign_auditors(seed, names, self.rnd.grid.members(), self.auditors)
-        for task in tasks:
-            self.audit_task(task, drawn["/".join(map(str, task))])
+        caught = len(self.caught)
+        self.audit_all(tasks, seed, "", self.auditors)
+        if len(self.caught) > caught and self.escalate:
+            # a liar in the round: its fellows may be lying too, so every task of the level gets
+            # `escalate` more auditors before anything is applied (one more phase, in such rounds only)
+            self.audit_all(tasks, seed, "/again", self.escalate)
+            self.phases += 1
         self.phases += 1
+
+    def audit_all(self, tasks: list[tuple], seed: str, tag: str, count: int) -> None:
+        names = {"/".join(map(str, t)) + tag: self.rnd.owner(*t) for t in tasks}
+        drawn = assign_auditors(seed, names, self.rnd.grid.members(), count)
+        for task in tasks:
+            self.audit_task(task, drawn["/".join(map(str, task)) + tag])
 
     def fix(self, level: int) -> str:
         """The leader fixes the level's receipts (one per task: another one its owner signed is
@@ -143,6 +153,7 @@ class ScatterRound:
         tasks = self.tasks(level)
         fixed = {"/".join(map(str, t)): chunks.sha(self.receipts[t]["body"]) for t in tasks}
         self.rnd.fixed.update(fixed)
+        self.rnd.signers.update({"/".join(map(str, t)): self.rnd.owner(*t) for t in tasks})
         digest = set_digest(fixed)
         draw = self.keys[self.leader].unique(
             draw_message(self.rnd.run, self.rnd.round, self.rnd.attempt, level, digest)
@@ -155,7 +166,9 @@ class ScatterRound:
     def refix(self, task: tuple) -> None:
         """A task that changed hands after the level was fixed: the new receipt stands for it
         (the leader's roster says so, with the reason)."""
-        self.rnd.fixed["/".join(map(str, task))] = chunks.sha(self.receipts[task]["body"])
+        name = "/".join(map(str, task))
+        self.rnd.signers[name] = self.rnd.owner(*task)
+        self.rnd.fixed[name] = chunks.sha(self.receipts[task]["body"])
 
     def answer(self, task: tuple) -> None:
         """The task's current owner answers; backups take over from owners that withhold or
@@ -176,6 +189,7 @@ class ScatterRound:
 
     def replace(self, task: tuple) -> None:
         name = "/".join(map(str, task))
+        self.rnd.unfix(name)
         self.rnd.replaced[name] = self.rnd.replaced.get(name, 0) + 1
 
     def resend(self, task: tuple) -> None:
@@ -254,8 +268,12 @@ class ScatterRound:
         """The proof goes to the backup, who checks it and recomputes the task from its inputs;
         the leader gets its digest and the backup's new receipt (the roster names both: any peer
         may fetch the proof and check it). The liar owns nothing more and is banned."""
+        name = "/".join(map(str, task))
         self.caught.append(owner)
         self.rnd.caught.add(owner)
+        self.rnd.unfix(name)
+        if name in self.missed:  # covered by colluders first, caught by the escalated audits
+            self.missed.remove(name)
         backup = self.rnd.owner(*task)
         size = sum(len(i.data) for i in proof.inputs if i is not None)
         records = size_of(proof.receipt) + sum(size_of(i.envelope) for i in proof.inputs if i is not None)
@@ -279,10 +297,18 @@ class ScatterRound:
                 self.inputs[(2, j, k)] = items
         self.phases += 1
 
+    def stands(self, task: tuple) -> bool:
+        """Whether the receipt a level-1 owner hands on with its parts is the fixed one."""
+        try:
+            open_receipt(self.rnd, self.receipts[task], *task)
+            return True
+        except ProtocolError:
+            return False
+
     def pass_over_keepers(self) -> None:
         """A level-1 owner that does not send its parts is passed over like a withholder: its
         backup gets the inputs again, recomputes, is audited, and sends the parts (one phase)."""
-        keepers = [t for t in self.tasks(1) if self.act(self.rnd.owner(*t)).keep_parts]
+        keepers = [t for t in self.tasks(1) if self.act(self.rnd.owner(*t)).keep_parts or not self.stands(t)]
         for task in keepers:
             self.withheld.append(self.rnd.owner(*task))
             self.replace(task)

@@ -173,3 +173,16 @@ def test_an_owner_that_leaves_out_most_inputs_is_replaced():
     out, rnd = one_round(peers, updates, TOTAL, behaviour={censor: Behaviour(censor=True)})
     assert censor in out.withheld and censor not in out.caught
     assert torch.equal(out.final, two_level(updates, rnd.grid, Robust()))
+
+
+def test_a_withholder_owns_nothing_for_a_while_but_still_sends():
+    from node.scatter.grid import STRIKE_ROUNDS, may_own
+
+    peers = peer_ids(16)
+    struck = {peers[0]: 5}
+    assert peers[0] not in may_own(set(peers), struck, 5) and peers[0] not in may_own(
+        set(peers), struck, 5 + STRIKE_ROUNDS
+    )
+    assert peers[0] in may_own(set(peers), struck, 6 + STRIKE_ROUNDS) and peers[1] in may_own(set(peers), struck, 5)
+    grid = place(peers, may_own(set(peers), struck, 6), seed_of("b"))
+    assert peers[0] in grid.members() and all(peers[0] not in owners for owners in grid.owners)

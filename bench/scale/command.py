@@ -68,6 +68,8 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
         lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1),
         lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, patient=True),
         lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2, patient=True),
+        lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=False),
+        lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=True),
         lambda: sim.poisoned(n, values, 0.2),
     ]
     for step in steps:

@@ -20,7 +20,7 @@ from bench.scale.keys import FastChecker, FastKeys
 from node.outer.aggregate import Mean, Robust
 from node.scatter import chunks
 from node.scatter.audit import Round
-from node.scatter.grid import place
+from node.scatter.grid import may_own, place
 from node.scatter.reduce import two_level
 from node.scatter.round import ScatterRound, seed_of
 from node.scatter.traffic import Behaviour, Outcome, Traffic
@@ -68,9 +68,9 @@ def round_of(peers, total, *, round_no=1, reachable=None, agg=None) -> tuple[dic
 
 
 def one_round(
-    peers, updates, total, *, behaviour=None, auditors=1, escalate=3, round_no=1, agg=None
+    peers, updates, total, *, behaviour=None, auditors=1, escalate=3, round_no=1, agg=None, reachable=None
 ) -> tuple[Outcome, Round]:
-    keys, rnd = round_of(peers, total, round_no=round_no, agg=agg)
+    keys, rnd = round_of(peers, total, round_no=round_no, agg=agg, reachable=reachable)
     leader = leader_of(peers, round_no)
     sr = ScatterRound(rnd, updates, keys, leader, behaviour=behaviour, auditors=auditors, escalate=escalate)
     return sr.run(), rnd
@@ -192,6 +192,29 @@ def colluders(n: int, total: int, rounds: int, fraction: float, auditors: int, *
         "miss_rate": round(missed / max(1, lies), 3),
         "colluders_banned": len(banned & bad),
         "colluders": len(bad),
+    }
+
+
+def withholders(n: int, total: int, rounds: int, fraction: float, *, strikes: bool) -> dict:
+    """A fraction of members withhold whenever they own a task (never caught: withholding is not
+    provable). With strikes, a withholder owns nothing for STRIKE_ROUNDS rounds (grid.may_own)."""
+    peers, rng = peer_ids(n), random.Random(4)
+    quiet = set(rng.sample(peers, round(fraction * n)))
+    struck: dict[str, int] = {}
+    slowed = 0
+    for r in range(rounds):
+        owners = may_own(set(peers), struck, r) if strikes else set(peers)
+        act = dict.fromkeys(quiet, Behaviour(withhold=True))
+        out, _ = one_round(
+            peers, make_updates(peers, total, 200 + r), total, behaviour=act, round_no=r, reachable=owners
+        )
+        slowed += bool(out.withheld)
+        struck |= dict.fromkeys(out.withheld, r)
+    return {
+        "attack": f"{fraction:.0%} withholding owners, {'with' if strikes else 'without'} strikes",
+        "peers": n,
+        "rounds": rounds,
+        "rounds_with_a_replacement": slowed,
     }
 
 

@@ -88,6 +88,18 @@ class Grid:
         return [p for group in self.groups for p in group]
 
 
+STRIKE_ROUNDS = 20
+"""Rounds an owner that withheld (or kept its parts) owns nothing: it still sends its update, as
+a member behind NAT does, but cannot cost a round a phase again soon (its strike is in the round's
+record, which every peer holds alike)."""
+
+
+def may_own(reachable: set[str], strikes: dict[str, int], round_no: int) -> set[str]:
+    """The reachable members that may own chunks in round `round_no`: those without a strike
+    (peer -> the round it withheld) in the last STRIKE_ROUNDS rounds."""
+    return {p for p in reachable if not 0 <= round_no - strikes.get(p, -STRIKE_ROUNDS - 1) <= STRIKE_ROUNDS}
+
+
 def round_seed(beacon: str, attempt: int) -> str:
     return hashlib.sha256(b"scatter" + bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big")).hexdigest()
 

@@ -455,7 +455,7 @@ class EmulatedNetwork:
     def _start(self) -> None:
         remove_stale_namespaces(self.prefix)
         for ns in self.namespaces:
-            _ip("netns", "add", ns)
+            ip_command("netns", "add", ns)
         root = str(Path(__file__).resolve().parents[2])  # so that `-m node...` finds this very package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.forwarder = subprocess.Popen(
@@ -477,12 +477,12 @@ class EmulatedNetwork:
             )
         for k, ns in enumerate(self.namespaces):
             commands = f"link set lo up\naddr add {address(k)}/24 dev {TUN_NAME}\nlink set {TUN_NAME} mtu 1500 up\n"
-            _ip("-n", ns, "-batch", "-", stdin=commands)
+            ip_command("-n", ns, "-batch", "-", stdin=commands)
 
     def close(self) -> None:
         """Stop everything still running in our namespaces, the forwarder, then the namespaces."""
         for ns in self.namespaces:
-            _kill_namespace_processes(ns)
+            kill_namespace_processes(ns)
         if self.forwarder is not None:
             self.forwarder.stdin.close()  # end of stdin is the forwarder's signal to stop
             try:
@@ -502,11 +502,11 @@ def remove_stale_namespaces(prefix: str) -> None:
     for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
         m = pattern.match(name)
         if m and (int(m.group(1)) == os.getpid() or not Path(f"/proc/{m.group(1)}").exists()):
-            _kill_namespace_processes(name)
+            kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _kill_namespace_processes(ns: str) -> None:
+def kill_namespace_processes(ns: str) -> None:
     pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     for pid in pids:
         try:
@@ -515,7 +515,7 @@ def _kill_namespace_processes(ns: str) -> None:
             pass
 
 
-def _ip(*args: str, stdin: str | None = None) -> None:
+def ip_command(*args: str, stdin: str | None = None) -> None:
     done = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
     if done.returncode:
         raise SwarmtrainError(

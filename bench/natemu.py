@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-from bench.linkemu import _ip, _kill_namespace_processes, remove_stale_namespaces
+from bench.linkemu import ip_command, kill_namespace_processes, remove_stale_namespaces
 from node.errors import SwarmtrainError
 
 # Global addresses, as on the internet: libp2p's DHTs keep a peer only where its addresses fit
@@ -140,37 +140,39 @@ class NatNetwork:
     def _start(self) -> None:
         remove_stale_namespaces(self.prefix)
         for ns in self.namespaces:
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", self._hub(), "link", "add", BRIDGE, "type", "bridge")
-        _ip("-n", self._hub(), "link", "set", BRIDGE, "up")
+            ip_command("netns", "add", ns)
+            ip_command("-n", ns, "link", "set", "lo", "up")
+        ip_command("-n", self._hub(), "link", "add", BRIDGE, "type", "bridge")
+        ip_command("-n", self._hub(), "link", "set", BRIDGE, "up")
         for k in range(self.public):
             self._plug(self.namespaces[k], ETH, f"p{k}", f"{self.address(k)}/24")
             for h in range(self.homes):
-                _ip("-n", self.namespaces[k], "route", "add", f"192.168.{h + 1}.0/24", "via", self.router_address(h))
+                ip_command(
+                    "-n", self.namespaces[k], "route", "add", f"192.168.{h + 1}.0/24", "via", self.router_address(h)
+                )
         for h in range(self.homes):
             self._start_home(h)
 
     def _plug(self, ns: str, inside: str, hub_side: str, cidr: str) -> None:
         """A veth pair from `ns` (named `inside`, holding `cidr`) to a port of the hub's bridge."""
-        _ip("-n", self._hub(), "link", "add", hub_side, "type", "veth", "peer", "name", inside, "netns", ns)
-        _ip("-n", self._hub(), "link", "set", hub_side, "master", BRIDGE, "up")
-        _ip("-n", ns, "addr", "add", cidr, "dev", inside)
-        _ip("-n", ns, "link", "set", inside, "up")
+        ip_command("-n", self._hub(), "link", "add", hub_side, "type", "veth", "peer", "name", inside, "netns", ns)
+        ip_command("-n", self._hub(), "link", "set", hub_side, "master", BRIDGE, "up")
+        ip_command("-n", ns, "addr", "add", cidr, "dev", inside)
+        ip_command("-n", ns, "link", "set", inside, "up")
 
     def _start_home(self, h: int) -> None:
         router, home = self._router(h), self.namespaces[self.public + h]
         lan = f"192.168.{h + 1}"
         self._plug(router, WAN, f"r{h}", f"{self.router_address(h)}/24")
-        _ip("-n", router, "link", "add", LAN, "type", "veth", "peer", "name", ETH, "netns", home)
-        _ip("-n", router, "addr", "add", f"{lan}.1/24", "dev", LAN)
-        _ip("-n", router, "link", "set", LAN, "up")
-        _ip("-n", home, "addr", "add", f"{lan}.2/24", "dev", ETH)
-        _ip("-n", home, "link", "set", ETH, "up")
-        _ip("-n", home, "route", "add", "default", "via", f"{lan}.1")
+        ip_command("-n", router, "link", "add", LAN, "type", "veth", "peer", "name", ETH, "netns", home)
+        ip_command("-n", router, "addr", "add", f"{lan}.1/24", "dev", LAN)
+        ip_command("-n", router, "link", "set", LAN, "up")
+        ip_command("-n", home, "addr", "add", f"{lan}.2/24", "dev", ETH)
+        ip_command("-n", home, "link", "set", ETH, "up")
+        ip_command("-n", home, "route", "add", "default", "via", f"{lan}.1")
         for other in range(self.homes):  # other homes' private addresses lead to their routers, and stop there
             if other != h:
-                _ip("-n", router, "route", "add", f"192.168.{other + 1}.0/24", "via", self.router_address(other))
+                ip_command("-n", router, "route", "add", f"192.168.{other + 1}.0/24", "via", self.router_address(other))
         _run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         _run(["ip", "netns", "exec", router, "nft", "-f", "-"], stdin=ROUTER_RULES)
 
@@ -178,7 +180,7 @@ class NatNetwork:
         """Stop everything still running in our namespaces, then delete them (the veth pairs and
         the bridge go with them)."""
         for ns in self.namespaces:
-            _kill_namespace_processes(ns)
+            kill_namespace_processes(ns)
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

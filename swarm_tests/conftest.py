@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -135,6 +136,21 @@ class Proc:
 
 
 ROUND = re.compile(r"event=round round=(\d+) peers=(\d+) .*digest=(\w+)")
+
+
+def starter(net, tmp_path: Path, started: list[Proc], **proc_kw) -> Callable[..., Proc]:
+    """`start(k, *args)`: `swarmtrain args` in peer k's namespace of an emulated network
+    (bench/linkemu.py, bench/natemu.py), on that namespace's own address, with its own
+    data dir, with Proc's `proc_kw`; each process joins `started`, which the test kills. (ip netns
+    exec execs the command in place: the node is this pid, and leads its own session.)"""
+
+    def start(k: int, *args: str) -> Proc:
+        args = (*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}"))
+        p = Proc(list(args), tmp_path, prefix=net.exec_prefix(k), **proc_kw)
+        started.append(p)
+        return p
+
+    return start
 
 
 def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:

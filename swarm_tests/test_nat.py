@@ -31,7 +31,7 @@ import pytest
 
 from bench.natemu import NatNetwork, check, missing_requirements
 from node.round.ledger import read_file, verify
-from swarm_tests.conftest import Proc, bootstrap_ready
+from swarm_tests.conftest import Proc, bootstrap_ready, starter
 
 ROUNDS = 10
 SHARE = 0.95  # of the rounds from its first on, each NAT'd peer's update is in at least this many
@@ -76,17 +76,7 @@ def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
     started: list[Proc] = []
     t0 = time.monotonic()
     with NatNetwork(public=2, homes=2) as net:
-
-        def start(k: int, *args: str) -> Proc:
-            # on its namespace's own address, port 0: a home peer listens on (and so announces) its private one
-            p = Proc(
-                [*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")],
-                tmp_path,
-                prefix=net.exec_prefix(k),
-                t0=t0,
-            )
-            started.append(p)
-            return p
+        start = starter(net, tmp_path, started, t0=t0)  # a home peer listens on (so announces) its private address
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc, bootstrap_ready, rounds_of
+from swarm_tests.conftest import Proc, bootstrap_ready, rounds_of, starter
 
 FAST = "up=1gbit,down=1gbit,rtt=1ms"
 GROUPS = [[0, 1, 2], [3, 4]]  # the bootstrap goes with volunteers 1 and 2
@@ -110,18 +110,7 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
             f.write(f"t={time.monotonic() - t_start:.2f} {what}\n")
 
     with EmulatedNetwork([link] * 5) as net:
-
-        def start(k: int, *args: str) -> Proc:
-            # ip netns exec execs the command in place: the node is this pid, and leads its own session
-            p = Proc(
-                [*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")],
-                tmp_path,
-                command=[sys.executable, "-c", LAUNCH],
-                prefix=net.exec_prefix(k),
-                t0=t_start,
-            )
-            started.append(p)
-            return p
+        start = starter(net, tmp_path, started, command=[sys.executable, "-c", LAUNCH], t0=t_start)
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")

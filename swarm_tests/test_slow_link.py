@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc, bootstrap_ready
+from swarm_tests.conftest import Proc, bootstrap_ready, starter
 
 LINK = "up=20mbit,down=100mbit,rtt=50ms,loss=1%"
 ROUNDS = 3
@@ -20,16 +20,7 @@ def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
     link = LinkSpec.parse(LINK)
     started: list[Proc] = []
     with EmulatedNetwork([link] * 3) as net:
-
-        def start(k: int, *args: str) -> Proc:
-            # ip netns exec execs the command in place: the node is this pid, and leads its own session
-            p = Proc(
-                [*args, "--host", net.address(k), "--data-dir", str(tmp_path / f"peer{k}")],
-                tmp_path,
-                prefix=net.exec_prefix(k),
-            )
-            started.append(p)
-            return p
+        start = starter(net, tmp_path, started)
 
         try:
             boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")

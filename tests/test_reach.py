@@ -10,8 +10,9 @@ from node.config import NodeConfig
 from node.errors import SwarmtrainError
 from node.p2p.addresses import parse_announce
 from node.p2p.reach import judge, kind_of, local_maddrs
+from node.round.election import candidates
 from node.watch.status import StatusBoard
-from protocol.records import REACHABILITY
+from protocol.records import REACHABILITY, Heartbeat
 
 HOME = ["/ip4/127.0.0.1/tcp/40655/p2p/QmMe", "/ip4/192.168.1.2/tcp/40655/p2p/QmMe"]  # what p2pd announces at home
 PUBLIC = ["/ip4/127.0.0.1/tcp/40655/p2p/QmMe", "/ip4/11.77.0.11/tcp/40655/p2p/QmMe"]
@@ -119,18 +120,17 @@ def test_status_page_carries_the_words():
     assert shown["reachable"] is False and shown["summary"] == judge(HOME).summary and "--announce" in shown["fix"]
 
 
+def hb(peer: str, host: str) -> Heartbeat:
+    """A live heartbeat on state d...d announcing one address on `host`."""
+    return Heartbeat(
+        peer=peer, name=peer, round=3, state_round=2, digest="d" * 64, device="cpu",
+        maddrs=(f"/ip4/{host}/tcp/4001",), time=0.0,
+    )  # fmt: skip
+
+
 def test_peers_behind_nat_do_not_lead_where_others_can_be_dialled():
     """A leader behind NAT cannot fetch the updates of other peers behind NAT (no one dialled it):
     swarm_tests/test_nat.py saw one starved; where any live peer can be dialled, only those lead."""
-    from node.round.election import candidates
-    from protocol.records import Heartbeat
-
-    def hb(peer: str, host: str) -> Heartbeat:
-        return Heartbeat(
-            peer=peer, name=peer, round=3, state_round=2, digest="d" * 64, device="cpu",
-            maddrs=(f"/ip4/{host}/tcp/4001",), time=0.0,
-        )  # fmt: skip
-
     mixed = {"home1": hb("home1", "192.168.1.2"), "home2": hb("home2", "192.168.2.2"), "pub": hb("pub", "11.77.0.10")}
     assert candidates(mixed, "d" * 64, None, 3) == {"pub"}
     lan = {p: hb(p, f"192.168.1.{i}") for i, p in enumerate(("a", "b", "c"))}
@@ -140,15 +140,6 @@ def test_peers_behind_nat_do_not_lead_where_others_can_be_dialled():
 
 
 def test_nat_peers_still_lead_when_no_established_peer_can_be_dialled():
-    from node.round.election import candidates
-    from protocol.records import Heartbeat
-
-    def hb(peer: str, host: str) -> Heartbeat:
-        return Heartbeat(
-            peer=peer, name=peer, round=3, state_round=2, digest="d" * 64, device="cpu",
-            maddrs=(f"/ip4/{host}/tcp/4001",), time=0.0,
-        )  # fmt: skip
-
     peers = {"home1": hb("home1", "192.168.1.2"), "home2": hb("home2", "192.168.2.2"), "new": hb("new", "11.77.0.10")}
     assert candidates(peers, "d" * 64, {"home1", "home2"}, 3) == {"home1", "home2"}  # the public one is not established
     assert candidates(peers, "d" * 64, {"home1", "new"}, 3) == {"new"}

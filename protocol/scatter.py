@@ -93,7 +93,7 @@ class Receipt:
 
     @property
     def task(self) -> str:
-        return f"{self.level}/{self.a}/{self.b}"
+        return task_name((self.level, self.a, self.b))
 
     def to_wire(self) -> dict:
         return {**asdict(self), "outputs": list(self.outputs)}
@@ -123,6 +123,11 @@ class Receipt:
             inputs_root=root,
             outputs=_hashes(field(d, "outputs", list, where=w), MAX_GROUP, w),
         )
+
+
+def task_name(task: tuple[int, int, int]) -> str:
+    """'level/a/b': how records, draws and the leader's fixed list name a task (level, a, b)."""
+    return "/".join(map(str, task))
 
 
 def bitmap(flags: list[bool]) -> bytes:

@@ -40,7 +40,7 @@ from node.scatter.reduce import reduce_encoded, two_level
 from node.scatter.round import MOST_REPLACEMENTS, ScatterRound, seed_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, bitmap, draw_message, flags_of, set_digest
+from protocol.scatter import Commitment, Receipt, bitmap, draw_message, flags_of, set_digest, task_name
 
 TOTAL = 8192  # 32 blocks of 256 values
 
@@ -54,7 +54,7 @@ def make_round(n: int, *, round_no: int = 1, reachable: set[str] | None = None, 
 
 
 def name(task: tuple) -> str:
-    return "/".join(map(str, task))
+    return task_name(task)
 
 
 def resign(sr: ScatterRound, task: tuple, outputs: list[bytes]) -> dict:
@@ -867,8 +867,8 @@ def test_auditors_never_audit_their_own_task_and_are_distinct():
     for r in range(20):
         peers, _, rnd = make_round(40, round_no=100 + r)
         grid = rnd.grid
-        level1 = {f"1/{g}/{j}": rnd.owner(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
-        level2 = {f"2/{j}/{k}": rnd.owner(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)}
+        level1 = {task_name((1, g, j)): rnd.owner(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
+        level2 = {task_name((2, j, k)): rnd.owner(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)}
         for tasks in (level1, level2):
             for count in (1, 2, 3):
                 for t, chosen in assign_auditors(seed_of(f"a{r}"), tasks, grid.members(), count).items():

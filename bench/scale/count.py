@@ -9,7 +9,7 @@ from node.scatter import chunks
 from node.scatter.audit import inputs_root
 from node.scatter.grid import Grid, assign_auditors
 from node.scatter.traffic import Traffic, size_of
-from protocol.scatter import Commitment, Receipt, bitmap
+from protocol.scatter import Commitment, Receipt, bitmap, task_name
 
 
 def envelope_sizes(grid: Grid, peer: str) -> tuple[int, int, int]:
@@ -51,7 +51,7 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
                 t.send(p, owner, size[span], commit)
             for p in group:
                 t.send(owner, p, 0, receipt1)
-    names1 = {f"1/{g}/{j}": grid.owner_of(g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
+    names1 = {task_name((1, g, j)): grid.owner_of(g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
     fixed_list = 40 * len(names1) + 256  # the leader's fixed receipts and its unique signature, per level
     for p in grid.members():
         t.send(leader, p, 0, fixed_list)
@@ -64,7 +64,7 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
     for j in range(grid.chunks):  # parts to level 2, receipts, level-2 audits
         column = grid.column(j)
         for k, part in enumerate(parts[j]):
-            owner = names2[f"2/{j}/{k}"] = grid.column(j)[k]
+            owner = names2[task_name((2, j, k))] = grid.column(j)[k]
             for src in column:
                 t.send(src, owner, size[part], receipt1)
             for p in {*column, leader}:

@@ -24,7 +24,7 @@ from node.scatter.grid import Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_pieces
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, flags_of
+from protocol.scatter import Commitment, Receipt, flags_of, task_name
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,10 @@ class Round:
         """The task's current owner: the signer of its fixed receipt; before that, the grid's
         owner past the replaced ones, never one caught lying. Level 2: chunk a's column as it
         stands now (a replaced level-1 owner's part passes to its backup)."""
-        signer = self.signers.get(f"{level}/{a}/{b}")
+        signer = self.signers.get(task_name((level, a, b)))
         if signer is not None:
             return signer
-        skip, tried = self.replaced.get(f"{level}/{a}/{b}", 0), 0
+        skip, tried = self.replaced.get(task_name((level, a, b)), 0), 0
         while True:
             if level == 1:
                 peer = self.grid.owner_of(a, b, skip + tried)
@@ -214,9 +214,7 @@ def audit(rnd: Round, envelope: dict, level: int, a: int, b: int, inputs: list[I
     """Recompute the task; a fraud proof when the owner's outputs differ, else None. Raises
     ProtocolError when the receipt or the inputs the owner served do not check (then the owner
     withheld a proper answer: it is replaced, not banned, as nobody else can see what it sent)."""
-    if not rnd.in_range(level, a, b) or not isinstance(envelope, dict) or not isinstance(envelope.get("body"), bytes):
-        raise ProtocolError(f"no task {level}/{a}/{b}, or no receipt envelope")
-    receipt = open_receipt(rnd, envelope, level, a, b)
+    receipt = open_receipt(rnd, envelope, level, a, b)  # first: the task's range, then the envelope
     pieces = checked_inputs(rnd, receipt, inputs)
     outputs = tuple(chunks.sha(d) for d in outputs_of(rnd, level, a, b, pieces))
     return None if outputs == receipt.outputs else FraudProof(envelope, level, a, b, tuple(inputs))

@@ -38,7 +38,7 @@ from node.scatter.audit import (
 from node.scatter.grid import assign_auditors
 from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, bitmap, draw_message, set_digest
+from protocol.scatter import Commitment, Receipt, bitmap, draw_message, set_digest, task_name
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
 
@@ -142,18 +142,18 @@ class ScatterRound:
         self.phases += 1
 
     def audit_all(self, tasks: list[tuple], seed: str, tag: str, count: int) -> None:
-        names = {"/".join(map(str, t)) + tag: self.rnd.owner(*t) for t in tasks}
+        names = {task_name(t) + tag: self.rnd.owner(*t) for t in tasks}
         drawn = assign_auditors(seed, names, self.rnd.grid.members(), count)
         for task in tasks:
-            self.audit_task(task, drawn["/".join(map(str, task)) + tag])
+            self.audit_task(task, drawn[task_name(task) + tag])
 
     def fix(self, level: int) -> str:
         """The leader fixes the level's receipts (one per task: another one its owner signed is
         refused everywhere) and signs the set's digest uniquely; the audit seed follows."""
         tasks = self.tasks(level)
-        fixed = {"/".join(map(str, t)): chunks.sha(self.receipts[t]["body"]) for t in tasks}
+        fixed = {task_name(t): chunks.sha(self.receipts[t]["body"]) for t in tasks}
         self.rnd.fixed.update(fixed)
-        self.rnd.signers.update({"/".join(map(str, t)): self.rnd.owner(*t) for t in tasks})
+        self.rnd.signers.update({task_name(t): self.rnd.owner(*t) for t in tasks})
         digest = set_digest(fixed)
         draw = self.keys[self.leader].unique(
             draw_message(self.rnd.run, self.rnd.round, self.rnd.attempt, level, digest)
@@ -166,7 +166,7 @@ class ScatterRound:
     def refix(self, task: tuple) -> None:
         """A task that changed hands after the level was fixed: the new receipt stands for it
         (the leader's roster says so, with the reason)."""
-        name = "/".join(map(str, task))
+        name = task_name(task)
         self.rnd.signers[name] = self.rnd.owner(*task)
         self.rnd.fixed[name] = chunks.sha(self.receipts[task]["body"])
 
@@ -188,7 +188,7 @@ class ScatterRound:
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
 
     def replace(self, task: tuple) -> None:
-        name = "/".join(map(str, task))
+        name = task_name(task)
         self.rnd.unfix(name)
         self.rnd.replaced[name] = self.rnd.replaced.get(name, 0) + 1
 
@@ -235,9 +235,6 @@ class ScatterRound:
             return [self.rnd.part(a, b).size]
         return [self.rnd.part(b, k).size for k in range(self.rnd.grid.n_groups)]
 
-    def receipt_of(self, task: tuple) -> Receipt:
-        return self.rnd.checker.open(self.receipts[task], Receipt, self.rnd.owner(*task))
-
     def publish_receipts(self, level: int) -> None:
         """Each receipt goes to the task's senders (they check they were included); level-2
         receipts also to the leader, whose roster lists the final parts' digests."""
@@ -260,7 +257,7 @@ class ScatterRound:
                     break
             else:
                 if lied:  # every auditor that saw the lie covered it: the wrong output goes on
-                    self.missed.append("/".join(map(str, task)))
+                    self.missed.append(task_name(task))
                 return
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row lied")
 
@@ -268,7 +265,7 @@ class ScatterRound:
         """The proof goes to the backup, who checks it and recomputes the task from its inputs;
         the leader gets its digest and the backup's new receipt (the roster names both: any peer
         may fetch the proof and check it). The liar owns nothing more and is banned."""
-        name = "/".join(map(str, task))
+        name = task_name(task)
         self.caught.append(owner)
         self.rnd.caught.add(owner)
         self.rnd.unfix(name)
@@ -315,9 +312,7 @@ class ScatterRound:
             self.resend(task)
             self.answer(task)
             self.refix(task)
-            name = "/".join(map(str, task))
-            drawn = assign_auditors(self.seeds[1], {name + "/again": self.rnd.owner(*task)}, self.rnd.grid.members(), 1)
-            self.audit_task(task, drawn[name + "/again"])
+            self.audit_all([task], self.seeds[1], "/again", 1)
         self.phases += bool(keepers)
 
     # ---------------------------------------------------------------- phase 5: the gather

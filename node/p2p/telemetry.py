@@ -8,7 +8,6 @@ from a background thread, so a slow DHT never stalls training.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 
@@ -22,24 +21,6 @@ from protocol.records import MAX_METRICS_BODY, MetricsRecord
 
 log = logging.getLogger("swarmtrain.telemetry")
 METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out
-
-
-def reachability(maddrs: list[str]) -> str:
-    """'relay' when only reachable through a relay, 'public' with a global IP, else 'private'."""
-    kinds = set()
-    for m in maddrs:
-        parts = m.split("/")
-        if "p2p-circuit" in parts:
-            kinds.add("relay")
-        elif len(parts) > 2 and parts[1] in ("ip4", "ip6"):
-            try:
-                kinds.add("public" if ipaddress.ip_address(parts[2]).is_global else "private")
-            except ValueError:
-                continue
-    for kind in ("public", "private", "relay"):
-        if kind in kinds:
-            return kind
-    return "unknown"
 
 
 def encode(key: rsa.RSAPrivateKey, record: MetricsRecord) -> dict:

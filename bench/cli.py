@@ -272,6 +272,24 @@ def _api(args: argparse.Namespace, stop: threading.Event) -> bool:
     return False
 
 
+def _api_identity_flags(p: argparse.ArgumentParser) -> None:
+    from bench.api_identity import CASES
+
+    p.add_argument("--rounds", type=int, default=4, help="rounds each swarm trains")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="runs to compare")
+    p.add_argument("--json", default="bench/results/api-identity.json", metavar="PATH", help="write the rows here")
+
+
+def _api_identity(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.api_identity import run_api_identity
+
+    rows = run_api_identity(rounds=args.rounds, cases=args.cases, json_path=args.json, stop=stop)
+    for r in rows:
+        same = {True: "bit-identical", False: "DIFFERENT", None: "(random by design: API only)"}[r["bit_identical"]]
+        print(f"{r['case']:>20}: API and CLI {same}; API peers equal: {r['api_peers_equal']}")
+    return stop.is_set()
+
+
 def _scale_flags(p: argparse.ArgumentParser) -> None:
     from bench.scale.command import TIERS
 
@@ -331,6 +349,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="~1 min on one core (~20 s start-up, 2 x 6 blocks of 20 steps)",
         add_flags=_api_flags,
         run=_api,
+    ),
+    "api-identity": Benchmark(
+        help="the API path against the CLI path on the same run, seed and data: equal digests",
+        duration="~20 s a swarm: ~2.5 min for the 4 cases (3 compared bit for bit, DP through the API only)",
+        add_flags=_api_identity_flags,
+        run=_api_identity,
     ),
     "scale": Benchmark(
         help="round protocol v3 (reduce-scatter, audits) of 16 to 1,000 simulated peers, counted to 10,000",

@@ -48,7 +48,7 @@ def accuracy(m: nn.Module) -> float:
 run = None if args.run_id else {"strategy": {"inner_steps": 10}, "swarm": {"min_peers": 2, "collect_timeout": 20.0}}
 settings = dict(data_dir=args.data_dir, host="127.0.0.1", max_rounds=args.rounds, threads=1, status_port=-1)
 with swarmtrain.join(args.initial_peers, args.run_id, run=run, **settings) as swarm:
-    opt = swarm.optimizer(model, inner, tokens_per_step=32, eval_fn=accuracy)
+    opt = swarm.optimizer(model, inner, tokens_per_step=32, eval_fn=accuracy, eval_name="accuracy")
     if run is not None:
         print(f"organizer run_id={swarm.run_id} maddr={swarm.initial_peers[0]}", flush=True)
     while not opt.done:

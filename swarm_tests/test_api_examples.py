@@ -61,6 +61,7 @@ def test_plain_torch_example_two_peers_equal_digests_and_exports(tmp_path, monke
     da, db = finish(a, b)
     assert da == db
     assert len(re.findall(r"event=round round=\d+ peers=2 ", a.output)) >= 2  # both peers trained the rounds
+    assert re.search(r"event=round round=\d+ .* accuracy=[\d.]+", a.output)  # the user's metric, by its name
     state, exported_digest = exported(tmp_path / "out" / "swarm-state.safetensors")
     assert exported_digest == da  # the export is the swarm's state
     cli = subprocess.run(

@@ -18,7 +18,7 @@ rounds from your loop). The whole reference is docs/api.md.
 from node.config import RunConfig
 from node.errors import SwarmtrainError
 from node.outer.strategies import register_codec, register_strategy
-from swarmtrain.swarm import Swarm, SwarmOptimizer, join
+from swarmtrain.swarm import Swarm, SwarmOptimizer, join, run_model
 
 __all__ = [
     "RunConfig",
@@ -28,4 +28,5 @@ __all__ = [
     "join",
     "register_codec",
     "register_strategy",
+    "run_model",
 ]

@@ -25,13 +25,15 @@ class SwarmCallback(TrainerCallback):
     """Joins `swarm` with the Trainer's model at on_train_begin; on_step_end counts one inner step
     (the round runs when H steps or the window are done) and stops training at max_rounds."""
 
-    def __init__(self, swarm: Swarm, *, tokens_per_step: int = 1, eval_fn: Callable | None = None):
-        self.swarm, self.tokens_per_step, self.eval_fn = swarm, tokens_per_step, eval_fn
+    def __init__(
+        self, swarm: Swarm, *, tokens_per_step: int = 1, eval_fn: Callable | None = None, eval_name: str = "eval"
+    ):
+        self.swarm, self.tokens_per_step, self.eval_fn, self.eval_name = swarm, tokens_per_step, eval_fn, eval_name
         self.last_loss: float | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.swarm.driver is None:
-            driver = self.swarm.attach(model, None, self.tokens_per_step, self.eval_fn)
+            driver = self.swarm.attach(model, None, self.tokens_per_step, self.eval_fn, self.eval_name)
             if not driver.strategy.local_optimizer:
                 self.swarm.leave(interrupted=True)
                 raise SwarmtrainError(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from node.config import NodeConfig, RunConfig, from_dict, validate_node
+from node.config import NodeConfig, RunConfig, from_dict, load_run_config, validate_node
 from node.errors import SwarmtrainError
 from node.peer import checkpoint
 from node.peer.driver import Brought, Driver
-from node.train.model import trainable
+from node.train.model import build_run_model, trainable
 from node.watch.progress import Reporter
 
 
@@ -46,6 +46,15 @@ def join(
     return Swarm(cfg, organize)
 
 
+def run_model(run: RunConfig | str | Path) -> torch.nn.Module:
+    """The model a run of the command line's models trains (the byte GPT, or a Hugging Face model
+    with LoRA adapters as its run file says), built from that run file or RunConfig: bring it to
+    `swarm.optimizer` to join such a run from your own loop (the swarm's state replaces its
+    weights as it joins). Pretrained or tokenizer files are looked for where the run file says."""
+    cfg = run if isinstance(run, RunConfig) else load_run_config(run)
+    return build_run_model(cfg).model
+
+
 def _user_model(run: dict) -> dict:
     return {**run, "model": {"kind": "user", **run.get("model", {})}}
 
@@ -67,14 +76,17 @@ class Swarm:
         *,
         tokens_per_step: int = 1,
         eval_fn: Callable[[torch.nn.Module], float] | None = None,
+        eval_name: str = "eval",
     ) -> SwarmOptimizer:
         """Join with `model` and wrap `inner_optimizer` (built over the model's parameters).
 
         tokens_per_step: tokens (or samples) one step trains on; a round's updates weigh by them.
-        eval_fn(model) -> float: measures the swarm's state after each round (reported)."""
-        return SwarmOptimizer(self.attach(model, inner_optimizer, tokens_per_step, eval_fn), inner_optimizer)
+        eval_fn(model) -> float: measures the swarm's state after each round (reported as `eval_name`,
+        e.g. "val_loss" or "accuracy", in the round line, on the page and in /metrics)."""
+        driver = self.attach(model, inner_optimizer, tokens_per_step, eval_fn, eval_name)
+        return SwarmOptimizer(driver, inner_optimizer)
 
-    def attach(self, model, inner_optimizer, tokens_per_step: int, eval_fn=None) -> Driver:
+    def attach(self, model, inner_optimizer, tokens_per_step: int, eval_fn=None, eval_name: str = "eval") -> Driver:
         """Join the run with `model` (the DHT starts here: call from the main thread, before your
         own threads). `inner_optimizer` None: someone else steps it (swarmtrain.hf.SwarmCallback)."""
         if self.driver is not None:
@@ -86,6 +98,7 @@ class Swarm:
             optimizer=inner_optimizer,
             tokens_per_step=tokens_per_step,
             eval_fn=eval_fn,
+            eval_name=eval_name,
             organize=self.organize,
         )
         try:
@@ -105,6 +118,11 @@ class Swarm:
     @property
     def run_id(self) -> str:
         return self.joined.run_id
+
+    @property
+    def run(self) -> RunConfig:
+        """The run's settings, as its manifest says (strategy, schedule, seed, ...)."""
+        return self.joined.run
 
     @property
     def peer_id(self) -> str:

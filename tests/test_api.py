@@ -143,3 +143,16 @@ def test_a_peft_model_exports_adapters_that_reload_to_equal_logits_and_pins_only
         want = model.eval()(input_ids=ids).logits
         assert torch.equal(again(input_ids=ids).logits, want)  # the adapters: tolerance 0
         assert torch.allclose(merged(input_ids=ids).logits, want, atol=1e-4)  # merged: rounding differs
+
+
+def test_a_run_of_the_cli_model_is_joined_with_swarmtrain_run_model_and_another_model_is_refused():
+    run = from_dict(RunConfig, {"model": {"d_model": 32, "n_layer": 2, "n_head": 2, "ctx": 32}}, "test")
+    reference = build_run_model(run).model
+    torch.manual_seed(123)  # other round-0 weights: the swarm's state replaces them as it joins
+    layout.check_like(swarmtrain.run_model(run), reference)
+    wider = from_dict(RunConfig, {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "ctx": 32}}, "test")
+    with pytest.raises(SwarmtrainError, match="differs from the run's at trained parameter 0"):
+        layout.check_like(swarmtrain.run_model(wider), reference)
+    deeper = from_dict(RunConfig, {"model": {"d_model": 32, "n_layer": 3, "n_head": 2, "ctx": 32}}, "test")
+    with pytest.raises(SwarmtrainError, match="yours is .blocks.2.ln1.weight"):
+        layout.check_like(swarmtrain.run_model(deeper), reference)

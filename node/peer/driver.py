@@ -10,6 +10,7 @@ announce, roster, apply, checkpoint, report) are the CLI's, unchanged.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -23,7 +24,7 @@ from node.p2p.identity import load_identity_key
 from node.peer import manifest as manifests
 from node.peer.volunteer import Peer
 from node.peer.wiring import LoadedData
-from node.train import layout
+from node.train import data, layout
 from node.train.model import BuiltModel, trainable
 from node.watch.progress import Reporter
 
@@ -40,6 +41,8 @@ class Brought:
     """Tokens (or samples) one inner step of this peer trains on: what its updates sign for."""
     eval_fn: Callable[[torch.nn.Module], float] | None = None
     """Measures the swarm's state after each round (the report's held-out metric); None: not measured."""
+    eval_name: str = "eval"
+    """What eval_fn measures, as the round line, the page and /metrics name it (e.g. 'val_loss')."""
     organize: RunConfig | None = None
     """Start this run (its manifest names this peer as organizer) instead of joining one."""
 
@@ -68,12 +71,18 @@ class Driver(Peer):
             raise SwarmtrainError(
                 f"tokens_per_step = {brought.tokens_per_step}", "pass the tokens (or samples) of one step, at least 1"
             )
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", brought.eval_name):
+            raise SwarmtrainError(
+                f"eval_name = {brought.eval_name!r}", "name the metric in lower case letters, digits and _ (val_loss)"
+            )
         if brought.organize is not None:
             validate_run(brought.organize, "swarmtrain.join(run=...)")
             if brought.organize.model.kind != "user":
                 raise SwarmtrainError("a run started from Python trains your model", 'leave run.model.kind as "user"')
         self.brought = brought
         super().__init__(cfg, stack, reporter)
+        if brought.eval_fn is not None:
+            self.reports.metric = brought.eval_name
         self.stop = threading.Event()  # set by leave(interrupted=True): Ctrl+C
         self.going = self.begin(self.stop)
         if not self.going:
@@ -91,13 +100,24 @@ class Driver(Peer):
         return manifests.fetch(self.swarm, run_id, self.cfg.startup_timeout)  # as a joiner reads it: checked
 
     def build_model(self) -> BuiltModel:
+        if not self.brought_run:  # a run of the CLI's models: yours must be built like it
+            built = super().build_model()
+            layout.check_like(self.brought.model, built.model)
+            return BuiltModel(model=self.brought.model, tokenizer=built.tokenizer, fingerprint=built.fingerprint)
         layout.check(self.brought.model, self.manifest["model"])  # names the first difference
         return BuiltModel(model=self.brought.model)
+
+    @property
+    def brought_run(self) -> bool:
+        """Whether this run trains a model its peers bring from Python (else: the CLI's model)."""
+        return self.run.model.kind == "user"
 
     def make_trainer(self, model: torch.nn.Module) -> UserTrainer:
         return UserTrainer(model, self.brought.optimizer)
 
     def load_data(self, corpus) -> LoadedData:
+        if not self.brought_run and self.run.robust.scoring:  # the run's model: scored on the run's batch
+            return LoadedData(tokens=None, val=None, score=data.val_tokens(corpus, self.run.data, self.built.tokenizer))
         if self.run.robust.scoring:
             raise SwarmtrainError(
                 "[robust] scoring needs a batch every peer can draw and a loss to score it with: runs of a "
@@ -107,8 +127,8 @@ class Driver(Peer):
         return LoadedData(tokens=None, val=None, score=None)  # the user's data stays in the user's loop
 
     def token_counts(self) -> dict:
-        nominal = self.manifest["model"].get("tokens_per_step")
-        return {"step_tokens": self.brought.tokens_per_step, "nominal_step_tokens": nominal or 1}
+        nominal = self.manifest["model"].get("tokens_per_step")  # a CLI model's run: batch_size x ctx (0)
+        return {"step_tokens": self.brought.tokens_per_step, "nominal_step_tokens": nominal or 0}
 
     def evaluate(self) -> float | None:
         if self.brought.eval_fn is None:

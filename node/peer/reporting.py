@@ -57,6 +57,7 @@ class Reports:
         self.swarm, self.run_id, self.me, self.run = swarm, run_id, me, run
         self.metrics, self.history, self.out = metrics, history, out
         self.applier, self.trainer = applier, trainer  # our round and local step, as of each publish
+        self.metric = "val_bpb"  # what evaluate() measures: a Python API user names its own (driver.py)
         self.reach = "unknown"  # how others reach us (the record's kind): known once our addresses are (reachable)
         self.metrics.info.info(
             {
@@ -123,6 +124,7 @@ class Reports:
                 samples=steps * self.run.train.batch_size,
                 loss=loss,
                 val_bpb=val_bpb,
+                metric=self.metric,
                 train_s=train_s,
                 exchange_s=exchange_s,
                 sent=exchange.sent["update"],

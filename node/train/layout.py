@@ -74,6 +74,13 @@ def check(model: nn.Module, wanted: dict) -> None:
         )
 
 
+def check_like(model: nn.Module, reference: nn.Module) -> None:
+    """Raise, naming the first difference, where `model` does not have the trained layout and frozen
+    weights of `reference`: the model a run of the CLI's models (byte GPT, Hugging Face) builds
+    from its manifest. Round-0 weights are not compared: the swarm's state replaces them."""
+    check(model, {**pin(reference, 0), "init_sha256": ""})
+
+
 def _say(entry) -> str:
     if isinstance(entry, list) and len(entry) == 3:
         return f"{entry[0]!r} of shape {tuple(entry[1])} and dtype {entry[2]}"

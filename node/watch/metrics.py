@@ -26,6 +26,9 @@ class NodeMetrics:
             "swarmtrain_train_loss", "Mean training loss of the last round, nats per byte", registry=r
         )
         self.val_bpb = Gauge("swarmtrain_val_bits_per_byte", "Held-out bits per byte after the last round", registry=r)
+        self.eval_metric = Gauge(
+            "swarmtrain_eval_metric", "The Python API user's eval callback after the last round", ["name"], registry=r
+        )
         self.tokens = Counter("swarmtrain_tokens", "Tokens (bytes) trained on by this node", registry=r)
         self.samples = Counter("swarmtrain_samples", "Sequences trained on by this node", registry=r)
         self.step_seconds = Histogram(
@@ -89,8 +92,10 @@ class NodeMetrics:
         self.round_peers.set(report.peers)
         self.dense_bytes.labels("sent").inc(report.dense)
         self.dense_bytes.labels("received").inc(report.dense)
-        if report.val_bpb is not None:
+        if report.val_bpb is not None and report.metric == "val_bpb":
             self.val_bpb.set(report.val_bpb)
+        elif report.val_bpb is not None:  # a Python API user's own metric, any unit
+            self.eval_metric.labels(report.metric).set(report.val_bpb)
 
     def on_bytes(self, direction: str, kind: str, n: int) -> None:
         """Called by the exchange for every frame it writes or reads."""

@@ -31,7 +31,10 @@ class RoundReport:
     loss: float | None = None
     """Mean training loss of those steps (nats per token)."""
     val_bpb: float | None = None
-    """Held-out bits per byte after the round (None without --eval, or on failure)."""
+    """Held-out bits per byte after the round (None without --eval, or on failure); in a run
+    driven from Python, the value of the user's eval callback, named by `metric`."""
+    metric: str = "val_bpb"
+    """What val_bpb holds: 'val_bpb', or the name a Python API user gave its eval metric."""
     train_s: float = 0.0
     """Seconds of local training and encoding."""
     exchange_s: float = 0.0
@@ -75,7 +78,7 @@ class RoundReport:
             steps=self.steps,
             tokens_per_s=round(self.tokens / max(1e-9, self.seconds)),
         )
-        return out if self.val_bpb is None else {**out, "val_bpb": self.val_bpb}
+        return out if self.val_bpb is None else {**out, self.metric: self.val_bpb}
 
 
 TIMELINE = [

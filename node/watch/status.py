@@ -116,6 +116,7 @@ class StatusBoard:
                         "round": report.round,
                         "loss": report.loss,
                         "val_bpb": report.val_bpb,
+                        "metric": report.metric,
                         "tokens_per_s": report.tokens / report.seconds if report.seconds > 0 else None,
                     }
                 )

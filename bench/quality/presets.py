@@ -74,6 +74,12 @@ PRESETS: dict[str, Preset] = {
     "ddp-adamw": Preset(StrategyConfig(name="ddp-adamw"), BASE_TRAIN),
     "diloco": Preset(StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9), BASE_TRAIN),
     "diloco-int8": Preset(StrategyConfig(name="diloco", inner_steps=25, wire_dtype="int8"), BASE_TRAIN),
+    # [train] precision: autocast bf16 in the inner steps (fp32 weights and state), against the fp32 rows
+    "ddp-adamw-bf16": Preset(StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, precision="bf16")),
+    "diloco-bf16": Preset(
+        StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9),
+        replace(BASE_TRAIN, precision="bf16"),
+    ),
     "sparseloco": Preset(
         StrategyConfig(name="sparseloco", inner_steps=15, topk=64, values="2bit", outer_lr=2.0, error_decay=0.95),
         BASE_TRAIN,

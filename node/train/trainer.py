@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from node.config import TrainConfig
 from node.train.model import loss_fn, trainable
+from node.train.precision import MixedPrecision
 
 
 def search_space(train: TrainConfig) -> dict[str, tuple]:
@@ -59,6 +60,7 @@ class InnerTrainer:
         self.params = trainable(self.model)
         self.opts = self._optimizers(cfg)
         self.opt = self.opts[0]
+        self.mixed = MixedPrecision(cfg.precision, device)
         self.steps = 0  # this peer's local steps so far (drives the schedule)
 
     def _optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -87,11 +89,14 @@ class InnerTrainer:
         return self.cfg.inner_lr * self.schedule(self.steps)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, *, apply: bool = True) -> float:
-        """Forward, backward, clip; then an AdamW step if `apply` (else the gradient stays in .grad)."""
+        """Forward, backward, clip; then an AdamW step if `apply` (else the gradient stays in .grad).
+        With micro_batch, the batch's gradient accumulates over its micro-batches; with a
+        precision, forward and loss run under autocast (fp16: scaled, a step with an overflow
+        skipped, and without `apply` its gradient zeroed)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        loss = loss_fn(self.model(x), y)
         self.model.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.backward(x, y)
+        finite = self.mixed.unscale(self.opts, self.params)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         if apply:
@@ -99,9 +104,28 @@ class InnerTrainer:
             for opt in self.opts:
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * scale
-                opt.step()
+                self.mixed.step(opt)
+        elif not finite:
+            self.model.zero_grad(set_to_none=False)  # an fp16 overflow: send no gradient, not inf
+        self.mixed.update()
         self.steps += 1
         return loss.item()  # note: a CPU-GPU sync point, once per step
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss, its gradient accumulated in .grad (micro-batch by micro-batch)."""
+        size = self.cfg.micro_batch or x.shape[0]
+        if size >= x.shape[0]:  # one pass: the same operations as without micro-batching
+            with self.mixed.autocast():
+                loss = loss_fn(self.model(x), y)
+            self.mixed.backward(loss)
+            return loss.detach()
+        total = torch.zeros((), device=x.device)
+        for xs, ys in zip(x.split(size), y.split(size), strict=True):
+            with self.mixed.autocast():
+                loss = loss_fn(self.model(xs), ys) * (xs.shape[0] / x.shape[0])  # a share of the batch mean
+            self.mixed.backward(loss)
+            total += loss.detach()
+        return total
 
     @torch.no_grad()
     def load_params(self, params: list[torch.Tensor]) -> None:

@@ -59,7 +59,9 @@ class Case(NamedTuple):
 CASES: dict[str, Case] = {
     "diloco": Case(),
     "diloco-scored": Case(more="[robust]\nscoring = true"),
+    "sparseloco": Case(strategy='name = "sparseloco"'),
     "decoupled-momentum": Case(strategy='name = "decoupled-momentum"'),
+    "ddp-adamw": Case(strategy='name = "ddp-adamw"'),
     "hf-lora": Case(
         model='kind = "hf"\narch = "gpt2"', more='[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["c_attn"]'
     ),

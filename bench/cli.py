@@ -352,7 +352,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "api-identity": Benchmark(
         help="the API path against the CLI path on the same run, seed and data: equal digests",
-        duration="~20 s a swarm: ~2.5 min for the 4 cases (3 compared bit for bit, DP through the API only)",
+        duration="~20-55 s a swarm: ~6 min for the 9 cases (6 compared bit for bit; DP, overlap, window: API only)",
         add_flags=_api_identity_flags,
         run=_api_identity,
     ),

@@ -75,14 +75,14 @@ def test_unknown_corpus():
         data.load_corpus("wikipedia")
 
 
-def test_memory_mapped_tokens_draw_the_batches_of_the_in_memory_tensor(corpus, tmp_path):
-    """Tokenized once to a uint8 file and memory-mapped: the same ids, so the same batches for the
+def test_tokens_on_disk_draw_the_batches_of_the_in_memory_tensor(corpus, tmp_path):
+    """Tokenized once to a uint8 file on disk: the same ids, so the same batches for the
     same seed, peer and round (digests of existing runs do not change), and no second write."""
     cfg = DataConfig()
     held = data.train_tokens(corpus, cfg, 3)
     mapped = data.train_tokens(corpus, cfg, 3, cache_dir=tmp_path)
-    assert isinstance(mapped, np.memmap) and mapped.dtype == np.uint8
-    assert torch.equal(torch.from_numpy(np.array(mapped)).long(), held)
+    assert isinstance(mapped, disk.TokenFile) and mapped.dtype == np.uint8
+    assert torch.equal(torch.from_numpy(mapped.read(0, len(mapped)).astype(np.int64)), held)
     for peer, rnd in (("QmPeerA", 0), ("QmPeerB", 7)):
         a = data.windows(held, 8, 64, data.batch_generator(0, peer, rnd))
         b = data.windows(mapped, 8, 64, data.batch_generator(0, peer, rnd))
@@ -117,5 +117,6 @@ def test_tokenizer_ids_are_stored_as_uint16_across_batches(corpus, tmp_path, mon
     monkeypatch.setattr(disk, "BATCH_BYTES", 20_000)  # several batches of documents
     cfg, tok = DataConfig(shards=4), WideTokenizer()
     mapped = data.train_tokens(corpus, cfg, 1, tok, cache_dir=tmp_path)
-    assert mapped.dtype == np.uint16 and mapped.max() > 255
-    assert torch.equal(torch.from_numpy(mapped.astype(np.int64)), data.train_tokens(corpus, cfg, 1, tok))
+    ids = mapped.read(0, len(mapped))
+    assert mapped.dtype == np.uint16 and ids.max() > 255
+    assert torch.equal(torch.from_numpy(ids.astype(np.int64)), data.train_tokens(corpus, cfg, 1, tok))

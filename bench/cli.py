@@ -293,7 +293,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
         "--tier",
         default="full",
         choices=("quick", "full"),
-        help="quick: corpora of 10 MB and 100 MB (~15 s); full: 10 MB and 1 GB (~2 min, 1 GB of temporary files)",
+        help="quick: corpora of 10 MB and 100 MB (~15 s); full: 10 MB and 1 GB (~1-2 min, 1 GB of temporary files)",
     )
     p.add_argument("--batches", type=int, default=200, help="batches drawn by each start (8 windows of 128 bytes)")
     p.add_argument("--json", metavar="PATH", help="write the rows here (bench/results/data.json: the last full run)")
@@ -364,7 +364,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "data": Benchmark(
         help="a node's peak RSS against its corpus' size: tokenized once to disk, against in memory",
-        duration="full: ~2 min (10 MB and 1 GB corpora, generated in a temporary directory); quick: ~15 s",
+        duration="full: ~1-2 min (10 MB and 1 GB corpora, generated in a temporary directory); quick: ~15 s",
         add_flags=_data_flags,
         run=_data,
     ),

@@ -92,6 +92,12 @@ def test_tokens_on_disk_draw_the_batches_of_the_in_memory_tensor(corpus, tmp_pat
         for a, b in zip(data.val_set(corpus, cfg, 64), data.val_set(corpus, cfg, 64, cache_dir=tmp_path))
     )
     files = sorted(tmp_path.iterdir())
+    (tmp_path / f"{files[0].name}.999999999.tmp").write_bytes(b"half")  # a writer stopped halfway
+    for f in files:
+        f.unlink()
+    data.train_tokens(corpus, cfg, 3, cache_dir=tmp_path)
+    data.val_tokens(corpus, cfg, cache_dir=tmp_path)
+    assert sorted(tmp_path.iterdir()) == files  # written again, the partial file gone
     assert len(files) == 2 and not [f for f in files if f.name.endswith(".tmp")]
     stamp = files[0].stat().st_mtime_ns
     data.train_tokens(corpus, cfg, 3, cache_dir=tmp_path)

@@ -18,10 +18,11 @@ split), and read through TokenFile afterwards: a window reads its ctx + 1 tokens
 cache, so the node's memory does not grow with the corpus (bench data measures it). The ids are
 stored in the narrowest unsigned type the vocabulary allows: uint8 for bytes (vocabulary 256),
 uint16 up to 65,536 ids, else uint32. The file is written one batch of documents at a time, to a
-temporary name renamed into place when complete, so a node stopped halfway writes it again and
-two nodes sharing a data dir never read a partial file. It holds exactly the ids that tokenizing
-the whole split at once would give (documents joined by the separator's ids), so the batches
-drawn from it are those drawn from the in-memory tensor.
+temporary name renamed into place when complete (a partial file whose writer is gone is deleted),
+so a node stopped halfway writes it again and two nodes sharing a data dir never read a partial
+file. It holds exactly the ids that tokenizing the whole split at once would give (documents
+joined by the separator's ids), so the batches drawn from it are those drawn from the in-memory
+tensor.
 """
 
 from __future__ import annotations
@@ -195,10 +196,22 @@ def _batches(docs: Iterable[bytes]) -> Iterator[list[bytes]]:
         yield batch
 
 
+def _remove_stale(path: Path) -> None:
+    """Delete the partial files of `path` that nodes stopped while writing it left behind."""
+    for part in path.parent.glob(f"{path.name}.*.tmp"):
+        try:
+            os.kill(int(part.suffixes[-2][1:]), 0)  # its writer still runs: leave it
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+
+
 def write_tokens(path: Path, docs: Iterable[bytes], separator: bytes, tokenizer) -> None:
     """Tokenize `docs` (joined by `separator`) into `path`, never holding more than a batch of them."""
     dtype = dtype_for(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         if tokenizer is None:  # bytes: one document in memory at a time

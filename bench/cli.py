@@ -306,6 +306,24 @@ def _scale(args: argparse.Namespace, stop: threading.Event) -> bool:
     return stop.is_set()
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tier",
+        default="full",
+        choices=("quick", "full"),
+        help="quick: corpora of 10 MB and 100 MB (~15 s); full: 10 MB and 1 GB (~1-2 min, 1 GB of temporary files)",
+    )
+    p.add_argument("--batches", type=int, default=200, help="batches drawn by each start (8 windows of 128 bytes)")
+    p.add_argument("--json", metavar="PATH", help="write the rows here (bench/results/data.json: the last full run)")
+
+
+def _data(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.data_rss import run_data
+
+    run_data(args.tier, args.batches, args.json)  # prints each row as it comes
+    return False
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
@@ -367,6 +385,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="~4 min (2 cases, each --seconds plus ~1 min of start-up)",
         add_flags=_swarm_flags,
         run=_swarm,
+    ),
+    "data": Benchmark(
+        help="a node's peak RSS against its corpus' size: tokenized once to disk, against in memory",
+        duration="full: ~1-2 min (10 MB and 1 GB corpora, generated in a temporary directory); quick: ~15 s",
+        add_flags=_data_flags,
+        run=_data,
     ),
 }
 """Every `swarmtrain bench` subcommand, in the order of `swarmtrain bench --help`."""

@@ -25,7 +25,7 @@ from tests.fakes import FakeDHT, FakeNet, new_key
 @pytest.fixture(scope="module")
 def run():
     """The default run, signed by an organizer: (what the DHT holds, its anchor)."""
-    run_id, envelope = manifests.sign(new_key()[0], manifests.build_manifest(RunConfig(), load_corpus("stdlib")))
+    run_id, envelope = manifests.sign(new_key()[0], manifests.build_manifest(RunConfig(), load_corpus("demo")))
     found = manifests.RunFound(run_id, signed.open_manifest(envelope, run_id), envelope)
     return found, manifests.anchor_of(found)
 

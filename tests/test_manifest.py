@@ -10,7 +10,7 @@ from protocol.records import run_id_of
 
 @pytest.fixture(scope="module")
 def good():
-    m = manifests.build_manifest(RunConfig(), load_corpus("stdlib"))
+    m = manifests.build_manifest(RunConfig(), load_corpus("demo"))
     return run_id_of(m), m
 
 
@@ -22,7 +22,7 @@ def test_accept_good_manifest(good):
 
 def test_run_id_changes_with_any_setting(good):
     run_id, _ = good
-    other = manifests.build_manifest(RunConfig(model=ModelConfig(d_model=64)), load_corpus("stdlib"))
+    other = manifests.build_manifest(RunConfig(model=ModelConfig(d_model=64)), load_corpus("demo"))
     assert run_id_of(other) != run_id
 
 
@@ -38,7 +38,7 @@ def test_refuses_other_protocol(good):
 
 
 def test_refuses_other_corpus_bytes(good):
-    with pytest.raises(SwarmtrainError, match="corpus 'stdlib' differs") as e:
+    with pytest.raises(SwarmtrainError, match="corpus 'demo' differs") as e:
         manifests.accept(*resealed(good[1], lambda m: m["data"].update(corpus_sha256="0" * 64)))
     assert "same source of data" in e.value.help
 

@@ -39,7 +39,7 @@ def run_pretrain(
     vx, vy = data.val_set(corpus, run.data, run.model.ctx, built.tokenizer)
     trainer = InnerTrainer(built.model, run.train, torch.device("cpu"), warmup_cosine(run.train, steps))
     gen = torch.Generator().manual_seed(run.train.seed)
-    out.event("pretrain_start", params=built.total_params, tokens=tokens.numel(), corpus=corpus.origin)
+    out.event("pretrain_start", params=built.total_params, tokens=data.token_count(tokens), corpus=corpus.origin)
     curve, t0 = [], time.monotonic()
     for step in range(1, steps + 1):
         if stop.is_set():

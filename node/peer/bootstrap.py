@@ -11,7 +11,7 @@ from node.config import NodeConfig, load_run_config
 from node.outer.strategies import make_strategy
 from node.p2p.addresses import initial_peers, shareable
 from node.p2p.dht import Swarm
-from node.p2p.identity import load_identity_key
+from node.p2p.identity import load_identity_key, writable_dir
 from node.p2p.validators import guard_run
 from node.peer import manifest as manifests
 from node.peer.witness import Witness
@@ -25,6 +25,7 @@ READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachabl
 
 def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
     run = load_run_config(run_path)
+    writable_dir(cfg.data_dir)  # before the model is built: a bad --data-dir is said at once
     model = build_run_model(run).model  # refuse a run we could not train ourselves
     make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
     corpus = load_corpus(run.data)  # a built-in corpus, or the organizer's own files

@@ -63,7 +63,7 @@ class NodeParts:
             raise SwarmtrainError(
                 "no initial peers given",
                 "pass --initial-peers MADDR (printed by `swarmtrain bootstrap`), set "
-                "SWARMTRAIN_INITIAL_PEERS, or use --new-swarm to start a swarm of your own",
+                "SWARMTRAIN_INITIAL_PEERS, or start a swarm of your own with `swarmtrain bootstrap --run run.toml`",
             )
         self.cfg, self.out = cfg, reporter
         self.device = pick_device(cfg.device)

@@ -140,7 +140,6 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
                 "127.0.0.1",
                 "--data-dir",
                 str(work / "bootstrap"),
-                "--new-swarm",
                 "--startup-timeout",
                 str(opt.startup_timeout),
             ),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from node.config import NodeConfig, load_run_config
 from node.outer.strategies import make_strategy
@@ -20,10 +22,17 @@ from node.train.data import load_corpus
 from node.train.model import build_run_model, trainable
 from node.watch.progress import Reporter
 
+PageFactory = Callable[[Swarm, str, dict], Any]
+"""Starts a status page for the run; what it returns has .url and .close()."""
+
 READY_FILE = "bootstrap.json"  # written to --data-dir once the peer is reachable
 
 
-def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter) -> None:
+def run_bootstrap(
+    cfg: NodeConfig, run_path: str | None, stop: threading.Event, reporter: Reporter, page: PageFactory | None = None
+) -> None:
+    """Serve the run until `stop`. `page(swarm, run_id, manifest)` starts the status page (the swarm's,
+    seen from here: node/commands/monitor.SwarmPage), once the manifest is published."""
     run = load_run_config(run_path)
     writable_dir(cfg.data_dir)  # before the model is built: a bad --data-dir is said at once
     model = build_run_model(run).model  # refuse a run we could not train ourselves
@@ -32,7 +41,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
-    witness = None
+    witness = served = None
     try:
         # the manifest names our peer id and is signed with its key: the run id commits to us
         manifest = manifests.build_manifest(run, corpus)
@@ -48,6 +57,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
             base=manifests.round0_digest(run, manifest),  # roster 1 starts from it
         )
         threading.Thread(target=witness.follow, args=(stop,), name="witness", daemon=True).start()
+        served = page(swarm, run_id, manifest) if page is not None else None
         maddrs = shareable(swarm.visible_maddrs())
         ready.parent.mkdir(parents=True, exist_ok=True)
         tmp = ready.with_suffix(".tmp")  # readers (volunteers, healthchecks) never see half a file
@@ -60,6 +70,7 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
             maddrs=maddrs,
             params=sum(p.numel() for p in model.parameters()),
             corpus_sha256=corpus.sha256[:16],
+            status_url=served.url if served is not None else "",
         )
         reporter.say(
             f"volunteers join with:\n  swarmtrain join --run-id {run_id} --initial-peers " + " ".join(maddrs[:2])
@@ -68,6 +79,8 @@ def run_bootstrap(cfg: NodeConfig, run_path: str | None, stop: threading.Event, 
             manifests.publish(swarm, envelope)  # DHT values expire; keep the manifest alive
     finally:
         ready.unlink(missing_ok=True)
+        if served is not None:
+            served.close()
         if witness is not None:
             witness.close()
         swarm.shutdown()

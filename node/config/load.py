@@ -39,7 +39,7 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str):
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
-                raise SwarmtrainError(f"{where}: [{key}] must be a table")
+                raise SwarmtrainError(f"{where}: [{key}] must be a table", f"write it as a [{key}] table of settings")
             kwargs[key] = from_dict(kind, value, f"{where} [{key}]")
         else:
             kwargs[key] = check_value(value, kind, f"{where}: {key}")

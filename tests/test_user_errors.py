@@ -48,7 +48,7 @@ def test_bad_inputs_are_one_error_with_a_fix_and_exit_2(tmp_path, capsys, monkey
     quiet = ["--host", "127.0.0.1", "--status-port", "-1", "--log-format", "text"]
     cases = [
         (["bootstrap", "--run", str(bad_run), "--data-dir", str(tmp_path / "b"), *quiet], ["inner_lr", "> 0"]),
-        (["bootstrap", "--data-dir", str(a_file / "sub"), *quiet], ["--data-dir", "Not a directory"]),
+        (["bootstrap", "--data-dir", str(a_file / "sub"), *quiet], ["--data-dir: cannot write in", "Not a directory"]),
         (
             ["join", "--data-dir", str(a_file), "--run-id", "r", "--initial-peers", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}"]
             + ["--startup-timeout", "1", *quiet[:2]],
@@ -58,6 +58,11 @@ def test_bad_inputs_are_one_error_with_a_fix_and_exit_2(tmp_path, capsys, monkey
             ["join", "--initial-peers", f"/ip4/127.0.0.1/tcp/{silent_port}/p2p/{PEER}", "--run-id", "r"]
             + ["--data-dir", str(tmp_path / "j"), "--startup-timeout", "1", *quiet[:2]],
             ["not a swarm peer", "swarmtrain bootstrap"],
+        ),
+        (
+            ["join", "--new-swarm", "--data-dir", str(tmp_path / "r"), "--result-json", str(a_file / "r.json")]
+            + quiet[:2],
+            ["--result-json: cannot write in"],
         ),
         (["join", "--port", "70000"], ["port = 70000", "out of range"]),
         (["join", "--prot", "5"], ["did you mean --port?"]),

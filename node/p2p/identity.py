@@ -39,8 +39,8 @@ def writable_dir(path: str, flag: str = "--data-dir") -> None:
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise SwarmtrainError(
-            f"cannot use {path} as this node's directory: {why}",
-            f"point {flag} at a directory you can write to (it is created if missing)",
+            f"{flag}: cannot write in {path}: {why}",
+            f"point {flag} at a place you can write to (missing directories are created)",
         ) from None
 
 

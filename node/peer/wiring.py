@@ -59,6 +59,8 @@ class NodeParts:
 
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
         writable_dir(cfg.data_dir)  # before waiting for peers: a bad --data-dir is said at once
+        if cfg.result_json:  # written when the node leaves: say now, not after training, that it cannot be
+            writable_dir(str(Path(cfg.result_json).expanduser().absolute().parent), "--result-json")
         peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
         if not peers and not cfg.new_swarm:
             raise SwarmtrainError(

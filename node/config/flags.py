@@ -38,17 +38,37 @@ which passes them on to each volunteer's join, and config show) takes them all. 
 still read from the --config file and the environment, which a node's commands share."""
 
 
-def _kind(kind: Any) -> dict[str, Any]:
-    """argparse's keywords for a field of annotation `kind`."""
+METAVARS = {
+    "_dir": "DIR",
+    "_file": "FILE",
+    "_json": "FILE",
+    "identity": "FILE",
+    "host": "IP",
+    "peers": "MADDR",
+    "announce": "MADDR",
+    "run": "RUN.TOML",
+    "files": "GLOB",
+    "workdir": "DIR",
+    "run_id": "RUN_ID",
+    "device": "{auto,cpu,mps,cuda[:N]}",
+}
+"""What a str setting's value is, by the end of its name (--data-dir DIR, --initial-peers MADDR ...);
+the others show their type (--port INT)."""
+
+
+def _kind(name: str, kind: Any) -> dict[str, Any]:
+    """argparse's keywords for field `name` of annotation `kind`."""
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
     if is_choice(kind):
         values = get_args(kind)
         return {"choices": values, "type": type(values[0])}
-    if get_origin(kind) is list:
-        inner = get_args(kind)[0]
-        return {"nargs": "*", "type": inner, "metavar": inner.__name__.upper()}
-    return {"type": kind, "metavar": kind.__name__.upper()}
+    many = get_origin(kind) is list
+    inner = get_args(kind)[0] if many else kind
+    metavar = inner.__name__.upper()
+    if inner is str:
+        metavar = next((m for end, m in METAVARS.items() if name.endswith(end)), metavar)
+    return {"type": inner, "metavar": metavar, **({"nargs": "*"} if many else {})}
 
 
 def add_flags(p: argparse.ArgumentParser, cls: type, kind: str, only: tuple[str, ...] | None = None) -> None:
@@ -69,7 +89,7 @@ def add_flags(p: argparse.ArgumentParser, cls: type, kind: str, only: tuple[str,
             dest=f"{kind}:{f.name}",
             default=argparse.SUPPRESS,
             help=f"{doc} (default: {shown})",
-            **_kind(hints[f.name]),
+            **_kind(f.name, hints[f.name]),
         )
 
 

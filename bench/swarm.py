@@ -188,7 +188,6 @@ def run_case(
                     str(run),
                     "--host",
                     host(0),
-                    "--new-swarm",
                     "--data-dir",
                     str(work / "boot"),
                     "--startup-timeout",

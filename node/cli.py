@@ -1,10 +1,11 @@
 """The `swarmtrain` command: join, bootstrap, monitor, demo, doctor, ray-launch, pretrain, bench, audit,
 export, config show.
 
-Node flags are made by tyro from NodeConfig's fields and docstrings (node/config/flags.py), so a
-setting is defined once and has the same name as a flag (--startup-timeout), an env var
-(SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout). The demo's and the Ray
-launcher's options are made the same way from DemoOptions and RayOptions.
+Node flags are made from NodeConfig's fields and docstrings (node/config/flags.py), so a setting
+is defined once and has the same name as a flag (--startup-timeout), an env var
+(SWARMTRAIN_STARTUP_TIMEOUT) and a config-file key (startup_timeout); each command lists the ones
+it reads (flags.NODE_FLAGS). The demo's and the Ray launcher's options are made the same way from
+DemoOptions and RayOptions.
 
 COMMANDS is the whole command line: each command's help, flags and handler. Only the chosen
 command's flags are built, so `swarmtrain join` never imports the demo (torch) or the benchmarks.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node import __version__
-from node.config import NodeConfig, as_dict, describe, environ, load_node_config, load_run_config
+from node.config import NodeConfig, environ, load_node_config
 from node.errors import SwarmtrainError
 from node.watch.panel import reporter_for
 from node.watch.progress import Reporter
@@ -33,26 +34,21 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Help:
-    """Whether this invocation asks for help: only then is tyro's text for the flags built."""
+def _add_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """The flags of dataclass `cls` (DemoOptions, RayOptions): args.main is built from them."""
+    from node.config.flags import add_flags
 
-    wanted = False
-
-
-def _add_flags(p: argparse.ArgumentParser, cls: type, kind: str) -> None:
-    """The flags of dataclass `cls` (NodeConfig, DemoOptions, RayOptions) are parsed by tyro from the
-    arguments argparse leaves over (node/config/flags.py); their help follows the subcommand's own."""
-    p.set_defaults(**{f"flags_{kind}": cls})
-    if _Help.wanted:
-        from node.config.flags import flags_help
-
-        p.formatter_class = argparse.RawDescriptionHelpFormatter
-        p.epilog = (p.epilog or "") + flags_help(cls, p.prog, env=cls is NodeConfig)
+    p.set_defaults(flags_main=cls)
+    add_flags(p, cls, "main")
 
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
+    from node.config.flags import ENV_NOTE, NODE_FLAGS, add_flags
+
     p.add_argument("--config", metavar="FILE", help="node settings file (TOML); flags and SWARMTRAIN_* env win")
-    _add_flags(p, NodeConfig, "node")
+    p.set_defaults(flags_node=True)
+    add_flags(p, NodeConfig, "node", NODE_FLAGS.get(p.prog.split()[1]))  # prog: swarmtrain COMMAND [...]
+    p.epilog = ENV_NOTE
 
 
 # ------------------------------------------------------------------------- each command's flags
@@ -70,13 +66,13 @@ def _doctor_flags(p: argparse.ArgumentParser) -> None:
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     from node.commands.demo import DemoOptions
 
-    _add_flags(p, DemoOptions, "main")
+    _add_flags(p, DemoOptions)
 
 
 def _ray_flags(p: argparse.ArgumentParser) -> None:
     from node.commands.ray_launch import RayOptions
 
-    _add_flags(p, RayOptions, "main")
+    _add_flags(p, RayOptions)
     _add_node_flags(p)
 
 
@@ -133,9 +129,10 @@ def _join(args: argparse.Namespace, stop: threading.Event) -> int:
 
 def _bootstrap(args: argparse.Namespace, stop: threading.Event) -> int:
     cfg, _ = _node_config(args)
+    from node.commands.monitor import page_of
     from node.peer.bootstrap import run_bootstrap
 
-    run_bootstrap(cfg, args.run, stop, Reporter(cfg.log_format))
+    run_bootstrap(cfg, args.run, stop, Reporter(cfg.log_format), page_of(cfg, "bootstrap (organizer)"))
     return _peer_exit(cfg, stop)
 
 
@@ -207,22 +204,9 @@ def _bench(args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def _config_show(args: argparse.Namespace, stop: threading.Event) -> int:
-    cfg, sources = _node_config(args)
-    rows = [{"name": n, "value": v, "source": sources[n], "doc": d} for n, v, d in describe(cfg)]
-    if args.json:
-        out = {"node": rows}
-        if args.run:
-            out["run"] = as_dict(load_run_config(args.run))
-        print(json.dumps(out, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        print(f"{r['name']:<{width}}  {json.dumps(r['value']):<28} {r['source']}")
-    if args.run:
-        print(f"\nrun settings from {args.run}:")
-        for section, values in as_dict(load_run_config(args.run)).items():
-            print(f"  {section} = {json.dumps(values)}")
-    return 0
+    from node.commands.config_show import run_config_show
+
+    return run_config_show(*_node_config(args), args.run, as_json=args.json)
 
 
 # ------------------------------------------------------------------------- the table
@@ -289,34 +273,36 @@ def _command_in(argv: list[str]) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser of `argv` (default: sys.argv[1:]): every command listed, the given one's flags built."""
-    argv = sys.argv[1:] if argv is None else argv
-    _Help.wanted = any(a in ("-h", "--help") for a in argv)
-    parser = argparse.ArgumentParser(prog="swarmtrain", description="Train one model with a swarm of volunteer peers.")
+    return _build(sys.argv[1:] if argv is None else argv)[0]
+
+
+def _build(argv: list[str]) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's subparser by name."""
+    from node.config.flags import CommandParser
+
+    parser = CommandParser(prog="swarmtrain", description="Train one model with a swarm of volunteer peers.")
     parser.add_argument("--version", action="version", version=f"swarmtrain {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    chosen = _command_in(argv)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    chosen, subparsers = _command_in(argv), {}
     for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.help)
+        subparsers[name] = sub.add_parser(name, help=command.help, allow_abbrev=False)
         if name == chosen:
-            command.add_flags(p)
-    return parser
+            command.add_flags(subparsers[name])
+    return parser, subparsers
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    """argparse routes the subcommand and parses its own options; tyro parses the dataclass flags
-    from what is left (args.main: DemoOptions / RayOptions; args.node_flags: NodeConfig values given)."""
-    parser = build_parser(argv)
-    args, rest = parser.parse_known_args(argv)
-    main_cls, node_cls = getattr(args, "flags_main", None), getattr(args, "flags_node", None)
-    if rest and not (main_cls or node_cls):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from node.config.flags import parse_flags
+    """argparse routes the subcommand and parses its options, the dataclass flags among them
+    (args.main: DemoOptions / RayOptions; args.node_flags: the NodeConfig values given)."""
+    from node.config.flags import given, unknown_flag
 
-    prog = "swarmtrain " + args.command
-    if main_cls is not None:
-        given, rest = parse_flags(main_cls, rest, prog, rest=node_cls is not None)
-        args.main = main_cls(**given)
-    args.node_flags = parse_flags(NodeConfig, rest, prog)[0] if node_cls is not None else {}
+    parser, subparsers = _build(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        subparsers[args.command].error(unknown_flag(subparsers[args.command], rest))
+    if getattr(args, "flags_main", None) is not None:
+        args.main = args.flags_main(**given(args, "main"))
+    args.node_flags = given(args, "node")
     return args
 
 

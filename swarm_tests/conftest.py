@@ -227,7 +227,6 @@ def start_bootstrap(procs, tmp_path: Path, run: Path) -> Bootstrap:
         str(run),
         "--host",
         "127.0.0.1",
-        "--new-swarm",
         "--data-dir",
         str(tmp_path / "boot"),
         "--startup-timeout",

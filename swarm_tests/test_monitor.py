@@ -101,7 +101,13 @@ def test_monitor_api_shows_every_peer_from_signed_records(swarm):
     assert abs(sum(p["share"] for p in status["peers"]) - 1) < 1e-6
     assert all(p["tokens_per_s"] > 0 for p in status["peers"])
     assert status["bootstrap"] == [
-        {"address": swarm["maddr"], "up": True, "latency_ms": status["bootstrap"][0]["latency_ms"], "error": None}
+        {
+            "address": swarm["maddr"],
+            "up": True,
+            "libp2p": True,
+            "latency_ms": status["bootstrap"][0]["latency_ms"],
+            "error": None,
+        }
     ]
     assert status["bandwidth"]["saved_fraction"] > 0.5  # diloco, 8 inner steps, fp16: ~97 %
     assert any(p["val_bpb"] is not None for p in status["loss_history"])
@@ -205,6 +211,14 @@ def test_doctor_checks_a_live_swarm(swarm, tmp_path):
     assert re.search(r"^ok +run +test-\w+: diloco.*our corpus .+ matches", out, re.M), out
     assert re.search(r"^ok +clock +median heartbeat age", out, re.M), out
     assert re.search(r"^ok +memory +the run \(the swarm's manifest\)", out, re.M), out
+
+
+def test_the_bootstrap_peer_serves_the_swarms_page_and_metrics(swarm):
+    url = swarm["boot"].wait_for(r"event=bootstrap_ready .*status_url=(\S+)", 10).group(1)
+    status = wait_status(url, lambda s: sum(p["alive"] for p in s["peers"]) == 3, 120)
+    assert status["node"]["name"] == "bootstrap (organizer)" and status["node"]["run_id"] == swarm["run_id"]
+    assert sorted(p["name"] for p in status["peers"]) == ["vol0", "vol1", "vol2"]
+    assert "swarmtrain_monitor_peers_alive 3.0" in get(url + "metrics").decode()
 
 
 def test_forged_and_replayed_records_cannot_hide_a_peer(swarm, tmp_path):

@@ -79,7 +79,7 @@ def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
         start = starter(net, tmp_path, started, t0=t0)  # a home peer listens on (so announces) its private address
 
         try:
-            boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
+            boot = start(0, "bootstrap", "--run", str(small_run), "--startup-timeout", "60")
             _, maddr, run_id = bootstrap_ready(boot)
             join = ["join", "--run-id", run_id, "--initial-peers", maddr, "--threads", "1", "--status-port", "-1"]
             join += ["--max-rounds", str(ROUNDS)]

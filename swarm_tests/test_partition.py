@@ -113,7 +113,7 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
         start = starter(net, tmp_path, started, command=[sys.executable, "-c", LAUNCH], t0=t_start)
 
         try:
-            boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
+            boot = start(0, "bootstrap", "--run", str(small_run), "--startup-timeout", "60")
             _, maddr, run_id = bootstrap_ready(boot)
             vols = [
                 start(

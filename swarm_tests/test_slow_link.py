@@ -23,7 +23,7 @@ def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
         start = starter(net, tmp_path, started)
 
         try:
-            boot = start(0, "bootstrap", "--run", str(small_run), "--new-swarm", "--startup-timeout", "60")
+            boot = start(0, "bootstrap", "--run", str(small_run), "--startup-timeout", "60")
             _, maddr, run_id = bootstrap_ready(boot)
             assert f"/ip4/{net.address(0)}/" in maddr, maddr  # announced on its namespace address
             volunteers = [

@@ -1,6 +1,7 @@
 """`swarmtrain doctor`: each check fails when it should, and names the fix."""
 
 import socket
+import threading
 
 from node.cli import main
 from node.commands.doctor import (
@@ -17,6 +18,7 @@ from node.commands.doctor import (
 )
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.p2p.addresses import parse_peer_address
+from node.p2p.dht import LIBP2P_GREETING
 
 PEER = "QmcHYLomwHQaoAbJ4u1Ppz25nhH4bz2Sh7dBskRrB9UqLw"
 
@@ -38,12 +40,24 @@ def test_unreachable_peer_fails_and_says_why():
     assert c.status == FAIL and "refused" in c.detail.lower() and "firewall" in c.fix
 
 
-def test_reachable_peer_is_ok():
+def test_a_libp2p_peer_is_ok_and_another_program_on_the_port_fails_with_the_fix():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        c = peer_check(parse_peer_address(f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}/p2p/{PEER}"))
-    assert c.status == OK and "ms" in c.detail
+        address = parse_peer_address(f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}/p2p/{PEER}")
+
+        def greet():  # what p2pd's listener writes first on every connection
+            conn, _ = s.accept()
+            with conn:
+                conn.sendall(LIBP2P_GREETING)
+
+        greeter = threading.Thread(target=greet)
+        greeter.start()
+        c = peer_check(address)
+        greeter.join()
+        assert c.status == OK and "libp2p" in c.detail and "ms" in c.detail
+        c = peer_check(address, timeout=0.5)  # accepted by the backlog, and silent: a web server, say
+    assert c.status == FAIL and "not answer as a libp2p peer" in c.detail and "swarmtrain bootstrap" in c.fix
 
 
 def test_too_many_threads_warns():

@@ -1,4 +1,4 @@
-"""Flags made by tyro from the config dataclasses (issue 10, item 7): same names, same precedence."""
+"""Flags made from the config dataclasses (issue 10, item 7): same names, same precedence."""
 
 import json
 

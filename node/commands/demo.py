@@ -115,7 +115,7 @@ def _cli(*args: str) -> list[str]:
 
 def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
     if opt.peers < 1:
-        raise SwarmtrainError("--peers must be at least 1")
+        raise SwarmtrainError("--peers must be at least 1", "pass --peers N with N >= 1")
     t_start = time.monotonic()
     work = Path(opt.workdir or tempfile.mkdtemp(prefix="swarmtrain-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,6 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
                 "127.0.0.1",
                 "--data-dir",
                 str(work / "bootstrap"),
-                "--new-swarm",
                 "--startup-timeout",
                 str(opt.startup_timeout),
             ),
@@ -254,7 +253,9 @@ def _await_bootstrap(ready: Path, boot: Child, timeout: float, stop: threading.E
             written = json.loads(ready.read_text())
             return Ready(written["maddrs"][0], written["run_id"])
         if boot.proc.poll() is not None:
-            raise SwarmtrainError("the demo's bootstrap peer exited before it was ready (see its output above)")
+            raise SwarmtrainError(
+                "the demo's bootstrap peer exited before it was ready", "its output above says why and how to fix it"
+            )
         stop.wait(0.2)  # note: waiting for a file another process writes
     raise SwarmtrainError(
         f"the demo's bootstrap peer was not ready within {timeout:.0f} s",

@@ -14,16 +14,19 @@ import os
 import shutil
 import socket
 import statistics
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from node.config import ModelConfig, NodeConfig, RunConfig
 from node.errors import SwarmtrainError
 from node.p2p.addresses import Address, initial_peers, parse_announce
-from node.p2p.dht import probe_peer
+from node.p2p.dht import NOT_A_PEER_FIX, probe_peer
 from node.p2p.reach import judge, local_maddrs
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+FIX_UNKNOWN = "check the flags named above; `swarmtrain config show` prints every effective setting"
+"""The fix line of a failure whose error names none: every FAIL has one."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,9 @@ def peer_check(address: Address, timeout: float = 5.0) -> Check:
             "check the address (copy it from `swarmtrain bootstrap`'s output), that the peer runs, "
             "and that no firewall blocks the port",
         )
-    return Check("initial peer", OK, f"{address.text}: answers in {answer['latency_ms']:.0f} ms")
+    if not answer["libp2p"]:
+        return Check("initial peer", FAIL, f"{address.text}: {answer['error']}", NOT_A_PEER_FIX)
+    return Check("initial peer", OK, f"{address.text}: a libp2p peer, answers in {answer['latency_ms']:.0f} ms")
 
 
 def reach_check(cfg: NodeConfig, peers: list[Address]) -> Check:
@@ -69,7 +74,7 @@ def reach_check(cfg: NodeConfig, peers: list[Address]) -> Check:
     try:
         announced = parse_announce(cfg.announce)
     except SwarmtrainError as e:
-        return Check("reachable", FAIL, str(e), e.help)
+        return Check("reachable", FAIL, str(e), e.help or FIX_UNKNOWN)
     reach = judge(announced or local_maddrs(cfg.host, cfg.port, [p.host for p in peers]), port=cfg.port)
     remote = any(not p.host.startswith("127.") and p.host not in ("localhost", "::1") for p in peers)
     if reach.reachable or (reach.kind == "loopback" and not remote):  # a swarm on this machine: nothing to fix
@@ -121,10 +126,16 @@ def disk_check(data_dir: str, run: RunConfig) -> Check:
     path = Path(data_dir).resolve()
     while not path.exists():
         path = path.parent
-    free = shutil.disk_usage(path).free
     need = 2 * 3 * 4 * param_count(run.model) + 100 * 2**20  # state + outer buffers, twice while saving
-    if not os.access(path, os.W_OK):
-        return Check("disk", FAIL, f"{path} is not writable", "use --data-dir on a writable disk")
+    fix = "use --data-dir with a directory you can write to (it is created if missing)"
+    if not path.is_dir():
+        return Check("disk", FAIL, f"--data-dir {data_dir}: {path} is a file, not a directory", fix)
+    try:  # by trying: as root, file modes do not say whether a write succeeds (a read-only mount)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return Check("disk", FAIL, f"--data-dir {data_dir}: cannot write in {path}: {e.strerror}", fix)
+    free = shutil.disk_usage(path).free
     status = OK if free >= need else FAIL
     return Check(
         "disk",
@@ -184,7 +195,7 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
     try:
         swarm = Swarm.start(probe_cfg, peers, client_mode=True)
     except SwarmtrainError as e:
-        return [Check("swarm", FAIL, str(e), e.help)], None
+        return [Check("swarm", FAIL, str(e), e.help or FIX_UNKNOWN)], None
     try:
         run_id, manifest, _ = manifests.fetch(swarm, manifests.wanted_run(cfg), probe_cfg.startup_timeout)
         run, corpus = manifests.accept(run_id, manifest)  # protocol version, settings, our copy of the data
@@ -217,7 +228,7 @@ def swarm_checks(cfg: NodeConfig, peers: list[Address]) -> tuple[list[Check], Ru
             )
         return checks, run
     except SwarmtrainError as e:
-        return [Check("swarm", FAIL, str(e), e.help)], None
+        return [Check("swarm", FAIL, str(e), e.help or FIX_UNKNOWN)], None
     finally:
         swarm.shutdown()
 
@@ -232,7 +243,7 @@ def run_doctor(cfg: NodeConfig, run_path: str | None) -> list[Check]:
     try:
         peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, 0.0)
     except SwarmtrainError as e:
-        peers, checks = [], checks + [Check("initial peer", FAIL, str(e), e.help)]
+        peers, checks = [], checks + [Check("initial peer", FAIL, str(e), e.help or FIX_UNKNOWN)]
     if not peers and not cfg.new_swarm:
         checks.append(
             Check(

@@ -8,8 +8,10 @@ fed with the swarm's numbers instead of one node's.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from node.watch.dashboard.server import StatusServer
 from node.watch.progress import Reporter
 from node.watch.status import peer_rows, with_saved
 from protocol.records import Heartbeat, MetricsRecord
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 2.0
 MAX_POINTS = 2000  # rounds kept on the loss curve
@@ -68,11 +72,13 @@ def merge_history(records: list[MetricsRecord], throughput: float | None = None)
 
 
 class SwarmMonitor:
-    def __init__(self, swarm: Swarm, run_id: str, manifest: dict, bootstrap: list[Address]):
+    def __init__(
+        self, swarm: Swarm, run_id: str, manifest: dict, bootstrap: list[Address], name: str = "swarm monitor"
+    ):
         self.swarm, self.run_id, self.bootstrap = swarm, run_id, bootstrap
         self.node = {
             "peer": swarm.peer_id,
-            "name": "swarm monitor",
+            "name": name,
             "run_id": run_id,
             "strategy": manifest.get("strategy", {}).get("name", "?"),
             "device": "monitor",
@@ -158,6 +164,40 @@ class SwarmMonitor:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SwarmPage:
+    """The swarm's page served beside another peer (the organizer's bootstrap peer), refreshed from a
+    thread of its own until closed."""
+
+    def __init__(self, cfg: NodeConfig, swarm: Swarm, run_id: str, manifest: dict, name: str):
+        self.monitor = SwarmMonitor(swarm, run_id, manifest, [], name)
+        self.server = StatusServer(cfg.status_host, cfg.status_port, self.monitor.snapshot, self.monitor.exposition)
+        self.url = self.server.url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="swarm-page", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while True:
+            try:
+                self.monitor.refresh()
+            except Exception as e:  # a page that shows the last good refresh beats a dead one
+                log.warning("swarm page refresh failed: %s", e)
+            if self._stop.wait(REFRESH_S):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.server.close()
+
+
+def page_of(cfg: NodeConfig, name: str) -> Callable[[Swarm, str, dict], SwarmPage] | None:
+    """What starts the swarm's page beside peer `name` (run_bootstrap's `page`); None: the page is off."""
+    if cfg.status_port < 0:
+        return None
+    return lambda swarm, run_id, manifest: SwarmPage(cfg, swarm, run_id, manifest, name)
 
 
 def run_monitor(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> None:

@@ -138,7 +138,7 @@ def volunteer_argv(cfg: NodeConfig, i: int, opt: RayOptions, device: str) -> lis
 def run_ray_launch(cfg: NodeConfig, opt: RayOptions, stop: threading.Event, out: Reporter) -> dict:
     """Start the actors, relay their output, and stop them all when `stop` is set or all have exited."""
     if opt.volunteers < 1:
-        raise SwarmtrainError("--volunteers must be at least 1")
+        raise SwarmtrainError("--volunteers must be at least 1", "pass --volunteers N with N >= 1")
     from node.peer.manifest import wanted_run
 
     cfg = replace(cfg, run_id=wanted_run(cfg))  # each peer joins the run asked for, never "the only one"

@@ -5,7 +5,7 @@
   schema.py     what the dataclasses say about themselves: field docs, types, pydantic checks
   load.py       run.toml and a node's sources into settings; `config show`'s rows
   validate.py   the one place where values are checked: ranges, choices, rules across fields
-  flags.py      command-line flags made by tyro from the same dataclasses
+  flags.py      command-line flags made from the same dataclasses, per command
   reference.py  docs/run-file.md, every run.toml setting, from settings.py and validate.py
 """
 

@@ -9,6 +9,7 @@ refused here, when it is read, not later in a volunteer's training.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from node.config.validate import validate_node, validate_run
 from node.errors import SwarmtrainError
 
 ENV_PREFIX = "SWARMTRAIN_"
+ENV_ELSEWHERE = frozenset({"SWARMTRAIN_ARTIFACTS"})
+"""Variables with our prefix that are not node settings: where the swarm tests leave their artifacts."""
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str):
@@ -36,7 +39,7 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str):
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
-                raise SwarmtrainError(f"{where}: [{key}] must be a table")
+                raise SwarmtrainError(f"{where}: [{key}] must be a table", f"write it as a [{key}] table of settings")
             kwargs[key] = from_dict(kind, value, f"{where} [{key}]")
         else:
             kwargs[key] = check_value(value, kind, f"{where}: {key}")
@@ -75,6 +78,7 @@ def load_node_config(
         from_dict(NodeConfig, data, config_file)  # validates names and types
         values.update(data)
         sources.update({k: f"file {config_file}" for k in data})
+    check_env_names(env)
     hints = type_hints(NodeConfig)
     for f in fields(NodeConfig):
         var = ENV_PREFIX + f.name.upper()
@@ -88,6 +92,19 @@ def load_node_config(
     cfg = NodeConfig(**values)
     validate_node(cfg, sources)
     return cfg, sources
+
+
+def check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse a SWARMTRAIN_* variable that names no setting: a misspelt one would be ignored silently."""
+    known = [ENV_PREFIX + f.name.upper() for f in fields(NodeConfig)]
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX) and var not in known and var not in ENV_ELSEWHERE:
+            close = difflib.get_close_matches(var, known, n=1)
+            raise SwarmtrainError(
+                f"unknown environment variable {var}: no setting has that name",
+                (f"did you mean {close[0]}? " if close else "")
+                + "rename or unset it (`swarmtrain config show` lists every setting)",
+            )
 
 
 def describe(cfg: Any) -> list[tuple[str, Any, str]]:

@@ -1,7 +1,7 @@
 """What the settings dataclasses say about themselves: each field's docstring and resolved type,
 and pydantic's check of one value against that type.
 
-Types are checked by pydantic (TOML, manifests, environment) and flags are made by tyro
+Types are checked by pydantic (TOML, manifests, environment) and flags are made with argparse
 (node/config/flags.py); both read the dataclasses of node/config/settings.py and their docstrings.
 """
 
@@ -78,7 +78,9 @@ def check_value(value: Any, kind: Any, where: str) -> Any:
             raise SwarmtrainError(
                 f"{where} must be one of {type_name(kind)}, got {value!r}", f"use one of {choices(kind)}"
             ) from None
-        raise SwarmtrainError(f"{where} must be of type {type_name(kind)}, got {value!r}") from None
+        raise SwarmtrainError(
+            f"{where} must be of type {type_name(kind)}, got {value!r}", f"write a {type_name(kind)} there"
+        ) from None
 
 
 def parse_env(raw: str, kind: Any, var: str) -> Any:

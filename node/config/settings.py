@@ -5,7 +5,7 @@ Two kinds of settings:
     writes it as run.toml; `bootstrap` turns it into the run manifest (node/peer/manifest.py).
   * NodeConfig: how this one node runs (addresses, paths, threads).
 A setting that takes one of a few values has a Literal type (named below), so that pydantic
-(TOML, environment, manifests) and tyro (flags) refuse any other value by themselves. Ranges of
+(TOML, environment, manifests) and argparse (flags) refuse any other value by themselves. Ranges of
 numbers are checked in node/config/validate.py; reading files and the environment is
 node/config/load.py.
 """

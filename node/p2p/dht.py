@@ -104,41 +104,64 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+LIBP2P_GREETING = b"\x13/multistream/1.0.0\n"
+"""What a libp2p peer's listener writes first on every new connection (multistream-select)."""
+
+
 def probe_peer(address: Address, timeout: float) -> dict:
-    """Does this peer accept TCP connections? {address, up, latency_ms, error} (the OS error, if down)."""
+    """Does this peer accept TCP connections, and is it a libp2p peer (it greets with multistream-select
+    at once; a web server or any other program on that port does not)? {address, up, libp2p,
+    latency_ms, error} (error: the OS error if down, what was wrong if up but not libp2p)."""
     t0 = time.monotonic()
     try:
-        with socket.create_connection((address.host, address.port), timeout=timeout):
-            pass
-        return {
-            "address": address.text,
-            "up": True,
-            "latency_ms": round(1000 * (time.monotonic() - t0), 1),
-            "error": None,
-        }
+        with socket.create_connection((address.host, address.port), timeout=timeout) as conn:
+            latency = round(1000 * (time.monotonic() - t0), 1)
+            conn.settimeout(min(timeout, 3.0))
+            greeting = b""
+            try:
+                while len(greeting) < len(LIBP2P_GREETING) and (
+                    more := conn.recv(len(LIBP2P_GREETING) - len(greeting))
+                ):
+                    greeting += more
+            except OSError:  # silent within the timeout (a web server waits for our request) or reset
+                pass
+        libp2p = greeting == LIBP2P_GREETING
+        error = None if libp2p else "accepts TCP connections but does not answer as a libp2p peer"
+        return {"address": address.text, "up": True, "libp2p": libp2p, "latency_ms": latency, "error": error}
     except OSError as e:
-        return {"address": address.text, "up": False, "latency_ms": None, "error": e.strerror or type(e).__name__}
+        error = e.strerror or type(e).__name__
+        return {"address": address.text, "up": False, "libp2p": False, "latency_ms": None, "error": error}
+
+
+NOT_A_PEER_FIX = (
+    "the port belongs to another program, or the address is not a swarm peer's: copy the whole "
+    "address `swarmtrain bootstrap` printed (/ip4/.../tcp/PORT/p2p/PEER_ID)"
+)
 
 
 def wait_for_initial_peers(peers: list[Address], timeout: float) -> None:
-    """Wait until at least one initial peer accepts TCP; say which failed and why."""
+    """Wait until at least one initial peer answers as a libp2p peer; say which failed and why.
+    When every peer answered TCP but none as a libp2p peer, waiting longer would not help: refuse at once."""
     deadline = time.monotonic() + timeout
     errors: dict[str, str] = {}
     while True:
-        for peer in peers:
-            answer = probe_peer(peer, timeout=min(5.0, timeout))
-            if answer["up"]:
+        answers = [probe_peer(peer, timeout=min(5.0, timeout)) for peer in peers]
+        for peer, answer in zip(peers, answers, strict=True):
+            if answer["libp2p"]:
                 for other, why in errors.items():
                     if other != peer.text:
                         log.warning("initial peer %s did not answer: %s", other, why)
                 return
             errors[peer.text] = answer["error"]
+        lines = "\n".join(f"  {p}: {why}" for p, why in errors.items())
+        if all(a["up"] for a in answers):
+            raise SwarmtrainError(f"no initial peer is a swarm peer:\n{lines}", NOT_A_PEER_FIX)
         if time.monotonic() >= deadline:
-            lines = "\n".join(f"  {p}: {why}" for p, why in errors.items())
             raise SwarmtrainError(
                 f"none of the initial peers answered within {timeout:.0f} s:\n{lines}",
                 "check that the bootstrap peer is running and the address is copied exactly;\n"
-                "wait longer with --startup-timeout SECONDS, or start a swarm with --new-swarm",
+                "wait longer with --startup-timeout SECONDS, or start a swarm of your own with "
+                "`swarmtrain bootstrap --run run.toml`",
             )
         time.sleep(0.5)  # note: polling a TCP port; there is no event to await
 
@@ -224,6 +247,12 @@ def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:
         return SwarmtrainError(
             f"another running peer uses this identity ({text})", "each node needs its own --data-dir or --identity file"
         )
+    if "failed to connect to bootstrap peers" in text:  # p2pd: they greet, but not as the peer id we named
+        return SwarmtrainError(
+            "the initial peers accept connections but none answered as the peer its address names",
+            "check that each address ends with the /p2p/<peer id> `swarmtrain bootstrap` printed "
+            "(it changes when the bootstrap peer's --data-dir or --identity changes)",
+        )
     if "none of the initial_peers responded" in text:
         return SwarmtrainError(
             "the initial peers accept connections but none answered as a swarm peer",
@@ -238,7 +267,10 @@ def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:
             f"the libp2p daemon did not start within {cfg.startup_timeout:.0f} s ({text})",
             "the machine may be busy: raise --startup-timeout",
         )
-    return SwarmtrainError(f"could not start the DHT node: {type(e).__name__}: {text}")
+    return SwarmtrainError(
+        f"could not start the DHT node: {type(e).__name__}: {text}",
+        "check --host, --port and --announce; on a busy machine raise --startup-timeout",
+    )
 
 
 class HeartbeatPublisher:

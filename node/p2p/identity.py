@@ -8,6 +8,7 @@ same key signs heartbeats, announcements, rosters, manifests and metrics records
 from __future__ import annotations
 
 import os
+import tempfile
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,8 +23,25 @@ def identity_path(cfg: NodeConfig) -> str:
     """The key file of this node (--identity, else <data_dir>/identity.key), its directory created
     so that hivemind can write a new key there on first start."""
     identity = cfg.identity or os.path.join(cfg.data_dir, "identity.key")
-    os.makedirs(os.path.dirname(os.path.abspath(identity)), exist_ok=True)
+    writable_dir(cfg.data_dir)  # checkpoints, ledgers and bootstrap.json go there too
+    writable_dir(os.path.dirname(os.path.abspath(identity)), "--identity")
     return identity
+
+
+def writable_dir(path: str, flag: str = "--data-dir") -> None:
+    """Create directory `path` if missing and check that a file can be written in it (as root, file
+    modes do not say): a node that cannot keep its key and checkpoint is refused at start, naming the
+    directory, not in a traceback later."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise SwarmtrainError(
+            f"{flag}: cannot write in {path}: {why}",
+            f"point {flag} at a place you can write to (missing directories are created)",
+        ) from None
 
 
 def load_identity_key(path: str) -> rsa.RSAPrivateKey:

@@ -19,7 +19,7 @@ from node.outer.strategies import make_strategy
 from node.p2p.addresses import initial_peers
 from node.p2p.dht import Swarm
 from node.p2p.exchange import Exchange
-from node.p2p.identity import load_identity_key
+from node.p2p.identity import load_identity_key, writable_dir
 from node.p2p.limits import Budgets
 from node.p2p.roundnet import RealNet
 from node.p2p.validators import guard_run
@@ -58,12 +58,15 @@ class NodeParts:
     """The pieces of a running node; the loop is Peer's (volunteer.py)."""
 
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
+        writable_dir(cfg.data_dir)  # before waiting for peers: a bad --data-dir is said at once
+        if cfg.result_json:  # written when the node leaves: say now, not after training, that it cannot be
+            writable_dir(str(Path(cfg.result_json).expanduser().absolute().parent), "--result-json")
         peers = initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout)
         if not peers and not cfg.new_swarm:
             raise SwarmtrainError(
                 "no initial peers given",
                 "pass --initial-peers MADDR (printed by `swarmtrain bootstrap`), set "
-                "SWARMTRAIN_INITIAL_PEERS, or use --new-swarm to start a swarm of your own",
+                "SWARMTRAIN_INITIAL_PEERS, or start a swarm of your own with `swarmtrain bootstrap --run run.toml`",
             )
         self.cfg, self.out = cfg, reporter
         self.device = pick_device(cfg.device)

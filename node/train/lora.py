@@ -39,9 +39,9 @@ def apply_lora(model: nn.Module, cfg: PeftConfig, seed: int, model_type: str | N
             "this run fine-tunes with LoRA, but 'peft' is not installed", "pip install 'swarmtrain[hf]'"
         ) from None
     if cfg.r < 1:
-        raise SwarmtrainError(f"[peft] r must be at least 1, got {cfg.r}")
+        raise SwarmtrainError(f"[peft] r must be at least 1, got {cfg.r}", "set [peft] r to 1 or more, e.g. 8")
     if not 0 <= cfg.dropout < 1:
-        raise SwarmtrainError(f"[peft] dropout must be in [0, 1), got {cfg.dropout}")
+        raise SwarmtrainError(f"[peft] dropout must be in [0, 1), got {cfg.dropout}", "set [peft] dropout in [0, 1)")
     targets = list(cfg.target_modules) or default_targets(model_type)
     lora = LoraConfig(
         r=cfg.r,

@@ -60,7 +60,9 @@ def check_model_config(cfg: ModelConfig) -> None:
     """Raise if this version cannot build the model a manifest describes."""
     for name in ("d_model", "n_layer", "n_head", "ctx"):
         if getattr(cfg, name) <= 0:
-            raise SwarmtrainError(f"model {name} must be positive, got {getattr(cfg, name)}")
+            raise SwarmtrainError(
+                f"model {name} must be positive, got {getattr(cfg, name)}", f"set [model] {name} to 1 or more"
+            )
     if cfg.d_model % cfg.n_head and not cfg.pretrained:
         raise SwarmtrainError(
             f"model d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}",
@@ -199,7 +201,23 @@ def build_run_model(
 ) -> BuiltModel:
     """The whole recipe: base model (byte GPT or transformers), tokenizer, LoRA adapters.
     `pretrained_dir` / `tokenizer_dir` override where this node keeps the run's files; `expect`
-    (a manifest's [model] section) makes a differing fingerprint an error."""
+    (a manifest's [model] section) makes a differing fingerprint an error. A model larger than this
+    machine's memory is a SwarmtrainError naming the sizes, not torch's allocation traceback."""
+    try:
+        return _build(run, pretrained_dir, tokenizer_dir, expect)
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        m = run.model
+        raise SwarmtrainError(
+            f"the run's model (d_model={m.d_model}, n_layer={m.n_layer}, ctx={m.ctx}) does not fit in this "
+            f"machine's memory: {str(e).splitlines()[0][:160]}",
+            "make [model] smaller in the run file, or use a machine with more memory (`swarmtrain doctor --run` "
+            "estimates what a run needs)",
+        ) from None
+
+
+def _build(run: RunConfig, pretrained_dir: str, tokenizer_dir: str, expect: dict | None) -> BuiltModel:
     cfg = run.model
     check_model_config(cfg)
     if cfg.kind == "user":

@@ -39,6 +39,7 @@ inner_steps = 4
 {strategy}
 [swarm]
 min_peers = 2
+{window}
 collect_timeout = 20.0
 round_timeout = 60.0
 heartbeat_interval = 1.0
@@ -163,7 +164,8 @@ def run_api_identity(*, rounds: int, cases: list[str], json_path: str, stop: thr
                 break
             c = CASES[case]
             run = Path(tmp) / f"{case}.toml"
-            run.write_text(RUN.format(model=c.model, strategy=c.strategy, more=c.more))
+            window = "" if "round_seconds" in c.more else "round_seconds = 0.0"  # fixed H: bit for bit
+            run.write_text(RUN.format(model=c.model, strategy=c.strategy, more=c.more, window=window))
             t = time.monotonic()
             keys = Path(tmp) / case / "keys"
             keys.mkdir(parents=True)

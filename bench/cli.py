@@ -207,10 +207,11 @@ def _swarm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="training time per case, after every peer joined")
     p.add_argument(
         "--round-seconds",
-        type=float,
+        type=lambda v: None if v == "auto" else float(v),
         nargs="+",
         default=[2.0],
-        help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest)",
+        help="compute windows to compare (0: fixed inner_steps, every peer waits for the slowest; "
+        "auto: left unset, sized from the swarm as a run file without it is)",
     )
     p.add_argument(
         "--slow-peer",
@@ -218,6 +219,13 @@ def _swarm_flags(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="F",
         help="also run each case with one more peer F times slower (0: no slow peer)",
+    )
+    p.add_argument(
+        "--slow-quota",
+        type=float,
+        default=0.0,
+        metavar="Q",
+        help="also run each case with one more peer whose processes share Q of one core (a cgroup; root)",
     )
     p.add_argument(
         "--link",
@@ -244,6 +252,7 @@ def _swarm(args: argparse.Namespace, stop: threading.Event) -> bool:
         seconds=args.seconds,
         round_seconds=args.round_seconds,
         slow_peer=args.slow_peer,
+        slow_quota=args.slow_quota,
         link=args.link,
         json_path=args.json,
         workdir=args.workdir,

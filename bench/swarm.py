@@ -36,6 +36,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpuquota import CpuQuota
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 from bench.tables import markdown_table
 from node.config import SwarmConfig
@@ -63,7 +64,7 @@ collect_timeout = 20.0
 round_timeout = 90.0
 heartbeat_interval = 1.0
 heartbeat_ttl = 5.0
-round_seconds = {round_seconds}
+{window}
 min_peers = {min_peers}
 """
 """The run file of every case; the fields in braces come from the case."""
@@ -76,14 +77,20 @@ class SwarmCase:
     strategy: str
     """Strategy ([strategy] name in the run file); '+overlap' also sets [strategy] overlap,
     '+direct' [swarm] relay_fanout = 0 (every update fetched from its owner)."""
-    round_seconds: float
-    """Compute window per round; 0: fixed inner_steps."""
+    round_seconds: float | None
+    """Compute window per round; 0: fixed inner_steps; None: unset (sized from the swarm)."""
     fast: int
     """Peers at full speed."""
     slow: float
     """Slowdown of one more peer; 0: no slow peer."""
     link: str
     """Link spec of every peer ('' : loopback)."""
+    quota: float = 0.0
+    """One more peer whose processes share this fraction of one core (a cgroup); 0: none."""
+
+    @property
+    def slowed(self) -> bool:
+        return bool(self.slow or self.quota)
 
 
 HIVEMIND = "hivemind"
@@ -158,7 +165,7 @@ def run_case(
     case: SwarmCase, seconds: float, work: Path, stop: threading.Event, say=print, target_bpb: float | None = None
 ) -> dict | None:
     work.mkdir(parents=True, exist_ok=True)
-    n = case.fast + (1 if case.slow else 0)
+    n = case.fast + (1 if case.slowed else 0)
     run = work / "run.toml"
     name, options = strategy_of(case.strategy)
     run.write_text(
@@ -166,7 +173,7 @@ def run_case(
             strategy=name,
             overlap=str("overlap" in options).lower(),
             relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
-            round_seconds=case.round_seconds,
+            window="" if case.round_seconds is None else f"round_seconds = {case.round_seconds}",
             min_peers=n,
         )
     )
@@ -174,6 +181,11 @@ def run_case(
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None
         host = (lambda k: net.address(k)) if net else (lambda k: "127.0.0.1")
         prefix = (lambda k: net.exec_prefix(k)) if net else (lambda k: [])
+        if case.quota:  # the slow peer, all its processes, at a fraction of a core
+            quota = CpuQuota(f"swarmtrain-bench-{os.getpid()}", case.quota)
+            stack.callback(quota.close)
+            inner = prefix
+            prefix = lambda k: quota.prefix() + inner(k) if k == n else inner(k)  # noqa: E731
         nodes: list[Node] = []
         stack.callback(lambda: [x.stop() for x in reversed(nodes)])
         baseline = name == HIVEMIND
@@ -232,7 +244,8 @@ def run_case(
             node.wait_for(r"event=joined ", 180)
         joined = time.time()  # time to the target bpb counts from here
         say(
-            f"  {case.strategy} window={case.round_seconds}s peers={case.fast}+{'1 slow' if case.slow else '0'}"
+            f"  {case.strategy} window={window_name(case.round_seconds)} "
+            f"peers={case.fast}+{'1 slow' if case.slowed else '0'}"
             f"{' link=' + case.link if case.link else ''}: training {seconds:.0f} s"
         )
         for node in nodes[1:]:  # the first rounds with every peer in them are not measured
@@ -284,9 +297,9 @@ def row(
     bpb = results[0].get("val_bpb") or []
     return {
         "strategy": case.strategy,
-        "round_seconds": case.round_seconds,
+        "round_seconds": window_name(case.round_seconds),
         "peers": len(deltas),
-        "slow_peer": case.slow,
+        "slow_peer": f"quota {case.quota:g} core" if case.quota else case.slow,
         "link": case.link or "loopback",
         "wall_seconds": round(statistics.mean(d["unix_time"] for d in deltas), 1),
         # the evaluating peer (the first) spends time on the benchmark's own measurement: left out
@@ -309,13 +322,18 @@ def row(
     }
 
 
+def window_name(round_seconds: float | None) -> str | float:
+    return "auto" if round_seconds is None else round_seconds
+
+
 def run_swarm_bench(
     *,
     peers: int,
     strategies: list[str],
     seconds: float,
-    round_seconds: list[float],
+    round_seconds: list[float | None],
     slow_peer: float,
+    slow_quota: float = 0.0,
     link: str,
     json_path: str,
     workdir: str,
@@ -338,9 +356,16 @@ def run_swarm_bench(
     rows = []
     for strategy in strategies:
         for window in round_seconds[:1] if strategy == HIVEMIND else round_seconds:  # it has no window
-            for slow in [0.0, slow_peer] if slow_peer else [0.0]:
-                case = SwarmCase(strategy=strategy, round_seconds=window, fast=peers, slow=slow, link=link)
-                name = f"{strategy}-w{window:g}-{'slow' if slow else 'even'}"
+            for slowed in [False, True] if slow_peer or slow_quota else [False]:
+                case = SwarmCase(
+                    strategy=strategy,
+                    round_seconds=window,
+                    fast=peers,
+                    slow=slow_peer if slowed else 0.0,
+                    quota=slow_quota if slowed else 0.0,
+                    link=link,
+                )
+                name = f"{strategy}-w{window_name(window)}-{'slow' if slowed else 'even'}"
                 try:
                     result = run_case(case, seconds, Path(workdir) / name, stop, say, target_bpb)
                 except SwarmtrainError as e:  # one case's trouble costs its row, not the others'

@@ -68,6 +68,12 @@ def run_field(value: str, where: str) -> str:
 GENESIS = "0" * 64  # `prev` of the first roster of a run
 
 
+def _step_seconds(value: object, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 3600:
+        raise ProtocolError(f"{where}: step_s must be a number of seconds in [0, 3600)")
+    return float(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat:
     """'I am alive, I work on round `round`, and my state after `state_round` has `digest`.'
@@ -85,6 +91,9 @@ class Heartbeat:
     """False while leaving: leaders then stop waiting for this peer's updates."""
     run: str = ""
     """The run this heartbeat belongs to: the signed body names its own DHT key."""
+    step_s: float = 0.0
+    """Seconds this peer's last round took per inner step (0: not measured yet): peers size the
+    compute window of a run without [swarm] round_seconds from the median of them."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -108,6 +117,7 @@ class Heartbeat:
             time=_finite(field(d, "time", float, where=w), "time", w),
             active=field(d, "active", bool, where=w),
             run=run_field(field(d, "run", str, where=w), w),
+            step_s=_step_seconds(d.get("step_s", 0.0), w),  # absent: a peer that measured nothing yet
         )
 
 

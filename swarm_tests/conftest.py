@@ -33,6 +33,7 @@ warmup_steps = 2
 [strategy]
 inner_steps = 4
 [swarm]
+round_seconds = 0.0
 collect_timeout = 20.0
 round_timeout = 60.0
 heartbeat_interval = 1.0

@@ -20,7 +20,7 @@ def test_a_slow_peer_adds_fewer_tokens_and_nobody_waits_for_it(procs, tmp_path, 
     small_run.write_text(
         small_run.read_text()
         .replace("inner_steps = 4", "inner_steps = 8")
-        .replace("[swarm]\n", "[swarm]\nround_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n")
+        .replace("round_seconds = 0.0\n", "round_seconds = 1.0\nmax_inner_steps = 400\nmin_peers = 3\n")
     )
     boot = start_bootstrap(procs, tmp_path, small_run)
     peers = [

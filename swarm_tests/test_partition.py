@@ -99,6 +99,7 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
         .replace("[swarm]\n", "[swarm]\n" + RUN_SWARM)
         .replace("collect_timeout = 20.0\n", "")
         .replace("round_timeout = 60.0\n", "")
+        .replace("round_seconds = 0.0\n", "")
     )
     link = LinkSpec.parse(FAST)
     started: list[Proc] = []

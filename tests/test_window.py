@@ -4,7 +4,7 @@ import pytest
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
-from node.train.window import ComputeWindow
+from node.train.window import ComputeWindow, sized_window
 
 
 class Clock:
@@ -15,9 +15,9 @@ class Clock:
         return self.t
 
 
-def steps_run(cfg: SwarmConfig, step_seconds: float, h: int = 8, windowed: bool = True) -> int:
+def steps_run(cfg: SwarmConfig, step_seconds: float, h: int = 8, windowed: bool = True, sized: float = 0.0) -> int:
     clock = Clock()
-    window = ComputeWindow(cfg, h, windowed=windowed, clock=clock)
+    window = ComputeWindow(cfg, h, windowed=windowed, clock=clock, sized=sized)
     done = 0
     while window.another(done):
         clock.t += step_seconds
@@ -26,7 +26,21 @@ def steps_run(cfg: SwarmConfig, step_seconds: float, h: int = 8, windowed: bool 
 
 
 def test_without_a_window_every_peer_runs_h_steps():
-    assert steps_run(SwarmConfig(), 0.1) == 8 and steps_run(SwarmConfig(), 10.0) == 8
+    fixed = SwarmConfig(round_seconds=0.0)
+    assert steps_run(fixed, 0.1) == 8 and steps_run(fixed, 10.0) == 8
+    assert steps_run(SwarmConfig(), 0.1) == 8  # unset, nothing measured yet (the first round): H steps
+
+
+def test_an_unset_window_is_sized_from_the_median_peer_so_a_slow_peer_runs_fewer_steps():
+    fast, slow = 0.1, 0.4  # seconds per step: two desktops and a peer at a quarter of their speed
+    window = sized_window(8, fast, [fast, slow])  # what a fast peer sizes: 8 x the median's 0.1 s
+    assert window == pytest.approx(0.8) and sized_window(8, slow, [fast, fast]) == pytest.approx(0.8)
+    assert steps_run(SwarmConfig(), fast, sized=window) == 8  # the median peer: about H
+    assert steps_run(SwarmConfig(), slow, sized=window) == 2  # the slow one: a quarter, on time
+    assert sized_window(8, 0.0, [fast]) == 0.0  # nothing measured by us yet: H steps
+    # a crowd publishing absurd step times stretches or squeezes the window only within 4x ours
+    assert sized_window(8, fast, [1e-6] * 50) == pytest.approx(8 * fast / 4)
+    assert sized_window(8, fast, [3000.0] * 50) == pytest.approx(8 * fast * 4)
 
 
 def test_a_window_fits_the_steps_to_the_peer_speed():
@@ -45,3 +59,19 @@ def test_step_wise_strategies_ignore_the_window():
 def test_negative_settings_name_the_fix():
     with pytest.raises(SwarmtrainError, match="round_seconds"):
         ComputeWindow(SwarmConfig(round_seconds=-1.0), 8, windowed=True)
+
+
+def test_a_windowed_round_closes_on_the_median_peer_and_a_fixed_one_waits_for_the_slowest():
+    from node.round.lead import collected
+
+    three = {"a", "b", "c"}  # a young run: everyone is core
+    windowed, fixed = SwarmConfig(), SwarmConfig(round_seconds=0.0)
+    marks: dict = {}
+    assert not collected(three, three, {"a"}, 0.5, marks, windowed)  # one of three: not most
+    assert not collected(three, three, {"a", "b"}, 1.0, marks, windowed)  # most are in at 1 s: the grace
+    assert collected(three, three, {"a", "b"}, 3.0, marks, windowed)  # 2 s later: c waits for the next round
+    marks = {}
+    assert not collected(three, three, {"a", "b"}, 1.0, marks, fixed)
+    assert not collected(three, three, {"a", "b"}, 19.0, marks, fixed)  # H steps each: the slowest is waited for
+    assert collected(three, three, {"a", "b"}, fixed.collect_timeout, marks, fixed)
+    assert not collected({"a", "b"}, {"a", "b"}, {"a"}, 5.0, {}, windowed)  # two peers: both are most

@@ -183,11 +183,14 @@ class SwarmConfig:
     """How often one peer may download our full state (joiners, resyncs); more is refused."""
     max_streams_per_peer: int = 8
     """Concurrent inbound requests served to one peer; more are refused."""
-    round_seconds: float = 0.0
+    round_seconds: float | None = None
     """Compute window of a round (seconds): each peer runs as many inner steps as fit, at least
     one and at most max_inner_steps, and its contribution weighs by the tokens it signs for; a
-    slow peer then adds fewer tokens instead of holding everyone up. 0: every peer runs exactly
-    [strategy] inner_steps (diloco and sparseloco; the others take one step a round)."""
+    slow peer then adds fewer tokens instead of holding everyone up. Unset (the default): sized
+    from the swarm, [strategy] inner_steps x the median peer's seconds per step (the first
+    round runs inner_steps). 0: every peer runs exactly inner_steps and the leader waits for
+    the slowest (diloco and sparseloco; the others take one step a round). With a window, the
+    leader closes a round soon after most of the last round's peers are in, not at the slowest."""
     max_inner_steps: int = 0
     """Most inner steps in one compute window (0: 4 x [strategy] inner_steps)."""
     relay_fanout: int = 2

@@ -30,7 +30,7 @@ from node.peer.wiring import NodeParts
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
-from node.train.window import ComputeWindow
+from node.train.window import ComputeWindow, sized_window
 from node.watch.progress import Reporter
 
 
@@ -82,6 +82,7 @@ class Peer(NodeParts):
         self.inflight: InFlight | None = None  # the round announced and not yet applied
         self.reach = judge([])  # whether peers can dial us: 'unknown' until our addresses are (start_heartbeat)
         self.training: Training | None = None  # the round being trained
+        self.step_s = 0.0  # seconds per inner step in our last round (0: none yet)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
         stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
 
@@ -117,15 +118,26 @@ class Peer(NodeParts):
             self.settle(stop)  # (overlap) the round in flight first
             self.sync.resync(stop, force=True)  # our state differs from the swarm's
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
-        self.presence.heartbeat.update(round=r, state_round=self.state.round, digest=self.state.digest)
+        self.presence.heartbeat.update(
+            round=r, state_round=self.state.round, digest=self.state.digest, step_s=self.step_s
+        )
         t0 = time.monotonic()
         # the swarm's state, or with overlap that plus our progress in flight
         self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
         self.trainer.load_params(self.start.params)
-        window = ComputeWindow(self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer)
+        window = ComputeWindow(
+            self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer, sized=self.sized_window()
+        )
         self.training = Training(round=r, t0=t0, window=window)
         self.round_opened(r)
         return True
+
+    def sized_window(self) -> float:
+        """A run without round_seconds: the window from the step times live peers publish."""
+        if self.run.swarm.round_seconds is not None or not self.strategy.local_optimizer:
+            return 0.0
+        published = [hb.step_s for p, hb in self.sync.live().items() if p != self.me]
+        return sized_window(self.strategy.inner_steps, self.step_s, published)
 
     def round_opened(self, r: int) -> None:
         """Called as round r's training starts (the CLI draws its batches for round r)."""
@@ -143,6 +155,7 @@ class Peer(NodeParts):
         if tr.window.another(tr.steps):
             return True
         t1 = time.monotonic()
+        self.step_s = (t1 - tr.t0) / tr.steps  # what we publish: peers size their windows from it
         self.phase("compute").observe(t1 - tr.t0)  # plain torch: H steps, or a window's worth
         self.history.trained(self.applier.tokens_of(tr.steps), t1 - tr.t0)  # forward, backward, step
         self.settle(stop)  # overlap: the round in flight, if still in flight

@@ -148,16 +148,24 @@ def expected(peers: dict[str, Heartbeat], round_no: int, last: set[str]) -> set[
 
 
 def collected(
-    expected: set[str], core: set[str], announced: set[str], waited: float, core_in: list[float], cfg: SwarmConfig
+    expected: set[str], core: set[str], announced: set[str], waited: float, marks: dict[str, float], cfg: SwarmConfig
 ) -> bool:
     """Has the leader waited long enough? For every expected peer, up to collect_timeout; but
     once the `core` (last round's members, or the peers the chain established) has announced, others
     get GRACE of the time spent so far (at least GRACE_FLOOR s): a crowd of silent heartbeats
-    costs a round a quarter, not its collect_timeout. `core_in` keeps when the core was in."""
+    costs a round a quarter, not its collect_timeout. In a windowed run (round_seconds unset or
+    > 0) the same grace starts once most of the core is in: the round closes on the median peer,
+    and a late or frozen one's update waits for the next round. `marks` keeps when each was so."""
     if expected <= announced or waited >= cfg.collect_timeout:
         return True
-    if core == expected or not core <= announced:
-        return False  # a young run (nobody established: everyone is core), or the core is not in
-    if not core_in:
-        core_in.append(waited)
-    return waited >= core_in[0] + max(GRACE_FLOOR, GRACE * core_in[0])
+    done = False  # a young run (nobody established: everyone is core) waits until one applies
+    if core != expected and core <= announced:
+        done = _after_grace(marks, "core", waited)
+    if cfg.round_seconds != 0 and len(core) >= 3 and 2 * len(core & announced) > len(core):
+        done = _after_grace(marks, "most", waited) or done
+    return done
+
+
+def _after_grace(marks: dict[str, float], what: str, waited: float) -> bool:
+    since = marks.setdefault(what, waited)
+    return waited >= since + max(GRACE_FLOOR, GRACE * since)

@@ -66,7 +66,7 @@ class RoundProtocol:
         self.me = net.me
         self.max_bytes = max_bytes
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
-        self.core_in: dict[int, list[float]] = {}  # round -> [seconds waited when the established were in]
+        self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
@@ -202,7 +202,7 @@ class RoundProtocol:
         # for), else after a sync the established; in a young run, everyone
         core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
         core = core if core - {self.me} else expected
-        return lead.collected(expected, core, announced, waited, self.core_in.setdefault(round_no, []), self.cfg)
+        return lead.collected(expected, core, announced, waited, self.core_in.setdefault(round_no, {}), self.cfg)
 
     # ------------------------------------------------------------------------- roster checks
     def read_roster(

@@ -1,4 +1,4 @@
-"""How many inner steps a peer runs in one round (issue 9: rounds never wait for the slowest).
+"""How many inner steps a peer runs in one round: rounds never wait for the slowest.
 
 With [swarm] round_seconds = 0 every peer runs exactly H = [strategy] inner_steps. With a
 compute window, each peer runs steps while the next one is expected to end inside the window
@@ -6,16 +6,34 @@ compute window, each peer runs steps while the next one is expected to end insid
 aggregate weighs each contribution by them (node/outer/aggregate.py: token_weights). A laptop beside
 two desktops then adds a quarter of their tokens in the same wall time, instead of making them
 wait for its H steps.
+
+A run that leaves round_seconds unset sizes the window from the swarm (`sized_window`): H times
+the median of the seconds per step that live peers publish in their heartbeats, so that the
+median peer runs about H steps. The first round, before anything is measured, runs H steps.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
+
+SKEW = 4.0
+"""A sized window stays within [1/SKEW, SKEW] x our own H steps' time: heartbeats are anyone's
+to publish, and a crowd claiming absurd step times may stretch or squeeze rounds only so far."""
+
+
+def sized_window(inner_steps: int, own_step_s: float, published: Iterable[float]) -> float:
+    """The compute window of a run without round_seconds: H x the median peer's seconds per step
+    (ours among them), kept within SKEW of our own; 0 (run H steps) until we have measured ours."""
+    if own_step_s <= 0:
+        return 0.0
+    median = statistics.median([own_step_s, *(s for s in published if s > 0)])
+    return inner_steps * min(max(median, own_step_s / SKEW), own_step_s * SKEW)
 
 
 @dataclass
@@ -27,11 +45,13 @@ class ComputeWindow:
     windowed: bool
     """Does the strategy train locally between exchanges (diloco, sparseloco)? The step-wise
     strategies exchange every step, so a window does not apply to them."""
+    sized: float = 0.0
+    """The window sized from the swarm (sized_window), used when the run leaves round_seconds unset."""
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        if self.cfg.round_seconds < 0 or self.cfg.max_inner_steps < 0:
+        if (self.cfg.round_seconds or 0) < 0 or self.cfg.max_inner_steps < 0:
             raise SwarmtrainError(
                 f"[swarm] round_seconds={self.cfg.round_seconds}, max_inner_steps="
                 f"{self.cfg.max_inner_steps} are negative",
@@ -40,8 +60,15 @@ class ComputeWindow:
         self.started = self.clock()
 
     @property
+    def seconds(self) -> float:
+        """This round's window; 0: fixed H steps."""
+        if not self.windowed:
+            return 0.0
+        return self.sized if self.cfg.round_seconds is None else self.cfg.round_seconds
+
+    @property
     def most(self) -> int:
-        if not self.windowed or self.cfg.round_seconds <= 0:
+        if self.seconds <= 0:
             return self.inner_steps
         return self.cfg.max_inner_steps or 4 * self.inner_steps
 
@@ -50,7 +77,7 @@ class ComputeWindow:
         step of the average length so far still ends inside it."""
         if done >= self.most:
             return False
-        if done == 0 or not self.windowed or self.cfg.round_seconds <= 0:
+        if done == 0 or self.seconds <= 0:
             return True
         elapsed = self.clock() - self.started
-        return elapsed + elapsed / done <= self.cfg.round_seconds
+        return elapsed + elapsed / done <= self.seconds

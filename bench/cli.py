@@ -54,8 +54,10 @@ def _quality(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.quality.command import run_quality
     from bench.quality.summary import quality_table
 
-    print(quality_table(run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))))
-    return False
+    rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs), stop=stop)
+    if rows:
+        print(quality_table(rows))
+    return stop.is_set()
 
 
 def _frontier_flags(p: argparse.ArgumentParser) -> None:
@@ -142,9 +144,11 @@ def _byzantine(args: argparse.Namespace, stop: threading.Event) -> bool:
         rounds=args.rounds,
         scoring=args.scoring,
         json_path=args.json,
+        stop=stop,
     )
-    print(attack_table(rows))
-    return False
+    if rows:
+        print(attack_table(rows))
+    return stop.is_set()
 
 
 def _exchange_flags(p: argparse.ArgumentParser) -> None:

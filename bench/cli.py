@@ -292,6 +292,21 @@ def _scale(args: argparse.Namespace, stop: threading.Event) -> bool:
     return stop.is_set()
 
 
+def _footprint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=2, help="rounds the volunteer trains before it is measured")
+    p.add_argument("--workdir", default="bench-footprint", help="data dirs and logs of the two peers (emptied first)")
+    p.add_argument("--json", default="bench/results/footprint.json", metavar="PATH", help="write the row here")
+
+
+def _footprint(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.footprint import footprint_table, run_footprint
+
+    result = run_footprint(args.json, args.workdir, max(1, args.rounds), stop)
+    if result:
+        print(footprint_table(result))
+    return stop.is_set()
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
@@ -341,6 +356,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="smoke: ~1 min; full: ~12 min (a round of 1,000 peers takes 2-3 min of one busy core)",
         add_flags=_scale_flags,
         run=_scale,
+    ),
+    "footprint": Benchmark(
+        help="one volunteer of the default run: RSS and PSS per process, seconds to joined and to the first round",
+        duration="~1-2 min (a bootstrap peer and a volunteer of the demo run)",
+        add_flags=_footprint_flags,
+        run=_footprint,
     ),
     "swarm": Benchmark(
         help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",

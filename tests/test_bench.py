@@ -167,6 +167,15 @@ def test_bench_help_lists_every_benchmark_with_its_duration(capsys, monkeypatch)
     out = " ".join(capsys.readouterr().out.split())
     for name, bench in BENCHMARKS.items():
         assert f"{name} {bench.help}; {bench.duration}" in out
-    assert {"quality", "frontier", "tune", "byzantine", "exchange", "upload", "scale", "swarm", "api"} == set(
-        BENCHMARKS
-    )
+    assert {
+        "quality",
+        "frontier",
+        "tune",
+        "byzantine",
+        "exchange",
+        "upload",
+        "scale",
+        "swarm",
+        "api",
+        "footprint",
+    } == set(BENCHMARKS)

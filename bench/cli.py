@@ -54,8 +54,10 @@ def _quality(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.quality.command import run_quality
     from bench.quality.summary import quality_table
 
-    print(quality_table(run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs))))
-    return False
+    rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs), stop=stop)
+    if rows:
+        print(quality_table(rows))
+    return stop.is_set()
 
 
 def _frontier_flags(p: argparse.ArgumentParser) -> None:
@@ -142,9 +144,11 @@ def _byzantine(args: argparse.Namespace, stop: threading.Event) -> bool:
         rounds=args.rounds,
         scoring=args.scoring,
         json_path=args.json,
+        stop=stop,
     )
-    print(attack_table(rows))
-    return False
+    if rows:
+        print(attack_table(rows))
+    return stop.is_set()
 
 
 def _exchange_flags(p: argparse.ArgumentParser) -> None:
@@ -333,6 +337,21 @@ def _data(args: argparse.Namespace, stop: threading.Event) -> bool:
     return False
 
 
+def _footprint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=2, help="rounds the volunteer trains before it is measured")
+    p.add_argument("--workdir", default="bench-footprint", help="data dirs and logs of the two peers (emptied first)")
+    p.add_argument("--json", default="bench/results/footprint.json", metavar="PATH", help="write the row here")
+
+
+def _footprint(args: argparse.Namespace, stop: threading.Event) -> bool:
+    from bench.footprint import footprint_table, run_footprint
+
+    result = run_footprint(args.json, args.workdir, max(1, args.rounds), stop)
+    if result:
+        print(footprint_table(result))
+    return stop.is_set()
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "quality": Benchmark(
         help="every strategy against data-parallel AdamW at equal tokens",
@@ -388,6 +407,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         duration="smoke: ~1 min; full: ~12 min (a round of 1,000 peers takes 2-3 min of one busy core)",
         add_flags=_scale_flags,
         run=_scale,
+    ),
+    "footprint": Benchmark(
+        help="one volunteer of the default run: RSS and PSS per process, seconds to joined and to the first round",
+        duration="~1-2 min (a bootstrap peer and a volunteer of the demo run)",
+        add_flags=_footprint_flags,
+        run=_footprint,
     ),
     "swarm": Benchmark(
         help="real node processes side by side: compute use, tokens/s, bytes (issue 9)",

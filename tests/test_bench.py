@@ -179,4 +179,5 @@ def test_bench_help_lists_every_benchmark_with_its_duration(capsys, monkeypatch)
         "api",
         "api-identity",
         "data",
+        "footprint",
     } == set(BENCHMARKS)

@@ -8,6 +8,7 @@ the relative val-bpb difference against it.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from bench.byzantine.attacks import ATTACKS, HUGE, IPM_EPS, NOISE_SCALE, SIGN_FLIP_SCALE
 from bench.byzantine.simulation import TARGET_STRATEGIES, AttackCase, Setup, simulate_case
 from bench.quality.presets import BASE_TRAIN
+from bench.quality.simulator import Stopped
 from bench.tables import markdown_table
 from node.config import DataConfig, RobustConfig
 from node.errors import SwarmtrainError
@@ -34,10 +36,12 @@ def run_byzantine(
     say=print,
     setup: Setup | None = None,
     variants: list[dict] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[dict]:
     """Every (strategy, aggregator): a clean run, then one run per attack and attacker count.
 
     `variants` adds robust-aggregator ablations (node.outer.aggregate.Robust fields) to the robust runs.
+    A set `stop` ends the case running within a round and returns the finished rows (already written).
     """
     setup = setup or Setup()
     attacks = list(ATTACKS) if attacks == ["all"] or "all" in attacks else attacks
@@ -61,7 +65,11 @@ def run_byzantine(
             ]
             clean = None
             for case in cases:
-                row = simulate_case(case, setup, shards, val)
+                try:
+                    row = simulate_case(case, setup, shards, val, stop)
+                except Stopped:
+                    say(f"  stopped: {len(rows)} rows finished" + (f", in {json_path}" if rows else ""))
+                    return rows
                 clean = row["val_bpb"] if case.attack == "none" else clean
                 row["gap_vs_clean"] = (row["val_bpb"] - clean) / clean if row["val_bpb"] and clean else None
                 rows.append(row)

@@ -12,6 +12,7 @@ batch all peers share (node/outer/scoring.py) and banned peers are left out of l
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -19,7 +20,7 @@ import torch
 
 from bench.byzantine.attacks import ATTACKS, RoundView
 from bench.quality.presets import BASE_TRAIN, SMALL, Tier
-from bench.quality.simulator import Worker, local_round
+from bench.quality.simulator import Worker, check_stop, local_round
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.outer.scoring import banned, payload_digest, score_updates, shared_batch_loss
 from node.outer.state import SwarmState
@@ -161,13 +162,19 @@ class SimulatedSwarm:
 
 
 def simulate_case(
-    case: AttackCase, setup: Setup, shards: list[torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
+    case: AttackCase,
+    setup: Setup,
+    shards: list[torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    stop: threading.Event | None = None,
 ) -> dict:
-    """One run: `case.rounds` outer rounds with its attackers; the final val bpb and what happened."""
+    """One run: `case.rounds` outer rounds with its attackers; the final val bpb and what happened.
+    A set `stop` raises Stopped (bench/quality/simulator.py) before the next round."""
     t0 = time.monotonic()
     swarm = SimulatedSwarm(case, setup, shards)
     rounds_to_ban = diverged_at = None
     for rnd in range(case.rounds):
+        check_stop(stop)
         live, payloads = swarm.round_payloads()
         ok = swarm.accepted(payloads)
         if case.scoring:

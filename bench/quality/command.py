@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -12,15 +14,23 @@ import torch
 from bench.extras import pyplot
 from bench.quality.plots import frontier_path, plot_curves, plot_frontier
 from bench.quality.presets import PRESETS, TIERS, Tier
-from bench.quality.simulator import simulate_preset
+from bench.quality.simulator import Stopped, check_stop, simulate_preset
 from bench.quality.summary import band_table, merge_rows, quality_table, summarize
 from node.errors import SwarmtrainError
 from node.train import data
 
 
 def run_quality(
-    tier: str, json_path: str, plot_path: str | None, strategies: list[str] | None, jobs: int, say=print
+    tier: str,
+    json_path: str,
+    plot_path: str | None,
+    strategies: list[str] | None,
+    jobs: int,
+    say=print,
+    stop: threading.Event | None = None,
 ) -> list[dict]:
+    """Every run, then the rows (written to `json_path`); a set `stop` ends the runs within a round
+    (the pool's processes are terminated) and returns [] with nothing written."""
     if tier not in TIERS:
         raise SwarmtrainError(f"unknown tier {tier!r}", f"use one of: {', '.join(TIERS)}")
     names = strategies or list(PRESETS)
@@ -34,13 +44,16 @@ def run_quality(
     todo = [(s, tier, seed) for s in names for seed in TIERS[tier].seeds]
     say(f"bench quality: tier {tier}, {len(todo)} runs on {jobs} process(es)")
     runs = []
-    with mp.get_context("spawn").Pool(jobs) if jobs > 1 else InlinePool() as pool:
-        for r in pool.imap_unordered(run_job, todo):
+    try:
+        for r in finished_runs(todo, jobs, stop):
             runs.append(r)
             say(
                 f"  {r['strategy']:<24} seed {r['seed']}  val_bpb {r['val_bpb']:.4f}  "
                 f"upload {r['upload_bytes_per_step']:.0f} B/step  ({r['seconds']:.0f} s)"
             )
+    except Stopped:
+        say(f"  stopped: {len(runs)} of {len(todo)} runs had finished; {json_path} not written")
+        return []
     runs.sort(key=lambda r: (names.index(r["strategy"]), r["seed"]))
     rows = summarize(runs)
     Path(json_path).write_text(
@@ -52,11 +65,29 @@ def run_quality(
     return rows
 
 
-def run_job(job: tuple[str, str, int]) -> dict:
+def finished_runs(todo: list[tuple[str, str, int]], jobs: int, stop: threading.Event | None) -> Iterator[dict]:
+    """Each job's run as it finishes, `jobs` at a time (in spawned processes when more than one);
+    Stopped within a round of `stop` being set (the pool is terminated on the way out)."""
+    if jobs <= 1:
+        for job in todo:
+            yield run_job(job, stop)
+        return
+    with mp.get_context("spawn").Pool(jobs) as pool:  # leaving the block terminates the workers
+        results = pool.imap_unordered(run_job, todo)
+        for _ in todo:
+            while True:
+                try:
+                    yield results.next(timeout=0.5)
+                    break
+                except mp.TimeoutError:
+                    check_stop(stop)  # a stop request is not the workers' to see: they are ended instead
+
+
+def run_job(job: tuple[str, str, int], stop: threading.Event | None = None) -> dict:
     """One (preset, tier name, seed) run, in a pool's process (module level: spawn pickles it by name)."""
     preset, tier_name, seed = job
     torch.set_num_threads(1)  # one core per job: jobs run side by side
-    return simulate_preset(preset, TIERS[tier_name], seed, data.load_corpus("stdlib"))
+    return simulate_preset(preset, TIERS[tier_name], seed, data.load_corpus("stdlib"), stop=stop)
 
 
 def tier_dict(t: Tier) -> dict:
@@ -64,19 +95,6 @@ def tier_dict(t: Tier) -> dict:
     d = dict(t.__dict__)
     d["model"] = t.model.__dict__
     return d
-
-
-class InlinePool:
-    """A stand-in for a process pool of one: the same interface, in this process."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap_unordered(self, fn, items):
-        return map(fn, items)
 
 
 def run_frontier(out_path: str, results: list[str], reference: str = "ddp-adamw", say=print) -> list[dict]:

@@ -16,6 +16,7 @@ The reference is a dense fp32 ring all-reduce of the same model every step:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -48,6 +49,16 @@ class Worker:
     """The peer's data shard."""
 
 
+class Stopped(Exception):
+    """A stop request (the first Ctrl+C or SIGTERM) cut a simulation short."""
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    """Raise Stopped when `stop` is set: called between rounds, so a stop waits for one round at most."""
+    if stop is not None and stop.is_set():
+        raise Stopped()
+
+
 def simulate_preset(
     preset: str,
     tier: Tier,
@@ -56,11 +67,13 @@ def simulate_preset(
     *,
     configs: Preset | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """One strategy, one seed: train, count bytes, measure held-out bits per byte.
 
     `configs` replaces the preset's settings (`bench tune`'s trials; `preset` then only names the
-    row); `on_eval(step, val_bpb)` is called at each evaluation point (the tuner's pruner)."""
+    row); `on_eval(step, val_bpb)` is called at each evaluation point (the tuner's pruner); a set
+    `stop` raises Stopped before the next round."""
     strat_cfg, train_cfg = configs or PRESETS[preset]
     train_cfg = replace(train_cfg, batch_size=tier.batch_size, warmup_steps=tier.warmup_steps, seed=seed)
     dcfg = DataConfig()
@@ -104,6 +117,7 @@ def simulate_preset(
     eval_at = {round(tier.steps * (i + 1) / tier.eval_points) for i in range(tier.eval_points)}
     curve, step, rounds, sent, t0 = [], 0, 0, 0, time.monotonic()
     while step < tier.steps:
+        check_stop(stop)
         strat = warmup[rounds] if rounds < len(warmup) else strategy
         h = min(strat.inner_steps, tier.steps - step)
         if strat_cfg.overlap:

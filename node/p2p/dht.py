@@ -26,6 +26,7 @@ import msgpack
 
 from node.config import NodeConfig
 from node.errors import SwarmtrainError
+from node.p2p import process
 from node.p2p.addresses import Address, parse_announce
 from node.p2p.identity import identity_path
 from protocol import keys, signed
@@ -175,11 +176,15 @@ class Swarm:
         self.identity_path = identity_path  # the libp2p key behind peer_id; signs our metrics records
         self.peer_id: str = dht.peer_id.to_base58()
         self._lock = threading.Lock()
+        self._daemon = process.daemon_of(dht)  # p2pd: once it is gone (a signal to our group), calls fail at once
+
+    def reachable(self) -> bool:
+        """Whether our libp2p daemon still runs: without it every DHT call would wait out its timeout."""
+        return process.running(self._daemon)
 
     @classmethod
     def start(cls, cfg: NodeConfig, initial_peers: list[Address], *, client_mode: bool = False) -> Swarm:
         os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
-        import hivemind
 
         check_port_free(cfg.host, cfg.port)
         announce = parse_announce(cfg.announce)  # a bad address fails here, before p2pd starts
@@ -189,7 +194,7 @@ class Swarm:
         identity = identity_path(cfg)
         local = cfg.host.startswith("127.")
         try:
-            dht = hivemind.DHT(
+            dht = process.dht_class()(
                 initial_peers=[p.text for p in initial_peers],
                 host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
                 announce_maddrs=announce or None,  # None: libp2p announces what it listens on
@@ -200,6 +205,7 @@ class Swarm:
                 auto_nat=not local,
                 start=False,
             )
+            process.watch(dht)
             dht.run_in_background(await_ready=True, timeout=cfg.startup_timeout + 30)
         except Exception as e:
             raise _explain_start_failure(e, cfg) from None
@@ -214,6 +220,8 @@ class Swarm:
 
     def store_until(self, key: str, subkey: str, value: Any, expiration: float) -> bool:
         """Store until `expiration` (DHT time); signed records use latest_expiration(record time, ttl)."""
+        if not self.reachable():
+            return False
         with self._lock:
             fut = self.dht.store(key, value, expiration_time=expiration, subkey=subkey, return_future=True)
         try:
@@ -224,6 +232,8 @@ class Swarm:
 
     def get_subkeys(self, key: str) -> dict[str, Any]:
         """subkey -> value of a dictionary key; {} when missing or on failure (logged)."""
+        if not self.reachable():
+            return {}
         with self._lock:
             fut = self.dht.get(key, latest=True, return_future=True)
         try:
@@ -236,9 +246,8 @@ class Swarm:
         return {str(sk): v.value for sk, v in found.value.items() if hasattr(v, "value")}
 
     def shutdown(self) -> None:
-        """Leave the swarm: stops the DHT process and its p2pd."""
-        if self.dht.is_alive():
-            self.dht.shutdown()
+        """Leave the swarm: stops the DHT process and its p2pd (killed after a grace period)."""
+        process.end(self.dht)
 
 
 def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:

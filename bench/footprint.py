@@ -1,0 +1,142 @@
+"""`swarmtrain bench footprint`: what one volunteer of the default run holds and how fast it joins.
+
+A local swarm of the demo's run (node/commands/demo.py: a bootstrap peer and one volunteer, each
+a real `swarmtrain` process on 127.0.0.1). From the volunteer's start it times the `joined` line
+and the first round's; after `--rounds` rounds it samples every process under the volunteer (the
+node, hivemind's DHT process, p2pd, torch's shm manager) a few times and keeps each one's peak.
+
+Per process: RSS (resident pages, shared ones included: a forked child counts the pages it
+shares with the node again) and PSS (shared pages split between the processes sharing them),
+so the sum of PSS is the memory the volunteer really holds, and the sum of RSS an upper bound.
+"beyond model" subtracts the training state the run needs whatever the code: the model's
+parameters and gradients, AdamW's two moments, the swarm state (parameters and outer momentum)
+and the round's base copy, all fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.swarm import Node
+from bench.tables import markdown_table
+from node.errors import SwarmtrainError
+
+SAMPLES = 5
+"""Samples of the process tree after the measured rounds, one per SAMPLE_GAP seconds; each keeps its peak."""
+SAMPLE_GAP = 1.0
+STATE_COPIES = 7
+"""fp32 copies of the parameters any volunteer of the run holds: weights, gradients, AdamW's two
+moments, the swarm state's parameters and outer momentum, the round's base."""
+
+
+def role(proc, node_pid: int) -> str:
+    """What a process under the volunteer is: node, dht (hivemind's forked DHT process), p2pd, torch_shm_manager."""
+    if proc.pid == node_pid:
+        return "node"
+    name = proc.name()
+    if name == "p2pd":
+        return "p2pd"
+    if name.startswith("torch_shm_manag"):
+        return "torch_shm_manager"
+    if name.startswith("python"):
+        return "dht"
+    return name
+
+
+def sample(node_pid: int) -> dict[str, dict]:
+    """role -> {pid, rss_mb, pss_mb} of every process under (and including) `node_pid`."""
+    import psutil
+
+    top = psutil.Process(node_pid)
+    found = {}
+    for proc in [top, *top.children(recursive=True)]:
+        try:
+            mem = proc.memory_full_info()
+            found[role(proc, node_pid)] = {"pid": proc.pid, "rss_mb": mem.rss / 2**20, "pss_mb": mem.pss / 2**20}
+        except psutil.Error:
+            continue  # it ended between the listing and the read
+    return found
+
+
+def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Event, say=print) -> dict | None:
+    """Start the swarm, measure the volunteer, write the row to `json_path`; None when stopped."""
+    from node.commands.demo import DEMO_RUN_TOML, DemoOptions
+    from node.config import load_run_config
+
+    try:
+        import psutil  # noqa: F401  (only the benchmark needs it)
+    except ImportError:
+        raise SwarmtrainError("bench footprint needs psutil", "pip install psutil") from None
+    work = Path(workdir)
+    for old in ("boot", "v"):  # a volunteer resuming from an old checkpoint would measure something else
+        shutil.rmtree(work / old, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    opt = DemoOptions()
+    run = work / "run.toml"
+    run.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps))
+    model_cfg = load_run_config(run).model
+    with ExitStack() as stack:
+        nodes: list[Node] = []
+        stack.callback(lambda: [n.stop() for n in reversed(nodes)])
+        boot_args = ["bootstrap", "--run", str(run), "--host", "127.0.0.1", "--new-swarm"]
+        nodes.append(Node([*boot_args, "--data-dir", str(work / "boot")], [], work / "boot.log"))
+        ready = nodes[0].wait_for(r"event=bootstrap_ready run=(\S+) .*?params=(\d+)", 180)
+        maddr = nodes[0].wait_for(r"maddrs=([^,\s]+)", 5).group(1)
+        say(f"bench footprint: the demo run ({ready.group(2)} parameters); bootstrap ready, starting the volunteer")
+        join = ["join", "--run-id", ready.group(1), "--initial-peers", maddr, "--host", "127.0.0.1"]
+        t0 = time.monotonic()
+        nodes.append(Node([*join, "--data-dir", str(work / "v")], [], work / "v.log"))
+        volunteer = nodes[1]
+        volunteer.wait_for(r"event=joined ", 180)
+        joined_s = time.monotonic() - t0
+        volunteer.wait_for(r"event=round round=1 ", 300)
+        first_round_s = time.monotonic() - t0
+        volunteer.wait_for(rf"event=round round={rounds} ", 300 * rounds)
+        peaks: dict[str, dict] = {}
+        for _ in range(SAMPLES):
+            for name, m in sample(volunteer.popen.pid).items():
+                held = peaks.setdefault(name, m)
+                held.update({k: max(held[k], m[k]) for k in ("rss_mb", "pss_mb")})
+            if stop.wait(SAMPLE_GAP):
+                return None
+    params = int(ready.group(2))
+    state_mb = STATE_COPIES * 4 * params / 2**20
+    total_rss = sum(m["rss_mb"] for m in peaks.values())
+    total_pss = sum(m["pss_mb"] for m in peaks.values())
+    result = {
+        "run": {
+            "model": model_cfg.__dict__,
+            "params": params,
+            "strategy": opt.strategy,
+            "inner_steps": opt.inner_steps,
+        },
+        "python": sys.version.split()[0],
+        "seconds_to_joined": round(joined_s, 2),
+        "seconds_to_first_round": round(first_round_s, 2),
+        "processes": {k: {"rss_mb": round(v["rss_mb"], 1), "pss_mb": round(v["pss_mb"], 1)} for k, v in peaks.items()},
+        "total_rss_mb": round(total_rss, 1),
+        "total_pss_mb": round(total_pss, 1),
+        "model_state_mb": round(state_mb, 1),
+        "beyond_model_rss_mb": round(total_rss - state_mb, 1),
+        "beyond_model_pss_mb": round(total_pss - state_mb, 1),
+    }
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def footprint_table(r: dict) -> str:
+    """The volunteer's processes, RSS and PSS, then the totals and the start times."""
+    rows = [[k, f"{v['rss_mb']:.0f}", f"{v['pss_mb']:.0f}"] for k, v in r["processes"].items()]
+    rows.append(["all", f"{r['total_rss_mb']:.0f}", f"{r['total_pss_mb']:.0f}"])
+    rows.append(["all beyond the model state", f"{r['beyond_model_rss_mb']:.0f}", f"{r['beyond_model_pss_mb']:.0f}"])
+    return (
+        markdown_table(["process", "RSS MB", "PSS MB"], rows)
+        + f"\n\nstart to joined {r['seconds_to_joined']:.1f} s, to the first round {r['seconds_to_first_round']:.1f} s"
+    )

@@ -68,12 +68,6 @@ def run_field(value: str, where: str) -> str:
 GENESIS = "0" * 64  # `prev` of the first roster of a run
 
 
-def _step_seconds(value: object, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 3600:
-        raise ProtocolError(f"{where}: step_s must be a number of seconds in [0, 3600)")
-    return float(value)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat:
     """'I am alive, I work on round `round`, and my state after `state_round` has `digest`.'
@@ -91,14 +85,10 @@ class Heartbeat:
     """False while leaving: leaders then stop waiting for this peer's updates."""
     run: str = ""
     """The run this heartbeat belongs to: the signed body names its own DHT key."""
-    step_s: float = 0.0
-    """Seconds this peer's last round took per inner step (0: not measured yet): peers size the
-    compute window of a run without [swarm] round_seconds from the median of them."""
+    step_s: float = 0.0  # seconds per inner step in this peer's last round (0: none): windows are sized by them
 
     def to_wire(self) -> dict:
-        d = asdict(self)
-        d["maddrs"] = list(self.maddrs)
-        return d
+        return {**asdict(self), "maddrs": list(self.maddrs)}
 
     @classmethod
     def from_wire(cls, d: object) -> Heartbeat:
@@ -117,7 +107,7 @@ class Heartbeat:
             time=_finite(field(d, "time", float, where=w), "time", w),
             active=field(d, "active", bool, where=w),
             run=run_field(field(d, "run", str, where=w), w),
-            step_s=_step_seconds(d.get("step_s", 0.0), w),  # absent: a peer that measured nothing yet
+            step_s=_seconds(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
         )
 
 
@@ -256,6 +246,12 @@ def _finite(value: float, name: str, where: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ProtocolError(f"{where}: field {name!r} is not finite")
     return value
+
+
+def _seconds(value: object, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise ProtocolError(f"{where}: field {name!r} must be seconds in [0, 3600)")
+    return float(value)
 
 
 def _count(d: object, name: str, where: str) -> int:

@@ -48,13 +48,18 @@ def _quality_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PATH.png", help="plot bpb against tokens and against bytes")
     p.add_argument("--strategies", nargs="+", metavar="PRESET", help="subset of presets (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
+    p.add_argument(
+        "--device", default="cpu", help="where the workers train: cpu, cuda, cuda:1 (the state stays on the CPU)"
+    )
 
 
 def _quality(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.quality.command import run_quality
     from bench.quality.summary import quality_table
 
-    rows = run_quality(args.tier, args.json, args.plot, args.strategies, max(1, args.jobs), stop=stop)
+    rows = run_quality(
+        args.tier, args.json, args.plot, args.strategies, max(1, args.jobs), stop=stop, device=args.device
+    )
     if rows:
         print(quality_table(rows))
     return stop.is_set()

@@ -11,6 +11,7 @@ from bench.cli import BENCHMARKS
 from bench.quality.presets import PRESETS, TIERS
 from bench.quality.summary import summarize
 from node.cli import main
+from node.errors import SwarmtrainError
 
 KEYS = {
     "strategy",
@@ -181,3 +182,10 @@ def test_bench_help_lists_every_benchmark_with_its_duration(capsys, monkeypatch)
         "data",
         "footprint",
     } == set(BENCHMARKS)
+
+
+def test_bench_quality_refuses_a_device_torch_cannot_use_before_any_run():
+    from bench.quality.command import run_quality
+
+    with pytest.raises(SwarmtrainError, match="--device no-such-device"):
+        run_quality("smoke", "/nonexistent/q.json", None, ["diloco"], 1, device="no-such-device")

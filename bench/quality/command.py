@@ -28,6 +28,7 @@ def run_quality(
     jobs: int,
     say=print,
     stop: threading.Event | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
     """Every run, then the rows (written to `json_path`); a set `stop` ends the runs within a round
     (the pool's processes are terminated) and returns [] with nothing written."""
@@ -41,7 +42,8 @@ def run_quality(
         pyplot()  # a missing matplotlib fails now, not after the runs
     if "ddp-adamw" not in names:
         names = ["ddp-adamw", *names]  # every gap is measured against it, in the same run
-    todo = [(s, tier, seed) for s in names for seed in TIERS[tier].seeds]
+    check_device(device)
+    todo = [(s, tier, seed, device) for s in names for seed in TIERS[tier].seeds]
     say(f"bench quality: tier {tier}, {len(todo)} runs on {jobs} process(es)")
     runs = []
     try:
@@ -83,11 +85,19 @@ def finished_runs(todo: list[tuple[str, str, int]], jobs: int, stop: threading.E
                     check_stop(stop)  # a stop request is not the workers' to see: they are ended instead
 
 
-def run_job(job: tuple[str, str, int], stop: threading.Event | None = None) -> dict:
-    """One (preset, tier name, seed) run, in a pool's process (module level: spawn pickles it by name)."""
-    preset, tier_name, seed = job
+def run_job(job: tuple[str, str, int, str], stop: threading.Event | None = None) -> dict:
+    """One (preset, tier name, seed, device) run, in a pool's process (module level: spawn pickles it by name)."""
+    preset, tier_name, seed, device = job
     torch.set_num_threads(1)  # one core per job: jobs run side by side
-    return simulate_preset(preset, TIERS[tier_name], seed, data.load_corpus("stdlib"), stop=stop)
+    return simulate_preset(preset, TIERS[tier_name], seed, data.load_corpus("stdlib"), stop=stop, device=device)
+
+
+def check_device(device: str) -> None:
+    """A device torch cannot use fails before any run starts."""
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise SwarmtrainError(f"--device {device}: {e}", "use --device cpu, or a device this machine has") from None
 
 
 def tier_dict(t: Tier) -> dict:

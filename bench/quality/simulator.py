@@ -68,12 +68,14 @@ def simulate_preset(
     configs: Preset | None = None,
     on_eval: Callable[[int, float], None] | None = None,
     stop: threading.Event | None = None,
+    device: str = "cpu",
 ) -> dict:
     """One strategy, one seed: train, count bytes, measure held-out bits per byte.
 
     `configs` replaces the preset's settings (`bench tune`'s trials; `preset` then only names the
     row); `on_eval(step, val_bpb)` is called at each evaluation point (the tuner's pruner); a set
-    `stop` raises Stopped before the next round."""
+    `stop` raises Stopped before the next round. `device` trains the workers there (the state,
+    outer step and codecs stay on the CPU, as in the node)."""
     strat_cfg, train_cfg = configs or PRESETS[preset]
     train_cfg = replace(train_cfg, batch_size=tier.batch_size, warmup_steps=tier.warmup_steps, seed=seed)
     dcfg = DataConfig()
@@ -93,7 +95,7 @@ def simulate_preset(
     state = SwarmState.initial(model, strategy.outer_buffers)
     workers = [
         Worker(
-            InnerTrainer(build_model(tier.model, seed), train_cfg, torch.device("cpu"), schedule),
+            InnerTrainer(build_model(tier.model, seed), train_cfg, torch.device(device), schedule),
             strategy.new_worker(),
             torch.Generator().manual_seed(1000 * seed + w),
             data.train_tokens(corpus, dcfg, w % dcfg.shards),
@@ -130,7 +132,7 @@ def simulate_preset(
         step, rounds, sent = step + h, rounds + 1, sent + strat.codec.encoded_size()
         if any(step - h < s <= step for s in eval_at):
             workers[0].trainer.load_params(state.params)
-            bpb = evaluate_bpb(workers[0].trainer.model, vx, vy, torch.device("cpu"))
+            bpb = evaluate_bpb(workers[0].trainer.model, vx, vy, torch.device(device))
             curve.append(
                 {
                     "step": step,

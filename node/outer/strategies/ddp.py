@@ -32,7 +32,8 @@ class DdpAdamW:
     @torch.no_grad()
     def make_update(self, state: SwarmState, worker, model: torch.nn.Module) -> bytes:
         # clipped by the trainer
-        return self.codec.encode([p.grad for p in model.parameters() if p.requires_grad])
+        # the wire and the shared state are fp32 on the CPU, whatever device trains
+        return self.codec.encode([p.grad.to("cpu", torch.float32) for p in model.parameters() if p.requires_grad])
 
     def check(self, payload: bytes) -> None:
         self.codec.decode(payload)

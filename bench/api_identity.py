@@ -121,7 +121,7 @@ def one_swarm(work: Path, run: Path, rounds: int, api: bool, identities: Path) -
     nodes: list = []
     work.mkdir(parents=True)
     try:
-        boot = Node(["bootstrap", "--run", str(run), "--host", "127.0.0.1", "--new-swarm", "--data-dir",
+        boot = Node(["bootstrap", "--run", str(run), "--host", "127.0.0.1", "--data-dir",
                      str(work / "boot"), "--status-port", "-1"], [], work / "boot.log")  # fmt: skip
         nodes.append(boot)
         found = boot.wait_for(r"event=bootstrap_ready run=(\S+) .*maddrs=(\S+)", 120)

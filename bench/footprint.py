@@ -84,7 +84,7 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
     with ExitStack() as stack:
         nodes: list[Node] = []
         stack.callback(lambda: [n.stop() for n in reversed(nodes)])
-        boot_args = ["bootstrap", "--run", str(run), "--host", "127.0.0.1", "--new-swarm"]
+        boot_args = ["bootstrap", "--run", str(run), "--host", "127.0.0.1"]
         nodes.append(Node([*boot_args, "--data-dir", str(work / "boot")], [], work / "boot.log"))
         ready = nodes[0].wait_for(r"event=bootstrap_ready run=(\S+) .*?params=(\d+)", 180)
         maddr = nodes[0].wait_for(r"maddrs=([^,\s]+)", 5).group(1)

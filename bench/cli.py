@@ -403,7 +403,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "api-identity": Benchmark(
         help="the API path against the CLI path on the same run, seed and data: equal digests",
-        duration="~20-55 s a swarm: ~6 min for the 9 cases (6 compared bit for bit; DP, overlap, window: API only)",
+        duration="~8-30 s a case: ~2.5 min for the 9 cases (6 compared bit for bit; DP, overlap, window: API only)",
         add_flags=_api_identity_flags,
         run=_api_identity,
     ),

@@ -37,6 +37,7 @@ warmup_steps = 3
 [strategy]
 inner_steps = 4
 {strategy}
+{overlap}
 [swarm]
 min_peers = 2
 {window}
@@ -165,7 +166,8 @@ def run_api_identity(*, rounds: int, cases: list[str], json_path: str, stop: thr
             c = CASES[case]
             run = Path(tmp) / f"{case}.toml"
             window = "" if "round_seconds" in c.more else "round_seconds = 0.0"  # fixed H: bit for bit
-            run.write_text(RUN.format(model=c.model, strategy=c.strategy, more=c.more, window=window))
+            overlap = "" if "overlap" in c.strategy else "overlap = false"  # (unset: on)
+            run.write_text(RUN.format(model=c.model, strategy=c.strategy, more=c.more, window=window, overlap=overlap))
             t = time.monotonic()
             keys = Path(tmp) / case / "keys"
             keys.mkdir(parents=True)

@@ -32,6 +32,7 @@ batch_size = 4
 warmup_steps = 2
 [strategy]
 inner_steps = 4
+overlap = false
 [swarm]
 round_seconds = 0.0
 collect_timeout = 20.0

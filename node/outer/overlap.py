@@ -101,7 +101,9 @@ class Overlap:
         return False
 
 
-def make_overlap(enabled: bool, local_optimizer: bool) -> NoOverlap | Overlap:
+def make_overlap(setting: bool | None, local_optimizer: bool) -> NoOverlap | Overlap:
     """`local_optimizer`: the strategy's inner steps move the weights (diloco, sparseloco), so a
-    missed round's progress is a weight difference that can be carried."""
+    missed round's progress is a weight difference that can be carried; `setting` ([strategy]
+    overlap) unset overlaps exactly those strategies."""
+    enabled = local_optimizer if setting is None else setting
     return Overlap() if enabled else NoOverlap(carry=local_optimizer)

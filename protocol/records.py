@@ -60,9 +60,9 @@ def round_field(value: int, where: str) -> int:
 
 
 def run_field(value: str, where: str) -> str:
-    if not 0 < len(value) <= 128:
-        raise ProtocolError(f"{where}: bad run id")
-    return value
+    if 0 < len(value) <= 128:
+        return value
+    raise ProtocolError(f"{where}: bad run id")
 
 
 GENESIS = "0" * 64  # `prev` of the first roster of a run
@@ -81,11 +81,11 @@ class Heartbeat:
     device: str
     maddrs: tuple[str, ...]
     time: float
-    active: bool = True
-    """False while leaving: leaders then stop waiting for this peer's updates."""
+    active: bool = True  # False while leaving: leaders then stop waiting for this peer's updates
     run: str = ""
     """The run this heartbeat belongs to: the signed body names its own DHT key."""
     step_s: float = 0.0  # seconds per inner step in this peer's last round (0: none): windows are sized by them
+    exchange_s: float = 0.0  # seconds from announcing its last update to having that round (0: none)
 
     def to_wire(self) -> dict:
         return {**asdict(self), "maddrs": list(self.maddrs)}
@@ -108,6 +108,7 @@ class Heartbeat:
             active=field(d, "active", bool, where=w),
             run=run_field(field(d, "run", str, where=w), w),
             step_s=_seconds(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
+            exchange_s=_seconds(d.get("exchange_s", 0.0), "exchange_s", w),
         )
 
 

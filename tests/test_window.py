@@ -4,7 +4,7 @@ import pytest
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
-from node.train.window import ComputeWindow, sized_window
+from node.train.window import ComputeWindow, Timing, sized_window
 
 
 class Clock:
@@ -32,15 +32,22 @@ def test_without_a_window_every_peer_runs_h_steps():
 
 
 def test_an_unset_window_is_sized_from_the_median_peer_so_a_slow_peer_runs_fewer_steps():
-    fast, slow = 0.1, 0.4  # seconds per step: two desktops and a peer at a quarter of their speed
+    fast, slow = Timing(0.1, 0.0), Timing(0.4, 0.0)  # seconds per step: two desktops, a quarter-speed peer
     window = sized_window(8, fast, [fast, slow])  # what a fast peer sizes: 8 x the median's 0.1 s
     assert window == pytest.approx(0.8) and sized_window(8, slow, [fast, fast]) == pytest.approx(0.8)
-    assert steps_run(SwarmConfig(), fast, sized=window) == 8  # the median peer: about H
-    assert steps_run(SwarmConfig(), slow, sized=window) == 2  # the slow one: a quarter, on time
-    assert sized_window(8, 0.0, [fast]) == 0.0  # nothing measured by us yet: H steps
+    assert steps_run(SwarmConfig(), fast.step_s, sized=window) == 8  # the median peer: about H
+    assert steps_run(SwarmConfig(), slow.step_s, sized=window) == 2  # the slow one: a quarter, on time
+    assert sized_window(8, Timing(0.0, 0.0), [fast]) == 0.0  # nothing measured by us yet: H steps
     # a crowd publishing absurd step times stretches or squeezes the window only within 4x ours
-    assert sized_window(8, fast, [1e-6] * 50) == pytest.approx(8 * fast / 4)
-    assert sized_window(8, fast, [3000.0] * 50) == pytest.approx(8 * fast * 4)
+    assert sized_window(8, fast, [Timing(1e-6, 0.0)] * 50) == pytest.approx(8 * 0.1 / 4)
+    assert sized_window(8, fast, [Timing(3000.0, 0.0)] * 50) == pytest.approx(8 * 0.1 * 4)
+
+
+def test_a_sized_window_covers_twice_the_median_exchange_so_overlap_can_hide_a_slow_link():
+    link = [Timing(0.1, 2.0), Timing(0.1, 1.5)]  # 0.8 s of steps against ~2 s exchanges
+    assert sized_window(8, Timing(0.1, 2.0), link) == pytest.approx(2 * 2.0)
+    assert sized_window(8, Timing(0.1, 0.2), [Timing(0.1, 0.2)]) == pytest.approx(0.8)  # a fast link: the steps
+    assert sized_window(8, Timing(0.1, 0.5), [Timing(0.1, 1e4)] * 50) == pytest.approx(2 * 0.5 * 4)  # within 4x
 
 
 def test_a_window_fits_the_steps_to_the_peer_speed():

@@ -30,7 +30,7 @@ from node.peer.wiring import NodeParts
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
-from node.train.window import ComputeWindow, sized_window
+from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
 
 
@@ -83,6 +83,7 @@ class Peer(NodeParts):
         self.reach = judge([])  # whether peers can dial us: 'unknown' until our addresses are (start_heartbeat)
         self.training: Training | None = None  # the round being trained
         self.step_s = 0.0  # seconds per inner step in our last round (0: none yet)
+        self.exchange_s = 0.0  # seconds from announcing our last update to having its round (0: none yet)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="round")  # overlap: awaits rosters behind compute
         stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
 
@@ -119,7 +120,11 @@ class Peer(NodeParts):
             self.sync.resync(stop, force=True)  # our state differs from the swarm's
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
         self.presence.heartbeat.update(
-            round=r, state_round=self.state.round, digest=self.state.digest, step_s=self.step_s
+            round=r,
+            state_round=self.state.round,
+            digest=self.state.digest,
+            step_s=self.step_s,
+            exchange_s=self.exchange_s,
         )
         t0 = time.monotonic()
         # the swarm's state, or with overlap that plus our progress in flight
@@ -136,8 +141,8 @@ class Peer(NodeParts):
         """A run without round_seconds: the window from the step times live peers publish."""
         if self.run.swarm.round_seconds is not None or not self.strategy.local_optimizer:
             return 0.0
-        published = [hb.step_s for p, hb in self.sync.live().items() if p != self.me]
-        return sized_window(self.strategy.inner_steps, self.step_s, published)
+        published = [Timing(hb.step_s, hb.exchange_s) for p, hb in self.sync.live().items() if p != self.me]
+        return sized_window(self.strategy.inner_steps, Timing(self.step_s, self.exchange_s), published)
 
     def round_opened(self, r: int) -> None:
         """Called as round r's training starts (the CLI draws its batches for round r)."""
@@ -215,6 +220,7 @@ class Peer(NodeParts):
         if flight is None:
             return
         waited_from = time.monotonic() if self.overlap.enabled else flight.t1  # overlap: only the wait shows
+        self.exchange_s = time.monotonic() - flight.t1  # the whole exchange, hidden or not: windows cover it
         with self.phase("communicate").time() if self.overlap.enabled else contextlib.nullcontext():
             roster, payloads = flight.result.result()
         if stop.is_set():

@@ -9,7 +9,8 @@ wait for its H steps.
 
 A run that leaves round_seconds unset sizes the window from the swarm (`sized_window`): H times
 the median of the seconds per step that live peers publish in their heartbeats, so that the
-median peer runs about H steps. The first round, before anything is measured, runs H steps.
+median peer runs about H steps, and at least twice the median exchange, so that a slow link's
+exchange hides behind the next round's compute. The first round runs H steps, to measure.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.errors import SwarmtrainError
@@ -27,13 +29,35 @@ SKEW = 4.0
 to publish, and a crowd claiming absurd step times may stretch or squeeze rounds only so far."""
 
 
-def sized_window(inner_steps: int, own_step_s: float, published: Iterable[float]) -> float:
-    """The compute window of a run without round_seconds: H x the median peer's seconds per step
-    (ours among them), kept within SKEW of our own; 0 (run H steps) until we have measured ours."""
-    if own_step_s <= 0:
+COVER = 2.0
+"""A sized window lasts at least this many times the median peer's exchange, so that a slow
+link's exchange hides behind the next round's compute (overlap) instead of idling the peers."""
+
+
+class Timing(NamedTuple):
+    """What a peer measured of its last round (and publishes in its heartbeat)."""
+
+    step_s: float
+    """Seconds per inner step (0: nothing measured yet)."""
+    exchange_s: float
+    """Seconds from announcing its update to having the round (0: nothing measured yet)."""
+
+
+def sized_window(inner_steps: int, own: Timing, published: Iterable[Timing]) -> float:
+    """The compute window of a run without round_seconds: H x the median peer's seconds per step,
+    and at least COVER x the median peer's exchange (ours among them), each kept within SKEW of
+    our own; 0 (run H steps) until we have measured our steps."""
+    if own.step_s <= 0:
         return 0.0
-    median = statistics.median([own_step_s, *(s for s in published if s > 0)])
-    return inner_steps * min(max(median, own_step_s / SKEW), own_step_s * SKEW)
+    published = list(published)
+    steps = inner_steps * _near(own.step_s, [t.step_s for t in published])
+    return max(steps, COVER * _near(own.exchange_s, [t.exchange_s for t in published])) if own.exchange_s else steps
+
+
+def _near(own: float, published: list[float]) -> float:
+    """The median of ours and the published values, within SKEW of ours."""
+    median = statistics.median([own, *(s for s in published if s > 0)])
+    return min(max(median, own / SKEW), own * SKEW)
 
 
 @dataclass

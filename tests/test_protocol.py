@@ -215,3 +215,14 @@ def test_tensor_container_roundtrip_and_strictness():
     with pytest.raises(ProtocolError):
         decode_tensors(b"garbage")
     assert good["format"] == "swarmtrain-tensors"
+
+
+def test_a_heartbeat_s_step_and_exchange_times_are_seconds_in_range_or_refused():
+    assert Heartbeat.from_wire(heartbeat(step_s=0.05, exchange_s=1.5)).exchange_s == 1.5
+    old = heartbeat()
+    del old["step_s"], old["exchange_s"]
+    assert Heartbeat.from_wire(old).step_s == 0.0  # a peer that publishes none: nothing measured
+    for bad in (-1.0, 3600.0, float("nan"), float("inf"), True, "0.1"):
+        for name in ("step_s", "exchange_s"):
+            with pytest.raises(ProtocolError, match=name):
+                Heartbeat.from_wire(heartbeat(**{name: bad}))

@@ -24,9 +24,7 @@ def identity_path(cfg: NodeConfig) -> str:
     so that hivemind can write a new key there on first start."""
     identity = cfg.identity or os.path.join(cfg.data_dir, "identity.key")
     writable_dir(cfg.data_dir)  # checkpoints, ledgers and bootstrap.json go there too
-    key_dir = os.path.dirname(os.path.abspath(identity))
-    if key_dir != os.path.abspath(cfg.data_dir):  # (the default key lives in the data dir: checked)
-        writable_dir(key_dir, "--identity")
+    writable_dir(os.path.dirname(os.path.abspath(identity)), "--identity")
     return identity
 
 

@@ -101,10 +101,9 @@ class StateSync:
     def live(self) -> dict:
         return read_peers(self.swarm, self.run_id, ttl=self.cfg.heartbeat_ttl)
 
-    def outvoted(self, live: dict) -> bool:
-        """Worth a look for a better head (catchup.worth_a_look: an established peer off our chain
-        in `live`, the heartbeat table as live() read it)."""
-        return self.catchup.worth_a_look(live, self.head)
+    def outvoted(self) -> bool:
+        """Worth a look for a better head (catchup.worth_a_look: an established peer off our chain)."""
+        return self.catchup.worth_a_look(self.live(), self.head)
 
     def resync(self, stop: threading.Event, force: bool = False) -> None:
         """Move to a better verified head if there is one (`force`: one look, prompted by outvoted)."""

@@ -115,8 +115,7 @@ class Peer(NodeParts):
         """Load where the next round's training starts into the model. False: stop here."""
         if stop.is_set() or self.reached_max():
             return False
-        live = self.sync.live()  # one DHT read a round: for the head and for the window's size
-        if self.sync.outvoted(live):
+        if self.sync.outvoted():
             self.settle(stop)  # (overlap) the round in flight first
             self.sync.resync(stop, force=True)  # our state differs from the swarm's
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
@@ -132,20 +131,17 @@ class Peer(NodeParts):
         self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
         self.trainer.load_params(self.start.params)
         window = ComputeWindow(
-            self.run.swarm,
-            self.strategy.inner_steps,
-            windowed=self.strategy.local_optimizer,
-            sized=self.sized_window(live),
+            self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer, sized=self.sized_window()
         )
         self.training = Training(round=r, t0=t0, window=window)
         self.round_opened(r)
         return True
 
-    def sized_window(self, live: dict) -> float:
-        """A run without round_seconds: the window from the timings `live` peers publish."""
+    def sized_window(self) -> float:
+        """A run without round_seconds: the window from the step times live peers publish."""
         if self.run.swarm.round_seconds is not None or not self.strategy.local_optimizer:
             return 0.0
-        published = [Timing(hb.step_s, hb.exchange_s) for p, hb in live.items() if p != self.me]
+        published = [Timing(hb.step_s, hb.exchange_s) for p, hb in self.sync.live().items() if p != self.me]
         return sized_window(self.strategy.inner_steps, Timing(self.step_s, self.exchange_s), published)
 
     def round_opened(self, r: int) -> None:

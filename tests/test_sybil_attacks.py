@@ -339,6 +339,26 @@ def test_a_joiner_takes_only_a_chain_through_the_organizers_head():
     assert catchup_of(joiner).plan(joiner.proto.peers(), Head(0, BASE0)).head == Head(2, Z)  # without the pin
 
 
+def test_a_joiner_waits_for_a_witness_that_has_no_head_yet():
+    """Attack: the crowd's chain from the genesis, stored while the organizer's witness is still
+    at round 0 (it lags a young run by a few rounds). The witness's pin then told nothing and a
+    joiner took the crowd's chain (seen in the crowd swarm test, only saved there by the crowd's
+    fake digest). Stopped by: a live witness without a head pins nothing yet: wait for it."""
+    dht, registry, honest = swarm(4)
+    for _ in range(3):
+        play_round(honest)
+    organizer = Peer(dht, registry)
+    crowd = [Peer(dht, registry) for _ in range(7)]
+    serve(crowd, grow(crowd[0], crowd, None, 2))
+    hold(crowd, Head(2, Z))
+    beat(honest)
+    organizer.heartbeat(active=False)  # the witness, live, still at round 0
+    joiner = Peer(dht, registry)
+    look = Catchup(joiner.net, joiner.ledger, joiner.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id)
+    assert look.plan(joiner.proto.peers(), Head(0, BASE0)) is None  # neither chain: no head to pin yet
+    # (once the witness has a head, the joiner takes the chain through it: the test above)
+
+
 @pytest.mark.parametrize("failure", ["dropped stream", "unreachable donor"])
 def test_a_failing_donor_never_crashes_the_planner(failure):
     """Attack: a Sybil heartbeats a head ahead of the swarm and, when asked for `ledger`,

@@ -37,7 +37,9 @@ def test_an_unset_window_is_sized_from_the_median_peer_so_a_slow_peer_runs_fewer
     assert window == pytest.approx(0.8) and sized_window(8, slow, [fast, fast]) == pytest.approx(0.8)
     assert steps_run(SwarmConfig(), fast.step_s, sized=window) == 8  # the median peer: about H
     assert steps_run(SwarmConfig(), slow.step_s, sized=window) == 2  # the slow one: a quarter, on time
-    assert sized_window(8, Timing(0.0, 0.0), [fast]) == 0.0  # nothing measured by us yet: H steps
+    assert sized_window(8, Timing(0.0, 0.0), []) == 0.0  # the run's first round, nothing measured: H steps
+    # our first round (a joiner's): the swarm's pace as published
+    assert sized_window(8, Timing(0.0, 0.0), [fast, slow, slow]) == pytest.approx(8 * 0.4)
     # a crowd publishing absurd step times stretches or squeezes the window only within 4x ours
     assert sized_window(8, fast, [Timing(1e-6, 0.0)] * 50) == pytest.approx(8 * 0.1 / 4)
     assert sized_window(8, fast, [Timing(3000.0, 0.0)] * 50) == pytest.approx(8 * 0.1 * 4)
@@ -82,3 +84,37 @@ def test_a_windowed_round_closes_on_the_median_peer_and_a_fixed_one_waits_for_th
     assert not collected(three, three, {"a", "b"}, 19.0, marks, fixed)  # H steps each: the slowest is waited for
     assert collected(three, three, {"a", "b"}, fixed.collect_timeout, marks, fixed)
     assert not collected({"a", "b"}, {"a", "b"}, {"a"}, 5.0, {}, windowed)  # two peers: both are most
+
+
+def window_after(lag: float, seconds: float = 4.0, step: float = 0.5) -> int:
+    """Steps a peer runs when it started its window `lag` seconds after the round opened."""
+    clock = Clock()
+    window = ComputeWindow(SwarmConfig(round_seconds=seconds), 8, windowed=True, clock=clock, wall=lambda: 1000.0)
+    window.anchor(1000.0 - lag)
+    done = 0
+    while window.another(done):
+        clock.t += step
+        done += 1
+    return done
+
+
+def test_a_late_starter_ends_its_window_with_the_swarm_not_a_window_after_its_start():
+    assert window_after(0.0) == 8  # started as the roster was signed: the whole window
+    assert window_after(2.0) == 4  # a joiner 2 s into a 4 s round: ends with the others
+    assert window_after(60.0) == 2  # far behind (or a skewed clock): a quarter window, never less
+    assert window_after(-1.0) == 10  # overlap: we started before the roster was signed
+    assert window_after(-60.0) == 16  # at most one window later
+    fixed = ComputeWindow(SwarmConfig(round_seconds=0.0), 8, windowed=True, clock=Clock(), wall=lambda: 1000.0)
+    fixed.anchor(0.0)
+    assert fixed.lag == 0.0  # fixed H steps: no window to anchor
+
+
+def test_without_a_window_carried_steps_count_toward_h_so_a_late_peer_catches_up():
+    def run(carried: int) -> int:
+        window = ComputeWindow(SwarmConfig(round_seconds=0.0), 8, windowed=True, clock=Clock(), carried=carried)
+        done = 0
+        while window.another(done):
+            done += 1
+        return done
+
+    assert run(0) == 8 and run(3) == 5 and run(8) == 1  # left out for being late: announce early next round

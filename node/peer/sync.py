@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,7 +83,8 @@ class StateSync:
         local = checkpoint.load(self.ckpt, run_id=self.run_id, template=self.template)
         self.applier.state = local or self.template
         ahead = max((hb.state_round for hb in self.others(stop).values()), default=0)
-        if ahead > self.state.round:
+        deadline = time.monotonic() + self.cfg.round_timeout  # a young run's witness may still lack a head
+        while ahead > self.state.round and not stop.is_set() and time.monotonic() < deadline:
             synced = self.fetch_state(stop)
             if synced is not None:
                 self.adopt(synced)

@@ -131,8 +131,15 @@ class Peer(NodeParts):
         self.start = self.overlap.start(self.state, self.trainer.params, in_flight=self.inflight is not None)
         self.trainer.load_params(self.start.params)
         window = ComputeWindow(
-            self.run.swarm, self.strategy.inner_steps, windowed=self.strategy.local_optimizer, sized=self.sized_window()
+            self.run.swarm,
+            self.strategy.inner_steps,
+            windowed=self.strategy.local_optimizer,
+            sized=self.sized_window(),
+            carried=self.start.carried_steps,
         )
+        opened = self.rounds.ledger.rosters.get(self.state.round)
+        if opened is not None and not self.overlap.enabled:  # (overlap: anchored when that roster lands)
+            window.anchor(opened.roster.time)
         self.training = Training(round=r, t0=t0, window=window)
         self.round_opened(r)
         return True
@@ -229,6 +236,8 @@ class Peer(NodeParts):
             applied = payloads is not None and self.applier.apply_round(roster, payloads)  # same bits on every peer
         if not applied or all(a.peer != self.me for a in roster.announcements):
             self.carry_over(flight)
+        if applied and self.overlap.enabled and self.training is not None:
+            self.training.window.anchor(roster.roster.time)  # the round we train now ends with the swarm's
         if applied:
             self.finish_round(
                 roster,

@@ -166,10 +166,14 @@ class Catchup:
 
     def through_pin(self, target: Target, peers: dict[str, Heartbeat]) -> bool | None:
         """Do the target's rosters pass through the head the organizer's witness heartbeats?
-        None when there is no such head (no organizer, not live, or still at round 0)."""
+        None when there is no organizer's head to tell (none, not live); False while a live
+        witness has taken no roster yet (it lags a young run by a few rounds): a crowd's chain
+        from the genesis must not slip in before the witness has a head (wait for it)."""
         hb = peers.get(self.organizer) if self.organizer else None
-        if hb is None or hb.active or hb.state_round == 0:
+        if hb is None or hb.active:
             return None
+        if hb.state_round == 0:
+            return False
         return any((a.roster.round, a.roster.result) == (hb.state_round, hb.digest) for a in target.rosters)
 
     def built_on(self, head: AcceptedRoster, window: Ledger) -> set[str]:

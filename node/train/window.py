@@ -10,7 +10,13 @@ wait for its H steps.
 A run that leaves round_seconds unset sizes the window from the swarm (`sized_window`): H times
 the median of the seconds per step that live peers publish in their heartbeats, so that the
 median peer runs about H steps, and at least twice the median exchange, so that a slow link's
-exchange hides behind the next round's compute. The first round runs H steps, to measure.
+exchange hides behind the next round's compute. A peer's first round (nothing measured yet) takes
+the swarm's pace as published; the run's first round runs H steps, to measure.
+
+A window ends at the round's opening plus its length, not at our start plus it
+(`ComputeWindow.anchor`): the round opened when its leader signed the roster we start from, and a
+peer that starts late (a joiner mid-round, a slow fetch) would otherwise announce a constant lag
+behind the others, round after round, after the leader closed on the median peer.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ class Timing(NamedTuple):
 def sized_window(inner_steps: int, own: Timing, published: Iterable[Timing]) -> float:
     """The compute window of a run without round_seconds: H x the median peer's seconds per step,
     and at least COVER x the median peer's exchange (ours among them), each kept within SKEW of
-    our own; 0 (run H steps) until we have measured our steps."""
+    our own. Before we measured ours (a joiner's first round): H x the published median (a
+    crowd's claim costs that one round; the step cap bounds it); nobody measured yet: 0 (H steps)."""
     if own.step_s <= 0:
-        return 0.0
+        theirs = [t.step_s for t in published if t.step_s > 0]
+        return inner_steps * statistics.median(theirs) if theirs else 0.0
     published = list(published)
     steps = inner_steps * _near(own.step_s, [t.step_s for t in published])
     return max(steps, COVER * _near(own.exchange_s, [t.exchange_s for t in published])) if own.exchange_s else steps
@@ -71,8 +79,16 @@ class ComputeWindow:
     strategies exchange every step, so a window does not apply to them."""
     sized: float = 0.0
     """The window sized from the swarm (sized_window), used when the run leaves round_seconds unset."""
+    carried: int = 0
+    """Steps of a missed round carried into this one. Without a window they count toward H: a
+    peer left out for being late (a joiner mid-round) then announces early in the next round
+    instead of the same lag late again, round after round."""
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    """Wall time, to compare with a roster's signed time (anchor)."""
     started: float = field(default=0.0, init=False)
+    lag: float = field(default=0.0, init=False)
+    """Seconds our window started after the round opened (anchor); counted as elapsed."""
 
     def __post_init__(self) -> None:
         if (self.cfg.round_seconds or 0) < 0 or self.cfg.max_inner_steps < 0:
@@ -93,7 +109,7 @@ class ComputeWindow:
     @property
     def most(self) -> int:
         if self.seconds <= 0:
-            return self.inner_steps
+            return max(1, self.inner_steps - self.carried)
         return self.cfg.max_inner_steps or 4 * self.inner_steps
 
     def another(self, done: int) -> bool:
@@ -104,4 +120,14 @@ class ComputeWindow:
         if done == 0 or self.seconds <= 0:
             return True
         elapsed = self.clock() - self.started
-        return elapsed + elapsed / done <= self.seconds
+        return self.lag + elapsed + elapsed / done <= self.seconds
+
+    def anchor(self, opened: float) -> None:
+        """The round opened at wall time `opened` (the signed time of the roster we start from):
+        the window ends then plus its length. Moved at most (1 - 1/SKEW) of the window earlier (a
+        skewed clock, a roster signed long ago: we still train a quarter window) and one window
+        later (with overlap we start before that roster is signed)."""
+        if self.seconds <= 0:
+            return
+        lag = self.wall() - (self.clock() - self.started) - opened  # when we started, on the wall clock
+        self.lag = min(max(lag, -self.seconds), (1 - 1 / SKEW) * self.seconds)

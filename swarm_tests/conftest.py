@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -170,8 +171,13 @@ def procs(tmp_path):
         return p
 
     yield start
-    for p in started:
-        p.kill_all()
+    kill_all(started)
+
+
+def kill_all(started: list[Proc]) -> None:
+    """Stop every process, in parallel: clean leaves one after another cost each test seconds."""
+    with ThreadPoolExecutor(len(started) or 1) as pool:
+        list(pool.map(Proc.kill_all, started))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm_tests.conftest import ROOT, SMALL_RUN, Proc, join_args, start_bootstrap
+from swarm_tests.conftest import ROOT, SMALL_RUN, Proc, join_args, kill_all, start_bootstrap
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("SWARMTRAIN_ARTIFACTS", ROOT / "test-artifacts"))
@@ -80,8 +80,7 @@ def swarm(tmp_path_factory):
             "tmp": tmp,
         }
     finally:
-        for p in started:
-            p.kill_all()
+        kill_all(started)
 
 
 def test_monitor_api_shows_every_peer_from_signed_records(swarm):

@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from bench.natemu import NatNetwork, check, missing_requirements
 from node.round.ledger import read_file, verify
-from swarm_tests.conftest import Proc, bootstrap_ready, starter
+from swarm_tests.conftest import Proc, bootstrap_ready, kill_all, starter
 
 ROUNDS = 10
 SHARE = 0.95  # of the rounds from its first on, each NAT'd peer's update is in at least this many
@@ -87,8 +86,7 @@ def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
             joined = {k: v.wait_for(r"event=joined .* maddr=(\S+) reach=(\w+)", 120) for k, v in vols.items()}
             codes = {k: v.wait(150) for k, v in vols.items()}
         finally:
-            with ThreadPoolExecutor(len(started) or 1) as pool:  # clean leaves, in parallel
-                list(pool.map(lambda p: p.kill_all(), started))
+            kill_all(started)
     elapsed = time.monotonic() - t0
     assert codes == {k: 0 for k in vols}, {k: vols[k].output[-3000:] for k, c in codes.items() if c}
 

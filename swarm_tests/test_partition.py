@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc, bootstrap_ready, rounds_of, starter
+from swarm_tests.conftest import Proc, bootstrap_ready, kill_all, rounds_of, starter
 
 FAST = "up=1gbit,down=1gbit,rtt=1ms"
 GROUPS = [[0, 1, 2], [3, 4]]  # the bootstrap goes with volunteers 1 and 2
@@ -194,8 +193,7 @@ def test_a_split_swarm_trains_in_halves_then_merges_into_one_model(tmp_path, sma
             stats = net.stats()
         finally:
             mark("stopping the nodes")
-            with ThreadPoolExecutor(len(started) or 1) as pool:  # clean leaves, in parallel
-                list(pool.map(lambda p: p.kill_all(), started))
+            kill_all(started)
 
     # within each half one model, across the halves two (they really trained apart)
     for half_rounds in ([split[0], split[1]], [split[2], split[3]]):

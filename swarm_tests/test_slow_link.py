@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
-from swarm_tests.conftest import Proc, bootstrap_ready, starter
+from swarm_tests.conftest import Proc, bootstrap_ready, kill_all, starter
 
 LINK = "up=20mbit,down=100mbit,rtt=50ms,loss=1%"
 ROUNDS = 3
@@ -32,8 +32,7 @@ def test_volunteers_on_consumer_links_reach_equal_digests(tmp_path, small_run):
             rounds = [_rounds(v, ROUNDS) for v in volunteers]
             stats = net.stats()
         finally:
-            for p in started:
-                p.kill_all()
+            kill_all(started)
     print(f"\nlink {LINK}: rounds (round, train_s, exchange_s, digest) {rounds}\nlink stats {stats}")
     digests = [{r[0]: r[3] for r in v} for v in rounds]
     common = sorted(set(digests[0]) & set(digests[1]))

@@ -152,15 +152,13 @@ class StrategyConfig:
     in the paper); with it, outer_lr above 1 is the SNOO form (arXiv 2510.15830)."""
     momentum_decay: float = 0.999
     """decoupled-momentum: momentum decay beta in m = beta * m + grad."""
-    overlap: bool | None = False
+    overlap: bool | None = None
     """diloco / sparseloco: a peer computes round r+1 while round r's updates travel (a
     one-round-delayed outer step, as in Streaming DiLoCo): it starts from the newest state it
     holds plus its own not-yet-applied progress, and sends only the new round's progress.
-    The swarm's state stays bit-identical; docs/protocol.md, "Overlap". None: on where the
-    strategy trains locally (diloco, sparseloco), off for the step-wise ones; meant to become
-    the default once a late joiner that resyncs with a round in flight near max_rounds stops
-    training a round alone (seen in the demo). bench quality's simulator overlaps only where a
-    preset sets true."""
+    The swarm's state stays bit-identical; docs/protocol.md, "Overlap". Unset (the default):
+    on where the strategy trains locally (diloco, sparseloco), off for the step-wise ones;
+    false: off. (bench quality's simulator overlaps only where a preset sets true.)"""
 
 
 @dataclass(kw_only=True, frozen=True)

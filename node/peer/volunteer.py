@@ -118,6 +118,8 @@ class Peer(NodeParts):
         if self.sync.outvoted():
             self.settle(stop)  # (overlap) the round in flight first
             self.sync.resync(stop, force=True)  # our state differs from the swarm's
+            if self.reached_max():  # the swarm's state may be the last round's: never train past it
+                return False
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
         self.presence.heartbeat.update(
             round=r,
@@ -137,8 +139,8 @@ class Peer(NodeParts):
             sized=self.sized_window(),
             carried=self.start.carried_steps,
         )
-        opened = self.rounds.ledger.rosters.get(self.state.round)
-        if opened is not None and not self.overlap.enabled:  # (overlap: anchored when that roster lands)
+        opened = self.ledger.rosters.get(self.state.round)
+        if opened is not None and self.inflight is None:  # (with one in flight: anchored when it lands)
             window.anchor(opened.roster.time)
         self.training = Training(round=r, t0=t0, window=window)
         self.round_opened(r)
@@ -171,6 +173,8 @@ class Peer(NodeParts):
         self.phase("compute").observe(t1 - tr.t0)  # plain torch: H steps, or a window's worth
         self.history.trained(self.applier.tokens_of(tr.steps), t1 - tr.t0)  # forward, backward, step
         self.settle(stop)  # overlap: the round in flight, if still in flight
+        if stop.is_set() or self.reached_max():  # a resync (settle) took the last round's state: no round after it
+            return False
         with self.phase("encode").time():
             self.privacy.before_update(self.start.base, self.trainer.model)  # DP: clip + noise (off: nothing)
             # the error feedback before this update, to restore if the round misses it
@@ -253,6 +257,11 @@ class Peer(NodeParts):
         if self.overlap.enabled and self.start is not None:  # the round we train now goes on from this state
             self.start = self.overlap.rebase(self.start, self.state, self.trainer.params)
             self.trainer.load_params(self.start.params)
+        # say which state we hold and serve now: with overlap this falls mid-round, and a joiner
+        # that asked for the state of our last heartbeat would be sent one round later
+        self.presence.heartbeat.update(
+            round=self.state.round + 1, state_round=self.state.round, digest=self.state.digest
+        )
 
     def carry_over(self, flight: InFlight) -> None:
         """Our update of this round was not applied: fold its work into the next round (with

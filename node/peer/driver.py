@@ -161,6 +161,7 @@ class Driver(Peer):
         if self.going:
             self.going = self.stepped(loss, self.stop)
             if not self.going:
+                self.settle(self.stop)  # (overlap) the last round is still in flight: apply it first
                 self.trainer.load_params(self.state.params)
         return self.going
 

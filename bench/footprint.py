@@ -79,7 +79,7 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
     work.mkdir(parents=True, exist_ok=True)
     opt = DemoOptions()
     run = work / "run.toml"
-    run.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps))
+    run.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps, peers=1))
     model_cfg = load_run_config(run).model
     with ExitStack() as stack:
         nodes: list[Node] = []

@@ -18,7 +18,7 @@ def test_demo_three_peers_and_a_late_joiner_end_bit_identical(tmp_path):
         "5",
         "--late-joiner",
         "--inner-steps",
-        "40",
+        "24",
         "--summary-json",
         str(summary_path),
         "--workdir",

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from bench.cli import BENCHMARKS
 from bench.quality.presets import PRESETS, TIERS
 from bench.quality.summary import summarize
 from node.cli import main
+from node.config import ModelConfig
 from node.errors import SwarmtrainError
 
 KEYS = {
@@ -131,7 +133,9 @@ def test_the_compression_warm_up_sends_denser_first_rounds():
     from bench.quality.simulator import simulate_preset
     from node.train import data
 
-    tier = TIERS["smoke"]
+    # bytes, not quality: the smoke tier's steps (so its rounds) on a model too small to learn
+    tiny = ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=16)
+    tier = replace(TIERS["smoke"], model=tiny, workers=2, batch_size=1, val_seqs=4, eval_points=1)
     corpus = data.load_corpus("stdlib")
     warm, plain = (
         simulate_preset(p, tier, 0, corpus) for p in ("sparseloco-c32-k8-h32-muon-warmup", "sparseloco-c32-k8-h32-muon")

@@ -45,6 +45,9 @@ collect_timeout = 30.0
 round_timeout = 120.0
 heartbeat_interval = 1.0
 heartbeat_ttl = 6.0
+# every demo peer in the first round: peers that start together each see a different swarm for
+# a moment, and one that led alone would split the run at its genesis
+min_peers = {peers}
 """
 
 
@@ -125,7 +128,7 @@ def run_demo(opt: DemoOptions, stop: threading.Event, out: Reporter) -> dict:
         run_file = Path(opt.run).resolve()
     else:
         run_file = work / "run.toml"
-        run_file.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps))
+        run_file.write_text(DEMO_RUN_TOML.format(strategy=opt.strategy, inner_steps=opt.inner_steps, peers=opt.peers))
     out.say(f"demo: working directory {work}")
     events: queue.Queue = queue.Queue()
     children: list[Child] = []

@@ -17,7 +17,11 @@ class Clock:
 
 def steps_run(cfg: SwarmConfig, step_seconds: float, h: int = 8, windowed: bool = True, sized: float = 0.0) -> int:
     clock = Clock()
-    window = ComputeWindow(cfg, h, windowed=windowed, clock=clock, sized=sized)
+    return steps_in(ComputeWindow(cfg, h, windowed=windowed, clock=clock, sized=sized), clock, step_seconds)
+
+
+def steps_in(window: ComputeWindow, clock: Clock, step_seconds: float) -> int:
+    """Steps of `step_seconds` each that `window` lets a peer run."""
     done = 0
     while window.another(done):
         clock.t += step_seconds
@@ -91,11 +95,7 @@ def window_after(lag: float, seconds: float = 4.0, step: float = 0.5) -> int:
     clock = Clock()
     window = ComputeWindow(SwarmConfig(round_seconds=seconds), 8, windowed=True, clock=clock, wall=lambda: 1000.0)
     window.anchor(1000.0 - lag)
-    done = 0
-    while window.another(done):
-        clock.t += step
-        done += 1
-    return done
+    return steps_in(window, clock, step)
 
 
 def test_a_late_starter_ends_its_window_with_the_swarm_not_a_window_after_its_start():
@@ -111,10 +111,8 @@ def test_a_late_starter_ends_its_window_with_the_swarm_not_a_window_after_its_st
 
 def test_without_a_window_carried_steps_count_toward_h_so_a_late_peer_catches_up():
     def run(carried: int) -> int:
-        window = ComputeWindow(SwarmConfig(round_seconds=0.0), 8, windowed=True, clock=Clock(), carried=carried)
-        done = 0
-        while window.another(done):
-            done += 1
-        return done
+        clock = Clock()
+        window = ComputeWindow(SwarmConfig(round_seconds=0.0), 8, windowed=True, clock=clock, carried=carried)
+        return steps_in(window, clock, 0.1)
 
     assert run(0) == 8 and run(3) == 5 and run(8) == 1  # left out for being late: announce early next round

@@ -26,9 +26,11 @@ SPLIT_ROUNDS = 3  # rounds each half trains as two while cut off
 # again ~10 s after the heal (TCP's retransmission backoff after a 20 s silent cut, measured
 # in the emulator), about 3 rounds of 3 s, and on a busy 2-core machine a few more rounds can pass
 # before the halves see each other's records. Measured (7 runs): one model 3, 3, 4, 5, 3, 4 and 7
-# rounds after the heal; the bound here is 10 (the test's real demand: one model, not two, within
+# rounds after the heal; the bound here is 15 (the test's real demand: one model, not two, within
 # MERGE_TIMEOUT), and the 3 counted from the reconnection is reported, not asserted.
-MAX_ROUNDS_TO_MERGE = 10
+# Since windows end at the roster's time plus 3 s (ComputeWindow.anchor) rounds no longer add
+# the exchange to the window, so the same seconds hold more rounds: 13 rounds in 40 s seen once.
+MAX_ROUNDS_TO_MERGE = 15
 MERGE_TIMEOUT = 60.0  # seconds after the heal to wait for one model (the bound is ~4 rounds of ~4 s + reconnection)
 
 # Rounds of a 3 s compute window (--slowdown keeps the CPUs free while it lasts): a round then

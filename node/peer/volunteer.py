@@ -257,11 +257,12 @@ class Peer(NodeParts):
         if self.overlap.enabled and self.start is not None:  # the round we train now goes on from this state
             self.start = self.overlap.rebase(self.start, self.state, self.trainer.params)
             self.trainer.load_params(self.start.params)
-        # say which state we hold and serve now: with overlap this falls mid-round, and a joiner
-        # that asked for the state of our last heartbeat would be sent one round later
-        self.presence.heartbeat.update(
-            round=self.state.round + 1, state_round=self.state.round, digest=self.state.digest
-        )
+        if self.overlap.enabled:  # (without overlap open_round publishes this next, one store a round)
+            # say which state we hold and serve now: this falls mid-round, and a joiner that asked
+            # for the state of our last heartbeat would be sent one round later
+            self.presence.heartbeat.update(
+                round=self.state.round + 1, state_round=self.state.round, digest=self.state.digest
+            )
 
     def carry_over(self, flight: InFlight) -> None:
         """Our update of this round was not applied: fold its work into the next round (with

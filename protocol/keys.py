@@ -3,7 +3,7 @@
 Key                                      subkey      value (see records.py)
 swarmtrain:runs                          run id      Manifest of that run
 swarmtrain:<run>:peers                   peer id     Heartbeat of that peer
-swarmtrain:<run>:metrics                 peer id     MetricsRecord of that peer, signed (signing.py)
+swarmtrain:<run>:metrics                 peer id     MetricsRecord of that peer (metrics.py), signed
 swarmtrain:<run>:round:<r>:updates       peer id     Announcement of its update for round r
 swarmtrain:<run>:round:<r>:roster        leader id   Roster: the contributions that make round r
 

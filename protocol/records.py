@@ -65,6 +65,32 @@ def run_field(value: str, where: str) -> str:
     raise ProtocolError(f"{where}: bad run id")
 
 
+def optional_float(d: object, name: str, where: str) -> float | None:
+    value = d.get(name) if isinstance(d, dict) else None
+    if value is None:
+        return None
+    return finite_field(field(d, name, float, where=where), name, where)
+
+
+def finite_field(value: float, name: str, where: str) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ProtocolError(f"{where}: field {name!r} is not finite")
+    return value
+
+
+def seconds_field(value: object, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise ProtocolError(f"{where}: field {name!r} must be seconds in [0, 3600)")
+    return float(value)
+
+
+def count_field(d: object, name: str, where: str) -> int:
+    value = field(d, name, int, where=where)
+    if not 0 <= value < 2**62:
+        raise ProtocolError(f"{where}: field {name!r} out of range")
+    return value
+
+
 GENESIS = "0" * 64  # `prev` of the first roster of a run
 
 
@@ -104,11 +130,11 @@ class Heartbeat:
             digest=sha256_field(field(d, "digest", str, where=w), w),
             device=field(d, "device", str, where=w),
             maddrs=tuple(maddrs),
-            time=_finite(field(d, "time", float, where=w), "time", w),
+            time=finite_field(field(d, "time", float, where=w), "time", w),
             active=field(d, "active", bool, where=w),
             run=run_field(field(d, "run", str, where=w), w),
-            step_s=_seconds(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
-            exchange_s=_seconds(d.get("exchange_s", 0.0), "exchange_s", w),
+            step_s=seconds_field(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
+            exchange_s=seconds_field(d.get("exchange_s", 0.0), "exchange_s", w),
         )
 
 
@@ -143,9 +169,9 @@ class Announcement:
             peer=peer_id_field(field(d, "peer", str, where=w), w),
             nbytes=nbytes,
             sha256=sha256_field(field(d, "sha256", str, where=w), w),
-            tokens=_count(d, "tokens", w),
+            tokens=count_field(d, "tokens", w),
             base=sha256_field(field(d, "base", str, where=w), w),
-            time=_finite(field(d, "time", float, where=w), "time", w),
+            time=finite_field(field(d, "time", float, where=w), "time", w),
         )
 
 
@@ -206,9 +232,9 @@ class Roster:
             prev=sha256_field(field(d, "prev", str, where=w), w),
             base=sha256_field(field(d, "base", str, where=w), w),
             result=sha256_field(field(d, "result", str, where=w), w),
-            time=_finite(field(d, "time", float, where=w), "time", w),
+            time=finite_field(field(d, "time", float, where=w), "time", w),
             entries=tuple(raw),
-            scores=tuple((peer_id_field(p, w), _finite(float(v), "scores", w)) for p, v in scores),
+            scores=tuple((peer_id_field(p, w), finite_field(float(v), "scores", w)) for p, v in scores),
             reveal=reveal,
             beacon=beacon and sha256_field(beacon, w),
             attempt=attempt,
@@ -228,133 +254,3 @@ def manifest_hash(manifest: dict) -> str:
 def run_id_of(manifest: dict) -> str:
     """'<name>-<first 12 hex of the manifest hash>', e.g. 'demo-3f2a9c01b7de'."""
     return f"{manifest['name']}-{manifest_hash(manifest)[:12]}"
-
-
-MAX_METRICS_HISTORY = 64
-MAX_METRICS_BODY = 16 * 1024
-ROUND_RESULTS = ("ok", "failed", "timeout", "skipped")
-REACHABILITY = ("public", "private", "relay", "unknown")
-
-
-def _opt_float(d: object, name: str, where: str) -> float | None:
-    value = d.get(name) if isinstance(d, dict) else None
-    if value is None:
-        return None
-    return _finite(field(d, name, float, where=where), name, where)
-
-
-def _finite(value: float, name: str, where: str) -> float:
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ProtocolError(f"{where}: field {name!r} is not finite")
-    return value
-
-
-def _seconds(value: object, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
-        raise ProtocolError(f"{where}: field {name!r} must be seconds in [0, 3600)")
-    return float(value)
-
-
-def _count(d: object, name: str, where: str) -> int:
-    value = field(d, name, int, where=where)
-    if not 0 <= value < 2**62:
-        raise ProtocolError(f"{where}: field {name!r} out of range")
-    return value
-
-
-@dataclass(frozen=True, kw_only=True)
-class MetricsRecord:
-    """'Here is how my training goes.' Signed by the peer (protocol/signing.py) and read by monitors.
-
-    Counters are totals since the node started; `history` holds the last rounds' losses as
-    [round, train loss, val bits/byte or None], `recent` the last rounds as
-    [round, result, group size, seconds, end time (unix seconds)].
-    """
-
-    peer: str
-    name: str
-    device: str
-    version: str
-    round: int
-    local_step: int
-    time: float
-    loss: float | None
-    val_bpb: float | None
-    tokens_per_s: float | None
-    tokens: int
-    sent: int
-    received: int
-    dense: int
-    rounds_ok: int
-    rounds_failed: int
-    reachability: str
-    history: tuple[tuple[int, float, float | None], ...] = ()
-    recent: tuple[tuple[int, str, int, float, float], ...] = ()
-
-    def to_wire(self) -> dict:
-        d = asdict(self)
-        d["history"] = [list(h) for h in self.history]
-        d["recent"] = [list(r) for r in self.recent]
-        return d
-
-    @classmethod
-    def from_wire(cls, d: object) -> MetricsRecord:
-        w = "metrics record"
-        history, recent = field(d, "history", list, where=w), field(d, "recent", list, where=w)
-        if len(history) > MAX_METRICS_HISTORY or len(recent) > MAX_METRICS_HISTORY:
-            raise ProtocolError(f"{w}: more than {MAX_METRICS_HISTORY} history entries")
-        reach = field(d, "reachability", str, where=w)
-        if reach not in REACHABILITY:
-            raise ProtocolError(f"{w}: reachability {reach[:20]!r} is not one of {REACHABILITY}")
-        return cls(
-            peer=peer_id_field(field(d, "peer", str, where=w), w),
-            name=field(d, "name", str, where=w),
-            device=field(d, "device", str, where=w),
-            version=field(d, "version", str, where=w),
-            round=round_field(field(d, "round", int, where=w), w),
-            local_step=_count(d, "local_step", w),
-            time=_finite(field(d, "time", float, where=w), "time", w),
-            loss=_opt_float(d, "loss", w),
-            val_bpb=_opt_float(d, "val_bpb", w),
-            tokens_per_s=_opt_float(d, "tokens_per_s", w),
-            tokens=_count(d, "tokens", w),
-            sent=_count(d, "sent", w),
-            received=_count(d, "received", w),
-            dense=_count(d, "dense", w),
-            rounds_ok=_count(d, "rounds_ok", w),
-            rounds_failed=_count(d, "rounds_failed", w),
-            reachability=reach,
-            history=tuple(_history_entry(h, w) for h in history),
-            recent=tuple(_recent_entry(r, w) for r in recent),
-        )
-
-
-def _history_entry(h: object, w: str) -> tuple[int, float, float | None]:
-    if not (
-        isinstance(h, list)
-        and len(h) == 3
-        and isinstance(h[0], int)
-        and isinstance(h[1], (int, float))
-        and (h[2] is None or isinstance(h[2], (int, float)))
-    ):
-        raise ProtocolError(f"{w}: history entry must be [round, loss, val_bpb|None]")
-    return (
-        round_field(h[0], w),
-        _finite(float(h[1]), "history", w),
-        None if h[2] is None else _finite(float(h[2]), "history", w),
-    )
-
-
-def _recent_entry(r: object, w: str) -> tuple[int, str, int, float, float]:
-    if not (
-        isinstance(r, list)
-        and len(r) == 5
-        and isinstance(r[0], int)
-        and r[1] in ROUND_RESULTS
-        and isinstance(r[2], int)
-        and 0 <= r[2] <= MAX_ROSTER
-        and isinstance(r[3], (int, float))
-        and isinstance(r[4], (int, float))
-    ):
-        raise ProtocolError(f"{w}: recent entry must be [round, result, group size, seconds, time]")
-    return (round_field(r[0], w), r[1], r[2], _finite(float(r[3]), "recent", w), _finite(float(r[4]), "recent", w))

@@ -53,7 +53,8 @@ from protocol.messages import (
     encode_response,
     frame,
 )
-from protocol.records import Announcement, Heartbeat, MetricsRecord, Roster, run_id_of
+from protocol.metrics import MetricsRecord
+from protocol.records import Announcement, Heartbeat, Roster, run_id_of
 from protocol.tensors import decode_tensors, encode_tensors
 
 EXAMPLES = 2000  # per target, in CI as locally (issue 8: at least 2,000)

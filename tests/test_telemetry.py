@@ -12,7 +12,8 @@ from node.watch.report import RoundReport
 from node.watch.status import StatusBoard, peer_rows
 from protocol import signing
 from protocol.errors import ProtocolError
-from protocol.records import Heartbeat, MetricsRecord
+from protocol.metrics import MetricsRecord
+from protocol.records import Heartbeat
 
 
 @pytest.fixture(scope="module")

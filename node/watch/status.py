@@ -10,7 +10,8 @@ import threading
 import time
 from collections import deque
 
-from protocol.records import MAX_METRICS_HISTORY, Heartbeat, MetricsRecord
+from protocol.metrics import MAX_METRICS_HISTORY, MetricsRecord
+from protocol.records import Heartbeat
 
 HISTORY = 500  # points kept for the loss curve
 RECENT_ROUNDS = 20

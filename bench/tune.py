@@ -36,13 +36,15 @@ from node.train.trainer import search_space as train_space
 from protocol.errors import ProtocolError
 
 DDP_SPACE = {"train.inner_lr": ("float", 1e-3, 2e-2, True), "train.weight_decay": ("float", 0.0, 0.2, False)}
-"""DDP-AdamW's space: its AdamW learning rate and weight decay (the same budget as the others)."""
+"""DDP's space: its AdamW learning rate and weight decay (the same budget as the others); DDP-Muon
+adds Muon's own rate (node/train/trainer.search_space)."""
 
 SPACES = {
     "diloco": diloco.search_space,
     "sparseloco": sparseloco.search_space,
     "decoupled-momentum": decoupled_momentum.search_space,
     "ddp-adamw": lambda cfg, train: dict(DDP_SPACE),
+    "ddp-muon": lambda cfg, train: dict(DDP_SPACE),
 }
 
 

@@ -64,7 +64,9 @@ def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
     )
     doc = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in doc["rows"]}
-    assert set(rows) == set(SMOKE) and set(SMOKE) <= set(PRESETS)
+    assert set(rows) == set(SMOKE) | {"ddp-muon"} and set(SMOKE) <= set(PRESETS)  # both DDP references run
+    ref = min(("ddp-adamw", "ddp-muon"), key=lambda d: rows[d]["val_bpb"])  # the better DDP is the reference
+    assert {r["reference"] for r in rows.values()} == {ref} and rows[ref]["gap_vs_ddp"] == 0
     assert {p[0].name for p in PRESETS.values()} >= {"ddp-adamw", "diloco", "sparseloco", "decoupled-momentum"}
     for row in rows.values():
         assert KEYS <= set(row), KEYS - set(row)
@@ -73,7 +75,7 @@ def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
     ddp = rows["ddp-adamw"]
     p = ddp["params"]
     assert ddp["dense_ring_bytes_per_step"] == 2 * 3 / 4 * 4 * p
-    assert ddp["upload_bytes_per_step"] == 3 * 4 * p and ddp["gap_vs_ddp"] == 0
+    assert ddp["upload_bytes_per_step"] == rows["ddp-muon"]["upload_bytes_per_step"] == 3 * 4 * p
     assert rows["sparseloco"]["upload_reduction"] > 10 * rows["diloco"]["upload_reduction"] > 10
     demo = rows["decoupled-momentum"]
     assert rows["decoupled-momentum-1bit"]["upload_bytes_per_step"] < demo["upload_bytes_per_step"]
@@ -118,6 +120,9 @@ def test_summary_math():
     ]
     rows = {r["strategy"]: r for r in summarize(runs)}
     assert rows["x"]["val_bpb"] == 2.1 and abs(rows["x"]["gap_vs_ddp"] - 0.05) < 1e-12
+    muon = {**runs[0], "strategy": "ddp-muon", "val_bpb": 1.75}  # a better DDP becomes the reference
+    rows = {r["strategy"]: r for r in summarize([*runs, muon])}
+    assert rows["x"]["reference"] == "ddp-muon" and abs(rows["x"]["gap_vs_ddp"] - 0.2) < 1e-12
     assert rows["x"]["upload_reduction"] == 100 and rows["ddp-adamw"]["upload_reduction"] == 0.5
 
 

@@ -15,7 +15,7 @@ from bench.extras import pyplot
 from bench.quality.plots import frontier_path, plot_curves, plot_frontier
 from bench.quality.presets import PRESETS, TIERS, Tier
 from bench.quality.simulator import Stopped, check_stop, simulate_preset
-from bench.quality.summary import band_table, merge_rows, quality_table, summarize
+from bench.quality.summary import DDP_REFERENCES, band_table, merge_rows, quality_table, summarize
 from node.errors import SwarmtrainError
 from node.train import data
 
@@ -40,8 +40,8 @@ def run_quality(
         raise SwarmtrainError(f"unknown strategy preset(s) {unknown}", f"known: {', '.join(PRESETS)}")
     if plot_path:
         pyplot()  # a missing matplotlib fails now, not after the runs
-    if "ddp-adamw" not in names:
-        names = ["ddp-adamw", *names]  # every gap is measured against it, in the same run
+    # every gap is measured against the better data-parallel reference, run beside the rest
+    names = [*(d for d in DDP_REFERENCES if d not in names), *names]
     check_device(device)
     todo = [(s, tier, seed, device) for s in names for seed in TIERS[tier].seeds]
     say(f"bench quality: tier {tier}, {len(todo)} runs on {jobs} process(es)")
@@ -107,13 +107,13 @@ def tier_dict(t: Tier) -> dict:
     return d
 
 
-def run_frontier(out_path: str, results: list[str], reference: str = "ddp-adamw", say=print) -> list[dict]:
+def run_frontier(out_path: str, results: list[str], reference: str | None = None, say=print) -> list[dict]:
     """Redraw the frontier from `bench quality --json` files (several merge) into `out_path`; print
     the rows and the best preset of each band."""
     merged = merge_rows(results, reference)
     tier = json.loads(Path(results[0]).read_text())["tier"]
-    plot_frontier(merged, out_path, title=f"bench quality, tier {tier}", reference=reference)
+    plot_frontier(merged, out_path, title=f"bench quality, tier {tier}")
     say(quality_table(merged))
     say("")
-    say(band_table(merged, reference))
+    say(band_table(merged))
     return merged

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from bench.extras import pyplot
-from bench.quality.summary import BANDS, seed_gaps
+from bench.quality.summary import BANDS, DDP_REFERENCES, seed_gaps
 
 
 def frontier_path(plot_path: str) -> str:
@@ -15,17 +15,18 @@ def frontier_path(plot_path: str) -> str:
     return str(p.with_name(f"{p.stem}-frontier{p.suffix or '.png'}"))
 
 
-def plot_frontier(rows: list[dict], path: str, title: str, reference: str = "ddp-adamw") -> None:
+def plot_frontier(rows: list[dict], path: str, title: str) -> None:
     """Gap to DDP against upload reduction (log x): one point per preset (the mean of its seeds'
     gaps), bars from its best to its worst seed (each seed against DDP's run of the same seed)."""
     plt = pyplot()
+    reference = rows[0]["reference"] if rows else ""
     ddp = next((r for r in rows if r["strategy"] == reference), None)
     if ddp is None:
         return
     fig, ax = plt.subplots(figsize=(10, 6))
     placed: list[tuple[float, float]] = []
     for r in sorted(rows, key=lambda r: (r["upload_reduction"], -r["gap_vs_ddp"])):
-        if r["strategy"].startswith("ddp-adamw"):
+        if r["strategy"].startswith(DDP_REFERENCES):
             if r["strategy"] != reference:  # another DDP (e.g. the untuned preset): a level, not a point
                 ax.axhline(100 * r["gap_vs_ddp"], color="grey", lw=0.8, ls="--")
                 ax.text(

@@ -75,6 +75,9 @@ PRESETS: dict[str, Preset] = {
     "diloco": Preset(StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9), BASE_TRAIN),
     "diloco-int8": Preset(StrategyConfig(name="diloco", inner_steps=25, wire_dtype="int8"), BASE_TRAIN),
     # [train] precision: autocast bf16 in the inner steps (fp32 weights and state), against the fp32 rows
+    # the same Muon as the compressed presets' inner optimizer, with no compression (bench/quality/ddp_muon.py);
+    # muon_lr as the Muon frontier presets until `bench tune` has a study of its own
+    "ddp-muon": Preset(StrategyConfig(name="ddp-muon"), replace(BASE_TRAIN, inner_optimizer="muon", muon_lr=0.0249)),
     "ddp-adamw-bf16": Preset(StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, precision="bf16")),
     "diloco-bf16": Preset(
         StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9),

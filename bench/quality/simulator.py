@@ -23,16 +23,18 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from bench.quality import ddp_muon
 from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGES, OVERLAP_DELAY, PRESETS, TOPK_WARMUP, Preset, Tier
 from node.config import DataConfig, RobustConfig
 from node.errors import SwarmtrainError
+from node.outer.aggregate import make_aggregator
 from node.outer.overlap import Overlap
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
 from node.scatter.reduce import TwoLevel
 from node.train import data
 from node.train.model import build_model
-from node.train.trainer import InnerTrainer, evaluate_bpb, warmup_cosine
+from node.train.trainer import InnerTrainer, evaluate_bpb, muon_matrices, warmup_cosine
 
 
 @dataclass
@@ -85,7 +87,12 @@ def simulate_preset(
     # the plain mean unless the preset names another exchange (presets.EXCHANGES): this benchmark
     # compares compression methods (rows reproducible across versions)
     exchange = EXCHANGES.get(preset, ALL_GATHER_MEAN)
-    strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=exchange.robust)
+    if strat_cfg.name == ddp_muon.NAME:  # a reference of this benchmark only (its module says why)
+        matrices = muon_matrices(model)
+        flags = [id(p) in matrices for p in model.parameters()]
+        strategy = ddp_muon.DdpMuon(strat_cfg, shapes, train_cfg, schedule, make_aggregator(exchange.robust), flags)
+    else:
+        strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=exchange.robust)
     if exchange.scatter:
         if strat_cfg.name not in ("diloco", "ddp-adamw"):
             raise SwarmtrainError(

@@ -8,10 +8,19 @@ from pathlib import Path
 
 from bench.tables import markdown_table
 
+DDP_REFERENCES = ("ddp-adamw", "ddp-muon")
+"""The data-parallel references: every gap is measured against the better of those in the run."""
 
-def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
+
+def best_reference(rows: list[dict]) -> str:
+    """The DDP reference with the lower mean bpb among `rows` (ddp-adamw where only it ran)."""
+    there = [r for r in rows if r["strategy"] in DDP_REFERENCES]
+    return min(there, key=lambda r: r["val_bpb"])["strategy"] if there else DDP_REFERENCES[0]
+
+
+def summarize(runs: list[dict], reference: str | None = None) -> list[dict]:
     """One row per strategy: means over seeds, ratios against the ring and the reference's bpb
-    (DDP-AdamW's preset; `reference` names another, e.g. a tuned DDP)."""
+    (None: the better DDP of the run, named in each row's `reference`; or a preset, e.g. a tuned DDP)."""
     rows = []
     for preset in dict.fromkeys(r["strategy"] for r in runs):
         rs = [r for r in runs if r["strategy"] == preset]
@@ -35,13 +44,15 @@ def summarize(runs: list[dict], reference: str = "ddp-adamw") -> list[dict]:
         row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]
         row["seconds"] = sum(r["seconds"] for r in rs)
         rows.append(row)
+    reference = reference or best_reference(rows)
     ddp = next((r["val_bpb"] for r in rows if r["strategy"] == reference), None)
     for row in rows:
         row["gap_vs_ddp"] = (row["val_bpb"] - ddp) / ddp if ddp else None
+        row["reference"] = reference
     return rows
 
 
-def merge_rows(paths: list[str], reference: str = "ddp-adamw") -> list[dict]:
+def merge_rows(paths: list[str], reference: str | None = None) -> list[dict]:
     """Rows of several `bench quality --json` files of the same tier, gaps recomputed against the
     reference (deterministic: the same preset and seed give the same run in every file)."""
     runs, seen = [], set()
@@ -63,12 +74,14 @@ BANDS = (100, 1000, 3000, 10000)
 """The upload-reduction bands of issue 11's table (at least this many times less than the fp32 ring)."""
 
 
-def band_table(rows: list[dict], reference: str = "ddp-adamw") -> str:
-    """The best gap at >= each band's reduction (the row with the lowest mean gap there)."""
+def band_table(rows: list[dict]) -> str:
+    """The best gap at >= each band's reduction (the row with the lowest mean gap there), against
+    the rows' reference."""
+    reference = rows[0]["reference"]
     ddp = next(r for r in rows if r["strategy"] == reference)
     lines = []
     for band in BANDS:
-        there = [r for r in rows if r["upload_reduction"] >= band and not r["strategy"].startswith("ddp-adamw")]
+        there = [r for r in rows if r["upload_reduction"] >= band and not r["strategy"].startswith(DDP_REFERENCES)]
         if not there:
             lines.append([f">= {band:,}x", "none", "-", "-"])
             continue
@@ -91,7 +104,7 @@ def quality_table(rows: list[dict]) -> str:
         [
             "strategy",
             "val bpb",
-            "gap vs DDP",
+            f"gap vs {rows[0]['reference'] if rows else 'DDP'}",
             "upload B/step",
             "download B/step",
             "upload reduction",

@@ -40,21 +40,29 @@ class DdpAdamW:
 
     @torch.no_grad()
     def apply(self, state: SwarmState, payloads: list[bytes], weights: Weights = None) -> None:
-        """AdamW on the combined gradient, written as elementwise ops only (no reductions), so the
-        result does not depend on thread counts or vector widths."""
+        self.adamw(state, self.combine(payloads, weights), range(len(state.params)))
+        state.round += 1
+
+    def combine(self, payloads: list[bytes], weights: Weights = None) -> list[torch.Tensor]:
+        """The round's gradient: the run's aggregate of the distinct payloads."""
         payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
-        combined = self.agg.dense([self.codec.decode(p) for p in payloads])
+        return self.agg.dense([self.codec.decode(p) for p in payloads])
+
+    @torch.no_grad()
+    def adamw(self, state: SwarmState, combined: list[torch.Tensor], which) -> None:
+        """AdamW on the parameters numbered `which`, written as elementwise ops only (no
+        reductions), so the result does not depend on thread counts or vector widths."""
         t = state.round + 1
         lr = self.train.inner_lr * self.schedule(state.round)
         b1, b2 = BETAS
         c1, c2 = 1 - b1**t, 1 - b2**t
-        for p, m, v, g in zip(state.params, state.outer["exp_avg"], state.outer["exp_avg_sq"], combined):
+        for i in which:
+            p, m, v, g = state.params[i], state.outer["exp_avg"][i], state.outer["exp_avg_sq"][i], combined[i]
             m.mul_(b1).add_(g * (1 - b1))
             v.mul_(b2).add_(g * g * (1 - b2))
             p.mul_(1 - lr * self.train.weight_decay)
             denom = (v / c2).sqrt_().add_(EPS)
             p.sub_((m / c1) / denom * lr)
-        state.round += 1
 
     @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from node.round import election
+from node.round import election, marks
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
 from protocol import keys, signed
@@ -52,9 +52,11 @@ class RosterChecks:
         expected = self.beacon(round_no, sibling)
         if expected is not None and roster.beacon != expected:
             raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {expected[:12]}")
-        slot = election.slot_of(roster.beacon, roster.attempt, (cands if ranked is None else ranked) or set(), leader)
+        among = (cands if ranked is None else ranked) or set()
+        slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no))
         if cands is not None and leader != self.me:
             election.check_turn(slot, self.elapsed(round_no), self.cfg)
+        marks.check(roster, {a.peer for a in anns})
         election.check_reveal(roster, env["key"])
         if any(a.base != roster.base for a in anns):
             raise ProtocolError("lists an update made for another state")

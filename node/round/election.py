@@ -78,15 +78,17 @@ def rank_key(beacon: str, attempt: int, peer: str) -> bytes:
     return hashlib.sha256(bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big") + peer.encode()).digest()
 
 
-def ranking(beacon: str, attempt: int, peers: set[str]) -> list[str]:
-    """Candidates in the order they may lead in this attempt: rank 0 first."""
-    return sorted(peers, key=lambda p: rank_key(beacon, attempt, p))
+def ranking(beacon: str, attempt: int, peers: set[str], last: set[str] = frozenset()) -> list[str]:
+    """Candidates in the order they may lead in this attempt: rank 0 first; those in `last`
+    (skip-marked by the chain, node/round/marks.py) after every other."""
+    return sorted(peers, key=lambda p: (p in last, rank_key(beacon, attempt, p)))
 
 
-def slot_of(beacon: str, attempt: int, peers: set[str], leader: str) -> Slot:
-    """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not)."""
-    mine = rank_key(beacon, attempt, leader)
-    return Slot(attempt, sum(rank_key(beacon, attempt, p) < mine for p in peers - {leader}))
+def slot_of(beacon: str, attempt: int, peers: set[str], leader: str, last: set[str] = frozenset()) -> Slot:
+    """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not; `last`
+    as in `ranking`)."""
+    mine = (leader in last, rank_key(beacon, attempt, leader))
+    return Slot(attempt, sum((p in last, rank_key(beacon, attempt, p)) < mine for p in peers - {leader}))
 
 
 def attempt_seconds(cfg: SwarmConfig) -> float:

@@ -22,7 +22,7 @@ import logging
 import threading
 
 from node.config import SwarmConfig
-from node.round import election, lead, relay
+from node.round import election, lead, marks, relay
 from node.round.chain import ChainRules
 from node.round.checks import RosterChecks
 from node.round.election import RosterCheck, Slot
@@ -161,7 +161,7 @@ class RoundProtocol(RosterChecks):
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
                 late = now - started >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
-                accepted = self._lead(round_no, base, slot, at_least=1 if late else self.cfg.min_peers)
+                accepted = self._lead(round_no, base, slot, turns, at_least=1 if late else self.cfg.min_peers)
                 if accepted is not None:
                     self._note_left_out(round_no, accepted)
                     return accepted
@@ -185,7 +185,7 @@ class RoundProtocol(RosterChecks):
         beacon = self.beacon(round_no)
         if beacon is None or self.me not in turns:
             return None  # we do not know the chain: leave leading to others (as _lead does)
-        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me)
+        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me, self.marked(round_no))
         if not election.may_lead(slot, elapsed, self.cfg):
             return None
         if slot != (0, 0):  # later ranks, and rank 0 of a later attempt, find the announcements in
@@ -198,7 +198,8 @@ class RoundProtocol(RosterChecks):
 
     def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
-        expected = lead.expected(peers, round_no, last) | {self.me}
+        # an announcer two leaders could not fetch from is not waited for (node/round/marks.py)
+        expected = (lead.expected(peers, round_no, last) - marks.slow_servers(self.ledger, round_no)) | {self.me}
         # the core: last round's members (an established peer silent since is no longer waited
         # for), else after a sync the established; in a young run, everyone
         core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
@@ -245,12 +246,26 @@ class RoundProtocol(RosterChecks):
             )
 
     # ------------------------------------------------------------------------------- leading
-    def _lead(self, round_no: int, base: str, slot: Slot, at_least: int = 1) -> AcceptedRoster | None:
+    def marked(self, round_no: int) -> set[str]:
+        """Candidates ranked after all others in round `round_no`: skip-marked by the chain."""
+        return marks.skip_marked(self.ledger, round_no)
+
+    def _lead(self, round_no: int, base: str, slot: Slot, ranked: set[str], at_least: int = 1) -> AcceptedRoster | None:
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
         if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
-        accepted = self.builder.build(round_no, base, prev, eligible, at_least, beacon=beacon, attempt=slot.attempt)
+        accepted = self.builder.build(
+            round_no,
+            base,
+            prev,
+            eligible,
+            at_least,
+            beacon=beacon,
+            attempt=slot.attempt,
+            skip=marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no)),
+            slow=marks.slow_servers(self.ledger, round_no),
+        )
         if accepted is None:
             return None
         existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(accepted.roster)))

@@ -21,6 +21,8 @@ from protocol.records import GENESIS, MAX_SKIP, Roster
 from tests.fakes import new_key
 
 RUN = "delays-0123456789ab"
+CFG = replace(FAST, round_timeout=120.0)
+"""FAST's waits; room for 6 attempts, so silent candidates' stalls are counted, not given up on."""
 
 
 def favour(monkeypatch, first: dict[int, set[str]]) -> None:
@@ -69,12 +71,13 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
     return taken[0][1]
 
 
-def established_crowd(n_honest: int, n_sybils: int, cfg=FAST) -> tuple[list[Peer], list[Peer]]:
-    """Honest peers and Sybils that contributed to 2 rounds: all established on the chain."""
+def established_crowd(n_honest: int, n_sybils: int, cfg=CFG) -> tuple[list[Peer], list[Peer]]:
+    """Honest peers and Sybils that played 2 rounds as honest peers do (contributing, leading in
+    their turn: no marks): all established on the chain."""
     swarm = Swarm(run=RUN, cfg=cfg)
     honest, sybils = swarm.peers(n_honest), swarm.peers(n_sybils)
     for _ in range(cfg.established_rounds):
-        play(honest, announcing=sybils)
+        play([*honest, *sybils])
     return honest, sybils
 
 
@@ -98,12 +101,26 @@ def test_silent_sybil_candidates_stall_one_attempt_a_round_then_none_once_marked
     assert all(a.roster.attempt == 0 and not a.roster.skip for a in rosters[-3:])  # rank 0 of attempt 0 leads
 
 
+def test_silent_sybils_that_always_draw_the_first_ranks_fail_one_attempt_per_three(monkeypatch):
+    """Six established silent Sybils draw the first ranks of every attempt (luck no beacon gives:
+    the worst case). An attempt ranks the first ranks of the round's earlier attempts after the
+    rest, so attempts 0 and 1 fail and attempt 2's honest rank 0 leads, skipping all six; the
+    second such round marks them twice, and from the third round on they rank after every honest
+    peer: rank 0 of attempt 0 leads. With one plain reshuffle per attempt they held every
+    attempt of every round."""
+    honest, sybils = established_crowd(4, 6)
+    favour(monkeypatch, {0: {s.id for s in sybils}, 1: {s.id for s in sybils}})
+    rosters = [play(honest, silent=sybils) for _ in range(4)]
+    assert [a.roster.attempt for a in rosters] == [2, 2, 0, 0]
+    assert [len(a.roster.skip) for a in rosters] == [6, 6, 0, 0]
+
+
 def test_a_hostile_leader_cannot_mark_a_peer_behind_it_nor_one_whose_roster_came(monkeypatch):
     """A rank-1 attacker lists rank 0 (an honest peer that led) and rank 3 (behind it) in
     `skip`. Every reader refuses the roster listing rank 3, and the chain check refuses it too;
     between the honest rank 0's roster and the attacker's that lists rank 0, readers take the
     smaller slot, rank 0's: no mark reaches the chain."""
-    swarm = Swarm(run=RUN, cfg=FAST)
+    swarm = Swarm(run=RUN, cfg=CFG)
     peers = swarm.peers(6)
     favour(monkeypatch, {0: set(), 1: set()})  # real ranks; the patch only keeps marks.py in step
     play(peers)
@@ -149,7 +166,7 @@ def test_a_non_serving_announcer_costs_a_fetch_bound_until_two_leaders_list_it()
     once two distinct leaders did (counted from the roster before last), leaders fetch it last
     with marks.SLOW_FETCH seconds: the round's fetch cost drops from the bound to that. Nobody
     else is listed, and no roster holds its update."""
-    cfg = replace(FAST, collect_timeout=30.0, round_timeout=120.0)
+    cfg = replace(CFG, collect_timeout=30.0)
     honest, (staller,) = established_crowd(4, 1, cfg=cfg)
     swarm = honest[0].swarm
     swarm.dht.stalls.add(staller.id)

@@ -53,6 +53,13 @@ class RosterChecks:
         if expected is not None and roster.beacon != expected:
             raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {expected[:12]}")
         among = (cands if ranked is None else ranked) or set()
+        if cands is not None and leader != self.me:  # a far attempt is refused before it is ranked
+            started = roster.attempt * election.attempt_seconds(self.cfg)
+            if self.elapsed(round_no) < started:
+                raise ProtocolError(
+                    f"its leader leads in attempt {roster.attempt}, whose turn comes "
+                    f"{started - self.elapsed(round_no):.0f} s from now"
+                )
         slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no))
         if cands is not None and leader != self.me:
             election.check_turn(slot, self.elapsed(round_no), self.cfg)

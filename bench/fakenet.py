@@ -39,6 +39,9 @@ class FakeDHT:
     validator: Any = None
     """A RunValidator (or None: store anything, as a hostile storing node would)."""
     data: dict[str, dict[str, tuple[Any, float]]] = field(default_factory=dict)
+    stalls: set[str] = field(default_factory=set)
+    """Peers that accept every request and never answer: a batch of fetches that asks one moves
+    the clock on by the batch's timeout (its requests run at once), and those requests fail."""
 
     def store(self, key: str, subkey: Any, value: Any, expiration: float) -> bool:
         if self.validator is not None and not self.valid(key, subkey, value, expiration):
@@ -87,8 +90,13 @@ class FakeNet:
 
     def fetch_many(self, jobs, timeout: float, on_each=None) -> list:
         self.timeouts.append(timeout)
+        if any(peer in self.dht.stalls for peer, _, _ in jobs):
+            self.dht.clock.t += timeout
         out = []
         for peer, request, expect in jobs:
+            if peer in self.dht.stalls:
+                out.append(TimeoutError(f"{peer[:8]} did not answer in {timeout:.1f} s"))
+                continue
             other = self.registry.get(peer)
             if other is not None:
                 other.requests.append((request.op, request.round))

@@ -19,6 +19,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_ROSTER = 4096  # more contributors than this in one round is not a real swarm
 MAX_TEXT = 256
 MAX_ATTEMPT = 2**16  # leader attempts of one round: at a minute each, more than a round ever waits
+MAX_SKIP = 16  # candidates a roster may mark as passed over (3 ranks an attempt: 5 attempts and more)
+MAX_UNSERVED = 64  # announcers a roster may list as not serving its leader
 
 
 def field(d: object, name: str, kind: type | tuple, *, where: str):
@@ -187,7 +189,12 @@ class Roster:
 
     `reveal` (the leader's sign_unique of the round), `beacon` (hex: what the round was ranked
     under) and `attempt` place it in the election (node/round/election.py). They are additive:
-    from_wire reads named keys only, and reads their defaults, which no election accepts."""
+    from_wire reads named keys only, and reads their defaults, which no election accepts.
+
+    `skip` (candidates ranked ahead of the leader whose rosters never came: design step 8's
+    skip marks) and `unserved` (announcers whose update the leader could not fetch) are
+    additive too, and left off the wire when empty: a roster without them is byte for byte
+    what an older peer signs."""
 
     run: str
     round: int
@@ -201,9 +208,16 @@ class Roster:
     reveal: bytes = b""
     beacon: str = ""
     attempt: int = 0
+    skip: tuple[str, ...] = ()
+    unserved: tuple[str, ...] = ()
 
     def to_wire(self) -> dict:
-        return {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
+        d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
+        for name in ("skip", "unserved"):
+            d[name] = list(d[name])
+            if not d[name]:
+                del d[name]
+        return d
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> Roster:
@@ -225,6 +239,7 @@ class Roster:
         attempt = _optional(d, "attempt", int, 0, where=w)
         if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
             raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
+        skip, unserved = _peer_list(d, "skip", MAX_SKIP, w), _peer_list(d, "unserved", MAX_UNSERVED, w)
         return cls(
             run=run_field(field(d, "run", str, where=w), w),
             round=round_field(field(d, "round", int, where=w), w),
@@ -238,7 +253,17 @@ class Roster:
             reveal=reveal,
             beacon=beacon and sha256_field(beacon, w),
             attempt=attempt,
+            skip=skip,
+            unserved=unserved,
         )
+
+
+def _peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
+    """An optional list of at most `most` distinct peer ids (absent: empty)."""
+    value = _optional(d, name, list, [], where=where)
+    if len(value) > most or not all(isinstance(p, str) for p in value) or len(set(value)) != len(value):
+        raise ProtocolError(f"{where}: {name} must be at most {most} distinct peer ids")
+    return tuple(peer_id_field(p, where) for p in value)
 
 
 def canonical_json(obj: object) -> bytes:

@@ -25,6 +25,8 @@ def test_the_sybil_tier_keeps_the_state_the_ranking_and_the_honest_peers(tmp_pat
     assert grind["distinct_first_ranks_old_rule"] > 1  # the old rule was on offer
     for row in by["stall"]:
         assert row["worst_round_same_roster"] and row["worst_round_attempts"] >= 2
+    after = [r for r in by["stall"] if r["step8"]]
+    assert after and all(r["most_failed_attempts_in_a_row"] <= 3 for r in after)  # design step 8
     copies = next(r for r in by["framing"] if "copy" in r["case"])
     assert copies["honest_banned"] == 0 and copies["honest_flags"] == 0
     (flood,) = by["flood"]

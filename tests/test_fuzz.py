@@ -374,6 +374,8 @@ def roster_wire(entries: list) -> dict:
             time=1.0e9,
             entries=entries,
             scores=[[PEER, 0.5]],
+            skip=[PEER2],
+            unserved=[PEER2],
         ),
     )
 

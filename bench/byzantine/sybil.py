@@ -221,7 +221,8 @@ def run_sybil(json_path: str, tier: str = "full", say=print) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [lambda k=k, how=how: capture(pool, k, how, Path(tmp)) for k in size.crowds for how in HOWS]
         jobs.append(lambda: grinding(pool, size.variants))
-        jobs += [lambda n=n: stall(pool, n, size.stall_rounds) for n in size.stall_honest]
+        stalls = [(n, marked) for n in size.stall_honest for marked in (False, True)]  # before and after step 8
+        jobs += [lambda n=n, m=m: stall(pool, n, size.stall_rounds, m) for n, m in stalls]
         jobs += [lambda k=k, n=n: framing_by_scores(pool, k, n, size.framing_rounds) for k, n in size.framing_shares]
         jobs.append(lambda: copies(pool, 3, size.copy_rounds))
         jobs.append(lambda: flood(pool, size.flood_records, size.flood_polls))

@@ -14,6 +14,7 @@ design step 4, are not built), so a row's outcome follows its attacker's share o
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import random
@@ -22,7 +23,7 @@ from dataclasses import replace
 from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
 from node.config import RobustConfig, SwarmConfig
 from node.outer.scoring import banned
-from node.round import election
+from node.round import election, marks
 from node.round.ledger import ScoredRound
 from protocol import signing
 
@@ -53,22 +54,41 @@ SEARCH = 20_000
 """Run ids the worst-case search may try on average (a few seconds here)."""
 
 
-def elect(beacon: str, everyone: set[str], silent: set[str]) -> tuple[int, str]:
-    """(attempt, leader): the first attempt whose ranks 0..ATTEMPT_RANKS-1 hold a peer that leads."""
+def elect(
+    beacon: str, everyone: set[str], silent: set[str], marked: set[str] = frozenset(), order=election.ranking
+) -> tuple[int, str]:
+    """(attempt, leader): the first attempt whose ranks 0..ATTEMPT_RANKS-1 hold a peer that leads
+    (`marked`: skip-marked peers, ranked after the rest, node/round/marks.py; `order`: the
+    ranking rule, election.ranking or `reshuffled`, the rule before step 8)."""
     for attempt in itertools.count():
-        firsts = election.ranking(beacon, attempt, everyone)[: election.ATTEMPT_RANKS]
+        firsts = order(beacon, attempt, everyone, marked)[: election.ATTEMPT_RANKS]
         leader = next((p for p in firsts if p not in silent), None)
         if leader is not None:
             return attempt, leader
     raise AssertionError("unreachable")
 
 
-def stall(pool, honest_n: int, rounds: int) -> dict:
+def reshuffled(beacon: str, attempt: int, peers: set[str], marked: set[str] = frozenset()) -> list[str]:
+    """The ranking before step 8: each attempt a plain reshuffle by rank key (no marks, and the
+    first ranks of earlier attempts are drawn again like any other)."""
+    return sorted(peers, key=lambda p: election.rank_key(beacon, attempt, p))
+
+
+def skipped(beacon: str, attempt: int, leader: str, everyone: set[str], marked: set[str]) -> tuple[str, ...]:
+    """The leader's `skip` list, as RoundProtocol._lead writes it."""
+    slot = election.slot_of(beacon, attempt, everyone, leader, marked)
+    return marks.passed_over(beacon, slot, everyone, leader, marked)
+
+
+def stall(pool, honest_n: int, rounds: int, step8: bool = True) -> dict:
     """10 silent, established Sybils beside `honest_n` honest peers. Round 1 is ranked under a
     beacon searched so that they hold ranks 0-9 of attempt 0 (or as many first ranks as a search
     finds), and played through the real
-    RoundProtocol; then `rounds` rounds follow the beacon chain. Counted: attempts per round, the
-    longest run of failed attempts, rounds whose roster came after a default round_timeout."""
+    RoundProtocol; then `rounds` rounds follow the beacon chain, each leader's `skip` list ranking
+    the silent peers it passed over last once they hold MARKS_TO_DROP marks in MARK_WINDOW rounds,
+    and each attempt ranking the first ranks of earlier ones last (`step8` False: the rule before,
+    a plain reshuffle per attempt and no marks). Counted: attempts per round, the longest
+    run of failed attempts, rounds whose roster came after a default round_timeout."""
     keys = pool.take(honest_n + SILENT)
     by_id = {signing.peer_id_of(signing.public_der(k)): k for k, _ in keys}
     honest_ids = {pid for _, pid in keys[:honest_n]}
@@ -76,9 +96,15 @@ def stall(pool, honest_n: int, rounds: int) -> dict:
     everyone = honest_ids | silent
     run, ranked_first = worst_case_run(silent, everyone)
     first = _played_first_round(run, keys, honest_n)
-    beacon, attempts = election.first_beacon(run), []
+    beacon, attempts, lists = election.first_beacon(run), [], collections.deque(maxlen=marks.MARK_WINDOW)
     for r in range(1, rounds + 1):
-        attempt, leader = elect(beacon, everyone, silent)
+        counts = collections.Counter(p for skip in lists for p in skip)
+        marked = {p for p, n in counts.items() if n >= marks.MARKS_TO_DROP}
+        if step8:
+            attempt, leader = elect(beacon, everyone, silent, marked)
+            lists.append(skipped(beacon, attempt, leader, everyone, marked))
+        else:
+            attempt, leader = elect(beacon, everyone, silent, order=reshuffled)
         attempts.append(attempt + 1)
         beacon = election.next_beacon(beacon, signing.sign_unique(by_id[leader], election.reveal_message(run, r)))
     longest = max(attempts) - 1  # a round's failed attempts in a row; its roster ends the run
@@ -87,7 +113,8 @@ def stall(pool, honest_n: int, rounds: int) -> dict:
     late_run = max((len(list(g)) for k, g in itertools.groupby(late) if k), default=0)
     return {
         "row": "stall",
-        "case": f"{SILENT} silent Sybils, {honest_n} honest, {rounds} rounds",
+        "case": f"{SILENT} silent Sybils, {honest_n} honest, {rounds} rounds, {'step 8' if step8 else 'before step 8'}",
+        "step8": step8,
         "sybils": SILENT,
         "honest": honest_n,
         "identity_share": round(SILENT / len(everyone), 3),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from node.round import election
+from node.round import election, marks
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from protocol import signed
 from protocol.errors import ProtocolError
@@ -76,6 +76,7 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
         raise ProtocolError(f"starts from state {roster.base[:12]}, the chain ended at {link.base[:12]}")
     if roster.beacon != link.beacon:
         raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
+    marks.check(roster, {a.peer for a in anns})  # skip and unserved lists (node/round/marks.py)
     election.check_reveal(roster, env["key"])
     leaders = window.established(rules.established_rounds)
     if leaders and roster.leader not in leaders:

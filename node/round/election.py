@@ -16,8 +16,9 @@ chooses: one attacker led 8 rounds of 8.)
 A round runs in attempts of ATTEMPT_RANKS leader turns. In attempt a the candidates are
 sorted by SHA-256(beacon | a | peer); only ranks 0..ATTEMPT_RANKS-1 may lead, rank i from
 `turn(Slot(a, i))` seconds after the round opened. When no acceptable roster came within
-attempt_seconds, attempt a + 1 reshuffles every rank: silent peers that drew the first ranks
-hold the round for one attempt, not for ever.
+attempt_seconds, attempt a + 1 reshuffles every rank, the first ranks of earlier attempts after
+the rest: silent peers that drew the first ranks hold the round for one attempt, not for ever
+(and skip-marked peers, node/round/marks.py, rank after every other).
 """
 
 from __future__ import annotations
@@ -78,15 +79,30 @@ def rank_key(beacon: str, attempt: int, peer: str) -> bytes:
     return hashlib.sha256(bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big") + peer.encode()).digest()
 
 
-def ranking(beacon: str, attempt: int, peers: set[str]) -> list[str]:
-    """Candidates in the order they may lead in this attempt: rank 0 first."""
-    return sorted(peers, key=lambda p: rank_key(beacon, attempt, p))
+def ranking(beacon: str, attempt: int, peers: set[str], last: set[str] = frozenset()) -> list[str]:
+    """Candidates in the order they may lead in this attempt: rank 0 first. Those in `last`
+    (skip-marked by the chain, node/round/marks.py) come after every other, and so do the first
+    ranks of the round's earlier attempts (an attempt runs only when theirs brought no roster):
+    silent peers that drew the first ranks hold one attempt, not one each time a reshuffle
+    draws them again, so S silent candidates fail at most S / ATTEMPT_RANKS attempts in a row.
+    Once every candidate had a first rank, later attempts are plain reshuffles."""
+    passed: set[str] = set()
+    for earlier in range(attempt):
+        if passed >= peers:
+            passed = set()  # everyone was passed over: order by the keys alone from here
+            break
+        passed |= set(_order(beacon, earlier, peers, last, passed)[:ATTEMPT_RANKS])
+    return _order(beacon, attempt, peers, last, passed)
 
 
-def slot_of(beacon: str, attempt: int, peers: set[str], leader: str) -> Slot:
-    """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not)."""
-    mine = rank_key(beacon, attempt, leader)
-    return Slot(attempt, sum(rank_key(beacon, attempt, p) < mine for p in peers - {leader}))
+def _order(beacon: str, attempt: int, peers: set[str], last: set[str], passed: set[str]) -> list[str]:
+    return sorted(peers, key=lambda p: (p in last, p in passed, rank_key(beacon, attempt, p)))
+
+
+def slot_of(beacon: str, attempt: int, peers: set[str], leader: str, last: set[str] = frozenset()) -> Slot:
+    """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not; `last`
+    as in `ranking`)."""
+    return Slot(attempt, ranking(beacon, attempt, peers | {leader}, last).index(leader))
 
 
 def attempt_seconds(cfg: SwarmConfig) -> float:

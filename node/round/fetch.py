@@ -90,9 +90,14 @@ class UpdateFetcher:
         return ProtocolError(f"announces {ann.nbytes} bytes; every update of this run is {want}")
 
     def fetch(
-        self, anns: list[Announcement], round_no: int, sources: Callable[[Announcement], list[str]]
+        self,
+        anns: list[Announcement],
+        round_no: int,
+        sources: Callable[[Announcement], list[str]],
+        limit: float | None = None,
     ) -> list[bytes | Exception]:
-        """Each announced update's verified envelope bytes (held, else fetched from its sources in turn)."""
+        """Each announced update's verified envelope bytes (held, else fetched from its sources in
+        turn); `limit` caps each batch's seconds below the usual bound (node/round/marks.py)."""
         results: list[bytes | Exception] = []
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
@@ -115,7 +120,7 @@ class UpdateFetcher:
             try:  # each copy is kept (and so relayed) as it arrives, not when the whole batch is in
                 fetched = self.net.fetch_many(
                     requests,
-                    timeout=min(self.cfg.collect_timeout, FETCH_FLOOR + most / FETCH_RATE),
+                    timeout=min(self.cfg.collect_timeout, FETCH_FLOOR + most / FETCH_RATE, limit or float("inf")),
                     on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b),
                 )
             except Exception as e:  # the whole batch timed out or the transport is gone

@@ -14,7 +14,7 @@ import logging
 from typing import NamedTuple
 
 from node.config import SwarmConfig
-from node.round import election
+from node.round import election, marks
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
 from node.round.ledger import AcceptedRoster
@@ -70,14 +70,25 @@ class RosterBuilder:
         return out
 
     def build(
-        self, round_no: int, base: str, prev: str, eligible: set[str], at_least: int, *, beacon: str, attempt: int
+        self,
+        round_no: int,
+        base: str,
+        prev: str,
+        eligible: set[str],
+        at_least: int,
+        *,
+        beacon: str,
+        attempt: int,
+        skip: tuple[str, ...] = (),
+        slow: set[str] = frozenset(),
     ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
-        check, chained on roster `prev`, led in `attempt` of the election under `beacon`; None
-        when fewer than `at_least` (and 1) are left."""
+        check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
+        over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
+        updates of `slow` peers (twice unserved, node/round/marks.py) are fetched last, briefly."""
         announced = self.announcements(round_no, base)
         picked = [announced[p] for p in sorted(announced) if p in eligible]
-        blobs = self.updates.fetch([s.announcement for s in picked], round_no, sources=lambda a: [a.peer])
+        blobs = self._fetch(picked, round_no, slow)
         good = [
             Contribution(s.envelope, s.announcement, blob)
             for s, blob in zip(picked, blobs)
@@ -105,8 +116,23 @@ class RosterBuilder:
             reveal=signing.sign_unique(self.key, election.reveal_message(self.run_id, round_no)),
             beacon=beacon,
             attempt=attempt,
+            skip=skip,
+            unserved=marks.unserved_list(
+                [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)]
+            ),
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
+
+    def _fetch(self, picked: list[SignedAnnouncement], round_no: int, slow: set[str]) -> list[bytes | Exception]:
+        """`picked`'s updates from their owners, in order: the usual peers in one batch, then the
+        slow ones with marks.SLOW_FETCH seconds, so a peer that does not serve delays nobody's."""
+        out: dict[int, bytes | Exception] = {}
+        for batch, limit in ((False, None), (True, marks.SLOW_FETCH)):
+            where = [i for i, s in enumerate(picked) if (s.announcement.peer in slow) == batch]
+            anns = [picked[i].announcement for i in where]
+            got = self.updates.fetch(anns, round_no, sources=lambda a: [a.peer], limit=limit) if anns else []
+            out.update(zip(where, got))
+        return [out[i] for i in range(len(picked))]
 
     def _drop_non_finite(self, round_no: int, good: list[Contribution]) -> list[Contribution]:
         """Leave out the updates that, applied alone, make the state non-finite."""

@@ -22,8 +22,9 @@ import logging
 import threading
 
 from node.config import SwarmConfig
-from node.round import election, lead, relay
+from node.round import election, lead, marks, relay
 from node.round.chain import ChainRules
+from node.round.checks import RosterChecks
 from node.round.election import RosterCheck, Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
 from node.round.hooks import Hooks
@@ -48,7 +49,7 @@ class RoundFailed(Exception):
     """This peer cannot complete the round identically; it must resync its state."""
 
 
-class RoundProtocol:
+class RoundProtocol(RosterChecks):
     """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it."""
 
     def __init__(
@@ -160,7 +161,7 @@ class RoundProtocol:
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
                 late = now - started >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
-                accepted = self._lead(round_no, base, slot, at_least=1 if late else self.cfg.min_peers)
+                accepted = self._lead(round_no, base, slot, turns, at_least=1 if late else self.cfg.min_peers)
                 if accepted is not None:
                     self._note_left_out(round_no, accepted)
                     return accepted
@@ -184,7 +185,7 @@ class RoundProtocol:
         beacon = self.beacon(round_no)
         if beacon is None or self.me not in turns:
             return None  # we do not know the chain: leave leading to others (as _lead does)
-        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me)
+        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me, self.marked(round_no))
         if not election.may_lead(slot, elapsed, self.cfg):
             return None
         if slot != (0, 0):  # later ranks, and rank 0 of a later attempt, find the announcements in
@@ -197,7 +198,8 @@ class RoundProtocol:
 
     def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
-        expected = lead.expected(peers, round_no, last) | {self.me}
+        # an announcer two leaders could not fetch from is not waited for (node/round/marks.py)
+        expected = (lead.expected(peers, round_no, last) - marks.slow_servers(self.ledger, round_no)) | {self.me}
         # the core: last round's members (an established peer silent since is no longer waited
         # for), else after a sync the established; in a young run, everyone
         core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
@@ -231,81 +233,6 @@ class RoundProtocol:
         opened = self.opened.get(round_no)
         return 0.0 if opened is None else self.net.monotonic() - opened
 
-    def check_roster(
-        self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
-    ) -> RosterCheck:
-        """Accept a roster only when it is signed by a leader we could elect, in a slot (attempt,
-        rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
-        starts from our state, continues our ledger (or a better sibling of our last roster,
-        returned for a swap) with the beacon that follows from it and its leader's unique
-        reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
-        if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
-            raise ProtocolError("its leader is not an established peer on this state")
-        roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
-        if roster.run != self.run_id or roster.round != round_no:
-            raise ProtocolError("names another run or round")
-        if roster.base != base:
-            raise ProtocolError(f"starts from state {roster.base[:12]}, ours is {base[:12]}")
-        expected_prev, sibling = self.ledger.prev_hash(round_no), None
-        if expected_prev and roster.prev != expected_prev:
-            sibling = self.find_sibling(round_no - 1, roster.prev)
-            if sibling is None:
-                raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
-        seen = self.seen.get(round_no, set())
-        if cands is None and leader not in seen:
-            raise ProtocolError("its leader has no live signed heartbeat")
-        # Without the roster before (a joiner) we take the claimed beacon as is: a later step
-        # verifies the chain of beacons from genesis. Ranks are judged only where our ledger
-        # tells who may lead (cands); a joiner accepts any live leader, as before.
-        expected = self.beacon(round_no, sibling)
-        if expected is not None and roster.beacon != expected:
-            raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {expected[:12]}")
-        slot = election.slot_of(roster.beacon, roster.attempt, (cands if ranked is None else ranked) or set(), leader)
-        if cands is not None and leader != self.me:
-            election.check_turn(slot, self.elapsed(round_no), self.cfg)
-        election.check_reveal(roster, env["key"])
-        if any(a.base != roster.base for a in anns):
-            raise ProtocolError("lists an update made for another state")
-        strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
-        if strangers:
-            raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
-        banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
-        if banned:
-            raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
-        wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
-        if wrong is not None:
-            raise ProtocolError(f"lists an update that {wrong}")
-        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
-
-    def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
-        """The DHT's roster of `round_no` whose hash is `wanted`, if it is a better sibling of ours
-        (election.better_siblings). Without this, peers that took different siblings would
-        refuse each other's rosters for ever although their states are equal."""
-        return next((s for s in self._better_siblings(round_no) if s.hash == wanted), None)
-
-    def converge(self, round_no: int) -> None:
-        """Take the best sibling of our roster of `round_no` in the DHT, if better than ours, before
-        the next round is ranked from it (its beacon is its leader's) and before we chain on it."""
-        better = self._better_siblings(round_no)
-        if better:
-            self._swap(better[0])
-
-    def _better_siblings(self, round_no: int) -> list[AcceptedRoster]:
-        mine = self.ledger.rosters.get(round_no)
-        if mine is None:
-            return []
-        stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
-        leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
-        return election.better_siblings(mine, stored, self.max_bytes, leaders)
-
-    def _swap(self, sibling: AcceptedRoster) -> None:
-        self.ledger.swap(sibling)
-        log.info(
-            "round %d: our ledger now holds %s's roster (same updates and state), a better-ranked sibling",
-            sibling.roster.round,
-            sibling.roster.leader[:16],
-        )
-
     def _note_left_out(self, round_no: int, accepted: AcceptedRoster) -> None:
         if self.net.held_update(round_no, self.me) is not None and all(
             a.peer != self.me for a in accepted.announcements
@@ -319,12 +246,26 @@ class RoundProtocol:
             )
 
     # ------------------------------------------------------------------------------- leading
-    def _lead(self, round_no: int, base: str, slot: Slot, at_least: int = 1) -> AcceptedRoster | None:
+    def marked(self, round_no: int) -> set[str]:
+        """Candidates ranked after all others in round `round_no`: skip-marked by the chain."""
+        return marks.skip_marked(self.ledger, round_no)
+
+    def _lead(self, round_no: int, base: str, slot: Slot, ranked: set[str], at_least: int = 1) -> AcceptedRoster | None:
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
         if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
-        accepted = self.builder.build(round_no, base, prev, eligible, at_least, beacon=beacon, attempt=slot.attempt)
+        accepted = self.builder.build(
+            round_no,
+            base,
+            prev,
+            eligible,
+            at_least,
+            beacon=beacon,
+            attempt=slot.attempt,
+            skip=marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no)),
+            slow=marks.slow_servers(self.ledger, round_no),
+        )
         if accepted is None:
             return None
         existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(accepted.roster)))

@@ -1,0 +1,108 @@
+"""The checks a peer runs on a round's rosters before it takes one (RoundProtocol's reads).
+
+A roster is taken only when its leader could be elected in its slot, it starts from our state,
+continues our ledger (or a better sibling of our last roster: the swarm converges on the best
+one), carries the beacon the chain gives and its leader's unique reveal, and lists signed
+announcements of live, unbanned peers of the run's exact size. RoundProtocol inherits these;
+they read its net, ledger, hooks and what it saw live (`seen`) and when it opened each round.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from node.round import election, marks
+from node.round.election import RosterCheck
+from node.round.ledger import AcceptedRoster
+from protocol import keys, signed
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("swarmtrain.rounds")
+
+
+class RosterChecks:
+    """Roster checks and sibling convergence, mixed into RoundProtocol (node/round/protocol.py)."""
+
+    def check_roster(
+        self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
+    ) -> RosterCheck:
+        """Accept a roster only when it is signed by a leader we could elect, in a slot (attempt,
+        rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
+        starts from our state, continues our ledger (or a better sibling of our last roster,
+        returned for a swap) with the beacon that follows from it and its leader's unique
+        reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
+        if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
+            raise ProtocolError("its leader is not an established peer on this state")
+        roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
+        if roster.run != self.run_id or roster.round != round_no:
+            raise ProtocolError("names another run or round")
+        if roster.base != base:
+            raise ProtocolError(f"starts from state {roster.base[:12]}, ours is {base[:12]}")
+        expected_prev, sibling = self.ledger.prev_hash(round_no), None
+        if expected_prev and roster.prev != expected_prev:
+            sibling = self.find_sibling(round_no - 1, roster.prev)
+            if sibling is None:
+                raise ProtocolError(f"follows roster {roster.prev[:12]}, our ledger's is {expected_prev[:12]}")
+        seen = self.seen.get(round_no, set())
+        if cands is None and leader not in seen:
+            raise ProtocolError("its leader has no live signed heartbeat")
+        # Without the roster before (a joiner) we take the claimed beacon as is: a later step
+        # verifies the chain of beacons from genesis. Ranks are judged only where our ledger
+        # tells who may lead (cands); a joiner accepts any live leader, as before.
+        expected = self.beacon(round_no, sibling)
+        if expected is not None and roster.beacon != expected:
+            raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {expected[:12]}")
+        among = (cands if ranked is None else ranked) or set()
+        if cands is not None and leader != self.me:  # a far attempt is refused before it is ranked
+            started = roster.attempt * election.attempt_seconds(self.cfg)
+            if self.elapsed(round_no) < started:
+                raise ProtocolError(
+                    f"its leader leads in attempt {roster.attempt}, whose turn comes "
+                    f"{started - self.elapsed(round_no):.0f} s from now"
+                )
+        slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no))
+        if cands is not None and leader != self.me:
+            election.check_turn(slot, self.elapsed(round_no), self.cfg)
+        marks.check(roster, {a.peer for a in anns})
+        election.check_reveal(roster, env["key"])
+        if any(a.base != roster.base for a in anns):
+            raise ProtocolError("lists an update made for another state")
+        strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
+        if strangers:
+            raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
+        banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
+        if banned:
+            raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
+        wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
+        if wrong is not None:
+            raise ProtocolError(f"lists an update that {wrong}")
+        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
+
+    def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
+        """The DHT's roster of `round_no` whose hash is `wanted`, if it is a better sibling of ours
+        (election.better_siblings). Without this, peers that took different siblings would
+        refuse each other's rosters for ever although their states are equal."""
+        return next((s for s in self._better_siblings(round_no) if s.hash == wanted), None)
+
+    def converge(self, round_no: int) -> None:
+        """Take the best sibling of our roster of `round_no` in the DHT, if better than ours, before
+        the next round is ranked from it (its beacon is its leader's) and before we chain on it."""
+        better = self._better_siblings(round_no)
+        if better:
+            self._swap(better[0])
+
+    def _better_siblings(self, round_no: int) -> list[AcceptedRoster]:
+        mine = self.ledger.rosters.get(round_no)
+        if mine is None:
+            return []
+        stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
+        leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
+        return election.better_siblings(mine, stored, self.max_bytes, leaders)
+
+    def _swap(self, sibling: AcceptedRoster) -> None:
+        self.ledger.swap(sibling)
+        log.info(
+            "round %d: our ledger now holds %s's roster (same updates and state), a better-ranked sibling",
+            sibling.roster.round,
+            sibling.roster.leader[:16],
+        )

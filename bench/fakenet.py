@@ -79,6 +79,7 @@ class FakeNet:
         self.timeouts: list[float] = []  # the timeout of each batch of fetches this peer made
         self.ledger = None  # a Ledger whose rosters `ledger` requests are answered from
         self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
+        self.checkpoints: dict[int, object] = {}  # round -> the `checkpoint` answer (the organizer's)
         self.ticks = itertools.count()
         registry[me] = self
 
@@ -119,6 +120,9 @@ class FakeNet:
             if rosters is None and self.ledger is not None:
                 rosters = self.ledger.envelopes_from(request.round)
             return msgpack.packb(rosters, use_bin_type=True) if rosters else None
+        if request.op == "checkpoint":
+            found = self.checkpoints.get(request.round)
+            return None if found is None else msgpack.packb(found, use_bin_type=True)
         return self.serve(request.round, request.peer)
 
     def serve(self, round_no: int, peer: str) -> bytes | None:

@@ -13,6 +13,9 @@ Requests (what a peer says):
       "Send me your chain's signed rosters of run R from round r on (as many as fit in about
       4 MiB)." The payload is a msgpack list of roster envelopes; the reader verifies them from
       its own anchor (node/round/chain.py), so a lying peer can only withhold.
+  {"op": "checkpoint", "run": R, "round": c}
+      "Send me the organizer's signed checkpoint of round c" (protocol/checkpoint.py; asked of the
+      organizer, whose heartbeat names it in `cp`). The payload is the msgpack envelope.
 Responses:
   {"ok": true, "payload": <bytes>}                  "Here it is."
   {"ok": false, "error": "<why>"}                   "I cannot; here is why."
@@ -32,7 +35,7 @@ from protocol.records import PEER_ID_RE
 
 HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096
-OPS = ("update", "state", "ledger")
+OPS = ("update", "state", "ledger", "checkpoint")
 MAX_ERROR_CHARS = 500
 # a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
 MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS

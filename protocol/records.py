@@ -114,9 +114,13 @@ class Heartbeat:
     """The run this heartbeat belongs to: the signed body names its own DHT key."""
     step_s: float = 0.0  # seconds per inner step in this peer's last round (0: none): windows are sized by them
     exchange_s: float = 0.0  # seconds from announcing its last update to having that round (0: none)
+    cp: tuple = ()
+    """The organizer's witness only: (round, SHA-256 of the body) of its newest checkpoint
+    (protocol/checkpoint.py; the `checkpoint` RPC serves the body). Empty: none."""
 
     def to_wire(self) -> dict:
-        return {**asdict(self), "maddrs": list(self.maddrs)}
+        out = {**asdict(self), "maddrs": list(self.maddrs), "cp": list(self.cp)}
+        return out if self.cp else {k: v for k, v in out.items() if k != "cp"}  # absent: the v2 bytes
 
     @classmethod
     def from_wire(cls, d: object) -> Heartbeat:
@@ -137,7 +141,17 @@ class Heartbeat:
             run=run_field(field(d, "run", str, where=w), w),
             step_s=seconds_field(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
             exchange_s=seconds_field(d.get("exchange_s", 0.0), "exchange_s", w),
+            cp=checkpoint_pointer(d.get("cp"), w),
         )
+
+
+def checkpoint_pointer(value: object, where: str) -> tuple:
+    """A heartbeat's `cp`: absent, or [round, SHA-256 hex]."""
+    if value is None or value == []:
+        return ()
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and isinstance(value[1], str)):
+        raise ProtocolError(f"{where}: cp must be [round, sha256]")
+    return round_field(value[0], where), sha256_field(value[1], where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +224,9 @@ class Roster:
     attempt: int = 0
     skip: tuple[str, ...] = ()
     unserved: tuple[str, ...] = ()
+    checkpoint: dict | None = None
+    """The organizer's newest checkpoint envelope (protocol/checkpoint.py), carried for a few
+    rounds after its round; checked by node/round/anchor.py, not here (it needs the organizer)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -217,6 +234,8 @@ class Roster:
             d[name] = list(d[name])
             if not d[name]:
                 del d[name]
+        if self.checkpoint is None:
+            del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
         return d
 
     @classmethod
@@ -255,6 +274,7 @@ class Roster:
             attempt=attempt,
             skip=skip,
             unserved=unserved,
+            checkpoint=_optional(d, "checkpoint", dict, None, where=w),
         )
 
 

@@ -93,7 +93,10 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     the genesis."""
     # rounds of a few seconds, as in a real swarm: with rounds of well under a second the three
     # hold one head too briefly for a joiner's quorum (a liveness limit noted in docs/security.md)
-    small_run.write_text(small_run.read_text().replace("inner_steps = 4", "inner_steps = 40"))
+    # checkpoints every 4 rounds: the organizer's witness signs them, leaders carry them in
+    # rosters (fetched by RPC), every peer keeps the newest (node/round/anchor.py)
+    run_text = small_run.read_text().replace("inner_steps = 4", "inner_steps = 40")
+    small_run.write_text(run_text.replace("[swarm]\n", "[swarm]\ncheckpoint_rounds = 4\n"))
     boot = start_bootstrap(procs, tmp_path, small_run)
     vols = [volunteer(procs, boot, tmp_path, f"v{i}", CROWD_ROUNDS) for i in range(3)]
     honest = {v.wait_for(r"event=joined peer=(\S+)", 120).group(1) for v in vols}
@@ -125,6 +128,8 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     assert len({r["digest"] for r in results}) == 1 and results[0]["digest"] != "0" * 64
     assert {r["rounds_completed"] for r in results} == {CROWD_ROUNDS}
     assert results[3]["rounds_contributed"] >= 1
+    for who in ("boot", "v0", "late"):  # the witness signed checkpoints; peers kept the carried ones
+        assert (tmp_path / who / boot.run_id / "anchor.msgpack").is_file(), who
     audit = subprocess.run(
         [
             sys.executable,

@@ -40,7 +40,9 @@ from node.outer.state import SwarmState
 from node.p2p import telemetry
 from node.p2p.exchange import Exchange, read_response
 from node.round import ledger
+from node.round.anchor import Anchor, decode_checkpoint
 from protocol import keys, signed, signing
+from protocol.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -284,7 +286,11 @@ def wire_bytes(seed_objects: list) -> Callable[[Tape], bytes]:
 
 
 # ------------------------------------------------------------------------------- messages
-REQUESTS = [Request(op="update", run=RUN, round=3, peer=PEER).encode(), Request(op="state", run=RUN).encode()]
+REQUESTS = [
+    Request(op="update", run=RUN, round=3, peer=PEER).encode(),
+    Request(op="state", run=RUN).encode(),
+    Request(op="checkpoint", run=RUN, round=64).encode(),
+]
 RESPONSES = [encode_response(b"payload"), encode_response(None, "no state yet")]
 ENVELOPE = UpdateEnvelope(run=RUN, round=2, peer=PEER, codec="dense-float16", payload=b"\x00\x3c" * 4)
 LENGTHS = [0, 1, 7, 15, 2014, 2015, 4096, 2**20, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
@@ -862,7 +868,44 @@ V2 = [
     ),
 ]
 
-TARGETS = MESSAGES + RECORDS + TELEMETRY + CODEC_TARGETS + STATE_TARGETS + EXCHANGE + V2
+# ----------------------------------------- the organizer's checkpoints (protocol/checkpoint.py, node/round/anchor.py)
+CHECKPOINT = {"run": RUN, "round": 64, "roster": SHA, "result": SHA, "time": 1.0e9}
+SEALED_CHECKPOINT = seal_checkpoint(KEY, Checkpoint.from_wire(CHECKPOINT))
+
+
+def checkpoint_envelope(tape: Tape) -> object:
+    """A checkpoint envelope: edited after signing, or signed over an edited body, sometimes by
+    another key (not the organizer's) or as another kind."""
+    mode = tape.below(4)
+    if mode == 0:
+        return reshape(tape, SEALED_CHECKPOINT)
+    body = (
+        mutate_bytes(tape, SEALED_CHECKPOINT["body"])
+        if mode == 1
+        else msgpack.packb(reshape(tape, CHECKPOINT), use_bin_type=True)
+        if mode == 2
+        else SEALED_CHECKPOINT["body"]
+    )
+    kind = "checkpoint" if tape.below(8) else KINDS[tape.below(len(KINDS))]
+    return signing.sign(KEY2 if tape.below(8) == 0 else KEY, body, kind)
+
+
+def _keep_checkpoint(envelope: object) -> bool:
+    return Anchor(None, run_id=RUN, organizer=PEER).keep(envelope)
+
+
+CHECKPOINTS = [
+    Target(
+        "checkpoint.open_checkpoint",
+        lambda a: open_checkpoint(a[0], organizer=a[1], run_id=RUN),
+        lambda t: (checkpoint_envelope(t), [PEER, PEER2, "", OTHER][t.below(4)]),
+    ),
+    Target("checkpoint.decode_checkpoint", decode_checkpoint, wire_bytes([SEALED_CHECKPOINT, CHECKPOINT])),
+    Target("checkpoint.Anchor.keep", _keep_checkpoint, checkpoint_envelope),
+    Target("checkpoint.Heartbeat.cp", Heartbeat.from_wire, objects([{**HEARTBEAT, "cp": [64, SHA]}])),
+]
+
+TARGETS = MESSAGES + RECORDS + TELEMETRY + CODEC_TARGETS + STATE_TARGETS + EXCHANGE + V2 + CHECKPOINTS
 GROUPS: dict[str, list[Target]] = {}
 for _t in TARGETS:
     GROUPS.setdefault(_t.family, []).append(_t)
@@ -913,5 +956,7 @@ def test_registry_is_complete():
         "tensors.decode_tensors",
         "state.SwarmState.from_bytes",
         "exchange.serve_stream",
+        "checkpoint.open_checkpoint",
+        "checkpoint.decode_checkpoint",
     ]:
         assert needed in names

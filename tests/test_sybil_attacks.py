@@ -17,10 +17,12 @@ import pytest
 
 from node.round import catchup as catchup_module
 from node.round import chain, election
+from node.round.anchor import Anchor
 from node.round.catchup import MOST_DONORS, Catchup, Head
 from node.round.ledger import AcceptedRoster, Ledger
-from protocol import signed, signing
-from protocol.records import Announcement, Roster
+from protocol import keys, signed, signing
+from protocol.checkpoint import checkpoint_hash
+from protocol.records import Announcement, Heartbeat, Roster
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 
 Z = "0" * 64  # the state the attacker wants adopted (its result digest: any state it likes)
@@ -124,19 +126,20 @@ def exchange_like(p: Peer) -> None:
 
 
 # ------------------------------------------------------------------------------ the attacks
-def test_open_a_sybil_chain_from_the_genesis_captures_a_joiner():
+def test_open_a_sybil_chain_from_the_genesis_captures_a_joiner_before_the_first_checkpoint():
     """Attack: five fresh keys sign, offline, a two-roster chain from the genesis (roster 1:
     prev GENESIS, the round-0 state, beacon(1), anyone may lead while nobody is established;
     roster 2 lists the same five, who are then 'established' on their own chain), both ending
     at Z, and heartbeat (2, Z). The honest run is mature (four established peers, three
-    rounds). A joiner knows nobody, so it asks the head with the most holders first (5 > 4),
-    verifies the Sybil chain from the genesis, counts the Sybils as the voters of their own
-    chain and takes Z: chain.eligible(ahead) only knows the chain being judged.
+    rounds) but has no checkpoint yet. A joiner with the organizer offline compares the heads
+    of one look by the checkpoints their chains carry: neither carries one, so the head with
+    the most holders (5 > 4) wins, and the Sybils are the voters of their own chain.
     Cost: honest-live-peers + 1 keys, 2 rosters (~12 signatures), heartbeats; no GPU, no update.
-    Stopped while the organizer is online: its witness pins the chain a joiner may take (next
-    test). Open when the organizer is offline (no pin) and during a young run (the first crowd
-    is what the witness follows): trust-model step 2, organizer-led young rounds and signed
-    checkpoints. Severity: high (a joiner starts from an attacker-chosen state)."""
+    Stopped while the organizer is online (its witness's pin: test below) and, organizer offline,
+    once the swarm's chain is past its first checkpoint (next test). Open for the young run
+    before the first checkpoint (checkpoint_rounds, 64 by default): trust-model step 2's
+    organizer-led young rounds. Severity: high for that window (a joiner starts from an
+    attacker-chosen state)."""
     dht, registry, honest = swarm(4)
     for _ in range(3):
         play_round(honest)
@@ -152,7 +155,76 @@ def test_open_a_sybil_chain_from_the_genesis_captures_a_joiner():
     target = catchup_of(joiner).plan(joiner.proto.peers(), Head(0, BASE0))
     assert target is not None and target.head == Head(2, Z) and target.ancestor == 0
     assert set(target.donors) <= {s.id for s in crowd}
-    assert ledger_requests(honest) == 0  # the honest head was never even asked about
+    assert ledger_requests(honest) == 1  # the honest head was verified too, and passed over
+
+
+def anchored(peers: list[Peer], organizer: Peer) -> None:
+    """What node/peer/wiring.py sets up: each peer keeps the organizer's checkpoints (its anchor;
+    its rules then check carried ones) and, leading, carries the newest in its rosters."""
+    for p in peers:
+        p.ledger.anchor = Anchor(None, run_id=RUN, organizer=organizer.id)
+        p.proto.builder.carry = lambda r, p=p: p.ledger.anchor.carry(r, p.ledger, p.net, p.proto.peers())
+
+
+def witness_signs(organizer: Peer, source: Peer, every: int) -> dict:
+    """The organizer's witness (node/peer/witness.py), its chain that of `source`: signs the due
+    checkpoint, serves it (`checkpoint` RPC) and heartbeats `cp`; returns its envelope."""
+    book = organizer.ledger.anchor = organizer.ledger.anchor or Anchor(None, run_id=RUN, organizer=organizer.id)
+    assert book.sign_due(organizer.key, source.ledger, every=every, now=organizer.net.now())
+    organizer.net.checkpoints[book.round] = book.envelope
+    held = source.ledger.rosters[max(source.ledger.rosters)].roster
+    hb = Heartbeat(
+        run=RUN,
+        peer=organizer.id,
+        name="organizer",
+        round=held.round + 1,
+        state_round=held.round,
+        digest=held.result,
+        device="witness",
+        maddrs=(),
+        time=organizer.net.now(),
+        active=False,
+        cp=(book.round, checkpoint_hash(book.envelope)),
+    )
+    organizer.net.store(keys.peers_key(RUN), organizer.id, signed.seal(organizer.key, hb), 8.0)
+    return book.envelope
+
+
+def checkpointed_swarm(n: int = 3, rounds: int = 3, every: int = 2):
+    """n honest peers play `rounds` rounds; the organizer's witness checkpoints round `every`,
+    and the leaders of the next rounds carry it. Then the organizer goes offline."""
+    dht, registry, honest = swarm(n)
+    organizer = Peer(dht, registry)
+    anchored(honest, organizer)
+    for r in range(1, rounds + 1):
+        play_round(honest)
+        if r == every:
+            witness_signs(organizer, honest[0], every)
+    dht.clock.t += 20  # the organizer's heartbeat expires: it is offline
+    return dht, registry, honest, organizer
+
+
+def test_a_sybil_chain_from_the_genesis_loses_to_a_checkpointed_chain():
+    """The attack above, past the swarm's first checkpoint, with the organizer offline: the
+    swarm's roster of round 3 carries the organizer's checkpoint of round 2, which the
+    crowd cannot sign (node/round/anchor.py). A joiner compares the heads of its look and takes
+    the one whose chain carries the newest checkpoint; the crowd's chain carries none (and its
+    roster 2 contradicts the checkpoint). The crowd has more holders than the swarm."""
+    dht, registry, honest, organizer = checkpointed_swarm()
+    assert all(p.ledger.anchor.round == 2 for p in honest)  # every peer keeps what it verified
+    crowd = [Peer(dht, registry) for _ in range(7)]
+    serve(crowd, grow(crowd[0], crowd, None, 2))
+    hold(crowd, Head(2, Z))
+    beat(honest)
+
+    joiner = Peer(dht, registry)
+    anchored([joiner], organizer)
+    look = Catchup(joiner.net, joiner.ledger, joiner.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id)
+    target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+    assert target is not None and target.head == head_of(honest[0]) and target.ancestor == 0
+    assert set(target.donors) <= {p.id for p in honest}
+    joiner.ledger.extend(target.ancestor, list(target.rosters))
+    assert joiner.ledger.anchor.round == 2  # the joiner keeps the checkpoint it took
 
 
 def test_a_genesis_fork_with_a_ground_hash_moves_no_member(tmp_path):

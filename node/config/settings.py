@@ -179,6 +179,10 @@ class SwarmConfig:
     established_rounds: int = 2
     """A peer may lead rounds and vouch for states once it appeared in this many rosters of the
     run's ledger (until any peer is, every live signed peer may: the start of a run)."""
+    checkpoint_rounds: int = 64
+    """The organizer's witness signs a checkpoint of the chain every this many rounds; leaders carry
+    it in rosters and every peer keeps the newest, so that a chain a crowd of fresh identities grows
+    from the genesis loses to the swarm's even with the organizer offline (0: no checkpoints)."""
     leader_backoff: float = 10.0
     """Seconds after the first-ranked leader's turn before the next-ranked peer may lead instead."""
     state_requests_per_minute: int = 6

@@ -120,6 +120,7 @@ class Exchange:
         self._updates: dict[tuple[int, str], bytes] = {}
         self._state: bytes | None = None
         self._ledger: Callable[[int, int], list[dict]] = lambda first, most: []
+        self._checkpoint: Callable[[int], dict | None] = lambda round_no: None
         self._lock = threading.Lock()
         self._loop = new_loop(event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange", daemon=True)
@@ -153,6 +154,9 @@ class Exchange:
     def set_ledger(self, rosters_from: Callable[[int, int], list[dict]]) -> None:
         """Serve `ledger` requests: rosters_from(first round, most bytes) -> roster envelopes."""
         self._ledger = rosters_from
+
+    def set_checkpoint(self, checkpoint_of: Callable[[int], dict | None]) -> None:
+        self._checkpoint = checkpoint_of  # the organizer's witness serves `checkpoint` requests
 
     def fetch(self, peer: str, request: Request, *, timeout: float, expect: int | None = None) -> bytes:
         """Ask `peer`; returns the payload or raises ProtocolError / TimeoutError / OSError.
@@ -282,6 +286,9 @@ class Exchange:
         if request.op == "ledger":
             rosters = self._ledger(request.round, self.max_bytes // 2)
             return (msgpack.packb(rosters, use_bin_type=True), "") if rosters else (None, "no rosters from that round")
+        if request.op == "checkpoint":
+            cp = self._checkpoint(request.round)
+            return (msgpack.packb(cp, use_bin_type=True), "") if cp else (None, "no checkpoint of that round")
         return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
 
     def _may_arrive(self, request: Request) -> bool:

@@ -29,6 +29,8 @@ from node.peer.applier import Applier
 from node.peer.presence import Presence
 from node.peer.reporting import Reports, node_name
 from node.peer.sync import StateSync
+from node.round.anchor import FILENAME as ANCHOR_FILE
+from node.round.anchor import Anchor
 from node.round.fetch import UpdateShape
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol, round_record_ttl
@@ -121,6 +123,9 @@ class NodeParts:
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
         self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
+        self.ledger.anchor = Anchor.load(  # the organizer's newest checkpoint: node/round/anchor.py
+            Path(cfg.data_dir) / self.run_id / ANCHOR_FILE, run_id=self.run_id, organizer=self.manifest["organizer"]
+        )
         # where each round's training starts: the swarm's state, or (overlap) that plus our progress in flight
         self.overlap = make_overlap(self.run.strategy.overlap, self.strategy.local_optimizer)
         self.applier = Applier(
@@ -147,6 +152,8 @@ class NodeParts:
             self.max_bytes,
             update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
         )
+        anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
+        self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.peers())
         self.history = History()
         self.presence = Presence(
             self.swarm,

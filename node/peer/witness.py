@@ -11,6 +11,10 @@ organizer's head (Catchup's pin): a chain a Sybil crowd grew from the genesis, h
 identities hold it, is refused while the organizer is online. The witness applies no update and
 holds no state, so it checks links, signatures, beacons and eligibility, not results: the peers
 that apply the rounds check those, and a head needs a quorum of them before the witness takes it.
+
+For the organizer offline, the witness signs a checkpoint every `checkpoint_rounds` rounds of the
+chain it verified (node/round/anchor.py), names it in its heartbeat (`cp`) and serves it (the
+`checkpoint` RPC); leaders carry it in their rosters, and every peer keeps it as its anchor.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from node.p2p.dht import WITNESS_DEVICE, HeartbeatPublisher, Swarm, dht_time, re
 from node.p2p.exchange import Exchange
 from node.p2p.roundnet import RealNet
 from node.round import chain
+from node.round.anchor import FILENAME, Anchor
 from node.round.catchup import Catchup, Head
 from node.round.chain import ChainRules
 from node.round.ledger import Ledger
+from protocol.checkpoint import checkpoint_hash
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.witness")
@@ -37,12 +43,16 @@ class Witness:
     """Follows the run's chain from the genesis and publishes its head as the organizer."""
 
     def __init__(self, swarm: Swarm, *, run_id: str, key, cfg: SwarmConfig, data_dir: Path, base: str):
-        self.swarm, self.run_id, self.cfg, self.me = swarm, run_id, cfg, swarm.peer_id
+        self.swarm, self.run_id, self.cfg, self.me, self.key = swarm, run_id, cfg, swarm.peer_id, key
         self.ledger = Ledger.load(data_dir / run_id / "ledger.jsonl")
+        self.anchor = self.ledger.anchor = Anchor.load(data_dir / run_id / FILENAME, run_id=run_id, organizer=self.me)
         max_bytes = int(cfg.max_update_mb * 2**20)
         self.exchange = Exchange(swarm.dht, run_id, max_bytes=max_bytes, me=self.me)
         self.exchange.set_ledger(self.ledger.envelopes_from)
-        rules = ChainRules(run_id=run_id, established_rounds=cfg.established_rounds, max_bytes=max_bytes)
+        self.exchange.set_checkpoint(lambda c: self.anchor.envelope if c == self.anchor.round else None)
+        rules = ChainRules(
+            run_id=run_id, established_rounds=cfg.established_rounds, max_bytes=max_bytes, organizer=self.me
+        )
         self.catchup = Catchup(RealNet(swarm, self.exchange), self.ledger, rules, chain.genesis(run_id, base))
         head = self.head(base)
         self.heartbeat = HeartbeatPublisher(
@@ -59,6 +69,7 @@ class Witness:
                 maddrs=(),
                 time=dht_time(),
                 active=False,
+                cp=self.pointer(),
             ),
             interval=cfg.heartbeat_interval,
             ttl=cfg.heartbeat_ttl,
@@ -82,7 +93,16 @@ class Witness:
         self.catchup.moved()
         self.heartbeat.update(round=target.head.round + 1, state_round=target.head.round, digest=target.head.digest)
         log.info("witness: round %d, %s (%d rosters verified)", *target.head, len(target.rosters))
+        if self.sign_checkpoint():
+            self.heartbeat.update(cp=self.pointer())
         return target.head
+
+    def pointer(self) -> tuple:
+        """Our heartbeat's `cp`: (round, body hash) of our newest checkpoint; () before the first."""
+        return (self.anchor.round, checkpoint_hash(self.anchor.envelope)) if self.anchor.envelope else ()
+
+    def sign_checkpoint(self) -> bool:
+        return self.anchor.sign_due(self.key, self.ledger, every=self.cfg.checkpoint_rounds, now=dht_time())
 
     def follow(self, stop: threading.Event) -> None:
         while not stop.wait(LOOK_EVERY):

@@ -9,6 +9,12 @@ ledger (the genesis for a joiner), verifies them link by link, and moves only wh
 Heads that no established peer holds are asked last (a joiner knows nobody yet and asks every
 head, most holders first), and at most MOST_DONORS donors are asked per look, so a crowd of
 lying hints costs a bounded number of requests; a donor that failed for a head is not asked for it again.
+
+Checkpoints (node/round/anchor.py): a chain whose roster of a round the organizer checkpointed is
+another one (the checkpoint we hold, or one another verified head's chain carries) is refused,
+and a joiner whose organizer is offline compares the heads of one look and takes the one whose
+chain carries the newest checkpoint (the first in the order above among equals): a crowd's chain
+from the genesis carries none, and loses to the swarm's once the run is past its first checkpoint.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from typing import NamedTuple
 
 import msgpack
 
-from node.round import chain, votes
+from node.round import anchor, chain, votes
 from node.round.chain import ChainRules, Link
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.net import RoundNet
 from protocol import keys
+from protocol.checkpoint import Checkpoint
 from protocol.errors import ProtocolError
 from protocol.messages import Request
 from protocol.records import GENESIS, Heartbeat
@@ -105,15 +112,18 @@ class Catchup:
         """The head to move to, verified and chosen by the rules above; None: stay."""
         hints, known = self.hints(peers, mine), self.eligible() if self.ledger.rosters else set()
         order = sorted(hints, key=lambda h: (-len(set(hints[h]) & known), -len(hints[h]), -h.round, h.digest))
-        asked = 0
+        asked, found = 0, []  # found: acceptable targets, compared by their checkpoints (unpinned joiners)
         for head in order:
             for donor in [d for d in hints[head] if (d, head) not in self.failed][:2]:
                 if asked >= MOST_DONORS:
-                    return None
+                    return self.newest_anchored(found)
                 asked += 1
                 target = self.branch_of(donor, head, hints[head])
                 if target is not None and self.acceptable(target, peers, mine):
-                    return target
+                    if not self.compares(peers):
+                        return target
+                    found.append(target)
+                    break
                 if target is not None:  # verified, not taken: the next head may be (a quorum may still come)
                     log.info("head %d %s: verified, not taken", head.round, head.digest[:12])
                     if target.fork or not self.pinned(target, peers):
@@ -121,7 +131,31 @@ class Catchup:
                     break
                 log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
                 self._remember(self.failed, (donor, head))
-        return None
+        return self.newest_anchored(found)
+
+    def compares(self, peers: dict[str, Heartbeat]) -> bool:
+        """Does this look compare heads by their checkpoints? A joiner's (empty ledger) whose
+        organizer is offline: nothing else tells it the swarm's chain from a crowd's."""
+        hb = peers.get(self.organizer) if self.organizer else None
+        return not self.ledger.rosters and (hb is None or hb.active)
+
+    def newest_anchored(self, found: list[Target]) -> Target | None:
+        """Of acceptable targets, the first whose chain carries the newest checkpoint; the others'
+        chains carry an older one or none, or contradict it (their roster of its round is another)."""
+        if not found:
+            return None
+        rules = self.rules
+        carried = [anchor.carried(list(t.rosters), organizer=rules.organizer, run_id=rules.run_id) for t in found]
+        best = max(range(len(found)), key=lambda i: (carried[i].round if carried[i] else -1, -i))
+        for i, target in enumerate(found):
+            if i != best:
+                why = anchor.contradiction(list(target.rosters), carried[best]) or "carries an older checkpoint or none"
+                log.warning("head %d %s: passed over: %s", target.head.round, target.head.digest[:12], why)
+        return found[best]
+
+    def held(self) -> Checkpoint | None:
+        """The organizer checkpoint our anchor file holds."""
+        return self.ledger.anchor.checkpoint if self.ledger.anchor else None
 
     @staticmethod
     def _remember(found: OrderedDict, item) -> None:
@@ -208,6 +242,13 @@ class Catchup:
             end = rosters[-1].roster if rosters else None
             if end is None or (end.round, end.result) != head:
                 log.info("ledger from %s ends at round %s, not at the head", donor[:16], end and end.round)
+                return None
+            held = self.held()
+            why = anchor.contradiction(rosters, held)
+            if not ours and held is not None and head.round < held.round:
+                why = f"it ends before round {held.round}, which the organizer checkpointed"
+            if why:
+                log.warning("ledger from %s: refused: %s", donor[:16], why)
                 return None
             ancestor = rosters[0].roster.round - 1
             return Target(head, ancestor, tuple(rosters), tuple(holders), bool(ours) and ancestor < ours[-1])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from node.round import election, marks
+from node.round import anchor, election, marks
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from protocol import signed
 from protocol.errors import ProtocolError
@@ -63,6 +63,9 @@ class ChainRules:
     """The largest update an announcement may name."""
     banned: Callable[[Ledger], set[str]] = field(default=lambda window: set())
     """Peers the window's scores ban (Hooks.banned): a roster listing one is refused."""
+    organizer: str = ""
+    """The peer id the manifest names: the only key a checkpoint a roster carries may be signed by
+    (node/round/anchor.py). Empty: carried checkpoints are not checked, nor used."""
 
 
 def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:
@@ -86,6 +89,8 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
     banned = rules.banned(window) & {a.peer for a in anns}
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
+    if roster.checkpoint is not None and rules.organizer:
+        anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
     return AcceptedRoster(env, roster, tuple(anns))
 
 

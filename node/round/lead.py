@@ -11,6 +11,7 @@ unique reveal of the round, the beacon the round was ranked under and the attemp
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 from node.config import SwarmConfig
@@ -51,6 +52,7 @@ class RosterBuilder:
         self.net, self.run_id, self.key, self.hooks, self.updates = net, run_id, key, hooks, updates
         self.me = net.me
         self.max_bytes = max_bytes
+        self.carry: Callable[[int], dict | None] = lambda round_no: None  # the checkpoint a roster embeds
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
         """The signed announcements of this round's updates that apply to state `base` (in a split
@@ -120,6 +122,7 @@ class RosterBuilder:
             unserved=marks.unserved_list(
                 [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)]
             ),
+            checkpoint=self.carry(round_no),
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 

@@ -15,13 +15,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Roster
+
+if TYPE_CHECKING:
+    from node.round.anchor import Anchor
 
 log = logging.getLogger("swarmtrain.ledger")
 WINDOW = 64  # rosters kept in memory: enough for election, votes and ban windows
@@ -69,6 +72,8 @@ class Ledger:
     """First round this ledger holds without a gap up to its head (1: the whole run)."""
     offsets: dict[int, int] = field(default_factory=dict)
     """Round -> byte offset in the file of the line holding our chain's roster of that round."""
+    anchor: Anchor | None = None
+    """Keeps the newest organizer checkpoint the rosters we take carry (node/round/anchor.py)."""
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -119,6 +124,8 @@ class Ledger:
         self._write(accepted)
 
     def _write(self, accepted: AcceptedRoster) -> None:
+        if self.anchor is not None:  # every roster we take passed chain.check, its checkpoint too
+            self.anchor.keep_carried(accepted)
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ class RoundProtocol(RosterChecks):
             established_rounds=self.cfg.established_rounds,
             max_bytes=self.max_bytes,
             banned=self.hooks.banned,
+            organizer=self.ledger.anchor.organizer if self.ledger.anchor else "",  # checks carried checkpoints
         )
 
     # ------------------------------------------------------------------------------- announce

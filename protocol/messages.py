@@ -12,9 +12,9 @@ Requests (what a peer says):
   {"op": "ledger", "run": R, "round": r}
       "Send me your chain's signed rosters of run R from round r on (as many as fit in about
       4 MiB)." The payload is a msgpack list of roster envelopes; the reader verifies them from
-      its own anchor (node/round/chain.py), so a lying peer can only withhold.
+      its own anchor (node/round/trust/chain.py), so a lying peer can only withhold.
   {"op": "checkpoint", "run": R, "round": c}
-      "Send me the organizer's signed checkpoint of round c" (protocol/checkpoint.py; asked of the
+      "Send me the organizer's signed checkpoint of round c" (protocol/kinds/checkpoint.py; asked of the
       organizer, whose heartbeat names it in `cp`). The payload is the msgpack envelope.
 Responses:
   {"ok": true, "payload": <bytes>}                  "Here it is."

@@ -116,7 +116,7 @@ class Heartbeat:
     exchange_s: float = 0.0  # seconds from announcing its last update to having that round (0: none)
     cp: tuple = ()
     """The organizer's witness only: (round, SHA-256 of the body) of its newest checkpoint
-    (protocol/checkpoint.py; the `checkpoint` RPC serves the body). Empty: none."""
+    (protocol/kinds/checkpoint.py; the `checkpoint` RPC serves the body). Empty: none."""
 
     def to_wire(self) -> dict:
         out = {**asdict(self), "maddrs": list(self.maddrs), "cp": list(self.cp)}
@@ -225,8 +225,8 @@ class Roster:
     skip: tuple[str, ...] = ()
     unserved: tuple[str, ...] = ()
     checkpoint: dict | None = None
-    """The organizer's newest checkpoint envelope (protocol/checkpoint.py), carried for a few
-    rounds after its round; checked by node/round/anchor.py, not here (it needs the organizer)."""
+    """The organizer's newest checkpoint envelope (protocol/kinds/checkpoint.py), carried for a few
+    rounds after its round; checked by node/round/trust/anchor.py, not here (it needs the organizer)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}

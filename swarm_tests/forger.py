@@ -22,7 +22,7 @@ def main(maddr: str, run_id: str, victim: str) -> None:
 
     from node.p2p.telemetry import encode
     from protocol import keys
-    from protocol.metrics import MetricsRecord
+    from protocol.kinds.metrics import MetricsRecord
 
     dht = hivemind.DHT(initial_peers=[maddr], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True, startup_timeout=60)
     try:

@@ -30,8 +30,9 @@ def main(maddr: str, run_id: str, identities: str, seconds: str) -> None:
     from node.p2p.exchange import Exchange
     from node.p2p.identity import load_identity_key
     from node.peer import manifest as manifests
-    from node.round import chain, election
+    from node.round import election
     from node.round.ledger import AcceptedRoster
+    from node.round.trust import chain
     from protocol import keys, signed, signing
     from protocol.records import Announcement, Heartbeat, Roster
 

@@ -94,7 +94,7 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     # rounds of a few seconds, as in a real swarm: with rounds of well under a second the three
     # hold one head too briefly for a joiner's quorum (a liveness limit noted in docs/security.md)
     # checkpoints every 4 rounds: the organizer's witness signs them, leaders carry them in
-    # rosters (fetched by RPC), every peer keeps the newest (node/round/anchor.py)
+    # rosters (fetched by RPC), every peer keeps the newest (node/round/trust/anchor.py)
     run_text = small_run.read_text().replace("inner_steps = 4", "inner_steps = 40")
     small_run.write_text(run_text.replace("[swarm]\n", "[swarm]\ncheckpoint_rounds = 4\n"))
     boot = start_bootstrap(procs, tmp_path, small_run)

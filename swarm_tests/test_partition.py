@@ -3,7 +3,7 @@
 together; then the network is cut into {0,1,2} | {3,4}. Each half must go on training as two for
 several rounds (two models now), and after the heal the four must be one model again: a
 four-peer round after every round seen before the heal, with one digest on all four, within
-MAX_ROUNDS_TO_MERGE rounds (node/round/catchup.py: fork choice merges an even split by rule).
+MAX_ROUNDS_TO_MERGE rounds (node/round/trust/catchup.py: fork choice merges an even split by rule).
 Each log line is stamped with the seconds since
 the test started, and timeline.txt beside the logs says when the test cut and healed.
 Skipped with the reason where namespaces or TUN devices do not work."""

@@ -1,4 +1,4 @@
-"""The organizer's checkpoints (trust model step 2; node/round/anchor.py, protocol/checkpoint.py):
+"""The organizer's checkpoints (trust model step 2; node/round/trust/anchor.py, protocol/kinds/checkpoint.py):
 signed by the organizer only, carried in rosters, kept in the anchor file, and a pin on the chain
 a peer takes. Fake network (tests/fakes.py), real round protocol, ledger, chain and validators."""
 
@@ -10,13 +10,13 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from node.round import chain
-from node.round.anchor import FILENAME, Anchor, check_embedded
-from node.round.catchup import Catchup, Head
 from node.round.ledger import Ledger
+from node.round.trust import chain
+from node.round.trust.anchor import FILENAME, Anchor, check_embedded
+from node.round.trust.catchup import Catchup, Head
 from protocol import signed
-from protocol.checkpoint import Checkpoint, checkpoint_hash, open_checkpoint, seal_checkpoint
 from protocol.errors import ProtocolError
+from protocol.kinds.checkpoint import Checkpoint, checkpoint_hash, open_checkpoint, seal_checkpoint
 from tests.fakes import new_key
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round
 from tests.test_sybil_attacks import (

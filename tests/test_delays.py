@@ -1,4 +1,4 @@
-"""Costly delays are punished, not absorbed (issue 16, design step 8; node/round/marks.py).
+"""Costly delays are punished, not absorbed (issue 16, design step 8; node/round/trust/marks.py).
 
 Silent candidates that draw the first ranks get `skip` marks and are ranked after everyone else
 once they hold two; an announcer that never serves is listed `unserved` and, once two leaders
@@ -12,9 +12,10 @@ from dataclasses import replace
 import pytest
 
 from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
-from node.round import chain, election, marks
+from node.round import election
 from node.round.fetch import FETCH_FLOOR, FETCH_RATE
 from node.round.ledger import AcceptedRoster, Ledger
+from node.round.trust import chain, marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, MAX_SKIP, Roster

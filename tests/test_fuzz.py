@@ -40,11 +40,12 @@ from node.outer.state import SwarmState
 from node.p2p import telemetry
 from node.p2p.exchange import Exchange, read_response
 from node.round import ledger
-from node.round.anchor import Anchor, decode_checkpoint
+from node.round.trust.anchor import Anchor, decode_checkpoint
 from protocol import keys, signed, signing
-from protocol.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
+from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
+from protocol.kinds.metrics import MetricsRecord
 from protocol.messages import (
     HEADER_LEN,
     Request,
@@ -55,7 +56,6 @@ from protocol.messages import (
     encode_response,
     frame,
 )
-from protocol.metrics import MetricsRecord
 from protocol.records import Announcement, Heartbeat, Roster, run_id_of
 from protocol.tensors import decode_tensors, encode_tensors
 
@@ -868,7 +868,7 @@ V2 = [
     ),
 ]
 
-# ----------------------------------------- the organizer's checkpoints (protocol/checkpoint.py, node/round/anchor.py)
+# ------------------------- the organizer's checkpoints (protocol/kinds/checkpoint.py, node/round/trust/anchor.py)
 CHECKPOINT = {"run": RUN, "round": 64, "roster": SHA, "result": SHA, "time": 1.0e9}
 SEALED_CHECKPOINT = seal_checkpoint(KEY, Checkpoint.from_wire(CHECKPOINT))
 

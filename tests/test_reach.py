@@ -12,7 +12,7 @@ from node.p2p.addresses import parse_announce
 from node.p2p.reach import judge, kind_of, local_maddrs
 from node.round.election import candidates
 from node.watch.status import StatusBoard
-from protocol.metrics import REACHABILITY
+from protocol.kinds.metrics import REACHABILITY
 from protocol.records import Heartbeat
 
 HOME = ["/ip4/127.0.0.1/tcp/40655/p2p/QmMe", "/ip4/192.168.1.2/tcp/40655/p2p/QmMe"]  # what p2pd announces at home

@@ -14,7 +14,7 @@ from node.p2p import telemetry, validators
 from node.p2p.dht import HeartbeatPublisher
 from node.p2p.telemetry import METRICS_TTL, MetricsPublisher, decode
 from protocol import keys, signed, signing
-from protocol.metrics import MetricsRecord
+from protocol.kinds.metrics import MetricsRecord
 from protocol.records import Announcement, Heartbeat
 
 RUN = "demo-0123456789ab"

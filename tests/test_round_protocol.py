@@ -36,7 +36,7 @@ class Peer:
         self.key, self.id = key or new_key()
         self.net = FakeNet(self.id, dht, registry)
         self.ledger = Ledger()
-        self.net.ledger = self.ledger  # answers `ledger` requests (node/round/catchup.py)
+        self.net.ledger = self.ledger  # answers `ledger` requests (node/round/trust/catchup.py)
         self.digest, self.round = BASE0, 0
         self.proto = RoundProtocol(
             self.net,

@@ -21,7 +21,7 @@ from node.scatter.reduce import TwoLevel, two_level
 from node.scatter.round import ScatterRound, seed_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, flags_of
+from protocol.kinds.scatter import Commitment, Receipt, flags_of
 
 TOTAL = 8192  # values per update: 32 blocks
 

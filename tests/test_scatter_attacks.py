@@ -40,7 +40,7 @@ from node.scatter.reduce import reduce_encoded, two_level
 from node.scatter.round import MOST_REPLACEMENTS, ScatterRound, seed_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, bitmap, draw_message, flags_of, set_digest, task_name
+from protocol.kinds.scatter import Commitment, Receipt, bitmap, draw_message, flags_of, set_digest, task_name
 
 TOTAL = 8192  # 32 blocks of 256 values
 

@@ -1,5 +1,5 @@
 """Attacks with many free identities against step 1 of the trust design (the verified chain:
-node/round/chain.py, catchup.py, ledger.py, lead.py), found by playing the attacker. Each
+node/round/trust/chain.py, catchup.py, ledger.py, lead.py), found by playing the attacker. Each
 docstring says the attack, its cost to the attacker and the rule that stops it. `test_open_*`
 tests pass while an attack still WORKS (docs/security.md lists them as open): when a later step
 closes one, its test fails and is turned into a defence test, as the others were. Fake
@@ -15,13 +15,14 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from node.round import catchup as catchup_module
-from node.round import chain, election
-from node.round.anchor import Anchor
-from node.round.catchup import MOST_DONORS, Catchup, Head
+from node.round import election
 from node.round.ledger import AcceptedRoster, Ledger
+from node.round.trust import catchup as catchup_module
+from node.round.trust import chain
+from node.round.trust.anchor import Anchor
+from node.round.trust.catchup import MOST_DONORS, Catchup, Head
 from protocol import keys, signed, signing
-from protocol.checkpoint import checkpoint_hash
+from protocol.kinds.checkpoint import checkpoint_hash
 from protocol.records import Announcement, Heartbeat, Roster
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 
@@ -207,7 +208,7 @@ def checkpointed_swarm(n: int = 3, rounds: int = 3, every: int = 2):
 def test_a_sybil_chain_from_the_genesis_loses_to_a_checkpointed_chain():
     """The attack above, past the swarm's first checkpoint, with the organizer offline: the
     swarm's roster of round 3 carries the organizer's checkpoint of round 2, which the
-    crowd cannot sign (node/round/anchor.py). A joiner compares the heads of its look and takes
+    crowd cannot sign (node/round/trust/anchor.py). A joiner compares the heads of its look and takes
     the one whose chain carries the newest checkpoint; the crowd's chain carries none (and its
     roster 2 contradicts the checkpoint). The crowd has more holders than the swarm."""
     dht, registry, honest, organizer = checkpointed_swarm()

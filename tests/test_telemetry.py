@@ -12,7 +12,7 @@ from node.watch.report import RoundReport
 from node.watch.status import StatusBoard, peer_rows
 from protocol import signing
 from protocol.errors import ProtocolError
-from protocol.metrics import MetricsRecord
+from protocol.kinds.metrics import MetricsRecord
 from protocol.records import Heartbeat
 
 

@@ -1,4 +1,4 @@
-"""Many free identities against the verified chain (node/round/chain.py, catchup.py): a state is
+"""Many free identities against the verified chain (node/round/trust/chain.py, catchup.py): a state is
 taken only at the end of rosters verified from the genesis or from the peer's own ledger, votes
 come from peers the chain established, and forks are chosen by established weight.
 Fake network (tests/fakes.py), real round protocol, ledger and validators."""
@@ -9,9 +9,9 @@ import copy
 from dataclasses import replace
 
 from bench.byzantine import sybilnet
-from node.round import chain
-from node.round.catchup import MOST_DONORS, Catchup, Head
 from node.round.ledger import Ledger, read_file, verify
+from node.round.trust import chain
+from node.round.trust.catchup import MOST_DONORS, Catchup, Head
 from tests.fakes import FakeDHT
 from tests.test_round_protocol import BASE0, CFG, RUN, Peer, play_round, swarm
 

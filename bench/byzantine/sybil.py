@@ -29,9 +29,10 @@ from pathlib import Path
 
 from bench.byzantine.sybilnet import BASE0, ZERO, Peer, Swarm, beat, claim_head, invented_roster, play_round
 from bench.fakenet import new_key
-from node.round import chain, election
-from node.round.catchup import Catchup, Head
+from node.round import election
 from node.round.ledger import Ledger
+from node.round.trust import chain
+from node.round.trust.catchup import Catchup, Head
 from protocol.records import GENESIS
 
 

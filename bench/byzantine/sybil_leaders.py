@@ -23,8 +23,9 @@ from dataclasses import replace
 from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
 from node.config import RobustConfig, SwarmConfig
 from node.outer.scoring import banned
-from node.round import election, marks
+from node.round import election
 from node.round.ledger import ScoredRound
+from node.round.trust import marks
 from protocol import signing
 
 SILENT = 10
@@ -58,7 +59,7 @@ def elect(
     beacon: str, everyone: set[str], silent: set[str], marked: set[str] = frozenset(), order=election.ranking
 ) -> tuple[int, str]:
     """(attempt, leader): the first attempt whose ranks 0..ATTEMPT_RANKS-1 hold a peer that leads
-    (`marked`: skip-marked peers, ranked after the rest, node/round/marks.py; `order`: the
+    (`marked`: skip-marked peers, ranked after the rest, node/round/trust/marks.py; `order`: the
     ranking rule, election.ranking or `reshuffled`, the rule before step 8)."""
     for attempt in itertools.count():
         firsts = order(beacon, attempt, everyone, marked)[: election.ATTEMPT_RANKS]

@@ -64,7 +64,7 @@ class Peer:
         self.key, self.id = key or new_key()
         self.net = FakeNet(self.id, swarm.dht, swarm.registry)
         self.ledger = Ledger()
-        self.net.ledger = self.ledger  # answers `ledger` requests (node/round/catchup.py)
+        self.net.ledger = self.ledger  # answers `ledger` requests (node/round/trust/catchup.py)
         self.digest, self.round = BASE0, 0
         hooks = Hooks(validate=lambda p: None, result=lambda payloads, tokens: digest_of(payloads, self.digest))
         self.proto = RoundProtocol(self.net, swarm.run, swarm.cfg, self.key, self.ledger, hooks, MAX_BYTES)

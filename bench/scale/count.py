@@ -9,7 +9,7 @@ from node.scatter import chunks
 from node.scatter.audit import inputs_root
 from node.scatter.grid import Grid, assign_auditors
 from node.scatter.traffic import Traffic, size_of
-from protocol.scatter import Commitment, Receipt, bitmap, task_name
+from protocol.kinds.scatter import Commitment, Receipt, bitmap, task_name
 
 
 def envelope_sizes(grid: Grid, peer: str) -> tuple[int, int, int]:

@@ -28,7 +28,7 @@ from node.peer import manifest as manifests
 from node.watch.dashboard.server import StatusServer
 from node.watch.progress import Reporter
 from node.watch.status import peer_rows, with_saved
-from protocol.metrics import MetricsRecord
+from protocol.kinds.metrics import MetricsRecord
 from protocol.records import Heartbeat
 
 log = logging.getLogger(__name__)

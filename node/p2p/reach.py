@@ -40,7 +40,7 @@ class Reachability:
 
     @property
     def wire(self) -> str:
-        """The kind as a signed metrics record carries it (protocol.metrics.REACHABILITY): a
+        """The kind as a signed metrics record carries it (protocol.kinds.metrics.REACHABILITY): a
         loopback-only node is 'private' there, as it was before this module told them apart."""
         return "private" if self.kind == "loopback" else self.kind
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from node.p2p.dht import Swarm, latest_expiration
 from protocol import keys, signing
 from protocol.errors import ProtocolError
-from protocol.metrics import MAX_METRICS_BODY, MetricsRecord
+from protocol.kinds.metrics import MAX_METRICS_BODY, MetricsRecord
 
 log = logging.getLogger("swarmtrain.telemetry")
 METRICS_TTL = 600.0  # seconds; longer than any round, so a slow peer's record does not blink out

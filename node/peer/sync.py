@@ -2,7 +2,7 @@
 
 A peer starts from its checkpoint, or from the swarm's state if that is ahead, and later
 resyncs when it missed a round or when established peers hold another state of its round.
-Which head, and whether to move, is node/round/catchup.py's decision: heartbeats only point.
+Which head, and whether to move, is node/round/trust/catchup.py's decision: heartbeats only point.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from node.p2p.dht import Swarm, read_peers
 from node.p2p.exchange import Exchange
 from node.peer import checkpoint
 from node.peer.applier import Applier
-from node.round import chain
-from node.round.catchup import Catchup, Head, Target
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol
+from node.round.trust import chain
+from node.round.trust.catchup import Catchup, Head, Target
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
@@ -42,7 +42,7 @@ class Synced(NamedTuple):
 
 
 class StateSync:
-    """Moves the applier's state to a head of the verified chain (node/round/catchup.py)."""
+    """Moves the applier's state to a head of the verified chain (node/round/trust/catchup.py)."""
 
     def __init__(
         self,

@@ -29,11 +29,11 @@ from node.peer.applier import Applier
 from node.peer.presence import Presence
 from node.peer.reporting import Reports, node_name
 from node.peer.sync import StateSync
-from node.round.anchor import FILENAME as ANCHOR_FILE
-from node.round.anchor import Anchor
 from node.round.fetch import UpdateShape
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol, round_record_ttl
+from node.round.trust.anchor import FILENAME as ANCHOR_FILE
+from node.round.trust.anchor import Anchor
 from node.train import data
 from node.train.device import pick_device
 from node.train.model import BuiltModel, build_run_model, trainable
@@ -123,7 +123,7 @@ class NodeParts:
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
         self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
         self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
-        self.ledger.anchor = Anchor.load(  # the organizer's newest checkpoint: node/round/anchor.py
+        self.ledger.anchor = Anchor.load(  # the organizer's newest checkpoint: node/round/trust/anchor.py
             Path(cfg.data_dir) / self.run_id / ANCHOR_FILE, run_id=self.run_id, organizer=self.manifest["organizer"]
         )
         # where each round's training starts: the swarm's state, or (overlap) that plus our progress in flight

@@ -3,7 +3,7 @@
 The bootstrap peer is the organizer: its key signed the manifest, so the run id commits to it.
 It runs a witness that follows the chain as it grows. Each look it verifies the rosters that lead
 to a head the swarm's established peers hold, by the rules every peer applies
-(node/round/catchup.py), keeps them in its ledger file, serves them to joiners (the `ledger`
+(node/round/trust/catchup.py), keeps them in its ledger file, serves them to joiners (the `ledger`
 RPC), and publishes its head in its own signed heartbeat, inactive (it never trains or leads).
 
 A joiner knows no established peer yet, so it takes only a head whose chain passes through the
@@ -13,7 +13,7 @@ holds no state, so it checks links, signatures, beacons and eligibility, not res
 that apply the rounds check those, and a head needs a quorum of them before the witness takes it.
 
 For the organizer offline, the witness signs a checkpoint every `checkpoint_rounds` rounds of the
-chain it verified (node/round/anchor.py), names it in its heartbeat (`cp`) and serves it (the
+chain it verified (node/round/trust/anchor.py), names it in its heartbeat (`cp`) and serves it (the
 `checkpoint` RPC); leaders carry it in their rosters, and every peer keeps it as its anchor.
 """
 
@@ -27,12 +27,12 @@ from node.config import SwarmConfig
 from node.p2p.dht import WITNESS_DEVICE, HeartbeatPublisher, Swarm, dht_time, read_peers
 from node.p2p.exchange import Exchange
 from node.p2p.roundnet import RealNet
-from node.round import chain
-from node.round.anchor import FILENAME, Anchor
-from node.round.catchup import Catchup, Head
-from node.round.chain import ChainRules
 from node.round.ledger import Ledger
-from protocol.checkpoint import checkpoint_hash
+from node.round.trust import chain
+from node.round.trust.anchor import FILENAME, Anchor
+from node.round.trust.catchup import Catchup, Head
+from node.round.trust.chain import ChainRules
+from protocol.kinds.checkpoint import checkpoint_hash
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.witness")

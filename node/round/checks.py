@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from node.round import election, marks
+from node.round import election
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
+from node.round.trust import marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 

@@ -18,7 +18,7 @@ sorted by SHA-256(beacon | a | peer); only ranks 0..ATTEMPT_RANKS-1 may lead, ra
 `turn(Slot(a, i))` seconds after the round opened. When no acceptable roster came within
 attempt_seconds, attempt a + 1 reshuffles every rank, the first ranks of earlier attempts after
 the rest: silent peers that drew the first ranks hold the round for one attempt, not for ever
-(and skip-marked peers, node/round/marks.py, rank after every other).
+(and skip-marked peers, node/round/trust/marks.py, rank after every other).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def rank_key(beacon: str, attempt: int, peer: str) -> bytes:
 
 def ranking(beacon: str, attempt: int, peers: set[str], last: set[str] = frozenset()) -> list[str]:
     """Candidates in the order they may lead in this attempt: rank 0 first. Those in `last`
-    (skip-marked by the chain, node/round/marks.py) come after every other, and so do the first
+    (skip-marked by the chain, node/round/trust/marks.py) come after every other, and so do the first
     ranks of the round's earlier attempts (an attempt runs only when theirs brought no roster):
     silent peers that drew the first ranks hold one attempt, not one each time a reshuffle
     draws them again, so S silent candidates fail at most S / ATTEMPT_RANKS attempts in a row.

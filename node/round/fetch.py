@@ -97,7 +97,7 @@ class UpdateFetcher:
         limit: float | None = None,
     ) -> list[bytes | Exception]:
         """Each announced update's verified envelope bytes (held, else fetched from its sources in
-        turn); `limit` caps each batch's seconds below the usual bound (node/round/marks.py)."""
+        turn); `limit` caps each batch's seconds below the usual bound (node/round/trust/marks.py)."""
         results: list[bytes | Exception] = []
         for a in anns:
             held = self.net.held_update(round_no, a.peer)

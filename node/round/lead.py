@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from node.config import SwarmConfig
-from node.round import election, marks
+from node.round import election
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
 from node.round.ledger import AcceptedRoster
 from node.round.net import RoundNet
+from node.round.trust import marks
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
@@ -87,7 +88,7 @@ class RosterBuilder:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
         check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
         over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
-        updates of `slow` peers (twice unserved, node/round/marks.py) are fetched last, briefly."""
+        updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly."""
         announced = self.announcements(round_no, base)
         picked = [announced[p] for p in sorted(announced) if p in eligible]
         blobs = self._fetch(picked, round_no, slow)

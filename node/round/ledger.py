@@ -15,16 +15,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgpack
 
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Roster
-
-if TYPE_CHECKING:
-    from node.round.anchor import Anchor
 
 log = logging.getLogger("swarmtrain.ledger")
 WINDOW = 64  # rosters kept in memory: enough for election, votes and ban windows
@@ -62,6 +59,16 @@ class ScoredRound(NamedTuple):
     """Peer id -> its update's loss-change score (lower is better)."""
 
 
+class CheckpointKeeper(Protocol):
+    """What a ledger tells of each roster it takes: node/round/trust/anchor.Anchor (named here by
+    its interface: the anchor reads rosters, so the ledger cannot import it back)."""
+
+    organizer: str
+    checkpoint: object | None
+
+    def keep_carried(self, accepted: AcceptedRoster) -> None: ...
+
+
 @dataclass
 class Ledger:
     path: Path | None = None
@@ -72,8 +79,8 @@ class Ledger:
     """First round this ledger holds without a gap up to its head (1: the whole run)."""
     offsets: dict[int, int] = field(default_factory=dict)
     """Round -> byte offset in the file of the line holding our chain's roster of that round."""
-    anchor: Anchor | None = None
-    """Keeps the newest organizer checkpoint the rosters we take carry (node/round/anchor.py)."""
+    anchor: CheckpointKeeper | None = None
+    """Keeps the newest organizer checkpoint the rosters we take carry (node/round/trust/anchor.py)."""
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -177,7 +184,7 @@ class Ledger:
         self._write(sibling)
 
     def extend(self, ancestor: int, rosters: list[AcceptedRoster]) -> None:
-        """Take rosters verified from our roster `ancestor` (0: the genesis) by node/round/chain.py:
+        """Take rosters verified from our roster `ancestor` (0: the genesis) by node/round/trust/chain.py:
         ours after the ancestor (a branch the swarm left) are dropped, theirs appended. The ledger
         keeps what proves the state it now ends at; it never forgets its way there."""
         if ancestor and ancestor not in self.rosters:

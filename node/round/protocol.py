@@ -22,8 +22,7 @@ import logging
 import threading
 
 from node.config import SwarmConfig
-from node.round import election, lead, marks, relay
-from node.round.chain import ChainRules
+from node.round import election, lead, relay
 from node.round.checks import RosterChecks
 from node.round.election import RosterCheck, Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
@@ -31,6 +30,8 @@ from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
+from node.round.trust import marks
+from node.round.trust.chain import ChainRules
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
@@ -88,7 +89,7 @@ class RoundProtocol(RosterChecks):
 
     @property
     def rules(self) -> ChainRules:
-        """What a roster read as part of a chain is checked by (node/round/chain.py)."""
+        """What a roster read as part of a chain is checked by (node/round/trust/chain.py)."""
         return ChainRules(
             run_id=self.run_id,
             established_rounds=self.cfg.established_rounds,
@@ -199,7 +200,7 @@ class RoundProtocol(RosterChecks):
 
     def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
-        # an announcer two leaders could not fetch from is not waited for (node/round/marks.py)
+        # an announcer two leaders could not fetch from is not waited for (node/round/trust/marks.py)
         expected = (lead.expected(peers, round_no, last) - marks.slow_servers(self.ledger, round_no)) | {self.me}
         # the core: last round's members (an established peer silent since is no longer waited
         # for), else after a sync the established; in a young run, everyone

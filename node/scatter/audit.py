@@ -1,6 +1,6 @@
 """Checking an owner: its signed inputs, its output recomputed bit-exactly, and fraud proofs.
 
-A task is (level, a, b) (protocol/scatter.py Receipt). Its inputs each come with the envelope
+A task is (level, a, b) (protocol/kinds/scatter.py Receipt). Its inputs each come with the envelope
 that vouches for them: level 1, the sender's signed commitment (the chunk's SHA-256 is in it);
 level 2, the level-1 owner's signed receipt (the part's SHA-256 is in its outputs). So an owner
 can show what it reduced, and an auditor that recomputes a different output holds a fraud
@@ -24,7 +24,7 @@ from node.scatter.grid import Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_pieces
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, flags_of, task_name
+from protocol.kinds.scatter import Commitment, Receipt, flags_of, task_name
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,6 @@ def is_equivocation(rnd: Round, signer: str, first: object, second: object, leve
 
 def audit_seed(grid_seed: str, receipts: str, leader_draw: bytes) -> str:
     """The seed auditors are dealt from: the round's seed, the fixed receipts' digest and the
-    leader's unique signature of it (protocol/scatter.py draw_message). Nobody knew it before
+    leader's unique signature of it (protocol/kinds/scatter.py draw_message). Nobody knew it before
     every receipt was fixed; the leader had one value to publish or withhold."""
     return hashlib.sha256(b"audit" + bytes.fromhex(grid_seed) + bytes.fromhex(receipts) + leader_draw).hexdigest()

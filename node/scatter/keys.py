@@ -13,7 +13,7 @@ import msgpack
 
 from protocol import signing
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt
+from protocol.kinds.scatter import Commitment, Receipt
 
 KIND = {Commitment: "scatter-commitment", Receipt: "scatter-receipt"}
 MAX_BODY = {Commitment: 1024 * 80, Receipt: 1024 * 16}

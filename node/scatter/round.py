@@ -38,7 +38,7 @@ from node.scatter.audit import (
 from node.scatter.grid import assign_auditors
 from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
-from protocol.scatter import Commitment, Receipt, bitmap, draw_message, set_digest, task_name
+from protocol.kinds.scatter import Commitment, Receipt, bitmap, draw_message, set_digest, task_name
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
 

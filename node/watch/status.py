@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 
-from protocol.metrics import MAX_METRICS_HISTORY, MetricsRecord
+from protocol.kinds.metrics import MAX_METRICS_HISTORY, MetricsRecord
 from protocol.records import Heartbeat
 
 HISTORY = 500  # points kept for the loss curve

@@ -10,7 +10,7 @@ Heads that no established peer holds are asked last (a joiner knows nobody yet a
 head, most holders first), and at most MOST_DONORS donors are asked per look, so a crowd of
 lying hints costs a bounded number of requests; a donor that failed for a head is not asked for it again.
 
-Checkpoints (node/round/anchor.py): a chain whose roster of a round the organizer checkpointed is
+Checkpoints (node/round/trust/anchor.py): a chain whose roster of a round the organizer checkpointed is
 another one (the checkpoint we hold, or one another verified head's chain carries) is refused,
 and a joiner whose organizer is offline compares the heads of one look and takes the one whose
 chain carries the newest checkpoint (the first in the order above among equals): a crowd's chain
@@ -25,13 +25,13 @@ from typing import NamedTuple
 
 import msgpack
 
-from node.round import anchor, chain, votes
-from node.round.chain import ChainRules, Link
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.net import RoundNet
+from node.round.trust import anchor, chain, votes
+from node.round.trust.chain import ChainRules, Link
 from protocol import keys
-from protocol.checkpoint import Checkpoint
 from protocol.errors import ProtocolError
+from protocol.kinds.checkpoint import Checkpoint
 from protocol.messages import Request
 from protocol.records import GENESIS, Heartbeat
 

@@ -1,6 +1,6 @@
 """How many established peers must hold a head before a peer extends its chain to it.
 
-Voters are live peers established on the verified chain (node/round/chain.py), never identities
+Voters are live peers established on the verified chain (node/round/trust/chain.py), never identities
 the chain did not establish; a vote is a signed heartbeat holding the head. A head needs all
 voters when there are fewer than MIN_QUORUM, else a majority of at least MIN_QUORUM.
 """

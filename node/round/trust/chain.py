@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from node.round import anchor, election, marks
+from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
+from node.round.trust import anchor, marks
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS
@@ -65,7 +66,7 @@ class ChainRules:
     """Peers the window's scores ban (Hooks.banned): a roster listing one is refused."""
     organizer: str = ""
     """The peer id the manifest names: the only key a checkpoint a roster carries may be signed by
-    (node/round/anchor.py). Empty: carried checkpoints are not checked, nor used."""
+    (node/round/trust/anchor.py). Empty: carried checkpoints are not checked, nor used."""
 
 
 def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:
@@ -79,7 +80,7 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
         raise ProtocolError(f"starts from state {roster.base[:12]}, the chain ended at {link.base[:12]}")
     if roster.beacon != link.beacon:
         raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
-    marks.check(roster, {a.peer for a in anns})  # skip and unserved lists (node/round/marks.py)
+    marks.check(roster, {a.peer for a in anns})  # skip and unserved lists (node/round/trust/marks.py)
     election.check_reveal(roster, env["key"])
     leaders = window.established(rules.established_rounds)
     if leaders and roster.leader not in leaders:

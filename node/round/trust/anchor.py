@@ -1,11 +1,11 @@
 """The organizer's checkpoints as an anchor that outlives the organizer (trust model step 2).
 
 Every K rounds (`checkpoint_rounds`) the organizer's witness signs a checkpoint of a round c of
-the chain it verified (protocol/checkpoint.py) and heartbeats `cp: [c, hash]`; leaders fetch it
+the chain it verified (protocol/kinds/checkpoint.py) and heartbeats `cp: [c, hash]`; leaders fetch it
 (the `checkpoint` RPC) and embed it in their rosters of rounds c+1..c+CARRY_ROUNDS. A peer that
 verifies such a roster checks the checkpoint: signed by the organizer, and naming the roster of
 round c of the chain being verified (`check_embedded`). Every peer keeps the newest one it saw in
-`<data-dir>/<run>/anchor.msgpack` (Anchor), and catch-up (node/round/catchup.py) refuses a chain
+`<data-dir>/<run>/anchor.msgpack` (Anchor), and catch-up (node/round/trust/catchup.py) refuses a chain
 whose roster of round c is another one, and lets a joiner whose organizer is offline prefer the
 head whose chain holds the newest checkpoint. A crowd of fresh identities cannot sign one, so
 its chain grown from the genesis loses to the swarm's once the run is past its first checkpoint.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from protocol.checkpoint import Checkpoint, checkpoint_hash, open_checkpoint, seal_checkpoint
 from protocol.errors import ProtocolError
+from protocol.kinds.checkpoint import Checkpoint, checkpoint_hash, open_checkpoint, seal_checkpoint
 from protocol.messages import Request
 
 if TYPE_CHECKING:

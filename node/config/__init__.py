@@ -10,6 +10,7 @@
 """
 
 from node.config.load import (
+    CHEAP_WORK_TOML,
     ENV_PREFIX,
     as_dict,
     describe,
@@ -46,6 +47,7 @@ from node.config.settings import (
 from node.config.validate import Range, validate_node, validate_run
 
 __all__ = [
+    "CHEAP_WORK_TOML",
     "ENV_PREFIX",
     "as_dict",
     "describe",

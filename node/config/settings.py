@@ -203,6 +203,14 @@ class SwarmConfig:
     relay_wait: float = 3.0
     """Seconds a peer asked for an update of the current round that it does not hold yet waits
     for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""
+    identity_work_bits: int = 11
+    """Admission: a peer's updates count once its announcements carry a proof of scrypt work bound
+    to the run and its key (protocol/admission), 2^bits evaluations on average: minutes of a core
+    at the defaults, once per run and key. 0: none asked."""
+    identity_work_n_log2: int = 14
+    """Admission work's scrypt n = 2^this: time and memory (128 x r x 2^this B: 16 MiB) per evaluation."""
+    identity_work_r: int = 8
+    """Admission work's scrypt block size r."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -100,6 +100,9 @@ RUN_RANGES: dict[str, Range] = {
     "swarm.max_inner_steps": NOT_NEGATIVE,
     "swarm.relay_fanout": NOT_NEGATIVE,
     "swarm.relay_wait": NOT_NEGATIVE,
+    "swarm.identity_work_bits": Range(0, 32),  # 32 bits: 4 billion evaluations, years of a core
+    "swarm.identity_work_n_log2": Range(1, 22),  # scrypt needs n >= 2; 2^22 at r 8 is 4 GiB an evaluation
+    "swarm.identity_work_r": Range(1, 32),
     "robust.clip_multiple": NOT_NEGATIVE,
     "robust.trim_fraction": Range(0, 0.5, high_open=True),
     "robust.score_window": AT_LEAST_ONE,

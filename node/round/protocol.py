@@ -22,7 +22,7 @@ import logging
 import threading
 
 from node.config import SwarmConfig
-from node.round import election, lead, relay
+from node.round import chain, election, lead, relay
 from node.round.chain import ChainRules
 from node.round.election import RosterCheck, Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
@@ -31,6 +31,7 @@ from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
 from protocol import keys, signed
+from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
@@ -61,10 +62,10 @@ class RoundProtocol:
         hooks: Hooks,
         max_bytes: int,
         update_shape: UpdateShape | None = None,
+        admission: Admission = DISABLED,
     ):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
-        self.me = net.me
-        self.max_bytes = max_bytes
+        self.me, self.max_bytes, self.admission = net.me, max_bytes, admission  # admission: protocol/admission
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
         self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
         self.ttl = round_record_ttl(cfg)
@@ -76,7 +77,7 @@ class RoundProtocol:
         self.last_announced = 0  # the last round we announced an update for
         self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
-        self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
+        self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes, admission, ledger)
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -93,6 +94,7 @@ class RoundProtocol:
             established_rounds=self.cfg.established_rounds,
             max_bytes=self.max_bytes,
             banned=self.hooks.banned,
+            admission=self.admission,
         )
 
     # ------------------------------------------------------------------------------- announce
@@ -115,6 +117,7 @@ class RoundProtocol:
             tokens=tokens,
             base=base,
             time=self.net.now(),
+            work=self.admission.proof,
         )
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
 
@@ -238,7 +241,7 @@ class RoundProtocol:
         rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
         starts from our state, continues our ledger (or a better sibling of our last roster,
         returned for a swap) with the beacon that follows from it and its leader's unique
-        reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
+        reveal, and lists signed announcements of live, unbanned, admitted peers of the run's exact size."""
         if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
             raise ProtocolError("its leader is not an established peer on this state")
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
@@ -264,14 +267,10 @@ class RoundProtocol:
         if cands is not None and leader != self.me:
             election.check_turn(slot, self.elapsed(round_no), self.cfg)
         election.check_reveal(roster, env["key"])
-        if any(a.base != roster.base for a in anns):
-            raise ProtocolError("lists an update made for another state")
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
         if strangers:
             raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
-        banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
-        if banned:
-            raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
+        chain.check_entries(roster, anns, self.ledger, self.rules)  # base, bans, admission of new authors
         wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
         if wrong is not None:
             raise ProtocolError(f"lists an update that {wrong}")

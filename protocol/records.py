@@ -154,7 +154,7 @@ class Announcement:
     base: str
     time: float
     work: tuple = ()
-    """[epoch, 8-byte nonce]: the author's admission proof (protocol/work.py); () in a run without
+    """[epoch, 8-byte nonce]: the author's admission proof (protocol/admission/work.py); () in a run without
     work, and then absent from the wire, so such announcements keep their bytes."""
 
     def to_wire(self) -> dict:

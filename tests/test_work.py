@@ -1,4 +1,4 @@
-"""Step 7 of the trust design: an identity costs work (protocol/work.py, node/round/admission.py).
+"""Step 7 of the trust design: an identity costs work (protocol/admission: work.py, rule.py).
 
 Puzzles here are cheap (a few bits at scrypt n 2^1..2^4) and every nonce searched from a fixed
 start over fixed keys, so each test is deterministic and fast. The fake network (tests/fakes.py)
@@ -208,3 +208,40 @@ def test_a_banned_identity_back_with_a_new_key_is_not_credited_before_it_solves(
         assert back.id not in play_with_back()  # checked once, remembered as failed
     adm.proof = tuple(PUZZLE.solve(signing.public_der(back.key), STOP, first=1))
     assert back.id in play_with_back()  # solved: listed, and so credited like any entry
+
+
+# ------------------------------------------------------------------------ the volunteer's proof
+def test_a_volunteer_solves_once_keeps_its_proof_and_stops_at_once(tmp_path, scrypt_calls):
+    from types import SimpleNamespace
+
+    from node.config import NodeConfig
+    from node.peer.wiring import NodeParts
+    from tests.fakes import new_key
+
+    key, me = new_key()
+    said: list[str] = []
+
+    def node(admission: Admission) -> SimpleNamespace:
+        return SimpleNamespace(
+            rounds=SimpleNamespace(admission=admission),
+            key=key,
+            me=me,
+            manifest={"organizer": "someone else"},
+            cfg=NodeConfig(data_dir=str(tmp_path)),
+            run_id=RUN,
+            out=SimpleNamespace(say=said.append),
+        )
+
+    stopped = threading.Event()
+    stopped.set()
+    assert not NodeParts.obtain_proof(node(Admission(PUZZLE)), stopped)  # Ctrl+C: no proof, no wait
+    first = Admission(PUZZLE)
+    assert NodeParts.obtain_proof(node(first), STOP) and PUZZLE.valid(signing.public_der(key), work.Proof(*first.proof))
+    assert any("admission work" in line for line in said)
+    again = Admission(PUZZLE)  # a restart: the kept proof is checked (one evaluation), not solved again
+    scrypt_calls.calls = 0
+    assert NodeParts.obtain_proof(node(again), stopped) and again.proof == first.proof
+    assert scrypt_calls.calls == 1
+    organizer = Admission(PUZZLE)
+    assert NodeParts.obtain_proof(SimpleNamespace(**{**vars(node(organizer)), "manifest": {"organizer": me}}), STOP)
+    assert organizer.proof == ()  # the organizer is exempt: it solves nothing

@@ -65,7 +65,7 @@ class ChainRules:
     banned: Callable[[Ledger], set[str]] = field(default=lambda window: set())
     """Peers the window's scores ban (Hooks.banned): a roster listing one is refused."""
     admission: Admission = DISABLED
-    """Proofs of work of authors new to the chain, and how many a roster may list (admission.py)."""
+    """Proofs of work of authors new to the chain, and how many a roster may list (protocol/admission/rule.py)."""
 
 
 def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:

@@ -62,7 +62,7 @@ class RosterBuilder:
         self.net, self.run_id, self.key, self.hooks, self.updates = net, run_id, key, hooks, updates
         self.me = net.me
         self.max_bytes = max_bytes
-        self.admission = admission  # whose proofs of work we check, and how many a roster (admission.py)
+        self.admission = admission  # whose proofs of work we check, and how many a roster (protocol/admission/rule.py)
         self.ledger = ledger if ledger is not None else Ledger()  # the chain that says who is new
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:

@@ -43,10 +43,6 @@ class Admission:
         self.checked: dict[tuple[str, int, bytes], bool] = {}  # (peer, epoch, nonce) -> valid
         self.lock = threading.Lock()
 
-    @property
-    def enabled(self) -> bool:
-        return self.puzzle is not None
-
     def valid(self, peer: str, key_der: bytes, proof: tuple) -> bool:
         """Is `proof` (an announcement's `work`) valid for `peer`'s key? One evaluation per proof."""
         if self.puzzle is None or peer == self.organizer:

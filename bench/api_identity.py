@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-RUN = """\
+from node.config import CHEAP_WORK_TOML
+
+RUN = (
+    """\
 name = "api-identity"
 [model]
 {model}
@@ -45,8 +48,11 @@ collect_timeout = 20.0
 round_timeout = 60.0
 heartbeat_interval = 1.0
 heartbeat_ttl = 5.0
-{more}
 """
+    + CHEAP_WORK_TOML
+    + """{more}
+"""
+)
 
 
 class Case(NamedTuple):

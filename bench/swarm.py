@@ -39,12 +39,13 @@ from pathlib import Path
 from bench.cpuquota import CpuQuota
 from bench.linkemu import EmulatedNetwork, LinkSpec, missing_requirements
 from bench.tables import markdown_table
-from node.config import SwarmConfig
+from node.config import CHEAP_WORK_TOML, SwarmConfig
 from node.errors import SwarmtrainError
 
 WARMUP = 5.0
 """Seconds after every peer finished a round with all peers in it before the window opens."""
-RUN_TOML = """\
+RUN_TOML = (
+    """\
 name = "bench-swarm"
 [model]
 d_model = 128
@@ -67,6 +68,8 @@ heartbeat_ttl = 5.0
 {window}
 min_peers = {min_peers}
 """
+    + CHEAP_WORK_TOML
+)
 """The run file of every case; the fields in braces come from the case."""
 
 

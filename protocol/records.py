@@ -169,9 +169,17 @@ class Announcement:
     tokens: int
     base: str
     time: float
+    work: tuple = ()
+    """[epoch, 8-byte nonce]: the author's admission proof (protocol/admission/work.py); () in a run without
+    work, and then absent from the wire, so such announcements keep their bytes."""
 
     def to_wire(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.work:
+            del d["work"]
+        else:
+            d["work"] = list(self.work)
+        return d
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int) -> Announcement:
@@ -188,7 +196,20 @@ class Announcement:
             tokens=count_field(d, "tokens", w),
             base=sha256_field(field(d, "base", str, where=w), w),
             time=finite_field(field(d, "time", float, where=w), "time", w),
+            work=work_field(d, w),
         )
+
+
+def work_field(d: dict, where: str) -> tuple:
+    """An announcement's optional `work`: () when absent, else (epoch, nonce of 8 bytes)."""
+    work = _optional(d, "work", list, [], where=where)
+    if not work:
+        return ()
+    if len(work) != 2 or type(work[0]) is not int or not 0 <= work[0] < 2**32 or not isinstance(work[1], bytes):
+        raise ProtocolError(f"{where}: work must be [epoch, nonce]")
+    if len(work[1]) != 8:
+        raise ProtocolError(f"{where}: a work nonce has 8 bytes, not {len(work[1])}")
+    return (work[0], work[1])
 
 
 @dataclass(frozen=True, kw_only=True)

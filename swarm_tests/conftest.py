@@ -18,10 +18,12 @@ from typing import NamedTuple
 import pytest
 
 from bench.swarm import stop_group
+from node.config import CHEAP_WORK_TOML
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL_RUN = """\
+SMALL_RUN = (
+    """\
 name = "test"
 [model]
 d_model = 64
@@ -41,6 +43,8 @@ round_timeout = 60.0
 heartbeat_interval = 1.0
 heartbeat_ttl = 5.0
 """
+    + CHEAP_WORK_TOML
+)
 
 
 class Proc:

@@ -7,12 +7,14 @@ import signal
 
 import pytest
 
+from node.config import CHEAP_WORK_TOML
 from swarm_tests.conftest import start_bootstrap
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'swarmtrain[ray]')")
 pytest.importorskip("peft", reason="the [hf] extra is not installed (pip install 'swarmtrain[hf]')")
 
-LORA_RUN = """\
+LORA_RUN = (
+    """\
 name = "ray-lora"
 [model]
 kind = "hf"
@@ -36,6 +38,8 @@ round_timeout = 90.0
 heartbeat_interval = 1.0
 heartbeat_ttl = 5.0
 """
+    + CHEAP_WORK_TOML
+)
 
 
 def test_ray_launch_two_lora_volunteers_end_identical(procs, tmp_path):

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from node.config import CHEAP_WORK_TOML
+
 
 @pytest.mark.parametrize("strategy", ["sparseloco", "decoupled-momentum"])
 def test_demo_strategy_bit_identical_and_bytes_match_codec(tmp_path, strategy):
@@ -53,7 +55,7 @@ def test_overlapped_rounds_stay_bit_identical(tmp_path):
         "[train]\nbatch_size = 8\nwarmup_steps = 5\n"
         '[strategy]\nname = "sparseloco"\ninner_steps = 10\noverlap = true\n'
         "[swarm]\ncollect_timeout = 20.0\nround_timeout = 90.0\nheartbeat_interval = 1.0\n"
-        "heartbeat_ttl = 6.0\nmin_peers = 3\n"
+        "heartbeat_ttl = 6.0\nmin_peers = 3\n" + CHEAP_WORK_TOML
     )
     summary = tmp_path / "s.json"
     cmd = [

@@ -16,7 +16,7 @@ def test_the_sybil_tier_keeps_the_state_the_ranking_and_the_honest_peers(tmp_pat
     for row in rows:
         by.setdefault(row["row"], []).append(row)
         assert 0 <= row["identity_share"] <= 1 and 0 <= row["established_share"] <= 1
-    assert set(by) == {"capture", "grinding", "stall", "framing", "flood"}
+    assert set(by) == {"capture", "grinding", "stall", "framing", "flood", "work", "work-flood"}
     for row in by["capture"]:
         assert row["adopted_non_honest"] == 0 and row["state_requests_to_sybils"] == 0
         assert row["looks"]["joiner"]["adopted"] == "honest" and row["looks"]["resumed"]["adopted"] == "honest"
@@ -31,3 +31,5 @@ def test_the_sybil_tier_keeps_the_state_the_ranking_and_the_honest_peers(tmp_pat
     assert copies["honest_banned"] == 0 and copies["honest_flags"] == 0
     (flood,) = by["flood"]
     assert flood["modes"]["standing"]["peers_seen"] == 4 + flood["valid_sybils"]
+    (junk,) = by["work-flood"]
+    assert junk["max_scrypt_calls_per_roster"] <= 4  # a leader checks at most `newcomers` proofs a roster

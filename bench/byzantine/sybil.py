@@ -10,6 +10,8 @@ protocol, ledger, chain and catch-up and the real RunValidator, on the in-memory
   framing   Sybils copying a victim, Sybil leaders writing WORST for it (sybil_leaders.py,
             sybil_framing.py): honest peers banned
   flood     1,000 Sybil records in the DHT (sybil_flood.py): an honest peer's CPU per poll
+  work      what one identity's admission proof costs at the defaults; work-flood: a leader's
+            scrypt calls per roster under 1,000 junk proofs (sybil_work.py)
 
 Influence by verified contribution (docs/trust-model.md, step 4) is not built: today leadership
 and bans follow the share of *identities among established peers*, so every row states the
@@ -58,6 +60,8 @@ class SybilTier:
     """Sybil records in the flooded DHT (10 of them valid Sybils)."""
     flood_polls: int = 40
     """Polls measured per flood mode."""
+    work_solves: int = 3
+    """Whole searches for an admission proof timed at the defaults (minutes of a core each)."""
 
 
 TIERS = {
@@ -72,6 +76,7 @@ TIERS = {
         copy_rounds=6,
         flood_records=200,
         flood_polls=5,
+        work_solves=0,
     ),
 }
 """`bench byzantine --sybil --sybil-tier NAME`: full (the committed results) and tiny (the test)."""
@@ -215,6 +220,8 @@ def run_sybil(json_path: str, tier: str = "full", say=print) -> list[dict]:
     from bench.byzantine.sybil_flood import flood
     from bench.byzantine.sybil_framing import copies
     from bench.byzantine.sybil_leaders import framing_by_scores, stall
+    from bench.byzantine.sybil_work import cost
+    from bench.byzantine.sybil_work import flood as work_flood
 
     size = TIERS[tier]
     logging.getLogger("swarmtrain").setLevel(logging.ERROR)  # each refused Sybil record logs a warning
@@ -227,6 +234,8 @@ def run_sybil(json_path: str, tier: str = "full", say=print) -> list[dict]:
         jobs += [lambda k=k, n=n: framing_by_scores(pool, k, n, size.framing_rounds) for k, n in size.framing_shares]
         jobs.append(lambda: copies(pool, 3, size.copy_rounds))
         jobs.append(lambda: flood(pool, size.flood_records, size.flood_polls))
+        jobs.append(lambda: cost(size.work_solves))
+        jobs.append(lambda: work_flood(size.flood_records))
         for job in jobs:
             started = time.monotonic()
             row = job()

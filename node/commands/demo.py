@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from node.config import StrategyName
+from node.config import CHEAP_WORK_TOML, StrategyName
 from node.errors import SwarmtrainError
 from node.peer.bootstrap import READY_FILE
 from node.watch.progress import Reporter
 
-DEMO_RUN_TOML = """\
+DEMO_RUN_TOML = (
+    """\
 # The demo run: small enough for a laptop CPU, same code path as a real swarm.
 name = "demo"
 [model]
@@ -49,6 +50,8 @@ heartbeat_ttl = 6.0
 # a moment, and one that led alone would split the run at its genesis
 min_peers = {peers}
 """
+    + CHEAP_WORK_TOML
+)
 
 
 @dataclass(kw_only=True)

@@ -17,8 +17,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from node.config.local import NodeConfig
 from node.config.schema import check_value, field_docs, parse_env, type_hints
-from node.config.settings import NodeConfig, RunConfig
+from node.config.settings import RunConfig
 from node.config.validate import validate_node, validate_run
 from node.errors import SwarmtrainError
 
@@ -120,3 +121,12 @@ def as_dict(cfg: Any) -> dict:
 def environ() -> Mapping[str, str]:
     """The one place the process environment is read for configuration."""
     return os.environ
+
+
+CHEAP_WORK_TOML = """\
+identity_work_bits = 3
+identity_work_n_log2 = 6
+"""
+"""[swarm] lines that make admission work cost milliseconds (8 evaluations of 48 KiB). The demo
+run and every run file the tests and benches build end their [swarm] table with them: the code
+path runs everywhere, without the default's minutes of a core per identity."""

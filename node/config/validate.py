@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any, NamedTuple, get_args
 
+from node.config.local import NodeConfig
 from node.config.schema import choices, field_docs, is_choice, type_hints
-from node.config.settings import NodeConfig, RunConfig, StrategyName, WireDtype
+from node.config.settings import RunConfig, StrategyName, WireDtype
 from node.errors import SwarmtrainError
 
 
@@ -101,6 +102,9 @@ RUN_RANGES: dict[str, Range] = {
     "swarm.max_inner_steps": NOT_NEGATIVE,
     "swarm.relay_fanout": NOT_NEGATIVE,
     "swarm.relay_wait": NOT_NEGATIVE,
+    "swarm.identity_work_bits": Range(0, 32),  # 32 bits: 4 billion evaluations, years of a core
+    "swarm.identity_work_n_log2": Range(1, 22),  # scrypt needs n >= 2; 2^22 at r 8 is 4 GiB an evaluation
+    "swarm.identity_work_r": Range(1, 32),
     "robust.clip_multiple": NOT_NEGATIVE,
     "robust.trim_fraction": Range(0, 0.5, high_open=True),
     "robust.score_window": AT_LEAST_ONE,

@@ -91,6 +91,8 @@ class Peer(NodeParts):
     def begin(self, stop: threading.Event) -> bool:
         """Take the swarm's state (or our checkpoint), say we are here, open the first round.
         False: nothing to train (stopped, or max_rounds already reached)."""
+        if not self.obtain_proof(stop):  # our announcements count only with a proof of work
+            return False
         self.applier.state, how = self.sync.initial_state(stop)
         self.joined_round, self.joined_at = self.state.round, time.monotonic()
         self.start_heartbeat()

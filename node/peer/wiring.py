@@ -5,6 +5,10 @@ reporting. The volunteer's loop (volunteer.py) runs over them.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -43,6 +47,11 @@ from node.train.window import ComputeWindow
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
+from protocol.admission import work
+from protocol.admission.rule import Admission
+from protocol.signing import public_der
+
+PROOF_SAY_EVERY = 15.0  # seconds between two progress lines while we solve our admission proof
 
 
 class LoadedData(NamedTuple):
@@ -151,6 +160,7 @@ class NodeParts:
             self.applier.hooks(),
             self.max_bytes,
             update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
+            admission=Admission(self.puzzle(), organizer=self.manifest["organizer"]),
         )
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
         self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.peers())
@@ -203,6 +213,53 @@ class NodeParts:
             self.run.privacy, local_optimizer=self.strategy.local_optimizer, on_epsilon=self.reports.spent
         )
 
+    def puzzle(self) -> work.Puzzle:
+        """The run's admission puzzle ([swarm] identity_work_*: in the manifest, hence the run id)."""
+        s = self.run.swarm
+        return work.Puzzle(
+            run_id=self.run_id, bits=s.identity_work_bits, n_log2=s.identity_work_n_log2, r=s.identity_work_r
+        )
+
+    def obtain_proof(self, stop: threading.Event) -> bool:
+        """Our admission proof (protocol/admission/work.py), saved under the run's data dir for
+        this key, else solved once in a background thread that `stop` (Ctrl+C) ends within one
+        evaluation, saying how far it is (minutes of one core at the defaults). False: stopped.
+        A run without work, and its organizer (exempt), need none."""
+        admission, der = self.rounds.admission, public_der(self.key)
+        puzzle = admission.puzzle
+        if puzzle is None or admission.proof or self.me == self.manifest["organizer"]:
+            return True
+        path = Path(self.cfg.data_dir) / self.run_id / f"work-{hashlib.sha256(der).hexdigest()[:16]}.json"
+        saved = _saved_proof(path)
+        if saved is not None and puzzle.valid(der, saved):
+            admission.proof = tuple(saved)
+            return True
+        done, found = [0], []
+        solver = threading.Thread(
+            target=lambda: found.append(puzzle.solve(der, stop, lambda n: done.__setitem__(0, n))),
+            name="admission-work",
+            daemon=True,
+        )
+        t0 = time.monotonic()
+        self.out.say(
+            f"admission work: this run asks each new identity for a proof of work ({puzzle.bits} bits of "
+            f"scrypt n=2^{puzzle.n_log2}), about {puzzle.expected} evaluations, once per run and key. Ctrl+C stops."
+        )
+        solver.start()
+        while solver.is_alive():
+            solver.join(PROOF_SAY_EVERY)
+            if solver.is_alive() and not stop.is_set():
+                self.out.say(
+                    f"admission work: {done[0]} of ~{puzzle.expected} evaluations ({time.monotonic() - t0:.0f} s)"
+                )
+        if not found or found[0] is None:
+            return False
+        admission.proof = tuple(found[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"epoch": found[0].epoch, "nonce": found[0].nonce.hex()}))
+        self.out.say(f"admission work: done in {time.monotonic() - t0:.0f} s, kept in {path}")
+        return True
+
     # ------------------------------------------------------------- what a peer brings: the CLI's
     # A peer driven from Python (node/peer/driver.py) brings its own model, optimizer and data:
     # it overrides these and shares everything else.
@@ -243,3 +300,11 @@ class NodeParts:
     def state(self) -> SwarmState:
         """The swarm's state as we hold it (the applier's: rounds and syncs replace it)."""
         return self.applier.state
+
+
+def _saved_proof(path: Path) -> work.Proof | None:
+    try:
+        d = json.loads(path.read_text())
+        return work.Proof(int(d["epoch"]), bytes.fromhex(d["nonce"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

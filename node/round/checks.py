@@ -3,7 +3,7 @@
 A roster is taken only when its leader could be elected in its slot, it starts from our state,
 continues our ledger (or a better sibling of our last roster: the swarm converges on the best
 one), carries the beacon the chain gives and its leader's unique reveal, and lists signed
-announcements of live, unbanned peers of the run's exact size. RoundProtocol inherits these;
+announcements of live, unbanned, admitted peers of the run's exact size. RoundProtocol inherits these;
 they read its net, ledger, hooks and what it saw live (`seen`) and when it opened each round.
 """
 
@@ -14,7 +14,7 @@ import logging
 from node.round import election
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
-from node.round.trust import marks
+from node.round.trust import chain, marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 
@@ -31,7 +31,7 @@ class RosterChecks:
         rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
         starts from our state, continues our ledger (or a better sibling of our last roster,
         returned for a swap) with the beacon that follows from it and its leader's unique
-        reveal, and lists signed announcements of live, unbanned peers of the run's exact size."""
+        reveal, and lists signed announcements of live, unbanned, admitted peers of the run's exact size."""
         if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
             raise ProtocolError("its leader is not an established peer on this state")
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
@@ -66,14 +66,10 @@ class RosterChecks:
             election.check_turn(slot, self.elapsed(round_no), self.cfg)
         marks.check(roster, {a.peer for a in anns})
         election.check_reveal(roster, env["key"])
-        if any(a.base != roster.base for a in anns):
-            raise ProtocolError("lists an update made for another state")
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
         if strangers:
             raise ProtocolError(f"lists {strangers[0][:16]}, which has no live signed heartbeat")
-        banned = self.hooks.banned(self.ledger) & {a.peer for a in anns}
-        if banned:
-            raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the ledger's scores")
+        chain.check_entries(roster, anns, self.ledger, self.rules)  # base, bans, admission of new authors
         wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
         if wrong is not None:
             raise ProtocolError(f"lists an update that {wrong}")

@@ -18,10 +18,11 @@ from node.config import SwarmConfig
 from node.round import election
 from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
-from node.round.ledger import AcceptedRoster
+from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import RoundNet
 from node.round.trust import marks
 from protocol import keys, signed, signing
+from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
@@ -49,11 +50,23 @@ class Contribution(NamedTuple):
 class RosterBuilder:
     """The leader's side of a round."""
 
-    def __init__(self, net: RoundNet, run_id: str, key, hooks: Hooks, updates: UpdateFetcher, max_bytes: int):
+    def __init__(
+        self,
+        net: RoundNet,
+        run_id: str,
+        key,
+        hooks: Hooks,
+        updates: UpdateFetcher,
+        max_bytes: int,
+        admission: Admission = DISABLED,
+        ledger: Ledger | None = None,
+    ):
         self.net, self.run_id, self.key, self.hooks, self.updates = net, run_id, key, hooks, updates
         self.me = net.me
         self.max_bytes = max_bytes
         self.carry: Callable[[int], dict | None] = lambda round_no: None  # the checkpoint a roster embeds
+        self.admission = admission  # whose proofs of work we check, and how many a roster (protocol/admission/rule.py)
+        self.ledger = ledger if ledger is not None else Ledger()  # the chain that says who is new
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
         """The signed announcements of this round's updates that apply to state `base` (in a split
@@ -90,7 +103,12 @@ class RosterBuilder:
         over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
         updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly."""
         announced = self.announcements(round_no, base)
-        picked = [announced[p] for p in sorted(announced) if p in eligible]
+        candidates = {p: s for p, s in announced.items() if p in eligible}
+        known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
+        admitted = self.admission.admit(candidates, known, beacon)
+        if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
+            at_least = min(at_least, len(admitted))
+        picked = [announced[p] for p in sorted(admitted)]
         blobs = self._fetch(picked, round_no, slow)
         good = [
             Contribution(s.envelope, s.announcement, blob)

@@ -212,6 +212,13 @@ class Ledger:
     def appearances(self) -> Counter:
         return Counter(a.peer for accepted in self.rosters.values() for a in accepted.announcements)
 
+    def authors_before(self, round_no: int, lookback: int) -> tuple[set[str], bool]:
+        """Authors of the rosters we hold of the `lookback` rounds before `round_no` (from round 1),
+        and whether we hold each of those rosters (protocol/admission: who is new to the chain)."""
+        rounds = range(max(1, round_no - lookback), round_no)
+        held = [self.rosters[r] for r in rounds if r in self.rosters]
+        return {a.peer for accepted in held for a in accepted.announcements}, len(held) == len(rounds)
+
     def established(self, k: int) -> set[str]:
         """Peers named in at least k rosters of the window: who may lead."""
         return {p for p, n in self.appearances().items() if n >= k}

@@ -33,6 +33,7 @@ from node.round.net import PeerTable, RoundNet
 from node.round.trust import marks
 from node.round.trust.chain import ChainRules
 from protocol import keys, signed
+from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
@@ -63,10 +64,10 @@ class RoundProtocol(RosterChecks):
         hooks: Hooks,
         max_bytes: int,
         update_shape: UpdateShape | None = None,
+        admission: Admission = DISABLED,
     ):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
-        self.me = net.me
-        self.max_bytes = max_bytes
+        self.me, self.max_bytes, self.admission = net.me, max_bytes, admission  # admission: protocol/admission
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
         self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
         self.ttl = round_record_ttl(cfg)
@@ -78,7 +79,7 @@ class RoundProtocol(RosterChecks):
         self.last_announced = 0  # the last round we announced an update for
         self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
-        self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes)
+        self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes, admission, ledger)
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -96,6 +97,7 @@ class RoundProtocol(RosterChecks):
             max_bytes=self.max_bytes,
             banned=self.hooks.banned,
             organizer=self.ledger.anchor.organizer if self.ledger.anchor else "",  # checks carried checkpoints
+            admission=self.admission,
         )
 
     # ------------------------------------------------------------------------------- announce
@@ -118,6 +120,7 @@ class RoundProtocol(RosterChecks):
             tokens=tokens,
             base=base,
             time=self.net.now(),
+            work=self.admission.proof,
         )
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
 

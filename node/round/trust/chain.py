@@ -25,8 +25,9 @@ from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.trust import anchor, marks
 from protocol import signed
+from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
-from protocol.records import GENESIS
+from protocol.records import GENESIS, Announcement, Roster
 
 
 class Link(NamedTuple):
@@ -67,6 +68,8 @@ class ChainRules:
     organizer: str = ""
     """The peer id the manifest names: the only key a checkpoint a roster carries may be signed by
     (node/round/trust/anchor.py). Empty: carried checkpoints are not checked, nor used."""
+    admission: Admission = DISABLED
+    """Proofs of work of authors new to the chain, and how many a roster may list (protocol/admission/rule.py)."""
 
 
 def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:
@@ -85,14 +88,21 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
     leaders = window.established(rules.established_rounds)
     if leaders and roster.leader not in leaders:
         raise ProtocolError(f"its leader {roster.leader[:16]} was not established on the chain before it")
+    check_entries(roster, anns, window, rules)
+    if roster.checkpoint is not None and rules.organizer:
+        anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
+    return AcceptedRoster(env, roster, tuple(anns))
+
+
+def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rules: ChainRules) -> None:
+    """The entries' own rules, given the rosters before (`window`): every update made for the
+    roster's base, no author the window's scores ban, new authors admitted (protocol/admission)."""
     if any(a.base != roster.base for a in anns):
         raise ProtocolError("lists an update made for another state")
     banned = rules.banned(window) & {a.peer for a in anns}
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
-    if roster.checkpoint is not None and rules.organizer:
-        anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
-    return AcceptedRoster(env, roster, tuple(anns))
+    rules.admission.check(roster, anns, *window.authors_before(roster.round, rules.admission.lookback))
 
 
 class Verified(NamedTuple):

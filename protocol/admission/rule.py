@@ -1,0 +1,110 @@
+"""Admission: an author's updates count only with a proof of work bound to its key (work.py).
+
+Checking a proof costs one scrypt evaluation (~0.1 s at the defaults), so a flood of fresh keys
+with junk proofs must not buy that per key per read. Hence:
+  * proofs are checked only for authors *new to the chain* (in none of the last LOOKBACK
+    rosters): the others entered through a roster whose readers checked them;
+  * a leader lists at most `newcomers` new authors per roster and checks at most that many
+    proofs to find them, taking unchecked newcomers in the order of SHA-256(beacon | peer), which
+    no announcer chooses; the rest wait for later rounds;
+  * a reader refuses a roster with more new authors than that, or with an invalid proof;
+  * every check is remembered by (peer, epoch, nonce), failures included: a proof is evaluated
+    once however often it is announced (the design keyed by (peer, epoch): then one bad proof,
+    a guess, locked a key out for the epoch, which is the whole run while only epoch 0 is built;
+    the per-roster budget, not this memory, is what bounds a flood's cost).
+The organizer is exempt (it signed the manifest). Heartbeats carry no proof.
+A run without work (identity_work_bits 0) gets DISABLED, which admits everyone and checks nothing.
+Pure: who is known comes from the caller's chain (node/round/ledger.py: Ledger.authors_before).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from protocol.admission import work
+from protocol.errors import ProtocolError
+from protocol.records import Announcement, Roster
+
+NEWCOMERS = 4  # most authors new to the chain one roster may list: a leader checks at most this many proofs a roster
+LOOKBACK = 32  # rosters before a round in which an author counts as known (< the ledger's 64, which holds them)
+REMEMBERED = 65536  # checked proofs kept (a flood past this costs one evaluation per proof again)
+
+
+class Admission:
+    """One run's admission rule, and what this peer has checked of it."""
+
+    def __init__(self, puzzle: work.Puzzle | None, *, newcomers: int = NEWCOMERS, organizer: str = ""):
+        self.puzzle = puzzle if puzzle is not None and puzzle.bits > 0 else None
+        self.newcomers, self.organizer = newcomers, organizer
+        self.lookback = LOOKBACK
+        self.proof: tuple = ()
+        """Ours, as our announcements carry it (set once solved or loaded: node/peer/wiring.py)."""
+        self.checked: dict[tuple[str, int, bytes], bool] = {}  # (peer, epoch, nonce) -> valid
+        self.lock = threading.Lock()
+
+    def valid(self, peer: str, key_der: bytes, proof: tuple) -> bool:
+        """Is `proof` (an announcement's `work`) valid for `peer`'s key? One evaluation per proof."""
+        if self.puzzle is None or peer == self.organizer:
+            return True
+        if not proof:
+            return False  # an announcement without work (an old peer): refused where work is asked
+        memo = (peer, *proof)
+        with self.lock:
+            known = self.checked.get(memo)
+        if known is None:
+            known = self.puzzle.valid(key_der, work.Proof(*proof))
+            with self.lock:
+                if len(self.checked) >= REMEMBERED:
+                    self.checked.pop(next(iter(self.checked)))
+                self.checked[memo] = known
+        return known
+
+    def admit(self, announced: dict[str, tuple[dict, Announcement]], known: set[str], beacon: str) -> set[str]:
+        """The leader's side: which of the `announced` peers (peer -> (envelope, announcement)) its
+        roster may list, given the authors `known` to the chain before it. Known authors all; of
+        the new ones at most `newcomers` with a valid proof, checking at most `newcomers` proofs,
+        in the order of SHA-256(beacon | peer)."""
+        if self.puzzle is None:
+            return set(announced)
+        known = known | {self.organizer}
+        out = {p for p in announced if p in known}
+        new = sorted((p for p in announced if p not in known), key=lambda p: _order(beacon, p))
+        taken = checks = 0
+        for p in new:
+            if taken >= self.newcomers:
+                break
+            env, ann = announced[p]
+            with self.lock:
+                cached = ann.work and (p, *ann.work) in self.checked
+            if not cached:
+                if checks >= self.newcomers:
+                    continue  # no check left this roster: a cached newcomer may still come
+                checks += bool(ann.work)  # no proof at all costs nothing
+            if self.valid(p, env["key"], ann.work):
+                out.add(p)
+                taken += 1
+        return out
+
+    def check(self, roster: Roster, anns: list[Announcement], known: set[str], whole: bool) -> None:
+        """The reader's side: raise ProtocolError if `roster` lists more than `newcomers` authors
+        not `known` to the chain before it, or such an author without a valid proof. Newness is
+        counted only when the reader's window is `whole` (it holds every roster of the lookback;
+        a joiner's may not): otherwise every author's proof is checked (once each)."""
+        if self.puzzle is None:
+            return
+        known = (known if whole else set()) | {self.organizer}
+        new = [(env, a) for env, a in zip(roster.entries, anns) if a.peer not in known]
+        if whole and len(new) > self.newcomers:
+            raise ProtocolError(f"lists {len(new)} authors new to the chain; at most {self.newcomers} a roster")
+        for env, a in new:
+            if not self.valid(a.peer, env["key"], a.work):
+                raise ProtocolError(f"lists {a.peer[:16]}, whose announcement carries no valid admission proof")
+
+
+DISABLED = Admission(None)
+"""A run without admission work: everyone is admitted and nothing is checked."""
+
+
+def _order(beacon: str, peer: str) -> bytes:
+    return hashlib.sha256(f"{beacon}|{peer}".encode()).digest()

@@ -1,0 +1,247 @@
+"""Step 7 of the trust design: an identity costs work (protocol/admission: work.py, rule.py).
+
+Puzzles here are cheap (a few bits at scrypt n 2^1..2^4) and every nonce searched from a fixed
+start over fixed keys, so each test is deterministic and fast. The fake network (tests/fakes.py)
+runs the real round protocol, chain checks and validators."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from node.round.ledger import Ledger
+from node.round.trust import chain
+from protocol import signed, signing
+from protocol.admission import work
+from protocol.admission.rule import DISABLED, LOOKBACK, Admission
+from protocol.errors import ProtocolError
+from protocol.records import Announcement, Roster
+from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
+
+PUZZLE = work.Puzzle(run_id=RUN, bits=3, n_log2=4, r=8)
+STOP = threading.Event()  # never set: the searches here end by finding
+
+
+def admit(peers: list[Peer], *, solve: bool = True, newcomers: int = 4) -> list[Admission]:
+    """Give each peer the run's admission rule (and, with `solve`, its proof)."""
+    out = []
+    for p in peers:
+        adm = Admission(PUZZLE, newcomers=newcomers)
+        p.proto.admission = p.proto.builder.admission = adm
+        if solve:
+            adm.proof = tuple(PUZZLE.solve(signing.public_der(p.key), STOP, first=0))
+        out.append(adm)
+    return out
+
+
+class Counted:
+    """protocol.work.scrypt, counting its calls."""
+
+    def __init__(self):
+        self.calls, self.real = 0, work.scrypt
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch) -> Counted:
+    counted = Counted()
+    monkeypatch.setattr(work, "scrypt", counted)
+    return counted
+
+
+# ------------------------------------------------------------------------------- the puzzle
+def test_a_proof_admits_its_key_in_its_run_only(scrypt_calls):
+    puzzle = work.Puzzle(run_id=RUN, bits=10, n_log2=1, r=1)  # 1,024 evaluations a proof, ~microseconds each
+    a, b = b"DER of key A", b"DER of key B"
+    proof = puzzle.solve(a, STOP, first=0)
+    assert proof is not None and puzzle.valid(a, proof)
+    assert not puzzle.valid(b, proof)  # bound to the key
+    other_run = work.Puzzle(run_id="other-0123456789ab", bits=10, n_log2=1, r=1)
+    assert not other_run.valid(a, proof)  # bound to the run
+    assert not work.Puzzle(run_id=RUN, bits=10, n_log2=2, r=1).valid(a, proof)  # and to the run's parameters
+    calls = scrypt_calls.calls
+    assert not puzzle.valid(a, work.Proof(0, proof.nonce[:7]))  # malformed: refused without an evaluation
+    assert not puzzle.valid(a, work.Proof(1, proof.nonce))  # an epoch whose seed is not built
+    assert scrypt_calls.calls == calls
+    stopped = threading.Event()
+    stopped.set()
+    assert puzzle.solve(a, stopped) is None  # Ctrl+C: the search ends within one evaluation
+
+
+def test_the_announcement_carries_work_only_when_asked():
+    plain = Announcement(run=RUN, round=1, peer="p" * 46, nbytes=8, sha256="1" * 64, tokens=1, base=BASE0, time=1.0)
+    assert "work" not in plain.to_wire()  # a run without work keeps its bytes
+    proven = Announcement(**{**plain.__dict__, "work": (0, b"\x00" * 8)})
+    wire = proven.to_wire()
+    assert wire["work"] == [0, b"\x00" * 8]
+    for bad in ([0, b"\x00" * 7], [0], [True, b"\x00" * 8], [-1, b"\x00" * 8], "x"):
+        with pytest.raises(ProtocolError):
+            Announcement.from_wire({**wire, "work": bad}, max_bytes=64)
+
+
+# ---------------------------------------------------------------------- a flood of junk proofs
+def flood_announcement(i: int, proof: tuple, round_no: int = 1) -> tuple[dict, Announcement]:
+    ann = Announcement(
+        run=RUN, round=round_no, peer=f"sybil{i:05d}", nbytes=8, sha256="1" * 64, tokens=1, base=BASE0, time=1.0
+    )
+    return {"key": b"DER of sybil %d" % i}, Announcement(**{**ann.__dict__, "work": proof})
+
+
+def test_a_thousand_junk_proofs_cost_at_most_newcomers_evaluations_per_roster(scrypt_calls):
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1)  # a junk nonce passes 1 time in 4,096
+    flood = dict(
+        (ann.peer, (env, ann)) for env, ann in (flood_announcement(i, (0, i.to_bytes(8, "big"))) for i in range(1000))
+    )
+    honest_env, honest = flood_announcement(99999, ())
+    honest = Announcement(**{**honest.__dict__, "work": tuple(puzzle.solve(honest_env["key"], STOP, first=0))})
+    flood[honest.peer] = (honest_env, honest)
+    leader = Admission(puzzle, newcomers=4)
+    rounds_to_admit = None
+    for r in range(1, 400):
+        scrypt_calls.calls = 0
+        admitted = leader.admit(flood, set(), beacon=f"{r:064x}")
+        assert scrypt_calls.calls <= 4, f"roster {r}: {scrypt_calls.calls} scrypt evaluations"
+        assert admitted <= {honest.peer}, "a junk proof was admitted"
+        if admitted:
+            rounds_to_admit = r
+            break
+    assert rounds_to_admit is not None  # the honest newcomer waits its turn in the queue, then is admitted
+    checked = len(leader.checked)
+    scrypt_calls.calls = 0
+    leader.admit(flood, set(), beacon="0" * 64)  # known failures are never evaluated again
+    assert scrypt_calls.calls <= 4 and len(leader.checked) >= checked
+
+
+# -------------------------------------------------------------------- rounds on the fake network
+def test_six_peers_starting_together_enter_four_a_roster_and_a_joiner_verifies_the_chain():
+    _, _, peers = swarm(6)
+    admit(peers)
+    first = play_round(peers)
+    assert {len(p.accepted.announcements) for p in first.values()} == {4}  # 4 newcomers a roster
+    second = play_round(peers)
+    assert {len(p.accepted.announcements) for p in second.values()} == {6}  # the 2 waited one round
+    rules = peers[0].proto.rules
+    joiner = Admission(PUZZLE, newcomers=4)  # a fresh reader checks every new author's proof once
+    envelopes = [first[peers[0].id].accepted.envelope, second[peers[0].id].accepted.envelope]
+    checked = chain.verify(envelopes, chain.genesis(RUN, BASE0), Ledger(), replace(rules, admission=joiner))
+    assert checked.problem == "" and len(joiner.checked) == 6
+
+
+def test_a_roster_listing_an_unproven_author_is_refused_by_readers():
+    _, registry, peers = swarm(4)
+    admit(peers)
+    for _ in range(2):
+        play_round(peers)
+    newcomer = Peer(peers[0].net.dht, registry)
+    newcomer.digest, newcomer.round = peers[0].digest, peers[0].round
+    admit([newcomer], solve=False)  # it did not solve: its announcement carries no work
+    leader, reader = peers[0], peers[1]
+    leader.proto.admission = leader.proto.builder.admission = DISABLED  # a leader that ignores the rule
+    for p in [*peers, newcomer]:
+        p.heartbeat()
+        p.announce(f"update {p.id}".encode())
+    r = leader.round + 1
+    built = leader.proto.builder.build(
+        r, leader.digest, leader.ledger.prev_hash(r), {p.id for p in [*peers, newcomer]}, 1,
+        beacon=leader.proto.beacon(r), attempt=0,
+    )  # fmt: skip
+    assert newcomer.id in {a.peer for a in built.announcements}
+    reader.proto.seen.setdefault(r, set()).update(p.id for p in [*peers, newcomer])
+    with pytest.raises(ProtocolError, match="no valid admission proof"):
+        reader.proto.check_roster(built.envelope, leader.id, r, reader.digest, None)
+    with pytest.raises(ProtocolError, match="no valid admission proof"):
+        chain.check(built.envelope, chain.after(reader.ledger.rosters[r - 1]), reader.ledger, reader.proto.rules)
+
+
+def test_a_roster_with_more_newcomers_than_allowed_is_refused():
+    _, registry, peers = swarm(2)
+    admit(peers)
+    play_round(peers)
+    crowd = [Peer(peers[0].net.dht, registry) for _ in range(5)]
+    admit(crowd)  # five valid proofs: the count alone refuses the roster
+    leader, reader = peers[0], peers[1]
+    r = leader.round + 1
+    entries = tuple(
+        signed.seal(
+            s.key,
+            Announcement(
+                run=RUN, round=r, peer=s.id, nbytes=64, sha256="1" * 64, tokens=1, base=leader.digest,
+                time=leader.net.now(), work=s.proto.admission.proof,
+            ),
+        )
+        for s in sorted(crowd, key=lambda s: s.id)
+    )  # fmt: skip
+    roster = Roster(
+        run=RUN, round=r, leader=leader.id, prev=leader.ledger.prev_hash(r), base=leader.digest, result=BASE0,
+        time=leader.net.now(), entries=entries,
+        reveal=signing.sign_unique(leader.key, chain.election.reveal_message(RUN, r)), beacon=leader.proto.beacon(r),
+    )  # fmt: skip
+    env = signed.seal(leader.key, roster)
+    with pytest.raises(ProtocolError, match="5 authors new to the chain"):
+        chain.check(env, chain.after(reader.ledger.rosters[r - 1]), reader.ledger, reader.proto.rules)
+    assert LOOKBACK < 64  # the ledger's window (WINDOW) always holds the rosters newness is counted on
+
+
+def test_a_banned_identity_back_with_a_new_key_is_not_credited_before_it_solves():
+    _, registry, peers = swarm(4)
+    admit(peers)
+    for _ in range(2):
+        play_round(peers)
+    back = Peer(peers[0].net.dht, registry)  # the banned peer's new identity: a fresh key, no history
+    (adm,) = admit([back], solve=False)
+
+    def play_with_back() -> set[str]:
+        back.digest, back.round = peers[0].digest, peers[0].round
+        back.heartbeat()
+        back.announce(b"the returning peer's update")
+        played = play_round(peers)
+        return {a.peer for a in played[peers[0].id].accepted.announcements}
+
+    assert back.id not in play_with_back()  # no proof: left out, so no credit
+    adm.proof = (0, b"\x00" * 8)  # a guessed proof
+    if not PUZZLE.valid(signing.public_der(back.key), work.Proof(*adm.proof)):  # 7 times in 8
+        assert back.id not in play_with_back()  # checked once, remembered as failed
+    adm.proof = tuple(PUZZLE.solve(signing.public_der(back.key), STOP, first=1))
+    assert back.id in play_with_back()  # solved: listed, and so credited like any entry
+
+
+# ------------------------------------------------------------------------ the volunteer's proof
+def test_a_volunteer_solves_once_keeps_its_proof_and_stops_at_once(tmp_path, scrypt_calls):
+    from types import SimpleNamespace
+
+    from node.config import NodeConfig
+    from node.peer.wiring import NodeParts
+    from tests.fakes import new_key
+
+    key, me = new_key()
+    said: list[str] = []
+
+    def node(admission: Admission) -> SimpleNamespace:
+        return SimpleNamespace(
+            rounds=SimpleNamespace(admission=admission),
+            key=key,
+            me=me,
+            manifest={"organizer": "someone else"},
+            cfg=NodeConfig(data_dir=str(tmp_path)),
+            run_id=RUN,
+            out=SimpleNamespace(say=said.append),
+        )
+
+    stopped = threading.Event()
+    stopped.set()
+    assert not NodeParts.obtain_proof(node(Admission(PUZZLE)), stopped)  # Ctrl+C: no proof, no wait
+    first = Admission(PUZZLE)
+    assert NodeParts.obtain_proof(node(first), STOP) and PUZZLE.valid(signing.public_der(key), work.Proof(*first.proof))
+    assert any("admission work" in line for line in said)
+    again = Admission(PUZZLE)  # a restart: the kept proof is checked (one evaluation), not solved again
+    scrypt_calls.calls = 0
+    assert NodeParts.obtain_proof(node(again), stopped) and again.proof == first.proof
+    assert scrypt_calls.calls == 1
+    organizer = Admission(PUZZLE)
+    assert NodeParts.obtain_proof(SimpleNamespace(**{**vars(node(organizer)), "manifest": {"organizer": me}}), STOP)
+    assert organizer.proof == ()  # the organizer is exempt: it solves nothing

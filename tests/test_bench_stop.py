@@ -30,7 +30,7 @@ def test_bench_quality_stops_and_writes_nothing(tmp_path):
     stop.set()
     out = tmp_path / "q.json"
     assert run_quality("smoke", str(out), None, ["diloco"], 1, say=said.append, stop=stop) == []
-    assert "stopped: 0 of 2 runs" in said[-1] and not out.exists()
+    assert "stopped: 0 of 3 runs" in said[-1] and not out.exists()
 
 
 def test_bench_byzantine_stops_after_the_case_running_and_keeps_the_finished_rows(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.quality.presets import PRESETS, SMALL
+from bench.quality.simulator import build_strategy
 from node.config import RobustConfig, StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
 from node.outer.state import SwarmState
@@ -243,5 +244,28 @@ def test_adamw_trainer_is_unchanged():
 def test_new_presets_build():
     for strat_cfg, train in PRESETS.values():
         model = build_model(SMALL, 0)
-        make_strategy(strat_cfg, [tuple(p.shape) for p in model.parameters()], train)
+        build_strategy(strat_cfg, model, train, lambda step: 1.0, RobustConfig())
         InnerTrainer(model, train, torch.device("cpu"))
+
+
+def test_ddp_muon_steps_muon_on_the_matrices_and_adamw_on_the_rest():
+    """The DDP-Muon reference: Muon's momentum lives in the state (matrices only), AdamW's moments
+    on the rest, and one round moves every parameter."""
+    model = build_model(SMALL, 0)
+    strat_cfg, train = PRESETS["ddp-muon"]
+    strategy = build_strategy(strat_cfg, model, train, lambda step: 1.0, RobustConfig(aggregator="mean"))
+    state = SwarmState.initial(model, strategy.outer_buffers)
+    before = [p.clone() for p in state.params]
+    grads = [torch.randn_like(p) for p in state.params]
+    strategy.apply(state, [strategy.codec.encode(grads)])
+    mats = muon_matrices(model)
+    for p, b, m, v, flag in zip(
+        state.params,
+        before,
+        state.outer["momentum_buffer"],
+        state.outer["exp_avg"],
+        [id(q) in mats for q in model.parameters()],
+    ):
+        assert not torch.equal(p, b)
+        assert bool(m.abs().sum() > 0) == flag and bool(v.abs().sum() > 0) != flag
+    assert state.round == 1

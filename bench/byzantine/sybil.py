@@ -217,14 +217,23 @@ def grinding(pool: KeyPool, variants: int) -> dict:
 # ------------------------------------------------------------------------------------ the tier
 def run_sybil(json_path: str, tier: str = "full", say=print) -> list[dict]:
     """Every Sybil row of `tier`, written to `json_path` after each row."""
+    size = TIERS[tier]
+    quiet = logging.getLogger("swarmtrain")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # each refused Sybil record logs a warning
+    try:
+        return _rows(size, json_path, tier, say)
+    finally:
+        quiet.setLevel(level)  # the caller's logging as it was (a test's caplog, the CLI's)
+
+
+def _rows(size, json_path: str, tier: str, say) -> list[dict]:
     from bench.byzantine.sybil_flood import flood
     from bench.byzantine.sybil_framing import copies
     from bench.byzantine.sybil_leaders import framing_by_scores, stall
     from bench.byzantine.sybil_work import cost
     from bench.byzantine.sybil_work import flood as work_flood
 
-    size = TIERS[tier]
-    logging.getLogger("swarmtrain").setLevel(logging.ERROR)  # each refused Sybil record logs a warning
     pool, rows, t0 = KeyPool(), [], time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [lambda k=k, how=how: capture(pool, k, how, Path(tmp)) for k in size.crowds for how in HOWS]

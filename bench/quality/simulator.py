@@ -25,7 +25,7 @@ import torch
 
 from bench.quality import ddp_muon
 from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGES, OVERLAP_DELAY, PRESETS, TOPK_WARMUP, Preset, Tier
-from node.config import DataConfig, RobustConfig
+from node.config import DataConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
 from node.outer.aggregate import make_aggregator
 from node.outer.overlap import Overlap
@@ -61,6 +61,17 @@ def check_stop(stop: threading.Event | None) -> None:
         raise Stopped()
 
 
+def build_strategy(strat_cfg: StrategyConfig, model: torch.nn.Module, train_cfg, schedule, robust: RobustConfig):
+    """The preset's strategy for `model`: the run's (make_strategy), or DDP-Muon, a reference of
+    this benchmark only (bench/quality/ddp_muon.py says why), which needs to know Muon's matrices."""
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    if strat_cfg.name != ddp_muon.NAME:
+        return make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=robust)
+    matrices = muon_matrices(model)
+    flags = [id(p) in matrices for p in model.parameters()]
+    return ddp_muon.DdpMuon(strat_cfg, shapes, train_cfg, schedule, make_aggregator(robust), flags)
+
+
 def simulate_preset(
     preset: str,
     tier: Tier,
@@ -87,12 +98,7 @@ def simulate_preset(
     # the plain mean unless the preset names another exchange (presets.EXCHANGES): this benchmark
     # compares compression methods (rows reproducible across versions)
     exchange = EXCHANGES.get(preset, ALL_GATHER_MEAN)
-    if strat_cfg.name == ddp_muon.NAME:  # a reference of this benchmark only (its module says why)
-        matrices = muon_matrices(model)
-        flags = [id(p) in matrices for p in model.parameters()]
-        strategy = ddp_muon.DdpMuon(strat_cfg, shapes, train_cfg, schedule, make_aggregator(exchange.robust), flags)
-    else:
-        strategy = make_strategy(strat_cfg, shapes, train_cfg, schedule, robust=exchange.robust)
+    strategy = build_strategy(strat_cfg, model, train_cfg, schedule, exchange.robust)
     if exchange.scatter:
         if strat_cfg.name not in ("diloco", "ddp-adamw"):
             raise SwarmtrainError(

@@ -356,11 +356,11 @@ def test_an_endless_ledger_answer_costs_one_answer():
     assert ledger_requests([liar]) <= 2 and sum(held) <= 2 * batch  # one answer read, then dropped
 
 
-def fresh_heads(dht, registry, look: int) -> list[Peer]:
-    """6 fresh keys heartbeat 3 new heads (2 holders each) at higher rounds; they serve no ledger."""
+def fresh_heads(dht, registry, look: int, holders: int = 2) -> list[Peer]:
+    """Fresh keys heartbeat 3 new heads (`holders` each) at higher rounds; they serve no ledger."""
     crowd = []
     for h in range(3):
-        pair = [Peer(dht, registry) for _ in range(2)]
+        pair = [Peer(dht, registry) for _ in range(holders)]
         for s in pair:  # no ledger: refused, like a donor that answers nothing
             s.net.ledger = None
         hold(pair, Head(50 + look, hashlib.sha256(f"{look} {h}".encode()).hexdigest()))
@@ -393,7 +393,7 @@ def test_a_crowd_of_fresh_heads_cannot_starve_a_joiner_while_the_organizer_is_on
         assert set(target.donors) <= {p.id for p in honest}
     assert ledger_requests(crowd) == 0 and ledger_requests([organizer]) >= 3
     play_round(honest)  # the swarm moves on; the witness still heartbeats round 2
-    crowd += fresh_heads(dht, registry, 9)
+    crowd += fresh_heads(dht, registry, 9, holders=4)  # more holders than the honest head: first by count
     beat(honest)
     organizer.heartbeat(active=False)
     target = look.plan(joiner.proto.peers(), Head(0, BASE0))

@@ -248,6 +248,10 @@ class Roster:
     checkpoint: dict | None = None
     """The organizer's newest checkpoint envelope (protocol/kinds/checkpoint.py), carried for a few
     rounds after its round; checked by node/round/trust/anchor.py, not here (it needs the organizer)."""
+    full: str = ""
+    """SHA-256 of the parameters and outer buffers after the round (SwarmState.full_digest): what a
+    state taken from a donor must reproduce, and what every peer that applies the roster checks.
+    Additive, left off the wire when empty (a roster before it, or hooks that know no buffers)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -257,6 +261,8 @@ class Roster:
                 del d[name]
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
+        if not self.full:
+            del d["full"]
         return d
 
     @classmethod
@@ -280,6 +286,7 @@ class Roster:
         if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
             raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
         skip, unserved = _peer_list(d, "skip", MAX_SKIP, w), _peer_list(d, "unserved", MAX_UNSERVED, w)
+        full = _optional(d, "full", str, "", where=w)
         return cls(
             run=run_field(field(d, "run", str, where=w), w),
             round=round_field(field(d, "round", int, where=w), w),
@@ -296,6 +303,7 @@ class Roster:
             skip=skip,
             unserved=unserved,
             checkpoint=_optional(d, "checkpoint", dict, None, where=w),
+            full=full and sha256_field(full, w),
         )
 
 

@@ -25,7 +25,7 @@ from node.outer.scoring import (
     score_updates,
 )
 from node.round.fetch import UpdateFetcher
-from node.round.hooks import Hooks
+from node.round.hooks import Hooks, Outcome
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger, ScoredRound
 from protocol import keys, signed
@@ -45,7 +45,7 @@ class Member:
     def __init__(self, dht: FakeDHT, registry: dict, scorer: Scorer):
         self.key, self.id = new_key()
         self.net = FakeNet(self.id, dht, registry)
-        hooks = Hooks(validate=lambda p: None, result=lambda p, t: digest_of(p, BASE), score=scorer.score)
+        hooks = Hooks(validate=lambda p: None, result=lambda p, t: Outcome(digest_of(p, BASE)), score=scorer.score)
         fetcher = UpdateFetcher(self.net, RUN, SWARM, hooks.validate)
         self.builder = RosterBuilder(self.net, RUN, self.key, hooks, fetcher, max_bytes=1 << 20)
 

@@ -382,6 +382,7 @@ def roster_wire(entries: list) -> dict:
             scores=[[PEER, 0.5]],
             skip=[PEER2],
             unserved=[PEER2],
+            full=SHA,
         ),
     )
 

@@ -12,7 +12,7 @@ import pytest
 from node.config import SwarmConfig
 from node.p2p.validators import RunValidator
 from node.round import election
-from node.round.hooks import Hooks, NonFinite
+from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger, read_file, verify
 from node.round.net import read_peers
 from node.round.protocol import RoundProtocol
@@ -51,7 +51,7 @@ class Peer:
 
     def result(self, payloads, tokens):
         assert len(tokens) == len(payloads)  # the signed token counts travel with the payloads
-        return digest_of(payloads, self.digest)
+        return Outcome(digest_of(payloads, self.digest))
 
     def heartbeat(self, *, round_no=None, digest=None, active=True, time=None):
         hb = Heartbeat(
@@ -236,7 +236,7 @@ def test_leader_leaves_out_an_update_that_makes_the_state_non_finite():
     def result(payloads, tokens, base=BASE0):
         if any(b"poison" in p for p in payloads):
             raise NonFinite("inf")
-        return digest_of(payloads, base)
+        return Outcome(digest_of(payloads, base))
 
     for p in peers:
         p.proto.hooks.result = result

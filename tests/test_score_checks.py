@@ -56,7 +56,7 @@ def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> Accep
     """What an honest leader publishes: the result and its scores (signatures play no part here)."""
     tokens = [100] * len(payloads)
     scores = leader.score_round(payloads, tokens)
-    result = leader.roster_result(payloads, tokens)
+    outcome = leader.roster_result(payloads, tokens)
     anns = tuple(
         Announcement(run="r", round=1, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base="b", time=0.0) for p in peers
     )
@@ -66,10 +66,11 @@ def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> Accep
         leader="leader",
         prev=GENESIS,
         base="b",
-        result=result,
+        result=outcome.digest,
         time=0.0,
         entries=(),
         scores=tuple(zip(peers, scores)),
+        full=outcome.full,
     )
     return AcceptedRoster({}, roster, anns)
 

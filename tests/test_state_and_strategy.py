@@ -44,6 +44,7 @@ def update(strat, state, seed, worker=None):
         dict(),
         dict(wire_dtype="int8"),
         dict(name="sparseloco"),
+        dict(name="sparseloco", sparse_outer_momentum=0.5),
         dict(name="decoupled-momentum", values="1bit"),
         dict(name="decoupled-momentum", values="bf16"),
         dict(name="ddp-adamw"),
@@ -60,6 +61,25 @@ def test_apply_is_bit_identical_across_peers(strategy, aggregator):
         strat.apply(s2, list(payloads))
         assert s1.digest == s2.digest and s1.full_digest == s2.full_digest and s1.round == r + 1
     assert s1.digest != setup(**strategy)[2].digest  # and it did move the parameters
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        dict(wire_dtype="int8"),
+        dict(name="sparseloco", sparse_outer_momentum=0.5),
+        dict(name="decoupled-momentum"),
+        dict(name="ddp-adamw"),
+    ],
+)
+def test_per_peer_buffers_stay_out_of_the_state(strategy):
+    """A roster's `full` digest covers the state's outer buffers, so they must be the same on every
+    peer: each strategy keeps what is one peer's own (error feedback, decoupled momentum) in its
+    worker, never in SwarmState.outer, and making an update leaves the state's bits alone."""
+    _, strat, state = setup(**strategy)
+    before, worker = state.full_digest, strat.new_worker()
+    update(strat, state, 1, worker)
+    assert sorted(state.outer) == sorted(strat.outer_buffers) and state.full_digest == before
 
 
 @pytest.mark.parametrize(

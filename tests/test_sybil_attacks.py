@@ -356,32 +356,74 @@ def test_an_endless_ledger_answer_costs_one_answer():
     assert ledger_requests([liar]) <= 2 and sum(held) <= 2 * batch  # one answer read, then dropped
 
 
-def test_open_a_crowd_of_fresh_heads_starves_a_joiner():
+def fresh_heads(dht, registry, look: int, holders: int = 2) -> list[Peer]:
+    """Fresh keys heartbeat 3 new heads (`holders` each) at higher rounds; they serve no ledger."""
+    crowd = []
+    for h in range(3):
+        pair = [Peer(dht, registry) for _ in range(holders)]
+        for s in pair:  # no ledger: refused, like a donor that answers nothing
+            s.net.ledger = None
+        hold(pair, Head(50 + look, hashlib.sha256(f"{look} {h}".encode()).hexdigest()))
+        crowd += pair
+    return crowd
+
+
+def test_a_crowd_of_fresh_heads_cannot_starve_a_joiner_while_the_organizer_is_online():
+    """The attack below, with the organizer's witness live. Stopped by Catchup.pin_chain: a joiner
+    first asks the witness for the chain to its head (not one of the MOST_DONORS asks) and takes
+    that head from its holders, under the usual quorum and pin rules. When the swarm has moved past
+    the witness's head (it lags a look), the witness's chain still names the established peers, so
+    their heads are asked before the crowd's, whatever the crowd's holder counts."""
+    dht, registry, honest = swarm(3)
+    for _ in range(2):
+        play_round(honest)
+    organizer = Peer(dht, registry)
+    serve([organizer], list(honest[0].ledger.rosters.values()))  # the witness's ledger (its `ledger` RPC)
+    organizer.round, organizer.digest = head_of(honest[0])
+    organizer.heartbeat(active=False)
+    joiner = Peer(dht, registry)
+    look = Catchup(joiner.net, joiner.ledger, joiner.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id)
+    crowd = []
+    for n in range(3):
+        crowd += fresh_heads(dht, registry, n)
+        beat(honest)
+        organizer.heartbeat(active=False)
+        target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+        assert target is not None and target.head == head_of(honest[0])
+        assert set(target.donors) <= {p.id for p in honest}
+    assert ledger_requests(crowd) == 0 and ledger_requests([organizer]) >= 3
+    play_round(honest)  # the swarm moves on; the witness still heartbeats round 2
+    crowd += fresh_heads(dht, registry, 9, holders=4)  # more holders than the honest head: first by count
+    beat(honest)
+    organizer.heartbeat(active=False)
+    target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+    assert target is not None and target.head == head_of(honest[0]) and target.head.round == 3
+    assert ledger_requests(crowd) == 0
+
+
+def test_open_a_crowd_of_fresh_heads_starves_a_joiner_whose_organizer_is_offline():
     """Attack: each look, 6 fresh keys heartbeat 3 new heads (2 holders each, as many as the
     honest head has, at a higher round: plan's order is holders, then round) and refuse the
-    `ledger` request. A joiner knows no established peer, so it asks them first; 3 heads x 2
+    `ledger` request. A joiner whose organizer is offline (no witness to ask first: the test
+    above) knows no established peer, so it asks them first; 3 heads x 2
     donors = MOST_DONORS asks and plan() returns None before ever asking the honest peers. The
     failed-heads cache does not help (the heads are new each look), nor the failed-donors one
     (new keys, or 256 old ones flood it and FORGET_FAILED clears it). StateSync.initial_state's
     6 attempts all fail and the joiner starts from round 0, outside the swarm.
     Cost: 6 keys (~40 ms each) and 6 heartbeats per look (one look a second), or 256 keys
     once plus re-signed heartbeats.
-    Stops it: in Catchup.plan, ask heads in an order the attacker cannot buy with keys (e.g.
-    heads whose chain the asker could verify last time, then a random draw among the rest),
-    do not count a refused request against MOST_DONORS as a full ask, remember failed donors
-    by LRU instead of clearing the set at 256; ultimately checkpoints (step 2) and admission
-    cost (step 7). Severity: medium (liveness of joiners)."""
+    Would stop it, organizer offline: ask heads in an order keys cannot buy (e.g. heads whose
+    chain carries the checkpoint of the joiner's anchor file first, heads whose chain the asker
+    verified last time, then a random draw among the rest), do not count a refused request
+    against MOST_DONORS as a full ask; ultimately quorum checkpoints (step 2) and admission cost
+    (step 7). Severity: medium (liveness of joiners)."""
     dht, registry, honest = swarm(2)
     for _ in range(2):
         play_round(honest)
     joiner = Peer(dht, registry)
     look = catchup_of(joiner)
     for n in range(6):  # StateSync.fetch_state's attempts
-        for h in range(3):
-            pair = [Peer(dht, registry) for _ in range(2)]
-            for s in pair:  # no ledger: refused, like a donor that answers nothing
-                s.net.ledger = None
-            hold(pair, Head(50 + n, hashlib.sha256(f"{n} {h}".encode()).hexdigest()))
+        fresh_heads(dht, registry, n)
         beat(honest)
         assert look.plan(joiner.proto.peers(), Head(0, BASE0)) is None
     assert ledger_requests(honest) == 0  # the honest head was never asked about

@@ -16,7 +16,7 @@ from node.outer.scoring import banned, flagged, score_updates, shared_batch_loss
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
 from node.round.fetch import UpdateFetcher
-from node.round.hooks import Hooks
+from node.round.hooks import Hooks, Outcome
 from node.round.lead import RosterBuilder
 from node.round.ledger import Ledger
 from node.train.model import build_model
@@ -68,7 +68,7 @@ class Member:
     def __init__(self, key, dht: FakeDHT, registry: dict, scorer: Scorer):
         self.key, self.id = key
         self.net = FakeNet(self.id, dht, registry)
-        hooks = Hooks(validate=lambda p: None, result=lambda p, t: digest_of(p, BASE), score=scorer.score)
+        hooks = Hooks(validate=lambda p: None, result=lambda p, t: Outcome(digest_of(p, BASE)), score=scorer.score)
         fetcher = UpdateFetcher(self.net, RUN, SwarmConfig(), hooks.validate)
         self.builder = RosterBuilder(self.net, RUN, self.key, hooks, fetcher, max_bytes=1 << 20)
 

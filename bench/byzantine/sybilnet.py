@@ -18,7 +18,7 @@ from bench.fakenet import FakeDHT, FakeNet, digest_of, new_key
 from node.config import SwarmConfig
 from node.p2p.validators import RunValidator
 from node.round import election
-from node.round.hooks import Hooks
+from node.round.hooks import Hooks, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.protocol import RoundProtocol
 from protocol import keys, signed, signing
@@ -66,7 +66,9 @@ class Peer:
         self.ledger = Ledger()
         self.net.ledger = self.ledger  # answers `ledger` requests (node/round/trust/catchup.py)
         self.digest, self.round = BASE0, 0
-        hooks = Hooks(validate=lambda p: None, result=lambda payloads, tokens: digest_of(payloads, self.digest))
+        hooks = Hooks(
+            validate=lambda p: None, result=lambda payloads, tokens: Outcome(digest_of(payloads, self.digest))
+        )
         self.proto = RoundProtocol(self.net, swarm.run, swarm.cfg, self.key, self.ledger, hooks, MAX_BYTES)
 
     def heartbeat(self, *, round_no: int | None = None) -> bool:

@@ -17,7 +17,7 @@ from node.config import RunConfig
 from node.outer import scoring
 from node.outer.aggregate import Weights, token_weights
 from node.outer.state import SwarmState
-from node.round.hooks import Hooks, NonFinite
+from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
 from node.train import data
 from node.train.model import trainable
@@ -119,18 +119,20 @@ class Applier:
         nominal = self.strategy.inner_steps * self.nominal_step_tokens
         return token_weights(tokens, nominal, self.run.robust.weight_cap)
 
-    def roster_result(self, payloads: list[bytes], tokens: list[int]) -> str:
-        """As leader: the digest after applying these payloads, on a copy (kept for our own apply)."""
+    def roster_result(self, payloads: list[bytes], tokens: list[int]) -> Outcome:
+        """As leader: the digests after applying these payloads, on a copy (kept for our own apply)."""
         state = copy.deepcopy(self.state)
         self.strategy.apply(state, payloads, self.weights(tokens))
         if not all(torch.isfinite(p).all() for p in state.params):
             raise NonFinite("the state is not finite after this round")
         self._preview = Preview(state.digest, state)
-        return state.digest
+        return Outcome(state.digest, state.full_digest)
 
     def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes]) -> bool:
-        """Apply the roster; refuse (keep our state) if the result is not finite or not the digest
-        the leader published: our state was not the swarm's, or someone lied."""
+        """Apply the roster; refuse (keep our state) if the result is not finite or not the digests
+        the leader published (`result`, and `full` when the roster has one): our state was not the
+        swarm's, or someone lied. A wrong `full` would let a donor serve other outer buffers
+        than the swarm's (node/peer/sync.py checks a donor's state against it)."""
         if (
             self._preview is not None
             and self._preview.digest == accepted.roster.result
@@ -143,6 +145,8 @@ class Applier:
         self._preview = None
         if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
             return self.refuse(accepted, "the result is not finite or differs from the roster's digest")
+        if accepted.roster.full and state.full_digest != accepted.roster.full:
+            return self.refuse(accepted, "the outer buffers differ from the roster's full digest")
         wrong = self.wrong_score(accepted, payloads)
         if wrong is not None:  # a leader's word is not a flag: every peer recomputes what it applies
             return self.refuse(accepted, wrong)

@@ -134,17 +134,18 @@ class StateSync:
                 target = None
             for donor in target.donors if target is not None else ():
                 state = self.download_state(donor, target.head.round)
-                if state is not None and (state.round, state.digest) == target.head:
-                    self.history.syncs["ok"] += 1
-                    self.metrics.state_syncs.labels("ok").inc()
-                    self.out.event(
-                        "state_synced",
-                        round=state.round,
-                        donor=donor[:16],
-                        rosters=len(target.rosters),
-                        fork=target.fork,
-                    )
-                    return Synced(state, target)
+                why = None if state is None else refusal(state, target)
+                if why is not None:
+                    log.warning("state from %s: refused: %s; trying the next donor", donor[:16], why)
+                    self.out.event("state_refused", donor=donor[:16], round=target.head.round, reason=why)
+                if state is None or why is not None:
+                    continue
+                self.history.syncs["ok"] += 1
+                self.metrics.state_syncs.labels("ok").inc()
+                self.out.event(
+                    "state_synced", round=state.round, donor=donor[:16], rosters=len(target.rosters), fork=target.fork
+                )
+                return Synced(state, target)
             self.history.syncs["unverified"] += 1
             self.metrics.state_syncs.labels("unverified").inc()
             if attempt + 1 < attempts:
@@ -171,3 +172,17 @@ class StateSync:
             self.metrics.state_syncs.labels("failed").inc()
             self.out.event("state_fetch_failed", donor=donor[:16], reason=f"{type(e).__name__}: {e}")
             return None
+
+
+def refusal(state: SwarmState, target: Target) -> str | None:
+    """Why a donor's state is not the target head's (None: it is). The parameters must hash to the
+    head's `result`; the parameters and outer buffers to its roster's `full`, when it has one: a
+    donor serving the head's parameters with other momentum or Adam moments would otherwise make
+    the joiner's next outer steps differ from everyone's, with nothing on the chain to say so."""
+    if (state.round, state.digest) != target.head:
+        return f"its state is round {state.round} {state.digest[:12]}, not the head's"
+    last = target.rosters[-1].roster if target.rosters else None
+    full = last.full if last is not None and (last.round, last.result) == target.head else ""
+    if full and state.full_digest != full:  # "": a roster before the field, or hooks without buffers
+        return f"its outer buffers differ from the head roster's (full {state.full_digest[:12]}, not {full[:12]})"
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from node.round.ledger import Ledger
 
@@ -16,15 +17,25 @@ class NonFinite(Exception):
     """Applying these updates makes the state NaN or inf."""
 
 
+class Outcome(NamedTuple):
+    """A round's end state as a roster names it."""
+
+    digest: str
+    """The roster's `result`: SHA-256 of the parameters."""
+    full: str = ""
+    """The roster's `full`: SHA-256 of parameters and outer buffers ("" when the hooks hold none,
+    as the tests' stand-in states; then the roster carries no `full`)."""
+
+
 @dataclass
 class Hooks:
     """What the round needs from the strategy; each call is pure given its inputs."""
 
     validate: Callable[[bytes], None]
     """Raise ProtocolError if an update payload cannot be applied."""
-    result: Callable[[list[bytes], list[int]], str]
-    """The roster's result: digest of the state after applying these payloads, weighted by their
-    signed token counts (on a copy); raises NonFinite."""
+    result: Callable[[list[bytes], list[int]], Outcome]
+    """The roster's result and full digests of the state after applying these payloads, weighted
+    by their signed token counts (on a copy); raises NonFinite."""
     score: Callable[[list[bytes], list[int]], list[float]] | None = None
     """Loss-change score per payload (with its token count) on a shared batch (lower is better);
     None: no scoring."""

@@ -124,13 +124,14 @@ class RosterBuilder:
         payloads = [UpdateEnvelope.decode(c.blob).payload for c in good]
         tokens = [c.announcement.tokens for c in good]
         scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
+        outcome = self.hooks.result(payloads, tokens)
         roster = Roster(
             run=self.run_id,
             round=round_no,
             leader=self.me,
             prev=prev,
             base=base,
-            result=self.hooks.result(payloads, tokens),
+            result=outcome.digest,
             time=self.net.now(),
             entries=tuple(c.envelope for c in good),
             scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)),
@@ -142,6 +143,7 @@ class RosterBuilder:
                 [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)]
             ),
             checkpoint=self.carry(round_no),
+            full=outcome.full,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 

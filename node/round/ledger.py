@@ -234,11 +234,18 @@ class Ledger:
 
 def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:
     """Two rosters of one round by different leaders with the same chain link, the same start and
-    end states and the same signed updates: either may stand in the ledger."""
+    end states (`full` too: a joiner checks a donor's buffers against it) and the same signed
+    updates: either may stand in the ledger."""
     ra, rb = a.roster, b.roster
-    return (ra.run, ra.round, ra.prev, ra.base, ra.result) == (rb.run, rb.round, rb.prev, rb.base, rb.result) and {
-        (x.peer, x.sha256) for x in a.announcements
-    } == {(x.peer, x.sha256) for x in b.announcements}
+    same = (ra.run, ra.round, ra.prev, ra.base, ra.result, ra.full) == (
+        rb.run,
+        rb.round,
+        rb.prev,
+        rb.base,
+        rb.result,
+        rb.full,
+    )
+    return same and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements}
 
 
 class LedgerLine(NamedTuple):

@@ -6,9 +6,12 @@ ledger (the genesis for a joiner), verifies them link by link, and moves only wh
   * they extend its chain and a quorum of the peers established on that chain holds the head
     (votes.needed), or
   * they fork from its chain and chain.prefer chooses their branch.
-Heads that no established peer holds are asked last (a joiner knows nobody yet and asks every
-head, most holders first), and at most MOST_DONORS donors are asked per look, so a crowd of
-lying hints costs a bounded number of requests; a donor that failed for a head is not asked for it again.
+Heads that no established peer holds are asked last, and at most MOST_DONORS donors are asked
+per look, so a crowd of lying hints costs a bounded number of requests; a donor that failed for a
+head is not asked for it again. A joiner knows nobody yet: while the organizer's witness is live
+it first asks the witness for the chain to the witness's head (pin_chain) and takes that head
+from the peers holding it, or learns from that chain whose heads to ask first; with the organizer
+offline it asks every head, most holders first (a crowd of fresh heads can spend its looks).
 
 Checkpoints (node/round/trust/anchor.py): a chain whose roster of a round the organizer checkpointed is
 another one (the checkpoint we hold, or one another verified head's chain carries) is refused,
@@ -111,6 +114,13 @@ class Catchup:
     def plan(self, peers: dict[str, Heartbeat], mine: Head) -> Target | None:
         """The head to move to, verified and chosen by the rules above; None: stay."""
         hints, known = self.hints(peers, mine), self.eligible() if self.ledger.rosters else set()
+        pin = self.pin_chain(peers, hints)
+        if pin is not None:  # a joiner: the witness's chain says whom the swarm established
+            if pin.donors and self.acceptable(pin, peers, mine):
+                return pin
+            known = chain.eligible(
+                Ledger(rosters={a.roster.round: a for a in pin.rosters[-WINDOW:]}), self.rules.established_rounds
+            )
         order = sorted(hints, key=lambda h: (-len(set(hints[h]) & known), -len(hints[h]), -h.round, h.digest))
         asked, found = 0, []  # found: acceptable targets, compared by their checkpoints (unpinned joiners)
         for head in order:
@@ -132,6 +142,21 @@ class Catchup:
                 log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
                 self._remember(self.failed, (donor, head))
         return self.newest_anchored(found)
+
+    def pin_chain(self, peers: dict[str, Heartbeat], hints: dict[Head, list[str]]) -> Target | None:
+        """A joiner's first ask, while the organizer's witness is live and has a head: its chain
+        to that head (`ledger` RPC), verified like any donor's, as a target whose donors hold the
+        head. Not counted against MOST_DONORS, which a crowd of fresh heads (an order keys can
+        buy) could spend; its chain also names the established peers whose heads plan() asks
+        first once the swarm is past the witness. None: not a joiner, no such head, no chain."""
+        hb = peers.get(self.organizer) if self.organizer else None
+        if self.ledger.rosters or hb is None or hb.active or hb.state_round == 0:
+            return None
+        head = Head(hb.state_round, hb.digest)
+        target = self.branch_of(self.organizer, head, hints.get(head, []))
+        if target is None:
+            log.warning("the organizer's chain to round %d did not verify: asking the swarm's heads", head.round)
+        return target
 
     def compares(self, peers: dict[str, Heartbeat]) -> bool:
         """Does this look compare heads by their checkpoints? A joiner's (empty ledger) whose

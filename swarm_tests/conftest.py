@@ -165,8 +165,16 @@ def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
     return {int(m[1]): (int(m[2]), m[3]) for line in list(p.lines[since:]) if (m := ROUND.search(line))}
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test at teardown."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def procs(tmp_path):
+def procs(tmp_path, request):
     started: list[Proc] = []
 
     def start(*args: str) -> Proc:
@@ -175,6 +183,10 @@ def procs(tmp_path):
         return p
 
     yield start
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:  # a swarm fails across processes: show every one's end
+        for p in started:
+            print(f"\n----- swarmtrain {' '.join(p.args[:2])} ({p.args[2:4]}): last lines\n{p.output[-2500:]}")
     kill_all(started)
 
 

@@ -94,7 +94,8 @@ class RosterChecks:
             return []
         stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
         leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
-        return election.better_siblings(mine, stored, self.max_bytes, leaders)
+        better = election.better_siblings(mine, stored, self.max_bytes, leaders)
+        return [s for s in better if _marks_valid(s)]  # its lists count in our marks once swapped in
 
     def _swap(self, sibling: AcceptedRoster) -> None:
         self.ledger.swap(sibling)
@@ -103,3 +104,14 @@ class RosterChecks:
             sibling.roster.round,
             sibling.roster.leader[:16],
         )
+
+
+def _marks_valid(accepted: AcceptedRoster) -> bool:
+    """Could a sibling's skip and unserved lists be an honest leader's (marks.check)? Siblings
+    compare no lists (ledger.siblings), so without this a better-ranked contributor's sibling
+    put any skip marks in the chain (tests/test_sybil_attacks_2.py)."""
+    try:
+        marks.check(accepted.roster, {a.peer for a in accepted.announcements})
+        return True
+    except ProtocolError:
+        return False

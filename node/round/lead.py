@@ -105,7 +105,7 @@ class RosterBuilder:
         announced = self.announcements(round_no, base)
         candidates = {p: s for p, s in announced.items() if p in eligible}
         known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
-        admitted = self.admission.admit(candidates, known, beacon)
+        admitted = self.admission.admit(candidates, known, beacon, last=slow)  # non-serving newcomers last
         if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
             at_least = min(at_least, len(admitted))
         picked = [announced[p] for p in sorted(admitted)]

@@ -60,16 +60,24 @@ class Admission:
                 self.checked[memo] = known
         return known
 
-    def admit(self, announced: dict[str, tuple[dict, Announcement]], known: set[str], beacon: str) -> set[str]:
+    def admit(
+        self,
+        announced: dict[str, tuple[dict, Announcement]],
+        known: set[str],
+        beacon: str,
+        last: set[str] = frozenset(),
+    ) -> set[str]:
         """The leader's side: which of the `announced` peers (peer -> (envelope, announcement)) its
         roster may list, given the authors `known` to the chain before it. Known authors all; of
         the new ones at most `newcomers` with a valid proof, checking at most `newcomers` proofs,
-        in the order of SHA-256(beacon | peer)."""
+        in the order of SHA-256(beacon | peer), those in `last` after the rest: a newcomer that
+        two leaders could not fetch from (marks.slow_servers) is admitted, left out unfetched and
+        so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py)."""
         if self.puzzle is None:
             return set(announced)
         known = known | {self.organizer}
         out = {p for p in announced if p in known}
-        new = sorted((p for p in announced if p not in known), key=lambda p: _order(beacon, p))
+        new = sorted((p for p in announced if p not in known), key=lambda p: (p in last, _order(beacon, p)))
         taken = checks = 0
         for p in new:
             if taken >= self.newcomers:

@@ -1,0 +1,273 @@
+"""Attacks with many identities, each costing a proof of work, against the four defences of
+issue 16: admission (protocol/admission), organizer checkpoints (node/round/trust/anchor.py,
+catchup.py), skip and unserved marks (node/round/trust/marks.py) and the roster's `full`
+digest (node/peer/sync.py, applier.py). Found by playing the attacker; each docstring says the
+attack, its cost and what stops it. `test_open_*` tests pass while an attack still WORKS
+(docs/security.md, "Defended partly"): when a later change closes one, its test fails and is
+turned into a defence test. Fake network (tests/fakes.py), real round protocol and checks;
+puzzles are cheap (a few bits at tiny scrypt costs), so proofs cost milliseconds here."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import replace
+
+from node.round import election
+from node.round.ledger import AcceptedRoster, Ledger
+from node.round.trust import marks
+from protocol import keys, signed, signing
+from protocol.admission import rule, work
+from protocol.admission.rule import Admission
+from protocol.records import GENESIS, Announcement, Heartbeat, Roster
+from tests.fakes import new_key
+from tests.test_full_digest import joining, state_at
+from tests.test_round_protocol import BASE0, RUN, NoSleep, Peer, play_round, swarm
+from tests.test_score_checks import applier, roster_of, updates
+from tests.test_sybil_attacks import anchored
+from tests.test_work import STOP, admit, scrypt_calls  # noqa: F401 -- scrypt_calls is a fixture
+
+
+def draw(beacon: str, peer: str) -> bytes:
+    """The order a leader checks newcomers in (rule.py: SHA-256(beacon | peer)), which no announcer chooses."""
+    return hashlib.sha256(f"{beacon}|{peer}".encode()).digest()
+
+
+# ------------------------------------------------------------------------ admission (step 7)
+def test_open_free_keys_with_fresh_junk_nonces_keep_an_honest_newcomer_unchecked(scrypt_calls):  # noqa: F811
+    """Attack: S identities with no work at all (a key and a heartbeat each, both free) announce
+    every round with a fresh junk nonce. The memory of checked proofs is keyed by (peer, epoch,
+    nonce), so each is new and costs one of the roster's `newcomers` checks, given in the order
+    SHA-256(beacon | peer). An honest newcomer that no leader checked yet is checked, and so
+    admitted, only in a round where it draws one of the first 4 places among the S + 1
+    newcomers: (S + 1) / 4 rounds on average (250 at S = 1,000), and every leader's memory is its
+    own. The flood's cost to the leader stays bounded (4 evaluations a roster); what is open is
+    the wait. Cost: S keys and S announcements a round, no proof."""
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1)  # a junk nonce passes 1 time in 4,096
+    honest_key = b"DER of the honest newcomer"
+    honest = Announcement(
+        run=RUN, round=1, peer="honest-newcomer", nbytes=8, sha256="1" * 64, tokens=1, base=BASE0, time=1.0
+    )
+    honest = replace(honest, work=tuple(puzzle.solve(honest_key, STOP, first=0)))
+    sybils = 200
+    leader = Admission(puzzle, newcomers=4)
+    shut_out = 0
+    for r in range(1, 200):
+        beacon = f"{r:064x}"
+        flood = {
+            f"sybil{i:03d}": ({"key": b"sybil %d" % i}, replace(honest, peer=f"sybil{i:03d}", work=(0, nonce)))
+            for i in range(sybils)
+            for nonce in [(r * sybils + i + 2**40).to_bytes(8, "big")]  # fresh every round
+        }
+        flood[honest.peer] = ({"key": honest_key}, honest)
+        scrypt_calls.calls = 0
+        admitted = leader.admit(flood, set(), beacon)
+        assert scrypt_calls.calls <= 4  # the flood control holds
+        place = sorted(flood, key=lambda p: draw(beacon, p)).index(honest.peer)
+        assert (honest.peer in admitted) == (place < 4)  # only the draw lets it in
+        if place < 4:
+            break
+        shut_out += 1
+    assert shut_out >= 5  # fixed names and beacons: 8 rounds here, (S + 1) / 4 on average
+
+
+def newcomers_round(peers: list[Peer], crowd: list[Peer], newcomer: Peer) -> set[str]:
+    """One round of the honest `peers`; the `crowd` (never serving) and `newcomer` announce too.
+    Returns whom the roster lists."""
+    for p in [*crowd, newcomer]:
+        p.digest, p.round = peers[0].digest, peers[0].round
+        p.heartbeat()
+        p.announce(f"update {p.id} {p.round}".encode())
+    for s in crowd:
+        s.net.updates.clear()  # announces, never serves
+    played = play_round(peers)
+    return {a.peer for a in played[peers[0].id].accepted.announcements}
+
+
+def test_sybils_that_never_serve_cannot_hold_the_newcomer_slots_once_two_leaders_listed_them(monkeypatch):
+    """Attack: identities with valid proofs (4 here; one proof each, solved once: epoch 0 lasts
+    the run) announce every round and never serve. A leader admitted them before fetching, so
+    they took the 4 newcomer slots, their fetches failed and they were left out, and so stayed
+    new: an honest newcomer the draw put behind them waited for ever. Defence (lead.py, rule.py):
+    newcomers that two distinct leaders listed `unserved` (marks.slow_servers) are checked
+    after every other newcomer, so from the round after the second listing the honest newcomer
+    comes first. The draw is fixed here to favour the crowd (worst luck, every round)."""
+    dht, registry, peers = swarm(3)
+    admit(peers)
+    for _ in range(2):
+        play_round(peers)
+    crowd = [Peer(dht, registry) for _ in range(4)]
+    newcomer = Peer(dht, registry)
+    admit([*crowd, newcomer])
+    ids = {s.id for s in crowd}
+    monkeypatch.setattr(rule, "_order", lambda beacon, p: (p not in ids, p))  # the crowd draws first
+    rounds = []
+    for _ in range(6):
+        listed = newcomers_round(peers, crowd, newcomer)
+        assert not listed & ids  # never listed: the crowd stays new
+        rounds.append(newcomer.id in listed)
+        if rounds[-1]:
+            break
+    leaders = {a.roster.leader for a in peers[0].ledger.rosters.values() if a.roster.unserved}
+    assert rounds[-1] and len(leaders) >= 2 and not rounds[0], rounds
+
+
+def test_a_reader_whose_window_is_not_whole_cannot_be_made_to_refuse_an_honest_roster():
+    """Framing through counting: a reader that resynced (its window lacks rosters of the
+    lookback) or a leader that did could count newcomers differently from the rest. A leader's
+    missing rosters only make it stricter (more authors count as new: it admits at most 4 of
+    them); a reader's make it check every author's proof (once each) instead of counting. So a
+    roster with 4 newcomers among known authors is taken by whole and partial readers alike,
+    and a partial leader's roster too."""
+    dht, registry, peers = swarm(3)
+    admit(peers)
+    for _ in range(2):
+        play_round(peers)
+    crowd = [Peer(dht, registry) for _ in range(4)]
+    admit(crowd)
+    partial = peers[1]
+    for r in list(partial.ledger.rosters)[:-1]:
+        del partial.ledger.rosters[r]  # it synced state at the last round: a window not whole
+    for p in crowd:
+        p.digest, p.round = peers[0].digest, peers[0].round
+        p.heartbeat()
+        p.announce(f"update {p.id}".encode())
+    played = play_round(peers)
+    lists = {len(x.accepted.announcements) for x in played.values()}
+    assert lists == {7}  # 3 known + 4 newcomers, taken by every reader (the partial one too)
+    leader = played[peers[0].id].accepted.roster.leader
+    _, whole = partial.ledger.authors_before(peers[0].round, rule.LOOKBACK)
+    assert not whole and leader in {p.id for p in peers}
+
+
+# --------------------------------------------------------------------- unserved marks (step 8)
+def test_open_two_established_sybils_frame_any_peer_as_a_slow_server():
+    """Attack: two established identities, each leading one round in the window, list an honest
+    peer `unserved` (readers check only that the roster does not also hold its update; the peer
+    need not even have announced). Every honest leader then stops waiting for its update and
+    fetches it last with marks.SLOW_FETCH (2 s) for the next MARK_WINDOW (32) rounds: a large
+    update over a slow uplink is left out for those rounds. Cost: two established identities,
+    one roster each per 32 rounds (a leader may leave out any update anyway; this extends the
+    cut to honest leaders' rounds)."""
+    (_, a), (_, b), (_, victim) = new_key(), new_key(), new_key()
+    ledger = Ledger()
+    for r, leader in enumerate([a, b], start=1):
+        roster = Roster(
+            run=RUN, round=r, leader=leader, prev=GENESIS, base=BASE0, result=BASE0, time=0.0, entries=({},),
+            unserved=(victim,),
+        )  # fmt: skip
+        marks.check(roster, {leader})  # what every reader checks of the list: it passes
+        ledger.rosters[r] = AcceptedRoster({}, roster, ())
+    assert victim in marks.slow_servers(ledger, 3)
+
+
+# --------------------------------------------------------------------- checkpoints (step 2)
+def test_a_sybil_checkpoint_pointer_cannot_make_a_leader_fetch():
+    """Attack: identities heartbeat a `cp` pointer to a checkpoint round just behind the next
+    roster, hoping each leader spends the checkpoint fetch (2 s each) on them. Defence (anchor.py:
+    Anchor.carry reads the organizer's heartbeat only; the DHT refuses a heartbeat under the
+    organizer's id that it did not sign): no leader asks them, and the rosters carry nothing."""
+    dht, registry, peers = swarm(3)
+    organizer = Peer(dht, registry)
+    anchored(peers, organizer)
+    play_round(peers)
+    sybils = [Peer(dht, registry) for _ in range(2)]
+    for s in sybils:
+        hb = Heartbeat(
+            run=RUN, peer=s.id, name="s", round=2, state_round=1, digest=peers[0].digest, device="cpu", maddrs=(),
+            time=s.net.now() + 2, active=False, cp=(1, "c" * 64),
+        )  # fmt: skip
+        assert s.net.store(keys.peers_key(RUN), s.id, signed.seal(s.key, hb), 8.0)
+    forged = replace(hb, peer=organizer.id)
+    assert not dht.store(keys.peers_key(RUN), organizer.id, signed.seal(sybils[0].key, forged), dht.clock() + 8)
+    played = play_round(peers)
+    assert all(x.accepted.roster.checkpoint is None for x in played.values())
+    assert not any(op == "checkpoint" for s in sybils for op, _ in s.net.requests)
+
+
+# ---------------------------------------------------------------------------- `full` (issue 16)
+def test_open_a_leader_that_omits_full_lets_a_sybil_donor_serve_other_buffers():
+    """Attack: an established identity leads a round and writes its roster without `full`
+    (as a roster from before the field). Every member applies it (a roster without `full` is
+    checked on its parameters only), so it becomes the chain's head; a joiner whose head it is
+    checks a donor's parameters only, and takes a Sybil donor's state with other outer buffers
+    (momentum): its next outer steps differ from everyone's until it resyncs. Cost: one
+    established identity leading one round, and one donor; the hole lasts until the next
+    roster. (Refusing rosters without `full` would drop the compatibility with rosters from
+    before the field that tests/test_full_digest.py keeps.)"""
+    leader, member = applier("leader", io.StringIO()), applier("member", io.StringIO())
+    payloads = updates(member.state, member.strategy, 2)
+    honest = roster_of(leader, payloads, ["Qma", "Qmb"])
+    assert member.state.outer and honest.roster.full
+    omitted = AcceptedRoster({}, replace(honest.roster, full=""), honest.announcements)
+    assert member.apply_round(omitted, payloads)  # members take it
+    sync, exchange, donors = joining(lambda head: "")  # the head roster carries no `full`
+    synced = sync.fetch_state(NoSleep(), attempts=1)
+    assert exchange.asked == donors[:1]  # the first donor, other momentum and all, is taken
+    assert synced.state.full_digest != state_at(3, 0.5).full_digest
+
+
+# ----------------------------------------------------------------------- siblings and marks
+def silent_first_rank() -> tuple[list[Peer], Peer, AcceptedRoster]:
+    """4 established peers; in round 3 the one ranked first (`hostile`) announces and serves but
+    does not lead, so rank 1 leads and lists it `skip`. Returns (honest, hostile, that roster)."""
+    _, _, peers = swarm(4)
+    for _ in range(2):
+        play_round(peers)
+    r = peers[0].round + 1
+    hostile = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers})[0]
+    hostile = next(p for p in peers if p.id == hostile)
+    honest = [p for p in peers if p is not hostile]
+    hostile.net.dht.clock.t += 1  # a heartbeat expiring no later than the stored one is refused
+    assert hostile.heartbeat()
+    hostile.announce(b"the hostile peer's update")
+    led = play_round(honest)[honest[0].id].accepted
+    assert led.roster.attempt == 0 and hostile.id in led.roster.skip
+    assert hostile.id in {a.peer for a in led.announcements}
+    return honest, hostile, led
+
+
+def publish_sibling(hostile: Peer, led: AcceptedRoster, ttl: float, **lists) -> None:
+    """`hostile`'s sibling of `led` (the same updates and states, its own reveal), as rank 0 of attempt 0."""
+    r = led.roster
+    reveal = signing.sign_unique(hostile.key, election.reveal_message(RUN, r.round))
+    body = replace(r, leader=hostile.id, time=r.time + 0.5, reveal=reveal, **{"skip": (), "unserved": (), **lists})
+    assert hostile.net.store(keys.roster_key(RUN, r.round), hostile.id, signed.seal(hostile.key, body), ttl)
+
+
+def test_a_better_ranked_sibling_cannot_carry_unchecked_marks():
+    """Attack: an established contributor that ranks ahead of the round's leader (here: it drew
+    rank 0 and stayed silent) publishes a sibling of the roster (same updates and states, its
+    own reveal) whose `skip` names up to 16 honest peers ranked behind it. Members swap to a
+    better-ranked sibling (RoundProtocol.converge), and the sibling's lists were not checked
+    there: its skip marks counted, so two such siblings in 32 rounds kept 16 honest peers each
+    from leading. Defence (checks.py: a sibling must pass marks.check, as any roster): it is
+    not swapped in."""
+    honest, hostile, led = silent_first_rank()
+    r, beacon = led.roster.round, led.roster.beacon
+    behind = tuple(p.id for p in honest if not marks.ranked_ahead(beacon, 0, p.id, hostile.id))
+    assert behind  # everyone ranks behind the first rank in attempt 0
+    publish_sibling(hostile, led, 600.0, skip=behind)
+    for p in honest:
+        p.proto.converge(r)
+        assert p.ledger.rosters[r].hash == led.hash
+
+
+def test_open_a_silent_first_rank_erases_its_skip_mark_with_a_sibling():
+    """Attack: an established identity that draws rank 0 stays silent (the round waits for
+    collect_timeout + leader_backoff: rank 1 leads), then publishes a sibling of rank 1's roster
+    as rank 0 of attempt 0, with an empty `skip` (valid: nobody ranks ahead of it). Members
+    converge on the better-ranked sibling, and the skip mark rank 1's roster gave it is gone:
+    it is never ranked last, and stalls every round it draws a first rank (design step 8's
+    marks do not bind it). It also picks the next beacon (its reveal), as any sibling does.
+    Cost: one established identity; a sibling may also list any non-entry `unserved` (the
+    framing above, without leading). Closing it needs siblings to keep the passed-over
+    leader's marks (siblings compare no lists today), not a local fix."""
+    honest, hostile, led = silent_first_rank()
+    r = led.roster.round
+    publish_sibling(hostile, led, 600.0)
+    for p in honest:
+        p.proto.converge(r)
+        taken = p.ledger.rosters[r].roster
+        assert taken.leader == hostile.id and hostile.id not in taken.skip
+        assert not any(hostile.id in a.roster.skip for a in p.ledger.rosters.values())

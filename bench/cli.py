@@ -128,7 +128,7 @@ def _byzantine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sybil-tier", default="full", choices=("full", "tiny"), help="sizes of the Sybil rows")
 
 
-SYBIL_DURATION = "full: ~4 min (3 admission proofs at the defaults), tiny: ~10 s"
+SYBIL_DURATION = "full: 4-10 min (3 admission proofs at the defaults: each a geometric search, 1-5 min), tiny: ~10 s"
 """How long `bench byzantine --sybil` takes on one busy core here (bench/results/byzantine-sybil.json)."""
 
 

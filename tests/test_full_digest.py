@@ -69,8 +69,8 @@ def test_a_leader_that_writes_a_wrong_full_is_refused():
     assert "round_refused" in said.getvalue() and "full digest" in said.getvalue()
     assert member.state.round == 0
     assert member.apply_round(honest, payloads) and member.state.full_digest == honest.roster.full
-    older = applier("older", io.StringIO())  # a roster without `full` (before the field) applies
-    assert older.apply_round(AcceptedRoster({}, replace(honest.roster, full=""), honest.announcements), payloads)
+    older = applier("older", io.StringIO())  # a roster without `full`: refused (protocol 4 leaders write it)
+    assert not older.apply_round(AcceptedRoster({}, replace(honest.roster, full=""), honest.announcements), payloads)
 
 
 # --------------------------------------------------------------------------- a joiner's donors

@@ -21,8 +21,7 @@ from protocol.admission import rule, work
 from protocol.admission.rule import Admission
 from protocol.records import GENESIS, Announcement, Heartbeat, Roster
 from tests.fakes import new_key
-from tests.test_full_digest import joining, state_at
-from tests.test_round_protocol import BASE0, RUN, NoSleep, Peer, play_round, swarm
+from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 from tests.test_score_checks import applier, roster_of, updates
 from tests.test_sybil_attacks import anchored
 from tests.test_work import STOP, admit, scrypt_calls  # noqa: F401 -- scrypt_calls is a fixture
@@ -186,25 +185,19 @@ def test_a_sybil_checkpoint_pointer_cannot_make_a_leader_fetch():
 
 
 # ---------------------------------------------------------------------------- `full` (issue 16)
-def test_open_a_leader_that_omits_full_lets_a_sybil_donor_serve_other_buffers():
-    """Attack: an established identity leads a round and writes its roster without `full`
-    (as a roster from before the field). Every member applies it (a roster without `full` is
-    checked on its parameters only), so it becomes the chain's head; a joiner whose head it is
-    checks a donor's parameters only, and takes a Sybil donor's state with other outer buffers
-    (momentum): its next outer steps differ from everyone's until it resyncs. Cost: one
-    established identity leading one round, and one donor; the hole lasts until the next
-    roster. (Refusing rosters without `full` would drop the compatibility with rosters from
-    before the field that tests/test_full_digest.py keeps.)"""
+def test_a_leader_that_omits_full_cannot_let_a_sybil_donor_serve_other_buffers():
+    """Attack: an established identity leads a round and writes its roster without `full` (as a
+    roster from before the field), so that, once it is the chain's head, a joiner checks a
+    donor's parameters only and takes a Sybil donor's state with other outer buffers. Defence:
+    every member refuses a roster without `full` (a protocol-4 leader always writes it), so
+    it never becomes the head."""
     leader, member = applier("leader", io.StringIO()), applier("member", io.StringIO())
     payloads = updates(member.state, member.strategy, 2)
     honest = roster_of(leader, payloads, ["Qma", "Qmb"])
     assert member.state.outer and honest.roster.full
     omitted = AcceptedRoster({}, replace(honest.roster, full=""), honest.announcements)
-    assert member.apply_round(omitted, payloads)  # members take it
-    sync, exchange, donors = joining(lambda head: "")  # the head roster carries no `full`
-    synced = sync.fetch_state(NoSleep(), attempts=1)
-    assert exchange.asked == donors[:1]  # the first donor, other momentum and all, is taken
-    assert synced.state.full_digest != state_at(3, 0.5).full_digest
+    assert not member.apply_round(omitted, payloads)  # refused: it never becomes the head
+    assert member.apply_round(honest, payloads)  # the honest roster of the round applies
 
 
 # ----------------------------------------------------------------------- siblings and marks

@@ -145,8 +145,9 @@ class Applier:
         self._preview = None
         if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
             return self.refuse(accepted, "the result is not finite or differs from the roster's digest")
-        if accepted.roster.full and state.full_digest != accepted.roster.full:
-            return self.refuse(accepted, "the outer buffers differ from the roster's full digest")
+        if state.full_digest != accepted.roster.full:  # none at all: a leader that would let a donor
+            # serve other buffers with the head's parameters (every protocol-4 leader writes it)
+            return self.refuse(accepted, "the outer buffers differ from the roster's full digest (or it has none)")
         wrong = self.wrong_score(accepted, payloads)
         if wrong is not None:  # a leader's word is not a flag: every peer recomputes what it applies
             return self.refuse(accepted, wrong)

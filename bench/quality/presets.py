@@ -78,6 +78,12 @@ PRESETS: dict[str, Preset] = {
     # the same Muon as the compressed presets' inner optimizer, with no compression (bench/quality/ddp_muon.py);
     # muon_lr as the Muon frontier presets until `bench tune` has a study of its own
     "ddp-muon": Preset(StrategyConfig(name="ddp-muon"), replace(BASE_TRAIN, inner_optimizer="muon", muon_lr=0.0249)),
+    # DDP-Muon with the settings `bench tune` found, the same 8-trial budget as ddp-adamw-tuned
+    # (bench/results/tune-ddp-muon.json)
+    "ddp-muon-tuned": Preset(
+        StrategyConfig(name="ddp-muon"),
+        replace(BASE_TRAIN, inner_lr=0.0144, weight_decay=0.145, inner_optimizer="muon", muon_lr=0.0274),
+    ),
     "ddp-adamw-bf16": Preset(StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, precision="bf16")),
     "diloco-bf16": Preset(
         StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9),

@@ -11,7 +11,11 @@ import time
 
 from swarm_tests.conftest import Bootstrap, Proc, rounds_of, start_bootstrap
 
-FREEZE_S = 30.0
+FREEZE_S = 40.0
+# The first round after the freeze may take collect_timeout + leader_backoff (18 s) when the frozen
+# peer drew rank 0, plus a fetch bound (~7 s) for the update it announced before it froze: 25 s,
+# and then the others fetch and apply; 30 s left 5 s of margin on a busy 2-core machine (one
+# failure in a CI run: the second peer's round came after it).
 
 
 def wait_line(p: Proc, pattern: str, timeout: float, since: int = 0, accept=lambda m: True) -> re.Match:
@@ -58,7 +62,7 @@ def join(procs, tmp_path, boot: Bootstrap, name: str, *extra: str) -> Proc:
     )
 
 
-def test_a_peer_frozen_for_30s_catches_up_after_the_thaw(procs, tmp_path, small_run):
+def test_a_peer_frozen_for_40s_catches_up_after_the_thaw(procs, tmp_path, small_run):
     """One of three volunteers is stopped (SIGSTOP of its process group) once all three train
     together; the two others must go on as two while it is frozen, and within a minute of SIGCONT
     it must be back in a three-peer round that started after the thaw, on the others' digest."""
@@ -78,7 +82,7 @@ def test_a_peer_frozen_for_30s_catches_up_after_the_thaw(procs, tmp_path, small_
     frozen_at = time.monotonic()
     try:
         # the two others notice the silence and go on training as two, round after round
-        # (up to collect_timeout + leader_backoff = 18 s when the frozen peer was to lead the round)
+        # (up to ~25 s when the frozen peer was to lead the round: see FREEZE_S)
         for p, since in zip(others, mark):
             wait_line(p, r"event=round round=\d+ peers=2 ", FREEZE_S - (time.monotonic() - frozen_at), since)
         time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))  # the freeze itself, not a wait for output

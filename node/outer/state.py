@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from node.train.model import digest, trainable_named
+from node.train.model import digest, digests, trainable_named
 from protocol.errors import ProtocolError
 from protocol.tensors import decode_tensors, encode_tensors
 
@@ -45,15 +45,18 @@ class SwarmState:
     @property
     def full_digest(self) -> str:
         """SHA-256 of parameters and outer buffers: what a state transfer must reproduce."""
-        return digest(self.params + [t for b in sorted(self.outer) for t in self.outer[b]])
+        return self.digests()[1]
+
+    def digests(self) -> tuple[str, str]:
+        """(digest, full_digest), the parameters read once."""
+        return digests(self.params, [t for b in sorted(self.outer) for t in self.outer[b]])
 
     def to_bytes(self, run_id: str) -> bytes:
         tensors = {f"param/{n}": p for n, p in zip(self.names, self.params)}
         for b in sorted(self.outer):
             tensors.update({f"outer/{b}/{n}": t for n, t in zip(self.names, self.outer[b])})
-        return encode_tensors(
-            tensors, {"run": run_id, "round": self.round, "digest": self.digest, "full_digest": self.full_digest}
-        )
+        plain, full = self.digests()
+        return encode_tensors(tensors, {"run": run_id, "round": self.round, "digest": plain, "full_digest": full})
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, run_id: str, template: SwarmState) -> SwarmState:

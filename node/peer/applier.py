@@ -125,8 +125,9 @@ class Applier:
         self.strategy.apply(state, payloads, self.weights(tokens))
         if not all(torch.isfinite(p).all() for p in state.params):
             raise NonFinite("the state is not finite after this round")
-        self._preview = Preview(state.digest, state)
-        return Outcome(state.digest, state.full_digest)
+        outcome = Outcome(*state.digests())
+        self._preview = Preview(outcome.digest, state)
+        return outcome
 
     def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes]) -> bool:
         """Apply the roster; refuse (keep our state) if the result is not finite or not the digests
@@ -143,9 +144,10 @@ class Applier:
             state = copy.deepcopy(self.state)
             self.strategy.apply(state, payloads, self.weights([a.tokens for a in accepted.announcements]))
         self._preview = None
-        if not all(torch.isfinite(p).all() for p in state.params) or state.digest != accepted.roster.result:
+        plain, full = state.digests()
+        if not all(torch.isfinite(p).all() for p in state.params) or plain != accepted.roster.result:
             return self.refuse(accepted, "the result is not finite or differs from the roster's digest")
-        if state.full_digest != accepted.roster.full:  # none at all: a leader that would let a donor
+        if full != accepted.roster.full:  # none at all: a leader that would let a donor
             # serve other buffers with the head's parameters (every protocol-4 leader writes it)
             return self.refuse(accepted, "the outer buffers differ from the roster's full digest (or it has none)")
         wrong = self.wrong_score(accepted, payloads)

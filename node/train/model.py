@@ -261,7 +261,17 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def digest(tensors: list[torch.Tensor]) -> str:
     """SHA-256 of fp32 CPU values in order: equal digests mean bit-identical parameters."""
-    h = hashlib.sha256()
+    return _hashed(hashlib.sha256(), tensors).hexdigest()
+
+
+def digests(tensors: list[torch.Tensor], more: list[torch.Tensor]) -> tuple[str, str]:
+    """digest(tensors) and digest(tensors + more), reading `tensors` once (a model's parameters
+    are most of what a peer hashes, and it needs both digests every round)."""
+    h = _hashed(hashlib.sha256(), tensors)
+    return h.hexdigest(), _hashed(h.copy(), more).hexdigest()
+
+
+def _hashed(h, tensors: list[torch.Tensor]):
     for t in tensors:
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return h

@@ -163,7 +163,7 @@ class NodeParts:
             admission=Admission(self.puzzle(), organizer=self.manifest["organizer"]),
         )
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
-        self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.peers())
+        self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.table.last())
         self.history = History()
         self.presence = Presence(
             self.swarm,

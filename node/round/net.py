@@ -84,4 +84,9 @@ class PeerTable:
             self.recent[p] = Sighting(now, hb)
         for p in [p for p, sighting in self.recent.items() if now - sighting.at > 2 * self.ttl]:
             del self.recent[p]
+        return self.last()
+
+    def last(self) -> dict[str, Heartbeat]:
+        """What the reads so far saw, without a new read (a leader that has just read, and must
+        not spend another DHT round trip before it signs)."""
         return {p: sighting.heartbeat for p, sighting in self.recent.items()}

@@ -17,8 +17,8 @@ import pytest
 
 from node.round import election
 from node.round.ledger import AcceptedRoster, Ledger
-from node.round.trust import catchup as catchup_module
 from node.round.trust import chain
+from node.round.trust import reader as reader_module
 from node.round.trust.anchor import Anchor
 from node.round.trust.catchup import MOST_DONORS, Catchup, Head
 from protocol import keys, signed, signing
@@ -315,7 +315,7 @@ def test_an_endless_ledger_answer_costs_one_answer():
     first..head BEFORE chain.verify reads any). One plan() by a member after a failed round
     makes thousands of requests to this one donor and holds every envelope in memory: here
     2,000 requests (then the donor stops) and 100,000 envelopes; with answers sent just under
-    LEDGER_TIMEOUT (10 s) each that is 5.5 hours of a stalled sync loop per look, and with
+    reader.LEDGER_TIMEOUT (10 s) each that is 5.5 hours of a stalled sync loop per look, and with
     4 MiB answers, 8 GB held. MOST_DONORS bounds donors, not requests or bytes.
     Cost: one key and a heartbeat; bandwidth for the answers.
     Stopped by: Catchup.walk verifies each answer as it comes (junk is dropped at the first
@@ -340,7 +340,7 @@ def test_an_endless_ledger_answer_costs_one_answer():
 
     liar.net.answer = answer
     held = []
-    original = catchup_module.decode_rosters
+    original = reader_module.decode_rosters
 
     def counting(payload):
         out = original(payload)
@@ -348,11 +348,11 @@ def test_an_endless_ledger_answer_costs_one_answer():
         return out
 
     victim = honest[0]
-    catchup_module.decode_rosters = counting
+    reader_module.decode_rosters = counting
     try:
         assert catchup_of(victim).plan(victim.proto.peers(), head_of(victim)) is None
     finally:
-        catchup_module.decode_rosters = original
+        reader_module.decode_rosters = original
     assert ledger_requests([liar]) <= 2 and sum(held) <= 2 * batch  # one answer read, then dropped
 
 

@@ -1,7 +1,7 @@
 """Catching up with the swarm through the verified chain (chain.py), never through heartbeats alone.
 
 A peer that joins, missed a round, or sees established peers on another state asks a peer that
-holds that head for the rosters leading to it (the `ledger` RPC), finds where they meet its own
+holds that head for the rosters leading to it (the `ledger` RPC: reader.py), finds where they meet its own
 ledger (the genesis for a joiner), verifies them link by link, and moves only when
   * they extend its chain and a quorum of the peers established on that chain holds the head
     (votes.needed), or
@@ -26,23 +26,18 @@ import logging
 from collections import OrderedDict
 from typing import NamedTuple
 
-import msgpack
-
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.net import RoundNet
 from node.round.trust import anchor, chain, votes
 from node.round.trust.chain import ChainRules, Link
+from node.round.trust.reader import RosterReader
 from protocol import keys
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint
-from protocol.messages import Request
-from protocol.records import GENESIS, Heartbeat
+from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.sync")
-LEDGER_TIMEOUT = 10.0  # seconds for one `ledger` answer (up to 4 MiB of rosters)
 MOST_DONORS = 6  # donors asked in one look for a better head
-MOST_REQUESTS = 256  # `ledger` answers one catch-up reads from one donor
-MOST_ROUNDS = 8192  # rosters one catch-up fetches and verifies (a longer way needs checkpoints: design step 2)
 FORGET_FAILED = 256  # (donor, head) failures and heads passed over that are remembered
 
 
@@ -73,6 +68,7 @@ class Catchup:
         """`organizer`: the peer id that signed the run's manifest; its heartbeat's head pins the
         chain a joiner may take (node/peer/witness.py). Empty: no pin."""
         self.net, self.ledger, self.rules, self.start, self.organizer = net, ledger, rules, start, organizer
+        self.reader = RosterReader(net, ledger, rules, start)  # donors' rosters by the `ledger` RPC
         # (donor, head) pairs that failed: that donor is not asked for that head again, but is for
         # the next one (an honest peer may have been unable once: starting, or just frozen)
         self.failed: OrderedDict[tuple[str, Head], None] = OrderedDict()
@@ -149,7 +145,7 @@ class Catchup:
         head. Not counted against MOST_DONORS, which a crowd of fresh heads (an order keys can
         buy) could spend; its chain also names the established peers whose heads plan() asks
         first once the swarm is past the witness. None: not a joiner, no such head, no chain."""
-        hb = peers.get(self.organizer) if self.organizer else None
+        hb = self.witness(peers)
         if self.ledger.rosters or hb is None or hb.active or hb.state_round == 0:
             return None
         head = Head(hb.state_round, hb.digest)
@@ -158,10 +154,14 @@ class Catchup:
             log.warning("the organizer's chain to round %d did not verify: asking the swarm's heads", head.round)
         return target
 
+    def witness(self, peers: dict[str, Heartbeat]) -> Heartbeat | None:
+        """The organizer's heartbeat among `peers` (its witness's, when inactive), if any."""
+        return peers.get(self.organizer) if self.organizer else None
+
     def compares(self, peers: dict[str, Heartbeat]) -> bool:
         """Does this look compare heads by their checkpoints? A joiner's (empty ledger) whose
         organizer is offline: nothing else tells it the swarm's chain from a crowd's."""
-        hb = peers.get(self.organizer) if self.organizer else None
+        hb = self.witness(peers)
         return not self.ledger.rosters and (hb is None or hb.active)
 
     def newest_anchored(self, found: list[Target]) -> Target | None:
@@ -228,7 +228,7 @@ class Catchup:
         None when there is no organizer's head to tell (none, not live); False while a live
         witness has taken no roster yet (it lags a young run by a few rounds): a crowd's chain
         from the genesis must not slip in before the witness has a head (wait for it)."""
-        hb = peers.get(self.organizer) if self.organizer else None
+        hb = self.witness(peers)
         if hb is None or hb.active:
             return None
         if hb.state_round == 0:
@@ -257,7 +257,7 @@ class Catchup:
         near = [max(ours[-1] - 2, ours[0])] if ours and head.round > ours[-1] else []
         for first in dict.fromkeys([*near, ours[0]] if ours else [1]):
             try:
-                rosters = self.walk(donor, first, head.round)
+                rosters = self.reader.walk(donor, first, head.round)
             except Exception as e:  # noqa: BLE001 -- whatever a peer or its stream does, it is that donor's failure
                 log.warning("ledger from %s: %s", donor[:16], e)
                 return None
@@ -277,84 +277,4 @@ class Catchup:
                 return None
             ancestor = rosters[0].roster.round - 1
             return Target(head, ancestor, tuple(rosters), tuple(holders), bool(ours) and ancestor < ours[-1])
-        return None
-
-    def walk(self, donor: str, first: int, last: int) -> list[AcceptedRoster] | None:
-        """The donor's rosters of rounds first..last, verified batch by batch from where they
-        meet our ledger (None: they meet none of ours). Raises ProtocolError at the first roster
-        that does not verify, so junk is never held beyond one answer."""
-        if last - first >= MOST_ROUNDS:
-            raise ProtocolError(f"a head {last - first + 1} rounds past ours: more than a catch-up verifies")
-        ours = sorted(self.ledger.rosters)
-        meet_after = ours[-1] + 1 if ours else 1  # a branch leaves ours at the latest right after our head
-        pending: list[dict] = []
-        verified: list[AcceptedRoster] = []
-        link, window, nxt = None, Ledger(), first
-        for _ in range(MOST_REQUESTS):
-            batch = self.batch(donor, nxt)[: last - nxt + 1] if nxt <= last else []
-            nxt += len(batch)
-            pending += batch
-            if link is None and (nxt <= min(meet_after, last) and batch):
-                continue  # the branch may still meet ours further on: read up to our head first
-            if link is None:
-                met = self.meet(pending, first)
-                if met is None:
-                    return None
-                at, link = met
-                window = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r < link.round})
-                pending = pending[at:]
-            checked = chain.verify(pending, link, window, self.rules)
-            if checked.problem:
-                raise ProtocolError(f"does not verify: {checked.problem}")
-            for accepted in checked.rosters:
-                verified.append(accepted)
-                window.rosters[accepted.roster.round] = accepted
-                window.rosters.pop(accepted.roster.round - WINDOW, None)
-                link = chain.after(accepted)
-            pending = []
-            if not batch:
-                return verified
-        raise ProtocolError(f"more than {MOST_REQUESTS} answers for one catch-up")
-
-    def meet(self, envs: list[dict], first: int) -> tuple[int, Link] | None:
-        """(index into envs, its link) of the last roster that continues one of ours (or the genesis)."""
-        for i in range(len(envs) - 1, -1, -1):
-            r = first + i
-            prev = _peek(envs[i], "prev")
-            mine = self.ledger.rosters.get(r - 1)
-            if mine is not None and mine.hash == prev:
-                return i, chain.after(mine)
-            if r == 1 and prev == GENESIS:
-                return i, self.start
-        return None
-
-    def batch(self, donor: str, first: int) -> list[dict]:
-        """One `ledger` answer: the donor's rosters from round `first`, in consecutive rounds."""
-        request = Request(op="ledger", run=self.rules.run_id, round=first)
-        (answer,) = self.net.fetch_many([(donor, request, None)], timeout=LEDGER_TIMEOUT)
-        if isinstance(answer, Exception):
-            raise answer
-        batch = decode_rosters(answer)
-        rounds = [_peek(env, "round") for env in batch]
-        if rounds != list(range(first, first + len(batch))):
-            raise ProtocolError(f"ledger answer: rounds {rounds[:3]}... for a request from round {first}")
-        return batch
-
-
-def decode_rosters(payload: bytes) -> list[dict]:
-    """A `ledger` answer: a msgpack list of signed roster envelopes; ProtocolError otherwise."""
-    try:
-        batch = msgpack.unpackb(payload, raw=False)
-    except Exception as e:
-        raise ProtocolError(f"ledger answer: not msgpack ({type(e).__name__})") from None
-    if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
-        raise ProtocolError("ledger answer: expected a list of signed rosters")
-    return batch
-
-
-def _peek(env: dict, name: str):
-    """A field of a roster envelope's body, unchecked (chain.verify checks the signature later)."""
-    try:
-        return msgpack.unpackb(env["body"], raw=False)[name]
-    except Exception:
         return None

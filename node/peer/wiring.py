@@ -36,6 +36,7 @@ from node.peer.sync import StateSync
 from node.round.fetch import UpdateShape
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol, round_record_ttl
+from node.round.trust import chain
 from node.round.trust.anchor import FILENAME as ANCHOR_FILE
 from node.round.trust.anchor import Anchor
 from node.train import data
@@ -48,7 +49,6 @@ from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
 from protocol.admission import work
-from protocol.admission.rule import Admission
 from protocol.signing import public_der
 
 PROOF_SAY_EVERY = 15.0  # seconds between two progress lines while we solve our admission proof
@@ -160,7 +160,7 @@ class NodeParts:
             self.applier.hooks(),
             self.max_bytes,
             update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
-            admission=Admission(self.puzzle(), organizer=self.manifest["organizer"]),
+            admission=chain.admission_of(self.run_id, self.run.swarm, self.manifest["organizer"]),
         )
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
         self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.table.last())
@@ -211,13 +211,6 @@ class NodeParts:
         )
         self.privacy = make_privacy(
             self.run.privacy, local_optimizer=self.strategy.local_optimizer, on_epsilon=self.reports.spent
-        )
-
-    def puzzle(self) -> work.Puzzle:
-        """The run's admission puzzle ([swarm] identity_work_*: in the manifest, hence the run id)."""
-        s = self.run.swarm
-        return work.Puzzle(
-            run_id=self.run_id, bits=s.identity_work_bits, n_log2=s.identity_work_n_log2, r=s.identity_work_r
         )
 
     def obtain_proof(self, stop: threading.Event) -> bool:

@@ -50,8 +50,12 @@ class Witness:
         self.exchange = Exchange(swarm.dht, run_id, max_bytes=max_bytes, me=self.me)
         self.exchange.set_ledger(self.ledger.envelopes_from)
         self.exchange.set_checkpoint(lambda c: self.anchor.envelope if c == self.anchor.round else None)
-        rules = ChainRules(
-            run_id=run_id, established_rounds=cfg.established_rounds, max_bytes=max_bytes, organizer=self.me
+        rules = ChainRules(  # the rules every peer checks a chain by, admission proofs included
+            run_id=run_id,
+            established_rounds=cfg.established_rounds,
+            max_bytes=max_bytes,
+            organizer=self.me,
+            admission=chain.admission_of(run_id, cfg, self.me),
         )
         self.catchup = Catchup(RealNet(swarm, self.exchange), self.ledger, rules, chain.genesis(run_id, base))
         head = self.head(base)

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from node.config import SwarmConfig
 from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.trust import anchor, marks
 from protocol import signed
+from protocol.admission import work
 from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Roster
@@ -70,6 +72,15 @@ class ChainRules:
     (node/round/trust/anchor.py). Empty: carried checkpoints are not checked, nor used."""
     admission: Admission = DISABLED
     """Proofs of work of authors new to the chain, and how many a roster may list (protocol/admission/rule.py)."""
+
+
+def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
+    """The run's admission rule ([swarm] identity_work_*: in the manifest, hence the run id), the
+    same for every peer that checks a chain: members, joiners and the organizer's witness."""
+    puzzle = work.Puzzle(
+        run_id=run_id, bits=cfg.identity_work_bits, n_log2=cfg.identity_work_n_log2, r=cfg.identity_work_r
+    )
+    return Admission(puzzle, organizer=organizer)
 
 
 def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> AcceptedRoster:

@@ -247,9 +247,12 @@ def test_a_fork_from_the_genesis_is_settled_by_the_organizers_head():
         p.id: Catchup(p.net, p.ledger, p.proto.rules, chain.genesis(RUN, BASE0), organizer=organizer.id) for p in peers
     }
     for p in a:
+        assert not pinned[p.id].worth_a_look(p.proto.peers(), head_of(p))  # on the witness's branch
         assert pinned[p.id].plan(p.proto.peers(), head_of(p)) is None
         assert catchup_of(p).plan(p.proto.peers(), head_of(p)) is None
     for p in b:
+        # no peer b's ledger names holds a's head: the witness's head off b's chain is the trigger
+        assert pinned[p.id].worth_a_look(p.proto.peers(), head_of(p))
         assert catchup_of(p).plan(p.proto.peers(), head_of(p)) is None  # unpinned: nobody to weigh by
         target = pinned[p.id].plan(p.proto.peers(), head_of(p))
         assert target is not None and target.fork and target.ancestor == 0 and target.head == head_of(a[0])

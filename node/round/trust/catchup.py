@@ -101,11 +101,22 @@ class Catchup:
         # a trigger, not a vote: any peer our window names (after a stretch alone the peers that
         # trained with us are no longer 'established'); an empty ledger: anyone
         known = self.eligible() | set(self.ledger.appearances())
-        return any(
+        return self.off_the_witness(peers, mine) or any(
             (not known or p in known) and head.round != mine.round + 1
             for head, holders in self.hints(peers, mine).items()
             for p in holders
         )
+
+    def off_the_witness(self, peers: dict[str, Heartbeat], mine: Head) -> bool:
+        """Is the organizer's witness head on another branch than ours (our roster of its round has
+        another result), or two or more rounds past us? Peers that started together and split at
+        the genesis know nobody on the other branch, so no known peer's head would ever prompt a
+        look; the witness's does (plan() then moves only onto the branch through it)."""
+        hb = self.witness(peers)
+        if hb is None or hb.active or hb.state_round == 0:
+            return False
+        held = self.ledger.rosters.get(hb.state_round)
+        return hb.state_round >= mine.round + 2 or (held is not None and held.roster.result != hb.digest)
 
     def plan(self, peers: dict[str, Heartbeat], mine: Head) -> Target | None:
         """The head to move to, verified and chosen by the rules above; None: stay."""

@@ -84,14 +84,17 @@ def swarm(tmp_path_factory):
 
 
 def test_monitor_api_shows_every_peer_from_signed_records(swarm):
-    # saved_fraction needs a round with two peers or more: rounds a peer trained alone at the
-    # start (before the others joined) need no all-reduce, so they add nothing to compare with
+    # saved_fraction needs a round with two peers or more. Rounds the first peer led alone while
+    # the others were still joining cost traffic (the joiners fetch its update to apply them)
+    # but no all-reduce, so the cumulative saving starts low and climbs with each round the
+    # three train together (~90 % after a few): wait for it to pass half; a method that saved
+    # nothing never would, and the assertion below names the last figures
     status = wait_status(
         swarm["url"],
         lambda s: (
             sum(p["alive"] and p["signed"] for p in s["peers"]) == 3
             and len(s["loss_history"]) >= 2
-            and s["bandwidth"]["saved_fraction"] is not None
+            and (s["bandwidth"]["saved_fraction"] or 0) > 0.5
         ),
         240,
     )
@@ -108,7 +111,6 @@ def test_monitor_api_shows_every_peer_from_signed_records(swarm):
             "error": None,
         }
     ]
-    assert status["bandwidth"]["saved_fraction"] > 0.5  # diloco, 8 inner steps, fp16: ~97 %
     assert any(p["val_bpb"] is not None for p in status["loss_history"])
     metrics = get(swarm["url"] + "metrics").decode()
     assert re.search(r'swarmtrain_monitor_bootstrap_up\{address="[^"]+"\} 1\.0', metrics)

@@ -15,6 +15,8 @@ from node.p2p.dht import HeartbeatPublisher, Swarm, dht_time, read_peers
 from node.peer import manifest as manifests
 from protocol.records import Heartbeat
 
+LEAVE_WAIT = 6.0  # seconds a leaving node serves its last update to peers still behind it
+
 
 class Presence:
     """Our heartbeat (None until we joined) and the manifest copy we keep."""
@@ -67,15 +69,16 @@ class Presence:
     def leave(self, state: SwarmState, last: int) -> None:
         """Serve our updates until the other peers are past `last`, the last round we announced (or
         applied), then go: a roster may already name our update. This runs after the first
-        Ctrl+C too (a second one aborts), for at most collect_timeout."""
+        Ctrl+C too (a second one aborts), for at most LEAVE_WAIT: a supervisor's SIGTERM expects the
+        node gone within ~10 s, and a round that named us is redone without us."""
         if self.heartbeat is None:
             return
         self.heartbeat.update(active=False, state_round=state.round, digest=state.digest)
-        deadline = time.monotonic() + self.cfg.collect_timeout
+        deadline = time.monotonic() + min(self.cfg.collect_timeout, LEAVE_WAIT)
         while time.monotonic() < deadline:
-            behind = [
+            behind = [  # live heartbeats only: a peer that died minutes ago is behind for ever
                 p
-                for p, hb in read_peers(self.swarm, self.run_id).items()
+                for p, hb in read_peers(self.swarm, self.run_id, ttl=self.cfg.heartbeat_ttl).items()
                 if p != self.me and hb.active and hb.state_round < last
             ]
             if not behind:

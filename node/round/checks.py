@@ -10,6 +10,7 @@ they read its net, ledger, hooks and what it saw live (`seen`) and when it opene
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from node.round import election
 from node.round.election import RosterCheck
@@ -94,8 +95,21 @@ class RosterChecks:
             return []
         stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
         leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
-        better = election.better_siblings(mine, stored, self.max_bytes, leaders)
+        better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no))
         return [s for s in better if _marks_valid(s)]  # its lists count in our marks once swapped in
+
+    def _came_late(self, round_no: int) -> Callable[[election.Slot], bool]:
+        """Whether our roster of `round_no` came late for a slot: we awaited the round from before
+        that slot's turn and took our roster only from it on, on our own clock (a round we came
+        to late, `moved_on`, dates back `opened`: then we never know). election.better_siblings."""
+        opened, first, took = self.opened.get(round_no), self.first_look.get(round_no), self.took.get(round_no)
+
+        def came_late(slot: election.Slot) -> bool:
+            if opened is None or first is None or took is None:
+                return False
+            return first - opened < election.turn(slot, self.cfg) <= took - opened
+
+        return came_late
 
     def _swap(self, sibling: AcceptedRoster) -> None:
         self.ledger.swap(sibling)

@@ -24,6 +24,7 @@ the rest: silent peers that drew the first ranks hold the round for one attempt,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 from node.config import SwarmConfig
@@ -157,7 +158,11 @@ def check_reveal(roster: Roster, leader_key: bytes) -> None:
 
 
 def better_siblings(
-    mine: AcceptedRoster, stored: dict, max_bytes: int, leaders: set[str] | None
+    mine: AcceptedRoster,
+    stored: dict,
+    max_bytes: int,
+    leaders: set[str] | None,
+    came_late: Callable[[Slot], bool] = lambda slot: False,
 ) -> list[AcceptedRoster]:
     """Of `stored` (the DHT's rosters of mine's round, leader -> envelope), those that may replace
     `mine`, best first: siblings (two leaders led the round at once, with the same updates and
@@ -165,7 +170,25 @@ def better_siblings(
     None: anyone, a young run), with mine's beacon, their leader's unique reveal and a better
     sibling_slot. Swaps only ever go to a better slot, so peers converge on the best sibling;
     were any sibling good enough, each contributor (newcomers included) could offer its own
-    reveal and so pick among as many next beacons as it has identities."""
+    reveal and so pick among as many next beacons as it has identities.
+
+    `skip` lists overrule the slot where the reader saw it for itself (issue 16, design step 8):
+    - a sibling whose leader mine lists in `skip` never replaces mine. We took mine while that
+      leader's roster was not there (had it been, we would have taken it: the smaller slot), so
+      it came after its turn had passed: a rank 0 that stayed silent and then published a copy
+      of rank 1's roster (its own reveal, an empty skip) erased its mark; now it stays.
+    - a sibling whose `skip` lists mine's leader replaces mine, whatever its slot, when
+      `came_late(its slot)`: we watched the round from before that slot's turn and took mine
+      only from it on, on our own clock (two leaders raced; the passed-over one was late).
+    Both use the reader's own view, not the two rosters alone, because from the rosters alone an
+    honest rank 1 that passed over a silent rank 0 looks like a hostile rank 1 that copies an
+    honest rank 0's roster and lists it in `skip` (tests/test_delays.py): a rule that let the
+    skipper win would let any contributor mark the leader of every round it ranks behind. Here a
+    hostile rank 1 still marks rank 0 only where leading does: readers that took rank 0's roster
+    before rank 1's turn keep it. What it can do is split readers that came to the round after
+    its turn and see both rosters at once (they take rank 0's, the smaller slot): they hold
+    what the swarm holds in the attack above, the other sibling in the silent-rank-0 one, and
+    then refuse the next roster and resync, as after any round they could not follow."""
     among = {a.peer for a in mine.announcements}
     among = among if leaders is None else among & leaders
 
@@ -177,11 +200,13 @@ def better_siblings(
         try:
             roster, anns = signed.open_roster(env, signer=str(leader), max_bytes=max_bytes)
             theirs = AcceptedRoster(env, roster, tuple(anns))
+            passes_mine = mine.roster.leader in roster.skip and came_late(slot(theirs))
             if (
                 siblings(mine, theirs)
                 and roster.leader in among
                 and roster.beacon == mine.roster.beacon
-                and slot(theirs) < slot(mine)
+                and roster.leader not in mine.roster.skip
+                and (slot(theirs) < slot(mine) or passes_mine)
             ):
                 check_reveal(roster, env["key"])
                 better.append(theirs)

@@ -79,6 +79,19 @@ class UpdateFetcher:
         """Raises ProtocolError if an update payload cannot be applied (Hooks.validate)."""
         self.shape = shape
         """The run's update shape; None (tests of other rules) checks sizes against max_bytes only."""
+        self.fetched: dict[str, int] = {}
+        """Peer -> the last round whose update of theirs this peer fetched whole, as leader (from
+        the owner) or gathering (down its relay tree): first-hand evidence against `unserved`
+        listings (node/round/trust/marks.slow_to_me)."""
+
+    def note(self, round_no: int, anns: list[Announcement], results: list) -> None:
+        """Record the updates of `anns` fetched whole (`results`, as fetch returns them); at most
+        4,096 peers are remembered, the most recently fetched."""
+        for a, got in zip(anns, results):
+            if not isinstance(got, Exception):
+                self.fetched[a.peer] = max(round_no, self.fetched.get(a.peer, 0))
+        if len(self.fetched) > 4096:  # a crowd of one-off announcers: keep the newest
+            self.fetched = dict(sorted(self.fetched.items(), key=lambda kv: kv[1])[-2048:])
 
     def wrong_size(self, ann: Announcement) -> ProtocolError | None:
         """Why `ann` cannot be an update of this run (None: its size is the exact one)."""

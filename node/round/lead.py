@@ -155,6 +155,7 @@ class RosterBuilder:
             where = [i for i, s in enumerate(picked) if (s.announcement.peer in slow) == batch]
             anns = [picked[i].announcement for i in where]
             got = self.updates.fetch(anns, round_no, sources=lambda a: [a.peer], limit=limit) if anns else []
+            self.updates.note(round_no, anns, got)  # from the owner itself: first-hand (marks.slow_to_me)
             out.update(zip(where, got))
         return [out[i] for i in range(len(picked))]
 

@@ -70,6 +70,8 @@ class RoundProtocol(RosterChecks):
         self.me, self.max_bytes, self.admission = net.me, max_bytes, admission  # admission: protocol/admission
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
         self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
+        self.first_look: dict[int, float] = {}  # round -> when (monotonic) we first awaited it
+        self.took: dict[int, float] = {}  # round -> when (monotonic) we took its roster (better_siblings)
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
@@ -84,7 +86,7 @@ class RoundProtocol(RosterChecks):
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
         opened them, who we saw) belongs to a branch we left, and would date our attempts wrong."""
-        for memory in (self.opened, self.seen, self.core_in):
+        for memory in (self.opened, self.seen, self.core_in, self.first_look, self.took):
             for r in [r for r in memory if r > state_round]:
                 del memory[r]
 
@@ -147,8 +149,11 @@ class RoundProtocol(RosterChecks):
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         self.opened = {r: t for r, t in self.opened.items() if r >= round_no - 2}
-        self.core_in = {r: t for r, t in self.core_in.items() if r >= round_no - 2}
+        for memory in (self.core_in, self.first_look, self.took):
+            for r in [r for r in memory if r < round_no - 2]:
+                del memory[r]
         opened = self.opened.setdefault(round_no, started)  # a retry of the round goes on with its attempts
+        self.first_look.setdefault(round_no, started)
         self.converge(round_no - 1)
         seen = self.seen.setdefault(round_no, set())
         while not stop.is_set() and self.net.monotonic() - started < self.cfg.round_timeout:
@@ -160,16 +165,14 @@ class RoundProtocol(RosterChecks):
                 opened = self.opened[round_no] = min(opened, self.net.monotonic() - self.cfg.round_timeout)
             accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
-                self._note_left_out(round_no, accepted)
-                return accepted
+                return self._took(round_no, accepted)
             now = self.net.monotonic()
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
                 late = now - started >= 0.8 * self.cfg.round_timeout  # a shrunken swarm must not stall
                 accepted = self._lead(round_no, base, slot, turns, at_least=1 if late else self.cfg.min_peers)
                 if accepted is not None:
-                    self._note_left_out(round_no, accepted)
-                    return accepted
+                    return self._took(round_no, accepted)
             stop.wait(POLL)
         return None
 
@@ -203,8 +206,8 @@ class RoundProtocol(RosterChecks):
 
     def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
-        # an announcer two leaders could not fetch from is not waited for (node/round/trust/marks.py)
-        expected = (lead.expected(peers, round_no, last) - marks.slow_servers(self.ledger, round_no)) | {self.me}
+        # an announcer two leaders could not fetch from, nor we, is not waited for (trust/marks.py)
+        expected = (lead.expected(peers, round_no, last) - self.slow(round_no)) | {self.me}
         # the core: last round's members (an established peer silent since is no longer waited
         # for), else after a sync the established; in a young run, everyone
         core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
@@ -238,7 +241,8 @@ class RoundProtocol(RosterChecks):
         opened = self.opened.get(round_no)
         return 0.0 if opened is None else self.net.monotonic() - opened
 
-    def _note_left_out(self, round_no: int, accepted: AcceptedRoster) -> None:
+    def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
+        self.took[round_no] = self.net.monotonic()
         if self.net.held_update(round_no, self.me) is not None and all(
             a.peer != self.me for a in accepted.announcements
         ):
@@ -249,11 +253,17 @@ class RoundProtocol(RosterChecks):
                 accepted.roster.leader[:16],
                 self.left_out,
             )
+        return accepted
 
     # ------------------------------------------------------------------------------- leading
     def marked(self, round_no: int) -> set[str]:
         """Candidates ranked after all others in round `round_no`: skip-marked by the chain."""
         return marks.skip_marked(self.ledger, round_no)
+
+    def slow(self, round_no: int) -> set[str]:
+        """Announcers not waited for and fetched last in round `round_no`: the chain's slow servers
+        that we did not fetch fine ourselves (marks.slow_to_me). Readers check neither: local."""
+        return marks.slow_to_me(self.ledger, round_no, self.updates.fetched)
 
     def _lead(self, round_no: int, base: str, slot: Slot, ranked: set[str], at_least: int = 1) -> AcceptedRoster | None:
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
@@ -269,7 +279,7 @@ class RoundProtocol(RosterChecks):
             beacon=beacon,
             attempt=slot.attempt,
             skip=marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no)),
-            slow=marks.slow_servers(self.ledger, round_no),
+            slow=self.slow(round_no),
         )
         if accepted is None:
             return None
@@ -296,6 +306,7 @@ class RoundProtocol(RosterChecks):
             if isinstance(blob, Exception):
                 self.failed.add((round_no, leader))
                 raise RoundFailed(f"round {round_no}: could not get the update of {a.peer[:16]}: {blob}")
+        self.updates.note(round_no, list(accepted.announcements), blobs)  # first-hand (marks.slow_to_me)
         self.members = {round_no: {a.peer for a in accepted.announcements}}
         return [UpdateEnvelope.decode(b).payload for b in blobs]
 

@@ -10,7 +10,11 @@ Two lists a leader writes into its roster, and what the chain makes of them:
 - `unserved`: announcers whose update the leader could not fetch within the fetch bound. A peer
   listed by MARKS_TO_DROP distinct leaders in the window is no longer waited for (lead.collected's
   `expected`) and its update is fetched last, with SLOW_FETCH seconds: a peer that announces and
-  never serves costs a round that, not a whole fetch bound. Listing marks nobody else.
+  never serves costs a round that, not a whole fetch bound. Listing marks nobody else. The
+  listings only suggest: a listing counts for a peer only if it came after the last round
+  whose update of that announcer the peer fetched itself (slow_to_me). Two hostile leaders no
+  longer frame a peer that serves: an honest roster holding its update between their listings
+  voids the first for every peer that applied it.
 
 A reader checks each list before taking a roster, with what the roster itself carries, so every
 reader decides alike: a skipped peer must rank ahead of the leader under the roster's beacon in
@@ -95,6 +99,22 @@ def slow_servers(ledger: Ledger, round_no: int) -> set[str]:
     for roster in _window(ledger, round_no):
         for p in roster.unserved:
             leaders.setdefault(p, set()).add(roster.leader)
+    return {p for p, who in leaders.items() if len(who) >= MARKS_TO_DROP}
+
+
+def slow_to_me(ledger: Ledger, round_no: int, fetched: dict[str, int]) -> set[str]:
+    """The slow servers this peer treats so in round `round_no`: announcers listed unserved by
+    MARKS_TO_DROP distinct leaders in rosters of the window after the last round whose update of
+    theirs this peer fetched itself (`fetched`: peer -> round, UpdateFetcher.fetched; as leader
+    from the owner, or gathering a roster). The chain's listings only suggest: every peer gathers
+    every update of the rounds it applies, so once an honest leader's roster holds an announcer's
+    update, listings before it no longer count for anyone that applied it. An announcer that
+    stopped serving (or never did) is in no roster after the listings: it is treated at once."""
+    leaders: dict[str, set[str]] = {}
+    for roster in _window(ledger, round_no):
+        for p in roster.unserved:
+            if roster.round > fetched.get(p, 0):
+                leaders.setdefault(p, set()).add(roster.leader)
     return {p for p, who in leaders.items() if len(who) >= MARKS_TO_DROP}
 
 

@@ -9,6 +9,8 @@ import dataclasses
 import threading
 import time
 
+import msgpack
+import pytest
 import torch
 
 from bench.scale.count import one_update
@@ -18,6 +20,8 @@ from node.scatter.leader import Leader
 from node.scatter.member import Member, Timeouts
 from node.scatter.reduce import two_level
 from node.scatter.traffic import Behaviour
+from protocol.errors import ProtocolError
+from protocol.kinds.scatter import Board, Message
 from tests.fakes import ScatterBus
 
 TOTAL = 8192
@@ -110,3 +114,22 @@ def test_members_behind_nat_are_never_dialled_and_end_exact():
     for p in peers:
         assert isinstance(results[p], torch.Tensor), f"{p[:8]}: {results[p]!r}"
         assert torch.equal(results[p], sim.final)
+
+
+def test_messages_and_boards_from_peers_are_checked_field_by_field():
+    msg = Message(op="part", run="r", round=3, attempt=0, level=2, a=1, b=2, index=1, data=b"x", inputs=(None,))
+    assert Message.decode(msg.encode()) == msg
+    for bad in ({"op": "state"}, {"level": 3}, {"a": -1}, {"tag": "x" * 40}, {"inputs": [[1, 2]]}, {"data": "x"}):
+        with pytest.raises(ProtocolError):
+            Message.decode(msgpack_of({**dataclasses.asdict(msg), "inputs": [None], **bad}))
+    with pytest.raises(ProtocolError):
+        Message.decode(b"\xc1garbage")
+    board = Board(level=1, version=2, stage="audit", replaced={"1/0/0": 1}, caught=(), fixed={}, signers={})
+    assert Board.decode(board.encode()) == board
+    for bad in ({"stage": "lie"}, {"replaced": {"1/0/0": -1}}, {"fixed": {"1/0/0": "nope"}}, {"digest": "zz"}):
+        with pytest.raises(ProtocolError):
+            Board.decode(msgpack_of({**dataclasses.asdict(board), "caught": [], **bad}))
+
+
+def msgpack_of(d: dict) -> bytes:
+    return msgpack.packb(d, use_bin_type=True)

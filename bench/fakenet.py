@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +148,42 @@ def digest_of(payloads: list[bytes], base: str) -> str:
     for p in payloads:
         h.update(hashlib.sha256(p).digest())
     return h.hexdigest()
+
+
+class ScatterBus:
+    """In-memory transport for v3 members (node/scatter/member.py ScatterNet): a call runs the
+    callee's `answer` in the caller's thread, through the wire encoding both ways, and counts the
+    bytes (pieces and records apart, as `bench scale` does). Peers in `down` never answer."""
+
+    def __init__(self):
+        from node.scatter.traffic import Traffic
+
+        self.handlers: dict[str, Any] = {}
+        self.traffic = Traffic()
+        self.down: set[str] = set()
+        self.dialled: set[str] = set()  # every peer some call went to (a peer behind NAT must not be)
+        self.lock = threading.Lock()
+
+    def net(self, me: str) -> BusNet:
+        return BusNet(self, me)
+
+
+class BusNet:
+    def __init__(self, bus: ScatterBus, me: str):
+        self.bus, self.me = bus, me
+
+    def call(self, peer: str, message, timeout: float) -> bytes:
+        from protocol.kinds.scatter import Message
+
+        handler = self.bus.handlers.get(peer)
+        if handler is None or peer in self.bus.down:
+            raise TimeoutError(f"{peer[:8]} did not answer in {timeout:.1f} s")
+        request = message.encode()
+        with self.bus.lock:
+            self.bus.dialled.add(peer)
+            self.bus.traffic.send(self.me, peer, message.data_bytes(), len(request) - message.data_bytes())
+        reply = handler.answer(self.me, Message.decode(request))
+        data = Message.decode(reply).data_bytes() if message.op in ("inputs", "final") else 0
+        with self.bus.lock:
+            self.bus.traffic.send(peer, self.me, data, len(reply) - data)
+        return reply

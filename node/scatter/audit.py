@@ -24,7 +24,7 @@ from node.scatter.grid import Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_pieces
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Commitment, Receipt, flags_of, task_name
+from protocol.kinds.scatter import Commitment, Receipt, bitmap, flags_of, task_name
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,12 @@ class Round:
         if level == 1 and self.committed is not None:
             senders = [p for p in senders if p in self.committed]
         return len(senders) // 2 + 1
+
+    def output_sizes(self, level: int, a: int, b: int) -> list[int]:
+        """Values in each output piece of the task: level 1, one per part of its chunk."""
+        if level == 2:
+            return [self.part(a, b).size]
+        return [self.part(b, k).size for k in range(self.grid.n_groups)]
 
     def span(self, level: int, a: int, b: int) -> chunks.Span:
         return self.chunk(b) if level == 1 else self.part(a, b)
@@ -197,6 +203,34 @@ def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor
     if level == 2:
         return [chunks.encode(result)]
     return [chunks.encode(result[p.start : p.end]) for p in chunks.spans(result.numel(), rnd.grid.n_groups)]
+
+
+def answer_task(rnd: Round, keys, task: tuple, inputs: list[Input | None], *, lie: bool = False) -> tuple[dict, list]:
+    """An owner's answer to `task` from the inputs it kept (None: left out, in the senders'
+    order): its signed receipt and its output pieces. `keys` is the owner's (node/scatter/keys.py
+    Keys). `lie`: a simulated liar's answer (its true result negated and tenfold, signed alike)."""
+    level, a, b = task
+    span = rnd.span(*task)
+    pieces = [chunks.decode(i.data, span.size) for i in inputs if i is not None]
+    if not pieces:
+        raise ProtocolError(f"task {task_name(task)}: its owner kept no inputs")
+    outputs = outputs_of(rnd, level, a, b, pieces)
+    if lie:
+        sizes = rnd.output_sizes(*task)
+        outputs = [chunks.encode(chunks.decode(o, n) * -10.0) for o, n in zip(outputs, sizes)]
+    receipt = Receipt(
+        run=rnd.run,
+        round=rnd.round,
+        attempt=rnd.attempt,
+        owner=keys.peer,
+        level=level,
+        a=a,
+        b=b,
+        included=bitmap([i is not None for i in inputs]),
+        inputs_root=inputs_root([chunks.sha(i.data) for i in inputs if i is not None]),
+        outputs=tuple(chunks.sha(o) for o in outputs),
+    )
+    return keys.seal(receipt), outputs
 
 
 @dataclass(frozen=True)

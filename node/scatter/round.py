@@ -28,17 +28,16 @@ from node.scatter.audit import (
     FraudProof,
     Input,
     Round,
+    answer_task,
     audit,
     audit_seed,
     check_chunk,
-    inputs_root,
     open_receipt,
-    outputs_of,
 )
 from node.scatter.grid import assign_auditors
 from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Commitment, Receipt, bitmap, draw_message, set_digest, task_name
+from protocol.kinds.scatter import Commitment, draw_message, set_digest, task_name
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
 
@@ -200,40 +199,17 @@ class ScatterRound:
 
     def compute(self, task: tuple) -> None:
         """The current owner reduces its inputs and signs its receipt (a liar signs a lie)."""
-        level, a, b = task
         owner, rnd = self.rnd.owner(*task), self.rnd
         inputs = self.inputs[task]
         if self.act(owner).censor:
             kept = {p for p in rnd.senders(*task) if p == owner or self.act(p).collude or self.act(p).censor}
             inputs = [i if p in kept else None for p, i in zip(rnd.senders(*task), inputs)]
-        span = rnd.span(*task)
-        pieces = [chunks.decode(i.data, span.size) for i in inputs if i is not None]
-        if not pieces:
-            raise ProtocolError(f"task {task}: its owner kept no inputs")
-        outputs = outputs_of(rnd, level, a, b, pieces)
-        if self.act(owner).lie:
-            outputs = [chunks.encode(chunks.decode(o, n) * -10.0) for o, n in zip(outputs, self.output_sizes(task))]
-        digests = [chunks.sha(i.data) for i in inputs if i is not None]
-        receipt = Receipt(
-            run=rnd.run,
-            round=rnd.round,
-            attempt=rnd.attempt,
-            owner=owner,
-            level=level,
-            a=a,
-            b=b,
-            included=bitmap([i is not None for i in inputs]),
-            inputs_root=inputs_root(digests),
-            outputs=tuple(chunks.sha(o) for o in outputs),
-        )
-        self.receipts[task], self.outputs[task] = self.keys[owner].seal(receipt), outputs
+        lie = self.act(owner).lie
+        self.receipts[task], self.outputs[task] = answer_task(rnd, self.keys[owner], task, inputs, lie=lie)
         self.used[task] = inputs
 
     def output_sizes(self, task: tuple) -> list[int]:
-        level, a, b = task
-        if level == 2:
-            return [self.rnd.part(a, b).size]
-        return [self.rnd.part(b, k).size for k in range(self.rnd.grid.n_groups)]
+        return self.rnd.output_sizes(*task)
 
     def publish_receipts(self, level: int) -> None:
         """Each receipt goes to the task's senders (they check they were included); level-2

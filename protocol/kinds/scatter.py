@@ -2,18 +2,24 @@
 and the messages that carry pieces and proofs. Each is a msgpack map; `from_wire` checks every
 field (they come from other peers) and raises ProtocolError.
 
-Messages, as the sentence a peer says (node/scatter/round.py sends them):
-  CHUNK     'Here is chunk j of my update, and my signed commitment to all my chunks.'
-  RESULT    'Here is part k of group g's result for chunk j, with my signed receipt.'   (level 2)
-  FINAL     'Here is the final part k of chunk j, with its owner's signed receipt.'     (gather)
-  INPUTS    'Here are the signed inputs of my task, for your audit.'
-  FRAUD     'This receipt's output is not what its signed inputs give: check it yourself.'
+Messages (`Message`, one RPC each; node/scatter/member.py sends and serves them), as the sentence
+the caller says. Every one is dialled by the peer that has something to give or to ask, so a
+member behind NAT only dials out: senders dial owners, never the other way.
+  chunk     'Here is chunk b of my update, and my signed commitment to all my chunks.'  (to owner 1/a/b)
+  part      'Here is part b of group `index`'s result for chunk a, with my signed receipt.' (to owner 2/a/b)
+  receipt   'Here is my signed receipt for the task I own.'                              (to the leader)
+  board     'What stands for level `level`, newer than version `index`?' (long poll; answer: Board)
+  inputs    'Send me your task's signed inputs and receipt, for my audit.'               (to its owner)
+  verdict   'I audited this task: it checks (index 0), or here is the fraud proof.'      (to the leader)
+  final     'Send me your final part, with your receipt.'                                (to owner 2/a/b)
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+
+import msgpack
 
 from protocol.errors import ProtocolError
 from protocol.records import SHA256_RE, field, peer_id_field, round_field, run_field
@@ -155,3 +161,153 @@ def draw_message(run: str, round_no: int, attempt: int, level: int, receipts: st
     receipts are fixed (`receipts` = set_digest): the audit seed hashes it, so nobody knew the
     auditors before every receipt was irrevocable, and the leader cannot try variants of it."""
     return f"swarmtrain-scatter-audit|{run}|{round_no}|{attempt}|{level}|{receipts}".encode()
+
+
+OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final")
+MAX_PIECE = 1 << 30  # bytes of one piece: a 1B-parameter update's chunk is about 125 MB / sqrt(N)
+MAX_TAG = 16
+
+
+def _inputs(raw: object, where: str) -> tuple:
+    if not isinstance(raw, list) or len(raw) > MAX_GROUP:
+        raise ProtocolError(f"{where}: inputs must be a list of at most {MAX_GROUP}")
+    out = []
+    for item in raw:
+        if item is not None and not (
+            isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict) and isinstance(item[1], bytes)
+        ):
+            raise ProtocolError(f"{where}: an input is [envelope, bytes] or nil")
+        out.append(None if item is None else (item[0], item[1]))
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One v3 request or its answer (see the module docstring for what each `op` says). `level`,
+    `a`, `b` name the task; `index` is the sender's place (part), the version seen (board) or 1
+    for a fraud proof (verdict); `tag` the audit draw ('' or '/again'); `envelope` a commitment or
+    a receipt; `data` a piece; `inputs` a task's signed inputs, (envelope, bytes) or None each."""
+
+    op: str
+    run: str
+    round: int
+    attempt: int
+    level: int = 1
+    a: int = 0
+    b: int = 0
+    index: int = 0
+    tag: str = ""
+    envelope: dict | None = None
+    data: bytes = b""
+    inputs: tuple = ()
+
+    @property
+    def task(self) -> tuple[int, int, int]:
+        return (self.level, self.a, self.b)
+
+    def data_bytes(self) -> int:
+        """Bytes of pieces it carries (the rest is records: what bench scale counts apart)."""
+        return len(self.data) + sum(len(i[1]) for i in self.inputs if i is not None)
+
+    def encode(self) -> bytes:
+        wire = {**asdict(self), "inputs": [None if i is None else list(i) for i in self.inputs]}
+        return msgpack.packb(wire, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message:
+        w = "scatter message"
+        try:
+            d = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=MAX_GROUP, max_map_len=64)
+        except Exception as e:  # msgpack raises several types for garbage
+            raise ProtocolError(f"{w}: not msgpack ({type(e).__name__})") from None
+        op = field(d, "op", str, where=w)
+        level, a, b, index = (field(d, k, int, where=w) for k in ("level", "a", "b", "index"))
+        attempt, tag = field(d, "attempt", int, where=w), field(d, "tag", str, where=w)
+        if op not in OPS or level not in LEVELS or not 0 <= min(a, b, index) <= max(a, b) < MAX_GROUP:
+            raise ProtocolError(f"{w}: op {op[:20]!r} or task {level}/{a}/{b} out of range")
+        if not 0 <= attempt <= 2**16 or len(tag) > MAX_TAG or not 0 <= index <= 2**40:
+            raise ProtocolError(f"{w}: attempt {attempt}, index {index} or tag out of range")
+        envelope = d.get("envelope")
+        if envelope is not None and not isinstance(envelope, dict):
+            raise ProtocolError(f"{w}: envelope must be a map or nil")
+        body = field(d, "data", bytes, where=w)
+        if len(body) > MAX_PIECE:
+            raise ProtocolError(f"{w}: a piece of {len(body)} bytes")
+        return cls(
+            op=op,
+            run=run_field(field(d, "run", str, where=w), w),
+            round=round_field(field(d, "round", int, where=w), w),
+            attempt=attempt,
+            level=level,
+            a=a,
+            b=b,
+            index=index,
+            tag=tag,
+            envelope=envelope,
+            data=body,
+            inputs=_inputs(field(d, "inputs", list, where=w), w),
+        )
+
+
+def _digest_or_empty(value: str, where: str) -> str:
+    if value and not SHA256_RE.match(value):
+        raise ProtocolError(f"{where}: digest is not a SHA-256 digest")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Board:
+    """The leader's word on one level, version by version: 'These tasks changed hands (`replaced`:
+    task -> owners passed over), these owners were caught lying, these receipts stand (`fixed`:
+    task -> SHA-256 of the body, `signers`: who signed it), and I signed their digest uniquely
+    (`draw`, over `digest`). Now: collect (owners answer), audit (`count` auditors a task under draw `tag`), or
+    done.' Every member applies it to its Round alike."""
+
+    level: int
+    version: int
+    stage: str
+    replaced: dict
+    caught: tuple[str, ...]
+    fixed: dict
+    signers: dict
+    digest: str = ""
+    """The set_digest of the level's receipts as first fixed: what `draw` signs."""
+    draw: bytes = b""
+    tag: str = ""
+    count: int = 0
+
+    STAGES = ("collect", "audit", "done")
+
+    def encode(self) -> bytes:
+        return msgpack.packb({**asdict(self), "caught": list(self.caught)}, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Board:
+        w = "scatter board"
+        try:
+            d = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=MAX_GROUP, max_map_len=1 << 20)
+        except Exception as e:
+            raise ProtocolError(f"{w}: not msgpack ({type(e).__name__})") from None
+        stage, level = field(d, "stage", str, where=w), field(d, "level", int, where=w)
+        if stage not in cls.STAGES or level not in LEVELS:
+            raise ProtocolError(f"{w}: stage {stage[:20]!r} or level {level}")
+        replaced, fixed, signers = (field(d, k, dict, where=w) for k in ("replaced", "fixed", "signers"))
+        if not all(isinstance(k, str) and isinstance(v, int) and 0 < v <= MAX_GROUP for k, v in replaced.items()):
+            raise ProtocolError(f"{w}: replaced must map tasks to counts")
+        if not all(isinstance(k, str) and isinstance(v, str) and SHA256_RE.match(v) for k, v in fixed.items()):
+            raise ProtocolError(f"{w}: fixed must map tasks to SHA-256 digests")
+        if set(signers) != set(fixed) or not all(isinstance(v, str) for v in signers.values()):
+            raise ProtocolError(f"{w}: signers must name a signer for each fixed task")
+        return cls(
+            level=level,
+            version=field(d, "version", int, where=w),
+            stage=stage,
+            replaced=replaced,
+            caught=tuple(peer_id_field(p, w) for p in field(d, "caught", list, where=w) if isinstance(p, str)),
+            fixed=fixed,
+            signers={k: peer_id_field(v, w) for k, v in signers.items()},
+            digest=_digest_or_empty(field(d, "digest", str, where=w), w),
+            draw=field(d, "draw", bytes, where=w),
+            tag=field(d, "tag", str, where=w)[:MAX_TAG],
+            count=field(d, "count", int, where=w),
+        )

@@ -1,0 +1,180 @@
+"""The leader's part in a v3 round over the network: the board every member follows.
+
+For each level the leader (a reachable member: election.candidates) takes the owners' receipts,
+and says on its board, version by version (protocol/kinds/scatter.py Board), what stands:
+  collect  until every task has a receipt from its current owner; a task still without one when
+           2 x `phase` has passed changes hands (its owner withheld: `replaced`), and its senders
+           send to the backup;
+  audit    once every task stands, the receipts are fixed (one per task) and the leader signs
+           their digest uniquely (`draw`): the audit seed follows, and with it who audits what
+           (grid.assign_auditors, which every member runs alike). Auditors send it their verdicts;
+           a fraud proof that checks (audit.is_fraud, from the signatures alone) bans the liar for
+           the round and its task goes to the backup (collect again), and then every task of the
+           level gets `escalate` more auditors (a liar's fellows may be lying too);
+  done     the level's receipts stand: level-1 owners send their parts on, or members gather.
+Members fetch the board by long poll (the leader answers when it has a newer version, or after
+`phase`), so no one dials a member. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from node.scatter import chunks
+from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, open_receipt
+from node.scatter.grid import assign_auditors
+from node.scatter.member import Member, tasks_of
+from node.scatter.round import MOST_REPLACEMENTS
+from protocol.errors import ProtocolError
+from protocol.kinds.scatter import Board, Message, draw_message, set_digest, task_name
+
+
+class Leader:
+    """Leads one v3 round; `member` (the leader's own) serves its ops to the other members."""
+
+    def __init__(self, rnd: Round, keys, member: Member, *, auditors: int = 1, escalate: int = 3):
+        self.rnd, self.keys, self.auditors, self.escalate = rnd, keys, auditors, escalate
+        self.timeouts = member.timeouts
+        member.lead = self
+        self.cond = threading.Condition()
+        self.boards: dict[int, Board] = {}
+        self.version = 0
+        self.pending: dict[str, dict] = {}  # task name -> the receipt its current owner sent
+        self.verdicts: dict[tuple[str, str], Message] = {}  # (task name + tag, auditor) -> its verdict
+        self.digests: dict[int, str] = {}
+        self.draws: dict[int, bytes] = {}
+        self.seeds: dict[int, str] = {}
+        self.withheld: list[str] = []
+        self.caught: list[str] = []  # in the order convicted
+
+    def run(self) -> None:
+        for level in (1, 2):
+            self.lead_level(level)
+
+    def lead_level(self, level: int) -> None:
+        tasks = tasks_of(self.rnd, level)
+        self.collect(level, tasks)
+        self.fix(level)
+        convicted = self.audit_round(level, "", self.auditors)
+        for again in range(1, MOST_REPLACEMENTS + 1):
+            if not convicted:
+                self.publish(level, "done")
+                return
+            self.collect(level, convicted)
+            convicted = self.audit_round(level, f"/again{again}", self.escalate)
+        raise ProtocolError(f"level {level}: {MOST_REPLACEMENTS} audits in a row convicted an owner")
+
+    def stands(self, task: tuple) -> bool:
+        try:
+            open_receipt(self.rnd, self.pending.get(task_name(task)), *task)
+            return True
+        except ProtocolError:
+            return False
+
+    def collect(self, level: int, tasks: list[tuple]) -> None:
+        """Until each task has a receipt of its current owner; then those receipts stand."""
+        with self.cond:
+            for task in tasks:
+                self.rnd.unfix(task_name(task))
+        for _ in range(MOST_REPLACEMENTS):
+            self.publish(level, "collect")
+            with self.cond:
+                self.cond.wait_for(lambda: all(map(self.stands, tasks)), timeout=2 * self.timeouts.phase)
+                missing = [t for t in tasks if not self.stands(t)]
+                if not missing:
+                    owners = {task_name(t): self.rnd.owner(*t) for t in tasks}
+                    for name, owner in owners.items():
+                        self.rnd.fixed[name] = chunks.sha(self.pending[name]["body"])
+                        self.rnd.signers[name] = owner
+                    return
+                for task in missing:  # withheld: the backup takes the task, its senders send again
+                    name = task_name(task)
+                    self.withheld.append(self.rnd.owner(*task))
+                    self.rnd.replaced[name] = self.rnd.replaced.get(name, 0) + 1
+                    self.pending.pop(name, None)
+        raise ProtocolError(f"level {level}: {MOST_REPLACEMENTS} owners in a row did not answer")
+
+    def fix(self, level: int) -> None:
+        """The level's receipts are fixed: the leader signs their digest once (sign_unique)."""
+        rnd = self.rnd
+        with self.cond:
+            digest = set_digest({task_name(t): rnd.fixed[task_name(t)] for t in tasks_of(rnd, level)})
+            self.digests[level] = digest
+            self.draws[level] = self.keys.unique(draw_message(rnd.run, rnd.round, rnd.attempt, level, digest))
+            self.seeds[level] = audit_seed(rnd.grid.seed, digest, self.draws[level])
+
+    def audit_round(self, level: int, tag: str, count: int) -> list[tuple]:
+        """Deal `count` auditors to every task of the level, wait for their verdicts, and convict
+        the owners whose fraud proofs check. Returns the tasks that change hands."""
+        rnd = self.rnd
+        with self.cond:
+            names = {task_name(t) + tag: rnd.owner(*t) for t in tasks_of(rnd, level)}
+            dealt = assign_auditors(self.seeds[level], names, rnd.grid.members(), count)
+            expected = {(n, a) for n, chosen in dealt.items() for a in chosen if a != names[n]}
+        self.publish(level, "audit", tag=tag, count=count)
+        convicted = []
+        with self.cond:
+            self.cond.wait_for(lambda: expected <= set(self.verdicts), timeout=2 * self.timeouts.phase)
+            for (name, _), verdict in list(self.verdicts.items()):
+                task = verdict.task
+                if name not in names or verdict.index != 1 or task in convicted:
+                    continue
+                inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
+                if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs)):
+                    owner = rnd.owner(*task)
+                    self.caught.append(owner)
+                    rnd.caught.add(owner)
+                    convicted.append(task)
+            for task in convicted:
+                rnd.unfix(task_name(task))
+        return convicted
+
+    def publish(self, level: int, stage: str, *, tag: str = "", count: int = 0) -> None:
+        rnd = self.rnd
+        with self.cond:
+            self.version += 1
+            names = {task_name(t) for t in tasks_of(rnd, level)}
+            fixed = {n: h for n, h in rnd.fixed.items() if n in names}
+            self.boards[level] = Board(
+                level=level,
+                version=self.version,
+                stage=stage,
+                replaced=dict(rnd.replaced),
+                caught=tuple(sorted(rnd.caught)),
+                fixed=fixed,
+                signers={n: rnd.signers[n] for n in fixed},
+                digest=self.digests.get(level, ""),
+                draw=self.draws.get(level, b""),
+                tag=tag,
+                count=count,
+            )
+            self.cond.notify_all()
+
+    def answer(self, caller: str, msg: Message) -> bytes:
+        """The leader's ops: a receipt (kept if it is its task's current owner's), a verdict, a
+        board poll (answered when the level's board is at least version `index`, or after `phase`)."""
+        rnd, name = self.rnd, task_name(msg.task)
+        if msg.op == "board":
+            with self.cond:
+                self.cond.wait_for(
+                    lambda: msg.level in self.boards and self.boards[msg.level].version >= msg.index,
+                    timeout=self.timeouts.phase,
+                )
+                board = self.boards.get(msg.level)
+            if board is None:
+                raise ProtocolError(f"no board of level {msg.level} yet")
+            return board.encode()
+        with self.cond:
+            if caller not in rnd.grid.members():
+                raise ProtocolError("not a member of this round")
+            if msg.op == "receipt":
+                if name in rnd.fixed:
+                    raise ProtocolError(f"task {name} has a receipt that stands")
+                open_receipt(rnd, msg.envelope, *msg.task)  # its current owner's, for this task
+                self.pending[name] = msg.envelope
+            elif msg.op == "verdict":
+                self.verdicts[(name + msg.tag, caller)] = msg
+            else:
+                raise ProtocolError(f"the leader does not serve {msg.op}")
+            self.cond.notify_all()
+        return b""

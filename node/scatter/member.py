@@ -1,0 +1,329 @@
+"""One member's part in a v3 round over the network (docs/protocol.md "v3"): the code each peer
+runs, where node/scatter/round.py runs every member at once on a simulated bus.
+
+A member, from the round's Round (grid, rule, who committed) and its own update:
+  1 chunks   sends chunk j with its signed commitment to owner j of its group (it dials);
+  2 level 1  as an owner, waits for its task's inputs (at most `phase` s), keeps those an auditor
+             would accept, reduces, signs its receipt and sends it to the leader; then follows
+             the leader's board (node/scatter/leader.py): tasks that changed hands get its input
+             again (it re-sends), the audits dealt to it it runs (fetching the task's signed
+             inputs from the owner), and 'done' ends the level;
+  3 parts    as a level-1 owner whose receipt stands, sends part k of its result, with that
+             receipt, to part owner k of its column;
+  4 level 2  as 2, over the parts;
+  5 gather   fetches every final part from its owner with the owner's receipt, and checks the
+             part's digest against the receipt the leader fixed.
+Every connection is dialled by the member that gives or asks: senders dial owners, auditors and
+gatherers dial owners, everyone dials the leader; owners and the leader are reachable members
+(grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline.
+`Member.answer` serves the ops (protocol/kinds/scatter.py Message) other members call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from node.scatter import chunks
+from node.scatter.audit import Input, Round, answer_task, audit, audit_seed, check_chunk, open_receipt
+from node.scatter.grid import assign_auditors
+from node.scatter.traffic import Behaviour
+from protocol.errors import ProtocolError
+from protocol.kinds.scatter import Board, Commitment, Message, draw_message, task_name
+
+log = logging.getLogger("swarmtrain.scatter")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """How long a v3 round waits at each step (seconds)."""
+
+    phase: float = 30.0
+    """An owner's wait for its task's inputs; the leader waits twice this for receipts and audits."""
+    call: float = 30.0
+    """One RPC (a board poll may take `phase` more: the leader answers when the board changes)."""
+    round: float = 600.0
+    """The whole round, for this member: past it, it gives up (the round fails for it)."""
+
+
+class ScatterNet(Protocol):
+    me: str
+
+    def call(self, peer: str, message: Message, timeout: float) -> bytes:
+        """Dial `peer` with `message`; its answer's payload. Raises ProtocolError, TimeoutError, OSError."""
+
+
+def tasks_of(rnd: Round, level: int) -> list[tuple[int, int, int]]:
+    grid = rnd.grid
+    if level == 1:
+        return [(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)]
+    return [(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)]
+
+
+def apply_board(rnd: Round, board: Board) -> None:
+    """The leader's word on the level, taken as every member takes it."""
+    rnd.replaced, rnd.caught = dict(board.replaced), set(board.caught)
+    for task in tasks_of(rnd, board.level):
+        name = task_name(task)
+        if name in board.fixed:
+            rnd.fixed[name], rnd.signers[name] = board.fixed[name], board.signers[name]
+        else:
+            rnd.unfix(name)
+
+
+def board_seed(rnd: Round, board: Board, leader: str) -> str:
+    """The audit seed of the board's level (raises ProtocolError if the leader's draw does not check).
+    It stays the one drawn when the level's receipts were first fixed, through re-audits."""
+    digest = board.digest
+    message = draw_message(rnd.run, rnd.round, rnd.attempt, board.level, digest)
+    if not rnd.checker.unique_ok(board.draw, message, leader, {}):
+        raise ProtocolError("the leader's draw of the audit seed does not check")
+    return audit_seed(rnd.grid.seed, digest, board.draw)
+
+
+class Member:
+    """One member of one v3 round (its keys, its update, its copy of the Round)."""
+
+    def __init__(self, rnd: Round, update: torch.Tensor, keys, net: ScatterNet, leader: str, **options):
+        """options: timeouts (Timeouts), behaviour (Behaviour: a simulated deviation), base and
+        tokens (the commitment's)."""
+        self.rnd, self.update, self.keys, self.net, self.leader = rnd, update, keys, net, leader
+        self.me = keys.peer
+        self.timeouts: Timeouts = options.get("timeouts", Timeouts())
+        self.act: Behaviour = options.get("behaviour", Behaviour())
+        self.base, self.tokens = options.get("base", "0" * 64), options.get("tokens", 1)
+        self.lead = None  # the Leader whose ops this member serves, if it leads
+        self.cond = threading.Condition()
+        self.received: dict[tuple, dict[int, dict[str, Input]]] = {}  # task -> sender's place -> caller -> input
+        self.used: dict[tuple, list[Input | None]] = {}  # what each task I answered reduced
+        self.receipts: dict[tuple, dict] = {}
+        self.outputs: dict[tuple, list[bytes]] = {}
+        self.mine: dict[tuple, tuple[dict, bytes]] = {}  # (task, my place) -> (envelope, piece) I send
+        self.sent_to: dict[tuple, str] = {}  # (task, my place) -> the owner I last sent it to
+        self.answered: set[tuple] = set()
+        self.deadline = 0.0
+
+    # ------------------------------------------------------------------ the round, as this member
+    def run(self) -> torch.Tensor:
+        """This member's round: the flat aggregate (raises ProtocolError or TimeoutError)."""
+        self.deadline = time.monotonic() + self.timeouts.round
+        self.send_chunks()
+        self.level(1)
+        self.send_parts()
+        self.level(2)
+        return self.gather()
+
+    def call(self, peer: str, message: Message, extra: float = 0.0) -> bytes:
+        if peer == self.me:  # no connection to ourselves
+            return (self.lead if message.op in ("receipt", "board", "verdict") else self).answer(self.me, message)
+        return self.net.call(peer, message, self.timeouts.call + extra)
+
+    def message(self, op: str, task: tuple = (1, 0, 0), **fields) -> Message:
+        rnd = self.rnd
+        return Message(
+            op=op, run=rnd.run, round=rnd.round, attempt=rnd.attempt, level=task[0], a=task[1], b=task[2], **fields
+        )
+
+    def send_chunks(self) -> None:
+        rnd = self.rnd
+        data = [chunks.encode(self.update[s.start : s.end]) for s in (rnd.chunk(j) for j in range(rnd.grid.chunks))]
+        commit = Commitment(
+            run=rnd.run,
+            round=rnd.round,
+            attempt=rnd.attempt,
+            peer=self.me,
+            base=self.base,
+            tokens=self.tokens,
+            chunks=tuple(chunks.sha(d) for d in data),
+        )
+        envelope, g = self.keys.seal(commit), rnd.grid.group_of(self.me)
+        place = rnd.grid.groups[g].index(self.me)
+        self.mine = {((1, g, j), place): (envelope, data[j]) for j in range(rnd.grid.chunks)}
+        self.push_inputs()
+
+    def push_inputs(self) -> None:
+        """Send each piece of mine to its task's current owner, unless that owner has it already."""
+        for (task, place), (envelope, data) in self.mine.items():
+            owner = self.rnd.owner(*task)
+            if self.sent_to.get((task, place)) == owner:
+                continue
+            self.sent_to[(task, place)] = owner  # one try per owner: a silent one is replaced by the leader
+            op = "chunk" if task[0] == 1 else "part"
+            try:
+                self.call(owner, self.message(op, task, index=place, envelope=envelope, data=data))
+            except (ProtocolError, TimeoutError, OSError) as e:
+                log.info("round %d: %s of task %s to %s failed: %s", self.rnd.round, op, task_name(task), owner[:16], e)
+
+    def level(self, level: int) -> None:
+        """Follow the leader's board for `level` until it says done, doing what it asks of me."""
+        version = -1
+        while True:
+            self.answer_tasks(level)
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"round {self.rnd.round}: level {level} did not end in time")
+            try:
+                reply = self.call(
+                    self.leader, self.message("board", (level, 0, 0), index=version + 1), self.timeouts.phase
+                )
+                board = Board.decode(reply)
+            except (ProtocolError, TimeoutError, OSError) as e:
+                log.info("round %d: no board of level %d yet: %s", self.rnd.round, level, e)
+                continue
+            if board.level != level or board.version <= version:
+                continue
+            version = board.version
+            apply_board(self.rnd, board)
+            self.push_inputs()
+            if board.stage == "audit":
+                self.audit_dealt(board)
+            elif board.stage == "done":
+                return
+
+    # ------------------------------------------------------------------ as an owner
+    def answer_tasks(self, level: int) -> None:
+        for task in tasks_of(self.rnd, level):
+            if task in self.answered or self.rnd.owner(*task) != self.me or task_name(task) in self.rnd.fixed:
+                continue
+            self.answered.add(task)
+            if self.act.withhold:
+                continue
+            inputs = self.collect(task)
+            try:
+                receipt, outputs = answer_task(self.rnd, self.keys, task, inputs, lie=self.act.lie)
+            except ProtocolError as e:
+                log.info("round %d: cannot answer task %s: %s", self.rnd.round, task_name(task), e)
+                continue
+            with self.cond:
+                self.receipts[task], self.outputs[task], self.used[task] = receipt, outputs, inputs
+            try:
+                self.call(self.leader, self.message("receipt", task, envelope=receipt))
+            except (ProtocolError, TimeoutError, OSError) as e:
+                log.info("round %d: the leader did not take my receipt of %s: %s", self.rnd.round, task_name(task), e)
+
+    def collect(self, task: tuple) -> list[Input | None]:
+        """The task's inputs, in its senders' order: each as its sender vouched for it, or None
+        (not in by the phase's end, or not checking)."""
+        senders = self.rnd.senders(*task)
+
+        def arrived() -> list[Input | None]:
+            got = self.received.get(task, {})
+            return [got.get(i, {}).get(p) for i, p in enumerate(senders)]
+
+        with self.cond:
+            self.cond.wait_for(lambda: all(arrived()), timeout=self.timeouts.phase)
+            items = arrived()
+        return [self.accepted(task, i, p, item) for i, (p, item) in enumerate(zip(senders, items))]
+
+    def accepted(self, task: tuple, place: int, sender: str, item: Input | None) -> Input | None:
+        """An input as its auditor will accept it (else it is left out of the receipt)."""
+        if item is None:
+            return None
+        level, a, b = task
+        try:
+            if level == 1:
+                check_chunk(self.rnd, sender, b, item)
+            else:
+                r1 = open_receipt(self.rnd, item.envelope, 1, place, a)
+                if len(r1.outputs) != self.rnd.grid.n_groups or chunks.sha(item.data) != r1.outputs[b]:
+                    raise ProtocolError("a part that is not the one its receipt lists")
+                chunks.decode(item.data, self.rnd.span(*task).size)
+        except ProtocolError as e:
+            log.info("round %d: left out %s's input to %s: %s", self.rnd.round, sender[:16], task_name(task), e)
+            return None
+        return item
+
+    def send_parts(self) -> None:
+        rnd = self.rnd
+        self.mine, self.sent_to = {}, {}
+        for _, g, j in (t for t in tasks_of(rnd, 1) if rnd.owner(*t) == self.me and t in self.receipts):
+            for k in range(rnd.grid.n_groups):
+                self.mine[((2, j, k), g)] = (self.receipts[(1, g, j)], self.outputs[(1, g, j)][k])
+        self.push_inputs()
+
+    # ------------------------------------------------------------------ as an auditor
+    def audit_dealt(self, board: Board) -> None:
+        rnd = self.rnd
+        seed = board_seed(rnd, board, self.leader)
+        tasks = tasks_of(rnd, board.level)
+        dealt = assign_auditors(
+            seed, {task_name(t) + board.tag: rnd.owner(*t) for t in tasks}, rnd.grid.members(), board.count
+        )
+        for task in tasks:
+            if self.me in dealt[task_name(task) + board.tag] and rnd.owner(*task) != self.me:
+                self.audit_one(task, board.tag)
+
+    def audit_one(self, task: tuple, tag: str) -> None:
+        try:
+            served = Message.decode(self.call(self.rnd.owner(*task), self.message("inputs", task)))
+            inputs = [None if i is None else Input(*i) for i in served.inputs]
+            proof = audit(self.rnd, served.envelope, *task, inputs)
+        except (ProtocolError, TimeoutError, OSError) as e:
+            log.info("round %d: could not audit %s: %s", self.rnd.round, task_name(task), e)
+            return
+        if proof is None:
+            verdict = self.message("verdict", task, tag=tag)
+        else:
+            log.warning("round %d: the owner of %s lied; sending the proof", self.rnd.round, task_name(task))
+            proof_inputs = tuple(None if i is None else (i.envelope, i.data) for i in proof.inputs)
+            verdict = self.message("verdict", task, tag=tag, index=1, envelope=proof.receipt, inputs=proof_inputs)
+        try:
+            self.call(self.leader, verdict)
+        except (ProtocolError, TimeoutError, OSError) as e:
+            log.info("round %d: the leader did not take my verdict on %s: %s", self.rnd.round, task_name(task), e)
+
+    # ------------------------------------------------------------------ the gather
+    def gather(self) -> torch.Tensor:
+        rnd = self.rnd
+        final = torch.zeros(rnd.total)
+        for _, j, k in tasks_of(rnd, 2):
+            served = Message.decode(self.call(rnd.owner(2, j, k), self.message("final", (2, j, k))))
+            receipt = open_receipt(rnd, served.envelope, 2, j, k)
+            if chunks.sha(served.data) != receipt.outputs[0]:
+                raise ProtocolError(f"final part {j}/{k} is not the one its owner's receipt lists")
+            span = rnd.part(j, k)
+            final[span.start : span.end] = chunks.decode(served.data, span.size)
+        return final
+
+    # ------------------------------------------------------------------ what this member serves
+    def answer(self, caller: str, msg: Message) -> bytes:
+        """The payload for `caller`'s request; raises ProtocolError to refuse (with the reason)."""
+        rnd = self.rnd
+        if (msg.run, msg.round, msg.attempt) != (rnd.run, rnd.round, rnd.attempt):
+            raise ProtocolError("not this round's attempt")
+        if msg.op in ("receipt", "board", "verdict"):
+            if self.lead is None:
+                raise ProtocolError("this member does not lead the round")
+            return self.lead.answer(caller, msg)
+        if not rnd.in_range(*msg.task) or caller not in rnd.grid.members():
+            raise ProtocolError(f"no task {task_name(msg.task)} for {caller[:16]} in this round")
+        if msg.op in ("chunk", "part"):
+            return self.take(caller, msg)
+        with self.cond:
+            receipt, used, outputs = self.receipts.get(msg.task), self.used.get(msg.task), self.outputs.get(msg.task)
+        if receipt is None or self.act.withhold:
+            raise ProtocolError(f"I hold no answer to task {task_name(msg.task)}")
+        if msg.op == "inputs":
+            served = tuple(None if i is None else (i.envelope, i.data) for i in used)
+            return self.message("inputs", msg.task, envelope=receipt, inputs=served).encode()
+        if msg.task[0] != 2:
+            raise ProtocolError("final parts are level 2's")
+        return self.message("final", msg.task, envelope=receipt, data=outputs[0]).encode()
+
+    def take(self, caller: str, msg: Message) -> bytes:
+        """Keep an input for a task (checked when the task is answered: level 2's vouching receipts
+        may be fixed only later). One per sender's place and caller: nobody fills another's place."""
+        grid, (level, a, _) = self.rnd.grid, msg.task
+        if level == 1 and (a >= grid.n_groups or caller not in grid.groups[a] or msg.op != "chunk"):
+            raise ProtocolError("a chunk from outside the task's group")
+        place = grid.groups[a].index(caller) if level == 1 else msg.index
+        if (level == 2 and (place >= grid.n_groups or msg.op != "part")) or msg.envelope is None:
+            raise ProtocolError("a part must name its group and carry its receipt")
+        with self.cond:
+            self.received.setdefault(msg.task, {}).setdefault(place, {})[caller] = Input(msg.envelope, msg.data)
+            self.cond.notify_all()
+        return b""

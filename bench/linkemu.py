@@ -492,7 +492,40 @@ class EmulatedNetwork:
                 self.forwarder.wait()
             self.forwarder.stdout.close()
         for ns in self.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_namespace(ns)
+
+
+def delete_namespace(ns: str) -> None:
+    """Delete `ns`, then kill what is still inside it. A process started by `ip netns exec` just
+    before the first kill may not have entered the namespace yet, so `ip netns pids` missed it; once
+    the name is gone nothing new can enter, and a scan of /proc by the namespace's inode finds
+    what did (twice empty in a row: one that was entering has entered)."""
+    try:
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        inode = None
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    empty = 0
+    while inode is not None and empty < 2:
+        inside = [pid for pid in _pids() if _net_inode(pid) == inode]
+        for pid in inside:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        empty = 0 if inside else empty + 1
+        time.sleep(0.05)
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _net_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def remove_stale_namespaces(prefix: str) -> None:
@@ -503,7 +536,7 @@ def remove_stale_namespaces(prefix: str) -> None:
         m = pattern.match(name)
         if m and (int(m.group(1)) == os.getpid() or not Path(f"/proc/{m.group(1)}").exists()):
             kill_namespace_processes(name)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_namespace(name)
 
 
 def kill_namespace_processes(ns: str) -> None:

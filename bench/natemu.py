@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-from bench.linkemu import ip_command, kill_namespace_processes, remove_stale_namespaces
+from bench.linkemu import delete_namespace, ip_command, kill_namespace_processes, remove_stale_namespaces
 from node.errors import SwarmtrainError
 
 # Global addresses, as on the internet: libp2p's DHTs keep a peer only where its addresses fit
@@ -182,7 +182,7 @@ class NatNetwork:
         for ns in self.namespaces:
             kill_namespace_processes(ns)
         for ns in self.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_namespace(ns)
 
 
 def _run(args: list[str], stdin: str | None = None) -> None:

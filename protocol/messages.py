@@ -16,6 +16,12 @@ Requests (what a peer says):
   {"op": "checkpoint", "run": R, "round": c}
       "Send me the organizer's signed checkpoint of round c" (protocol/kinds/checkpoint.py; asked of the
       organizer, whose heartbeat names it in `cp`). The payload is the msgpack envelope.
+  {"op": "scatter", "run": R, "round": r}, then one more frame: a v3 Message
+      "Take, or answer, this message of round r's v3 round" (protocol/kinds/scatter.py: a chunk,
+      a part, a receipt or a verdict pushed; a board, a task's inputs or a final part asked for).
+      Only this request has a second frame: its length is checked against the serving node's
+      bound for the round in flight (a pushed fraud proof carries about one update) before it
+      is read, and a node with no v3 round in flight refuses it unread (node/p2p/streams.py).
 Responses:
   {"ok": true, "payload": <bytes>}                  "Here it is."
   {"ok": false, "error": "<why>"}                   "I cannot; here is why."
@@ -35,7 +41,7 @@ from protocol.records import PEER_ID_RE
 
 HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096
-OPS = ("update", "state", "ledger", "checkpoint")
+OPS = ("update", "state", "ledger", "checkpoint", "scatter")
 MAX_ERROR_CHARS = 500
 # a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
 MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS

@@ -439,3 +439,58 @@ def test_a_relay_answers_once_its_own_copy_arrives(net, node):
     with pytest.raises(ProtocolError, match="no update"):  # a round far from ours is answered at once
         a.fetch(B, update_request(peer=C, rnd=9), timeout=5)
     assert time.monotonic() - t0 < 1 and not b._arrivals
+
+
+# ------------------------------------------------------------------------ v3 messages (scatter)
+def scatter_message(data: bytes = b""):
+    from protocol.kinds.scatter import Message
+
+    return Message(op="chunk", run=RUN, round=3, attempt=0, data=data)
+
+
+def test_scatter_messages_reach_the_rounds_handler_with_their_caller(net, node):
+    """RealNet.call (v3's ScatterNet) carries a v3 Message as the body of a `scatter` request;
+    the exchange hands it, decoded, to the round's handler (Member.answer) in a thread."""
+    from node.p2p.roundnet import RealNet
+
+    a, b = node(A), node(B)
+    caller = RealNet(SimpleNamespace(peer_id=A), a)
+    seen = []
+
+    def answer(peer, msg):
+        seen.append((peer, msg))
+        if msg.data == b"bad":
+            raise ProtocolError("not this round's attempt")
+        if msg.data == b"bug":
+            raise KeyError("our own bug")
+        return b"ok:" + msg.data
+
+    with pytest.raises(ProtocolError, match="no v3 round in flight"):  # refused unread
+        caller.call(B, scatter_message(b"x"), timeout=5)
+    b.set_scatter(answer, limit=4096)
+    assert caller.call(B, scatter_message(b"piece"), timeout=5) == b"ok:piece"
+    assert seen[-1][0] == A and seen[-1][1] == scatter_message(b"piece")
+    with pytest.raises(ProtocolError, match="not this round's attempt"):  # the handler's refusal, with its reason
+        caller.call(B, scatter_message(b"bad"), timeout=5)
+    with pytest.raises(ProtocolError, match="could not answer chunk"):  # our bug: refused, never a crash
+        caller.call(B, scatter_message(b"bug"), timeout=5)
+    assert b.received["scatter"] > 0 and b.served["scatter"] == 1
+    b.set_scatter(None)
+    with pytest.raises(ProtocolError, match="no v3 round in flight"):
+        caller.call(B, scatter_message(b"x"), timeout=5)
+
+
+def test_scatter_bodies_are_bounded_before_reading_and_dropped_if_they_do_not_decode(net, node):
+    a, b = node(A), node(B)
+    calls = []
+    b.set_scatter(lambda peer, msg: calls.append(msg) or b"", limit=1000)
+    request = Request(op="scatter", run=RUN, round=3)
+    with pytest.raises(ProtocolError, match="exceeds the limit of 1000"):
+        a.fetch(B, request, timeout=5, body=scatter_message(b"\0" * 2000).encode())
+    with pytest.raises(ProtocolError, match="malformed scatter message"):
+        a.fetch(B, request, timeout=5, body=b"\xc1 not msgpack")
+    with pytest.raises(ProtocolError, match="trains run"):
+        a.fetch(B, Request(op="scatter", run="other-0123456789ab", round=3), timeout=5, body=b"")
+    assert not calls
+    assert a.fetch(B, request, timeout=5, body=scatter_message(b"fits").encode()) == b""
+    assert [m.data for m in calls] == [b"fits"]

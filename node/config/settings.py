@@ -202,6 +202,14 @@ class SwarmConfig:
     which every fetcher passes it to at most this many others (node/round/relay.py); the owner
     sends it twice (to the leader and to the tree's first fetcher), whatever the swarm's size.
     0: every member fetches it from its owner."""
+    scatter_min_peers: int = 16
+    """Round protocol v3 (docs/protocol.md "v3"): a round whose roster has at least this many
+    members runs the reduce-scatter, in which each peer moves about 3 updates whatever the
+    swarm's size, instead of every peer fetching every update (verify-all). Every peer decides
+    from the roster alone. Dense updates only (diloco with int8, float16 or float32 on the
+    wire): other strategies keep verify-all at any size. 0: always verify-all. (The node does
+    not run v3 rounds yet: the transport and the round's setup are built, the switch in the
+    round protocol is not; docs/protocol.md "Not built yet".)"""
     relay_wait: float = 3.0
     """Seconds a peer asked for an update of the current round that it does not hold yet waits
     for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""

@@ -101,6 +101,7 @@ RUN_RANGES: dict[str, Range] = {
     "swarm.round_seconds": NOT_NEGATIVE,
     "swarm.max_inner_steps": NOT_NEGATIVE,
     "swarm.relay_fanout": NOT_NEGATIVE,
+    "swarm.scatter_min_peers": NOT_NEGATIVE,
     "swarm.relay_wait": NOT_NEGATIVE,
     "swarm.identity_work_bits": Range(0, 32),  # 32 bits: 4 billion evaluations, years of a core
     "swarm.identity_work_n_log2": Range(1, 22),  # scrypt needs n >= 2; 2^22 at r 8 is 4 GiB an evaluation

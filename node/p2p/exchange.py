@@ -19,35 +19,32 @@ Every peer may be hostile, so all I/O is bounded:
     kept for the peers named by `set_known`), states sent at once, and bytes of answers being read
     before anyone could check them.
 Refusals are answered with a reason, counted in `refused` and logged.
-The serving side (`serve_stream`) and the reading side (node/p2p/streams.py: `read_response`) work
-on plain asyncio streams, so tests drive them in-process without a libp2p daemon.
+This module is the client side and the shared state; the request handlers are node/p2p/streams.py
+(`Serving`, mixed in). The serving side (`serve_stream`) and the reading side
+(node/p2p/streams.py: `read_response`) work on plain asyncio streams, so tests drive them
+in-process without a libp2p daemon. v3 rounds' messages (`call`, `set_scatter`) travel as
+`scatter` requests with a body: streams.py says how that body is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import msgpack
-
 from node.config import SwarmConfig
-from node.p2p.limits import DEFAULT_BUDGETS, Budgets, ByteBudget, FetchSlots, Refusal, ServeGate, UploadLimit
-from node.p2p.streams import read_request, read_response
-from protocol.errors import ProtocolError
-from protocol.messages import HEADER_LEN, Request, encode_response, frame
+from node.p2p.limits import DEFAULT_BUDGETS, Budgets, ByteBudget, FetchSlots, ServeGate, UploadLimit
+from node.p2p.streams import SCATTER_THREADS, SERVE_TIMEOUT, ScatterHandler, Serving, read_response
+from protocol.messages import Request, frame
 
 log = logging.getLogger("swarmtrain.exchange")
 HANDLER = "swarmtrain.v1"  # libp2p protocol name of our stream handler
 KEEP_ROUNDS = 4
-SERVE_TIMEOUT = 60.0  # seconds for each read of a request (header, then body)
-SEND_TIMEOUT = 300.0  # seconds to hand one response to a peer: a 7 MB state at 1 Mbit/s takes ~1 min
 
 Job = tuple[str, Request] | tuple[str, Request, int | None]  # (peer, request[, expected payload bytes])
 
@@ -65,7 +62,7 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class Exchange:
+class Exchange(Serving):
     def __init__(
         self,
         dht,
@@ -122,6 +119,8 @@ class Exchange:
         self._ledger: Callable[[int, int], list[dict]] = lambda first, most: []
         self._checkpoint: Callable[[int], dict | None] = lambda round_no: None
         self._lock = threading.Lock()
+        self._scatter: tuple[ScatterHandler | None, int] = (None, 0)  # the v3 round in flight: handler, body bound
+        self._scatter_pool = ThreadPoolExecutor(SCATTER_THREADS, thread_name_prefix="scatter")
         self._loop = new_loop(event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="exchange", daemon=True)
         self._thread.start()
@@ -158,13 +157,21 @@ class Exchange:
     def set_checkpoint(self, checkpoint_of: Callable[[int], dict | None]) -> None:
         self._checkpoint = checkpoint_of  # the organizer's witness serves `checkpoint` requests
 
-    def fetch(self, peer: str, request: Request, *, timeout: float, expect: int | None = None) -> bytes:
+    def set_scatter(self, handler: ScatterHandler | None, limit: int = 0) -> None:
+        """Serve v3 messages with `handler` (the round's Member.answer), whose bodies are at most
+        `limit` bytes; None: no v3 round in flight (scatter requests are refused unread)."""
+        self._scatter = (handler, limit if handler is not None else 0)
+
+    def fetch(
+        self, peer: str, request: Request, *, timeout: float, expect: int | None = None, body: bytes | None = None
+    ) -> bytes:
         """Ask `peer`; returns the payload or raises ProtocolError / TimeoutError / OSError.
 
         `expect`: the exact payload size promised (announced update size, state template size);
-        any other answer but a short refusal is dropped unread. The fetch is cancelled at `timeout`.
+        any other answer but a short refusal is dropped unread. `body`: the frame a scatter
+        request carries after it. The fetch is cancelled at `timeout`.
         """
-        return self._call(self._fetch_within(peer, request, expect, timeout), timeout=timeout + 5)
+        return self._call(self._fetch_within(peer, request, expect, timeout, body), timeout=timeout + 5)
 
     def fetch_many(
         self, jobs: Sequence[Job], *, timeout: float, on_each: Callable[[int, bytes], None] | None = None
@@ -199,6 +206,7 @@ class Exchange:
                 log.debug("p2p replica shutdown: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        self._scatter_pool.shutdown(wait=False, cancel_futures=True)
 
     def _count(self, direction: str, kind: str, n: int) -> None:
         (self.sent if direction == "sent" else self.received)[kind] += n
@@ -220,128 +228,24 @@ class Exchange:
         await p2p.add_binary_stream_handler(HANDLER, self._serve)
         return p2p
 
-    async def _serve(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """hivemind's stream handler: `info` is a StreamInfo naming the calling peer."""
-        await self.serve_stream(str(info.peer_id), reader, writer)
-
-    async def serve_stream(self, peer: str, reader: asyncio.StreamReader, writer) -> None:
-        """Answer one request from `peer` on one stream, then close it. Never raises: whatever the
-        peer sends is answered (with the payload or a reason) or dropped with a log line."""
-        try:
-            with contextlib.ExitStack() as held:  # each place this stream takes is given back when it ends
-                refusal = self._gate.enter_stream(peer, held)
-                if refusal is not None:
-                    kind, response = "update", encode_response(None, self._refused(peer, refusal))
-                else:
-                    kind, response = await self._respond(peer, reader, held)
-                await self._send(writer, kind, response)
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as e:
-            log.info("dropped a request from %s: %s", peer[:16], type(e).__name__)  # a peer's mistake never stops us
-        except Exception:
-            log.exception("unexpected error while serving %s", peer[:16])
-        finally:
-            writer.close()
-
-    async def _respond(self, peer: str, reader: asyncio.StreamReader, held: contextlib.ExitStack) -> tuple[str, bytes]:
-        """(kind, response body) for the request on `reader`."""
-        try:
-            request, n = await read_request(reader, self.io_timeout)
-        except ProtocolError as e:  # an honest peer on another protocol version learns why
-            return "update", encode_response(None, f"malformed request: {e}")
-        self._count("received", request.op, n)
-        payload, error = self._answer(request, peer, held)
-        if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
-            payload = await self._await_update((request.round, request.peer))
-            error = "" if payload is not None else f"{error} (waited {self.relay_wait:g} s)"
-        self.served[request.op] += payload is not None
-        if request.op == "state" and payload is not None:
-            self.on_state_served(peer, len(payload))
-        body = encode_response(payload, error)
-        if request.op == "update" and payload is not None and self.me and request.peer != self.me:
-            self.relayed_bytes += HEADER_LEN + len(body)  # what _send will count as sent
-        return request.op, body
-
-    async def _send(self, writer, kind: str, response: bytes) -> None:
-        out = frame(response)
-        self._count("sent", kind, len(out))  # counted when handed to the stream: the peer may close first
-        step = len(out) if self._upload is None else UploadLimit.CHUNK
-        for i in range(0, len(out), step):
-            if self._upload is not None:
-                await self._upload.take(min(step, len(out) - i))
-            writer.write(out[i : i + step])
-            async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
-                await writer.drain()
-
-    def _answer(self, request: Request, peer: str, held: contextlib.ExitStack) -> tuple[bytes | None, str]:
-        if request.run != self.run_id:
-            return None, f"this node trains run {self.run_id}, not {request.run}"
-        with self._lock:
-            state = self._state
-            blob = self._updates.get((request.round, request.peer))
-        if request.op == "state":
-            if state is None:
-                return None, "no state yet"
-            refusal = self._gate.enter_upload(peer, held)
-            return (state, "") if refusal is None else (None, self._refused(peer, refusal))
-        if request.op == "ledger":
-            rosters = self._ledger(request.round, self.max_bytes // 2)
-            return (msgpack.packb(rosters, use_bin_type=True), "") if rosters else (None, "no rosters from that round")
-        if request.op == "checkpoint":
-            cp = self._checkpoint(request.round)
-            return (msgpack.packb(cp, use_bin_type=True), "") if cp else (None, "no checkpoint of that round")
-        return (blob, "") if blob is not None else (None, f"no update of {request.peer} for round {request.round}")
-
-    def _may_arrive(self, request: Request) -> bool:
-        """An update request worth waiting for: of the round this node is gathering (next to the
-        newest round it holds updates of), so that relays pipeline down the tree without polls.
-        Anything else is answered at once; the per-peer stream cap bounds the waiting streams."""
-        if self.relay_wait <= 0 or request.op != "update" or request.run != self.run_id:
-            return False
-        with self._lock:
-            newest = max((r for r, _ in self._updates), default=None)
-        return newest is not None and newest - 1 <= request.round <= newest + 1
-
-    async def _await_update(self, key: tuple[int, str]) -> bytes | None:
-        with self._lock:
-            event, loop, waiters = self._arrivals.get(key, (asyncio.Event(), asyncio.get_running_loop(), 0))
-            self._arrivals[key] = (event, loop, waiters + 1)
-            held = self._updates.get(key)  # (looked up with the registration: keep_update may just have run)
-        try:
-            if held is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.relay_wait):
-                        await event.wait()
-            return self.held_update(*key)
-        finally:
-            with self._lock:
-                event, loop, waiters = self._arrivals[key]
-                if waiters > 1:
-                    self._arrivals[key] = (event, loop, waiters - 1)
-                else:
-                    del self._arrivals[key]
-
-    def _refused(self, peer: str, refusal: Refusal) -> str:
-        """Count and log `refusal`; the text `peer` is told."""
-        self.refused[refusal.reason] += 1
-        n = self.refused[refusal.reason]
-        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the log as well
-            log.info("refused %s (%s; %d so far): %s", peer[:16], refusal.reason, n, refusal.text)
-        return refusal.text
-
-    async def _fetch_within(self, peer: str, request: Request, expect: int | None, timeout: float) -> bytes:
+    async def _fetch_within(
+        self, peer: str, request: Request, expect: int | None, timeout: float, body: bytes | None = None
+    ) -> bytes:
         try:
             async with asyncio.timeout(timeout):  # the whole fetch, waiting for a slot included; cancelled on expiry
-                return await self._fetch(peer, request, expect, timeout)
+                return await self._fetch(peer, request, expect, timeout, body)
         except TimeoutError:
             raise TimeoutError(f"no {request.op} from {peer[:16]} within {timeout:g} s") from None
 
-    async def _fetch(self, peer: str, request: Request, expect: int | None, timeout: float) -> bytes:
+    async def _fetch(
+        self, peer: str, request: Request, expect: int | None, timeout: float, body: bytes | None = None
+    ) -> bytes:
         from hivemind.p2p import PeerID
 
         async with self._outbound.slot(peer):
             _, reader, writer = await self._p2p.call_binary_stream_handler(PeerID.from_base58(peer), HANDLER)
             try:
-                out = frame(request.encode())
+                out = frame(request.encode()) + (b"" if body is None else frame(body))
                 writer.write(out)
                 self._count("sent", request.op, len(out))
                 await writer.drain()

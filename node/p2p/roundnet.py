@@ -1,4 +1,5 @@
-"""RoundNet over the real network: hivemind's DHT (node/p2p/dht.py) and libp2p streams (node/p2p/exchange.py)."""
+"""RoundNet over the real network: hivemind's DHT (node/p2p/dht.py) and libp2p streams (node/p2p/exchange.py);
+and v3's ScatterNet (node/scatter/member.py): one `scatter` request with its message as body."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import msgpack
 
 from node.p2p.dht import Swarm, dht_time, latest_expiration
 from node.p2p.exchange import Exchange
+from protocol.kinds.scatter import Message
 from protocol.messages import Request
 
 
@@ -32,6 +34,11 @@ class RealNet:
     ) -> list[bytes | Exception]:
         # each job's size is checked before its body is read
         return self.exchange.fetch_many(jobs, timeout=timeout, on_each=on_each)
+
+    def call(self, peer: str, message: Message, timeout: float) -> bytes:
+        """v3 (ScatterNet): dial `peer` with `message`; its answer's payload (at most max_bytes)."""
+        request = Request(op="scatter", run=self.exchange.run_id, round=message.round)
+        return self.exchange.fetch(peer, request, timeout=timeout, body=message.encode())
 
     def keep_update(self, round_no: int, peer: str, blob: bytes) -> None:
         self.exchange.keep_update(round_no, peer, blob)

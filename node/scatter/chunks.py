@@ -80,3 +80,14 @@ def decode(data: bytes, n: int) -> torch.Tensor:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+RECORDS_SLACK = 4 << 20  # bytes of envelopes a message may carry beside its pieces (a proof: one a sender)
+
+
+def most_message_bytes(total: int) -> int:
+    """The largest v3 message a member of a round of `total`-value updates may be sent: a fraud
+    proof carries a task's inputs, at most a group's pieces (groups differ by at most one member
+    from the chunk count, so under two updates' bytes), with their envelopes. What a node reads
+    of a scatter request's body at most (node/p2p/streams.py)."""
+    return 2 * encoded_size(total) + RECORDS_SLACK

@@ -25,7 +25,9 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-SCATTER_MIN_PEERS = 16
+from node.config import SwarmConfig
+
+SCATTER_MIN_PEERS = SwarmConfig.scatter_min_peers
 """Members from which a round uses the reduce-scatter; below, every peer fetches every update
 (verify-all, v2): at N = 16 verify-all moves 15 updates per peer, the reduce-scatter about 3.5."""
 GROUP_MIN, GROUP_MAX = 4, 128
@@ -35,6 +37,18 @@ def uses_scatter(members: int, min_peers: int = SCATTER_MIN_PEERS) -> bool:
     """Whether a round of `members` contributors runs the reduce-scatter: a function of the roster
     alone, so every peer decides alike. min_peers 0 turns the reduce-scatter off."""
     return min_peers > 0 and members >= min_peers
+
+
+DENSE_WIRES = ("int8", "float16", "float32")
+"""Wire formats of diloco updates that v3 carries (as int8 chunks): dense, one value a coordinate."""
+
+
+def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str) -> int:
+    """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless the
+    strategy's updates are dense (diloco on a DENSE_WIRES wire): a group's union of top-k picks
+    grows toward dense, and low-bit updates would cost 2-8x their bytes as int8 chunks.
+    A function of the run's settings, so every peer decides alike."""
+    return min_peers if strategy == "diloco" and wire_dtype in DENSE_WIRES else 0
 
 
 def group_size(members: int) -> int:

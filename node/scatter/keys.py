@@ -68,7 +68,12 @@ class RsaKeys:
 
 
 class RsaChecker:
-    """Checks protocol/signing.py envelopes (cached by digest, cheapest checks first)."""
+    """Checks protocol/signing.py envelopes (cached by digest, cheapest checks first). `keys`
+    (peer -> DER public key, from envelopes it signed, e.g. the roster's announcements) lets it
+    check a unique signature that travels without an envelope, as the leader's `draw` on its board."""
+
+    def __init__(self, keys: dict[str, bytes] | None = None):
+        self.keys = dict(keys or {})
 
     def open(self, envelope: object, cls: type, signer: str) -> Commitment | Receipt:
         body = signing.verify(envelope, signer=signer, max_body=MAX_BODY[cls], kind=KIND[cls])
@@ -78,8 +83,11 @@ class RsaChecker:
         return record
 
     def unique_ok(self, sig: bytes, message: bytes, signer: str, envelope: dict) -> bool:
+        key = envelope.get("key") if isinstance(envelope, dict) and envelope.get("key") else self.keys.get(signer)
+        if not isinstance(key, bytes) or signing.peer_id_of(key) != signer:
+            return False  # a key that is not the signer's proves nothing about the signer
         try:
-            signing.verify_unique(sig, message, envelope.get("key"))
+            signing.verify_unique(sig, message, key)
         except ProtocolError:
             return False
         return True

@@ -64,7 +64,13 @@ targs = TrainingArguments(
 )
 # a try on one machine: a cheap admission proof (3 bits); a public run keeps the defaults, which
 # cost each new identity minutes of a core once, so that fresh keys are not free
-swarm_settings = {"min_peers": 2, "collect_timeout": 20.0, "identity_work_bits": 3, "identity_work_n_log2": 6}
+swarm_settings = {
+    "min_peers": 2,
+    "collect_timeout": 20.0,
+    "identity_work_bits": 3,
+    "identity_work_n_log2": 6,
+    "identity_stamp_bits": 3,
+}
 run = None if args.run_id else {"strategy": {"inner_steps": 5}, "swarm": swarm_settings}
 settings = dict(data_dir=args.data_dir, host="127.0.0.1", max_rounds=args.rounds, threads=1, status_port=-1)
 swarm = swarmtrain.join(args.initial_peers, args.run_id, run=run, **settings)

@@ -170,8 +170,8 @@ class Announcement:
     base: str
     time: float
     work: tuple = ()
-    """[epoch, 8-byte nonce]: the author's admission proof (protocol/admission/work.py); () in a run without
-    work, and then absent from the wire, so such announcements keep their bytes."""
+    """[epoch, 8-byte nonce, 8-byte stamp]: the author's admission proof (protocol/admission/work.py);
+    () in a run without work, and then absent from the wire, so such announcements keep their bytes."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -201,15 +201,16 @@ class Announcement:
 
 
 def work_field(d: dict, where: str) -> tuple:
-    """An announcement's optional `work`: () when absent, else (epoch, nonce of 8 bytes)."""
+    """An announcement's optional `work`: () when absent, else (epoch, nonce, stamp), 8 bytes each."""
     work = _optional(d, "work", list, [], where=where)
     if not work:
         return ()
-    if len(work) != 2 or type(work[0]) is not int or not 0 <= work[0] < 2**32 or not isinstance(work[1], bytes):
-        raise ProtocolError(f"{where}: work must be [epoch, nonce]")
-    if len(work[1]) != 8:
-        raise ProtocolError(f"{where}: a work nonce has 8 bytes, not {len(work[1])}")
-    return (work[0], work[1])
+    if len(work) != 3 or type(work[0]) is not int or not 0 <= work[0] < 2**32:
+        raise ProtocolError(f"{where}: work must be [epoch, nonce, stamp]")
+    for name, value in (("nonce", work[1]), ("stamp", work[2])):
+        if not isinstance(value, bytes) or len(value) != 8:
+            raise ProtocolError(f"{where}: a work {name} is 8 bytes")
+    return (work[0], work[1], work[2])
 
 
 @dataclass(frozen=True, kw_only=True)

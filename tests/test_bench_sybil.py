@@ -32,4 +32,4 @@ def test_the_sybil_tier_keeps_the_state_the_ranking_and_the_honest_peers(tmp_pat
     (flood,) = by["flood"]
     assert flood["modes"]["standing"]["peers_seen"] == 4 + flood["valid_sybils"]
     (junk,) = by["work-flood"]
-    assert junk["max_scrypt_calls_per_roster"] <= 4  # a leader checks at most `newcomers` proofs a roster
+    assert junk["max_scrypt_calls_per_roster"] == 0  # junk stamps take no check (one hash each)

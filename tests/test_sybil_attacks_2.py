@@ -33,41 +33,66 @@ def draw(beacon: str, peer: str) -> bytes:
 
 
 # ------------------------------------------------------------------------ admission (step 7)
-def test_open_free_keys_with_fresh_junk_nonces_keep_an_honest_newcomer_unchecked(scrypt_calls):  # noqa: F811
-    """Attack: S identities with no work at all (a key and a heartbeat each, both free) announce
-    every round with a fresh junk nonce. The memory of checked proofs is keyed by (peer, epoch,
-    nonce), so each is new and costs one of the roster's `newcomers` checks, given in the order
-    SHA-256(beacon | peer). An honest newcomer that no leader checked yet is checked, and so
-    admitted, only in a round where it draws one of the first 4 places among the S + 1
-    newcomers: (S + 1) / 4 rounds on average (250 at S = 1,000), and every leader's memory is its
-    own. The flood's cost to the leader stays bounded (4 evaluations a roster); what is open is
-    the wait. Cost: S keys and S announcements a round, no proof."""
-    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1)  # a junk nonce passes 1 time in 4,096
+def test_junk_proofs_take_a_check_only_with_a_stamp_and_a_junk_key_takes_one_check_ever(scrypt_calls):  # noqa: F811
+    """Attack (was open): S identities with no work at all (a key and a heartbeat each, both
+    free) announce every round with a fresh junk nonce. The memory of checked proofs was keyed
+    by (peer, epoch, nonce), so each was new and cost one of the roster's 4 checks, and an honest
+    newcomer got in only in a round where it drew one of the first 4 places among the S + 1
+    newcomers: (S + 1) / 4 rounds on average (250 at S = 1,000), for no work at all.
+    Defence (work.py, rule.py): a proof carries a SHA-256 stamp on (seed, key, nonce), checked
+    with one hash before any scrypt call, so a free junk proof takes no check (here the newcomer
+    is checked, and admitted, in the first roster); and a leader does not check again, for the
+    epoch, a peer whose stamped proof failed, so fresh nonces on one key buy nothing. Each check
+    junk takes costs its author a stamp (2^stamp_bits hashes on average: 2^24 at the defaults,
+    ~7 s of a core in Python, against the check's ~35 ms of scrypt) and a key, once per leader:
+    S stamped keys keep a newcomer out of at most ceil((S + 1) / 4) of one leader's rosters (its
+    place in the draw among them; at S = 1,000, 1.7e10 hashes for 251 rosters at most).
+    What stays: the memory is each peer's own, so one stamped key takes one check at every
+    leader; and SHA-256 is what GPUs do best (see docs/security.md)."""
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1, stamp_bits=10)  # a junk nonce passes 1 time in 4,096
     honest_key = b"DER of the honest newcomer"
     honest = Announcement(
         run=RUN, round=1, peer="honest-newcomer", nbytes=8, sha256="1" * 64, tokens=1, base=BASE0, time=1.0
     )
     honest = replace(honest, work=tuple(puzzle.solve(honest_key, STOP, first=0)))
-    sybils = 200
+
+    def flood_of(keys: int, r: int, stamp) -> dict[str, tuple[dict, Announcement]]:
+        out = {}
+        for i in range(keys):
+            peer, key = f"sybil{i:03d}", b"sybil %d" % i
+            proof = work.Proof(0, (r * keys + i + 2**40).to_bytes(8, "big"))  # a fresh junk nonce every round
+            out[peer] = ({"key": key}, replace(honest, peer=peer, work=tuple(stamp(key, proof))))
+        out[honest.peer] = ({"key": honest_key}, honest)
+        return out
+
+    # free junk: 200 keys, fresh nonces, a stamp of 8 zero bytes (right 1 time in 2^10: a stamp's price)
+    free = flood_of(200, 1, lambda key, proof: proof._replace(stamp=bytes(8)))
+    stamped = {p for p, (env, ann) in free.items() if puzzle.stamped(env["key"], work.Proof(*ann.work))}
     leader = Admission(puzzle, newcomers=4)
-    shut_out = 0
-    for r in range(1, 200):
-        beacon = f"{r:064x}"
-        flood = {
-            f"sybil{i:03d}": ({"key": b"sybil %d" % i}, replace(honest, peer=f"sybil{i:03d}", work=(0, nonce)))
-            for i in range(sybils)
-            for nonce in [(r * sybils + i + 2**40).to_bytes(8, "big")]  # fresh every round
-        }
-        flood[honest.peer] = ({"key": honest_key}, honest)
-        scrypt_calls.calls = 0
-        admitted = leader.admit(flood, set(), beacon)
-        assert scrypt_calls.calls <= 4  # the flood control holds
-        place = sorted(flood, key=lambda p: draw(beacon, p)).index(honest.peer)
-        assert (honest.peer in admitted) == (place < 4)  # only the draw lets it in
-        if place < 4:
+    scrypt_calls.calls = 0
+    assert leader.admit(free, set(), beacon=f"{1:064x}") == {honest.peer}  # the first roster
+    assert scrypt_calls.calls <= len(stamped) <= 3  # the honest proof and lucky stamps only
+
+    # stamped junk: 40 keys, each paying a fresh stamp on a fresh junk nonce every round
+    sybils, spent, leader = 40, [0], Admission(puzzle, newcomers=4)
+
+    def paid(key: bytes, proof: work.Proof) -> work.Proof:
+        done = puzzle.stamp(key, proof, STOP)
+        spent[0] += int.from_bytes(done.stamp, "big") + 1  # hashes tried (counters from 0)
+        return done
+
+    scrypt_calls.calls = 0
+    for r in range(1, 100):
+        if honest.peer in leader.admit(flood_of(sybils, r, paid), set(), beacon=f"{r:064x}"):
             break
-        shut_out += 1
-    assert shut_out >= 5  # fixed names and beacons: 8 rounds here, (S + 1) / 4 on average
+    assert r <= -(-(sybils + 1) // 4) == 11  # within ceil((S + 1) / 4) rosters: its place in the draw
+    for more in range(r + 1, r + 12):  # the flood goes on until this leader has checked every key
+        leader.admit(flood_of(sybils, more, paid), set(), beacon=f"{more:064x}")
+    assert len(leader.failed) == sybils and scrypt_calls.calls == sybils + 1  # each key once, the newcomer once
+    before = scrypt_calls.calls
+    assert leader.admit(flood_of(sybils, 1000, paid), set(), beacon=f"{1000:064x}") == {honest.peer}
+    assert scrypt_calls.calls == before  # fresh stamped nonces on failed keys: no check
+    assert spent[0] / sybils >= 10 * puzzle.stamp_expected  # they paid a stamp a key a round for one check a key
 
 
 def newcomers_round(peers: list[Peer], crowd: list[Peer], newcomer: Peer) -> set[str]:

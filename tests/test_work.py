@@ -6,6 +6,8 @@ runs the real round protocol, chain checks and validators."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import replace
 
@@ -20,7 +22,7 @@ from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 
-PUZZLE = work.Puzzle(run_id=RUN, bits=3, n_log2=4, r=8)
+PUZZLE = work.Puzzle(run_id=RUN, bits=3, n_log2=4, r=8, stamp_bits=3)
 STOP = threading.Event()  # never set: the searches here end by finding
 
 
@@ -56,30 +58,80 @@ def scrypt_calls(monkeypatch) -> Counted:
 
 # ------------------------------------------------------------------------------- the puzzle
 def test_a_proof_admits_its_key_in_its_run_only(scrypt_calls):
-    puzzle = work.Puzzle(run_id=RUN, bits=10, n_log2=1, r=1)  # 1,024 evaluations a proof, ~microseconds each
+    puzzle = work.Puzzle(run_id=RUN, bits=10, n_log2=1, r=1, stamp_bits=4)  # 1,024 evaluations, ~microseconds each
     a, b = b"DER of key A", b"DER of key B"
     proof = puzzle.solve(a, STOP, first=0)
     assert proof is not None and puzzle.valid(a, proof)
     assert not puzzle.valid(b, proof)  # bound to the key
-    other_run = work.Puzzle(run_id="other-0123456789ab", bits=10, n_log2=1, r=1)
+    other_run = replace(puzzle, run_id="other-0123456789ab")
     assert not other_run.valid(a, proof)  # bound to the run
-    assert not work.Puzzle(run_id=RUN, bits=10, n_log2=2, r=1).valid(a, proof)  # and to the run's parameters
+    assert not replace(puzzle, n_log2=2).valid(a, proof)  # and to the run's parameters
     calls = scrypt_calls.calls
-    assert not puzzle.valid(a, work.Proof(0, proof.nonce[:7]))  # malformed: refused without an evaluation
-    assert not puzzle.valid(a, work.Proof(1, proof.nonce))  # an epoch whose seed is not built
+    assert not puzzle.valid(a, proof._replace(nonce=proof.nonce[:7]))  # malformed: refused without an evaluation
+    assert not puzzle.valid(a, proof._replace(epoch=1))  # an epoch whose seed is not built
     assert scrypt_calls.calls == calls
     stopped = threading.Event()
     stopped.set()
     assert puzzle.solve(a, stopped) is None  # Ctrl+C: the search ends within one evaluation
+    assert puzzle.stamp(a, proof, stopped) is None  # and the stamp's
+
+
+def test_a_stamp_is_bound_to_the_key_the_run_and_the_nonce_and_checked_before_scrypt(scrypt_calls):
+    puzzle = work.Puzzle(run_id=RUN, bits=6, n_log2=1, r=1, stamp_bits=12)  # a stamp: 4,096 hashes on average
+    a, b = b"DER of key A", b"DER of key B"
+    proof = puzzle.solve(a, STOP, first=0)
+    assert len(proof.stamp) == 8 and puzzle.stamped(a, proof) and puzzle.valid(a, proof)
+    assert work.leading_zero_bits(bytes([0, 0x7F]) + bytes(30)) == 9
+    assert not puzzle.stamped(b, proof)  # bound to the key
+    assert not replace(puzzle, run_id="other-0123456789ab").stamped(a, proof)  # to the run (the seed)
+    other = puzzle.solve(a, STOP, first=int.from_bytes(proof.nonce, "big") + 1)
+    assert other.nonce != proof.nonce and not puzzle.stamped(a, other._replace(stamp=proof.stamp))  # to the nonce
+    assert not puzzle.stamped(a, proof._replace(stamp=b""))  # a proof saved before stamps
+    scrypt_calls.calls = 0
+    for junk in (b, b"DER of key C", b"DER of key D"):  # stamps of other keys on a valid nonce
+        assert not puzzle.valid(junk, proof)
+    assert not puzzle.valid(a, other._replace(stamp=proof.stamp))
+    assert scrypt_calls.calls == 0  # a stamp that fails costs one hash, no scrypt
+    assert puzzle.valid(a, proof) and scrypt_calls.calls == 1  # a stamped proof costs its evaluation
+    assert puzzle.stamp(a, proof._replace(stamp=b""), STOP) == proof  # the first counter from 0 that passes
+    assert replace(puzzle, stamp_bits=0).stamped(b, proof)  # 0 bits: any 8 bytes
+
+
+def test_a_leader_checks_a_failed_key_once_a_reader_judges_each_proof_alone(scrypt_calls):
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1, stamp_bits=3)
+    env, ann = flood_announcement(7, ())
+    junk = puzzle.stamp(env["key"], work.Proof(0, (2**40).to_bytes(8, "big")), STOP)
+    assert not puzzle.solved(env["key"], junk)  # a stamped junk nonce (right 1 time in 4,096)
+    scrypt_calls.calls = 0
+    leader = Admission(puzzle, newcomers=4)
+    assert leader.admit({ann.peer: (env, replace(ann, work=tuple(junk)))}, set(), beacon="0" * 64) == set()
+    assert scrypt_calls.calls == 1 and (ann.peer, 0) in leader.failed
+    for i in range(1, 20):  # fresh stamped junk nonces on the same key: no check
+        fresh = puzzle.stamp(env["key"], work.Proof(0, (2**40 + i).to_bytes(8, "big")), STOP)
+        assert leader.admit({ann.peer: (env, replace(ann, work=tuple(fresh)))}, set(), beacon=f"{i:064x}") == set()
+    assert scrypt_calls.calls == 1
+    good = tuple(puzzle.solve(env["key"], STOP, first=0))
+    assert leader.admit({ann.peer: (env, replace(ann, work=good))}, set(), beacon="1" * 64) == set()  # this leader
+    assert leader.valid(ann.peer, env["key"], good)  # but as a reader it judges the proof, so peers never split
 
 
 def test_the_announcement_carries_work_only_when_asked():
     plain = Announcement(run=RUN, round=1, peer="p" * 46, nbytes=8, sha256="1" * 64, tokens=1, base=BASE0, time=1.0)
     assert "work" not in plain.to_wire()  # a run without work keeps its bytes
-    proven = Announcement(**{**plain.__dict__, "work": (0, b"\x00" * 8)})
+    proven = Announcement(**{**plain.__dict__, "work": (0, b"\x00" * 8, b"\x01" * 8)})
     wire = proven.to_wire()
-    assert wire["work"] == [0, b"\x00" * 8]
-    for bad in ([0, b"\x00" * 7], [0], [True, b"\x00" * 8], [-1, b"\x00" * 8], "x"):
+    assert wire["work"] == [0, b"\x00" * 8, b"\x01" * 8]
+    assert Announcement.from_wire(wire, max_bytes=64) == proven
+    nonce = b"\x00" * 8
+    for bad in (
+        [0, nonce],
+        [0, nonce, nonce[:7]],
+        [0, nonce[:7], nonce],
+        [0],
+        [True, nonce, nonce],
+        [-1, nonce, nonce],
+        "x",
+    ):
         with pytest.raises(ProtocolError):
             Announcement.from_wire({**wire, "work": bad}, max_bytes=64)
 
@@ -93,10 +145,14 @@ def flood_announcement(i: int, proof: tuple, round_no: int = 1) -> tuple[dict, A
 
 
 def test_a_thousand_junk_proofs_cost_at_most_newcomers_evaluations_per_roster(scrypt_calls):
-    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1)  # a junk nonce passes 1 time in 4,096
-    flood = dict(
-        (ann.peer, (env, ann)) for env, ann in (flood_announcement(i, (0, i.to_bytes(8, "big"))) for i in range(1000))
-    )
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1, stamp_bits=2)  # a junk nonce passes 1 time in 4,096
+    flood = {}
+    for i in range(1000):  # stamped, so that each takes a check (an unstamped one takes none)
+        env, ann = flood_announcement(i, ())
+        flood[ann.peer] = (
+            env,
+            replace(ann, work=tuple(puzzle.stamp(env["key"], work.Proof(0, i.to_bytes(8, "big")), STOP))),
+        )
     honest_env, honest = flood_announcement(99999, ())
     honest = Announcement(**{**honest.__dict__, "work": tuple(puzzle.solve(honest_env["key"], STOP, first=0))})
     flood[honest.peer] = (honest_env, honest)
@@ -203,9 +259,9 @@ def test_a_banned_identity_back_with_a_new_key_is_not_credited_before_it_solves(
         return {a.peer for a in played[peers[0].id].accepted.announcements}
 
     assert back.id not in play_with_back()  # no proof: left out, so no credit
-    adm.proof = (0, b"\x00" * 8)  # a guessed proof
-    if not PUZZLE.valid(signing.public_der(back.key), work.Proof(*adm.proof)):  # 7 times in 8
-        assert back.id not in play_with_back()  # checked once, remembered as failed
+    adm.proof = (0, b"\x00" * 8, b"\x00" * 8)  # a guessed proof
+    if not PUZZLE.valid(signing.public_der(back.key), work.Proof(*adm.proof)):  # 63 times in 64
+        assert back.id not in play_with_back()  # refused (for its stamp's one hash, or one evaluation)
     adm.proof = tuple(PUZZLE.solve(signing.public_der(back.key), STOP, first=1))
     assert back.id in play_with_back()  # solved: listed, and so credited like any entry
 
@@ -242,6 +298,13 @@ def test_a_volunteer_solves_once_keeps_its_proof_and_stops_at_once(tmp_path, scr
     scrypt_calls.calls = 0
     assert NodeParts.obtain_proof(node(again), stopped) and again.proof == first.proof
     assert scrypt_calls.calls == 1
+    key_file = tmp_path / RUN / f"work-{hashlib.sha256(signing.public_der(key)).hexdigest()[:16]}.json"
+    key_file.write_text(json.dumps({"epoch": 0, "nonce": first.proof[1].hex()}))  # saved before stamps
+    said.clear()
+    older = Admission(PUZZLE)
+    assert NodeParts.obtain_proof(node(older), STOP) and PUZZLE.valid(signing.public_der(key), work.Proof(*older.proof))
+    assert "has no stamp (saved before protocol 5): solving again" in said[0]
+    assert json.loads(key_file.read_text())["stamp"] == older.proof[2].hex()  # kept with its stamp
     organizer = Admission(PUZZLE)
     assert NodeParts.obtain_proof(SimpleNamespace(**{**vars(node(organizer)), "manifest": {"organizer": me}}), STOP)
     assert organizer.proof == ()  # the organizer is exempt: it solves nothing

@@ -126,7 +126,8 @@ def environ() -> Mapping[str, str]:
 CHEAP_WORK_TOML = """\
 identity_work_bits = 3
 identity_work_n_log2 = 6
+identity_stamp_bits = 3
 """
-"""[swarm] lines that make admission work cost milliseconds (8 evaluations of 48 KiB). The demo
-run and every run file the tests and benches build end their [swarm] table with them: the code
-path runs everywhere, without the default's minutes of a core per identity."""
+"""[swarm] lines that make admission work cost milliseconds (8 evaluations of 48 KiB, a stamp of
+8 hashes). The demo run and every run file the tests and benches build end their [swarm] table
+with them: the code path runs everywhere, without the default's minutes of a core per identity."""

@@ -221,6 +221,10 @@ class SwarmConfig:
     """Admission work's scrypt n = 2^this: time and memory (128 x r x 2^this B: 16 MiB) per evaluation."""
     identity_work_r: int = 8
     """Admission work's scrypt block size r."""
+    identity_stamp_bits: int = 24
+    """Admission work's stamp: SHA-256 leading zero bits a proof also carries, 2^bits hashes once
+    per run and key (7-10 s of a core), checked with one hash before the scrypt evaluation, so a
+    junk proof takes a leader's check only if its author paid this much for it."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -216,7 +216,8 @@ class NodeParts:
     def obtain_proof(self, stop: threading.Event) -> bool:
         """Our admission proof (protocol/admission/work.py), saved under the run's data dir for
         this key, else solved once in a background thread that `stop` (Ctrl+C) ends within one
-        evaluation, saying how far it is (minutes of one core at the defaults). False: stopped.
+        evaluation, saying how far it is (minutes of one core at the defaults). A kept proof
+        without a stamp (saved before protocol 5) is solved again. False: stopped.
         A run without work, and its organizer (exempt), need none."""
         admission, der = self.rounds.admission, public_der(self.key)
         puzzle = admission.puzzle
@@ -224,32 +225,38 @@ class NodeParts:
             return True
         path = Path(self.cfg.data_dir) / self.run_id / f"work-{hashlib.sha256(der).hexdigest()[:16]}.json"
         saved = _saved_proof(path)
-        if saved is not None and puzzle.valid(der, saved):
+        if saved is not None and not saved.stamp:
+            self.out.say(
+                f"admission work: the proof kept in {path} has no stamp (saved before protocol 5): solving again"
+            )
+        elif saved is not None and puzzle.valid(der, saved):
             admission.proof = tuple(saved)
             return True
-        done, found = [0], []
+        done, found = [(0, puzzle.expected, "scrypt evaluations")], []
         solver = threading.Thread(
-            target=lambda: found.append(puzzle.solve(der, stop, lambda n: done.__setitem__(0, n))),
+            target=lambda: found.append(puzzle.solve(der, stop, lambda *n: done.__setitem__(0, n))),
             name="admission-work",
             daemon=True,
         )
         t0 = time.monotonic()
         self.out.say(
             f"admission work: this run asks each new identity for a proof of work ({puzzle.bits} bits of "
-            f"scrypt n=2^{puzzle.n_log2}), about {puzzle.expected} evaluations, once per run and key. Ctrl+C stops."
+            f"scrypt n=2^{puzzle.n_log2}, then a stamp of {puzzle.stamp_bits} bits of SHA-256), about "
+            f"{puzzle.expected} evaluations and {puzzle.stamp_expected} hashes, once per run and key. Ctrl+C stops."
         )
         solver.start()
         while solver.is_alive():
             solver.join(PROOF_SAY_EVERY)
             if solver.is_alive() and not stop.is_set():
-                self.out.say(
-                    f"admission work: {done[0]} of ~{puzzle.expected} evaluations ({time.monotonic() - t0:.0f} s)"
-                )
+                n, expected, what = done[0]
+                self.out.say(f"admission work: {n} of ~{expected} {what} ({time.monotonic() - t0:.0f} s)")
         if not found or found[0] is None:
             return False
         admission.proof = tuple(found[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"epoch": found[0].epoch, "nonce": found[0].nonce.hex()}))
+        path.write_text(
+            json.dumps({"epoch": found[0].epoch, "nonce": found[0].nonce.hex(), "stamp": found[0].stamp.hex()})
+        )
         self.out.say(f"admission work: done in {time.monotonic() - t0:.0f} s, kept in {path}")
         return True
 
@@ -298,6 +305,6 @@ class NodeParts:
 def _saved_proof(path: Path) -> work.Proof | None:
     try:
         d = json.loads(path.read_text())
-        return work.Proof(int(d["epoch"]), bytes.fromhex(d["nonce"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return work.Proof(int(d["epoch"]), bytes.fromhex(d["nonce"]), bytes.fromhex(d.get("stamp", "")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # torn, foreign or not a JSON object
         return None

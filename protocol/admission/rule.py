@@ -8,10 +8,17 @@ with junk proofs must not buy that per key per read. Hence:
     proofs to find them, taking unchecked newcomers in the order of SHA-256(beacon | peer), which
     no announcer chooses; the rest wait for later rounds;
   * a reader refuses a roster with more new authors than that, or with an invalid proof;
-  * every check is remembered by (peer, epoch, nonce), failures included: a proof is evaluated
-    once however often it is announced (the design keyed by (peer, epoch): then one bad proof,
-    a guess, locked a key out for the epoch, which is the whole run while only epoch 0 is built;
-    the per-roster budget, not this memory, is what bounds a flood's cost).
+  * a proof's stamp (one SHA-256, work.py) is checked before its scrypt evaluation: a proof
+    without one costs no check, so every check a junk proof takes cost its author a stamp
+    (2^stamp_bits hashes) on that key and nonce;
+  * every check is remembered by the exact proof (peer, epoch, nonce, stamp), failures included,
+    and a peer whose stamped proof failed a check here is not checked again by this leader for
+    the epoch (`failed`): honest peers never fail one (they solved it), so a junk key costs each
+    leader one check ever, however many nonces it stamps. Readers judge a listed proof on its
+    own (the exact-proof memory only), so what one peer saw of a key never splits them.
+The order is left a draw (not oldest first): the memory of failures is each peer's own, so a
+crowd of stamped keys announced early would stand ahead of a later newcomer at every leader
+until each leader had checked them all, where the draw lets the first lucky leader take it.
 The organizer is exempt (it signed the manifest). Heartbeats carry no proof.
 A run without work (identity_work_bits 0) gets DISABLED, which admits everyone and checks nothing.
 Pure: who is known comes from the caller's chain (node/round/ledger.py: Ledger.authors_before).
@@ -28,7 +35,7 @@ from protocol.records import Announcement, Roster
 
 NEWCOMERS = 4  # most authors new to the chain one roster may list: a leader checks at most this many proofs a roster
 LOOKBACK = 32  # rosters before a round in which an author counts as known (< the ledger's 64, which holds them)
-REMEMBERED = 65536  # checked proofs kept (a flood past this costs one evaluation per proof again)
+REMEMBERED = 65536  # checked proofs, and failed keys, kept (a flood past this costs one evaluation per proof again)
 
 
 class Admission:
@@ -40,24 +47,26 @@ class Admission:
         self.lookback = LOOKBACK
         self.proof: tuple = ()
         """Ours, as our announcements carry it (set once solved or loaded: node/peer/wiring.py)."""
-        self.checked: dict[tuple[str, int, bytes], bool] = {}  # (peer, epoch, nonce) -> valid
+        self.checked: dict[tuple[str, int, bytes, bytes], bool] = {}  # (peer, epoch, nonce, stamp) -> valid
+        self.failed: dict[tuple[str, int], None] = {}  # (peer, epoch) whose stamped proof failed a check here
         self.lock = threading.Lock()
 
     def valid(self, peer: str, key_der: bytes, proof: tuple) -> bool:
-        """Is `proof` (an announcement's `work`) valid for `peer`'s key? One evaluation per proof."""
+        """Is `proof` (an announcement's `work`) valid for `peer`'s key? Its stamp first (one hash,
+        nothing remembered), then one evaluation per stamped proof, remembered."""
         if self.puzzle is None or peer == self.organizer:
             return True
-        if not proof:
-            return False  # an announcement without work (an old peer): refused where work is asked
+        if not proof or not self.puzzle.stamped(key_der, work.Proof(*proof)):
+            return False  # no work (an old peer) or no stamp: refused for one hash at most
         memo = (peer, *proof)
         with self.lock:
             known = self.checked.get(memo)
         if known is None:
-            known = self.puzzle.valid(key_der, work.Proof(*proof))
+            known = self.puzzle.solved(key_der, work.Proof(*proof))
             with self.lock:
-                if len(self.checked) >= REMEMBERED:
-                    self.checked.pop(next(iter(self.checked)))
-                self.checked[memo] = known
+                _remember(self.checked, memo, known)
+                if not known:
+                    _remember(self.failed, (peer, proof[0]), None)
         return known
 
     def admit(
@@ -72,7 +81,8 @@ class Admission:
         the new ones at most `newcomers` with a valid proof, checking at most `newcomers` proofs,
         in the order of SHA-256(beacon | peer), those in `last` after the rest: a newcomer that
         two leaders could not fetch from (marks.slow_servers) is admitted, left out unfetched and
-        so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py)."""
+        so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py). A proof
+        without a stamp, or from a peer whose proof failed here this epoch, takes no check."""
         if self.puzzle is None:
             return set(announced)
         known = known | {self.organizer}
@@ -83,12 +93,16 @@ class Admission:
             if taken >= self.newcomers:
                 break
             env, ann = announced[p]
+            if not ann.work or not self.puzzle.stamped(env["key"], work.Proof(*ann.work)):
+                continue  # no proof, or no stamp on it: one hash, no check
             with self.lock:
-                cached = ann.work and (p, *ann.work) in self.checked
+                if (p, ann.work[0]) in self.failed:
+                    continue  # its proof failed here this epoch: an honest peer's never does
+                cached = (p, *ann.work) in self.checked
             if not cached:
                 if checks >= self.newcomers:
                     continue  # no check left this roster: a cached newcomer may still come
-                checks += bool(ann.work)  # no proof at all costs nothing
+                checks += 1
             if self.valid(p, env["key"], ann.work):
                 out.add(p)
                 taken += 1
@@ -112,6 +126,12 @@ class Admission:
 
 DISABLED = Admission(None)
 """A run without admission work: everyone is admitted and nothing is checked."""
+
+
+def _remember(memory: dict, key: tuple, value: object) -> None:
+    if len(memory) >= REMEMBERED:
+        memory.pop(next(iter(memory)))  # the oldest first
+    memory[key] = value
 
 
 def _order(beacon: str, peer: str) -> bytes:

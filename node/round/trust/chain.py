@@ -78,7 +78,11 @@ def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
     """The run's admission rule ([swarm] identity_work_*: in the manifest, hence the run id), the
     same for every peer that checks a chain: members, joiners and the organizer's witness."""
     puzzle = work.Puzzle(
-        run_id=run_id, bits=cfg.identity_work_bits, n_log2=cfg.identity_work_n_log2, r=cfg.identity_work_r
+        run_id=run_id,
+        bits=cfg.identity_work_bits,
+        n_log2=cfg.identity_work_n_log2,
+        r=cfg.identity_work_r,
+        stamp_bits=cfg.identity_stamp_bits,
     )
     return Admission(puzzle, organizer=organizer)
 

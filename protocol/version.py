@@ -6,9 +6,10 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 4  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 5  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
-# or check those rosters otherwise)
+# or check those rosters otherwise); 5: the organizer-led young run ([swarm] bootstrap_peers: a
+# version-4 peer would take a young round's roster from any live leader)
 
 
 def is_compatible(remote_version: object) -> bool:

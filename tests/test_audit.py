@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from node.commands.audit import audit_chain, chain_in_dht, run_audit
-from node.config import NodeConfig, RunConfig
+from node.config import NodeConfig, RunConfig, SwarmConfig
 from node.errors import SwarmtrainError
 from node.peer import manifest as manifests
 from node.train.data import load_corpus
@@ -22,12 +22,19 @@ from protocol.records import GENESIS, Announcement, Roster
 from tests.fakes import FakeDHT, FakeNet, new_key
 
 
-@pytest.fixture(scope="module")
-def run():
-    """The default run, signed by an organizer: (what the DHT holds, its anchor)."""
-    run_id, envelope = manifests.sign(new_key()[0], manifests.build_manifest(RunConfig(), load_corpus("demo")))
+def signed_run(key, run: RunConfig):
+    """The run signed by `key`, its organizer: (what the DHT holds, its anchor)."""
+    run_id, envelope = manifests.sign(key, manifests.build_manifest(run, load_corpus("demo")))
     found = manifests.RunFound(run_id, signed.open_manifest(envelope, run_id), envelope)
     return found, manifests.anchor_of(found)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """The default run without its young run (bootstrap_peers = 0: volunteers lead from round 1,
+    as these chains have it; test_a_young_round_led_by_anyone_but_the_organizer_is_a_problem
+    audits the default)."""
+    return signed_run(new_key()[0], RunConfig(swarm=SwarmConfig(bootstrap_peers=0)))
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +160,26 @@ def test_a_leader_that_was_not_established_is_a_problem(run, honest, sybils, tmp
     ]
     # rounds 1-2 of a young run: anyone may lead, which the report says it cannot check
     assert any("2 rounds from 1 to 2: nobody was established yet" in u for u in report["not_checked"])
+
+
+def test_a_young_round_led_by_anyone_but_the_organizer_is_a_problem(honest, sybils, tmp_path, capsys):
+    """The default run (bootstrap_peers = 3): rounds 1-2 led by the organizer, listing three
+    volunteers, then the volunteers lead; audited as chain.check has it. A chain whose round 2
+    a Sybil led (nobody but the organizer may while the run is young) is a problem."""
+    organizer = new_key()
+    found, anchor = signed_run(organizer[0], RunConfig())
+    young = chain(anchor, honest, 2, leaders={1: organizer, 2: organizer})
+    last = signed.open_roster(young[-1])[0]
+    grown = chain(anchor, honest, 2, start=3, prev=signed.body_hash(young[-1]), base=last.result)
+    code, report = audited(node_dir(tmp_path, found, young + grown), capsys)
+    assert code == 0 and report["problems"] == [], report["problems"]
+    assert not any("nobody was established yet" in u for u in report["not_checked"])  # nothing left to chance
+    captured = chain(anchor, honest, 2, leaders={1: organizer, 2: sybils[0]})
+    code, report = audited(node_dir(tmp_path, found, captured), capsys)
+    assert code == 1 and report["problems"] == [
+        f"round 2: its leader {sybils[0][1][:16]} is not the organizer, "
+        "the only leader of a young run (bootstrap_peers)"
+    ]
 
 
 def test_a_gap_is_a_problem_and_nothing_after_it_is_credited(run, honest, tmp_path, capsys):

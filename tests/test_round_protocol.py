@@ -22,7 +22,16 @@ from protocol.records import GENESIS, Announcement, Heartbeat, Roster
 from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
 
 RUN = "test-0123456789ab"
-CFG = SwarmConfig(collect_timeout=5.0, round_timeout=40.0, heartbeat_ttl=8.0, leader_backoff=5.0, established_rounds=2)
+# bootstrap_peers=0: these fakes play runs whose volunteers lead from round 1 (no organizer's
+# witness among them); the organizer-led young run is played in tests/test_young_run.py
+CFG = SwarmConfig(
+    collect_timeout=5.0,
+    round_timeout=40.0,
+    heartbeat_ttl=8.0,
+    leader_backoff=5.0,
+    established_rounds=2,
+    bootstrap_peers=0,
+)
 BASE0 = "a" * 64
 
 

@@ -137,10 +137,12 @@ def test_open_a_sybil_chain_from_the_genesis_captures_a_joiner_before_the_first_
     the most holders (5 > 4) wins, and the Sybils are the voters of their own chain.
     Cost: honest-live-peers + 1 keys, 2 rosters (~12 signatures), heartbeats; no GPU, no update.
     Stopped while the organizer is online (its witness's pin: test below) and, organizer offline,
-    once the swarm's chain is past its first checkpoint (next test). Open for the young run
-    before the first checkpoint (checkpoint_rounds, 64 by default): trust-model step 2's
-    organizer-led young rounds. Severity: high for that window (a joiner starts from an
-    attacker-chosen state)."""
+    once the swarm's chain is past its first checkpoint (next test). Open only with
+    bootstrap_peers = 0 (this module's CFG: the opt-out), before the first checkpoint
+    (checkpoint_rounds, 64 by default); at the default the organizer-led young run refuses the
+    crowd's first roster (tests/test_young_run.py::
+    test_a_crowd_chain_from_the_genesis_cannot_capture_a_joiner_whose_organizer_is_offline).
+    Severity: high for that window (a joiner starts from an attacker-chosen state)."""
     dht, registry, honest = swarm(4)
     for _ in range(3):
         play_round(honest)

@@ -24,6 +24,7 @@ from node.outer import scoring
 from node.peer import manifest as manifests
 from node.peer.manifest import Anchor, anchor_of
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger, read_file, siblings
+from node.round.trust import chain
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS
@@ -107,12 +108,21 @@ class ChainCheck:
         r, leader = this.roster.round, this.roster.leader
         # what a peer's Ledger held when it checked this roster, asked what the peer asked
         window = Ledger(rosters={a.roster.round: a for a in before if r - WINDOW <= a.roster.round < r})
-        need = self.anchor.run.swarm.established_rounds
-        established = window.established(need)
-        problems = []
-        if not established:
-            self.young.add(r)
-        elif leader not in established:
+        rules = chain.ChainRules(
+            run_id=self.anchor.run_id,
+            established_rounds=self.anchor.run.swarm.established_rounds,
+            max_bytes=self.anchor.max_bytes,
+            organizer=self.anchor.organizer,
+            bootstrap_peers=self.anchor.run.swarm.bootstrap_peers,
+        )
+        problems, need, established = [], rules.established_rounds, window.established(rules.established_rounds)
+        young = chain.young(window, rules)  # led by the organizer alone, which the chain shows
+        if not young and not established:
+            self.young.add(r)  # bootstrap_peers = 0: nobody established yet, anyone live could lead
+        problem = chain.leader_problem(leader, window, rules)  # the rule every peer checks a chain by
+        if problem and young:
+            problems.append(f"round {r}: {problem}")
+        elif problem:
             problems.append(
                 f"round {r}: leader {leader[:16]} was not established (named in >= {need} of the "
                 f"{len(window.rosters)} rosters before) while {len(established)} peers were: the rules allow that "

@@ -177,6 +177,13 @@ class SwarmConfig:
     established_rounds: int = 2
     """A peer may lead rounds and vouch for states once it appeared in this many rosters of the
     run's ledger (until any peer is, every live signed peer may: the start of a run)."""
+    bootstrap_peers: int = 3
+    """A young run, until this many peers other than the organizer are established on the chain,
+    is led by the organizer's witness alone (swarmtrain bootstrap: it applies rounds but does not
+    train): every peer refuses another leader's roster, so a crowd of fresh identities that comes
+    first cannot leave the honest peers out of the rosters that establish them. While the run is
+    young and the organizer offline, no round is led. 0: anyone live may lead until someone is
+    established (private swarms, tests that start without an organizer)."""
     checkpoint_rounds: int = 64
     """The organizer's witness signs a checkpoint of the chain every this many rounds; leaders carry
     it in rosters and every peer keeps the newest, so that a chain a crowd of fresh identities grows

@@ -96,6 +96,7 @@ RUN_RANGES: dict[str, Range] = {
     "swarm.established_rounds": NOT_NEGATIVE,
     "swarm.leader_backoff": NOT_NEGATIVE,
     "swarm.checkpoint_rounds": NOT_NEGATIVE,
+    "swarm.bootstrap_peers": NOT_NEGATIVE,
     "swarm.state_requests_per_minute": NOT_NEGATIVE,  # 0 refuses every download of our state
     "swarm.max_streams_per_peer": AT_LEAST_ONE,
     "swarm.round_seconds": NOT_NEGATIVE,

@@ -1,5 +1,6 @@
 """The organizer's peer: a stable identity that holds the DHT together, the run manifest, and the
-witness that follows the run's chain and pins what joiners may take (witness.py)."""
+witness that leads the run's young rounds, applies every round and pins what joiners may take
+(witness.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import NodeConfig, load_run_config
+from node.errors import SwarmtrainError
 from node.outer.strategies import make_strategy
 from node.p2p.addresses import initial_peers, shareable
 from node.p2p.dht import Swarm
@@ -18,7 +20,7 @@ from node.p2p.validators import guard_run
 from node.peer import manifest as manifests
 from node.peer.witness import Witness
 from node.round.protocol import round_record_ttl
-from node.train.data import load_corpus
+from node.train.data import load_corpus, val_tokens
 from node.train.model import build_run_model, trainable
 from node.watch.progress import Reporter
 
@@ -35,9 +37,12 @@ def run_bootstrap(
     seen from here: node/commands/monitor.SwarmPage), once the manifest is published."""
     run = load_run_config(run_path)
     writable_dir(cfg.data_dir)  # before the model is built: a bad --data-dir is said at once
-    model = build_run_model(run).model  # refuse a run we could not train ourselves
-    make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
+    built = build_run_model(run)  # refuse a run we could not train ourselves
+    model = built.model
+    strategy = make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
     corpus = load_corpus(run.data)  # a built-in corpus, or the organizer's own files
+    # the witness scores updates as every leader does: on the batch all peers share
+    score = val_tokens(corpus, run.data, built.tokenizer, Path(cfg.data_dir) / "tokens") if run.robust.scoring else None
     ready = Path(cfg.data_dir) / READY_FILE
     ready.unlink(missing_ok=True)  # a stale file would send volunteers to an address that may be gone
     swarm = Swarm.start(cfg, initial_peers(cfg.initial_peers, cfg.initial_peers_file, cfg.startup_timeout))
@@ -48,14 +53,22 @@ def run_bootstrap(
         run_id, envelope = manifests.sign(load_identity_key(swarm.identity_path), manifest)
         guard_run(swarm, run_id, heartbeat_ttl=run.swarm.heartbeat_ttl, round_ttl=round_record_ttl(run.swarm))
         manifests.publish(swarm, envelope)
-        witness = Witness(
+        witness = Witness(  # leads the young run, applies every round (trains nothing)
             swarm,
             run_id=run_id,
             key=load_identity_key(swarm.identity_path),
-            cfg=run.swarm,
+            run=run,
+            model=model,
+            strategy=strategy,
+            score_tokens=score,
             data_dir=Path(cfg.data_dir),
-            base=manifests.round0_digest(run, manifest),  # roster 1 starts from it
+            out=reporter,
         )
+        if witness.state.digest != manifests.round0_digest(run, manifest):  # roster 1 starts from it
+            raise SwarmtrainError(
+                "the organizer's round-0 model is not the one its manifest names",
+                "report this: the witness could not lead the run's first rounds",
+            )
         threading.Thread(target=witness.follow, args=(stop,), name="witness", daemon=True).start()
         served = page(swarm, run_id, manifest) if page is not None else None
         maddrs = shareable(swarm.visible_maddrs())

@@ -161,6 +161,7 @@ class NodeParts:
             self.max_bytes,
             update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
             admission=chain.admission_of(self.run_id, self.run.swarm, self.manifest["organizer"]),
+            organizer=self.manifest["organizer"],  # a young run's only leader (chain.young)
         )
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
         self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.table.last())

@@ -1,19 +1,29 @@
-"""The organizer's witness: the chain of rosters the swarm trains on, followed by the run's root key.
+"""The organizer's witness: a member of the run that leads its young rounds and applies every round,
+but trains nothing.
 
 The bootstrap peer is the organizer: its key signed the manifest, so the run id commits to it.
-It runs a witness that follows the chain as it grows. Each look it verifies the rosters that lead
-to a head the swarm's established peers hold, by the rules every peer applies
-(node/round/trust/catchup.py), keeps them in its ledger file, serves them to joiners (the `ledger`
-RPC), and publishes its head in its own signed heartbeat, inactive (it never trains or leads).
+While the run is young (fewer than `[swarm] bootstrap_peers` peers other than the organizer are
+established on the chain: node/round/trust/chain.py, `young`) the organizer is the only
+candidate, and every peer refuses another leader's roster. So the witness holds the run's state
+and runs the volunteer's round code (node/round/protocol.py, node/peer/applier.py) without a
+trainer: it opens a round when the round's first update is announced (it has none of its own to
+time it by), leads it where the election says it does (a young run: always, in slot (0, 0),
+without waiting for an update of its own: `RoundProtocol(trains=False)`), lists every valid
+update it fetched (it has no interest in censoring), and applies the roster as every member
+does. Once the run is grown it is no candidate (it is never named in a roster, so never
+established) and goes on applying the rounds others lead, so that it holds the state again
+should the run become young again (its established peers gone from the window). A round it
+could not follow is caught up as a volunteer does (node/peer/sync.py: the verified chain, a
+donor's state), and its state is saved after each round, so that a restarted organizer leads
+on from where it stopped. While the run is young and the organizer offline, no round is led.
 
-A joiner knows no established peer yet, so it takes only a head whose chain passes through the
-organizer's head (Catchup's pin): a chain a Sybil crowd grew from the genesis, however many
-identities hold it, is refused while the organizer is online. The witness applies no update and
-holds no state, so it checks links, signatures, beacons and eligibility, not results: the peers
-that apply the rounds check those, and a head needs a quorum of them before the witness takes it.
+Its heartbeat, inactive (it announces nothing: no leader waits for it), names its head: a
+joiner knows no established peer yet, so it takes only a head whose chain passes through the
+organizer's (Catchup's pin), and a chain a Sybil crowd grew from the genesis is refused while
+the organizer is online. It serves the chain it applied (the `ledger` RPC).
 
-For the organizer offline, the witness signs a checkpoint every `checkpoint_rounds` rounds of the
-chain it verified (node/round/trust/anchor.py), names it in its heartbeat (`cp`) and serves it (the
+For the organizer offline, the witness signs a checkpoint every `checkpoint_rounds` rounds of its
+chain (node/round/trust/anchor.py), names it in its heartbeat (`cp`) and serves it (the
 `checkpoint` RPC); leaders carry it in their rosters, and every peer keeps it as its anchor.
 """
 
@@ -23,42 +33,103 @@ import logging
 import threading
 from pathlib import Path
 
-from node.config import SwarmConfig
-from node.p2p.dht import WITNESS_DEVICE, HeartbeatPublisher, Swarm, dht_time, read_peers
+import torch
+
+from node.config import RunConfig
+from node.outer.state import SwarmState
+from node.p2p.dht import WITNESS_DEVICE, HeartbeatPublisher, Swarm, dht_time
 from node.p2p.exchange import Exchange
 from node.p2p.roundnet import RealNet
+from node.peer import checkpoint
+from node.peer.applier import Applier
+from node.peer.sync import StateSync
+from node.round.fetch import UpdateShape
 from node.round.ledger import Ledger
+from node.round.protocol import RoundFailed, RoundProtocol
 from node.round.trust import chain
 from node.round.trust.anchor import FILENAME, Anchor
-from node.round.trust.catchup import Catchup, Head
-from node.round.trust.chain import ChainRules
+from node.watch.metrics import NodeMetrics
+from node.watch.progress import Reporter
+from node.watch.report import History
+from protocol import keys
 from protocol.kinds.checkpoint import checkpoint_hash
 from protocol.records import Heartbeat
 
 log = logging.getLogger("swarmtrain.witness")
-LOOK_EVERY = 1.0  # seconds between two looks for a new head
+LOOK_EVERY = 1.0  # seconds between two looks for a better head while no round is open
 
 
 class Witness:
-    """Follows the run's chain from the genesis and publishes its head as the organizer."""
+    """Applies the run's rounds as a member that does not train, leads them while the run is young,
+    and publishes its head as the organizer."""
 
-    def __init__(self, swarm: Swarm, *, run_id: str, key, cfg: SwarmConfig, data_dir: Path, base: str):
+    def __init__(
+        self,
+        swarm: Swarm,
+        *,
+        run_id: str,
+        key,
+        run: RunConfig,
+        model: torch.nn.Module,
+        strategy,
+        score_tokens: torch.Tensor | None,
+        data_dir: Path,
+        out: Reporter,
+    ):
+        """`model` and `strategy`: the run's round-0 model and outer strategy, as a volunteer
+        builds them; `score_tokens`: the shared scoring batch ([robust] scoring; else None)."""
+        cfg = run.swarm
         self.swarm, self.run_id, self.cfg, self.me, self.key = swarm, run_id, cfg, swarm.peer_id, key
         self.ledger = Ledger.load(data_dir / run_id / "ledger.jsonl")
         self.anchor = self.ledger.anchor = Anchor.load(data_dir / run_id / FILENAME, run_id=run_id, organizer=self.me)
-        max_bytes = int(cfg.max_update_mb * 2**20)
-        self.exchange = Exchange(swarm.dht, run_id, max_bytes=max_bytes, me=self.me)
+        max_bytes, metrics = int(cfg.max_update_mb * 2**20), NodeMetrics()
+        self.exchange = Exchange(swarm.dht, run_id, max_bytes=max_bytes, me=self.me, on_bytes=metrics.on_bytes)
         self.exchange.set_ledger(self.ledger.envelopes_from)
         self.exchange.set_checkpoint(lambda c: self.anchor.envelope if c == self.anchor.round else None)
-        rules = ChainRules(  # the rules every peer checks a chain by, admission proofs included
-            run_id=run_id,
-            established_rounds=cfg.established_rounds,
-            max_bytes=max_bytes,
-            organizer=self.me,
-            admission=chain.admission_of(run_id, cfg, self.me),
+        template = SwarmState.initial(model, strategy.outer_buffers)
+        self.applier = Applier(
+            template,
+            run=run,
+            strategy=strategy,
+            ledger=self.ledger,
+            metrics=metrics,
+            out=out,
+            me=self.me,
+            device=torch.device("cpu"),
+            model=model,
+            overlap=False,
+            score_tokens=score_tokens,
         )
-        self.catchup = Catchup(RealNet(swarm, self.exchange), self.ledger, rules, chain.genesis(run_id, base))
-        head = self.head(base)
+        self.rounds = RoundProtocol(
+            RealNet(swarm, self.exchange),
+            run_id,
+            cfg,
+            key,
+            self.ledger,
+            self.applier.hooks(),
+            max_bytes,
+            update_shape=UpdateShape(codec=strategy.codec.name, payload_bytes=strategy.codec.encoded_size()),
+            admission=chain.admission_of(run_id, cfg, self.me),  # the rules every peer checks a chain by
+            organizer=self.me,
+            trains=False,
+        )
+        self.rounds.builder.carry = lambda r: self.anchor.carry(r, self.ledger)  # we sign it: no fetch
+        self.sync = StateSync(  # no pin: we are the pin
+            self.applier,
+            swarm=swarm,
+            run_id=run_id,
+            me=self.me,
+            cfg=cfg,
+            ledger=self.ledger,
+            rounds=self.rounds,
+            exchange=self.exchange,
+            template=template,
+            ckpt=checkpoint.checkpoint_path(str(data_dir), run_id),
+            metrics=metrics,
+            history=History(),
+            out=out,
+        )
+        self.saved = (0, template.digest)  # the state our checkpoint file holds
         self.heartbeat = HeartbeatPublisher(
             swarm,
             run_id,
@@ -66,9 +137,9 @@ class Witness:
                 run=run_id,
                 peer=self.me,
                 name="organizer",
-                round=head.round + 1,
-                state_round=head.round,
-                digest=head.digest,
+                round=1,
+                state_round=0,
+                digest=template.digest,
                 device=WITNESS_DEVICE,
                 maddrs=(),
                 time=dht_time(),
@@ -80,40 +151,76 @@ class Witness:
             key=key,
         )
 
-    def head(self, base: str) -> Head:
-        """The end of our chain (the round-0 state before any roster)."""
-        if not self.ledger.rosters:
-            return Head(0, base)
-        last = self.ledger.rosters[max(self.ledger.rosters)].roster
-        return Head(last.round, last.result)
+    @property
+    def state(self) -> SwarmState:
+        return self.applier.state
 
-    def look(self) -> Head | None:
-        """One look: take a better verified head if the swarm's peers hold one; returns it."""
-        mine = self.head(self.catchup.start.base)
-        target = self.catchup.plan(read_peers(self.swarm, self.run_id, ttl=self.cfg.heartbeat_ttl), mine)
-        if target is None:
-            return None
-        self.ledger.extend(target.ancestor, list(target.rosters))
-        self.catchup.moved()
-        self.heartbeat.update(round=target.head.round + 1, state_round=target.head.round, digest=target.head.digest)
-        log.info("witness: round %d, %s (%d rosters verified)", *target.head, len(target.rosters))
-        if self.sign_checkpoint():
+    def follow(self, stop: threading.Event) -> None:
+        """Take our saved state (or the swarm's, if ahead), then apply round after round until `stop`."""
+        try:
+            self.applier.state, how = self.sync.initial_state(stop)
+            log.info("witness: starting from round %d (%s)", self.state.round, how)
+            self.moved()
+        except Exception as e:  # noqa: BLE001 -- a DHT hiccup must not end the organizer's peer
+            log.warning("witness: %s: %s", type(e).__name__, e)
+        while not stop.is_set():
+            try:
+                self.step(stop)
+            except Exception as e:  # noqa: BLE001 -- as above; the next step looks again
+                log.warning("witness: %s: %s", type(e).__name__, e)
+                stop.wait(LOOK_EVERY)
+
+    def step(self, stop: threading.Event) -> None:
+        """One round: catch up if the swarm's established peers hold a head off our chain, else
+        await the next round's roster (leading it when the election says so) and apply it."""
+        if self.sync.outvoted():
+            self.sync.resync(stop, force=True)
+            self.moved()
+        state = self.state
+        r = state.round + 1
+        if not self.opened(r, state.digest):
+            stop.wait(LOOK_EVERY)
+            return
+        accepted = self.rounds.await_roster(r, state.digest, state.round, stop)
+        if stop.is_set():
+            return
+        try:
+            if accepted is None:
+                raise RoundFailed(f"no roster for round {r} within {self.cfg.round_timeout:.0f} s")
+            applied = self.applier.apply_round(accepted, self.rounds.gather(accepted))
+        except RoundFailed as e:
+            log.warning("witness: %s", e)
+            applied = False
+        if not applied:
+            if accepted is not None:
+                self.rounds.failed.add((r, accepted.roster.leader))
+            self.sync.resync(stop)  # a head off our chain, if the swarm has one
+        self.moved()
+
+    def opened(self, round_no: int, base: str) -> bool:
+        """Has round `round_no` begun: an update of it announced on our state, or a roster of it
+        stored? The witness trains nothing, so a round's first update is what opens it (a volunteer
+        opens it when it announces); opened earlier, the attempts of the election (counted from
+        when a peer first awaited the round) would run on before anyone trained, and members
+        would refuse our roster as one of an attempt whose turn has not come."""
+        if self.rounds.net.get_subkeys(keys.roster_key(self.run_id, round_no)):
+            return True
+        return bool(self.rounds.builder.announcements(round_no, base))
+
+    def moved(self) -> None:
+        """Our state changed (or was taken): save it, say so in our heartbeat, sign a due checkpoint."""
+        state = self.state
+        if state.round > 0 and (state.round, state.digest) != self.saved:  # a restarted organizer leads on
+            checkpoint.save(self.sync.ckpt, state.to_bytes(self.run_id))
+            self.saved = (state.round, state.digest)
+        if self.anchor.sign_due(self.key, self.ledger, every=self.cfg.checkpoint_rounds, now=dht_time()):
             self.heartbeat.update(cp=self.pointer())
-        return target.head
+        self.heartbeat.update(round=state.round + 1, state_round=state.round, digest=state.digest)
+        log.info("witness: round %d, %s (young run: %s)", state.round, state.digest[:12], self.rounds.young())
 
     def pointer(self) -> tuple:
         """Our heartbeat's `cp`: (round, body hash) of our newest checkpoint; () before the first."""
         return (self.anchor.round, checkpoint_hash(self.anchor.envelope)) if self.anchor.envelope else ()
-
-    def sign_checkpoint(self) -> bool:
-        return self.anchor.sign_due(self.key, self.ledger, every=self.cfg.checkpoint_rounds, now=dht_time())
-
-    def follow(self, stop: threading.Event) -> None:
-        while not stop.wait(LOOK_EVERY):
-            try:
-                self.look()
-            except Exception as e:  # noqa: BLE001 -- a DHT hiccup must not end the organizer's peer
-                log.warning("witness: %s: %s", type(e).__name__, e)
 
     def close(self) -> None:
         self.heartbeat.close()

@@ -35,6 +35,9 @@ class RosterChecks:
         reveal, and lists signed announcements of live, unbanned, admitted peers of the run's exact size."""
         if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
             raise ProtocolError("its leader is not an established peer on this state")
+        problem = chain.leader_problem(leader, self.ledger, self.rules) if self.young() else ""
+        if problem:  # also where our ledger cannot tell who else leads (cands None): a young run's rule
+            raise ProtocolError(problem)
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
         if roster.run != self.run_id or roster.round != round_no:
             raise ProtocolError("names another run or round")
@@ -94,7 +97,10 @@ class RosterChecks:
         if mine is None:
             return []
         stored = self.net.get_subkeys(keys.roster_key(self.run_id, round_no))
-        leaders = self.ledger.established(self.cfg.established_rounds) or None  # None: a young run, anyone
+        # a young run's only leader is the organizer, never a contributor: no sibling replaces its
+        # roster; None: nobody established yet in a run without a young run, anyone
+        established = self.ledger.established(self.cfg.established_rounds) or None
+        leaders = {self.rules.organizer} if self.young() else established
         better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no))
         return [s for s in better if _marks_valid(s)]  # its lists count in our marks once swapped in
 

@@ -238,12 +238,11 @@ def candidates(
     peer's digest is its own claim either way; what makes a leader is the ledger and the
     signatures. Where some of them can be dialled from anywhere (a public address or a relay:
     protocol/maddrs.py), only those: a swarm on one LAN, or on this machine, is unchanged."""
-    top = float("inf") if ahead is None else round_no + ahead
     live = {
         p
         for p, hb in peers.items()
         if (hb.active or ahead is None)  # a leader may leave after leading
-        and (hb.digest == base or round_no <= hb.state_round <= top)
+        and _on_round(hb, base, round_no, ahead)
     }
     eligible = live if established is None else live & established
     if any(dialable(peers[p].maddrs) for p in eligible):
@@ -253,3 +252,20 @@ def candidates(
         # than no round)
         eligible = {p for p in eligible if dialable(peers[p].maddrs)}
     return eligible
+
+
+def organizer_candidate(
+    peers: dict[str, Heartbeat], base: str, organizer: str, round_no: int, ahead: int | None = None
+) -> set[str]:
+    """A young run's candidates (node/round/trust/chain.py: young): the organizer alone, while its
+    witness's heartbeat is live on state `base` or past round `round_no` (`ahead` as in
+    `candidates`). Its heartbeat is inactive (it trains nothing, so no leader waits for an update
+    of it), and it is dialled by every member, so neither filter of `candidates` applies."""
+    hb = peers.get(organizer)
+    return {organizer} if hb is not None and _on_round(hb, base, round_no, ahead) else set()
+
+
+def _on_round(hb: Heartbeat, base: str, round_no: int, ahead: int | None) -> bool:
+    """Does the heartbeat hold state `base`, or a state at most `ahead` rounds past `round_no`?"""
+    top = float("inf") if ahead is None else round_no + ahead
+    return hb.digest == base or round_no <= hb.state_round <= top

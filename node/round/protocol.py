@@ -30,7 +30,7 @@ from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
-from node.round.trust import marks
+from node.round.trust import chain, marks
 from node.round.trust.chain import ChainRules
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
@@ -65,9 +65,13 @@ class RoundProtocol(RosterChecks):
         max_bytes: int,
         update_shape: UpdateShape | None = None,
         admission: Admission = DISABLED,
+        organizer: str = "",
+        trains: bool = True,
     ):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
         self.me, self.max_bytes, self.admission = net.me, max_bytes, admission  # admission: protocol/admission
+        self.organizer = organizer  # the manifest's organizer: a young run's only leader ("": no young run)
+        self.trains = trains  # False: the organizer's witness, which leads and applies but announces nothing
         self.opened: dict[int, float] = {}  # round -> when (monotonic) we first awaited it: its attempts' clock
         self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
         self.first_look: dict[int, float] = {}  # round -> when (monotonic) we first awaited it
@@ -98,9 +102,14 @@ class RoundProtocol(RosterChecks):
             established_rounds=self.cfg.established_rounds,
             max_bytes=self.max_bytes,
             banned=self.hooks.banned,
-            organizer=self.ledger.anchor.organizer if self.ledger.anchor else "",  # checks carried checkpoints
+            organizer=self.organizer or (self.ledger.anchor.organizer if self.ledger.anchor else ""),
             admission=self.admission,
+            bootstrap_peers=self.cfg.bootstrap_peers,
         )
+
+    def young(self) -> bool:
+        """Is the run young on our ledger (chain.young): the organizer is its only leader."""
+        return chain.young(self.ledger, self.rules)
 
     # ------------------------------------------------------------------------------- announce
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
@@ -137,6 +146,8 @@ class RoundProtocol(RosterChecks):
         """Who may lead this round (`ahead`: election.candidates); None when our ledger cannot tell
         (we joined mid-run and the chain is not known yet): then we accept any live leader and
         never lead ourselves."""
+        if self.young():
+            return election.organizer_candidate(peers, base, self.rules.organizer, state_round + 1, ahead)
         live_established = self.ledger.established(self.cfg.established_rounds) & set(peers)
         if live_established:
             return election.candidates(peers, base, live_established, state_round + 1, ahead)
@@ -206,11 +217,12 @@ class RoundProtocol(RosterChecks):
 
     def _collected(self, round_no: int, peers: dict[str, Heartbeat], announced: set[str], waited: float) -> bool:
         last = self.members.get(round_no - 1, set())
+        mine = {self.me} if self.trains else set()  # the witness announces nothing: never wait for it
         # an announcer two leaders could not fetch from, nor we, is not waited for (trust/marks.py)
-        expected = (lead.expected(peers, round_no, last) - self.slow(round_no)) | {self.me}
+        expected = (lead.expected(peers, round_no, last) - self.slow(round_no)) | mine
         # the core: last round's members (an established peer silent since is no longer waited
         # for), else after a sync the established; in a young run, everyone
-        core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | {self.me})
+        core = expected & ((last or self.ledger.established(self.cfg.established_rounds)) | mine)
         core = core if core - {self.me} else expected
         return lead.collected(expected, core, announced, waited, self.core_in.setdefault(round_no, {}), self.cfg)
 

@@ -6,7 +6,9 @@ the manifest builds and is ranked under beacon(1) = SHA-256(run id)) or a roster
 applied itself (its ledger). Each later roster must name the hash of the one before (`prev`),
 start from its result (`base`), carry the beacon that follows from its leader's reveal, be led
 by a peer established on the chain before it (named in >= established_rounds of the rosters of
-the window; anyone while nobody is: a young run) and list no peer the chain's scores ban. What a
+the window) and list no peer the chain's scores ban. While the run is young (fewer than
+`bootstrap_peers` peers other than the organizer are established) only the organizer leads:
+`leader_problem` is that rule for every reader, members, joiners, the witness and the audit. What a
 heartbeat says (its state_round and digest) only points at a chain head: a hint, never a vote.
 
 Fork choice: of two verified branches after a common ancestor k, the one whose attesters (the
@@ -72,6 +74,9 @@ class ChainRules:
     (node/round/trust/anchor.py). Empty: carried checkpoints are not checked, nor used."""
     admission: Admission = DISABLED
     """Proofs of work of authors new to the chain, and how many a roster may list (protocol/admission/rule.py)."""
+    bootstrap_peers: int = 0
+    """[swarm] bootstrap_peers: while fewer peers than this other than `organizer` are established,
+    only the organizer leads (`young`). 0, or no organizer: anyone while nobody is established."""
 
 
 def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
@@ -100,13 +105,40 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
         raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
     marks.check(roster, {a.peer for a in anns})  # skip and unserved lists (node/round/trust/marks.py)
     election.check_reveal(roster, env["key"])
-    leaders = window.established(rules.established_rounds)
-    if leaders and roster.leader not in leaders:
-        raise ProtocolError(f"its leader {roster.leader[:16]} was not established on the chain before it")
+    problem = leader_problem(roster.leader, window, rules)
+    if problem:
+        raise ProtocolError(problem)
     check_entries(roster, anns, window, rules)
     if roster.checkpoint is not None and rules.organizer:
         anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
     return AcceptedRoster(env, roster, tuple(anns))
+
+
+def young(window: Ledger, rules: ChainRules) -> bool:
+    """Is the run young after `window` (the rosters before the round)? Fewer than
+    `rules.bootstrap_peers` peers other than the organizer are established on it. Only the
+    organizer leads then (design step 2, docs/trust-model.md): its rosters list every valid
+    update it fetched, so no crowd that came first can keep the honest peers out of the rosters
+    that establish them, as a Sybil leader could by listing only its own. A window that lacks
+    rosters (a peer that synced) counts fewer appearances, so it errs towards young: such a peer
+    refuses another leader's roster and resyncs, it never takes one the rule refuses."""
+    if not rules.bootstrap_peers or not rules.organizer:
+        return False
+    return len(window.established(rules.established_rounds) - {rules.organizer}) < rules.bootstrap_peers
+
+
+def leader_problem(leader: str, window: Ledger, rules: ChainRules) -> str:
+    """Why `leader` may not lead the roster after `window` ("": it may): in a young run anyone but
+    the organizer; later, a peer the window does not establish (anyone while nobody is, which
+    only a run without an organizer's young run, bootstrap_peers = 0, reaches)."""
+    if young(window, rules):
+        if leader == rules.organizer:
+            return ""
+        return f"its leader {leader[:16]} is not the organizer, the only leader of a young run (bootstrap_peers)"
+    leaders = window.established(rules.established_rounds)
+    if leaders and leader not in leaders:
+        return f"its leader {leader[:16]} was not established on the chain before it"
+    return ""
 
 
 def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rules: ChainRules) -> None:

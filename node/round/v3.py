@@ -75,7 +75,7 @@ class Scatter:
 
 
 OFF = Scatter()
-FAILED = (ProtocolError, TimeoutError, OSError, ValueError)
+FAILED = (ProtocolError, TimeoutError, OSError, ValueError, EOFError)
 
 
 class ScatterRounds:
@@ -88,9 +88,14 @@ class ScatterRounds:
     def lead_v3(self, round_no: int, base: str, prev: str, beacon: str, slot: Slot, picked: list, skip: tuple):
         """Lead round `round_no` as v3 with the announcements `picked` (lead.SignedAnnouncement):
         our signed roster, or None (the round failed; the call's attempt is not led again)."""
-        self.led_v3.add((round_no, slot.attempt))
         members = [s.announcement.peer for s in picked]
-        reach = self.scatter.reachable(members, self.table.last())
+        peers = self.table.last()
+        if any(p not in peers or peers[p].digest != base for p in members):
+            # a member's heartbeat still names its last state: our rank may be read from a stale
+            # table, and a second leader's call would split the members (it catches up in a beat)
+            return None
+        self.led_v3.add((round_no, slot.attempt))
+        reach = self.scatter.reachable(members, peers)
         blob = self.net.held_update(round_no, self.me)
         if blob is None or self.me not in members or self.me not in reach:
             log.warning("round %d: cannot lead v3 (our update is not listed, or nobody can dial us)", round_no)

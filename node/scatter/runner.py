@@ -67,7 +67,7 @@ class NodeScatter:
         """net: dials members (node/p2p/roundnet.py RealNet.call); serve(handler, limit): installs
         the round's Member.answer (Exchange.set_scatter); key: our RSA identity; strategy: the
         run's (its codec decodes our update, its aggregator is the owners' rule)."""
-        self.net, self.serve, self.key, self.strategy = net, serve, key, strategy
+        self.net, self.serve, self.key, self.strategy = _Dial(net), serve, key, strategy
         self.threshold, self.timeouts, self.settle = threshold, timeouts, settle
 
     def uses(self, members: int) -> bool:
@@ -130,3 +130,17 @@ def make_scatter(
     swarm = run.swarm
     timeouts = Timeouts(phase=swarm.collect_timeout, call=swarm.collect_timeout, round=swarm.round_timeout)
     return NodeScatter(net=net, serve=serve, key=key, strategy=strategy, threshold=threshold, timeouts=timeouts)
+
+
+class _Dial:
+    """A ScatterNet whose every failure is one Member handles (a stream closed mid-answer is an
+    EOFError from asyncio, not an OSError): the member retries or replaces, never crashes."""
+
+    def __init__(self, net: ScatterNet):
+        self.net, self.me = net, getattr(net, "me", "")
+
+    def call(self, peer: str, message, timeout: float) -> bytes:
+        try:
+            return self.net.call(peer, message, timeout)
+        except EOFError as e:
+            raise OSError(f"{peer[:16]} closed the stream: {e}") from None

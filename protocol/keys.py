@@ -6,6 +6,7 @@ swarmtrain:<run>:peers                   peer id     Heartbeat of that peer
 swarmtrain:<run>:metrics                 peer id     MetricsRecord of that peer (metrics.py), signed
 swarmtrain:<run>:round:<r>:updates       peer id     Announcement of its update for round r
 swarmtrain:<run>:round:<r>:roster        leader id   Roster: the contributions that make round r
+swarmtrain:<run>:round:<r>:call          leader id   Call: a v3 round's members and grid (kinds/call.py)
 
 Example: run "demo-3f2a9c01b7de", round 7 ->
     swarmtrain:demo-3f2a9c01b7de:round:7:roster
@@ -37,3 +38,8 @@ def updates_key(run_id: str, round_no: int) -> str:
 def roster_key(run_id: str, round_no: int) -> str:
     """Roster of round `round_no`; subkey = the leader that wrote it, value = roster."""
     return f"{PREFIX}:{run_id}:round:{int(round_no)}:roster"
+
+
+def call_key(run_id: str, round_no: int) -> str:
+    """The v3 call of round `round_no` (protocol/kinds/call.py); subkey = its leader, value = call."""
+    return f"{PREFIX}:{run_id}:round:{int(round_no)}:call"

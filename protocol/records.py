@@ -253,6 +253,15 @@ class Roster:
     """SHA-256 of the parameters and outer buffers after the round (SwarmState.full_digest): what a
     state taken from a donor must reproduce, and what every peer that applies the roster checks.
     Additive, left off the wire when empty (a roster before it, or hooks that know no buffers)."""
+    caught: tuple[tuple[str, str], ...] = ()
+    """A v3 round's owners caught lying, each with the SHA-256 of its fraud proof (the verdict the
+    leader convicted on): the chain bans them (node/round/ledger.py caught). v3's outcome fields
+    (caught, passed, finals) are additive and left off the wire when empty."""
+    passed: tuple[str, ...] = ()
+    """A v3 round's owners passed over (withheld: their task went to a backup), in order."""
+    finals: bytes = b""
+    """A v3 round's final parts' SHA-256 digests (32 bytes each, in task order): every member
+    checks the ones it gathered against them."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -264,6 +273,10 @@ class Roster:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
         if not self.full:
             del d["full"]
+        d["caught"], d["passed"] = [list(c) for c in self.caught], list(self.passed)
+        for name in ("caught", "passed", "finals"):
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -286,8 +299,13 @@ class Roster:
         attempt = _optional(d, "attempt", int, 0, where=w)
         if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
             raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
-        skip, unserved = _peer_list(d, "skip", MAX_SKIP, w), _peer_list(d, "unserved", MAX_UNSERVED, w)
+        skip, unserved = peer_list(d, "skip", MAX_SKIP, w), peer_list(d, "unserved", MAX_UNSERVED, w)
         full = _optional(d, "full", str, "", where=w)
+        caught, finals = _optional(d, "caught", list, [], where=w), _optional(d, "finals", bytes, b"", where=w)
+        if len(caught) > MAX_ROSTER or not all(isinstance(c, list) and len(c) == 2 for c in caught):
+            raise ProtocolError(f"{w}: caught must be [peer, proof sha256] pairs")
+        if len(finals) % 32 or len(finals) > 32 * MAX_ROSTER * 8:
+            raise ProtocolError(f"{w}: finals must be 32-byte digests")
         return cls(
             run=run_field(field(d, "run", str, where=w), w),
             round=round_field(field(d, "round", int, where=w), w),
@@ -305,10 +323,13 @@ class Roster:
             unserved=unserved,
             checkpoint=_optional(d, "checkpoint", dict, None, where=w),
             full=full and sha256_field(full, w),
+            caught=tuple((peer_id_field(str(p), w), sha256_field(str(h), w)) for p, h in caught),
+            passed=peer_list(d, "passed", MAX_ROSTER, w),
+            finals=finals,
         )
 
 
-def _peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
+def peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
     """An optional list of at most `most` distinct peer ids (absent: empty)."""
     value = _optional(d, name, list, [], where=where)
     if len(value) > most or not all(isinstance(p, str) for p in value) or len(set(value)) != len(value):

@@ -17,12 +17,19 @@ import msgpack
 
 from protocol import keys, signing
 from protocol.errors import ProtocolError
+from protocol.kinds.call import Call
 from protocol.records import MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
 
 # A heartbeat body is ~400 B (two addresses); at 8 KiB ~470 padded ones filled hivemind's 4 MiB reply to
 # a peer-table read, at 1 KiB it takes ~2,500 (tests/test_budgets.py measures both).
-MAX_BODY = {"heartbeat": 1024, "announcement": 2 * 1024, "roster": MAX_ROSTER * 2048 + 4096, "manifest": 64 * 1024}
-KIND_OF = {Heartbeat: "heartbeat", Announcement: "announcement", Roster: "roster"}
+MAX_BODY = {
+    "heartbeat": 1024,
+    "announcement": 2 * 1024,
+    "roster": MAX_ROSTER * 2048 + 4096,
+    "call": MAX_ROSTER * 2048 + 4096,
+    "manifest": 64 * 1024,
+}
+KIND_OF = {Heartbeat: "heartbeat", Announcement: "announcement", Roster: "roster", Call: "call"}
 
 
 def _unpack(body: bytes, where: str) -> object:
@@ -35,13 +42,13 @@ def _unpack(body: bytes, where: str) -> object:
 
 
 def seal(private_key, record) -> dict:
-    """The signed envelope of a Heartbeat, Announcement or Roster written by this key's peer."""
+    """The signed envelope of a Heartbeat, Announcement, Roster or Call written by this key's peer."""
     kind = KIND_OF[type(record)]
     return signing.sign(private_key, msgpack.packb(record.to_wire(), use_bin_type=True), kind)
 
 
 def author_of(record) -> str:
-    return record.leader if isinstance(record, Roster) else record.peer
+    return record.leader if isinstance(record, (Roster, Call)) else record.peer
 
 
 OPENED_ENTRIES, REFUSED_ENTRIES = 8192, 2048  # envelopes remembered as opened, as refused (apart: junk evicts no good)
@@ -119,18 +126,37 @@ def open_roster(
     entries' peers in entry order, so a leader cannot score (and get flagged, then banned) a
     peer whose update it left out."""
     roster = open_record(envelope, Roster, signer=signer, max_bytes=max_bytes)
-    anns = [open_record(e, Announcement, max_bytes=max_bytes) for e in roster.entries]
-    peers = [a.peer for a in anns]
-    if peers != sorted(set(peers)):
-        raise ProtocolError("roster: entries must be sorted by peer id without repeats")
-    if roster.scores and [p for p, _ in roster.scores] != peers:
-        stranger = next((p for p, _ in roster.scores if p not in set(peers)), None)
+    anns = _entries(roster, max_bytes)
+    if roster.scores and [p for p, _ in roster.scores] != [a.peer for a in anns]:
+        stranger = next((p for p, _ in roster.scores if p not in {a.peer for a in anns}), None)
         if stranger is not None:
             raise ProtocolError(f"roster: scores name {stranger[:16]}, not an entry")
-        raise ProtocolError(f"roster: {len(roster.scores)} scores for {len(peers)} entries, or not in entry order")
-    if any(a.run != roster.run or a.round != roster.round for a in anns):
-        raise ProtocolError("roster: an entry names another run or round")
+        raise ProtocolError(f"roster: {len(roster.scores)} scores for {len(anns)} entries, or not in entry order")
     return roster, anns
+
+
+def open_call(
+    envelope: object, *, signer: str | None = None, max_bytes: int = 2**40
+) -> tuple[Call, list[Announcement]]:
+    """A v3 call and its announcements, checked as open_roster checks a roster's; its reachable
+    members must be members."""
+    call = open_record(envelope, Call, signer=signer, max_bytes=max_bytes)
+    anns = _entries(call, max_bytes)
+    if not set(call.reach) <= {a.peer for a in anns}:
+        raise ProtocolError("call: reach names a peer that is not a member")
+    return call, anns
+
+
+def _entries(record: Roster | Call, max_bytes: int) -> list[Announcement]:
+    """A roster's or call's announcements, opened: of its run and round, by distinct peers, sorted."""
+    kind = KIND_OF[type(record)]
+    anns = [open_record(e, Announcement, max_bytes=max_bytes) for e in record.entries]
+    peers = [a.peer for a in anns]
+    if peers != sorted(set(peers)):
+        raise ProtocolError(f"{kind}: entries must be sorted by peer id without repeats")
+    if any(a.run != record.run or a.round != record.round for a in anns):
+        raise ProtocolError(f"{kind}: an entry names another run or round")
+    return anns
 
 
 def seal_manifest(private_key, manifest: dict) -> dict:
@@ -188,4 +214,6 @@ def claimed_key(envelope: object) -> tuple[str, str] | None:
         return keys.peers_key(run), str(d.get("peer"))
     if kind == "announcement":
         return keys.updates_key(run, rnd), str(d.get("peer"))
+    if kind == "call":
+        return keys.call_key(run, rnd), str(d.get("leader"))
     return keys.roster_key(run, rnd), str(d.get("leader"))

@@ -27,10 +27,11 @@ from node.p2p.telemetry import valid_stored_record
 from node.round.net import MAX_SKEW
 from protocol import signed
 from protocol.errors import ProtocolError
+from protocol.kinds.call import Call
 from protocol.records import Announcement, Heartbeat, Roster
 
 MANIFEST_TTL = 3600.0  # seconds a stored manifest lives; its keepers re-publish it well before (node/peer/manifest.py)
-CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster}
+CLASSES = {"heartbeat": Heartbeat, "announcement": Announcement, "roster": Roster, "call": Call}
 
 
 @dataclass
@@ -41,7 +42,7 @@ class RunValidator:
     heartbeat_ttl: float = 120.0
     """Longest heartbeat life accepted (the run's heartbeat_ttl)."""
     round_ttl: float = 3600.0
-    """Longest life of an announcement or roster."""
+    """Longest life of an announcement, roster or call."""
     priority: int = 0
 
     def __post_init__(self):
@@ -85,6 +86,8 @@ class RunValidator:
             return expiration <= now + MANIFEST_TTL + SLACK
         if kind == "roster":
             record, _ = signed.open_roster(envelope, signer=subkey)
+        elif kind == "call":
+            record, _ = signed.open_call(envelope, signer=subkey)
         else:
             record = signed.open_record(envelope, CLASSES[kind], signer=subkey)
         ttl = self.heartbeat_ttl if kind == "heartbeat" else self.round_ttl

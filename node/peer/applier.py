@@ -19,6 +19,7 @@ from node.outer.aggregate import Weights, token_weights
 from node.outer.state import SwarmState
 from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
+from node.round.v3 import Aggregate
 from node.train import data
 from node.train.model import trainable
 from node.train.trainer import evaluate_bpb
@@ -73,11 +74,13 @@ class Applier:
         """The strategy's side of the round; with [robust] scoring, the leader scores every update
         and every peer derives the same bans from the scores in the ledger's rosters."""
         robust = self.run.robust
+        aggregate = self.aggregate_result if hasattr(self.strategy, "apply_aggregate") else None
         if not robust.scoring:
-            return Hooks(validate=self.strategy.check, result=self.roster_result)
+            return Hooks(validate=self.strategy.check, result=self.roster_result, aggregate=aggregate)
         return Hooks(
             validate=self.strategy.check,
             result=self.roster_result,
+            aggregate=aggregate,
             score=self.score_round,
             banned=lambda ledger: scoring.banned(ledger.score_history(), robust),
         )
@@ -95,12 +98,14 @@ class Applier:
         self.out.event("round_refused", round=accepted.roster.round, leader=accepted.roster.leader[:16], reason=reason)
         return False
 
-    def wrong_score(self, accepted: AcceptedRoster, payloads: list[bytes]) -> str | None:
+    def wrong_score(self, accepted: AcceptedRoster, payloads: list[bytes] | Aggregate) -> str | None:
         """Why the roster's scores are not what we compute for its updates (None: they are, or the
         run does not score, or we led it). Scores make flags and flags make bans, so a leader
         that scores an honest update WORST must have its roster refused, not its word kept.
         Costs every peer what it costs the leader: a preview and a forward per update."""
         roster = accepted.roster
+        if isinstance(payloads, Aggregate):  # a v3 leader has no updates to score
+            return "a v3 roster carries scores" if roster.scores else None
         if not roster.scores or self.score_tokens is None or roster.leader == self.me:
             return None
         ours = self.score_round(payloads, [a.tokens for a in accepted.announcements])
@@ -123,17 +128,27 @@ class Applier:
         """As leader: the digests after applying these payloads, on a copy (kept for our own apply)."""
         state = copy.deepcopy(self.state)
         self.strategy.apply(state, payloads, self.weights(tokens))
+        return self.previewed(state)
+
+    def aggregate_result(self, flat) -> Outcome:
+        """As a v3 leader: the digests after applying the round's aggregate, on a copy (kept)."""
+        state = copy.deepcopy(self.state)
+        self.strategy.apply_aggregate(state, flat)
+        return self.previewed(state)
+
+    def previewed(self, state: SwarmState) -> Outcome:
         if not all(torch.isfinite(p).all() for p in state.params):
             raise NonFinite("the state is not finite after this round")
         outcome = Outcome(*state.digests())
         self._preview = Preview(outcome.digest, state)
         return outcome
 
-    def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes]) -> bool:
-        """Apply the roster; refuse (keep our state) if the result is not finite or not the digests
-        the leader published (`result`, and `full` when the roster has one): our state was not the
-        swarm's, or someone lied. A wrong `full` would let a donor serve other outer buffers
-        than the swarm's (node/peer/sync.py checks a donor's state against it)."""
+    def apply_round(self, accepted: AcceptedRoster, payloads: list[bytes] | Aggregate) -> bool:
+        """Apply the roster (a v3 roster: the aggregate we gathered in its round); refuse (keep our
+        state) if the result is not finite or not the digests the leader published (`result`, and
+        `full` when the roster has one): our state was not the swarm's, or someone lied. A wrong
+        `full` would let a donor serve other outer buffers than the swarm's (node/peer/sync.py
+        checks a donor's state against it)."""
         if (
             self._preview is not None
             and self._preview.digest == accepted.roster.result
@@ -142,7 +157,10 @@ class Applier:
             state = self._preview.state
         else:
             state = copy.deepcopy(self.state)
-            self.strategy.apply(state, payloads, self.weights([a.tokens for a in accepted.announcements]))
+            if isinstance(payloads, Aggregate):  # v3: every member gathered the same aggregate
+                self.strategy.apply_aggregate(state, payloads.flat)
+            else:
+                self.strategy.apply(state, payloads, self.weights([a.tokens for a in accepted.announcements]))
         self._preview = None
         plain, full = state.digests()
         if not all(torch.isfinite(p).all() for p in state.params) or plain != accepted.roster.result:

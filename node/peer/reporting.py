@@ -168,6 +168,8 @@ def summary(node) -> dict:
         "bytes_sent": node.exchange.sent["update"],
         "bytes_received": node.exchange.received["update"],
         "relay_bytes_sent": node.exchange.relayed_bytes,  # of bytes_sent: others' updates passed on
+        "scatter_bytes_sent": node.exchange.sent["scatter"],  # v3 rounds' messages (docs/protocol.md "v3")
+        "scatter_bytes_received": node.exchange.received["scatter"],
         "state_bytes_sent": node.exchange.sent["state"],
         "state_bytes_received": node.exchange.received["state"],
         "update_bytes_per_peer": node.strategy.codec.encoded_size(),

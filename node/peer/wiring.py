@@ -39,6 +39,7 @@ from node.round.protocol import RoundProtocol, round_record_ttl
 from node.round.trust import chain
 from node.round.trust.anchor import FILENAME as ANCHOR_FILE
 from node.round.trust.anchor import Anchor
+from node.scatter.runner import make_scatter
 from node.train import data
 from node.train.device import pick_device
 from node.train.model import BuiltModel, build_run_model, trainable
@@ -151,8 +152,9 @@ class NodeParts:
             score_tokens=score_tokens,
             **self.token_counts(),
         )
+        net = RealNet(self.swarm, self.exchange)
         self.rounds = RoundProtocol(
-            RealNet(self.swarm, self.exchange),
+            net,
             self.run_id,
             self.run.swarm,
             self.key,
@@ -162,6 +164,9 @@ class NodeParts:
             update_shape=UpdateShape(codec=self.strategy.codec.name, payload_bytes=self.strategy.codec.encoded_size()),
             admission=chain.admission_of(self.run_id, self.run.swarm, self.manifest["organizer"]),
             organizer=self.manifest["organizer"],  # a young run's only leader (chain.young)
+            scatter=make_scatter(
+                self.run, net=net, serve=self.exchange.set_scatter, key=self.key, strategy=self.strategy
+            ),
         )
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
         self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.table.last())

@@ -25,6 +25,10 @@ log = logging.getLogger("swarmtrain.rounds")
 class RosterChecks:
     """Roster checks and sibling convergence, mixed into RoundProtocol (node/round/protocol.py)."""
 
+    def young(self) -> bool:
+        """Is the run young on our ledger (chain.young): the organizer is its only leader."""
+        return chain.young(self.ledger, self.rules)
+
     def check_roster(
         self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
     ) -> RosterCheck:
@@ -39,6 +43,26 @@ class RosterChecks:
         if problem:  # also where our ledger cannot tell who else leads (cands None): a young run's rule
             raise ProtocolError(problem)
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
+        sibling, slot = self.check_record(roster, anns, env, round_no, base, cands, ranked)
+        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
+
+    def check_call(
+        self, env: object, leader: str, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
+    ) -> RosterCheck:
+        """A v3 round's call (protocol/kinds/call.py), checked as a roster is; its RosterCheck
+        holds the call where a roster's holds the roster."""
+        if cands is not None and leader not in cands and leader != self.me:
+            raise ProtocolError("its leader is not an established peer on this state")
+        call, anns = signed.open_call(env, signer=leader, max_bytes=self.max_bytes)
+        sibling, slot = self.check_record(call, anns, env, round_no, base, cands, ranked)
+        return RosterCheck(AcceptedRoster(env, call, tuple(anns)), sibling, slot)
+
+    def check_record(
+        self, roster, anns: list, env: dict, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None
+    ) -> tuple[AcceptedRoster | None, election.Slot]:
+        """check_roster's checks of an opened roster or call: (a better sibling of our last roster
+        it follows, or None; its leader's slot). Raises ProtocolError."""
+        leader = roster.leader
         if roster.run != self.run_id or roster.round != round_no:
             raise ProtocolError("names another run or round")
         if roster.base != base:
@@ -77,7 +101,7 @@ class RosterChecks:
         wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
         if wrong is not None:
             raise ProtocolError(f"lists an update that {wrong}")
-        return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
+        return sibling, slot
 
     def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
         """The DHT's roster of `round_no` whose hash is `wanted`, if it is a better sibling of ours

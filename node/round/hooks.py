@@ -41,3 +41,6 @@ class Hooks:
     None: no scoring."""
     banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
     """Peers the ledger's scores exclude."""
+    aggregate: Callable[[object], Outcome] | None = None
+    """A v3 round (node/round/v3.py): the result and full digests after applying its flat
+    aggregate (on a copy); raises NonFinite. None: the strategy cannot (no v3 round is led)."""

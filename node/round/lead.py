@@ -47,6 +47,14 @@ class Contribution(NamedTuple):
     """The update's envelope bytes (what the announcement pins)."""
 
 
+class Picked(NamedTuple):
+    """The announcements a leader lists (RosterBuilder.pick)."""
+
+    announcements: list[SignedAnnouncement]
+    at_least: int
+    """How many the roster needs at least (fewer where admission holds newcomers back)."""
+
+
 class RosterBuilder:
     """The leader's side of a round."""
 
@@ -97,18 +105,14 @@ class RosterBuilder:
         attempt: int,
         skip: tuple[str, ...] = (),
         slow: set[str] = frozenset(),
+        picked: Picked | None = None,
     ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
         check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
         over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
-        updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly."""
-        announced = self.announcements(round_no, base)
-        candidates = {p: s for p, s in announced.items() if p in eligible}
-        known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
-        admitted = self.admission.admit(candidates, known, beacon, last=slow)  # non-serving newcomers last
-        if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
-            at_least = min(at_least, len(admitted))
-        picked = [announced[p] for p in sorted(admitted)]
+        updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly.
+        `picked`: what `pick` gave for these arguments (not read again)."""
+        picked, at_least = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
         blobs = self._fetch(picked, round_no, slow)
         good = [
             Contribution(s.envelope, s.announcement, blob)
@@ -146,6 +150,19 @@ class RosterBuilder:
             full=outcome.full,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
+
+    def pick(
+        self, round_no: int, base: str, eligible: set[str], at_least: int, *, beacon: str, slow: set[str] = frozenset()
+    ) -> Picked:
+        """The announcements of `eligible` peers a roster may list (admission's share of newcomers
+        included), by peer id, and how many of them it needs at least."""
+        announced = self.announcements(round_no, base)
+        candidates = {p: s for p, s in announced.items() if p in eligible}
+        known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
+        admitted = self.admission.admit(candidates, known, beacon, last=slow)  # non-serving newcomers last
+        if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
+            at_least = min(at_least, len(admitted))
+        return Picked([announced[p] for p in sorted(admitted)], at_least)
 
     def _fetch(self, picked: list[SignedAnnouncement], round_no: int, slow: set[str]) -> list[bytes | Exception]:
         """`picked`'s updates from their owners, in order: the usual peers in one batch, then the

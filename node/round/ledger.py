@@ -223,6 +223,11 @@ class Ledger:
         """Peers named in at least k rosters of the window: who may lead."""
         return {p for p, n in self.appearances().items() if n >= k}
 
+    def caught(self) -> set[str]:
+        """Owners the window's v3 rosters convicted of lying with a fraud proof: banned, as a
+        score ban is (node/round/protocol.py banned)."""
+        return {p for a in self.rosters.values() for p, _ in a.roster.caught}
+
     def score_history(self) -> list[ScoredRound]:
         """Per round, oldest first, who led it and the scores it wrote (for node/outer/scoring.py's
         ban rule, which counts the leaders behind a peer's flags)."""

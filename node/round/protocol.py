@@ -30,8 +30,9 @@ from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
-from node.round.trust import chain, marks
+from node.round.trust import marks
 from node.round.trust.chain import ChainRules
+from node.round.v3 import OFF, Aggregate, Scatter, ScatterRounds
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
@@ -51,8 +52,9 @@ class RoundFailed(Exception):
     """This peer cannot complete the round identically; it must resync its state."""
 
 
-class RoundProtocol(RosterChecks):
-    """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it."""
+class RoundProtocol(RosterChecks, ScatterRounds):
+    """One peer's side of the rounds of a run: announce, await (or lead) a roster, gather it;
+    rounds the `scatter` hook says are v3 go through a call and the reduce-scatter (v3.py)."""
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class RoundProtocol(RosterChecks):
         admission: Admission = DISABLED,
         organizer: str = "",
         trains: bool = True,
+        scatter: Scatter = OFF,
     ):
         self.net, self.run_id, self.cfg, self.key, self.ledger, self.hooks = net, run_id, cfg, key, ledger, hooks
         self.me, self.max_bytes, self.admission = net.me, max_bytes, admission  # admission: protocol/admission
@@ -86,6 +89,10 @@ class RoundProtocol(RosterChecks):
         self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes, admission, ledger)
+        self.scatter = scatter  # v3 (node/round/v3.py); OFF: every round verify-all
+        self.ran: dict[tuple[int, str], tuple] = {}  # (round, leader) -> (its call, our v3 Ran)
+        self.called: set[tuple[int, str]] = set()  # (round, leader) calls we took (or could not)
+        self.led_v3: set[tuple[int, int]] = set()  # (round, attempt) we called a v3 round in
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -101,15 +108,15 @@ class RoundProtocol(RosterChecks):
             run_id=self.run_id,
             established_rounds=self.cfg.established_rounds,
             max_bytes=self.max_bytes,
-            banned=self.hooks.banned,
+            banned=self.banned,
             organizer=self.organizer or (self.ledger.anchor.organizer if self.ledger.anchor else ""),
             admission=self.admission,
             bootstrap_peers=self.cfg.bootstrap_peers,
         )
 
-    def young(self) -> bool:
-        """Is the run young on our ledger (chain.young): the organizer is its only leader."""
-        return chain.young(self.ledger, self.rules)
+    def banned(self, ledger: Ledger) -> set[str]:
+        """Peers the chain bans: by the strategy's scores (Hooks.banned), and v3 owners caught lying."""
+        return self.hooks.banned(ledger) | ledger.caught()
 
     # ------------------------------------------------------------------------------- announce
     def envelope(self, round_no: int, codec: str, payload: bytes) -> bytes:
@@ -177,6 +184,7 @@ class RoundProtocol(RosterChecks):
             accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
                 return self._took(round_no, accepted)
+            self.take_call(round_no, base, cands, turns)  # v3: our part in a call that lists us
             now = self.net.monotonic()
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
@@ -236,7 +244,10 @@ class RoundProtocol(RosterChecks):
             if (round_no, leader) in self.failed:
                 continue
             try:
-                passed.append(self.check_roster(env, str(leader), round_no, base, cands, ranked))
+                check = self.check_roster(env, str(leader), round_no, base, cands, ranked)
+                if self.is_v3(check.accepted):
+                    self.check_v3(check.accepted)
+                passed.append(check)
             except ProtocolError as e:
                 if (round_no, leader) not in self.refused:
                     self.refused.add((round_no, leader))
@@ -281,18 +292,29 @@ class RoundProtocol(RosterChecks):
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
         if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
-        eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
-        accepted = self.builder.build(
-            round_no,
-            base,
-            prev,
-            eligible,
-            at_least,
-            beacon=beacon,
-            attempt=slot.attempt,
-            skip=marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no)),
-            slow=self.slow(round_no),
-        )
+        eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger)
+        slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no))
+        picked = self.builder.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
+        if self.scatter.uses(len(picked.announcements)):
+            # one v3 round an attempt, and none while a call we took part in awaits its roster
+            if (round_no, slot.attempt) in self.led_v3 or any(r == round_no for r, _ in self.ran):
+                return None
+            if len(picked.announcements) < max(1, picked.at_least) or self.hooks.aggregate is None:
+                return None
+            accepted = self.lead_v3(round_no, base, prev, beacon, slot, picked.announcements, skip)
+        else:
+            accepted = self.builder.build(
+                round_no,
+                base,
+                prev,
+                eligible,
+                at_least,
+                beacon=beacon,
+                attempt=slot.attempt,
+                skip=skip,
+                slow=slow,
+                picked=picked,
+            )
         if accepted is None:
             return None
         existing = self.read_roster(round_no, base, self.candidates(self.peers(), base, base_round(accepted.roster)))
@@ -303,9 +325,17 @@ class RoundProtocol(RosterChecks):
         return accepted
 
     # -------------------------------------------------------------------------------- gather
-    def gather(self, accepted: AcceptedRoster) -> list[bytes]:
-        """The payloads of the roster's updates, in roster order; raises RoundFailed."""
+    def gather(self, accepted: AcceptedRoster) -> list[bytes] | Aggregate:
+        """The payloads of the roster's updates, in roster order (a v3 roster: the aggregate this
+        member gathered in its round); raises RoundFailed."""
         round_no, leader = accepted.roster.round, accepted.roster.leader
+        if self.is_v3(accepted):
+            got = self.gathered(accepted)
+            if got is None:
+                self.failed.add((round_no, leader))
+                raise RoundFailed(f"round {round_no}: a v3 round we took no part in (we resync)")
+            self.members = {round_no: {a.peer for a in accepted.announcements}}
+            return got
         the_ring = relay.ring(self.run_id, round_no, leader, [a.peer for a in accepted.announcements])
         live = set(self.peers())  # a relay without a live heartbeat is skipped, not waited on
 

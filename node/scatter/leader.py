@@ -18,6 +18,7 @@ Members fetch the board by long poll (the leader answers when it has a newer ver
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 from node.scatter import chunks
@@ -46,6 +47,7 @@ class Leader:
         self.seeds: dict[int, str] = {}
         self.withheld: list[str] = []
         self.caught: list[str] = []  # in the order convicted
+        self.proofs: dict[str, str] = {}  # convicted owner -> SHA-256 of the verdict (fraud proof) it fell by
 
     def run(self) -> None:
         for level in (1, 2):
@@ -123,6 +125,7 @@ class Leader:
                 if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs)):
                     owner = rnd.owner(*task)
                     self.caught.append(owner)
+                    self.proofs[owner] = hashlib.sha256(verdict.encode()).hexdigest()
                     rnd.caught.add(owner)
                     convicted.append(task)
             for task in convicted:

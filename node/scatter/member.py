@@ -107,6 +107,7 @@ class Member:
         self.sent_to: dict[tuple, str] = {}  # (task, my place) -> the owner I last sent it to
         self.answered: set[tuple] = set()
         self.deadline = 0.0
+        self.finals: list[str] = []  # each final part's SHA-256 as gathered, in task order (the roster lists them)
 
     # ------------------------------------------------------------------ the round, as this member
     def run(self) -> torch.Tensor:
@@ -287,6 +288,7 @@ class Member:
                 raise ProtocolError(f"final part {j}/{k} is not the one its owner's receipt lists")
             span = rnd.part(j, k)
             final[span.start : span.end] = chunks.decode(served.data, span.size)
+            self.finals.append(receipt.outputs[0])
         return final
 
     # ------------------------------------------------------------------ what this member serves

@@ -93,7 +93,20 @@ class DiLoCo:
         on the CPU, so every peer computes the same bits from the same payloads.
         """
         payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
-        combined = self.agg.dense([self.codec.decode(p) for p in payloads], weights)
+        self.outer_step(state, self.agg.dense([self.codec.decode(p) for p in payloads], weights))
+
+    @torch.no_grad()
+    def apply_aggregate(self, state: SwarmState, flat: torch.Tensor) -> None:
+        """The outer step on a v3 round's aggregate (node/scatter: the flat pseudo-gradient every
+        member gathered, in model order), in place: the same ops as `apply` after its aggregator,
+        so every peer holding the same aggregate computes the same bits."""
+        sizes = [p.numel() for p in state.params]
+        if flat.numel() != sum(sizes):
+            raise ValueError(f"an aggregate of {flat.numel()} values for {sum(sizes)} parameters")
+        g = flat.to(torch.float32).split(sizes)
+        self.outer_step(state, [x.view_as(p) for x, p in zip(g, state.params)])
+
+    def outer_step(self, state: SwarmState, combined: list[torch.Tensor]) -> None:
         lr, mu = self.cfg.outer_lr, self.cfg.outer_momentum
         for param, mom, g in zip(state.params, state.outer["momentum"], combined):
             mom.mul_(mu).add_(g)  # m = mu * m + g

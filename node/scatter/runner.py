@@ -1,0 +1,146 @@
+"""The node's v3 hook (node/round/v3.py Scatter, by duck typing): one member's part in a v3 round
+over the exchange (node/scatter/member.py Member, and leader.py Leader when it leads), from a call
+the round protocol checked.
+
+The round protocol may not import node/scatter, nor this room node/round: node/peer/wiring.py
+hands this object to RoundProtocol. The Round comes from the
+call alone (node/scatter/roster.py scatter_round: members, the call's reachable ones, beacon,
+attempt, keys), so every member places the same grid. While a round runs, and after it until the
+next one replaces it, the exchange serves its Member's ops (`serve`: Exchange.set_scatter), so a
+slower member can still fetch the final parts we own once our own gather is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from node.config import RunConfig
+from node.scatter import chunks
+from node.scatter.grid import scatter_threshold, uses_scatter
+from node.scatter.keys import RsaKeys
+from node.scatter.leader import Leader
+from node.scatter.member import Member, ScatterNet, Timeouts
+from node.scatter.roster import reachable, scatter_round
+from protocol.errors import ProtocolError
+from protocol.messages import UpdateEnvelope
+from protocol.records import Heartbeat
+
+SETTLE = 1.0
+"""Seconds a member waits between taking the call (and serving its Member) and sending its
+chunks: members read the call up to a DHT poll (0.25 s) and a read apart, and a chunk sent to an
+owner not serving the round yet is refused unread (node/p2p/streams.py) and left out."""
+
+
+class Ran(NamedTuple):
+    """One member's v3 round, as it ended for it (what node/round/v3.py reads)."""
+
+    aggregate: torch.Tensor
+    """The flat aggregate it gathered, in model order: what it applies."""
+    finals: bytes
+    """Each final part's SHA-256 (32 bytes), in task order, as its owner's receipt listed it."""
+    caught: tuple[tuple[str, str], ...]
+    """Owners convicted, with their fraud proof's SHA-256 (the leader's; a member's says "")."""
+    passed: tuple[str, ...] = ()
+    """Owners passed over for withholding (the leader's word; a member's is empty)."""
+
+
+class NodeScatter:
+    """v3 rounds of a run, from `threshold` members on (0: none, the hook does nothing)."""
+
+    def __init__(
+        self,
+        *,
+        net: ScatterNet,
+        serve: Callable[[object, int], None],
+        key,
+        strategy,
+        threshold: int,
+        timeouts: Timeouts,
+        settle: float = SETTLE,
+    ):
+        """net: dials members (node/p2p/roundnet.py RealNet.call); serve(handler, limit): installs
+        the round's Member.answer (Exchange.set_scatter); key: our RSA identity; strategy: the
+        run's (its codec decodes our update, its aggregator is the owners' rule)."""
+        self.net, self.serve, self.key, self.strategy = _Dial(net), serve, key, strategy
+        self.threshold, self.timeouts, self.settle = threshold, timeouts, settle
+
+    def uses(self, members: int) -> bool:
+        return uses_scatter(members, self.threshold)
+
+    def reachable(self, members: list[str], peers: dict[str, Heartbeat]) -> set[str]:
+        return reachable(members, peers)
+
+    def run(self, call, update: bytes, leads: bool) -> Ran:
+        """Our part in the round of `call` (node/round/ledger.py AcceptedRoster holding a Call),
+        with our announced update envelope; `leads`: the Leader too. Raises ProtocolError,
+        TimeoutError, OSError or ValueError when the round fails for us."""
+        c = call.roster
+        flat = torch.cat([t.reshape(-1) for t in self.strategy.codec.decode(UpdateEnvelope.decode(update).payload)])
+        rnd = scatter_round(call.envelope, c, call.announcements, set(c.reach), flat.numel(), self.strategy.agg)
+        keys = RsaKeys(self.key)
+        mine = next(a for a in call.announcements if a.peer == keys.peer)
+        member = Member(rnd, flat, keys, self.net, c.leader, timeouts=self.timeouts, base=c.base, tokens=mine.tokens)
+        leader = None
+        if leads:  # its own copy of the Round: the board's state is the leader's, members apply it
+            own = dataclasses.replace(rnd, replaced={}, caught=set(), fixed={}, signers={})
+            leader = Leader(own, keys, member)
+        self.serve(member.answer, chunks.most_message_bytes(flat.numel()))
+        time.sleep(self.settle)  # every member that polls for the call serves its Member before chunks fly
+        failed: list[Exception] = []
+        thread = None
+        if leader is not None:
+            thread = threading.Thread(target=_catching(leader.run, failed), name="v3-leader", daemon=True)
+            thread.start()
+        aggregate = member.run()
+        if thread is not None:
+            thread.join(self.timeouts.round)
+            if failed or thread.is_alive():
+                raise ProtocolError(f"leading the v3 round failed: {failed[0] if failed else 'it did not end'}")
+        finals = b"".join(bytes.fromhex(h) for h in member.finals)
+        if leader is None:
+            return Ran(aggregate, finals, tuple((p, "") for p in sorted(rnd.caught)))
+        caught = tuple((p, leader.proofs[p]) for p in dict.fromkeys(leader.caught))
+        return Ran(aggregate, finals, caught, tuple(dict.fromkeys(leader.withheld)))
+
+
+def _catching(fn: Callable[[], None], failed: list) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except Exception as e:  # reported by the caller, which fails the round
+            failed.append(e)
+
+    return run
+
+
+def make_scatter(
+    run: RunConfig, *, net: ScatterNet, serve: Callable[[object, int], None], key, strategy
+) -> NodeScatter:
+    """The run's v3 hook, whose waits follow the run's: an owner waits up to collect_timeout for
+    its inputs, a member gives its round up after round_timeout. Its threshold is 0 (no round is
+    v3) unless the run is diloco on a dense wire (scatter_threshold) and scatter_min_peers > 0."""
+    threshold = scatter_threshold(run.swarm.scatter_min_peers, run.strategy.name, run.strategy.wire_dtype)
+    threshold = threshold if hasattr(strategy, "apply_aggregate") else 0
+    swarm = run.swarm
+    timeouts = Timeouts(phase=swarm.collect_timeout, call=swarm.collect_timeout, round=swarm.round_timeout)
+    return NodeScatter(net=net, serve=serve, key=key, strategy=strategy, threshold=threshold, timeouts=timeouts)
+
+
+class _Dial:
+    """A ScatterNet whose every failure is one Member handles (a stream closed mid-answer is an
+    EOFError from asyncio, not an OSError): the member retries or replaces, never crashes."""
+
+    def __init__(self, net: ScatterNet):
+        self.net, self.me = net, getattr(net, "me", "")
+
+    def call(self, peer: str, message, timeout: float) -> bytes:
+        try:
+            return self.net.call(peer, message, timeout)
+        except EOFError as e:
+            raise OSError(f"{peer[:16]} closed the stream: {e}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 import time
 
 ZERO = "0" * 64
@@ -23,6 +24,9 @@ ZERO = "0" * 64
 
 def main(maddr: str, run_id: str, identities: str, seconds: str) -> None:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
+    # the test kills the crowd's process group when it ends; should the test itself be killed
+    # first (a timeout), the crowd must not outlive it for long: a clean leave past the run, or gone
+    threading.Thread(target=_end_after, args=(float(seconds) + 60,), daemon=True).start()
     import hivemind
     from hivemind.utils.timed_storage import get_dht_time
 
@@ -125,6 +129,11 @@ def beat(dht, keys, signed, Heartbeat, run_id, key, pid, t) -> None:
         run=run_id, peer=pid, name="crowd", round=3, state_round=2, digest=ZERO, device="cpu", maddrs=(), time=t
     )
     dht.store(keys.peers_key(run_id), signed.seal(key, hb), t + 8, subkey=pid)
+
+
+def _end_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os.killpg(os.getpgid(0), 9)  # the DHT child and p2pd too (the test starts us in our own group)
 
 
 class _SwarmView:

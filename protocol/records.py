@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
+from dataclasses import field as attribute
 
 from protocol.errors import ProtocolError
 from protocol.signing import MAX_SIG
@@ -21,6 +22,9 @@ MAX_TEXT = 256
 MAX_ATTEMPT = 2**16  # leader attempts of one round: at a minute each, more than a round ever waits
 MAX_SKIP = 16  # candidates a roster may mark as passed over (3 ranks an attempt: 5 attempts and more)
 MAX_UNSERVED = 64  # announcers a roster may list as not serving its leader
+MAX_SEEN_LATE = 8  # announcements one announcement may report as left out of the last roster (design step 5)
+SEEN_PREFIX = 8  # bytes of an announcement's body hash that name it in `seen_late`
+CLAIM_ROUNDS = 4  # an announcement may claim its author's announcement of one of the 4 rounds before
 
 
 def field(d: object, name: str, kind: type | tuple, *, where: str):
@@ -172,13 +176,19 @@ class Announcement:
     work: tuple = ()
     """[epoch, 8-byte nonce, 8-byte stamp]: the author's admission proof (protocol/admission/work.py);
     () in a run without work, and then absent from the wire, so such announcements keep their bytes."""
+    seen_late: tuple[bytes, ...] = ()
+    """Announcements seen in time that the last roster left out, by body-hash prefix (node/round/trust/omission.py)."""
+    claim: dict | None = attribute(default=None, hash=False)
+    """The author's own signed announcement that an earlier roster left out (checked by protocol/signed.py)."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
-        if not self.work:
-            del d["work"]
-        else:
-            d["work"] = list(self.work)
+        for name in ("work", "seen_late"):
+            d[name] = list(d[name])
+            if not d[name]:
+                del d[name]  # absent: the bytes of an announcement before the field
+        if self.claim is None:
+            del d["claim"]
         return d
 
     @classmethod
@@ -197,7 +207,21 @@ class Announcement:
             base=sha256_field(field(d, "base", str, where=w), w),
             time=finite_field(field(d, "time", float, where=w), "time", w),
             work=work_field(d, w),
+            **_omission_fields(d, w),
         )
+
+
+def _omission_fields(d: dict, where: str) -> dict:
+    """`seen_late` (distinct prefixes) and `claim` (shaped as a signed announcement envelope, whose
+    signature, author and round protocol/signed.py checks): both optional."""
+    late, claim = _optional(d, "seen_late", list, [], where=where), _optional(d, "claim", dict, None, where=where)
+    if len(late) > MAX_SEEN_LATE or not all(type(x) is bytes and len(x) == SEEN_PREFIX for x in late):
+        raise ProtocolError(f"{where}: seen_late must be at most {MAX_SEEN_LATE} {SEEN_PREFIX}-byte prefixes")
+    if len(set(late)) != len(late) or (claim is not None and claim.get("kind") != "announcement"):
+        raise ProtocolError(f"{where}: seen_late repeats a prefix, or claim is not a signed announcement")
+    if claim is not None and not all(type(claim.get(k)) is bytes for k in ("body", "key", "sig")):
+        raise ProtocolError(f"{where}: claim must be a signed announcement envelope")
+    return {"seen_late": tuple(late), "claim": claim}
 
 
 def work_field(d: dict, where: str) -> tuple:
@@ -253,6 +277,9 @@ class Roster:
     """SHA-256 of the parameters and outer buffers after the round (SwarmState.full_digest): what a
     state taken from a donor must reproduce, and what every peer that applies the roster checks.
     Additive, left off the wire when empty (a roster before it, or hooks that know no buffers)."""
+    cutoff: float = 0.0
+    """The leader's time after its last read of announcements: at least the chain's floor, at most
+    `time` (node/round/trust/omission.py). Left off the wire when 0 (the floor check refuses it)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -262,8 +289,9 @@ class Roster:
                 del d[name]
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
-        if not self.full:
-            del d["full"]
+        for name in ("full", "cutoff"):
+            if not d[name]:
+                del d[name]  # absent: the bytes of a roster before the field
         return d
 
     @classmethod
@@ -305,6 +333,7 @@ class Roster:
             unserved=unserved,
             checkpoint=_optional(d, "checkpoint", dict, None, where=w),
             full=full and sha256_field(full, w),
+            cutoff=finite_field(_optional(d, "cutoff", float, 0.0, where=w), "cutoff", w),
         )
 
 

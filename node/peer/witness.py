@@ -56,6 +56,7 @@ class Witness:
             max_bytes=max_bytes,
             organizer=self.me,
             admission=chain.admission_of(run_id, cfg, self.me),
+            collect_timeout=cfg.collect_timeout,
         )
         self.catchup = Catchup(RealNet(swarm, self.exchange), self.ledger, rules, chain.genesis(run_id, base))
         head = self.head(base)

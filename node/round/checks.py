@@ -15,7 +15,7 @@ from collections.abc import Callable
 from node.round import election
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
-from node.round.trust import chain, marks
+from node.round.trust import chain, marks, omission
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 
@@ -74,6 +74,8 @@ class RosterChecks:
         wrong = next((w for w in map(self.updates.wrong_size, anns) if w is not None), None)
         if wrong is not None:
             raise ProtocolError(f"lists an update that {wrong}")
+        held = self.ledger.rosters if sibling is None else {**self.ledger.rosters, round_no - 1: sibling}
+        omission.check_cutoff(roster, held, self.cfg.collect_timeout)  # the chain before it: what it chains on
         return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
 
     def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:

@@ -97,11 +97,14 @@ class RosterBuilder:
         attempt: int,
         skip: tuple[str, ...] = (),
         slow: set[str] = frozenset(),
+        floor: float | None = None,
     ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
         check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
         over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
-        updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly."""
+        updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly.
+        The updates key is read again after the fetch; the roster's cutoff is then, at least `floor`
+        (node/round/trust/omission.py: the chain's floor, which the caller waited for)."""
         announced = self.announcements(round_no, base)
         candidates = {p: s for p, s in announced.items() if p in eligible}
         known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
@@ -110,6 +113,16 @@ class RosterBuilder:
             at_least = min(at_least, len(admitted))
         picked = [announced[p] for p in sorted(admitted)]
         blobs = self._fetch(picked, round_no, slow)
+        # The second read (design step 5): what came while we fetched. Known authors only (a
+        # newcomer counts against the roster's share); the cutoff is after this last read.
+        again = {p: s for p, s in self.announcements(round_no, base).items() if p in eligible and p not in announced}
+        extra = set(again) if self.admission.puzzle is None else set(again) & (known | {self.admission.organizer})
+        cutoff = max(self.net.now(), floor or 0.0)
+        if extra:
+            more = [again[p] for p in sorted(extra)]
+            blobs, picked = [*blobs, *self._fetch(more, round_no, slow)], [*picked, *more]
+            order = sorted(range(len(picked)), key=lambda i: picked[i].announcement.peer)
+            picked, blobs = [picked[i] for i in order], [blobs[i] for i in order]
         good = [
             Contribution(s.envelope, s.announcement, blob)
             for s, blob in zip(picked, blobs)
@@ -118,7 +131,9 @@ class RosterBuilder:
         for s, blob in zip(picked, blobs):
             if isinstance(blob, Exception):
                 log.warning("round %d: leaving out %s: %s", round_no, s.announcement.peer[:16], blob)
+        fetched = good
         good = self._drop_non_finite(round_no, good)
+        refused = {c.announcement.peer for c in fetched} - {c.announcement.peer for c in good}
         if len(good) < max(1, at_least):  # min_peers counts the updates we could fetch, not announcements
             return None
         payloads = [UpdateEnvelope.decode(c.blob).payload for c in good]
@@ -132,18 +147,19 @@ class RosterBuilder:
             prev=prev,
             base=base,
             result=outcome.digest,
-            time=self.net.now(),
+            time=max(self.net.now(), cutoff),
             entries=tuple(c.envelope for c in good),
             scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)),
             reveal=signing.sign_unique(self.key, election.reveal_message(self.run_id, round_no)),
             beacon=beacon,
             attempt=attempt,
             skip=skip,
-            unserved=marks.unserved_list(
-                [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)]
+            unserved=marks.unserved_list(  # also what we fetched and refused: its author was heard
+                [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)] + sorted(refused)
             ),
             checkpoint=self.carry(round_no),
             full=outcome.full,
+            cutoff=cutoff,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 

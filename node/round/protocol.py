@@ -30,7 +30,7 @@ from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
-from node.round.trust import marks
+from node.round.trust import marks, omission
 from node.round.trust.chain import ChainRules
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
@@ -82,6 +82,7 @@ class RoundProtocol(RosterChecks):
         self.table = PeerTable(net, run_id, cfg.heartbeat_ttl)
         self.updates = UpdateFetcher(net, run_id, cfg, hooks.validate, update_shape)
         self.builder = RosterBuilder(net, run_id, key, hooks, self.updates, max_bytes, admission, ledger)
+        self.seer = omission.Seer(self.me)  # what we saw in time, and our own left out (design step 5)
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -100,6 +101,7 @@ class RoundProtocol(RosterChecks):
             banned=self.hooks.banned,
             organizer=self.ledger.anchor.organizer if self.ledger.anchor else "",  # checks carried checkpoints
             admission=self.admission,
+            collect_timeout=self.cfg.collect_timeout,
         )
 
     # ------------------------------------------------------------------------------- announce
@@ -113,6 +115,7 @@ class RoundProtocol(RosterChecks):
             raise ValueError(f"our update is {len(blob)} bytes, not the run's {shape}: every peer would refuse it")
         self.net.keep_update(round_no, self.me, blob)
         self.last_announced = round_no
+        late, claim = self.seer.fields(round_no, {(c.claimant, c.round) for c in self.claims()})
         ann = Announcement(
             run=self.run_id,
             round=round_no,
@@ -123,8 +126,12 @@ class RoundProtocol(RosterChecks):
             base=base,
             time=self.net.now(),
             work=self.admission.proof,
+            seen_late=late,
+            claim=claim,
         )
-        self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
+        env = signed.seal(self.key, ann)
+        self.seer.announced(round_no, env, claims=claim is not None)
+        self.net.store(keys.updates_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
 
     # ------------------------------------------------------------------------- who may lead
     def peers(self) -> dict[str, Heartbeat]:
@@ -163,6 +170,9 @@ class RoundProtocol(RosterChecks):
             turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
             if cands and election.moved_on(peers, cands, self.me, round_no):  # we come late to the round
                 opened = self.opened[round_no] = min(opened, self.net.monotonic() - self.cfg.round_timeout)
+            if self.seer.due(round_no, self.net.monotonic()):  # first sightings, for seen_late (omission.py)
+                anns = self.builder.announcements(round_no, base)
+                self.seer.saw(round_no, {p: s.envelope for p, s in anns.items()}, self.net.now())
             accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
                 return self._took(round_no, accepted)
@@ -243,6 +253,9 @@ class RoundProtocol(RosterChecks):
 
     def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
         self.took[round_no] = self.net.monotonic()
+        known, _ = self.ledger.authors_before(round_no, omission.KNOWN)  # seers list no newcomer
+        listable = (self.seen.get(round_no, set()) & known) - self.hooks.banned(self.ledger)
+        self.seer.took(accepted.roster, {a.peer for a in accepted.announcements}, self.net.now(), listable)
         if self.net.held_update(round_no, self.me) is not None and all(
             a.peer != self.me for a in accepted.announcements
         ):
@@ -257,8 +270,13 @@ class RoundProtocol(RosterChecks):
 
     # ------------------------------------------------------------------------------- leading
     def marked(self, round_no: int) -> set[str]:
-        """Candidates ranked after all others in round `round_no`: skip-marked by the chain."""
-        return marks.skip_marked(self.ledger, round_no)
+        """Candidates ranked after all others in round `round_no`: skip- or omission-marked by the chain."""
+        k = self.cfg.established_rounds
+        return marks.skip_marked(self.ledger, round_no) | marks.omission_marked(self.ledger, round_no, k)
+
+    def claims(self) -> list[omission.Claim]:
+        """The omission claims our chain counts (node/round/trust/omission.py)."""
+        return omission.claims(self.ledger.rosters, self.cfg.established_rounds)
 
     def slow(self, round_no: int) -> set[str]:
         """Announcers not waited for and fetched last in round `round_no`: the chain's slow servers
@@ -269,6 +287,9 @@ class RoundProtocol(RosterChecks):
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
         if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
+        floor = omission.floor(self.ledger.rosters, round_no, self.cfg.collect_timeout)
+        if not self.seer.may_close(round_no, floor, self.net.now(), self.net.monotonic(), self.cfg.collect_timeout):
+            return None  # the chain's cutoff floor is ahead: readers would refuse our roster
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.hooks.banned(self.ledger)
         accepted = self.builder.build(
             round_no,
@@ -280,6 +301,7 @@ class RoundProtocol(RosterChecks):
             attempt=slot.attempt,
             skip=marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no)),
             slow=self.slow(round_no),
+            floor=floor,
         )
         if accepted is None:
             return None

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from node.config import SwarmConfig
 from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
-from node.round.trust import anchor, marks
+from node.round.trust import anchor, marks, omission
 from protocol import signed
 from protocol.admission import work
 from protocol.admission.rule import DISABLED, Admission
@@ -72,6 +72,8 @@ class ChainRules:
     (node/round/trust/anchor.py). Empty: carried checkpoints are not checked, nor used."""
     admission: Admission = DISABLED
     """Proofs of work of authors new to the chain, and how many a roster may list (protocol/admission/rule.py)."""
+    collect_timeout: float = 0.0
+    """The run's [swarm] collect_timeout, which caps a roster's cutoff floor (omission.py); 0: no floor checked."""
 
 
 def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
@@ -104,6 +106,8 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
     if leaders and roster.leader not in leaders:
         raise ProtocolError(f"its leader {roster.leader[:16]} was not established on the chain before it")
     check_entries(roster, anns, window, rules)
+    if rules.collect_timeout:
+        omission.check_cutoff(roster, window.rosters, rules.collect_timeout)
     if roster.checkpoint is not None and rules.organizer:
         anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
     return AcceptedRoster(env, roster, tuple(anns))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.errors import ProtocolError
-from protocol.records import PEER_ID_RE
+from protocol.fields import PEER_ID_RE
 
 HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096

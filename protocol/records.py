@@ -8,89 +8,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass
+from dataclasses import field as attribute
 
 from protocol.errors import ProtocolError
+from protocol.fields import (
+    MAX_TEXT,
+    count_field,
+    field,
+    finite_field,
+    optional_field,
+    peer_id_field,
+    peer_list,
+    round_field,
+    run_field,
+    seconds_field,
+    sha256_field,
+)
 from protocol.signing import MAX_SIG
 
-PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_ROSTER = 4096  # more contributors than this in one round is not a real swarm
-MAX_TEXT = 256
 MAX_ATTEMPT = 2**16  # leader attempts of one round: at a minute each, more than a round ever waits
 MAX_SKIP = 16  # candidates a roster may mark as passed over (3 ranks an attempt: 5 attempts and more)
 MAX_UNSERVED = 64  # announcers a roster may list as not serving its leader
-
-
-def field(d: object, name: str, kind: type | tuple, *, where: str):
-    if not isinstance(d, dict):
-        raise ProtocolError(f"{where}: expected a map, got {type(d).__name__}")
-    if name not in d:
-        raise ProtocolError(f"{where}: missing field {name!r}")
-    value = d[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ProtocolError(f"{where}: field {name!r} has type {type(value).__name__}")
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        raise ProtocolError(f"{where}: field {name!r} is longer than {MAX_TEXT} characters")
-    return value
-
-
-def _optional(d: object, name: str, kind: type, default: object, *, where: str):
-    """A field a map may lack (a roster of an older peer): then `default`."""
-    return field(d, name, kind, where=where) if isinstance(d, dict) and name in d else default
-
-
-def peer_id_field(value: str, where: str) -> str:
-    if not PEER_ID_RE.match(value):
-        raise ProtocolError(f"{where}: {value[:40]!r} is not a base58 peer id")
-    return value
-
-
-def sha256_field(value: str, where: str) -> str:
-    if not SHA256_RE.match(value):
-        raise ProtocolError(f"{where}: {value[:70]!r} is not a lowercase SHA-256 hex digest")
-    return value
-
-
-def round_field(value: int, where: str) -> int:
-    if value < 0 or value > 2**40:
-        raise ProtocolError(f"{where}: round {value} out of range")
-    return value
-
-
-def run_field(value: str, where: str) -> str:
-    if 0 < len(value) <= 128:
-        return value
-    raise ProtocolError(f"{where}: bad run id")
-
-
-def optional_float(d: object, name: str, where: str) -> float | None:
-    value = d.get(name) if isinstance(d, dict) else None
-    if value is None:
-        return None
-    return finite_field(field(d, name, float, where=where), name, where)
-
-
-def finite_field(value: float, name: str, where: str) -> float:
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ProtocolError(f"{where}: field {name!r} is not finite")
-    return value
-
-
-def seconds_field(value: object, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
-        raise ProtocolError(f"{where}: field {name!r} must be seconds in [0, 3600)")
-    return float(value)
-
-
-def count_field(d: object, name: str, where: str) -> int:
-    value = field(d, name, int, where=where)
-    if not 0 <= value < 2**62:
-        raise ProtocolError(f"{where}: field {name!r} out of range")
-    return value
+MAX_SEEN_LATE = 8  # announcements one announcement may report as left out of the last roster (design step 5)
+SEEN_PREFIX = 8  # bytes of an announcement's body hash that name it in `seen_late`
+CLAIM_ROUNDS = 4  # an announcement may claim its author's announcement of one of the 4 rounds before
 
 
 GENESIS = "0" * 64  # `prev` of the first roster of a run
@@ -172,13 +115,19 @@ class Announcement:
     work: tuple = ()
     """[epoch, 8-byte nonce, 8-byte stamp]: the author's admission proof (protocol/admission/work.py);
     () in a run without work, and then absent from the wire, so such announcements keep their bytes."""
+    seen_late: tuple[bytes, ...] = ()
+    """Announcements seen in time that the last roster left out, by body-hash prefix (node/round/trust/omission.py)."""
+    claim: dict | None = attribute(default=None, hash=False)
+    """The author's own signed announcement that an earlier roster left out (checked by protocol/signed.py)."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
-        if not self.work:
-            del d["work"]
-        else:
-            d["work"] = list(self.work)
+        for name in ("work", "seen_late"):
+            d[name] = list(d[name])
+            if not d[name]:
+                del d[name]  # absent: the bytes of an announcement before the field
+        if self.claim is None:
+            del d["claim"]
         return d
 
     @classmethod
@@ -197,12 +146,29 @@ class Announcement:
             base=sha256_field(field(d, "base", str, where=w), w),
             time=finite_field(field(d, "time", float, where=w), "time", w),
             work=work_field(d, w),
+            **_omission_fields(d, w),
         )
+
+
+def _omission_fields(d: dict, where: str) -> dict:
+    """`seen_late` (distinct prefixes) and `claim` (shaped as a signed announcement envelope, whose
+    signature, author and round protocol/signed.py checks): both optional."""
+    late, claim = (
+        optional_field(d, "seen_late", list, [], where=where),
+        optional_field(d, "claim", dict, None, where=where),
+    )
+    if len(late) > MAX_SEEN_LATE or not all(type(x) is bytes and len(x) == SEEN_PREFIX for x in late):
+        raise ProtocolError(f"{where}: seen_late must be at most {MAX_SEEN_LATE} {SEEN_PREFIX}-byte prefixes")
+    if len(set(late)) != len(late) or (claim is not None and claim.get("kind") != "announcement"):
+        raise ProtocolError(f"{where}: seen_late repeats a prefix, or claim is not a signed announcement")
+    if claim is not None and not all(type(claim.get(k)) is bytes for k in ("body", "key", "sig")):
+        raise ProtocolError(f"{where}: claim must be a signed announcement envelope")
+    return {"seen_late": tuple(late), "claim": claim}
 
 
 def work_field(d: dict, where: str) -> tuple:
     """An announcement's optional `work`: () when absent, else (epoch, nonce, stamp), 8 bytes each."""
-    work = _optional(d, "work", list, [], where=where)
+    work = optional_field(d, "work", list, [], where=where)
     if not work:
         return ()
     if len(work) != 3 or type(work[0]) is not int or not 0 <= work[0] < 2**32:
@@ -262,6 +228,9 @@ class Roster:
     finals: bytes = b""
     """A v3 round's final parts' SHA-256 digests (32 bytes each, in task order): every member
     checks the ones it gathered against them."""
+    cutoff: float = 0.0
+    """The leader's time after its last read of announcements: at least the chain's floor, at most
+    `time` (node/round/trust/omission.py). Left off the wire when 0 (the floor check refuses it)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -271,12 +240,10 @@ class Roster:
                 del d[name]
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
-        if not self.full:
-            del d["full"]
         d["caught"], d["passed"] = [list(c) for c in self.caught], list(self.passed)
-        for name in ("caught", "passed", "finals"):
+        for name in ("full", "cutoff", "caught", "passed", "finals"):
             if not d[name]:
-                del d[name]
+                del d[name]  # absent: the bytes of a roster before the field
         return d
 
     @classmethod
@@ -295,13 +262,16 @@ class Roster:
             for x in scores
         ):
             raise ProtocolError(f"{w}: scores must be [peer, number] pairs")
-        reveal, beacon = _optional(d, "reveal", bytes, b"", where=w), _optional(d, "beacon", str, "", where=w)
-        attempt = _optional(d, "attempt", int, 0, where=w)
+        reveal, beacon = optional_field(d, "reveal", bytes, b"", where=w), optional_field(d, "beacon", str, "", where=w)
+        attempt = optional_field(d, "attempt", int, 0, where=w)
         if len(reveal) > MAX_SIG or not 0 <= attempt <= MAX_ATTEMPT:
             raise ProtocolError(f"{w}: a reveal of {len(reveal)} bytes or attempt {attempt} is out of range")
         skip, unserved = peer_list(d, "skip", MAX_SKIP, w), peer_list(d, "unserved", MAX_UNSERVED, w)
-        full = _optional(d, "full", str, "", where=w)
-        caught, finals = _optional(d, "caught", list, [], where=w), _optional(d, "finals", bytes, b"", where=w)
+        full = optional_field(d, "full", str, "", where=w)
+        caught, finals = (
+            optional_field(d, "caught", list, [], where=w),
+            optional_field(d, "finals", bytes, b"", where=w),
+        )
         if len(caught) > MAX_ROSTER or not all(isinstance(c, list) and len(c) == 2 for c in caught):
             raise ProtocolError(f"{w}: caught must be [peer, proof sha256] pairs")
         if len(finals) % 32 or len(finals) > 32 * MAX_ROSTER * 8:
@@ -321,20 +291,13 @@ class Roster:
             attempt=attempt,
             skip=skip,
             unserved=unserved,
-            checkpoint=_optional(d, "checkpoint", dict, None, where=w),
+            checkpoint=optional_field(d, "checkpoint", dict, None, where=w),
             full=full and sha256_field(full, w),
             caught=tuple((peer_id_field(str(p), w), sha256_field(str(h), w)) for p, h in caught),
             passed=peer_list(d, "passed", MAX_ROSTER, w),
             finals=finals,
+            cutoff=finite_field(optional_field(d, "cutoff", float, 0.0, where=w), "cutoff", w),
         )
-
-
-def peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
-    """An optional list of at most `most` distinct peer ids (absent: empty)."""
-    value = _optional(d, name, list, [], where=where)
-    if len(value) > most or not all(isinstance(p, str) for p in value) or len(set(value)) != len(value):
-        raise ProtocolError(f"{where}: {name} must be at most {most} distinct peer ids")
-    return tuple(peer_id_field(p, where) for p in value)
 
 
 def canonical_json(obj: object) -> bytes:

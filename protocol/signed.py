@@ -18,7 +18,7 @@ import msgpack
 from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.kinds.call import Call
-from protocol.records import MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
+from protocol.records import CLAIM_ROUNDS, MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
 
 # A heartbeat body is ~400 B (two addresses); at 8 KiB ~470 padded ones filled hivemind's 4 MiB reply to
 # a peer-table read, at 1 KiB it takes ~2,500 (tests/test_budgets.py measures both).
@@ -110,7 +110,19 @@ def _open(envelope: object, cls, signer: str | None, max_bytes: int):
     if signer is not None and author != signer:
         raise ProtocolError(f"{kind}: filed under {signer[:16]} but written by {author[:16]}")
     signing.verify(envelope, signer=author, max_body=MAX_BODY[kind], kind=kind)
+    if cls is Announcement and record.claim is not None:
+        _check_claim(record, max_bytes)
     return record
+
+
+def _check_claim(ann: Announcement, max_bytes: int) -> None:
+    """An omission claim (node/round/trust/omission.py) is its author's own signed announcement of
+    one of the CLAIM_ROUNDS rounds before, of the same run, itself carrying no claim."""
+    claimed = open_record(ann.claim, Announcement, signer=ann.peer, max_bytes=max_bytes)
+    if claimed.claim is not None:
+        raise ProtocolError("announcement: its claim carries a claim")
+    if claimed.run != ann.run or not ann.round - CLAIM_ROUNDS <= claimed.round < ann.round:
+        raise ProtocolError(f"announcement: claims round {claimed.round}, not one of the {CLAIM_ROUNDS} before its own")
 
 
 def body_hash(envelope: dict) -> str:

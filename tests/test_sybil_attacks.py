@@ -72,6 +72,7 @@ def roster_body(leader: Peer, round_no: int, prev: str, base: str, result: str, 
         entries=entries,
         reveal=signing.sign_unique(leader.key, election.reveal_message(RUN, round_no)),
         beacon=beacon,
+        cutoff=time,  # what its leader makes of the chain's floor (node/round/trust/omission.py)
     )
 
 
@@ -85,8 +86,10 @@ def grow(leader: Peer, crowd, after: AcceptedRoster | None, rounds: int, result:
     `leader`, all listing `crowd`, all ending at `result`. Milliseconds of signing, offline."""
     out: list[AcceptedRoster] = []
     link = chain.genesis(RUN, BASE0) if after is None else chain.after(after)
-    for _ in range(rounds):
-        body = roster_body(leader, link.round, link.prev, link.base, result, link.beacon, crowd, leader.net.now())
+    for i in range(rounds):  # a minute apart: each roster's cutoff passes the chain's floor
+        body = roster_body(
+            leader, link.round, link.prev, link.base, result, link.beacon, crowd, leader.net.now() + 60 * i
+        )
         out.append(accepted_of(signed.seal(leader.key, body)))
         link = chain.after(out[-1])
     return out

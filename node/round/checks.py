@@ -15,7 +15,7 @@ from collections.abc import Callable
 from node.round import election
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
-from node.round.trust import chain, marks
+from node.round.trust import chain, marks, omission
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 
@@ -44,6 +44,8 @@ class RosterChecks:
             raise ProtocolError(problem)
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
         sibling, slot = self.check_record(roster, anns, env, round_no, base, cands, ranked)
+        held = self.ledger.rosters if sibling is None else {**self.ledger.rosters, round_no - 1: sibling}
+        omission.check_cutoff(roster, held, self.cfg.collect_timeout)  # the chain before it: what it chains on
         return RosterCheck(AcceptedRoster(env, roster, tuple(anns)), sibling, slot)
 
     def check_call(
@@ -102,6 +104,53 @@ class RosterChecks:
         if wrong is not None:
             raise ProtocolError(f"lists an update that {wrong}")
         return sibling, slot
+
+    # ------------------------------------------------------------------ reading and taking
+    def read_roster(
+        self, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
+    ) -> AcceptedRoster | None:
+        """The acceptable roster of this round with the smallest (attempt, rank), if any."""
+        passed: list[RosterCheck] = []
+        for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
+            if (round_no, leader) in self.failed:
+                continue
+            try:
+                check = self.check_roster(env, str(leader), round_no, base, cands, ranked)
+                if self.is_v3(check.accepted):
+                    self.check_v3(check.accepted)
+                passed.append(check)
+            except ProtocolError as e:
+                if (round_no, leader) not in self.refused:
+                    self.refused.add((round_no, leader))
+                    log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
+        if not passed:
+            return None
+        best = min(passed, key=RosterCheck.preference)
+        if best.sibling is not None:
+            self._swap(best.sibling)
+        return best.accepted
+
+    def elapsed(self, round_no: int) -> float:
+        """Seconds since we first awaited `round_no` (0 before: only the first slot's turn has come)."""
+        opened = self.opened.get(round_no)
+        return 0.0 if opened is None else self.net.monotonic() - opened
+
+    def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
+        self.took[round_no] = self.net.monotonic()
+        known, _ = self.ledger.authors_before(round_no, omission.KNOWN)  # seers list no newcomer
+        listable = (self.seen.get(round_no, set()) & known) - self.banned(self.ledger)
+        self.seer.took(accepted.roster, {a.peer for a in accepted.announcements}, self.net.now(), listable)
+        if self.net.held_update(round_no, self.me) is not None and all(
+            a.peer != self.me for a in accepted.announcements
+        ):
+            self.left_out += 1
+            log.warning(
+                "round %d: leader %s left our announced update out (%d rounds so far)",
+                round_no,
+                accepted.roster.leader[:16],
+                self.left_out,
+            )
+        return accepted
 
     def find_sibling(self, round_no: int, wanted: str) -> AcceptedRoster | None:
         """The DHT's roster of `round_no` whose hash is `wanted`, if it is a better sibling of ours

@@ -53,6 +53,10 @@ class Picked(NamedTuple):
     announcements: list[SignedAnnouncement]
     at_least: int
     """How many the roster needs at least (fewer where admission holds newcomers back)."""
+    announced: frozenset[str] = frozenset()
+    """Every author the read found (listed or not): the second read looks for others."""
+    known: frozenset[str] = frozenset()
+    """Authors the chain already knows (not newcomers, whom admission's share limits)."""
 
 
 class RosterBuilder:
@@ -106,14 +110,31 @@ class RosterBuilder:
         skip: tuple[str, ...] = (),
         slow: set[str] = frozenset(),
         picked: Picked | None = None,
+        floor: float | None = None,
     ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
         check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
         over the candidates in `skip`; None when fewer than `at_least` (and 1) are left. The
         updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly.
-        `picked`: what `pick` gave for these arguments (not read again)."""
-        picked, at_least = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
+        `picked`: what `pick` gave for these arguments (not read again). The updates key is read
+        again after the fetch; the roster's cutoff is then, at least `floor` (node/round/trust/
+        omission.py: the chain's floor, which the caller waited for)."""
+        chosen = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
+        picked, at_least = chosen.announcements, chosen.at_least
         blobs = self._fetch(picked, round_no, slow)
+        # The second read (design step 5): what came while we fetched. Known authors only (a
+        # newcomer counts against the roster's share); the cutoff is after this last read.
+        again = {
+            p: s for p, s in self.announcements(round_no, base).items() if p in eligible and p not in chosen.announced
+        }
+        known = chosen.known | {self.admission.organizer}
+        extra = set(again) if self.admission.puzzle is None else set(again) & known
+        cutoff = max(self.net.now(), floor or 0.0)
+        if extra:
+            more = [again[p] for p in sorted(extra)]
+            blobs, picked = [*blobs, *self._fetch(more, round_no, slow)], [*picked, *more]
+            order = sorted(range(len(picked)), key=lambda i: picked[i].announcement.peer)
+            picked, blobs = [picked[i] for i in order], [blobs[i] for i in order]
         good = [
             Contribution(s.envelope, s.announcement, blob)
             for s, blob in zip(picked, blobs)
@@ -122,7 +143,9 @@ class RosterBuilder:
         for s, blob in zip(picked, blobs):
             if isinstance(blob, Exception):
                 log.warning("round %d: leaving out %s: %s", round_no, s.announcement.peer[:16], blob)
+        fetched = good
         good = self._drop_non_finite(round_no, good)
+        refused = {c.announcement.peer for c in fetched} - {c.announcement.peer for c in good}
         if len(good) < max(1, at_least):  # min_peers counts the updates we could fetch, not announcements
             return None
         payloads = [UpdateEnvelope.decode(c.blob).payload for c in good]
@@ -136,18 +159,19 @@ class RosterBuilder:
             prev=prev,
             base=base,
             result=outcome.digest,
-            time=self.net.now(),
+            time=max(self.net.now(), cutoff),
             entries=tuple(c.envelope for c in good),
             scores=tuple((c.announcement.peer, float(s)) for c, s in zip(good, scores)),
             reveal=signing.sign_unique(self.key, election.reveal_message(self.run_id, round_no)),
             beacon=beacon,
             attempt=attempt,
             skip=skip,
-            unserved=marks.unserved_list(
-                [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)]
+            unserved=marks.unserved_list(  # also what we fetched and refused: its author was heard
+                [s.announcement.peer for s, b in zip(picked, blobs) if isinstance(b, Exception)] + sorted(refused)
             ),
             checkpoint=self.carry(round_no),
             full=outcome.full,
+            cutoff=cutoff,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 
@@ -162,7 +186,7 @@ class RosterBuilder:
         admitted = self.admission.admit(candidates, known, beacon, last=slow)  # non-serving newcomers last
         if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
             at_least = min(at_least, len(admitted))
-        return Picked([announced[p] for p in sorted(admitted)], at_least)
+        return Picked([announced[p] for p in sorted(admitted)], at_least, frozenset(announced), frozenset(known))
 
     def _fetch(self, picked: list[SignedAnnouncement], round_no: int, slow: set[str]) -> list[bytes | Exception]:
         """`picked`'s updates from their owners, in order: the usual peers in one batch, then the

@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol
 
 import msgpack
 
+from node.round.trust import omission
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Roster
@@ -220,8 +221,10 @@ class Ledger:
         return {a.peer for accepted in held for a in accepted.announcements}, len(held) == len(rounds)
 
     def established(self, k: int) -> set[str]:
-        """Peers named in at least k rosters of the window: who may lead."""
-        return {p for p, n in self.appearances().items() if n >= k}
+        """Peers named in at least k rosters of the window, or left out of some and proven so by
+        an omission claim the chain counts (node/round/trust/omission.py): who may lead."""
+        named = self.appearances() + omission.claimed(self.rosters, k)
+        return {p for p, n in named.items() if n >= k}
 
     def caught(self) -> set[str]:
         """Owners the window's v3 rosters convicted of lying with a fraud proof: banned, as a

@@ -24,18 +24,17 @@ import threading
 from node.config import SwarmConfig
 from node.round import election, lead, relay
 from node.round.checks import RosterChecks
-from node.round.election import RosterCheck, Slot
+from node.round.election import Slot
 from node.round.fetch import UpdateFetcher, UpdateShape, envelope_bytes
 from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
-from node.round.trust import marks
+from node.round.trust import marks, omission
 from node.round.trust.chain import ChainRules
 from node.round.v3 import OFF, Aggregate, Scatter, ScatterRounds
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
-from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
 
@@ -93,6 +92,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         self.ran: dict[tuple[int, str], tuple] = {}  # (round, leader) -> (its call, our v3 Ran)
         self.called: set[tuple[int, str]] = set()  # (round, leader) calls we took (or could not)
         self.led_v3: set[tuple[int, int]] = set()  # (round, attempt) we called a v3 round in
+        self.seer = omission.Seer(self.me)  # what we saw in time, and our own left out (design step 5)
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -112,6 +112,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             organizer=self.organizer or (self.ledger.anchor.organizer if self.ledger.anchor else ""),
             admission=self.admission,
             bootstrap_peers=self.cfg.bootstrap_peers,
+            collect_timeout=self.cfg.collect_timeout,
         )
 
     def banned(self, ledger: Ledger) -> set[str]:
@@ -129,6 +130,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             raise ValueError(f"our update is {len(blob)} bytes, not the run's {shape}: every peer would refuse it")
         self.net.keep_update(round_no, self.me, blob)
         self.last_announced = round_no
+        late, claim = self.seer.fields(round_no, {(c.claimant, c.round) for c in self.claims()})
         ann = Announcement(
             run=self.run_id,
             round=round_no,
@@ -139,8 +141,12 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             base=base,
             time=self.net.now(),
             work=self.admission.proof,
+            seen_late=late,
+            claim=claim,
         )
-        self.net.store(keys.updates_key(self.run_id, round_no), self.me, signed.seal(self.key, ann), ttl=self.ttl)
+        env = signed.seal(self.key, ann)
+        self.seer.announced(round_no, env, claims=claim is not None)
+        self.net.store(keys.updates_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
 
     # ------------------------------------------------------------------------- who may lead
     def peers(self) -> dict[str, Heartbeat]:
@@ -181,6 +187,9 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
             if cands and election.moved_on(peers, cands, self.me, round_no):  # we come late to the round
                 opened = self.opened[round_no] = min(opened, self.net.monotonic() - self.cfg.round_timeout)
+            if self.seer.due(round_no, self.net.monotonic()):  # first sightings, for seen_late (omission.py)
+                anns = self.builder.announcements(round_no, base)
+                self.seer.saw(round_no, {p: s.envelope for p, s in anns.items()}, self.net.now())
             accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
                 return self._took(round_no, accepted)
@@ -234,54 +243,15 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         core = core if core - {self.me} else expected
         return lead.collected(expected, core, announced, waited, self.core_in.setdefault(round_no, {}), self.cfg)
 
-    # ------------------------------------------------------------------------- roster checks
-    def read_roster(
-        self, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None = None
-    ) -> AcceptedRoster | None:
-        """The acceptable roster of this round with the smallest (attempt, rank), if any."""
-        passed: list[RosterCheck] = []
-        for leader, env in self.net.get_subkeys(keys.roster_key(self.run_id, round_no)).items():
-            if (round_no, leader) in self.failed:
-                continue
-            try:
-                check = self.check_roster(env, str(leader), round_no, base, cands, ranked)
-                if self.is_v3(check.accepted):
-                    self.check_v3(check.accepted)
-                passed.append(check)
-            except ProtocolError as e:
-                if (round_no, leader) not in self.refused:
-                    self.refused.add((round_no, leader))
-                    log.warning("round %d: refusing the roster of %s: %s", round_no, str(leader)[:16], e)
-        if not passed:
-            return None
-        best = min(passed, key=RosterCheck.preference)
-        if best.sibling is not None:
-            self._swap(best.sibling)
-        return best.accepted
-
-    def elapsed(self, round_no: int) -> float:
-        """Seconds since we first awaited `round_no` (0 before: only the first slot's turn has come)."""
-        opened = self.opened.get(round_no)
-        return 0.0 if opened is None else self.net.monotonic() - opened
-
-    def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
-        self.took[round_no] = self.net.monotonic()
-        if self.net.held_update(round_no, self.me) is not None and all(
-            a.peer != self.me for a in accepted.announcements
-        ):
-            self.left_out += 1
-            log.warning(
-                "round %d: leader %s left our announced update out (%d rounds so far)",
-                round_no,
-                accepted.roster.leader[:16],
-                self.left_out,
-            )
-        return accepted
-
     # ------------------------------------------------------------------------------- leading
     def marked(self, round_no: int) -> set[str]:
-        """Candidates ranked after all others in round `round_no`: skip-marked by the chain."""
-        return marks.skip_marked(self.ledger, round_no)
+        """Candidates ranked after all others in round `round_no`: skip- or omission-marked by the chain."""
+        k = self.cfg.established_rounds
+        return marks.skip_marked(self.ledger, round_no) | marks.omission_marked(self.ledger, round_no, k)
+
+    def claims(self) -> list[omission.Claim]:
+        """The omission claims our chain counts (node/round/trust/omission.py)."""
+        return omission.claims(self.ledger.rosters, self.cfg.established_rounds)
 
     def slow(self, round_no: int) -> set[str]:
         """Announcers not waited for and fetched last in round `round_no`: the chain's slow servers
@@ -292,6 +262,9 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         prev, beacon = self.ledger.prev_hash(round_no), self.beacon(round_no)
         if not prev or beacon is None:
             return None  # we synced state and do not know the chain: leave leading to others
+        floor = omission.floor(self.ledger.rosters, round_no, self.cfg.collect_timeout)
+        if not self.seer.may_close(round_no, floor, self.net.now(), self.net.monotonic(), self.cfg.collect_timeout):
+            return None  # the chain's cutoff floor is ahead: readers would refuse our roster
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger)
         slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no))
         picked = self.builder.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
@@ -301,7 +274,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 return None
             if len(picked.announcements) < max(1, picked.at_least) or self.hooks.aggregate is None:
                 return None
-            accepted = self.lead_v3(round_no, base, prev, beacon, slot, picked.announcements, skip)
+            accepted = self.lead_v3(round_no, base, prev, beacon, slot, picked.announcements, skip, floor)
         else:
             accepted = self.builder.build(
                 round_no,
@@ -314,6 +287,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 skip=skip,
                 slow=slow,
                 picked=picked,
+                floor=floor,
             )
         if accepted is None:
             return None

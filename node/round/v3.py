@@ -85,9 +85,20 @@ class ScatterRounds:
         return self.scatter.uses(len(accepted.announcements))
 
     # --------------------------------------------------------------------------- as leader
-    def lead_v3(self, round_no: int, base: str, prev: str, beacon: str, slot: Slot, picked: list, skip: tuple):
+    def lead_v3(
+        self,
+        round_no: int,
+        base: str,
+        prev: str,
+        beacon: str,
+        slot: Slot,
+        picked: list,
+        skip: tuple,
+        floor: float | None,
+    ):
         """Lead round `round_no` as v3 with the announcements `picked` (lead.SignedAnnouncement):
-        our signed roster, or None (the round failed; the call's attempt is not led again)."""
+        our signed roster, or None (the round failed; the call's attempt is not led again). Its
+        cutoff is the call's time (collection stopped there), at least the chain's `floor`."""
         members = [s.announcement.peer for s in picked]
         peers = self.table.last()
         if any(p not in peers or peers[p].digest != base for p in members):
@@ -137,7 +148,7 @@ class ScatterRounds:
             prev=prev,
             base=base,
             result=outcome.digest,
-            time=self.net.now(),
+            time=max(self.net.now(), call.time, floor or 0.0),
             entries=call.entries,
             reveal=call.reveal,
             beacon=beacon,
@@ -148,6 +159,7 @@ class ScatterRounds:
             caught=ran.caught,
             passed=ran.passed,
             finals=ran.finals,
+            cutoff=max(call.time, floor or 0.0),
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, called.announcements)
 

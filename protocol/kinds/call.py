@@ -14,18 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from protocol.errors import ProtocolError
-from protocol.records import (
-    MAX_ATTEMPT,
-    MAX_ROSTER,
-    MAX_SKIP,
-    field,
-    finite_field,
-    peer_id_field,
-    peer_list,
-    round_field,
-    run_field,
-    sha256_field,
-)
+from protocol.fields import field, finite_field, peer_id_field, peer_list, round_field, run_field, sha256_field
+from protocol.records import MAX_ATTEMPT, MAX_ROSTER, MAX_SKIP
 from protocol.signing import MAX_SIG
 
 KIND = "call"

@@ -16,7 +16,7 @@ import msgpack
 
 from protocol import signing
 from protocol.errors import ProtocolError
-from protocol.records import field, finite_field, round_field, run_field, sha256_field
+from protocol.fields import field, finite_field, round_field, run_field, sha256_field
 
 KIND = "checkpoint"
 MAX_BODY = 1024  # the body is ~250 B: run, round, two digests, a time

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from protocol.errors import ProtocolError
-from protocol.records import MAX_ROSTER, count_field, field, finite_field, optional_float, peer_id_field, round_field
+from protocol.fields import count_field, field, finite_field, optional_float, peer_id_field, round_field
+from protocol.records import MAX_ROSTER
 
 MAX_METRICS_HISTORY = 64
 MAX_METRICS_BODY = 16 * 1024

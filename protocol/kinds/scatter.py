@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import msgpack
 
 from protocol.errors import ProtocolError
-from protocol.records import SHA256_RE, field, peer_id_field, round_field, run_field
+from protocol.fields import SHA256_RE, field, peer_id_field, round_field, run_field
 
 MAX_CHUNKS = 1024  # chunks of one update; the grid uses at most GROUP_MAX (128)
 MAX_GROUP = 4096  # members of a group or groups in a column: at most the roster cap

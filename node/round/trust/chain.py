@@ -26,7 +26,7 @@ from typing import NamedTuple
 from node.config import SwarmConfig
 from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
-from node.round.trust import anchor, marks
+from node.round.trust import anchor, marks, omission
 from protocol import signed
 from protocol.admission import work
 from protocol.admission.rule import DISABLED, Admission
@@ -77,6 +77,8 @@ class ChainRules:
     bootstrap_peers: int = 0
     """[swarm] bootstrap_peers: while fewer peers than this other than `organizer` are established,
     only the organizer leads (`young`). 0, or no organizer: anyone while nobody is established."""
+    collect_timeout: float = 0.0
+    """The run's [swarm] collect_timeout, which caps a roster's cutoff floor (omission.py); 0: no floor checked."""
 
 
 def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
@@ -109,6 +111,8 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
     if problem:
         raise ProtocolError(problem)
     check_entries(roster, anns, window, rules)
+    if rules.collect_timeout:
+        omission.check_cutoff(roster, window.rosters, rules.collect_timeout)
     if roster.checkpoint is not None and rules.organizer:
         anchor.check_embedded(roster.checkpoint, roster.round, window, organizer=rules.organizer, run_id=rules.run_id)
     return AcceptedRoster(env, roster, tuple(anns))

@@ -16,6 +16,10 @@ Two lists a leader writes into its roster, and what the chain makes of them:
   longer frame a peer that serves: an honest roster holding its update between their listings
   voids the first for every peer that applied it.
 
+A third kind, `omission` marks, comes from claims the chain counts (omission.py, design step 5):
+MARKS_TO_DROP rounds in the window in which a leader left out a peer it did not list unserved
+rank it last, as skip marks do (omission_marked).
+
 A reader checks each list before taking a roster, with what the roster itself carries, so every
 reader decides alike: a skipped peer must rank ahead of the leader under the roster's beacon in
 some attempt up to its own (the rank keys alone: no set of candidates, which readers may see
@@ -35,6 +39,7 @@ from collections import Counter
 
 from node.round.election import ATTEMPT_RANKS, Slot, rank_key, ranking
 from node.round.ledger import Ledger
+from node.round.trust import omission
 from protocol.errors import ProtocolError
 from protocol.records import MAX_SKIP, MAX_UNSERVED, Roster
 
@@ -90,6 +95,18 @@ def skip_marked(ledger: Ledger, round_no: int) -> set[str]:
     """Peers that may not lead round `round_no`: MARKS_TO_DROP skip marks in the window."""
     marks = Counter(p for roster in _window(ledger, round_no) for p in roster.skip)
     return {p for p, n in marks.items() if n >= MARKS_TO_DROP}
+
+
+def omission_marked(ledger: Ledger, round_no: int, k: int) -> set[str]:
+    """Leaders ranked after every unmarked candidate in round `round_no`: the claims the chain
+    counts up to the last roster (omission.py; `k`: established_rounds) show MARKS_TO_DROP rounds
+    of the window in which each left out a peer it did not list `unserved`."""
+    newest = round_no - MARK_LAG
+    rounds: dict[str, set[int]] = {}
+    for c in omission.claims(ledger.rosters, k, upto=newest):
+        if not c.excused and newest - MARK_WINDOW < c.round:
+            rounds.setdefault(c.leader, set()).add(c.round)
+    return {p for p, rs in rounds.items() if len(rs) >= MARKS_TO_DROP}
 
 
 def slow_servers(ledger: Ledger, round_no: int) -> set[str]:

@@ -181,7 +181,7 @@ def test_error_feedback_keeps_what_was_not_sent(wire):
         sum((t / 31 - p).norm() ** 2 for t, p in zip(total, pseudo)).sqrt() / sum(p.norm() ** 2 for p in pseudo).sqrt()
     )
     # = |final error| / 31 |pseudo-gradient|
-    assert rel < {"int4": 0.05, "int2": 0.1, "int1": 0.25, "int1-s2": 0.75, "int1-s4": 0.9}[wire]
+    assert rel < {"int4": 0.05, "int2": 0.1, "int1": 0.25, "int1-s2": 0.35, "int1-s4": 0.5}[wire]
 
 
 def test_defaults_leave_the_old_presets_alone():

@@ -4,13 +4,14 @@ int8-b<B>                          one fp32 scale + B int8 values
 int4-b<B> / int2-b<B> / int1-b<B>  one fp32 step d + B codes of 4, 2 or 1 bits, packed; code c
                                    decodes to (c - offset) * d (offset 8, 1.5, 0.5: a grid with
                                    zero at 4 bits, a symmetric grid without zero at 2 and 1 bits)
-int1-s<S>-b<B>                     one fp32 step d + B / S sign bits: each run of S values
-                                   shares one code (below 1 bit per value: 1/2, 1/4), decoded
-                                   to (c - 0.5) * d for all S
+int1-s<S>-b<B>                     an 8-byte flip seed, then per block one fp32 step d + B / S
+                                   sign bits: each run of S values (their signs flipped by the
+                                   seed's pattern) shares one code (1/2, 1/4 bit per value)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -82,6 +83,8 @@ class Int8Codec:
 # ------------------------------------------------------------------------- int4/int2/int1
 QUANT_OFFSET = {4: 8.0, 2: 1.5, 1: 0.5}
 """Code c of a `bits`-bit value decodes to (c - QUANT_OFFSET[bits]) * d."""
+FLIP_SEED_BYTES = 8
+"""The seed of a shared-sign payload's flip pattern (QuantCodec with share > 1)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ class QuantCodec:
     `share` > 1 (1 bit only): each run of `share` consecutive values of a block sends one code,
     the sign of the run's sum, and all of them decode to it: 1 / share bits per value. The step
     is the L2-best one for those signs: twice the block's sum of |run sum| over its values
-    (share 1: twice the mean |x|, as above)."""
+    (share 1: twice the mean |x|, as above). A fixed grouping could never send the differences
+    within a run (error feedback would pile them up unsent), so each payload first flips the
+    values' signs by a pattern drawn from a seed it carries (a hash of its input: new each
+    round); the decoder flips them back. Over rounds every direction gets its turn."""
 
     shapes: tuple[tuple[int, ...], ...]
     bits: int = 4
@@ -127,11 +133,28 @@ class QuantCodec:
     def _code_bytes(self, n: int) -> int:
         return -(-self._codes(n) * self.bits // 8)
 
+    def _header(self) -> int:
+        """Bytes of the flip seed (shared signs only)."""
+        return FLIP_SEED_BYTES if self.share > 1 else 0
+
+    def flips(self, seed: bytes) -> list[torch.Tensor]:
+        """+-1 per value of every tensor, from the seed (SHAKE-128: the same on every machine)."""
+        total = sum(math.prod(s) for s in self.shapes)
+        raw = np.frombuffer(hashlib.shake_128(seed).digest(-(-total // 8)), dtype=np.uint8)
+        signs = torch.from_numpy(1.0 - 2.0 * np.unpackbits(raw, bitorder="little")[:total].astype(np.float32))
+        return [f.reshape(s) for f, s in zip(signs.split([math.prod(s) for s in self.shapes]), self.shapes)]
+
     def encoded_size(self) -> int:
-        return sum(self.blocks(math.prod(s)) * 4 + self._code_bytes(math.prod(s)) for s in self.shapes)
+        values = sum(self.blocks(math.prod(s)) * 4 + self._code_bytes(math.prod(s)) for s in self.shapes)
+        return self._header() + values
 
     def encode(self, tensors: list[torch.Tensor]) -> bytes:
         out = []
+        if self.share > 1:
+            tensors = [t.detach().to("cpu", torch.float32) for t in tensors]
+            seed = hashlib.blake2b(b"".join(t.numpy().tobytes() for t in tensors), digest_size=FLIP_SEED_BYTES)
+            out.append(seed.digest())
+            tensors = [t * f for t, f in zip(tensors, self.flips(out[0]))]
         for t in tensors:
             n, blocks = _to_blocks(t, self.block)
             nb = blocks.shape[0]
@@ -160,7 +183,7 @@ class QuantCodec:
 
     def decode(self, data: bytes) -> list[torch.Tensor]:
         expect_size(self, data)
-        out, off = [], 0
+        out, off = [], self._header()
         top = self._top()
         for s in self.shapes:
             n, nb = math.prod(s), self.blocks(math.prod(s))
@@ -175,4 +198,6 @@ class QuantCodec:
             values = _from_blocks(levels, d, self.block)
             check_values(values, self.name)
             out.append(values.reshape(s))
+        if self.share > 1:  # (+-1: exact, and the bound checked above holds)
+            out = [v * f for v, f in zip(out, self.flips(data[:FLIP_SEED_BYTES]))]
         return out

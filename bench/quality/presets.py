@@ -340,6 +340,11 @@ for _base, _share, _warm in (
 ):
     _name = _base.replace("int1", f"int1s{_share}" if _share > 1 else "int1") + ("-hw8" if _warm else "")
     PRESETS[_name] = Preset(replace(PRESETS[_base].strategy, wire_share=_share), PRESETS[_base].train)
+# the 1-bit wire at the bytes of "int1s2-h72" (half the rounds): sub-1-bit against longer H at equal traffic
+PRESETS["diloco-int1-h144-muon-t15-olr0.7"] = Preset(
+    replace(PRESETS["diloco-int1-h72-muon-t15-olr0.7"].strategy, inner_steps=144),
+    PRESETS["diloco-int1-h72-muon-t15-olr0.7"].train,
+)
 
 
 class Exchange(NamedTuple):

@@ -197,3 +197,24 @@ def test_bench_quality_refuses_a_device_torch_cannot_use_before_any_run():
 
     with pytest.raises(SwarmtrainError, match="--device no-such-device"):
         run_quality("smoke", "/nonexistent/q.json", None, ["diloco"], 1, device="no-such-device")
+
+
+def test_the_warm_up_of_h_doubles_h_from_8_and_counts_every_round():
+    """H_WARMUP (bench only, issue 20): rounds of 8, 16, 32, ... inner steps up to the preset's H,
+    a function of the round number alone; each extra round's upload is counted."""
+    from bench.quality.presets import H_WARMUP
+    from bench.quality.simulator import round_inner_steps, simulate_preset
+    from node.train import data
+
+    assert [round_inner_steps(216, 8, r) for r in range(7)] == [8, 16, 32, 64, 128, 216, 216]
+    assert round_inner_steps(72, None, 0) == 72 and set(H_WARMUP) <= set(PRESETS)
+    tiny = ModelConfig(d_model=16, n_layer=1, n_head=2, ctx=16)
+    tier = replace(TIERS["smoke"], model=tiny, workers=2, batch_size=1, val_seqs=4, eval_points=1)
+    corpus = data.load_corpus("stdlib")
+    warm, plain = (
+        simulate_preset(p, tier, 0, corpus)
+        for p in ("diloco-int1-h72-muon-t15-olr0.7-hw8", "diloco-int1-h72-muon-t15-olr0.7")
+    )
+    assert (warm["rounds"], plain["rounds"]) == (4, 2)  # 8 + 16 + 32 + 44 steps; 72 + 28
+    for run in (warm, plain):
+        assert run["own_upload_bytes_per_step"] * tier.steps == run["rounds"] * run["payload_bytes"]

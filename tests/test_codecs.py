@@ -35,6 +35,8 @@ CODECS = [
     TopKCodec(SHAPES, chunk=64, k=8, dct=True, values="1bit"),
     TopKCodec(SHAPES, chunk=32, k=5, values="bf16", index_bits=16),
     TopKCodec(SHAPES, chunk=64, k=8, values="2bit", k_vector=64),
+    QuantCodec(SHAPES, 1, 64, share=2),  # sub-1-bit: a sign per 2 and per 4 values
+    QuantCodec(SHAPES, 1, 64, share=4),
 ]
 
 
@@ -64,6 +66,8 @@ PINNED = {
     "topk-c64-k8-dct-1bit-i12": "88e40b5a8a6fb296a74539c18301857ceaae86e2ff37984497797be902f78d3d",
     "topk-c32-k5-bf16-i16": "0d1304b5bffdadd8806eda5ba486f88148dade418cc0aa8e113678ec46f42d55",
     "topk-c64-k8-kv64-2bit-i12": "8c1b583367f5917eff23b649373149151da64f6ace21fbce5a7bd9c69b6f649f",
+    "int1-s2-b64": "83b30609ca4b7b326d9332b6a0f0063af4dba88b9ef82dceb49469c1fd2e120c",
+    "int1-s4-b64": "02c4a992c626051808185cb77b473cc48657627511556e21e4fc06f784f81ceb",
 }
 PINNED_CODECS = [*CODECS, QuantCodec(SHAPES, 4, 64), QuantCodec(SHAPES, 2, 64), QuantCodec(SHAPES, 1, 64)]
 
@@ -161,6 +165,35 @@ def test_2bit_values_take_four_levels_and_1bit_two():
     assert len(torch.unique(out[out != 0])) == 2
 
 
+@pytest.mark.parametrize("share", [2, 4])
+def test_a_shared_sign_is_the_sign_of_the_run_sum_with_the_l2_best_step(share):
+    codec = QuantCodec(SHAPES, 1, 64, share=share)
+    ts = tensors(3)
+    # an 8-byte flip seed, then per tensor of n values: a 4-byte step per block of 64, ceil(n / share) sign bits
+    runs = [math.ceil(math.prod(s) / share) for s in SHAPES]
+    steps = [math.ceil(math.prod(s) / 64) * 4 for s in SHAPES]
+    assert codec.encoded_size() == 8 + sum(d + math.ceil(r / 8) for d, r in zip(steps, runs))
+    blob = codec.encode(ts)
+    flips = codec.flips(blob[:8])
+    assert all(set(f.unique().tolist()) == {-1.0, 1.0} for f in flips[:2])
+    for t, f, out in zip(ts, flips, codec.decode(blob)):
+        flat, got = (t * f).reshape(-1), (out * f).reshape(-1)  # the runs are sums of the flipped values
+        for b in range(0, flat.numel(), 64):  # each block: one magnitude, one sign per run
+            x, y = flat[b : b + 64], got[b : b + 64]
+            runs = [x[i : i + share] for i in range(0, x.numel(), share)]
+            signs = torch.cat([torch.full((len(r),), 1.0 if float(r.sum()) >= 0 else -1.0) for r in runs])
+            step = sum(float(r.sum().abs()) for r in runs) / x.numel()  # argmin_m |x - signs * m|
+            assert torch.allclose(y, signs * step, rtol=1e-5, atol=1e-7)
+    other = codec.encode(tensors(4))
+    assert other[:8] != blob[:8] and codec.encode(ts) == blob  # a new input, a new pattern; the same, the same
+
+
+def test_a_sign_per_value_is_the_int1_codec_unchanged():
+    ts = tensors(5)
+    assert QuantCodec(SHAPES, 1, 64, share=1).encode(ts) == QuantCodec(SHAPES, 1, 64).encode(ts)
+    assert QuantCodec(SHAPES, 1, 64).name == "int1-b64"
+
+
 def test_quantize_matches_what_receivers_decode():
     codec = TopKCodec(SHAPES, chunk=64, k=16, values="2bit")
     sel = codec.select(tensors())
@@ -196,6 +229,9 @@ def test_topk_rejects_out_of_range_and_repeated_indices():
 def test_bad_options():
     with pytest.raises(ValueError):
         TopKCodec(SHAPES, values="3bit")
+    for bits, block, share in ((2, 64, 2), (1, 64, 3), (1, 64, 0)):  # a shared sign: 1 bit, runs that tile a block
+        with pytest.raises(ValueError):
+            QuantCodec(SHAPES, bits, block, share=share)
     with pytest.raises(ValueError):
         TopKCodec(SHAPES, chunk=128, index_bits=12)
 

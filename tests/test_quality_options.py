@@ -130,13 +130,16 @@ OPTIONS = [
     for w, d in (("int4", 1.0), ("int2", 0.9), ("int1", 1.0))
 ] + [
     StrategyConfig(name="diloco", inner_steps=5, wire_dtype="int1", wire_block=1024, outer_lr=1.4),
+    StrategyConfig(name="diloco", inner_steps=5, wire_dtype="int1", wire_block=1024, wire_share=4),
     StrategyConfig(name="sparseloco", inner_steps=5, topk=16, sparse_outer_momentum=0.9, outer_lr=1.5),
     StrategyConfig(name="sparseloco", inner_steps=5, topk=8, topk_vector=64),
 ]
 
 
 @pytest.mark.parametrize(
-    "cfg", OPTIONS, ids=lambda c: f"{c.name}-{c.wire_dtype}-{c.sparse_outer_momentum}-{c.topk_vector}"
+    "cfg",
+    OPTIONS,
+    ids=lambda c: f"{c.name}-{c.wire_dtype}-s{c.wire_share}-{c.sparse_outer_momentum}-{c.topk_vector}",
 )
 def test_round_trip_and_bit_identical_apply(cfg):
     model, strat, state = setup(cfg)
@@ -159,9 +162,11 @@ def test_round_trip_and_bit_identical_apply(cfg):
         strat.check(payloads[0][:-1])
 
 
-@pytest.mark.parametrize("wire", ["int4", "int2", "int1"])
+@pytest.mark.parametrize("wire", ["int4", "int2", "int1", "int1-s2", "int1-s4"])
 def test_error_feedback_keeps_what_was_not_sent(wire):
-    model, strat, state = setup(StrategyConfig(name="diloco", wire_dtype=wire, error_decay=1.0))
+    dtype, _, share = wire.partition("-s")  # int1-s<S>: one sign per S values (wire_share)
+    cfg = StrategyConfig(name="diloco", wire_dtype=dtype, wire_share=int(share or 1), error_decay=1.0)
+    model, strat, state = setup(cfg)
     worker = strat.new_worker()
     local = moved(build_model(SMALL, 0), 7)
     pseudo = [g - l.detach() for g, l in zip(state.params, local.parameters())]
@@ -175,7 +180,8 @@ def test_error_feedback_keeps_what_was_not_sent(wire):
     rel = float(
         sum((t / 31 - p).norm() ** 2 for t, p in zip(total, pseudo)).sqrt() / sum(p.norm() ** 2 for p in pseudo).sqrt()
     )
-    assert rel < {"int4": 0.05, "int2": 0.1, "int1": 0.25}[wire]  # = |final error| / 31 |pseudo-gradient|
+    # = |final error| / 31 |pseudo-gradient|
+    assert rel < {"int4": 0.05, "int2": 0.1, "int1": 0.25, "int1-s2": 0.35, "int1-s4": 0.5}[wire]
 
 
 def test_defaults_leave_the_old_presets_alone():
@@ -194,6 +200,8 @@ def test_bad_strategy_options():
     for cfg in (
         StrategyConfig(name="diloco", wire_dtype="int3"),
         StrategyConfig(name="diloco", wire_dtype="int2", wire_block=0),
+        StrategyConfig(name="diloco", wire_dtype="int2", wire_share=2),  # a shared sign is one bit
+        StrategyConfig(name="diloco", wire_dtype="int1", wire_block=64, wire_share=3),  # runs must tile a block
         StrategyConfig(name="sparseloco", sparse_outer_momentum=1.0),
         StrategyConfig(name="sparseloco", topk_vector=-1),
     ):

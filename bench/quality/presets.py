@@ -57,6 +57,20 @@ before it goes on the wire: every codec has one exact payload size, which valida
 before reading a payload, so a warm-up there needs a codec per round."""
 
 
+H_WARMUP = {
+    "diloco-int1-h72-muon-t15-olr0.7-hw8": 8,
+    "diloco-int1-h216-muon-t15-hw8": 8,
+    "diloco-int1s2-h72-muon-t15-olr0.7-hw8": 8,
+    "diloco-int1s2-h216-muon-t15-hw8": 8,
+    "diloco-int1s4-h216-muon-t15-hw8": 8,
+}
+"""Bench only (issue 20): warm-up of H. Round r takes min(H, h0 * 2^r) inner steps, h0 the value
+here (8, 16, 32, ... up to the preset's H; 248 steps, 5 rounds, for H = 216): long rounds hurt
+most early, while the inner lr is high and the outer momentum empty. The schedule is a function
+of the round number only, so every peer of a swarm would derive the same H; the extra rounds'
+uploads are counted. Measured here before it goes into the node."""
+
+
 class Preset(NamedTuple):
     """A preset's settings: the strategy and its inner training."""
 
@@ -310,6 +324,27 @@ PRESETS: dict[str, Preset] = {
         StrategyConfig(name="decoupled-momentum", topk=32, values="1bit", momentum_decay=0.999), BASE_TRAIN
     ),
 }
+
+# issue 20's levers on the 1,000x and 3,000x dense presets (their settings unchanged): warm-up of H
+# (H_WARMUP, "-hw8") and sub-1-bit values (int1 with one sign shared by 2 or 4 values: "int1s2",
+# "int1s4", 0.5 / 0.25 bits per value, `wire_share`)
+for _base, _share, _warm in (
+    ("diloco-int1-h72-muon-t15-olr0.7", 1, True),
+    ("diloco-int1-h216-muon-t15", 1, True),
+    ("diloco-int1-h72-muon-t15-olr0.7", 2, False),
+    ("diloco-int1-h72-muon-t15-olr0.7", 4, False),
+    ("diloco-int1-h72-muon-t15-olr0.7", 2, True),
+    ("diloco-int1-h216-muon-t15", 2, False),
+    ("diloco-int1-h216-muon-t15", 2, True),
+    ("diloco-int1-h216-muon-t15", 4, True),
+):
+    _name = _base.replace("int1", f"int1s{_share}" if _share > 1 else "int1") + ("-hw8" if _warm else "")
+    PRESETS[_name] = Preset(replace(PRESETS[_base].strategy, wire_share=_share), PRESETS[_base].train)
+# the 1-bit wire at the bytes of "int1s2-h72" (half the rounds): sub-1-bit against longer H at equal traffic
+PRESETS["diloco-int1-h144-muon-t15-olr0.7"] = Preset(
+    replace(PRESETS["diloco-int1-h72-muon-t15-olr0.7"].strategy, inner_steps=144),
+    PRESETS["diloco-int1-h72-muon-t15-olr0.7"].train,
+)
 
 
 class Exchange(NamedTuple):

@@ -24,7 +24,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from bench.quality import ddp_muon
-from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGES, OVERLAP_DELAY, PRESETS, TOPK_WARMUP, Preset, Tier
+from bench.quality.presets import (
+    ALL_GATHER_MEAN,
+    EXCHANGES,
+    H_WARMUP,
+    OVERLAP_DELAY,
+    PRESETS,
+    TOPK_WARMUP,
+    Preset,
+    Tier,
+)
 from node.config import DataConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
 from node.outer.aggregate import make_aggregator
@@ -134,7 +143,7 @@ def simulate_preset(
     while step < tier.steps:
         check_stop(stop)
         strat = warmup[rounds] if rounds < len(warmup) else strategy
-        h = min(strat.inner_steps, tier.steps - step)
+        h = min(round_inner_steps(strat.inner_steps, H_WARMUP.get(preset), rounds), tier.steps - step)
         if strat_cfg.overlap:
             payloads = [
                 overlapped_round(w, state, strat, h, OVERLAP_DELAY.get(preset, h), tier, rounds == 0) for w in workers
@@ -180,6 +189,12 @@ def simulate_preset(
             "exchange": {"scatter": exchange.scatter, "robust": exchange.robust.__dict__},
         },
     }
+
+
+def round_inner_steps(h: int, first: int | None, r: int) -> int:
+    """H of round r under the warm-up of H (presets.H_WARMUP): `first` doubled each round up to the
+    preset's H; without a warm-up (`first` None), H. A function of the round number only."""
+    return h if first is None else min(h, first * 2**r)
 
 
 def local_round(w: Worker, state: SwarmState, strategy, h: int, tier: Tier) -> bytes:

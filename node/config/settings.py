@@ -131,6 +131,11 @@ class StrategyConfig:
     name of a codec registered from Python (swarmtrain.register_codec)."""
     wire_block: int = 256
     """diloco int4 / int2 / int1: values per block that share one fp32 step."""
+    wire_share: int = 1
+    """diloco int1: consecutive values that share one sign bit, the sign of their sum (2 or 4: 1/2
+    or 1/4 bit per value; each payload flips the values' signs by a pattern drawn from a seed it
+    carries, so the error-feedback buffer's within-run differences are sent in later rounds); it
+    must divide wire_block. 1: a sign per value."""
     topk: int = 32
     """sparseloco / decoupled-momentum: coefficients sent per chunk."""
     topk_vector: int = 0

@@ -49,13 +49,17 @@ class DiLoCo:
             )
         if cfg.inner_steps < 1:
             raise ValueError("inner_steps must be at least 1")
+        if cfg.wire_share != 1 and cfg.wire_dtype != "int1":
+            raise ValueError(f"wire_share {cfg.wire_share} needs wire_dtype int1 (a shared sign is one bit)")
         self.cfg, self.agg = cfg, agg
         self.inner_steps = cfg.inner_steps
         self.error_feedback = cfg.wire_dtype in LOW_BIT
         if self.error_feedback:
             if cfg.wire_block < 1:
                 raise ValueError("wire_block must be at least 1")
-            self.codec = QuantCodec(tuple(shapes), bits=LOW_BIT[cfg.wire_dtype], block=cfg.wire_block)
+            self.codec = QuantCodec(
+                tuple(shapes), bits=LOW_BIT[cfg.wire_dtype], block=cfg.wire_block, share=cfg.wire_share
+            )
         elif cfg.wire_dtype in WIRE_CODECS:
             self.codec = WIRE_CODECS[cfg.wire_dtype](tuple(shapes))
         elif cfg.wire_dtype == "int8":

@@ -63,6 +63,35 @@ def contributions(ledger: Path, peer: str) -> tuple[int, int]:
     return len(mine), len([r for r in rounds if r >= mine[0]])
 
 
+def run_behind_nat(tmp_path: Path, run: Path, *, public: int, homes: tuple[int, ...], rounds: int, wait: float):
+    """A bootstrap (peer 0) and volunteers 1 .. public-1 on the public segment, volunteers `homes`
+    each behind its own NAT: each trains `rounds` rounds. (exit codes, the `joined` line of each,
+    the volunteers' Procs, their result JSONs, seconds from the bootstrap's start to the last leave)."""
+    started: list[Proc] = []
+    t0 = time.monotonic()
+    with NatNetwork(public=public, homes=len(homes)) as net:
+        start = starter(net, tmp_path, started, t0=t0)  # a home peer listens on (so announces) its private address
+        try:
+            boot = start(0, "bootstrap", "--run", str(run), "--startup-timeout", "60")
+            _, maddr, run_id = bootstrap_ready(boot)
+            join = ["join", "--run-id", run_id, "--initial-peers", maddr, "--threads", "1", "--status-port", "-1"]
+            join += ["--max-rounds", str(rounds)]
+            vols = {
+                k: start(k, *join, "--name", f"v{k}", "--result-json", str(tmp_path / f"v{k}.json"))
+                for k in (*range(1, public), *homes)
+            }
+            joined = {k: v.wait_for(r"event=joined .* maddr=(\S+) reach=(\w+)", 120) for k, v in vols.items()}
+            codes = {k: v.wait(wait) for k, v in vols.items()}
+        finally:
+            kill_all(started)
+    elapsed = time.monotonic() - t0
+    assert codes == {k: 0 for k in vols}, {k: vols[k].output[-3000:] for k, c in codes.items() if c}
+    for k in homes:
+        assert joined[k].group(2) == "private" and joined[k].group(1).startswith(f"/ip4/{net.address(k)}/")
+    results = {k: json.loads((tmp_path / f"v{k}.json").read_text()) for k in vols}
+    return net, joined, vols, results, elapsed
+
+
 def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
     if (why := missing_requirements()) is not None:
         pytest.skip(why)
@@ -72,31 +101,15 @@ def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
         .replace("collect_timeout = 20.0\n", "")
         .replace("round_timeout = 60.0\n", "")
     )
-    started: list[Proc] = []
-    t0 = time.monotonic()
-    with NatNetwork(public=2, homes=2) as net:
-        start = starter(net, tmp_path, started, t0=t0)  # a home peer listens on (so announces) its private address
-
-        try:
-            boot = start(0, "bootstrap", "--run", str(small_run), "--startup-timeout", "60")
-            _, maddr, run_id = bootstrap_ready(boot)
-            join = ["join", "--run-id", run_id, "--initial-peers", maddr, "--threads", "1", "--status-port", "-1"]
-            join += ["--max-rounds", str(ROUNDS)]
-            vols = {k: start(k, *join, "--name", f"v{k}", "--result-json", str(tmp_path / f"v{k}.json")) for k in VOLS}
-            joined = {k: v.wait_for(r"event=joined .* maddr=(\S+) reach=(\w+)", 120) for k, v in vols.items()}
-            codes = {k: v.wait(150) for k, v in vols.items()}
-        finally:
-            kill_all(started)
-    elapsed = time.monotonic() - t0
-    assert codes == {k: 0 for k in vols}, {k: vols[k].output[-3000:] for k, c in codes.items() if c}
+    net, joined, vols, results, elapsed = run_behind_nat(
+        tmp_path, small_run, public=2, homes=HOMES, rounds=ROUNDS, wait=150
+    )
 
     # what each announced, and what it was told about it
     assert joined[1].group(2) == "public" and f"/ip4/{net.address(1)}/" in joined[1].group(1)
     for k in HOMES:
-        assert joined[k].group(2) == "private" and joined[k].group(1).startswith(f"/ip4/{net.address(k)}/")
         assert "not reachable from outside (behind NAT" in vols[k].output and "--announce" in vols[k].output
 
-    results = {k: json.loads((tmp_path / f"v{k}.json").read_text()) for k in vols}
     assert {k: r["rounds_completed"] for k, r in results.items()} == {k: ROUNDS for k in vols}
     assert len({r["digest"] for r in results.values()}) == 1, {k: r["digest"] for k, r in results.items()}
     ledger = Path(results[1]["ledger"])  # the public volunteer's: it applied every round
@@ -107,6 +120,64 @@ def test_peers_behind_nat_contribute_to_every_round(tmp_path, small_run):
         + ", ".join(f"peer {k}: {n}/{span} ({n / span:.0%})" for k, (n, span) in shares.items())
         + f"; {ROUNDS} rounds, {elapsed:.1f} s from the bootstrap's start to the last leave"
         + f"; fetches a NAT'd leader could not make (per peer) {cant}"
+    )
+    for k, (n, span) in shares.items():
+        assert n >= SHARE * span, (k, n, span, vols[k].output[-3000:])
+
+
+V3_ROUNDS = 8
+V3_HOMES = (3, 4)  # volunteers 1 and 2 are public; 3 and 4 each behind its own NAT
+
+
+def test_v3_rounds_with_peers_behind_nat(tmp_path, small_run):
+    """v3 (docs/protocol.md "v3") with half its members behind NAT: owners, part owners and the
+    leader are the two reachable volunteers (the call's `reach`), and the NAT'd ones only dial out
+    (chunks to owners, receipts and verdicts to the leader, final parts from their owners), so
+    nobody ever dials them. Every round of all four is a reduce-scatter (scatter_min_peers = 4)
+    but the young run's first ones, which the organizer leads as verify-all (it trains nothing).
+    Each member counts its v3 messages in its result JSON (`scatter_bytes_*`)."""
+    if (why := missing_requirements()) is not None:
+        pytest.skip(why)
+    small_run.write_text(
+        small_run.read_text()
+        .replace("[strategy]\n", '[strategy]\nname = "diloco"\nwire_dtype = "int8"\n')
+        .replace("[swarm]\n", "[swarm]\nscatter_min_peers = 4\n" + RUN_SWARM.replace("min_peers = 3", "min_peers = 4"))
+        .replace("collect_timeout = 20.0\n", "")
+        .replace("round_timeout = 60.0\n", "")
+    )
+    net, joined, vols, results, elapsed = run_behind_nat(
+        tmp_path, small_run, public=3, homes=V3_HOMES, rounds=V3_ROUNDS, wait=150
+    )
+    assert {k: joined[k].group(2) for k in (1, 2)} == {1: "public", 2: "public"}
+    assert {k: r["rounds_completed"] for k, r in results.items()} == {k: V3_ROUNDS for k in vols}
+    assert len({r["digest"] for r in results.values()}) == 1, {k: r["digest"] for k, r in results.items()}
+    ledger = Path(results[1]["ledger"])
+    accepted, problems = verify([line.envelope for line in read_file(ledger)])
+    assert not problems, problems
+    volunteers = {r["peer"] for r in results.values()}
+    v3 = [a.roster.round for a in accepted if a.roster.finals]
+    # the young run's rounds (bootstrap_peers 3: two here) are the organizer's, verify-all; then all v3
+    assert all(a.roster.leader not in volunteers for a in accepted if not a.roster.finals), accepted
+    assert len(v3) >= V3_ROUNDS - 3, v3
+    for k, r in results.items():
+        assert r["scatter_bytes_sent"] > 0 and r["scatter_bytes_received"] > 0, (k, r)
+    shares = {k: contributions(ledger, results[k]["peer"]) for k in V3_HOMES}
+    in_v3 = {
+        k: sum(results[k]["peer"] in {x.peer for x in a.announcements} for a in accepted if a.roster.finals)
+        for k in V3_HOMES
+    }
+    assert all(n >= SHARE * len(v3) for n in in_v3.values()), (in_v3, v3)
+    update = results[1]["update_bytes_per_peer"]
+    per = update * len(v3)
+    print(
+        "\nv3 behind NAT: NAT'd peers' updates in the rounds from their first: "
+        + ", ".join(f"peer {k}: {n}/{span} ({n / span:.0%})" for k, (n, span) in shares.items())
+        + f"; in the v3 rounds {v3}: {in_v3}; per peer per v3 round (x one update of {update} bytes) up/down: "
+        + ", ".join(
+            f"v{k} {r['scatter_bytes_sent'] / per:.2f}/{r['scatter_bytes_received'] / per:.2f}"
+            for k, r in results.items()
+        )
+        + f"; {V3_ROUNDS} rounds, {elapsed:.1f} s from the bootstrap's start to the last leave"
     )
     for k, (n, span) in shares.items():
         assert n >= SHARE * span, (k, n, span, vols[k].output[-3000:])

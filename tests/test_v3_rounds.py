@@ -217,3 +217,14 @@ def test_forged_calls_are_refused_by_the_dht_and_by_the_checks():
     for env in (good, call_of(alice.key, alice.id, entries, round=2)):
         with pytest.raises(ProtocolError):
             bob.proto.check_call(env, alice.id, 1, BASE0, None)
+
+
+def test_a_round_the_organizer_leads_is_v2_at_any_size():
+    """A young run's rounds are led by the organizer's witness, which trains nothing (no update to
+    run a member with): they stay verify-all, and every peer reads so from the roster's leader
+    (a witness's roster of 4 read as v3 failed every member's round 1 in the swarm test)."""
+    _, _, (peer,) = swarm(1)
+    organizer = new_key()[1]
+    proto = RoundProtocol(peer.net, RUN, CFG, peer.key, Ledger(), peer.proto.hooks, 1 << 20, scatter=peer.scatter,
+                          organizer=organizer)  # fmt: skip
+    assert not proto.v3_round(5, organizer) and proto.v3_round(5, peer.id) and not proto.v3_round(3, peer.id)

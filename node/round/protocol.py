@@ -268,7 +268,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger)
         slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no))
         picked = self.builder.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
-        if self.scatter.uses(len(picked.announcements)):
+        if self.v3_round(len(picked.announcements), self.me):
             # one v3 round an attempt, and none while a call we took part in awaits its roster
             if (round_no, slot.attempt) in self.led_v3 or any(r == round_no for r, _ in self.ran):
                 return None

@@ -15,7 +15,8 @@ no round uses it, so every round is verify-all (v2), byte for byte as before.
           lists the call's entries, the final parts' digests it gathered and the owners its board
           caught, and applies it only if the state after its aggregate has the roster's digests
           (node/peer/applier.py), as a v2 peer does.
-Whether a roster is v3 is the hook's word on its number of entries: every peer decides alike. A
+Whether a roster is v3 is the hook's word on its number of entries, unless the organizer leads it
+(a young run: v2): every peer decides alike. A
 peer that took no part in a v3 round cannot gather it (RoundFailed): it resyncs.
 """
 
@@ -82,7 +83,13 @@ class ScatterRounds:
     """v3's steps, mixed into RoundProtocol (node/round/protocol.py: its net, keys, hooks, checks)."""
 
     def is_v3(self, accepted: AcceptedRoster) -> bool:
-        return self.scatter.uses(len(accepted.announcements))
+        return self.v3_round(len(accepted.announcements), accepted.roster.leader)
+
+    def v3_round(self, members: int, leader: str) -> bool:
+        """Whether `leader`'s round of `members` entries is v3: the hook's word on its size, unless
+        the organizer leads it (a young run's rounds: its witness trains nothing, so it has no update
+        to run a member with, and leads verify-all). Every peer reads both from the roster alike."""
+        return leader != self.rules.organizer and self.scatter.uses(members)
 
     # --------------------------------------------------------------------------- as leader
     def lead_v3(

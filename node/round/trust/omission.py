@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
@@ -104,9 +105,34 @@ def base(rosters: Mapping[int, Held], round_no: int, k: int) -> set[str]:
 
 
 def claims(rosters: Mapping[int, Held], k: int, upto: int | None = None) -> list[Claim]:
-    """The claims the rosters up to round `upto` (default: all held) count, one per (claimant, round)."""
+    """The claims the rosters up to round `upto` (default: all held) count, one per (claimant, round).
+    Remembered by the rosters' identities: a peer asks on every poll (Ledger.established, marks),
+    and a crowd whose every entry carries a claim made each call cost entries x window (tests/
+    test_sybil_attacks_3.py)."""
     upto = max(rosters, default=0) if upto is None else upto
+    held = sorted(rosters.items(), key=lambda item: item[0])
+    key = (k, upto, tuple((r, id(a)) for r, a in held))  # ids stay unique: the memo holds the rosters
+    with _lock:
+        hit = _memo.get(key)
+    if hit is not None:
+        return list(hit[1])
+    out = _count_claims(rosters, k, upto)
+    with _lock:
+        if len(_memo) >= MEMO:
+            _memo.pop(next(iter(_memo)))
+        _memo[key] = (held, tuple(out))
+    return out
+
+
+MEMO = 16  # windows whose claims are remembered (a peer's ledger, its marks' view, a catch-up's copy)
+_memo: dict[tuple, tuple[list, tuple[Claim, ...]]] = {}
+_lock = threading.Lock()
+
+
+def _count_claims(rosters: Mapping[int, Held], k: int, upto: int) -> list[Claim]:
     out: dict[tuple[str, int], Claim] = {}
+    bases: dict[int, set[str]] = {}  # one base and one set of known authors per claimed round, not per claim
+    known: dict[int, set[str]] = {}
     for c in sorted(r for r in rosters if r <= upto):
         for a in rosters[c].announcements:
             if a.claim is None:
@@ -116,24 +142,30 @@ def claims(rosters: Mapping[int, Held], k: int, upto: int | None = None) -> list
             except ProtocolError:
                 continue  # protocol/signed.py refused it already: no roster holds such an entry
             r = claimed.round
-            if (a.peer, r) not in out and _counts(rosters, claimed, prefix(a.claim), k, upto):
+            if (a.peer, r) in out:
+                continue
+            if r not in bases:
+                bases[r] = base(rosters, r, k)
+                known[r] = {
+                    x.peer for q in range(max(1, r - KNOWN), r) if q in rosters for x in rosters[q].announcements
+                }
+            if _counts(rosters, claimed, prefix(a.claim), upto, bases[r], known[r]):
                 omitted = rosters[r].roster
                 out[(a.peer, r)] = Claim(a.peer, r, omitted.leader, a.peer in omitted.unserved)
     return list(out.values())
 
 
-def _counts(rosters: Mapping[int, Held], claimed: Announcement, name: bytes, k: int, upto: int) -> bool:
+def _counts(
+    rosters: Mapping[int, Held], claimed: Announcement, name: bytes, upto: int, among: set[str], known: set[str]
+) -> bool:
     r = claimed.round
     omitted = rosters.get(r)
     if omitted is None or claimed.run != omitted.roster.run or claimed.base != omitted.roster.base:
         return False  # an announcement for another state was rightly left out
     if any(a.peer == claimed.peer for a in omitted.announcements):
         return False  # not left out
-    if not any(
-        claimed.peer == a.peer for q in range(max(1, r - KNOWN), r) if q in rosters for a in rosters[q].announcements
-    ):
+    if claimed.peer not in known:
         return False  # a newcomer: a leader may leave it out (admission's share)
-    among = base(rosters, r, k)
     seers = {
         a.peer
         for q in range(r + 1, min(r + CLAIM_ROUNDS, upto) + 1)

@@ -1,0 +1,296 @@
+"""Attacks with many identities against the defences of issue 16 merged last: the organizer-led
+young run (chain.young, leader_problem; node/peer/witness.py), omission claims and cutoffs
+(node/round/trust/omission.py), stamped admission (protocol/admission), `unserved` listings that
+only suggest (marks.slow_to_me) and the sibling rules with `skip` (election.better_siblings,
+checks._came_late). Found by playing the attacker; each docstring says the attack, its cost and
+what stops it or why it works. `test_open_*` tests pass while an attack still WORKS
+(docs/security.md, "Defended partly"): when a later change closes one, its test fails and is
+turned into a defence test. Fake network (tests/fakes.py, bench/byzantine/sybilnet.py), real
+round protocol, chain checks and validators; puzzles are cheap here (a few bits)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bench.byzantine.sybilnet import Peer as SybilPeer
+from node.p2p.validators import RunValidator
+from node.round import election
+from node.round.ledger import AcceptedRoster
+from node.round.trust import marks, omission
+from protocol import signed, signing
+from protocol.admission import rule, work
+from protocol.admission.rule import Admission
+from protocol.records import Announcement, Roster
+from tests.fakes import FakeDHT, new_key
+from tests.test_delays import established_crowd
+from tests.test_delays import play as play_delays
+from tests.test_round_protocol import RUN, Peer
+from tests.test_work import PUZZLE, STOP, scrypt_calls  # noqa: F401 -- scrypt_calls is a fixture
+from tests.test_young_run import YOUNG, YoungSwarm
+from tests.test_young_run import play as play_young
+
+K = YOUNG.established_rounds
+
+
+def rank_first(monkeypatch, order: list[str]) -> None:
+    """Rank `order` first, in that order, in every attempt (worst luck on demand); the rest by
+    their real keys. marks.py checks `skip` with the same keys."""
+    real = election.rank_key
+    place = {p: i for i, p in enumerate(order)}
+    monkeypatch.setattr(
+        election,
+        "rank_key",
+        lambda beacon, attempt, peer: bytes([place.get(peer, len(order))]) + real(beacon, attempt, peer),
+    )
+    monkeypatch.setattr(marks, "rank_key", election.rank_key)
+
+
+# --------------------------------------------------------------- the young run (design step 2)
+def admitted_member(s: YoungSwarm, key=None, *, trains: bool = True) -> Peer:
+    """A member of `s`'s run whose admission rule is the run's (organizer exempt), with a proof."""
+    key = key or new_key()
+    organizer = key[1] if not trains else s.organizer.id  # the witness is the organizer
+    p = s.member(YOUNG, organizer, key=key, trains=trains)
+    adm = Admission(PUZZLE, organizer=organizer)
+    p.proto.admission = p.proto.builder.admission = adm
+    if trains:
+        adm.proof = tuple(PUZZLE.solve(signing.public_der(p.key), STOP, first=0))
+    return p
+
+
+def test_open_a_crowd_that_draws_round_ones_newcomer_slots_grows_the_young_run_alone(monkeypatch):
+    """Attack: the young run keeps the honest peers from being left out because the organizer
+    lists every update it fetched; but admission lets any roster list at most 4 authors new to
+    the chain (rule.NEWCOMERS), in the order SHA-256(beacon | peer), and beacon(1) is SHA-256 of
+    the run id, public with the manifest. A crowd grinds keys until 4 of them draw before every
+    honest newcomer under beacon(1) (about 3 keys per slot against 2 honest peers: a fresh key
+    beats both 1 time in 3), solves 4 proofs (4 x 72 s of a core at the defaults; the proof is
+    seeded by the run id, so it is done before the run starts), and announces in round 1. The
+    organizer lists the 4 crowd updates (its share of newcomers), the honest peers the round
+    after; after round 2 the crowd holds 2 appearances each, the honest peers one, and 4 >=
+    bootstrap_peers (3) established peers make the run grown: the organizer is no candidate,
+    the crowd the only one. It leads every round from round 3 and lists only its own updates;
+    the honest peers' omission claims need a third of the established (all crowd), so they are
+    never established. Cost: 4 proofs and ~12 RSA keys, once. Severity: high, a capture of the
+    young run on default settings (the draw of round 1 is the one nobody but the crowd knows in
+    advance; it is the organizer's reveal from round 2 on). Here the draw is shown on the real
+    beacon(1), and the crowd's ranks among themselves are its real keys'."""
+    s = YoungSwarm.__new__(YoungSwarm)  # the organizer's witness and 2 honest volunteers; the crowd below
+    s.dht, s.registry = FakeDHT(), {}
+    s.dht.validator = RunValidator(RUN, heartbeat_ttl=YOUNG.heartbeat_ttl, round_ttl=600.0)
+    s.organizer = admitted_member(s, new_key(), trains=False)
+    s.honest = [admitted_member(s) for _ in range(2)]
+    beacon1 = election.first_beacon(RUN)
+    worst = min(rule._order(beacon1, p.id) for p in s.honest)
+    crowd_keys = []
+    for _ in range(200):  # grinding: keys whose draw under the public beacon(1) beats every honest peer's
+        k = new_key()
+        if rule._order(beacon1, k[1]) < worst:
+            crowd_keys.append(k)
+        if len(crowd_keys) == rule.NEWCOMERS:
+            break
+    assert len(crowd_keys) == rule.NEWCOMERS
+    s.sybils = [admitted_member(s, k) for k in crowd_keys]
+    crowd = {p.id for p in s.sybils}
+    taken = play_young(s, attack=False)  # round 1, organizer-led: 4 newcomers a roster
+    assert {a.peer for a in taken[s.honest[0].id].announcements} == crowd
+    taken = play_young(s, attack=False)  # round 2: the honest peers' first appearance
+    assert {a.roster.leader for a in taken.values()} == {s.organizer.id}
+    for p in (s.organizer, *s.volunteers):
+        assert not p.proto.young() and p.ledger.established(K) == crowd  # grown, on the crowd alone
+
+    for sybil in s.sybils:  # the crowd leads and lists only its own updates
+        real = sybil.proto.builder.pick
+        sybil.proto.builder.pick = lambda r, base, eligible, *a, _real=real, **kw: _real(
+            r, base, eligible & crowd, *a, **kw
+        )
+    for _ in range(4):
+        taken = play_young(s, attack=False)
+        assert {a.roster.leader for a in taken.values()} <= crowd
+        assert {x.peer for x in taken[s.honest[0].id].announcements} == crowd
+    s.beat()
+    for p in s.honest:
+        assert not ({q.id for q in s.honest} & p.ledger.established(K))  # never established
+        assert not p.proto.claims()  # their claims need a third of the crowd's vouching
+        cands = p.proto.candidates(p.proto.peers(), p.digest, p.round)
+        assert cands and cands <= crowd and s.organizer.id not in cands
+
+
+# ------------------------------------------------------------------ omission claims (step 5)
+def ghost(z: SybilPeer, r: int, base: str) -> dict:
+    """`z`'s signed announcement of round `r` that it never stores: nobody could have seen it."""
+    return signed.seal(
+        z.key,
+        Announcement(
+            run=z.swarm.run, round=r, peer=z.id, nbytes=64, sha256="1" * 64, tokens=100, base=base, time=z.net.now()
+        ),
+    )
+
+
+def test_open_a_third_of_the_established_identities_plus_one_frames_an_honest_leader(monkeypatch):
+    """Attack: a claim counts when the seers listing it in `seen_late` are a third of the peers
+    established before its round, and nothing ties a claim to an announcement anyone stored. 4
+    established Sybils beside 5 honest peers (a third of 9, plus the claimant, which is never its
+    own seer): in a round an honest leader L leads, Sybil Z signs an announcement it never
+    stores; in the next round the other 3 list it in `seen_late` and Z claims it. It counts: Z
+    gains an appearance and L an omission mark. Twice in 32 rounds (here rounds 3 and 5, with
+    another claimant) and L ranks after every unmarked candidate: it no longer leads, though it
+    draws rank 0. Cost: N/3 + 1 established identities of N and two free signatures per honest
+    leader per 32 rounds; no Sybil is marked. Severity: medium-high, the crowd can rank every
+    honest leader last and so lead whenever 3 of its identities are live (the rule's threshold
+    is a third of identities, not of contribution: design step 4, not built)."""
+    honest, sybils = established_crowd(5, 4)
+    leader = honest[0]
+    rank_first(monkeypatch, [leader.id])
+    for claimant in sybils[:2]:
+        seers = [s for s in sybils if s is not claimant]
+        r, base = honest[0].round + 1, honest[0].digest
+        fake = ghost(claimant, r, base)
+        omitted = play_delays(honest, announcing=seers)
+        assert omitted.roster.leader == leader.id and claimant.id not in {a.peer for a in omitted.announcements}
+        for x in seers:
+            x.proto.seer.late = (r, (omission.prefix(fake),))
+        claimant.proto.seer.left_out[r] = fake
+        play_delays(honest, announcing=sybils)
+    r = honest[0].round + 1
+    found = omission.claims(honest[1].ledger.rosters, K)
+    assert {(c.claimant, c.leader, c.excused) for c in found} == {(s.id, leader.id, False) for s in sybils[:2]}
+    assert all(marks.omission_marked(p.ledger, r, K) == {leader.id} for p in honest)
+    assert play_delays(honest, announcing=sybils).roster.leader != leader.id  # ranked last
+
+
+def test_claims_are_counted_once_per_window_not_per_entry_per_poll():
+    """Attack (was open, fixed here): every peer counts the chain's claims on each poll (each
+    `Ledger.established`, candidates, young and marks: ~5 times a look at 0.25 s), and each claim
+    recomputed `base` (32 rosters) and the known authors (32 more) for itself. Established
+    identities that skip one round in 5 and claim it in the next 4 (a ghost, as above; counted
+    or not, each is evaluated) made it entries x claims x window: 24 such Sybils beside 8 honest
+    peers, 64 rosters: 60-120 ms a call here, about a core per peer while it waits. Cost: 24
+    admitted identities that announce and serve. Defence (omission.claims): the result is
+    remembered per window (by the rosters held), and a cold count computes base and known
+    authors once per claimed round: a repeat costs no base and no claim opened."""
+    keys_ = [new_key() for _ in range(8)]
+    honest, crowd = keys_[:2], keys_[2:]
+    ghosts = {
+        (pid, r): signed.seal(k, announcement(pid, r)) for r in range(5, 65, 5) for k, pid in crowd
+    }  # fmt: skip
+    rosters = {}
+    for r in range(1, 65):
+        anns = [announcement(pid, r) for _, pid in honest]
+        if r % 5:
+            anns += [replace(announcement(pid, r), claim=ghosts.get((pid, r - r % 5))) for _, pid in crowd]
+        roster = replace(ROSTER, round=r, leader=honest[0][1], base=f"{r:064x}")
+        rosters[r] = AcceptedRoster({}, roster, tuple(anns))
+    calls = {"base": 0, "open": 0}
+    real_base, real_open = omission.base, signed.open_record
+
+    def counted(name, real):
+        def call(*a, **kw):
+            calls[name] += 1
+            return real(*a, **kw)
+
+        return call
+
+    mp = pytest.MonkeyPatch()
+    with mp.context() as m:
+        m.setattr(omission, "base", counted("base", real_base))
+        m.setattr(signed, "open_record", counted("open", real_open))
+        omission.claims(rosters, K)
+        claimed_rounds = len({r for r in range(5, 65, 5)})
+        assert 0 < calls["base"] <= claimed_rounds  # once a claimed round, not once a claim (~250 claims)
+        assert calls["open"] >= 4 * len(crowd) * (claimed_rounds - 1)
+        calls.update(base=0, open=0)
+        for _ in range(10):
+            omission.claims(rosters, K)
+        assert calls == {"base": 0, "open": 0}  # a repeat on the same window: remembered
+        rosters[64] = replace(rosters[64])  # a new roster: counted afresh
+        omission.claims(rosters, K)
+        assert calls["base"] > 0
+
+
+def announcement(peer: str, r: int) -> Announcement:
+    return Announcement(run=RUN, round=r, peer=peer, nbytes=64, sha256="1" * 64, tokens=1, base=f"{r:064x}", time=0.0)
+
+
+ROSTER = Roster(run=RUN, round=1, leader="x", prev="0" * 64, base="a" * 64, result="b" * 64, time=0.0, entries=({},))
+
+
+# ------------------------------------------------------------------------------ cutoff floor
+def test_open_a_sybil_leader_dating_its_roster_ahead_stalls_the_next_round(monkeypatch):
+    """Attack: the cutoff floor of round r + 1 is roster r's `time` plus the median announcement
+    delay, and a leader's `time` is its own word (the DHT takes up to 30 s ahead: MAX_SKEW). An
+    established Sybil leading round r signs it 29 s ahead; every reader takes the roster (no
+    rule reads its time against the clock), and the next, honest leader may not close
+    collection before the floor: it waits, at most collect_timeout of its own clock, then leads
+    with cutoff and time = the floor. Measured here (collect_timeout 5 s): the honest round after
+    the lie takes collect_timeout longer than the same round after an honest roster. Cost: one
+    established identity leading one round; nothing marks it. Severity: low-medium, a stall of
+    up to collect_timeout (30 s at the defaults) after each round a Sybil leads: with a share f
+    of the leaders, f x collect_timeout a round on average, unpunished."""
+    honest, (s,) = established_crowd(4, 1)
+    everyone = [*honest, s]
+    clock = s.swarm.dht.clock  # wall time stands still within a round here; the leader's looks count its wait
+
+    def duration(first: SybilPeer, push: float) -> float:
+        rank_first(monkeypatch, [s.id])
+        real = s.proto.builder.build
+
+        def pushed(*a, **kw):
+            got = real(*a, **kw)
+            body = replace(got.roster, time=got.roster.time + push)
+            return AcceptedRoster(signed.seal(s.key, body), body, got.announcements)
+
+        s.proto.builder.build = pushed
+        assert play_delays(everyone).roster.leader == s.id
+        del s.proto.builder.build
+        rank_first(monkeypatch, [first.id])
+        before = first.net.monotonic() - clock.t  # the fake's monotonic: a second a look
+        led = play_delays(everyone)
+        assert led.roster.leader == first.id and not led.roster.skip and not led.roster.unserved
+        return first.net.monotonic() - clock.t - before
+
+    honest_after = duration(honest[0], 0.0)
+    after_lie = duration(honest[1], 29.0)
+    assert after_lie - honest_after == pytest.approx(s.swarm.cfg.collect_timeout, abs=1.0)  # 11 -> 16 looks here
+    assert s.id not in honest[0].proto.marked(honest[0].round + 1)
+
+
+# ------------------------------------------------------------------------- admission (step 7)
+def test_open_stamped_junk_keys_cost_each_leader_its_own_checks(monkeypatch, scrypt_calls):  # noqa: F811
+    """Attack: S keys, each with a paid stamp on a junk scrypt nonce (S stamps, once), announce
+    every round. A leader checks at most 4 new proofs a roster and remembers a key that failed,
+    but the memory is its own: with L leaders taking turns, each must fail every key itself, so
+    an honest newcomer the draw puts behind the crowd (the worst luck, fixed here) waits
+    L x ceil(S / 4) rosters, not ceil(S / 4): 12 keys against 3 leaders, 10 rosters instead of
+    4, and 36 scrypt checks instead of 12, for 12 stamps. Cost: S x 2^24 SHA-256 at the
+    defaults (GPU-cheap). Severity: low-medium, a newcomer's entry delayed by L x S / 4 rounds
+    (1,000 keys, 10 leaders: ~2,500 rounds); the failures are no chain fact readers share."""
+    puzzle = work.Puzzle(run_id=RUN, bits=12, n_log2=1, r=1, stamp_bits=6)
+    crowd = {f"sybil{i:02d}": b"sybil key %d" % i for i in range(12)}
+    junk = {
+        p: puzzle.stamp(k, work.Proof(0, (2**40 + i).to_bytes(8, "big")), STOP)
+        for i, (p, k) in enumerate(crowd.items())
+    }
+    assert not any(puzzle.solved(crowd[p], junk[p]) for p in crowd)
+    newcomer_key = b"DER of the honest newcomer"
+    honest = Announcement(
+        run=RUN, round=1, peer="newcomer", nbytes=8, sha256="1" * 64, tokens=1, base="a" * 64, time=1.0
+    )
+    honest = replace(honest, work=tuple(puzzle.solve(newcomer_key, STOP, first=0)))
+    announced = {p: ({"key": crowd[p]}, replace(honest, peer=p, work=tuple(junk[p]))) for p in crowd}
+    announced[honest.peer] = ({"key": newcomer_key}, honest)
+    monkeypatch.setattr(rule, "_order", lambda beacon, p: (p == honest.peer, p))  # the crowd draws first
+
+    def rosters_until_admitted(leaders: int) -> int:
+        each = [Admission(puzzle) for _ in range(leaders)]
+        for n in range(1, 100):
+            if honest.peer in each[(n - 1) % leaders].admit(announced, set(), beacon=f"{n:064x}"):
+                return n
+        raise AssertionError("never admitted")
+
+    scrypt_calls.calls = 0
+    assert rosters_until_admitted(1) == 4 and scrypt_calls.calls == 12 + 1
+    scrypt_calls.calls = 0
+    assert rosters_until_admitted(3) == 10 and scrypt_calls.calls == 3 * 12 + 1

@@ -88,3 +88,15 @@ def peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
     if len(value) > most or not all(isinstance(p, str) for p in value) or len(set(value)) != len(value):
         raise ProtocolError(f"{where}: {name} must be at most {most} distinct peer ids")
     return tuple(peer_id_field(p, where) for p in value)
+
+
+def chained_header(d: object, where: str) -> dict:
+    """The fields a roster and a v3 call share (run, round, leader, prev, base, time), checked."""
+    return {
+        "run": run_field(field(d, "run", str, where=where), where),
+        "round": round_field(field(d, "round", int, where=where), where),
+        "leader": peer_id_field(field(d, "leader", str, where=where), where),
+        "prev": sha256_field(field(d, "prev", str, where=where), where),
+        "base": sha256_field(field(d, "base", str, where=where), where),
+        "time": finite_field(field(d, "time", float, where=where), "time", where),
+    }

@@ -14,6 +14,7 @@ from dataclasses import field as attribute
 from protocol.errors import ProtocolError
 from protocol.fields import (
     MAX_TEXT,
+    chained_header,
     count_field,
     field,
     finite_field,
@@ -277,13 +278,8 @@ class Roster:
         if len(finals) % 32 or len(finals) > 32 * MAX_ROSTER * 8:
             raise ProtocolError(f"{w}: finals must be 32-byte digests")
         return cls(
-            run=run_field(field(d, "run", str, where=w), w),
-            round=round_field(field(d, "round", int, where=w), w),
-            leader=peer_id_field(field(d, "leader", str, where=w), w),
-            prev=sha256_field(field(d, "prev", str, where=w), w),
-            base=sha256_field(field(d, "base", str, where=w), w),
+            **chained_header(d, w),
             result=sha256_field(field(d, "result", str, where=w), w),
-            time=finite_field(field(d, "time", float, where=w), "time", w),
             entries=tuple(raw),
             scores=tuple((peer_id_field(p, w), finite_field(float(v), "scores", w)) for p, v in scores),
             reveal=reveal,

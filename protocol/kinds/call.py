@@ -14,7 +14,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from protocol.errors import ProtocolError
-from protocol.fields import field, finite_field, peer_id_field, peer_list, round_field, run_field, sha256_field
+from protocol.fields import (
+    chained_header,
+    field,
+    peer_list,
+    sha256_field,
+)
 from protocol.records import MAX_ATTEMPT, MAX_ROSTER, MAX_SKIP
 from protocol.signing import MAX_SIG
 
@@ -61,12 +66,7 @@ class Call:
         if not reach or list(reach) != sorted(reach):
             raise ProtocolError(f"{w}: reach must name at least one member, sorted")
         return cls(
-            run=run_field(field(d, "run", str, where=w), w),
-            round=round_field(field(d, "round", int, where=w), w),
-            leader=peer_id_field(field(d, "leader", str, where=w), w),
-            prev=sha256_field(field(d, "prev", str, where=w), w),
-            base=sha256_field(field(d, "base", str, where=w), w),
-            time=finite_field(field(d, "time", float, where=w), "time", w),
+            **chained_header(d, w),
             entries=tuple(raw),
             reveal=reveal,
             beacon=sha256_field(field(d, "beacon", str, where=w), w),

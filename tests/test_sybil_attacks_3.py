@@ -22,6 +22,7 @@ from node.round.trust import marks, omission
 from protocol import signed, signing
 from protocol.admission import rule, work
 from protocol.admission.rule import Admission
+from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
 from tests.fakes import FakeDHT, new_key
 from tests.test_delays import established_crowd
@@ -60,23 +61,19 @@ def admitted_member(s: YoungSwarm, key=None, *, trains: bool = True) -> Peer:
     return p
 
 
-def test_open_a_crowd_that_draws_round_ones_newcomer_slots_grows_the_young_run_alone(monkeypatch):
-    """Attack: the young run keeps the honest peers from being left out because the organizer
-    lists every update it fetched; but admission lets any roster list at most 4 authors new to
-    the chain (rule.NEWCOMERS), in the order SHA-256(beacon | peer), and beacon(1) is SHA-256 of
-    the run id, public with the manifest. A crowd grinds keys until 4 of them draw before every
-    honest newcomer under beacon(1) (about 3 keys per slot against 2 honest peers: a fresh key
-    beats both 1 time in 3), solves 4 proofs (4 x 72 s of a core at the defaults; the proof is
-    seeded by the run id, so it is done before the run starts), and announces in round 1. The
-    organizer lists the 4 crowd updates (its share of newcomers), the honest peers the round
-    after; after round 2 the crowd holds 2 appearances each, the honest peers one, and 4 >=
-    bootstrap_peers (3) established peers make the run grown: the organizer is no candidate,
-    the crowd the only one. It leads every round from round 3 and lists only its own updates;
-    the honest peers' omission claims need a third of the established (all crowd), so they are
-    never established. Cost: 4 proofs and ~12 RSA keys, once. Severity: high, a capture of the
-    young run on default settings (the draw of round 1 is the one nobody but the crowd knows in
-    advance; it is the organizer's reveal from round 2 on). Here the draw is shown on the real
-    beacon(1), and the crowd's ranks among themselves are its real keys'."""
+def test_a_crowd_that_draws_round_ones_newcomer_slots_no_longer_keeps_the_honest_out(monkeypatch):
+    """Attack: a roster may list at most 4 authors new to the chain (rule.NEWCOMERS), in the order
+    SHA-256(beacon | peer), and beacon(1) is SHA-256 of the run id, public with the manifest. A
+    crowd grinds keys until 4 of them draw before every honest newcomer under beacon(1) (about 3
+    keys per slot against 2 honest peers), solves 4 proofs (before the run starts: the proof is
+    seeded by the run id) and announces in round 1. With a cap of 4 the organizer listed the
+    crowd in round 1 and the honest peers only in round 2: after round 2 the crowd alone was
+    established, 4 >= bootstrap_peers made the run grown, and from round 3 only the crowd led and
+    listed only itself (the honest peers' claims needed a third of the crowd's vouching). Cost:
+    4 proofs and ~12 RSA keys, once. Defence: a roster the organizer leads (a young run) may list
+    up to rule.YOUNG_NEWCOMERS proven newcomers, so every peer there from the start is in round 1
+    and established with the crowd; from then on the crowd leads in proportion to its identities
+    (each a proof), which leaders' omissions and claims bound, not alone."""
     s = YoungSwarm.__new__(YoungSwarm)  # the organizer's witness and 2 honest volunteers; the crowd below
     s.dht, s.registry = FakeDHT(), {}
     s.dht.validator = RunValidator(RUN, heartbeat_ttl=YOUNG.heartbeat_ttl, round_ttl=600.0)
@@ -93,29 +90,36 @@ def test_open_a_crowd_that_draws_round_ones_newcomer_slots_grows_the_young_run_a
             break
     assert len(crowd_keys) == rule.NEWCOMERS
     s.sybils = [admitted_member(s, k) for k in crowd_keys]
-    crowd = {p.id for p in s.sybils}
-    taken = play_young(s, attack=False)  # round 1, organizer-led: 4 newcomers a roster
-    assert {a.peer for a in taken[s.honest[0].id].announcements} == crowd
-    taken = play_young(s, attack=False)  # round 2: the honest peers' first appearance
+    crowd, honest = {p.id for p in s.sybils}, {p.id for p in s.honest}
+    taken = play_young(s, attack=False)  # round 1, organizer-led: every proven newcomer
+    assert {a.peer for a in taken[s.honest[0].id].announcements} == crowd | honest
+    taken = play_young(s, attack=False)  # round 2
     assert {a.roster.leader for a in taken.values()} == {s.organizer.id}
-    for p in (s.organizer, *s.volunteers):
-        assert not p.proto.young() and p.ledger.established(K) == crowd  # grown, on the crowd alone
-
-    for sybil in s.sybils:  # the crowd leads and lists only its own updates
-        real = sybil.proto.builder.pick
-        sybil.proto.builder.pick = lambda r, base, eligible, *a, _real=real, **kw: _real(
-            r, base, eligible & crowd, *a, **kw
-        )
-    for _ in range(4):
-        taken = play_young(s, attack=False)
-        assert {a.roster.leader for a in taken.values()} <= crowd
-        assert {x.peer for x in taken[s.honest[0].id].announcements} == crowd
     s.beat()
+    for p in (s.organizer, *s.volunteers):
+        assert not p.proto.young() and p.ledger.established(K) == crowd | honest  # grown, honest included
     for p in s.honest:
-        assert not ({q.id for q in s.honest} & p.ledger.established(K))  # never established
-        assert not p.proto.claims()  # their claims need a third of the crowd's vouching
-        cands = p.proto.candidates(p.proto.peers(), p.digest, p.round)
-        assert cands and cands <= crowd and s.organizer.id not in cands
+        assert honest <= p.proto.candidates(p.proto.peers(), p.digest, p.round)
+
+
+def test_a_roster_led_by_another_than_the_organizer_keeps_the_newcomer_cap():
+    """The young run's larger share is the organizer's alone: a reader refuses any other leader's
+    roster that lists more than rule.NEWCOMERS authors new to the chain."""
+    (_, organizer), (_, other) = new_key(), new_key()
+    admission = rule.Admission(PUZZLE, organizer=organizer)
+    assert admission.cap(organizer) == rule.YOUNG_NEWCOMERS and admission.cap(other) == rule.NEWCOMERS
+    assert admission.cap("") == rule.NEWCOMERS
+    newcomers = [new_key()[1] for _ in range(rule.NEWCOMERS + 1)]
+    anns = [
+        Announcement(run=RUN, round=1, peer=p, nbytes=8, sha256="1" * 64, tokens=1, base="2" * 64, time=1.0)
+        for p in newcomers
+    ]
+    roster = Roster(
+        run=RUN, round=1, leader=other, prev="0" * 64, base="2" * 64, result="2" * 64, time=1.0,
+        entries=tuple({"key": b""} for _ in anns),
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match="at most 4 a roster"):
+        admission.check(roster, anns, set(), whole=True)
 
 
 # ------------------------------------------------------------------ omission claims (step 5)

@@ -183,7 +183,7 @@ class RosterBuilder:
         announced = self.announcements(round_no, base)
         candidates = {p: s for p, s in announced.items() if p in eligible}
         known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
-        admitted = self.admission.admit(candidates, known, beacon, last=slow)  # non-serving newcomers last
+        admitted = self.admission.admit(candidates, known, beacon, last=slow, leader=self.me)  # slow newcomers last
         if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
             at_least = min(at_least, len(admitted))
         return Picked([announced[p] for p in sorted(admitted)], at_least, frozenset(announced), frozenset(known))

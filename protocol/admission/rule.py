@@ -34,6 +34,10 @@ from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
 
 NEWCOMERS = 4  # most authors new to the chain one roster may list: a leader checks at most this many proofs a roster
+# ... unless the organizer leads it (a young run): it lists every proven newcomer up to this. With
+# 4, a crowd that ground keys drawing first under round 1's public beacon filled round 1 and was
+# established before any honest peer (tests/test_sybil_attacks_3.py); stamps keep junk cheap to refuse
+YOUNG_NEWCOMERS = 64
 LOOKBACK = 32  # rosters before a round in which an author counts as known (< the ledger's 64, which holds them)
 REMEMBERED = 65536  # checked proofs, and failed keys, kept (a flood past this costs one evaluation per proof again)
 
@@ -75,6 +79,7 @@ class Admission:
         known: set[str],
         beacon: str,
         last: set[str] = frozenset(),
+        leader: str = "",
     ) -> set[str]:
         """The leader's side: which of the `announced` peers (peer -> (envelope, announcement)) its
         roster may list, given the authors `known` to the chain before it. Known authors all; of
@@ -82,15 +87,17 @@ class Admission:
         in the order of SHA-256(beacon | peer), those in `last` after the rest: a newcomer that
         two leaders could not fetch from (marks.slow_servers) is admitted, left out unfetched and
         so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py). A proof
-        without a stamp, or from a peer whose proof failed here this epoch, takes no check."""
+        without a stamp, or from a peer whose proof failed here this epoch, takes no check. The
+        organizer (`leader`, in a young run) takes up to YOUNG_NEWCOMERS."""
         if self.puzzle is None:
             return set(announced)
+        cap = self.cap(leader)
         known = known | {self.organizer}
         out = {p for p in announced if p in known}
         new = sorted((p for p in announced if p not in known), key=lambda p: (p in last, _order(beacon, p)))
         taken = checks = 0
         for p in new:
-            if taken >= self.newcomers:
+            if taken >= cap:
                 break
             env, ann = announced[p]
             if not ann.work or not self.puzzle.stamped(env["key"], work.Proof(*ann.work)):
@@ -100,13 +107,18 @@ class Admission:
                     continue  # its proof failed here this epoch: an honest peer's never does
                 cached = (p, *ann.work) in self.checked
             if not cached:
-                if checks >= self.newcomers:
+                if checks >= cap:
                     continue  # no check left this roster: a cached newcomer may still come
                 checks += 1
             if self.valid(p, env["key"], ann.work):
                 out.add(p)
                 taken += 1
         return out
+
+    def cap(self, leader: str) -> int:
+        """How many newcomers a roster led by `leader` may list: more for the organizer, who leads
+        only while the run is young, so that every peer there from the start is in its first rosters."""
+        return max(self.newcomers, YOUNG_NEWCOMERS) if leader and leader == self.organizer else self.newcomers
 
     def check(self, roster: Roster, anns: list[Announcement], known: set[str], whole: bool) -> None:
         """The reader's side: raise ProtocolError if `roster` lists more than `newcomers` authors
@@ -117,8 +129,9 @@ class Admission:
             return
         known = (known if whole else set()) | {self.organizer}
         new = [(env, a) for env, a in zip(roster.entries, anns) if a.peer not in known]
-        if whole and len(new) > self.newcomers:
-            raise ProtocolError(f"lists {len(new)} authors new to the chain; at most {self.newcomers} a roster")
+        cap = self.cap(roster.leader)
+        if whole and len(new) > cap:
+            raise ProtocolError(f"lists {len(new)} authors new to the chain; at most {cap} a roster")
         for env, a in new:
             if not self.valid(a.peer, env["key"], a.work):
                 raise ProtocolError(f"lists {a.peer[:16]}, whose announcement carries no valid admission proof")

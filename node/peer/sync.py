@@ -22,10 +22,10 @@ from node.p2p.dht import Swarm, read_peers
 from node.p2p.exchange import Exchange
 from node.peer import checkpoint
 from node.peer.applier import Applier
-from node.round.ledger import Ledger
+from node.round.ledger import AcceptedRoster, Ledger
 from node.round.protocol import RoundProtocol
 from node.round.trust import chain
-from node.round.trust.catchup import Catchup, Head, Target
+from node.round.trust.catchup import MOST_DONORS, Catchup, Head, Target
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
@@ -150,6 +150,26 @@ class StateSync:
             self.metrics.state_syncs.labels("unverified").inc()
             if attempt + 1 < attempts:
                 stop.wait(1.0)
+        return None
+
+    def fetch_head(self, stop: threading.Event, held: AcceptedRoster) -> Synced | None:
+        """The state at `held`, the head of our ledger, which we verified without the state (the
+        organizer's witness follows a grown run's chain so: node/peer/witness.py), from a live peer
+        that holds exactly it; its `full` digest pins the outer buffers (refusal)."""
+        head = Head(held.roster.round, held.roster.result)
+        live = sorted(self.live().items())
+        donors = tuple(p for p, hb in live if p != self.me and (hb.state_round, hb.digest) == head)
+        for donor in donors[:MOST_DONORS]:
+            if stop.is_set():
+                return None
+            state = self.download_state(donor, head.round)
+            why = None if state is None else refusal(state, Target(head, head.round, (held,), donors, False))
+            if why is not None:
+                self.out.event("state_refused", donor=donor[:16], round=head.round, reason=why)
+            if state is None or why is not None:
+                continue
+            self.out.event("state_synced", round=state.round, donor=donor[:16], rosters=0, fork=False)
+            return Synced(state, Target(head, head.round, (), donors, False))  # the ledger holds the rosters
         return None
 
     @functools.cached_property

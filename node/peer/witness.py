@@ -10,12 +10,20 @@ trainer: it opens a round when the round's first update is announced (it has non
 time it by), leads it where the election says it does (a young run: always, in slot (0, 0),
 without waiting for an update of its own: `RoundProtocol(trains=False)`), lists every valid
 update it fetched (it has no interest in censoring), and applies the roster as every member
-does. Once the run is grown it is no candidate (it is never named in a roster, so never
-established) and goes on applying the rounds others lead, so that it holds the state again
-should the run become young again (its established peers gone from the window). A round it
-could not follow is caught up as a volunteer does (node/peer/sync.py: the verified chain, a
-donor's state), and its state is saved after each round, so that a restarted organizer leads
-on from where it stopped. While the run is young and the organizer offline, no round is led.
+does. A round it could not follow is caught up as a volunteer does (node/peer/sync.py: the
+verified chain, a donor's state), and its state is saved after each round, so that a restarted
+organizer leads on from where it stopped. While the run is young and the organizer offline, no
+round is led.
+
+Once the run is grown it is no candidate (it is never named in a roster, so never established)
+and follows the chain without the state (`follow_chain`): it cannot apply a v3 round (the
+aggregate goes to the round's members only), and applying a v2 one would cost it every update
+for nothing it needs. Each look it takes the rosters its catch-up verifies from its ledger
+(chain.check link by link, a quorum of the established peers holding the head, fork choice:
+node/round/trust/catchup.py) into its ledger, and names that head in its heartbeat: no state is
+downloaded. Its state and saved checkpoint file stay at the last round it applied. Should the run
+become young again on its ledger (its established peers gone from the window), it takes the
+state at its ledger's head from a peer holding it (StateSync.fetch_head) before it leads.
 
 Its heartbeat, inactive (it announces nothing: no leader waits for it), names its head: a
 joiner knows no established peer yet, so it takes only a head whose chain passes through the
@@ -48,6 +56,7 @@ from node.round.ledger import Ledger
 from node.round.protocol import RoundFailed, RoundProtocol
 from node.round.trust import chain
 from node.round.trust.anchor import FILENAME, Anchor
+from node.round.trust.catchup import Catchup, Head
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
@@ -171,8 +180,23 @@ class Witness:
                 stop.wait(LOOK_EVERY)
 
     def step(self, stop: threading.Event) -> None:
-        """One round: catch up if the swarm's established peers hold a head off our chain, else
-        await the next round's roster (leading it when the election says so) and apply it."""
+        """One round: in a grown run, follow the chain without the state; in a young one, take the
+        state at our ledger's head if we followed without it, then catch up if the swarm's
+        established peers hold a head off our chain, else await the next round's roster (leading
+        it when the election says so) and apply it."""
+        if not self.rounds.young():  # others lead: a v3 round's aggregate is its members' only
+            if follow_chain(self.sync.catchup, self.ledger, self.sync.live()):
+                self.moved()
+            else:
+                stop.wait(LOOK_EVERY)
+            return
+        if self.head() != self.sync.head:  # young again: we lead on the state, which we lack
+            synced = self.sync.fetch_head(stop, self.ledger.rosters[self.head().round])
+            if synced is None:
+                stop.wait(LOOK_EVERY)
+                return
+            self.sync.adopt(synced)
+            self.moved()
         if self.sync.outvoted():
             self.sync.resync(stop, force=True)
             self.moved()
@@ -197,6 +221,10 @@ class Witness:
             self.sync.resync(stop)  # a head off our chain, if the swarm has one
         self.moved()
 
+    def head(self) -> Head:
+        """The head we name: our ledger's (state or not: see follow_chain)."""
+        return chain_head(self.ledger, self.sync.head)
+
     def opened(self, round_no: int, base: str) -> bool:
         """Has round `round_no` begun: an update of it announced on our state, or a roster of it
         stored? The witness trains nothing, so a round's first update is what opens it (a volunteer
@@ -208,15 +236,17 @@ class Witness:
         return bool(self.rounds.builder.announcements(round_no, base))
 
     def moved(self) -> None:
-        """Our state changed (or was taken): save it, say so in our heartbeat, sign a due checkpoint."""
+        """Our state or chain moved: save the state, name the head in our heartbeat, sign a due checkpoint."""
         state = self.state
         if state.round > 0 and (state.round, state.digest) != self.saved:  # a restarted organizer leads on
             checkpoint.save(self.sync.ckpt, state.to_bytes(self.run_id))
             self.saved = (state.round, state.digest)
         if self.anchor.sign_due(self.key, self.ledger, every=self.cfg.checkpoint_rounds, now=dht_time()):
             self.heartbeat.update(cp=self.pointer())
-        self.heartbeat.update(round=state.round + 1, state_round=state.round, digest=state.digest)
-        log.info("witness: round %d, %s (young run: %s)", state.round, state.digest[:12], self.rounds.young())
+        head = self.head()  # the pin joiners take (Catchup.pin_chain): our verified chain's head
+        self.heartbeat.update(round=head.round + 1, state_round=head.round, digest=head.digest)
+        held = "" if head == self.sync.head else f", our state is round {state.round}'s"
+        log.info("witness: round %d, %s (young run: %s%s)", head.round, head.digest[:12], self.rounds.young(), held)
 
     def pointer(self) -> tuple:
         """Our heartbeat's `cp`: (round, body hash) of our newest checkpoint; () before the first."""
@@ -225,3 +255,26 @@ class Witness:
     def close(self) -> None:
         self.heartbeat.close()
         self.exchange.close()
+
+
+def chain_head(ledger: Ledger, state: Head) -> Head:
+    """The head of our verified chain: our ledger's last roster, unless our state is past it (a
+    roster the ledger could not chain on is logged, the state is right); at round 0, the state."""
+    last = max(ledger.rosters, default=0)
+    if last < state.round or not last:
+        return state
+    return Head(last, ledger.rosters[last].roster.result)
+
+
+def follow_chain(catchup: Catchup, ledger: Ledger, peers: dict) -> bool:
+    """Extend our ledger, without the state, to the head catch-up verifies and takes from its head
+    (a quorum of the established live `peers` holding it, or fork choice): only the `ledger` RPC
+    is asked, never the state. Whether the ledger moved."""
+    held = ledger.rosters.get(max(ledger.rosters, default=0))
+    mine = Head(held.roster.round, held.roster.result) if held is not None else Head(0, catchup.start.base)
+    target = catchup.plan(peers, mine)
+    if target is None or not target.rosters:
+        return False
+    ledger.extend(target.ancestor, list(target.rosters))
+    catchup.moved()
+    return True

@@ -228,3 +228,33 @@ def test_a_round_the_organizer_leads_is_v2_at_any_size():
     proto = RoundProtocol(peer.net, RUN, CFG, peer.key, Ledger(), peer.proto.hooks, 1 << 20, scatter=peer.scatter,
                           organizer=organizer)  # fmt: skip
     assert not proto.v3_round(5, organizer) and proto.v3_round(5, peer.id) and not proto.v3_round(3, peer.id)
+
+
+def test_an_owner_the_chain_passed_over_owns_nothing_for_a_while():
+    """A member a v3 roster listed in `passed` (it withheld its task) has a strike: the next calls
+    leave it out of `reach` (it still sends its update), and the round ends alike on every peer."""
+    dht, bus, peers = swarm(5)
+    play_round(peers, 0)
+    struck = peers[-1]
+    for p in peers:
+        p.ledger.passed = lambda: {struck.id: 1}  # as if roster 1 had passed it over
+    played = play_round(peers, 1)
+    assert len({p.digest for p in peers}) == 1
+    accepted, _ = next(iter(played["out"].values()))
+    call = dht.get(keys.call_key(RUN, 2))[accepted.roster.leader]
+    opened, _ = signed.open_call(call, signer=accepted.roster.leader)
+    assert struck.id not in opened.reach and struck.id in {a.peer for a in accepted.announcements}
+    assert len(opened.reach) == 4
+
+
+def test_strikes_come_from_the_rosters_and_age_out():
+    ledger = Ledger()
+    ledger.rosters = {
+        r: SimpleNamespace(roster=SimpleNamespace(passed=passed)) for r, passed in {3: ("a", "b"), 7: ("a",)}.items()
+    }
+    assert ledger.passed() == {"a": 7, "b": 3}
+    owners = NodeScatter.owners
+    assert owners(None, {"a", "b", "c"}, {"a": 7, "b": 3}, 10) == {"c"}
+    assert owners(None, {"a", "b", "c"}, {"a": 7, "b": 3}, 24) == {"b", "c"}  # b served its 20 rounds
+    assert owners(None, {"a", "b", "c"}, {"a": 7, "b": 3}, 28) == {"a", "b", "c"}
+    assert owners(None, {"a"}, {"a": 7}, 8) == {"a"}  # nobody else to own: the struck one does

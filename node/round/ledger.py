@@ -231,6 +231,14 @@ class Ledger:
         score ban is (node/round/protocol.py banned)."""
         return {p for a in self.rosters.values() for p, _ in a.roster.caught}
 
+    def passed(self) -> dict[str, int]:
+        """v3 owners the window's rosters passed over (they withheld), each with the last round it
+        did: their strikes (node/scatter/grid.py may_own), the same for every peer of the chain."""
+        out: dict[str, int] = {}
+        for r in sorted(self.rosters):
+            out.update(dict.fromkeys(self.rosters[r].roster.passed, r))
+        return out
+
     def score_history(self) -> list[ScoredRound]:
         """Per round, oldest first, who led it and the scores it wrote (for node/outer/scoring.py's
         ban rule, which counts the leaders behind a peer's flags)."""

@@ -68,6 +68,11 @@ class Scatter:
         """The members others can dial: the call lists them as those that may own chunks."""
         return set()
 
+    def owners(self, reach: set[str], passed: dict[str, int], round_no: int) -> set[str]:
+        """Of `reach`, those that may own chunks in `round_no`: not struck for withholding lately
+        (`passed`: Ledger.passed). All of `reach` when that would leave nobody."""
+        return reach
+
     def run(self, call: AcceptedRoster, update: bytes, leads: bool) -> Ran:
         """This peer's part in the round of `call` (its roster field holds the Call), with its own
         announced update envelope; `leads`: it runs the Leader too. Raises ProtocolError,
@@ -113,7 +118,8 @@ class ScatterRounds:
             # table, and a second leader's call would split the members (it catches up in a beat)
             return None
         self.led_v3.add((round_no, slot.attempt))
-        reach = self.scatter.reachable(members, peers)
+        # a member the chain passed over for withholding owns nothing for a while (a strike)
+        reach = self.scatter.owners(self.scatter.reachable(members, peers), self.ledger.passed(), round_no)
         blob = self.net.held_update(round_no, self.me)
         if blob is None or self.me not in members or self.me not in reach:
             log.warning("round %d: cannot lead v3 (our update is not listed, or nobody can dial us)", round_no)

@@ -22,7 +22,7 @@ import torch
 
 from node.config import RunConfig
 from node.scatter import chunks
-from node.scatter.grid import scatter_threshold, uses_scatter
+from node.scatter.grid import may_own, scatter_threshold, uses_scatter
 from node.scatter.keys import RsaKeys
 from node.scatter.leader import Leader
 from node.scatter.member import Member, ScatterNet, Timeouts
@@ -75,6 +75,9 @@ class NodeScatter:
 
     def reachable(self, members: list[str], peers: dict[str, Heartbeat]) -> set[str]:
         return reachable(members, peers)
+
+    def owners(self, reach: set[str], passed: dict[str, int], round_no: int) -> set[str]:
+        return may_own(reach, passed, round_no) or reach  # a struck swarm still needs owners
 
     def run(self, call, update: bytes, leads: bool) -> Ran:
         """Our part in the round of `call` (node/round/ledger.py AcceptedRoster holding a Call),

@@ -270,9 +270,7 @@ def follow_chain(catchup: Catchup, ledger: Ledger, peers: dict) -> bool:
     """Extend our ledger, without the state, to the head catch-up verifies and takes from its head
     (a quorum of the established live `peers` holding it, or fork choice): only the `ledger` RPC
     is asked, never the state. Whether the ledger moved."""
-    held = ledger.rosters.get(max(ledger.rosters, default=0))
-    mine = Head(held.roster.round, held.roster.result) if held is not None else Head(0, catchup.start.base)
-    target = catchup.plan(peers, mine)
+    target = catchup.plan(peers, chain_head(ledger, Head(0, catchup.start.base)))
     if target is None or not target.rosters:
         return False
     ledger.extend(target.ancestor, list(target.rosters))

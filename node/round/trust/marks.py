@@ -111,12 +111,9 @@ def omission_marked(ledger: Ledger, round_no: int, k: int) -> set[str]:
 
 def slow_servers(ledger: Ledger, round_no: int) -> set[str]:
     """Announcers listed unserved by MARKS_TO_DROP distinct leaders in the window: not waited
-    for in round `round_no`, and fetched last with SLOW_FETCH seconds."""
-    leaders: dict[str, set[str]] = {}
-    for roster in _window(ledger, round_no):
-        for p in roster.unserved:
-            leaders.setdefault(p, set()).add(roster.leader)
-    return {p for p, who in leaders.items() if len(who) >= MARKS_TO_DROP}
+    for in round `round_no`, and fetched last with SLOW_FETCH seconds: the chain's suggestion,
+    before a peer's own fetches overrule it (slow_to_me)."""
+    return slow_to_me(ledger, round_no, {})
 
 
 def slow_to_me(ledger: Ledger, round_no: int, fetched: dict[str, int]) -> set[str]:

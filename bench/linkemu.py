@@ -535,8 +535,7 @@ def remove_stale_namespaces(prefix: str) -> None:
     for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
         m = pattern.match(name)
         if m and (int(m.group(1)) == os.getpid() or not Path(f"/proc/{m.group(1)}").exists()):
-            kill_namespace_processes(name)
-            delete_namespace(name)
+            delete_namespace(name)  # and what is inside it
 
 
 def kill_namespace_processes(ns: str) -> None:

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-from bench.linkemu import delete_namespace, ip_command, kill_namespace_processes, remove_stale_namespaces
+from bench.linkemu import delete_namespace, ip_command, remove_stale_namespaces
 from node.errors import SwarmtrainError
 
 # Global addresses, as on the internet: libp2p's DHTs keep a peer only where its addresses fit
@@ -180,9 +180,7 @@ class NatNetwork:
         """Stop everything still running in our namespaces, then delete them (the veth pairs and
         the bridge go with them)."""
         for ns in self.namespaces:
-            kill_namespace_processes(ns)
-        for ns in self.namespaces:
-            delete_namespace(ns)
+            delete_namespace(ns)  # and what is still inside it
 
 
 def _run(args: list[str], stdin: str | None = None) -> None:

@@ -132,14 +132,9 @@ class StateSync:
             except Exception as e:  # noqa: BLE001 -- a DHT hiccup or a bug must not end the node; try again
                 log.warning("looking for the swarm's head failed: %s: %s", type(e).__name__, e)
                 target = None
-            for donor in target.donors if target is not None else ():
-                state = self.download_state(donor, target.head.round)
-                why = None if state is None else refusal(state, target)
-                if why is not None:
-                    log.warning("state from %s: refused: %s; trying the next donor", donor[:16], why)
-                    self.out.event("state_refused", donor=donor[:16], round=target.head.round, reason=why)
-                if state is None or why is not None:
-                    continue
+            got = self.from_donors(target, stop) if target is not None else None
+            if got is not None:
+                state, donor = got
                 self.history.syncs["ok"] += 1
                 self.metrics.state_syncs.labels("ok").inc()
                 self.out.event(
@@ -159,17 +154,25 @@ class StateSync:
         head = Head(held.roster.round, held.roster.result)
         live = sorted(self.live().items())
         donors = tuple(p for p, hb in live if p != self.me and (hb.state_round, hb.digest) == head)
-        for donor in donors[:MOST_DONORS]:
+        got = self.from_donors(Target(head, head.round, (held,), donors[:MOST_DONORS], False), stop)
+        if got is None:
+            return None
+        state, donor = got
+        self.out.event("state_synced", round=state.round, donor=donor[:16], rosters=0, fork=False)
+        return Synced(state, Target(head, head.round, (), donors, False))  # the ledger holds the rosters
+
+    def from_donors(self, target: Target, stop: threading.Event) -> tuple[SwarmState, str] | None:
+        """The state at `target`'s head from the first of its donors that serves exactly it (refusal)."""
+        for donor in target.donors:
             if stop.is_set():
                 return None
-            state = self.download_state(donor, head.round)
-            why = None if state is None else refusal(state, Target(head, head.round, (held,), donors, False))
+            state = self.download_state(donor, target.head.round)
+            why = None if state is None else refusal(state, target)
             if why is not None:
-                self.out.event("state_refused", donor=donor[:16], round=head.round, reason=why)
-            if state is None or why is not None:
-                continue
-            self.out.event("state_synced", round=state.round, donor=donor[:16], rosters=0, fork=False)
-            return Synced(state, Target(head, head.round, (), donors, False))  # the ledger holds the rosters
+                log.warning("state from %s: refused: %s; trying the next donor", donor[:16], why)
+                self.out.event("state_refused", donor=donor[:16], round=target.head.round, reason=why)
+            if state is not None and why is None:
+                return state, donor
         return None
 
     @functools.cached_property

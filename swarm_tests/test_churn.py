@@ -12,11 +12,12 @@ ROUNDS = 25  # rounds of the small run take well under a second
 
 
 def test_leader_killed_mid_round_survivors_finish_identical(procs, tmp_path, small_run):
-    # no one trains alone at the start; the dead leader's round is taken over in seconds. Two
-    # volunteers left are fewer than bootstrap_peers: the organizer would lead every round, and
-    # the volunteer killed here would never be a leader (test_young_run.py covers that rule)
+    # no one trains alone at the start; the dead leader's round is taken over in seconds. The
+    # organizer leads the first rounds (all three start together in them; without a young run one
+    # may split off at the genesis), and bootstrap_peers = 2 lets the two survivors stay grown and
+    # lead (at the default 3 the organizer would lead every round after the kill)
     run = small_run.read_text().replace("collect_timeout = 20.0", "collect_timeout = 8.0")
-    small_run.write_text(run + "min_peers = 2\nleader_backoff = 4.0\nbootstrap_peers = 0\n")
+    small_run.write_text(run + "min_peers = 2\nleader_backoff = 4.0\nbootstrap_peers = 2\n")
     boot = start_bootstrap(procs, tmp_path, small_run)
     started = [volunteer(procs, boot, tmp_path, f"v{i}", ROUNDS) for i in range(3)]
     nodes = {p.wait_for(r"event=joined peer=(\S+)", 120).group(1): (i, p) for i, p in enumerate(started)}

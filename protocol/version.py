@@ -6,13 +6,15 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 6  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 7  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
 # version-4 peer would take a young round's roster from any live leader); 6: roster cutoffs with a
 # floor, seen_late and omission claims (a version-5 peer takes rosters under the floor and counts
-# no claim toward establishment or marks)
+# no claim toward establishment or marks); 7: an omission claim counts when its seers are more than half of
+# its jury (base(r) less the claimant and r's leader), not a third of base(r) (a version-6 peer would count
+# claims that a version-7 peer does not, and so differ on who is established and who is marked)
 
 
 def is_compatible(remote_version: object) -> bool:

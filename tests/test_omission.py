@@ -2,10 +2,10 @@
 
 A Sybil leader that leaves an honest peer's update out of its roster no longer costs that peer
 its place in the chain: the peers that saw the announcement in time list it in `seen_late`, the
-peer claims it, and once a third of the established peers vouch, the claim counts as the peer's
-appearance and marks the leader. Rounds run over the in-memory network (bench/fakenet.py) through
-the real RoundProtocol, as tests/test_delays.py does, in fake-clock time: the fake's wall clock
-stands still within a round, so LATE_MARGIN is patched to 0."""
+peer claims it, and once more than half of the established peers other than the claimant and the
+leader vouch, the claim counts as the peer's appearance and marks the leader. Rounds run over the
+in-memory network (bench/fakenet.py) through the real RoundProtocol, as tests/test_delays.py does,
+in fake-clock time: the fake's wall clock stands still within a round, so LATE_MARGIN is patched to 0."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def blind(monkeypatch, peer: Peer) -> None:
 def test_a_left_out_peer_proves_omission_and_the_second_omission_ranks_the_leader_last(monkeypatch):
     """Five honest peers and an established Sybil S. S leads round 3 (the worst luck) and leaves
     P out; 3 of the 4 other honest peers saw P's announcement in time (the fourth saw nothing).
-    Their round-4 announcements list it in `seen_late` and P's claims it: 3 of the 6 established
-    peers vouch (a third is 2), so P counts as appearing in round 3 and S has an omission mark.
+    Their round-4 announcements list it in `seen_late` and P's claims it: 3 of the claim's jury of
+    4 (the 6 established peers less P and S) vouch, more than half, so P counts as appearing in
+    round 3 and S has an omission mark.
     S does it again in round 5: two marks rank it after every unmarked candidate from round 7 on,
     so it no longer leads although it draws rank 0."""
     honest, (s,) = established_crowd(5, 1)
@@ -152,11 +153,12 @@ def test_a_roster_whose_cutoff_is_under_the_floor_is_refused():
             chain.check(env, link, reader.ledger, reader.proto.rules)
 
 
-def test_two_sybils_vouching_for_a_sybil_hold_under_a_third_and_mark_no_honest_leader(monkeypatch):
-    """Five honest peers and three established Sybils (8 established: a claim needs 3 seers). Z
-    never stores its round-3 announcement; in round 4 X and Y list it in `seen_late` and Z claims
-    it. Two seers of eight: the claim counts nothing, the honest leader of round 3 gets no mark.
-    A third seer would have made it count (the rule's threshold, shown on the same rosters)."""
+def test_sybils_vouching_for_a_sybil_hold_half_the_jury_or_less_and_mark_no_honest_leader(monkeypatch):
+    """Five honest peers and three established Sybils (8 established; a claim's jury is 6, less
+    the claimant and the leader: it needs 4 seers). Z never stores its round-3 announcement; in
+    round 4 X and Y list it in `seen_late` and Z claims it. Two seers: the claim counts nothing,
+    the honest leader of round 3 gets no mark. Nor would a third (a third of 8, which counted
+    before protocol 7); a fourth makes it count (the rule's threshold, shown on the same rosters)."""
     honest, (x, y, z) = established_crowd(5, 3)
     favour(monkeypatch, {0: set(), 1: set()})  # real ranks
     omitted = play(honest, silent=[z], announcing=[x, y])
@@ -179,16 +181,21 @@ def test_two_sybils_vouching_for_a_sybil_hold_under_a_third_and_mark_no_honest_l
     assert omission.claims(rosters, K) == [] and not omission.claimed(rosters, K)
     assert not marks.omission_marked(honest[0].ledger, r + 2, K)
 
-    third = honest[1]  # the same rosters with one more seer: 3 of 8 is a third
-    entry = next(a for a in carried.announcements if a.peer == third.id)
-    forged = dict(rosters)
-    forged[r + 1] = replace(
-        rosters[r + 1],
-        announcements=tuple(
-            replace(a, seen_late=(omission.prefix(ghost),)) if a is entry else a for a in carried.announcements
-        ),
-    )
-    assert [c.claimant for c in omission.claims(forged, K)] == [z.id]
+    def with_seers(more: list[Peer]) -> dict:
+        """The same rosters, the entries of `more` (honest peers) listing the ghost too."""
+        forged = dict(rosters)
+        forged[r + 1] = replace(
+            rosters[r + 1],
+            announcements=tuple(
+                replace(a, seen_late=(omission.prefix(ghost),)) if a.peer in {q.id for q in more} else a
+                for a in carried.announcements
+            ),
+        )
+        return forged
+
+    others = [q for q in honest if q.id != omitted.roster.leader]
+    assert omission.claims(with_seers(others[:1]), K) == []  # 3 of 6: half, not more
+    assert [c.claimant for c in omission.claims(with_seers(others[:2]), K)] == [z.id]  # 4 of 6
 
 
 def sealed(key, **fields) -> dict:

@@ -36,13 +36,17 @@ class RosterChecks:
         rank) whose turn has come on our clock (ranks counted among `ranked`, default `cands`),
         starts from our state, continues our ledger (or a better sibling of our last roster,
         returned for a swap) with the beacon that follows from it and its leader's unique
-        reveal, and lists signed announcements of live, unbanned, admitted peers of the run's exact size."""
+        reveal, lists signed announcements of live, unbanned, admitted peers of the run's exact
+        size, and is dated at most omission.AHEAD s ahead of our clock (not yet, else)."""
         if cands is not None and leader not in cands and leader != self.me:  # before any RSA: a flood is cheap
             raise ProtocolError("its leader is not an established peer on this state")
         problem = chain.leader_problem(leader, self.ledger, self.rules) if self.young() else ""
         if problem:  # also where our ledger cannot tell who else leads (cands None): a young run's rule
             raise ProtocolError(problem)
         roster, anns = signed.open_roster(env, signer=leader, max_bytes=self.max_bytes)
+        ahead = omission.dated_ahead(roster, self.net.now())  # the next floor starts from its time
+        if ahead:
+            raise ProtocolError(ahead)
         sibling, slot = self.check_record(roster, anns, env, round_no, base, cands, ranked)
         held = self.ledger.rosters if sibling is None else {**self.ledger.rosters, round_no - 1: sibling}
         omission.check_cutoff(roster, held, self.cfg.collect_timeout)  # the chain before it: what it chains on
@@ -175,7 +179,9 @@ class RosterChecks:
         established = self.ledger.established(self.cfg.established_rounds) or None
         leaders = {self.rules.organizer} if self.young() else established
         better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no))
-        return [s for s in better if _marks_valid(s)]  # its lists count in our marks once swapped in
+        # its lists count in our marks once swapped in, and its time in the next round's floor
+        now = self.net.now()
+        return [s for s in better if _marks_valid(s) and not omission.dated_ahead(s.roster, now)]
 
     def _came_late(self, round_no: int) -> Callable[[election.Slot], bool]:
         """Whether our roster of `round_no` came late for a slot: we awaited the round from before

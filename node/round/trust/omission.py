@@ -14,10 +14,15 @@ design step 5, docs/trust-model.md).
 - **Claims.** A peer left out of roster r puts its own announcement of r in `claim` of its next
   announcements (one of rounds r+1..r+CLAIM_ROUNDS, checked by protocol/signed.py) until the
   chain counts it. It counts when the entries of rosters r+1..r+CLAIM_ROUNDS whose `seen_late`
-  lists it are by at least a third of `base(r)`: the peers named in >= established_rounds of the
-  BASE_SPAN rosters before r (plain entries, no claims, so nothing is recursive), or, while
-  nobody is, everyone they name. Then its author counts as appearing in r (Ledger.established),
-  and unless roster r lists it `unserved` its leader gets an omission mark (marks.py).
+  lists it are by more than half of its jury: `base(r)` (the peers named in >= established_rounds
+  of the BASE_SPAN rosters before r, from plain entries, no claims, so nothing is recursive; or,
+  while nobody is, everyone they name) less the two parties, the claimant and r's leader. Then its
+  author counts as appearing in r (Ledger.established), and unless roster r lists it `unserved`
+  its leader gets an omission mark (marks.py). Nothing ties a claim to an announcement anyone
+  stored, so the jury's word is all there is: framing an honest leader takes more than half of
+  the jury vouching for a ghost, a crowd of about half of base(r) (protocol 7; a third, before,
+  let N/3 + 1 identities of N frame: tests/test_sybil_attacks_3.py). A hostile leader censoring
+  an honest peer is still caught while honest peers are over half of base(r) and see in time.
 
 Everything here is a pure function of the rosters held (`rosters`: round -> AcceptedRoster),
 so every reader with the same window decides alike. A claim counts only while its reader holds
@@ -40,7 +45,8 @@ from protocol.records import CLAIM_ROUNDS, MAX_SEEN_LATE, SEEN_PREFIX, Announcem
 LATE_MARGIN = 10.0  # seconds before the cutoff a seer must have seen an announcement it lists
 LOOK_EVERY = 2.0  # seconds between a waiting peer's reads of the updates key
 FLOOR_ROSTERS = 8  # rosters whose entries' delays the cutoff floor takes the median of
-BASE_SPAN = 32  # rosters before round r whose established peers a claim of r needs a third of
+BASE_SPAN = 32  # rosters before round r whose established peers are a claim of r's jury
+AHEAD = 5.0  # seconds a roster's time may be ahead of a live reader's clock (honest clocks: NTP, ~1 s apart)
 KNOWN = 32  # rosters before round r an author must be in to be listed or to claim (admission's LOOKBACK)
 
 
@@ -93,10 +99,24 @@ def check_cutoff(roster: Roster, rosters: Mapping[int, Held], collect_timeout: f
         raise ProtocolError(f"closed collection at {roster.cutoff:.1f}, before the chain's floor {least:.1f}")
 
 
+def dated_ahead(roster: Roster, now: float) -> str:
+    """Why a live reader whose clock reads `now` does not take `roster` yet ("": it may): dated
+    more than AHEAD s ahead of it. A clock skew (the leader's or ours) or a lie: the floor of
+    the next round starts from that time, so a lie of 29 s stalled its leader a collect_timeout."""
+    ahead = roster.time - now
+    if ahead <= AHEAD:
+        return ""
+    return (
+        f"dated {ahead:.1f} s ahead of our clock (clock skew over {AHEAD:.0f} s: its leader's clock or ours"
+        f" is off, or it lies); not taken before our clock is within {AHEAD:.0f} s of it"
+    )
+
+
 # ------------------------------------------------------------------------------------ claims
 def base(rosters: Mapping[int, Held], round_no: int, k: int) -> set[str]:
-    """The peers a claim of `round_no` needs a third of: named in >= k of the BASE_SPAN rosters
-    before it (every one named while nobody is); empty unless all of those are held."""
+    """The peers a claim of `round_no` is judged among (less its claimant and the round's
+    leader): named in >= k of the BASE_SPAN rosters before it (every one named while nobody
+    is); empty unless all of those are held."""
     span = range(max(1, round_no - BASE_SPAN), round_no)
     if not span or not all(r in rosters for r in span):
         return set()
@@ -173,7 +193,8 @@ def _counts(
         for a in rosters[q].announcements
         if name in a.seen_late
     }
-    return bool(among) and 3 * len((seers - {claimed.peer}) & among) >= len(among)
+    jury = among - {claimed.peer, omitted.roster.leader}  # neither party vouches: more than half of the rest
+    return bool(jury) and 2 * len(seers & jury) > len(jury)
 
 
 def claimed(rosters: Mapping[int, Held], k: int) -> Counter:

@@ -59,7 +59,7 @@ def state_after(base: str, flat: torch.Tensor) -> str:
 
 
 class Peer:
-    def __init__(self, dht: FakeDHT, registry: dict, bus: ScatterBus, threshold: int):
+    def __init__(self, dht: FakeDHT, registry: dict, bus: ScatterBus, threshold: int, timeouts: Timeouts | None = None):
         self.key, self.id = new_key()
         self.net = RealClockNet(self.id, dht, registry)
         self.ledger, self.digest, self.round = Ledger(), BASE0, 0
@@ -69,7 +69,7 @@ class Peer:
             key=self.key,
             strategy=Flat(),
             threshold=threshold,
-            timeouts=Timeouts(phase=5.0, call=5.0, round=30.0),
+            timeouts=timeouts or Timeouts(phase=5.0, call=5.0, round=30.0),
             settle=0.6,
         )
         hooks = Hooks(
@@ -114,10 +114,10 @@ class Peer:
         self.ledger.append(accepted)
 
 
-def swarm(n: int, threshold: int = 4):
+def swarm(n: int, threshold: int = 4, timeouts: Timeouts | None = None):
     dht, registry, bus = FakeDHT(), {}, ScatterBus()
     dht.validator = RunValidator(RUN, heartbeat_ttl=CFG.heartbeat_ttl, round_ttl=600.0)
-    return dht, bus, [Peer(dht, registry, bus, threshold) for _ in range(n)]
+    return dht, bus, [Peer(dht, registry, bus, threshold, timeouts) for _ in range(n)]
 
 
 def play_round(peers: list[Peer], seed: int) -> dict:

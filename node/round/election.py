@@ -125,6 +125,11 @@ def turn(slot: Slot, cfg: SwarmConfig) -> float:
     return start if slot.rank == 0 else start + cfg.collect_timeout + slot.rank * cfg.leader_backoff
 
 
+def next_slot(slot: Slot) -> Slot:
+    """The slot whose turn follows `slot`'s: the next rank, else rank 0 of the next attempt."""
+    return Slot(slot.attempt, slot.rank + 1) if slot.rank + 1 < ATTEMPT_RANKS else Slot(slot.attempt + 1, 0)
+
+
 def may_lead(slot: Slot, elapsed: float, cfg: SwarmConfig) -> bool:
     return slot.rank < ATTEMPT_RANKS and elapsed >= turn(slot, cfg)
 

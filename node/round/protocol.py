@@ -92,12 +92,13 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         self.ran: dict[tuple[int, str], tuple] = {}  # (round, leader) -> (its call, our v3 Ran)
         self.called: set[tuple[int, str]] = set()  # (round, leader) calls we took (or could not)
         self.led_v3: set[tuple[int, int]] = set()  # (round, attempt) we called a v3 round in
+        self.silent: dict[int, set[str]] = {}  # round -> v3 leaders that went silent on our part (v3.py)
         self.seer = omission.Seer(self.me)  # what we saw in time, and our own left out (design step 5)
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
         opened them, who we saw) belongs to a branch we left, and would date our attempts wrong."""
-        for memory in (self.opened, self.seen, self.core_in, self.first_look, self.took):
+        for memory in (self.opened, self.seen, self.core_in, self.first_look, self.took, self.silent):
             for r in [r for r in memory if r > state_round]:
                 del memory[r]
 
@@ -173,7 +174,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         self.opened = {r: t for r, t in self.opened.items() if r >= round_no - 2}
-        for memory in (self.core_in, self.first_look, self.took):
+        for memory in (self.core_in, self.first_look, self.took, self.silent):
             for r in [r for r in memory if r < round_no - 2]:
                 del memory[r]
         opened = self.opened.setdefault(round_no, started)  # a retry of the round goes on with its attempts
@@ -194,6 +195,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             if accepted is not None:
                 return self._took(round_no, accepted)
             self.take_call(round_no, base, cands, turns)  # v3: our part in a call that lists us
+            opened = self.opened[round_no]  # its leader went silent: the next slot's turn is now
             now = self.net.monotonic()
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
@@ -265,7 +267,8 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         floor = omission.floor(self.ledger.rosters, round_no, self.cfg.collect_timeout)
         if not self.seer.may_close(round_no, floor, self.net.now(), self.net.monotonic(), self.cfg.collect_timeout):
             return None  # the chain's cutoff floor is ahead: readers would refuse our roster
-        eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger)
+        gone = self.silent.get(round_no, set())  # v3 leaders gone silent after their call: left out (v3.py)
+        eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger) - gone
         slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no))
         picked = self.builder.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
         if self.v3_round(len(picked.announcements), self.me):

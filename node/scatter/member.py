@@ -15,7 +15,8 @@ A member, from the round's Round (grid, rule, who committed) and its own update:
              part's digest against the receipt the leader fixed.
 Every connection is dialled by the member that gives or asks: senders dial owners, auditors and
 gatherers dial owners, everyone dials the leader; owners and the leader are reachable members
-(grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline.
+(grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline, and a
+member that has had no board from the leader for `phase` gives the round up (LeaderSilent).
 `Member.answer` serves the ops (protocol/kinds/scatter.py Message) other members call.
 """
 
@@ -44,11 +45,24 @@ class Timeouts:
     """How long a v3 round waits at each step (seconds)."""
 
     phase: float = 30.0
-    """An owner's wait for its task's inputs; the leader waits twice this for receipts and audits."""
+    """An owner's wait for its task's inputs; the leader waits twice this for receipts and audits.
+    A member that has had no board from the leader for this long gives the round up (LeaderSilent)."""
     call: float = 30.0
     """One RPC (a board poll may take `phase` more: the leader answers when the board changes)."""
     round: float = 600.0
     """The whole round, for this member: past it, it gives up (the round fails for it)."""
+
+
+PAUSE = 0.25
+"""Seconds between two board polls the leader did not answer (a dead leader's refuse at once)."""
+
+
+class LeaderSilent(TimeoutError):
+    """The round's leader sent no board for `Timeouts.phase`: gone, and its round with it. A live
+    leader answers every poll within `phase` (a long poll), so only a dead leader, or a link as good
+    as dead, stops a member here; the round protocol then hands the round on (node/round/v3.py)."""
+
+    leader_silent = True  # how node/round/v3.py, which may not import this module, tells it apart
 
 
 class ScatterNet(Protocol):
@@ -107,12 +121,14 @@ class Member:
         self.sent_to: dict[tuple, str] = {}  # (task, my place) -> the owner I last sent it to
         self.answered: set[tuple] = set()
         self.deadline = 0.0
+        self.heard = 0.0  # when the leader's board last answered us (or the round began)
         self.finals: list[str] = []  # each final part's SHA-256 as gathered, in task order (the roster lists them)
 
     # ------------------------------------------------------------------ the round, as this member
     def run(self) -> torch.Tensor:
         """This member's round: the flat aggregate (raises ProtocolError or TimeoutError)."""
-        self.deadline = time.monotonic() + self.timeouts.round
+        self.heard = time.monotonic()
+        self.deadline = self.heard + self.timeouts.round
         self.send_chunks()
         self.level(1)
         self.send_parts()
@@ -173,8 +189,15 @@ class Member:
                 )
                 board = Board.decode(reply)
             except (ProtocolError, TimeoutError, OSError) as e:
+                silent = time.monotonic() - self.heard
+                if silent >= self.timeouts.phase:  # a leader dead from its call: every member alike, a phase in
+                    raise LeaderSilent(
+                        f"round {self.rnd.round}: no board from the leader for {silent:.0f} s: {e}"
+                    ) from e
                 log.info("round %d: no board of level %d yet: %s", self.rnd.round, level, e)
+                time.sleep(PAUSE)
                 continue
+            self.heard = time.monotonic()
             if board.level != level or board.version <= version:
                 continue
             version = board.version

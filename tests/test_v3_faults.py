@@ -1,0 +1,89 @@
+"""Faults in a v3 round run by the real RoundProtocol over the in-memory fakes (tests/test_v3_rounds.py):
+a leader that dies right after storing its call costs its members one bounded wait, not the round."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from node.round.v3 import Aggregate
+from node.scatter.member import Timeouts
+from protocol import keys, signed
+from tests.test_v3_rounds import CFG, RUN, TOTAL, swarm
+
+# the node's own derivation of a member's waits (node/scatter/runner.py make_scatter)
+NODE_TIMEOUTS = Timeouts(phase=CFG.collect_timeout, call=CFG.collect_timeout, round=CFG.round_timeout)
+SETTLE = 0.6  # the test peers' (tests/test_v3_rounds.py Peer)
+
+
+class Died(BaseException):
+    """Ends a peer's thread where it stands, as a killed process does (no handler catches it)."""
+
+
+def test_a_leader_that_dies_after_its_call_costs_one_phase_and_no_update():
+    """The first peer to call a v3 round stores its call, then dies (its transport goes down, its
+    thread ends). Its members give its round up once it has sent no board for a phase, and hand
+    the round to the next slot's turn: the next-ranked peer calls again with the survivors, whose
+    announced updates are all in its roster (nothing is lost), and the dead leader is in its
+    `skip`; exactly two calls (no second leader raced the first one's successor). Bound: 2 x
+    (settle + phase) + 3 s from the call (the give-up takes settle + phase; the second round, in
+    which nobody waits for anyone, less): 14.2 s, measured 7 s. Before: members waited the whole
+    round_timeout (40 s) inside the dead call, then had no roster (42 s), and the round failed."""
+    n = 6
+    dht, bus, peers = swarm(n, timeouts=NODE_TIMEOUTS)
+    dead: dict = {}
+    for p in peers:
+        real = p.scatter.run
+
+        def run(call, update, leads, p=p, real=real):
+            if leads and not dead:  # the first leader dies right after its call is stored
+                dead.update(id=p.id, at=time.monotonic(), call=call)
+                bus.down.add(p.id)
+                p.net.registry.pop(p.id, None)
+                raise Died()
+            return real(call, update, leads)
+
+        p.scatter.run = run
+    gen = torch.Generator().manual_seed(0)
+    updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
+    dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in peers:
+        p.announce(updates[p.id])
+    out: dict = {}
+    done: dict = {}
+
+    def play(p):
+        try:
+            p.play(out)
+        except Died:
+            out[p.id] = "died"
+        done[p.id] = time.monotonic()
+
+    threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(CFG.round_timeout + 30)
+    assert dead, "nobody called a v3 round"
+    survivors = [p for p in peers if p.id != dead["id"]]
+    took = {p.id: done.get(p.id, float("nan")) - dead["at"] for p in survivors}
+    print("seconds from the dead call to each survivor's end:", sorted(round(s, 1) for s in took.values()))
+    for p in survivors:
+        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
+        p.finish(*out[p.id])
+    assert len({p.digest for p in survivors}) == 1
+    accepted, got = out[survivors[0].id]
+    roster = accepted.roster
+    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
+    assert roster.leader != dead["id"] and dead["id"] in roster.skip
+    # every survivor's announced update counts; the dead leader's is left out
+    assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
+    assert set(dht.get(keys.call_key(RUN, 1))) == {dead["id"], roster.leader}
+    bound = 2 * (SETTLE + NODE_TIMEOUTS.phase) + 3.0
+    assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"
+    opened, _ = signed.open_call(dht.get(keys.call_key(RUN, 1))[roster.leader], signer=roster.leader)
+    assert opened.entries == roster.entries

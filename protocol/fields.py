@@ -90,6 +90,18 @@ def peer_list(d: object, name: str, most: int, where: str) -> tuple[str, ...]:
     return tuple(peer_id_field(p, where) for p in value)
 
 
+def envelope_list(d: object, name: str, kind: str, most: int, where: str) -> tuple[dict, ...]:
+    """An optional list of at most `most` maps shaped as signed `kind` envelopes (body, key and sig
+    bytes): their signatures and bodies are checked where they are opened (protocol/signed.py)."""
+    value = optional_field(d, name, list, [], where=where)
+    if len(value) > most or not all(
+        isinstance(e, dict) and e.get("kind") == kind and all(type(e.get(k)) is bytes for k in ("body", "key", "sig"))
+        for e in value
+    ):
+        raise ProtocolError(f"{where}: {name} must be at most {most} signed {kind} envelopes")
+    return tuple(value)
+
+
 def chained_header(d: object, where: str) -> dict:
     """The fields a roster and a v3 call share (run, round, leader, prev, base, time), checked."""
     return {

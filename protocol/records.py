@@ -16,6 +16,7 @@ from protocol.fields import (
     MAX_TEXT,
     chained_header,
     count_field,
+    envelope_list,
     field,
     finite_field,
     optional_field,
@@ -35,6 +36,7 @@ MAX_UNSERVED = 64  # announcers a roster may list as not serving its leader
 MAX_SEEN_LATE = 8  # announcements one announcement may report as left out of the last roster (design step 5)
 SEEN_PREFIX = 8  # bytes of an announcement's body hash that name it in `seen_late`
 CLAIM_ROUNDS = 4  # an announcement may claim its author's announcement of one of the 4 rounds before
+MAX_FAILED = 4  # announcements a roster may list as failing admission (protocol/admission/rule.py NEWCOMERS)
 
 
 GENESIS = "0" * 64  # `prev` of the first roster of a run
@@ -194,6 +196,9 @@ class Roster:
     under) and `attempt` place it in the election (node/round/election.py). They are additive:
     from_wire reads named keys only, and reads their defaults, which no election accepts.
 
+    `failed` (the signed announcements of newcomers whose stamped admission proof failed the
+    leader's check, protocol/admission/rule.py) is additive too, and left off the wire when empty.
+
     `skip` (candidates ranked ahead of the leader whose rosters never came: design step 8's
     skip marks) and `unserved` (announcers whose update the leader could not fetch) are
     additive too, and left off the wire when empty: a roster without them is byte for byte
@@ -232,6 +237,10 @@ class Roster:
     cutoff: float = 0.0
     """The leader's time after its last read of announcements: at least the chain's floor, at most
     `time` (node/round/trust/omission.py). Left off the wire when 0 (the floor check refuses it)."""
+    failed: tuple[dict, ...] = ()
+    """At most MAX_FAILED signed announcements of this round whose stamped admission proof failed the
+    leader's check: a chain fact every leader skips for the epoch, and every reader checks (one
+    scrypt evaluation each: protocol/admission/rule.py). Shaped here, opened there."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -241,8 +250,8 @@ class Roster:
                 del d[name]
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
-        d["caught"], d["passed"] = [list(c) for c in self.caught], list(self.passed)
-        for name in ("full", "cutoff", "caught", "passed", "finals"):
+        d["caught"], d["passed"], d["failed"] = [list(c) for c in self.caught], list(self.passed), list(self.failed)
+        for name in ("full", "cutoff", "caught", "passed", "finals", "failed"):
             if not d[name]:
                 del d[name]  # absent: the bytes of a roster before the field
         return d
@@ -293,6 +302,7 @@ class Roster:
             passed=peer_list(d, "passed", MAX_ROSTER, w),
             finals=finals,
             cutoff=finite_field(optional_field(d, "cutoff", float, 0.0, where=w), "cutoff", w),
+            failed=envelope_list(d, "failed", "announcement", MAX_FAILED, w),
         )
 
 

@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 7  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 8  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -14,7 +14,10 @@ PROTOCOL_VERSION = 7  # 2: signed records, elected leaders, the roster ledger; 3
 # floor, seen_late and omission claims (a version-5 peer takes rosters under the floor and counts
 # no claim toward establishment or marks); 7: an omission claim counts when its seers are more than half of
 # its jury (base(r) less the claimant and r's leader), not a third of base(r) (a version-6 peer would count
-# claims that a version-7 peer does not, and so differ on who is established and who is marked)
+# claims that a version-7 peer does not, and so differ on who is established and who is marked); 8:
+# rosters list newcomers' stamped admission proofs that
+# failed (`failed`, at most 4), which every leader then skips and every reader checks (a version-7 peer
+# would take a roster that lists an honest newcomer's valid proof as failed, and check such keys again)
 
 
 def is_compatible(remote_version: object) -> bool:

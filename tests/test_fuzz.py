@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ from node.p2p.exchange import Exchange, read_response
 from node.round import ledger
 from node.round.trust.anchor import Anchor, decode_checkpoint
 from protocol import keys, signed, signing
+from protocol.admission import work
+from protocol.admission.rule import Admission
 from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
@@ -383,6 +386,7 @@ def roster_wire(entries: list) -> dict:
             skip=[PEER2],
             unserved=[PEER2],
             full=SHA,
+            failed=[{"body": b"x", "key": b"k", "sig": b"s", "kind": "announcement"}],  # opened by admission, not here
         ),
     )
 
@@ -823,7 +827,28 @@ def _unhashable_kind(e: BaseException) -> bool:
     return isinstance(e, TypeError) and "unhashable type" in str(e) and raised_in(e, "claimed_key")
 
 
+FAILED_PUZZLE = work.Puzzle(run_id=RUN, bits=8, n_log2=1, r=1, stamp_bits=1)  # cheap: one evaluation is microseconds
+FAILED_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # opens: a listing is judged
+_failed_id, _der = signing.peer_id_of(signing.sign(FAILED_KEY, b"")["key"]), signing.public_der(FAILED_KEY)
+_stamped = FAILED_PUZZLE.stamp(_der, work.Proof(0, bytes(8)), threading.Event())  # its nonce fails 255 times in 256
+FAILED_ANN = signed.seal(
+    FAILED_KEY, Announcement.from_wire({**ANNOUNCEMENT, "peer": _failed_id, "work": list(_stamped)}, max_bytes=2**20)
+)
+
+
+def _check_failed(failed: list) -> None:
+    """A roster's `failed` listing as a reader checks it (protocol/admission/rule.py): read, opened, judged."""
+    roster = Roster.from_wire({**ROSTER, "failed": failed}, max_bytes=2**20)
+    Admission(FAILED_PUZZLE).check(roster, [], set(), whole=True, max_bytes=2**20)
+
+
 V2 = [
+    Target(
+        "admission.check_failed",
+        _check_failed,
+        lambda t: [v2_envelope(t, "announcement") if t.below(2) else FAILED_ANN for _ in range(t.below(6))],
+        group="signed",
+    ),
     Target("signed.open_record.heartbeat", _opens(Heartbeat), lambda t: (v2_envelope(t, "heartbeat"), _signer(t))),
     Target(
         "signed.open_record.announcement", _opens(Announcement), lambda t: (v2_envelope(t, "announcement"), _signer(t))

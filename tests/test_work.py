@@ -11,12 +11,14 @@ import json
 import threading
 from dataclasses import replace
 
+import msgpack
 import pytest
 
-from node.round.ledger import Ledger
+from node.round import checks
+from node.round.ledger import AcceptedRoster, Ledger
 from node.round.trust import chain
 from protocol import signed, signing
-from protocol.admission import work
+from protocol.admission import rule, work
 from protocol.admission.rule import DISABLED, LOOKBACK, Admission
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
@@ -241,6 +243,126 @@ def test_a_roster_with_more_newcomers_than_allowed_is_refused():
     with pytest.raises(ProtocolError, match="5 authors new to the chain"):
         chain.check(env, chain.after(reader.ledger.rosters[r - 1]), reader.ledger, reader.proto.rules)
     assert LOOKBACK < 64  # the ledger's window (WINDOW) always holds the rosters newness is counted on
+
+
+# ------------------------------------------------------- failed proofs as a chain fact (protocol 7)
+def stamped_junk(key_der: bytes) -> tuple:
+    """A stamped proof whose nonce fails (a nonce that solves, 1 time in 8 here, is passed over)."""
+    nonces = (work.Proof(0, n.to_bytes(8, "big")) for n in range(2**40, 2**41))
+    return tuple(PUZZLE.stamp(key_der, next(x for x in nonces if not PUZZLE.solved(key_der, x)), STOP))
+
+
+def test_a_leader_lists_a_failed_proof_and_no_leader_checks_the_key_again(scrypt_calls):
+    _, registry, peers = swarm(4)
+    admit(peers)
+    play_round(peers)
+    junk = Peer(peers[0].net.dht, registry)
+    (adm,) = admit([junk], solve=False)
+    adm.proof = stamped_junk(signing.public_der(junk.key))
+    junk.digest, junk.round = peers[0].digest, peers[0].round
+    played = play_round([*peers, junk])
+    for p in peers:  # every reader took the listing, and checked it (one evaluation, remembered)
+        roster = played[p.id].accepted.roster
+        assert junk.id not in {a.peer for a in played[p.id].accepted.announcements}
+        assert rule.listed_failed([roster]) == {(junk.id, 0)} and (junk.id, 0) in p.proto.admission.failed
+    for p in peers:  # restarted: no memory of its own, only the chain's
+        fresh = Admission(PUZZLE, newcomers=4)
+        fresh.proof = p.proto.admission.proof
+        p.proto.admission = p.proto.builder.admission = fresh
+    scrypt_calls.calls = 0
+    played = play_round([*peers, junk])
+    assert scrypt_calls.calls == 0  # every leader skips the listed key: no check, and nothing new to list
+    assert all(not x.accepted.roster.failed and len(x.accepted.announcements) == 4 for x in played.values())
+
+
+def failing_roster(leader: Peer, reader: Peer, failed: tuple) -> dict:
+    """`leader`'s signed roster of the next round, listing its own announcement and `failed`."""
+    r = leader.round + 1
+    mine = Announcement(
+        run=RUN, round=r, peer=leader.id, nbytes=64, sha256="1" * 64, tokens=1, base=leader.digest,
+        time=leader.net.now(), work=leader.proto.admission.proof,
+    )  # fmt: skip
+    roster = Roster(
+        run=RUN, round=r, leader=leader.id, prev=leader.ledger.prev_hash(r), base=leader.digest, result=BASE0,
+        time=leader.net.now(), entries=(signed.seal(leader.key, mine),),
+        reveal=signing.sign_unique(leader.key, chain.election.reveal_message(RUN, r)), beacon=leader.proto.beacon(r),
+        failed=failed,
+    )  # fmt: skip
+    reader.proto.seen.setdefault(r, set()).add(leader.id)
+    return signed.seal(leader.key, roster)
+
+
+def refused(leader: Peer, reader: Peer, failed: tuple, match: str) -> None:
+    """Round readers and chain readers both refuse `leader`'s roster listing `failed`, with a ProtocolError."""
+    env, r = failing_roster(leader, reader, failed), leader.round + 1
+    with pytest.raises(ProtocolError, match=match):
+        reader.proto.check_roster(env, leader.id, r, reader.digest, None)
+    with pytest.raises(ProtocolError, match=match):
+        chain.check(env, chain.after(reader.ledger.rosters[r - 1]), reader.ledger, reader.proto.rules)
+    try:  # a better-ranked sibling of an honest roster with this listing is never swapped in either
+        sibling = AcceptedRoster(env, *signed.open_roster(env, max_bytes=reader.proto.max_bytes))
+    except ProtocolError:
+        return  # election.better_siblings opens a sibling so too
+    assert not checks._lists_valid(sibling, reader.proto.admission, reader.proto.max_bytes)
+
+
+def announced_by(p: Peer, r: int, proof: tuple) -> dict:
+    a = Announcement(run=RUN, round=r, peer=p.id, nbytes=64, sha256="1" * 64, tokens=1, base=p.digest, time=1.0)
+    return signed.seal(p.key, replace(a, work=proof))
+
+
+def test_a_roster_listing_a_valid_proof_as_failed_is_refused():
+    """A hostile leader cannot keep an honest newcomer out by listing its proof as failed: every
+    reader checks the listed proof (one evaluation) and refuses the roster; nor by listing a
+    proof without a stamp (a failure nobody paid for), an entry, or another round's announcement."""
+    _, registry, peers = swarm(2)
+    admit(peers)
+    play_round(peers)
+    leader, reader = peers
+    honest, other = Peer(peers[0].net.dht, registry), Peer(peers[0].net.dht, registry)
+    admit([honest])
+    r = leader.round + 1
+    for p in (honest, other):
+        p.digest = leader.digest
+    refused(leader, reader, (announced_by(honest, r, honest.proto.admission.proof),), "valid admission proof")
+    der = signing.public_der(other.key)
+    junk = stamped_junk(der)
+    unstamped = next(
+        junk[:2] + (s,)
+        for s in (n.to_bytes(8, "big") for n in range(99))
+        if not PUZZLE.stamped(der, work.Proof(*junk[:2], s))
+    )
+    refused(leader, reader, (announced_by(other, r, unstamped),), "carries no stamp")
+    refused(leader, reader, (announced_by(other, r + 1, junk),), "another run or round")
+    refused(leader, reader, (announced_by(leader, r, stamped_junk(signing.public_der(leader.key))),), "as an entry")
+    accepted = chain.check(
+        failing_roster(leader, reader, (announced_by(other, r, junk),)), chain.after(reader.ledger.rosters[r - 1]),
+        reader.ledger, replace(reader.proto.rules, collect_timeout=0.0),
+    )  # fmt: skip
+    assert rule.listed_failed([accepted.roster]) == {(other.id, 0)}  # a true listing passes
+    assert checks._lists_valid(accepted, reader.proto.admission, reader.proto.max_bytes)
+
+
+def test_a_roster_listing_more_failed_proofs_than_the_cap_or_a_malformed_listing_is_refused():
+    _, registry, peers = swarm(2)
+    admit(peers)
+    play_round(peers)
+    leader, reader = peers
+    r = leader.round + 1
+    crowd = [Peer(peers[0].net.dht, registry) for _ in range(rule.NEWCOMERS + 1)]
+    listing = tuple(announced_by(p, r, stamped_junk(signing.public_der(p.key))) for p in crowd)
+    refused(leader, reader, listing, "at most 4 signed announcement envelopes")
+    envelope = listing[0]
+    for bad, match in (
+        ({**envelope, "body": b"\x92junk"}, "failed|announcement"),  # the shape of an envelope, not its contents
+        ({**envelope, "sig": b"\0" * 256}, "signature"),
+        ({**envelope, "kind": "roster"}, "signed announcement envelopes"),
+    ):
+        refused(leader, reader, (bad,), match)
+    wire = Roster.from_wire(msgpack.unpackb(failing_roster(leader, reader, ())["body"]), max_bytes=64).to_wire()
+    for bad in ("x", ["x"], [{**envelope, "body": "x"}], [envelope] * 5):  # refused as the body is read
+        with pytest.raises(ProtocolError, match="failed"):
+            Roster.from_wire({**wire, "failed": bad}, max_bytes=64)
 
 
 def test_a_banned_identity_back_with_a_new_key_is_not_credited_before_it_solves():

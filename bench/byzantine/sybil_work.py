@@ -8,9 +8,10 @@ work        what one identity costs at the run defaults ([swarm] identity_work_*
 work-flood  a leader facing `records` fresh keys whose announcements carry junk proofs with junk
             stamps (free): scrypt calls and CPU per roster (a stamp is checked first, with one
             hash). A junk proof takes a check only with a stamp on its key and nonce, and a key
-            takes one check per leader: `records` stamped keys cost their author `records` x
-            2^stamp_bits hashes and keep a newcomer out of at most ceil((records + 1) / 4) of a
-            leader's rosters (tests/test_sybil_attacks_2.py; PoW is flood control, not a Sybil bound).
+            takes one leader's check in all (rosters list failures, protocol 7): `records` stamped
+            keys cost their author `records` x 2^stamp_bits hashes and keep a newcomer out of at
+            most ceil((records + 1) / 4) rosters (tests/test_sybil_attacks_2.py, _3.py; PoW is
+            flood control, not a Sybil bound).
 """
 
 from __future__ import annotations
@@ -123,9 +124,9 @@ def flood(records: int, rosters: int = 10) -> dict:
         "max_scrypt_calls_per_roster": most,
         "max_ms_per_roster": round(1000 * max(cpu), 1),
         "lucky_guesses_admitted": len(lucky),
-        "attacker_hashes_per_check": puzzle.stamp_expected,  # a stamp on the key and nonce, one check per leader
+        "attacker_hashes_per_check": puzzle.stamp_expected,  # a stamp on the key and nonce, one check in all
         "stamped_crowd_core_seconds": round(records * stamp, 1),  # to stamp `records` keys instead
-        "most_rosters_a_stamped_crowd_holds_a_newcomer": math.ceil((records + 1) / NEWCOMERS),  # at one leader
+        "most_rosters_a_stamped_crowd_holds_a_newcomer": math.ceil((records + 1) / NEWCOMERS),  # any number of leaders
         "target": f"<= {NEWCOMERS} scrypt calls per roster",
         "met": most <= NEWCOMERS,
     }

@@ -17,6 +17,7 @@ from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster
 from node.round.trust import chain, marks, omission
 from protocol import keys, signed
+from protocol.admission.rule import Admission
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("swarmtrain.rounds")
@@ -179,9 +180,13 @@ class RosterChecks:
         established = self.ledger.established(self.cfg.established_rounds) or None
         leaders = {self.rules.organizer} if self.young() else established
         better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no))
-        # its lists count in our marks once swapped in, and its time in the next round's floor
+        # its lists count once swapped in (marks, failed proofs), and its time in the next round's floor
         now = self.net.now()
-        return [s for s in better if _marks_valid(s) and not omission.dated_ahead(s.roster, now)]
+        return [
+            s
+            for s in better
+            if _lists_valid(s, self.admission, self.max_bytes) and not omission.dated_ahead(s.roster, now)
+        ]
 
     def _came_late(self, round_no: int) -> Callable[[election.Slot], bool]:
         """Whether our roster of `round_no` came late for a slot: we awaited the round from before
@@ -205,12 +210,14 @@ class RosterChecks:
         )
 
 
-def _marks_valid(accepted: AcceptedRoster) -> bool:
-    """Could a sibling's skip and unserved lists be an honest leader's (marks.check)? Siblings
-    compare no lists (ledger.siblings), so without this a better-ranked contributor's sibling
-    put any skip marks in the chain (tests/test_sybil_attacks_2.py)."""
+def _lists_valid(accepted: AcceptedRoster, admission: Admission, max_bytes: int) -> bool:
+    """Could a sibling's skip, unserved and failed lists be an honest leader's (marks.check,
+    Admission.check_failed)? Siblings compare no lists (ledger.siblings), so without this a
+    better-ranked contributor's sibling put any skip marks in the chain (tests/test_sybil_attacks_2.py),
+    or an honest newcomer's valid proof among the failures every leader skips (tests/test_work.py)."""
     try:
         marks.check(accepted.roster, {a.peer for a in accepted.announcements})
+        admission.check_failed(accepted.roster, list(accepted.announcements), max_bytes)
         return True
     except ProtocolError:
         return False

@@ -22,7 +22,7 @@ from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import RoundNet
 from node.round.trust import marks
 from protocol import keys, signed, signing
-from protocol.admission.rule import DISABLED, Admission
+from protocol.admission.rule import DISABLED, Admission, listed_failed
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
@@ -57,6 +57,8 @@ class Picked(NamedTuple):
     """Every author the read found (listed or not): the second read looks for others."""
     known: frozenset[str] = frozenset()
     """Authors the chain already knows (not newcomers, whom admission's share limits)."""
+    failed: tuple[dict, ...] = ()
+    """Signed announcements whose stamped proof failed our check, for the roster's `failed` (Admission.failures)."""
 
 
 class RosterBuilder:
@@ -172,6 +174,7 @@ class RosterBuilder:
             checkpoint=self.carry(round_no),
             full=outcome.full,
             cutoff=cutoff,
+            failed=chosen.failed,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
 
@@ -179,14 +182,18 @@ class RosterBuilder:
         self, round_no: int, base: str, eligible: set[str], at_least: int, *, beacon: str, slow: set[str] = frozenset()
     ) -> Picked:
         """The announcements of `eligible` peers a roster may list (admission's share of newcomers
-        included), by peer id, and how many of them it needs at least."""
+        included), by peer id, and how many of them it needs at least; with the proofs that failed
+        our check and that no roster of our window lists yet (every leader skips those)."""
         announced = self.announcements(round_no, base)
         candidates = {p: s for p, s in announced.items() if p in eligible}
         known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
-        admitted = self.admission.admit(candidates, known, beacon, last=slow, leader=self.me)  # slow newcomers last
+        listed = listed_failed((a.roster for a in self.ledger.rosters.values()), self.max_bytes)
+        admitted = self.admission.admit(candidates, known, beacon, last=slow, leader=self.me, listed=listed)
         if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
             at_least = min(at_least, len(admitted))
-        return Picked([announced[p] for p in sorted(admitted)], at_least, frozenset(announced), frozenset(known))
+        failed = self.admission.failures(candidates, admitted, listed)
+        chosen = [announced[p] for p in sorted(admitted)]
+        return Picked(chosen, at_least, frozenset(announced), frozenset(known), failed)
 
     def _fetch(self, picked: list[SignedAnnouncement], round_no: int, slow: set[str]) -> list[bytes | Exception]:
         """`picked`'s updates from their owners, in order: the usual peers in one batch, then the

@@ -277,7 +277,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 return None
             if len(picked.announcements) < max(1, picked.at_least) or self.hooks.aggregate is None:
                 return None
-            accepted = self.lead_v3(round_no, base, prev, beacon, slot, picked.announcements, skip, floor)
+            accepted = self.lead_v3(round_no, base, prev, beacon, slot, picked, skip, floor)
         else:
             accepted = self.builder.build(
                 round_no,

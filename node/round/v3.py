@@ -31,6 +31,7 @@ from typing import NamedTuple, Protocol
 from node.round import election
 from node.round.election import RosterCheck, Slot
 from node.round.hooks import NonFinite
+from node.round.lead import Picked
 from node.round.ledger import AcceptedRoster
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
@@ -106,13 +107,15 @@ class ScatterRounds:
         prev: str,
         beacon: str,
         slot: Slot,
-        picked: list,
+        chosen: Picked,
         skip: tuple,
         floor: float | None,
     ):
-        """Lead round `round_no` as v3 with the announcements `picked` (lead.SignedAnnouncement):
-        our signed roster, or None (the round failed; the call's attempt is not led again). Its
-        cutoff is the call's time (collection stopped there), at least the chain's `floor`."""
+        """Lead round `round_no` as v3 with the announcements `chosen` picked: our signed roster,
+        or None (the round failed; the call's attempt is not led again). Its cutoff is the call's
+        time (collection stopped there), at least the chain's `floor`; it lists the proofs that
+        failed our admission checks (Picked.failed) as a v2 roster does."""
+        picked = chosen.announcements
         members = [s.announcement.peer for s in picked]
         peers = self.table.last()
         if any(p not in peers or peers[p].digest != base for p in members):
@@ -175,6 +178,7 @@ class ScatterRounds:
             passed=ran.passed,
             finals=ran.finals,
             cutoff=max(call.time, floor or 0.0),
+            failed=chosen.failed,
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, called.announcements)
 

@@ -13,12 +13,17 @@ with junk proofs must not buy that per key per read. Hence:
     (2^stamp_bits hashes) on that key and nonce;
   * every check is remembered by the exact proof (peer, epoch, nonce, stamp), failures included,
     and a peer whose stamped proof failed a check here is not checked again by this leader for
-    the epoch (`failed`): honest peers never fail one (they solved it), so a junk key costs each
-    leader one check ever, however many nonces it stamps. Readers judge a listed proof on its
-    own (the exact-proof memory only), so what one peer saw of a key never splits them.
-The order is left a draw (not oldest first): the memory of failures is each peer's own, so a
-crowd of stamped keys announced early would stand ahead of a later newcomer at every leader
-until each leader had checked them all, where the draw lets the first lucky leader take it.
+    the epoch (`failed`): honest peers never fail one (they solved it);
+  * a leader lists in its roster's `failed` (at most `newcomers`) the signed announcements whose
+    exact stamped proof failed its check and that the chain does not list yet; a reader checks
+    each (its stamp, then one evaluation, remembered as above) and refuses the roster if one is
+    valid, unstamped, an entry, or of another round. Every leader then skips, for the epoch, the
+    keys its window's rosters list (`listed_failed`), so a junk key costs one check in the
+    swarm's leading, not one per leader, and each reader one evaluation (the leader's roster
+    can spend at most `newcomers` of them). Readers judge each proof on its own.
+The order is left a draw (not oldest first): a crowd of stamped keys announced early would stand
+ahead of a later newcomer at every leader until the chain had listed them all, where the draw
+lets the first lucky leader take it.
 The organizer is exempt (it signed the manifest). Heartbeats carry no proof.
 A run without work (identity_work_bits 0) gets DISABLED, which admits everyone and checks nothing.
 Pure: who is known comes from the caller's chain (node/round/ledger.py: Ledger.authors_before).
@@ -28,10 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 
+from protocol import signed
 from protocol.admission import work
 from protocol.errors import ProtocolError
-from protocol.records import Announcement, Roster
+from protocol.records import MAX_FAILED, Announcement, Roster
 
 NEWCOMERS = 4  # most authors new to the chain one roster may list: a leader checks at most this many proofs a roster
 # ... unless the organizer leads it (a young run): it lists every proven newcomer up to this. With
@@ -80,6 +87,7 @@ class Admission:
         beacon: str,
         last: set[str] = frozenset(),
         leader: str = "",
+        listed: frozenset[tuple[str, int]] = frozenset(),
     ) -> set[str]:
         """The leader's side: which of the `announced` peers (peer -> (envelope, announcement)) its
         roster may list, given the authors `known` to the chain before it. Known authors all; of
@@ -87,8 +95,9 @@ class Admission:
         in the order of SHA-256(beacon | peer), those in `last` after the rest: a newcomer that
         two leaders could not fetch from (marks.slow_servers) is admitted, left out unfetched and
         so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py). A proof
-        without a stamp, or from a peer whose proof failed here this epoch, takes no check. The
-        organizer (`leader`, in a young run) takes up to YOUNG_NEWCOMERS."""
+        without a stamp, or from a peer whose proof failed here this epoch or that the chain
+        `listed` as failed ((peer, epoch): listed_failed), takes no check. The organizer
+        (`leader`, in a young run) takes up to YOUNG_NEWCOMERS."""
         if self.puzzle is None:
             return set(announced)
         cap = self.cap(leader)
@@ -102,6 +111,8 @@ class Admission:
             env, ann = announced[p]
             if not ann.work or not self.puzzle.stamped(env["key"], work.Proof(*ann.work)):
                 continue  # no proof, or no stamp on it: one hash, no check
+            if (p, ann.work[0]) in listed:
+                continue  # a roster of the chain showed its proof failing this epoch: no leader checks it again
             with self.lock:
                 if (p, ann.work[0]) in self.failed:
                     continue  # its proof failed here this epoch: an honest peer's never does
@@ -115,16 +126,41 @@ class Admission:
                 taken += 1
         return out
 
+    def failures(
+        self,
+        announced: dict[str, tuple[dict, Announcement]],
+        admitted: set[str],
+        listed: frozenset[tuple[str, int]] = frozenset(),
+    ) -> tuple[dict, ...]:
+        """What a roster lists as `failed`: the signed envelopes of `announced` peers, not `admitted`,
+        whose exact stamped proof failed a check here and whose (peer, epoch) the chain has not
+        `listed` yet; at most `newcomers`, by peer id. No check is made: only what we know to fail,
+        so every reader's one evaluation agrees."""
+        if self.puzzle is None:
+            return ()
+        out = []
+        with self.lock:
+            for p in sorted(set(announced) - admitted):
+                env, ann = announced[p]
+                if ann.work and (p, ann.work[0]) not in listed and self.checked.get((p, *ann.work)) is False:
+                    out.append(env)
+        return tuple(out[: min(self.newcomers, MAX_FAILED)])
+
     def cap(self, leader: str) -> int:
         """How many newcomers a roster led by `leader` may list: more for the organizer, who leads
         only while the run is young, so that every peer there from the start is in its first rosters."""
         return max(self.newcomers, YOUNG_NEWCOMERS) if leader and leader == self.organizer else self.newcomers
 
-    def check(self, roster: Roster, anns: list[Announcement], known: set[str], whole: bool) -> None:
+    def check(
+        self, roster: Roster, anns: list[Announcement], known: set[str], whole: bool, *, max_bytes: int = 2**40
+    ) -> None:
         """The reader's side: raise ProtocolError if `roster` lists more than `newcomers` authors
-        not `known` to the chain before it, or such an author without a valid proof. Newness is
-        counted only when the reader's window is `whole` (it holds every roster of the lookback;
-        a joiner's may not): otherwise every author's proof is checked (once each)."""
+        not `known` to the chain before it, or such an author without a valid proof, or lists as
+        `failed` a proof that does not fail (check_failed). Newness is counted only when the
+        reader's window is `whole` (it holds every roster of the lookback; a joiner's may not):
+        otherwise every author's proof is checked (once each)."""
+        if getattr(roster, "failed", ()):  # a v3 call (protocol/kinds/call.py) lists none
+            self.check_failed(roster, anns, max_bytes)
         if self.puzzle is None:
             return
         known = (known if whole else set()) | {self.organizer}
@@ -136,9 +172,44 @@ class Admission:
             if not self.valid(a.peer, env["key"], a.work):
                 raise ProtocolError(f"lists {a.peer[:16]}, whose announcement carries no valid admission proof")
 
+    def check_failed(self, roster: Roster, anns: list[Announcement], max_bytes: int) -> None:
+        """`roster.failed`: at most `newcomers` signed announcements of its run and round, by distinct
+        peers that are not its entries, each with a stamped proof that fails its scrypt evaluation
+        (one each, remembered: a reader that leads later skips them). A valid proof listed is
+        refused, so a leader cannot keep an honest newcomer out this way; so is an unstamped one
+        (a failure its author did not pay for, which no leader checks). Nothing listed: nothing checked."""
+        if roster.failed and self.puzzle is None:
+            raise ProtocolError("lists failed admission proofs in a run without admission work")
+        if len(roster.failed) > min(self.newcomers, MAX_FAILED):
+            raise ProtocolError(f"lists {len(roster.failed)} failed admission proofs; at most {self.newcomers}")
+        seen = {a.peer for a in anns}
+        for env in roster.failed:
+            a = signed.open_record(env, Announcement, max_bytes=max_bytes)
+            if a.run != roster.run or a.round != roster.round:
+                raise ProtocolError(f"lists as failed {a.peer[:16]}'s announcement of another run or round")
+            if a.peer in seen:
+                raise ProtocolError(f"lists {a.peer[:16]} as failed and as an entry, or twice")
+            seen.add(a.peer)
+            if not a.work or not self.puzzle.stamped(env["key"], work.Proof(*a.work)):
+                raise ProtocolError(f"lists as failed {a.peer[:16]}'s proof, which carries no stamp")
+            if self.valid(a.peer, env["key"], a.work):
+                raise ProtocolError(f"lists as failed {a.peer[:16]}'s valid admission proof")
+
 
 DISABLED = Admission(None)
 """A run without admission work: everyone is admitted and nothing is checked."""
+
+
+def listed_failed(rosters: Iterable[Roster], max_bytes: int = 2**40) -> frozenset[tuple[str, int]]:
+    """(peer, epoch) of every proof the `rosters` list as failed: accepted rosters, whose listings
+    their readers checked (the envelopes open from protocol/signed.py's memory: no new check)."""
+    out = set()
+    for roster in rosters:
+        for env in roster.failed:
+            a = signed.open_record(env, Announcement, max_bytes=max_bytes)
+            if a.work:
+                out.add((a.peer, a.work[0]))
+    return frozenset(out)
 
 
 def _remember(memory: dict, key: tuple, value: object) -> None:

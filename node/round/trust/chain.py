@@ -147,13 +147,15 @@ def leader_problem(leader: str, window: Ledger, rules: ChainRules) -> str:
 
 def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rules: ChainRules) -> None:
     """The entries' own rules, given the rosters before (`window`): every update made for the
-    roster's base, no author the window's scores ban, new authors admitted (protocol/admission)."""
+    roster's base, no author the window's scores ban, new authors admitted, and the proofs it lists
+    as `failed` failing (protocol/admission)."""
     if any(a.base != roster.base for a in anns):
         raise ProtocolError("lists an update made for another state")
     banned = rules.banned(window) & {a.peer for a in anns}
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
-    rules.admission.check(roster, anns, *window.authors_before(roster.round, rules.admission.lookback))
+    known, whole = window.authors_before(roster.round, rules.admission.lookback)
+    rules.admission.check(roster, anns, known, whole, max_bytes=rules.max_bytes)  # and its `failed` listing
 
 
 class Verified(NamedTuple):

@@ -1,14 +1,19 @@
 """Faults in a v3 round run by the real RoundProtocol over the in-memory fakes (tests/test_v3_rounds.py):
-a leader that dies right after storing its call costs its members one bounded wait, not the round."""
+a leader that dies right after storing its call, or one that stays up but never moves its board
+on, costs its members one bounded wait, not the round."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
+import pytest
 import torch
 
 from node.round.v3 import Aggregate
+from node.scatter import runner
+from node.scatter.leader import Leader
 from node.scatter.member import Timeouts
 from protocol import keys, signed
 from tests.test_v3_rounds import CFG, RUN, TOTAL, swarm
@@ -87,3 +92,83 @@ def test_a_leader_that_dies_after_its_call_costs_one_phase_and_no_update():
     assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"
     opened, _ = signed.open_call(dht.get(keys.call_key(RUN, 1))[roster.leader], signer=roster.leader)
     assert opened.entries == roster.entries
+
+
+class Frozen(Leader):
+    """A hostile leader: it answers every board poll at once, but with its first board only
+    (collect, level 1): it never moves its board on, so nobody's round can end. `bump`: under a new
+    version each time (a version alone is no progress: node/scatter/leader.py news)."""
+
+    bump = False
+
+    def publish(self, level: int, stage: str, **fields) -> None:
+        if not self.boards:
+            super().publish(level, stage, **fields)
+
+    def answer(self, caller, msg):
+        if msg.op == "board":  # the first board, whatever level or version is asked for
+            while not self.boards:
+                time.sleep(0.05)
+            with self.cond:
+                self.version += self.bump
+                return dataclasses.replace(self.boards[1], version=self.version).encode()
+        return super().answer(caller, msg)
+
+
+@pytest.mark.parametrize("bump", [False, True], ids=["same-version", "new-versions"])
+def test_a_leader_that_never_moves_its_board_on_costs_one_stall_and_no_update(monkeypatch, bump):
+    """The first peer to call a v3 round leads it with a board that never moves on past its first
+    version, while answering every poll (so no member ever finds it silent). Its members give its
+    round up once the board has shown nothing new for Timeouts.stall (2.5 x phase) and hand the
+    round to the next slot's turn, as for a dead leader: the next-ranked peer calls again, its
+    roster lists every other member's update and skips the staller. Bound: settle + stall + settle
+    + phase + 3 s from the call: 21.7 s, measured 14.6 s. Before (only silence was detected):
+    every member waited round_timeout (40 s) inside the stalled call, then failed its round (the
+    test failed after 91 s)."""
+    n = 6
+    dht, bus, peers = swarm(n, timeouts=NODE_TIMEOUTS)
+    hostile: dict = {}
+
+    def leader(rnd, keys, member, **options):
+        if not hostile:
+            hostile.update(id=keys.peer, at=time.monotonic())
+            frozen = Frozen(rnd, keys, member, **options)
+            frozen.bump = bump
+            return frozen
+        return Leader(rnd, keys, member, **options)
+
+    monkeypatch.setattr(runner, "Leader", leader)
+    gen = torch.Generator().manual_seed(1)
+    updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
+    dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in peers:
+        p.announce(updates[p.id])
+    out: dict = {}
+    done: dict = {}
+
+    def play(p):
+        p.play(out)
+        done[p.id] = time.monotonic()
+
+    threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(CFG.round_timeout + 30)
+    assert hostile, "nobody called a v3 round"
+    survivors = [p for p in peers if p.id != hostile["id"]]
+    took = {p.id: done.get(p.id, float("nan")) - hostile["at"] for p in survivors}
+    print("seconds from the stalled call to each survivor's end:", sorted(round(s, 1) for s in took.values()))
+    for p in survivors:
+        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
+        p.finish(*out[p.id])
+    assert len({p.digest for p in survivors}) == 1
+    accepted, got = out[survivors[0].id]
+    roster = accepted.roster
+    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
+    assert roster.leader != hostile["id"] and hostile["id"] in roster.skip
+    assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
+    bound = 2 * SETTLE + NODE_TIMEOUTS.stall + NODE_TIMEOUTS.phase + 3.0
+    assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"

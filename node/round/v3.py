@@ -15,8 +15,8 @@ no round uses it, so every round is verify-all (v2), byte for byte as before.
           lists the call's entries, the final parts' digests it gathered and the owners its board
           caught, and applies it only if the state after its aggregate has the roster's digests
           (node/peer/applier.py), as a v2 peer does. A member whose call's leader went silent
-          (no board for a phase) gives its round up and hands the round to the next slot's turn
-          (`leader_gone`), leaving the silent leader's update out.
+          (no board for a phase, or no news on it for 2.5 phases) gives its round up and hands
+          the round to the next slot's turn (`leader_gone`), leaving the silent leader's update out.
 Whether a roster is v3 is the hook's word on its number of entries, unless the organizer leads it
 (a young run: v2): every peer decides alike. A
 peer that took no part in a v3 round cannot gather it (RoundFailed): it resyncs.
@@ -217,11 +217,12 @@ class ScatterRounds:
                 self.leader_gone(round_no, leader, best.slot)
 
     def leader_gone(self, round_no: int, leader: str, slot: Slot) -> None:
-        """The leader of the call we took (its `slot`) sent no board for a phase: its turn is over,
-        and the next slot's turn comes now. Our round's clock moves to that turn (back too: ranks
-        whose turn passed while we all waited inside the call get it, as in v2, instead of a skip
-        mark), so every member, giving up alike, hands the round to the same next leader, who
-        skips the silent one; its update, which never reached anyone, we leave out of what we lead."""
+        """The leader of the call we took (its `slot`) sent no board for a phase, or no news on it
+        for 2.5 phases: its turn is over, and the next slot's turn comes now. Our round's clock
+        moves to that turn (back too: ranks whose turn passed while we all waited inside the call
+        get it, as in v2, instead of a skip mark), so every member, giving up alike, hands the
+        round to the same next leader, who skips the silent one; its update, which never reached
+        anyone, we leave out of what we lead."""
         self.silent.setdefault(round_no, set()).add(leader)
         after = election.next_slot(slot)
         self.opened[round_no] = self.net.monotonic() - election.turn(after, self.cfg)

@@ -13,7 +13,10 @@ and says on its board, version by version (protocol/kinds/scatter.py Board), wha
            level gets `escalate` more auditors (a liar's fellows may be lying too);
   done     the level's receipts stand: level-1 owners send their parts on, or members gather.
 Members fetch the board by long poll (the leader answers when it has a newer version, or after
-`phase`), so no one dials a member. Every wait has a deadline.
+`phase`), so no one dials a member. Every wait has a deadline, the leader's too: each version it
+publishes says something new (`news`) and follows the last within 2 x `phase`, so a member
+whose board shows nothing new for longer (Timeouts.stall) has a leader that stalls its round,
+and gives it up as it does a silent one. Members take the board by this module's functions.
 """
 
 from __future__ import annotations
@@ -24,16 +27,52 @@ import threading
 from node.scatter import chunks
 from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, open_receipt
 from node.scatter.grid import assign_auditors
-from node.scatter.member import Member, tasks_of
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import Board, Message, draw_message, set_digest, task_name
 
 
-class Leader:
-    """Leads one v3 round; `member` (the leader's own) serves its ops to the other members."""
+def tasks_of(rnd: Round, level: int) -> list[tuple[int, int, int]]:
+    grid = rnd.grid
+    if level == 1:
+        return [(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)]
+    return [(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)]
 
-    def __init__(self, rnd: Round, keys, member: Member, *, auditors: int = 1, escalate: int = 3):
+
+def apply_board(rnd: Round, board: Board) -> None:
+    """The leader's word on the level, taken as every member takes it."""
+    rnd.replaced, rnd.caught = dict(board.replaced), set(board.caught)
+    for task in tasks_of(rnd, board.level):
+        name = task_name(task)
+        if name in board.fixed:
+            rnd.fixed[name], rnd.signers[name] = board.fixed[name], board.signers[name]
+        else:
+            rnd.unfix(name)
+
+
+def board_seed(rnd: Round, board: Board, leader: str) -> str:
+    """The audit seed of the board's level (raises ProtocolError if the leader's draw does not check).
+    It stays the one drawn when the level's receipts were first fixed, through re-audits."""
+    digest = board.digest
+    message = draw_message(rnd.run, rnd.round, rnd.attempt, board.level, digest)
+    if not rnd.checker.unique_ok(board.draw, message, leader, {}):
+        raise ProtocolError("the leader's draw of the audit seed does not check")
+    return audit_seed(rnd.grid.seed, digest, board.draw)
+
+
+def news(board: Board) -> tuple:
+    """What a board says, as a key its level's earlier boards must not have shown: a leader
+    publishes a new one with every version (a new stage or audit draw `tag`, one more task passed
+    over, one more owner caught), so a version that repeats one moves the round nowhere
+    (Member.level counts only news as the leader's progress)."""
+    return board.stage, board.tag, sum(board.replaced.values()), len(board.caught)
+
+
+class Leader:
+    """Leads one v3 round; `member` (the leader's own node/scatter/member.py Member) serves its
+    ops to the other members."""
+
+    def __init__(self, rnd: Round, keys, member, *, auditors: int = 1, escalate: int = 3):
         self.rnd, self.keys, self.auditors, self.escalate = rnd, keys, auditors, escalate
         self.timeouts = member.timeouts
         member.lead = self

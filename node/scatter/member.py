@@ -16,7 +16,9 @@ A member, from the round's Round (grid, rule, who committed) and its own update:
 Every connection is dialled by the member that gives or asks: senders dial owners, auditors and
 gatherers dial owners, everyone dials the leader; owners and the leader are reachable members
 (grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline, and a
-member that has had no board from the leader for `phase` gives the round up (LeaderSilent).
+member that has had no board from the leader for `phase`, or no news on it for 2.5 x `phase`
+(Timeouts.stall: a leader that answers polls but never moves its board on), gives the round up
+(LeaderSilent).
 `Member.answer` serves the ops (protocol/kinds/scatter.py Message) other members call.
 """
 
@@ -31,11 +33,12 @@ from typing import Protocol
 import torch
 
 from node.scatter import chunks
-from node.scatter.audit import Input, Round, answer_task, audit, audit_seed, check_chunk, open_receipt
+from node.scatter.audit import Input, Round, answer_task, audit, check_chunk, open_receipt
 from node.scatter.grid import assign_auditors
+from node.scatter.leader import apply_board, board_seed, news, tasks_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Commitment, Message, draw_message, task_name
+from protocol.kinds.scatter import Board, Commitment, Message, task_name
 
 log = logging.getLogger("swarmtrain.scatter")
 
@@ -52,15 +55,23 @@ class Timeouts:
     round: float = 600.0
     """The whole round, for this member: past it, it gives up (the round fails for it)."""
 
+    @property
+    def stall(self) -> float:
+        """A board that shows nothing new for this long is a stalling leader's (LeaderSilent): an
+        honest one publishes news within 2 x `phase` (its longest wait), plus a half for its work."""
+        return 2.5 * self.phase
+
 
 PAUSE = 0.25
 """Seconds between two board polls the leader did not answer (a dead leader's refuse at once)."""
 
 
 class LeaderSilent(TimeoutError):
-    """The round's leader sent no board for `Timeouts.phase`: gone, and its round with it. A live
-    leader answers every poll within `phase` (a long poll), so only a dead leader, or a link as good
-    as dead, stops a member here; the round protocol then hands the round on (node/round/v3.py)."""
+    """The round's leader sent no board for `Timeouts.phase`, or none with news for
+    `Timeouts.stall`: gone or stalling, and its round with it. A live leader answers every poll
+    within `phase` (a long poll) and moves its board on within 2 x `phase`, so only a dead or
+    hostile leader, or a link as good as dead, stops a member here; the round protocol then hands
+    the round on (node/round/v3.py)."""
 
     leader_silent = True  # how node/round/v3.py, which may not import this module, tells it apart
 
@@ -70,34 +81,6 @@ class ScatterNet(Protocol):
 
     def call(self, peer: str, message: Message, timeout: float) -> bytes:
         """Dial `peer` with `message`; its answer's payload. Raises ProtocolError, TimeoutError, OSError."""
-
-
-def tasks_of(rnd: Round, level: int) -> list[tuple[int, int, int]]:
-    grid = rnd.grid
-    if level == 1:
-        return [(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)]
-    return [(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)]
-
-
-def apply_board(rnd: Round, board: Board) -> None:
-    """The leader's word on the level, taken as every member takes it."""
-    rnd.replaced, rnd.caught = dict(board.replaced), set(board.caught)
-    for task in tasks_of(rnd, board.level):
-        name = task_name(task)
-        if name in board.fixed:
-            rnd.fixed[name], rnd.signers[name] = board.fixed[name], board.signers[name]
-        else:
-            rnd.unfix(name)
-
-
-def board_seed(rnd: Round, board: Board, leader: str) -> str:
-    """The audit seed of the board's level (raises ProtocolError if the leader's draw does not check).
-    It stays the one drawn when the level's receipts were first fixed, through re-audits."""
-    digest = board.digest
-    message = draw_message(rnd.run, rnd.round, rnd.attempt, board.level, digest)
-    if not rnd.checker.unique_ok(board.draw, message, leader, {}):
-        raise ProtocolError("the leader's draw of the audit seed does not check")
-    return audit_seed(rnd.grid.seed, digest, board.draw)
 
 
 class Member:
@@ -178,7 +161,7 @@ class Member:
 
     def level(self, level: int) -> None:
         """Follow the leader's board for `level` until it says done, doing what it asks of me."""
-        version = -1
+        version, shown, moved = -1, set(), time.monotonic()  # moved: when the board last showed news
         while True:
             self.answer_tasks(level)
             if time.monotonic() > self.deadline:
@@ -189,24 +172,29 @@ class Member:
                 )
                 board = Board.decode(reply)
             except (ProtocolError, TimeoutError, OSError) as e:
-                silent = time.monotonic() - self.heard
-                if silent >= self.timeouts.phase:  # a leader dead from its call: every member alike, a phase in
-                    raise LeaderSilent(
-                        f"round {self.rnd.round}: no board from the leader for {silent:.0f} s: {e}"
-                    ) from e
+                self.silent(time.monotonic() - self.heard, "no board", e)
                 log.info("round %d: no board of level %d yet: %s", self.rnd.round, level, e)
                 time.sleep(PAUSE)
                 continue
             self.heard = time.monotonic()
-            if board.level != level or board.version <= version:
+            if board.level != level or board.version <= version or news(board) in shown:
+                self.silent(self.heard - moved, "no news on the board", None, self.timeouts.stall)
+                time.sleep(PAUSE)  # a leader that answers at once with nothing new is not polled flat out
+                version = max(version, board.version) if board.level == level else version
                 continue
-            version = board.version
+            version, moved = board.version, self.heard
+            shown.add(news(board))
             apply_board(self.rnd, board)
             self.push_inputs()
             if board.stage == "audit":
                 self.audit_dealt(board)
             elif board.stage == "done":
                 return
+
+    def silent(self, waited: float, what: str, cause: Exception | None, bound: float = 0.0) -> None:
+        """Give the round up (LeaderSilent) if the leader has sent `what` for `bound` (default: phase)."""
+        if waited >= (bound or self.timeouts.phase):  # a dead or stalling leader: every member alike
+            raise LeaderSilent(f"round {self.rnd.round}: {what} from the leader for {waited:.0f} s: {cause or ''}")
 
     # ------------------------------------------------------------------ as an owner
     def answer_tasks(self, level: int) -> None:

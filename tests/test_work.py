@@ -408,6 +408,7 @@ def test_a_volunteer_solves_once_keeps_its_proof_and_stops_at_once(tmp_path, scr
             cfg=NodeConfig(data_dir=str(tmp_path)),
             run_id=RUN,
             out=SimpleNamespace(say=said.append),
+            ledger=Ledger(),  # no chain yet: epoch 0's seed only
         )
 
     stopped = threading.Event()

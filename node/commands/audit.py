@@ -108,6 +108,9 @@ class ChainCheck:
         r, leader = this.roster.round, this.roster.leader
         # what a peer's Ledger held when it checked this roster, asked what the peer asked
         window = Ledger(rosters={a.roster.round: a for a in before if r - WINDOW <= a.roster.round < r})
+        window.seeds = {
+            a.roster.round: a.roster.beacon for a in before[-2 * self.anchor.run.swarm.identity_epoch_rounds :]
+        }
         rules = chain.ChainRules(
             run_id=self.anchor.run_id,
             established_rounds=self.anchor.run.swarm.established_rounds,

@@ -237,6 +237,10 @@ class SwarmConfig:
     """Admission work's stamp: SHA-256 leading zero bits a proof also carries, 2^bits hashes once
     per run and key (7-10 s of a core), checked with one hash before the scrypt evaluation, so a
     junk proof takes a leader's check only if its author paid this much for it."""
+    identity_epoch_rounds: int = 1024
+    """Admission work's epoch, in rounds: a proof of epoch e is bound to the chain's beacon of round
+    e x this (epoch 0's to the run id), so none can be made before that round, and it counts until
+    round (e + 2) x this: each peer solves the next one in the background once per epoch."""
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -109,6 +109,7 @@ RUN_RANGES: dict[str, Range] = {
     "swarm.identity_work_n_log2": Range(1, 22),  # scrypt needs n >= 2; 2^22 at r 8 is 4 GiB an evaluation
     "swarm.identity_work_r": Range(1, 32),
     "swarm.identity_stamp_bits": Range(0, 40),  # 40 bits: ~5 days of a core per stamp
+    "swarm.identity_epoch_rounds": AT_LEAST_ONE,
     "robust.clip_multiple": NOT_NEGATIVE,
     "robust.trim_fraction": Range(0, 0.5, high_open=True),
     "robust.score_window": AT_LEAST_ONE,

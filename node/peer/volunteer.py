@@ -26,12 +26,14 @@ from node.outer.overlap import Start
 from node.p2p.reach import judge
 from node.peer import checkpoint
 from node.peer.reporting import summary
-from node.peer.wiring import NodeParts
+from node.peer.wiring import NodeParts, keep_proof, proof_path
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
 from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
+from protocol import signing
+from protocol.admission.renew import Renewal
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Peer(NodeParts):
     next round), then `end`. The CLI's loop (Volunteer.train, below) and the Python API
     (driver.py, under a user's own loop) drive the same methods."""
 
+    renewal: Renewal | None = None  # our next epoch's admission proof, solved in the background (begin)
+
     def __init__(self, cfg: NodeConfig, stack: ExitStack, reporter: Reporter):
         super().__init__(cfg, stack, reporter)
         self.start: Start | None = None  # where this round's training started: what the update is measured from
@@ -93,6 +97,11 @@ class Peer(NodeParts):
         False: nothing to train (stopped, or max_rounds already reached)."""
         if not self.obtain_proof(stop):  # our announcements count only with a proof of work
             return False
+        der = signing.public_der(self.key)
+        kept = proof_path(
+            self.cfg.data_dir, self.run_id, der
+        )  # and with one of the chain's epoch: renewed in the background
+        self.renewal = Renewal(self.rounds.admission, der, stop, self.out.say, keep=functools.partial(keep_proof, kept))
         self.applier.state, how = self.sync.initial_state(stop)
         self.joined_round, self.joined_at = self.state.round, time.monotonic()
         self.start_heartbeat()
@@ -123,6 +132,8 @@ class Peer(NodeParts):
             if self.reached_max():  # the swarm's state may be the last round's: never train past it
                 return False
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
+        if self.renewal is not None:
+            self.renewal.due(r, self.ledger.beacon_of)  # our next epoch's proof, once its seed is on our chain
         self.presence.heartbeat.update(
             round=r,
             state_round=self.state.round,

@@ -131,7 +131,8 @@ class NodeParts:
         loaded = self.load_data(corpus)
         self.tokens, self.val, score_tokens = loaded.tokens, loaded.val, loaded.score
         self.ckpt = checkpoint.checkpoint_path(cfg.data_dir, self.run_id)
-        self.ledger = Ledger.load(Path(cfg.data_dir) / self.run_id / "ledger.jsonl")
+        ledger_path = Path(cfg.data_dir) / self.run_id / "ledger.jsonl"
+        self.ledger = Ledger.load(ledger_path, epoch_rounds=self.run.swarm.identity_epoch_rounds)
         self.exchange.set_ledger(self.ledger.envelopes_from)  # joiners verify our chain from the genesis
         self.ledger.anchor = Anchor.load(  # the organizer's newest checkpoint: node/round/trust/anchor.py
             Path(cfg.data_dir) / self.run_id / ANCHOR_FILE, run_id=self.run_id, organizer=self.manifest["organizer"]
@@ -229,14 +230,15 @@ class NodeParts:
         puzzle = admission.puzzle
         if puzzle is None or admission.proof or self.me == self.manifest["organizer"]:
             return True
-        path = Path(self.cfg.data_dir) / self.run_id / f"work-{hashlib.sha256(der).hexdigest()[:16]}.json"
+        path, head = proof_path(self.cfg.data_dir, self.run_id, der), max(self.ledger.rosters, default=0)
+        seeds = admission.seeds(head, self.ledger.beacon_of(head) or "", self.ledger.beacon_of)  # our chain's
         saved = _saved_proof(path)
         if saved is not None and not saved.stamp:
             self.out.say(
                 f"admission work: the proof kept in {path} has no stamp (saved before protocol 5): solving again"
             )
-        elif saved is not None and puzzle.valid(der, saved):
-            admission.proof = tuple(saved)
+        elif saved is not None and puzzle.valid(der, saved, seeds):
+            admission.proof = tuple(saved)  # of our chain's epoch or the one before (else renewed: open_round)
             return True
         done, found = [(0, puzzle.expected, "scrypt evaluations")], []
         solver = threading.Thread(
@@ -259,10 +261,7 @@ class NodeParts:
         if not found or found[0] is None:
             return False
         admission.proof = tuple(found[0])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"epoch": found[0].epoch, "nonce": found[0].nonce.hex(), "stamp": found[0].stamp.hex()})
-        )
+        keep_proof(path, found[0])
         self.out.say(f"admission work: done in {time.monotonic() - t0:.0f} s, kept in {path}")
         return True
 
@@ -306,6 +305,17 @@ class NodeParts:
     def state(self) -> SwarmState:
         """The swarm's state as we hold it (the applier's: rounds and syncs replace it)."""
         return self.applier.state
+
+
+def proof_path(data_dir: str, run_id: str, key_der: bytes) -> Path:
+    """Where our admission proof for the run and key is kept."""
+    return Path(data_dir) / run_id / f"work-{hashlib.sha256(key_der).hexdigest()[:16]}.json"
+
+
+def keep_proof(path: Path, proof: work.Proof) -> None:
+    """Save our proof (a restart announces it again while it counts: its epoch or the next)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"epoch": proof.epoch, "nonce": proof.nonce.hex(), "stamp": proof.stamp.hex()}))
 
 
 def _saved_proof(path: Path) -> work.Proof | None:

@@ -89,7 +89,7 @@ class Witness:
         builds them; `score_tokens`: the shared scoring batch ([robust] scoring; else None)."""
         cfg = run.swarm
         self.swarm, self.run_id, self.cfg, self.me, self.key = swarm, run_id, cfg, swarm.peer_id, key
-        self.ledger = Ledger.load(data_dir / run_id / "ledger.jsonl")
+        self.ledger = Ledger.load(data_dir / run_id / "ledger.jsonl", epoch_rounds=cfg.identity_epoch_rounds)
         self.anchor = self.ledger.anchor = Anchor.load(data_dir / run_id / FILENAME, run_id=run_id, organizer=self.me)
         max_bytes, metrics = int(cfg.max_update_mb * 2**20), NodeMetrics()
         self.exchange = Exchange(swarm.dht, run_id, max_bytes=max_bytes, me=self.me, on_bytes=metrics.on_bytes)

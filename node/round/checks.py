@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from node.round import election
 from node.round.election import RosterCheck
-from node.round.ledger import AcceptedRoster
+from node.round.ledger import AcceptedRoster, Ledger
 from node.round.trust import chain, marks, omission
 from protocol import keys, signed
 from protocol.admission.rule import Admission
@@ -185,7 +185,7 @@ class RosterChecks:
         return [
             s
             for s in better
-            if _lists_valid(s, self.admission, self.max_bytes) and not omission.dated_ahead(s.roster, now)
+            if _lists_valid(s, self.admission, self.max_bytes, self.ledger) and not omission.dated_ahead(s.roster, now)
         ]
 
     def _came_late(self, round_no: int) -> Callable[[election.Slot], bool]:
@@ -210,14 +210,16 @@ class RosterChecks:
         )
 
 
-def _lists_valid(accepted: AcceptedRoster, admission: Admission, max_bytes: int) -> bool:
+def _lists_valid(accepted: AcceptedRoster, admission: Admission, max_bytes: int, window: Ledger | None = None) -> bool:
     """Could a sibling's skip, unserved and failed lists be an honest leader's (marks.check,
     Admission.check_failed)? Siblings compare no lists (ledger.siblings), so without this a
     better-ranked contributor's sibling put any skip marks in the chain (tests/test_sybil_attacks_2.py),
     or an honest newcomer's valid proof among the failures every leader skips (tests/test_work.py)."""
     try:
         marks.check(accepted.roster, {a.peer for a in accepted.announcements})
-        admission.check_failed(accepted.roster, list(accepted.announcements), max_bytes)
+        beacon_of = window.beacon_of if window is not None else lambda r: None  # None: epoch 0's seed only
+        seeds = admission.seeds(accepted.roster.round, accepted.roster.beacon, beacon_of)
+        admission.check_failed(accepted.roster, list(accepted.announcements), max_bytes, seeds)
         return True
     except ProtocolError:
         return False

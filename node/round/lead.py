@@ -188,10 +188,14 @@ class RosterBuilder:
         candidates = {p: s for p, s in announced.items() if p in eligible}
         known, _ = self.ledger.authors_before(round_no, self.admission.lookback)  # fewer if we lack rosters: stricter
         listed = listed_failed((a.roster for a in self.ledger.rosters.values()), self.max_bytes)
-        admitted = self.admission.admit(candidates, known, beacon, last=slow, leader=self.me, listed=listed)
+        proven = self.ledger.proofs_before(round_no, self.admission.lookback)
+        seeds = self.admission.seeds(round_no, beacon, self.ledger.beacon_of)  # a seed we cannot tell: none listed
+        admitted = self.admission.admit(
+            candidates, known, beacon, last=slow, leader=self.me, listed=listed, proven=proven, seeds=seeds
+        )
         if len(admitted) < len(candidates):  # newcomers over the roster's share wait: min_peers cannot count them
             at_least = min(at_least, len(admitted))
-        failed = self.admission.failures(candidates, admitted, listed)
+        failed = self.admission.failures(candidates, admitted, listed, seeds)
         chosen = [announced[p] for p in sorted(admitted)]
         return Picked(chosen, at_least, frozenset(announced), frozenset(known), failed)
 

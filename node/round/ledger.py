@@ -82,18 +82,26 @@ class Ledger:
     """Round -> byte offset in the file of the line holding our chain's roster of that round."""
     anchor: CheckpointKeeper | None = None
     """Keeps the newest organizer checkpoint the rosters we take carry (node/round/trust/anchor.py)."""
+    epoch_rounds: int = 0
+    """[swarm] identity_epoch_rounds: the beacons of rounds that start epochs are kept (0: none)."""
+    seeds: dict[int, str] = field(default_factory=dict)
+    """Round -> beacon of the last 3 epoch-starting rosters taken: admission seeds (protocol/admission/work.py)."""
 
     @classmethod
-    def load(cls, path: Path) -> Ledger:
-        """Our ledger file's last WINDOW rosters (a restarted peer remembers who it trained with);
-        lines that do not verify are skipped with a warning: the file is ours, but disks fail."""
-        ledger = cls(path=None)
+    def load(cls, path: Path, epoch_rounds: int = 0) -> Ledger:
+        """Our ledger file's last WINDOW rosters (a restarted peer remembers who it trained with) and
+        seeds; lines that do not verify are skipped with a warning: the file is ours, but disks fail."""
+        ledger = cls(path=None, epoch_rounds=epoch_rounds)
         if path.is_file():
             try:
-                lines = read_file(path)[-WINDOW:]
+                lines = read_file(path)
             except ProtocolError as e:
                 log.warning("ledger %s: %s; starting a new chain", path, e)
                 lines = []
+            starts = [x.envelope for x in lines[-3 * epoch_rounds :] if epoch_rounds and x.round % epoch_rounds == 0]
+            for start in verify(starts)[0]:  # in the file's order: a later line of a round is our chain's
+                ledger.keep_seed(start)
+            lines = lines[-WINDOW:]
             accepted, problems = verify([line.envelope for line in lines])
             for p in problems:
                 log.warning("ledger %s: %s", path, p)
@@ -131,7 +139,25 @@ class Ledger:
             del self.rosters[old]
         self._write(accepted)
 
+    def window(self, rosters: dict[int, AcceptedRoster]) -> Ledger:
+        """A window of `rosters` (ours, or a branch's) that knows our epoch seeds before them."""
+        seeds = {r: b for r, b in self.seeds.items() if r < min(rosters, default=0) or r in rosters}
+        return Ledger(rosters=rosters, epoch_rounds=self.epoch_rounds, seeds=seeds)
+
+    def keep_seed(self, accepted: AcceptedRoster) -> None:
+        """Keep `accepted`'s beacon if its round starts an epoch (our chain's: a later one replaces it)."""
+        r = accepted.roster.round
+        if self.epoch_rounds and r % self.epoch_rounds == 0:  # later ones are of a branch we left
+            self.seeds = {k: b for k, b in self.seeds.items() if r - 2 * self.epoch_rounds <= k < r}
+            self.seeds[r] = accepted.roster.beacon
+
+    def beacon_of(self, round_no: int) -> str | None:
+        """The beacon of our roster `round_no`, if we hold it or its seed."""
+        held = self.rosters.get(round_no)
+        return held.roster.beacon if held else self.seeds.get(round_no)
+
     def _write(self, accepted: AcceptedRoster) -> None:
+        self.keep_seed(accepted)
         if self.anchor is not None:  # every roster we take passed chain.check, its checkpoint too
             self.anchor.keep_carried(accepted)
         if self.path is None:
@@ -220,6 +246,11 @@ class Ledger:
         held = [self.rosters[r] for r in rounds if r in self.rosters]
         return {a.peer for accepted in held for a in accepted.announcements}, len(held) == len(rounds)
 
+    def proofs_before(self, round_no: int, lookback: int) -> set[tuple[str, int]]:
+        """(author, its proof's epoch) of authors_before's entries (protocol/admission: renewals)."""
+        held = [self.rosters[r] for r in range(max(1, round_no - lookback), round_no) if r in self.rosters]
+        return {(a.peer, a.work[0]) for accepted in held for a in accepted.announcements if a.work}
+
     def established(self, k: int) -> set[str]:
         """Peers named in at least k rosters of the window, or left out of some and proven so by
         an omission claim the chain counts (node/round/trust/omission.py): who may lead."""
@@ -253,14 +284,7 @@ def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:
     end states (`full` too: a joiner checks a donor's buffers against it) and the same signed
     updates: either may stand in the ledger."""
     ra, rb = a.roster, b.roster
-    same = (ra.run, ra.round, ra.prev, ra.base, ra.result, ra.full) == (
-        rb.run,
-        rb.round,
-        rb.prev,
-        rb.base,
-        rb.result,
-        rb.full,
-    )
+    same = all(getattr(ra, f) == getattr(rb, f) for f in ("run", "round", "prev", "base", "result", "full"))
     return same and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements}
 
 

@@ -21,6 +21,12 @@ with junk proofs must not buy that per key per read. Hence:
     keys its window's rosters list (`listed_failed`), so a junk key costs one check in the
     swarm's leading, not one per leader, and each reader one evaluation (the leader's roster
     can spend at most `newcomers` of them). Readers judge each proof on its own.
+Epochs (work.py, protocol 9): an entry's proof must be of its round's epoch or the one before
+(one comparison, every entry); an author known to the chain but not with a proof of this epoch
+(`proven`: (peer, epoch) of the lookback's entries) has it checked once, as a newcomer's is, but
+outside the newcomers' share: the chain bounds how many known authors there are, and each
+renews once an epoch. A reader that cannot know an epoch's seed (a joiner from a checkpoint
+whose window lacks the epoch's first round) checks no proof of that epoch; a leader lists none.
 The order is left a draw (not oldest first): a crowd of stamped keys announced early would stand
 ahead of a later newcomer at every leader until the chain had listed them all, where the draw
 lets the first lucky leader take it.
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from protocol import signed
 from protocol.admission import work
@@ -48,6 +54,9 @@ YOUNG_NEWCOMERS = 64
 LOOKBACK = 32  # rosters before a round in which an author counts as known (< the ledger's 64, which holds them)
 REMEMBERED = 65536  # checked proofs, and failed keys, kept (a flood past this costs one evaluation per proof again)
 
+Seeds = Mapping[int, bytes] | None
+"""epoch -> seed (work.Puzzle.seeds) for the epochs a round's proofs may be of; None: epoch 0's only."""
+
 
 class Admission:
     """One run's admission rule, and what this peer has checked of it."""
@@ -58,22 +67,23 @@ class Admission:
         self.lookback = LOOKBACK
         self.proof: tuple = ()
         """Ours, as our announcements carry it (set once solved or loaded: node/peer/wiring.py)."""
-        self.checked: dict[tuple[str, int, bytes, bytes], bool] = {}  # (peer, epoch, nonce, stamp) -> valid
+        self.checked: dict[tuple, bool] = {}  # (peer, epoch, nonce, stamp, seed) -> valid
         self.failed: dict[tuple[str, int], None] = {}  # (peer, epoch) whose stamped proof failed a check here
         self.lock = threading.Lock()
 
-    def valid(self, peer: str, key_der: bytes, proof: tuple) -> bool:
-        """Is `proof` (an announcement's `work`) valid for `peer`'s key? Its stamp first (one hash,
-        nothing remembered), then one evaluation per stamped proof, remembered."""
+    def valid(self, peer: str, key_der: bytes, proof: tuple, seeds: Seeds = None) -> bool:
+        """Is `proof` (an announcement's `work`) valid for `peer`'s key under its epoch's seed of
+        `seeds` (None: epoch 0's only; an unknown seed: False)? Its stamp first (one hash, nothing
+        remembered), then one evaluation per stamped proof, remembered with the seed."""
         if self.puzzle is None or peer == self.organizer:
             return True
-        if not proof or not self.puzzle.stamped(key_der, work.Proof(*proof)):
+        if not proof or not self.puzzle.stamped(key_der, work.Proof(*proof), seeds):
             return False  # no work (an old peer) or no stamp: refused for one hash at most
-        memo = (peer, *proof)
+        memo = (peer, *proof, self.puzzle.seed_of(work.Proof(*proof), seeds))
         with self.lock:
             known = self.checked.get(memo)
         if known is None:
-            known = self.puzzle.solved(key_der, work.Proof(*proof))
+            known = self.puzzle.solved(key_der, work.Proof(*proof), seeds)
             with self.lock:
                 _remember(self.checked, memo, known)
                 if not known:
@@ -88,6 +98,8 @@ class Admission:
         last: set[str] = frozenset(),
         leader: str = "",
         listed: frozenset[tuple[str, int]] = frozenset(),
+        proven: set[tuple[str, int]] | None = None,
+        seeds: Seeds = None,
     ) -> set[str]:
         """The leader's side: which of the `announced` peers (peer -> (envelope, announcement)) its
         roster may list, given the authors `known` to the chain before it. Known authors all; of
@@ -97,40 +109,68 @@ class Admission:
         so stays new; first, it held a slot every round (tests/test_sybil_attacks_2.py). A proof
         without a stamp, or from a peer whose proof failed here this epoch or that the chain
         `listed` as failed ((peer, epoch): listed_failed), takes no check. The organizer
-        (`leader`, in a young run) takes up to YOUNG_NEWCOMERS."""
+        (`leader`, in a young run) takes up to YOUNG_NEWCOMERS. `seeds`: the round's epochs'
+        seeds we know (Puzzle.seeds; None: epoch 0's): a proof of another epoch is left out. A
+        known author whose (peer, epoch) is not `proven` (None: every known author is) renews:
+        its proof is checked, outside the newcomers' share."""
         if self.puzzle is None:
             return set(announced)
         cap = self.cap(leader)
         known = known | {self.organizer}
-        out = {p for p in announced if p in known}
+        seeds = {0: self.puzzle.first_seed()} if seeds is None else seeds
+        out = {p for p in announced if p == self.organizer}
+        for p in sorted(set(announced) & known - out):
+            env, ann = announced[p]
+            if not ann.work or ann.work[0] not in seeds:
+                continue  # a stale proof (or none): it counts again once its author solves this epoch's
+            if proven is None or (p, ann.work[0]) in proven:
+                out.add(p)
+            elif (
+                (p, ann.work[0]) not in listed
+                and self._unfailed(p, ann.work[0])
+                and self.valid(p, env["key"], ann.work, seeds)
+            ):
+                out.add(p)  # a renewal: one check per key and epoch (failures are remembered)
         new = sorted((p for p in announced if p not in known), key=lambda p: (p in last, _order(beacon, p)))
         taken = checks = 0
         for p in new:
             if taken >= cap:
                 break
             env, ann = announced[p]
-            if not ann.work or not self.puzzle.stamped(env["key"], work.Proof(*ann.work)):
+            if not ann.work or not self.puzzle.stamped(env["key"], work.Proof(*ann.work), seeds):
                 continue  # no proof, or no stamp on it: one hash, no check
             if (p, ann.work[0]) in listed:
                 continue  # a roster of the chain showed its proof failing this epoch: no leader checks it again
+            if not self._unfailed(p, ann.work[0]):
+                continue  # its proof failed here this epoch: an honest peer's never does
             with self.lock:
-                if (p, ann.work[0]) in self.failed:
-                    continue  # its proof failed here this epoch: an honest peer's never does
-                cached = (p, *ann.work) in self.checked
+                cached = (p, *ann.work, seeds[ann.work[0]]) in self.checked
             if not cached:
                 if checks >= cap:
                     continue  # no check left this roster: a cached newcomer may still come
                 checks += 1
-            if self.valid(p, env["key"], ann.work):
+            if self.valid(p, env["key"], ann.work, seeds):
                 out.add(p)
                 taken += 1
         return out
+
+    def seeds(self, round_no: int, beacon: str, beacon_of: Callable[[int], str | None]) -> Seeds:
+        """The seeds of the epochs whose proofs count in round `round_no` (ranked under `beacon`)
+        that a chain tells (`beacon_of`: round -> beacon, or None: node/round/ledger.py); None: no work."""
+        if self.puzzle is None:
+            return None
+        return self.puzzle.seeds(round_no, lambda r: beacon if r == round_no else beacon_of(r))
+
+    def _unfailed(self, peer: str, epoch: int) -> bool:
+        with self.lock:
+            return (peer, epoch) not in self.failed
 
     def failures(
         self,
         announced: dict[str, tuple[dict, Announcement]],
         admitted: set[str],
         listed: frozenset[tuple[str, int]] = frozenset(),
+        seeds: Seeds = None,
     ) -> tuple[dict, ...]:
         """What a roster lists as `failed`: the signed envelopes of `announced` peers, not `admitted`,
         whose exact stamped proof failed a check here and whose (peer, epoch) the chain has not
@@ -139,10 +179,13 @@ class Admission:
         if self.puzzle is None:
             return ()
         out = []
+        seeds = {0: self.puzzle.first_seed()} if seeds is None else seeds
         with self.lock:
             for p in sorted(set(announced) - admitted):
                 env, ann = announced[p]
-                if ann.work and (p, ann.work[0]) not in listed and self.checked.get((p, *ann.work)) is False:
+                if not ann.work or ann.work[0] not in seeds or (p, ann.work[0]) in listed:
+                    continue
+                if self.checked.get((p, *ann.work, seeds[ann.work[0]])) is False:
                     out.append(env)
         return tuple(out[: min(self.newcomers, MAX_FAILED)])
 
@@ -152,27 +195,52 @@ class Admission:
         return max(self.newcomers, YOUNG_NEWCOMERS) if leader and leader == self.organizer else self.newcomers
 
     def check(
-        self, roster: Roster, anns: list[Announcement], known: set[str], whole: bool, *, max_bytes: int = 2**40
+        self,
+        roster: Roster,
+        anns: list[Announcement],
+        known: set[str],
+        whole: bool,
+        *,
+        max_bytes: int = 2**40,
+        proven: set[tuple[str, int]] | None = None,
+        seeds: Seeds = None,
     ) -> None:
-        """The reader's side: raise ProtocolError if `roster` lists more than `newcomers` authors
-        not `known` to the chain before it, or such an author without a valid proof, or lists as
+        """The reader's side: raise ProtocolError if `roster` lists an author (the organizer aside)
+        whose proof is not of the round's epoch or the one before, more than `newcomers` authors
+        not `known` to the chain before it, or such an author, or a known one whose (peer, epoch)
+        is not `proven` (a renewal; None: none checked), without a valid proof, or lists as
         `failed` a proof that does not fail (check_failed). Newness is counted only when the
         reader's window is `whole` (it holds every roster of the lookback; a joiner's may not):
-        otherwise every author's proof is checked (once each)."""
+        otherwise every author's proof is checked (once each). `seeds`: the epochs' seeds this
+        reader knows (None: epoch 0's); a proof of an epoch whose seed it cannot know is not checked."""
         if getattr(roster, "failed", ()):  # a v3 call (protocol/kinds/call.py) lists none
-            self.check_failed(roster, anns, max_bytes)
+            self.check_failed(roster, anns, max_bytes, seeds)
         if self.puzzle is None:
             return
+        epochs = self.puzzle.window(roster.round)
+        stale = next((a for a in anns if a.peer != self.organizer and a.work and a.work[0] not in epochs), None)
+        if stale is not None:
+            raise ProtocolError(f"lists {stale.peer[:16]}, whose proof is not of epoch {' or '.join(map(str, epochs))}")
         known = (known if whole else set()) | {self.organizer}
         new = [(env, a) for env, a in zip(roster.entries, anns) if a.peer not in known]
         cap = self.cap(roster.leader)
         if whole and len(new) > cap:
             raise ProtocolError(f"lists {len(new)} authors new to the chain; at most {cap} a roster")
-        for env, a in new:
-            if not self.valid(a.peer, env["key"], a.work):
+        renew = [
+            (env, a)
+            for env, a in zip(roster.entries, anns)
+            if a.peer in known
+            and a.peer != self.organizer
+            and proven is not None
+            and (a.peer, *a.work[:1]) not in proven
+        ]
+        for env, a in new + renew:
+            if seeds is not None and a.work and a.work[0] not in seeds:
+                continue  # a seed this reader cannot know (a joiner's window): nothing checked
+            if not self.valid(a.peer, env["key"], a.work, seeds):
                 raise ProtocolError(f"lists {a.peer[:16]}, whose announcement carries no valid admission proof")
 
-    def check_failed(self, roster: Roster, anns: list[Announcement], max_bytes: int) -> None:
+    def check_failed(self, roster: Roster, anns: list[Announcement], max_bytes: int, seeds: Seeds = None) -> None:
         """`roster.failed`: at most `newcomers` signed announcements of its run and round, by distinct
         peers that are not its entries, each with a stamped proof that fails its scrypt evaluation
         (one each, remembered: a reader that leads later skips them). A valid proof listed is
@@ -190,9 +258,13 @@ class Admission:
             if a.peer in seen:
                 raise ProtocolError(f"lists {a.peer[:16]} as failed and as an entry, or twice")
             seen.add(a.peer)
-            if not a.work or not self.puzzle.stamped(env["key"], work.Proof(*a.work)):
+            if not a.work or a.work[0] not in self.puzzle.window(roster.round):
+                raise ProtocolError(f"lists as failed {a.peer[:16]}'s proof, of an epoch no leader checks there")
+            if seeds is not None and a.work[0] not in seeds:
+                continue  # a seed this reader cannot know (a joiner's window): nothing checked
+            if not self.puzzle.stamped(env["key"], work.Proof(*a.work), seeds):
                 raise ProtocolError(f"lists as failed {a.peer[:16]}'s proof, which carries no stamp")
-            if self.valid(a.peer, env["key"], a.work):
+            if self.valid(a.peer, env["key"], a.work, seeds):
                 raise ProtocolError(f"lists as failed {a.peer[:16]}'s valid admission proof")
 
 

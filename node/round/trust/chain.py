@@ -90,6 +90,7 @@ def admission_of(run_id: str, cfg: SwarmConfig, organizer: str) -> Admission:
         n_log2=cfg.identity_work_n_log2,
         r=cfg.identity_work_r,
         stamp_bits=cfg.identity_stamp_bits,
+        epoch_rounds=cfg.identity_epoch_rounds,
     )
     return Admission(puzzle, organizer=organizer)
 
@@ -155,7 +156,9 @@ def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rule
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
     known, whole = window.authors_before(roster.round, rules.admission.lookback)
-    rules.admission.check(roster, anns, known, whole, max_bytes=rules.max_bytes)  # and its `failed` listing
+    proven = window.proofs_before(roster.round, rules.admission.lookback)  # (peer, epoch): who renews
+    seeds = rules.admission.seeds(roster.round, roster.beacon, window.beacon_of)  # those the window tells
+    rules.admission.check(roster, anns, known, whole, max_bytes=rules.max_bytes, proven=proven, seeds=seeds)
 
 
 class Verified(NamedTuple):
@@ -168,7 +171,7 @@ class Verified(NamedTuple):
 
 def verify(envelopes: Iterable[object], start: Link, window: Ledger, rules: ChainRules) -> Verified:
     """Check rosters in round order from `start` (`window`: the rosters before it)."""
-    work = Ledger(rosters=dict(window.rosters))
+    work = window.window(dict(window.rosters))
     out: list[AcceptedRoster] = []
     link = start
     for env in envelopes:
@@ -178,6 +181,7 @@ def verify(envelopes: Iterable[object], start: Link, window: Ledger, rules: Chai
             return Verified(out, f"round {link.round}: {e}")
         out.append(accepted)
         work.rosters[link.round] = accepted
+        work.keep_seed(accepted)
         work.rosters.pop(link.round - WINDOW, None)
         link = after(accepted)
     return Verified(out, "")

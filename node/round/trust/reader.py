@@ -38,7 +38,7 @@ class RosterReader:
         meet_after = ours[-1] + 1 if ours else 1  # a branch leaves ours at the latest right after our head
         pending: list[dict] = []
         verified: list[AcceptedRoster] = []
-        link, window, nxt = None, Ledger(), first
+        link, window, nxt = None, self.ledger.window({}), first
         for _ in range(MOST_REQUESTS):
             batch = self.batch(donor, nxt)[: last - nxt + 1] if nxt <= last else []
             nxt += len(batch)
@@ -50,7 +50,7 @@ class RosterReader:
                 if met is None:
                     return None
                 at, link = met
-                window = Ledger(rosters={r: a for r, a in self.ledger.rosters.items() if r < link.round})
+                window = self.ledger.window({r: a for r, a in self.ledger.rosters.items() if r < link.round})
                 pending = pending[at:]
             checked = chain.verify(pending, link, window, self.rules)
             if checked.problem:
@@ -58,6 +58,7 @@ class RosterReader:
             for accepted in checked.rosters:
                 verified.append(accepted)
                 window.rosters[accepted.roster.round] = accepted
+                window.keep_seed(accepted)
                 window.rosters.pop(accepted.roster.round - WINDOW, None)
                 link = chain.after(accepted)
             pending = []

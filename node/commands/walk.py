@@ -36,6 +36,8 @@ class ChainCheck:
     def __init__(self, anchor: Anchor):
         self.anchor = anchor
         self.chain: list[AcceptedRoster] = []
+        self.epoch_rounds = anchor.run.swarm.identity_epoch_rounds
+        self.seeds: dict[int, str] = {}  # round -> beacon of the chain's epoch-starting rosters, kept as they come
         self.young: set[int] = set()  # rounds before anybody was established: any live peer could lead
 
     def link(self) -> tuple[int, str, str]:
@@ -52,7 +54,7 @@ class ChainCheck:
             return Examined(None, [f"a roster does not verify: {e}"], False)
         this = AcceptedRoster(env, roster, tuple(anns))
         if self.chain and roster.round == self.chain[-1].roster.round and siblings(self.chain[-1], this):
-            return Examined(this, self._rules(this, self.chain[:-1]), True)
+            return Examined(this, self._rules(this, len(self.chain) - 1), True)
         r, (want, prev, base) = roster.round, self.link()
         problems = [f"round {r}: a roster of run {roster.run[:40]!r}"] if roster.run != self.anchor.run_id else []
         if r != want:
@@ -64,16 +66,19 @@ class ChainCheck:
         elif roster.base != base:
             what = "the run's round-0 state, built from its manifest," if r == 1 else f"round {r - 1} ended at"
             problems.append(f"round {r}: starts from state {roster.base[:12]}; {what} {base[:12]}")
-        return Examined(this, problems + self._rules(this, self.chain), False)
+        return Examined(this, problems + self._rules(this, len(self.chain)), False)
 
-    def _rules(self, this: AcceptedRoster, before: list[AcceptedRoster]) -> list[str]:
-        """The roster checks of node/round/protocol.py that the chain alone can decide."""
-        r, leader = this.roster.round, this.roster.leader
-        # what a peer's Ledger held when it checked this roster, asked what the peer asked
-        window = Ledger(rosters={a.roster.round: a for a in before if r - WINDOW <= a.roster.round < r})
-        window.seeds = {
-            a.roster.round: a.roster.beacon for a in before[-2 * self.anchor.run.swarm.identity_epoch_rounds :]
-        }
+    def _rules(self, this: AcceptedRoster, before: int) -> list[str]:
+        """The roster checks of node/round/protocol.py that the chain alone can decide, given the
+        chain's first `before` rosters."""
+        r, leader, e = this.roster.round, this.roster.leader, self.epoch_rounds
+        # what a peer's Ledger held when it checked this roster, asked what the peer asked: the last
+        # WINDOW rosters (a chain that links holds one a round) and the seeds of the epochs before
+        held = self.chain[max(0, before - WINDOW) : before]
+        rosters = {a.roster.round: a for a in held if r - WINDOW <= a.roster.round < r}
+        starts = range(max(e, (r - 2 * e + e - 1) // e * e), r, e)  # the epoch-starting rounds in [r - 2e, r)
+        seeds = {k: self.seeds[k] for k in starts if k in self.seeds}  # read by none below: no proof is audited
+        window = Ledger(rosters=rosters, epoch_rounds=e, seeds=seeds)
         rules = chain.ChainRules(
             run_id=self.anchor.run_id,
             established_rounds=self.anchor.run.swarm.established_rounds,
@@ -104,10 +109,17 @@ class ChainCheck:
         return problems
 
     def add(self, examined: Examined) -> None:
-        if examined.swap:
-            self.chain[-1] = examined.accepted
+        self.put(examined.accepted, last=examined.swap)
+
+    def put(self, accepted: AcceptedRoster, *, last: bool = False) -> None:
+        """Append `accepted` to the chain, or (`last`) put it in place of the chain's last roster (a
+        sibling, or another roster of that round that the next one follows); keep its seed."""
+        if last:
+            self.chain[-1] = accepted
         else:
-            self.chain.append(examined.accepted)
+            self.chain.append(accepted)
+        if accepted.roster.round % self.epoch_rounds == 0:  # one dict entry per epoch, not a map per roster
+            self.seeds[accepted.roster.round] = accepted.roster.beacon
 
 
 def _names(env: object) -> tuple[str, str]:
@@ -133,7 +145,7 @@ def chain_in_dht(swarm, anchor: Anchor) -> tuple[list[dict], tuple[str, ...]]:
         linking = [(str(k), v, n[0]) for k, v in stored.items() if (n := _names(v)) in links]
         for leader, env, prev in sorted(linking, key=lambda x: x[0])[:MAX_CHECKED_PER_ROUND]:
             if follows[prev] is not None:
-                check.chain[-1] = follows[prev]  # the roster of round r - 1 that this one follows
+                check.put(follows[prev], last=True)  # the roster of round r - 1 that this one follows
             examined = check.examine(env)
             if examined.accepted and examined.accepted.roster.leader == leader and not examined.problems:
                 passed[examined.accepted.hash] = examined.accepted
@@ -143,8 +155,8 @@ def chain_in_dht(swarm, anchor: Anchor) -> tuple[list[dict], tuple[str, ...]]:
         if any(not siblings(first, other) for other in passed.values()):
             forks.append(r)
         if follows.get(first.roster.prev) is not None:
-            check.chain[-1] = follows[first.roster.prev]
-        check.chain.append(first)
+            check.put(follows[first.roster.prev], last=True)
+        check.put(first)
         follows = passed
     notes = [f"rounds {forks}: several rosters pass the rules (a fork); the audit follows one"] if forks else []
     return [a.envelope for a in check.chain], tuple(notes)

@@ -284,3 +284,26 @@ def test_siblings_are_one_round_in_a_file_and_in_the_dht(run, honest, tmp_path, 
         dht.store(keys.roster_key(anchor.run_id, roster.round), roster.leader, env, dht.clock() + 600)
     walked, _ = chain_in_dht(FakeNet("auditor", dht, {}), anchor)
     assert walked == [first[0], twin, *later] and audit_chain(walked, anchor).verified
+
+
+def test_a_long_chain_is_audited_with_its_epoch_seeds_kept_once_along_the_walk(honest, monkeypatch):
+    """Each roster's window got a map of the 2 x identity_epoch_rounds beacons before it (2,048 at
+    the default: O(n x 2,048) over a long chain); now the chain's epoch-starting beacons are kept
+    once as the walk takes them and each window gets the at most 2 of its epochs."""
+    from node.commands import walk
+
+    _, anchor = signed_run(new_key()[0], RunConfig(swarm=SwarmConfig(bootstrap_peers=0, identity_epoch_rounds=4)))
+    envelopes = chain(anchor, honest, 200)
+    windows: list[dict[int, str]] = []
+
+    class Counted(walk.Ledger):
+        def __setattr__(self, name, value):
+            if name == "seeds":
+                windows.append(dict(value))
+            super().__setattr__(name, value)
+
+    monkeypatch.setattr(walk, "Ledger", Counted)
+    audit = audit_chain(envelopes, anchor)
+    assert audit.verified and len(audit.rows) == 200 and audit.problems == []
+    assert len(windows) == 200 and sum(len(w) for w in windows) <= 2 * 200  # was 8 a roster here, 2,048 by default
+    assert set(windows[9]) == {4, 8} and set(windows[8]) == {4, 8} and set(windows[7]) == {4}  # rounds 10, 9, 8

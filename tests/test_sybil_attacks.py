@@ -242,7 +242,7 @@ def test_a_genesis_fork_with_a_ground_hash_moves_no_member(tmp_path):
     branch at ancestor 0, a fork; Catchup.acceptable weighs it among
     chain.eligible(empty ledger) = {} (nobody is established before round 1), so both weights
     are 0 and the tie goes to the smaller (ground) hash: the member leaves the whole honest
-    chain for Z, and its ledger file then loads as the Sybil chain (ledger.switches drops the
+    chain for Z, and its ledger file then loads as the Sybil chain (accepted.switches drops the
     honest rosters). Works on every member of a run still holding roster 1 (< 64 rounds).
     Cost: 1 key, ~4 rosters, a few SHA-256s (grinding 20 bits: ~1 M hashes, seconds).
     Stopped by: Catchup.acceptable never moves to a fork weighed among nobody (the peers

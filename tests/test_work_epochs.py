@@ -150,3 +150,58 @@ def _rules(peer: Peer, admission: Admission) -> chain.ChainRules:
     from dataclasses import replace
 
     return replace(peer.proto.rules, admission=admission)
+
+
+def test_a_late_joiner_solves_once_for_the_epoch_of_the_chain_it_synced_and_is_in_the_next_roster(
+    tmp_path, monkeypatch
+):
+    """A joiner solved epoch 0's proof before its chain synced, then its chain's epoch in the
+    background: past round 2 x epoch_rounds its first rounds did not count. Now the volunteer syncs
+    first (Peer.begin) and solves for the newest epoch its chain's seeds tell (NodeParts.obtain_proof)."""
+    from types import SimpleNamespace
+
+    from node.config import NodeConfig
+    from node.peer.volunteer import Peer as Volunteer
+    from node.peer.wiring import NodeParts
+
+    dht, registry, peers = swarm(3)
+    renewals = admit(peers)
+    for _ in range(10):  # round 10, epoch 2
+        renew(peers, renewals)
+        play_round(peers)
+    joiner = Peer(dht, registry)
+    adm = Admission(PUZZLE)
+    joiner.proto.admission = joiner.proto.builder.admission = adm
+    synced = chain.verify(
+        peers[0].ledger.envelopes_from(1), chain.genesis(RUN, "a" * 64), joiner.ledger, _rules(joiner, adm)
+    )
+    joiner.ledger.extend(0, list(synced.rosters))  # what StateSync.adopt does with a verified head
+    joiner.digest, joiner.round = peers[0].digest, peers[0].round
+    solves, said = [], []
+    real_solve = work.Puzzle.solve
+    monkeypatch.setattr(work.Puzzle, "solve", lambda self, *a, **k: solves.append(k) or real_solve(self, *a, **k))
+    node = SimpleNamespace(
+        rounds=SimpleNamespace(admission=adm),
+        key=joiner.key,
+        me=joiner.id,
+        manifest={"organizer": "someone else"},
+        cfg=NodeConfig(data_dir=str(tmp_path)),
+        run_id=RUN,
+        out=SimpleNamespace(say=said.append),
+        ledger=joiner.ledger,
+    )
+    assert NodeParts.obtain_proof(node, STOP) and adm.proof[0] == PUZZLE.epoch_of(11) == 2
+    assert "for epoch 2 of our chain" in said[0] and "Ctrl+C stops" in said[0]
+    renewals[joiner.id] = Renewal(adm, signing.public_der(joiner.key), STOP, say=lambda line: None)
+    renew(peers + [joiner], renewals)  # round 11: its proof is of the current epoch, nothing to renew
+    played = play_round(peers + [joiner])
+    assert joiner.id in listed(played, peers[0]) and len(solves) == 1
+    assert {a.work[0] for a in played[peers[0].id].accepted.announcements if a.peer == joiner.id} == {2}
+    # the volunteer syncs before it solves (and a Ctrl+C during the solve still ends begin)
+    order = []
+    stopped = SimpleNamespace(
+        sync=SimpleNamespace(initial_state=lambda stop: order.append("sync") or (None, "from_peers")),
+        applier=SimpleNamespace(),
+        obtain_proof=lambda stop: order.append("proof") or False,
+    )
+    assert Volunteer.begin(stopped, STOP) is False and order == ["sync", "proof"]

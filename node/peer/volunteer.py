@@ -95,6 +95,7 @@ class Peer(NodeParts):
     def begin(self, stop: threading.Event) -> bool:
         """Take the swarm's state (or our checkpoint), say we are here, open the first round.
         False: nothing to train (stopped, or max_rounds already reached)."""
+        self.applier.state, how = self.sync.initial_state(stop)  # the chain first: its epoch's proof, next
         if not self.obtain_proof(stop):  # our announcements count only with a proof of work
             return False
         der = signing.public_der(self.key)
@@ -102,7 +103,6 @@ class Peer(NodeParts):
             self.cfg.data_dir, self.run_id, der
         )  # and with one of the chain's epoch: renewed in the background
         self.renewal = Renewal(self.rounds.admission, der, stop, self.out.say, keep=functools.partial(keep_proof, kept))
-        self.applier.state, how = self.sync.initial_state(stop)
         self.joined_round, self.joined_at = self.state.round, time.monotonic()
         self.start_heartbeat()
         self.out.event(

@@ -222,10 +222,11 @@ class NodeParts:
 
     def obtain_proof(self, stop: threading.Event) -> bool:
         """Our admission proof (protocol/admission/work.py), saved under the run's data dir for
-        this key, else solved once in a background thread that `stop` (Ctrl+C) ends within one
-        evaluation, saying how far it is (minutes of one core at the defaults). A kept proof
-        without a stamp (saved before protocol 5) is solved again. False: stopped.
-        A run without work, and its organizer (exempt), need none."""
+        this key if it counts on our chain, else solved once, for the newest epoch whose seed our
+        chain holds (called after the sync: a late joiner's proof counts from its first round), in
+        a background thread that `stop` (Ctrl+C) ends within one evaluation, saying how far it is
+        (minutes of one core at the defaults). A kept proof without a stamp (saved before protocol
+        5) is solved again. False: stopped. A run without work, and its organizer (exempt), need none."""
         admission, der = self.rounds.admission, public_der(self.key)
         puzzle = admission.puzzle
         if puzzle is None or admission.proof or self.me == self.manifest["organizer"]:
@@ -240,9 +241,12 @@ class NodeParts:
         elif saved is not None and puzzle.valid(der, saved, seeds):
             admission.proof = tuple(saved)  # of our chain's epoch or the one before (else renewed: open_round)
             return True
+        epoch = max(seeds, default=0)  # our chain's newest (0: no roster yet, or its seed left with a checkpoint)
         done, found = [(0, puzzle.expected, "scrypt evaluations")], []
         solver = threading.Thread(
-            target=lambda: found.append(puzzle.solve(der, stop, lambda *n: done.__setitem__(0, n))),
+            target=lambda: found.append(
+                puzzle.solve(der, stop, lambda *n: done.__setitem__(0, n), epoch=epoch, seed=seeds.get(epoch))
+            ),
             name="admission-work",
             daemon=True,
         )
@@ -250,7 +254,8 @@ class NodeParts:
         self.out.say(
             f"admission work: this run asks each new identity for a proof of work ({puzzle.bits} bits of "
             f"scrypt n=2^{puzzle.n_log2}, then a stamp of {puzzle.stamp_bits} bits of SHA-256), about "
-            f"{puzzle.expected} evaluations and {puzzle.stamp_expected} hashes, once per run and key. Ctrl+C stops."
+            f"{puzzle.expected} evaluations and {puzzle.stamp_expected} hashes, for epoch {epoch} of our chain "
+            "(renewed in the background each epoch). Ctrl+C stops."
         )
         solver.start()
         while solver.is_alive():

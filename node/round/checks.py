@@ -212,7 +212,7 @@ class RosterChecks:
 
 def _lists_valid(accepted: AcceptedRoster, admission: Admission, max_bytes: int, window: Ledger | None = None) -> bool:
     """Could a sibling's skip, unserved and failed lists be an honest leader's (marks.check,
-    Admission.check_failed)? Siblings compare no lists (ledger.siblings), so without this a
+    Admission.check_failed)? Siblings compare no lists (accepted.siblings), so without this a
     better-ranked contributor's sibling put any skip marks in the chain (tests/test_sybil_attacks_2.py),
     or an honest newcomer's valid proof among the failures every leader skips (tests/test_work.py)."""
     try:

@@ -171,7 +171,7 @@ def better_siblings(
 ) -> list[AcceptedRoster]:
     """Of `stored` (the DHT's rosters of mine's round, leader -> envelope), those that may replace
     `mine`, best first: siblings (two leaders led the round at once, with the same updates and
-    result; ledger.siblings) by a contributor of the round among `leaders` (established peers;
+    result; accepted.siblings) by a contributor of the round among `leaders` (established peers;
     None: anyone, a young run), with mine's beacon, their leader's unique reveal and a better
     sibling_slot. Swaps only ever go to a better slot, so peers converge on the best sibling;
     were any sibling good enough, each contributor (newcomers included) could offer its own

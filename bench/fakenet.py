@@ -183,7 +183,7 @@ class BusNet:
             self.bus.dialled.add(peer)
             self.bus.traffic.send(self.me, peer, message.data_bytes(), len(request) - message.data_bytes())
         reply = handler.answer(self.me, Message.decode(request))
-        data = Message.decode(reply).data_bytes() if message.op in ("inputs", "final") else 0
+        data = Message.decode(reply).data_bytes() if message.op in ("inputs", "final", "proof") else 0
         with self.bus.lock:
             self.bus.traffic.send(peer, self.me, data, len(reply) - data)
         return reply

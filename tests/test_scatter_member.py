@@ -6,6 +6,7 @@ per-peer traffic `bench scale` reports; a lying owner is caught and a withholdin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 
@@ -16,18 +17,18 @@ import torch
 from bench.scale.count import one_update
 from bench.scale.sim import leader_of, make_updates, one_round, peer_ids, round_of
 from node.outer.aggregate import Robust
-from node.scatter.leader import Leader
-from node.scatter.member import Member, Timeouts
+from node.scatter.leader import Leader, tasks_of
+from node.scatter.member import Framed, Member, Timeouts
 from node.scatter.reduce import two_level
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Message
+from protocol.kinds.scatter import Board, Message, task_name
 from tests.fakes import ScatterBus
 
 TOTAL = 8192
 
 
-def run_members(peers, updates, *, behaviour=None, phase=2.0, reachable=None):
+def run_members(peers, updates, *, behaviour=None, phase=2.0, reachable=None, lead=Leader):
     """Every member's run in its own thread: (results by peer, the leader, the bus, seconds)."""
     keys, rnd = round_of(peers, TOTAL, reachable=reachable)
     leader_id = leader_of(sorted(reachable or peers), 1)  # only a reachable peer leads (election.candidates)
@@ -40,7 +41,7 @@ def run_members(peers, updates, *, behaviour=None, phase=2.0, reachable=None):
         members[p] = Member(own, updates[p], keys[p], bus.net(p), leader_id, timeouts=timeouts, behaviour=act)
         bus.handlers[p] = members[p]
     lead_rnd = dataclasses.replace(rnd, replaced={}, caught=set(), fixed={}, signers={})
-    leader = Leader(lead_rnd, keys[leader_id], members[leader_id])
+    leader = lead(lead_rnd, keys[leader_id], members[leader_id])
     results: dict[str, object] = {}
 
     def one(p):
@@ -91,6 +92,86 @@ def test_a_lying_owner_is_caught_and_every_member_ends_exact():
         assert torch.equal(results[p], two_level(updates, rnd.grid, Robust()))
 
 
+def test_every_member_checks_the_proof_of_a_caught_liar():
+    """A conviction is each member's to check, not the leader's word: every member (the liar and
+    the leader's own Member too) fetches the proof the board pins, checks its SHA-256 and re-runs
+    the fraud check, and its round keeps the digest it checked (what its roster must list)."""
+    peers = peer_ids(16)
+    updates = make_updates(peers, TOTAL, 1)
+    liar = peers[5]
+    results, leader, bus, _ = run_members(peers, updates, behaviour={liar: Behaviour(lie=True)})
+    assert leader.caught == [liar] and set(leader.convictions) == {leader.proofs[liar]}
+    for p in peers:
+        assert bus.handlers[p].checked == {liar: leader.proofs[liar]}, p[:8]
+    assert all(isinstance(results[p], torch.Tensor) for p in peers if p != liar)
+
+
+class Framer(Leader):
+    """A hostile leader: once level 1's receipts are fixed and audited, it convicts an honest owner
+    (not itself) on its task, with a junk proof (`junk`: the owner's own receipt and no inputs, a
+    verdict that shows no lie, hashed and served) or with no proof served (`junk` False). `linger`:
+    seconds it leads on after framing before it gives up (None: it leads on, collecting again)."""
+
+    junk, linger, framed = True, None, None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except ProtocolError:  # it gave up (`linger`), or nobody took its round on
+            pass
+
+    def audit_round(self, level: int, tag: str, count: int) -> list[tuple]:
+        convicted = super().audit_round(level, tag, count)
+        if self.framed is None and level == 1:
+            rnd = self.rnd
+            with self.cond:
+                task = next(t for t in tasks_of(rnd, 1) if rnd.owner(*t) not in (self.keys.peer, *rnd.caught))
+                name, self.framed = task_name(task), rnd.owner(*task)
+                verdict = Message(
+                    op="verdict", run=rnd.run, round=rnd.round, attempt=rnd.attempt, level=1, a=task[1], b=task[2],
+                    index=1, envelope=self.pending[name],
+                )  # fmt: skip
+                digest = hashlib.sha256(verdict.encode()).hexdigest()
+                self.caught.append(self.framed)
+                self.proofs[self.framed], self.tasks[self.framed] = digest, name
+                if self.junk:
+                    self.convictions[digest] = verdict.encode()
+                rnd.caught.add(self.framed)
+                rnd.unfix(name)
+            convicted.append(task)
+        return convicted
+
+    def collect(self, level: int, tasks: list[tuple]) -> None:
+        if self.framed is not None and self.linger is not None:
+            self.publish(level, "collect")
+            time.sleep(self.linger)
+            raise ProtocolError("the framer gives up")
+        super().collect(level, tasks)
+
+
+@pytest.mark.parametrize("junk", [True, False], ids=["junk-proof", "no-proof"])
+def test_a_leader_that_frames_an_honest_owner_is_given_up_by_every_member(junk):
+    """A leader lists an honest owner as caught, pinning a junk proof (its own receipt, no inputs:
+    hashed and served, but it shows no lie) or one it never serves. Every member, the leader's own
+    Member included, fetches the proof, finds it missing or not checking, and gives the round up
+    as from a silent leader (Framed, a LeaderSilent: node/round/v3.py hands the round on), before
+    it takes the board: nobody's round records the owner as caught. Before (members took `caught`
+    on the leader's word), they applied the board and the round ended with the owner caught."""
+    peers = peer_ids(16)
+    updates = make_updates(peers, TOTAL, 5)
+
+    def framer(*args, **options):
+        lead = Framer(*args, **options)
+        lead.junk, lead.linger = junk, 2.0
+        return lead
+
+    results, leader, bus, _ = run_members(peers, updates, lead=framer)
+    assert leader.framed is not None
+    for p in peers:
+        assert isinstance(results[p], Framed), f"{p[:8]}: {results[p]!r}"
+        assert not bus.handlers[p].checked and leader.framed not in bus.handlers[p].rnd.caught
+
+
 def test_a_withholding_owner_is_replaced_by_its_backup():
     peers = peer_ids(16)
     updates = make_updates(peers, TOTAL, 3)
@@ -124,11 +205,20 @@ def test_messages_and_boards_from_peers_are_checked_field_by_field():
             Message.decode(msgpack_of({**dataclasses.asdict(msg), "inputs": [None], **bad}))
     with pytest.raises(ProtocolError):
         Message.decode(b"\xc1garbage")
-    board = Board(level=1, version=2, stage="audit", replaced={"1/0/0": 1}, caught=(), fixed={}, signers={})
+    pid = peer_ids(2)
+    board = Board(
+        level=1, version=2, stage="audit", replaced={"1/0/0": 1}, caught=(pid[0],), fixed={}, signers={},
+        proofs={pid[0]: ("1/0/1", "a" * 64)},
+    )  # fmt: skip
     assert Board.decode(board.encode()) == board
-    for bad in ({"stage": "lie"}, {"replaced": {"1/0/0": -1}}, {"fixed": {"1/0/0": "nope"}}, {"digest": "zz"}):
+    proof = {pid[0]: ["1/0/1", "a" * 64]}
+    for bad in (
+        {"stage": "lie"}, {"replaced": {"1/0/0": -1}}, {"fixed": {"1/0/0": "nope"}}, {"digest": "zz"},
+        {"proofs": {}}, {"proofs": {**proof, pid[1]: ["1/0/0", "b" * 64]}}, {"proofs": {pid[0]: ["3/0/0", "a" * 64]}},
+        {"proofs": {pid[0]: ["1/0/1", "zz"]}}, {"proofs": {pid[0]: ["1/0/1"]}}, {"caught": [pid[1]]},
+    ):  # fmt: skip
         with pytest.raises(ProtocolError):
-            Board.decode(msgpack_of({**dataclasses.asdict(board), "caught": [], **bad}))
+            Board.decode(msgpack_of({**dataclasses.asdict(board), "caught": [pid[0]], "proofs": proof, **bad}))
 
 
 def msgpack_of(d: dict) -> bytes:

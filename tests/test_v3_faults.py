@@ -1,6 +1,7 @@
 """Faults in a v3 round run by the real RoundProtocol over the in-memory fakes (tests/test_v3_rounds.py):
-a leader that dies right after storing its call, or one that stays up but never moves its board
-on, costs its members one bounded wait, not the round."""
+a leader that dies right after storing its call, one that stays up but never moves its board
+on, or one that lists an honest owner as caught without a proof that checks, costs its members
+one bounded wait, not the round (nor the owner a ban)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 import torch
 
 from node.round.v3 import Aggregate
+from node.scatter import member as member_module
 from node.scatter import runner
-from node.scatter.leader import Leader
-from node.scatter.member import Timeouts
+from node.scatter.leader import Leader, proves, tasks_of
+from node.scatter.member import Member, Timeouts
+from node.scatter.traffic import Behaviour
 from protocol import keys, signed
+from tests.test_scatter_member import Framer
 from tests.test_v3_rounds import CFG, RUN, TOTAL, swarm
 
 # the node's own derivation of a member's waits (node/scatter/runner.py make_scatter)
@@ -172,3 +176,94 @@ def test_a_leader_that_never_moves_its_board_on_costs_one_stall_and_no_update(mo
     assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
     bound = 2 * SETTLE + NODE_TIMEOUTS.stall + NODE_TIMEOUTS.phase + 3.0
     assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"
+
+
+def play_round(peers, dht, seed: int) -> dict:
+    """Every peer announces and plays round 1 in its own thread: peer -> (accepted, got) or error."""
+    gen = torch.Generator().manual_seed(seed)
+    updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
+    dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in peers:
+        p.announce(updates[p.id])
+    out: dict = {}
+    threads = [threading.Thread(target=p.play, args=(out,), daemon=True) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(CFG.round_timeout + 30)
+    return out
+
+
+@pytest.mark.parametrize("junk", [True, False], ids=["junk-proof", "no-proof"])
+def test_a_leader_that_frames_an_honest_owner_costs_a_phase_and_no_ban(monkeypatch, junk):
+    """The first peer to call a v3 round lists an honest owner as caught on its board, with a
+    junk proof (the owner's own receipt, no inputs: it shows no lie) or with none served, and leads
+    on. Every member fetches the proof, finds it missing or not checking, and gives the round up
+    as from a silent leader: the next slot's leader calls again, skips the framer, and its roster
+    catches nobody; no peer's ledger bans the honest owner. Before (members took `caught` on the
+    leader's word), the framer's roster listed the owner as caught and the chain banned it."""
+    dht, bus, peers = swarm(6, timeouts=NODE_TIMEOUTS)
+    hostile: dict = {}
+
+    def leader(rnd, keys, member, **options):
+        if hostile:
+            return Leader(rnd, keys, member, **options)
+        framer = Framer(rnd, keys, member, **options)
+        framer.junk = junk
+        hostile.update(id=keys.peer, leader=framer)
+        return framer
+
+    monkeypatch.setattr(runner, "Leader", leader)
+    out = play_round(peers, dht, 2)
+    assert hostile, "nobody called a v3 round"
+    framed = hostile["leader"].framed
+    assert framed is not None and framed != hostile["id"]
+    survivors = [p for p in peers if p.id != hostile["id"]]
+    for p in survivors:
+        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
+        p.finish(*out[p.id])
+    assert len({p.digest for p in survivors}) == 1
+    accepted, got = out[survivors[0].id]
+    roster = accepted.roster
+    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
+    assert roster.leader != hostile["id"] and hostile["id"] in roster.skip
+    assert not roster.caught and framed in {a.peer for a in accepted.announcements}
+    assert all(framed not in p.ledger.caught() and framed not in p.proto.banned(p.ledger) for p in survivors)
+
+
+def test_an_honest_conviction_ends_in_one_roster_whose_proof_every_member_checked(monkeypatch):
+    """An owner that lies (Behaviour.lie) is convicted as before, and the round still ends in one
+    roster: every member, the liar and the leader's own Member included, fetched the proof its
+    board pinned and re-ran it (one check each), and took the roster only because it lists that
+    owner with that proof's digest (check_v3 compares the pairs); the chain then bans the liar."""
+    n = 6
+    dht, bus, peers = swarm(n, timeouts=NODE_TIMEOUTS)
+    made: list = []
+    checks: list = []
+
+    def liar_member(rnd, update, keys, net, leader, **options):
+        liar = next(o for o in (rnd.owner(*t) for t in tasks_of(rnd, 1)) if o != leader)
+        if keys.peer == liar:
+            options["behaviour"] = Behaviour(lie=True)
+        made.append(Member(rnd, update, keys, net, leader, **options))
+        return made[-1]
+
+    def counted(*args):
+        checks.append(args[1])  # the owner whose proof a member checks
+        return proves(*args)
+
+    monkeypatch.setattr(runner, "Member", liar_member)
+    monkeypatch.setattr(member_module, "proves", counted)
+    out = play_round(peers, dht, 3)
+    for p in peers:
+        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
+        p.finish(*out[p.id])
+    assert len({p.digest for p in peers}) == 1 and len(made) == n
+    roster = out[peers[0].id][0].roster
+    assert len(roster.caught) == 1
+    ((liar, digest),) = roster.caught
+    assert checks == [liar] * n
+    assert all(m.checked == {liar: digest} for m in made)
+    assert all(liar in p.ledger.caught() for p in peers)

@@ -19,7 +19,7 @@ from node.p2p.validators import RunValidator
 from node.round.hooks import Hooks, Outcome
 from node.round.ledger import Ledger
 from node.round.protocol import RoundProtocol
-from node.round.v3 import Aggregate
+from node.round.v3 import Aggregate, ScatterRounds
 from node.scatter.grid import place
 from node.scatter.member import Timeouts
 from node.scatter.reduce import two_level
@@ -258,3 +258,22 @@ def test_strikes_come_from_the_rosters_and_age_out():
     assert owners(None, {"a", "b", "c"}, {"a": 7, "b": 3}, 24) == {"b", "c"}  # b served its 20 rounds
     assert owners(None, {"a", "b", "c"}, {"a": 7, "b": 3}, 28) == {"a", "b", "c"}
     assert owners(None, {"a"}, {"a": 7}, 8) == {"a"}  # nobody else to own: the struck one does
+
+
+def test_a_v3_roster_must_list_the_proof_digests_its_members_checked():
+    """A roster's `caught` pairs are checked whole: the right owner under another proof's digest
+    (one the member never checked) is refused, as a wrong owner is. Before, only the peers were
+    compared, so a leader could list a true liar with any digest."""
+    liar = new_key()[1]
+    call = SimpleNamespace(entries=(), beacon="b", attempt=0, prev="p")
+    ran = SimpleNamespace(finals=b"f" * 32, caught=((liar, "a" * 64),))
+    me = SimpleNamespace(ran={(1, "L"): (call, ran)})
+
+    def roster(caught):
+        fields = dict(round=1, leader="L", entries=(), beacon="b", attempt=0, prev="p", finals=b"f" * 32)
+        return SimpleNamespace(roster=SimpleNamespace(**fields, caught=caught))
+
+    ScatterRounds.check_v3(me, roster(((liar, "a" * 64),)))
+    for caught in (((liar, "b" * 64),), (), ((liar, "a" * 64), (new_key()[1], "a" * 64))):
+        with pytest.raises(ProtocolError, match="proofs"):
+            ScatterRounds.check_v3(me, roster(caught))

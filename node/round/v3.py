@@ -13,10 +13,12 @@ no round uses it, so every round is verify-all (v2), byte for byte as before.
   follow  a member that reads a call listing it (checked as a roster is) runs its Member with its
           own announced update and keeps the aggregate; it takes that leader's roster only if it
           lists the call's entries, the final parts' digests it gathered and the owners its board
-          caught, and applies it only if the state after its aggregate has the roster's digests
-          (node/peer/applier.py), as a v2 peer does. A member whose call's leader went silent
-          (no board for a phase, or no news on it for 2.5 phases) gives its round up and hands
-          the round to the next slot's turn (`leader_gone`), leaving the silent leader's update out.
+          caught with the proofs it checked (each fetched from the leader and re-run), and applies
+          it only if the state after its aggregate has the roster's digests (node/peer/applier.py),
+          as a v2 peer does. A member whose call's leader went silent (no board for a phase, or no
+          news on it for 2.5 phases) or framed an owner (a conviction whose proof it does not serve
+          or that shows no lie) gives its round up and hands the round to the next slot's turn
+          (`leader_gone`), leaving the silent leader's update out.
 Whether a roster is v3 is the hook's word on its number of entries, unless the organizer leads it
 (a young run: v2): every peer decides alike. A
 peer that took no part in a v3 round cannot gather it (RoundFailed): it resyncs.
@@ -49,7 +51,7 @@ class Ran(Protocol):
     finals: bytes
     """Each final part's SHA-256 (32 bytes), in task order: the roster lists them."""
     caught: tuple[tuple[str, str], ...]
-    """Owners convicted, with their fraud proof's SHA-256 (a member's: "")."""
+    """Owners convicted, each with the SHA-256 of the fraud proof it checked (the leader's: it convicted on)."""
     passed: tuple[str, ...]
     """Owners passed over for withholding (the leader's word)."""
 
@@ -245,8 +247,8 @@ class ScatterRounds:
             raise ProtocolError("a v3 roster whose entries or grid are not its call's")
         if roster.finals != ran.finals:
             raise ProtocolError("its final parts' digests are not those we gathered")
-        if {p for p, _ in roster.caught} != {p for p, _ in ran.caught}:
-            raise ProtocolError("the owners it says were caught are not those the round's board named")
+        if set(roster.caught) != set(ran.caught):  # each proof's digest too: the one we checked
+            raise ProtocolError("the owners it says were caught, or their proofs, are not those we checked")
 
     def gathered(self, accepted: AcceptedRoster) -> Aggregate | None:
         """The aggregate of a v3 roster we took part in (None: we did not)."""

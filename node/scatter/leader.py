@@ -10,7 +10,10 @@ and says on its board, version by version (protocol/kinds/scatter.py Board), wha
            (grid.assign_auditors, which every member runs alike). Auditors send it their verdicts;
            a fraud proof that checks (audit.is_fraud, from the signatures alone) bans the liar for
            the round and its task goes to the backup (collect again), and then every task of the
-           level gets `escalate` more auditors (a liar's fellows may be lying too);
+           level gets `escalate` more auditors (a liar's fellows may be lying too). The board pins
+           the proof's SHA-256 (`proofs`), the leader serves it (op `proof`, until the next round
+           replaces its Member), and every member checks it before it takes the board (`proves`):
+           a leader that lists an honest owner as caught is given up on as a silent one;
   done     the level's receipts stand: level-1 owners send their parts on, or members gather.
 Members fetch the board by long poll (the leader answers when it has a newer version, or after
 `phase`), so no one dials a member. Every wait has a deadline, the leader's too: each version it
@@ -21,6 +24,7 @@ and gives it up as it does a silent one. Members take the board by this module's
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 
@@ -29,7 +33,10 @@ from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, o
 from node.scatter.grid import assign_auditors
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Message, draw_message, set_digest, task_name
+from protocol.kinds.scatter import Board, Message, draw_message, set_digest, task_name, task_of
+
+LEADER_OPS = ("receipt", "board", "verdict", "proof")
+"""The ops a member serves only as its round's leader (Member.answer hands them to its Leader)."""
 
 
 def tasks_of(rnd: Round, level: int) -> list[tuple[int, int, int]]:
@@ -68,6 +75,29 @@ def news(board: Board) -> tuple:
     return board.stage, board.tag, sum(board.replaced.values()), len(board.caught)
 
 
+def newly_caught(rnd: Round, board: Board) -> list[tuple[str, tuple, str]]:
+    """(owner, task, proof's SHA-256) for each owner the board convicts that `rnd` has not yet."""
+    return [(p, task_of(board.proofs[p][0]), board.proofs[p][1]) for p in board.caught if p not in rnd.caught]
+
+
+def proves(rnd: Round, owner: str, task: tuple, digest: str, served: bytes) -> bool:
+    """Whether `served` (what the leader answered to op `proof`) is the verdict the board pinned
+    and shows that `owner` lied on `task`: checked against `rnd` as the previous board left it,
+    with the task's receipt taken as `owner`'s (a proof stands on the owner's signature alone: an
+    honest owner never signs a receipt that its signed inputs do not give). One task's reduce."""
+    if hashlib.sha256(served).hexdigest() != digest or not rnd.in_range(*task):
+        return False
+    try:
+        verdict = Message.decode(served)
+    except ProtocolError:
+        return False
+    if (verdict.op, verdict.index, verdict.task) != ("verdict", 1, task) or verdict.envelope is None:
+        return False
+    as_owner = dataclasses.replace(rnd, signers={**rnd.signers, task_name(task): owner})
+    inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
+    return is_fraud(as_owner, FraudProof(verdict.envelope, *task, inputs))
+
+
 class Leader:
     """Leads one v3 round; `member` (the leader's own node/scatter/member.py Member) serves its
     ops to the other members."""
@@ -87,6 +117,8 @@ class Leader:
         self.withheld: list[str] = []
         self.caught: list[str] = []  # in the order convicted
         self.proofs: dict[str, str] = {}  # convicted owner -> SHA-256 of the verdict (fraud proof) it fell by
+        self.tasks: dict[str, str] = {}  # convicted owner -> the task it fell on
+        self.convictions: dict[str, bytes] = {}  # a verdict's SHA-256 -> its bytes (op `proof` serves them)
 
     def run(self) -> None:
         for level in (1, 2):
@@ -164,7 +196,9 @@ class Leader:
                 if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs)):
                     owner = rnd.owner(*task)
                     self.caught.append(owner)
-                    self.proofs[owner] = hashlib.sha256(verdict.encode()).hexdigest()
+                    served = verdict.encode()
+                    self.proofs[owner] = hashlib.sha256(served).hexdigest()
+                    self.tasks[owner], self.convictions[self.proofs[owner]] = task_name(task), served
                     rnd.caught.add(owner)
                     convicted.append(task)
             for task in convicted:
@@ -189,12 +223,14 @@ class Leader:
                 draw=self.draws.get(level, b""),
                 tag=tag,
                 count=count,
+                proofs={p: (self.tasks[p], self.proofs[p]) for p in rnd.caught},
             )
             self.cond.notify_all()
 
     def answer(self, caller: str, msg: Message) -> bytes:
         """The leader's ops: a receipt (kept if it is its task's current owner's), a verdict, a
-        board poll (answered when the level's board is at least version `index`, or after `phase`)."""
+        board poll (answered when the level's board is at least version `index`, or after `phase`),
+        a proof (the verdict a conviction stands on, by its SHA-256)."""
         rnd, name = self.rnd, task_name(msg.task)
         if msg.op == "board":
             with self.cond:
@@ -216,6 +252,11 @@ class Leader:
                 self.pending[name] = msg.envelope
             elif msg.op == "verdict":
                 self.verdicts[(name + msg.tag, caller)] = msg
+            elif msg.op == "proof":
+                served = self.convictions.get(msg.data.hex())
+                if served is None or Message.decode(served).task != msg.task:
+                    raise ProtocolError(f"no conviction on task {name} with that proof")
+                return served
             else:
                 raise ProtocolError(f"the leader does not serve {msg.op}")
             self.cond.notify_all()

@@ -17,8 +17,8 @@ Every connection is dialled by the member that gives or asks: senders dial owner
 gatherers dial owners, everyone dials the leader; owners and the leader are reachable members
 (grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline, and a
 member that has had no board from the leader for `phase`, or no news on it for 2.5 x `phase`
-(Timeouts.stall: a leader that answers polls but never moves its board on), gives the round up
-(LeaderSilent).
+(Timeouts.stall: a leader that answers polls but never moves its board on), or whose board
+convicts an owner without a proof that checks (Framed), gives the round up (LeaderSilent).
 `Member.answer` serves the ops (protocol/kinds/scatter.py Message) other members call.
 """
 
@@ -35,7 +35,7 @@ import torch
 from node.scatter import chunks
 from node.scatter.audit import Input, Round, answer_task, audit, check_chunk, open_receipt
 from node.scatter.grid import assign_auditors
-from node.scatter.leader import apply_board, board_seed, news, tasks_of
+from node.scatter.leader import LEADER_OPS, apply_board, board_seed, newly_caught, news, proves, tasks_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import Board, Commitment, Message, task_name
@@ -76,6 +76,11 @@ class LeaderSilent(TimeoutError):
     leader_silent = True  # how node/round/v3.py, which may not import this module, tells it apart
 
 
+class Framed(LeaderSilent):
+    """The board convicts an owner with no proof served, or one showing no lie: a framing leader,
+    given up on as a silent one (a phase lost, not an honest owner's ban)."""
+
+
 class ScatterNet(Protocol):
     me: str
 
@@ -106,6 +111,7 @@ class Member:
         self.deadline = 0.0
         self.heard = 0.0  # when the leader's board last answered us (or the round began)
         self.finals: list[str] = []  # each final part's SHA-256 as gathered, in task order (the roster lists them)
+        self.checked: dict[str, str] = {}  # caught owner -> SHA-256 of the proof of its lie we checked
 
     # ------------------------------------------------------------------ the round, as this member
     def run(self) -> torch.Tensor:
@@ -120,7 +126,7 @@ class Member:
 
     def call(self, peer: str, message: Message, extra: float = 0.0) -> bytes:
         if peer == self.me:  # no connection to ourselves
-            return (self.lead if message.op in ("receipt", "board", "verdict") else self).answer(self.me, message)
+            return (self.lead if message.op in LEADER_OPS else self).answer(self.me, message)
         return self.net.call(peer, message, self.timeouts.call + extra)
 
     def message(self, op: str, task: tuple = (1, 0, 0), **fields) -> Message:
@@ -184,6 +190,7 @@ class Member:
                 continue
             version, moved = board.version, self.heard
             shown.add(news(board))
+            self.check_caught(board)
             apply_board(self.rnd, board)
             self.push_inputs()
             if board.stage == "audit":
@@ -195,6 +202,17 @@ class Member:
         """Give the round up (LeaderSilent) if the leader has sent `what` for `bound` (default: phase)."""
         if waited >= (bound or self.timeouts.phase):  # a dead or stalling leader: every member alike
             raise LeaderSilent(f"round {self.rnd.round}: {what} from the leader for {waited:.0f} s: {cause or ''}")
+
+    def check_caught(self, board: Board) -> None:
+        """Each owner the board newly convicts, by the proof the leader serves (else Framed)."""
+        for owner, task, digest in newly_caught(self.rnd, board):
+            try:
+                served = self.call(self.leader, self.message("proof", task, data=bytes.fromhex(digest)))
+            except (ProtocolError, TimeoutError, OSError) as e:
+                raise Framed(f"round {self.rnd.round}: no proof that {owner[:16]} lied: {e}") from None
+            if not proves(self.rnd, owner, task, digest, served):
+                raise Framed(f"round {self.rnd.round}: the proof that {owner[:16]} lied does not check")
+            self.checked[owner] = digest
 
     # ------------------------------------------------------------------ as an owner
     def answer_tasks(self, level: int) -> None:
@@ -308,7 +326,7 @@ class Member:
         rnd = self.rnd
         if (msg.run, msg.round, msg.attempt) != (rnd.run, rnd.round, rnd.attempt):
             raise ProtocolError("not this round's attempt")
-        if msg.op in ("receipt", "board", "verdict"):
+        if msg.op in LEADER_OPS:
             if self.lead is None:
                 raise ProtocolError("this member does not lead the round")
             return self.lead.answer(caller, msg)

@@ -45,7 +45,7 @@ class Ran(NamedTuple):
     finals: bytes
     """Each final part's SHA-256 (32 bytes), in task order, as its owner's receipt listed it."""
     caught: tuple[tuple[str, str], ...]
-    """Owners convicted, with their fraud proof's SHA-256 (the leader's; a member's says "")."""
+    """Owners convicted, with their fraud proof's SHA-256: the leader's, or the one a member checked."""
     passed: tuple[str, ...] = ()
     """Owners passed over for withholding (the leader's word; a member's is empty)."""
 
@@ -107,7 +107,7 @@ class NodeScatter:
                 raise ProtocolError(f"leading the v3 round failed: {failed[0] if failed else 'it did not end'}")
         finals = b"".join(bytes.fromhex(h) for h in member.finals)
         if leader is None:
-            return Ran(aggregate, finals, tuple((p, "") for p in sorted(rnd.caught)))
+            return Ran(aggregate, finals, tuple((p, member.checked.get(p, "")) for p in sorted(rnd.caught)))
         caught = tuple((p, leader.proofs[p]) for p in dict.fromkeys(leader.caught))
         return Ran(aggregate, finals, caught, tuple(dict.fromkeys(leader.withheld)))
 

@@ -12,11 +12,15 @@ member behind NAT only dials out: senders dial owners, never the other way.
   inputs    'Send me your task's signed inputs and receipt, for my audit.'               (to its owner)
   verdict   'I audited this task: it checks (index 0), or here is the fraud proof.'      (to the leader)
   final     'Send me your final part, with your receipt.'                                (to owner 2/a/b)
+  proof     'Send me the verdict with SHA-256 `data` that convicted this task's owner.' (to the leader;
+            answer: that verdict Message's bytes, which the board's `proofs` pins)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 
 import msgpack
@@ -136,6 +140,17 @@ def task_name(task: tuple[int, int, int]) -> str:
     return "/".join(map(str, task))
 
 
+TASK_RE = re.compile(r"^([12])/(\d{1,4})/(\d{1,4})$")
+
+
+def task_of(name: object) -> tuple[int, int, int]:
+    """The task a task_name names (raises ProtocolError)."""
+    m = TASK_RE.match(name) if isinstance(name, str) else None
+    if m is None or max(int(m[2]), int(m[3])) >= MAX_GROUP:
+        raise ProtocolError(f"not a task name: {str(name)[:20]!r}")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
 def bitmap(flags: list[bool]) -> bytes:
     """`flags` packed 8 to a byte, first flag in the lowest bit."""
     out = bytearray(-(-len(flags) // 8) or 1)
@@ -163,7 +178,7 @@ def draw_message(run: str, round_no: int, attempt: int, level: int, receipts: st
     return f"swarmtrain-scatter-audit|{run}|{round_no}|{attempt}|{level}|{receipts}".encode()
 
 
-OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final")
+OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final", "proof")
 MAX_PIECE = 1 << 30  # bytes of one piece: a 1B-parameter update's chunk is about 125 MB / sqrt(N)
 MAX_TAG = 16
 
@@ -186,7 +201,8 @@ class Message:
     """One v3 request or its answer (see the module docstring for what each `op` says). `level`,
     `a`, `b` name the task; `index` is the sender's place (part), the version seen (board) or 1
     for a fraud proof (verdict); `tag` the audit draw ('' or '/again'); `envelope` a commitment or
-    a receipt; `data` a piece; `inputs` a task's signed inputs, (envelope, bytes) or None each."""
+    a receipt; `data` a piece (proof: the verdict's SHA-256); `inputs` a task's signed inputs,
+    (envelope, bytes) or None each."""
 
     op: str
     run: str
@@ -261,7 +277,9 @@ class Board:
     task -> owners passed over), these owners were caught lying, these receipts stand (`fixed`:
     task -> SHA-256 of the body, `signers`: who signed it), and I signed their digest uniquely
     (`draw`, over `digest`). Now: collect (owners answer), audit (`count` auditors a task under draw `tag`), or
-    done.' Every member applies it to its Round alike."""
+    done.' Every member applies it to its Round alike. `proofs` pins each caught owner's conviction:
+    owner -> (task name, SHA-256 of the verdict Message it fell by), which the leader serves
+    (op `proof`) and each member checks before it takes the board (node/scatter/leader.py proves)."""
 
     level: int
     version: int
@@ -275,11 +293,14 @@ class Board:
     draw: bytes = b""
     tag: str = ""
     count: int = 0
+    proofs: dict = dataclasses.field(default_factory=dict)
+    """Caught owner -> (task name, SHA-256 of the verdict that convicted it): one per `caught`."""
 
     STAGES = ("collect", "audit", "done")
 
     def encode(self) -> bytes:
-        return msgpack.packb({**asdict(self), "caught": list(self.caught)}, use_bin_type=True)
+        proofs = {p: list(v) for p, v in self.proofs.items()}
+        return msgpack.packb({**asdict(self), "caught": list(self.caught), "proofs": proofs}, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> Board:
@@ -298,16 +319,23 @@ class Board:
             raise ProtocolError(f"{w}: fixed must map tasks to SHA-256 digests")
         if set(signers) != set(fixed) or not all(isinstance(v, str) for v in signers.values()):
             raise ProtocolError(f"{w}: signers must name a signer for each fixed task")
+        caught = tuple(peer_id_field(p, w) for p in field(d, "caught", list, where=w) if isinstance(p, str))
+        proofs = field(d, "proofs", dict, where=w)
+        if set(proofs) != set(caught) or not all(isinstance(v, list) and len(v) == 2 for v in proofs.values()):
+            raise ProtocolError(f"{w}: proofs must pin [task, sha256] for each caught owner, and no other")
+        if not all(isinstance(h, str) and SHA256_RE.match(h) for _, h in proofs.values()):
+            raise ProtocolError(f"{w}: a proof's digest is not a SHA-256 digest")
         return cls(
             level=level,
             version=field(d, "version", int, where=w),
             stage=stage,
             replaced=replaced,
-            caught=tuple(peer_id_field(p, w) for p in field(d, "caught", list, where=w) if isinstance(p, str)),
+            caught=caught,
             fixed=fixed,
             signers={k: peer_id_field(v, w) for k, v in signers.items()},
             digest=_digest_or_empty(field(d, "digest", str, where=w), w),
             draw=field(d, "draw", bytes, where=w),
             tag=field(d, "tag", str, where=w)[:MAX_TAG],
             count=field(d, "count", int, where=w),
+            proofs={p: (task_name(task_of(t)), h) for p, (t, h) in proofs.items()},
         )

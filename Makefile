@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/swarmtrain demo --peers 3 --workdir demo-run
 
+# Unit tests on two workers (pytest-xdist: each test is in-process over fakes, so they share
+# nothing); the swarm tests one at a time, since each starts its own processes and times them.
 test: $(STAMP) tools lint
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n 2 --durations=10 tests
+	$(PY) -m pytest -q --durations=25 swarm_tests
 
 # ruff (configured in pyproject.toml): lint and format check; `make format` rewrites in place.
 lint: $(STAMP)

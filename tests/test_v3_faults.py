@@ -22,8 +22,9 @@ from protocol import keys, signed
 from tests.test_scatter_member import Framer
 from tests.test_v3_rounds import CFG, RUN, TOTAL, swarm
 
-# the node's own derivation of a member's waits (node/scatter/runner.py make_scatter)
-NODE_TIMEOUTS = Timeouts(phase=CFG.collect_timeout, call=CFG.collect_timeout, round=CFG.round_timeout)
+# a member's waits as the node derives them (node/scatter/runner.py make_scatter: phase = call =
+# collect_timeout), with a 2 s phase so that the suite waits seconds, not tens of them
+NODE_TIMEOUTS = Timeouts(phase=2.0, call=2.0, round=CFG.round_timeout)
 SETTLE = 0.6  # the test peers' (tests/test_v3_rounds.py Peer)
 
 

@@ -219,9 +219,8 @@ class SwarmConfig:
     members runs the reduce-scatter, in which each peer moves about 3 updates whatever the
     swarm's size, instead of every peer fetching every update (verify-all). Every peer decides
     from the roster alone. Dense updates only (diloco with int8, float16 or float32 on the
-    wire): other strategies keep verify-all at any size. 0: always verify-all. (The node does
-    not run v3 rounds yet: the transport and the round's setup are built, the switch in the
-    round protocol is not; docs/protocol.md "Not built yet".)"""
+    wire): other strategies keep verify-all at any size; rounds the organizer leads (a young
+    run) too. 0: always verify-all."""
     relay_wait: float = 3.0
     """Seconds a peer asked for an update of the current round that it does not hold yet waits
     for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""

@@ -56,40 +56,12 @@ def test_a_leader_that_dies_after_its_call_costs_one_phase_and_no_update():
             return real(call, update, leads)
 
         p.scatter.run = run
-    gen = torch.Generator().manual_seed(0)
-    updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
-    dht.clock.t += 2
-    for p in peers:
-        p.heartbeat()
-    for p in peers:
-        p.announce(updates[p.id])
-    out: dict = {}
-    done: dict = {}
-
-    def play(p):
-        try:
-            p.play(out)
-        except Died:
-            out[p.id] = "died"
-        done[p.id] = time.monotonic()
-
-    threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in peers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CFG.round_timeout + 30)
+    out, done = play_round(peers, dht, 0)
     assert dead, "nobody called a v3 round"
-    survivors = [p for p in peers if p.id != dead["id"]]
+    survivors, accepted, _ = one_roster(peers, out, dead["id"])
     took = {p.id: done.get(p.id, float("nan")) - dead["at"] for p in survivors}
     print("seconds from the dead call to each survivor's end:", sorted(round(s, 1) for s in took.values()))
-    for p in survivors:
-        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
-        p.finish(*out[p.id])
-    assert len({p.digest for p in survivors}) == 1
-    accepted, got = out[survivors[0].id]
     roster = accepted.roster
-    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
-    assert roster.leader != dead["id"] and dead["id"] in roster.skip
     # every survivor's announced update counts; the dead leader's is left out
     assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
     assert set(dht.get(keys.call_key(RUN, 1))) == {dead["id"], roster.leader}
@@ -143,7 +115,20 @@ def test_a_leader_that_never_moves_its_board_on_costs_one_stall_and_no_update(mo
         return Leader(rnd, keys, member, **options)
 
     monkeypatch.setattr(runner, "Leader", leader)
-    gen = torch.Generator().manual_seed(1)
+    out, done = play_round(peers, dht, 1)
+    assert hostile, "nobody called a v3 round"
+    survivors, accepted, _ = one_roster(peers, out, hostile["id"])
+    took = {p.id: done.get(p.id, float("nan")) - hostile["at"] for p in survivors}
+    print("seconds from the stalled call to each survivor's end:", sorted(round(s, 1) for s in took.values()))
+    assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
+    bound = 2 * SETTLE + NODE_TIMEOUTS.stall + NODE_TIMEOUTS.phase + 3.0
+    assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"
+
+
+def play_round(peers, dht, seed: int) -> tuple[dict, dict]:
+    """Every peer announces and plays round 1 in its own thread: (peer -> (accepted, got) or
+    error, or "died"; peer -> when its thread ended, time.monotonic())."""
+    gen = torch.Generator().manual_seed(seed)
     updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
     dht.clock.t += 2
     for p in peers:
@@ -154,7 +139,10 @@ def test_a_leader_that_never_moves_its_board_on_costs_one_stall_and_no_update(mo
     done: dict = {}
 
     def play(p):
-        p.play(out)
+        try:
+            p.play(out)
+        except Died:
+            out[p.id] = "died"
         done[p.id] = time.monotonic()
 
     threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in peers]
@@ -162,39 +150,21 @@ def test_a_leader_that_never_moves_its_board_on_costs_one_stall_and_no_update(mo
         t.start()
     for t in threads:
         t.join(CFG.round_timeout + 30)
-    assert hostile, "nobody called a v3 round"
-    survivors = [p for p in peers if p.id != hostile["id"]]
-    took = {p.id: done.get(p.id, float("nan")) - hostile["at"] for p in survivors}
-    print("seconds from the stalled call to each survivor's end:", sorted(round(s, 1) for s in took.values()))
+    return out, done
+
+
+def one_roster(peers, out: dict, bad: str) -> tuple[list, object, object]:
+    """The peers other than `bad` each ended the round with no error, on one digest, and a v3
+    roster another leader than `bad` led, skipping it: (survivors, accepted, got)."""
+    survivors = [p for p in peers if p.id != bad]
     for p in survivors:
         assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
         p.finish(*out[p.id])
     assert len({p.digest for p in survivors}) == 1
     accepted, got = out[survivors[0].id]
-    roster = accepted.roster
-    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
-    assert roster.leader != hostile["id"] and hostile["id"] in roster.skip
-    assert {a.peer for a in accepted.announcements} == {p.id for p in survivors}
-    bound = 2 * SETTLE + NODE_TIMEOUTS.stall + NODE_TIMEOUTS.phase + 3.0
-    assert max(took.values()) <= bound, f"survivors took {max(took.values()):.1f} s after the call (bound {bound} s)"
-
-
-def play_round(peers, dht, seed: int) -> dict:
-    """Every peer announces and plays round 1 in its own thread: peer -> (accepted, got) or error."""
-    gen = torch.Generator().manual_seed(seed)
-    updates = {p.id: torch.randn(TOTAL, generator=gen) * 0.01 for p in peers}
-    dht.clock.t += 2
-    for p in peers:
-        p.heartbeat()
-    for p in peers:
-        p.announce(updates[p.id])
-    out: dict = {}
-    threads = [threading.Thread(target=p.play, args=(out,), daemon=True) for p in peers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CFG.round_timeout + 30)
-    return out
+    assert isinstance(got, Aggregate) and accepted.roster.finals  # a v3 round
+    assert accepted.roster.leader != bad and bad in accepted.roster.skip
+    return survivors, accepted, got
 
 
 @pytest.mark.parametrize("junk", [True, False], ids=["junk-proof", "no-proof"])
@@ -217,19 +187,12 @@ def test_a_leader_that_frames_an_honest_owner_costs_a_phase_and_no_ban(monkeypat
         return framer
 
     monkeypatch.setattr(runner, "Leader", leader)
-    out = play_round(peers, dht, 2)
+    out, _ = play_round(peers, dht, 2)
     assert hostile, "nobody called a v3 round"
     framed = hostile["leader"].framed
     assert framed is not None and framed != hostile["id"]
-    survivors = [p for p in peers if p.id != hostile["id"]]
-    for p in survivors:
-        assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
-        p.finish(*out[p.id])
-    assert len({p.digest for p in survivors}) == 1
-    accepted, got = out[survivors[0].id]
+    survivors, accepted, _ = one_roster(peers, out, hostile["id"])
     roster = accepted.roster
-    assert isinstance(got, Aggregate) and roster.finals  # a v3 round
-    assert roster.leader != hostile["id"] and hostile["id"] in roster.skip
     assert not roster.caught and framed in {a.peer for a in accepted.announcements}
     assert all(framed not in p.ledger.caught() and framed not in p.proto.banned(p.ledger) for p in survivors)
 
@@ -257,7 +220,7 @@ def test_an_honest_conviction_ends_in_one_roster_whose_proof_every_member_checke
 
     monkeypatch.setattr(runner, "Member", liar_member)
     monkeypatch.setattr(member_module, "proves", counted)
-    out = play_round(peers, dht, 3)
+    out, _ = play_round(peers, dht, 3)
     for p in peers:
         assert not isinstance(out.get(p.id), Exception) and p.id in out, f"{p.id[:8]}: {out.get(p.id)!r}"
         p.finish(*out[p.id])

@@ -63,10 +63,13 @@ class Heartbeat:
     cp: tuple = ()
     """The organizer's witness only: (round, SHA-256 of the body) of its newest checkpoint
     (protocol/kinds/checkpoint.py; the `checkpoint` RPC serves the body). Empty: none."""
+    work: tuple = ()
+    """The admission proof this peer announces with, as Announcement.work (protocol 11): a joiner
+    whose organizer is offline asks paid holders first (node/round/trust/catchup.py). Empty: none."""
 
     def to_wire(self) -> dict:
-        out = {**asdict(self), "maddrs": list(self.maddrs), "cp": list(self.cp)}
-        return out if self.cp else {k: v for k, v in out.items() if k != "cp"}  # absent: the v2 bytes
+        out = {**asdict(self), "maddrs": list(self.maddrs), "cp": list(self.cp), "work": list(self.work)}
+        return {k: v for k, v in out.items() if k not in ("cp", "work") or v}  # absent when empty: the v2 bytes
 
     @classmethod
     def from_wire(cls, d: object) -> Heartbeat:
@@ -88,6 +91,7 @@ class Heartbeat:
             step_s=seconds_field(d.get("step_s", 0.0), "step_s", w),  # absent: a peer that measured nothing yet
             exchange_s=seconds_field(d.get("exchange_s", 0.0), "exchange_s", w),
             cp=checkpoint_pointer(d.get("cp"), w),
+            work=work_field(d, w),
         )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import tracemalloc
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -295,6 +296,14 @@ def test_our_heartbeat_fits_the_cap_whatever_our_addresses():
     fitted = fit_heartbeat(record)
     assert len(signed.seal(key, fitted)["body"]) <= MAX_HEARTBEAT_BODY
     assert fitted.maddrs == many[: len(fitted.maddrs)] and len(fitted.maddrs) >= 4
+    proven = fit_heartbeat(replace(record, work=(2**32 - 1, b"n" * 8, b"s" * 8)))  # protocol 11: our proof too
+    assert len(signed.seal(key, proven)["body"]) <= MAX_HEARTBEAT_BODY and proven.work == (
+        2**32 - 1,
+        b"n" * 8,
+        b"s" * 8,
+    )
+    assert proven.maddrs == many[: len(proven.maddrs)] and len(proven.maddrs) >= 4
+    assert heartbeat_body_size(replace(heartbeat(peer), work=proven.work)) < 500  # two addresses: far from the cap
 
 
 def test_measure_a_thousand_sybil_heartbeats(sybil_keys):

@@ -393,6 +393,9 @@ def roster_wire(entries: list) -> dict:
 
 RECORDS = [
     Target("records.Heartbeat.from_wire", Heartbeat.from_wire, objects([_wire(Heartbeat, HEARTBEAT)])),
+    Target(  # protocol 11: the admission proof a heartbeat carries
+        "records.Heartbeat.work", Heartbeat.from_wire, objects([{**HEARTBEAT, "work": [0, bytes(8), bytes(8)]}])
+    ),
     Target(
         "records.Announcement.from_wire",
         lambda d: Announcement.from_wire(d, max_bytes=2**20),

@@ -74,6 +74,7 @@ class Peer:
             maddrs=(),
             time=self.net.now() if time is None else time,
             active=active,
+            work=self.proto.admission.proof,  # what our publisher puts there: the proof we announce with
         )
         return self.net.store(keys.peers_key(RUN), self.id, signed.seal(self.key, hb), CFG.heartbeat_ttl)
 

@@ -17,14 +17,17 @@ import pytest
 
 from node.round import election
 from node.round.ledger import AcceptedRoster, Ledger
+from node.round.trust import catchup as catchup_module
 from node.round.trust import chain
 from node.round.trust import reader as reader_module
 from node.round.trust.anchor import Anchor
 from node.round.trust.catchup import MOST_DONORS, Catchup, Head
 from protocol import keys, signed, signing
+from protocol.admission.rule import Admission
 from protocol.kinds.checkpoint import checkpoint_hash
 from protocol.records import Announcement, Heartbeat, Roster
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
+from tests.test_work import PUZZLE, STOP
 
 Z = "0" * 64  # the state the attacker wants adopted (its result digest: any state it likes)
 
@@ -406,33 +409,68 @@ def test_a_crowd_of_fresh_heads_cannot_starve_a_joiner_while_the_organizer_is_on
     assert ledger_requests(crowd) == 0
 
 
-def test_open_a_crowd_of_fresh_heads_starves_a_joiner_whose_organizer_is_offline():
+def paid_swarm(n: int):
+    """swarm(n) whose run asks admission work (tests/test_work.py's PUZZLE): each peer announces
+    and heartbeats its solved proof."""
+    dht, registry, honest = swarm(n)
+    for p in honest:
+        p.proto.admission = p.proto.builder.admission = Admission(PUZZLE)
+        p.proto.admission.proof = solved(p)
+    return dht, registry, honest
+
+
+def solved(p: Peer) -> tuple:
+    return tuple(PUZZLE.solve(signing.public_der(p.key), STOP, first=0))
+
+
+def test_a_crowd_of_fresh_heads_no_longer_starves_a_joiner_whose_organizer_is_offline(monkeypatch):
     """Attack: each look, 6 fresh keys heartbeat 3 new heads (2 holders each, as many as the
     honest head has, at a higher round: plan's order is holders, then round) and refuse the
     `ledger` request. A joiner whose organizer is offline (no witness to ask first: the test
-    above) knows no established peer, so it asks them first; 3 heads x 2
-    donors = MOST_DONORS asks and plan() returns None before ever asking the honest peers. The
-    failed-heads cache does not help (the heads are new each look), nor the failed-donors one
-    (new keys, or 256 old ones flood it and FORGET_FAILED clears it). StateSync.initial_state's
-    6 attempts all fail and the joiner starts from round 0, outside the swarm.
-    Cost: 6 keys (~40 ms each) and 6 heartbeats per look (one look a second), or 256 keys
-    once plus re-signed heartbeats.
-    Would stop it, organizer offline: ask heads in an order keys cannot buy (e.g. heads whose
-    chain carries the checkpoint of the joiner's anchor file first, heads whose chain the asker
-    verified last time, then a random draw among the rest), do not count a refused request
-    against MOST_DONORS as a full ask; ultimately quorum checkpoints (step 2) and admission cost
-    (step 7). Severity: medium (liveness of joiners)."""
-    dht, registry, honest = swarm(2)
+    above) knows no established peer; it asked them first, 3 heads x 2 donors = MOST_DONORS
+    asks, and plan() returned None before ever asking the honest peers, every look: the joiner
+    started from round 0, outside the swarm (was open, medium: liveness of joiners).
+    Stopped by (protocol 11): heartbeats carry the peer's admission proof; such a joiner asks
+    first the holders whose proof it checked (stamped, then solved for seed(0); at most
+    MOST_PROOFS scrypt evaluations a look), and a paid donor whose head it did not take is
+    `spent`. Free keys now reach the honest head on the first look. A crowd holding K solved
+    proofs burns K / MOST_DONORS looks (here K = 12: 2 looks, the 3rd reaches the honest head),
+    each proof minutes of a core at the defaults instead of a 40 ms key; with the default check
+    budget, stamped proofs that keep the honest ones out of the draw add ceil(stamped / 6) looks
+    at most (a stamp: seconds of a core each). Stays open: past epoch 0 a fresh joiner cannot
+    check the honest peers' renewed proofs (it knows seed(0) only), so they rank as free."""
+    dht, registry, honest = paid_swarm(2)
     for _ in range(2):
         play_round(honest)
     joiner = Peer(dht, registry)
-    look = catchup_of(joiner)
-    for n in range(6):  # StateSync.fetch_state's attempts
-        fresh_heads(dht, registry, n)
+    rules = replace(joiner.proto.rules, admission=Admission(PUZZLE))
+    look = Catchup(joiner.net, joiner.ledger, rules, chain.genesis(RUN, BASE0))
+    crowd = fresh_heads(dht, registry, 0)  # free keys: no proof in their heartbeats
+    beat(honest)
+    target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+    assert target is not None and target.head == head_of(honest[0])  # the first look
+    assert ledger_requests(honest) >= 1 and len(crowd) == 6
+
+    # K = 12 solved proofs, 6 fresh paid keys a look (every proof checked: the budget aside)
+    monkeypatch.setattr(catchup_module, "MOST_PROOFS", 100)
+    joiner = Peer(dht, registry)
+    look = Catchup(joiner.net, joiner.ledger, rules, chain.genesis(RUN, BASE0))
+    paid = [Peer(dht, registry) for _ in range(12)]
+    for s in paid:
+        s.proto.admission, s.net.ledger = Admission(PUZZLE), None  # no ledger to serve
+        s.proto.admission.proof = solved(s)
+    burned = 0
+    for n in range(4):
+        batch = paid[6 * n : 6 * n + 6] or paid[:6]  # then the spent keys again
+        for h in range(3):
+            hold(batch[2 * h : 2 * h + 2], Head(60 + n, hashlib.sha256(f"paid {n} {h}".encode()).hexdigest()))
         beat(honest)
-        assert look.plan(joiner.proto.peers(), Head(0, BASE0)) is None
-    assert ledger_requests(honest) == 0  # the honest head was never asked about
-    assert len(look.failed) == 6 * MOST_DONORS
+        target = look.plan(joiner.proto.peers(), Head(0, BASE0))
+        if target is not None:
+            break
+        burned += 1
+    assert target is not None and target.head == head_of(honest[0])
+    assert burned == 12 // MOST_DONORS and set(look.spent) == {s.id for s in paid}
 
 
 def test_a_joiner_takes_only_a_chain_through_the_organizers_head():

@@ -285,11 +285,23 @@ def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:
 class HeartbeatPublisher:
     """Publishes this peer's heartbeat every interval from a daemon thread.
 
-    `update(**fields)` changes what is published next; `close()` stops and withdraws it.
+    `update(**fields)` changes what is published next; `close()` stops and withdraws it. `work`
+    gives the admission proof we announce with now (renewed each epoch), read at every publish.
     """
 
-    def __init__(self, swarm: Swarm, run_id: str, first: Heartbeat, *, interval: float, ttl: float, key):
+    def __init__(
+        self,
+        swarm: Swarm,
+        run_id: str,
+        first: Heartbeat,
+        *,
+        interval: float,
+        ttl: float,
+        key,
+        work: Callable[[], tuple] | None = None,
+    ):
         self.swarm, self.run_id, self.interval, self.ttl, self.key = swarm, run_id, interval, ttl, key
+        self.work = work
         self._record = first
         self._record_lock = threading.Lock()
         self._wake = threading.Event()
@@ -308,7 +320,8 @@ class HeartbeatPublisher:
             with self._record_lock:
                 # Each time strictly after the last, even if the clock stood still or stepped back: the
                 # expiration then beats the stored one's, which hivemind would otherwise keep.
-                record = fit_heartbeat(replace(self._record, time=max(dht_time(), last + TIME_STEP), run=self.run_id))
+                record = replace(self._record, time=max(dht_time(), last + TIME_STEP), run=self.run_id)
+                record = fit_heartbeat(replace(record, work=tuple(self.work())) if self.work else record)
             last = record.time
             envelope = signed.seal(self.key, record)
             expiration = latest_expiration(record.time, self.ttl)

@@ -33,9 +33,11 @@ class Presence:
         cfg: SwarmConfig,
         key,
         manifest_envelope: dict,
+        work=lambda: (),
     ):
         self.swarm, self.stack, self.run_id, self.me, self.name, self.device = swarm, stack, run_id, me, name, device
         self.cfg, self.key, self.manifest_envelope = cfg, key, manifest_envelope
+        self.work = work  # our admission proof as we announce it now: our heartbeats carry it (protocol 11)
         self.heartbeat: HeartbeatPublisher | None = None
         self.manifest_keeper: manifests.ManifestKeeper | None = None
 
@@ -60,6 +62,7 @@ class Presence:
             interval=self.cfg.heartbeat_interval,
             ttl=self.cfg.heartbeat_ttl,
             key=self.key,
+            work=self.work,
         )
         self.stack.callback(self.heartbeat.close)
         self.manifest_keeper = manifests.ManifestKeeper(self.swarm, self.manifest_envelope)

@@ -182,6 +182,7 @@ class NodeParts:
             cfg=self.run.swarm,
             key=self.key,
             manifest_envelope=self.manifest_envelope,
+            work=lambda: self.rounds.admission.proof,  # set once solved or loaded (obtain_proof), renewed
         )
         self.sync = StateSync(
             self.applier,

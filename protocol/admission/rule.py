@@ -30,7 +30,8 @@ whose window lacks the epoch's first round) checks no proof of that epoch; a lea
 The order is left a draw (not oldest first): a crowd of stamped keys announced early would stand
 ahead of a later newcomer at every leader until the chain had listed them all, where the draw
 lets the first lucky leader take it.
-The organizer is exempt (it signed the manifest). Heartbeats carry no proof.
+The organizer is exempt (it signed the manifest). Heartbeats carry the proof (protocol 11): only
+a joiner whose organizer is offline checks it, to order its donors (node/round/trust/catchup.py).
 A run without work (identity_work_bits 0) gets DISABLED, which admits everyone and checks nothing.
 Pure: who is known comes from the caller's chain (node/round/ledger.py: Ledger.authors_before).
 """
@@ -89,6 +90,13 @@ class Admission:
                 if not known:
                     _remember(self.failed, (peer, proof[0]), None)
         return known
+
+    def remembered(self, peer: str, proof: tuple, seeds: Seeds = None) -> bool | None:
+        """What a check of `peer`'s `proof` found here (None: not checked yet), with no evaluation."""
+        if self.puzzle is None or peer == self.organizer:
+            return True
+        with self.lock:
+            return self.checked.get((peer, *proof, self.puzzle.seed_of(work.Proof(*proof), seeds)))
 
     def admit(
         self,

@@ -11,7 +11,12 @@ per look, so a crowd of lying hints costs a bounded number of requests; a donor 
 head is not asked for it again. A joiner knows nobody yet: while the organizer's witness is live
 it first asks the witness for the chain to the witness's head (pin_chain) and takes that head
 from the peers holding it, or learns from that chain whose heads to ask first; with the organizer
-offline it asks every head, most holders first (a crowd of fresh heads can spend its looks).
+offline it asks first the holders whose heartbeat carries an admission proof (protocol 11) that it
+checked (`paid`: stamped, then solved for seed(0), the only seed a joiner knows; at most MOST_PROOFS
+scrypt evaluations a look, in a private draw, remembered with failures by Admission), most paid
+holders first, and a paid donor whose head it did not take loses that rank (`spent`); then every
+other head, most holders first. A crowd of fresh heads spends a look per MOST_DONORS solved proofs
+(or per MOST_PROOFS stamps that hide the honest proofs from the draw), not per 6 free keys.
 
 Checkpoints (node/round/trust/anchor.py): a chain whose roster of a round the organizer checkpointed is
 another one (the checkpoint we hold, or one another verified head's chain carries) is refused,
@@ -22,7 +27,9 @@ from the genesis carries none, and loses to the swarm's once the run is past its
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -31,7 +38,8 @@ from node.round.net import RoundNet
 from node.round.trust import anchor, chain, votes
 from node.round.trust.chain import ChainRules, Link
 from node.round.trust.reader import RosterReader
-from protocol import keys
+from protocol import keys, signed
+from protocol.admission import work
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint
 from protocol.records import Heartbeat
@@ -39,6 +47,7 @@ from protocol.records import Heartbeat
 log = logging.getLogger("swarmtrain.sync")
 MOST_DONORS = 6  # donors asked in one look for a better head
 FORGET_FAILED = 256  # (donor, head) failures and heads passed over that are remembered
+MOST_PROOFS = 6  # heartbeat proofs a joiner checks by scrypt in one look (each ~0.1 s at the defaults)
 
 
 class Head(NamedTuple):
@@ -73,6 +82,8 @@ class Catchup:
         # the next one (an honest peer may have been unable once: starting, or just frozen)
         self.failed: OrderedDict[tuple[str, Head], None] = OrderedDict()
         self.passed: OrderedDict[Head, None] = OrderedDict()  # heads that verified and that we chose not to take
+        self.spent: OrderedDict[str, None] = OrderedDict()  # paid donors asked whose head we did not take
+        self.salt = os.urandom(16)  # our draw of which heartbeat proofs to check: no key can buy a place in it
 
     def eligible(self) -> set[str]:
         return chain.eligible(self.ledger, self.rules.established_rounds)
@@ -128,27 +139,85 @@ class Catchup:
             known = chain.eligible(
                 Ledger(rosters={a.roster.round: a for a in pin.rosters[-WINDOW:]}), self.rules.established_rounds
             )
-        order = sorted(hints, key=lambda h: (-len(set(hints[h]) & known), -len(hints[h]), -h.round, h.digest))
-        asked, found = 0, []  # found: acceptable targets, compared by their checkpoints (unpinned joiners)
-        for head in order:
-            for donor in [d for d in hints[head] if (d, head) not in self.failed][:2]:
-                if asked >= MOST_DONORS:
-                    return self.newest_anchored(found)
-                asked += 1
-                target = self.branch_of(donor, head, hints[head])
-                if target is not None and self.acceptable(target, peers, mine):
-                    if not self.compares(peers):
-                        return target
-                    found.append(target)
-                    break
-                if target is not None:  # verified, not taken: the next head may be (a quorum may still come)
-                    log.info("head %d %s: verified, not taken", head.round, head.digest[:12])
-                    if target.fork or not self.pinned(target, peers):
-                        self._remember(self.passed, head)
-                    break
-                log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
-                self._remember(self.failed, (donor, head))
-        return self.newest_anchored(found)
+        paid = self.paid(peers) if self.compares(peers) else set()
+        order = sorted(
+            hints,
+            key=lambda h: (-len(set(hints[h]) & known), -len(set(hints[h]) & paid), -len(hints[h]), -h.round, h.digest),
+        )
+        asked, found = [], []  # found: acceptable targets, compared by their checkpoints (unpinned joiners)
+        pairs = [(h, d) for h in order for d in hints[h]]  # paid holders first; then the rest, as before protocol 11
+        target = self.ask([(h, d) for h, d in pairs if d in paid], hints, peers, mine, asked, found)
+        target = target or self.ask([x for x in pairs if x[1] not in paid], hints, peers, mine, asked, found)
+        target = target or self.newest_anchored(found)
+        taken = target.head if target is not None else None
+        for head, donor in asked:
+            if donor is not None and donor in paid and head != taken:
+                self._remember(self.spent, donor)  # its proof bought it one ask of ours, not one a look
+        return target
+
+    def ask(self, pairs, hints, peers, mine, asked: list, found: list) -> Target | None:
+        """Ask (head, donor) `pairs` in order: at most 2 donors a head (the first that did not fail
+        us for it) and MOST_DONORS a look, both counted in `asked`, which plan()'s two passes share.
+        A head is done once one of its donors verified it. Returns a target to take, or None."""
+        for head, donor in pairs:
+            if (donor, head) in self.failed or (head, None) in asked or sum(h == head for h, _ in asked) >= 2:
+                continue
+            if sum(d is not None for _, d in asked) >= MOST_DONORS:
+                break
+            asked.append((head, donor))
+            target = self.branch_of(donor, head, hints[head])
+            if target is not None and self.acceptable(target, peers, mine):
+                if not self.compares(peers):
+                    return target
+                found.append(target)
+                asked.append((head, None))  # done: not asked again this look (no ask counted)
+                continue
+            if target is not None:  # verified, not taken: the next head may be (a quorum may still come)
+                log.info("head %d %s: verified, not taken", head.round, head.digest[:12])
+                if target.fork or not self.pinned(target, peers):
+                    self._remember(self.passed, head)
+                asked.append((head, None))
+                continue
+            log.info("head %d %s: no verified chain from %s", head.round, head.digest[:12], donor[:16])
+            self._remember(self.failed, (donor, head))
+        return None
+
+    def paid(self, peers: dict[str, Heartbeat]) -> set[str]:
+        """Live peers, less the `spent`, whose heartbeat proof (`work`) we found valid for seed(0),
+        the only seed a joiner knows (later epochs' proofs: unchecked). A stamp (one hash) first;
+        then at most MOST_PROOFS evaluations a look, of stamped proofs in our private draw, each
+        remembered, failures too (Admission.valid). A run without admission work: none."""
+        admission = self.rules.admission
+        if admission.puzzle is None:
+            return set()
+        out, unchecked = set(), []
+        for p, key in self.keys_of(peers).items():
+            proof = work.Proof(*peers[p].work)
+            if p in self.spent or proof.epoch != 0 or not admission.puzzle.stamped(key, proof):
+                continue
+            known = admission.remembered(p, peers[p].work)
+            if known is None:
+                unchecked.append((hashlib.sha256(self.salt + p.encode()).digest(), p, key))
+            elif known:
+                out.add(p)
+        for _, p, key in sorted(unchecked)[:MOST_PROOFS]:
+            if admission.valid(p, key, peers[p].work):
+                out.add(p)
+        return out
+
+    def keys_of(self, peers: dict[str, Heartbeat]) -> dict[str, bytes]:
+        """The key (DER) of each of `peers` whose heartbeat carries a proof: from the DHT's signed copies."""
+        out = {}
+        for p, env in self.net.get_subkeys(keys.peers_key(self.rules.run_id)).items():
+            hb = peers.get(p)
+            if p == self.net.me or hb is None or not hb.work or not isinstance(env, dict):
+                continue
+            try:
+                if signed.open_record(env, Heartbeat, signer=p).work == hb.work:
+                    out[p] = env["key"]
+            except ProtocolError:
+                continue
+        return out
 
     def pin_chain(self, peers: dict[str, Heartbeat], hints: dict[Head, list[str]]) -> Target | None:
         """A joiner's first ask, while the organizer's witness is live and has a head: its chain

@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 11  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 12  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -23,6 +23,8 @@ PROTOCOL_VERSION = 11  # 2: signed records, elected leaders, the roster ledger; 
 # 10: v3 boards pin each caught owner's proof (`proofs`), the leader serves it (op `proof`) and every member
 # re-runs it; rosters' caught (peer, digest) pairs must be those checked (a version-9 peer sends no proofs)
 # 11: heartbeats carry the peer's admission proof (`work`); a joiner whose organizer is offline asks paid holders first
+# 12: a v3 chunk carries its sender's signed note of its SHA-256 (Message `note`, ChunkNote), owners report a
+# note against the commitment (op `garble`) and the sender is caught (a version-11 peer sends no notes)
 
 
 def is_compatible(remote_version: object) -> bool:

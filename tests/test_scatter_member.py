@@ -22,7 +22,8 @@ from node.scatter.member import Framed, Member, Timeouts
 from node.scatter.reduce import two_level
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Message, task_name
+from protocol.kinds.board import Board
+from protocol.kinds.scatter import Message, task_name
 from tests.fakes import ScatterBus
 
 TOTAL = 8192
@@ -104,6 +105,30 @@ def test_every_member_checks_the_proof_of_a_caught_liar():
     for p in peers:
         assert bus.handlers[p].checked == {liar: leader.proofs[liar]}, p[:8]
     assert all(isinstance(results[p], torch.Tensor) for p in peers if p != liar)
+
+
+def test_garbling_senders_are_convicted_by_every_member_and_the_round_ends_exact():
+    """4 Sybils of 16 commit and send garbage under signed notes; 2 of them are half of group 0
+    (before: no owner of group 0 could include a majority, and the round failed). Each owner
+    reports the note against the commitment (op garble); the leader catches the senders and
+    publishes the board again, every member checks each proof, and all honest members end with
+    the honest senders' aggregate (the simulated round's)."""
+    peers = peer_ids(16)
+    _, rnd = round_of(peers, TOTAL)
+    group0 = list(rnd.grid.groups[0])
+    leader_id = leader_of(peers, 1)
+    sybils = set(
+        [p for p in group0 if p != leader_id][:2] + [p for p in peers if p not in group0 and p != leader_id][:2]
+    )
+    updates = make_updates(peers, TOTAL, 7)
+    results, leader, bus, _ = run_members(peers, updates, behaviour=dict.fromkeys(sybils, Behaviour(garble=True)))
+    assert set(leader.caught) == sybils and len(leader.caught) == 4
+    sim, _ = one_round(peers, updates, TOTAL, behaviour=dict.fromkeys(sybils, Behaviour(garble=True)))
+    assert set(sim.caught) == sybils
+    for p in set(peers) - sybils:
+        assert isinstance(results[p], torch.Tensor), f"{p[:8]}: {results[p]!r}"
+        assert torch.equal(results[p], sim.final)  # the honest senders' aggregate, as simulated
+        assert bus.handlers[p].checked == {s: leader.proofs[s] for s in sybils}, p[:8]
 
 
 class Framer(Leader):

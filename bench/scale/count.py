@@ -9,7 +9,7 @@ from node.scatter import chunks
 from node.scatter.audit import inputs_root
 from node.scatter.grid import Grid, assign_auditors
 from node.scatter.traffic import Traffic, size_of
-from protocol.kinds.scatter import Commitment, Receipt, bitmap, task_name
+from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, task_name
 
 
 def envelope_sizes(grid: Grid, peer: str) -> tuple[int, int, int]:
@@ -37,10 +37,17 @@ def envelope_sizes(grid: Grid, peer: str) -> tuple[int, int, int]:
     return size_of(keys.seal(commit)), receipt(1, biggest, grid.n_groups), receipt(2, grid.n_groups, 1)
 
 
+def note_size(peer: str) -> int:
+    """A sender's signed note of one chunk (it travels with the chunk, beside the commitment)."""
+    note = ChunkNote(run="run", round=1, attempt=0, peer=peer, chunk=0, digest="0" * 64)
+    return size_of(FastKeys(peer).seal(note))
+
+
 def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: str = "ab" * 32) -> Traffic:
     """What an honest round moves (ScatterRound.run with every member sending and answering)."""
     t = Traffic()
     commit, receipt1, receipt2 = envelope_sizes(grid, leader)
+    note = note_size(leader)
     spans = chunks.spans(total, grid.chunks)
     parts = [chunks.spans(s.size, grid.n_groups, s.start) for s in spans]
     size = {s: chunks.encoded_size(s.size) for s in {*spans, *(p for ps in parts for p in ps)}}
@@ -48,7 +55,7 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: st
         for j, span in enumerate(spans):
             owner = grid.owner_of(g, j)
             for p in group:
-                t.send(p, owner, size[span], commit)
+                t.send(p, owner, size[span], commit + note)
             for p in group:
                 t.send(owner, p, 0, receipt1)
     names1 = {task_name((1, g, j)): grid.owner_of(g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}

@@ -24,7 +24,7 @@ from node.scatter.grid import Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_pieces
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Commitment, Receipt, bitmap, flags_of, task_name
+from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, flags_of, task_name
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Input:
     """Level 1: the sender's signed commitment; level 2: the level-1 owner's signed receipt."""
     data: bytes
     """The piece (blockwise int8, node/scatter/chunks.py)."""
+    note: dict | None = None
+    """Level 1: the sender's signed ChunkNote of the piece (a chunk that is not the one it
+    committed to is then provably its own: is_garble); not part of what an auditor checks."""
 
 
 @dataclass
@@ -53,7 +56,8 @@ class Round:
     replaced: dict[str, int] = field(default_factory=dict)
     """task -> how many of its owners were passed over (the current owner is the next one)."""
     caught: set[str] = field(default_factory=set)
-    """Owners proven to have lied: they own nothing more (this round, and banned after)."""
+    """Peers proven to have lied (owners by a fraud proof, senders by is_garble): they own
+    nothing more and count toward no quorum (this round), and are banned after."""
     committed: set[str] | None = None
     """Members whose signed commitment the leader listed (None: every member): a level-1
     receipt must include a majority of its group's committed members."""
@@ -103,12 +107,13 @@ class Round:
         return [self.owner(1, g, a) for g in range(self.grid.n_groups)]
 
     def quorum(self, level: int, a: int, b: int) -> int:
-        """Inputs a receipt must include: a majority of the task's committed senders. An owner
-        that leaves out more (so that its colluders' inputs decide) is replaced; one that leaves
-        out fewer is bounded by the robust rule (omission claims are not built)."""
+        """Inputs a receipt must include: a majority of the task's committed senders not caught
+        (a sender convicted of sending garbage no longer counts, so it cannot starve the quorum).
+        An owner that leaves out more (so that its colluders' inputs decide) is replaced; one that
+        leaves out fewer is bounded by the robust rule (omission claims are not built)."""
         senders = self.senders(level, a, b)
-        if level == 1 and self.committed is not None:
-            senders = [p for p in senders if p in self.committed]
+        if level == 1:
+            senders = [p for p in senders if (self.committed is None or p in self.committed) and p not in self.caught]
         return len(senders) // 2 + 1
 
     def output_sizes(self, level: int, a: int, b: int) -> list[int]:
@@ -173,6 +178,46 @@ def check_chunk(rnd: Round, sender: str, j: int, item: Input) -> torch.Tensor:
     if chunks.sha(item.data) != committed_digest(rnd, sender, j, item.envelope):
         raise ProtocolError(f"chunk {j} of {sender[:16]} is not the one it committed to")
     return chunks.decode(item.data, rnd.chunk(j).size)
+
+
+def is_garble(rnd: Round, sender: str, j: int, commitment: object, note: object) -> bool:
+    """Whether `sender` signed, for chunk j of this round, a note (ChunkNote) whose digest is not
+    the one its commitment lists: its own two signed words disagree, so it sent a chunk that is
+    not the one it committed to. Anyone checks it from the two envelopes alone (no piece)."""
+    if not 0 <= j < rnd.grid.chunks:
+        return False
+    try:
+        committed = committed_digest(rnd, sender, j, commitment)
+        n = rnd.checker.open(note, ChunkNote, sender)
+    except ProtocolError:
+        return False
+    return (n.run, n.round, n.attempt, n.chunk) == (rnd.run, rnd.round, rnd.attempt, j) and n.digest != committed
+
+
+def sealed_chunks(rnd: Round, keys, update: torch.Tensor, *, base: str, tokens: int, garble=False) -> list[Input]:
+    """A sender's chunks of its flat `update` as it sends them: each with its signed commitment to
+    all of them and its signed note of that chunk. `garble`: a simulated sender's chunks are
+    garbage, with notes of the garbage (its commitment stays the true one)."""
+    data = [chunks.encode(update[s.start : s.end]) for s in map(rnd.chunk, range(rnd.grid.chunks))]
+    fields = dict(run=rnd.run, round=rnd.round, attempt=rnd.attempt, peer=keys.peer)
+    envelope = keys.seal(Commitment(**fields, base=base, tokens=tokens, chunks=tuple(map(chunks.sha, data))))
+    data = [b"garbage" for _ in data] if garble else data
+    return [
+        Input(envelope, d, keys.seal(ChunkNote(**fields, chunk=j, digest=chunks.sha(d)))) for j, d in enumerate(data)
+    ]
+
+
+def check_input(rnd: Round, task: tuple, place: int, sender: str, item: Input) -> None:
+    """An input of `task` from the sender at `place` as its owner keeps it: what its auditor will
+    accept (level 1: check_chunk; level 2: the part its level-1 receipt lists). Raises ProtocolError."""
+    level, a, b = task
+    if level == 1:
+        check_chunk(rnd, sender, b, item)
+        return
+    r1 = open_receipt(rnd, item.envelope, 1, place, a)
+    if len(r1.outputs) != rnd.grid.n_groups or chunks.sha(item.data) != r1.outputs[b]:
+        raise ProtocolError("a part that is not the one its receipt lists")
+    chunks.decode(item.data, rnd.span(*task).size)
 
 
 def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> list[torch.Tensor]:

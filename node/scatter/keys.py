@@ -13,16 +13,18 @@ import msgpack
 
 from protocol import signing
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Commitment, Receipt
+from protocol.kinds.scatter import ChunkNote, Commitment, Receipt
 
-KIND = {Commitment: "scatter-commitment", Receipt: "scatter-receipt"}
-MAX_BODY = {Commitment: 1024 * 80, Receipt: 1024 * 16}
+Record = Commitment | Receipt | ChunkNote
+
+KIND = {Commitment: "scatter-commitment", Receipt: "scatter-receipt", ChunkNote: "scatter-chunk"}
+MAX_BODY = {Commitment: 1024 * 80, Receipt: 1024 * 16, ChunkNote: 1024}
 
 
 class Keys(Protocol):
     peer: str
 
-    def seal(self, record: Commitment | Receipt) -> dict:
+    def seal(self, record: Record) -> dict:
         """The signed envelope of a record this peer wrote."""
 
     def unique(self, message: bytes) -> bytes:
@@ -30,18 +32,18 @@ class Keys(Protocol):
 
 
 class Checker(Protocol):
-    def open(self, envelope: object, cls: type, signer: str) -> Commitment | Receipt:
+    def open(self, envelope: object, cls: type, signer: str) -> Record:
         """The record in `envelope`, written and signed by `signer`; raises ProtocolError."""
 
     def unique_ok(self, sig: bytes, message: bytes, signer: str, envelope: dict) -> bool:
         """Whether `sig` is `signer`'s unique signature of `message` (its key travels in `envelope`)."""
 
 
-def pack(record: Commitment | Receipt) -> bytes:
+def pack(record: Record) -> bytes:
     return msgpack.packb(record.to_wire(), use_bin_type=True)
 
 
-def unpack(body: bytes, cls: type) -> Commitment | Receipt:
+def unpack(body: bytes, cls: type) -> Record:
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True, max_array_len=8192, max_map_len=32)
     except Exception as e:  # msgpack raises several types for garbage
@@ -49,8 +51,8 @@ def unpack(body: bytes, cls: type) -> Commitment | Receipt:
     return cls.from_wire(raw)
 
 
-def author(record: Commitment | Receipt) -> str:
-    return record.peer if isinstance(record, Commitment) else record.owner
+def author(record: Record) -> str:
+    return record.owner if isinstance(record, Receipt) else record.peer
 
 
 class RsaKeys:
@@ -60,7 +62,7 @@ class RsaKeys:
         self.private_key = private_key
         self.peer = signing.peer_id_of(signing.public_der(private_key))
 
-    def seal(self, record: Commitment | Receipt) -> dict:
+    def seal(self, record: Record) -> dict:
         return signing.sign(self.private_key, pack(record), KIND[type(record)])
 
     def unique(self, message: bytes) -> bytes:
@@ -75,7 +77,7 @@ class RsaChecker:
     def __init__(self, keys: dict[str, bytes] | None = None):
         self.keys = dict(keys or {})
 
-    def open(self, envelope: object, cls: type, signer: str) -> Commitment | Receipt:
+    def open(self, envelope: object, cls: type, signer: str) -> Record:
         body = signing.verify(envelope, signer=signer, max_body=MAX_BODY[cls], kind=KIND[cls])
         record = unpack(body, cls)
         if author(record) != signer:

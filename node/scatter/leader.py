@@ -14,6 +14,9 @@ and says on its board, version by version (protocol/kinds/scatter.py Board), wha
            the proof's SHA-256 (`proofs`), the leader serves it (op `proof`, until the next round
            replaces its Member), and every member checks it before it takes the board (`proves`):
            a leader that lists an honest owner as caught is given up on as a silent one;
+  garble   at any stage, an owner's report of a sender whose signed chunk note contradicts its
+           commitment (audit.is_garble) convicts the sender like a liar (`caught`, the report
+           pinned in `proofs`); it counts toward no quorum, and a collecting board is re-published;
   done     the level's receipts stand: level-1 owners send their parts on, or members gather.
 Members fetch the board by long poll (the leader answers when it has a newer version, or after
 `phase`), so no one dials a member. Every wait has a deadline, the leader's too: each version it
@@ -29,13 +32,14 @@ import hashlib
 import threading
 
 from node.scatter import chunks
-from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, open_receipt
+from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, is_garble, open_receipt
 from node.scatter.grid import assign_auditors
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Message, draw_message, set_digest, task_name, task_of
+from protocol.kinds.board import Board
+from protocol.kinds.scatter import Message, draw_message, set_digest, task_name, task_of
 
-LEADER_OPS = ("receipt", "board", "verdict", "proof")
+LEADER_OPS = ("receipt", "board", "verdict", "proof", "garble")
 """The ops a member serves only as its round's leader (Member.answer hands them to its Leader)."""
 
 
@@ -91,11 +95,22 @@ def proves(rnd: Round, owner: str, task: tuple, digest: str, served: bytes) -> b
         verdict = Message.decode(served)
     except ProtocolError:
         return False
+    if verdict.op == "garble":  # a sender's note against its commitment: `owner` is the sender
+        return verdict.task == task and garbler(rnd, verdict) == owner
     if (verdict.op, verdict.index, verdict.task) != ("verdict", 1, task) or verdict.envelope is None:
         return False
     as_owner = dataclasses.replace(rnd, signers={**rnd.signers, task_name(task): owner})
     inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
     return is_fraud(as_owner, FraudProof(verdict.envelope, *task, inputs))
+
+
+def garbler(rnd: Round, msg: Message) -> str | None:
+    """The sender a `garble` report proves sent garbage (the `index`-th member of group a, whose
+    note of chunk b contradicts its commitment: audit.is_garble), or None."""
+    level, g, j = msg.task
+    group = rnd.grid.groups[g] if level == 1 and rnd.in_range(*msg.task) else ()
+    sender = group[msg.index] if msg.index < len(group) else None
+    return sender if sender is not None and is_garble(rnd, sender, j, msg.envelope, msg.note) else None
 
 
 class Leader:
@@ -119,6 +134,7 @@ class Leader:
         self.proofs: dict[str, str] = {}  # convicted owner -> SHA-256 of the verdict (fraud proof) it fell by
         self.tasks: dict[str, str] = {}  # convicted owner -> the task it fell on
         self.convictions: dict[str, bytes] = {}  # a verdict's SHA-256 -> its bytes (op `proof` serves them)
+        self.stage: dict[int, tuple[str, str, int]] = {}  # level -> (stage, tag, count) last published
 
     def run(self) -> None:
         for level in (1, 2):
@@ -194,20 +210,35 @@ class Leader:
                     continue
                 inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
                 if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs)):
-                    owner = rnd.owner(*task)
-                    self.caught.append(owner)
-                    served = verdict.encode()
-                    self.proofs[owner] = hashlib.sha256(served).hexdigest()
-                    self.tasks[owner], self.convictions[self.proofs[owner]] = task_name(task), served
-                    rnd.caught.add(owner)
+                    self.convict(rnd.owner(*task), task, verdict.encode())
                     convicted.append(task)
             for task in convicted:
                 rnd.unfix(task_name(task))
         return convicted
 
+    def convict(self, peer: str, task: tuple, served: bytes) -> None:
+        """`peer` is caught on `task` by the proof `served` (a verdict or a garble report)."""
+        digest = hashlib.sha256(served).hexdigest()
+        self.caught.append(peer)
+        self.proofs[peer], self.tasks[peer], self.convictions[digest] = digest, task_name(task), served
+        self.rnd.caught.add(peer)
+
+    def convict_sender(self, msg: Message) -> None:
+        """A garble report: the sender is caught (it counts toward no quorum from now on); a level
+        still collecting has its board published again at once, so members drop it too."""
+        sender = garbler(self.rnd, msg)
+        if sender is None:
+            raise ProtocolError(f"no proof that a sender of task {task_name(msg.task)} sent garbage")
+        if sender not in self.rnd.caught:
+            self.convict(sender, msg.task, msg.encode())
+            stage, tag, count = self.stage.get(msg.level, ("", "", 0))
+            if stage == "collect":
+                self.publish(msg.level, stage, tag=tag, count=count)
+
     def publish(self, level: int, stage: str, *, tag: str = "", count: int = 0) -> None:
         rnd = self.rnd
         with self.cond:
+            self.stage[level] = (stage, tag, count)
             self.version += 1
             names = {task_name(t) for t in tasks_of(rnd, level)}
             fixed = {n: h for n, h in rnd.fixed.items() if n in names}
@@ -252,6 +283,8 @@ class Leader:
                 self.pending[name] = msg.envelope
             elif msg.op == "verdict":
                 self.verdicts[(name + msg.tag, caller)] = msg
+            elif msg.op == "garble":
+                self.convict_sender(msg)
             elif msg.op == "proof":
                 served = self.convictions.get(msg.data.hex())
                 if served is None or Message.decode(served).task != msg.task:

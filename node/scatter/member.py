@@ -33,12 +33,13 @@ from typing import Protocol
 import torch
 
 from node.scatter import chunks
-from node.scatter.audit import Input, Round, answer_task, audit, check_chunk, open_receipt
+from node.scatter.audit import Input, Round, answer_task, audit, check_input, is_garble, open_receipt, sealed_chunks
 from node.scatter.grid import assign_auditors
 from node.scatter.leader import LEADER_OPS, apply_board, board_seed, newly_caught, news, proves, tasks_of
 from node.scatter.traffic import Behaviour
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Board, Commitment, Message, task_name
+from protocol.kinds.board import Board
+from protocol.kinds.scatter import Message, task_name
 
 log = logging.getLogger("swarmtrain.scatter")
 
@@ -105,7 +106,7 @@ class Member:
         self.used: dict[tuple, list[Input | None]] = {}  # what each task I answered reduced
         self.receipts: dict[tuple, dict] = {}
         self.outputs: dict[tuple, list[bytes]] = {}
-        self.mine: dict[tuple, tuple[dict, bytes]] = {}  # (task, my place) -> (envelope, piece) I send
+        self.mine: dict[tuple, tuple] = {}  # (task, my place) -> (envelope, piece, note or None) I send
         self.sent_to: dict[tuple, str] = {}  # (task, my place) -> the owner I last sent it to
         self.answered: set[tuple] = set()
         self.deadline = 0.0
@@ -137,31 +138,22 @@ class Member:
 
     def send_chunks(self) -> None:
         rnd = self.rnd
-        data = [chunks.encode(self.update[s.start : s.end]) for s in (rnd.chunk(j) for j in range(rnd.grid.chunks))]
-        commit = Commitment(
-            run=rnd.run,
-            round=rnd.round,
-            attempt=rnd.attempt,
-            peer=self.me,
-            base=self.base,
-            tokens=self.tokens,
-            chunks=tuple(chunks.sha(d) for d in data),
-        )
-        envelope, g = self.keys.seal(commit), rnd.grid.group_of(self.me)
+        sent = sealed_chunks(rnd, self.keys, self.update, base=self.base, tokens=self.tokens, garble=self.act.garble)
+        g = rnd.grid.group_of(self.me)
         place = rnd.grid.groups[g].index(self.me)
-        self.mine = {((1, g, j), place): (envelope, data[j]) for j in range(rnd.grid.chunks)}
+        self.mine = {((1, g, j), place): (i.envelope, i.data, i.note) for j, i in enumerate(sent)}
         self.push_inputs()
 
     def push_inputs(self) -> None:
         """Send each piece of mine to its task's current owner, unless that owner has it already."""
-        for (task, place), (envelope, data) in self.mine.items():
+        for (task, place), (envelope, data, note) in self.mine.items():
             owner = self.rnd.owner(*task)
             if self.sent_to.get((task, place)) == owner:
                 continue
             self.sent_to[(task, place)] = owner  # one try per owner: a silent one is replaced by the leader
             op = "chunk" if task[0] == 1 else "part"
             try:
-                self.call(owner, self.message(op, task, index=place, envelope=envelope, data=data))
+                self.call(owner, self.message(op, task, index=place, envelope=envelope, data=data, note=note))
             except (ProtocolError, TimeoutError, OSError) as e:
                 log.info("round %d: %s of task %s to %s failed: %s", self.rnd.round, op, task_name(task), owner[:16], e)
 
@@ -250,29 +242,31 @@ class Member:
         return [self.accepted(task, i, p, item) for i, (p, item) in enumerate(zip(senders, items))]
 
     def accepted(self, task: tuple, place: int, sender: str, item: Input | None) -> Input | None:
-        """An input as its auditor will accept it (else it is left out of the receipt)."""
+        """An input as its auditor will accept it (else it is left out of the receipt); a chunk
+        whose signed note contradicts its commitment is reported to the leader, who convicts its
+        sender (before our receipt reaches it: the sender then counts toward no quorum)."""
         if item is None:
             return None
-        level, a, b = task
         try:
-            if level == 1:
-                check_chunk(self.rnd, sender, b, item)
-            else:
-                r1 = open_receipt(self.rnd, item.envelope, 1, place, a)
-                if len(r1.outputs) != self.rnd.grid.n_groups or chunks.sha(item.data) != r1.outputs[b]:
-                    raise ProtocolError("a part that is not the one its receipt lists")
-                chunks.decode(item.data, self.rnd.span(*task).size)
+            check_input(self.rnd, task, place, sender, item)
+            return item
         except ProtocolError as e:
             log.info("round %d: left out %s's input to %s: %s", self.rnd.round, sender[:16], task_name(task), e)
-            return None
-        return item
+        if task[0] == 1 and is_garble(self.rnd, sender, task[2], item.envelope, item.note):
+            try:
+                self.call(
+                    self.leader, self.message("garble", task, index=place, envelope=item.envelope, note=item.note)
+                )
+            except (ProtocolError, TimeoutError, OSError) as e:
+                log.info("round %d: the leader did not take my garble report: %s", self.rnd.round, e)
+        return None
 
     def send_parts(self) -> None:
         rnd = self.rnd
         self.mine, self.sent_to = {}, {}
         for _, g, j in (t for t in tasks_of(rnd, 1) if rnd.owner(*t) == self.me and t in self.receipts):
             for k in range(rnd.grid.n_groups):
-                self.mine[((2, j, k), g)] = (self.receipts[(1, g, j)], self.outputs[(1, g, j)][k])
+                self.mine[((2, j, k), g)] = (self.receipts[(1, g, j)], self.outputs[(1, g, j)][k], None)
         self.push_inputs()
 
     # ------------------------------------------------------------------ as an auditor
@@ -355,6 +349,8 @@ class Member:
         if (level == 2 and (place >= grid.n_groups or msg.op != "part")) or msg.envelope is None:
             raise ProtocolError("a part must name its group and carry its receipt")
         with self.cond:
-            self.received.setdefault(msg.task, {}).setdefault(place, {})[caller] = Input(msg.envelope, msg.data)
+            self.received.setdefault(msg.task, {}).setdefault(place, {})[caller] = Input(
+                msg.envelope, msg.data, msg.note
+            )
             self.cond.notify_all()
         return b""

@@ -1,8 +1,9 @@
 """One v3 round over a message bus that counts bytes: the reduce-scatter, audits, the gather.
 
 Phases (each one round trip on the network; `Outcome.phases` counts them, replacements included):
-  1 chunks   every member sends chunk j of its update, with its signed commitment, to owner j
-             of its group; the owner checks both (a bad chunk is left out of its receipt)
+  1 chunks   every member sends chunk j of its update, with its signed commitment and its signed
+             note of the chunk, to owner j of its group; the owner checks them (a bad chunk is left
+             out of its receipt; one whose note contradicts the commitment convicts its sender)
   2 level 1  owners reduce and publish signed receipts; the leader fixes them (one per task) and
              signs the set's digest uniquely; auditors dealt from that fetch each task's signed
              inputs from its owner and recompute it
@@ -32,12 +33,14 @@ from node.scatter.audit import (
     audit,
     audit_seed,
     check_chunk,
+    is_garble,
     open_receipt,
+    sealed_chunks,
 )
 from node.scatter.grid import assign_auditors
 from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
-from protocol.kinds.scatter import Commitment, draw_message, set_digest, task_name
+from protocol.kinds.scatter import draw_message, set_digest, task_name
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
 
@@ -74,44 +77,39 @@ class ScatterRound:
     # ---------------------------------------------------------------- phase 1: chunks to owners
     def send_chunks(self) -> None:
         rnd, grid = self.rnd, self.rnd.grid
-        pieces, commits = {}, {}
-        for peer, update in self.updates.items():
-            data = [chunks.encode(update[s.start : s.end]) for s in (rnd.chunk(j) for j in range(grid.chunks))]
-            commit = Commitment(
-                run=rnd.run,
-                round=rnd.round,
-                attempt=rnd.attempt,
-                peer=peer,
-                base="0" * 64,
-                tokens=1,
-                chunks=tuple(chunks.sha(d) for d in data),
-            )
-            pieces[peer], commits[peer] = data, self.keys[peer].seal(commit)
+        sent = {
+            p: sealed_chunks(rnd, self.keys[p], u, base="0" * 64, tokens=1, garble=self.act(p).garble)
+            for p, u in self.updates.items()
+        }
         if self.rnd.committed is None:
-            self.rnd.committed = set(pieces)  # the leader lists every commitment it received
-        for p, b in self.garbled().items():
-            pieces[p] = [b] * grid.chunks
+            self.rnd.committed = set(sent)  # the leader lists every commitment it received
         for g, group in enumerate(grid.groups):
             for j in range(grid.chunks):
-                for p in group:
-                    if p in pieces:
-                        self.deliver(p, rnd.owner(1, g, j), len(pieces[p][j]), size_of(commits[p]))
-                self.inputs[(1, g, j)] = [self.accepted(p, j, commits.get(p), pieces.get(p)) for p in group]
+                for p in (p for p in group if p in sent):
+                    item = sent[p][j]
+                    self.deliver(p, rnd.owner(1, g, j), len(item.data), size_of(item.envelope) + size_of(item.note))
+                self.inputs[(1, g, j)] = [self.accepted(p, j, sent[p][j] if p in sent else None) for p in group]
         self.phases += 1
 
-    def garbled(self) -> dict[str, bytes]:
-        return {p: b"garbage" for p in self.updates if self.act(p).garble}
-
-    def accepted(self, sender: str, j: int, commit: dict | None, pieces: list[bytes] | None) -> Input | None:
+    def accepted(self, sender: str, j: int, item: Input | None) -> Input | None:
         """The owner keeps an input only as its auditor will accept it: committed to by its sender
-        for this round, and decodable (else it is left out of the receipt)."""
-        if commit is None or pieces is None:
+        for this round, and decodable (else it is left out of the receipt). A chunk whose signed
+        note contradicts its commitment goes to the leader as proof (both envelopes): the sender
+        is caught, and counts toward no quorum from then on."""
+        if item is None:
             return None
         try:
-            check_chunk(self.rnd, sender, j, Input(commit, pieces[j]))
+            check_chunk(self.rnd, sender, j, item)
+            return Input(item.envelope, item.data)
         except ProtocolError:
-            return None
-        return Input(commit, pieces[j])
+            pass
+        if is_garble(self.rnd, sender, j, item.envelope, item.note):
+            owner = self.rnd.owner(1, self.rnd.grid.group_of(sender), j)
+            self.deliver(owner, self.leader, 0, size_of(item.envelope) + size_of(item.note))
+            if sender not in self.rnd.caught:
+                self.caught.append(sender)
+                self.rnd.caught.add(sender)
+        return None
 
     def deliver(self, src: str, dst: str, data: int, records: int) -> None:
         self.traffic.send(src, dst, data, records)

@@ -23,7 +23,7 @@ class Behaviour:
     forge: bool = False
     """As a forwarder in the gather, alter the final parts it passes on."""
     garble: bool = False
-    """As a sender, send chunks that are not the ones it committed to."""
+    """As a sender, send chunks that are not the ones it committed to (with signed notes of them)."""
     keep_parts: bool = False
     """As a level-1 owner, pass its audit, then never send its parts to level 2."""
     censor: bool = False
@@ -54,7 +54,8 @@ class Outcome:
     """The aggregate every honest member ends with (flat)."""
     phases: int
     caught: list[str]
-    """Owners an auditor caught lying (banned), in the order caught."""
+    """Peers caught lying (banned), in the order caught: owners an auditor caught, senders whose
+    chunk's signed note contradicts their commitment."""
     withheld: list[str]
     """Owners that did not answer (replaced, not banned)."""
     missed: list[str]

@@ -5,20 +5,22 @@ field (they come from other peers) and raises ProtocolError.
 Messages (`Message`, one RPC each; node/scatter/member.py sends and serves them), as the sentence
 the caller says. Every one is dialled by the peer that has something to give or to ask, so a
 member behind NAT only dials out: senders dial owners, never the other way.
-  chunk     'Here is chunk b of my update, and my signed commitment to all my chunks.'  (to owner 1/a/b)
+  chunk     'Here is chunk b of my update, my signed commitment to all my chunks, and my signed
+            note of this chunk's SHA-256.'                                               (to owner 1/a/b)
   part      'Here is part b of group `index`'s result for chunk a, with my signed receipt.' (to owner 2/a/b)
   receipt   'Here is my signed receipt for the task I own.'                              (to the leader)
-  board     'What stands for level `level`, newer than version `index`?' (long poll; answer: Board)
+  board     'What stands for level `level`, newer than version `index`?' (long poll; answer: board.py Board)
   inputs    'Send me your task's signed inputs and receipt, for my audit.'               (to its owner)
   verdict   'I audited this task: it checks (index 0), or here is the fraud proof.'      (to the leader)
   final     'Send me your final part, with your receipt.'                                (to owner 2/a/b)
+  garble    'The sender at place `index` of group a sent me a chunk b whose signed note is not its
+            commitment's: here are both (envelope, note).'                               (to the leader)
   proof     'Send me the verdict with SHA-256 `data` that convicted this task's owner.' (to the leader;
-            answer: that verdict Message's bytes, which the board's `proofs` pins)
+            answer: that verdict's or garble's Message bytes, which the board's `proofs` pins)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from dataclasses import asdict, dataclass
@@ -75,6 +77,43 @@ class Commitment:
             base=base,
             tokens=tokens,
             chunks=_hashes(field(d, "chunks", list, where=w), MAX_CHUNKS, w),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkNote:
+    """'Chunk `chunk` of my update for attempt `attempt` of round `round` of run `run` has SHA-256
+    `digest`.' Signed by `peer`; it travels with the chunk. A note whose digest is not the one the
+    same peer's commitment lists for the chunk is its own signed word against itself: the owner
+    holds a proof that the sender sent garbage (node/scatter/audit.py is_garble), not a claim."""
+
+    run: str
+    round: int
+    attempt: int
+    peer: str
+    chunk: int
+    digest: str
+
+    def to_wire(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: object) -> ChunkNote:
+        w = "chunk note"
+        chunk, attempt, digest = (
+            field(d, "chunk", int, where=w),
+            field(d, "attempt", int, where=w),
+            field(d, "digest", str, where=w),
+        )
+        if not 0 <= chunk < MAX_CHUNKS or not 0 <= attempt <= 2**16 or not SHA256_RE.match(digest):
+            raise ProtocolError(f"{w}: chunk {chunk}, attempt {attempt} or digest out of range")
+        return cls(
+            run=run_field(field(d, "run", str, where=w), w),
+            round=round_field(field(d, "round", int, where=w), w),
+            attempt=attempt,
+            peer=peer_id_field(field(d, "peer", str, where=w), w),
+            chunk=chunk,
+            digest=digest,
         )
 
 
@@ -178,7 +217,7 @@ def draw_message(run: str, round_no: int, attempt: int, level: int, receipts: st
     return f"swarmtrain-scatter-audit|{run}|{round_no}|{attempt}|{level}|{receipts}".encode()
 
 
-OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final", "proof")
+OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final", "proof", "garble")
 MAX_PIECE = 1 << 30  # bytes of one piece: a 1B-parameter update's chunk is about 125 MB / sqrt(N)
 MAX_TAG = 16
 
@@ -202,7 +241,7 @@ class Message:
     `a`, `b` name the task; `index` is the sender's place (part), the version seen (board) or 1
     for a fraud proof (verdict); `tag` the audit draw ('' or '/again'); `envelope` a commitment or
     a receipt; `data` a piece (proof: the verdict's SHA-256); `inputs` a task's signed inputs,
-    (envelope, bytes) or None each."""
+    (envelope, bytes) or None each; `note` a sender's signed ChunkNote (chunk, garble)."""
 
     op: str
     run: str
@@ -216,6 +255,7 @@ class Message:
     envelope: dict | None = None
     data: bytes = b""
     inputs: tuple = ()
+    note: dict | None = None
 
     @property
     def task(self) -> tuple[int, int, int]:
@@ -243,9 +283,9 @@ class Message:
             raise ProtocolError(f"{w}: op {op[:20]!r} or task {level}/{a}/{b} out of range")
         if not 0 <= attempt <= 2**16 or len(tag) > MAX_TAG or not 0 <= index <= 2**40:
             raise ProtocolError(f"{w}: attempt {attempt}, index {index} or tag out of range")
-        envelope = d.get("envelope")
-        if envelope is not None and not isinstance(envelope, dict):
-            raise ProtocolError(f"{w}: envelope must be a map or nil")
+        envelope, note = d.get("envelope"), d.get("note")
+        if not all(e is None or isinstance(e, dict) for e in (envelope, note)):
+            raise ProtocolError(f"{w}: envelope and note must be maps or nil")
         body = field(d, "data", bytes, where=w)
         if len(body) > MAX_PIECE:
             raise ProtocolError(f"{w}: a piece of {len(body)} bytes")
@@ -262,80 +302,5 @@ class Message:
             envelope=envelope,
             data=body,
             inputs=_inputs(field(d, "inputs", list, where=w), w),
-        )
-
-
-def _digest_or_empty(value: str, where: str) -> str:
-    if value and not SHA256_RE.match(value):
-        raise ProtocolError(f"{where}: digest is not a SHA-256 digest")
-    return value
-
-
-@dataclass(frozen=True, kw_only=True)
-class Board:
-    """The leader's word on one level, version by version: 'These tasks changed hands (`replaced`:
-    task -> owners passed over), these owners were caught lying, these receipts stand (`fixed`:
-    task -> SHA-256 of the body, `signers`: who signed it), and I signed their digest uniquely
-    (`draw`, over `digest`). Now: collect (owners answer), audit (`count` auditors a task under draw `tag`), or
-    done.' Every member applies it to its Round alike. `proofs` pins each caught owner's conviction:
-    owner -> (task name, SHA-256 of the verdict Message it fell by), which the leader serves
-    (op `proof`) and each member checks before it takes the board (node/scatter/leader.py proves)."""
-
-    level: int
-    version: int
-    stage: str
-    replaced: dict
-    caught: tuple[str, ...]
-    fixed: dict
-    signers: dict
-    digest: str = ""
-    """The set_digest of the level's receipts as first fixed: what `draw` signs."""
-    draw: bytes = b""
-    tag: str = ""
-    count: int = 0
-    proofs: dict = dataclasses.field(default_factory=dict)
-    """Caught owner -> (task name, SHA-256 of the verdict that convicted it): one per `caught`."""
-
-    STAGES = ("collect", "audit", "done")
-
-    def encode(self) -> bytes:
-        proofs = {p: list(v) for p, v in self.proofs.items()}
-        return msgpack.packb({**asdict(self), "caught": list(self.caught), "proofs": proofs}, use_bin_type=True)
-
-    @classmethod
-    def decode(cls, data: bytes) -> Board:
-        w = "scatter board"
-        try:
-            d = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=MAX_GROUP, max_map_len=1 << 20)
-        except Exception as e:
-            raise ProtocolError(f"{w}: not msgpack ({type(e).__name__})") from None
-        stage, level = field(d, "stage", str, where=w), field(d, "level", int, where=w)
-        if stage not in cls.STAGES or level not in LEVELS:
-            raise ProtocolError(f"{w}: stage {stage[:20]!r} or level {level}")
-        replaced, fixed, signers = (field(d, k, dict, where=w) for k in ("replaced", "fixed", "signers"))
-        if not all(isinstance(k, str) and isinstance(v, int) and 0 < v <= MAX_GROUP for k, v in replaced.items()):
-            raise ProtocolError(f"{w}: replaced must map tasks to counts")
-        if not all(isinstance(k, str) and isinstance(v, str) and SHA256_RE.match(v) for k, v in fixed.items()):
-            raise ProtocolError(f"{w}: fixed must map tasks to SHA-256 digests")
-        if set(signers) != set(fixed) or not all(isinstance(v, str) for v in signers.values()):
-            raise ProtocolError(f"{w}: signers must name a signer for each fixed task")
-        caught = tuple(peer_id_field(p, w) for p in field(d, "caught", list, where=w) if isinstance(p, str))
-        proofs = field(d, "proofs", dict, where=w)
-        if set(proofs) != set(caught) or not all(isinstance(v, list) and len(v) == 2 for v in proofs.values()):
-            raise ProtocolError(f"{w}: proofs must pin [task, sha256] for each caught owner, and no other")
-        if not all(isinstance(h, str) and SHA256_RE.match(h) for _, h in proofs.values()):
-            raise ProtocolError(f"{w}: a proof's digest is not a SHA-256 digest")
-        return cls(
-            level=level,
-            version=field(d, "version", int, where=w),
-            stage=stage,
-            replaced=replaced,
-            caught=caught,
-            fixed=fixed,
-            signers={k: peer_id_field(v, w) for k, v in signers.items()},
-            digest=_digest_or_empty(field(d, "digest", str, where=w), w),
-            draw=field(d, "draw", bytes, where=w),
-            tag=field(d, "tag", str, where=w)[:MAX_TAG],
-            count=field(d, "count", int, where=w),
-            proofs={p: (task_name(task_of(t)), h) for p, (t, h) in proofs.items()},
+            note=note,
         )

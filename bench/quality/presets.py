@@ -345,16 +345,17 @@ PRESETS["diloco-int1-h144-muon-t15-olr0.7"] = Preset(
     replace(PRESETS["diloco-int1-h72-muon-t15-olr0.7"].strategy, inner_steps=144),
     PRESETS["diloco-int1-h72-muon-t15-olr0.7"].train,
 )
-# outer settings retuned for the longer rounds (half as many outer steps): a larger outer step,
-# or more outer momentum
-PRESETS["diloco-int1-h144-muon-t15-olr1.0"] = Preset(
-    replace(PRESETS["diloco-int1-h144-muon-t15-olr0.7"].strategy, outer_lr=1.0),
-    PRESETS["diloco-int1-h144-muon-t15-olr0.7"].train,
-)
-PRESETS["diloco-int1-h144-muon-t15-olr0.7-om0.8"] = Preset(
-    replace(PRESETS["diloco-int1-h144-muon-t15-olr0.7"].strategy, outer_momentum=0.8),
-    PRESETS["diloco-int1-h144-muon-t15-olr0.7"].train,
-)
+# outer settings retuned for the longer rounds (half as many outer steps): the outer step and momentum
+for _name, _change in (
+    ("olr1.0", {"outer_lr": 1.0}),
+    ("olr0.7-om0.8", {"outer_momentum": 0.8}),
+    ("olr0.5", {"outer_lr": 0.5}),
+    ("olr0.7-om0.4", {"outer_momentum": 0.4}),
+):
+    PRESETS[f"diloco-int1-h144-muon-t15-{_name}"] = Preset(
+        replace(PRESETS["diloco-int1-h144-muon-t15-olr0.7"].strategy, **_change),
+        PRESETS["diloco-int1-h144-muon-t15-olr0.7"].train,
+    )
 
 
 class Exchange(NamedTuple):

@@ -131,6 +131,46 @@ def test_garbling_senders_are_convicted_by_every_member_and_the_round_ends_exact
         assert bus.handlers[p].checked == {s: leader.proofs[s] for s in sybils}, p[:8]
 
 
+def test_two_silent_members_of_one_group_are_asked_dropped_and_the_round_ends_exact():
+    """2 of group 0's 4 members count as committed (every member of the call does) and send
+    nothing. Before protocol 13 no owner of group 0 could include a majority and the round failed.
+    Now each owner names them (op `missing`), the leader asks them on its board, they hand it
+    nothing, and the board lists them `silent`: every honest member drops them from the quorum
+    and ends with the honest senders' aggregate (the simulated round's)."""
+    peers = peer_ids(16)
+    _, rnd = round_of(peers, TOTAL)
+    leader_id = leader_of(peers, 1)
+    quiet = set([p for p in rnd.grid.groups[0] if p != leader_id][:2])
+    updates = make_updates(peers, TOTAL, 8)
+    behaviour = dict.fromkeys(quiet, Behaviour(silent=True))
+    results, leader, bus, seconds = run_members(peers, updates, behaviour=behaviour, phase=1.0)
+    sim, _ = one_round(peers, updates, TOTAL, behaviour=behaviour)
+    assert set(leader.silent) == quiet == set(sim.silent) and not leader.caught
+    for p in set(peers) - quiet:
+        assert isinstance(results[p], torch.Tensor), f"{p[:8]}: {results[p]!r}"
+        assert torch.equal(results[p], sim.final) and bus.handlers[p].rnd.silent == quiet
+    print("seconds", seconds)
+
+
+def test_an_owner_naming_an_honest_sender_missing_cannot_get_it_dropped():
+    """The owner of task 1/0/0 names an honest member of its group missing though its chunk came:
+    the leader asks that member itself, it hands over its chunk (op `here`), the leader forwards
+    it, and nobody is silent; every member ends exact."""
+    peers = peer_ids(16)
+    _, rnd = round_of(peers, TOTAL)
+    owner = rnd.owner(1, 0, 0)
+    victim = next(p for p in rnd.grid.groups[0] if p not in (owner, leader_of(peers, 1)))
+    updates = make_updates(peers, TOTAL, 9)
+    results, leader, bus, _ = run_members(peers, updates, behaviour={owner: Behaviour(names=(victim,))}, phase=1.0)
+    assert not leader.silent and [(c.owner, c.places) for c in leader.claims.values()] == [
+        (owner, (rnd.grid.groups[0].index(victim),))
+    ]
+    assert (1, 0, 0) in bus.handlers[victim].told and not leader.withheld
+    for p in peers:
+        assert isinstance(results[p], torch.Tensor), f"{p[:8]}: {results[p]!r}"
+        assert torch.equal(results[p], two_level(updates, rnd.grid, Robust())) and not bus.handlers[p].rnd.silent
+
+
 class Framer(Leader):
     """A hostile leader: once level 1's receipts are fixed and audited, it convicts an honest owner
     (not itself) on its task, with a junk proof (`junk`: the owner's own receipt and no inputs, a

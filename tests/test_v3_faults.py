@@ -15,8 +15,9 @@ import torch
 from node.round.v3 import Aggregate
 from node.scatter import member as member_module
 from node.scatter import runner
-from node.scatter.leader import Leader, proves, tasks_of
+from node.scatter.leader import Leader, tasks_of
 from node.scatter.member import Member, Timeouts
+from node.scatter.roster import proves
 from node.scatter.traffic import Behaviour
 from protocol import keys, signed
 from tests.test_scatter_member import Framer

@@ -61,6 +61,9 @@ class Round:
     committed: set[str] | None = None
     """Members whose signed commitment the leader listed (None: every member): a level-1
     receipt must include a majority of its group's committed members."""
+    silent: set[str] = field(default_factory=set)
+    """Senders an owner named missing that handed the leader nothing that checks when asked: they
+    count toward no quorum (this round; not banned: silence is not provable)."""
     fixed: dict[str, str] = field(default_factory=dict)
     """task -> SHA-256 of the one receipt body that stands for it (set by the leader per level)."""
     signers: dict[str, str] = field(default_factory=dict)
@@ -107,14 +110,20 @@ class Round:
         return [self.owner(1, g, a) for g in range(self.grid.n_groups)]
 
     def quorum(self, level: int, a: int, b: int) -> int:
-        """Inputs a receipt must include: a majority of the task's committed senders not caught
-        (a sender convicted of sending garbage no longer counts, so it cannot starve the quorum).
+        """Inputs a receipt must include: a majority of the task's committed senders not caught nor
+        silent (a sender convicted of sending garbage, or asked by the leader for its chunk and
+        silent, no longer counts, so it cannot starve the quorum).
         An owner that leaves out more (so that its colluders' inputs decide) is replaced; one that
         leaves out fewer is bounded by the robust rule (omission claims are not built)."""
         senders = self.senders(level, a, b)
         if level == 1:
-            senders = [p for p in senders if (self.committed is None or p in self.committed) and p not in self.caught]
+            senders = [p for p in senders if self.counts(p)]
         return len(senders) // 2 + 1
+
+    def counts(self, sender: str) -> bool:
+        """Whether a level-1 sender counts toward its group's quorum."""
+        committed = self.committed is None or sender in self.committed
+        return committed and sender not in self.caught and sender not in self.silent
 
     def output_sizes(self, level: int, a: int, b: int) -> list[int]:
         """Values in each output piece of the task: level 1, one per part of its chunk."""

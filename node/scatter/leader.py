@@ -17,100 +17,60 @@ and says on its board, version by version (protocol/kinds/scatter.py Board), wha
   garble   at any stage, an owner's report of a sender whose signed chunk note contradicts its
            commitment (audit.is_garble) convicts the sender like a liar (`caught`, the report
            pinned in `proofs`); it counts toward no quorum, and a collecting board is re-published;
+  missing  an owner short of its quorum names the senders it lacks (once per task and owner);
+           the board asks them (`asked`), each hands the leader its chunk (op `here`), which the
+           leader checks and forwards to the owner, who must then include it; a sender that gives
+           nothing that checks within a phase is `silent`: it counts toward no quorum this round
+           (and gets a strike, as a withholding owner does). The owner cannot drop an honest sender:
+           the sender answers for itself;
   done     the level's receipts stand: level-1 owners send their parts on, or members gather.
 Members fetch the board by long poll (the leader answers when it has a newer version, or after
 `phase`), so no one dials a member. Every wait has a deadline, the leader's too: each version it
 publishes says something new (`news`) and follows the last within 2 x `phase`, so a member
 whose board shows nothing new for longer (Timeouts.stall) has a leader that stalls its round,
-and gives it up as it does a silent one. Members take the board by this module's functions.
+and gives it up as it does a silent one. Members take the board by node/scatter/roster.py's functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import threading
+import time
 
 from node.scatter import chunks
-from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, is_garble, open_receipt
+from node.scatter.audit import FraudProof, Input, Round, audit_seed, check_chunk, is_fraud, open_receipt
 from node.scatter.grid import assign_auditors
+from node.scatter.roster import garbler, tasks_of
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
 from protocol.kinds.board import Board
-from protocol.kinds.scatter import Message, draw_message, set_digest, task_name, task_of
+from protocol.kinds.scatter import Message, draw_message, flags_of, set_digest, task_name, task_of
 
-LEADER_OPS = ("receipt", "board", "verdict", "proof", "garble")
-"""The ops a member serves only as its round's leader (Member.answer hands them to its Leader)."""
-
-
-def tasks_of(rnd: Round, level: int) -> list[tuple[int, int, int]]:
-    grid = rnd.grid
-    if level == 1:
-        return [(1, g, j) for g in range(grid.n_groups) for j in range(grid.chunks)]
-    return [(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)]
+log = logging.getLogger("swarmtrain.scatter")
 
 
-def apply_board(rnd: Round, board: Board) -> None:
-    """The leader's word on the level, taken as every member takes it."""
-    rnd.replaced, rnd.caught = dict(board.replaced), set(board.caught)
-    for task in tasks_of(rnd, board.level):
-        name = task_name(task)
-        if name in board.fixed:
-            rnd.fixed[name], rnd.signers[name] = board.fixed[name], board.signers[name]
-        else:
-            rnd.unfix(name)
+@dataclasses.dataclass
+class Claim:
+    """An owner's word that it lacks the inputs of the senders at `places` of its task's group."""
+
+    name: str
+    owner: str
+    places: tuple[int, ...]
+    since: float
+    open: bool = True
+
+    def answered(self, chunks: dict) -> bool:
+        return all((self.name, p) in chunks for p in self.places)
 
 
-def board_seed(rnd: Round, board: Board, leader: str) -> str:
-    """The audit seed of the board's level (raises ProtocolError if the leader's draw does not check).
-    It stays the one drawn when the level's receipts were first fixed, through re-audits."""
-    digest = board.digest
-    message = draw_message(rnd.run, rnd.round, rnd.attempt, board.level, digest)
-    if not rnd.checker.unique_ok(board.draw, message, leader, {}):
-        raise ProtocolError("the leader's draw of the audit seed does not check")
-    return audit_seed(rnd.grid.seed, digest, board.draw)
-
-
-def news(board: Board) -> tuple:
-    """What a board says, as a key its level's earlier boards must not have shown: a leader
-    publishes a new one with every version (a new stage or audit draw `tag`, one more task passed
-    over, one more owner caught), so a version that repeats one moves the round nowhere
-    (Member.level counts only news as the leader's progress)."""
-    return board.stage, board.tag, sum(board.replaced.values()), len(board.caught)
-
-
-def newly_caught(rnd: Round, board: Board) -> list[tuple[str, tuple, str]]:
-    """(owner, task, proof's SHA-256) for each owner the board convicts that `rnd` has not yet."""
-    return [(p, task_of(board.proofs[p][0]), board.proofs[p][1]) for p in board.caught if p not in rnd.caught]
-
-
-def proves(rnd: Round, owner: str, task: tuple, digest: str, served: bytes) -> bool:
-    """Whether `served` (what the leader answered to op `proof`) is the verdict the board pinned
-    and shows that `owner` lied on `task`: checked against `rnd` as the previous board left it,
-    with the task's receipt taken as `owner`'s (a proof stands on the owner's signature alone: an
-    honest owner never signs a receipt that its signed inputs do not give). One task's reduce."""
-    if hashlib.sha256(served).hexdigest() != digest or not rnd.in_range(*task):
-        return False
-    try:
-        verdict = Message.decode(served)
-    except ProtocolError:
-        return False
-    if verdict.op == "garble":  # a sender's note against its commitment: `owner` is the sender
-        return verdict.task == task and garbler(rnd, verdict) == owner
-    if (verdict.op, verdict.index, verdict.task) != ("verdict", 1, task) or verdict.envelope is None:
-        return False
-    as_owner = dataclasses.replace(rnd, signers={**rnd.signers, task_name(task): owner})
-    inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
-    return is_fraud(as_owner, FraudProof(verdict.envelope, *task, inputs))
-
-
-def garbler(rnd: Round, msg: Message) -> str | None:
-    """The sender a `garble` report proves sent garbage (the `index`-th member of group a, whose
-    note of chunk b contradicts its commitment: audit.is_garble), or None."""
-    level, g, j = msg.task
-    group = rnd.grid.groups[g] if level == 1 and rnd.in_range(*msg.task) else ()
-    sender = group[msg.index] if msg.index < len(group) else None
-    return sender if sender is not None and is_garble(rnd, sender, j, msg.envelope, msg.note) else None
+def asked_of(claims, names: set[str]) -> dict[str, tuple[int, ...]]:
+    """The board's `asked`: per task of the level, every place any of its claims named."""
+    out: dict[str, set[int]] = {}
+    for c in (c for c in claims if c.name in names):
+        out.setdefault(c.name, set()).update(c.places)
+    return {n: tuple(sorted(p)) for n, p in out.items()}
 
 
 class Leader:
@@ -135,6 +95,10 @@ class Leader:
         self.tasks: dict[str, str] = {}  # convicted owner -> the task it fell on
         self.convictions: dict[str, bytes] = {}  # a verdict's SHA-256 -> its bytes (op `proof` serves them)
         self.stage: dict[int, tuple[str, str, int]] = {}  # level -> (stage, tag, count) last published
+        self.member = member
+        self.claims: dict[tuple[str, str], Claim] = {}  # (task name, owner) -> its claim of missing senders
+        self.chunks: dict[tuple[str, int], Input] = {}  # (task name, place) -> the chunk its sender handed us
+        self.silent: list[str] = []  # senders asked that handed us nothing that checks, in order
 
     def run(self) -> None:
         for level in (1, 2):
@@ -167,8 +131,8 @@ class Leader:
                 self.rnd.unfix(task_name(task))
         for _ in range(MOST_REPLACEMENTS):
             self.publish(level, "collect")
+            self.await_receipts(tasks)
             with self.cond:
-                self.cond.wait_for(lambda: all(map(self.stands, tasks)), timeout=2 * self.timeouts.phase)
                 missing = [t for t in tasks if not self.stands(t)]
                 if not missing:
                     owners = {task_name(t): self.rnd.owner(*t) for t in tasks}
@@ -182,6 +146,78 @@ class Leader:
                     self.rnd.replaced[name] = self.rnd.replaced.get(name, 0) + 1
                     self.pending.pop(name, None)
         raise ProtocolError(f"level {level}: {MOST_REPLACEMENTS} owners in a row did not answer")
+
+    def await_receipts(self, tasks: list[tuple]) -> None:
+        """Until every task stands, or 2 x `phase` have passed with no claim open and none settled
+        in the last phase (its owner answers after it); claims are settled as they fall due."""
+        phase, end = self.timeouts.phase, time.monotonic() + 2 * self.timeouts.phase
+        while True:
+            with self.cond:
+                wake = min((c.since + phase for c in self.claims.values() if c.open), default=end)
+                self.cond.wait_for(
+                    lambda: all(map(self.stands, tasks)) or self.due(), timeout=max(0.0, wake - time.monotonic())
+                )
+                ready = self.due()
+                if not ready and (all(map(self.stands, tasks)) or time.monotonic() >= end):
+                    if not any(c.open for c in self.claims.values()):
+                        return
+            if ready:
+                self.settle(ready)
+                end = max(end, time.monotonic() + phase)
+
+    def due(self) -> list[Claim]:
+        """Open claims every named sender answered, or that are a phase old."""
+        now, phase = time.monotonic(), self.timeouts.phase
+        return [c for c in self.claims.values() if c.open and (c.since + phase <= now or c.answered(self.chunks))]
+
+    def claim(self, owner: str, msg: Message) -> None:
+        """An owner's claim that it lacks the senders at the places `data` marks: they are asked."""
+        rnd, name = self.rnd, task_name(msg.task)
+        if msg.level != 1 or owner != rnd.owner(*msg.task) or name in rnd.fixed or (name, owner) in self.claims:
+            raise ProtocolError(f"no claim on task {name} from {owner[:16]}: not its owner, or once only")
+        group = rnd.grid.groups[msg.a]
+        named = tuple(i for i, f in enumerate(flags_of(msg.data, len(group))) if f and rnd.counts(group[i]))
+        if not named or owner in (group[i] for i in named):
+            raise ProtocolError(f"a claim on task {name} that names no sender counted, or its owner")
+        self.claims[(name, owner)] = Claim(name, owner, named, time.monotonic())
+        self.republish(1)
+
+    def take_chunk(self, sender: str, msg: Message) -> None:
+        """A named sender's chunk (op `here`), kept if it checks, for the claims that asked it."""
+        name, group = task_name(msg.task), self.rnd.grid.groups[msg.a] if self.rnd.in_range(*msg.task) else ()
+        asked = any(c.name == name and msg.index in c.places for c in self.claims.values())
+        if msg.level != 1 or not asked or msg.index >= len(group) or group[msg.index] != sender:
+            raise ProtocolError(f"{sender[:16]} was not asked for its input to task {name}")
+        item = Input(msg.envelope or {}, msg.data, msg.note)
+        check_chunk(self.rnd, sender, msg.b, item)
+        self.chunks[(name, msg.index)] = item
+
+    def settle(self, claims: list[Claim]) -> None:
+        """Each named sender that answered has its chunk forwarded to the owner (which must then
+        include it); one that did not is silent. The board is published again after the forwards."""
+        rnd, forwards = self.rnd, []
+        with self.cond:
+            for c in claims:
+                c.open, group = False, rnd.grid.groups[task_of(c.name)[1]]
+                for place in c.places:
+                    item = self.chunks.get((c.name, place))
+                    if item is not None:
+                        forwards.append((c, place, item))
+                    elif group[place] not in rnd.silent:
+                        rnd.silent.add(group[place])
+                        self.silent.append(group[place])
+        for c, place, item in forwards:
+            fields = dict(index=place, envelope=item.envelope, data=item.data, note=item.note)
+            try:
+                self.member.call(c.owner, self.member.message("chunk", task_of(c.name), **fields))
+            except (ProtocolError, TimeoutError, OSError) as e:
+                log.info("round %d: could not forward a chunk to %s: %s", rnd.round, c.owner[:16], e)
+        self.republish(1)
+
+    def republish(self, level: int) -> None:
+        stage, tag, count = self.stage.get(level, ("", "", 0))
+        if stage:
+            self.publish(level, stage, tag=tag, count=count)
 
     def fix(self, level: int) -> None:
         """The level's receipts are fixed: the leader signs their digest once (sign_unique)."""
@@ -231,9 +267,8 @@ class Leader:
             raise ProtocolError(f"no proof that a sender of task {task_name(msg.task)} sent garbage")
         if sender not in self.rnd.caught:
             self.convict(sender, msg.task, msg.encode())
-            stage, tag, count = self.stage.get(msg.level, ("", "", 0))
-            if stage == "collect":
-                self.publish(msg.level, stage, tag=tag, count=count)
+            if self.stage.get(msg.level, ("",))[0] == "collect":
+                self.republish(msg.level)
 
     def publish(self, level: int, stage: str, *, tag: str = "", count: int = 0) -> None:
         rnd = self.rnd
@@ -255,6 +290,8 @@ class Leader:
                 tag=tag,
                 count=count,
                 proofs={p: (self.tasks[p], self.proofs[p]) for p in rnd.caught},
+                asked=asked_of(self.claims.values(), names),
+                silent=tuple(sorted(rnd.silent)),
             )
             self.cond.notify_all()
 
@@ -279,12 +316,20 @@ class Leader:
             if msg.op == "receipt":
                 if name in rnd.fixed:
                     raise ProtocolError(f"task {name} has a receipt that stands")
-                open_receipt(rnd, msg.envelope, *msg.task)  # its current owner's, for this task
+                receipt = open_receipt(rnd, msg.envelope, *msg.task)  # its current owner's, for this task
+                claim = self.claims.get((name, caller))
+                flags = flags_of(receipt.included, len(rnd.senders(*msg.task)))
+                if claim is not None and any(not flags[i] for i in claim.places if (name, i) in self.chunks):
+                    raise ProtocolError(f"a receipt of {name} that leaves out an input we forwarded")
                 self.pending[name] = msg.envelope
             elif msg.op == "verdict":
                 self.verdicts[(name + msg.tag, caller)] = msg
             elif msg.op == "garble":
                 self.convict_sender(msg)
+            elif msg.op == "missing":
+                self.claim(caller, msg)
+            elif msg.op == "here":
+                self.take_chunk(caller, msg)
             elif msg.op == "proof":
                 served = self.convictions.get(msg.data.hex())
                 if served is None or Message.decode(served).task != msg.task:

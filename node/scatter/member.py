@@ -4,21 +4,21 @@ runs, where node/scatter/round.py runs every member at once on a simulated bus.
 A member, from the round's Round (grid, rule, who committed) and its own update:
   1 chunks   sends chunk j with its signed commitment to owner j of its group (it dials);
   2 level 1  as an owner, waits for its task's inputs (at most `phase` s), keeps those an auditor
-             would accept, reduces, signs its receipt and sends it to the leader; then follows
-             the leader's board (node/scatter/leader.py): tasks that changed hands get its input
-             again (it re-sends), the audits dealt to it it runs (fetching the task's signed
-             inputs from the owner), and 'done' ends the level;
+             would accept (short of a quorum, it names the senders it lacks to the leader and
+             waits for each to be forwarded or silent), reduces, signs its receipt and sends it
+             to the leader; then follows the leader's board (node/scatter/leader.py): tasks that
+             changed hands get its input again, chunks an owner named missing go to the leader,
+             the audits dealt to it it runs, and 'done' ends the level;
   3 parts    as a level-1 owner whose receipt stands, sends part k of its result, with that
              receipt, to part owner k of its column;
   4 level 2  as 2, over the parts;
   5 gather   fetches every final part from its owner with the owner's receipt, and checks the
              part's digest against the receipt the leader fixed.
-Every connection is dialled by the member that gives or asks: senders dial owners, auditors and
-gatherers dial owners, everyone dials the leader; owners and the leader are reachable members
-(grid.place), so a member behind NAT never has to be dialled. Every wait has a deadline, and a
-member that has had no board from the leader for `phase`, or no news on it for 2.5 x `phase`
-(Timeouts.stall: a leader that answers polls but never moves its board on), or whose board
-convicts an owner without a proof that checks (Framed), gives the round up (LeaderSilent).
+Every connection is dialled by the member that gives or asks (senders, auditors and gatherers
+dial owners, everyone the leader; both are reachable: grid.place): nobody dials a member behind
+NAT. Every wait has a deadline; a member that has had no board from the leader for `phase`, or no
+news on it for 2.5 x `phase` (Timeouts.stall: a leader that answers polls but never moves its
+board on), or whose board convicts an owner with no proof that checks (Framed), gives up (LeaderSilent).
 `Member.answer` serves the ops (protocol/kinds/scatter.py Message) other members call.
 """
 
@@ -27,66 +27,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from node.scatter import chunks
 from node.scatter.audit import Input, Round, answer_task, audit, check_input, is_garble, open_receipt, sealed_chunks
 from node.scatter.grid import assign_auditors
-from node.scatter.leader import LEADER_OPS, apply_board, board_seed, newly_caught, news, proves, tasks_of
-from node.scatter.traffic import Behaviour
+from node.scatter.roster import LEADER_OPS, apply_board, board_seed, newly_caught, news, proves, tasks_of
+from node.scatter.traffic import PAUSE, Behaviour, Framed, LeaderSilent, ScatterNet, Timeouts
 from protocol.errors import ProtocolError
 from protocol.kinds.board import Board
-from protocol.kinds.scatter import Message, task_name
+from protocol.kinds.scatter import Message, bitmap, task_name
 
 log = logging.getLogger("swarmtrain.scatter")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Timeouts:
-    """How long a v3 round waits at each step (seconds)."""
-
-    phase: float = 30.0
-    """An owner's wait for its task's inputs; the leader waits twice this for receipts and audits.
-    A member that has had no board from the leader for this long gives the round up (LeaderSilent)."""
-    call: float = 30.0
-    """One RPC (a board poll may take `phase` more: the leader answers when the board changes)."""
-    round: float = 600.0
-    """The whole round, for this member: past it, it gives up (the round fails for it)."""
-
-    @property
-    def stall(self) -> float:
-        """A board that shows nothing new for this long is a stalling leader's (LeaderSilent): an
-        honest one publishes news within 2 x `phase` (its longest wait), plus a half for its work."""
-        return 2.5 * self.phase
-
-
-PAUSE = 0.25
-"""Seconds between two board polls the leader did not answer (a dead leader's refuse at once)."""
-
-
-class LeaderSilent(TimeoutError):
-    """The round's leader sent no board for `Timeouts.phase`, or none with news for
-    `Timeouts.stall`: gone or stalling, and its round with it. A live leader answers every poll
-    within `phase` (a long poll) and moves its board on within 2 x `phase`, so only a dead or
-    hostile leader, or a link as good as dead, stops a member here; the round protocol then hands
-    the round on (node/round/v3.py)."""
-
-    leader_silent = True  # how node/round/v3.py, which may not import this module, tells it apart
-
-
-class Framed(LeaderSilent):
-    """The board convicts an owner with no proof served, or one showing no lie: a framing leader,
-    given up on as a silent one (a phase lost, not an honest owner's ban)."""
-
-
-class ScatterNet(Protocol):
-    me: str
-
-    def call(self, peer: str, message: Message, timeout: float) -> bytes:
-        """Dial `peer` with `message`; its answer's payload. Raises ProtocolError, TimeoutError, OSError."""
 
 
 class Member:
@@ -113,6 +66,9 @@ class Member:
         self.heard = 0.0  # when the leader's board last answered us (or the round began)
         self.finals: list[str] = []  # each final part's SHA-256 as gathered, in task order (the roster lists them)
         self.checked: dict[str, str] = {}  # caught owner -> SHA-256 of the proof of its lie we checked
+        self.first: dict[tuple, float] = {}  # task -> when we first saw it ours (its inputs' phase starts)
+        self.claims: dict[tuple, tuple[int, ...]] = {}  # task -> the places we named missing (op `missing`)
+        self.told: set[tuple] = set()  # tasks whose owner named us missing and we answered the leader
 
     # ------------------------------------------------------------------ the round, as this member
     def run(self) -> torch.Tensor:
@@ -141,6 +97,8 @@ class Member:
         sent = sealed_chunks(rnd, self.keys, self.update, base=self.base, tokens=self.tokens, garble=self.act.garble)
         g = rnd.grid.group_of(self.me)
         place = rnd.grid.groups[g].index(self.me)
+        if self.act.silent:
+            return
         self.mine = {((1, g, j), place): (i.envelope, i.data, i.note) for j, i in enumerate(sent)}
         self.push_inputs()
 
@@ -185,6 +143,7 @@ class Member:
             self.check_caught(board)
             apply_board(self.rnd, board)
             self.push_inputs()
+            self.answer_asks(board)
             if board.stage == "audit":
                 self.audit_dealt(board)
             elif board.stage == "done":
@@ -206,15 +165,36 @@ class Member:
                 raise Framed(f"round {self.rnd.round}: the proof that {owner[:16]} lied does not check")
             self.checked[owner] = digest
 
+    def answer_asks(self, board: Board) -> None:
+        """Hand the leader each chunk of mine whose owner named me missing (op `here`), once a task:
+        it forwards it to the owner, where I would otherwise be silent (in no quorum)."""
+        for (task, place), (envelope, data, note) in self.mine.items():
+            if task[0] == 1 and task not in self.told and place in board.asked.get(task_name(task), ()):
+                self.told.add(task)
+                try:
+                    self.call(
+                        self.leader, self.message("here", task, index=place, envelope=envelope, data=data, note=note)
+                    )
+                except (ProtocolError, TimeoutError, OSError) as e:
+                    log.info(
+                        "round %d: the leader did not take my chunk for %s: %s", self.rnd.round, task_name(task), e
+                    )
+
     # ------------------------------------------------------------------ as an owner
     def answer_tasks(self, level: int) -> None:
-        for task in tasks_of(self.rnd, level):
-            if task in self.answered or self.rnd.owner(*task) != self.me or task_name(task) in self.rnd.fixed:
+        rnd, now = self.rnd, time.monotonic()
+        mine = [t for t in tasks_of(rnd, level) if t not in self.answered and rnd.owner(*t) == self.me]
+        for task in (t for t in mine if task_name(t) not in rnd.fixed):
+            self.first.setdefault(task, now)  # every task's phase runs from now, not after the one before
+            if self.act.withhold:
+                self.answered.add(task)
+                continue
+            if task in self.claims and not self.settled(task):
+                continue  # the leader is asking the senders we named: it forwards their chunks or drops them
+            inputs = self.collect(task, wait=task not in self.claims)
+            if task not in self.claims and self.claim(task, inputs):
                 continue
             self.answered.add(task)
-            if self.act.withhold:
-                continue
-            inputs = self.collect(task)
             try:
                 receipt, outputs = answer_task(self.rnd, self.keys, task, inputs, lie=self.act.lie)
             except ProtocolError as e:
@@ -227,7 +207,28 @@ class Member:
             except (ProtocolError, TimeoutError, OSError) as e:
                 log.info("round %d: the leader did not take my receipt of %s: %s", self.rnd.round, task_name(task), e)
 
-    def collect(self, task: tuple) -> list[Input | None]:
+    def claim(self, task: tuple, inputs: list[Input | None]) -> bool:
+        """Short of a quorum, name the senders we lack to the leader (op `missing`), who asks them."""
+        rnd, senders = self.rnd, self.rnd.senders(*task)
+        named = [i for i, (p, item) in enumerate(zip(senders, inputs)) if item is None and rnd.counts(p)]
+        if task[0] != 1 or sum(i is not None for i in inputs) >= rnd.quorum(*task) and not self.act.names:
+            return False
+        flags = [(i in named or p in self.act.names) and p != self.me for i, p in enumerate(senders)]
+        try:
+            self.call(self.leader, self.message("missing", task, data=bitmap(flags)))
+        except (ProtocolError, TimeoutError, OSError) as e:
+            log.info("round %d: the leader did not take my claim on %s: %s", rnd.round, task_name(task), e)
+            return False
+        self.claims[task] = tuple(i for i, f in enumerate(flags) if f)
+        return True
+
+    def settled(self, task: tuple) -> bool:
+        """Whether each sender we named has its chunk here (forwarded) or was dropped (silent, caught)."""
+        got, senders = self.received.get(task, {}), self.rnd.senders(*task)
+        with self.cond:
+            return all(senders[i] in got.get(i, {}) or not self.rnd.counts(senders[i]) for i in self.claims[task])
+
+    def collect(self, task: tuple, wait: bool = True) -> list[Input | None]:
         """The task's inputs, in its senders' order: each as its sender vouched for it, or None
         (not in by the phase's end, or not checking)."""
         senders = self.rnd.senders(*task)
@@ -237,7 +238,8 @@ class Member:
             return [got.get(i, {}).get(p) for i, p in enumerate(senders)]
 
         with self.cond:
-            self.cond.wait_for(lambda: all(arrived()), timeout=self.timeouts.phase)
+            end = self.first.get(task, time.monotonic()) + self.timeouts.phase
+            self.cond.wait_for(lambda: all(arrived()), timeout=max(0.0, end - time.monotonic()) if wait else 0)
             items = arrived()
         return [self.accepted(task, i, p, item) for i, (p, item) in enumerate(zip(senders, items))]
 
@@ -343,6 +345,8 @@ class Member:
         """Keep an input for a task (checked when the task is answered: level 2's vouching receipts
         may be fixed only later). One per sender's place and caller: nobody fills another's place."""
         grid, (level, a, _) = self.rnd.grid, msg.task
+        if level == 1 and caller == self.leader and msg.op == "chunk" and msg.index < len(grid.groups[a]):
+            caller = grid.groups[a][msg.index]  # forwarded by the leader: it was named missing (still its signatures)
         if level == 1 and (a >= grid.n_groups or caller not in grid.groups[a] or msg.op != "chunk"):
             raise ProtocolError("a chunk from outside the task's group")
         place = grid.groups[a].index(caller) if level == 1 else msg.index

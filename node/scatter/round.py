@@ -62,6 +62,9 @@ class ScatterRound:
         self.seeds: dict[int, str] = {}
         self.withheld: list[str] = []
         self.missed: list[str] = []
+        self.silent: list[str] = []
+        self.sent: dict[str, list[Input]] = {}
+        self.asked = False  # a claim this level: the leader waits up to a phase for the senders it asks
 
     def act(self, peer: str) -> Behaviour:
         return self.behaviour.get(peer, Behaviour())
@@ -72,7 +75,9 @@ class ScatterRound:
         self.send_parts()
         self.reduce_level(2)
         final = self.gather()
-        return Outcome(final, self.phases, self.caught, self.withheld, self.missed, self.traffic, self.receipts)
+        return Outcome(
+            final, self.phases, self.caught, self.withheld, self.missed, self.traffic, self.receipts, self.silent
+        )
 
     # ---------------------------------------------------------------- phase 1: chunks to owners
     def send_chunks(self) -> None:
@@ -82,7 +87,8 @@ class ScatterRound:
             for p, u in self.updates.items()
         }
         if self.rnd.committed is None:
-            self.rnd.committed = set(sent)  # the leader lists every commitment it received
+            self.rnd.committed = set(sent)  # the leader lists every commitment it received (a silent one's too)
+        self.sent = sent = {p: c for p, c in sent.items() if not self.act(p).silent}
         for g, group in enumerate(grid.groups):
             for j in range(grid.chunks):
                 for p in (p for p in group if p in sent):
@@ -122,11 +128,12 @@ class ScatterRound:
         return [(2, j, k) for j in range(grid.chunks) for k in range(grid.n_groups)]
 
     def reduce_level(self, level: int) -> None:
-        tasks = self.tasks(level)
+        tasks, self.asked = self.tasks(level), False
         if any(self.act(self.rnd.owner(*t)).withhold for t in tasks):
             self.phases += 1  # senders wait out the phase, then send to the backups
         for task in tasks:
             self.answer(task)
+        self.phases += self.asked
         self.publish_receipts(level)
         seed = self.fix(level)
         caught = len(self.caught)
@@ -174,6 +181,7 @@ class ScatterRound:
             owner = self.rnd.owner(*task)
             if not self.act(owner).withhold:
                 try:
+                    self.claim(task)
                     self.compute(task)
                     open_receipt(self.rnd, self.receipts[task], *task)
                     return
@@ -183,6 +191,28 @@ class ScatterRound:
             self.replace(task)
             self.resend(task)
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
+
+    def claim(self, task: tuple) -> None:
+        """An owner short of its quorum names the senders it lacks (op `missing`); the leader asks
+        each: one that hands it its chunk has it forwarded to the owner, one that does not is
+        silent (in no quorum this round). The owner cannot drop a sender that answers for itself."""
+        owner, items, senders = self.rnd.owner(*task), self.inputs[task], self.rnd.senders(*task)
+        named = [i for i, p in enumerate(senders) if items[i] is None and self.rnd.counts(p)]
+        named += [i for i, p in enumerate(senders) if p in self.act(owner).names and i not in named]
+        short = sum(i is not None for i in items) < self.rnd.quorum(*task)
+        if task[0] != 1 or not named or not (short or self.act(owner).names):
+            return
+        self.asked = True
+        self.deliver(owner, self.leader, 0, 64)
+        for i in named:
+            sender, item = senders[i], self.sent.get(senders[i], [None] * (task[2] + 1))[task[2]]
+            if item is None:
+                self.silent += [sender] if sender not in self.rnd.silent else []
+                self.rnd.silent.add(sender)
+                continue
+            self.deliver(sender, self.leader, len(item.data), size_of(item.envelope) + size_of(item.note))
+            self.deliver(self.leader, owner, len(item.data), size_of(item.envelope) + size_of(item.note))
+            items[i] = self.accepted(sender, task[2], item)
 
     def replace(self, task: tuple) -> None:
         name = task_name(task)

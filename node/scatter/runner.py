@@ -47,7 +47,8 @@ class Ran(NamedTuple):
     caught: tuple[tuple[str, str], ...]
     """Owners convicted, with their fraud proof's SHA-256: the leader's, or the one a member checked."""
     passed: tuple[str, ...] = ()
-    """Owners passed over for withholding (the leader's word; a member's is empty)."""
+    """Owners passed over for withholding, then senders silent when asked for their chunk (the
+    leader's word; a member's is empty): each gets a strike (grid.may_own)."""
 
 
 class NodeScatter:
@@ -109,7 +110,7 @@ class NodeScatter:
         if leader is None:
             return Ran(aggregate, finals, tuple((p, member.checked.get(p, "")) for p in sorted(rnd.caught)))
         caught = tuple((p, leader.proofs[p]) for p in dict.fromkeys(leader.caught))
-        return Ran(aggregate, finals, caught, tuple(dict.fromkeys(leader.withheld)))
+        return Ran(aggregate, finals, caught, tuple(dict.fromkeys(leader.withheld + leader.silent)))
 
 
 def _catching(fn: Callable[[], None], failed: list) -> Callable[[], None]:

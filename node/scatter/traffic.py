@@ -1,13 +1,17 @@
-"""What a simulated v3 round is made of besides its logic: how a member deviates, the bytes it
-moves (data and records apart), and what the round ends with."""
+"""What a v3 round is made of besides its logic: how a member deviates, how long it waits and
+when it gives up (node/scatter/member.py), the transport it calls, the bytes it moves (data and
+records apart), and what a simulated round ends with."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 import torch
+
+from protocol.kinds.scatter import Message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +32,11 @@ class Behaviour:
     """As a level-1 owner, pass its audit, then never send its parts to level 2."""
     censor: bool = False
     """As an owner, leave out every input but its own and its fellow colluders'."""
+    silent: bool = False
+    """As a sender, commit (the leader may list it) and then send nothing: no chunk, and nothing
+    when the leader asks for one (op `here`)."""
+    names: tuple[str, ...] = ()
+    """As an owner, also name these senders missing (op `missing`) though their chunks came."""
 
 
 @dataclass
@@ -63,7 +72,54 @@ class Outcome:
     traffic: Traffic
     receipts: dict[tuple, dict]
     """Every task's standing signed receipt, by (level, a, b)."""
+    silent: list[str] = field(default_factory=list)
+    """Senders an owner named missing that gave the leader nothing when asked: in no quorum."""
 
 
 def size_of(envelope: dict) -> int:
     return len(msgpack.packb(envelope, use_bin_type=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """How long a v3 round waits at each step (seconds)."""
+
+    phase: float = 30.0
+    """An owner's wait for its task's inputs; the leader waits twice this for receipts and audits.
+    A member that has had no board from the leader for this long gives the round up (LeaderSilent)."""
+    call: float = 30.0
+    """One RPC (a board poll may take `phase` more: the leader answers when the board changes)."""
+    round: float = 600.0
+    """The whole round, for this member: past it, it gives up (the round fails for it)."""
+
+    @property
+    def stall(self) -> float:
+        """A board that shows nothing new for this long is a stalling leader's (LeaderSilent): an
+        honest one publishes news within 2 x `phase` (its longest wait), plus a half for its work."""
+        return 2.5 * self.phase
+
+
+PAUSE = 0.25
+"""Seconds between two board polls the leader did not answer (a dead leader's refuse at once)."""
+
+
+class LeaderSilent(TimeoutError):
+    """The round's leader sent no board for `Timeouts.phase`, or none with news for
+    `Timeouts.stall`: gone or stalling, and its round with it. A live leader answers every poll
+    within `phase` (a long poll) and moves its board on within 2 x `phase`, so only a dead or
+    hostile leader, or a link as good as dead, stops a member here; the round protocol then hands
+    the round on (node/round/v3.py)."""
+
+    leader_silent = True  # how node/round/v3.py, which may not import this module, tells it apart
+
+
+class Framed(LeaderSilent):
+    """The board convicts an owner with no proof served, or one showing no lie: a framing leader,
+    given up on as a silent one (a phase lost, not an honest owner's ban)."""
+
+
+class ScatterNet(Protocol):
+    me: str
+
+    def call(self, peer: str, message: Message, timeout: float) -> bytes:
+        """Dial `peer` with `message`; its answer's payload. Raises ProtocolError, TimeoutError, OSError."""

@@ -28,7 +28,8 @@ class Board:
     (`draw`, over `digest`). Now: collect (owners answer), audit (`count` auditors a task under draw `tag`), or
     done.' Every member applies it to its Round alike. `proofs` pins each caught owner's conviction:
     owner -> (task name, SHA-256 of the verdict Message it fell by), which the leader serves
-    (op `proof`) and each member checks before it takes the board (node/scatter/leader.py proves)."""
+    (op `proof`) and each member checks before it takes the board (node/scatter/leader.py proves).
+    `asked` and `silent` (protocol 13): the senders owners named missing, and those that stayed so."""
 
     level: int
     version: int
@@ -44,12 +45,21 @@ class Board:
     count: int = 0
     proofs: dict = dataclasses.field(default_factory=dict)
     """Caught owner -> (task name, SHA-256 of the verdict that convicted it): one per `caught`."""
+    asked: dict = dataclasses.field(default_factory=dict)
+    """Task name -> the places of its group whose senders its owner named missing (op `missing`):
+    each hands the leader its chunk (op `here`) or is `silent`. The level's claims, all kept."""
+    silent: tuple[str, ...] = ()
+    """Senders asked that gave the leader nothing that checks within a phase: they count toward no
+    quorum in the round (not banned: nobody else can tell silence from a lost link)."""
 
     STAGES = ("collect", "audit", "done")
 
     def encode(self) -> bytes:
         proofs = {p: list(v) for p, v in self.proofs.items()}
-        return msgpack.packb({**asdict(self), "caught": list(self.caught), "proofs": proofs}, use_bin_type=True)
+        asked = {t: list(v) for t, v in self.asked.items()}
+        wire = {**asdict(self), "caught": list(self.caught), "proofs": proofs, "asked": asked}
+        wire["silent"] = list(self.silent)
+        return msgpack.packb(wire, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> Board:
@@ -74,6 +84,11 @@ class Board:
             raise ProtocolError(f"{w}: proofs must pin [task, sha256] for each caught owner, and no other")
         if not all(isinstance(h, str) and SHA256_RE.match(h) for _, h in proofs.values()):
             raise ProtocolError(f"{w}: a proof's digest is not a SHA-256 digest")
+        asked = field(d, "asked", dict, where=w)
+        places = (isinstance(v, list) and 0 < len(v) <= MAX_GROUP and v for v in asked.values())
+        if not all(p and all(isinstance(i, int) and 0 <= i < MAX_GROUP for i in p) for p in places):
+            raise ProtocolError(f"{w}: asked must map tasks to places")
+        silent = tuple(peer_id_field(p, w) for p in field(d, "silent", list, where=w) if isinstance(p, str))
         return cls(
             level=level,
             version=field(d, "version", int, where=w),
@@ -87,4 +102,6 @@ class Board:
             tag=field(d, "tag", str, where=w)[:MAX_TAG],
             count=field(d, "count", int, where=w),
             proofs={p: (task_name(task_of(t)), h) for p, (t, h) in proofs.items()},
+            asked={task_name(task_of(t)): tuple(v) for t, v in asked.items()},
+            silent=silent,
         )

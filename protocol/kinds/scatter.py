@@ -17,6 +17,10 @@ member behind NAT only dials out: senders dial owners, never the other way.
             commitment's: here are both (envelope, note).'                               (to the leader)
   proof     'Send me the verdict with SHA-256 `data` that convicted this task's owner.' (to the leader;
             answer: that verdict's or garble's Message bytes, which the board's `proofs` pins)
+  missing   'I own task a/b and lack the inputs of the senders at the places `data` marks (a bitmap,
+            protocol 13): ask them.'                        (to the leader; once per task and owner)
+  here      'The board asks me (place `index` of group a) for chunk b: here it is, with my commitment
+            and note.'                             (to the leader, which forwards it to the owner)
 """
 
 from __future__ import annotations
@@ -217,7 +221,7 @@ def draw_message(run: str, round_no: int, attempt: int, level: int, receipts: st
     return f"swarmtrain-scatter-audit|{run}|{round_no}|{attempt}|{level}|{receipts}".encode()
 
 
-OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final", "proof", "garble")
+OPS = ("chunk", "part", "receipt", "board", "inputs", "verdict", "final", "proof", "garble", "missing", "here")
 MAX_PIECE = 1 << 30  # bytes of one piece: a 1B-parameter update's chunk is about 125 MB / sqrt(N)
 MAX_TAG = 16
 
@@ -240,8 +244,9 @@ class Message:
     """One v3 request or its answer (see the module docstring for what each `op` says). `level`,
     `a`, `b` name the task; `index` is the sender's place (part), the version seen (board) or 1
     for a fraud proof (verdict); `tag` the audit draw ('' or '/again'); `envelope` a commitment or
-    a receipt; `data` a piece (proof: the verdict's SHA-256); `inputs` a task's signed inputs,
-    (envelope, bytes) or None each; `note` a sender's signed ChunkNote (chunk, garble)."""
+    a receipt; `data` a piece (proof: the verdict's SHA-256; missing: a bitmap of places);
+    `inputs` a task's signed inputs, (envelope, bytes) or None each; `note` a sender's signed
+    ChunkNote (chunk, garble, here)."""
 
     op: str
     run: str

@@ -780,12 +780,11 @@ def test_a_caught_liar_costs_the_leader_only_a_digest():
     assert added[leader] <= sum(added.values()) / len(peers) + 1 < len(liars)
 
 
-# ================================================ (b)+(c) auditor claims nobody can check (model)
+# ================================================ (b)+(c) auditor claims nobody else can see
 class ClaimingAuditor(ScatterRound):
-    """The docs' rule, modelled: 'an owner that serves its auditor inputs that do not check is
-    treated as withholding'. Only the auditor sees what it was served, so a Sybil auditor just
-    says so. ScatterRound.audit_task re-audits every backup of a task with the SAME auditor list,
-    so the same Sybil judges the whole chain."""
+    """The rule before protocol v3's second auditor, modelled: 'an owner that serves its auditor
+    inputs that do not check is treated as withholding', on the claimant's word alone (the same
+    Sybil judged every backup of a task)."""
 
     sybils: frozenset = frozenset()
 
@@ -802,19 +801,58 @@ class ClaimingAuditor(ScatterRound):
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
 
 
-def test_open_one_sybil_auditor_claims_bad_inputs_and_fails_the_round():
-    """ONE Sybil of 16, behind NAT (it never owns, so the chain of backups never reaches it; it
-    is an auditor of some task in every round: auditors are dealt to all members): honest owners
-    are replaced on its word alone, MOST_REPLACEMENTS times, and the round fails.
-    Still open by design: what an owner served its auditor is seen by the auditor alone."""
+CLAIM_GRIDS = range(1, 11)  # round numbers: 10 grids, 16 members, the Sybil behind NAT
+
+
+def claim_round(round_no: int, before: bool):
+    """(round, failed) with ONE Sybil auditor (peers[9], behind NAT) claiming every owner it
+    audits served it bad inputs: under the old rule (`before`) or the second-auditor rule."""
     peers = peer_ids(16)
     sybil = peers[9]
-    _, keys, rnd = make_round(16, reachable=set(peers) - {sybil})
-    sr = ClaimingAuditor(rnd, make_updates(peers, TOTAL, 60), keys, peers[0])
-    sr.sybils = frozenset({sybil})
-    with pytest.raises(ProtocolError, match="did not answer"):
-        sr.run()
-    assert sr.withheld and sybil not in sr.withheld  # only honest owners were 'withholding'
+    _, keys, rnd = make_round(16, round_no=round_no, reachable=set(peers) - {sybil})
+    updates, leader = make_updates(peers, TOTAL, 60), leader_of(peers, round_no)
+    if before:
+        sr = ClaimingAuditor(rnd, updates, keys, leader)
+        sr.sybils = frozenset({sybil})
+    else:
+        sr = ScatterRound(rnd, updates, keys, leader, behaviour={sybil: Behaviour(claim_bad=True)})
+    try:
+        return sr, sr.run()
+    except ProtocolError:
+        return sr, None
+
+
+def test_one_sybil_auditor_claiming_bad_inputs_is_contradicted_and_passed_over():
+    """ONE Sybil of 16, behind NAT (it never owns; it audits some task every round) claims every
+    owner it audits served it inputs that do not check. Before, honest owners were replaced on its
+    word alone, MOST_REPLACEMENTS times, and the round failed: 10 of 10 grids. Defence: a claim
+    only marks the task; a second auditor (first in the audit seed's order for the task's
+    '/claim' list, not the owner nor the claimant) fetches the inputs; it finds them good, so the
+    owner stays and the claimant audits no more this round (the second audits in its place).
+    After: 0 of 10 grids fail, no honest owner passed over, the round ends exact."""
+    peers, sybil = peer_ids(16), peer_ids(16)[9]
+    before = [claim_round(r, True)[1] is None for r in CLAIM_GRIDS]
+    after = [claim_round(r, False) for r in CLAIM_GRIDS]
+    assert sum(before) == len(CLAIM_GRIDS)
+    assert all(out is not None for _, out in after)
+    for sr, out in after:
+        assert out.withheld == [] and sr.passed_auditors == {sybil}
+        assert torch.equal(out.final, two_level(make_updates(peers, TOTAL, 60), sr.rnd.grid, Robust()))
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_an_owner_serving_its_auditors_bad_inputs_is_passed_over(level):
+    """An owner that truly serves its auditors inputs that do not check (level 1 or 2): its
+    auditor claims it, the second auditor finds the same, and the owner is passed over like a
+    withholder (its backup recomputes, the round ends exact); no honest auditor is passed over."""
+    peers, keys, rnd = make_round(16)
+    bad = rnd.owner(level, 0, 0 if level == 1 else 1)
+    updates = make_updates(peers, TOTAL, 61)
+    sr = ScatterRound(rnd, updates, keys, leader_of(peers, 1), behaviour={bad: Behaviour(serve_bad=True)})
+    out = sr.run()
+    assert bad in out.withheld and set(out.withheld) == {bad} and not sr.passed_auditors
+    assert all(rnd.owner(*t) != bad for t in out.receipts if t[0] == level)
+    assert torch.equal(out.final, two_level(updates, rnd.grid, Robust()))
 
 
 # =========================================================== level 2 follows level-1 verdicts

@@ -160,3 +160,10 @@ def assign_auditors(audit_seed: str, tasks: dict[str, str], members: list[str], 
                 slots[at], slots[other] = slots[other], slots[at]
                 break
     return {t: list(dict.fromkeys(slots[i * count : (i + 1) * count])) for i, t in enumerate(names)}
+
+
+def second_auditor(audit_seed: str, name: str, owner: str, members: list[str], exclude: set[str]) -> str | None:
+    """The auditor that checks a claim on task `name`, or stands in for an auditor passed over:
+    the first member in the audit seed's order for `name` + '/claim', not its owner nor excluded."""
+    rest = [p for p in members if p != owner and p not in exclude]
+    return min(rest, key=lambda p: draw_key(audit_seed, name + "/claim", p), default=None)

@@ -37,15 +37,15 @@ from node.scatter.audit import (
     open_receipt,
     sealed_chunks,
 )
-from node.scatter.grid import assign_auditors
-from node.scatter.traffic import Behaviour, Outcome, Traffic, size_of
+from node.scatter.grid import assign_auditors, second_auditor
+from node.scatter.traffic import Behaviour, Bus, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import draw_message, set_digest, task_name
 
 MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the round fails
 
 
-class ScatterRound:
+class ScatterRound(Bus):
     """Runs one round for every member at once (the members' own code, the bus simulated)."""
 
     def __init__(self, rnd: Round, updates: dict, keys: dict, leader: str, *, behaviour=None, auditors=1, escalate=3):
@@ -63,6 +63,7 @@ class ScatterRound:
         self.withheld: list[str] = []
         self.missed: list[str] = []
         self.silent: list[str] = []
+        self.passed_auditors: set[str] = set()  # auditors whose claim a second auditor contradicted
         self.sent: dict[str, list[Input]] = {}
         self.asked = False  # a claim this level: the leader waits up to a phase for the senders it asks
 
@@ -116,9 +117,6 @@ class ScatterRound:
                 self.caught.append(sender)
                 self.rnd.caught.add(sender)
         return None
-
-    def deliver(self, src: str, dst: str, data: int, records: int) -> None:
-        self.traffic.send(src, dst, data, records)
 
     # ---------------------------------------------------------------- phases 2 and 4: owners, audits
     def tasks(self, level: int) -> list[tuple[int, int, int]]:
@@ -187,9 +185,7 @@ class ScatterRound:
                     return
                 except ProtocolError:
                     pass
-            self.withheld.append(owner)
-            self.replace(task)
-            self.resend(task)
+            self.pass_over(task)
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row did not answer")
 
     def claim(self, task: tuple) -> None:
@@ -214,16 +210,16 @@ class ScatterRound:
             self.deliver(self.leader, owner, len(item.data), size_of(item.envelope) + size_of(item.note))
             items[i] = self.accepted(sender, task[2], item)
 
+    def pass_over(self, task: tuple) -> None:
+        """The owner withheld (or kept its parts, or its inputs did not check): the backup gets them."""
+        self.withheld.append(self.rnd.owner(*task))
+        self.replace(task)
+        self.resend(task)
+
     def replace(self, task: tuple) -> None:
         name = task_name(task)
         self.rnd.unfix(name)
         self.rnd.replaced[name] = self.rnd.replaced.get(name, 0) + 1
-
-    def resend(self, task: tuple) -> None:
-        owner = self.rnd.owner(*task)
-        for sender, item in zip(self.rnd.senders(*task), self.inputs[task]):
-            if item is not None:
-                self.deliver(sender, owner, len(item.data), size_of(item.envelope))
 
     def compute(self, task: tuple) -> None:
         """The current owner reduces its inputs and signs its receipt (a liar signs a lie)."""
@@ -239,21 +235,18 @@ class ScatterRound:
     def output_sizes(self, task: tuple) -> list[int]:
         return self.rnd.output_sizes(*task)
 
-    def publish_receipts(self, level: int) -> None:
-        """Each receipt goes to the task's senders (they check they were included); level-2
-        receipts also to the leader, whose roster lists the final parts' digests."""
-        for task in self.tasks(level):
-            owner, size = self.rnd.owner(*task), size_of(self.receipts[task])
-            for p in {*self.rnd.senders(*task), *([self.leader] if level == 2 else [])}:
-                self.deliver(owner, p, 0, size)
-
     def audit_task(self, task: tuple, auditors: list[str]) -> None:
         for _ in range(MOST_REPLACEMENTS):
             owner, lied = self.rnd.owner(*task), False
-            for auditor in (a for a in auditors if a != owner):
-                for item in self.used[task]:
-                    if item is not None:
-                        self.deliver(owner, auditor, len(item.data), size_of(item.envelope))
+            for auditor in (self.second(task, a, self.passed_auditors) for a in auditors if a != owner):
+                auditor = self.claimed(task, owner, auditor)
+                if auditor == owner:  # a second auditor agreed: passed over like a withholder
+                    self.pass_over(task)
+                    self.compute(task)
+                    self.refix(task)
+                    break
+                if auditor is None:
+                    continue
                 proof = audit(self.rnd, self.receipts[task], *task, self.used[task])
                 lied = lied or proof is not None
                 if proof is not None and not (self.act(auditor).collude and self.act(owner).collude):
@@ -264,6 +257,28 @@ class ScatterRound:
                     self.missed.append(task_name(task))
                 return
         raise ProtocolError(f"task {task}: {MOST_REPLACEMENTS} owners in a row lied")
+
+    def second(self, task: tuple, auditor: str | None, gone: set[str]) -> str | None:
+        """The auditor itself, or if it is `gone`, the task's second auditor (grid.second_auditor)."""
+        if auditor is None or auditor not in gone:
+            return auditor
+        seed, members = self.seeds[task[0]], self.rnd.grid.members()
+        return second_auditor(seed, task_name(task), self.rnd.owner(*task), members, gone | {auditor})
+
+    def claimed(self, task: tuple, owner: str, auditor: str | None) -> str | None:
+        """The auditor fetches the inputs. A claim that they do not check only marks the task: a
+        second auditor fetches them too; if it agrees, the owner is passed over (returned), else
+        the claimant audits no more this round and the second audits in its place."""
+        self.fetch(task, owner, auditor)
+        if auditor is None or not (self.act(owner).serve_bad or self.act(auditor).claim_bad):
+            return auditor
+        self.deliver(auditor, self.leader, 0, 64)
+        second = self.second(task, auditor, self.passed_auditors | {auditor})
+        self.fetch(task, owner, second)
+        if second is None or self.act(owner).serve_bad or self.act(second).claim_bad:
+            return owner
+        self.passed_auditors.add(auditor)
+        return second
 
     def convict(self, task: tuple, owner: str, auditor: str, proof: FraudProof) -> None:
         """The proof goes to the backup, who checks it and recomputes the task from its inputs;
@@ -311,9 +326,7 @@ class ScatterRound:
         backup gets the inputs again, recomputes, is audited, and sends the parts (one phase)."""
         keepers = [t for t in self.tasks(1) if self.act(self.rnd.owner(*t)).keep_parts or not self.stands(t)]
         for task in keepers:
-            self.withheld.append(self.rnd.owner(*task))
-            self.replace(task)
-            self.resend(task)
+            self.pass_over(task)
             self.answer(task)
             self.refix(task)
             self.audit_all([task], self.seeds[1], "/again", 1)
@@ -334,19 +347,6 @@ class ScatterRound:
                 self.spread(j, owner, data)
         self.phases += 1
         return final
-
-    def spread(self, chunk: int, owner: str, data: bytes) -> None:
-        """A final part reaches chunk's column, then each group through its column member."""
-        rnd = self.rnd
-        for g, group in enumerate(rnd.grid.groups):
-            forwarder = rnd.owner(1, g, chunk)
-            self.deliver(owner, forwarder, len(data), 0)
-            for p in group:
-                if p == forwarder:
-                    continue
-                self.deliver(forwarder, p, len(data), 0)
-                if self.act(forwarder).forge:  # the digest does not match: fetch it from its owner
-                    self.deliver(owner, p, len(data), 0)
 
 
 def seed_of(text: str) -> str:

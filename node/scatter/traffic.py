@@ -1,6 +1,7 @@
 """What a v3 round is made of besides its logic: how a member deviates, how long it waits and
 when it gives up (node/scatter/member.py), the transport it calls, the bytes it moves (data and
-records apart), and what a simulated round ends with."""
+records apart, and the simulated round's messages that carry no decision: Bus), and what a
+simulated round ends with."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Protocol
 import msgpack
 import torch
 
+from node.scatter.audit import Round
 from protocol.kinds.scatter import Message
 
 
@@ -37,6 +39,10 @@ class Behaviour:
     when the leader asks for one (op `here`)."""
     names: tuple[str, ...] = ()
     """As an owner, also name these senders missing (op `missing`) though their chunks came."""
+    serve_bad: bool = False
+    """As an owner, serve its auditors inputs that do not check (or none)."""
+    claim_bad: bool = False
+    """As an auditor, claim that every owner it audits served it inputs that do not check."""
 
 
 @dataclass
@@ -123,3 +129,53 @@ class ScatterNet(Protocol):
 
     def call(self, peer: str, message: Message, timeout: float) -> bytes:
         """Dial `peer` with `message`; its answer's payload. Raises ProtocolError, TimeoutError, OSError."""
+
+
+class Bus:
+    """The messages of a simulated round (node/scatter/round.py ScatterRound) that carry no
+    decision: who sends what to whom, counted in `traffic`."""
+
+    rnd: Round
+    leader: str
+    traffic: Traffic
+    inputs: dict[tuple, list]
+    used: dict[tuple, list]
+    receipts: dict[tuple, dict]
+
+    def act(self, peer: str) -> Behaviour:
+        raise NotImplementedError
+
+    def deliver(self, src: str, dst: str, data: int, records: int) -> None:
+        self.traffic.send(src, dst, data, records)
+
+    def resend(self, task: tuple) -> None:
+        owner = self.rnd.owner(*task)
+        for sender, item in zip(self.rnd.senders(*task), self.inputs[task]):
+            if item is not None:
+                self.deliver(sender, owner, len(item.data), size_of(item.envelope))
+
+    def fetch(self, task: tuple, owner: str, auditor: str | None) -> None:
+        """An auditor fetches the inputs of the task's receipt from its owner."""
+        for item in (i for i in self.used[task] if i is not None and auditor):
+            self.deliver(owner, auditor, len(item.data), size_of(item.envelope))
+
+    def publish_receipts(self, level: int) -> None:
+        """Each receipt goes to the task's senders (they check they were included); level-2
+        receipts also to the leader, whose roster lists the final parts' digests."""
+        for task in self.tasks(level):
+            owner, size = self.rnd.owner(*task), size_of(self.receipts[task])
+            for p in {*self.rnd.senders(*task), *([self.leader] if level == 2 else [])}:
+                self.deliver(owner, p, 0, size)
+
+    def spread(self, chunk: int, owner: str, data: bytes) -> None:
+        """A final part reaches chunk's column, then each group through its column member."""
+        rnd = self.rnd
+        for g, group in enumerate(rnd.grid.groups):
+            forwarder = rnd.owner(1, g, chunk)
+            self.deliver(owner, forwarder, len(data), 0)
+            for p in group:
+                if p == forwarder:
+                    continue
+                self.deliver(forwarder, p, len(data), 0)
+                if self.act(forwarder).forge:  # the digest does not match: fetch it from its owner
+                    self.deliver(owner, p, len(data), 0)

@@ -345,12 +345,16 @@ PRESETS["diloco-int1-h144-muon-t15-olr0.7"] = Preset(
     replace(PRESETS["diloco-int1-h72-muon-t15-olr0.7"].strategy, inner_steps=144),
     PRESETS["diloco-int1-h72-muon-t15-olr0.7"].train,
 )
-# outer settings retuned for the longer rounds (half as many outer steps): the outer step and momentum
+# outer settings retuned for the longer rounds (half as many outer steps): the outer step and momentum,
+# and the error feedback's decay
 for _name, _change in (
     ("olr1.0", {"outer_lr": 1.0}),
     ("olr0.7-om0.8", {"outer_momentum": 0.8}),
     ("olr0.5", {"outer_lr": 0.5}),
     ("olr0.7-om0.4", {"outer_momentum": 0.4}),
+    ("olr0.7-ed0.9", {"error_decay": 0.9}),
+    ("olr0.7-ed0.7", {"error_decay": 0.7}),
+    ("olr0.7-ed0.5", {"error_decay": 0.5}),
 ):
     PRESETS[f"diloco-int1-h144-muon-t15-{_name}"] = Preset(
         replace(PRESETS["diloco-int1-h144-muon-t15-olr0.7"].strategy, **_change),

@@ -80,7 +80,7 @@ class Admission:
             return True
         if not proof or not self.puzzle.stamped(key_der, work.Proof(*proof), seeds):
             return False  # no work (an old peer) or no stamp: refused for one hash at most
-        memo = (peer, *proof, self.puzzle.seed_of(work.Proof(*proof), seeds))
+        memo = self._memo(peer, proof, seeds)
         with self.lock:
             known = self.checked.get(memo)
         if known is None:
@@ -96,7 +96,11 @@ class Admission:
         if self.puzzle is None or peer == self.organizer:
             return True
         with self.lock:
-            return self.checked.get((peer, *proof, self.puzzle.seed_of(work.Proof(*proof), seeds)))
+            return self.checked.get(self._memo(peer, proof, seeds))
+
+    def _memo(self, peer: str, proof: tuple, seeds: Seeds) -> tuple:
+        """How a check of `peer`'s `proof` under its epoch's seed of `seeds` is remembered in `checked`."""
+        return (peer, *proof, self.puzzle.seed_of(work.Proof(*proof), seeds))
 
     def admit(
         self,
@@ -152,7 +156,7 @@ class Admission:
             if not self._unfailed(p, ann.work[0]):
                 continue  # its proof failed here this epoch: an honest peer's never does
             with self.lock:
-                cached = (p, *ann.work, seeds[ann.work[0]]) in self.checked
+                cached = self._memo(p, ann.work, seeds) in self.checked
             if not cached:
                 if checks >= cap:
                     continue  # no check left this roster: a cached newcomer may still come
@@ -193,7 +197,7 @@ class Admission:
                 env, ann = announced[p]
                 if not ann.work or ann.work[0] not in seeds or (p, ann.work[0]) in listed:
                     continue
-                if self.checked.get((p, *ann.work, seeds[ann.work[0]])) is False:
+                if self.checked.get(self._memo(p, ann.work, seeds)) is False:
                     out.append(env)
         return tuple(out[: min(self.newcomers, MAX_FAILED)])
 

@@ -42,7 +42,7 @@ import time
 from node.scatter import chunks
 from node.scatter.audit import FraudProof, Input, Round, audit_seed, check_chunk, is_fraud, open_receipt
 from node.scatter.grid import assign_auditors
-from node.scatter.roster import garbler, tasks_of
+from node.scatter.roster import garbler, inputs_of, tasks_of
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
 from protocol.kinds.board import Board
@@ -244,8 +244,7 @@ class Leader:
                 task = verdict.task
                 if name not in names or verdict.index != 1 or task in convicted:
                     continue
-                inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
-                if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs)):
+                if is_fraud(rnd, FraudProof(verdict.envelope, *task, inputs_of(verdict))):
                     self.convict(rnd.owner(*task), task, verdict.encode())
                     convicted.append(task)
             for task in convicted:

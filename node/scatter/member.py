@@ -33,7 +33,7 @@ import torch
 from node.scatter import chunks
 from node.scatter.audit import Input, Round, answer_task, audit, check_input, is_garble, open_receipt, sealed_chunks
 from node.scatter.grid import assign_auditors
-from node.scatter.roster import LEADER_OPS, apply_board, board_seed, newly_caught, news, proves, tasks_of
+from node.scatter.roster import LEADER_OPS, apply_board, board_seed, inputs_of, newly_caught, news, proves, tasks_of
 from node.scatter.traffic import PAUSE, Behaviour, Framed, LeaderSilent, ScatterNet, Timeouts
 from protocol.errors import ProtocolError
 from protocol.kinds.board import Board
@@ -286,8 +286,7 @@ class Member:
     def audit_one(self, task: tuple, tag: str) -> None:
         try:
             served = Message.decode(self.call(self.rnd.owner(*task), self.message("inputs", task)))
-            inputs = [None if i is None else Input(*i) for i in served.inputs]
-            proof = audit(self.rnd, served.envelope, *task, inputs)
+            proof = audit(self.rnd, served.envelope, *task, list(inputs_of(served)))
         except (ProtocolError, TimeoutError, OSError) as e:
             log.info("round %d: could not audit %s: %s", self.rnd.round, task_name(task), e)
             return

@@ -127,8 +127,12 @@ def proves(rnd: Round, owner: str, task: tuple, digest: str, served: bytes) -> b
     if (verdict.op, verdict.index, verdict.task) != ("verdict", 1, task) or verdict.envelope is None:
         return False
     as_owner = dataclasses.replace(rnd, signers={**rnd.signers, task_name(task): owner})
-    inputs = tuple(None if i is None else Input(*i) for i in verdict.inputs)
-    return is_fraud(as_owner, FraudProof(verdict.envelope, *task, inputs))
+    return is_fraud(as_owner, FraudProof(verdict.envelope, *task, inputs_of(verdict)))
+
+
+def inputs_of(msg: Message) -> tuple[Input | None, ...]:
+    """The signed inputs a message carries (an owner's `inputs` answer, an auditor's verdict)."""
+    return tuple(None if i is None else Input(*i) for i in msg.inputs)
 
 
 def garbler(rnd: Round, msg: Message) -> str | None:

@@ -219,7 +219,7 @@ def test_muon_trains_the_linear_weights_and_adamw_the_rest():
     assert not any(n.startswith(("tok", "pos")) for n in names)
     cfg = TrainConfig(inner_optimizer="muon", muon_lr=0.01, warmup_steps=1)
     tr = InnerTrainer(model, cfg, torch.device("cpu"))
-    assert [type(o).__name__ for o in tr.opts] == ["AdamW", "Muon"]
+    assert [type(o).__name__ for o in tr.opts] == ["PlainAdamW", "Muon"]
     x = torch.randint(0, 256, (4, SMALL.ctx), generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in tr.params]
     losses = [tr.step(x, x) for _ in range(8)]

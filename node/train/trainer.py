@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -92,6 +92,65 @@ class MixedPrecision:
             self.scaler.update()
 
 
+class PlainAdamW:
+    """AdamW with decoupled weight decay, one parameter group, in plain tensor ops.
+
+    torch.optim.AdamW computes the same thing, but its constructor, `step` and `zero_grad` import
+    `torch._dynamo` (the compiler: about 1 s and 70 MB of a volunteer's memory) even when nothing is
+    compiled. This does the single-tensor update torch runs on CPU tensors, operation for operation,
+    so inner steps are bit for bit torch.optim.AdamW(foreach=False)'s (tested). On an accelerator
+    the trainer keeps torch's own (its fused kernels matter there, the import does not). It has what
+    the trainer and torch.amp.GradScaler use: `param_groups` (`lr` set by the schedule each step),
+    `step()`, `zero_grad()`, `state`."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        self.param_groups = [{"params": params, "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, group)
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.state.setdefault(param, {})
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step, exp_avg, exp_avg_sq, grad = state["step"], state["exp_avg"], state["exp_avg_sq"], param.grad
+        if decay != 0:
+            param.mul_(1 - lr * decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**step)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                if set_to_none:
+                    param.grad = None
+                elif param.grad is not None:
+                    param.grad.zero_()
+
+
 class InnerTrainer:
     """AdamW on `trainable(model)`: every parameter, or only LoRA adapters (the base stays frozen);
     with TrainConfig.inner_optimizer 'muon', Muon on the Linear weights and AdamW on the rest."""
@@ -109,14 +168,15 @@ class InnerTrainer:
         self.mixed = MixedPrecision(cfg.precision, device)
         self.steps = 0  # this peer's local steps so far (drives the schedule)
 
-    def _optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    def _optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer | PlainAdamW]:
         if cfg.inner_optimizer not in ("adamw", "muon"):
             raise ValueError(f"inner_optimizer {cfg.inner_optimizer!r} is not one of adamw, muon")
         mats = muon_matrices(self.model) if cfg.inner_optimizer == "muon" else set()
         rest = [p for p in self.params if id(p) not in mats]
-        opts: list[torch.optim.Optimizer] = []
+        opts: list[torch.optim.Optimizer | PlainAdamW] = []
         if rest or not mats:
-            opts.append(torch.optim.AdamW(rest, lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay))
+            adamw = PlainAdamW if self.device.type == "cpu" else torch.optim.AdamW  # see PlainAdamW
+            opts.append(adamw(rest, lr=cfg.inner_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay))
             opts[-1].param_groups[0]["base_lr"] = cfg.inner_lr
         if mats:
             mlr = cfg.muon_lr or cfg.inner_lr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -106,6 +107,7 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
             if stop.wait(SAMPLE_GAP):
                 return None
     params = int(ready.group(2))
+    plain = plain_training(run)
     state_mb = STATE_COPIES * 4 * params / 2**20
     total_rss = sum(m["rss_mb"] for m in peaks.values())
     total_pss = sum(m["pss_mb"] for m in peaks.values())
@@ -125,10 +127,41 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
         "model_state_mb": round(state_mb, 1),
         "beyond_model_rss_mb": round(total_rss - state_mb, 1),
         "beyond_model_pss_mb": round(total_pss - state_mb, 1),
+        "plain_torch": plain,
+        "beyond_plain_rss_mb": round(total_rss - plain["rss_mb"], 1),
     }
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(result, indent=2))
     return result
+
+
+PLAIN = """
+import sys, psutil, torch
+from node.config import load_run_config
+from node.train.model import build_model
+from node.train.trainer import InnerTrainer
+run = load_run_config(sys.argv[1])
+trainer = InnerTrainer(build_model(run.model, 0), run.train, torch.device("cpu"))
+x = torch.randint(0, 256, (run.train.batch_size, run.model.ctx))
+peak = (0, 0)
+for i in range(int(sys.argv[2])):
+    trainer.step(x, x)
+    if i % 10 == 9:
+        mem = psutil.Process().memory_full_info()
+        peak = (max(peak[0], mem.rss), max(peak[1], mem.pss))
+print(peak[0] / 2**20, peak[1] / 2**20)
+"""
+PLAIN_STEPS = 50
+"""Inner steps of the plain-torch row (one round of the demo run)."""
+
+
+def plain_training(run_file: Path) -> dict:
+    """The same model trained by plain torch in one process (same batch and threads, no swarm):
+    what any training script of this model holds, activations and torch's own import included."""
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(run_file), str(PLAIN_STEPS)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {"rss_mb": round(float(out[0]), 1), "pss_mb": round(float(out[1]), 1)}
 
 
 def footprint_table(r: dict) -> str:
@@ -136,6 +169,11 @@ def footprint_table(r: dict) -> str:
     rows = [[k, f"{v['rss_mb']:.0f}", f"{v['pss_mb']:.0f}"] for k, v in r["processes"].items()]
     rows.append(["all", f"{r['total_rss_mb']:.0f}", f"{r['total_pss_mb']:.0f}"])
     rows.append(["all beyond the model state", f"{r['beyond_model_rss_mb']:.0f}", f"{r['beyond_model_pss_mb']:.0f}"])
+    if "plain_torch" in r:  # rows written before it have none
+        plain = r["plain_torch"]
+        rows.append(
+            ["plain torch training, same model (one process)", f"{plain['rss_mb']:.0f}", f"{plain['pss_mb']:.0f}"]
+        )
     return (
         markdown_table(["process", "RSS MB", "PSS MB"], rows)
         + f"\n\nstart to joined {r['seconds_to_joined']:.1f} s, to the first round {r['seconds_to_first_round']:.1f} s"

@@ -37,6 +37,7 @@ MAX_SEEN_LATE = 8  # announcements one announcement may report as left out of th
 SEEN_PREFIX = 8  # bytes of an announcement's body hash that name it in `seen_late`
 CLAIM_ROUNDS = 4  # an announcement may claim its author's announcement of one of the 4 rounds before
 MAX_FAILED = 4  # announcements a roster may list as failing admission (protocol/admission/rule.py NEWCOMERS)
+CREDIT_UNITS = 64  # a roster credits an entry 0..64 sixty-fourths of a full round's (node/round/trust/credit.py)
 
 
 GENESIS = "0" * 64  # `prev` of the first roster of a run
@@ -245,6 +246,10 @@ class Roster:
     """At most MAX_FAILED signed announcements of this round whose stamped admission proof failed the
     leader's check: a chain fact every leader skips for the epoch, and every reader checks (one
     scrypt evaluation each: protocol/admission/rule.py). Shaped here, opened there."""
+    credit: tuple[int, ...] = ()
+    """Each entry's credit, in entry order, in 1/CREDIT_UNITS of a full round's: what establishment
+    counts (node/round/trust/credit.py). The leader writes it; every peer that applies the roster
+    recomputes it from the updates. Left off the wire when empty (no entry is credited then)."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -255,7 +260,8 @@ class Roster:
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
         d["caught"], d["passed"], d["failed"] = [list(c) for c in self.caught], list(self.passed), list(self.failed)
-        for name in ("full", "cutoff", "caught", "passed", "finals", "failed"):
+        d["credit"] = list(self.credit)
+        for name in ("full", "cutoff", "caught", "passed", "finals", "failed", "credit"):
             if not d[name]:
                 del d[name]  # absent: the bytes of a roster before the field
         return d
@@ -290,6 +296,12 @@ class Roster:
             raise ProtocolError(f"{w}: caught must be [peer, proof sha256] pairs")
         if len(finals) % 32 or len(finals) > 32 * MAX_ROSTER * 8:
             raise ProtocolError(f"{w}: finals must be 32-byte digests")
+        credit = optional_field(d, "credit", list, [], where=w)
+        if credit and (
+            len(credit) != len(raw)
+            or not all(type(c) is int and 0 <= c <= CREDIT_UNITS for c in credit)  # bool is no int here
+        ):
+            raise ProtocolError(f"{w}: credit must be one integer 0..{CREDIT_UNITS} per entry")
         return cls(
             **chained_header(d, w),
             result=sha256_field(field(d, "result", str, where=w), w),
@@ -307,6 +319,7 @@ class Roster:
             finals=finals,
             cutoff=finite_field(optional_field(d, "cutoff", float, 0.0, where=w), "cutoff", w),
             failed=envelope_list(d, "failed", "announcement", MAX_FAILED, w),
+            credit=tuple(credit),
         )
 
 

@@ -47,9 +47,10 @@ def sybils():
     return sorted((new_key() for _ in range(3)), key=lambda k: k[1])
 
 
-def chain(anchor, peers, rounds, *, start=1, prev=GENESIS, base=None, leaders=None, tokens=None) -> list[dict]:
+def chain(anchor, peers, rounds, *, start=1, prev=GENESIS, base=None, leaders=None, tokens=None, junk=()) -> list[dict]:
     """Signed rosters of `rounds` rounds from `start`, each listing every peer's update and led by
-    leaders[r] (default: the peers in turn); tokens[(round, peer)] overrides a claim of 1,000."""
+    leaders[r] (default: the peers in turn); tokens[(round, peer)] overrides a claim of 1,000.
+    Each entry is credited a full round, but those of `junk` (updates that did no useful work)."""
     base, out = base or anchor.base, []
     for r in range(start, start + rounds):
         entries = tuple(
@@ -70,8 +71,17 @@ def chain(anchor, peers, rounds, *, start=1, prev=GENESIS, base=None, leaders=No
         )
         key, leader = (leaders or {}).get(r, peers[r % len(peers)])
         result = hashlib.sha256(f"{base}|{r}".encode()).hexdigest()
+        units = tuple(0 if pid in junk else 64 for _, pid in sorted(peers, key=lambda k: k[1]))
         roster = Roster(
-            run=anchor.run_id, round=r, leader=leader, prev=prev, base=base, result=result, time=0.0, entries=entries
+            run=anchor.run_id,
+            round=r,
+            leader=leader,
+            prev=prev,
+            base=base,
+            result=result,
+            time=0.0,
+            entries=entries,
+            credit=units,
         )
         out.append(signed.seal(key, roster))
         prev, base = signed.body_hash(out[-1]), result
@@ -102,7 +112,7 @@ def test_an_honest_chain_from_genesis_verifies_and_credits_its_contributors(run,
     code, report = audited(cfg, capsys)
     assert code == 0 and report["verified"] and report["problems"] == [] and report["genesis"] == anchor.base
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3, 4] and all(r["verified"] for r in report["rounds"])
-    assert report["credit"] == {pid: {"rounds": 4, "tokens": 4000} for _, pid in honest}
+    assert report["credit"] == {pid: {"rounds": 4, "tokens": 4000, "weight": 4 * 64} for _, pid in honest}
     assert any("liveness" in u for u in report["not_checked"]) and any("finality" in u for u in report["not_checked"])
     assert run_audit(cfg, None) == 0
     assert "4 rosters from the genesis to round 4: chain, signatures and leaders verified" in capsys.readouterr().out
@@ -155,11 +165,32 @@ def test_a_leader_that_was_not_established_is_a_problem(run, honest, sybils, tmp
     code, report = audited(node_dir(tmp_path, found, envelopes), capsys)
     assert code == 1
     assert report["problems"] == [
-        f"round 4: leader {sybils[0][1][:16]} was not established (named in >= 2 of the 3 rosters before) while "
-        "3 peers were: the rules allow that only when none of them was live"
+        f"round 4: leader {sybils[0][1][:16]} was not established (2 rounds' credit from 3 leaders in the 3 "
+        "rosters before) while 3 peers were: the rules allow that only when none of them was live"
     ]
     # rounds 1-2 of a young run: anyone may lead, which the report says it cannot check
     assert any("2 rounds from 1 to 2: nobody was established yet" in u for u in report["not_checked"])
+
+
+def test_a_crowd_the_rosters_list_but_never_credit_is_not_established_and_may_not_lead(
+    run, honest, sybils, tmp_path, capsys
+):
+    """The audit applies the credit rule (node/round/trust/credit.py), as every peer does: Sybils
+    listed in every roster of rounds 1-3 with no credit (zeros, noise: honest leaders must list
+    them, their appliers credit nothing) are not established, so one that leads round 4 is a
+    problem. Counted by appearances, before, all three were established and round 4 verified."""
+    found, anchor = run
+    crowd = [*honest, *sybils]
+    junk = {pid for _, pid in sybils}
+    envelopes = chain(anchor, crowd, 3, leaders={r: honest[r % 3] for r in (1, 2, 3)}, junk=junk)
+    last = signed.open_roster(envelopes[-1])[0]
+    envelopes += chain(
+        anchor, crowd, 1, start=4, prev=signed.body_hash(envelopes[-1]), base=last.result, leaders={4: sybils[0]}
+    )
+    code, report = audited(node_dir(tmp_path, found, envelopes), capsys)
+    assert code == 1 and len(report["problems"]) == 1
+    assert report["problems"][0].startswith(f"round 4: leader {sybils[0][1][:16]} was not established")
+    assert all(report["credit"][pid]["weight"] == 0 for pid in junk)
 
 
 def test_a_young_round_led_by_anyone_but_the_organizer_is_a_problem(honest, sybils, tmp_path, capsys):
@@ -202,10 +233,10 @@ def test_a_token_claim_no_round_can_produce_is_flagged_not_credited(run, honest,
         f"round 2: {liar[:16]} claims {2**62 - 1:,} tokens; one round of this run produces at most "
         f"{anchor.max_tokens:,} (batch_size x ctx x most inner steps, x2 for a missed round carried)"
     ]
-    assert report["credit"][liar] == {"rounds": 3, "tokens": 2000}  # shown, never summed into credit
+    assert report["credit"][liar] == {"rounds": 3, "tokens": 2000, "weight": 3 * 64}  # shown, never summed
     assert (
         report["rounds"][1]["tokens"] == 2000
-        and {"peer": liar, "tokens": 2**62 - 1, "flagged": True} in report["rounds"][1]["claims"]
+        and {"peer": liar, "tokens": 2**62 - 1, "flagged": True, "credit": 64} in report["rounds"][1]["claims"]
     )
     assert code == 0  # a peer's lie inside an honest chain: the chain still verifies
 

@@ -297,7 +297,7 @@ def test_an_announcement_of_another_size_is_never_fetched():
     # a roster that lists it anyway is refused before a byte is asked for, and cannot be gathered
     liar_env = dht.get(keys.updates_key(RUN, 1))[liar.id]
     padded = tuple(sorted((*accepted.roster.entries, liar_env), key=lambda e: signed.open_record(e, Announcement).peer))
-    env = resealed(leader, accepted, entries=padded, scores=())
+    env = resealed(leader, accepted, entries=padded, scores=(), credit=(64,) * len(padded))
     reader = next(p for p in honest if p is not leader)
     with pytest.raises(ProtocolError, match="every update of this run is"):
         reader.proto.check_roster(env, leader.id, 1, BASE0, reader_of(reader))

@@ -15,7 +15,7 @@ from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
 from node.round import election
 from node.round.fetch import FETCH_FLOOR, FETCH_RATE
 from node.round.ledger import AcceptedRoster, Ledger
-from node.round.trust import chain, marks
+from node.round.trust import chain, credit, marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, MAX_SKIP, Roster
@@ -72,12 +72,16 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
     return taken[0][1]
 
 
-def established_crowd(n_honest: int, n_sybils: int, cfg=CFG) -> tuple[list[Peer], list[Peer]]:
+def established_crowd(n_honest: int, n_sybils: int, cfg=CFG, *, leaders: int = 0) -> tuple[list[Peer], list[Peer]]:
     """Honest peers and Sybils that played 2 rounds as honest peers do (contributing, leading in
-    their turn: no marks): all established on the chain."""
+    their turn: no marks): all established on the chain. With `leaders`, on until that many
+    leaders credited them: then they stay established while silent, however many others lead
+    (node/round/trust/credit.py: min(3, the window's leaders) must have credited a peer)."""
     swarm = Swarm(run=RUN, cfg=cfg)
     honest, sybils = swarm.peers(n_honest), swarm.peers(n_sybils)
     for _ in range(cfg.established_rounds):
+        play([*honest, *sybils])
+    while len({a.roster.leader for a in honest[0].ledger.rosters.values()}) < leaders:
         play([*honest, *sybils])
     return honest, sybils
 
@@ -89,7 +93,7 @@ def test_silent_sybil_candidates_stall_one_attempt_a_round_then_none_once_marked
     in `skip`. Two marks rank a Sybil after every unmarked candidate, so a Sybil is passed over
     at most twice, within a few rounds no Sybil reaches ranks 0-2, and rounds land in attempt 0
     at rank 0 again. Without marks every round would lose an attempt for ever."""
-    honest, sybils = established_crowd(4, 6)
+    honest, sybils = established_crowd(4, 6, leaders=credit.LEADERS)
     favour(monkeypatch, {0: {s.id for s in sybils}, 1: {p.id for p in honest}})
     rosters = [play(honest, silent=sybils) for _ in range(8)]
     attempts = [a.roster.attempt for a in rosters]
@@ -109,7 +113,7 @@ def test_silent_sybils_that_always_draw_the_first_ranks_fail_one_attempt_per_thr
     second such round marks them twice, and from the third round on they rank after every honest
     peer: rank 0 of attempt 0 leads. With one plain reshuffle per attempt they held every
     attempt of every round."""
-    honest, sybils = established_crowd(4, 6)
+    honest, sybils = established_crowd(4, 6, leaders=credit.LEADERS)
     favour(monkeypatch, {0: {s.id for s in sybils}, 1: {s.id for s in sybils}})
     rosters = [play(honest, silent=sybils) for _ in range(4)]
     assert [a.roster.attempt for a in rosters] == [2, 2, 0, 0]

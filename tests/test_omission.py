@@ -15,7 +15,7 @@ import pytest
 
 from bench.byzantine.sybilnet import Peer
 from node.round import election
-from node.round.trust import chain, marks, omission
+from node.round.trust import chain, credit, marks, omission
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import CLAIM_ROUNDS, MAX_SEEN_LATE, SEEN_PREFIX, Announcement, Roster
@@ -72,8 +72,10 @@ def test_a_left_out_peer_proves_omission_and_the_second_omission_ranks_the_leade
     assert listed == {q.id for q in seers}
     assert by[p.id].claim == claiming
     for q in everyone:
-        assert omission.claims(q.ledger.rosters, K) == [omission.Claim(p.id, 3, s.id, False)]
+        assert omission.claims(q.ledger.rosters, K) == [omission.Claim(p.id, 3, s.id, False, carried.roster.round)]
     assert p.ledger.appearances()[p.id] == 3 and omission.claimed(p.ledger.rosters, K)[p.id] == 1  # 4 rounds of 4
+    claims = omission.claims(p.ledger.rosters, K)  # the claim earns what the update that carried it earned
+    assert credit.weights(p.ledger.rosters, claims).units[p.id] == 4 * credit.UNITS
     assert s.id not in p.proto.marked(5)  # one mark
 
     censor(s, {p.id})

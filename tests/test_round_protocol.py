@@ -295,7 +295,9 @@ def sibling_of(accepted: AcceptedRoster, peer: Peer, *, drop: int = 0) -> dict:
     """The roster `peer` would have published had it led that round at the same time (stored)."""
     r = accepted.roster
     reveal = signing.sign_unique(peer.key, election.reveal_message(RUN, r.round))
-    env = signed.seal(peer.key, replace(r, leader=peer.id, time=r.time + 0.5, entries=r.entries[drop:], reveal=reveal))
+    kept = {"entries": r.entries[drop:], "credit": r.credit[drop:]}
+    twin = replace(r, leader=peer.id, time=r.time + 0.5, reveal=reveal, **kept)
+    env = signed.seal(peer.key, twin)
     peer.net.store(keys.roster_key(RUN, r.round), peer.id, env, 600.0)
     return env
 

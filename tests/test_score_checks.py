@@ -28,13 +28,13 @@ RUN = RunConfig(
 )
 
 
-def applier(me: str, out: io.StringIO) -> Applier:
-    model = build_model(RUN.model, RUN.train.seed)
-    strategy = make_strategy(RUN.strategy, [tuple(p.shape) for p in trainable(model)], RUN.train, robust=RUN.robust)
+def applier(me: str, out: io.StringIO, run: RunConfig = RUN) -> Applier:
+    model = build_model(run.model, run.train.seed)
+    strategy = make_strategy(run.strategy, [tuple(p.shape) for p in trainable(model)], run.train, robust=run.robust)
     tokens = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1))  # 1-D long, as data.py
     return Applier(
         SwarmState.initial(model, strategy.outer_buffers),
-        run=RUN,
+        run=run,
         strategy=strategy,
         ledger=Ledger(),
         metrics=NodeMetrics(),
@@ -53,7 +53,7 @@ def updates(state: SwarmState, strategy, n: int) -> list[bytes]:
 
 
 def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> AcceptedRoster:
-    """What an honest leader publishes: the result and its scores (signatures play no part here)."""
+    """What an honest leader publishes: the result, its scores and credit (signatures play no part here)."""
     tokens = [100] * len(payloads)
     scores = leader.score_round(payloads, tokens)
     outcome = leader.roster_result(payloads, tokens)
@@ -71,6 +71,7 @@ def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> Accep
         entries=(),
         scores=tuple(zip(peers, scores)),
         full=outcome.full,
+        credit=tuple(leader.credit_round(payloads, list(anns))),
     )
     return AcceptedRoster({}, roster, anns)
 

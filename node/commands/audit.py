@@ -3,7 +3,8 @@
 The anchor is the run's organizer-signed manifest (--run-id; a node keeps a copy beside its ledger,
 else --initial-peers reads it from the swarm). Roster 1 must name prev = GENESIS and start from the
 round-0 state the manifest builds; each later one the hash of the roster before and the state it
-ended at; leaders must have been eligible as far as the chain shows. Rosters that do not start at
+ended at; leaders must have been eligible as far as the chain shows, by the credit the rosters
+give (node/round/trust/credit.py: the rule every peer applies). Rosters that do not start at
 round 1 are refused. Token claims above one round's worth are flagged, never credited. The report
 says what an audit cannot check. Exit 1 when the chain does not verify. Rosters come from a ledger
 file, or with --initial-peers and no --ledger from the DHT, walking forward from round 1.
@@ -22,6 +23,7 @@ from node.errors import SwarmtrainError
 from node.peer import manifest as manifests
 from node.peer.manifest import Anchor, anchor_of
 from node.round.accepted import read_file
+from node.round.trust.credit import UNITS, units_of
 from protocol.errors import ProtocolError
 
 REFUSED_FIX = (
@@ -36,6 +38,8 @@ class Claim(NamedTuple):
     tokens: int
     flagged: bool
     """Above what one round can produce: shown, never credited."""
+    credit: int = 0
+    """What the roster credits this entry, in 1/64 of a round's (the weight establishment counts)."""
 
 
 class Row(NamedTuple):
@@ -72,9 +76,10 @@ class Audit:
         out: dict[str, dict[str, int]] = {}
         for row in self.rows:
             for c in row.claims if row.verified else ():
-                mine = out.setdefault(c.peer, {"rounds": 0, "tokens": 0})
+                mine = out.setdefault(c.peer, {"rounds": 0, "tokens": 0, "weight": 0})
                 mine["rounds"] += 1
                 mine["tokens"] += 0 if c.flagged else c.tokens
+                mine["weight"] += c.credit
         return out
 
 
@@ -89,7 +94,11 @@ def audit_chain(envelopes: list[dict], anchor: Anchor, notes: tuple[str, ...] = 
             broken = True
             continue
         roster = examined.accepted.roster
-        claims = [Claim(a.peer, a.tokens, a.tokens > anchor.max_tokens) for a in examined.accepted.announcements]
+        accepted = examined.accepted
+        claims = [
+            Claim(a.peer, a.tokens, a.tokens > anchor.max_tokens, u)
+            for a, u in zip(accepted.announcements, units_of(accepted))
+        ]
         audit.flags += [
             f"round {roster.round}: {c.peer[:16]} claims {c.tokens:,} tokens; one round of this run produces at "
             f"most {anchor.max_tokens:,} (batch_size x ctx x most inner steps, x2 for a missed round carried)"
@@ -117,6 +126,8 @@ def audit_chain(envelopes: list[dict], anchor: Anchor, notes: tuple[str, ...] = 
         "finality: protocol v2 has none, so a chain one party built from this genesis verifies as well; "
         "compare the last state with the live peers' (swarmtrain monitor)",
         "token claims within the bound: each peer's own word",
+        "each verify-all (v2) roster's credit: its leader's word, which every peer that applied the roster "
+        "recomputed from the updates (a v3 roster's is checked here)",
         *notes,
     ]
     return audit
@@ -213,7 +224,10 @@ def _as_text(audit: Audit) -> str:
             f"round {row.round:>6}  leader {row.leader[:12]}  state {row.result[:12]}  "
             f"tokens {row.credited:>9,}  {who}{mark}"
         )
-    lines += [f"credit {p[:16]}: {c['rounds']} rounds, {c['tokens']:,} tokens" for p, c in audit.credit().items()]
+    lines += [
+        f"credit {p[:16]}: {c['rounds']} rounds, {c['tokens']:,} tokens, weight {c['weight'] / UNITS:.2f} rounds"
+        for p, c in audit.credit().items()
+    ]
     lines += [f"PROBLEM: {p}" for p in audit.problems] + [f"FLAGGED: {f}" for f in audit.flags]
     lines += [f"not checked: {u}" for u in audit.unchecked]
     last = audit.rows[-1].round if audit.rows else 0

@@ -13,7 +13,7 @@ from node.outer import scoring
 from node.peer.manifest import Anchor
 from node.round.accepted import AcceptedRoster, siblings
 from node.round.ledger import WINDOW, Ledger
-from node.round.trust import chain
+from node.round.trust import chain, credit
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS
@@ -87,6 +87,10 @@ class ChainCheck:
             bootstrap_peers=self.anchor.run.swarm.bootstrap_peers,
         )
         problems, need, established = [], rules.established_rounds, window.established(rules.established_rounds)
+        try:  # a v3 roster's credit is the chain's to decide (a v2 roster's, its appliers checked)
+            credit.check(this.roster, this.announcements, established)
+        except ProtocolError as e:
+            problems.append(f"round {r}: {e}")
         young = chain.young(window, rules)  # led by the organizer alone, which the chain shows
         if not young and not established:
             self.young.add(r)  # bootstrap_peers = 0: nobody established yet, anyone live could lead
@@ -95,9 +99,9 @@ class ChainCheck:
             problems.append(f"round {r}: {problem}")
         elif problem:
             problems.append(
-                f"round {r}: leader {leader[:16]} was not established (named in >= {need} of the "
-                f"{len(window.rosters)} rosters before) while {len(established)} peers were: the rules allow that "
-                "only when none of them was live"
+                f"round {r}: leader {leader[:16]} was not established ({need} rounds' credit from "
+                f"{credit.LEADERS} leaders in the {len(window.rosters)} rosters before) while {len(established)} "
+                "peers were: the rules allow that only when none of them was live"
             )
         stray = [a.peer for a in this.announcements if a.base != this.roster.base]
         if stray:

@@ -180,8 +180,10 @@ class SwarmConfig:
     """The leader writes a roster only once this many updates arrived (or, so that a shrunken
     swarm never stalls, after 80% of round_timeout with fewer)."""
     established_rounds: int = 2
-    """A peer may lead rounds and vouch for states once it appeared in this many rosters of the
-    run's ledger (until any peer is, every live signed peer may: the start of a run)."""
+    """A peer may lead rounds and vouch for states once the run's ledger credits it this many full
+    rounds of useful work in its last 64 rosters, from 3 leaders (fewer while fewer lead; zeros,
+    noise, copies and stale updates earn nothing: node/round/trust/credit.py). Until any peer is,
+    every live signed peer may: the start of a run."""
     bootstrap_peers: int = 3
     """A young run, until this many peers other than the organizer are established on the chain,
     is led by the organizer's witness alone (swarmtrain bootstrap: it applies rounds but does not

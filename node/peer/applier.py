@@ -1,4 +1,4 @@
-"""Applying a round to the state this peer holds: the leader's result digest and scores, every peer's apply.
+"""Applying a round to the state this peer holds: the leader's result digest, scores and credit, every peer's apply.
 
 The round protocol's hooks (node/round/protocol.py Hooks) target this object, not the whole
 node: all they need is the state, the strategy, what weighs updates and a model to score them on.
@@ -9,22 +9,26 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
 
 from node.config import RunConfig
-from node.outer import scoring
+from node.outer import scoring, useful
 from node.outer.aggregate import Weights, token_weights
 from node.outer.state import SwarmState
 from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
+from node.round.trust import credit
+from node.round.trust.credit import Held
 from node.round.v3 import Aggregate
 from node.train import data
 from node.train.model import trainable
 from node.train.trainer import evaluate_bpb
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
+from protocol.records import Announcement
 
 log = logging.getLogger("swarmtrain.volunteer")
 SCORE_BATCH = 4  # sequences in the shared scoring batch: a forward pass per update, on every peer
@@ -36,6 +40,76 @@ class Preview(NamedTuple):
 
     digest: str
     state: SwarmState
+
+
+class Assessed(NamedTuple):
+    """What we credit a round's entries (node/round/trust/credit.py units, entry order)."""
+
+    units: list[int]
+    low: list[int]
+    """With the usefulness threshold a hair higher: what a reader's float rounding may give."""
+    high: list[int]
+    """... and a hair lower."""
+    whole: bool
+    """We hold the directions of every entry of the rounds before that the rule leaves out: our
+    credit is every whole peer's. A peer that synced holds none for SPAN_ROUNDS rounds."""
+    dirs: torch.Tensor
+    """The entries' sampled directions, kept for the next rounds' fresh parts."""
+
+
+class Crediting:
+    """Design step 4 as one peer does it: the credit of a roster it leads, its check of a roster
+    it applies, and the directions of the rounds it applied (node/outer/useful.py: a fresh part
+    leaves their span out). Only v2 rounds: a v3 round's credit is the chain's (credit.carried)."""
+
+    def __init__(self, strategy, nominal: int, weigh: Callable[[list[int]], object] = lambda tokens: None):
+        self.strategy, self.nominal, self.weigh = strategy, nominal, weigh
+        self.kept: dict[int, tuple[str, torch.Tensor]] = {}  # round -> (its result, its entries' directions)
+        self.refused = 0  # rosters whose credit we refused
+
+    def assess(
+        self, round_no: int, params, payloads: list[bytes], anns: list[Announcement], chain: Mapping[int, Held]
+    ) -> Assessed:
+        """Our credit for round `round_no`'s entries, given the rosters before it (`chain`)."""
+        tokens, times = [a.tokens for a in anns], [a.time for a in anns]
+        dirs = useful.directions(self.strategy, params, payloads, self.weigh(tokens))
+        before, whole = self.span(round_no, chain)
+        cosines = useful.fresh_cosines(dirs, payloads, useful.span(before))
+        threshold = useful.cosine_of(self.strategy)
+
+        def units(t: float) -> list[int]:
+            return credit.token_units(tokens, useful.judged(payloads, times, dirs, cosines, t), self.nominal)
+
+        eps = useful.EPSILON
+        return Assessed(units(threshold), units(threshold + eps), units(threshold - eps), whole, dirs)
+
+    def span(self, round_no: int, chain: Mapping[int, Held]) -> tuple[list[torch.Tensor], bool]:
+        """The kept directions of the v2 rounds among the SPAN_ROUNDS before `round_no` (v3 rounds:
+        nobody holds their updates), and whether we kept each of those the chain holds."""
+        out, whole = [], True
+        for q in range(max(1, round_no - useful.SPAN_ROUNDS), round_no):
+            held, kept = chain.get(q), self.kept.get(q)
+            if held is not None and credit.is_v3(held.roster):
+                continue
+            if held is None or kept is None or kept[0] != held.roster.result:
+                whole = False
+                continue
+            out.append(kept[1])
+        return out, whole
+
+    def remember(self, round_no: int, result: str, dirs: torch.Tensor) -> None:
+        self.kept[round_no] = (result, dirs.to(torch.float32))  # the same rounding on every peer
+        for old in [q for q in self.kept if q <= round_no - useful.SPAN_ROUNDS]:
+            del self.kept[old]
+
+    def check(self, accepted: AcceptedRoster, assessed: Assessed) -> str | None:
+        """Why the roster's credit is not ours (None: it is, or we cannot tell: not whole)."""
+        if not assessed.whole:
+            return None
+        peers = [a.peer for a in accepted.announcements]
+        wrong = credit.wrong(accepted.roster.credit, assessed.low, assessed.high, peers)
+        self.refused += wrong is not None
+        return wrong
 
 
 class Applier:
@@ -69,6 +143,9 @@ class Applier:
         # a model brought from Python declares both (swarmtrain API), the CLI's are batch x ctx
         self.step_tokens = step_tokens or run.train.batch_size * run.model.ctx
         self.nominal_step_tokens = nominal_step_tokens or run.train.batch_size * run.model.ctx
+        nominal = strategy.inner_steps * self.nominal_step_tokens  # a full round's tokens
+        self.crediting = Crediting(strategy, nominal, self.weights)
+        self._assessed: tuple[tuple[bytes, ...], Assessed] | None = None  # the leader's, kept for its apply
 
     def hooks(self) -> Hooks:
         """The strategy's side of the round; with [robust] scoring, the leader scores every update
@@ -76,11 +153,14 @@ class Applier:
         robust = self.run.robust
         aggregate = self.aggregate_result if hasattr(self.strategy, "apply_aggregate") else None
         if not robust.scoring:
-            return Hooks(validate=self.strategy.check, result=self.roster_result, aggregate=aggregate)
+            return Hooks(
+                validate=self.strategy.check, result=self.roster_result, aggregate=aggregate, credit=self.credit_round
+            )
         return Hooks(
             validate=self.strategy.check,
             result=self.roster_result,
             aggregate=aggregate,
+            credit=self.credit_round,
             score=self.score_round,
             banned=lambda ledger: scoring.banned(ledger.score_history(), robust),
         )
@@ -92,6 +172,20 @@ class Applier:
         x, y = data.windows(self.score_tokens, SCORE_BATCH, self.run.model.ctx, gen)
         loss_of = scoring.shared_batch_loss(self.scratch, x.to(self.device), y.to(self.device))
         return scoring.score_updates(self.strategy, self.state, payloads, loss_of, weights=self.weights(tokens))
+
+    def credit_round(self, payloads: list[bytes], anns: list[Announcement]) -> list[int]:
+        """As leader: each entry's credit (node/round/trust/credit.py units), from our state and chain."""
+        assessed = self.assess(payloads, anns)
+        if not assessed.whole:
+            log.info("round %d: crediting without the rounds before (we synced): may be refused", self.state.round + 1)
+        return assessed.units
+
+    def assess(self, payloads: list[bytes], anns: list[Announcement]) -> Assessed:
+        key = tuple(payloads)
+        if self._assessed is None or self._assessed[0] != key:
+            got = self.crediting.assess(self.state.round + 1, self.state.params, payloads, anns, self.ledger.rosters)
+            self._assessed = (key, got)
+        return self._assessed[1]
 
     def refuse(self, accepted: AcceptedRoster, reason: str) -> bool:
         self.metrics.rounds.labels("failed").inc()
@@ -171,6 +265,14 @@ class Applier:
         wrong = self.wrong_score(accepted, payloads)
         if wrong is not None:  # a leader's word is not a flag: every peer recomputes what it applies
             return self.refuse(accepted, wrong)
+        assessed = None if isinstance(payloads, Aggregate) else self.assess(payloads, list(accepted.announcements))
+        ours = assessed is None or accepted.roster.leader == self.me  # v3: the chain checks it (credit.carried)
+        wrong = None if ours else self.crediting.check(accepted, assessed)
+        self._assessed = None
+        if wrong is not None:  # credit makes establishment: a leader that credits its friends is refused
+            return self.refuse(accepted, wrong)
+        if assessed is not None:
+            self.crediting.remember(accepted.roster.round, accepted.roster.result, assessed.dirs)
         self.state = state
         try:
             self.ledger.append(accepted)

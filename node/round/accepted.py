@@ -43,10 +43,12 @@ class AcceptedRoster:
 
 def siblings(a: AcceptedRoster, b: AcceptedRoster) -> bool:
     """Two rosters of one round by different leaders with the same chain link, the same start and
-    end states (`full` too: a joiner checks a donor's buffers against it) and the same signed
-    updates: either may stand in the ledger."""
+    end states (`full` too: a joiner checks a donor's buffers against it), the same signed
+    updates and the same credit (a sibling swapped in is not re-assessed): either may stand in
+    the ledger."""
     ra, rb = a.roster, b.roster
-    same = all(getattr(ra, f) == getattr(rb, f) for f in ("run", "round", "prev", "base", "result", "full"))
+    fields = ("run", "round", "prev", "base", "result", "full", "credit")
+    same = all(getattr(ra, f, None) == getattr(rb, f, None) for f in fields)
     return same and {(x.peer, x.sha256) for x in a.announcements} == {(x.peer, x.sha256) for x in b.announcements}
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node.round.ledger import Ledger
+from protocol.records import Announcement
 
 
 class NonFinite(Exception):
@@ -41,6 +42,11 @@ class Hooks:
     None: no scoring."""
     banned: Callable[[Ledger], set[str]] = field(default=lambda ledger: set())
     """Peers the ledger's scores exclude."""
+    credit: Callable[[list[bytes], list[Announcement]], list[int]] | None = None
+    """As leader: each payload's credit in 1/64 of a round's (node/round/trust/credit.py), given its
+    signed announcement (tokens, time), judged useful or not where the updates are decoded
+    (node/outer/useful.py); every peer that applies the roster recomputes it. None: hooks that
+    cannot judge updates (the tests' stand-ins), and each entry gets its token share."""
     aggregate: Callable[[object], Outcome] | None = None
     """A v3 round (node/round/v3.py): the result and full digests after applying its flat
     aggregate (on a copy); raises NonFinite. None: the strategy cannot (no v3 round is led)."""

@@ -20,7 +20,7 @@ from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import RoundNet
-from node.round.trust import marks
+from node.round.trust import credit, marks
 from protocol import keys, signed, signing
 from protocol.admission.rule import DISABLED, Admission, listed_failed
 from protocol.errors import ProtocolError
@@ -154,6 +154,8 @@ class RosterBuilder:
         tokens = [c.announcement.tokens for c in good]
         scores = self.hooks.score(payloads, tokens) if self.hooks.score else []
         outcome = self.hooks.result(payloads, tokens)
+        anns = [c.announcement for c in good]
+        units = self.hooks.credit(payloads, anns) if self.hooks.credit else credit.token_units(tokens)
         roster = Roster(
             run=self.run_id,
             round=round_no,
@@ -175,8 +177,9 @@ class RosterBuilder:
             full=outcome.full,
             cutoff=cutoff,
             failed=chosen.failed,
+            credit=tuple(units),
         )
-        return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(c.announcement for c in good))
+        return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(anns))
 
     def pick(
         self, round_no: int, base: str, eligible: set[str], at_least: int, *, beacon: str, slow: set[str] = frozenset()

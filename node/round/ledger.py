@@ -19,7 +19,7 @@ from typing import NamedTuple, Protocol
 import msgpack
 
 from node.round.accepted import AcceptedRoster, read_file, siblings, verify
-from node.round.trust import omission
+from node.round.trust import credit, omission
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS
 
@@ -230,10 +230,10 @@ class Ledger:
         return {(a.peer, a.work[0]) for accepted in held for a in accepted.announcements if a.work}
 
     def established(self, k: int) -> set[str]:
-        """Peers named in at least k rosters of the window, or left out of some and proven so by
-        an omission claim the chain counts (node/round/trust/omission.py): who may lead."""
-        named = self.appearances() + omission.claimed(self.rosters, k)
-        return {p for p, n in named.items() if n >= k}
+        """Peers whose credit in the window's rosters (and for the omissions their claims proved,
+        node/round/trust/omission.py) is k full rounds', from several leaders
+        (node/round/trust/credit.py): who may lead and vouch. Appearances earn nothing."""
+        return credit.established(self.rosters, k, omission.claims(self.rosters, k))
 
     def caught(self) -> set[str]:
         """Owners the window's v3 rosters convicted of lying with a fraud proof: banned, as a

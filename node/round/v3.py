@@ -35,6 +35,7 @@ from node.round.election import RosterCheck, Slot
 from node.round.hooks import NonFinite
 from node.round.lead import Picked
 from node.round.ledger import AcceptedRoster
+from node.round.trust import credit
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.kinds.call import Call
@@ -181,6 +182,8 @@ class ScatterRounds:
             finals=ran.finals,
             cutoff=max(call.time, floor or 0.0),
             failed=chosen.failed,
+            # no peer holds each update of a v3 round: it credits only peers established before it
+            credit=tuple(credit.carried(called.announcements, self.ledger.established(self.cfg.established_rounds))),
         )
         return AcceptedRoster(signed.seal(self.key, roster), roster, called.announcements)
 

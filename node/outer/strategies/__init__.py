@@ -11,6 +11,10 @@ One file per strategy, one interface, used unchanged by the node and by `bench q
                                           combines them with the run's aggregator (node/outer/aggregate.py)
   preview(state, payload) -> params       the parameters this one payload alone would give, from
                                           fresh outer buffers (what update scoring measures)
+  direction(payload, weight) -> tensors   optional: the update as the aggregator takes it, scaled to a
+                                          full round's work (what credit judges: node/outer/useful.py;
+                                          without it, the preview's change); `credit_cosine`, optional:
+                                          its usefulness threshold (default useful.COSINE)
 Strategies exchange only the parameters that train ([p for p in model.parameters() if
 p.requires_grad]): frozen ones (a LoRA base model) are the same on every peer and never cross
 the wire.

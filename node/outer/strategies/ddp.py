@@ -64,6 +64,10 @@ class DdpAdamW:
             denom = (v / c2).sqrt_().add_(EPS)
             p.sub_((m / c1) / denom * lr)
 
+    def direction(self, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The gradient, decoded (node/outer/useful.py)."""
+        return self.codec.decode(payload)
+
     @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """AdamW's first step from zero moments, lr * sign(g) (weight decay left out: it is the same

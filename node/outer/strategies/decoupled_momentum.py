@@ -59,6 +59,11 @@ class DecoupledMomentum:
         self._step(state.params, signs, state.round)
         state.round += 1
 
+    def direction(self, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The payload's sign vote (what the aggregator counts: magnitudes and weights do not),
+        without the weight decay every step shares (node/outer/useful.py)."""
+        return Mean().signs(self.codec, [self.codec.unpack(payload)])
+
     @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """The sign step of this payload alone."""

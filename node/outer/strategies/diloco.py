@@ -118,6 +118,11 @@ class DiLoCo:
             param.sub_(step * lr)
         state.round += 1
 
+    def direction(self, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The pseudo-gradient as the aggregator takes it: decoded, scaled to a full round's work
+        (node/outer/useful.py judges it)."""
+        return per_round([self.codec.decode(payload)], [weight])[0]
+
     @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """The outer step of this payload alone from zero momentum: theta - lr (1 + mu) g, with g

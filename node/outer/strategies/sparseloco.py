@@ -87,6 +87,10 @@ class SparseLoCo:
                 param.sub_(m * self.cfg.outer_lr)
         state.round += 1
 
+    def direction(self, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
+        """The sent top-k values, decoded and scaled to a full round's work (node/outer/useful.py)."""
+        return per_round([self.codec.decode(payload)], [weight])[0]
+
     @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """theta - outer_lr * this payload alone (scaled to one full round's work: / weight), from

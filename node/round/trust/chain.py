@@ -5,8 +5,8 @@ The anchor is the run's genesis (roster 1 names prev = GENESIS, starts from the 
 the manifest builds and is ranked under beacon(1) = SHA-256(run id)) or a roster this peer
 applied itself (its ledger). Each later roster must name the hash of the one before (`prev`),
 start from its result (`base`), carry the beacon that follows from its leader's reveal, be led
-by a peer established on the chain before it (named in >= established_rounds of the rosters of
-the window) and list no peer the chain's scores ban. While the run is young (fewer than
+by a peer established on the chain before it (established_rounds rounds' credit in the rosters
+of the window, credit.py) and list no peer the chain's scores ban. While the run is young (fewer than
 `bootstrap_peers` peers other than the organizer are established) only the organizer leads:
 `leader_problem` is that rule for every reader, members, joiners, the witness and the audit. What a
 heartbeat says (its state_round and digest) only points at a chain head: a hint, never a vote.
@@ -26,7 +26,7 @@ from typing import NamedTuple
 from node.config import SwarmConfig
 from node.round import election
 from node.round.ledger import WINDOW, AcceptedRoster, Ledger
-from node.round.trust import anchor, marks, omission
+from node.round.trust import anchor, credit, marks, omission
 from protocol import signed
 from protocol.admission import work
 from protocol.admission.rule import DISABLED, Admission
@@ -64,7 +64,7 @@ class ChainRules:
     run_id: str
     """Rosters of other runs are refused."""
     established_rounds: int
-    """Rosters of the window a peer must be named in to lead ([swarm] established_rounds)."""
+    """Full rounds of credit in the window a peer needs to lead ([swarm] established_rounds; credit.py)."""
     max_bytes: int
     """The largest update an announcement may name."""
     banned: Callable[[Ledger], set[str]] = field(default=lambda window: set())
@@ -125,7 +125,7 @@ def young(window: Ledger, rules: ChainRules) -> bool:
     organizer leads then (design step 2, docs/trust-model.md): its rosters list every valid
     update it fetched, so no crowd that came first can keep the honest peers out of the rosters
     that establish them, as a Sybil leader could by listing only its own. A window that lacks
-    rosters (a peer that synced) counts fewer appearances, so it errs towards young: such a peer
+    rosters (a peer that synced) counts less credit, so it errs towards young: such a peer
     refuses another leader's roster and resyncs, it never takes one the rule refuses."""
     if not rules.bootstrap_peers or not rules.organizer:
         return False
@@ -148,10 +148,12 @@ def leader_problem(leader: str, window: Ledger, rules: ChainRules) -> str:
 
 def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rules: ChainRules) -> None:
     """The entries' own rules, given the rosters before (`window`): every update made for the
-    roster's base, no author the window's scores ban, new authors admitted, and the proofs it lists
-    as `failed` failing (protocol/admission)."""
+    roster's base, no author the window's scores ban, new authors admitted, the proofs it lists
+    as `failed` failing (protocol/admission), and what the chain decides of its credit (credit.py)."""
     if any(a.base != roster.base for a in anns):
         raise ProtocolError("lists an update made for another state")
+    if credit.is_v3(roster):
+        credit.check(roster, anns, window.established(rules.established_rounds))
     banned = rules.banned(window) & {a.peer for a in anns}
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")
@@ -189,8 +191,8 @@ def verify(envelopes: Iterable[object], start: Link, window: Ledger, rules: Chai
 
 def eligible(window: Ledger, established_rounds: int) -> set[str]:
     """Whose attestation counts after `window`: its established peers, or (a young run, nobody
-    established yet) every peer its rosters name."""
-    return window.established(established_rounds) or set(window.appearances())
+    established yet) every peer its rosters credit."""
+    return window.established(established_rounds) or credit.credited(window.rosters)
 
 
 def attesters(branch: list[AcceptedRoster]) -> set[str]:

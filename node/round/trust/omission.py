@@ -14,10 +14,11 @@ design step 5, docs/trust-model.md).
 - **Claims.** A peer left out of roster r puts its own announcement of r in `claim` of its next
   announcements (one of rounds r+1..r+CLAIM_ROUNDS, checked by protocol/signed.py) until the
   chain counts it. It counts when the entries of rosters r+1..r+CLAIM_ROUNDS whose `seen_late`
-  lists it are by more than half of its jury: `base(r)` (the peers named in >= established_rounds
-  of the BASE_SPAN rosters before r, from plain entries, no claims, so nothing is recursive; or,
-  while nobody is, everyone they name) less the two parties, the claimant and r's leader. Then its
-  author counts as appearing in r (Ledger.established), and unless roster r lists it `unserved`
+  lists it are by more than half of its jury: `base(r)` (the peers with established_rounds rounds'
+  credit in the BASE_SPAN rosters before r, from plain entries, no claims, so nothing is
+  recursive; or, while nobody has, everyone they credit) less the two parties, the claimant and
+  r's leader. Then its author earns for r the credit of the entry that carried the claim
+  (credit.py, Ledger.established), and unless roster r lists it `unserved`
   its leader gets an omission mark (marks.py). Nothing ties a claim to an announcement anyone
   stored, so the jury's word is all there is: framing an honest leader takes more than half of
   the jury vouching for a ghost, a crowd of about half of base(r) (protocol 7; a third, before,
@@ -38,6 +39,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
+from node.round.trust import credit
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import CLAIM_ROUNDS, MAX_SEEN_LATE, SEEN_PREFIX, Announcement, Roster
@@ -67,6 +69,9 @@ class Claim(NamedTuple):
     """That roster's leader."""
     excused: bool
     """That roster listed the claimant `unserved`: no mark for its leader."""
+    carried: int = 0
+    """The round of the roster whose entry (the claimant's later update) carried the claim: the
+    claim earns what that entry earned (node/round/trust/credit.py)."""
 
 
 def prefix(envelope: dict) -> bytes:
@@ -115,13 +120,14 @@ def dated_ahead(roster: Roster, now: float) -> str:
 # ------------------------------------------------------------------------------------ claims
 def base(rosters: Mapping[int, Held], round_no: int, k: int) -> set[str]:
     """The peers a claim of `round_no` is judged among (less its claimant and the round's
-    leader): named in >= k of the BASE_SPAN rosters before it (every one named while nobody
-    is); empty unless all of those are held."""
+    leader): those with k rounds' credit in the BASE_SPAN rosters before it (every one credited
+    while nobody has; credit.py: a crowd the rosters list but never credit is no juror); empty
+    unless all of those are held."""
     span = range(max(1, round_no - BASE_SPAN), round_no)
     if not span or not all(r in rosters for r in span):
         return set()
-    named = Counter(a.peer for r in span for a in rosters[r].announcements)
-    return {p for p, n in named.items() if n >= k} or set(named)
+    units = credit.weights({r: rosters[r] for r in span}).units
+    return {p for p, u in units.items() if u >= k * credit.UNITS} or set(units)
 
 
 def claims(rosters: Mapping[int, Held], k: int, upto: int | None = None) -> list[Claim]:
@@ -171,7 +177,7 @@ def _count_claims(rosters: Mapping[int, Held], k: int, upto: int) -> list[Claim]
                 }
             if _counts(rosters, claimed, prefix(a.claim), upto, bases[r], known[r]):
                 omitted = rosters[r].roster
-                out[(a.peer, r)] = Claim(a.peer, r, omitted.leader, a.peer in omitted.unserved)
+                out[(a.peer, r)] = Claim(a.peer, r, omitted.leader, a.peer in omitted.unserved, c)
     return list(out.values())
 
 
@@ -198,7 +204,7 @@ def _counts(
 
 
 def claimed(rosters: Mapping[int, Held], k: int) -> Counter:
-    """Appearances the chain's claims add (Ledger.established): one per claimant and round."""
+    """Rounds the chain's claims count per claimant: one per claimant and round."""
     return Counter(c.claimant for c in claims(rosters, k))
 
 

@@ -1,0 +1,142 @@
+"""Credit and establishment from verified contribution (issue 16, design step 4, docs/trust-model.md).
+
+A roster's `credit` gives each entry 0..UNITS sixty-fourths of a full round's credit. Its leader
+writes it (Hooks.credit: node/outer/useful.py judges each update useful or not, where the round
+decodes them) and every peer that applies the roster recomputes it and refuses a roster that
+lies (node/peer/applier.py); so the number in the chain is one every reader takes alike. Here is
+what the chain makes of it, a pure function of the rosters held:
+
+- weight(p): the sum of p's credit over the window's rosters (at most UNITS a roster: a token
+  claim of 10^9 counts as one round's), plus the credit of the updates that carried p's counted
+  omission claims (node/round/trust/omission.py: the carried-over work, so a claim earns what
+  the claimant's next update earned, and nothing for junk);
+- established: weight >= k x UNITS (k = [swarm] established_rounds: k full rounds' credit) and
+  credited under at least min(LEADERS, the window's distinct leaders) distinct leaders, so a
+  young run led by the organizer alone is enough, and once others lead a peer needs credit
+  from 3 of them. Heartbeats, announcements and appearances in rosters earn nothing.
+
+Hooks that cannot judge updates (the tests' stand-in states) credit each entry its token share
+(`token_units`), which is the appearance rule with token claims capped. A v3 roster (node/round/
+v3.py: no peer holds each update) credits only authors established before it, at their token
+share among those (`carried`): v3 rounds keep established peers' weight but establish nobody
+new, and every reader checks that exactly (`check`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from protocol.errors import ProtocolError
+from protocol.records import CREDIT_UNITS, Announcement, Roster
+
+UNITS = CREDIT_UNITS  # one full round's credit
+LEADERS = 3  # distinct leaders whose rosters must credit a peer before it is established
+
+
+class Held(Protocol):
+    """What this module reads of a roster the chain holds (node/round/ledger.py: AcceptedRoster)."""
+
+    roster: Roster
+    announcements: tuple[Announcement, ...]
+
+
+class Carried(Protocol):
+    """A claim the chain counts (omission.Claim): its claimant and the roster whose entry carried it."""
+
+    claimant: str
+    carried: int
+
+
+class Weights(NamedTuple):
+    units: Counter
+    """Peer -> its credit over the rosters, in 1/UNITS of a round's."""
+    leaders: dict[str, set[str]]
+    """Peer -> the leaders of the rosters that credited it."""
+
+
+def units_of(held: Held) -> tuple[int, ...]:
+    """Each entry's credit in `held`'s roster (none where the roster carries none)."""
+    credit = held.roster.credit
+    return credit if len(credit) == len(held.announcements) else (0,) * len(held.announcements)
+
+
+def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weights:
+    """Every credited peer's weight over `rosters`, and who credited it; `claims` add their carrier's credit."""
+    units: Counter = Counter()
+    leaders: dict[str, set[str]] = defaultdict(set)
+    for held in rosters.values():
+        for a, u in zip(held.announcements, units_of(held)):
+            if u:
+                units[a.peer] += u
+                leaders[a.peer].add(held.roster.leader)
+    for c in claims:
+        carrier = rosters.get(c.carried)
+        if carrier is None:
+            continue
+        u = next((u for a, u in zip(carrier.announcements, units_of(carrier)) if a.peer == c.claimant), 0)
+        if u:
+            units[c.claimant] += u
+            leaders[c.claimant].add(carrier.roster.leader)
+    return Weights(units, dict(leaders))
+
+
+def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] = ()) -> set[str]:
+    """Peers with k rounds' credit in `rosters`, from at least min(LEADERS, distinct leaders) leaders."""
+    w = weights(rosters, claims)
+    need = min(LEADERS, len({held.roster.leader for held in rosters.values()}))
+    return {p for p, u in w.units.items() if u >= k * UNITS and len(w.leaders[p]) >= need}
+
+
+def credited(rosters: Mapping[int, Held]) -> set[str]:
+    """Peers any of `rosters` credits (who vouches while nobody is established)."""
+    return set(weights(rosters).units)
+
+
+def token_units(tokens: Sequence[int], useful: Sequence[bool] | None = None, nominal: int = 0) -> list[int]:
+    """Each entry's token share in units: min(t, d) / d of UNITS, floored, where d is the lower
+    median claim of the `useful` entries (all, when None), at most `nominal` (a full round's
+    tokens; 0: no bound). So a claim above the median buys nothing, and junk entries claiming
+    10^9 tokens cannot raise the median that the useful ones are measured by. Integers only."""
+    useful = [True] * len(tokens) if useful is None else list(useful)
+    claims = sorted(t for t, ok in zip(tokens, useful) if ok)
+    if not claims:
+        return [0] * len(tokens)
+    d = claims[(len(claims) - 1) // 2]
+    d = min(d, nominal) if nominal > 0 else d
+    if d <= 0:
+        return [0] * len(tokens)
+    return [UNITS * min(t, d) // d if ok else 0 for t, ok in zip(tokens, useful)]
+
+
+def carried(anns: Sequence[Announcement], before: set[str]) -> list[int]:
+    """A v3 roster's credit: the token share among the entries whose author `before` (the
+    peers established on the chain before it) holds, 0 for the others."""
+    return token_units([a.tokens for a in anns], [a.peer in before for a in anns])
+
+
+def is_v3(roster: Roster) -> bool:
+    """A v3 roster names its round's final parts (node/round/v3.py); a v2 roster, and a v3
+    round's call (protocol/kinds/call.py, which credits nothing), name none."""
+    return bool(getattr(roster, "finals", b""))
+
+
+def check(roster: Roster, anns: Sequence[Announcement], before: set[str]) -> None:
+    """What the chain alone decides of a roster's credit (every reader: members, catch-up, the
+    audit): a v3 roster's is exactly `carried`; a v2 roster's, the peers that applied it checked.
+    Raises ProtocolError."""
+    if is_v3(roster) and list(roster.credit) != carried(anns, before):
+        raise ProtocolError("a v3 roster credits other than its established authors' token shares")
+
+
+def wrong(written: Sequence[int], low: Sequence[int], high: Sequence[int], peers: Sequence[str]) -> str | None:
+    """Why a roster's credit is not what we compute (None: it is). `low` and `high` are our own
+    credit with the usefulness threshold a hair above and below its value (node/outer/useful.py),
+    so an entry within float rounding of the threshold may go either way, and nothing else."""
+    if len(written) != len(low):
+        return f"credits {len(written)} of its {len(low)} entries"
+    for peer, w, a, b in zip(peers, written, low, high):
+        if not min(a, b) <= w <= max(a, b):
+            return f"credits {peer[:16]} {w}/{UNITS}, we compute {a}/{UNITS}"
+    return None

@@ -92,7 +92,7 @@ def held(round_no: int, leader: str, units: dict[str, int]) -> Held:
     return Held(roster, anns)
 
 
-def test_establishment_needs_k_rounds_of_credit_from_three_leaders_or_a_young_runs_one():
+def test_establishment_needs_k_rounds_of_credit_from_the_leaders_that_listed_it_up_to_three():
     young = {r: held(r, "org", {"a": 64, "s": 0}) for r in (1, 2)}
     assert credit.established(young, 2) == {pid("a")}  # one leader in the window: the organizer's is enough
     grown = {
@@ -101,9 +101,18 @@ def test_establishment_needs_k_rounds_of_credit_from_three_leaders_or_a_young_ru
         4: held(4, "c", {"a": 64, "b": 64, "c": 64, "s": 0}),
         5: held(5, "b", {"a": 64, "b": 64, "c": 64, "s": 0}),
     }
-    assert credit.established(grown, 2) == {pid("a"), pid("b")}  # c: by 2 leaders of 4; s: credited never
-    two = {r: held(r, ("x", "y", "z")[r % 2], {"b": 64}) for r in (1, 2)} | {3: held(3, "z", {"c": 64})}
-    assert pid("b") not in credit.established(two, 2)  # credited by 2 leaders of the window's 3
+    # c: credited by both leaders that listed it; s: listed by 2, credited never
+    assert credit.established(grown, 2) == {pid("a"), pid("b"), pid("c")}
+    two = {r: held(r, ("x", "y", "z")[r % 2], {"b": 64}) for r in (1, 2)} | {3: held(3, "z", {"c": 64, "b": 0})}
+    assert pid("b") not in credit.established(two, 2)  # listed by the window's 3 leaders, credited by 2
+    # one roster of another leader left v out; the organizer alone leads after it: v's credit is
+    # from every leader that listed it (the run would otherwise stay young until that roster leaves the window)
+    left_out = {
+        1: held(1, "org", {"v": 64, "w": 64}),
+        2: held(2, "w", {"w": 64}),
+        3: held(3, "org", {"v": 64, "w": 64}),
+    }
+    assert credit.established(left_out, 2) == {pid("v"), pid("w")}
     half = {r: held(r, "org", {"slow": 32}) for r in range(1, 4)}
     assert not credit.established(half, 2) and credit.established({**half, 4: held(4, "org", {"slow": 32})}, 2)
     none = {1: replace_credit(held(1, "org", {"a": 64}), ())}

@@ -100,7 +100,7 @@ class ChainCheck:
         elif problem:
             problems.append(
                 f"round {r}: leader {leader[:16]} was not established ({need} rounds' credit from "
-                f"{credit.LEADERS} leaders in the {len(window.rosters)} rosters before) while {len(established)} "
+                f"up to {credit.LEADERS} of the leaders that listed it in the {len(window.rosters)} rosters before) while {len(established)} "
                 "peers were: the rules allow that only when none of them was live"
             )
         stray = [a.peer for a in this.announcements if a.base != this.roster.base]

@@ -181,7 +181,7 @@ class SwarmConfig:
     swarm never stalls, after 80% of round_timeout with fewer)."""
     established_rounds: int = 2
     """A peer may lead rounds and vouch for states once the run's ledger credits it this many full
-    rounds of useful work in its last 64 rosters, from 3 leaders (fewer while fewer lead; zeros,
+    rounds of useful work in its last 64 rosters, from 3 leaders (fewer while fewer list it; zeros,
     noise, copies and stale updates earn nothing: node/round/trust/credit.py). Until any peer is,
     every live signed peer may: the start of a run."""
     bootstrap_peers: int = 3

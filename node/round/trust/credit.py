@@ -11,9 +11,9 @@ what the chain makes of it, a pure function of the rosters held:
   omission claims (node/round/trust/omission.py: the carried-over work, so a claim earns what
   the claimant's next update earned, and nothing for junk);
 - established: weight >= k x UNITS (k = [swarm] established_rounds: k full rounds' credit) and
-  credited under at least min(LEADERS, the window's distinct leaders) distinct leaders, so a
-  young run led by the organizer alone is enough, and once others lead a peer needs credit
-  from 3 of them. Heartbeats, announcements and appearances in rosters earn nothing.
+  credited under at least min(LEADERS, the distinct leaders of the rosters that list it)
+  leaders, so a young run led by the organizer alone is enough, and once others lead and list
+  it a peer needs credit from 3 of them. Heartbeats, announcements and appearances in rosters earn nothing.
 
 Hooks that cannot judge updates (the tests' stand-in states) credit each entry its token share
 (`token_units`), which is the appearance rule with token claims capped. A v3 roster (node/round/
@@ -83,10 +83,21 @@ def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weig
 
 
 def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] = ()) -> set[str]:
-    """Peers with k rounds' credit in `rosters`, from at least min(LEADERS, distinct leaders) leaders."""
+    """Peers with k rounds' credit in `rosters`, credited by at least min(LEADERS, the leaders of
+    the rosters that list them) distinct leaders. Counted among the rosters that list the peer, not
+    all of the window's: a peer that one leader left out, in a young run that only the organizer
+    leads afterwards, could otherwise never meet the count while that roster stays in the window
+    (the run stayed young for good: seen in the swarm tests)."""
     w = weights(rosters, claims)
-    need = min(LEADERS, len({held.roster.leader for held in rosters.values()}))
-    return {p for p, u in w.units.items() if u >= k * UNITS and len(w.leaders[p]) >= need}
+    listing: dict[str, set[str]] = defaultdict(set)
+    for held in rosters.values():
+        for a in held.announcements:
+            listing[a.peer].add(held.roster.leader)
+    return {
+        p
+        for p, u in w.units.items()
+        if u >= k * UNITS and len(w.leaders[p]) >= min(LEADERS, len(listing[p] | w.leaders[p]))
+    }
 
 
 def credited(rosters: Mapping[int, Held]) -> set[str]:

@@ -1,6 +1,6 @@
 """A CPU quota for one peer's processes (`bench swarm --slow-quota`): a cgroup whose processes
 together get a fraction of one core, as a volunteer's busy laptop gives. Unlike --slow-peer's
-sleeps, everything the node runs is slowed: its training, its DHT child and its libp2p daemon
+sleeps, everything the node runs is slowed: its training, its DHT thread and its libp2p daemon
 (children inherit the cgroup), so leading, serving and fetching are as slow as computing.
 
 cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`), as root.

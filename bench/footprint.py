@@ -3,7 +3,8 @@
 A local swarm of the demo's run (node/commands/demo.py: a bootstrap peer and one volunteer, each
 a real `swarmtrain` process on 127.0.0.1). From the volunteer's start it times the `joined` line
 and the first round's; after `--rounds` rounds it samples every process under the volunteer (the
-node, hivemind's DHT process, p2pd, torch's shm manager) a few times and keeps each one's peak.
+node and p2pd; before the DHT ran in the node's thread, hivemind's forked DHT process, and before
+that torch's shm manager) a few times and keeps each one's peak.
 
 Per process: RSS (resident pages, shared ones included: a forked child counts the pages it
 shares with the node again) and PSS (shared pages split between the processes sharing them),

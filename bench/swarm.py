@@ -117,7 +117,7 @@ def strategy_of(spec: str) -> tuple[str, set[str]]:
 
 
 class Node:
-    """One `swarmtrain` process in its own session (so that its DHT child and p2pd go with it)."""
+    """One `swarmtrain` process in its own session (so that its p2pd goes with it)."""
 
     def __init__(self, args: list[str], prefix: list[str], log: Path, module: str = "node.cli"):
         self.log = log.open("w")
@@ -151,7 +151,7 @@ class Node:
 
 def stop_group(popen: subprocess.Popen, timeout: float) -> None:
     """SIGTERM to the node (a clean leave, as a user's Ctrl+C), then after `timeout` SIGKILL of
-    its whole process group: the node's DHT child and p2pd go with it."""
+    its whole process group: the node's p2pd goes with it."""
     if popen.poll() is None:
         popen.send_signal(signal.SIGTERM)
         try:

@@ -87,8 +87,8 @@ class Swarm:
         return SwarmOptimizer(driver, inner_optimizer)
 
     def attach(self, model, inner_optimizer, tokens_per_step: int, eval_fn=None, eval_name: str = "eval") -> Driver:
-        """Join the run with `model` (the DHT starts here: call from the main thread, before your
-        own threads). `inner_optimizer` None: someone else steps it (swarmtrain.hf.SwarmCallback)."""
+        """Join the run with `model` (the DHT starts here, in a thread of its own; any thread may
+        call this). `inner_optimizer` None: someone else steps it (swarmtrain.hf.SwarmCallback)."""
         if self.driver is not None:
             raise SwarmtrainError("this Swarm has joined already", "one model per Swarm: call swarmtrain.join again")
         device = next(iter(model.parameters()), torch.empty(0)).device

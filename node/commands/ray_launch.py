@@ -3,8 +3,8 @@
 For organizers and for volunteers with multi-GPU machines or clusters. Each actor holds one
 full peer: a `swarmtrain join` process with its own identity and data dir
 (<data-dir>/ray-<i>), one GPU where the cluster has GPUs (Ray sets CUDA_VISIBLE_DEVICES), else
-CPU. The peer is a child process of its actor rather than code inside it, because hivemind
-forks its DHT process and wants a process of its own (Ray workers are threaded).
+CPU. The peer is a child process of its actor rather than code inside it: it owns its signals,
+its libp2p daemon and its end (Ray workers are threaded and handle signals themselves).
 
 Leaving: Ctrl+C or SIGTERM on the launcher (which is what `ray job stop` sends to a job's
 driver) asks every peer to leave cleanly (SIGTERM: checkpoint kept, heartbeat withdrawn), waits

@@ -51,8 +51,8 @@ class NodeConfig:
     """MiB of answers this node reads from peers at once, before they are checked (one larger answer
     is read alone)."""
     event_loop: EventLoop = "uvloop"
-    """The exchange's asyncio loop: 'uvloop' (faster; falls back to 'asyncio' where uvloop is
-    missing) or 'asyncio'. `swarmtrain bench exchange` compares them."""
+    """The exchange's and the DHT thread's asyncio loops: 'uvloop' (faster; falls back to 'asyncio'
+    where uvloop is missing) or 'asyncio'. `swarmtrain bench exchange` compares them."""
     startup_timeout: float = 60.0
     """Seconds to wait for the libp2p daemon to start and for initial peers to answer."""
     run_id: str = ""

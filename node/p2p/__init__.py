@@ -3,11 +3,12 @@ DHT record validators, peer addresses, identity keys and signed telemetry."""
 
 import os
 
-# hivemind's futures (hivemind/utils/mpfuture.py) keep their state in a byte of torch shared
-# memory, and it sets torch's sharing strategy from this variable when first imported: its
-# default, "file_system", starts a torch_shm_manager process per node (~100 MB RSS, libtorch
-# loaded). "file_descriptor" (torch's own default on Linux) passes the memory to the DHT process
-# as a file descriptor and needs no manager. Before any hivemind import: every one is in node.p2p.
+# hivemind/utils/mpfuture.py (imported with any hivemind.utils) sets torch's sharing strategy
+# from this variable: its default, "file_system", starts a torch_shm_manager process per node
+# (~100 MB RSS, libtorch loaded) once shared memory is used. "file_descriptor" (torch's own default
+# on Linux) needs no manager. Our DHT runs in-process and uses no MPFuture, but code that forks a
+# hivemind.DHT (swarm_tests' attackers, hivemind's averagers) does. Before any hivemind import:
+# every one is in node.p2p.
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 from node.p2p.process import lean_hivemind  # noqa: E402  (after the variable above)

@@ -1,8 +1,7 @@
 """DHT membership: start the DHT, read and write records, heartbeats and the peer table.
 
-hivemind's DHT runs in a forked child process (with the libp2p daemon `p2pd` under it), so
-it is created here, in the main thread, before any other thread starts. Its calls go over a
-pipe that is not safe to write from two threads at once: `_lock` guards each send.
+hivemind's DHT node runs in a thread of this process, on its own event loop, with the libp2p
+daemon `p2pd` as a child process (node/p2p/process.py); any thread may call it.
 
 hivemind keeps, per (key, subkey), the value with the latest expiration (the stored one on a
 tie). So our own signed records are stored until `latest_expiration`: the latest any validator
@@ -39,6 +38,7 @@ log = logging.getLogger("swarmtrain.swarm")
 SLACK = 10.0
 MAX_HEARTBEAT_BODY = signed.MAX_BODY["heartbeat"]  # what peers accept: our heartbeats are trimmed to fit
 TIME_STEP = 1e-3  # seconds our consecutive heartbeats' times differ by at least (see HeartbeatPublisher)
+CALL_TIMEOUT = 30.0  # seconds a DHT get or store may take before we give up on it
 
 
 def latest_expiration(record_time: float, ttl: float) -> float:
@@ -66,8 +66,8 @@ def patch_timed_storage() -> None:
     It refuses a value whose expiration is not later than the held one's, but files the refused
     expiration in its heap first, and so drops the held value at that earlier time: re-storing a
     copy of anyone's record (any record one has read passes the validators) expiring a second from
-    now erased it from that DHT node. Swarm.start applies it before forking the DHT process, which
-    inherits it. Remove once hivemind compares before filing (hivemind/utils/timed_storage.py)."""
+    now erased it from that DHT node. Swarm.start applies it before the DHT node starts. Remove
+    once hivemind compares before filing (hivemind/utils/timed_storage.py)."""
     from hivemind.utils.timed_storage import TimedStorage
 
     store = TimedStorage.store
@@ -175,8 +175,7 @@ class Swarm:
         self.client_mode = client_mode
         self.identity_path = identity_path  # the libp2p key behind peer_id; signs our metrics records
         self.peer_id: str = dht.peer_id.to_base58()
-        self._lock = threading.Lock()
-        self._daemon = process.daemon_of(dht)  # p2pd: once it is gone (a signal to our group), calls fail at once
+        self._daemon = dht.daemon_pid  # p2pd: once it is gone (a signal to our group), calls fail at once
 
     def reachable(self) -> bool:
         """Whether our libp2p daemon still runs: without it every DHT call would wait out its timeout."""
@@ -188,25 +187,24 @@ class Swarm:
 
         check_port_free(cfg.host, cfg.port)
         announce = parse_announce(cfg.announce)  # a bad address fails here, before p2pd starts
-        patch_timed_storage()  # before the DHT process is forked from this one
+        patch_timed_storage()  # before the DHT node stores anything
         if initial_peers:
             wait_for_initial_peers(initial_peers, cfg.startup_timeout)
         identity = identity_path(cfg)
         local = cfg.host.startswith("127.")
+        dht = process.LocalDHT(
+            event_loop=cfg.event_loop,
+            initial_peers=[p.text for p in initial_peers],
+            host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
+            announce_maddrs=announce or None,  # None: libp2p announces what it listens on
+            identity_path=identity,
+            startup_timeout=cfg.startup_timeout,
+            client_mode=client_mode,
+            nat_port_map=not local,
+            auto_nat=not local,
+        )
         try:
-            dht = process.dht_class()(
-                initial_peers=[p.text for p in initial_peers],
-                host_maddrs=[f"/ip4/{cfg.host}/tcp/{cfg.port}"],
-                announce_maddrs=announce or None,  # None: libp2p announces what it listens on
-                identity_path=identity,
-                startup_timeout=cfg.startup_timeout,
-                client_mode=client_mode,
-                nat_port_map=not local,
-                auto_nat=not local,
-                start=False,
-            )
-            process.watch(dht)
-            dht.run_in_background(await_ready=True, timeout=cfg.startup_timeout + 30)
+            dht.start(timeout=cfg.startup_timeout + 30)
         except Exception as e:
             raise _explain_start_failure(e, cfg) from None
         return cls(dht, client_mode=client_mode, identity_path=identity)
@@ -222,11 +220,11 @@ class Swarm:
         """Store until `expiration` (DHT time); signed records use latest_expiration(record time, ttl)."""
         if not self.reachable():
             return False
-        with self._lock:
-            fut = self.dht.store(key, value, expiration_time=expiration, subkey=subkey, return_future=True)
+        fut = self.dht.store(key, value, expiration_time=expiration, subkey=subkey, return_future=True)
         try:
-            return bool(fut.result(timeout=30))
+            return bool(fut.result(timeout=CALL_TIMEOUT))
         except Exception as e:
+            fut.cancel()  # a timed-out store ends in the DHT's loop too
             log.warning("DHT store of %s failed: %s", key, e)
             return False
 
@@ -234,11 +232,11 @@ class Swarm:
         """subkey -> value of a dictionary key; {} when missing or on failure (logged)."""
         if not self.reachable():
             return {}
-        with self._lock:
-            fut = self.dht.get(key, latest=True, return_future=True)
+        fut = self.dht.get(key, latest=True, return_future=True)
         try:
-            found = fut.result(timeout=30)
+            found = fut.result(timeout=CALL_TIMEOUT)
         except Exception as e:
+            fut.cancel()
             log.warning("DHT get of %s failed: %s", key, e)
             return {}
         if found is None or not isinstance(found.value, dict):
@@ -246,8 +244,8 @@ class Swarm:
         return {str(sk): v.value for sk, v in found.value.items() if hasattr(v, "value")}
 
     def shutdown(self) -> None:
-        """Leave the swarm: stops the DHT process and its p2pd (killed after a grace period)."""
-        process.end(self.dht)
+        """Leave the swarm: stops the DHT node and its p2pd (killed after a grace period)."""
+        self.dht.shutdown()
 
 
 def _explain_start_failure(e: Exception, cfg: NodeConfig) -> SwarmtrainError:

@@ -202,7 +202,7 @@ class Exchange(Serving):
         if self._loop.is_running():
             try:
                 self._call(self._p2p.shutdown(), timeout=10)
-            except Exception as e:  # leaving anyway; the DHT process owns the daemon
+            except Exception as e:  # leaving anyway; the DHT node owns the daemon
                 log.debug("p2p replica shutdown: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)

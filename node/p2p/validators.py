@@ -15,7 +15,7 @@ hide a whole peer table behind a plain value, or forge a roster. The rules, for 
   * it is a dictionary entry: a plain value under a key is refused.
 Our own stores use the latest expiration allowed (node/p2p/dht.py: latest_expiration), so a
 replayed older copy never outlives a newer one.
-The validator is pickled into the DHT process, so it is a module-level class of plain fields.
+It is a module-level class of plain fields: swarm_tests' helpers pickle it into a forked hivemind.DHT.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class RunValidator:
 
 
 def guard_run(swarm, run_id: str, *, heartbeat_ttl: float = 120.0, round_ttl: float = 3600.0) -> None:
-    """Install the run's validator in this node's DHT process (once per node, when it knows the run):
+    """Install the run's validator in this node's DHT node (once per node, when it knows the run):
     it then refuses to store, and drops on reading, forged records of every kind, metrics records
     included. Monitors install it with the default TTLs; volunteers and bootstrap peers with their run's."""
     swarm.dht.add_validators([RunValidator(run_id, heartbeat_ttl=heartbeat_ttl, round_ttl=round_ttl)])

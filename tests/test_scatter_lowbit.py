@@ -30,6 +30,15 @@ SIGNS = QuantCodec(SHAPES, bits=1, block=1024)
 TOPK = TopKCodec(SHAPES, chunk=64, k=32, values="2bit")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small index ops on many pieces: threads only contend (as `bench scale` runs them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pseudo_gradients(n: int, seed: int) -> list[list[torch.Tensor]]:
     """A shared direction plus each peer's own noise, per tensor (as bench/scale/sim.py's)."""
     flat = list(make_updates([str(i) for i in range(n)], sum(torch.Size(s).numel() for s in SHAPES), seed).values())
@@ -48,12 +57,8 @@ def test_fixed_sums_are_exact_where_they_can_be_and_pad_with_zeros():
     rows = torch.tensor([[1.0, 2.0, 3.0], [2.0**-30, 1.0, -1.0]])
     assert fixed_sums(rows).tolist() == [6.0, 2.0**-30]
     x = torch.randn(7, 1000)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = fixed_sums(x)
-    finally:
-        torch.set_num_threads(threads)
+    one = fixed_sums(x)
+    torch.set_num_threads(2)
     assert torch.equal(one, fixed_sums(x.clone()))
 
 
@@ -122,12 +127,8 @@ def test_an_owners_output_bytes_do_not_depend_on_the_machines_threads(kind):
     span = rnd.chunk(1)
     pieces = [wire.decode_in(wire.encode_in(f[span.start : span.end], span), span) for f in flats[:4]]
     owner = outputs_of(rnd, 1, 0, 1, pieces)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        auditor = outputs_of(rnd, 1, 0, 1, [p.clone() for p in pieces])
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # (the fixture restores the count)
+    auditor = outputs_of(rnd, 1, 0, 1, [p.clone() for p in pieces])
     assert [chunks.sha(o) for o in owner] == [chunks.sha(a) for a in auditor]
     part = rnd.part(1, 0)
     level2 = [wire.decode_out(o, part, 1) for o in owner[:1]] * 3

@@ -50,12 +50,20 @@ def fixed_sums(rows: torch.Tensor) -> torch.Tensor:
     return x[:, 0]
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout(units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(where each value sits in the padded (units, widest unit) matrix, flat; the unit of each value)."""
+    width = max(units, default=1)
+    sizes = torch.tensor(units, dtype=torch.int64)
+    mask = torch.arange(width)[None, :] < sizes[:, None]
+    return mask.reshape(-1).nonzero().reshape(-1), torch.arange(len(units)).repeat_interleave(sizes)
+
+
 def _padded(values: torch.Tensor, units: tuple[int, ...]) -> torch.Tensor:
     """(units, widest unit): each unit's values in a row, zero-padded."""
-    sizes = torch.tensor(units, dtype=torch.int64)
-    rows = torch.zeros(len(units), max(units, default=1))
-    rows[torch.arange(rows.shape[1])[None, :] < sizes[:, None]] = values
-    return rows
+    rows = torch.zeros(len(units) * max(units, default=1))
+    rows[_layout(units)[0]] = values
+    return rows.view(len(units), -1)
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,7 @@ class LowBitPiece:
             c = (x.floor() + 2).clamp(0, 3)
         else:
             c = (x >= 0).float()
-        mask = torch.arange(rows.shape[1])[None, :] < torch.tensor(self.units)[:, None]
-        codes = c[mask].to(torch.uint8).numpy()
+        codes = c.reshape(-1)[_layout(self.units)[0]].to(torch.uint8).numpy()
         return d.numpy().astype("<f4").tobytes() + pack_bits(codes, self.bits)
 
     def decode(self, data: bytes) -> torch.Tensor:
@@ -119,7 +126,7 @@ class LowBitPiece:
         check_scale(d, MAX_ABS_VALUE / self._top(), f"{self.name} step")
         codes = unpack_bits(data[4 * nu :], n, self.bits)
         levels = torch.from_numpy(codes.astype(np.float32)) - QUANT_OFFSET[self.bits]
-        values = levels * d.repeat_interleave(torch.tensor(self.units, dtype=torch.int64))
+        values = levels * d[_layout(self.units)[1]]
         check_values(values, self.name)
         return values
 

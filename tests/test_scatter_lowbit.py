@@ -205,3 +205,26 @@ def test_take_back_returns_what_the_aggregate_dropped_to_the_error_buffer():
     strategy.take_back(worker, payload, applied)
     for e, b, s, a in zip(worker["error"], before, sent, applied):
         assert torch.equal(e, b + torch.where(a == 0, s, 0.0))
+
+
+def test_diloco_take_back_keeps_what_was_sent_less_what_was_applied():
+    """Averaged over the peers (the mean), the additions are the aggregate's rounding exactly."""
+    cfg = StrategyConfig(name="diloco", inner_steps=1, wire_dtype="int1", wire_block=1024)
+    strategy = make_strategy(cfg, list(SHAPES))
+    state = SwarmState(round=0, names=[str(i) for i in range(len(SHAPES))], params=[torch.zeros(s) for s in SHAPES])
+    workers, payloads = [], []
+    for i in range(4):
+        model = torch.nn.ParameterList([torch.nn.Parameter(t) for t in pseudo_gradients(4, 9)[i]])
+        workers.append(strategy.new_worker())
+        payloads.append(strategy.make_update(state, workers[-1], model))
+    before = [[e.clone() for e in w["error"]] for w in workers]
+    wire = chunks.wire_for(strategy.codec)
+    applied = TwoLevel(Mean(), 0, wire).dense([strategy.codec.decode(p) for p in payloads])
+    for w, p in zip(workers, payloads):
+        strategy.take_back(w, p, applied)
+    mean = Mean().dense([strategy.codec.decode(p) for p in payloads])
+    for t in range(len(SHAPES)):
+        added = torch.stack([w["error"][t] - b[t] for w, b in zip(workers, before)]).mean(0)
+        assert torch.allclose(added, mean[t] - applied[t], atol=1e-6)
+    plain = make_strategy(StrategyConfig(name="diloco", inner_steps=1, wire_dtype="int8"), list(SHAPES))
+    plain.take_back(plain.new_worker(), b"", applied)  # no error buffer: nothing kept, nothing read

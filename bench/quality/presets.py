@@ -380,6 +380,10 @@ class Exchange(NamedTuple):
     mid: int = 0
     """Scatter: level-1 owners' results at `mid` bits (sign wire) or mid x k picks (sparse
     wire); 0: as level 2's."""
+    take_back: bool = False
+    """Scatter: after each round every worker hands its strategy the aggregate (`take_back`):
+    sparseloco puts back what the aggregate dropped of its update, diloco with error feedback
+    what it sent less what was applied."""
 
 
 ALL_GATHER_MEAN = Exchange(scatter=False, robust=RobustConfig(aggregator="mean"))
@@ -401,9 +405,13 @@ EXCHANGE_ROWS: dict[str, tuple[str, Exchange]] = {
     f"{INT1}-scatter-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1)),
     f"{INT1}-scatter2-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=2)),
     f"{INT1}-scatter21-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2)),
+    f"{INT1}-scatter21-tb-robust": (
+        INT1,
+        Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2, take_back=True),
+    ),
     f"{SPARSE}-robust": (SPARSE, Exchange(scatter=False, robust=RobustConfig())),
-    f"{SPARSE}-scatter-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=1)),
-    f"{SPARSE}-scatter-k2-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=2)),
+    f"{SPARSE}-scatter-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=1, take_back=True)),
+    f"{SPARSE}-scatter-k2-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=2, take_back=True)),
 }
 """Presets that combine otherwise than ALL_GATHER_MEAN: name -> (the preset whose settings they
 run, the exchange). `bench quality` runs them through the same strategy code, the aggregator

@@ -157,8 +157,8 @@ def simulate_preset(
         else:
             payloads = [local_round(w, state, strat, h, tier) for w in workers]
         strat.apply(state, payloads)
-        if strat is strategy and isinstance(strategy.agg, TwoLevel) and hasattr(strategy, "take_back"):
-            for w, p in zip(workers, payloads):  # what the re-sparsified aggregate dropped stays with its senders
+        if strat is strategy and exchange.take_back:
+            for w, p in zip(workers, payloads):  # what the aggregate did not apply stays with its senders
                 strategy.take_back(w.buffers, p, strategy.agg.last)
         step, rounds, sent = step + h, rounds + 1, sent + strat.codec.encoded_size()
         if any(step - h < s <= step for s in eval_at):

@@ -32,9 +32,9 @@ class Benchmark:
 
 
 QUALITY_TIERS = (
-    "smoke (100 steps, 1 seed: 5-20 s a preset, 4-8 min for all 49), "
+    "smoke (100 steps, 1 seed: 5-20 s a preset, 4-8 min for all 62), "
     "pilot (0.84M-parameter model, 600 steps, 1 seed: ~6 min a preset), "
-    "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~6 h for all 49), "
+    "full (3,000 steps, 2 seeds: ~10 min a preset, 4-26 min; ~6 h for all 62), "
     "full-8 (full with 8 workers: ~12 min a preset), "
     "tune (600 steps of full's model, 1 seed: 25-60 s a preset), "
     "scatter-16 (16 workers, 800 steps of full's model, 2 seeds: ~4-5 min a preset; the v3 exchange rows)"

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import bench.quality.simulator as simulator
-from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGES, PRESETS, TIERS
+from bench.quality.presets import ALL_GATHER_MEAN, EXCHANGE_ROWS, EXCHANGES, INT1, PRESETS, SPARSE, TIERS
 from node.config import ModelConfig
 from node.errors import SwarmtrainError
 from node.outer.aggregate import Mean, Robust
+from node.outer.strategies.sparseloco import SparseLoCo
+from node.scatter import chunks
 from node.scatter.reduce import TwoLevel
 from node.train import data
 
@@ -25,11 +27,12 @@ def corpus():
     return data.load_corpus("stdlib")
 
 
-def test_exchange_presets_are_diloco_int8_with_another_aggregator():
+def test_exchange_presets_are_their_base_with_another_aggregator():
     assert {"diloco-int8-robust", *SCATTER} <= set(EXCHANGES) <= set(PRESETS)
-    for name in EXCHANGES:
-        assert PRESETS[name] == PRESETS["diloco-int8"]  # only the exchange differs
-    assert "diloco-int8" not in EXCHANGES and ALL_GATHER_MEAN == (False, ALL_GATHER_MEAN.robust)
+    for name, (base, _) in EXCHANGE_ROWS.items():
+        assert PRESETS[name] == PRESETS[base] and base not in EXCHANGES  # only the exchange differs
+    assert {base for base, _ in EXCHANGE_ROWS.values()} == {"diloco-int8", INT1, SPARSE}
+    assert not ALL_GATHER_MEAN.scatter
     assert ALL_GATHER_MEAN.robust.aggregator == "mean"
     assert not EXCHANGES["diloco-int8-robust"].scatter and EXCHANGES["diloco-int8-robust"].robust.aggregator == "robust"
     assert all(EXCHANGES[name].scatter for name in SCATTER)
@@ -69,7 +72,36 @@ def test_all_gather_presets_keep_the_plain_mean(corpus):
     assert run["settings"]["exchange"] == {"scatter": False, "robust": ALL_GATHER_MEAN.robust.__dict__}
 
 
-def test_scatter_refuses_a_sparse_strategy(monkeypatch, corpus):
-    monkeypatch.setitem(EXCHANGES, "sparseloco", EXCHANGES["diloco-int8-scatter"])
-    with pytest.raises(SwarmtrainError, match="dense updates only"):
-        simulator.simulate_preset("sparseloco", TINY, 0, corpus)
+def test_scatter_refuses_decoupled_momentum(monkeypatch, corpus):
+    monkeypatch.setitem(EXCHANGES, "decoupled-momentum", EXCHANGES["diloco-int8-scatter"])
+    with pytest.raises(SwarmtrainError, match="decoupled momentum"):
+        simulator.simulate_preset("decoupled-momentum", TINY, 0, corpus)
+
+
+class SparseSpy(TwoLevel):
+    """TwoLevel that records each round's sparse aggregate."""
+
+    rounds: list = []
+
+    def sparse(self, codec, sels, weights=None):
+        out = super().sparse(codec, sels, weights)
+        SparseSpy.rounds.append((self, len(sels), out))
+        return out
+
+
+@pytest.mark.parametrize("preset", [f"{INT1}-scatter-robust", f"{SPARSE}-scatter-robust"])
+def test_lowbit_and_sparse_presets_simulate_through_their_wires(monkeypatch, corpus, preset):
+    """The 1-bit preset combines on the sign wire; the top-k one on the sparse wire, each round's
+    aggregate re-sparsified, and what it dropped handed back to every worker's error buffer."""
+    Spy.rounds, SparseSpy.rounds, taken = [], [], []
+    monkeypatch.setattr(simulator, "TwoLevel", SparseSpy if preset.startswith("sparse") else Spy)
+    monkeypatch.setattr(SparseLoCo, "take_back", lambda self, worker, payload, applied: taken.append(applied))
+    configs = PRESETS[preset]._replace(strategy=replace(PRESETS[preset].strategy, inner_steps=1))
+    run = simulator.simulate_preset(preset, replace(TINY, workers=8), 0, corpus, configs=configs)
+    assert run["rounds"] == 2 and 0 < run["val_bpb"] < 10
+    assert run["settings"]["exchange"]["scatter"] is True
+    if preset.startswith("sparse"):
+        assert len(SparseSpy.rounds) == 2 and isinstance(SparseSpy.rounds[0][0].wire, chunks.SparseWire)
+        assert len(taken) == 2 * 8 and taken[0] is SparseSpy.rounds[0][2]  # every worker, every round
+    else:
+        assert len(Spy.rounds) == 2 and isinstance(Spy.rounds[0][0].wire, chunks.SignWire) and not taken

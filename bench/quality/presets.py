@@ -367,22 +367,54 @@ class Exchange(NamedTuple):
 
     scatter: bool
     """False: every worker gets every update (the all-gather, v2); True: v3's two-level
-    reduce-scatter of honest owners (node/scatter/reduce.py TwoLevel; dense strategies only)."""
+    reduce-scatter of honest owners (node/scatter/reduce.py TwoLevel) on the wire of the
+    strategy's codec (node/scatter/chunks.py wire_for: int8, signs or sparse)."""
     robust: RobustConfig
     """The aggregator ([robust]); with scatter, each owner's rule at both levels."""
+    out_bits: int = 0
+    """Scatter: bits of an owner's re-encoded result (sign wire: 1, 2 or 4 bits a value; sparse
+    wire: 2^bits-entry value tables); 0: the wire's default (1 and 2)."""
+    keep: int = 1
+    """Scatter, sparse wire: a level-2 owner's result (the aggregate) keeps keep x k values a
+    chunk of the codec."""
+    mid: int = 0
+    """Scatter: level-1 owners' results at `mid` bits (sign wire) or mid x k picks (sparse
+    wire); 0: as level 2's."""
+    take_back: bool = False
+    """Scatter: after each round every worker hands its strategy the aggregate (`take_back`):
+    sparseloco puts back what the aggregate dropped of its update, diloco with error feedback
+    what it sent less what was applied."""
 
 
 ALL_GATHER_MEAN = Exchange(scatter=False, robust=RobustConfig(aggregator="mean"))
 """Every preset not in EXCHANGES: the plain mean, so rows stay comparable across versions (the
 robust aggregator's cost and defence are measured by `bench byzantine`)."""
-EXCHANGES: dict[str, Exchange] = {
-    "diloco-int8-robust": Exchange(scatter=False, robust=RobustConfig()),  # what a node does by default
-    "diloco-int8-scatter": Exchange(scatter=True, robust=RobustConfig(aggregator="mean")),
-    "diloco-int8-scatter-robust": Exchange(scatter=True, robust=RobustConfig()),
+INT1 = "diloco-int1-h72-muon-t15-olr0.7"
+SPARSE = "sparseloco-k32-h32-nesterov-muon"
+EXCHANGE_ROWS: dict[str, tuple[str, Exchange]] = {
+    # diloco-int8, the strategy v3 was made the default for: at equal tokens, the v3 exchange
+    # should stay within 1% of the all-gather's bpb
+    "diloco-int8-robust": ("diloco-int8", Exchange(scatter=False, robust=RobustConfig())),  # a node's default
+    "diloco-int8-scatter": ("diloco-int8", Exchange(scatter=True, robust=RobustConfig(aggregator="mean"))),
+    "diloco-int8-scatter-robust": ("diloco-int8", Exchange(scatter=True, robust=RobustConfig())),
     # the norm clip alone at both levels, no trimming
-    "diloco-int8-scatter-clip": Exchange(scatter=True, robust=RobustConfig(trim_fraction=0.0)),
+    "diloco-int8-scatter-clip": ("diloco-int8", Exchange(scatter=True, robust=RobustConfig(trim_fraction=0.0))),
+    # issue 17 on issue 20's 1,000x and 3,000x presets: the 1-bit wire (owners re-encode their
+    # results at 1 bit, or 2) and the sparse wire (owners re-sparsify to k, or 2k, a chunk)
+    f"{INT1}-robust": (INT1, Exchange(scatter=False, robust=RobustConfig())),
+    f"{INT1}-scatter-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1)),
+    f"{INT1}-scatter2-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=2)),
+    f"{INT1}-scatter21-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2)),
+    f"{INT1}-scatter21-tb-robust": (
+        INT1,
+        Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2, take_back=True),
+    ),
+    f"{SPARSE}-robust": (SPARSE, Exchange(scatter=False, robust=RobustConfig())),
+    f"{SPARSE}-scatter-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=1, take_back=True)),
+    f"{SPARSE}-scatter-k2-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=2, take_back=True)),
 }
-"""Presets that combine otherwise than ALL_GATHER_MEAN (`bench quality` runs them through the same
-strategy code, the aggregator swapped). Each is diloco-int8, the strategy v3 was made the default
-for: at equal tokens, the v3 exchange should stay within 1% of the all-gather's bpb."""
-PRESETS.update(dict.fromkeys(EXCHANGES, PRESETS["diloco-int8"]))
+"""Presets that combine otherwise than ALL_GATHER_MEAN: name -> (the preset whose settings they
+run, the exchange). `bench quality` runs them through the same strategy code, the aggregator
+swapped."""
+EXCHANGES: dict[str, Exchange] = {name: ex for name, (_, ex) in EXCHANGE_ROWS.items()}
+PRESETS.update({name: PRESETS[base] for name, (base, _) in EXCHANGE_ROWS.items()})

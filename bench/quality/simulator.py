@@ -40,6 +40,7 @@ from node.outer.aggregate import make_aggregator
 from node.outer.overlap import Overlap
 from node.outer.state import SwarmState
 from node.outer.strategies import make_strategy
+from node.scatter import chunks
 from node.scatter.reduce import TwoLevel
 from node.train import data
 from node.train.model import build_model
@@ -109,11 +110,16 @@ def simulate_preset(
     exchange = EXCHANGES.get(preset, ALL_GATHER_MEAN)
     strategy = build_strategy(strat_cfg, model, train_cfg, schedule, exchange.robust)
     if exchange.scatter:
-        if strat_cfg.name not in ("diloco", "ddp-adamw"):
+        try:  # the wire v3 carries the strategy's updates on (dense: int8; 1-bit: signs; top-k: sparse)
+            wire = chunks.wire_for(strategy.codec, out_bits=exchange.out_bits, keep=exchange.keep, mid=exchange.mid)
+        except ValueError as e:
+            raise SwarmtrainError(f"preset {preset}: {e}", "use diloco, sparseloco or ddp-adamw") from None
+        if strat_cfg.name not in ("diloco", "ddp-adamw", "sparseloco"):
             raise SwarmtrainError(
-                f"preset {preset}: the reduce-scatter combines dense updates only", "use diloco or ddp-adamw"
+                f"preset {preset}: the reduce-scatter combines dense, 1-bit and top-k updates only",
+                "use diloco, sparseloco or ddp-adamw",
             )
-        strategy.agg = TwoLevel(strategy.agg, seed)  # each round on a new grid, as the node's rounds
+        strategy.agg = TwoLevel(strategy.agg, seed, wire)  # each round on a new grid, as the node's rounds
     state = SwarmState.initial(model, strategy.outer_buffers)
     workers = [
         Worker(
@@ -151,6 +157,9 @@ def simulate_preset(
         else:
             payloads = [local_round(w, state, strat, h, tier) for w in workers]
         strat.apply(state, payloads)
+        if strat is strategy and exchange.take_back:
+            for w, p in zip(workers, payloads):  # what the aggregate did not apply stays with its senders
+                strategy.take_back(w.buffers, p, strategy.agg.last)
         step, rounds, sent = step + h, rounds + 1, sent + strat.codec.encoded_size()
         if any(step - h < s <= step for s in eval_at):
             workers[0].trainer.load_params(state.params)
@@ -186,7 +195,15 @@ def simulate_preset(
         "settings": {
             "strategy": strat_cfg.__dict__,
             "train": train_cfg.__dict__,
-            "exchange": {"scatter": exchange.scatter, "robust": exchange.robust.__dict__},
+            "exchange": {
+                "scatter": exchange.scatter,
+                "robust": exchange.robust.__dict__,
+                **(
+                    {"out_bits": exchange.out_bits, "keep": exchange.keep, "mid": exchange.mid}
+                    if exchange.scatter
+                    else {}
+                ),
+            },
         },
     }
 

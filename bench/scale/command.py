@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.scale import sim
+from bench.scale import sim, wires
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,8 @@ class Tier:
     trials: int
     """Rounds per lying / withholding owner row."""
     collusion_rounds: int
+    wire_peers: tuple[int, ...] = ()
+    """Peers of the rounds on the 1-bit and top-k wires (bench/scale/wires.py)."""
 
 
 TIERS = {
@@ -40,6 +42,10 @@ TIERS = {
         attack_values=65536,
         trials=20,
         collusion_rounds=30,
+    ),
+    # the 1-bit and top-k wires (issue 17, item 1): bytes per peer and the aggregate, no attacks
+    "wires": Tier(
+        simulated=(), counted=(), attack_peers=0, attack_values=0, trials=0, collusion_rounds=0, wire_peers=(16, 64)
     ),
 }
 COUNTED_VALUES = 125_000_000
@@ -60,18 +66,23 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
     for n in tier.counted:
         for auditors in (1, 2):
             rows["counted"].append(sim.counted_row(n, COUNTED_VALUES, auditors))
+    rows["wires"] = [] if stop.is_set() else wires.wire_rows(tier.wire_peers, say)
     n, values = tier.attack_peers, tier.attack_values
-    steps = [
-        lambda: sim.lying_owner(n, values, tier.trials),
-        lambda: sim.withholding_owner(n, values, tier.trials),
-        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, escalate=0),
-        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1),
-        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, patient=True),
-        lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2, patient=True),
-        lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=False),
-        lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=True),
-        lambda: sim.poisoned(n, values, 0.2),
-    ]
+    steps = (
+        []
+        if not tier.trials
+        else [
+            lambda: sim.lying_owner(n, values, tier.trials),
+            lambda: sim.withholding_owner(n, values, tier.trials),
+            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, escalate=0),
+            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1),
+            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, patient=True),
+            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2, patient=True),
+            lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=False),
+            lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=True),
+            lambda: sim.poisoned(n, values, 0.2),
+        ]
+    )
     for step in steps:
         if stop.is_set():
             break
@@ -101,6 +112,8 @@ def scale_table(rows: dict) -> str:
             f"| {r.get('v3_vs_mean', '-')} / {r.get('verify_all_robust_vs_mean', '-')} |"
         )
     lines.append("")
+    if rows.get("wires"):
+        lines += [wires.wires_table(rows["wires"]), ""]
     for a in rows["attacks"]:
         lines.append("- " + ", ".join(f"{k}: {v}" for k, v in a.items()))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from node.outer.aggregate import Aggregator
 from node.scatter import chunks
 from node.scatter.grid import Grid
 from node.scatter.keys import Checker
-from node.scatter.reduce import reduce_pieces
+from node.scatter.reduce import reduce_task
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, flags_of, task_name
 
@@ -34,7 +34,7 @@ class Input:
     envelope: dict
     """Level 1: the sender's signed commitment; level 2: the level-1 owner's signed receipt."""
     data: bytes
-    """The piece (blockwise int8, node/scatter/chunks.py)."""
+    """The piece (on the round's wire, node/scatter/chunks.py)."""
     note: dict | None = None
     """Level 1: the sender's signed ChunkNote of the piece (a chunk that is not the one it
     committed to is then provably its own: is_garble); not part of what an auditor checks."""
@@ -68,6 +68,8 @@ class Round:
     """task -> SHA-256 of the one receipt body that stands for it (set by the leader per level)."""
     signers: dict[str, str] = field(default_factory=dict)
     """task -> who signed that receipt (a liar caught later still signed the tasks it did right)."""
+    wire: chunks.Wire = chunks.INT8
+    """How pieces are cut, encoded and reduced (chunks.wire_for the run's codec)."""
 
     def unfix(self, name: str) -> None:
         """The task changes hands (its owner withheld or was caught on it): no receipt stands."""
@@ -75,11 +77,10 @@ class Round:
         self.signers.pop(name, None)
 
     def chunk(self, j: int) -> chunks.Span:
-        return chunks.spans(self.total, self.grid.chunks)[j]
+        return self.wire.spans(chunks.Span(0, self.total), self.grid.chunks)[j]
 
     def part(self, j: int, k: int) -> chunks.Span:
-        span = self.chunk(j)
-        return chunks.spans(span.size, self.grid.n_groups, span.start)[k]
+        return self.wire.spans(self.chunk(j), self.grid.n_groups)[k]
 
     def in_range(self, level: int, a: int, b: int) -> bool:
         first, second = (self.grid.n_groups, self.grid.chunks) if level == 1 else (self.grid.chunks, self.grid.n_groups)
@@ -125,11 +126,19 @@ class Round:
         committed = self.committed is None or sender in self.committed
         return committed and sender not in self.caught and sender not in self.silent
 
-    def output_sizes(self, level: int, a: int, b: int) -> list[int]:
-        """Values in each output piece of the task: level 1, one per part of its chunk."""
+    def output_spans(self, level: int, a: int, b: int) -> list[chunks.Span]:
+        """Each output piece of the task: level 1, one per part of its chunk."""
         if level == 2:
-            return [self.part(a, b).size]
-        return [self.part(b, k).size for k in range(self.grid.n_groups)]
+            return [self.part(a, b)]
+        return [self.part(b, k) for k in range(self.grid.n_groups)]
+
+    def output_sizes(self, level: int, a: int, b: int) -> list[int]:
+        """Values in each output piece of the task."""
+        return [s.size for s in self.output_spans(level, a, b)]
+
+    def decode_input(self, level: int, data: bytes, span: chunks.Span) -> torch.Tensor:
+        """An input of a level's task: level 1 a sender's chunk, level 2 a level-1 owner's part."""
+        return self.wire.decode_in(data, span) if level == 1 else self.wire.decode_out(data, span, 1)
 
     def span(self, level: int, a: int, b: int) -> chunks.Span:
         return self.chunk(b) if level == 1 else self.part(a, b)
@@ -186,7 +195,7 @@ def check_chunk(rnd: Round, sender: str, j: int, item: Input) -> torch.Tensor:
     keeps is then exactly what its auditor will accept (raises ProtocolError)."""
     if chunks.sha(item.data) != committed_digest(rnd, sender, j, item.envelope):
         raise ProtocolError(f"chunk {j} of {sender[:16]} is not the one it committed to")
-    return chunks.decode(item.data, rnd.chunk(j).size)
+    return rnd.wire.decode_in(item.data, rnd.chunk(j))
 
 
 def is_garble(rnd: Round, sender: str, j: int, commitment: object, note: object) -> bool:
@@ -207,7 +216,7 @@ def sealed_chunks(rnd: Round, keys, update: torch.Tensor, *, base: str, tokens: 
     """A sender's chunks of its flat `update` as it sends them: each with its signed commitment to
     all of them and its signed note of that chunk. `garble`: a simulated sender's chunks are
     garbage, with notes of the garbage (its commitment stays the true one)."""
-    data = [chunks.encode(update[s.start : s.end]) for s in map(rnd.chunk, range(rnd.grid.chunks))]
+    data = [rnd.wire.encode_in(update[s.start : s.end], s) for s in map(rnd.chunk, range(rnd.grid.chunks))]
     fields = dict(run=rnd.run, round=rnd.round, attempt=rnd.attempt, peer=keys.peer)
     envelope = keys.seal(Commitment(**fields, base=base, tokens=tokens, chunks=tuple(map(chunks.sha, data))))
     data = [b"garbage" for _ in data] if garble else data
@@ -226,7 +235,7 @@ def check_input(rnd: Round, task: tuple, place: int, sender: str, item: Input) -
     r1 = open_receipt(rnd, item.envelope, 1, place, a)
     if len(r1.outputs) != rnd.grid.n_groups or chunks.sha(item.data) != r1.outputs[b]:
         raise ProtocolError("a part that is not the one its receipt lists")
-    chunks.decode(item.data, rnd.span(*task).size)
+    rnd.decode_input(2, item.data, rnd.span(*task))
 
 
 def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> list[torch.Tensor]:
@@ -245,7 +254,7 @@ def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> 
         if chunks.sha(item.data) != digest:
             raise ProtocolError(f"input of {sender[:16]} is not the piece it signed")
         digests.append(digest)
-        pieces.append(chunks.decode(item.data, span.size))
+        pieces.append(rnd.decode_input(receipt.level, item.data, span))
     if not pieces or inputs_root(digests) != receipt.inputs_root:
         raise ProtocolError("no inputs, or their digests do not hash to the receipt's inputs_root")
     return pieces
@@ -253,10 +262,12 @@ def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> 
 
 def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor]) -> list[bytes]:
     """The task's output pieces as the wire carries them: level 1, one per part of the chunk."""
-    result = reduce_pieces(pieces, rnd.agg)
-    if level == 2:
-        return [chunks.encode(result)]
-    return [chunks.encode(result[p.start : p.end]) for p in chunks.spans(result.numel(), rnd.grid.n_groups)]
+    span = rnd.span(level, a, b)
+    result = reduce_task(pieces, rnd.agg, rnd.wire, span)
+    return [
+        rnd.wire.encode_out(result[p.start - span.start : p.end - span.start], p, level)
+        for p in rnd.output_spans(level, a, b)
+    ]
 
 
 def answer_task(rnd: Round, keys, task: tuple, inputs: list[Input | None], *, lie: bool = False) -> tuple[dict, list]:
@@ -265,13 +276,15 @@ def answer_task(rnd: Round, keys, task: tuple, inputs: list[Input | None], *, li
     Keys). `lie`: a simulated liar's answer (its true result negated and tenfold, signed alike)."""
     level, a, b = task
     span = rnd.span(*task)
-    pieces = [chunks.decode(i.data, span.size) for i in inputs if i is not None]
+    pieces = [rnd.decode_input(level, i.data, span) for i in inputs if i is not None]
     if not pieces:
         raise ProtocolError(f"task {task_name(task)}: its owner kept no inputs")
     outputs = outputs_of(rnd, level, a, b, pieces)
     if lie:
-        sizes = rnd.output_sizes(*task)
-        outputs = [chunks.encode(chunks.decode(o, n) * -10.0) for o, n in zip(outputs, sizes)]
+        spans = rnd.output_spans(*task)
+        outputs = [
+            rnd.wire.encode_out(rnd.wire.decode_out(o, p, level) * -10.0, p, level) for o, p in zip(outputs, spans)
+        ]
     receipt = Receipt(
         run=rnd.run,
         round=rnd.round,

@@ -311,7 +311,7 @@ class Member:
             if chunks.sha(served.data) != receipt.outputs[0]:
                 raise ProtocolError(f"final part {j}/{k} is not the one its owner's receipt lists")
             span = rnd.part(j, k)
-            final[span.start : span.end] = chunks.decode(served.data, span.size)
+            final[span.start : span.end] = rnd.wire.decode_out(served.data, span, 2)
             self.finals.append(receipt.outputs[0])
         return final
 

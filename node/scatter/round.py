@@ -343,7 +343,7 @@ class ScatterRound(Bus):
             for k in range(grid.n_groups):
                 owner, data = rnd.owner(2, j, k), self.outputs[(2, j, k)][0]
                 span = rnd.part(j, k)
-                final[span.start : span.end] = chunks.decode(data, span.size)
+                final[span.start : span.end] = rnd.wire.decode_out(data, span, 2)
                 self.spread(j, owner, data)
         self.phases += 1
         return final

@@ -12,6 +12,7 @@ One module per family (their `name` is what envelopes carry):
   dense.py      dense-float32 / dense-float16
   blockwise.py  int8-b<B>, int4-b<B> / int2-b<B> / int1-b<B>
   topk.py       topk-c<C>-k<K>[-dct]-<V>-i<I> (chunking, DCT, selections)
+  pieces.py     lowbit-<b> / sparse-<b>: round protocol v3's pieces of 1-bit and top-k updates
   bitpack.py    the bit layouts the low-bit codecs share
   bounds.py     what encoders clamp to and decoders accept
 """

@@ -118,13 +118,14 @@ class TopKCodec:
     def chunkings(self) -> list[Chunking]:
         return [Chunking(tuple(s), self.chunk, self.dct) for s in self.shapes]
 
-    def _k(self, ch: Chunking) -> int:
+    def picks(self, ch: Chunking) -> int:
+        """Values kept per chunk of `ch`."""
         k = self.k_vector if self.k_vector and len(ch.shape) != 2 else self.k
         return min(k, ch.chunk_numel)
 
     def sizes(self, ch: Chunking) -> tuple[int, int, int]:
         """(header, index, value) bytes of one tensor."""
-        m = ch.num_chunks * self._k(ch)
+        m = ch.num_chunks * self.picks(ch)
         header = {"bf16": 0, "2bit": 16, "1bit": 4}[self.values]
         index = 2 * m if self.index_bits == 16 else 3 * -(-m // 2)  # 12-bit: two indices in 3 bytes
         value = {"bf16": 2 * m, "2bit": -(-m // 4), "1bit": -(-m // 8)}[self.values]
@@ -138,7 +139,7 @@ class TopKCodec:
         out = []
         for ch, t in zip(self.chunkings(), tensors):
             c = ch.to_chunks(t.detach().to("cpu", torch.float32))
-            idx = c.abs().topk(self._k(ch), dim=1, sorted=False).indices
+            idx = c.abs().topk(self.picks(ch), dim=1, sorted=False).indices
             idx, _ = idx.sort(dim=1)  # canonical order: the wire never depends on topk's
             out.append(Selection(idx=idx, val=c.gather(1, idx)))
         return out
@@ -168,7 +169,7 @@ class TopKCodec:
         expect_size(self, data)
         out, off = [], 0
         for ch in self.chunkings():
-            k = self._k(ch)
+            k = self.picks(ch)
             m = ch.num_chunks * k
             nh, ni, nv = self.sizes(ch)
             header, off = data[off : off + nh], off + nh

@@ -100,6 +100,18 @@ class DiLoCo:
         self.outer_step(state, self.agg.dense([self.codec.decode(p) for p in payloads], weights))
 
     @torch.no_grad()
+    def take_back(self, worker: dict | None, payload: bytes, applied: list[torch.Tensor]) -> None:
+        """After a v3 round whose aggregate was re-encoded at low bit width (node/scatter/chunks.py
+        SignWire), with error feedback: what this peer sent less what was applied goes back into
+        its error buffer. Averaged over the peers (under the mean) that is exactly the aggregate's
+        rounding, which no owner can keep across rounds; each peer's own share is its distance
+        from the consensus, which averages out. Without error feedback: nothing to keep it in."""
+        if not self.error_feedback:
+            return
+        for e, sent, a in zip(worker["error"], self.codec.decode(payload), applied):
+            e.add_(sent - a)
+
+    @torch.no_grad()
     def apply_aggregate(self, state: SwarmState, flat: torch.Tensor) -> None:
         """The outer step on a v3 round's aggregate (node/scatter: the flat pseudo-gradient every
         member gathered, in model order), in place: the same ops as `apply` after its aggregator,

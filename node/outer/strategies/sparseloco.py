@@ -92,6 +92,16 @@ class SparseLoCo:
         return per_round([self.codec.decode(payload)], [weight])[0]
 
     @torch.no_grad()
+    def take_back(self, worker: dict, payload: bytes, applied: list[torch.Tensor]) -> None:
+        """After a round whose aggregate was re-sparsified (v3's sparse wire, node/scatter/chunks.py):
+        what this peer sent where the applied aggregate is zero was not applied, so it goes back
+        into the error buffer, to be sent again, as every value SparseLoCo does not send stays.
+        Summed over the peers, that is the mass the owners' re-sparsification dropped (under the
+        mean: exactly), kept by the senders, since no owner holds an error buffer across rounds."""
+        for e, sent, a in zip(worker["error"], self.codec.decode(payload), applied):
+            e.add_(torch.where(a == 0, sent, 0.0))
+
+    @torch.no_grad()
     def preview(self, state: SwarmState, payload: bytes, weight: float = 1.0) -> list[torch.Tensor]:
         """theta - outer_lr * this payload alone (scaled to one full round's work: / weight), from
         zero momentum: (1 + mu) times that with Nesterov."""

@@ -128,10 +128,10 @@ def test_benchmark_presets_are_valid_runs():
 
 def test_the_literals_match_what_the_code_implements():
     from node.outer.strategies import STRATEGIES
-    from node.outer.strategies.diloco import LOW_BIT
+    from node.outer.strategies.diloco import LOW_BIT, LOW_RANK
 
     assert set(get_args(StrategyName)) == set(STRATEGIES)
-    assert set(get_args(WireDtype)) == {"float16", "float32", "int8", *LOW_BIT}
+    assert set(get_args(WireDtype)) == {"float16", "float32", "int8", *LOW_BIT, *LOW_RANK}
     assert StrategyConfig().name in get_args(StrategyName)
 
 

@@ -45,7 +45,7 @@ from node.round.trust.anchor import Anchor, decode_checkpoint
 from protocol import keys, signed, signing
 from protocol.admission import work
 from protocol.admission.rule import Admission
-from protocol.codecs import DenseCodec, Int8Codec, TopKCodec
+from protocol.codecs import DenseCodec, Int8Codec, LowRankCodec, TopKCodec
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from protocol.kinds.metrics import MetricsRecord
@@ -519,6 +519,7 @@ CODECS = (
         for dct in (False, True)
     ]
     + [TopKCodec(SHAPES, chunk=4, k=5, values="bf16", index_bits=16)]
+    + [LowRankCodec(SHAPES, rank=1, block=4, bits=bits) for bits in (8, 1)]  # (4, 6) as factors, (5,) as int1
 )
 
 

@@ -361,6 +361,22 @@ for _name, _change in (
         PRESETS["diloco-int1-h144-muon-t15-olr0.7"].train,
     )
 
+# issue 20's low-rank lever (PowerSGD under the same error feedback) on the int1 presets' settings, at
+# the int1 rows' bytes on the full tier's model: int8 factors of rank 6 (wire_dtype "lowrank", 1.043
+# bits per parameter; int1: 1.034) or 1-bit factors of rank 43 ("lowrank1", 1.036); at half those
+# (rank 3: 0.526, rank 20: 0.533; int1 with a sign per 2 values: 0.534); at H = 72 and at H = 144
+# with error decay 0.7
+for _wire, _rank in (("lowrank", 6), ("lowrank1", 43), ("lowrank", 3), ("lowrank1", 20)):
+    for _base in ("diloco-int1-h72-muon-t15-olr0.7", "diloco-int1-h144-muon-t15-olr0.7-ed0.7"):
+        PRESETS[_base.replace("int1", f"{_wire}-r{_rank}")] = Preset(
+            replace(PRESETS[_base].strategy, wire_dtype=_wire, wire_rank=_rank), PRESETS[_base].train
+        )
+# low rank leaves more in the error buffer than int1 (what the rank misses): keep more of it
+PRESETS["diloco-lowrank1-r43-h72-muon-t15-olr0.7-ed0.95"] = Preset(
+    replace(PRESETS["diloco-lowrank1-r43-h72-muon-t15-olr0.7"].strategy, error_decay=0.95),
+    PRESETS["diloco-lowrank1-r43-h72-muon-t15-olr0.7"].train,
+)
+
 
 class Exchange(NamedTuple):
     """How a preset's round combines the workers' updates."""

@@ -22,7 +22,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 StrategyName = Literal["diloco", "sparseloco", "decoupled-momentum", "ddp-adamw"]
 """The outer strategies this version builds in (node/outer/strategies STRATEGIES); StrategyConfig.name
 also takes the name of one registered from Python (swarmtrain.register_strategy), checked when built."""
-WireDtype = Literal["float16", "float32", "int8", "int4", "int2", "int1"]
+WireDtype = Literal["float16", "float32", "int8", "int4", "int2", "int1", "lowrank", "lowrank1"]
 """diloco's built-in wire formats; [strategy] wire_dtype also takes a codec registered from Python
 (swarmtrain.register_codec), checked when the strategy is built."""
 TopKValues = Literal["bf16", "2bit", "1bit"]
@@ -127,15 +127,21 @@ class StrategyConfig:
     wire_dtype: WireDtype | str = "float16"
     """diloco pseudo-gradient on the wire: 'float16', 'float32', 'int8' (blockwise scales), or
     'int4' / 'int2' / 'int1' (blockwise steps, with an error-feedback buffer on each peer that keeps
-    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e)); or the
-    name of a codec registered from Python (swarmtrain.register_codec)."""
+    what the rounding dropped: e = error_decay * e + pseudo-gradient, send q(e), e -= q(e)), or
+    'lowrank' / 'lowrank1' (each matrix as rank wire_rank factors with int8 or 1-bit values, PowerSGD,
+    the other tensors as int1, under the same error feedback); or the name of a codec registered
+    from Python (swarmtrain.register_codec)."""
     wire_block: int = 256
-    """diloco int4 / int2 / int1: values per block that share one fp32 step."""
+    """diloco int4 / int2 / int1 (and lowrank's 1-D tensors): values per block that share one fp32 step."""
     wire_share: int = 1
     """diloco int1: consecutive values that share one sign bit, the sign of their sum (2 or 4: 1/2
     or 1/4 bit per value; each payload flips the values' signs by a pattern drawn from a seed it
     carries, so the error-feedback buffer's within-run differences are sent in later rounds); it
     must divide wire_block. 1: a sign per value."""
+    wire_rank: int = 4
+    """diloco lowrank / lowrank1: rank r of each matrix's factors (one warm-started power iteration
+    a round; r (m + n) values of 8 or 1 bits for an m x n matrix); a matrix whose factors would hold
+    as many values as it goes as int1 with the 1-D tensors."""
     topk: int = 32
     """sparseloco / decoupled-momentum: coefficients sent per chunk."""
     topk_vector: int = 0
@@ -148,7 +154,7 @@ class StrategyConfig:
     index_bits: IndexBits = 12
     """sparseloco / decoupled-momentum: bits per packed index, 12 or 16."""
     error_decay: float = 0.95
-    """sparseloco, and diloco's int4 / int2 / int1 wire: error-feedback decay beta in
+    """sparseloco, and diloco's int4 / int2 / int1 / lowrank wires: error-feedback decay beta in
     e = beta * e + pseudo-gradient."""
     sparse_outer_momentum: float = 0.0
     """sparseloco: Nesterov momentum of the outer step on the combined update (0: plain SGD, as

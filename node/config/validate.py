@@ -82,6 +82,7 @@ RUN_RANGES: dict[str, Range] = {
     "strategy.outer_momentum": FRACTION,
     "strategy.wire_block": AT_LEAST_ONE,
     "strategy.wire_share": AT_LEAST_ONE,
+    "strategy.wire_rank": AT_LEAST_ONE,
     "strategy.topk": AT_LEAST_ONE,
     "strategy.topk_vector": NOT_NEGATIVE,
     "strategy.chunk": AT_LEAST_ONE,

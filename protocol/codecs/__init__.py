@@ -13,6 +13,8 @@ One module per family (their `name` is what envelopes carry):
   blockwise.py  int8-b<B>, int4-b<B> / int2-b<B> / int1-b<B>
   topk.py       topk-c<C>-k<K>[-dct]-<V>-i<I> (chunking, DCT, selections)
   pieces.py     lowbit-<b> / sparse-<b>: round protocol v3's pieces of 1-bit and top-k updates
+  lowrank.py    lowrank-r<R>-b<B> / lowrank1-r<R>-b<B> (PowerSGD: rank-r int8 or 1-bit factors
+                of each matrix, the rest int1)
   bitpack.py    the bit layouts the low-bit codecs share
   bounds.py     what encoders clamp to and decoders accept
 """
@@ -23,9 +25,10 @@ from protocol.codecs.bitpack import pack_indices, unpack_indices
 from protocol.codecs.blockwise import QUANT_OFFSET, Int8Codec, QuantCodec
 from protocol.codecs.bounds import FP16_MAX, MAX_ABS_VALUE
 from protocol.codecs.dense import DenseCodec
+from protocol.codecs.lowrank import LowRankCodec
 from protocol.codecs.topk import Chunking, Selection, TopKCodec, dct_matrix, largest_divisor
 
-Codec = DenseCodec | Int8Codec | QuantCodec | TopKCodec
+Codec = DenseCodec | Int8Codec | QuantCodec | TopKCodec | LowRankCodec
 
 __all__ = [
     "FP16_MAX",
@@ -35,6 +38,7 @@ __all__ = [
     "Codec",
     "DenseCodec",
     "Int8Codec",
+    "LowRankCodec",
     "QuantCodec",
     "Selection",
     "TopKCodec",

@@ -2,7 +2,8 @@
 pseudo-gradient (global - local), sent dense as fp16, fp32 or int8 (as INTELLECT-1 did), or at 4, 2
 or 1 bits per value through an error-feedback buffer (as MuLoCo, arXiv 2505.23725): each peer adds
 its pseudo-gradient to what earlier rounds' rounding left out, sends the quantised sum, and keeps
-the difference."""
+the difference; or as low-rank factors of each matrix through the same buffer (PowerSGD, arXiv
+1905.13727: one power iteration a round, warm-started from the last round's Q)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights, per_round
 from node.outer.copies import distinct
 from node.outer.state import SwarmState
-from protocol.codecs import DenseCodec, Int8Codec, QuantCodec
+from protocol.codecs import DenseCodec, Int8Codec, LowRankCodec, QuantCodec
 
 LOW_BIT = {"int4": 4, "int2": 2, "int1": 1}
+LOW_RANK = {"lowrank": 8, "lowrank1": 1}  # wire_dtype -> bits of a factor's values
 # Codecs registered from Python (node.outer.strategies.register_codec): wire_dtype name -> factory(shapes).
 WIRE_CODECS: dict[str, Callable[[tuple], object]] = {}
 
@@ -30,9 +32,24 @@ def search_space(cfg: StrategyConfig, train: TrainConfig) -> dict[str, tuple]:
         "outer_momentum": ("float", 0.5, 0.95, False),
         "train.inner_lr": ("float", 1e-3, 1e-2, True),
     }
-    if cfg.wire_dtype in LOW_BIT:
+    if cfg.wire_dtype in (*LOW_BIT, *LOW_RANK):
         space["error_decay"] = ("float", 0.8, 1.0, False)
     return space
+
+
+def low_rank(cfg: StrategyConfig, shapes) -> LowRankCodec:
+    """The lowrank wire for these shapes; a rank that factors no matrix is refused (all would go as int1)."""
+    if cfg.wire_rank < 1 or cfg.wire_block < 1:
+        raise ValueError(f"wire_rank ({cfg.wire_rank}) and wire_block ({cfg.wire_block}) must be at least 1")
+    codec = LowRankCodec(
+        tuple(tuple(s) for s in shapes), rank=cfg.wire_rank, block=cfg.wire_block, bits=LOW_RANK[cfg.wire_dtype]
+    )
+    if not any(codec.factored(tuple(s)) for s in shapes):
+        raise ValueError(
+            f"wire_rank {cfg.wire_rank} factors no matrix of this model (rank-r factors of an m x n matrix "
+            "must hold fewer values than it, r (m + n) < m n): use a lower rank, or wire_dtype int1"
+        )
+    return codec
 
 
 class DiLoCo:
@@ -41,9 +58,10 @@ class DiLoCo:
     local_optimizer = True
 
     def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
-        if cfg.wire_dtype not in ("float16", "float32", "int8", *LOW_BIT, *WIRE_CODECS):
+        if cfg.wire_dtype not in ("float16", "float32", "int8", *LOW_RANK, *LOW_BIT, *WIRE_CODECS):
             raise ValueError(
-                f"wire_dtype {cfg.wire_dtype!r} is not one of float16, float32, int8, int4, int2, int1"
+                f"wire_dtype {cfg.wire_dtype!r} is not one of float16, float32, int8, int4, int2, int1, "
+                "lowrank, lowrank1"
                 + "".join(f", {name}" for name in WIRE_CODECS)
                 + " (a codec of your own must be registered first: swarmtrain.register_codec)"
             )
@@ -53,8 +71,10 @@ class DiLoCo:
             raise ValueError(f"wire_share {cfg.wire_share} needs wire_dtype int1 (a shared sign is one bit)")
         self.cfg, self.agg = cfg, agg
         self.inner_steps = cfg.inner_steps
-        self.error_feedback = cfg.wire_dtype in LOW_BIT
-        if self.error_feedback:
+        self.error_feedback = cfg.wire_dtype in (*LOW_BIT, *LOW_RANK)
+        if cfg.wire_dtype in LOW_RANK:
+            self.codec = low_rank(cfg, shapes)
+        elif self.error_feedback:
             if cfg.wire_block < 1:
                 raise ValueError("wire_block must be at least 1")
             self.codec = QuantCodec(
@@ -73,7 +93,7 @@ class DiLoCo:
     @torch.no_grad()
     def make_update(self, state: SwarmState, worker, model: torch.nn.Module) -> bytes:
         """The pseudo-gradient theta_global - theta_local, encoded (through the error buffer at
-        4, 2 or 1 bits)."""
+        4, 2 or 1 bits, or low rank)."""
         local = [p.detach().to("cpu", torch.float32) for p in model.parameters() if p.requires_grad]
         pseudo = [g - l for g, l in zip(state.params, local)]
         if not self.error_feedback:
@@ -81,7 +101,11 @@ class DiLoCo:
         errors = worker.setdefault("error", [torch.zeros_like(p) for p in pseudo])
         for e, g in zip(errors, pseudo):
             e.mul_(self.cfg.error_decay).add_(g)  # e = beta * e + pseudo-gradient
-        payload = self.codec.encode(errors)
+        if isinstance(self.codec, LowRankCodec):  # PowerSGD's warm start: each matrix's Q of the last round
+            factors, worker["warm"] = self.codec.factorize(errors, worker.get("warm"))
+            payload = self.codec.pack(factors, errors)
+        else:
+            payload = self.codec.encode(errors)
         for e, s in zip(errors, self.codec.decode(payload)):
             e.sub_(s)  # keep what was not sent (as received)
         return payload

@@ -165,7 +165,8 @@ def test_a_leader_that_was_not_established_is_a_problem(run, honest, sybils, tmp
     code, report = audited(node_dir(tmp_path, found, envelopes), capsys)
     assert code == 1
     assert report["problems"] == [
-        f"round 4: leader {sybils[0][1][:16]} was not established (2 rounds' credit from up to 3 of the leaders that listed it in the 3 "
+        f"round 4: leader {sybils[0][1][:16]} was not established (2 rounds' credit from up to 3 of the leaders "
+        "that listed it in the 3 "
         "rosters before) while 3 peers were: the rules allow that only when none of them was live"
     ]
     # rounds 1-2 of a young run: anyone may lead, which the report says it cannot check

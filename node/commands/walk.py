@@ -100,7 +100,8 @@ class ChainCheck:
         elif problem:
             problems.append(
                 f"round {r}: leader {leader[:16]} was not established ({need} rounds' credit from "
-                f"up to {credit.LEADERS} of the leaders that listed it in the {len(window.rosters)} rosters before) while {len(established)} "
+                f"up to {credit.LEADERS} of the leaders that listed it in the {len(window.rosters)} rosters before) "
+                f"while {len(established)} "
                 "peers were: the rules allow that only when none of them was live"
             )
         stray = [a.peer for a in this.announcements if a.base != this.roster.base]

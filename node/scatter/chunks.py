@@ -199,8 +199,34 @@ class Layout:
         return out
 
 
+class ByPieces:
+    """A wire whose sizes and codes are its `piece(span, level)`'s: level 0 a sender's chunk,
+    1 and 2 an owner's result at that level (protocol/codecs/pieces.py)."""
+
+    def piece(self, span: Span, level: int):
+        raise NotImplementedError
+
+    def in_size(self, span: Span) -> int:
+        return self.piece(span, 0).encoded_size()
+
+    def out_size(self, span: Span, level: int = 2) -> int:
+        return self.piece(span, level).encoded_size()
+
+    def encode_in(self, values: torch.Tensor, span: Span) -> bytes:
+        return self.piece(span, 0).encode(values)
+
+    def decode_in(self, data: bytes, span: Span) -> torch.Tensor:
+        return self.piece(span, 0).decode(data)
+
+    def encode_out(self, values: torch.Tensor, span: Span, level: int = 2) -> bytes:
+        return self.piece(span, level).encode(values)
+
+    def decode_out(self, data: bytes, span: Span, level: int = 2) -> torch.Tensor:
+        return self.piece(span, level).decode(data)
+
+
 @dataclass(frozen=True)
-class SignWire:
+class SignWire(ByPieces):
     """Diloco's 1-bit updates: 1-bit pieces in, `out_bits` results out (one step a unit)."""
 
     layout: Layout
@@ -224,27 +250,9 @@ class SignWire:
         bits = (1, self.mid_bits or self.out_bits, self.out_bits)[level]
         return LowBitPiece(self.layout.sizes(span), bits)
 
-    def in_size(self, span: Span) -> int:
-        return self.piece(span, 0).encoded_size()
-
-    def out_size(self, span: Span, level: int = 2) -> int:
-        return self.piece(span, level).encoded_size()
-
-    def encode_in(self, values: torch.Tensor, span: Span) -> bytes:
-        return self.piece(span, 0).encode(values)
-
-    def decode_in(self, data: bytes, span: Span) -> torch.Tensor:
-        return self.piece(span, 0).decode(data)
-
-    def encode_out(self, values: torch.Tensor, span: Span, level: int = 2) -> bytes:
-        return self.piece(span, level).encode(values)
-
-    def decode_out(self, data: bytes, span: Span, level: int = 2) -> torch.Tensor:
-        return self.piece(span, level).decode(data)
-
 
 @dataclass(frozen=True)
-class SparseWire:
+class SparseWire(ByPieces):
     """Top-k updates in the codec's chunk order: k picks a unit in, keep x k picks a unit out."""
 
     layout: Layout
@@ -275,24 +283,6 @@ class SparseWire:
         factor = (1, self.mid_keep or self.keep, self.keep)[level]
         picks = tuple(min(n, factor * k) for n, k in zip(units, self.picks[r.start : r.stop]))
         return SparsePiece(units, picks, self.layout.segments(span), self.out_bits if level else self.in_bits)
-
-    def in_size(self, span: Span) -> int:
-        return self.piece(span, 0).encoded_size()
-
-    def out_size(self, span: Span, level: int = 2) -> int:
-        return self.piece(span, level).encoded_size()
-
-    def encode_in(self, values: torch.Tensor, span: Span) -> bytes:
-        return self.piece(span, 0).encode(values)
-
-    def decode_in(self, data: bytes, span: Span) -> torch.Tensor:
-        return self.piece(span, 0).decode(data)
-
-    def encode_out(self, values: torch.Tensor, span: Span, level: int = 2) -> bytes:
-        return self.piece(span, level).encode(values)
-
-    def decode_out(self, data: bytes, span: Span, level: int = 2) -> torch.Tensor:
-        return self.piece(span, level).decode(data)
 
 
 Wire = Int8Wire | SignWire | SparseWire

@@ -17,11 +17,9 @@ import math
 import numpy as np
 import torch
 
-from node.round import election
 from node.round.hooks import Hooks
 from node.round.ledger import Ledger
 from node.round.trust import credit
-from tests.test_round_protocol import NoSleep
 from tests.test_young_run import YOUNG, YoungSwarm
 
 DIM = 4096  # coordinates of a stand-in update
@@ -84,15 +82,8 @@ def play_credited(s: YoungSwarm, work: Work, previous: list[bytes], judges: dict
     for p, payload in zip(s.sybils, sybil_payloads(work, honest, previous)):
         p.announce(payload)
     r = s.honest[0].round + 1
-    everyone = [s.organizer, *s.volunteers]
-    leaders = [p for p in everyone if p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())]
-    rank = election.ranking(s.honest[0].proto.beacon(r), 0, {p.id for p in leaders})
-    taken = {}
-    for p in sorted(everyone, key=lambda p: rank.index(p.id) if p in leaders else len(rank)):
-        accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
-        assert accepted is not None, f"{p.id[:8]} got no roster of round {r}"
-        taken[p.id] = accepted
-    for p in everyone:
+    taken = s.take(r)
+    for p in [s.organizer, *s.volunteers]:
         payloads = p.proto.gather(taken[p.id])
         judges[p.id].apply(taken[p.id], payloads, p.ledger)
         p.finish(taken[p.id], payloads)

@@ -66,6 +66,19 @@ class YoungSwarm:
         if organizer_online:
             self.organizer.heartbeat(active=False)  # the witness: inactive, it announces nothing
 
+    def take(self, r: int) -> dict[str, AcceptedRoster]:
+        """Every peer's roster of round `r`, the candidates awaiting theirs in rank order (so each
+        leads in its turn), the rest after them."""
+        everyone = [self.organizer, *self.volunteers]
+        leaders = [p for p in everyone if p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())]
+        rank = election.ranking(self.honest[0].proto.beacon(r), 0, {p.id for p in leaders})
+        taken = {}
+        for p in sorted(everyone, key=lambda p: rank.index(p.id) if p in leaders else len(rank)):
+            accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
+            assert accepted is not None, f"{p.id[:8]} got no roster of round {r}"
+            taken[p.id] = accepted
+        return taken
+
 
 def censoring_roster(sybil: Peer, crowd: list[Peer], round_no: int) -> AcceptedRoster:
     """A Sybil leads the round with the crowd's updates only (honest ones left out), correctly
@@ -94,15 +107,8 @@ def play(s: YoungSwarm, *, attack: bool = True) -> dict[str, AcceptedRoster]:
     if attack:
         for sybil in s.sybils:
             censoring_roster(sybil, s.sybils, r)
-    everyone = [s.organizer, *s.volunteers]
-    leaders = [p for p in everyone if p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())]
-    rank = election.ranking(s.honest[0].proto.beacon(r), 0, {p.id for p in leaders})
-    taken = {}
-    for p in sorted(everyone, key=lambda p: rank.index(p.id) if p in leaders else len(rank)):
-        accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
-        assert accepted is not None, f"{p.id[:8]} got no roster of round {r}"
-        taken[p.id] = accepted
-    for p in everyone:
+    taken = s.take(r)
+    for p in [s.organizer, *s.volunteers]:
         p.finish(taken[p.id], p.proto.gather(taken[p.id]))
     return taken
 

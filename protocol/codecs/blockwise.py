@@ -83,6 +83,23 @@ class Int8Codec:
 # ------------------------------------------------------------------------- int4/int2/int1
 QUANT_OFFSET = {4: 8.0, 2: 1.5, 1: 0.5}
 """Code c of a `bits`-bit value decodes to (c - QUANT_OFFSET[bits]) * d."""
+
+
+def quant_top(bits: int) -> float:
+    """Largest |c - offset| over the `bits`-bit codes: a step's bound is MAX_ABS_VALUE / this."""
+    return max(QUANT_OFFSET[bits], 2**bits - 1 - QUANT_OFFSET[bits])
+
+
+def quant_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codes (as floats) of values `x` in units of their step: 4 bits round to -7..7 (+8),
+    2 bits floor to the levels -3/2..3/2 (codes 0..3), 1 bit is the sign (1 for >= 0)."""
+    if bits == 4:
+        return x.round().clamp(-7, 7) + 8
+    if bits == 2:
+        return (x.floor() + 2).clamp(0, 3)
+    return (x >= 0).float()
+
+
 FLIP_SEED_BYTES = 8
 """The seed of a shared-sign payload's flip pattern (QuantCodec with share > 1)."""
 
@@ -123,8 +140,7 @@ class QuantCodec:
         return -(-n // self.block)
 
     def _top(self) -> float:
-        """Largest |c - offset| over the codes: the step bound is MAX_ABS_VALUE / this."""
-        return max(QUANT_OFFSET[self.bits], 2**self.bits - 1 - QUANT_OFFSET[self.bits])
+        return quant_top(self.bits)
 
     def _codes(self, n: int) -> int:
         """Codes a tensor of n values sends (one per run of `share`; the last run may be short)."""
@@ -170,13 +186,7 @@ class QuantCodec:
                 blocks = runs
             # what decoders accept (values beyond: clipped), less a margin for the rounding to fp32
             d = d.clamp(max=MAX_ABS_VALUE / self._top() * (1 - 1e-6))
-            x = blocks / d.clamp(min=1e-30)[:, None]
-            if self.bits == 4:
-                c = x.round().clamp(-7, 7) + 8
-            elif self.bits == 2:
-                c = (x.floor() + 2).clamp(0, 3)
-            else:
-                c = (x >= 0).float()
+            c = quant_codes(blocks / d.clamp(min=1e-30)[:, None], self.bits)
             c = c.nan_to_num(QUANT_OFFSET[self.bits]).to(torch.uint8).reshape(-1)[: self._codes(n)]
             out += [d.numpy().astype("<f4").tobytes(), pack_bits(c.numpy(), self.bits)]
         return b"".join(out)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from protocol.codecs.bitpack import pack_bits, pack_indices, unpack_bits, unpack_indices
-from protocol.codecs.blockwise import QUANT_OFFSET
+from protocol.codecs.blockwise import QUANT_OFFSET, quant_codes, quant_top
 from protocol.codecs.bounds import FP16_MAX, MAX_ABS_VALUE, check_scale, check_values, expect_size
 from protocol.errors import ProtocolError
 
@@ -82,8 +82,7 @@ class LowBitPiece:
         return f"lowbit-{self.bits}"
 
     def _top(self) -> float:
-        offset = QUANT_OFFSET[self.bits]
-        return max(offset, 2**self.bits - 1 - offset)
+        return quant_top(self.bits)
 
     def encoded_size(self) -> int:
         n = sum(self.units)
@@ -104,13 +103,7 @@ class LowBitPiece:
         else:
             d = rows.abs().amax(dim=1).to(torch.float64) / 7.0
         d = d.to(torch.float32).clamp(max=MAX_ABS_VALUE / self._top() * (1 - 1e-6))
-        x = rows / d.clamp(min=1e-30)[:, None]
-        if self.bits == 4:
-            c = x.round().clamp(-7, 7) + 8
-        elif self.bits == 2:
-            c = (x.floor() + 2).clamp(0, 3)
-        else:
-            c = (x >= 0).float()
+        c = quant_codes(rows / d.clamp(min=1e-30)[:, None], self.bits)
         codes = c.reshape(-1)[_layout(self.units)[0]].to(torch.uint8).numpy()
         return d.numpy().astype("<f4").tobytes() + pack_bits(codes, self.bits)
 

@@ -142,11 +142,32 @@ def test_a_v3_roster_credits_exactly_its_established_authors_token_shares():
     credit.check(h.roster, h.announcements, set())  # a v2 roster's credit is its appliers' to check
 
 
-def test_a_reader_accepts_credit_within_float_rounding_of_the_threshold_only():
+def test_a_reader_refuses_credit_above_its_own_past_float_rounding_of_the_threshold():
     assert credit.wrong([64, 0], [64, 0], [64, 0], ["a", "b"]) is None
-    assert credit.wrong([64, 0], [64, 0], [64, 64], ["a", "b"]) is None  # b sits on the threshold
-    assert "credits b" in credit.wrong([64, 64], [64, 0], [64, 0], ["a", "b"])
+    assert credit.wrong([64, 64], [64, 0], [64, 64], ["a", "b"]) is None  # b sits on the threshold
+    assert "credits b 64/64, we compute 0/64" in credit.wrong([64, 64], [64, 0], [64, 0], ["a", "b"])
     assert "of its 2 entries" in credit.wrong([], [64, 0], [64, 0], ["a", "b"])
+    assert credit.wrong([0, 0], [64, 0], [64, 0], ["a", "b"]) is None  # less is taken (a synced leader's)
+
+
+def test_a_leader_that_synced_credits_nothing_and_a_member_that_kept_every_round_applies_its_roster():
+    """A leader that resynced lacks the rounds before that fresh parts are measured against: it
+    credits nothing rather than what members would refuse (in CI the organizer of a young run,
+    its only leader, resynced, credited a peer the others did not, and the run stalled for good)."""
+    leader, member = applier("leader", io.StringIO(), RUN), applier("member", io.StringIO(), RUN)
+    gen = torch.Generator().manual_seed(4)
+    common = [torch.randn(p.shape, generator=gen) for p in member.state.params]
+    payloads = [
+        member.strategy.codec.encode([0.01 * (c + 0.5 * torch.randn(c.shape, generator=gen)) for c in common])
+        for _ in range(3)
+    ]
+    whole = roster_of(leader, payloads, ["Qma", "Qmb", "Qmc"])
+    assert whole.roster.credit == (64, 64, 64)
+    leader.state.round = 4  # as if synced at round 4: rounds 2-4 are not its own
+    leader._assessed = None
+    assert leader.credit_round(payloads, list(whole.announcements)) == [0, 0, 0]
+    synced = AcceptedRoster({}, replace(whole.roster, credit=(0, 0, 0)), whole.announcements)
+    assert member.apply_round(synced, payloads) and member.crediting.refused == 0
 
 
 def test_every_applier_recomputes_a_rosters_credit_and_refuses_one_that_credits_junk():

@@ -176,8 +176,9 @@ class Applier:
     def credit_round(self, payloads: list[bytes], anns: list[Announcement]) -> list[int]:
         """As leader: each entry's credit (node/round/trust/credit.py units), from our state and chain."""
         assessed = self.assess(payloads, anns)
-        if not assessed.whole:
-            log.info("round %d: crediting without the rounds before (we synced): may be refused", self.state.round + 1)
+        if not assessed.whole:  # we synced lately: a fresh part we cannot measure is not credited
+            log.info("round %d: we lack the rounds before (we synced): crediting nothing", self.state.round + 1)
+            return [0] * len(anns)
         return assessed.units
 
     def assess(self, payloads: list[bytes], anns: list[Announcement]) -> Assessed:

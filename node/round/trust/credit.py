@@ -3,7 +3,8 @@
 A roster's `credit` gives each entry 0..UNITS sixty-fourths of a full round's credit. Its leader
 writes it (Hooks.credit: node/outer/useful.py judges each update useful or not, where the round
 decodes them) and every peer that applies the roster recomputes it and refuses a roster that
-lies (node/peer/applier.py); so the number in the chain is one every reader takes alike. Here is
+credits more than it computes (node/peer/applier.py; less is taken: `wrong`); so the number in
+the chain is one every reader takes alike. Here is
 what the chain makes of it, a pure function of the rosters held:
 
 - weight(p): the sum of p's credit over the window's rosters (at most UNITS a roster: a token
@@ -142,12 +143,16 @@ def check(roster: Roster, anns: Sequence[Announcement], before: set[str]) -> Non
 
 
 def wrong(written: Sequence[int], low: Sequence[int], high: Sequence[int], peers: Sequence[str]) -> str | None:
-    """Why a roster's credit is not what we compute (None: it is). `low` and `high` are our own
-    credit with the usefulness threshold a hair above and below its value (node/outer/useful.py),
-    so an entry within float rounding of the threshold may go either way, and nothing else."""
+    """Why a roster's credit is more than we compute (None: it is not). `low` and `high` are our
+    own credit with the usefulness threshold a hair above and below its value (node/outer/useful.py),
+    so an entry within float rounding of the threshold may go either way. Less than we compute is
+    accepted: a leader that synced lately lacks the rounds before that a fresh part is measured
+    against and credits nothing it cannot judge (Applier.credit_round); refusing that stalled a
+    young run whose organizer had resynced. Over-crediting makes Sybils established; under-crediting
+    only delays honest peers, which a leader could do by leaving them out as well (omission.py)."""
     if len(written) != len(low):
         return f"credits {len(written)} of its {len(low)} entries"
     for peer, w, a, b in zip(peers, written, low, high):
-        if not min(a, b) <= w <= max(a, b):
-            return f"credits {peer[:16]} {w}/{UNITS}, we compute {a}/{UNITS}"
+        if w > max(a, b):
+            return f"credits {peer[:16]} {w}/{UNITS}, we compute {max(a, b)}/{UNITS}"
     return None

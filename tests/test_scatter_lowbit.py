@@ -95,6 +95,11 @@ def test_pieces_from_peers_are_checked():
     for bad in (bytes(repeated), bytes(out_of_range), data + b"\x00"):
         with pytest.raises(ProtocolError):
             sparse.decode(bad)
+    int8 = SparsePiece((4096, 64), (2, 2), (1, 1), 8)  # one step a segment, max|value| / 127
+    data = int8.encode(values)
+    assert len(data) == 2 * 4 + 6 + 4 and torch.allclose(int8.decode(data), values, atol=4.0 / 254)
+    with pytest.raises(ProtocolError):
+        int8.decode(b"\x00\x00\x80\x7f" + data[4:])
 
 
 @pytest.mark.parametrize("kind", ["sign", "sparse"])
@@ -139,17 +144,19 @@ def test_the_gathered_aggregate_stays_about_one_update():
     """The union of 16 peers' top-k picks is several times k a chunk; the re-sparsified aggregate
     keeps k (keep 1), so the gathered aggregate is about one update, as is a 1-bit aggregate."""
     for wire, payload, factor in (
-        (chunks.wire_for(SIGNS), SIGNS.encoded_size(), 1),
+        (chunks.wire_for(SIGNS, out_bits=1), SIGNS.encoded_size(), 1),
         (chunks.wire_for(SIGNS, out_bits=2), SIGNS.encoded_size(), 2),
-        (chunks.wire_for(TOPK), TOPK.encoded_size(), 1),
-        (chunks.wire_for(TOPK, keep=2), TOPK.encoded_size(), 2),
+        (chunks.wire_for(SIGNS), SIGNS.encoded_size(), 4),
+        (chunks.wire_for(TOPK, keep=1, out_bits=2), TOPK.encoded_size(), 1),
+        (chunks.wire_for(TOPK, keep=2, out_bits=2), TOPK.encoded_size(), 2),
+        (chunks.wire_for(TOPK, keep=1, out_bits=8), TOPK.encoded_size(), 20 / 14),  # 12-bit index + int8
     ):
         whole = chunks.Span(0, wire.layout.total)
         parts = [p for c in wire.spans(whole, 4) for p in wire.spans(c, 4)]
         assert sum(wire.out_size(p) for p in parts) <= 1.05 * factor * payload + 16 * len(parts)
     sels = topk_selections(16, 5)
     union = torch.stack([chunks.sparse_flat(TOPK, s) for s in sels]).ne(0).any(0)
-    agg = TwoLevel(Robust(), 0, chunks.wire_for(TOPK)).sparse(TOPK, sels)
+    agg = TwoLevel(Robust(), 0, chunks.wire_for(TOPK, keep=1)).sparse(TOPK, sels)
     kept = torch.cat([t.reshape(-1) for t in agg]).ne(0)
     picks = sum(ch.num_chunks * TOPK.picks(ch) for ch in TOPK.chunkings())
     assert int(union.sum()) > 4 * picks and int(kept.sum()) <= picks
@@ -178,7 +185,7 @@ def test_one_group_with_nothing_dropped_is_the_all_gathers_rule():
         ref = rule.sparse(TOPK, [sels[i] for i in order])
         assert all(torch.equal(a, b) for a, b in zip(v3, ref))
     # re-encoded at 1 bit, the aggregate is the all-gather's signs (the trimmed mean's) with one step a unit
-    v3 = chunks.flat(TwoLevel(Robust(clip_multiple=0.0), 0, chunks.wire_for(SIGNS)).dense(updates))
+    v3 = chunks.flat(TwoLevel(Robust(clip_multiple=0.0), 0, chunks.wire_for(SIGNS, out_bits=1)).dense(updates))
     ref = chunks.flat(Robust(clip_multiple=0.0).dense(updates))
     assert torch.equal(torch.sign(v3)[ref != 0], torch.sign(ref)[ref != 0])
 

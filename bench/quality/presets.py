@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from node.config import ModelConfig, RobustConfig, StrategyConfig, TrainConfig
+from protocol.codecs.pieces import RAW
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -389,10 +390,10 @@ class Exchange(NamedTuple):
     """The aggregator ([robust]); with scatter, each owner's rule at both levels."""
     out_bits: int = 0
     """Scatter: bits of an owner's re-encoded result (sign wire: 1, 2 or 4 bits a value; sparse
-    wire: 2^bits-entry value tables); 0: the wire's default (1 and 2)."""
-    keep: int = 1
+    wire: 2^bits-entry value tables, or 8: int8 values); 0: the wire's default (4 and 8)."""
+    keep: int = 0
     """Scatter, sparse wire: a level-2 owner's result (the aggregate) keeps keep x k values a
-    chunk of the codec."""
+    chunk of the codec; 0: the wire's default (8)."""
     mid: int = 0
     """Scatter: level-1 owners' results at `mid` bits (sign wire) or mid x k picks (sparse
     wire); 0: as level 2's."""
@@ -420,14 +421,47 @@ EXCHANGE_ROWS: dict[str, tuple[str, Exchange]] = {
     f"{INT1}-robust": (INT1, Exchange(scatter=False, robust=RobustConfig())),
     f"{INT1}-scatter-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1)),
     f"{INT1}-scatter2-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=2)),
+    f"{INT1}-scatter4-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=4)),
     f"{INT1}-scatter21-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2)),
     f"{INT1}-scatter21-tb-robust": (
         INT1,
         Exchange(scatter=True, robust=RobustConfig(), out_bits=1, mid=2, take_back=True),
     ),
+    # what the rule costs alone (fp32 results) and what the re-encoding costs alone (the mean is
+    # linear: two levels of it are the all-gather's mean, the base preset's rule)
+    f"{INT1}-scatterraw-robust": (INT1, Exchange(scatter=True, robust=RobustConfig(), out_bits=RAW)),
+    f"{INT1}-scatter21-mean": (INT1, Exchange(scatter=True, robust=RobustConfig(aggregator="mean"), out_bits=1, mid=2)),
+    f"{INT1}-scatter2-mean": (INT1, Exchange(scatter=True, robust=RobustConfig(aggregator="mean"), out_bits=2)),
     f"{SPARSE}-robust": (SPARSE, Exchange(scatter=False, robust=RobustConfig())),
-    f"{SPARSE}-scatter-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=1, take_back=True)),
-    f"{SPARSE}-scatter-k2-robust": (SPARSE, Exchange(scatter=True, robust=RobustConfig(), keep=2, take_back=True)),
+    f"{SPARSE}-scatter-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=1, out_bits=2, take_back=True),
+    ),
+    f"{SPARSE}-scatter-k2-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=2, out_bits=2, take_back=True),
+    ),
+    f"{SPARSE}-scatter-k4-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=4, out_bits=2, take_back=True),
+    ),
+    # the aggregate's values in 256-entry tables (8 bits): what the 4-value tables' rounding costs
+    f"{SPARSE}-scatter-k4b8-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=4, out_bits=8, take_back=True),
+    ),
+    f"{SPARSE}-scatter-k1b8-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=1, out_bits=8, take_back=True),
+    ),
+    f"{SPARSE}-scatter-k2b8-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=2, out_bits=8, take_back=True),
+    ),
+    f"{SPARSE}-scatter-k8b8-robust": (
+        SPARSE,
+        Exchange(scatter=True, robust=RobustConfig(), keep=8, out_bits=8, take_back=True),
+    ),
 }
 """Presets that combine otherwise than ALL_GATHER_MEAN: name -> (the preset whose settings they
 run, the exchange). `bench quality` runs them through the same strategy code, the aggregator

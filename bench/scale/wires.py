@@ -37,7 +37,7 @@ def codec_of(kind: str):
 
 
 def wire_row(
-    n: int, kind: str, *, out_bits: int = 0, keep: int = 1, mid: int = 0, int8: bool = False, seed: int = 0
+    n: int, kind: str, *, out_bits: int = 0, keep: int = 0, mid: int = 0, int8: bool = False, seed: int = 0
 ) -> dict:
     """One honest round of n peers on the wire of `kind` ("sign" or "sparse"), or on int8 chunks."""
     codec = codec_of(kind)
@@ -92,8 +92,14 @@ def wire_rows(peers: tuple[int, ...], say=print) -> list[dict]:
             ("sign", {"out_bits": 1}),
             ("sign", {"out_bits": 1, "mid": 2}),
             ("sign", {"out_bits": 2}),
-            ("sparse", {"keep": 1}),
-            ("sparse", {"keep": 2}),
+            ("sign", {"out_bits": 4}),
+            ("sparse", {"keep": 1, "out_bits": 2}),
+            ("sparse", {"keep": 2, "out_bits": 2}),
+            ("sparse", {"keep": 4, "out_bits": 2}),
+            ("sparse", {"keep": 1, "out_bits": 8}),
+            ("sparse", {"keep": 2, "out_bits": 8}),
+            ("sparse", {"keep": 4, "out_bits": 8}),
+            ("sparse", {"keep": 8, "out_bits": 8}),
         ):
             say(f"scale: {n} peers, {kind} update, {options} ...")
             rows.append(wire_row(n, kind, **options) | {"update": kind})
@@ -113,7 +119,11 @@ def wires_table(rows: list[dict]) -> str:
             "int8 chunks"
             if r["wire"] == "int8"
             else f"{r['wire']}, "
-            + (f"keep {r['keep']}" if r["wire"] == "sparse" else f"{r['out_bits']}-bit aggregate")
+            + (
+                f"keep {r['keep']}, " + ("int8 values" if r["out_bits"] == 8 else f"{2 ** r['out_bits']}-value tables")
+                if r["wire"] == "sparse"
+                else f"{r['out_bits']}-bit aggregate"
+            )
             + mid
         )
         lines.append(

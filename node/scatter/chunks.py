@@ -8,13 +8,14 @@ update (a peer's bytes never reach a tensor unchecked). Three wires, by the run'
           chunks, owners' results and the final aggregate alike: n + 4 ceil(n / BLOCK) bytes.
   SignWire  (diloco int1) model order, cut at the sender codec's blocks (units); senders' pieces
           1 bit a value and one fp32 step a unit (lossless: the sender's own payload values);
-          owners' results re-encoded at `out_bits` (1, 2 or 4) the same way, so the gathered
-          aggregate is about out_bits x one update. Reduced with the dense rule.
+          owners' results re-encoded at `out_bits` (1, 2 or 4: the default) the same way, so the
+          gathered aggregate is about out_bits x one update. Reduced with the dense rule.
   SparseWire  (sparseloco top-k, no DCT) the codec's chunk order (each tensor's chunks, one
           after the other), cut at its chunks (units); senders' pieces keep their k picks a
           unit with 2-bit tables (lossless); owners' results are re-sparsified to keep x k
-          picks a unit (their largest |values|) with 2^out_bits-entry tables, so the gathered
-          aggregate is about keep x one update. Reduced with the sparse rule (vote); what the
+          picks a unit (their largest |values|; default 8) with 2^out_bits-entry tables or int8
+          values (out_bits 8, the default), so the gathered aggregate is about keep x one
+          update (x 20/14 with int8 values). Reduced with the sparse rule (vote); what the
           aggregate dropped goes back into each sender's error buffer (SparseLoCo.take_back).
 protocol/codecs/pieces.py holds the low-bit and sparse formats; all are bit-exact to re-encode.
 """
@@ -230,7 +231,7 @@ class SignWire(ByPieces):
     """Diloco's 1-bit updates: 1-bit pieces in, `out_bits` results out (one step a unit)."""
 
     layout: Layout
-    out_bits: int = 1
+    out_bits: int = 4
     """Bits a value of a level-2 owner's result, the gathered aggregate (1, 2 or 4; RAW: fp32)."""
     mid_bits: int = 0
     """Bits a value of a level-1 owner's result (0: out_bits); they travel only to one part
@@ -288,10 +289,11 @@ class SparseWire(ByPieces):
 Wire = Int8Wire | SignWire | SparseWire
 
 
-def wire_for(codec, *, out_bits: int = 0, keep: int = 1, mid: int = 0) -> Wire:
-    """The wire v3 carries a run's updates on, from its codec (out_bits 0: the wire's default,
-    1 bit for signs, 2 for top-k tables; `mid`: level-1 results' bits, or keep, 0: as level 2's).
-    Raises ValueError for updates v3 does not carry."""
+def wire_for(codec, *, out_bits: int = 0, keep: int = 0, mid: int = 0) -> Wire:
+    """The wire v3 carries a run's updates on, from its codec; 0 takes the wire's default, the
+    setting measured to hold quality (docs/benchmarks.md): signs at 4 bits (+0.7% against the
+    all-gather), top-k keeping 8 x k values a chunk as int8 (+1.6%). `mid`: level-1 results'
+    bits, or keep (0: as level 2's). Raises ValueError for updates v3 does not carry."""
     if isinstance(codec, QuantCodec) and codec.bits == 1 and codec.share == 1:
         units, tensors = [], []
         for t, shape in enumerate(codec.shapes):
@@ -301,7 +303,7 @@ def wire_for(codec, *, out_bits: int = 0, keep: int = 1, mid: int = 0) -> Wire:
             sizes = [codec.block] * (n // codec.block) + ([n % codec.block] if n % codec.block else [])
             units += sizes
             tensors += [t] * len(sizes)
-        return SignWire(Layout(tuple(units), tuple(tensors)), out_bits=out_bits or 1, mid_bits=mid)
+        return SignWire(Layout(tuple(units), tuple(tensors)), out_bits=out_bits or 4, mid_bits=mid)
     if isinstance(codec, TopKCodec):
         if codec.dct:
             raise ValueError("v3 does not carry DCT top-k updates (decoupled momentum's sign vote) yet")
@@ -311,7 +313,7 @@ def wire_for(codec, *, out_bits: int = 0, keep: int = 1, mid: int = 0) -> Wire:
             tensors += [t] * ch.num_chunks
             picks += [codec.picks(ch)] * ch.num_chunks
         in_bits = {"2bit": 2, "1bit": 1}.get(codec.values, 32)  # bf16 values travel as fp32
-        return SparseWire(Layout(tuple(units), tuple(tensors)), tuple(picks), in_bits, keep, out_bits or 2, mid)
+        return SparseWire(Layout(tuple(units), tuple(tensors)), tuple(picks), in_bits, keep or 8, out_bits or 8, mid)
     return INT8
 
 

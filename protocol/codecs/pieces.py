@@ -12,7 +12,8 @@ sparse-<b>    per unit its picks[u] largest |values| (ties: the lower index), th
               the unit (12 bits where every unit has at most 4,096 values, else 16) and their
               values against one table of 2^b fp32 entries per segment (a run of units, one
               tensor): exact where the segment's picks hold at most 2^b distinct values, else
-              2^b bins of equal count each decoding to its median member. 32: raw fp32 values.
+              2^b bins of equal count each decoding to its median member (b 1, 2, 4); b 8:
+              int8 codes times one fp32 step a segment (max|x| / 127). 32: raw fp32 values.
 
 Owners re-encode their results in these formats and auditors compare the bytes, so encoding
 is bit-exact on any machine: steps are sums of float64 along a fixed tree (`fixed_sums`, each
@@ -143,6 +144,14 @@ def table_codes(values: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.
     return srt[(lo + hi - 1) // 2].clone(), codes
 
 
+def int8_codes(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one fp32 step, max|value| / 127; each value's code, round(value / step) + 128)."""
+    top = float(values.abs().max()) if values.numel() else 0.0
+    step = torch.tensor([top / 127.0], dtype=torch.float32).clamp(max=MAX_ABS_VALUE / 127 * (1 - 1e-6))
+    codes = (values / step.clamp(min=1e-30)).round().clamp(-127, 127).to(torch.int64) + 128
+    return step, codes
+
+
 @functools.lru_cache(maxsize=256)
 def _starts(sizes: tuple[int, ...]) -> tuple[int, ...]:
     out = [0]
@@ -161,7 +170,8 @@ class SparsePiece:
     segments: tuple[int, ...]
     """Units per value table, in order (summing to len(units))."""
     bits: int
-    """Code bits (1, 2, 4 or 8: a table of 2^bits entries), or RAW."""
+    """Code bits: 1, 2 or 4 (a table of 2^bits entries a segment), 8 (int8 codes times one fp32
+    step a segment, max|value| / 127), or RAW."""
 
     def __post_init__(self):
         if (
@@ -187,7 +197,11 @@ class SparsePiece:
         index = 2 * m if self.index_bits == 16 else 3 * -(-m // 2)
         if self.bits == RAW:
             return 0, index, 4 * m
-        return 4 * len(self.segments) * 2**self.bits, index, -(-m * self.bits // 8)
+        return 4 * len(self.segments) * self._table(), index, -(-m * self.bits // 8)
+
+    def _table(self) -> int:
+        """fp32 entries a segment: a table of 2^bits, or one int8 step."""
+        return 1 if self.bits == 8 else 2**self.bits
 
     def encoded_size(self) -> int:
         return sum(self._sizes())
@@ -207,7 +221,8 @@ class SparsePiece:
             return indices + torch.cat([*vals, torch.zeros(0)]).numpy().astype("<f4").tobytes()
         tables, codes, at = [], [], 0
         for seg in self.segments:
-            table, c = table_codes(torch.cat(vals[at : at + seg]) if seg else torch.zeros(0), 2**self.bits)
+            picked = torch.cat(vals[at : at + seg]) if seg else torch.zeros(0)
+            table, c = int8_codes(picked) if self.bits == 8 else table_codes(picked, 2**self.bits)
             tables.append(table.numpy().astype("<f4").tobytes())
             codes.append(c)
             at += seg
@@ -223,7 +238,7 @@ class SparsePiece:
             vals = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=m, offset=nt + ni).astype(np.float32))
         else:
             tables = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=nt // 4).astype(np.float32))
-            check_scale(tables, MAX_ABS_VALUE, f"{self.name} table")
+            check_scale(tables, MAX_ABS_VALUE / (127 if self.bits == 8 else 1), f"{self.name} table")
             codes = torch.from_numpy(unpack_bits(data[nt + ni :], m, self.bits).astype(np.int64))
             seg_of_pick = torch.repeat_interleave(
                 torch.arange(len(self.segments)),
@@ -232,7 +247,10 @@ class SparsePiece:
                     dtype=torch.int64,
                 ),
             )
-            vals = tables[seg_of_pick * 2**self.bits + codes]
+            if self.bits == 8:
+                vals = (codes - 128).to(torch.float32) * tables[seg_of_pick]
+            else:
+                vals = tables[seg_of_pick * 2**self.bits + codes]
         check_values(vals, self.name)
         out, starts, at = torch.zeros(sum(self.units)), _starts(self.units), 0
         for u, k in enumerate(self.picks):

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -323,9 +324,21 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def verbose_loggers(spec: str) -> None:
+    """SWARMTRAIN_LOG: a level for every swarmtrain logger ("debug"), or name=level pairs
+    ("rounds=debug,scatter=info": swarmtrain.rounds, swarmtrain.scatter), to watch one part of
+    a node at work (docs/operating.md). Unknown levels are ignored: logging is not worth a crash."""
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, level = item.rpartition("=")
+        level = logging.getLevelName(level.upper())
+        if isinstance(level, int):
+            logging.getLogger(f"swarmtrain.{name}" if name else "swarmtrain").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    verbose_loggers(os.environ.get("SWARMTRAIN_LOG", ""))
     command = COMMANDS[args.command]
     stop = threading.Event()
     try:

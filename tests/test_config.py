@@ -106,3 +106,21 @@ def test_invalid_toml_is_a_clear_error(tmp_path):
     f.write_text("[model\n")
     with pytest.raises(SwarmtrainError, match="not valid TOML"):
         load_run_config(f)
+
+
+def test_swarmtrain_log_turns_loggers_up_and_is_no_unknown_setting():
+    import logging
+
+    from node.cli import verbose_loggers
+    from node.config.load import check_env_names
+
+    check_env_names({"SWARMTRAIN_LOG": "debug"})  # not refused as a misspelt setting
+    with pytest.raises(SwarmtrainError, match="SWARMTRAIN_LOGS"):
+        check_env_names({"SWARMTRAIN_LOGS": "debug"})
+    rounds, scatter = logging.getLogger("swarmtrain.rounds"), logging.getLogger("swarmtrain.scatter")
+    before = rounds.level, scatter.level
+    try:
+        verbose_loggers("rounds=debug, scatter=loud,")  # an unknown level is ignored
+        assert rounds.level == logging.DEBUG and scatter.level == before[1]
+    finally:
+        rounds.setLevel(before[0])

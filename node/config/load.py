@@ -24,8 +24,9 @@ from node.config.validate import validate_node, validate_run
 from node.errors import SwarmtrainError
 
 ENV_PREFIX = "SWARMTRAIN_"
-ENV_ELSEWHERE = frozenset({"SWARMTRAIN_ARTIFACTS"})
-"""Variables with our prefix that are not node settings: where the swarm tests leave their artifacts."""
+ENV_ELSEWHERE = frozenset({"SWARMTRAIN_ARTIFACTS", "SWARMTRAIN_LOG"})
+"""Variables with our prefix that are not node settings: where the swarm tests leave their
+artifacts; which loggers say more (node/cli.py, docs/operating.md)."""
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str):

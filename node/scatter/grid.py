@@ -40,15 +40,18 @@ def uses_scatter(members: int, min_peers: int = SCATTER_MIN_PEERS) -> bool:
 
 
 DENSE_WIRES = ("int8", "float16", "float32")
-"""Wire formats of diloco updates that v3 carries (as int8 chunks): dense, one value a coordinate."""
+"""Wire formats of diloco updates that v3 carries as int8 chunks: dense, one value a coordinate."""
 
 
-def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str) -> int:
+def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str, wire_share: int = 1) -> int:
     """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless the
-    strategy's updates are dense (diloco on a DENSE_WIRES wire): a group's union of top-k picks
-    grows toward dense, and low-bit updates would cost 2-8x their bytes as int8 chunks.
-    A function of the run's settings, so every peer decides alike."""
-    return min_peers if strategy == "diloco" and wire_dtype in DENSE_WIRES else 0
+    strategy is diloco on a wire v3 carries at about its own size: a DENSE_WIRES one (int8 chunks)
+    or int1 with one sign a value (the sign wire, node/scatter/chunks.py SignWire). Top-k runs stay
+    verify-all (the sparse wire needs each sender's take-back of what the aggregate dropped, which
+    the node does not do yet), and int4/int2 or shared signs would cost 2-8x their bytes as int8
+    chunks. A function of the run's settings, so every peer decides alike."""
+    signs = wire_dtype == "int1" and wire_share == 1
+    return min_peers if strategy == "diloco" and (wire_dtype in DENSE_WIRES or signs) else 0
 
 
 def group_size(members: int) -> int:

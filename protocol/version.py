@@ -30,8 +30,9 @@ PROTOCOL_VERSION = 15  # 2: signed records, elected leaders, the roster ledger; 
 # 14: rosters carry `credit` (0..64 per entry, recomputed by every applier from the updates: zeros, noise, copies
 # and mixes of the 3 rounds before earn 0) and establishment counts credit, not appearances, from min(3, the
 # window's leaders) leaders (a version-13 peer would establish, and let lead, a crowd that does no useful work)
-# 15: diloco int1 runs (wire_share 1) use v3 from scatter_min_peers on, their pieces on the sign wire (1-bit
-# chunks, 4-bit results: chunks.wire_for's defaults), not int8 chunks (a version-14 peer runs verify-all there)
+# 15: diloco int1 (wire_share 1) and sparseloco runs use v3 from scatter_min_peers on, on their codec's wire at
+# chunks.wire_for's defaults (signs: 1-bit chunks, 4-bit results; sparse: the picks, 8 x k int8 values out), not
+# int8 chunks (a version-14 peer runs verify-all there)
 
 
 def is_compatible(remote_version: object) -> bool:

@@ -44,14 +44,15 @@ DENSE_WIRES = ("int8", "float16", "float32")
 
 
 def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str, wire_share: int = 1) -> int:
-    """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless the
-    strategy is diloco on a wire v3 carries at about its own size: a DENSE_WIRES one (int8 chunks)
-    or int1 with one sign a value (the sign wire, node/scatter/chunks.py SignWire). Top-k runs stay
-    verify-all (the sparse wire needs each sender's take-back of what the aggregate dropped, which
-    the node does not do yet), and int4/int2 or shared signs would cost 2-8x their bytes as int8
-    chunks. A function of the run's settings, so every peer decides alike."""
+    """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless v3
+    carries the strategy's updates at about their own size (node/scatter/chunks.py wire_for):
+    diloco on a DENSE_WIRES wire (int8 chunks) or on int1 with one sign a value (SignWire), or
+    sparseloco (top-k without DCT: SparseWire). int4/int2 or shared signs would cost 2-16x their
+    bytes as int8 chunks, and decoupled momentum's sign vote is not carried: those keep
+    verify-all. A function of the run's settings, so every peer decides alike."""
     signs = wire_dtype == "int1" and wire_share == 1
-    return min_peers if strategy == "diloco" and (wire_dtype in DENSE_WIRES or signs) else 0
+    diloco = strategy == "diloco" and (wire_dtype in DENSE_WIRES or signs)
+    return min_peers if diloco or strategy == "sparseloco" else 0
 
 
 def group_size(members: int) -> int:

@@ -63,11 +63,12 @@ def heartbeat(peer: str, maddrs: tuple[str, ...]) -> Heartbeat:
     )
 
 
-def test_only_dense_runs_use_the_reduce_scatter_and_the_default_is_the_designs():
+def test_only_runs_v3_carries_use_the_reduce_scatter_and_the_default_is_the_designs():
     assert SwarmConfig().scatter_min_peers == SCATTER_MIN_PEERS == 16
     assert scatter_threshold(16, "diloco", "int8") == 16
     assert scatter_threshold(4, "diloco", "float16") == 4
-    for name, wire in (("sparseloco", "int8"), ("decoupled-momentum", "int8"), ("diloco", "int4"), ("ddp", "float32")):
+    assert scatter_threshold(16, "diloco", "int1") == scatter_threshold(16, "sparseloco", "int8") == 16
+    for name, wire in (("decoupled-momentum", "int8"), ("diloco", "int4"), ("ddp", "float32")):
         assert scatter_threshold(16, name, wire) == 0, (name, wire)  # verify-all at any size
 
 

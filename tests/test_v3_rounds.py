@@ -59,6 +59,9 @@ def state_after(base: str, flat: torch.Tensor) -> str:
 
 
 class Peer:
+    strategy = Flat()
+    """The run's strategy (tests/test_v3_wires.py: a real one, whose codec sets the v3 wire)."""
+
     def __init__(self, dht: FakeDHT, registry: dict, bus: ScatterBus, threshold: int, timeouts: Timeouts | None = None):
         self.key, self.id = new_key()
         self.net = RealClockNet(self.id, dht, registry)
@@ -67,7 +70,7 @@ class Peer:
             net=bus.net(self.id),
             serve=lambda handler, limit: bus.handlers.__setitem__(self.id, SimpleNamespace(answer=handler)),
             key=self.key,
-            strategy=Flat(),
+            strategy=self.strategy,
             threshold=threshold,
             timeouts=timeouts or Timeouts(phase=5.0, call=5.0, round=30.0),
             settle=0.6,
@@ -93,9 +96,13 @@ class Peer:
         )
         assert self.net.store(keys.peers_key(RUN), self.id, signed.seal(self.key, hb), CFG.heartbeat_ttl)
 
+    def encode(self, values: torch.Tensor) -> tuple[str, bytes]:
+        """(codec name, payload) of our update's values."""
+        return "dense-float32", values.numpy().tobytes()
+
     def announce(self, values: torch.Tensor):
         r = self.round + 1
-        blob = self.proto.envelope(r, "dense-float32", values.numpy().tobytes())
+        blob = self.proto.envelope(r, *self.encode(values))
         self.proto.announce(r, blob, tokens=100, base=self.digest)
 
     def play(self, out: dict):
@@ -114,10 +121,10 @@ class Peer:
         self.ledger.append(accepted)
 
 
-def swarm(n: int, threshold: int = 4, timeouts: Timeouts | None = None):
+def swarm(n: int, threshold: int = 4, timeouts: Timeouts | None = None, kind: type = Peer):
     dht, registry, bus = FakeDHT(), {}, ScatterBus()
     dht.validator = RunValidator(RUN, heartbeat_ttl=CFG.heartbeat_ttl, round_ttl=600.0)
-    return dht, bus, [Peer(dht, registry, bus, threshold, timeouts) for _ in range(n)]
+    return dht, bus, [kind(dht, registry, bus, threshold, timeouts) for _ in range(n)]
 
 
 def play_round(peers: list[Peer], seed: int) -> dict:

@@ -226,9 +226,10 @@ class SwarmConfig:
     """Round protocol v3 (docs/protocol.md "v3"): a round whose roster has at least this many
     members runs the reduce-scatter, in which each peer moves about 3 updates whatever the
     swarm's size, instead of every peer fetching every update (verify-all). Every peer decides
-    from the roster alone. Dense updates only (diloco with int8, float16 or float32 on the
-    wire): other strategies keep verify-all at any size; rounds the organizer leads (a young
-    run) too. 0: always verify-all."""
+    from the roster alone. Diloco with int8, float16 or float32 on the wire (carried as int8
+    chunks) or int1 with wire_share 1 (carried as signs, 4-bit results), and sparseloco (its
+    picks, 8 x k int8 values a chunk out): other strategies and wires keep verify-all at any
+    size; rounds the organizer leads (a young run) too. 0: always verify-all."""
     relay_wait: float = 3.0
     """Seconds a peer asked for an update of the current round that it does not hold yet waits
     for it to arrive (it is a relay in that update's tree) before it answers 'no update'."""

@@ -231,6 +231,16 @@ class Applier:
         self.strategy.apply_aggregate(state, flat)
         return self.previewed(state)
 
+    @torch.no_grad()
+    def take_back(self, worker, update: bytes, payloads) -> None:
+        """After a v3 round that applied our `update`: a strategy that `takes_back` (sparseloco:
+        the sparse wire re-sparsifies the aggregate) puts what the aggregate dropped of it back
+        into our error buffer (`worker`), as `bench quality` measured it. Others: nothing."""
+        if isinstance(payloads, Aggregate) and getattr(self.strategy, "takes_back", False):
+            params = self.state.params
+            parts = payloads.flat.to(torch.float32).split([p.numel() for p in params])
+            self.strategy.take_back(worker, update, [x.view_as(p) for x, p in zip(parts, params)])
+
     def previewed(self, state: SwarmState) -> Outcome:
         if not all(torch.isfinite(p).all() for p in state.params):
             raise NonFinite("the state is not finite after this round")

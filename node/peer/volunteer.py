@@ -47,6 +47,7 @@ class InFlight:
     t1: float
     result: Future  # -> (roster or None, payloads or None)
     start: Start  # where its training started
+    update: bytes = b""  # the payload we announced (a v3 round on the sparse wire hands it back: take_back)
 
 
 def _done(fn) -> Future:
@@ -232,7 +233,7 @@ class Peer(NodeParts):
             self.rounds.announce(r, self.rounds.envelope(r, self.strategy.codec.name, update), tokens, base)
             collect = functools.partial(self.collect, r, base, state_round, stop)
             future = self.pool.submit(collect) if self.overlap.enabled else _done(collect)
-        self.inflight = InFlight(round=r, loss=loss, steps=steps, t0=t0, t1=t1, result=future, start=self.start)
+        self.inflight = InFlight(r, loss, steps, t0, t1, result=future, start=self.start, update=update)
 
     def collect(self, r: int, base: str, state_round: int, stop: threading.Event):
         roster = self.rounds.await_roster(r, base, state_round, stop)  # an elected leader's
@@ -253,6 +254,8 @@ class Peer(NodeParts):
             applied = payloads is not None and self.applier.apply_round(roster, payloads)  # same bits on every peer
         if not applied or all(a.peer != self.me for a in roster.announcements):
             self.carry_over(flight)
+        else:  # our update is in the round applied
+            self.applier.take_back(self.worker, flight.update, payloads)
         if applied and self.overlap.enabled and self.training is not None:
             self.training.window.anchor(roster.roster.time)  # the round we train now ends with the swarm's
         if applied:

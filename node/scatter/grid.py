@@ -40,15 +40,19 @@ def uses_scatter(members: int, min_peers: int = SCATTER_MIN_PEERS) -> bool:
 
 
 DENSE_WIRES = ("int8", "float16", "float32")
-"""Wire formats of diloco updates that v3 carries (as int8 chunks): dense, one value a coordinate."""
+"""Wire formats of diloco updates that v3 carries as int8 chunks: dense, one value a coordinate."""
 
 
-def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str) -> int:
-    """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless the
-    strategy's updates are dense (diloco on a DENSE_WIRES wire): a group's union of top-k picks
-    grows toward dense, and low-bit updates would cost 2-8x their bytes as int8 chunks.
-    A function of the run's settings, so every peer decides alike."""
-    return min_peers if strategy == "diloco" and wire_dtype in DENSE_WIRES else 0
+def scatter_threshold(min_peers: int, strategy: str, wire_dtype: str, wire_share: int = 1) -> int:
+    """The run's [swarm] scatter_min_peers as its rounds use it: 0 (always verify-all) unless v3
+    carries the strategy's updates at about their own size (node/scatter/chunks.py wire_for):
+    diloco on a DENSE_WIRES wire (int8 chunks) or on int1 with one sign a value (SignWire), or
+    sparseloco (top-k without DCT: SparseWire). int4/int2 or shared signs would cost 2-16x their
+    bytes as int8 chunks, and decoupled momentum's sign vote is not carried: those keep
+    verify-all. A function of the run's settings, so every peer decides alike."""
+    signs = wire_dtype == "int1" and wire_share == 1
+    diloco = strategy == "diloco" and (wire_dtype in DENSE_WIRES or signs)
+    return min_peers if diloco or strategy == "sparseloco" else 0
 
 
 def group_size(members: int) -> int:

@@ -15,6 +15,7 @@ import hashlib
 
 from node.outer.aggregate import Aggregator
 from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, is_garble
+from node.scatter.chunks import INT8, Wire
 from node.scatter.grid import place
 from node.scatter.keys import RsaChecker
 from protocol import maddrs as addresses
@@ -43,12 +44,14 @@ def scatter_round(
     reach: set[str],
     total: int,
     agg: Aggregator,
+    wire: Wire = INT8,
 ) -> Round:
     """The v3 Round of this roster (its signed `envelope`, opened, and its announcements opened,
     as node/round/ledger.py AcceptedRoster holds them): its members placed under its beacon and
     attempt (the unground beacon: no leader chose the grid), updates of `total` values reduced
-    with `agg`, and the members' and leader's keys from the envelopes the roster carries (a
-    board's draw is checked against the leader's). Raises ValueError when no member is reachable."""
+    with `agg` on the run's `wire` (node/scatter/runner.py run_wire), and the members' and
+    leader's keys from the envelopes the roster carries (a board's draw is checked against the
+    leader's). Raises ValueError when no member is reachable."""
     members = [a.peer for a in announcements]
     keys = {a.peer: env["key"] for a, env in zip(announcements, roster.entries) if isinstance(env, dict)}
     keys[roster.leader] = envelope["key"]
@@ -62,6 +65,7 @@ def scatter_round(
         agg=agg,
         checker=RsaChecker(keys),
         committed=set(members),
+        wire=wire,
     )
 
 

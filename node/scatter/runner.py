@@ -67,9 +67,11 @@ class NodeScatter:
     ):
         """net: dials members (node/p2p/roundnet.py RealNet.call); serve(handler, limit): installs
         the round's Member.answer (Exchange.set_scatter); key: our RSA identity; strategy: the
-        run's (its codec decodes our update, its aggregator is the owners' rule)."""
+        run's (its codec decodes our update and sets the wire, run_wire; its aggregator is the
+        owners' rule)."""
         self.net, self.serve, self.key, self.strategy = _Dial(net), serve, key, strategy
         self.threshold, self.timeouts, self.settle = threshold, timeouts, settle
+        self.wire = run_wire(strategy.codec) if threshold else chunks.INT8
 
     def uses(self, members: int) -> bool:
         return uses_scatter(members, self.threshold)
@@ -84,9 +86,11 @@ class NodeScatter:
         """Our part in the round of `call` (node/round/ledger.py AcceptedRoster holding a Call),
         with our announced update envelope; `leads`: the Leader too. Raises ProtocolError,
         TimeoutError, OSError or ValueError when the round fails for us."""
-        c = call.roster
-        flat = torch.cat([t.reshape(-1) for t in self.strategy.codec.decode(UpdateEnvelope.decode(update).payload)])
-        rnd = scatter_round(call.envelope, c, call.announcements, set(c.reach), flat.numel(), self.strategy.agg)
+        c, codec = call.roster, self.strategy.codec
+        flat = own_flat(codec, self.wire, UpdateEnvelope.decode(update).payload)
+        rnd = scatter_round(
+            call.envelope, c, call.announcements, set(c.reach), flat.numel(), self.strategy.agg, self.wire
+        )
         keys = RsaKeys(self.key)
         mine = next(a for a in call.announcements if a.peer == keys.peer)
         member = Member(rnd, flat, keys, self.net, c.leader, timeouts=self.timeouts, base=c.base, tokens=mine.tokens)
@@ -101,7 +105,7 @@ class NodeScatter:
         if leader is not None:
             thread = threading.Thread(target=_catching(leader.run, failed), name="v3-leader", daemon=True)
             thread.start()
-        aggregate = member.run()
+        aggregate = model_order(codec, self.wire, member.run())
         if thread is not None:
             thread.join(self.timeouts.round)
             if failed or thread.is_alive():
@@ -111,6 +115,31 @@ class NodeScatter:
             return Ran(aggregate, finals, tuple((p, member.checked.get(p, "")) for p in sorted(rnd.caught)))
         caught = tuple((p, leader.proofs[p]) for p in dict.fromkeys(leader.caught))
         return Ran(aggregate, finals, caught, tuple(dict.fromkeys(leader.withheld + leader.silent)))
+
+
+def run_wire(codec) -> chunks.Wire:
+    """The wire a run's v3 rounds carry its updates on: chunks.wire_for its codec, at the wire's
+    defaults (the settings measured to hold quality): dense updates as int8 chunks, 1-bit ones as
+    signs (4-bit results), top-k ones sparse. Every member, leader and auditor derives it from the
+    run's codec alone, so all cut, encode and check pieces alike; changing a default changes the
+    wire (protocol/version.py)."""
+    return chunks.wire_for(codec)
+
+
+def own_flat(codec, wire: chunks.Wire, payload: bytes) -> torch.Tensor:
+    """Our announced update laid out as `wire` cuts it: the decoded values in model order (a
+    1-bit payload decodes to +-d/2 a block, which the sign wire's 1-bit pieces re-encode exactly:
+    its chunks are the payload's own blocks), or for the sparse wire each tensor's chunks in order."""
+    if isinstance(wire, chunks.SparseWire):
+        return chunks.sparse_flat(codec, codec.unpack(payload))
+    return torch.cat([t.reshape(-1) for t in codec.decode(payload)])
+
+
+def model_order(codec, wire: chunks.Wire, gathered: torch.Tensor) -> torch.Tensor:
+    """The gathered aggregate in model order (what apply_aggregate takes)."""
+    if isinstance(wire, chunks.SparseWire):
+        return chunks.flat(chunks.sparse_unflat(codec, gathered))
+    return gathered
 
 
 def _catching(fn: Callable[[], None], failed: list) -> Callable[[], None]:
@@ -128,8 +157,9 @@ def make_scatter(
 ) -> NodeScatter:
     """The run's v3 hook, whose waits follow the run's: an owner waits up to collect_timeout for
     its inputs, a member gives its round up after round_timeout. Its threshold is 0 (no round is
-    v3) unless the run is diloco on a dense wire (scatter_threshold) and scatter_min_peers > 0."""
-    threshold = scatter_threshold(run.swarm.scatter_min_peers, run.strategy.name, run.strategy.wire_dtype)
+    v3) unless the run is diloco on a dense or 1-bit wire (scatter_threshold) and scatter_min_peers > 0."""
+    s = run.strategy
+    threshold = scatter_threshold(run.swarm.scatter_min_peers, s.name, s.wire_dtype, s.wire_share)
     threshold = threshold if hasattr(strategy, "apply_aggregate") else 0
     swarm = run.swarm
     timeouts = Timeouts(phase=swarm.collect_timeout, call=swarm.collect_timeout, round=swarm.round_timeout)

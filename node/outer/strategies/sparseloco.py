@@ -31,6 +31,9 @@ class SparseLoCo:
     name = "sparseloco"
     outer_buffers: list[str] = []
     local_optimizer = True
+    takes_back = True
+    """After a v3 round (the sparse wire re-sparsifies the aggregate), each member hands
+    `take_back` its own update and the aggregate (node/peer/applier.py Applier.take_back)."""
 
     def __init__(self, cfg: StrategyConfig, shapes, train: TrainConfig, schedule, agg: Aggregator = Mean()):
         if cfg.inner_steps < 1:
@@ -76,7 +79,20 @@ class SparseLoCo:
         sparse_outer_momentum mu: Nesterov, m = mu * m + g, theta -= outer_lr * (g + mu * m), in
         separate multiply and add ops (each exactly rounded in fp32: the same bits on every peer)."""
         payloads, weights = distinct(payloads, weights)  # a copy is not a second vote
-        combined = self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads], weights)
+        self.outer_step(state, self.agg.sparse(self.codec, [self.codec.unpack(p) for p in payloads], weights))
+
+    @torch.no_grad()
+    def apply_aggregate(self, state: SwarmState, flat: torch.Tensor) -> None:
+        """The outer step on a v3 round's aggregate (node/scatter on the sparse wire: the flat
+        aggregate every member gathered, in model order), in place: the same ops as `apply`
+        after its aggregator, so every peer holding the same aggregate computes the same bits."""
+        sizes = [p.numel() for p in state.params]
+        if flat.numel() != sum(sizes):
+            raise ValueError(f"an aggregate of {flat.numel()} values for {sum(sizes)} parameters")
+        g = flat.to(torch.float32).split(sizes)
+        self.outer_step(state, [x.view_as(p) for x, p in zip(g, state.params)])
+
+    def outer_step(self, state: SwarmState, combined: list[torch.Tensor]) -> None:
         mu = self.cfg.sparse_outer_momentum
         if mu > 0:
             for param, mom, g in zip(state.params, state.outer["momentum"], combined):

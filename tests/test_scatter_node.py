@@ -4,6 +4,7 @@ alone, run by every member with real RSA keys (the leader's draw checked against
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 
@@ -21,6 +22,7 @@ from node.scatter.leader import Leader
 from node.scatter.member import Member, Timeouts
 from node.scatter.reduce import two_level
 from node.scatter.roster import reachable, scatter_round
+from node.scatter.runner import ASKED_AGAIN, Dialer
 from protocol import signed, signing
 from protocol.records import Announcement, Heartbeat, Roster
 from tests.fakes import ScatterBus
@@ -106,6 +108,36 @@ def test_a_board_draw_checks_against_the_leaders_key_from_the_roster(identities)
 def test_every_member_ends_with_the_aggregate_from_the_signed_roster_alone(identities):
     """Each member builds its Round from the roster (the same grid: the roster's beacon and
     attempt), signs with its RSA identity, and checks the leader's draw with the roster's keys."""
+    leader = run_signed_round(identities, lambda net: net)
+    assert not leader.caught and not leader.withheld
+
+
+class BreaksOffOnce:
+    """A member's net whose first stream of each op asked again ends short of its answer (seen on
+    loopback under load: asyncio's IncompleteReadError, an EOFError)."""
+
+    def __init__(self, net):
+        self.net, self.me, self.broken = net, net.me, set()
+
+    def call(self, peer: str, message, timeout: float) -> bytes:
+        if message.op in ASKED_AGAIN and message.op not in self.broken:
+            self.broken.add(message.op)
+            raise asyncio.IncompleteReadError(b"\0" * 3, 8)
+        return self.net.call(peer, message, timeout)
+
+
+def test_a_stream_that_breaks_off_is_asked_again_and_the_round_ends_exact(identities):
+    """Every member's first `inputs`, `verdict` and `final` stream breaks off: asked again, each
+    auditor's verdict reaches the leader (before, the leader waited two phases for it) and every
+    member gathers the aggregate (before, a lost `final` failed the member's round)."""
+    whole = run_signed_round(identities, lambda net: net)
+    broken = run_signed_round(identities, lambda net: Dialer(BreaksOffOnce(net)))
+    assert not broken.caught and not broken.withheld
+    assert set(broken.verdicts) == set(whole.verdicts)  # the same auditors dealt (the leader's unique draw)
+    assert set(ASKED_AGAIN) >= {"inputs", "verdict", "final"}
+
+
+def run_signed_round(identities, wrap) -> Leader:
     accepted = roster_of(identities, identities[2], attempt=1)
     peers = [a.peer for a in accepted.announcements]
     updates = make_updates(peers, TOTAL, 7)
@@ -113,7 +145,7 @@ def test_every_member_ends_with_the_aggregate_from_the_signed_roster_alone(ident
     members, leader_id = {}, accepted.roster.leader
     for key, p in zip(identities, peers):
         own = scatter_round(accepted.envelope, accepted.roster, accepted.announcements, set(peers), TOTAL, Robust())
-        members[p] = Member(own, updates[p], RsaKeys(key), bus.net(p), leader_id, timeouts=timeouts)
+        members[p] = Member(own, updates[p], RsaKeys(key), wrap(bus.net(p)), leader_id, timeouts=timeouts)
         bus.handlers[p] = members[p]
     lead_rnd = dataclasses.replace(members[leader_id].rnd, replaced={}, caught=set(), fixed={}, signers={})
     leader = Leader(lead_rnd, RsaKeys(identities[2]), members[leader_id])
@@ -135,4 +167,4 @@ def test_every_member_ends_with_the_aggregate_from_the_signed_roster_alone(ident
     for p in peers:
         assert isinstance(results[p], torch.Tensor), f"{p[:8]}: {results[p]!r}"
         assert torch.equal(results[p], expected)
-    assert not leader.caught and not leader.withheld
+    return leader

@@ -13,6 +13,7 @@ slower member can still fetch the final parts we own once our own gather is done
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from node.scatter.roster import reachable, scatter_round
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Heartbeat
+
+log = logging.getLogger("swarmtrain.scatter")
 
 SETTLE = 1.0
 """Seconds a member waits between taking the call (and serving its Member) and sending its
@@ -69,7 +72,7 @@ class NodeScatter:
         the round's Member.answer (Exchange.set_scatter); key: our RSA identity; strategy: the
         run's (its codec decodes our update and sets the wire, run_wire; its aggregator is the
         owners' rule)."""
-        self.net, self.serve, self.key, self.strategy = _Dial(net), serve, key, strategy
+        self.net, self.serve, self.key, self.strategy = Dialer(net), serve, key, strategy
         self.threshold, self.timeouts, self.settle = threshold, timeouts, settle
         self.wire = run_wire(strategy.codec) if threshold else chunks.INT8
 
@@ -166,7 +169,14 @@ def make_scatter(
     return NodeScatter(net=net, serve=serve, key=key, strategy=strategy, threshold=threshold, timeouts=timeouts)
 
 
-class _Dial:
+ASKED_AGAIN = ("inputs", "final", "proof", "verdict")
+"""Ops asked once more when the stream broke off: reads of what a member serves unchanged, and
+a verdict (the leader keeps one per auditor and task). On loopback under load a stream now and
+then ends short of its answer; a lost `inputs` or `verdict` left the leader waiting two phases
+for a verdict that never came (node/scatter/leader.py), a lost `final` failed our round."""
+
+
+class Dialer:
     """A ScatterNet whose every failure is one Member handles (a stream closed mid-answer is an
     EOFError from asyncio, not an OSError): the member retries or replaces, never crashes."""
 
@@ -174,7 +184,12 @@ class _Dial:
         self.net, self.me = net, getattr(net, "me", "")
 
     def call(self, peer: str, message, timeout: float) -> bytes:
-        try:
-            return self.net.call(peer, message, timeout)
-        except EOFError as e:
-            raise OSError(f"{peer[:16]} closed the stream: {e}") from None
+        again = message.op in ASKED_AGAIN
+        while True:
+            try:
+                return self.net.call(peer, message, timeout)
+            except EOFError as e:
+                if not again:
+                    raise OSError(f"{peer[:16]} closed the stream: {e}") from None
+                log.info("v3 %s to %s: the stream broke off (%s); asking again", message.op, peer[:16], e)
+                again = False

@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 14  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 15  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -30,6 +30,9 @@ PROTOCOL_VERSION = 14  # 2: signed records, elected leaders, the roster ledger; 
 # 14: rosters carry `credit` (0..64 per entry, recomputed by every applier from the updates: zeros, noise, copies
 # and mixes of the 3 rounds before earn 0) and establishment counts credit, not appearances, from min(3, the
 # window's leaders) leaders (a version-13 peer would establish, and let lead, a crowd that does no useful work)
+# 15: a candidate's rank key is the least of its tickets' keys, one ticket per whole round of credit in the window
+# (1..64), and omission juries count credit, not heads (a version-14 peer ranks every established key alike, and
+# so would refuse the rosters of the leaders a version-15 peer elects)
 
 
 def is_compatible(remote_version: object) -> bool:

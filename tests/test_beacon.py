@@ -66,7 +66,9 @@ def labelled(monkeypatch, peers: list[Peer]) -> None:
     labels = {p.id: f"peer-{i:02d}" for i, p in enumerate(peers)}
     real = election.rank_key
     monkeypatch.setattr(
-        election, "rank_key", lambda beacon, attempt, peer: real(beacon, attempt, labels.get(peer, peer))
+        election,
+        "rank_key",
+        lambda beacon, attempt, peer, tickets=1: real(beacon, attempt, labels.get(peer, peer), tickets),
     )
 
 
@@ -337,10 +339,11 @@ def test_a_newcomer_cannot_reseed_the_beacon_with_a_better_ranked_sibling(monkey
     dht, registry, peers = swarm(3)
     newcomer = Peer(dht, registry)
     real = election.rank_key  # its key outranks everyone's, in every attempt: what a newcomer grinds for
-    monkeypatch.setattr(election, "rank_key", lambda b, a, p: b"" if p == newcomer.id else real(b, a, p))
+    monkeypatch.setattr(election, "rank_key", lambda b, a, p, t=1: b"" if p == newcomer.id else real(b, a, p, t))
     for _ in range(2):
         play_round(peers)  # all three are established (established_rounds = 2)
-    leader = election.ranking(peers[0].proto.beacon(3), 0, ids(peers))[0]
+    tickets = peers[0].ledger.tickets(3, 2)  # rank keys weigh credit (protocol 16)
+    leader = election.ranking(peers[0].proto.beacon(3), 0, ids(peers), tickets=tickets)[0]
     newcomer.digest, newcomer.round = peers[0].digest, peers[0].round  # it took the state and its chain
     newcomer.ledger.extend(0, [peers[0].ledger.rosters[r] for r in (1, 2)])
     played = play_round([*peers, newcomer])

@@ -33,7 +33,9 @@ def favour(monkeypatch, first: dict[int, set[str]]) -> None:
     monkeypatch.setattr(
         election,
         "rank_key",
-        lambda beacon, attempt, peer: bytes([peer not in first[attempt % 2]]) + real(beacon, attempt, peer),
+        lambda beacon, attempt, peer, tickets=1: (
+            bytes([peer not in first[attempt % 2]]) + real(beacon, attempt, peer, tickets)
+        ),
     )
     monkeypatch.setattr(marks, "rank_key", election.rank_key)
 
@@ -41,9 +43,9 @@ def favour(monkeypatch, first: dict[int, set[str]]) -> None:
 def turns(p: Peer, r: int) -> float:
     """When `p` may first lead round `r`, in its own view (its candidates and marks)."""
     cands = p.proto.candidates(p.proto.peers(), p.digest, p.round, ahead=1)
-    beacon, marked = p.proto.beacon(r), p.proto.marked(r)
+    beacon, marked, tickets = p.proto.beacon(r), p.proto.marked(r), p.proto.tickets(r)
     for attempt in range(8):
-        slot = election.slot_of(beacon, attempt, cands, p.id, marked)
+        slot = election.slot_of(beacon, attempt, cands, p.id, marked, tickets)
         if slot.rank < election.ATTEMPT_RANKS:
             return election.turn(slot, p.swarm.cfg)
     return float("inf")
@@ -136,7 +138,8 @@ def test_a_hostile_leader_cannot_mark_a_peer_behind_it_nor_one_whose_roster_came
         p.announce(f"update {p.id} 3".encode())
     r = peers[0].round + 1
     beacon = peers[0].proto.beacon(r)
-    order = [next(p for p in peers if p.id == pid) for pid in election.ranking(beacon, 0, {p.id for p in peers})]
+    ranked = election.ranking(beacon, 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    order = [next(p for p in peers if p.id == pid) for pid in ranked]
     rank0, attacker, reader = order[0], order[1], order[5]
     honest_roster = rank0.proto.await_roster(r, rank0.digest, rank0.round, NoSleep())
     assert honest_roster.roster.leader == rank0.id and not honest_roster.roster.skip

@@ -131,7 +131,9 @@ def test_a_roster_whose_cutoff_is_under_the_floor_is_refused():
         q.heartbeat()
         q.announce(f"update {q.id} 5".encode())
     r = honest[0].round + 1
-    first = election.ranking(honest[0].proto.beacon(r), 0, {q.id for q in honest})[0]
+    first = election.ranking(honest[0].proto.beacon(r), 0, {q.id for q in honest}, tickets=honest[0].proto.tickets(r))[
+        0
+    ]
     leader = next(q for q in honest if q.id == first)
     reader = next(q for q in honest if q is not leader)
     least = omission.floor(reader.ledger.rosters, r, CFG.collect_timeout)

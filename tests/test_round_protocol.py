@@ -110,8 +110,8 @@ def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Pla
     for p in peers:
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r = peers[0].round + 1
-    beacon = next(b for b in (p.proto.beacon(r) for p in peers) if b is not None)  # a joiner knows none
-    rank = election.ranking(beacon, 0, {p.id for p in peers})
+    knows = next(p for p in peers if p.proto.beacon(r) is not None)  # a joiner knows none
+    rank = election.ranking(knows.proto.beacon(r), 0, {p.id for p in peers}, tickets=knows.proto.tickets(r))
 
     # those that may lead first: in a real swarm the others wait for them concurrently
     def may_lead(p: Peer) -> bool:
@@ -202,7 +202,9 @@ def test_forged_and_sybil_rosters_are_refused():
     with pytest.raises(ProtocolError, match="not an established peer"):
         me.proto.check_roster(env, sybil.id, r, base, cands)
     # a roster whose entry claims another peer's update, signed by someone else, does not open
-    leader = next(p for p in peers if p.id == election.ranking(me.proto.beacon(r), 0, cands)[0])
+    leader = next(
+        p for p in peers if p.id == election.ranking(me.proto.beacon(r), 0, cands, tickets=me.proto.tickets(r))[0]
+    )
     fake_ann = Announcement(
         run=RUN, round=r, peer=peers[1].id, nbytes=9, sha256="0" * 64, tokens=1, base=base, time=0.0
     )
@@ -215,7 +217,7 @@ def test_forged_and_sybil_rosters_are_refused():
         with pytest.raises(ProtocolError):
             me.proto.check_roster(signed.seal(leader.key, wrong), leader.id, r, base, cands)
     # the honest round still completes, with the sybil's roster ignored
-    order = election.ranking(me.proto.beacon(r), 0, cands)
+    order = election.ranking(me.proto.beacon(r), 0, cands, tickets=me.proto.tickets(r))
     results = set()
     for pid in order:
         p = next(x for x in peers if x.id == pid)

@@ -247,7 +247,7 @@ def silent_first_rank() -> tuple[list[Peer], Peer, AcceptedRoster]:
     for _ in range(2):
         play_round(peers)
     r = peers[0].round + 1
-    hostile = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers})[0]
+    hostile = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))[0]
     hostile = next(p for p in peers if p.id == hostile)
     honest = [p for p in peers if p is not hostile]
     hostile.net.dht.clock.t += 1  # a heartbeat expiring no later than the stored one is refused
@@ -277,7 +277,8 @@ def test_a_better_ranked_sibling_cannot_carry_unchecked_marks():
     not swapped in."""
     honest, hostile, led = silent_first_rank()
     r, beacon = led.roster.round, led.roster.beacon
-    behind = tuple(p.id for p in honest if not marks.ranked_ahead(beacon, 0, p.id, hostile.id))
+    tickets = honest[0].proto.tickets(r)
+    behind = tuple(p.id for p in honest if not marks.ranked_ahead(beacon, 0, p.id, hostile.id, tickets))
     assert behind  # everyone ranks behind the first rank in attempt 0
     publish_sibling(hostile, led, 600.0, skip=behind)
     for p in honest:

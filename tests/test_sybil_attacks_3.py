@@ -46,7 +46,9 @@ def rank_first(monkeypatch, order: list[str]) -> None:
     monkeypatch.setattr(
         election,
         "rank_key",
-        lambda beacon, attempt, peer: bytes([place.get(peer, len(order))]) + real(beacon, attempt, peer),
+        lambda beacon, attempt, peer, tickets=1: (
+            bytes([place.get(peer, len(order))]) + real(beacon, attempt, peer, tickets)
+        ),
     )
     monkeypatch.setattr(marks, "rank_key", election.rank_key)
 
@@ -204,7 +206,7 @@ def test_claims_are_counted_once_per_window_not_per_entry_per_poll():
         roster = replace(ROSTER, round=r, leader=honest[0][1], base=f"{r:064x}")
         rosters[r] = AcceptedRoster({}, roster, tuple(anns))
     calls = {"base": 0, "open": 0}
-    real_base, real_open = omission.base, signed.open_record
+    real_base, real_open = omission.jurors, signed.open_record  # base(r) with each juror's credit
 
     def counted(name, real):
         def call(*a, **kw):
@@ -215,7 +217,7 @@ def test_claims_are_counted_once_per_window_not_per_entry_per_poll():
 
     mp = pytest.MonkeyPatch()
     with mp.context() as m:
-        m.setattr(omission, "base", counted("base", real_base))
+        m.setattr(omission, "jurors", counted("base", real_base))
         m.setattr(signed, "open_record", counted("open", real_open))
         omission.claims(rosters, K)
         claimed_rounds = len({r for r in range(5, 65, 5)})

@@ -71,7 +71,8 @@ class YoungSwarm:
         leads in its turn), the rest after them."""
         everyone = [self.organizer, *self.volunteers]
         leaders = [p for p in everyone if p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())]
-        rank = election.ranking(self.honest[0].proto.beacon(r), 0, {p.id for p in leaders})
+        judge = self.honest[0].proto
+        rank = election.ranking(judge.beacon(r), 0, {p.id for p in leaders}, tickets=judge.tickets(r))
         taken = {}
         for p in sorted(everyone, key=lambda p: rank.index(p.id) if p in leaders else len(rank)):
             accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())

@@ -114,8 +114,8 @@ def play_round(peers: list[Peer], silent: list[Peer] = ()) -> AcceptedRoster:
     for p in peers:
         p.announce(f"update {p.id} {p.round}".encode())
     r = peers[0].round + 1
-    beacon = next(b for b in (p.proto.beacon(r) for p in peers) if b is not None)
-    rank = election.ranking(beacon, 0, {p.id for p in peers})
+    knows = next(p for p in peers if p.proto.beacon(r) is not None)  # a joiner knows no beacon
+    rank = election.ranking(knows.proto.beacon(r), 0, {p.id for p in peers}, tickets=knows.proto.tickets(r))
 
     def may_lead(p: Peer) -> bool:
         return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())

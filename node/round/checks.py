@@ -96,10 +96,11 @@ class RosterChecks:
                     f"its leader leads in attempt {roster.attempt}, whose turn comes "
                     f"{started - self.elapsed(round_no):.0f} s from now"
                 )
-        slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no))
+        tickets = self.tickets(round_no)
+        slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no), tickets)
         if cands is not None and leader != self.me:
             election.check_turn(slot, self.elapsed(round_no), self.cfg)
-        marks.check(roster, {a.peer for a in anns})
+        marks.check(roster, {a.peer for a in anns}, tickets)
         election.check_reveal(roster, env["key"])
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
         if strangers:
@@ -179,13 +180,15 @@ class RosterChecks:
         # roster; None: nobody established yet in a run without a young run, anyone
         established = self.ledger.established(self.cfg.established_rounds) or None
         leaders = {self.rules.organizer} if self.young() else established
-        better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no))
+        tickets = self.tickets(round_no)  # the rosters before round_no's: as its leaders ranked
+        better = election.better_siblings(mine, stored, self.max_bytes, leaders, self._came_late(round_no), tickets)
         # its lists count once swapped in (marks, failed proofs), and its time in the next round's floor
         now = self.net.now()
         return [
             s
             for s in better
-            if _lists_valid(s, self.admission, self.max_bytes, self.ledger) and not omission.dated_ahead(s.roster, now)
+            if _lists_valid(s, self.admission, self.max_bytes, self.ledger, self.cfg.established_rounds)
+            and not omission.dated_ahead(s.roster, now)
         ]
 
     def _came_late(self, round_no: int) -> Callable[[election.Slot], bool]:
@@ -210,13 +213,20 @@ class RosterChecks:
         )
 
 
-def _lists_valid(accepted: AcceptedRoster, admission: Admission, max_bytes: int, window: Ledger | None = None) -> bool:
+def _lists_valid(
+    accepted: AcceptedRoster,
+    admission: Admission,
+    max_bytes: int,
+    window: Ledger | None = None,
+    established_rounds: int = 0,
+) -> bool:
     """Could a sibling's skip, unserved and failed lists be an honest leader's (marks.check,
     Admission.check_failed)? Siblings compare no lists (accepted.siblings), so without this a
     better-ranked contributor's sibling put any skip marks in the chain (tests/test_sybil_attacks_2.py),
     or an honest newcomer's valid proof among the failures every leader skips (tests/test_work.py)."""
     try:
-        marks.check(accepted.roster, {a.peer for a in accepted.announcements})
+        tickets = window.tickets(accepted.roster.round, established_rounds) if window is not None else {}
+        marks.check(accepted.roster, {a.peer for a in accepted.announcements}, tickets)
         beacon_of = window.beacon_of if window is not None else lambda r: None  # None: epoch 0's seed only
         seeds = admission.seeds(accepted.roster.round, accepted.roster.beacon, beacon_of)
         admission.check_failed(accepted.roster, list(accepted.announcements), max_bytes, seeds)

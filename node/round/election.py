@@ -14,21 +14,32 @@ but to publish or withhold. (The old key hashed the base state, which the previo
 chooses: one attacker led 8 rounds of 8.)
 
 A round runs in attempts of ATTEMPT_RANKS leader turns. In attempt a the candidates are
-sorted by SHA-256(beacon | a | peer); only ranks 0..ATTEMPT_RANKS-1 may lead, rank i from
+sorted by their rank keys; only ranks 0..ATTEMPT_RANKS-1 may lead, rank i from
 `turn(Slot(a, i))` seconds after the round opened. When no acceptable roster came within
 attempt_seconds, attempt a + 1 reshuffles every rank, the first ranks of earlier attempts after
 the rest: silent peers that drew the first ranks hold the round for one attempt, not for ever
 (and skip-marked peers, node/round/trust/marks.py, rank after every other).
+
+Rank keys follow credit (protocol 16, issue 16): a candidate holds t tickets, its whole rounds of
+credit in the window's rosters before the round (node/round/trust/credit.py: tickets; at least 1,
+at most MAX_TICKETS), and its key is the least of SHA-256(beacon | a | i | peer) over its tickets
+i < t (ticket 0 is the key of protocol 14). The least of t uniform draws comes first among all
+candidates' draws with chance t / (all tickets), so a peer leads about in proportion to its credit,
+whatever number of keys that credit is spread over: 12 Sybil keys with 2 rounds' credit each lead
+about 9% of rounds beside 4 honest peers with the window's full credit, not 75% (tests/
+test_election_weight.py). Integers and hashes only: every reader holding the window ranks alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.round.ledger import AcceptedRoster, siblings
+from node.round.trust.credit import MAX_TICKETS
 from protocol import signed, signing
 from protocol.errors import ProtocolError
 from protocol.maddrs import dialable
@@ -75,35 +86,61 @@ def next_beacon(beacon: str, reveal: bytes) -> str:
     return hashlib.sha256(b"beacon" + bytes.fromhex(beacon) + reveal).hexdigest()
 
 
-def rank_key(beacon: str, attempt: int, peer: str) -> bytes:
-    """Fixed-width fields, so no (attempt, peer) pair hashes like another."""
-    return hashlib.sha256(bytes.fromhex(beacon) + int(attempt).to_bytes(8, "big") + peer.encode()).digest()
+NO_TICKETS: Mapping[str, int] = {}  # every candidate holds 1 ticket (a run whose peers nobody credited yet)
+TICKET = b"\xff"  # starts ticket i > 0's field: never a byte of UTF-8, so never the start of a peer id
 
 
-def ranking(beacon: str, attempt: int, peers: set[str], last: set[str] = frozenset()) -> list[str]:
+def rank_key(beacon: str, attempt: int, peer: str, tickets: int = 1) -> bytes:
+    """`peer`'s key in `attempt`: the least of its `tickets` draws (at least 1, at most
+    MAX_TICKETS). Fixed-width fields, so no (attempt, ticket, peer) hashes like another; ticket 0
+    is protocol 14's key, so with 1 ticket each the order is the old one."""
+    return _key(beacon, int(attempt), peer, max(1, min(MAX_TICKETS, int(tickets))))
+
+
+@lru_cache(maxsize=8192)  # asked on every poll, for each attempt up to the running one
+def _key(beacon: str, attempt: int, peer: str, tickets: int) -> bytes:
+    head = bytes.fromhex(beacon) + attempt.to_bytes(8, "big")
+    keys = [hashlib.sha256(head + peer.encode()).digest()]
+    keys += [hashlib.sha256(head + TICKET + i.to_bytes(1, "big") + peer.encode()).digest() for i in range(1, tickets)]
+    return min(keys)
+
+
+def ranking(
+    beacon: str, attempt: int, peers: set[str], last: set[str] = frozenset(), tickets: Mapping[str, int] = NO_TICKETS
+) -> list[str]:
     """Candidates in the order they may lead in this attempt: rank 0 first. Those in `last`
     (skip-marked by the chain, node/round/trust/marks.py) come after every other, and so do the first
     ranks of the round's earlier attempts (an attempt runs only when theirs brought no roster):
     silent peers that drew the first ranks hold one attempt, not one each time a reshuffle
     draws them again, so S silent candidates fail at most S / ATTEMPT_RANKS attempts in a row.
-    Once every candidate had a first rank, later attempts are plain reshuffles."""
+    Once every candidate had a first rank, later attempts are plain reshuffles. `tickets`: peer ->
+    its tickets (Ledger.tickets; 1 for a peer not in it)."""
     passed: set[str] = set()
     for earlier in range(attempt):
         if passed >= peers:
             passed = set()  # everyone was passed over: order by the keys alone from here
             break
-        passed |= set(_order(beacon, earlier, peers, last, passed)[:ATTEMPT_RANKS])
-    return _order(beacon, attempt, peers, last, passed)
+        passed |= set(_order(beacon, earlier, peers, last, passed, tickets)[:ATTEMPT_RANKS])
+    return _order(beacon, attempt, peers, last, passed, tickets)
 
 
-def _order(beacon: str, attempt: int, peers: set[str], last: set[str], passed: set[str]) -> list[str]:
-    return sorted(peers, key=lambda p: (p in last, p in passed, rank_key(beacon, attempt, p)))
+def _order(
+    beacon: str, attempt: int, peers: set[str], last: set[str], passed: set[str], tickets: Mapping[str, int]
+) -> list[str]:
+    return sorted(peers, key=lambda p: (p in last, p in passed, rank_key(beacon, attempt, p, tickets.get(p, 1))))
 
 
-def slot_of(beacon: str, attempt: int, peers: set[str], leader: str, last: set[str] = frozenset()) -> Slot:
+def slot_of(
+    beacon: str,
+    attempt: int,
+    peers: set[str],
+    leader: str,
+    last: set[str] = frozenset(),
+    tickets: Mapping[str, int] = NO_TICKETS,
+) -> Slot:
     """`leader`'s slot in `attempt` among `peers` (itself counted whether listed or not; `last`
-    as in `ranking`)."""
-    return Slot(attempt, ranking(beacon, attempt, peers | {leader}, last).index(leader))
+    and `tickets` as in `ranking`)."""
+    return Slot(attempt, ranking(beacon, attempt, peers | {leader}, last, tickets).index(leader))
 
 
 def attempt_seconds(cfg: SwarmConfig) -> float:
@@ -147,12 +184,13 @@ def check_turn(slot: Slot, elapsed: float, cfg: SwarmConfig) -> None:
         )
 
 
-def sibling_slot(accepted: AcceptedRoster, among: set[str]) -> Slot:
-    """A roster's slot ranked among `among` (its round's contributors that may lead): the same for
-    every sibling (they list the same updates) and for every reader, so readers order siblings
-    alike; a rank that may not lead sorts after every one that may."""
+def sibling_slot(accepted: AcceptedRoster, among: set[str], tickets: Mapping[str, int] = NO_TICKETS) -> Slot:
+    """A roster's slot ranked among `among` (its round's contributors that may lead) with the
+    window's `tickets` before its round: the same for every sibling (they list the same updates)
+    and for every reader, so readers order siblings alike; a rank that may not lead sorts after
+    every one that may."""
     roster = accepted.roster
-    slot = slot_of(roster.beacon, roster.attempt, among, roster.leader)
+    slot = slot_of(roster.beacon, roster.attempt, among, roster.leader, tickets=tickets)
     return slot if slot.rank < ATTEMPT_RANKS else Slot(MAX_ATTEMPT + 1, slot.rank)
 
 
@@ -168,6 +206,7 @@ def better_siblings(
     max_bytes: int,
     leaders: set[str] | None,
     came_late: Callable[[Slot], bool] = lambda slot: False,
+    tickets: Mapping[str, int] = NO_TICKETS,
 ) -> list[AcceptedRoster]:
     """Of `stored` (the DHT's rosters of mine's round, leader -> envelope), those that may replace
     `mine`, best first: siblings (two leaders led the round at once, with the same updates and
@@ -198,7 +237,7 @@ def better_siblings(
     among = among if leaders is None else among & leaders
 
     def slot(accepted: AcceptedRoster) -> Slot:
-        return sibling_slot(accepted, among)
+        return sibling_slot(accepted, among, tickets)
 
     better = []
     for leader, env in stored.items():

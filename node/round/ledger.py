@@ -235,6 +235,14 @@ class Ledger:
         (node/round/trust/credit.py): who may lead and vouch. Appearances earn nothing."""
         return credit.established(self.rosters, k, omission.claims(self.rosters, k))
 
+    def tickets(self, round_no: int, k: int) -> dict[str, int]:
+        """Each credited peer's tickets for round `round_no` (node/round/election.py rank keys): its
+        whole rounds of credit in the rosters before that round, claims counted as `established`
+        counts them. Only rosters before it, so a reader that holds the round's roster already (a
+        sibling's slot, election.better_siblings) ranks it as its leader did."""
+        before = {r: a for r, a in self.rosters.items() if r < round_no}
+        return credit.tickets(before, omission.claims(before, k))
+
     def caught(self) -> set[str]:
         """Owners the window's v3 rosters convicted of lying with a fraud proof: banned, as a
         score ban is (node/round/protocol.py banned)."""

@@ -223,7 +223,8 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         beacon = self.beacon(round_no)
         if beacon is None or self.me not in turns:
             return None  # we do not know the chain: leave leading to others (as _lead does)
-        slot = election.slot_of(beacon, election.attempt_at(elapsed, self.cfg), turns, self.me, self.marked(round_no))
+        attempt = election.attempt_at(elapsed, self.cfg)
+        slot = election.slot_of(beacon, attempt, turns, self.me, self.marked(round_no), self.tickets(round_no))
         if not election.may_lead(slot, elapsed, self.cfg):
             return None
         if slot != (0, 0):  # later ranks, and rank 0 of a later attempt, find the announcements in
@@ -251,6 +252,10 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         k = self.cfg.established_rounds
         return marks.skip_marked(self.ledger, round_no) | marks.omission_marked(self.ledger, round_no, k)
 
+    def tickets(self, round_no: int) -> dict[str, int]:
+        """Candidates' tickets in round `round_no`'s rank keys: their whole rounds of credit (election.py)."""
+        return self.ledger.tickets(round_no, self.cfg.established_rounds)
+
     def claims(self) -> list[omission.Claim]:
         """The omission claims our chain counts (node/round/trust/omission.py)."""
         return omission.claims(self.ledger.rosters, self.cfg.established_rounds)
@@ -269,7 +274,8 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             return None  # the chain's cutoff floor is ahead: readers would refuse our roster
         gone = self.silent.get(round_no, set())  # v3 leaders gone silent after their call: left out (v3.py)
         eligible = (self.seen.get(round_no, set()) | {self.me}) - self.banned(self.ledger) - gone
-        slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, self.marked(round_no))
+        marked, tickets = self.marked(round_no), self.tickets(round_no)
+        slow, skip = self.slow(round_no), marks.passed_over(beacon, slot, ranked, self.me, marked, tickets)
         picked = self.builder.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
         if self.v3_round(len(picked.announcements), self.me):
             # one v3 round an attempt, and none while a call we took part in awaits its roster

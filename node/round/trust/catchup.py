@@ -4,7 +4,7 @@ A peer that joins, missed a round, or sees established peers on another state as
 holds that head for the rosters leading to it (the `ledger` RPC: reader.py), finds where they meet its own
 ledger (the genesis for a joiner), verifies them link by link, and moves only when
   * they extend its chain and a quorum of the peers established on that chain holds the head
-    (votes.needed), or
+    (votes.carried: by credit), or
   * they fork from its chain and chain.prefer chooses their branch.
 Heads that no established peer holds are asked last, and at most MOST_DONORS donors are asked
 per look, so a crowd of lying hints costs a bounded number of requests; a donor that failed for a
@@ -286,11 +286,11 @@ class Catchup:
         holders = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == target.head}
         if not target.fork:
             ahead = Ledger(rosters={**before.rosters, **{a.roster.round: a for a in target.rosters[-WINDOW:]}})
-            voters = (set(peers) & chain.eligible(before, k)) - {self.net.me}
-            voters = voters or (set(peers) & chain.eligible(ahead, k)) - {self.net.me}
-            vouch = (holders | self.built_on(target.rosters[-1], ahead)) & voters
-            return 0 < len(vouch) >= votes.needed(len(voters))
-        among = chain.eligible(before, k)
+            live = set(peers) - {self.net.me}
+            voters = chain.voters(before, k, live) or chain.voters(ahead, k, live)  # peer -> its tickets
+            vouch = (holders | self.built_on(target.rosters[-1], ahead)) & set(voters)
+            return votes.carried(vouch, voters)
+        among = chain.voters(before, k)
         ours = [self.ledger.rosters[r] for r in sorted(self.ledger.rosters) if r > target.ancestor]
         mine_held = {p for p, hb in peers.items() if Head(hb.state_round, hb.digest) == mine} | {self.net.me}
         if not among:  # a fork in the young prefix (from the genesis): only the organizer's head tells

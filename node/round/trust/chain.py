@@ -12,14 +12,16 @@ of the window, credit.py) and list no peer the chain's scores ban. While the run
 heartbeat says (its state_round and digest) only points at a chain head: a hint, never a vote.
 
 Fork choice: of two verified branches after a common ancestor k, the one whose attesters (the
-leaders and authors of its rosters, and the live peers holding its head) include more of the
-peers established at k; ties go to the smaller hash of the branch's first roster. Every honest
-peer computes the same answer, and identities the chain never established weigh nothing.
+leaders and authors of its rosters, and the live peers holding its head) hold more of the
+tickets of the peers established at k (`voters`: each its whole rounds of credit in the window,
+1 to 64; protocol 16, one each before); ties go to the smaller hash of the branch's first
+roster. Every honest peer computes the same answer, and identities the chain never established
+weigh nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -106,7 +108,8 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
         raise ProtocolError(f"starts from state {roster.base[:12]}, the chain ended at {link.base[:12]}")
     if roster.beacon != link.beacon:
         raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
-    marks.check(roster, {a.peer for a in anns})  # skip and unserved lists (node/round/trust/marks.py)
+    tickets = window.tickets(roster.round, rules.established_rounds)  # rank keys' weights (election.py)
+    marks.check(roster, {a.peer for a in anns}, tickets)  # skip and unserved lists (node/round/trust/marks.py)
     election.check_reveal(roster, env["key"])
     problem = leader_problem(roster.leader, window, rules)
     if problem:
@@ -195,22 +198,34 @@ def eligible(window: Ledger, established_rounds: int) -> set[str]:
     return window.established(established_rounds) or credit.credited(window.rosters)
 
 
+def voters(window: Ledger, established_rounds: int, live: set[str] | None = None) -> dict[str, int]:
+    """`eligible` peers after `window` (of `live`, when given), each with its vote: its tickets,
+    whole rounds of credit in the window (credit.tickets: at least 1, at most 64). So a crowd of
+    keys with 2 credited rounds each weighs 2 a key beside an honest peer's 64, not 1 to 1."""
+    tickets = window.tickets(max(window.rosters, default=0) + 1, established_rounds)
+    return {p: tickets.get(p, 1) for p in eligible(window, established_rounds) if live is None or p in live}
+
+
 def attesters(branch: list[AcceptedRoster]) -> set[str]:
     """Peers that built on a branch: its leaders and the authors of its updates."""
     return {a.roster.leader for a in branch} | {x.peer for a in branch for x in a.announcements}
 
 
-def weight(branch: list[AcceptedRoster], holders: set[str], among: set[str]) -> int:
-    """How many of `among` attest `branch` (by a roster or update, or by holding its head)."""
-    return len((attesters(branch) | holders) & among)
+def weight(branch: list[AcceptedRoster], holders: set[str], among: Mapping[str, int]) -> int:
+    """The votes of `among` (peer -> its tickets, `voters`) that attest `branch` (by a roster or
+    update, or by holding its head)."""
+    return sum(among.get(p, 0) for p in attesters(branch) | holders)
 
 
 def prefer(
-    ours: list[AcceptedRoster], theirs: list[AcceptedRoster], among: set[str], holders: tuple[set[str], set[str]]
+    ours: list[AcceptedRoster],
+    theirs: list[AcceptedRoster],
+    among: Mapping[str, int],
+    holders: tuple[set[str], set[str]],
 ) -> bool:
     """Move from our branch to theirs (both after one common ancestor, `among` the peers eligible
-    there, `holders`: live peers holding each head)? More weight wins, then the smaller hash of
-    the first roster after the ancestor. Theirs must be non-empty; ours empty means we stand at
+    there with their votes, `voters`; `holders`: live peers holding each head)? More weight wins,
+    then the smaller hash of the first roster after the ancestor. Theirs must be non-empty; ours empty means we stand at
     the ancestor, and any verified extension is preferred."""
     if not ours:
         return True

@@ -33,6 +33,7 @@ from protocol.errors import ProtocolError
 from protocol.records import CREDIT_UNITS, Announcement, Roster
 
 UNITS = CREDIT_UNITS  # one full round's credit
+MAX_TICKETS = 64  # a full window's credit (node/round/ledger.py WINDOW): more buys no rank, no vote
 LEADERS = 3  # distinct leaders whose rosters must credit a peer before it is established
 
 
@@ -99,6 +100,14 @@ def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] =
         for p, u in w.units.items()
         if u >= k * UNITS and len(w.leaders[p]) >= min(LEADERS, len(listing[p] | w.leaders[p]))
     }
+
+
+def tickets(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> dict[str, int]:
+    """Peer -> its whole rounds of credit in `rosters` (weight // UNITS, at most MAX_TICKETS), for
+    the peers with one at least: how much a peer counts where power follows credit (protocol 16:
+    leader ranks, node/round/election.py). Whole rounds, so a peer's tickets are an integer every
+    reader computes alike; a peer not listed counts 1 where it counts at all."""
+    return {p: min(MAX_TICKETS, u // UNITS) for p, u in weights(rosters, claims).units.items() if u >= UNITS}
 
 
 def credited(rosters: Mapping[int, Held]) -> set[str]:

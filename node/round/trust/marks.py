@@ -20,10 +20,11 @@ A third kind, `omission` marks, comes from claims the chain counts (omission.py,
 MARKS_TO_DROP rounds in the window in which a leader left out a peer it did not list unserved
 rank it last, as skip marks do (omission_marked).
 
-A reader checks each list before taking a roster, with what the roster itself carries, so every
-reader decides alike: a skipped peer must rank ahead of the leader under the roster's beacon in
-some attempt up to its own (the rank keys alone: no set of candidates, which readers may see
-differently), at most ATTEMPT_RANKS per attempt; the leader may not list itself, nor list as
+A reader checks each list before taking a roster, with what the roster itself carries and the
+window before it, so every reader decides alike: a skipped peer must rank ahead of the leader
+under the roster's beacon in some attempt up to its own (the rank keys alone, with the tickets of
+the rosters before it: no set of candidates, which readers may see differently), at most
+ATTEMPT_RANKS per attempt; the leader may not list itself, nor list as
 unserved an update its roster holds. A hostile leader can so mark only peers ranked ahead of it
 whose rosters did not arrive: had one arrived, readers would have taken it (smaller slot).
 
@@ -36,8 +37,9 @@ the listings age out: a slow uplink's update may be left out for those rounds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
-from node.round.election import ATTEMPT_RANKS, Slot, rank_key, ranking
+from node.round.election import ATTEMPT_RANKS, NO_TICKETS, Slot, rank_key, ranking
 from node.round.ledger import Ledger
 from node.round.trust import omission
 from protocol.errors import ProtocolError
@@ -51,34 +53,49 @@ MARKS_TO_DROP = 2  # skip marks (or unserved listings by distinct leaders) that 
 SLOW_FETCH = 2.0  # seconds the leader gives the update of a peer that twice did not serve
 
 
-def passed_over(beacon: str, slot: Slot, peers: set[str], me: str, last: set[str] = frozenset()) -> tuple[str, ...]:
+def passed_over(
+    beacon: str,
+    slot: Slot,
+    peers: set[str],
+    me: str,
+    last: set[str] = frozenset(),
+    tickets: Mapping[str, int] = NO_TICKETS,
+) -> tuple[str, ...]:
     """The `skip` list of a leader in `slot` among `peers` (the candidates it ranked, `last` the
-    marked ones it ranked after the rest): ranks 0..ATTEMPT_RANKS-1 of each earlier attempt and
-    the ranks before its own in its attempt, latest first, at most MAX_SKIP; only peers that
-    `check` will find ahead of it (a marked leader, leading because few others are live, does
-    not mark the unmarked peers ranked before it by their mark alone)."""
+    marked ones it ranked after the rest, `tickets` the window's, Ledger.tickets): ranks
+    0..ATTEMPT_RANKS-1 of each earlier attempt and the ranks before its own in its attempt,
+    latest first, at most MAX_SKIP; only peers that `check` will find ahead of it (a marked
+    leader, leading because few others are live, does not mark the unmarked peers ranked before
+    it by their mark alone)."""
     out: list[str] = []
     for attempt in range(slot.attempt, -1, -1):
-        order = ranking(beacon, attempt, peers | {me}, last)
+        order = ranking(beacon, attempt, peers | {me}, last, tickets)
         ahead = order[: order.index(me)] if attempt == slot.attempt else order[:ATTEMPT_RANKS]
-        out += [p for p in reversed(ahead) if p != me and p not in out and ranked_ahead(beacon, slot.attempt, p, me)]
+        out += [
+            p
+            for p in reversed(ahead)
+            if p != me and p not in out and ranked_ahead(beacon, slot.attempt, p, me, tickets)
+        ]
     return tuple(out[:MAX_SKIP])
 
 
-def ranked_ahead(beacon: str, attempt: int, peer: str, leader: str) -> bool:
-    """`peer`'s rank key comes before `leader`'s in some attempt up to `attempt`: what a reader
-    can check of a skip mark without knowing whom the leader saw live."""
-    return any(rank_key(beacon, a, peer) < rank_key(beacon, a, leader) for a in range(attempt + 1))
+def ranked_ahead(beacon: str, attempt: int, peer: str, leader: str, tickets: Mapping[str, int] = NO_TICKETS) -> bool:
+    """`peer`'s rank key comes before `leader`'s in some attempt up to `attempt` (each with its
+    `tickets`): what a reader can check of a skip mark without knowing whom the leader saw live."""
+    mine, theirs = tickets.get(peer, 1), tickets.get(leader, 1)
+    return any(rank_key(beacon, a, peer, mine) < rank_key(beacon, a, leader, theirs) for a in range(attempt + 1))
 
 
-def check(roster: Roster, entries: set[str]) -> None:
+def check(roster: Roster, entries: set[str], tickets: Mapping[str, int] = NO_TICKETS) -> None:
     """Raises ProtocolError unless `roster`'s skip and unserved lists could be an honest leader's
-    (`entries`: the peers whose updates it lists)."""
+    (`entries`: the peers whose updates it lists; `tickets`: the window's before it, Ledger.tickets)."""
     if roster.leader in roster.skip or roster.leader in roster.unserved:
         raise ProtocolError("its leader lists itself as skipped or unserved")
     if len(roster.skip) > ATTEMPT_RANKS * (roster.attempt + 1):
         raise ProtocolError(f"skips {len(roster.skip)} peers in attempt {roster.attempt}")
-    behind = next((p for p in roster.skip if not ranked_ahead(roster.beacon, roster.attempt, p, roster.leader)), None)
+    behind = next(
+        (p for p in roster.skip if not ranked_ahead(roster.beacon, roster.attempt, p, roster.leader, tickets)), None
+    )
     if behind is not None:
         raise ProtocolError(f"skips {behind[:16]}, which ranks behind its leader in every attempt")
     if entries & set(roster.unserved):

@@ -14,15 +14,17 @@ design step 5, docs/trust-model.md).
 - **Claims.** A peer left out of roster r puts its own announcement of r in `claim` of its next
   announcements (one of rounds r+1..r+CLAIM_ROUNDS, checked by protocol/signed.py) until the
   chain counts it. It counts when the entries of rosters r+1..r+CLAIM_ROUNDS whose `seen_late`
-  lists it are by more than half of its jury: `base(r)` (the peers with established_rounds rounds'
-  credit in the BASE_SPAN rosters before r, from plain entries, no claims, so nothing is
+  lists it hold more than half of its jury's credit: `base(r)` (the peers with established_rounds
+  rounds' credit in the BASE_SPAN rosters before r, from plain entries, no claims, so nothing is
   recursive; or, while nobody has, everyone they credit) less the two parties, the claimant and
-  r's leader. Then its author earns for r the credit of the entry that carried the claim
+  r's leader, each juror weighing its whole rounds of credit in that span (at least 1; protocol 16:
+  before, one a key). Then its author earns for r the credit of the entry that carried the claim
   (credit.py, Ledger.established), and unless roster r lists it `unserved`
   its leader gets an omission mark (marks.py). Nothing ties a claim to an announcement anyone
-  stored, so the jury's word is all there is: framing an honest leader takes more than half of
-  the jury vouching for a ghost, a crowd of about half of base(r) (protocol 7; a third, before,
-  let N/3 + 1 identities of N frame: tests/test_sybil_attacks_3.py). A hostile leader censoring
+  stored, so the jury's word is all there is: framing an honest leader takes jurors holding more
+  than half of the jury's credit vouching for a ghost (protocol 16; a crowd of about half of base(r)'s
+  keys, whatever their credit, in protocols 7-14; a third, before, let N/3 + 1 identities of N frame:
+  tests/test_sybil_attacks_3.py, tests/test_election_weight.py). A hostile leader censoring
   an honest peer is still caught while honest peers are over half of base(r) and see in time.
 
 Everything here is a pure function of the rosters held (`rosters`: round -> AcceptedRoster),
@@ -123,11 +125,19 @@ def base(rosters: Mapping[int, Held], round_no: int, k: int) -> set[str]:
     leader): those with k rounds' credit in the BASE_SPAN rosters before it (every one credited
     while nobody has; credit.py: a crowd the rosters list but never credit is no juror); empty
     unless all of those are held."""
+    return set(jurors(rosters, round_no, k))
+
+
+def jurors(rosters: Mapping[int, Held], round_no: int, k: int) -> dict[str, int]:
+    """`base`'s peers, each with its vote: its whole rounds of credit in the span (at least 1;
+    protocol 16), so a jury's majority is one of credited work, not of keys: a crowd of keys
+    with 2 rounds' credit each weighs 2 a key beside an honest peer's 32."""
     span = range(max(1, round_no - BASE_SPAN), round_no)
     if not span or not all(r in rosters for r in span):
-        return set()
+        return {}
     units = credit.weights({r: rosters[r] for r in span}).units
-    return {p for p, u in units.items() if u >= k * credit.UNITS} or set(units)
+    chosen = {p: u for p, u in units.items() if u >= k * credit.UNITS} or units
+    return {p: max(1, u // credit.UNITS) for p, u in chosen.items()}
 
 
 def claims(rosters: Mapping[int, Held], k: int, upto: int | None = None) -> list[Claim]:
@@ -157,7 +167,7 @@ _lock = threading.Lock()
 
 def _count_claims(rosters: Mapping[int, Held], k: int, upto: int) -> list[Claim]:
     out: dict[tuple[str, int], Claim] = {}
-    bases: dict[int, set[str]] = {}  # one base and one set of known authors per claimed round, not per claim
+    bases: dict[int, dict[str, int]] = {}  # one base and one set of known authors per claimed round, not per claim
     known: dict[int, set[str]] = {}
     for c in sorted(r for r in rosters if r <= upto):
         for a in rosters[c].announcements:
@@ -171,7 +181,7 @@ def _count_claims(rosters: Mapping[int, Held], k: int, upto: int) -> list[Claim]
             if (a.peer, r) in out:
                 continue
             if r not in bases:
-                bases[r] = base(rosters, r, k)
+                bases[r] = jurors(rosters, r, k)
                 known[r] = {
                     x.peer for q in range(max(1, r - KNOWN), r) if q in rosters for x in rosters[q].announcements
                 }
@@ -182,7 +192,7 @@ def _count_claims(rosters: Mapping[int, Held], k: int, upto: int) -> list[Claim]
 
 
 def _counts(
-    rosters: Mapping[int, Held], claimed: Announcement, name: bytes, upto: int, among: set[str], known: set[str]
+    rosters: Mapping[int, Held], claimed: Announcement, name: bytes, upto: int, among: dict[str, int], known: set[str]
 ) -> bool:
     r = claimed.round
     omitted = rosters.get(r)
@@ -199,8 +209,8 @@ def _counts(
         for a in rosters[q].announcements
         if name in a.seen_late
     }
-    jury = among - {claimed.peer, omitted.roster.leader}  # neither party vouches: more than half of the rest
-    return bool(jury) and 2 * len(seers & jury) > len(jury)
+    jury = {p: w for p, w in among.items() if p not in (claimed.peer, omitted.roster.leader)}  # neither party vouches
+    return bool(jury) and 2 * sum(jury.get(p, 0) for p in seers) > sum(jury.values())  # over half the rest's credit
 
 
 def claimed(rosters: Mapping[int, Held], k: int) -> Counter:

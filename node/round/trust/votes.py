@@ -2,14 +2,25 @@
 
 Voters are live peers established on the verified chain (node/round/trust/chain.py), never identities
 the chain did not establish; a vote is a signed heartbeat holding the head. A head needs all
-voters when there are fewer than MIN_QUORUM, else a majority of at least MIN_QUORUM.
+voters when there are fewer than MIN_QUORUM, else at least MIN_QUORUM of them holding more than
+half of the voters' tickets (protocol 16: whole rounds of credit in the window, chain.voters; a
+majority of heads before, which a crowd of keys with 2 credited rounds each held beside a few
+honest peers with 64: tests/test_election_weight.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 MIN_QUORUM = 3
 
 
-def needed(n_voters: int) -> int:
-    """How many vouchers a state needs among n voters: all of them below 3, else a majority of >= 3."""
-    return n_voters if n_voters < MIN_QUORUM else max(MIN_QUORUM, n_voters // 2 + 1)
+def carried(vouch: set[str], voters: Mapping[str, int]) -> bool:
+    """Do the peers of `vouch` carry a head among `voters` (peer -> its tickets)? All voters below
+    MIN_QUORUM; else at least MIN_QUORUM of them, holding more than half of all voters' tickets."""
+    counted = [w for p, w in voters.items() if p in vouch]
+    if not counted:
+        return False
+    if len(voters) < MIN_QUORUM:
+        return len(counted) == len(voters)
+    return len(counted) >= MIN_QUORUM and 2 * sum(counted) > sum(voters.values())

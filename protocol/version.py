@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 16  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 17  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -36,6 +36,9 @@ PROTOCOL_VERSION = 16  # 2: signed records, elected leaders, the roster ledger; 
 # 16: a candidate's rank key is the least of its tickets' keys, one ticket per whole round of credit in the window
 # (1..64), and omission juries count credit, not heads (a version-15 peer ranks every established key alike, and
 # so would refuse the rosters of the leaders a version-15 peer elects)
+# 17: a roster's credit is every applier's own or nobody's (a version-16 peer takes under-credit), and a roster
+# that credits nobody neither counts among the leaders that list a peer nor earns its omitted peers' claims
+# anything (a version-16 peer would establish and rank otherwise)
 
 
 def is_compatible(remote_version: object) -> bool:

@@ -2,18 +2,18 @@
 
 A roster's `credit` gives each entry 0..UNITS sixty-fourths of a full round's credit. Its leader
 writes it (Hooks.credit: node/outer/useful.py judges each update useful or not, where the round
-decodes them) and every peer that applies the roster recomputes it and refuses a roster that
-credits more than it computes (node/peer/applier.py; less is taken: `wrong`); so the number in
-the chain is one every reader takes alike. Here is
+decodes them) and every peer that applies the roster recomputes it and refuses a roster whose
+credit is not its own, unless it credits nobody (node/peer/applier.py, `wrong`: a leader that
+synced lately judges nothing); so the number in the chain is one every reader takes alike. Here is
 what the chain makes of it, a pure function of the rosters held:
 
 - weight(p): the sum of p's credit over the window's rosters (at most UNITS a roster: a token
   claim of 10^9 counts as one round's), plus the credit of the updates that carried p's counted
   omission claims (node/round/trust/omission.py: the carried-over work, so a claim earns what
-  the claimant's next update earned, and nothing for junk);
+  the claimant's next update earned, and nothing for junk, nor of a roster that credits nobody);
 - established: weight >= k x UNITS (k = [swarm] established_rounds: k full rounds' credit) and
-  credited under at least min(LEADERS, the distinct leaders of the rosters that list it)
-  leaders, so a young run led by the organizer alone is enough, and once others lead and list
+  credited under at least min(LEADERS, the distinct leaders of the rosters that list it and
+  credit someone) leaders, so a young run led by the organizer alone is enough, and once others lead and list
   it a peer needs credit from 3 of them. Heartbeats, announcements and appearances in rosters earn nothing.
 
 Hooks that cannot judge updates (the tests' stand-in states) credit each entry its token share
@@ -45,9 +45,11 @@ class Held(Protocol):
 
 
 class Carried(Protocol):
-    """A claim the chain counts (omission.Claim): its claimant and the roster whose entry carried it."""
+    """A claim the chain counts (omission.Claim): its claimant, the round that left it out and the
+    roster whose entry carried it."""
 
     claimant: str
+    round: int
     carried: int
 
 
@@ -64,8 +66,17 @@ def units_of(held: Held) -> tuple[int, ...]:
     return credit if len(credit) == len(held.announcements) else (0,) * len(held.announcements)
 
 
+def judged_none(held: Held) -> bool:
+    """Does `held`'s roster credit nobody (its leader had synced lately and judged nothing, `wrong`)?
+    Such a roster neither counts as a leader that listed its entries (`established`) nor earns the
+    peers it left out anything by their claims (`weights`), so an attacker's rosters that credit
+    nobody cost its own keys what they cost everyone (protocol 17)."""
+    return not any(units_of(held))
+
+
 def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weights:
-    """Every credited peer's weight over `rosters`, and who credited it; `claims` add their carrier's credit."""
+    """Every credited peer's weight over `rosters`, and who credited it; `claims` add their carrier's
+    credit, unless the roster that left the claimant out credited nobody (`judged_none`)."""
     units: Counter = Counter()
     leaders: dict[str, set[str]] = defaultdict(set)
     for held in rosters.values():
@@ -74,8 +85,8 @@ def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weig
                 units[a.peer] += u
                 leaders[a.peer].add(held.roster.leader)
     for c in claims:
-        carrier = rosters.get(c.carried)
-        if carrier is None:
+        carrier, omitted = rosters.get(c.carried), rosters.get(c.round)
+        if carrier is None or (omitted is not None and judged_none(omitted)):
             continue
         u = next((u for a, u in zip(carrier.announcements, units_of(carrier)) if a.peer == c.claimant), 0)
         if u:
@@ -86,13 +97,15 @@ def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weig
 
 def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] = ()) -> set[str]:
     """Peers with k rounds' credit in `rosters`, credited by at least min(LEADERS, the leaders of
-    the rosters that list them) distinct leaders. Counted among the rosters that list the peer, not
+    the rosters that list them and credit someone) distinct leaders. Counted among the rosters that list the peer, not
     all of the window's: a peer that one leader left out, in a young run that only the organizer
     leads afterwards, could otherwise never meet the count while that roster stays in the window
     (the run stayed young for good: seen in the swarm tests)."""
     w = weights(rosters, claims)
     listing: dict[str, set[str]] = defaultdict(set)
     for held in rosters.values():
+        if judged_none(held):  # a leader that judged nothing (it synced) vouches neither way
+            continue
         for a in held.announcements:
             listing[a.peer].add(held.roster.leader)
     return {
@@ -152,16 +165,21 @@ def check(roster: Roster, anns: Sequence[Announcement], before: set[str]) -> Non
 
 
 def wrong(written: Sequence[int], low: Sequence[int], high: Sequence[int], peers: Sequence[str]) -> str | None:
-    """Why a roster's credit is more than we compute (None: it is not). `low` and `high` are our
-    own credit with the usefulness threshold a hair above and below its value (node/outer/useful.py),
-    so an entry within float rounding of the threshold may go either way. Less than we compute is
-    accepted: a leader that synced lately lacks the rounds before that a fresh part is measured
-    against and credits nothing it cannot judge (Applier.credit_round); refusing that stalled a
-    young run whose organizer had resynced. Over-crediting makes Sybils established; under-crediting
-    only delays honest peers, which a leader could do by leaving them out as well (omission.py)."""
+    """Why a roster's credit is not ours (None: it is). `low` and `high` are our own credit with the
+    usefulness threshold a hair above and below its value (node/outer/useful.py), so an entry
+    within float rounding of the threshold may go either way. A roster that credits nobody is
+    taken (`judged_none`): a leader that synced lately lacks the rounds before that a fresh part
+    is measured against and credits nothing (Applier.credit_round); refusing that stalled a young
+    run whose organizer had resynced. Any other credit must be ours, entry by entry (protocol 17):
+    when less was taken, a leader that credited honest peers 0 and its own keys in full raised
+    its keys' tickets against theirs round by round (a share c of the work led c / (1 - c) of
+    the rounds), and kept listed newcomers from being established, with no claim against it
+    (tests/test_sybil_attacks_5.py)."""
     if len(written) != len(low):
         return f"credits {len(written)} of its {len(low)} entries"
+    if not any(written):
+        return None
     for peer, w, a, b in zip(peers, written, low, high):
-        if w > max(a, b):
-            return f"credits {peer[:16]} {w}/{UNITS}, we compute {max(a, b)}/{UNITS}"
+        if not min(a, b) <= w <= max(a, b):
+            return f"credits {peer[:16]} {w}/{UNITS}, we compute {a}/{UNITS}"
     return None

@@ -122,13 +122,14 @@ def _byzantine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sybil",
         action="store_true",
-        help=f"instead, the Sybil rows (many identities: capture, grinding, stall, framing, flood) over the "
-        f"real round protocol on the in-memory network; {SYBIL_DURATION}",
+        help=f"instead, the Sybil rows (many identities: capture, grinding, stall, framing, flood, work; leaders, "
+        f"stall and capture at 10-30%% of the credit, one ticket a key and tickets) over the real round protocol "
+        f"on the in-memory network; {SYBIL_DURATION}",
     )
     p.add_argument("--sybil-tier", default="full", choices=("full", "tiny"), help="sizes of the Sybil rows")
 
 
-SYBIL_DURATION = "full: 4-10 min (3 admission proofs at the defaults: each a geometric search, 1-5 min), tiny: ~10 s"
+SYBIL_DURATION = "full: 4-10 min (3 admission proofs at the defaults: each a geometric search, 1-5 min), tiny: ~12 s"
 """How long `bench byzantine --sybil` takes on one busy core here (bench/results/byzantine-sybil.json)."""
 
 

@@ -12,11 +12,16 @@ protocol, ledger, chain and catch-up and the real RunValidator, on the in-memory
   flood     1,000 Sybil records in the DHT (sybil_flood.py): an honest peer's CPU per poll
   work      what one identity's admission proof costs at the defaults; work-flood: a leader's
             scrypt calls per roster under 1,000 junk proofs (sybil_work.py)
+  leaders, stall, capture at credit shares (sybil_credit.py): established Sybils credited some
+            rounds of the window beside honest peers credited all: the crowd's share of led
+            rounds, stalls, and whether its own head is carried or chosen, under one ticket per
+            key (the rule before protocol 16) and under the window's tickets (today's)
 
-Influence by verified contribution (docs/trust-model.md, step 4) is not built: today leadership
-and bans follow the share of *identities among established peers*, so every row states the
-attacker's share of identities and of established peers, and the targets are judged at that
-share, plainly.
+Power follows credit (protocol 16, docs/trust-model.md), so the issue's target is judged at the
+attacker's share of the credit the chain holds (`credit_share`: its keys' credit over everyone's
+in the window of the row's rosters); every row also states its share of identities and of
+established peers. Rows whose attackers the chain never credits (invented heads, DHT floods)
+state 0; rows without a credit window (grinding, copies, work) state none.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ class SybilTier:
     """Polls measured per flood mode."""
     work_solves: int = 3
     """Whole searches for an admission proof timed at the defaults (minutes of a core each)."""
+    credit_crowds: tuple[tuple[int, int], ...] = ((14, 2), (32, 2), (12, 9), (4, 27))
+    """(Sybil keys, credited rounds each) of the leaders and capture rows, beside 4 honest peers
+    credited all 64 rounds: credit shares 9.9%, 20%, 29.7%, 29.7%."""
+    credit_rounds: int = 1000
+    """Rounds of the leaders and credit-stall rows (per crowd and rule)."""
+    credit_stall: tuple[int, ...] = (3, 6, 11)
+    """Credited rounds of each of the 10 silent Sybils in the credit-stall rows: 10.5%, 19%, 30.1%."""
+    stall_tries: int = 2000
+    """Run ids searched for the credit-stall rows' worst first round (most silent first ranks)."""
 
 
 TIERS = {
@@ -77,6 +91,10 @@ TIERS = {
         flood_records=200,
         flood_polls=5,
         work_solves=0,
+        credit_crowds=((14, 2), (12, 9)),
+        credit_rounds=200,
+        credit_stall=(11,),
+        stall_tries=200,
     ),
 }
 """`bench byzantine --sybil --sybil-tier NAME`: full (the committed results) and tiny (the test)."""
@@ -137,6 +155,7 @@ def capture(pool: KeyPool, k: int, how: str, workdir: Path) -> dict:
         "invented_heads": len(groups),
         "identity_share": share(k, len(honest)),
         "established_share": share(len(established & {s.id for s in crowd}), len(established - {s.id for s in crowd})),
+        "credit_share": 0.0,  # no roster of the chain lists them
         "adopted_non_honest": sum(v["adopted"] not in (None, "honest") for v in looks.values()),
         "looks": looks,
         "ledger_requests_to_sybils": sum(op == "ledger" for s in crowd for op, _ in s.net.requests),
@@ -206,6 +225,7 @@ def grinding(pool: KeyPool, variants: int) -> dict:
         "refused_variants": refused,
         "identity_share": share(1, 7),
         "established_share": share(1, 7),
+        "credit_share": None,  # round 1: nobody is credited yet
         "distinct_next_rankings": len(rankings),
         "distinct_first_ranks_old_rule": len(old_firsts),
         "ms_per_variant": round(1000 * (time.process_time() - t0) / max(1, variants), 2),
@@ -228,6 +248,7 @@ def run_sybil(json_path: str, tier: str = "full", say=print) -> list[dict]:
 
 
 def _rows(size, json_path: str, tier: str, say) -> list[dict]:
+    from bench.byzantine import sybil_credit
     from bench.byzantine.sybil_flood import flood
     from bench.byzantine.sybil_framing import copies
     from bench.byzantine.sybil_leaders import framing_by_scores, stall
@@ -240,11 +261,22 @@ def _rows(size, json_path: str, tier: str, say) -> list[dict]:
         jobs.append(lambda: grinding(pool, size.variants))
         stalls = [(n, marked) for n in size.stall_honest for marked in (False, True)]  # before and after step 8
         jobs += [lambda n=n, m=m: stall(pool, n, size.stall_rounds, m) for n, m in stalls]
-        jobs += [lambda k=k, n=n: framing_by_scores(pool, k, n, size.framing_rounds) for k, n in size.framing_shares]
+        shares = [(k, n, rule) for k, n in size.framing_shares for rule in sybil_credit.RULES]
+        jobs += [lambda k=k, n=n, r=r: framing_by_scores(pool, k, n, size.framing_rounds, r) for k, n, r in shares]
         jobs.append(lambda: copies(pool, 3, size.copy_rounds))
         jobs.append(lambda: flood(pool, size.flood_records, size.flood_polls))
         jobs.append(lambda: cost(size.work_solves))
         jobs.append(lambda: work_flood(size.flood_records))
+        for rule in sybil_credit.RULES:  # before (one ticket per key) and after (tickets), each crowd
+            jobs += [
+                lambda k=k, c=c, r=rule: sybil_credit.leaders(pool, k, c, size.credit_rounds, r)
+                for k, c in size.credit_crowds
+            ]
+            jobs += [
+                lambda c=c, r=rule: sybil_credit.stall(pool, c, size.credit_rounds, r, size.stall_tries)
+                for c in size.credit_stall
+            ]
+            jobs += [lambda k=k, c=c, r=rule: sybil_credit.capture(pool, k, c, r) for k, c in size.credit_crowds]
         for job in jobs:
             started = time.monotonic()
             row = job()
@@ -272,15 +304,17 @@ def _write(path: str, rows: list[dict], tier: str, seconds: float) -> None:
 
 
 def sybil_table(rows: list[dict]) -> str:
-    """One line per row: the case, its attacker shares, whether it met its target."""
+    """One line per row: the case, its attacker's shares (credit, identities, established peers),
+    whether it met its target."""
     from bench.tables import markdown_table
 
     return markdown_table(
-        ["row", "case", "identities", "established", "target", "met"],
+        ["row", "case", "credit", "identities", "established", "target", "met"],
         (
             [
                 r["row"],
                 r["case"],
+                "-" if r.get("credit_share") is None else f"{r['credit_share']:.1%}",
                 f"{r['identity_share']:.0%}",
                 f"{r['established_share']:.0%}",
                 r["target"],

@@ -49,6 +49,7 @@ def flood(pool, records: int, polls: int) -> dict:
         "valid_sybils": VALID,
         "identity_share": round(VALID / (VALID + len(honest)), 3),
         "established_share": 0.0,
+        "credit_share": 0.0,  # DHT records: no roster lists them
         "modes": modes,
         "worst_poll_ms": round(worst, 3),
         "worst_core_percent": round(100 * worst / 1000 / POLL, 2),

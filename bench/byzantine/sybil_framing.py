@@ -121,6 +121,7 @@ def copies(pool, sybils: int, rounds: int) -> dict:
         "honest": len(honest),
         "identity_share": round(len(crowd) / len(members), 3),
         "established_share": round(len(crowd) / len(members), 3),
+        "credit_share": None,  # its rosters credit nobody: the row is about scores, not ranks
         "rounds": rounds,
         "sybils_listed_before_victim": all(s.id < victim.id for s in crowd),
         "honest_flags": flags["honest"],

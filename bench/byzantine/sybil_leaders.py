@@ -8,24 +8,27 @@ the better ranks had their turn: the leader is the best-ranked of them that does
 every round through RoundProtocol gives the same leader (the worst-case round of the stall row
 is played so, as a check), at a hundred times the cost.
 
-Leadership is per identity among established peers today (weights from verified contribution,
-design step 4, are not built), so a row's outcome follows its attacker's share of identities.
+The stall rows rank with one ticket per identity (the rule before protocol 16, and the rule of a
+run whose peers nobody credited yet), so their outcome follows the attacker's share of identities;
+bench/byzantine/sybil_credit.py plays the same stall with the window's tickets, at credit shares.
+The framing rows run both rules over a credit window (sybilnet.credit_window).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import random
 from dataclasses import replace
 
-from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm
+from bench.byzantine.sybilnet import BASE0, FAST, NoSleep, Peer, Swarm, credit_window
 from node.config import RobustConfig, SwarmConfig
 from node.outer.scoring import banned
 from node.round import election
-from node.round.ledger import ScoredRound
-from node.round.trust import marks
+from node.round.ledger import WINDOW, Ledger, ScoredRound
+from node.round.trust import credit, marks
 from protocol import signing
 
 SILENT = 10
@@ -75,10 +78,12 @@ def reshuffled(beacon: str, attempt: int, peers: set[str], marked: set[str] = fr
     return sorted(peers, key=lambda p: election.rank_key(beacon, attempt, p))
 
 
-def skipped(beacon: str, attempt: int, leader: str, everyone: set[str], marked: set[str]) -> tuple[str, ...]:
-    """The leader's `skip` list, as RoundProtocol._lead writes it."""
-    slot = election.slot_of(beacon, attempt, everyone, leader, marked)
-    return marks.passed_over(beacon, slot, everyone, leader, marked)
+def skipped(
+    beacon: str, attempt: int, leader: str, everyone: set[str], marked: set[str], tickets=election.NO_TICKETS
+) -> tuple[str, ...]:
+    """The leader's `skip` list, as RoundProtocol._lead writes it (`tickets`: the window's)."""
+    slot = election.slot_of(beacon, attempt, everyone, leader, marked, tickets)
+    return marks.passed_over(beacon, slot, everyone, leader, marked, tickets)
 
 
 def stall(pool, honest_n: int, rounds: int, step8: bool = True) -> dict:
@@ -120,6 +125,8 @@ def stall(pool, honest_n: int, rounds: int, step8: bool = True) -> dict:
         "honest": honest_n,
         "identity_share": round(SILENT / len(everyone), 3),
         "established_share": round(SILENT / len(everyone), 3),
+        "credit_share": None,  # one ticket per key: credit plays no part (sybil_credit.py: at credit shares)
+        "rule": "one ticket",
         "worst_round_sybil_first_ranks": ranked_first,
         "worst_round_attempts": first["attempts"],
         "worst_round_fake_seconds": first["seconds"],
@@ -159,7 +166,7 @@ def _played_first_round(run: str, keys: list, honest_n: int) -> dict:
     }
 
 
-def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int = 0) -> dict:
+def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, rule: str = "tickets", seed: int = 0) -> dict:
     """`sybils` established Sybils lead when the election picks them and then score one honest
     victim WORST (scores must name exactly the roster's entries, so they list it); honest
     leaders score everyone honestly (evenly spread scores that flag nobody: honest false flags,
@@ -167,22 +174,30 @@ def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int =
     of a roster it applies and refuses a lying one, so the round is led again by the next
     attempt's first honest rank. A ban needs ban_after flags within score_window rounds from
     distinct_leaders different leaders (node/outer/scoring.py: banned). Counted: lying rosters
-    refused, honest peers ever banned, and the round of the first ban."""
+    refused, honest peers ever banned, and the round of the first ban. Ranks follow `rule`: the
+    tickets of a window crediting each honest peer all its rosters and each Sybil as many (2 to
+    WINDOW, in a row) as keep the crowd's credit under 30% (sybil_credit.py), or one ticket per
+    key (the rule before protocol 16)."""
     keys = pool.take(honest_n + sybils)
     by_id = {pid: k for k, pid in keys}
     crowd = {pid for _, pid in keys[honest_n:]}  # each of its rosters scores an honest victim WORST: refused
     everyone = set(by_id)
     cfg, rng = RobustConfig(scoring=True), random.Random(seed)
     run = f"sybil-framing-{sybils}-{honest_n}"
+    most = max(2, min(WINDOW, int(0.3 * WINDOW * honest_n / (0.7 * sybils))))  # rounds: share <= 30%
+    window = Ledger(rosters=credit_window([pid for _, pid in keys[:honest_n]], sorted(crowd), most, run))
+    units = credit.weights(window.rosters).units
+    tickets = window.tickets(WINDOW + 1, 2) if rule == "tickets" else election.NO_TICKETS
+    order = functools.partial(election.ranking, tickets=tickets)
     beacon, history, led, lies, ever, first_ban = election.first_beacon(run), [], 0, 0, set(), None
     for r in range(1, rounds + 1):
-        _, leader = elect(beacon, everyone, set())
+        _, leader = elect(beacon, everyone, set(), order=order)
         spread = rng.sample(range(len(everyone)), len(everyone))  # honest scores, evenly spread: nobody flagged
         scores = {p: -0.05 + 0.002 * i for p, i in zip(sorted(everyone), spread)}
         if leader in crowd:  # it scores the victim WORST; every honest peer recomputes the scores it
             led += 1  # applies (node/peer/applier.py: wrong_score), refuses the roster and redoes the
             lies += 1  # round, which the next attempt's first honest rank leads
-            leader = next(p for p in election.ranking(beacon, 1, everyone) if p not in crowd)
+            leader = next(p for p in order(beacon, 1, everyone) if p not in crowd)
         history.append(ScoredRound(r, leader, scores))
         now = banned(history[-cfg.score_window :], cfg) - crowd
         if now and first_ban is None:
@@ -191,11 +206,13 @@ def framing_by_scores(pool, sybils: int, honest_n: int, rounds: int, seed: int =
         beacon = election.next_beacon(beacon, signing.sign_unique(by_id[leader], election.reveal_message(run, r)))
     return {
         "row": "framing",
-        "case": f"{sybils} Sybil leaders score a victim WORST, {honest_n} honest",
+        "case": f"{sybils} Sybil leaders score a victim WORST, {honest_n} honest, {rule}",
+        "rule": rule,
         "sybils": sybils,
         "honest": honest_n,
         "identity_share": round(sybils / len(everyone), 3),
         "established_share": round(sybils / len(everyone), 3),
+        "credit_share": round(sum(units[p] for p in crowd) / sum(units.values()), 3),
         "rounds": rounds,
         "rounds_led_by_sybils": led,
         "lying_rosters_refused": lies,

@@ -76,6 +76,7 @@ def cost(solves: int, evaluations: int = 20) -> dict:
         f"a stamp of {puzzle.stamp_bits} bits",
         "identity_share": 0.0,
         "established_share": 0.0,
+        "credit_share": None,  # one identity's cost: no credit involved
         "ms_per_evaluation": round(1000 * per_eval, 1),
         "memory_mib": 128 * puzzle.r * 2**puzzle.n_log2 / 2**20,
         "mean_core_seconds": round(mean, 1),
@@ -121,6 +122,7 @@ def flood(records: int, rosters: int = 10) -> dict:
         "case": f"{records} fresh keys with junk proofs and junk stamps, {rosters} rosters",
         "identity_share": round(records / (records + 1), 3),
         "established_share": 0.0,
+        "credit_share": 0.0,  # fresh keys: no roster credits them
         "max_scrypt_calls_per_roster": most,
         "max_ms_per_roster": round(1000 * max(cpu), 1),
         "lucky_guesses_admitted": len(lucky),

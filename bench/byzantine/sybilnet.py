@@ -10,6 +10,7 @@ clock moves one second per look, so waits and attempts run in no wall time).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from node.config import SwarmConfig
 from node.p2p.validators import RunValidator
 from node.round import election
 from node.round.hooks import Hooks, Outcome
-from node.round.ledger import AcceptedRoster, Ledger
+from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.protocol import RoundProtocol
+from node.round.trust import credit
 from protocol import keys, signed, signing
 from protocol.records import Announcement, Heartbeat, Roster
 
@@ -171,3 +173,32 @@ def invented_roster(crowd: list, round_no: int, digest: str = ZERO, *, run: str 
     for s in crowd:
         s.net.ledger_override = [env]
     return env
+
+
+def credit_window(honest: list[str], sybils: list[str], rounds: int, run: str) -> dict[int, AcceptedRoster]:
+    """WINDOW rosters led by the honest peers in turn, each crediting every honest peer UNITS and
+    the Sybils whose `rounds` credited rounds (in a row, Sybil after Sybil, around the window) fall in it."""
+    slots = collections.defaultdict(list)
+    for i, s in enumerate(sybils):
+        for j in range(rounds):
+            slots[(i * rounds + j) % WINDOW + 1].append(s)
+    out = {}
+    for r in range(1, WINDOW + 1):
+        peers = [*honest, *slots[r]]
+        anns = tuple(
+            Announcement(run=run, round=r, peer=p, nbytes=64, sha256="1" * 64, tokens=100, base=f"{r:064x}", time=0.0)
+            for p in peers
+        )
+        roster = Roster(
+            run=run,
+            round=r,
+            leader=honest[r % len(honest)],
+            prev="0" * 64,
+            base=f"{r:064x}",
+            result=f"{r + 1:064x}",
+            time=0.0,
+            entries=({},) * len(anns),
+            credit=(credit.UNITS,) * len(anns),
+        )
+        out[r] = AcceptedRoster({}, roster, anns)
+    return out

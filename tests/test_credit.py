@@ -142,12 +142,13 @@ def test_a_v3_roster_credits_exactly_its_established_authors_token_shares():
     credit.check(h.roster, h.announcements, set())  # a v2 roster's credit is its appliers' to check
 
 
-def test_a_reader_refuses_credit_above_its_own_past_float_rounding_of_the_threshold():
+def test_a_reader_takes_credit_that_is_its_own_past_float_rounding_or_nobodys():
     assert credit.wrong([64, 0], [64, 0], [64, 0], ["a", "b"]) is None
     assert credit.wrong([64, 64], [64, 0], [64, 64], ["a", "b"]) is None  # b sits on the threshold
     assert "credits b 64/64, we compute 0/64" in credit.wrong([64, 64], [64, 0], [64, 0], ["a", "b"])
+    assert "credits a 0/64, we compute 64/64" in credit.wrong([0, 64], [64, 64], [64, 64], ["a", "b"])  # protocol 17
     assert "of its 2 entries" in credit.wrong([], [64, 0], [64, 0], ["a", "b"])
-    assert credit.wrong([0, 0], [64, 0], [64, 0], ["a", "b"]) is None  # less is taken (a synced leader's)
+    assert credit.wrong([0, 0], [64, 0], [64, 0], ["a", "b"]) is None  # nobody's: a synced leader's
 
 
 def test_a_leader_that_synced_credits_nothing_and_a_member_that_kept_every_round_applies_its_roster():

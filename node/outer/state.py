@@ -90,3 +90,12 @@ class SwarmState:
         if meta.get("full_digest") != state.full_digest:
             raise ProtocolError("state: content does not match its own digest (corrupt or tampered)")
         return state
+
+
+def shaped(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A flat tensor in model order (a v3 round's gathered aggregate) cut into fp32 tensors
+    shaped as `params`. Raises ValueError when its size is not theirs."""
+    sizes = [p.numel() for p in params]
+    if flat.numel() != sum(sizes):
+        raise ValueError(f"an aggregate of {flat.numel()} values for {sum(sizes)} parameters")
+    return [x.view_as(p) for x, p in zip(flat.to(torch.float32).split(sizes), params)]

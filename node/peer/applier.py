@@ -17,7 +17,7 @@ import torch
 from node.config import RunConfig
 from node.outer import scoring, useful
 from node.outer.aggregate import Weights, token_weights
-from node.outer.state import SwarmState
+from node.outer.state import SwarmState, shaped
 from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.trust import credit
@@ -237,9 +237,7 @@ class Applier:
         the sparse wire re-sparsifies the aggregate) puts what the aggregate dropped of it back
         into our error buffer (`worker`), as `bench quality` measured it. Others: nothing."""
         if isinstance(payloads, Aggregate) and getattr(self.strategy, "takes_back", False):
-            params = self.state.params
-            parts = payloads.flat.to(torch.float32).split([p.numel() for p in params])
-            self.strategy.take_back(worker, update, [x.view_as(p) for x, p in zip(parts, params)])
+            self.strategy.take_back(worker, update, shaped(payloads.flat, self.state.params))
 
     def previewed(self, state: SwarmState) -> Outcome:
         if not all(torch.isfinite(p).all() for p in state.params):

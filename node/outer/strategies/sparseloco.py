@@ -10,7 +10,7 @@ import torch
 from node.config import StrategyConfig, TrainConfig
 from node.outer.aggregate import Aggregator, Mean, Weights, per_round
 from node.outer.copies import distinct
-from node.outer.state import SwarmState
+from node.outer.state import SwarmState, shaped
 from protocol.codecs import TopKCodec
 
 
@@ -86,11 +86,7 @@ class SparseLoCo:
         """The outer step on a v3 round's aggregate (node/scatter on the sparse wire: the flat
         aggregate every member gathered, in model order), in place: the same ops as `apply`
         after its aggregator, so every peer holding the same aggregate computes the same bits."""
-        sizes = [p.numel() for p in state.params]
-        if flat.numel() != sum(sizes):
-            raise ValueError(f"an aggregate of {flat.numel()} values for {sum(sizes)} parameters")
-        g = flat.to(torch.float32).split(sizes)
-        self.outer_step(state, [x.view_as(p) for x, p in zip(g, state.params)])
+        self.outer_step(state, shaped(flat, state.params))
 
     def outer_step(self, state: SwarmState, combined: list[torch.Tensor]) -> None:
         mu = self.cfg.sparse_outer_momentum

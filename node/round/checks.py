@@ -96,11 +96,11 @@ class RosterChecks:
                     f"its leader leads in attempt {roster.attempt}, whose turn comes "
                     f"{started - self.elapsed(round_no):.0f} s from now"
                 )
-        tickets = self.tickets(round_no)
+        tickets, whole = self.tickets(round_no), self.ledger.holds_window(round_no)
         slot = election.slot_of(roster.beacon, roster.attempt, among, leader, self.marked(round_no), tickets)
-        if cands is not None and leader != self.me:
+        if cands is not None and leader != self.me and whole:  # without the window our ranks are not the swarm's
             election.check_turn(slot, self.elapsed(round_no), self.cfg)
-        marks.check(roster, {a.peer for a in anns}, tickets)
+        marks.check(roster, {a.peer for a in anns}, tickets if whole else None)
         election.check_reveal(roster, env["key"])
         strangers = [a.peer for a in anns if a.peer not in seen and a.peer != self.me]
         if strangers:
@@ -225,7 +225,8 @@ def _lists_valid(
     better-ranked contributor's sibling put any skip marks in the chain (tests/test_sybil_attacks_2.py),
     or an honest newcomer's valid proof among the failures every leader skips (tests/test_work.py)."""
     try:
-        tickets = window.tickets(accepted.roster.round, established_rounds) if window is not None else {}
+        r = accepted.roster.round
+        tickets = {} if window is None else window.tickets(r, established_rounds) if window.holds_window(r) else None
         marks.check(accepted.roster, {a.peer for a in accepted.announcements}, tickets)
         beacon_of = window.beacon_of if window is not None else lambda r: None  # None: epoch 0's seed only
         seeds = admission.seeds(accepted.roster.round, accepted.roster.beacon, beacon_of)

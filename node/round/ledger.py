@@ -236,6 +236,12 @@ class Ledger:
         (node/round/trust/credit.py): who may lead and vouch. Appearances earn nothing."""
         return credit.established(self.rosters, k, omission.claims(self.rosters, k))
 
+    def holds_window(self, round_no: int) -> bool:
+        """Do we hold every roster of the WINDOW rounds before `round_no`? Only then are our tickets
+        the swarm's (a ledger that synced from a checkpoint, or lost a line, counts fewer), so only
+        then do we judge what tickets decide of a roster: its leader's turn and its skip list."""
+        return all(r in self.rosters for r in range(max(1, round_no - WINDOW), round_no))
+
     def tickets(self, round_no: int, k: int) -> dict[str, int]:
         """Each credited peer's tickets for round `round_no` (node/round/election.py rank keys): its
         whole rounds of credit in the rosters before that round, claims counted as `established`

@@ -109,7 +109,8 @@ def check(env: object, link: Link, window: Ledger, rules: ChainRules) -> Accepte
     if roster.beacon != link.beacon:
         raise ProtocolError(f"claims beacon {roster.beacon[:12]}, the chain gives {link.beacon[:12]}")
     tickets = window.tickets(roster.round, rules.established_rounds)  # rank keys' weights (election.py)
-    marks.check(roster, {a.peer for a in anns}, tickets)  # skip and unserved lists (node/round/trust/marks.py)
+    whole = window.holds_window(roster.round)  # else our tickets are not the swarm's: no skip judged by rank
+    marks.check(roster, {a.peer for a in anns}, tickets if whole else None)  # skip and unserved lists (marks.py)
     election.check_reveal(roster, env["key"])
     problem = leader_problem(roster.leader, window, rules)
     if problem:

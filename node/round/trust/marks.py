@@ -86,15 +86,21 @@ def ranked_ahead(beacon: str, attempt: int, peer: str, leader: str, tickets: Map
     return any(rank_key(beacon, a, peer, mine) < rank_key(beacon, a, leader, theirs) for a in range(attempt + 1))
 
 
-def check(roster: Roster, entries: set[str], tickets: Mapping[str, int] = NO_TICKETS) -> None:
+def check(roster: Roster, entries: set[str], tickets: Mapping[str, int] | None = NO_TICKETS) -> None:
     """Raises ProtocolError unless `roster`'s skip and unserved lists could be an honest leader's
-    (`entries`: the peers whose updates it lists; `tickets`: the window's before it, Ledger.tickets)."""
+    (`entries`: the peers whose updates it lists; `tickets`: the window's before it, Ledger.tickets;
+    None: we do not hold that window (Ledger.holds_window) and judge no skip by rank, since our
+    tickets are not the swarm's: we would refuse honest leaders' marks)."""
     if roster.leader in roster.skip or roster.leader in roster.unserved:
         raise ProtocolError("its leader lists itself as skipped or unserved")
     if len(roster.skip) > ATTEMPT_RANKS * (roster.attempt + 1):
         raise ProtocolError(f"skips {len(roster.skip)} peers in attempt {roster.attempt}")
-    behind = next(
-        (p for p in roster.skip if not ranked_ahead(roster.beacon, roster.attempt, p, roster.leader, tickets)), None
+    behind = (
+        None
+        if tickets is None
+        else next(
+            (p for p in roster.skip if not ranked_ahead(roster.beacon, roster.attempt, p, roster.leader, tickets)), None
+        )
     )
     if behind is not None:
         raise ProtocolError(f"skips {behind[:16]}, which ranks behind its leader in every attempt")

@@ -146,3 +146,25 @@ def test_catch_up_quorums_and_fork_choice_count_credit_not_keys():
     # fewer than MIN_QUORUM voters: all of them; never one heavy peer alone among 3 or more
     assert votes.carried({"a", "b"}, {"a": 1, "b": 64}) and not votes.carried({"b"}, {"a": 1, "b": 64})
     assert not votes.carried({"b"}, {"a": 1, "b": 64, "c": 1}) and not votes.carried(set(), {})
+
+
+def test_a_late_peer_counts_who_moved_past_the_round_by_tickets():
+    """`moved_on` (a late peer takes the roster the swarm took instead of leading the round again)
+    weighs the other candidates' tickets: a peer back from a long freeze, with 2 rounds' credit and
+    not yet past the round, no longer ties one with 60 that led it. By heads (one each) it tied, the
+    late peer refused the rank-1 roster by its own clock and led a second one: the frozen-peer swarm
+    test forked at the first round after the thaw (CI)."""
+    from protocol.records import Heartbeat
+
+    def hb(peer: str, state_round: int) -> Heartbeat:
+        return Heartbeat(
+            run="r", peer=peer, name="", round=state_round + 1, state_round=state_round, digest="1" * 64,
+            device="cpu", maddrs=(), time=1.0,
+        )  # fmt: skip
+
+    peers = {"me": hb("me", 63), "led": hb("led", 64), "thawed": hb("thawed", 63)}
+    cands = set(peers)
+    assert not election.moved_on(peers, cands, "me", 64)  # one head of two: no majority
+    assert election.moved_on(peers, cands, "me", 64, {"me": 60, "led": 60, "thawed": 2})
+    assert not election.moved_on(peers, cands, "me", 64, {"led": 2, "thawed": 60})  # the credit is not past it
+    assert not election.moved_on({"me": peers["me"]}, cands, "me", 64)  # nobody else known

@@ -259,15 +259,21 @@ def better_siblings(
     return sorted(better, key=slot)
 
 
-def moved_on(peers: dict[str, Heartbeat], cands: set[str], me: str, round_no: int) -> bool:
-    """Most other candidates hold a state past `round_no`: the swarm took a roster of it while
-    we were still training. Every slot's turn came long ago, then: the waiting peer treats the
-    round as opened round_timeout before, so it takes the roster the swarm took (say rank 1's,
-    led while we were late) instead of refusing it until its own clock reaches that turn and
-    leading the round again as rank 0, alone. Heartbeats are their signers' word, so a majority
-    of lying candidates could make a late peer take a roster early; it cannot stop a leader."""
-    others = [peers[p] for p in cands - {me} if p in peers]
-    return 2 * sum(hb.state_round >= round_no for hb in others) > len(others) > 0
+def moved_on(
+    peers: dict[str, Heartbeat], cands: set[str], me: str, round_no: int, tickets: Mapping[str, int] = NO_TICKETS
+) -> bool:
+    """Other candidates holding more than half of the others' `tickets` (1 a peer not in it) hold a
+    state past `round_no`: the swarm took a roster of it while we were still training. Every slot's
+    turn came long ago, then: the waiting peer treats the round as opened round_timeout before, so
+    it takes the roster the swarm took (say rank 1's, led while we were late) instead of refusing it
+    until its own clock reaches that turn and leading the round again as rank 0. Weighed by tickets,
+    as ranks are: a peer back from a long freeze, with little credit in the window and not yet past
+    the round, no longer ties one that led it (CI: the frozen-peer swarm test forked so). Heartbeats
+    are their signers' word, so candidates holding most of the tickets could make a late peer take
+    a roster early; they cannot stop a leader."""
+    others = {p: tickets.get(p, 1) for p in cands - {me} if p in peers}
+    past = sum(w for p, w in others.items() if peers[p].state_round >= round_no)
+    return 2 * past > sum(others.values()) > 0
 
 
 def candidates(

@@ -186,7 +186,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             seen |= set(peers)
             cands = self.candidates(peers, base, state_round)
             turns = self.candidates(peers, base, state_round, ahead=1)  # whom we wait for: not peers far ahead
-            if cands and election.moved_on(peers, cands, self.me, round_no):  # we come late to the round
+            if cands and election.moved_on(peers, cands, self.me, round_no, self.tickets(round_no)):  # we come late
                 opened = self.opened[round_no] = min(opened, self.net.monotonic() - self.cfg.round_timeout)
             if self.seer.due(round_no, self.net.monotonic()):  # first sightings, for seen_late (omission.py)
                 anns = self.builder.announcements(round_no, base)

@@ -156,16 +156,10 @@ def test_a_leader_that_synced_credits_nothing_and_a_member_that_kept_every_round
     credits nothing rather than what members would refuse (in CI the organizer of a young run,
     its only leader, resynced, credited a peer the others did not, and the run stalled for good)."""
     leader, member = applier("leader", io.StringIO(), RUN), applier("member", io.StringIO(), RUN)
-    gen = torch.Generator().manual_seed(4)
-    common = [torch.randn(p.shape, generator=gen) for p in member.state.params]
-    payloads = [
-        member.strategy.codec.encode([0.01 * (c + 0.5 * torch.randn(c.shape, generator=gen)) for c in common])
-        for _ in range(3)
-    ]
+    payloads = aligned_updates(member, seed=4, n=3)
     whole = roster_of(leader, payloads, ["Qma", "Qmb", "Qmc"])
     assert whole.roster.credit == (64, 64, 64)
     leader.state.round = 4  # as if synced at round 4: rounds 2-4 are not its own
-    leader._assessed = None
     assert leader.credit_round(payloads, list(whole.announcements)) == [0, 0, 0]
     synced = AcceptedRoster({}, replace(whole.roster, credit=(0, 0, 0)), whole.announcements)
     assert member.apply_round(synced, payloads) and member.crediting.refused == 0
@@ -178,15 +172,21 @@ def test_every_applier_recomputes_a_rosters_credit_and_refuses_one_that_credits_
     for robust in (RobustConfig(), RobustConfig(scoring=True)):
         run = replace(RUN, robust=robust)
         leader, member = applier("leader", io.StringIO(), run), applier("member", io.StringIO(), run)
-        gen = torch.Generator().manual_seed(3)
-        common = [torch.randn(p.shape, generator=gen) for p in member.state.params]
-        payloads = [
-            member.strategy.codec.encode([0.01 * (c + 0.5 * torch.randn(c.shape, generator=gen)) for c in common])
-            for _ in range(3)
-        ] + [member.strategy.codec.encode([torch.zeros_like(c) for c in common])]
+        payloads = aligned_updates(member, seed=3, n=3)
+        payloads.append(member.strategy.codec.encode([torch.zeros_like(p) for p in member.state.params]))
         honest = roster_of(leader, payloads, ["Qma", "Qmb", "Qmc", "Qmz"])
         assert honest.roster.credit == (64, 64, 64, 0)
         lying = AcceptedRoster({}, replace(honest.roster, credit=(64,) * 4), honest.announcements)
         assert not member.apply_round(lying, payloads)
         assert member.apply_round(honest, payloads) and member.crediting.refused == 1
         assert 1 in member.crediting.kept  # the round's directions: the next rounds' span
+
+
+def aligned_updates(member, *, seed: int, n: int) -> list[bytes]:
+    """`n` encoded updates on one shared direction, each with its own noise (honest peers' shape)."""
+    gen = torch.Generator().manual_seed(seed)
+    common = [torch.randn(p.shape, generator=gen) for p in member.state.params]
+    return [
+        member.strategy.codec.encode([0.01 * (c + 0.5 * torch.randn(c.shape, generator=gen)) for c in common])
+        for _ in range(n)
+    ]

@@ -145,7 +145,7 @@ class Applier:
         self.nominal_step_tokens = nominal_step_tokens or run.train.batch_size * run.model.ctx
         nominal = strategy.inner_steps * self.nominal_step_tokens  # a full round's tokens
         self.crediting = Crediting(strategy, nominal, self.weights)
-        self._assessed: tuple[tuple[bytes, ...], Assessed] | None = None  # the leader's, kept for its apply
+        self._assessed: tuple[tuple, Assessed] | None = None  # the leader's, kept for its apply
 
     def hooks(self) -> Hooks:
         """The strategy's side of the round; with [robust] scoring, the leader scores every update
@@ -182,7 +182,7 @@ class Applier:
         return assessed.units
 
     def assess(self, payloads: list[bytes], anns: list[Announcement]) -> Assessed:
-        key = tuple(payloads)
+        key = (self.state.round, tuple(payloads))  # the same bytes judged from another state are judged again
         if self._assessed is None or self._assessed[0] != key:
             got = self.crediting.assess(self.state.round + 1, self.state.params, payloads, anns, self.ledger.rosters)
             self._assessed = (key, got)

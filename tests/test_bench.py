@@ -29,16 +29,10 @@ KEYS = {
 }
 
 
-# one preset per family and overlap (all 27 take minutes on two cores; each option's own encode,
-# decode and apply round trip is in tests/test_quality_options.py)
-SMOKE = [
-    "ddp-adamw",
-    "diloco",
-    "sparseloco",
-    "decoupled-momentum",
-    "decoupled-momentum-1bit",
-    "sparseloco-overlap",
-]
+# the reference and two compressed families, enough to show the tier's rows, keys and byte
+# accounting (all 27 presets take minutes on two cores: `make bench TIER=smoke` runs them; each
+# option's own encode, decode and apply round trip is in tests/test_quality_options.py)
+SMOKE = ["ddp-adamw", "diloco", "sparseloco"]
 
 
 def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
@@ -77,8 +71,6 @@ def test_smoke_tier_writes_a_row_per_strategy(tmp_path):
     assert ddp["dense_ring_bytes_per_step"] == 2 * 3 / 4 * 4 * p
     assert ddp["upload_bytes_per_step"] == rows["ddp-muon"]["upload_bytes_per_step"] == 3 * 4 * p
     assert rows["sparseloco"]["upload_reduction"] > 10 * rows["diloco"]["upload_reduction"] > 10
-    demo = rows["decoupled-momentum"]
-    assert rows["decoupled-momentum-1bit"]["upload_bytes_per_step"] < demo["upload_bytes_per_step"]
     assert png.stat().st_size > 10_000
 
 

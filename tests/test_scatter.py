@@ -186,3 +186,32 @@ def test_a_withholder_owns_nothing_for_a_while_but_still_sends():
     assert peers[0] in may_own(set(peers), struck, 6 + STRIKE_ROUNDS) and peers[1] in may_own(set(peers), struck, 5)
     grid = place(peers, may_own(set(peers), struck, 6), seed_of("b"))
     assert peers[0] in grid.members() and all(peers[0] not in owners for owners in grid.owners)
+
+
+def test_the_node_deals_the_named_default_of_auditors_a_task():
+    """One constant (grid.AUDITORS) is what the node's leader deals before any conviction, what the
+    simulated round and `bench scale` default to, and the count the 4x byte budget allows."""
+    import ast
+    import inspect
+
+    from node.scatter import grid, runner
+    from node.scatter.leader import Leader
+
+    assert grid.AUDITORS == 1 and grid.ESCALATE == 3
+    for cls in (Leader, ScatterRound):
+        params = inspect.signature(cls.__init__).parameters
+        assert (params["auditors"].default, params["escalate"].default) == (grid.AUDITORS, grid.ESCALATE)
+    calls = [
+        n
+        for n in ast.walk(ast.parse(inspect.getsource(runner)))
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "Leader"
+    ]
+    assert [{k.arg: ast.unparse(k.value) for k in c.keywords} for c in calls] == [
+        {"auditors": "AUDITORS", "escalate": "ESCALATE"}
+    ]
+    assert runner.AUDITORS is grid.AUDITORS
+    peers = peer_ids(16)
+    out, rnd = one_round(peers, make_updates(peers, TOTAL, 3), TOTAL)
+    unit = one_update(TOTAL, rnd.grid)
+    worst = max(max(out.traffic.data_up[p], out.traffic.data_down[p]) for p in peers) / unit
+    assert worst <= 4.0  # the default keeps every peer within 4x one update

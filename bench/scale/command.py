@@ -22,6 +22,16 @@ class Tier:
     trials: int
     """Rounds per lying / withholding owner row."""
     collusion_rounds: int
+    """Rounds of each colluders row (the escalation row, one campaign of 1 auditor)."""
+    collusion_values: int = 4096
+    """Values per update of the collusion rows (whether a lie is caught does not depend on it)."""
+    renewed: tuple[int, int, int] = (0, 0, 0)
+    """(seeds, rounds per seed of the patient rows, of the all-lying rows) of the renewed
+    coalition, for each count in AUDITOR_COUNTS."""
+    campaigns: int = 0
+    """Seeds of the patient campaigns (each until every colluder is banned), per count."""
+    draw_trials: tuple[tuple[int, int], ...] = ()
+    """(peers, trials) of the counted auditor draws (sim.drawn)."""
     wire_peers: tuple[int, ...] = ()
     """Peers of the rounds on the 1-bit and top-k wires (bench/scale/wires.py)."""
 
@@ -34,6 +44,9 @@ TIERS = {
         attack_values=16384,
         trials=4,
         collusion_rounds=4,
+        renewed=(1, 3, 2),
+        campaigns=1,
+        draw_trials=((16, 500), (64, 500)),
     ),
     "full": Tier(
         simulated=((16, 65536), (64, 65536), (256, 65536), (1000, 262144)),
@@ -42,12 +55,17 @@ TIERS = {
         attack_values=65536,
         trials=20,
         collusion_rounds=30,
+        renewed=(3, 60, 30),
+        campaigns=4,
+        draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
     ),
     # the 1-bit and top-k wires (issue 17, item 1): bytes per peer and the aggregate, no attacks
     "wires": Tier(
         simulated=(), counted=(), attack_peers=0, attack_values=0, trials=0, collusion_rounds=0, wire_peers=(16, 64)
     ),
 }
+AUDITOR_COUNTS = (1, 2, 3)
+"""Auditors per task the collusion and counted rows compare (the honest simulated rows: 1 and 2)."""
 COUNTED_VALUES = 125_000_000
 """Values of the counted rows' update: a 1B-parameter model's 1-bit update is 125 MB, as is
 this many int8 values."""
@@ -64,9 +82,10 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
             say(f"scale: {n} peers, {values} values, {auditors} auditor(s) per task ...")
             rows["honest"].append(sim.honest_row(n, values, auditors))
     for n in tier.counted:
-        for auditors in (1, 2):
+        for auditors in AUDITOR_COUNTS:
             rows["counted"].append(sim.counted_row(n, COUNTED_VALUES, auditors))
     rows["wires"] = [] if stop.is_set() else wires.wire_rows(tier.wire_peers, say)
+    rows["collusion"] = collusion_rows(tier, stop, say)
     n, values = tier.attack_peers, tier.attack_values
     steps = (
         []
@@ -74,10 +93,8 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
         else [
             lambda: sim.lying_owner(n, values, tier.trials),
             lambda: sim.withholding_owner(n, values, tier.trials),
-            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, escalate=0),
-            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1),
-            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 1, patient=True),
-            lambda: sim.colluders(n, values, tier.collusion_rounds, 0.2, 2, patient=True),
+            lambda: sim.colluders(n, tier.collusion_values, tier.collusion_rounds, 0.2, 1, escalate=0),
+            lambda: sim.colluders(n, tier.collusion_values, tier.collusion_rounds, 0.2, 1),
             lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=False),
             lambda: sim.withholders(n, values, tier.collusion_rounds, 0.2, strikes=True),
             lambda: sim.poisoned(n, values, 0.2),
@@ -92,6 +109,31 @@ def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)
     return rows
+
+
+def collusion_rows(tier: Tier, stop: threading.Event, say=print) -> dict:
+    """20% colluders against 1, 2 and 3 auditors a task: the renewed coalition (patient and all
+    lying) and patient campaigns through ScatterRound, summed over seeds; the draw counted."""
+    n, values, (seeds, patient_rounds, all_rounds) = tier.attack_peers, tier.collusion_values, tier.renewed
+    out: dict = {"simulated": [], "drawn": []}
+    for auditors in AUDITOR_COUNTS:
+        for patient, rounds, renew, count in (
+            (True, patient_rounds, True, seeds),
+            (False, all_rounds, True, seeds),
+            (True, 10 * n, False, tier.campaigns),
+        ):
+            if stop.is_set() or not count:
+                continue
+            runs = [
+                sim.colluders(n, values, rounds, 0.2, auditors, patient=patient, renew=renew, seed=s)
+                for s in range(count)
+            ]
+            out["simulated"].append(sim.summed(runs))
+            say(f"scale: {out['simulated'][-1]}")
+        for peers, trials in tier.draw_trials:
+            if not stop.is_set():
+                out["drawn"].append(sim.drawn(peers, 0.2, auditors, trials))
+    return out
 
 
 def scale_table(rows: dict) -> str:
@@ -116,4 +158,34 @@ def scale_table(rows: dict) -> str:
         lines += [wires.wires_table(rows["wires"]), ""]
     for a in rows["attacks"]:
         lines.append("- " + ", ".join(f"{k}: {v}" for k, v in a.items()))
+    if rows.get("collusion"):
+        lines += ["", collusion_table(rows)]
+    return "\n".join(lines)
+
+
+def collusion_table(rows: dict) -> str:
+    """20% colluders per auditor count: simulated rounds, the counted draw, and the bytes."""
+    cost = {(r["peers"], r["auditors"]): r["per_peer_x_update"] for r in rows["counted"]}
+    lines = [
+        "| auditors | attack | rounds with a lie | corrupted | fraction (95% upper) | lies missed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows["collusion"]["simulated"]:
+        lines.append(
+            f"| {r['auditors']} | {r['attack'].split(', ', 1)[1]} ({r['seeds']} seeds) "
+            f"| {r['rounds_with_a_lie']} | {r['rounds_corrupted']} | {r['corrupted_fraction']} ({r['upper95']}) "
+            f"| {r['lies_missed']} of {r['lies']} |"
+        )
+    lines += [
+        "",
+        "| auditors | peers | lies drawn | missed | rate (95% upper) | bytes down / up, mean / max (x update) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows["collusion"]["drawn"]:
+        t = cost.get((r["peers"], r["auditors"]))
+        bytes_ = "-" if t is None else " ; ".join(f"{t[k]['mean']} / {t[k]['max']}" for k in ("data_down", "data_up"))
+        lines.append(
+            f"| {r['auditors']} | {r['peers']:,} | {r['lies']:,} | {r['lies_missed']} "
+            f"| {r['miss_rate']} ({r['upper95']}) | {bytes_} |"
+        )
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from bench.scale.keys import FastKeys
 from node.scatter import chunks
 from node.scatter.audit import inputs_root
-from node.scatter.grid import Grid, assign_auditors
+from node.scatter.grid import AUDITORS, Grid, assign_auditors
 from node.scatter.traffic import Traffic, size_of
 from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, task_name
 
@@ -43,7 +43,7 @@ def note_size(peer: str) -> int:
     return size_of(FastKeys(peer).seal(note))
 
 
-def count_round(grid: Grid, total: int, leader: str, auditors: int = 1, seed: str = "ab" * 32) -> Traffic:
+def count_round(grid: Grid, total: int, leader: str, auditors: int = AUDITORS, seed: str = "ab" * 32) -> Traffic:
     """What an honest round moves (ScatterRound.run with every member sending and answering)."""
     t = Traffic()
     commit, receipt1, receipt2 = envelope_sizes(grid, leader)

@@ -9,6 +9,7 @@ figure is N - 1 updates down per peer (and, on average, up).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import statistics
 import time
@@ -20,10 +21,11 @@ from bench.scale.keys import FastChecker, FastKeys
 from node.outer.aggregate import Mean, Robust
 from node.scatter import chunks
 from node.scatter.audit import Round
-from node.scatter.grid import may_own, place
+from node.scatter.grid import AUDITORS, ESCALATE, assign_auditors, may_own, place
 from node.scatter.reduce import two_level
 from node.scatter.round import ScatterRound, seed_of
 from node.scatter.traffic import Behaviour, Outcome, Traffic
+from protocol.kinds.scatter import task_name
 from protocol.signing import b58encode
 
 
@@ -68,7 +70,7 @@ def round_of(peers, total, *, round_no=1, reachable=None, agg=None) -> tuple[dic
 
 
 def one_round(
-    peers, updates, total, *, behaviour=None, auditors=1, escalate=3, round_no=1, agg=None, reachable=None
+    peers, updates, total, *, behaviour=None, auditors=AUDITORS, escalate=ESCALATE, round_no=1, agg=None, reachable=None
 ) -> tuple[Outcome, Round]:
     keys, rnd = round_of(peers, total, round_no=round_no, agg=agg, reachable=reachable)
     leader = leader_of(peers, round_no)
@@ -76,7 +78,7 @@ def one_round(
     return sr.run(), rnd
 
 
-def honest_row(n: int, total: int, auditors: int = 1, seed: int = 0) -> dict:
+def honest_row(n: int, total: int, auditors: int = AUDITORS, seed: int = 0) -> dict:
     """One honest round: bytes per peer, phases, and the aggregate against verify-all's."""
     peers = peer_ids(n)
     updates = make_updates(peers, total, seed)
@@ -104,7 +106,7 @@ def honest_row(n: int, total: int, auditors: int = 1, seed: int = 0) -> dict:
     }
 
 
-def counted_row(n: int, total: int, auditors: int = 1) -> dict:
+def counted_row(n: int, total: int, auditors: int = AUDITORS) -> dict:
     peers = peer_ids(n)
     grid = place(peers, set(peers), seed_of("beacon1"))
     t0 = time.monotonic()
@@ -160,38 +162,115 @@ def withholding_owner(n: int, total: int, trials: int) -> dict:
     }
 
 
-def colluders(n: int, total: int, rounds: int, fraction: float, auditors: int, *, escalate=3, patient=False) -> dict:
+def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
+    """The upper end of the Wilson 95% interval of k events in n trials."""
+    if n == 0:
+        return 1.0
+    p, zz = k / n, z * z
+    return round((p + zz / (2 * n) + z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))) / (1 + zz / n), 4)
+
+
+def colluders(
+    n: int,
+    total: int,
+    rounds: int,
+    fraction: float,
+    auditors: int,
+    *,
+    escalate=ESCALATE,
+    patient=False,
+    renew=False,
+    seed=3,
+) -> dict:
     """A fraction of members cover for each other as auditors and lie as owners until caught; a
-    caught liar is banned (out of later rounds: a new identity must be established again first,
-    issue 16's trust model). All at once (every colluder lies whenever it owns a task), or
-    patient: one colluder lies per round, so a conviction never warns of the others."""
-    peers, rng = peer_ids(n), random.Random(3)
+    caught liar is banned. All at once (every colluder lies whenever it owns a task), or patient:
+    one colluder lies per round, so a conviction never warns of the others.
+    A campaign (renew False) ends when every colluder is banned (or after `rounds`): the corrupted
+    rounds it buys do not grow with the run, so they are given over the rounds with a lie. Renew:
+    a fresh colluding identity takes each banned one's place (the coalition stays `fraction` of
+    the members, every round is attacked): the steady state, which a run's length does not dilute."""
+    peers, rng = peer_ids(n, f"s{seed}-"), random.Random(seed)
     bad = set(rng.sample(peers, round(fraction * n)))
-    banned: set[str] = set()
-    corrupted_rounds, lies, missed = 0, 0, 0
+    members, banned, fresh = list(peers), set(), 0
+    corrupted, attacked, lies, missed, ran = 0, 0, 0, 0, 0
     for r in range(rounds):
-        members = [p for p in peers if p not in banned]
-        updates = make_updates(members, total, 100 + r)
         left = sorted(bad - banned)
-        liars = set(rng.sample(left, min(1, len(left)))) if patient else set(left)
+        if not left:
+            break
+        updates = make_updates(members, total, 100 + r)
+        liars = set(rng.sample(left, 1)) if patient else set(left)
         act = {p: Behaviour(lie=p in liars, collude=True) for p in left}
-        out, rnd = one_round(members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r)
-        lies += len(out.caught) + len(out.missed)
-        missed += len(out.missed)
-        corrupted_rounds += bool(out.missed)
-        banned |= set(out.caught)
+        out, _ = one_round(members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r)
+        ran += 1
+        told = len(out.caught) + len(out.missed)
+        lies, missed, attacked = lies + told, missed + len(out.missed), attacked + bool(told)
+        corrupted += bool(out.missed)
+        gone = set(out.caught)  # a liar caught on two tasks is listed twice
+        banned |= gone
+        members = [p for p in members if p not in gone]
+        if renew:
+            new = peer_ids(len(gone), f"s{seed}-new{fresh}-")
+            fresh, bad, members = fresh + 1, bad | set(new), members + new
     return {
-        "attack": f"{fraction:.0%} colluding owners and auditors, {'one liar a round' if patient else 'all lying'}",
+        "attack": f"{fraction:.0%} colluding owners and auditors, {'one liar a round' if patient else 'all lying'}"
+        + (", renewed" if renew else ", one campaign"),
         "peers": n,
         "auditors": auditors,
         "escalate": escalate,
-        "rounds": rounds,
-        "rounds_corrupted": corrupted_rounds,
+        "seed": seed,
+        "rounds": ran,
+        "rounds_with_a_lie": attacked,
+        "rounds_corrupted": corrupted,
         "lies": lies,
         "lies_missed": missed,
-        "miss_rate": round(missed / max(1, lies), 3),
         "colluders_banned": len(banned & bad),
         "colluders": len(bad),
+    }
+
+
+def summed(rows: list[dict]) -> dict:
+    """Rows of one attack over several seeds, added up, with the corrupted fraction of the rounds
+    that had a lie and its Wilson 95% upper bound."""
+    out = {k: v for k, v in rows[0].items() if k != "seed"} | {"seeds": len(rows)}
+    for k in (
+        "rounds",
+        "rounds_with_a_lie",
+        "rounds_corrupted",
+        "lies",
+        "lies_missed",
+        "colluders_banned",
+        "colluders",
+    ):
+        out[k] = sum(r[k] for r in rows)
+    k, m = out["rounds_corrupted"], out["rounds_with_a_lie"]
+    return out | {"corrupted_fraction": round(k / max(1, m), 4), "upper95": wilson_upper(k, m)}
+
+
+def drawn(n: int, fraction: float, auditors: int, trials: int, seed: int = 5) -> dict:
+    """Counted, not simulated: the node's auditor draw (grid.place, grid.assign_auditors) for a
+    fresh grid, coalition and audit seed per trial; a colluder that owns a level-1 task lies there,
+    and the lie survives iff every auditor dealt to the task colludes (as in ScatterRound before
+    any escalation). The per-lie rate is the steady state of the patient attack."""
+    peers, rng, lies, missed = peer_ids(n, "draw-"), random.Random(seed), 0, 0
+    for t in range(trials):
+        grid = place(peers, set(peers), seed_of(f"draw{seed}-{t}"))
+        bad = set(rng.sample(peers, round(fraction * n)))
+        names = {task_name((1, g, j)): grid.owner_of(g, j) for g in range(grid.n_groups) for j in range(grid.chunks)}
+        liar = rng.choice(sorted({o for o in names.values() if o in bad}))
+        dealt = assign_auditors(seed_of(f"audit{seed}-{t}"), names, grid.members(), auditors)
+        for name, owner in names.items():
+            if owner == liar:
+                lies, missed = lies + 1, missed + all(a in bad for a in dealt[name])
+    return {
+        "peers": n,
+        "auditors": auditors,
+        "colluding": fraction,
+        "trials": trials,
+        "lies": lies,
+        "lies_missed": missed,
+        "miss_rate": round(missed / lies, 4),
+        "upper95": wilson_upper(missed, lies),
+        "counted_not_simulated": True,
     }
 
 

@@ -28,6 +28,15 @@ from dataclasses import dataclass
 from node.config import SwarmConfig
 
 SCATTER_MIN_PEERS = SwarmConfig.scatter_min_peers
+AUDITORS = 1
+"""Auditors dealt to each task before any conviction. One keeps a peer's bytes within 4x one
+update (3.0-3.1x; two cost 4.0-4.4x, three 5.0-5.6x: docs/benchmarks.md, `bench scale`); a lie
+then survives when its auditor colludes (about the colluding fraction f of the members), and
+with 20% colluders no count within 4x holds corrupted rounds under 1% in the steady state
+(docs/security.md, v3: what it tolerates)."""
+ESCALATE = 3
+"""More auditors for every task of a level once a liar is convicted in it (its fellows may be
+lying too): a lie then survives with about f^4."""
 """Members from which a round uses the reduce-scatter; below, every peer fetches every update
 (verify-all, v2): at N = 16 verify-all moves 15 updates per peer, the reduce-scatter about 3.5."""
 GROUP_MIN, GROUP_MAX = 4, 128

@@ -41,7 +41,7 @@ import time
 
 from node.scatter import chunks
 from node.scatter.audit import FraudProof, Input, Round, audit_seed, check_chunk, is_fraud, open_receipt
-from node.scatter.grid import assign_auditors
+from node.scatter.grid import AUDITORS, ESCALATE, assign_auditors
 from node.scatter.roster import garbler, inputs_of, tasks_of
 from node.scatter.round import MOST_REPLACEMENTS
 from protocol.errors import ProtocolError
@@ -77,7 +77,7 @@ class Leader:
     """Leads one v3 round; `member` (the leader's own node/scatter/member.py Member) serves its
     ops to the other members."""
 
-    def __init__(self, rnd: Round, keys, member, *, auditors: int = 1, escalate: int = 3):
+    def __init__(self, rnd: Round, keys, member, *, auditors: int = AUDITORS, escalate: int = ESCALATE):
         self.rnd, self.keys, self.auditors, self.escalate = rnd, keys, auditors, escalate
         self.timeouts = member.timeouts
         member.lead = self

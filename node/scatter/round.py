@@ -37,7 +37,7 @@ from node.scatter.audit import (
     open_receipt,
     sealed_chunks,
 )
-from node.scatter.grid import assign_auditors, second_auditor
+from node.scatter.grid import AUDITORS, ESCALATE, assign_auditors, second_auditor
 from node.scatter.traffic import Behaviour, Bus, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import draw_message, set_digest, task_name
@@ -48,7 +48,9 @@ MOST_REPLACEMENTS = 8  # owners one task may go through in a round before the ro
 class ScatterRound(Bus):
     """Runs one round for every member at once (the members' own code, the bus simulated)."""
 
-    def __init__(self, rnd: Round, updates: dict, keys: dict, leader: str, *, behaviour=None, auditors=1, escalate=3):
+    def __init__(
+        self, rnd: Round, updates: dict, keys, leader: str, *, behaviour=None, auditors=AUDITORS, escalate=ESCALATE
+    ):
         self.rnd, self.keys, self.leader = rnd, keys, leader
         self.auditors, self.escalate = auditors, escalate  # auditors per task; more after a conviction
         self.updates: dict[str, torch.Tensor] = updates

@@ -23,7 +23,7 @@ import torch
 
 from node.config import RunConfig
 from node.scatter import chunks
-from node.scatter.grid import may_own, scatter_threshold, uses_scatter
+from node.scatter.grid import AUDITORS, ESCALATE, may_own, scatter_threshold, uses_scatter
 from node.scatter.keys import RsaKeys
 from node.scatter.leader import Leader
 from node.scatter.member import Member, ScatterNet, Timeouts
@@ -100,7 +100,7 @@ class NodeScatter:
         leader = None
         if leads:  # its own copy of the Round: the board's state is the leader's, members apply it
             own = dataclasses.replace(rnd, replaced={}, caught=set(), fixed={}, signers={})
-            leader = Leader(own, keys, member)
+            leader = Leader(own, keys, member, auditors=AUDITORS, escalate=ESCALATE)
         self.serve(member.answer, chunks.most_message_bytes(flat.numel()))
         time.sleep(self.settle)  # every member that polls for the call serves its Member before chunks fly
         failed: list[Exception] = []

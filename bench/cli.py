@@ -410,7 +410,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "scale": Benchmark(
         help="round protocol v3 (reduce-scatter, audits) of 16 to 1,000 simulated peers, counted to 10,000",
-        duration="smoke: ~1 min; full: ~12 min (a round of 1,000 peers takes 2-3 min of one busy core)",
+        duration="smoke: ~1.5 min; full: ~28 min (1,000-peer rounds 2-3 min each; the collusion rows ~18 min)",
         add_flags=_scale_flags,
         run=_scale,
     ),

@@ -50,7 +50,7 @@ TIERS = {
     ),
     "full": Tier(
         simulated=((16, 65536), (64, 65536), (256, 65536), (1000, 262144)),
-        counted=(1000, 10000),
+        counted=(16, 64, 256, 1000, 10000),
         attack_peers=64,
         attack_values=65536,
         trials=20,

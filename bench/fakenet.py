@@ -82,6 +82,7 @@ class FakeNet:
         self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
         self.checkpoints: dict[int, object] = {}  # round -> the `checkpoint` answer (the organizer's)
         self.ticks = itertools.count()
+        self.gate = None  # protocol 18's owner gate (set_gate); None: updates are served unsealed
         registry[me] = self
 
     def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
@@ -104,6 +105,10 @@ class FakeNet:
                 other.requests.append((request.op, request.round))
                 if request.op == "update":
                     other.asked.append((request.round, request.peer))
+            sealed = None if other is None else other.sealed(request, self.me)
+            if sealed is not None:  # protocol 18's owner gate, as the exchange applies it
+                out.append(ProtocolError(f"peer refused: {sealed}"))
+                continue
             blob = None if other is None else other.answer(request)
             if blob is None:
                 out.append(ProtocolError(f"peer refused: no update of {request.peer[:8]}"))
@@ -115,7 +120,21 @@ class FakeNet:
                     on_each(len(out) - 1, blob)
         return out
 
+    def set_gate(self, gate) -> None:
+        self.gate = gate  # node/round/trust/gate.py: what RoundProtocol wires into the exchange
+
+    def sealed(self, request, requester: str) -> str | None:
+        """Why the owner gate refuses `request` (None: it does not), as node/p2p/streams.py `_sealed`."""
+        if request.op not in ("update", "receipt") or self.gate is None:
+            return None
+        if request.op == "receipt":
+            return None if request.peer == self.me else "sealed: receipts are signed by their owner only"
+        return self.gate.refusal(request.round, request.peer, requester, request.seal)
+
     def answer(self, request) -> bytes | None:
+        if request.op == "receipt":
+            got, _ = self.gate.receipt(request.round, request.seal)
+            return None if got is None else msgpack.packb(got, use_bin_type=True)
         if request.op == "ledger":
             rosters = self.ledger_override
             if rosters is None and self.ledger is not None:

@@ -202,7 +202,9 @@ class RosterBuilder:
         for key in [k for k in self.sealed if k[0] < round_no - 2]:
             del self.sealed[key]
         digests = tuple(sorted({signed.body_hash(s.envelope) for s in taken}))
-        seal = Seal(run=self.run_id, round=round_no, base=base, leader=self.me, time=self.net.now(), announcements=digests)
+        seal = Seal(
+            run=self.run_id, round=round_no, base=base, leader=self.me, time=self.net.now(), announcements=digests
+        )
         return signed.seal(self.key, seal)
 
     def _receipts(self, round_no: int, seal0: dict, owners: list[str]) -> list[dict]:

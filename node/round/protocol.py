@@ -150,6 +150,11 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         )
         env = signed.seal(self.key, ann)
         self.gate.announced(round_no, env)  # before it is stored: a leader may ask for it at once
+        peers = self.peers()  # the gate's view until await_roster's replaces it; a ledger that cannot
+        # tell who leads (we joined) ranks the live peers on our state (docs/security.md: open)
+        turns = self.candidates(peers, base, round_no - 1, ahead=1) or election.candidates(peers, base, None, round_no)
+        opened = self.opened.get(round_no, self.took.get(round_no - 1, self.net.monotonic()))  # since we trained it
+        self.publish_view(round_no, turns, opened)
         self.seer.announced(round_no, env, claims=claim is not None)
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
 
@@ -338,7 +343,9 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             return [p for p in order if p in live or p in (a.peer, leader)]
 
         seals = sealed.presented(accepted.roster, accepted.announcements)  # protocol 18: trust/gate.py
-        blobs = self.updates.fetch(list(accepted.announcements), round_no, sources=from_whom, seal=lambda a: seals.get(a.peer))
+        blobs = self.updates.fetch(
+            list(accepted.announcements), round_no, sources=from_whom, seal=lambda a: seals.get(a.peer)
+        )
         for a, blob in zip(accepted.announcements, blobs):
             if isinstance(blob, Exception):
                 self.failed.add((round_no, leader))

@@ -104,7 +104,9 @@ def test_a_crowd_leaders_roster_whose_seal_is_not_the_one_owners_receipted_credi
     leader = next(p for p in peers if p.id == roster.leader)
     mix = signed.seal(
         leader.key,
-        Announcement(run=RUN, round=roster.round, peer=leader.id, nbytes=9, sha256="2" * 64, tokens=100, base=roster.base, time=0.0),
+        Announcement(
+            run=RUN, round=roster.round, peer=leader.id, nbytes=9, sha256="2" * 64, tokens=100, base=roster.base, time=0.0
+        ),
     )  # fmt: skip
     v1 = signed.open_record(roster.seals[0], Seal)
     widened = signed.seal(

@@ -26,6 +26,42 @@ def new_key() -> tuple[rsa.RSAPrivateKey, str]:
     return key, signing.peer_id_of(signing.public_der(key))
 
 
+def sealed_roster(roster, keys: dict[str, Any], *, listed: Any = None, receipted: Any = None):
+    """`roster` (a hand-built protocol/records.py Roster) sealed as a protocol-18 leader seals its
+    own (docs/protocol.md "Sealed rounds"): seals[0] signed by its leader's key, listing the body
+    hashes of its entries (or of `listed`: announcement envelopes), and one Receipt naming that
+    seal per entry, signed by its author's key (or only those authors in `receipted`). `keys`:
+    peer id -> private key (leader and authors). Entries that are not signed announcements (some
+    tests' placeholders) are listed, never receipted."""
+    from dataclasses import replace
+
+    from protocol import signed
+    from protocol.kinds.sealed import Receipt, Seal
+    from protocol.records import Announcement
+
+    entries = roster.entries if listed is None else listed
+    digests = tuple(sorted({signed.body_hash(e) for e in entries}))
+    seal = Seal(
+        run=roster.run,
+        round=roster.round,
+        base=roster.base,
+        leader=roster.leader,
+        time=roster.time,
+        announcements=digests,
+    )
+    seal_env = signed.seal(keys[roster.leader], seal)
+    digest, receipts = signed.body_hash(seal_env), []
+    for e in roster.entries:
+        try:
+            author = signed.open_record(e, Announcement).peer
+        except ProtocolError:
+            continue
+        if author in keys and (receipted is None or author in receipted):
+            receipt = Receipt(run=roster.run, round=roster.round, owner=author, seal=digest, time=roster.time)
+            receipts.append(signed.seal(keys[author], receipt))
+    return replace(roster, seals=(seal_env,), receipts=tuple(receipts))
+
+
 @dataclass
 class FakeClock:
     t: float = 1_000_000.0

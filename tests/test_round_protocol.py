@@ -102,14 +102,17 @@ class Played(NamedTuple):
     payloads: list[bytes]
 
 
-def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Played]:
-    """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted rosters."""
+def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=None) -> dict[str, Played]:
+    """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted
+    rosters. `meanwhile(r)` runs after the announcements, before anyone awaits the roster."""
     peers[0].net.dht.clock.t += 2  # time moves on: new heartbeats expire later than the last ones
     for p in peers:
         p.heartbeat()
     for p in peers:
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r = peers[0].round + 1
+    if meanwhile is not None:
+        meanwhile(r)
     knows = next(p for p in peers if p.proto.beacon(r) is not None)  # a joiner knows none
     rank = election.ranking(knows.proto.beacon(r), 0, {p.id for p in peers}, tickets=knows.proto.tickets(r))
 

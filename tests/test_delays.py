@@ -63,8 +63,11 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
     for p in [*honest, *announcing]:
         p.announce(f"update {p.id} {p.round}".encode())
     r = honest[0].round + 1
-    taken = []
+    taken, now = [], []
+    for s in [*honest, *silent, *announcing]:  # a swarm awaits at once: here one after another
+        in_step(s, now)
     for p in sorted(honest, key=lambda p: turns(p, r)):
+        now[:] = [p]
         accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert accepted is not None, f"round {r}: {p.id[:8]} got no roster"
         taken.append((p, accepted, p.proto.gather(accepted)))
@@ -72,6 +75,24 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
     for p, accepted, payloads in taken:
         p.finish(accepted, payloads)
     return taken[0][1]
+
+
+def in_step(owner: Peer, awaiting: list[Peer]) -> None:
+    """`owner`'s gate (protocol 18, node/round/trust/gate.py) while another peer awaits the round
+    here: in a swarm every peer follows the chain and awaits the roster at the same time as the
+    peer that does here (`awaiting[0]`), so its gate sees whose turn it is as that peer does: its
+    view and its round clock. (Here peers await one after another, a peer that only announces reads
+    no roster, so knows no beacon, and the fakes' clocks tick on each net's own looks: a waiting
+    owner's gate would still be at its round's start, or the round it last took.)"""
+    gate = owner.proto.gate
+    unstepped = getattr(gate, "unstepped", gate.refusal)
+
+    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+        if awaiting:
+            gate.view, gate.clock = awaiting[0].proto.gate.view, awaiting[0].net.monotonic
+        return unstepped(round_no, peer, requester, seal_env)
+
+    gate.unstepped, gate.refusal = unstepped, refusal
 
 
 def established_crowd(n_honest: int, n_sybils: int, cfg=CFG, *, leaders: int = 0) -> tuple[list[Peer], list[Peer]]:

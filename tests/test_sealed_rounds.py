@@ -105,7 +105,8 @@ def test_a_crowd_leaders_roster_whose_seal_is_not_the_one_owners_receipted_credi
     mix = signed.seal(
         leader.key,
         Announcement(
-            run=RUN, round=roster.round, peer=leader.id, nbytes=9, sha256="2" * 64, tokens=100, base=roster.base, time=0.0
+            run=RUN, round=roster.round, peer=leader.id, nbytes=9, sha256="2" * 64, tokens=100, base=roster.base,
+            time=0.0,
         ),
     )  # fmt: skip
     v1 = signed.open_record(roster.seals[0], Seal)
@@ -144,3 +145,21 @@ def test_a_leader_building_for_a_later_rank_writes_no_credit():
         attempt=0, skip=(ranked[-1].id,),
     )  # fmt: skip
     assert built is not None and not any(built.roster.credit) and built.roster.seals
+
+
+def test_a_leader_whose_turn_came_is_served_into_the_next_attempt():
+    """A rank-1 leader whose turn came late in attempt 0 fetches into attempt 1, where it ranks
+    after the attempt's fresh candidates: the gate still serves it, as readers take its roster
+    (election.check_turn). Before, owners refused it there and it listed them unserved."""
+    from node.round.trust.gate import LeadView
+    from tests.test_round_protocol import CFG
+
+    turns = frozenset(f"Qm{c}" for c in "abcdef")
+    beacon = "0" * 64
+    second = election.ranking(beacon, 0, set(turns))[1]
+    view = LeadView(1, beacon, turns, frozenset(), {}, 0.0, CFG)
+    came = election.turn(election.Slot(0, 1), CFG)
+    assert not view.may_lead(second, came - 1) and view.may_lead(second, came)
+    later = election.attempt_seconds(CFG) + 1  # attempt 1: its slot there has not come
+    assert not election.may_lead(election.slot_of(beacon, 1, set(turns), second), later, CFG)
+    assert view.may_lead(second, later) and not view.may_lead("Qmzz", later)

@@ -47,12 +47,17 @@ class LeadView(NamedTuple):
     cfg: SwarmConfig
 
     def may_lead(self, peer: str, now: float) -> bool:
+        """Whether `peer`'s turn has come in this attempt or an earlier one: a leader whose turn
+        came late in its attempt fetches into the next, and readers take its roster then too
+        (election.check_turn: a slot's turn, once come, stays)."""
         if peer not in self.turns:
             return False
         elapsed = now - self.opened
-        attempt = election.attempt_at(elapsed, self.cfg)
-        slot = election.slot_of(self.beacon, attempt, set(self.turns), peer, set(self.marked), self.tickets)
-        return election.may_lead(slot, elapsed, self.cfg)
+        for attempt in range(election.attempt_at(elapsed, self.cfg) + 1):
+            slot = election.slot_of(self.beacon, attempt, set(self.turns), peer, set(self.marked), self.tickets)
+            if election.may_lead(slot, elapsed, self.cfg):
+                return True
+        return False
 
 
 class Gate:

@@ -163,3 +163,24 @@ def test_a_leader_whose_turn_came_is_served_into_the_next_attempt():
     later = election.attempt_seconds(CFG) + 1  # attempt 1: its slot there has not come
     assert not election.may_lead(election.slot_of(beacon, 1, set(turns), second), later, CFG)
     assert view.may_lead(second, later) and not view.may_lead("Qmzz", later)
+
+
+def test_a_receipt_lost_once_is_asked_again():
+    """One owner's first receipt answer is lost: the leader asks it once more, and the round is
+    credited (without the second ask the whole roster would credit nobody)."""
+    _, _, peers = swarm(4)
+    play_round(peers)
+    lost = []
+    for p in peers:
+        real = p.net.answer
+
+        def answer(request, real=real, p=p):
+            if request.op == "receipt" and p.id not in lost:
+                lost.append(p.id)
+                return None  # the answer never came
+            return real(request)
+
+        p.net.answer = answer
+    accepted = next(iter(play_round(peers).values())).accepted
+    assert len(lost) == 3 and len(accepted.roster.receipts) == 4  # the leader signs its own
+    assert accepted.roster.credit == (credit.UNITS,) * 4

@@ -150,25 +150,35 @@ class UpdateFetcher:
 
     def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> list[dict]:
         """The owners' signed receipts for their updates of `round_no` released under `seal_env`
-        (protocol 18): those that came back, verified as their owner's, of this round and seal."""
-        digest, jobs = signed.body_hash(seal_env), []
-        for p in owners:
-            jobs.append((p, Request(op="receipt", run=self.run_id, round=round_no, peer=p, seal=seal_env), None))
-        try:
-            got = self.net.fetch_many(jobs, timeout=FETCH_FLOOR) if jobs else []
-        except Exception as e:  # the transport is gone: no receipts, no credit this round
-            got = [e] * len(jobs)
-        out = []
-        for p, blob in zip(owners, got):
+        (protocol 18): those that came back, verified as their owner's, of this round and seal.
+        Owners whose answer failed are asked once more (one lost receipt makes the whole roster
+        credit nobody: node/round/trust/sealed.py), each time within FETCH_FLOOR seconds."""
+        digest, got = signed.body_hash(seal_env), {}
+        for _ in range(2):
+            ask = [p for p in owners if p not in got]
+            jobs = [
+                (p, Request(op="receipt", run=self.run_id, round=round_no, peer=p, seal=seal_env), None) for p in ask
+            ]
+            if not jobs:
+                break
             try:
-                small = isinstance(blob, bytes) and len(blob) <= 2 * RECEIPT_BODY  # a receipt envelope is < 1 KiB
-                env = msgpack.unpackb(blob, raw=False) if small else None
-                r = signed.open_record(env, Receipt, signer=p)
-                if (r.run, r.round, r.seal) == (self.run_id, round_no, digest):
-                    out.append(env)
-            except (ProtocolError, ValueError, TypeError, msgpack.UnpackException):
-                continue
-        return out
+                answers = self.net.fetch_many(jobs, timeout=FETCH_FLOOR)
+            except Exception as e:  # the transport is gone: no receipts, no credit this round
+                answers = [e] * len(jobs)
+            for p, blob in zip(ask, answers):
+                env = self._receipt(p, blob, round_no, digest)
+                if env is not None:
+                    got[p] = env
+        return [got[p] for p in owners if p in got]
+
+    def _receipt(self, owner: str, blob: bytes | Exception, round_no: int, digest: str) -> dict | None:
+        try:
+            small = isinstance(blob, bytes) and len(blob) <= 2 * RECEIPT_BODY  # a receipt envelope is < 1 KiB
+            env = msgpack.unpackb(blob, raw=False) if small else None
+            r = signed.open_record(env, Receipt, signer=owner)
+        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException):
+            return None
+        return env if (r.run, r.round, r.seal) == (self.run_id, round_no, digest) else None
 
     def keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
         """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two

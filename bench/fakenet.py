@@ -102,6 +102,29 @@ class FakeDHT:
         return {sk: v for sk, (v, exp) in self.data.get(key, {}).items() if exp >= now}
 
 
+def in_step(owner, awaiting: list) -> None:
+    """`owner`'s gate (protocol 18, node/round/trust/gate.py) while another peer awaits the round
+    here: in a swarm every peer follows the chain and awaits the roster at the same time as the
+    peer that does here (`awaiting[0]`), so its gate sees whose turn it is as that peer does: its
+    view and its round clock. (Here peers await one after another, a peer that only announces reads
+    no roster, so knows no beacon, and the fakes' clocks tick on each net's own looks: a waiting
+    owner's gate would still be at its round's start, or the round it last took.)"""
+    gate = owner.proto.gate
+    unstepped = getattr(gate, "unstepped", gate.refusal)
+
+    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+        if not awaiting:
+            return unstepped(round_no, peer, requester, seal_env)
+        own = gate.view, gate.clock
+        gate.view, gate.clock = awaiting[0].proto.gate.view, awaiting[0].net.monotonic
+        try:
+            return unstepped(round_no, peer, requester, seal_env)
+        finally:
+            gate.view, gate.clock = own
+
+    gate.unstepped, gate.refusal = unstepped, refusal
+
+
 class FakeNet:
     """One peer's RoundNet: the shared FakeDHT, and fetches answered by other FakeNets' held updates."""
 

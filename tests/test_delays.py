@@ -19,7 +19,7 @@ from node.round.trust import chain, credit, marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, MAX_SKIP, Roster
-from tests.fakes import new_key
+from tests.fakes import in_step, new_key
 
 RUN = "delays-0123456789ab"
 CFG = replace(FAST, round_timeout=120.0)
@@ -71,28 +71,11 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
         accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert accepted is not None, f"round {r}: {p.id[:8]} got no roster"
         taken.append((p, accepted, p.proto.gather(accepted)))
+    now.clear()  # the owners' gates are their own again
     assert len({a.hash for _, a, _ in taken}) == 1
     for p, accepted, payloads in taken:
         p.finish(accepted, payloads)
     return taken[0][1]
-
-
-def in_step(owner: Peer, awaiting: list[Peer]) -> None:
-    """`owner`'s gate (protocol 18, node/round/trust/gate.py) while another peer awaits the round
-    here: in a swarm every peer follows the chain and awaits the roster at the same time as the
-    peer that does here (`awaiting[0]`), so its gate sees whose turn it is as that peer does: its
-    view and its round clock. (Here peers await one after another, a peer that only announces reads
-    no roster, so knows no beacon, and the fakes' clocks tick on each net's own looks: a waiting
-    owner's gate would still be at its round's start, or the round it last took.)"""
-    gate = owner.proto.gate
-    unstepped = getattr(gate, "unstepped", gate.refusal)
-
-    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
-        if awaiting:
-            gate.view, gate.clock = awaiting[0].proto.gate.view, awaiting[0].net.monotonic
-        return unstepped(round_no, peer, requester, seal_env)
-
-    gate.unstepped, gate.refusal = unstepped, refusal
 
 
 def established_crowd(n_honest: int, n_sybils: int, cfg=CFG, *, leaders: int = 0) -> tuple[list[Peer], list[Peer]]:

@@ -19,7 +19,7 @@ from node.round.protocol import RoundProtocol
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Heartbeat, Roster
-from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
+from tests.fakes import FakeDHT, FakeNet, digest_of, in_step, new_key
 
 RUN = "test-0123456789ab"
 # bootstrap_peers=0: these fakes play runs whose volunteers lead from round 1 (no organizer's
@@ -120,12 +120,16 @@ def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=Non
     def may_lead(p: Peer) -> bool:
         return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
 
-    played = {}
+    played, now = {}, []
+    for p in peers:  # a swarm awaits at once: here one after another (bench/fakenet.py in_step)
+        in_step(p, now)
     for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
+        now[:] = [p]
         pid = p.id
         accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert accepted is not None, f"peer {pid[:8]} got no roster"
         played[pid] = Played(accepted, p.proto.gather(accepted))
+    now.clear()  # the owners' gates are their own again
     for p in peers:
         p.finish(*played[p.id])
     return played

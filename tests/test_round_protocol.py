@@ -102,9 +102,11 @@ class Played(NamedTuple):
     payloads: list[bytes]
 
 
-def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=None) -> dict[str, Played]:
+def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=None, owners=()) -> dict[str, Played]:
     """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted
-    rosters. `meanwhile(r)` runs after the announcements, before anyone awaits the roster."""
+    rosters. `meanwhile(r)` runs after the announcements, before anyone awaits the roster.
+    `owners`: other peers that announced this round but await nothing here; in a swarm they
+    follow the round as the peers do, so their gates are kept in step too (in_step)."""
     peers[0].net.dht.clock.t += 2  # time moves on: new heartbeats expire later than the last ones
     for p in peers:
         p.heartbeat()
@@ -121,7 +123,7 @@ def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=Non
         return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
 
     played, now = {}, []
-    for p in peers:  # a swarm awaits at once: here one after another (bench/fakenet.py in_step)
+    for p in [*peers, *owners]:  # a swarm awaits at once: here one after another (bench/fakenet.py in_step)
         in_step(p, now)
     for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
         now[:] = [p]

@@ -184,3 +184,23 @@ def test_a_receipt_lost_once_is_asked_again():
     accepted = next(iter(play_round(peers).values())).accepted
     assert len(lost) == 3 and len(accepted.roster.receipts) == 4  # the leader signs its own
     assert accepted.roster.credit == (credit.UNITS,) * 4
+
+
+def test_an_owner_that_serves_but_withholds_its_receipt_costs_only_its_own_entry():
+    """Receipt griefing: an owner the leader sealed serves its update and never answers for its
+    receipt. One sealed entry without a receipt makes a roster credit nobody (sealed.creditable),
+    so the leader asks for receipts right after the seals[0] fetch and leaves out (as `unserved`)
+    whoever gave none: the other entries are credited, the griefer is not listed."""
+    _, _, peers = swarm(4)
+    play_round(peers)
+    r = peers[0].round + 1
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    griefer = next(p for p in peers if p.id == order[1])  # served by rank 0, which leads
+    real = griefer.net.answer
+    griefer.net.answer = lambda request: None if request.op == "receipt" else real(request)
+    accepted = next(iter(play_round(peers).values())).accepted
+    roster, anns = accepted.roster, accepted.announcements
+    assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
+    assert griefer.id not in {a.peer for a in anns} and griefer.id in roster.unserved
+    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
+    credit.check(roster, anns, set())

@@ -148,11 +148,11 @@ class UpdateFetcher:
                 results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
         return results
 
-    def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> list[dict]:
-        """The owners' signed receipts for their updates of `round_no` released under `seal_env`
+    def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, dict]:
+        """Owner -> its signed receipt for its update of `round_no` released under `seal_env`
         (protocol 18): those that came back, verified as their owner's, of this round and seal.
-        Owners whose answer failed are asked once more (one lost receipt makes the whole roster
-        credit nobody: node/round/trust/sealed.py), each time within FETCH_FLOOR seconds."""
+        Owners whose answer failed are asked once more (the leader leaves out the entry of an
+        owner that gives none: node/round/lead.py), each time within FETCH_FLOOR seconds."""
         digest, got = signed.body_hash(seal_env), {}
         for _ in range(2):
             ask = [p for p in owners if p not in got]
@@ -169,7 +169,7 @@ class UpdateFetcher:
                 env = self._receipt(p, blob, round_no, digest)
                 if env is not None:
                     got[p] = env
-        return [got[p] for p in owners if p in got]
+        return got
 
     def _receipt(self, owner: str, blob: bytes | Exception, round_no: int, digest: str) -> dict | None:
         try:

@@ -30,6 +30,7 @@ from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
 
 log = logging.getLogger("swarmtrain.rounds")
+NO_RECEIPT = ProtocolError("served its update but gave no receipt naming our seal (protocol 18)")
 
 
 class SignedAnnouncement(NamedTuple):
@@ -135,6 +136,17 @@ class RosterBuilder:
         picked = [s for s in chosen.announcements if signed.body_hash(s.envelope) in listed]
         rest = [s for s in chosen.announcements if signed.body_hash(s.envelope) not in listed]
         blobs = self._fetch(picked, round_no, slow, seal0)
+        # One sealed entry without its owner's receipt makes the roster credit nobody (sealed.py):
+        # ask now, and leave out (as unserved) whoever served its update but gave no receipt, so an
+        # owner withholding it costs its own entry only. A roster of a later rank or attempt credits
+        # nobody anyway: there an owner first released to an earlier candidate keeps its entry.
+        served = [s.announcement.peer for s, b in zip(picked, blobs) if not isinstance(b, Exception)]
+        receipts = self._receipts(round_no, seal0, served)
+        if not skip and attempt == 0:
+            blobs = [
+                b if isinstance(b, Exception) or s.announcement.peer in {*receipts, self.me} else NO_RECEIPT
+                for s, b in zip(picked, blobs)
+            ]
         # The second read (design step 5): what came while we fetched. Known authors only (a
         # newcomer counts against the roster's share); the cutoff is after this last read.
         again = {
@@ -192,7 +204,7 @@ class RosterBuilder:
             cutoff=cutoff,
             failed=chosen.failed,
             seals=seals,
-            receipts=tuple(self._receipts(round_no, seal0, owners)),
+            receipts=tuple(receipts[p] for p in owners if p in receipts),
         )
         roster = replace(roster, credit=tuple(sealed.masked(units, sealed.creditable(roster, anns))))
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(anns))
@@ -207,13 +219,14 @@ class RosterBuilder:
         )
         return signed.seal(self.key, seal)
 
-    def _receipts(self, round_no: int, seal0: dict, owners: list[str]) -> list[dict]:
-        """The receipts of `owners` (fetched whole under `seal0`) naming it; ours signed here."""
-        out = self.updates.receipts([p for p in owners if p != self.me], round_no, seal0)
+    def _receipts(self, round_no: int, seal0: dict, owners: list[str]) -> dict[str, dict]:
+        """Owner -> its receipt naming `seal0`, of the `owners` that served under it; ours signed here."""
+        others = [p for p in owners if p != self.me]
+        out = self.updates.receipts(others, round_no, seal0)
         if self.me in owners and self.gate is not None:
             try:
-                out.append(self.gate.own_receipt(round_no, seal0))
-            except ProtocolError as e:  # our update went first to another leader's seal: no credit this round
+                out[self.me] = self.gate.own_receipt(round_no, seal0)
+            except ProtocolError as e:  # our update went first to another leader's seal
                 log.info("round %d: no receipt of our own update: %s", round_no, e)
         return out
 

@@ -149,10 +149,17 @@ def test_a_hostile_leader_cannot_mark_a_peer_behind_it_nor_one_whose_roster_came
     assert honest_roster.roster.leader == rank0.id and not honest_roster.roster.skip
 
     def hostile(skip: tuple[str, ...]) -> dict:
-        built = attacker.proto.builder.build(
-            r, attacker.digest, attacker.ledger.prev_hash(r), {p.id for p in peers}, 1, beacon=beacon, attempt=0
+        built = attacker.proto.builder.build(  # a roster with `skip` credits nobody (sealed.creditable)
+            r,
+            attacker.digest,
+            attacker.ledger.prev_hash(r),
+            {p.id for p in peers},
+            1,
+            beacon=beacon,
+            attempt=0,
+            skip=skip,
         )
-        return signed.seal(attacker.key, replace(built.roster, skip=skip))
+        return signed.seal(attacker.key, built.roster)
 
     behind = hostile((order[3].id,))
     cands = reader.proto.candidates(reader.proto.peers(), reader.digest, reader.round)

@@ -26,6 +26,42 @@ def new_key() -> tuple[rsa.RSAPrivateKey, str]:
     return key, signing.peer_id_of(signing.public_der(key))
 
 
+def sealed_roster(roster, keys: dict[str, Any], *, listed: Any = None, receipted: Any = None):
+    """`roster` (a hand-built protocol/records.py Roster) sealed as a protocol-18 leader seals its
+    own (docs/protocol.md "Sealed rounds"): seals[0] signed by its leader's key, listing the body
+    hashes of its entries (or of `listed`: announcement envelopes), and one Receipt naming that
+    seal per entry, signed by its author's key (or only those authors in `receipted`). `keys`:
+    peer id -> private key (leader and authors). Entries that are not signed announcements (some
+    tests' placeholders) are listed, never receipted."""
+    from dataclasses import replace
+
+    from protocol import signed
+    from protocol.kinds.sealed import Receipt, Seal
+    from protocol.records import Announcement
+
+    entries = roster.entries if listed is None else listed
+    digests = tuple(sorted({signed.body_hash(e) for e in entries}))
+    seal = Seal(
+        run=roster.run,
+        round=roster.round,
+        base=roster.base,
+        leader=roster.leader,
+        time=roster.time,
+        announcements=digests,
+    )
+    seal_env = signed.seal(keys[roster.leader], seal)
+    digest, receipts = signed.body_hash(seal_env), []
+    for e in roster.entries:
+        try:
+            author = signed.open_record(e, Announcement).peer
+        except ProtocolError:
+            continue
+        if author in keys and (receipted is None or author in receipted):
+            receipt = Receipt(run=roster.run, round=roster.round, owner=author, seal=digest, time=roster.time)
+            receipts.append(signed.seal(keys[author], receipt))
+    return replace(roster, seals=(seal_env,), receipts=tuple(receipts))
+
+
 @dataclass
 class FakeClock:
     t: float = 1_000_000.0
@@ -66,6 +102,29 @@ class FakeDHT:
         return {sk: v for sk, (v, exp) in self.data.get(key, {}).items() if exp >= now}
 
 
+def in_step(owner, awaiting: list) -> None:
+    """`owner`'s gate (protocol 18, node/round/trust/gate.py) while another peer awaits the round
+    here: in a swarm every peer follows the chain and awaits the roster at the same time as the
+    peer that does here (`awaiting[0]`), so its gate sees whose turn it is as that peer does: its
+    view and its round clock. (Here peers await one after another, a peer that only announces reads
+    no roster, so knows no beacon, and the fakes' clocks tick on each net's own looks: a waiting
+    owner's gate would still be at its round's start, or the round it last took.)"""
+    gate = owner.proto.gate
+    unstepped = getattr(gate, "unstepped", gate.refusal)
+
+    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+        if not awaiting:
+            return unstepped(round_no, peer, requester, seal_env)
+        own = gate.view, gate.clock
+        gate.view, gate.clock = awaiting[0].proto.gate.view, awaiting[0].net.monotonic
+        try:
+            return unstepped(round_no, peer, requester, seal_env)
+        finally:
+            gate.view, gate.clock = own
+
+    gate.unstepped, gate.refusal = unstepped, refusal
+
+
 class FakeNet:
     """One peer's RoundNet: the shared FakeDHT, and fetches answered by other FakeNets' held updates."""
 
@@ -82,6 +141,7 @@ class FakeNet:
         self.ledger_override: list | None = None  # what a lying peer answers `ledger` requests with
         self.checkpoints: dict[int, object] = {}  # round -> the `checkpoint` answer (the organizer's)
         self.ticks = itertools.count()
+        self.gate = None  # protocol 18's owner gate (set_gate); None: updates are served unsealed
         registry[me] = self
 
     def store(self, key: str, subkey: str, value: Any, ttl: float) -> bool:
@@ -104,6 +164,10 @@ class FakeNet:
                 other.requests.append((request.op, request.round))
                 if request.op == "update":
                     other.asked.append((request.round, request.peer))
+            sealed = None if other is None else other.sealed(request, self.me)
+            if sealed is not None:  # protocol 18's owner gate, as the exchange applies it
+                out.append(ProtocolError(f"peer refused: {sealed}"))
+                continue
             blob = None if other is None else other.answer(request)
             if blob is None:
                 out.append(ProtocolError(f"peer refused: no update of {request.peer[:8]}"))
@@ -115,7 +179,21 @@ class FakeNet:
                     on_each(len(out) - 1, blob)
         return out
 
+    def set_gate(self, gate) -> None:
+        self.gate = gate  # node/round/trust/gate.py: what RoundProtocol wires into the exchange
+
+    def sealed(self, request, requester: str) -> str | None:
+        """Why the owner gate refuses `request` (None: it does not), as node/p2p/streams.py `_sealed`."""
+        if request.op not in ("update", "receipt") or self.gate is None:
+            return None
+        if request.op == "receipt":
+            return None if request.peer == self.me else "sealed: receipts are signed by their owner only"
+        return self.gate.refusal(request.round, request.peer, requester, request.seal)
+
     def answer(self, request) -> bytes | None:
+        if request.op == "receipt":
+            got, _ = self.gate.receipt(request.round, request.seal)
+            return None if got is None else msgpack.packb(got, use_bin_type=True)
         if request.op == "ledger":
             rosters = self.ledger_override
             if rosters is None and self.ledger is not None:

@@ -5,8 +5,15 @@ followed by that many bytes of msgpack. The length is checked against a limit be
 single byte of the body is read, so a peer cannot make us allocate what it likes.
 
 Requests (what a peer says):
-  {"op": "update", "run": R, "round": r, "peer": P}
+  {"op": "update", "run": R, "round": r, "peer": P[, "seal": S]}
       "Send me the update peer P announced for round r of run R (yours or one you gathered)."
+      Protocol 18 (sealed rounds): before the node holds a roster of round r, it serves the
+      update only to a request that presents S, a leader's signed seal (protocol/kinds/sealed.py)
+      listing P's announcement (node/round/trust/gate.py); otherwise it answers "sealed: ...".
+  {"op": "receipt", "run": R, "round": r, "peer": P, "seal": S}
+      "Give me your signed receipt for your update of round r, released under seal S." P is the
+      owner asked; it answers with its receipt envelope (msgpack) when S is the first seal it
+      released its update under this round, else refuses. Asked by a leader after its fetches.
   {"op": "state", "run": R}
       "Send me your current training state of run R."
   {"op": "ledger", "run": R, "round": r}
@@ -40,8 +47,9 @@ from protocol.errors import ProtocolError
 from protocol.fields import PEER_ID_RE
 
 HEADER_LEN = 8
-MAX_REQUEST_BYTES = 4096
-OPS = ("update", "state", "ledger", "checkpoint", "scatter")
+# A request carries at most one seal: MAX_ROSTER digests (protocol/kinds/sealed.py SEAL_BODY), a key, a signature
+MAX_REQUEST_BYTES = 4096 + 4096 * 67 + 2048
+OPS = ("update", "state", "ledger", "checkpoint", "scatter", "receipt")
 MAX_ERROR_CHARS = 500
 # a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
 MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS
@@ -115,9 +123,14 @@ class Request:
     run: str
     round: int = 0
     peer: str = ""
+    seal: dict | None = None
+    """A leader's signed seal envelope (update and receipt requests; absent on the wire when None)."""
 
     def encode(self) -> bytes:
-        return msgpack.packb({"op": self.op, "run": self.run, "round": self.round, "peer": self.peer})
+        d = {"op": self.op, "run": self.run, "round": self.round, "peer": self.peer}
+        if self.seal is not None:
+            d["seal"] = self.seal
+        return msgpack.packb(d, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> Request:
@@ -129,9 +142,16 @@ class Request:
             raise ProtocolError("request: 'run' must be a run id")
         if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
             raise ProtocolError("request: 'round' must be a non-negative integer")
-        if op == "update" and not (isinstance(peer, str) and PEER_ID_RE.match(peer)):
+        if op in ("update", "receipt") and not (isinstance(peer, str) and PEER_ID_RE.match(peer)):
             raise ProtocolError("request: 'peer' must be a base58 peer id")
-        return cls(op=op, run=run, round=rnd, peer=peer if isinstance(peer, str) else "")
+        seal = d.get("seal")
+        if seal is not None and not (
+            isinstance(seal, dict) and all(type(seal.get(k)) is bytes for k in ("body", "key", "sig"))
+        ):
+            raise ProtocolError("request: 'seal' must be a signed envelope")
+        if op == "receipt" and seal is None:
+            raise ProtocolError("request: a receipt request names its seal")
+        return cls(op=op, run=run, round=rnd, peer=peer if isinstance(peer, str) else "", seal=seal)
 
 
 def encode_response(payload: bytes | None = None, error: str = "") -> bytes:

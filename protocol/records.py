@@ -250,6 +250,12 @@ class Roster:
     """Each entry's credit, in entry order, in 1/CREDIT_UNITS of a full round's: what establishment
     counts (node/round/trust/credit.py). The leader writes it; every peer that applies the roster
     recomputes it from the updates. Left off the wire when empty (no entry is credited then)."""
+    seals: tuple[dict, ...] = ()
+    """Protocol 18: the leader's signed seals (protocol/kinds/sealed.py), in order: seals[0] fixed the
+    announcements that may earn credit before any payload was fetched. Empty in v3 rounds."""
+    receipts: tuple[dict, ...] = ()
+    """Protocol 18: the owners' signed receipts of the updates released under seals[0]. Both are
+    checked by node/round/trust/sealed.py and left off the wire when empty."""
 
     def to_wire(self) -> dict:
         d = {**asdict(self), "entries": list(self.entries), "scores": [list(s) for s in self.scores]}
@@ -260,8 +266,8 @@ class Roster:
         if self.checkpoint is None:
             del d["checkpoint"]  # absent: the bytes of a roster before checkpoints
         d["caught"], d["passed"], d["failed"] = [list(c) for c in self.caught], list(self.passed), list(self.failed)
-        d["credit"] = list(self.credit)
-        for name in ("full", "cutoff", "caught", "passed", "finals", "failed", "credit"):
+        d["credit"], d["seals"], d["receipts"] = list(self.credit), list(self.seals), list(self.receipts)
+        for name in ("full", "cutoff", "caught", "passed", "finals", "failed", "credit", "seals", "receipts"):
             if not d[name]:
                 del d[name]  # absent: the bytes of a roster before the field
         return d
@@ -320,6 +326,8 @@ class Roster:
             cutoff=finite_field(optional_field(d, "cutoff", float, 0.0, where=w), "cutoff", w),
             failed=envelope_list(d, "failed", "announcement", MAX_FAILED, w),
             credit=tuple(credit),
+            seals=envelope_list(d, "seals", "seal", 2, w),  # protocol/kinds/sealed.py MAX_SEALS
+            receipts=envelope_list(d, "receipts", "receipt", MAX_ROSTER, w),
         )
 
 

@@ -18,6 +18,7 @@ import msgpack
 from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.kinds.call import Call
+from protocol.kinds.sealed import MAX_SEALS, RECEIPT_BODY, SEAL_BODY, Receipt, Seal
 from protocol.records import CLAIM_ROUNDS, MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
 
 # A heartbeat body is ~400 B (two addresses); at 8 KiB ~470 padded ones filled hivemind's 4 MiB reply to
@@ -25,11 +26,20 @@ from protocol.records import CLAIM_ROUNDS, MAX_ROSTER, Announcement, Heartbeat, 
 MAX_BODY = {
     "heartbeat": 1024,
     "announcement": 2 * 1024,
-    "roster": MAX_ROSTER * 2048 + 4096,
+    "roster": MAX_ROSTER * (2048 + 2 * RECEIPT_BODY) + MAX_SEALS * (SEAL_BODY + 1024) + 4096,  # receipts, seals
     "call": MAX_ROSTER * 2048 + 4096,
     "manifest": 64 * 1024,
+    "seal": SEAL_BODY,
+    "receipt": RECEIPT_BODY,
 }
-KIND_OF = {Heartbeat: "heartbeat", Announcement: "announcement", Roster: "roster", Call: "call"}
+KIND_OF = {
+    Heartbeat: "heartbeat",
+    Announcement: "announcement",
+    Roster: "roster",
+    Call: "call",
+    Seal: "seal",
+    Receipt: "receipt",
+}
 
 
 def _unpack(body: bytes, where: str) -> object:
@@ -48,7 +58,9 @@ def seal(private_key, record) -> dict:
 
 
 def author_of(record) -> str:
-    return record.leader if isinstance(record, (Roster, Call)) else record.peer
+    if isinstance(record, (Roster, Call, Seal)):
+        return record.leader
+    return record.owner if isinstance(record, Receipt) else record.peer
 
 
 OPENED_ENTRIES, REFUSED_ENTRIES = 8192, 2048  # envelopes remembered as opened, as refused (apart: junk evicts no good)
@@ -222,6 +234,8 @@ def claimed_key(envelope: object) -> tuple[str, str] | None:
             return None
     if not isinstance(run, str) or (kind != "heartbeat" and (not isinstance(rnd, int) or isinstance(rnd, bool))):
         return None
+    if kind in ("seal", "receipt"):
+        return None  # they travel inside requests and rosters, never alone in the DHT
     if kind == "heartbeat":
         return keys.peers_key(run), str(d.get("peer"))
     if kind == "announcement":

@@ -2,6 +2,16 @@
 bench/fakenet.py, so that `bench byzantine --sybil` (which may not import tests/) runs the same
 fake network; this module keeps the names every test imports."""
 
-from bench.fakenet import BusNet, FakeClock, FakeDHT, FakeNet, ScatterBus, digest_of, new_key
+from bench.fakenet import BusNet, FakeClock, FakeDHT, FakeNet, ScatterBus, digest_of, in_step, new_key, sealed_roster
 
-__all__ = ["BusNet", "FakeClock", "FakeDHT", "FakeNet", "ScatterBus", "digest_of", "new_key"]
+__all__ = [
+    "BusNet",
+    "FakeClock",
+    "FakeDHT",
+    "FakeNet",
+    "ScatterBus",
+    "digest_of",
+    "in_step",
+    "new_key",
+    "sealed_roster",
+]

@@ -19,7 +19,7 @@ from node.peer import manifest as manifests
 from node.train.data import load_corpus
 from protocol import keys, signed
 from protocol.records import GENESIS, Announcement, Roster
-from tests.fakes import FakeDHT, FakeNet, new_key
+from tests.fakes import FakeDHT, FakeNet, new_key, sealed_roster
 
 
 def signed_run(key, run: RunConfig):
@@ -50,7 +50,8 @@ def sybils():
 def chain(anchor, peers, rounds, *, start=1, prev=GENESIS, base=None, leaders=None, tokens=None, junk=()) -> list[dict]:
     """Signed rosters of `rounds` rounds from `start`, each listing every peer's update and led by
     leaders[r] (default: the peers in turn); tokens[(round, peer)] overrides a claim of 1,000.
-    Each entry is credited a full round, but those of `junk` (updates that did no useful work)."""
+    Each entry is credited a full round, but those of `junk` (updates that did no useful work); each
+    roster is sealed and receipted (protocol 18: tests/fakes.py sealed_roster), or credits nobody."""
     base, out = base or anchor.base, []
     for r in range(start, start + rounds):
         entries = tuple(
@@ -83,6 +84,7 @@ def chain(anchor, peers, rounds, *, start=1, prev=GENESIS, base=None, leaders=No
             entries=entries,
             credit=units,
         )
+        roster = sealed_roster(roster, {pid: k for k, pid in [*peers, (key, leader)]})
         out.append(signed.seal(key, roster))
         prev, base = signed.body_hash(out[-1]), result
     return out
@@ -293,19 +295,20 @@ def test_a_live_audit_walks_forward_from_genesis_past_invented_rounds(run, hones
     assert audit_chain(chain(anchor, sybils, 3, start=99, prev="5" * 64), anchor).refused
 
 
-def sibling(envelope: dict, key_and_id) -> dict:
-    """The same roster (updates, link, states) led and signed by another peer: two leaders at once."""
+def sibling(envelope: dict, key_and_id, authors) -> dict:
+    """The same roster (updates, link, states) led and signed by another peer: two leaders at once.
+    It is sealed by its own leader, with its authors' receipts (as if they had released to it first)."""
     from dataclasses import replace
 
-    roster = signed.open_roster(envelope)[0]
-    return signed.seal(key_and_id[0], replace(roster, leader=key_and_id[1]))
+    roster = replace(signed.open_roster(envelope)[0], leader=key_and_id[1])
+    return signed.seal(key_and_id[0], sealed_roster(roster, {pid: k for k, pid in [*authors, key_and_id]}))
 
 
 def test_siblings_are_one_round_in_a_file_and_in_the_dht(run, honest, tmp_path, capsys):
     """Two honest leaders led round 2 at once; round 3 chains on the other one (Ledger.swap)."""
     found, anchor = run
     first = chain(anchor, honest, 2)
-    twin = sibling(first[1], honest[0])
+    twin = sibling(first[1], honest[0], honest)
     later = chain(anchor, honest, 2, start=3, prev=signed.body_hash(twin), base=signed.open_roster(twin)[0].result)
     code, report = audited(node_dir(tmp_path, found, [*first, twin, *later]), capsys)  # the swap as a file line
     assert code == 0 and [r["round"] for r in report["rounds"]] == [1, 2, 3, 4]

@@ -20,6 +20,7 @@ from node.round.ledger import AcceptedRoster
 from node.round.trust import credit
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
+from tests.fakes import new_key
 from tests.test_score_checks import RUN, applier, roster_of
 
 DIM = 4096
@@ -139,7 +140,9 @@ def test_a_v3_roster_credits_exactly_its_established_authors_token_shares():
     with pytest.raises(ProtocolError, match="v3 roster"):
         credit.check(v3, h.announcements, {pid("a"), pid("b")})  # s is new: v3 rounds establish nobody
     credit.check(replace(v3, credit=(64, 64, 0)), h.announcements, {pid("a"), pid("b")})
-    credit.check(h.roster, h.announcements, set())  # a v2 roster's credit is its appliers' to check
+    credit.check(replace(h.roster, credit=(0, 0, 0)), h.announcements, set())  # a v2 roster's: its appliers'
+    with pytest.raises(ProtocolError, match="not sealed and receipted"):  # but only sealed entries (protocol 18)
+        credit.check(h.roster, h.announcements, set())
 
 
 def test_a_reader_takes_credit_that_is_its_own_past_float_rounding_or_nobodys():
@@ -168,13 +171,15 @@ def test_a_leader_that_synced_credits_nothing_and_a_member_that_kept_every_round
 def test_every_applier_recomputes_a_rosters_credit_and_refuses_one_that_credits_junk():
     """DiLoCo (the default strategy) through the real codec: 3 updates on one direction and a zero
     update. The honest leader credits the 3; a roster crediting the zero update is refused by a
-    member, with scoring off (the default) as on."""
+    member, with scoring off (the default) as on. The roster is sealed and receipted (protocol 18)."""
+    ids = [new_key() for _ in range(5)]
+    peers, keys = [p for _, p in ids[:4]], {p: k for k, p in ids[:4]} | {"leader": ids[4]}
     for robust in (RobustConfig(), RobustConfig(scoring=True)):
         run = replace(RUN, robust=robust)
         leader, member = applier("leader", io.StringIO(), run), applier("member", io.StringIO(), run)
         payloads = aligned_updates(member, seed=3, n=3)
         payloads.append(member.strategy.codec.encode([torch.zeros_like(p) for p in member.state.params]))
-        honest = roster_of(leader, payloads, ["Qma", "Qmb", "Qmc", "Qmz"])
+        honest = roster_of(leader, payloads, peers, keys=keys)
         assert honest.roster.credit == (64, 64, 64, 0)
         lying = AcceptedRoster({}, replace(honest.roster, credit=(64,) * 4), honest.announcements)
         assert not member.apply_round(lying, payloads)

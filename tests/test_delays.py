@@ -19,7 +19,7 @@ from node.round.trust import chain, credit, marks
 from protocol import keys, signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, MAX_SKIP, Roster
-from tests.fakes import new_key
+from tests.fakes import in_step, new_key
 
 RUN = "delays-0123456789ab"
 CFG = replace(FAST, round_timeout=120.0)
@@ -63,11 +63,15 @@ def play(honest: list[Peer], silent: list[Peer] = (), announcing: list[Peer] = (
     for p in [*honest, *announcing]:
         p.announce(f"update {p.id} {p.round}".encode())
     r = honest[0].round + 1
-    taken = []
+    taken, now = [], []
+    for s in [*honest, *silent, *announcing]:  # a swarm awaits at once: here one after another
+        in_step(s, now)
     for p in sorted(honest, key=lambda p: turns(p, r)):
+        now[:] = [p]
         accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert accepted is not None, f"round {r}: {p.id[:8]} got no roster"
         taken.append((p, accepted, p.proto.gather(accepted)))
+    now.clear()  # the owners' gates are their own again
     assert len({a.hash for _, a, _ in taken}) == 1
     for p, accepted, payloads in taken:
         p.finish(accepted, payloads)
@@ -145,10 +149,17 @@ def test_a_hostile_leader_cannot_mark_a_peer_behind_it_nor_one_whose_roster_came
     assert honest_roster.roster.leader == rank0.id and not honest_roster.roster.skip
 
     def hostile(skip: tuple[str, ...]) -> dict:
-        built = attacker.proto.builder.build(
-            r, attacker.digest, attacker.ledger.prev_hash(r), {p.id for p in peers}, 1, beacon=beacon, attempt=0
+        built = attacker.proto.builder.build(  # a roster with `skip` credits nobody (sealed.creditable)
+            r,
+            attacker.digest,
+            attacker.ledger.prev_hash(r),
+            {p.id for p in peers},
+            1,
+            beacon=beacon,
+            attempt=0,
+            skip=skip,
         )
-        return signed.seal(attacker.key, replace(built.roster, skip=skip))
+        return signed.seal(attacker.key, built.roster)
 
     behind = hostile((order[3].id,))
     cands = reader.proto.candidates(reader.proto.peers(), reader.digest, reader.round)

@@ -262,16 +262,20 @@ def test_a_malformed_claim_or_seen_late_is_refused_cleanly():
 
 def test_the_leader_reads_the_updates_key_again_after_fetching():
     """An announcement that lands while the leader fetches is in its roster: the second read
-    finds it, and the cutoff is after that read."""
+    finds it, and the cutoff is after that read. The leader is the round's rank 0, so the owners'
+    gates serve it (protocol 18: node/round/trust/gate.py)."""
     honest, _ = established_crowd(4, 0)
     swarm = honest[0].swarm
     swarm.dht.clock.t += 2
     for q in honest:
         q.heartbeat()
-    leader, latecomer = honest[0], honest[3]
-    for q in honest[:3]:
-        q.announce(f"update {q.id} 3".encode())
-    r = leader.round + 1
+    r = honest[0].round + 1
+    ids = {q.id for q in honest}
+    order = election.ranking(honest[0].proto.beacon(r), 0, ids, tickets=honest[0].proto.tickets(r))
+    leader, latecomer = (next(q for q in honest if q.id == order[i]) for i in (0, -1))
+    for q in honest:
+        if q is not latecomer:
+            q.announce(f"update {q.id} 3".encode())
     real = leader.proto.updates.fetch
 
     def fetch(*args, **kwargs):

@@ -19,7 +19,7 @@ from node.round.protocol import RoundProtocol
 from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS, Announcement, Heartbeat, Roster
-from tests.fakes import FakeDHT, FakeNet, digest_of, new_key
+from tests.fakes import FakeDHT, FakeNet, digest_of, in_step, new_key
 
 RUN = "test-0123456789ab"
 # bootstrap_peers=0: these fakes play runs whose volunteers lead from round 1 (no organizer's
@@ -102,14 +102,19 @@ class Played(NamedTuple):
     payloads: list[bytes]
 
 
-def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Played]:
-    """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted rosters."""
+def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=None, owners=()) -> dict[str, Played]:
+    """Every peer announces, then each awaits the roster in leader-rank order; returns the accepted
+    rosters. `meanwhile(r)` runs after the announcements, before anyone awaits the roster.
+    `owners`: other peers that announced this round but await nothing here; in a swarm they
+    follow the round as the peers do, so their gates are kept in step too (in_step)."""
     peers[0].net.dht.clock.t += 2  # time moves on: new heartbeats expire later than the last ones
     for p in peers:
         p.heartbeat()
     for p in peers:
         p.announce((payloads or {}).get(p.id, f"update {p.id} {p.round}".encode()))
     r = peers[0].round + 1
+    if meanwhile is not None:
+        meanwhile(r)
     knows = next(p for p in peers if p.proto.beacon(r) is not None)  # a joiner knows none
     rank = election.ranking(knows.proto.beacon(r), 0, {p.id for p in peers}, tickets=knows.proto.tickets(r))
 
@@ -117,12 +122,16 @@ def play_round(peers: list[Peer], payloads: dict | None = None) -> dict[str, Pla
     def may_lead(p: Peer) -> bool:
         return p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())
 
-    played = {}
+    played, now = {}, []
+    for p in [*peers, *owners]:  # a swarm awaits at once: here one after another (bench/fakenet.py in_step)
+        in_step(p, now)
     for p in sorted(peers, key=lambda p: (not may_lead(p), rank.index(p.id))):
+        now[:] = [p]
         pid = p.id
         accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
         assert accepted is not None, f"peer {pid[:8]} got no roster"
         played[pid] = Played(accepted, p.proto.gather(accepted))
+    now.clear()  # the owners' gates are their own again
     for p in peers:
         p.finish(*played[p.id])
     return played

@@ -19,7 +19,9 @@ from node.round.ledger import AcceptedRoster, Ledger
 from node.train.model import build_model, trainable
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
+from protocol import signed
 from protocol.records import GENESIS, Announcement, Roster
+from tests.fakes import sealed_roster
 
 RUN = RunConfig(
     model=ModelConfig(d_model=32, n_layer=1, n_head=2, ctx=16),
@@ -52,27 +54,36 @@ def updates(state: SwarmState, strategy, n: int) -> list[bytes]:
     return [strategy.codec.encode([0.01 * torch.randn(p.shape, generator=gen) for p in state.params]) for _ in range(n)]
 
 
-def roster_of(leader: Applier, payloads: list[bytes], peers: list[str]) -> AcceptedRoster:
-    """What an honest leader publishes: the result, its scores and credit (signatures play no part here)."""
+def roster_of(leader: Applier, payloads: list[bytes], peers: list[str], *, keys: dict | None = None) -> AcceptedRoster:
+    """What an honest leader publishes: the result, its scores and credit. Signatures play no part
+    here unless `keys` (peer id -> private key, "leader" -> the leader's (key, id)) is given: then
+    the entries are the peers' signed announcements and the roster is sealed and receipted as
+    protocol 18 has it (tests/fakes.py sealed_roster), so its credit can stand; without, a member
+    credits nobody (node/round/trust/sealed.py)."""
     tokens = [100] * len(payloads)
     scores = leader.score_round(payloads, tokens)
     outcome = leader.roster_result(payloads, tokens)
+    base = "b" if keys is None else "b" * 64
     anns = tuple(
-        Announcement(run="r", round=1, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base="b", time=0.0) for p in peers
+        Announcement(run="r", round=1, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base=base, time=0.0)
+        for p in peers
     )
     roster = Roster(
         run="r",
         round=1,
-        leader="leader",
+        leader="leader" if keys is None else keys["leader"][1],
         prev=GENESIS,
-        base="b",
+        base=base,
         result=outcome.digest,
         time=0.0,
-        entries=(),
+        entries=() if keys is None else tuple(signed.seal(keys[a.peer], a) for a in anns),
         scores=tuple(zip(peers, scores)),
         full=outcome.full,
         credit=tuple(leader.credit_round(payloads, list(anns))),
     )
+    if keys is not None:
+        leader_key, leader_id = keys["leader"]
+        roster = sealed_roster(roster, {**keys, leader_id: leader_key})
     return AcceptedRoster({}, roster, anns)
 
 

@@ -26,6 +26,7 @@ from protocol import keys, signed, signing
 from protocol.admission.rule import Admission
 from protocol.kinds.checkpoint import checkpoint_hash
 from protocol.records import Announcement, Heartbeat, Roster
+from tests.fakes import sealed_roster
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 from tests.test_work import PUZZLE, STOP
 
@@ -64,7 +65,7 @@ def roster_body(leader: Peer, round_no: int, prev: str, base: str, result: str, 
         )
         for s in sorted(crowd, key=lambda s: s.id)
     )
-    return Roster(
+    roster = Roster(
         run=RUN,
         round=round_no,
         leader=leader.id,
@@ -78,6 +79,8 @@ def roster_body(leader: Peer, round_no: int, prev: str, base: str, result: str, 
         cutoff=time,  # what its leader makes of the chain's floor (node/round/trust/omission.py)
         credit=(64,) * len(entries),  # a crowd's own chain credits the crowd in full: nobody recomputes it
     )
+    # the crowd holds every key of its chain: it seals and receipts its own rosters (protocol 18)
+    return sealed_roster(roster, {s.id: s.key for s in [*crowd, leader]})
 
 
 def accepted_of(env: dict) -> AcceptedRoster:

@@ -104,7 +104,7 @@ def newcomers_round(peers: list[Peer], crowd: list[Peer], newcomer: Peer) -> set
         p.announce(f"update {p.id} {p.round}".encode())
     for s in crowd:
         s.net.updates.clear()  # announces, never serves
-    played = play_round(peers)
+    played = play_round(peers, owners=[*crowd, newcomer])
     return {a.peer for a in played[peers[0].id].accepted.announcements}
 
 
@@ -156,7 +156,7 @@ def test_a_reader_whose_window_is_not_whole_cannot_be_made_to_refuse_an_honest_r
         p.digest, p.round = peers[0].digest, peers[0].round
         p.heartbeat()
         p.announce(f"update {p.id}".encode())
-    played = play_round(peers)
+    played = play_round(peers, owners=crowd)
     lists = {len(x.accepted.announcements) for x in played.values()}
     assert lists == {7}  # 3 known + 4 newcomers, taken by every reader (the partial one too)
     leader = played[peers[0].id].accepted.roster.leader
@@ -253,7 +253,7 @@ def silent_first_rank() -> tuple[list[Peer], Peer, AcceptedRoster]:
     hostile.net.dht.clock.t += 1  # a heartbeat expiring no later than the stored one is refused
     assert hostile.heartbeat()
     hostile.announce(b"the hostile peer's update")
-    led = play_round(honest)[honest[0].id].accepted
+    led = play_round(honest, owners=[hostile])[honest[0].id].accepted
     assert led.roster.attempt == 0 and hostile.id in led.roster.skip
     assert hostile.id in {a.peer for a in led.announcements}
     return honest, hostile, led

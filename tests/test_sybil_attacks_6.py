@@ -1,16 +1,21 @@
 """A crowd that mixes the round's honest updates (issue 16, docs/security.md "Cheap updates that
-pass"): any peer may fetch an announced update before its roster exists, so a Sybil key can
-announce, a few seconds after the honest peers, a random convex mix of their updates. Played with
-the real path: DiLoCo's codec (its default float16 wire, and int8 and int1), a leader Applier
-that writes each roster's credit and a member Applier that recomputes and checks it
-(node/peer/applier.py Crediting, node/outer/useful.py), over consecutive rounds whose updates
-share a direction that persists (cos 0.9 from round to round), so from round 4 on each entry is
-judged against the span of the 3 rounds before.
+pass"). Before protocol 18 any peer could fetch an announced update before its roster existed, so
+a Sybil key announced, a few seconds after the honest peers, a random convex mix of their updates:
+no direction test tells such a mix from work, and 12 crowd keys beside 4 honest peers were
+credited every round, 75% of the tickets (the counterfactual below still measures it). Sealed
+rounds (docs/protocol.md "Sealed rounds") keep a round's payloads behind the owners' gates until
+its roster: played here with the real path: the owners' gates on FakeNet (node/round/trust/
+gate.py), DiLoCo's codec (its default float16 wire, and int8 and int1), a leader Applier that
+writes each roster's credit and a member Applier that recomputes and checks it (node/peer/
+applier.py Crediting, node/outer/useful.py, node/round/trust/sealed.py), over consecutive rounds
+whose updates share a direction that persists (cos 0.9 from round to round), so from round 4 on
+each entry is judged against the span of the 3 rounds before. Every roster is sealed and
+receipted (tests/fakes.py sealed_roster) unless a test says otherwise.
 
-A `test_open_` test asserts what the code does today and passes while the attack works: the
-crowd is credited as work, round after round, and holds k / (k + 4) of the tickets. What holds:
-mixes of the rounds before earn nothing, and a byte copy or near-copy is credited to the earliest
-announcement only (the honest author)."""
+What holds: the crowd's requests for this round's updates are refused until the roster, so it can
+mix only the rounds before, which earns nothing (0 tickets, 0%); a crowd leader that is served
+legitimately cannot get mixes made after its seal credited, in its roster or the next attempt's;
+and a byte copy or near-copy is credited to the earliest announcement only (the honest author)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import io
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from node.config import RobustConfig, StrategyConfig
@@ -26,17 +32,22 @@ from node.outer import scoring
 from node.peer.applier import Applier
 from node.round import election
 from node.round.ledger import AcceptedRoster
-from node.round.trust import credit, votes
+from node.round.trust import credit, sealed, votes
+from protocol import signed
+from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
-from tests.test_credit import pid
+from tests.fakes import new_key, sealed_roster
+from tests.test_round_protocol import Peer, play_round, swarm
 from tests.test_score_checks import RUN, applier
+from tests.test_sealed_rounds import ask, seal_of
 
-HONEST = [pid(f"h{i}") for i in range(4)]
-CROWD = [pid(f"s{i:02d}") for i in range(12)]
+KEYS = {pid: key for key, pid in (new_key() for _ in range(16))}  # peer id -> its signing key
+HONEST, CROWD = sorted(KEYS)[:4], sorted(KEYS)[4:]  # 4 honest peers and a crowd of 12 keys
+BASE = "b" * 64
 ROUNDS = 6  # rounds 4-6 judge every entry against the 3 rounds before (useful.SPAN_ROUNDS)
 PERSIST = 0.9  # cosine of one round's common direction with the next's (tests/test_sybil_attacks_4.py)
 SPREAD = 0.7  # each honest peer's own part (its data), against the common direction's 1
-HONEST_TIME, LATE = 100.0, 103.0  # signed times: the crowd announces after it fetched the honest updates
+HONEST_TIME, LATE = 100.0, 103.0  # signed times: the crowd announces after the honest peers
 BEACONS = 400
 SPREAD_OUT = 0.995  # the crowd keeps its mixes this far from copies (scoring.DUPLICATE_COS 0.999)
 
@@ -73,28 +84,50 @@ def announced(round_no: int, peers: list[str], late: int) -> list[Announcement]:
     """The round's announcements: the first len(peers) - late at HONEST_TIME, the last `late` at LATE."""
     return [
         Announcement(
-            run="r", round=round_no, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base="b",
+            run="r", round=round_no, peer=p, nbytes=1, sha256="1" * 64, tokens=100, base=BASE,
             time=HONEST_TIME if i < len(peers) - late else LATE,
         )
         for i, p in enumerate(peers)
     ]  # fmt: skip
 
 
-def play(leader: Applier, member: Applier, payloads: list[bytes], anns: list[Announcement]) -> tuple[int, ...]:
-    """One round: the leader writes the roster (its result and credit), both apply it (the member
-    recomputes the credit and refuses a roster whose credit is not its own); the credit written."""
+def led(
+    leader: Applier,
+    payloads: list[bytes],
+    anns: list[Announcement],
+    *,
+    by: str,
+    listed: int | None = None,
+    units: tuple[int, ...] | None = None,
+    receipted: list[str] | None = None,
+    **fields,
+) -> AcceptedRoster:
+    """The roster `by` publishes: the leader Applier's result and credit (or `units`), its entries
+    signed by their authors, seals[0] by `by` listing the first `listed` entries (default all) with
+    their authors' receipts naming it (of the `receipted` only, if given: tests/fakes.py
+    sealed_roster); `fields`: attempt, skip."""
     r = leader.state.round + 1
     outcome = leader.roster_result(payloads, [a.tokens for a in anns])
+    entries = tuple(signed.seal(KEYS[a.peer], a) for a in anns)
     roster = Roster(
-        run="r", round=r, leader=HONEST[r % 4], prev=leader.ledger.prev_hash(r), base="b",
-        result=outcome.digest, time=HONEST_TIME + 10, entries=(), full=outcome.full,
-        credit=tuple(leader.credit_round(payloads, anns)),
+        run="r", round=r, leader=by, prev=leader.ledger.prev_hash(r), base=BASE, result=outcome.digest,
+        time=HONEST_TIME + 10, entries=entries, full=outcome.full,
+        credit=units if units is not None else tuple(leader.credit_round(payloads, anns)), **fields,
     )  # fmt: skip
+    roster = sealed_roster(roster, KEYS, listed=entries[:listed], receipted=receipted)
     body = repr(roster.to_wire()).encode()  # unsigned: the next roster's prev names its hash
-    accepted = AcceptedRoster({"body": body}, roster, tuple(anns))
+    return AcceptedRoster({"body": body}, roster, tuple(anns))
+
+
+def play(leader: Applier, member: Applier, payloads: list[bytes], anns: list[Announcement]) -> tuple[int, ...]:
+    """One round led by an honest peer: the leader writes the roster (its result and credit), both
+    apply it (the member recomputes the credit and refuses a roster whose credit is not its own);
+    the credit written."""
+    r = leader.state.round + 1
+    accepted = led(leader, payloads, anns, by=HONEST[r % 4])
     assert leader.apply_round(accepted, payloads) and member.apply_round(accepted, payloads)
     assert member.crediting.refused == 0 and member.state.round == r
-    return roster.credit
+    return accepted.roster.credit
 
 
 def pair(wire: str) -> tuple[Applier, Applier]:
@@ -114,13 +147,14 @@ def most_alike(payloads: list[bytes], a: Applier) -> float:
     return float((cos - 2 * torch.eye(len(payloads), dtype=cos.dtype)).max())
 
 
-def crowd(work: Work, honest: list[bytes], noise: float, a: Applier) -> list[bytes]:
-    """The round's entries: `honest`, then a mix for each crowd key, redrawn (as the crowd can,
-    at no cost) while it is within cosine SPREAD_OUT of an entry already there: mixes near the
-    middle of the simplex are all the common direction, and a copy is credited once."""
+def crowd(work: Work, honest: list[bytes], source: list[bytes], noise: float, a: Applier) -> list[bytes]:
+    """The round's entries: `honest`, then a mix of `source` for each crowd key (none without a
+    source), redrawn (as the crowd can, at no cost) while it is within cosine SPREAD_OUT of an
+    entry already there: mixes near the middle of the simplex are all the common direction, and a
+    copy is credited once."""
     out, dirs = list(honest), [unit_direction(p, a) for p in honest]
-    while len(out) < len(honest) + len(CROWD):
-        m = work.mix(honest, noise)
+    while source and len(out) < len(honest) + len(CROWD):
+        m = work.mix(source, noise)
         d = unit_direction(m, a)
         if max(float(d @ e) for e in dirs) < SPREAD_OUT:
             out.append(m)
@@ -128,16 +162,20 @@ def crowd(work: Work, honest: list[bytes], noise: float, a: Applier) -> list[byt
     return out
 
 
-def crowd_rounds(wire: str, noise: float, seed: int = 5) -> tuple[list[tuple[int, ...]], Applier, float]:
-    """ROUNDS rounds of 4 honest updates and the crowd's 12 mixes of them; each round's credit,
-    the member (its ledger holds the rosters) and the largest cosine between two entries."""
+def crowd_rounds(wire: str, noise: float, *, fresh: bool, seed: int = 5):
+    """ROUNDS rounds of 4 honest updates and the crowd's 12 mixes: of this round's honest updates
+    (`fresh`: what the gate keeps from the crowd) or of the round before's (what it may fetch: each
+    round's updates are served to anyone once its roster is out), from round 2 on. Each round's
+    credit, the member (its ledger holds the rosters) and the largest cosine between two entries."""
     leader, member = pair(wire)
-    work, credits, alike = Work(member, seed), [], 0.0
+    work, credits, alike, before = Work(member, seed), [], 0.0, []
     for r in range(1, ROUNDS + 1):
         honest = [work.honest() for _ in HONEST]
-        payloads = crowd(work, honest, noise, member)
+        payloads = crowd(work, honest, honest if fresh else before, noise, member)
         alike = max(alike, most_alike(payloads, member))
-        credits.append(play(leader, member, payloads, announced(r, HONEST + CROWD, len(CROWD))))
+        late = len(payloads) - len(HONEST)
+        credits.append(play(leader, member, payloads, announced(r, HONEST + CROWD[:late], late)))
+        before = honest
         work.next_round()
     return credits, member, alike
 
@@ -149,26 +187,119 @@ def crowd_share(tickets: dict[str, int]) -> float:
     return sum(election.ranking(b, 0, everyone, tickets=tickets)[0] in CROWD for b in beacons) / BEACONS
 
 
-def test_open_a_crowd_mixing_this_rounds_honest_updates_is_credited_as_work():
-    """12 keys each announce a different random convex mix of the round's 4 honest updates (and,
-    a variant, plus a tenth of an honest peer's own part as noise), 3 s after them. No entry is
-    within cosine 0.999 of another, so none is a copy; every mix's fresh part is a mix of the
-    honest fresh parts, which the rest of the round points along. The crowd is credited a full
-    round each, every round, with the honest peers, on each wire: 12 of 16 credited keys, 75% of
-    the tickets, a majority of any catch-up quorum's tickets and ~75% of the leader ranks.
-    Measured fresh cosines in rounds 4-6 (a whole span): the crowd's 0.59 or more, the honest
-    peers' 0.40 or more (int1 the least), against the threshold's 0.1."""
-    for wire, noise in (("float16", 0.0), ("float16", 0.1), ("int8", 0.1), ("int1", 0.1)):
-        credits, member, alike = crowd_rounds(wire, noise)
-        assert alike < scoring.DUPLICATE_COS, (wire, alike)  # no copies: every pair of entries below SPREAD_OUT
-        assert credits == [(credit.UNITS,) * 16] * ROUNDS, (wire, noise, credits)
+def crowd_fetches(rounds: int) -> tuple[int, int, int]:
+    """The real gate on FakeNet: the 4 honest Peers, established (2 rounds), and the 12 crowd keys
+    as Peers that beat on the honest state (live, not established). Each round, after the
+    announcements and before anyone awaits the roster, every crowd key asks every honest owner for
+    its update, without a seal and with its own seal listing every announcement; after the roster,
+    again without a seal. (served before, refused before, served after the roster)."""
+    dht, registry, _ = swarm(0)
+    honest = [Peer(dht, registry, (KEYS[p], p)) for p in HONEST]
+    mob = [Peer(dht, registry, (KEYS[p], p)) for p in CROWD]
+    for _ in range(2):
+        play_round(honest)
+    served = refused = after = 0
+
+    def meanwhile(r: int) -> None:
+        nonlocal served, refused
+        envs = [s.envelope for s in honest[0].proto.builder.announcements(r, honest[0].digest).values()]
+        assert len(envs) == len(HONEST)
+        for c in mob:
+            c.digest, c.round = honest[0].digest, honest[0].round
+            c.heartbeat()
+            for owner in honest:
+                for seal in (None, seal_of(c, r, envs)):
+                    got = ask(c, owner, r, seal)
+                    no = isinstance(got, ProtocolError) and "sealed" in str(got)
+                    served, refused = served + (not no), refused + no
+
+    for _ in range(rounds):
+        play_round(honest, meanwhile=meanwhile)
+        r = honest[0].round
+        after += sum(ask(c, o, r, None) == o.net.held_update(r, o.id) for c in mob for o in honest)
+    return served, refused, after
+
+
+WIRES = (("float16", 0.0), ("float16", 0.1), ("int8", 0.1), ("int1", 0.1))
+
+
+def test_a_crowd_refused_this_rounds_updates_mixes_only_the_rounds_before_and_earns_nothing():
+    """The gate: over 3 rounds none of the crowd's 288 requests for the round's honest updates
+    before its roster is served (no seal, or its own seal: its turn to lead has not come); all 144
+    after the roster are. So 12 keys each announce, 3 s after the honest peers, a different random
+    convex mix of the round before's honest updates (and, a variant, plus a tenth of an honest
+    peer's own part as noise), on the float16 and int8 wires: they have no fresh part and are
+    credited 0, every round; the crowd holds 0 tickets (0%), is never established, so never a candidate, and carries
+    no catch-up quorum. Counterfactual, the same sealed rounds with mixes of this round's updates
+    (the open attack before protocol 18): the crowd is credited a full round each, every round,
+    12 of 16 credited keys, 75% of the tickets and ~75% of the leader ranks."""
+    served, refused, after = crowd_fetches(3)
+    assert served == 0 and refused == 3 * len(CROWD) * len(HONEST) * 2 and after == 3 * len(CROWD) * len(HONEST)
+    for wire, noise in WIRES[:3]:  # int1: test_open_on_int1_...
+        credits, member, alike = crowd_rounds(wire, noise, fresh=False)
+        assert alike < scoring.DUPLICATE_COS, (wire, alike)  # no copies
+        full, crowd0 = (credit.UNITS,) * len(HONEST), (0,) * len(CROWD)
+        assert credits == [full] + [full + crowd0] * (ROUNDS - 1), (wire, noise, credits)
         tickets = member.ledger.tickets(ROUNDS + 1, 2)
-        assert tickets == {p: ROUNDS for p in HONEST + CROWD}  # a full round each, every round
-        assert credit.established(member.ledger.rosters, 2) == set(HONEST) | set(CROWD)
-    share = sum(tickets[p] for p in CROWD) / sum(tickets.values())
-    assert share == len(CROWD) / (len(CROWD) + len(HONEST)) == 0.75
-    assert votes.carried(set(CROWD), tickets) and not votes.carried(set(HONEST), tickets)  # catch-up quorums
-    assert 0.65 < crowd_share(tickets) < 0.85  # leader rank 0: 75% expected, 78% measured (400 beacons)
+        assert tickets == {p: ROUNDS for p in HONEST}  # the crowd: 0 tickets
+        assert credit.established(member.ledger.rosters, 2) == set(HONEST)
+    assert sum(tickets.get(p, 0) for p in CROWD) / sum(tickets.values()) == 0.0
+    assert votes.carried(set(HONEST), tickets) and not votes.carried(set(CROWD), tickets)
+    credits, member, alike = crowd_rounds("float16", 0.0, fresh=True)  # what the gate keeps from the crowd
+    assert alike < scoring.DUPLICATE_COS and credits == [(credit.UNITS,) * 16] * ROUNDS
+    tickets = member.ledger.tickets(ROUNDS + 1, 2)
+    assert sum(tickets[p] for p in CROWD) / sum(tickets.values()) == 0.75
+    assert votes.carried(set(CROWD), tickets) and 0.65 < crowd_share(tickets) < 0.85  # 78% measured
+
+
+def test_open_on_int1_a_crowd_of_mixes_of_the_round_before_is_credited():
+    """Open (docs/security.md): on the int1 wire the same crowd, refused this round's updates,
+    announcing mixes of the round before's (plus a tenth of an honest part as noise) is credited:
+    int1's sign quantization is not linear, so each mix's encoding leaves the span of the rounds
+    before by a residual that the crowd's other mixes, re-quantized from the same sources, share;
+    12 of 16 entries carry the round's aggregate along it. Measured: 7 to 11 of the 12 mixes
+    credited a round from round 2, 46 of 70 tickets (66%); noise 0 gives 40 of 64 (62%). Three
+    stale mixes among 9 entries (test_mixes_of_the_rounds_before_...) are not."""
+    credits, member, _ = crowd_rounds("int1", 0.1, fresh=False)
+    tickets = member.ledger.tickets(ROUNDS + 1, 2)
+    share = sum(tickets.get(p, 0) for p in CROWD) / sum(tickets.values())
+    assert credits[0] == (credit.UNITS,) * len(HONEST) and 0.5 < share < 0.75, (credits, share)
+
+
+def test_a_crowd_leader_served_the_round_gets_none_of_its_crowds_later_mixes_credited():
+    """A crowd key at rank 0 (say established by work earlier) is served the 4 honest updates
+    legitimately, under its seal v1 of the announcements it took; its crowd then mixes them and
+    announces 12 mixes (useful-looking: the leader Applier credits them). On each wire, round 4
+    (after 3 honest rounds): (a) its roster with seals[0] = v1 and the mixes under a second seal
+    credits the honest 4 only; crediting a mix is refused by the member; (b) seals[0] widened to
+    list the mixes (the honest receipts name v1) credits nobody; (c) it goes silent and the next
+    rank leads attempt 1, every entry sealed and receipted: nobody (the honest peers lose the round
+    too). Only (a) with the mixes at 0 is applied: the crowd's tickets stay 0."""
+    for wire, noise in WIRES:
+        leader, member = pair(wire)
+        work = Work(member, 9)
+        for r in range(1, 4):
+            play(leader, member, [work.honest() for _ in HONEST], announced(r, HONEST, 0))
+            work.next_round()
+        honest = [work.honest() for _ in HONEST]
+        payloads = crowd(work, honest, honest, noise, member)
+        anns = announced(4, HONEST + CROWD, len(CROWD))
+        useful = leader.credit_round(payloads, anns)
+        assert sum(u > 0 for u in useful[len(HONEST) :]) >= 10, (wire, useful)  # the mixes pass as work
+        mine = led(leader, payloads, anns, by=CROWD[0], listed=len(HONEST))
+        widened = led(leader, payloads, anns, by=CROWD[0], receipted=CROWD)
+        later = led(leader, payloads, anns, by=HONEST[1], attempt=1, skip=(CROWD[0],))
+        allowed = [True] * len(HONEST) + [False] * len(CROWD)
+        assert sealed.creditable(mine.roster, anns) == allowed
+        for lying in (mine, widened, later):
+            if lying is not mine:
+                assert not any(sealed.creditable(lying.roster, anns))
+            with pytest.raises(ProtocolError, match="protocol 18"):
+                credit.check(lying.roster, anns, set())  # every chain reader (the audit too)
+            assert not member.apply_round(lying, payloads) and member.state.round == 3
+        fair = led(leader, payloads, anns, by=CROWD[0], listed=len(HONEST), units=tuple(sealed.masked(useful, allowed)))
+        assert leader.apply_round(fair, payloads) and member.apply_round(fair, payloads)
+        assert member.ledger.tickets(5, 2) == {p: 4 for p in HONEST}, wire
 
 
 def test_mixes_of_the_rounds_before_and_copies_are_not_credited():

@@ -119,6 +119,7 @@ class Exchange(Serving):
         self._ledger: Callable[[int, int], list[dict]] = lambda first, most: []
         self._checkpoint: Callable[[int], dict | None] = lambda round_no: None
         self._lock = threading.Lock()
+        self._gate_of_rounds = None  # node/round/trust/gate.py Gate (set_gate): None serves updates unsealed
         self._scatter: tuple[ScatterHandler | None, int] = (None, 0)  # the v3 round in flight: handler, body bound
         self._scatter_pool = ThreadPoolExecutor(SCATTER_THREADS, thread_name_prefix="scatter")
         self._loop = new_loop(event_loop)
@@ -145,6 +146,11 @@ class Exchange(Serving):
         """The peers the round protocol knows (the current roster's members, the eligible): they may
         take the inbound streams that any number of strangers together may not (Budgets.known_streams)."""
         self._gate.known = frozenset(peers)
+
+    def set_gate(self, gate) -> None:
+        """The round protocol's owner gate (protocol 18, node/round/trust/gate.py): which update
+        requests of a round without a roster here are served, and the receipts we sign."""
+        self._gate_of_rounds = gate
 
     def set_state(self, blob: bytes) -> None:
         with self._lock:

@@ -46,6 +46,9 @@ class RealNet:
     def held_update(self, round_no: int, peer: str) -> bytes | None:
         return self.exchange.held_update(round_no, peer)
 
+    def set_gate(self, gate) -> None:
+        self.exchange.set_gate(gate)  # protocol 18's owner gate (node/round/trust/gate.py)
+
     def now(self) -> float:
         return dht_time()
 

@@ -140,6 +140,14 @@ class Serving:
             payload, error = await self._answer_scatter(peer, request, reader)
             self.served[request.op] += payload is not None
             return request.op, encode_response(payload, error)
+        sealed = self._sealed(request, peer)
+        if sealed is not None:  # protocol 18: the round's payloads wait for its seal or roster
+            self.refused["sealed"] += 1
+            return request.op, encode_response(None, sealed)
+        if request.op == "receipt":
+            payload, error = self._gate_of_rounds.receipt(request.round, request.seal)
+            self.served[request.op] += payload is not None
+            return request.op, encode_response(None if payload is None else msgpack.packb(payload), error)
         payload, error = self._answer(request, peer, held)
         if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
             payload = await self._await_update((request.round, request.peer))
@@ -162,6 +170,18 @@ class Serving:
             writer.write(out[i : i + step])
             async with asyncio.timeout(SEND_TIMEOUT):  # a peer that stops reading cannot pin the buffer forever
                 await writer.drain()
+
+    def _sealed(self, request: Request, peer: str) -> str | None:
+        """Why an update (or receipt) request is refused by the owner gate (node/round/trust/gate.py;
+        None: it is not). Without a gate (no round protocol wired) nothing is sealed."""
+        gate = self._gate_of_rounds
+        if request.op not in ("update", "receipt") or request.run != self.run_id:
+            return None
+        if gate is None:
+            return "sealed: this node serves no rounds" if request.op == "receipt" else None
+        if request.op == "receipt":
+            return None if request.peer == self.me else "sealed: receipts are signed by their owner only"
+        return gate.refusal(request.round, request.peer, peer, request.seal)
 
     def _answer(self, request: Request, peer: str, held: contextlib.ExitStack) -> tuple[bytes | None, str]:
         if request.run != self.run_id:

@@ -20,7 +20,7 @@ from node.outer.aggregate import Weights, token_weights
 from node.outer.state import SwarmState, shaped
 from node.round.hooks import Hooks, NonFinite, Outcome
 from node.round.ledger import AcceptedRoster, Ledger
-from node.round.trust import credit
+from node.round.trust import credit, sealed
 from node.round.trust.credit import Held
 from node.round.v3 import Aggregate
 from node.train import data
@@ -107,7 +107,9 @@ class Crediting:
         if not assessed.whole:
             return None
         peers = [a.peer for a in accepted.announcements]
-        wrong = credit.wrong(accepted.roster.credit, assessed.low, assessed.high, peers)
+        allowed = sealed.creditable(accepted.roster, accepted.announcements)  # protocol 18
+        low, high = sealed.masked(assessed.low, allowed), sealed.masked(assessed.high, allowed)
+        wrong = credit.wrong(accepted.roster.credit, low, high, peers)
         self.refused += wrong is not None
         return wrong
 

@@ -17,9 +17,13 @@ import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
 
+import msgpack
+
 from node.config import SwarmConfig
 from node.round.net import RoundNet
+from protocol import signed
 from protocol.errors import ProtocolError
+from protocol.kinds.sealed import RECEIPT_BODY, Receipt
 from protocol.messages import Request, UpdateEnvelope
 from protocol.records import Announcement
 
@@ -108,9 +112,11 @@ class UpdateFetcher:
         round_no: int,
         sources: Callable[[Announcement], list[str]],
         limit: float | None = None,
+        seal: Callable[[Announcement], dict | None] = lambda a: None,
     ) -> list[bytes | Exception]:
         """Each announced update's verified envelope bytes (held, else fetched from its sources in
-        turn); `limit` caps each batch's seconds below the usual bound (node/round/trust/marks.py)."""
+        turn); `limit` caps each batch's seconds below the usual bound (node/round/trust/marks.py);
+        `seal(a)`: the leader's seal each request presents (protocol 18: node/round/trust/gate.py)."""
         results: list[bytes | Exception] = []
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
@@ -126,7 +132,7 @@ class UpdateFetcher:
                 break
             asked = [anns[job.index] for job in jobs]
             requests = [
-                (job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer), a.nbytes)
+                (job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer, seal=seal(a)), a.nbytes)
                 for job, a in zip(jobs, asked)
             ]
             most = max(a.nbytes for a in asked)
@@ -141,6 +147,38 @@ class UpdateFetcher:
             for job, a, blob in zip(jobs, asked, fetched):
                 results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
         return results
+
+    def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, dict]:
+        """Owner -> its signed receipt for its update of `round_no` released under `seal_env`
+        (protocol 18): those that came back, verified as their owner's, of this round and seal.
+        Owners whose answer failed are asked once more (the leader leaves out the entry of an
+        owner that gives none: node/round/lead.py), each time within FETCH_FLOOR seconds."""
+        digest, got = signed.body_hash(seal_env), {}
+        for _ in range(2):
+            ask = [p for p in owners if p not in got]
+            jobs = [
+                (p, Request(op="receipt", run=self.run_id, round=round_no, peer=p, seal=seal_env), None) for p in ask
+            ]
+            if not jobs:
+                break
+            try:
+                answers = self.net.fetch_many(jobs, timeout=FETCH_FLOOR)
+            except Exception as e:  # the transport is gone: no receipts, no credit this round
+                answers = [e] * len(jobs)
+            for p, blob in zip(ask, answers):
+                env = self._receipt(p, blob, round_no, digest)
+                if env is not None:
+                    got[p] = env
+        return got
+
+    def _receipt(self, owner: str, blob: bytes | Exception, round_no: int, digest: str) -> dict | None:
+        try:
+            small = isinstance(blob, bytes) and len(blob) <= 2 * RECEIPT_BODY  # a receipt envelope is < 1 KiB
+            env = msgpack.unpackb(blob, raw=False) if small else None
+            r = signed.open_record(env, Receipt, signer=owner)
+        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException):
+            return None
+        return env if (r.run, r.round, r.seal) == (self.run_id, round_no, digest) else None
 
     def keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
         """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 from node.config import SwarmConfig
@@ -20,14 +21,16 @@ from node.round.fetch import UpdateFetcher
 from node.round.hooks import Hooks, NonFinite
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import RoundNet
-from node.round.trust import credit, marks
+from node.round.trust import credit, marks, sealed
 from protocol import keys, signed, signing
 from protocol.admission.rule import DISABLED, Admission, listed_failed
 from protocol.errors import ProtocolError
+from protocol.kinds.sealed import Seal
 from protocol.messages import UpdateEnvelope
 from protocol.records import Announcement, Heartbeat, Roster
 
 log = logging.getLogger("swarmtrain.rounds")
+NO_RECEIPT = ProtocolError("served its update but gave no receipt naming our seal (protocol 18)")
 
 
 class SignedAnnouncement(NamedTuple):
@@ -81,6 +84,8 @@ class RosterBuilder:
         self.carry: Callable[[int], dict | None] = lambda round_no: None  # the checkpoint a roster embeds
         self.admission = admission  # whose proofs of work we check, and how many a roster (protocol/admission/rule.py)
         self.ledger = ledger if ledger is not None else Ledger()  # the chain that says who is new
+        self.sealed: dict[tuple[int, str], dict] = {}  # (round, base) -> our first seal of it (protocol 18)
+        self.gate = None  # our owner gate (node/round/trust/gate.py): signs our own receipt
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
         """The signed announcements of this round's updates that apply to state `base` (in a split
@@ -122,8 +127,27 @@ class RosterBuilder:
         again after the fetch; the roster's cutoff is then, at least `floor` (node/round/trust/
         omission.py: the chain's floor, which the caller waited for)."""
         chosen = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
-        picked, at_least = chosen.announcements, chosen.at_least
-        blobs = self._fetch(picked, round_no, slow)
+        at_least = chosen.at_least
+        # Protocol 18: seal what we take before any payload moves (a rebuild keeps the round's first seal)
+        if (round_no, base) not in self.sealed:
+            self.sealed[(round_no, base)] = self._seal(round_no, base, chosen.announcements)
+        seal0 = self.sealed[(round_no, base)]
+        listed = set(signed.open_record(seal0, Seal).announcements)
+        picked = [s for s in chosen.announcements if signed.body_hash(s.envelope) in listed]
+        rest = [s for s in chosen.announcements if signed.body_hash(s.envelope) not in listed]
+        blobs = self._fetch(picked, round_no, slow, seal0)
+        # One sealed entry without its owner's receipt makes the roster credit nobody (sealed.py):
+        # ask now, and leave out (as unserved) whoever served its update but gave no receipt, so an
+        # owner withholding it costs its own entry only. A roster of a later rank or attempt credits
+        # nobody anyway: there an owner first released to an earlier candidate keeps its entry. (A
+        # builder wired to no gate of ours is an unsealed test harness: RoundProtocol always wires one.)
+        served = [s.announcement.peer for s, b in zip(picked, blobs) if not isinstance(b, Exception)]
+        receipts = self._receipts(round_no, seal0, served)
+        if self.gate is not None and not skip and attempt == 0:
+            blobs = [
+                b if isinstance(b, Exception) or s.announcement.peer in {*receipts, self.me} else NO_RECEIPT
+                for s, b in zip(picked, blobs)
+            ]
         # The second read (design step 5): what came while we fetched. Known authors only (a
         # newcomer counts against the roster's share); the cutoff is after this last read.
         again = {
@@ -132,9 +156,11 @@ class RosterBuilder:
         known = chosen.known | {self.admission.organizer}
         extra = set(again) if self.admission.puzzle is None else set(again) & known
         cutoff = max(self.net.now(), floor or 0.0)
-        if extra:
-            more = [again[p] for p in sorted(extra)]
-            blobs, picked = [*blobs, *self._fetch(more, round_no, slow)], [*picked, *more]
+        seals = (seal0,)
+        if extra or rest:  # fetched under a second seal: aggregated, never credited (sealed.creditable)
+            more = rest + [again[p] for p in sorted(extra)]
+            seals = (seal0, self._seal(round_no, base, more))
+            blobs, picked = [*blobs, *self._fetch(more, round_no, slow, seals[1])], [*picked, *more]
             order = sorted(range(len(picked)), key=lambda i: picked[i].announcement.peer)
             picked, blobs = [picked[i] for i in order], [blobs[i] for i in order]
         good = [
@@ -156,6 +182,7 @@ class RosterBuilder:
         outcome = self.hooks.result(payloads, tokens)
         anns = [c.announcement for c in good]
         units = self.hooks.credit(payloads, anns) if self.hooks.credit else credit.token_units(tokens)
+        owners = [c.announcement.peer for c in good if signed.body_hash(c.envelope) in listed]
         roster = Roster(
             run=self.run_id,
             round=round_no,
@@ -177,9 +204,32 @@ class RosterBuilder:
             full=outcome.full,
             cutoff=cutoff,
             failed=chosen.failed,
-            credit=tuple(units),
+            seals=seals,
+            receipts=tuple(receipts[p] for p in owners if p in receipts),
         )
+        roster = replace(roster, credit=tuple(sealed.masked(units, sealed.creditable(roster, anns))))
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(anns))
+
+    def _seal(self, round_no: int, base: str, taken: list[SignedAnnouncement]) -> dict:
+        """Our signed seal of the announcements `taken` (protocol/kinds/sealed.py)."""
+        for key in [k for k in self.sealed if k[0] < round_no - 2]:
+            del self.sealed[key]
+        digests = tuple(sorted({signed.body_hash(s.envelope) for s in taken}))
+        seal = Seal(
+            run=self.run_id, round=round_no, base=base, leader=self.me, time=self.net.now(), announcements=digests
+        )
+        return signed.seal(self.key, seal)
+
+    def _receipts(self, round_no: int, seal0: dict, owners: list[str]) -> dict[str, dict]:
+        """Owner -> its receipt naming `seal0`, of the `owners` that served under it; ours signed here."""
+        others = [p for p in owners if p != self.me]
+        out = self.updates.receipts(others, round_no, seal0)
+        if self.me in owners and self.gate is not None:
+            try:
+                out[self.me] = self.gate.own_receipt(round_no, seal0)
+            except ProtocolError as e:  # our update went first to another leader's seal
+                log.info("round %d: no receipt of our own update: %s", round_no, e)
+        return out
 
     def pick(
         self, round_no: int, base: str, eligible: set[str], at_least: int, *, beacon: str, slow: set[str] = frozenset()
@@ -202,14 +252,17 @@ class RosterBuilder:
         chosen = [announced[p] for p in sorted(admitted)]
         return Picked(chosen, at_least, frozenset(announced), frozenset(known), failed)
 
-    def _fetch(self, picked: list[SignedAnnouncement], round_no: int, slow: set[str]) -> list[bytes | Exception]:
+    def _fetch(
+        self, picked: list[SignedAnnouncement], round_no: int, slow: set[str], seal: dict
+    ) -> list[bytes | Exception]:
         """`picked`'s updates from their owners, in order: the usual peers in one batch, then the
         slow ones with marks.SLOW_FETCH seconds, so a peer that does not serve delays nobody's."""
         out: dict[int, bytes | Exception] = {}
         for batch, limit in ((False, None), (True, marks.SLOW_FETCH)):
             where = [i for i, s in enumerate(picked) if (s.announcement.peer in slow) == batch]
             anns = [picked[i].announcement for i in where]
-            got = self.updates.fetch(anns, round_no, sources=lambda a: [a.peer], limit=limit) if anns else []
+            owners = lambda a: [a.peer]  # noqa: E731
+            got = self.updates.fetch(anns, round_no, sources=owners, limit=limit, seal=lambda a: seal) if anns else []
             self.updates.note(round_no, anns, got)  # from the owner itself: first-hand (marks.slow_to_me)
             out.update(zip(where, got))
         return [out[i] for i in range(len(picked))]

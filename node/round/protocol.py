@@ -30,8 +30,9 @@ from node.round.hooks import Hooks
 from node.round.lead import RosterBuilder
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
-from node.round.trust import marks, omission
+from node.round.trust import marks, omission, sealed
 from node.round.trust.chain import ChainRules
+from node.round.trust.gate import Gate, LeadView
 from node.round.v3 import OFF, Aggregate, Scatter, ScatterRounds
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
@@ -94,6 +95,8 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         self.led_v3: set[tuple[int, int]] = set()  # (round, attempt) we called a v3 round in
         self.silent: dict[int, set[str]] = {}  # round -> v3 leaders that went silent on our part (v3.py)
         self.seer = omission.Seer(self.me)  # what we saw in time, and our own left out (design step 5)
+        self.gate = self.builder.gate = Gate(run_id, self.me, key, net.monotonic, net.now)  # protocol 18
+        getattr(net, "set_gate", lambda gate: None)(self.gate)  # the exchange serves updates through it
 
     def rewound(self, state_round: int) -> None:
         """We took a state of `state_round` from peers: what we remember of later rounds (when we
@@ -146,6 +149,12 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             claim=claim,
         )
         env = signed.seal(self.key, ann)
+        self.gate.announced(round_no, env)  # before it is stored: a leader may ask for it at once
+        peers = self.peers()  # the gate's view until await_roster's replaces it; a ledger that cannot
+        # tell who leads (we joined) ranks the live peers on our state (docs/security.md: open)
+        turns = self.candidates(peers, base, round_no - 1, ahead=1) or election.candidates(peers, base, None, round_no)
+        opened = self.opened.get(round_no, self.took.get(round_no - 1, self.net.monotonic()))  # since we trained it
+        self.publish_view(round_no, turns, opened)
         self.seer.announced(round_no, env, claims=claim is not None)
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
 
@@ -196,6 +205,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 return self._took(round_no, accepted)
             self.take_call(round_no, base, cands, turns)  # v3: our part in a call that lists us
             opened = self.opened[round_no]  # its leader went silent: the next slot's turn is now
+            self.publish_view(round_no, turns, opened)  # whom the owner gate serves (trust/gate.py)
             now = self.net.monotonic()
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
@@ -214,6 +224,12 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             return election.first_beacon(self.run_id)
         parent = parent or self.ledger.rosters.get(round_no - 1)
         return None if parent is None else election.next_beacon(parent.roster.beacon, parent.roster.reveal)
+
+    def publish_view(self, round_no: int, turns: set[str] | None, opened: float) -> None:
+        beacon = self.beacon(round_no)
+        if beacon is not None and turns:
+            marked, tickets = frozenset(self.marked(round_no)), self.tickets(round_no)
+            self.gate.set_view(LeadView(round_no, beacon, frozenset(turns), marked, tickets, opened, self.cfg))
 
     def _my_turn(
         self, round_no: int, base: str, turns: set[str], peers: dict, waited: float, elapsed: float
@@ -326,7 +342,10 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             order = relay.sources(the_ring, a.peer, leader, self.me, self.cfg.relay_fanout)
             return [p for p in order if p in live or p in (a.peer, leader)]
 
-        blobs = self.updates.fetch(list(accepted.announcements), round_no, sources=from_whom)
+        seals = sealed.presented(accepted.roster, accepted.announcements)  # protocol 18: trust/gate.py
+        blobs = self.updates.fetch(
+            list(accepted.announcements), round_no, sources=from_whom, seal=lambda a: seals.get(a.peer)
+        )
         for a, blob in zip(accepted.announcements, blobs):
             if isinstance(blob, Exception):
                 self.failed.add((round_no, leader))

@@ -156,8 +156,7 @@ def check_entries(roster: Roster, anns: list[Announcement], window: Ledger, rule
     as `failed` failing (protocol/admission), and what the chain decides of its credit (credit.py)."""
     if any(a.base != roster.base for a in anns):
         raise ProtocolError("lists an update made for another state")
-    if credit.is_v3(roster):
-        credit.check(roster, anns, window.established(rules.established_rounds))
+    credit.check(roster, anns, window.established(rules.established_rounds) if credit.is_v3(roster) else set())
     banned = rules.banned(window) & {a.peer for a in anns}
     if banned:
         raise ProtocolError(f"lists {sorted(banned)[0][:16]}, banned by the chain's scores")

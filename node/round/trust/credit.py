@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from node.round.trust import sealed
 from protocol.errors import ProtocolError
 from protocol.records import CREDIT_UNITS, Announcement, Roster
 
@@ -159,9 +160,12 @@ def is_v3(roster: Roster) -> bool:
 def check(roster: Roster, anns: Sequence[Announcement], before: set[str]) -> None:
     """What the chain alone decides of a roster's credit (every reader: members, catch-up, the
     audit): a v3 roster's is exactly `carried`; a v2 roster's, the peers that applied it checked.
-    Raises ProtocolError."""
-    if is_v3(roster) and list(roster.credit) != carried(anns, before):
-        raise ProtocolError("a v3 roster credits other than its established authors' token shares")
+    A v2 roster credits only sealed and receipted entries (protocol 18: sealed.check). Raises ProtocolError."""
+    if is_v3(roster):
+        if list(roster.credit) != carried(anns, before):
+            raise ProtocolError("a v3 roster credits other than its established authors' token shares")
+    elif isinstance(roster, Roster):  # a v3 round's call credits nothing
+        sealed.check(roster, anns)
 
 
 def wrong(written: Sequence[int], low: Sequence[int], high: Sequence[int], peers: Sequence[str]) -> str | None:

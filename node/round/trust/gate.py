@@ -1,0 +1,144 @@
+"""The owner gate of sealed rounds (protocol 18, docs/protocol.md "Sealed rounds").
+
+Whoever holds a round's update serves it, before that round has a roster here, only to a leader
+whose turn has come and that sealed the announcements it takes (protocol/kinds/sealed.py); so no
+payload of the round is seen before its credited set is fixed. A round-r update is served
+
+  (a) to anyone once this node accepted or published a roster of round r (or later), or
+  (b) on a request that presents a seal which verifies, names this run and round r and lists the
+      update's announcement, and either its signer is the requester and may lead round r now by
+      this node's own election view (`LeadView`: the candidates' turns as node/round/protocol.py
+      ranks them, young runs' organizer only), or this node already released the update under that
+      very seal (a member fetching after the roster, before our own roster read caught up).
+
+Before (a), only our own update is served (a copy we hold, as a leader before it publishes, is not).
+Anything else is refused with "sealed: ...". The owner signs one Receipt a round, naming the first
+seal it released its update under (asked by the leader with a `receipt` request).
+
+The gate runs on the exchange's thread (node/p2p/exchange.py) and in FakeNet's calls: the round
+protocol replaces the view whole (`set_view`), and the rest is under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from node.config import SwarmConfig
+from node.round import election
+from protocol import signed
+from protocol.errors import ProtocolError
+from protocol.kinds.sealed import Receipt, Seal
+
+KEEP = 4  # rounds of releases remembered (the exchange keeps updates 4 rounds)
+
+
+class LeadView(NamedTuple):
+    """Who may lead round `round` on this node's clock: what RoundProtocol ranks candidates by."""
+
+    round: int
+    beacon: str
+    turns: frozenset[str]
+    marked: frozenset[str]
+    tickets: Mapping[str, int]
+    opened: float
+    """When (monotonic) this node opened the round: its attempts' clock."""
+    cfg: SwarmConfig
+
+    def may_lead(self, peer: str, now: float) -> bool:
+        """Whether `peer`'s turn has come in this attempt or an earlier one: a leader whose turn
+        came late in its attempt fetches into the next, and readers take its roster then too
+        (election.check_turn: a slot's turn, once come, stays)."""
+        if peer not in self.turns:
+            return False
+        elapsed = now - self.opened
+        for attempt in range(election.attempt_at(elapsed, self.cfg) + 1):
+            slot = election.slot_of(self.beacon, attempt, set(self.turns), peer, set(self.marked), self.tickets)
+            if election.may_lead(slot, elapsed, self.cfg):
+                return True
+        return False
+
+
+class Gate:
+    """This node's side of the barrier: what it may serve, and the receipts it signs."""
+
+    def __init__(self, run_id: str, me: str, key, clock: Callable[[], float], now: Callable[[], float]):
+        self.run_id, self.me, self.key, self.clock, self.now = run_id, me, key, clock, now
+        self.view: LeadView | None = None  # replaced whole (set_view): read without the lock
+        self.open_through = 0  # the newest round this node accepted or published a roster of
+        self.own: dict[int, str] = {}  # round -> the body hash of our own announcement
+        self.released: dict[int, set[str]] = {}  # round -> seals (body hashes) we released our update under
+        self.first: dict[int, tuple[str, dict | None]] = {}  # round -> (first seal's hash, its receipt)
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def set_view(self, view: LeadView) -> None:
+        self.view = view
+
+    def announced(self, round_no: int, envelope: dict) -> None:
+        with self._lock:
+            self.own[round_no] = signed.body_hash(envelope)
+            for table in (self.own, self.released, self.first):
+                for r in [r for r in table if r <= round_no - KEEP]:
+                    del table[r]
+
+    def opened(self, round_no: int) -> None:
+        """A roster of `round_no` was accepted or published here: its updates are no secret now."""
+        self.open_through = max(self.open_through, round_no)
+
+    def refusal(self, round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+        """Why the update of `peer` for `round_no` is not served to `requester` (None: it is)."""
+        if round_no <= self.open_through:
+            return None
+        why = self._why(round_no, peer, requester, seal_env)
+        self.refused += why is not None
+        return why
+
+    def _why(self, round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+        if seal_env is None:
+            return f"sealed: round {round_no} has no roster here yet, and the request presents no seal"
+        if peer != self.me:
+            return "sealed: a copy is served only after its roster"
+        try:
+            seal = signed.open_record(seal_env, Seal)
+        except ProtocolError as e:
+            return f"sealed: the seal does not verify ({e})"
+        digest = signed.body_hash(seal_env)
+        with self._lock:
+            own, released = self.own.get(round_no), self.released.setdefault(round_no, set())
+            if (seal.run, seal.round) != (self.run_id, round_no) or own not in seal.announcements:
+                return "sealed: the seal is not of this round or does not list the update"
+            if digest in released:
+                return None
+            if seal.leader != requester:
+                return "sealed: the seal is not the requester's"
+            view = self.view
+            if view is None or view.round != round_no or not view.may_lead(requester, self.clock()):
+                return "sealed: the requester's turn to lead has not come here"
+            released.add(digest)
+            self.first.setdefault(round_no, (digest, None))
+        return None
+
+    def receipt(self, round_no: int, seal_env: dict) -> tuple[dict | None, str]:
+        """Our signed receipt for our update of `round_no` released under `seal_env` (the first
+        seal we released it under this round), or None and why not."""
+        digest = signed.body_hash(seal_env)
+        with self._lock:
+            first = self.first.get(round_no)
+            if first is None or first[0] != digest:
+                return None, "sealed: no receipt: our update was not first released under that seal"
+            if first[1] is None:
+                r = Receipt(run=self.run_id, round=round_no, owner=self.me, seal=digest, time=self.now())
+                self.first[round_no] = first = (digest, signed.seal(self.key, r))
+            return first[1], ""
+
+    def own_receipt(self, round_no: int, seal_env: dict) -> dict:
+        """As leader: our receipt for our own update under our own seal (we release it to ourselves)."""
+        with self._lock:
+            self.released.setdefault(round_no, set()).add(signed.body_hash(seal_env))
+            self.first.setdefault(round_no, (signed.body_hash(seal_env), None))
+        got, why = self.receipt(round_no, seal_env)
+        if got is None:
+            raise ProtocolError(why)
+        return got

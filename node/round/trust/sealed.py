@@ -1,0 +1,100 @@
+"""The sealed-round credit rule (protocol 18, docs/protocol.md "Sealed rounds"; issue 16).
+
+Without an information barrier a crowd of keys fetches the round's honest updates before the
+roster exists and announces convex mixes of them, which no direction test tells from work
+(tests/test_sybil_attacks_6.py). So a roster's credit is bound to what was fixed before any
+payload moved: an entry may be credited only if
+
+- its announcement is listed by the roster's first seal (`seals[0]`, signed by the roster's
+  leader for its run, round and base before it fetched: protocol/kinds/sealed.py), and
+- the roster carries its author's receipt naming `seals[0]` (an owner signs one receipt a
+  round, for the first seal it released its update under: node/round/trust/gate.py);
+
+and a roster credits nobody when an entry listed by `seals[0]` has no such receipt (a leader that
+sealed one set and published another), or when it is not rank 0 of attempt 0 (`skip` non-empty or
+`attempt` > 0: a candidate that was served and went silent would otherwise have leaked the round to
+its crowd, whose mixes the next leader would list). Entries outside `seals[0]` (the second read's)
+are aggregated as before and earn nothing. A pure function of the roster: every reader (members,
+catch-up, the audit) computes it alike (`check`); signatures are verified once per envelope
+(protocol/signed.py remembers what it opened).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from protocol import signed
+from protocol.errors import ProtocolError
+from protocol.kinds.sealed import Receipt, Seal
+from protocol.records import Announcement, Roster
+
+
+def first_seal(roster: Roster) -> Seal | None:
+    """The roster's seals[0], when it is its leader's seal of the roster's run, round and base."""
+    if not roster.seals:
+        return None
+    try:
+        seal = signed.open_record(roster.seals[0], Seal, signer=roster.leader)
+    except ProtocolError:
+        return None
+    return seal if (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base) else None
+
+
+def receipted(roster: Roster, digest: str) -> set[str]:
+    """The owners whose receipt in `roster` names the seal whose body hashes to `digest`."""
+    out = set()
+    for env in roster.receipts:
+        try:
+            r = signed.open_record(env, Receipt)
+        except ProtocolError:
+            continue
+        if (r.run, r.round, r.seal) == (roster.run, roster.round, digest):
+            out.add(r.owner)
+    return out
+
+
+def creditable(roster: Roster, anns: Sequence[Announcement]) -> list[bool]:
+    """Which of the roster's entries (`anns`: them opened, in order) may earn credit."""
+    none = [False] * len(anns)
+    seal = first_seal(roster)
+    if seal is None or roster.skip or roster.attempt > 0 or len(roster.entries) != len(anns):
+        return none
+    listed = set(seal.announcements)
+    owners = receipted(roster, signed.body_hash(roster.seals[0]))
+    sealed = [signed.body_hash(e) in listed for e in roster.entries]
+    if any(s and a.peer not in owners for s, a in zip(sealed, anns)):
+        return none  # sealed one set, fetched or published another: nobody's round
+    return sealed
+
+
+def masked(units: Sequence[int], allowed: Sequence[bool]) -> list[int]:
+    """`units` with the entries that may not earn credit at 0."""
+    return [u if ok else 0 for u, ok in zip(units, allowed)]
+
+
+def check(roster: Roster, anns: Sequence[Announcement]) -> None:
+    """Raises ProtocolError when the roster credits an entry that may not earn credit."""
+    if not any(roster.credit):
+        return
+    allowed = creditable(roster, anns)
+    for a, u, ok in zip(anns, roster.credit, allowed):
+        if u and not ok:
+            raise ProtocolError(f"credits {a.peer[:16]}, whose update is not sealed and receipted (protocol 18)")
+
+
+def presented(roster: Roster, anns: Sequence[Announcement]) -> dict[str, dict]:
+    """Entry author -> the seal a member presents when it fetches that update after the roster
+    (the first of the roster's seals that lists it): an owner or relay whose roster read has not
+    caught up serves it under a seal it released it under (node/round/trust/gate.py)."""
+    listing: dict[str, dict] = {}
+    for env in reversed(roster.seals):
+        try:
+            listing.update(dict.fromkeys(signed.open_record(env, Seal).announcements, env))
+        except ProtocolError:
+            continue
+    out = {}
+    for e, a in zip(roster.entries, anns):
+        seal = listing.get(signed.body_hash(e))
+        if seal is not None:
+            out[a.peer] = seal
+    return out

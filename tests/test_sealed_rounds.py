@@ -1,0 +1,206 @@
+"""Sealed rounds (protocol 18, docs/protocol.md "Sealed rounds"; issue 16): the owner gate refuses a
+round's payloads to anyone but a sealing leader whose turn has come until the round has a roster,
+and only sealed, receipted entries of a rank-0 attempt-0 roster earn credit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from node.round import election
+from node.round.trust import credit, sealed
+from protocol import signed
+from protocol.errors import ProtocolError
+from protocol.kinds.sealed import Receipt, Seal
+from protocol.messages import Request
+from protocol.records import Announcement
+from tests.test_round_protocol import RUN, play_round, swarm
+
+
+def announced(peers) -> tuple[int, str, list]:
+    """Every peer beats and announces round r; (r, the rank-0 leader's id, the peers in rank order)."""
+    peers[0].net.dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in peers:
+        p.announce(f"update {p.id} {p.round}".encode())
+    r = peers[0].round + 1
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    return r, order[0], sorted(peers, key=lambda p: order.index(p.id))
+
+
+def seal_of(p, r: int, envs: list[dict]) -> dict:
+    digests = tuple(sorted({signed.body_hash(e) for e in envs}))
+    return signed.seal(
+        p.key, Seal(run=RUN, round=r, base=p.digest, leader=p.id, time=p.net.now(), announcements=digests)
+    )
+
+
+def ask(requester, owner, r: int, seal: dict | None) -> bytes | Exception:
+    request = Request(op="update", run=RUN, round=r, peer=owner.id, seal=seal)
+    return requester.net.fetch_many([(owner.id, request, None)], timeout=5.0)[0]
+
+
+def test_honest_rounds_seal_receipt_and_credit_every_entry():
+    """The leader path on FakeNet: one seal, a receipt of each entry's owner (its own included),
+    every entry credited, and every member gathered the updates (from owners, relays, the leader)."""
+    _, _, peers = swarm(4)
+    for _ in range(3):
+        played = play_round(peers)
+        accepted = next(iter(played.values())).accepted
+        roster, anns = accepted.roster, accepted.announcements
+        assert len(roster.seals) == 1 and len(roster.receipts) == 4 == len(anns)
+        assert roster.credit == (credit.UNITS,) * 4 and sealed.creditable(roster, anns) == [True] * 4
+        credit.check(roster, anns, set())  # what every chain reader checks
+    assert peers[0].ledger.established(2) == {p.id for p in peers}
+
+
+def test_the_gate_refuses_every_request_but_a_sealing_leader_whose_turn_came():
+    """Before the round has a roster: no seal, someone else's seal, a seal not listing the update,
+    or a requester whose turn has not come: refused ("sealed: ..."); the rank-0 leader with its
+    seal: served; a member presenting that seal afterwards: served; after the roster: anyone."""
+    _, _, peers = swarm(5)
+    play_round(peers)
+    r, _, ranked = announced(peers)
+    leader, late, owner, other = ranked[0], ranked[-1], ranked[1], ranked[2]
+    envs = {p.id: s.envelope for p, s in ((p, leader.proto.builder.announcements(r, p.digest)[p.id]) for p in peers)}
+    mine = seal_of(leader, r, list(envs.values()))
+    for requester, seal, why in (
+        (late, None, "presents no seal"),
+        (late, mine, "not the requester's"),
+        (late, seal_of(late, r, [envs[other.id]]), "does not list the update"),
+        (late, seal_of(late, r, list(envs.values())), "turn to lead has not come"),
+    ):
+        got = ask(requester, owner, r, seal)
+        assert isinstance(got, ProtocolError) and "sealed" in str(got) and why in str(got), (why, got)
+    assert isinstance(ask(leader, other, r, None), ProtocolError)  # the leader too needs its seal
+    assert ask(leader, owner, r, mine) == owner.net.held_update(r, owner.id)
+    assert ask(late, owner, r, mine) == owner.net.held_update(r, owner.id)  # released under that seal
+    assert owner.proto.gate.refused >= 4
+    got, _ = owner.proto.gate.receipt(r, mine)
+    receipt = signed.open_record(got, Receipt, signer=owner.id)
+    assert receipt.seal == signed.body_hash(mine) and receipt.round == r
+    # a second seal of the same leader (its set plus others) gets the update but no receipt
+    again = seal_of(leader, r, [envs[owner.id]])
+    assert ask(leader, owner, r, again) == owner.net.held_update(r, owner.id)
+    assert owner.proto.gate.receipt(r, again)[0] is None
+    owner.proto.gate.opened(r)
+    assert ask(late, owner, r, None) == owner.net.held_update(r, owner.id)  # after the roster: anyone
+
+
+def sealed_round():
+    _, _, peers = swarm(4)
+    played = play_round(peers)
+    return peers, next(iter(played.values())).accepted
+
+
+def test_a_crowd_leaders_roster_whose_seal_is_not_the_one_owners_receipted_credits_nobody():
+    """A leader that fetched under seal v1 and publishes seals[0] = v1 plus its crowd's mixes: the
+    honest receipts name v1, so nobody may be credited and readers refuse any credit; publishing v1
+    itself, the mixes (outside seals[0]) earn nothing."""
+    peers, accepted = sealed_round()
+    roster, anns = accepted.roster, list(accepted.announcements)
+    leader = next(p for p in peers if p.id == roster.leader)
+    mix = signed.seal(
+        leader.key,
+        Announcement(
+            run=RUN, round=roster.round, peer=leader.id, nbytes=9, sha256="2" * 64, tokens=100, base=roster.base,
+            time=0.0,
+        ),
+    )  # fmt: skip
+    v1 = signed.open_record(roster.seals[0], Seal)
+    widened = signed.seal(
+        leader.key, replace(v1, announcements=tuple(sorted({*v1.announcements, signed.body_hash(mix)})))
+    )
+    forged = replace(roster, seals=(widened,))
+    assert sealed.creditable(forged, anns) == [False] * len(anns)
+    with pytest.raises(ProtocolError, match="protocol 18"):
+        credit.check(forged, anns, set())
+    credit.check(replace(forged, credit=(0,) * len(anns)), anns, set())  # crediting nobody is taken
+    second = replace(
+        roster, seals=(roster.seals[0], signed.seal(leader.key, replace(v1, announcements=(signed.body_hash(mix),))))
+    )
+    assert sealed.creditable(second, anns) == [True] * len(anns)  # an entry outside seals[0] would earn 0
+
+
+def test_a_roster_of_a_later_rank_or_attempt_credits_nobody():
+    """A crowd candidate served then silent leaked the round: the next rank's roster (skip marks
+    it) or a later attempt's credits nobody; readers refuse any credit there."""
+    peers, accepted = sealed_round()
+    roster, anns = accepted.roster, list(accepted.announcements)
+    for later in (replace(roster, skip=(peers[0].id,)), replace(roster, attempt=1)):
+        assert sealed.creditable(later, anns) == [False] * len(anns)
+        with pytest.raises(ProtocolError, match="not sealed and receipted"):
+            credit.check(later, anns, set())
+
+
+def test_a_leader_building_for_a_later_rank_writes_no_credit():
+    _, _, peers = swarm(4)
+    play_round(peers)
+    r, _, ranked = announced(peers)
+    leader = ranked[0]
+    built = leader.proto.builder.build(
+        r, leader.digest, leader.ledger.prev_hash(r), {p.id for p in peers}, 1, beacon=leader.proto.beacon(r),
+        attempt=0, skip=(ranked[-1].id,),
+    )  # fmt: skip
+    assert built is not None and not any(built.roster.credit) and built.roster.seals
+
+
+def test_a_leader_whose_turn_came_is_served_into_the_next_attempt():
+    """A rank-1 leader whose turn came late in attempt 0 fetches into attempt 1, where it ranks
+    after the attempt's fresh candidates: the gate still serves it, as readers take its roster
+    (election.check_turn). Before, owners refused it there and it listed them unserved."""
+    from node.round.trust.gate import LeadView
+    from tests.test_round_protocol import CFG
+
+    turns = frozenset(f"Qm{c}" for c in "abcdef")
+    beacon = "0" * 64
+    second = election.ranking(beacon, 0, set(turns))[1]
+    view = LeadView(1, beacon, turns, frozenset(), {}, 0.0, CFG)
+    came = election.turn(election.Slot(0, 1), CFG)
+    assert not view.may_lead(second, came - 1) and view.may_lead(second, came)
+    later = election.attempt_seconds(CFG) + 1  # attempt 1: its slot there has not come
+    assert not election.may_lead(election.slot_of(beacon, 1, set(turns), second), later, CFG)
+    assert view.may_lead(second, later) and not view.may_lead("Qmzz", later)
+
+
+def test_a_receipt_lost_once_is_asked_again():
+    """One owner's first receipt answer is lost: the leader asks it once more, and the round is
+    credited (without the second ask the whole roster would credit nobody)."""
+    _, _, peers = swarm(4)
+    play_round(peers)
+    lost = []
+    for p in peers:
+        real = p.net.answer
+
+        def answer(request, real=real, p=p):
+            if request.op == "receipt" and p.id not in lost:
+                lost.append(p.id)
+                return None  # the answer never came
+            return real(request)
+
+        p.net.answer = answer
+    accepted = next(iter(play_round(peers).values())).accepted
+    assert len(lost) == 3 and len(accepted.roster.receipts) == 4  # the leader signs its own
+    assert accepted.roster.credit == (credit.UNITS,) * 4
+
+
+def test_an_owner_that_serves_but_withholds_its_receipt_costs_only_its_own_entry():
+    """Receipt griefing: an owner the leader sealed serves its update and never answers for its
+    receipt. One sealed entry without a receipt makes a roster credit nobody (sealed.creditable),
+    so the leader asks for receipts right after the seals[0] fetch and leaves out (as `unserved`)
+    whoever gave none: the other entries are credited, the griefer is not listed."""
+    _, _, peers = swarm(4)
+    play_round(peers)
+    r = peers[0].round + 1
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    griefer = next(p for p in peers if p.id == order[1])  # served by rank 0, which leads
+    real = griefer.net.answer
+    griefer.net.answer = lambda request: None if request.op == "receipt" else real(request)
+    accepted = next(iter(play_round(peers).values())).accepted
+    roster, anns = accepted.roster, accepted.announcements
+    assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
+    assert griefer.id not in {a.peer for a in anns} and griefer.id in roster.unserved
+    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
+    credit.check(roster, anns, set())

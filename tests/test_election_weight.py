@@ -168,3 +168,20 @@ def test_a_late_peer_counts_who_moved_past_the_round_by_tickets():
     assert election.moved_on(peers, cands, "me", 64, {"me": 60, "led": 60, "thawed": 2})
     assert not election.moved_on(peers, cands, "me", 64, {"led": 2, "thawed": 60})  # the credit is not past it
     assert not election.moved_on({"me": peers["me"]}, cands, "me", 64)  # nobody else known
+
+
+def test_a_ledgers_tickets_are_remembered_per_window_and_counted_again_when_a_roster_changes():
+    """Ledger.tickets is asked several times a poll (our turn, the owner gate's view, moved_on,
+    each roster read): it counts a window once, and again when any roster of it is replaced."""
+    ledger = Ledger(rosters=window())
+    first = ledger.tickets(65, 2)
+    assert ledger.tickets(65, 2) == first and len(ledger.counted) == 1  # remembered, not counted again
+    first[HONEST[0]] = 0  # a caller's copy: the memo is not changed through it
+    assert ledger.tickets(65, 2)[HONEST[0]] == 64
+    ledger.rosters[64] = held(64, HONEST[0][:2], {s[:3]: 64 for s in SYBILS})  # a swap: another roster
+    changed = ledger.tickets(65, 2)
+    assert changed[HONEST[1]] == 63 and changed[SYBILS[0]] == 3
+    assert changed == credit.tickets(ledger.rosters, omission.claims(ledger.rosters, 2))
+    for r in range(60, 66):  # older windows fall out of the memo
+        ledger.tickets(r, 2)
+    assert len(ledger.counted) == 4

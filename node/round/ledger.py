@@ -26,6 +26,7 @@ from protocol.records import GENESIS
 log = logging.getLogger("swarmtrain.ledger")
 WINDOW = 64  # rosters kept in memory: enough for election, votes and ban windows
 SERVE_BYTES = 4 * 2**20  # one `ledger` RPC answer holds rosters up to about this many bytes
+TICKET_MEMO = 4  # windows whose tickets a ledger remembers (the round awaited, the one before, a sibling's)
 
 
 class ScoredRound(NamedTuple):
@@ -64,6 +65,8 @@ class Ledger:
     """[swarm] identity_epoch_rounds: the beacons of rounds that start epochs are kept (0: none)."""
     seeds: dict[int, str] = field(default_factory=dict)
     """Round -> beacon of the last 3 epoch-starting rosters taken: admission seeds (protocol/admission/work.py)."""
+    counted: dict[tuple, tuple[list, dict[str, int]]] = field(default_factory=dict, repr=False, compare=False)
+    """The last windows' tickets, by the rosters' identities (`tickets`): asked several times a poll."""
 
     @classmethod
     def load(cls, path: Path, epoch_rounds: int = 0) -> Ledger:
@@ -247,8 +250,16 @@ class Ledger:
         whole rounds of credit in the rosters before that round, claims counted as `established`
         counts them. Only rosters before it, so a reader that holds the round's roster already (a
         sibling's slot, election.better_siblings) ranks it as its leader did."""
-        before = {r: a for r, a in self.rosters.items() if r < round_no}
-        return credit.tickets(before, omission.claims(before, k))
+        before = sorted((r, a) for r, a in self.rosters.items() if r < round_no)
+        key = (k, tuple((r, id(a)) for r, a in before))  # ids stay unique: the memo holds the rosters
+        hit = self.counted.get(key)
+        if hit is None:
+            held = dict(before)
+            hit = (before, credit.tickets(held, omission.claims(held, k)))
+            if len(self.counted) >= TICKET_MEMO:
+                self.counted.pop(next(iter(self.counted)))
+            self.counted[key] = hit
+        return dict(hit[1])
 
     def caught(self) -> set[str]:
         """Owners the window's v3 rosters convicted of lying with a fraud proof: banned, as a

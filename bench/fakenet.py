@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -123,6 +123,35 @@ def in_step(owner, awaiting: list) -> None:
             gate.view, gate.clock = own
 
     gate.unstepped, gate.refusal = unstepped, refusal
+
+
+class AnyTurn(NamedTuple):
+    """A gate view (node/round/trust/gate.py LeadView) in which every sealing requester's turn has come."""
+
+    round: int
+
+    def may_lead(self, peer: str, now: float) -> bool:
+        return True
+
+
+def ungated(*peers) -> None:
+    """For tests that are not about protocol 18's owner gate (tests/test_sealed_rounds.py is): each
+    peer's gate serves any leader that presents a seal listing its update, whoever and whenever;
+    the seal and receipt rules still hold. (A test that builds a roster by hand, outside any
+    await, has no turn for the owners to judge.)"""
+    for owner in peers:
+        gate = owner.proto.gate
+        unstepped = getattr(gate, "unstepped", gate.refusal)
+
+        def refusal(round_no, peer, requester, seal_env, gate=gate, unstepped=unstepped):
+            own = gate.view
+            gate.view = AnyTurn(round_no)
+            try:
+                return unstepped(round_no, peer, requester, seal_env)
+            finally:
+                gate.view = own
+
+        gate.unstepped, gate.refusal = unstepped, refusal
 
 
 class FakeNet:

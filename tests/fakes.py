@@ -2,7 +2,18 @@
 bench/fakenet.py, so that `bench byzantine --sybil` (which may not import tests/) runs the same
 fake network; this module keeps the names every test imports."""
 
-from bench.fakenet import BusNet, FakeClock, FakeDHT, FakeNet, ScatterBus, digest_of, in_step, new_key, sealed_roster
+from bench.fakenet import (
+    BusNet,
+    FakeClock,
+    FakeDHT,
+    FakeNet,
+    ScatterBus,
+    digest_of,
+    in_step,
+    new_key,
+    sealed_roster,
+    ungated,
+)
 
 __all__ = [
     "BusNet",
@@ -14,4 +25,5 @@ __all__ = [
     "in_step",
     "new_key",
     "sealed_roster",
+    "ungated",
 ]

@@ -21,7 +21,7 @@ from protocol import keys, signed, signing
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import GENESIS, Announcement
-from tests.fakes import new_key
+from tests.fakes import in_step, new_key
 from tests.test_round_protocol import BASE0, CFG, RUN, NoSleep, Peer, play_round, sibling_of, swarm
 
 SHAPE = UpdateShape(codec="dense-float16", payload_bytes=64)
@@ -150,7 +150,11 @@ def test_ten_silent_sybils_at_the_first_ranks_hold_the_round_for_one_attempt(mon
     slot = election.Slot(landing, order.index(first))
     assert landing == 1 and election.turn(slot, cfg) < cfg.round_timeout
     assert cfg.collect_timeout + 10 * cfg.leader_backoff > cfg.round_timeout  # the old rule's first honest turn
+    now = [by_id(peers, first)]  # a swarm awaits at once: the owners' gates follow the leader's turn
+    for p in peers:
+        in_step(p, now)
     accepted = by_id(peers, first).proto.await_roster(1, BASE0, 0, NoSleep())
+    now.clear()
     assert accepted is not None and accepted.roster.leader == first and accepted.roster.attempt == landing
     assert {a.peer for a in accepted.announcements} == ids(honest)
     for p in honest:  # every honest peer takes that roster (after its turn on its own clock)
@@ -299,7 +303,7 @@ def test_an_announcement_of_another_size_is_never_fetched():
     # a roster that lists it anyway is refused before a byte is asked for, and cannot be gathered
     liar_env = dht.get(keys.updates_key(RUN, 1))[liar.id]
     padded = tuple(sorted((*accepted.roster.entries, liar_env), key=lambda e: signed.open_record(e, Announcement).peer))
-    env = resealed(leader, accepted, entries=padded, scores=(), credit=(64,) * len(padded))
+    env = resealed(leader, accepted, entries=padded, scores=(), credit=(0,) * len(padded))  # credit is not its point
     reader = next(p for p in honest if p is not leader)
     with pytest.raises(ProtocolError, match="every update of this run is"):
         reader.proto.check_roster(env, leader.id, 1, BASE0, reader_of(reader))

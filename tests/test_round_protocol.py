@@ -4,6 +4,7 @@ issue 8 as a fast unit test (tests/fakes.py; the real RunValidator guards the fa
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -115,7 +116,9 @@ def play_round(peers: list[Peer], payloads: dict | None = None, *, meanwhile=Non
     r = peers[0].round + 1
     if meanwhile is not None:
         meanwhile(r)
-    knows = next(p for p in peers if p.proto.beacon(r) is not None)  # a joiner knows none
+    # the beacon most peers rank under (a joiner knows none; a peer on a worse sibling another one)
+    beacons = Counter(p.proto.beacon(r) for p in peers if p.proto.beacon(r) is not None)
+    knows = next(p for p in peers if p.proto.beacon(r) == beacons.most_common(1)[0][0])
     rank = election.ranking(knows.proto.beacon(r), 0, {p.id for p in peers}, tickets=knows.proto.tickets(r))
 
     # those that may lead first: in a real swarm the others wait for them concurrently

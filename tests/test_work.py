@@ -22,6 +22,7 @@ from protocol.admission import rule, work
 from protocol.admission.rule import DISABLED, LOOKBACK, Admission
 from protocol.errors import ProtocolError
 from protocol.records import Announcement, Roster
+from tests.fakes import ungated
 from tests.test_round_protocol import BASE0, RUN, Peer, play_round, swarm
 
 PUZZLE = work.Puzzle(run_id=RUN, bits=3, n_log2=4, r=8, stamp_bits=3)
@@ -200,6 +201,7 @@ def test_a_roster_listing_an_unproven_author_is_refused_by_readers():
     admit([newcomer], solve=False)  # it did not solve: its announcement carries no work
     leader, reader = peers[0], peers[1]
     leader.proto.admission = leader.proto.builder.admission = DISABLED  # a leader that ignores the rule
+    ungated(*peers, newcomer)  # built by hand, outside any round's turns
     for p in [*peers, newcomer]:
         p.heartbeat()
         p.announce(f"update {p.id}".encode())
@@ -377,7 +379,7 @@ def test_a_banned_identity_back_with_a_new_key_is_not_credited_before_it_solves(
         back.digest, back.round = peers[0].digest, peers[0].round
         back.heartbeat()
         back.announce(b"the returning peer's update")
-        played = play_round(peers)
+        played = play_round(peers, owners=[back])  # it announces too: its gate follows the round (in_step)
         return {a.peer for a in played[peers[0].id].accepted.announcements}
 
     assert back.id not in play_with_back()  # no proof: left out, so no credit

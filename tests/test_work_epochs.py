@@ -14,6 +14,7 @@ from protocol.admission import work
 from protocol.admission.renew import Renewal
 from protocol.admission.rule import DISABLED, Admission
 from protocol.errors import ProtocolError
+from tests.fakes import ungated
 from tests.test_round_protocol import RUN, Peer, play_round, swarm
 
 EPOCH = 4
@@ -109,6 +110,7 @@ def test_a_roster_listing_a_stale_or_relabelled_proof_is_refused_by_readers(rela
         proof = tuple(PUZZLE.solve(der, STOP, first=None))  # relabelled nonce in 64 valid (CI drew one)
     stale.proto.admission.proof = (2, *proof[1:]) if relabel else proof
     leader.proto.admission = leader.proto.builder.admission = DISABLED  # a leader that ignores the rule
+    ungated(*peers)  # built by hand, outside any round's turns
     for p in peers:
         p.heartbeat()
         p.announce(f"update {p.id} {proof[0]}".encode())

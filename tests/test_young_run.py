@@ -21,7 +21,7 @@ from node.round.trust import chain
 from node.round.trust.catchup import Catchup, Head
 from protocol import keys
 from protocol.errors import ProtocolError
-from tests.fakes import FakeDHT, new_key
+from tests.fakes import FakeDHT, in_step, new_key
 from tests.test_round_protocol import BASE0, CFG, RUN, NoSleep, Peer
 from tests.test_sybil_attacks import Z, grow, hold, serve
 
@@ -73,11 +73,15 @@ class YoungSwarm:
         leaders = [p for p in everyone if p.id in (p.proto.candidates(p.proto.peers(), p.digest, p.round) or ())]
         judge = self.honest[0].proto
         rank = election.ranking(judge.beacon(r), 0, {p.id for p in leaders}, tickets=judge.tickets(r))
-        taken = {}
+        taken, now = {}, []
+        for p in everyone:  # a swarm awaits at once: here one after another (bench/fakenet.py in_step)
+            in_step(p, now)
         for p in sorted(everyone, key=lambda p: rank.index(p.id) if p in leaders else len(rank)):
+            now[:] = [p]
             accepted = p.proto.await_roster(r, p.digest, p.round, NoSleep())
             assert accepted is not None, f"{p.id[:8]} got no roster of round {r}"
             taken[p.id] = accepted
+        now.clear()  # the owners' gates are their own again
         return taken
 
 
@@ -117,26 +121,37 @@ def play(s: YoungSwarm, *, attack: bool = True) -> dict[str, AcceptedRoster]:
 def test_sybils_never_lead_a_young_run_and_cannot_keep_the_honest_peers_out():
     """4 Sybils and 2 honest peers. Each young round every Sybil stores a roster listing Sybil
     updates only: every member refuses them, and the chain check too; the organizer's rosters
-    list everyone, so after established_rounds (2) rounds both honest peers are established,
-    whatever the Sybils did. Then (6 established besides the organizer) the run is grown: the
-    organizer is no candidate any more, and established peers lead."""
+    list every honest volunteer (a Sybil that led a roster of its own released its update under
+    its own seal first, so it gives the organizer no receipt and is left out), so after
+    established_rounds (2) rounds both honest peers are established, whatever the Sybils did.
+    Two rounds without the attack establish the Sybils too; then (6 established besides the
+    organizer) the run is grown: the organizer is no candidate any more, and established peers lead."""
     s = YoungSwarm()
     for r in (1, 2):
         assert all(p.proto.young() for p in (s.organizer, *s.volunteers))
         taken = play(s)
         assert {a.roster.leader for a in taken.values()} == {s.organizer.id}
-        assert {a.peer for a in taken[s.honest[0].id].announcements} == {p.id for p in s.volunteers}
+        # a Sybil that built its own roster released its update to its own seal first (protocol 18):
+        # the organizer gets no receipt from it and leaves it out, which costs that Sybil alone
+        assert {a.peer for a in taken[s.honest[0].id].announcements} == {p.id for p in s.honest}
         for member in s.honest:  # every member saw the Sybils' rosters and refused them
             assert {(r, sybil.id) for sybil in s.sybils} <= member.proto.refused
     honest_ids = {p.id for p in s.honest}
     for p in (s.organizer, *s.volunteers):
         established = p.ledger.established(YOUNG.established_rounds)
+        assert established == honest_ids and p.proto.young()  # 2 of bootstrap_peers (3): still young
+    for _ in (3, 4):  # the Sybils stop leading rosters of their own: the organizer lists everyone
+        taken = play(s, attack=False)
+        assert {a.roster.leader for a in taken.values()} == {s.organizer.id}
+        assert {a.peer for a in taken[s.honest[0].id].announcements} == {p.id for p in s.volunteers}
+    for p in (s.organizer, *s.volunteers):
+        established = p.ledger.established(YOUNG.established_rounds)
         assert honest_ids <= established and s.organizer.id not in established
         assert not p.proto.young()  # 6 established besides the organizer (rounds to establish: 2)
-    taken = play(s, attack=False)  # round 3: a grown run
+    taken = play(s, attack=False)  # round 5: a grown run
     leader = taken[s.honest[0].id].roster.leader
     assert leader != s.organizer.id and len({a.hash for a in taken.values()}) == 1
-    cands = s.organizer.proto.candidates(s.organizer.proto.peers(), BASE0, 2)
+    cands = s.organizer.proto.candidates(s.organizer.proto.peers(), BASE0, 4)
     assert s.organizer.id not in (cands or set())
 
 

@@ -13,7 +13,12 @@ Requests (what a peer says):
   {"op": "receipt", "run": R, "round": r, "peer": P, "seal": S}
       "Give me your signed receipt for your update of round r, released under seal S." P is the
       owner asked; it answers with its receipt envelope (msgpack) when S is the first seal it
-      released its update under this round, else refuses. Asked by a leader after its fetches.
+      released its update under this round. Asked by a leader after its fetches. Protocol 19: the
+      payload is a ReceiptAnswer (below): {"receipt": E} when S is that first seal; when the
+      owner released its update under S but first under another seal F, {"receipt": E, "seal": F}:
+      its one receipt of the round (naming F) and F, evidence that the round went out before S
+      (the leader then keeps the owner's entry, and its roster credits nobody: docs/protocol.md
+      "Sealed rounds"); else it refuses. At most MAX_RECEIPT_ANSWER bytes.
   {"op": "state", "run": R}
       "Send me your current training state of run R."
   {"op": "ledger", "run": R, "round": r}
@@ -51,6 +56,7 @@ HEADER_LEN = 8
 MAX_REQUEST_BYTES = 4096 + 4096 * 67 + 2048
 OPS = ("update", "state", "ledger", "checkpoint", "scatter", "receipt")
 MAX_ERROR_CHARS = 500
+MAX_RECEIPT_ANSWER = MAX_REQUEST_BYTES + 4096  # a seal (as a request carries one) and a receipt (< 1 KiB)
 # a refusal: fixmap(1) + "ok"(3) + false(1) + "error"(6) + str16 header(3) + 500 chars x 4 UTF-8 bytes
 MAX_ERROR_RESPONSE = 1 + 3 + 1 + 6 + 3 + 4 * MAX_ERROR_CHARS
 RESPONSE_OVERHEAD = 32  # more than ok_response_length(n) - n for any n: the limit without an expected size
@@ -145,13 +151,39 @@ class Request:
         if op in ("update", "receipt") and not (isinstance(peer, str) and PEER_ID_RE.match(peer)):
             raise ProtocolError("request: 'peer' must be a base58 peer id")
         seal = d.get("seal")
-        if seal is not None and not (
-            isinstance(seal, dict) and all(type(seal.get(k)) is bytes for k in ("body", "key", "sig"))
-        ):
+        if seal is not None and not _is_envelope(seal):
             raise ProtocolError("request: 'seal' must be a signed envelope")
         if op == "receipt" and seal is None:
             raise ProtocolError("request: a receipt request names its seal")
         return cls(op=op, run=run, round=rnd, peer=peer if isinstance(peer, str) else "", seal=seal)
+
+
+def _is_envelope(x: object) -> bool:
+    """A signed envelope's shape (protocol/signed.py opens and verifies it)."""
+    return isinstance(x, dict) and all(type(x.get(k)) is bytes for k in ("body", "key", "sig"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptAnswer:
+    """The payload of a `receipt` answer (protocol 19): the owner's receipt envelope and, when that
+    receipt names another seal than the one asked about, that seal's envelope."""
+
+    receipt: dict
+    seal: dict | None = None
+
+    def encode(self) -> bytes:
+        d = {"receipt": self.receipt} if self.seal is None else {"receipt": self.receipt, "seal": self.seal}
+        return msgpack.packb(d, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ReceiptAnswer:
+        if not isinstance(data, bytes) or len(data) > MAX_RECEIPT_ANSWER:
+            raise ProtocolError(f"receipt answer: not bytes, or more than {MAX_RECEIPT_ANSWER}")
+        d = _unpack_map(data, "receipt answer")
+        receipt, seal = d.get("receipt"), d.get("seal")
+        if not _is_envelope(receipt) or not (seal is None or _is_envelope(seal)):
+            raise ProtocolError("receipt answer: 'receipt' (and 'seal', if any) must be signed envelopes")
+        return cls(receipt=receipt, seal=seal)
 
 
 def encode_response(payload: bytes | None = None, error: str = "") -> bytes:

@@ -13,9 +13,9 @@ from node.round.trust import credit, sealed
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.kinds.sealed import Receipt, Seal
-from protocol.messages import Request
+from protocol.messages import ReceiptAnswer, Request
 from protocol.records import Announcement
-from tests.test_round_protocol import RUN, play_round, swarm
+from tests.test_round_protocol import RUN, NoSleep, play_round, swarm
 
 
 def announced(peers) -> tuple[int, str, list]:
@@ -85,6 +85,9 @@ def test_the_gate_refuses_every_request_but_a_sealing_leader_whose_turn_came():
     again = seal_of(leader, r, [envs[owner.id]])
     assert ask(leader, owner, r, again) == owner.net.held_update(r, owner.id)
     assert owner.proto.gate.receipt(r, again)[0] is None
+    shown = ReceiptAnswer.decode(owner.proto.gate.answer(r, again)[0])  # protocol 19: its receipt and first seal
+    assert shown.seal == mine and signed.open_record(shown.receipt, Receipt).seal == signed.body_hash(mine)
+    assert owner.proto.gate.answer(r, seal_of(late, r, list(envs.values())))[0] is None  # never released under it
     owner.proto.gate.opened(r)
     assert ask(late, owner, r, None) == owner.net.held_update(r, owner.id)  # after the roster: anyone
 
@@ -202,5 +205,89 @@ def test_an_owner_that_serves_but_withholds_its_receipt_costs_only_its_own_entry
     roster, anns = accepted.roster, accepted.announcements
     assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
     assert griefer.id not in {a.peer for a in anns} and griefer.id in roster.unserved
+    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
+    credit.check(roster, anns, set())
+
+
+def crowd_at_ranks_0_and_1():
+    """Six established peers; round r's heartbeats are in and ranks 0 and 1 (A, B) are the crowd's,
+    the other four honest owners announce. (peers, r, A, B, honest)"""
+    _, _, peers = swarm(6)
+    for _ in range(2):
+        play_round(peers)
+    peers[0].net.dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    r = peers[0].round + 1
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    ranked = sorted(peers, key=lambda p: order.index(p.id))
+    a, b, honest = ranked[0], ranked[1], ranked[2:]
+    for p in honest:
+        p.announce(f"update {p.id} {p.round}".encode())
+    return peers, r, a, b, honest
+
+
+def test_a_round_leaked_to_a_crowd_candidate_first_credits_nobody_and_keeps_the_honest_owners():
+    """Two crowd keys at ranks 0 and 1: rank 1's turn comes on the owners' clocks while rank 0 stays
+    silent; the owners release to rank 1's seal, its crowd mixes the payloads, then rank 0 seals the
+    mixes with the honest announcements and is served (rank 0's turn came). Owners asked for a receipt
+    under a seal that is not their first answer with their one receipt and that first seal (protocol
+    19): the leader keeps them and its roster credits nobody. Before, it left them out as receipt
+    withholders (`unserved`) and credited the mixes in full."""
+    peers, r, a, b, honest = crowd_at_ranks_0_and_1()
+    a.net.dht.clock.t += election.turn(election.Slot(0, 1), a.proto.cfg) + 1  # rank 1's turn comes, rank 0 silent
+    for p in peers:
+        p.heartbeat()  # every peer stays live
+    envs = [h.proto.builder.announcements(r, h.digest)[h.id].envelope for h in honest]
+    first = seal_of(b, r, envs)
+    leaked = [ask(b, h, r, first) for h in honest]
+    assert all(got == h.net.held_update(r, h.id) for got, h in zip(leaked, honest))  # B's turn came: served
+    for p in (a, b):  # the crowd's mixes of the round's own updates
+        p.announce(b"mix " + b"|".join(leaked) + p.id.encode())
+    accepted = a.proto.await_roster(r, a.digest, a.round, NoSleep())
+    roster, anns = accepted.roster, list(accepted.announcements)
+    assert roster.leader == a.id and roster.attempt == 0 and not roster.skip
+    assert {h.id for h in honest} <= {x.peer for x in anns} and not set(roster.unserved) & {h.id for h in honest}
+    assert not any(roster.credit) and sealed.creditable(roster, anns) == [False] * len(anns)
+    credit.check(roster, anns, set())  # crediting nobody is taken
+    mixes = [credit.UNITS if x.peer in (a.id, b.id) else 0 for x in anns]
+    with pytest.raises(ProtocolError, match="not sealed and receipted"):  # members refuse crediting the mixes
+        credit.check(replace(roster, credit=tuple(mixes)), anns, set())
+
+
+@pytest.mark.parametrize("forged", ["signer is no candidate", "seal does not list the owner", "seal of another base"])
+def test_an_owner_with_fabricated_evidence_of_an_earlier_release_is_left_out(forged):
+    """A Sybil owner answers the receipt request with its receipt naming another seal and that seal,
+    fabricated: signed by a key that is no candidate of the round, or not listing its announcement,
+    or of another base. It is left out as unserved (its grief costs its own entry) and the roster
+    credits the others."""
+    from tests.fakes import new_key
+
+    _, _, peers = swarm(4)
+    play_round(peers)
+    r = peers[0].round + 1
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    sybil = next(p for p in peers if p.id == order[1])
+    stranger_key, stranger = new_key()
+    real = sybil.net.answer
+
+    def answer(request):
+        if request.op != "receipt":
+            return real(request)
+        own = sybil.proto.builder.announcements(r, sybil.digest)[sybil.id].envelope
+        listed = [own] if forged != "seal does not list the owner" else []
+        key, leader = (stranger_key, stranger) if forged == "signer is no candidate" else (sybil.key, sybil.id)
+        base = "b" * 64 if forged == "seal of another base" else sybil.digest
+        digests = tuple(sorted(signed.body_hash(e) for e in listed))
+        seal = Seal(run=RUN, round=r, base=base, leader=leader, time=sybil.net.now(), announcements=digests)
+        seal_env = signed.seal(key, seal)
+        receipt = Receipt(run=RUN, round=r, owner=sybil.id, seal=signed.body_hash(seal_env), time=sybil.net.now())
+        return ReceiptAnswer(receipt=signed.seal(sybil.key, receipt), seal=seal_env).encode()
+
+    sybil.net.answer = answer
+    accepted = next(iter(play_round(peers).values())).accepted
+    roster, anns = accepted.roster, accepted.announcements
+    assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
+    assert sybil.id not in {x.peer for x in anns} and sybil.id in roster.unserved
     assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
     credit.check(roster, anns, set())

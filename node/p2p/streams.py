@@ -145,9 +145,9 @@ class Serving:
             self.refused["sealed"] += 1
             return request.op, encode_response(None, sealed)
         if request.op == "receipt":
-            payload, error = self._gate_of_rounds.receipt(request.round, request.seal)
+            payload, error = self._gate_of_rounds.answer(request.round, request.seal)  # a ReceiptAnswer
             self.served[request.op] += payload is not None
-            return request.op, encode_response(None if payload is None else msgpack.packb(payload), error)
+            return request.op, encode_response(payload, error)
         payload, error = self._answer(request, peer, held)
         if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
             payload = await self._await_update((request.round, request.peer))

@@ -17,14 +17,12 @@ import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-import msgpack
-
 from node.config import SwarmConfig
 from node.round.net import RoundNet
 from protocol import signed
 from protocol.errors import ProtocolError
-from protocol.kinds.sealed import RECEIPT_BODY, Receipt
-from protocol.messages import Request, UpdateEnvelope
+from protocol.kinds.sealed import Receipt
+from protocol.messages import ReceiptAnswer, Request, UpdateEnvelope
 from protocol.records import Announcement
 
 ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (relay.sources)
@@ -148,11 +146,13 @@ class UpdateFetcher:
                 results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
         return results
 
-    def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, dict]:
-        """Owner -> its signed receipt for its update of `round_no` released under `seal_env`
-        (protocol 18): those that came back, verified as their owner's, of this round and seal.
-        Owners whose answer failed are asked once more (the leader leaves out the entry of an
-        owner that gives none: node/round/lead.py), each time within FETCH_FLOOR seconds."""
+    def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, ReceiptAnswer]:
+        """Owner -> its answer for its update of `round_no` released under `seal_env` (protocol 18-19):
+        those that came back with the owner's receipt of this run and round, either naming `seal_env`
+        (`seal` None) or naming the seal the answer carries (the owner released first under it: the
+        leader judges that evidence, node/round/lead.py). Owners whose answer failed are asked once
+        more (the leader leaves out the entry of an owner that gives none), each time within
+        FETCH_FLOOR seconds."""
         digest, got = signed.body_hash(seal_env), {}
         for _ in range(2):
             ask = [p for p in owners if p not in got]
@@ -166,19 +166,22 @@ class UpdateFetcher:
             except Exception as e:  # the transport is gone: no receipts, no credit this round
                 answers = [e] * len(jobs)
             for p, blob in zip(ask, answers):
-                env = self._receipt(p, blob, round_no, digest)
-                if env is not None:
-                    got[p] = env
+                answer = self._receipt(p, blob, round_no, digest)
+                if answer is not None:
+                    got[p] = answer
         return got
 
-    def _receipt(self, owner: str, blob: bytes | Exception, round_no: int, digest: str) -> dict | None:
+    def _receipt(self, owner: str, blob: bytes | Exception, round_no: int, digest: str) -> ReceiptAnswer | None:
         try:
-            small = isinstance(blob, bytes) and len(blob) <= 2 * RECEIPT_BODY  # a receipt envelope is < 1 KiB
-            env = msgpack.unpackb(blob, raw=False) if small else None
-            r = signed.open_record(env, Receipt, signer=owner)
-        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException):
+            answer = ReceiptAnswer.decode(blob)
+            r = signed.open_record(answer.receipt, Receipt, signer=owner)
+        except ProtocolError:
             return None
-        return env if (r.run, r.round, r.seal) == (self.run_id, round_no, digest) else None
+        if (r.run, r.round) != (self.run_id, round_no):
+            return None
+        if r.seal == digest:
+            return ReceiptAnswer(receipt=answer.receipt)  # names our seal: any evidence is beside the point
+        return answer if answer.seal is not None and signed.body_hash(answer.seal) == r.seal else None
 
     def keep(self, round_no: int, ann: Announcement, blob: bytes) -> None:
         """Hold (and serve) a fetched copy that is the owner's bytes. Run as each fetch ends: two

@@ -11,7 +11,7 @@ unique reveal of the round, the beacon the round was ranked under and the attemp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -118,6 +118,7 @@ class RosterBuilder:
         slow: set[str] = frozenset(),
         picked: Picked | None = None,
         floor: float | None = None,
+        candidates: Collection[str] = frozenset(),
     ) -> AcceptedRoster | None:
         """Our signed roster of the announced updates of `eligible` peers that we could fetch and
         check, chained on roster `prev`, led in `attempt` of the election under `beacon`, passing
@@ -125,7 +126,8 @@ class RosterBuilder:
         updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly.
         `picked`: what `pick` gave for these arguments (not read again). The updates key is read
         again after the fetch; the roster's cutoff is then, at least `floor` (node/round/trust/
-        omission.py: the chain's floor, which the caller waited for)."""
+        omission.py: the chain's floor, which the caller waited for). `candidates`: who may lead
+        the round (its turns): an owner released first to one of them keeps its entry (protocol 19)."""
         chosen = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
         at_least = chosen.at_least
         # Protocol 18: seal what we take before any payload moves (a rebuild keeps the round's first seal)
@@ -141,11 +143,13 @@ class RosterBuilder:
         # owner withholding it costs its own entry only. A roster of a later rank or attempt credits
         # nobody anyway: there an owner first released to an earlier candidate keeps its entry. (A
         # builder wired to no gate of ours is an unsealed test harness: RoundProtocol always wires one.)
-        served = [s.announcement.peer for s, b in zip(picked, blobs) if not isinstance(b, Exception)]
-        receipts = self._receipts(round_no, seal0, served)
+        # Protocol 19: an owner that shows it released first under another candidate's seal is kept
+        # (the round leaked before our seal: the roster credits nobody), not left out.
+        served = [s for s, b in zip(picked, blobs) if not isinstance(b, Exception)]
+        receipts, leaked = self._receipts(round_no, seal0, served, candidates)
         if self.gate is not None and not skip and attempt == 0:
             blobs = [
-                b if isinstance(b, Exception) or s.announcement.peer in {*receipts, self.me} else NO_RECEIPT
+                b if isinstance(b, Exception) or s.announcement.peer in {*receipts, *leaked, self.me} else NO_RECEIPT
                 for s, b in zip(picked, blobs)
             ]
         # The second read (design step 5): what came while we fetched. Known authors only (a
@@ -220,16 +224,28 @@ class RosterBuilder:
         )
         return signed.seal(self.key, seal)
 
-    def _receipts(self, round_no: int, seal0: dict, owners: list[str]) -> dict[str, dict]:
-        """Owner -> its receipt naming `seal0`, of the `owners` that served under it; ours signed here."""
-        others = [p for p in owners if p != self.me]
-        out = self.updates.receipts(others, round_no, seal0)
-        if self.me in owners and self.gate is not None:
+    def _receipts(
+        self, round_no: int, seal0: dict, served: list[SignedAnnouncement], candidates: Collection[str]
+    ) -> tuple[dict[str, dict], set[str]]:
+        """Of the owners that `served` under `seal0`: owner -> its receipt naming `seal0` (ours signed
+        here), and the owners that showed they released first under another candidate's seal."""
+        others = {s.announcement.peer: s.envelope for s in served if s.announcement.peer != self.me}
+        answers = self.updates.receipts(list(others), round_no, seal0)
+        out = {p: a.receipt for p, a in answers.items() if a.seal is None}
+        ours = signed.open_record(seal0, Seal)
+        leaked = {
+            p
+            for p, a in answers.items()
+            if a.seal is not None and sealed.released_before(a.seal, ours, others[p], candidates)
+        }
+        if leaked:
+            log.warning("round %d: %d owners released first to another leader: we credit nobody", round_no, len(leaked))
+        if self.me in {s.announcement.peer for s in served} and self.gate is not None:
             try:
                 out[self.me] = self.gate.own_receipt(round_no, seal0)
             except ProtocolError as e:  # our update went first to another leader's seal
                 log.info("round %d: no receipt of our own update: %s", round_no, e)
-        return out
+        return out, leaked
 
     def pick(
         self, round_no: int, base: str, eligible: set[str], at_least: int, *, beacon: str, slow: set[str] = frozenset()

@@ -313,6 +313,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 slow=slow,
                 picked=picked,
                 floor=floor,
+                candidates=ranked,
             )
         if accepted is None:
             return None

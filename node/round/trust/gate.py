@@ -13,7 +13,10 @@ payload of the round is seen before its credited set is fixed. A round-r update 
 
 Before (a), only our own update is served (a copy we hold, as a leader before it publishes, is not).
 Anything else is refused with "sealed: ...". The owner signs one Receipt a round, naming the first
-seal it released its update under (asked by the leader with a `receipt` request).
+seal it released its update under (asked by the leader with a `receipt` request). Asked under a
+later seal it released under, it answers with that receipt and the first seal (protocol 19,
+protocol/messages.py ReceiptAnswer): the round went out before that leader's seal, and the leader
+keeps our entry (its roster then credits nobody) rather than leaving us out as a withholder.
 
 The gate runs on the exchange's thread (node/p2p/exchange.py) and in FakeNet's calls: the round
 protocol replaces the view whole (`set_view`), and the rest is under one lock.
@@ -30,6 +33,7 @@ from node.round import election
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.kinds.sealed import Receipt, Seal
+from protocol.messages import ReceiptAnswer
 
 KEEP = 4  # rounds of releases remembered (the exchange keeps updates 4 rounds)
 
@@ -60,6 +64,15 @@ class LeadView(NamedTuple):
         return False
 
 
+class First(NamedTuple):
+    """The first seal we released our update of a round under, and our receipt naming it."""
+
+    digest: str
+    seal: dict
+    """Its envelope: evidence of that release for a later leader (Gate.answer)."""
+    receipt: dict | None
+
+
 class Gate:
     """This node's side of the barrier: what it may serve, and the receipts it signs."""
 
@@ -69,7 +82,7 @@ class Gate:
         self.open_through = 0  # the newest round this node accepted or published a roster of
         self.own: dict[int, str] = {}  # round -> the body hash of our own announcement
         self.released: dict[int, set[str]] = {}  # round -> seals (body hashes) we released our update under
-        self.first: dict[int, tuple[str, dict | None]] = {}  # round -> (first seal's hash, its receipt)
+        self.first: dict[int, First] = {}  # round -> the first seal we released under, our receipt
         self.refused = 0
         self._lock = threading.Lock()
 
@@ -117,7 +130,7 @@ class Gate:
             if view is None or view.round != round_no or not view.may_lead(requester, self.clock()):
                 return "sealed: the requester's turn to lead has not come here"
             released.add(digest)
-            self.first.setdefault(round_no, (digest, None))
+            self.first.setdefault(round_no, First(digest, seal_env, None))
         return None
 
     def receipt(self, round_no: int, seal_env: dict) -> tuple[dict | None, str]:
@@ -126,18 +139,35 @@ class Gate:
         digest = signed.body_hash(seal_env)
         with self._lock:
             first = self.first.get(round_no)
-            if first is None or first[0] != digest:
+            if first is None or first.digest != digest:
                 return None, "sealed: no receipt: our update was not first released under that seal"
-            if first[1] is None:
-                r = Receipt(run=self.run_id, round=round_no, owner=self.me, seal=digest, time=self.now())
-                self.first[round_no] = first = (digest, signed.seal(self.key, r))
-            return first[1], ""
+            return self._signed(round_no, first), ""
+
+    def _signed(self, round_no: int, first: First) -> dict:
+        """Our one receipt of `round_no`, naming `first` (signed once; under the lock)."""
+        if first.receipt is None:
+            r = Receipt(run=self.run_id, round=round_no, owner=self.me, seal=first.digest, time=self.now())
+            self.first[round_no] = first = first._replace(receipt=signed.seal(self.key, r))
+        return first.receipt
+
+    def answer(self, round_no: int, seal_env: dict) -> tuple[bytes | None, str]:
+        """The `receipt` op's payload for a leader asking under `seal_env` (protocol/messages.py
+        ReceiptAnswer), or None and why not: our receipt when that seal is the first we released our
+        update under; when we released under it after another seal, our receipt (naming the first)
+        and the first seal, as evidence; else nothing (we never released under it)."""
+        digest = signed.body_hash(seal_env)
+        with self._lock:
+            first = self.first.get(round_no)
+            if first is None or digest not in self.released.get(round_no, set()):
+                return None, "sealed: no receipt: our update was not released under that seal"
+            evidence = None if first.digest == digest else first.seal
+            return ReceiptAnswer(receipt=self._signed(round_no, first), seal=evidence).encode(), ""
 
     def own_receipt(self, round_no: int, seal_env: dict) -> dict:
         """As leader: our receipt for our own update under our own seal (we release it to ourselves)."""
         with self._lock:
             self.released.setdefault(round_no, set()).add(signed.body_hash(seal_env))
-            self.first.setdefault(round_no, (signed.body_hash(seal_env), None))
+            self.first.setdefault(round_no, First(signed.body_hash(seal_env), seal_env, None))
         got, why = self.receipt(round_no, seal_env)
         if got is None:
             raise ProtocolError(why)

@@ -21,7 +21,7 @@ catch-up, the audit) computes it alike (`check`); signatures are verified once p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from protocol import signed
 from protocol.errors import ProtocolError
@@ -65,6 +65,25 @@ def creditable(roster: Roster, anns: Sequence[Announcement]) -> list[bool]:
     if any(s and a.peer not in owners for s, a in zip(sealed, anns)):
         return none  # sealed one set, fetched or published another: nobody's round
     return sealed
+
+
+def released_before(evidence: dict, ours: Seal, announcement: dict, candidates: Collection[str]) -> bool:
+    """Whether `evidence`, the seal an owner's receipt names instead of our seal `ours` (protocol 19,
+    protocol/messages.py ReceiptAnswer), shows that the owner released its update of the round first
+    to another leader that may lead it: a seal that verifies, of our run, round and base, listing the
+    owner's `announcement` (envelope), signed by another key among the round's `candidates`. Then the
+    round went out before our seal: the leader keeps the entry (its roster credits nobody, as
+    `creditable` says of an entry without a receipt naming seals[0]). Else the owner is a withholder."""
+    try:
+        seal = signed.open_record(evidence, Seal)
+    except ProtocolError:
+        return False
+    return (
+        (seal.run, seal.round, seal.base) == (ours.run, ours.round, ours.base)
+        and signed.body_hash(announcement) in seal.announcements
+        and seal.leader != ours.leader
+        and seal.leader in candidates
+    )
 
 
 def masked(units: Sequence[int], allowed: Sequence[bool]) -> list[int]:

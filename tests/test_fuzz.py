@@ -51,6 +51,7 @@ from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoi
 from protocol.kinds.metrics import MetricsRecord
 from protocol.messages import (
     HEADER_LEN,
+    ReceiptAnswer,
     Request,
     UpdateEnvelope,
     body_length,
@@ -295,6 +296,8 @@ REQUESTS = [
     Request(op="checkpoint", run=RUN, round=64).encode(),
 ]
 RESPONSES = [encode_response(b"payload"), encode_response(None, "no state yet")]
+_ENV = {"body": b"\x81\xa3run\xa1r", "key": b"k" * 8, "sig": b"s" * 8}  # a signed envelope's shape
+RECEIPT_ANSWERS = [ReceiptAnswer(receipt=_ENV), ReceiptAnswer(receipt=_ENV, seal=_ENV)]
 ENVELOPE = UpdateEnvelope(run=RUN, round=2, peer=PEER, codec="dense-float16", payload=b"\x00\x3c" * 4)
 LENGTHS = [0, 1, 7, 15, 2014, 2015, 4096, 2**20, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
 
@@ -320,6 +323,11 @@ MESSAGES = [
     ),
     Target("messages.Request.decode", Request.decode, wire_bytes([msgpack.unpackb(r) for r in REQUESTS])),
     Target("messages.decode_response", decode_response, wire_bytes([msgpack.unpackb(r) for r in RESPONSES])),
+    Target(
+        "messages.ReceiptAnswer.decode",
+        ReceiptAnswer.decode,
+        wire_bytes([msgpack.unpackb(a.encode(), raw=False) for a in RECEIPT_ANSWERS]),
+    ),
     Target(
         "messages.UpdateEnvelope.decode",
         UpdateEnvelope.decode,

@@ -112,13 +112,13 @@ def in_step(owner, awaiting: list) -> None:
     gate = owner.proto.gate
     unstepped = getattr(gate, "unstepped", gate.refusal)
 
-    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+    def refusal(round_no: int, peer: str, requester: str, seal_env: dict | None, released: str = "") -> str | None:
         if not awaiting:
-            return unstepped(round_no, peer, requester, seal_env)
+            return unstepped(round_no, peer, requester, seal_env, released)
         own = gate.view, gate.clock
         gate.view, gate.clock = awaiting[0].proto.gate.view, awaiting[0].net.monotonic
         try:
-            return unstepped(round_no, peer, requester, seal_env)
+            return unstepped(round_no, peer, requester, seal_env, released)
         finally:
             gate.view, gate.clock = own
 
@@ -143,11 +143,11 @@ def ungated(*peers) -> None:
         gate = owner.proto.gate
         unstepped = getattr(gate, "unstepped", gate.refusal)
 
-        def refusal(round_no, peer, requester, seal_env, gate=gate, unstepped=unstepped):
+        def refusal(round_no, peer, requester, seal_env, released="", gate=gate, unstepped=unstepped):
             own = gate.view
             gate.view = AnyTurn(round_no)
             try:
-                return unstepped(round_no, peer, requester, seal_env)
+                return unstepped(round_no, peer, requester, seal_env, released)
             finally:
                 gate.view = own
 
@@ -217,7 +217,7 @@ class FakeNet:
             return None
         if request.op == "receipt":
             return None if request.peer == self.me else "sealed: receipts are signed by their owner only"
-        return self.gate.refusal(request.round, request.peer, requester, request.seal)
+        return self.gate.refusal(request.round, request.peer, requester, request.seal, request.released)
 
     def answer(self, request) -> bytes | None:
         if request.op == "receipt":

@@ -5,11 +5,13 @@ followed by that many bytes of msgpack. The length is checked against a limit be
 single byte of the body is read, so a peer cannot make us allocate what it likes.
 
 Requests (what a peer says):
-  {"op": "update", "run": R, "round": r, "peer": P[, "seal": S]}
+  {"op": "update", "run": R, "round": r, "peer": P[, "seal": S][, "released": D]}
       "Send me the update peer P announced for round r of run R (yours or one you gathered)."
       Protocol 18 (sealed rounds): before the node holds a roster of round r, it serves the
       update only to a request that presents S, a leader's signed seal (protocol/kinds/sealed.py)
       listing P's announcement (node/round/trust/gate.py); otherwise it answers "sealed: ...".
+      A member fetching after the roster names instead D, the SHA-256 of the body of the seal the
+      roster lists P's update under: the owner serves its own update under a seal it released it under.
   {"op": "receipt", "run": R, "round": r, "peer": P, "seal": S}
       "Give me your signed receipt for your update of round r, released under seal S." P is the
       owner asked; it answers with its receipt envelope (msgpack) when S is the first seal it
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.errors import ProtocolError
-from protocol.fields import PEER_ID_RE
+from protocol.fields import PEER_ID_RE, SHA256_RE
 
 HEADER_LEN = 8
 # A request carries at most one seal: MAX_ROSTER digests (protocol/kinds/sealed.py SEAL_BODY), a key, a signature
@@ -131,11 +133,16 @@ class Request:
     peer: str = ""
     seal: dict | None = None
     """A leader's signed seal envelope (update and receipt requests; absent on the wire when None)."""
+    released: str = ""
+    """A member's update request after the roster: the SHA-256 (hex) of the seal body the update was
+    released under (the roster carries it), not the seal itself, which grows with the roster."""
 
     def encode(self) -> bytes:
         d = {"op": self.op, "run": self.run, "round": self.round, "peer": self.peer}
         if self.seal is not None:
             d["seal"] = self.seal
+        if self.released:
+            d["released"] = self.released
         return msgpack.packb(d, use_bin_type=True)
 
     @classmethod
@@ -155,7 +162,11 @@ class Request:
             raise ProtocolError("request: 'seal' must be a signed envelope")
         if op == "receipt" and seal is None:
             raise ProtocolError("request: a receipt request names its seal")
-        return cls(op=op, run=run, round=rnd, peer=peer if isinstance(peer, str) else "", seal=seal)
+        released = d.get("released", "")
+        if released and not (isinstance(released, str) and SHA256_RE.fullmatch(released)):
+            raise ProtocolError("request: 'released' must be a SHA-256 hex digest")
+        peer = peer if isinstance(peer, str) else ""
+        return cls(op=op, run=run, round=rnd, peer=peer, seal=seal, released=released)
 
 
 def _is_envelope(x: object) -> bool:

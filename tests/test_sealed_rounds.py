@@ -37,8 +37,8 @@ def seal_of(p, r: int, envs: list[dict]) -> dict:
     )
 
 
-def ask(requester, owner, r: int, seal: dict | None) -> bytes | Exception:
-    request = Request(op="update", run=RUN, round=r, peer=owner.id, seal=seal)
+def ask(requester, owner, r: int, seal: dict | None, released: str = "", of=None) -> bytes | Exception:
+    request = Request(op="update", run=RUN, round=r, peer=(of or owner).id, seal=seal, released=released)
     return requester.net.fetch_many([(owner.id, request, None)], timeout=5.0)[0]
 
 
@@ -77,6 +77,12 @@ def test_the_gate_refuses_every_request_but_a_sealing_leader_whose_turn_came():
     assert isinstance(ask(leader, other, r, None), ProtocolError)  # the leader too needs its seal
     assert ask(leader, owner, r, mine) == owner.net.held_update(r, owner.id)
     assert ask(late, owner, r, mine) == owner.net.held_update(r, owner.id)  # released under that seal
+    # a member after the roster names the seal by its body hash (the roster holds it): served; a
+    # hash we released under no seal of, or a copy we hold of another's update, is not
+    assert ask(late, owner, r, None, signed.body_hash(mine)) == owner.net.held_update(r, owner.id)
+    assert "no seal of that hash" in str(ask(late, owner, r, None, "ab" * 32))
+    owner.net.keep_update(r, other.id, other.net.held_update(r, other.id))
+    assert "sealed" in str(ask(late, owner, r, None, signed.body_hash(mine), of=other))
     assert owner.proto.gate.refused >= 4
     got, _ = owner.proto.gate.receipt(r, mine)
     receipt = signed.open_record(got, Receipt, signer=owner.id)

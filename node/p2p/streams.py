@@ -181,7 +181,7 @@ class Serving:
             return "sealed: this node serves no rounds" if request.op == "receipt" else None
         if request.op == "receipt":
             return None if request.peer == self.me else "sealed: receipts are signed by their owner only"
-        return gate.refusal(request.round, request.peer, peer, request.seal)
+        return gate.refusal(request.round, request.peer, peer, request.seal, request.released)
 
     def _answer(self, request: Request, peer: str, held: contextlib.ExitStack) -> tuple[bytes | None, str]:
         if request.run != self.run_id:

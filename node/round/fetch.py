@@ -111,10 +111,12 @@ class UpdateFetcher:
         sources: Callable[[Announcement], list[str]],
         limit: float | None = None,
         seal: Callable[[Announcement], dict | None] = lambda a: None,
+        released: Callable[[Announcement], str] = lambda a: "",
     ) -> list[bytes | Exception]:
         """Each announced update's verified envelope bytes (held, else fetched from its sources in
         turn); `limit` caps each batch's seconds below the usual bound (node/round/trust/marks.py);
-        `seal(a)`: the leader's seal each request presents (protocol 18: node/round/trust/gate.py)."""
+        `seal(a)`: the leader's seal each request presents (protocol 18: node/round/trust/gate.py);
+        `released(a)`: a member's, after the roster: the body hash of the seal the roster lists it under."""
         results: list[bytes | Exception] = []
         for a in anns:
             held = self.net.held_update(round_no, a.peer)
@@ -130,7 +132,13 @@ class UpdateFetcher:
                 break
             asked = [anns[job.index] for job in jobs]
             requests = [
-                (job.source, Request(op="update", run=self.run_id, round=round_no, peer=a.peer, seal=seal(a)), a.nbytes)
+                (
+                    job.source,
+                    Request(
+                        op="update", run=self.run_id, round=round_no, peer=a.peer, seal=seal(a), released=released(a)
+                    ),
+                    a.nbytes,
+                )
                 for job, a in zip(jobs, asked)
             ]
             most = max(a.nbytes for a in asked)

@@ -345,7 +345,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
 
         seals = sealed.presented(accepted.roster, accepted.announcements)  # protocol 18: trust/gate.py
         blobs = self.updates.fetch(
-            list(accepted.announcements), round_no, sources=from_whom, seal=lambda a: seals.get(a.peer)
+            list(accepted.announcements), round_no, sources=from_whom, released=lambda a: seals.get(a.peer, "")
         )
         for a, blob in zip(accepted.announcements, blobs):
             if isinstance(blob, Exception):

@@ -100,15 +100,24 @@ class Gate:
         """A roster of `round_no` was accepted or published here: its updates are no secret now."""
         self.open_through = max(self.open_through, round_no)
 
-    def refusal(self, round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
-        """Why the update of `peer` for `round_no` is not served to `requester` (None: it is)."""
+    def refusal(
+        self, round_no: int, peer: str, requester: str, seal_env: dict | None, released: str = ""
+    ) -> str | None:
+        """Why the update of `peer` for `round_no` is not served to `requester` (None: it is).
+        `released`: instead of a seal, the body hash of one we released our update under (a member
+        fetching after the roster, which lists that seal)."""
         if round_no <= self.open_through:
             return None
-        why = self._why(round_no, peer, requester, seal_env)
+        why = self._why(round_no, peer, requester, seal_env, released)
         self.refused += why is not None
         return why
 
-    def _why(self, round_no: int, peer: str, requester: str, seal_env: dict | None) -> str | None:
+    def _why(self, round_no: int, peer: str, requester: str, seal_env: dict | None, released: str) -> str | None:
+        if seal_env is None and released and peer == self.me:
+            with self._lock:
+                if released in self.released.get(round_no, ()):
+                    return None
+            return "sealed: we released our update under no seal of that hash"
         if seal_env is None:
             return f"sealed: round {round_no} has no roster here yet, and the request presents no seal"
         if peer != self.me:

@@ -101,14 +101,14 @@ def check(roster: Roster, anns: Sequence[Announcement]) -> None:
             raise ProtocolError(f"credits {a.peer[:16]}, whose update is not sealed and receipted (protocol 18)")
 
 
-def presented(roster: Roster, anns: Sequence[Announcement]) -> dict[str, dict]:
-    """Entry author -> the seal a member presents when it fetches that update after the roster
-    (the first of the roster's seals that lists it): an owner or relay whose roster read has not
-    caught up serves it under a seal it released it under (node/round/trust/gate.py)."""
-    listing: dict[str, dict] = {}
+def presented(roster: Roster, anns: Sequence[Announcement]) -> dict[str, str]:
+    """Entry author -> the body hash of the seal a member names when it fetches that update after
+    the roster (the first of the roster's seals that lists it): an owner whose roster read has not
+    caught up serves its update under a seal it released it under (node/round/trust/gate.py)."""
+    listing: dict[str, str] = {}
     for env in reversed(roster.seals):
         try:
-            listing.update(dict.fromkeys(signed.open_record(env, Seal).announcements, env))
+            listing.update(dict.fromkeys(signed.open_record(env, Seal).announcements, signed.body_hash(env)))
         except ProtocolError:
             continue
     out = {}

@@ -79,8 +79,14 @@ def span(previous: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return q[:, keep]
 
 
-def fresh_cosines(dirs: torch.Tensor, payloads: list[bytes], basis: torch.Tensor | None) -> list[float]:
-    """Per entry, the cosine of its fresh part with the others' (copies of its bytes left out too)."""
+def fresh_cosines(
+    dirs: torch.Tensor, payloads: list[bytes], basis: torch.Tensor | None, standing: Sequence[float] | None = None
+) -> list[float]:
+    """Per entry, the cosine of its fresh part with the others' (copies of its bytes left out too).
+    `standing` (per entry, >= 0: its author's credit units in the rosters of the SPAN_ROUNDS rounds
+    before, node/peer/applier.py Crediting): each other entry weighs in the others' sum by its
+    author's standing, and an entry whose others have none is measured against them all alike.
+    None: all alike (every entry's standing 1)."""
     fresh = dirs if basis is None else dirs - (dirs @ basis) @ basis.T
     first: dict[bytes, int] = {}
     group = [first.setdefault(p, i) for i, p in enumerate(payloads)]  # each distinct payload once
@@ -90,15 +96,23 @@ def fresh_cosines(dirs: torch.Tensor, payloads: list[bytes], basis: torch.Tensor
     live = [i for i in distinct if norms[i] > TINY * largest]
     if not live:
         return [0.0] * len(payloads)
+    stand = {g: 0.0 for g in distinct}  # a payload's standing: its best-standing author's
+    for i, g in enumerate(group):
+        stand[g] = max(stand[g], float(standing[i]) if standing is not None else 1.0)
     bound = CLIP * statistics.median(norms[i] for i in live)
     weight = {i: min(1.0, bound / norms[i]) for i in live}
-    total = sum((weight[i] * fresh[i] for i in live), torch.zeros_like(fresh[0]))
+    alike = sum((weight[i] * fresh[i] for i in live), torch.zeros_like(fresh[0]))
+    ranked = sum((stand[i] * weight[i] * fresh[i] for i in live), torch.zeros_like(fresh[0]))
+    others = sum(stand[i] for i in live)
     out = []
     for i, g in enumerate(group):
         if g not in weight:
             out.append(0.0)
             continue
-        rest = total - weight[g] * fresh[g]
+        if others - stand[g] > 0:  # the others' sum by standing: a crowd without any is not in it
+            rest = ranked - stand[g] * weight[g] * fresh[g]
+        else:  # nobody else has standing (a run's first rounds): all alike
+            rest = alike - weight[g] * fresh[g]
         n = float(rest.norm())
         out.append(float(fresh[i] @ rest) / (norms[g] * n) if n > TINY * largest else 0.0)
     return out

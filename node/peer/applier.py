@@ -74,7 +74,7 @@ class Crediting:
         tokens, times = [a.tokens for a in anns], [a.time for a in anns]
         dirs = useful.directions(self.strategy, params, payloads, self.weigh(tokens))
         before, whole = self.span(round_no, chain)
-        cosines = useful.fresh_cosines(dirs, payloads, useful.span(before))
+        cosines = useful.fresh_cosines(dirs, payloads, useful.span(before), self.standing(round_no, chain, anns))
         threshold = useful.cosine_of(self.strategy)
 
         def units(t: float) -> list[int]:
@@ -82,6 +82,15 @@ class Crediting:
 
         eps = useful.EPSILON
         return Assessed(units(threshold), units(threshold + eps), units(threshold - eps), whole, dirs)
+
+    @staticmethod
+    def standing(round_no: int, chain: Mapping[int, Held], anns: list[Announcement]) -> list[float]:
+        """Each entry's author's credit units in the rosters of the SPAN_ROUNDS rounds before: its
+        weight in the others' sum (useful.fresh_cosines). A whole reader holds those rosters, the
+        same on every peer of the chain, so every such reader weighs alike."""
+        rounds = range(max(1, round_no - useful.SPAN_ROUNDS), round_no)
+        units = credit.weights({q: chain[q] for q in rounds if q in chain}).units
+        return [float(units.get(a.peer, 0)) for a in anns]
 
     def span(self, round_no: int, chain: Mapping[int, Held]) -> tuple[list[torch.Tensor], bool]:
         """The kept directions of the v2 rounds among the SPAN_ROUNDS before `round_no` (v3 rounds:

@@ -13,7 +13,15 @@ update scaled to a full round's work; else its preview's change) on SAMPLE coord
    median norm, as the robust aggregate clips) must reach the strategy's `credit_cosine`
    (COSINE). Zeros have no direction; noise points nowhere (|cos| ~ 1/sqrt(SAMPLE)); the others'
    sum is the round's robust aggregate less the entry, so a crowd of zeros or noise cannot
-   drag it, and no entry votes for itself.
+   drag it, and no entry votes for itself. Each other entry weighs in it by its author's
+   standing (protocol 20): its credit units in the rosters of the SPAN_ROUNDS rounds before,
+   which every reader that checks credit holds alike (all alike when no other entry has any:
+   a run's first rounds). So a crowd without credit does not vote for its own: on DiLoCo's int1
+   wire, sign re-quantization leaves each mix of the round before's updates a residual outside
+   the span that the crowd's mixes share, and 12 such keys beside 4 honest peers were credited
+   7-11 of 12 a round with all alike; 0 by standing (tests/test_sybil_attacks_6.py). A crowd
+   that has standing (it trained for one round; or 3 rosters in a row credited nobody) keeps
+   itself credited: open (docs/security.md).
 3. **First.** Copies (the same bytes, or cosine > scoring.DUPLICATE_COS) are credited to the
    earliest signed announcement, by at least scoring.TIE_SECONDS, else to nobody (`scoring.credited`).
 

@@ -61,6 +61,30 @@ def test_zeros_noise_copies_and_stale_mixes_are_worthless_and_fresh_work_useful(
     assert tie[0] is False and tie[6] is False  # a copy at the same signed time: nobody is credited
 
 
+def test_the_others_sum_weighs_entries_by_their_authors_standing():
+    """12 crowd entries that share a part outside the span (as int1's re-quantized stale mixes do:
+    tests/test_sybil_attacks_6.py) beside 4 honest ones. All alike, the crowd's shared part carries
+    the others' sum and the crowd is useful; weighed by standing (the honest authors' credit in the
+    rounds before, the crowd's 0) it is not, and the honest entries are, against one another. With
+    nobody's standing (a run's first rounds) every entry is weighed alike, as without any."""
+    rng = np.random.default_rng(2)
+    common, before = unit(rng), []
+    for _ in range(3):
+        before.append(rows(*[common + 0.7 * unit(rng) for _ in range(4)]))
+        common = 0.9 * common + math.sqrt(1 - 0.81) * unit(rng)
+    honest = [common + 0.7 * unit(rng) for _ in range(4)]
+    shared = unit(rng)
+    crowd = [before[-1].numpy().mean(0) + 0.3 * shared + 0.1 * unit(rng) for _ in range(12)]
+    dirs = rows(*honest, *crowd)
+    payloads = [d.numpy().astype(np.float32).tobytes() for d in dirs]
+    basis = useful.span(before)
+    alike = useful.fresh_cosines(dirs, payloads, basis)
+    assert min(alike[4:]) > 0.5, alike  # the crowd votes itself in
+    ranked = useful.fresh_cosines(dirs, payloads, basis, [192.0] * 4 + [0.0] * 12)
+    assert min(ranked[:4]) > 0.2 and max(abs(c) for c in ranked[4:]) < 0.05, ranked
+    assert useful.fresh_cosines(dirs, payloads, basis, [0.0] * 16) == alike
+
+
 def test_token_claims_buy_nothing_above_the_median_of_the_useful_entries():
     assert credit.token_units([100, 100, 10**9, 50]) == [64, 64, 64, 32]
     junk = [True, True, False, False, False]  # 10^9-token claims of useless entries move nothing

@@ -35,21 +35,20 @@ def sealed_roster(roster, keys: dict[str, Any], *, listed: Any = None, receipted
     tests' placeholders) are listed, never receipted."""
     from dataclasses import replace
 
+    from node.round.trust.sealed import signed_seal
     from protocol import signed
-    from protocol.kinds.sealed import Receipt, Seal
+    from protocol.kinds.sealed import Receipt
     from protocol.records import Announcement
 
-    entries = roster.entries if listed is None else listed
-    digests = tuple(sorted({signed.body_hash(e) for e in entries}))
-    seal = Seal(
+    seal_env = signed_seal(
+        keys[roster.leader],
         run=roster.run,
-        round=roster.round,
+        round_no=roster.round,
         base=roster.base,
         leader=roster.leader,
         time=roster.time,
-        announcements=digests,
+        envelopes=roster.entries if listed is None else listed,
     )
-    seal_env = signed.seal(keys[roster.leader], seal)
     digest, receipts = signed.body_hash(seal_env), []
     for e in roster.entries:
         try:

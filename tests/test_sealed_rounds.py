@@ -31,10 +31,7 @@ def announced(peers) -> tuple[int, str, list]:
 
 
 def seal_of(p, r: int, envs: list[dict]) -> dict:
-    digests = tuple(sorted({signed.body_hash(e) for e in envs}))
-    return signed.seal(
-        p.key, Seal(run=RUN, round=r, base=p.digest, leader=p.id, time=p.net.now(), announcements=digests)
-    )
+    return sealed.signed_seal(p.key, run=RUN, round_no=r, base=p.digest, leader=p.id, time=p.net.now(), envelopes=envs)
 
 
 def ask(requester, owner, r: int, seal: dict | None, released: str = "", of=None) -> bytes | Exception:
@@ -284,9 +281,9 @@ def test_an_owner_with_fabricated_evidence_of_an_earlier_release_is_left_out(for
         listed = [own] if forged != "seal does not list the owner" else []
         key, leader = (stranger_key, stranger) if forged == "signer is no candidate" else (sybil.key, sybil.id)
         base = "b" * 64 if forged == "seal of another base" else sybil.digest
-        digests = tuple(sorted(signed.body_hash(e) for e in listed))
-        seal = Seal(run=RUN, round=r, base=base, leader=leader, time=sybil.net.now(), announcements=digests)
-        seal_env = signed.seal(key, seal)
+        seal_env = sealed.signed_seal(
+            key, run=RUN, round_no=r, base=base, leader=leader, time=sybil.net.now(), envelopes=listed
+        )
         receipt = Receipt(run=RUN, round=r, owner=sybil.id, seal=signed.body_hash(seal_env), time=sybil.net.now())
         return ReceiptAnswer(receipt=signed.seal(sybil.key, receipt), seal=seal_env).encode()
 

@@ -218,11 +218,15 @@ class RosterBuilder:
         """Our signed seal of the announcements `taken` (protocol/kinds/sealed.py)."""
         for key in [k for k in self.sealed if k[0] < round_no - 2]:
             del self.sealed[key]
-        digests = tuple(sorted({signed.body_hash(s.envelope) for s in taken}))
-        seal = Seal(
-            run=self.run_id, round=round_no, base=base, leader=self.me, time=self.net.now(), announcements=digests
+        return sealed.signed_seal(
+            self.key,
+            run=self.run_id,
+            round_no=round_no,
+            base=base,
+            leader=self.me,
+            time=self.net.now(),
+            envelopes=[s.envelope for s in taken],
         )
-        return signed.seal(self.key, seal)
 
     def _receipts(
         self, round_no: int, seal0: dict, served: list[SignedAnnouncement], candidates: Collection[str]

@@ -29,6 +29,14 @@ from protocol.kinds.sealed import Receipt, Seal
 from protocol.records import Announcement, Roster
 
 
+def signed_seal(key, *, run: str, round_no: int, base: str, leader: str, time: float, envelopes) -> dict:
+    """`leader`'s Seal of the announcement `envelopes` (their body hashes, sorted, once each),
+    signed with `key`: what a leader presents before it fetches (node/round/lead.py)."""
+    digests = tuple(sorted({signed.body_hash(e) for e in envelopes}))
+    seal = Seal(run=run, round=round_no, base=base, leader=leader, time=time, announcements=digests)
+    return signed.seal(key, seal)
+
+
 def first_seal(roster: Roster) -> Seal | None:
     """The roster's seals[0], when it is its leader's seal of the roster's run, round and base."""
     if not roster.seals:

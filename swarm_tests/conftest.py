@@ -50,6 +50,8 @@ heartbeat_ttl = 5.0
 class Proc:
     """A `swarmtrain ...` process whose output lines can be awaited."""
 
+    started: list[Proc] = []  # every one this session: a failed test shows the ends of those it saw
+
     def __init__(
         self,
         args: list[str],
@@ -74,7 +76,9 @@ class Proc:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
+        self.ended = float("inf")  # monotonic time its output ended
         self._cond = threading.Condition()
+        Proc.started.append(self)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -85,6 +89,7 @@ class Proc:
                 self._cond.notify_all()
         with self._cond:
             self.lines.append("<eof>")
+            self.ended = time.monotonic()
             self._cond.notify_all()
 
     @property
@@ -168,13 +173,18 @@ def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item, so fixtures can tell a failed test at teardown."""
+    since = time.monotonic() - (call.duration or 0.0)
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
+    if report.when == "call" and report.failed:  # a swarm fails across processes: show every one's end
+        for p in Proc.started:
+            if p.ended >= since:
+                report.sections.append((f"swarmtrain {' '.join(p.args[:4])}: last lines", p.output[-2500:]))
 
 
 @pytest.fixture
-def procs(tmp_path, request):
+def procs(tmp_path):
     started: list[Proc] = []
 
     def start(*args: str) -> Proc:
@@ -183,10 +193,6 @@ def procs(tmp_path, request):
         return p
 
     yield start
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:  # a swarm fails across processes: show every one's end
-        for p in started:
-            print(f"\n----- swarmtrain {' '.join(p.args[:2])} ({p.args[2:4]}): last lines\n{p.output[-2500:]}")
     kill_all(started)
 
 

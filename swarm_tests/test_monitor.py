@@ -44,9 +44,10 @@ def swarm(tmp_path_factory):
     run = tmp / "run.toml"
     run.write_text(SMALL_RUN.replace("inner_steps = 4", "inner_steps = 8"))
     started: list[Proc] = []
+    t0 = time.monotonic()  # lines stamped: a failure across processes reads in time order
 
     def procs(*args: str) -> Proc:
-        started.append(Proc(list(args), tmp))
+        started.append(Proc(list(args), tmp, t0=t0))
         return started[-1]
 
     try:

@@ -121,6 +121,12 @@ def joining(full_of_head) -> tuple[StateSync, Exchange, list[str]]:
     donors = sorted(p.id for p in crowd)
     blobs = {d: head.to_bytes(RUN) for d in donors}
     blobs[donors[0]] = state_at(3, momentum=0.0).to_bytes(RUN)  # the same parameters, other buffers
+    sync, exchange = joiner(dht, registry, blobs)
+    return sync, exchange, donors
+
+
+def joiner(dht, registry, blobs: dict[str, bytes]) -> tuple[StateSync, Exchange]:
+    """A StateSync of a new peer (empty ledger) whose donors serve `blobs`."""
     joiner = Peer(dht, registry)
     exchange = Exchange(blobs)
     sync = StateSync(
@@ -139,7 +145,7 @@ def joining(full_of_head) -> tuple[StateSync, Exchange, list[str]]:
         out=Reporter(stream=io.StringIO()),
     )
     sync.live = joiner.proto.peers
-    return sync, exchange, donors
+    return sync, exchange
 
 
 def test_a_donor_serving_other_buffers_is_refused_and_the_next_donor_taken(caplog):
@@ -157,3 +163,43 @@ def test_a_head_roster_without_full_takes_the_first_donor_as_before():
     synced = sync.fetch_state(NoSleep(), attempts=1)
     assert synced is not None and exchange.asked == donors[:1]
     assert synced.state.digest == state_at(3, 0.5).digest
+
+
+def moved_on(blobs_of) -> tuple[StateSync, Exchange, list[str], SwarmState]:
+    """A joiner that sees 4 holders of round 3 (heartbeats) while they already hold round 4:
+    their rosters run to 4, their state is round 4's (`blobs_of(head4, donors)`: what each serves)."""
+    dht, registry, crowd = swarm(4)
+    head = state_at(4, momentum=0.5)
+    rosters = chain_to(crowd[0], crowd, head, head.full_digest)
+    for p in crowd:
+        p.ledger.rosters = {a.roster.round: a for a in rosters}
+    hold(crowd, (3, rosters[2].roster.result))
+    donors = sorted(p.id for p in crowd)
+    sync, exchange = joiner(dht, registry, blobs_of(head, donors))
+    return sync, exchange, donors, head
+
+
+def test_a_donor_that_moved_on_serves_its_later_state_verified_by_its_rosters():
+    """Rounds shorter than a look: the donors are a round past the head the joiner verified when
+    the state arrives; the rosters after it verify from there, so the later state is taken."""
+    sync, exchange, donors, head = moved_on(lambda h, donors: {d: h.to_bytes(RUN) for d in donors})
+    synced = sync.fetch_state(NoSleep(), attempts=1)
+    assert synced is not None and exchange.asked == donors[:1]
+    assert (synced.state.round, synced.state.full_digest) == (4, head.full_digest)
+    assert [a.roster.round for a in synced.target.rosters] == [1, 2, 3, 4] and synced.target.head.round == 4
+
+
+def test_a_later_state_no_verified_roster_leads_to_is_refused(caplog):
+    """A donor serving a round-4 state that is not the result of round 4's roster, or one too many
+    rounds on, is refused like any wrong state; the next donor's is taken."""
+    odd = state_at(4, momentum=0.5)
+    odd.params[0].add_(1.0)
+
+    def blobs(h, donors):
+        return {d: (odd if d == donors[0] else h).to_bytes(RUN) for d in donors}
+
+    sync, exchange, donors, head = moved_on(blobs)
+    with caplog.at_level(logging.WARNING, logger="swarmtrain.sync"):
+        synced = sync.fetch_state(NoSleep(), attempts=1)
+    assert f"state from {donors[0][:16]}: refused: its state is round 4" in caplog.text
+    assert synced is not None and exchange.asked[:2] == donors[:2] and synced.state.digest == head.digest

@@ -24,7 +24,7 @@ from node.peer import checkpoint
 from node.peer.applier import Applier
 from node.round.ledger import AcceptedRoster, Ledger
 from node.round.protocol import RoundProtocol
-from node.round.trust import chain
+from node.round.trust import anchor, chain
 from node.round.trust.catchup import MOST_DONORS, Catchup, Head, Target
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
@@ -32,6 +32,7 @@ from node.watch.report import History
 from protocol.messages import Request
 
 log = logging.getLogger("swarmtrain.sync")
+CARRY_ON = 4  # rounds past a verified head a donor's state may be, its rosters verified on from the head
 
 
 class Synced(NamedTuple):
@@ -132,9 +133,9 @@ class StateSync:
             except Exception as e:  # noqa: BLE001 -- a DHT hiccup or a bug must not end the node; try again
                 log.warning("looking for the swarm's head failed: %s: %s", type(e).__name__, e)
                 target = None
-            got = self.from_donors(target, stop) if target is not None else None
+            got = self.from_donors(target, stop, carry_on=True) if target is not None else None
             if got is not None:
-                state, donor = got
+                (state, target), donor = got
                 self.history.syncs["ok"] += 1
                 self.metrics.state_syncs.labels("ok").inc()
                 self.out.event(
@@ -157,23 +158,45 @@ class StateSync:
         got = self.from_donors(Target(head, head.round, (held,), donors[:MOST_DONORS], False), stop)
         if got is None:
             return None
-        state, donor = got
+        (state, _), donor = got
         self.out.event("state_synced", round=state.round, donor=donor[:16], rosters=0, fork=False)
         return Synced(state, Target(head, head.round, (), donors, False))  # the ledger holds the rosters
 
-    def from_donors(self, target: Target, stop: threading.Event) -> tuple[SwarmState, str] | None:
-        """The state at `target`'s head from the first of its donors that serves exactly it (refusal)."""
+    def from_donors(self, target: Target, stop: threading.Event, carry_on: bool = False) -> tuple[Synced, str] | None:
+        """The state at `target`'s head from the first of its donors that serves exactly it
+        (refusal); with `carry_on`, or a donor's later state that a verified extension of the
+        target's chain ends at (carried_on)."""
         for donor in target.donors:
             if stop.is_set():
                 return None
             state = self.download_state(donor, target.head.round)
-            why = None if state is None else refusal(state, target)
+            later = self.carried_on(target, donor, state) if carry_on and state is not None else None
+            why = None if state is None else refusal(state, later or target)
             if why is not None:
                 log.warning("state from %s: refused: %s; trying the next donor", donor[:16], why)
                 self.out.event("state_refused", donor=donor[:16], round=target.head.round, reason=why)
             if state is not None and why is None:
-                return state, donor
+                return Synced(state, later or target), donor
         return None
+
+    def carried_on(self, target: Target, donor: str, state: SwarmState) -> Target | None:
+        """`target` carried on to a donor's state a few rounds past its head: the donor's rosters
+        after the head, verified by the chain rules from there, as a member takes each round's
+        roster. Where rounds are shorter than a look (heartbeats, chain, download) the donors
+        always move on before the state arrives, and a joiner would never get in."""
+        head = Head(state.round, state.digest)
+        if not 0 < head.round - target.head.round <= CARRY_ON:
+            return None
+        try:
+            more = self.catchup.reader.after(target.ancestor, target.rosters, donor, head.round)
+        except Exception as e:  # noqa: BLE001 -- whatever the donor sent, its later state is just not taken
+            log.warning("ledger from %s past round %d: %s", donor[:16], target.head.round, e)
+            return None
+        if not more or (more[-1].roster.round, more[-1].roster.result) != head:
+            return None
+        if anchor.contradiction(more, self.catchup.held()):
+            return None
+        return Target(head, target.ancestor, (*target.rosters, *more), (donor,), target.fork)
 
     @functools.cached_property
     def state_len_without_round(self) -> int:
@@ -181,7 +204,8 @@ class StateSync:
         return len(self.template.to_bytes(self.run_id)) - len(msgpack.packb(self.template.round))
 
     def download_state(self, donor: str, round_no: int) -> SwarmState | None:
-        """The donor's state, read only if its length is exactly that of a state of round `round_no`."""
+        """The donor's state, read only if its length is exactly that of a state of round `round_no`
+        (a later round's state has the same length unless its number packs longer: then refused)."""
         self.out.event("state_fetch", donor=donor[:16], round=round_no)
         try:
             blob = self.exchange.fetch(

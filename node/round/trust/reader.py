@@ -66,6 +66,16 @@ class RosterReader:
                 return verified
         raise ProtocolError(f"more than {MOST_REQUESTS} answers for one catch-up")
 
+    def after(self, ancestor: int, branch: tuple[AcceptedRoster, ...], donor: str, last: int) -> list[AcceptedRoster]:
+        """The donor's rosters after `branch` (verified rosters that follow our ledger's round
+        `ancestor`) up to round `last`, verified from the branch's end as if we held it."""
+        held = self.ledger.window({r: a for r, a in self.ledger.rosters.items() if r <= ancestor})
+        for accepted in branch:
+            held.rosters[accepted.roster.round] = accepted
+            held.keep_seed(accepted)
+        end = branch[-1].roster.round if branch else ancestor
+        return RosterReader(self.net, held, self.rules, self.start).walk(donor, end + 1, last) or []
+
     def meet(self, envs: list[dict], first: int) -> tuple[int, Link] | None:
         """(index into envs, its link) of the last roster that continues one of ours (or the genesis)."""
         for i in range(len(envs) - 1, -1, -1):

@@ -62,7 +62,7 @@ TIERS = {
         campaigns=4,
         draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
     ),
-    # spot audits against full ones, same seeds (grid.SPOT_COVER): 64 peers, 6 blocks a part
+    # spot audits against full ones, same seeds (grid.SPOT_COVER): 64 peers, 3 int8 blocks a part
     "spot": Tier(
         simulated=(),
         counted=(16, 64, 256, 1000, 10000),
@@ -70,7 +70,7 @@ TIERS = {
         attack_values=0,
         trials=0,
         collusion_rounds=0,
-        collusion_values=98304,
+        collusion_values=49152,
         renewed=(3, 40, 0),
         draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
         spot=True,
@@ -178,7 +178,7 @@ def spot_rows(tier: Tier, stop: threading.Event, say=print) -> dict:
         for peers, trials in tier.draw_trials:
             if not stop.is_set():
                 out["drawn"].append(sim.drawn(peers, 0.2, auditors, trials, cover=cover, lie_blocks=lie))
-        if (auditors, cover, lie) in SIMULATED_SPOT and not stop.is_set():
+        if (auditors, cover, lie) in SIMULATED_SPOT and seeds and not stop.is_set():
             runs = [
                 sim.colluders(
                     n, values, rounds, 0.2, auditors, patient=True, renew=True, seed=s, cover=cover, lie_blocks=lie

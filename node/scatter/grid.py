@@ -175,7 +175,7 @@ def assign_auditors(audit_seed: str, tasks: dict[str, str], members: list[str], 
     return {t: list(dict.fromkeys(slots[i * count : (i + 1) * count])) for i, t in enumerate(names)}
 
 
-SPOT_BLOCKS = 6
+SPOT_BLOCKS = 3
 """Blocks (whole int8 blocks) a task's span is cut into for spot audits (SPOT_COVER)."""
 SPOT_COVER = 0
 """Spot audits, measured, not the node's rule: the first auditors of a task each recompute only

@@ -788,11 +788,11 @@ class ClaimingAuditor(ScatterRound):
 
     sybils: frozenset = frozenset()
 
-    def audit_task(self, task: tuple, auditors: list[str]) -> None:
+    def audit_task(self, task: tuple, auditors: list[str], cover: int = 0) -> None:
         for _ in range(MOST_REPLACEMENTS):
             owner = self.rnd.owner(*task)
             if not any(a in self.sybils for a in auditors if a != owner):
-                return super().audit_task(task, auditors)
+                return super().audit_task(task, auditors, cover)
             self.withheld.append(owner)  # 'inputs did not check': replaced
             self.replace(task)
             self.resend(task)

@@ -34,6 +34,9 @@ class Tier:
     """(peers, trials) of the counted auditor draws (sim.drawn)."""
     wire_peers: tuple[int, ...] = ()
     """Peers of the rounds on the 1-bit and top-k wires (bench/scale/wires.py)."""
+    spot: bool = False
+    """Only the spot-audit rows (SPOT_ROWS): the collusion rows and the draw per (auditors, cover,
+    lie), and the counted bytes; `collusion_values` must give level-2 parts SPOT_BLOCKS int8 blocks."""
 
 
 TIERS = {
@@ -59,6 +62,19 @@ TIERS = {
         campaigns=4,
         draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
     ),
+    # spot audits against full ones, same seeds (grid.SPOT_COVER): 64 peers, 3 int8 blocks a part
+    "spot": Tier(
+        simulated=(),
+        counted=(16, 64, 256, 1000, 10000),
+        attack_peers=64,
+        attack_values=0,
+        trials=0,
+        collusion_rounds=0,
+        collusion_values=49152,
+        renewed=(3, 40, 0),
+        draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
+        spot=True,
+    ),
     # the 1-bit and top-k wires (issue 17, item 1): bytes per peer and the aggregate, no attacks
     "wires": Tier(
         simulated=(), counted=(), attack_peers=0, attack_values=0, trials=0, collusion_rounds=0, wire_peers=(16, 64)
@@ -71,9 +87,23 @@ COUNTED_VALUES = 125_000_000
 this many int8 values."""
 
 
+SPOT_ROWS = ((1, 0, 0), (2, 0, 0), (3, 1, 0), (3, 1, 1), (3, 2, 1))
+"""(auditors, cover, blocks lied on) of the spot tier: the node's full audits (cover 0) with 1 and
+2 auditors, and 3 spot auditors covering each block once or twice, against a liar that lies on
+its whole result (0) or on one block, its best lie against them. Each row runs the same seeds."""
+SIMULATED_SPOT = ((1, 0, 0), (3, 1, 0), (3, 1, 1), (3, 2, 1))
+"""The SPOT_ROWS run through ScatterRound (2 full auditors: docs/benchmarks.md's earlier rows)."""
+
+
 def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=print) -> dict:
     torch.set_num_threads(1)  # many small tensors: threads only contend (and the machine is shared)
     tier = TIERS[tier_name]
+    if tier.spot:
+        rows = {"tier": tier_name, "spot": spot_rows(tier, stop, say)}
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(rows, f, indent=1)
+        return rows
     rows: dict = {"tier": tier_name, "honest": [], "counted": [], "attacks": []}
     for n, values in tier.simulated:
         for auditors in (1, 2):
@@ -136,7 +166,62 @@ def collusion_rows(tier: Tier, stop: threading.Event, say=print) -> dict:
     return out
 
 
+def spot_rows(tier: Tier, stop: threading.Event, say=print) -> dict:
+    """20% colluders, renewed, one liar a round, against full and spot audits (SPOT_ROWS), the
+    same seeds each; the draw counted; the bytes counted at 125M values."""
+    n, values, (seeds, rounds, _) = tier.attack_peers, tier.collusion_values, tier.renewed
+    out: dict = {"simulated": [], "drawn": [], "counted": []}
+    for auditors, cover, lie in SPOT_ROWS:
+        for peers in tier.counted:
+            if not any((r["peers"], r["auditors"], r["cover"]) == (peers, auditors, cover) for r in out["counted"]):
+                out["counted"].append(sim.counted_row(peers, COUNTED_VALUES, auditors, cover=cover))  # not the lie's
+        for peers, trials in tier.draw_trials:
+            if not stop.is_set():
+                out["drawn"].append(sim.drawn(peers, 0.2, auditors, trials, cover=cover, lie_blocks=lie))
+        if (auditors, cover, lie) in SIMULATED_SPOT and seeds and not stop.is_set():
+            runs = [
+                sim.colluders(
+                    n, values, rounds, 0.2, auditors, patient=True, renew=True, seed=s, cover=cover, lie_blocks=lie
+                )
+                for s in range(seeds)
+            ]
+            out["simulated"].append(sim.summed(runs))
+            say(f"scale: {out['simulated'][-1]}")
+    return out
+
+
+def spot_table(rows: dict) -> str:
+    """Spot against full audits: simulated corrupted rounds, the draw, and the bytes (counted)."""
+    cost = {(r["peers"], r["auditors"], r.get("cover", 0)): r["per_peer_x_update"] for r in rows["counted"]}
+    lines = [
+        "| auditors | cover | lie | rounds | corrupted | fraction (95% upper) | lies missed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows["simulated"]:
+        lines.append(
+            f"| {r['auditors']} | {r['cover'] or 'full'} | {r['lie']} | {r['rounds_with_a_lie']} "
+            f"| {r['rounds_corrupted']} | {r['corrupted_fraction']} ({r['upper95']}) "
+            f"| {r['lies_missed']} of {r['lies']} |"
+        )
+    lines += [
+        "",
+        "| auditors | cover | lie | peers | lies drawn | missed | rate (95% upper)"
+        " | bytes down / up, mean / max (x update) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows["drawn"]:
+        t = cost.get((r["peers"], r["auditors"], r["cover"]))
+        bytes_ = "-" if t is None else " ; ".join(f"{t[k]['mean']} / {t[k]['max']}" for k in ("data_down", "data_up"))
+        lines.append(
+            f"| {r['auditors']} | {r['cover'] or 'full'} | {r['lie']} | {r['peers']:,} | {r['lies']:,} "
+            f"| {r['lies_missed']} | {r['miss_rate']} ({r['upper95']}) | {bytes_} |"
+        )
+    return "\n".join(lines)
+
+
 def scale_table(rows: dict) -> str:
+    if "spot" in rows:
+        return spot_table(rows["spot"])
     lines = [
         "| peers | auditors | groups x chunks | down mean / max (x update) | up mean / max"
         " | records down mean / max (kB) | verify-all (x update) | phases | v3 = honest two-level"

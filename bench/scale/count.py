@@ -7,7 +7,7 @@ from __future__ import annotations
 from bench.scale.keys import FastKeys
 from node.scatter import chunks
 from node.scatter.audit import inputs_root
-from node.scatter.grid import AUDITORS, Grid, assign_auditors
+from node.scatter.grid import AUDITORS, SPOT_BLOCKS, Grid, assign_auditors, audit_shares
 from node.scatter.traffic import Traffic, size_of
 from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, task_name
 
@@ -43,8 +43,22 @@ def note_size(peer: str) -> int:
     return size_of(FastKeys(peer).seal(note))
 
 
-def count_round(grid: Grid, total: int, leader: str, auditors: int = AUDITORS, seed: str = "ab" * 32) -> Traffic:
-    """What an honest round moves (ScatterRound.run with every member sending and answering)."""
+def spot(seed: str, name: str, auditors: int, span: chunks.Span, cover: int) -> list[tuple[float, int]]:
+    """Per auditor of a task: the share of each input it fetches, and the path bytes with it (a
+    spot audit, grid.SPOT_COVER; 0: the whole input, no paths), as Bus.fetch counts them."""
+    if not cover:
+        return [(1.0, 0)] * auditors
+    blocks = [s for s in chunks.spans(span.size, SPOT_BLOCKS, span.start) if s.size]
+    depth = 32 * max(1, (len(blocks) - 1).bit_length())
+    shares = audit_shares(seed, name, auditors, len(blocks), cover)
+    return [(sum(blocks[i].size for i in share) / span.size, len(share) * depth) for share in shares]
+
+
+def count_round(
+    grid: Grid, total: int, leader: str, auditors: int = AUDITORS, seed: str = "ab" * 32, cover: int = 0
+) -> Traffic:
+    """What an honest round moves (ScatterRound.run with every member sending and answering;
+    `cover`: its first auditors spot-check, grid.SPOT_COVER)."""
     t = Traffic()
     commit, receipt1, receipt2 = envelope_sizes(grid, leader)
     note = note_size(leader)
@@ -64,9 +78,9 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = AUDITORS, s
         t.send(leader, p, 0, fixed_list)
     for task, chosen in assign_auditors(seed, names1, grid.members(), auditors).items():
         _, g, j = map(int, task.split("/"))
-        for auditor in chosen:
+        for auditor, (part, paths) in zip(chosen, spot(seed, task, len(chosen), spans[j], cover)):
             for _input in grid.groups[g]:
-                t.send(names1[task], auditor, size[spans[j]], commit)
+                t.send(names1[task], auditor, round(size[spans[j]] * part), commit + paths)
     names2 = {}
     for j in range(grid.chunks):  # parts to level 2, receipts, level-2 audits
         column = grid.column(j)
@@ -80,9 +94,9 @@ def count_round(grid: Grid, total: int, leader: str, auditors: int = AUDITORS, s
         t.send(leader, p, 0, fixed_list)
     for task, chosen in assign_auditors(seed, names2, grid.members(), auditors).items():
         _, j, k = map(int, task.split("/"))
-        for auditor in chosen:
+        for auditor, (part, paths) in zip(chosen, spot(seed, task, len(chosen), parts[j][k], cover)):
             for _input in grid.column(j):
-                t.send(names2[task], auditor, size[parts[j][k]], receipt1)
+                t.send(names2[task], auditor, round(size[parts[j][k]] * part), receipt1 + paths)
     for p in grid.members():  # the gather: the roster's digests, then parts down column and group
         t.send(leader, p, 0, 32 * grid.chunks * grid.n_groups)
     for j in range(grid.chunks):

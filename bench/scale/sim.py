@@ -21,7 +21,7 @@ from bench.scale.keys import FastChecker, FastKeys
 from node.outer.aggregate import Mean, Robust
 from node.scatter import chunks
 from node.scatter.audit import Round
-from node.scatter.grid import AUDITORS, ESCALATE, assign_auditors, may_own, place
+from node.scatter.grid import AUDITORS, ESCALATE, SPOT_BLOCKS, SPOT_COVER, assign_auditors, audit_shares, may_own, place
 from node.scatter.reduce import two_level
 from node.scatter.round import ScatterRound, seed_of
 from node.scatter.traffic import Behaviour, Outcome, Traffic
@@ -70,11 +70,23 @@ def round_of(peers, total, *, round_no=1, reachable=None, agg=None) -> tuple[dic
 
 
 def one_round(
-    peers, updates, total, *, behaviour=None, auditors=AUDITORS, escalate=ESCALATE, round_no=1, agg=None, reachable=None
+    peers,
+    updates,
+    total,
+    *,
+    behaviour=None,
+    auditors=AUDITORS,
+    escalate=ESCALATE,
+    round_no=1,
+    agg=None,
+    reachable=None,
+    cover=SPOT_COVER,
 ) -> tuple[Outcome, Round]:
+    """`cover` > 0: spot audits (grid.SPOT_COVER), each block checked by `cover` of the `auditors`."""
     keys, rnd = round_of(peers, total, round_no=round_no, agg=agg, reachable=reachable)
     leader = leader_of(peers, round_no)
     sr = ScatterRound(rnd, updates, keys, leader, behaviour=behaviour, auditors=auditors, escalate=escalate)
+    sr.cover = cover
     return sr.run(), rnd
 
 
@@ -106,16 +118,17 @@ def honest_row(n: int, total: int, auditors: int = AUDITORS, seed: int = 0) -> d
     }
 
 
-def counted_row(n: int, total: int, auditors: int = AUDITORS) -> dict:
+def counted_row(n: int, total: int, auditors: int = AUDITORS, cover: int = 0) -> dict:
     peers = peer_ids(n)
     grid = place(peers, set(peers), seed_of("beacon1"))
     t0 = time.monotonic()
-    traffic = count_round(grid, total, peers[0], auditors)
+    traffic = count_round(grid, total, peers[0], auditors, cover=cover)
     unit = one_update(total, grid)
     return {
         "peers": n,
         "values": total,
         "auditors": auditors,
+        "cover": cover,
         "groups": grid.n_groups,
         "chunks": grid.chunks,
         "update_bytes": unit,
@@ -181,6 +194,8 @@ def colluders(
     patient=False,
     renew=False,
     seed=3,
+    cover=0,
+    lie_blocks=0,
 ) -> dict:
     """A fraction of members cover for each other as auditors and lie as owners until caught; a
     caught liar is banned. All at once (every colluder lies whenever it owns a task), or patient:
@@ -188,7 +203,9 @@ def colluders(
     A campaign (renew False) ends when every colluder is banned (or after `rounds`): the corrupted
     rounds it buys do not grow with the run, so they are given over the rounds with a lie. Renew:
     a fresh colluding identity takes each banned one's place (the coalition stays `fraction` of
-    the members, every round is attacked): the steady state, which a run's length does not dilute."""
+    the members, every round is attacked): the steady state, which a run's length does not dilute.
+    `cover`: spot audits (grid.SPOT_COVER); `lie_blocks`: a liar lies on that many blocks of a
+    task only (0: its whole result)."""
     peers, rng = peer_ids(n, f"s{seed}-"), random.Random(seed)
     bad = set(rng.sample(peers, round(fraction * n)))
     members, banned, fresh = list(peers), set(), 0
@@ -199,8 +216,10 @@ def colluders(
             break
         updates = make_updates(members, total, 100 + r)
         liars = set(rng.sample(left, 1)) if patient else set(left)
-        act = {p: Behaviour(lie=p in liars, collude=True) for p in left}
-        out, _ = one_round(members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r)
+        act = {p: Behaviour(lie=p in liars, lie_blocks=lie_blocks, collude=True) for p in left}
+        out, _ = one_round(
+            members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r, cover=cover
+        )
         ran += 1
         told = len(out.caught) + len(out.missed)
         lies, missed, attacked = lies + told, missed + len(out.missed), attacked + bool(told)
@@ -216,6 +235,8 @@ def colluders(
         + (", renewed" if renew else ", one campaign"),
         "peers": n,
         "auditors": auditors,
+        "cover": cover,
+        "lie": f"{lie_blocks} block(s)" if lie_blocks else "whole result",
         "escalate": escalate,
         "seed": seed,
         "rounds": ran,
@@ -246,11 +267,13 @@ def summed(rows: list[dict]) -> dict:
     return out | {"corrupted_fraction": round(k / max(1, m), 4), "upper95": wilson_upper(k, m)}
 
 
-def drawn(n: int, fraction: float, auditors: int, trials: int, seed: int = 5) -> dict:
+def drawn(n: int, fraction: float, auditors: int, trials: int, seed: int = 5, cover=0, lie_blocks=0) -> dict:
     """Counted, not simulated: the node's auditor draw (grid.place, grid.assign_auditors) for a
     fresh grid, coalition and audit seed per trial; a colluder that owns a level-1 task lies there,
     and the lie survives iff every auditor dealt to the task colludes (as in ScatterRound before
-    any escalation). The per-lie rate is the steady state of the patient attack."""
+    any escalation). The per-lie rate is the steady state of the patient attack. `cover`: spot
+    audits (grid.audit_shares of SPOT_BLOCKS); the lie, on its first `lie_blocks` blocks (0: all),
+    survives iff every auditor whose share holds one of them colludes."""
     peers, rng, lies, missed = peer_ids(n, "draw-"), random.Random(seed), 0, 0
     for t in range(trials):
         grid = place(peers, set(peers), seed_of(f"draw{seed}-{t}"))
@@ -260,10 +283,15 @@ def drawn(n: int, fraction: float, auditors: int, trials: int, seed: int = 5) ->
         dealt = assign_auditors(seed_of(f"audit{seed}-{t}"), names, grid.members(), auditors)
         for name, owner in names.items():
             if owner == liar:
-                lies, missed = lies + 1, missed + all(a in bad for a in dealt[name])
+                shares = audit_shares(seed_of(f"audit{seed}-{t}"), name, len(dealt[name]), SPOT_BLOCKS, cover)
+                lied = set(range(lie_blocks or SPOT_BLOCKS))
+                seen = [a for a, share in zip(dealt[name], shares) if lied & set(share)]
+                lies, missed = lies + 1, missed + all(a in bad for a in seen)
     return {
         "peers": n,
         "auditors": auditors,
+        "cover": cover,
+        "lie": f"{lie_blocks} block(s)" if lie_blocks else "whole result",
         "colluding": fraction,
         "trials": trials,
         "lies": lies,

@@ -20,7 +20,7 @@ import torch
 
 from node.outer.aggregate import Aggregator
 from node.scatter import chunks
-from node.scatter.grid import Grid
+from node.scatter.grid import SPOT_BLOCKS, Grid
 from node.scatter.keys import Checker
 from node.scatter.reduce import reduce_task
 from protocol.errors import ProtocolError
@@ -143,6 +143,10 @@ class Round:
     def span(self, level: int, a: int, b: int) -> chunks.Span:
         return self.chunk(b) if level == 1 else self.part(a, b)
 
+    def blocks(self, level: int, a: int, b: int) -> list[chunks.Span]:
+        """The task's span cut into grid.SPOT_BLOCKS blocks a spot audit checks (the non-empty ones)."""
+        return [s for s in self.wire.spans(self.span(level, a, b), SPOT_BLOCKS) if s.size]
+
 
 def inputs_root(digests: list[str]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
@@ -260,27 +264,32 @@ def checked_inputs(rnd: Round, receipt: Receipt, inputs: list[Input | None]) -> 
     return pieces
 
 
-def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor]) -> list[bytes]:
-    """The task's output pieces as the wire carries them: level 1, one per part of the chunk."""
+def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor], lied=()) -> list[bytes]:
+    """The task's output pieces as the wire carries them: level 1, one per part of the chunk.
+    `lied`: spans a simulated liar's result has negated and tenfold (answer_task)."""
     span = rnd.span(level, a, b)
     result = reduce_task(pieces, rnd.agg, rnd.wire, span)
+    for s in lied:
+        result[s.start - span.start : s.end - span.start] *= -10.0
     return [
         rnd.wire.encode_out(result[p.start - span.start : p.end - span.start], p, level)
         for p in rnd.output_spans(level, a, b)
     ]
 
 
-def answer_task(rnd: Round, keys, task: tuple, inputs: list[Input | None], *, lie: bool = False) -> tuple[dict, list]:
+def answer_task(rnd: Round, keys, task: tuple, inputs: list, *, lie: bool = False, lie_blocks: int = 0):
     """An owner's answer to `task` from the inputs it kept (None: left out, in the senders'
     order): its signed receipt and its output pieces. `keys` is the owner's (node/scatter/keys.py
-    Keys). `lie`: a simulated liar's answer (its true result negated and tenfold, signed alike)."""
+    Keys). `lie`: a simulated liar's answer (its true result negated and tenfold, signed alike);
+    with `lie_blocks`, only on the task's first that many blocks (Round.blocks)."""
     level, a, b = task
     span = rnd.span(*task)
     pieces = [rnd.decode_input(level, i.data, span) for i in inputs if i is not None]
     if not pieces:
         raise ProtocolError(f"task {task_name(task)}: its owner kept no inputs")
-    outputs = outputs_of(rnd, level, a, b, pieces)
-    if lie:
+    lied = rnd.blocks(*task)[:lie_blocks] if lie and lie_blocks else ()
+    outputs = outputs_of(rnd, level, a, b, pieces, lied)
+    if lie and not lie_blocks:
         spans = rnd.output_spans(*task)
         outputs = [
             rnd.wire.encode_out(rnd.wire.decode_out(o, p, level) * -10.0, p, level) for o, p in zip(outputs, spans)

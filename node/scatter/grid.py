@@ -175,6 +175,32 @@ def assign_auditors(audit_seed: str, tasks: dict[str, str], members: list[str], 
     return {t: list(dict.fromkeys(slots[i * count : (i + 1) * count])) for i, t in enumerate(names)}
 
 
+SPOT_BLOCKS = 3
+"""Blocks (whole int8 blocks) a task's span is cut into for spot audits (SPOT_COVER)."""
+SPOT_COVER = 0
+"""Spot audits, measured, not the node's rule: the first auditors of a task each recompute only
+a share of its blocks, each block by this many of them (0: each the whole task, as the node does).
+They catch a lie on a whole chunk as often as full audits, at cover/auditors of their bytes, but a
+lie on one block only as often as `cover` full auditors, at their bytes: no gain against the
+attacker's best lie (docs/security.md, v3: what it tolerates). ScatterRound runs it; the node's
+commitments would need per-block digests and norms, which are not built."""
+
+
+def audit_shares(audit_seed: str, name: str, auditors: int, blocks: int, cover: int) -> list[tuple[int, ...]]:
+    """The blocks each of a task's `auditors` checks, so that each is checked by `cover` of them
+    (0, or at least `auditors`: all by all): the blocks in the audit seed's order for `name`, the
+    i-th to auditors (i x cover + s) mod auditors, s < cover. The seed follows the fixed receipts,
+    so an owner cannot know, when it signs, which blocks anyone checks."""
+    if not cover or cover >= auditors:
+        return [tuple(range(blocks))] * auditors
+    order = sorted(range(blocks), key=lambda i: draw_key(audit_seed, name + "/blocks", str(i)))
+    shares: list[list[int]] = [[] for _ in range(auditors)]
+    for i, block in enumerate(order):
+        for s in range(cover):
+            shares[(i * cover + s) % auditors].append(block)
+    return [tuple(sorted(share)) for share in shares]
+
+
 def second_auditor(audit_seed: str, name: str, owner: str, members: list[str], exclude: set[str]) -> str | None:
     """The auditor that checks a claim on task `name`, or stands in for an auditor passed over:
     the first member in the audit seed's order for `name` + '/claim', not its owner nor excluded."""

@@ -30,14 +30,13 @@ from node.scatter.audit import (
     Input,
     Round,
     answer_task,
-    audit,
     audit_seed,
     check_chunk,
     is_garble,
     open_receipt,
     sealed_chunks,
 )
-from node.scatter.grid import AUDITORS, ESCALATE, assign_auditors, second_auditor
+from node.scatter.grid import AUDITORS, ESCALATE, SPOT_COVER, assign_auditors, audit_shares, second_auditor
 from node.scatter.traffic import Behaviour, Bus, Outcome, Traffic, size_of
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import draw_message, set_digest, task_name
@@ -53,6 +52,7 @@ class ScatterRound(Bus):
     ):
         self.rnd, self.keys, self.leader = rnd, keys, leader
         self.auditors, self.escalate = auditors, escalate  # auditors per task; more after a conviction
+        self.cover = SPOT_COVER  # >0: the first auditors spot-check shares of the blocks (grid.SPOT_COVER)
         self.updates: dict[str, torch.Tensor] = updates
         self.behaviour: dict[str, Behaviour] = behaviour or {}
         self.traffic, self.phases = Traffic(), 0
@@ -137,7 +137,7 @@ class ScatterRound(Bus):
         self.publish_receipts(level)
         seed = self.fix(level)
         caught = len(self.caught)
-        self.audit_all(tasks, seed, "", self.auditors)
+        self.audit_all(tasks, seed, "", self.auditors, self.cover)
         if len(self.caught) > caught and self.escalate:
             # a liar in the round: its fellows may be lying too, so every task of the level gets
             # `escalate` more auditors before anything is applied (one more phase, in such rounds only)
@@ -145,11 +145,11 @@ class ScatterRound(Bus):
             self.phases += 1
         self.phases += 1
 
-    def audit_all(self, tasks: list[tuple], seed: str, tag: str, count: int) -> None:
+    def audit_all(self, tasks: list[tuple], seed: str, tag: str, count: int, cover: int = 0) -> None:
         names = {task_name(t) + tag: self.rnd.owner(*t) for t in tasks}
         drawn = assign_auditors(seed, names, self.rnd.grid.members(), count)
         for task in tasks:
-            self.audit_task(task, drawn[task_name(task) + tag])
+            self.audit_task(task, drawn[task_name(task) + tag], cover)
 
     def fix(self, level: int) -> str:
         """The leader fixes the level's receipts (one per task: another one its owner signed is
@@ -230,18 +230,23 @@ class ScatterRound(Bus):
         if self.act(owner).censor:
             kept = {p for p in rnd.senders(*task) if p == owner or self.act(p).collude or self.act(p).censor}
             inputs = [i if p in kept else None for p, i in zip(rnd.senders(*task), inputs)]
-        lie = self.act(owner).lie
-        self.receipts[task], self.outputs[task] = answer_task(rnd, self.keys[owner], task, inputs, lie=lie)
+        lie, blocks = self.act(owner).lie, self.act(owner).lie_blocks
+        self.receipts[task], self.outputs[task] = answer_task(
+            rnd, self.keys[owner], task, inputs, lie=lie, lie_blocks=blocks
+        )
         self.used[task] = inputs
 
     def output_sizes(self, task: tuple) -> list[int]:
         return self.rnd.output_sizes(*task)
 
-    def audit_task(self, task: tuple, auditors: list[str]) -> None:
+    def audit_task(self, task: tuple, auditors: list[str], cover: int = 0) -> None:
         for _ in range(MOST_REPLACEMENTS):
             owner, lied = self.rnd.owner(*task), False
-            for auditor in (self.second(task, a, self.passed_auditors) for a in auditors if a != owner):
-                auditor = self.claimed(task, owner, auditor)
+            dealt = [a for a in auditors if a != owner]  # spot audits: the i-th checks shares[i]
+            shares = audit_shares(self.seeds[task[0]], task_name(task), len(dealt), len(self.rnd.blocks(*task)), cover)
+            for auditor, share in ((self.second(task, a, self.passed_auditors), s) for a, s in zip(dealt, shares)):
+                share = share if cover else None
+                auditor = self.claimed(task, owner, auditor, share)
                 if auditor == owner:  # a second auditor agreed: passed over like a withholder
                     self.pass_over(task)
                     self.compute(task)
@@ -249,7 +254,7 @@ class ScatterRound(Bus):
                     break
                 if auditor is None:
                     continue
-                proof = audit(self.rnd, self.receipts[task], *task, self.used[task])
+                proof = self.check(task, share)
                 lied = lied or proof is not None
                 if proof is not None and not (self.act(auditor).collude and self.act(owner).collude):
                     self.convict(task, owner, auditor, proof)
@@ -267,16 +272,16 @@ class ScatterRound(Bus):
         seed, members = self.seeds[task[0]], self.rnd.grid.members()
         return second_auditor(seed, task_name(task), self.rnd.owner(*task), members, gone | {auditor})
 
-    def claimed(self, task: tuple, owner: str, auditor: str | None) -> str | None:
-        """The auditor fetches the inputs. A claim that they do not check only marks the task: a
-        second auditor fetches them too; if it agrees, the owner is passed over (returned), else
-        the claimant audits no more this round and the second audits in its place."""
-        self.fetch(task, owner, auditor)
+    def claimed(self, task: tuple, owner: str, auditor: str | None, share=None) -> str | None:
+        """The auditor fetches the inputs (`share`: of those blocks). A claim that they do not check
+        only marks the task: a second auditor fetches them too; if it agrees, the owner is passed
+        over (returned), else the claimant audits no more this round and the second in its place."""
+        self.fetch(task, owner, auditor, share)
         if auditor is None or not (self.act(owner).serve_bad or self.act(auditor).claim_bad):
             return auditor
         self.deliver(auditor, self.leader, 0, 64)
         second = self.second(task, auditor, self.passed_auditors | {auditor})
-        self.fetch(task, owner, second)
+        self.fetch(task, owner, second, share)
         if second is None or self.act(owner).serve_bad or self.act(second).claim_bad:
             return owner
         self.passed_auditors.add(auditor)

@@ -12,7 +12,8 @@ from typing import Protocol
 import msgpack
 import torch
 
-from node.scatter.audit import Round
+from node.scatter.audit import FraudProof, Round, audit, checked_inputs, open_receipt, outputs_of
+from node.scatter.chunks import sha
 from protocol.kinds.scatter import Message
 
 
@@ -22,6 +23,9 @@ class Behaviour:
 
     lie: bool = False
     """As an owner, publish a wrong result (its true result negated and tenfold) with a receipt."""
+    lie_blocks: int = 0
+    """A liar's lie only on its task's first this many blocks (Round.blocks; 0: the whole result):
+    its best lie against spot audits (grid.SPOT_COVER), which it cannot aim (drawn after it signs)."""
     withhold: bool = False
     """As an owner, never answer (its senders time out and go to the backup)."""
     collude: bool = False
@@ -141,6 +145,7 @@ class Bus:
     inputs: dict[tuple, list]
     used: dict[tuple, list]
     receipts: dict[tuple, dict]
+    outputs: dict[tuple, list[bytes]]
 
     def act(self, peer: str) -> Behaviour:
         raise NotImplementedError
@@ -154,10 +159,35 @@ class Bus:
             if item is not None:
                 self.deliver(sender, owner, len(item.data), size_of(item.envelope))
 
-    def fetch(self, task: tuple, owner: str, auditor: str | None) -> None:
-        """An auditor fetches the inputs of the task's receipt from its owner."""
+    def fetch(self, task: tuple, owner: str, auditor: str | None, share: tuple[int, ...] | None = None) -> None:
+        """An auditor fetches the inputs of the task's receipt from its owner (`share`: only those
+        blocks of each, with a path of 32-byte digests a block to the sender's root of them)."""
+        blocks, span = self.rnd.blocks(*task), self.rnd.span(*task)
+        part = 1.0 if share is None or not span.size else sum(blocks[i].size for i in share) / span.size
+        paths = 0 if share is None else len(share) * 32 * max(1, (len(blocks) - 1).bit_length())
         for item in (i for i in self.used[task] if i is not None and auditor):
-            self.deliver(owner, auditor, len(item.data), size_of(item.envelope))
+            self.deliver(owner, auditor, round(len(item.data) * part), size_of(item.envelope) + paths)
+
+    def check(self, task: tuple, share: tuple[int, ...] | None) -> FraudProof | None:
+        """An auditor's verdict on the task from the inputs its owner served: a fraud proof or None.
+        `share`: a spot audit, which compares the owner's output with its own on those blocks only
+        (its proof is then the whole task's: a block's own proof needs per-block digests and norms
+        in the senders' commitments, which the node does not have)."""
+        rnd, level = self.rnd, task[0]
+        if share is None:
+            return audit(rnd, self.receipts[task], *task, self.used[task])
+        receipt = open_receipt(rnd, self.receipts[task], *task)
+        ours = outputs_of(rnd, *task, checked_inputs(rnd, receipt, self.used[task]))
+        if tuple(map(sha, ours)) == receipt.outputs:
+            return None
+        mine, theirs = (
+            torch.cat([rnd.wire.decode_out(o, p, level) for o, p in zip(outs, rnd.output_spans(*task))])
+            for outs in (ours, self.outputs[task])
+        )
+        at, blocks = rnd.span(*task).start, rnd.blocks(*task)
+        seen = [slice(blocks[i].start - at, blocks[i].end - at) for i in share]
+        lied = any(not torch.equal(mine[s], theirs[s]) for s in seen)
+        return FraudProof(self.receipts[task], *task, tuple(self.used[task])) if lied else None
 
     def publish_receipts(self, level: int) -> None:
         """Each receipt goes to the task's senders (they check they were included); level-2

@@ -30,7 +30,7 @@ from node.peer.wiring import NodeParts, keep_proof, proof_path
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
-from node.train.device import hold_malloc_arenas, release_freed_memory
+from node.train.device import release_freed_memory
 from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
 from protocol import signing
@@ -334,7 +334,6 @@ class Volunteer(Peer):
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:
-    hold_malloc_arenas()  # before the node's threads start
     with ExitStack() as stack:
         node = Volunteer(cfg, stack, reporter)
         reporter.say(

@@ -1,10 +1,9 @@
-"""Which torch device a node trains on, from the --device setting; and glibc malloc's arenas and free pages."""
+"""Which torch device a node trains on, from the --device setting; and glibc malloc's free pages."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import sys
 
 import torch
@@ -26,25 +25,6 @@ def pick_device(name: str) -> torch.device:
         raise SwarmtrainError(f"unknown device {name!r}", "use auto, cpu or cuda[:N]") from None
 
 
-MALLOC_ARENAS = 2
-"""glibc malloc arenas a node's process keeps (its default: 8 a core). Each thread that
-allocates gets an arena of its own up to that bound, and an arena keeps what its thread freed:
-the node's dozen threads (DHT, exchange, round, status page, torch's) held 15-20 MB so in bench
-footprint. The inner step allocates in the main thread's arena, so two cost it nothing
-measurable (same step time, docs/benchmarks.md)."""
-
-
-def hold_malloc_arenas() -> None:
-    """Bound glibc's malloc arenas to MALLOC_ARENAS (elsewhere, or when the user set
-    MALLOC_ARENA_MAX, nothing). Call before the node starts its threads."""
-    libc = _glibc()
-    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
-        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
-M_ARENA_MAX = -8  # glibc's malloc.h
-
-
 def release_freed_memory() -> None:
     """Hand the pages malloc holds free back to the system (glibc's malloc_trim; elsewhere nothing).
 
@@ -61,7 +41,7 @@ def release_freed_memory() -> None:
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (malloc_trim and mallopt's arena bound are glibc's)."""
+    """The C library when it is glibc (malloc_trim is glibc's)."""
     if sys.platform != "linux":
         return None
     libc = ctypes.CDLL(None)

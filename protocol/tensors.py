@@ -28,13 +28,22 @@ MAX_TENSORS = 10_000
 
 
 def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict | None = None) -> bytes:
-    items = []
+    """The container's bytes. Each tensor's bytes are packed from a view of its memory (no copy
+    of each first), into a buffer sized for them at once (msgpack's doubles from 256 KB): a
+    node builds its state's container each round, and those copies were 2-3 times the state's
+    size in the main heap for a moment (bench footprint). Same bytes as before (tested)."""
+    items, size = [], ENVELOPE_SLACK
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        items.append(
-            [name, _NAMES[t.dtype], list(t.shape), t.view(torch.uint8).numpy().tobytes() if t.numel() else b""]
-        )
-    return msgpack.packb({"format": FORMAT, "version": 1, "meta": meta or {}, "tensors": items}, use_bin_type=True)
+        raw = memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else b""
+        items.append([name, _NAMES[t.dtype], list(t.shape), raw])
+        size += len(raw) + len(name) + 16 + 9 * t.dim()
+    packer = msgpack.Packer(use_bin_type=True, buf_size=size)
+    return packer.pack({"format": FORMAT, "version": 1, "meta": meta or {}, "tensors": items})
+
+
+ENVELOPE_SLACK = 4096
+"""Bytes of the packing buffer beyond the tensors' own: the markers, meta and each entry's head."""
 
 
 def decode_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:

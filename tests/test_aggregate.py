@@ -8,6 +8,7 @@ import torch
 
 from node.config import ModelConfig, RobustConfig, StrategyConfig
 from node.errors import SwarmtrainError
+from node.outer import norm
 from node.outer.aggregate import (
     MIN_WEIGHT,
     Mean,
@@ -48,6 +49,25 @@ def test_l2_norm_is_exact_and_thread_independent():
     finally:
         torch.set_num_threads(before)
     assert l2_norm([torch.tensor([3.0, 4.0])]) == 5.0 and l2_norm([]) == 0.0
+
+
+def test_l2_norm_by_blocks_is_the_whole_trees_bits(monkeypatch):
+    """The blocks are subtrees of the one pairwise tree over the padded values: any block size
+    gives the bits of summing all values at once (what every peer computed before the blocks)."""
+
+    def whole(tensors):
+        x = torch.cat([t.reshape(-1).double() for t in tensors]).square()
+        x = torch.cat([x, x.new_zeros((1 << (x.numel() - 1).bit_length()) - x.numel())])
+        while x.numel() > 1:
+            x = x[0::2] + x[1::2]
+        return math.sqrt(float(x[0]))
+
+    g = torch.Generator().manual_seed(3)
+    for shapes in ([(1,)], [(65536,)], [(65537,)], [(512, 128), (128,), (256, 128), (7,)], [(2, 65536), (5,)]):
+        ts = [torch.randn(s, generator=g) * 10.0 ** (i % 5 - 2) for i, s in enumerate(shapes)]
+        for block in (1 << 16, 1 << 4, 1):
+            monkeypatch.setattr(norm, "NORM_BLOCK", block)
+            assert l2_norm(ts) == whole(ts), (shapes, block)
 
 
 def _with_threads(n, fn):

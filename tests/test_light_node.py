@@ -50,3 +50,27 @@ def test_bench_footprint_names_each_process_and_totals_them():
     table = footprint_table(row | {"seconds_to_joined": 4.21, "seconds_to_first_round": 20.0})
     assert "| all | 460 | 360 |" in table and "| all beyond the model state | 440 | 340 |" in table
     assert "start to joined 4.2 s" in table
+
+
+TRIM = """
+from node.train.device import release_freed_memory
+def rss():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) // 1024
+held = [bytearray(100_000) for _ in range(1000)]  # 100 MB in the heap (under malloc's mmap threshold)
+top = bytearray(100_000)  # allocated last: the heap cannot shrink from its top below it
+del held
+before = rss()
+release_freed_memory()
+print("freed", before - rss())
+"""
+
+
+def test_a_round_end_hands_mallocs_free_pages_back():
+    """What the round's end freed in the middle of the heap (glibc keeps it) goes back to the
+    system; elsewhere release_freed_memory does nothing."""
+    from node.train.device import _glibc
+
+    if _glibc() is None:
+        return  # not glibc: nothing to hand back, nothing to test
+    out = subprocess.run([sys.executable, "-c", TRIM], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert int(out.stdout.split()[1]) > 80, out.stdout  # of the 100 MB freed

@@ -226,3 +226,32 @@ def test_a_heartbeat_s_step_and_exchange_times_are_seconds_in_range_or_refused()
         for name in ("step_s", "exchange_s"):
             with pytest.raises(ProtocolError, match=name):
                 Heartbeat.from_wire(heartbeat(**{name: bad}))
+
+
+def test_tensor_containers_are_the_bytes_of_each_tensors_copy_packed_as_before():
+    """encode_tensors packs views of the tensors' memory into a presized buffer: the bytes of
+    copying each tensor's bytes first and letting msgpack size its buffer (what every peer
+    and checkpoint held before), for every dtype, empty and non-contiguous tensors included."""
+
+    def copied(tensors, meta):
+        items = [
+            [n, str(t.dtype).split(".")[1], list(t.shape), t.contiguous().view(torch.uint8).numpy().tobytes()]
+            for n, t in tensors.items()
+        ]
+        return msgpack.packb({"format": "swarmtrain-tensors", "version": 1, "meta": meta, "tensors": items})
+
+    g = torch.Generator().manual_seed(0)
+    ts = {
+        "w": torch.randn(512, 128, generator=g),
+        "h": torch.randn(3, generator=g).half(),
+        "b": torch.randn(4, 5, generator=g).bfloat16(),
+        "i": torch.arange(7),
+        "empty": torch.zeros(0),
+        "t": torch.randn(6, 4, generator=g).t(),
+        "u": torch.randint(0, 255, (9,), dtype=torch.uint8),
+        "big": torch.randn(300_000, generator=g),
+    }
+    meta = {"run": "r", "round": 2, "digest": "f" * 64}
+    assert encode_tensors(ts, meta) == copied(ts, meta)
+    for name, t in ts.items():
+        assert encode_tensors({name: t}) == copied({name: t}, {})

@@ -42,6 +42,7 @@ import torch
 
 from node.config import RobustConfig
 from node.errors import SwarmtrainError
+from node.outer.norm import l2_norm
 from protocol.codecs import Selection, TopKCodec
 
 Update = list[torch.Tensor]  # one peer's decoded update, one tensor per parameter, model order
@@ -61,22 +62,6 @@ def _require_updates(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- building blocks
-def l2_norm(tensors: list[torch.Tensor]) -> float:
-    """L2 norm with the same bits on every machine, whatever its threads or vector width.
-
-    Squares of fp32 values are exact in float64; they are then summed along a fixed pairwise
-    tree, each level one elementwise add (exactly rounded, in no order but the tree's), rather
-    than by a library reduction whose association depends on threads and SIMD width.
-    """
-    x = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors] or [torch.zeros(1, dtype=torch.float64)])
-    x = x.square()
-    size = 1 << max(0, (x.numel() - 1).bit_length())
-    x = torch.cat([x, x.new_zeros(size - x.numel())])
-    while x.numel() > 1:
-        x = x[0::2] + x[1::2]
-    return math.sqrt(float(x[0])) if x.numel() else 0.0  # an empty update has norm 0
-
-
 def clip_factors(norms: list[float], clip_multiple: float) -> list[float]:
     """Per update, the factor (<= 1) that brings its norm to at most clip_multiple x the median."""
     if clip_multiple <= 0 or not norms:

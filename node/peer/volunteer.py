@@ -30,6 +30,7 @@ from node.peer.wiring import NodeParts, keep_proof, proof_path
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
+from node.train.device import release_freed_memory
 from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
 from protocol import signing
@@ -299,6 +300,7 @@ class Peer(NodeParts):
             accepted, self.exchange, steps=steps, loss=loss, val_bpb=bpb, train_s=train_s, exchange_s=exchange_s
         )
         self.presence.manifest_keeper.tick()
+        release_freed_memory()  # what the round's end freed (payloads, copies, the blob's building)
 
     def reached_max(self) -> bool:
         return bool(self.cfg.max_rounds) and self.state.round + (self.inflight is not None) >= self.cfg.max_rounds

@@ -355,6 +355,24 @@ def test_state_serving_is_rate_limited_per_peer(node):
     assert b.refused["state_rate"] == 2 and b.served["state"] == 8
 
 
+def test_state_served_from_its_checkpoint_file_is_read_when_asked(node, tmp_path):
+    """A volunteer serves its state from the checkpoint it wrote (no second copy held between
+    rounds): each request reads the file as it is then; without it, a refusal, not a crash."""
+    b, ckpt = node(B), tmp_path / "state.ckpt"
+    b.set_state(ckpt)
+
+    async def scenario():
+        with pytest.raises(ProtocolError, match="no state yet"):
+            decode_response(await ask(b, A, state_request()))
+        ckpt.write_bytes(b"S" * 5000)
+        assert decode_response(await ask(b, A, state_request())) == b"S" * 5000
+        ckpt.write_bytes(b"T" * 5000)  # the next round's checkpoint
+        assert decode_response(await ask(b, A, state_request())) == b"T" * 5000
+
+    asyncio.run(scenario())
+    assert b.served["state"] == 2
+
+
 def test_rate_limit_forgets_idle_peers(monkeypatch):
     monkeypatch.setattr("node.p2p.limits.MAX_TRACKED_PEERS", 10)
     now = [0.0]

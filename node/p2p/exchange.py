@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 from node.config import SwarmConfig
 from node.p2p.limits import DEFAULT_BUDGETS, Budgets, ByteBudget, FetchSlots, ServeGate, UploadLimit
@@ -115,7 +116,7 @@ class Exchange(Serving):
         self._held = ByteBudget(budgets.held_bytes)
         self._upload = UploadLimit(upload_limit) if upload_limit else None
         self._updates: dict[tuple[int, str], bytes] = {}
-        self._state: bytes | None = None
+        self._state: bytes | Path | None = None
         self._ledger: Callable[[int, int], list[dict]] = lambda first, most: []
         self._checkpoint: Callable[[int], dict | None] = lambda round_no: None
         self._lock = threading.Lock()
@@ -152,9 +153,12 @@ class Exchange(Serving):
         requests of a round without a roster here are served, and the receipts we sign."""
         self._gate_of_rounds = gate
 
-    def set_state(self, blob: bytes) -> None:
+    def set_state(self, state: bytes | Path) -> None:
+        """The state we serve to joiners: its bytes, or a file that holds exactly them (a
+        checkpoint, replaced whole: read when asked, so no second copy of the state, two of the
+        parameters with the outer buffers, stays in memory between rounds)."""
         with self._lock:
-            self._state = blob
+            self._state = state
 
     def set_ledger(self, rosters_from: Callable[[int, int], list[dict]]) -> None:
         """Serve `ledger` requests: rosters_from(first round, most bytes) -> roster envelopes."""

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 
@@ -149,6 +150,9 @@ class Serving:
             self.served[request.op] += payload is not None
             return request.op, encode_response(payload, error)
         payload, error = self._answer(request, peer, held)
+        if isinstance(payload, Path):  # our state's checkpoint file: read off the event loop
+            payload = await asyncio.to_thread(read_state, payload)
+            error = "" if payload is not None else "no state yet"
         if payload is None and self._may_arrive(request):  # we relay it once our own copy is in
             payload = await self._await_update((request.round, request.peer))
             error = "" if payload is not None else f"{error} (waited {self.relay_wait:g} s)"
@@ -190,10 +194,10 @@ class Serving:
             state = self._state
             blob = self._updates.get((request.round, request.peer))
         if request.op == "state":
-            if state is None:
-                return None, "no state yet"
-            refusal = self._gate.enter_upload(peer, held)
-            return (state, "") if refusal is None else (None, self._refused(peer, refusal))
+            refusal = self._gate.enter_upload(peer, held) if state is not None else None
+            if refusal is not None:
+                return None, self._refused(peer, refusal)
+            return (state, "") if state is not None else (None, "no state yet")  # a file: read by the caller
         if request.op == "ledger":
             rosters = self._ledger(request.round, self.max_bytes // 2)
             return (msgpack.packb(rosters, use_bin_type=True), "") if rosters else (None, "no rosters from that round")
@@ -261,3 +265,11 @@ class Serving:
         if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the log as well
             log.info("refused %s (%s; %d so far): %s", peer[:16], refusal.reason, n, refusal.text)
         return refusal.text
+
+
+def read_state(path: Path) -> bytes | None:
+    """The state file's bytes (Exchange.set_state), or None when it cannot be read now."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

@@ -292,9 +292,8 @@ class Peer(NodeParts):
         self, accepted: AcceptedRoster, loss: float | None, steps: int, *, train_s: float, exchange_s: float
     ) -> None:
         self.exchange.set_known({a.peer for a in accepted.announcements})  # served first, whatever the crowd
-        blob = self.state.to_bytes(self.run_id)  # serialised once: served to joiners and saved
-        self.exchange.set_state(blob)
-        checkpoint.save(self.ckpt, blob)
+        checkpoint.save(self.ckpt, self.state.to_bytes(self.run_id))
+        self.exchange.set_state(self.ckpt)  # served from the file: no second copy of the state held
         bpb = self.evaluate()  # (after exchange_s: not exchange time)
         self.reports.round_done(
             accepted, self.exchange, steps=steps, loss=loss, val_bpb=bpb, train_s=train_s, exchange_s=exchange_s

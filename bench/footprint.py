@@ -52,15 +52,17 @@ def role(proc, node_pid: int) -> str:
 
 
 def sample(node_pid: int) -> dict[str, dict]:
-    """role -> {pid, rss_mb, pss_mb} of every process under (and including) `node_pid`."""
+    """role -> {pid, rss_mb, pss_mb, cpu_s} of every process under (and including) `node_pid`
+    (cpu_s: its user and system seconds since it started)."""
     import psutil
 
     top = psutil.Process(node_pid)
     found = {}
     for proc in [top, *top.children(recursive=True)]:
         try:
-            mem = proc.memory_full_info()
-            found[role(proc, node_pid)] = {"pid": proc.pid, "rss_mb": mem.rss / 2**20, "pss_mb": mem.pss / 2**20}
+            mem, cpu = proc.memory_full_info(), proc.cpu_times()
+            got = {"rss_mb": mem.rss / 2**20, "pss_mb": mem.pss / 2**20, "cpu_s": cpu.user + cpu.system}
+            found[role(proc, node_pid)] = {"pid": proc.pid, **got}
         except psutil.Error:
             continue  # it ended between the listing and the read
     return found
@@ -104,7 +106,7 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
         for _ in range(SAMPLES):
             for name, m in sample(volunteer.popen.pid).items():
                 held = peaks.setdefault(name, m)
-                held.update({k: max(held[k], m[k]) for k in ("rss_mb", "pss_mb")})
+                held.update({k: max(held[k], m[k]) for k in ("rss_mb", "pss_mb", "cpu_s")})
             if stop.wait(SAMPLE_GAP):
                 return None
     params = int(ready.group(2))
@@ -122,7 +124,7 @@ def run_footprint(json_path: str, workdir: str, rounds: int, stop: threading.Eve
         "python": sys.version.split()[0],
         "seconds_to_joined": round(joined_s, 2),
         "seconds_to_first_round": round(first_round_s, 2),
-        "processes": {k: {"rss_mb": round(v["rss_mb"], 1), "pss_mb": round(v["pss_mb"], 1)} for k, v in peaks.items()},
+        "processes": {k: {m: round(v[m], 1) for m in ("rss_mb", "pss_mb", "cpu_s")} for k, v in peaks.items()},
         "total_rss_mb": round(total_rss, 1),
         "total_pss_mb": round(total_pss, 1),
         "model_state_mb": round(state_mb, 1),

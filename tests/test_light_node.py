@@ -13,7 +13,7 @@ from node.p2p import dht
 from hivemind.dht import DHT
 import torch.multiprocessing
 heavy = ("hivemind.optim", "hivemind.averaging", "hivemind.moe", "scipy", "transformers", "peft", "ray",
-         "optuna", "datasets", "matplotlib", "opacus")
+         "optuna", "datasets", "matplotlib", "opacus", "rich")  # rich: the terminal panel's alone
 print("loaded", [m for m in heavy if m in sys.modules])
 print("sharing", torch.multiprocessing.get_sharing_strategy())
 import hivemind

@@ -9,10 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from node.watch.progress import Reporter, format_value, text_line
 
@@ -28,6 +25,10 @@ COLUMNS = (
     ("state", "state"),
 )
 
+if TYPE_CHECKING:  # rich is imported by the panel only: a node with its output to a pipe or file never loads it
+    from rich.console import Console
+    from rich.table import Table
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
@@ -41,6 +42,9 @@ class LivePanel:
     """Rows keyed by peer label; `update()` merges an event's fields, `log()` prints above."""
 
     def __init__(self, title: str, console: Console | None = None):
+        from rich.console import Console
+        from rich.live import Live
+
         self.title = title
         self.console = console or Console()
         self.rows: dict[str, dict] = {}
@@ -69,6 +73,8 @@ class LivePanel:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def render(self) -> Table:
+        from rich.table import Table
+
         table = Table(title=self.title, title_justify="left", expand=False)
         table.add_column("peer")
         for _, header in COLUMNS:

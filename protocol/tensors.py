@@ -26,6 +26,9 @@ DTYPES = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 MAX_TENSORS = 10_000
 
+ENVELOPE_SLACK = 4096
+"""Bytes of the packing buffer beyond the tensors' own: the markers, meta and each entry's head."""
+
 
 def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict | None = None) -> bytes:
     """The container's bytes. Each tensor's bytes are packed from a view of its memory (no copy
@@ -40,10 +43,6 @@ def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict | None = None) -
         size += len(raw) + len(name) + 16 + 9 * t.dim()
     packer = msgpack.Packer(use_bin_type=True, buf_size=size)
     return packer.pack({"format": FORMAT, "version": 1, "meta": meta or {}, "tensors": items})
-
-
-ENVELOPE_SLACK = 4096
-"""Bytes of the packing buffer beyond the tensors' own: the markers, meta and each entry's head."""
 
 
 def decode_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:

@@ -177,9 +177,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
-    if report.when == "call" and report.failed:  # a swarm fails across processes: show every one's end
-        for p in Proc.started:
-            if p.ended >= since:
+    if report.when == "call":
+        Proc.started[:] = [p for p in Proc.started if p.ended >= since]  # those this test saw, alive or ended in it
+        if report.failed:  # a swarm fails across processes: show every one's end
+            for p in Proc.started:
                 report.sections.append((f"swarmtrain {' '.join(p.args[:4])}: last lines", p.output[-2500:]))
 
 

@@ -192,6 +192,17 @@ def test_a_receipt_lost_once_is_asked_again():
     assert accepted.roster.credit == (credit.UNITS,) * 4
 
 
+def left_out_alone(peers, leader: str, owner) -> None:
+    """Play a round: `leader` leads it at rank 0 of attempt 0, lists `owner` as unserved, and
+    credits the 3 other entries in full (what every chain reader checks)."""
+    accepted = next(iter(play_round(peers).values())).accepted
+    roster, anns = accepted.roster, accepted.announcements
+    assert roster.leader == leader and roster.attempt == 0 and not roster.skip
+    assert owner.id not in {a.peer for a in anns} and owner.id in roster.unserved
+    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
+    credit.check(roster, anns, set())
+
+
 def test_an_owner_that_serves_but_withholds_its_receipt_costs_only_its_own_entry():
     """Receipt griefing: an owner the leader sealed serves its update and never answers for its
     receipt. One sealed entry without a receipt makes a roster credit nobody (sealed.creditable),
@@ -204,12 +215,7 @@ def test_an_owner_that_serves_but_withholds_its_receipt_costs_only_its_own_entry
     griefer = next(p for p in peers if p.id == order[1])  # served by rank 0, which leads
     real = griefer.net.answer
     griefer.net.answer = lambda request: None if request.op == "receipt" else real(request)
-    accepted = next(iter(play_round(peers).values())).accepted
-    roster, anns = accepted.roster, accepted.announcements
-    assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
-    assert griefer.id not in {a.peer for a in anns} and griefer.id in roster.unserved
-    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
-    credit.check(roster, anns, set())
+    left_out_alone(peers, order[0], griefer)
 
 
 def crowd_at_ranks_0_and_1():
@@ -288,9 +294,4 @@ def test_an_owner_with_fabricated_evidence_of_an_earlier_release_is_left_out(for
         return ReceiptAnswer(receipt=signed.seal(sybil.key, receipt), seal=seal_env).encode()
 
     sybil.net.answer = answer
-    accepted = next(iter(play_round(peers).values())).accepted
-    roster, anns = accepted.roster, accepted.announcements
-    assert roster.leader == order[0] and roster.attempt == 0 and not roster.skip
-    assert sybil.id not in {x.peer for x in anns} and sybil.id in roster.unserved
-    assert len(anns) == 3 and roster.credit == (credit.UNITS,) * 3
-    credit.check(roster, anns, set())
+    left_out_alone(peers, order[0], sybil)

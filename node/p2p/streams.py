@@ -194,10 +194,10 @@ class Serving:
             state = self._state
             blob = self._updates.get((request.round, request.peer))
         if request.op == "state":
-            refusal = self._gate.enter_upload(peer, held) if state is not None else None
-            if refusal is not None:
-                return None, self._refused(peer, refusal)
-            return (state, "") if state is not None else (None, "no state yet")  # a file: read by the caller
+            if state is None:
+                return None, "no state yet"
+            refusal = self._gate.enter_upload(peer, held)  # the state, or its file (read by the caller)
+            return (state, "") if refusal is None else (None, self._refused(peer, refusal))
         if request.op == "ledger":
             rosters = self._ledger(request.round, self.max_bytes // 2)
             return (msgpack.packb(rosters, use_bin_type=True), "") if rosters else (None, "no rosters from that round")

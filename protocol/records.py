@@ -127,6 +127,8 @@ class Announcement:
     """Announcements seen in time that the last roster left out, by body-hash prefix (node/round/trust/omission.py)."""
     claim: dict | None = attribute(default=None, hash=False)
     """The author's own signed announcement that an earlier roster left out (checked by protocol/signed.py)."""
+    hidden: dict | None = attribute(default=None, hash=False)
+    """Protocol 21: a seal the author released under that its leader's roster hid (node/round/trust/sealed.py)."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -134,9 +136,7 @@ class Announcement:
             d[name] = list(d[name])
             if not d[name]:
                 del d[name]  # absent: the bytes of an announcement before the field
-        if self.claim is None:
-            del d["claim"]
-        return d
+        return {k: v for k, v in d.items() if k not in ("claim", "hidden") or v is not None}
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int) -> Announcement:
@@ -159,19 +159,24 @@ class Announcement:
 
 
 def _omission_fields(d: dict, where: str) -> dict:
-    """`seen_late` (distinct prefixes) and `claim` (shaped as a signed announcement envelope, whose
-    signature, author and round protocol/signed.py checks): both optional."""
-    late, claim = (
+    """`seen_late` (distinct prefixes), `claim` (shaped as a signed announcement envelope, whose
+    signature, author and round protocol/signed.py checks) and `hidden` (a seal envelope, checked
+    there too): all optional."""
+    late, claim, hidden = (
         optional_field(d, "seen_late", list, [], where=where),
         optional_field(d, "claim", dict, None, where=where),
+        optional_field(d, "hidden", dict, None, where=where),
     )
     if len(late) > MAX_SEEN_LATE or not all(type(x) is bytes and len(x) == SEEN_PREFIX for x in late):
         raise ProtocolError(f"{where}: seen_late must be at most {MAX_SEEN_LATE} {SEEN_PREFIX}-byte prefixes")
-    if len(set(late)) != len(late) or (claim is not None and claim.get("kind") != "announcement"):
-        raise ProtocolError(f"{where}: seen_late repeats a prefix, or claim is not a signed announcement")
-    if claim is not None and not all(type(claim.get(k)) is bytes for k in ("body", "key", "sig")):
-        raise ProtocolError(f"{where}: claim must be a signed announcement envelope")
-    return {"seen_late": tuple(late), "claim": claim}
+    if len(set(late)) != len(late):
+        raise ProtocolError(f"{where}: seen_late repeats a prefix")
+    for name, env, kind in (("claim", claim, "announcement"), ("hidden", hidden, "seal")):
+        if env is not None and (
+            env.get("kind") != kind or not all(type(env.get(k)) is bytes for k in ("body", "key", "sig"))
+        ):
+            raise ProtocolError(f"{where}: {name} must be a signed {kind} envelope")
+    return {"seen_late": tuple(late), "claim": claim, "hidden": hidden}
 
 
 def work_field(d: dict, where: str) -> tuple:

@@ -25,7 +25,7 @@ from protocol.records import CLAIM_ROUNDS, MAX_ROSTER, Announcement, Heartbeat, 
 # a peer-table read, at 1 KiB it takes ~2,500 (tests/test_budgets.py measures both).
 MAX_BODY = {
     "heartbeat": 1024,
-    "announcement": 2 * 1024,
+    "announcement": 3 * 1024 + SEAL_BODY,  # protocol 21: room for one seal as evidence (`hidden`)
     "roster": MAX_ROSTER * (2048 + 2 * RECEIPT_BODY) + MAX_SEALS * (SEAL_BODY + 1024) + 4096,  # receipts, seals
     "call": MAX_ROSTER * 2048 + 4096,
     "manifest": 64 * 1024,
@@ -124,6 +124,8 @@ def _open(envelope: object, cls, signer: str | None, max_bytes: int):
     signing.verify(envelope, signer=author, max_body=MAX_BODY[kind], kind=kind)
     if cls is Announcement and record.claim is not None:
         _check_claim(record, max_bytes)
+    if cls is Announcement and record.hidden is not None:
+        _check_hidden(record)
     return record
 
 
@@ -135,6 +137,16 @@ def _check_claim(ann: Announcement, max_bytes: int) -> None:
         raise ProtocolError("announcement: its claim carries a claim")
     if claimed.run != ann.run or not ann.round - CLAIM_ROUNDS <= claimed.round < ann.round:
         raise ProtocolError(f"announcement: claims round {claimed.round}, not one of the {CLAIM_ROUNDS} before its own")
+
+
+def _check_hidden(ann: Announcement) -> None:
+    """Evidence of a hidden seal (protocol 21, node/round/trust/sealed.py) is a seal that verifies,
+    of the same run and of one of the CLAIM_ROUNDS rounds before the announcement's own."""
+    seal = open_record(ann.hidden, Seal)
+    if seal.run != ann.run or not ann.round - CLAIM_ROUNDS <= seal.round < ann.round:
+        raise ProtocolError(
+            f"announcement: evidence of round {seal.round}, not one of the {CLAIM_ROUNDS} before its own"
+        )
 
 
 def body_hash(envelope: dict) -> str:

@@ -49,6 +49,7 @@ from protocol.codecs import DenseCodec, Int8Codec, LowRankCodec, TopKCodec
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from protocol.kinds.metrics import MetricsRecord
+from protocol.kinds.sealed import Seal
 from protocol.messages import (
     HEADER_LEN,
     ReceiptAnswer,
@@ -854,7 +855,29 @@ def _check_failed(failed: list) -> None:
     Admission(FAILED_PUZZLE).check(roster, [], set(), whole=True, max_bytes=2**20)
 
 
+HIDDEN_BODY = dict(run=RUN, round=2, base=SHA, leader=PEER2, time=1.0e9, announcements=[SHA])
+HIDDEN_SEAL = signed.seal(KEY2, Seal.from_wire(HIDDEN_BODY))
+
+
+def _hidden_announcement(tape: Tape) -> tuple:
+    """(an announcement of round 3 carrying a seal as evidence of a hidden seal, protocol 21; its
+    signer): the seal edited after signing, or signed over an edited body, or another kind."""
+    mode = tape.below(4)
+    hidden = (
+        reshape(tape, HIDDEN_SEAL)
+        if mode == 0
+        else signing.sign(KEY2, mutate_bytes(tape, HIDDEN_SEAL["body"]), "seal")
+        if mode == 1
+        else signing.sign(KEY2, msgpack.packb(reshape(tape, HIDDEN_BODY), use_bin_type=True), "seal")
+        if mode == 2
+        else {**HIDDEN_SEAL, "kind": KINDS[tape.below(len(KINDS))]}
+    )
+    body = msgpack.packb({**ANNOUNCEMENT, "hidden": hidden}, use_bin_type=True)
+    return signing.sign(KEY, body, "announcement"), _signer(tape)
+
+
 V2 = [
+    Target("signed.open_record.announcement.hidden", _opens(Announcement), _hidden_announcement, group="signed"),
     Target(
         "admission.check_failed",
         _check_failed,

@@ -144,6 +144,7 @@ class RosterChecks:
     def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
         self.took[round_no] = self.net.monotonic()
         self.gate.opened(round_no)  # its updates are no secret now (protocol 18: trust/gate.py)
+        self.gate.took(accepted.roster, accepted.announcements)  # a seal it hid: our evidence (protocol 21)
         known, _ = self.ledger.authors_before(round_no, omission.KNOWN)  # seers list no newcomer
         listable = (self.seen.get(round_no, set()) & known) - self.banned(self.ledger)
         self.seer.took(accepted.roster, {a.peer for a in accepted.announcements}, self.net.now(), listable)

@@ -163,7 +163,7 @@ class RosterBuilder:
         seals = (seal0,)
         if extra or rest:  # fetched under a second seal: aggregated, never credited (sealed.creditable)
             more = rest + [again[p] for p in sorted(extra)]
-            seals = (seal0, self._seal(round_no, base, more))
+            seals = (seal0, self._seal(round_no, base, more, after=signed.body_hash(seal0)))  # names seal0: protocol 21
             blobs, picked = [*blobs, *self._fetch(more, round_no, slow, seals[1])], [*picked, *more]
             order = sorted(range(len(picked)), key=lambda i: picked[i].announcement.peer)
             picked, blobs = [picked[i] for i in order], [blobs[i] for i in order]
@@ -214,8 +214,9 @@ class RosterBuilder:
         roster = replace(roster, credit=tuple(sealed.masked(units, sealed.creditable(roster, anns))))
         return AcceptedRoster(signed.seal(self.key, roster), roster, tuple(anns))
 
-    def _seal(self, round_no: int, base: str, taken: list[SignedAnnouncement]) -> dict:
-        """Our signed seal of the announcements `taken` (protocol/kinds/sealed.py)."""
+    def _seal(self, round_no: int, base: str, taken: list[SignedAnnouncement], after: str = "") -> dict:
+        """Our signed seal of the announcements `taken` (protocol/kinds/sealed.py); `after`: our first
+        seal's body hash, on a later seal (a seal naming no seal in our roster is evidence against us)."""
         for key in [k for k in self.sealed if k[0] < round_no - 2]:
             del self.sealed[key]
         return sealed.signed_seal(
@@ -226,6 +227,7 @@ class RosterBuilder:
             leader=self.me,
             time=self.net.now(),
             envelopes=[s.envelope for s in taken],
+            after=after,
         )
 
     def _receipts(

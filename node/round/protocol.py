@@ -147,11 +147,11 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             work=self.admission.proof,
             seen_late=late,
             claim=claim,
+            hidden=self.gate.evidence(round_no),  # a seal a roster we took hid (protocol 21: trust/gate.py)
         )
         env = signed.seal(self.key, ann)
         self.gate.announced(round_no, env)  # before it is stored: a leader may ask for it at once
-        peers = self.peers()  # the gate's view until await_roster's replaces it; a ledger that cannot
-        # tell who leads (we joined) ranks the live peers on our state (docs/security.md: open)
+        peers = self.peers()  # the gate's view till await_roster's; a joiner ranks the live peers (security.md: open)
         turns = self.candidates(peers, base, round_no - 1, ahead=1) or election.candidates(peers, base, None, round_no)
         opened = self.opened.get(round_no, self.took.get(round_no - 1, self.net.monotonic()))  # since we trained it
         self.publish_view(round_no, turns, opened)

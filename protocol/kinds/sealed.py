@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
-from protocol.fields import field, finite_field, peer_id_field, round_field, run_field, sha256_field
-from protocol.records import MAX_ROSTER
+from protocol.fields import field, finite_field, optional_field, peer_id_field, round_field, run_field, sha256_field
 
 MAX_SEALS = 2  # a roster's seals: the announcements read at close, and those of the second read
-SEAL_BODY = MAX_ROSTER * 67 + 1024  # MAX_ROSTER hex digests (msgpack str8: 2 + 64) and the header
+MAX_SEALED = 224  # announcements one seal lists (protocol 21): any seal fits in an announcement as evidence
+SEAL_BODY = MAX_SEALED * 67 + 1024  # MAX_SEALED hex digests (msgpack str8: 2 + 64) and the header
 RECEIPT_BODY = 512
 
 
@@ -30,7 +30,10 @@ class Seal:
     """'In round `round` of run `run`, from state `base`, I, `leader`, take exactly these signed
     announcements; I signed this at `time`, before fetching any of their updates.' Signed by
     `leader`. `announcements`: the SHA-256 hex digests of the announcement envelopes' bodies
-    (protocol/signed.py body_hash), sorted, without repeats, at most MAX_ROSTER."""
+    (protocol/signed.py body_hash), sorted, without repeats, at most MAX_SEALED. `after` (protocol
+    21): "" on the leader's first seal of that run, round and base; on any later one, the body hash
+    of that first seal, which an honest leader keeps and puts first in its roster (node/round/
+    trust/sealed.py `hides`: a seal that is neither is evidence of a hidden first seal)."""
 
     run: str
     round: int
@@ -38,23 +41,26 @@ class Seal:
     leader: str
     time: float
     announcements: tuple[str, ...]
+    after: str = ""
 
     def to_wire(self) -> dict:
-        return {
+        d = {
             "run": self.run,
             "round": self.round,
             "base": self.base,
             "leader": self.leader,
             "time": self.time,
             "announcements": list(self.announcements),
+            "after": self.after,
         }
+        return d if self.after else {k: v for k, v in d.items() if k != "after"}
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> Seal:
         w = "seal"
         listed = field(d, "announcements", list, where=w)
-        if len(listed) > MAX_ROSTER or not all(isinstance(x, str) for x in listed):
-            raise ProtocolError(f"{w}: announcements must be at most {MAX_ROSTER} digests")
+        if len(listed) > MAX_SEALED or not all(isinstance(x, str) for x in listed):
+            raise ProtocolError(f"{w}: announcements must be at most {MAX_SEALED} digests")
         digests = tuple(sha256_field(x, w) for x in listed)
         if list(digests) != sorted(set(digests)):
             raise ProtocolError(f"{w}: announcements must be sorted without repeats")
@@ -65,6 +71,7 @@ class Seal:
             leader=peer_id_field(field(d, "leader", str, where=w), w),
             time=finite_field(field(d, "time", float, where=w), "time", w),
             announcements=digests,
+            after=optional_field(d, "after", str, "", where=w) and sha256_field(d["after"], w),
         )
 
 

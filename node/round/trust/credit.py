@@ -8,7 +8,8 @@ synced lately judges nothing); so the number in the chain is one every reader ta
 what the chain makes of it, a pure function of the rosters held:
 
 - weight(p): the sum of p's credit over the window's rosters (at most UNITS a roster: a token
-  claim of 10^9 counts as one round's), plus the credit of the updates that carried p's counted
+  claim of 10^9 counts as one round's; none of a roster shown hiding a seal, protocol 21:
+  sealed.hiding), plus the credit of the updates that carried p's counted
   omission claims (node/round/trust/omission.py: the carried-over work, so a claim earns what
   the claimant's next update earned, and nothing for junk, nor of a roster that credits nobody);
 - established: weight >= k x UNITS (k = [swarm] established_rounds: k full rounds' credit) and
@@ -80,14 +81,17 @@ def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weig
     credit, unless the roster that left the claimant out credited nobody (`judged_none`)."""
     units: Counter = Counter()
     leaders: dict[str, set[str]] = defaultdict(set)
-    for held in rosters.values():
+    void = sealed.hiding(rosters)  # protocol 21: a roster shown hiding a seal credits nobody
+    for r, held in rosters.items():
+        if r in void:
+            continue
         for a, u in zip(held.announcements, units_of(held)):
             if u:
                 units[a.peer] += u
                 leaders[a.peer].add(held.roster.leader)
     for c in claims:
         carrier, omitted = rosters.get(c.carried), rosters.get(c.round)
-        if carrier is None or (omitted is not None and judged_none(omitted)):
+        if carrier is None or c.carried in void or c.round in void or (omitted is not None and judged_none(omitted)):
             continue
         u = next((u for a, u in zip(carrier.announcements, units_of(carrier)) if a.peer == c.claimant), 0)
         if u:
@@ -104,8 +108,9 @@ def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] =
     (the run stayed young for good: seen in the swarm tests)."""
     w = weights(rosters, claims)
     listing: dict[str, set[str]] = defaultdict(set)
-    for held in rosters.values():
-        if judged_none(held):  # a leader that judged nothing (it synced) vouches neither way
+    void = sealed.hiding(rosters)
+    for r, held in rosters.items():
+        if judged_none(held) or r in void:  # a leader that judged nothing (it synced) vouches neither way
             continue
         for a in held.announcements:
             listing[a.peer].add(held.roster.leader)

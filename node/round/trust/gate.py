@@ -16,7 +16,9 @@ Anything else is refused with "sealed: ...". The owner signs one Receipt a round
 seal it released its update under (asked by the leader with a `receipt` request). Asked under a
 later seal it released under, it answers with that receipt and the first seal (protocol 19,
 protocol/messages.py ReceiptAnswer): the round went out before that leader's seal, and the leader
-keeps our entry (its roster then credits nobody) rather than leaving us out as a withholder.
+keeps our entry (its roster then credits nobody) rather than leaving us out as a withholder. When
+the roster we accept is led by a leader that hid a seal we released under (sealed.hides), our next
+announcements carry that seal as evidence (protocol 21, `took`, `evidence`).
 
 The gate runs on the exchange's thread (node/p2p/exchange.py) and in FakeNet's calls: the round
 protocol replaces the view whole (`set_view`), and the rest is under one lock.
@@ -25,15 +27,17 @@ protocol replaces the view whole (`set_view`), and the rest is under one lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.round import election
+from node.round.trust import sealed
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.kinds.sealed import Receipt, Seal
 from protocol.messages import ReceiptAnswer
+from protocol.records import CLAIM_ROUNDS, Announcement, Roster
 
 KEEP = 4  # rounds of releases remembered (the exchange keeps updates 4 rounds)
 
@@ -81,7 +85,8 @@ class Gate:
         self.view: LeadView | None = None  # replaced whole (set_view): read without the lock
         self.open_through = 0  # the newest round this node accepted or published a roster of
         self.own: dict[int, str] = {}  # round -> the body hash of our own announcement
-        self.released: dict[int, set[str]] = {}  # round -> seals (body hashes) we released our update under
+        self.released: dict[int, dict[str, dict]] = {}  # round -> body hash -> a seal we released our update under
+        self.hidden: dict[int, dict] = {}  # round -> a seal of those that its leader's roster hid (protocol 21)
         self.first: dict[int, First] = {}  # round -> the first seal we released under, our receipt
         self.refused = 0
         self._lock = threading.Lock()
@@ -95,6 +100,24 @@ class Gate:
             for table in (self.own, self.released, self.first):
                 for r in [r for r in table if r <= round_no - KEEP]:
                     del table[r]
+
+    def took(self, roster: Roster, anns: Sequence[Announcement]) -> None:
+        """We accepted `roster` (its announcements `anns`): a seal of its leader we released our
+        update under that it hides (sealed.hides) is evidence our next announcements carry, until a
+        roster holds an entry that carries it (then every reader has it: sealed.hiding)."""
+        with self._lock:
+            for env in self.released.get(roster.round, {}).values():
+                if sealed.hides(roster, env):
+                    self.hidden.setdefault(roster.round, env)
+            carried = {signed.body_hash(a.hidden) for a in anns if a.hidden is not None}
+            self.hidden = {r: e for r, e in self.hidden.items() if signed.body_hash(e) not in carried}
+
+    def evidence(self, round_no: int) -> dict | None:
+        """The evidence our announcement of `round_no` carries (`hidden`): of the oldest of the
+        CLAIM_ROUNDS rounds before it whose roster hid a seal we released under; None: nothing."""
+        with self._lock:
+            self.hidden = {r: e for r, e in self.hidden.items() if round_no - CLAIM_ROUNDS <= r < round_no}
+            return self.hidden[min(self.hidden)] if self.hidden else None
 
     def opened(self, round_no: int) -> None:
         """A roster of `round_no` was accepted or published here: its updates are no secret now."""
@@ -115,7 +138,7 @@ class Gate:
     def _why(self, round_no: int, peer: str, requester: str, seal_env: dict | None, released: str) -> str | None:
         if seal_env is None and released and peer == self.me:
             with self._lock:
-                if released in self.released.get(round_no, ()):
+                if released in self.released.get(round_no, {}):
                     return None
             return "sealed: we released our update under no seal of that hash"
         if seal_env is None:
@@ -128,7 +151,7 @@ class Gate:
             return f"sealed: the seal does not verify ({e})"
         digest = signed.body_hash(seal_env)
         with self._lock:
-            own, released = self.own.get(round_no), self.released.setdefault(round_no, set())
+            own, released = self.own.get(round_no), self.released.setdefault(round_no, {})
             if (seal.run, seal.round) != (self.run_id, round_no) or own not in seal.announcements:
                 return "sealed: the seal is not of this round or does not list the update"
             if digest in released:
@@ -138,7 +161,7 @@ class Gate:
             view = self.view
             if view is None or view.round != round_no or not view.may_lead(requester, self.clock()):
                 return "sealed: the requester's turn to lead has not come here"
-            released.add(digest)
+            released[digest] = seal_env
             self.first.setdefault(round_no, First(digest, seal_env, None))
         return None
 
@@ -167,7 +190,7 @@ class Gate:
         digest = signed.body_hash(seal_env)
         with self._lock:
             first = self.first.get(round_no)
-            if first is None or digest not in self.released.get(round_no, set()):
+            if first is None or digest not in self.released.get(round_no, {}):
                 return None, "sealed: no receipt: our update was not released under that seal"
             evidence = None if first.digest == digest else first.seal
             return ReceiptAnswer(receipt=self._signed(round_no, first), seal=evidence).encode(), ""
@@ -175,7 +198,7 @@ class Gate:
     def own_receipt(self, round_no: int, seal_env: dict) -> dict:
         """As leader: our receipt for our own update under our own seal (we release it to ourselves)."""
         with self._lock:
-            self.released.setdefault(round_no, set()).add(signed.body_hash(seal_env))
+            self.released.setdefault(round_no, {})[signed.body_hash(seal_env)] = seal_env
             self.first.setdefault(round_no, First(signed.body_hash(seal_env), seal_env, None))
         got, why = self.receipt(round_no, seal_env)
         if got is None:

@@ -21,19 +21,23 @@ catch-up, the audit) computes it alike (`check`); signatures are verified once p
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from protocol import signed
 from protocol.errors import ProtocolError
-from protocol.kinds.sealed import Receipt, Seal
-from protocol.records import Announcement, Roster
+from protocol.kinds.sealed import MAX_SEALED, Receipt, Seal
+from protocol.records import CLAIM_ROUNDS, Announcement, Roster
 
 
-def signed_seal(key, *, run: str, round_no: int, base: str, leader: str, time: float, envelopes) -> dict:
-    """`leader`'s Seal of the announcement `envelopes` (their body hashes, sorted, once each),
-    signed with `key`: what a leader presents before it fetches (node/round/lead.py)."""
-    digests = tuple(sorted({signed.body_hash(e) for e in envelopes}))
-    seal = Seal(run=run, round=round_no, base=base, leader=leader, time=time, announcements=digests)
+def signed_seal(
+    key, *, run: str, round_no: int, base: str, leader: str, time: float, envelopes, after: str = ""
+) -> dict:
+    """`leader`'s Seal of the announcement `envelopes` (their body hashes, sorted, once each; the
+    first MAX_SEALED: the others' owners refuse this seal and are left out), signed with `key`:
+    what a leader presents before it fetches (node/round/lead.py). `after`: our first seal of the
+    round and base (its body hash), on every later seal of it."""
+    digests = tuple(sorted({signed.body_hash(e) for e in envelopes}))[:MAX_SEALED]
+    seal = Seal(run=run, round=round_no, base=base, leader=leader, time=time, announcements=digests, after=after)
     return signed.seal(key, seal)
 
 
@@ -124,4 +128,49 @@ def presented(roster: Roster, anns: Sequence[Announcement]) -> dict[str, str]:
         seal = listing.get(signed.body_hash(e))
         if seal is not None:
             out[a.peer] = seal
+    return out
+
+
+def hides(roster: Roster, evidence: object) -> bool:
+    """Whether `evidence` (a seal envelope) shows that `roster`'s leader hid a seal (protocol 21): its
+    own seal of the roster's run, round and base that is none of the roster's seals and does not
+    name seals[0] as the first seal it follows (`after`). An honest leader signs one first seal of a
+    round and base, keeps it through every rebuild and attempt (node/round/lead.py `sealed`), puts
+    it first in any roster it publishes of them, and names it in every later seal; so no seal of its
+    own is such evidence. A crowd leader that fetched the honest updates under a first seal S0 and
+    put first a seal S1 listing its crowd's mixes of them cannot have S0 name S1 (S1 lists
+    announcements of updates made from what S0 fetched): S0 is evidence."""
+    first = first_seal(roster)
+    if first is None:
+        return False  # such a roster credits nobody anyway (`creditable`)
+    try:
+        seal = signed.open_record(evidence, Seal, signer=roster.leader)
+    except ProtocolError:
+        return False
+    digest, head = signed.body_hash(evidence), signed.body_hash(roster.seals[0])
+    return (
+        (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base)
+        and digest not in {signed.body_hash(s) for s in roster.seals}
+        and seal.after != head
+    )
+
+
+def hiding(rosters: Mapping[int, object]) -> set[int]:
+    """The rounds whose roster (in `rosters`: round -> a held roster, node/round/ledger.py
+    AcceptedRoster) an entry of one of the CLAIM_ROUNDS rosters after it shows hiding a seal: its
+    announcement's `hidden` (protocol/records.py) is evidence that `hides` holds. Every reader takes
+    those rosters' credit as nobody's (node/round/trust/credit.py). Needs no jury: the evidence is
+    the leader's own signature. A pure function of the rosters held, so all readers agree."""
+    out: set[int] = set()
+    for q, held in rosters.items():
+        for a in held.announcements:
+            if a.hidden is None:
+                continue
+            try:
+                r = signed.open_record(a.hidden, Seal).round  # remembered: no RSA after the first time
+            except ProtocolError:
+                continue
+            hid = rosters.get(r)
+            if hid is not None and r < q <= r + CLAIM_ROUNDS and r not in out and hides(hid.roster, a.hidden):
+                out.add(r)
     return out

@@ -124,10 +124,11 @@ def test_a_crowd_leaders_roster_whose_seal_is_not_the_one_owners_receipted_credi
     with pytest.raises(ProtocolError, match="protocol 18"):
         credit.check(forged, anns, set())
     credit.check(replace(forged, credit=(0,) * len(anns)), anns, set())  # crediting nobody is taken
-    second = replace(
-        roster, seals=(roster.seals[0], signed.seal(leader.key, replace(v1, announcements=(signed.body_hash(mix),))))
-    )
+    later = replace(v1, announcements=(signed.body_hash(mix),), after=signed.body_hash(roster.seals[0]))
+    second = replace(roster, seals=(roster.seals[0], signed.seal(leader.key, later)))
     assert sealed.creditable(second, anns) == [True] * len(anns)  # an entry outside seals[0] would earn 0
+    unnamed = replace(roster, seals=(roster.seals[0], signed.seal(leader.key, replace(later, after=""))))
+    assert sealed.creditable(unnamed, anns) == [False] * len(anns)  # a second seal must name seals[0] (protocol 21)
 
 
 def test_a_roster_of_a_later_rank_or_attempt_credits_nobody():

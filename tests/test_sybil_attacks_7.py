@@ -182,8 +182,13 @@ def test_forged_or_mismatched_evidence_is_refused_or_counts_nothing():
             )
             == set()
         ), why
-    with_seal = replace(roster, seals=(roster.seals[0], hidden))  # a seal that IS among the roster's seals
-    assert not sealed.hides(with_seal, hidden)
+    # a first seal put second, under a seal of the crowd's mixes: still evidence, and the roster
+    # credits nobody at once (a second seal must name seals[0])
+    demoted = replace(roster, seals=(roster.seals[0], hidden))
+    assert sealed.hides(demoted, hidden)
+    assert not any(sealed.creditable(demoted, held.announcements)) and any(
+        sealed.creditable(roster, held.announcements)
+    )
     assert sealed.hiding({r: held, r + 1: carrier(other, r + 1, hidden)}) == {r}
     # refused at the door (protocol/signed.py, records.py): a bad signature, another kind, too late a round
     ann = Announcement(

@@ -71,6 +71,8 @@ def creditable(roster: Roster, anns: Sequence[Announcement]) -> list[bool]:
     seal = first_seal(roster)
     if seal is None or roster.skip or roster.attempt > 0 or len(roster.entries) != len(anns):
         return none
+    if any(not follows(roster, s) for s in roster.seals[1:]):
+        return none  # a first seal put second (protocol 21): the round's own first seal is not seals[0]
     listed = set(seal.announcements)
     owners = receipted(roster, signed.body_hash(roster.seals[0]))
     sealed = [signed.body_hash(e) in listed for e in roster.entries]
@@ -131,15 +133,26 @@ def presented(roster: Roster, anns: Sequence[Announcement]) -> dict[str, str]:
     return out
 
 
+def follows(roster: Roster, env: object) -> bool:
+    """Whether `env` is a later seal of the roster's leader naming the roster's seals[0] (`after`):
+    what an honest leader's second seal is (node/round/lead.py)."""
+    try:
+        seal = signed.open_record(env, Seal, signer=roster.leader)
+    except ProtocolError:
+        return False
+    return seal.after == signed.body_hash(roster.seals[0])
+
+
 def hides(roster: Roster, evidence: object) -> bool:
     """Whether `evidence` (a seal envelope) shows that `roster`'s leader hid a seal (protocol 21): its
-    own seal of the roster's run, round and base that is none of the roster's seals and does not
-    name seals[0] as the first seal it follows (`after`). An honest leader signs one first seal of a
-    round and base, keeps it through every rebuild and attempt (node/round/lead.py `sealed`), puts
-    it first in any roster it publishes of them, and names it in every later seal; so no seal of its
-    own is such evidence. A crowd leader that fetched the honest updates under a first seal S0 and
-    put first a seal S1 listing its crowd's mixes of them cannot have S0 name S1 (S1 lists
-    announcements of updates made from what S0 fetched): S0 is evidence."""
+    own seal of the roster's run, round and base that is not its seals[0] and does not name seals[0]
+    as the first seal it follows (`after`): hidden, or put second (`creditable` credits nobody
+    then). An honest leader signs one first seal of a round and base, keeps it through every
+    rebuild and attempt (node/round/lead.py `sealed`), puts it first in any roster it publishes of
+    them, and names it in every later seal; so no seal of its own is such evidence. A crowd leader
+    that fetched the honest updates under a first seal S0 and put first a seal S1 listing its
+    crowd's mixes of them cannot have S0 name S1 (S1 lists announcements of updates made from what
+    S0 fetched): S0 is evidence."""
     first = first_seal(roster)
     if first is None:
         return False  # such a roster credits nobody anyway (`creditable`)
@@ -150,7 +163,7 @@ def hides(roster: Roster, evidence: object) -> bool:
     digest, head = signed.body_hash(evidence), signed.body_hash(roster.seals[0])
     return (
         (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base)
-        and digest not in {signed.body_hash(s) for s in roster.seals}
+        and digest != head
         and seal.after != head
     )
 

@@ -47,6 +47,9 @@ heartbeat_ttl = 5.0
 )
 
 
+T0 = time.monotonic()  # SWARM_STAMP=1 stamps every line with seconds since the session began
+
+
 class Proc:
     """A `swarmtrain ...` process whose output lines can be awaited."""
 
@@ -65,7 +68,7 @@ class Proc:
         with `t0`, each line is stamped 't=SECONDS' since then."""
         self.args = args
         self.cwd = cwd
-        self.t0 = t0
+        self.t0 = t0 if t0 is not None else (T0 if os.environ.get("SWARM_STAMP") else None)
         self.popen = subprocess.Popen(
             [*prefix, *(command or [sys.executable, "-m", "node.cli"]), *args],
             cwd=cwd,
@@ -168,6 +171,22 @@ def starter(net, tmp_path: Path, started: list[Proc], **proc_kw) -> Callable[...
 def rounds_of(p: Proc, since: int = 0) -> dict[int, tuple[int, str]]:
     """round -> (peers in its roster, digest), from the lines this peer printed from index `since` on."""
     return {int(m[1]): (int(m[2]), m[3]) for line in list(p.lines[since:]) if (m := ROUND.search(line))}
+
+
+def wait_line(p: Proc, pattern: str, timeout: float, since: int = 0, accept=lambda m: True) -> re.Match:
+    """Like Proc.wait_for, but only lines printed from index `since` on count, and only matches
+    that `accept` takes."""
+    rx, deadline = re.compile(pattern), time.monotonic() + timeout
+    seen = since
+    with p._cond:
+        while True:
+            for line in p.lines[seen:]:
+                if (m := rx.search(line)) and accept(m):
+                    return m
+            seen = max(seen, len(p.lines))
+            if "<eof>" in p.lines[-1:] or time.monotonic() > deadline:
+                raise AssertionError(f"no line matching {pattern!r} after line {since}; output:\n{p.output[-4000:]}")
+            p._cond.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,33 +5,16 @@ that dies while a late joiner downloads the swarm's state from it."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
-from swarm_tests.conftest import Bootstrap, Proc, rounds_of, start_bootstrap
+from swarm_tests.conftest import Bootstrap, Proc, rounds_of, start_bootstrap, wait_line
 
 FREEZE_S = 40.0
 # The first round after the freeze may take collect_timeout + leader_backoff (18 s) when the frozen
 # peer drew rank 0, plus a fetch bound (~7 s) for the update it announced before it froze: 25 s,
 # and then the others fetch and apply; 30 s left 5 s of margin on a busy 2-core machine (one
 # failure in a CI run: the second peer's round came after it).
-
-
-def wait_line(p: Proc, pattern: str, timeout: float, since: int = 0, accept=lambda m: True) -> re.Match:
-    """Like Proc.wait_for, but only lines printed from index `since` on count, and only matches
-    that `accept` takes."""
-    rx, deadline = re.compile(pattern), time.monotonic() + timeout
-    seen = since
-    with p._cond:
-        while True:
-            for line in p.lines[seen:]:
-                if (m := rx.search(line)) and accept(m):
-                    return m
-            seen = max(seen, len(p.lines))
-            if "<eof>" in p.lines[-1:] or time.monotonic() > deadline:
-                raise AssertionError(f"no line matching {pattern!r} after line {since}; output:\n{p.output[-4000:]}")
-            p._cond.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def signal_group(p: Proc, sig: int) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from swarm_tests.conftest import ROOT, start_bootstrap, volunteer
+from swarm_tests.conftest import ROOT, kill_all, rounds_of, start_bootstrap, volunteer, wait_line
 
 ROUNDS = 14
 
@@ -81,7 +81,8 @@ def test_hostile_peer_cannot_take_over_stall_or_poison(procs, tmp_path, small_ru
 
 
 CROWD = 10  # attacker identities against three honest volunteers and a joiner
-CROWD_ROUNDS = 26  # the run outlasts the join (rounds 4 and 13 in quiet runs; the crowd is up from the start)
+CROWD_ROUNDS = 60  # a cap: the test stops the swarm once the joiner trains in it
+CHECKPOINT_ROUNDS = 4
 
 
 def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
@@ -96,7 +97,7 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
     # checkpoints every 4 rounds: the organizer's witness signs them, leaders carry them in
     # rosters (fetched by RPC), every peer keeps the newest (node/round/trust/anchor.py)
     run_text = small_run.read_text().replace("inner_steps = 4", "inner_steps = 40")
-    small_run.write_text(run_text.replace("[swarm]\n", "[swarm]\ncheckpoint_rounds = 4\n"))
+    small_run.write_text(run_text.replace("[swarm]\n", f"[swarm]\ncheckpoint_rounds = {CHECKPOINT_ROUNDS}\n"))
     boot = start_bootstrap(procs, tmp_path, small_run)
     # the crowd is there from the run's start (its chain and heartbeats before the first round)
     crowd = subprocess.Popen(
@@ -120,18 +121,23 @@ def test_sybil_crowd_cannot_capture_a_joiner(procs, tmp_path, small_run):
         assert joined[2] == "from_peers", joiner.output[-3000:]
         synced = joiner.wait_for(r"event=state_synced round=\d+ donor=(\S+)", 1)
         assert synced[1] in {p[:16] for p in honest}, synced[0]
-        for v in [*vols, joiner]:
-            assert v.wait(300) == 0, v.output[-3000:]
+        # it trains with the three on their model: a round of four it contributed to, past the
+        # next checkpoint's carrying rosters (every 4 rounds, carried in the 4 after)
+        after = int(joined[1]) + 2 * CHECKPOINT_ROUNDS
+        last = wait_line(joiner, r"event=round round=(\d+) peers=4 contributed=1 .*digest=(\w+)", 180,
+                         accept=lambda m: int(m[1]) >= after)  # fmt: skip
+        r, digest = int(last[1]), last[2]
+        for v in vols:
+            wait_line(v, rf"event=round round={r} ", 60)
+        assert {rounds_of(p)[r][1] for p in [*vols, joiner]} == {digest}, r
+        assert digest != "0" * len(digest)  # not the crowd's all-zero state
     finally:
         os.killpg(crowd.pid, signal.SIGKILL)  # its DHT process and p2pd too: they hold the pipe open
+    kill_all([*vols, joiner])  # a clean leave (SIGTERM): the ledgers and anchors stay on disk
     said = crowd.stdout.read()
     # the joiner asks the organizer's witness first (Catchup.pin_chain) and the honest peers the
     # witness's chain established next: it need not ask the crowd at all (if it did, it refused it)
     print("crowd asked for its chain:", said.count("event=crowd_asked"), "times")
-    results = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("v0", "v1", "v2", "late")]
-    assert len({r["digest"] for r in results}) == 1 and results[0]["digest"] != "0" * 64
-    assert {r["rounds_completed"] for r in results} == {CROWD_ROUNDS}
-    assert results[3]["rounds_contributed"] >= 1
     for who in ("boot", "v0", "late"):  # the witness signed checkpoints; peers kept the carried ones
         assert (tmp_path / who / boot.run_id / "anchor.msgpack").is_file(), who
     audit = subprocess.run(

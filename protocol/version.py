@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 20  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 21  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -48,6 +48,9 @@ PROTOCOL_VERSION = 20  # 2: signed records, elected leaders, the roster ledger; 
 # 20: credit's reference for an entry (the others' fresh parts) weighs each other entry by its author's credit in
 # the rosters of the 3 rounds before (all alike when none of them has any): a version-19 peer computes other credit
 # where a crowd without standing is listed, and refuses the roster
+# 21: a seal names its leader's first seal of the round (`after`) and lists at most 224 announcements; an owner whose
+# leader's roster hid a seal it released under carries it in its next announcements (`hidden`), and every reader
+# takes that roster's credit as nobody's (a version-20 peer reads no `hidden` and counts the crowd's mixes)
 
 
 def is_compatible(remote_version: object) -> bool:

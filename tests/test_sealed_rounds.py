@@ -15,6 +15,7 @@ from protocol.errors import ProtocolError
 from protocol.kinds.sealed import Receipt, Seal
 from protocol.messages import ReceiptAnswer, Request
 from protocol.records import Announcement
+from tests.fakes import in_step
 from tests.test_round_protocol import RUN, NoSleep, play_round, swarm
 
 
@@ -296,3 +297,113 @@ def test_an_owner_with_fabricated_evidence_of_an_earlier_release_is_left_out(for
 
     sybil.net.answer = answer
     left_out_alone(peers, order[0], sybil)
+
+
+def rank0_served_then_gone(n: int, *, cfg=None, crowd: bool = False):
+    """n established peers; round r is announced and its rank 0 (A) seals every announcement and is
+    served by the owners (its turn came: a rank 0 fetches at close), then A's process dies: it answers
+    nothing and its heartbeat lapses, so it is no candidate of the round any more. `crowd`: A's seal
+    leaves out rank 1's and the last rank's announcements (a crowd A fetching the others). (peers
+    left, r, A)"""
+    from tests.test_round_protocol import CFG
+
+    _, registry, peers = swarm(n, cfg=cfg or CFG)
+    for _ in range(2):
+        play_round(peers)
+    r, _, ranked = announced(peers)
+    a, rest = ranked[0], ranked[1:]
+    envs = {p.id: p.proto.builder.announcements(r, p.digest)[p.id].envelope for p in rest}
+    taken = [e for pid, e in envs.items() if not (crowd and pid in (rest[0].id, rest[-1].id))]
+    first = seal_of(a, r, taken)
+    for p in rest:
+        if envs[p.id] in taken:
+            assert ask(a, p, r, first) == p.net.held_update(r, p.id)  # released to A's seal
+    del registry[a.id]  # A is gone: its heartbeat lapses on the next beats
+    peers[0].net.dht.clock.t += 2 * CFG.heartbeat_ttl + 1  # PeerTable keeps a sighting 2 x ttl
+    for p in rest:
+        p.heartbeat()
+    assert all(a.id not in p.proto.peers() for p in rest)
+    return rest, r, a
+
+
+def await_in_rank_order(peers, r):
+    """The live peers await round r as play_round has them (their gates in step); (roster, the
+    leader's builds until it had a roster, the fake seconds the leader waited)."""
+    builds, now = [], []
+    for p in peers:
+        in_step(p, now)
+        real = p.proto.builder.build
+        p.proto.builder.build = lambda *a, real=real, p=p, **k: builds.append(p.id) or real(*a, **k)
+    leader = peers[0]
+    now[:] = [leader]
+    t0 = leader.net.monotonic()
+    accepted = leader.proto.await_roster(r, leader.digest, leader.round, NoSleep())
+    waited = leader.net.monotonic() - t0
+    now.clear()
+    assert accepted is not None
+    return accepted, builds.count(leader.id), waited
+
+
+def test_a_rank_0_served_then_dead_does_not_stall_the_round_nor_drop_its_owners():
+    """The donor_dies swarm test's stall: rank 0 sealed, was served, and died. Every owner it was
+    served by answers the next leader's receipt request with its receipt naming rank 0's seal and
+    that seal (protocol 19); rank 0 is no candidate any more (its heartbeat lapsed), so the leader
+    took the evidence for a withheld receipt and left the owners out: with min_peers = the live
+    peers it rebuilt every poll until 0.8 x round_timeout, then published itself alone (before: 1
+    entry, 2 owners `unserved`, after 30+ builds and 32+ s). Now a key that was a candidate of the
+    round on this node's view (the gate's views since the round opened) counts: one build, every
+    live owner listed, and the roster credits nobody (the round went out to rank 0)."""
+    from tests.test_round_protocol import CFG
+
+    cfg = replace(CFG, min_peers=3)
+    rest, r, a = rank0_served_then_gone(4, cfg=cfg)
+    accepted, builds, waited = await_in_rank_order(rest, r)
+    roster, anns = accepted.roster, accepted.announcements
+    assert roster.leader == rest[0].id and roster.attempt == 0 and not roster.skip
+    assert {x.peer for x in anns} == {p.id for p in rest} and not set(roster.unserved) & {p.id for p in rest}
+    assert builds == 1 and waited < 0.5 * cfg.round_timeout
+    assert not any(roster.credit)
+    credit.check(roster, anns, set())
+
+
+def test_a_crowd_rank_0_served_then_gone_gets_no_mix_credited_by_the_next_leader():
+    """A crowd rank 0 seals the honest announcements but rank 1's, is served, and goes offline; a
+    crowd key ranked last announces a mix of what it fetched. The honest rank 1 is now rank 0 of
+    attempt 0: before, it took the owners' evidence (a seal of a key no longer a candidate) for
+    withheld receipts, left the 3 honest owners out as `unserved` and credited itself and the mix in
+    full. Now it keeps them and credits nobody (the round went out before its seal)."""
+    rest, r, a = rank0_served_then_gone(6, crowd=True)
+    leader, honest, mixer = rest[0], rest[1:-1], rest[-1]
+    leaked = [h.net.held_update(r, h.id) for h in honest]  # what A fetched and handed its crowd
+    mixer.net.updates.pop((r, mixer.id))
+    mixer.announce(b"mix " + b"|".join(leaked))
+    accepted, _, _ = await_in_rank_order(rest, r)
+    roster, anns = accepted.roster, list(accepted.announcements)
+    assert roster.leader == leader.id and roster.attempt == 0 and not roster.skip
+    assert {h.id for h in honest} <= {x.peer for x in anns} and not set(roster.unserved) & {h.id for h in honest}
+    assert not any(roster.credit)
+    mixes = [credit.UNITS if x.peer == mixer.id else 0 for x in anns]
+    with pytest.raises(ProtocolError, match="not sealed and receipted"):
+        credit.check(replace(roster, credit=tuple(mixes)), anns, set())
+
+
+def test_a_rebuild_asks_only_the_owners_that_gave_no_receipt_yet():
+    """Too few updates for min_peers: the leader rebuilds every poll (until 0.8 x round_timeout lets
+    it publish fewer). An owner's receipt answer under the leader's seal is final (its first release
+    never changes), so each owner is asked once however many rebuilds; before, every rebuild asked
+    every owner again (the donor_dies swarm test: 39 rebuilds in 11 s)."""
+    _, _, peers = swarm(4)
+    play_round(peers)
+    r, _, ranked = announced(peers)
+    leader = ranked[0]
+
+    def build(at_least: int):
+        return leader.proto.builder.build(
+            r, leader.digest, leader.ledger.prev_hash(r), {p.id for p in peers}, at_least,
+            beacon=leader.proto.beacon(r), attempt=0,
+        )  # fmt: skip
+
+    assert build(5) is None and build(5) is None
+    accepted = build(1)
+    assert accepted.roster.credit == (credit.UNITS,) * 4  # the kept receipts are the roster's
+    assert [p.net.requests.count(("receipt", r)) for p in ranked[1:]] == [1, 1, 1]

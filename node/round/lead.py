@@ -85,6 +85,9 @@ class RosterBuilder:
         self.admission = admission  # whose proofs of work we check, and how many a roster (protocol/admission/rule.py)
         self.ledger = ledger if ledger is not None else Ledger()  # the chain that says who is new
         self.sealed: dict[tuple[int, str], dict] = {}  # (round, base) -> our first seal of it (protocol 18)
+        # (round, our seal's body hash) -> owner -> its receipt answer: final (an owner's first release
+        # never changes), so a rebuild (too few updates yet) asks only the owners that gave none
+        self.answers: dict[tuple[int, str], dict] = {}
         self.gate = None  # our owner gate (node/round/trust/gate.py): signs our own receipt
 
     def announcements(self, round_no: int, base: str) -> dict[str, SignedAnnouncement]:
@@ -217,8 +220,9 @@ class RosterBuilder:
     def _seal(self, round_no: int, base: str, taken: list[SignedAnnouncement], after: str = "") -> dict:
         """Our signed seal of the announcements `taken` (protocol/kinds/sealed.py); `after`: our first
         seal's body hash, on a later seal (a seal naming no seal in our roster is evidence against us)."""
-        for key in [k for k in self.sealed if k[0] < round_no - 2]:
-            del self.sealed[key]
+        for table in (self.sealed, self.answers):
+            for key in [k for k in table if k[0] < round_no - 2]:
+                del table[key]
         return sealed.signed_seal(
             self.key,
             run=self.run_id,
@@ -236,16 +240,19 @@ class RosterBuilder:
         """Of the owners that `served` under `seal0`: owner -> its receipt naming `seal0` (ours signed
         here), and the owners that showed they released first under another candidate's seal."""
         others = {s.announcement.peer: s.envelope for s in served if s.announcement.peer != self.me}
-        answers = self.updates.receipts(list(others), round_no, seal0)
+        kept = self.answers.setdefault((round_no, signed.body_hash(seal0)), {})
+        kept.update(self.updates.receipts([p for p in others if p not in kept], round_no, seal0))
+        answers = {p: kept[p] for p in others if p in kept}
         out = {p: a.receipt for p, a in answers.items() if a.seal is None}
         ours = signed.open_record(seal0, Seal)
-        leaked = {
-            p
-            for p, a in answers.items()
-            if a.seal is not None and sealed.released_before(a.seal, ours, others[p], candidates)
-        }
+        if self.gate is not None:  # a candidate our views named earlier in the round counts (Gate.candidates)
+            candidates = {*candidates, *self.gate.candidates(round_no)}
+        shown = {p for p, a in answers.items() if a.seal is not None}  # a first seal not ours
+        leaked = {p for p in shown if sealed.released_before(answers[p].seal, ours, others[p], candidates)}
         if leaked:
             log.warning("round %d: %d owners released first to another leader: we credit nobody", round_no, len(leaked))
+        for p in shown - leaked:  # left out below
+            log.warning("round %d: %s showed a first seal of no candidate of the round here", round_no, p[:16])
         if self.me in {s.announcement.peer for s in served} and self.gate is not None:
             try:
                 out[self.me] = self.gate.own_receipt(round_no, seal0)

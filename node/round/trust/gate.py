@@ -89,15 +89,26 @@ class Gate:
         self.hidden: dict[int, dict] = {}  # round -> a seal of those that its leader's roster hid (protocol 21)
         self.first: dict[int, First] = {}  # round -> the first seal we released under, our receipt
         self.refused = 0
+        self.ranked: dict[int, frozenset[str]] = {}  # round -> every candidate its views named (`candidates`)
         self._lock = threading.Lock()
 
     def set_view(self, view: LeadView) -> None:
         self.view = view
+        with self._lock:
+            self.ranked[view.round] = self.ranked.get(view.round, frozenset()) | view.turns
+
+    def candidates(self, round_no: int) -> frozenset[str]:
+        """Every key our views named a candidate of `round_no` since we opened it: one whose turn
+        may have come on an owner's clock, and that may since have gone (a rank 0 served, then
+        dead, leaves the turns as its heartbeat lapses). Evidence of an owner's first release under
+        such a key's seal keeps the owner (protocol 19, sealed.released_before)."""
+        with self._lock:
+            return self.ranked.get(round_no, frozenset())
 
     def announced(self, round_no: int, envelope: dict) -> None:
         with self._lock:
             self.own[round_no] = signed.body_hash(envelope)
-            for table in (self.own, self.released, self.first):
+            for table in (self.own, self.released, self.first, self.ranked):
                 for r in [r for r in table if r <= round_no - KEEP]:
                     del table[r]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from node.round import election
 from node.round.election import RosterCheck
 from node.round.ledger import AcceptedRoster, Ledger
-from node.round.trust import chain, marks, omission
+from node.round.trust import chain, gate, marks, omission
 from protocol import keys, signed
 from protocol.admission.rule import Admission
 from protocol.errors import ProtocolError
@@ -140,6 +140,20 @@ class RosterChecks:
         """Seconds since we first awaited `round_no` (0 before: only the first slot's turn has come)."""
         opened = self.opened.get(round_no)
         return 0.0 if opened is None else self.net.monotonic() - opened
+
+    def opening(self, round_no: int, local: float) -> float:
+        """When we date `round_no`'s opening (gate.opening), having opened it at `local`: from the
+        signed time of the roster before, by how late we took that roster (at most omission.AHEAD:
+        honest clocks and a DHT read; a past-dated roster buys no more) or, after a sync, that
+        round's state (at most collect_timeout: a joiner's first round, ours alone)."""
+        before = self.ledger.rosters.get(round_no - 1)
+        took, synced = self.took.get(round_no - 1), self.synced.get(round_no - 1)
+        if before is None or (took is None and synced is None):
+            return local
+        signed_at = self.net.monotonic() - (self.net.now() - before.roster.time)  # on our clock
+        if synced is not None and (took is None or synced > took):  # we trained on from the synced state
+            return gate.opening(local, synced, signed_at, self.cfg.collect_timeout)
+        return gate.opening(local, took, signed_at, omission.AHEAD)
 
     def _took(self, round_no: int, accepted: AcceptedRoster) -> AcceptedRoster:
         self.took[round_no] = self.net.monotonic()

@@ -32,7 +32,7 @@ from node.round.ledger import AcceptedRoster, Ledger
 from node.round.net import PeerTable, RoundNet
 from node.round.trust import marks, omission, sealed
 from node.round.trust.chain import ChainRules
-from node.round.trust.gate import Gate, LeadView
+from node.round.trust.gate import Gate
 from node.round.v3 import OFF, Aggregate, Scatter, ScatterRounds
 from protocol import keys, signed
 from protocol.admission.rule import DISABLED, Admission
@@ -79,6 +79,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         self.core_in: dict[int, dict[str, float]] = {}  # round -> seconds waited when the core (most of it) was in
         self.first_look: dict[int, float] = {}  # round -> when (monotonic) we first awaited it
         self.took: dict[int, float] = {}  # round -> when (monotonic) we took its roster (better_siblings)
+        self.synced: dict[int, float] = {}  # round -> when (monotonic) we took its state from peers (opening)
         self.ttl = round_record_ttl(cfg)
         self.failed: set[tuple[int, str]] = set()  # (round, leader) rosters this peer could not gather
         self.members: dict[int, set[str]] = {}  # round -> peers of the roster this peer gathered
@@ -104,6 +105,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         for memory in (self.opened, self.seen, self.core_in, self.first_look, self.took, self.silent):
             for r in [r for r in memory if r > state_round]:
                 del memory[r]
+        self.synced[state_round] = self.net.monotonic()  # our late start dates the next round (opening)
 
     @property
     def rules(self) -> ChainRules:
@@ -153,8 +155,9 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         self.gate.announced(round_no, env)  # before it is stored: a leader may ask for it at once
         peers = self.peers()  # the gate's view till await_roster's; a joiner ranks the live peers (security.md: open)
         turns = self.candidates(peers, base, round_no - 1, ahead=1) or election.candidates(peers, base, None, round_no)
-        opened = self.opened.get(round_no, self.took.get(round_no - 1, self.net.monotonic()))  # since we trained it
-        self.publish_view(round_no, turns, opened)
+        since = self.took.get(round_no - 1, self.net.monotonic())  # since we trained it
+        opened = self.opened[round_no] if round_no in self.opened else self.opening(round_no, since)
+        self.gate.show(round_no, self.beacon(round_no), turns, self.marked, self.tickets, opened, self.cfg)
         self.seer.announced(round_no, env, claims=claim is not None)
         self.net.store(keys.updates_key(self.run_id, round_no), self.me, env, ttl=self.ttl)
 
@@ -183,10 +186,10 @@ class RoundProtocol(RosterChecks, ScatterRounds):
         """Block until round `round_no` has an acceptable roster (leading it if it falls to us)."""
         started = self.net.monotonic()
         self.opened = {r: t for r, t in self.opened.items() if r >= round_no - 2}
-        for memory in (self.core_in, self.first_look, self.took, self.silent):
+        for memory in (self.core_in, self.first_look, self.took, self.synced, self.silent):
             for r in [r for r in memory if r < round_no - 2]:
                 del memory[r]
-        opened = self.opened.setdefault(round_no, started)  # a retry of the round goes on with its attempts
+        opened = self.opened.setdefault(round_no, self.opening(round_no, started))  # a retry goes on with its attempts
         self.first_look.setdefault(round_no, started)
         self.converge(round_no - 1)
         seen = self.seen.setdefault(round_no, set())
@@ -205,7 +208,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
                 return self._took(round_no, accepted)
             self.take_call(round_no, base, cands, turns)  # v3: our part in a call that lists us
             opened = self.opened[round_no]  # its leader went silent: the next slot's turn is now
-            self.publish_view(round_no, turns, opened)  # whom the owner gate serves (trust/gate.py)
+            self.gate.show(round_no, self.beacon(round_no), turns, self.marked, self.tickets, opened, self.cfg)
             now = self.net.monotonic()
             slot = self._my_turn(round_no, base, turns, peers, now - started, now - opened) if turns else None
             if slot is not None:
@@ -224,12 +227,6 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             return election.first_beacon(self.run_id)
         parent = parent or self.ledger.rosters.get(round_no - 1)
         return None if parent is None else election.next_beacon(parent.roster.beacon, parent.roster.reveal)
-
-    def publish_view(self, round_no: int, turns: set[str] | None, opened: float) -> None:
-        beacon = self.beacon(round_no)
-        if beacon is not None and turns:
-            marked, tickets = frozenset(self.marked(round_no)), self.tickets(round_no)
-            self.gate.set_view(LeadView(round_no, beacon, frozenset(turns), marked, tickets, opened, self.cfg))
 
     def _my_turn(
         self, round_no: int, base: str, turns: set[str], peers: dict, waited: float, elapsed: float

@@ -68,6 +68,20 @@ class LeadView(NamedTuple):
         return False
 
 
+def opening(local: float, start: float | None, signed_at: float, cap: float) -> float:
+    """When this node dates a round's opening on its monotonic clock (its attempts' clock and the
+    gate's `LeadView.opened`): `local`, when it opened the round itself, moved earlier by how late
+    it started the round (`start`: when it took the roster before, or the state of that round from
+    peers) after that roster was signed (`signed_at`: its signed time mapped onto our clock), at
+    most `cap` seconds and never before `signed_at`. A joiner that took the state 11 s after the
+    others took the roster then dates the round as they do, and serves a rank-1 leader whose turn
+    came on their clocks; a roster dated in the past (its leader's word) buys at most `cap`.
+    None: no start known (a round whose roster before we never held): `local`."""
+    if start is None:
+        return local
+    return local - min(max(0.0, start - signed_at), cap, max(0.0, local - signed_at))
+
+
 class First(NamedTuple):
     """The first seal we released our update of a round under, and our receipt naming it."""
 
@@ -96,6 +110,23 @@ class Gate:
         self.view = view
         with self._lock:
             self.ranked[view.round] = self.ranked.get(view.round, frozenset()) | view.turns
+
+    def show(
+        self,
+        round_no: int,
+        beacon: str | None,
+        turns: set[str] | None,
+        marked: Callable[[int], set[str]],
+        tickets: Callable[[int], Mapping[str, int]],
+        opened: float,
+        cfg: SwarmConfig,
+    ) -> None:
+        """Serve by this election view of `round_no` from now on (RoundProtocol's, as it ranks the
+        round's candidates: `marked` and `tickets` of the round, `opened` from `opening`); none
+        while we know no beacon (we hold not the roster before) or no candidate."""
+        if beacon is not None and turns:
+            marks = frozenset(marked(round_no))
+            self.set_view(LeadView(round_no, beacon, frozenset(turns), marks, tickets(round_no), opened, cfg))
 
     def candidates(self, round_no: int) -> frozenset[str]:
         """Every key our views named a candidate of `round_no` since we opened it: one whose turn

@@ -278,14 +278,16 @@ def test_a_restarted_peer_loads_its_whole_window_although_swaps_wrote_rounds_aga
     assert len(path.read_text().splitlines()) == 90 and loaded.complete_from == 7
 
 
-def test_open_a_reader_whose_window_lacks_rosters_takes_skip_marks_the_swarm_refuses():
-    """Attack 2, what stays open: a reader whose window lacks rosters (synced from a checkpoint, a
-    line that does not verify) counts fewer tickets, so its weighted rank keys are not the swarm's.
-    Judged by them, an honest leader's valid skip mark was refused (the suite's CI saw an honest
-    roster refused so: tests/test_sybil_attacks_2.py's partial reader) and a hostile one taken.
-    Now such a reader judges no skip by rank (Ledger.holds_window; marks.check with tickets None)
-    nor a leader's turn: it refuses no honest mark, and takes the hostile ones the swarm refuses
-    until the missing rounds leave its window, 64 rounds at most."""
+def test_a_reader_whose_window_lacks_rosters_takes_skip_marks_the_swarm_refuses_until_it_fills_it():
+    """Attack 2, the partial reader: a reader whose window lacks rosters (restarted from its state
+    checkpoint without its ledger file, a line that does not verify) counts fewer tickets, so its
+    weighted rank keys are not the swarm's. Judged by them, an honest leader's valid skip mark was
+    refused (the suite's CI saw an honest roster refused so: tests/test_sybil_attacks_2.py's partial
+    reader) and a hostile one taken. Such a reader judges no skip by rank (Ledger.holds_window;
+    marks.check with tickets None) nor a leader's turn: it refuses no honest mark, and takes the
+    hostile ones the swarm refuses while its window lacks rosters. It was 64 rounds at most; now
+    it fetches the missing rosters from a live peer and takes those that link to its head by hash
+    (reader.WindowFill, tests/test_window_fill.py), so it is one `ledger` answer in the background."""
     from tests.test_election_weight import HONEST as HONEST_IDS
     from tests.test_election_weight import SYBILS, window
 

@@ -26,6 +26,7 @@ from node.round.ledger import AcceptedRoster, Ledger
 from node.round.protocol import RoundProtocol
 from node.round.trust import anchor, chain
 from node.round.trust.catchup import MOST_DONORS, Catchup, Head, Target
+from node.round.trust.reader import WindowFill
 from node.watch.metrics import NodeMetrics
 from node.watch.progress import Reporter
 from node.watch.report import History
@@ -70,6 +71,7 @@ class StateSync:
         self.metrics, self.history, self.out = metrics, history, out
         start = chain.genesis(run_id, template.digest)
         self.catchup = Catchup(rounds.net, ledger, rounds.rules, start, organizer=organizer)  # its witness pins joiners
+        self.fill = WindowFill(rounds.net, ledger, run_id)  # our window's missing rosters, in the background
 
     @property
     def state(self) -> SwarmState:
@@ -108,6 +110,13 @@ class StateSync:
         """Worth a look for a better head (catchup.worth_a_look: an established peer off our chain)."""
         return self.catchup.worth_a_look(self.live(), self.head)
 
+    def fill_window(self) -> None:
+        """Once a round: while our window lacks rosters, fetch them in the background from a live
+        peer at or past our ledger's head (reader.WindowFill), and take the ones that link to it."""
+        if self.ledger.missing() or self.fill.fetching is not None:
+            head = max(self.ledger.rosters, default=0)
+            self.fill.step([p for p, hb in sorted(self.live().items()) if hb.state_round >= head])
+
     def resync(self, stop: threading.Event, force: bool = False) -> None:
         """Move to a better verified head if there is one (`force`: one look, prompted by outvoted)."""
         synced = self.fetch_state(stop, attempts=1 if force else 6)
@@ -122,6 +131,7 @@ class StateSync:
         self.rounds.rewound(synced.state.round)
         self.exchange.set_state(synced.state.to_bytes(self.run_id))
         self.catchup.moved()
+        self.fill.moved()
 
     def fetch_state(self, stop: threading.Event, attempts: int = 6) -> Synced | None:
         """A better head's state (catchup.plan), from a donor that holds exactly its digest."""

@@ -133,6 +133,7 @@ class Peer(NodeParts):
             self.sync.resync(stop, force=True)  # our state differs from the swarm's
             if self.reached_max():  # the swarm's state may be the last round's: never train past it
                 return False
+        self.sync.fill_window()  # a window that lacks rosters judges no skip mark as the swarm does
         r = self.state.round + 1 + (self.inflight is not None)  # overlap: the round after the one in flight
         if self.renewal is not None:
             self.renewal.due(r, self.ledger.beacon_of)  # our next epoch's proof, once its seed is on our chain

@@ -20,6 +20,7 @@ import msgpack
 
 from node.round.accepted import AcceptedRoster, read_file, siblings, verify
 from node.round.trust import credit, omission
+from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.records import GENESIS
 
@@ -244,6 +245,62 @@ class Ledger:
         the swarm's (a ledger that synced from a checkpoint, or lost a line, counts fewer), so only
         then do we judge what tickets decide of a roster: its leader's turn and its skip list."""
         return all(r in self.rosters for r in range(max(1, round_no - WINDOW), round_no))
+
+    def missing(self) -> list[int]:
+        """Rounds of the window before our head's that we lack (a ledger that synced state, or lost
+        lines): what node/round/trust/reader.py WindowFill fetches, in order."""
+        head = max(self.rosters, default=0)
+        return [r for r in range(max(1, head - WINDOW + 1), head) if r not in self.rosters]
+
+    def backfill(self, envelopes: list) -> tuple[int, list[str]]:
+        """Take, from `envelopes` (a donor's, unchecked), the missing rosters of our window that link
+        to our head by hash: walking down from the head, roster r is the one whose body hashes to
+        roster r+1's `prev` (and ends at its `base`). Our head passed the chain rules (a member's
+        check, or catch-up's from the genesis or a checkpoint), so its links authenticate every
+        roster before it; no rule is judged again. They are held as a member holds them (opened,
+        every signature checked), in memory only: the file stays append-only in chain order.
+        Returns how many it took and why it stopped short (a roster that does not link)."""
+        by_hash = {}
+        for env in envelopes:
+            try:
+                by_hash[signed.body_hash(env)] = env
+            except Exception:  # noqa: BLE001 -- a donor's junk links to nothing
+                continue
+        found: dict[int, AcceptedRoster] = {}
+        problems: list[str] = []
+        head = max(self.rosters, default=0)
+        for r in range(head - 1, max(0, head - WINDOW), -1):
+            after = found.get(r + 1) or self.rosters[r + 1]
+            held = self.rosters.get(r)
+            if held is not None:
+                if held.hash != after.roster.prev:  # our own rosters disagree: link nothing below
+                    problems.append(f"our roster {r} is not the one roster {r + 1} names")
+                    break
+                continue
+            env = by_hash.get(after.roster.prev)
+            if env is None:
+                if envelopes:
+                    problems.append(f"no roster of round {r} hashes to roster {r + 1}'s prev {after.roster.prev[:12]}")
+                break
+            try:
+                roster, anns = signed.open_roster(env)
+            except Exception as e:  # noqa: BLE001 -- the body is the chain's; the rest is the donor's word
+                problems.append(f"round {r}: {type(e).__name__}: {e}")
+                break
+            if roster.round != r or roster.result != after.roster.base:
+                problems.append(f"round {r}: roster {r + 1} names a roster of round {roster.round} or another end")
+                break
+            found[r] = AcceptedRoster(env, roster, tuple(anns))
+        self.rosters.update(found)  # one update: readers on other threads see all of it or none
+        for r in sorted(found):  # epoch starts' beacons (admission seeds) we had no roster for
+            if self.epoch_rounds and r % self.epoch_rounds == 0:
+                self.seeds.setdefault(r, found[r].roster.beacon)
+        low = head
+        while low - 1 in self.rosters:
+            low -= 1
+        if found:  # the stretch without a gap now starts lower (at 1: we hold the whole young run)
+            self.complete_from = low
+        return len(found), problems
 
     def tickets(self, round_no: int, k: int) -> dict[str, int]:
         """Each credited peer's tickets for round `round_no` (node/round/election.py rank keys): its

@@ -2,10 +2,16 @@
 
 What catch-up (catchup.py) reads when it considers a head: the rosters leading there, fetched
 answer by answer and verified batch by batch, so junk is never held beyond one answer, with
-bounds on answers and rounds a peer's lies can cost.
+bounds on answers and rounds a peer's lies can cost. And what a ledger whose window lacks
+rosters fetches to fill it (`WindowFill`, in the background): those rosters link to its head
+by hash (Ledger.backfill), so no chain rule is judged again.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
 
 import msgpack
 
@@ -20,6 +26,9 @@ from protocol.records import GENESIS
 LEDGER_TIMEOUT = 10.0  # seconds for one `ledger` answer (up to 4 MiB of rosters)
 MOST_REQUESTS = 256  # `ledger` answers one catch-up reads from one donor
 MOST_ROUNDS = 8192  # rosters one catch-up fetches and verifies (a longer way needs checkpoints: design step 2)
+FILL_ANSWERS = 4  # `ledger` answers one window fill reads from one donor (64 rosters: one, under 4 MiB)
+FILL_DONORS = 8  # donors asked for one window's missing rosters (then its gap leaves the window in 64 rounds)
+log = logging.getLogger("swarmtrain.sync")
 
 
 class RosterReader:
@@ -90,15 +99,82 @@ class RosterReader:
 
     def batch(self, donor: str, first: int) -> list[dict]:
         """One `ledger` answer: the donor's rosters from round `first`, in consecutive rounds."""
-        request = Request(op="ledger", run=self.rules.run_id, round=first)
-        (answer,) = self.net.fetch_many([(donor, request, None)], timeout=LEDGER_TIMEOUT)
-        if isinstance(answer, Exception):
-            raise answer
-        batch = decode_rosters(answer)
-        rounds = [_peek(env, "round") for env in batch]
-        if rounds != list(range(first, first + len(batch))):
-            raise ProtocolError(f"ledger answer: rounds {rounds[:3]}... for a request from round {first}")
-        return batch
+        return ledger_answer(self.net, self.rules.run_id, donor, first)
+
+
+def ledger_answer(net: RoundNet, run_id: str, donor: str, first: int, timeout: float = LEDGER_TIMEOUT) -> list[dict]:
+    """One `ledger` answer: the donor's rosters from round `first`, in consecutive rounds, unchecked."""
+    (answer,) = net.fetch_many([(donor, Request(op="ledger", run=run_id, round=first), None)], timeout=timeout)
+    if isinstance(answer, Exception):
+        raise answer
+    batch = decode_rosters(answer)
+    rounds = [_peek(env, "round") for env in batch]
+    if rounds != list(range(first, first + len(batch))):
+        raise ProtocolError(f"ledger answer: rounds {rounds[:3]}... for a request from round {first}")
+    return batch
+
+
+class WindowFill:
+    """Fills the rosters our ledger's window lacks (Ledger.missing: a peer that synced state, a
+    restarted peer that lost lines) from live donors, one donor at a time on a thread of its own,
+    so nobody waits for it. Until it is full our tickets are not the swarm's and we judge no skip
+    mark or turn by rank (Ledger.holds_window): we would take marks the swarm refuses."""
+
+    def __init__(self, net: RoundNet, ledger: Ledger, run_id: str):
+        self.net, self.ledger, self.run_id = net, ledger, run_id
+        self.fetching: Future | None = None
+        self.asked: set[str] = set()  # donors asked since the ledger last moved (moved())
+
+    def step(self, donors: list[str], block: bool = False) -> int:
+        """Take a finished fetch's rosters that link (Ledger.backfill); then, if rosters are still
+        missing, ask the next of `donors` not asked yet (at most FILL_DONORS; `block`: wait for it
+        and take its rosters too). Returns how many rosters it took; never raises."""
+        taken = self.take()
+        missing = self.ledger.missing()
+        todo = [d for d in donors if d not in self.asked and d != self.net.me]
+        if self.fetching is None and missing and todo and len(self.asked) < FILL_DONORS:
+            self.asked.add(todo[0])
+            self.fetching = Future()
+            fetch = threading.Thread(target=self.fetch, args=(todo[0], missing), name="window-fill", daemon=True)
+            fetch.start()
+            if block:
+                fetch.join()
+                taken += self.take()
+        return taken
+
+    def moved(self) -> None:
+        """The ledger took another chain's rosters: every donor may hold what it now lacks."""
+        self.asked.clear()
+
+    def fetch(self, donor: str, missing: list[int]) -> None:
+        """The donor's rosters of the `missing` rounds, unchecked: one answer from the first, which
+        holds them all unless they pass SERVE_BYTES; then answers from the highest rounds still
+        missing down (Ledger.backfill links from our head down), FILL_ANSWERS in all."""
+        out: dict[int, dict] = {}
+        first, size = missing[0], 0
+        try:
+            for _ in range(FILL_ANSWERS):
+                batch = ledger_answer(self.net, self.run_id, donor, first)
+                out |= {r: env for r, env in enumerate(batch, first) if r in missing}
+                size, left = max(size, len(batch)), [r for r in missing if r not in out]
+                if not batch or not left:
+                    break
+                first = max(left[0], left[-1] - size + 1)
+        except Exception as e:  # noqa: BLE001 -- whatever a donor sends, it is only not taken
+            log.info("window rosters from %s: %s", donor[:16], e)
+        self.fetching.set_result((donor, list(out.values())))
+
+    def take(self) -> int:
+        """The finished fetch's rosters that link to our head; what does not link is logged, refused."""
+        if self.fetching is None or not self.fetching.done():
+            return 0
+        (donor, envelopes), self.fetching = self.fetching.result(), None
+        taken, problems = self.ledger.backfill(envelopes)
+        for problem in problems:
+            log.warning("window rosters from %s: refused: %s", donor[:16], problem)
+        if taken:
+            log.info("window: took %d rosters from %s; %d still missing", taken, donor[:16], len(self.ledger.missing()))
+        return taken
 
 
 def decode_rosters(payload: bytes) -> list[dict]:

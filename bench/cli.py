@@ -411,7 +411,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "scale": Benchmark(
         help="round protocol v3 (reduce-scatter, audits) of 16 to 1,000 simulated peers, counted to 10,000",
         duration="smoke: ~1.5 min; full: ~28 min (1,000-peer rounds 2-3 min each; the collusion rows ~18 min); "
-        "spot (spot audits against full ones): ~80 min on one busy core",
+        "spot (spot audits against full ones): ~80 min on one busy core; "
+        "sketch (sketch audits against recompute ones, simulated only): ~20 min on one busy core",
         add_flags=_scale_flags,
         run=_scale,
     ),

@@ -36,8 +36,7 @@ from node.scatter.audit import (
     open_receipt,
     sealed_chunks,
 )
-from node.scatter.grid import assign_auditors, place
-from node.scatter.keys import unpack
+from node.scatter.grid import assign_auditors, place, unpack
 from node.scatter.leader import Leader
 from node.scatter.member import Member
 from node.scatter.reduce import reduce_encoded, two_level

@@ -1,4 +1,4 @@
-"""The node's side of v3 (node/scatter/roster.py, node/scatter/keys.py with RSA identities): which runs
+"""The node's side of v3 (node/scatter/roster.py, node/scatter/grid.py's RSA keys): which runs
 and rosters use the reduce-scatter, who may own chunks, and a round built from a signed roster
 alone, run by every member with real RSA keys (the leader's draw checked against its key)."""
 
@@ -16,8 +16,7 @@ from bench.scale.sim import make_updates
 from node.config import SwarmConfig
 from node.outer.aggregate import Robust
 from node.round.ledger import AcceptedRoster
-from node.scatter.grid import SCATTER_MIN_PEERS, scatter_threshold, uses_scatter
-from node.scatter.keys import RsaChecker, RsaKeys
+from node.scatter.grid import SCATTER_MIN_PEERS, RsaChecker, RsaKeys, scatter_threshold, uses_scatter
 from node.scatter.leader import Leader
 from node.scatter.member import Member, Timeouts
 from node.scatter.reduce import two_level

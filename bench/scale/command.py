@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.scale import sim, wires
+from bench.scale import sim, sketches, wires
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +37,8 @@ class Tier:
     spot: bool = False
     """Only the spot-audit rows (SPOT_ROWS): the collusion rows and the draw per (auditors, cover,
     lie), and the counted bytes; `collusion_values` must give level-2 parts SPOT_BLOCKS int8 blocks."""
+    sketch: bool = False
+    """Only the sketch-audit rows (bench/scale/sketches.py: simulated, not the node's audits)."""
 
 
 TIERS = {
@@ -75,6 +77,10 @@ TIERS = {
         draw_trials=((16, 20000), (64, 20000), (256, 20000), (1000, 5000)),
         spot=True,
     ),
+    # linear sketch audits against recompute ones, same seeds (bench/scale/sketches.py)
+    "sketch": Tier(
+        simulated=(), counted=(), attack_peers=0, attack_values=0, trials=0, collusion_rounds=0, sketch=True
+    ),
     # the 1-bit and top-k wires (issue 17, item 1): bytes per peer and the aggregate, no attacks
     "wires": Tier(
         simulated=(), counted=(), attack_peers=0, attack_values=0, trials=0, collusion_rounds=0, wire_peers=(16, 64)
@@ -98,8 +104,9 @@ SIMULATED_SPOT = ((1, 0, 0), (3, 1, 0), (3, 1, 1), (3, 2, 1))
 def run_scale(tier_name: str, json_path: str | None, stop: threading.Event, say=print) -> dict:
     torch.set_num_threads(1)  # many small tensors: threads only contend (and the machine is shared)
     tier = TIERS[tier_name]
-    if tier.spot:
-        rows = {"tier": tier_name, "spot": spot_rows(tier, stop, say)}
+    if tier.spot or tier.sketch:
+        rows = {"tier": tier_name}
+        rows |= {"spot": spot_rows(tier, stop, say)} if tier.spot else {"sketch": sketches.sketch_rows(stop, say)}
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(rows, f, indent=1)
@@ -222,6 +229,8 @@ def spot_table(rows: dict) -> str:
 def scale_table(rows: dict) -> str:
     if "spot" in rows:
         return spot_table(rows["spot"])
+    if "sketch" in rows:
+        return sketches.sketch_table(rows["sketch"])
     lines = [
         "| peers | auditors | groups x chunks | down mean / max (x update) | up mean / max"
         " | records down mean / max (kB) | verify-all (x update) | phases | v3 = honest two-level"

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import os
 
-from node.scatter.keys import KIND, author, pack, unpack
+from node.scatter.grid import KIND, author, pack, unpack
 from protocol.errors import ProtocolError
 
 KEY_BYTES, SIG_BYTES = 294, 256

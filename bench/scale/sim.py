@@ -20,10 +20,12 @@ from bench.scale.count import count_round, one_update
 from bench.scale.keys import FastChecker, FastKeys
 from node.outer.aggregate import Mean, Robust
 from node.scatter import chunks
+from node.scatter import sketch as sketch_rule
 from node.scatter.audit import Round
 from node.scatter.grid import AUDITORS, ESCALATE, SPOT_BLOCKS, SPOT_COVER, assign_auditors, audit_shares, may_own, place
 from node.scatter.reduce import two_level
 from node.scatter.round import ScatterRound, seed_of
+from node.scatter.sketch import SketchRound
 from node.scatter.traffic import Behaviour, Outcome, Traffic
 from protocol.kinds.scatter import task_name
 from protocol.signing import b58encode
@@ -81,10 +83,17 @@ def one_round(
     agg=None,
     reachable=None,
     cover=SPOT_COVER,
+    sketch=None,
 ) -> tuple[Outcome, Round]:
-    """`cover` > 0: spot audits (grid.SPOT_COVER), each block checked by `cover` of the `auditors`."""
+    """`cover` > 0: spot audits (grid.SPOT_COVER), each block checked by `cover` of the `auditors`.
+    `sketch` (checkers, fetch): sketch audits on the linear rule instead (node/scatter/sketch.py)."""
+    agg = sketch_rule.LINEAR if sketch else agg
     keys, rnd = round_of(peers, total, round_no=round_no, agg=agg, reachable=reachable)
     leader = leader_of(peers, round_no)
+    if sketch:
+        checkers, fetch = sketch
+        sr = SketchRound(rnd, updates, keys, leader, behaviour=behaviour, checkers=checkers, fetch=fetch)
+        return sr.run(), rnd
     sr = ScatterRound(rnd, updates, keys, leader, behaviour=behaviour, auditors=auditors, escalate=escalate)
     sr.cover = cover
     return sr.run(), rnd
@@ -196,6 +205,7 @@ def colluders(
     seed=3,
     cover=0,
     lie_blocks=0,
+    sketch=None,
 ) -> dict:
     """A fraction of members cover for each other as auditors and lie as owners until caught; a
     caught liar is banned. All at once (every colluder lies whenever it owns a task), or patient:
@@ -205,7 +215,7 @@ def colluders(
     a fresh colluding identity takes each banned one's place (the coalition stays `fraction` of
     the members, every round is attacked): the steady state, which a run's length does not dilute.
     `cover`: spot audits (grid.SPOT_COVER); `lie_blocks`: a liar lies on that many blocks of a
-    task only (0: its whole result)."""
+    task only (0: its whole result). `sketch` (checkers, fetch): sketch audits (one_round)."""
     peers, rng = peer_ids(n, f"s{seed}-"), random.Random(seed)
     bad = set(rng.sample(peers, round(fraction * n)))
     members, banned, fresh = list(peers), set(), 0
@@ -218,7 +228,15 @@ def colluders(
         liars = set(rng.sample(left, 1)) if patient else set(left)
         act = {p: Behaviour(lie=p in liars, lie_blocks=lie_blocks, collude=True) for p in left}
         out, _ = one_round(
-            members, updates, total, behaviour=act, auditors=auditors, escalate=escalate, round_no=r, cover=cover
+            members,
+            updates,
+            total,
+            behaviour=act,
+            auditors=auditors,
+            escalate=escalate,
+            round_no=r,
+            cover=cover,
+            sketch=sketch,
         )
         ran += 1
         told = len(out.caught) + len(out.missed)
@@ -236,6 +254,7 @@ def colluders(
         "peers": n,
         "auditors": auditors,
         "cover": cover,
+        "sketch": list(sketch) if sketch else None,
         "lie": f"{lie_blocks} block(s)" if lie_blocks else "whole result",
         "escalate": escalate,
         "seed": seed,

@@ -20,8 +20,7 @@ import torch
 
 from node.outer.aggregate import Aggregator
 from node.scatter import chunks
-from node.scatter.grid import SPOT_BLOCKS, Grid
-from node.scatter.keys import Checker
+from node.scatter.grid import SPOT_BLOCKS, Checker, Grid
 from node.scatter.reduce import reduce_task
 from protocol.errors import ProtocolError
 from protocol.kinds.scatter import ChunkNote, Commitment, Receipt, bitmap, flags_of, task_name
@@ -279,7 +278,7 @@ def outputs_of(rnd: Round, level: int, a: int, b: int, pieces: list[torch.Tensor
 
 def answer_task(rnd: Round, keys, task: tuple, inputs: list, *, lie: bool = False, lie_blocks: int = 0):
     """An owner's answer to `task` from the inputs it kept (None: left out, in the senders'
-    order): its signed receipt and its output pieces. `keys` is the owner's (node/scatter/keys.py
+    order): its signed receipt and its output pieces. `keys` is the owner's (node/scatter/grid.py
     Keys). `lie`: a simulated liar's answer (its true result negated and tenfold, signed alike);
     with `lie_blocks`, only on the task's first that many blocks (Round.blocks)."""
     level, a, b = task

@@ -16,8 +16,7 @@ import hashlib
 from node.outer.aggregate import Aggregator
 from node.scatter.audit import FraudProof, Input, Round, audit_seed, is_fraud, is_garble
 from node.scatter.chunks import INT8, Wire
-from node.scatter.grid import place
-from node.scatter.keys import RsaChecker
+from node.scatter.grid import RsaChecker, place
 from protocol import maddrs as addresses
 from protocol.errors import ProtocolError
 from protocol.kinds.board import Board

@@ -23,8 +23,7 @@ import torch
 
 from node.config import RunConfig
 from node.scatter import chunks
-from node.scatter.grid import AUDITORS, ESCALATE, may_own, scatter_threshold, uses_scatter
-from node.scatter.keys import RsaKeys
+from node.scatter.grid import AUDITORS, ESCALATE, RsaKeys, may_own, scatter_threshold, uses_scatter
 from node.scatter.leader import Leader
 from node.scatter.member import Member, ScatterNet, Timeouts
 from node.scatter.roster import reachable, scatter_round

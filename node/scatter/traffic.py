@@ -36,6 +36,8 @@ class Behaviour:
     """As a sender, send chunks that are not the ones it committed to (with signed notes of them)."""
     keep_parts: bool = False
     """As a level-1 owner, pass its audit, then never send its parts to level 2."""
+    skew_sketch: bool = False
+    """As a sender in a sketch-audited round (node/scatter/sketch.py), sign sketches that are not its chunk's."""
     censor: bool = False
     """As an owner, leave out every input but its own and its fellow colluders'."""
     silent: bool = False

@@ -47,7 +47,9 @@ heartbeat_ttl = 5.0
 )
 
 
-T0 = time.monotonic()  # SWARM_STAMP=1 stamps every line with seconds since the session began
+# SWARM_STAMP=1 stamps every line with seconds since the session began (to line up logs when
+# diagnosing; the doctor test, which anchors its patterns at a line's start, then fails)
+T0 = time.monotonic()
 
 
 class Proc:

@@ -129,8 +129,8 @@ class RosterBuilder:
         updates of `slow` peers (twice unserved, node/round/trust/marks.py) are fetched last, briefly.
         `picked`: what `pick` gave for these arguments (not read again). The updates key is read
         again after the fetch; the roster's cutoff is then, at least `floor` (node/round/trust/
-        omission.py: the chain's floor, which the caller waited for). `candidates`: who may lead
-        the round (its turns): an owner released first to one of them keeps its entry (protocol 19)."""
+        omission.py: the chain's floor, which the caller waited for). `candidates`: whose turn
+        came (with a gate, Gate.candidates): an owner released first to one keeps its entry (protocol 19)."""
         chosen = picked or self.pick(round_no, base, eligible, at_least, beacon=beacon, slow=slow)
         at_least = chosen.at_least
         # Protocol 18: seal what we take before any payload moves (a rebuild keeps the round's first seal)
@@ -245,8 +245,8 @@ class RosterBuilder:
         answers = {p: kept[p] for p in others if p in kept}
         out = {p: a.receipt for p, a in answers.items() if a.seal is None}
         ours = signed.open_record(seal0, Seal)
-        if self.gate is not None:  # a candidate our views named earlier in the round counts (Gate.candidates)
-            candidates = {*candidates, *self.gate.candidates(round_no)}
+        if self.gate is not None:  # a key whose turn came in our views of the round, only (Gate.candidates)
+            candidates = self.gate.candidates(round_no)
         shown = {p for p, a in answers.items() if a.seal is not None}  # a first seal not ours
         leaked = {p for p in shown if sealed.released_before(answers[p].seal, ours, others[p], candidates)}
         if leaked:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from node.config import SwarmConfig
 from node.round import election
-from node.round.trust import sealed
+from node.round.trust import omission, sealed
 from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.kinds.sealed import Receipt, Seal
@@ -66,6 +66,15 @@ class LeadView(NamedTuple):
             if election.may_lead(slot, elapsed, self.cfg):
                 return True
         return False
+
+    def came(self, now: float) -> set[str]:
+        """The candidates whose turn has come by `now` in this attempt or an earlier one (`may_lead`)."""
+        elapsed, out = now - self.opened, set()
+        for attempt in range(election.attempt_at(elapsed, self.cfg) + 1):
+            order = election.ranking(self.beacon, attempt, set(self.turns), set(self.marked), self.tickets)
+            ranks = range(min(election.ATTEMPT_RANKS, len(order)))
+            out |= {order[k] for k in ranks if election.may_lead(election.Slot(attempt, k), elapsed, self.cfg)}
+        return out
 
 
 def opening(local: float, start: float | None, signed_at: float, cap: float) -> float:
@@ -103,13 +112,15 @@ class Gate:
         self.hidden: dict[int, dict] = {}  # round -> a seal of those that its leader's roster hid (protocol 21)
         self.first: dict[int, First] = {}  # round -> the first seal we released under, our receipt
         self.refused = 0
-        self.ranked: dict[int, frozenset[str]] = {}  # round -> every candidate its views named (`candidates`)
+        self.came: dict[int, frozenset[str]] = {}  # round -> whose turn came in our views (`candidates`)
         self._lock = threading.Lock()
 
     def set_view(self, view: LeadView) -> None:
-        self.view = view
-        with self._lock:
-            self.ranked[view.round] = self.ranked.get(view.round, frozenset()) | view.turns
+        old, self.view = self.view, view
+        if old is not None:  # a key whose turn came there stays (it may leave the turns: a dead rank 0)
+            came = old.came(self.clock() + omission.AHEAD)
+            with self._lock:
+                self.came[old.round] = self.came.get(old.round, frozenset()) | came
 
     def show(
         self,
@@ -129,17 +140,23 @@ class Gate:
             self.set_view(LeadView(round_no, beacon, frozenset(turns), marks, tickets(round_no), opened, cfg))
 
     def candidates(self, round_no: int) -> frozenset[str]:
-        """Every key our views named a candidate of `round_no` since we opened it: one whose turn
-        may have come on an owner's clock, and that may since have gone (a rank 0 served, then
-        dead, leaves the turns as its heartbeat lapses). Evidence of an owner's first release under
-        such a key's seal keeps the owner (protocol 19, sealed.released_before)."""
+        """Every key whose turn to lead `round_no` came in our views since we opened it, by our clock
+        within omission.AHEAD (an owner's clock may be ahead of ours): one an owner may have released
+        its update to first, and that may since have gone (a rank 0 served, then dead, leaves the
+        turns as its heartbeat lapses). Evidence of an owner's first release under such a key's seal
+        keeps the owner (protocol 19, sealed.released_before). Not every key named a candidate: an
+        owner's evidence is its word, and a Sybil owner showing a seal that it or a fellow crowd key
+        signed, whose turn had not come, made every honest rank-0 roster listing it credit nobody
+        (tests/test_sybil_attacks_8.py); an honest owner's gate releases to no such seal."""
+        view = self.view
+        now = view.came(self.clock() + omission.AHEAD) if view is not None and view.round == round_no else set()
         with self._lock:
-            return self.ranked.get(round_no, frozenset())
+            return self.came.get(round_no, frozenset()) | now
 
     def announced(self, round_no: int, envelope: dict) -> None:
         with self._lock:
             self.own[round_no] = signed.body_hash(envelope)
-            for table in (self.own, self.released, self.first, self.ranked):
+            for table in (self.own, self.released, self.first, self.came):
                 for r in [r for r in table if r <= round_no - KEEP]:
                     del table[r]
 

@@ -151,3 +151,35 @@ def test_open_every_crowd_announcement_may_carry_16_kib_of_valid_evidence():
     fits, before = 4 * 2**20 // per_entry, 4 * 2**20 // old_cap
     print(f"plain {len(plain['body'])} B, with evidence {len(heavy['body'])} B; 4 MiB: {fits} entries, {before} before")
     assert len(heavy["body"]) > 15_000 and 4 * 2**20 // per_entry < 260 < 1_100 < 4 * 2**20 // old_cap
+
+
+def test_a_junk_ledger_answer_is_refused_before_it_costs_70x_its_size():
+    """A window-fill (or catch-up) donor answers `ledger` with max_bytes (256 MiB by default) of
+    msgpack: a list of empty maps, one byte each. Unbounded, each became a Python dict (~70x the
+    answer: 256 MiB asked for ~18 GB before any check, in the fill's thread: the node is killed).
+    Now the answer is read under bounds (reader.decode_rosters) and refused at once."""
+    import tracemalloc
+
+    import msgpack
+    import pytest
+
+    from node.round.trust.reader import decode_rosters
+    from protocol.errors import ProtocolError
+
+    n = 2**20
+    bomb = b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n  # 1 MiB: an array of 2^20 empty maps
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError):
+            decode_rosters(bomb)
+        nested = msgpack.packb([{"body": [{}] * (n // 8)}])  # maps inside an envelope
+        with pytest.raises(ProtocolError):
+            decode_rosters(nested)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    unbounded = len(msgpack.unpackb(bomb)) * 64  # what each empty dict costs at least, as before
+    print(f"1 MiB junk answer: peak {peak / 2**20:.1f} MiB read now; before >= {unbounded / 2**20:.0f} MiB")
+    assert peak < 8 * 2**20 < unbounded
+    envs = [{"body": b"x" * 300, "key": b"k" * 294, "sig": b"s" * 256, "kind": "roster"}] * 3
+    assert decode_rosters(msgpack.packb(envs, use_bin_type=True)) == envs  # honest answers read as before

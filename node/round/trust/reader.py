@@ -19,10 +19,12 @@ from node.round.ledger import WINDOW, AcceptedRoster, Ledger
 from node.round.net import RoundNet
 from node.round.trust import chain
 from node.round.trust.chain import ChainRules, Link
+from protocol import signed
 from protocol.errors import ProtocolError
 from protocol.messages import Request
-from protocol.records import GENESIS
+from protocol.records import GENESIS, MAX_ROSTER
 
+ENVELOPE_BYTES = 512  # a signed envelope's least packed size: an RSA-2048 key (294 B) and signature (256 B)
 LEDGER_TIMEOUT = 10.0  # seconds for one `ledger` answer (up to 4 MiB of rosters)
 MOST_REQUESTS = 256  # `ledger` answers one catch-up reads from one donor
 MOST_ROUNDS = 8192  # rosters one catch-up fetches and verifies (a longer way needs checkpoints: design step 2)
@@ -178,9 +180,21 @@ class WindowFill:
 
 
 def decode_rosters(payload: bytes) -> list[dict]:
-    """A `ledger` answer: a msgpack list of signed roster envelopes; ProtocolError otherwise."""
+    """A `ledger` answer: a msgpack list of signed roster envelopes; ProtocolError otherwise. Read
+    under bounds (an answer may be max_bytes long, 256 MiB by default): at most one envelope per
+    ENVELOPE_BYTES (a key and a signature alone are more), each a map of at most 4 scalars. Unbounded,
+    a junk answer of empty maps, one byte each, cost 70x its size in Python objects before any
+    check (tests/test_sybil_attacks_8.py: a window fill or catch-up donor could take the node's memory)."""
     try:
-        batch = msgpack.unpackb(payload, raw=False)
+        batch = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=len(payload) // ENVELOPE_BYTES,
+            max_map_len=4,
+            object_hook=_scalars,
+            list_hook=_envelopes,
+        )
     except Exception as e:
         raise ProtocolError(f"ledger answer: not msgpack ({type(e).__name__})") from None
     if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
@@ -188,9 +202,25 @@ def decode_rosters(payload: bytes) -> list[dict]:
     return batch
 
 
+def _scalars(d: dict) -> dict:
+    if any(isinstance(v, (list, dict)) for v in d.values()):
+        raise ValueError("an envelope holds only bytes and strings")
+    return d
+
+
+def _envelopes(items: list) -> list:
+    if not all(isinstance(e, dict) for e in items):
+        raise ValueError("a ledger answer is a list of envelopes")
+    return items
+
+
 def _peek(env: dict, name: str):
-    """A field of a roster envelope's body, unchecked (chain.verify checks the signature later)."""
+    """A field of a roster envelope's body, unchecked (chain.verify checks the signature later);
+    read under the bounds protocol/signed.py opens a roster's body with."""
     try:
-        return msgpack.unpackb(env["body"], raw=False)[name]
+        body = env["body"]
+        if len(body) > signed.MAX_BODY["roster"]:
+            return None
+        return msgpack.unpackb(body, raw=False, max_array_len=MAX_ROSTER + 16, max_map_len=64)[name]
     except Exception:
         return None

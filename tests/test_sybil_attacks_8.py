@@ -183,3 +183,42 @@ def test_a_junk_ledger_answer_is_refused_before_it_costs_70x_its_size():
     assert peak < 8 * 2**20 < unbounded
     envs = [{"body": b"x" * 300, "key": b"k" * 294, "sig": b"s" * 256, "kind": "roster"}] * 3
     assert decode_rosters(msgpack.packb(envs, use_bin_type=True)) == envs  # honest answers read as before
+
+
+def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_update():
+    """A crowd rank 0 that hides pads its hidden seal to MAX_SEALED digests (15.8 KB); an owner that
+    released under it carries it (`hidden`), and a leader leaves that announcement out (the crowd
+    omits the carriers, or any roster that does not list it): the owner's next announcement carries
+    an omission claim of it (16 KB) and the evidence again. Before: 32 KB, over the announcement cap
+    (19 KB): every reader refused it, so the owner's update was out of every round while both were
+    carried (up to CLAIM_ROUNDS - 1 = 3 rounds) and the evidence never landed. Now the claim waits a
+    round when both do not fit (it stays pending): the update and the evidence are taken."""
+    from protocol.kinds.sealed import MAX_SEALED, Seal
+    from protocol.records import Announcement
+
+    _, _, peers = swarm(4)
+    for _ in range(3):
+        play_round(peers)
+    owner, crowd = peers[0], peers[1]
+    r = owner.round + 1
+    digests = tuple(f"{i:064x}" for i in range(MAX_SEALED))
+
+    def padded(q: int) -> dict:
+        s = Seal(run=RUN, round=q, base=crowd.digest, leader=crowd.id, time=0.0, announcements=digests)
+        return signed.seal(crowd.key, s)
+
+    left = Announcement(
+        run=RUN, round=r - 1, peer=owner.id, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0,
+        hidden=(evidence := padded(r - 2)),
+    )  # fmt: skip
+    owner.proto.seer.left_out[r - 1] = signed.seal(owner.key, left)  # the crowd left that one out
+    owner.proto.gate.hidden[r - 2] = evidence  # and its evidence is still to be carried
+    peers[0].net.dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    owner.announce(b"work of the owner")
+    held = owner.proto.builder.announcements(r, owner.digest)  # opened as every leader and reader opens it
+    assert owner.id in held, "the owner's announcement is refused by every reader"
+    ann = held[owner.id].announcement
+    assert ann.hidden == evidence and ann.claim is None  # the evidence now, the claim next round
+    assert r - 1 in owner.proto.seer.left_out  # still pending

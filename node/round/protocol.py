@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import replace
 
 from node.config import SwarmConfig
 from node.round import election, lead, relay
@@ -152,6 +153,8 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             hidden=self.gate.evidence(round_no),  # a seal a roster we took hid (protocol 21: trust/gate.py)
         )
         env = signed.seal(self.key, ann)
+        if len(env["body"]) > signed.MAX_BODY["announcement"]:  # a claim and evidence (both up to 16 KiB)
+            env = signed.seal(self.key, replace(ann, claim=None))  # refused by all: the claim waits a round
         self.gate.announced(round_no, env)  # before it is stored: a leader may ask for it at once
         peers = self.peers()  # the gate's view till await_roster's; a joiner ranks the live peers (security.md: open)
         turns = self.candidates(peers, base, round_no - 1, ahead=1) or election.candidates(peers, base, None, round_no)

@@ -11,6 +11,12 @@
    stays silent; rank 1 is served, the crowd mixes, and rank 0 seals only the mixes first (the honest
    entries under a second seal naming it). No honest owner is asked for a receipt under seals[0] and
    no seal of rank 0 hides: the mixes are credited.
+3. Open: `hidden` is checked for signature, run and round only: 16 KiB of junk evidence per crowd
+   announcement fills an honest roster's 4 MiB DHT reply with ~250 crowd keys instead of ~1,170.
+4. A `ledger` answer (window fill, catch-up) of empty msgpack maps cost ~70x its size before any
+   check; now it is decoded under bounds.
+5. A padded hidden seal carried beside an omission claim of an announcement that carried it passed
+   the announcement cap: every reader refused the carrier; now the claim waits a round.
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@
    the Sybil and credited nobody: one Sybil voided every honest rank-0 roster that listed it. Now a
    key counts only once its turn has come on the leader's own clock (within omission.AHEAD): a
    release to it before then is no release an honest owner makes (its gate refuses such a seal).
-2. Open: two crowd keys at ranks 0 and 1. Rank 1's turn comes on the owners' clocks while rank 0
-   stays silent; rank 1 is served, the crowd mixes, and rank 0 seals only the mixes first (the honest
-   entries under a second seal naming it). No honest owner is asked for a receipt under seals[0] and
-   no seal of rank 0 hides: the mixes are credited.
+2. Two crowd keys at ranks 0 and 1. Rank 1's turn comes on the owners' clocks while rank 0 stays
+   silent; rank 1 is served, the crowd mixes, and rank 0 seals only the mixes first (the honest
+   entries under a second seal naming it): the mixes were credited. Now the honest owners carry
+   rank 1's seal, which their receipts name (protocol 22), and once they hold more than half of the
+   roster's entries' weight on the chain every reader takes its credit as nobody's; crowd carriers
+   below half void nothing.
 3. Open: `hidden` is checked for signature, run and round only: 16 KiB of junk evidence per crowd
    announcement fills an honest roster's 4 MiB DHT reply with ~250 crowd keys instead of ~1,170.
 4. A `ledger` answer (window fill, catch-up) of empty msgpack maps cost ~70x its size before any
@@ -22,14 +24,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 from node.round import election
 from node.round.trust import credit, sealed
 from protocol import signed
 from protocol.kinds.sealed import Receipt
 from protocol.messages import ReceiptAnswer
-from tests.test_round_protocol import CFG, RUN, NoSleep, play_round, swarm
-from tests.test_sealed_rounds import ask, crowd_at_ranks_0_and_1, seal_of
+from protocol.records import Announcement
+from tests.test_round_protocol import CFG, RUN, play_round, swarm
+from tests.test_sealed_rounds import ask, seal_of
 
 # the defaults' turns (rank 1 leads 40 s after the round opened, rank 2 50 s): the tests' CFG has
 # rank 1 at 10 s, within what a rank 0 takes to collect and fetch on FakeNet's clock
@@ -98,34 +102,127 @@ def test_a_fellow_crowd_keys_seal_counts_only_once_its_turn_came_on_the_leaders_
     assert roster.credit == (credit.UNITS,) * 4
 
 
-def test_open_crowd_ranks_0_and_1_get_their_mixes_credited_when_rank_0_seals_only_the_mixes():
+def test_crowd_ranks_0_and_1_sealing_only_the_mixes_get_nothing_once_the_owners_evidence_is_on_the_chain():
     """Rank 1 (B) is served after its turn came, A and B announce mixes of the 4 honest updates, and A
-    (rank 0, attempt 0; its turn stays) puts first a seal of the mixes only. Today: both mixes are
-    credited in full, the honest entries 0, no honest owner holds evidence (its seals are B's, and
-    A's second seal names A's first), and members take the roster (credit.check)."""
-    peers, r, a, b, honest = crowd_at_ranks_0_and_1()
-    a.net.dht.clock.t += election.turn(election.Slot(0, 1), a.proto.cfg) + 1
-    for p in peers:
-        p.heartbeat()
-    envs = [h.proto.builder.announcements(r, h.digest)[h.id].envelope for h in honest]
-    first = seal_of(b, r, envs)
-    leaked = [ask(b, h, r, first) for h in honest]
-    assert all(got == h.net.held_update(r, h.id) for got, h in zip(leaked, honest))
-    a.net.dht.clock.t += 1
-    for p in (a, b):
-        p.announce(b"mix " + b"|".join(leaked) + p.id.encode())
-    mixes = [a.proto.builder.announcements(r, p.digest)[p.id].envelope for p in (a, b)]
-    a.proto.builder.sealed[(r, a.digest)] = seal_of(a, r, mixes)  # A's own code: the mixes first
-    accepted = a.proto.await_roster(r, a.digest, a.round, NoSleep())
-    roster, anns = accepted.roster, list(accepted.announcements)
+    (rank 0, attempt 0; its turn stays) puts first a seal of the mixes only, the honest entries under
+    a second seal naming it. The roster is valid (credit.check): both mixes credited in full, the
+    honest entries 0. Before: no honest owner held evidence (its seals are B's, and A's second seal
+    names A's first), so every reader kept the mixes' credit. Now each honest owner whose receipt
+    names B's seal carries it (`hidden`, protocol 22: Gate.took, sealed.leaks); once the carriers,
+    4 of 6 entries' weight, are on the chain, every reader takes round r's credit as nobody's."""
+    _, _, peers = swarm(6)
+    for _ in range(2):
+        play_round(peers)
+    plot = {}
+
+    def leak(r: int) -> None:
+        a, b, *honest = ranked(peers, r)
+        a.net.dht.clock.t += election.turn(election.Slot(0, 1), a.proto.cfg) + 1  # B's turn, A silent
+        for p in peers:
+            p.heartbeat()
+        envs = [h.proto.builder.announcements(r, h.digest)[h.id].envelope for h in honest]
+        first = seal_of(b, r, envs)
+        got = [ask(b, h, r, first) for h in honest]
+        assert all(g == h.net.held_update(r, h.id) for g, h in zip(got, honest))  # B's turn came: served
+        a.net.dht.clock.t += 1  # a later announcement replaces the earlier one in the DHT
+        for p in (a, b):
+            p.announce(b"mix " + b"|".join(got) + p.id.encode())
+        mixes = [a.proto.builder.announcements(r, p.digest)[p.id].envelope for p in (a, b)]
+        a.proto.builder.sealed[(r, a.digest)] = seal_of(a, r, mixes)  # A's own code: the mixes first
+        plot.update(r=r, crowd=(a, b), honest=honest, first=first)
+
+    played = play_round(peers, meanwhile=leak)
+    r, (a, b), honest, first = plot["r"], plot["crowd"], plot["honest"], plot["first"]
+    held = played[peers[0].id].accepted
+    roster, anns = held.roster, held.announcements
     assert roster.leader == a.id and roster.attempt == 0 and not roster.skip
     credited = {x.peer: u for x, u in zip(anns, roster.credit)}
     assert credited == {a.id: credit.UNITS, b.id: credit.UNITS, **{h.id: 0 for h in honest}}
-    credit.check(roster, anns, set())
-    for h in honest:
-        h.proto.gate.took(roster, anns)
-        assert h.proto.gate.evidence(r + 1) is None
-        assert not any(sealed.hides(roster, e) for e in h.proto.gate.released[r].values())
+    credit.check(roster, anns, set())  # a valid roster: members take it and its credit
+    assert not any(sealed.hides(roster, e) for h in honest for e in h.proto.gate.released[r].values())
+    assert all(h.proto.gate.evidence(r + 1) == first for h in honest)  # before: None
+    leaked_units, leaked_tickets = crowd_units(peers, (a, b))  # what every reader kept before
+
+    played = play_round(peers)  # round r+1: the honest owners' announcements carry B's seal
+    carriers = [x.peer for x in played[peers[0].id].accepted.announcements if x.hidden == first]
+    assert set(carriers) == {h.id for h in honest}
+    after_units, after_tickets = crowd_units(peers, (a, b))
+    for p in peers:  # every reader, from its own ledger
+        assert credit.leaked(p.ledger.rosters) == {r} and sealed.hiding(p.ledger.rosters) == set()
+    assert all(h.proto.gate.evidence(r + 2) is None for h in honest)  # on the chain: carried no more
+    # the figures (6 peers; rounds 1, 2 honest, r = 3 leaked, r + 1 = 4 honest work by everyone)
+    print(
+        f"crowd units/tickets after round r: {leaked_units} {leaked_tickets}; after r+1: {after_units} {after_tickets}"
+    )
+    assert leaked_units == [3 * credit.UNITS] * 2 and leaked_tickets == [3, 3]  # r's mixes credited
+    raw = [
+        sum(
+            u
+            for x in peers[0].ledger.rosters.values()
+            for y, u in zip(x.announcements, credit.units_of(x))
+            if y.peer == c.id
+        )
+        for c in (a, b)
+    ]
+    print(f"without the evidence (protocol 21) after r+1: {raw}")
+    assert raw == [4 * credit.UNITS] * 2  # what every reader kept before
+    assert after_units == [3 * credit.UNITS] * 2 and after_tickets == [3, 3]  # r's credit is nobody's
+    assert [credit.weights(peers[0].ledger.rosters).units[h.id] for h in honest] == [3 * credit.UNITS] * 4
+
+
+def test_crowd_carriers_holding_less_than_half_the_weight_void_no_honest_roster():
+    """The framing the majority keeps out: an honest roster lists crowd keys C1, C2, and their next
+    announcements carry a seal a third crowd key C3 signed of the round listing their entries. Their
+    receipts in the roster name its seals[0], so the evidence contradicts them and counts nothing;
+    and with those receipts gone (a roster that kept their entries outside seals[0]), 2 of 6
+    entries' weight is no majority: nothing voided. 4 of 6 carriers would void it (the control)."""
+    _, _, peers = swarm(6)
+    for _ in range(2):
+        play_round(peers)
+    held = play_round(peers)[peers[0].id].accepted
+    roster, r = held.roster, held.roster.round
+    others = [p for p in peers if p.id != roster.leader]
+    c3 = others[-1]
+    assert all(credit.units_of(held))
+
+    def framed(carriers) -> set[int]:
+        entries = {x.peer: e for e, x in zip(roster.entries, held.announcements)}
+        listed = [entries[c.id] for c in carriers]
+        evidence = sealed.signed_seal(
+            c3.key, run=RUN, round_no=r, base=roster.base, leader=c3.id, time=0.0, envelopes=listed
+        )
+        assert all(sealed.leaks(roster, c.id, signed.body_hash(entries[c.id]), evidence) for c in carriers)
+        later = SimpleNamespace(
+            roster=SimpleNamespace(credit=()), announcements=tuple(carrier(c, r + 1, evidence) for c in carriers)
+        )
+        rosters = {q: x for q, x in peers[0].ledger.rosters.items() if q <= r}
+        kept = {**rosters, r + 1: later}
+        unreceipted = replace(held, roster=replace(roster, receipts=()))
+        return credit.leaked(kept), credit.leaked({**kept, r: unreceipted})
+
+    assert framed(others[:2]) == (set(), set())  # receipted: contradicted; unreceipted: 2 of 6, no majority
+    assert framed(others[:4]) == (set(), {r})  # the control: 4 of 6 carriers' weight voids it
+
+
+def carrier(p, round_no: int, hidden: dict):
+    """A held entry of `p` in round `round_no` carrying `hidden` (as a roster's reader opens it)."""
+    ann = Announcement(
+        run=RUN, round=round_no, peer=p.id, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0, hidden=hidden
+    )
+    return signed.open_record(signed.seal(p.key, ann), Announcement, signer=p.id)
+
+
+def ranked(peers, r: int) -> list:
+    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
+    return sorted(peers, key=lambda p: order.index(p.id))
+
+
+def crowd_units(peers, crowd) -> tuple[list[int], list[int]]:
+    """What a reader (each peer's own ledger) counts of the crowd: its credit units and tickets."""
+    p = peers[0]
+    units = credit.weights(p.ledger.rosters).units
+    tickets = p.ledger.tickets(p.round + 1, p.proto.cfg.established_rounds)
+    return [units.get(c.id, 0) for c in crowd], [tickets.get(c.id, 0) for c in crowd]
 
 
 def test_open_every_crowd_announcement_may_carry_16_kib_of_valid_evidence():
@@ -136,7 +233,6 @@ def test_open_every_crowd_announcement_may_carry_16_kib_of_valid_evidence():
     (omission claims), reach hivemind's 4 MiB DHT reply (what a reader gets of a roster key) with
     ~250 such keys in a round instead of ~1,170. Today: taken."""
     from protocol.kinds.sealed import MAX_SEALED, Seal
-    from protocol.records import Announcement
     from tests.fakes import new_key
 
     key, me = new_key()
@@ -200,7 +296,6 @@ def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_u
     carried (up to CLAIM_ROUNDS - 1 = 3 rounds) and the evidence never landed. Now the claim waits a
     round when both do not fit (it stays pending): the update and the evidence are taken."""
     from protocol.kinds.sealed import MAX_SEALED, Seal
-    from protocol.records import Announcement
 
     _, _, peers = swarm(4)
     for _ in range(3):

@@ -9,9 +9,10 @@ what the chain makes of it, a pure function of the rosters held:
 
 - weight(p): the sum of p's credit over the window's rosters (at most UNITS a roster: a token
   claim of 10^9 counts as one round's; none of a roster shown hiding a seal, protocol 21:
-  sealed.hiding), plus the credit of the updates that carried p's counted
-  omission claims (node/round/trust/omission.py: the carried-over work, so a claim earns what
-  the claimant's next update earned, and nothing for junk, nor of a roster that credits nobody);
+  sealed.hiding, or credited after its round went out to another key, protocol 22: `leaked`),
+  plus the credit of the updates that carried p's counted omission claims (node/round/trust/
+  omission.py: the carried-over work, so a claim earns what the claimant's next update earned,
+  and nothing for junk, nor of a roster that credits nobody);
 - established: weight >= k x UNITS (k = [swarm] established_rounds: k full rounds' credit) and
   credited under at least min(LEADERS, the distinct leaders of the rosters that list it and
   credit someone) leaders, so a young run led by the organizer alone is enough, and once others lead and list
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import NamedTuple, Protocol
 
 from node.round.trust import sealed
@@ -76,12 +78,46 @@ def judged_none(held: Held) -> bool:
     return not any(units_of(held))
 
 
+def voided(rosters: Mapping[int, Held]) -> set[int]:
+    """The rounds whose roster's credit every reader takes as nobody's: shown hiding a seal
+    (protocol 21: sealed.hiding) or shown credited after the round went out (protocol 22: `leaked`)."""
+    hid = sealed.hiding(rosters)
+    return hid | leaked(rosters, hid)
+
+
+def leaked(rosters: Mapping[int, Held], hid: AbstractSet[int] = frozenset()) -> set[int]:
+    """The rounds whose roster credits someone while the authors of its entries that carry evidence
+    of having released first under another key's seal (sealed.leak_carriers) hold more than half of
+    its entries' weight: their credit units in `rosters` before that round (no claims; rosters
+    `hid` and those found here count nothing), or their number when all of those are 0. A
+    majority, so a crowd (under a third of the credit) carrying seals its own keys signed cannot
+    void an honest roster that lists it; an honest rank 0 whose owners released to another
+    candidate first credits nobody already (protocol 19: their receipts do not name seals[0]).
+    Rounds in order, so each count is a pure function of the window: every reader agrees."""
+    carriers = sealed.leak_carriers(rosters)
+    out: set[int] = set()
+    if not carriers:
+        return out
+    units: Counter = Counter()
+    for r in sorted(rosters):
+        held = rosters[r]
+        if r in carriers and not judged_none(held):
+            listed = {a.peer for a in held.announcements}
+            weight = {p: units[p] for p in listed} if any(units[p] for p in listed) else dict.fromkeys(listed, 1)
+            if 2 * sum(weight[p] for p in carriers[r] & listed) > sum(weight.values()):
+                out.add(r)
+        if r not in hid and r not in out:
+            for a, u in zip(held.announcements, units_of(held)):
+                units[a.peer] += u
+    return out
+
+
 def weights(rosters: Mapping[int, Held], claims: Iterable[Carried] = ()) -> Weights:
     """Every credited peer's weight over `rosters`, and who credited it; `claims` add their carrier's
     credit, unless the roster that left the claimant out credited nobody (`judged_none`)."""
     units: Counter = Counter()
     leaders: dict[str, set[str]] = defaultdict(set)
-    void = sealed.hiding(rosters)  # protocol 21: a roster shown hiding a seal credits nobody
+    void = voided(rosters)  # protocols 21, 22: a roster shown hiding a seal or leaked credits nobody
     for r, held in rosters.items():
         if r in void:
             continue
@@ -108,7 +144,7 @@ def established(rosters: Mapping[int, Held], k: int, claims: Iterable[Carried] =
     (the run stayed young for good: seen in the swarm tests)."""
     w = weights(rosters, claims)
     listing: dict[str, set[str]] = defaultdict(set)
-    void = sealed.hiding(rosters)
+    void = voided(rosters)
     for r, held in rosters.items():
         if judged_none(held) or r in void:  # a leader that judged nothing (it synced) vouches neither way
             continue

@@ -18,7 +18,8 @@ later seal it released under, it answers with that receipt and the first seal (p
 protocol/messages.py ReceiptAnswer): the round went out before that leader's seal, and the leader
 keeps our entry (its roster then credits nobody) rather than leaving us out as a withholder. When
 the roster we accept is led by a leader that hid a seal we released under (sealed.hides), our next
-announcements carry that seal as evidence (protocol 21, `took`, `evidence`).
+announcements carry that seal as evidence (protocol 21, `took`, `evidence`); so does a roster that
+lists our entry and credits someone while we released first under another key's seal (protocol 22).
 
 The gate runs on the exchange's thread (node/p2p/exchange.py) and in FakeNet's calls: the round
 protocol replaces the view whole (`set_view`), and the rest is under one lock.
@@ -162,12 +163,18 @@ class Gate:
 
     def took(self, roster: Roster, anns: Sequence[Announcement]) -> None:
         """We accepted `roster` (its announcements `anns`): a seal of its leader we released our
-        update under that it hides (sealed.hides) is evidence our next announcements carry, until a
-        roster holds an entry that carries it (then every reader has it: sealed.hiding)."""
+        update under that it hides (sealed.hides), or, when it lists our entry and credits someone,
+        the first seal we released under when another key signed it (sealed.leaks: the round went
+        out before its seals[0]), is evidence our next announcements carry, until a roster holds an
+        entry that carries it (then every reader has it: sealed.hiding, credit.leaked)."""
         with self._lock:
             for env in self.released.get(roster.round, {}).values():
                 if sealed.hides(roster, env):
                     self.hidden.setdefault(roster.round, env)
+            first, own = self.first.get(roster.round), self.own.get(roster.round)
+            listed = own is not None and any(signed.body_hash(e) == own for e in roster.entries)
+            if first is not None and listed and any(roster.credit) and sealed.leaks(roster, self.me, own, first.seal):
+                self.hidden.setdefault(roster.round, first.seal)  # released first elsewhere (protocol 22)
             carried = {signed.body_hash(a.hidden) for a in anns if a.hidden is not None}
             self.hidden = {r: e for r, e in self.hidden.items() if signed.body_hash(e) not in carried}
 

@@ -187,3 +187,51 @@ def hiding(rosters: Mapping[int, object]) -> set[int]:
             if hid is not None and r < q <= r + CLAIM_ROUNDS and r not in out and hides(hid.roster, a.hidden):
                 out.add(r)
     return out
+
+
+def leaks(roster: Roster, carrier: str, entry: str, evidence: object) -> bool:
+    """Whether `evidence` (a seal envelope) shows that `carrier`, whose entry in `roster` has the
+    body hash `entry`, released its update of the round first under another leader's seal (protocol
+    22): a seal that verifies, of the roster's run, round and base, listing that entry, signed by a
+    key that is neither the roster's leader nor the carrier. An honest owner carries the seal its one
+    receipt of the round names (Gate.took), so a roster that credits someone while such owners are
+    listed outside its seals[0] credited a set fixed after the round went out: a crowd at ranks 0
+    and 1 served rank 1 first, mixed, and rank 0 sealed only the mixes first
+    (tests/test_sybil_attacks_8.py). One carrier's word frames nobody: readers void the roster only
+    when carriers hold most of its entries' weight (credit.leaked)."""
+    if first_seal(roster) is None:
+        return False
+    try:
+        seal = signed.open_record(evidence, Seal)
+    except ProtocolError:
+        return False
+    return (
+        (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base)
+        and seal.leader not in (roster.leader, carrier)
+        and entry in seal.announcements
+    )
+
+
+def leak_carriers(rosters: Mapping[int, object]) -> dict[int, set[str]]:
+    """Round -> the authors of its roster's entries (in `rosters`, as `hiding` reads them) that an
+    entry of one of the CLAIM_ROUNDS rosters after it carries evidence of (`leaks`) in its `hidden`,
+    other than an author whose receipt in that roster names its seals[0] (its one receipt of the
+    round says it released first there: its evidence contradicts it)."""
+    out: dict[int, set[str]] = {}
+    for q, held in rosters.items():
+        for a in held.announcements:
+            if a.hidden is None:
+                continue
+            try:
+                r = signed.open_record(a.hidden, Seal).round  # remembered: no RSA after the first time
+            except ProtocolError:
+                continue
+            hid = rosters.get(r)
+            if hid is None or not r < q <= r + CLAIM_ROUNDS or a.peer in out.get(r, ()):
+                continue
+            entry = next((e for e, x in zip(hid.roster.entries, hid.announcements) if x.peer == a.peer), None)
+            if entry is not None and leaks(hid.roster, a.peer, signed.body_hash(entry), a.hidden):
+                out.setdefault(r, set()).add(a.peer)
+    for r, carriers in out.items():
+        carriers -= receipted(rosters[r].roster, signed.body_hash(rosters[r].roster.seals[0]))
+    return out

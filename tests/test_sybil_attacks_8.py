@@ -34,6 +34,7 @@ from protocol.messages import ReceiptAnswer
 from protocol.records import Announcement
 from tests.test_round_protocol import CFG, RUN, play_round, swarm
 from tests.test_sealed_rounds import ask, seal_of
+from tests.test_sybil_attacks_7 import crowd_units, ranked
 
 # the defaults' turns (rank 1 leads 40 s after the round opened, rank 2 50 s): the tests' CFG has
 # rank 1 at 10 s, within what a rank 0 takes to collect and fetch on FakeNet's clock
@@ -210,19 +211,6 @@ def carrier(p, round_no: int, hidden: dict):
         run=RUN, round=round_no, peer=p.id, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0, hidden=hidden
     )
     return signed.open_record(signed.seal(p.key, ann), Announcement, signer=p.id)
-
-
-def ranked(peers, r: int) -> list:
-    order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
-    return sorted(peers, key=lambda p: order.index(p.id))
-
-
-def crowd_units(peers, crowd) -> tuple[list[int], list[int]]:
-    """What a reader (each peer's own ledger) counts of the crowd: its credit units and tickets."""
-    p = peers[0]
-    units = credit.weights(p.ledger.rosters).units
-    tickets = p.ledger.tickets(p.round + 1, p.proto.cfg.established_rounds)
-    return [units.get(c.id, 0) for c in crowd], [tickets.get(c.id, 0) for c in crowd]
 
 
 def test_open_every_crowd_announcement_may_carry_16_kib_of_valid_evidence():

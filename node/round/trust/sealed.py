@@ -21,7 +21,7 @@ catch-up, the audit) computes it alike (`check`); signatures are verified once p
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from protocol import signed
 from protocol.errors import ProtocolError
@@ -175,6 +175,16 @@ def hiding(rosters: Mapping[int, object]) -> set[int]:
     those rosters' credit as nobody's (node/round/trust/credit.py). Needs no jury: the evidence is
     the leader's own signature. A pure function of the rosters held, so all readers agree."""
     out: set[int] = set()
+    for a, r, hid in carried(rosters):
+        if r not in out and hides(hid.roster, a.hidden):
+            out.add(r)
+    return out
+
+
+def carried(rosters: Mapping[int, object]) -> Iterator[tuple[Announcement, int, object]]:
+    """(entry, r, the held roster of r) for each entry of the rosters in `rosters` whose `hidden`
+    names a round r held there, at most CLAIM_ROUNDS before the entry's own: what `hiding` and
+    `leak_carriers` judge."""
     for q, held in rosters.items():
         for a in held.announcements:
             if a.hidden is None:
@@ -184,9 +194,8 @@ def hiding(rosters: Mapping[int, object]) -> set[int]:
             except ProtocolError:
                 continue
             hid = rosters.get(r)
-            if hid is not None and r < q <= r + CLAIM_ROUNDS and r not in out and hides(hid.roster, a.hidden):
-                out.add(r)
-    return out
+            if hid is not None and r < q <= r + CLAIM_ROUNDS:
+                yield a, r, hid
 
 
 def leaks(roster: Roster, carrier: str, entry: str, evidence: object) -> bool:
@@ -218,20 +227,12 @@ def leak_carriers(rosters: Mapping[int, object]) -> dict[int, set[str]]:
     other than an author whose receipt in that roster names its seals[0] (its one receipt of the
     round says it released first there: its evidence contradicts it)."""
     out: dict[int, set[str]] = {}
-    for q, held in rosters.items():
-        for a in held.announcements:
-            if a.hidden is None:
-                continue
-            try:
-                r = signed.open_record(a.hidden, Seal).round  # remembered: no RSA after the first time
-            except ProtocolError:
-                continue
-            hid = rosters.get(r)
-            if hid is None or not r < q <= r + CLAIM_ROUNDS or a.peer in out.get(r, ()):
-                continue
-            entry = next((e for e, x in zip(hid.roster.entries, hid.announcements) if x.peer == a.peer), None)
-            if entry is not None and leaks(hid.roster, a.peer, signed.body_hash(entry), a.hidden):
-                out.setdefault(r, set()).add(a.peer)
+    for a, r, hid in carried(rosters):
+        if a.peer in out.get(r, ()):
+            continue
+        entry = next((e for e, x in zip(hid.roster.entries, hid.announcements) if x.peer == a.peer), None)
+        if entry is not None and leaks(hid.roster, a.peer, signed.body_hash(entry), a.hidden):
+            out.setdefault(r, set()).add(a.peer)
     for r, carriers in out.items():
         carriers -= receipted(rosters[r].roster, signed.body_hash(rosters[r].roster.seals[0]))
     return out

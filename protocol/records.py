@@ -27,6 +27,7 @@ from protocol.fields import (
     seconds_field,
     sha256_field,
 )
+from protocol.kinds.sealed import evidence_fields
 from protocol.signing import MAX_SIG
 
 MAX_ROSTER = 4096  # more contributors than this in one round is not a real swarm
@@ -128,7 +129,8 @@ class Announcement:
     claim: dict | None = attribute(default=None, hash=False)
     """The author's own signed announcement that an earlier roster left out (checked by protocol/signed.py)."""
     hidden: dict | None = attribute(default=None, hash=False)
-    """Protocol 21: a seal the author released under that its leader's roster hid (node/round/trust/sealed.py)."""
+    """Protocol 21-23: evidence about a seal the author released under (node/round/trust/sealed.py):
+    the seal's signed head, the author's entry and its Merkle path (protocol/signed.py open_evidence)."""
 
     def to_wire(self) -> dict:
         d = asdict(self)
@@ -160,8 +162,8 @@ class Announcement:
 
 def _omission_fields(d: dict, where: str) -> dict:
     """`seen_late` (distinct prefixes), `claim` (shaped as a signed announcement envelope, whose
-    signature, author and round protocol/signed.py checks) and `hidden` (a seal envelope, checked
-    there too): all optional."""
+    signature, author and round protocol/signed.py checks) and `hidden` (evidence about a seal, its
+    shape checked here and its signature and path there): all optional."""
     late, claim, hidden = (
         optional_field(d, "seen_late", list, [], where=where),
         optional_field(d, "claim", dict, None, where=where),
@@ -171,11 +173,12 @@ def _omission_fields(d: dict, where: str) -> dict:
         raise ProtocolError(f"{where}: seen_late must be at most {MAX_SEEN_LATE} {SEEN_PREFIX}-byte prefixes")
     if len(set(late)) != len(late):
         raise ProtocolError(f"{where}: seen_late repeats a prefix")
-    for name, env, kind in (("claim", claim, "announcement"), ("hidden", hidden, "seal")):
-        if env is not None and (
-            env.get("kind") != kind or not all(type(env.get(k)) is bytes for k in ("body", "key", "sig"))
-        ):
-            raise ProtocolError(f"{where}: {name} must be a signed {kind} envelope")
+    if claim is not None and (
+        claim.get("kind") != "announcement" or not all(type(claim.get(k)) is bytes for k in ("body", "key", "sig"))
+    ):
+        raise ProtocolError(f"{where}: claim must be a signed announcement envelope")
+    if hidden is not None:
+        evidence_fields(hidden)
     return {"seen_late": tuple(late), "claim": claim, "hidden": hidden}
 
 

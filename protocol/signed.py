@@ -12,24 +12,38 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import msgpack
 
 from protocol import keys, signing
 from protocol.errors import ProtocolError
 from protocol.kinds.call import Call
-from protocol.kinds.sealed import MAX_SEALS, RECEIPT_BODY, SEAL_BODY, Receipt, Seal
+from protocol.kinds.sealed import (
+    EVIDENCE_BODY,
+    HEAD_BODY,
+    MAX_SEALS,
+    RECEIPT_BODY,
+    SEAL_BODY,
+    Receipt,
+    Seal,
+    SealHead,
+    evidence_fields,
+    merkle_listed,
+    merkle_path,
+)
 from protocol.records import CLAIM_ROUNDS, MAX_ROSTER, Announcement, Heartbeat, Roster, run_id_of
 
 # A heartbeat body is ~400 B (two addresses); at 8 KiB ~470 padded ones filled hivemind's 4 MiB reply to
 # a peer-table read, at 1 KiB it takes ~2,500 (tests/test_budgets.py measures both).
 MAX_BODY = {
     "heartbeat": 1024,
-    "announcement": 3 * 1024 + SEAL_BODY,  # protocol 21: room for one seal as evidence (`hidden`)
+    "announcement": 3 * 1024 + EVIDENCE_BODY,  # protocol 23: room for evidence about one seal (`hidden`)
     "roster": MAX_ROSTER * (2048 + 2 * RECEIPT_BODY) + MAX_SEALS * (SEAL_BODY + 1024) + 4096,  # receipts, seals
     "call": MAX_ROSTER * 2048 + 4096,
     "manifest": 64 * 1024,
     "seal": SEAL_BODY,
+    "sealhead": HEAD_BODY,
     "receipt": RECEIPT_BODY,
 }
 KIND_OF = {
@@ -38,6 +52,7 @@ KIND_OF = {
     Roster: "roster",
     Call: "call",
     Seal: "seal",
+    SealHead: "sealhead",
     Receipt: "receipt",
 }
 
@@ -54,11 +69,28 @@ def _unpack(body: bytes, where: str) -> object:
 def seal(private_key, record) -> dict:
     """The signed envelope of a Heartbeat, Announcement, Roster or Call written by this key's peer."""
     kind = KIND_OF[type(record)]
-    return signing.sign(private_key, msgpack.packb(record.to_wire(), use_bin_type=True), kind)
+    body = msgpack.packb(record.to_wire(), use_bin_type=True)
+    if isinstance(record, Seal):  # signed over its head (protocol 23): evidence carries the head alone
+        return {**signing.sign(private_key, _packed(SealHead.of(record)), "sealhead"), "body": body, "kind": kind}
+    return signing.sign(private_key, body, kind)
+
+
+def _packed(record) -> bytes:
+    return msgpack.packb(record.to_wire(), use_bin_type=True)
+
+
+def _head_envelope(envelope: dict, seal: Seal) -> dict:
+    """The head envelope a seal's signature verifies as: its head's body, the seal's key and signature."""
+    return {
+        "body": _packed(SealHead.of(seal)),
+        "key": envelope.get("key"),
+        "sig": envelope.get("sig"),
+        "kind": "sealhead",
+    }
 
 
 def author_of(record) -> str:
-    if isinstance(record, (Roster, Call, Seal)):
+    if isinstance(record, (Roster, Call, Seal, SealHead)):
         return record.leader
     return record.owner if isinstance(record, Receipt) else record.peer
 
@@ -121,7 +153,14 @@ def _open(envelope: object, cls, signer: str | None, max_bytes: int):
     author = author_of(record)
     if signer is not None and author != signer:
         raise ProtocolError(f"{kind}: filed under {signer[:16]} but written by {author[:16]}")
-    signing.verify(envelope, signer=author, max_body=MAX_BODY[kind], kind=kind)
+    if cls in (Seal, SealHead) and _packed(record) != envelope["body"]:  # its head's signature fits one body
+        raise ProtocolError(f"{kind}: the body is not in its one encoding")
+    if cls is Seal:
+        if envelope.get("kind") != kind:
+            raise ProtocolError(f"seal: a {str(envelope.get('kind', ''))[:20]!r} record where a seal was expected")
+        signing.verify(_head_envelope(envelope, record), signer=author, max_body=HEAD_BODY, kind="sealhead")
+    else:
+        signing.verify(envelope, signer=author, max_body=MAX_BODY[kind], kind=kind)
     if cls is Announcement and record.claim is not None:
         _check_claim(record, max_bytes)
     if cls is Announcement and record.hidden is not None:
@@ -140,13 +179,45 @@ def _check_claim(ann: Announcement, max_bytes: int) -> None:
 
 
 def _check_hidden(ann: Announcement) -> None:
-    """Evidence of a hidden seal (protocol 21, node/round/trust/sealed.py) is a seal that verifies,
-    of the same run and of one of the CLAIM_ROUNDS rounds before the announcement's own."""
-    seal = open_record(ann.hidden, Seal)
-    if seal.run != ann.run or not ann.round - CLAIM_ROUNDS <= seal.round < ann.round:
+    """Evidence about a seal (protocol 21-23, node/round/trust/sealed.py) is a seal head that
+    verifies, of the same run and of one of the CLAIM_ROUNDS rounds before the announcement's own,
+    with a path that proves the entry it names listed."""
+    head = open_evidence(ann.hidden).head
+    if head.run != ann.run or not ann.round - CLAIM_ROUNDS <= head.round < ann.round:
         raise ProtocolError(
-            f"announcement: evidence of round {seal.round}, not one of the {CLAIM_ROUNDS} before its own"
+            f"announcement: evidence of round {head.round}, not one of the {CLAIM_ROUNDS} before its own"
         )
+
+
+class Evidence(NamedTuple):
+    """Evidence about a seal, opened (an announcement's `hidden`, protocol 23)."""
+
+    head: SealHead
+    """The seal's head, its leader's signature checked."""
+    entry: str
+    """An announcement's body hash that the path proves the seal lists (its carrier's own)."""
+    digest: str
+    """The head body's SHA-256: one seal, however many carry it."""
+
+
+def evidence(seal_envelope: dict, entry: str) -> dict:
+    """The wire evidence (an announcement's `hidden`) about the seal `seal_envelope`, which lists
+    the announcement whose body hashes to `entry`: its head and `entry`'s path (ProtocolError if
+    the seal does not verify or does not list it)."""
+    seal = open_record(seal_envelope, Seal)
+    if entry not in seal.announcements:
+        raise ProtocolError("evidence: the seal does not list that entry")
+    head = _head_envelope(seal_envelope, seal)
+    return {"head": head, "entry": entry, "path": list(merkle_path(seal.announcements, entry))}
+
+
+def open_evidence(wire: object) -> Evidence:
+    """`wire` (an announcement's `hidden`) opened: its head verified, its path checked. Raises ProtocolError."""
+    head_envelope, entry, path = evidence_fields(wire)
+    head = open_record(head_envelope, SealHead)
+    if not merkle_listed(entry, path, head.root):
+        raise ProtocolError("evidence: the path does not prove the entry listed under the seal's root")
+    return Evidence(head, entry, body_hash(head_envelope))
 
 
 def body_hash(envelope: dict) -> str:
@@ -246,7 +317,7 @@ def claimed_key(envelope: object) -> tuple[str, str] | None:
             return None
     if not isinstance(run, str) or (kind != "heartbeat" and (not isinstance(rnd, int) or isinstance(rnd, bool))):
         return None
-    if kind in ("seal", "receipt"):
+    if kind in ("seal", "sealhead", "receipt"):
         return None  # they travel inside requests and rosters, never alone in the DHT
     if kind == "heartbeat":
         return keys.peers_key(run), str(d.get("peer"))

@@ -49,7 +49,7 @@ from protocol.codecs import DenseCodec, Int8Codec, LowRankCodec, TopKCodec
 from protocol.errors import ProtocolError
 from protocol.kinds.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from protocol.kinds.metrics import MetricsRecord
-from protocol.kinds.sealed import Seal
+from protocol.kinds.sealed import Seal, SealHead
 from protocol.messages import (
     HEADER_LEN,
     ReceiptAnswer,
@@ -857,20 +857,33 @@ def _check_failed(failed: list) -> None:
 
 HIDDEN_BODY = dict(run=RUN, round=2, base=SHA, leader=PEER2, time=1.0e9, announcements=[SHA])
 HIDDEN_SEAL = signed.seal(KEY2, Seal.from_wire(HIDDEN_BODY))
+HIDDEN_HEAD = SealHead.of(Seal.from_wire(HIDDEN_BODY)).to_wire()
+# protocol 23: the seal's head and SHA's path (none: SHA is its one entry); KEY2 is too small to open
+HIDDEN = {
+    "head": signing.sign(KEY2, msgpack.packb(HIDDEN_HEAD, use_bin_type=True), "sealhead"),
+    "entry": SHA,
+    "path": [],
+}
 
 
 def _hidden_announcement(tape: Tape) -> tuple:
-    """(an announcement of round 3 carrying a seal as evidence of a hidden seal, protocol 21; its
-    signer): the seal edited after signing, or signed over an edited body, or another kind."""
-    mode = tape.below(4)
+    """(an announcement of round 3 carrying evidence about a seal, protocol 21-23; its signer): the
+    evidence reshaped, its head edited after signing or signed over an edited body, of another
+    kind, or a whole seal where the evidence goes."""
+    mode, head = tape.below(5), HIDDEN["head"]
     hidden = (
-        reshape(tape, HIDDEN_SEAL)
+        reshape(tape, HIDDEN)
         if mode == 0
-        else signing.sign(KEY2, mutate_bytes(tape, HIDDEN_SEAL["body"]), "seal")
+        else {**HIDDEN, "head": signing.sign(KEY2, mutate_bytes(tape, head["body"]), "sealhead")}
         if mode == 1
-        else signing.sign(KEY2, msgpack.packb(reshape(tape, HIDDEN_BODY), use_bin_type=True), "seal")
+        else {
+            **HIDDEN,
+            "head": signing.sign(KEY2, msgpack.packb(reshape(tape, HIDDEN_HEAD), use_bin_type=True), "sealhead"),
+        }
         if mode == 2
-        else {**HIDDEN_SEAL, "kind": KINDS[tape.below(len(KINDS))]}
+        else {**HIDDEN, "head": {**head, "kind": KINDS[tape.below(len(KINDS))]}}
+        if mode == 3
+        else HIDDEN_SEAL
     )
     body = msgpack.packb({**ANNOUNCEMENT, "hidden": hidden}, use_bin_type=True)
     return signing.sign(KEY, body, "announcement"), _signer(tape)

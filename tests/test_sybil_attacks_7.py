@@ -23,7 +23,7 @@ from node.round import election
 from node.round.trust import credit, sealed
 from protocol import signed
 from protocol.errors import ProtocolError
-from protocol.kinds.sealed import Seal
+from protocol.kinds.sealed import Seal, SealHead
 from protocol.records import Announcement
 from tests.test_round_protocol import RUN, play_round, swarm
 from tests.test_sealed_rounds import ask, seal_of
@@ -32,6 +32,21 @@ from tests.test_sealed_rounds import ask, seal_of
 def ranked(peers, r: int) -> list:
     order = election.ranking(peers[0].proto.beacon(r), 0, {p.id for p in peers}, tickets=peers[0].proto.tickets(r))
     return sorted(peers, key=lambda p: order.index(p.id))
+
+
+def head_of(env: dict) -> SealHead:
+    """The head of the seal `env` (what its signature covers, protocol 23)."""
+    return SealHead.of(signed.open_record(env, Seal))
+
+
+def evidence_about(env: dict, entry: str | None = None) -> dict:
+    """Evidence about the seal `env` proving `entry` listed (default: the first it lists)."""
+    return signed.evidence(env, entry or signed.open_record(env, Seal).announcements[0])
+
+
+def about(evidence: dict | None, env: dict) -> bool:
+    """Whether `evidence` (an announcement's `hidden`) is about the seal `env`."""
+    return evidence is not None and signed.open_evidence(evidence).head == head_of(env)
 
 
 def crowd_units(peers, crowd) -> tuple[list[int], list[int]]:
@@ -70,11 +85,11 @@ def test_a_crowd_rank_0_that_hides_its_first_seal_gets_its_mixes_credited_until_
     credited = {a.peer: u for a, u in zip(anns, roster.credit)}
     assert credited == {crowd[0].id: credit.UNITS, crowd[1].id: credit.UNITS, **{h.id: 0 for h in honest}}
     credit.check(roster, anns, set())  # a valid roster: members take it and its credit
-    assert sealed.hides(roster, s0) and all(h.proto.gate.evidence(r + 1) == s0 for h in honest)
+    assert sealed.hides(roster, head_of(s0)) and all(about(h.proto.gate.evidence(r + 1), s0) for h in honest)
     hidden_units, hidden_tickets = crowd_units(peers, crowd)  # the hole: what protocol 20 kept for good
 
     played = play_round(peers)  # round r+1: the honest owners' announcements carry S0
-    carriers = [a.peer for a in played[peers[0].id].accepted.announcements if a.hidden == s0]
+    carriers = [a.peer for a in played[peers[0].id].accepted.announcements if about(a.hidden, s0)]
     assert set(carriers) == {h.id for h in honest}
     after_units, after_tickets = crowd_units(peers, crowd)
     for p in peers:  # every reader, from its own ledger
@@ -131,9 +146,9 @@ def test_an_honest_leader_that_rebuilt_with_other_second_seals_is_never_shown_hi
     lead, s1a = plot["lead"], plot["s1a"]
     assert roster.leader == lead.id and len(roster.seals) == 2 and s1a not in roster.seals
     assert signed.open_record(s1a, Seal).after == signed.body_hash(roster.seals[0])
-    assert not sealed.hides(roster, s1a)
+    assert not sealed.hides(roster, head_of(s1a))
     bare = signed.seal(lead.key, replace(signed.open_record(s1a, Seal), after=""))
-    assert sealed.hides(roster, bare)  # what a second seal naming nothing would have framed
+    assert sealed.hides(roster, head_of(bare))  # what a second seal naming nothing would have framed
     for _ in range(4):
         played = play_round(peers)
         assert not any(a.hidden for a in played[peers[0].id].accepted.announcements)
@@ -143,10 +158,18 @@ def test_an_honest_leader_that_rebuilt_with_other_second_seals_is_never_shown_hi
     assert all(units[p.id] == raw_units(peers[0], p) > 0 for p in peers)
 
 
-def carrier(p, r: int, evidence) -> SimpleNamespace:
-    """A held roster of round r whose one entry, `p`'s announcement, carries `evidence`."""
+def carrier(p, r: int, seal_env) -> SimpleNamespace:
+    """A held roster of round r whose one entry, `p`'s announcement, carries evidence about `seal_env`."""
     ann = Announcement(
-        run=RUN, round=r, peer=p.id, nbytes=9, sha256="2" * 64, tokens=1, base=p.digest, time=0.0, hidden=evidence
+        run=RUN,
+        round=r,
+        peer=p.id,
+        nbytes=9,
+        sha256="2" * 64,
+        tokens=1,
+        base=p.digest,
+        time=0.0,
+        hidden=evidence_about(seal_env),
     )
     env = signed.seal(p.key, ann)
     return SimpleNamespace(roster=None, announcements=(signed.open_record(env, Announcement, signer=p.id),))
@@ -175,7 +198,7 @@ def test_forged_or_mismatched_evidence_is_refused_or_counts_nothing():
         "a later seal naming its first": sign(lead, listed=envs, after=signed.body_hash(roster.seals[0])),
     }
     for why, env in forged.items():
-        assert not sealed.hides(roster, env), why
+        assert not sealed.hides(roster, head_of(env)), why
         assert (
             sealed.hiding(
                 {r: held, r + 1: carrier(other, r + 2, env) if why == "another round" else carrier(other, r + 1, env)}
@@ -185,7 +208,7 @@ def test_forged_or_mismatched_evidence_is_refused_or_counts_nothing():
     # a first seal put second, under a seal of the crowd's mixes: still evidence, and the roster
     # credits nobody at once (a second seal must name seals[0])
     demoted = replace(roster, seals=(roster.seals[0], hidden))
-    assert sealed.hides(demoted, hidden)
+    assert sealed.hides(demoted, head_of(hidden))
     assert not any(sealed.creditable(demoted, held.announcements)) and any(
         sealed.creditable(roster, held.announcements)
     )
@@ -194,14 +217,20 @@ def test_forged_or_mismatched_evidence_is_refused_or_counts_nothing():
     ann = Announcement(
         run=RUN, round=r + 1, peer=other.id, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0
     )
-    bad = {**hidden, "sig": bytes(len(hidden["sig"]))}
-    for _why, env in (
-        ("bad signature", bad),
-        ("another kind", {**hidden, "kind": "receipt"}),
-        ("not an envelope", {"body": "x"}),
+    true = evidence_about(hidden)
+    head = true["head"]
+    for why, ev in (
+        ("bad signature", {**true, "head": {**head, "sig": bytes(len(head["sig"]))}}),
+        ("another kind", {**true, "head": {**head, "kind": "receipt"}}),
+        ("not an envelope", {**true, "head": {"body": "x"}}),
+        ("a whole seal", hidden),
+        ("an entry the seal does not list", {**true, "entry": "f" * 64}),
+        ("a path of another entry", {**true, "path": ["0" * 64]}),
+        ("a path too long", {**true, "path": ["0" * 64] * 9}),
     ):
         with pytest.raises(ProtocolError):
-            signed.open_record(signed.seal(other.key, replace(ann, hidden=env)), Announcement, signer=other.id)
+            signed.open_record(signed.seal(other.key, replace(ann, hidden=ev)), Announcement, signer=other.id)
+            pytest.fail(why)
     with pytest.raises(ProtocolError, match="evidence of round"):
-        signed.open_record(signed.seal(other.key, replace(ann, round=r + 5, hidden=hidden)), Announcement)
-    signed.open_record(signed.seal(other.key, replace(ann, hidden=hidden)), Announcement)  # the true one opens
+        signed.open_record(signed.seal(other.key, replace(ann, round=r + 5, hidden=true)), Announcement)
+    signed.open_record(signed.seal(other.key, replace(ann, hidden=true)), Announcement)  # the true one opens

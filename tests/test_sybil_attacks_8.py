@@ -13,8 +13,9 @@
    rank 1's seal, which their receipts name (protocol 22), and once they hold more than half of the
    roster's entries' weight on the chain every reader takes its credit as nobody's; crowd carriers
    below half void nothing.
-3. Open: `hidden` is checked for signature, run and round only: 16 KiB of junk evidence per crowd
-   announcement fills an honest roster's 4 MiB DHT reply with ~250 crowd keys instead of ~1,170.
+3. `hidden` was a whole seal (up to 16 KiB of junk evidence per crowd announcement: an honest
+   roster's 4 MiB DHT reply filled with ~210 crowd keys instead of ~1,170); since protocol 23 it is
+   the seal's signed head and one Merkle path, under 2 KB (~750 keys).
 4. A `ledger` answer (window fill, catch-up) of empty msgpack maps cost ~70x its size before any
    check; now it is decoded under bounds.
 5. A padded hidden seal carried beside an omission claim of an announcement that carried it passed
@@ -34,7 +35,7 @@ from protocol.messages import ReceiptAnswer
 from protocol.records import Announcement
 from tests.test_round_protocol import CFG, RUN, play_round, swarm
 from tests.test_sealed_rounds import ask, seal_of
-from tests.test_sybil_attacks_7 import crowd_units, ranked
+from tests.test_sybil_attacks_7 import about, crowd_units, head_of, ranked
 
 # the defaults' turns (rank 1 leads 40 s after the round opened, rank 2 50 s): the tests' CFG has
 # rank 1 at 10 s, within what a rank 0 takes to collect and fetch on FakeNet's clock
@@ -140,12 +141,12 @@ def test_crowd_ranks_0_and_1_sealing_only_the_mixes_get_nothing_once_the_owners_
     credited = {x.peer: u for x, u in zip(anns, roster.credit)}
     assert credited == {a.id: credit.UNITS, b.id: credit.UNITS, **{h.id: 0 for h in honest}}
     credit.check(roster, anns, set())  # a valid roster: members take it and its credit
-    assert not any(sealed.hides(roster, e) for h in honest for e in h.proto.gate.released[r].values())
-    assert all(h.proto.gate.evidence(r + 1) == first for h in honest)  # before: None
+    assert not any(sealed.hides(roster, head_of(e)) for h in honest for e in h.proto.gate.released[r].values())
+    assert all(about(h.proto.gate.evidence(r + 1), first) for h in honest)  # before: None
     leaked_units, leaked_tickets = crowd_units(peers, (a, b))  # what every reader kept before
 
     played = play_round(peers)  # round r+1: the honest owners' announcements carry B's seal
-    carriers = [x.peer for x in played[peers[0].id].accepted.announcements if x.hidden == first]
+    carriers = [x.peer for x in played[peers[0].id].accepted.announcements if about(x.hidden, first)]
     assert set(carriers) == {h.id for h in honest}
     after_units, after_tickets = crowd_units(peers, (a, b))
     for p in peers:  # every reader, from its own ledger
@@ -192,9 +193,11 @@ def test_crowd_carriers_holding_less_than_half_the_weight_void_no_honest_roster(
         evidence = sealed.signed_seal(
             c3.key, run=RUN, round_no=r, base=roster.base, leader=c3.id, time=0.0, envelopes=listed
         )
-        assert all(sealed.leaks(roster, c.id, signed.body_hash(entries[c.id]), evidence) for c in carriers)
+        carried = {c.id: signed.evidence(evidence, signed.body_hash(entries[c.id])) for c in carriers}
+        for c in carriers:
+            assert sealed.leaks(roster, c.id, signed.body_hash(entries[c.id]), signed.open_evidence(carried[c.id]))
         later = SimpleNamespace(
-            roster=SimpleNamespace(credit=()), announcements=tuple(carrier(c, r + 1, evidence) for c in carriers)
+            roster=SimpleNamespace(credit=()), announcements=tuple(carrier(c, r + 1, carried[c.id]) for c in carriers)
         )
         rosters = {q: x for q, x in peers[0].ledger.rosters.items() if q <= r}
         kept = {**rosters, r + 1: later}
@@ -213,34 +216,32 @@ def carrier(p, round_no: int, hidden: dict):
     return signed.open_record(signed.seal(p.key, ann), Announcement, signer=p.id)
 
 
-def test_open_every_crowd_announcement_may_carry_16_kib_of_valid_evidence():
-    """`hidden` is checked for its signature, run and round only (protocol/signed.py): a crowd key
-    may carry, every round, a seal it signed itself listing MAX_SEALED junk digests (15.8 KB; the
-    body's other 3 KiB can be padded too). Each such entry is ~4.5x a plain announcement padded to
-    the old 3 KiB cap, so the honest leaders' rosters, which must list the crowd's announcements
-    (omission claims), reach hivemind's 4 MiB DHT reply (what a reader gets of a roster key) with
-    ~250 such keys in a round instead of ~1,170. Today: taken."""
-    from protocol.kinds.sealed import MAX_SEALED, Seal
+def test_evidence_about_a_seal_of_any_size_costs_an_announcement_2_kb():
+    """Through protocol 22 evidence (`hidden`) was a whole seal, checked for its signature, run and
+    round only: a crowd key could carry, every round, a seal it signed itself listing MAX_SEALED
+    junk digests (15.8 KB). The honest leaders' rosters, which must list the crowd's announcements
+    (omission claims), then reached hivemind's 4 MiB DHT reply (what a reader gets of a roster key)
+    with ~210 such keys in a round instead of ~1,170 announcements at the old 3 KiB cap. Since
+    protocol 23 a seal's signature covers its head (the announcements' Merkle root), and evidence is
+    that head and one entry's path: under 2 KB whatever the seal lists, so the announcement cap is
+    3 KiB + 2 KiB and ~750 keys fill a reply."""
+    from protocol.kinds.sealed import MAX_SEALED, SEAL_BODY, Seal
     from tests.fakes import new_key
 
     key, me = new_key()
-    junk = Seal(
-        run=RUN,
-        round=4,
-        base="b" * 64,
-        leader=me,
-        time=0.0,
-        announcements=tuple(f"{i:064x}" for i in range(MAX_SEALED)),
-    )
+    digests = tuple(f"{i:064x}" for i in range(MAX_SEALED))
+    junk = Seal(run=RUN, round=4, base="b" * 64, leader=me, time=0.0, announcements=digests)
+    evidence = signed.evidence(signed.seal(key, junk), digests[100])
     padded = Announcement(run=RUN, round=5, peer=me, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0)
     plain = signed.seal(key, padded)
-    heavy = signed.seal(key, replace(padded, hidden=signed.seal(key, junk)))
-    assert signed.open_record(heavy, Announcement, signer=me).hidden is not None  # valid: taken by every reader
-    per_entry = len(heavy["body"]) + len(heavy["sig"]) + 512  # its receipt (when sealed first)
-    old_cap = 3 * 1024 + 512
-    fits, before = 4 * 2**20 // per_entry, 4 * 2**20 // old_cap
-    print(f"plain {len(plain['body'])} B, with evidence {len(heavy['body'])} B; 4 MiB: {fits} entries, {before} before")
-    assert len(heavy["body"]) > 15_000 and 4 * 2**20 // per_entry < 260 < 1_100 < 4 * 2**20 // old_cap
+    heavy = signed.seal(key, replace(padded, hidden=evidence))
+    assert signed.open_record(heavy, Announcement, signer=me).hidden == evidence  # valid: taken by every reader
+    cap = signed.MAX_BODY["announcement"]
+    fits, before, old = (4 * 2**20 // (n + 512) for n in (cap, 3 * 1024 + SEAL_BODY, 3 * 1024))  # + a receipt
+    print(f"plain {len(plain['body'])} B, with evidence {len(heavy['body'])} B (cap {cap}); 4 MiB: {fits} entries")
+    print(f"through protocol 22: {before} entries; at the 3 KiB cap before evidence: {old}")
+    assert len(heavy["body"]) - len(plain["body"]) < 2048 and cap <= 3 * 1024 + 2048
+    assert before < 230 and 740 < fits and old > 1_100
 
 
 def test_a_junk_ledger_answer_is_refused_before_it_costs_70x_its_size():
@@ -275,14 +276,16 @@ def test_a_junk_ledger_answer_is_refused_before_it_costs_70x_its_size():
     assert decode_rosters(msgpack.packb(envs, use_bin_type=True)) == envs  # honest answers read as before
 
 
-def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_update():
+def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_update(monkeypatch):
     """A crowd rank 0 that hides pads its hidden seal to MAX_SEALED digests (15.8 KB); an owner that
-    released under it carries it (`hidden`), and a leader leaves that announcement out (the crowd
-    omits the carriers, or any roster that does not list it): the owner's next announcement carries
-    an omission claim of it (16 KB) and the evidence again. Before: 32 KB, over the announcement cap
-    (19 KB): every reader refused it, so the owner's update was out of every round while both were
-    carried (up to CLAIM_ROUNDS - 1 = 3 rounds) and the evidence never landed. Now the claim waits a
-    round when both do not fit (it stays pending): the update and the evidence are taken."""
+    released under it carries evidence about it (`hidden`), and a leader leaves that announcement out
+    (the crowd omits the carriers, or any roster that does not list it): the owner's next
+    announcement carries an omission claim of it and the evidence again. Through protocol 22 that
+    was 32 KB, over the announcement cap (19 KB): every reader refused it, so the owner's update was
+    out of every round while both were carried (up to CLAIM_ROUNDS - 1 = 3 rounds) and the evidence
+    never landed; protocol 22's fix made the claim wait a round when both do not fit. Since protocol
+    23 evidence is the seal's head and one Merkle path (~2 KB whatever the seal lists): both fit
+    (4 KB against a 5 KB cap). The wait stays for what still could not fit (a cap lowered here)."""
     from protocol.kinds.sealed import MAX_SEALED, Seal
 
     _, _, peers = swarm(4)
@@ -298,7 +301,7 @@ def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_u
 
     left = Announcement(
         run=RUN, round=r - 1, peer=owner.id, nbytes=9, sha256="2" * 64, tokens=1, base="a" * 64, time=0.0,
-        hidden=(evidence := padded(r - 2)),
+        hidden=(evidence := signed.evidence(padded(r - 2), digests[0])),
     )  # fmt: skip
     owner.proto.seer.left_out[r - 1] = signed.seal(owner.key, left)  # the crowd left that one out
     owner.proto.gate.hidden[r - 2] = evidence  # and its evidence is still to be carried
@@ -309,5 +312,11 @@ def test_an_owner_carrying_padded_evidence_and_a_claim_still_announces_a_valid_u
     held = owner.proto.builder.announcements(r, owner.digest)  # opened as every leader and reader opens it
     assert owner.id in held, "the owner's announcement is refused by every reader"
     ann = held[owner.id].announcement
+    body = len(held[owner.id].envelope["body"])
+    print(f"claim and evidence: {body} B (cap {signed.MAX_BODY['announcement']})")
+    assert body < 4500 and ann.hidden == evidence and ann.claim is not None  # both at once
+    monkeypatch.setitem(signed.MAX_BODY, "announcement", body - 1)  # what would not fit together
+    owner.net.dht.clock.t += 1  # a later announcement replaces the earlier one in the DHT
+    owner.announce(b"more work of the owner")
+    ann = owner.proto.builder.announcements(r, owner.digest)[owner.id].announcement
     assert ann.hidden == evidence and ann.claim is None  # the evidence now, the claim next round
-    assert r - 1 in owner.proto.seer.left_out  # still pending

@@ -36,7 +36,7 @@ from node.round import election
 from node.round.trust import omission, sealed
 from protocol import signed
 from protocol.errors import ProtocolError
-from protocol.kinds.sealed import Receipt, Seal
+from protocol.kinds.sealed import Receipt, Seal, SealHead
 from protocol.messages import ReceiptAnswer
 from protocol.records import CLAIM_ROUNDS, Announcement, Roster
 
@@ -110,7 +110,7 @@ class Gate:
         self.open_through = 0  # the newest round this node accepted or published a roster of
         self.own: dict[int, str] = {}  # round -> the body hash of our own announcement
         self.released: dict[int, dict[str, dict]] = {}  # round -> body hash -> a seal we released our update under
-        self.hidden: dict[int, dict] = {}  # round -> a seal of those that its leader's roster hid (protocol 21)
+        self.hidden: dict[int, dict] = {}  # round -> evidence about a seal we released under (protocol 21-23)
         self.first: dict[int, First] = {}  # round -> the first seal we released under, our receipt
         self.refused = 0
         self.came: dict[int, frozenset[str]] = {}  # round -> whose turn came in our views (`candidates`)
@@ -168,15 +168,23 @@ class Gate:
         out before its seals[0]), is evidence our next announcements carry, until a roster holds an
         entry that carries it (then every reader has it: sealed.hiding, credit.leaked)."""
         with self._lock:
-            for env in self.released.get(roster.round, {}).values():
-                if sealed.hides(roster, env):
-                    self.hidden.setdefault(roster.round, env)
-            first, own = self.first.get(roster.round), self.own.get(roster.round)
-            listed = own is not None and any(signed.body_hash(e) == own for e in roster.entries)
-            if first is not None and listed and any(roster.credit) and sealed.leaks(roster, self.me, own, first.seal):
-                self.hidden.setdefault(roster.round, first.seal)  # released first elsewhere (protocol 22)
-            carried = {signed.body_hash(a.hidden) for a in anns if a.hidden is not None}
-            self.hidden = {r: e for r, e in self.hidden.items() if signed.body_hash(e) not in carried}
+            carried = {signed.body_hash(a.hidden["head"]) for a in anns if a.hidden is not None}
+            self.hidden = {r: e for r, e in self.hidden.items() if signed.body_hash(e["head"]) not in carried}
+            own = self.own.get(roster.round)  # the entry our evidence proves listed (its Merkle path)
+            found = self._evidence(roster, own) if own is not None else None
+            if found is not None and signed.body_hash(found["head"]) not in carried:
+                self.hidden.setdefault(roster.round, found)
+
+    def _evidence(self, roster: Roster, own: str) -> dict | None:
+        """What `took` carries of `roster` (our announcement of its round hashes to `own`); under the lock."""
+        for env in self.released.get(roster.round, {}).values():
+            if sealed.hides(roster, SealHead.of(signed.open_record(env, Seal))):  # opened on release: no RSA
+                return signed.evidence(env, own)
+        first = self.first.get(roster.round)
+        if first is None or not any(roster.credit) or all(signed.body_hash(e) != own for e in roster.entries):
+            return None
+        ev = signed.evidence(first.seal, own)
+        return ev if sealed.leaks(roster, self.me, own, signed.open_evidence(ev)) else None  # protocol 22
 
     def evidence(self, round_no: int) -> dict | None:
         """The evidence our announcement of `round_no` carries (`hidden`): of the oldest of the

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from protocol import signed
 from protocol.errors import ProtocolError
-from protocol.kinds.sealed import MAX_SEALED, Receipt, Seal
+from protocol.kinds.sealed import MAX_SEALED, Receipt, Seal, SealHead
 from protocol.records import CLAIM_ROUNDS, Announcement, Roster
 
 
@@ -143,28 +143,23 @@ def follows(roster: Roster, env: object) -> bool:
     return seal.after == signed.body_hash(roster.seals[0])
 
 
-def hides(roster: Roster, evidence: object) -> bool:
-    """Whether `evidence` (a seal envelope) shows that `roster`'s leader hid a seal (protocol 21): its
-    own seal of the roster's run, round and base that is not its seals[0] and does not name seals[0]
-    as the first seal it follows (`after`): hidden, or put second (`creditable` credits nobody
-    then). An honest leader signs one first seal of a round and base, keeps it through every
-    rebuild and attempt (node/round/lead.py `sealed`), puts it first in any roster it publishes of
-    them, and names it in every later seal; so no seal of its own is such evidence. A crowd leader
-    that fetched the honest updates under a first seal S0 and put first a seal S1 listing its
-    crowd's mixes of them cannot have S0 name S1 (S1 lists announcements of updates made from what
-    S0 fetched): S0 is evidence."""
+def hides(roster: Roster, head: SealHead) -> bool:
+    """Whether `head` (a seal's head, its signature checked) shows that `roster`'s leader hid a
+    seal (protocol 21): its own seal of the roster's run, round and base that is not its seals[0]
+    and does not name seals[0] as the first seal it follows (`after`): hidden, or put second
+    (`creditable` credits nobody then). An honest leader signs one first seal of a round and base,
+    keeps it through every rebuild and attempt (node/round/lead.py `sealed`), puts it first in any
+    roster it publishes of them, and names it in every later seal; so no seal of its own is such
+    evidence. A crowd leader that fetched the honest updates under a first seal S0 and put first a
+    seal S1 listing its crowd's mixes of them cannot have S0 name S1 (S1 lists announcements of
+    updates made from what S0 fetched): S0 is evidence."""
     first = first_seal(roster)
     if first is None:
         return False  # such a roster credits nobody anyway (`creditable`)
-    try:
-        seal = signed.open_record(evidence, Seal, signer=roster.leader)
-    except ProtocolError:
-        return False
-    digest, head = signed.body_hash(evidence), signed.body_hash(roster.seals[0])
     return (
-        (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base)
-        and digest != head
-        and seal.after != head
+        (head.run, head.round, head.base, head.leader) == (roster.run, roster.round, roster.base, roster.leader)
+        and head != SealHead.of(first)
+        and head.after != signed.body_hash(roster.seals[0])
     )
 
 
@@ -175,49 +170,45 @@ def hiding(rosters: Mapping[int, object]) -> set[int]:
     those rosters' credit as nobody's (node/round/trust/credit.py). Needs no jury: the evidence is
     the leader's own signature. A pure function of the rosters held, so all readers agree."""
     out: set[int] = set()
-    for a, r, hid in carried(rosters):
-        if r not in out and hides(hid.roster, a.hidden):
+    for _, ev, r, hid in carried(rosters):
+        if r not in out and hides(hid.roster, ev.head):
             out.add(r)
     return out
 
 
-def carried(rosters: Mapping[int, object]) -> Iterator[tuple[Announcement, int, object]]:
-    """(entry, r, the held roster of r) for each entry of the rosters in `rosters` whose `hidden`
-    names a round r held there, at most CLAIM_ROUNDS before the entry's own: what `hiding` and
-    `leak_carriers` judge."""
+def carried(rosters: Mapping[int, object]) -> Iterator[tuple[Announcement, signed.Evidence, int, object]]:
+    """(entry, its evidence opened, r, the held roster of r) for each entry of the rosters in
+    `rosters` whose `hidden` names a round r held there, at most CLAIM_ROUNDS before the entry's
+    own: what `hiding` and `leak_carriers` judge."""
     for q, held in rosters.items():
         for a in held.announcements:
             if a.hidden is None:
                 continue
             try:
-                r = signed.open_record(a.hidden, Seal).round  # remembered: no RSA after the first time
+                ev = signed.open_evidence(a.hidden)  # its head remembered: no RSA after the first time
             except ProtocolError:
                 continue
-            hid = rosters.get(r)
-            if hid is not None and r < q <= r + CLAIM_ROUNDS:
-                yield a, r, hid
+            hid = rosters.get(ev.head.round)
+            if hid is not None and ev.head.round < q <= ev.head.round + CLAIM_ROUNDS:
+                yield a, ev, ev.head.round, hid
 
 
-def leaks(roster: Roster, carrier: str, entry: str, evidence: object) -> bool:
-    """Whether `evidence` (a seal envelope) shows that `carrier`, whose entry in `roster` has the
-    body hash `entry`, released its update of the round first under another leader's seal (protocol
-    22): a seal that verifies, of the roster's run, round and base, listing that entry, signed by a
-    key that is neither the roster's leader nor the carrier. An honest owner carries the seal its one
-    receipt of the round names (Gate.took), so a roster that credits someone while such owners are
-    listed outside its seals[0] credited a set fixed after the round went out: a crowd at ranks 0
-    and 1 served rank 1 first, mixed, and rank 0 sealed only the mixes first
-    (tests/test_sybil_attacks_8.py). One carrier's word frames nobody: readers void the roster only
-    when carriers hold most of its entries' weight (credit.leaked)."""
-    if first_seal(roster) is None:
-        return False
-    try:
-        seal = signed.open_record(evidence, Seal)
-    except ProtocolError:
-        return False
+def leaks(roster: Roster, carrier: str, entry: str, evidence: signed.Evidence) -> bool:
+    """Whether `evidence` (opened) shows that `carrier`, whose entry in `roster` has the body hash
+    `entry`, released its update of the round first under another leader's seal (protocol 22): a
+    seal of the roster's run, round and base, listing that entry, signed by a key that is neither
+    the roster's leader nor the carrier. An honest owner carries the seal its one receipt of the
+    round names (Gate.took), so a roster that credits someone while such owners are listed outside
+    its seals[0] credited a set fixed after the round went out: a crowd at ranks 0 and 1 served rank
+    1 first, mixed, and rank 0 sealed only the mixes first (tests/test_sybil_attacks_8.py). One
+    carrier's word frames nobody: readers void the roster only when carriers hold most of its
+    entries' weight (credit.leaked)."""
+    head = evidence.head
     return (
-        (seal.run, seal.round, seal.base) == (roster.run, roster.round, roster.base)
-        and seal.leader not in (roster.leader, carrier)
-        and entry in seal.announcements
+        first_seal(roster) is not None
+        and (head.run, head.round, head.base) == (roster.run, roster.round, roster.base)
+        and head.leader not in (roster.leader, carrier)
+        and evidence.entry == entry
     )
 
 
@@ -227,11 +218,11 @@ def leak_carriers(rosters: Mapping[int, object]) -> dict[int, set[str]]:
     other than an author whose receipt in that roster names its seals[0] (its one receipt of the
     round says it released first there: its evidence contradicts it)."""
     out: dict[int, set[str]] = {}
-    for a, r, hid in carried(rosters):
+    for a, ev, r, hid in carried(rosters):
         if a.peer in out.get(r, ()):
             continue
         entry = next((e for e, x in zip(hid.roster.entries, hid.announcements) if x.peer == a.peer), None)
-        if entry is not None and leaks(hid.roster, a.peer, signed.body_hash(entry), a.hidden):
+        if entry is not None and leaks(hid.roster, a.peer, signed.body_hash(entry), ev):
             out.setdefault(r, set()).add(a.peer)
     for r, carriers in out.items():
         carriers -= receipted(rosters[r].roster, signed.body_hash(rosters[r].roster.seals[0]))

@@ -30,6 +30,9 @@ ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (rela
 # a slow home uplink), never more than collect_timeout: a source that accepts and never answers
 # (an announcer that does not serve, a relay that withholds) costs that, not the whole collect.
 FETCH_FLOOR, FETCH_RATE = 5.0, 125_000.0
+# A relay that let a fetch of ours time out is asked after the owner and the leader for this many
+# rounds: a withholding relay (it accepts and never answers) costs each member one bound, not one a round.
+WITHHELD_ROUNDS = 16
 
 
 class UpdateShape(NamedTuple):
@@ -85,6 +88,10 @@ class UpdateFetcher:
         """Peer -> the last round whose update of theirs this peer fetched whole, as leader (from
         the owner) or gathering (down its relay tree): first-hand evidence against `unserved`
         listings (node/round/trust/marks.slow_to_me)."""
+        self.withheld: dict[str, int] = {}
+        """Relay -> the last round a fetch of ours from it timed out (`order`). First-hand and local:
+        no rule, no wire; an honest relay starved by a withholder above it looks the same, and
+        passing it over costs its owner one more copy, never the update."""
 
     def note(self, round_no: int, anns: list[Announcement], results: list) -> None:
         """Record the updates of `anns` fetched whole (`results`, as fetch returns them); at most
@@ -124,7 +131,7 @@ class UpdateFetcher:
         refused = {i for i, a in enumerate(anns) if self.wrong_size(a) is not None}  # never asked for
         for i in refused:
             results[i] = self.wrong_size(anns[i])
-        where = [sources(a) for a in anns]
+        where = [self.order(a, sources(a), round_no) for a in anns]
         for attempt in range(ATTEMPTS):
             todo = [i for i, r in enumerate(results) if isinstance(r, Exception) and i not in refused]
             jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt : attempt + 1] if src != self.net.me]
@@ -148,11 +155,29 @@ class UpdateFetcher:
                     timeout=min(self.cfg.collect_timeout, FETCH_FLOOR + most / FETCH_RATE, limit or float("inf")),
                     on_each=lambda k, b, asked=asked: self.keep(round_no, asked[k], b),
                 )
-            except Exception as e:  # the whole batch timed out or the transport is gone
+            except Exception as e:  # the whole batch timed out or the transport is gone: nobody's fault
                 fetched = [e] * len(jobs)
+            else:
+                self.timed_out(
+                    round_no, [(j.source, a) for j, a, b in zip(jobs, asked, fetched) if isinstance(b, TimeoutError)]
+                )
             for job, a, blob in zip(jobs, asked, fetched):
                 results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
         return results
+
+    def order(self, ann: Announcement, found: list[str], round_no: int) -> list[str]:
+        """`found` (the sources relay.sources gives, in turn) with the relays whose fetch timed out on
+        us in the last WITHHELD_ROUNDS rounds moved after the owner and the leader."""
+        late = [s for s in found if s != ann.peer and 0 <= round_no - self.withheld.get(s, -(2**62)) <= WITHHELD_ROUNDS]
+        return [s for s in found if s not in late] + late
+
+    def timed_out(self, round_no: int, relays: list[tuple[str, Announcement]]) -> None:
+        """Remember the relays (not owners: `unserved` marks are for those) that let a fetch time out."""
+        for source, ann in relays:
+            if source != ann.peer:
+                self.withheld[source] = round_no
+        if len(self.withheld) > 4096:  # a crowd of one-off relays: keep the newest
+            self.withheld = dict(sorted(self.withheld.items(), key=lambda kv: kv[1])[-2048:])
 
     def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, ReceiptAnswer]:
         """Owner -> its answer for its update of `round_no` released under `seal_env` (protocol 18-19):

@@ -59,16 +59,7 @@ class Seal:
     after: str = ""
 
     def to_wire(self) -> dict:
-        d = {
-            "run": self.run,
-            "round": self.round,
-            "base": self.base,
-            "leader": self.leader,
-            "time": self.time,
-            "announcements": list(self.announcements),
-            "after": self.after,
-        }
-        return d if self.after else {k: v for k, v in d.items() if k != "after"}
+        return _wire(self, announcements=list(self.announcements))
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> Seal:
@@ -79,15 +70,7 @@ class Seal:
         digests = tuple(sha256_field(x, w) for x in listed)
         if list(digests) != sorted(set(digests)):
             raise ProtocolError(f"{w}: announcements must be sorted without repeats")
-        return cls(
-            run=run_field(field(d, "run", str, where=w), w),
-            round=round_field(field(d, "round", int, where=w), w),
-            base=sha256_field(field(d, "base", str, where=w), w),
-            leader=peer_id_field(field(d, "leader", str, where=w), w),
-            time=finite_field(field(d, "time", float, where=w), "time", w),
-            announcements=digests,
-            after=optional_field(d, "after", str, "", where=w) and sha256_field(d["after"], w),
-        )
+        return cls(**_header(d, w), announcements=digests)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,17 +102,7 @@ class SealHead:
         )
 
     def to_wire(self) -> dict:
-        d = {
-            "run": self.run,
-            "round": self.round,
-            "base": self.base,
-            "leader": self.leader,
-            "time": self.time,
-            "root": self.root,
-            "count": self.count,
-            "after": self.after,
-        }
-        return d if self.after else {k: v for k, v in d.items() if k != "after"}
+        return _wire(self, root=self.root, count=self.count)
 
     @classmethod
     def from_wire(cls, d: object, *, max_bytes: int = 0) -> SealHead:
@@ -137,16 +110,25 @@ class SealHead:
         count = count_field(d, "count", w)
         if count > MAX_SEALED:
             raise ProtocolError(f"{w}: lists more than {MAX_SEALED} announcements")
-        return cls(
-            run=run_field(field(d, "run", str, where=w), w),
-            round=round_field(field(d, "round", int, where=w), w),
-            base=sha256_field(field(d, "base", str, where=w), w),
-            leader=peer_id_field(field(d, "leader", str, where=w), w),
-            time=finite_field(field(d, "time", float, where=w), "time", w),
-            root=sha256_field(field(d, "root", str, where=w), w),
-            count=count,
-            after=optional_field(d, "after", str, "", where=w) and sha256_field(d["after"], w),
-        )
+        return cls(**_header(d, w), root=sha256_field(field(d, "root", str, where=w), w), count=count)
+
+
+def _wire(x: Seal | SealHead, **listing) -> dict:
+    """A seal's or head's wire map: the header, what it lists, then `after` (absent when "")."""
+    d = {"run": x.run, "round": x.round, "base": x.base, "leader": x.leader, "time": x.time, **listing}
+    return {**d, "after": x.after} if x.after else d
+
+
+def _header(d: object, w: str) -> dict:
+    """The fields a seal and its head share, read from the wire map `d`."""
+    return {
+        "run": run_field(field(d, "run", str, where=w), w),
+        "round": round_field(field(d, "round", int, where=w), w),
+        "base": sha256_field(field(d, "base", str, where=w), w),
+        "leader": peer_id_field(field(d, "leader", str, where=w), w),
+        "time": finite_field(field(d, "time", float, where=w), "time", w),
+        "after": optional_field(d, "after", str, "", where=w) and sha256_field(d["after"], w),
+    }
 
 
 def _leaf(digest: str) -> bytes:

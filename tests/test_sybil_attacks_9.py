@@ -182,3 +182,36 @@ def test_open_an_honest_leader_that_restarts_mid_round_and_seals_again_is_framed
     )
     roster = SimpleNamespace(seals=(s0b,), leader=lead, run=RUN, round=r, base=BASE)
     assert sealed.hides(roster, signed.open_evidence(signed.evidence(s0, listed[0])).head)  # framed today
+
+
+def test_a_window_of_carried_evidence_is_checked_once_not_on_every_reading(monkeypatch):
+    """`voided` (credit.weights, established: several times a round) opened every carried evidence
+    of the window twice (hiding, leak_carriers); a signature is remembered 8,192 envelopes deep
+    (protocol/signed.py, 4,096 in signing.py), so a crowd of ~130 keys carrying a fresh self-signed
+    head every round overflows a 64-round window and every reading re-checks every one (85 us
+    each here: 750 keys, 48,000 heads, ~8 s a reading). Played with the memories cut to 64: 200
+    carried heads, 400 RSA checks every reading before; now 200 the first (one opening for both
+    rules) and 0 after: the opened evidence is kept per roster (sealed.carried)."""
+    from node.round.trust import credit
+
+    monkeypatch.setattr(signed, "OPENED_ENTRIES", 64)
+    monkeypatch.setattr(signed, "REFUSED_ENTRIES", 64)
+    monkeypatch.setattr(signing, "CACHE_ENTRIES", 64)
+    key, me = new_key()
+    rosters = {}
+    for q in range(2, 10):  # 8 rosters of 25 carriers, each head fresh (of the round before)
+        anns = []
+        for i in range(25):
+            d = f"{q * 100 + i + 1:064x}"
+            s = signed.seal(key, Seal(run=RUN, round=q - 1, base=BASE, leader=me, time=float(i), announcements=(d,)))
+            anns.append(opened(ann(key, me, q, hidden=signed.evidence(s, d))))
+        unsealed = SimpleNamespace(credit=(), seals=(), entries=())  # hides, leaks: nothing (no seals[0])
+        rosters[q] = SimpleNamespace(roster=unsealed, announcements=tuple(anns))
+    checks = []
+    real = signing._check_signature
+    monkeypatch.setattr(signing, "_check_signature", lambda *a: checks.append(1) or real(*a))
+    assert credit.voided(rosters) == set()
+    first = len(checks)
+    assert credit.voided(rosters) == set()
+    print(f"RSA checks: first reading {first}, second {len(checks) - first}")
+    assert len(checks) - first == 0  # before: 400

@@ -189,7 +189,7 @@ def test_a_window_of_carried_evidence_is_checked_once_not_on_every_reading(monke
     of the window twice (hiding, leak_carriers); a signature is remembered 8,192 envelopes deep
     (protocol/signed.py, 4,096 in signing.py), so a crowd of ~130 keys carrying a fresh self-signed
     head every round overflows a 64-round window and every reading re-checks every one (85 us
-    each here: 750 keys, 48,000 heads, ~8 s a reading). Played with the memories cut to 64: 200
+    each here: 750 keys, 48,000 heads, ~8 s a reading, estimated). Played with the memories cut to 64: 200
     carried heads, 400 RSA checks every reading before; now 200 the first (one opening for both
     rules) and 0 after: the opened evidence is kept per roster (sealed.carried)."""
     from node.round.trust import credit

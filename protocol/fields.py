@@ -7,8 +7,9 @@ import re
 
 from protocol.errors import ProtocolError
 
-PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: `$` also matches before a final newline, a second spelling of one value (protocol 24)
+PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}\Z")  # base58
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_TEXT = 256
 
 

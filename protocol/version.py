@@ -6,7 +6,7 @@ part of the run manifest, so a run's id changes when the protocol does; an old n
 refuses the manifest with a message naming the version it needs.
 """
 
-PROTOCOL_VERSION = 23  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
+PROTOCOL_VERSION = 24  # 2: signed records, elected leaders, the roster ledger; 3: beacon ranks (reveals), exact sizes;
 # 4: skip marks and unserved lists, organizer checkpoints, identity work (a version-3 peer would rank
 # or check those rosters otherwise); 5: admission proofs carry a stamp ([epoch, nonce, stamp]: a version-4
 # peer refuses such announcements), and the organizer-led young run ([swarm] bootstrap_peers: a
@@ -57,6 +57,8 @@ PROTOCOL_VERSION = 23  # 2: signed records, elected leaders, the roster ledger; 
 # 23: a seal's signature covers its head (the announcements' Merkle root and count, domain "sealhead") and its body
 # has one encoding; evidence (`hidden`) is that head, the carrier's entry and its Merkle path, under 2 KB, and the
 # announcement cap is 3 KiB + that (a version-22 peer verifies seals over their whole body and refuses ours)
+# 24: a digest, peer id or task name with a final newline is refused (a regex `$` took one: a second spelling of a
+# digest in evidence, a second peer id in unsigned lists; a version-23 peer takes what we refuse)
 
 
 def is_compatible(remote_version: object) -> bool:

@@ -183,7 +183,7 @@ def task_name(task: tuple[int, int, int]) -> str:
     return "/".join(map(str, task))
 
 
-TASK_RE = re.compile(r"^([12])/(\d{1,4})/(\d{1,4})$")
+TASK_RE = re.compile(r"^([12])/([0-9]{1,4})/([0-9]{1,4})\Z")  # one spelling: no final newline, no non-ASCII digits
 
 
 def task_of(name: object) -> tuple[int, int, int]:

@@ -165,10 +165,12 @@ class Gate:
         """We accepted `roster` (its announcements `anns`): a seal of its leader we released our
         update under that it hides (sealed.hides), or, when it lists our entry and credits someone,
         the first seal we released under when another key signed it (sealed.leaks: the round went
-        out before its seals[0]), is evidence our next announcements carry, until a roster holds an
-        entry that carries it (then every reader has it: sealed.hiding, credit.leaked)."""
-        with self._lock:
-            carried = {signed.body_hash(a.hidden["head"]) for a in anns if a.hidden is not None}
+        out before its seals[0]), is evidence our next announcements carry, until a roster holds our
+        entry carrying it (then every reader has it: sealed.hiding, credit.leaked). Another key's
+        entry carrying the same head does not stop us (protocol 24): `leaks` counts each carrier for
+        its own entry only (tests/test_sybil_attacks_9.py)."""
+        with self._lock:  # only our own carrying counts: `leaks` counts each carrier for its own entry
+            carried = {signed.body_hash(a.hidden["head"]) for a in anns if a.hidden is not None and a.peer == self.me}
             self.hidden = {r: e for r, e in self.hidden.items() if signed.body_hash(e["head"]) not in carried}
             own = self.own.get(roster.round)  # the entry our evidence proves listed (its Merkle path)
             found = self._evidence(roster, own) if own is not None else None
@@ -178,11 +180,14 @@ class Gate:
     def _evidence(self, roster: Roster, own: str) -> dict | None:
         """What `took` carries of `roster` (our announcement of its round hashes to `own`); under the lock."""
         for env in self.released.get(roster.round, {}).values():
-            if sealed.hides(roster, SealHead.of(signed.open_record(env, Seal))):  # opened on release: no RSA
+            seal = signed.open_record(env, Seal)  # opened on release: no RSA
+            if own in seal.announcements and sealed.hides(roster, SealHead.of(seal)):  # not: we announced again
                 return signed.evidence(env, own)
         first = self.first.get(roster.round)
         if first is None or not any(roster.credit) or all(signed.body_hash(e) != own for e in roster.entries):
             return None
+        if own not in signed.open_record(first.seal, Seal).announcements:
+            return None  # released an earlier announcement of the round: no path proves this one
         ev = signed.evidence(first.seal, own)
         return ev if sealed.leaks(roster, self.me, own, signed.open_evidence(ev)) else None  # protocol 22
 

@@ -21,6 +21,8 @@ catch-up, the audit) computes it alike (`check`); signatures are verified once p
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from protocol import signed
@@ -181,16 +183,40 @@ def carried(rosters: Mapping[int, object]) -> Iterator[tuple[Announcement, signe
     `rosters` whose `hidden` names a round r held there, at most CLAIM_ROUNDS before the entry's
     own: what `hiding` and `leak_carriers` judge."""
     for q, held in rosters.items():
-        for a in held.announcements:
-            if a.hidden is None:
-                continue
-            try:
-                ev = signed.open_evidence(a.hidden)  # its head remembered: no RSA after the first time
-            except ProtocolError:
-                continue
+        for a, ev in _opened(held.announcements):
             hid = rosters.get(ev.head.round)
             if hid is not None and ev.head.round < q <= ev.head.round + CLAIM_ROUNDS:
                 yield a, ev, ev.head.round, hid
+
+
+OPENED_ROSTERS = 80  # held rosters whose evidence `carried` keeps opened: a window (64) and some
+_opened_memo: OrderedDict[int, tuple[Sequence[Announcement], tuple]] = OrderedDict()
+_opened_lock = threading.Lock()
+
+
+def _opened(anns: Sequence[Announcement]) -> tuple[tuple[Announcement, signed.Evidence], ...]:
+    """The entries of a held roster (`anns`) whose `hidden` opens, with it opened; kept per roster
+    (by identity, the tuple held alongside: no reuse of its id). protocol/signed.py remembers 8,192
+    envelopes, and a crowd of ~130 keys carrying a fresh head every round overflowed that over a
+    64-round window: each `voided` checked every head's signature again (tests/test_sybil_attacks_9.py)."""
+    with _opened_lock:
+        hit = _opened_memo.get(id(anns))
+        if hit is not None and hit[0] is anns:
+            _opened_memo.move_to_end(id(anns))
+            return hit[1]
+    out = []
+    for a in anns:
+        if a.hidden is not None:
+            try:
+                out.append((a, signed.open_evidence(a.hidden)))
+            except ProtocolError:
+                continue
+    if isinstance(anns, tuple):  # a list could change under us
+        with _opened_lock:
+            _opened_memo[id(anns)] = (anns, tuple(out))
+            while len(_opened_memo) > OPENED_ROSTERS:
+                _opened_memo.popitem(last=False)
+    return tuple(out)
 
 
 def leaks(roster: Roster, carrier: str, entry: str, evidence: signed.Evidence) -> bool:

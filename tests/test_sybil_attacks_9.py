@@ -15,6 +15,9 @@
 3. Hostile evidence (non-hex, upper-case, wrong types, long paths, heads whose count disagrees) is
    refused with ProtocolError or counts nothing; Merkle paths do not pass a node or a promoted odd
    node for a leaf.
+4. A leader's first seal was kept in memory only: restarted mid-round, an honest leader signed a
+   second first seal, and the owners that released under the first voided its roster. Now the
+   first seals are written to the run's data dir before they are presented (sealed.FirstSeals).
 """
 
 from __future__ import annotations
@@ -166,22 +169,70 @@ def test_a_value_with_a_final_newline_is_no_second_spelling():
             task_of(name)
 
 
-def test_open_an_honest_leader_that_restarts_mid_round_and_seals_again_is_framed_by_its_first_seal():
-    """Open: `hides` trusts that an honest leader signs one first seal of a round and base (the
-    builder keeps it, node/round/lead.py `sealed`), but that memory is not persisted. A leader that
-    fetched under S0, restarted, and led the same round and base again signs S0' (after ""); any
-    owner that released under S0 (a crowd key among them) carries S0's head, and every reader takes
-    the honest roster's credit as nobody's. Costs the crowd nothing but needs the honest restart."""
+def restarted_leader_roster(tmp_path, *, persisted: bool):
+    """A round whose rank-0 leader builds once (too few updates: fetched under its first seal S0,
+    published nothing), restarts (its builder's memory gone; `persisted`: its first seals read back
+    from the file, as node/peer/wiring.py wires them) and leads the round; then one more round.
+    Returns (S0, the roster it published, every peer's voided rounds after the next round)."""
+    from node.round.trust import credit, sealed
+    from tests.test_round_protocol import play_round, swarm
+    from tests.test_sybil_attacks_7 import ranked
+
+    _, _, peers = swarm(5)
+    play_round(peers)
+    plot = {}
+
+    def restart(r: int) -> None:
+        lead = ranked(peers, r)[0]
+        path = tmp_path / lead.id[:8] / sealed.SEALS_FILE
+        lead.proto.builder.sealed = sealed.FirstSeals(path, me=lead.id)
+        everyone = {p.id for p in peers}
+        built = lead.proto.builder.build(
+            r, lead.digest, lead.ledger.prev_hash(r), everyone, 99, beacon=lead.proto.beacon(r), attempt=0
+        )
+        assert built is None  # the owners released under S0; nothing published
+        plot["s0"] = lead.proto.builder.sealed[(r, lead.digest)]
+        lead.proto.builder.sealed = sealed.FirstSeals(path if persisted else None, me=lead.id)  # the restart
+        lead.proto.builder.answers.clear()
+        lead.net.dht.clock.t += 1  # a restart takes time: a second first seal is another body
+
+    roster = next(iter(play_round(peers, meanwhile=restart).values())).accepted.roster
+    play_round(peers)  # the owners that released under S0 carry what they hold
+    return plot["s0"], roster, [credit.voided(p.ledger.rosters) for p in peers]
+
+
+def test_an_honest_leader_that_restarts_mid_round_keeps_its_first_seal(tmp_path):
+    """`hides` holds an honest leader to one first seal of a round and base (node/round/lead.py
+    keeps it through rebuilds), but that memory was not persisted: a leader that fetched under S0,
+    restarted and led the same round and base again signed S0' (after ""), the owners that released
+    under S0 carried S0's head, and every reader took the honest roster's credit as nobody's (any
+    crowd key among those owners could do it; FakeNet, 5 peers: the restarted leader left the 4
+    owners out, as their receipts named S0, and every peer voided the round). Now the first
+    seals are written to the run's data dir before they are presented (sealed.FirstSeals) and read
+    back on start: the roster's seals[0] is S0 and nothing is voided."""
+    s0, roster, voided = restarted_leader_roster(tmp_path / "before", persisted=False)
+    assert signed.body_hash(roster.seals[0]) != signed.body_hash(s0)
+    assert all(v == {roster.round} for v in voided)  # before: framed
+    s0, roster, voided = restarted_leader_roster(tmp_path / "after", persisted=True)
+    assert signed.body_hash(roster.seals[0]) == signed.body_hash(s0)
+    assert any(roster.credit) and all(v == set() for v in voided)
+
+
+def test_a_first_seals_file_that_does_not_read_is_said_and_ignored(tmp_path, caplog):
     from node.round.trust import sealed
 
-    key, lead = new_key()
-    r, listed = 4, (f"{1:064x}", f"{2:064x}")
-    s0, s0b = (
-        signed.seal(key, Seal(run=RUN, round=r, base=BASE, leader=lead, time=t, announcements=listed))
-        for t in (1.0, 2.0)
-    )
-    roster = SimpleNamespace(seals=(s0b,), leader=lead, run=RUN, round=r, base=BASE)
-    assert sealed.hides(roster, signed.open_evidence(signed.evidence(s0, listed[0])).head)  # framed today
+    key, me = new_key()
+    other_key, _ = new_key()
+    path = tmp_path / sealed.SEALS_FILE
+    kept = sealed.FirstSeals(path, me=me)
+    env = signed.seal(key, Seal(run=RUN, round=3, base=BASE, leader=me, time=1.0, announcements=()))
+    kept[(3, BASE)] = env
+    assert sealed.FirstSeals(path, me=me) == {(3, BASE): env}  # read back
+    forged = signed.seal(other_key, Seal(run=RUN, round=3, base=BASE, leader=me, time=1.0, announcements=()))
+    for junk in (b"not msgpack", msgpack.packb([[3, BASE, forged]], use_bin_type=True), msgpack.packb({"a": 1})):
+        path.write_bytes(junk)
+        assert sealed.FirstSeals(path, me=me) == {}
+    assert "starting without them" in caplog.text
 
 
 def test_a_window_of_carried_evidence_is_checked_once_not_on_every_reading(monkeypatch):

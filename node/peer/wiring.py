@@ -39,6 +39,7 @@ from node.round.protocol import RoundProtocol, round_record_ttl
 from node.round.trust import chain
 from node.round.trust.anchor import FILENAME as ANCHOR_FILE
 from node.round.trust.anchor import Anchor
+from node.round.trust.sealed import SEALS_FILE, FirstSeals
 from node.scatter.runner import make_scatter
 from node.train import data
 from node.train.device import pick_device
@@ -169,6 +170,8 @@ class NodeParts:
                 self.run, net=net, serve=self.exchange.set_scatter, key=self.key, strategy=self.strategy
             ),
         )
+        # one first seal a round and base, across restarts (node/round/trust/sealed.py FirstSeals)
+        self.rounds.builder.sealed = FirstSeals(Path(cfg.data_dir) / self.run_id / SEALS_FILE, me=self.me)
         anchor = self.ledger.anchor  # leaders embed its checkpoint in the rosters right after it
         self.rounds.builder.carry = lambda r: anchor.carry(r, self.ledger, self.rounds.net, self.rounds.table.last())
         self.history = History()

@@ -84,7 +84,7 @@ class RosterBuilder:
         self.carry: Callable[[int], dict | None] = lambda round_no: None  # the checkpoint a roster embeds
         self.admission = admission  # whose proofs of work we check, and how many a roster (protocol/admission/rule.py)
         self.ledger = ledger if ledger is not None else Ledger()  # the chain that says who is new
-        self.sealed: dict[tuple[int, str], dict] = {}  # (round, base) -> our first seal of it (protocol 18)
+        self.sealed = sealed.FirstSeals()  # (round, base) -> our first seal of it (protocol 18; a file: wiring)
         # (round, our seal's body hash) -> owner -> its receipt answer: final (an owner's first release
         # never changes), so a rebuild (too few updates yet) asks only the owners that gave none
         self.answers: dict[tuple[int, str], dict] = {}

@@ -21,9 +21,14 @@ catch-up, the audit) computes it alike (`check`); signatures are verified once p
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import msgpack
 
 from protocol import signed
 from protocol.errors import ProtocolError
@@ -41,6 +46,45 @@ def signed_seal(
     digests = tuple(sorted({signed.body_hash(e) for e in envelopes}))[:MAX_SEALED]
     seal = Seal(run=run, round=round_no, base=base, leader=leader, time=time, announcements=digests, after=after)
     return signed.seal(key, seal)
+
+
+log = logging.getLogger("swarmtrain.rounds")
+SEALS_FILE = "first-seals.msgpack"  # in the run's data dir (node/peer/wiring.py)
+
+
+class FirstSeals(dict):
+    """(round, base) -> our first seal of it as leader (RosterBuilder.sealed), written through to
+    `path` when given one before the seal is presented. `hides` holds an honest leader to one first
+    seal of a round and base: a leader that fetched under S0, restarted mid-round and led the same
+    round again signed a second first seal, and any owner that released under S0 (a crowd key
+    among them) made every reader void its roster (tests/test_sybil_attacks_9.py). A file that
+    cannot be read is said and ignored: that restart is the case above, not a crash."""
+
+    def __init__(self, path: Path | None = None, me: str | None = None):
+        super().__init__()
+        self.path = path
+        if path is None or not path.is_file():
+            return
+        try:
+            kept = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            for round_no, base, env in kept:
+                seal = signed.open_record(env, Seal, signer=me)
+                if (seal.round, seal.base) == (round_no, base):
+                    super().__setitem__((round_no, base), env)
+        except Exception as e:  # noqa: BLE001 -- our own file, but disks fail
+            log.warning("first seals %s: %s: %s; starting without them", path, type(e).__name__, e)
+            super().clear()
+
+    def __setitem__(self, key: tuple[int, str], env: dict) -> None:
+        super().__setitem__(key, env)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("wb") as f:
+                f.write(msgpack.packb([[r, b, e] for (r, b), e in self.items()], use_bin_type=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
 
 
 def first_seal(roster: Roster) -> Seal | None:

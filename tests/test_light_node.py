@@ -74,3 +74,33 @@ def test_a_round_end_hands_mallocs_free_pages_back():
         return  # not glibc: nothing to hand back, nothing to test
     out = subprocess.run([sys.executable, "-c", TRIM], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert int(out.stdout.split()[1]) > 80, out.stdout  # of the 100 MB freed
+
+
+MMAP = """
+import ctypes, sys
+from node.train.device import hold_mmap_threshold
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usm fsm uord ford keep".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
+held = sys.argv[1] == "held" and hold_mmap_threshold()
+libc.free(libc.malloc(16 << 20))  # glibc's own rule raises its threshold to 16 MiB here
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(8 << 20)
+print(held, libc.mallinfo2().hblkhd - before)
+"""
+
+
+def test_the_volunteer_holds_mallocs_mmap_threshold():
+    """Held at 4 MiB, an 8 MiB block freed later is mapped (and unmapped whole), not cut from the
+    heap, even after a larger block freed would have raised glibc's own threshold; elsewhere
+    hold_mmap_threshold does nothing."""
+    from node.train.device import _glibc
+
+    if _glibc() is None or not hasattr(_glibc(), "mallinfo2"):
+        return  # not glibc (or older than 2.33): nothing set, nothing to test
+    run = [sys.executable, "-c", MMAP]
+    held = subprocess.run([*run, "held"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    free = subprocess.run([*run, "default"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert held.stdout.split()[0] == "True" and int(held.stdout.split()[1]) >= 8 << 20, held.stdout
+    assert int(free.stdout.split()[1]) == 0, free.stdout  # glibc's default: from the heap

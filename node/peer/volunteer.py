@@ -30,7 +30,7 @@ from node.peer.wiring import NodeParts, keep_proof, proof_path
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
-from node.train.device import release_freed_memory
+from node.train.device import hold_mmap_threshold, release_freed_memory
 from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
 from protocol import signing
@@ -334,6 +334,7 @@ class Volunteer(Peer):
 
 
 def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) -> dict:
+    hold_mmap_threshold()  # before the node allocates its state: see its docstring
     with ExitStack() as stack:
         node = Volunteer(cfg, stack, reporter)
         reporter.say(

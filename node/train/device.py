@@ -25,6 +25,35 @@ def pick_device(name: str) -> torch.device:
         raise SwarmtrainError(f"unknown device {name!r}", "use auto, cpu or cuda[:N]") from None
 
 
+MMAP_THRESHOLD = 4 << 20
+"""Bytes from which glibc's malloc maps a block of its own, held fixed (see hold_mmap_threshold)."""
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+TRIM_THRESHOLD = 128 << 10
+"""glibc's default trim threshold: its dynamic rule has raised it to twice the mmap threshold by
+the time the volunteer starts, and mallopt of the mmap threshold alone leaves it there."""
+
+
+def hold_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Hold glibc's mmap threshold at `size` (True when set; elsewhere nothing, False).
+
+    glibc raises the threshold to the size of each mapped block freed (up to 32 MiB) and its
+    trim threshold to twice that, so after a few large blocks (a round's end builds several-MiB
+    buffers: payloads, the state's copies, the checkpoint) they too come from the main heap,
+    among the step's freed activations, and the heap is rarely trimmed. Held at 4 MiB (the
+    demo's step tensors are 2 MiB at most: its step is unchanged), blocks from 4 MiB are mapped
+    and unmapped whole: the node -12 MB RSS after 6 rounds in bench footprint. 1 MiB took 20 MB
+    but cost ~15% of the step (each activation's page faults), 128 KiB 25-40%
+    (docs/benchmarks.md, "glibc's mmap threshold").
+    """
+    libc = _glibc()
+    return (
+        libc is not None
+        and libc.mallopt(_M_MMAP_THRESHOLD, size) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    )
+
+
 def release_freed_memory() -> None:
     """Hand the pages malloc holds free back to the system (glibc's malloc_trim; elsewhere nothing).
 

@@ -104,3 +104,14 @@ def test_the_volunteer_holds_mallocs_mmap_threshold():
     free = subprocess.run([*run, "default"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert held.stdout.split()[0] == "True" and int(held.stdout.split()[1]) >= 8 << 20, held.stdout
     assert int(free.stdout.split()[1]) == 0, free.stdout  # glibc's default: from the heap
+
+
+def test_a_larger_model_holds_a_higher_mmap_threshold():
+    """The demo's 0.84M parameters hold 4 MiB; a model's step tensors grow with it, so a larger
+    one holds an eighth of its parameters' bytes, up to glibc's largest (32 MiB): a 100M model's
+    activations stay in the heap (no page faults every step) and its state's copies are mapped."""
+    from node.train.device import MMAP_THRESHOLD, mmap_threshold_for
+
+    assert mmap_threshold_for(840_000 * 4) == MMAP_THRESHOLD == 4 << 20
+    assert mmap_threshold_for(20_000_000 * 4) == 10_000_000
+    assert mmap_threshold_for(100_000_000 * 4) == 32 << 20

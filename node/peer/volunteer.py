@@ -30,7 +30,7 @@ from node.peer.wiring import NodeParts, keep_proof, proof_path
 from node.round.ledger import AcceptedRoster
 from node.round.protocol import RoundFailed
 from node.train import data
-from node.train.device import hold_mmap_threshold, release_freed_memory
+from node.train.device import hold_mmap_threshold, mmap_threshold_for, release_freed_memory
 from node.train.window import ComputeWindow, Timing, sized_window
 from node.watch.progress import Reporter
 from protocol import signing
@@ -337,6 +337,8 @@ def run_volunteer(cfg: NodeConfig, stop: threading.Event, reporter: Reporter) ->
     hold_mmap_threshold()  # before the node allocates its state: see its docstring
     with ExitStack() as stack:
         node = Volunteer(cfg, stack, reporter)
+        params = node.template.params  # a larger model's step tensors stay in the heap (its docstring)
+        hold_mmap_threshold(mmap_threshold_for(sum(p.numel() * p.element_size() for p in params)))
         reporter.say(
             f"peer {node.me} ({node.name}) joined run {node.run_id}; training on {node.device}"
             + (f"; status page {node.reports.page.url}" if node.reports.page.url else "")

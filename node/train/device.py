@@ -34,6 +34,14 @@ TRIM_THRESHOLD = 128 << 10
 the time the volunteer starts, and mallopt of the mmap threshold alone leaves it there."""
 
 
+def mmap_threshold_for(state_bytes: int) -> int:
+    """The threshold to hold for a model whose trainable parameters take `state_bytes`: 4 MiB, or an
+    eighth of the parameters up to glibc's largest (32 MiB). A larger model's step tensors grow
+    with it, and mapping each of them anew every step costs its page faults (the 1 MiB row in
+    docs/benchmarks.md), while its round's end's copies of the state still go to their own maps."""
+    return min(32 << 20, max(MMAP_THRESHOLD, state_bytes // 8))
+
+
 def hold_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     """Hold glibc's mmap threshold at `size` (True when set; elsewhere nothing, False).
 

@@ -132,6 +132,8 @@ class UpdateFetcher:
         for i in refused:
             results[i] = self.wrong_size(anns[i])
         where = [self.order(a, sources(a), round_no) for a in anns]
+        late: list[tuple[str, Announcement]] = []  # (relay, update) whose fetch timed out
+        arrived = False  # whether our own link carried a copy in this call (then `late` is the relays')
         for attempt in range(ATTEMPTS):
             todo = [i for i, r in enumerate(results) if isinstance(r, Exception) and i not in refused]
             jobs = [FetchJob(i, src) for i in todo for src in where[i][attempt : attempt + 1] if src != self.net.me]
@@ -158,11 +160,12 @@ class UpdateFetcher:
             except Exception as e:  # the whole batch timed out or the transport is gone: nobody's fault
                 fetched = [e] * len(jobs)
             else:
-                self.timed_out(
-                    round_no, [(j.source, a) for j, a, b in zip(jobs, asked, fetched) if isinstance(b, TimeoutError)]
-                )
+                late += [(j.source, a) for j, a, b in zip(jobs, asked, fetched) if isinstance(b, TimeoutError)]
+                arrived = arrived or any(not isinstance(b, Exception) for b in fetched)
             for job, a, blob in zip(jobs, asked, fetched):
                 results[job.index] = (blob if isinstance(blob, Exception) else self.check(a, blob)) or blob
+        if arrived:  # nothing came from anyone: our own link (down, or a crowd's copies filling it), not theirs
+            self.timed_out(round_no, late)
         return results
 
     def order(self, ann: Announcement, found: list[str], round_no: int) -> list[str]:

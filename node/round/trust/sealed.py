@@ -58,7 +58,8 @@ class FirstSeals(dict):
     seal of a round and base: a leader that fetched under S0, restarted mid-round and led the same
     round again signed a second first seal, and any owner that released under S0 (a crowd key
     among them) made every reader void its roster (tests/test_sybil_attacks_9.py). A file that
-    cannot be read is said and ignored: that restart is the case above, not a crash."""
+    cannot be read or written is said and ignored: that restart is the case above, not a crash
+    (a write that failed raised out of the leader's build: tests/test_sybil_attacks_10.py)."""
 
     def __init__(self, path: Path | None = None, me: str | None = None):
         super().__init__()
@@ -77,7 +78,9 @@ class FirstSeals(dict):
 
     def __setitem__(self, key: tuple[int, str], env: dict) -> None:
         super().__setitem__(key, env)
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("wb") as f:
@@ -85,6 +88,8 @@ class FirstSeals(dict):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+        except OSError as e:  # a full or read-only disk: lead as before this file (only a restart is exposed)
+            log.warning("first seals %s not written: %s: %s", self.path, type(e).__name__, e)
 
 
 def first_seal(roster: Roster) -> Seal | None:

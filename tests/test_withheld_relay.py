@@ -3,8 +3,9 @@
 Members fetch each update down a relay tree rooted at its owner (node/round/relay.py). A relay
 that serves its own update but accepts every request for another's and never answers it made
 each member whose parent it was wait a whole fetch bound, every round, for as long as it stayed.
-Now a member that saw a relay time out asks the owner and the leader before it for WITHHELD_ROUNDS
-rounds: one bound per member, then none. First-hand and local (no rule, no wire)."""
+Now a member that saw a relay time out asks the owner and the leader before it for 2 rounds, and
+twice as long each time the relay does it again when asked again, up to WITHHELD_ROUNDS (16): a
+bound at rounds 1, 4, 9, 18, 35 of 40 instead of all 40. First-hand and local (no rule, no wire)."""
 
 from __future__ import annotations
 
@@ -66,13 +67,12 @@ def seconds_lost(rounds: int, *, remember: bool) -> list[float]:
     return out
 
 
-def test_a_withholding_relay_costs_a_member_one_fetch_bound_not_one_a_round():
-    before, after = seconds_lost(12, remember=False), seconds_lost(12, remember=True)
-    print(f"seconds lost a round: before {before}; after {after}")
+def test_a_withholding_relay_costs_a_member_a_bound_at_growing_intervals_not_every_round():
+    before, after = seconds_lost(40, remember=False), seconds_lost(40, remember=True)
+    lost = [r + 1 for r, s in enumerate(after) if s]
+    print(f"rounds of 40 that lost a bound to the relay: before {sum(s > 0 for s in before)}; after {lost}")
     assert all(s >= FETCH_FLOOR for s in before)  # every round
-    assert after[0] >= FETCH_FLOOR and not any(after[1:])  # once
-    again = seconds_lost(WITHHELD_ROUNDS + 2, remember=True)
-    assert again[WITHHELD_ROUNDS + 1] >= FETCH_FLOOR  # then asked first again: an honest relay gets its turn back
+    assert lost == [1, 4, 9, 18, 35]  # asked last for 2, 4, 8, then 16 rounds (WITHHELD_ROUNDS) each time
 
 
 def test_a_relay_that_timed_out_is_asked_after_the_owner_and_the_leader_then_again():
@@ -80,6 +80,11 @@ def test_a_relay_that_timed_out_is_asked_after_the_owner_and_the_leader_then_aga
     ann = announcement(10, "owner")
     assert fetcher.order(ann, ["relay", "owner", "leader"], 10) == ["relay", "owner", "leader"]
     fetcher.timed_out(10, [("relay", ann), ("owner", ann)])  # an owner's own silence is `unserved`'s
-    assert fetcher.withheld == {"relay": 10}
-    assert fetcher.order(ann, ["relay", "owner", "leader"], 11) == ["owner", "leader", "relay"]
-    assert fetcher.order(ann, ["relay", "owner", "leader"], 10 + WITHHELD_ROUNDS + 1) == ["relay", "owner", "leader"]
+    assert list(fetcher.withheld) == ["relay"]
+    for r in (11, 12):
+        assert fetcher.order(ann, ["relay", "owner", "leader"], r) == ["owner", "leader", "relay"]
+    assert fetcher.order(ann, ["relay", "owner", "leader"], 13) == ["relay", "owner", "leader"]
+    fetcher.timed_out(13, [("relay", ann)])  # again when asked again: twice as long
+    assert fetcher.order(ann, ["relay", "owner", "leader"], 17)[0] == "owner"
+    assert fetcher.order(ann, ["relay", "owner", "leader"], 18)[0] == "relay"
+    assert WITHHELD_ROUNDS == 16

@@ -30,9 +30,27 @@ ATTEMPTS = 3  # sources asked per update: its relay, its owner, the leader (rela
 # a slow home uplink), never more than collect_timeout: a source that accepts and never answers
 # (an announcer that does not serve, a relay that withholds) costs that, not the whole collect.
 FETCH_FLOOR, FETCH_RATE = 5.0, 125_000.0
-# A relay that let a fetch of ours time out is asked after the owner and the leader for this many
-# rounds: a withholding relay (it accepts and never answers) costs each member one bound, not one a round.
+# A relay that let a fetch of ours time out is asked after the owner and the leader for 2 rounds,
+# and twice as many each time it does so again when asked again, up to this many: a withholding
+# relay (it accepts and never answers) costs each member a bound at rounds 1, 4, 9, 18, then one
+# in 17, not one a round; an honest relay a crowd kept busy for a round is passed over for 2.
 WITHHELD_ROUNDS = 16
+
+
+class Strikes(NamedTuple):
+    """A relay's timeouts on us (UpdateFetcher.withheld)."""
+
+    round: int
+    """The last round a fetch of ours from it timed out."""
+    times: int
+    """How many times in a row, each soon after it was asked again."""
+
+    def rounds(self) -> int:
+        """How many rounds after `round` it is asked last: 2, 4, 8, 16, 16..."""
+        return min(WITHHELD_ROUNDS, 2**self.times)
+
+    def passed_over(self, round_no: int) -> bool:
+        return 0 <= round_no - self.round <= self.rounds()
 
 
 class UpdateShape(NamedTuple):
@@ -88,10 +106,10 @@ class UpdateFetcher:
         """Peer -> the last round whose update of theirs this peer fetched whole, as leader (from
         the owner) or gathering (down its relay tree): first-hand evidence against `unserved`
         listings (node/round/trust/marks.slow_to_me)."""
-        self.withheld: dict[str, int] = {}
-        """Relay -> the last round a fetch of ours from it timed out (`order`). First-hand and local:
-        no rule, no wire; an honest relay starved by a withholder above it looks the same, and
-        passing it over costs its owner one more copy, never the update."""
+        self.withheld: dict[str, Strikes] = {}
+        """Relay -> when a fetch of ours from it last timed out, and how many times in a row
+        (`order`). First-hand and local: no rule, no wire; passing over an honest relay costs its
+        owner one more copy, never the update."""
 
     def note(self, round_no: int, anns: list[Announcement], results: list) -> None:
         """Record the updates of `anns` fetched whole (`results`, as fetch returns them); at most
@@ -169,18 +187,19 @@ class UpdateFetcher:
         return results
 
     def order(self, ann: Announcement, found: list[str], round_no: int) -> list[str]:
-        """`found` (the sources relay.sources gives, in turn) with the relays whose fetch timed out on
-        us in the last WITHHELD_ROUNDS rounds moved after the owner and the leader."""
-        late = [s for s in found if s != ann.peer and 0 <= round_no - self.withheld.get(s, -(2**62)) <= WITHHELD_ROUNDS]
+        """`found` (the sources relay.sources gives, in turn) with the relays passed over in
+        `round_no` (Strikes.passed_over) moved after the owner and the leader."""
+        late = [s for s in found if s != ann.peer and s in self.withheld and self.withheld[s].passed_over(round_no)]
         return [s for s in found if s not in late] + late
 
     def timed_out(self, round_no: int, relays: list[tuple[str, Announcement]]) -> None:
         """Remember the relays (not owners: `unserved` marks are for those) that let a fetch time out."""
-        for source, ann in relays:
-            if source != ann.peer:
-                self.withheld[source] = round_no
+        for source in dict.fromkeys(s for s, ann in relays if s != ann.peer):  # once a call, however many copies
+            before = self.withheld.get(source)
+            again = before is not None and round_no - before.round <= 2 * before.rounds()  # soon after its turn
+            self.withheld[source] = Strikes(round_no, before.times + 1 if again else 1)
         if len(self.withheld) > 4096:  # a crowd of one-off relays: keep the newest
-            self.withheld = dict(sorted(self.withheld.items(), key=lambda kv: kv[1])[-2048:])
+            self.withheld = dict(sorted(self.withheld.items(), key=lambda kv: kv[1].round)[-2048:])
 
     def receipts(self, owners: list[str], round_no: int, seal_env: dict) -> dict[str, ReceiptAnswer]:
         """Owner -> its answer for its update of `round_no` released under `seal_env` (protocol 18-19):

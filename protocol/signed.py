@@ -69,7 +69,7 @@ def _unpack(body: bytes, where: str) -> object:
 def seal(private_key, record) -> dict:
     """The signed envelope of a Heartbeat, Announcement, Roster or Call written by this key's peer."""
     kind = KIND_OF[type(record)]
-    body = msgpack.packb(record.to_wire(), use_bin_type=True)
+    body = _packed(record)
     if isinstance(record, Seal):  # signed over its head (protocol 23): evidence carries the head alone
         return {**signing.sign(private_key, _packed(SealHead.of(record)), "sealhead"), "body": body, "kind": kind}
     return signing.sign(private_key, body, kind)

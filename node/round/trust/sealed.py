@@ -35,6 +35,9 @@ from protocol.errors import ProtocolError
 from protocol.kinds.sealed import MAX_SEALED, Receipt, Seal, SealHead
 from protocol.records import CLAIM_ROUNDS, Announcement, Roster
 
+log = logging.getLogger("swarmtrain.rounds")
+SEALS_FILE = "first-seals.msgpack"  # in the run's data dir (node/peer/wiring.py)
+
 
 def signed_seal(
     key, *, run: str, round_no: int, base: str, leader: str, time: float, envelopes, after: str = ""
@@ -46,10 +49,6 @@ def signed_seal(
     digests = tuple(sorted({signed.body_hash(e) for e in envelopes}))[:MAX_SEALED]
     seal = Seal(run=run, round=round_no, base=base, leader=leader, time=time, announcements=digests, after=after)
     return signed.seal(key, seal)
-
-
-log = logging.getLogger("swarmtrain.rounds")
-SEALS_FILE = "first-seals.msgpack"  # in the run's data dir (node/peer/wiring.py)
 
 
 class FirstSeals(dict):

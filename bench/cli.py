@@ -96,17 +96,24 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
         default="tune",
         help="tune (600 steps of the full tier's model: 25-60 s a trial), "
         "smoke (~5 s a trial), pilot (~6 min a trial), full (3,000 "
-        "steps, one seed: 2-13 min a trial); a pruned trial stops early",
+        "steps, one seed: 2-13 min a trial), full-8 (the same with 8 workers: ~12-25 min a trial); "
+        "a pruned trial stops early; a new study's first trial is the preset's own settings",
     )
     p.add_argument("--steps", type=int, help="inner steps per trial (default: the tier's)")
     p.add_argument("--study", metavar="PATH.db", help="SQLite file of the study (default: the JSON path with .db)")
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        help="TPE's seed: give each of several processes sharing one --study its own, so they do not sample alike",
+    )
     p.add_argument("--json", required=True, metavar="PATH", help="write best settings, every trial and the budget here")
 
 
 def _tune(args: argparse.Namespace, stop: threading.Event) -> bool:
     from bench.tune import run_tune
 
-    run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, stop=stop)
+    run_tune(args.strategy, args.trials, args.tier, args.json, args.study, args.steps, args.sampler_seed, stop=stop)
     return stop.is_set()
 
 

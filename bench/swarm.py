@@ -59,8 +59,10 @@ warmup_steps = 10
 name = "{strategy}"
 inner_steps = 20
 overlap = {overlap}
+{wire}
 [swarm]
 relay_fanout = {relay_fanout}
+scatter_min_peers = {scatter_min_peers}
 collect_timeout = 20.0
 round_timeout = 90.0
 heartbeat_interval = 1.0
@@ -79,7 +81,9 @@ class SwarmCase:
 
     strategy: str
     """Strategy ([strategy] name in the run file); '+overlap' also sets [strategy] overlap,
-    '+direct' [swarm] relay_fanout = 0 (every update fetched from its owner)."""
+    '+direct' [swarm] relay_fanout = 0 (every update fetched from its owner), '+int8' [strategy]
+    wire_dtype = "int8", '+v3' the reduce-scatter from 4 members ([swarm] scatter_min_peers = 4),
+    '+v2' verify-all at any size (scatter_min_peers = 0); neither: the default (v3 from 16)."""
     round_seconds: float | None
     """Compute window per round; 0: fixed inner_steps; None: unset (sized from the swarm)."""
     fast: int
@@ -100,7 +104,7 @@ HIVEMIND = "hivemind"
 """The baseline: hivemind.Optimizer itself on the same model and data (bench/hivemind_peer.py)."""
 
 
-OPTIONS = ("overlap", "direct")
+OPTIONS = ("overlap", "direct", "int8", "v2", "v3")
 """What a strategy name may add, each after a '+'."""
 
 
@@ -114,6 +118,27 @@ def strategy_of(spec: str) -> tuple[str, set[str]]:
             f"write NAME, optionally followed by +{' +'.join(OPTIONS)}",
         )
     return name, set(extra)
+
+
+def run_file(case: SwarmCase, peers: int) -> str:
+    """The run file of a case of `peers` volunteers."""
+    name, options = strategy_of(case.strategy)
+    return RUN_TOML.format(
+        strategy=name,
+        overlap=str("overlap" in options).lower(),
+        relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
+        wire='wire_dtype = "int8"' if "int8" in options else "",
+        scatter_min_peers=scatter_min_peers(options),
+        window="" if case.round_seconds is None else f"round_seconds = {case.round_seconds}",
+        min_peers=peers,
+    )
+
+
+def scatter_min_peers(options: set[str]) -> int:
+    """[swarm] scatter_min_peers for a case's options: v3 from 4 members, v2 always, else the default."""
+    if {"v2", "v3"} <= options:
+        raise SwarmtrainError("a strategy cannot be both +v2 and +v3", "name one of them")
+    return 4 if "v3" in options else 0 if "v2" in options else SwarmConfig.scatter_min_peers
 
 
 class Node:
@@ -170,16 +195,8 @@ def run_case(
     work.mkdir(parents=True, exist_ok=True)
     n = case.fast + (1 if case.slowed else 0)
     run = work / "run.toml"
-    name, options = strategy_of(case.strategy)
-    run.write_text(
-        RUN_TOML.format(
-            strategy=name,
-            overlap=str("overlap" in options).lower(),
-            relay_fanout=0 if "direct" in options else SwarmConfig.relay_fanout,
-            window="" if case.round_seconds is None else f"round_seconds = {case.round_seconds}",
-            min_peers=n,
-        )
-    )
+    name, _ = strategy_of(case.strategy)
+    run.write_text(run_file(case, n))
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork([LinkSpec.parse(case.link)] * (n + 1))) if case.link else None
         host = (lambda k: net.address(k)) if net else (lambda k: "127.0.0.1")
@@ -318,6 +335,11 @@ def row(
             statistics.mean((d["bytes_sent"] - d.get("bytes_relayed", 0)) / max(1, d["round"]) for d in deltas)
         ),
         "max_bytes_up_per_peer": round(max(d["bytes_sent"] / max(1, d["round"]) for d in deltas)),
+        "seconds_per_round": round(statistics.mean(d["unix_time"] / max(1, d["round"]) for d in deltas), 2),
+        # what a round took beyond the peer's own compute: the exchange, and waiting for the others
+        "beyond_compute_seconds_per_round": round(
+            statistics.mean((d["unix_time"] - d["compute_seconds"]) / max(1, d["round"]) for d in deltas), 2
+        ),
         "rounds_ok": statistics.median(d["round"] for d in deltas),
         "rounds_failed": statistics.median(r["rounds_failed"] for r in results),
         "target_bpb": target_bpb,
@@ -394,6 +416,7 @@ TABLE_KEYS = (
     "val_bpb",
     "bytes_up_per_peer",
     "bytes_down_per_peer",
+    "seconds_per_round",
     "rounds_ok",
     "rounds_failed",
     "seconds_to_target_bpb",

@@ -69,6 +69,25 @@ def configs_for(preset: str, params: dict) -> Preset:
     return Preset(replace(strat, **s), replace(train, **t))
 
 
+def preset_values(preset: str) -> dict:
+    """The preset's own value of every setting the search covers ('train.x' -> TrainConfig.x)."""
+    strat, train = PRESETS[preset]
+    return {
+        k: getattr(train, k[len("train.") :]) if k.startswith("train.") else getattr(strat, k)
+        for k in search_space(preset)
+    }
+
+
+def best_so_far(trials) -> list[dict]:
+    """The study's curve: after each finished trial, the best val bpb found so far (None before any)."""
+    curve, best = [], None
+    for x in sorted(trials, key=lambda x: x.number):
+        if x.value is not None and x.state.name == "COMPLETE":
+            best = x.value if best is None else min(best, x.value)
+        curve.append({"trial": x.number, "best": best})
+    return curve
+
+
 def _suggest(trial, name: str, spec: tuple):
     kind = spec[0]
     if kind == "float":
@@ -115,6 +134,8 @@ def run_tune(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, trials // 2))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=t.steps // 4),
     )
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(preset_values(preset))  # the preset's own settings first: a study never ends worse
     corpus = data.load_corpus("stdlib")
     stop = stop or threading.Event()
     torch.set_num_threads(1)  # one core, as bench quality's jobs: studies of several methods run side by side
@@ -204,6 +225,9 @@ def _record(study, preset: str, tier: str, t, study_path: str, trials: int, seco
         "study_path": study_path,
         "interrupted": interrupted,
         "search_space": {k: list(v) for k, v in search_space(preset).items()},
+        "preset_values": preset_values(preset),
+        "best_trial": best.number if best else None,
+        "best_so_far": best_so_far(counted),
         "best_params": best.params if best else None,
         "best_value": best.value if best else None,
         "best_settings": {"strategy": strat.__dict__, "train": train.__dict__},

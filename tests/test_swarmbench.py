@@ -86,6 +86,23 @@ def test_strategy_names_take_overlap_but_not_on_the_baseline():
             strategy_of(bad)
 
 
+def test_v2_v3_and_int8_options_set_the_run_file(tmp_path):
+    from bench.swarm import SwarmCase, run_file
+    from node.config import load_run_config
+
+    def run(strategy):
+        path = tmp_path / "run.toml"
+        path.write_text(run_file(SwarmCase(strategy=strategy, round_seconds=None, fast=8, slow=0, link=""), 8))
+        return load_run_config(path)
+
+    plain, v3, v2 = run("diloco"), run("diloco+v3+int8"), run("diloco+v2+int8")
+    assert plain.swarm.scatter_min_peers == 16 and plain.strategy.wire_dtype == "float16"
+    assert (v3.swarm.scatter_min_peers, v3.strategy.wire_dtype) == (4, "int8")
+    assert (v2.swarm.scatter_min_peers, v2.strategy.wire_dtype) == (0, "int8") and v2.swarm.min_peers == 8
+    with pytest.raises(SwarmtrainError, match="both"):
+        run("diloco+v2+v3")
+
+
 def test_the_hivemind_baselines_result_reads_like_a_volunteers():
     """bench/hivemind_peer.py writes the fields bench swarm cuts its window from."""
     from bench.hivemind_peer import Result

@@ -8,7 +8,7 @@ import pytest
 
 from bench.quality.presets import PRESETS, TIERS
 from bench.quality.simulator import simulate_preset
-from bench.tune import SPACES, configs_for, run_tune, search_space
+from bench.tune import SPACES, configs_for, preset_values, run_tune, search_space
 from node.cli import main
 from node.config import StrategyConfig, TrainConfig
 from node.errors import SwarmtrainError
@@ -53,6 +53,9 @@ def test_smoke_study_of_three_trials_resumes(tmp_path):
     assert rec["best_value"] == min(t["value"] for t in rec["trials"] if t["state"] == "COMPLETE")
     assert rec["best_settings"]["strategy"]["outer_lr"] == rec["best_params"]["outer_lr"]
     assert any("trial" in line for line in lines)
+    assert rec["trials"][0]["params"] == preset_values("diloco")  # the preset first: the study never ends worse
+    curve = [p["best"] for p in rec["best_so_far"]]
+    assert len(curve) == 3 and curve[-1] == rec["best_value"] and all(b <= a for a, b in zip(curve, curve[1:]) if a)
     n = len(lines)
     again = run_tune("diloco", 3, "smoke", str(out), str(db), steps=8, say=lines.append)  # resumes: nothing to add
     assert again["trials"] == rec["trials"] and any("(3 already in" in line for line in lines[n:])

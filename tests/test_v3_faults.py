@@ -48,13 +48,13 @@ def test_a_leader_that_dies_after_its_call_costs_one_phase_and_no_update():
     for p in peers:
         real = p.scatter.run
 
-        def run(call, update, leads, p=p, real=real):
+        def run(call, update, leads, stop=None, p=p, real=real):
             if leads and not dead:  # the first leader dies right after its call is stored
                 dead.update(id=p.id, at=time.monotonic(), call=call)
                 bus.down.add(p.id)
                 p.net.registry.pop(p.id, None)
                 raise Died()
-            return real(call, update, leads)
+            return real(call, update, leads, stop)
 
         p.scatter.run = run
     out, done = play_round(peers, dht, 0)
@@ -232,3 +232,44 @@ def test_an_honest_conviction_ends_in_one_roster_whose_proof_every_member_checke
     assert checks == [liar] * n
     assert all(m.checked == {liar: digest} for m in made)
     assert all(liar in p.ledger.caught() for p in peers)
+
+
+def test_peers_that_leave_inside_a_stalled_v3_round_end_at_once(monkeypatch):
+    """Every peer is asked to stop (Ctrl+C, SIGTERM) while it waits inside a v3 round whose leader
+    never moves its board on, under the node's default 30 s phases: each ends its wait for the
+    roster within a second, with no roster. Before, a member's part in the round ignored the stop
+    and waited out the stall (75 s at the defaults): `bench swarm` saw peers that SIGTERM did
+    not end in 30 s, and wrote no result."""
+    dht, bus, peers = swarm(5, timeouts=Timeouts(phase=30.0, call=30.0, round=CFG.round_timeout))
+    inside = threading.Semaphore(0)
+
+    def member(*args, **options):
+        made = Member(*args, **options)
+        real = made.run
+        made.run = lambda: (inside.release(), real())[1]
+        return made
+
+    monkeypatch.setattr(runner, "Leader", Frozen)
+    monkeypatch.setattr(runner, "Member", member)
+    dht.clock.t += 2
+    for p in peers:
+        p.heartbeat()
+    for p in peers:
+        p.announce(torch.full((TOTAL,), 0.01))
+    stop, ended = threading.Event(), {}
+
+    def play(p):
+        ended[p.id] = (p.proto.await_roster(1, p.digest, 0, stop), time.monotonic())
+
+    threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in peers]
+    for t in threads:
+        t.start()
+    for _ in peers:  # every member, the leader's own one included, is inside the round
+        assert inside.acquire(timeout=30), "a peer never took part in the v3 round"
+    asked = time.monotonic()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(ended) == len(peers) and all(roster is None for roster, _ in ended.values())
+    took = max(at for _, at in ended.values()) - asked
+    assert took < 2.0, f"the last peer ended {took:.1f} s after the stop"

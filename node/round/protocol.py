@@ -209,7 +209,7 @@ class RoundProtocol(RosterChecks, ScatterRounds):
             accepted = self.read_roster(round_no, base, cands, turns)
             if accepted is not None:
                 return self._took(round_no, accepted)
-            self.take_call(round_no, base, cands, turns)  # v3: our part in a call that lists us
+            self.take_call(round_no, base, cands, turns, stop)  # v3: our part in a call that lists us
             opened = self.opened[round_no]  # its leader went silent: the next slot's turn is now
             self.gate.show(round_no, self.beacon(round_no), turns, self.marked, self.tickets, opened, self.cfg)
             now = self.net.monotonic()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from typing import NamedTuple, Protocol
 
 from node.round import election
@@ -79,10 +80,11 @@ class Scatter:
         (`passed`: Ledger.passed). All of `reach` when that would leave nobody."""
         return reach
 
-    def run(self, call: AcceptedRoster, update: bytes, leads: bool) -> Ran:
+    def run(self, call: AcceptedRoster, update: bytes, leads: bool, stop: threading.Event | None = None) -> Ran:
         """This peer's part in the round of `call` (its roster field holds the Call), with its own
         announced update envelope; `leads`: it runs the Leader too. Raises ProtocolError,
-        TimeoutError, OSError or ValueError when the round fails for it."""
+        TimeoutError, OSError or ValueError when the round fails for it, TimeoutError at once
+        when `stop` is set (the peer is leaving: it owes the round nothing more)."""
         raise ProtocolError("v3 is off in this run")
 
 
@@ -92,6 +94,9 @@ FAILED = (ProtocolError, TimeoutError, OSError, ValueError, EOFError)
 
 class ScatterRounds:
     """v3's steps, mixed into RoundProtocol (node/round/protocol.py: its net, keys, hooks, checks)."""
+
+    leaving: threading.Event | None = None
+    """The node's stop event, as await_roster last handed it to take_call: set, our part ends."""
 
     def is_v3(self, accepted: AcceptedRoster) -> bool:
         return self.v3_round(len(accepted.announcements), accepted.roster.leader)
@@ -156,7 +161,7 @@ class ScatterRounds:
             len(reach),
         )
         try:
-            ran = self.scatter.run(called, blob, leads=True)
+            ran = self.scatter.run(called, blob, leads=True, stop=self.leaving)
             outcome = self.hooks.aggregate(ran.aggregate)
         except (*FAILED, NonFinite) as e:
             log.warning("round %d: the v3 round we led failed: %s", round_no, e)
@@ -188,8 +193,12 @@ class ScatterRounds:
         return AcceptedRoster(signed.seal(self.key, roster), roster, called.announcements)
 
     # --------------------------------------------------------------------------- as member
-    def take_call(self, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None) -> None:
-        """Run our part in the best acceptable v3 call of this round that lists us, once per leader."""
+    def take_call(
+        self, round_no: int, base: str, cands: set[str] | None, ranked: set[str] | None, stop: threading.Event
+    ) -> None:
+        """Run our part in the best acceptable v3 call of this round that lists us, once per leader;
+        `stop` (the node's: await_roster's) ends it at once, and the round we lead too (lead_v3)."""
+        self.leaving = stop
         passed: list[RosterCheck] = []
         for leader, env in self.net.get_subkeys(keys.call_key(self.run_id, round_no)).items():
             if (round_no, leader) in self.called or leader == self.me:
@@ -215,7 +224,7 @@ class ScatterRounds:
             log.info("round %d: the v3 call of %s does not list our update: we take no part", round_no, leader[:16])
             return
         try:
-            self.ran[(round_no, leader)] = (call, self.scatter.run(called, blob, leads=False))
+            self.ran[(round_no, leader)] = (call, self.scatter.run(called, blob, leads=False, stop=stop))
         except FAILED as e:
             log.warning("round %d: our part in the v3 round of %s failed: %s", round_no, leader[:16], e)
             if getattr(e, "leader_silent", False):

@@ -27,6 +27,7 @@ from node.scatter.grid import AUDITORS, ESCALATE, RsaKeys, may_own, scatter_thre
 from node.scatter.leader import Leader
 from node.scatter.member import Member, ScatterNet, Timeouts
 from node.scatter.roster import reachable, scatter_round
+from node.scatter.traffic import PAUSE
 from protocol.errors import ProtocolError
 from protocol.messages import UpdateEnvelope
 from protocol.records import Heartbeat
@@ -84,10 +85,11 @@ class NodeScatter:
     def owners(self, reach: set[str], passed: dict[str, int], round_no: int) -> set[str]:
         return may_own(reach, passed, round_no) or reach  # a struck swarm still needs owners
 
-    def run(self, call, update: bytes, leads: bool) -> Ran:
+    def run(self, call, update: bytes, leads: bool, stop: threading.Event | None = None) -> Ran:
         """Our part in the round of `call` (node/round/ledger.py AcceptedRoster holding a Call),
         with our announced update envelope; `leads`: the Leader too. Raises ProtocolError,
-        TimeoutError, OSError or ValueError when the round fails for us."""
+        TimeoutError, OSError or ValueError when the round fails for us; TimeoutError as soon as
+        `stop` is set (we are leaving: the member's and leader's threads end with the process)."""
         c, codec = call.roster, self.strategy.codec
         flat = own_flat(codec, self.wire, UpdateEnvelope.decode(update).payload)
         rnd = scatter_round(
@@ -107,7 +109,7 @@ class NodeScatter:
         if leader is not None:
             thread = threading.Thread(target=_catching(leader.run, failed), name="v3-leader", daemon=True)
             thread.start()
-        aggregate = model_order(codec, self.wire, member.run())
+        aggregate = model_order(codec, self.wire, unless_stopped(member.run, stop))
         if thread is not None:
             thread.join(self.timeouts.round)
             if failed or thread.is_alive():
@@ -142,6 +144,23 @@ def model_order(codec, wire: chunks.Wire, gathered: torch.Tensor) -> torch.Tenso
     if isinstance(wire, chunks.SparseWire):
         return chunks.flat(chunks.sparse_unflat(codec, gathered))
     return gathered
+
+
+def unless_stopped(fn: Callable[[], torch.Tensor], stop: threading.Event | None) -> torch.Tensor:
+    """fn() in a thread of its own, given up (TimeoutError) once `stop` is set: a member's waits
+    are bounded by the round's phases (minutes), far past the seconds a leaving peer may take."""
+    if stop is None:
+        return fn()
+    out: list = []
+    done = threading.Thread(target=_catching(lambda: out.append(fn()), out), name="v3-member", daemon=True)
+    done.start()
+    while done.is_alive():
+        done.join(PAUSE)
+        if stop.is_set() and done.is_alive():
+            raise TimeoutError("leaving: our part in the v3 round is given up")
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]
 
 
 def _catching(fn: Callable[[], None], failed: list) -> Callable[[], None]:

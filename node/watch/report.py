@@ -40,9 +40,9 @@ class RoundReport:
     exchange_s: float = 0.0
     """Seconds from announcing to having the round's payloads (and applying them)."""
     sent: int = 0
-    """Update bytes this node has sent so far (cumulative)."""
+    """Update bytes this node has sent so far (cumulative; a v3 round's chunks, parts and records too)."""
     received: int = 0
-    """Update bytes this node has received so far (cumulative)."""
+    """Update bytes this node has received so far (cumulative; with a v3 round's messages, as `sent`)."""
     relayed: int = 0
     """Of `sent`: bytes of other peers' updates this node passed on (upload once; cumulative)."""
     dense: float = 0.0

@@ -26,12 +26,14 @@ from protocol.records import Announcement, Heartbeat, Roster
 
 def reachable(members: list[str], peers: dict[str, Heartbeat]) -> set[str]:
     """The members others can dial (a public address or a relay in their signed heartbeat:
-    protocol/maddrs.py dialable); where none is, but every member announces only loopback
-    addresses (one machine: tests, a demo), all of them. A member without a heartbeat here owns
-    nothing. Every peer must read the same: the leader's roster will list them (not built yet)."""
+    protocol/maddrs.py dialable); where none is, but every member announces only loopback or
+    private addresses (one machine or one private network: tests, a demo, a lab's cluster), all
+    of them: else no v3 round of theirs could have an owner (a swarm of homes behind NAT with no
+    reachable member has none either way). A member without a heartbeat here owns nothing. The
+    leader's call lists them (`reach`)."""
     known = {p: peers[p].maddrs for p in members if p in peers}
     out = {p for p, m in known.items() if addresses.dialable(m)}
-    if not out and known and all(addresses.kind_of(list(m)) == "loopback" for m in known.values()):
+    if not out and known and all(addresses.kind_of(list(m)) in ("loopback", "private") for m in known.values()):
         return set(known)
     return out
 

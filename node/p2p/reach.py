@@ -100,7 +100,8 @@ def judge(maddrs: list[str], *, port: int = 0) -> Reachability:
             meaning="it still trains: it dials the reachable peers itself, and they fetch its updates and "
             "send it theirs over those connections. Peers it never dialled cannot reach it (other peers "
             "behind NAT, joiners), so it does not lead rounds while a reachable peer may (a round it led "
-            "could not fetch their updates), and joiners take the state from reachable peers.",
+            "could not fetch their updates), and joiners take the state from reachable peers. In a swarm with "
+            "no public peer (one private network, such as a lab's cluster) every peer counts as reachable.",
             fix=become_reachable(port),
         )
     if kind == "loopback":

@@ -143,7 +143,8 @@ def test_frontier_plot_band_table_and_merge(tmp_path):
     assert [r["strategy"] for r in rows] == ["ddp-adamw", "x", "y"]
     table = band_table(rows)
     assert "| >= 100x | x |" in table and "(+1.0% / +0.0%)" in table and "| >= 10,000x | y |" in table
-    assert "| >= 3,000x | y |" in table
+    assert "| >= 3,000x | y |" in table and table.splitlines()[0].endswith("| bits/param/sync |")
+    assert "| 0.8 |" in table  # 1 byte of payload over 10 parameters
     png = tmp_path / "f.png"
     plot_frontier(rows, str(png), title="t")
     assert png.stat().st_size > 10_000 and frontier_path("docs/q.png") == "docs/q-frontier.png"

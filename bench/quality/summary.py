@@ -83,7 +83,7 @@ def band_table(rows: list[dict]) -> str:
     for band in BANDS:
         there = [r for r in rows if r["upload_reduction"] >= band and not r["strategy"].startswith(DDP_REFERENCES)]
         if not there:
-            lines.append([f">= {band:,}x", "none", "-", "-"])
+            lines.append([f">= {band:,}x", "none", "-", "-", "-"])
             continue
         best = min(there, key=lambda r: r["gap_vs_ddp"])
         per = " / ".join(f"{g:+.1%}" for g in seed_gaps(best, ddp))
@@ -93,9 +93,19 @@ def band_table(rows: list[dict]) -> str:
                 best["strategy"],
                 f"{best['gap_vs_ddp']:+.1%} ({per})",
                 f"{best['upload_reduction']:,.0f}x",
+                bits_per_sync(best),
             ]
         )
-    return markdown_table(["band", "best preset", f"gap vs {reference} (mean; per seed)", "upload reduction"], lines)
+    head = ["band", "best preset", f"gap vs {reference} (mean; per seed)", "upload reduction", "bits/param/sync"]
+    return markdown_table(head, lines)
+
+
+def bits_per_sync(row: dict) -> str:
+    """Bits a worker sends per parameter per synchronisation (the unit Psyche reports): its
+    payload's bytes over the parameters; DDP's payload is one step's gradient."""
+    if not row.get("params") or row.get("payload_bytes") is None:
+        return "-"
+    return f"{8 * row['payload_bytes'] / row['params']:.3g}"
 
 
 def quality_table(rows: list[dict]) -> str:
@@ -109,6 +119,7 @@ def quality_table(rows: list[dict]) -> str:
             "download B/step",
             "upload reduction",
             "download reduction",
+            "bits/param/sync",
         ],
         (
             [
@@ -119,6 +130,7 @@ def quality_table(rows: list[dict]) -> str:
                 f"{r['download_bytes_per_step']:,.0f}",
                 f"{r['upload_reduction']:,.1f}x",
                 f"{r['download_reduction']:,.1f}x",
+                bits_per_sync(r),
             ]
             for r in rows
         ),

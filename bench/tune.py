@@ -134,8 +134,12 @@ def run_tune(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, trials // 2))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=t.steps // 4),
     )
-    if not study.get_trials(deepcopy=False):
+    held = len(study.get_trials(deepcopy=False))
+    if not held:
         study.enqueue_trial(preset_values(preset))  # the preset's own settings first: a study never ends worse
+    # a rerun continues the study: its sampler must not start from the first call's random state, which
+    # drew the first call's points again (a resumed diloco study's first trial repeated its trial 5)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + held, n_startup_trials=min(5, max(1, trials // 2)))
     corpus = data.load_corpus("stdlib")
     stop = stop or threading.Event()
     torch.set_num_threads(1)  # one core, as bench quality's jobs: studies of several methods run side by side

@@ -63,6 +63,24 @@ def test_smoke_study_of_three_trials_resumes(tmp_path):
     assert more["budget"]["trials_finished"] == 4 and more["trials"][:3] == rec["trials"]
 
 
+def test_a_rerun_samples_from_a_new_random_state(tmp_path, monkeypatch):
+    """A rerun continues the study with the sampler seeded past the trials it holds: seeded as the
+    first call was, it drew that call's points again (a resumed 8-worker study repeated its trial 5)."""
+    import optuna
+
+    seeds, real = [], optuna.samplers.TPESampler
+
+    def spy(*args, seed=None, **kwargs):
+        seeds.append(seed)
+        return real(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(optuna.samplers, "TPESampler", spy)
+    out, db = str(tmp_path / "r.json"), str(tmp_path / "r.db")
+    for trials in (2, 3):
+        run_tune("ddp-adamw", trials, "smoke", out, db, steps=4, say=lambda _: None)
+    assert len(seeds) == 4 and seeds[1] == 0 and seeds[3] == 2  # each call: the study's, then the one it uses
+
+
 def test_a_stop_request_leaves_the_study_intact(tmp_path):
     stop = threading.Event()
     stop.set()

@@ -152,8 +152,8 @@ def test_frontier_plot_band_table_and_merge(tmp_path):
     b = [
         run("ddp-adamw", 0, 2.0, 12000.0),
         run("ddp-adamw", 1, 2.2, 12000.0),
+        run("y", 1, 3.3, 0.5),  # seeds in another order than the reference's: still paired by seed
         run("y", 0, 3.0, 0.5),
-        run("y", 1, 3.3, 0.5),
     ]
     for name, runs in (("a", a), ("b", b)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"tier": "full", "runs": runs}))
@@ -161,6 +161,7 @@ def test_frontier_plot_band_table_and_merge(tmp_path):
     assert [r["strategy"] for r in rows] == ["ddp-adamw", "x", "y"]
     table = band_table(rows)
     assert "| >= 100x | x |" in table and "(+1.0% / +0.0%)" in table and "| >= 10,000x | y |" in table
+    assert "(+50.0% / +50.0%)" in table  # y: 3.0 against 2.0 (seed 0), 3.3 against 2.2 (seed 1)
     assert "| >= 3,000x | y |" in table and table.splitlines()[0].endswith("| bits/param/sync |")
     assert "| 0.8 |" in table  # 1 byte of payload over 10 parameters
     png = tmp_path / "f.png"

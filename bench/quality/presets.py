@@ -99,6 +99,18 @@ PRESETS: dict[str, Preset] = {
         StrategyConfig(name="ddp-muon"),
         replace(BASE_TRAIN, inner_lr=0.0144, weight_decay=0.145, inner_optimizer="muon", muon_lr=0.0274),
     ),
+    # DDP-Muon tuned where it is measured: 8 workers, the full tier's 3,000 steps (issue 20; 20 trials,
+    # best at trial 11: bench/results/tune8-ddp-muon-tuned.json)
+    "ddp-muon-tuned8": Preset(
+        StrategyConfig(name="ddp-muon"),
+        replace(
+            BASE_TRAIN,
+            inner_lr=0.008474727277468182,
+            weight_decay=0.04024659460402635,
+            inner_optimizer="muon",
+            muon_lr=0.01738307262028521,
+        ),
+    ),
     "ddp-adamw-bf16": Preset(StrategyConfig(name="ddp-adamw"), replace(BASE_TRAIN, precision="bf16")),
     "diloco-bf16": Preset(
         StrategyConfig(name="diloco", inner_steps=25, outer_lr=0.7, outer_momentum=0.9),

@@ -23,7 +23,8 @@ def summarize(runs: list[dict], reference: str | None = None) -> list[dict]:
     (None: the better DDP of the run, named in each row's `reference`; or a preset, e.g. a tuned DDP)."""
     rows = []
     for preset in dict.fromkeys(r["strategy"] for r in runs):
-        rs = [r for r in runs if r["strategy"] == preset]
+        # in seed order: seed_gaps pairs each seed with the reference's run of the same seed
+        rs = sorted((r for r in runs if r["strategy"] == preset), key=lambda r: r["seed"])
         row = {
             k: rs[0][k]
             for k in (
@@ -42,6 +43,7 @@ def summarize(runs: list[dict], reference: str | None = None) -> list[dict]:
         row["download_reduction"] = row["dense_ring_bytes_per_step"] / row["download_bytes_per_step"]
         row["val_bpb"] = sum(r["val_bpb"] for r in rs) / len(rs)
         row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]
+        row["seeds"] = [r["seed"] for r in rs]
         row["seconds"] = sum(r["seconds"] for r in rs)
         rows.append(row)
     reference = reference or best_reference(rows)
@@ -66,8 +68,9 @@ def merge_rows(paths: list[str], reference: str | None = None) -> list[dict]:
 
 def seed_gaps(row: dict, ddp: dict) -> list[float]:
     """The row's gap to DDP per seed (each seed against DDP's run of the same seed)."""
-    # per seed, in seed order: both rows come from the same tier's seeds
-    return [(b - d) / d for b, d in zip(row["val_bpb_per_seed"], ddp["val_bpb_per_seed"])]
+    ref = dict(zip(ddp.get("seeds", range(len(ddp["val_bpb_per_seed"]))), ddp["val_bpb_per_seed"]))
+    mine = zip(row.get("seeds", range(len(row["val_bpb_per_seed"]))), row["val_bpb_per_seed"])
+    return [(b - ref[seed]) / ref[seed] for seed, b in mine if seed in ref]
 
 
 BANDS = (100, 1000, 3000, 10000)

@@ -23,8 +23,10 @@ def summarize(runs: list[dict], reference: str | None = None) -> list[dict]:
     (None: the better DDP of the run, named in each row's `reference`; or a preset, e.g. a tuned DDP)."""
     rows = []
     for preset in dict.fromkeys(r["strategy"] for r in runs):
-        # in seed order: seed_gaps pairs each seed with the reference's run of the same seed
-        rs = sorted((r for r in runs if r["strategy"] == preset), key=lambda r: r["seed"])
+        rs = [r for r in runs if r["strategy"] == preset]
+        seeded = all("seed" in r for r in rs)  # (runs recorded before seeds were kept lack them)
+        if seeded:  # in seed order: seed_gaps pairs each seed with the reference's run of the same seed
+            rs.sort(key=lambda r: r["seed"])
         row = {
             k: rs[0][k]
             for k in (
@@ -43,7 +45,8 @@ def summarize(runs: list[dict], reference: str | None = None) -> list[dict]:
         row["download_reduction"] = row["dense_ring_bytes_per_step"] / row["download_bytes_per_step"]
         row["val_bpb"] = sum(r["val_bpb"] for r in rs) / len(rs)
         row["val_bpb_per_seed"] = [r["val_bpb"] for r in rs]
-        row["seeds"] = [r["seed"] for r in rs]
+        if seeded:
+            row["seeds"] = [r["seed"] for r in rs]
         row["seconds"] = sum(r["seconds"] for r in rs)
         rows.append(row)
     reference = reference or best_reference(rows)

@@ -103,13 +103,17 @@ def envelope_list(d: object, name: str, kind: str, most: int, where: str) -> tup
     return tuple(value)
 
 
-def chained_header(d: object, where: str) -> dict:
-    """The fields a roster and a v3 call share (run, round, leader, prev, base, time), checked."""
+def led_header(d: object, where: str) -> dict:
+    """The fields of every record a round's leader signs about it (run, round, leader, base, time), checked."""
     return {
         "run": run_field(field(d, "run", str, where=where), where),
         "round": round_field(field(d, "round", int, where=where), where),
         "leader": peer_id_field(field(d, "leader", str, where=where), where),
-        "prev": sha256_field(field(d, "prev", str, where=where), where),
         "base": sha256_field(field(d, "base", str, where=where), where),
         "time": finite_field(field(d, "time", float, where=where), "time", where),
     }
+
+
+def chained_header(d: object, where: str) -> dict:
+    """The fields a roster and a v3 call share: led_header's and `prev`, checked."""
+    return {**led_header(d, where), "prev": sha256_field(field(d, "prev", str, where=where), where)}

@@ -22,6 +22,7 @@ from protocol.fields import (
     count_field,
     field,
     finite_field,
+    led_header,
     optional_field,
     peer_id_field,
     round_field,
@@ -122,11 +123,7 @@ def _wire(x: Seal | SealHead, **listing) -> dict:
 def _header(d: object, w: str) -> dict:
     """The fields a seal and its head share, read from the wire map `d`."""
     return {
-        "run": run_field(field(d, "run", str, where=w), w),
-        "round": round_field(field(d, "round", int, where=w), w),
-        "base": sha256_field(field(d, "base", str, where=w), w),
-        "leader": peer_id_field(field(d, "leader", str, where=w), w),
-        "time": finite_field(field(d, "time", float, where=w), "time", w),
+        **led_header(d, w),
         "after": optional_field(d, "after", str, "", where=w) and sha256_field(d["after"], w),
     }
 
